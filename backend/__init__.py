@@ -1,0 +1,1 @@
+"""DUS Studio backend: specs, work functions, registry and runner. Never imports streamlit."""

@@ -1,0 +1,160 @@
+"""DUS Studio's command line: a thin shell over the same specs and functions the pages use.
+
+    python -m backend upscale --base SmolLM2-135M-Instruct --m 8 --out workspace/models/smol-dus-m8
+    python -m backend upscale --base A --method slices --slice 0:0:20 --slice 0:10:30 --out PATH
+    python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
+    python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
+    python -m backend run SPEC.yaml [--queue]
+    python -m backend worker
+    python -m backend jobs list | cancel ID
+
+Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from backend.specs import SliceRange, UpscaleSpec, explain, load_spec
+
+
+def _progress(frac: float, message: str) -> None:
+    print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
+
+
+def _run_or_queue(spec, queue: bool) -> None:
+    from backend import runner
+
+    if queue:
+        job = runner.submit(spec)
+        print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
+        return
+    if spec.kind == "upscale":
+        from backend.upscale import run_upscale
+
+        result = run_upscale(spec, None, _progress)
+    else:  # pragma: no cover - every kind in SPECS has a branch
+        raise ValueError(f"unknown kind {spec.kind}")
+    for k, v in result.items():
+        print(f"{k}: {v}")
+
+
+def _slice(text: str) -> SliceRange:
+    try:
+        src, start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slice {text!r}: use SOURCE:START:END, e.g. 0:0:24 (END exclusive)")
+    return SliceRange(source=src, start=start, end=end)
+
+
+def cmd_upscale(a) -> None:
+    spec = UpscaleSpec(base=a.base, method=a.method, m=a.m, slices=a.slice or [], second=a.second,
+                       groups=a.groups, name=a.name, out=a.out, shard_size=a.shard_size)
+    if a.save_spec:
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+    _run_or_queue(spec, a.queue)
+
+
+def cmd_run(a) -> None:
+    _run_or_queue(load_spec(a.spec), a.queue)
+
+
+def cmd_models(a) -> None:
+    from backend import registry
+
+    if a.action == "list":
+        rows = registry.list_models()
+        print(f"{'name':40} {'kind':9} {'layers':>6} {'params':>14} {'dtype':5}  parents")
+        for r in rows:
+            print(f"{r.name:40} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:5}  "
+                  f"{', '.join(r.parents) or '-'}")
+    elif a.action == "import":
+        if not a.target:
+            raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
+        rec = registry.import_any(a.target, a.name, allow_pickle=a.allow_pickle, progress=_progress)
+        print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
+    elif a.action == "delete":
+        registry.delete(a.target)
+        print(f"deleted {a.target}")
+
+
+def cmd_worker(a) -> None:
+    from backend import runner
+
+    runner.worker(poll=a.poll, once=a.once)
+
+
+def cmd_jobs(a) -> None:
+    from backend import runner
+
+    if a.action == "list":
+        for j in runner.list_jobs():
+            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} {j.message[:60]}")
+    elif a.action == "cancel":
+        print(f"job {a.id}: {runner.cancel(int(a.id)).status}")
+    elif a.action == "exec":
+        sys.exit(runner.execute(int(a.id)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    u = sub.add_parser("upscale", help="build a deeper model from a registered model or folder")
+    u.add_argument("--base", required=True, help="registered name, 'builtin', or a model folder")
+    u.add_argument("--method", default="dus", choices=["dus", "slices", "llama-pro"])
+    u.add_argument("--m", type=int, help="dus: layers removed from each copy (1 <= m < n/2)")
+    u.add_argument("--slice", type=_slice, action="append", help="slices: SOURCE:START:END, half-open, repeatable")
+    u.add_argument("--second", help="slices: second source model (SOURCE 1)")
+    u.add_argument("--groups", type=int, help="llama-pro: identity blocks to insert")
+    u.add_argument("--name", help="registered name (default: derived)")
+    u.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    u.add_argument("--shard-size", default="2GB")
+    u.add_argument("--save-spec", help="also write the spec as YAML here (rerun with `run`)")
+    u.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
+    u.set_defaults(fn=cmd_upscale)
+
+    r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
+    r.add_argument("spec")
+    r.add_argument("--queue", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    m = sub.add_parser("models", help="list, import or delete registered models")
+    m.add_argument("action", choices=["list", "import", "delete"])
+    m.add_argument("target", nargs="?", help="import: builtin | FOLDER | FILE.gguf | owner/name; delete: NAME")
+    m.add_argument("--name")
+    m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
+    m.set_defaults(fn=cmd_models)
+
+    w = sub.add_parser("worker", help="run queued jobs")
+    w.add_argument("--poll", type=float, default=1.0)
+    w.add_argument("--once", action="store_true", help="run what is queued, then exit")
+    w.set_defaults(fn=cmd_worker)
+
+    j = sub.add_parser("jobs", help="list or cancel jobs")
+    j.add_argument("action", choices=["list", "cancel", "exec"])
+    j.add_argument("id", nargs="?")
+    j.set_defaults(fn=cmd_jobs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ValidationError as exc:
+        print(f"error: {explain(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

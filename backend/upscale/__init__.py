@@ -1,0 +1,226 @@
+"""Depth up-scaling: plan a new layer stack, then stream it to disk tensor by tensor.
+
+    python -m backend upscale --base SmolLM2-135M-Instruct --m 8 --out workspace/models/smol-dus-m8
+
+Plan first (no bytes move): resolve sources, check they match, build the layer map, check disk space. Then execute
+into a temporary folder and rename it into place; only a complete folder is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from backend import registry
+from backend.modelinfo import ModelInfo, inspect_model
+from backend.safetensors_stream import INDEX_NAME, OutTensor, write_checkpoint
+from backend.specs import UpscaleSpec, parse_size
+from backend.upscale import dus, llama_pro, slices
+from backend.upscale.plan import Slot
+from storage import db
+
+Progress = Callable[[float, str], None]
+METHODS = {"dus": dus.plan, "slices": slices.plan, "llama-pro": llama_pro.plan}
+# Files a model folder carries besides weights and config: tokenizer, chat template, generation config...
+_SKIP = {"config.json", INDEX_NAME, "README.md", ".gitattributes"}
+
+
+class MismatchError(ValueError):
+    pass
+
+
+@dataclass
+class UpscalePlan:
+    spec: UpscaleSpec
+    sources: list[ModelInfo]
+    source_names: list[str]  # registered names, or folder paths
+    slots: list[Slot]
+    tensors: list[OutTensor]
+
+    @property
+    def n(self) -> int:
+        return self.sources[0].num_layers
+
+    @property
+    def s(self) -> int:
+        return len(self.slots)
+
+    @property
+    def params_before(self) -> int:
+        return self.sources[0].num_parameters
+
+    @property
+    def params_after(self) -> int:
+        return self.sources[0].other_params + sum(self.sources[sl.source].layer_params(sl.layer) for sl in self.slots)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def layer_map(self) -> list[dict]:
+        return [{"slot": i, "source": sl.source, "layer": sl.layer, "identity": sl.identity}
+                for i, sl in enumerate(self.slots)]
+
+
+def layer_slots(spec: UpscaleSpec, sources: list[ModelInfo]) -> list[Slot]:
+    if spec.method == "dus":
+        return dus.plan(sources[0].num_layers, m=spec.m)
+    if spec.method == "llama-pro":
+        return llama_pro.plan(sources[0].num_layers, groups=spec.groups)
+    return slices.plan([s.num_layers for s in sources], slices=[(r.source, r.start, r.end) for r in spec.slices])
+
+
+def check_compatible(a: ModelInfo, b: ModelInfo) -> None:
+    sa, sb = a.arch_signature(), b.arch_signature()
+    for part in ("prefix", "config", "layer", "other"):
+        if sa[part] != sb[part]:
+            if isinstance(sa[part], dict):
+                keys = sorted(k for k in set(sa[part]) | set(sb[part]) if sa[part].get(k) != sb[part].get(k))
+                detail = "; ".join(f"{k}: {sa[part].get(k)} vs {sb[part].get(k)}" for k in keys[:4])
+            else:
+                detail = f"{sa[part]} vs {sb[part]}"
+            raise MismatchError(f"The models differ in architecture ({part}: {detail}); only models of the same "
+                                "architecture and shapes can be combined.")
+
+
+def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
+    folders, names = [], []
+    for ref in [spec.base] + ([spec.second] if spec.second else []):
+        folder, name = registry.resolve(ref)
+        folders.append(folder)
+        names.append(name or str(folder))
+    sources = [inspect_model(f) for f in folders]
+    if len(sources) == 2:
+        check_compatible(sources[0], sources[1])
+    slots = layer_slots(spec, sources)
+    base = sources[0]
+    tensors: list[OutTensor] = []
+    emb_names = [n for n in base.other if "embed" in n or n.endswith("wte.weight") or n.endswith("wpe.weight")]
+    # Embeddings first, final norm and head last: the order a reader of the shards expects.
+    for name in emb_names:
+        ref = base.other[name]
+        tensors.append(OutTensor(name, ref.dtype, ref.shape, ref.nbytes, ref))
+    for i, slot in enumerate(slots):
+        src = sources[slot.source]
+        for suffix, ref in src.layers[slot.layer].items():
+            zero = slot.identity and bool(llama_pro.OUTPUT_PROJECTIONS.search(suffix))
+            tensors.append(OutTensor(base.layer_tensor_name(i, suffix), ref.dtype, ref.shape, ref.nbytes,
+                                     None if zero else ref))
+    if spec.method == "llama-pro":
+        zeroed = {t.name.split(".", 3)[-1] for t in tensors if t.source is None}
+        if not zeroed:
+            raise ValueError("llama-pro: found no attention/MLP output projections (o_proj, down_proj…) to zero in "
+                             f"this {base.model_type} model, so the inserted blocks would not be identities.")
+    for name, ref in base.other.items():
+        if name not in emb_names:
+            tensors.append(OutTensor(name, ref.dtype, ref.shape, ref.nbytes, ref))
+    return UpscalePlan(spec, sources, names, slots, tensors)
+
+
+def new_config(plan: UpscalePlan) -> dict:
+    base = plan.sources[0]
+    cfg = {k: v for k, v in base.config.items() if k != "_name_or_path"}
+    cfg[base.layer_count_key] = plan.s
+    # Per-layer lists (layer_types in Qwen2 / Gemma / Mistral configs) follow the layer map: a stale list would
+    # give a copied layer the attention type of whatever layer used to sit in its slot.
+    for key, value in base.config.items():
+        if isinstance(value, list) and len(value) == base.num_layers and key != "architectures":
+            cfg[key] = [plan.sources[sl.source].config.get(key, value)[sl.layer] for sl in plan.slots]
+    if "max_window_layers" in cfg and "layer_types" not in cfg:
+        cfg["max_window_layers"] = plan.s
+    return cfg
+
+
+def model_card(plan: UpscalePlan, name: str, out_dir: Path) -> str:
+    spec = plan.spec
+    ranges, start = [], 0
+    for i in range(1, plan.s + 1):  # compress the slot list into runs of consecutive source layers
+        if i == plan.s or plan.slots[i].source != plan.slots[i - 1].source or \
+                plan.slots[i].layer != plan.slots[i - 1].layer + 1 or plan.slots[i].identity or \
+                plan.slots[i - 1].identity:
+            a, b = plan.slots[start], plan.slots[i - 1]
+            tag = " (identity copy: o_proj/down_proj zeroed)" if a.identity else ""
+            ranges.append(f"| {start}–{i - 1} | {plan.source_names[a.source]} | [{a.layer}, {b.layer + 1}){tag} |")
+            start = i
+    args = {"dus": f"--m {spec.m}", "llama-pro": f"--groups {spec.groups}",
+            "slices": " ".join(f"--slice {r.source}:{r.start}:{r.end}" for r in spec.slices)}[spec.method]
+    second = f" --second {plan.source_names[1]}" if spec.second else ""
+    return f"""---
+base_model: {plan.source_names[0]}
+tags: [depth-up-scaling, dus-studio]
+---
+# {name}
+
+Built by DUS Studio with **{spec.method}** from `{plan.source_names[0]}`{' and `' + plan.source_names[1] + '`' if spec.second else ''}.
+{f"Depth up-scaling (SOLAR, arXiv 2312.15166): n = {plan.n}, m = {spec.m}, s = 2·(n−m) = {plan.s}." if spec.method == "dus" else ""}
+{f"LLaMA Pro block expansion (arXiv 2401.02415): {spec.groups} identity blocks inserted." if spec.method == "llama-pro" else ""}
+
+Layers: {plan.n} → {plan.s}; parameters: {plan.params_before:,} → {plan.params_after:,}; dtype {plan.sources[0].dtype}.
+
+## Layer map (ranges are half-open)
+| new layers | source | source layers |
+|---|---|---|
+{chr(10).join(ranges)}
+
+## Rebuild
+```
+python -m backend upscale --base {plan.source_names[0]}{second} --method {spec.method} {args} --out {out_dir}
+```
+"""
+
+
+def _check_disk(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path).free
+    if free < needed * 1.02 + (50 << 20):
+        raise OSError(f"Not enough disk space in {path}: the new model needs {needed / 2**30:.2f} GiB, "
+                      f"{free / 2**30:.2f} GiB is free. Free some space or choose another output folder.")
+
+
+def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """Build the up-scaled model into `out_dir` (default workspace/models/NAME) and register it."""
+    progress = progress or (lambda f, m: None)
+    t0 = time.perf_counter()
+    plan = plan_upscale(spec)
+    name = spec.name or spec.default_name()
+    registry.check_name_free(name)
+    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk(out_dir.parent, plan.nbytes)
+    progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters")
+    # Build beside the destination so the final rename is atomic (same filesystem); a killed build leaves only
+    # a .tmp folder that the next start removes.
+    if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
+        tmp = db.new_tmp("build")
+    else:
+        tmp = out_dir.parent / f".tmp-build-{os.getpid()}-{int(time.time())}"
+        tmp.mkdir()
+    try:
+        write_checkpoint(plan.tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
+        (tmp / "config.json").write_text(json.dumps(new_config(plan), indent=2))
+        for f in plan.sources[0].folder.iterdir():
+            if f.is_file() and f.name not in _SKIP and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "README.md").write_text(model_card(plan, name, out_dir))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        rec = registry.register(out_dir, name, "upscaled", parents=list(dict.fromkeys(plan.source_names)),
+                                recipe=spec.model_dump(mode="json"), source=spec.method)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    progress(1.0, f"registered {name} in {seconds:.1f} s")
+    return {"model": rec.name, "path": str(out_dir), "layers": plan.s, "parameters": plan.params_after,
+            "seconds": round(seconds, 2)}

@@ -1,0 +1,28 @@
+"""LLaMA Pro block expansion (arXiv 2401.02415): split the n layers into `groups` equal groups and after each
+group insert a copy of its last layer whose output projections (attention o_proj, MLP down_proj) are zero.
+
+Each inserted block then adds nothing to the residual stream, so the expanded model computes exactly what the base
+did until the new blocks are trained.
+"""
+
+from __future__ import annotations
+
+import re
+
+from backend.upscale.plan import Slot
+
+# Output projections write into the residual stream; zeroing them (weights and biases) makes a block the identity.
+OUTPUT_PROJECTIONS = re.compile(r"(^|\.)(o_proj|down_proj|out_proj|dense|dense_4h_to_h|c_proj|fc2|wo|w2)\."
+                                r"(weight|bias)$")
+
+
+def plan(n: int, *, groups: int) -> list[Slot]:
+    if groups < 1 or n % groups:
+        divisors = [g for g in range(1, n + 1) if n % g == 0]
+        raise ValueError(f"groups={groups}: the {n} layers must split into equal groups; choose one of {divisors}.")
+    size = n // groups
+    out: list[Slot] = []
+    for g in range(groups):
+        out += [Slot(0, i) for i in range(g * size, (g + 1) * size)]
+        out.append(Slot(0, (g + 1) * size - 1, identity=True))
+    return out

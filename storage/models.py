@@ -1,0 +1,61 @@
+"""All tables in one place (SQLModel's "code structure" advice).
+
+A `ModelRecord` is a registered model folder with its lineage; a `Job` is one unit of work (a typed spec stored as
+JSON) that the runner executes in its own process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+MODEL_KINDS = ("base", "upscaled", "trained", "merged")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+class ModelRecord(SQLModel, table=True):
+    __tablename__ = "models"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    path: str  # folder holding config.json + safetensors (a standard Hugging Face layout)
+    kind: str = "base"  # one of MODEL_KINDS
+    # Lineage: names of the parent models and how this one was made (the spec that rebuilds it).
+    parents: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    recipe: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    source: str = ""  # where a base model came from: builtin, folder, gguf, hub id
+    # Architecture facts, read from config.json and the safetensors headers (no weights loaded).
+    architecture: str = ""
+    model_type: str = ""
+    num_layers: int = 0
+    hidden_size: int = 0
+    num_parameters: int = 0
+    dtype: str = ""
+    size_bytes: int = 0
+    created: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # upscale, cpt, sft, dpo, merge, synth-math, eval
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    status: str = Field(default="queued", index=True)  # one of JOB_STATUSES
+    progress: float = 0.0  # 0..1
+    message: str = ""  # the latest progress line, for the page
+    error: str = ""
+    log_path: str = ""
+    pid: int | None = None
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created: datetime = Field(default_factory=utcnow)
+    started: datetime | None = None
+    finished: datetime | None = None

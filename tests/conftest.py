@@ -1,0 +1,106 @@
+"""Shared fixtures: a real (tiny, trained-here) BPE tokenizer and tiny random models saved as safetensors.
+
+Everything runs on the CPU in seconds. Each test gets its own workspace (and so its own SQLite database).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Depth up-scaling stacks two copies of a model's layers into a deeper model.",
+    "Twelve times seven is eighty four. Half of ten is five. 3 + 4 = 7.",
+    "Solar is built from Llama 2 with 32 layers; removing 8 layers from each copy gives 48.",
+    "Question: what is 15 percent of 200? Answer: 30.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
+    fast.chat_template = CHATML
+    out = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+def _save(model, tokenizer_dir: Path, out: Path) -> Path:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    GenerationConfig(eos_token_id=2, pad_token_id=2, max_new_tokens=8).save_pretrained(out)
+    return out
+
+
+def make_llama(tokenizer_dir: Path, out: Path, *, layers=6, tie=True, seed=0, dtype=torch.float32) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return _save(LlamaForCausalLM(cfg).to(dtype), tokenizer_dir, out)
+
+
+def make_qwen2(tokenizer_dir: Path, out: Path, *, layers=6, seed=0) -> Path:
+    """Qwen2 with per-layer attention types: sliding windows on the later layers."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    types = ["full_attention"] * (layers // 2) + ["sliding_attention"] * (layers - layers // 2)
+    cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      use_sliding_window=True, sliding_window=16, layer_types=types, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return _save(Qwen2ForCausalLM(cfg), tokenizer_dir, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tokenizer_dir, tmp_path_factory) -> Path:
+    """Llama with GQA (4 heads, 2 KV heads) and tied embeddings, 6 layers."""
+    return make_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_untied(tokenizer_dir, tmp_path_factory) -> Path:
+    return make_llama(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama-untied"), tie=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tokenizer_dir, tmp_path_factory) -> Path:
+    return make_qwen2(tokenizer_dir, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "workspace"
+    monkeypatch.setenv("DUS_WORKSPACE", str(ws))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return ws
+
+
+def load_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
