@@ -1,0 +1,108 @@
+"""The CLI and the runner drive the same specs and work functions as the pages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from backend import registry, runner
+from backend.specs import UpscaleSpec, load_spec
+from tests.conftest import load_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_cli_upscale_writes_registers_and_saves_a_spec_that_reruns(tiny_llama, tmp_path):
+    out = tmp_path / "cli-dus"
+    spec_file = tmp_path / "spec.yaml"
+    r = cli("upscale", "--base", str(tiny_llama), "--m", "2", "--out", str(out), "--name", "cli-dus",
+            "--save-spec", str(spec_file))
+    assert r.returncode == 0, r.stderr
+    assert "layers: 8" in r.stdout
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 8
+    assert registry.get("cli-dus").path == str(out)
+    # the saved spec reruns unchanged apart from where it writes
+    data = yaml.safe_load(spec_file.read_text())
+    assert data["kind"] == "upscale" and data["m"] == 2
+    data.update(name="cli-dus-again", out=str(tmp_path / "again"))
+    spec_file.write_text(yaml.safe_dump(data))
+    r = cli("run", str(spec_file))
+    assert r.returncode == 0, r.stderr
+    a, b = load_state(out), load_state(tmp_path / "again")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    listing = cli("models", "list").stdout
+    assert "cli-dus-again" in listing and "upscaled" in listing
+
+
+def test_cli_reports_bad_m_without_a_traceback(tiny_llama):
+    r = cli("upscale", "--base", str(tiny_llama), "--m", "5")
+    assert r.returncode == 2
+    assert "choose 1 <= m <= 2" in r.stderr and "Traceback" not in r.stderr
+    r = cli("upscale", "--base", str(tiny_llama), "--m", "0")
+    assert r.returncode == 2 and "m=0: m must be at least 1" in r.stderr
+
+
+def test_cli_hub_import_offline_gives_a_clear_message():
+    r = cli("models", "import", "someone/some-model", env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert "offline" in r.stderr and "import the folder instead" in r.stderr and "Traceback" not in r.stderr
+    assert registry.list_models() == []
+
+
+def test_spec_yaml_round_trip(tmp_path):
+    spec = UpscaleSpec(base="SmolLM2-135M-Instruct", m=8, name="x")
+    path = tmp_path / "s.yaml"
+    path.write_text(spec.to_yaml())
+    assert load_spec(path) == spec
+
+
+def test_runner_runs_a_queued_build_in_a_child_process(tiny_llama):
+    job = runner.submit(UpscaleSpec(base=str(tiny_llama), m=1, name="queued"))
+    assert runner.get(job.id).status == "queued"
+    runner.worker(once=True)
+    done = runner.get(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.progress == 1.0 and done.result["layers"] == 10
+    assert done.pid and done.pid != os.getpid()
+    assert registry.get("queued").num_layers == 10
+    assert "registered queued" in Path(done.log_path).read_text()
+
+
+def test_runner_failed_job_keeps_its_reason_and_registers_nothing(tiny_llama, workspace):
+    job = runner.submit(UpscaleSpec(base=str(tiny_llama), m=4, name="bad"))
+    ok = runner.submit(UpscaleSpec(base=str(tiny_llama), m=2, name="good"))
+    runner.worker(once=True)
+    bad = runner.get(job.id)
+    assert bad.status == "failed" and "choose 1 <= m <= 2" in bad.error
+    assert runner.get(ok.id).status == "succeeded"  # a failure does not stop the queue
+    assert [r.name for r in registry.list_models()] == ["good"]
+
+
+def test_orphaned_running_job_becomes_interrupted(tiny_llama):
+    from storage import db
+    from storage.models import Job
+
+    with db.session() as s:
+        job = Job(kind="upscale", spec={}, status="running", pid=999999)
+        s.add(job)
+        s.commit()
+        s.refresh(job)
+    assert runner.recover_orphans() == [job.id]
+    assert runner.get(job.id).status == "interrupted"
+
+
+def test_cancel_a_queued_job(tiny_llama):
+    job = runner.submit(UpscaleSpec(base=str(tiny_llama), m=1))
+    assert runner.cancel(job.id).status == "cancelled"
+    runner.worker(once=True)
+    assert runner.get(job.id).status == "cancelled" and registry.list_models() == []
