@@ -32,12 +32,7 @@ def _run_or_queue(spec, queue: bool) -> None:
         job = runner.submit(spec)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
         return
-    if spec.kind == "upscale":
-        from backend.upscale import run_upscale
-
-        result = run_upscale(spec, None, _progress)
-    else:  # pragma: no cover - every kind in SPECS has a branch
-        raise ValueError(f"unknown kind {spec.kind}")
+    result = runner.work_function(spec.kind)(spec, None, _progress)
     for k, v in result.items():
         print(f"{k}: {v}")
 

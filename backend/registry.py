@@ -268,3 +268,9 @@ def import_any(target: str, name: str | None = None, *, allow_pickle: bool = Fal
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
         return import_hub(target, name, progress=progress)
     raise RegistryError(f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name).")
+
+
+def run_import(spec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """The job form of `import_any` (an ImportSpec), so the pages can import without blocking."""
+    rec = import_any(spec.target, spec.name, allow_pickle=spec.allow_pickle, progress=progress or _noop)
+    return {"model": rec.name, "path": rec.path, "layers": rec.num_layers, "parameters": rec.num_parameters}

@@ -29,11 +29,15 @@ from storage.models import Job, utcnow
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
-def _work_function(kind: str) -> Callable[..., dict]:
+def work_function(kind: str) -> Callable[..., dict]:
     if kind == "upscale":
         from backend.upscale import run_upscale
 
         return run_upscale
+    if kind == "import":
+        from backend.registry import run_import
+
+        return run_import
     raise ValueError(f"No runner for job kind {kind!r}.")
 
 
@@ -108,7 +112,7 @@ def execute(job_id: int) -> int:
 
     try:
         spec = spec_from_dict(job.spec)
-        result = _work_function(job.kind)(spec, None, progress)
+        result = work_function(job.kind)(spec, None, progress)
     except Exception as exc:
         traceback.print_exc()
         if get(job_id).status != "cancelled":
@@ -116,7 +120,7 @@ def execute(job_id: int) -> int:
                     message="failed")
         return 1
     _update(job_id, status="succeeded", finished=utcnow(), progress=1.0, result=result,
-            message="done: " + json.dumps(result)[:400])
+            message="done: " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "path")[:400])
     return 0
 
 

@@ -84,7 +84,23 @@ class UpscaleSpec(_Spec):
         return f"{base}-{tag}"[:100]
 
 
-SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec}
+class ImportSpec(_Spec):
+    kind: Literal["import"] = "import"
+    target: str = Field(description="'builtin', a model folder, a .gguf file, or a Hub id owner/name")
+    name: str | None = Field(None, description="name to register; default derived from the target")
+    allow_pickle: bool = Field(False, description="convert pickle (.bin) weights with torch.load(weights_only=True)")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give what to import: 'builtin', a folder, a .gguf file or a Hub id (owner/name).")
+        return v.strip()
+
+    _name = field_validator("name")(UpscaleSpec._name.__func__)
+
+
+SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

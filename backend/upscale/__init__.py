@@ -62,6 +62,20 @@ class UpscalePlan:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
+    def pieces(self) -> list[dict]:
+        """The stack as runs of consecutive source layers: DUS gives two (copy A, copy B). Ranges are half-open."""
+        out: list[dict] = []
+        for i, sl in enumerate(self.slots):
+            prev = out[-1] if out else None
+            if prev and prev["source"] == sl.source and prev["end"] == sl.layer and not sl.identity \
+                    and not prev["identity"]:
+                prev["end"] += 1
+                prev["last_slot"] = i
+            else:
+                out.append({"source": sl.source, "start": sl.layer, "end": sl.layer + 1, "identity": sl.identity,
+                            "first_slot": i, "last_slot": i})
+        return out
+
     def layer_map(self) -> list[dict]:
         return [{"slot": i, "source": sl.source, "layer": sl.layer, "identity": sl.identity}
                 for i, sl in enumerate(self.slots)]
@@ -138,15 +152,11 @@ def new_config(plan: UpscalePlan) -> dict:
 
 def model_card(plan: UpscalePlan, name: str, out_dir: Path) -> str:
     spec = plan.spec
-    ranges, start = [], 0
-    for i in range(1, plan.s + 1):  # compress the slot list into runs of consecutive source layers
-        if i == plan.s or plan.slots[i].source != plan.slots[i - 1].source or \
-                plan.slots[i].layer != plan.slots[i - 1].layer + 1 or plan.slots[i].identity or \
-                plan.slots[i - 1].identity:
-            a, b = plan.slots[start], plan.slots[i - 1]
-            tag = " (identity copy: o_proj/down_proj zeroed)" if a.identity else ""
-            ranges.append(f"| {start}–{i - 1} | {plan.source_names[a.source]} | [{a.layer}, {b.layer + 1}){tag} |")
-            start = i
+    ranges = []
+    for p in plan.pieces():
+        tag = " (identity copy: o_proj/down_proj zeroed)" if p["identity"] else ""
+        ranges.append(f"| {p['first_slot']}–{p['last_slot']} | {plan.source_names[p['source']]} | "
+                      f"[{p['start']}, {p['end']}){tag} |")
     args = {"dus": f"--m {spec.m}", "llama-pro": f"--groups {spec.groups}",
             "slices": " ".join(f"--slice {r.source}:{r.start}:{r.end}" for r in spec.slices)}[spec.method]
     second = f" --second {plan.source_names[1]}" if spec.second else ""

@@ -1,0 +1,93 @@
+"""Load a registered model and stream chat replies (transformers' TextIteratorStreamer on a generate thread).
+
+Pages cache the loaded (model, tokenizer) pair; every session shares it, so generation on one model is serialised
+with a lock (two sessions may chat with different models at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: object
+    tokenizer: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class GenerationStats:
+    new_tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.total_s if self.total_s else 0.0
+
+
+def load(path: str | Path, name: str = "") -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(path)  # trust_remote_code stays off: no code from model folders runs
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if not torch.cuda.is_available()
+                                                 else "auto").eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return LoadedModel(name or path.name, model, tok)
+
+
+def build_prompt(tok, messages: list[dict]) -> str:
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # base models without a template: plain transcript
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, stats: GenerationStats | None = None) -> Iterator[str]:
+    """Yield the reply text piece by piece as it is generated; fills `stats` when given."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    tok, model = lm.tokenizer, lm.model
+    prompt = build_prompt(tok, messages)
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    result: dict = {}
+
+    def _generate() -> None:
+        with lm.lock, torch.inference_mode():
+            try:
+                result["ids"] = model.generate(**kwargs)
+            except Exception as exc:  # surface in the caller's thread
+                result["error"] = exc
+                streamer.end()
+
+    stats = stats if stats is not None else GenerationStats()
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=_generate, daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece and stats.first_token_s is None:
+            stats.first_token_s = time.perf_counter() - t0
+        yield piece
+    thread.join()
+    stats.total_s = time.perf_counter() - t0
+    if "error" in result:
+        raise RuntimeError(f"generation failed: {result['error']}")
+    stats.new_tokens = int(result["ids"].shape[1] - inputs["input_ids"].shape[1])

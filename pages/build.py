@@ -1,0 +1,122 @@
+"""Build page: pick a base model and m, watch the layer map follow, build the up-scaled model as a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from pydantic import ValidationError
+
+from backend import registry, runner
+from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
+from backend.upscale import dus, plan_upscale
+from pages.common import human, job_status, model_names, worker_banner
+from pages.figures import layer_map_figure
+
+st.title("Depth up-scale")
+st.caption("SOLAR's recipe (arXiv 2312.15166): copy A keeps layers [0, n−m), copy B keeps [m, n); stacked they "
+           "make s = 2·(n−m) layers. SOLAR: n = 32, m = 8 → 48 layers, 10.7B parameters.")
+worker_banner()
+
+names = model_names()
+if not names:
+    st.info("No model is registered yet. Import the built-in SmolLM2-135M-Instruct (about 40 s, offline) or "
+            "another model on the Models page.")
+    if st.button("Import the built-in SmolLM2-135M-Instruct", key="import_builtin"):
+        st.session_state["build_import_job"] = runner.submit(ImportSpec(target="builtin")).id
+    if "build_import_job" in st.session_state:
+        job_status(st.session_state["build_import_job"])
+        if st.button("Refresh the model list", key="refresh_models"):
+            st.rerun()
+    st.stop()
+
+left, right = st.columns([1, 2])
+with left:
+    default = names.index(registry.BUILTIN_NAME) if registry.BUILTIN_NAME in names else 0
+    base = st.selectbox("Base model", names, index=default, key="base")
+    method = st.radio("Method", ["dus", "slices", "llama-pro"], horizontal=True, key="method",
+                      captions=["SOLAR", "any stack", "LLaMA Pro"])
+    rec = registry.get(base)
+    n = rec.num_layers
+    fields: dict = {}
+    if method == "dus":
+        valid = list(dus.valid_m(n))
+        if not valid:
+            st.error(f"{base} has only {n} layers: DUS needs at least 3.")
+            st.stop()
+        # SOLAR removes a quarter of the layers from each copy (8 of 32): start there.
+        suggested = min(valid, key=lambda m: (abs(m - n / 4), -m))
+        fields["m"] = st.select_slider("m — layers removed from each copy", options=valid, value=suggested,
+                                       key="m", help=f"Only valid values are offered: 1 ≤ m < n/2 = {n / 2:g}.")
+    elif method == "slices":
+        st.caption("Ranges are **half-open**: [start, end) keeps start … end−1. Source 1 is the optional second "
+                   "model (same architecture).")
+        others = ["(none)"] + [x for x in names if x != base]
+        second = st.selectbox("Second model (source 1)", others, key="second")
+        fields["second"] = None if second == "(none)" else second
+        default_rows = pd.DataFrame([{"source": 0, "start": 0, "end": n - n // 4},
+                                     {"source": 0, "start": n // 4, "end": n}])
+        table = st.data_editor(default_rows, num_rows="dynamic", key="slices", column_config={
+            "source": st.column_config.NumberColumn(min_value=0, max_value=1, step=1),
+            "start": st.column_config.NumberColumn(min_value=0, step=1),
+            "end": st.column_config.NumberColumn(min_value=1, step=1, help="exclusive")})
+        rows = table.dropna().astype(int).to_dict("records")
+        fields["slices"] = [SliceRange(**r) for r in rows if r["end"] > 0]
+    else:
+        divisors = [g for g in range(1, n + 1) if n % g == 0]
+        fields["groups"] = st.selectbox("Groups (one identity block is added after each)", divisors,
+                                        index=min(len(divisors) - 1, max(0, len(divisors) // 2 - 1)), key="groups")
+
+try:
+    draft = UpscaleSpec(base=base, method=method, **fields)
+    plan = plan_upscale(draft)
+except ValidationError as exc:
+    right.error(explain(exc))
+    st.stop()
+except ValueError as exc:
+    right.error(str(exc))
+    st.stop()
+
+with right:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Layers n → s", f"{plan.n} → {plan.s}", f"+{plan.s - plan.n}")
+    c2.metric("Parameters before", human(plan.params_before))
+    c3.metric("Parameters after", human(plan.params_after),
+              f"×{plan.params_after / plan.params_before:.2f}")
+    c4.metric("Size on disk", f"{plan.nbytes / 2**30:.2f} GiB")
+    st.plotly_chart(layer_map_figure(plan), key="layer_map", config={"displayModeBar": False})
+
+with left:
+    name = st.text_input("Name of the new model", value=draft.default_name(), key="name")
+    shard = st.text_input("Largest shard", value="2GB", key="shard_size")
+    try:
+        spec = UpscaleSpec(base=base, method=method, name=name, shard_size=shard, **fields)
+    except ValidationError as exc:
+        st.error(explain(exc))
+        st.stop()
+    taken = registry.get(spec.name) is not None
+    if taken:
+        st.info(f"A model named {spec.name!r} is registered already: change m or the name to build another.")
+    b1, b2 = st.columns(2)
+    if b1.button("Build", type="primary", key="build", disabled=taken):
+        st.session_state["build_job"] = runner.submit(spec).id
+    b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="save_spec",
+                       help="Rerun it with: python -m backend run SPEC.yaml")
+
+if "build_job" in st.session_state:
+    st.divider()
+    job_id = st.session_state["build_job"]
+    job_status(job_id)
+    job = runner.get(job_id)
+    if job and job.status == "succeeded":
+        built = registry.get(job.result["model"])
+        if built:
+            st.subheader(f"{built.name}")
+            st.caption(f"Lineage: {' + '.join(built.parents)} → **{built.name}** ({built.kind}, "
+                       f"{built.num_layers} layers, {human(built.num_parameters)} parameters). "
+                       "Try it on the *Models & chat* page.")
+            card = Path(built.path, "README.md")
+            if card.exists():
+                with st.expander("Model card", expanded=True):
+                    st.markdown(card.read_text().split("---", 2)[-1])

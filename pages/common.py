@@ -1,0 +1,76 @@
+"""Small helpers the pages share: the worker banner, job progress, model choices, cached chat models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from backend import registry, runner
+from backend.chat import load
+from storage import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "B", "T"):
+        if abs(n) < 1000:
+            return f"{n:,.1f}{unit}" if unit else f"{n:,.0f}"
+        n /= 1000
+    return f"{n:.1f}P"
+
+
+def worker_banner() -> None:
+    """Jobs run in the worker process; say so plainly when none is running, and offer to start one."""
+    if runner.worker_alive():
+        return
+    col1, col2 = st.columns([4, 1])
+    col1.warning("No job worker is running, so queued jobs wait. The README's run command starts one; "
+                 "or run `python -m backend worker` in a terminal.")
+    if col2.button("Start worker", key="start_worker"):
+        log = open(db.workspace() / "logs" / "worker.log", "ab")
+        subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+        st.toast("Worker started")
+
+
+def job_status(job_id: int) -> None:
+    """Progress of one job, refreshed every second while it runs (a fragment, so the page does not rerun)."""
+
+    @st.fragment(run_every=1.0)
+    def _show() -> None:
+        job = runner.get(job_id)
+        if job is None:
+            st.error(f"Job {job_id} no longer exists.")
+            return
+        label = f"Job {job.id} ({job.kind}): {job.status} — {job.message}"
+        seen = f"_job_{job.id}_finished"
+        if job.status in runner.FINISHED and not st.session_state.get(seen):
+            st.session_state[seen] = True
+            st.rerun(scope="app")  # once: let the page show what the job made
+        if job.status in ("queued", "running"):
+            st.progress(min(max(job.progress, 0.0), 1.0), text=label)
+            if st.button("Cancel", key=f"cancel_{job.id}"):
+                runner.cancel(job.id)
+                st.rerun()
+        elif job.status == "succeeded":
+            st.success(label)
+        elif job.status == "failed":
+            st.error(f"Job {job.id} failed: {job.error}")
+        else:
+            st.warning(label)
+
+    _show()
+
+
+def model_names() -> list[str]:
+    return [r.name for r in registry.list_models()]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading model…")
+def cached_model(path: str, name: str):
+    # Shared by every session (st.cache_resource): generation on it is serialised by LoadedModel.lock.
+    return load(path, name)

@@ -1,0 +1,58 @@
+"""Plotly figures for the pages (plotly only, no streamlit, so they can be checked without a browser)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
+DROPPED = "#D9D9D9"
+IDENTITY = "#2CA02C"
+
+
+def _cells(fig: go.Figure, row: str, colors: list[str], texts: list[str], hovers: list[str]) -> None:
+    n = len(colors)
+    texts = texts if n <= 24 else None  # too narrow for two-digit labels: the hover text names every layer
+    fig.add_trace(go.Bar(y=[row] * n, x=[1] * n, base=list(range(n)), orientation="h", marker_color=colors,
+                         marker_line_color="white", marker_line_width=1, text=texts, textposition="inside",
+                         insidetextanchor="middle", textfont_size=9, textangle=0, hovertext=hovers, hoverinfo="text", showlegend=False))
+
+
+def layer_map_figure(plan) -> go.Figure:
+    """Rows: each piece of the stack drawn over its source's layers (kept coloured, dropped grey), then the
+    stacked result with every new layer labelled by the source layer it copies. For DUS: copy A, copy B, result."""
+    fig = go.Figure()
+    pieces = plan.pieces()
+    rows: list[str] = []
+    if len(pieces) <= 6:
+        for k, p in enumerate(pieces):
+            n = plan.sources[p["source"]].num_layers
+            src = plan.source_names[p["source"]].split("/")[-1]
+            name = (f"copy {'AB'[k]}" if plan.spec.method == "dus" else f"piece {k + 1}") + \
+                f" · {src} [{p['start']}, {p['end']})"
+            colors = [PALETTE[k % len(PALETTE)] if p["start"] <= i < p["end"] else DROPPED for i in range(n)]
+            hovers = [f"{src} layer {i}: {'kept' if p['start'] <= i < p['end'] else 'dropped'}" for i in range(n)]
+            _cells(fig, name, colors, [str(i) for i in range(n)], hovers)
+            rows.append(name)
+        piece_of_slot = {i: k for k, p in enumerate(pieces) for i in range(p["first_slot"], p["last_slot"] + 1)}
+        colors = [IDENTITY if plan.slots[i].identity else PALETTE[piece_of_slot[i] % len(PALETTE)]
+                  for i in range(plan.s)]
+    else:  # many pieces (LLaMA Pro): one row per source, then the result
+        for k, info in enumerate(plan.sources):
+            used = {sl.layer for sl in plan.slots if sl.source == k}
+            name = f"source {k} · {plan.source_names[k].split('/')[-1]}"
+            colors = [PALETTE[k] if i in used else DROPPED for i in range(info.num_layers)]
+            _cells(fig, name, colors, [str(i) for i in range(info.num_layers)],
+                   [f"layer {i}" for i in range(info.num_layers)])
+            rows.append(name)
+        colors = [IDENTITY if sl.identity else PALETTE[sl.source] for sl in plan.slots]
+    result = f"result · {plan.s} layers"
+    texts = [("+" if sl.identity else "") + str(sl.layer) for sl in plan.slots]
+    hovers = [f"new layer {i} ← source {sl.source} layer {sl.layer}" + (" (identity copy)" if sl.identity else "")
+              for i, sl in enumerate(plan.slots)]
+    _cells(fig, result, colors, texts, hovers)
+    rows.append(result)
+    fig.update_layout(barmode="overlay", height=90 + 55 * len(rows), margin=dict(l=10, r=10, t=30, b=30),
+                      xaxis=dict(title="layer position", range=[0, max(plan.s, plan.n)], dtick=4),
+                      yaxis=dict(categoryorder="array", categoryarray=list(reversed(rows))),
+                      uniformtext=dict(minsize=6, mode="show"))
+    return fig

@@ -1,0 +1,44 @@
+"""Jobs page: every job with its status, progress and log; cancel what is queued or running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+from backend import runner
+from pages.common import job_status, worker_banner
+
+st.title("Jobs")
+worker_banner()
+
+
+@st.fragment(run_every=2.0)
+def job_table() -> None:
+    jobs = runner.list_jobs()
+    if not jobs:
+        st.info("No jobs yet. Builds and imports started from the other pages appear here.")
+        return
+    st.dataframe(pd.DataFrame([{
+        "id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress, "message": j.message,
+        "error": j.error, "created": j.created.strftime("%H:%M:%S"),
+        "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
+    } for j in jobs]), hide_index=True, key="jobs_table",
+        column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
+
+
+job_table()
+jobs = runner.list_jobs()
+if jobs:
+    job_id = st.selectbox("Job", [j.id for j in jobs], key="job",
+                          format_func=lambda i: next(f"{j.id} · {j.kind} · {j.status}" for j in jobs if j.id == i))
+    job_status(job_id)
+    job = runner.get(job_id)
+    with st.expander("Spec"):
+        st.code(yaml.safe_dump(job.spec, sort_keys=False), language="yaml")
+    log = Path(job.log_path) if job.log_path else None
+    if log and log.exists():
+        st.caption(f"Log: `{log}` (last 60 lines)")
+        st.code("\n".join(log.read_text(errors="replace").splitlines()[-60:]) or "(empty)")

@@ -1,0 +1,115 @@
+"""Models page: every registered model with facts and lineage; import, delete, and a quick streaming chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+from backend import registry, runner
+from backend.chat import GenerationStats, stream_reply
+from backend.specs import ImportSpec, explain
+from pages.common import cached_model, human, job_status, worker_banner
+from pydantic import ValidationError
+
+st.title("Models & chat")
+worker_banner()
+
+with st.expander("Import a model", expanded=not registry.list_models()):
+    st.caption("`builtin` (SmolLM2-135M-Instruct, shipped offline), a local Hugging Face folder, a `.gguf` file, "
+               "or a Hub id such as `HuggingFaceTB/SmolLM2-360M-Instruct` (needs internet). GGUF and pickle "
+               "weights are converted to safetensors; remote code is never run.")
+    c1, c2, c3 = st.columns([3, 2, 1])
+    target = c1.text_input("Import from", value="builtin", key="import_target")
+    new_name = c2.text_input("Name (optional)", key="import_name")
+    allow_pickle = c3.checkbox("allow pickle (.bin)", key="allow_pickle",
+                               help="Pickle files can run code; they are read with torch.load(weights_only=True).")
+    if st.button("Import", key="import"):
+        try:
+            spec = ImportSpec(target=target, name=new_name or None, allow_pickle=allow_pickle)
+            st.session_state["import_job"] = runner.submit(spec).id
+        except ValidationError as exc:
+            st.error(explain(exc))
+    if "import_job" in st.session_state:
+        job_status(st.session_state["import_job"])
+
+models = registry.list_models()
+if not models:
+    st.info("No models yet: import one above.")
+    st.stop()
+
+table = pd.DataFrame([{
+    "name": r.name, "kind": r.kind, "layers": r.num_layers, "hidden": r.hidden_size,
+    "parameters": human(r.num_parameters), "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
+    "parents": ", ".join(p.split("/")[-1] for p in r.parents) or "—", "made by": r.source,
+    "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
+st.dataframe(table, hide_index=True, key="models_table")
+
+names = [r.name for r in models]
+chosen = st.selectbox("Model", names, index=len(names) - 1, key="model")
+rec = registry.get(chosen)
+info, chat = st.columns([2, 3])
+
+with info:
+    st.subheader(rec.name)
+    st.write(f"**{rec.kind}** · {rec.architecture or rec.model_type} · {rec.num_layers} layers · hidden "
+             f"{rec.hidden_size} · {human(rec.num_parameters)} parameters · {rec.dtype}")
+    st.caption(f"Folder: `{rec.path}`")
+    chain, cur = [], rec
+    while cur is not None and cur.parents:  # walk the first parent up to the base model
+        chain.append(cur.parents[0])
+        cur = registry.get(cur.parents[0])
+    if chain:
+        st.write("Lineage: " + " → ".join(f"`{p.split('/')[-1]}`" for p in reversed(chain)) + f" → **{rec.name}**")
+    kids = registry.children(rec.name)
+    if kids:
+        st.write("Made from it: " + ", ".join(f"`{k.name}`" for k in kids))
+    if rec.recipe and rec.kind != "base":
+        with st.expander("Recipe (spec)"):
+            st.code(yaml.safe_dump(rec.recipe, sort_keys=False), language="yaml")
+    card = Path(rec.path, "README.md")
+    if card.exists() and rec.kind != "base":
+        with st.expander("Model card"):
+            st.markdown(card.read_text().split("---", 2)[-1])
+    with st.expander("Delete"):
+        owned = "its folder is deleted too" if Path(rec.path).is_relative_to(registry.db.models_dir()) else \
+            "its folder (outside the workspace) is kept"
+        st.write(f"Removes **{rec.name}** from the registry; {owned}.")
+        if kids:
+            st.warning(f"{len(kids)} model(s) were made from it; they stay, with their lineage naming it.")
+        sure = st.checkbox(f"Yes, delete {rec.name}", key="confirm_delete")
+        if st.button("Delete", disabled=not sure, key="delete"):
+            registry.delete(rec.name)
+            st.session_state.pop("chat", None)
+            st.rerun()
+
+with chat:
+    st.subheader("Quick chat")
+    c1, c2 = st.columns(2)
+    max_new = c1.slider("Max new tokens", 8, 512, 96, key="max_new")
+    temperature = c2.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.0, 0.05, key="temperature")
+    history = st.session_state.setdefault("chat", {}).setdefault(rec.name, [])
+    for msg in history:
+        st.chat_message(msg["role"]).write(msg["content"])
+    prompt = st.chat_input(f"Ask {rec.name}…", key="chat_input")
+    if prompt:
+        history.append({"role": "user", "content": prompt})
+        st.chat_message("user").write(prompt)
+        lm = cached_model(rec.path, rec.name)
+        stats = GenerationStats()
+        with st.chat_message("assistant"):
+            try:
+                reply = st.write_stream(stream_reply(lm, history, max_new_tokens=max_new, temperature=temperature,
+                                                     stats=stats))
+            except RuntimeError as exc:
+                st.error(str(exc))
+                reply = None
+        if reply is not None:
+            history.append({"role": "assistant", "content": reply})
+            st.caption(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
+                       f"{stats.tokens_per_s:.1f} tokens/s")
+    if history and st.button("Clear chat", key="clear_chat"):
+        history.clear()
+        st.rerun()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Start DUS Studio: set-up if needed, import the built-in model once, start the job worker and the dashboard.
+#   ./run.sh                          # http://127.0.0.1:8501
+#   DUS_HOST=0.0.0.0 ./run.sh         # expose it deliberately on every interface
+#   DUS_PORT=8600 DUS_WORKSPACE=/data/dus ./run.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh
+export DUS_WORKSPACE=${DUS_WORKSPACE:-$PWD/workspace}
+.venv/bin/python -m backend models import builtin >/dev/null 2>&1 || \
+  echo "run: could not import the built-in model now; the Build page offers it again" >&2
+mkdir -p "$DUS_WORKSPACE/logs"
+.venv/bin/python -m backend worker >>"$DUS_WORKSPACE/logs/worker.log" 2>&1 &
+worker=$!
+trap 'kill $worker 2>/dev/null || true' EXIT INT TERM
+.venv/bin/streamlit run app.py --server.address "${DUS_HOST:-127.0.0.1}" --server.port "${DUS_PORT:-8501}" \
+  --server.headless true --browser.gatherUsageStats false
