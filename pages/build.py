@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from backend import registry, runner
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import human, job_status, model_names, worker_banner
+from pages.common import human, human_bytes, job_status, model_names, worker_banner
 from pages.figures import layer_map_figure
 
 st.title("Depth up-scale")
@@ -84,11 +84,16 @@ with right:
     c2.metric("Parameters before", human(plan.params_before))
     c3.metric("Parameters after", human(plan.params_after),
               f"×{plan.params_after / plan.params_before:.2f}")
-    c4.metric("Size on disk", f"{plan.nbytes / 2**30:.2f} GiB")
+    c4.metric("Size on disk", human_bytes(plan.nbytes))
     st.plotly_chart(layer_map_figure(plan), key="layer_map", config={"displayModeBar": False})
 
 with left:
-    name = st.text_input("Name of the new model", value=draft.default_name(), key="name")
+    # The suggested name follows m and the method until the user types their own.
+    suggested_name = draft.default_name()
+    if st.session_state.get("name") in (None, st.session_state.get("_suggested_name")):
+        st.session_state["name"] = suggested_name
+    st.session_state["_suggested_name"] = suggested_name
+    name = st.text_input("Name of the new model", key="name")
     shard = st.text_input("Largest shard", value="2GB", key="shard_size")
     try:
         spec = UpscaleSpec(base=base, method=method, name=name, shard_size=shard, **fields)

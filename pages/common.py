@@ -23,6 +23,14 @@ def human(n: float) -> str:
     return f"{n:.1f}P"
 
 
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return ""
+
+
 def worker_banner() -> None:
     """Jobs run in the worker process; say so plainly when none is running, and offer to start one."""
     if runner.worker_alive():

@@ -1,0 +1,97 @@
+"""The real thing: `streamlit run app.py` and the job worker, driven by Debian's headless Chromium (Playwright).
+
+Builds a model from a tiny base through the UI and saves a screenshot to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(workspace, tiny_llama):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: ./test.sh installs it (scripts/setup.sh --browser)")
+        pytest.skip("chromium is not installed (scripts/setup.sh --browser installs it)")
+    from backend import registry
+
+    registry.import_folder(tiny_llama, "tiny")
+    port = _free_port()
+    env = {**os.environ, "DUS_WORKSPACE": str(workspace)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.3"], cwd=ROOT, env=env,
+                         start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                          "--server.address", "127.0.0.1", "--server.headless", "true",
+                          "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("streamlit did not answer /_stcore/health within 20 s")
+        yield url
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
+
+
+def test_build_a_model_through_the_browser(served):
+    from playwright.sync_api import sync_playwright
+
+    from backend import registry
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(served)
+        page.get_by_text("6 → 8").wait_for(timeout=30_000)  # m defaults to 2 for 6 layers
+        assert page.locator(".js-plotly-plot").count() == 1  # the layer map is drawn
+        page.get_by_role("button", name="Build").click()
+        page.get_by_text("Model card").wait_for(timeout=60_000)
+        page.get_by_text("Lineage: tiny →").wait_for(timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-build.png"), full_page=True)
+        # the chat works on the new model at once
+        page.goto(served + "/models")
+        page.get_by_placeholder("Ask").fill("hello")
+        page.keyboard.press("Enter")
+        page.get_by_text("tokens/s").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+        browser.close()
+    rec = registry.get("tiny-dus-m2")
+    assert rec is not None and rec.num_layers == 8 and rec.parents == ["tiny"]

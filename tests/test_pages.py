@@ -1,0 +1,125 @@
+"""Page tests with Streamlit's AppTest: the pages build the same specs, write job rows, and show what jobs made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from backend import registry, runner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    if page:
+        at.switch_page(f"pages/{page}").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+@pytest.fixture
+def tiny(tiny_llama):
+    return registry.import_folder(tiny_llama, "tiny")
+
+
+def test_build_page_without_models_offers_the_builtin_import():
+    at = app()
+    assert "No model is registered yet" in at.info[0].value
+    at.button(key="import_builtin").click().run()
+    jobs = runner.list_jobs()
+    assert [(j.kind, j.spec["target"], j.status) for j in jobs] == [("import", "builtin", "queued")]
+
+
+def test_build_page_offers_only_valid_m_and_follows_it(tiny):
+    at = app()
+    slider = at.select_slider(key="m")
+    assert list(slider.options) == ["1", "2"]  # 1 <= m < n/2 for n = 6
+    assert slider.value == 2  # nearest to n/4, SOLAR's ratio
+    assert metric(at, "Layers n → s") == "6 → 8"
+    assert len(at.get("plotly_chart")) == 1
+    slider.set_value(1).run()
+    assert metric(at, "Layers n → s") == "6 → 10"
+    assert at.text_input(key="name").value == "tiny-dus-m1"
+
+
+def test_build_button_queues_the_spec_and_shows_the_result(tiny):
+    at = app()
+    at.select_slider(key="m").set_value(1).run()
+    at.button(key="build").click().run()
+    (job,) = runner.list_jobs()
+    assert job.kind == "upscale" and job.status == "queued"
+    assert job.spec["base"] == "tiny" and job.spec["m"] == 1 and job.spec["name"] == "tiny-dus-m1"
+    runner.worker(once=True)
+    at.run()
+    assert not at.exception
+    assert registry.get("tiny-dus-m1").num_layers == 10
+    assert any("succeeded" in s.value for s in at.success)
+    assert any("Lineage: tiny → **tiny-dus-m1**" in c.value for c in at.caption)
+
+
+def test_llama_pro_and_slices_on_the_build_page(tiny):
+    at = app()
+    at.radio(key="method").set_value("llama-pro").run()
+    assert list(at.selectbox(key="groups").options) == ["1", "2", "3", "6"]
+    at.selectbox(key="groups").set_value(3).run()
+    assert metric(at, "Layers n → s") == "6 → 9"
+    at.radio(key="method").set_value("slices").run()
+    assert not at.exception
+    assert metric(at, "Layers n → s") == "6 → 10"  # default rows [0, 5) + [1, 6)
+    assert any("half-open" in c.value for c in at.caption)
+
+
+def test_bad_name_is_explained_on_the_page(tiny):
+    at = app()
+    at.text_input(key="name").set_value("bad name!").run()
+    assert any("use letters, digits" in e.value for e in at.error)
+
+
+def test_models_page_lists_chats_and_deletes(tiny):
+    from backend.specs import UpscaleSpec
+    from backend.upscale import run_upscale
+
+    run_upscale(UpscaleSpec(base="tiny", m=2, name="tiny-big"))
+    at = app("models.py")
+    df = at.dataframe[0].value
+    assert list(df["name"]) == ["tiny", "tiny-big"] and list(df["layers"]) == [6, 8]
+    assert at.selectbox(key="model").value == "tiny-big"
+    assert any("Lineage" in md.value and "tiny-big" in md.value for md in at.markdown)
+    at.chat_input(key="chat_input").set_value("hello").run()
+    assert not at.exception
+    assert len(at.chat_message) == 2 and at.chat_message[1].name == "assistant"
+    assert any("tokens/s" in c.value for c in at.caption)
+    # delete needs the confirmation box
+    assert at.button(key="delete").disabled
+    at.checkbox(key="confirm_delete").check().run()
+    at.button(key="delete").click().run()
+    assert registry.get("tiny-big") is None
+    assert list(at.dataframe[0].value["name"]) == ["tiny"]
+
+
+def test_import_of_a_bad_target_fails_the_job_with_its_reason(tiny, tmp_path):
+    at = app("models.py")
+    at.text_input(key="import_target").set_value(str(tmp_path / "nothing-here")).run()
+    at.button(key="import").click().run()
+    runner.worker(once=True)
+    (job,) = runner.list_jobs()
+    assert job.status == "failed" and "is not a folder, a .gguf file or a Hub id" in job.error
+    at.run()
+    assert any("failed" in e.value for e in at.error)
+
+
+def test_jobs_page_shows_jobs(tiny):
+    from backend.specs import UpscaleSpec
+
+    runner.submit(UpscaleSpec(base="tiny", m=2))
+    at = app("jobs.py")
+    df = at.dataframe[0].value
+    assert list(df["status"]) == ["queued"] and list(df["kind"]) == ["upscale"]
+    assert any("No job worker is running" in w.value for w in at.warning)
