@@ -4,9 +4,10 @@
     python -m backend upscale --base A --method slices --slice 0:0:20 --slice 0:10:30 --out PATH
     python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
     python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
+    python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend run SPEC.yaml [--queue]
     python -m backend worker
-    python -m backend jobs list | cancel ID
+    python -m backend jobs list | cancel ID | resume ID
 
 Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
 """
@@ -18,18 +19,19 @@ import sys
 
 from pydantic import ValidationError
 
-from backend.specs import SliceRange, UpscaleSpec, explain, load_spec
+from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, SliceRange, UpscaleSpec, explain,
+                           load_spec)
 
 
 def _progress(frac: float, message: str) -> None:
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
 
 
-def _run_or_queue(spec, queue: bool) -> None:
+def _run_or_queue(spec, queue: bool, after: int | None = None) -> None:
     from backend import runner
 
-    if queue:
-        job = runner.submit(spec)
+    if queue or after:
+        job = runner.submit(spec, after=after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
         return
     result = runner.work_function(spec.kind)(spec, None, _progress)
@@ -54,8 +56,33 @@ def cmd_upscale(a) -> None:
     _run_or_queue(spec, a.queue)
 
 
+def _source(text: str) -> DataSource:
+    source, _, weight = text.rpartition("@") if "@" in text else (text, "", "1")
+    try:
+        return DataSource(source=source, weight=float(weight))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--data {text!r}: use SOURCE or SOURCE@WEIGHT, e.g. data.jsonl@0.5")
+
+
+def cmd_train(a) -> None:
+    spec_cls = {"cpt": CptSpec, "sft": SftSpec, "dpo": DpoSpec}[a.kind]
+    fields = dict(model=a.model, data=a.data, name=a.name, out=a.out, num_processes=a.num_processes,
+                  accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None)
+    for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
+                "beta", "loss_type", "eval_fraction", "seed"):
+        if getattr(a, key, None) is not None:
+            fields[key] = getattr(a, key)
+    if a.eval_data:
+        fields["eval_data"] = a.eval_data
+    spec = spec_cls(**fields)
+    if a.save_spec:
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+    _run_or_queue(spec, a.queue, a.after)
+
+
 def cmd_run(a) -> None:
-    _run_or_queue(load_spec(a.spec), a.queue)
+    _run_or_queue(load_spec(a.spec), a.queue, a.after)
 
 
 def cmd_models(a) -> None:
@@ -80,7 +107,7 @@ def cmd_models(a) -> None:
 def cmd_worker(a) -> None:
     from backend import runner
 
-    runner.worker(poll=a.poll, once=a.once)
+    runner.worker(poll=a.poll, once=a.once, slots=a.slots)
 
 
 def cmd_jobs(a) -> None:
@@ -91,6 +118,8 @@ def cmd_jobs(a) -> None:
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} {j.message[:60]}")
     elif a.action == "cancel":
         print(f"job {a.id}: {runner.cancel(int(a.id)).status}")
+    elif a.action == "resume":
+        print(f"job {a.id}: {runner.resume(int(a.id)).status} (a running worker resumes it from its last checkpoint)")
     elif a.action == "exec":
         sys.exit(runner.execute(int(a.id)))
 
@@ -114,9 +143,37 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
     u.set_defaults(fn=cmd_upscale)
 
+    t = sub.add_parser("train", help="continued pretraining, SFT or DPO with trl, through accelerate launch")
+    t.add_argument("kind", choices=["cpt", "sft", "dpo"])
+    t.add_argument("--model", required=True, help="registered name or model folder")
+    t.add_argument("--data", type=_source, action="append", required=True,
+                   help="builtin:NAME, a file or a Hub id, optionally @WEIGHT; repeat for a mix")
+    t.add_argument("--eval-data", type=_source)
+    t.add_argument("--eval-fraction", type=float)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--learning-rate", "--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--max-length", type=int)
+    t.add_argument("--save-steps", type=int)
+    t.add_argument("--eval-steps", type=int)
+    t.add_argument("--max-rows", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--beta", type=float, help="dpo")
+    t.add_argument("--loss-type", help="dpo: sigmoid, ipo, hinge…")
+    t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
+    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--accelerate-config", help="your accelerate config file")
+    t.add_argument("--name")
+    t.add_argument("--out")
+    t.add_argument("--save-spec")
+    t.add_argument("--queue", action="store_true")
+    t.add_argument("--after", type=int, help="queue it to run after this job succeeds")
+    t.set_defaults(fn=cmd_train)
+
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
     r.add_argument("spec")
     r.add_argument("--queue", action="store_true")
+    r.add_argument("--after", type=int, help="queue it to run after this job succeeds")
     r.set_defaults(fn=cmd_run)
 
     m = sub.add_parser("models", help="list, import or delete registered models")
@@ -129,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run queued jobs")
     w.add_argument("--poll", type=float, default=1.0)
     w.add_argument("--once", action="store_true", help="run what is queued, then exit")
+    w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
     w.set_defaults(fn=cmd_worker)
 
     j = sub.add_parser("jobs", help="list or cancel jobs")
-    j.add_argument("action", choices=["list", "cancel", "exec"])
+    j.add_argument("action", choices=["list", "cancel", "resume", "exec"])
     j.add_argument("id", nargs="?")
     j.set_defaults(fn=cmd_jobs)
     return p
@@ -145,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

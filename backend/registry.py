@@ -266,7 +266,10 @@ def import_any(target: str, name: str | None = None, *, allow_pickle: bool = Fal
     if p.exists():
         return import_folder(p, name, allow_pickle=allow_pickle, progress=progress)
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
-        return import_hub(target, name, progress=progress)
+        try:
+            return import_hub(target, name, progress=progress)
+        except RegistryError as exc:
+            raise RegistryError(f"{exc} (There is no local folder {target!r} either.)") from None
     raise RegistryError(f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name).")
 
 

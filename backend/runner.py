@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -22,9 +23,9 @@ from typing import Callable
 
 from sqlmodel import select
 
-from backend.specs import _Spec, spec_from_dict
+from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
 from storage import db
-from storage.models import Job, utcnow
+from storage.models import Job, JobMetric, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
@@ -38,12 +39,20 @@ def work_function(kind: str) -> Callable[..., dict]:
         from backend.registry import run_import
 
         return run_import
+    if kind in TRAIN_KINDS:
+        from backend.training import run_train
+
+        return run_train
     raise ValueError(f"No runner for job kind {kind!r}.")
 
 
-def submit(spec: _Spec) -> Job:
+def submit(spec: _Spec, after: int | None = None) -> Job:
+    """Queue a job; with `after`, it runs only once that job has succeeded (a CPT → SFT → DPO chain)."""
+    if after is not None and get(after) is None:
+        raise ValueError(f"No job {after} to wait for.")
     with db.session() as s:
-        job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", message="waiting for the worker")
+        job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after,
+                  message=f"waiting for job {after}" if after else "waiting for the worker")
         s.add(job)
         s.commit()
         s.refresh(job)
@@ -62,6 +71,22 @@ def get(job_id: int) -> Job | None:
 def list_jobs(limit: int = 100) -> list[Job]:
     with db.session() as s:
         return list(s.exec(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def metrics(job_ids: list[int]) -> list[JobMetric]:
+    with db.session() as s:
+        return list(s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids)).order_by(JobMetric.step)))
+
+
+def resume(job_id: int) -> Job:
+    """Queue an interrupted, failed or cancelled training job again; it restarts from its last checkpoint."""
+    job = get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}.")
+    if job.status not in ("interrupted", "failed", "cancelled"):
+        raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+    _update(job_id, status="queued", error="", finished=None, pid=None, message="queued to resume")
+    return get(job_id)
 
 
 def _update(job_id: int, **fields) -> None:
@@ -101,6 +126,8 @@ def execute(job_id: int) -> int:
     if job is None or job.status not in ("queued", "running"):
         return 1
     _update(job_id, status="running", started=utcnow(), pid=os.getpid(), message="starting")
+    os.environ["DUS_JOB_ID"] = str(job_id)  # training processes write metrics rows for this job
+    _watch_parent()
     last = [0.0]
 
     def progress(frac: float, message: str) -> None:
@@ -122,6 +149,20 @@ def execute(job_id: int) -> int:
     _update(job_id, status="succeeded", finished=utcnow(), progress=1.0, result=result,
             message="done: " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "path")[:400])
     return 0
+
+
+def _watch_parent() -> None:
+    """If the worker dies (even by kill -9), end this job's whole process group: the job is then 'interrupted'
+    by the next worker and can resume from its last checkpoint, instead of running on unwatched."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # ---------------------------------------------------------------- the worker
@@ -165,15 +206,29 @@ def recover_orphans() -> list[int]:
 
 
 def _claim_next() -> Job | None:
+    """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
+    cancelled with the reason. The claim is a conditional update, so two workers never take the same job."""
+    from sqlalchemy import update
+
     with db.session() as s:
-        job = s.exec(select(Job).where(Job.status == "queued").order_by(Job.id)).first()
-        if job is None:
-            return None
-        job.status, job.message = "running", "launching"
-        s.add(job)
-        s.commit()
-        s.refresh(job)
-        return job
+        for job in s.exec(select(Job).where(Job.status == "queued").order_by(Job.id)):
+            if job.after is not None:
+                dep = s.get(Job, job.after)
+                if dep is None or dep.status in ("failed", "cancelled", "interrupted"):
+                    job.status, job.finished = "cancelled", utcnow()
+                    job.message = f"not run: job {job.after} it waited for {dep.status if dep else 'is gone'}"
+                    s.add(job)
+                    s.commit()
+                    continue
+                if dep.status != "succeeded":
+                    continue
+            claimed = s.exec(update(Job).where(Job.id == job.id, Job.status == "queued")
+                             .values(status="running", message="launching"))
+            s.commit()
+            if claimed.rowcount == 1:
+                s.refresh(job)
+                return job
+    return None
 
 
 def start_child(job: Job) -> subprocess.Popen:
@@ -186,8 +241,10 @@ def start_child(job: Job) -> subprocess.Popen:
     return proc
 
 
-def worker(poll: float = 1.0, once: bool = False) -> None:
-    """Run queued jobs one at a time until stopped. `once`: run what is queued now, then return (tests, CI)."""
+def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> None:
+    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS or 1: one job per
+    device). `once`: run what is runnable now, wait for it, then return (tests, scripts)."""
+    slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
     db.init_db()
     db.clean_stale_tmp()
     recover_orphans()
@@ -197,20 +254,22 @@ def worker(poll: float = 1.0, once: bool = False) -> None:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    while not stop:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+    running: dict[int, subprocess.Popen] = {}
+    while True:
         heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-        job = _claim_next()
-        if job is None:
-            if once:
-                return
-            time.sleep(poll)
+        for job_id, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[job_id]
+                if get(job_id).status == "running":  # the child died without saying why (killed, out of memory)
+                    _update(job_id, status="failed", finished=utcnow(),
+                            error=f"the job process exited with code {proc.returncode} without finishing; see its "
+                                  "log")
+        job = _claim_next() if not stop and len(running) < slots else None
+        if job is not None:
+            running[job.id] = start_child(job)
             continue
-        proc = start_child(job)
-        while proc.poll() is None:
-            heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-            time.sleep(0.2)
-        final = get(job.id)
-        if final.status == "running":  # the child died without saying why (killed, out of memory...)
-            _update(job.id, status="failed", finished=utcnow(),
-                    error=f"the job process exited with code {proc.returncode} without finishing; see its log")
+        if not running and (once or stop):
+            return
+        time.sleep(0.2 if running else poll)

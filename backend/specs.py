@@ -26,7 +26,8 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump({"kind": data.pop("kind"), **data}, sort_keys=False)
 
 
 class SliceRange(BaseModel):
@@ -100,7 +101,85 @@ class ImportSpec(_Spec):
     _name = field_validator("name")(UpscaleSpec._name.__func__)
 
 
-SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec}
+class DataSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="builtin:NAME, a local .jsonl/.json/.csv/.parquet/.txt file, or a Hub id")
+    weight: float = Field(1.0, gt=0, description="1 = the whole set once, 0.5 = a random half, 2 = twice")
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = Field("all-linear", description="peft target_modules: all-linear or comma-separated names")
+
+
+class _TrainSpec(_Spec):
+    model: str = Field(description="registered model name, or a model folder")
+    data: list[DataSource] = Field(min_length=1, description="weighted mix of sources (SFT v1–v4 style)")
+    eval_data: DataSource | None = Field(None, description="held-out set; default: eval_fraction of the data")
+    eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of the data held out when no eval_data")
+    reference_model: str | None = Field(None, description="also score this model on the held-out set (cpt: "
+                                                           "defaults to the up-scaled model's parent)")
+    max_steps: int = Field(30, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    batch_size: int = Field(2, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=16, description="tokens per sequence (prompt + completion for DPO)")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(10, ge=1)
+    save_steps: int = Field(10, ge=1, description="checkpoint interval; a resumed job restarts from the last one")
+    max_rows: int | None = Field(None, ge=1, description="use at most this many rows of each source")
+    seed: int = 0
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters (peft) and merge them; default full")
+    gradient_checkpointing: bool = False
+    num_processes: int = Field(1, ge=1, description="accelerate launch --num_processes")
+    accelerate_config: str | None = Field(None, description="your accelerate config file (DDP, FSDP, DeepSpeed)")
+    name: str | None = Field(None, description="name to register; default derived from model and kind")
+    out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
+
+    _name = field_validator("name")(UpscaleSpec._name.__func__)
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accel(cls, v: str | None) -> str | None:
+        if v and not Path(v).expanduser().is_file():
+            raise ValueError(f"accelerate config file {v} does not exist.")
+        return v
+
+    def default_name(self) -> str:
+        base = Path(self.model).name if "/" in self.model else self.model
+        return f"{base}-{self.kind}"[:100]
+
+
+class CptSpec(_TrainSpec):
+    """Continued pretraining: causal LM on plain text, packed into full-length sequences."""
+    kind: Literal["cpt"] = "cpt"
+    packing: bool = True
+
+
+class SftSpec(_TrainSpec):
+    """Supervised fine-tuning on conversations or prompt/completion pairs (chat template applied by trl)."""
+    kind: Literal["sft"] = "sft"
+    packing: bool = False
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+
+
+class DpoSpec(_TrainSpec):
+    """Direct preference optimisation on prompt/chosen/rejected; the reference is the starting model."""
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "apo_zero", "apo_down", "sigmoid_norm"] = "sigmoid"
+    learning_rate: float = Field(5e-6, gt=0, lt=1)
+
+
+TRAIN_KINDS = ("cpt", "sft", "dpo")
+SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,
+                                 "dpo": DpoSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

@@ -54,8 +54,23 @@ class Job(SQLModel, table=True):
     message: str = ""  # the latest progress line, for the page
     error: str = ""
     log_path: str = ""
+    after: int | None = Field(default=None, index=True)  # run only once this job has succeeded
+    run_dir: str = ""  # training jobs: checkpoints, metrics.jsonl, spec.json (stable, so resume finds them)
     pid: int | None = None
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     created: datetime = Field(default_factory=utcnow)
     started: datetime | None = None
     finished: datetime | None = None
+
+
+class JobMetric(SQLModel, table=True):
+    """One logged value of a job (loss, learning_rate, rewards/margins, eval_loss...) at a training step."""
+
+    __tablename__ = "job_metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(index=True, foreign_key="jobs.id")
+    step: int
+    name: str
+    value: float
+    time: datetime = Field(default_factory=utcnow)

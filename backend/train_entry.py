@@ -1,0 +1,213 @@
+"""The script `accelerate launch` runs on every process: one trl training run, in fixed steps
+(setup, reference score, train, save). Launched by backend/training.py; by hand:
+
+    accelerate launch --cpu --num_processes 1 -m backend.train_entry workspace/runs/RUN   # RUN/spec.json
+
+trl's trainers do the work (no hand-written loop). What this adds: the held-out loss at step 0 and of a reference
+model (the recovery view), a callback that writes every logged value to metrics.jsonl and the job's rows, resume
+from the run folder's last checkpoint, and a finished model folder written only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from backend import data
+from backend.specs import spec_from_dict
+
+CUDA = torch.cuda.is_available()
+
+
+class MetricsCallback(TrainerCallback):
+    """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress."""
+
+    def __init__(self, run_dir: Path, max_steps: int, job_id: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        self.max_steps, self.job_id = max_steps, job_id
+        self.t0 = self.last_t = time.time()
+        self.start_step = 0
+        self.last_tokens = 0
+        self.last_step_time: tuple[int, float] | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start_step = state.global_step  # > 0 when resumed
+        self.t0 = self.last_t = time.time()
+        self.last_tokens = state.num_input_tokens_seen or 0
+        if self.job_id and state.is_world_process_zero and self.start_step:
+            from storage.models import JobMetric
+            from storage import db
+            from sqlmodel import delete
+
+            with db.session() as s:  # values logged after the checkpoint will be logged again
+                s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.step > self.start_step))
+                s.commit()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        tokens = state.num_input_tokens_seen or 0
+        if tokens > self.last_tokens and now > self.last_t and "loss" in values:
+            values["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_t)
+            self.last_tokens, self.last_t = tokens, now
+        self.record(state.global_step, values)
+
+    def record(self, step: int, values: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        done = step - self.start_step
+        elapsed = time.time() - self.t0
+        eta = elapsed / done * (self.max_steps - step) if done > 0 else None
+        loss = values.get("loss", values.get("eval_loss"))
+        msg = f"step {step}/{self.max_steps}" + (f" · loss {loss:.4f}" if loss is not None else "") + \
+            (f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "")
+        print(f"[{step / self.max_steps:6.1%}] {msg}", flush=True)
+        if not self.job_id:
+            return
+        from storage import db
+        from storage.models import Job, JobMetric
+
+        with db.session() as s:
+            for k, v in values.items():
+                s.add(JobMetric(job_id=self.job_id, step=step, name=k, value=v))
+            job = s.get(Job, self.job_id)
+            if job is not None and job.status == "running":
+                job.progress = min(step / self.max_steps, 0.999)
+                job.message = msg
+                s.add(job)
+            s.commit()
+
+
+def load_model(path: str):
+    kwargs = {"dtype": torch.bfloat16 if CUDA else torch.float32}
+    if CUDA:
+        kwargs["attn_implementation"] = "sdpa"
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def make_config(spec, run_dir: Path, has_eval: bool):
+    from trl import DPOConfig, SFTConfig
+
+    common = dict(
+        output_dir=str(run_dir / "checkpoints"), max_steps=spec.max_steps, per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size, gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate, lr_scheduler_type=spec.lr_scheduler, warmup_steps=spec.warmup_ratio,  # a float < 1 is a ratio
+        weight_decay=spec.weight_decay, logging_steps=spec.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=spec.save_steps, save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no", eval_steps=spec.eval_steps if has_eval else None,
+        # trl defaults bf16 and gradient checkpointing on; on a CPU neither helps, so both follow the hardware.
+        bf16=CUDA, fp16=False, use_cpu=not CUDA, gradient_checkpointing=spec.gradient_checkpointing,
+        report_to="none", seed=spec.seed, max_length=spec.max_length, disable_tqdm=True,
+        dataloader_num_workers=0, include_num_input_tokens_seen="all",
+    )
+    if spec.kind == "dpo":
+        return DPOConfig(beta=spec.beta, loss_type=[spec.loss_type], **common)
+    return SFTConfig(packing=spec.packing, dataset_text_field="text", **common)
+
+
+def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
+    from trl import DPOTrainer, SFTTrainer
+
+    peft_config = None
+    if spec.lora:
+        from peft import LoraConfig
+
+        targets = spec.lora.target_modules
+        peft_config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                                 target_modules=targets if targets == "all-linear" else targets.split(","),
+                                 task_type="CAUSAL_LM")
+    if spec.kind == "dpo":
+        # The reference is passed explicitly (trl would reload it from config._name_or_path otherwise); with LoRA
+        # the frozen base with adapters disabled is the reference.
+        return DPOTrainer(model=model, ref_model=None if spec.lora else ref_model, args=args, train_dataset=train,
+                          eval_dataset=evals, processing_class=tok, callbacks=callbacks, peft_config=peft_config)
+    return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tok,
+                      callbacks=callbacks, peft_config=peft_config)
+
+
+def main(run_dir: Path) -> None:
+    cfg = json.loads((run_dir / "spec.json").read_text())
+    spec = spec_from_dict(cfg["spec"])
+    job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
+    torch.manual_seed(spec.seed)
+
+    # --- setup
+    tok = AutoTokenizer.from_pretrained(cfg["model_path"])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if spec.kind in ("sft", "dpo") and not tok.chat_template:
+        raise SystemExit(f"error: {cfg['model_path']} has no chat template; {spec.kind} on conversations needs "
+                         "one. Use a prompt/completion file with a base model, or an instruct model.")
+    train, report = data.mix([(d.source, d.weight) for d in spec.data], spec.kind, spec.seed, spec.max_rows)
+    for source, layout, rows in report:
+        print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
+    evals = None
+    if spec.eval_data:
+        evals, _ = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
+    elif spec.eval_fraction and len(train) >= 10:
+        split = train.train_test_split(test_size=spec.eval_fraction, seed=spec.seed)
+        train, evals = split["train"], split["test"]
+    model = load_model(cfg["model_path"])
+    ref_model = load_model(cfg["model_path"]) if spec.kind == "dpo" and not spec.lora else None
+    args = make_config(spec, run_dir, evals is not None)
+    callback = MetricsCallback(run_dir, spec.max_steps, job_id)
+    trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback])
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    # --- step-0 scores: the model before training, and the reference (the base of an up-scaled model)
+    if evals is not None and not checkpoints and spec.kind != "dpo":
+        start = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            callback.record(0, {"eval_loss": start["eval_loss"]})
+        if cfg.get("reference_path"):
+            ref = load_model(cfg["reference_path"])
+            ref_trainer = build_trainer(spec.model_copy(update={"lora": None}), ref, None, tok,
+                                        make_config(spec, run_dir / "reference", True), train, evals, [])
+            ref_loss = ref_trainer.evaluate()["eval_loss"]
+            del ref_trainer, ref
+            shutil.rmtree(run_dir / "reference", ignore_errors=True)
+            if trainer.is_world_process_zero():
+                callback.record(0, {"reference_eval_loss": ref_loss})
+
+    # --- train (from the last checkpoint when the run folder has one)
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    final_eval = trainer.evaluate() if evals is not None else {}
+
+    # --- save: into final.partial, renamed when complete
+    if trainer.is_world_process_zero():
+        out = run_dir / "final.partial"
+        shutil.rmtree(out, ignore_errors=True)
+        model = trainer.model
+        if spec.lora:
+            model = model.merge_and_unload()
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(out)
+        summary = {"global_step": result.global_step, "train_loss": round(result.training_loss, 4),
+                   "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+                   "resumed_from": checkpoints[-1].name if checkpoints else None,
+                   "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+                   "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+                   "world_size": trainer.args.world_size}
+        (out / "README.md").write_text(
+            f"# {cfg['name']}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"
+            f"Data: {', '.join(f'{d.source} ×{d.weight:g}' for d in spec.data)}\n\n"
+            f"Steps: {result.global_step}; train loss {summary['train_loss']}; eval loss {summary['eval_loss']}.\n\n"
+            f"## Spec\n```yaml\n{spec.to_yaml()}```\n")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        out.rename(run_dir / "final")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

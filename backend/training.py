@@ -1,0 +1,128 @@
+"""Training jobs (continued pretraining, SFT, DPO): check the inputs, launch trl through `accelerate launch`,
+then register the result with its lineage.
+
+    python -m backend train sft --model SmolLM2-135M-Instruct-dus-m8 --data builtin:alpaca-mini --max-steps 20
+
+Every run goes through `accelerate launch`, so a user with several GPUs or nodes passes their own accelerate
+config (DDP, FSDP, DeepSpeed) unchanged. The launched script is `backend/train_entry.py`; it writes checkpoints,
+`metrics.jsonl` and the finished model into the run folder. A run folder that already holds checkpoints is
+resumed from the last one (a job keeps its run folder: workspace/runs/job-ID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from backend import data, registry
+from backend.specs import _TrainSpec
+from storage import db
+
+Progress = Callable[[float, str], None]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_dir_for(spec: _TrainSpec) -> Path:
+    job = os.environ.get("DUS_JOB_ID")
+    name = f"job-{job}" if job else f"{spec.name or spec.default_name()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = db.workspace() / "runs" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
+    """Fail before anything is launched: model, data layouts, names. Returns (model folder, name, reference)."""
+    folder, model_name = registry.resolve(spec.model)
+    for src in spec.data + ([spec.eval_data] if spec.eval_data else []):
+        ds = data.load_source(src.source)
+        data.detect_layout(ds.column_names, spec.kind)
+    name = spec.name or spec.default_name()
+    registry.check_name_free(name)
+    reference = spec.reference_model
+    if reference is None and spec.kind == "cpt" and model_name:
+        rec = registry.get(model_name)
+        if rec and rec.kind == "upscaled" and rec.parents:  # the recovery view: base loss as the reference line
+            reference = rec.parents[0]
+    ref_folder = str(registry.resolve(reference)[0]) if reference else None
+    return folder, name, ref_folder
+
+
+def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
+    import torch
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if spec.accelerate_config:
+        cmd += ["--config_file", str(Path(spec.accelerate_config).expanduser())]
+    else:
+        cmd += ["--num_processes", str(spec.num_processes), "--num_machines", "1", "--dynamo_backend", "no",
+                "--mixed_precision", "bf16" if torch.cuda.is_available() else "no"]
+        if spec.num_processes > 1:
+            # accelerate's --cpu launcher runs one process (several need MPI); its torchrun launcher starts
+            # N processes, which find no GPU and join over gloo: multi-process CPU data parallelism.
+            cmd += ["--multi_gpu"]
+        elif not torch.cuda.is_available():
+            cmd += ["--cpu"]
+    cmd += ["--main_process_port", str(_free_port()), "-m", "backend.train_entry", str(run_dir)]
+    return cmd
+
+
+def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    progress = progress or (lambda f, m: None)
+    folder, name, ref_folder = check_inputs(spec)
+    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
+    run_dir = run_dir_for(spec)
+    (run_dir / "spec.json").write_text(json.dumps({"spec": spec.model_dump(mode="json"), "model_path": str(folder),
+                                                   "reference_path": ref_folder, "name": name}, indent=2))
+    shutil.rmtree(run_dir / "final", ignore_errors=True)
+    resumed = sorted((run_dir / "checkpoints").glob("checkpoint-*")) if (run_dir / "checkpoints").exists() else []
+    progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es)"
+                  + (f", resuming from {resumed[-1].name}" if resumed else ""))
+    env = {**os.environ, "DUS_WORKSPACE": str(db.workspace()), "PYTHONUNBUFFERED": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    tail: deque[str] = deque(maxlen=40)
+    for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors
+        print(line, end="", flush=True)
+        tail.append(line.rstrip())
+    rc = proc.wait()
+    final = run_dir / "final"
+    if rc != 0 or not (final / "config.json").exists():
+        errors = [ln for ln in tail if re.match(r"^(\w+Error|error): ", ln) and "CalledProcessError" not in ln]
+        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): "
+                            f"{errors[0] if errors else (tail[-1] if tail else 'no output')}. "
+                            f"Full log above; run folder {run_dir}.")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        out_dir.rmdir()
+    shutil.move(str(final), out_dir)  # a rename on the same filesystem
+    try:
+        rec = registry.register(out_dir, name, "trained", parents=[spec.model], source=spec.kind,
+                                recipe=spec.model_dump(mode="json"))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    progress(1.0, f"registered {name}: {summary.get('global_step')} steps, train loss {summary.get('train_loss')}")
+    return {"model": rec.name, "path": str(out_dir), "run_dir": str(run_dir), **summary}
