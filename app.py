@@ -5,6 +5,8 @@
 Navigation only: each page lives in pages/ and calls backend/.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from storage import db
@@ -17,8 +19,19 @@ pages = {
         st.Page("pages/build.py", title="Depth up-scale", icon="🧱", default=True),
         st.Page("pages/models.py", title="Models & chat", icon="📚"),
     ],
-    "Run": [
+    "Train": [
+        st.Page("pages/train.py", title="Train", icon="🏋️"),
+        st.Page("pages/monitor.py", title="Monitor", icon="📈"),
         st.Page("pages/jobs.py", title="Jobs", icon="⚙️"),
     ],
 }
-st.navigation(pages).run()
+current = st.navigation(pages)
+st.session_state["_via_app"] = True
+# A first visit straight to /monitor (say) runs Streamlit's legacy pages/ mode, which skips this file; the page
+# then sends the visitor here (pages.common.via_app) and we forward them to the page they asked for.
+intended = st.session_state.pop("_intended_page", None)
+if intended:
+    for page in (p for group in pages.values() for p in group):
+        if page.url_path == Path(intended).stem:
+            st.switch_page(page)
+current.run()

@@ -147,7 +147,8 @@ def execute(job_id: int) -> int:
                     message="failed")
         return 1
     _update(job_id, status="succeeded", finished=utcnow(), progress=1.0, result=result,
-            message="done: " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "path")[:400])
+            message="done: " + ", ".join(f"{k} {v}" for k, v in result.items()
+                                         if k not in ("path", "run_dir") and v is not None)[:400])
     return 0
 
 

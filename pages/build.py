@@ -11,9 +11,10 @@ from pydantic import ValidationError
 from backend import registry, runner
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import human, human_bytes, job_status, model_names, worker_banner
+from pages.common import human, human_bytes, job_status, model_names, worker_banner, via_app
 from pages.figures import layer_map_figure
 
+via_app(__file__)
 st.title("Depth up-scale")
 st.caption("SOLAR's recipe (arXiv 2312.15166): copy A keeps layers [0, n−m), copy B keeps [m, n); stacked they "
            "make s = 2·(n−m) layers. SOLAR: n = 32, m = 8 → 48 layers, 10.7B parameters.")

@@ -10,9 +10,17 @@ import streamlit as st
 
 from backend import registry, runner
 from backend.chat import load
+from backend.specs import TRAIN_KINDS
 from storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def via_app(page_file: str) -> None:
+    """Call first on every page: run through app.py's navigation even when the first visit is a page URL."""
+    if not st.session_state.get("_via_app"):
+        st.session_state["_intended_page"] = Path(page_file).name
+        st.switch_page("app.py")
 
 
 def human(n: float) -> str:
@@ -66,10 +74,15 @@ def job_status(job_id: int) -> None:
                 st.rerun()
         elif job.status == "succeeded":
             st.success(label)
-        elif job.status == "failed":
-            st.error(f"Job {job.id} failed: {job.error}")
         else:
-            st.warning(label)
+            if job.status == "failed":
+                st.error(f"Job {job.id} failed: {job.error}")
+            else:
+                st.warning(label)
+            if job.kind in TRAIN_KINDS and st.button("Resume from the last checkpoint", key=f"resume_{job.id}"):
+                runner.resume(job.id)
+                st.session_state.pop(seen, None)
+                st.rerun(scope="app")
 
     _show()
 

@@ -56,3 +56,30 @@ def layer_map_figure(plan) -> go.Figure:
                       yaxis=dict(categoryorder="array", categoryarray=list(reversed(rows))),
                       uniformtext=dict(minsize=6, mode="show"))
     return fig
+
+
+def metric_figure(series: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
+    """One line per job for one logged metric."""
+    fig = go.Figure()
+    for k, (label, points) in enumerate(series.items()):
+        if points:
+            xs, ys = zip(*points)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines", name=label,
+                                     line_color=PALETTE[k % len(PALETTE)]))
+    fig.update_layout(title=metric, height=300, margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def recovery_figure(points: list[tuple[int, float]], reference: float, label: str, ref_label: str) -> go.Figure:
+    """SOLAR's story at small scale: the up-scaled model's held-out loss starts above its base's, then falls."""
+    fig = go.Figure()
+    xs, ys = zip(*points) if points else ((), ())
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{label} (held-out loss)",
+                             line_color=PALETTE[1]))
+    fig.add_hline(y=reference, line_dash="dash", line_color=PALETTE[0],
+                  annotation_text=f"{ref_label}: {reference:.3f}", annotation_position="top left")
+    fig.update_layout(title="Recovery: held-out loss during continued pretraining vs the base model", height=360,
+                      margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step", yaxis_title="eval loss",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

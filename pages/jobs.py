@@ -9,8 +9,9 @@ import streamlit as st
 import yaml
 
 from backend import runner
-from pages.common import job_status, worker_banner
+from pages.common import job_status, worker_banner, via_app
 
+via_app(__file__)
 st.title("Jobs")
 worker_banner()
 

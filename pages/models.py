@@ -11,9 +11,10 @@ import yaml
 from backend import registry, runner
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, explain
-from pages.common import cached_model, human, job_status, worker_banner
+from pages.common import cached_model, human, job_status, worker_banner, via_app
 from pydantic import ValidationError
 
+via_app(__file__)
 st.title("Models & chat")
 worker_banner()
 

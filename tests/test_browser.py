@@ -95,3 +95,30 @@ def test_build_a_model_through_the_browser(served):
         browser.close()
     rec = registry.get("tiny-dus-m2")
     assert rec is not None and rec.num_layers == 8 and rec.parents == ["tiny"]
+
+
+def test_launch_a_tiny_sft_job_and_watch_its_loss_chart_fill(served):
+    from playwright.sync_api import sync_playwright
+
+    from backend import runner
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(served + "/train")
+        page.get_by_text("SFT", exact=True).click()
+        page.get_by_text("alpaca layout, 200 rows").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Launch SFT").click()
+        page.get_by_text("Watch it on the Monitor page").click()
+        page.get_by_text("Recovery").or_(page.locator(".js-plotly-plot")).first.wait_for(timeout=90_000)
+        page.get_by_text("succeeded").first.wait_for(timeout=120_000)
+        page.wait_for_timeout(3000)  # one more refresh of the charts fragment
+        loss_chart = page.locator(".js-plotly-plot", has=page.locator("text=loss")).first
+        assert loss_chart.locator("path.js-line").count() >= 1  # the curve is drawn
+        page.screenshot(path=str(ARTIFACTS / "browser-monitor.png"), full_page=True)
+        browser.close()
+    (job,) = runner.list_jobs()
+    assert job.kind == "sft" and job.status == "succeeded"
+    losses = [m for m in runner.metrics([job.id]) if m.name == "loss"]
+    assert len(losses) == 30

@@ -123,3 +123,46 @@ def test_jobs_page_shows_jobs(tiny):
     df = at.dataframe[0].value
     assert list(df["status"]) == ["queued"] and list(df["kind"]) == ["upscale"]
     assert any("No job worker is running" in w.value for w in at.warning)
+
+
+def test_train_page_previews_data_and_queues_the_spec(tiny):
+    at = app("train.py")
+    assert any("text layout, 200 rows" in e.label for e in at.expander)  # cpt default: the built-in corpus
+    at.radio(key="kind").set_value("sft").run()
+    assert any("alpaca layout" in e.label for e in at.expander)
+    at.number_input(key="max_steps").set_value(4).run()
+    at.button(key="launch").click().run()
+    (job,) = runner.list_jobs()
+    assert job.kind == "sft" and job.spec["max_steps"] == 4 and job.spec["model"] == "tiny"
+    assert job.spec["data"] == [{"source": "builtin:alpaca-mini", "weight": 1.0}]
+
+
+def test_train_page_explains_a_file_that_fits_no_layout(tiny, tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n')
+    at = app("train.py")
+    at.radio(key="kind").set_value("dpo").run()
+    at.session_state["sources_dpo"] = {"edited_rows": {0: {"source": str(bad)}}, "added_rows": [],
+                                       "deleted_rows": []}
+    at.run()
+    assert any("missing chosen, rejected" in e.value for e in at.error)
+    assert at.button(key="launch").disabled
+
+
+def test_monitor_page_draws_the_recovery_view_from_metric_rows(tiny):
+    from backend.specs import CptSpec, DataSource
+    from storage import db
+    from storage.models import JobMetric
+
+    job = runner.submit(CptSpec(model="tiny", data=[DataSource(source="builtin:facts-corpus")]))
+    with db.session() as s:
+        for step, name, value in [(0, "reference_eval_loss", 4.0), (0, "eval_loss", 6.0), (1, "loss", 5.5),
+                                  (2, "loss", 5.0), (10, "eval_loss", 4.5)]:
+            s.add(JobMetric(job_id=job.id, step=step, name=name, value=value))
+        s.commit()
+    at = app("monitor.py")
+    charts = at.get("plotly_chart")
+    titles = [c.proto.spec for c in charts]
+    assert any("Recovery" in t for t in titles) and any('"loss"' in t for t in titles)
+    recovery = next(t for t in titles if "Recovery" in t)
+    assert "4.000" in recovery and "[6.0,4.5]" in recovery.replace(" ", "")

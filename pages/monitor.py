@@ -1,0 +1,68 @@
+"""Monitor page: live progress with ETA, curves of every logged metric (several jobs on one chart), the recovery
+view for an up-scaled model in continued pretraining, logs, cancel and resume."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import streamlit as st
+
+from backend import runner
+from backend.specs import TRAIN_KINDS
+from pages.common import job_status, worker_banner, via_app
+from pages.figures import metric_figure, recovery_figure
+
+PREFERRED = ["loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "rewards/chosen", "rewards/rejected",
+             "rewards/margins", "rewards/accuracies", "mean_token_accuracy"]
+
+via_app(__file__)
+st.title("Monitor")
+worker_banner()
+jobs = [j for j in runner.list_jobs(500) if j.kind in TRAIN_KINDS]
+if not jobs:
+    st.info("No training jobs yet: launch one on the Train page.")
+    st.stop()
+
+labels = {j.id: f"{j.id} · {j.kind} · {j.spec.get('name') or j.spec.get('model')} · {j.status}" for j in jobs}
+chosen = st.multiselect("Jobs", list(labels), default=[jobs[0].id], format_func=labels.get, key="monitor_jobs")
+for job_id in chosen:
+    job_status(job_id)
+
+
+@st.fragment(run_every=2.0)
+def charts(job_ids: list[int]) -> None:
+    rows = runner.metrics(job_ids)
+    series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for m in rows:
+        series[m.name][labels.get(m.job_id, str(m.job_id))].append((m.step, m.value))
+    if not rows:
+        st.caption("No metrics logged yet.")
+        return
+    # Recovery view: eval loss of the up-scaled model vs its base's (reference_eval_loss, logged at step 0)
+    for job_id in job_ids:
+        ref = [m.value for m in rows if m.job_id == job_id and m.name == "reference_eval_loss"]
+        if ref:
+            job = runner.get(job_id)
+            pts = series["eval_loss"][labels[job_id]]
+            st.plotly_chart(recovery_figure(sorted(pts), ref[-1], job.spec.get("model", ""), "base model"),
+                            key=f"recovery_{job_id}")
+    # every common metric that has values is drawn (new ones appear as the run logs them); others on request
+    shown = [n for n in PREFERRED if n in series]
+    others = sorted(n for n in series if n not in PREFERRED and n != "reference_eval_loss")
+    shown += st.multiselect("More metrics", others, key="more_metrics")
+    cols = st.columns(2)
+    for i, name in enumerate(shown):
+        data = {label: sorted(points) for label, points in series[name].items()}
+        cols[i % 2].plotly_chart(metric_figure(data, name), key=f"metric_{name}")
+
+
+if chosen:
+    charts(chosen)
+    job = runner.get(chosen[0])
+    log = Path(job.log_path) if job and job.log_path else None
+    with st.expander(f"Log of job {chosen[0]} (last 40 lines)"):
+        if log and log.exists():
+            st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
+        else:
+            st.caption("No log yet.")
