@@ -19,6 +19,9 @@ pages = {
         st.Page("pages/build.py", title="Depth up-scale", icon="🧱", default=True),
         st.Page("pages/models.py", title="Models & chat", icon="📚"),
     ],
+    "Data": [
+        st.Page("pages/synth.py", title="Synthetic math", icon="🧮"),
+    ],
     "Train": [
         st.Page("pages/train.py", title="Train", icon="🏋️"),
         st.Page("pages/monitor.py", title="Monitor", icon="📈"),

@@ -5,6 +5,8 @@
     python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
     python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
+    python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
+    python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] …
     python -m backend run SPEC.yaml [--queue]
     python -m backend worker
     python -m backend jobs list | cancel ID | resume ID
@@ -19,8 +21,8 @@ import sys
 
 from pydantic import ValidationError
 
-from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, SliceRange, UpscaleSpec, explain,
-                           load_spec)
+from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, SliceRange, SynthMathSpec, UpscaleSpec,
+                           explain, load_spec)
 
 
 def _progress(frac: float, message: str) -> None:
@@ -79,6 +81,33 @@ def cmd_train(a) -> None:
         with open(a.save_spec, "w") as f:
             f.write(spec.to_yaml())
     _run_or_queue(spec, a.queue, a.after)
+
+
+def cmd_synth(a) -> None:
+    spec = SynthMathSpec(seeds=a.seed_file or "generator", num_seeds=a.seeds, rephraser=a.rephraser,
+                         api_model=a.api_model, levels=a.level or [], categories=a.category or [],
+                         benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
+                         include_flagged=a.include_flagged)
+    if a.save_spec:
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+    _run_or_queue(spec, a.queue, a.after)
+
+
+def cmd_datasets(a) -> None:
+    from backend.synth import pipeline
+
+    if a.action == "list":
+        print(f"{'name':36} {'kind':12} {'rows':>7}  path / sources")
+        for d in pipeline.list_datasets():
+            where = d.path or ", ".join(f"{x['source']}×{x['weight']:g}" for x in d.provenance.get("sources", []))
+            print(f"{d.name:36} {d.kind:12} {d.rows:7d}  {where}")
+    elif a.action == "export":
+        for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
+            print(f"{k}: {v}")
+    elif a.action == "mix":
+        rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], a.purpose)
+        print(f"saved mix {rec.name} for {a.purpose}: use --data mix:{rec.name}")
 
 
 def cmd_run(a) -> None:
@@ -169,6 +198,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--queue", action="store_true")
     t.add_argument("--after", type=int, help="queue it to run after this job succeeds")
     t.set_defaults(fn=cmd_train)
+
+    sm = sub.add_parser("synth-math", help="SOLAR's Synth. Math-Instruct / Math-Alignment data")
+    sm.add_argument("--seeds", type=int, default=200, help="problems to generate (or take from --seed-file)")
+    sm.add_argument("--seed-file", help="MATH- or GSM8K-format .jsonl/.json instead of the generator")
+    sm.add_argument("--rephraser", default="rules", help="rules | model:NAME | openai:BASE_URL")
+    sm.add_argument("--api-model", help="openai: the model name the server serves")
+    sm.add_argument("--level", type=int, action="append", choices=[1, 2, 3])
+    sm.add_argument("--category", action="append")
+    sm.add_argument("--benchmark", help="contamination check against this file (e.g. a GSM8K test split)")
+    sm.add_argument("--include-flagged", action="store_true")
+    sm.add_argument("--batch-size", type=int, default=8)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--name", default="synth-math", help="prefix of the registered data sets")
+    sm.add_argument("--out", help="folder for the files (default workspace/datasets/NAME)")
+    sm.add_argument("--save-spec")
+    sm.add_argument("--queue", action="store_true")
+    sm.add_argument("--after", type=int)
+    sm.set_defaults(fn=cmd_synth)
+
+    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
+    d.add_argument("action", choices=["list", "export", "mix"])
+    d.add_argument("name", nargs="?")
+    d.add_argument("sources", nargs="*", type=_source, help="mix: SOURCE[@WEIGHT] …")
+    d.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"], default="sft")
+    d.add_argument("--include-flagged", action="store_true")
+    d.set_defaults(fn=cmd_datasets)
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
     r.add_argument("spec")

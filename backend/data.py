@@ -51,13 +51,48 @@ def builtin_path(name: str) -> Path:
     return BUILTIN_DIR / BUILTIN[name][0]
 
 
+def _registered(name: str):
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import DatasetRecord
+
+    with db.session() as s:
+        rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
+    if rec is None:
+        raise DataError(f"No registered data set named {name!r} (see the Synthetic math page).")
+    return rec
+
+
+def expand(sources: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Replace every `mix:NAME` by its weighted sources (weights multiply)."""
+    out = []
+    for source, weight in sources:
+        if source.startswith("mix:"):
+            rec = _registered(source.removeprefix("mix:"))
+            if rec.kind != "mix":
+                raise DataError(f"{source}: {rec.name} is a {rec.kind} data set, not a mix; use dataset:{rec.name}.")
+            out += expand([(x["source"], x["weight"] * weight) for x in rec.provenance["sources"]])
+        else:
+            out.append((source, weight))
+    return out
+
+
 def load_source(source: str, split: str = "train"):
-    """A `datasets.Dataset` from 'builtin:NAME', a local file, or a Hub id (online only)."""
+    """A `datasets.Dataset` from 'builtin:NAME', 'dataset:NAME' (registered), a local file, or a Hub id."""
     import datasets
 
     datasets.disable_progress_bars()
     if source.startswith("builtin:"):
         source = str(builtin_path(source.removeprefix("builtin:")))
+    elif source.startswith("dataset:"):
+        rec = _registered(source.removeprefix("dataset:"))
+        if not rec.path:
+            raise DataError(f"{source} is a mix: use mix:{rec.name}.")
+        source = rec.path
+    elif source.startswith("mix:"):
+        parts = [load_source(src) for src, _ in expand([(source, 1.0)])]
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     path = Path(source).expanduser()
     loaders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
     if path.suffix in loaders or path.exists():
@@ -159,7 +194,7 @@ def mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: in
     import datasets
 
     parts, report = [], []
-    for source, weight in sources:
+    for source, weight in expand(sources):
         ds, layout = prepare(source, kind, weight=weight, max_rows=max_rows, seed=seed)
         parts.append(ds)
         report.append((source, layout, len(ds)))

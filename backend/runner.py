@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from datetime import timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,10 @@ def work_function(kind: str) -> Callable[..., dict]:
         from backend.registry import run_import
 
         return run_import
+    if kind == "synth-math":
+        from backend.synth.pipeline import run_synth_math
+
+        return run_synth_math
     if kind in TRAIN_KINDS:
         from backend.training import run_train
 
@@ -189,6 +194,9 @@ def recover_orphans() -> list[int]:
     with db.session() as s:
         for job in s.exec(select(Job).where(Job.status == "running")):
             alive = False
+            if job.pid is None and job.started is not None:  # just claimed: its process is being started
+                started = job.started if job.started.tzinfo else job.started.replace(tzinfo=timezone.utc)
+                alive = (utcnow() - started).total_seconds() < 30
             if job.pid:
                 try:
                     os.kill(job.pid, 0)
@@ -224,7 +232,7 @@ def _claim_next() -> Job | None:
                 if dep.status != "succeeded":
                     continue
             claimed = s.exec(update(Job).where(Job.id == job.id, Job.status == "queued")
-                             .values(status="running", message="launching"))
+                             .values(status="running", message="launching", started=utcnow()))
             s.commit()
             if claimed.rowcount == 1:
                 s.refresh(job)
@@ -267,7 +275,10 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
                     _update(job_id, status="failed", finished=utcnow(),
                             error=f"the job process exited with code {proc.returncode} without finishing; see its "
                                   "log")
-        job = _claim_next() if not stop and len(running) < slots else None
+        recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+        with db.session() as s:  # slots count every running job, also those another worker started
+            busy = len(s.exec(select(Job.id).where(Job.status == "running")).all())
+        job = _claim_next() if not stop and busy < slots else None
         if job is not None:
             running[job.id] = start_child(job)
             continue

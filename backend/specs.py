@@ -165,7 +165,7 @@ class CptSpec(_TrainSpec):
 class SftSpec(_TrainSpec):
     """Supervised fine-tuning on conversations or prompt/completion pairs (chat template applied by trl)."""
     kind: Literal["sft"] = "sft"
-    packing: bool = False
+    packing: bool | None = Field(None, description="pack examples into full sequences; default: on with CUDA")
     learning_rate: float = Field(2e-5, gt=0, lt=1)
 
 
@@ -177,9 +177,49 @@ class DpoSpec(_TrainSpec):
     learning_rate: float = Field(5e-6, gt=0, lt=1)
 
 
+class SynthMathSpec(_Spec):
+    """SOLAR's synthetic math data: seeds rephrased; verified pairs become Synth. Math-Instruct (question ->
+    answer, both rephrased) and Synth. Math-Alignment (prompt: rephrased question, chosen: rephrased answer,
+    rejected: original answer)."""
+    kind: Literal["synth-math"] = "synth-math"
+    seeds: str = Field("generator", description="'generator' or a MATH / GSM8K .jsonl/.json file")
+    num_seeds: int | None = Field(200, ge=1, description="generator: problems to make; files: at most this many")
+    categories: list[str] = Field(default_factory=list, description="generator categories (default all)")
+    levels: list[int] = Field(default_factory=list, description="1, 2, 3 (default all)")
+    rephraser: str = Field("rules", description="rules | model:NAME | openai:BASE_URL")
+    api_model: str | None = Field(None, description="openai: the model name the server serves")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key")
+    temperature: float = Field(0.0, ge=0, le=2)
+    batch_size: int = Field(8, ge=1)
+    benchmark: str | None = Field(None, description="contamination check: a benchmark file (e.g. GSM8K test)")
+    ngram: int = Field(8, ge=3, le=30, description="contamination: n-gram length in words")
+    overlap_threshold: float = Field(0.5, gt=0, le=1, description="flag pairs sharing this share of n-grams")
+    include_flagged: bool = Field(False, description="export contamination-flagged pairs too")
+    seed: int = 0
+    name: str = Field("synth-math", description="prefix of the registered data sets")
+    out: str | None = Field(None, description="folder for the files; default workspace/datasets/NAME")
+
+    _name = field_validator("name")(UpscaleSpec._name.__func__)
+
+    @field_validator("rephraser")
+    @classmethod
+    def _rephraser(cls, v: str) -> str:
+        if v != "rules" and not v.startswith(("model:", "openai:")):
+            raise ValueError(f"rephraser {v!r}: use rules, model:NAME or openai:BASE_URL.")
+        return v
+
+    @model_validator(mode="after")
+    def _api(self) -> "SynthMathSpec":
+        if self.rephraser.startswith("openai:") and not self.api_model:
+            raise ValueError("an openai: rephraser needs api_model, the model name the server serves.")
+        if any(level not in (1, 2, 3) for level in self.levels):
+            raise ValueError("levels are 1, 2 or 3.")
+        return self
+
+
 TRAIN_KINDS = ("cpt", "sft", "dpo")
 SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,
-                                 "dpo": DpoSpec}
+                                 "dpo": DpoSpec, "synth-math": SynthMathSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

@@ -52,8 +52,9 @@ def run_dir_for(spec: _TrainSpec) -> Path:
 def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
     """Fail before anything is launched: model, data layouts, names. Returns (model folder, name, reference)."""
     folder, model_name = registry.resolve(spec.model)
-    for src in spec.data + ([spec.eval_data] if spec.eval_data else []):
-        ds = data.load_source(src.source)
+    sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
+    for source, _ in data.expand(sources):
+        ds = data.load_source(source)
         data.detect_layout(ds.column_names, spec.kind)
     name = spec.name or spec.default_name()
     registry.check_name_free(name)

@@ -83,3 +83,36 @@ def recovery_figure(points: list[tuple[int, float]], reference: float, label: st
                       margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step", yaxis_title="eval loss",
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def word_diff_html(old: str, new: str) -> tuple[str, str]:
+    """Word-level diff: removed words struck through in red on the left, added words green on the right."""
+    import difflib
+    import html
+
+    a, b = old.split(), new.split()
+    left, right = [], []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        old_part, new_part = html.escape(" ".join(a[i1:i2])), html.escape(" ".join(b[j1:j2]))
+        if op == "equal":
+            left.append(old_part)
+            right.append(new_part)
+            continue
+        if old_part:
+            left.append(f'<span style="background:#fde2e1;text-decoration:line-through">{old_part}</span>')
+        if new_part:
+            right.append(f'<span style="background:#dcf5dc">{new_part}</span>')
+    return " ".join(left), " ".join(right)
+
+
+def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[tuple[str, str, str]],
+                            title: str) -> go.Figure:
+    """Overlaid histograms from (bin start, count) rows; `pairs`: (column, label, colour)."""
+    fig = go.Figure()
+    for col, label, color in pairs:
+        rows = hist.get(col, [])
+        fig.add_trace(go.Bar(x=[x for x, _ in rows], y=[n for _, n in rows], name=label, marker_color=color,
+                             opacity=0.6))
+    fig.update_layout(barmode="overlay", title=title, height=300, margin=dict(l=10, r=10, t=40, b=30),
+                      xaxis_title="words", yaxis_title="pairs", legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -74,3 +74,43 @@ class JobMetric(SQLModel, table=True):
     name: str
     value: float
     time: datetime = Field(default_factory=utcnow)
+
+
+class DatasetRecord(SQLModel, table=True):
+    """A registered data set: synthetic pairs, an exported SFT / DPO file, or a named weighted mix."""
+
+    __tablename__ = "datasets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    kind: str  # synth-pairs, sft, dpo, mix
+    path: str = ""  # the file (JSONL); a mix has none
+    rows: int = 0
+    provenance: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # seeds, rephraser, counts…
+    created: datetime = Field(default_factory=utcnow)
+
+
+class SynthPair(SQLModel, table=True):
+    """One seed and its rephrasing, with the verification verdict. Indexed for paging through 100k pairs."""
+
+    __tablename__ = "synth_pairs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(index=True, foreign_key="datasets.id")
+    seed_id: str
+    category: str = Field(index=True)
+    level: int = Field(index=True)
+    status: str = Field(index=True)  # verified, failed, flagged
+    reason: str = ""
+    rejected_by_hand: bool = Field(default=False, index=True)
+    question: str  # the seed's
+    solution: str
+    answer: str
+    new_question: str = ""  # the rephrased
+    new_solution: str = ""
+    new_answer: str = ""
+    q_words: int = 0
+    a_words: int = 0
+    new_q_words: int = 0
+    new_a_words: int = 0
+    overlap: float = 0.0  # contamination: largest n-gram overlap with the benchmark file

@@ -1,0 +1,307 @@
+"""The synthetic-math job: seeds -> rephrased pairs -> verification and contamination check -> registered data
+sets, the way SOLAR built Synth. Math-Instruct and Synth. Math-Alignment (arXiv 2312.15166, section 3).
+
+    python -m backend synth-math --seeds 200 --rephraser rules --out workspace/datasets/synth-math
+
+Rephrasings are cached in the output folder (one JSON line per seed and rephraser), so a rerun or a resumed job
+skips the seeds already done. Pairs are stored as rows (fast paging and filtering); exports write JSONL files in
+trl's standard formats and leave out failed, flagged and hand-rejected pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import delete as sa_delete
+from sqlmodel import func, select
+
+from backend.specs import SynthMathSpec
+from backend.synth.answers import extract_answer, same_answer
+from backend.synth.rephrase import make_rephraser
+from backend.synth.seeds import Seed, load_seeds
+from storage import db
+from storage.models import DatasetRecord, SynthPair
+
+Progress = Callable[[float, str], None]
+_WORD = re.compile(r"\w+")
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = words(text)
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else ({tuple(w)} if w else set())
+
+
+class ContaminationIndex:
+    """n-gram overlap against a benchmark: the share of an item's n-grams that appear in any benchmark question."""
+
+    def __init__(self, texts: list[str], n: int):
+        self.n = n
+        self.grams: set[tuple[str, ...]] = set()
+        for t in texts:
+            self.grams |= ngrams(t, n)
+
+    def overlap(self, text: str) -> float:
+        g = ngrams(text, self.n)
+        return len(g & self.grams) / len(g) if g else 0.0
+
+
+def load_benchmark(path: str) -> list[str]:
+    """Question texts of a benchmark file: JSONL/JSON records with question / problem / prompt, or plain lines."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"Benchmark file {p} does not exist.")
+    texts = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix in (".jsonl", ".json"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DatasetError(f"{p.name}, line {n}: not valid JSON.")
+            text = next((row[k] for k in ("question", "problem", "prompt", "text") if k in row), None)
+            if text is None:
+                raise DatasetError(f"{p.name}, line {n}: no question / problem / prompt / text field.")
+            texts.append(text)
+        else:
+            texts.append(line)
+    return texts
+
+
+def verify(seed: Seed, new_solution: str) -> tuple[str, str, str]:
+    """(status, reason, extracted answer): the rephrased solution's final answer must equal the seed's."""
+    found = extract_answer(new_solution)
+    if found is None:
+        return "failed", "no final answer found in the rephrased solution", ""
+    if not same_answer(found, seed.answer):
+        return "failed", f"answer changed: {found} ≠ {seed.answer}", found
+    return "verified", "", found
+
+
+# ---------------------------------------------------------------- registered data sets
+
+def get_dataset(name: str) -> DatasetRecord | None:
+    with db.session() as s:
+        return s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
+
+
+def list_datasets(kind: str | None = None) -> list[DatasetRecord]:
+    with db.session() as s:
+        q = select(DatasetRecord).order_by(DatasetRecord.created)
+        return list(s.exec(q.where(DatasetRecord.kind == kind) if kind else q))
+
+
+def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict) -> DatasetRecord:
+    """Register, or update the same name in place (a re-export after hand rejections)."""
+    with db.session() as s:
+        rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first() or DatasetRecord(name=name,
+                                                                                                      kind=kind)
+        if rec.kind != kind:
+            raise DatasetError(f"A {rec.kind} data set is already named {name!r}.")
+        rec.path, rec.rows, rec.provenance = path, rows, provenance
+        s.add(rec)
+        s.commit()
+        s.refresh(rec)
+        return rec
+
+
+def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> DatasetRecord:
+    """A named weighted combination (the paper's SFT v1–v4, DPO v1–v3), usable as `mix:NAME` in training data."""
+    if not sources:
+        raise DatasetError("A mix needs at least one source.")
+    from backend import data
+
+    for source, weight in sources:
+        if weight <= 0:
+            raise DatasetError(f"{source}: weight must be positive.")
+        ds = data.load_source(source)
+        data.detect_layout(ds.column_names, purpose)
+    return save_dataset(name, "mix", "", 0, {"for": purpose,
+                                             "sources": [{"source": s, "weight": w} for s, w in sources]})
+
+
+def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool = False) -> dict:
+    """Write Synth. Math-Instruct and Synth. Math-Alignment from the usable pairs and register both."""
+    rec = get_dataset(pairs_name)
+    if rec is None or rec.kind != "synth-pairs":
+        raise DatasetError(f"No synthetic pairs named {pairs_name!r}.")
+    prefix = pairs_name.removesuffix("-pairs")
+    out_dir = Path(out_dir or Path(rec.path).parent)
+    statuses = ["verified", "flagged"] if include_flagged else ["verified"]
+    with db.session() as s:
+        rows = list(s.exec(select(SynthPair).where(SynthPair.dataset_id == rec.id, SynthPair.status.in_(statuses),
+                                                   SynthPair.rejected_by_hand == False)  # noqa: E712
+                           .order_by(SynthPair.id)))
+    instruct, align = out_dir / "math_instruct.jsonl", out_dir / "math_alignment.jsonl"
+    for path, make in ((instruct, lambda p: {"messages": [{"role": "user", "content": p.new_question},
+                                                          {"role": "assistant", "content": p.new_solution}]}),
+                       (align, lambda p: {"prompt": p.new_question, "chosen": p.new_solution,
+                                          "rejected": p.solution})):
+        tmp = path.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps(make(p), ensure_ascii=False) + "\n" for p in rows))
+        tmp.rename(path)  # never a half-written file under the registered name
+    prov = {"pairs": pairs_name, "include_flagged": include_flagged, **rec.provenance.get("settings", {})}
+    a = save_dataset(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
+    b = save_dataset(f"{prefix}-alignment", "dpo", str(align), len(rows), {**prov, "format": "prompt/chosen/rejected"})
+    return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
+
+
+def reject_by_hand(pair_id: int, reason: str = "rejected by hand", undo: bool = False) -> None:
+    with db.session() as s:
+        pair = s.get(SynthPair, pair_id)
+        if pair is None:
+            raise DatasetError(f"No pair {pair_id}.")
+        pair.rejected_by_hand = not undo
+        pair.reason = "" if undo and pair.status == "verified" else (reason if not undo else pair.reason)
+        s.add(pair)
+        s.commit()
+
+
+def query_pairs(dataset_id: int, *, categories=None, levels=None, states=None, search: str = "", page: int = 0,
+                page_size: int = 20) -> tuple[int, list[SynthPair]]:
+    """(total matching, one page). `states`: verified / failed / flagged / rejected (by hand)."""
+    q = select(SynthPair).where(SynthPair.dataset_id == dataset_id)
+    if categories:
+        q = q.where(SynthPair.category.in_(categories))
+    if levels:
+        q = q.where(SynthPair.level.in_(levels))
+    if states:
+        conds = []
+        if "rejected" in states:
+            conds.append(SynthPair.rejected_by_hand == True)  # noqa: E712
+        plain = [x for x in states if x != "rejected"]
+        if plain:
+            conds.append(SynthPair.status.in_(plain) & (SynthPair.rejected_by_hand == False))  # noqa: E712
+        from sqlalchemy import or_
+
+        q = q.where(or_(*conds))
+    if search:
+        like = f"%{search}%"
+        q = q.where(SynthPair.question.like(like) | SynthPair.new_question.like(like))
+    with db.session() as s:
+        total = s.exec(select(func.count()).select_from(q.subquery())).one()
+        rows = list(s.exec(q.order_by(SynthPair.id).offset(page * page_size).limit(page_size)))
+    return total, rows
+
+
+def length_histograms(dataset_id: int, bin_words: int = 5) -> dict[str, list[tuple[int, int]]]:
+    """Word-length histograms computed in SQL (fast at 100k pairs): {column: [(bin start, count)]}."""
+    out = {}
+    with db.session() as s:
+        for col in ("q_words", "new_q_words", "a_words", "new_a_words"):
+            c = getattr(SynthPair, col)
+            b = c - c % bin_words
+            rows = s.exec(select(b, func.count()).where(SynthPair.dataset_id == dataset_id).group_by(b)
+                          .order_by(b)).all()
+            out[col] = [(int(x), int(n)) for x, n in rows]
+    return out
+
+
+def counts(dataset_id: int) -> dict[str, int]:
+    with db.session() as s:
+        rows = s.exec(select(SynthPair.status, func.count()).where(SynthPair.dataset_id == dataset_id)
+                      .group_by(SynthPair.status)).all()
+        hand = s.exec(select(func.count()).where(SynthPair.dataset_id == dataset_id,
+                                                 SynthPair.rejected_by_hand == True)).one()  # noqa: E712
+    return {**{k: int(v) for k, v in rows}, "rejected": int(hand)}
+
+
+# ---------------------------------------------------------------- the job
+
+def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    progress = progress or (lambda f, m: None)
+    t0 = time.perf_counter()
+    seeds = load_seeds(spec.seeds, spec.num_seeds, spec.seed, spec.categories or None, spec.levels or None)
+    bench = ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram) if spec.benchmark else None
+    rephraser = make_rephraser(spec)
+    out_dir = Path(out_dir or spec.out or db.workspace() / "datasets" / spec.name).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = out_dir / "rephrase_cache.jsonl"
+    cache: dict[str, dict] = {}
+    if cache_path.exists():
+        for line in cache_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that seed is simply redone
+                continue
+            if row.get("rephraser") == rephraser.name:
+                cache[row["seed_id"]] = row
+    todo = [s for s in seeds if s.id not in cache]
+    progress(0.0, f"{len(seeds)} seeds, {len(seeds) - len(todo)} already rephrased (cache), {rephraser.name}")
+    with open(cache_path, "a") as f:
+        for i in range(0, len(todo), spec.batch_size):
+            batch = todo[i:i + spec.batch_size]
+            for seed, res in zip(batch, rephraser.rephrase(batch)):
+                row = {"seed_id": seed.id, "rephraser": rephraser.name}
+                row.update({"error": str(res)} if isinstance(res, Exception) else {"question": res[0],
+                                                                                    "solution": res[1]})
+                cache[seed.id] = row
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            done = min(i + spec.batch_size, len(todo))
+            progress(0.9 * done / max(len(todo), 1), f"rephrased {done}/{len(todo)}")
+    pairs = []
+    for seed in seeds:
+        row = cache[seed.id]
+        new_q, new_s = row.get("question", ""), row.get("solution", "")
+        if "error" in row:
+            status, reason, found = "failed", f"rephraser error: {row['error']}", ""
+        else:
+            status, reason, found = verify(seed, new_s)
+        overlap = max(bench.overlap(seed.question), bench.overlap(new_q)) if bench else 0.0
+        if status == "verified" and bench and overlap >= spec.overlap_threshold:
+            status, reason = "flagged", f"{overlap:.0%} of its {spec.ngram}-grams appear in the benchmark"
+        pairs.append(SynthPair(dataset_id=0, seed_id=seed.id, category=seed.category, level=seed.level, status=status,
+                               reason=reason, question=seed.question, solution=seed.solution, answer=seed.answer,
+                               new_question=new_q, new_solution=new_s, new_answer=found,
+                               q_words=len(words(seed.question)), a_words=len(words(seed.solution)),
+                               new_q_words=len(words(new_q)), new_a_words=len(words(new_s)), overlap=overlap))
+    tally = {k: sum(p.status == k for p in pairs) for k in ("verified", "failed", "flagged")}
+    settings = spec.model_dump(mode="json")
+    pairs_file = out_dir / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p.model_dump(exclude={"id", "dataset_id"}), ensure_ascii=False) + "\n"
+                                  for p in pairs))
+    rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
+                       {"settings": settings, "rephraser": rephraser.name, "counts": tally})
+    with db.session() as s:  # replace this data set's pairs in one transaction
+        s.exec(sa_delete(SynthPair).where(SynthPair.dataset_id == rec.id))
+        for p in pairs:
+            p.dataset_id = rec.id
+        s.add_all(pairs)
+        s.commit()
+    exported = export(rec.name, out_dir, spec.include_flagged)
+    seconds = time.perf_counter() - t0
+    progress(1.0, f"{tally['verified']} verified, {tally['failed']} failed, {tally['flagged']} flagged")
+    return {"pairs": rec.name, **exported, **tally, "seconds": round(seconds, 2)}
+
+
+def push_to_hub(pairs_name: str, repo_id: str) -> str:
+    """Upload the exported Instruct and Alignment files to a Hub data set repo (needs internet and a token)."""
+    from huggingface_hub import HfApi
+
+    prefix = pairs_name.removesuffix("-pairs")
+    files = [get_dataset(f"{prefix}-{k}") for k in ("instruct", "alignment")]
+    if any(f is None for f in files):
+        raise DatasetError("Export the data sets first.")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        for f in files:
+            api.upload_file(path_or_fileobj=f.path, path_in_repo=Path(f.path).name, repo_id=repo_id,
+                            repo_type="dataset")
+    except Exception as exc:  # offline, no token, no rights: huggingface_hub raises several kinds
+        raise DatasetError(f"Could not push to {repo_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+                           "Is this machine online, and is HF_TOKEN set?") from None
+    return f"pushed {', '.join(Path(f.path).name for f in files)} to https://huggingface.co/datasets/{repo_id}"

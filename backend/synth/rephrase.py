@@ -1,0 +1,193 @@
+"""Rephrasers: turn a seed (question, worked solution) into a rephrased pair. Pluggable by name:
+
+    rules             offline, deterministic rule-based paraphraser (the no-GPU default; tests)
+    model:NAME        a registered chat model through transformers (batched generation)
+    openai:BASE_URL   any OpenAI-compatible server (vLLM, Ollama, llama.cpp, a hosted API); model and key from the
+                      spec / environment ($OPENAI_API_KEY unless another variable is named)
+
+A rephraser returns, per seed, (question, solution) or raises for that seed; failures are kept with their reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from backend.synth.seeds import Seed
+
+PROMPT = ("Rephrase the following math problem and its worked solution in your own words. Keep every number, "
+          "every step and the final answer exactly the same. End the solution with 'The answer is \\boxed{{ANSWER}}'."
+          "\nReply in exactly this format:\nQUESTION: <the rephrased problem>\nSOLUTION: <the rephrased solution>\n\n"
+          "Problem: {question}\nSolution: {solution}")
+_REPLY = re.compile(r"QUESTION:\s*(?P<q>.+?)\s*SOLUTION:\s*(?P<s>.+)\s*$", re.S | re.I)
+
+
+class RephraseError(ValueError):
+    pass
+
+
+class Rephraser(Protocol):
+    name: str
+
+    def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]: ...
+
+
+def parse_reply(text: str) -> tuple[str, str]:
+    m = _REPLY.search(text or "")
+    if not m:
+        raise RephraseError("the reply is not in the QUESTION: … SOLUTION: … format")
+    return m["q"].strip(), m["s"].strip()
+
+
+# ---------------------------------------------------------------- rules
+
+_Q_FORMS = [
+    (re.compile(r"^What is (.+)\?$"), ["Calculate {0}.", "Find the value of {0}.", "Work out {0}."]),
+    (re.compile(r"^Compute (.+)\.$"), ["Evaluate {0}.", "Find the value of {0}.", "Work out {0}."]),
+    (re.compile(r"^Solve for x: (.+)\.$"), ["Find x if {0}.", "Determine the value of x that satisfies {0}.",
+                                            "What value of x makes {0} true?"]),
+]
+_SYNONYMS = [("How many", "What number of"), ("travels", "drives"), ("build", "put up"), ("costs", "is priced at"),
+             ("pays with", "hands over"), ("different", "distinct"), ("lowest terms", "simplest form"),
+             ("Working at the same rate", "At the same pace"), ("is on sale for", "is discounted by"),
+             ("How long is", "What is the length of"), ("stand in a line", "be arranged in a row"),
+             ("choose", "select"), ("years older", "years older than her"), ("each", "apiece")]
+_STEP_OPENERS = ["First, ", "Next, ", "Then, ", "After that, ", "Finally, "]
+
+
+def _lower_first(s: str) -> str:
+    return s[:1].lower() + s[1:] if s[:2] != s[:2].upper() else s
+
+
+class RulesRephraser:
+    """Deterministic paraphrases: question templates, synonym swaps, context moved behind the question, and the
+    solution restated step by step. Numbers are never touched, so the final answer survives by construction."""
+
+    name = "rules"
+
+    def __init__(self, variant_seed: int = 0):
+        self.variant_seed = variant_seed
+
+    def _pick(self, text: str, k: int) -> int:
+        return int(hashlib.sha1(f"{self.variant_seed}:{text}".encode()).hexdigest(), 16) % k
+
+    def question(self, q: str) -> str:
+        for pattern, forms in _Q_FORMS:
+            m = pattern.match(q)
+            if m:
+                return forms[self._pick(q, len(forms))].format(*m.groups())
+        out = q
+        for a, b in _SYNONYMS:
+            out = re.sub(rf"\b{re.escape(a)}\b", b, out)
+        sentences = re.split(r"(?<=[.?])\s+", out)
+        if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Question, given …?"
+            context = " and ".join(_lower_first(s.rstrip(".")) for s in sentences[:-1])
+            out = f"{sentences[-1][:-1]}, given that {context}?"
+        return out
+
+    def solution(self, s: str) -> str:
+        body, _, tail = s.rpartition("The answer is")
+        steps = [x for x in re.split(r"(?<=\.)\s+", body.strip()) if x]
+        steps = [re.sub(r"^(First|Then|Finally),?\s*", "", x) for x in steps]
+        n = len(steps)
+        out = []
+        for i, step in enumerate(steps):
+            opener = _STEP_OPENERS[0] if i == 0 else (_STEP_OPENERS[-1] if i == n - 1 and n > 1 else
+                                                      _STEP_OPENERS[1 + (i - 1) % 3])
+            out.append(opener + _lower_first(step) if n > 1 else step)
+        final = tail.strip() if tail else ""
+        return " ".join(out) + (f" So the final answer is {final}" if final else "")
+
+    def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
+        return [(self.question(s.question), self.solution(s.solution)) for s in seeds]
+
+
+# ---------------------------------------------------------------- a registered chat model
+
+class ModelRephraser:
+    def __init__(self, model: str, max_new_tokens: int = 384, temperature: float = 0.0):
+        from backend import registry
+        from backend.chat import load
+
+        folder, name = registry.resolve(model)
+        self.name = f"model:{name or folder}"
+        self.lm = load(folder, name or str(folder))
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
+        import torch
+
+        from backend.chat import build_prompt
+
+        tok, model = self.lm.tokenizer, self.lm.model
+        tok.padding_side = "left"  # batched decoding continues every prompt from its end
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        prompts = [build_prompt(tok, [{"role": "user", "content": PROMPT.format(question=s.question,
+                                                                                solution=s.solution)}]) for s in seeds]
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        kwargs = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else dict(do_sample=False)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        results: list[tuple[str, str] | Exception] = []
+        for text in texts:
+            try:
+                results.append(parse_reply(text))
+            except RephraseError as exc:
+                results.append(exc)
+        return results
+
+
+# ---------------------------------------------------------------- an OpenAI-compatible endpoint
+
+class OpenAIRephraser:
+    def __init__(self, base_url: str, model: str, key_env: str = "OPENAI_API_KEY", temperature: float = 0.7,
+                 timeout: float = 120.0, concurrency: int = 4):
+        self.base_url = base_url.rstrip("/")
+        self.name = f"openai:{self.base_url}#{model}"
+        self.model, self.key = model, os.environ.get(key_env, "")
+        self.temperature, self.timeout, self.concurrency = temperature, timeout, concurrency
+
+    def _one(self, seed: Seed) -> tuple[str, str] | Exception:
+        body = json.dumps({"model": self.model, "temperature": self.temperature, "messages": [
+            {"role": "user", "content": PROMPT.format(question=seed.question, solution=seed.solution)}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                reply = json.loads(resp.read())
+            return parse_reply(reply["choices"][0]["message"]["content"])
+        except urllib.error.HTTPError as exc:
+            return RephraseError(f"HTTP {exc.code} from {self.base_url}: {exc.read()[:200]!r}")
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            return RephraseError(f"cannot reach {self.base_url}: {exc}")
+        except (KeyError, IndexError, json.JSONDecodeError) as exc:
+            return RephraseError(f"unexpected reply from {self.base_url}: {exc}")
+        except RephraseError as exc:
+            return exc
+
+    def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._one, seeds))
+
+
+def make_rephraser(spec) -> Rephraser:
+    r = spec.rephraser
+    if r == "rules":
+        return RulesRephraser(spec.seed)
+    if r.startswith("model:"):
+        return ModelRephraser(r.removeprefix("model:"), temperature=spec.temperature)
+    if r.startswith("openai:"):
+        if not spec.api_model:
+            raise RephraseError("an openai: rephraser needs api_model, the model name the server serves.")
+        return OpenAIRephraser(r.removeprefix("openai:"), spec.api_model, spec.api_key_env, spec.temperature or 0.7)
+    raise RephraseError(f"rephraser {r!r}: use rules, model:NAME or openai:BASE_URL.")

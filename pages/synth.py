@@ -1,0 +1,185 @@
+"""Synthetic math page: make SOLAR-style data (seeds -> rephrased pairs) as a job, inspect every pair, export
+Synth. Math-Instruct / Synth. Math-Alignment, and save weighted mixes (the paper's SFT v1–v4, DPO v1–v3)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from pydantic import ValidationError
+
+from backend import registry, runner
+from backend.specs import SynthMathSpec, explain
+from backend.synth import pipeline
+from backend.synth.seeds import CATEGORIES
+from pages.common import job_status, via_app, worker_banner
+from pages.figures import PALETTE, length_histogram_figure, word_diff_html
+from storage import db
+
+via_app(__file__)
+st.title("Synthetic math")
+st.caption("SOLAR (arXiv 2312.15166, §3): seed problems are rephrased; the rephrased question → rephrased answer "
+           "pairs are **Synth. Math-Instruct**; {prompt: rephrased question, chosen: rephrased answer, rejected: "
+           "original answer} tuples are **Synth. Math-Alignment**. Only pairs whose final answer survives the "
+           "rephrasing are kept.")
+worker_banner()
+
+with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-pairs")):
+    c1, c2, c3 = st.columns(3)
+    seed_kind = c1.radio("Seeds", ["built-in generator", "MATH / GSM8K file"], key="seed_kind")
+    seed_file = None
+    if seed_kind != "built-in generator":
+        up = c1.file_uploader("Seed file (.jsonl / .json)", type=["jsonl", "json"], key="seed_upload")
+        if up is not None:
+            seed_file = db.workspace() / "uploads" / up.name
+            seed_file.parent.mkdir(exist_ok=True)
+            seed_file.write_bytes(up.getvalue())
+    num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds")
+    levels = c2.multiselect("Levels", [1, 2, 3], default=[1, 2, 3], key="levels")
+    cats = c2.multiselect("Categories (generator)", list(CATEGORIES), default=list(CATEGORIES), key="categories")
+    kind = c3.radio("Rephraser", ["rules (offline)", "registered model", "OpenAI-compatible server"], key="reph_kind")
+    extra: dict = {}
+    if kind == "registered model":
+        names = [r.name for r in registry.list_models()]
+        extra["rephraser"] = "model:" + c3.selectbox("Model", names, key="reph_model") if names else "rules"
+        extra["temperature"] = c3.slider("Temperature", 0.0, 1.5, 0.0, 0.1, key="reph_temp")
+    elif kind == "OpenAI-compatible server":
+        extra["rephraser"] = "openai:" + c3.text_input("Base URL", "http://127.0.0.1:8000/v1", key="reph_url")
+        extra["api_model"] = c3.text_input("Model served", key="reph_api_model") or None
+        extra["api_key_env"] = c3.text_input("Key from environment variable", "OPENAI_API_KEY", key="reph_key")
+    bench = st.text_input("Contamination check: benchmark file (optional, e.g. a GSM8K test split .jsonl)",
+                          key="benchmark")
+    name = st.text_input("Name", "synth-math", key="synth_name")
+    try:
+        spec = SynthMathSpec(seeds=str(seed_file) if seed_file else "generator", num_seeds=num, levels=levels,
+                             categories=cats if seed_kind == "built-in generator" else [], benchmark=bench or None,
+                             name=name, **extra)
+    except ValidationError as exc:
+        st.error(explain(exc))
+        spec = None
+    b1, b2 = st.columns(2)
+    if spec and b1.button("Make pairs", type="primary", key="make_pairs",
+                          disabled=seed_kind != "built-in generator" and seed_file is None):
+        st.session_state["synth_job"] = runner.submit(spec).id
+    if spec:
+        b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="synth_spec")
+    if "synth_job" in st.session_state:
+        job_status(st.session_state["synth_job"])
+
+pair_sets = pipeline.list_datasets("synth-pairs")
+if not pair_sets:
+    st.info("No synthetic pairs yet: make a data set above.")
+    st.stop()
+
+chosen = st.selectbox("Pairs", [d.name for d in pair_sets], index=len(pair_sets) - 1, key="pairs_set")
+rec = pipeline.get_dataset(chosen)
+tally = pipeline.counts(rec.id)
+m = st.columns(5)
+for col, (label, key) in zip(m, [("pairs", None), ("verified", "verified"), ("failed", "failed"),
+                                 ("flagged", "flagged"), ("rejected by hand", "rejected")]):
+    col.metric(label, rec.rows if key is None else tally.get(key, 0))
+st.caption(f"Rephraser `{rec.provenance.get('rephraser')}` · seeds `{rec.provenance['settings']['seeds']}` · "
+           f"file `{rec.path}`")
+
+tab_pairs, tab_lengths, tab_export, tab_mix = st.tabs(["Pairs", "Lengths", "Export", "Mixes"])
+
+with tab_pairs:
+    f1, f2, f3, f4 = st.columns([2, 1, 2, 2])
+    cat_f = f1.multiselect("Category", list(CATEGORIES) + ["word_problem"], key="f_cat")
+    lvl_f = f2.multiselect("Level", [1, 2, 3], key="f_lvl")
+    state_f = f3.multiselect("Status", ["verified", "failed", "flagged", "rejected"], key="f_state")
+    search = f4.text_input("Search questions", key="f_search")
+    page_size = 10
+    total, _ = pipeline.query_pairs(rec.id, categories=cat_f, levels=lvl_f, states=state_f, search=search,
+                                    page_size=1)
+    pages = max(1, -(-total // page_size))
+    page = st.number_input(f"Page (of {pages}; {total} pairs match)", 1, pages, 1, key="f_page") - 1
+    _, rows = pipeline.query_pairs(rec.id, categories=cat_f, levels=lvl_f, states=state_f, search=search,
+                                   page=page, page_size=page_size)
+    for p in rows:
+        badge = {"verified": "🟢", "failed": "🔴", "flagged": "🟠"}[p.status] + (" ✋ rejected" if p.rejected_by_hand
+                                                                                 else "")
+        with st.container(border=True):
+            st.markdown(f"{badge} **{p.status}** · {p.category} · level {p.level} · answer `{p.answer}`"
+                        + (f" · rephrased answer `{p.new_answer}`" if p.new_answer else "")
+                        + (f" — _{p.reason}_" if p.reason else ""))
+            left, right = st.columns(2)
+            q_old, q_new = word_diff_html(p.question, p.new_question)
+            a_old, a_new = word_diff_html(p.solution, p.new_solution)
+            left.markdown(f"**Original** (rejected)  \n{q_old}\n\n{a_old}", unsafe_allow_html=True)
+            right.markdown(f"**Rephrased** (chosen)  \n{q_new}\n\n{a_new}", unsafe_allow_html=True)
+            if p.rejected_by_hand:
+                if st.button("Undo rejection", key=f"undo_{p.id}"):
+                    pipeline.reject_by_hand(p.id, undo=True)
+                    st.rerun()
+            elif st.button("Reject this pair", key=f"reject_{p.id}"):
+                pipeline.reject_by_hand(p.id)
+                st.rerun()
+
+with tab_lengths:
+    hist = pipeline.length_histograms(rec.id)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(length_histogram_figure(hist, [("q_words", "original question", PALETTE[0]),
+                                                   ("new_q_words", "rephrased question", PALETTE[1])],
+                                            "Question length"), key="h_q")
+    c2.plotly_chart(length_histogram_figure(hist, [("a_words", "rejected (original answer)", PALETTE[4]),
+                                                   ("new_a_words", "chosen (rephrased answer)", PALETTE[2])],
+                                            "Answer length: chosen vs rejected (DPO length bias)"), key="h_a")
+    st.caption("If chosen answers are systematically longer than rejected ones, DPO can learn 'longer is better' "
+               "rather than 'correct is better'.")
+
+with tab_export:
+    inc = st.checkbox("Include contamination-flagged pairs", key="inc_flagged")
+    if st.button("Make Synth. Math-Instruct and Synth. Math-Alignment", type="primary", key="export"):
+        out = pipeline.export(rec.name, include_flagged=inc)
+        st.success(f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
+                   f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / `dataset:{out['alignment']}`.")
+    for d in [pipeline.get_dataset(f"{rec.name.removesuffix('-pairs')}-{k}") for k in ("instruct", "alignment")]:
+        if d is None or not Path(d.path).exists():
+            continue
+        c1, c2, c3 = st.columns([2, 1, 1])
+        c1.write(f"`{d.name}` · {d.kind} · {d.rows} rows")
+        raw = Path(d.path).read_bytes()
+        c2.download_button("JSONL", raw, file_name=Path(d.path).name, key=f"dl_jsonl_{d.name}")
+        buf = io.BytesIO()
+        pd.read_json(io.BytesIO(raw), lines=True).to_parquet(buf) if raw else None
+        c3.download_button("Parquet", buf.getvalue(), file_name=Path(d.path).with_suffix(".parquet").name,
+                           key=f"dl_parquet_{d.name}", disabled=not raw)
+    repo = st.text_input("Push both to a Hub data set repo (owner/name; needs internet and HF_TOKEN)",
+                         key="hub_repo")
+    if st.button("Push to the Hub", key="push", disabled=not repo):
+        try:
+            st.success(pipeline.push_to_hub(rec.name, repo))
+        except (ValueError, OSError) as exc:
+            st.error(str(exc))
+
+with tab_mix:
+    st.caption("A mix is a named, weighted list of sources that any training job takes as `mix:NAME`. The paper's "
+               "SFT ablations: v1 Alpaca-GPT4; v2 + OpenOrca; v3 + Synth. Math-Instruct; v4 = v1 + Synth. "
+               "Math-Instruct. DPO: v1 UltraFeedback Clean; v2 + Synth. Math-Alignment. Here the built-in "
+               "Alpaca / OpenOrca / preference sets stand in for the originals; point the sources at the real "
+               "files when you have them.")
+    prefix = rec.name.removesuffix("-pairs")
+    presets = {
+        "sft-v1": ("sft", [("builtin:alpaca-mini", 1.0)]),
+        "sft-v2": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0)]),
+        "sft-v3": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0),
+                           (f"dataset:{prefix}-instruct", 1.0)]),
+        "sft-v4": ("sft", [("builtin:alpaca-mini", 1.0), (f"dataset:{prefix}-instruct", 1.0)]),
+        "dpo-v1": ("dpo", [("builtin:prefs-mini", 1.0)]),
+        "dpo-v2": ("dpo", [("builtin:prefs-mini", 1.0), (f"dataset:{prefix}-alignment", 1.0)]),
+    }
+    st.dataframe(pd.DataFrame([{"mix": k, "for": v[0], "sources": ", ".join(f"{s} ×{w:g}" for s, w in v[1])}
+                               for k, v in presets.items()]), hide_index=True)
+    if st.button("Save the paper's mixes", key="save_presets"):
+        try:
+            for mix_name, (purpose, sources) in presets.items():
+                pipeline.save_mix(mix_name, sources, purpose)
+            st.success("Saved sft-v1 … sft-v4, dpo-v1, dpo-v2.")
+        except ValueError as exc:
+            st.error(str(exc))
+    saved = pipeline.list_datasets("mix")
+    if saved:
+        st.write("Saved mixes: " + ", ".join(f"`mix:{d.name}` ({d.provenance['for']})" for d in saved))
