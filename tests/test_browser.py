@@ -122,3 +122,26 @@ def test_launch_a_tiny_sft_job_and_watch_its_loss_chart_fill(served):
     assert job.kind == "sft" and job.status == "succeeded"
     losses = [m for m in runner.metrics([job.id]) if m.name == "loss"]
     assert len(losses) == 30
+
+
+def test_inspect_synthetic_pairs_in_the_browser(served):
+    from playwright.sync_api import sync_playwright
+
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    pipeline.run_synth_math(SynthMathSpec(num_seeds=40))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(served + "/synth")
+        page.get_by_text("Page (of 4; 40 pairs match)").wait_for(timeout=30_000)
+        # word-level diff: insertions highlighted on the rephrased side
+        assert page.locator('span[style*="rgb(220, 245, 220)"]').count() >= 10
+        page.get_by_role("button", name="Reject this pair").first.click()
+        page.get_by_role("button", name="Undo rejection").wait_for(timeout=15_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-synth.png"), full_page=True)
+        page.get_by_role("tab", name="Lengths").click()
+        page.get_by_text("Answer length: chosen vs rejected").wait_for(timeout=15_000)
+        browser.close()
+    assert pipeline.counts(pipeline.get_dataset("synth-math-pairs").id)["rejected"] == 1

@@ -166,3 +166,41 @@ def test_monitor_page_draws_the_recovery_view_from_metric_rows(tiny):
     assert any("Recovery" in t for t in titles) and any('"loss"' in t for t in titles)
     recovery = next(t for t in titles if "Recovery" in t)
     assert "4.000" in recovery and "[6.0,4.5]" in recovery.replace(" ", "")
+
+
+def test_synth_page_makes_pairs_and_inspects_them():
+    at = app("synth.py")
+    assert any("No synthetic pairs yet" in i.value for i in at.info)
+    at.number_input(key="num_seeds").set_value(24).run()
+    at.button(key="make_pairs").click().run()
+    (job,) = runner.list_jobs()
+    assert job.kind == "synth-math" and job.spec["num_seeds"] == 24 and job.spec["rephraser"] == "rules"
+    runner.worker(once=True)
+    at.run()
+    assert not at.exception
+    assert metric(at, "verified") == "24" and metric(at, "failed") == "0"
+    assert at.number_input(key="f_page").label.startswith("Page (of 3; 24 pairs match)")
+    assert len(at.get("plotly_chart")) == 2  # question and answer length histograms
+    # reject the first pair by hand: counted, kept out of the exports
+    first_reject = next(b for b in at.button if b.key and b.key.startswith("reject_"))
+    first_reject.click().run()
+    assert metric(at, "rejected by hand") == "1"
+    at.button(key="export").click().run()
+    assert any("23 pairs" in s.value for s in at.success)
+    at.multiselect(key="f_state").set_value(["rejected"]).run()
+    assert at.number_input(key="f_page").label.startswith("Page (of 1; 1 pairs match)")
+
+
+def test_synth_page_saves_the_papers_mixes():
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    pipeline.run_synth_math(SynthMathSpec(num_seeds=10))
+    at = app("synth.py")
+    at.button(key="save_presets").click().run()
+    assert not at.exception
+    mixes = {d.name: d.provenance for d in pipeline.list_datasets("mix")}
+    assert set(mixes) == {"sft-v1", "sft-v2", "sft-v3", "sft-v4", "dpo-v1", "dpo-v2"}
+    assert [s["source"] for s in mixes["sft-v3"]["sources"]] == ["builtin:alpaca-mini", "builtin:orca-mini",
+                                                                 "dataset:synth-math-instruct"]
+    assert mixes["dpo-v2"]["for"] == "dpo"

@@ -61,8 +61,15 @@ _SYNONYMS = [("How many", "What number of"), ("travels", "drives"), ("build", "p
 _STEP_OPENERS = ["First, ", "Next, ", "Then, ", "After that, ", "Finally, "]
 
 
+_COMMON_STARTS = {"a", "an", "the", "in", "at", "working", "you", "there", "it", "he", "she", "they", "his",
+                  "her", "their", "first", "then", "finally", "subtract", "divide", "add", "by", "with", "distance",
+                  "area", "perimeter", "so", "we", "pencils", "notebooks", "workers"}
+
+
 def _lower_first(s: str) -> str:
-    return s[:1].lower() + s[1:] if s[:2] != s[:2].upper() else s
+    """Lower-case a sentence's first letter when it is an ordinary word (names and symbols stay as they are)."""
+    first = s.split(" ", 1)[0].rstrip(",:")
+    return s[:1].lower() + s[1:] if first.lower() in _COMMON_STARTS else s
 
 
 class RulesRephraser:
