@@ -40,6 +40,10 @@ def work_function(kind: str) -> Callable[..., dict]:
         from backend.registry import run_import
 
         return run_import
+    if kind == "merge":
+        from backend.merge import run_merge
+
+        return run_merge
     if kind == "synth-math":
         from backend.synth.pipeline import run_synth_math
 

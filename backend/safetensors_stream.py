@@ -43,13 +43,15 @@ class TensorRef:
 
 @dataclass(frozen=True)
 class OutTensor:
-    """One tensor of a checkpoint to write: copied from `source`, or all zeros when `source` is None."""
+    """One tensor of a checkpoint to write: copied from `source`, produced chunk by chunk by `make` (a merge), or
+    all zeros when neither is given."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
     source: TensorRef | None
+    make: Callable[[], Iterable[bytes]] | None = None
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -176,6 +178,17 @@ def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]
             out.flush()
             dst = out.fileno()
             for t in shard:
+                if t.make is not None:
+                    written = 0
+                    for chunk in t.make():
+                        view = memoryview(chunk)
+                        while view:  # os.write may write less than asked
+                            view = view[os.write(dst, view):]
+                        written += len(chunk)
+                        tick(len(chunk))
+                    if written != t.nbytes:
+                        raise ValueError(f"{t.name}: produced {written} bytes, expected {t.nbytes}.")
+                    continue
                 if t.source is None:
                     _write_zeros(dst, t.nbytes, tick)
                     continue

@@ -217,9 +217,55 @@ class SynthMathSpec(_Spec):
         return self
 
 
+class MergeSpec(_Spec):
+    """Merge candidates: SOLAR's Average(a, b) and SLERP, plus task arithmetic, TIES and DARE relative to a base."""
+    kind: Literal["merge"] = "merge"
+    models: list[str] = Field(min_length=2, description="candidates: registered names or folders")
+    method: Literal["average", "slerp", "task_arithmetic", "ties", "dare"] = "average"
+    weights: list[float] | None = Field(None, description="average / task vectors: one per model (default equal)")
+    normalize: bool = Field(True, description="average: divide the weights by their sum")
+    t: float | list[float] = Field(0.5, description="slerp: 0 = first model, 1 = second; a list is a schedule "
+                                                    "interpolated along the depth")
+    filters: dict[str, float | list[float]] = Field(default_factory=dict,
+                                                    description="slerp: t per module, e.g. {self_attn: [0, 1], "
+                                                                "mlp: [1, 0]} (first matching key wins)")
+    base: str | None = Field(None, description="task_arithmetic / ties / dare: the common base model")
+    density: float = Field(0.5, gt=0, le=1, description="ties / dare: share of each task vector kept")
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    name: str | None = None
+    out: str | None = None
+    shard_size: str = "2GB"
+
+    _name = field_validator("name")(UpscaleSpec._name.__func__)
+    _shard = field_validator("shard_size")(UpscaleSpec._shard.__func__)
+
+    @model_validator(mode="after")
+    def _method(self) -> "MergeSpec":
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"weights: give one per model ({len(self.models)}), not {len(self.weights)}.")
+        if self.method == "slerp" and len(self.models) != 2:
+            raise ValueError("slerp merges exactly two models.")
+        ts = [self.t] + list(self.filters.values())
+        for v in ts:
+            vals = v if isinstance(v, list) else [v]
+            if not vals or any(not 0 <= x <= 1 for x in vals):
+                raise ValueError("t: values between 0 and 1 (a schedule needs at least one value).")
+        if self.method in ("task_arithmetic", "ties", "dare") and not self.base:
+            raise ValueError(f"{self.method} is relative to a base: give base, the model the candidates started "
+                             "from.")
+        return self
+
+    def default_name(self) -> str:
+        short = [Path(m).name if "/" in m else m for m in self.models]
+        tag = f"slerp{self.t if not isinstance(self.t, list) else 'sched'}" if self.method == "slerp" else \
+            self.method + ("" if not self.weights else "-" + "-".join(f"{w:g}" for w in self.weights))
+        return f"{'_'.join(short)}-{tag}"[:100]
+
+
 TRAIN_KINDS = ("cpt", "sft", "dpo")
 SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,
-                                 "dpo": DpoSpec, "synth-math": SynthMathSpec}
+                                 "dpo": DpoSpec, "synth-math": SynthMathSpec, "merge": MergeSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

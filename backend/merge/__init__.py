@@ -1,0 +1,215 @@
+"""Merging candidate models, streamed tensor by tensor (SOLAR's last step: Average(a, b) or SLERP of two
+candidates gives the final model).
+
+    python -m backend merge --method slerp --models cand1 cand2 --t 0.5 --out workspace/models/merged
+
+Plan first: the models must share architecture, tensor names, shapes and dtypes (clear error otherwise). Then each
+output tensor is computed from memory-mapped slices of the inputs, in row chunks for the element-wise methods (SLERP
+takes its angle from a first pass over the chunks), and written straight into the shards: memory stays flat. The
+folder is built in the workspace's .tmp and renamed into place before it is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from backend import registry
+from backend.merge.methods import METHODS, NEEDS_BASE
+from backend.modelinfo import ModelInfo, inspect_model
+from backend.safetensors_stream import OutTensor, write_checkpoint
+from backend.specs import MergeSpec, parse_size
+from backend.upscale import check_compatible, _check_disk
+from storage import db
+
+Progress = Callable[[float, str], None]
+CHUNK_BYTES = 64 << 20  # float32 bytes of one input chunk
+_TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_SKIP = {"config.json", "model.safetensors.index.json", "README.md", ".gitattributes"}
+
+
+class MergeError(ValueError):
+    pass
+
+
+def schedule_value(value: float | list[float], frac: float) -> float:
+    """A parameter that is a number, or anchors spread evenly along the depth and linearly interpolated
+    (mergekit's gradients): [0, 1] goes from 0 at the first layer to 1 at the last."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(np.interp(frac, np.linspace(0, 1, len(value)), value))
+
+
+def tensor_t(spec: MergeSpec, name: str, info: ModelInfo) -> float:
+    """t for one tensor: the first filter whose key occurs in its name, else the default; evaluated at the
+    tensor's depth (layer i of n at i/(n-1); embeddings at 0; final norm and head at 1)."""
+    m = re.match(rf"^{re.escape(info.layer_prefix)}\.(\d+)\.", name)
+    if m:
+        frac = int(m[1]) / max(info.num_layers - 1, 1)
+    else:
+        frac = 0.0 if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) else 1.0
+    value = next((v for key, v in spec.filters.items() if key in name), spec.t)
+    return schedule_value(value, frac)
+
+
+def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
+    for info, name in zip(infos[1:], names[1:]):
+        try:
+            check_compatible(infos[0], info)
+        except ValueError as exc:
+            raise MergeError(f"{names[0]} and {name} cannot be merged: {exc}") from None
+        if info.num_layers != infos[0].num_layers or set(info.tensors) != set(infos[0].tensors):
+            raise MergeError(f"{names[0]} and {name} cannot be merged: they have different layers or tensors "
+                             f"({infos[0].num_layers} vs {info.num_layers} layers).")
+        for tname, ref in infos[0].tensors.items():
+            other = info.tensors[tname]
+            if (other.shape, other.dtype) != (ref.shape, ref.dtype):
+                raise MergeError(f"{names[0]} and {name} cannot be merged: {tname} is {ref.dtype}{list(ref.shape)} "
+                                 f"vs {other.dtype}{list(other.shape)}.")
+
+
+class _Reader:
+    """Row slices of one tensor across all models, from memory-mapped safetensors."""
+
+    def __init__(self, infos: list[ModelInfo]):
+        from safetensors import safe_open
+
+        self.handles: dict[Path, object] = {}
+        self.infos = infos
+        self._open = lambda p: self.handles.setdefault(p, safe_open(p, "pt"))
+
+    def rows(self, model: int, name: str, start: int, stop: int):
+        ref = self.infos[model].tensors[name]
+        sl = self._open(ref.file).get_slice(name)
+        return sl[start:stop] if ref.shape else sl[:]
+
+
+def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reader, base: int | None,
+              out_dtype) -> Callable[[], Iterator[bytes]]:
+    import torch
+
+    fn = METHODS[spec.method]
+    ref = infos[0].tensors[name]
+    rows = ref.shape[0] if ref.shape else 1
+    elem = {"F32": 4, "BF16": 2, "F16": 2}.get(ref.dtype, 4)
+    row_bytes = ref.nbytes // max(rows, 1) * 4 // elem  # computed in float32
+    step = rows if spec.method == "ties" else max(1, CHUNK_BYTES // max(row_bytes, 1))  # TIES needs whole tensors
+    n_cand = len(spec.models)
+    weights = spec.weights or [1.0] * n_cand
+    t = tensor_t(spec, name, infos[0]) if spec.method == "slerp" else None
+
+    def chunks(start: int, stop: int):
+        cands = [reader.rows(k, name, start, stop).float() for k in range(n_cand)]
+        b = reader.rows(base, name, start, stop).float() if base is not None else None
+        return cands, b
+
+    def make() -> Iterator[bytes]:
+        kwargs = dict(weights=weights, normalize=spec.normalize, density=spec.density, seed=spec.seed)
+        if spec.method == "slerp":
+            # The angle is a property of the whole tensor: accumulate it over the chunks first.
+            dot = na = nb = 0.0
+            for start in range(0, rows, step):
+                (a, b), _ = chunks(start, min(rows, start + step))
+                a64, b64 = a.double().flatten(), b.double().flatten()
+                dot, na, nb = dot + (a64 @ b64).item(), na + (a64 @ a64).item(), nb + (b64 @ b64).item()
+            coeffs = slerp_coefficients(dot, na, nb, t)
+        for i, start in enumerate(range(0, rows, step)):
+            cands, b = chunks(start, min(rows, start + step))
+            if spec.method == "slerp":
+                out = coeffs[0] * cands[0] + coeffs[1] * cands[1]
+            else:
+                # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
+                out = fn(cands, base=b, **{**kwargs, "seed": zlib.crc32(f"{spec.seed}:{name}:{i}".encode())})
+            yield out.to(out_dtype).reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return make
+
+
+def slerp_coefficients(dot: float, na2: float, nb2: float, t: float) -> tuple[float, float]:
+    """(c0, c1) with slerp(a, b) = c0·a + c1·b, from ⟨a,b⟩, |a|², |b|²; linear when the vectors are parallel."""
+    import math
+
+    na, nb = math.sqrt(na2), math.sqrt(nb2)
+    if na < 1e-12 or nb < 1e-12:
+        return 1 - t, t
+    cos = max(-1.0, min(1.0, dot / (na * nb)))
+    if abs(cos) > 1 - 1e-6:
+        return 1 - t, t
+    theta = math.acos(cos)
+    s = math.sin(theta)
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    import torch
+
+    progress = progress or (lambda f, m: None)
+    t0 = time.perf_counter()
+    refs = list(spec.models) + ([spec.base] if spec.base else [])
+    folders, names = [], []
+    for r in refs:
+        folder, name = registry.resolve(r)
+        folders.append(folder)
+        names.append(name or str(folder))
+    infos = [inspect_model(f) for f in folders]
+    check_mergeable(infos, names)
+    name = spec.name or spec.default_name()
+    registry.check_name_free(name)
+    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
+    first = infos[0]
+    out_st = {"auto": first.dtype, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}[spec.dtype]
+    if out_st not in _TORCH_DTYPES:
+        raise MergeError(f"cannot merge {out_st} weights; choose dtype float32, bfloat16 or float16.")
+    out_dtype = getattr(torch, _TORCH_DTYPES[out_st])
+    size = {"F32": 4, "BF16": 2, "F16": 2}[out_st]
+    reader = _Reader(infos)
+    base = len(spec.models) if spec.base else None
+    tensors = []
+    for tname, ref in first.tensors.items():
+        numel = ref.nbytes // {"F32": 4, "BF16": 2, "F16": 2}.get(ref.dtype, 4)
+        tensors.append(OutTensor(tname, out_st, ref.shape, numel * size, None,
+                                 make=_producer(spec, tname, infos, reader, base, out_dtype)))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk(out_dir.parent, sum(t.nbytes for t in tensors))
+    tmp = db.new_tmp("merge") if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev else \
+        out_dir.parent / f".tmp-merge-{os.getpid()}-{int(time.time())}"
+    tmp.mkdir(exist_ok=True)
+    try:
+        progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
+        write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m), workers=1)
+        cfg = {k: v for k, v in first.config.items() if k != "_name_or_path"}
+        cfg["dtype"] = _TORCH_DTYPES[out_st]
+        cfg.pop("torch_dtype", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        for f in first.folder.iterdir():
+            if f.is_file() and f.name not in _SKIP and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "README.md").write_text(f"# {name}\n\n{spec.method} merge by DUS Studio of "
+                                       f"{', '.join(f'`{n}`' for n in names[:len(spec.models)])}"
+                                       + (f" relative to `{names[-1]}`" if spec.base else "")
+                                       + f".\n\n## Spec\n```yaml\n{spec.to_yaml()}```\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        rec = registry.register(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
+                                recipe=spec.model_dump(mode="json"))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    progress(1.0, f"registered {name} in {seconds:.1f} s")
+    return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)}
