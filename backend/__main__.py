@@ -7,6 +7,8 @@
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
     python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] …
+    python -m backend merge --method average|slerp|task_arithmetic|ties|dare --models A B [--weights 0.5 0.5]
+                            [--t 0.5 | --t 0 0.5 1] [--base BASE] --out PATH
     python -m backend run SPEC.yaml [--queue]
     python -m backend worker
     python -m backend jobs list | cancel ID | resume ID
@@ -21,8 +23,8 @@ import sys
 
 from pydantic import ValidationError
 
-from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, SliceRange, SynthMathSpec, UpscaleSpec,
-                           explain, load_spec)
+from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, MergeSpec, SftSpec, SliceRange, SynthMathSpec,
+                           UpscaleSpec, explain, load_spec)
 
 
 def _progress(frac: float, message: str) -> None:
@@ -108,6 +110,17 @@ def cmd_datasets(a) -> None:
     elif a.action == "mix":
         rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], a.purpose)
         print(f"saved mix {rec.name} for {a.purpose}: use --data mix:{rec.name}")
+
+
+def cmd_merge(a) -> None:
+    t = a.t[0] if a.t and len(a.t) == 1 else (a.t or 0.5)
+    spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=not a.no_normalize, t=t,
+                     base=a.base, density=a.density, seed=a.seed, dtype=a.dtype, name=a.name, out=a.out,
+                     shard_size=a.shard_size)
+    if a.save_spec:
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+    _run_or_queue(spec, a.queue, a.after)
 
 
 def cmd_run(a) -> None:
@@ -216,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--queue", action="store_true")
     sm.add_argument("--after", type=int)
     sm.set_defaults(fn=cmd_synth)
+
+    mg = sub.add_parser("merge", help="merge candidates (average, SLERP, task arithmetic, TIES, DARE)")
+    mg.add_argument("--models", nargs="+", required=True)
+    mg.add_argument("--method", default="average", choices=["average", "slerp", "task_arithmetic", "ties", "dare"])
+    mg.add_argument("--weights", nargs="+", type=float)
+    mg.add_argument("--no-normalize", action="store_true", help="average: use the weights as given")
+    mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth")
+    mg.add_argument("--base", help="task_arithmetic / ties / dare: the common base")
+    mg.add_argument("--density", type=float, default=0.5)
+    mg.add_argument("--seed", type=int, default=0)
+    mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    mg.add_argument("--name")
+    mg.add_argument("--out")
+    mg.add_argument("--shard-size", default="2GB")
+    mg.add_argument("--save-spec")
+    mg.add_argument("--queue", action="store_true")
+    mg.add_argument("--after", type=int)
+    mg.set_defaults(fn=cmd_merge)
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
     d.add_argument("action", choices=["list", "export", "mix"])

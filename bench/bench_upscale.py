@@ -27,7 +27,7 @@ OUT = ROOT / "bench" / "out"
 SHAPES = dict(hidden=2048, inter=5632, heads=32, kv=4, vocab=32000)
 
 
-def make_checkpoint(folder: Path, layers: int) -> Path:
+def make_checkpoint(folder: Path, layers: int, seed: int = 0) -> Path:
     """TinyLlama-shaped random bf16 checkpoint, sharded at ~1 GB, with an index; written once and reused."""
     import torch
     from safetensors.torch import save_file
@@ -38,7 +38,7 @@ def make_checkpoint(folder: Path, layers: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     h, i, kv_dim = SHAPES["hidden"], SHAPES["inter"], SHAPES["hidden"] // SHAPES["heads"] * SHAPES["kv"]
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape):
         return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)

@@ -142,3 +142,19 @@ def test_bf16_merge_streams_in_chunks_and_loads(tokenizer_dir, tmp_path, monkeyp
     model = AutoModelForCausalLM.from_pretrained(out)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert model.config.num_hidden_layers == 6
+
+
+def test_cli_merge(pair, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli-merge"
+    r = subprocess.run([sys.executable, "-m", "backend", "merge", "--method", "slerp", "--models", "a", "b",
+                        "--t", "0", "0.5", "1", "--out", str(out), "--name", "cli-slerp"],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert registry.get("cli-slerp").recipe["t"] == [0.0, 0.5, 1.0]
+    assert set(load_state(out)) == set(pair[0])
+    bad = subprocess.run([sys.executable, "-m", "backend", "merge", "--method", "ties", "--models", "a", "b"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    assert bad.returncode == 2 and "relative to a base" in bad.stderr
