@@ -27,6 +27,9 @@ pages = {
         st.Page("pages/monitor.py", title="Monitor", icon="📈"),
         st.Page("pages/jobs.py", title="Jobs", icon="⚙️"),
     ],
+    "Compare": [
+        st.Page("pages/compare.py", title="Merge & compare", icon="⚖️"),
+    ],
 }
 current = st.navigation(pages)
 st.session_state["_via_app"] = True

@@ -9,6 +9,7 @@
     python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] …
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare --models A B [--weights 0.5 0.5]
                             [--t 0.5 | --t 0 0.5 1] [--base BASE] --out PATH
+    python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math mc:FILE gsm8k:FILE [--limit N]
     python -m backend run SPEC.yaml [--queue]
     python -m backend worker
     python -m backend jobs list | cancel ID | resume ID
@@ -23,8 +24,8 @@ import sys
 
 from pydantic import ValidationError
 
-from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, MergeSpec, SftSpec, SliceRange, SynthMathSpec,
-                           UpscaleSpec, explain, load_spec)
+from backend.specs import (CptSpec, DataSource, DpoSpec, EvalSpec, LoraSpec, MergeSpec, SftSpec, SliceRange,
+                           SynthMathSpec, UpscaleSpec, explain, load_spec)
 
 
 def _progress(frac: float, message: str) -> None:
@@ -121,6 +122,23 @@ def cmd_merge(a) -> None:
         with open(a.save_spec, "w") as f:
             f.write(spec.to_yaml())
     _run_or_queue(spec, a.queue, a.after)
+
+
+def cmd_eval(a) -> None:
+    spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
+                    samples=a.samples)
+    _run_or_queue(spec, a.queue, a.after)
+    if not (a.queue or a.after):
+        from sqlmodel import select
+
+        from storage import db
+        from storage.models import EvalScore
+
+        with db.session() as s:
+            rows = s.exec(select(EvalScore).where(EvalScore.model.in_(a.models)).order_by(EvalScore.id.desc())
+                          .limit(len(a.models) * len(a.tasks) * 4)).all()
+        for r in sorted(rows, key=lambda r: (r.model, r.task, r.metric)):
+            print(f"{r.model:40} {r.task:28} {r.metric:20} {r.value:10.4f}  (n={r.n})")
 
 
 def cmd_run(a) -> None:
@@ -247,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--queue", action="store_true")
     mg.add_argument("--after", type=int)
     mg.set_defaults(fn=cmd_merge)
+
+    ev = sub.add_parser("eval", help="evaluate models on the same tasks (scores stored per model and task)")
+    ev.add_argument("models", nargs="+")
+    ev.add_argument("--tasks", nargs="+", default=["perplexity", "synth-math"])
+    ev.add_argument("--limit", type=int, default=40)
+    ev.add_argument("--max-new-tokens", type=int, default=96)
+    ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
+    ev.add_argument("--queue", action="store_true")
+    ev.add_argument("--after", type=int)
+    ev.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
     d.add_argument("action", choices=["list", "export", "mix"])

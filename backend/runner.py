@@ -40,6 +40,10 @@ def work_function(kind: str) -> Callable[..., dict]:
         from backend.registry import run_import
 
         return run_import
+    if kind == "eval":
+        from backend.evaluate import run_eval
+
+        return run_eval
     if kind == "merge":
         from backend.merge import run_merge
 

@@ -263,9 +263,38 @@ class MergeSpec(_Spec):
         return f"{'_'.join(short)}-{tag}"[:100]
 
 
+EVAL_TASK_KINDS = ("perplexity", "synth-math", "mc", "gsm8k", "lm-eval")
+
+
+class EvalSpec(_Spec):
+    """Evaluate models on the same tasks; generations are kept for the length / hallucination analysis."""
+    kind: Literal["eval"] = "eval"
+    models: list[str] = Field(min_length=1)
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "synth-math"],
+                             description="perplexity[:FILE], synth-math, mc:FILE, gsm8k:FILE, lm-eval:TASK")
+    limit: int = Field(40, ge=1, description="items per task")
+    max_new_tokens: int = Field(96, ge=8)
+    samples: int = Field(1, ge=1, le=10, description="k > 1: k-1 extra sampled answers for a consistency score")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one task.")
+        for task in v:
+            kind, _, arg = task.partition(":")
+            if kind not in EVAL_TASK_KINDS:
+                raise ValueError(f"task {task!r}: choose perplexity, synth-math, mc:FILE, gsm8k:FILE or "
+                                 "lm-eval:TASK.")
+            if kind in ("mc", "gsm8k", "lm-eval") and not arg:
+                raise ValueError(f"task {task!r} needs a file or task name after the colon.")
+        return v
+
+
 TRAIN_KINDS = ("cpt", "sft", "dpo")
 SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,
-                                 "dpo": DpoSpec, "synth-math": SynthMathSpec, "merge": MergeSpec}
+                                 "dpo": DpoSpec, "synth-math": SynthMathSpec, "merge": MergeSpec,
+                                 "eval": EvalSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

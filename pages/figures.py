@@ -116,3 +116,44 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
     fig.update_layout(barmode="overlay", title=title, height=300, margin=dict(l=10, r=10, t=40, b=30),
                       xaxis_title="words", yaxis_title="pairs", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def bar_figure(table, task: str) -> go.Figure:
+    """One task's score per model (`table`: rows with model, value)."""
+    fig = go.Figure(go.Bar(x=[r["model"] for r in table], y=[r["value"] for r in table],
+                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(table))],
+                           text=[f"{r['value']:.3g}" for r in table], textposition="outside"))
+    fig.update_layout(title=task, height=320, margin=dict(l=10, r=10, t=40, b=80))
+    return fig
+
+
+def radar_figure(scores: dict[str, dict[str, float]]) -> go.Figure:
+    """models -> {task: accuracy-like score in [0, 1]}."""
+    fig = go.Figure()
+    for k, (model, by_task) in enumerate(scores.items()):
+        tasks = list(by_task)
+        fig.add_trace(go.Scatterpolar(r=[by_task[t] for t in tasks] + [by_task[tasks[0]]], theta=tasks + [tasks[0]],
+                                      name=model, line_color=PALETTE[k % len(PALETTE)]))
+    fig.update_layout(polar=dict(radialaxis=dict(range=[0, 1])), height=380, margin=dict(l=30, r=30, t=30, b=30))
+    return fig
+
+
+def length_box_figure(words: dict[str, list[int]]) -> go.Figure:
+    fig = go.Figure()
+    for k, (model, ws) in enumerate(words.items()):
+        fig.add_trace(go.Box(y=ws, name=model, marker_color=PALETTE[k % len(PALETTE)], boxmean=True))
+    fig.update_layout(title="Answer length (words)", height=340, margin=dict(l=10, r=10, t=40, b=60),
+                      showlegend=False)
+    return fig
+
+
+def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
+    fig = go.Figure()
+    models = sorted({r["model"] for r in rows})
+    for k, m in enumerate(models):
+        pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
+        fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=m,
+                                 text=[f"n={p[3]}" for p in pts], line_color=PALETTE[k % len(PALETTE)]))
+    fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", height=340, yaxis=dict(range=[0, 1]),
+                      margin=dict(l=10, r=10, t=40, b=60), legend=dict(orientation="h", y=-0.3))
+    return fig

@@ -114,3 +114,40 @@ class SynthPair(SQLModel, table=True):
     new_q_words: int = 0
     new_a_words: int = 0
     overlap: float = 0.0  # contamination: largest n-gram overlap with the benchmark file
+
+
+class EvalScore(SQLModel, table=True):
+    """One model's score on one task (the compare page's table is these rows)."""
+
+    __tablename__ = "eval_scores"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = Field(default=None, index=True)
+    model: str = Field(index=True)
+    task: str = Field(index=True)
+    metric: str  # accuracy, perplexity, acc_norm, hallucination_rate…
+    value: float
+    n: int = 0
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created: datetime = Field(default_factory=utcnow)
+
+
+class Generation(SQLModel, table=True):
+    """One generated answer with its length and verdict: the raw material of the length / hallucination plots."""
+
+    __tablename__ = "generations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = Field(default=None, index=True)
+    model: str = Field(index=True)
+    task: str = Field(index=True)
+    prompt_id: str
+    prompt: str
+    reference: str
+    output: str
+    tokens: int
+    words: int
+    answered: bool  # a final answer could be extracted
+    correct: bool
+    hallucination: bool  # a confident wrong final answer
+    consistency: float | None = None  # share of k samples that agree with the greedy answer (SelfCheck-style)

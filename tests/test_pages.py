@@ -204,3 +204,41 @@ def test_synth_page_saves_the_papers_mixes():
     assert [s["source"] for s in mixes["sft-v3"]["sources"]] == ["builtin:alpaca-mini", "builtin:orca-mini",
                                                                  "dataset:synth-math-instruct"]
     assert mixes["dpo-v2"]["for"] == "dpo"
+
+
+def test_compare_page_merges_and_shows_scores_and_the_length_control(tiny, tiny_llama, tokenizer_dir, tmp_path):
+    from storage import db
+    from storage.models import EvalScore, Generation
+    from tests.conftest import make_llama
+
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    at = app("compare.py")
+    assert any("No scores yet" in i.value for i in at.info)
+    at.selectbox(key="merge_method").set_value("slerp").run()
+    at.button(key="merge").click().run()
+    (job,) = runner.list_jobs()
+    assert job.kind == "merge" and job.spec["method"] == "slerp" and job.spec["models"] == ["tiny", "tiny-b"]
+    runner.worker(once=True)
+    job = runner.get(job.id)
+    assert job.status == "succeeded", job.error
+    merged = registry.get(job.result["model"])
+    assert merged.kind == "merged" and merged.parents == ["tiny", "tiny-b"]
+    with db.session() as s:
+        for model, acc in (("tiny", 0.25), ("tiny-b", 0.5), (merged.name, 0.75)):
+            s.add(EvalScore(model=model, task="synth-math", metric="accuracy", value=acc, n=4))
+            s.add(EvalScore(model=model, task="perplexity", metric="perplexity", value=300.0, n=100))
+        for i in range(20):  # A is longer and wrong more often on long answers
+            s.add(Generation(model="tiny", task="synth-math", prompt_id=str(i), prompt="q", reference="1",
+                             output="x", tokens=5, words=40 if i < 15 else 5, answered=True, correct=i % 2 == 0,
+                             hallucination=i % 2 == 1 and i < 15))
+            s.add(Generation(model="tiny-b", task="synth-math", prompt_id=str(i), prompt="q", reference="1",
+                             output="x", tokens=5, words=40 if i < 5 else 5, answered=True, correct=True,
+                             hallucination=i % 2 == 1 and i < 5))
+        s.commit()
+    at.run()
+    assert not at.exception
+    df = next(d.value for d in at.dataframe if "model" in d.value.columns)
+    row = df[df["model"] == merged.name].iloc[0]
+    assert row["synth-math (accuracy)"] == 0.75 and row["average (accuracy tasks)"] == 0.75
+    assert row["made from"] == "tiny + tiny-b"
+    assert any("Hallucination rate A − B: raw" in md.value for md in at.markdown)

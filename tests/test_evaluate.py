@@ -1,0 +1,114 @@
+"""Evaluation scoring hand-checked on a tiny model, and the length / hallucination statistics on fixed data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from backend import analysis, evaluate, registry
+from backend.analysis import Record
+from backend.specs import EvalSpec
+from storage import db
+from storage.models import EvalScore, Generation
+
+
+@pytest.fixture
+def tiny(tiny_llama):
+    registry.import_folder(tiny_llama, "tiny")
+    return evaluate._load("tiny")
+
+
+def test_perplexity_is_exp_of_the_token_mean_nll(tiny):
+    tok, model = tiny
+    texts = ["The capital of France is Paris.", "Twelve times seven is eighty four."]
+    ppl, n = evaluate.perplexity(tok, model, texts)
+    nll, count = 0.0, 0
+    for t in texts:
+        ids = tok(t, return_tensors="pt").input_ids
+        logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+        nll -= logp.gather(1, ids[0, 1:, None]).sum().item()
+        count += ids.shape[1] - 1
+    assert n == count and ppl == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_multiple_choice_scores_by_log_likelihood(tiny, tmp_path):
+    tok, model = tiny
+    q, choices = "What is the capital of France?", ["Paris", "the lazy dog", "eighty four"]
+    context = f"Question: {q}\nAnswer:"
+    manual = []
+    for c in choices:  # independent: score the whole sequence, keep the choice's tokens
+        full = tok(context + " " + c, add_special_tokens=False, return_tensors="pt").input_ids
+        n_ctx = len(tok(context, add_special_tokens=False).input_ids)
+        logp = torch.log_softmax(model(full).logits[0, :-1], -1).gather(1, full[0, 1:, None])[:, 0]
+        manual.append(logp[n_ctx - 1:].sum().item())
+    for c, m in zip(choices, manual):
+        assert evaluate.choice_logprob(tok, model, context, " " + c) == pytest.approx(m, abs=1e-4)
+    best = max(range(3), key=manual.__getitem__)
+    rows = [{"question": q, "choices": choices, "answer": best},
+            {"question": q, "choices": choices, "answer": (best + 1) % 3}]
+    assert evaluate.multiple_choice(tok, model, rows)["acc"] == 0.5
+    path = tmp_path / "arc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="missing choices"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"question": "q", "answer": 0}) + "\n")
+        evaluate.read_jsonl(str(bad), ("question", "choices", "answer"))
+
+
+def test_answer_scoring_and_hallucination_labels(tiny, monkeypatch):
+    tok, model = tiny
+    outputs = iter([[("Adding gives 5. The answer is 5.", 9), ("The answer is 8.", 4), ("I am not sure.", 4)],
+                    [("The answer is 5.", 4), ("The answer is 9.", 4), ("Hmm.", 2)]])
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: next(outputs))
+    items = [("a", "2 + 3?", "5"), ("b", "3 + 4?", "7"), ("c", "1 + 1?", "2")]
+    spec = EvalSpec(models=["tiny"], tasks=["synth-math"], samples=2)
+    scores, gens = evaluate.answer_task(tok, model, items, spec, "synth-math", "tiny", None)
+    assert [(g.correct, g.hallucination, g.answered) for g in gens] == [(True, False, True), (False, True, True),
+                                                                        (False, False, False)]
+    assert [g.consistency for g in gens] == [1.0, 0.0, 0.0]
+    assert scores["accuracy"] == pytest.approx(1 / 3) and scores["hallucination_rate"] == pytest.approx(1 / 3)
+    assert [g.words for g in gens] == [7, 4, 4]
+
+
+def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "2+2?", "choices": ["4", "5"], "answer": 0}) + "\n")
+    result = evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity", "synth-math", f"mc:{mc}",
+                                                                  "lm-eval:arc_easy"], limit=3, max_new_tokens=8))
+    assert result["notes"] and "not installed" in result["notes"][0]  # optional backend: a note, not a failure
+    with db.session() as s:
+        from sqlmodel import select
+
+        scores = {(r.task.split(":")[0], r.metric): r.value for r in s.exec(select(EvalScore))}
+        gens = list(s.exec(select(Generation)))
+    assert scores[("perplexity", "perplexity")] > 1 and ("mc", "acc") in scores
+    assert 0 <= scores[("synth-math", "accuracy")] <= 1 and len(gens) == 3
+    assert all(g.model == "tiny" and g.task == "synth-math" and g.tokens <= 8 for g in gens)
+
+
+def test_length_explains_a_hallucination_gap():
+    # Both models hallucinate 50% of their long answers and 0% of their short ones; A answers long more often.
+    recs = []
+    for model, n_long, n_short in (("A", 40, 10), ("B", 10, 40)):
+        recs += [Record(model, 80, i % 2 == 0, i % 2 == 1) for i in range(n_long)]
+        recs += [Record(model, 10, True, False) for _ in range(n_short)]
+    res = analysis.length_controlled(recs, "A", "B", n_bins=2, boots=300)
+    assert res["raw_diff"] == pytest.approx(0.4 - 0.1)
+    assert res["length_controlled_diff"] == pytest.approx(0.0, abs=1e-9)
+    lo, hi = res["raw_ci"]
+    assert lo > 0 and hi < 0.6  # the raw gap is real…
+    clo, chi = res["length_controlled_ci"]
+    assert clo <= 0 <= chi  # …and vanishes once length is held fixed
+    bins = {(r["model"], r["bin"]): r for r in analysis.by_length_bin(recs, 2)}
+    assert bins[("A", 1)]["hallucination_rate"] == bins[("B", 1)]["hallucination_rate"] == 0.5
+    assert bins[("A", 0)]["hallucination_rate"] == 0.0
+
+
+def test_eval_spec_checks_tasks():
+    with pytest.raises(ValueError, match="needs a file"):
+        EvalSpec(models=["m"], tasks=["mc"])
+    with pytest.raises(ValueError, match="choose perplexity"):
+        EvalSpec(models=["m"], tasks=["bogus"])
