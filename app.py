@@ -29,6 +29,7 @@ pages = {
     ],
     "Compare": [
         st.Page("pages/compare.py", title="Merge & compare", icon="⚖️"),
+        st.Page("pages/arena.py", title="Side-by-side chat", icon="💬"),
     ],
 }
 current = st.navigation(pages)

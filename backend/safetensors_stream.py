@@ -181,11 +181,12 @@ def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]
                 if t.make is not None:
                     written = 0
                     for chunk in t.make():
-                        view = memoryview(chunk)
+                        view = memoryview(chunk).cast("B")
+                        size = len(view)
                         while view:  # os.write may write less than asked
                             view = view[os.write(dst, view):]
-                        written += len(chunk)
-                        tick(len(chunk))
+                        written += size
+                        tick(size)
                     if written != t.nbytes:
                         raise ValueError(f"{t.name}: produced {written} bytes, expected {t.nbytes}.")
                     continue

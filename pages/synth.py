@@ -18,6 +18,14 @@ from pages.common import job_status, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 from storage import db
 
+
+
+def _parquet(path: str) -> bytes:
+    buf = io.BytesIO()
+    pd.read_json(path, lines=True).to_parquet(buf)
+    return buf.getvalue()
+
+
 via_app(__file__)
 st.title("Synthetic math")
 st.caption("SOLAR (arXiv 2312.15166, §3): seed problems are rephrased; the rephrased question → rephrased answer "
@@ -141,12 +149,11 @@ with tab_export:
             continue
         c1, c2, c3 = st.columns([2, 1, 1])
         c1.write(f"`{d.name}` · {d.kind} · {d.rows} rows")
-        raw = Path(d.path).read_bytes()
-        c2.download_button("JSONL", raw, file_name=Path(d.path).name, key=f"dl_jsonl_{d.name}")
-        buf = io.BytesIO()
-        pd.read_json(io.BytesIO(raw), lines=True).to_parquet(buf) if raw else None
-        c3.download_button("Parquet", buf.getvalue(), file_name=Path(d.path).with_suffix(".parquet").name,
-                           key=f"dl_parquet_{d.name}", disabled=not raw)
+        # callables: the file is read (and converted) only when a download is asked for, not on every rerun
+        c2.download_button("JSONL", lambda p=d.path: Path(p).read_bytes(), file_name=Path(d.path).name,
+                           key=f"dl_jsonl_{d.name}")
+        c3.download_button("Parquet", lambda p=d.path: _parquet(p), file_name=Path(d.path).with_suffix(".parquet").name,
+                           key=f"dl_parquet_{d.name}", disabled=d.rows == 0)
     repo = st.text_input("Push both to a Hub data set repo (owner/name; needs internet and HF_TOKEN)",
                          key="hub_repo")
     if st.button("Push to the Hub", key="push", disabled=not repo):

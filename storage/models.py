@@ -151,3 +151,30 @@ class Generation(SQLModel, table=True):
     correct: bool
     hallucination: bool  # a confident wrong final answer
     consistency: float | None = None  # share of k samples that agree with the greedy answer (SelfCheck-style)
+
+
+class ChatTranscript(SQLModel, table=True):
+    """One side-by-side round: the prompt, the settings, and every model's answer with its timings."""
+
+    __tablename__ = "chat_transcripts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt: str
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    answers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # model -> text, tokens, timings
+    created: datetime = Field(default_factory=utcnow)
+
+
+class Vote(SQLModel, table=True):
+    """A pairwise judgement from the side-by-side chat: outcome a, b, tie or bad (both bad)."""
+
+    __tablename__ = "votes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    transcript_id: int = Field(index=True, foreign_key="chat_transcripts.id")
+    model_a: str = Field(index=True)
+    model_b: str = Field(index=True)
+    outcome: str
+    tokens_a: int = 0
+    tokens_b: int = 0
+    created: datetime = Field(default_factory=utcnow)

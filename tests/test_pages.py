@@ -242,3 +242,28 @@ def test_compare_page_merges_and_shows_scores_and_the_length_control(tiny, tiny_
     assert row["synth-math (accuracy)"] == 0.75 and row["average (accuracy tasks)"] == 0.75
     assert row["made from"] == "tiny + tiny-b"
     assert any("Hallucination rate A − B: raw" in md.value for md in at.markdown)
+
+
+def test_side_by_side_chat_answers_votes_and_ranks(tiny, tokenizer_dir, tmp_path):
+    from backend import arena
+    from tests.conftest import make_llama
+
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    at = app("arena.py")
+    assert at.multiselect(key="arena_models").value == ["tiny", "tiny-b"]
+    at.slider(key="arena_max_new").set_value(8).run()
+    at.chat_input(key="arena_prompt").set_value("What is 2 + 2?").run()
+    assert not at.exception
+    captions = [c.value for c in at.caption if "tokens/s" in c.value]
+    assert len(captions) == 2 and all(c.startswith("8 tokens") for c in captions)
+    at.button(key="vote_a").click().run()
+    (v,) = arena.votes()
+    assert (v.model_a, v.model_b, v.outcome, v.tokens_a) == ("tiny", "tiny-b", "a", 8)
+    board = at.dataframe[0].value
+    assert list(board["model"]) == ["tiny", "tiny-b"] and board["score"].iloc[0] > board["score"].iloc[1]
+    at.checkbox(key=f"flag_{v.transcript_id}_tiny-b").check().run()
+    from storage import db
+    from storage.models import ChatTranscript
+
+    with db.session() as s:
+        assert s.get(ChatTranscript, v.transcript_id).answers["tiny-b"]["hallucination"] is True

@@ -77,19 +77,39 @@ def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
 
 
 class _Reader:
-    """Row slices of one tensor across all models, from memory-mapped safetensors."""
+    """Row ranges of one tensor from each model, read with pread into fresh buffers. Not mmap: pages of a mapped
+    file count as resident memory once touched, so a merge of two 2 GB models would show 4 GB of RSS."""
 
     def __init__(self, infos: list[ModelInfo]):
-        from safetensors import safe_open
-
-        self.handles: dict[Path, object] = {}
         self.infos = infos
-        self._open = lambda p: self.handles.setdefault(p, safe_open(p, "pt"))
+        self.fds: dict[Path, int] = {}
 
     def rows(self, model: int, name: str, start: int, stop: int):
+        import torch
+
         ref = self.infos[model].tensors[name]
-        sl = self._open(ref.file).get_slice(name)
-        return sl[start:stop] if ref.shape else sl[:]
+        elem = {"F32": 4, "BF16": 2, "F16": 2}[ref.dtype]
+        inner = 1
+        for d in ref.shape[1:]:
+            inner *= d
+        if ref.file not in self.fds:
+            self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
+        n = (stop - start) * inner * elem
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:  # pread may return less than asked
+            chunk = os.preadv(self.fds[ref.file], [view[got:]], ref.offset + start * inner * elem)
+            if chunk == 0:
+                raise MergeError(f"{ref.file} ended early reading {name}: the file is truncated.")
+            got += chunk
+        dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[ref.dtype]
+        t = torch.frombuffer(buf, dtype=dtype) if n else torch.empty(0, dtype=dtype)
+        return t.reshape((stop - start, *ref.shape[1:]) if ref.shape else ())
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reader, base: int | None,
@@ -111,24 +131,27 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
         b = reader.rows(base, name, start, stop).float() if base is not None else None
         return cands, b
 
-    def make() -> Iterator[bytes]:
+    def make() -> Iterator[memoryview]:
         kwargs = dict(weights=weights, normalize=spec.normalize, density=spec.density, seed=spec.seed)
+        whole = None
         if spec.method == "slerp":
-            # The angle is a property of the whole tensor: accumulate it over the chunks first.
+            # The angle belongs to the whole tensor: a tensor larger than a chunk takes a first pass for it.
             dot = na = nb = 0.0
             for start in range(0, rows, step):
                 (a, b), _ = chunks(start, min(rows, start + step))
                 a64, b64 = a.double().flatten(), b.double().flatten()
                 dot, na, nb = dot + (a64 @ b64).item(), na + (a64 @ a64).item(), nb + (b64 @ b64).item()
+                if step >= rows:
+                    whole = (a, b)
             coeffs = slerp_coefficients(dot, na, nb, t)
         for i, start in enumerate(range(0, rows, step)):
-            cands, b = chunks(start, min(rows, start + step))
+            cands, b = ([*whole], None) if whole is not None else chunks(start, min(rows, start + step))
             if spec.method == "slerp":
                 out = coeffs[0] * cands[0] + coeffs[1] * cands[1]
             else:
                 # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
                 out = fn(cands, base=b, **{**kwargs, "seed": zlib.crc32(f"{spec.seed}:{name}:{i}".encode())})
-            yield out.to(out_dtype).reshape(-1).view(torch.uint8).numpy().tobytes()
+            yield memoryview(out.to(out_dtype).reshape(-1).view(torch.uint8).numpy())
 
     return make
 
@@ -172,7 +195,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
         raise MergeError(f"cannot merge {out_st} weights; choose dtype float32, bfloat16 or float16.")
     out_dtype = getattr(torch, _TORCH_DTYPES[out_st])
     size = {"F32": 4, "BF16": 2, "F16": 2}[out_st]
-    reader = _Reader(infos)
+    reader = _Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
     tensors = []
     for tname, ref in first.tensors.items():
@@ -186,7 +209,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     tmp.mkdir(exist_ok=True)
     try:
         progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
-        write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m), workers=1)
+        write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
         cfg = {k: v for k, v in first.config.items() if k != "_name_or_path"}
         cfg["dtype"] = _TORCH_DTYPES[out_st]
         cfg.pop("torch_dtype", None)
@@ -204,6 +227,8 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        reader.close()
     try:
         rec = registry.register(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
                                 recipe=spec.model_dump(mode="json"))
