@@ -36,7 +36,6 @@ class MetricsCallback(TrainerCallback):
         self.t0 = self.last_t = time.time()
         self.start_step = 0
         self.last_tokens = 0
-        self.last_step_time: tuple[int, float] | None = None
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_step = state.global_step  # > 0 when resumed

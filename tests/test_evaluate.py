@@ -76,8 +76,12 @@ def test_answer_scoring_and_hallucination_labels(tiny, monkeypatch):
 def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"question": "2+2?", "choices": ["4", "5"], "answer": 0}) + "\n")
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=7\n#### 7"})
+                   + "\n")
     result = evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity", "synth-math", f"mc:{mc}",
-                                                                  "lm-eval:arc_easy"], limit=3, max_new_tokens=8))
+                                                                  f"gsm8k:{gsm}", "lm-eval:arc_easy"], limit=3,
+                                        max_new_tokens=8))
     assert result["notes"] and "not installed" in result["notes"][0]  # optional backend: a note, not a failure
     with db.session() as s:
         from sqlmodel import select
@@ -85,8 +89,9 @@ def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
         scores = {(r.task.split(":")[0], r.metric): r.value for r in s.exec(select(EvalScore))}
         gens = list(s.exec(select(Generation)))
     assert scores[("perplexity", "perplexity")] > 1 and ("mc", "acc") in scores
-    assert 0 <= scores[("synth-math", "accuracy")] <= 1 and len(gens) == 3
-    assert all(g.model == "tiny" and g.task == "synth-math" and g.tokens <= 8 for g in gens)
+    assert 0 <= scores[("synth-math", "accuracy")] <= 1 and ("gsm8k", "hallucination_rate") in scores
+    assert len(gens) == 4 and [g.reference for g in gens if g.task.startswith("gsm8k")] == ["7"]
+    assert all(g.model == "tiny" and g.tokens <= 8 for g in gens)
 
 
 def test_length_explains_a_hallucination_gap():

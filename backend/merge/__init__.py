@@ -27,11 +27,11 @@ from backend.merge.methods import METHODS, NEEDS_BASE
 from backend.modelinfo import ModelInfo, inspect_model
 from backend.safetensors_stream import OutTensor, write_checkpoint
 from backend.specs import MergeSpec, parse_size
-from backend.upscale import check_compatible, _check_disk
+from backend.upscale import check_compatible, check_disk
 from storage import db
 
 Progress = Callable[[float, str], None]
-CHUNK_BYTES = 64 << 20  # float32 bytes of one input chunk
+CHUNK_BYTES = 32 << 20  # float32 bytes of one input chunk: small enough for flat memory, large enough for speed
 _TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 _SKIP = {"config.json", "model.safetensors.index.json", "README.md", ".gitattributes"}
 
@@ -121,7 +121,9 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
     rows = ref.shape[0] if ref.shape else 1
     elem = {"F32": 4, "BF16": 2, "F16": 2}.get(ref.dtype, 4)
     row_bytes = ref.nbytes // max(rows, 1) * 4 // elem  # computed in float32
-    step = rows if spec.method == "ties" else max(1, CHUNK_BYTES // max(row_bytes, 1))  # TIES needs whole tensors
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    if spec.method == "ties" or (spec.method == "slerp" and rows * row_bytes <= 4 * CHUNK_BYTES):
+        step = rows  # TIES needs whole tensors; SLERP reads a mid-sized tensor once instead of twice
     n_cand = len(spec.models)
     weights = spec.weights or [1.0] * n_cand
     t = tensor_t(spec, name, infos[0]) if spec.method == "slerp" else None
@@ -139,15 +141,15 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
             dot = na = nb = 0.0
             for start in range(0, rows, step):
                 (a, b), _ = chunks(start, min(rows, start + step))
-                a64, b64 = a.double().flatten(), b.double().flatten()
-                dot, na, nb = dot + (a64 @ b64).item(), na + (a64 @ a64).item(), nb + (b64 @ b64).item()
+                af, bf = a.flatten(), b.flatten()  # float32 dots per chunk, summed in Python floats (float64)
+                dot, na, nb = dot + torch.dot(af, bf).item(), na + torch.dot(af, af).item(), nb + torch.dot(bf, bf).item()
                 if step >= rows:
                     whole = (a, b)
             coeffs = slerp_coefficients(dot, na, nb, t)
         for i, start in enumerate(range(0, rows, step)):
             cands, b = ([*whole], None) if whole is not None else chunks(start, min(rows, start + step))
             if spec.method == "slerp":
-                out = coeffs[0] * cands[0] + coeffs[1] * cands[1]
+                out = cands[0].mul_(coeffs[0]).add_(cands[1], alpha=coeffs[1])
             else:
                 # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
                 out = fn(cands, base=b, **{**kwargs, "seed": zlib.crc32(f"{spec.seed}:{name}:{i}".encode())})
@@ -203,13 +205,20 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
         tensors.append(OutTensor(tname, out_st, ref.shape, numel * size, None,
                                  make=_producer(spec, tname, infos, reader, base, out_dtype)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_disk(out_dir.parent, sum(t.nbytes for t in tensors))
+    check_disk(out_dir.parent, sum(t.nbytes for t in tensors))
     tmp = db.new_tmp("merge") if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev else \
         out_dir.parent / f".tmp-merge-{os.getpid()}-{int(time.time())}"
     tmp.mkdir(exist_ok=True)
     try:
         progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
-        write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
+        # One torch thread per shard writer: shards then run side by side, so reading, arithmetic and writing
+        # overlap instead of every writer fighting for the same cores inside each operation.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
+        finally:
+            torch.set_num_threads(threads)
         cfg = {k: v for k, v in first.config.items() if k != "_name_or_path"}
         cfg["dtype"] = _TORCH_DTYPES[out_st]
         cfg.pop("torch_dtype", None)

@@ -15,8 +15,8 @@ def average(tensors: list[torch.Tensor], *, weights: list[float], normalize: boo
     total = sum(weights) if normalize else 1.0
     if normalize and total == 0:
         raise ValueError("average: the weights sum to zero.")
-    out = torch.zeros_like(tensors[0])
-    for w, t in zip(weights, tensors):
+    out = tensors[0] * (weights[0] / total)
+    for w, t in zip(weights[1:], tensors[1:]):
         out.add_(t, alpha=w / total)
     return out
 

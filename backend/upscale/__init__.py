@@ -184,7 +184,7 @@ python -m backend upscale --base {plan.source_names[0]}{second} --method {spec.m
 """
 
 
-def _check_disk(path: Path, needed: int) -> None:
+def check_disk(path: Path, needed: int) -> None:
     free = shutil.disk_usage(path).free
     if free < needed * 1.02 + (50 << 20):
         raise OSError(f"Not enough disk space in {path}: the new model needs {needed / 2**30:.2f} GiB, "
@@ -202,7 +202,7 @@ def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progre
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_disk(out_dir.parent, plan.nbytes)
+    check_disk(out_dir.parent, plan.nbytes)
     progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters")
     # Build beside the destination so the final rename is atomic (same filesystem); a killed build leaves only
     # a .tmp folder that the next start removes.
