@@ -81,6 +81,7 @@ def test_build_a_model_through_the_browser(served):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(served)
         page.get_by_text("6 → 8").wait_for(timeout=30_000)  # m defaults to 2 for 6 layers
+        page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         assert page.locator(".js-plotly-plot").count() == 1  # the layer map is drawn
         page.get_by_role("button", name="Build").click()
         page.get_by_text("Model card").wait_for(timeout=60_000)
