@@ -32,9 +32,14 @@ def _progress(frac: float, message: str) -> None:
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
 
 
-def _run_or_queue(spec, queue: bool, after: int | None = None) -> None:
+def _run_or_queue(spec, a: argparse.Namespace) -> None:
+    """Every command ends here: save the spec if asked, then run it in the foreground or hand it to the worker."""
     from backend import runner
 
+    if getattr(a, "save_spec", None):
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+    queue, after = getattr(a, "queue", False), getattr(a, "after", None)
     if queue or after:
         job = runner.submit(spec, after=after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
@@ -55,10 +60,7 @@ def _slice(text: str) -> SliceRange:
 def cmd_upscale(a) -> None:
     spec = UpscaleSpec(base=a.base, method=a.method, m=a.m, slices=a.slice or [], second=a.second,
                        groups=a.groups, name=a.name, out=a.out, shard_size=a.shard_size)
-    if a.save_spec:
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
-    _run_or_queue(spec, a.queue)
+    _run_or_queue(spec, a)
 
 
 def _source(text: str) -> DataSource:
@@ -80,10 +82,7 @@ def cmd_train(a) -> None:
     if a.eval_data:
         fields["eval_data"] = a.eval_data
     spec = spec_cls(**fields)
-    if a.save_spec:
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
-    _run_or_queue(spec, a.queue, a.after)
+    _run_or_queue(spec, a)
 
 
 def cmd_synth(a) -> None:
@@ -91,10 +90,7 @@ def cmd_synth(a) -> None:
                          api_model=a.api_model, levels=a.level or [], categories=a.category or [],
                          benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
                          include_flagged=a.include_flagged)
-    if a.save_spec:
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
-    _run_or_queue(spec, a.queue, a.after)
+    _run_or_queue(spec, a)
 
 
 def cmd_datasets(a) -> None:
@@ -118,16 +114,13 @@ def cmd_merge(a) -> None:
     spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=not a.no_normalize, t=t,
                      base=a.base, density=a.density, seed=a.seed, dtype=a.dtype, name=a.name, out=a.out,
                      shard_size=a.shard_size)
-    if a.save_spec:
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
-    _run_or_queue(spec, a.queue, a.after)
+    _run_or_queue(spec, a)
 
 
 def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples)
-    _run_or_queue(spec, a.queue, a.after)
+    _run_or_queue(spec, a)
     if not (a.queue or a.after):
         from sqlmodel import select
 
@@ -142,7 +135,7 @@ def cmd_eval(a) -> None:
 
 
 def cmd_run(a) -> None:
-    _run_or_queue(load_spec(a.spec), a.queue, a.after)
+    _run_or_queue(load_spec(a.spec), a)
 
 
 def cmd_models(a) -> None:
