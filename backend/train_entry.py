@@ -105,7 +105,7 @@ def make_config(spec, run_dir: Path, has_eval: bool):
         save_strategy="steps", save_steps=spec.save_steps, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", eval_steps=spec.eval_steps if has_eval else None,
         # trl defaults bf16 and gradient checkpointing on; on a CPU neither helps, so both follow the hardware.
-        bf16=CUDA, fp16=False, use_cpu=not CUDA, gradient_checkpointing=spec.gradient_checkpointing,
+        bf16=CUDA, fp16=False, use_cpu=not CUDA, activation_checkpointing=spec.gradient_checkpointing,
         report_to="none", seed=spec.seed, max_length=spec.max_length, disable_tqdm=True,
         dataloader_num_workers=0, include_num_input_tokens_seen="all",
     )

@@ -260,3 +260,15 @@ def test_a_dpo_job_trains_on_math_alignment_made_here(tmp_path, tiny_llama):
     result = run_train(DpoSpec(model="tiny", data=[DataSource(source="dataset:synth-math-alignment")],
                                max_steps=3, max_length=96, eval_fraction=0.0, name="tiny-math-dpo"))
     assert result["global_step"] == 3 and registry.get("tiny-math-dpo").parents == ["tiny"]
+
+
+def test_a_registered_model_rephrases_and_bad_replies_fail_with_the_reason(tmp_path, tiny_llama):
+    from backend import registry
+
+    registry.import_folder(tiny_llama, "tiny")
+    result = run(tmp_path, num_seeds=3, rephraser="model:tiny", batch_size=3)
+    # a random tiny model cannot follow the reply format: every pair fails, with that reason, none exported
+    assert result["failed"] == 3 and result["rows"] == 0
+    _, pairs = pipeline.query_pairs(pipeline.get_dataset("synth-math-pairs").id)
+    assert all("QUESTION: … SOLUTION:" in p.reason for p in pairs)
+    assert pipeline.get_dataset("synth-math-pairs").provenance["rephraser"] == "model:tiny"
