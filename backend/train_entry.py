@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from backend import data
 from backend.specs import spec_from_dict
+from backend.training import complete_checkpoints
 
 CUDA = torch.cuda.is_available()
 
@@ -164,7 +165,7 @@ def main(run_dir: Path) -> None:
     args = make_config(spec, run_dir, evals is not None)
     callback = MetricsCallback(run_dir, spec.max_steps, job_id)
     trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback])
-    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = complete_checkpoints(run_dir)
 
     # --- step-0 scores: the model before training, and the reference (the base of an up-scaled model)
     if evals is not None and not checkpoints and spec.kind != "dpo":

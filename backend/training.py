@@ -67,6 +67,18 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
     return folder, name, ref_folder
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints in step order, keeping only complete ones: a process killed while saving leaves a folder
+    without trainer_state.json (written last), which cannot be resumed from; such a folder is removed."""
+    out = []
+    for p in sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (p / "trainer_state.json").exists():
+            out.append(p)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    return out
+
+
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
     import torch
 
@@ -96,7 +108,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     (run_dir / "spec.json").write_text(json.dumps({"spec": spec.model_dump(mode="json"), "model_path": str(folder),
                                                    "reference_path": ref_folder, "name": name}, indent=2))
     shutil.rmtree(run_dir / "final", ignore_errors=True)
-    resumed = sorted((run_dir / "checkpoints").glob("checkpoint-*")) if (run_dir / "checkpoints").exists() else []
+    resumed = complete_checkpoints(run_dir)
     progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es)"
                   + (f", resuming from {resumed[-1].name}" if resumed else ""))
     env = {**os.environ, "DUS_WORKSPACE": str(db.workspace()), "PYTHONUNBUFFERED": "1",

@@ -103,3 +103,16 @@ def test_bad_data_fails_before_launch_and_registers_nothing(tiny, tmp_path, cont
 def test_dpo_on_sft_data_names_the_missing_columns(tiny):
     with pytest.raises(ValueError, match=r"preference: chosen, rejected \(missing chosen, rejected\)"):
         run_train(DpoSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], **FAST))
+
+
+def test_a_checkpoint_cut_off_by_a_kill_is_not_resumed_from(tmp_path):
+    from backend.training import complete_checkpoints
+
+    for step, complete in ((5, True), (10, True), (15, False)):
+        ckpt = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-10"]
+    assert not (tmp_path / "checkpoints" / "checkpoint-15").exists()
