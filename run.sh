@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 export DUS_WORKSPACE=${DUS_WORKSPACE:-$PWD/workspace}
+echo "run: checking the built-in model (the first time it is converted to safetensors: about 40 s)" >&2
 .venv/bin/python -m backend models import builtin >/dev/null 2>&1 || \
   echo "run: could not import the built-in model now; the Build page offers it again" >&2
 mkdir -p "$DUS_WORKSPACE/logs"
