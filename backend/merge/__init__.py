@@ -140,11 +140,15 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
             # The angle belongs to the whole tensor: a tensor larger than a chunk takes a first pass for it.
             dot = na = nb = 0.0
             for start in range(0, rows, step):
-                (a, b), _ = chunks(start, min(rows, start + step))
-                af, bf = a.flatten(), b.flatten()  # float32 dots per chunk, summed in Python floats (float64)
-                dot, na, nb = dot + torch.dot(af, bf).item(), na + torch.dot(af, af).item(), nb + torch.dot(bf, bf).item()
+                stop = min(rows, start + step)
+                pair = torch.empty((2, *((stop - start,) + ref.shape[1:] if ref.shape else ())))
+                pair[0].copy_(reader.rows(0, name, start, stop))  # bf16 -> float32 straight into place
+                pair[1].copy_(reader.rows(1, name, start, stop))
+                flat = pair.view(2, -1)
+                gram = (flat @ flat.T).tolist()  # ⟨a,a⟩, ⟨a,b⟩, ⟨b,b⟩ in one pass (float32 per chunk)
+                dot, na, nb = dot + gram[0][1], na + gram[0][0], nb + gram[1][1]
                 if step >= rows:
-                    whole = (a, b)
+                    whole = (pair[0], pair[1])
             coeffs = slerp_coefficients(dot, na, nb, t)
         for i, start in enumerate(range(0, rows, step)):
             cands, b = ([*whole], None) if whole is not None else chunks(start, min(rows, start + step))
