@@ -5,7 +5,6 @@ Everything runs on the CPU in seconds. Each test gets its own workspace (and so 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -17,7 +17,7 @@ from backend import data
 from backend.specs import DataSource, DpoSpec, SynthMathSpec
 from backend.synth import pipeline
 from backend.synth.answers import extract_answer, same_answer, to_number
-from backend.synth.seeds import CATEGORIES, SeedError, generate, import_gsm8k, import_math, load_seeds
+from backend.synth.seeds import CATEGORIES, SeedError, generate, import_math, load_seeds
 
 
 def independent_answer(category: str, level: int, q: str) -> Fraction:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from backend import registry
-from backend.merge.methods import METHODS, NEEDS_BASE
+from backend.merge.methods import METHODS
 from backend.modelinfo import ModelInfo, inspect_model
 from backend.safetensors_stream import OutTensor, write_checkpoint
 from backend.specs import MergeSpec, parse_size

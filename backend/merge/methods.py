@@ -79,4 +79,3 @@ def dare(tensors: list[torch.Tensor], *, base: torch.Tensor, weights: list[float
 
 
 METHODS = {"average": average, "slerp": slerp, "task_arithmetic": task_arithmetic, "ties": ties, "dare": dare}
-NEEDS_BASE = {"task_arithmetic", "ties", "dare"}
