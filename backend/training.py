@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import data, registry
+from backend.outputs import output_dir, register_output
 from backend.specs import _TrainSpec
 from storage import db
 
@@ -50,14 +51,13 @@ def run_dir_for(spec: _TrainSpec) -> Path:
 
 
 def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
-    """Fail before anything is launched: model, data layouts, names. Returns (model folder, name, reference)."""
+    """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference)."""
     folder, model_name = registry.resolve(spec.model)
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
         ds = data.load_source(source)
         data.detect_layout(ds.column_names, spec.kind)
     name = spec.name or spec.default_name()
-    registry.check_name_free(name)
     reference = spec.reference_model
     if reference is None and spec.kind == "cpt" and model_name:
         rec = registry.get(model_name)
@@ -101,9 +101,7 @@ def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     folder, name, ref_folder = check_inputs(spec)
-    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
+    out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
     run_dir = run_dir_for(spec)
     (run_dir / "spec.json").write_text(json.dumps({"spec": spec.model_dump(mode="json"), "model_path": str(folder),
                                                    "reference_path": ref_folder, "name": name}, indent=2))
@@ -127,15 +125,10 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
                             f"{errors[0] if errors else (tail[-1] if tail else 'no output')}. "
                             f"Full log above; run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists():
-        out_dir.rmdir()
+        out_dir.rmdir()  # empty: output_dir() refused a non-empty one
     shutil.move(str(final), out_dir)  # a rename on the same filesystem
-    try:
-        rec = registry.register(out_dir, name, "trained", parents=[spec.model], source=spec.kind,
-                                recipe=spec.model_dump(mode="json"))
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    rec = register_output(out_dir, name, "trained", parents=[spec.model], source=spec.kind,
+                          recipe=spec.model_dump(mode="json"))
     progress(1.0, f"registered {name}: {summary.get('global_step')} steps, train loss {summary.get('train_loss')}")
     return {"model": rec.name, "path": str(out_dir), "run_dir": str(run_dir), **summary}

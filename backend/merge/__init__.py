@@ -4,9 +4,10 @@ candidates gives the final model).
     python -m backend merge --method slerp --models cand1 cand2 --t 0.5 --out workspace/models/merged
 
 Plan first: the models must share architecture, tensor names, shapes and dtypes (clear error otherwise). Then each
-output tensor is computed from memory-mapped slices of the inputs, in row chunks for the element-wise methods (SLERP
-takes its angle from a first pass over the chunks), and written straight into the shards: memory stays flat. The
-folder is built in the workspace's .tmp and renamed into place before it is registered.
+output tensor is computed from row ranges read out of the inputs (pread, not mmap), in chunks for the element-wise
+methods (SLERP takes the angle of a tensor larger than a few chunks from a first pass), and written straight into
+the shards: memory stays flat. The folder is built in the workspace's .tmp and renamed into place before it is
+registered (backend/outputs.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 import zlib
 from pathlib import Path
@@ -23,17 +23,16 @@ from typing import Callable, Iterator
 import numpy as np
 
 from backend import registry
-from backend.merge.methods import METHODS
+from backend.merge.methods import METHODS, slerp_coefficients
 from backend.modelinfo import ModelInfo, inspect_model
-from backend.safetensors_stream import OutTensor, write_checkpoint
+from backend.outputs import building, copy_companions, output_dir, register_output
+from backend.safetensors_stream import DTYPE_SIZES, OutTensor, write_checkpoint
 from backend.specs import MergeSpec, parse_size
-from backend.upscale import check_compatible, check_disk
-from storage import db
+from backend.upscale import check_compatible
 
 Progress = Callable[[float, str], None]
 CHUNK_BYTES = 32 << 20  # float32 bytes of one input chunk: small enough for flat memory, large enough for speed
-_TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-_SKIP = {"config.json", "model.safetensors.index.json", "README.md", ".gitattributes"}
+_TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}  # the float formats a merge reads and writes
 
 
 class MergeError(ValueError):
@@ -88,7 +87,7 @@ class _Reader:
         import torch
 
         ref = self.infos[model].tensors[name]
-        elem = {"F32": 4, "BF16": 2, "F16": 2}[ref.dtype]
+        elem = DTYPE_SIZES[ref.dtype]
         inner = 1
         for d in ref.shape[1:]:
             inner *= d
@@ -102,7 +101,7 @@ class _Reader:
             if chunk == 0:
                 raise MergeError(f"{ref.file} ended early reading {name}: the file is truncated.")
             got += chunk
-        dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[ref.dtype]
+        dtype = getattr(torch, _TORCH_DTYPES[ref.dtype])
         t = torch.frombuffer(buf, dtype=dtype) if n else torch.empty(0, dtype=dtype)
         return t.reshape((stop - start, *ref.shape[1:]) if ref.shape else ())
 
@@ -119,8 +118,7 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
     fn = METHODS[spec.method]
     ref = infos[0].tensors[name]
     rows = ref.shape[0] if ref.shape else 1
-    elem = {"F32": 4, "BF16": 2, "F16": 2}.get(ref.dtype, 4)
-    row_bytes = ref.nbytes // max(rows, 1) * 4 // elem  # computed in float32
+    row_bytes = ref.nbytes // max(rows, 1) * 4 // DTYPE_SIZES[ref.dtype]  # computed in float32
     step = max(1, CHUNK_BYTES // max(row_bytes, 1))
     if spec.method == "ties" or (spec.method == "slerp" and rows * row_bytes <= 4 * CHUNK_BYTES):
         step = rows  # TIES needs whole tensors; SLERP reads a mid-sized tensor once instead of twice
@@ -162,21 +160,6 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
     return make
 
 
-def slerp_coefficients(dot: float, na2: float, nb2: float, t: float) -> tuple[float, float]:
-    """(c0, c1) with slerp(a, b) = c0·a + c1·b, from ⟨a,b⟩, |a|², |b|²; linear when the vectors are parallel."""
-    import math
-
-    na, nb = math.sqrt(na2), math.sqrt(nb2)
-    if na < 1e-12 or nb < 1e-12:
-        return 1 - t, t
-    cos = max(-1.0, min(1.0, dot / (na * nb)))
-    if abs(cos) > 1 - 1e-6:
-        return 1 - t, t
-    theta = math.acos(cos)
-    s = math.sin(theta)
-    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
-
-
 def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     import torch
 
@@ -191,63 +174,42 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     infos = [inspect_model(f) for f in folders]
     check_mergeable(infos, names)
     name = spec.name or spec.default_name()
-    registry.check_name_free(name)
-    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
     first = infos[0]
     out_st = {"auto": first.dtype, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}[spec.dtype]
-    if out_st not in _TORCH_DTYPES:
-        raise MergeError(f"cannot merge {out_st} weights; choose dtype float32, bfloat16 or float16.")
+    bad = sorted({ref.dtype for ref in first.tensors.values()} - set(_TORCH_DTYPES)) + \
+        ([out_st] if out_st not in _TORCH_DTYPES else [])
+    if bad:
+        raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
     out_dtype = getattr(torch, _TORCH_DTYPES[out_st])
-    size = {"F32": 4, "BF16": 2, "F16": 2}[out_st]
     reader = _Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
-    tensors = []
-    for tname, ref in first.tensors.items():
-        numel = ref.nbytes // {"F32": 4, "BF16": 2, "F16": 2}.get(ref.dtype, 4)
-        tensors.append(OutTensor(tname, out_st, ref.shape, numel * size, None,
-                                 make=_producer(spec, tname, infos, reader, base, out_dtype)))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    check_disk(out_dir.parent, sum(t.nbytes for t in tensors))
-    tmp = db.new_tmp("merge") if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev else \
-        out_dir.parent / f".tmp-merge-{os.getpid()}-{int(time.time())}"
-    tmp.mkdir(exist_ok=True)
+    tensors = [OutTensor(tname, out_st, ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[out_st], None,
+                         make=_producer(spec, tname, infos, reader, base, out_dtype))
+               for tname, ref in first.tensors.items()]
+    out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
+    progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
     try:
-        progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
-        # One torch thread per shard writer: shards then run side by side, so reading, arithmetic and writing
-        # overlap instead of every writer fighting for the same cores inside each operation.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
-        finally:
-            torch.set_num_threads(threads)
-        cfg = {k: v for k, v in first.config.items() if k != "_name_or_path"}
-        cfg["dtype"] = _TORCH_DTYPES[out_st]
-        cfg.pop("torch_dtype", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        for f in first.folder.iterdir():
-            if f.is_file() and f.name not in _SKIP and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
-                shutil.copy2(f, tmp / f.name)
-        (tmp / "README.md").write_text(f"# {name}\n\n{spec.method} merge by DUS Studio of "
-                                       f"{', '.join(f'`{n}`' for n in names[:len(spec.models)])}"
-                                       + (f" relative to `{names[-1]}`" if spec.base else "")
-                                       + f".\n\n## Spec\n```yaml\n{spec.to_yaml()}```\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with building(out_dir, "merge") as tmp:
+            # One torch thread per shard writer: shards then run side by side, so reading, arithmetic and writing
+            # overlap instead of every writer fighting for the same cores inside each operation.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
+            finally:
+                torch.set_num_threads(threads)
+            cfg = {k: v for k, v in first.config.items() if k not in ("_name_or_path", "torch_dtype")}
+            cfg["dtype"] = _TORCH_DTYPES[out_st]
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+            copy_companions(first.folder, tmp)
+            (tmp / "README.md").write_text(f"# {name}\n\n{spec.method} merge by DUS Studio of "
+                                           f"{', '.join(f'`{n}`' for n in names[:len(spec.models)])}"
+                                           + (f" relative to `{names[-1]}`" if spec.base else "")
+                                           + f".\n\n## Spec\n```yaml\n{spec.to_yaml()}```\n")
     finally:
         reader.close()
-    try:
-        rec = registry.register(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
-                                recipe=spec.model_dump(mode="json"))
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    rec = register_output(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
+                          recipe=spec.model_dump(mode="json"))
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
     return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)}

@@ -7,6 +7,8 @@ calls them one tensor at a time, so memory stays flat.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -21,20 +23,26 @@ def average(tensors: list[torch.Tensor], *, weights: list[float], normalize: boo
     return out
 
 
-def slerp(tensors: list[torch.Tensor], *, t: float, eps: float = 1e-8, **_) -> torch.Tensor:
-    """Spherical interpolation (Shoemake, 1985) between two tensors treated as flat vectors; falls back to linear
-    interpolation when they are (anti)parallel, where the angle is undefined."""
+def slerp_coefficients(dot: float, na2: float, nb2: float, t: float) -> tuple[float, float]:
+    """(c0, c1) with slerp(a, b) = c0·a + c1·b, from ⟨a,b⟩, |a|², |b|²: spherical interpolation (Shoemake,
+    1985) between the tensors as flat vectors, linear when they are (anti)parallel and the angle is undefined.
+    The streaming executor accumulates the three products over chunks and calls this once per tensor."""
+    na, nb = math.sqrt(na2), math.sqrt(nb2)
+    if na < 1e-12 or nb < 1e-12:
+        return 1 - t, t
+    cos = max(-1.0, min(1.0, dot / (na * nb)))
+    if abs(cos) > 1 - 1e-6:
+        return 1 - t, t
+    theta = math.acos(cos)
+    s = math.sin(theta)
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def slerp(tensors: list[torch.Tensor], *, t: float, **_) -> torch.Tensor:
+    """SLERP of two whole tensors (float64 products)."""
     a, b = tensors
     a64, b64 = a.flatten().double(), b.flatten().double()
-    na, nb = a64.norm(), b64.norm()
-    if na < eps or nb < eps:
-        return torch.lerp(a, b, t)
-    dot = torch.clamp((a64 / na) @ (b64 / nb), -1.0, 1.0)
-    if abs(dot.item()) > 1 - 1e-6:  # colinear: linear interpolation is the same path
-        return torch.lerp(a, b, t)
-    theta = torch.arccos(dot)
-    s = torch.sin(theta)
-    c0, c1 = (torch.sin((1 - t) * theta) / s).item(), (torch.sin(t * theta) / s).item()
+    c0, c1 = slerp_coefficients((a64 @ b64).item(), (a64 @ a64).item(), (b64 @ b64).item(), t)
     return (c0 * a.double() + c1 * b.double()).to(a.dtype)
 
 

@@ -9,8 +9,6 @@ into a temporary folder and rename it into place; only a complete folder is regi
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +16,14 @@ from typing import Callable
 
 from backend import registry
 from backend.modelinfo import ModelInfo, inspect_model
-from backend.safetensors_stream import INDEX_NAME, OutTensor, write_checkpoint
+from backend.outputs import building, copy_companions, output_dir, register_output
+from backend.safetensors_stream import OutTensor, write_checkpoint
 from backend.specs import UpscaleSpec, parse_size
 from backend.upscale import dus, llama_pro, slices
 from backend.upscale.plan import Slot
-from storage import db
 
 Progress = Callable[[float, str], None]
 METHODS = {"dus": dus.plan, "slices": slices.plan, "llama-pro": llama_pro.plan}
-# Files a model folder carries besides weights and config: tokenizer, chat template, generation config...
-_SKIP = {"config.json", INDEX_NAME, "README.md", ".gitattributes"}
 
 
 class MismatchError(ValueError):
@@ -184,52 +180,21 @@ python -m backend upscale --base {plan.source_names[0]}{second} --method {spec.m
 """
 
 
-def check_disk(path: Path, needed: int) -> None:
-    free = shutil.disk_usage(path).free
-    if free < needed * 1.02 + (50 << 20):
-        raise OSError(f"Not enough disk space in {path}: the new model needs {needed / 2**30:.2f} GiB, "
-                      f"{free / 2**30:.2f} GiB is free. Free some space or choose another output folder.")
-
-
 def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     """Build the up-scaled model into `out_dir` (default workspace/models/NAME) and register it."""
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
     plan = plan_upscale(spec)
     name = spec.name or spec.default_name()
-    registry.check_name_free(name)
-    out_dir = Path(out_dir or spec.out or db.models_dir() / name).expanduser().resolve()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} already exists and is not empty: choose another output folder.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    check_disk(out_dir.parent, plan.nbytes)
+    out_dir = output_dir(out_dir, spec.out, name, needed=plan.nbytes)
     progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters")
-    # Build beside the destination so the final rename is atomic (same filesystem); a killed build leaves only
-    # a .tmp folder that the next start removes.
-    if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
-        tmp = db.new_tmp("build")
-    else:
-        tmp = out_dir.parent / f".tmp-build-{os.getpid()}-{int(time.time())}"
-        tmp.mkdir()
-    try:
+    with building(out_dir, "build") as tmp:
         write_checkpoint(plan.tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
         (tmp / "config.json").write_text(json.dumps(new_config(plan), indent=2))
-        for f in plan.sources[0].folder.iterdir():
-            if f.is_file() and f.name not in _SKIP and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf")):
-                shutil.copy2(f, tmp / f.name)
+        copy_companions(plan.sources[0].folder, tmp)
         (tmp / "README.md").write_text(model_card(plan, name, out_dir))
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        rec = registry.register(out_dir, name, "upscaled", parents=list(dict.fromkeys(plan.source_names)),
-                                recipe=spec.model_dump(mode="json"), source=spec.method)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    rec = register_output(out_dir, name, "upscaled", parents=list(dict.fromkeys(plan.source_names)),
+                          recipe=spec.model_dump(mode="json"), source=spec.method)
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
     return {"model": rec.name, "path": str(out_dir), "layers": plan.s, "parameters": plan.params_after,
