@@ -44,7 +44,8 @@ class TensorRef:
 @dataclass(frozen=True)
 class OutTensor:
     """One tensor of a checkpoint to write: copied from `source`, produced chunk by chunk by `make` (a merge), or
-    all zeros when neither is given."""
+    all zeros when neither is given. Each chunk is written before the next is asked for, so a producer may hand
+    out views of one buffer it reuses."""
 
     name: str
     dtype: str

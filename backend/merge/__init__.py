@@ -4,10 +4,10 @@ candidates gives the final model).
     python -m backend merge --method slerp --models cand1 cand2 --t 0.5 --out workspace/models/merged
 
 Plan first: the models must share architecture, tensor names, shapes and dtypes (clear error otherwise). Then each
-output tensor is computed from row ranges read out of the inputs (pread, not mmap), in chunks for the element-wise
-methods (SLERP takes the angle of a tensor larger than a few chunks from a first pass), and written straight into
-the shards: memory stays flat. The folder is built in the workspace's .tmp and renamed into place before it is
-registered (backend/outputs.py).
+output tensor is read out of the inputs in blocks (pread, not mmap), combined a cache-sized chunk at a time in
+buffers each shard-writer thread reuses (SLERP first takes the tensor's angle in one pass over the same chunks), and
+written straight into the shards: memory stays flat. The folder is built in the workspace's .tmp and renamed into
+place before it is registered (backend/outputs.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -31,7 +32,8 @@ from backend.specs import MergeSpec, parse_size
 from backend.upscale import check_compatible
 
 Progress = Callable[[float, str], None]
-CHUNK_BYTES = 32 << 20  # float32 bytes of one input chunk: small enough for flat memory, large enough for speed
+CHUNK_ELEMS = 1 << 20  # float32 elements combined at a time: 4 MiB per input, which stays in the cache
+BLOCK_BYTES = 64 << 20  # raw bytes read per input at once (SLERP reads a tensor up to this size only once)
 _TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}  # the float formats a merge reads and writes
 
 
@@ -76,34 +78,32 @@ def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
 
 
 class _Reader:
-    """Row ranges of one tensor from each model, read with pread into fresh buffers. Not mmap: pages of a mapped
-    file count as resident memory once touched, so a merge of two 2 GB models would show 4 GB of RSS."""
+    """Element ranges of one tensor from each model, read with pread into a buffer the caller owns. Not mmap: pages
+    of a mapped file count as resident memory once touched, so a merge of two 2 GB models would show 4 GB of RSS."""
 
     def __init__(self, infos: list[ModelInfo]):
         self.infos = infos
         self.fds: dict[Path, int] = {}
+        self.lock = threading.Lock()
 
-    def rows(self, model: int, name: str, start: int, stop: int):
+    def read(self, model: int, name: str, start: int, stop: int, into):
+        """Elements [start, stop) of the flattened tensor, read into the uint8 tensor `into`; returns them as a
+        flat tensor of the file's dtype (a view of `into`)."""
         import torch
 
         ref = self.infos[model].tensors[name]
         elem = DTYPE_SIZES[ref.dtype]
-        inner = 1
-        for d in ref.shape[1:]:
-            inner *= d
-        if ref.file not in self.fds:
-            self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
-        n = (stop - start) * inner * elem
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
+        with self.lock:
+            if ref.file not in self.fds:
+                self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
+        n = (stop - start) * elem
+        view, got = memoryview(into.numpy())[:n], 0
         while got < n:  # pread may return less than asked
-            chunk = os.preadv(self.fds[ref.file], [view[got:]], ref.offset + start * inner * elem)
+            chunk = os.preadv(self.fds[ref.file], [view[got:]], ref.offset + start * elem + got)
             if chunk == 0:
                 raise MergeError(f"{ref.file} ended early reading {name}: the file is truncated.")
             got += chunk
-        dtype = getattr(torch, _TORCH_DTYPES[ref.dtype])
-        t = torch.frombuffer(buf, dtype=dtype) if n else torch.empty(0, dtype=dtype)
-        return t.reshape((stop - start, *ref.shape[1:]) if ref.shape else ())
+        return into[:n].view(getattr(torch, _TORCH_DTYPES[ref.dtype]))
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -111,51 +111,88 @@ class _Reader:
         self.fds.clear()
 
 
+class _Scratch(threading.local):
+    """Buffers of one shard-writer thread, reused for every tensor it writes. A fresh 32 MB buffer per chunk costs
+    more in page faults than the arithmetic (the allocator maps and zeroes it each time); reused buffers of a
+    chunk that fits in the cache make the conversions and products several times faster."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, object] = {}
+
+    def get(self, key: tuple, numel: int, dtype):
+        import torch
+
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
+_scratch = _Scratch()
+
+
 def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reader, base: int | None,
-              out_dtype) -> Callable[[], Iterator[bytes]]:
+              out_dtype) -> Callable[[], Iterator[memoryview]]:
+    """The chunks of one merged tensor, computed on demand by a shard writer. Each input is read in blocks of
+    BLOCK_BYTES (raw), converted and combined CHUNK_ELEMS float32 elements at a time in reused buffers, and
+    converted into a reused output buffer; the writer writes a chunk before it asks for the next."""
     import torch
 
     fn = METHODS[spec.method]
     ref = infos[0].tensors[name]
-    rows = ref.shape[0] if ref.shape else 1
-    row_bytes = ref.nbytes // max(rows, 1) * 4 // DTYPE_SIZES[ref.dtype]  # computed in float32
-    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    if spec.method == "ties" or (spec.method == "slerp" and rows * row_bytes <= 4 * CHUNK_BYTES):
-        step = rows  # TIES needs whole tensors; SLERP reads a mid-sized tensor once instead of twice
+    numel = ref.nbytes // DTYPE_SIZES[ref.dtype]
+    inputs = list(range(len(spec.models))) + ([base] if base is not None else [])
     n_cand = len(spec.models)
     weights = spec.weights or [1.0] * n_cand
     t = tensor_t(spec, name, infos[0]) if spec.method == "slerp" else None
+    kwargs = dict(weights=weights, normalize=spec.normalize, density=spec.density)
+    sizes = [DTYPE_SIZES[infos[k].tensors[name].dtype] for k in inputs]
+    block = max(1, BLOCK_BYTES // max(sizes))
+    chunk = CHUNK_ELEMS
+    if spec.method == "ties":  # TIES trims by magnitude over the whole tensor
+        block = chunk = max(numel, 1)
 
-    def chunks(start: int, stop: int):
-        cands = [reader.rows(k, name, start, stop).float() for k in range(n_cand)]
-        b = reader.rows(base, name, start, stop).float() if base is not None else None
-        return cands, b
+    def blocks() -> Iterator[tuple[int, list]]:
+        for b0 in range(0, numel, block):
+            b1 = min(numel, b0 + block)
+            yield b0, [reader.read(k, name, b0, b1, _scratch.get(("raw", j), (b1 - b0) * size, torch.uint8))
+                       for j, (k, size) in enumerate(zip(inputs, sizes))]
+
+    def floats(raws: list, c0: int, c1: int) -> list:
+        """Elements [c0, c1) of each raw block as float32, converted straight into reused buffers."""
+        return [_scratch.get(("f32", j), chunk, torch.float32)[:c1 - c0].copy_(r[c0:c1]) for j, r in enumerate(raws)]
 
     def make() -> Iterator[memoryview]:
-        kwargs = dict(weights=weights, normalize=spec.normalize, density=spec.density, seed=spec.seed)
-        whole = None
+        coeffs = None
+        held = None  # the raw blocks, when the whole tensor is one block: SLERP's second pass reads them again
         if spec.method == "slerp":
-            # The angle belongs to the whole tensor: a tensor larger than a chunk takes a first pass for it.
+            # The angle belongs to the whole tensor: a first pass takes ⟨a,b⟩, |a|², |b|² chunk by chunk.
             dot = na = nb = 0.0
-            for start in range(0, rows, step):
-                stop = min(rows, start + step)
-                pair = torch.empty((2, *((stop - start,) + ref.shape[1:] if ref.shape else ())))
-                pair[0].copy_(reader.rows(0, name, start, stop))  # bf16 -> float32 straight into place
-                pair[1].copy_(reader.rows(1, name, start, stop))
-                flat = pair.view(2, -1)
-                gram = (flat @ flat.T).tolist()  # ⟨a,a⟩, ⟨a,b⟩, ⟨b,b⟩ in one pass (float32 per chunk)
-                dot, na, nb = dot + gram[0][1], na + gram[0][0], nb + gram[1][1]
-                if step >= rows:
-                    whole = (pair[0], pair[1])
+            for b0, raws in blocks():
+                for c0 in range(0, len(raws[0]), chunk):
+                    a, b = floats(raws, c0, min(len(raws[0]), c0 + chunk))
+                    dot += torch.dot(a, b).item()
+                    na += torch.dot(a, a).item()
+                    nb += torch.dot(b, b).item()
+                held = raws if numel <= block else None
             coeffs = slerp_coefficients(dot, na, nb, t)
-        for i, start in enumerate(range(0, rows, step)):
-            cands, b = ([*whole], None) if whole is not None else chunks(start, min(rows, start + step))
-            if spec.method == "slerp":
-                out = cands[0].mul_(coeffs[0]).add_(cands[1], alpha=coeffs[1])
-            else:
-                # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
-                out = fn(cands, base=b, **{**kwargs, "seed": zlib.crc32(f"{spec.seed}:{name}:{i}".encode())})
-            yield memoryview(out.to(out_dtype).reshape(-1).view(torch.uint8).numpy())
+        out_size = torch.empty(0, dtype=out_dtype).element_size()
+        index = 0
+        for b0, raws in ([(0, held)] if held is not None else blocks()):
+            for c0 in range(0, len(raws[0]), chunk):
+                c1 = min(len(raws[0]), c0 + chunk)
+                cands = floats(raws, c0, c1)
+                if coeffs is not None:
+                    merged = cands[0].mul_(coeffs[0]).add_(cands[1], alpha=coeffs[1])
+                else:
+                    # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
+                    seed = zlib.crc32(f"{spec.seed}:{name}:{index}".encode())
+                    merged = fn(cands[:n_cand], base=cands[n_cand] if base is not None else None, seed=seed,
+                                **kwargs).reshape(-1)
+                index += 1
+                out = _scratch.get(("out",), chunk * out_size, torch.uint8)[:(c1 - c0) * out_size]
+                out.view(out_dtype).copy_(merged)
+                yield memoryview(out.numpy())
 
     return make
 
