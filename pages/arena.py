@@ -3,7 +3,6 @@ vote, flag hallucinations, and read the leaderboard (Bradley–Terry, plain and 
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pandas as pd
@@ -11,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import arena, registry
-from backend.chat import GenerationStats, stream_reply
+from backend.chat import answer_all
 from pages.common import cached_model, model_names, via_app
 from pages.figures import PALETTE
 from storage import db
@@ -34,35 +33,19 @@ top_p = c3.slider("top-p", 0.1, 1.0, 1.0, 0.05, key="arena_top_p")
 def run_round(prompt: str) -> int:
     """Generate with every model at once; the script thread only redraws what the generation threads wrote."""
     lms = {m: cached_model(registry.get(m).path, m) for m in models}
-    state = {m: {"text": "", "stats": GenerationStats(), "error": None, "done": False} for m in models}
-
-    def consume(m: str) -> None:
-        try:
-            for piece in stream_reply(lms[m], [{"role": "user", "content": prompt}], max_new_tokens=max_new,
-                                      temperature=temperature, top_p=top_p, stats=state[m]["stats"]):
-                state[m]["text"] += piece
-        except Exception as exc:  # shown in that model's column
-            state[m]["error"] = str(exc)
-        finally:
-            state[m]["done"] = True
-
+    live = answer_all(lms, [{"role": "user", "content": prompt}], max_new_tokens=max_new, temperature=temperature,
+                      top_p=top_p)
     cols = st.columns(len(models))
     boxes = {m: col.empty() for m, col in zip(models, cols)}
-    threads = [threading.Thread(target=consume, args=(m,), daemon=True) for m in models]
-    for t in threads:
-        t.start()
     while True:
         for m in models:
-            boxes[m].markdown(f"**{m}**\n\n{state[m]['text'] or '…'}")
-        if all(state[m]["done"] for m in models):
+            boxes[m].markdown(f"**{m}**\n\n{live[m].text or '…'}")
+        if all(a.done for a in live.values()):
             break
         time.sleep(0.1)
-    answers = {}
-    for m in models:
-        s = state[m]["stats"]
-        answers[m] = {"text": state[m]["text"], "error": state[m]["error"], "tokens": s.new_tokens,
-                      "first_token_s": s.first_token_s, "seconds": s.total_s, "tokens_per_s": s.tokens_per_s,
-                      "hallucination": False}
+    answers = {m: {"text": a.text, "error": a.error, "tokens": a.stats.new_tokens,
+                   "first_token_s": a.stats.first_token_s, "seconds": a.stats.total_s,
+                   "tokens_per_s": a.stats.tokens_per_s, "hallucination": False} for m, a in live.items()}
     settings = {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p}
     return arena.save_transcript(prompt, settings, answers).id
 
