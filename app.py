@@ -11,25 +11,25 @@ import streamlit as st
 
 from storage import db
 
-st.set_page_config(page_title="DUS Studio", page_icon="🧱", layout="wide")
+st.set_page_config(page_title="DUS Studio", page_icon=":material/layers:", layout="wide")
 db.init_db()
 
 pages = {
     "Build": [
-        st.Page("pages/build.py", title="Depth up-scale", icon="🧱", default=True),
-        st.Page("pages/models.py", title="Models & chat", icon="📚"),
+        st.Page("pages/build.py", title="Depth up-scale", icon=":material/layers:", default=True),
+        st.Page("pages/models.py", title="Models & chat", icon=":material/library_books:"),
     ],
     "Data": [
-        st.Page("pages/synth.py", title="Synthetic math", icon="🧮"),
+        st.Page("pages/synth.py", title="Synthetic math", icon=":material/calculate:"),
     ],
     "Train": [
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
-        st.Page("pages/monitor.py", title="Monitor", icon="📈"),
-        st.Page("pages/jobs.py", title="Jobs", icon="⚙️"),
+        st.Page("pages/train.py", title="Train", icon=":material/fitness_center:"),
+        st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
+        st.Page("pages/jobs.py", title="Jobs", icon=":material/list_alt:"),
     ],
     "Compare": [
-        st.Page("pages/compare.py", title="Merge & compare", icon="⚖️"),
-        st.Page("pages/arena.py", title="Side-by-side chat", icon="💬"),
+        st.Page("pages/compare.py", title="Merge & compare", icon=":material/balance:"),
+        st.Page("pages/arena.py", title="Side-by-side chat", icon=":material/forum:"),
     ],
 }
 current = st.navigation(pages)

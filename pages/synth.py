@@ -100,17 +100,25 @@ with tab_pairs:
     state_f = f3.multiselect("Status", ["verified", "failed", "flagged", "rejected"], key="f_state")
     search = f4.text_input("Search questions", key="f_search")
     page_size = 10
-    total, _ = pipeline.query_pairs(rec.id, categories=cat_f, levels=lvl_f, states=state_f, search=search,
-                                    page_size=1)
+
+    def query(page: int):
+        return pipeline.query_pairs(rec.id, categories=cat_f, levels=lvl_f, states=state_f, search=search, page=page,
+                                    page_size=page_size)
+
+    page = st.session_state.get("f_page", 1) - 1  # the page asked for (the widget below holds it)
+    total, rows = query(page)
     pages = max(1, -(-total // page_size))
-    page = st.number_input(f"Page (of {pages}; {total} pairs match)", 1, pages, 1, key="f_page") - 1
-    _, rows = pipeline.query_pairs(rec.id, categories=cat_f, levels=lvl_f, states=state_f, search=search,
-                                   page=page, page_size=page_size)
+    if page >= pages:  # a narrower filter has fewer pages: show its last one
+        page = pages - 1
+        st.session_state["f_page"] = pages
+        total, rows = query(page)
+    st.number_input(f"Page (of {pages}; {total} pairs match)", 1, pages, key="f_page")
     for p in rows:
-        badge = {"verified": "🟢", "failed": "🔴", "flagged": "🟠"}[p.status] + (" ✋ rejected" if p.rejected_by_hand
-                                                                                 else "")
+        badge = {"verified": ":green-badge[verified]", "failed": ":red-badge[failed]",
+                 "flagged": ":orange-badge[flagged]"}[p.status]
+        badge += " :gray-badge[rejected by hand]" if p.rejected_by_hand else ""
         with st.container(border=True):
-            st.markdown(f"{badge} **{p.status}** · {p.category} · level {p.level} · answer `{p.answer}`"
+            st.markdown(f"{badge} · {p.category} · level {p.level} · answer `{p.answer}`"
                         + (f" · rephrased answer `{p.new_answer}`" if p.new_answer else "")
                         + (f" — _{p.reason}_" if p.reason else ""))
             left, right = st.columns(2)

@@ -107,4 +107,4 @@ b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.y
                    help="Rerun it with: python -m backend run SPEC.yaml")
 if "train_job" in st.session_state:
     job_status(st.session_state["train_job"])
-    st.page_link("pages/monitor.py", label="Watch it on the Monitor page", icon="📈")
+    st.page_link("pages/monitor.py", label="Watch it on the Monitor page", icon=":material/monitoring:")

@@ -187,8 +187,14 @@ def test_synth_page_makes_pairs_and_inspects_them():
     assert metric(at, "rejected by hand") == "1"
     at.button(key="export").click().run()
     assert any("23 pairs" in s.value for s in at.success)
-    at.multiselect(key="f_state").set_value(["rejected"]).run()
+    at.number_input(key="f_page").set_value(3).run()
+    shown = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
+    assert len(shown) == 4 and not any("rejected by hand" in v for v in shown)  # 24 pairs: page 3 holds 21–24
+    at.multiselect(key="f_state").set_value(["rejected"]).run()  # one page now: page 3 falls back to page 1
     assert at.number_input(key="f_page").label.startswith("Page (of 1; 1 pairs match)")
+    assert at.number_input(key="f_page").value == 1
+    (shown,) = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
+    assert ":gray-badge[rejected by hand]" in shown
 
 
 def test_synth_page_saves_the_papers_mixes():
