@@ -7,11 +7,13 @@ SQLite default (any SQLAlchemy URL).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
@@ -60,9 +62,47 @@ def engine() -> Engine:
 
 
 def init_db() -> Engine:
-    eng = engine()
+    """The engine, with every table present and up to date (checked once per database per process)."""
+    return _ready(database_url())
+
+
+@lru_cache(maxsize=4)
+def _ready(url: str) -> Engine:
+    eng = _engine_for(url)
     SQLModel.metadata.create_all(eng)
+    upgrade_schema(eng)
     return eng
+
+
+def upgrade_schema(eng: Engine) -> list[str]:
+    """Bring a database written by an older DUS Studio up to the current tables: new tables come from create_all,
+    and the columns a table lacks are added here, with the model's default for the rows already there (Alembic
+    computes the difference). Only additions are made; nothing is dropped or retyped. Returns what was added."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    classes = {m.class_.__tablename__: m.class_ for m in SQLModel._sa_registry.mappers}
+    added = []
+    with eng.begin() as conn:
+        ctx = MigrationContext.configure(conn)
+        ops = Operations(ctx)
+        for diff in compare_metadata(ctx, SQLModel.metadata):
+            if not (isinstance(diff, tuple) and diff[0] == "add_column"):
+                continue
+            _, _, table, column = diff
+            col = column._copy()
+            field = classes[table].model_fields.get(col.name)
+            value = field.get_default(call_default_factory=True) if field else None
+            if isinstance(value, (bool, int, float, str, list, dict)) and not col.primary_key:
+                literal = json.dumps(value) if isinstance(value, (list, dict)) else value
+                sql = sa.literal(literal).compile(compile_kwargs={"literal_binds": True}, dialect=eng.dialect)
+                col.server_default = sa.DefaultClause(sa.text(sql.string))
+            else:
+                col.nullable = True  # no value to give the old rows (a time, an id): they keep NULL
+            ops.add_column(table, col)  # with its index, when the field has one
+            added.append(f"{table}.{col.name}")
+    return added
 
 
 def session() -> Session:
