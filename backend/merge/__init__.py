@@ -152,47 +152,46 @@ def _producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: _Reade
     if spec.method == "ties":  # TIES trims by magnitude over the whole tensor
         block = chunk = max(numel, 1)
 
-    def blocks() -> Iterator[tuple[int, list]]:
+    def blocks() -> Iterator[list]:
         for b0 in range(0, numel, block):
             b1 = min(numel, b0 + block)
-            yield b0, [reader.read(k, name, b0, b1, _scratch.get(("raw", j), (b1 - b0) * size, torch.uint8))
-                       for j, (k, size) in enumerate(zip(inputs, sizes))]
+            yield [reader.read(k, name, b0, b1, _scratch.get(("raw", j), (b1 - b0) * size, torch.uint8))
+                   for j, (k, size) in enumerate(zip(inputs, sizes))]
 
     def floats(raws: list, c0: int, c1: int) -> list:
         """Elements [c0, c1) of each raw block as float32, converted straight into reused buffers."""
         return [_scratch.get(("f32", j), chunk, torch.float32)[:c1 - c0].copy_(r[c0:c1]) for j, r in enumerate(raws)]
 
     def make() -> Iterator[memoryview]:
+        whole = list(blocks()) if numel <= block else None  # a tensor of one block is read once for both passes
+
+        def spans() -> Iterator[tuple[list, int, int]]:
+            for raws in whole if whole is not None else blocks():
+                for c0 in range(0, len(raws[0]), chunk):
+                    yield raws, c0, min(len(raws[0]), c0 + chunk)
+
         coeffs = None
-        held = None  # the raw blocks, when the whole tensor is one block: SLERP's second pass reads them again
         if spec.method == "slerp":
             # The angle belongs to the whole tensor: a first pass takes ⟨a,b⟩, |a|², |b|² chunk by chunk.
             dot = na = nb = 0.0
-            for b0, raws in blocks():
-                for c0 in range(0, len(raws[0]), chunk):
-                    a, b = floats(raws, c0, min(len(raws[0]), c0 + chunk))
-                    dot += torch.dot(a, b).item()
-                    na += torch.dot(a, a).item()
-                    nb += torch.dot(b, b).item()
-                held = raws if numel <= block else None
+            for raws, c0, c1 in spans():
+                a, b = floats(raws, c0, c1)
+                dot += torch.dot(a, b).item()
+                na += torch.dot(a, a).item()
+                nb += torch.dot(b, b).item()
             coeffs = slerp_coefficients(dot, na, nb, t)
-        out_size = torch.empty(0, dtype=out_dtype).element_size()
-        index = 0
-        for b0, raws in ([(0, held)] if held is not None else blocks()):
-            for c0 in range(0, len(raws[0]), chunk):
-                c1 = min(len(raws[0]), c0 + chunk)
-                cands = floats(raws, c0, c1)
-                if coeffs is not None:
-                    merged = cands[0].mul_(coeffs[0]).add_(cands[1], alpha=coeffs[1])
-                else:
-                    # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
-                    seed = zlib.crc32(f"{spec.seed}:{name}:{index}".encode())
-                    merged = fn(cands[:n_cand], base=cands[n_cand] if base is not None else None, seed=seed,
-                                **kwargs).reshape(-1)
-                index += 1
-                out = _scratch.get(("out",), chunk * out_size, torch.uint8)[:(c1 - c0) * out_size]
-                out.view(out_dtype).copy_(merged)
-                yield memoryview(out.numpy())
+        for index, (raws, c0, c1) in enumerate(spans()):
+            cands = floats(raws, c0, c1)
+            if coeffs is not None:
+                merged = cands[0].mul_(coeffs[0]).add_(cands[1], alpha=coeffs[1])
+            else:
+                # DARE's drop mask: seeded per tensor and chunk, so the same spec gives the same model
+                seed = zlib.crc32(f"{spec.seed}:{name}:{index}".encode())
+                merged = fn(cands[:n_cand], base=cands[n_cand] if base is not None else None, seed=seed,
+                            **kwargs).reshape(-1)
+            out = _scratch.get(("out",), chunk * out_dtype.itemsize, torch.uint8)[:(c1 - c0) * out_dtype.itemsize]
+            out.view(out_dtype).copy_(merged)
+            yield memoryview(out.numpy())
 
     return make
 
