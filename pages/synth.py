@@ -120,7 +120,7 @@ with tab_pairs:
         with st.container(border=True):
             st.markdown(f"{badge} · {p.category} · level {p.level} · answer `{p.answer}`"
                         + (f" · rephrased answer `{p.new_answer}`" if p.new_answer else "")
-                        + (f" — _{p.reason}_" if p.reason else ""))
+                        + (f" — _{p.reason}_" if p.reason and p.reason != pipeline.HAND_REJECTED else ""))
             left, right = st.columns(2)
             q_old, q_new = word_diff_html(p.question, p.new_question)
             a_old, a_new = word_diff_html(p.solution, p.new_solution)

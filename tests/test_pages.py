@@ -194,7 +194,7 @@ def test_synth_page_makes_pairs_and_inspects_them():
     assert at.number_input(key="f_page").label.startswith("Page (of 1; 1 pairs match)")
     assert at.number_input(key="f_page").value == 1
     (shown,) = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
-    assert ":gray-badge[rejected by hand]" in shown
+    assert ":gray-badge[rejected by hand]" in shown and "_rejected by hand_" not in shown  # said once
 
 
 def test_synth_page_saves_the_papers_mixes():

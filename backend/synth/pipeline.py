@@ -158,7 +158,10 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
 
 
-def reject_by_hand(pair_id: int, reason: str = "rejected by hand", undo: bool = False) -> None:
+HAND_REJECTED = "rejected by hand"  # the reason a pair rejected by hand gets unless one is given
+
+
+def reject_by_hand(pair_id: int, reason: str = HAND_REJECTED, undo: bool = False) -> None:
     with db.session() as s:
         pair = s.get(SynthPair, pair_id)
         if pair is None:
