@@ -68,7 +68,10 @@ if round_id:
         a = t.answers[m]
         with col:
             st.markdown(f"**{m}**")
-            st.error(a["error"]) if a.get("error") else st.write(a["text"] or "(empty)")
+            if a.get("error"):  # a statement, not an expression: Streamlit's magic would print its value (None)
+                st.error(a["error"])
+            else:
+                st.write(a["text"] or "(empty)")
             st.caption(f"{a['tokens']} tokens · first token {a['first_token_s'] or 0:.2f} s · "
                        f"{a['tokens_per_s']:.1f} tokens/s")
             flagged = st.checkbox("hallucination", value=a.get("hallucination", False), key=f"flag_{round_id}_{m}")

@@ -273,3 +273,18 @@ def test_side_by_side_chat_answers_votes_and_ranks(tiny, tokenizer_dir, tmp_path
 
     with db.session() as s:
         assert s.get(ChatTranscript, v.transcript_id).answers["tiny-b"]["hallucination"] is True
+
+
+def test_no_page_has_a_bare_expression_that_streamlit_magic_would_print():
+    """Streamlit's magic writes the value of a bare non-call expression: `st.error(x) if bad else st.write(y)` showed a
+    stray "None" under every side-by-side answer."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for f in [root / "app.py", *sorted((root / "pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Await, ast.Yield)) and not (
+                    isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                found.append(f"{f.name}:{node.lineno}: {ast.unparse(node)[:60]}")
+    assert found == []
