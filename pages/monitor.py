@@ -24,7 +24,8 @@ if not jobs:
     st.info("No training jobs yet: launch one on the Train page.")
     st.stop()
 
-labels = {j.id: f"{j.id} · {j.kind} · {j.spec.get('name') or j.spec.get('model')} · {j.status}" for j in jobs}
+# no status in the labels (they are drawn when the whole page reruns; the status box below is live)
+labels = {j.id: f"{j.id} · {j.kind} · {j.spec.get('name') or j.spec.get('model')}" for j in jobs}
 chosen = st.multiselect("Jobs", list(labels), default=[jobs[0].id], format_func=labels.get, key="monitor_jobs")
 for job_id in chosen:
     job_status(job_id)
