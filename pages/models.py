@@ -107,6 +107,8 @@ with chat:
             except RuntimeError as exc:
                 st.error(str(exc))
                 reply = None
+            if reply is not None and not str(reply).strip():
+                st.caption("(the reply is only whitespace or special tokens)")
         if reply is not None:
             history.append({"role": "assistant", "content": reply})
             st.caption(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "

@@ -96,6 +96,13 @@ def test_models_page_lists_chats_and_deletes(tiny):
     assert not at.exception
     assert len(at.chat_message) == 2 and at.chat_message[1].name == "assistant"
     assert any("tokens/s" in c.value for c in at.caption)
+    from backend import registry
+    from backend.chat import load, stream_reply
+
+    reply = "".join(stream_reply(load(registry.get("tiny-big").path), [{"role": "user", "content": "hello"}],
+                                 max_new_tokens=96))  # what the page got (greedy, the page's default length)
+    said = any("only whitespace" in c.value for c in at.caption)
+    assert said == (not reply.strip())  # a blank reply is explained, a real one is not
     # delete needs the confirmation box
     assert at.button(key="delete").disabled
     at.checkbox(key="confirm_delete").check().run()
