@@ -32,6 +32,14 @@ def _progress(frac: float, message: str) -> None:
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
 
 
+def _job_options(p: argparse.ArgumentParser, save_spec: bool = True) -> None:
+    """The options every job command shares; _run_or_queue acts on them."""
+    if save_spec:
+        p.add_argument("--save-spec", help="also write the spec as YAML here (rerun with `run`)")
+    p.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
+    p.add_argument("--after", type=int, help="queue it to run after this job succeeds")
+
+
 def _run_or_queue(spec, a: argparse.Namespace) -> None:
     """Every command ends here: save the spec if asked, then run it in the foreground or hand it to the worker."""
     from backend import runner
@@ -39,9 +47,8 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     if getattr(a, "save_spec", None):
         with open(a.save_spec, "w") as f:
             f.write(spec.to_yaml())
-    queue, after = getattr(a, "queue", False), getattr(a, "after", None)
-    if queue or after:
-        job = runner.submit(spec, after=after)
+    if a.queue or a.after:
+        job = runner.submit(spec, after=a.after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
         return
     result = runner.work_function(spec.kind)(spec, None, _progress)
@@ -192,8 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--name", help="registered name (default: derived)")
     u.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
     u.add_argument("--shard-size", default="2GB")
-    u.add_argument("--save-spec", help="also write the spec as YAML here (rerun with `run`)")
-    u.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
+    _job_options(u)
     u.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="continued pretraining, SFT or DPO with trl, through accelerate launch")
@@ -218,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerate-config", help="your accelerate config file")
     t.add_argument("--name")
     t.add_argument("--out")
-    t.add_argument("--save-spec")
-    t.add_argument("--queue", action="store_true")
-    t.add_argument("--after", type=int, help="queue it to run after this job succeeds")
+    _job_options(t)
     t.set_defaults(fn=cmd_train)
 
     sm = sub.add_parser("synth-math", help="SOLAR's Synth. Math-Instruct / Math-Alignment data")
@@ -236,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--name", default="synth-math", help="prefix of the registered data sets")
     sm.add_argument("--out", help="folder for the files (default workspace/datasets/NAME)")
-    sm.add_argument("--save-spec")
-    sm.add_argument("--queue", action="store_true")
-    sm.add_argument("--after", type=int)
+    _job_options(sm)
     sm.set_defaults(fn=cmd_synth)
 
     mg = sub.add_parser("merge", help="merge candidates (average, SLERP, task arithmetic, TIES, DARE)")
@@ -254,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--name")
     mg.add_argument("--out")
     mg.add_argument("--shard-size", default="2GB")
-    mg.add_argument("--save-spec")
-    mg.add_argument("--queue", action="store_true")
-    mg.add_argument("--after", type=int)
+    _job_options(mg)
     mg.set_defaults(fn=cmd_merge)
 
     ev = sub.add_parser("eval", help="evaluate models on the same tasks (scores stored per model and task)")
@@ -265,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=40)
     ev.add_argument("--max-new-tokens", type=int, default=96)
     ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
-    ev.add_argument("--queue", action="store_true")
-    ev.add_argument("--after", type=int)
+    _job_options(ev)
     ev.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
@@ -279,8 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
     r.add_argument("spec")
-    r.add_argument("--queue", action="store_true")
-    r.add_argument("--after", type=int, help="queue it to run after this job succeeds")
+    _job_options(r, save_spec=False)
     r.set_defaults(fn=cmd_run)
 
     m = sub.add_parser("models", help="list, import or delete registered models")
