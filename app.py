@@ -9,10 +9,16 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages.login import gate
 from storage import db
 
 st.set_page_config(page_title="DUS Studio", page_icon=":material/layers:", layout="wide")
-db.init_db()
+gate()  # before anything else: a login whenever the dashboard is reachable from other machines
+try:
+    db.init_db()
+except db.DatabaseUnavailable as exc:  # a wrong DATABASE_URL: say which server, not a traceback
+    st.error(str(exc))
+    st.stop()
 
 pages = {
     "Build": [
@@ -26,6 +32,7 @@ pages = {
         st.Page("pages/train.py", title="Train", icon=":material/fitness_center:"),
         st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
         st.Page("pages/jobs.py", title="Jobs", icon=":material/list_alt:"),
+        st.Page("pages/recipe.py", title="Recipe", icon=":material/science:"),
     ],
     "Compare": [
         st.Page("pages/compare.py", title="Merge & compare", icon=":material/balance:"),

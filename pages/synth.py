@@ -10,13 +10,12 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import registry, runner
+from backend import registry, runner, uploads
 from backend.specs import SynthMathSpec, explain
 from backend.synth import pipeline
 from backend.synth.seeds import CATEGORIES
 from pages.common import job_status, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
-from storage import db
 
 
 
@@ -39,11 +38,13 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
     seed_kind = c1.radio("Seeds", ["built-in generator", "MATH / GSM8K file"], key="seed_kind")
     seed_file = None
     if seed_kind != "built-in generator":
-        up = c1.file_uploader("Seed file (.jsonl / .json)", type=["jsonl", "json"], key="seed_upload")
+        up = c1.file_uploader("Seed file (.jsonl / .json)", type=[s[1:] for s in uploads.SEED_SUFFIXES],
+                              key="seed_upload")
         if up is not None:
-            seed_file = db.workspace() / "uploads" / up.name
-            seed_file.parent.mkdir(exist_ok=True)
-            seed_file.write_bytes(up.getvalue())
+            try:  # saved under a generated name: the name the browser sends never chooses the path
+                seed_file = uploads.save_upload(up.getvalue(), up.name, uploads.SEED_SUFFIXES)
+            except ValueError as exc:
+                c1.error(str(exc))
     num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds")
     levels = c2.multiselect("Levels", [1, 2, 3], default=[1, 2, 3], key="levels")
     cats = c2.multiselect("Categories (generator)", list(CATEGORIES), default=list(CATEGORIES), key="categories")

@@ -6,10 +6,9 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import data, registry, runner
+from backend import data, registry, runner, uploads
 from backend.specs import CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, explain
 from pages.common import job_status, model_names, worker_banner, via_app
-from storage import db
 
 KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
          "sft": (SftSpec, "SFT", "builtin:alpaca-mini"),
@@ -37,12 +36,13 @@ st.subheader("Data")
 st.caption("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), a local .jsonl / .json / "
            ".csv / .parquet / .txt file, or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, "
            "2 = twice.")
-upload = st.file_uploader("Or upload a file", type=["jsonl", "json", "csv", "parquet", "txt"], key="upload")
+upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_SUFFIXES], key="upload")
 if upload is not None:
-    path = db.workspace() / "uploads" / upload.name
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(upload.getvalue())
-    st.caption(f"Saved as `{path}`: add it to the table below.")
+    try:  # saved under a generated name: the name the browser sends never chooses the path
+        path = uploads.save_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
+        st.caption(f"Saved as `{path}`: add it to the table below.")
+    except ValueError as exc:
+        st.error(str(exc))
 table_key = f"sources_{kind}"
 sources = st.data_editor(pd.DataFrame([{"source": default_source, "weight": 1.0}]), num_rows="dynamic",
                          key=table_key, column_config={

@@ -1,0 +1,54 @@
+"""Where a browser upload is written: always `workspace/uploads/<sha256 prefix>-<safe stem><suffix>`.
+
+The file name a browser sends is only a hint: Streamlit passes the multipart file name through unchanged, so
+'../../x.jsonl' or '/etc/cron.d/x.json' would otherwise choose where the bytes land. Here the name is reduced to
+a safe stem, the content hash makes it unique (the same file uploaded twice is the same path), and the suffix
+must be one the page accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path, PureWindowsPath
+from typing import Iterable
+
+from backend.names import safe_name
+from storage import db
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # what backend/data.py reads
+SEED_SUFFIXES = (".jsonl", ".json")  # MATH / GSM8K seed files
+
+
+def uploads_dir() -> Path:
+    return db.workspace() / "uploads"
+
+
+def upload_name(data: bytes, sent_name: str, allowed_suffixes: Iterable[str]) -> str:
+    """The generated file name for these bytes; ValueError when the sent name's suffix is not allowed."""
+    allowed = tuple(s.lower() if s.startswith(".") else f".{s.lower()}" for s in allowed_suffixes)
+    base = PureWindowsPath(str(sent_name or "")).name  # the last component whichever separator, '/' or '\'
+    stem, dot, ext = base.rpartition(".")
+    suffix = f".{ext.lower()}" if dot and stem.strip(".") else ""
+    if suffix not in allowed:
+        raise ValueError(f"upload {sent_name!r}: only {', '.join(allowed)} files are accepted.")
+    stem = re.sub(r"-+$", "", safe_name(stem, fallback="upload")[:60]) or "upload"
+    return f"{hashlib.sha256(data).hexdigest()[:16]}-{stem}{suffix}"
+
+
+def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
+                folder: Path | None = None) -> Path:
+    """Write the bytes under a generated name inside `folder` (default workspace/uploads) and return the path.
+    Written to a temporary file and renamed, so a reader never sees half a file."""
+    root = Path(folder or uploads_dir()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    path = (root / upload_name(data, sent_name, allowed_suffixes)).resolve()
+    if path.parent != root:  # cannot happen with a generated name; kept as the last word on where bytes go
+        raise ValueError(f"upload {sent_name!r}: {path} is outside {root}.")
+    if path.is_file() and path.stat().st_size == len(data):
+        return path  # same hash, same name: already here
+    tmp = root / f".{path.name}.{os.getpid()}.partial"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
