@@ -7,14 +7,16 @@ work made it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from backend import registry
+from backend.names import inside
 from backend.safetensors_stream import INDEX_NAME
 from storage import db
 from storage.models import ModelRecord
@@ -35,7 +37,7 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
     """The folder a new model goes to (default workspace/models/NAME), refused when it already holds something;
     its parent is created and, when `needed` bytes are known, checked for space."""
     registry.check_name_free(name)
-    out = Path(out_dir or spec_out or db.models_dir() / name).expanduser().resolve()
+    out = Path(out_dir or spec_out or inside(db.models_dir(), name)).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,20 +50,46 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
 def building(out_dir: Path, prefix: str) -> Iterator[Path]:
     """A temporary folder that becomes `out_dir` when the block completes and is removed if it fails. It sits in
     workspace/.tmp (cleaned at the next start if the process is killed) when that is on the same filesystem, so
-    the final rename is atomic; otherwise beside the destination."""
+    the final rename is atomic; otherwise beside the destination, with a note in workspace/.tmp naming it, so the
+    next start removes it there too (db.clean_stale_tmp) if this process is killed mid-way."""
+    note = None
     if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
         tmp = db.new_tmp(prefix)
     else:
-        tmp = out_dir.parent / f".tmp-{prefix}-{os.getpid()}-{int(time.time())}"
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = out_dir.parent / f".tmp-{prefix}-{tag}"
+        note = db.tmp_dir() / f"external-{tag}{db.EXTERNAL_TMP_SUFFIX}"
+        note.write_text(str(tmp))  # written first: a kill right after mkdir still leaves the note
         tmp.mkdir()
     try:
         yield tmp
+        # until register_output removes it, this marks the folder as not registered yet: a kill between the
+        # rename and the registration leaves a folder the next start can tell from one a user put there
+        (tmp / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
         if out_dir.exists():
             out_dir.rmdir()  # empty: output_dir() refused a non-empty one
         tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(exc):
+            raise OSError(errno.ENOSPC, f"Disk full while writing the model to {out_dir.parent}: the partial "
+                                        "files were removed and nothing was registered. Free some space or choose "
+                                        "another output folder.") from exc
         raise
+    finally:
+        if note is not None:
+            note.unlink(missing_ok=True)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (a shard-writer thread's error may arrive wrapped)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def copy_companions(src: Path, dst: Path) -> None:
@@ -74,7 +102,9 @@ def copy_companions(src: Path, dst: Path) -> None:
 def register_output(out_dir: Path, name: str, kind: str, **fields) -> ModelRecord:
     """Register a finished folder; if that fails the folder goes too, so disk and registry stay in step."""
     try:
-        return registry.register(out_dir, name, kind, **fields)
+        rec = registry.register(out_dir, name, kind, **fields)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    (Path(out_dir) / db.UNREGISTERED_MARK).unlink(missing_ok=True)
+    return rec

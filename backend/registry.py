@@ -16,6 +16,7 @@ from typing import Callable
 from sqlmodel import select
 
 from backend.modelinfo import inspect_model
+from backend.names import check_name, inside, safe_name
 from backend.safetensors_stream import CheckpointError
 from storage import db
 from storage.models import ModelRecord
@@ -64,6 +65,7 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
 def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = None, recipe: dict | None = None,
              source: str = "") -> ModelRecord:
     """Register a complete model folder. Facts come from its headers, so a broken folder is refused here."""
+    check_name(name)
     info = inspect_model(folder)
     rec = ModelRecord(name=name, path=str(Path(folder).resolve()), kind=kind, parents=parents or [],
                       recipe=recipe or {}, source=source, architecture=info.architecture,
@@ -79,12 +81,20 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
 
 
 def check_name_free(name: str) -> None:
+    """A valid name (backend/names.py) that no model has yet: every new model passes here before any work."""
+    check_name(name)
     if get(name) is not None:
         raise RegistryError(f"A model named {name!r} is already registered: choose another name or delete it.")
 
 
-def delete(name: str, *, delete_files: bool = True) -> None:
-    """Remove a model from the registry; its folder goes too when the studio made it (under workspace/models)."""
+def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None:
+    """Remove a model from the registry; its folder goes too when the studio made it (under workspace/models).
+    Models made from it are refused unless `force`: they stay, and their `parents` keep naming it (see lineage)."""
+    kids = children(name)
+    if kids and not force:
+        raise RegistryError(f"{len(kids)} model(s) were made from {name!r}: {', '.join(k.name for k in kids)}. "
+                            "They would keep naming it in their lineage, shown as deleted. Delete anyway with "
+                            "--force (the page asks you to confirm).")
     with db.session() as s:
         rec = s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
         if rec is None:
@@ -98,6 +108,23 @@ def delete(name: str, *, delete_files: bool = True) -> None:
 
 def children(name: str) -> list[ModelRecord]:
     return [r for r in list_models() if name in (r.parents or [])]
+
+
+def lineage(name: str) -> list[tuple[str, bool]]:
+    """The first-parent chain from the oldest ancestor to `name`, each with whether it is still registered.
+    A deleted ancestor ends the walk but stays named (its children's `parents` keep it); a folder path (a model
+    made from an unregistered folder) counts as present."""
+    chain: list[tuple[str, bool]] = []
+    seen = {name}
+    cur = get(name)
+    while cur is not None and cur.parents:
+        parent = cur.parents[0]
+        cur = get(parent)
+        chain.append((parent, cur is not None or "/" in parent))
+        if parent in seen:  # a cycle cannot be built, but never loop on a hand-edited row
+            break
+        seen.add(parent)
+    return chain[::-1]
 
 
 # ---------------------------------------------------------------- imports
@@ -118,13 +145,17 @@ def import_builtin(progress: Progress = _noop) -> ModelRecord:
     if rec is not None and Path(rec.path, "config.json").exists():
         return rec
     if rec is not None:
-        delete(BUILTIN_NAME)
+        delete(BUILTIN_NAME, force=True)  # its folder is gone: re-importing restores what children name
     return import_gguf(builtin_gguf(), name=BUILTIN_NAME, source="builtin", progress=progress)
 
 
 def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecord:
     """Move a fully written folder into workspace/models and register it; on any failure remove it."""
-    final = db.models_dir() / name
+    try:
+        final = inside(db.models_dir(), name)
+    except ValueError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(tmp, ignore_errors=True)
         raise RegistryError(f"{final} already exists: delete it or choose another name.")
@@ -147,7 +178,7 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"GGUF file {path} does not exist.")
-    name = name or path.stem.split(".")[0]
+    name = name or safe_name(path.stem.split(".")[0])
     check_name_free(name)
     progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
     try:
@@ -173,7 +204,7 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise RegistryError(f"{folder} is not a folder.")
-    name = name or folder.name
+    name = name or safe_name(folder.name)
     check_name_free(name)
     has_st = any(folder.glob("*.safetensors"))
     if not has_st and (any(folder.glob("*.bin")) or any(folder.glob("*.pt"))):
@@ -229,7 +260,7 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    name = name or repo_id.split("/")[-1]
+    name = name or safe_name(repo_id.split("/")[-1])
     check_name_free(name)
     progress(0.02, f"downloading {repo_id}")
     tmp = db.new_tmp("hub")
@@ -258,6 +289,8 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
 def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
                progress: Progress = _noop) -> ModelRecord:
     """One entry for the page and CLI: 'builtin', a folder, a .gguf file, or a Hub id (owner/name)."""
+    if name is not None:
+        check_name(name)  # before anything is read, downloaded or written
     if target.lower() in ("builtin", BUILTIN_NAME.lower()):
         return import_builtin(progress)
     p = Path(target).expanduser()

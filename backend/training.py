@@ -50,18 +50,44 @@ def run_dir_for(spec: _TrainSpec) -> Path:
     return path
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_trackers(spec: _TrainSpec) -> None:
+    """report_to names trackers whose packages transformers imports at the first log line: fail before launch."""
+    import importlib.util
+
+    for tracker in spec.report_to:
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            raise TrainingError(f"report_to: {tracker} is not installed; `pip install {TRACKER_PACKAGES[tracker]}` "
+                                f"or remove {tracker} from report_to.")
+
+
+def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
+    """Local defaults for the trackers that write files, kept in the run folder unless the user chose elsewhere."""
+    env = {}
+    if "tensorboard" in spec.report_to:
+        env["TENSORBOARD_LOGGING_DIR"] = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(run_dir / "tensorboard")
+    if "mlflow" in spec.report_to and not os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = (run_dir / "mlruns").as_uri()
+    return env
+
+
 def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
     """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference)."""
+    check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
         ds = data.load_source(source)
-        data.detect_layout(ds.column_names, spec.kind)
+        data.check_rows(ds, source, data.detect_layout(ds.column_names, spec.kind), spec.kind)
     name = spec.name or spec.default_name()
     reference = spec.reference_model
     if reference is None and spec.kind == "cpt" and model_name:
         rec = registry.get(model_name)
-        if rec and rec.kind == "upscaled" and rec.parents:  # the recovery view: base loss as the reference line
+        # The recovery view: the base's loss as the reference line — when the base is still registered (a deleted
+        # base leaves the up-scaled model trainable, only without that line).
+        if rec and rec.kind == "upscaled" and rec.parents and registry.get(rec.parents[0]) is not None:
             reference = rec.parents[0]
     ref_folder = str(registry.resolve(reference)[0]) if reference else None
     return folder, name, ref_folder
@@ -110,7 +136,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es)"
                   + (f", resuming from {resumed[-1].name}" if resumed else ""))
     env = {**os.environ, "DUS_WORKSPACE": str(db.workspace()), "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", **tracker_env(spec, run_dir)}
     proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     tail: deque[str] = deque(maxlen=40)

@@ -58,18 +58,16 @@ with info:
     st.write(f"**{rec.kind}** · {rec.architecture or rec.model_type} · {rec.num_layers} layers · hidden "
              f"{rec.hidden_size} · {human(rec.num_parameters)} parameters · {rec.dtype}")
     st.caption(f"Folder: `{rec.path}`")
-    chain, cur = [], rec
-    while cur is not None and cur.parents:  # walk the first parent up to the base model
-        chain.append(cur.parents[0])
-        cur = registry.get(cur.parents[0])
+    chain = registry.lineage(rec.name)  # a deleted ancestor stays named, marked deleted
     if chain:
-        st.write("Lineage: " + " → ".join(f"`{p.split('/')[-1]}`" for p in reversed(chain)) + f" → **{rec.name}**")
+        st.write("Lineage: " + " → ".join(f"`{p.split('/')[-1]}`" + ("" if present else " (deleted)")
+                                          for p, present in chain) + f" → **{rec.name}**")
     kids = registry.children(rec.name)
     if kids:
         st.write("Made from it: " + ", ".join(f"`{k.name}`" for k in kids))
     if rec.recipe and rec.kind != "base":
         with st.expander("Recipe (spec)"):
-            st.code(yaml.safe_dump(rec.recipe, sort_keys=False), language="yaml")
+            st.code(yaml.safe_dump(rec.recipe, sort_keys=False, allow_unicode=True), language="yaml")
     card = Path(rec.path, "README.md")
     if card.exists() and rec.kind != "base":
         with st.expander("Model card"):
@@ -79,10 +77,12 @@ with info:
             "its folder (outside the workspace) is kept"
         st.write(f"Removes **{rec.name}** from the registry; {owned}.")
         if kids:
-            st.warning(f"{len(kids)} model(s) were made from it; they stay, with their lineage naming it.")
-        sure = st.checkbox(f"Yes, delete {rec.name}", key="confirm_delete")
+            st.warning(f"{len(kids)} model(s) were made from it: " + ", ".join(f"`{k.name}`" for k in kids)
+                       + ". They stay, and their lineage keeps naming it, marked deleted.")
+        label = f"Yes, delete {rec.name}" + (f" although {len(kids)} model(s) were made from it" if kids else "")
+        sure = st.checkbox(label, key="confirm_delete")
         if st.button("Delete", disabled=not sure, key="delete"):
-            registry.delete(rec.name)
+            registry.delete(rec.name, force=True)  # the checkbox above named the dependants
             st.session_state.pop("chat", None)
             st.rerun()
 

@@ -116,3 +116,13 @@ def test_a_checkpoint_cut_off_by_a_kill_is_not_resumed_from(tmp_path):
             (ckpt / "trainer_state.json").write_text("{}")
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-10"]
     assert not (tmp_path / "checkpoints" / "checkpoint-15").exists()
+
+
+def test_cpt_on_an_upscaled_model_whose_base_was_deleted_has_no_reference_line(tiny):
+    from backend.training import check_inputs
+
+    run_upscale(UpscaleSpec(base="tiny", m=2, name="tiny-dus"))
+    spec = CptSpec(model="tiny-dus", data=[DataSource(source="builtin:facts-corpus")], **FAST)
+    assert check_inputs(spec)[2] == str(registry.get("tiny").path)
+    registry.delete("tiny", force=True)
+    assert check_inputs(spec)[2] is None  # trainable still; before, "neither a registered model" failed the job
