@@ -2,20 +2,24 @@
 
 The workspace (default `./workspace`, or `$DUS_WORKSPACE`) holds the SQLite database and every artifact: models,
 job logs, and `.tmp/` where builds are assembled before they are renamed into place. `DATABASE_URL` overrides the
-SQLite default (any SQLAlchemy URL).
+SQLite default: `postgresql+psycopg://user:password@host:5432/dbname` lets workers on several machines share one
+database (the workspace folder must then be shared too, since rows name files in it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
-from functools import lru_cache
+import time
+from functools import lru_cache, wraps
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -54,7 +58,157 @@ def _engine_for(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url)
+    return _server_engine(url)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database server in DATABASE_URL cannot be reached or refuses us (the message never holds the password)."""
+
+
+def describe(url: str) -> str:
+    """Where a database URL points, for messages: `host:port/db as user`, never the password."""
+    u = make_url(url)
+    query = {k: v if isinstance(v, str) else v[0] for k, v in u.query.items()}
+    host = u.host or query.get("host") or "localhost"  # ?host=/run/postgresql: a Unix socket folder
+    port = u.port or query.get("port") or (5432 if u.get_backend_name() in ("postgresql", "postgres") else "")
+    return f"{host}:{port}/{u.database or ''} as {u.username or os.environ.get('USER', '?')}"
+
+
+def _unavailable(url: str, exc: BaseException, note: str = "") -> DatabaseUnavailable:
+    backend = make_url(url).get_backend_name()
+    name = "PostgreSQL" if backend in ("postgresql", "postgres") else backend
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    password = make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return DatabaseUnavailable(f"could not connect to {name} at {describe(url)}: {reason}{note}; check DATABASE_URL")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_dumps(value) -> str:
+    """PostgreSQL's json type refuses NaN and Infinity (they are not JSON), which a diverged loss or an infinite
+    perplexity in a job's result would be: they are stored as null there, as JavaScript's JSON.stringify does."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def retry_seconds() -> float:
+    """How long a process that was connected waits for its server to come back (a restart, a fail-over)."""
+    return float(os.environ.get("DUS_DB_RETRY_SECONDS", "60"))
+
+
+def _server_engine(url: str) -> Engine:
+    """A database server shared by workers on several machines. Pooled connections are pinged before use, so
+    one that a server restart killed is replaced instead of failing the next query; a new connection is retried
+    (with back-off, for at most `retry_seconds()`) once this process has been connected, so the worker loop and
+    running jobs ride out a restart. A server that was never reached fails at once, with a clear message."""
+    try:
+        u = make_url(url)
+    except (sa.exc.ArgumentError, ValueError):  # not echoed: it may hold a password
+        raise DatabaseUnavailable("DATABASE_URL is not a database URL; write it as "
+                                  "postgresql+psycopg://user:password@host:5432/dbname") from None
+    if u.drivername in ("postgres", "postgresql"):  # the driver this project installs (psycopg 3), not psycopg2
+        u = u.set(drivername="postgresql+psycopg")
+    args = {} if "connect_timeout" in u.query else {"connect_timeout": 10}  # libpq would wait forever
+    try:
+        engine = create_engine(u, pool_pre_ping=True, connect_args=args, json_serializer=_json_dumps)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise DatabaseUnavailable(f"no driver for {u.drivername} is installed ({exc}); this project installs "
+                                  "psycopg for postgresql+psycopg:// URLs; check DATABASE_URL") from None
+    state = {"connected": False}
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        deadline, delay = None, 0.1
+        while True:
+            try:
+                conn = dialect.connect(*cargs, **cparams)
+                state["connected"] = True
+                if dialect.driver == "psycopg":
+                    _nul_safe_text(conn)
+                return conn
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if not state["connected"]:
+                    raise _unavailable(url, exc) from exc
+                if deadline is None:
+                    deadline = time.monotonic() + retry_seconds()
+                    logging.getLogger(__name__).warning("database at %s unreachable; retrying for up to %.0f s",
+                                                        describe(url), retry_seconds())
+                if time.monotonic() >= deadline:
+                    raise _unavailable(url, exc, f" (still unreachable after {retry_seconds():.0f} s)") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    @event.listens_for(engine, "handle_error")
+    def _lost(ctx):
+        # psycopg 3 counts only a closed socket as a lost connection; a server shutting down first sends
+        # "terminating connection due to administrator command" (SQLSTATE 57P01; 08xxx: connection errors).
+        # Marked so, the pool drops that connection (and the others of the dead server) instead of reusing them.
+        if (getattr(ctx.original_exception, "sqlstate", None) or "").startswith(("57P", "08")):
+            ctx.is_disconnect = True
+
+    return engine
+
+
+def _nul_safe_text(conn) -> None:
+    """PostgreSQL text cannot hold NUL characters, which a model's generated answer (byte-level tokenizers decode
+    any byte) or a log line may contain; SQLite stores them. Written as U+FFFD, the replacement character."""
+    text, binary = _nul_safe_dumpers()
+    conn.adapters.register_dumper(str, binary)
+    conn.adapters.register_dumper(str, text)  # last: the one used for plain str parameters
+
+
+@lru_cache(maxsize=1)
+def _nul_safe_dumpers():
+    from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
+
+    class Text(StrDumperUnknown):
+        def dump(self, obj: str):
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
+    class BinaryText(StrBinaryDumper):
+        def dump(self, obj: str):
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
+    return Text, BinaryText
+
+
+def retrying(fn):
+    """Run a unit of database work again when its connection was lost half-way (a server restart, a fail-over):
+    the server rolled the unfinished transaction back, so the whole unit runs again, for at most
+    `retry_seconds()`. Used on the runner's units of work (worker loop, job processes). SQLite has no connection
+    to lose. Should a commit reach the server just as the connection dies, the unit runs twice: the runner's
+    updates are plain or conditional sets, so that is harmless, except that a claim made in that instant leaves
+    its job "running" without a process, which `recover_orphans` marks interrupted 30 s later (resume runs it)."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        deadline = None
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                deadline = deadline or time.monotonic() + retry_seconds()
+                if time.monotonic() >= deadline:
+                    raise _unavailable(database_url(), exc, " (lost, and not back in time)") from exc
+                logging.getLogger(__name__).warning("lost the database connection in %s; running it again",
+                                                    fn.__name__)
+                time.sleep(0.2)
+
+    return run
 
 
 def engine() -> Engine:
@@ -69,39 +223,68 @@ def init_db() -> Engine:
 @lru_cache(maxsize=4)
 def _ready(url: str) -> Engine:
     eng = _engine_for(url)
-    SQLModel.metadata.create_all(eng)
-    upgrade_schema(eng)
+    with eng.connect() as conn:
+        if not _missing(conn):  # the usual case: every table and column there, no lock taken
+            return eng
+    with eng.connect() as conn:
+        # Several processes (the page and the worker, or workers on several machines) may open a fresh database
+        # at once: one creates and upgrades the tables while the others wait, then finds them there. Without the
+        # lock, two CREATE TABLEs collide ("table models already exists").
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})  # freed at commit
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now (sqlite3 runs DDL outside a transaction)
+        SQLModel.metadata.create_all(conn)
+        _upgrade(conn)
+        conn.commit()
     return eng
+
+
+_SCHEMA_LOCK = 0x4455_5353  # "DUSS": any constant that other applications sharing the server are unlikely to use
 
 
 def upgrade_schema(eng: Engine) -> list[str]:
     """Bring a database written by an older DUS Studio up to the current tables: new tables come from create_all,
     and the columns a table lacks are added here, with the model's default for the rows already there (Alembic
     computes the difference). Only additions are made; nothing is dropped or retyped. Returns what was added."""
+    with eng.begin() as conn:
+        return _upgrade(conn)
+
+
+def _missing(conn: sa.Connection) -> list:
+    """The tables and columns this version has that the database lacks (Alembic's comparison)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    return [d for d in diffs if isinstance(d, tuple) and d[0] in ("add_table", "add_column")]
+
+
+def _upgrade(conn: sa.Connection) -> list[str]:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
     classes = {m.class_.__tablename__: m.class_ for m in SQLModel._sa_registry.mappers}
     added = []
-    with eng.begin() as conn:
-        ctx = MigrationContext.configure(conn)
-        ops = Operations(ctx)
-        for diff in compare_metadata(ctx, SQLModel.metadata):
-            if not (isinstance(diff, tuple) and diff[0] == "add_column"):
-                continue
-            _, _, table, column = diff
-            col = column._copy()
-            field = classes[table].model_fields.get(col.name)
-            value = field.get_default(call_default_factory=True) if field else None
-            if isinstance(value, (bool, int, float, str, list, dict)) and not col.primary_key:
-                literal = json.dumps(value) if isinstance(value, (list, dict)) else value
-                sql = sa.literal(literal).compile(compile_kwargs={"literal_binds": True}, dialect=eng.dialect)
-                col.server_default = sa.DefaultClause(sa.text(sql.string))
-            else:
-                col.nullable = True  # no value to give the old rows (a time, an id): they keep NULL
-            ops.add_column(table, col)  # with its index, when the field has one
-            added.append(f"{table}.{col.name}")
+    ctx = MigrationContext.configure(conn)
+    ops = Operations(ctx)
+    for diff in compare_metadata(ctx, SQLModel.metadata):
+        if not (isinstance(diff, tuple) and diff[0] == "add_column"):
+            continue
+        _, _, table, column = diff
+        col = column._copy()
+        field = classes[table].model_fields.get(col.name)
+        value = field.get_default(call_default_factory=True) if field else None
+        if isinstance(value, (bool, int, float, str, list, dict)) and not col.primary_key:
+            # a JSON default is its text ('{}'), which both SQLite and PostgreSQL's json type accept
+            literal = json.dumps(value) if isinstance(value, (list, dict)) else value
+            sql = sa.literal(literal).compile(compile_kwargs={"literal_binds": True}, dialect=conn.dialect)
+            col.server_default = sa.DefaultClause(sa.text(sql.string))
+        else:
+            col.nullable = True  # no value to give the old rows (a time, an id): they keep NULL
+        ops.add_column(table, col)  # with its index, when the field has one
+        added.append(f"{table}.{col.name}")
     return added
 
 
@@ -117,6 +300,10 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+EXTERNAL_TMP_SUFFIX = ".external"  # a note in .tmp/ naming a build folder kept beside its destination
+UNREGISTERED_MARK = ".dus-unregistered"  # in a finished model folder until its row is written
 
 
 def new_tmp(prefix: str) -> Path:
@@ -139,6 +326,31 @@ def clean_stale_tmp() -> list[Path]:
         pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
         if pid is not None and pid != os.getpid() and _pid_alive(pid):
             continue
+        if p.name.endswith(EXTERNAL_TMP_SUFFIX):  # a build beside an output folder outside this filesystem
+            target = Path(p.read_text().strip())
+            if target.name.startswith(".tmp-") and target.exists():  # only ever a folder we named
+                shutil.rmtree(target, ignore_errors=True)
+                removed.append(target)
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
+    return removed + _clean_unregistered_builds()
+
+
+def _clean_unregistered_builds() -> list[Path]:
+    """Model folders renamed into models/ whose process was killed before registering them (they still carry the
+    mark backend/outputs.py writes), and that no row names: removed, so the name can be used again."""
+    marked = [d for d in models_dir().iterdir() if (d / UNREGISTERED_MARK).is_file()]
+    if not marked:
+        return []
+    from sqlmodel import select
+
+    with session() as s:
+        registered = set(s.exec(select(models.ModelRecord.path)).all())
+    removed = []
+    for d in marked:
+        pid = (d / UNREGISTERED_MARK).read_text().strip()
+        if str(d.resolve()) in registered or (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid))):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
     return removed

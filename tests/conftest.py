@@ -88,11 +88,19 @@ def tiny_qwen2(tokenizer_dir, tmp_path_factory) -> Path:
     return make_qwen2(tokenizer_dir, tmp_path_factory.mktemp("tiny-qwen2"))
 
 
+# `database` (a test's DATABASE_URL: SQLite, or a fresh database on a throw-away PostgreSQL cluster) and the rule of
+# which tests run on both live beside the cluster helper.
+from tests.pg_cluster import database, postgres_cluster, pytest_generate_tests  # noqa: E402,F401
+
+
 @pytest.fixture(autouse=True)
-def workspace(tmp_path, monkeypatch) -> Path:
+def workspace(tmp_path, monkeypatch, database) -> Path:
     ws = tmp_path / "workspace"
     monkeypatch.setenv("DUS_WORKSPACE", str(ws))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    if database:
+        monkeypatch.setenv("DATABASE_URL", database)
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
     return ws
 
 
