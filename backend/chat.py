@@ -41,15 +41,12 @@ class GenerationStats:
 
 
 def load(path: str | Path, name: str = "") -> LoadedModel:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from backend import evaldevice
 
     path = Path(path)
-    tok = AutoTokenizer.from_pretrained(path)  # trust_remote_code stays off: no code from model folders runs
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if not torch.cuda.is_available()
-                                                 else "auto").eval()
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    # As evaluation: float32 on the CPU; bfloat16 + sdpa on CUDA, refused before loading when it cannot fit.
+    plan = evaldevice.plan_for(path, seq_len=2048, batch_size=1)
+    tok, model = evaldevice.load_model(path, plan)
     return LoadedModel(name or path.name, model, tok)
 
 

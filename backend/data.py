@@ -100,11 +100,15 @@ def load_source(source: str, split: str = "train"):
             raise DataError(f"Data file {path} does not exist.")
         if path.suffix not in loaders:
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
+        if path.stat().st_size == 0:
+            raise DataError(f"Data file {path} is empty: it has no rows.")
         try:
             ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # pyarrow / json errors: say which file and why
-            raise DataError(f"Could not read {path.name} as {loaders[path.suffix].upper()}: "
-                            f"{str(exc).splitlines()[0][:300]}") from None
+            while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
+                exc = exc.__cause__
+            why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
+            raise DataError(f"Could not read {path.name} as {loaders[path.suffix].upper()}: {why}") from None
         if loaders[path.suffix] == "text":
             ds = ds.filter(lambda r: bool(r["text"].strip()))
     else:
@@ -129,6 +133,27 @@ def detect_layout(columns: list[str], kind: str | None = None) -> str:
                         for n in wanted)
     raise DataError(f"Columns {sorted(cols)} fit no layout usable for {kind or 'training'}. Expected one of — "
                     f"{options}.")
+
+
+def check_rows(ds, source: str, layout: str, kind: str, n: int = 20) -> None:
+    """Convert the first `n` rows and check their types, so a column of the right name but the wrong type (a
+    string where a list of turns belongs) is named here, not by the trainer's 'no columns match' much later."""
+    for i in range(min(n, len(ds))):
+        try:
+            out = convert_row(ds[i], layout, kind)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{source}, row {i + 1}: does not fit the {layout} layout ({type(exc).__name__}: "
+                            f"{exc}).") from None
+        turns = out.get("messages") if kind == "sft" else None
+        if kind == "sft" and not (isinstance(turns, list) and turns and all(
+                isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+                for t in turns)):
+            raise DataError(f"{source}, row {i + 1}: messages must be a list of {{role, content}} turns with text "
+                            f"content (the {layout} layout); got {type(turns).__name__}.")
+        if kind == "cpt" and not isinstance(out.get("text"), str):
+            raise DataError(f"{source}, row {i + 1}: text must be a string; got {type(out.get('text')).__name__}.")
+        if kind == "dpo" and not all(isinstance(out[k], (str, list)) for k in ("chosen", "rejected")):
+            raise DataError(f"{source}, row {i + 1}: chosen and rejected must be text or lists of turns.")
 
 
 def _messages(row: dict, layout: str) -> list[dict]:
@@ -170,36 +195,61 @@ def convert_row(row: dict, layout: str, kind: str) -> dict[str, Any]:
     return out
 
 
-def prepare(source: str, kind: str, *, weight: float = 1.0, max_rows: int | None = None, seed: int = 0):
-    """Load, check the layout against the job kind, and convert to trl's format. `weight` scales the rows taken:
-    0.5 takes a random half, 2.0 repeats the set twice (the paper's SFT v1–v4 mixes are such combinations)."""
-    import datasets
-
+def _load_converted(source: str, kind: str, max_rows: int | None):
     ds = load_source(source)
     layout = detect_layout(ds.column_names, kind)
     ds = ds.map(lambda r: convert_row(r, layout, kind), remove_columns=ds.column_names)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
+    return ds, layout
+
+
+def _weighted(ds, source: str, weight: float, seed: int):
+    import datasets
+
     if weight <= 0:
         raise DataError(f"{source}: weight must be positive.")
     whole, frac = int(weight), weight - int(weight)
     parts = [ds] * whole
     if frac:
         parts.append(ds.shuffle(seed=seed).select(range(max(1, round(frac * len(ds))))))
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], layout
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def prepare(source: str, kind: str, *, weight: float = 1.0, max_rows: int | None = None, seed: int = 0):
+    """Load, check the layout against the job kind, and convert to trl's format. `weight` scales the rows taken:
+    0.5 takes a random half, 2.0 repeats the set twice (the paper's SFT v1–v4 mixes are such combinations)."""
+    ds, layout = _load_converted(source, kind, max_rows)
+    return _weighted(ds, source, weight, seed), layout
 
 
 def mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: int | None = None):
     """Concatenate weighted sources and shuffle. Returns (dataset, [(source, layout, rows)])."""
+    train, _, report = split_mix(sources, kind, seed, max_rows, eval_fraction=0.0)
+    return train, report
+
+
+def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: int | None = None,
+              eval_fraction: float = 0.0):
+    """(train, eval or None, report). The evaluation rows are split off each source BEFORE its weight repeats it:
+    splitting after would put copies of training rows in the evaluation split (weight 3 = three copies). Fewer
+    than 10 rows in all: no evaluation split."""
     import datasets
 
-    parts, report = [], []
-    for source, weight in expand(sources):
-        ds, layout = prepare(source, kind, weight=weight, max_rows=max_rows, seed=seed)
-        parts.append(ds)
+    trains, evals, report = [], [], []
+    loaded = [(source, weight, *_load_converted(source, kind, max_rows)) for source, weight in expand(sources)]
+    split_any = eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10  # too few rows: no split, as before
+    for source, weight, ds, layout in loaded:
+        if split_any and len(ds) >= 2:
+            split = ds.train_test_split(test_size=eval_fraction, seed=seed)
+            ds = split["train"]
+            evals.append(split["test"])
+        ds = _weighted(ds, source, weight, seed)
+        trains.append(ds)
         report.append((source, layout, len(ds)))
-    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return ds.shuffle(seed=seed), report
+    train = datasets.concatenate_datasets(trains) if len(trains) > 1 else trains[0]
+    held = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
+    return train.shuffle(seed=seed), held, report
 
 
 def preview(source: str, kind: str, n: int = 5) -> dict:

@@ -1,36 +1,42 @@
-"""Evaluation jobs: every model on the same tasks, scores stored per model and task.
+"""Evaluation jobs: every model on the same tasks, scores stored per model and task, with where each set came from.
 
-    python -m backend eval SmolLM2-135M-Instruct SmolLM2-135M-Instruct-dus-m8 --tasks perplexity synth-math
+    python -m backend eval SmolLM2-135M-Instruct SmolLM2-135M-Instruct-dus-m8 --tasks perplexity synth-math qa
 
 Tasks:
-  perplexity            held-out text: builtin:facts-corpus's last 20% (or perplexity:FILE, a .txt / .jsonl text)
-  synth-math            exact final answer on a held-out generated set (generator seed 10_000, never used for
-                        training data); every answer is also stored with its length and hallucination label
+  perplexity            held-out text (default data/heldout-text.txt: facts no built-in training set mentions), or
+                        perplexity:FILE (a .txt / .jsonl text, or any data source backend/data.py reads)
+  synth-math            exact final answer on data/eval-math.jsonl: word problems outside the training generator's
+                        problem space (data/make_builtin.py says why no question can equal a training question)
+  qa[:FILE]             closed-book QA with abstention (backend/qa.py): accuracy, abstention rate, hallucination
+                        rate and precision, per item kind (answerable / unanswerable / math)
   mc:FILE               multiple choice by log-likelihood (ARC / HellaSwag / MMLU / TruthfulQA / Winogrande style):
                         JSONL rows {"question": str, "choices": [str, …], "answer": index}; acc and acc_norm
   gsm8k:FILE            generation accuracy on GSM8K-format rows {"question", "answer": "… #### n"}
-  lm-eval:TASK          lm-evaluation-harness, when it is installed and its data is present (else a clear note)
+  lm-eval:TASK          lm-evaluation-harness (backend/lmeval.py when present)
 
-A hallucination is a confident wrong final answer: the model states a final answer and it is wrong. With
-`samples` > 1, k sampled answers also give a SelfCheck-style consistency score (agreement with the greedy answer).
+Every score row records its source, a fingerprint of the items, and the n-gram overlap of those items with the
+training data of the model's whole lineage (backend/heldout.py), plus the score on the non-overlapping items only.
+Items are all read and validated before any model loads; a task that fails stores nothing and fails the job.
+On CUDA models run in bfloat16 with sdpa and a batch fitted to free memory (backend/evaldevice.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from backend import registry
+from backend import evaldevice, heldout, qa, registry
 from backend.specs import EvalSpec
 from backend.synth.answers import extract_answer, same_answer
 from storage import db
 from storage.models import EvalScore, Generation
 
 Progress = Callable[[float, str], None]
-MATH_SEED = 10_000
 SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
 
 
@@ -38,33 +44,40 @@ class EvalError(ValueError):
     pass
 
 
-def _load(path: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load(path: str, plan: evaldevice.DevicePlan | None = None):
+    return evaldevice.load_model(registry.resolve(path)[0], plan)
 
-    folder, _ = registry.resolve(path)
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return tok, model
+
+# ---------------------------------------------------------------- scorers
+
+def perplexity_items(tok, model, texts: list[str], max_length: int = 256, batch_size: int = 8) -> list[tuple]:
+    """(summed negative log-likelihood, predicted tokens) per text; batched with right padding."""
+    import torch
+
+    tok.padding_side = "right"
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", truncation=True, max_length=max_length,
+                      padding=True).to(model.device)
+            ids, mask = enc.input_ids, enc.attention_mask
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            m = mask[:, 1:].to(nll.dtype)
+            out += [(float(a), int(b)) for a, b in zip((nll * m).sum(1).tolist(), m.sum(1).tolist())]
+    return out
+
+
+def _ppl(per_item: list[tuple]) -> dict:
+    nll, n = sum(x[0] for x in per_item), sum(x[1] for x in per_item)
+    if not n:
+        raise EvalError("perplexity: the texts are empty.")
+    return {"perplexity": math.exp(nll / n)}
 
 
 def perplexity(tok, model, texts: list[str], max_length: int = 256) -> tuple[float, int]:
-    import torch
-
-    total_nll, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for text in texts:
-            ids = tok(text, return_tensors="pt", truncation=True, max_length=max_length).input_ids
-            if ids.shape[1] < 2:
-                continue
-            loss = model(ids, labels=ids).loss.item()
-            total_nll += loss * (ids.shape[1] - 1)
-            total_tokens += ids.shape[1] - 1
-    if not total_tokens:
-        raise EvalError("perplexity: the texts are empty.")
-    return math.exp(total_nll / total_tokens), total_tokens
+    per = perplexity_items(tok, model, texts, max_length)
+    return _ppl(per)["perplexity"], sum(x[1] for x in per)
 
 
 def choice_logprob(tok, model, context: str, choice: str) -> float:
@@ -76,22 +89,30 @@ def choice_logprob(tok, model, context: str, choice: str) -> float:
     n_choice = len(full) - len(ctx)
     if n_choice <= 0:
         return float("-inf")
-    ids = torch.tensor([full])
+    ids = torch.tensor([full], device=model.device)
     with torch.inference_mode():
         logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
     targets = ids[0, 1:]
     return logp[-n_choice:].gather(1, targets[-n_choice:, None]).sum().item()
 
 
-def multiple_choice(tok, model, rows: list[dict]) -> dict:
-    correct = correct_norm = 0
+def mc_items(tok, model, rows: list[dict]) -> list[tuple[bool, bool]]:
+    out = []
     for row in rows:
         context = f"Question: {row['question']}\nAnswer:"
         scores = [choice_logprob(tok, model, context, " " + c) for c in row["choices"]]
         norm = [s / max(len(c), 1) for s, c in zip(scores, row["choices"])]
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == row["answer"])
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == row["answer"])
-    return {"acc": correct / len(rows), "acc_norm": correct_norm / len(rows), "n": len(rows)}
+        out.append((max(range(len(scores)), key=scores.__getitem__) == row["answer"],
+                    max(range(len(norm)), key=norm.__getitem__) == row["answer"]))
+    return out
+
+
+def _mc(per_item: list[tuple]) -> dict:
+    return {"acc": sum(a for a, _ in per_item) / len(per_item), "acc_norm": sum(b for _, b in per_item) / len(per_item)}
+
+
+def multiple_choice(tok, model, rows: list[dict]) -> dict:
+    return {**_mc(mc_items(tok, model, rows)), "n": len(rows)}
 
 
 def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
@@ -118,132 +139,235 @@ def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
 
 def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: bool = False, seed: int = 0,
              batch_size: int = 8) -> list[tuple[str, int]]:
-    """(text, new tokens) per prompt, chat-formatted, batched with left padding."""
+    """(text, new tokens) per user message, chat-formatted, batched with left padding. Prompts are batched in
+    length order (less padding) and returned in the order given."""
     import torch
 
     from backend.chat import build_prompt
 
     tok.padding_side = "left"
-    out: list[tuple[str, int]] = []
+    chats = [build_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+    order = sorted(range(len(chats)), key=lambda j: len(chats[j]))
+    out: dict[int, tuple[str, int]] = {}
     torch.manual_seed(seed)
-    for i in range(0, len(prompts), batch_size):
-        chats = [build_prompt(tok, [{"role": "user", "content": f"{SYSTEM_HINT}\n\n{p}"}])
-                 for p in prompts[i:i + batch_size]]
-        batch = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
+    kwargs = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = tok([chats[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(model.device)
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
-        new = ids[:, batch["input_ids"].shape[1]:]
-        for row in new:
+        for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
             n = int((row != tok.pad_token_id).sum())
-            out.append((tok.decode(row, skip_special_tokens=True).strip(), n))
-    return out
+            out[j] = (tok.decode(row, skip_special_tokens=True).strip(), n)
+    return [out[j] for j in range(len(prompts))]
+
+
+def _answer_scores(gens: list[Generation]) -> dict:
+    n = len(gens)
+    scores = {"accuracy": sum(g.verdict == "correct" for g in gens) / n,
+              "hallucination_rate": sum(g.verdict == "wrong" for g in gens) / n,
+              "abstention_rate": sum(g.verdict == "abstained" for g in gens) / n,
+              "mean_words": sum(g.words for g in gens) / n}
+    if any(g.consistency is not None for g in gens):
+        scores["consistency"] = sum(g.consistency or 0.0 for g in gens) / n
+    return scores
 
 
 def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, task: str, model_name: str,
-                job_id: int | None) -> tuple[dict, list[Generation]]:
-    """Generate answers to (id, question, reference answer) items; score, label, and keep every generation."""
-    greedy = generate(tok, model, [q for _, q, _ in items], spec.max_new_tokens)
-    samples = [generate(tok, model, [q for _, q, _ in items], spec.max_new_tokens, sample=True, seed=s + 1)
+                job_id: int | None, *, batch_size: int = 8) -> tuple[dict, list[Generation]]:
+    """Generate answers to (id, question, reference answer) math items; score, label, keep every generation."""
+    prompts = [f"{SYSTEM_HINT}\n\n{q}" for _, q, _ in items]
+    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size)
+    samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size)
                for s in range(spec.samples - 1)] if spec.samples > 1 else []
     gens = []
     for j, ((pid, q, ref), (text, n_tok)) in enumerate(zip(items, greedy)):
         found = extract_answer(text)
-        correct = same_answer(found, ref)
+        verdict = qa.classify(text, [ref], "math")
         consistency = None
         if samples:
             agree = [same_answer(extract_answer(s[j][0]), found) for s in samples] if found else []
             consistency = sum(agree) / len(samples) if found else 0.0
         gens.append(Generation(job_id=job_id, model=model_name, task=task, prompt_id=pid, prompt=q, reference=ref,
-                               output=text, tokens=n_tok, words=len(text.split()), answered=found is not None,
-                               correct=correct, hallucination=found is not None and not correct,
-                               consistency=consistency))
-    n = len(gens)
-    scores = {"accuracy": sum(g.correct for g in gens) / n, "hallucination_rate": sum(g.hallucination for g in gens) / n,
-              "mean_words": sum(g.words for g in gens) / n}
-    if samples:
-        scores["consistency"] = sum(g.consistency for g in gens) / n
-    return scores, gens
+                               output=text, tokens=n_tok, words=len(text.split()), answered=verdict != "abstained",
+                               correct=verdict == "correct", hallucination=verdict == "wrong",
+                               consistency=consistency, verdict=verdict, item_kind="math"))
+    return _answer_scores(gens), gens
 
 
-def synth_math_items(n: int) -> list[tuple[str, str, str]]:
-    from backend.synth.seeds import generate as gen_seeds
+def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name: str, job_id: int | None, *,
+            batch_size: int = 8, judge: qa.Judge | None = None) -> tuple[dict, list[Generation], dict]:
+    outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size)
+    rules = [qa.classify(text, it["answers"], it["kind"]) for it, (text, _) in zip(items, outputs)]
+    judged = judge.grade(items, [t for t, _ in outputs]) if judge else None
+    verdicts = judged or rules
+    gens = [Generation(job_id=job_id, model=model_name, task=task, prompt_id=it["id"], prompt=it["question"],
+                       reference=" | ".join(it["answers"]), output=text, tokens=n_tok, words=len(text.split()),
+                       answered=v != "abstained", correct=v == "correct", hallucination=v == "wrong", verdict=v,
+                       item_kind=it["kind"], judge_verdict=judged[j] if judged else "")
+            for j, (it, (text, n_tok), v) in enumerate(zip(items, outputs, verdicts))]
+    extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
+    if judged:
+        extra["judge_agrees_with_rules"] = sum(a == b for a, b in zip(judged, rules)) / len(rules)
+    return qa.scores_by_kind(verdicts, [it["kind"] for it in items]), gens, extra
 
-    return [(s.id, s.question, s.answer) for s in gen_seeds(n, seed=MATH_SEED)]
+
+def _stratified(items: list[dict], limit: int) -> list[dict]:
+    """The first `limit` items taken in turn from each item kind, so a small limit still covers every kind."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it["kind"], []).append(it)
+    out, queues = [], [list(g) for g in groups.values()]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
 
 
-def heldout_texts(source: str | None) -> list[str]:
-    from backend import data
+# ---------------------------------------------------------------- task sets (read and validated up front)
 
-    if source:
-        ds = data.load_source(source)
-        col = "text" if "text" in ds.column_names else ds.column_names[0]
-        return [str(x) for x in ds[col]]
-    lines = data.builtin_path("facts-corpus").read_text().splitlines()
-    return lines[int(len(lines) * 0.8):]  # the last 20%: builtin training uses the whole file, say so in notes
+@dataclass
+class TaskSet:
+    task: str
+    kind: str
+    source: str
+    items: list  # what is scored (texts, rows or dicts)
+    texts: list[str] = field(default_factory=list)  # per item: the text compared with training data
+    arg: str = ""
 
 
-def run_lm_eval(folder: Path, task: str, limit: int) -> dict:
-    try:
-        import lm_eval
-    except ImportError:
-        raise EvalError("lm-evaluation-harness is not installed (pip install lm-eval); its task data also needs "
-                        "the internet or a local copy.")
-    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={folder}", tasks=[task], limit=limit)
-    return {k: v for k, v in res["results"][task].items() if isinstance(v, (int, float))}
+def task_set(task: str, limit: int) -> TaskSet:
+    kind, _, arg = task.partition(":")
+    if kind == "perplexity":
+        if arg:
+            from backend import data
+
+            try:
+                ds = data.load_source(arg)
+            except data.DataError as exc:
+                raise EvalError(f"perplexity:{arg}: {exc}") from None
+            col = "text" if "text" in ds.column_names else ds.column_names[0]
+            texts = [str(x) for x in ds[col]][:limit]
+        else:
+            texts = heldout.eval_path("heldout-text").read_text().splitlines()[:limit]
+        return TaskSet(task, kind, arg or "builtin-eval:heldout-text", texts, texts)
+    if kind == "synth-math":
+        rows = [json.loads(x) for x in heldout.eval_path("eval-math").read_text().splitlines() if x.strip()][:limit]
+        items = [(r["id"], r["question"], r["answer"]) for r in rows]
+        return TaskSet(task, kind, "builtin-eval:eval-math", items, [q for _, q, _ in items])
+    if kind == "qa":
+        items = _stratified(qa.load_items(arg or heldout.eval_path("qa-closed-book")), limit)
+        return TaskSet(task, kind, arg or "builtin-eval:qa-closed-book", items, [it["question"] for it in items])
+    if kind == "mc":
+        rows = read_jsonl(arg, ("question", "choices", "answer"))[:limit]
+        return TaskSet(task, kind, arg, rows, [r["question"] for r in rows])
+    if kind == "gsm8k":
+        rows = read_jsonl(arg, ("question", "answer"))[:limit]
+        items = [(f"gsm8k-{j}", r["question"], r["answer"].rsplit("####", 1)[-1].strip()) for j, r in enumerate(rows)]
+        return TaskSet(task, kind, arg, items, [q for _, q, _ in items])
+    if kind == "lm-eval":
+        from backend import lmeval
+
+        for name, _, _ in lmeval.expand(arg):  # an unknown name fails here, before any model is loaded
+            lmeval.resolve(name)
+        return TaskSet(task, kind, f"lm-eval:{arg}", [], [], arg)
+    raise EvalError(f"unknown task {task!r}")
+
+
+def run_lm_eval(folder: Path, task: str, limit: int, **kw):
+    """lm-evaluation-harness: local tasks offline, the h6 preset, Hub tasks online (backend/lmeval.py)."""
+    from backend.lmeval import run_lm_eval as run
+
+    return run(folder, task, limit, **kw)
+
+
+def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id: int | None, batch: int,
+               judge: qa.Judge | None) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
+    """(scores, generations, rescore(indices) for a subset, per-item results, extra details)."""
+    if ts.kind == "perplexity":
+        per = perplexity_items(tok, model, ts.items, batch_size=batch)
+        return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {"tokens": sum(x[1] for x in per)}
+    if ts.kind in ("synth-math", "gsm8k"):
+        scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch)
+        return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, {}
+    if ts.kind == "qa":
+        scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
+                                      judge=judge)
+        return scores, gens, (lambda ix: qa.scores_by_kind([gens[i].verdict for i in ix],
+                                                           [gens[i].item_kind for i in ix])), gens, extra
+    if ts.kind == "mc":
+        per = mc_items(tok, model, ts.items)
+        return _mc(per), [], lambda ix: _mc([per[i] for i in ix]), per, {}
+    folder = registry.resolve(model_name)[0]
+    # the job's loaded model, wrapped (not loaded twice); lm-eval's contexts (25-shot ARC) outgrow the plan's batch
+    res = run_lm_eval(folder, ts.arg, spec.limit, model=model, tokenizer=tok, batch_size=spec.batch_size,
+                      max_new_tokens=spec.max_new_tokens)
+    return res.scores, [], None, [], {"n": res.n, "lm_eval": res.details}
+
+
+def _judge(spec: EvalSpec) -> qa.Judge | None:
+    if not spec.judge_url:
+        return None
+    return qa.Judge(spec.judge_url, spec.judge_model or "", os.environ.get(spec.judge_key_env, ""),
+                    timeout=spec.judge_timeout)
 
 
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
-    import os
-
     progress = progress or (lambda f, m: None)
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
-    for m in spec.models:
-        registry.resolve(m)  # fail early on an unknown model
+    folders = {m: registry.resolve(m)[0] for m in spec.models}  # fail early on an unknown model
+    try:  # every task's items are read and checked before any model loads
+        sets = [task_set(t, spec.limit) for t in spec.tasks]
+    except (qa.QAError, ValueError) as exc:
+        raise EvalError(str(exc)) from None
+    judge = _judge(spec)
+    seq_len = 256 + spec.max_new_tokens
+    plans = {}
+    for m in spec.models:  # a model that cannot fit says so before anything loads
+        try:
+            plans[m] = evaldevice.plan_for(folders[m], seq_len=seq_len, batch_size=spec.batch_size,
+                                           device=spec.device)
+        except evaldevice.DeviceError as exc:
+            raise EvalError(f"{m}: {exc}") from None
     t0 = time.perf_counter()
-    rows: list[EvalScore] = []
-    notes: list[str] = []
-    steps = len(spec.models) * len(spec.tasks)
+    stored = 0
+    cache: dict = {}
+    steps = len(spec.models) * len(sets)
     for i, model_name in enumerate(spec.models):
-        tok, model = _load(model_name)
-        for k, task in enumerate(spec.tasks):
-            progress((i * len(spec.tasks) + k) / steps, f"{model_name}: {task}")
-            kind, _, arg = task.partition(":")
-            gens: list[Generation] = []
+        plan = plans[model_name]
+        progress(i * len(sets) / steps, f"{model_name}: loading ({plan.note})")
+        tok, model = _load(model_name, plan)
+        tidx = heldout.training_index(model_name, spec.ngram, cache)
+        for k, ts in enumerate(sets):
+            progress((i * len(sets) + k) / steps, f"{model_name}: {ts.task}")
             try:
-                if kind == "perplexity":
-                    ppl, ntok = perplexity(tok, model, heldout_texts(arg or None)[: spec.limit])
-                    scores, n = {"perplexity": ppl}, ntok
-                elif kind == "synth-math":
-                    scores, gens = answer_task(tok, model, synth_math_items(spec.limit), spec, task, model_name,
-                                               job_id)
-                    n = len(gens)
-                elif kind == "mc":
-                    res = multiple_choice(tok, model, read_jsonl(arg, ("question", "choices", "answer"))[: spec.limit])
-                    n = res.pop("n")
-                    scores = res
-                elif kind == "gsm8k":
-                    items = [(f"gsm8k-{j}", r["question"], r["answer"].rsplit("####", 1)[-1].strip())
-                             for j, r in enumerate(read_jsonl(arg, ("question", "answer"))[: spec.limit])]
-                    scores, gens = answer_task(tok, model, items, spec, task, model_name, job_id)
-                    n = len(gens)
-                elif kind == "lm-eval":
-                    scores, n = run_lm_eval(registry.resolve(model_name)[0], arg, spec.limit), spec.limit
-                else:
-                    raise EvalError(f"unknown task {task!r}")
-            except EvalError as exc:
-                if kind == "lm-eval":  # optional backend: a note, not a failure
-                    notes.append(f"{task}: {exc}")
-                    continue
-                raise
-            rows += [EvalScore(job_id=job_id, model=model_name, task=task, metric=metric, value=float(v), n=n)
-                     for metric, v in scores.items()]
-            with db.session() as s:
-                s.add_all(gens)
+                scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id,
+                                                             plan.batch_size, judge)
+            except Exception as exc:  # nothing of this task is stored; the job fails with the reason
+                raise EvalError(f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc
+            overlaps = [tidx.overlap(t) for t in ts.texts]
+            for g, o in zip(gens, overlaps):
+                g.overlap = o
+            summary = heldout.overlap_summary(overlaps, spec.overlap_threshold, tidx) if ts.texts else None
+            clean_ix = [j for j, o in enumerate(overlaps) if o < spec.overlap_threshold]
+            clean = None
+            if rescore and summary and summary["items_over"] and clean_ix:
+                clean = {**rescore(clean_ix), "n": len(clean_ix)}
+            elif rescore and summary and not summary["items_over"]:
+                clean = {**scores, "n": len(overlaps)}
+            details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items), "items": len(ts.items),
+                       "overlap": summary, "clean": clean, "device": plan.note, **extra}
+            n = extra.get("n") or len(ts.items) or spec.limit  # lm-eval reports how many items it scored
+            rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v), n=n,
+                              details=details, overlap_share=summary["share_over"] if summary else 0.0)
+                    for metric, v in scores.items()]
+            with db.session() as s:  # one transaction: a task's scores and generations land together or not at all
+                s.add_all(rows + gens)
                 s.commit()
+            stored += len(rows)
         del model
-    with db.session() as s:
-        s.add_all(rows)
-        s.commit()
-    progress(1.0, f"{len(rows)} scores in {time.perf_counter() - t0:.0f} s")
-    return {"scores": len(rows), "notes": notes, "seconds": round(time.perf_counter() - t0, 1)}
+    progress(1.0, f"{stored} scores in {time.perf_counter() - t0:.0f} s")
+    return {"scores": stored, "notes": [], "seconds": round(time.perf_counter() - t0, 1),
+            "device": {m: p.note for m, p in plans.items()}}

@@ -107,7 +107,8 @@ def make_config(spec, run_dir: Path, has_eval: bool):
         eval_strategy="steps" if has_eval else "no", eval_steps=spec.eval_steps if has_eval else None,
         # trl defaults bf16 and gradient checkpointing on; on a CPU neither helps, so both follow the hardware.
         bf16=CUDA, fp16=False, use_cpu=not CUDA, activation_checkpointing=spec.gradient_checkpointing,
-        report_to="none", seed=spec.seed, max_length=spec.max_length, disable_tqdm=True,
+        report_to=list(spec.report_to) or "none", run_name=run_dir.name,  # trackers: off unless the spec asks
+        seed=spec.seed, max_length=spec.max_length, disable_tqdm=True,
         dataloader_num_workers=0, include_num_input_tokens_seen="all",
     )
     if spec.kind == "dpo":
@@ -151,15 +152,13 @@ def main(run_dir: Path) -> None:
     if spec.kind in ("sft", "dpo") and not tok.chat_template:
         raise SystemExit(f"error: {cfg['model_path']} has no chat template; {spec.kind} on conversations needs "
                          "one. Use a prompt/completion file with a base model, or an instruct model.")
-    train, report = data.mix([(d.source, d.weight) for d in spec.data], spec.kind, spec.seed, spec.max_rows)
+    # The held-out share is split off each source before its weight repeats it (backend/data.py split_mix).
+    train, evals, report = data.split_mix([(d.source, d.weight) for d in spec.data], spec.kind, spec.seed,
+                                          spec.max_rows, eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
     for source, layout, rows in report:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
-    evals = None
     if spec.eval_data:
         evals, _ = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
-    elif spec.eval_fraction and len(train) >= 10:
-        split = train.train_test_split(test_size=spec.eval_fraction, seed=spec.seed)
-        train, evals = split["train"], split["test"]
     model = load_model(cfg["model_path"])
     ref_model = load_model(cfg["model_path"]) if spec.kind == "dpo" and not spec.lora else None
     args = make_config(spec, run_dir, evals is not None)

@@ -80,18 +80,101 @@ def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
     gsm.write_text(json.dumps({"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=7\n#### 7"})
                    + "\n")
     result = evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity", "synth-math", f"mc:{mc}",
-                                                                  f"gsm8k:{gsm}", "lm-eval:arc_easy"], limit=3,
-                                        max_new_tokens=8))
-    assert result["notes"] and "not installed" in result["notes"][0]  # optional backend: a note, not a failure
+                                                                  f"gsm8k:{gsm}"], limit=3, max_new_tokens=8))
+    assert result["device"]["tiny"].startswith("CPU: float32")
     with db.session() as s:
         from sqlmodel import select
 
-        scores = {(r.task.split(":")[0], r.metric): r.value for r in s.exec(select(EvalScore))}
+        rows = list(s.exec(select(EvalScore)))
         gens = list(s.exec(select(Generation)))
+    scores = {(r.task.split(":")[0], r.metric): r.value for r in rows}
     assert scores[("perplexity", "perplexity")] > 1 and ("mc", "acc") in scores
     assert 0 <= scores[("synth-math", "accuracy")] <= 1 and ("gsm8k", "hallucination_rate") in scores
     assert len(gens) == 4 and [g.reference for g in gens if g.task.startswith("gsm8k")] == ["7"]
-    assert all(g.model == "tiny" and g.tokens <= 8 for g in gens)
+    assert all(g.model == "tiny" and g.tokens <= 8 and g.verdict in ("correct", "wrong", "abstained")
+               and g.item_kind == "math" for g in gens)
+    assert all(g.hallucination == (g.verdict == "wrong") for g in gens)
+    # defaults are the held-out built-in sets, each row says so with the items' fingerprint
+    src = {r.task: r.details["source"] for r in rows}
+    assert src["perplexity"] == "builtin-eval:heldout-text" and src["synth-math"] == "builtin-eval:eval-math"
+    from backend import heldout
+
+    lines = heldout.eval_path("heldout-text").read_text().splitlines()[:3]
+    ppl_row = next(r for r in rows if r.task == "perplexity")
+    assert ppl_row.details["fingerprint"] == heldout.fingerprint(lines) and ppl_row.n == 3
+    math_q = {g.prompt for g in gens if g.task == "synth-math"}
+    assert all(any(w.isdigit() and int(w) >= 1000 for w in q.replace("'", " ").split()) for q in math_q)
+
+
+def test_perplexity_batched_equals_one_at_a_time(tiny):
+    tok, model = tiny
+    texts = ["short one.", "A much longer sentence about the planets of the solar system and their order.", "Hi"]
+    batched = evaluate.perplexity_items(tok, model, texts, batch_size=3)
+    single = [evaluate.perplexity_items(tok, model, [t], batch_size=1)[0] for t in texts]
+    assert [b[1] for b in batched] == [s[1] for s in single]
+    assert [b[0] for b in batched] == pytest.approx([s[0] for s in single], rel=1e-4)
+
+
+def test_a_failing_task_stores_nothing_and_fails_the_job(tiny, monkeypatch):
+    from sqlmodel import select
+
+    def broken(*a, **k):
+        raise RuntimeError("harness exploded")
+
+    monkeypatch.setattr(evaluate, "run_lm_eval", broken)
+    with pytest.raises(evaluate.EvalError, match="tiny / lm-eval:arc_easy failed: RuntimeError: harness exploded"):
+        evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity", "lm-eval:arc_easy"], limit=2))
+    with db.session() as s:
+        tasks = {r.task for r in s.exec(select(EvalScore))}
+    assert tasks == {"perplexity"}  # the finished task is complete; the failed one left no row
+    calls = iter([[("The answer is 3.", 4)] * 2])  # the first generation batch works, the sampled one fails
+
+    def flaky(*a, **k):
+        try:
+            return next(calls)
+        except StopIteration:
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(evaluate, "generate", flaky)
+    with pytest.raises(evaluate.EvalError, match="out of memory"):
+        evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["synth-math"], limit=2, samples=2))
+    with db.session() as s:
+        assert not list(s.exec(select(EvalScore).where(EvalScore.task == "synth-math")))
+        assert not list(s.exec(select(Generation)))
+
+
+def test_device_plan_cpu_cuda_and_too_big():
+    from backend.evaldevice import DeviceError, ModelShape, kv_bytes_per_sequence, plan
+
+    shape = ModelShape(num_parameters=1_000_000_000, num_layers=22, kv_heads=4, head_dim=64, vocab_size=32000)
+    cpu = plan(shape, cuda=False)
+    assert (cpu.device, cpu.dtype, cpu.attn, cpu.batch_size) == ("cpu", "float32", None, 8)
+    assert plan(shape, cuda=True, free_bytes=80 * 2**30, device="cpu").dtype == "float32"
+    per_seq = kv_bytes_per_sequence(shape, 512)
+    assert per_seq == 2 * 22 * 4 * 64 * 2 * 512 + 4 * 32000
+    free = int(1e9 * 2 * 1.10) + 2**30 + 10 * per_seq + 5  # room for exactly ten sequences
+    gpu = plan(shape, cuda=True, free_bytes=free, seq_len=512)
+    assert (gpu.device, gpu.dtype, gpu.attn, gpu.batch_size) == ("cuda", "bfloat16", "sdpa", 10)
+    assert plan(shape, cuda=True, free_bytes=free, seq_len=512, batch_size=4).batch_size == 4
+    assert plan(shape, cuda=True, free_bytes=free, seq_len=512, batch_size=64).batch_size == 10
+    assert plan(shape, cuda=True, free_bytes=200 * 2**30).batch_size == 256  # capped
+    with pytest.raises(DeviceError, match=r"needs about 2\.0 GiB .* has 1\.5 GiB free"):
+        plan(shape, cuda=True, free_bytes=int(1.5 * 2**30))
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        plan(shape, cuda=False, device="cuda")
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_llama, monkeypatch):
+    registry.import_folder(tiny_llama, "tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 80 * 2**30))
+    monkeypatch.setattr(evaluate, "_load", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
+    with pytest.raises(evaluate.EvalError, match="tiny: the model needs about .* GiB free"):
+        evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity"], limit=2))
+    from backend.evaldevice import model_shape
+
+    shape = model_shape(tiny_llama)
+    assert (shape.num_layers, shape.kv_heads, shape.head_dim, shape.vocab_size) == (6, 2, 8, 300)
 
 
 def test_length_explains_a_hallucination_gap():
@@ -117,3 +200,7 @@ def test_eval_spec_checks_tasks():
         EvalSpec(models=["m"], tasks=["mc"])
     with pytest.raises(ValueError, match="choose perplexity"):
         EvalSpec(models=["m"], tasks=["bogus"])
+    with pytest.raises(ValueError, match="judge_model"):
+        EvalSpec(models=["m"], tasks=["qa"], judge_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="listed twice"):
+        EvalSpec(models=["m"], tasks=["qa", "qa"])

@@ -1,0 +1,111 @@
+"""Where and how an evaluation runs: device, dtype, attention and batch size, decided BEFORE any weights load.
+
+On CUDA: bfloat16 with PyTorch's scaled-dot-product attention, and a batch fitted to the free memory that
+torch.cuda.mem_get_info reports after the weights and the KV cache of every sequence (prompt + new tokens) are
+counted. A model whose weights cannot fit is refused with the numbers. On the CPU: float32 (bfloat16 matmuls are
+slow on most CPUs) and the batch size asked for. These are pure functions so tests check them without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+CPU_BATCH = 8
+MAX_BATCH = 256
+RESERVE = 1 * GIB  # CUDA context, allocator slack and activations outside the KV cache
+WEIGHT_SLACK = 1.10  # buffers and non-persistent tensors beside the safetensors weights
+
+
+class DeviceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What sizing needs, read from config.json and safetensors headers (no weights loaded)."""
+    num_parameters: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str  # cpu / cuda
+    dtype: str  # float32 / bfloat16
+    attn: str | None  # sdpa on CUDA; None: transformers' default
+    batch_size: int
+    weights_bytes: int
+    note: str
+
+
+def model_shape(folder: Path) -> ModelShape:
+    from backend.modelinfo import inspect_model
+
+    info = inspect_model(Path(folder))
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg) if "num_hidden_layers" not in cfg else cfg
+    heads = cfg.get("num_attention_heads", 1)
+    head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // max(heads, 1)
+    return ModelShape(info.num_parameters, info.num_layers, cfg.get("num_key_value_heads") or heads, head_dim,
+                      cfg.get("vocab_size", 0))
+
+
+def kv_bytes_per_sequence(shape: ModelShape, seq_len: int, dtype_bytes: int = 2) -> int:
+    """Keys and values of every layer for one sequence, plus its float32 logits row at each step."""
+    return 2 * shape.num_layers * shape.kv_heads * shape.head_dim * dtype_bytes * seq_len + 4 * shape.vocab_size
+
+
+def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_len: int = 512,
+         batch_size: int | None = None, device: str = "auto") -> DevicePlan:
+    """Decide device, dtype and batch. Raises DeviceError when the weights cannot fit in free GPU memory."""
+    if device == "cuda" and not cuda:
+        raise DeviceError("device: cuda was asked for, but torch sees no CUDA device; use auto or cpu.")
+    use_cuda = cuda and device != "cpu"
+    if not use_cuda:
+        return DevicePlan("cpu", "float32", None, batch_size or CPU_BATCH, shape.num_parameters * 4,
+                          "CPU: float32" + (" (CUDA ignored: device=cpu)" if cuda else ""))
+    weights = int(shape.num_parameters * 2 * WEIGHT_SLACK)
+    free = int(free_bytes or 0)
+    if weights + RESERVE > free:
+        raise DeviceError(f"the model needs about {weights / GIB:.1f} GiB in bfloat16 (+{RESERVE / GIB:.0f} GiB "
+                          f"working memory) but the GPU has {free / GIB:.1f} GiB free; free the GPU or evaluate "
+                          "on the CPU (device: cpu).")
+    per_seq = kv_bytes_per_sequence(shape, seq_len)
+    fit = max(1, min(MAX_BATCH, (free - weights - RESERVE) // max(per_seq, 1)))
+    chosen = min(batch_size, fit) if batch_size else fit
+    return DevicePlan("cuda", "bfloat16", "sdpa", int(chosen), weights,
+                      f"CUDA: bfloat16 + sdpa, batch {chosen} (fits {fit}: {free / GIB:.1f} GiB free, "
+                      f"{per_seq / 2 ** 20:.1f} MiB per sequence of {seq_len} tokens)")
+
+
+def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str = "auto") -> DevicePlan:
+    """The plan for this machine: asks torch whether CUDA is there and how much of it is free."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    free = torch.cuda.mem_get_info()[0] if cuda and device != "cpu" else None
+    return plan(model_shape(folder), cuda=cuda, free_bytes=free, seq_len=seq_len, batch_size=batch_size,
+                device=device)
+
+
+def load_model(folder: Path, plan: DevicePlan | None = None):
+    """(tokenizer, model) loaded as the plan says — the one loader of evaluation and chat. Without a plan:
+    float32 on the CPU. trust_remote_code stays off: no code from a model folder runs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32}
+    if plan and plan.attn:
+        kw["attn_implementation"] = plan.attn
+    model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
+    if plan and plan.device != "cpu":
+        model = model.to(plan.device)
+    return tok, model

@@ -1,0 +1,199 @@
+"""Closed-book QA with known answers and abstention: a hallucination probe that can tell a confident falsehood from
+"I don't know".
+
+Items are {id, question, answers: [...], answerable: bool} (optional kind: answerable / unanswerable / math).
+Every reply gets one verdict by the explicit RULES below (the compare page shows them), or by an optional judge:
+any OpenAI-compatible server that grades the reply against the references.
+
+    correct    a reference answer is in the reply (text: normalised whole-word match; math: the final answer equals
+               a reference as a number)
+    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) states no number
+    wrong      otherwise: a confident answer that is not a reference (on an unanswerable question: any answer)
+
+Per model and item kind: accuracy (correct ÷ all), abstention rate, hallucination rate (wrong ÷ all), and precision
+when answering (correct ÷ answered).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from backend.synth.answers import extract_answer, same_answer
+
+ITEM_KINDS = ("answerable", "unanswerable", "math")
+VERDICTS = ("correct", "wrong", "abstained")
+QA_PROMPT = ("Answer the question in a few words. If you do not know the answer or are not sure, say "
+             "\"I don't know\".\n\nQuestion: {question}")
+MATH_PROMPT = ("Solve the problem. End with 'The answer is <number>.' If you are not sure, say you don't know."
+               "\n\n{question}")
+ABSTAIN_PHRASES = ("i don't know", "i do not know", "i dont know", "don't know", "do not know", "not sure",
+                   "i'm unsure", "i am unsure", "cannot answer", "can't answer", "unable to answer",
+                   "no information", "don't have information", "do not have information", "no reliable information",
+                   "not aware of", "i have no idea", "no idea", "cannot determine", "can't determine",
+                   "does not exist", "doesn't exist", "no such", "not a real", "fictional", "unknown to me",
+                   "i cannot find", "i couldn't find", "i could not find", "not familiar with")
+RULES = [  # what the compare page shows; classify() applies them in this order
+    ("correct", "a reference answer is in the reply (text: normalised whole-word match; math: the final answer "
+                "equals a reference as a number)"),
+    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) states no "
+                  "number"),
+    ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
+]
+NORMALISATION = ("lower case; accents removed (é → e); punctuation → spaces; the articles a / an / the dropped; "
+                 "spaces collapsed; a reference matches when its normalised words appear as whole words in the "
+                 "normalised reply. Math: the final answer (\\boxed{}, '#### n', 'the answer is …', else the last "
+                 "number) compared as a number (0.5 = 1/2 = 50%).")
+
+
+class QAError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- items
+
+def load_items(path: str | Path) -> list[dict]:
+    """Read and validate a QA file; every problem is reported with its line, before any model is loaded."""
+    p = Path(path)
+    if not p.is_file():
+        raise QAError(f"qa: {p} does not exist; give a JSONL file of {{id, question, answers, answerable}} rows.")
+    items, seen = [], {}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise QAError(f"{p.name}, line {n}: not valid JSON.") from None
+        if not isinstance(row, dict):
+            raise QAError(f"{p.name}, line {n}: expected an object {{id, question, answers, answerable}}.")
+        missing = [c for c in ("id", "question", "answers", "answerable") if c not in row]
+        if missing:
+            raise QAError(f"{p.name}, line {n}: missing {', '.join(missing)} (a row is {{id, question, answers: "
+                          "[...], answerable: true/false}).")
+        if not isinstance(row["question"], str) or not row["question"].strip():
+            raise QAError(f"{p.name}, line {n}: question is empty.")
+        if not isinstance(row["answerable"], bool):
+            raise QAError(f"{p.name}, line {n}: answerable must be true or false.")
+        answers = row["answers"]
+        if not isinstance(answers, list) or not all(isinstance(a, (str, int, float)) for a in answers):
+            raise QAError(f"{p.name}, line {n}: answers must be a list of strings.")
+        answers = [str(a).strip() for a in answers if str(a).strip()]
+        if row["answerable"] and not answers:
+            raise QAError(f"{p.name}, line {n}: answers is empty on an answerable question; give at least one "
+                          "reference answer, or set answerable to false.")
+        key = str(row["id"])
+        if key in seen:
+            raise QAError(f"{p.name}, line {n}: duplicate id {key!r} (first on line {seen[key]}); ids must be "
+                          "unique.")
+        seen[key] = n
+        kind = row.get("kind") or ("answerable" if row["answerable"] else "unanswerable")
+        if kind not in ITEM_KINDS:
+            raise QAError(f"{p.name}, line {n}: kind {kind!r}; use one of {', '.join(ITEM_KINDS)}.")
+        items.append({"id": key, "question": row["question"].strip(), "answers": answers,
+                      "answerable": row["answerable"], "kind": kind})
+    if not items:
+        raise QAError(f"{p.name} has no rows.")
+    return items
+
+
+def prompt_for(item: dict) -> str:
+    return (MATH_PROMPT if item["kind"] == "math" else QA_PROMPT).format(question=item["question"])
+
+
+# ---------------------------------------------------------------- rules
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def abstains(text: str) -> bool:
+    t = text.lower().replace("’", "'")
+    return any(p in t for p in ABSTAIN_PHRASES)
+
+
+def classify(output: str, answers: list[str], kind: str) -> str:
+    """correct / wrong / abstained by the rules in the module docstring."""
+    text = (output or "").strip()
+    if kind == "math":
+        found = extract_answer(text) if text else None
+        if found is not None and any(same_answer(found, a) for a in answers):
+            return "correct"
+        return "abstained" if (not text or found is None or abstains(text)) else "wrong"
+    reply = f" {normalise(text)} "
+    if any(normalise(a) and f" {normalise(a)} " in reply for a in answers):
+        return "correct"
+    return "abstained" if (not text or abstains(text)) else "wrong"
+
+
+def summarise(verdicts: list[str]) -> dict[str, float]:
+    n = len(verdicts)
+    c, w, a = (verdicts.count(v) for v in VERDICTS)
+    return {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n,
+            "precision": c / (c + w) if c + w else 0.0, "n": n}
+
+
+def scores_by_kind(verdicts: list[str], kinds: list[str]) -> dict[str, float]:
+    """Metric rows for a QA task: overall, then `metric[kind]` per item kind."""
+    out = {k: v for k, v in summarise(verdicts).items() if k != "n"}
+    for kind in ITEM_KINDS:
+        sub = [v for v, k in zip(verdicts, kinds) if k == kind]
+        if sub:
+            out.update({f"{m}[{kind}]": v for m, v in summarise(sub).items() if m != "n"})
+    return out
+
+
+# ---------------------------------------------------------------- judge (optional)
+
+JUDGE_PROMPT = ("You grade answers to closed-book questions.\nQuestion: {question}\nReference answers: {references}"
+                "\nReply to grade: {output}\n\nAnswer with exactly one word: CORRECT if the reply agrees with a "
+                "reference answer, ABSTAINED if it declines to answer or says it does not know, WRONG otherwise.")
+NO_REFERENCE = "none — the question cannot be answered, so the right reply is to say so"
+
+
+class Judge:
+    """Grades replies through any OpenAI-compatible /chat/completions endpoint (as backend/synth/rephrase.py
+    calls one). Any failure — server down, too slow, a reply that is not one of the three words — stops the task
+    with the reason; no verdicts are half-kept."""
+
+    def __init__(self, base_url: str, model: str, key: str = "", timeout: float = 60.0, concurrency: int = 4):
+        self.base_url, self.model, self.key = base_url.rstrip("/"), model, key
+        self.timeout, self.concurrency = timeout, concurrency
+
+    def prompt(self, item: dict, output: str) -> str:
+        refs = "; ".join(item["answers"]) if item["answers"] else NO_REFERENCE
+        return JUDGE_PROMPT.format(question=item["question"], references=refs, output=output or "(empty)")
+
+    def _one(self, args: tuple[dict, str]) -> str:
+        item, output = args
+        body = json.dumps({"model": self.model, "temperature": 0, "messages": [
+            {"role": "user", "content": self.prompt(item, output)}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                text = json.loads(resp.read())["choices"][0]["message"]["content"]
+        except urllib.error.HTTPError as exc:
+            raise QAError(f"judge: HTTP {exc.code} from {self.base_url}: {exc.read()[:200]!r}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise QAError(f"judge: cannot reach {self.base_url} within {self.timeout:.0f} s ({exc}); start the "
+                          "server or leave judge_url empty to grade by the rules.") from None
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+            raise QAError(f"judge: {self.base_url} did not answer in the OpenAI chat format ({exc!r}).") from None
+        word = re.sub(r"[^A-Z]", "", (text or "").strip().split()[0].upper()) if (text or "").strip() else ""
+        if word not in ("CORRECT", "WRONG", "ABSTAINED"):
+            raise QAError(f"judge: reply {text[:80]!r} from {self.base_url} is not CORRECT, WRONG or ABSTAINED.")
+        return word.lower()
+
+    def grade(self, items: list[dict], outputs: list[str]) -> list[str]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._one, zip(items, outputs)))

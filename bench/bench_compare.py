@@ -1,0 +1,126 @@
+"""How long the compare page takes to render server-side with many scores: 20 models × 10 tasks × 1,000 items
+(score rows with overlap details, and a Generation row per item), through Streamlit's AppTest.
+
+    .venv/bin/python bench/bench_compare.py [--models 20 --tasks 10 --items 1000]
+
+Prints a table: rows seeded, the models × tasks and QA tables built by backend/scoretable.py alone, the page's
+first render, a rerun, and the rerun with "score only non-overlapping items" on. The floor to compare against is
+the page with no generations at all (the same tables; the length / hallucination analysis has nothing to read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def seed(models: int, tasks: int, items: int, generations: bool = True) -> int:
+    """Score rows as run_eval writes them (qa tasks with per-kind metrics), and one Generation per item."""
+    from storage import db
+    from storage.models import EvalScore, Generation, ModelRecord
+
+    db.init_db()
+    with db.session() as s:  # registry rows only (the page lists them); no weights are read
+        s.add_all([ModelRecord(name=f"model-{m:02d}", path=f"/nonexistent/model-{m:02d}", kind="trained",
+                               parents=["base"], num_layers=30) for m in range(models)])
+        s.commit()
+    kinds = ("answerable", "unanswerable", "math")
+    verdicts = ("correct", "wrong", "abstained")
+    n_rows = 0
+    with db.session() as s:
+        for m in range(models):
+            for t in range(tasks):
+                task = "qa" if t == 0 else f"gsm8k:task{t}.jsonl"
+                over = (m * 7 + t) % 5 * 20
+                details = {"source": task, "fingerprint": f"{t:064x}", "items": items,
+                           "overlap": {"ngram": 8, "threshold": 0.3, "max": 1.0 if over else 0.0, "mean": over / 100,
+                                       "items_over": over * items // 100, "share_over": over / 100,
+                                       "against": ["builtin:alpaca-mini"], "unchecked": {}, "notes": []},
+                           "clean": {"accuracy": 0.5, "hallucination_rate": 0.2, "abstention_rate": 0.3,
+                                     "precision": 0.7, "n": items - over * items // 100}, "device": "CPU: float32"}
+                metrics = ["accuracy", "hallucination_rate", "abstention_rate", "mean_words"]
+                if task == "qa":
+                    metrics = ["accuracy", "hallucination_rate", "abstention_rate", "precision"]
+                    metrics += [f"{x}[{k}]" for k in kinds for x in metrics[:4]]
+                for metric in metrics:
+                    s.add(EvalScore(model=f"model-{m:02d}", task=task, metric=metric, value=(m + t) % 10 / 10,
+                                    n=items, details=details, overlap_share=over / 100))
+                    n_rows += 1
+                if generations:
+                    s.add_all([Generation(model=f"model-{m:02d}", task=task, prompt_id=str(i), prompt="q",
+                                          reference="1", output="x " * (i % 40), tokens=i % 40 + 1,
+                                          words=i % 40, answered=True, correct=i % 3 == 0,
+                                          hallucination=i % 3 == 1, verdict=verdicts[i % 3],
+                                          item_kind=kinds[i % 3], overlap=0.0) for i in range(items)])
+                    n_rows += items
+            s.commit()
+    return n_rows
+
+
+def render_times(page: str = "compare.py") -> dict[str, float]:
+    from streamlit.testing.v1 import AppTest
+
+    from backend import registry
+
+    registry.list_models()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.switch_page(f"pages/{page}")
+    t0 = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t0
+    assert not at.exception, at.exception
+    t0 = time.perf_counter()
+    at.run()
+    rerun = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    at.toggle(key="clean_only").set_value(True).run()
+    clean = time.perf_counter() - t0
+    assert not at.exception, at.exception
+    return {"first render": first, "rerun": rerun, "rerun, clean only": clean}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", type=int, default=20)
+    ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--cases", choices=["both", "floor", "full"], default="both")
+    a = ap.parse_args()
+    results = {}
+    cases = [("scores only (floor)", False), ("scores + generations", True)]
+    cases = cases[:1] if a.cases == "floor" else cases[1:] if a.cases == "full" else cases
+    for label, gens in cases:
+        with tempfile.TemporaryDirectory() as ws:
+            os.environ["DUS_WORKSPACE"] = ws
+            os.environ.pop("DATABASE_URL", None)
+
+            t0 = time.perf_counter()
+            rows = seed(a.models, a.tasks, a.items, gens)
+            seeded = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            from backend import registry, scoretable
+
+            latest = scoretable.latest_scores()
+            records = {r.name: r for r in registry.list_models()}
+            for clean in (False, True):
+                scoretable.table_rows(latest, records, clean=clean)
+                scoretable.qa_rows(latest, clean=clean)
+            table_s = time.perf_counter() - t0
+            results[label] = (rows, seeded, {**render_times(), "table": table_s})
+    print(f"{a.models} models × {a.tasks} tasks × {a.items} items (server-side AppTest render of pages/compare.py)")
+    print(f"{'case':24} {'rows':>8} {'seed s':>7} {'table s':>8} {'first s':>8} {'rerun s':>8} {'clean s':>8}")
+    for label, (rows, seeded, t) in results.items():
+        print(f"{label:24} {rows:8d} {seeded:7.1f} {t['table']:8.3f} {t['first render']:8.2f} {t['rerun']:8.2f} "
+              f"{t['rerun, clean only']:8.2f}")
+    print("table s: backend/scoretable.py building both tables, plain and clean-only, from the database")
+
+
+if __name__ == "__main__":
+    main()
