@@ -1,10 +1,28 @@
-"""Side-by-side chat records and the leaderboard: Bradley–Terry scores with bootstrap intervals, and a
-length-controlled variant (a length-difference covariate, as Chatbot Arena's style control does), so a model
-that wins only by answering longer loses that edge."""
+"""Blind side-by-side rounds and the leaderboard.
+
+A round shows 2–4 answers under the labels A, B, C… in an order shuffled every round (recorded in
+`ChatTranscript.positions`); names are revealed after the vote. The leaderboard is Bradley–Terry fitted as Chatbot
+Arena fits it with style control (FastChat `fastchat/serve/monitor/elo_analysis.py`, `construct_style_matrices`
+and `fit_mle_elo`; markdown counts as in `add_markdown_info.py`):
+
+- every vote is written twice; a win for A is two A wins, a tie (or "both bad") one A win and one B win;
+- model columns are +ln 10 for A and −ln 10 for B, so a coefficient is in log10-odds and Elo = 400·θ + 1000;
+- style covariates (answer tokens, markdown headers, list items, bold spans) enter as (a − b) / (a + b + 1),
+  each then standardised to mean 0 and standard deviation 1 over all votes;
+- the fit is logistic regression without intercept and with sklearn's default L2 penalty (C = 1: ½‖θ‖² added to
+  the summed log loss); with all models as columns the ridge also centres the ratings on 1000. The plain
+  leaderboard uses the same matrices without style columns (FastChat's plain fit maximises the same likelihood
+  without the penalty; it is kept here so that a model that won every vote still gets a finite rating).
+
+Unlike FastChat, the bootstrap resamples rounds, not votes: a 3–4-model round yields several pairwise votes from one
+judgement, and resampling them one by one would treat them as independent and make the intervals too narrow.
+"""
 
 from __future__ import annotations
 
 import math
+import random
+import re
 
 import numpy as np
 from sqlmodel import select
@@ -13,11 +31,38 @@ from storage import db
 from storage.models import ChatTranscript, Vote
 
 OUTCOMES = ("a", "b", "tie", "bad")
+STYLE = ("tokens", "headers", "lists", "bold")
+LN10 = math.log(10)
+_CODE = re.compile(r"```([^`]*)```")
 
 
-def save_transcript(prompt: str, settings: dict, answers: dict) -> ChatTranscript:
+def labels(n: int) -> list[str]:
+    return [f"Model {chr(65 + i)}" for i in range(n)]
+
+
+def style_counts(text: str) -> dict[str, int]:
+    """Markdown headers, list items and bold spans, counted after code blocks are removed (FastChat's regexes)."""
+    text = _CODE.sub("", text or "")
+    return {"headers": len(re.findall(r"^#{1,6}\s", text, re.MULTILINE)),
+            "lists": len(re.findall(r"^\s*\d+\.\s", text, re.MULTILINE))
+            + len(re.findall(r"^\s*[-*+]\s", text, re.MULTILINE)),
+            "bold": len(re.findall(r"\*\*[^*\n]+\*\*", text)) + len(re.findall(r"__[^_\n]+__", text))}
+
+
+def shuffle_positions(models: list[str], rng: random.Random | None = None) -> list[str]:
+    """The left-to-right order for one round: a fresh shuffle, so no model keeps a side."""
+    order = list(models)
+    (rng or random.SystemRandom()).shuffle(order)
+    return order
+
+
+def save_transcript(prompt: str, settings: dict, answers: dict, positions: list[str] | None = None,
+                    blind: bool = False) -> ChatTranscript:
+    positions = list(positions or answers)
+    if sorted(positions) != sorted(answers):
+        raise ValueError("positions must list every answering model once.")
     with db.session() as s:
-        t = ChatTranscript(prompt=prompt, settings=settings, answers=answers)
+        t = ChatTranscript(prompt=prompt, settings=settings, answers=answers, positions=positions, blind=blind)
         s.add(t)
         s.commit()
         s.refresh(t)
@@ -34,19 +79,48 @@ def flag_hallucination(transcript_id: int, model: str, flagged: bool = True) -> 
         s.commit()
 
 
+def _make_vote(t: ChatTranscript, model_a: str, model_b: str, outcome: str) -> Vote:
+    order = t.positions or list(t.answers)
+    sa, sb = (style_counts(t.answers[m].get("text", "")) for m in (model_a, model_b))
+    return Vote(transcript_id=t.id, model_a=model_a, model_b=model_b, outcome=outcome,
+                tokens_a=t.answers[model_a].get("tokens", 0), tokens_b=t.answers[model_b].get("tokens", 0),
+                headers_a=sa["headers"], headers_b=sb["headers"], lists_a=sa["lists"], lists_b=sb["lists"],
+                bold_a=sa["bold"], bold_b=sb["bold"], position_a=order.index(model_a),
+                position_b=order.index(model_b), blind=t.blind)
+
+
 def vote(transcript_id: int, model_a: str, model_b: str, outcome: str) -> Vote:
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {OUTCOMES}.")
+    """One pairwise judgement; positions, style counts and blindness are taken from the round."""
+    return vote_round(transcript_id, outcome, pair=(model_a, model_b))[0]
+
+
+def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = None) -> list[Vote]:
+    """Record a round's judgement as pairwise votes. `best` is a model name (it beat every other model: k − 1
+    decisive votes; nothing is said about the others among themselves, so no tie is invented for them), "tie"
+    (every pair ties) or "bad" (every pair is both bad). With `pair`, `best` is an outcome a/b/tie/bad for it."""
     with db.session() as s:
         t = s.get(ChatTranscript, transcript_id)
-        if t is None or model_a not in t.answers or model_b not in t.answers:
-            raise ValueError("both models must have answered in this transcript.")
-        v = Vote(transcript_id=transcript_id, model_a=model_a, model_b=model_b, outcome=outcome,
-                 tokens_a=t.answers[model_a].get("tokens", 0), tokens_b=t.answers[model_b].get("tokens", 0))
-        s.add(v)
+        if t is None:
+            raise ValueError(f"no round {transcript_id}.")
+        order = t.positions or list(t.answers)
+        if pair is not None:
+            if best not in OUTCOMES:
+                raise ValueError(f"outcome must be one of {OUTCOMES}.")
+            if any(m not in t.answers for m in pair):
+                raise ValueError("both models must have answered in this transcript.")
+            vs = [_make_vote(t, pair[0], pair[1], best)]
+        elif best in ("tie", "bad"):
+            vs = [_make_vote(t, x, y, best) for i, x in enumerate(order) for y in order[i + 1:]]
+        elif best in order:  # model_a is the one shown further left
+            vs = [_make_vote(t, *((best, y) if order.index(best) < order.index(y) else (y, best)),
+                             "a" if order.index(best) < order.index(y) else "b") for y in order if y != best]
+        else:
+            raise ValueError(f"best must be one of {order + ['tie', 'bad']}.")
+        s.add_all(vs)
         s.commit()
-        s.refresh(v)
-        return v
+        for v in vs:
+            s.refresh(v)
+        return vs
 
 
 def votes() -> list[Vote]:
@@ -54,35 +128,37 @@ def votes() -> list[Vote]:
         return list(s.exec(select(Vote).order_by(Vote.id)))
 
 
-def _design(vs: list[Vote], models: list[str], length_control: bool):
-    """Rows (x, y, weight) for logistic regression: x has +1 for A, −1 for B (first model is the reference, left
-    out), plus the normalised length difference when length is controlled. Ties count half a win each way."""
+def _design(vs: list[Vote], models: list[str], style_control: bool):
+    """FastChat's matrices: rows doubled (first copy then second), Y per its tie rule, style columns standardised.
+    Returns X (2n × (p + k)), Y (2n), the style names kept, and notes on any dropped."""
+    n, p = len(vs), len(models)
     idx = {m: i for i, m in enumerate(models)}
-    xs, ys, ws = [], [], []
-    for v in vs:
-        x = np.zeros(len(models) - 1 + (1 if length_control else 0))
-        if idx[v.model_a] > 0:
-            x[idx[v.model_a] - 1] += 1
-        if idx[v.model_b] > 0:
-            x[idx[v.model_b] - 1] -= 1
-        if length_control:
-            total = v.tokens_a + v.tokens_b
-            x[-1] = (v.tokens_a - v.tokens_b) / total if total else 0.0
-        if v.outcome == "a":
-            outcomes = [(1.0, 1.0)]
-        elif v.outcome == "b":
-            outcomes = [(0.0, 1.0)]
-        else:  # tie or both bad
-            outcomes = [(1.0, 0.5), (0.0, 0.5)]
-        for y, w in outcomes:
-            xs.append(x)
-            ys.append(y)
-            ws.append(w)
-    return np.array(xs), np.array(ys), np.array(ws)
+    xm = np.zeros((n, p))
+    rows = np.arange(n)
+    xm[rows, [idx[v.model_a] for v in vs]] = LN10
+    xm[rows, [idx[v.model_b] for v in vs]] = -LN10
+    kept, notes, cols = [], [], []
+    if style_control:
+        for name in STYLE:
+            a = np.array([getattr(v, f"{name}_a") for v in vs], dtype=float)
+            b = np.array([getattr(v, f"{name}_b") for v in vs], dtype=float)
+            diff = (a - b) / (a + b + 1)
+            if diff.std() == 0:  # FastChat would divide by zero here
+                notes.append(f"{name}: no difference between answers in any vote, left out")
+                continue
+            cols.append((diff - diff.mean()) / diff.std())
+            kept.append(name)
+    x = np.hstack([xm, np.array(cols).T]) if cols else xm
+    a_won = np.array([v.outcome == "a" for v in vs], dtype=float)
+    tie = np.array([v.outcome in ("tie", "bad") for v in vs], dtype=float)
+    y = np.concatenate([a_won + tie, a_won])  # a tie is one A win (first copy) and one B win (second copy)
+    return np.vstack([x, x]), y, kept, notes
 
 
-def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndarray:
-    """Weighted logistic regression by Newton's method (a small ridge keeps perfect separations finite)."""
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1.0, iters: int = 100) -> np.ndarray:
+    """Weighted logistic regression with ½·l2‖θ‖² (sklearn's LogisticRegression(C=1, fit_intercept=False)
+    objective), by Newton's method: the penalty makes the Hessian positive definite, so a model that won every vote
+    still gets a finite rating."""
     beta = np.zeros(x.shape[1])
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(x @ beta, -30, 30)))
@@ -90,30 +166,78 @@ def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-3, iters: i
         hess = (x * (w * p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(beta))
         step = np.linalg.solve(hess, grad)
         beta += step
-        if np.abs(step).max() < 1e-9:
+        if np.abs(step).max() < 1e-10:
             break
     return beta
 
 
-def leaderboard(vs: list[Vote] | None = None, *, length_control: bool = False, boots: int = 200,
-                seed: int = 0) -> list[dict]:
-    """Bradley–Terry strengths on the Elo scale (400·log10 odds, mean 1000) with 95% bootstrap intervals."""
+def fit(vs: list[Vote], *, style_control: bool = False) -> dict:
+    """One Bradley–Terry fit: Elo-scale ratings per model and the style coefficients (log10-odds per standard
+    deviation of the normalised difference: how much a judge's preference follows that style feature)."""
+    models = sorted({v.model_a for v in vs} | {v.model_b for v in vs})
+    x, y, kept, notes = _design(vs, models, style_control)
+    beta = _fit(x, y, np.ones(len(y)))
+    return {"models": models, "elo": dict(zip(models, 400 * beta[: len(models)] + 1000)),
+            "style": dict(zip(kept, beta[len(models):])), "notes": notes}
+
+
+def leaderboard(vs: list[Vote] | None = None, *, style_control: bool = False, boots: int = 200, seed: int = 0,
+                resample: str = "rounds", blind_only: bool = False) -> list[dict]:
+    """Ratings on the Elo scale with 95 % bootstrap intervals (percentiles). `resample`: "rounds" (default; all
+    votes of a round drawn together) or "votes" (FastChat's, right only when every round is one vote). As in
+    FastChat, the style columns are standardised once on all votes and the bootstrap reweights those rows."""
+    if resample not in ("rounds", "votes"):
+        raise ValueError('resample must be "rounds" or "votes".')
     vs = votes() if vs is None else vs
+    if blind_only:
+        vs = [v for v in vs if v.blind]
     models = sorted({v.model_a for v in vs} | {v.model_b for v in vs})
     if len(models) < 2:
         return []
-
-    def scores(sample: list[Vote]) -> np.ndarray:
-        x, y, w = _design(sample, models, length_control)
-        beta = _fit(x, y, w)
-        theta = np.concatenate([[0.0], beta[: len(models) - 1]])
-        elo = 400 / math.log(10) * theta
-        return elo - elo.mean() + 1000
-
-    point = scores(vs)
+    x, y, _, _ = _design(vs, models, style_control)
+    point = 400 * _fit(x, y, np.ones(len(y)))[: len(models)] + 1000
+    groups = np.array([v.transcript_id for v in vs]) if resample == "rounds" else np.arange(len(vs))
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    appears = x[: len(vs), : len(models)] != 0  # vote × model
     rng = np.random.default_rng(seed)
-    samples = np.array([scores([vs[i] for i in rng.integers(0, len(vs), len(vs))]) for _ in range(boots)])
-    counts = {m: sum(m in (v.model_a, v.model_b) for v in vs) for m in models}
-    rows = [{"model": m, "score": float(point[i]), "low": float(np.percentile(samples[:, i], 2.5)),
-             "high": float(np.percentile(samples[:, i], 97.5)), "votes": counts[m]} for i, m in enumerate(models)]
+    samples = np.full((boots, len(models)), np.nan)
+    for i in range(boots):
+        drawn = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
+        w = drawn[inverse].astype(float)  # a vote counts as often as its round (or itself) was drawn
+        elo = 400 * _fit(x, y, np.concatenate([w, w]))[: len(models)] + 1000
+        present = (appears * (w > 0)[:, None]).any(axis=0)
+        samples[i] = np.where(present, elo, np.nan)  # a model absent from the resample has no rating there
+    counts = appears.sum(axis=0)
+    rows = [{"model": m, "score": float(point[j]), "low": float(np.nanpercentile(samples[:, j], 2.5)),
+             "high": float(np.nanpercentile(samples[:, j], 97.5)), "votes": int(counts[j])}
+            for j, m in enumerate(models)]
     return sorted(rows, key=lambda r: -r["score"])
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (
+        1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def position_bias(vs: list[Vote]) -> list[dict]:
+    """Win rate by screen position over decisive votes (ties and both-bad left out), with Wilson 95 % intervals:
+    with names hidden and positions shuffled, every position should win about half of its decisive votes."""
+    wins: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    for v in vs:
+        if v.outcome not in ("a", "b") or v.position_a < 0 or v.position_b < 0:
+            continue
+        for pos in (v.position_a, v.position_b):
+            seen[pos] = seen.get(pos, 0) + 1
+        winner = v.position_a if v.outcome == "a" else v.position_b
+        wins[winner] = wins.get(winner, 0) + 1
+    rows = []
+    for pos in sorted(seen):
+        lo, hi = _wilson(wins.get(pos, 0), seen[pos])
+        rows.append({"position": labels(pos + 1)[-1], "wins": wins.get(pos, 0), "decisive": seen[pos],
+                     "win_rate": wins.get(pos, 0) / seen[pos], "low": lo, "high": hi})
+    return rows

@@ -1,18 +1,19 @@
-"""Side-by-side chat: 2–4 models answer the same prompt at once (streaming), with tokens, latency and tokens/s;
-vote, flag hallucinations, and read the leaderboard (Bradley–Terry, plain and length-controlled)."""
+"""Blind side-by-side chat: 2–4 models answer the same prompt at once (streaming) under the labels Model A, B…,
+in an order shuffled every round; names, timings and speeds are revealed after the vote (speed would give a model
+away by its size). Vote, flag hallucinations, and read the leaderboard (Bradley–Terry, plain and style-controlled)
+with its position-bias check."""
 
 from __future__ import annotations
 
 import time
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from backend import arena, registry
 from backend.chat import answer_all
 from pages.common import cached_model, model_names, via_app
-from pages.figures import PALETTE
+from pages.figures import leaderboard_figure, position_bias_figure
 from storage import db
 from storage.models import ChatTranscript
 
@@ -24,22 +25,27 @@ if len(names) < 2:
     st.stop()
 
 models = st.multiselect("Models (2–4)", names, default=names[-2:], max_selections=4, key="arena_models")
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
 max_new = c1.slider("Max new tokens", 8, 512, 96, key="arena_max_new")
 temperature = c2.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.0, 0.05, key="arena_temp")
 top_p = c3.slider("top-p", 0.1, 1.0, 1.0, 0.05, key="arena_top_p")
+show_names = c4.toggle("Show names", key="arena_show_names",
+                       help="For debugging: names stay visible before the vote, and votes cast this way are not "
+                            "blind, so the leaderboard leaves them out.")
 
 
-def run_round(prompt: str) -> int:
-    """Generate with every model at once; the script thread only redraws what the generation threads wrote."""
-    lms = {m: cached_model(registry.get(m).path, m) for m in models}
+def run_round(prompt: str, chosen: list[str]) -> int:
+    """Generate with every model at once, shown in a fresh random order; the script thread only redraws what the
+    generation threads wrote."""
+    order = arena.shuffle_positions(chosen)
+    shown = dict(zip(order, arena.labels(len(order))))
+    lms = {m: cached_model(registry.get(m).path, m) for m in order}
     live = answer_all(lms, [{"role": "user", "content": prompt}], max_new_tokens=max_new, temperature=temperature,
                       top_p=top_p)
-    cols = st.columns(len(models))
-    boxes = {m: col.empty() for m, col in zip(models, cols)}
+    boxes = {m: col.empty() for m, col in zip(order, st.columns(len(order)))}
     while True:
-        for m in models:
-            boxes[m].markdown(f"**{m}**\n\n{live[m].text or '…'}")
+        for m in order:
+            boxes[m].markdown(f"**{m if show_names else shown[m]}**\n\n{live[m].text or '…'}")
         if all(a.done for a in live.values()):
             break
         time.sleep(0.1)
@@ -47,12 +53,12 @@ def run_round(prompt: str) -> int:
                    "first_token_s": a.stats.first_token_s, "seconds": a.stats.total_s,
                    "tokens_per_s": a.stats.tokens_per_s, "hallucination": False} for m, a in live.items()}
     settings = {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p}
-    return arena.save_transcript(prompt, settings, answers).id
+    return arena.save_transcript(prompt, settings, answers, positions=order, blind=not show_names).id
 
 
 prompt = st.chat_input("One prompt for every model…", key="arena_prompt")
 if prompt and len(models) >= 2:
-    st.session_state["arena_round"] = run_round(prompt)
+    st.session_state["arena_round"] = run_round(prompt, models)
     st.rerun()
 elif prompt:
     st.warning("Choose at least two models.")
@@ -61,62 +67,73 @@ round_id = st.session_state.get("arena_round")
 if round_id:
     with db.session() as s:
         t = s.get(ChatTranscript, round_id)
+    order = t.positions or list(t.answers)
+    label = dict(zip(order, arena.labels(len(order))))
+    voted = round_id in st.session_state.get("voted", set())
+    reveal = voted or show_names or not t.blind
     st.markdown(f"> {t.prompt}")
-    shown = list(t.answers)
-    cols = st.columns(len(shown))
-    for col, m in zip(cols, shown):
+    for col, m in zip(st.columns(len(order)), order):
         a = t.answers[m]
         with col:
-            st.markdown(f"**{m}**")
+            st.markdown(f"**{label[m]}: {m}**" if reveal else f"**{label[m]}**")
             if a.get("error"):  # a statement, not an expression: Streamlit's magic would print its value (None)
                 st.error(a["error"])
             else:
                 st.write(a["text"] or "(empty)")
-            st.caption(f"{a['tokens']} tokens · first token {a['first_token_s'] or 0:.2f} s · "
-                       f"{a['tokens_per_s']:.1f} tokens/s")
+            if reveal:
+                st.caption(f"{a['tokens']} tokens · first token {a['first_token_s'] or 0:.2f} s · "
+                           f"{a['tokens_per_s']:.1f} tokens/s")
+            else:
+                st.caption(f"{a['tokens']} tokens · timings after the vote")
             flagged = st.checkbox("hallucination", value=a.get("hallucination", False), key=f"flag_{round_id}_{m}")
             if flagged != a.get("hallucination", False):
                 arena.flag_hallucination(round_id, m, flagged)
     if st.button("Regenerate", key="regenerate"):
-        models = shown
-        st.session_state["arena_round"] = run_round(t.prompt)
+        st.session_state["arena_round"] = run_round(t.prompt, order)
         st.rerun()
-    voted = st.session_state.get("voted", set())
-    if round_id in voted:
-        st.success("Vote recorded.")
-    elif len(shown) == 2:
-        a, b = shown
+    if voted:
+        st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))
+    elif len(order) == 2:
         v1, v2, v3, v4 = st.columns(4)
-        for col, (label, outcome) in zip((v1, v2, v3, v4), (("A is better", "a"), ("B is better", "b"),
-                                                             ("Tie", "tie"), ("Both bad", "bad"))):
-            if col.button(label, key=f"vote_{outcome}"):
-                arena.vote(round_id, a, b, outcome)
-                st.session_state["voted"] = voted | {round_id}
+        for col, (text, outcome) in zip((v1, v2, v3, v4), (("A is better", "a"), ("B is better", "b"),
+                                                            ("Tie", "tie"), ("Both bad", "bad"))):
+            if col.button(text, key=f"vote_{outcome}"):
+                arena.vote(round_id, order[0], order[1], outcome)
+                st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}
                 st.rerun()
     else:
-        best = st.radio("Best answer", shown + ["tie", "all bad"], horizontal=True, key="best")
+        choice = st.radio("Best answer", [label[m] for m in order] + ["tie", "all bad"], horizontal=True,
+                          key="best")
         if st.button("Vote", key="vote_best"):
-            for i, x in enumerate(shown):  # one pairwise judgement per pair of models
-                for y in shown[i + 1:]:
-                    outcome = "a" if best == x else "b" if best == y else ("bad" if best == "all bad" else "tie")
-                    arena.vote(round_id, x, y, outcome)
-            st.session_state["voted"] = voted | {round_id}
+            by_label = {label[m]: m for m in order}
+            arena.vote_round(round_id, by_label.get(choice, "bad" if choice == "all bad" else "tie"))
+            st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}
             st.rerun()
 
 st.subheader("Leaderboard")
 all_votes = arena.votes()
-if len(all_votes) < 1:
-    st.caption("No votes yet.")
+blind_votes = [v for v in all_votes if v.blind]
+if not blind_votes:
+    st.caption("No blind votes yet." + (f" ({len(all_votes)} votes cast with names shown are left out.)"
+                                        if all_votes else ""))
     st.stop()
-control = st.toggle("Control for answer length", key="length_control",
-                    help="Adds the length difference as a covariate (Chatbot Arena's style control): a model that "
-                         "wins only by answering longer loses that edge.")
-board = arena.leaderboard(all_votes, length_control=control)
+control = st.toggle("Style control", value=True, key="style_control",
+                    help="Answer length and markdown (headers, lists, bold) enter as covariates, as Chatbot "
+                         "Arena's style control does: a model that wins only by answering longer or with more "
+                         "formatting loses that edge.")
+board = arena.leaderboard(blind_votes, style_control=control)
 st.dataframe(pd.DataFrame(board).round(1), hide_index=True, key="leaderboard")
-fig = go.Figure(go.Bar(x=[r["model"] for r in board], y=[r["score"] for r in board],
-                       error_y=dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
-                                    arrayminus=[r["score"] - r["low"] for r in board]),
-                       marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(board))]))
-fig.update_layout(height=320, yaxis_title="Bradley–Terry (Elo scale)", margin=dict(l=10, r=10, t=20, b=60))
-st.plotly_chart(fig, key="leaderboard_chart")
-st.caption(f"{len(all_votes)} pairwise votes; 95% bootstrap intervals.")
+st.plotly_chart(leaderboard_figure(board, "Style-controlled" if control else "Plain"), key="leaderboard_chart")
+rounds = len({v.transcript_id for v in blind_votes})
+notes = arena.fit(blind_votes, style_control=True) if control else None
+st.caption(f"{len(blind_votes)} blind pairwise votes from {rounds} rounds; 95 % intervals from resampling rounds "
+           f"(a 3–4-model round gives several votes from one judgement). Ties and both-bad count as one win each "
+           f"way." + (f" {len(all_votes) - len(blind_votes)} votes cast with names shown are left out."
+                      if len(all_votes) > len(blind_votes) else ""))
+if notes:
+    st.caption("Style coefficients (log10-odds per standard deviation): "
+               + (", ".join(f"{k} {v:+.2f}" for k, v in notes["style"].items()) or "none")
+               + ("; " + "; ".join(notes["notes"]) if notes["notes"] else ""))
+bias = arena.position_bias(blind_votes)
+if bias:
+    st.plotly_chart(position_bias_figure(bias), key="position_bias")

@@ -157,3 +157,50 @@ def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
     fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", height=340, yaxis=dict(range=[0, 1]),
                       margin=dict(l=10, r=10, t=40, b=60), legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+def hallucination_length_figure(curves: dict) -> go.Figure:
+    """Hallucination rate against answer length per model: observed rates in length bins (markers, size by the
+    number of answers) and the logistic model's fitted curve (lines). Curves that lie on each other while the
+    markers sit at different lengths mean the gap is length; curves apart mean it is the model."""
+    fig = go.Figure()
+    models = sorted({p["model"] for p in curves["observed"]} | {p["model"] for p in curves["fitted"]})
+    for k, m in enumerate(models):
+        color = PALETTE[k % len(PALETTE)]
+        obs = [p for p in curves["observed"] if p["model"] == m]
+        fit = [p for p in curves["fitted"] if p["model"] == m]
+        if fit:
+            fig.add_trace(go.Scatter(x=[p["tokens"] for p in fit], y=[p["rate"] for p in fit], mode="lines",
+                                     name=f"{m} (model)", line_color=color))
+        fig.add_trace(go.Scatter(x=[p["tokens"] for p in obs], y=[p["rate"] for p in obs], mode="markers",
+                                 name=f"{m} (observed)", marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
+                                                                                        for p in obs]),
+                                 text=[f"n={p['n']}" for p in obs]))
+    fig.update_layout(title="Hallucination rate against answer length", height=360, yaxis=dict(range=[0, 1]),
+                      xaxis=dict(type="log", title="answer length (tokens, log scale)"),
+                      yaxis_title="hallucination rate", margin=dict(l=10, r=10, t=40, b=60),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[r["model"] for r in board], y=[r["score"] for r in board],
+                           error_y=dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
+                                        arrayminus=[r["score"] - r["low"] for r in board]),
+                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(board))]))
+    fig.update_layout(title=title, height=320, yaxis_title="Bradley–Terry (Elo scale)",
+                      margin=dict(l=10, r=10, t=40, b=60))
+    return fig
+
+
+def position_bias_figure(rows: list[dict]) -> go.Figure:
+    """Win rate by screen position with 95 % intervals; the dashed line is no bias (½)."""
+    fig = go.Figure(go.Bar(x=[r["position"] for r in rows], y=[r["win_rate"] for r in rows],
+                           error_y=dict(type="data", symmetric=False, array=[r["high"] - r["win_rate"] for r in rows],
+                                        arrayminus=[r["win_rate"] - r["low"] for r in rows]),
+                           text=[f"{r['wins']}/{r['decisive']}" for r in rows], textposition="outside",
+                           marker_color=PALETTE[0]))
+    fig.add_hline(y=0.5, line_dash="dash", line_color="#888")
+    fig.update_layout(title="Position bias: win rate by position (decisive votes)", height=300,
+                      yaxis=dict(range=[0, 1.1], title="win rate"), margin=dict(l=10, r=10, t=40, b=30))
+    return fig

@@ -137,8 +137,10 @@ def test_inspect_synthetic_pairs_in_the_browser(served):
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(served + "/synth")
         page.get_by_text("Page (of 4; 40 pairs match)").wait_for(timeout=30_000)
-        # word-level diff: insertions highlighted on the rephrased side
-        assert page.locator('span[style*="rgb(220, 245, 220)"]').count() >= 10
+        # word-level diff: insertions highlighted on the rephrased side (the pairs render after the page caption)
+        inserted = page.locator('span[style*="rgb(220, 245, 220)"]')
+        inserted.first.wait_for(timeout=30_000)
+        assert inserted.count() >= 10
         page.get_by_role("button", name="Reject this pair").first.click()
         page.get_by_role("button", name="Undo rejection").wait_for(timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "browser-synth.png"), full_page=True)
@@ -146,26 +148,3 @@ def test_inspect_synthetic_pairs_in_the_browser(served):
         page.get_by_text("Answer length: chosen vs rejected").wait_for(timeout=15_000)
         browser.close()
     assert pipeline.counts(pipeline.get_dataset("synth-math-pairs").id)["rejected"] == 1
-
-
-def test_two_tiny_models_answer_side_by_side(served, tokenizer_dir, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from backend import arena, registry
-    from tests.conftest import make_llama
-
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(served + "/arena")
-        page.get_by_placeholder("One prompt for every model").fill("What is 12 times 7?")
-        page.keyboard.press("Enter")
-        page.get_by_role("button", name="A is better").wait_for(timeout=60_000)
-        assert page.get_by_text("tokens/s").count() == 2
-        page.get_by_role("button", name="A is better").click()
-        page.get_by_text("Vote recorded.").wait_for(timeout=15_000)
-        page.screenshot(path=str(ARTIFACTS / "browser-arena.png"), full_page=True)
-        browser.close()
-    (v,) = arena.votes()
-    assert v.outcome == "a" and {v.model_a, v.model_b} == {"tiny", "tiny-b"}

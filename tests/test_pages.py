@@ -267,13 +267,13 @@ def test_side_by_side_chat_answers_votes_and_ranks(tiny, tokenizer_dir, tmp_path
     at.slider(key="arena_max_new").set_value(8).run()
     at.chat_input(key="arena_prompt").set_value("What is 2 + 2?").run()
     assert not at.exception
-    captions = [c.value for c in at.caption if "tokens/s" in c.value]
-    assert len(captions) == 2 and all(c.startswith("8 tokens") for c in captions)
+    captions = [c.value for c in at.caption if "tokens" in c.value]
+    assert len(captions) == 2 and all(c == "8 tokens · timings after the vote" for c in captions)  # blind round
     at.button(key="vote_a").click().run()
     (v,) = arena.votes()
-    assert (v.model_a, v.model_b, v.outcome, v.tokens_a) == ("tiny", "tiny-b", "a", 8)
+    assert {v.model_a, v.model_b} == {"tiny", "tiny-b"} and (v.outcome, v.tokens_a) == ("a", 8)
     board = at.dataframe[0].value
-    assert list(board["model"]) == ["tiny", "tiny-b"] and board["score"].iloc[0] > board["score"].iloc[1]
+    assert list(board["model"]) == [v.model_a, v.model_b] and board["score"].iloc[0] > board["score"].iloc[1]
     at.checkbox(key=f"flag_{v.transcript_id}_tiny-b").check().run()
     from storage import db
     from storage.models import ChatTranscript
@@ -295,3 +295,21 @@ def test_no_page_has_a_bare_expression_that_streamlit_magic_would_print():
                     isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
                 found.append(f"{f.name}:{node.lineno}: {ast.unparse(node)[:60]}")
     assert found == []
+
+
+def test_compare_page_shows_h6_scores_beside_the_published_numbers(tiny):
+    from backend import lmeval
+    from storage import db
+    from storage.models import EvalScore
+
+    with db.session() as s:
+        s.add(EvalScore(model="tiny", task="lm-eval:h6", metric="arc_challenge/acc_norm", value=0.25, n=10))
+        s.add(EvalScore(model="tiny", task="lm-eval:h6", metric="h6_average", value=0.3, n=10))
+        s.commit()
+    at = app("compare.py")
+    df = next(d.value for d in at.dataframe if "arc_challenge/acc_norm" in d.value.columns)
+    ours = df[df["model"] == "tiny"].iloc[0]
+    assert ours["arc_challenge/acc_norm"] == 0.25 and ours["h6_average"] == 0.3
+    (name, published), = lmeval.PAPER_H6.items()
+    paper = df[df["model"] == f"{name} (published, %)"].iloc[0]
+    assert paper["hellaswag/acc_norm"] == published["hellaswag/acc_norm"]
