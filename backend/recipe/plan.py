@@ -1,0 +1,415 @@
+"""Plan a recipe, then hand its stages to the runner as jobs with dependencies.
+
+    python -m backend recipe plan FILE      # what would run, what is reused
+    python -m backend recipe run FILE       # submit and run (--queue: leave it to the worker)
+
+Planning resolves every stage reference, checks what needs files (the base's depth against m, data sets present,
+merges of models of one depth), and gives every stage a hash of its spec and its inputs' fingerprints (upstream
+hashes, the base folder's file sizes and mtimes, data files' contents). The hash is part of the model's
+name (RECIPE-STAGE-HASH8), so a later stage can name a model before it exists, an unchanged stage finds its model
+registered and is reused, and a changed stage gets a new name and reruns with everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlmodel import select
+
+from backend import data, registry, runner
+from backend.recipe.spec import (RESERVED, STAGE_REF, RecipeError, RecipeSpec, expand_runs, expand_stages,
+                                 stage_refs, stage_spec)
+from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
+from storage import db
+from storage.models import DatasetRecord, Job, RecipeRun, RecipeStage
+
+MODEL_KINDS = ("import", "upscale", "cpt", "sft", "dpo", "merge")
+
+
+@dataclass
+class Node:
+    stage: str  # the stage's name; "base", "upscaled", "eval:STAGE"
+    kind: str
+    spec: _Spec | None  # None: the base as it is (nothing to run)
+    output: str  # registered model name, data set prefix, or "" (eval)
+    hash: str
+    deps: list[str] = field(default_factory=list)
+    depth: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # label, tables, sweep_of, data fingerprints
+    status: str = "run"  # run | reuse | in-flight | given (the base)
+    job_id: int | None = None
+
+
+@dataclass
+class Plan:
+    recipe: RecipeSpec
+    nodes: list[Node]
+
+    def node(self, stage: str) -> Node:
+        return next(n for n in self.nodes if n.stage == stage)
+
+    def lines(self) -> list[str]:
+        out = [f"recipe {self.recipe.name}: {sum(n.status == 'run' for n in self.nodes)} to run, "
+               f"{sum(n.status == 'reuse' for n in self.nodes)} reused, "
+               f"{sum(n.status == 'in-flight' for n in self.nodes)} already queued"]
+        for n in self.nodes:
+            what = f"job {n.job_id}" if n.job_id else ""
+            out.append(f"  {n.status:9} {n.stage:28} {n.kind:10} {n.hash[:8]}  {n.output or '-':44} "
+                       f"{'needs ' + ', '.join(n.deps) if n.deps else ''} {what}".rstrip())
+        return out
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Sizes and mtimes of the files that define a model: cheap (no weights read), and it changes when any does."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json")))
+    return _sha([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+CONTENT_HASH_MAX = 256 << 20  # data files up to this size are hashed by content, larger ones by size and mtime
+
+
+def _file_fp(path: Path) -> str:
+    """A data file's fingerprint: its content's hash (a rewrite with the same rows, a checkout or a copy changes
+    nothing), or for a very large file its size and mtime (hashing gigabytes at every plan would be slow)."""
+    st = path.stat()
+    if st.st_size > CONTENT_HASH_MAX:
+        return _sha([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_online() -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline(what: str, ref: str) -> RecipeError:
+    return RecipeError(f"{what}: {ref!r} is a Hub id and the Hugging Face Hub cannot be reached from this machine. "
+                       "This recipe is meant for an online GPU machine; here, import or copy the files and give "
+                       "their folder (or a registered name) instead.")
+
+
+def _output_name(recipe: str, stage: str, h: str) -> str:
+    return f"{f'{recipe}-{stage}'[:91]}-{h[:8]}"
+
+
+def _num_layers(folder: Path) -> int:
+    from backend.modelinfo import inspect_model
+
+    return inspect_model(folder).num_layers
+
+
+def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
+    """A data source's fingerprint, refusing a missing one (named by its field)."""
+    if src.startswith("builtin:"):
+        try:
+            return _file_fp(data.builtin_path(src.removeprefix("builtin:")))
+        except data.DataError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+    if src.startswith(("dataset:", "mix:")):
+        name = src.split(":", 1)[1]
+        if name in produced:  # made by a synth-math stage of this recipe
+            return produced[name]
+        with db.session() as s:
+            rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
+        if rec is None:
+            raise RecipeError(f"{where}: no registered data set named {name!r} (see `datasets list`; a recipe's own "
+                              "synthetic data is `stage:STAGE/instruct` or `stage:STAGE/alignment`).")
+        return _sha([rec.rows, rec.provenance, rec.path, Path(rec.path).stat().st_mtime_ns if rec.path and
+                     Path(rec.path).exists() else 0])
+    path = Path(src).expanduser()
+    if path.exists():
+        return _file_fp(path)
+    if path.suffix in (".jsonl", ".json", ".csv", ".parquet", ".txt") or src.startswith((".", "/", "~")):
+        raise RecipeError(f"{where}: data file {src} does not exist.")
+    if src.count("/") == 1:
+        return _sha(["hub", src])  # a Hub data set id; checked online by plan() when used
+    raise RecipeError(f"{where}: {src!r} is not builtin:NAME, dataset:NAME, mix:NAME, stage:STAGE/instruct, a file "
+                      "or a Hub id.")
+
+
+def _order(stages: list[dict]) -> list[dict]:
+    """Stages in dependency order; a cycle is refused with its path."""
+    by_name = {s["name"]: s for s in stages}
+    state: dict[str, int] = {}
+    out: list[dict] = []
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cyc = path[path.index(name):] + [name]
+            raise RecipeError(f"stages: a cycle {' -> '.join(cyc)}; a stage cannot depend on its own output.")
+        state[name] = 1
+        for _, ref in stage_refs(by_name[name]):
+            if ref in by_name:
+                visit(ref, path + [name])
+        state[name] = 2
+        out.append(by_name[name])
+
+    for s in stages:
+        visit(s["name"], [])
+    return out
+
+
+def plan(recipe: RecipeSpec) -> Plan:
+    """Resolve, check and hash one (sweep-expanded) recipe; look up what is already made or queued."""
+    if isinstance(recipe.upscale, dict) and isinstance(recipe.upscale.get("m"), (list, str)):
+        raise RecipeError("upscale.m is a sweep: plan each run (expand_runs) separately.")
+    nodes: list[Node] = []
+    online: list[bool] = []
+
+    def need_hub(what: str, ref: str) -> None:
+        if not online:
+            online.append(hub_online())
+        if not online[0]:
+            raise _offline(what, ref)
+
+    # --- the base: registered, built-in, a folder, or (online) a Hub id imported by a job
+    try:
+        folder, reg_name = registry.resolve(recipe.base)
+        base = Node("base", "base", None, reg_name or str(folder), _sha(["base", folder_fingerprint(folder)]),
+                    depth=_num_layers(folder), status="given")
+    except registry.RegistryError:
+        if recipe.base.count("/") != 1 or recipe.base.startswith((".", "/", "~")):
+            raise RecipeError(f"base: {recipe.base!r} is neither a registered model, 'builtin', a model folder "
+                              "nor a Hub id (owner/name).") from None
+        need_hub("base", recipe.base)
+        from huggingface_hub import hf_hub_download
+
+        cfg = json.loads(Path(hf_hub_download(recipe.base, "config.json")).read_text())
+        h = _sha(["hub", recipe.base])
+        base = Node("base", "import", None, _output_name(recipe.name, "base", h), h,
+                    depth=int(cfg["num_hidden_layers"]))
+        base.spec = ImportSpec(target=recipe.base, name=base.output)
+    nodes.append(base)
+    depth = {"base": base.depth}
+    out = {"base": base.output}
+    hashes = {"base": base.hash}
+
+    # --- the up-scaled model
+    if recipe.upscale is not None:
+        body = dict(recipe.upscale)
+        h = _sha(["upscale", body, base.hash])
+        spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
+        n = base.depth
+        if spec.method == "dus":
+            from backend.upscale.dus import valid_m
+
+            ok = valid_m(n)
+            if spec.m not in ok:
+                raise RecipeError(f"upscale.m: m={spec.m} is out of range for the {n}-layer base; choose "
+                                  f"{ok.start} <= m <= {ok.stop - 1} (s = 2·(n−m) layers).")
+            d = 2 * (n - spec.m)
+        elif spec.method == "llama-pro":
+            d = n + spec.groups
+        else:
+            d = sum(s.end - s.start for s in spec.slices)
+        nodes.append(Node("upscaled", "upscale", spec, spec.name, h, ["base"], d))
+        depth["upscaled"], out["upscaled"], hashes["upscaled"] = d, spec.name, h
+
+    # --- the stages, in dependency order
+    stages = expand_stages(recipe.stages)
+    names = {s["name"] for s in stages}
+    swept = {s["sweep_of"]["group"] for s in stages if "sweep_of" in s}
+    kinds = {s["name"]: s["kind"] for s in stages}
+    for st in stages:
+        for fld, ref in stage_refs(st):
+            where = f"stage {st['name']}.{fld}"
+            if ref in swept:
+                raise RecipeError(f"{where}: {ref!r} is a sweep (several models); refer to one of its stages.")
+            if ref == "upscaled" and recipe.upscale is None:
+                raise RecipeError(f"{where}: 'upscaled' names the up-scaled model, but this recipe has no upscale.")
+            if ref in names or ref in RESERVED:
+                if fld.startswith(("data", "eval_data")) and kinds.get(ref) != "synth-math":
+                    raise RecipeError(f"{where}: stage:{ref}/… refers to synthetic data; {ref!r} is not a "
+                                      "synth-math stage.")
+                continue
+            if fld.startswith(("data", "eval_data")) or not (registry.get(ref) or Path(ref).expanduser().is_dir()):
+                raise RecipeError(f"{where}: {ref!r} is not a stage of this recipe (stages: "
+                                  f"{', '.join(sorted(names)) or 'none'}) nor a registered model or model folder.")
+    b = recipe.budget
+    for st in _order(stages):
+        name, kind = st["name"], st["kind"]
+        deps = sorted({ref for _, ref in stage_refs(st) if ref in names or ref in RESERVED})
+        for ref in {ref for _, ref in stage_refs(st) if ref not in names and ref not in RESERVED}:
+            folder, _ = registry.resolve(ref)  # an outside model: its files are part of the hash
+            hashes[ref], out[ref], depth[ref] = _sha(["model", folder_fingerprint(folder)]), ref, _num_layers(folder)
+        body = {k: v for k, v in st.items() if k not in ("label", "tables", "sweep_of")}
+        if kind in TRAIN_KINDS:
+            steps = max(1, round(body.get("max_steps", 30) * b.steps_scale))
+            body["max_steps"] = min(steps, b.max_steps) if b.max_steps else steps
+            if b.max_rows:
+                body["max_rows"] = min(body.get("max_rows") or b.max_rows, b.max_rows)
+        if kind == "eval" and b.eval_limit:
+            body["limit"] = min(body.get("limit", 40), b.eval_limit)
+        # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
+        produced = {f"{out[d]}-{part}": hashes[d] for d in deps if kinds.get(d) == "synth-math"
+                    for part in ("instruct", "alignment")}
+        fps = {}
+        for key in ("data", "eval_data"):
+            items = body.get(key) or []
+            for j, d in enumerate(items if isinstance(items, list) else [items]):
+                src = d.get("source", "") if isinstance(d, dict) else ""
+                hit = STAGE_REF.match(src)
+                src = f"dataset:{out[hit[1]]}-{hit[2]}" if hit else src
+                fps[src] = _source_fp(src, f"stage {name}.{key}[{j}].source", produced)
+                if not hit and "/" in src and not Path(src).expanduser().exists() and \
+                        not src.startswith(("builtin:", "dataset:", "mix:")):
+                    need_hub(f"stage {name}.{key}[{j}].source", src)
+        # the stage's name is in the hash: two stages with the same body are still two models
+        h = _sha([kind, body, [hashes[d] for d in deps], fps,
+                  {r: hashes[r] for _, r in stage_refs(st) if r in hashes}])
+        output = "" if kind == "eval" else _output_name(recipe.name, name, h)
+        spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
+        if kind != "eval":
+            spec = spec.model_copy(update={"name": output})
+        d = None
+        if kind in TRAIN_KINDS:
+            d = depth[st["model"]]
+        elif kind == "merge":
+            ds = {m: depth[m] for m in st["models"]}
+            if len(set(ds.values())) > 1:
+                detail = ", ".join(f"{m} has {v}" for m, v in ds.items())
+                raise RecipeError(f"stage {name}.models: {detail} layers; a merge needs models of the same depth.")
+            d = next(iter(ds.values()))
+        info = {"label": st.get("label", ""), "tables": st.get("tables") or ([kind] if kind in ("sft", "dpo",
+                "merge") else []), "data": fps,
+                "sources": [d.get("source") for d in (st.get("data") or []) if isinstance(d, dict)],
+                "from": [st[k] for k in ("model",) if k in st] + list(st.get("models") or []),
+                "merge": {k: st[k] for k in ("method", "weights", "t") if k in st} if kind == "merge" else {}}
+        if "sweep_of" in st:
+            info["sweep_of"] = st["sweep_of"]
+        nodes.append(Node(name, kind, spec, output, h, deps, d, info))
+        depth[name], out[name], hashes[name] = d, output, h
+
+    # --- one evaluation of every model, with the same tasks and settings
+    if recipe.eval is not None:
+        ev = dict(recipe.eval)
+        if b.eval_limit:
+            ev["limit"] = min(ev.get("limit", 40), b.eval_limit)
+        for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:
+            h = _sha(["eval", ev, n.hash, n.output])
+            nodes.append(Node(f"eval:{n.stage}", "eval", EvalSpec(models=[n.output], **ev), "", h, [n.stage],
+                              info={"of": n.stage}))
+    _look_up(nodes)
+    return Plan(recipe, nodes)
+
+
+def _look_up(nodes: list[Node]) -> None:
+    """Mark what is already made (reuse) or already queued (in-flight: wait for that job, do not queue twice)."""
+    status = {}
+    with db.session() as s:
+        for n in nodes:
+            if n.status == "given":
+                status[n.stage] = n.status
+                continue
+            rows = s.exec(select(RecipeStage).where(RecipeStage.hash == n.hash).order_by(RecipeStage.id.desc())).all()
+            jobs = [s.get(Job, r.job_id) for r in rows if r.job_id]
+            done = next((j for j in jobs if j and j.status == "succeeded"), None)
+            live = next((j for j in jobs if j and j.status in ("queued", "running")), None)
+            upstream_runs = any(status.get(d) == "run" for d in n.deps)
+            if n.kind == "synth-math":
+                made = s.exec(select(DatasetRecord).where(DatasetRecord.name == f"{n.output}-instruct")).first()
+            elif n.kind == "eval":
+                made = done is not None
+            else:
+                rec = registry.get(n.output)
+                made = rec is not None and Path(rec.path, "config.json").exists()
+            if made and not (n.kind == "eval" and upstream_runs):
+                n.status, n.job_id = "reuse", done.id if done else None
+            elif live is not None:
+                n.status, n.job_id = "in-flight", live.id
+            else:
+                n.status = "run"
+            status[n.stage] = n.status
+
+
+def submit(p: Plan, text: str = "") -> int:
+    """Queue the stages that must run, each needing the jobs of the stages it reads; record the run. Returns its
+    id. A stage that fails cancels what depends on it (the runner's dependency check), with the reason."""
+    with db.session() as s:
+        run = RecipeRun(name=p.recipe.name, text=text or p.recipe.to_yaml())
+        s.add(run)
+        s.commit()
+        s.refresh(run)
+        run_id = run.id
+    jobs: dict[str, int | None] = {}
+
+    def needs_of(n: Node) -> list[int]:
+        return [jobs[d] for d in n.deps if jobs.get(d) and p.node(d).status in ("run", "in-flight")]
+
+    # One evaluation job for every model that needs one: each job pays a process start and imports (about 10 s
+    # on a busy CPU), which dominates a small model's evaluation. Rows stay per model, so reuse stays per model.
+    evals = [n for n in p.nodes if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
+    for n in p.nodes:
+        if n.status == "run" and n.spec is not None and n not in evals:
+            n.job_id = runner.submit(n.spec, needs=needs_of(n)).id
+        jobs[n.stage] = n.job_id
+    if evals:
+        spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models]})
+        job_id = runner.submit(spec, needs=sorted({j for n in evals for j in needs_of(n)})).id
+        for n in evals:
+            n.job_id = jobs[n.stage] = job_id
+    for n in p.nodes:
+        with db.session() as s:
+            s.add(RecipeStage(run_id=run_id, recipe=p.recipe.name, stage=n.stage, kind=n.kind, output=n.output,
+                              hash=n.hash, job_id=n.job_id, reused=n.status in ("reuse", "given"),
+                              info={**n.info, "deps": n.deps, "depth": n.depth, "status": n.status}))
+            s.commit()
+    return run_id
+
+
+def plan_text(text: str) -> list[Plan]:
+    from backend.recipe.spec import load_recipe
+
+    return [plan(r) for r in expand_runs(load_recipe(text))]
+
+
+def run_recipe(text: str, *, queue: bool = True) -> list[int]:
+    """Plan every run of the recipe (all are checked before any is queued), submit them; without `queue`, run the
+    worker here until nothing runnable is left."""
+    plans = plan_text(text)
+    ids = [submit(p, text) for p in plans]
+    if not queue:
+        runner.worker(once=True)
+    return ids
+
+
+def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
+    with db.session() as s:
+        rows = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id).order_by(RecipeStage.id)).all()
+        return [(r, s.get(Job, r.job_id) if r.job_id else None) for r in rows]
+
+
+def runs(limit: int = 50) -> list[RecipeRun]:
+    with db.session() as s:
+        return list(s.exec(select(RecipeRun).order_by(RecipeRun.id.desc()).limit(limit)))
+
+
+def cancel_run(run_id: int) -> list[int]:
+    """Cancel every queued or running job this run started (reused jobs belong to earlier runs and stay)."""
+    done: list[int] = []
+    for row, job in stages(run_id):  # the evaluation rows share one job: cancel it once
+        if job is not None and not row.reused and job.status in ("queued", "running") and job.id not in done:
+            runner.cancel(job.id)
+            done.append(job.id)
+    return done

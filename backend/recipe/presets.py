@@ -1,0 +1,123 @@
+"""Built-in recipes: `python -m backend recipe new PRESET [--base NAME] [--m M] > FILE`.
+
+- smoke: seconds on a tiny model folder (--base); the tests run it.
+- solar-mini: the paper's experiment shrunk to the built-in SmolLM2-135M-Instruct on a CPU: DUS m=8, continued
+  pretraining, SFT v1–v4 (Table 3), DPO v1–v3 (Tables 4–5), two candidates and four merges (Tables 6–7).
+- solar-10.7b: the paper's own: Mistral-7B-v0.1, m=8, the public data sets; for an online GPU machine.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from backend.recipe.spec import RecipeError
+
+PRESETS = ("smoke", "solar-mini", "solar-10.7b")
+
+
+def _d(*sources: str) -> list[dict]:
+    out = []
+    for s in sources:
+        src, _, w = s.partition("@")
+        out.append({"source": src, **({"weight": float(w)} if w else {})})
+    return out
+
+
+def _smoke(base: str, m: int) -> dict:
+    tiny = dict(max_steps=2, save_steps=2, eval_fraction=0.0, max_length=32, max_rows=8, batch_size=2)
+    return {
+        "kind": "recipe", "name": "smoke", "description": "two SFT mixes on a tiny up-scaled model, merged",
+        "base": base, "upscale": {"method": "dus", "m": m},
+        "stages": [
+            {"name": "sft-a", "kind": "sft", "model": "upscaled", "data": _d("builtin:alpaca-mini"),
+             "label": "SFT v1", **tiny},
+            {"name": "sft-b", "kind": "sft", "model": "upscaled", "data": _d("builtin:alpaca-mini",
+                                                                            "builtin:orca-mini"),
+             "label": "SFT v2", **tiny},
+            {"name": "avg", "kind": "merge", "models": ["sft-a", "sft-b"], "method": "average",
+             "weights": [0.5, 0.5], "label": "Average (0.5, 0.5)", "tables": ["merge"]},
+        ],
+        "eval": {"tasks": ["perplexity"], "limit": 4},
+    }
+
+
+def _solar(base: str, m: int, *, mini: bool) -> dict:
+    """Both SOLAR presets share the paper's stage graph; only the model, data and sizes differ."""
+    if mini:
+        alpaca, orca, prefs, corpus = "builtin:alpaca-mini", "builtin:orca-mini", "builtin:prefs-mini", \
+            "builtin:facts-corpus"
+        # sized for a 2-core CPU (SFT ~6 s/step, DPO ~15 s/step on the 44-layer model)
+        cpt = dict(max_steps=20, max_length=128, batch_size=2, eval_steps=10, save_steps=20, max_rows=400)
+        sft = dict(max_steps=12, max_length=128, batch_size=2, eval_fraction=0.0, save_steps=12, max_rows=200)
+        dpo = dict(max_steps=6, max_length=128, batch_size=2, eval_fraction=0.0, save_steps=6, max_rows=100)
+        synth = {"num_seeds": 120, "rephraser": "rules"}
+        ev = {"tasks": ["perplexity", "synth-math"], "limit": 12, "max_new_tokens": 48}
+    else:
+        alpaca, orca = "vicgalle/alpaca-gpt4", "Open-Orca/OpenOrca"
+        prefs, corpus = "argilla/ultrafeedback-binarized-preferences-cleaned", "HuggingFaceFW/fineweb-edu"
+        cpt = dict(max_steps=2000, max_length=4096, batch_size=8, grad_accum=8, gradient_checkpointing=True,
+                   eval_steps=200, save_steps=200)
+        sft = dict(max_steps=1500, max_length=4096, batch_size=8, grad_accum=4, gradient_checkpointing=True,
+                   save_steps=250)
+        dpo = dict(max_steps=600, max_length=2048, batch_size=4, grad_accum=8, gradient_checkpointing=True,
+                   save_steps=100)
+        synth = {"num_seeds": 20000, "rephraser": "rules"}  # model:NAME or openai:URL for an LLM rephraser
+        ev = {"tasks": ["lm-eval:arc_challenge", "lm-eval:hellaswag", "lm-eval:mmlu", "lm-eval:truthfulqa_mc2",
+                        "lm-eval:winogrande", "lm-eval:gsm8k"], "limit": 1000, "device": "cuda"}
+    math_i, math_a = "stage:math/instruct", "stage:math/alignment"
+    return {
+        "kind": "recipe", "name": "solar-mini" if mini else "solar-10.7b",
+        "description": "SOLAR 10.7B (arXiv 2312.15166): DUS, continued pretraining, SFT v1–v4, DPO v1–v3, "
+                       "candidates and merges, every model evaluated alike",
+        "base": base, "upscale": {"method": "dus", "m": m},
+        "stages": [
+            {"name": "cpt", "kind": "cpt", "model": "upscaled", "data": _d(corpus), **cpt},
+            {"name": "math", "kind": "synth-math", **synth},
+            # Table 3: which data each SFT version used
+            {"name": "sft-v1", "kind": "sft", "model": "cpt", "data": _d(alpaca), "label": "SFT v1", **sft},
+            {"name": "sft-v2", "kind": "sft", "model": "cpt", "data": _d(alpaca, orca), "label": "SFT v2", **sft},
+            {"name": "sft-v3", "kind": "sft", "model": "cpt", "data": _d(alpaca, orca, math_i), "label": "SFT v3",
+             **sft},
+            {"name": "sft-v4", "kind": "sft", "model": "cpt", "data": _d(alpaca, math_i), "label": "SFT v4", **sft},
+            {"name": "sft-v3v4", "kind": "merge", "models": ["sft-v3", "sft-v4"], "method": "average",
+             "label": "SFT v3+v4", "tables": ["sft"]},
+            # Table 4: DPO data on SFT v3; Table 5: the SFT base under the same DPO data
+            {"name": "dpo-v1", "kind": "dpo", "model": "sft-v3", "data": _d(prefs), "label": "DPO v1", **dpo},
+            {"name": "dpo-v2", "kind": "dpo", "model": "sft-v3", "data": _d(prefs, math_a), "label": "DPO v2",
+             **dpo},
+            {"name": "dpo-v1v2", "kind": "merge", "models": ["dpo-v1", "dpo-v2"], "method": "average",
+             "label": "DPO v1+v2", "tables": ["dpo"]},
+            {"name": "dpo-v3", "kind": "dpo", "model": "sft-v3v4", "data": _d(prefs, math_a), "label": "DPO v3",
+             **dpo},
+            # Tables 6–7: two candidates from different DPO settings, merged four ways
+            {"name": "cand1", "kind": "dpo", "model": "sft-v3v4", "data": _d(prefs, math_a), "seed": 1,
+             "beta": 0.2, "label": "Cand. 1", "tables": ["merge"], **dpo},
+            {"name": "cand2", "kind": "dpo", "model": "sft-v3v4", "data": _d(prefs), "seed": 2,
+             "label": "Cand. 2", "tables": ["merge"], **dpo},
+            {"name": "avg-55", "kind": "merge", "models": ["cand1", "cand2"], "method": "average",
+             "weights": [0.5, 0.5], "label": "Average (0.5, 0.5)"},
+            {"name": "avg-46", "kind": "merge", "models": ["cand1", "cand2"], "method": "average",
+             "weights": [0.4, 0.6], "label": "Average (0.4, 0.6)"},
+            {"name": "avg-64", "kind": "merge", "models": ["cand1", "cand2"], "method": "average",
+             "weights": [0.6, 0.4], "label": "Average (0.6, 0.4)"},
+            {"name": "slerp", "kind": "merge", "models": ["cand1", "cand2"], "method": "slerp", "t": 0.5,
+             "label": "SLERP"},
+        ],
+        "eval": ev,
+    }
+
+
+def preset(name: str, base: str | None = None, m: int | None = None) -> str:
+    """The preset's YAML (a file to edit and run)."""
+    if name == "smoke":
+        if not base:
+            raise RecipeError("preset smoke: give --base, a small model folder or registered name (the tests use "
+                              "a tiny random Llama).")
+        data = _smoke(base, m or 2)
+    elif name == "solar-mini":
+        data = _solar(base or "SmolLM2-135M-Instruct", m or 8, mini=True)
+    elif name == "solar-10.7b":
+        data = _solar(base or "mistralai/Mistral-7B-v0.1", m or 8, mini=False)
+    else:
+        raise RecipeError(f"preset {name!r} is unknown; choose one of: {', '.join(PRESETS)}.")
+    return yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)

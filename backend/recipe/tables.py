@@ -1,0 +1,264 @@
+"""A recipe run read back: the SOLAR paper's tables (arXiv 2312.15166, Tables 3–7) filled from the stored
+evaluation rows of this run's models, with the paper's published H6 averages beside them; Markdown / CSV / LaTeX
+export; merge surfaces of swept merges; run comparison (config differences); the lineage graph.
+
+Pure functions take plain rows, so tests change a stored row and see the table change; `run_*` read the database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import select
+
+from storage import db
+from storage.models import EvalScore, JobMetric
+
+# The paper's H6 averages (ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K), by row label.
+PAPER_H6 = {"SFT v1": 69.15, "SFT v2": 69.21, "SFT v3": 70.03, "SFT v4": 70.88, "SFT v3+v4": 71.11,
+            "DPO v1": 73.06, "DPO v2": 73.42, "DPO v1+v2": 73.21, "DPO v3": 73.58,
+            "Cand. 1": 73.73, "Cand. 2": 73.28, "Average (0.5, 0.5)": 74.00, "Average (0.4, 0.6)": 73.93,
+            "Average (0.6, 0.4)": 74.05, "SLERP": 73.96}
+TITLES = {"sft": "Table 3 — SFT data ablation", "dpo": "Tables 4–5 — DPO data and SFT base",
+          "merge": "Tables 6–7 — merge candidates and methods", "all": "Every model of the run"}
+LOWER_IS_BETTER = ("perplexity", "hallucination", "loss")
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+
+def source_label(src: str) -> str:
+    if src.startswith("stage:"):
+        return "Synth. Math-Instruct" if src.endswith("/instruct") else "Synth. Math-Alignment"
+    return src.split(":", 1)[-1] if src.startswith(("builtin:", "dataset:", "mix:")) else src
+
+
+def latest_scores(models: list[str]) -> dict[str, dict[str, float]]:
+    """model -> {"task metric": value}, the newest row of each."""
+    out: dict[str, dict[str, float]] = {m: {} for m in models}
+    with db.session() as s:
+        rows = s.exec(select(EvalScore).where(EvalScore.model.in_(models)).order_by(EvalScore.id)).all()
+    for r in rows:
+        out[r.model][f"{r.task} {r.metric}"] = r.value
+    return out
+
+
+def _made_from(st: dict) -> str:
+    merge = st.get("merge") or {}
+    if merge:
+        how = merge.get("method", "average")
+        if how == "slerp":
+            how += f" t={merge.get('t', 0.5)}"
+        elif merge.get("weights"):
+            how += "(" + ", ".join(f"{w:g}" for w in merge["weights"]) + ")"
+        return f"{how} of {', '.join(st.get('from', []))}"
+    return ", ".join(st.get("from", []))
+
+
+def build_tables(stages: list[dict], scores: dict[str, dict[str, float]]) -> list[Table]:
+    """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info). One table per
+    paper table that has rows, plus every model; metric columns are the evaluation rows found."""
+    metrics = sorted({k for st in stages for k in scores.get(st["output"], {})})
+    tables = []
+    for key in ("sft", "dpo", "merge", "all"):
+        rows = [st for st in stages if (key in (st.get("tables") or [])) or
+                (key == "all" and st["output"] and st["kind"] != "synth-math")]  # models only
+        if not rows:
+            continue
+        sources = [] if key in ("merge", "all") else \
+            list(dict.fromkeys(source_label(s) for st in rows for s in st.get("sources") or []))
+        cols = ["Model", "Stage", "Made from", *sources, *metrics, "Paper H6"]
+        table = Table(key, TITLES[key], cols)
+        for st in rows:
+            used = {source_label(s) for s in st.get("sources") or []}
+            vals = scores.get(st["output"], {})
+            table.rows.append([st.get("label") or st["stage"], st["stage"], _made_from(st),
+                               *["✓" if s in used else "" for s in sources],
+                               *[vals.get(m) for m in metrics], PAPER_H6.get(st.get("label") or "")])
+        tables.append(table)
+    return tables
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(t: Table) -> str:
+    lines = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(t.columns)
+    w.writerows([["" if v is None else v for v in row] for row in t.rows])
+    return buf.getvalue()
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "✓": r"\checkmark", "—": "---",
+        "–": "--"}
+
+
+def _tex(v: Any) -> str:
+    return "".join(_TEX.get(c, c) for c in _cell(v))
+
+
+def to_latex(t: Table) -> str:
+    spec = "l" * 3 + "c" * (len(t.columns) - 3)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(t.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
+             r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in t.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+EXPORTS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
+
+
+def stage_dicts(run_id: int) -> list[dict]:
+    from backend.recipe.plan import stages
+
+    return [{"stage": r.stage, "kind": r.kind, "output": r.output, "hash": r.hash, "job_id": r.job_id,
+             "status": job.status if job else r.info.get("status", ""), **r.info}
+            for r, job in stages(run_id) if r.kind != "eval"]
+
+
+def run_tables_from(stages: list[dict]) -> list[Table]:
+    return build_tables(stages, latest_scores([s["output"] for s in stages if s["output"]]))
+
+
+def run_tables(run_id: int) -> list[Table]:
+    return run_tables_from(stage_dicts(run_id))
+
+
+# ---------------------------------------------------------------- merge surface
+
+def merge_surface(points: list[tuple[float, float]], first: float | None, second: float | None, field: str,
+                  higher_is_better: bool = True) -> dict:
+    """Score against the merge weight of the first candidate (Average: weights [w, 1−w], so w=1 is the first
+    model) or against SLERP's t (t=0 is the first model). The candidates' own scores are the ends."""
+    pts = sorted(points)
+    ends = [(1.0, first), (0.0, second)] if field == "weight" else [(0.0, first), (1.0, second)]
+    ends = [(x, y) for x, y in ends if y is not None]
+    pick = max if higher_is_better else min
+    best = pick(pts, key=lambda p: p[1]) if pts else None
+    cands = [y for _, y in ends]
+    return {"field": field, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "ends": ends, "best": best,
+            "beats_candidates": bool(best and cands and (best[1] > max(cands) if higher_is_better
+                                                         else best[1] < min(cands)))}
+
+
+def run_surfaces(run_id: int, metric: str) -> list[dict]:
+    """One surface per swept merge stage of the run, on the metric "task metric"."""
+    st = stage_dicts(run_id)
+    by_stage = {s["stage"]: s for s in st}
+    groups: dict[str, list[dict]] = {}
+    for s in st:
+        if s.get("sweep_of") and s["kind"] == "merge":
+            groups.setdefault(s["sweep_of"]["group"], []).append(s)
+    scores = latest_scores([s["output"] for s in st if s["output"]])
+    out = []
+    for group, members in groups.items():
+        field = "t" if "t" in members[0]["sweep_of"] else "weight"
+        pts = [(float(m["sweep_of"][field]), scores[m["output"]][metric]) for m in members
+               if metric in scores.get(m["output"], {})]
+        cands = [by_stage[c]["output"] if c in by_stage else c for c in members[0].get("from", [])[:2]]
+        first, second = (scores.get(c, {}).get(metric) for c in (cands + [None, None])[:2])
+        out.append({"group": group, "candidates": cands,
+                    **merge_surface(pts, first, second, field, not any(w in metric for w in LOWER_IS_BETTER))})
+    return out
+
+
+# ---------------------------------------------------------------- comparing runs
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: d}
+
+
+def config_diff(configs: dict[str, dict]) -> list[tuple[str, dict[str, Any]]]:
+    """Only the fields whose values differ between the configs (a field one lacks counts as None), as H2O LLM
+    Studio's experiment comparison shows them."""
+    flat = {label: flatten(c) for label, c in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    return [(k, {label: f.get(k) for label, f in flat.items()}) for k in keys
+            if len({repr(f.get(k)) for f in flat.values()}) > 1]
+
+
+def curves(job_ids: list[int], metric: str) -> dict[int, list[tuple[int, float]]]:
+    with db.session() as s:
+        rows = s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids), JobMetric.name == metric)
+                      .order_by(JobMetric.step)).all()
+    out: dict[int, list[tuple[int, float]]] = {j: [] for j in job_ids}
+    for r in rows:
+        out[r.job_id].append((r.step, r.value))
+    return out
+
+
+def recovery_points(job_id: int) -> tuple[list[tuple[int, float]], float | None]:
+    """The recovery view's data (Monitor): held-out loss of the up-scaled model by step, and its base's loss."""
+    pts = curves([job_id], "eval_loss")[job_id]
+    ref = curves([job_id], "reference_eval_loss")[job_id]
+    return pts, (ref[-1][1] if ref else None)
+
+
+# ---------------------------------------------------------------- the graph
+
+COLOURS = {"succeeded": "#9be39b", "reuse": "#c9e7f7", "given": "#e8e8e8", "running": "#ffd966",
+           "queued": "#f2f2f2", "failed": "#f4a3a3", "cancelled": "#d9b3ff", "interrupted": "#f9cb9c",
+           "run": "#f2f2f2", "in-flight": "#ffd966"}
+
+
+def graph_dot(stages: list[dict], with_data: bool = True) -> str:
+    """Graphviz DOT: models/jobs as boxes coloured by status, data sets (with their fingerprints) as notes."""
+    def q(s: str) -> str:
+        return '"' + str(s).replace('"', r'\"') + '"'
+
+    lines = ["digraph recipe {", "rankdir=LR;", 'node [shape=box, style="rounded,filled", fontsize=10];']
+    for s in stages:
+        status = s.get("status", "")
+        status = "reuse" if status != "given" and (s.get("reused") or status == "reuse") else status
+        label = f"{s['stage']}\\n{s['kind']} · {status}" + (f"\\n{s['label']}" if s.get("label") else "")
+        lines.append(f"{q(s['stage'])} [label={q(label)}, fillcolor={q(COLOURS.get(status, '#ffffff'))}, "
+                     f"tooltip={q(s.get('output', ''))}];")
+        for d in s.get("deps") or []:
+            lines.append(f"{q(d)} -> {q(s['stage'])};")
+        if with_data:
+            for src, fp in (s.get("data") or {}).items():
+                node = f"data:{src}"
+                lines.append(f"{q(node)} [shape=note, fillcolor=\"#fff8dc\", label={q(source_label(src))}, "
+                             f"tooltip={q('fingerprint ' + str(fp)[:12])}];")
+                lines.append(f"{q(node)} -> {q(s['stage'])} [style=dashed, label={q(str(fp)[:8])}, fontsize=8];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def run_graph(run_id: int) -> str:
+    from backend.recipe.plan import stages
+
+    rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused,
+             "status": job.status if (job and not r.reused) else r.info.get("status", ""), **{
+                 k: v for k, v in r.info.items() if k != "status"}} for r, job in stages(run_id) if r.kind != "eval"]
+    return graph_dot(rows)

@@ -1,0 +1,165 @@
+"""Recipe page: the SOLAR experiment as one YAML file — load a preset or a file, edit, plan, run, cancel; the stage
+graph coloured by job status (live); the paper's tables from this run's evaluations; merge surfaces; the recovery
+curve; runs compared. Planning, running and the tables are backend/recipe; this page lays them out."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from backend import recipe, runner
+from backend.recipe import tables
+from backend.specs import TRAIN_KINDS
+from pages.common import via_app, worker_banner
+from pages.figures import PALETTE, metric_figure, recovery_figure
+
+via_app(__file__)
+st.title("Recipe")
+st.caption("The whole SOLAR experiment (arXiv 2312.15166) as one YAML file: the base, the up-scaling, every "
+           "training and merge stage by name, one evaluation applied to every model, a budget. Unchanged stages "
+           "are reused; a changed stage reruns with everything downstream.")
+worker_banner()
+
+# ---------------------------------------------------------------- the recipe text
+c1, c2, c3 = st.columns([2, 2, 1])
+preset_name = c1.selectbox("Preset", recipe.PRESETS, index=1, key="recipe_preset")
+base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
+if c3.button("Load preset", key="recipe_load"):
+    try:
+        st.session_state["recipe_yaml"] = recipe.preset(preset_name, base or None)
+    except recipe.RecipeError as exc:
+        st.error(str(exc))
+upload = st.file_uploader("Or open a recipe file", type=["yaml", "yml"], key="recipe_upload")
+if upload is not None and st.session_state.get("_recipe_uploaded") != upload.file_id:
+    st.session_state["_recipe_uploaded"] = upload.file_id
+    st.session_state["recipe_yaml"] = upload.getvalue().decode()
+if "recipe_yaml" not in st.session_state:
+    st.session_state["recipe_yaml"] = recipe.preset("solar-mini")
+text = st.text_area("Recipe (YAML)", key="recipe_yaml", height=300)
+st.download_button("Save as YAML", text, file_name="recipe.yaml", key="recipe_save")
+
+b1, b2, b3 = st.columns(3)
+plans = None
+if b1.button("Plan", key="recipe_plan", type="secondary"):
+    try:
+        plans = recipe.plan_text(text)
+    except (recipe.RecipeError, ValueError) as exc:
+        st.error(f"Not planned: {exc}")
+if b2.button("Run", key="recipe_run", type="primary"):
+    try:
+        ids = recipe.run_recipe(text, queue=True)
+        st.session_state["recipe_run_id"] = ids[-1]
+        st.success(f"Submitted recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}; the worker "
+                   "runs the stages in dependency order.")
+    except (recipe.RecipeError, ValueError) as exc:
+        st.error(f"Not run: {exc}")
+if plans:
+    for p in plans:
+        st.subheader(f"Plan: {p.recipe.name}")
+        st.caption(p.lines()[0])
+        st.dataframe(pd.DataFrame([{"stage": n.stage, "kind": n.kind, "status": n.status, "hash": n.hash[:8],
+                                    "model": n.output, "needs": ", ".join(n.deps), "layers": n.depth}
+                                   for n in p.nodes]), hide_index=True, key=f"plan_{p.recipe.name}")
+        st.graphviz_chart(tables.graph_dot([{"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps,
+                                             "label": n.info.get("label", ""), "data": n.info.get("data", {})}
+                                            for n in p.nodes if n.kind != "eval"]))
+
+# ---------------------------------------------------------------- a run: live graph and status
+runs = recipe.runs()
+if not runs:
+    st.info("No recipe has run yet: plan and run one above (or `python -m backend recipe run FILE`).")
+    st.stop()
+labels = {r.id: f"run {r.id} · {r.name} · {r.created:%Y-%m-%d %H:%M}" for r in runs}
+default = st.session_state.get("recipe_run_id", runs[0].id)
+run_id = st.selectbox("Run", list(labels), index=list(labels).index(default) if default in labels else 0,
+                      format_func=labels.get, key="recipe_run_pick")
+if b3.button("Cancel run", key="recipe_cancel"):
+    st.warning(f"Cancelled jobs: {recipe.cancel_run(run_id) or 'none were still waiting or running'}")
+
+
+@st.fragment(run_every=2.0)
+def live(run_id: int) -> None:
+    rows = recipe.stages(run_id)
+    st.graphviz_chart(tables.run_graph(run_id))
+    def state(r, j) -> str:
+        return "given" if r.info.get("status") == "given" else "reused" if r.reused else (j.status if j else "")
+
+    st.dataframe(pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": state(r, j), "job": r.job_id,
+                                "model": r.output, "message": (j.message if j else "")[:80]} for r, j in rows]),
+                 hide_index=True, key="recipe_stages")
+
+
+live(run_id)
+
+# ---------------------------------------------------------------- read-backs
+t_tables, t_surface, t_recovery, t_compare = st.tabs(["Paper tables", "Merge surface", "Recovery", "Compare runs"])
+with t_tables:
+    st.caption("Filled from the stored evaluation rows of this run's models; 'Paper H6' is the paper's published "
+               "average (ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K) for the row it mirrors — a "
+               "reference, not this run's number.")
+    for t in tables.run_tables(run_id):
+        st.markdown(f"**{t.title}**")
+        st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}")
+        cols = st.columns(3)
+        for col, (ext, fn) in zip(cols, tables.EXPORTS.items()):
+            col.download_button(f"{t.key}.{ext}", fn(t), file_name=f"run{run_id}-{t.key}.{ext}",
+                                key=f"dl_{t.key}_{ext}")
+
+with t_surface:
+    scores = tables.latest_scores([s["output"] for s in tables.stage_dicts(run_id) if s["output"]])
+    metrics = sorted({k for v in scores.values() for k in v})
+    if not metrics:
+        st.caption("No evaluation rows yet.")
+    else:
+        metric = st.selectbox("Metric", metrics, key="surface_metric")
+        surfaces = tables.run_surfaces(run_id, metric)
+        if not surfaces:
+            st.caption("No swept merge in this run: give a merge stage `weights: '0.0..1.0 step 0.1'` or "
+                       "`sweep: {t: [0, 0.25, 0.5, 0.75, 1]}`.")
+        for s in surfaces:
+            fig = go.Figure(go.Scatter(x=s["x"], y=s["y"], mode="lines+markers", name=s["group"],
+                                       line_color=PALETTE[1]))
+            if s["ends"]:
+                fig.add_trace(go.Scatter(x=[x for x, _ in s["ends"]], y=[y for _, y in s["ends"]], mode="markers",
+                                         marker=dict(size=12, symbol="diamond", color=PALETTE[0]),
+                                         name="candidates", text=s["candidates"]))
+            fig.update_layout(title=f"{s['group']}: {metric} against "
+                                    f"{'t' if s['field'] == 't' else 'the first candidate weight'}",
+                              xaxis_title=s["field"], yaxis_title=metric, height=360)
+            st.plotly_chart(fig, key=f"surface_{s['group']}")
+
+with t_recovery:
+    cpt = [(r, j) for r, j in recipe.stages(run_id) if r.kind == "cpt" and r.job_id]
+    for r, j in cpt:
+        pts, ref = tables.recovery_points(r.job_id)
+        if pts and ref is not None:
+            st.plotly_chart(recovery_figure(pts, ref, r.stage, "base model"), key=f"recovery_{r.job_id}")
+        else:
+            st.caption(f"{r.stage}: no held-out losses logged yet (job {r.job_id}).")
+    if not cpt:
+        st.caption("No continued-pretraining stage in this run.")
+
+with t_compare:
+    jobs = [j for j in runner.list_jobs(300) if j.kind in TRAIN_KINDS]
+    picked = st.multiselect("Jobs", [j.id for j in jobs], format_func=lambda i: next(
+        f"{j.id} · {j.kind} · {j.spec.get('name')}" for j in jobs if j.id == i), key="compare_jobs")
+    picked_runs = st.multiselect("Or recipe runs", list(labels), format_func=labels.get, key="compare_runs")
+    if picked:
+        names = {j.id: f"{j.id} · {j.spec.get('name')}" for j in jobs}
+        logged = sorted({m.name for m in runner.metrics(picked)})
+        metric = st.selectbox("Metric", logged, index=logged.index("loss") if "loss" in logged else 0,
+                              key="compare_metric") if logged else None
+        if metric:
+            st.plotly_chart(metric_figure({names[i]: pts for i, pts in tables.curves(picked, metric).items()},
+                                          metric), key="compare_curves")
+        diff = tables.config_diff({names[j.id]: j.spec for j in jobs if j.id in picked})
+        st.dataframe(pd.DataFrame([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in diff]),
+                     hide_index=True, key="compare_diff")
+    if len(picked_runs) > 1:
+        import yaml
+
+        texts = {labels[r.id]: yaml.safe_load(r.text) for r in runs if r.id in picked_runs}
+        diff = tables.config_diff(texts)
+        st.dataframe(pd.DataFrame([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in diff]),
+                     hide_index=True, key="compare_run_diff")
