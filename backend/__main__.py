@@ -7,12 +7,15 @@
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
     python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] …
-    python -m backend merge --method average|slerp|task_arithmetic|ties|dare --models A B [--weights 0.5 0.5]
-                            [--t 0.5 | --t 0 0.5 1] [--base BASE] --out PATH
-    python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math mc:FILE gsm8k:FILE [--limit N]
+    python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
+                            [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
+    python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
     python -m backend run SPEC.yaml [--queue]
+    python -m backend recipe new smoke|solar-mini|solar-10.7b [--base B] [--m M] > R.yaml
+    python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
     python -m backend worker
     python -m backend jobs list | cancel ID | resume ID
+    python -m backend auth hash | check [--address 0.0.0.0]
 
 Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
 """
@@ -75,7 +78,8 @@ def _source(text: str) -> DataSource:
     try:
         return DataSource(source=source, weight=float(weight))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--data {text!r}: use SOURCE or SOURCE@WEIGHT, e.g. data.jsonl@0.5")
+        raise argparse.ArgumentTypeError(f"--data {text!r}: use SOURCE or SOURCE@WEIGHT with a positive weight, "
+                                         "e.g. data.jsonl@0.5")
 
 
 def cmd_train(a) -> None:
@@ -118,15 +122,16 @@ def cmd_datasets(a) -> None:
 
 def cmd_merge(a) -> None:
     t = a.t[0] if a.t and len(a.t) == 1 else (a.t or 0.5)
-    spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=not a.no_normalize, t=t,
-                     base=a.base, density=a.density, seed=a.seed, dtype=a.dtype, name=a.name, out=a.out,
-                     shard_size=a.shard_size)
+    spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=a.normalize,
+                     rescale=a.rescale, t=t, base=a.base, density=a.density, seed=a.seed, dtype=a.dtype, name=a.name,
+                     out=a.out, shard_size=a.shard_size, **{"lambda": a.lam})
     _run_or_queue(spec, a)
 
 
 def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
-                    samples=a.samples)
+                    samples=a.samples, device=a.device, batch_size=a.batch_size,
+                    overlap_threshold=a.overlap_threshold, judge_url=a.judge_url, judge_model=a.judge_model)
     _run_or_queue(spec, a)
     if not (a.queue or a.after):
         from sqlmodel import select
@@ -136,13 +141,65 @@ def cmd_eval(a) -> None:
 
         with db.session() as s:
             rows = s.exec(select(EvalScore).where(EvalScore.model.in_(a.models)).order_by(EvalScore.id.desc())
-                          .limit(len(a.models) * len(a.tasks) * 4)).all()
+                          .limit(len(a.models) * len(a.tasks) * 16)).all()
         for r in sorted(rows, key=lambda r: (r.model, r.task, r.metric)):
-            print(f"{r.model:40} {r.task:28} {r.metric:20} {r.value:10.4f}  (n={r.n})")
+            over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
+            print(f"{r.model:40} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
 
 
 def cmd_run(a) -> None:
+    if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
+        return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue or bool(a.after)))
     _run_or_queue(load_spec(a.spec), a)
+
+
+def _is_recipe(path: str) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == "recipe"
+
+
+def cmd_recipe(a) -> None:
+    """`new PRESET` prints a recipe; `plan FILE` shows what would run and what is reused; `run FILE` submits the
+    stages as dependent jobs and (without --queue) runs them here; `tables RUN` prints the paper's tables."""
+    from backend import recipe
+
+    if a.action == "new":
+        print(recipe.preset(a.target, getattr(a, "base", None), getattr(a, "m", None)), end="")
+        return
+    if a.action == "tables":
+        from backend.recipe import tables
+
+        latest = recipe.runs(1)
+        if not a.target and not latest:
+            raise ValueError("no recipe has run yet: `recipe run FILE` first.")
+        run_id = int(a.target) if a.target else latest[0].id
+        for t in tables.run_tables(run_id):
+            print({"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}[a.format](t))
+        return
+    if a.action == "cancel":
+        print(f"cancelled jobs: {recipe.cancel_run(int(a.target)) or 'none'}")
+        return
+    with open(a.target) as f:
+        text = f.read()
+    plans = recipe.plan_text(text)
+    for p in plans:
+        print("\n".join(p.lines()))
+    if a.action == "run":
+        ids = [recipe.submit(p, text) for p in plans]
+        print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} submitted")
+        if not a.queue:
+            from backend import runner
+
+            runner.worker(once=True)
+            for run_id in ids:
+                for row, job in recipe.stages(run_id):
+                    state = "reused" if row.reused else (job.status if job else "-")
+                    print(f"  {row.stage:28} {state:10} {row.output} {job.message[:60] if job else ''}")
 
 
 def cmd_models(a) -> None:
@@ -160,8 +217,33 @@ def cmd_models(a) -> None:
         rec = registry.import_any(a.target, a.name, allow_pickle=a.allow_pickle, progress=_progress)
         print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":
-        registry.delete(a.target)
+        if not a.target:
+            raise ValueError("models delete needs a NAME.")
+        registry.delete(a.target, force=a.force)
         print(f"deleted {a.target}")
+
+
+def cmd_auth(a) -> None:
+    """`hash`: DUS_PASSWORD_HASH from DUS_PASSWORD, standard input, or a prompt; `check`: run.sh's start check."""
+    import getpass
+    import os
+
+    from backend import auth
+
+    if a.action == "check":
+        why = auth.problem(a.address, dict(os.environ), oidc=auth.oidc_in_files())
+        if why:
+            raise ValueError(why)
+        print(f"ok: {a.address} is loopback" if not auth.login_required(a.address) else "ok: login configured")
+        return
+    password = os.environ.get(auth.PASSWORD_ENV)
+    if password is None and not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ.")
+    print(auth.hash_password(password))
 
 
 def cmd_worker(a) -> None:
@@ -243,15 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(sm)
     sm.set_defaults(fn=cmd_synth)
 
-    mg = sub.add_parser("merge", help="merge candidates (average, SLERP, task arithmetic, TIES, DARE)")
+    mg = sub.add_parser("merge", help="merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, "
+                                      "TIES, DARE)")
     mg.add_argument("--models", nargs="+", required=True)
-    mg.add_argument("--method", default="average", choices=["average", "slerp", "task_arithmetic", "ties", "dare"])
-    mg.add_argument("--weights", nargs="+", type=float)
-    mg.add_argument("--no-normalize", action="store_true", help="average: use the weights as given")
+    mg.add_argument("--method", default="average", help="average (= linear), slerp, task_arithmetic, ties, "
+                    "dare_linear (alias dare), dare_ties")
+    mg.add_argument("--weights", nargs="+", type=float, help="one per model (default 1 each)")
+    mg.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="divide by the sum of the weights (default: mergekit's for the method: on for average and "
+                         "ties, off for task_arithmetic and dare)")
+    mg.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
+                    help="ties / dare: multiply what is kept by |delta|_1 / |kept|_1 (default: on for dare)")
+    mg.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scales the merged task vector")
     mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth")
     mg.add_argument("--base", help="task_arithmetic / ties / dare: the common base")
-    mg.add_argument("--density", type=float, default=0.5)
-    mg.add_argument("--seed", type=int, default=0)
+    mg.add_argument("--density", type=float, default=0.5, help="ties / dare: share of each task vector kept")
+    mg.add_argument("--seed", type=int, default=0, help="dare: seed of the drop mask")
     mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     mg.add_argument("--name")
     mg.add_argument("--out")
@@ -265,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=40)
     ev.add_argument("--max-new-tokens", type=int, default=96)
     ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--batch-size", type=int, help="generation batch (default: fitted to free GPU memory, 8 on CPU)")
+    ev.add_argument("--overlap-threshold", type=float, default=0.3,
+                    help="an item overlaps training data when this share of its 8-grams is in the lineage's data")
+    ev.add_argument("--judge-url", help="qa: grade replies with an OpenAI-compatible server (http://host:port/v1)")
+    ev.add_argument("--judge-model", help="qa: the model name the judge server serves")
     _job_options(ev)
     ev.set_defaults(fn=cmd_eval)
 
@@ -281,12 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
     _job_options(r, save_spec=False)
     r.set_defaults(fn=cmd_run)
 
+    rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, tables, cancel")
+    rc.add_argument("action", choices=["new", "plan", "run", "tables", "cancel"])
+    rc.add_argument("target", nargs="?", help="new: PRESET (smoke, solar-mini, solar-10.7b); plan/run: FILE; "
+                                              "tables/cancel: RUN id")
+    rc.add_argument("--base", help="new: the base model (smoke needs one)")
+    rc.add_argument("--m", type=int, help="new: layers removed from each copy")
+    rc.add_argument("--queue", action="store_true", help="run: leave the jobs to the worker")
+    rc.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="tables: output format")
+    rc.set_defaults(fn=cmd_recipe)
+
     m = sub.add_parser("models", help="list, import or delete registered models")
     m.add_argument("action", choices=["list", "import", "delete"])
     m.add_argument("target", nargs="?", help="import: builtin | FOLDER | FILE.gguf | owner/name; delete: NAME")
     m.add_argument("--name")
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
+    m.add_argument("--force", action="store_true", help="delete: also when other models were made from it")
     m.set_defaults(fn=cmd_models)
+
+    au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
+                                     "the dashboard')")
+    au.add_argument("action", choices=["hash", "check"])
+    au.add_argument("--address", default="127.0.0.1", help="check: the address the dashboard will listen on")
+    au.set_defaults(fn=cmd_auth)
 
     w = sub.add_parser("worker", help="run queued jobs")
     w.add_argument("--poll", type=float, default=1.0)

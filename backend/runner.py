@@ -59,13 +59,18 @@ def work_function(kind: str) -> Callable[..., dict]:
     raise ValueError(f"No runner for job kind {kind!r}.")
 
 
-def submit(spec: _Spec, after: int | None = None) -> Job:
-    """Queue a job; with `after`, it runs only once that job has succeeded (a CPT → SFT → DPO chain)."""
-    if after is not None and get(after) is None:
-        raise ValueError(f"No job {after} to wait for.")
+def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None) -> Job:
+    """Queue a job; with `after`, it runs only once that job has succeeded (a CPT → SFT → DPO chain); with
+    `needs`, once every one of those jobs has (a merge waits for both candidates)."""
+    needs = sorted(set(needs or []))
+    for dep in ([after] if after is not None else []) + needs:
+        if get(dep) is None:
+            raise ValueError(f"No job {dep} to wait for.")
+    waits = ([after] if after is not None else []) + needs
     with db.session() as s:
-        job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after,
-                  message=f"waiting for job {after}" if after else "waiting for the worker")
+        job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
+                  message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
+                  else "waiting for the worker")
         s.add(job)
         s.commit()
         s.refresh(job)
@@ -76,6 +81,7 @@ def submit(spec: _Spec, after: int | None = None) -> Job:
         return job
 
 
+@db.retrying  # a database server restart must not fail the worker loop or a job (storage/db.py)
 def get(job_id: int) -> Job | None:
     with db.session() as s:
         return s.get(Job, job_id)
@@ -102,6 +108,7 @@ def resume(job_id: int) -> Job:
     return get(job_id)
 
 
+@db.retrying
 def _update(job_id: int, **fields) -> None:
     with db.session() as s:
         job = s.get(Job, job_id)
@@ -111,14 +118,29 @@ def _update(job_id: int, **fields) -> None:
         s.commit()
 
 
+@db.retrying
+def _transition(job_id: int, from_status: str | tuple[str, ...], **fields) -> bool:
+    """Set `fields` only while the job is still in `from_status`: one conditional UPDATE, so of two racing final
+    transitions (cancel against success, a dead-child check against the child's own report) exactly one wins."""
+    from sqlalchemy import update
+
+    states = (from_status,) if isinstance(from_status, str) else from_status
+    with db.session() as s:
+        done = s.exec(update(Job).where(Job.id == job_id, Job.status.in_(states)).values(**fields))
+        s.commit()
+        return done.rowcount == 1
+
+
 def cancel(job_id: int) -> Job:
     job = get(job_id)
     if job is None:
         raise ValueError(f"No job {job_id}.")
-    if job.status == "queued":
-        _update(job_id, status="cancelled", finished=utcnow(), message="cancelled before it started")
-    elif job.status == "running":
-        _update(job_id, status="cancelled", finished=utcnow(), message="cancelled")
+    if job.status == "queued" and _transition(job_id, "queued", status="cancelled", finished=utcnow(),
+                                              message="cancelled before it started"):
+        return get(job_id)
+    job = get(job_id)  # a worker may have claimed it meanwhile
+    if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),
+                                               message="cancelled"):
         if job.pid:
             try:
                 os.killpg(job.pid, signal.SIGTERM)  # the child leads its own process group: its children go too
@@ -128,7 +150,7 @@ def cancel(job_id: int) -> Job:
                 os.killpg(job.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    return get(job_id)
+    return get(job_id)  # already finished (it won the race): its own final state stands
 
 
 # ---------------------------------------------------------------- the child: one job
@@ -138,30 +160,39 @@ def execute(job_id: int) -> int:
     job = get(job_id)
     if job is None or job.status not in ("queued", "running"):
         return 1
-    _update(job_id, status="running", started=utcnow(), pid=os.getpid(), message="starting")
+    if not _transition(job_id, ("queued", "running"), status="running", started=job.started or utcnow(),
+                       pid=os.getpid(), message="starting"):
+        return 1  # cancelled between the claim and this start
+    print(f"job {job_id} ({job.kind}) started in process {os.getpid()}", flush=True)  # one line per run
     os.environ["DUS_JOB_ID"] = str(job_id)  # training processes write metrics rows for this job
     _watch_parent()
     last = [0.0]
+    delay = float(os.environ.get("DUS_TEST_PROGRESS_DELAY", "0"))  # tests: slow a job down to kill it mid-way
 
     def progress(frac: float, message: str) -> None:
         print(f"[{frac:6.1%}] {message}", flush=True)
         now = time.monotonic()
         if now - last[0] > 0.5 or frac >= 1.0:
             last[0] = now
-            _update(job_id, progress=float(frac), message=message[:500])
+            _transition(job_id, "running", progress=float(frac), message=message[:500])
+        if delay and frac < 1.0:
+            time.sleep(delay)
 
     try:
         spec = spec_from_dict(job.spec)
         result = work_function(job.kind)(spec, None, progress)
     except Exception as exc:
         traceback.print_exc()
-        if get(job_id).status != "cancelled":
-            _update(job_id, status="failed", finished=utcnow(), error=str(exc) or type(exc).__name__,
+        _transition(job_id, "running", status="failed", finished=utcnow(), error=str(exc) or type(exc).__name__,
                     message="failed")
         return 1
-    _update(job_id, status="succeeded", finished=utcnow(), progress=1.0, result=result,
-            message="done: " + ", ".join(f"{k} {v}" for k, v in result.items()
-                                         if k not in ("path", "run_dir") and v is not None)[:400])
+    summary = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("path", "run_dir") and v is not None)
+    if not _transition(job_id, "running", status="succeeded", finished=utcnow(), progress=1.0, result=result,
+                       message=("done: " + summary)[:400]):
+        # cancelled (or marked dead) while the work was finishing: that state stands, but say what was made
+        _transition(job_id, ("cancelled", "failed", "interrupted"), result=result,
+                    message=f"{get(job_id).message}; the work had finished anyway: {summary}"[:500])
+        return 1
     return 0
 
 
@@ -196,6 +227,7 @@ def worker_alive() -> bool:
     return time.time() - info.get("time", 0) < 15
 
 
+@db.retrying
 def recover_orphans() -> list[int]:
     """Running jobs whose process is gone (worker or machine died) become interrupted."""
     orphans = []
@@ -214,14 +246,14 @@ def recover_orphans() -> list[int]:
                 except PermissionError:
                     alive = True
             if not alive:
-                job.status, job.finished = "interrupted", utcnow()
-                job.message = "interrupted: its process ended without finishing (worker or machine stopped)"
-                s.add(job)
                 orphans.append(job.id)
-        s.commit()
-    return orphans
+    # conditional, so a job that finished while we looked keeps the state its own process wrote
+    return [i for i in orphans if _transition(
+        i, "running", status="interrupted", finished=utcnow(),
+        message="interrupted: its process ended without finishing (worker or machine stopped)")]
 
 
+@db.retrying
 def _claim_next() -> Job | None:
     """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
     cancelled with the reason. The claim is a conditional update, so two workers never take the same job."""
@@ -229,16 +261,23 @@ def _claim_next() -> Job | None:
 
     with db.session() as s:
         for job in s.exec(select(Job).where(Job.status == "queued").order_by(Job.id)):
-            if job.after is not None:
-                dep = s.get(Job, job.after)
+            deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
+            blocked = waiting = False
+            for dep_id in deps:
+                dep = s.get(Job, dep_id)
                 if dep is None or dep.status in ("failed", "cancelled", "interrupted"):
                     job.status, job.finished = "cancelled", utcnow()
-                    job.message = f"not run: job {job.after} it waited for {dep.status if dep else 'is gone'}"
+                    job.message = f"not run: job {dep_id} it waited for {dep.status if dep else 'is gone'}"
                     s.add(job)
                     s.commit()
-                    continue
-                if dep.status != "succeeded":
-                    continue
+                    blocked = True
+                    break
+                waiting = waiting or dep.status != "succeeded"
+            if blocked or waiting:
+                continue
+            # Safe with workers on several machines: SQLite takes its write lock; PostgreSQL makes a second UPDATE
+            # of the row wait for the first, then re-checks status = 'queued' on the committed row (READ COMMITTED)
+            # and updates nothing. tests/test_postgres.py races two workers for 20 jobs on both.
             claimed = s.exec(update(Job).where(Job.id == job.id, Job.status == "queued")
                              .values(status="running", message="launching", started=utcnow()))
             s.commit()
@@ -246,6 +285,21 @@ def _claim_next() -> Job | None:
                 s.refresh(job)
                 return job
     return None
+
+
+@db.retrying
+def _busy() -> int:
+    with db.session() as s:
+        return len(s.exec(select(Job.id).where(Job.status == "running")).all())
+
+
+@db.retrying
+def _over_cap(job_id: int, slots: int) -> bool:
+    """Whether `job_id` is beyond the first `slots` running jobs in claim order (started, id). Every worker sees the
+    same order, so of claims that raced past the cap exactly the later ones give way, and no loop of give-backs."""
+    with db.session() as s:
+        order = s.exec(select(Job.id).where(Job.status == "running").order_by(Job.started, Job.id)).all()
+    return job_id in order[slots:]
 
 
 def start_child(job: Job) -> subprocess.Popen:
@@ -279,14 +333,23 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
         for job_id, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[job_id]
-                if get(job_id).status == "running":  # the child died without saying why (killed, out of memory)
-                    _update(job_id, status="failed", finished=utcnow(),
+                try:  # its own children (accelerate, the trainer) must not outlive a killed job process
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint
+                _transition(job_id, "running", status="failed", finished=utcnow(), message="failed",
                             error=f"the job process exited with code {proc.returncode} without finishing; see its "
-                                  "log")
+                                  "log" + ("; resume it to continue from its last checkpoint"
+                                           if get(job_id).kind in TRAIN_KINDS else ""))
         recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
-        with db.session() as s:  # slots count every running job, also those another worker started
-            busy = len(s.exec(select(Job.id).where(Job.status == "running")).all())
+        busy = _busy()  # slots count every running job, also those another worker started
         job = _claim_next() if not stop and busy < slots else None
+        if job is not None and _over_cap(job.id, slots):
+            # two workers counted the same free slot and both claimed: the later claim gives its job back
+            _transition(job.id, "running", status="queued", started=None, message="waiting for a free slot")
+            time.sleep(poll)
+            continue
         if job is not None:
             running[job.id] = start_child(job)
             continue

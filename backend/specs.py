@@ -11,8 +11,14 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backend.names import check_name, safe_name
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.I)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _valid_name(cls, v: str | None) -> str | None:
+    """Every spec's `name` field goes through the one check in backend/names.py (None: a default is derived)."""
+    return v if v is None else check_name(v)
 
 
 def parse_size(text: str) -> int:
@@ -27,7 +33,7 @@ class _Spec(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
-        return yaml.safe_dump({"kind": data.pop("kind"), **data}, sort_keys=False)
+        return yaml.safe_dump({"kind": data.pop("kind"), **data}, sort_keys=False, allow_unicode=True)
 
 
 class SliceRange(BaseModel):
@@ -49,13 +55,7 @@ class UpscaleSpec(_Spec):
     out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
     shard_size: str = Field("2GB", description="largest safetensors shard")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError(f"name {v!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting with "
-                             "a symbol).")
-        return v
+    _name = field_validator("name")(_valid_name)
 
     @field_validator("shard_size")
     @classmethod
@@ -82,7 +82,7 @@ class UpscaleSpec(_Spec):
         base = Path(self.base).name if "/" in self.base else self.base
         tag = {"dus": f"dus-m{self.m}", "llama-pro": f"pro-g{self.groups}",
                "slices": "slices-" + "_".join(f"{s.source}.{s.start}-{s.end}" for s in self.slices)}[self.method]
-        return f"{base}-{tag}"[:100]
+        return safe_name(f"{base}-{tag}")  # a folder or Hub-style base may hold any character
 
 
 class ImportSpec(_Spec):
@@ -98,7 +98,7 @@ class ImportSpec(_Spec):
             raise ValueError("give what to import: 'builtin', a folder, a .gguf file or a Hub id (owner/name).")
         return v.strip()
 
-    _name = field_validator("name")(UpscaleSpec._name.__func__)
+    _name = field_validator("name")(_valid_name)
 
 
 class DataSource(BaseModel):
@@ -122,7 +122,8 @@ class _TrainSpec(_Spec):
     eval_fraction: float = Field(0.1, ge=0, le=0.5, description="share of the data held out when no eval_data")
     reference_model: str | None = Field(None, description="also score this model on the held-out set (cpt: "
                                                            "defaults to the up-scaled model's parent)")
-    max_steps: int = Field(30, ge=1)
+    max_steps: int = Field(30, ge=1, le=10_000_000, description="optimizer steps (a typo like 10**12 would never "
+                                                                 "end: refused)")
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     batch_size: int = Field(2, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
@@ -137,12 +138,14 @@ class _TrainSpec(_Spec):
     seed: int = 0
     lora: LoraSpec | None = Field(None, description="train LoRA adapters (peft) and merge them; default full")
     gradient_checkpointing: bool = False
+    report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="also log to these trackers (trl's report_to); off by default")
     num_processes: int = Field(1, ge=1, description="accelerate launch --num_processes")
     accelerate_config: str | None = Field(None, description="your accelerate config file (DDP, FSDP, DeepSpeed)")
     name: str | None = Field(None, description="name to register; default derived from model and kind")
     out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
 
-    _name = field_validator("name")(UpscaleSpec._name.__func__)
+    _name = field_validator("name")(_valid_name)
 
     @field_validator("accelerate_config")
     @classmethod
@@ -153,7 +156,7 @@ class _TrainSpec(_Spec):
 
     def default_name(self) -> str:
         base = Path(self.model).name if "/" in self.model else self.model
-        return f"{base}-{self.kind}"[:100]
+        return safe_name(f"{base}-{self.kind}")
 
 
 class CptSpec(_TrainSpec):
@@ -183,7 +186,8 @@ class SynthMathSpec(_Spec):
     rejected: original answer)."""
     kind: Literal["synth-math"] = "synth-math"
     seeds: str = Field("generator", description="'generator' or a MATH / GSM8K .jsonl/.json file")
-    num_seeds: int | None = Field(200, ge=1, description="generator: problems to make; files: at most this many")
+    num_seeds: int | None = Field(200, ge=1, le=10_000_000, description="generator: problems to make; files: at "
+                                                                        "most this many")
     categories: list[str] = Field(default_factory=list, description="generator categories (default all)")
     levels: list[int] = Field(default_factory=list, description="1, 2, 3 (default all)")
     rephraser: str = Field("rules", description="rules | model:NAME | openai:BASE_URL")
@@ -199,7 +203,7 @@ class SynthMathSpec(_Spec):
     name: str = Field("synth-math", description="prefix of the registered data sets")
     out: str | None = Field(None, description="folder for the files; default workspace/datasets/NAME")
 
-    _name = field_validator("name")(UpscaleSpec._name.__func__)
+    _name = field_validator("name")(_valid_name)
 
     @field_validator("rephraser")
     @classmethod
@@ -217,13 +221,28 @@ class SynthMathSpec(_Spec):
         return self
 
 
+# mergekit 0.1.5's defaults per method: (normalize, rescale). linear normalizes its weights; TIES divides by the
+# weights of the entries that agree with the elected sign; DARE rescales what it keeps by ‖delta‖₁ / ‖kept‖₁.
+MERGE_DEFAULTS = {"average": (True, False), "slerp": (False, False), "task_arithmetic": (False, False),
+                  "ties": (True, False), "dare_linear": (False, True), "dare_ties": (False, True)}
+MERGE_ALIASES = {"linear": "average", "dare": "dare_linear"}  # mergekit's name; "dare" of specs saved before
+
+
 class MergeSpec(_Spec):
-    """Merge candidates: SOLAR's Average(a, b) and SLERP, plus task arithmetic, TIES and DARE relative to a base."""
+    """Merge candidates: SOLAR's Average(a, b) and SLERP, plus task arithmetic, TIES and DARE relative to a base —
+    mergekit 0.1.5's definitions and defaults (average is its `linear`)."""
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
     kind: Literal["merge"] = "merge"
     models: list[str] = Field(min_length=2, description="candidates: registered names or folders")
-    method: Literal["average", "slerp", "task_arithmetic", "ties", "dare"] = "average"
-    weights: list[float] | None = Field(None, description="average / task vectors: one per model (default equal)")
-    normalize: bool = Field(True, description="average: divide the weights by their sum")
+    method: Literal["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"] = "average"
+    weights: list[float] | None = Field(None, description="average / task vectors: one per model (default 1 each)")
+    normalize: bool | None = Field(None, description="divide by the sum of the weights (ties: of those that agree "
+                                                     "with the elected sign); default: mergekit's for the method")
+    rescale: bool | None = Field(None, description="ties / dare: multiply what is kept by ‖delta‖₁ / ‖kept‖₁; "
+                                                   "default: on for dare, off for ties")
+    lambda_: float = Field(1.0, alias="lambda", description="task_arithmetic / ties / dare: scales the merged "
+                                                             "task vector")
     t: float | list[float] = Field(0.5, description="slerp: 0 = first model, 1 = second; a list is a schedule "
                                                     "interpolated along the depth")
     filters: dict[str, float | list[float]] = Field(default_factory=dict,
@@ -231,19 +250,41 @@ class MergeSpec(_Spec):
                                                                 "mlp: [1, 0]} (first matching key wins)")
     base: str | None = Field(None, description="task_arithmetic / ties / dare: the common base model")
     density: float = Field(0.5, gt=0, le=1, description="ties / dare: share of each task vector kept")
-    seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = Field(0, ge=0, description="dare: seed of the random drop mask (the same seed gives the same model)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="output dtype; task_arithmetic / ties / dare also compute in it, as mergekit's dtype")
     name: str | None = None
     out: str | None = None
     shard_size: str = "2GB"
 
-    _name = field_validator("name")(UpscaleSpec._name.__func__)
+    _name = field_validator("name")(_valid_name)
     _shard = field_validator("shard_size")(UpscaleSpec._shard.__func__)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _alias(cls, v):
+        return MERGE_ALIASES.get(v, v) if isinstance(v, str) else v
+
+    @property
+    def resolved_normalize(self) -> bool:
+        return MERGE_DEFAULTS[self.method][0] if self.normalize is None else self.normalize
+
+    @property
+    def resolved_rescale(self) -> bool:
+        return MERGE_DEFAULTS[self.method][1] if self.rescale is None else self.rescale
 
     @model_validator(mode="after")
     def _method(self) -> "MergeSpec":
+        import math
+
+        relative = self.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties")
         if self.weights is not None and len(self.weights) != len(self.models):
             raise ValueError(f"weights: give one per model ({len(self.models)}), not {len(self.weights)}.")
+        if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
+            raise ValueError("weights: finite numbers only.")
+        if self.method == "average" and self.resolved_normalize and self.weights and sum(self.weights) == 0:
+            raise ValueError("weights: they sum to zero, so normalize cannot divide by their sum; change a weight "
+                             "or set normalize false.")
         if self.method == "slerp" and len(self.models) != 2:
             raise ValueError("slerp merges exactly two models.")
         ts = [self.t] + list(self.filters.values())
@@ -251,19 +292,30 @@ class MergeSpec(_Spec):
             vals = v if isinstance(v, list) else [v]
             if not vals or any(not 0 <= x <= 1 for x in vals):
                 raise ValueError("t: values between 0 and 1 (a schedule needs at least one value).")
-        if self.method in ("task_arithmetic", "ties", "dare") and not self.base:
+        if relative and not self.base:
             raise ValueError(f"{self.method} is relative to a base: give base, the model the candidates started "
                              "from.")
+        if not math.isfinite(self.lambda_):
+            raise ValueError("lambda: a finite number.")
+        if self.lambda_ != 1 and not relative:
+            raise ValueError(f"lambda scales a task vector: use it with task_arithmetic, ties or dare, not "
+                             f"{self.method}.")
+        if self.rescale and self.method not in ("ties", "dare_linear", "dare_ties"):
+            raise ValueError(f"rescale: only ties and dare drop entries to rescale, not {self.method}.")
+        if self.normalize is not None and self.method == "slerp":
+            raise ValueError("normalize: slerp has no weights to normalize.")
         return self
 
     def default_name(self) -> str:
         short = [Path(m).name if "/" in m else m for m in self.models]
         tag = f"slerp{self.t if not isinstance(self.t, list) else 'sched'}" if self.method == "slerp" else \
             self.method + ("" if not self.weights else "-" + "-".join(f"{w:g}" for w in self.weights))
-        return f"{'_'.join(short)}-{tag}"[:100]
+        if self.method in ("ties", "dare_linear", "dare_ties"):
+            tag += f"-d{self.density:g}"
+        return safe_name(f"{'_'.join(short)}-{tag}")
 
 
-EVAL_TASK_KINDS = ("perplexity", "synth-math", "mc", "gsm8k", "lm-eval")
+EVAL_TASK_KINDS = ("perplexity", "synth-math", "qa", "mc", "gsm8k", "lm-eval")
 
 
 class EvalSpec(_Spec):
@@ -271,10 +323,22 @@ class EvalSpec(_Spec):
     kind: Literal["eval"] = "eval"
     models: list[str] = Field(min_length=1)
     tasks: list[str] = Field(default_factory=lambda: ["perplexity", "synth-math"],
-                             description="perplexity[:FILE], synth-math, mc:FILE, gsm8k:FILE, lm-eval:TASK")
+                             description="perplexity[:FILE], synth-math, qa[:FILE], mc:FILE, gsm8k:FILE, "
+                                         "lm-eval:TASK")
     limit: int = Field(40, ge=1, description="items per task")
     max_new_tokens: int = Field(96, ge=8)
     samples: int = Field(1, ge=1, le=10, description="k > 1: k-1 extra sampled answers for a consistency score")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA (bfloat16 + sdpa) when present")
+    batch_size: int | None = Field(None, ge=1, description="generation batch; default: fitted to free GPU "
+                                                           "memory, 8 on the CPU")
+    ngram: int = Field(8, ge=3, le=30, description="held-out check: n-gram length in words")
+    overlap_threshold: float = Field(0.3, gt=0, le=1, description="an item overlaps training data when this share "
+                                                                  "of its n-grams is in the lineage's training sets")
+    judge_url: str | None = Field(None, description="qa: grade replies with an OpenAI-compatible server "
+                                                    "(http://host:port/v1); default: the rules")
+    judge_model: str | None = Field(None, description="qa judge: the model name the server serves")
+    judge_key_env: str = Field("OPENAI_API_KEY", description="qa judge: environment variable holding the key")
+    judge_timeout: float = Field(60.0, gt=0, le=600, description="qa judge: seconds per request")
 
     @field_validator("tasks")
     @classmethod
@@ -284,11 +348,22 @@ class EvalSpec(_Spec):
         for task in v:
             kind, _, arg = task.partition(":")
             if kind not in EVAL_TASK_KINDS:
-                raise ValueError(f"task {task!r}: choose perplexity, synth-math, mc:FILE, gsm8k:FILE or "
+                raise ValueError(f"task {task!r}: choose perplexity, synth-math, qa, mc:FILE, gsm8k:FILE or "
                                  "lm-eval:TASK.")
             if kind in ("mc", "gsm8k", "lm-eval") and not arg:
                 raise ValueError(f"task {task!r} needs a file or task name after the colon.")
+        if len(set(v)) != len(v):
+            raise ValueError("tasks: a task is listed twice.")
         return v
+
+    @model_validator(mode="after")
+    def _judge(self) -> "EvalSpec":
+        if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
+            raise ValueError(f"judge_url {self.judge_url!r}: give the server's base URL, such as "
+                             "http://127.0.0.1:8000/v1.")
+        if self.judge_url and not self.judge_model:
+            raise ValueError("judge_model: a judge needs the model name its server serves.")
+        return self
 
 
 TRAIN_KINDS = ("cpt", "sft", "dpo")

@@ -9,16 +9,14 @@ from collections import defaultdict
 import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
-from sqlmodel import select
+from sqlmodel import func, select
 
-from backend import analysis, registry, runner
+from backend import analysis, registry, runner, scoretable
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, via_app, worker_banner
 from pages.figures import bar_figure, by_bin_figure, length_box_figure, radar_figure
 from storage import db
-from storage.models import EvalScore, Generation
-
-HIGHER_IS_BETTER = {"accuracy", "acc", "acc_norm", "acc,none", "exact_match"}
+from storage.models import Generation
 
 via_app(__file__)
 st.title("Merge & compare")
@@ -32,10 +30,13 @@ with st.expander("Merge candidates"):
     st.caption("SOLAR's final step: two candidates merged by Average(a, b) or SLERP. Task arithmetic, TIES and DARE "
                "need the base the candidates were trained from. Models must share architecture and shapes.")
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare"], key="merge_method")
+    method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"],
+                          key="merge_method", help="mergekit 0.1.5's definitions; average is its linear")
     cands = c2.multiselect("Candidates", names, default=names[-2:] if len(names) >= 2 else names,
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
+    from backend.specs import MERGE_DEFAULTS  # mergekit's (normalize, rescale) per method
+
     if method == "slerp":
         fields["t"] = c3.slider("t (0 = first, 1 = second)", 0.0, 1.0, 0.5, 0.05, key="merge_t")
     else:
@@ -44,9 +45,20 @@ with st.expander("Merge candidates"):
             fields["weights"] = [float(x) for x in ws.split(",") if x.strip()]
         except ValueError:
             st.error("Weights: numbers separated by commas.")
-    if method in ("task_arithmetic", "ties", "dare"):
+    if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
         fields["base"] = c1.selectbox("Base", names, key="merge_base")
+        fields["lambda"] = c3.number_input("λ (scales the merged task vector)", value=1.0, step=0.1,
+                                           key="merge_lambda")
+    if method in ("ties", "dare_linear", "dare_ties"):
         fields["density"] = c2.slider("Density", 0.05, 1.0, 0.5, 0.05, key="merge_density")
+        fields["rescale"] = c2.checkbox("Rescale kept entries (‖delta‖₁ / ‖kept‖₁)", value=MERGE_DEFAULTS[method][1],
+                                        key=f"merge_rescale_{method}")
+    if method.startswith("dare"):
+        fields["seed"] = c3.number_input("Seed of the drop mask", 0, 2**31 - 1, 0, key="merge_seed")
+    if method != "slerp":
+        fields["normalize"] = c1.checkbox("Normalize by the weights' sum", value=MERGE_DEFAULTS[method][0],
+                                          key=f"merge_normalize_{method}",
+                                          help="mergekit's default: on for average (linear) and ties")
     try:
         mspec = MergeSpec(models=cands, method=method, **fields)
         mname = st.text_input("Name", mspec.default_name(), key=f"merge_name_{method}_{'_'.join(cands)}")
@@ -61,17 +73,26 @@ with st.expander("Merge candidates"):
 with st.expander("Evaluate", expanded=False):
     e1, e2 = st.columns(2)
     emodels = e1.multiselect("Models", names, default=names, key="eval_models")
-    tasks = e2.multiselect("Tasks", ["perplexity", "synth-math"], default=["perplexity", "synth-math"],
-                           key="eval_tasks")
-    files = st.text_input("More tasks (space-separated): mc:FILE.jsonl gsm8k:FILE.jsonl lm-eval:TASK",
-                          key="eval_more")
+    tasks = e2.multiselect("Tasks", ["perplexity", "synth-math", "qa"], default=["perplexity", "synth-math"],
+                           key="eval_tasks", help="Built-in sets are held out from the built-in training sets by "
+                           "construction; qa is closed-book QA with known answers and abstention.")
+    files = st.text_input("More tasks (space-separated): qa:FILE.jsonl mc:FILE.jsonl gsm8k:FILE.jsonl "
+                          "perplexity:FILE lm-eval:TASK", key="eval_more")
     e3, e4, e5 = st.columns(3)
     limit = e3.number_input("Items per task", 1, 10_000, 20, key="eval_limit")
     max_new = e4.number_input("Max new tokens", 8, 1024, 96, key="eval_max_new")
     samples = e5.number_input("Samples for consistency (k)", 1, 10, 1, key="eval_samples")
+    j1, j2, j3 = st.columns(3)
+    device = j1.selectbox("Device", ["auto", "cpu", "cuda"], key="eval_device",
+                          help="auto: CUDA in bfloat16 with a batch fitted to free memory when present")
+    judge_url = j2.text_input("qa judge URL (optional)", key="eval_judge_url",
+                              placeholder="http://127.0.0.1:8000/v1", help="An OpenAI-compatible server that "
+                              "grades replies against the references; empty: the rules below grade them")
+    judge_model = j3.text_input("qa judge model", key="eval_judge_model")
     try:
         espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
-                         samples=samples)
+                         samples=samples, device=device, judge_url=judge_url.strip() or None,
+                         judge_model=judge_model.strip() or None)
         if st.button("Evaluate", type="primary", key="evaluate"):
             st.session_state["eval_job"] = runner.submit(espec).id
     except ValidationError as exc:
@@ -79,49 +100,49 @@ with st.expander("Evaluate", expanded=False):
     if "eval_job" in st.session_state:
         job_status(st.session_state["eval_job"])
 
-with db.session() as s:
-    scores = list(s.exec(select(EvalScore).order_by(EvalScore.id)))
-if not scores:
+latest = scoretable.latest_scores()
+if not latest:
     st.info("No scores yet: run an evaluation above (the built-in model and one up-scaled from it make a start).")
     st.stop()
-
-# latest score per (model, task, metric)
-latest: dict[tuple[str, str, str], EvalScore] = {}
-for r in scores:
-    latest[(r.model, r.task, r.metric)] = r
-PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "exact_match", "acc_norm"]
-
-
-def _rank(metric: str) -> int:
-    return PREFERRED_METRIC.index(metric) if metric in PREFERRED_METRIC else len(PREFERRED_METRIC)
-
-
-primary: dict[tuple[str, str], EvalScore] = {}  # the headline metric of each (model, task)
-for (model, task, metric), r in latest.items():
-    if (model, task) not in primary or _rank(metric) < _rank(primary[(model, task)].metric):
-        primary[(model, task)] = r
+primary = scoretable.headline(latest)  # the headline metric of each (model, task)
 records = {r.name: r for r in registry.list_models()}
-table_rows = []
-for model in sorted({m for m, _ in primary}):
-    rec = records.get(model)
-    row = {"model": model, "kind": rec.kind if rec else "?", "layers": rec.num_layers if rec else None,
-           "made from": " + ".join(p.split("/")[-1] for p in (rec.parents if rec else [])) or "—"}
-    accs = []
-    for (m, task), r in primary.items():
-        if m == model:
-            row[f"{task} ({r.metric})"] = round(r.value, 4)
-            if r.metric in HIGHER_IS_BETTER:
-                accs.append(r.value)
-            if (model, task, "hallucination_rate") in latest:
-                row[f"{task} (hallucination)"] = round(latest[(model, task, "hallucination_rate")].value, 4)
-    row["average (accuracy tasks)"] = round(sum(accs) / len(accs), 4) if accs else None
-    table_rows.append(row)
-table = pd.DataFrame(table_rows)
 st.subheader("Models × tasks")
-st.caption("perplexity without a file scores the last 20% of builtin:facts-corpus: a model trained on that corpus "
-           "has seen it, so give perplexity:FILE with text none of the models was trained on for a fair number.")
+clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
+                       help="Leave out the items whose n-grams appear in the training data of the model's lineage "
+                            "(every parent's training sets), and score the rest.")
+table = pd.DataFrame(scoretable.table_rows(latest, records, clean=clean_only))
+st.caption("Each score records its set's source and fingerprint, and how much of the set the training data of the "
+           "model's whole lineage contains (8-gram overlap; ⚠ share of items over the threshold, ✓ none). "
+           "The built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
 st.dataframe(table, hide_index=True, key="scores_table")
 st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores")
+qa_table = scoretable.qa_rows(latest, clean=clean_only)
+if qa_table:
+    st.subheader("Closed-book QA: known answers and abstention")
+    st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination. Precision = correct ÷ "
+               "answered. Unanswerable questions ask about places and people no training set mentions.")
+    st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table")
+    with st.expander("How answers are classified"):
+        from backend import qa as qa_rules
+
+        st.markdown("\n".join(f"{i}. **{v}** — {rule}" for i, (v, rule) in enumerate(qa_rules.RULES, 1))
+                    + "\n\n**Answer matching:** " + qa_rules.NORMALISATION)
+        st.markdown("**Abstention phrases:** " + ", ".join(f"`{p}`" for p in qa_rules.ABSTAIN_PHRASES))
+        st.markdown("**Judge prompt** (when a judge URL is given):")
+        st.code(qa_rules.JUDGE_PROMPT, language=None)
+
+h6 = {(m, r.metric): r.value for (m, task, _), r in latest.items() if task == "lm-eval:h6"}
+if h6:
+    from backend import lmeval
+
+    st.subheader("Open LLM Leaderboard (H6), beside the published numbers")
+    cols6 = [f"{t}/{metric}" for t, _, metric in lmeval.H6] + ["h6_average"]
+    rows6 = [{"model": m, **{c: h6.get((m, c)) for c in cols6}} for m in sorted({m for m, _ in h6})]
+    rows6 += [{"model": f"{name} (published, %)", **{c: vals.get(c) for c in cols6}}
+              for name, vals in lmeval.PAPER_H6.items()]
+    st.dataframe(pd.DataFrame(rows6), hide_index=True, key="h6_table")
+    st.caption("Ours are fractions (lm-eval), the published ones percent. Source: " + lmeval.PAPER_H6_SOURCE
+               + ". Only numbers checked against that source are shown.")
 
 merged = [r for r in records.values() if r.kind == "merged" and r.name in table["model"].values]
 if merged:
@@ -142,45 +163,87 @@ for i, (task, rows) in enumerate(sorted(by_task.items())):
     cols[i % 2].plotly_chart(bar_figure(rows, task), key=f"bar_{task}")
 radar = defaultdict(dict)
 for (model, task), r in primary.items():
-    if r.metric in HIGHER_IS_BETTER:
+    if scoretable.higher_is_better(r.metric):
         radar[model][task] = r.value
 if radar and len({t for v in radar.values() for t in v}) >= 3:
     st.plotly_chart(radar_figure(dict(radar)), key="radar")
 
 st.subheader("Answer length and hallucination")
-st.caption("A hallucination is a confident wrong final answer. If one model hallucinates less only because it "
-           "answers shorter, the gap shrinks to about zero once answers of the same length are compared.")
-with db.session() as s:
-    gens = list(s.exec(select(Generation)))
-gen_tasks = sorted({g.task for g in gens})
+st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
+           "answers? Per item, hallucination is regressed on model, answer length (log tokens) and question kind "
+           "(logistic regression); if the model's effect vanishes once length is in, length explains the gap.")
+from pages.figures import hallucination_length_figure  # noqa: E402  (this section's own figure)
+
+with db.session() as s:  # the task list first, then only that task's rows (200k rows took seconds to load)
+    gen_tasks = sorted(s.exec(select(Generation.task).distinct()).all())
 if not gen_tasks:
     st.info("No generations yet: evaluate on synth-math or a gsm8k file.")
     st.stop()
 gtask = st.selectbox("Task", gen_tasks, key="gen_task")
-latest_gen: dict[tuple[str, str], Generation] = {}
-for g in gens:
-    if g.task == gtask:
-        latest_gen[(g.model, g.prompt_id)] = g
-recs = [analysis.Record(g.model, g.words, g.correct, g.hallucination) for g in latest_gen.values()]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def task_records(url: str, task: str, version: tuple) -> list[analysis.Record]:
+    """The latest answer of every model to every item of `task`, as analysis records. Cached per database and
+    data version (the task's newest row id and count), so reruns of the page do not reload 20k rows."""
+    with db.session() as s:  # plain rows of the columns the analysis reads: building ORM objects took ~1 s
+        cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
+                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind]
+        gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
+    latest = {(g.model, g.prompt_id): g for g in gens}  # the latest evaluation of an item wins
+    return [analysis.from_generation(g) for g in latest.values()]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def compared(url: str, task: str, version: tuple, ma: str, mb: str, outcome: str, n_bins: int):
+    """The regression, paired bootstrap, McNemar and the binned check for two models (cached like the records)."""
+    pair = [r for r in task_records(url, task, version) if r.model in (ma, mb)]
+    return (analysis.compare(pair, ma, mb, outcome=outcome),
+            analysis.length_controlled(pair, ma, mb, n_bins=n_bins, boots=500),
+            analysis.length_curves(pair, [ma, mb], n_bins=n_bins))
+
+
+with db.session() as s:
+    version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
+url = db.database_url()
+recs = task_records(url, gtask, version)
 words = defaultdict(list)
 for r in recs:
     words[r.model].append(r.words)
-c1, c2 = st.columns(2)
-c1.plotly_chart(length_box_figure(dict(words)), key="len_box")
-bins = analysis.by_length_bin(recs, st.slider("Length bins", 2, 6, 3, key="n_bins"))
-c2.plotly_chart(by_bin_figure(bins, "hallucination_rate"), key="bin_hall")
-st.plotly_chart(by_bin_figure(bins, "accuracy"), key="bin_acc")
 gen_models = sorted(words)
+n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
 if len(gen_models) >= 2:
-    a1, a2 = st.columns(2)
+    a1, a2, a3 = st.columns(3)
     ma = a1.selectbox("Model A", gen_models, index=0, key="lc_a")
     mb = a2.selectbox("Model B", gen_models, index=1, key="lc_b")
-    if ma != mb:
-        res = analysis.length_controlled(recs, ma, mb, n_bins=st.session_state.get("n_bins", 3))
-        fmt = lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else "(too few answers)"  # noqa
-        st.markdown(
-            f"Mean answer length: **{ma}** {res['mean_words_a']:.1f} words, **{mb}** {res['mean_words_b']:.1f}.  \n"
-            f"Hallucination rate A − B: raw **{res['raw_diff']:+.3f}** {fmt(res['raw_ci'])}; "
-            f"length-controlled (within {res['bins']} length bins) **"
-            + (f"{res['length_controlled_diff']:+.3f}" if res["length_controlled_diff"] is not None else "n/a")
-            + f"** {fmt(res['length_controlled_ci'])} (95% bootstrap intervals, n = {res['n_a']} / {res['n_b']}).")
+    outcome = a3.radio("Outcome", ["hallucination", "correct"], horizontal=True, key="lc_outcome",
+                       help="correct: the rate compared is of answers that are not correct (wrong or abstained).")
+    if ma == mb:
+        st.warning("Choose two different models.")
+    else:
+        res, strat, curves = compared(url, gtask, version, ma, mb, outcome, n_bins)
+        st.markdown(f"**{res['sentence']}**")
+        if res["ok"]:
+            lm, mc, raw = res["model"], res["mcnemar"], res["raw"]
+            if lm["table"]:
+                st.dataframe(pd.DataFrame(lm["table"])[["fit", "term", "coef", "odds_ratio", "low", "high",
+                                                         "pvalue"]].round(4), hide_index=True, key="lc_coefs")
+                st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered; "
+                           f"reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
+                           + " ".join(n.capitalize() + "." for n in lm["notes"]))
+            fmt = lambda lo, hi: f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "(too few answers)"  # noqa: E731
+            sdiff = strat["length_controlled_diff"]
+            st.markdown(
+                f"Hallucination rate A − B: raw **{res['rate_a'] - res['rate_b']:+.3f}** "
+                f"{fmt(raw['low'], raw['high'])} (paired bootstrap over {raw['n']} shared items)"
+                + ("" if outcome == "hallucination" else " — of answers that are not correct") + ";  \n"
+                f"accuracy, McNemar: only {ma} right on {mc['only_a_correct']}, only {mb} on {mc['only_b_correct']}, "
+                f"p = {mc['pvalue']:.3g} ({'exact binomial' if mc['exact'] else 'chi-square'});  \n"
+                f"model-free length check (within {strat['bins']} length bins): hallucination gap "
+                + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
+                + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
+        st.plotly_chart(hallucination_length_figure(curves),
+                        key="hall_length")
+c1, c2 = st.columns(2)
+c1.plotly_chart(length_box_figure(dict(words)), key="len_box")
+c2.plotly_chart(by_bin_figure(analysis.by_length_bin(recs, n_bins), "accuracy"), key="bin_acc")

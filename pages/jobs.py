@@ -38,7 +38,7 @@ if jobs:
     job_status(job_id)
     job = runner.get(job_id)
     with st.expander("Spec"):
-        st.code(yaml.safe_dump(job.spec, sort_keys=False), language="yaml")
+        st.code(yaml.safe_dump(job.spec, sort_keys=False, allow_unicode=True), language="yaml")
     log = Path(job.log_path) if job.log_path else None
     if log and log.exists():
         st.caption(f"Log: `{log}` (last 60 lines)")

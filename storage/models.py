@@ -55,6 +55,7 @@ class Job(SQLModel, table=True):
     error: str = ""
     log_path: str = ""
     after: int | None = Field(default=None, index=True)  # run only once this job has succeeded
+    needs: list[int] = Field(default_factory=list, sa_column=Column(JSON))  # and once all of these have (recipes)
     run_dir: str = ""  # training jobs: checkpoints, metrics.jsonl, spec.json (stable, so resume finds them)
     pid: int | None = None
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -128,7 +129,10 @@ class EvalScore(SQLModel, table=True):
     metric: str  # accuracy, perplexity, acc_norm, hallucination_rate…
     value: float
     n: int = 0
+    # source, fingerprint (sha256 of the items), overlap with the lineage's training data, the score on the
+    # non-overlapping items only ("clean"), device plan (backend/evaluate.py)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    overlap_share: float = 0.0  # share of the items that overlap the lineage's training data (the page's badge)
     created: datetime = Field(default_factory=utcnow)
 
 
@@ -149,8 +153,13 @@ class Generation(SQLModel, table=True):
     words: int
     answered: bool  # a final answer could be extracted
     correct: bool
-    hallucination: bool  # a confident wrong final answer
+    hallucination: bool  # a confident wrong final answer (verdict == "wrong")
     consistency: float | None = None  # share of k samples that agree with the greedy answer (SelfCheck-style)
+    # backend/qa.py's rules (or a judge): correct / wrong / abstained; item kind: answerable / unanswerable / math
+    verdict: str = Field(default="", index=True)
+    item_kind: str = ""
+    overlap: float = 0.0  # share of the item's n-grams found in the model's lineage's training data
+    judge_verdict: str = ""  # the judge's verdict when one graded (then it is also `verdict`); "" = the rules
 
 
 class ChatTranscript(SQLModel, table=True):
@@ -162,6 +171,10 @@ class ChatTranscript(SQLModel, table=True):
     prompt: str
     settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     answers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # model -> text, tokens, timings
+    # Blind arena: the models in the order they were shown (left to right), shuffled every round, and whether their
+    # names were hidden until the vote. Rounds from before the blind arena have [] and blind=False.
+    positions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    blind: bool = False
     created: datetime = Field(default_factory=utcnow)
 
 
@@ -177,4 +190,46 @@ class Vote(SQLModel, table=True):
     outcome: str
     tokens_a: int = 0
     tokens_b: int = 0
+    # Style covariates of each answer (Chatbot Arena's style control): markdown headers, list items, bold spans.
+    headers_a: int = 0
+    headers_b: int = 0
+    lists_a: int = 0
+    lists_b: int = 0
+    bold_a: int = 0
+    bold_b: int = 0
+    # Screen positions (0 = leftmost) of model_a and model_b, for the position-bias check; -1 when not recorded.
+    position_a: int = -1
+    position_b: int = -1
+    # Names were hidden when the vote was cast. The leaderboard counts blind votes only (as Chatbot Arena counts only
+    # anonymous battles); votes from before the blind arena were cast with names shown, hence the default.
+    blind: bool = False
+    created: datetime = Field(default_factory=utcnow)
+
+
+class RecipeStage(SQLModel, table=True):
+    """One stage of one recipe run: the job that made (or the earlier job whose output is reused for) a model,
+    keyed by the hash of the stage's spec and its inputs' fingerprints (backend/recipe)."""
+
+    __tablename__ = "recipe_stages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True)  # one `recipe run` = one run id (the recipe_runs row)
+    recipe: str = Field(index=True)  # the recipe's name
+    stage: str  # the stage's name in the recipe (sft-v3, cand1, …)
+    kind: str  # upscale, cpt, sft, dpo, merge, synth-math, eval
+    output: str = ""  # the registered model (or data set prefix) the stage makes
+    hash: str = Field(index=True)
+    job_id: int | None = Field(default=None, index=True)
+    reused: bool = False  # the job is an earlier run's: nothing was rerun
+    info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # label, table, inputs, fingerprints
+
+
+class RecipeRun(SQLModel, table=True):
+    """A recipe as it was run: its YAML, so a run can be shown, compared and resumed."""
+
+    __tablename__ = "recipe_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    text: str = ""  # the recipe YAML after presets and sweeps were expanded
     created: datetime = Field(default_factory=utcnow)

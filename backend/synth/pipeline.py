@@ -19,6 +19,7 @@ from typing import Callable
 from sqlalchemy import delete as sa_delete
 from sqlmodel import func, select
 
+from backend.names import check_name, inside
 from backend.specs import SynthMathSpec
 from backend.synth.answers import extract_answer, same_answer
 from backend.synth.rephrase import make_rephraser
@@ -119,6 +120,7 @@ def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict) -
 
 def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> DatasetRecord:
     """A named weighted combination (the paper's SFT v1–v4, DPO v1–v3), usable as `mix:NAME` in training data."""
+    check_name(name, "mix name")
     if not sources:
         raise DatasetError("A mix needs at least one source.")
     from backend import data
@@ -192,7 +194,7 @@ def query_pairs(dataset_id: int, *, categories=None, levels=None, states=None, s
         q = q.where(or_(*conds))
     if search:
         like = f"%{search}%"
-        q = q.where(SynthPair.question.like(like) | SynthPair.new_question.like(like))
+        q = q.where(SynthPair.question.ilike(like) | SynthPair.new_question.ilike(like))
     with db.session() as s:
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
         rows = list(s.exec(q.order_by(SynthPair.id).offset(page * page_size).limit(page_size)))
@@ -229,7 +231,7 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     seeds = load_seeds(spec.seeds, spec.num_seeds, spec.seed, spec.categories or None, spec.levels or None)
     bench = ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram) if spec.benchmark else None
     rephraser = make_rephraser(spec)
-    out_dir = Path(out_dir or spec.out or db.workspace() / "datasets" / spec.name).expanduser().resolve()
+    out_dir = Path(out_dir or spec.out or inside(db.workspace() / "datasets", spec.name)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_path = out_dir / "rephrase_cache.jsonl"
     cache: dict[str, dict] = {}
