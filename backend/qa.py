@@ -20,10 +20,10 @@ import json
 import re
 import unicodedata
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from backend.openai_compat import chat_completion
 from backend.synth.answers import extract_answer, same_answer
 
 ITEM_KINDS = ("answerable", "unanswerable", "math")
@@ -173,15 +173,9 @@ class Judge:
 
     def _one(self, args: tuple[dict, str]) -> str:
         item, output = args
-        body = json.dumps({"model": self.model, "temperature": 0, "messages": [
-            {"role": "user", "content": self.prompt(item, output)}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                text = json.loads(resp.read())["choices"][0]["message"]["content"]
+            text = chat_completion(self.base_url, self.model, self.prompt(item, output), key=self.key,
+                                   timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise QAError(f"judge: HTTP {exc.code} from {self.base_url}: {exc.read()[:200]!r}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -31,25 +33,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(workspace, tiny_llama):
+def need_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: ./test.sh installs it (scripts/setup.sh --browser)")
         pytest.skip("chromium is not installed (scripts/setup.sh --browser installs it)")
-    from backend import registry
 
-    registry.import_folder(tiny_llama, "tiny")
+
+@contextmanager
+def streamlit_app(env: dict, worker: bool = True) -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port (and a job worker), stopped afterwards; yields the URL."""
     port = _free_port()
-    env = {**os.environ, "DUS_WORKSPACE": str(workspace)}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.3"], cwd=ROOT, env=env,
-                         start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                          "--server.address", "127.0.0.1", "--server.headless", "true",
-                          "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.3"], cwd=ROOT, env=env,
+                              start_new_session=True)] if worker else []
+    procs.append(subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                   "--server.address", "127.0.0.1", "--server.headless", "true",
+                                   "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
+                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -68,6 +68,16 @@ def served(workspace, tiny_llama):
             except ProcessLookupError:
                 pass
             p.wait(timeout=10)
+
+
+@pytest.fixture
+def served(workspace, tiny_llama):
+    need_chromium()
+    from backend import registry
+
+    registry.import_folder(tiny_llama, "tiny")
+    with streamlit_app({**os.environ, "DUS_WORKSPACE": str(workspace)}) as url:
+        yield url
 
 
 def test_build_a_model_through_the_browser(served):

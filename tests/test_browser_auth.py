@@ -7,16 +7,10 @@ stays unreachable from other machines while it is tested.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, ROOT, _free_port
+from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, need_chromium, streamlit_app
 
 pytestmark = pytest.mark.browser
 PASSWORD = "correct horse battery"
@@ -24,34 +18,14 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def served_with_password(workspace, tiny_llama):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: ./test.sh installs it (scripts/setup.sh --browser)")
-        pytest.skip("chromium is not installed (scripts/setup.sh --browser installs it)")
+    need_chromium()
     from backend import registry
 
     registry.import_folder(tiny_llama, "tiny")  # the Train page needs a model before it shows its uploader
-    port = _free_port()
     env = {**os.environ, "DUS_WORKSPACE": str(workspace), "DUS_REQUIRE_LOGIN": "1", "DUS_PASSWORD": PASSWORD}
     env.pop("DUS_PASSWORD_HASH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("streamlit did not answer /_stcore/health within 20 s")
+    with streamlit_app(env, worker=False) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
 def _sign_in(page, password: str) -> None:

@@ -26,6 +26,7 @@ from backend.specs import DataSource, EvalSpec, MergeSpec, SftSpec, SynthMathSpe
 from backend.upscale import run_upscale
 from storage import db
 from storage.models import DatasetRecord, EvalScore, Job
+from tests.test_jobs import group_alive, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,24 +37,6 @@ def start_worker(delay: float = 0.0, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, DUS_TEST_PROGRESS_DELAY=str(delay))
     return subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.2", *extra], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def consistent(workspace: Path) -> None:

@@ -15,10 +15,10 @@ import json
 import os
 import re
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from backend.openai_compat import chat_completion
 from backend.synth.seeds import Seed
 
 PROMPT = ("Rephrase the following math problem and its worked solution in your own words. Keep every number, "
@@ -163,21 +163,15 @@ class OpenAIRephraser:
         self.temperature, self.timeout, self.concurrency = temperature, timeout, concurrency
 
     def _one(self, seed: Seed) -> tuple[str, str] | Exception:
-        body = json.dumps({"model": self.model, "temperature": self.temperature, "messages": [
-            {"role": "user", "content": PROMPT.format(question=seed.question, solution=seed.solution)}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                reply = json.loads(resp.read())
-            return parse_reply(reply["choices"][0]["message"]["content"])
+            return parse_reply(chat_completion(self.base_url, self.model,
+                                               PROMPT.format(question=seed.question, solution=seed.solution),
+                                               key=self.key, temperature=self.temperature, timeout=self.timeout))
         except urllib.error.HTTPError as exc:
             return RephraseError(f"HTTP {exc.code} from {self.base_url}: {exc.read()[:200]!r}")
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             return RephraseError(f"cannot reach {self.base_url}: {exc}")
-        except (KeyError, IndexError, json.JSONDecodeError) as exc:
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
             return RephraseError(f"unexpected reply from {self.base_url}: {exc}")
         except RephraseError as exc:
             return exc
