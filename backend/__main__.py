@@ -87,7 +87,7 @@ def cmd_train(a) -> None:
     fields = dict(model=a.model, data=a.data, name=a.name, out=a.out, num_processes=a.num_processes,
                   accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None)
     for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
-                "beta", "loss_type", "eval_fraction", "seed"):
+                "beta", "loss_type", "eval_fraction", "seed", "report_to"):
         if getattr(a, key, None) is not None:
             fields[key] = getattr(a, key)
     if a.eval_data:
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-steps", type=int)
     t.add_argument("--max-rows", type=int)
     t.add_argument("--seed", type=int)
+    t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb"],
+                   help="also log to these trackers (trl's report_to; off by default)")
     t.add_argument("--beta", type=float, help="dpo")
     t.add_argument("--loss-type", help="dpo: sigmoid, ipo, hinge…")
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")

@@ -106,3 +106,14 @@ def test_cancel_a_queued_job(tiny_llama):
     assert runner.cancel(job.id).status == "cancelled"
     runner.worker(once=True)
     assert runner.get(job.id).status == "cancelled" and registry.list_models() == []
+
+
+def test_cli_train_report_to_is_saved_in_the_spec_and_queued(tiny_llama, tmp_path):
+    registry.import_folder(tiny_llama, "tiny")
+    spec_file = tmp_path / "sft.yaml"
+    r = cli("train", "sft", "--model", "tiny", "--data", "builtin:alpaca-mini", "--report-to", "tensorboard",
+            "--save-spec", str(spec_file), "--queue")
+    assert r.returncode == 0, r.stderr
+    assert load_spec(spec_file).report_to == ["tensorboard"]
+    (job,) = runner.list_jobs()
+    assert job.kind == "sft" and job.spec["report_to"] == ["tensorboard"]
