@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from datetime import timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -26,9 +27,16 @@ from sqlmodel import select
 
 from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
 from storage import db
-from storage.models import Job, JobMetric, utcnow
+from storage.models import Job, JobMetric, WorkerBeat, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+BEAT_EVERY = 5.0  # seconds between a worker's heartbeat rows
+BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken for dead
+
+
+def host_id() -> str:
+    """This machine's name in job rows (DUS_HOST_ID overrides it: two workers on one machine can play two)."""
+    return os.environ.get("DUS_HOST_ID") or socket.gethostname()
 
 
 def work_function(kind: str) -> Callable[..., dict]:
@@ -104,7 +112,7 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
-    _update(job_id, status="queued", error="", finished=None, pid=None, message="queued to resume")
+    _update(job_id, status="queued", error="", finished=None, pid=None, host="", message="queued to resume")
     return get(job_id)
 
 
@@ -141,7 +149,9 @@ def cancel(job_id: int) -> Job:
     job = get(job_id)  # a worker may have claimed it meanwhile
     if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),
                                                message="cancelled"):
-        if job.pid:
+        # A process id means something only on the machine that started it: a job running elsewhere is killed by
+        # its own machine's worker, which sees the cancelled row within a poll.
+        if job.pid and job.host in ("", host_id()):
             try:
                 os.killpg(job.pid, signal.SIGTERM)  # the child leads its own process group: its children go too
                 for _ in range(50):
@@ -217,6 +227,12 @@ def heartbeat_path() -> Path:
 
 
 def worker_alive() -> bool:
+    """A worker beat within 15 s: in the shared database (any machine), else this workspace's heartbeat file."""
+    try:
+        if live_hosts(15.0):
+            return True
+    except Exception:  # noqa: BLE001 (the banner must not fail on a database hiccup; the file still answers)
+        pass
     try:
         info = json.loads(heartbeat_path().read_text())
         os.kill(int(info["pid"]), 0)
@@ -228,25 +244,56 @@ def worker_alive() -> bool:
 
 
 @db.retrying
-def recover_orphans() -> list[int]:
-    """Running jobs whose process is gone (worker or machine died) become interrupted."""
-    orphans = []
+def beat() -> None:
+    """Record that this worker is alive (one row per worker process, updated in place)."""
     with db.session() as s:
-        for job in s.exec(select(Job).where(Job.status == "running")):
-            alive = False
-            if job.pid is None and job.started is not None:  # just claimed: its process is being started
-                started = job.started if job.started.tzinfo else job.started.replace(tzinfo=timezone.utc)
-                alive = (utcnow() - started).total_seconds() < 30
-            if job.pid:
-                try:
-                    os.kill(job.pid, 0)
-                    alive = True
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    alive = True
-            if not alive:
+        row = s.exec(select(WorkerBeat).where(WorkerBeat.host == host_id(), WorkerBeat.pid == os.getpid())).first()
+        row = row or WorkerBeat(host=host_id(), pid=os.getpid())
+        row.seen = utcnow()
+        s.add(row)
+        for old in s.exec(select(WorkerBeat).where(WorkerBeat.seen < utcnow() - timedelta(days=1))):
+            s.delete(old)  # workers long gone
+        s.commit()
+
+
+@db.retrying
+def live_hosts(within: float = BEAT_STALE) -> set[str]:
+    """Machines with a worker that beat within the last `within` seconds."""
+    with db.session() as s:
+        beats = s.exec(select(WorkerBeat)).all()
+    now = utcnow()
+    return {b.host for b in beats
+            if (now - (b.seen if b.seen.tzinfo else b.seen.replace(tzinfo=timezone.utc))).total_seconds() < within}
+
+
+@db.retrying
+def recover_orphans() -> list[int]:
+    """Running jobs whose process is gone (worker or machine died) become interrupted: this machine's by their
+    process ids, another machine's only when none of its workers has beaten for BEAT_STALE seconds."""
+    orphans = []
+    here = host_id()
+    with db.session() as s:
+        running = list(s.exec(select(Job).where(Job.status == "running")))
+    live = live_hosts() if any(j.host not in ("", here) for j in running) else set()
+    for job in running:
+        if job.host not in ("", here):
+            if job.host not in live:
                 orphans.append(job.id)
+            continue
+        alive = False
+        if job.pid is None and job.started is not None:  # just claimed: its process is being started
+            started = job.started if job.started.tzinfo else job.started.replace(tzinfo=timezone.utc)
+            alive = (utcnow() - started).total_seconds() < 30
+        if job.pid:
+            try:
+                os.kill(job.pid, 0)
+                alive = True
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                alive = True
+        if not alive:
+            orphans.append(job.id)
     # conditional, so a job that finished while we looked keeps the state its own process wrote
     return [i for i in orphans if _transition(
         i, "running", status="interrupted", finished=utcnow(),
@@ -279,7 +326,7 @@ def _claim_next() -> Job | None:
             # of the row wait for the first, then re-checks status = 'queued' on the committed row (READ COMMITTED)
             # and updates nothing. tests/test_postgres.py races two workers for 20 jobs on both.
             claimed = s.exec(update(Job).where(Job.id == job.id, Job.status == "queued")
-                             .values(status="running", message="launching", started=utcnow()))
+                             .values(status="running", message="launching", started=utcnow(), host=host_id()))
             s.commit()
             if claimed.rowcount == 1:
                 s.refresh(job)
@@ -289,8 +336,9 @@ def _claim_next() -> Job | None:
 
 @db.retrying
 def _busy() -> int:
+    """Jobs running on this machine (its devices are what the slots share), whichever of its workers runs them."""
     with db.session() as s:
-        return len(s.exec(select(Job.id).where(Job.status == "running")).all())
+        return len(s.exec(select(Job.id).where(Job.status == "running", Job.host.in_(("", host_id())))).all())
 
 
 @db.retrying
@@ -298,7 +346,8 @@ def _over_cap(job_id: int, slots: int) -> bool:
     """Whether `job_id` is beyond the first `slots` running jobs in claim order (started, id). Every worker sees the
     same order, so of claims that raced past the cap exactly the later ones give way, and no loop of give-backs."""
     with db.session() as s:
-        order = s.exec(select(Job.id).where(Job.status == "running").order_by(Job.started, Job.id)).all()
+        order = s.exec(select(Job.id).where(Job.status == "running", Job.host.in_(("", host_id())))
+                       .order_by(Job.started, Job.id)).all()
     return job_id in order[slots:]
 
 
@@ -328,8 +377,20 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
     running: dict[int, subprocess.Popen] = {}
+    last_beat = 0.0
     while True:
         heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+        if time.monotonic() - last_beat > BEAT_EVERY:
+            beat()
+            last_beat = time.monotonic()
+        if running:  # cancelled from another machine: only this one can signal the process
+            with db.session() as s:
+                gone = s.exec(select(Job.id).where(Job.id.in_(list(running)), Job.status == "cancelled")).all()
+            for job_id in gone:
+                try:
+                    os.killpg(running[job_id].pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         for job_id, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[job_id]
@@ -343,7 +404,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
                                   "log" + ("; resume it to continue from its last checkpoint"
                                            if get(job_id).kind in TRAIN_KINDS else ""))
         recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
-        busy = _busy()  # slots count every running job, also those another worker started
+        busy = _busy()  # slots count every job running on this machine, also those another worker here started
         job = _claim_next() if not stop and busy < slots else None
         if job is not None and _over_cap(job.id, slots):
             # two workers counted the same free slot and both claimed: the later claim gives its job back

@@ -134,6 +134,8 @@ class _TrainSpec(_Spec):
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(10, ge=1)
     save_steps: int = Field(10, ge=1, description="checkpoint interval; a resumed job restarts from the last one")
+    keep_checkpoints: bool = Field(False, description="keep the run's checkpoints (weights and optimizer states, "
+                                                      "about 3× the model) after the model is registered")
     max_rows: int | None = Field(None, ge=1, description="use at most this many rows of each source")
     seed: int = 0
     lora: LoraSpec | None = Field(None, description="train LoRA adapters (peft) and merge them; default full")

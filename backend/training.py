@@ -156,5 +156,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     shutil.move(str(final), out_dir)  # a rename on the same filesystem
     rec = register_output(out_dir, name, "trained", parents=[spec.model], source=spec.kind,
                           recipe=spec.model_dump(mode="json"))
+    if not spec.keep_checkpoints:  # only a run that did not finish resumes: a finished one needs no optimizer states
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     progress(1.0, f"registered {name}: {summary.get('global_step')} steps, train loss {summary.get('train_loss')}")
     return {"model": rec.name, "path": str(out_dir), "run_dir": str(run_dir), **summary}

@@ -58,10 +58,25 @@ class Job(SQLModel, table=True):
     needs: list[int] = Field(default_factory=list, sa_column=Column(JSON))  # and once all of these have (recipes)
     run_dir: str = ""  # training jobs: checkpoints, metrics.jsonl, spec.json (stable, so resume finds them)
     pid: int | None = None
+    # The machine whose worker claimed it: only that machine signals its process or judges it dead. A server
+    # default too, so rows inserted by an older version sharing the database stay valid.
+    host: str = Field(default="", sa_column_kwargs={"server_default": ""})
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     created: datetime = Field(default_factory=utcnow)
     started: datetime | None = None
     finished: datetime | None = None
+
+
+class WorkerBeat(SQLModel, table=True):
+    """A worker's heartbeat in the shared database: with workers on several machines, a machine whose workers all
+    fell silent has its running jobs marked interrupted by the others (its process ids mean nothing elsewhere)."""
+
+    __tablename__ = "worker_beats"
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(index=True)
+    pid: int
+    seen: datetime = Field(default_factory=utcnow)
 
 
 class JobMetric(SQLModel, table=True):

@@ -45,6 +45,8 @@ def test_sft_trains_and_registers_with_lineage(tiny, tiny_llama):
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
     assert result["global_step"] == 6 and result["world_size"] == 1
     assert (Path(rec.path) / "tokenizer.json").exists() and "alpaca-mini" in (Path(rec.path) / "README.md").read_text()
+    # a finished run keeps its metrics but not its checkpoints (weights + optimizer states: ~3× the model)
+    assert not (Path(result["run_dir"]) / "checkpoints").exists() and (Path(result["run_dir"]) / "metrics.jsonl").exists()
 
 
 def test_dpo_first_loss_is_ln2_and_reference_is_the_start_model(tiny, tiny_llama):
@@ -68,6 +70,13 @@ def test_cpt_on_an_upscaled_model_records_the_recovery(tiny):
     final = [m["eval_loss"] for m in rows if "eval_loss" in m][-1]
     assert final < step0["eval_loss"]  # continued pretraining lowers the held-out loss
     assert registry.get("tiny-dus-cpt").parents == ["tiny-dus"] and registry.get("tiny-dus-cpt").num_layers == 8
+
+
+def test_keep_checkpoints_keeps_them(tiny):
+    result = run_train(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="kept",
+                               keep_checkpoints=True, **FAST))
+    assert sorted(p.name for p in (Path(result["run_dir"]) / "checkpoints").glob("checkpoint-*")) == \
+        ["checkpoint-3", "checkpoint-6"]
 
 
 def test_lora_is_merged_into_plain_weights(tiny, tiny_llama):
