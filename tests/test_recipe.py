@@ -222,12 +222,12 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama):
     assert avg.parents == [rows["sft-a"][0].output, rows["sft-b"][0].output]
     assert registry.get(rows["sft-a"][0].output).parents == [rows["upscaled"][0].output]
     for stage in ("base", "upscaled", "sft-a", "sft-b", "avg"):  # every model evaluated alike
-        assert scores_of(rows[stage][0].output)["perplexity perplexity"] > 1
+        assert scores_of(rows[stage][0].output)["perplexity"] > 1
     # the merge table is filled from this run's rows
     merge = next(t for t in tables.run_tables(run1) if t.key == "merge")
-    ppl = merge.columns.index("perplexity perplexity")
+    ppl = merge.columns.index("perplexity")
     assert merge.rows[0][0] == "Average (0.5, 0.5)" and merge.rows[0][ppl] == pytest.approx(
-        scores_of(rows["avg"][0].output)["perplexity perplexity"]) and merge.rows[0][-1] == 74.00
+        scores_of(rows["avg"][0].output)["perplexity"]) and merge.rows[0][-1] == 74.00
     assert "sft-a" in tables.run_graph(run1) and "#9be39b" in tables.run_graph(run1)
 
     # unchanged: everything reused, no job queued

@@ -47,7 +47,7 @@ def latest_scores(models: list[str]) -> dict[str, dict[str, float]]:
     with db.session() as s:
         rows = s.exec(select(EvalScore).where(EvalScore.model.in_(models)).order_by(EvalScore.id)).all()
     for r in rows:
-        out[r.model][f"{r.task} {r.metric}"] = r.value
+        out[r.model][r.task if r.metric == r.task else f"{r.task} {r.metric}"] = r.value  # not "perplexity perplexity"
     return out
 
 
