@@ -256,14 +256,17 @@ def beat() -> None:
         s.commit()
 
 
+def _age(when) -> float:
+    """Seconds since `when` (SQLite hands datetimes back without their UTC zone)."""
+    return (utcnow() - (when if when.tzinfo else when.replace(tzinfo=timezone.utc))).total_seconds()
+
+
 @db.retrying
 def live_hosts(within: float = BEAT_STALE) -> set[str]:
     """Machines with a worker that beat within the last `within` seconds."""
     with db.session() as s:
         beats = s.exec(select(WorkerBeat)).all()
-    now = utcnow()
-    return {b.host for b in beats
-            if (now - (b.seen if b.seen.tzinfo else b.seen.replace(tzinfo=timezone.utc))).total_seconds() < within}
+    return {b.host for b in beats if _age(b.seen) < within}
 
 
 @db.retrying
@@ -282,8 +285,7 @@ def recover_orphans() -> list[int]:
             continue
         alive = False
         if job.pid is None and job.started is not None:  # just claimed: its process is being started
-            started = job.started if job.started.tzinfo else job.started.replace(tzinfo=timezone.utc)
-            alive = (utcnow() - started).total_seconds() < 30
+            alive = _age(job.started) < 30
         if job.pid:
             try:
                 os.kill(job.pid, 0)
