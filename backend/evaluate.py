@@ -165,10 +165,9 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
 
 def _answer_scores(gens: list[Generation]) -> dict:
     n = len(gens)
-    scores = {"accuracy": sum(g.verdict == "correct" for g in gens) / n,
-              "hallucination_rate": sum(g.verdict == "wrong" for g in gens) / n,
-              "abstention_rate": sum(g.verdict == "abstained" for g in gens) / n,
-              "mean_words": sum(g.words for g in gens) / n}
+    rates = qa.summarise([g.verdict for g in gens])  # the QA probe's definitions, for math answers too
+    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate")}
+    scores["mean_words"] = sum(g.words for g in gens) / n
     if any(g.consistency is not None for g in gens):
         scores["consistency"] = sum(g.consistency or 0.0 for g in gens) / n
     return scores
