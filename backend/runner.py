@@ -302,11 +302,19 @@ def recover_orphans() -> list[int]:
         message="interrupted: its process ended without finishing (worker or machine stopped)")]
 
 
+def _mine():
+    """Running on this machine: rows this machine claimed, and rows from before jobs recorded a machine."""
+    return Job.host.in_(("", host_id()))
+
+
 @db.retrying
-def _claim_next() -> Job | None:
+def _claim_next(slots: int | None = None) -> Job | None:
     """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
-    cancelled with the reason. The claim is a conditional update, so two workers never take the same job."""
-    from sqlalchemy import update
+    cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with
+    `slots` it only succeeds while fewer than `slots` jobs run on this machine: the cap holds at every instant, not
+    only after a losing worker gives its claim back."""
+    from sqlalchemy import func, text, update
+    from sqlalchemy.orm import aliased
 
     with db.session() as s:
         for job in s.exec(select(Job).where(Job.status == "queued").order_by(Job.id)):
@@ -324,15 +332,27 @@ def _claim_next() -> Job | None:
                 waiting = waiting or dep.status != "succeeded"
             if blocked or waiting:
                 continue
-            # Safe with workers on several machines: SQLite takes its write lock; PostgreSQL makes a second UPDATE
-            # of the row wait for the first, then re-checks status = 'queued' on the committed row (READ COMMITTED)
-            # and updates nothing. tests/test_postgres.py races two workers for 20 jobs on both.
-            claimed = s.exec(update(Job).where(Job.id == job.id, Job.status == "queued")
+            # Safe with workers on several machines: SQLite holds its write lock for the whole statement, count
+            # included; PostgreSQL makes a second UPDATE of the row wait for the first, then re-checks
+            # status = 'queued' on the committed row (READ COMMITTED) and updates nothing. The count of running
+            # jobs is no row lock, so on PostgreSQL claims from one machine first take a transaction-scoped advisory
+            # lock on its name. tests/test_postgres.py races two workers for 20 jobs on both.
+            cond = [Job.id == job.id, Job.status == "queued"]
+            if slots is not None:
+                if s.get_bind().dialect.name == "postgresql":
+                    s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{host_id()}"))
+                other = aliased(Job)
+                cond.append(select(func.count(other.id)).where(other.status == "running",
+                                                               other.host.in_(("", host_id())))
+                            .scalar_subquery() < slots)
+            claimed = s.exec(update(Job).where(*cond)
                              .values(status="running", message="launching", started=utcnow(), host=host_id()))
             s.commit()
             if claimed.rowcount == 1:
                 s.refresh(job)
                 return job
+            if slots is not None and _busy() >= slots:
+                return None  # the machine filled up while we looked
     return None
 
 
@@ -340,17 +360,7 @@ def _claim_next() -> Job | None:
 def _busy() -> int:
     """Jobs running on this machine (its devices are what the slots share), whichever of its workers runs them."""
     with db.session() as s:
-        return len(s.exec(select(Job.id).where(Job.status == "running", Job.host.in_(("", host_id())))).all())
-
-
-@db.retrying
-def _over_cap(job_id: int, slots: int) -> bool:
-    """Whether `job_id` is beyond the first `slots` running jobs in claim order (started, id). Every worker sees the
-    same order, so of claims that raced past the cap exactly the later ones give way, and no loop of give-backs."""
-    with db.session() as s:
-        order = s.exec(select(Job.id).where(Job.status == "running", Job.host.in_(("", host_id())))
-                       .order_by(Job.started, Job.id)).all()
-    return job_id in order[slots:]
+        return len(s.exec(select(Job.id).where(Job.status == "running", _mine())).all())
 
 
 def start_child(job: Job) -> subprocess.Popen:
@@ -407,12 +417,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
                                            if get(job_id).kind in TRAIN_KINDS else ""))
         recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
         busy = _busy()  # slots count every job running on this machine, also those another worker here started
-        job = _claim_next() if not stop and busy < slots else None
-        if job is not None and _over_cap(job.id, slots):
-            # two workers counted the same free slot and both claimed: the later claim gives its job back
-            _transition(job.id, "running", status="queued", started=None, message="waiting for a free slot")
-            time.sleep(poll)
-            continue
+        job = _claim_next(slots) if not stop and busy < slots else None
         if job is not None:
             running[job.id] = start_child(job)
             continue

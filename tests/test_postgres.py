@@ -136,6 +136,56 @@ def test_two_workers_race_for_20_jobs_and_each_runs_once(tmp_path):
     assert runner._claim_next() is None
 
 
+CAPPED = r"""
+import json, sys, time
+from pathlib import Path
+from sqlmodel import select
+from backend import runner
+from storage import db
+from storage.models import Job
+db.init_db()
+Path(sys.argv[1]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+mine, seen = [], 0
+while True:
+    job = runner._claim_next(1)  # one slot on this machine, shared by both workers
+    if job is None:
+        with db.session() as s:
+            if not s.exec(select(Job.id).where(Job.status == "queued")).first():
+                break
+        time.sleep(0.002)
+        continue
+    mine.append(job.id)
+    with db.session() as s:  # what anyone looking at the table sees while this job runs
+        seen = max(seen, len(s.exec(select(Job.id).where(Job.status == "running")).all()))
+    time.sleep(0.01)
+    runner._update(job.id, status="succeeded")
+print(json.dumps({"claimed": mine, "running_seen": seen}))
+"""
+
+
+def test_two_workers_sharing_one_slot_never_run_two_jobs_at_once(tmp_path):
+    """The cap is part of the claim: a second worker on the machine cannot claim while its one slot is taken, even
+    for an instant (before, the later of two racing claims was given back, after it had shown as running)."""
+    with db.session() as s:
+        s.add_all([Job(kind="upscale", spec={}, status="queued") for _ in range(12)])
+        s.commit()
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", CAPPED, str(tmp_path / f"ready-{i}"), str(go)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    end = time.time() + 60
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)) and time.time() < end:
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    runs = [json.loads(out) for out, _ in outs]
+    assert sorted(i for r in runs for i in r["claimed"]) == sorted(j.id for j in runner.list_jobs())
+    assert [r["running_seen"] for r in runs] == [1, 1]
+    assert all(r["claimed"] for r in runs), runs  # both took turns
+
+
 @ON_POSTGRES
 def test_the_worker_rides_out_a_server_restart(postgres_cluster, tiny_llama, workspace, monkeypatch):
     db.init_db()
