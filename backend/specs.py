@@ -28,8 +28,19 @@ def parse_size(text: str) -> int:
     return int(float(m[1]) * 1000 ** "_KMGT".index((m[2] or "_").upper()))
 
 
+class Resources(BaseModel):
+    """What one process of a job asks the cluster for (Ray: the job's entrypoint, or each Ray Train worker). Ignored
+    by the local worker, whose slots share this machine."""
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(1.0, ge=0, description="CPU cores")
+    gpus: float = Field(0.0, ge=0, description="GPUs (fractions share one)")
+    memory_gb: float | None = Field(None, gt=0, description="memory to reserve, GiB (default: none reserved)")
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    resources: Resources = Field(default_factory=Resources, description="on a Ray cluster (DUS_RAY_ADDRESS): what "
+                                 "the job asks for; a training job with ray_workers > 1: what each worker asks for")
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
@@ -142,7 +153,15 @@ class _TrainSpec(_Spec):
     gradient_checkpointing: bool = False
     report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also log to these trackers (trl's report_to); off by default")
-    num_processes: int = Field(1, ge=1, description="accelerate launch --num_processes")
+    num_processes: int = Field(1, ge=1, description="accelerate launch --num_processes (on this machine)")
+    num_machines: int = Field(1, ge=1, description="accelerate launch --num_machines: machines taking part; each "
+                              "runs the same spec with its own machine_rank (the Slurm script does this)")
+    machine_rank: int = Field(0, ge=0, description="accelerate launch --machine_rank of this machine (0: the main)")
+    main_process_ip: str | None = Field(None, description="accelerate launch --main_process_ip: address of rank 0")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="port of rank 0 (default: a free one "
+                                          "with one machine; 29500 with several)")
+    ray_workers: int = Field(1, ge=1, description="on a Ray cluster: Ray Train workers (TorchTrainer, DDP), each "
+                             "with `resources`; 1 = the job's own process trains")
     accelerate_config: str | None = Field(None, description="your accelerate config file (DDP, FSDP, DeepSpeed)")
     name: str | None = Field(None, description="name to register; default derived from model and kind")
     out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
