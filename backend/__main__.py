@@ -132,6 +132,15 @@ def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
                     overlap_threshold=a.overlap_threshold, judge_url=a.judge_url, judge_model=a.judge_model)
+    if a.fan_out and len(a.models) > 1:
+        if not (a.queue or a.after):
+            raise SystemExit("eval --fan-out: one job per model runs through the worker; add --queue.")
+        from backend import runner
+
+        jobs = [runner.submit(one, after=a.after) for one in spec.per_model()]
+        print(f"queued jobs {', '.join(str(j.id) for j in jobs)} (eval, one per model); they run side by side on "
+              "the worker's free slots (python -m backend worker --slots N) or a Ray cluster")
+        return
     _run_or_queue(spec, a)
     if not (a.queue or a.after):
         from sqlmodel import select
@@ -362,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an item overlaps training data when this share of its 8-grams is in the lineage's data")
     ev.add_argument("--judge-url", help="qa: grade replies with an OpenAI-compatible server (http://host:port/v1)")
     ev.add_argument("--judge-model", help="qa: the model name the judge server serves")
+    ev.add_argument("--fan-out", action="store_true", help="with --queue: one job per model, run in parallel on "
+                    "free slots or cluster nodes (the scores are the same as one job's)")
     _job_options(ev)
     ev.set_defaults(fn=cmd_eval)
 

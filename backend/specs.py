@@ -386,6 +386,11 @@ class EvalSpec(_Spec):
             raise ValueError("judge_model: a judge needs the model name its server serves.")
         return self
 
+    def per_model(self) -> list["EvalSpec"]:
+        """The same evaluation as one spec per model: independent jobs that run side by side on free slots or
+        cluster nodes. Scores are stored per (model, task), so the tables read the same either way."""
+        return [self.model_copy(update={"models": [m]}) for m in self.models]
+
 
 TRAIN_KINDS = ("cpt", "sft", "dpo")
 SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,

@@ -93,12 +93,16 @@ with st.expander("Evaluate", expanded=False):
         espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
                          samples=samples, device=device, judge_url=judge_url.strip() or None,
                          judge_model=judge_model.strip() or None)
+        fan = st.toggle("One job per model", value=len(emodels) > 1, key="eval_fan_out", disabled=len(emodels) < 2,
+                        help="Independent jobs run side by side on the worker's free slots (--slots) or across a Ray "
+                             "cluster's nodes; the scores are the same as one job's.")
         if st.button("Evaluate", type="primary", key="evaluate"):
-            st.session_state["eval_job"] = runner.submit(espec).id
+            st.session_state["eval_jobs"] = [runner.submit(one).id
+                                             for one in (espec.per_model() if fan else [espec])]
     except ValidationError as exc:
         st.error(explain(exc))
-    if "eval_job" in st.session_state:
-        job_status(st.session_state["eval_job"])
+    for job_id in st.session_state.get("eval_jobs", []):
+        job_status(job_id)
 
 latest = scoretable.latest_scores()
 if not latest:

@@ -117,3 +117,18 @@ def test_cli_train_report_to_is_saved_in_the_spec_and_queued(tiny_llama, tmp_pat
     assert load_spec(spec_file).report_to == ["tensorboard"]
     (job,) = runner.list_jobs()
     assert job.kind == "sft" and job.spec["report_to"] == ["tensorboard"]
+
+
+def test_cli_eval_fan_out_queues_one_job_per_model(tiny_llama, tokenizer_dir, tmp_path):
+    from tests.conftest import make_llama
+
+    registry.import_folder(tiny_llama, "tiny")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=3), "tiny-2")
+    r = cli("eval", "tiny", "tiny-2", "--tasks", "perplexity", "--limit", "2", "--fan-out")
+    assert r.returncode != 0 and "add --queue" in r.stderr  # nothing ran, nothing queued
+    assert runner.list_jobs() == []
+    r = cli("eval", "tiny", "tiny-2", "--tasks", "perplexity", "--limit", "2", "--fan-out", "--queue")
+    assert r.returncode == 0, r.stderr
+    jobs = sorted(runner.list_jobs(), key=lambda j: j.id)
+    assert [(j.kind, j.spec["models"], j.spec["limit"]) for j in jobs] == [("eval", ["tiny"], 2),
+                                                                           ("eval", ["tiny-2"], 2)]

@@ -313,3 +313,33 @@ def test_compare_page_shows_h6_scores_beside_the_published_numbers(tiny):
     (name, published), = lmeval.PAPER_H6.items()
     paper = df[df["model"] == f"{name} (published, %)"].iloc[0]
     assert paper["hellaswag/acc_norm"] == published["hellaswag/acc_norm"]
+
+
+def test_evaluation_fans_out_one_job_per_model_with_the_scores_of_one_job(tiny, tokenizer_dir, tmp_path):
+    from sqlmodel import select
+
+    from backend import evaluate
+    from backend.specs import EvalSpec
+    from storage import db
+    from storage.models import EvalScore
+    from tests.conftest import make_llama
+
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    at = app("compare.py")
+    at.multiselect(key="eval_tasks").set_value(["perplexity"]).run()
+    at.number_input(key="eval_limit").set_value(3).run()
+    assert at.toggle(key="eval_fan_out").value  # on by default with several models
+    at.button(key="evaluate").click().run()
+    jobs = sorted(runner.list_jobs(), key=lambda j: j.id)
+    assert [(j.kind, j.spec["models"]) for j in jobs] == [("eval", ["tiny"]), ("eval", ["tiny-b"])]
+    runner.worker(once=True, slots=2)
+    assert [runner.get(j.id).status for j in jobs] == ["succeeded", "succeeded"]
+    with db.session() as s:
+        fanned = {(r.model, r.metric): r.value for r in s.exec(select(EvalScore))}
+    evaluate.run_eval(EvalSpec(models=["tiny", "tiny-b"], tasks=["perplexity"], limit=3))  # one job, both models
+    with db.session() as s:
+        one = {(r.model, r.metric): r.value for r in s.exec(select(EvalScore).where(EvalScore.job_id.is_(None)))}
+    assert fanned.keys() == one.keys() and len(one) >= 2
+    assert all(abs(fanned[k] - one[k]) <= 1e-6 * abs(one[k]) for k in one), (fanned, one)
+    at.run()
+    assert not at.exception
