@@ -30,6 +30,9 @@ def find_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+PASSWORD_ROLE, PASSWORD = "alice", "right-password"  # a role with password authentication
+
+
 class Cluster:
     def __init__(self, bin_dir: Path, port: int = 5432):
         self.bin, self.port = bin_dir, port
@@ -55,7 +58,12 @@ class Cluster:
         # fsync off: a test cluster that nobody needs after a crash may skip the disk flushes
         self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                   "--no-sync")
+        # one role that must give its password (first matching line wins), for the wrong-password test
+        hba = self.dir / "data" / "pg_hba.conf"
+        hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())
         self.start()
+        with self._admin() as conn:
+            conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{PASSWORD}'")
 
     def start(self) -> None:
         opts = (f"-k {self.dir} -p {self.port} -c listen_addresses='' -c fsync=off -c full_page_writes=off "

@@ -249,6 +249,32 @@ def test_a_wrong_database_url_names_the_server_not_the_password(monkeypatch, cap
     assert "hunter2" not in error.value
 
 
+@ON_POSTGRES
+def test_a_wrong_password_is_refused_by_the_server_and_said_so(postgres_cluster, monkeypatch, capsys):
+    """A real server's password check (the test cluster asks `alice` for hers): the CLI and the page name the
+    server and the role, say the server refused the password, and never print it."""
+    from backend.__main__ import main
+    from tests.pg_cluster import PASSWORD, PASSWORD_ROLE
+
+    where = f"host={postgres_cluster.dir}&port={postgres_cluster.port}"
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://{PASSWORD_ROLE}:hunter2@/postgres?{where}")
+    assert main(["jobs", "list"]) == 2
+    err = capsys.readouterr().err
+    assert f"as {PASSWORD_ROLE}" in err and "password authentication failed" in err, err
+    assert "check DATABASE_URL" in err and "hunter2" not in err
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    (error,) = at.error
+    assert "password authentication failed" in error.value and "hunter2" not in error.value
+    # the right password opens it: the failure above was the password, not the set-up
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://{PASSWORD_ROLE}:{PASSWORD}@/postgres?{where}")
+    db._ready.cache_clear()
+    with db.engine().connect() as conn:
+        assert conn.exec_driver_sql("SELECT current_user").scalar() == PASSWORD_ROLE
+
+
 def test_values_postgresql_refuses_are_stored(workspace):
     """A diverged loss or an infinite perplexity in a result (PostgreSQL's json type refuses NaN and Infinity), a NUL
     character in a generated answer (its text type refuses NUL)."""
