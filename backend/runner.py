@@ -25,6 +25,7 @@ from typing import Callable
 
 from sqlmodel import select
 
+from backend.cluster import ray_jobs
 from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
 from storage import db
 from storage.models import Job, JobMetric, WorkerBeat, utcnow
@@ -37,6 +38,20 @@ BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken
 def host_id() -> str:
     """This machine's name in job rows (DUS_HOST_ID overrides it: two workers on one machine can play two)."""
     return os.environ.get("DUS_HOST_ID") or socket.gethostname()
+
+
+def claim_host() -> str:
+    """The `host` this worker writes into the jobs it claims: this machine, or with a Ray cluster configured
+    (DUS_RAY_ADDRESS) the cluster, whose rows Ray's job status judges and whose in-flight jobs the slots count."""
+    addr = ray_jobs.address()
+    return ray_jobs.host_for(addr) if addr else host_id()
+
+
+def _hosts_here() -> tuple[str, ...]:
+    """The `host` values of the jobs this worker's slots share: rows from before jobs recorded a machine ("") belong
+    to a local worker, never to a cluster."""
+    here = claim_host()
+    return (here,) if ray_jobs.is_ray(here) else ("", here)
 
 
 def work_function(kind: str) -> Callable[..., dict]:
@@ -75,6 +90,8 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         if get(dep) is None:
             raise ValueError(f"No job {dep} to wait for.")
     waits = ([after] if after is not None else []) + needs
+    if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
+        ray_jobs.check_submission(spec, addr)
     with db.session() as s:
         job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
                   message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
@@ -160,6 +177,7 @@ def cancel(job_id: int) -> Job:
                 os.killpg(job.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        ray_jobs.stop(job.host, job.cluster_ref)  # on a Ray cluster: Ray ends its process group wherever it runs
     return get(job_id)  # already finished (it won the race): its own final state stands
 
 
@@ -208,7 +226,10 @@ def execute(job_id: int) -> int:
 
 def _watch_parent() -> None:
     """If the worker dies (even by kill -9), end this job's whole process group: the job is then 'interrupted'
-    by the next worker and can resume from its last checkpoint, instead of running on unwatched."""
+    by the next worker and can resume from its last checkpoint, instead of running on unwatched. A Ray entrypoint
+    `exec`s this process (cluster/ray_jobs.py), so its parent is Ray's JobSupervisor, alive as long as the Ray job:
+    a worker that dies leaves it running, and only a lost node (the supervisor with it) ends it here, since the
+    entrypoint leads a session of its own that a dying node would not take down."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -277,6 +298,9 @@ def recover_orphans() -> list[int]:
     here = host_id()
     with db.session() as s:
         running = list(s.exec(select(Job).where(Job.status == "running")))
+    # jobs on a Ray cluster: judged by Ray's status of their submission, not by local pids or machines' heartbeats
+    on_ray = ray_jobs.lost([j for j in running if ray_jobs.is_ray(j.host)])
+    running = [j for j in running if not ray_jobs.is_ray(j.host)]
     live = live_hosts() if any(j.host not in ("", here) for j in running) else set()
     for job in running:
         if job.host not in ("", here):
@@ -299,12 +323,13 @@ def recover_orphans() -> list[int]:
     # conditional, so a job that finished while we looked keeps the state its own process wrote
     return [i for i in orphans if _transition(
         i, "running", status="interrupted", finished=utcnow(),
-        message="interrupted: its process ended without finishing (worker or machine stopped)")]
+        message="interrupted: its process ended without finishing (worker or machine stopped)")] + [
+        i for i, fields in on_ray.items() if _transition(i, "running", **fields)]
 
 
 def _mine():
-    """Running on this machine: rows this machine claimed, and rows from before jobs recorded a machine."""
-    return Job.host.in_(("", host_id()))
+    """Running on this machine (or cluster): rows it claimed, and rows from before jobs recorded a machine."""
+    return Job.host.in_(_hosts_here())
 
 
 @db.retrying
@@ -340,13 +365,13 @@ def _claim_next(slots: int | None = None) -> Job | None:
             cond = [Job.id == job.id, Job.status == "queued"]
             if slots is not None:
                 if s.get_bind().dialect.name == "postgresql":
-                    s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{host_id()}"))
+                    s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{claim_host()}"))
                 other = aliased(Job)
                 cond.append(select(func.count(other.id)).where(other.status == "running",
-                                                               other.host.in_(("", host_id())))
+                                                               other.host.in_(_hosts_here()))
                             .scalar_subquery() < slots)
-            claimed = s.exec(update(Job).where(*cond)
-                             .values(status="running", message="launching", started=utcnow(), host=host_id()))
+            claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching", started=utcnow(),
+                                                             host=claim_host(), cluster_ref=""))
             s.commit()
             if claimed.rowcount == 1:
                 s.refresh(job)
@@ -363,7 +388,11 @@ def _busy() -> int:
         return len(s.exec(select(Job.id).where(Job.status == "running", _mine())).all())
 
 
-def start_child(job: Job) -> subprocess.Popen:
+def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
+    if addr := ray_jobs.address():  # a Ray Job on the cluster, whose entrypoint appends to the same log
+        run = ray_jobs.submit(job, addr)
+        _update(job.id, cluster_ref=run.submission_id, message="submitted to the Ray cluster")
+        return run
     log = open(job.log_path or os.devnull, "ab")
     env = dict(os.environ, DUS_WORKSPACE=str(db.workspace()), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "backend", "jobs", "exec", str(job.id)], stdout=log,
@@ -377,6 +406,8 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
     """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS or 1: one job per
     device). `once`: run what is runnable now, wait for it, then return (tests, scripts)."""
     slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
+    if addr := ray_jobs.address():
+        ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
     db.init_db()
     db.clean_stale_tmp()
     recover_orphans()
@@ -388,7 +419,11 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
-    running: dict[int, subprocess.Popen] = {}
+    running: dict[int, subprocess.Popen | ray_jobs.RayRun] = {}
+    if addr:  # jobs a previous worker handed to the cluster run on: watch them (cancel, end) as if started here
+        with db.session() as s:
+            running.update({j.id: ray_jobs.RayRun(addr, j.cluster_ref) for j in s.exec(
+                select(Job).where(Job.status == "running", _mine(), Job.cluster_ref != ""))})
     last_beat = 0.0
     while True:
         heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
@@ -399,11 +434,19 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
             with db.session() as s:
                 gone = s.exec(select(Job.id).where(Job.id.in_(list(running)), Job.status == "cancelled")).all()
             for job_id in gone:
+                if isinstance(running[job_id], ray_jobs.RayRun):
+                    running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
+                    continue
                 try:
                     os.killpg(running[job_id].pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
         for job_id, proc in list(running.items()):
+            if isinstance(proc, ray_jobs.RayRun):
+                if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
+                    del running[job_id]
+                    _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+                continue
             if proc.poll() is not None:
                 del running[job_id]
                 try:  # its own children (accelerate, the trainer) must not outlive a killed job process
@@ -419,7 +462,14 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
         busy = _busy()  # slots count every job running on this machine, also those another worker here started
         job = _claim_next(slots) if not stop and busy < slots else None
         if job is not None:
-            running[job.id] = start_child(job)
+            try:
+                running[job.id] = start_child(job)
+            except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
+                if not ray_jobs.is_ray(job.host):
+                    raise
+                _transition(job.id, "running", status="queued", started=None, host="",
+                            message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
+                time.sleep(poll)
             continue
         if not running and (once or stop):
             return

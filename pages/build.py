@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from backend import registry, runner
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import human, human_bytes, job_status, model_names, worker_banner, via_app
+from pages.common import human, human_bytes, job_status, model_names, submit, worker_banner, via_app
 from pages.figures import layer_map_figure
 
 via_app(__file__)
@@ -25,7 +25,7 @@ if not names:
     st.info("No model is registered yet. Import the built-in SmolLM2-135M-Instruct (about 40 s, offline) or "
             "another model on the Models page.")
     if st.button("Import the built-in SmolLM2-135M-Instruct", key="import_builtin"):
-        st.session_state["build_import_job"] = runner.submit(ImportSpec(target="builtin")).id
+        submit(ImportSpec(target="builtin"), "build_import_job")
     if "build_import_job" in st.session_state:
         job_status(st.session_state["build_import_job"])
         if st.button("Refresh the model list", key="refresh_models"):
@@ -106,7 +106,7 @@ with left:
         st.info(f"A model named {spec.name!r} is registered already: change m or the name to build another.")
     b1, b2 = st.columns(2)
     if b1.button("Build", type="primary", key="build", disabled=taken):
-        st.session_state["build_job"] = runner.submit(spec).id
+        submit(spec, "build_job")
     b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="save_spec",
                        help="Rerun it with: python -m backend run SPEC.yaml")
 

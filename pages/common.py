@@ -39,6 +39,18 @@ def human_bytes(n: int) -> str:
     return ""
 
 
+def submit(spec, key: str, **kw) -> int | None:
+    """Queue a spec and remember its job under `key`; a refusal (a Ray cluster that cannot run it, that does not
+    answer, a node that cannot see the model) is shown on the page, and nothing is queued."""
+    try:
+        job_id = runner.submit(spec, **kw).id
+    except ValueError as exc:
+        st.error(f"Not queued: {exc}")
+        return None
+    st.session_state[key] = job_id
+    return job_id
+
+
 def worker_banner() -> None:
     """Jobs run in the worker process; say so plainly when none is running, and offer to start one."""
     if runner.worker_alive():

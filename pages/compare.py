@@ -11,9 +11,9 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, registry, runner, scoretable
+from backend import analysis, registry, scoretable
 from backend.specs import EvalSpec, MergeSpec, explain
-from pages.common import job_status, model_names, via_app, worker_banner
+from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import bar_figure, by_bin_figure, length_box_figure, radar_figure
 from storage import db
 from storage.models import Generation
@@ -64,7 +64,7 @@ with st.expander("Merge candidates"):
         mname = st.text_input("Name", mspec.default_name(), key=f"merge_name_{method}_{'_'.join(cands)}")
         mspec = mspec.model_copy(update={"name": mname})
         if st.button("Merge", type="primary", key="merge", disabled=registry.get(mname) is not None):
-            st.session_state["merge_job"] = runner.submit(mspec).id
+            submit(mspec, "merge_job")
     except ValidationError as exc:
         st.error(explain(exc))
     if "merge_job" in st.session_state:
@@ -97,8 +97,8 @@ with st.expander("Evaluate", expanded=False):
                         help="Independent jobs run side by side on the worker's free slots (--slots) or across a Ray "
                              "cluster's nodes; the scores are the same as one job's.")
         if st.button("Evaluate", type="primary", key="evaluate"):
-            st.session_state["eval_jobs"] = [runner.submit(one).id
-                                             for one in (espec.per_model() if fan else [espec])]
+            st.session_state["eval_jobs"] = [j for i, one in enumerate(espec.per_model() if fan else [espec])
+                                             if (j := submit(one, f"eval_job_{i}")) is not None]
     except ValidationError as exc:
         st.error(explain(exc))
     for job_id in st.session_state.get("eval_jobs", []):

@@ -9,6 +9,7 @@ import streamlit as st
 import yaml
 
 from backend import runner
+from backend.cluster import ray_jobs, ray_view
 from pages.common import job_status, worker_banner, via_app
 
 via_app(__file__)
@@ -43,3 +44,20 @@ if jobs:
     if log and log.exists():
         st.caption(f"Log: `{log}` (last 60 lines)")
         st.code("\n".join(log.read_text(errors="replace").splitlines()[-60:]) or "(empty)")
+
+st.subheader("Cluster")
+try:
+    view = ray_view.status() if ray_jobs.address() else None
+except ray_jobs.ClusterError as exc:  # does not answer, or DUS_RAY_ADDRESS is no dashboard URL
+    st.error(str(exc))
+else:
+    if view is None:
+        st.caption(ray_view.HOW)
+    else:
+        st.caption(f"Jobs run on the Ray cluster at {view.address}; each node's resources are free / total, as Ray "
+                   "last reported them (a few seconds old).")
+        st.dataframe(pd.DataFrame(view.node_rows()), hide_index=True, key="cluster_nodes")
+        if view.jobs:
+            st.dataframe(pd.DataFrame(view.job_rows()), hide_index=True, key="cluster_jobs")
+        else:
+            st.caption("No DUS job runs on the cluster now.")

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import registry, runner
+from backend import registry
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, explain
-from pages.common import cached_model, human, job_status, worker_banner, via_app
+from pages.common import cached_model, human, job_status, submit, worker_banner, via_app
 from pydantic import ValidationError
 
 via_app(__file__)
@@ -30,7 +30,7 @@ with st.expander("Import a model", expanded=not registry.list_models()):
     if st.button("Import", key="import"):
         try:
             spec = ImportSpec(target=target, name=new_name or None, allow_pickle=allow_pickle)
-            st.session_state["import_job"] = runner.submit(spec).id
+            submit(spec, "import_job")
         except ValidationError as exc:
             st.error(explain(exc))
     if "import_job" in st.session_state:

@@ -10,11 +10,11 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import registry, runner, uploads
+from backend import registry, uploads
 from backend.specs import SynthMathSpec, explain
 from backend.synth import pipeline
 from backend.synth.seeds import CATEGORIES
-from pages.common import job_status, via_app, worker_banner
+from pages.common import job_status, submit, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 
 
@@ -71,7 +71,7 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
     b1, b2 = st.columns(2)
     if spec and b1.button("Make pairs", type="primary", key="make_pairs",
                           disabled=seed_kind != "built-in generator" and seed_file is None):
-        st.session_state["synth_job"] = runner.submit(spec).id
+        submit(spec, "synth_job")
     if spec:
         b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="synth_spec")
     if "synth_job" in st.session_state:

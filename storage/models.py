@@ -61,6 +61,8 @@ class Job(SQLModel, table=True):
     # The machine whose worker claimed it: only that machine signals its process or judges it dead. A server
     # default too, so rows inserted by an older version sharing the database stay valid.
     host: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    # On a Ray cluster (host "ray:ADDRESS"): the Ray Job's submission id, by which it is watched and stopped.
+    cluster_ref: str = Field(default="", sa_column_kwargs={"server_default": ""})
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     created: datetime = Field(default_factory=utcnow)
     started: datetime | None = None

@@ -346,6 +346,13 @@ def _look_up(nodes: list[Node]) -> None:
 def submit(p: Plan, text: str = "") -> int:
     """Queue the stages that must run, each needing the jobs of the stages it reads; record the run. Returns its
     id. A stage that fails cancels what depends on it (the runner's dependency check), with the reason."""
+    from backend.cluster import ray_jobs
+
+    addr = ray_jobs.address()
+    if addr:  # a stage the cluster would refuse is refused before any row is written, not halfway through
+        for n in p.nodes:
+            if n.status == "run" and n.spec is not None:
+                ray_jobs.check_submission(n.spec, addr)
     with db.session() as s:
         run = RecipeRun(name=p.recipe.name, text=text or p.recipe.to_yaml())
         s.add(run)
@@ -359,7 +366,9 @@ def submit(p: Plan, text: str = "") -> int:
 
     # One evaluation job for every model that needs one: each job pays a process start and imports (about 10 s
     # on a busy CPU), which dominates a small model's evaluation. Rows stay per model, so reuse stays per model.
-    evals = [n for n in p.nodes if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
+    # On a Ray cluster they fan out instead, one job per model, across the nodes.
+    evals = [] if addr else [n for n in p.nodes
+                             if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
     for n in p.nodes:
         if n.status == "run" and n.spec is not None and n not in evals:
             n.job_id = runner.submit(n.spec, needs=needs_of(n)).id
