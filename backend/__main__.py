@@ -10,10 +10,12 @@
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
                             [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
-    python -m backend run SPEC.yaml [--queue]
+    python -m backend run SPEC.yaml [--queue] [--num-machines N --machine-rank R --main-process-ip HOST0]
+    python -m backend slurm SPEC.yaml [--nodes N --gpus-per-node G --partition P --time HH:MM:SS] > train.sbatch
     python -m backend recipe new smoke|solar-mini|solar-10.7b [--base B] [--m M] > R.yaml
     python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
     python -m backend worker
+    python -m backend cluster status | check          # with DUS_RAY_ADDRESS=http://HEAD:8265 (a Ray cluster)
     python -m backend jobs list | cancel ID | resume ID
     python -m backend auth hash | check [--address 0.0.0.0]
 
@@ -27,8 +29,8 @@ import sys
 
 from pydantic import ValidationError
 
-from backend.specs import (CptSpec, DataSource, DpoSpec, EvalSpec, LoraSpec, MergeSpec, SftSpec, SliceRange,
-                           SynthMathSpec, UpscaleSpec, explain, load_spec)
+from backend.specs import (TRAIN_KINDS, CptSpec, DataSource, DpoSpec, EvalSpec, LoraSpec, MergeSpec, SftSpec,
+                           SliceRange, SynthMathSpec, UpscaleSpec, explain, load_spec)
 
 
 def _progress(frac: float, message: str) -> None:
@@ -85,15 +87,46 @@ def _source(text: str) -> DataSource:
 def cmd_train(a) -> None:
     spec_cls = {"cpt": CptSpec, "sft": SftSpec, "dpo": DpoSpec}[a.kind]
     fields = dict(model=a.model, data=a.data, name=a.name, out=a.out, num_processes=a.num_processes,
-                  accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None)
+                  accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None,
+                  **_machine_fields(a))
     for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
-                "beta", "loss_type", "eval_fraction", "seed", "report_to"):
+                "beta", "loss_type", "eval_fraction", "seed", "report_to", "keep_checkpoints"):
         if getattr(a, key, None) is not None:
             fields[key] = getattr(a, key)
     if a.eval_data:
         fields["eval_data"] = a.eval_data
     spec = spec_cls(**fields)
+    _set_run_name(a)
     _run_or_queue(spec, a)
+
+
+MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port")
+
+
+def _machine_fields(a) -> dict:
+    return {k: getattr(a, k) for k in MACHINE_FIELDS if getattr(a, k, None) is not None}
+
+
+def _machine_options(p: argparse.ArgumentParser) -> None:
+    """Training on several machines: every machine runs the same command with its own --machine-rank."""
+    p.add_argument("--num-machines", type=int, help="machines taking part (accelerate launch --num_machines)")
+    p.add_argument("--machine-rank", type=int, help="this machine's rank, 0 to N-1 (0: the main machine)")
+    p.add_argument("--main-process-ip", help="host name or IP of machine 0, reachable from the others")
+    p.add_argument("--main-process-port", type=int, help="rendezvous port on machine 0 (default 29500)")
+    p.add_argument("--run-name", help="run folder under workspace/runs (default with several machines: derived "
+                                      "from the spec, the same on every machine); e.g. to continue a finished run")
+
+
+def _set_run_name(a) -> None:
+    """--run-name reaches run_dir_for through the environment (it is not part of what is trained)."""
+    import os
+
+    from backend.names import check_name
+
+    if getattr(a, "run_name", None):
+        if a.queue or a.after:
+            raise ValueError("--run-name applies to a run in the foreground; leave out --queue / --after.")
+        os.environ["DUS_RUN_NAME"] = check_name(a.run_name, "--run-name")
 
 
 def cmd_synth(a) -> None:
@@ -159,7 +192,22 @@ def cmd_eval(a) -> None:
 def cmd_run(a) -> None:
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
         return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue or bool(a.after)))
-    _run_or_queue(load_spec(a.spec), a)
+    spec = load_spec(a.spec)
+    over = {**_machine_fields(a), **({"num_processes": a.num_processes} if a.num_processes else {})}
+    if over or a.run_name:  # a Slurm task (backend/cluster/slurm.py) places its node this way
+        if spec.kind not in TRAIN_KINDS:
+            raise ValueError(f"--num-machines, --machine-rank, --num-processes, --run-name: only training specs "
+                             f"({', '.join(TRAIN_KINDS)}) run on several machines, not {spec.kind}.")
+        spec = type(spec).model_validate({**spec.model_dump(), **over})
+        _set_run_name(a)
+    _run_or_queue(spec, a)
+
+
+def cmd_slurm(a) -> None:
+    from backend.cluster.slurm import slurm_script
+
+    print(slurm_script(load_spec(a.spec), spec_path=a.spec, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
+                       partition=a.partition, time=a.time), end="")
 
 
 def _is_recipe(path: str) -> bool:
@@ -261,6 +309,17 @@ def cmd_worker(a) -> None:
     runner.worker(poll=a.poll, once=a.once, slots=a.slots)
 
 
+def cmd_cluster(a) -> None:
+    from backend.cluster import ray_view
+
+    if a.action == "check":
+        print(ray_view.check(a.address))
+        return
+    view = ray_view.status(a.address)
+    print(f"Ray cluster at {view.address}\n\nnodes (free / total):\n{ray_view.table(view.node_rows())}"
+          f"\n\nDUS jobs on it:\n{ray_view.table(view.job_rows())}")
+
+
 def cmd_jobs(a) -> None:
     from backend import runner
 
@@ -313,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, help="dpo")
     t.add_argument("--loss-type", help="dpo: sigmoid, ipo, hinge…")
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
-    t.add_argument("--num-processes", type=int, default=1)
+    t.add_argument("--num-processes", type=int, default=1, help="processes on this machine")
+    t.add_argument("--keep-checkpoints", action="store_true", default=None,
+                   help="keep the run's checkpoints after the model is registered (to continue it later)")
     t.add_argument("--accelerate-config", help="your accelerate config file")
+    _machine_options(t)
     t.add_argument("--name")
     t.add_argument("--out")
     _job_options(t)
@@ -386,8 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
     r.add_argument("spec")
+    _machine_options(r)
+    r.add_argument("--num-processes", type=int, help="training: processes on this machine (overrides the spec)")
     _job_options(r, save_spec=False)
     r.set_defaults(fn=cmd_run)
+
+    sl = sub.add_parser("slurm", help="print a Slurm batch script that trains SPEC.yaml on several nodes with "
+                                      "accelerate launch (submit it with sbatch; nothing is submitted here)")
+    sl.add_argument("spec", help="a cpt/sft/dpo spec (YAML) at a path every node can read")
+    sl.add_argument("--nodes", type=int, help="nodes (default: the spec's num_machines)")
+    sl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one process each (0: CPU nodes, "
+                    "the spec's num_processes each)")
+    sl.add_argument("--partition", help="Slurm partition")
+    sl.add_argument("--time", default="04:00:00", help="time limit, HH:MM:SS or DAYS-HH:MM:SS")
+    sl.set_defaults(fn=cmd_slurm)
 
     rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, tables, cancel")
     rc.add_argument("action", choices=["new", "plan", "run", "tables", "cancel"])
@@ -418,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="run what is queued, then exit")
     w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
     w.set_defaults(fn=cmd_worker)
+
+    cl = sub.add_parser("cluster", help="a Ray cluster (DUS_RAY_ADDRESS): status (nodes, resources, which job runs "
+                        "where) or check (the address answers, every node sees the workspace)")
+    cl.add_argument("action", choices=["status", "check"])
+    cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
+    cl.set_defaults(fn=cmd_cluster)
 
     j = sub.add_parser("jobs", help="list or cancel jobs")
     j.add_argument("action", choices=["list", "cancel", "resume", "exec"])

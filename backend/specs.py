@@ -35,6 +35,8 @@ class Resources(BaseModel):
     cpus: float = Field(1.0, ge=0, description="CPU cores")
     gpus: float = Field(0.0, ge=0, description="GPUs (fractions share one)")
     memory_gb: float | None = Field(None, gt=0, description="memory to reserve, GiB (default: none reserved)")
+    custom: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {\"a100\": 1} "
+                                     "for nodes started with `ray start --resources '{\"a100\": 4}'`")
 
 
 class _Spec(BaseModel):
@@ -44,7 +46,9 @@ class _Spec(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
-        return yaml.safe_dump({"kind": data.pop("kind"), **data}, sort_keys=False, allow_unicode=True)
+        # what the job does first, where it runs last
+        return yaml.safe_dump({"kind": data.pop("kind"), **data, "resources": data.pop("resources")},
+                              sort_keys=False, allow_unicode=True)
 
 
 class SliceRange(BaseModel):
@@ -174,6 +178,25 @@ class _TrainSpec(_Spec):
         if v and not Path(v).expanduser().is_file():
             raise ValueError(f"accelerate config file {v} does not exist.")
         return v
+
+    @model_validator(mode="after")
+    def _machines(self) -> "_TrainSpec":
+        n = self.num_machines
+        if self.machine_rank >= n:
+            raise ValueError(f"machine_rank {self.machine_rank} with num_machines {n}: machine ranks are 0 to "
+                             f"{n - 1}; give each machine its own rank (0 on the main one).")
+        if n > 1 and not self.main_process_ip:
+            raise ValueError(f"main_process_ip: with num_machines {n} every machine needs the address of machine "
+                             "0 (its host name or IP, reachable from the others).")
+        if n > 1 and self.ray_workers > 1:
+            raise ValueError(f"num_machines {n} and ray_workers {self.ray_workers}: choose one way to use several "
+                             "machines — accelerate launch on each (num_machines) or Ray Train (ray_workers).")
+        if self.ray_workers > 1 and (self.num_processes > 1 or self.accelerate_config):
+            raise ValueError(f"ray_workers {self.ray_workers} with num_processes {self.num_processes}"
+                             + (" and accelerate_config" if self.accelerate_config else "") + ": Ray Train starts "
+                             "the processes (one per worker; give each GPUs with resources.gpus), not accelerate "
+                             "launch; set num_processes to 1 and leave accelerate_config empty.")
+        return self
 
     def default_name(self) -> str:
         base = Path(self.model).name if "/" in self.model else self.model

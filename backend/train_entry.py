@@ -140,7 +140,9 @@ def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
                       callbacks=callbacks, peft_config=peft_config)
 
 
-def main(run_dir: Path) -> None:
+def main(run_dir: Path, extra_summary: dict | None = None) -> None:
+    """One training run from run_dir/spec.json. extra_summary: added to summary.json by rank 0 (Ray Train records
+    which node each rank ran on, backend/cluster/ray_train.py)."""
     cfg = json.loads((run_dir / "spec.json").read_text())
     spec = spec_from_dict(cfg["spec"])
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
@@ -203,7 +205,7 @@ def main(run_dir: Path) -> None:
                    "resumed_from": checkpoints[-1].name if checkpoints else None,
                    "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
                    "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
-                   "world_size": trainer.args.world_size}
+                   "world_size": trainer.args.world_size, **(extra_summary or {})}
         (out / "README.md").write_text(
             f"# {cfg['name']}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"
             f"Data: {', '.join(f'{d.source} ×{d.weight:g}' for d in spec.data)}\n\n"

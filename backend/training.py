@@ -7,10 +7,16 @@ Every run goes through `accelerate launch`, so a user with several GPUs or nodes
 config (DDP, FSDP, DeepSpeed) unchanged. The launched script is `backend/train_entry.py`; it writes checkpoints,
 `metrics.jsonl` and the finished model into the run folder. A run folder that already holds checkpoints is
 resumed from the last one (a job keeps its run folder: workspace/runs/job-ID).
+
+Several machines (num_machines > 1): each runs the same spec with its own machine_rank against a shared workspace
+(same DUS_WORKSPACE path and database everywhere); the run folder's name is derived from the spec, so all find it.
+
+    python -m backend train sft --model M --data D --num-machines 2 --machine-rank 0|1 --main-process-ip HOST0
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,12 +30,14 @@ from pathlib import Path
 from typing import Callable
 
 from backend import data, registry
+from backend.names import check_name
 from backend.outputs import output_dir, register_output
 from backend.specs import _TrainSpec
 from storage import db
 
 Progress = Callable[[float, str], None]
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 29500  # accelerate's and torchrun's default rendezvous port
 
 
 class TrainingError(RuntimeError):
@@ -42,9 +50,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Fields that only place one machine in a multi-machine run: equal runs differ in these, so the run folder's
+# name leaves them out (a Slurm resubmission gets other hosts, hence another main_process_ip).
+PLACEMENT_FIELDS = {"machine_rank", "main_process_ip", "main_process_port"}
+
+
+def multi_machine_run_name(spec: _TrainSpec) -> str:
+    """The run folder of a multi-machine run, the same on every machine without talking to the others: the name
+    plus a hash of the spec without its placement fields. Rerunning the same spec (a Slurm job requeued or
+    resubmitted after a crash) finds the same folder and resumes from its last checkpoint; DUS_RUN_NAME chooses
+    the folder instead (e.g. to continue a finished run with more steps)."""
+    data = {k: v for k, v in spec.model_dump(mode="json").items() if k not in PLACEMENT_FIELDS}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{spec.name or spec.default_name()}-x{spec.num_machines}-{digest}"
+
+
 def run_dir_for(spec: _TrainSpec) -> Path:
+    """workspace/runs/NAME: DUS_RUN_NAME when set; with several machines a name every machine derives alike (a job
+    id is known to machine 0 only); else job-ID inside a job (a resumed job keeps its folder), or a timestamp."""
     job = os.environ.get("DUS_JOB_ID")
-    name = f"job-{job}" if job else f"{spec.name or spec.default_name()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if os.environ.get("DUS_RUN_NAME"):
+        name = check_name(os.environ["DUS_RUN_NAME"], "DUS_RUN_NAME (--run-name)")
+    elif spec.num_machines > 1:
+        name = multi_machine_run_name(spec)
+    else:
+        name = f"job-{job}" if job else f"{spec.name or spec.default_name()}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = db.workspace() / "runs" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -106,45 +136,82 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
+    """`accelerate launch` for this machine. With several machines every one runs this with its own machine_rank:
+    accelerate hands --num_machines/--machine_rank/--main_process_ip/--main_process_port to torchrun's static
+    rendezvous at IP:PORT (hosted by machine 0), and its --num_processes is the TOTAL over all machines (it starts
+    num_processes // num_machines here), while the spec's num_processes counts one machine's processes."""
     import torch
 
+    machines = spec.num_machines
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if spec.accelerate_config:
+    if spec.accelerate_config:  # the config decides processes and backend; the spec only places this machine
         cmd += ["--config_file", str(Path(spec.accelerate_config).expanduser())]
+        if machines > 1:
+            cmd += ["--num_machines", str(machines)]
     else:
-        cmd += ["--num_processes", str(spec.num_processes), "--num_machines", "1", "--dynamo_backend", "no",
+        total = spec.num_processes * machines
+        cmd += ["--num_processes", str(total), "--num_machines", str(machines), "--dynamo_backend", "no",
                 "--mixed_precision", "bf16" if torch.cuda.is_available() else "no"]
-        if spec.num_processes > 1:
+        if total > 1:
             # accelerate's --cpu launcher runs one process (several need MPI); its torchrun launcher starts
-            # N processes, which find no GPU and join over gloo: multi-process CPU data parallelism.
+            # N processes, which find no GPU and join over gloo: multi-process CPU data parallelism (also across
+            # machines: one process on each of two machines is two processes in all).
             cmd += ["--multi_gpu"]
         elif not torch.cuda.is_available():
             cmd += ["--cpu"]
-    cmd += ["--main_process_port", str(_free_port()), "-m", "backend.train_entry", str(run_dir)]
+    if machines > 1:
+        cmd += ["--machine_rank", str(spec.machine_rank), "--main_process_ip", str(spec.main_process_ip),
+                "--main_process_port", str(spec.main_process_port or DEFAULT_PORT)]
+    else:  # one machine: a free port, so two runs side by side never collide
+        cmd += ["--main_process_port", str(spec.main_process_port or _free_port())]
+    cmd += ["-m", "backend.train_entry", str(run_dir)]
     return cmd
 
 
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     folder, name, ref_folder = check_inputs(spec)
-    out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
+    main_machine = spec.machine_rank == 0  # the others train, and leave saving and registering to machine 0
+    if main_machine:
+        out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
     run_dir = run_dir_for(spec)
-    (run_dir / "spec.json").write_text(json.dumps({"spec": spec.model_dump(mode="json"), "model_path": str(folder),
-                                                   "reference_path": ref_folder, "name": name}, indent=2))
-    shutil.rmtree(run_dir / "final", ignore_errors=True)
+    # Every machine writes spec.json into the shared run folder: replaced whole, so a machine whose processes are
+    # reading it never sees half a file (the copies differ only in machine_rank, which train_entry does not read).
+    tmp = run_dir / f".spec.json.{spec.machine_rank}"
+    tmp.write_text(json.dumps({"spec": spec.model_dump(mode="json"), "model_path": str(folder),
+                               "reference_path": ref_folder, "name": name}, indent=2))
+    os.replace(tmp, run_dir / "spec.json")
+    if main_machine:
+        shutil.rmtree(run_dir / "final", ignore_errors=True)
     resumed = complete_checkpoints(run_dir)
-    progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es)"
+    where = (f" x {spec.num_machines} machines (this is machine {spec.machine_rank}, rank 0 at "
+             f"{spec.main_process_ip}:{spec.main_process_port or DEFAULT_PORT})" if spec.num_machines > 1 else "")
+    progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es){where}"
                   + (f", resuming from {resumed[-1].name}" if resumed else ""))
     env = {**os.environ, "DUS_WORKSPACE": str(db.workspace()), "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false", **tracker_env(spec, run_dir)}
-    proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    tail: deque[str] = deque(maxlen=40)
-    for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors
-        print(line, end="", flush=True)
-        tail.append(line.rstrip())
-    rc = proc.wait()
+    if spec.ray_workers > 1:  # the same train_entry.main on each Ray Train worker: DDP across the cluster's nodes
+        from backend.cluster import ray_train
+
+        try:
+            ray_train.cluster_address()
+        except ray_train.RayNotConfigured as e:
+            raise TrainingError(str(e)) from None
+        progress(0.0, f"launching {spec.kind} on {spec.ray_workers} Ray Train workers"
+                      + (f", resuming from {resumed[-1].name}" if resumed else ""))
+        rc, tail = ray_train.fit(spec, run_dir, env)
+    else:
+        proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        tail: deque[str] = deque(maxlen=40)
+        for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors
+            print(line, end="", flush=True)
+            tail.append(line.rstrip())
+        rc = proc.wait()
     final = run_dir / "final"
+    if rc == 0 and not main_machine:  # machine 0's rank-0 process saves the model; machine 0 registers it
+        progress(1.0, f"machine {spec.machine_rank} of {spec.num_machines} done; machine 0 registers {name}")
+        return {"model": None, "machine_rank": spec.machine_rank, "run_dir": str(run_dir)}
     if rc != 0 or not (final / "config.json").exists():
         errors = [ln for ln in tail if re.match(r"^(\w+Error|error): ", ln) and "CalledProcessError" not in ln]
         raise TrainingError(f"{spec.kind} training failed (exit code {rc}): "

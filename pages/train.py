@@ -7,8 +7,9 @@ import streamlit as st
 from pydantic import ValidationError
 
 from backend import data, registry, runner, uploads
+from backend.cluster.slurm import slurm_script
 from backend.specs import CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, explain
-from pages.common import job_status, model_names, worker_banner, via_app
+from pages.common import job_status, model_names, submit, worker_banner, via_app
 
 KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
          "sft": (SftSpec, "SFT", "builtin:alpaca-mini"),
@@ -84,6 +85,18 @@ if l1.checkbox("LoRA (peft) instead of full fine-tuning", key="use_lora"):
 accel = l3.text_input("accelerate config file (optional: DDP, FSDP, DeepSpeed)", key="accel_config")
 if accel.strip():
     fields["accelerate_config"] = accel.strip()
+machines_box = st.expander("Several machines (accelerate launch on each, or a Slurm script)")
+with machines_box:
+    st.caption("Every machine runs the same spec with its own rank against this workspace (a shared filesystem: "
+               "same path and database on each). The job launched here is machine 0; the others join it.")
+    m1, m2, m3 = st.columns(3)
+    machines = m1.number_input("Machines", 1, 1024, 1, key="num_machines",
+                               help="accelerate launch --num_machines; Processes above are per machine")
+    main_ip = m2.text_input("Machine 0's host name or IP", key="main_process_ip",
+                            help="reachable from the other machines")
+    main_port = m3.number_input("Port on machine 0", 1, 65535, 29500, key="main_process_port")
+    if machines > 1:
+        fields.update(num_machines=machines, main_process_ip=main_ip.strip() or None, main_process_port=main_port)
 
 open_jobs = [j for j in runner.list_jobs() if j.status in ("queued", "running")]
 after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
@@ -102,9 +115,30 @@ taken = registry.get(spec.name) is not None
 if taken:
     st.info(f"A model named {spec.name!r} is registered already: choose another name.")
 if b1.button(f"Launch {label}", type="primary", key="launch", disabled=taken or not previews_ok or not rows):
-    st.session_state["train_job"] = runner.submit(spec, after=after).id
+    submit(spec, "train_job", after=after)
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
                    help="Rerun it with: python -m backend run SPEC.yaml")
+with machines_box:
+    if spec.num_machines > 1:
+        st.markdown("On each other machine, with the spec saved by **Save spec (YAML)** above:")
+        st.code("\n".join(f"python -m backend run {spec.name}.yaml --machine-rank {r}"
+                          for r in range(1, spec.num_machines)), language="bash")
+    st.markdown("**On Slurm** — one task per node; machine 0 is the allocation's first host.")
+    s1, s2, s3, s4 = st.columns(4)
+    try:
+        script = slurm_script(spec, nodes=s1.number_input("Nodes", 1, 1024, max(spec.num_machines, 2),
+                                                          key="slurm_nodes"),
+                              gpus_per_node=s2.number_input("GPUs per node", 0, 64, 1, key="slurm_gpus"),
+                              partition=s3.text_input("Partition", key="slurm_partition").strip() or None,
+                              time=s4.text_input("Time limit", "04:00:00", key="slurm_time").strip())
+    except ValueError as exc:
+        st.error(str(exc))
+    else:
+        st.code(script, language="bash")
+        st.download_button("Download the Slurm script", script, file_name=f"{spec.name}.sbatch",
+                           key="slurm_download")
+        st.caption("The dashboard does not submit it: copy it to a login node of the cluster and run "
+                   "`sbatch FILE`. The repository, its .venv and this workspace must be at the same paths there.")
 if "train_job" in st.session_state:
     job_status(st.session_state["train_job"])
     st.page_link("pages/monitor.py", label="Watch it on the Monitor page", icon=":material/monitoring:")
