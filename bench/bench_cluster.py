@@ -10,7 +10,9 @@ run is `python -m backend worker --once --slots 1`; the cluster run is the same 
 `--slots 2`, on tests/ray_cluster.py's cluster (two `ray start` nodes of 1 CPU each). Reported: wall seconds from
 the worker's start to its exit, jobs/s, their ratio, and the start latency of a job — from its claim (the row's
 `started`) to its process's first log line — whose difference between the two runs is what a Ray submission adds.
-Fails (exit 1) when the ratio is under 1.7 or that overhead is 2 s or more.
+Also the machine's busy CPU time in each run (/proc/stat, every process: Ray's own daemons count), which shows the
+ceiling a machine of few cores puts on the ratio. Fails (exit 1) when the ratio is under 1.7 or that overhead is 2 s
+or more.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def first_lines(job_ids: list[int], seen: dict[int, float], stop: threading.Even
         time.sleep(0.02)
 
 
+def busy_seconds() -> float:
+    """CPU seconds this machine has spent busy (every process, Ray's daemons included), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run(label: str, ws: Path, model: Path, n: int, limit: int, slots: int, address: str | None) -> dict:
     """Submit n jobs into a fresh workspace, run one worker until they are done; wall time and start latencies."""
     from backend import registry, runner
@@ -91,10 +100,10 @@ def run(label: str, ws: Path, model: Path, n: int, limit: int, slots: int, addre
     stop = threading.Event()
     watcher = threading.Thread(target=first_lines, args=(jobs, seen, stop), daemon=True)
     watcher.start()
-    t0 = time.time()
+    t0, busy0 = time.time(), busy_seconds()
     subprocess.run([sys.executable, "-m", "backend", "worker", "--once", "--poll", "0.2", "--slots", str(slots)],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    wall = time.time() - t0
+    wall, busy = time.time() - t0, busy_seconds() - busy0
     stop.set()
     watcher.join()
     rows = [runner.get(i) for i in jobs]
@@ -110,7 +119,8 @@ def run(label: str, ws: Path, model: Path, n: int, limit: int, slots: int, addre
         accepted = [i.start_time / 1000 - r.started.timestamp() for i, r in zip(infos, rows)]
     return {"label": label, "wall": wall, "rate": n / wall, "latency": statistics.median(latency),
             "first": statistics.median(latency[:2]), "accepted": statistics.median(accepted) if accepted else 0.0,
-            "seconds": statistics.median((r.finished - r.started).total_seconds() for r in rows)}
+            "seconds": statistics.median((r.finished - r.started).total_seconds() for r in rows),
+            "cores": busy / wall, "cpu_per_job": busy / n}
 
 
 def main() -> int:
@@ -128,10 +138,16 @@ def main() -> int:
     ratio = ray["rate"] / local["rate"]
     overhead = ray["latency"] - local["latency"]
     print(f"\n{a.jobs} perplexity jobs (limit {a.limit}), {os.cpu_count()} CPU cores on this machine (shared)\n")
-    print(f"{'run':32} {'wall s':>7} {'jobs/s':>7} {'job s':>6} {'claim->first line s':>20} {'(first 2 jobs)':>15}")
+    print(f"{'run':32} {'wall s':>7} {'jobs/s':>7} {'job s':>6} {'claim->first line s':>20} {'(first 2 jobs)':>15}"
+          f" {'cores busy':>10} {'CPU s/job':>9}")
     for r in (local, ray):
         print(f"{r['label']:32} {r['wall']:7.1f} {r['rate']:7.3f} {r['seconds']:6.1f} {r['latency']:20.2f} "
-              f"{r['first']:15.2f}")
+              f"{r['first']:15.2f} {r['cores']:10.2f} {r['cpu_per_job']:9.1f}")
+    # the physical ceiling: with every core busy, throughput is at most (cores / CPU-s per job)
+    ceiling = os.cpu_count() / ray["cpu_per_job"] / local["rate"]
+    print(f"\nmachine CPU per job: {ray['cpu_per_job'] / local['cpu_per_job']:.2f}x the local run's under Ray (its "
+          f"daemons and each job's Ray worker start); with all {os.cpu_count()} cores busy that caps the ratio at "
+          f"{ceiling:.2f} here")
     print(f"\nthroughput ratio Ray / local: {ratio:.2f} (floor 1.7)")
     print(f"Ray submission overhead per job (medians): {overhead:+.2f} s (ceiling 2 s); of the Ray run's "
           f"{ray['latency']:.2f} s, {ray['accepted']:.2f} s from claim to Ray's acceptance; first two jobs (nodes "
