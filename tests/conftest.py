@@ -97,6 +97,8 @@ from tests.pg_cluster import database, postgres_cluster, pytest_generate_tests  
 def workspace(tmp_path, monkeypatch, database) -> Path:
     ws = tmp_path / "workspace"
     monkeypatch.setenv("DUS_WORKSPACE", str(ws))
+    # runner.execute run in the test process sets it; a later test's in-process work must not write as that job
+    monkeypatch.delenv("DUS_JOB_ID", raising=False)
     if database:
         monkeypatch.setenv("DATABASE_URL", database)
     else:

@@ -128,7 +128,7 @@ def test_slurm_script_values_and_syntax(tmp_path, workspace):
     assert {"#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
             "#SBATCH --partition=gpu", "#SBATCH --time=1-12:00:00", "#SBATCH --job-name=dus-big"} <= set(lines)
     assert f"export DUS_SPEC='{path.resolve()}'" in lines  # quoted: the path has a space
-    assert 'MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in lines
+    assert 'MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)' in lines
     assert "MAIN_PORT=29500" in text and f"export DUS_WORKSPACE={workspace.resolve()}" in lines
     srun = text[text.index("srun "):]
     for part in ['--machine-rank "$SLURM_NODEID"', '--num-machines "$SLURM_NNODES"', '--main-process-ip "$MAIN_IP"',

@@ -87,8 +87,10 @@ def slurm_script(spec: _Spec, *, spec_path: str | Path | None = None, nodes: int
                   f"cat > \"$DUS_SPEC\" <<'{HEREDOC_END}'",
                   spec.to_yaml().rstrip("\n"),
                   HEREDOC_END]
+    # sed reads the whole list: `head -n 1` would close the pipe early, and under pipefail scontrol's SIGPIPE
+    # (exit 141) would end the script whenever the list is longer than what one write carries
     lines += ["# Machine 0 is the first host of the allocation; the others meet it there (torchrun's rendezvous).",
-              'MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+              'MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
               f"export MAIN_IP MAIN_PORT={port} DUS_PYTHON={q(python)}",
               "# One task per node; $SLURM_NODEID (0..N-1) is expanded inside each task, so it is that node's rank.",
               'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\',
