@@ -35,29 +35,19 @@ OUT = ROOT / "bench" / "out" / "cluster"
 def make_model() -> Path:
     """A random Llama large enough that scoring it takes seconds, with the tests' tiny BPE tokenizer."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.conftest import CHATML, CORPUS
+    from tests.conftest import make_tokenizer
 
     folder = OUT / "model"
     if (folder / "config.json").exists():
         return folder
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|im_start|>",
-                                                                                       "<|im_end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
-    fast.chat_template = CHATML
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=300, hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
     LlamaForCausalLM(cfg).save_pretrained(folder)
-    fast.save_pretrained(folder)
+    make_tokenizer(folder)
     return folder
 
 

@@ -26,22 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 def tiny_model(folder: Path) -> Path:
     """The tests' tiny random Llama (tests/conftest.py) with its trained-here BPE tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tests.conftest import make_llama, make_tokenizer
 
-    from tests.conftest import CHATML, CORPUS, make_llama
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|im_start|>",
-                                                                                       "<|im_end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
-    fast.chat_template = CHATML
-    fast.save_pretrained(folder / "tok")
-    return make_llama(folder / "tok", folder / "model")
+    return make_llama(make_tokenizer(folder / "tok"), folder / "model")
 
 
 def fresh_workspace(root: Path, tag: str) -> None:

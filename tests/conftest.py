@@ -21,8 +21,8 @@ CORPUS = [
 ] * 20
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> Path:
+def make_tokenizer(out: Path) -> Path:
+    """A real byte-level BPE tokenizer (300 tokens, ChatML template) trained here on CORPUS, saved to `out`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,9 +35,13 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
                                    eos_token="<|im_end|>", pad_token="<|im_end|>")
     fast.chat_template = CHATML
-    out = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def _save(model, tokenizer_dir: Path, out: Path) -> Path:
