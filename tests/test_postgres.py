@@ -110,22 +110,27 @@ print(json.dumps({"pid": os.getpid(), "claimed": mine}))
 """
 
 
+def race(script: str, tmp_path: Path, timeout: float) -> list[dict]:
+    """Two processes run `script`, both released at the same moment once ready; each one's JSON report."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"ready-{i}"), str(go)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    end = time.time() + 60
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)) and time.time() < end:
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    return [json.loads(out) for out, _ in outs]
+
+
 def test_two_workers_race_for_20_jobs_and_each_runs_once(tmp_path):
     with db.session() as s:
         jobs = [Job(kind="upscale", spec={}, status="queued") for _ in range(20)]
         s.add_all(jobs)
         s.commit()
         ids = sorted(j.id for j in jobs)
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path / f"ready-{i}"), str(go)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    end = time.time() + 60
-    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)) and time.time() < end:
-        time.sleep(0.05)
-    go.touch()
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    claims = [json.loads(out) for out, _ in outs]
+    claims = race(CLAIMER, tmp_path, timeout=60)
     every = [i for c in claims for i in c["claimed"]]
     assert sorted(every) == ids  # all 20 claimed, none twice
     assert all(c["claimed"] for c in claims), claims  # both really took part in the race
@@ -171,16 +176,7 @@ def test_two_workers_sharing_one_slot_never_run_two_jobs_at_once(tmp_path):
     with db.session() as s:
         s.add_all([Job(kind="upscale", spec={}, status="queued") for _ in range(12)])
         s.commit()
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CAPPED, str(tmp_path / f"ready-{i}"), str(go)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    end = time.time() + 60
-    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)) and time.time() < end:
-        time.sleep(0.05)
-    go.touch()
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    runs = [json.loads(out) for out, _ in outs]
+    runs = race(CAPPED, tmp_path, timeout=120)
     assert sorted(i for r in runs for i in r["claimed"]) == sorted(j.id for j in runner.list_jobs())
     assert [r["running_seen"] for r in runs] == [1, 1]
     assert all(r["claimed"] for r in runs), runs  # both took turns
