@@ -95,9 +95,74 @@ def cmd_train(a) -> None:
             fields[key] = getattr(a, key)
     if a.eval_data:
         fields["eval_data"] = a.eval_data
+    if a.report_to is None:  # the workspace default (DUS_REPORT_TO); --report-to none chooses none
+        from backend.training import default_report_to
+
+        fields["report_to"] = default_report_to()
+    elif a.report_to == ["none"]:
+        fields["report_to"] = []
+    fields.update(_perf_fields(a))
     spec = spec_cls(**fields)
+    if a.plan:
+        print_plan(spec, a.plan_device, a.plan_memory_gb, a.plan_gpus)
+        return
     _set_run_name(a)
     _run_or_queue(spec, a)
+
+
+PERF_FLAGS = ("compile", "liger", "optimizer", "attention", "packing_strategy")
+
+
+def _perf_fields(a) -> dict:
+    """The perf block, checkpointing, DPO's precompute, the memory check and where a Ray job runs."""
+    from backend.specs import PerfOptions, Resources
+
+    fields = {"perf": PerfOptions(**{k: getattr(a, k) for k in PERF_FLAGS if getattr(a, k) is not None})}
+    if a.gradient_checkpointing:
+        fields["gradient_checkpointing"] = True
+    if a.precompute_ref is not None:
+        if a.kind != "dpo":
+            raise ValueError("--precompute-ref / --no-precompute-ref: only dpo scores a reference model.")
+        fields["precompute_ref_log_probs"] = a.precompute_ref
+    if a.no_memory_check:
+        fields["memory_check"] = False
+    if a.ray_workers is not None:
+        fields["ray_workers"] = a.ray_workers
+    res = {k: getattr(a, k) for k in ("cpus", "gpus", "memory_gb") if getattr(a, k) is not None}
+    if res:
+        fields["resources"] = Resources(**res)
+    return fields
+
+
+def print_plan(spec, device: str | None, memory_gb: float | None, gpus: int | None) -> None:
+    """--plan: every strategy's memory for this model, batch and length against this machine (or the memory given),
+    without running or queuing anything."""
+    from backend import memplan, registry
+
+    folder, _ = registry.resolve(spec.model)
+    shape = memplan.load_shape(folder)
+    base = memplan.setup_for_spec(spec, device)
+    if memory_gb is not None:
+        avail, what = [int(memory_gb * memplan.GiB)] * (gpus or 1), f"{memory_gb:g} GiB device"
+    else:
+        avail, what = memplan.available_memory(base.device)
+    plans = memplan.compare_strategies(shape, base, avail)
+    own = memplan.estimate(shape, base)
+    rows = memplan.plan_rows([(own, memplan.fits(own, avail))]) + memplan.plan_rows(plans)
+    rows[0]["strategy"] += " (this spec)"
+    where = "GPU" if base.device == "cuda" else "RAM"
+    print(f"{shape.params / 1e9:.2f}B parameters ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); "
+          f"{spec.kind}, batch {spec.batch_size} × {spec.max_length} tokens, {base.device} "
+          f"({'bfloat16' if base.device == 'cuda' else 'float32'}); GiB per {where}")
+    cols = ["strategy", *memplan.COLUMNS, "overhead", "total", "cpu_ram", "fits"]
+    width = max(len(r["strategy"]) for r in rows)
+    print(f"{'strategy':<{width}} " + " ".join(f"{c:>11}" for c in cols[1:-1]) + "  fits")
+    for r in rows:
+        print(f"{r['strategy']:<{width}} " + " ".join(f"{r[c]:>11.2f}" for c in cols[1:-1]) + f"  {r['fits']}")
+    print("total = weights + optimizer + reference + the larger of activations and gradients (the backward frees "
+          "each layer's activations as it writes its gradients) + overhead (CUDA context and allocator; CPU: the "
+          "process)")
+    print(memplan.verdict(own, avail, what, plans))
 
 
 MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port")
@@ -367,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-steps", type=int)
     t.add_argument("--max-rows", type=int)
     t.add_argument("--seed", type=int)
-    t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb"],
-                   help="also log to these trackers (trl's report_to; off by default)")
+    t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb", "none"],
+                   help="also log to these trackers (trl's report_to); default: DUS_REPORT_TO, else none")
     t.add_argument("--beta", type=float, help="dpo")
     t.add_argument("--loss-type", help="dpo: sigmoid, ipo, hinge…")
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
@@ -376,6 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-checkpoints", action="store_true", default=None,
                    help="keep the run's checkpoints after the model is registered (to continue it later)")
     t.add_argument("--accelerate-config", help="your accelerate config file")
+    from typing import get_args
+
+    from backend.specs import PerfOptions
+
+    for flag in ("compile", "optimizer", "attention", "packing_strategy"):
+        info = PerfOptions.model_fields[flag]
+        t.add_argument("--" + flag.replace("_", "-"), choices=get_args(info.annotation), help=info.description)
+    t.add_argument("--liger", action=argparse.BooleanOptionalAction, default=None,
+                   help=PerfOptions.model_fields["liger"].description)
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward pass: less memory, about a third more compute")
+    t.add_argument("--precompute-ref", action=argparse.BooleanOptionalAction, default=None,
+                   help="dpo: score the frozen reference once before training (default: auto)")
+    t.add_argument("--no-memory-check", action="store_true", help="launch even when the memory plan does not fit")
+    t.add_argument("--ray-workers", type=int, help="on a Ray cluster: Ray Train workers (DDP), each with the resources")
+    t.add_argument("--cpus", type=float, help="resources: CPU cores the job (each Ray worker) asks for")
+    t.add_argument("--gpus", type=float, help="resources: GPUs the job (each Ray worker) asks for")
+    t.add_argument("--memory-gb", type=float, help="resources: memory to reserve, GiB")
+    t.add_argument("--plan", action="store_true", help="print the memory plan of every strategy and exit (nothing "
+                                                       "runs or is queued)")
+    t.add_argument("--plan-device", choices=["cuda", "cpu"], help="--plan for this device (default: this machine)")
+    t.add_argument("--plan-memory-gb", type=float, help="--plan against devices of this much memory, GiB (default: "
+                                                        "the free memory of this machine's GPUs, or its RAM)")
+    t.add_argument("--plan-gpus", type=int, help="--plan-memory-gb: how many such devices")
     _machine_options(t)
     t.add_argument("--name")
     t.add_argument("--out")

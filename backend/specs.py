@@ -130,6 +130,25 @@ class LoraSpec(BaseModel):
     target_modules: str = Field("all-linear", description="peft target_modules: all-linear or comma-separated names")
 
 
+class PerfOptions(BaseModel):
+    """How a training job uses the hardware. "auto" (None) takes the default measured for the device: on a CPU every
+    option stays off (float32, eager PyTorch, plain AdamW), as before these options existed."""
+    model_config = ConfigDict(extra="forbid")
+    compile: Literal["auto", "off", "regional", "full"] = Field(
+        "auto", description="torch.compile: regional = each decoder layer (compiled once, reused), full = the model; "
+                            "auto: regional with CUDA, off on a CPU")
+    liger: bool | None = Field(None, description="Liger kernels (fused RMSNorm, SwiGLU, RoPE, linear cross-entropy); "
+                                                 "auto: on with CUDA when liger-kernel is installed")
+    optimizer: Literal["auto", "adamw", "adamw_fused", "adamw_8bit"] = Field(
+        "auto", description="auto: fused AdamW with CUDA, AdamW on a CPU; adamw_8bit (bitsandbytes) quarters the "
+                            "optimizer states")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        "auto", description="attention kernel; auto: sdpa")
+    packing_strategy: Literal["auto", "wrapped", "bfd"] = Field(
+        "auto", description="sft/cpt packing: wrapped (full rows, any attention) or bfd (padding-free: needs a "
+                            "flash-attention kernel to be fast); auto: bfd with CUDA and flash attention, else wrapped")
+
+
 class _TrainSpec(_Spec):
     model: str = Field(description="registered model name, or a model folder")
     data: list[DataSource] = Field(min_length=1, description="weighted mix of sources (SFT v1–v4 style)")
@@ -154,7 +173,11 @@ class _TrainSpec(_Spec):
     max_rows: int | None = Field(None, ge=1, description="use at most this many rows of each source")
     seed: int = 0
     lora: LoraSpec | None = Field(None, description="train LoRA adapters (peft) and merge them; default full")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, about a third more compute (a larger micro-batch is faster)")
+    perf: PerfOptions = Field(default_factory=PerfOptions, description="kernels, compilation, optimizer, packing")
+    memory_check: bool = Field(True, description="refuse a job whose memory plan (backend/memplan.py) does not fit "
+                               "the visible GPUs (or this machine's RAM) before loading anything")
     report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also log to these trackers (trl's report_to); off by default")
     num_processes: int = Field(1, ge=1, description="accelerate launch --num_processes (on this machine)")
@@ -222,6 +245,10 @@ class DpoSpec(_TrainSpec):
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "apo_zero", "apo_down", "sigmoid_norm"] = "sigmoid"
     learning_rate: float = Field(5e-6, gt=0, lt=1)
+    precompute_ref_log_probs: bool | None = Field(
+        None, description="score the frozen reference once over the data before training (trl's precompute) "
+                          "instead of a second forward pass every step; auto: on when the run sees every row at "
+                          "least once")
 
 
 class SynthMathSpec(_Spec):

@@ -4,8 +4,10 @@
     accelerate launch --cpu --num_processes 1 -m backend.train_entry workspace/runs/RUN   # RUN/spec.json
 
 trl's trainers do the work (no hand-written loop). What this adds: the held-out loss at step 0 and of a reference
-model (the recovery view), a callback that writes every logged value to metrics.jsonl and the job's rows, resume
-from the run folder's last checkpoint, and a finished model folder written only when complete.
+model (the recovery view), a callback that writes every logged value to metrics.jsonl and the job's rows (with
+tokens/s, MFU on a known GPU, peak memory), resume from the run folder's last checkpoint, a finished model folder
+written only when complete, and the hardware choices of backend/perf.py (compile, Liger, optimizer, attention,
+packing, DPO reference precompute), printed with their reasons at the start of the log.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -21,19 +24,30 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from backend import data
+from backend import data, perf
 from backend.specs import spec_from_dict
 from backend.training import complete_checkpoints
 
 CUDA = torch.cuda.is_available()
 
 
-class MetricsCallback(TrainerCallback):
-    """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress."""
+def peak_memory_gib() -> float:
+    """The run's peak memory: CUDA memory allocated by this process, or on a CPU the process's peak resident size
+    (Linux reports ru_maxrss in KiB)."""
+    if CUDA:
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    def __init__(self, run_dir: Path, max_steps: int, job_id: int | None):
+
+class MetricsCallback(TrainerCallback):
+    """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress.
+    flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`."""
+
+    def __init__(self, run_dir: Path, max_steps: int, job_id: int | None, flops_per_token: float | None = None,
+                 peak_flops: float | None = None):
         self.path = run_dir / "metrics.jsonl"
         self.max_steps, self.job_id = max_steps, job_id
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.t0 = self.last_t = time.time()
         self.start_step = 0
         self.last_tokens = 0
@@ -60,6 +74,10 @@ class MetricsCallback(TrainerCallback):
         if tokens > self.last_tokens and now > self.last_t and "loss" in values:
             values["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_t)
             self.last_tokens, self.last_t = tokens, now
+            if self.flops_per_token and self.peak_flops:
+                values["mfu"] = values["tokens_per_s"] * self.flops_per_token / self.peak_flops
+        if "loss" in values:
+            values["peak_memory_gib"] = peak_memory_gib()
         self.record(state.global_step, values)
 
     def record(self, step: int, values: dict[str, float]) -> None:
@@ -88,15 +106,19 @@ class MetricsCallback(TrainerCallback):
             s.commit()
 
 
-def load_model(path: str):
+def load_model(path: str, attention: str | None = None):
+    """bf16 on CUDA, float32 on a CPU; attention: perf's choice (None: transformers' default)."""
     kwargs = {"dtype": torch.bfloat16 if CUDA else torch.float32}
-    if CUDA:
-        kwargs["attn_implementation"] = "sdpa"
+    if attention:
+        kwargs["attn_implementation"] = attention
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def make_config(spec, run_dir: Path, has_eval: bool):
+def make_config(spec, run_dir: Path, has_eval: bool, r: perf.Resolved | None = None):
+    """trl's config for the spec; r: backend/perf.py's choices (default: resolved for this machine)."""
     from trl import DPOConfig, SFTConfig
+
+    r = r or perf.resolve(spec, CUDA)
 
     common = dict(
         output_dir=str(run_dir / "checkpoints"), max_steps=spec.max_steps, per_device_train_batch_size=spec.batch_size,
@@ -110,14 +132,17 @@ def make_config(spec, run_dir: Path, has_eval: bool):
         report_to=list(spec.report_to) or "none", run_name=run_dir.name,  # trackers: off unless the spec asks
         seed=spec.seed, max_length=spec.max_length, disable_tqdm=True,
         dataloader_num_workers=0, include_num_input_tokens_seen="all",
+        # backend/perf.py's choices; "regional" compilation is applied to the layers in main(), not here
+        use_liger_kernel=r.liger, torch_compile=r.compile == "full", **({"optim": r.optim} if r.optim else {}),
     )
     if spec.kind == "dpo":
-        return DPOConfig(beta=spec.beta, loss_type=[spec.loss_type], **common)
-    packing = CUDA if spec.packing is None else spec.packing
-    # "wrapped" packing: trl's default "bfd" is padding-free and needs flash-attention kernels to be fast; with
-    # sdpa it measured six times slower on an H200 (trl 1.16, 1.1B Llama shape, sequence 2048: 7.6k vs 37.5k
-    # tokens/s; issue 13 measures this through the job itself).
-    return SFTConfig(packing=packing, packing_strategy="wrapped", dataset_text_field="text", **common)
+        return DPOConfig(beta=spec.beta, loss_type=[spec.loss_type], precompute_ref_log_probs=bool(r.precompute_ref),
+                         **common)
+    # trl's default "bfd" is padding-free and needs flash-attention kernels to be fast; with sdpa it measured six
+    # times slower on an H200 (trl 1.16, 1.1B Llama shape, sequence 2048: 7.6k vs 37.5k tokens/s) — perf.resolve
+    # picks it only with a flash kernel.
+    return SFTConfig(packing=r.packing, packing_strategy=r.packing_strategy, padding_free=r.padding_free,
+                     dataset_text_field="text", **common)
 
 
 def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
@@ -162,20 +187,35 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
     if spec.eval_data:
         evals, _ = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
-    model = load_model(cfg["model_path"])
-    ref_model = load_model(cfg["model_path"]) if spec.kind == "dpo" and not spec.lora else None
-    args = make_config(spec, run_dir, evals is not None)
-    callback = MetricsCallback(run_dir, spec.max_steps, job_id)
+    world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE") else None  # set by torchrun and Ray Train
+    choices = perf.resolve(spec, CUDA, train_rows=len(train), processes=world)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in choices.lines():
+            print(line, flush=True)
+    model = load_model(cfg["model_path"], choices.attention)
+    # With the reference precomputed, trl scores the data with the policy before its first step (or, with LoRA,
+    # with the adapters off): no second copy of the model is loaded, nor run every step.
+    ref_model = load_model(cfg["model_path"], choices.attention) \
+        if spec.kind == "dpo" and not spec.lora and not choices.precompute_ref else None
+    fpt = perf.flops_per_token(model.config, model.num_parameters(), spec.max_length)
+    peak = perf.gpu_peak_flops(torch.cuda.get_device_name()) if CUDA else None
+    args = make_config(spec, run_dir, evals is not None, choices)
+    callback = MetricsCallback(run_dir, spec.max_steps, job_id, fpt, peak * (world or 1) if peak else None)
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback])
+    if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
+        perf.compile_layers(trainer.model)
     checkpoints = complete_checkpoints(run_dir)
 
     # --- step-0 scores: the model before training, and the reference (the base of an up-scaled model)
     if evals is not None and not checkpoints and spec.kind != "dpo":
         trainer.evaluate()  # logged at step 0 through the callback
         if cfg.get("reference_path"):
-            ref = load_model(cfg["reference_path"])
+            ref = load_model(cfg["reference_path"], choices.attention)
             ref_trainer = build_trainer(spec.model_copy(update={"lora": None}), ref, None, tok,
-                                        make_config(spec, run_dir / "reference", True), train, evals, [])
+                                        make_config(spec, run_dir / "reference", True, choices), train, evals,
+                                        [])
             ref_loss = ref_trainer.evaluate()["eval_loss"]
             del ref_trainer, ref
             shutil.rmtree(run_dir / "reference", ignore_errors=True)
@@ -205,7 +245,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                    "resumed_from": checkpoints[-1].name if checkpoints else None,
                    "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
                    "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
-                   "world_size": trainer.args.world_size, **(extra_summary or {})}
+                   "world_size": trainer.args.world_size, "peak_memory_gib": round(peak_memory_gib(), 3),
+                   "perf": choices.as_dict(), **(extra_summary or {})}
         (out / "README.md").write_text(
             f"# {cfg['name']}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"
             f"Data: {', '.join(f'{d.source} ×{d.weight:g}' for d in spec.data)}\n\n"

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from backend import data, registry
+from backend import data, perf, registry
 from backend.names import check_name
 from backend.outputs import output_dir, register_output
 from backend.specs import _TrainSpec
@@ -83,6 +83,18 @@ def run_dir_for(spec: _TrainSpec) -> Path:
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "wandb": "wandb"}
 
 
+def default_report_to() -> list[str]:
+    """The workspace's default trackers for new training jobs: DUS_REPORT_TO="tensorboard,mlflow" (empty: none).
+    The Train page and `train` preselect them; what a spec says is what runs (a saved spec names its trackers)."""
+    raw = os.environ.get("DUS_REPORT_TO", "")
+    names = [t.strip().lower() for t in raw.split(",") if t.strip() and t.strip().lower() != "none"]
+    unknown = [t for t in names if t not in TRACKER_PACKAGES]
+    if unknown:
+        raise TrainingError(f"DUS_REPORT_TO={raw!r}: unknown tracker {', '.join(unknown)}; choose from "
+                            f"{', '.join(TRACKER_PACKAGES)} (comma-separated), or leave it empty for none.")
+    return list(dict.fromkeys(names))
+
+
 def check_trackers(spec: _TrainSpec) -> None:
     """report_to names trackers whose packages transformers imports at the first log line: fail before launch."""
     import importlib.util
@@ -105,6 +117,7 @@ def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
 
 def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
     """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference)."""
+    perf.check(spec)  # kernels and packages the spec's perf block asks for (backend/perf.py)
     check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
@@ -120,7 +133,26 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
         if rec and rec.kind == "upscaled" and rec.parents and registry.get(rec.parents[0]) is not None:
             reference = rec.parents[0]
     ref_folder = str(registry.resolve(reference)[0]) if reference else None
+    check_memory(spec, folder)
     return folder, name, ref_folder
+
+
+def check_memory(spec: _TrainSpec, folder: Path) -> None:
+    """Refuse, before loading, a job whose memory plan does not fit the visible GPUs (CPU: the RAM), naming what it
+    needs and which strategy would fit (issue 13). An architecture the plan cannot model is not refused."""
+    if not spec.memory_check:
+        return
+    from backend import memplan
+
+    try:
+        refusal = memplan.check_spec(spec, folder)
+    except memplan.PlanError as exc:
+        raise TrainingError(f"memory plan: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made must not block training
+        print(f"memory plan skipped ({type(exc).__name__}: {exc})", flush=True)
+        return
+    if refusal:
+        raise TrainingError(f"{refusal} Set memory_check: false (--no-memory-check) to launch anyway.")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 length order) against one prompt at a time, on the same items with greedy decoding.
 
     .venv/bin/python bench/bench_eval.py [--items 16 --max-new-tokens 48 --batch 8]
+    python bench/bench_eval.py --model FOLDER --items 500 --batched-only   # on CUDA: a 1.1B model, target <= 60 s
 
 Imports the built-in model into a temporary DUS_WORKSPACE (as `python -m backend models import builtin` does),
 loads it as evaluation does (backend/evaldevice.py's plan: float32 on the CPU, bfloat16 + sdpa on CUDA), and prints
@@ -26,12 +27,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="batch size (on CUDA the plan fits it to free memory)")
+    ap.add_argument("--model", help="a model folder to evaluate instead of the built-in SmolLM2 (the CUDA check uses "
+                                    "bench/gpu_train_mfu.py --keep's random TinyLlama-shaped model)")
+    ap.add_argument("--batched-only", action="store_true", help="time the batched path only (the CUDA check: "
+                                                                "--items questions, items repeated to reach it)")
     a = ap.parse_args()
     ws = tempfile.mkdtemp(prefix="bench-eval-")
     os.environ["DUS_WORKSPACE"] = ws
     os.environ.pop("DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "backend", "models", "import", "builtin"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "backend", "models", "import", a.model or "builtin"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     import torch
 
@@ -42,8 +47,21 @@ def main() -> None:
     plan = evaldevice.plan_for(folder, seq_len=256 + a.max_new_tokens, batch_size=a.batch)
     tok, model = evaluate._load(name, plan)
     items = evaluate._stratified(qa.load_items(evaluate.heldout.eval_path("qa-closed-book")), a.items)
+    items = (items * (a.items // len(items) + 1))[:a.items]  # the set holds 120: repeated for a larger timing run
     prompts = [qa.prompt_for(it) for it in items]
     evaluate.generate(tok, model, prompts[:2], 4, batch_size=2)  # warm-up: first-call allocations
+    if a.batched_only:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = evaluate.generate(tok, model, prompts, a.max_new_tokens, batch_size=plan.batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        print(f"{name}: {len(prompts)} qa prompts, max_new_tokens {a.max_new_tokens}, {plan.note}: {secs:.1f} s, "
+              f"{len(prompts) / secs:.1f} answers/s, {sum(n for _, n in out)} new tokens (target <= 60 s: "
+              f"{'met' if secs <= 60 else 'NOT met'})")
+        return
     rows = []
     outs = {}
     for label, bs in (("one prompt at a time", 1), (f"batched ({plan.batch_size})", plan.batch_size)):

@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import data, registry, runner, uploads
+from backend import data, memplan, registry, runner, uploads
 from backend.cluster.slurm import slurm_script
-from backend.specs import CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, explain
+from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
+from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
+                           explain)
 from pages.common import job_status, model_names, submit, worker_banner, via_app
 
+# What "auto" becomes on each device (backend/perf.py decides; measured on an H200, issue 13).
+AUTO = {"compile": "CUDA: regional; CPU: off", "liger": "CUDA: on when installed; CPU: off",
+        "optimizer": "CUDA: fused AdamW; CPU: transformers' default",
+        "attention": "CUDA: flash-attn when installed, else sdpa; CPU: transformers' default",
+        "packing_strategy": "CUDA: bfd with flash attention, else wrapped; CPU: wrapped"}
 KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
          "sft": (SftSpec, "SFT", "builtin:alpaca-mini"),
          "dpo": (DpoSpec, "DPO", "builtin:prefs-mini")}
+
+
+
+def show_memory_plan(spec, model: str) -> tuple[bool, str]:
+    """The memory plan table (every strategy for this model, batch, length and kind) and whether the spec fits."""
+    st.markdown("**Memory plan**")
+    try:
+        shape = memplan.load_shape(registry.resolve(model)[0])
+        base = memplan.setup_for_spec(spec)
+        avail, what = memplan.available_memory(base.device)
+        plans = memplan.compare_strategies(shape, base, avail)
+        own = memplan.estimate(shape, base)
+    except Exception as exc:  # noqa: BLE001 - an architecture the plan cannot model still trains
+        st.caption(f"No memory plan for this model: {exc}")
+        return True, ""
+    ok = memplan.fits(own, avail)
+    rows = memplan.plan_rows([(own, ok)])
+    rows[0]["strategy"] += " (this spec)"
+    st.dataframe(pd.DataFrame(rows + memplan.plan_rows(plans)), hide_index=True)
+    where = (f"{len(avail)} × {what}, " + ", ".join(f"{a / memplan.GiB:.0f}" for a in avail) + " GiB free"
+             if base.device == "cuda" else f"CPU: {avail[0] / memplan.GiB:.0f} GiB of RAM")
+    sentence = memplan.verdict(own, avail, what, plans)
+    st.caption(f"GiB per device ({where}). Gradients and activations do not peak together: total = weights + "
+               "optimizer + reference + the larger of the two, + the CUDA context (CPU: the process) as overhead.")
+    (st.success if ok else st.warning)(sentence)
+    if ok or not spec.memory_check:
+        return True, ""
+    return False, "The memory plan does not fit: " + sentence
+
 
 via_app(__file__)
 st.title("Train")
@@ -85,6 +123,37 @@ if l1.checkbox("LoRA (peft) instead of full fine-tuning", key="use_lora"):
 accel = l3.text_input("accelerate config file (optional: DDP, FSDP, DeepSpeed)", key="accel_config")
 if accel.strip():
     fields["accelerate_config"] = accel.strip()
+with st.expander("Speed and memory"):
+    p1, p2, p3 = st.columns(3)
+    perf = {}
+    for col, (key, label) in zip([p1, p2, p3, p1, p2], [("compile", "torch.compile"), ("liger", "Liger kernels"),
+                                                        ("optimizer", "Optimizer"), ("attention", "Attention"),
+                                                        ("packing_strategy", "Packing (sft/cpt)")]):
+        info = PerfOptions.model_fields[key]
+        options = [None, True, False] if key == "liger" else list(get_args(info.annotation))
+        perf[key] = col.selectbox(label, options, key=f"perf_{key}", help=info.description,
+                                  format_func=lambda v, k=key: f"auto ({AUTO[k]})" if v in (None, "auto") else
+                                  ("on" if v is True else "off" if v is False else v))
+    fields["perf"] = PerfOptions(**perf)
+    fields["gradient_checkpointing"] = p3.checkbox("Gradient checkpointing", key="grad_ckpt",
+                                                   help=_TrainSpec.model_fields["gradient_checkpointing"].description)
+    if kind == "dpo":
+        fields["precompute_ref_log_probs"] = p3.selectbox(
+            "Precompute the reference", [None, True, False], key="precompute_ref",
+            help=DpoSpec.model_fields["precompute_ref_log_probs"].description,
+            format_func=lambda v: "auto (on when every row is seen)" if v is None else ("on" if v else "off"))
+    fields["memory_check"] = st.checkbox("Refuse a job whose memory plan does not fit", True, key="memory_check",
+                                         help=_TrainSpec.model_fields["memory_check"].description)
+try:
+    default_trackers = default_report_to()
+except TrainingError as exc:  # a bad DUS_REPORT_TO: say so, start with none
+    st.warning(str(exc))
+    default_trackers = []
+fields["report_to"] = st.multiselect(
+    "Experiment tracking (also log to)", list(TRACKER_PACKAGES), default_trackers, key="report_to",
+    help="trl's report_to; off unless chosen. The workspace default comes from DUS_REPORT_TO (e.g. "
+         "\"tensorboard\"). TensorBoard and MLflow write into the run folder unless configured elsewhere.")
+plan_slot = st.container()
 machines_box = st.expander("Several machines (accelerate launch on each, or a Slurm script)")
 with machines_box:
     st.caption("Every machine runs the same spec with its own rank against this workspace (a shared filesystem: "
@@ -97,6 +166,13 @@ with machines_box:
     main_port = m3.number_input("Port on machine 0", 1, 65535, 29500, key="main_process_port")
     if machines > 1:
         fields.update(num_machines=machines, main_process_ip=main_ip.strip() or None, main_process_port=main_port)
+    r1, r2, r3, r4 = st.columns(4)
+    fields["ray_workers"] = r1.number_input("Ray Train workers", 1, 1024, 1, key="ray_workers",
+                                            help=_TrainSpec.model_fields["ray_workers"].description)
+    fields["resources"] = Resources(
+        cpus=r2.number_input("CPUs (each)", 0.0, 1024.0, 1.0, key="res_cpus"),
+        gpus=r3.number_input("GPUs (each)", 0.0, 64.0, 0.0, key="res_gpus"),
+        memory_gb=r4.number_input("Memory GiB (0: none)", 0.0, 100_000.0, 0.0, key="res_memory_gb") or None)
 
 open_jobs = [j for j in runner.list_jobs() if j.status in ("queued", "running")]
 after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
@@ -110,11 +186,14 @@ try:
 except ValidationError as exc:
     st.error(explain(exc))
     st.stop()
+with plan_slot:
+    plan_ok, plan_reason = show_memory_plan(spec, model)
 b1, b2 = st.columns(2)
 taken = registry.get(spec.name) is not None
 if taken:
     st.info(f"A model named {spec.name!r} is registered already: choose another name.")
-if b1.button(f"Launch {label}", type="primary", key="launch", disabled=taken or not previews_ok or not rows):
+if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
+             disabled=taken or not previews_ok or not rows or not plan_ok):
     submit(spec, "train_job", after=after)
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
                    help="Rerun it with: python -m backend run SPEC.yaml")

@@ -119,6 +119,24 @@ def test_cli_train_report_to_is_saved_in_the_spec_and_queued(tiny_llama, tmp_pat
     assert job.kind == "sft" and job.spec["report_to"] == ["tensorboard"]
 
 
+def test_workspace_default_trackers_come_from_dus_report_to(tiny_llama, tmp_path, monkeypatch):
+    registry.import_folder(tiny_llama, "tiny")
+    base = ["train", "sft", "--model", "tiny", "--data", "builtin:alpaca-mini", "--queue"]
+    monkeypatch.setenv("DUS_REPORT_TO", "tensorboard, mlflow")
+    assert cli(*base).returncode == 0
+    assert cli(*base, "--report-to", "none").returncode == 0  # an explicit choice wins
+    assert cli(*base, "--report-to", "wandb").returncode == 0
+    jobs = sorted(runner.list_jobs(), key=lambda j: j.id)
+    assert [j.spec["report_to"] for j in jobs] == [["tensorboard", "mlflow"], [], ["wandb"]]
+    monkeypatch.setenv("DUS_REPORT_TO", "tensorbored")
+    r = cli(*base)
+    assert r.returncode == 2 and "DUS_REPORT_TO='tensorbored': unknown tracker tensorbored" in r.stderr
+    assert "Traceback" not in r.stderr and len(runner.list_jobs()) == 3  # nothing queued
+    monkeypatch.delenv("DUS_REPORT_TO")
+    assert cli(*base).returncode == 0
+    assert max(runner.list_jobs(), key=lambda j: j.id).spec["report_to"] == []  # off by default
+
+
 def test_cli_eval_fan_out_queues_one_job_per_model(tiny_llama, tokenizer_dir, tmp_path):
     from tests.conftest import make_llama
 

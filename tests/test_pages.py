@@ -144,6 +144,20 @@ def test_train_page_previews_data_and_queues_the_spec(tiny):
     assert job.spec["data"] == [{"source": "builtin:alpaca-mini", "weight": 1.0}]
 
 
+def test_train_page_preselects_the_workspace_trackers_and_sends_the_choice(tiny, monkeypatch):
+    monkeypatch.setenv("DUS_REPORT_TO", "tensorboard")
+    at = app("train.py")
+    assert at.multiselect(key="report_to").value == ["tensorboard"]
+    at.multiselect(key="report_to").set_value(["tensorboard", "mlflow"]).run()
+    at.button(key="launch").click().run()
+    (job,) = runner.list_jobs()
+    assert job.spec["report_to"] == ["tensorboard", "mlflow"]
+    monkeypatch.setenv("DUS_REPORT_TO", "tensorbored")
+    at = app("train.py")
+    assert any("unknown tracker tensorbored" in w.value for w in at.warning)
+    assert at.multiselect(key="report_to").value == []
+
+
 def test_train_page_explains_a_file_that_fits_no_layout(tiny, tmp_path):
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n')

@@ -1,0 +1,478 @@
+"""The GPU (or RAM) memory a training job needs, worked out before anything is loaded (issue 13).
+
+    python -m backend train sft --model M --data D --batch-size 1 --max-length 4096 --plan
+
+Counts come from the model's config.json: the model is built on the meta device (no weights read), so parameter
+counts are exact. The activation model follows what the job runs (backend/train_entry.py): a Llama-style decoder
+with sdpa attention, weights in bfloat16 on CUDA and float32 on a CPU, trl's fused LM head (trl 1.16 never builds the
+full (tokens × vocab) logits: it projects 4096-token × 32768-vocabulary tiles), AdamW states in the parameter dtype,
+and the HF Trainer's `zero_grad(set_to_none=True)`, so gradients and activations do not peak together: the backward
+frees each layer's saved tensors as it writes that layer's gradients. The total is therefore
+weights + reference + optimizer states + the larger of (activations, gradients + optimizer temporaries), with
+gradient accumulation (> 1) keeping the gradients alive through the next forward.
+
+`total_bytes` is the peak of allocated tensor memory — what `torch.cuda.max_memory_allocated()` reports; the CUDA
+context and the caching allocator's slack are a separate, fixed `overhead_bytes`, added only for the fit check.
+tests/test_memplan.py checks the total against torch's MemTracker on real training steps on the CPU.
+
+What it does not model: torch.compile and Liger's kernels (the CUDA defaults of backend/perf.py) save fewer
+activations than eager PyTorch, so there the plan errs high; peft's LoRA dropout copies every adapted linear's input
+(LoRA without checkpointing can need more activation memory than full training: measured, not a slip); sharded and
+offloaded strategies follow accelerate's FSDP (float32 shards under bf16 mixed precision) and DeepSpeed's defaults,
+and are not measured here (no GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+# Not counted by max_memory_allocated: the CUDA context with cuBLAS/cuDNN workspaces (about 0.5–0.8 GiB on an H100
+# with torch 2.x) and the caching allocator's fragmentation (a few % of the peak).
+CUDA_CONTEXT_BYTES = 768 * MiB
+ALLOCATOR_SLACK = 0.05
+# A CPU job's process before any tensor: Python, torch, transformers, trl, datasets.
+CPU_PROCESS_BYTES = 1 * GiB
+# trl 1.16's fused LM head (trl/kernels/chunked_logprob.py): tiles of TOKEN_TILE tokens × VOCAB_TILE columns.
+TOKEN_TILE, VOCAB_TILE = 4096, 32768
+# The torch fallback of that head (no Triton: every CPU) keeps several fp32 tile-sized temporaries alive at once
+# (logits, exp, probabilities, the gradient); Triton works in place. Measured with MemTracker (tests/test_memplan.py).
+CPU_HEAD_TILE_TEMPS = 7
+# bitsandbytes AdamW8bit: two 1-byte states + one float32 absmax per 256-value block each; tensors under 4096 values
+# keep 32-bit states (min_8bit_size).
+BNB_BLOCK, BNB_MIN_8BIT = 256, 4096
+
+STRATEGIES = {
+    "full": "full fine-tuning",
+    "checkpointing": "full + activation checkpointing",
+    "lora": "LoRA",
+    "lora_checkpointing": "LoRA + checkpointing",
+    "adamw_8bit": "8-bit optimizer",
+    "fsdp": "FSDP full shard",
+    "zero3_offload": "ZeRO-3 + CPU offload",
+    "zero3": "ZeRO-3",  # from an accelerate config only (not offered as a row: the numbers are FSDP's)
+    "zero2": "ZeRO-2",
+}
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    params: int  # every parameter once (tied embeddings counted once)
+    layer_params: int  # the largest decoder layer
+    embed_params: int  # the input embedding
+    linears: tuple[tuple[str, int, int], ...] = field(repr=False)  # (name, in, out): nn.Linear except the LM head
+    param_sizes: tuple[int, ...] = field(repr=False, default=())  # numel of every parameter
+
+    def lora_targets(self, target_modules: str = "all-linear") -> list[tuple[str, int, int]]:
+        """The linears peft adapts: all-linear = every nn.Linear but the output layer; else a module whose name is a
+        listed name or ends with '.' + one."""
+        if target_modules == "all-linear":
+            return list(self.linears)
+        keys = [k.strip() for k in target_modules.split(",") if k.strip()]
+        chosen = [t for t in self.linears if any(t[0] == k or t[0].endswith("." + k) for k in keys)]
+        if not chosen:
+            names = ", ".join(sorted({t[0].rsplit(".", 1)[-1] for t in self.linears}))
+            raise PlanError(f"lora.target_modules {target_modules!r} matches no linear layer of this model (its "
+                            f"linear layers are named: {names}).")
+        return chosen
+
+    def lora_params(self, r: int, target_modules: str = "all-linear") -> int:
+        """Trainable LoRA parameters: r × (in + out) for every adapted linear (A is r × in, B is out × r)."""
+        return sum(r * (i + o) for _, i, o in self.lora_targets(target_modules))
+
+
+def shape_from_config(config) -> ModelShape:
+    """Exact counts from a config (dict or PretrainedConfig): the model is built on the meta device, no weights."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(config, dict):
+        data = dict(config)
+        config = AutoConfig.for_model(data.pop("model_type"), **data)
+    with init_empty_weights(), torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # not done on the meta device; follows config.tie_word_embeddings
+    head = model.get_output_embeddings()
+    linears = tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m is not head)
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    layers = next(m for m in base.children() if isinstance(m, torch.nn.ModuleList))
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    return ModelShape(
+        layers=len(layers), hidden=text.hidden_size,
+        intermediate=getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
+        heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads, vocab=text.vocab_size,
+        tied=head is not None and head.weight is model.get_input_embeddings().weight,
+        params=sum(p.numel() for p in model.parameters()),
+        layer_params=max(sum(p.numel() for p in layer.parameters()) for layer in layers),
+        embed_params=model.get_input_embeddings().weight.numel(), linears=linears,
+        param_sizes=tuple(p.numel() for p in model.parameters()))
+
+
+@lru_cache(maxsize=32)
+def _shape_cached(folder: str, config_text: str) -> ModelShape:  # the text is the key: an edited config is re-read
+    from transformers import AutoConfig
+
+    return shape_from_config(AutoConfig.from_pretrained(folder))
+
+
+def load_shape(model_path: str | Path) -> ModelShape:
+    cfg = Path(model_path) / "config.json"
+    if not cfg.is_file():
+        raise PlanError(f"{model_path} has no config.json: the memory plan needs the model's configuration.")
+    return _shape_cached(str(Path(model_path).resolve()), cfg.read_text())
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training configuration: what the job will run, per device."""
+    batch: int = 1
+    seq: int = 512
+    kind: str = "sft"  # dpo runs chosen + rejected: twice the sequences
+    device: str = "cuda"  # cuda: bfloat16 weights; cpu: float32 (as train_entry.load_model)
+    lora_r: int | None = None
+    lora_targets: str = "all-linear"
+    lora_dropout: float = 0.05
+    checkpointing: bool = False
+    optimizer: str = "auto"  # auto | adamw | adamw_fused | adamw_8bit
+    sharding: str = "none"  # none | fsdp | zero3 | zero3_offload | zero2
+    gpus: int = 1  # processes sharing the model (FSDP / ZeRO); each holds its own micro-batch
+    grad_accum: int = 1
+    reference: bool | None = None  # dpo: a frozen reference copy (None: unless LoRA)
+    padded: bool | None = None  # an attention mask (padding): None = dpo or unpacked sft
+    bf16: bool | None = None  # None: as the job (bfloat16 on CUDA, float32 on a CPU)
+    attention: str = "sdpa"  # sdpa and flash kernels keep no (seq × seq) matrix; eager keeps the probabilities
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 2 if (self.device == "cuda" if self.bf16 is None else self.bf16) else 4
+
+
+@dataclass
+class MemoryPlan:
+    strategy: str
+    setup: Setup
+    components: dict[str, int]  # weights, gradients, optimizer, activations, reference (bytes, on each device)
+    total_bytes: int  # peak allocated tensor memory on each device (what max_memory_allocated measures)
+    overhead_bytes: int  # CUDA context + allocator slack (CPU: the process itself), only for the fit check
+    cpu_bytes: int = 0  # offloaded optimizer states and master weights (ZeRO-3 offload), on the host
+    supported: str = ""  # why this strategy cannot run here ("" when it can)
+    trainable: int = 0
+
+    @property
+    def needed_bytes(self) -> int:
+        return self.total_bytes + self.overhead_bytes
+
+    @property
+    def label(self) -> str:
+        return STRATEGIES.get(self.strategy, self.strategy)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.components.items() if v)
+        where = "on each GPU" if self.setup.device == "cuda" else "of RAM"
+        extra = f"; {self.cpu_bytes / GiB:.1f} GiB of CPU RAM for the offloaded states" if self.cpu_bytes else ""
+        return f"needs {self.needed_bytes / GiB:.1f} GiB {where} ({parts}, overhead {_gib(self.overhead_bytes)}){extra}"
+
+
+def _gib(n: int) -> str:
+    """GiB with one decimal, as the table; small parts in MiB so that they do not read as zero."""
+    return f"{n / GiB:.1f}" if n >= GiB / 10 else f"{n / MiB:.0f} MiB"
+
+
+def _layer_activation_bytes(s: ModelShape, st: Setup, padded: bool) -> float:
+    """Saved tensors of one decoder layer per token (Llama block, sdpa), bytes."""
+    b, h, kv = st.bytes_per_value, s.hidden, s.kv_heads * s.head_dim
+    qd = s.heads * s.head_dim
+    # RMSNorm keeps its float32 input (a copy when the weights are bfloat16) and its output in the weights' dtype
+    norm = (4 + b) * h
+    # Measured with MemTracker (the rotary products save only cos/sin, which need no gradient): four query-sized
+    # tensors (rotated q, sdpa output, o_proj's contiguous input, one more inside sdpa), rotated k and v, the float32
+    # log-sum-exp. With a padding mask transformers expands k and v to every head (repeat_kv) for sdpa.
+    attn = (4 * qd + 2 * kv + (2 * qd if padded else 0)) * b + 4 * s.heads + 8
+    mlp = 4 * s.intermediate * b  # gate, silu(gate), up, silu(gate) * up
+    per = 2 * norm + attn + mlp
+    if st.attention == "eager":  # softmax in float32 (+ its cast back) over seq keys, per head and query token
+        per += s.heads * st.seq * (4 + (b if b < 4 else 0))
+    if st.lora_r:
+        # peft: lora_dropout(x) is a new tensor (+ its boolean mask) for every adapted linear, and A's output; the
+        # frozen base linears need no saved input
+        drop = (b + 1) if st.lora_dropout > 0 else 0
+        targets = s.lora_targets(st.lora_targets)
+        per += sum(i * drop + st.lora_r * b for _, i, _ in targets) / s.layers  # the adapted linears of one layer
+    return per
+
+
+def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> MemoryPlan:
+    """The memory of one training configuration, per device, in bytes."""
+    s, st = shape, setup
+    b = st.bytes_per_value
+    tokens = st.batch * st.seq * (2 if st.kind == "dpo" else 1)
+    padded = st.padded if st.padded is not None else st.kind == "dpo"
+    trainable = s.lora_params(st.lora_r, st.lora_targets) if st.lora_r else s.params
+    reference = st.reference if st.reference is not None else (st.kind == "dpo" and not st.lora_r)
+    optimizer = st.optimizer if st.optimizer != "auto" else "adamw_fused"
+
+    # --- weights, gradients, optimizer states (sharded ones divided among the processes)
+    weights, grads = s.params * b, trainable * b
+    if optimizer == "adamw_8bit":
+        sizes = [trainable] if st.lora_r else list(s.param_sizes) or [trainable]
+        states = sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes)
+    else:
+        states = 2 * trainable * b
+    cpu_bytes = 0
+    gathered = 0
+    n = max(1, st.gpus)
+    if st.sharding in ("fsdp", "zero3"):
+        # accelerate upcasts bf16 weights to float32 shards under mixed precision; AdamW states in float32
+        weights, grads, states = 4 * s.params // n, 4 * trainable // n, 8 * trainable // n
+        # the gathered bfloat16 copy of the running layer and the next (prefetch), and its unsharded gradient
+        unit = max(s.layer_params, s.embed_params)
+        gathered = 2 * unit * b + unit * 4
+    elif st.sharding == "zero3_offload":
+        # params and optimizer on the host: float32 master + grads + two states and the bf16 copy (18 B/param for
+        # the node); the GPU keeps the gathered layers and DeepSpeed's reduce/prefetch buckets ("auto": hidden²)
+        cpu_bytes = (16 * trainable + 2 * s.params)
+        weights, grads, states = 0, 0, 0
+        unit = max(s.layer_params, s.embed_params)
+        gathered = 2 * unit * b + 2 * s.hidden ** 2 * b
+    elif st.sharding == "zero2":
+        grads, states = grads // n, 4 * trainable // n + 8 * trainable // n
+
+    # --- activations: the decoder layers' saved tensors, then the fused LM head on top of them
+    per_layer = _layer_activation_bytes(s, st, padded) * tokens
+    # with checkpointing each layer keeps only its input; one layer is recomputed at a time in the backward, after
+    # the head's buffers are gone
+    saved = s.layers * (tokens * s.hidden * b if st.checkpointing else per_layer)
+    mask = st.batch * (2 if st.kind == "dpo" else 1) * st.seq ** 2 if padded else 0
+    # final norm + the fused head's saved input (a contiguous copy of the shifted hidden states)
+    final = tokens * ((4 + b) * s.hidden + s.hidden * b)
+    rows = min(tokens, TOKEN_TILE)
+    tile = rows * VOCAB_TILE * b  # the head's projection buffer (always VOCAB_TILE wide)
+    if st.device == "cpu":
+        tile += CPU_HEAD_TILE_TEMPS * rows * min(s.vocab, VOCAB_TILE) * 4
+    head_trainable = not st.lora_r
+    # head backward: float32 accumulators for the hidden-state gradient and (full training) the head's weight
+    head_bwd = tokens * s.hidden * (4 + b) + (s.vocab * s.hidden * (4 + b) if head_trainable else 0)
+    head = final + tile + head_bwd
+    recompute = per_layer + (s.vocab * s.hidden * b if head_trainable else 0) if st.checkpointing else 0
+    activations = saved + mask + max(head, recompute)
+
+    # gradient phase: all gradients + the optimizer step's temporaries (foreach AdamW: one copy; fused: none)
+    opt_temp = trainable * b if optimizer == "adamw" and st.device == "cuda" else 0
+    if st.sharding in ("fsdp", "zero3", "zero3_offload"):
+        opt_temp = 0
+    grad_phase = grads + opt_temp + gathered
+    act_phase = activations + gathered + (grads if st.grad_accum > 1 else 0)
+    ref_bytes = s.params * b if reference else 0
+    if reference and st.sharding in ("fsdp", "zero3", "zero3_offload"):
+        ref_bytes //= n
+    total = int(weights + ref_bytes + states + max(act_phase, grad_phase))
+    if st.device == "cuda":
+        overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * total)
+    else:
+        overhead = CPU_PROCESS_BYTES
+    comps = {"weights": int(weights), "gradients": int(grads), "optimizer": int(states),
+             "activations": int(activations + gathered), "reference": int(ref_bytes)}
+    return MemoryPlan(strategy=strategy or describe(st), setup=st, components=comps, total_bytes=total,
+                      overhead_bytes=overhead, cpu_bytes=int(cpu_bytes), trainable=trainable)
+
+
+def describe(st: Setup) -> str:
+    if st.sharding != "none":
+        return st.sharding
+    if st.lora_r:
+        return "lora_checkpointing" if st.checkpointing else "lora"
+    if st.optimizer == "adamw_8bit":
+        return "adamw_8bit"
+    return "checkpointing" if st.checkpointing else "full"
+
+
+# --- the spec as the job runs it, and the strategies that would fit ---------------------------------------------
+
+def _accelerate_sharding(path: str | None) -> tuple[str, int | None]:
+    """(sharding, processes) from an accelerate config: FSDP, or DeepSpeed's zero_stage and offload devices."""
+    if not path:
+        return "none", None
+    import yaml
+
+    cfg = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    procs = cfg.get("num_processes")
+    kind = str(cfg.get("distributed_type", "")).upper()
+    if kind == "FSDP":
+        return "fsdp", procs
+    if kind == "DEEPSPEED":
+        ds = cfg.get("deepspeed_config") or {}
+        stage, offload = ds.get("zero_stage"), {ds.get("offload_optimizer_device"), ds.get("offload_param_device")}
+        if ds.get("deepspeed_config_file"):  # a DeepSpeed JSON: zero_optimization.stage / offload_*.device
+            z = json.loads(Path(ds["deepspeed_config_file"]).expanduser().read_text()).get("zero_optimization", {})
+            stage = z.get("stage", stage)
+            offload = {(z.get(k) or {}).get("device") for k in ("offload_optimizer", "offload_param")}
+        if stage == 3:
+            return ("zero3_offload" if offload & {"cpu", "nvme"} else "zero3"), procs
+        if stage == 2:
+            return "zero2", procs
+    return "none", procs
+
+
+def setup_for_spec(spec, device: str | None = None, train_rows: int | None = None) -> Setup:
+    """The Setup a training spec runs as (backend/train_entry.py): CUDA when present, else the CPU. train_rows: the
+    DPO training set's size, which decides precompute "auto" as the job will (backend/perf.py); unknown, the
+    reference copy is counted (the plan errs on the side of refusing less often wrongly)."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sharding, procs = _accelerate_sharding(spec.accelerate_config)
+    gpus = procs or spec.num_processes * spec.num_machines
+    packing = getattr(spec, "packing", True)
+    packing = (device == "cuda") if packing is None else packing
+    precompute = getattr(spec, "precompute_ref_log_probs", None)
+    if spec.kind == "dpo" and precompute is None and train_rows is not None:
+        from backend import perf
+
+        precompute = perf.resolve(spec, cuda=device == "cuda", train_rows=train_rows).precompute_ref
+    lora = spec.lora
+    return Setup(batch=spec.batch_size, seq=spec.max_length, kind=spec.kind, device=device,
+                 lora_r=lora.r if lora else None, lora_targets=lora.target_modules if lora else "all-linear",
+                 lora_dropout=lora.dropout if lora else 0.0, checkpointing=spec.gradient_checkpointing,
+                 optimizer=spec.perf.optimizer, sharding=sharding, attention=spec.perf.attention, gpus=max(1, gpus),
+                 grad_accum=spec.grad_accum,
+                 # precompute "auto" (None) may still score with a loaded reference: counted
+                 reference=spec.kind == "dpo" and not lora and precompute is not True,
+                 padded=spec.kind == "dpo" or not packing)
+
+
+def plan_for_spec(spec, model_path, device: str | None = None, train_rows: int | None = None) -> MemoryPlan:
+    """The memory of `spec` as the job will run it on `device` ("cuda" | "cpu"; None: this machine)."""
+    return estimate(load_shape(model_path), setup_for_spec(spec, device, train_rows))
+
+
+def available_memory(device: str) -> tuple[list[int], str]:
+    """(bytes per device, what they are): each visible GPU's free memory, or this machine's total RAM."""
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+            return free, torch.cuda.get_device_name(0)
+        return [], "no GPU"
+    import psutil
+
+    return [psutil.virtual_memory().total], "RAM"
+
+
+def _host_ram() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def fits(plan: MemoryPlan, avail: list[int]) -> bool:
+    if plan.supported:
+        return False
+    if plan.setup.device == "cpu":  # every process of a CPU job takes its share of the one RAM
+        return bool(avail) and plan.needed_bytes * max(1, plan.setup.gpus) <= avail[0]
+    need = plan.setup.gpus if plan.setup.sharding != "none" else 1
+    if len(avail) < need:
+        return False
+    if plan.cpu_bytes and plan.cpu_bytes > _host_ram():
+        return False
+    return plan.needed_bytes <= min(sorted(avail, reverse=True)[:need])
+
+
+def strategy_setups(base: Setup, gpus: int) -> dict[str, Setup]:
+    """Every strategy applied to the same model, batch, length and kind."""
+    # non-sharded strategies keep the processes: on a CPU they share the one RAM (with CUDA each has its own GPU)
+    full = replace(base, lora_r=None, lora_dropout=0.0, checkpointing=False, optimizer="auto", sharding="none")
+    return {
+        "full": full,
+        "checkpointing": replace(full, checkpointing=True),
+        "lora": replace(full, lora_r=base.lora_r or 16, lora_targets=base.lora_targets,
+                        lora_dropout=base.lora_dropout if base.lora_r else 0.05),
+        "lora_checkpointing": replace(full, lora_r=base.lora_r or 16, lora_targets=base.lora_targets,
+                                      lora_dropout=base.lora_dropout if base.lora_r else 0.05, checkpointing=True),
+        "adamw_8bit": replace(full, optimizer="adamw_8bit"),
+        "fsdp": replace(full, sharding="fsdp", gpus=max(2, gpus)),
+        "zero3_offload": replace(full, sharding="zero3_offload", gpus=max(1, gpus)),
+    }
+
+
+def compare_strategies(shape: ModelShape, base: Setup, avail: list[int] | None = None,
+                       ) -> list[tuple[MemoryPlan, bool]]:
+    """Each strategy's plan and whether it fits `avail` (default: this machine's GPUs or RAM)."""
+    avail = available_memory(base.device)[0] if avail is None else avail
+    out = []
+    for name, st in strategy_setups(base, len(avail)).items():
+        plan = estimate(shape, st, name)
+        if base.device != "cuda" and name in ("adamw_8bit", "fsdp", "zero3_offload"):
+            plan.supported = "needs CUDA GPUs"
+        elif name == "fsdp" and len(avail) < st.gpus:
+            plan.supported = f"needs {st.gpus} GPUs"
+        out.append((plan, fits(plan, avail)))
+    return out
+
+
+def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[MemoryPlan, bool]]) -> str:
+    """One sentence: what is needed, what there is, fits or which strategy would."""
+    if plan.setup.device == "cuda":
+        have = (f"{len(avail)} × {what} has {min(avail) / GiB:.0f} GiB free" if avail else "no GPU is visible")
+    else:
+        have = f"this machine has {avail[0] / GiB:.0f} GiB of RAM" if avail else "no memory information"
+    procs = f", for each of {plan.setup.gpus} processes" if plan.setup.device == "cpu" and plan.setup.gpus > 1 else ""
+    text = f"{plan.label} {plan.summary()}{procs}; {have}: "
+    if fits(plan, avail):
+        return text + "fits."
+    would = [f"{p.label} ({p.needed_bytes / GiB:.1f} GiB)" for p, ok in others if ok and p.strategy != plan.strategy]
+    hint = (" precompute_ref_log_probs: true (--precompute-ref) drops the reference copy."
+            if plan.components.get("reference") else "")
+    return text + ("does not fit: " + " or ".join(would) + " would." if would else
+                   "does not fit, and no strategy here would: shorten max_length, lower batch_size, or use more "
+                   "GPUs.") + hint
+
+
+def check_spec(spec, model_path, device: str | None = None, avail: list[int] | None = None) -> str | None:
+    """None when the job fits this machine; else the sentence saying what it needs and what would fit."""
+    base = setup_for_spec(spec, device)
+    shape = load_shape(model_path)
+    plan = estimate(shape, base)
+    if avail is None:
+        avail, what = available_memory(base.device)
+    else:
+        what = "GPU" if base.device == "cuda" else "RAM"
+    if fits(plan, avail):
+        return None
+    return verdict(plan, avail, what, compare_strategies(shape, base, avail))
+
+
+COLUMNS = ("weights", "gradients", "optimizer", "activations", "reference")
+
+
+def plan_rows(plans: list[tuple[MemoryPlan, bool]]) -> list[dict]:
+    """The table the CLI prints and the page shows: GiB per component, per strategy."""
+    rows = []
+    for p, ok in plans:
+        row = {"strategy": p.label, **{c: round(p.components[c] / GiB, 2) for c in COLUMNS},
+               "overhead": round(p.overhead_bytes / GiB, 2), "total": round(p.needed_bytes / GiB, 2),
+               "cpu_ram": round(p.cpu_bytes / GiB, 2), "fits": "n/a: " + p.supported if p.supported else
+               "yes" if ok else f"no: {_host_ram() / GiB:.0f} GiB host RAM" if p.cpu_bytes > _host_ram() else "no"}
+        rows.append(row)
+    return rows

@@ -1,0 +1,186 @@
+"""How a training job uses the hardware: one pure decision from the spec's `perf` block and the machine.
+
+    from backend import perf
+    perf.check(spec)                                   # before launch: impossible choices fail with the field
+    r = perf.resolve(spec, cuda=True, train_rows=1000) # what train_entry applies; r.lines() goes to the job log
+
+"auto" takes the default measured for the device (issue 13, one H200, TinyLlama-1.1B shape, sequence 2048, bf16):
+trl's padding-free "bfd" packing with sdpa ran at 7.6k tokens/s against 37.5k for "wrapped"; a plain bf16 loop
+54.4k, with torch.compile 61.6k. So on CUDA: each decoder layer compiled (regional: one graph, reused by every
+layer, compiled in seconds rather than the whole model's minutes), Liger's Triton kernels when installed, fused
+AdamW, flash attention when installed else sdpa, and bfd packing only with a flash kernel. On a CPU every choice
+stays what it was before these options existed (float32, eager PyTorch, transformers' default attention and
+optimizer, wrapped packing).
+
+Which explicit choices fail and which are honoured on a CPU: Liger (Triton) and flash attention have no CPU kernels
+and a package that is missing cannot be used — those fail in check() before anything is launched, naming the field.
+torch.compile (inductor has a CPU backend) and fused AdamW (torch has a CPU implementation) are honoured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+# The import name each optional kernel package provides (what transformers itself checks for).
+PACKAGES = {"liger": "liger_kernel", "flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface",
+            "adamw_8bit": "bitsandbytes"}
+PIP = {"liger_kernel": "liger-kernel==0.8.5", "flash_attn": "flash-attn", "flash_attn_interface": "flash-attn-3",
+       "bitsandbytes": "bitsandbytes"}
+OPTIM = {"adamw": "adamw_torch", "adamw_fused": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit"}
+FLASH = ("flash_attention_2", "flash_attention_3")
+
+# Datasheet dense bf16 peaks (FLOP/s, no sparsity), matched as substrings of torch.cuda.get_device_name() in this
+# order (the more specific first). An unknown GPU gets no MFU rather than a made-up one.
+GPU_PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+             ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
+             ("RTX 4090", 165e12), ("A6000", 155e12)]
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    compile: str                 # "off", "regional" (each decoder layer, in place) or "full" (torch_compile)
+    liger: bool                  # TrainingArguments use_liger_kernel
+    optim: str | None            # TrainingArguments optim; None: transformers' default
+    attention: str | None        # from_pretrained attn_implementation; None: transformers' default
+    packing: bool                # SFTConfig packing (cpt: the spec's, on; sft: the spec's, default on with CUDA)
+    packing_strategy: str        # SFTConfig packing_strategy (cpt/sft)
+    padding_free: bool           # bfd packing is padding-free (trl turns it on with bfd)
+    precompute_ref: bool | None  # DPOConfig precompute_ref_log_probs; None for cpt/sft
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """For the job log: one line per choice with why it was made."""
+        values = {"compile": self.compile, "liger": self.liger, "optimizer": self.optim or "transformers default",
+                  "attention": self.attention or "transformers default",
+                  "packing": self.packing_strategy if self.packing else "off",
+                  "precompute_ref_log_probs": self.precompute_ref}
+        return [f"perf: {k} = {values[k]} ({why})" for k, why in self.reasons.items()]
+
+    def as_dict(self) -> dict:
+        return {"compile": self.compile, "liger": self.liger, "optim": self.optim, "attention": self.attention,
+                "packing": self.packing, "packing_strategy": self.packing_strategy, "padding_free": self.padding_free,
+                "precompute_ref_log_probs": self.precompute_ref}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check(spec, cuda: bool | None = None, installed: Callable[[str], bool] = _installed) -> None:
+    """Choices that cannot work here fail before launch, with the field and what to do."""
+    p = spec.perf
+    cuda = _cuda() if cuda is None else cuda
+    wanted = (["liger"] if p.liger else []) + ([p.attention] if p.attention in FLASH else []) + \
+        (["adamw_8bit"] if p.optimizer == "adamw_8bit" else [])
+    for choice in wanted:
+        module = PACKAGES[choice]
+        fld = {"liger": "perf.liger", "adamw_8bit": "perf.optimizer"}.get(choice, "perf.attention")
+        if not installed(module):
+            raise ValueError(f"{fld}: {choice} needs the package {module}, which is not installed; "
+                             f"`pip install {PIP[module]}` or set {fld} to auto.")
+        if not cuda and choice != "adamw_8bit":
+            raise ValueError(f"{fld}: {choice} runs GPU kernels only and this machine has no CUDA device; "
+                             f"set {fld} to auto (off on a CPU).")
+
+
+def resolve(spec, cuda: bool, installed: Callable[[str], bool] = _installed, train_rows: int | None = None,
+            processes: int | None = None) -> Resolved:
+    """The choices a job applies. train_rows: rows of the DPO training set (for precompute "auto"); processes:
+    data-parallel processes in all (default: the spec's num_processes × num_machines, or its Ray workers)."""
+    p = spec.perf
+    why: dict[str, str] = {}
+
+    if p.compile != "auto":
+        compile_, why["compile"] = p.compile, "asked for"
+    elif cuda:
+        compile_, why["compile"] = "regional", "auto on CUDA: each decoder layer compiled once, reused by all"
+    else:
+        compile_, why["compile"] = "off", "auto on a CPU: eager PyTorch, as before"
+
+    if p.liger is not None:
+        liger, why["liger"] = p.liger, "asked for"
+    elif cuda and installed(PACKAGES["liger"]):
+        liger, why["liger"] = True, "auto on CUDA: liger-kernel is installed (RMSNorm, SwiGLU, RoPE kernels)"
+    else:
+        liger, why["liger"] = False, "auto: CUDA with liger-kernel installed only" + ("" if cuda else
+                                                                                       "; this is a CPU")
+
+    if p.optimizer != "auto":
+        optim, why["optimizer"] = OPTIM[p.optimizer], "asked for"
+    elif cuda:
+        optim, why["optimizer"] = "adamw_torch_fused", "auto on CUDA: one fused kernel for all parameters"
+    else:
+        optim, why["optimizer"] = None, "auto on a CPU: transformers' default, as before"
+
+    if p.attention != "auto":
+        attention, why["attention"] = p.attention, "asked for"
+    elif cuda and installed(PACKAGES["flash_attention_2"]):
+        attention, why["attention"] = "flash_attention_2", "auto on CUDA: flash-attn is installed"
+    elif cuda:
+        attention, why["attention"] = "sdpa", "auto on CUDA: PyTorch's fused attention (flash-attn not installed)"
+    else:
+        attention, why["attention"] = None, "auto on a CPU: transformers' default, as before"
+
+    flash = attention in FLASH
+    if spec.kind == "dpo":
+        strategy, why["packing"] = "wrapped", "not used: trl's DPO does not pack"
+    elif p.packing_strategy != "auto":
+        strategy = p.packing_strategy
+        why["packing"] = "asked for" + ("" if strategy != "bfd" or flash else
+                                        "; without a flash kernel padding-free packing ran 5x slower on an H200")
+    elif cuda and flash:
+        strategy, why["packing"] = "bfd", "auto: padding-free, the flash kernel attends within each sequence"
+    else:
+        strategy, why["packing"] = "wrapped", "auto: full rows (padding-free packing needs a flash kernel to be fast)"
+
+    precompute = None
+    if spec.kind == "dpo":
+        if spec.precompute_ref_log_probs is not None:
+            precompute, why["precompute_ref_log_probs"] = spec.precompute_ref_log_probs, "asked for"
+        else:
+            procs = processes or (spec.ray_workers if spec.ray_workers > 1 else spec.num_processes * spec.num_machines)
+            seen = spec.max_steps * spec.batch_size * spec.grad_accum * procs
+            precompute = train_rows is not None and seen >= train_rows
+            why["precompute_ref_log_probs"] = (
+                f"auto: the run sees {seen} rows, the data has {train_rows if train_rows is not None else '?'}; "
+                + ("scoring every row once is cheaper than a reference forward per step" if precompute else
+                   "scoring the whole set first would cost more than it saves"))
+    packing = spec.kind != "dpo" and (cuda if getattr(spec, "packing", None) is None else spec.packing)
+    return Resolved(compile_, liger, optim, attention, packing, strategy, packing and strategy == "bfd",
+                    precompute, why)
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """The bf16 dense datasheet peak of a GPU by name, or None when it is not in the table."""
+    return next((peak for key, peak in GPU_PEAKS if key.lower() in device_name.lower()), None)
+
+
+def flops_per_token(config, num_parameters: int, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B): 6·N for the matrix products of forward
+    and backward, N without the input embedding (a lookup, no FLOPs), plus 12·L·d·s for attention scores and values.
+    A tied embedding is also the LM head, a real product: it stays counted."""
+    embed = config.vocab_size * config.hidden_size
+    n = num_parameters - (0 if getattr(config, "tie_word_embeddings", False) else embed)
+    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def compile_layers(model) -> int:
+    """Regional compilation: every decoder layer compiled in place (nn.Module.compile keeps parameter names, so
+    checkpoints and saving are unchanged). The layers share one code path, so the graph is traced once and reused.
+    Returns how many modules were compiled."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", base), "layers", None)
+    if layers is None:
+        raise ValueError(f"perf.compile: regional compilation needs decoder layers at model.model.layers; "
+                         f"{type(base).__name__} has none. Use compile: full or off.")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
