@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets  # noqa: F401 - see below
 import pytest
 import torch
+
+# datasets gives its logger a StreamHandler bound to sys.stderr as it is at the first `import datasets`. Imported
+# first inside a test that captures output (capfd), that stream is closed after the test, and a later log line
+# of datasets (a malformed JSON file, say) prints "--- Logging error ---" with a traceback into the next test's
+# output. Imported here, it binds to the session's stream.
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
