@@ -126,12 +126,13 @@ if accel.strip():
 with st.expander("Speed and memory"):
     p1, p2, p3 = st.columns(3)
     perf = {}
-    for col, (key, label) in zip([p1, p2, p3, p1, p2], [("compile", "torch.compile"), ("liger", "Liger kernels"),
-                                                        ("optimizer", "Optimizer"), ("attention", "Attention"),
-                                                        ("packing_strategy", "Packing (sft/cpt)")]):
+    for col, (key, option_label) in zip([p1, p2, p3, p1, p2], [("compile", "torch.compile"),
+                                                               ("liger", "Liger kernels"), ("optimizer", "Optimizer"),
+                                                               ("attention", "Attention"),
+                                                               ("packing_strategy", "Packing (sft/cpt)")]):
         info = PerfOptions.model_fields[key]
         options = [None, True, False] if key == "liger" else list(get_args(info.annotation))
-        perf[key] = col.selectbox(label, options, key=f"perf_{key}", help=info.description,
+        perf[key] = col.selectbox(option_label, options, key=f"perf_{key}", help=info.description,
                                   format_func=lambda v, k=key: f"auto ({AUTO[k]})" if v in (None, "auto") else
                                   ("on" if v is True else "off" if v is False else v))
     fields["perf"] = PerfOptions(**perf)

@@ -138,6 +138,7 @@ def test_train_page_previews_data_and_queues_the_spec(tiny):
     at.radio(key="kind").set_value("sft").run()
     assert any("alpaca layout" in e.label for e in at.expander)
     at.number_input(key="max_steps").set_value(4).run()
+    assert at.button(key="launch").label == "Launch SFT"  # the kind's name, whatever widgets come before it
     at.button(key="launch").click().run()
     (job,) = runner.list_jobs()
     assert job.kind == "sft" and job.spec["max_steps"] == 4 and job.spec["model"] == "tiny"
