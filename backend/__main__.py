@@ -140,29 +140,24 @@ def print_plan(spec, device: str | None, memory_gb: float | None, gpus: int | No
     from backend import memplan, registry
 
     folder, _ = registry.resolve(spec.model)
-    shape = memplan.load_shape(folder)
-    base = memplan.setup_for_spec(spec, device)
+    avail = what = None
     if memory_gb is not None:
         avail, what = [int(memory_gb * memplan.GiB)] * (gpus or 1), f"{memory_gb:g} GiB device"
-    else:
-        avail, what = memplan.available_memory(base.device)
-    plans = memplan.compare_strategies(shape, base, avail)
-    own = memplan.estimate(shape, base)
-    rows = memplan.plan_rows([(own, memplan.fits(own, avail))]) + memplan.plan_rows(plans)
-    rows[0]["strategy"] += " (this spec)"
-    where = "GPU" if base.device == "cuda" else "RAM"
+    r = memplan.report_for_spec(spec, folder, device, avail, what)
+    shape, device = r.shape, r.setup.device
+    rows = r.rows()
     print(f"{shape.params / 1e9:.2f}B parameters ({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); "
-          f"{spec.kind}, batch {spec.batch_size} × {spec.max_length} tokens, {base.device} "
-          f"({'bfloat16' if base.device == 'cuda' else 'float32'}); GiB per {where}")
+          f"{spec.kind}, batch {spec.batch_size} × {spec.max_length} tokens, {device} "
+          f"({'bfloat16' if device == 'cuda' else 'float32'}); GiB per {'GPU' if device == 'cuda' else 'RAM'}")
     cols = ["strategy", *memplan.COLUMNS, "overhead", "total", "cpu_ram", "fits"]
-    width = max(len(r["strategy"]) for r in rows)
+    width = max(len(row["strategy"]) for row in rows)
     print(f"{'strategy':<{width}} " + " ".join(f"{c:>11}" for c in cols[1:-1]) + "  fits")
-    for r in rows:
-        print(f"{r['strategy']:<{width}} " + " ".join(f"{r[c]:>11.2f}" for c in cols[1:-1]) + f"  {r['fits']}")
+    for row in rows:
+        print(f"{row['strategy']:<{width}} " + " ".join(f"{row[c]:>11.2f}" for c in cols[1:-1]) + f"  {row['fits']}")
     print("total = weights + optimizer + reference + the larger of activations and gradients (the backward frees "
           "each layer's activations as it writes its gradients) + overhead (CUDA context and allocator; CPU: the "
           "process)")
-    print(memplan.verdict(own, avail, what, plans))
+    print(r.sentence())
 
 
 MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port")

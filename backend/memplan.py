@@ -449,18 +449,44 @@ def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[Me
                    "GPUs.") + hint
 
 
-def check_spec(spec, model_path, device: str | None = None, avail: list[int] | None = None) -> str | None:
-    """None when the job fits this machine; else the sentence saying what it needs and what would fit."""
+@dataclass
+class SpecReport:
+    """A spec's own plan against the memory it would run on, beside every other strategy: what the Train page
+    shows, `train --plan` prints and the check before launch decides on."""
+    shape: ModelShape
+    setup: Setup
+    plan: MemoryPlan
+    ok: bool
+    avail: list[int]
+    what: str
+    others: list[tuple[MemoryPlan, bool]]
+
+    def rows(self) -> list[dict]:
+        rows = plan_rows([(self.plan, self.ok)]) + plan_rows(self.others)
+        rows[0]["strategy"] += " (this spec)"
+        return rows
+
+    def sentence(self) -> str:
+        return verdict(self.plan, self.avail, self.what, self.others)
+
+
+def report_for_spec(spec, model_path, device: str | None = None, avail: list[int] | None = None,
+                    what: str | None = None) -> SpecReport:
+    """The spec as the job runs it on `device` (None: this machine), against `avail` bytes per device (None: this
+    machine's free GPU memory, or its RAM)."""
     base = setup_for_spec(spec, device)
     shape = load_shape(model_path)
-    plan = estimate(shape, base)
     if avail is None:
         avail, what = available_memory(base.device)
-    else:
-        what = "GPU" if base.device == "cuda" else "RAM"
-    if fits(plan, avail):
-        return None
-    return verdict(plan, avail, what, compare_strategies(shape, base, avail))
+    plan = estimate(shape, base)
+    return SpecReport(shape, base, plan, fits(plan, avail), avail,
+                      what or ("GPU" if base.device == "cuda" else "RAM"), compare_strategies(shape, base, avail))
+
+
+def check_spec(spec, model_path, device: str | None = None, avail: list[int] | None = None) -> str | None:
+    """None when the job fits this machine; else the sentence saying what it needs and what would fit."""
+    report = report_for_spec(spec, model_path, device, avail)
+    return None if report.ok else report.sentence()
 
 
 COLUMNS = ("weights", "gradients", "optimizer", "activations", "reference")

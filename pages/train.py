@@ -30,23 +30,17 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     """The memory plan table (every strategy for this model, batch, length and kind) and whether the spec fits."""
     st.markdown("**Memory plan**")
     try:
-        shape = memplan.load_shape(registry.resolve(model)[0])
-        base = memplan.setup_for_spec(spec)
-        avail, what = memplan.available_memory(base.device)
-        plans = memplan.compare_strategies(shape, base, avail)
-        own = memplan.estimate(shape, base)
+        r = memplan.report_for_spec(spec, registry.resolve(model)[0])
     except Exception as exc:  # noqa: BLE001 - an architecture the plan cannot model still trains
         st.caption(f"No memory plan for this model: {exc}")
         return True, ""
-    ok = memplan.fits(own, avail)
-    rows = memplan.plan_rows([(own, ok)])
-    rows[0]["strategy"] += " (this spec)"
-    st.dataframe(pd.DataFrame(rows + memplan.plan_rows(plans)), hide_index=True)
-    where = (f"{len(avail)} × {what}, " + ", ".join(f"{a / memplan.GiB:.0f}" for a in avail) + " GiB free"
-             if base.device == "cuda" else f"CPU: {avail[0] / memplan.GiB:.0f} GiB of RAM")
-    sentence = memplan.verdict(own, avail, what, plans)
+    st.dataframe(pd.DataFrame(r.rows()), hide_index=True)
+    where = (f"{len(r.avail)} × {r.what}, " + ", ".join(f"{a / memplan.GiB:.0f}" for a in r.avail) + " GiB free"
+             if r.setup.device == "cuda" else f"CPU: {r.avail[0] / memplan.GiB:.0f} GiB of RAM")
+    sentence = r.sentence()
     st.caption(f"GiB per device ({where}). Gradients and activations do not peak together: total = weights + "
                "optimizer + reference + the larger of the two, + the CUDA context (CPU: the process) as overhead.")
+    ok = r.ok
     (st.success if ok else st.warning)(sentence)
     if ok or not spec.memory_check:
         return True, ""
