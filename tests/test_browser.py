@@ -118,6 +118,7 @@ def test_launch_a_tiny_sft_job_and_watch_its_loss_chart_fill(served):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(served + "/train")
+        page.get_by_role("button", name="Launch Continued pretraining").wait_for(timeout=60_000)  # drawn whole
         page.get_by_text("SFT", exact=True).click()
         page.get_by_text("alpaca layout, 200 rows").wait_for(timeout=30_000)
         page.get_by_role("button", name="Launch SFT").click()
