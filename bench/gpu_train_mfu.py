@@ -40,8 +40,6 @@ SHAPES = {  # TinyLlama-1.1B (https://huggingface.co/TinyLlama/TinyLlama-1.1B-in
                  vocab_size=32000),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
 }
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 SPECIALS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]
 
 
@@ -56,6 +54,8 @@ def make_tokenizer(vocab: int, out: Path) -> None:
     K random words is K tokens and every sequence can be made exactly full."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CHATML  # the test fixtures' ChatML template
 
     words = {t: i for i, t in enumerate(SPECIALS)}
     words.update({f"w{i}": i for i in range(len(SPECIALS), vocab)})
