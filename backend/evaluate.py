@@ -107,6 +107,17 @@ def mc_items(tok, model, rows: list[dict]) -> list[tuple[bool, bool]]:
     return out
 
 
+def _mc_problem(row: dict) -> str | None:
+    """An answer that is no index into choices (a letter, as ARC's answerKey) would never match: 0 % unsaid."""
+    choices, answer = row["choices"], row["answer"]
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        return "choices must be a list of at least two strings."
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return (f"answer must be the index of the right choice, 0 to {len(choices) - 1}; got {answer!r} "
+                "(convert letters A, B, C… to 0, 1, 2…).")
+    return None
+
+
 def _mc(per_item: list[tuple]) -> dict:
     return {"acc": sum(a for a, _ in per_item) / len(per_item), "acc_norm": sum(b for _, b in per_item) / len(per_item)}
 
@@ -115,7 +126,8 @@ def multiple_choice(tok, model, rows: list[dict]) -> dict:
     return {**_mc(mc_items(tok, model, rows)), "n": len(rows)}
 
 
-def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
+def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """Rows with `fields`; `check(row)` returns what is wrong with a row, if anything."""
     p = Path(path)
     if not p.exists():
         raise EvalError(f"{p} does not exist.")
@@ -131,6 +143,8 @@ def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
         if missing:
             raise EvalError(f"{p.name}, line {n}: missing {', '.join(missing)} (the layout is "
                             f"{{{', '.join(fields)}}}).")
+        if check and (problem := check(row)):
+            raise EvalError(f"{p.name}, line {n}: {problem}")
         rows.append(row)
     if not rows:
         raise EvalError(f"{p.name} has no rows.")
@@ -260,7 +274,7 @@ def task_set(task: str, limit: int) -> TaskSet:
         items = _stratified(qa.load_items(arg or heldout.eval_path("qa-closed-book")), limit)
         return TaskSet(task, kind, arg or "builtin-eval:qa-closed-book", items, [it["question"] for it in items])
     if kind == "mc":
-        rows = read_jsonl(arg, ("question", "choices", "answer"))[:limit]
+        rows = read_jsonl(arg, ("question", "choices", "answer"), _mc_problem)[:limit]
         return TaskSet(task, kind, arg, rows, [r["question"] for r in rows])
     if kind == "gsm8k":
         rows = read_jsonl(arg, ("question", "answer"))[:limit]

@@ -9,6 +9,7 @@ with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays of
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -102,7 +103,9 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
         path = Path(rec.path)
         s.delete(rec)
         s.commit()
-    if delete_files and path.is_relative_to(db.models_dir()):
+        # a folder registered under another name too (import_folder of a model the studio made) stays for it
+        shared = s.exec(select(ModelRecord).where(ModelRecord.path == str(path))).first() is not None
+    if delete_files and not shared and path.is_relative_to(db.models_dir()):
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -159,12 +162,16 @@ def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecor
     if final.exists():
         shutil.rmtree(tmp, ignore_errors=True)
         raise RegistryError(f"{final} already exists: delete it or choose another name.")
+    # the mark backend/outputs.py uses: a process ended between the rename and the row leaves a folder the next
+    # start removes (db.clean_stale_tmp), not one that blocks the name for ever
+    (tmp / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
     tmp.rename(final)
     try:
         rec = register(final, name, "base", source=source, recipe={"import": source})
-    except Exception:
+    except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
+    (final / db.UNREGISTERED_MARK).unlink(missing_ok=True)
     progress(1.0, f"registered {name}")
     return rec
 
@@ -226,21 +233,34 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
     tmp = db.new_tmp("import")
     try:
         state: dict = {}
-        files = sorted(folder.glob("*.bin")) or sorted(folder.glob("*.pt"))
+        # weights only: a Trainer folder also holds training_args.bin (a pickled object, no tensors) and
+        # optimizer.pt / scheduler.pt, which weights_only=True refuses or which are no model weights
+        not_weights = {"training_args.bin", "optimizer.pt", "scheduler.pt"}
+        files = [f for f in sorted(folder.glob("*.bin")) if f.name not in not_weights] or \
+            [f for f in sorted(folder.glob("*.pt")) if f.name not in not_weights]
+        if not files:
+            raise RegistryError(f"{folder} holds no pickle weights file (pytorch_model*.bin), only "
+                                f"{', '.join(sorted(not_weights & {p.name for p in folder.iterdir()}))}.")
         for i, f in enumerate(files):
             progress(i / len(files), f"reading {f.name} with weights_only=True")
             try:
                 state.update(torch.load(f, map_location="cpu", weights_only=True))
             except Exception as exc:
                 raise RegistryError(f"{f} could not be read safely ({exc}). It may hold code, or be corrupt.")
-        # safetensors refuses tensors that share memory (tied weights): keep one copy.
-        seen: dict[int, str] = {}
+        # safetensors refuses tensors that share memory. The very same view twice (tied weights) is stored once;
+        # other views of one storage (a fused qkv split with torch.split) are different weights: each gets a copy.
+        seen: set[tuple] = set()
+        storages: set[int] = set()
         for k in list(state):
-            ptr = state[k].untyped_storage().data_ptr()
-            if ptr in seen:
+            t = state[k]
+            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+            if view in seen:
                 del state[k]
-            else:
-                seen[ptr] = k
+                continue
+            if t.untyped_storage().data_ptr() in storages:
+                state[k] = t.clone()
+            seen.add(view)
+            storages.add(t.untyped_storage().data_ptr())
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         for f in folder.iterdir():
             if f.is_file() and f.suffix not in (".bin", ".pt") and not f.name.endswith(".index.json"):

@@ -144,14 +144,16 @@ def _update(job_id: int, **fields) -> None:
 
 
 @db.retrying
-def _transition(job_id: int, from_status: str | tuple[str, ...], **fields) -> bool:
+def _transition(job_id: int, from_status: str | tuple[str, ...], *, _of_pid: int | None = None, **fields) -> bool:
     """Set `fields` only while the job is still in `from_status`: one conditional UPDATE, so of two racing final
-    transitions (cancel against success, a dead-child check against the child's own report) exactly one wins."""
+    transitions (cancel against success, a dead-child check against the child's own report) exactly one wins.
+    `_of_pid`: only while the row is still that process's run (not a resumed run another worker started)."""
     from sqlalchemy import update
 
     states = (from_status,) if isinstance(from_status, str) else from_status
+    cond = [Job.id == job_id, Job.status.in_(states)] + ([Job.pid == _of_pid] if _of_pid is not None else [])
     with db.session() as s:
-        done = s.exec(update(Job).where(Job.id == job_id, Job.status.in_(states)).values(**fields))
+        done = s.exec(update(Job).where(*cond).values(**fields))
         s.commit()
         return done.rowcount == 1
 
@@ -453,8 +455,9 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint
-                _transition(job_id, "running", status="failed", finished=utcnow(), message="failed",
+                # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
+                # Only its own run: after a resume another worker here may run the job again under a new pid.
+                _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(), message="failed",
                             error=f"the job process exited with code {proc.returncode} without finishing; see its "
                                   "log" + ("; resume it to continue from its last checkpoint"
                                            if get(job_id).kind in TRAIN_KINDS else ""))

@@ -415,10 +415,12 @@ def runs(limit: int = 50) -> list[RecipeRun]:
 
 
 def cancel_run(run_id: int) -> list[int]:
-    """Cancel every queued or running job this run started (reused jobs belong to earlier runs and stay)."""
+    """Cancel every queued or running job this run started (reused jobs, and the in-flight jobs of an earlier run
+    that this one waits on, belong to those runs and stay)."""
     done: list[int] = []
     for row, job in stages(run_id):  # the evaluation rows share one job: cancel it once
-        if job is not None and not row.reused and job.status in ("queued", "running") and job.id not in done:
+        started_here = not row.reused and (row.info or {}).get("status") != "in-flight"
+        if job is not None and started_here and job.status in ("queued", "running") and job.id not in done:
             runner.cancel(job.id)
             done.append(job.id)
     return done

@@ -142,7 +142,15 @@ def new_config(plan: UpscalePlan) -> dict:
         if isinstance(value, list) and len(value) == base.num_layers and key != "architectures":
             cfg[key] = [plan.sources[sl.source].config.get(key, value)[sl.layer] for sl in plan.slots]
     if "max_window_layers" in cfg and "layer_types" not in cfg:
-        cfg["max_window_layers"] = plan.s
+        if base.config.get("use_sliding_window") and base.config.get("sliding_window") is not None:
+            # Qwen2-style: transformers makes layers >= max_window_layers slide; a copied layer keeps its own type,
+            # which no single threshold over the new stack can say, so the list is written out
+            def sliding(sl) -> bool:
+                return sl.layer >= plan.sources[sl.source].config.get("max_window_layers", base.num_layers)
+
+            cfg["layer_types"] = ["sliding_attention" if sliding(sl) else "full_attention" for sl in plan.slots]
+        else:
+            cfg["max_window_layers"] = plan.s
     return cfg
 
 

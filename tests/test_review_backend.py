@@ -1,0 +1,199 @@
+"""Bugs found in a correctness review of the backend, each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from backend import registry
+from storage import db
+from tests.conftest import load_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- registry: pickle tensors that share storage
+
+def test_pickle_tensors_that_are_views_of_one_storage_are_all_kept(tiny_llama, tmp_path):
+    """Conversion scripts split a fused qkv with torch.split; torch.save keeps the views on one storage. Only
+    tensors that are the very same view (tied weights) may be dropped, never disjoint slices."""
+    state = load_state(tiny_llama)
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    fused = torch.cat([state[q], state[k]])  # one storage
+    state[q], state[k] = torch.split(fused, [state[q].shape[0], state[k].shape[0]])
+    assert state[q].untyped_storage().data_ptr() == state[k].untyped_storage().data_ptr()
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied: the same view, one copy is enough
+    folder = tmp_path / "fused"
+    folder.mkdir()
+    for f in tiny_llama.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, folder / f.name)
+    torch.save(state, folder / "pytorch_model.bin")
+
+    rec = registry.import_folder(folder, "fused", allow_pickle=True)
+    converted = load_state(Path(rec.path))
+    original = load_state(tiny_llama)
+    assert converted.keys() == original.keys()  # k_proj kept; the tied head stored once
+    assert all(torch.equal(converted[n], original[n]) for n in original)
+
+
+# ---------------------------------------------------------------- registry: killed between rename and registration
+
+def test_an_import_killed_between_rename_and_registration_is_cleaned_at_the_next_start(tiny_llama, workspace):
+    """A job killed (or cancelled: SIGTERM) right after the rename must not leave a folder in models/ that blocks
+    the name for ever: the built-in import would then fail at every try."""
+    src = db.new_tmp("import")
+    for f in tiny_llama.iterdir():
+        shutil.copy2(f, src / f.name)
+    script = ("import os, sys; from pathlib import Path; from backend import registry; "
+              "registry.register = lambda *a, **k: os._exit(9); "  # the process ends here, no handler runs
+              "registry._finish(Path(sys.argv[1]), 'imp', 'test', lambda f, m: None)")
+    rc = subprocess.run([sys.executable, "-c", script, str(src)], cwd=ROOT, env=dict(os.environ)).returncode
+    assert rc == 9 and (db.models_dir() / "imp").exists() and registry.get("imp") is None
+    db.clean_stale_tmp()  # what the next worker start does
+    assert not (db.models_dir() / "imp").exists()
+    src2 = db.new_tmp("import")
+    for f in tiny_llama.iterdir():
+        shutil.copy2(f, src2 / f.name)
+    rec = registry._finish(src2, "imp", "test", lambda f, m: None)  # the name can be used again
+    assert rec.name == "imp" and not (Path(rec.path) / db.UNREGISTERED_MARK).exists()
+
+
+# ---------------------------------------------------------------- registry: one folder under two names
+
+def test_deleting_one_of_two_names_for_one_folder_keeps_the_files_of_the_other(tiny_llama):
+    made = db.models_dir() / "made"
+    shutil.copytree(tiny_llama, made)
+    registry.import_folder(made, "made")
+    registry.import_folder(made, "alias")  # the same folder registered again under another name
+    registry.delete("alias")
+    assert (made / "config.json").exists()  # "made" still points here
+    assert registry.resolve("made")[0] == made.resolve()
+    registry.delete("made")
+    assert not made.exists()  # the last name for it goes with its files
+
+
+# ---------------------------------------------------------------- recipe: cancelling a run that waits on another
+
+def test_cancelling_a_run_leaves_the_jobs_of_the_earlier_run_it_waits_on(tiny_llama):
+    """A second run of an unchanged recipe waits on the first run's queued jobs (in-flight); cancelling the second
+    run must not cancel the first run's work."""
+    import yaml
+
+    from backend import recipe, runner
+
+    text = yaml.safe_dump(yaml.safe_load(recipe.preset("smoke", str(tiny_llama))), sort_keys=False)
+    [p1] = recipe.plan_text(text)
+    run1 = recipe.submit(p1, text)
+    first = {r.stage: j.id for r, j in recipe.stages(run1) if j}
+    [p2] = recipe.plan_text(text)
+    assert {n.status for n in p2.nodes if n.stage in first} == {"in-flight"}
+    run2 = recipe.submit(p2, text)
+    assert recipe.cancel_run(run2) == []  # run 2 started nothing of its own
+    assert {runner.get(i).status for i in first.values()} == {"queued"}
+
+
+# ---------------------------------------------------------------- runner: a worker's dead child and a resumed run
+
+def test_a_worker_does_not_fail_the_run_another_worker_started_after_a_resume(tiny_llama, monkeypatch):
+    """Two workers on one machine: worker A's child writes 'failed' and exits; the user resumes; worker B claims
+    and starts it again. When A then notices its own child's exit, the row belongs to B's run and must stay."""
+    from backend import runner
+    from backend.specs import UpscaleSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="again"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    class OldRun:  # the child worker A started: it has exited
+        pid, returncode = dead.pid, 1
+
+        def poll(self):
+            return 1
+
+    def start_child(j):
+        # meanwhile its run failed, was resumed, and worker B started it again (here: this live process)
+        runner._update(j.id, status="running", pid=os.getpid(), message="running again")
+        return OldRun()
+
+    monkeypatch.setattr(runner, "start_child", start_child)
+    runner.worker(poll=0.05, once=True)
+    row = runner.get(job.id)
+    assert (row.status, row.pid, row.message) == ("running", os.getpid(), "running again")
+    runner._update(job.id, status="failed")
+
+
+# ---------------------------------------------------------------- upscale: Qwen2 sliding layers without layer_types
+
+def test_qwen2_sliding_layers_given_by_max_window_layers_follow_the_layer_map(tiny_qwen2, tmp_path):
+    """A Qwen2 config.json from the Hub has no layer_types: transformers derives them (layers >= max_window_layers
+    slide when use_sliding_window). Up-scaled, each copied layer must keep its own attention type."""
+    import json
+
+    from transformers import AutoConfig
+
+    from backend.upscale import dus, run_upscale
+    from backend.specs import UpscaleSpec
+
+    base = tmp_path / "qwen-hub-style"
+    shutil.copytree(tiny_qwen2, base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg.pop("layer_types")
+    cfg.update(use_sliding_window=True, sliding_window=16, max_window_layers=3)
+    (base / "config.json").write_text(json.dumps(cfg))
+    types = AutoConfig.from_pretrained(base).layer_types
+    assert types == ["full_attention"] * 3 + ["sliding_attention"] * 3
+
+    out = run_upscale(UpscaleSpec(base=str(base), m=1, name="qwen-dus"))
+    got = AutoConfig.from_pretrained(out["path"])
+    assert got.num_hidden_layers == 10
+    assert got.layer_types == [types[sl.layer] for sl in dus.plan(6, m=1)]
+
+
+# ---------------------------------------------------------------- registry: a Trainer output folder in pickle form
+
+def test_pickle_import_of_a_trainer_folder_reads_the_weights_not_training_args(tiny_llama, tmp_path):
+    """transformers' Trainer writes training_args.bin (a pickled TrainingArguments object) beside
+    pytorch_model.bin; it is no weights file, and weights_only=True rightly refuses it."""
+    from types import SimpleNamespace
+
+    folder = tmp_path / "trainer-out"
+    folder.mkdir()
+    for f in tiny_llama.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, folder / f.name)
+    torch.save(load_state(tiny_llama), folder / "pytorch_model.bin")
+    torch.save(SimpleNamespace(learning_rate=1e-4), folder / "training_args.bin")
+    rec = registry.import_folder(folder, "from-trainer", allow_pickle=True)
+    converted, original = load_state(Path(rec.path)), load_state(tiny_llama)
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[n], original[n]) for n in original)
+
+
+# ---------------------------------------------------------------- evaluate: a multiple-choice answer that is no index
+
+def test_mc_rows_whose_answer_is_not_an_index_into_choices_are_refused(tmp_path):
+    """ARC files name the answer by letter (answerKey "B"); compared with a choice index it never matches, so the
+    model would score 0 % without a word. Refused before any model loads, naming the line and field."""
+    import json
+
+    from backend import evaluate
+
+    path = tmp_path / "letters.jsonl"
+    ok = {"question": "2+2?", "choices": ["3", "4"], "answer": 1}
+    for bad in ({"answer": "B"}, {"answer": 2}, {"answer": True}, {"choices": "34"}):
+        path.write_text(json.dumps(ok) + "\n" + json.dumps({**ok, **bad}) + "\n")
+        try:
+            evaluate.task_set(f"mc:{path}", 10)
+        except evaluate.EvalError as exc:
+            assert "line 2" in str(exc) and ("answer" in str(exc) or "choices" in str(exc))
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    path.write_text(json.dumps(ok) + "\n")
+    assert evaluate.task_set(f"mc:{path}", 10).items == [ok]
