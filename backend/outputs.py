@@ -38,6 +38,8 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
     its parent is created and, when `needed` bytes are known, checked for space."""
     registry.check_name_free(name)
     out = Path(out_dir or spec_out or inside(db.models_dir(), name)).expanduser().resolve()
+    if (out / db.UNREGISTERED_MARK).is_file():  # left by a build killed before its row: a resume may reuse the name
+        db.clean_unregistered_builds([out])
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,9 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
         return Path(rec.path), rec.name
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        return p.resolve(), None
+        with db.session() as s:  # a registered model's folder given by path keeps its name (and so its lineage)
+            rec = s.exec(select(ModelRecord).where(ModelRecord.path == str(p.resolve()))).first()
+        return p.resolve(), rec.name if rec else None
     known = ", ".join(r.name for r in list_models()) or "none yet"
     raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
 

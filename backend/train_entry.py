@@ -39,6 +39,33 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+class RunComplete(Exception):
+    """Raised before a step that would go past max_steps (see CompleteAtCheckpoint)."""
+
+
+class CompleteAtCheckpoint(TrainerCallback):
+    """A run resumed from a checkpoint saved at its last step (killed after the trainer's final save, before the
+    model was handed over) must train no further. transformers 5.24 checks `global_step >= max_steps` only after a
+    step, so such a resume ran one step more (step 5 of 4, at learning rate 0). The checkpoint's weights and state
+    are loaded before the first step begins, so stopping there leaves the model as the checkpoint holds it."""
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise RunComplete
+
+
+def train_or_finish(trainer, checkpoint: Path | None):
+    """trainer.train from the checkpoint; a checkpoint that already holds every step gives its result untrained."""
+    from transformers.trainer_utils import TrainOutput
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except RunComplete:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"),
+                           {"train_runtime": 0.0})
+
+
 class MetricsCallback(TrainerCallback):
     """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress.
     flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`."""
@@ -56,14 +83,21 @@ class MetricsCallback(TrainerCallback):
         self.start_step = state.global_step  # > 0 when resumed
         self.t0 = self.last_t = time.time()
         self.last_tokens = state.num_input_tokens_seen or 0
-        if self.job_id and state.is_world_process_zero and self.start_step:
-            from storage.models import JobMetric
-            from storage import db
-            from sqlmodel import delete
+        if state.is_world_process_zero and self.start_step:
+            self.forget_after(self.start_step)  # values logged after the checkpoint will be logged again
 
-            with db.session() as s:  # values logged after the checkpoint will be logged again
-                s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.step > self.start_step))
-                s.commit()
+    def forget_after(self, step: int) -> None:
+        """Drop the job's metric rows past `step`: a resumed run logs them again (-1: all of them, for a run that
+        starts over because it was stopped before its first checkpoint). metrics.jsonl stays a plain log."""
+        if not self.job_id:
+            return
+        from sqlmodel import delete
+        from storage import db
+        from storage.models import JobMetric
+
+        with db.session() as s:
+            s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.step > step))
+            s.commit()
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
@@ -203,10 +237,13 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     callback = MetricsCallback(run_dir, spec.max_steps, job_id, fpt, peak * (world or 1) if peak else None)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback])
+    trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
     if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
         perf.compile_layers(trainer.model)
     checkpoints = complete_checkpoints(run_dir)
+
+    if not checkpoints and trainer.is_world_process_zero():
+        callback.forget_after(-1)  # a run stopped before its first checkpoint starts over: its rows would repeat
 
     # --- step-0 scores: the model before training, and the reference (the base of an up-scaled model)
     if evals is not None and not checkpoints and spec.kind != "dpo":
@@ -223,7 +260,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                 callback.record(0, {"reference_eval_loss": ref_loss})
 
     # --- train (from the last checkpoint when the run folder has one)
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = train_or_finish(trainer, checkpoints[-1] if checkpoints else None)
     if evals is not None and result.global_step % spec.eval_steps:  # the last step was not an eval step
         trainer.evaluate()
     evals_logged = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]

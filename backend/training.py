@@ -115,8 +115,9 @@ def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
     return env
 
 
-def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
-    """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference)."""
+def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
+    """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference folder, parent):
+    the parent is the model's registered name ("builtin" resolved), else its folder, as upscale and merge record it."""
     perf.check(spec)  # kernels and packages the spec's perf block asks for (backend/perf.py)
     check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)
@@ -134,7 +135,7 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None]:
             reference = rec.parents[0]
     ref_folder = str(registry.resolve(reference)[0]) if reference else None
     check_memory(spec, folder)
-    return folder, name, ref_folder
+    return folder, name, ref_folder, model_name or str(folder)
 
 
 def check_memory(spec: _TrainSpec, folder: Path) -> None:
@@ -202,7 +203,7 @@ def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
 
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
-    folder, name, ref_folder = check_inputs(spec)
+    folder, name, ref_folder, parent = check_inputs(spec)
     main_machine = spec.machine_rank == 0  # the others train, and leave saving and registering to machine 0
     if main_machine:
         out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
@@ -252,8 +253,11 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     summary = json.loads((run_dir / "summary.json").read_text())
     if out_dir.exists():
         out_dir.rmdir()  # empty: output_dir() refused a non-empty one
+    # marked as backend/outputs.py marks its builds: a kill between the move and the row leaves a folder the next
+    # start (or the resume's output_dir) removes, not one that blocks the name and fails every resume
+    (final / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
     shutil.move(str(final), out_dir)  # a rename on the same filesystem
-    rec = register_output(out_dir, name, "trained", parents=[spec.model], source=spec.kind,
+    rec = register_output(out_dir, name, "trained", parents=[parent], source=spec.kind,
                           recipe=spec.model_dump(mode="json"))
     if not spec.keep_checkpoints:  # only a run that did not finish resumes: a finished one needs no optimizer states
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

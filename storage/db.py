@@ -333,13 +333,14 @@ def clean_stale_tmp() -> list[Path]:
                 removed.append(target)
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
-    return removed + _clean_unregistered_builds()
+    return removed + clean_unregistered_builds()
 
 
-def _clean_unregistered_builds() -> list[Path]:
-    """Model folders renamed into models/ whose process was killed before registering them (they still carry the
-    mark backend/outputs.py writes), and that no row names: removed, so the name can be used again."""
-    marked = [d for d in models_dir().iterdir() if (d / UNREGISTERED_MARK).is_file()]
+def clean_unregistered_builds(folders: list[Path] | None = None) -> list[Path]:
+    """Model folders renamed into place whose process was killed before registering them (they still carry the
+    mark backend/outputs.py writes), and that no row names: removed, so the name can be used again. `folders`:
+    these only (a job's output folder before it is refused as not empty); default every folder in models/."""
+    marked = [d for d in (models_dir().iterdir() if folders is None else folders) if (d / UNREGISTERED_MARK).is_file()]
     if not marked:
         return []
     from sqlmodel import select
