@@ -14,6 +14,16 @@ from backend.upscale import dus, plan_upscale
 from pages.common import human, human_bytes, job_status, model_names, submit, worker_banner, via_app
 from pages.figures import layer_map_figure
 
+
+def short_bytes(n: float) -> str:
+    """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): what fits a metric a quarter of the row wide."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1000 or unit == "GiB":
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+        n /= 1024
+    return ""
+
+
 via_app(__file__)
 st.title("Depth up-scale")
 st.caption("SOLAR's recipe (arXiv 2312.15166): copy A keeps layers [0, n−m), copy B keeps [m, n); stacked they "
@@ -62,6 +72,10 @@ with left:
             "source": st.column_config.NumberColumn(min_value=0, max_value=1, step=1),
             "start": st.column_config.NumberColumn(min_value=0, step=1),
             "end": st.column_config.NumberColumn(min_value=1, step=1, help="exclusive")})
+        # a half-filled row was dropped without a word, and the map quietly showed the stack without it
+        partial = [str(i + 1) for i, incomplete in enumerate(table.isna().any(axis=1)) if incomplete]
+        if partial:
+            st.warning(f"Row {', '.join(partial)} is left out until its source, start and end are filled in.")
         rows = table.dropna().astype(int).to_dict("records")
         fields["slices"] = [SliceRange(**r) for r in rows if r["end"] > 0]
     else:
@@ -85,13 +99,15 @@ with right:
     c2.metric("Parameters before", human(plan.params_before))
     c3.metric("Parameters after", human(plan.params_after),
               f"×{plan.params_after / plan.params_before:.2f}")
-    c4.metric("Size on disk", human_bytes(plan.nbytes))
+    # three digits: "702.20 MiB" did not fit a quarter of the row and showed as "702.20 …"
+    c4.metric("Size on disk", short_bytes(plan.nbytes), help=f"{plan.nbytes:,} bytes ({human_bytes(plan.nbytes)})")
     st.plotly_chart(layer_map_figure(plan), key="layer_map", config={"displayModeBar": False})
 
 with left:
     # The suggested name follows m and the method until the user types their own.
     suggested_name = draft.default_name()
-    if st.session_state.get("name") in (None, st.session_state.get("_suggested_name")):
+    # an emptied box counts as untouched: it takes the suggestion again rather than stay an error for good
+    if (st.session_state.get("name") or "").strip() in ("", st.session_state.get("_suggested_name")):
         st.session_state["name"] = suggested_name
     st.session_state["_suggested_name"] = suggested_name
     name = st.text_input("Name of the new model", key="name")
@@ -104,8 +120,13 @@ with left:
     taken = registry.get(spec.name) is not None
     if taken:
         st.info(f"A model named {spec.name!r} is registered already: change m or the name to build another.")
+    # a second click while the first build runs queued a second job for the same name, which then failed
+    building = next((j for j in runner.list_jobs() if j.kind == "upscale" and j.status in ("queued", "running")
+                     and j.spec.get("name") == spec.name), None)
+    if building and not taken:
+        st.info(f"Job {building.id} is building {spec.name!r} already.")
     b1, b2 = st.columns(2)
-    if b1.button("Build", type="primary", key="build", disabled=taken):
+    if b1.button("Build", type="primary", key="build", disabled=taken or building is not None) and not building:
         submit(spec, "build_job")
     b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="save_spec",
                        help="Rerun it with: python -m backend run SPEC.yaml")

@@ -24,8 +24,11 @@ def job_table() -> None:
         st.info("No jobs yet. Builds and imports started from the other pages appear here.")
         return
     st.dataframe(pd.DataFrame([{
-        "id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress, "message": j.message,
-        "error": j.error, "created": j.created.strftime("%H:%M:%S"),
+        # a failed job's message is just "failed": its error takes the place (a separate column was squeezed to a
+        # few characters by the long messages, so the reason could not be read)
+        "id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
+        "message": f"failed: {j.error}" if j.status == "failed" and j.error else j.message,
+        "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",
         column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
@@ -40,10 +43,21 @@ if jobs:
     job = runner.get(job_id)
     with st.expander("Spec"):
         st.code(yaml.safe_dump(job.spec, sort_keys=False, allow_unicode=True), language="yaml")
-    log = Path(job.log_path) if job.log_path else None
-    if log and log.exists():
-        st.caption(f"Log: `{log}` (last 60 lines)")
-        st.code("\n".join(log.read_text(errors="replace").splitlines()[-60:]) or "(empty)")
+
+    # live while the job runs (drawn once, the log stood still at the lines it had when the page opened);
+    # job_status reruns the page when the job ends, which redraws this without the timer
+    @st.fragment(run_every=2.0 if job.status in ("queued", "running") else None)
+    def job_log() -> None:
+        current = runner.get(job_id)
+        log = Path(current.log_path) if current and current.log_path else None
+        if log and log.exists():
+            st.caption(f"Log: `{log}` (last 60 lines)")
+            # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
+            st.code("\n".join(log.read_text(errors="replace").splitlines()[-60:]) or "(empty)", language="text")
+        else:
+            st.caption("No log yet: the worker writes one when it starts the job.")
+
+    job_log()
 
 st.subheader("Cluster")
 try:

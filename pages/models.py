@@ -28,6 +28,7 @@ with st.expander("Import a model", expanded=not registry.list_models()):
     allow_pickle = c3.checkbox("allow pickle (.bin)", key="allow_pickle",
                                help="Pickle files can run code; they are read with torch.load(weights_only=True).")
     if st.button("Import", key="import"):
+        st.session_state.pop("import_job", None)  # the last import's outcome is not this attempt's
         try:
             spec = ImportSpec(target=target, name=new_name or None, allow_pickle=allow_pickle)
             submit(spec, "import_job")
@@ -58,6 +59,9 @@ with info:
     st.write(f"**{rec.kind}** · {rec.architecture or rec.model_type} · {rec.num_layers} layers · hidden "
              f"{rec.hidden_size} · {human(rec.num_parameters)} parameters · {rec.dtype}")
     st.caption(f"Folder: `{rec.path}`")
+    if not Path(rec.path, "config.json").is_file():
+        st.warning(f"The folder `{rec.path}` is gone or holds no config.json: this model cannot be loaded. "
+                   "Put the folder back, or delete the entry below.")
     chain = registry.lineage(rec.name)  # a deleted ancestor stays named, marked deleted
     if chain:
         st.write("Lineage: " + " → ".join(f"`{p.split('/')[-1]}`" + ("" if present else " (deleted)")
@@ -80,9 +84,15 @@ with info:
             st.warning(f"{len(kids)} model(s) were made from it: " + ", ".join(f"`{k.name}`" for k in kids)
                        + ". They stay, and their lineage keeps naming it, marked deleted.")
         label = f"Yes, delete {rec.name}" + (f" although {len(kids)} model(s) were made from it" if kids else "")
+        # the tick is for this model only: it stayed for the next model shown (after a delete, the one that took
+        # its place), so a second click on Delete removed a model nobody had confirmed
+        if st.session_state.get("_confirm_delete_for") != rec.name:
+            st.session_state["confirm_delete"] = False
+        st.session_state["_confirm_delete_for"] = rec.name
         sure = st.checkbox(label, key="confirm_delete")
         if st.button("Delete", disabled=not sure, key="delete"):
             registry.delete(rec.name, force=True)  # the checkbox above named the dependants
+            st.session_state.pop("_confirm_delete_for", None)  # the same name imported again starts unticked
             st.session_state.pop("chat", None)
             st.rerun()
 
@@ -98,7 +108,12 @@ with chat:
     if prompt:
         history.append({"role": "user", "content": prompt})
         st.chat_message("user").write(prompt)
-        lm = cached_model(rec.path, rec.name)
+        try:
+            lm = cached_model(rec.path, rec.name)
+        except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
+            history.pop()  # not answered: not kept as if it had been
+            st.error(f"{rec.name} cannot be loaded: {exc}")
+            st.stop()
         stats = GenerationStats()
         with st.chat_message("assistant"):
             try:

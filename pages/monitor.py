@@ -58,12 +58,27 @@ def charts(job_ids: list[int]) -> None:
         cols[i % 2].plotly_chart(metric_figure(data, name), key=f"metric_{name}")
 
 
-if chosen:
-    charts(chosen)
-    job = runner.get(chosen[0])
+def tail(job_id: int) -> None:
+    """The log, live while the job runs (drawn once with the page, it stood still); job_status reruns the page
+    when the job ends, which redraws this without the timer."""
+    job = runner.get(job_id)
+    live = job is not None and job.status in ("queued", "running")
+    st.fragment(run_every=2.0 if live else None)(_tail)(job_id)
+
+
+def _tail(job_id: int) -> None:
+    job = runner.get(job_id)
     log = Path(job.log_path) if job and job.log_path else None
+    if log and log.exists():
+        # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
+        st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)", language="text")
+    else:
+        st.caption("No log yet.")
+
+
+if not chosen:
+    st.caption("Choose one or more jobs above to see their curves and logs.")
+else:
+    charts(chosen)
     with st.expander(f"Log of job {chosen[0]} (last 40 lines)"):
-        if log and log.exists():
-            st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)")
-        else:
-            st.caption("No log yet.")
+        tail(chosen[0])

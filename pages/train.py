@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import get_args
 
 import pandas as pd
@@ -47,6 +49,16 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     return False, "The memory plan does not fit: " + sentence
 
 
+@st.cache_data(ttl=120, max_entries=64, show_spinner="Reading the data source…")
+def cached_preview(source: str, kind: str, stamp: tuple | None) -> tuple[dict | None, str]:
+    """data.preview, remembered for two minutes: every change of any setting reruns the page, and a Hub id that
+    cannot be reached took ~24 s to fail each time (offline), freezing the page after each click."""
+    try:
+        return data.preview(source, kind, n=3), ""
+    except ValueError as exc:  # kept too (st.cache_data does not keep exceptions): the same wait otherwise
+        return None, str(exc)
+
+
 via_app(__file__)
 st.title("Train")
 st.caption("SOLAR's pipeline: continued pretraining recovers the up-scaled model, SFT teaches instructions "
@@ -70,34 +82,54 @@ st.caption("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTI
            ".csv / .parquet / .txt file, or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, "
            "2 = twice.")
 upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_SUFFIXES], key="upload")
+upload_path = None
 if upload is not None:
     try:  # saved under a generated name: the name the browser sends never chooses the path
         path = uploads.save_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
-        st.caption(f"Saved as `{path}`: add it to the table below.")
+        # read it now: a malformed file is named here, not only once its long path is typed into the table
+        pv = data.preview(str(path), kind, n=3)
     except ValueError as exc:
-        st.error(str(exc))
-table_key = f"sources_{kind}"
-sources = st.data_editor(pd.DataFrame([{"source": default_source, "weight": 1.0}]), num_rows="dynamic",
+        st.error(f"{upload.name}: {exc}")
+    else:
+        upload_path = str(path)
+        st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")
+# The table restarts from `base` (with a new key) when an upload is added to it, so the rows typed so far stay.
+version = st.session_state.get(f"sources_{kind}_version", 0)
+table_key = f"sources_{kind}" + (f"_v{version}" if version else "")
+base = st.session_state.get(f"sources_{kind}_base", [{"source": default_source, "weight": 1.0}])
+sources = st.data_editor(pd.DataFrame(base), num_rows="dynamic",
                          key=table_key, column_config={
                              "source": st.column_config.TextColumn(width="large"),
                              "weight": st.column_config.NumberColumn(min_value=0.01, step=0.1)})
 rows = [r for r in sources.dropna().to_dict("records") if str(r["source"]).strip()]
+if upload_path and upload_path not in [str(r["source"]).strip() for r in rows]:
+    if st.button(f"Add {upload.name} to the sources", key="add_upload"):
+        st.session_state[f"sources_{kind}_base"] = [{"source": str(r["source"]).strip(), "weight": r["weight"]}
+                                                    for r in rows] + [{"source": upload_path, "weight": 1.0}]
+        st.session_state[f"sources_{kind}_version"] = version + 1
+        st.rerun()
 previews_ok = True
 for r in rows:
-    try:
-        pv = data.preview(str(r["source"]).strip(), kind, n=3)
+    source = str(r["source"]).strip()
+    path = Path(source).expanduser()
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a changed file is re-read
+    pv, problem = cached_preview(source, kind, stamp)
+    if pv is None:
+        previews_ok = False
+        st.error(f"{r['source']}: {problem}")
+    else:
         with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows"):
             st.json(pv["examples"], expanded=False)
-    except ValueError as exc:
-        previews_ok = False
-        st.error(f"{r['source']}: {exc}")
 
 st.subheader("Settings")
 c1, c2, c3, c4 = st.columns(4)
 fields = dict(
     max_steps=c1.number_input("Steps", 1, 100_000, 30, key="max_steps"),
+    # step: the default's power of ten (1e-5 for 5e-5); Streamlit's 0.01 made "+" jump 5e-5 to 1e-2. One key per
+    # kind: a keyed number_input keeps its value when its default changes, so DPO ran at CPT's 5e-5, not 5e-6
     learning_rate=c2.number_input("Learning rate", 1e-7, 1e-1, spec_cls.model_fields["learning_rate"].default,
-                                  format="%.1e", key="lr"),
+                                  10.0 ** math.floor(math.log10(spec_cls.model_fields["learning_rate"].default)),
+                                  format="%.1e", key=f"lr_{kind}"),
     batch_size=c3.number_input("Batch size (per device)", 1, 512, 2, key="batch_size"),
     max_length=c4.number_input("Max length (tokens)", 16, 32_768, 256, key="max_length"),
     save_steps=c1.number_input("Checkpoint every", 1, 100_000, 10, key="save_steps"),
@@ -112,7 +144,7 @@ if kind == "dpo":
     fields["loss_type"] = d2.selectbox("loss type", ["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down",
                                                      "sigmoid_norm"], key="loss_type")
 l1, l2, l3 = st.columns([1, 1, 2])
-if l1.checkbox("LoRA (peft) instead of full fine-tuning", key="use_lora"):
+if l1.checkbox("LoRA (peft)", key="use_lora", help="Train LoRA adapters (peft) instead of every weight."):
     fields["lora"] = LoraSpec(r=l2.number_input("LoRA rank", 1, 256, 16, key="lora_r"))
 accel = l3.text_input("accelerate config file (optional: DDP, FSDP, DeepSpeed)", key="accel_config")
 if accel.strip():
@@ -187,8 +219,13 @@ b1, b2 = st.columns(2)
 taken = registry.get(spec.name) is not None
 if taken:
     st.info(f"A model named {spec.name!r} is registered already: choose another name.")
+# a second click while the first run is queued or running started a second run that made the same model
+training = next((j for j in runner.list_jobs() if j.kind in KINDS and j.status in ("queued", "running")
+                 and j.spec.get("name") == spec.name), None)
+if training and not taken:
+    st.info(f"Job {training.id} is training {spec.name!r} already: choose another name to start another run.")
 if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
-             disabled=taken or not previews_ok or not rows or not plan_ok):
+             disabled=taken or training is not None or not previews_ok or not rows or not plan_ok) and not training:
     submit(spec, "train_job", after=after)
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
                    help="Rerun it with: python -m backend run SPEC.yaml")
