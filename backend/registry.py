@@ -314,6 +314,10 @@ def import_any(target: str, name: str | None = None, *, allow_pickle: bool = Fal
     if name is not None:
         check_name(name)  # before anything is read, downloaded or written
     if target.lower() in ("builtin", BUILTIN_NAME.lower()):
+        if name not in (None, BUILTIN_NAME):  # it was silently registered as BUILTIN_NAME instead
+            raise RegistryError(f"The built-in model is always registered as {BUILTIN_NAME}; leave the name empty. "
+                                "For a copy under another name, import its folder (Models & chat shows it) with "
+                                "that name.")
         return import_builtin(progress)
     p = Path(target).expanduser()
     if p.suffix == ".gguf":

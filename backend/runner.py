@@ -216,7 +216,9 @@ def execute(job_id: int) -> int:
         _transition(job_id, "running", status="failed", finished=utcnow(), error=str(exc) or type(exc).__name__,
                     message="failed")
         return 1
-    summary = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("path", "run_dir") and v is not None)
+    # scalars only: a nested block (a training run's perf choices) printed as a raw dict in every status box
+    summary = ", ".join(f"{k} {v}" for k, v in result.items()
+                        if k not in ("path", "run_dir") and v is not None and not isinstance(v, (dict, list)))
     if not _transition(job_id, "running", status="succeeded", finished=utcnow(), progress=1.0, result=result,
                        message=("done: " + summary)[:400]):
         # cancelled (or marked dead) while the work was finishing: that state stands, but say what was made

@@ -120,8 +120,8 @@ class MetricsCallback(TrainerCallback):
         done = step - self.start_step
         elapsed = time.time() - self.t0
         eta = elapsed / done * (self.max_steps - step) if done > 0 else None
-        loss = values.get("loss", values.get("eval_loss"))
-        msg = f"step {step}/{self.max_steps}" + (f" · loss {loss:.4f}" if loss is not None else "") + \
+        what, loss = ("loss", values["loss"]) if "loss" in values else ("eval loss", values.get("eval_loss"))
+        msg = f"step {step}/{self.max_steps}" + (f" · {what} {loss:.4f}" if loss is not None else "") + \
             (f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "")
         print(f"[{step / self.max_steps:6.1%}] {msg}", flush=True)
         if not self.job_id:

@@ -91,7 +91,10 @@ def job_status(job_id: int) -> None:
                 st.error(f"Job {job.id} failed: {job.error}")
             else:
                 st.warning(label)
-            if job.kind in TRAIN_KINDS and st.button("Resume from the last checkpoint", key=f"resume_{job.id}"):
+            # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume
+            saved = bool(job.run_dir) and any(Path(job.run_dir, "checkpoints").glob("checkpoint-*/trainer_state.json"))
+            again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
+            if job.kind in TRAIN_KINDS and st.button(again, key=f"resume_{job.id}"):
                 runner.resume(job.id)
                 st.session_state.pop(seen, None)
                 st.rerun(scope="app")

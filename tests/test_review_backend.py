@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from backend import registry
@@ -197,3 +198,35 @@ def test_mc_rows_whose_answer_is_not_an_index_into_choices_are_refused(tmp_path)
             raise AssertionError(f"{bad} was accepted")
     path.write_text(json.dumps(ok) + "\n")
     assert evaluate.task_set(f"mc:{path}", 10).items == [ok]
+
+
+# ---------------------------------------------------------------- what a job says when it ends (found in the browser)
+
+def test_the_built_in_model_given_another_name_is_refused_not_renamed_in_silence(workspace):
+    with pytest.raises(registry.RegistryError, match="always registered as SmolLM2-135M-Instruct"):
+        registry.import_any("builtin", "my-smol")  # it "succeeded" as SmolLM2-135M-Instruct; no my-smol existed
+    assert registry.get("my-smol") is None
+
+
+def test_a_finished_job_says_its_scalars_not_a_raw_dict(tiny_llama, monkeypatch):
+    from backend import runner
+    from backend.specs import UpscaleSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="x"))
+    result = {"model": "x", "global_step": 4, "perf": {"compile": "off", "liger": False}, "notes": []}
+    monkeypatch.setattr(runner, "work_function", lambda kind: lambda spec, out, progress: result)
+    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    assert runner.execute(job.id) == 0
+    done = runner.get(job.id)
+    assert done.message == "done: model x, global_step 4" and done.result["perf"] == result["perf"]
+
+
+def test_the_progress_line_calls_an_eval_loss_an_eval_loss(tmp_path, capsys):
+    from backend.train_entry import MetricsCallback
+
+    cb = MetricsCallback(tmp_path, 4, None)
+    cb.record(2, {"eval_loss": 1.5})
+    cb.record(3, {"loss": 2.25})
+    out = capsys.readouterr().out.splitlines()
+    assert "step 2/4 · eval loss 1.5000" in out[0] and "step 3/4 · loss 2.2500" in out[1]
