@@ -70,7 +70,12 @@ if round_id:
     order = t.positions or list(t.answers)
     label = dict(zip(order, arena.labels(len(order))))
     voted = round_id in st.session_state.get("voted", set())
-    reveal = voted or show_names or not t.blind
+    # A round made blind stays blind until its vote: the vote is stored as blind, so turning "Show names" on
+    # afterwards must not reveal the names (it applies to the next round).
+    reveal = voted or not t.blind
+    if show_names and t.blind and not voted:
+        st.caption("This round was made blind: its names show after the vote. 'Show names' applies to the next "
+                   "round.")
     st.markdown(f"> {t.prompt}")
     for col, m in zip(st.columns(len(order)), order):
         a = t.answers[m]
@@ -102,9 +107,11 @@ if round_id:
                 st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}
                 st.rerun()
     else:
+        # Nothing chosen in advance, and a fresh choice each round: a preselected "Model A" (or the last round's
+        # pick) turned a careless click into a vote for a screen position.
         choice = st.radio("Best answer", [label[m] for m in order] + ["tie", "all bad"], horizontal=True,
-                          key="best")
-        if st.button("Vote", key="vote_best"):
+                          index=None, key=f"best_{round_id}")
+        if st.button("Vote", key="vote_best", disabled=choice is None):
             by_label = {label[m]: m for m in order}
             arena.vote_round(round_id, by_label.get(choice, "bad" if choice == "all bad" else "tie"))
             st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}

@@ -35,6 +35,7 @@ with st.expander("Merge candidates"):
     cands = c2.multiselect("Candidates", names, default=names[-2:] if len(names) >= 2 else names,
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
+    bad_weights = False
     from backend.specs import MERGE_DEFAULTS  # mergekit's (normalize, rescale) per method
 
     if method == "slerp":
@@ -43,8 +44,9 @@ with st.expander("Merge candidates"):
         ws = c3.text_input("Weights (one per candidate)", ", ".join(["0.5"] * max(len(cands), 1)), key="merge_w")
         try:
             fields["weights"] = [float(x) for x in ws.split(",") if x.strip()]
-        except ValueError:
+        except ValueError:  # no merge then: the spec's default (equal) weights are not what was typed
             st.error("Weights: numbers separated by commas.")
+            bad_weights = True
     if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
         fields["base"] = c1.selectbox("Base", names, key="merge_base")
         fields["lambda"] = c3.number_input("λ (scales the merged task vector)", value=1.0, step=0.1,
@@ -59,14 +61,29 @@ with st.expander("Merge candidates"):
         fields["normalize"] = c1.checkbox("Normalize by the weights' sum", value=MERGE_DEFAULTS[method][0],
                                           key=f"merge_normalize_{method}",
                                           help="mergekit's default: on for average (linear) and ties")
-    try:
-        mspec = MergeSpec(models=cands, method=method, **fields)
+    mspec = None
+    if len(cands) < 2:  # not an error yet: the user has not chosen (with one model registered, cannot)
+        st.info("Choose two candidates to merge" + ("." if len(names) >= 2 else
+                                                   ": only one model is registered — train or import another."))
+    else:
+        try:
+            mspec = None if bad_weights else MergeSpec(models=cands, method=method, **fields)
+        except ValidationError as exc:
+            st.error(explain(exc))
+    if mspec is not None:
         mname = st.text_input("Name", mspec.default_name(), key=f"merge_name_{method}_{'_'.join(cands)}")
-        mspec = mspec.model_copy(update={"name": mname})
-        if st.button("Merge", type="primary", key="merge", disabled=registry.get(mname) is not None):
+        try:
+            mspec = MergeSpec(**{**mspec.model_dump(), "name": mname})  # model_copy would skip the name's check
+        except ValidationError as exc:
+            st.error(explain(exc))
+            mspec = None
+    if mspec is not None:
+        taken = registry.get(mspec.name) is not None
+        if st.button("Merge", type="primary", key="merge", disabled=taken,
+                     help=f"A model named {mspec.name} exists: choose another name." if taken else None):
             submit(mspec, "merge_job")
-    except ValidationError as exc:
-        st.error(explain(exc))
+        if taken:
+            st.caption(f"A model named `{mspec.name}` is already registered: give the merge another name.")
     if "merge_job" in st.session_state:
         job_status(st.session_state["merge_job"])
 
@@ -153,7 +170,7 @@ if merged:
     st.subheader("Merge candidates")
     st.caption("Each merge beside the candidates it was made from, as in the paper's merge table.")
     for mrec in merged:
-        view = table[table["model"].isin(mrec.parents + [mrec.name])]
+        view = table[table["model"].isin(mrec.parents + [mrec.name])].dropna(axis=1, how="all")  # only its tasks
         st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
                  + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
                     f" weights={mrec.recipe.get('weights') or 'equal'}"))
@@ -164,7 +181,7 @@ for (model, task), r in primary.items():
     by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value})
 cols = st.columns(2)
 for i, (task, rows) in enumerate(sorted(by_task.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, task), key=f"bar_{task}")
+    cols[i % 2].plotly_chart(bar_figure(rows, task, models=list(table["model"])), key=f"bar_{task}")
 radar = defaultdict(dict)
 for (model, task), r in primary.items():
     if scoretable.higher_is_better(r.metric):

@@ -118,12 +118,19 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
     return fig
 
 
-def bar_figure(table, task: str) -> go.Figure:
-    """One task's score per model (`table`: rows with model, value)."""
+def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
+    """One task's score per model (`table`: rows with model, value). `models`: every model of the page, in order:
+    bars follow it and a model keeps its colour across charts even where another model has no score."""
+    models = models or [r["model"] for r in table]
+    rank = {m: i for i, m in enumerate(models)}
+    table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
     fig = go.Figure(go.Bar(x=[r["model"] for r in table], y=[r["value"] for r in table],
-                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(table))],
+                           marker_color=[PALETTE[rank.get(r["model"], i) % len(PALETTE)] for i, r in enumerate(table)],
                            text=[f"{r['value']:.3g}" for r in table], textposition="outside"))
     fig.update_layout(title=task, height=320, margin=dict(l=10, r=10, t=40, b=80))
+    values = [r["value"] for r in table if r["value"] is not None]
+    if values and min(values) >= 0:  # scores are not negative: no axis below zero (all-zero bars showed −1…1)
+        fig.update_yaxes(range=[0, (max(values) or 1) * 1.15])  # headroom for the labels above the bars
     return fig
 
 
@@ -154,7 +161,11 @@ def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
         pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
         fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=m,
                                  text=[f"n={p[3]}" for p in pts], line_color=PALETTE[k % len(PALETTE)]))
+    # The x axis is categorical (the bins' ranges): without an explicit order Plotly orders them as they first
+    # appear, so a model missing a short bin pushed that bin after the longer ones.
+    order = [rng for _, rng in sorted({(r["bin"], r["range"]) for r in rows})]
     fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", height=340, yaxis=dict(range=[0, 1]),
+                      xaxis=dict(categoryorder="array", categoryarray=order, title="answer length (words)"),
                       margin=dict(l=10, r=10, t=40, b=60), legend=dict(orientation="h", y=-0.3))
     return fig
 
@@ -176,7 +187,8 @@ def hallucination_length_figure(curves: dict) -> go.Figure:
                                  name=f"{m} (observed)", marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
                                                                                         for p in obs]),
                                  text=[f"n={p['n']}" for p in obs]))
-    fig.update_layout(title="Hallucination rate against answer length", height=360, yaxis=dict(range=[0, 1]),
+    fig.update_layout(title="Hallucination rate against answer length", height=360,
+                      yaxis=dict(range=[-0.05, 1.05]),  # rates of 0 and 1 are common: keep their markers whole
                       xaxis=dict(type="log", title="answer length (tokens, log scale)"),
                       yaxis_title="hallucination rate", margin=dict(l=10, r=10, t=40, b=60),
                       legend=dict(orientation="h", y=-0.3))

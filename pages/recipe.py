@@ -26,14 +26,22 @@ c1, c2, c3 = st.columns([2, 2, 1])
 preset_name = c1.selectbox("Preset", recipe.PRESETS, index=1, key="recipe_preset")
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
 if c3.button("Load preset", key="recipe_load"):
-    try:
-        st.session_state["recipe_yaml"] = recipe.preset(preset_name, base or None)
-    except recipe.RecipeError as exc:
-        st.error(str(exc))
+    if preset_name == "smoke" and not base.strip():  # the backend's message names the CLI flag (--base)
+        st.error("The smoke preset needs a base: type a small model folder or a registered model's name in "
+                 "Base, then load it again.")
+    else:
+        try:
+            st.session_state["recipe_yaml"] = recipe.preset(preset_name, base.strip() or None)
+        except recipe.RecipeError as exc:
+            st.error(str(exc))
 upload = st.file_uploader("Or open a recipe file", type=["yaml", "yml"], key="recipe_upload")
 if upload is not None and st.session_state.get("_recipe_uploaded") != upload.file_id:
     st.session_state["_recipe_uploaded"] = upload.file_id
-    st.session_state["recipe_yaml"] = upload.getvalue().decode()
+    try:
+        st.session_state["recipe_yaml"] = upload.getvalue().decode("utf-8")
+    except UnicodeDecodeError as exc:  # a binary or non-UTF-8 file: say so, keep the text that was there
+        st.error(f"{upload.name} is not a UTF-8 text file (byte {exc.start}): open a YAML recipe, such as one "
+                 "saved with 'Save as YAML'.")
 if "recipe_yaml" not in st.session_state:
     st.session_state["recipe_yaml"] = recipe.preset("solar-mini")
 text = st.text_area("Recipe (YAML)", key="recipe_yaml", height=300)
@@ -50,6 +58,7 @@ if b2.button("Run", key="recipe_run", type="primary"):
     try:
         ids = recipe.run_recipe(text, queue=True)
         st.session_state["recipe_run_id"] = ids[-1]
+        st.session_state["recipe_run_pick"] = ids[-1]  # show the new run: the picker otherwise keeps the old one
         st.success(f"Submitted recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}; the worker "
                    "runs the stages in dependency order.")
     except (recipe.RecipeError, ValueError) as exc:

@@ -3,6 +3,7 @@ Synth. Math-Instruct / Synth. Math-Alignment, and save weighted mixes (the paper
 
 from __future__ import annotations
 
+import html
 import io
 from pathlib import Path
 
@@ -45,9 +46,15 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                 seed_file = uploads.save_upload(up.getvalue(), up.name, uploads.SEED_SUFFIXES)
             except ValueError as exc:
                 c1.error(str(exc))
-    num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds")
-    levels = c2.multiselect("Levels", [1, 2, 3], default=[1, 2, 3], key="levels")
-    cats = c2.multiselect("Categories (generator)", list(CATEGORIES), default=list(CATEGORIES), key="categories")
+    from_file = seed_kind != "built-in generator"
+    num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds",
+                          help="The generator makes this many; from a file, at most this many records are used.")
+    if from_file:  # the generator's levels (1–3) and categories mean nothing for a file: MATH has levels 1–5,
+        levels, cats = [], []  # and a 1–3 filter silently dropped its levels 4 and 5
+        c2.caption("Every record of the file is used (all levels and types), up to the number of seeds.")
+    else:
+        levels = c2.multiselect("Levels", [1, 2, 3], default=[1, 2, 3], key="levels")
+        cats = c2.multiselect("Categories", list(CATEGORIES), default=list(CATEGORIES), key="categories")
     kind = c3.radio("Rephraser", ["rules (offline)", "registered model", "OpenAI-compatible server"], key="reph_kind")
     extra: dict = {}
     if kind == "registered model":
@@ -63,14 +70,14 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
     name = st.text_input("Name", "synth-math", key="synth_name")
     try:
         spec = SynthMathSpec(seeds=str(seed_file) if seed_file else "generator", num_seeds=num, levels=levels,
-                             categories=cats if seed_kind == "built-in generator" else [], benchmark=bench or None,
+                             categories=cats, benchmark=bench or None,
                              name=name, **extra)
     except ValidationError as exc:
         st.error(explain(exc))
         spec = None
     b1, b2 = st.columns(2)
     if spec and b1.button("Make pairs", type="primary", key="make_pairs",
-                          disabled=seed_kind != "built-in generator" and seed_file is None):
+                          disabled=from_file and seed_file is None):
         submit(spec, "synth_job")
     if spec:
         b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="synth_spec")
@@ -82,7 +89,12 @@ if not pair_sets:
     st.info("No synthetic pairs yet: make a data set above.")
     st.stop()
 
-chosen = st.selectbox("Pairs", [d.name for d in pair_sets], index=len(pair_sets) - 1, key="pairs_set")
+set_names = [d.name for d in pair_sets]
+seen = st.session_state.get("_pair_sets_seen")
+if seen is not None and (fresh := [n for n in set_names if n not in seen]):
+    st.session_state["pairs_set"] = fresh[-1]  # a data set just made is shown; the picker would keep the old one
+st.session_state["_pair_sets_seen"] = set_names
+chosen = st.selectbox("Pairs", set_names, index=len(pair_sets) - 1, key="pairs_set")
 rec = pipeline.get_dataset(chosen)
 tally = pipeline.counts(rec.id)
 m = st.columns(5)
@@ -123,10 +135,17 @@ with tab_pairs:
                         + (f" · rephrased answer `{p.new_answer}`" if p.new_answer else "")
                         + (f" — _{p.reason}_" if p.reason and p.reason != pipeline.HAND_REJECTED else ""))
             left, right = st.columns(2)
-            q_old, q_new = word_diff_html(p.question, p.new_question)
-            a_old, a_new = word_diff_html(p.solution, p.new_solution)
-            left.markdown(f"**Original** (rejected)  \n{q_old}\n\n{a_old}", unsafe_allow_html=True)
-            right.markdown(f"**Rephrased** (chosen)  \n{q_new}\n\n{a_new}", unsafe_allow_html=True)
+            # Only a verified pair not rejected by hand enters Synth. Math-Alignment as rejected/chosen.
+            used = p.status == "verified" or (p.status == "flagged" and st.session_state.get("inc_flagged"))
+            roles = (" (rejected)", " (chosen)") if used and not p.rejected_by_hand else ("", " (not exported)")
+            if p.new_question or p.new_solution:
+                q_old, q_new = word_diff_html(p.question, p.new_question)
+                a_old, a_new = word_diff_html(p.solution, p.new_solution)
+            else:  # no rephrasing came back: a diff against nothing struck the whole original through
+                q_old, a_old = html.escape(p.question), html.escape(p.solution)
+                q_new, a_new = "_(no rephrasing)_", ""
+            left.markdown(f"**Original**{roles[0]}  \n{q_old}\n\n{a_old}", unsafe_allow_html=True)
+            right.markdown(f"**Rephrased**{roles[1]}  \n{q_new}\n\n{a_new}", unsafe_allow_html=True)
             if p.rejected_by_hand:
                 if st.button("Undo rejection", key=f"undo_{p.id}"):
                     pipeline.reject_by_hand(p.id, undo=True)
@@ -150,9 +169,13 @@ with tab_lengths:
 with tab_export:
     inc = st.checkbox("Include contamination-flagged pairs", key="inc_flagged")
     if st.button("Make Synth. Math-Instruct and Synth. Math-Alignment", type="primary", key="export"):
-        out = pipeline.export(rec.name, include_flagged=inc)
-        st.success(f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
-                   f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / `dataset:{out['alignment']}`.")
+        try:
+            out = pipeline.export(rec.name, include_flagged=inc)
+            st.success(f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
+                       f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / "
+                       f"`dataset:{out['alignment']}`.")
+        except (ValueError, OSError) as exc:  # a name taken by another kind of data set, an unwritable folder
+            st.error(f"Not exported: {exc}")
     for d in [pipeline.get_dataset(f"{rec.name.removesuffix('-pairs')}-{k}") for k in ("instruct", "alignment")]:
         if d is None or not Path(d.path).exists():
             continue
