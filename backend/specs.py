@@ -423,8 +423,12 @@ class EvalSpec(_Spec):
                                  "lm-eval:TASK.")
             if kind in ("mc", "gsm8k", "lm-eval") and not arg:
                 raise ValueError(f"task {task!r} needs a file or task name after the colon.")
-        if len(set(v)) != len(v):
-            raise ValueError("tasks: a task is listed twice.")
+            if kind in ("mc", "gsm8k", "qa") and arg and not Path(arg).expanduser().is_file():
+                # refused here, not queued to fail in the worker after the models were checked
+                raise ValueError(f"task {task!r}: {arg} does not exist.")
+        twice = sorted({t for t in v if v.count(t) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(twice)}.")  # shown as "tasks: listed twice: …"
         return v
 
     @model_validator(mode="after")

@@ -155,7 +155,9 @@ with tab_pairs:
                 st.rerun()
 
 with tab_lengths:
-    hist = pipeline.length_histograms(rec.id)
+    hist = pipeline.length_histograms(rec.id, include_flagged=bool(st.session_state.get("inc_flagged")))
+    st.caption("The pairs the export writes: verified" + (" and contamination-flagged" if
+               st.session_state.get("inc_flagged") else "") + ", without failed or hand-rejected ones.")
     c1, c2 = st.columns(2)
     c1.plotly_chart(length_histogram_figure(hist, [("q_words", "original question", PALETTE[0]),
                                                    ("new_q_words", "rephrased question", PALETTE[1])],

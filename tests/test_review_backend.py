@@ -230,3 +230,68 @@ def test_the_progress_line_calls_an_eval_loss_an_eval_loss(tmp_path, capsys):
     cb.record(3, {"loss": 2.25})
     out = capsys.readouterr().out.splitlines()
     assert "step 2/4 · eval loss 1.5000" in out[0] and "step 3/4 · loss 2.2500" in out[1]
+
+
+# ---------------------------------------------------------------- found driving Synth / Compare / Recipe in a browser
+
+def test_swept_merge_points_are_labelled_by_their_value_not_as_the_papers_merge():
+    from backend.recipe import tables
+    from backend.recipe.spec import expand_stages
+
+    stages = expand_stages([{"name": "avg", "kind": "merge", "label": "Average (0.5, 0.5)",
+                             "models": ["a", "b"], "sweep": {"weight": [0.0, 0.5, 1.0]}}])
+    assert [s["label"] for s in stages] == ["avg [weight=0.0]", "avg [weight=0.5]", "avg [weight=1.0]"]
+    assert all(s["label"] not in tables.PAPER_H6 for s in stages)  # no published number beside a sweep point
+    assert tables._cell(309.7419) == "309.742" and tables._cell(309.7168) == "309.717"  # were both "309.7"
+
+
+def test_an_eval_task_file_that_is_not_there_is_refused_in_the_spec(tmp_path):
+    from pydantic import ValidationError
+
+    from backend.specs import EvalSpec, explain
+
+    for task in ("qa", "mc", "gsm8k"):
+        with pytest.raises(ValidationError, match="does not exist"):
+            EvalSpec(models=["m"], tasks=[f"{task}:{tmp_path}/none.jsonl"])
+    with pytest.raises(ValidationError) as exc:
+        EvalSpec(models=["m"], tasks=["qa", "qa"])
+    assert explain(exc.value) == "tasks: listed twice: qa."  # was "tasks: tasks: a task is listed twice."
+
+
+def test_no_usable_pair_registers_no_empty_training_set_and_lengths_are_the_exported_pairs(tmp_path, monkeypatch):
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    class Chatty:
+        name = "chatty"
+
+        def rephrase(self, seeds):
+            from backend.synth.rephrase import parse_reply
+
+            out = []
+            for s in seeds:
+                try:
+                    out.append(parse_reply("Sure! Here is a rephrased version of your problem."))
+                except Exception as exc:  # noqa: BLE001 - what a model rephraser returns for a bad reply
+                    out.append(exc)
+            return out
+
+    rules = pipeline.make_rephraser
+    monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: Chatty())
+    result = pipeline.run_synth_math(SynthMathSpec(out=str(tmp_path / "a"), num_seeds=4, name="bad"))
+    assert result["rows"] == 0 and result["failed"] == 4 and result["instruct"] is None
+    assert pipeline.get_dataset("bad-instruct") is None and pipeline.get_dataset("bad-alignment") is None
+    dsid = pipeline.get_dataset("bad-pairs").id
+    _, pairs = pipeline.query_pairs(dsid)
+    assert all("it began: 'Sure! Here is a rephrased version" in p.reason for p in pairs)  # what the model said
+    with pytest.raises(pipeline.DatasetError, match="no pair to export: 0 verified"):
+        pipeline.export("bad-pairs")
+    assert all(not counts for counts in pipeline.length_histograms(dsid).values())  # failed pairs are not drawn
+
+    monkeypatch.setattr(pipeline, "make_rephraser", rules)  # not monkeypatch.undo(): that drops the test workspace
+    pipeline.run_synth_math(SynthMathSpec(out=str(tmp_path / "b"), num_seeds=6, name="good"))
+    good = pipeline.get_dataset("good-pairs").id
+    _, pairs = pipeline.query_pairs(good)
+    pipeline.reject_by_hand(pairs[0].id)
+    hist = pipeline.length_histograms(good)
+    assert sum(n for _, n in hist["new_a_words"]) == 5 == pipeline.export("good-pairs")["rows"]

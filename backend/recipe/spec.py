@@ -225,6 +225,9 @@ def expand_stages(stages: list[dict]) -> list[dict]:
                            else f"{f}{v}")
             new["name"] = f"{st['name']}-{'-'.join(tag)}"[:100]
             new["sweep_of"] = {"group": st["name"], **dict(zip(fields, values))}
+            if new.get("label"):  # each point says its own value: the stage's label ("Average (0.5, 0.5)") on every
+                # point put the paper's number for that one merge beside each of them
+                new["label"] = f"{st['name']} [{', '.join(f'{f}={v}' for f, v in zip(fields, values))}]"
             out.append(new)
     return out
 

@@ -90,7 +90,7 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]]) -> lis
 def _cell(v: Any) -> str:
     if v is None:
         return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:.6g}" if isinstance(v, float) else str(v)  # 4 digits made 309.7419 and 309.7168 both "309.7"
 
 
 def to_markdown(t: Table) -> str:

@@ -141,11 +141,13 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
         raise DatasetError(f"No synthetic pairs named {pairs_name!r}.")
     prefix = pairs_name.removesuffix("-pairs")
     out_dir = Path(out_dir or Path(rec.path).parent)
-    statuses = ["verified", "flagged"] if include_flagged else ["verified"]
     with db.session() as s:
-        rows = list(s.exec(select(SynthPair).where(SynthPair.dataset_id == rec.id, SynthPair.status.in_(statuses),
-                                                   SynthPair.rejected_by_hand == False)  # noqa: E712
-                           .order_by(SynthPair.id)))
+        rows = list(s.exec(select(SynthPair).where(*_exported(rec.id, include_flagged)).order_by(SynthPair.id)))
+    if not rows:  # an empty set registered here only failed later, in the training job that read it
+        tally = counts(rec.id)
+        raise DatasetError(f"{pairs_name} has no pair to export: {tally.get('verified', 0)} verified, "
+                           f"{tally.get('flagged', 0)} flagged (included only when asked), {tally.get('failed', 0)} "
+                           f"failed, {tally.get('rejected', 0)} rejected by hand. Nothing was written.")
     instruct, align = out_dir / "math_instruct.jsonl", out_dir / "math_alignment.jsonl"
     for path, make in ((instruct, lambda p: {"messages": [{"role": "user", "content": p.new_question},
                                                           {"role": "assistant", "content": p.new_solution}]}),
@@ -201,14 +203,23 @@ def query_pairs(dataset_id: int, *, categories=None, levels=None, states=None, s
     return total, rows
 
 
-def length_histograms(dataset_id: int, bin_words: int = 5) -> dict[str, list[tuple[int, int]]]:
-    """Word-length histograms computed in SQL (fast at 100k pairs): {column: [(bin start, count)]}."""
+def _exported(dataset_id: int, include_flagged: bool) -> list:
+    """The pairs export writes: verified (and flagged, when asked), not rejected by hand."""
+    statuses = ["verified", "flagged"] if include_flagged else ["verified"]
+    return [SynthPair.dataset_id == dataset_id, SynthPair.status.in_(statuses),
+            SynthPair.rejected_by_hand == False]  # noqa: E712
+
+
+def length_histograms(dataset_id: int, bin_words: int = 5, include_flagged: bool = False
+                      ) -> dict[str, list[tuple[int, int]]]:
+    """Word-length histograms of the pairs export writes (chosen vs rejected as DPO will see them: failed and
+    hand-rejected pairs left out), computed in SQL (fast at 100k pairs): {column: [(bin start, count)]}."""
     out = {}
     with db.session() as s:
         for col in ("q_words", "new_q_words", "a_words", "new_a_words"):
             c = getattr(SynthPair, col)
             b = c - c % bin_words
-            rows = s.exec(select(b, func.count()).where(SynthPair.dataset_id == dataset_id).group_by(b)
+            rows = s.exec(select(b, func.count()).where(*_exported(dataset_id, include_flagged)).group_by(b)
                           .order_by(b)).all()
             out[col] = [(int(x), int(n)) for x, n in rows]
     return out
@@ -286,7 +297,13 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
             p.dataset_id = rec.id
         s.add_all(pairs)
         s.commit()
-    exported = export(rec.name, out_dir, spec.include_flagged)
+    with db.session() as s:
+        usable = s.exec(select(func.count()).where(*_exported(rec.id, spec.include_flagged))).one()
+    if usable:
+        exported = export(rec.name, out_dir, spec.include_flagged)
+    else:  # the pairs stay to be inspected (their reasons say why); an empty training set is not registered
+        exported = {"rows": 0, "instruct": None, "alignment": None,
+                    "note": "no pair passed verification: nothing exported; see the pairs' reasons"}
     seconds = time.perf_counter() - t0
     progress(1.0, f"{tally['verified']} verified, {tally['failed']} failed, {tally['flagged']} flagged")
     return {"pairs": rec.name, **exported, **tally, "seconds": round(seconds, 2)}

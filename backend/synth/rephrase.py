@@ -41,7 +41,10 @@ class Rephraser(Protocol):
 def parse_reply(text: str) -> tuple[str, str]:
     m = _REPLY.search(text or "")
     if not m:
-        raise RephraseError("the reply is not in the QUESTION: … SOLUTION: … format")
+        # the reply itself, shortened: without it nobody can tell a chatty model from a broken prompt
+        said = " ".join((text or "").split())
+        raise RephraseError("the reply is not in the QUESTION: … SOLUTION: … format; it began: "
+                            + (repr(said[:300]) + ("…" if len(said) > 300 else "") if said else "(empty)"))
     return m["q"].strip(), m["s"].strip()
 
 
