@@ -41,7 +41,8 @@ def from_generation(g) -> Record:
     old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans."""
     verdict = getattr(g, "verdict", "") or ""
     if verdict:
-        correct, hallucination, answered = verdict == "correct", verdict == "wrong", verdict != "abstained"
+        correct, hallucination = verdict == "correct", verdict == "wrong"
+        answered = verdict not in ("abstained", "cut off")  # a reply stopped by the token limit never answered
     else:
         correct, hallucination, answered = bool(g.correct), bool(g.hallucination), bool(getattr(g, "answered", True))
     return Record(model=g.model, words=int(g.words or 0), correct=correct, hallucination=hallucination,

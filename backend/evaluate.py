@@ -152,9 +152,10 @@ def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str |
 
 
 def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: bool = False, seed: int = 0,
-             batch_size: int = 8) -> list[tuple[str, int]]:
-    """(text, new tokens) per user message, chat-formatted, batched with left padding. Prompts are batched in
-    length order (less padding) and returned in the order given."""
+             batch_size: int = 8) -> list[tuple[str, int, bool]]:
+    """(text, new tokens, cut off) per user message, chat-formatted, batched with left padding. Prompts are batched
+    in length order (less padding) and returned in the order given. Cut off: the reply used all max_new_tokens and
+    its last token is no end of sequence (the model was stopped, it did not stop)."""
     import torch
 
     from backend.chat import build_prompt
@@ -171,16 +172,25 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
         batch = batch.to(model.device)
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+        ends = _end_ids(model, tok)
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
             n = int((row != tok.pad_token_id).sum())
-            out[j] = (tok.decode(row, skip_special_tokens=True).strip(), n)
+            cut = len(row) == max_new_tokens and int(row[-1]) not in ends
+            out[j] = (tok.decode(row, skip_special_tokens=True).strip(), n, cut)
     return [out[j] for j in range(len(prompts))]
+
+
+def _end_ids(model, tok) -> set[int]:
+    """The token ids that end a reply: the generation config's eos (one id or several), the tokenizer's, padding."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id, tok.pad_token_id}
+    return {int(i) for i in ids if i is not None}
 
 
 def _answer_scores(gens: list[Generation]) -> dict:
     n = len(gens)
     rates = qa.summarise([g.verdict for g in gens])  # the QA probe's definitions, for math answers too
-    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate")}
+    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate", "cut_off_rate")}
     scores["mean_words"] = sum(g.words for g in gens) / n
     if any(g.consistency is not None for g in gens):
         scores["consistency"] = sum(g.consistency or 0.0 for g in gens) / n
@@ -195,31 +205,34 @@ def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, t
     samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size)
                for s in range(spec.samples - 1)] if spec.samples > 1 else []
     gens = []
-    for j, ((pid, q, ref), (text, n_tok)) in enumerate(zip(items, greedy)):
+    for j, ((pid, q, ref), (text, n_tok, cut)) in enumerate(zip(items, greedy)):
         found = extract_answer(text)
-        verdict = qa.classify(text, [ref], "math")
+        verdict = qa.classify(text, [ref], "math", truncated=cut)
         consistency = None
         if samples:
             agree = [same_answer(extract_answer(s[j][0]), found) for s in samples] if found else []
             consistency = sum(agree) / len(samples) if found else 0.0
         gens.append(Generation(job_id=job_id, model=model_name, task=task, prompt_id=pid, prompt=q, reference=ref,
-                               output=text, tokens=n_tok, words=len(text.split()), answered=verdict != "abstained",
-                               correct=verdict == "correct", hallucination=verdict == "wrong",
-                               consistency=consistency, verdict=verdict, item_kind="math"))
+                               output=text, tokens=n_tok, words=len(text.split()), truncated=cut,
+                               answered=verdict not in ("abstained", "cut off"), correct=verdict == "correct",
+                               hallucination=verdict == "wrong", consistency=consistency, verdict=verdict,
+                               item_kind="math"))
     return _answer_scores(gens), gens
 
 
 def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name: str, job_id: int | None, *,
             batch_size: int = 8, judge: qa.Judge | None = None) -> tuple[dict, list[Generation], dict]:
     outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size)
-    rules = [qa.classify(text, it["answers"], it["kind"]) for it, (text, _) in zip(items, outputs)]
-    judged = judge.grade(items, [t for t, _ in outputs]) if judge else None
-    verdicts = judged or rules
+    rules = [qa.classify(text, it["answers"], it["kind"], truncated=cut) for it, (text, _, cut) in zip(items, outputs)]
+    judged = judge.grade(items, [t for t, _, _ in outputs]) if judge else None
+    verdicts = [qa.unless_cut_off(v, text, it["kind"], cut) for v, it, (text, _, cut) in zip(judged, items, outputs)
+                ] if judged else rules
     gens = [Generation(job_id=job_id, model=model_name, task=task, prompt_id=it["id"], prompt=it["question"],
                        reference=" | ".join(it["answers"]), output=text, tokens=n_tok, words=len(text.split()),
-                       answered=v != "abstained", correct=v == "correct", hallucination=v == "wrong", verdict=v,
-                       item_kind=it["kind"], judge_verdict=judged[j] if judged else "")
-            for j, (it, (text, n_tok), v) in enumerate(zip(items, outputs, verdicts))]
+                       truncated=cut, answered=v not in ("abstained", "cut off"), correct=v == "correct",
+                       hallucination=v == "wrong", verdict=v, item_kind=it["kind"],
+                       judge_verdict=judged[j] if judged else "")
+            for j, (it, (text, n_tok, cut), v) in enumerate(zip(items, outputs, verdicts))]
     extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
     if judged:
         extra["judge_agrees_with_rules"] = sum(a == b for a, b in zip(judged, rules)) / len(rules)

@@ -8,10 +8,13 @@ any OpenAI-compatible server that grades the reply against the references.
     correct    a reference answer is in the reply (text: normalised whole-word match; math: the final answer equals
                a reference as a number)
     abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) states no number
+    cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no \\boxed{}, '#### n' or
+               'the answer is'; its last number is only where it stopped): it never answered
     wrong      otherwise: a confident answer that is not a reference (on an unanswerable question: any answer)
 
-Per model and item kind: accuracy (correct ÷ all), abstention rate, hallucination rate (wrong ÷ all), and precision
-when answering (correct ÷ answered).
+Per model and item kind: accuracy (correct ÷ all), abstention rate, hallucination rate (wrong ÷ all), cut-off rate,
+and precision when answering (correct ÷ (correct + wrong)). Without "cut off", a model that answers at length had
+its cut-off replies counted as hallucinations: the very confound the length analysis (backend/analysis.py) tests.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from backend.openai_compat import chat_completion
-from backend.synth.answers import extract_answer, same_answer
+from backend.synth.answers import extract_answer, same_answer, stated_answer
 
 ITEM_KINDS = ("answerable", "unanswerable", "math")
-VERDICTS = ("correct", "wrong", "abstained")
+VERDICTS = ("correct", "wrong", "abstained", "cut off")
 QA_PROMPT = ("Answer the question in a few words. If you do not know the answer or are not sure, say "
              "\"I don't know\".\n\nQuestion: {question}")
 MATH_PROMPT = ("Solve the problem. End with 'The answer is <number>.' If you are not sure, say you don't know."
@@ -43,6 +46,9 @@ RULES = [  # what the compare page shows; classify() applies them in this order
                 "equals a reference as a number)"),
     ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) states no "
                   "number"),
+    ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (math: no "
+                "\\boxed{}, '#### n' or 'the answer is'): it never answered, so it is neither a hallucination nor "
+                "an abstention"),
     ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
 ]
 NORMALISATION = ("lower case; accents removed (é → e); punctuation → spaces; the articles a / an / the dropped; "
@@ -119,24 +125,36 @@ def abstains(text: str) -> bool:
     return any(p in t for p in ABSTAIN_PHRASES)
 
 
-def classify(output: str, answers: list[str], kind: str) -> str:
-    """correct / wrong / abstained by the rules in the module docstring."""
+def classify(output: str, answers: list[str], kind: str, truncated: bool = False) -> str:
+    """correct / wrong / abstained / cut off by the rules in the module docstring. `truncated`: the reply ran into
+    max_new_tokens (backend/evaluate.generate says so)."""
     text = (output or "").strip()
     if kind == "math":
         found = extract_answer(text) if text else None
         if found is not None and any(same_answer(found, a) for a in answers):
             return "correct"
-        return "abstained" if (not text or found is None or abstains(text)) else "wrong"
+        if not text or found is None or abstains(text):
+            return "abstained"
+        return "cut off" if truncated and stated_answer(text) is None else "wrong"
     reply = f" {normalise(text)} "
     if any(normalise(a) and f" {normalise(a)} " in reply for a in answers):
         return "correct"
-    return "abstained" if (not text or abstains(text)) else "wrong"
+    if not text or abstains(text):
+        return "abstained"
+    return "cut off" if truncated else "wrong"
+
+
+def unless_cut_off(verdict: str, output: str, kind: str, truncated: bool) -> str:
+    """A judge's "wrong" for a reply that was cut off before it stated an answer is the rules' "cut off" too."""
+    if verdict == "wrong" and truncated and (kind != "math" or stated_answer(output or "") is None):
+        return "cut off"
+    return verdict
 
 
 def summarise(verdicts: list[str]) -> dict[str, float]:
     n = len(verdicts)
-    c, w, a = (verdicts.count(v) for v in VERDICTS)
-    return {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n,
+    c, w, a, t = (verdicts.count(v) for v in VERDICTS)
+    return {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n, "cut_off_rate": t / n,
             "precision": c / (c + w) if c + w else 0.0, "n": n}
 
 

@@ -17,7 +17,7 @@ def higher_is_better(metric: str) -> bool:
     TASK/METRIC (arc_challenge/acc_norm), judged by their metric."""
     return metric in HIGHER_IS_BETTER or metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "exact_match", "acc_norm"]
-QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "precision")
+QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "cut_off_rate", "precision")
 
 
 def _rank(metric: str) -> int:

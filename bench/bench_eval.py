@@ -59,7 +59,7 @@ def main() -> None:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         print(f"{name}: {len(prompts)} qa prompts, max_new_tokens {a.max_new_tokens}, {plan.note}: {secs:.1f} s, "
-              f"{len(prompts) / secs:.1f} answers/s, {sum(n for _, n in out)} new tokens (target <= 60 s: "
+              f"{len(prompts) / secs:.1f} answers/s, {sum(n for _, n, _ in out)} new tokens (target <= 60 s: "
               f"{'met' if secs <= 60 else 'NOT met'})")
         return
     rows = []
@@ -68,10 +68,10 @@ def main() -> None:
         t0 = time.perf_counter()
         outs[label] = evaluate.generate(tok, model, prompts, a.max_new_tokens, batch_size=bs)
         secs = time.perf_counter() - t0
-        rows.append((label, secs, len(prompts) / secs, sum(n for _, n in outs[label])))
+        rows.append((label, secs, len(prompts) / secs, sum(n for _, n, _ in outs[label])))
     (l1, o1), (l2, o2) = outs.items()
     same = sum(x[0] == y[0] for x, y in zip(o1, o2))
-    verdicts = [[qa.classify(t, it["answers"], it["kind"]) for (t, _), it in zip(o, items)] for o in (o1, o2)]
+    verdicts = [[qa.classify(t, it["answers"], it["kind"], cut) for (t, _, cut), it in zip(o, items)] for o in (o1, o2)]
     print(f"SmolLM2-135M-Instruct, {len(prompts)} qa items, max_new_tokens {a.max_new_tokens}, {plan.note}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'mode':26} {'seconds':>8} {'answers/s':>10} {'new tokens':>11}")

@@ -140,8 +140,9 @@ st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="e
 qa_table = scoretable.qa_rows(latest, clean=clean_only)
 if qa_table:
     st.subheader("Closed-book QA: known answers and abstention")
-    st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination. Precision = correct ÷ "
-               "answered. Unanswerable questions ask about places and people no training set mentions.")
+    st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination, nor is a reply cut off by "
+               "the token limit before it answered (cut-off rate). Precision = correct ÷ (correct + wrong). "
+               "Unanswerable questions ask about places and people no training set mentions.")
     st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table")
     with st.expander("How answers are classified"):
         from backend import qa as qa_rules
@@ -232,13 +233,19 @@ words = defaultdict(list)
 for r in recs:
     words[r.model].append(r.words)
 gen_models = sorted(words)
+cut_share = {m: sum(r.verdict == "cut off" for r in recs if r.model == m) / len(words[m]) for m in gen_models}
+if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that rambles is stopped, not wrong
+    st.warning("Cut off by the token limit before stating an answer: " + ", ".join(
+        f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". These replies are neither correct nor "
+        "hallucinations; evaluate with a larger max_new_tokens to let them finish.")
 n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
 if len(gen_models) >= 2:
     a1, a2, a3 = st.columns(3)
     ma = a1.selectbox("Model A", gen_models, index=0, key="lc_a")
     mb = a2.selectbox("Model B", gen_models, index=1, key="lc_b")
     outcome = a3.radio("Outcome", ["hallucination", "correct"], horizontal=True, key="lc_outcome",
-                       help="correct: the rate compared is of answers that are not correct (wrong or abstained).")
+                       help="correct: the rate compared is of answers that are not correct (wrong, abstained or cut "
+                            "off).")
     if ma == mb:
         st.warning("Choose two different models.")
     else:

@@ -177,6 +177,7 @@ class Generation(SQLModel, table=True):
     item_kind: str = ""
     overlap: float = 0.0  # share of the item's n-grams found in the model's lineage's training data
     judge_verdict: str = ""  # the judge's verdict when one graded (then it is also `verdict`); "" = the rules
+    truncated: bool = False  # the reply used every max_new_tokens without ending (backend/evaluate.generate)
 
 
 class ChatTranscript(SQLModel, table=True):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from backend import analysis, evaluate, registry
+from backend import analysis, evaluate, qa, registry
 from backend.analysis import Record
 from backend.specs import EvalSpec
 from storage import db
@@ -60,17 +60,26 @@ def test_multiple_choice_scores_by_log_likelihood(tiny, tmp_path):
 
 def test_answer_scoring_and_hallucination_labels(tiny, monkeypatch):
     tok, model = tiny
-    outputs = iter([[("Adding gives 5. The answer is 5.", 9), ("The answer is 8.", 4), ("I am not sure.", 4)],
-                    [("The answer is 5.", 4), ("The answer is 9.", 4), ("Hmm.", 2)]])
+    # the last two replies ran into the token limit: one had stated its answer, one stopped mid-working
+    outputs = iter([[("Adding gives 5. The answer is 5.", 9, False), ("The answer is 8.", 4, False),
+                     ("I am not sure.", 4, False), ("The answer is 4. Let me also check 4 + 4 = 8 and", 12, True),
+                     ("First 12 + 30 = 42, then 42 - 3 = 39, then", 12, True)],
+                    [("The answer is 5.", 4, False), ("The answer is 9.", 4, False), ("Hmm.", 2, False),
+                     ("The answer is 4.", 4, False), ("39", 1, False)]])
     monkeypatch.setattr(evaluate, "generate", lambda *a, **k: next(outputs))
-    items = [("a", "2 + 3?", "5"), ("b", "3 + 4?", "7"), ("c", "1 + 1?", "2")]
+    items = [("a", "2 + 3?", "5"), ("b", "3 + 4?", "7"), ("c", "1 + 1?", "2"), ("d", "2 + 3?", "5"),
+             ("e", "12 + 30 - 4?", "38")]
     spec = EvalSpec(models=["tiny"], tasks=["synth-math"], samples=2)
     scores, gens = evaluate.answer_task(tok, model, items, spec, "synth-math", "tiny", None)
     assert [(g.correct, g.hallucination, g.answered) for g in gens] == [(True, False, True), (False, True, True),
+                                                                        (False, False, False), (False, True, True),
                                                                         (False, False, False)]
-    assert [g.consistency for g in gens] == [1.0, 0.0, 0.0]
-    assert scores["accuracy"] == pytest.approx(1 / 3) and scores["hallucination_rate"] == pytest.approx(1 / 3)
-    assert [g.words for g in gens] == [7, 4, 4]
+    # a stated answer stands though the reply ran on; a reply stopped before any is cut off, not a hallucination
+    assert [g.verdict for g in gens][3:] == ["wrong", "cut off"] and [g.truncated for g in gens][3:] == [True, True]
+    assert [g.consistency for g in gens] == [1.0, 0.0, 0.0, 0.0, 1.0]  # e: its last number agrees with the sample
+    assert scores["accuracy"] == pytest.approx(1 / 5) and scores["hallucination_rate"] == pytest.approx(2 / 5)
+    assert scores["cut_off_rate"] == pytest.approx(1 / 5) and scores["abstention_rate"] == pytest.approx(1 / 5)
+    assert [g.words for g in gens][:3] == [7, 4, 4]
 
 
 def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
@@ -127,7 +136,7 @@ def test_a_failing_task_stores_nothing_and_fails_the_job(tiny, monkeypatch):
     with db.session() as s:
         tasks = {r.task for r in s.exec(select(EvalScore))}
     assert tasks == {"perplexity"}  # the finished task is complete; the failed one left no row
-    calls = iter([[("The answer is 3.", 4)] * 2])  # the first generation batch works, the sampled one fails
+    calls = iter([[("The answer is 3.", 4, False)] * 2])  # the first generation batch works, the sampled one fails
 
     def flaky(*a, **k):
         try:
@@ -204,3 +213,30 @@ def test_eval_spec_checks_tasks():
         EvalSpec(models=["m"], tasks=["qa"], judge_url="http://127.0.0.1:1/v1")
     with pytest.raises(ValueError, match="listed twice"):
         EvalSpec(models=["m"], tasks=["qa", "qa"])
+
+
+def test_generate_says_which_replies_the_token_limit_stopped(tiny):
+    """A reply that used every new token without an end-of-sequence was stopped, not finished: it is scored
+    "cut off" (backend/qa.py), not as a hallucination."""
+    tok, model = tiny
+    ((text, n, cut),) = evaluate.generate(tok, model, ["What is 2 + 2?"], 5)
+    assert n == 5 and cut  # a random model never ends a reply
+    from backend.chat import build_prompt
+
+    prompt = tok(build_prompt(tok, [{"role": "user", "content": "What is 2 + 2?"}]), return_tensors="pt",
+                 add_special_tokens=False)
+    with torch.inference_mode():
+        first = int(model(**prompt).logits[0, -1].argmax())  # the greedy reply's first token
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = first  # now its first token ends the reply
+    try:
+        ((_, n2, cut2),) = evaluate.generate(tok, model, ["What is 2 + 2?"], 5)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert not cut2 and n2 < 5
+    assert qa.classify("Paris is", ["Rome"], "answerable", truncated=True) == "cut off"
+    assert qa.classify("Paris is", ["Rome"], "answerable") == "wrong"
+    assert qa.classify("Rome, the", ["Rome"], "answerable", truncated=True) == "correct"
+    assert qa.classify("I don't know, but", ["Rome"], "answerable", truncated=True) == "abstained"
+    assert qa.unless_cut_off("wrong", "Paris is", "answerable", True) == "cut off"
+    assert qa.unless_cut_off("wrong", "The answer is 7. Also", "math", True) == "wrong"

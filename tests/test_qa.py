@@ -82,13 +82,13 @@ def test_builtin_qa_run_stores_verdicts_and_kinds(tiny_llama, monkeypatch):
         out = []
         for p in prompts:
             if "Solve the problem" in p:
-                out.append(("The answer is 3.", 5))
+                out.append(("The answer is 3.", 5, False))
             elif "Germany" in p:
-                out.append(("Berlin", 1))
+                out.append(("Berlin", 1, False))
             elif "Veltravia" in p:
-                out.append(("I don't know.", 3))
+                out.append(("I don't know.", 3, False))
             else:
-                out.append(("Paris", 1))
+                out.append(("Paris", 1, False))
         return out
 
     monkeypatch.setattr(evaluate, "generate", fake_generate)
@@ -160,7 +160,7 @@ def test_judge_grades_and_its_verdicts_are_stored(tiny_llama, tmp_path, monkeypa
         {"id": "c", "question": "Which city is the capital of Quendor?", "answers": [], "answerable": False}])
     replies = {"a": "The seat of government is Oslo, I believe", "b": "Nobody would know that", "c": "Velton"}
     monkeypatch.setattr(evaluate, "generate", lambda tok, model, prompts, n, **k: [
-        (replies["a" if "Norway" in p else "b" if "Veltravia" in p else "c"], 3) for p in prompts])
+        (replies["a" if "Norway" in p else "b" if "Veltravia" in p else "c"], 3, False) for p in prompts])
     spec = EvalSpec(models=["tiny"], tasks=[f"qa:{f}"], judge_url=judge_server, judge_model="grader",
                     judge_timeout=1)
     evaluate.run_eval(spec)

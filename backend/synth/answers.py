@@ -24,12 +24,19 @@ def _boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a worked solution: \\boxed{}, '#### n', 'the answer is …', else the last number."""
+def stated_answer(text: str) -> str | None:
+    """The final answer a solution states: \\boxed{}, '#### n' or 'the answer is …' (None without one)."""
     for finder in (_boxed, lambda t: (_GSM.findall(t) or [None])[-1], lambda t: (_ANSWER_IS.findall(t) or [None])[-1]):
         found = finder(text)
         if found:
             return found.strip().rstrip(".")
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a worked solution: \\boxed{}, '#### n', 'the answer is …', else the last number."""
+    if (found := stated_answer(text)) is not None:
+        return found
     numbers = _NUMBER.findall(text)
     return numbers[-1].strip() if numbers else None
 
