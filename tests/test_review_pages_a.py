@@ -6,19 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from backend import registry, runner
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def app(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    if page:
-        at.switch_page(f"pages/{page}").run()
-    assert not at.exception, at.exception
-    return at
+from tests.test_pages import ROOT, app
 
 
 @pytest.fixture

@@ -4,24 +4,14 @@ that fails without its fix (AppTest on tiny fixtures; seconds each)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from backend import registry, runner
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_pages import app
 
 MATH_ROWS = [{"problem": f"What is ${i}+{i}$?", "level": f"Level {lv}", "type": "Prealgebra",
               "solution": f"${i}+{i}=\\boxed{{{2 * i}}}$"} for i, lv in zip(range(1, 6), range(1, 6))]
-
-
-def app(page: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page(f"pages/{page}").run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_synth_file_seeds_keep_every_level_of_a_math_file():
