@@ -123,14 +123,31 @@ def metrics(job_ids: list[int]) -> list[JobMetric]:
 
 
 def resume(job_id: int) -> Job:
-    """Queue an interrupted, failed or cancelled training job again; it restarts from its last checkpoint."""
+    """Queue an interrupted, failed or cancelled job again (training restarts from its last checkpoint), and with it
+    the jobs that were waiting for it and never ran because it failed (a CPT → SFT → DPO chain goes on)."""
     job = get(job_id)
     if job is None:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
     _update(job_id, status="queued", error="", finished=None, pid=None, host="", message="queued to resume")
+    _requeue_waiting_on(job_id)
     return get(job_id)
+
+
+def _requeue_waiting_on(job_id: int) -> None:
+    """Jobs _claim_next cancelled, unstarted, because `job_id` (or, in turn, one of them) did not succeed: queued
+    again to wait for it. A job a user cancelled says so in its message and stays cancelled."""
+    todo = [job_id]
+    while todo:
+        dep = todo.pop()
+        with db.session() as s:
+            waiting = s.exec(select(Job).where(Job.status == "cancelled", Job.started == None,  # noqa: E711
+                                               Job.message.startswith(f"not run: job {dep} it waited for "))).all()
+        for w in waiting:
+            if _transition(w.id, "cancelled", status="queued", finished=None,
+                           message=f"queued again: job {dep} it waits for was queued again"):
+                todo.append(w.id)
 
 
 @db.retrying

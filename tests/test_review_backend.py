@@ -295,3 +295,29 @@ def test_no_usable_pair_registers_no_empty_training_set_and_lengths_are_the_expo
     pipeline.reject_by_hand(pairs[0].id)
     hist = pipeline.length_histograms(good)
     assert sum(n for _, n in hist["new_a_words"]) == 5 == pipeline.export("good-pairs")["rows"]
+
+
+# ---------------------------------------------------------------- resume goes on with the chain
+
+def test_resuming_a_failed_job_queues_again_the_chain_that_waited_for_it(tiny_llama):
+    from backend import runner
+    from backend.specs import DataSource, SftSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+
+    def spec(name):
+        return SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name=name)
+
+    cpt = runner.submit(spec("a"))
+    sft = runner.submit(spec("b"), after=cpt.id)
+    dpo = runner.submit(spec("c"), after=sft.id)
+    mine = runner.submit(spec("d"), after=cpt.id)
+    runner.cancel(mine.id)  # the user's own cancel: it stays
+    other = runner.submit(spec("e"))
+    runner._update(cpt.id, status="failed", error="boom")
+    runner._update(other.id, status="running")  # not claimable: the claim below only cancels the chain
+    assert runner._claim_next() is None
+    assert [runner.get(j.id).status for j in (sft, dpo)] == ["cancelled", "cancelled"]  # as before: not run
+    runner.resume(cpt.id)
+    assert [runner.get(j.id).status for j in (cpt, sft, dpo, mine)] == ["queued", "queued", "queued", "cancelled"]
+    assert runner.get(dpo.id).message == f"queued again: job {sft.id} it waits for was queued again"
