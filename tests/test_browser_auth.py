@@ -63,9 +63,12 @@ def test_pages_need_the_password(served_with_password, workspace):
         # Signed in, the Train page's uploader writes under a generated name, whatever name the browser sends.
         page.get_by_role("link", name="Train").click()
         page.get_by_text("Or upload a file").wait_for(timeout=30_000)
+        # drawn whole first (its first render in a fresh server imports the memory plan's libraries, seconds), as
+        # a user waits: a file given during that render was taken in only after it, past this test's wait
+        page.get_by_role("button", name="Launch Continued pretraining").wait_for(timeout=60_000)
         page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
             {"name": "../../evil.jsonl", "mimeType": "application/json", "buffer": b'{"text": "hello"}\n'})
-        page.get_by_text("Saved as").wait_for(timeout=30_000)
+        page.get_by_text("evil.jsonl saved as").wait_for(timeout=60_000)  # the upload is read: layout, rows
         page.screenshot(path=str(ARTIFACTS / "browser-login-upload.png"), full_page=True)
 
         # A new session (another browser context) asks again, and signing in on /monitor opens the Monitor page.
