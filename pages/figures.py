@@ -79,7 +79,8 @@ def recovery_figure(points: list[tuple[int, float]], reference: float, label: st
                              line_color=PALETTE[1]))
     fig.add_hline(y=reference, line_dash="dash", line_color=PALETTE[0],
                   annotation_text=f"{ref_label}: {reference:.3f}", annotation_position="top left")
-    fig.update_layout(title="Recovery: held-out loss during continued pretraining vs the base model", height=360,
+    fig.update_layout(title=f"Recovery of {label}: held-out loss during continued pretraining vs the base model",
+                      height=360,
                       margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step", yaxis_title="eval loss",
                       legend=dict(orientation="h", y=-0.2))
     return fig
@@ -170,6 +171,9 @@ def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
     return fig
 
 
+LOG_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+
 def hallucination_length_figure(curves: dict) -> go.Figure:
     """Hallucination rate against answer length per model: observed rates in length bins (markers, size by the
     number of answers) and the logistic model's fitted curve (lines). Curves that lie on each other while the
@@ -189,7 +193,8 @@ def hallucination_length_figure(curves: dict) -> go.Figure:
                                  text=[f"n={p['n']}" for p in obs]))
     fig.update_layout(title="Hallucination rate against answer length", height=360,
                       yaxis=dict(range=[-0.05, 1.05]),  # rates of 0 and 1 are common: keep their markers whole
-                      xaxis=dict(type="log", title="answer length (tokens, log scale)"),
+                      xaxis=dict(type="log", title="answer length (tokens, log scale)", tickvals=LOG_TICKS,
+                                 ticktext=[f"{t:g}" for t in LOG_TICKS]),  # plotly's own read 20, 30 as "2 3"
                       yaxis_title="hallucination rate", margin=dict(l=10, r=10, t=40, b=60),
                       legend=dict(orientation="h", y=-0.3))
     return fig

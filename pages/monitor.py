@@ -46,7 +46,8 @@ def charts(job_ids: list[int]) -> None:
         if ref:
             job = runner.get(job_id)
             pts = series["eval_loss"][labels[job_id]]
-            st.plotly_chart(recovery_figure(sorted(pts), ref[-1], job.spec.get("model", ""), "base model"),
+            # named by its job: with several jobs chosen, each has a recovery chart of its own
+            st.plotly_chart(recovery_figure(sorted(pts), ref[-1], labels[job_id], "base model"),
                             key=f"recovery_{job_id}")
     # every common metric that has values is drawn (new ones appear as the run logs them); others on request
     shown = [n for n in PREFERRED if n in series]

@@ -241,3 +241,13 @@ def test_synth_failed_pair_is_not_drawn_as_deleted_nor_labelled_chosen(monkeypat
     at = app("synth.py")
     bodies = [m.value for m in at.markdown if m.value.startswith(("**Original**", "**Rephrased**"))]
     assert sum("(chosen)" in b for b in bodies) == 2 and sum("(rejected)" in b for b in bodies) == 2
+
+
+def test_length_axis_labels_read_as_numbers_and_recovery_charts_name_their_job():
+    from pages.figures import hallucination_length_figure, recovery_figure
+
+    fig = hallucination_length_figure({"observed": [{"model": "a", "tokens": 30, "rate": 0.5, "n": 4}],
+                                       "fitted": [{"model": "a", "tokens": 30, "rate": 0.4}]})
+    axis = fig.layout.xaxis
+    assert axis.type == "log" and "20" in axis.ticktext and "50" in axis.ticktext  # not plotly's "2 … 5"
+    assert "job 7" in recovery_figure([(0, 3.0), (10, 2.5)], 2.4, "job 7 · cpt · up", "base model").layout.title.text
