@@ -102,12 +102,15 @@ with chat:
     max_new = c1.slider("Max new tokens", 8, 512, 96, key="max_new")
     temperature = c2.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.0, 0.05, key="temperature")
     history = st.session_state.setdefault("chat", {}).setdefault(rec.name, [])
+    # the conversation sits above the input: in a column the input is drawn inline, and messages written after it
+    # appeared below it until the next rerun
+    box = st.container()
     for msg in history:
-        st.chat_message(msg["role"]).write(msg["content"])
+        box.chat_message(msg["role"]).write(msg["content"])
     prompt = st.chat_input(f"Ask {rec.name}…", key="chat_input")
     if prompt:
         history.append({"role": "user", "content": prompt})
-        st.chat_message("user").write(prompt)
+        box.chat_message("user").write(prompt)
         try:
             lm = cached_model(rec.path, rec.name)
         except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
@@ -115,7 +118,7 @@ with chat:
             st.error(f"{rec.name} cannot be loaded: {exc}")
             st.stop()
         stats = GenerationStats()
-        with st.chat_message("assistant"):
+        with box.chat_message("assistant"):
             try:
                 reply = st.write_stream(stream_reply(lm, history, max_new_tokens=max_new, temperature=temperature,
                                                      stats=stats))
@@ -126,7 +129,7 @@ with chat:
                 st.caption("(the reply is only whitespace or special tokens)")
         if reply is not None:
             history.append({"role": "assistant", "content": reply})
-            st.caption(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
+            box.caption(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
                        f"{stats.tokens_per_s:.1f} tokens/s")
     if history and st.button("Clear chat", key="clear_chat"):
         history.clear()

@@ -260,3 +260,20 @@ def test_a_run_stopped_before_any_checkpoint_offers_a_restart_not_a_resume(tiny,
     (ckpt / "trainer_state.json").write_text("{}")
     at = app("monitor.py")
     assert [b.label for b in at.button if b.key == f"resume_{job.id}"] == ["Resume from the last checkpoint"]
+
+
+def _kinds(node, out: list) -> list:
+    """Element types in page order (AppTest's tree, depth first)."""
+    out.append(getattr(node, "type", None))
+    children = getattr(node, "children", None)
+    for child in children.values() if isinstance(children, dict) else []:
+        _kinds(child, out)
+    return out
+
+
+def test_the_conversation_is_drawn_above_the_chat_input(tiny):
+    # in a column the input is drawn inline: messages written after it appeared below it until the next rerun
+    at = app("models.py")
+    at.chat_input(key="chat_input").set_value("hello").run()
+    order = [t for t in _kinds(at._tree, []) if t in ("chat_message", "chat_input")]
+    assert order == ["chat_message", "chat_message", "chat_input"], order
