@@ -40,6 +40,12 @@ def get(name: str) -> ModelRecord | None:
         return s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
 
 
+def by_path(folder: Path | str) -> ModelRecord | None:
+    """The row registered at this folder (the first, when several names share it)."""
+    with db.session() as s:
+        return s.exec(select(ModelRecord).where(ModelRecord.path == str(Path(folder).resolve()))).first()
+
+
 def list_models() -> list[ModelRecord]:
     with db.session() as s:
         return list(s.exec(select(ModelRecord).order_by(ModelRecord.created)))
@@ -58,8 +64,7 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
         return Path(rec.path), rec.name
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        with db.session() as s:  # a registered model's folder given by path keeps its name (and so its lineage)
-            rec = s.exec(select(ModelRecord).where(ModelRecord.path == str(p.resolve()))).first()
+        rec = by_path(p)  # a registered model's folder given by path keeps its name (and so its lineage)
         return p.resolve(), rec.name if rec else None
     known = ", ".join(r.name for r in list_models()) or "none yet"
     raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
@@ -105,9 +110,8 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
         path = Path(rec.path)
         s.delete(rec)
         s.commit()
-        # a folder registered under another name too (import_folder of a model the studio made) stays for it
-        shared = s.exec(select(ModelRecord).where(ModelRecord.path == str(path))).first() is not None
-    if delete_files and not shared and path.is_relative_to(db.models_dir()):
+    # a folder registered under another name too (import_folder of a model the studio made) stays for it
+    if delete_files and by_path(path) is None and path.is_relative_to(db.models_dir()):
         shutil.rmtree(path, ignore_errors=True)
 
 
