@@ -15,15 +15,6 @@ from pages.common import human, human_bytes, job_status, model_names, submit, wo
 from pages.figures import layer_map_figure
 
 
-def short_bytes(n: float) -> str:
-    """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): what fits a metric a quarter of the row wide."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1000 or unit == "GiB":
-            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
-        n /= 1024
-    return ""
-
-
 via_app(__file__)
 st.title("Depth up-scale")
 st.caption("SOLAR's recipe (arXiv 2312.15166): copy A keeps layers [0, n−m), copy B keeps [m, n); stacked they "
@@ -99,8 +90,7 @@ with right:
     c2.metric("Parameters before", human(plan.params_before))
     c3.metric("Parameters after", human(plan.params_after),
               f"×{plan.params_after / plan.params_before:.2f}")
-    # three digits: "702.20 MiB" did not fit a quarter of the row and showed as "702.20 …"
-    c4.metric("Size on disk", short_bytes(plan.nbytes), help=f"{plan.nbytes:,} bytes ({human_bytes(plan.nbytes)})")
+    c4.metric("Size on disk", human_bytes(plan.nbytes), help=f"{plan.nbytes:,} bytes")
     st.plotly_chart(layer_map_figure(plan), key="layer_map", config={"displayModeBar": False})
 
 with left:

@@ -31,10 +31,12 @@ def human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): what fits a metric a quarter of the row wide
+    ("702.20 MiB" showed as "702.20 …")."""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        if n < 1000 or unit == "GiB":
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
         n /= 1024
     return ""
 

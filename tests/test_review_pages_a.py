@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backend import registry, runner
-from tests.test_pages import ROOT, app
+from tests.test_pages import app
 
 
 @pytest.fixture
@@ -80,11 +80,8 @@ def test_an_emptied_model_name_takes_the_suggestion_again(tiny):
 
 
 def test_size_on_disk_fits_its_metric():
-    # importing a page module runs the page; take the helper from its source instead
-    src = (ROOT / "pages" / "build.py").read_text()
-    ns: dict = {}
-    exec(src[src.index("def short_bytes"):src.index("via_app(__file__)")], ns)
-    short = ns["short_bytes"]
+    from pages.common import human_bytes as short
+
     assert short(736_296_960) == "702 MiB"  # SmolLM2-135M dus m=8, float32: was "702.20 MiB", cut to "702.20 …"
     assert short(1_320_000_000) == "1.23 GiB"
     assert short(12_600) == "12.3 KiB" and short(512) == "512 B"
