@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from backend import registry, runner
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import human, human_bytes, job_status, model_names, submit, worker_banner, via_app
+from pages.common import (human, human_bytes, job_making, job_status, model_names, submit, via_app,
+                          worker_banner)
 from pages.figures import layer_map_figure
 
 
@@ -110,9 +111,7 @@ with left:
     taken = registry.get(spec.name) is not None
     if taken:
         st.info(f"A model named {spec.name!r} is registered already: change m or the name to build another.")
-    # a second click while the first build runs queued a second job for the same name, which then failed
-    building = next((j for j in runner.list_jobs() if j.kind == "upscale" and j.status in ("queued", "running")
-                     and j.spec.get("name") == spec.name), None)
+    building = job_making(spec.name, ("upscale",))
     if building and not taken:
         st.info(f"Job {building.id} is building {spec.name!r} already.")
     b1, b2 = st.columns(2)

@@ -15,7 +15,7 @@ from backend.cluster.slurm import slurm_script
 from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
 from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
                            explain)
-from pages.common import job_status, model_names, submit, worker_banner, via_app
+from pages.common import job_making, job_status, model_names, submit, worker_banner, via_app
 
 # What "auto" becomes on each device (backend/perf.py decides; measured on an H200, issue 13).
 AUTO = {"compile": "CUDA: regional; CPU: off", "liger": "CUDA: on when installed; CPU: off",
@@ -219,9 +219,7 @@ b1, b2 = st.columns(2)
 taken = registry.get(spec.name) is not None
 if taken:
     st.info(f"A model named {spec.name!r} is registered already: choose another name.")
-# a second click while the first run is queued or running started a second run that made the same model
-training = next((j for j in runner.list_jobs() if j.kind in KINDS and j.status in ("queued", "running")
-                 and j.spec.get("name") == spec.name), None)
+training = job_making(spec.name, KINDS)
 if training and not taken:
     st.info(f"Job {training.id} is training {spec.name!r} already: choose another name to start another run.")
 if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
