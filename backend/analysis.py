@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.qa import flags
+
 MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
 MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the model-based ones are used
 
@@ -41,8 +43,8 @@ def from_generation(g) -> Record:
     old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans."""
     verdict = getattr(g, "verdict", "") or ""
     if verdict:
-        correct, hallucination = verdict == "correct", verdict == "wrong"
-        answered = verdict not in ("abstained", "cut off")  # a reply stopped by the token limit never answered
+        f = flags(verdict)
+        correct, hallucination, answered = f["correct"], f["hallucination"], f["answered"]
     else:
         correct, hallucination, answered = bool(g.correct), bool(g.hallucination), bool(getattr(g, "answered", True))
     return Record(model=g.model, words=int(g.words or 0), correct=correct, hallucination=hallucination,

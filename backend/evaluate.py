@@ -166,13 +166,13 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     out: dict[int, tuple[str, int]] = {}
     torch.manual_seed(seed)
     kwargs = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
+    ends = _end_ids(model, tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         batch = tok([chats[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(model.device)
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
-        ends = _end_ids(model, tok)
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
             n = int((row != tok.pad_token_id).sum())
             cut = len(row) == max_new_tokens and int(row[-1]) not in ends
@@ -214,9 +214,7 @@ def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, t
             consistency = sum(agree) / len(samples) if found else 0.0
         gens.append(Generation(job_id=job_id, model=model_name, task=task, prompt_id=pid, prompt=q, reference=ref,
                                output=text, tokens=n_tok, words=len(text.split()), truncated=cut,
-                               answered=verdict not in ("abstained", "cut off"), correct=verdict == "correct",
-                               hallucination=verdict == "wrong", consistency=consistency, verdict=verdict,
-                               item_kind="math"))
+                               consistency=consistency, verdict=verdict, item_kind="math", **qa.flags(verdict)))
     return _answer_scores(gens), gens
 
 
@@ -229,9 +227,8 @@ def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name
                 ] if judged else rules
     gens = [Generation(job_id=job_id, model=model_name, task=task, prompt_id=it["id"], prompt=it["question"],
                        reference=" | ".join(it["answers"]), output=text, tokens=n_tok, words=len(text.split()),
-                       truncated=cut, answered=v not in ("abstained", "cut off"), correct=v == "correct",
-                       hallucination=v == "wrong", verdict=v, item_kind=it["kind"],
-                       judge_verdict=judged[j] if judged else "")
+                       truncated=cut, verdict=v, item_kind=it["kind"], judge_verdict=judged[j] if judged else "",
+                       **qa.flags(v))
             for j, (it, (text, n_tok, cut), v) in enumerate(zip(items, outputs, verdicts))]
     extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
     if judged:

@@ -135,20 +135,28 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
             return "correct"
         if not text or found is None or abstains(text):
             return "abstained"
-        return "cut off" if truncated and stated_answer(text) is None else "wrong"
+        return unless_cut_off("wrong", text, kind, truncated)
     reply = f" {normalise(text)} "
     if any(normalise(a) and f" {normalise(a)} " in reply for a in answers):
         return "correct"
     if not text or abstains(text):
         return "abstained"
-    return "cut off" if truncated else "wrong"
+    return unless_cut_off("wrong", text, kind, truncated)
 
 
 def unless_cut_off(verdict: str, output: str, kind: str, truncated: bool) -> str:
-    """A judge's "wrong" for a reply that was cut off before it stated an answer is the rules' "cut off" too."""
+    """"wrong" for a reply the token limit stopped before it stated an answer (math: none of the explicit forms;
+    text: any) is "cut off" — for the rules' verdict and a judge's alike."""
     if verdict == "wrong" and truncated and (kind != "math" or stated_answer(output or "") is None):
         return "cut off"
     return verdict
+
+
+def flags(verdict: str) -> dict[str, bool]:
+    """A verdict as the booleans Generation rows also store: a hallucination is "wrong" only; neither an
+    abstention nor a reply cut off by the token limit answered."""
+    return {"correct": verdict == "correct", "hallucination": verdict == "wrong",
+            "answered": verdict not in ("abstained", "cut off")}
 
 
 def summarise(verdicts: list[str]) -> dict[str, float]:
