@@ -67,7 +67,7 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
         yield tmp
         # until register_output removes it, this marks the folder as not registered yet: a kill between the
         # rename and the registration leaves a folder the next start can tell from one a user put there
-        (tmp / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
+        db.mark_unregistered(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty: output_dir() refused a non-empty one
         tmp.rename(out_dir)

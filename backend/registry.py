@@ -9,7 +9,6 @@ with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays of
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -170,7 +169,7 @@ def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecor
         raise RegistryError(f"{final} already exists: delete it or choose another name.")
     # the mark backend/outputs.py uses: a process ended between the rename and the row leaves a folder the next
     # start removes (db.clean_stale_tmp), not one that blocks the name for ever
-    (tmp / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
+    db.mark_unregistered(tmp)
     tmp.rename(final)
     try:
         rec = register(final, name, "base", source=source, recipe={"import": source})

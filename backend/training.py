@@ -255,7 +255,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         out_dir.rmdir()  # empty: output_dir() refused a non-empty one
     # marked as backend/outputs.py marks its builds: a kill between the move and the row leaves a folder the next
     # start (or the resume's output_dir) removes, not one that blocks the name and fails every resume
-    (final / db.UNREGISTERED_MARK).write_text(str(os.getpid()))
+    db.mark_unregistered(final)
     shutil.move(str(final), out_dir)  # a rename on the same filesystem
     rec = register_output(out_dir, name, "trained", parents=[parent], source=spec.kind,
                           recipe=spec.model_dump(mode="json"))

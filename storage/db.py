@@ -306,6 +306,12 @@ EXTERNAL_TMP_SUFFIX = ".external"  # a note in .tmp/ naming a build folder kept 
 UNREGISTERED_MARK = ".dus-unregistered"  # in a finished model folder until its row is written
 
 
+def mark_unregistered(folder: Path) -> None:
+    """Mark a finished folder as not registered yet, by this process: if it is killed between moving the folder into
+    place and writing its row, the next start (clean_unregistered_builds) can tell it from a folder a user put there."""
+    (Path(folder) / UNREGISTERED_MARK).write_text(str(os.getpid()))
+
+
 def new_tmp(prefix: str) -> Path:
     """A fresh temporary folder tagged with this process id, so a cleaner can tell live work from leftovers."""
     import uuid
