@@ -111,6 +111,26 @@ def job_status(job_id: int) -> None:
     _show()
 
 
+def live_log(job_id: int, lines: int) -> None:
+    """The last `lines` lines of a job's log, redrawn every 2 s while it is queued or running (drawn once, a log
+    stood still at the lines it had when the page opened); job_status reruns the page when the job ends, which
+    redraws it without the timer."""
+    job = runner.get(job_id)
+    live = job is not None and job.status in ("queued", "running")
+
+    def draw() -> None:
+        current = runner.get(job_id)
+        log = Path(current.log_path) if current and current.log_path else None
+        if log and log.exists():
+            st.caption(f"Log: `{log}` (last {lines} lines)")
+            # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
+            st.code("\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(empty)", language="text")
+        else:
+            st.caption("No log yet: the worker writes one when it starts the job.")
+
+    st.fragment(run_every=2.0 if live else None)(draw)()
+
+
 def model_names() -> list[str]:
     return [r.name for r in registry.list_models()]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -10,7 +9,7 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from pages.common import job_status, worker_banner, via_app
+from pages.common import job_status, live_log, worker_banner, via_app
 
 via_app(__file__)
 st.title("Jobs")
@@ -43,21 +42,7 @@ if jobs:
     job = runner.get(job_id)
     with st.expander("Spec"):
         st.code(yaml.safe_dump(job.spec, sort_keys=False, allow_unicode=True), language="yaml")
-
-    # live while the job runs (drawn once, the log stood still at the lines it had when the page opened);
-    # job_status reruns the page when the job ends, which redraws this without the timer
-    @st.fragment(run_every=2.0 if job.status in ("queued", "running") else None)
-    def job_log() -> None:
-        current = runner.get(job_id)
-        log = Path(current.log_path) if current and current.log_path else None
-        if log and log.exists():
-            st.caption(f"Log: `{log}` (last 60 lines)")
-            # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
-            st.code("\n".join(log.read_text(errors="replace").splitlines()[-60:]) or "(empty)", language="text")
-        else:
-            st.caption("No log yet: the worker writes one when it starts the job.")
-
-    job_log()
+    live_log(job_id, 60)
 
 st.subheader("Cluster")
 try:

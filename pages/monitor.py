@@ -4,13 +4,12 @@ view for an up-scaled model in continued pretraining, logs, cancel and resume.""
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import streamlit as st
 
 from backend import runner
 from backend.specs import TRAIN_KINDS
-from pages.common import job_status, worker_banner, via_app
+from pages.common import job_status, live_log, worker_banner, via_app
 from pages.figures import metric_figure, recovery_figure
 
 PREFERRED = ["loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "rewards/chosen", "rewards/rejected",
@@ -44,7 +43,6 @@ def charts(job_ids: list[int]) -> None:
     for job_id in job_ids:
         ref = [m.value for m in rows if m.job_id == job_id and m.name == "reference_eval_loss"]
         if ref:
-            job = runner.get(job_id)
             pts = series["eval_loss"][labels[job_id]]
             # named by its job: with several jobs chosen, each has a recovery chart of its own
             st.plotly_chart(recovery_figure(sorted(pts), ref[-1], labels[job_id], "base model"),
@@ -59,27 +57,9 @@ def charts(job_ids: list[int]) -> None:
         cols[i % 2].plotly_chart(metric_figure(data, name), key=f"metric_{name}")
 
 
-def tail(job_id: int) -> None:
-    """The log, live while the job runs (drawn once with the page, it stood still); job_status reruns the page
-    when the job ends, which redraws this without the timer."""
-    job = runner.get(job_id)
-    live = job is not None and job.status in ("queued", "running")
-    st.fragment(run_every=2.0 if live else None)(_tail)(job_id)
-
-
-def _tail(job_id: int) -> None:
-    job = runner.get(job_id)
-    log = Path(job.log_path) if job and job.log_path else None
-    if log and log.exists():
-        # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
-        st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]) or "(empty)", language="text")
-    else:
-        st.caption("No log yet.")
-
-
 if not chosen:
     st.caption("Choose one or more jobs above to see their curves and logs.")
 else:
     charts(chosen)
     with st.expander(f"Log of job {chosen[0]} (last 40 lines)"):
-        tail(chosen[0])
+        live_log(chosen[0], 40)

@@ -86,13 +86,17 @@ upload_path = None
 if upload is not None:
     try:  # saved under a generated name: the name the browser sends never chooses the path
         path = uploads.save_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
-        # read it now: a malformed file is named here, not only once its long path is typed into the table
-        pv = data.preview(str(path), kind, n=3)
     except ValueError as exc:
         st.error(f"{upload.name}: {exc}")
     else:
-        upload_path = str(path)
-        st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")
+        # read now: a malformed file is named here, not only once its long path is typed into the table; the
+        # name holds a hash of the content, so the path alone keys the cached read
+        pv, problem = cached_preview(str(path), kind, None)
+        if pv is None:
+            st.error(f"{upload.name}: {problem}")
+        else:
+            upload_path = str(path)
+            st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")
 # The table restarts from `base` (with a new key) when an upload is added to it, so the rows typed so far stay.
 version = st.session_state.get(f"sources_{kind}_version", 0)
 table_key = f"sources_{kind}" + (f"_v{version}" if version else "")
