@@ -181,3 +181,19 @@ def test_tiny_sources_get_no_eval_split(tmp_path):
     src.write_text("".join(json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) + "\n" for i in range(5)))
     train, evals, _ = data.split_mix([(str(src), 2.0)], "sft", eval_fraction=0.1)
     assert evals is None and len(train) == 10
+
+
+def test_an_item_shorter_than_n_words_is_found_inside_a_longer_training_text():
+    """A short question has no 8-gram, so it was never flagged, however often training data quoted it whole."""
+    index = ContaminationIndex(["Trivia night: What is the capital of Freedonia? Answer in one word.",
+                                "Thecat sat on the mat all day long, said the report from the zoo.",
+                                "Nothing to see here", "Yes."], n=8)
+    assert index.overlap("What is the capital of Freedonia?") == 1.0  # 6 words, quoted inside a longer text
+    assert index.overlap("what is THE capital of freedonia") == 1.0  # case and punctuation as for n-grams
+    assert index.overlap("What is the capital of Sylvania?") == 0.0
+    assert index.overlap("cat sat on the mat") == 0.0  # "Thecat" is another word
+    assert index.overlap("one word Thecat sat on") == 0.0  # no match across two texts
+    assert index.overlap("Nothing to see here") == 1.0
+    assert index.overlap("Yes") == 1.0 and index.overlap("Yes.") == 1.0  # a whole training text
+    assert index.overlap("the capital") == 0.0  # under SHORT_MIN words: only a text of exactly those words
+    assert index.overlap("...") == 0.0

@@ -45,17 +45,36 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 class ContaminationIndex:
-    """n-gram overlap against a benchmark: the share of an item's n-grams that appear in any benchmark question."""
+    """n-gram overlap against reference texts (a benchmark, a lineage's training data): the share of an item's
+    n-grams that appear in any of them. An item shorter than n words has no n-gram; it counts as wholly contained
+    (1.0) when its words appear, in order and adjacent, inside any one reference text (GPT-3's decontamination,
+    Brown et al. 2020, app. C, likewise falls back to the whole item). Items of fewer than SHORT_MIN words only match
+    a reference text that is exactly the same words: "Yes." is inside nearly everything."""
+
+    SHORT_MIN = 3
 
     def __init__(self, texts: list[str], n: int):
         self.n = n
         self.grams: set[tuple[str, ...]] = set()
+        joined = []
         for t in texts:
-            self.grams |= ngrams(t, n)
+            w = words(t)
+            self.grams |= {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else {tuple(w)}
+            joined.append(" ".join(w))
+        # every text's words on one line, space-delimited on both sides: a short item is a substring search that
+        # cannot match part of a word or run across two texts
+        self._lines = " " + " \n ".join(joined) + " "
 
     def overlap(self, text: str) -> float:
+        w = words(text)
+        if not w:
+            return 0.0
+        if len(w) < self.n:
+            if len(w) < self.SHORT_MIN:
+                return float(tuple(w) in self.grams)
+            return float(f" {' '.join(w)} " in self._lines)
         g = ngrams(text, self.n)
-        return len(g & self.grams) / len(g) if g else 0.0
+        return len(g & self.grams) / len(g)
 
 
 def load_benchmark(path: str) -> list[str]:
