@@ -133,7 +133,8 @@ clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                             "(every parent's training sets), and score the rest.")
 table = pd.DataFrame(scoretable.table_rows(latest, records, clean=clean_only))
 st.caption("Each score records its set's source and fingerprint, and how much of the set the training data of the "
-           "model's whole lineage contains (8-gram overlap; ⚠ share of items over the threshold, ✓ none). "
+           "model's whole lineage contains (8-gram overlap; an item under 8 words counts when it appears whole; "
+           "⚠ share of items over the threshold, ✓ none). "
            "The built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
 st.dataframe(table, hide_index=True, key="scores_table")
 st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores")
