@@ -197,3 +197,12 @@ def test_an_item_shorter_than_n_words_is_found_inside_a_longer_training_text():
     assert index.overlap("Yes") == 1.0 and index.overlap("Yes.") == 1.0  # a whole training text
     assert index.overlap("the capital") == 0.0  # under SHORT_MIN words: only a text of exactly those words
     assert index.overlap("...") == 0.0
+
+
+def test_a_short_reference_text_quoted_inside_an_item_is_found():
+    """The other way round: a benchmark of short problems (MATH has many) against a longer seed that quotes one."""
+    index = ContaminationIndex(["Compute $\\dbinom{8}{4}$.", "Simplify $\\sqrt{245}$.", "Yes indeed."], n=8)
+    assert index.overlap("A warm-up first. Compute $\\dbinom{8}{4}$. Then explain your steps in detail please.") == 1.0
+    assert index.overlap("Compute dbinom 8 5 and then explain each of your steps in detail.") == 0.0
+    assert index.overlap("Simplify sqrt 245") == 1.0
+    assert index.overlap("Yes indeed, the answer follows from the steps shown below.") == 0.0  # under 3 words

@@ -46,21 +46,25 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 class ContaminationIndex:
     """n-gram overlap against reference texts (a benchmark, a lineage's training data): the share of an item's
-    n-grams that appear in any of them. An item shorter than n words has no n-gram; it counts as wholly contained
-    (1.0) when its words appear, in order and adjacent, inside any one reference text (GPT-3's decontamination,
-    Brown et al. 2020, app. C, likewise falls back to the whole item). Items of fewer than SHORT_MIN words only match
-    a reference text that is exactly the same words: "Yes." is inside nearly everything."""
+    n-grams that appear in any of them. Text shorter than n words has no n-gram, so it is checked whole, both ways:
+    an item counts as wholly contained (1.0) when its words appear, in order and adjacent, inside one reference
+    text, or when a short reference text's words appear so inside the item (a four-word MATH problem quoted in a
+    seed). Under SHORT_MIN words only the same words match: "Yes." is inside nearly everything."""
 
     SHORT_MIN = 3
 
     def __init__(self, texts: list[str], n: int):
         self.n = n
         self.grams: set[tuple[str, ...]] = set()
+        self.short: set[tuple[str, ...]] = set()  # reference texts of SHORT_MIN to n - 1 words, whole
         joined = []
         for t in texts:
             w = words(t)
             self.grams |= {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else {tuple(w)}
+            if self.SHORT_MIN <= len(w) < n:
+                self.short.add(tuple(w))
             joined.append(" ".join(w))
+        self._short_lens = sorted({len(x) for x in self.short})
         # every text's words on one line, space-delimited on both sides: a short item is a substring search that
         # cannot match part of a word or run across two texts
         self._lines = " " + " \n ".join(joined) + " "
@@ -69,6 +73,8 @@ class ContaminationIndex:
         w = words(text)
         if not w:
             return 0.0
+        if any(tuple(w[i:i + k]) in self.short for k in self._short_lens for i in range(len(w) - k + 1)):
+            return 1.0
         if len(w) < self.n:
             if len(w) < self.SHORT_MIN:
                 return float(tuple(w) in self.grams)
