@@ -9,6 +9,50 @@ DROPPED = "#D9D9D9"
 IDENTITY = "#2CA02C"
 
 
+# Model names on a chart's category axis. Under vertical bars the names sit side by side and were cut off or ran
+# into each other with many models (16 on the compare page); so bars lie down, one row per model, once the names
+# do not fit across the chart, and a long name is cut in the middle on the axis, whole in the hover text.
+LABEL_CHARS = 28  # longest name shown whole on an axis
+ACROSS_CHARS = 56  # characters that fit side by side under a half-page chart (12 px text: about 400 px)
+ROW_PX = 26  # height of one model's row when the bars lie down
+
+
+def short_name(name: str, width: int = LABEL_CHARS) -> str:
+    """`name` cut to `width` characters in the middle: models made from one base share the start and differ at the
+    end (…-sft, …-dpo-v2), so both ends stay."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
+def fits_across(names: list[str], chars: int = ACROSS_CHARS) -> bool:
+    """Whether the names, cut by short_name, fit side by side (with a gap each) under a chart `chars` wide."""
+    return sum(len(short_name(n)) + 2 for n in names) <= chars
+
+
+def _name_axis(names: list[str]) -> dict:
+    """A category axis of model names in the page's order: the ticks show the cut names (the whole ones where two
+    would read alike) and automargin moves the plot over for them rather than clip them."""
+    labels = [short_name(n) for n in names]
+    if len(set(labels)) < len(set(names)):
+        labels = list(names)
+    return dict(categoryorder="array", categoryarray=list(names), tickmode="array", tickvals=list(names),
+                ticktext=labels, automargin=True)
+
+
+def _lay_out_names(fig: go.Figure, names: list[str], across: bool, height: int, value_axis: dict) -> None:
+    """Place the name axis under the chart (`across`) or down its side (first model on top, the chart growing by
+    a row per model), the values on the other axis; hover labels keep names whole (plotly cut them at 15)."""
+    axis = _name_axis(names)
+    if across:
+        fig.update_layout(height=height, xaxis=axis, yaxis=value_axis)
+    else:
+        fig.update_layout(height=max(height, 110 + ROW_PX * len(names)), yaxis=axis | dict(autorange="reversed"),
+                          xaxis=value_axis)
+    fig.update_layout(hoverlabel=dict(namelength=-1))
+
+
 def _cells(fig: go.Figure, row: str, colors: list[str], texts: list[str], hovers: list[str]) -> None:
     n = len(colors)
     texts = texts if n <= 24 else None  # too narrow for two-digit labels: the hover text names every layer
@@ -121,17 +165,23 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
 
 def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
     """One task's score per model (`table`: rows with model, value). `models`: every model of the page, in order:
-    bars follow it and a model keeps its colour across charts even where another model has no score."""
+    bars follow it and a model keeps its colour across charts even where another model has no score. Bars lie
+    down when the names do not fit under them (see fits_across)."""
     models = models or [r["model"] for r in table]
     rank = {m: i for i, m in enumerate(models)}
     table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
-    fig = go.Figure(go.Bar(x=[r["model"] for r in table], y=[r["value"] for r in table],
+    names, values = [r["model"] for r in table], [r["value"] for r in table]
+    across = fits_across(names)
+    name_ax, value_ax = ("x", "y") if across else ("y", "x")
+    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: values}, orientation="v" if across else "h",
                            marker_color=[PALETTE[rank.get(r["model"], i) % len(PALETTE)] for i, r in enumerate(table)],
-                           text=[f"{r['value']:.3g}" for r in table], textposition="outside"))
-    fig.update_layout(title=task, height=320, margin=dict(l=10, r=10, t=40, b=80))
-    values = [r["value"] for r in table if r["value"] is not None]
-    if values and min(values) >= 0:  # scores are not negative: no axis below zero (all-zero bars showed −1…1)
-        fig.update_yaxes(range=[0, (max(values) or 1) * 1.15])  # headroom for the labels above the bars
+                           text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
+                           hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
+    fig.update_layout(title=task, margin=dict(l=10, r=10 if across else 40, t=40, b=80 if across else 30))
+    known = [v for v in values if v is not None]
+    # scores are not negative: no axis below zero (all-zero bars showed −1…1); headroom for the value labels
+    value_axis = dict(range=[0, (max(known) or 1) * 1.15]) if known and min(known) >= 0 else {}
+    _lay_out_names(fig, names, across, 320, value_axis)
     return fig
 
 
@@ -147,11 +197,16 @@ def radar_figure(scores: dict[str, dict[str, float]]) -> go.Figure:
 
 
 def length_box_figure(words: dict[str, list[int]]) -> go.Figure:
+    """Answer lengths per model; boxes lie down when the names do not fit under them (see fits_across)."""
+    names = list(words)
+    across = fits_across(names)
     fig = go.Figure()
     for k, (model, ws) in enumerate(words.items()):
-        fig.add_trace(go.Box(y=ws, name=model, marker_color=PALETTE[k % len(PALETTE)], boxmean=True))
-    fig.update_layout(title="Answer length (words)", height=340, margin=dict(l=10, r=10, t=40, b=60),
+        fig.add_trace(go.Box(**{"y" if across else "x": ws}, name=model, orientation="v" if across else "h",
+                             marker_color=PALETTE[k % len(PALETTE)], boxmean=True))
+    fig.update_layout(title="Answer length (words)", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
                       showlegend=False)
+    _lay_out_names(fig, names, across, 340, {})
     return fig
 
 
@@ -160,14 +215,22 @@ def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
     models = sorted({r["model"] for r in rows})
     for k, m in enumerate(models):
         pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
-        fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=m,
-                                 text=[f"n={p[3]}" for p in pts], line_color=PALETTE[k % len(PALETTE)]))
+        fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                 name=short_name(m), text=[f"n={p[3]}" for p in pts], hovertext=[m] * len(pts),
+                                 hovertemplate="%{hovertext}<br>%{x}: %{y:.3g} (%{text})<extra></extra>",
+                                 line_color=PALETTE[k % len(PALETTE)]))
     # The x axis is categorical (the bins' ranges): without an explicit order Plotly orders them as they first
     # appear, so a model missing a short bin pushed that bin after the longer ones.
     order = [rng for _, rng in sorted({(r["bin"], r["range"]) for r in rows})]
-    fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", height=340, yaxis=dict(range=[0, 1]),
+    fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", yaxis=dict(range=[0, 1]),
                       xaxis=dict(categoryorder="array", categoryarray=order, title="answer length (words)"),
-                      margin=dict(l=10, r=10, t=40, b=60), legend=dict(orientation="h", y=-0.3))
+                      margin=dict(l=10, r=10, t=40, b=60))
+    # A legend of many models under the chart scrolled and squeezed the plot to a strip: it goes to the right,
+    # one line per model, and the chart grows with it.
+    if fits_across(models):
+        fig.update_layout(height=340, legend=dict(orientation="h", y=-0.3))
+    else:
+        fig.update_layout(height=max(340, 120 + 20 * len(models)), legend=dict(orientation="v", x=1.02, y=1))
     return fig
 
 
@@ -201,12 +264,19 @@ def hallucination_length_figure(curves: dict) -> go.Figure:
 
 
 def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
-    fig = go.Figure(go.Bar(x=[r["model"] for r in board], y=[r["score"] for r in board],
-                           error_y=dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
-                                        arrayminus=[r["score"] - r["low"] for r in board]),
-                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(board))]))
-    fig.update_layout(title=title, height=320, yaxis_title="Bradley–Terry (Elo scale)",
-                      margin=dict(l=10, r=10, t=40, b=60))
+    """Ratings with their 95 % intervals, best first; bars lie down when the names do not fit under them (the chart
+    is page-wide: twice the characters of a half-page one)."""
+    names = [r["model"] for r in board]
+    across = fits_across(names, 2 * ACROSS_CHARS)
+    name_ax, value_ax = ("x", "y") if across else ("y", "x")
+    error = dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
+                 arrayminus=[r["score"] - r["low"] for r in board])
+    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board], f"error_{value_ax}": error},
+                           orientation="v" if across else "h",
+                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(board))], hovertext=names,
+                           hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.0f}}<extra></extra>"))
+    fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=60 if across else 30))
+    _lay_out_names(fig, names, across, 320, dict(title="Bradley–Terry (Elo scale)"))
     return fig
 
 

@@ -14,10 +14,21 @@ from pydantic import ValidationError
 from backend import registry, uploads
 from backend.specs import SynthMathSpec, explain
 from backend.synth import pipeline
-from backend.synth.seeds import CATEGORIES
+from backend.synth.seeds import CATEGORIES, SeedError, load_seeds
 from pages.common import job_status, submit, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the seed file…")
+def read_seed_upload(path: str, name: str) -> tuple[int, str]:
+    """How many seeds an uploaded file holds, or what is wrong with it, naming the file as the user uploaded it:
+    unread until the job ran, a malformed file failed the job naming the stored '<content hash>-name.jsonl'. The
+    stored name holds a hash of the content, so the path keys the cache."""
+    try:
+        return len(load_seeds(path, label=name)), ""
+    except SeedError as exc:
+        return 0, str(exc)
 
 
 def _parquet(path: str) -> bytes:
@@ -46,6 +57,13 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                 seed_file = uploads.save_upload(up.getvalue(), up.name, uploads.SEED_SUFFIXES)
             except ValueError as exc:
                 c1.error(str(exc))
+            else:
+                count, problem = read_seed_upload(str(seed_file), up.name)
+                if problem:  # no job for a file that cannot be read: "Make pairs" stays off
+                    c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
+                    seed_file = None
+                else:
+                    c1.caption(f"{up.name}: {count} seed problems.")
     from_file = seed_kind != "built-in generator"
     num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds",
                           help="The generator makes this many; from a file, at most this many records are used.")

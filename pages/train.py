@@ -25,7 +25,9 @@ AUTO = {"compile": "CUDA: regional; CPU: off", "liger": "CUDA: on when installed
 KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
          "sft": (SftSpec, "SFT", "builtin:alpaca-mini"),
          "dpo": (DpoSpec, "DPO", "builtin:prefs-mini")}
-
+# Fields of the "Several machines" section: an invalid spec's problems that start with one are shown there too (the
+# spec's own checks, backend/specs.py _TrainSpec._machines, name the field first).
+MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port", "ray_workers", "resources")
 
 
 def show_memory_plan(spec, model: str) -> tuple[bool, str]:
@@ -47,6 +49,34 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     if ok or not spec.memory_check:
         return True, ""
     return False, "The memory plan does not fit: " + sentence
+
+
+def show_slurm(spec, machines: int, problems: str = "") -> None:
+    """The Slurm part of "Several machines": the script for a valid spec; for an invalid one (`spec` None, the
+    page's `problems`) the inputs stay and the section says what is wrong — the page used to stop before drawing
+    it, so a second machine without an address lost the section and the message sat at the page's foot."""
+    st.markdown("**On Slurm** — one task per node; machine 0 is the allocation's first host.")
+    s1, s2, s3, s4 = st.columns(4)
+    options = dict(nodes=s1.number_input("Nodes", 1, 1024, max(machines, 2), key="slurm_nodes"),
+                   gpus_per_node=s2.number_input("GPUs per node", 0, 64, 1, key="slurm_gpus"),
+                   partition=s3.text_input("Partition", key="slurm_partition").strip() or None,
+                   time=s4.text_input("Time limit", "04:00:00", key="slurm_time").strip())
+    if spec is None:
+        mine = [line for line in problems.splitlines() if line.startswith(MACHINE_FIELDS)]
+        if mine:
+            st.error("\n\n".join(mine))
+        st.caption("No Slurm script until " + ("this is fixed." if mine else
+                                               "the settings are valid: see the message at the foot of the page."))
+        return
+    try:
+        script = slurm_script(spec, **options)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    st.code(script, language="bash")
+    st.download_button("Download the Slurm script", script, file_name=f"{spec.name}.sbatch", key="slurm_download")
+    st.caption("The dashboard does not submit it: copy it to a login node of the cluster and run "
+               "`sbatch FILE`. The repository, its .venv and this workspace must be at the same paths there.")
 
 
 @st.cache_data(ttl=120, max_entries=64, show_spinner="Reading the data source…")
@@ -215,7 +245,10 @@ try:
     spec = spec_cls(model=model, data=[DataSource(source=str(r["source"]).strip(), weight=float(r["weight"]))
                                        for r in rows], name=name, **fields)
 except ValidationError as exc:
-    st.error(explain(exc))
+    problems = explain(exc)
+    st.error(problems)
+    with machines_box:
+        show_slurm(None, machines, problems)
     st.stop()
 with plan_slot:
     plan_ok, plan_reason = show_memory_plan(spec, model)
@@ -236,22 +269,7 @@ with machines_box:
         st.markdown("On each other machine, with the spec saved by **Save spec (YAML)** above:")
         st.code("\n".join(f"python -m backend run {spec.name}.yaml --machine-rank {r}"
                           for r in range(1, spec.num_machines)), language="bash")
-    st.markdown("**On Slurm** — one task per node; machine 0 is the allocation's first host.")
-    s1, s2, s3, s4 = st.columns(4)
-    try:
-        script = slurm_script(spec, nodes=s1.number_input("Nodes", 1, 1024, max(spec.num_machines, 2),
-                                                          key="slurm_nodes"),
-                              gpus_per_node=s2.number_input("GPUs per node", 0, 64, 1, key="slurm_gpus"),
-                              partition=s3.text_input("Partition", key="slurm_partition").strip() or None,
-                              time=s4.text_input("Time limit", "04:00:00", key="slurm_time").strip())
-    except ValueError as exc:
-        st.error(str(exc))
-    else:
-        st.code(script, language="bash")
-        st.download_button("Download the Slurm script", script, file_name=f"{spec.name}.sbatch",
-                           key="slurm_download")
-        st.caption("The dashboard does not submit it: copy it to a login node of the cluster and run "
-                   "`sbatch FILE`. The repository, its .venv and this workspace must be at the same paths there.")
+    show_slurm(spec, machines)
 if "train_job" in st.session_state:
     job_status(st.session_state["train_job"])
     st.page_link("pages/monitor.py", label="Watch it on the Monitor page", icon=":material/monitoring:")

@@ -190,7 +190,7 @@ def generate(n: int, seed: int = 0, categories: list[str] | None = None, levels:
     return out
 
 
-def _read_records(path: Path) -> list[tuple[int, dict]]:
+def _read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise SeedError(f"Seed file {path} does not exist.")
@@ -199,69 +199,82 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         try:
             return list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as exc:
-            raise SeedError(f"{path.name} is not valid JSON: {exc}")
+            raise SeedError(f"{label} is not valid JSON: {exc}")
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise SeedError(f"{path.name}, line {n}: not valid JSON ({exc.msg}).")
+                raise SeedError(f"{label}, line {n}: not valid JSON ({exc.msg}).")
     if not rows:
-        raise SeedError(f"{path.name} holds no records.")
+        raise SeedError(f"{label} holds no records.")
     return rows
 
 
-def _need(path: Path, n: int, row: dict, fields: tuple[str, ...], fmt: str) -> None:
+def _need(label: str, n: int, row: dict, fields: tuple[str, ...], fmt: str) -> None:
+    """`n`: the record's line in a JSONL file, its position in a JSON array."""
     if not isinstance(row, dict):
-        raise SeedError(f"{Path(path).name}, record {n}: expected an object with {', '.join(fields)}.")
+        raise SeedError(f"{label}, record {n}: expected an object with {', '.join(fields)}.")
     missing = [f for f in fields if f not in row]
     if missing:
-        raise SeedError(f"{Path(path).name}, record {n}: missing {', '.join(missing)} — a {fmt} record has "
+        raise SeedError(f"{label}, record {n}: missing {', '.join(missing)} — a {fmt} record has "
                         f"{', '.join(fields)}.")
+    # a number or list where text belongs raised a TypeError, not an error naming the file and record
+    wrong = [f for f in fields if not isinstance(row[f], str)]
+    if wrong:
+        raise SeedError(f"{label}, record {n}: {', '.join(wrong)} must be text — a {fmt} record's "
+                        f"{', '.join(fields)} are strings.")
 
 
 def _uid(prefix: str, text: str) -> str:
     return f"{prefix}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
-def import_math(path: Path) -> list[Seed]:
-    """MATH-format records: problem, level ("Level 3"), type, solution with \\boxed{answer}."""
+def import_math(path: Path, label: str | None = None) -> list[Seed]:
+    """MATH-format records: problem, level ("Level 3"), type, solution with \\boxed{answer}. `label` names the
+    file in errors (default its name; the page passes the uploaded file's name, not the stored one)."""
+    label = label or Path(path).name
     seeds = []
-    for n, row in _read_records(path):
-        _need(path, n, row, ("problem", "solution"), "MATH")
+    for n, row in _read_records(path, label):
+        _need(label, n, row, ("problem", "solution"), "MATH")
         answer = extract_answer(row["solution"]) if "\\boxed" in row["solution"] else None
         if not answer:
-            raise SeedError(f"{Path(path).name}, record {n}: the solution has no \\boxed{{…}} final answer.")
+            raise SeedError(f"{label}, record {n}: the solution has no \\boxed{{…}} final answer.")
         level = str(row.get("level", "Level 1")).split()[-1]
         seeds.append(Seed(_uid("math", row["problem"]), str(row.get("type", "math")).lower().replace(" ", "_"),
                           int(level) if level.isdigit() else 1, row["problem"], row["solution"], answer, "MATH"))
     return seeds
 
 
-def import_gsm8k(path: Path) -> list[Seed]:
-    """GSM8K-format records: question, answer whose last line is '#### n'."""
+def import_gsm8k(path: Path, label: str | None = None) -> list[Seed]:
+    """GSM8K-format records: question, answer whose last line is '#### n'. `label`: as for import_math."""
+    label = label or Path(path).name
     seeds = []
-    for n, row in _read_records(path):
-        _need(path, n, row, ("question", "answer"), "GSM8K")
+    for n, row in _read_records(path, label):
+        _need(label, n, row, ("question", "answer"), "GSM8K")
         if "####" not in row["answer"]:
-            raise SeedError(f"{Path(path).name}, record {n}: the answer does not end with '#### <number>'.")
+            raise SeedError(f"{label}, record {n}: the answer does not end with '#### <number>'.")
         final = row["answer"].rsplit("####", 1)[1].strip()
         if to_number(final) is None:
-            raise SeedError(f"{Path(path).name}, record {n}: final answer {final!r} is not a number.")
+            raise SeedError(f"{label}, record {n}: final answer {final!r} is not a number.")
         solution = row["answer"].rsplit("####", 1)[0].strip() + f" The answer is \\boxed{{{final}}}."
         seeds.append(Seed(_uid("gsm8k", row["question"]), "word_problem", 1, row["question"], solution, final,
                           "GSM8K"))
     return seeds
 
 
-def load_seeds(source: str, n: int | None = None, seed: int = 0, categories=None, levels=None) -> list[Seed]:
-    """'generator' (n problems), or a MATH / GSM8K file (the format is recognised from its fields)."""
+def load_seeds(source: str, n: int | None = None, seed: int = 0, categories=None, levels=None,
+               label: str | None = None) -> list[Seed]:
+    """'generator' (n problems), or a MATH / GSM8K file (the format is recognised from its fields). `label` names
+    the file in errors: an upload is stored as '<content hash>-<name>', which the user never chose."""
     if source == "generator":
         return generate(n or 100, seed, categories, levels)
-    rows = _read_records(Path(source))
+    label = label or Path(source).name
+    rows = _read_records(Path(source), label)
     first = rows[0][1] if rows else {}
-    seeds = import_math(Path(source)) if isinstance(first, dict) and "problem" in first else import_gsm8k(Path(source))
+    load = import_math if isinstance(first, dict) and "problem" in first else import_gsm8k
+    seeds = load(Path(source), label)
     if levels:
         seeds = [s for s in seeds if s.level in levels]
     return seeds[:n] if n else seeds

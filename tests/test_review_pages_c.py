@@ -1,0 +1,174 @@
+"""Defects the last page review saw and left: the Train page's multi-machine section, seed-file errors on the
+synthetic-math page, and compare charts with many models — each pinned by a test that fails without its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backend import registry, runner, uploads
+from tests.test_pages import app
+
+
+@pytest.fixture
+def tiny(tiny_llama):
+    return registry.import_folder(tiny_llama, "tiny")
+
+
+def machines_section(at):
+    (box,) = [e for e in at.expander if e.label.startswith("Several machines")]
+    return box
+
+
+def test_invalid_machine_settings_keep_the_section_and_say_what_is_wrong(tiny):
+    """A second machine without machine 0's address stopped the page before the Slurm half of the section: it
+    vanished, and the reason sat at the page's foot."""
+    at = app("train.py")
+    at.text_input(key="slurm_partition").set_value("gpu").run()
+    at.number_input(key="num_machines").set_value(2).run()
+    assert not at.exception, at.exception
+    box = machines_section(at)
+    assert any(m.value.startswith("**On Slurm**") for m in box.markdown)
+    (err,) = [e.value for e in box.error]
+    assert err.startswith("main_process_ip: with num_machines 2 every machine needs the address of machine 0")
+    assert any(c.value == "No Slurm script until this is fixed." for c in box.caption)
+    assert not at.get("download_button") and not [c for c in at.code if c.value.startswith("#!/bin/bash")]
+    assert at.text_input(key="slurm_partition").value == "gpu"  # the Slurm inputs stay, with what was typed
+
+    at.text_input(key="main_process_ip").set_value("10.0.0.5").run()
+    at.number_input(key="ray_workers").set_value(2).run()  # two ways to use several machines at once
+    (err,) = [e.value for e in machines_section(at).error]
+    assert err.startswith("num_machines 2 and ray_workers 2: choose one way")
+    assert not at.get("download_button")
+
+    at.number_input(key="ray_workers").set_value(1).run()
+    box = machines_section(at)
+    assert not box.error
+    script = next(c.value for c in box.code if c.value.startswith("#!/bin/bash"))
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=gpu" in script
+    assert "Download the Slurm script" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_a_problem_outside_the_section_points_to_the_message_below(tiny):
+    at = app("train.py")
+    at.text_input(key="train_name_cpt_tiny").set_value("bad name!").run()
+    box = machines_section(at)
+    assert not box.error and not at.get("download_button")
+    assert any("see the message at the foot of the page" in c.value for c in box.caption)
+    assert any(e.value.startswith("name:") for e in at.error)
+
+
+MATH_ROW = {"problem": "What is $2+2$?", "level": "Level 1", "type": "Prealgebra", "solution": "$2+2=\\boxed{4}$"}
+
+
+@pytest.mark.parametrize("body, says", [
+    (json.dumps(MATH_ROW) + '\n{"problem": "broken\n', "My MATH seeds.jsonl, line 2: not valid JSON"),
+    (json.dumps(MATH_ROW) + "\n\n" + json.dumps({"problem": "x"}) + "\n",
+     "My MATH seeds.jsonl, record 3: missing solution — a MATH record has problem, solution."),
+    (json.dumps({"question": "q", "answer": 7}) + "\n",
+     "My MATH seeds.jsonl, record 1: answer must be text"),  # was a TypeError inside the job
+])
+def test_a_malformed_seed_upload_is_named_as_the_user_named_it(body, says):
+    """The file was read only by the job, whose error named the stored '<content hash>-my-math-seeds.jsonl'."""
+    at = app("synth.py")
+    at.radio(key="seed_kind").set_value("MATH / GSM8K file").run()
+    at.file_uploader(key="seed_upload").set_value(("My MATH seeds.jsonl", body.encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    (err,) = [e.value for e in at.error]
+    assert err.startswith(says) and err.endswith(". Fix the file and upload it again."), err
+    stored = next((uploads.uploads_dir()).iterdir()).name
+    assert stored != "My MATH seeds.jsonl" and stored not in err
+    assert at.button(key="make_pairs").disabled and not runner.list_jobs()
+
+
+def test_a_good_seed_upload_says_how_many_seeds_it_holds():
+    at = app("synth.py")
+    at.radio(key="seed_kind").set_value("MATH / GSM8K file").run()
+    body = "".join(json.dumps(MATH_ROW | {"problem": f"What is ${i}+2$?"}) + "\n" for i in range(3))
+    at.file_uploader(key="seed_upload").set_value(("mine.jsonl", body.encode(), "application/json")).run()
+    assert not at.error
+    assert "mine.jsonl: 3 seed problems." in [c.value for c in at.caption]
+    assert not at.button(key="make_pairs").disabled
+
+
+def test_seed_errors_name_the_file_itself_without_a_label(tmp_path):
+    from backend.synth.seeds import SeedError, load_seeds
+
+    bad = tmp_path / "gsm.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "no hashes"}) + "\n")
+    with pytest.raises(SeedError, match=r"^gsm\.jsonl, record 1: the answer does not end"):
+        load_seeds(str(bad))
+    with pytest.raises(SeedError, match=r"^upload\.jsonl, record 1: the answer does not end"):
+        load_seeds(str(bad), label="upload.jsonl")
+
+
+BASES = ["smollm2-135m", "smollm2-360m-instruct", "qwen2.5-0.5b"]
+STEPS = ["dus-m8", "dus-m8-cpt", "dus-m8-cpt-sft-v3", "dus-m8-cpt-sft-v4-dpo-v2", "dus-m4-cpt-sft-v1", "slerp-merged"]
+MANY = [f"{b}-{s}" for b in BASES for s in STEPS][:16]  # 16 names of 18–45 characters, the compare page's worst
+
+
+def assert_names_readable(axis, names):
+    """Every model is a tick, in order, labelled by its name or the name cut in the middle, and the axis makes
+    room for its labels."""
+    assert axis.automargin is True
+    assert list(axis.tickvals) == names and list(axis.categoryarray) == names
+    for name, label in zip(names, axis.ticktext):
+        assert label == name or (len(label) <= 28 and "…" in label and name.startswith(label.split("…")[0])
+                                 and name.endswith(label.split("…")[1])), (name, label)
+    assert len(set(axis.ticktext)) == len(names)
+
+
+def test_a_bar_chart_of_16_models_names_every_model_readably():
+    """Vertical bars with a fixed 80 px margin cut the names off and ran them into each other."""
+    from pages.figures import bar_figure
+
+    rows = [{"model": m, "value": i / 20} for i, m in enumerate(MANY)]
+    fig = bar_figure(rows, "gsm8k (accuracy)", MANY)
+    (bar,) = fig.data
+    assert bar.orientation == "h" and list(bar.y) == MANY and list(bar.hovertext) == MANY  # the whole name
+    assert_names_readable(fig.layout.yaxis, MANY)
+    assert fig.layout.yaxis.autorange == "reversed"  # the page's first model on top
+    assert fig.layout.xaxis.range[0] == 0 and fig.layout.xaxis.range[1] >= 0.75
+    fewer = bar_figure(rows[:12], "gsm8k (accuracy)", MANY)
+    assert fig.layout.height >= 16 * 26 and fig.layout.height > fewer.layout.height > 320  # a row per model
+
+
+def test_answer_length_boxes_and_the_leaderboard_of_16_models_name_every_model():
+    from pages.figures import leaderboard_figure, length_box_figure
+
+    fig = length_box_figure({m: [10 + i, 20 + i, 30 + i] for i, m in enumerate(MANY)})
+    assert [t.name for t in fig.data] == MANY and {t.orientation for t in fig.data} == {"h"}
+    assert_names_readable(fig.layout.yaxis, MANY)
+    assert fig.layout.hoverlabel.namelength == -1  # plotly cut hover names at 15 characters
+    assert fig.layout.height >= 16 * 26
+    board = [{"model": m, "score": 1100 - i, "low": 1050 - i, "high": 1150 - i} for i, m in enumerate(MANY)]
+    fig = leaderboard_figure(board, "Plain")
+    (bar,) = fig.data
+    assert bar.orientation == "h" and list(bar.hovertext) == MANY and list(bar.error_x.array) == [50] * 16
+    assert_names_readable(fig.layout.yaxis, MANY)
+    assert fig.layout.height >= 16 * 26
+
+
+def test_length_bins_of_16_models_get_a_legend_beside_the_chart_that_grows_with_it():
+    """A legend of 16 names under the chart scrolled and squeezed the plot to a strip."""
+    from pages.figures import by_bin_figure
+
+    rows = [{"model": m, "bin": b, "range": f"{10 * b}–{10 * b + 10} words", "n": 3, "accuracy": 0.5}
+            for m in MANY for b in range(3)]
+    fig = by_bin_figure(rows, "accuracy")
+    assert fig.layout.legend.orientation == "v" and fig.layout.height >= 16 * 20
+    assert sorted(t.hovertext[0] for t in fig.data) == sorted(MANY)
+    assert max(len(t.name) for t in fig.data) <= 28
+
+
+def test_a_few_short_names_keep_upright_bars_and_names_alike_at_both_ends_stay_whole():
+    from pages.figures import bar_figure, short_name
+
+    fig = bar_figure([{"model": m, "value": 0.5} for m in ["base", "merged", "sft"]], "math (accuracy)")
+    assert fig.data[0].orientation == "v" and fig.layout.height == 320
+    assert_names_readable(fig.layout.xaxis, ["base", "merged", "sft"])
+    alike = [f"smollm2-135m-{k}-run-with-a-long-tail-sft" for k in ("a", "b")]  # cut alike: "…" hides a / b
+    assert short_name(alike[0]) == short_name(alike[1])
+    fig = bar_figure([{"model": m, "value": 0.5} for m in alike], "math (accuracy)")
+    assert list(fig.layout.yaxis.ticktext) == alike
