@@ -86,16 +86,17 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
     bench = st.text_input("Contamination check: benchmark file (optional, e.g. a GSM8K test split .jsonl)",
                           key="benchmark")
     name = st.text_input("Name", "synth-math", key="synth_name")
-    try:
-        spec = SynthMathSpec(seeds=str(seed_file) if seed_file else "generator", num_seeds=num, levels=levels,
-                             categories=cats, benchmark=bench or None,
-                             name=name, **extra)
-    except ValidationError as exc:
-        st.error(explain(exc))
-        spec = None
+    spec = None
+    if from_file and seed_file is None:  # no spec of the generator's seeds stands in for a missing or bad file
+        st.info("Upload a readable seed file to make pairs or save the spec.")
+    else:
+        try:
+            spec = SynthMathSpec(seeds=str(seed_file) if seed_file else "generator", num_seeds=num, levels=levels,
+                                 categories=cats, benchmark=bench or None, name=name, **extra)
+        except ValidationError as exc:
+            st.error(explain(exc))
     b1, b2 = st.columns(2)
-    if spec and b1.button("Make pairs", type="primary", key="make_pairs",
-                          disabled=from_file and seed_file is None):
+    if spec and b1.button("Make pairs", type="primary", key="make_pairs"):
         submit(spec, "synth_job")
     if spec:
         b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="synth_spec")

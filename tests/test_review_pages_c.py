@@ -79,7 +79,9 @@ def test_a_malformed_seed_upload_is_named_as_the_user_named_it(body, says):
     assert err.startswith(says) and err.endswith(". Fix the file and upload it again."), err
     stored = next((uploads.uploads_dir()).iterdir()).name
     assert stored != "My MATH seeds.jsonl" and stored not in err
-    assert at.button(key="make_pairs").disabled and not runner.list_jobs()
+    assert "make_pairs" not in [b.key for b in at.button] and not runner.list_jobs()
+    assert not at.get("download_button")  # no "Save spec" of the generator's seeds in the bad file's place
+    assert "Upload a readable seed file to make pairs or save the spec." in [i.value for i in at.info]
 
 
 def test_a_good_seed_upload_says_how_many_seeds_it_holds():
