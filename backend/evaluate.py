@@ -17,6 +17,8 @@ Tasks:
 Every score row records its source, a fingerprint of the items, and the n-gram overlap of those items with the
 training data of the model's whole lineage (backend/heldout.py), plus the score on the non-overlapping items only.
 Items are all read and validated before any model loads; a task that fails stores nothing and fails the job.
+A resumed job keeps the (model, task) scores its earlier run stored and scores only the rest; a model none of
+whose tasks is left is not loaded.
 On CUDA models run in bfloat16 with sdpa and a batch fitted to free memory (backend/evaldevice.py).
 """
 
@@ -337,6 +339,19 @@ def _judge(spec: EvalSpec) -> qa.Judge | None:
                     timeout=spec.judge_timeout)
 
 
+def stored_by_job(job_id: int | None) -> dict[tuple[str, str], int]:
+    """(model, task) -> score rows this job already stored. A task's rows and generations commit together, so a
+    resumed job (backend/runner.py resume) that skips these pairs adds no second copy and keeps the first."""
+    if job_id is None:
+        return {}
+    from sqlmodel import func, select
+
+    with db.session() as s:
+        rows = s.exec(select(EvalScore.model, EvalScore.task, func.count()).where(EvalScore.job_id == job_id)
+                      .group_by(EvalScore.model, EvalScore.task)).all()
+    return {(m, t): int(n) for m, t, n in rows}
+
+
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
@@ -345,10 +360,15 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
         sets = [task_set(t, spec.limit) for t in spec.tasks]
     except (qa.QAError, ValueError) as exc:
         raise EvalError(str(exc)) from None
+    done = stored_by_job(job_id)
+    kept = sum(done.get((m, ts.task), 0) for m in spec.models for ts in sets)
+    notes = [f"resumed: kept the {kept} scores of {', '.join(f'{m} / {t}' for m, t in done)} that this job "
+             "stored before it stopped"] if kept else []
+    todo = [m for m in spec.models if any((m, ts.task) not in done for ts in sets)]
     judge = _judge(spec)
     seq_len = 256 + spec.max_new_tokens
     plans = {}
-    for m in spec.models:  # a model that cannot fit says so before anything loads
+    for m in todo:  # a model that cannot fit says so before anything loads
         try:
             plans[m] = evaldevice.plan_for(folders[m], seq_len=seq_len, batch_size=spec.batch_size,
                                            device=spec.device)
@@ -359,11 +379,18 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
     cache: dict = {}
     steps = len(spec.models) * len(sets)
     for i, model_name in enumerate(spec.models):
+        if model_name not in todo:
+            progress(i * len(sets) / steps, f"{model_name}: every task already scored by this job's earlier run, kept")
+            continue
         plan = plans[model_name]
         progress(i * len(sets) / steps, f"{model_name}: loading ({plan.note})")
         tok, model = _load(model_name, plan)
         tidx = heldout.training_index(model_name, spec.ngram, cache)
         for k, ts in enumerate(sets):
+            if (model_name, ts.task) in done:
+                progress((i * len(sets) + k) / steps, f"{model_name}: {ts.task} already scored by this job's "
+                                                      "earlier run, kept")
+                continue
             progress((i * len(sets) + k) / steps, f"{model_name}: {ts.task}")
             try:
                 scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id,
@@ -391,6 +418,7 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
                 s.commit()
             stored += len(rows)
         del model
-    progress(1.0, f"{stored} scores in {time.perf_counter() - t0:.0f} s")
-    return {"scores": stored, "notes": [], "seconds": round(time.perf_counter() - t0, 1),
+    progress(1.0, f"{stored} scores in {time.perf_counter() - t0:.0f} s" + (f", {kept} kept from the earlier run"
+                                                                           if kept else ""))
+    return {"scores": stored + kept, "kept": kept, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
             "device": {m: p.note for m, p in plans.items()}}

@@ -1,0 +1,236 @@
+"""Data-integrity bugs found in a second review of the backend, each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from backend import evaluate, registry, runner
+from backend.specs import EvalSpec
+from storage import db
+from storage.models import EvalScore, Generation
+
+
+# ---------------------------------------------------------------- eval: a resumed job does not store scores twice
+
+def _eval_rows(job_id: int) -> tuple[list[EvalScore], list[Generation]]:
+    with db.session() as s:
+        return (list(s.exec(select(EvalScore).where(EvalScore.job_id == job_id))),
+                list(s.exec(select(Generation).where(Generation.job_id == job_id))))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_a_resumed_eval_job_keeps_what_it_stored_and_scores_only_the_rest(tiny_llama, tiny_llama_untied,
+                                                                          monkeypatch, capsys):
+    registry.import_folder(tiny_llama, "tiny")
+    registry.import_folder(tiny_llama_untied, "tiny-b")
+    job = runner.submit(EvalSpec(models=["tiny", "tiny-b"], tasks=["perplexity", "synth-math"], limit=2,
+                                 max_new_tokens=8))
+    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    real_score, real_load = evaluate.score_task, evaluate._load
+    calls, loaded = [], []
+
+    def failing_fourth(ts, tok, model, spec, model_name, *a):  # tiny-b / synth-math: the job process dies there
+        calls.append((model_name, ts.task))
+        if len(calls) == 4:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_score(ts, tok, model, spec, model_name, *a)
+
+    monkeypatch.setattr(evaluate, "score_task", failing_fourth)
+    assert runner.execute(job.id) == 1 and runner.get(job.id).status == "failed"
+    first_scores, first_gens = _eval_rows(job.id)
+    assert {(r.model, r.task) for r in first_scores} == {("tiny", "perplexity"), ("tiny", "synth-math"),
+                                                          ("tiny-b", "perplexity")}
+    before = {r.id: (r.model, r.task, r.metric, r.value) for r in first_scores}
+
+    monkeypatch.setattr(evaluate, "score_task", real_score)
+    monkeypatch.setattr(evaluate, "_load", lambda name, plan=None: loaded.append(name) or real_load(name, plan))
+    runner.resume(job.id)
+    capsys.readouterr()
+    assert runner.execute(job.id) == 0
+    printed = capsys.readouterr().out  # what the job's log gets
+    done = runner.get(job.id)
+    scores, gens = _eval_rows(job.id)
+    # exactly one row per (model, task, metric), one generation per (model, item): nothing stored twice
+    assert max(Counter((r.model, r.task, r.metric) for r in scores).values()) == 1
+    assert Counter((g.model, g.task) for g in gens) == {("tiny", "synth-math"): 2, ("tiny-b", "synth-math"): 2}
+    assert {(r.model, r.task) for r in scores} == {(m, t) for m in ("tiny", "tiny-b")
+                                                   for t in ("perplexity", "synth-math")}
+    # the rows stored before the failure are the very same rows, values unchanged
+    assert {r.id: (r.model, r.task, r.metric, r.value) for r in scores if r.id in before} == before
+    assert {g.id for g in first_gens} <= {g.id for g in gens}
+    assert loaded == ["tiny-b"]  # tiny, all of whose tasks were stored, is not loaded again
+    kept = len(first_scores)
+    assert done.result["kept"] == kept and done.result["scores"] == len(scores)
+    assert "kept the" in done.result["notes"][0] and "tiny / perplexity" in done.result["notes"][0]
+    assert "tiny: every task already scored by this job's earlier run, kept" in printed
+    assert "tiny-b: perplexity already scored by this job's earlier run, kept" in printed
+
+
+# ---------------------------------------------------------------- a built model takes its tokenizer, not training leftovers
+
+def test_an_upscale_of_a_trained_folder_copies_the_tokenizer_and_none_of_the_training_leftovers(tiny_llama,
+                                                                                               tmp_path):
+    """A LoRA-trained folder holds adapter_config.json: copied into the new model's folder, transformers (with peft
+    installed) loads the new full model as an adapter onto the base it names."""
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.specs import UpscaleSpec
+    from backend.upscale import run_upscale
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_llama, trained)
+    (trained / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "no-such-base"), "r": 8, "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}))
+    leftovers = ["adapter_config.json", "trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt",
+                 "rng_state.pth", "rng_state_0.pth", "all_results.json", "train_results.json"]
+    for name in leftovers[1:]:
+        (trained / name).write_bytes(b"{}")
+    (trained / "LICENSE").write_text("the parent model's licence\n")
+    tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"}
+    assert tokenizer_files <= {f.name for f in trained.iterdir()}
+
+    out = Path(run_upscale(UpscaleSpec(base=str(trained), m=1, name="from-trained"))["path"])
+    names = {f.name for f in out.iterdir()}
+    assert names == tokenizer_files | {"LICENSE", "config.json", "README.md", "model.safetensors"}
+    for name in tokenizer_files | {"LICENSE"}:
+        assert (out / name).read_bytes() == (trained / name).read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 10
+    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_llama).chat_template
+
+
+# ---------------------------------------------------------------- synth: a rerun with no usable pair
+
+class _Chatty:
+    """A model rephraser whose every reply is chatter: no pair passes verification."""
+
+    name = "chatty"
+
+    def rephrase(self, seeds):
+        return [ValueError("no question / solution in the reply") for _ in seeds]
+
+
+def test_a_synth_rerun_with_no_usable_pair_removes_the_earlier_export_it_replaced(tmp_path, monkeypatch):
+    """A rerun replaces the pairs; an export made from the replaced pairs, left registered, read as this run's."""
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    spec = SynthMathSpec(out=str(tmp_path / "out"), num_seeds=6, name="sm")
+    first = pipeline.run_synth_math(spec)
+    assert first["rows"] == 6 and first["instruct"] == "sm-instruct"
+    files = [Path(pipeline.get_dataset(f"sm-{k}").path) for k in ("instruct", "alignment")]
+    assert all(f.exists() for f in files)
+    pipeline.save_dataset("other-instruct", "sft", str(tmp_path / "x.jsonl"), 1, {"pairs": "other-pairs"})
+
+    monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: _Chatty())
+    again = pipeline.run_synth_math(spec)
+    assert again["rows"] == 0 and again["failed"] == 6 and again["instruct"] is None
+    assert pipeline.get_dataset("sm-instruct") is None and pipeline.get_dataset("sm-alignment") is None
+    assert not any(f.exists() for f in files)
+    assert "The earlier run's export (sm-instruct, sm-alignment) was removed with its registration" in again["note"]
+    assert pipeline.get_dataset("other-instruct") is not None  # another data set's export is not touched
+    pairs = pipeline.get_dataset("sm-pairs")  # this run's pairs, to be inspected
+    assert pairs.provenance["counts"] == {"verified": 0, "failed": 6, "flagged": 0}
+    total, rows = pipeline.query_pairs(pairs.id, page_size=20)
+    assert total == 6 and all(r.status == "failed" and "no question / solution" in r.reason for r in rows)
+
+
+# ---------------------------------------------------------------- resume after a cancel from another machine
+
+def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_run(tiny_llama, monkeypatch):
+    """A cancel from machine a only marks the row; machine b's worker kills the process within a poll. A resume in
+    between queued the job again: b's worker, no longer seeing it cancelled, never killed the old run, and claimed the
+    job a second time, so two processes of one job ran at once (the old one writing into the new run's row)."""
+    import signal
+
+    from backend.specs import UpscaleSpec
+    from tests.test_faults import start_worker
+    from tests.test_jobs import group_alive, wait_for
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="slow", shard_size="20KB"))
+    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+    worker = start_worker(0.3)
+    try:
+        old = wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
+                       "the job under way on b")
+        monkeypatch.setenv("DUS_HOST_ID", "machine-a")
+        os.kill(worker.pid, signal.SIGSTOP)  # b's worker between two polls: the cancel is not carried out yet
+        try:
+            assert runner.cancel(job.id).status == "cancelled"
+            with pytest.raises(ValueError, match=f"Job {job.id} is still stopping on machine-b"):
+                runner.resume(job.id)
+            assert runner.get(job.id).status == "cancelled" and group_alive(old.pid)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+
+        def resumed() -> bool:
+            try:
+                runner.resume(job.id)
+                return True
+            except ValueError:
+                return False
+
+        wait_for(resumed, 30, "b's worker to stop the cancelled run")
+        assert not group_alive(old.pid)  # refused for exactly as long as the old run lived
+        done = wait_for(lambda: (j := runner.get(job.id)).status in runner.FINISHED and j, 120, "the resumed run")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert done.status == "succeeded", done.error
+    starts = [ln for ln in Path(done.log_path).read_text().splitlines() if ln.startswith(f"job {job.id} ")]
+    assert len(starts) == 2 and starts[0].endswith(f" {old.pid}") and not starts[1].endswith(f" {old.pid}")
+    assert registry.get("slow") is not None
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_resume_of_a_cancelled_job_asks_only_its_own_machine_whether_it_stopped(tiny_llama, monkeypatch):
+    from datetime import timedelta
+
+    from storage.models import WorkerBeat, utcnow
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(EvalSpec(models=["tiny"], tasks=["perplexity"]))
+    bystander = subprocess.Popen(["sleep", "60"])  # the job's process, as machine b sees it
+    try:
+        runner._update(job.id, status="running", started=utcnow(), pid=bystander.pid, host="machine-b")
+        with db.session() as s:
+            s.add(WorkerBeat(host="machine-b", pid=1, seen=utcnow()))
+            s.commit()
+        monkeypatch.setenv("DUS_HOST_ID", "machine-a")
+        runner.cancel(job.id)
+        assert bystander.poll() is None  # a pid means nothing on machine a: not signalled from here
+        with pytest.raises(ValueError, match="still stopping on machine-b"):
+            runner.resume(job.id)
+        runner._clear_stopped()  # machine a's worker: not its job, the pid stays
+        monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+        with pytest.raises(ValueError, match="still stopping on machine-b"):
+            runner.resume(job.id)  # on machine b itself: the process is alive
+        runner._clear_stopped()  # machine b's worker: alive, the pid stays
+        assert runner.get(job.id).pid == bystander.pid
+        bystander.kill()
+        bystander.wait()
+        runner._clear_stopped()  # ended: cleared, whoever asks next may resume
+        assert runner.get(job.id).pid is None
+        monkeypatch.setenv("DUS_HOST_ID", "machine-a")
+        assert runner.resume(job.id).status == "queued"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    # a machine whose workers all fell silent runs no job process: its cancelled job resumes at once
+    job2 = runner.submit(EvalSpec(models=["tiny"], tasks=["perplexity"]))
+    runner._update(job2.id, status="cancelled", pid=2 ** 22 + 7, host="machine-c")
+    with db.session() as s:
+        s.add(WorkerBeat(host="machine-c", pid=1, seen=utcnow() - timedelta(seconds=runner.BEAT_STALE + 5)))
+        s.commit()
+    assert runner.resume(job2.id).status == "queued"
