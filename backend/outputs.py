@@ -8,6 +8,7 @@ work made it.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import shutil
 import uuid
@@ -17,13 +18,20 @@ from typing import Iterator
 
 from backend import registry
 from backend.names import inside
-from backend.safetensors_stream import INDEX_NAME
 from storage import db
 from storage.models import ModelRecord
 
-# Files a model folder carries besides weights, config and card: tokenizer, chat template, generation config...
-_NOT_COMPANIONS = {"config.json", INDEX_NAME, "README.md", ".gitattributes"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# What a built model takes from its source folder besides the weights, config and card it writes itself: what its
+# users load with it (tokenizer, chat template, generation config) and its licence. A list of what to keep, not of
+# what to leave: a trained folder also holds adapter_config.json (with it transformers and peft load the new full
+# model as a LoRA adapter), trainer_state.json, training_args.bin, optimizer and scheduler states, and whatever a
+# later library adds; none of it describes the new model.
+COMPANIONS = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
+    "chat_template.jinja", "chat_template.json", "generation_config.json", "preprocessor_config.json",
+    "LICENSE*", "NOTICE*", "USE_POLICY*",
+)
 
 
 def check_disk(path: Path, needed: int) -> None:
@@ -95,9 +103,9 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 def copy_companions(src: Path, dst: Path) -> None:
-    """Tokenizer, chat template, generation config… everything of `src` that is not weights, config or card."""
+    """The files of `src` that COMPANIONS names: tokenizer, chat template, generation config, licence."""
     for f in Path(src).iterdir():
-        if f.is_file() and f.name not in _NOT_COMPANIONS and not f.name.endswith(_WEIGHT_SUFFIXES):
+        if f.is_file() and any(fnmatch.fnmatchcase(f.name, pattern) for pattern in COMPANIONS):
             shutil.copy2(f, dst / f.name)
 
 
