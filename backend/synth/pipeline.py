@@ -5,7 +5,9 @@ sets, the way SOLAR built Synth. Math-Instruct and Synth. Math-Alignment (arXiv 
 
 Rephrasings are cached in the output folder (one JSON line per seed and rephraser), so a rerun or a resumed job
 skips the seeds already done. Pairs are stored as rows (fast paging and filtering); exports write JSONL files in
-trl's standard formats and leave out failed, flagged and hand-rejected pairs.
+trl's standard formats and leave out failed, flagged and hand-rejected pairs. A rerun under the same name replaces
+the pairs and their export; a rerun that leaves no usable pair removes the earlier export with its registration,
+since it no longer comes from the pairs stored, and says so.
 """
 
 from __future__ import annotations
@@ -187,6 +189,14 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
 
 
+def _export_of(s, pairs_name: str) -> list[DatasetRecord]:
+    """The Instruct and Alignment sets export() registered from `pairs_name` (their provenance names it)."""
+    prefix = pairs_name.removesuffix("-pairs")
+    recs = s.exec(select(DatasetRecord).where(DatasetRecord.name.in_([f"{prefix}-instruct", f"{prefix}-alignment"]))
+                  .order_by(DatasetRecord.id))
+    return [r for r in recs if r.provenance.get("pairs") == pairs_name]
+
+
 HAND_REJECTED = "rejected by hand"  # the reason a pair rejected by hand gets unless one is given
 
 
@@ -316,19 +326,28 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
                                   for p in pairs))
     rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
                        {"settings": settings, "rephraser": rephraser.name, "counts": tally})
-    with db.session() as s:  # replace this data set's pairs in one transaction
+    with db.session() as s:  # replace this data set's pairs in one transaction, and an export they no longer make
         s.exec(sa_delete(SynthPair).where(SynthPair.dataset_id == rec.id))
         for p in pairs:
             p.dataset_id = rec.id
         s.add_all(pairs)
-        s.commit()
-    with db.session() as s:
+        s.flush()
         usable = s.exec(select(func.count()).where(*_exported(rec.id, spec.include_flagged))).one()
+        stale = [] if usable else _export_of(s, rec.name)
+        dropped = [(d.name, d.path) for d in stale]
+        for d in stale:
+            s.delete(d)
+        s.commit()
+    for _, path in dropped:  # after the rows: a kill in between leaves a stray file, never a row without its file
+        Path(path).unlink(missing_ok=True)
     if usable:
         exported = export(rec.name, out_dir, spec.include_flagged)
     else:  # the pairs stay to be inspected (their reasons say why); an empty training set is not registered
-        exported = {"rows": 0, "instruct": None, "alignment": None,
-                    "note": "no pair passed verification: nothing exported; see the pairs' reasons"}
+        note = "no pair passed verification: nothing exported; see the pairs' reasons"
+        if dropped:
+            note += (f". The earlier run's export ({', '.join(n for n, _ in dropped)}) was removed with its "
+                     "registration: it was made from the pairs this run replaced")
+        exported = {"rows": 0, "instruct": None, "alignment": None, "note": note}
     seconds = time.perf_counter() - t0
     progress(1.0, f"{tally['verified']} verified, {tally['failed']} failed, {tally['flagged']} flagged")
     return {"pairs": rec.name, **exported, **tally, "seconds": round(seconds, 2)}
