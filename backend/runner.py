@@ -130,9 +130,25 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+    if host := _still_stopping(job):
+        raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the cancelled run within "
+                         "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
     _update(job_id, status="queued", error="", finished=None, pid=None, host="", message="queued to resume")
     _requeue_waiting_on(job_id)
     return get(job_id)
+
+
+def _still_stopping(job: Job) -> str | None:
+    """The machine where a cancelled job's process may still run, if any. A cancel on the job's own machine kills it
+    at once; one from elsewhere only marks the row, and the owning machine's worker kills the process within a poll,
+    then clears the row's pid (_clear_stopped). Resumed before that, the job would be claimed and run again while
+    the old process still writes its progress into the same row. A machine none of whose workers beats any longer
+    runs no job process (_watch_parent ends a job whose worker is gone)."""
+    if job.status != "cancelled" or job.pid is None or ray_jobs.is_ray(job.host):
+        return None
+    if job.host in ("", host_id()):
+        return host_id() if db._pid_alive(job.pid) else None
+    return job.host if job.host in live_hosts() else None
 
 
 def _requeue_waiting_on(job_id: int) -> None:
@@ -348,6 +364,21 @@ def recover_orphans() -> list[int]:
         i for i, fields in on_ray.items() if _transition(i, "running", **fields)]
 
 
+@db.retrying
+def _clear_stopped() -> None:
+    """Clear the pid of this machine's cancelled jobs whose process has ended: the sign _still_stopping reads, on
+    any machine, that a resume can no longer run beside the old process."""
+    here = tuple(h for h in _hosts_here() if not ray_jobs.is_ray(h))
+    if not here:  # a Ray cluster's jobs: cancel() has Ray stop them, wherever they run
+        return
+    with db.session() as s:
+        rows = s.exec(select(Job.id, Job.pid).where(Job.status == "cancelled", Job.pid != None,  # noqa: E711
+                                                    Job.host.in_(here))).all()
+    for job_id, pid in rows:
+        if not db._pid_alive(pid):
+            _transition(job_id, "cancelled", _of_pid=pid, pid=None)
+
+
 def _mine():
     """Running on this machine (or cluster): rows it claimed, and rows from before jobs recorded a machine."""
     return Job.host.in_(_hosts_here())
@@ -481,6 +512,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
                                   "log" + ("; resume it to continue from its last checkpoint"
                                            if get(job_id).kind in TRAIN_KINDS else ""))
         recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+        _clear_stopped()
         busy = _busy()  # slots count every job running on this machine, also those another worker here started
         job = _claim_next(slots) if not stop and busy < slots else None
         if job is not None:
