@@ -104,9 +104,13 @@ def job_status(job_id: int) -> None:
             saved = bool(job.run_dir) and any(Path(job.run_dir, "checkpoints").glob("checkpoint-*/trainer_state.json"))
             again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
             if job.kind in TRAIN_KINDS and st.button(again, key=f"resume_{job.id}"):
-                runner.resume(job.id)
-                st.session_state.pop(seen, None)
-                st.rerun(scope="app")
+                try:  # e.g. still stopping on the machine that ran it
+                    runner.resume(job.id)
+                except ValueError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state.pop(seen, None)
+                    st.rerun(scope="app")
 
     _show()
 
