@@ -267,9 +267,12 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
             seen.add(view)
             storages.add(t.untyped_storage().data_ptr())
         save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
-        for f in folder.iterdir():
-            if f.is_file() and f.suffix not in (".bin", ".pt") and not f.name.endswith(".index.json"):
-                shutil.copy2(f, tmp / f.name)
+        from backend.outputs import copy_companions
+
+        for keep in ("config.json", "README.md"):  # a missing config.json is _finish's error to report
+            if (folder / keep).is_file():
+                shutil.copy2(folder / keep, tmp / keep)
+        copy_companions(folder, tmp)  # not a Trainer folder's adapter_config.json, trainer_state.json, ...
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

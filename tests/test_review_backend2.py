@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -234,3 +235,28 @@ def test_resume_of_a_cancelled_job_asks_only_its_own_machine_whether_it_stopped(
         s.add(WorkerBeat(host="machine-c", pid=1, seen=utcnow() - timedelta(seconds=runner.BEAT_STALE + 5)))
         s.commit()
     assert runner.resume(job2.id).status == "queued"
+
+
+def test_a_pickle_import_keeps_the_tokenizer_and_leaves_the_training_leftovers(tiny_llama, tmp_path):
+    """The conversion copied every file that was not .bin/.pt: a Trainer folder's trainer_state.json, and an
+    adapter_config.json that makes transformers load the converted full model as a LoRA adapter."""
+    import json as _json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import load_state
+
+    folder = tmp_path / "trainer-out"
+    folder.mkdir()
+    for f in tiny_llama.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, folder / f.name)
+    torch.save(load_state(tiny_llama), folder / "pytorch_model.bin")
+    (folder / "trainer_state.json").write_text("{}")
+    (folder / "adapter_config.json").write_text(_json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
+    rec = registry.import_folder(folder, "from-trainer", allow_pickle=True)
+    names = {f.name for f in Path(rec.path).iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors"} <= names
+    assert not names & {"trainer_state.json", "adapter_config.json", "pytorch_model.bin"}
+    assert AutoModelForCausalLM.from_pretrained(rec.path).config.num_hidden_layers == 6
