@@ -79,9 +79,12 @@ with st.expander("Merge candidates"):
             mspec = None
     if mspec is not None:
         taken = registry.get(mspec.name) is not None
-        if st.button("Merge", type="primary", key="merge", disabled=taken,
+        b1, b2 = st.columns(2)
+        if b1.button("Merge", type="primary", key="merge", disabled=taken,
                      help=f"A model named {mspec.name} exists: choose another name." if taken else None):
             submit(mspec, "merge_job")
+        b2.download_button("Save spec (YAML)", mspec.to_yaml(), file_name=f"{mspec.name}.yaml", key="merge_spec",
+                           help="Rerun it with `python -m backend run FILE`.")
         if taken:
             st.caption(f"A model named `{mspec.name}` is already registered: give the merge another name.")
     if "merge_job" in st.session_state:
@@ -113,9 +116,12 @@ with st.expander("Evaluate", expanded=False):
         fan = st.toggle("One job per model", value=len(emodels) > 1, key="eval_fan_out", disabled=len(emodels) < 2,
                         help="Independent jobs run side by side on the worker's free slots (--slots) or across a Ray "
                              "cluster's nodes; the scores are the same as one job's.")
-        if st.button("Evaluate", type="primary", key="evaluate"):
+        b1, b2 = st.columns(2)
+        if b1.button("Evaluate", type="primary", key="evaluate"):
             st.session_state["eval_jobs"] = [j for i, one in enumerate(espec.per_model() if fan else [espec])
                                              if (j := submit(one, f"eval_job_{i}")) is not None]
+        b2.download_button("Save spec (YAML)", espec.to_yaml(), file_name="eval.yaml", key="eval_spec",
+                           help="Rerun it with `python -m backend run FILE` (`--queue`: through the worker).")
     except ValidationError as exc:
         st.error(explain(exc))
     for job_id in st.session_state.get("eval_jobs", []):

@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
+from sqlmodel import select
 
 from backend import registry, runner, uploads
+from backend.synth import pipeline
+from storage import db
+from storage.models import EvalScore
 from tests.test_pages import app
 
 
@@ -182,7 +187,6 @@ def test_a_resume_refused_on_the_page_says_why_instead_of_a_traceback(tiny, monk
     import subprocess
 
     from backend.specs import DataSource, SftSpec
-    from storage import db
     from storage.models import WorkerBeat, utcnow
 
     job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="t"))
@@ -201,3 +205,58 @@ def test_a_resume_refused_on_the_page_says_why_instead_of_a_traceback(tiny, monk
     finally:
         elsewhere.kill()
         elsewhere.wait()
+
+
+@pytest.fixture
+def saved(monkeypatch) -> dict[str, str]:
+    """What the pages' download buttons offer, by file name: AppTest keeps it in its in-memory media store."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, str] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None):
+        if filename and filename.endswith(".yaml") and isinstance(path_or_data, (str, bytes)):
+            files[filename] = path_or_data if isinstance(path_or_data, str) else path_or_data.decode()
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    return files
+
+
+def test_every_spec_a_page_saves_reruns_from_the_command_line(tiny, tokenizer_dir, tmp_path, saved):
+    """'A spec saved from the UI reruns from the CLI': each page's Save spec (YAML) through `python -m backend run`.
+    The Compare page offered none for its merge and its evaluation."""
+    from tests.conftest import make_llama
+    from tests.test_cli_runner import cli
+
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "other", seed=1), "other")
+    app("build.py")
+    at = app("train.py")
+    at.number_input(key="max_steps").set_value(2).run()
+    at.number_input(key="save_steps").set_value(2).run()
+    at = app("synth.py")
+    at.number_input(key="num_seeds").set_value(6).run()
+    at = app("compare.py")
+    at.multiselect(key="merge_models").set_value(["tiny", "other"]).run()
+    at.multiselect(key="eval_models").set_value(["tiny"]).run()
+    at.multiselect(key="eval_tasks").set_value(["perplexity"]).run()
+    at.number_input(key="eval_limit").set_value(3).run()
+    assert not at.exception, at.exception
+    kinds = {name: yaml_kind(text) for name, text in saved.items()}
+    assert sorted(kinds.values()) == ["cpt", "eval", "merge", "synth-math", "upscale"], kinds
+    for name, text in saved.items():
+        path = tmp_path / name
+        path.write_text(text)
+        r = cli("run", str(path))
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+    assert {r.name for r in registry.list_models()} == {"tiny", "other", "tiny-dus-m2", "other-cpt",
+                                                         "tiny_other-average-0.5-0.5"}
+    assert pipeline.get_dataset("synth-math-pairs").rows == 6
+    with db.session() as s:
+        assert s.exec(select(EvalScore.model, EvalScore.task).where(EvalScore.metric == "perplexity")).all() == [
+            ("tiny", "perplexity")]
+
+
+def yaml_kind(text: str) -> str:
+    return yaml.safe_load(text)["kind"]
