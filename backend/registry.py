@@ -280,28 +280,31 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
 
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+# Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
+# adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
+# the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
+# root, which is all transformers reads.
+HUB_SKIP = ["adapter_config.json", "adapter_model*", "*/*"]
 
 
 def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = None,
                progress: Progress = _noop) -> ModelRecord:
     """Download a Hub repo's safetensors, config and tokenizer (never pickles or remote code) and register it."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     name = name or safe_name(repo_id.split("/")[-1])
     check_name_free(name)
     progress(0.02, f"downloading {repo_id}")
     tmp = db.new_tmp("hub")
     try:
-        snapshot_download(repo_id, revision=revision, local_dir=tmp, allow_patterns=HUB_PATTERNS)
-    except RepositoryNotFoundError:
+        snapshot_download(repo_id, revision=revision, local_dir=tmp, allow_patterns=HUB_PATTERNS,
+                          ignore_patterns=HUB_SKIP)
+    except OSError as exc:  # huggingface_hub's HTTP, offline and missing-file errors are all OSErrors
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RegistryError(f"{repo_id!r} is not a Hub model repo (or it is gated/private: set HF_TOKEN).")
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
+    except BaseException:  # anything else, an interrupt included: no half download left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RegistryError(f"Could not download {repo_id!r} from the Hugging Face Hub: this machine seems to be "
-                            f"offline or the Hub is unreachable ({type(exc).__name__}). Download it elsewhere and "
-                            "import the folder instead.") from None
+        raise
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     if not any(tmp.glob("*.safetensors")):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -312,6 +315,28 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _finish(tmp, name, f"hub:{repo_id}", progress)
+
+
+def _hub_failure(repo_id: str, revision: str | None, exc: OSError) -> str:
+    """What stopped a Hub download and what to do: huggingface_hub's error types tell a missing repo, a gated one,
+    a bad revision and a refused token apart from a network that is down."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if isinstance(exc, GatedRepoError):  # a RepositoryNotFoundError too: first
+        return (f"{repo_id!r} is gated on the Hugging Face Hub: accept its conditions on "
+                f"{constants.ENDPOINT}/{repo_id} while logged in, then set HF_TOKEN to a token of that account.")
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{repo_id!r} is not a Hub model repo (or it is gated/private: set HF_TOKEN)."
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo_id!r} has no revision {revision!r} on the Hub: give a branch, tag or commit id it has."
+    if isinstance(exc, HfHubHTTPError) and exc.response.status_code in (401, 403):
+        return (f"The Hugging Face Hub refused the token in HF_TOKEN for {repo_id!r} (HTTP "
+                f"{exc.response.status_code}): it is wrong, expired or lacks read access. Set HF_TOKEN to a valid "
+                "token, or unset it for a public repo.")
+    return (f"Could not download {repo_id!r} from the Hugging Face Hub: this machine seems to be offline or the Hub "
+            f"is unreachable ({type(exc).__name__}). Download it elsewhere and import the folder instead.")
 
 
 def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
