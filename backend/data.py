@@ -115,6 +115,12 @@ def load_source(source: str, split: str = "train"):
         try:
             ds = datasets.load_dataset(source, split=split)
         except Exception as exc:
+            from datasets.exceptions import DatasetNotFoundError
+            from huggingface_hub import constants
+
+            if isinstance(exc, DatasetNotFoundError) and not constants.HF_HUB_OFFLINE:  # the Hub answered: no such
+                raise DataError(f"{source!r} is not a data set on the Hugging Face Hub (or it is gated or private: "
+                                "set HF_TOKEN). Check the id, or point at a local file.") from None
             raise DataError(f"Could not load {source!r} from the Hugging Face Hub ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}). Offline? Download it elsewhere and point at "
                             "the file instead.") from None

@@ -220,8 +220,9 @@ def test_load_source_reads_a_hub_data_set(hub, tmp_path, fmt):
 def test_load_source_of_a_missing_hub_data_set_says_so(hub):
     from backend import data
 
-    with pytest.raises(data.DataError, match="Could not load 'acme/none' from the Hugging Face Hub"):
+    with pytest.raises(data.DataError, match="'acme/none' is not a data set on the Hugging Face Hub") as err:
         data.load_source("acme/none")
+    assert "Offline?" not in str(err.value)  # the Hub answered
 
 
 # --- backend/synth/pipeline.py push_to_hub --------------------------------------------------------------------------
