@@ -201,8 +201,19 @@ def test_an_item_shorter_than_n_words_is_found_inside_a_longer_training_text():
 
 def test_a_short_reference_text_quoted_inside_an_item_is_found():
     """The other way round: a benchmark of short problems (MATH has many) against a longer seed that quotes one."""
-    index = ContaminationIndex(["Compute $\\dbinom{8}{4}$.", "Simplify $\\sqrt{245}$.", "Yes indeed."], n=8)
+    bench = ["Compute $\\dbinom{8}{4}$.", "Simplify $\\sqrt{245}$.", "Yes indeed."]
+    index = ContaminationIndex(bench, n=8, whole_references=True)
     assert index.overlap("A warm-up first. Compute $\\dbinom{8}{4}$. Then explain your steps in detail please.") == 1.0
     assert index.overlap("Compute dbinom 8 5 and then explain each of your steps in detail.") == 0.0
     assert index.overlap("Simplify sqrt 245") == 1.0
     assert index.overlap("Yes indeed, the answer follows from the steps shown below.") == 0.0  # under 3 words
+
+
+def test_a_short_line_of_training_text_does_not_mark_every_question_that_quotes_it():
+    """Training data is no list of whole problems: a .txt corpus is read a line per row, and a heading such as "The
+    United States" is inside many questions. Only a benchmark's short problems count inside an item."""
+    training = ContaminationIndex(["The United States", "Early life and career"], n=8)
+    q = "Which river forms part of the border between Mexico and the United States, and how long is it?"
+    assert training.overlap(q) == 0.0
+    assert training.overlap("the United States") == 1.0  # the item itself, whole, is in the training text
+    assert ContaminationIndex(["The United States"], n=8, whole_references=True).overlap(q) == 1.0

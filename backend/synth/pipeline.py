@@ -41,29 +41,34 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    w = words(text)
+def _grams(w: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else ({tuple(w)} if w else set())
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    return _grams(words(text), n)
 
 
 class ContaminationIndex:
     """n-gram overlap against reference texts (a benchmark, a lineage's training data): the share of an item's
-    n-grams that appear in any of them. Text shorter than n words has no n-gram, so it is checked whole, both ways:
-    an item counts as wholly contained (1.0) when its words appear, in order and adjacent, inside one reference
-    text, or when a short reference text's words appear so inside the item (a four-word MATH problem quoted in a
-    seed). Under SHORT_MIN words only the same words match: "Yes." is inside nearly everything."""
+    n-grams that appear in any of them. An item shorter than n words has no n-gram, so it is checked whole: it counts
+    as wholly contained (1.0) when its words appear, in order and adjacent, inside one reference text. With
+    `whole_references` (the texts are whole problems: a benchmark) it counts too when a short reference's words
+    appear so inside the item (a four-word MATH problem quoted in a seed); not for training data, where a line of a
+    .txt corpus ("The United States") sits inside many questions. Under SHORT_MIN words only the same words match:
+    "Yes." is inside nearly everything."""
 
     SHORT_MIN = 3
 
-    def __init__(self, texts: list[str], n: int):
+    def __init__(self, texts: list[str], n: int, *, whole_references: bool = False):
         self.n = n
         self.grams: set[tuple[str, ...]] = set()
-        self.short: set[tuple[str, ...]] = set()  # reference texts of SHORT_MIN to n - 1 words, whole
+        self.short: set[tuple[str, ...]] = set()  # with whole_references: those of SHORT_MIN to n - 1 words
         joined = []
         for t in texts:
             w = words(t)
-            self.grams |= {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else {tuple(w)}
-            if self.SHORT_MIN <= len(w) < n:
+            self.grams |= _grams(w, n)
+            if whole_references and self.SHORT_MIN <= len(w) < n:
                 self.short.add(tuple(w))
             joined.append(" ".join(w))
         self._short_lens = sorted({len(x) for x in self.short})
@@ -81,7 +86,7 @@ class ContaminationIndex:
             if len(w) < self.SHORT_MIN:
                 return float(tuple(w) in self.grams)
             return float(f" {' '.join(w)} " in self._lines)
-        g = ngrams(text, self.n)
+        g = _grams(w, self.n)
         return len(g & self.grams) / len(g)
 
 
@@ -275,7 +280,8 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
     seeds = load_seeds(spec.seeds, spec.num_seeds, spec.seed, spec.categories or None, spec.levels or None)
-    bench = ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram) if spec.benchmark else None
+    bench = (ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram, whole_references=True)
+             if spec.benchmark else None)
     rephraser = make_rephraser(spec)
     out_dir = Path(out_dir or spec.out or inside(db.workspace() / "datasets", spec.name)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
