@@ -293,13 +293,22 @@ def session() -> Session:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A zombie (ended, not yet reaped by its parent; in a container whose PID 1
+    never reaps, for good) has ended: os.kill(pid, 0) alone called it alive, so a cancelled job read "still
+    stopping" for ever."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone since, or no /proc at all (macOS): then os.kill's answer stands
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"  # the state follows the parenthesised name
 
 
 EXTERNAL_TMP_SUFFIX = ".external"  # a note in .tmp/ naming a build folder kept beside its destination

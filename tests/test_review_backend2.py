@@ -146,6 +146,23 @@ def test_a_synth_rerun_with_no_usable_pair_removes_the_earlier_export_it_replace
     assert total == 6 and all(r.status == "failed" and "no question / solution" in r.reason for r in rows)
 
 
+def test_removing_a_stale_export_keeps_a_file_another_data_set_still_names(tmp_path, monkeypatch):
+    """export() names its files alike in every folder: two data sets made into one `out` share them, and removing
+    one's stale export must not delete the file the other is registered with."""
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    out = str(tmp_path / "shared")
+    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=6, name="sm"))
+    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=4, name="sm2"))
+    kept = Path(pipeline.get_dataset("sm2-instruct").path)
+    assert kept == Path(pipeline.get_dataset("sm-instruct").path)
+    monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: _Chatty())
+    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=6, name="sm"))
+    assert pipeline.get_dataset("sm-instruct") is None
+    assert kept.exists() and len(kept.read_text().splitlines()) == pipeline.get_dataset("sm2-instruct").rows == 4
+
+
 # ---------------------------------------------------------------- resume after a cancel from another machine
 
 def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_run(tiny_llama, monkeypatch):
@@ -260,3 +277,21 @@ def test_a_pickle_import_keeps_the_tokenizer_and_leaves_the_training_leftovers(t
     assert {"config.json", "tokenizer.json", "model.safetensors"} <= names
     assert not names & {"trainer_state.json", "adapter_config.json", "pytorch_model.bin"}
     assert AutoModelForCausalLM.from_pretrained(rec.path).config.num_hidden_layers == 6
+
+
+def test_a_zombie_is_no_running_process():
+    """os.kill(pid, 0) succeeds on a process that ended but was not reaped; where PID 1 never reaps (a container
+    running python as PID 1), a cancelled job whose worker had died read "still stopping" for good."""
+    import time
+
+    from storage.db import _pid_alive
+
+    child = subprocess.Popen(["sleep", "0.1"])
+    assert _pid_alive(child.pid)
+    end = time.time() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < end:
+        time.sleep(0.05)
+    os.kill(child.pid, 0)  # the kernel still has it...
+    assert not _pid_alive(child.pid)  # ...but it runs no more
+    child.wait()
+    assert not _pid_alive(child.pid) and _pid_alive(os.getpid())
