@@ -299,8 +299,8 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     try:
         snapshot_download(repo_id, revision=revision, local_dir=tmp, allow_patterns=HUB_PATTERNS,
                           ignore_patterns=HUB_SKIP)
-    except OSError as exc:  # huggingface_hub's HTTP, offline and missing-file errors are all OSErrors
-        shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as exc:  # HTTP, offline and missing-file errors (OSErrors), and the transport's own (a dropped
+        shutil.rmtree(tmp, ignore_errors=True)  # connection mid-file raises httpx's RemoteProtocolError)
         raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
     except BaseException:  # anything else, an interrupt included: no half download left behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -308,7 +308,9 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     if not any(tmp.glob("*.safetensors")):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RegistryError(f"{repo_id!r} has no safetensors weights; only safetensors are downloaded from the Hub.")
+        raise RegistryError(f"{repo_id!r} has no safetensors weights at its root; only those are downloaded from the "
+                            "Hub (a LoRA adapter's adapter_model.safetensors is no model: merge it into its base "
+                            "first).")
     try:
         inspect_model(tmp)
     except (CheckpointError, ValueError):
@@ -317,7 +319,7 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     return _finish(tmp, name, f"hub:{repo_id}", progress)
 
 
-def _hub_failure(repo_id: str, revision: str | None, exc: OSError) -> str:
+def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:
     """What stopped a Hub download and what to do: huggingface_hub's error types tell a missing repo, a gated one,
     a bad revision and a refused token apart from a network that is down."""
     from huggingface_hub import constants

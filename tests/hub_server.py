@@ -66,6 +66,7 @@ class HubServer:
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.cut_downloads = False  # send half of every LFS file, then hang up (a connection dropped mid-file)
         self._store = Path(tempfile.mkdtemp(prefix="hub-emulator-"))
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -161,6 +162,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
+    def _send_cut(self, body: bytes) -> None:
+        """A reply that promises all of `body` and stops half-way, closing the connection."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
     def _json(self, status: int, data, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
 
@@ -207,7 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if m := re.match(r"^/cdn/([0-9a-f]{64})$", parts.path):
             data = hub.blob(m[1])
-            return self._send(200, data, head=head) if data is not None else self._error(404, None, "No such blob")
+            if data is None:
+                return self._error(404, None, "No such blob")
+            if hub.cut_downloads and not head:
+                return self._send_cut(data)
+            return self._send(200, data, head=head)
         if m := _RESOLVE.match(parts.path):
             return self._resolve("dataset" if m[1] else "model", m[2], unquote(m[3]), unquote(m[4]), head)
         if method == "POST" and parts.path == "/api/repos/create":

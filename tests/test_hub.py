@@ -37,9 +37,11 @@ def hub(tmp_path, monkeypatch):
     home = tmp_path / "hf-home"
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(home))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE",
-                "HF_DATASETS_CACHE", "HF_TOKEN_PATH"):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a proxy set on the machine must not take these calls
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     for name, value in {"ENDPOINT": server.url,
                         "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
                         "HF_HUB_OFFLINE": False, "HF_HUB_CACHE": str(home / "hub"),
@@ -178,6 +180,17 @@ def test_import_hub_with_the_hub_down_gives_the_offline_message(hub, tiny_llama,
         registry.import_hub("acme/tiny-llama")
     assert time.monotonic() - start < 10
     assert nothing_left(workspace)
+
+
+def test_import_hub_of_a_download_cut_off_mid_file_says_so_and_leaves_nothing(hub, tiny_llama, workspace):
+    """A connection dropped mid-file ends in the HTTP client's own error, no OSError: it escaped as
+    httpx's RemoteProtocolError, not as the message the page and CLI show."""
+    hub.add("model/acme/tiny-llama", tiny_llama)
+    hub.cut_downloads = True
+    with pytest.raises(registry.RegistryError, match="Could not download 'acme/tiny-llama' from the Hugging Face Hub"):
+        registry.import_hub("acme/tiny-llama")
+    assert any(path.startswith("/cdn/") for method, path in hub.requests if method == "GET")
+    assert nothing_left(workspace) and registry.list_models() == []
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
