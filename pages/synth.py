@@ -63,7 +63,7 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                     c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
                     seed_file = None
                 else:
-                    c1.caption(f"{up.name}: {count} seed problems.")
+                    c1.caption(f"{up.name}: {count} seed problem{'' if count == 1 else 's'}.")
     from_file = seed_kind != "built-in generator"
     num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds",
                           help="The generator makes this many; from a file, at most this many records are used.")

@@ -89,6 +89,16 @@ def test_a_malformed_seed_upload_is_named_as_the_user_named_it(body, says):
     assert "Upload a readable seed file to make pairs or save the spec." in [i.value for i in at.info]
 
 
+def test_a_math_record_with_an_empty_level_reads_as_level_1():
+    """'"level": ""' raised an IndexError inside the seed reader, a traceback on the page since it reads uploads."""
+    at = app("synth.py")
+    at.radio(key="seed_kind").set_value("MATH / GSM8K file").run()
+    body = json.dumps(MATH_ROW | {"level": ""}) + "\n"
+    at.file_uploader(key="seed_upload").set_value(("levels.jsonl", body.encode(), "application/json")).run()
+    assert not at.exception and not at.error
+    assert "levels.jsonl: 1 seed problem." in [c.value for c in at.caption]
+
+
 def test_a_good_seed_upload_says_how_many_seeds_it_holds():
     at = app("synth.py")
     at.radio(key="seed_kind").set_value("MATH / GSM8K file").run()

@@ -241,7 +241,7 @@ def import_math(path: Path, label: str | None = None) -> list[Seed]:
         answer = extract_answer(row["solution"]) if "\\boxed" in row["solution"] else None
         if not answer:
             raise SeedError(f"{label}, record {n}: the solution has no \\boxed{{…}} final answer.")
-        level = str(row.get("level", "Level 1")).split()[-1]
+        level = (str(row.get("level", "Level 1")).split() or ["1"])[-1]  # "" or no level: level 1
         seeds.append(Seed(_uid("math", row["problem"]), str(row.get("type", "math")).lower().replace(" ", "_"),
                           int(level) if level.isdigit() else 1, row["problem"], row["solution"], answer, "MATH"))
     return seeds
