@@ -343,9 +343,13 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
         dropped = [(d.name, d.path) for d in stale]
         for d in stale:
             s.delete(d)
+        s.flush()
+        # export() names its files alike in every folder: two data sets made into one --out share them
+        shared = set(s.exec(select(DatasetRecord.path).where(DatasetRecord.path.in_([p for _, p in dropped]))))
         s.commit()
     for _, path in dropped:  # after the rows: a kill in between leaves a stray file, never a row without its file
-        Path(path).unlink(missing_ok=True)
+        if path not in shared:
+            Path(path).unlink(missing_ok=True)
     if usable:
         exported = export(rec.name, out_dir, spec.include_flagged)
     else:  # the pairs stay to be inspected (their reasons say why); an empty training set is not registered
