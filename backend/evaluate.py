@@ -355,7 +355,6 @@ def stored_by_job(job_id: int | None) -> dict[tuple[str, str], int]:
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
-    folders = {m: registry.resolve(m)[0] for m in spec.models}  # fail early on an unknown model
     try:  # every task's items are read and checked before any model loads
         sets = [task_set(t, spec.limit) for t in spec.tasks]
     except (qa.QAError, ValueError) as exc:
@@ -365,6 +364,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
     notes = [f"resumed: kept the {kept} scores of {', '.join(f'{m} / {t}' for m, t in done)} that this job "
              "stored before it stopped"] if kept else []
     todo = [m for m in spec.models if any((m, ts.task) not in done for ts in sets)]
+    # fail early on an unknown model; one whose scores were all kept may have been deleted since
+    folders = {m: registry.resolve(m)[0] for m in todo}
     judge = _judge(spec)
     seq_len = 256 + spec.max_new_tokens
     plans = {}

@@ -51,6 +51,7 @@ def test_a_resumed_eval_job_keeps_what_it_stored_and_scores_only_the_rest(tiny_l
 
     monkeypatch.setattr(evaluate, "score_task", real_score)
     monkeypatch.setattr(evaluate, "_load", lambda name, plan=None: loaded.append(name) or real_load(name, plan))
+    registry.delete("tiny", delete_files=False)  # all its scores are kept: the resumed job needs it no more
     runner.resume(job.id)
     capsys.readouterr()
     assert runner.execute(job.id) == 0
@@ -165,6 +166,34 @@ def test_removing_a_stale_export_keeps_a_file_another_data_set_still_names(tmp_p
 
 # ---------------------------------------------------------------- resume after a cancel from another machine
 
+def pause_outside_a_write(pid: int) -> None:
+    """SIGSTOP `pid`, but not while it holds SQLite's write lock (its heartbeat commit): paused there, every other
+    writer would wait out the 30 s busy timeout and fail with "database is locked"."""
+    import signal
+    import sqlite3
+    import time
+
+    url = db.database_url()
+    if not url.startswith("sqlite:///"):  # a server's row locks: the heartbeat takes none a cancel waits for
+        os.kill(pid, signal.SIGSTOP)
+        return
+    path = url.removeprefix("sqlite:///")
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            con = sqlite3.connect(path, timeout=0)
+            try:
+                con.execute("BEGIN IMMEDIATE")  # takes the write lock only if nobody holds it
+                con.rollback()
+                return
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+    raise AssertionError(f"process {pid} held the database's write lock at every try")
+
+
 def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_run(tiny_llama, monkeypatch):
     """A cancel from machine a only marks the row; machine b's worker kills the process within a poll. A resume in
     between queued the job again: b's worker, no longer seeing it cancelled, never killed the old run, and claimed the
@@ -183,7 +212,7 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
         old = wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
                        "the job under way on b")
         monkeypatch.setenv("DUS_HOST_ID", "machine-a")
-        os.kill(worker.pid, signal.SIGSTOP)  # b's worker between two polls: the cancel is not carried out yet
+        pause_outside_a_write(worker.pid)  # b's worker between two polls: the cancel is not carried out yet
         try:
             assert runner.cancel(job.id).status == "cancelled"
             with pytest.raises(ValueError, match=f"Job {job.id} is still stopping on machine-b"):
