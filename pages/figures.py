@@ -31,14 +31,17 @@ def fits_across(names: list[str], chars: int = ACROSS_CHARS) -> bool:
     return sum(len(short_name(n)) + 2 for n in names) <= chars
 
 
-def _name_axis(names: list[str]) -> dict:
-    """A category axis of model names in the page's order: the ticks show the cut names (the whole ones where two
-    would read alike) and automargin moves the plot over for them rather than clip them."""
+def name_labels(names: list[str]) -> list[str]:
+    """The names as a chart shows them: cut by short_name, or all whole where two would read alike."""
     labels = [short_name(n) for n in names]
-    if len(set(labels)) < len(set(names)):
-        labels = list(names)
+    return labels if len(set(labels)) == len(set(names)) else list(names)
+
+
+def _name_axis(names: list[str]) -> dict:
+    """A category axis of model names in the page's order: the ticks show name_labels and automargin moves the
+    plot over for them rather than clip them."""
     return dict(categoryorder="array", categoryarray=list(names), tickmode="array", tickvals=list(names),
-                ticktext=labels, automargin=True)
+                ticktext=name_labels(names), automargin=True)
 
 
 def _lay_out_names(fig: go.Figure, names: list[str], across: bool, height: int, value_axis: dict) -> None:
@@ -213,10 +216,10 @@ def length_box_figure(words: dict[str, list[int]]) -> go.Figure:
 def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
     fig = go.Figure()
     models = sorted({r["model"] for r in rows})
-    for k, m in enumerate(models):
+    for k, (m, label) in enumerate(zip(models, name_labels(models))):
         pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
         fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                 name=short_name(m), text=[f"n={p[3]}" for p in pts], hovertext=[m] * len(pts),
+                                 name=label, text=[f"n={p[3]}" for p in pts], hovertext=[m] * len(pts),
                                  hovertemplate="%{hovertext}<br>%{x}: %{y:.3g} (%{text})<extra></extra>",
                                  line_color=PALETTE[k % len(PALETTE)]))
     # The x axis is categorical (the bins' ranges): without an explicit order Plotly orders them as they first
