@@ -147,7 +147,7 @@ def _still_stopping(job: Job) -> str | None:
     if job.status != "cancelled" or job.pid is None or ray_jobs.is_ray(job.host):
         return None
     if job.host in ("", host_id()):
-        return host_id() if db._pid_alive(job.pid) else None
+        return host_id() if db._group_running(job.pid) else None
     return job.host if job.host in live_hosts() else None
 
 
@@ -366,8 +366,9 @@ def recover_orphans() -> list[int]:
 
 @db.retrying
 def _clear_stopped() -> None:
-    """Clear the pid of this machine's cancelled jobs whose process has ended: the sign _still_stopping reads, on
-    any machine, that a resume can no longer run beside the old process."""
+    """Clear the pid of this machine's cancelled jobs whose processes have all ended (the job's whole process group:
+    accelerate's workers may outlive their launcher by a moment): the sign _still_stopping reads, on any machine,
+    that a resume can no longer run beside the old run."""
     here = tuple(h for h in _hosts_here() if not ray_jobs.is_ray(h))
     if not here:  # a Ray cluster's jobs: cancel() has Ray stop them, wherever they run
         return
@@ -375,7 +376,7 @@ def _clear_stopped() -> None:
         rows = s.exec(select(Job.id, Job.pid).where(Job.status == "cancelled", Job.pid != None,  # noqa: E711
                                                     Job.host.in_(here))).all()
     for job_id, pid in rows:
-        if not db._pid_alive(pid):
+        if not db._group_running(pid):
             _transition(job_id, "cancelled", _of_pid=pid, pid=None)
 
 

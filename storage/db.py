@@ -311,6 +311,31 @@ def _pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"  # the state follows the parenthesised name
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs (a job process leads its own group; accelerate and the
+    trainer are in it). os.killpg(pgid, 0) counts a zombie leader its parent has not reaped yet: /proc says which
+    members have ended. Without /proc (macOS), os.killpg's answer."""
+    if not Path("/proc/self").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended while we looked
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split(" ", 3)[:3]
+        if pgrp == str(pgid) and state != "Z":
+            return True
+    return False
+
+
 EXTERNAL_TMP_SUFFIX = ".external"  # a note in .tmp/ naming a build folder kept beside its destination
 UNREGISTERED_MARK = ".dus-unregistered"  # in a finished model folder until its row is written
 

@@ -166,6 +166,19 @@ def test_removing_a_stale_export_keeps_a_file_another_data_set_still_names(tmp_p
 
 # ---------------------------------------------------------------- resume after a cancel from another machine
 
+def members_running(pgid: int) -> list[int]:
+    """Processes of group `pgid` that have not ended: a zombie leader its worker has yet to reap has ended, though
+    os.killpg(pgid, 0) still finds it."""
+    out = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if os.getpgid(pid) == pgid and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+                out.append(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return out
+
+
 def pause_outside_a_write(pid: int) -> None:
     """SIGSTOP `pid`, but not while it holds SQLite's write lock (its heartbeat commit): paused there, every other
     writer would wait out the 30 s busy timeout and fail with "database is locked"."""
@@ -229,7 +242,7 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
                 return False
 
         wait_for(resumed, 30, "b's worker to stop the cancelled run")
-        assert not group_alive(old.pid)  # refused for exactly as long as the old run lived
+        assert not members_running(old.pid)  # refused for exactly as long as the old run lived
         done = wait_for(lambda: (j := runner.get(job.id)).status in runner.FINISHED and j, 120, "the resumed run")
     finally:
         worker.terminate()
@@ -248,7 +261,7 @@ def test_resume_of_a_cancelled_job_asks_only_its_own_machine_whether_it_stopped(
 
     registry.import_folder(tiny_llama, "tiny")
     job = runner.submit(EvalSpec(models=["tiny"], tasks=["perplexity"]))
-    bystander = subprocess.Popen(["sleep", "60"])  # the job's process, as machine b sees it
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the job's process, leading its group
     try:
         runner._update(job.id, status="running", started=utcnow(), pid=bystander.pid, host="machine-b")
         with db.session() as s:
@@ -324,3 +337,28 @@ def test_a_zombie_is_no_running_process():
     assert not _pid_alive(child.pid)  # ...but it runs no more
     child.wait()
     assert not _pid_alive(child.pid) and _pid_alive(os.getpid())
+
+
+def test_a_cancelled_run_is_over_only_when_its_whole_process_group_is():
+    """A job process leads its own group (accelerate's workers, the trainer): its leader ended, a member running on
+    still makes the run "still stopping"; ended members and a zombie leader do not."""
+    import signal
+    import time
+
+    from storage.db import _group_running
+
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 0.2"], start_new_session=True)
+    try:
+        time.sleep(1.0)  # the leader has exited (a zombie until we reap it); its background sleep runs on
+        assert members_running(leader.pid) and _group_running(leader.pid)
+        os.killpg(leader.pid, signal.SIGKILL)
+        end = time.time() + 10
+        while members_running(leader.pid) and time.time() < end:
+            time.sleep(0.05)
+        assert not _group_running(leader.pid)
+    finally:
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        leader.wait()
