@@ -24,7 +24,8 @@ def test_import_folder_registers_in_place_with_facts(tiny_llama):
     assert registry.resolve("tiny") == (tiny_llama.resolve(), "tiny")
 
 
-def _pickle_folder(src: Path, dst: Path) -> Path:
+def pickle_folder(src: Path, dst: Path) -> Path:
+    """`src` as a pickle checkpoint: its config and tokenizer files beside pytorch_model.bin."""
     dst.mkdir()
     for f in src.iterdir():
         if f.suffix != ".safetensors":
@@ -34,7 +35,7 @@ def _pickle_folder(src: Path, dst: Path) -> Path:
 
 
 def test_pickle_weights_are_refused_unless_opted_in_then_loaded_safely(tiny_llama, tmp_path):
-    folder = _pickle_folder(tiny_llama, tmp_path / "pickled")
+    folder = pickle_folder(tiny_llama, tmp_path / "pickled")
     with pytest.raises(ValueError, match="only pickle weights.*allow pickle"):
         registry.import_folder(folder, "p")
     assert registry.list_models() == []
@@ -51,7 +52,7 @@ class _Evil:
 
 
 def test_malicious_pickle_is_not_executed(tiny_llama, tmp_path):
-    folder = _pickle_folder(tiny_llama, tmp_path / "evil")
+    folder = pickle_folder(tiny_llama, tmp_path / "evil")
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"x": _Evil()}, f)
     with pytest.raises(ValueError, match="could not be read safely"):

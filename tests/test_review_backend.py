@@ -14,6 +14,7 @@ import torch
 from backend import registry
 from storage import db
 from tests.conftest import load_state
+from tests.test_registry import pickle_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,12 +165,7 @@ def test_pickle_import_of_a_trainer_folder_reads_the_weights_not_training_args(t
     pytorch_model.bin; it is no weights file, and weights_only=True rightly refuses it."""
     from types import SimpleNamespace
 
-    folder = tmp_path / "trainer-out"
-    folder.mkdir()
-    for f in tiny_llama.iterdir():
-        if f.suffix != ".safetensors":
-            shutil.copy2(f, folder / f.name)
-    torch.save(load_state(tiny_llama), folder / "pytorch_model.bin")
+    folder = pickle_folder(tiny_llama, tmp_path / "trainer-out")
     torch.save(SimpleNamespace(learning_rate=1e-4), folder / "training_args.bin")
     rec = registry.import_folder(folder, "from-trainer", allow_pickle=True)
     converted, original = load_state(Path(rec.path)), load_state(tiny_llama)

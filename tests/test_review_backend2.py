@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -301,17 +300,11 @@ def test_a_pickle_import_keeps_the_tokenizer_and_leaves_the_training_leftovers(t
     adapter_config.json that makes transformers load the converted full model as a LoRA adapter."""
     import json as _json
 
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import load_state
+    from tests.test_registry import pickle_folder
 
-    folder = tmp_path / "trainer-out"
-    folder.mkdir()
-    for f in tiny_llama.iterdir():
-        if f.suffix != ".safetensors":
-            shutil.copy2(f, folder / f.name)
-    torch.save(load_state(tiny_llama), folder / "pytorch_model.bin")
+    folder = pickle_folder(tiny_llama, tmp_path / "trainer-out")
     (folder / "trainer_state.json").write_text("{}")
     (folder / "adapter_config.json").write_text(_json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
     rec = registry.import_folder(folder, "from-trainer", allow_pickle=True)
