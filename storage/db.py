@@ -303,12 +303,18 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = _stat_fields(Path(f"/proc/{pid}"))
     except FileNotFoundError:  # gone since, or no /proc at all (macOS): then os.kill's answer stands
         return not Path("/proc/self").exists()
     except OSError:
         return True
-    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"  # the state follows the parenthesised name
+    return fields[0] != "Z"
+
+
+def _stat_fields(proc_dir: Path) -> list[str]:
+    """/proc/PID/stat after the parenthesised name (which may hold spaces): state, ppid, pgrp, ..."""
+    stat = (proc_dir / "stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def _group_running(pgid: int) -> bool:
@@ -327,10 +333,9 @@ def _group_running(pgid: int) -> bool:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            state, _ppid, pgrp = _stat_fields(entry)[:3]
         except OSError:  # ended while we looked
             continue
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split(" ", 3)[:3]
         if pgrp == str(pgid) and state != "Z":
             return True
     return False
