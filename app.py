@@ -25,7 +25,19 @@ def _preload() -> threading.Thread:
     return thread
 
 
+def sidebar_links(where, pages: dict[str, list]) -> None:
+    """The menu, drawn here rather than by Streamlit: with `client.showSidebarNavigation = false` (.streamlit/config.toml)
+    Streamlit never draws its own, so the very first visitor of a fresh server no longer sees Streamlit's listing of
+    every file in pages/ (common, figures, login, ...) while its first script run still treats pages/ as v1 pages."""
+    with where:
+        for section, group in pages.items():
+            st.caption(section)
+            for page in group:
+                st.page_link(page)
+
+
 _preload()
+menu = st.sidebar.container()  # the menu comes first in the sidebar, above the login's "Sign out"
 gate()  # before anything else: a login whenever the dashboard is reachable from other machines
 try:
     db.init_db()
@@ -52,7 +64,8 @@ pages = {
         st.Page("pages/arena.py", title="Side-by-side chat", icon=":material/forum:"),
     ],
 }
-current = st.navigation(pages)
+current = st.navigation(pages, position="hidden")
+sidebar_links(menu, pages)
 st.session_state["_via_app"] = True
 # A first visit straight to /monitor (say) runs Streamlit's legacy pages/ mode, which skips this file; the page
 # then sends the visitor here (pages.common.via_app) and we forward them to the page they asked for.

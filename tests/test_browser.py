@@ -90,6 +90,14 @@ def test_build_a_model_through_the_browser(served):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(served)
+        # The first visitor of a fresh server: the menu is the app's own from the start, never Streamlit's listing
+        # of every file in pages/ (its first script run treats pages/ as v1 pages).
+        seen, deadline = set(), time.monotonic() + 30
+        while page.get_by_role("link", name="Depth up-scale").count() == 0 and time.monotonic() < deadline:
+            seen.update(page.locator('[data-testid="stSidebar"] a').all_inner_texts())
+            page.wait_for_timeout(50)
+        seen.update(page.locator('[data-testid="stSidebar"] a').all_inner_texts())
+        assert not {"common", "figures", "login", "app"} & {t.strip() for t in seen}, seen
         page.get_by_text("6 → 8").wait_for(timeout=30_000)  # m defaults to 2 for 6 layers
         page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         assert page.locator(".js-plotly-plot").count() == 1  # the layer map is drawn

@@ -47,7 +47,7 @@ def test_pages_need_the_password(served_with_password, workspace):
             page.wait_for_timeout(1000)  # let any content that would leak arrive
             assert page.get_by_text("Depth up-scale").count() == 0
             assert page.get_by_text("Train", exact=True).count() == 0
-            assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+            assert page.get_by_role("link", name="Monitor").count() == 0  # no menu either
             assert page.get_by_text("Page not found").count() == 0
         page.screenshot(path=str(ARTIFACTS / "browser-login.png"), full_page=True)
 
