@@ -217,3 +217,53 @@ def test_a_short_line_of_training_text_does_not_mark_every_question_that_quotes_
     assert training.overlap(q) == 0.0
     assert training.overlap("the United States") == 1.0  # the item itself, whole, is in the training text
     assert ContaminationIndex(["The United States"], n=8, whole_references=True).overlap(q) == 1.0
+
+
+def _contained(item: list[str], texts: list[list[str]]) -> bool:
+    """By definition: the item's words, whole, in order and adjacent, inside one text."""
+    k = len(item)
+    return any(t[i:i + k] == item for t in texts for i in range(len(t) - k + 1))
+
+
+def _short_items(texts: list[list[str]], vocab: list[str], rng, n: int) -> list[tuple[str, list[str]]]:
+    """(kind, words): short items (SHORT_MIN to n - 1 words) present in the texts, and near-misses: a word cut short
+    or grown (part of a word), one word swapped, random words, and a run across two neighbouring texts."""
+    items = []
+    for _ in range(400):
+        t = rng.choice([t for t in texts if len(t) >= n - 1])
+        k = rng.randint(ContaminationIndex.SHORT_MIN, n - 1)
+        i, j = rng.randint(0, len(t) - k), rng.randrange(k)
+        run = t[i:i + k]
+        items += [("present", run), ("cut", run[:j] + [run[j][:-1] or "x"] + run[j + 1:]),
+                  ("grown", run[:j] + [run[j] + "s"] + run[j + 1:]),
+                  ("swapped", run[:j] + [rng.choice(vocab)] + run[j + 1:]),
+                  ("random", [rng.choice(vocab) for _ in range(k)])]
+        a = rng.choice([a for a in range(len(texts) - 1) if len(texts[a]) + len(texts[a + 1]) >= k + 2])
+        cut = rng.randint(max(1, k - len(texts[a + 1])), min(k - 1, len(texts[a])))
+        items.append(("across", texts[a][len(texts[a]) - cut:] + texts[a + 1][:k - cut]))
+    return items
+
+
+@pytest.mark.parametrize("n", [8, 5])
+@pytest.mark.parametrize("whole_references", [False, True])
+def test_short_items_get_the_answers_of_a_brute_force_search(n, whole_references):
+    """The short-item path (a sorted index of word windows) answers as the definition does, on a random corpus whose
+    words are parts of one another (cat, cats, at, scat), so a partial word or a run across two texts is a near-miss
+    a plain substring search over the raw text would take."""
+    import random
+
+    rng = random.Random(1234)
+    vocab = ["cat", "cats", "at", "scat", "the", "then", "he", "a", "an", "and", "sand", "is", "this", "it", "its"]
+    rare = [f"r{i}" for i in range(2_000)]  # over 512 words in all: for n = 8 the windows sort on two packed keys
+    texts = [[rng.choice(vocab if rng.random() < 0.65 else rare) for _ in range(rng.randint(1, 14))]
+             for _ in range(300)]
+    raw = [" ".join(w.upper() if rng.random() < 0.2 else w for w in t) + rng.choice([".", "?", ""]) for t in texts]
+    index = ContaminationIndex(raw, n, whole_references=whole_references)
+    short_refs = [t for t in texts if ContaminationIndex.SHORT_MIN <= len(t) < n] if whole_references else []
+    items = _short_items(texts, vocab, rng, n)
+    got = [index.overlap(", ".join(item).title()) for _, item in items]
+    want = [float(_contained(item, texts) or any(_contained(r, [item]) for r in short_refs)) for _, item in items]
+    assert got == want
+    absent = {kind: sum(not w for (k, _), w in zip(items, want) if k == kind) for kind, _ in items}
+    assert absent["present"] == 0 and sum(want) > 400
+    assert all(absent[kind] > 40 for kind in ("cut", "grown", "swapped", "random", "across")), absent
