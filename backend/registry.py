@@ -285,6 +285,11 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "token
 # the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
 # root, which is all transformers reads.
 HUB_SKIP = ["adapter_config.json", "adapter_model*", "*/*"]
+# Mistral's own format (consolidated.safetensors, for mistral-inference) published beside the transformers weights:
+# transformers never reads it, and fetching it too doubled the download. Skipped only when the repo's root holds
+# the transformers weights (one file, or shards with their index), so a repo with nothing else still fails as such.
+HUB_DUPLICATES = ["consolidated*"]
+TRANSFORMERS_WEIGHTS = {"model.safetensors", "model.safetensors.index.json"}
 
 
 def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = None,
@@ -297,8 +302,8 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     progress(0.02, f"downloading {repo_id}")
     tmp = db.new_tmp("hub")
     try:
-        snapshot_download(repo_id, revision=revision, local_dir=tmp, allow_patterns=HUB_PATTERNS,
-                          ignore_patterns=HUB_SKIP)
+        commit, skip = _hub_commit(repo_id, revision)
+        snapshot_download(repo_id, revision=commit, local_dir=tmp, allow_patterns=HUB_PATTERNS, ignore_patterns=skip)
     except Exception as exc:  # HTTP, offline and missing-file errors (OSErrors), and the transport's own (a dropped
         shutil.rmtree(tmp, ignore_errors=True)  # connection mid-file raises httpx's RemoteProtocolError)
         raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
@@ -317,6 +322,16 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _finish(tmp, name, f"hub:{repo_id}", progress)
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
+    """(the commit `revision` names now, the file patterns not to fetch from it). The download then asks for that
+    very commit, so the file list that decided what to skip is the one downloaded."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision)
+    files = {s.rfilename for s in info.siblings or []}
+    return info.sha, HUB_SKIP + (HUB_DUPLICATES if files & TRANSFORMERS_WEIGHTS else [])
 
 
 def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from backend import registry
+from backend.modelinfo import ArchitectureError
 from tests.conftest import load_state
 from tests.hub_server import HubServer
 
@@ -136,6 +137,55 @@ def test_import_hub_at_a_pinned_revision_gets_that_commit(hub, tiny_llama, tiny_
     assert same_weights(load_state(Path(latest.path)), load_state(tiny_llama_untied))
     with pytest.raises(registry.RegistryError, match="has no revision 'v9'"):
         registry.import_hub("acme/tiny-llama", "nope", revision="v9")
+
+
+def consolidated(tmp_path: Path) -> bytes:
+    """A Mistral-format weights file (mistral-inference's tensor names, other values): a download of it shows in
+    the model folder, and in load_state's reading of every *.safetensors there."""
+    from safetensors.torch import save_file
+
+    save_file({"tok_embeddings.weight": torch.ones(300, 32), "norm.weight": torch.ones(32)},
+              tmp_path / "consolidated.safetensors")
+    return (tmp_path / "consolidated.safetensors").read_bytes()
+
+
+def sharded(src: Path, dst: Path) -> Path:
+    """The model saved as model-0000x-of-0000y.safetensors shards with their index, as large Hub models are."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, max_shard_size="20KB")
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    assert len(list(dst.glob("model-*-of-*.safetensors"))) > 1 and (dst / "model.safetensors.index.json").exists()
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_import_hub_skips_mistral_consolidated_weights_beside_the_transformers_ones(hub, tiny_llama, tmp_path,
+                                                                                    layout):
+    """Mistral repos publish consolidated.safetensors beside the transformers weights: the same model twice."""
+    from backend.evaldevice import load_model
+
+    folder = tiny_llama if layout == "single" else sharded(tiny_llama, tmp_path / "sharded")
+    hub.add("model/mistralai/tiny", model_repo(folder, tmp_path / "repo",
+                                               **{"consolidated.safetensors": consolidated(tmp_path)}))
+    rec = registry.import_hub("mistralai/tiny")
+    assert "consolidated.safetensors" not in resolved(hub)
+    assert not Path(rec.path, "consolidated.safetensors").exists()
+    served = load_state(tiny_llama)
+    assert same_weights(load_state(Path(rec.path)), served)
+    _, model = load_model(Path(rec.path))
+    assert same_weights({k: v for k, v in model.state_dict().items() if k in served}, served)
+
+
+def test_import_hub_of_consolidated_weights_alone_still_fetches_them(hub, tiny_llama, tmp_path):
+    """Without transformers weights beside it the file is not skipped: the import fails on what the repo holds,
+    not on weights it left out."""
+    repo = model_repo(tiny_llama, tmp_path / "repo", **{"consolidated.safetensors": consolidated(tmp_path)})
+    (repo / "model.safetensors").unlink()
+    hub.add("model/mistralai/raw", repo)
+    with pytest.raises(ArchitectureError, match="no numbered stack of layers"):
+        registry.import_hub("mistralai/raw")
+    assert "consolidated.safetensors" in resolved(hub)
 
 
 def nothing_left(workspace: Path) -> bool:
@@ -290,3 +340,96 @@ def test_push_to_hub_with_the_hub_down_says_so(hub, exported, monkeypatch):
     hub.stop()
     with pytest.raises(pipeline.DatasetError, match="Could not reach the Hugging Face Hub"):
         pipeline.push_to_hub("synth-math-pairs", "acme/synth-math")
+
+
+def test_push_to_hub_says_what_it_pushed(hub, exported, monkeypatch):
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    message = pipeline.push_to_hub("synth-math-pairs", "acme/synth-math")
+    rows = pipeline.get_dataset("synth-math-instruct").rows
+    assert rows > 0
+    assert message == (f"pushed synth-math-instruct ({rows} rows, math_instruct.jsonl) and synth-math-alignment "
+                       f"({rows} rows, math_alignment.jsonl), exported from synth-math-pairs, to "
+                       f"{hub.url}/datasets/acme/synth-math")
+
+
+def test_push_to_hub_never_pushes_mixes_saved_under_the_export_names(hub, workspace, monkeypatch):
+    """Mixes saved by hand as NAME-instruct / NAME-alignment before the pairs were ever exported: they are no
+    export of NAME-pairs (a mix has no file), and the name alone let push_to_hub take them."""
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    pipeline.save_mix("mine-instruct", [("builtin:alpaca-mini", 1.0)], "sft")
+    pipeline.save_mix("mine-alignment", [("builtin:prefs-mini", 1.0)], "dpo")
+    with pytest.raises(pipeline.DatasetError, match="A mix data set is already named 'mine-instruct'"):
+        pipeline.run_synth_math(SynthMathSpec(name="mine", out=str(workspace / "mine"), num_seeds=6))
+    with pytest.raises(pipeline.DatasetError) as err:
+        pipeline.push_to_hub("mine-pairs", "acme/mine")
+    assert str(err.value) == ("'mine-instruct' is a mix data set saved by hand, not an export of mine-pairs. Nothing "
+                              "was pushed. The export takes that name: run the synthetic-math job again under "
+                              "another name, then export and push that.")
+    assert "dataset/acme/mine" not in hub.repos and hub.requests == []
+
+
+def test_push_to_hub_refuses_a_file_another_run_exported_over(hub, workspace, monkeypatch):
+    """Two runs exported into one --out folder: export() names its files alike there, so the second run's export
+    overwrote the first's files, which its records still point at."""
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    out = str(workspace / "shared")
+    pipeline.run_synth_math(SynthMathSpec(name="first", out=out, num_seeds=6, seed=1))
+    pipeline.run_synth_math(SynthMathSpec(name="second", out=out, num_seeds=6, seed=2))
+    assert pipeline.get_dataset("first-instruct").path == pipeline.get_dataset("second-instruct").path
+    with pytest.raises(pipeline.DatasetError) as err:
+        pipeline.push_to_hub("first-pairs", "acme/first")
+    assert str(err.value) == (f"{out}/math_instruct.jsonl no longer holds first-instruct as exported from first-pairs "
+                              "(another export into the same folder overwrote it, or pairs were rejected by hand "
+                              "since). Nothing was pushed: export first-pairs again, then push.")
+    assert "dataset/acme/first" not in hub.repos and hub.requests == []
+    pipeline.export("first-pairs")  # its files now hold its own pairs: they go up
+    pipeline.push_to_hub("first-pairs", "acme/first")
+    assert hub.files("dataset/acme/first")["math_instruct.jsonl"] == Path(out, "math_instruct.jsonl").read_bytes()
+
+
+def test_push_to_hub_refuses_an_export_older_than_a_hand_rejection(hub, exported, monkeypatch):
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    pairs = pipeline.get_dataset("synth-math-pairs")
+    _, page = pipeline.query_pairs(pairs.id, states=["verified"])
+    pipeline.reject_by_hand(page[0].id)
+    with pytest.raises(pipeline.DatasetError, match="no longer holds synth-math-instruct as exported from "
+                                                    "synth-math-pairs.*export synth-math-pairs again"):
+        pipeline.push_to_hub("synth-math-pairs", "acme/synth-math")
+    assert hub.requests == []
+
+
+def test_push_to_hub_of_an_export_whose_file_is_gone_says_so_before_any_upload(hub, exported, monkeypatch):
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    exported[1].unlink()
+    with pytest.raises(pipeline.DatasetError) as err:
+        pipeline.push_to_hub("synth-math-pairs", "acme/synth-math")
+    assert str(err.value) == (f"The file of synth-math-alignment, {exported[1]}, is gone. Nothing was pushed: export "
+                              "synth-math-pairs again, then push.")
+    assert "dataset/acme/synth-math" not in hub.repos and hub.requests == []
+
+
+def test_push_to_hub_of_pairs_never_exported_says_to_export(hub, workspace, monkeypatch):
+    from backend.synth import pipeline
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    with pytest.raises(pipeline.DatasetError, match="No synthetic pairs named 'nothing-pairs'"):
+        pipeline.push_to_hub("nothing-pairs", "acme/nothing")
+    pipeline.save_dataset("bare-pairs", "synth-pairs", str(workspace / "pairs.jsonl"), 0, {})
+    with pytest.raises(pipeline.DatasetError) as err:
+        pipeline.push_to_hub("bare-pairs", "acme/bare")
+    assert str(err.value) == ("bare-pairs has no export to push: make Synth. Math-Instruct and Synth. Math-Alignment "
+                              "first (the Export tab, or `python -m backend datasets export bare-pairs`). Nothing was "
+                              "pushed.")
+    assert hub.requests == []

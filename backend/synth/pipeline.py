@@ -447,16 +447,61 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     return {"pairs": rec.name, **exported, **tally, "seconds": round(seconds, 2)}
 
 
+def _pushable_export(pairs_name: str) -> list[DatasetRecord]:
+    """The Instruct and Alignment sets exported from `pairs_name`, checked before anything reaches the Hub. Chosen by
+    the link export() records (provenance 'pairs'), not by name alone: a mix saved by hand as NAME-instruct is no
+    export. And checked to hold that export still: runs exported into one folder share its file names, so a later
+    run's export overwrites an earlier one's files, and a pair rejected by hand since is still in the file."""
+    pairs = get_dataset(pairs_name)
+    if pairs is None or pairs.kind != "synth-pairs":
+        raise DatasetError(f"No synthetic pairs named {pairs_name!r}. Nothing was pushed.")
+    with db.session() as s:
+        mine = {d.kind: d for d in _export_of(s, pairs_name)}
+    prefix = pairs_name.removesuffix("-pairs")
+    for kind, name in (("sft", f"{prefix}-instruct"), ("dpo", f"{prefix}-alignment")):
+        other = get_dataset(name)
+        if kind not in mine and other is not None:
+            origin = f"exported from {other.provenance['pairs']}" if "pairs" in other.provenance else "saved by hand"
+            raise DatasetError(f"{name!r} is a {other.kind} data set {origin}, not an export of {pairs_name}. Nothing "
+                               "was pushed. The export takes that name: run the synthetic-math job again under "
+                               "another name, then export and push that.")
+    if len(mine) < 2:
+        raise DatasetError(f"{pairs_name} has no export to push: make Synth. Math-Instruct and Synth. Math-Alignment "
+                           f"first (the Export tab, or `python -m backend datasets export {pairs_name}`). Nothing was "
+                           "pushed.")
+    files = [mine["sft"], mine["dpo"]]
+    for d in files:
+        if not Path(d.path).is_file():
+            raise DatasetError(f"The file of {d.name}, {d.path}, is gone. Nothing was pushed: export {pairs_name} "
+                               "again, then push.")
+        if not _holds_export(d, pairs.id):
+            raise DatasetError(f"{d.path} no longer holds {d.name} as exported from {pairs_name} (another export "
+                               "into the same folder overwrote it, or pairs were rejected by hand since). Nothing was "
+                               f"pushed: export {pairs_name} again, then push.")
+    return files
+
+
+def _holds_export(d: DatasetRecord, pairs_id: int) -> bool:
+    """Whether `d`'s file has one line per pair export() takes from these pairs now, each with that pair's rephrased
+    question (the user turn of Instruct, the prompt of Alignment, JSON-encoded as export() writes it). The file is
+    read a line at a time: an export of 100k pairs is large."""
+    from itertools import zip_longest
+
+    with db.session() as s:
+        questions = s.exec(select(SynthPair.new_question).where(
+            *_exported(pairs_id, d.provenance.get("include_flagged", False))).order_by(SynthPair.id)).all()
+    with open(d.path, encoding="utf-8") as f:
+        return all(q is not None and line is not None and json.dumps(q, ensure_ascii=False) in line
+                   for q, line in zip_longest(questions, f))
+
+
 def push_to_hub(pairs_name: str, repo_id: str) -> str:
-    """Upload the exported Instruct and Alignment files to a Hub data set repo in one commit, so the repo never holds
-    one without the other (needs internet and a token with write access)."""
+    """Upload the Instruct and Alignment files exported from `pairs_name` (_pushable_export) to a Hub data set repo
+    in one commit, so the repo never holds one without the other (needs internet and a token with write access)."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
-    prefix = pairs_name.removesuffix("-pairs")
-    files = [get_dataset(f"{prefix}-{k}") for k in ("instruct", "alignment")]
-    if any(f is None for f in files):
-        raise DatasetError("Export the data sets first.")
+    files = _pushable_export(pairs_name)
     if get_token() is None:  # the Hub's answer without one ("Invalid username or password") says less
         raise DatasetError("Pushing to the Hub needs a Hugging Face token with write access: create one at "
                            "https://huggingface.co/settings/tokens and set HF_TOKEN to it (or run `hf auth login`).")
@@ -481,4 +526,5 @@ def push_to_hub(pairs_name: str, repo_id: str) -> str:
         why = (str(exc).splitlines() or [""])[0][:200]
         raise DatasetError(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
                            f"Is this machine online? The files are {' and '.join(f.path for f in files)}.") from None
-    return f"pushed {', '.join(names)} to {url}"
+    pushed = " and ".join(f"{f.name} ({f.rows} rows, {n})" for f, n in zip(files, names))
+    return f"pushed {pushed}, exported from {pairs_name}, to {url}"
