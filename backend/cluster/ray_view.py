@@ -15,7 +15,7 @@ from backend.cluster.ray_jobs import ClusterError, Node
 from storage import db
 from storage.models import Job
 
-HOW = ("Jobs run on this machine. To run them on a Ray cluster, set DUS_RAY_ADDRESS=http://HEAD:8265 for the "
+HOW = ("Jobs run on this machine. To run them on a Ray cluster, set `DUS_RAY_ADDRESS=http://HEAD:8265` for the "
        "dashboard and the worker (README 'A Ray cluster').")
 
 
