@@ -127,9 +127,9 @@ tab_pairs, tab_lengths, tab_export, tab_mix = st.tabs(["Pairs", "Lengths", "Expo
 
 with tab_pairs:
     f1, f2, f3, f4 = st.columns([2, 1, 2, 2])
-    cat_f = f1.multiselect("Category", list(CATEGORIES) + ["word_problem"], key="f_cat")
-    lvl_f = f2.multiselect("Level", [1, 2, 3], key="f_lvl")
-    state_f = f3.multiselect("Status", ["verified", "failed", "flagged", "rejected"], key="f_state")
+    cat_f = f1.multiselect("Category", list(CATEGORIES) + ["word_problem"], key="f_cat", placeholder="All")
+    lvl_f = f2.multiselect("Level", [1, 2, 3], key="f_lvl", placeholder="All")
+    state_f = f3.multiselect("Status", ["verified", "failed", "flagged", "rejected"], key="f_state", placeholder="All")
     search = f4.text_input("Search questions", key="f_search")
     page_size = 10
 
@@ -145,6 +145,8 @@ with tab_pairs:
         st.session_state["f_page"] = pages
         total, rows = query(page)
     st.number_input(f"Page (of {pages}; {total} pairs match)", 1, pages, key="f_page")
+    if not total:
+        st.info("No pair matches these filters: clear a filter or the search to see pairs again.")
     for p in rows:
         badge = {"verified": ":green-badge[verified]", "failed": ":red-badge[failed]",
                  "flagged": ":orange-badge[flagged]"}[p.status]
