@@ -16,6 +16,13 @@ from pages.common import (human, human_bytes, job_making, job_status, model_name
 from pages.figures import layer_map_figure
 
 
+def suggested_m(n: int) -> int:
+    """SOLAR removes a quarter of the layers from each copy (8 of 32): the valid m nearest n/4, the larger on a tie.
+    The slices method starts from the same stack."""
+    valid = list(dus.valid_m(n))
+    return min(valid, key=lambda m: (abs(m - n / 4), -m)) if valid else n // 4
+
+
 via_app(__file__)
 st.title("Depth up-scale")
 st.caption("SOLAR's recipe (arXiv 2312.15166): copy A keeps layers [0, n−m), copy B keeps [m, n); stacked they "
@@ -48,9 +55,7 @@ with left:
         if not valid:
             st.error(f"{base} has only {n} layers: DUS needs at least 3.")
             st.stop()
-        # SOLAR removes a quarter of the layers from each copy (8 of 32): start there.
-        suggested = min(valid, key=lambda m: (abs(m - n / 4), -m))
-        fields["m"] = st.select_slider("m — layers removed from each copy", options=valid, value=suggested,
+        fields["m"] = st.select_slider("m — layers removed from each copy", options=valid, value=suggested_m(n),
                                        key="m", help=f"Only valid values are offered: 1 ≤ m < n/2 = {n / 2:g}.")
     elif method == "slices":
         st.caption("Ranges are **half-open**: [start, end) keeps start … end−1. Source 1 is the optional second "
@@ -58,8 +63,8 @@ with left:
         others = ["(none)"] + [x for x in names if x != base]
         second = st.selectbox("Second model (source 1)", others, key="second")
         fields["second"] = None if second == "(none)" else second
-        default_rows = pd.DataFrame([{"source": 0, "start": 0, "end": n - n // 4},
-                                     {"source": 0, "start": n // 4, "end": n}])
+        m = suggested_m(n)  # the DUS stack the dus method starts from, as two editable slices
+        default_rows = pd.DataFrame([{"source": 0, "start": 0, "end": n - m}, {"source": 0, "start": m, "end": n}])
         table = st.data_editor(default_rows, num_rows="dynamic", key="slices", column_config={
             "source": st.column_config.NumberColumn(min_value=0, max_value=1, step=1),
             "start": st.column_config.NumberColumn(min_value=0, step=1),

@@ -72,7 +72,7 @@ def test_llama_pro_and_slices_on_the_build_page(tiny):
     assert metric(at, "Layers n → s") == "6 → 9"
     at.radio(key="method").set_value("slices").run()
     assert not at.exception
-    assert metric(at, "Layers n → s") == "6 → 10"  # default rows [0, 5) + [1, 6)
+    assert metric(at, "Layers n → s") == "6 → 8"  # the dus default as rows [0, 4) + [2, 6): m = 2, as for dus
     assert any("half-open" in c.value for c in at.caption)
 
 
