@@ -68,20 +68,24 @@ def train_or_finish(trainer, checkpoint: Path | None):
 
 class MetricsCallback(TrainerCallback):
     """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress.
-    flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`."""
+    flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`. `tokens_per_s` is
+    the training's throughput: the seconds spent evaluating and saving checkpoints between two logged losses are left
+    out (a window holding an evaluation read slower than the training ran)."""
 
     def __init__(self, run_dir: Path, max_steps: int, job_id: int | None, flops_per_token: float | None = None,
                  peak_flops: float | None = None):
         self.path = run_dir / "metrics.jsonl"
         self.max_steps, self.job_id = max_steps, job_id
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
-        self.t0 = self.last_t = time.time()
+        self.t0 = self.last_t = self.mark = time.time()
         self.start_step = 0
         self.last_tokens = 0
+        self.paused = 0.0  # seconds of evaluation and checkpointing since last_t
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_step = state.global_step  # > 0 when resumed
-        self.t0 = self.last_t = time.time()
+        self.t0 = self.last_t = self.mark = time.time()
+        self.paused = 0.0
         self.last_tokens = state.num_input_tokens_seen or 0
         if state.is_world_process_zero and self.start_step:
             self.forget_after(self.start_step)  # values logged after the checkpoint will be logged again
@@ -99,15 +103,31 @@ class MetricsCallback(TrainerCallback):
             s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.step > step))
             s.commit()
 
+    def on_step_end(self, args, state, control, **kw):
+        self.mark = time.time()  # the Trainer logs, then evaluates, then saves after a step ends
+
+    def on_evaluate(self, args, state, control, **kw):
+        self._pause()
+
+    def on_save(self, args, state, control, **kw):
+        self._pause()
+
+    def _pause(self) -> None:
+        """The seconds since the step ended (or the evaluation before this save) were not training."""
+        now = time.time()
+        self.paused += now - self.mark
+        self.mark = now
+
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
             return
         now = time.time()
         values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         tokens = state.num_input_tokens_seen or 0
-        if tokens > self.last_tokens and now > self.last_t and "loss" in values:
-            values["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_t)
-            self.last_tokens, self.last_t = tokens, now
+        training = now - self.last_t - self.paused
+        if tokens > self.last_tokens and training > 0 and "loss" in values:
+            values["tokens_per_s"] = (tokens - self.last_tokens) / training
+            self.last_tokens, self.last_t, self.paused = tokens, now, 0.0
             if self.flops_per_token and self.peak_flops:
                 values["mfu"] = values["tokens_per_s"] * self.flops_per_token / self.peak_flops
         if "loss" in values:

@@ -228,6 +228,34 @@ def test_the_progress_line_calls_an_eval_loss_an_eval_loss(tmp_path, capsys):
     assert "step 2/4 · eval loss 1.5000" in out[0] and "step 3/4 · loss 2.2500" in out[1]
 
 
+def test_tokens_per_second_leaves_out_evaluation_and_checkpoint_time(tmp_path, monkeypatch):
+    """Two steps of 100 tokens, 1 s each; after the first, a 3 s evaluation and a 2 s save: 100 tokens/s both times
+    (the window holding the evaluation and the save read 100 / 6 s)."""
+    import json
+    from types import SimpleNamespace
+
+    from backend import train_entry
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(train_entry.time, "time", lambda: clock.now)
+    cb = train_entry.MetricsCallback(tmp_path, 2, None)
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None)
+    for step, pause in ((1, True), (2, False)):
+        clock.now += 1.0
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        cb.on_step_end(None, state, None)
+        cb.on_log(None, state, None, logs={"loss": 2.0})
+        if pause:
+            clock.now += 3.0
+            cb.on_log(None, state, None, logs={"eval_loss": 1.9})  # the evaluation's own log line: no throughput
+            cb.on_evaluate(None, state, None)
+            clock.now += 2.0
+            cb.on_save(None, state, None)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x.get("tokens_per_s") for x in lines] == [100.0, None, 100.0]
+
+
 # ---------------------------------------------------------------- found driving Synth / Compare / Recipe in a browser
 
 def test_swept_merge_points_are_labelled_by_their_value_not_as_the_papers_merge():
