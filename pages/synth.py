@@ -37,6 +37,19 @@ def _parquet(path: str) -> bytes:
     return buf.getvalue()
 
 
+def length_gap_sentence(g: dict) -> str:
+    """The chosen-vs-rejected length gap in one sentence, with the sign test's verdict (pipeline.length_gap)."""
+    if not g["pairs"]:
+        return "No exported pair yet to compare chosen and rejected lengths."
+    n, p = g["pairs"], g["sign_test_p"]
+    verdict = ("no pair differs in length" if p is None else
+               f"**systematic** (sign test p = {p:.2g})" if p < 0.05 else
+               f"not distinguishable from chance (sign test p = {p:.2g})")
+    return (f"Chosen answers are longer than rejected ones in {g['longer']} of {n} pairs "
+            f"({g['longer'] / n:.0%}), shorter in {g['shorter']}, as long in {g['same']}; on average "
+            f"{g['mean_diff']:+.1f} words ({g['chosen_words']:.1f} vs {g['rejected_words']:.1f}): {verdict}.")
+
+
 via_app(__file__)
 st.title("Synthetic math")
 st.caption("SOLAR (arXiv 2312.15166, §3): seed problems are rephrased; the rephrased question → rephrased answer "
@@ -186,6 +199,7 @@ with tab_lengths:
     c2.plotly_chart(length_histogram_figure(hist, [("a_words", "rejected (original answer)", PALETTE[4]),
                                                    ("new_a_words", "chosen (rephrased answer)", PALETTE[2])],
                                             "Answer length: chosen vs rejected (DPO length bias)"), key="h_a")
+    st.markdown(length_gap_sentence(pipeline.length_gap(rec.id, bool(st.session_state.get("inc_flagged")))))
     st.caption("If chosen answers are systematically longer than rejected ones, DPO can learn 'longer is better' "
                "rather than 'correct is better'.")
 

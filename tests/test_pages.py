@@ -217,6 +217,9 @@ def test_synth_page_makes_pairs_and_inspects_them():
     assert at.number_input(key="f_page").value == 1
     (shown,) = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
     assert ":gray-badge[rejected by hand]" in shown and "_rejected by hand_" not in shown  # said once
+    # the rules rephraser's chosen answers end "So the final answer is …", the originals "The answer is …"
+    gap = next(m.value for m in at.markdown if m.value.startswith("Chosen answers are longer"))
+    assert "in 23 of 23 pairs (100%)" in gap and "**systematic**" in gap  # the hand-rejected pair left out
     at.text_input(key="f_search").set_value("no question says this").run()  # nothing matches: said, not blank
     assert at.number_input(key="f_page").label.startswith("Page (of 1; 0 pairs match)")
     assert any("No pair matches these filters" in i.value for i in at.info)

@@ -272,3 +272,28 @@ def test_a_registered_model_rephrases_and_bad_replies_fail_with_the_reason(tmp_p
     _, pairs = pipeline.query_pairs(pipeline.get_dataset("synth-math-pairs").id)
     assert all("QUESTION: … SOLUTION:" in p.reason for p in pairs)
     assert pipeline.get_dataset("synth-math-pairs").provenance["rephraser"] == "model:tiny"
+
+
+def test_the_length_gap_counts_pairs_whose_chosen_answer_is_longer(tmp_path):
+    """Word counts set by hand on 10 exported pairs: chosen longer in 8 (by 3 words), shorter in 1 (by 2), as long
+    in 1; a hand-rejected pair is left out, as the export leaves it out. Sign test: 8 of 9, two-sided."""
+    from scipy.stats import binomtest
+
+    from storage import db
+    from storage.models import SynthPair
+
+    run(tmp_path, num_seeds=11)
+    dsid = pipeline.get_dataset("synth-math-pairs").id
+    with db.session() as s:
+        pairs = s.exec(pipeline.select(SynthPair).where(SynthPair.dataset_id == dsid).order_by(SynthPair.id)).all()
+        assert len(pairs) == 11 and all(p.status == "verified" for p in pairs)
+        for p, chosen in zip(pairs, [13] * 8 + [8, 10, 40]):
+            p.a_words, p.new_a_words = 10, chosen
+            s.add(p)
+        s.commit()
+        rejected = pairs[10].id
+    pipeline.reject_by_hand(rejected)  # its 40 words must not count
+    g = pipeline.length_gap(dsid)
+    assert (g["pairs"], g["longer"], g["shorter"], g["same"]) == (10, 8, 1, 1)
+    assert g["mean_diff"] == pytest.approx((8 * 3 - 2) / 10) and g["rejected_words"] == pytest.approx(10)
+    assert g["sign_test_p"] == pytest.approx(binomtest(8, 9).pvalue)

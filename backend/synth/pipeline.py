@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from sqlalchemy import case as sa_case
 from sqlalchemy import delete as sa_delete
 from sqlmodel import func, select
 
@@ -347,6 +348,26 @@ def length_histograms(dataset_id: int, bin_words: int = 5, include_flagged: bool
                           .order_by(b)).all()
             out[col] = [(int(x), int(n)) for x, n in rows]
     return out
+
+
+def length_gap(dataset_id: int, include_flagged: bool = False) -> dict:
+    """Chosen (rephrased) against rejected (original) answer length, pair by pair, over the pairs export writes:
+    how often the chosen one is longer or shorter, by how many words on average, and a two-sided sign test of
+    "as often longer as shorter" (ties left out, scipy's exact binomial test). DPO on pairs whose chosen answer is
+    systematically longer can learn "longer is better" instead of "correct is better"."""
+    from scipy.stats import binomtest
+
+    diff = SynthPair.new_a_words - SynthPair.a_words
+    with db.session() as s:
+        n, longer, shorter, mean, chosen, rejected = s.exec(select(
+            func.count(), func.sum(sa_case((diff > 0, 1), else_=0)), func.sum(sa_case((diff < 0, 1), else_=0)),
+            func.avg(diff), func.avg(SynthPair.new_a_words), func.avg(SynthPair.a_words))
+            .where(*_exported(dataset_id, include_flagged))).one()
+    longer, shorter = int(longer or 0), int(shorter or 0)
+    p = binomtest(longer, longer + shorter).pvalue if longer + shorter else None
+    return {"pairs": int(n), "longer": longer, "shorter": shorter, "same": int(n) - longer - shorter,
+            "mean_diff": float(mean) if n else None, "chosen_words": float(chosen) if n else None,
+            "rejected_words": float(rejected) if n else None, "sign_test_p": p}
 
 
 def counts(dataset_id: int) -> dict[str, int]:
