@@ -297,3 +297,10 @@ def test_the_length_gap_counts_pairs_whose_chosen_answer_is_longer(tmp_path):
     assert (g["pairs"], g["longer"], g["shorter"], g["same"]) == (10, 8, 1, 1)
     assert g["mean_diff"] == pytest.approx((8 * 3 - 2) / 10) and g["rejected_words"] == pytest.approx(10)
     assert g["sign_test_p"] == pytest.approx(binomtest(8, 9).pvalue)
+
+
+def test_the_rules_rephraser_keeps_the_context_before_the_question_that_points_to_it():
+    from backend.synth.rephrase import RulesRephraser
+
+    q = RulesRephraser().question("A rectangle is 16 cm wide and 3 cm long. What is its area in square centimetres?")
+    assert q == "Given that a rectangle is 16 cm wide and 3 cm long, what is its area in square centimetres?"

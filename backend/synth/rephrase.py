@@ -66,7 +66,8 @@ _STEP_OPENERS = ["First, ", "Next, ", "Then, ", "After that, ", "Finally, "]
 
 _COMMON_STARTS = {"a", "an", "the", "in", "at", "working", "you", "there", "it", "he", "she", "they", "his",
                   "her", "their", "first", "then", "finally", "subtract", "divide", "add", "by", "with", "distance",
-                  "area", "perimeter", "so", "we", "pencils", "notebooks", "workers"}
+                  "area", "perimeter", "so", "we", "pencils", "notebooks", "workers",
+                  "what", "how", "which", "who", "when", "where", "why", "find"}
 
 
 def _lower_first(s: str) -> str:
@@ -96,9 +97,11 @@ class RulesRephraser:
         for a, b in _SYNONYMS:
             out = re.sub(rf"\b{re.escape(a)}\b", b, out)
         sentences = re.split(r"(?<=[.?])\s+", out)
-        if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Question, given …?"
+        if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Given …, question?"
+            # the context stays before the question: "What is its area, given that a rectangle …" named the
+            # rectangle after the pronoun that points to it
             context = " and ".join(_lower_first(s.rstrip(".")) for s in sentences[:-1])
-            out = f"{sentences[-1][:-1]}, given that {context}?"
+            out = f"Given that {context}, {_lower_first(sentences[-1])}"
         return out
 
     def solution(self, s: str) -> str:
