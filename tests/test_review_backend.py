@@ -345,3 +345,15 @@ def test_resuming_a_failed_job_queues_again_the_chain_that_waited_for_it(tiny_ll
     runner.resume(cpt.id)
     assert [runner.get(j.id).status for j in (cpt, sft, dpo, mine)] == ["queued", "queued", "queued", "cancelled"]
     assert runner.get(dpo.id).message == f"queued again: job {sft.id} it waits for was queued again"
+
+
+def test_the_recipe_graph_shows_a_data_sets_fingerprint_once_unless_stages_read_it_differently():
+    from backend.recipe.tables import graph_dot
+
+    dot = graph_dot([{"stage": "a", "kind": "sft", "data": {"builtin:alpaca-mini": "d3efbe51aaaa"}},
+                     {"stage": "b", "kind": "sft", "data": {"builtin:alpaca-mini": "d3efbe51aaaa", "x.jsonl": "11"}},
+                     {"stage": "c", "kind": "sft", "data": {"x.jsonl": "22"}}]).splitlines()
+    assert '"data:builtin:alpaca-mini" -> "a" [style=dashed];' in dot  # no label on each of its edges
+    assert any('label="alpaca-mini\\nd3efbe51"' in line for line in dot)  # said once, in its note
+    assert '"data:x.jsonl" -> "b" [style=dashed, label="11", fontsize=8];' in dot  # read two ways: on the edges
+    assert '"data:x.jsonl" -> "c" [style=dashed, label="22", fontsize=8];' in dot
