@@ -105,10 +105,7 @@ def load_source(source: str, split: str = "train"):
         try:
             ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # pyarrow / json errors: say which file and why
-            while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
-                exc = exc.__cause__
-            why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
-            raise DataError(f"Could not read {path.name} as {loaders[path.suffix].upper()}: {why}") from None
+            raise DataError(_unreadable(path, loaders[path.suffix], exc)) from None
         if loaders[path.suffix] == "text":
             ds = ds.filter(lambda r: bool(r["text"].strip()))
     else:
@@ -127,6 +124,46 @@ def load_source(source: str, split: str = "train"):
     if len(ds) == 0:
         raise DataError(f"{source} has no rows.")
     return ds
+
+
+def _unreadable(path: Path, loader: str, exc: Exception) -> str:
+    """Why a local file could not be read, naming it as the user knows it (an upload by the name it was sent
+    under, not the stored hash-prefixed one) and, for JSON that does not parse, the first bad line counted from 1
+    as an editor counts: pyarrow's parse error names a 0-based row ("in row 0")."""
+    from backend.uploads import shown_name
+
+    name = shown_name(path)
+    if loader == "json" and (bad := _first_bad_json_line(path)):
+        return f"{name}, line {bad[0]}: not valid JSON ({bad[1]}). Each line must be one JSON object."
+    while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
+        exc = exc.__cause__
+    why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
+    return f"Could not read {name} as {loader.upper()}: {why}"
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line, json's reason) of the first line of a JSON Lines file that does not parse, or of the place a .json
+    array stops parsing; None when the file parses (the reader failed on something else: its reason is shown)."""
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if path.suffix == ".json":
+            try:
+                json.load(f)
+                return None
+            except json.JSONDecodeError as exc:
+                f.seek(0)
+                if f.read(4096).lstrip().startswith("["):
+                    return exc.lineno, exc.msg
+            f.seek(0)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                return n, exc.msg
+    return None
 
 
 def detect_layout(columns: list[str], kind: str | None = None) -> str:

@@ -50,6 +50,17 @@ def list_models() -> list[ModelRecord]:
         return list(s.exec(select(ModelRecord).order_by(ModelRecord.created)))
 
 
+def record(name_or_path: str) -> ModelRecord | None:
+    """The row a model reference names (a name, 'builtin', or a registered folder's path), or None. Unlike
+    `resolve` it imports nothing and reads no file: what checks before a job is queued go by."""
+    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()):
+        return get(BUILTIN_NAME)
+    rec = get(name_or_path)
+    if rec is None and Path(name_or_path).expanduser().is_dir():
+        rec = by_path(Path(name_or_path).expanduser())
+    return rec
+
+
 def resolve(name_or_path: str) -> tuple[Path, str | None]:
     """(folder, registered name or None). The built-in model is imported on first use."""
     rec = get(name_or_path)
@@ -88,10 +99,13 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
 
 
 def check_name_free(name: str) -> None:
-    """A valid name (backend/names.py) that no model has yet: every new model passes here before any work."""
+    """A valid name (backend/names.py) that no model has yet: every new model passes here before any work. The
+    refusal says which model holds the name, so the user can tell a clash from a forgotten earlier import."""
     check_name(name)
-    if get(name) is not None:
-        raise RegistryError(f"A model named {name!r} is already registered: choose another name or delete it.")
+    if (rec := get(name)) is not None:
+        raise RegistryError(f"A model named {name!r} is already registered: the {rec.kind} model at {rec.path}. "
+                            f"Choose another name, or delete {name} first (Models page, or `python -m backend "
+                            f"models delete {name}`).")
 
 
 def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None:
@@ -356,28 +370,60 @@ def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:
             f"is unreachable ({type(exc).__name__}). Download it elsewhere and import the folder instead.")
 
 
-def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
-               progress: Progress = _noop) -> ModelRecord:
-    """One entry for the page and CLI: 'builtin', a folder, a .gguf file, or a Hub id (owner/name)."""
+def check_import(target: str, name: str | None = None) -> tuple[str, str]:
+    """(what `target` is: builtin, gguf, folder or hub; the name it is registered under), refused before anything
+    is read, downloaded or written — and before a job is queued (runner.submit): a file that is no .gguf, a path
+    that does not exist, a name another model holds; both at once when both are wrong. The built-in model is
+    registered once, under its own name."""
     if name is not None:
-        check_name(name)  # before anything is read, downloaded or written
+        check_name(name)
     if target.lower() in ("builtin", BUILTIN_NAME.lower()):
         if name not in (None, BUILTIN_NAME):  # it was silently registered as BUILTIN_NAME instead
             raise RegistryError(f"The built-in model is always registered as {BUILTIN_NAME}; leave the name empty. "
                                 "For a copy under another name, import its folder (Models & chat shows it) with "
                                 "that name.")
-        return import_builtin(progress)
+        return "builtin", BUILTIN_NAME
+    kind, default, problems = _import_target(target)
+    name = name or (safe_name(default) if default else None)
+    if name:
+        try:
+            check_name_free(name)
+        except RegistryError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise RegistryError(" ".join(problems))
+    return kind, name
+
+
+def _import_target(target: str) -> tuple[str, str, list[str]]:
+    """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch."""
     p = Path(target).expanduser()
     if p.suffix == ".gguf":
-        return import_gguf(p, name, progress=progress)
+        return "gguf", p.stem.split(".")[0], [] if p.is_file() else [f"GGUF file {p} does not exist."]
+    if p.is_dir():
+        return "folder", p.resolve().name, []
     if p.exists():
-        return import_folder(p, name, allow_pickle=allow_pickle, progress=progress)
+        return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
+                        "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
-        try:
-            return import_hub(target, name, progress=progress)
-        except RegistryError as exc:
-            raise RegistryError(f"{exc} (There is no local folder {target!r} either.)") from None
-    raise RegistryError(f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name).")
+        return "hub", target.split("/")[-1], []
+    return "", "", [f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name)."]
+
+
+def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
+               progress: Progress = _noop) -> ModelRecord:
+    """One entry for the page and CLI: 'builtin', a folder, a .gguf file, or a Hub id (owner/name)."""
+    kind, name = check_import(target, name)
+    if kind == "builtin":
+        return import_builtin(progress)
+    if kind == "gguf":
+        return import_gguf(Path(target).expanduser(), name, progress=progress)
+    if kind == "folder":
+        return import_folder(Path(target).expanduser(), name, allow_pickle=allow_pickle, progress=progress)
+    try:
+        return import_hub(target, name, progress=progress)
+    except RegistryError as exc:
+        raise RegistryError(f"{exc} (There is no local folder {target!r} either.)") from None
 
 
 def run_import(spec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:

@@ -33,6 +33,9 @@ from storage.models import Job, JobMetric, WorkerBeat, utcnow
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 BEAT_EVERY = 5.0  # seconds between a worker's heartbeat rows
 BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken for dead
+WAITING = "waiting for the worker"  # a queued job's message until a worker claims it (pages say more: common.py)
+# result fields said in words in a job's "done:" message, and left out when 0 ("kept 0" read as jargon)
+IN_WORDS = {"kept": "{} scores kept from its earlier run"}
 
 
 def host_id() -> str:
@@ -90,12 +93,13 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         if get(dep) is None:
             raise ValueError(f"No job {dep} to wait for.")
     waits = ([after] if after is not None else []) + needs
+    check_before_queueing(spec)
     if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
         ray_jobs.check_submission(spec, addr)
     with db.session() as s:
         job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
                   message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
-                  else "waiting for the worker")
+                  else WAITING)
         s.add(job)
         s.commit()
         s.refresh(job)
@@ -104,6 +108,20 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         s.commit()
         s.refresh(job)
         return job
+
+
+def check_before_queueing(spec: _Spec) -> None:
+    """Refuse what the registry already shows the job would fail on, before its row is written (the pages and
+    `--queue` both queue through submit): a merge of models of another depth, width or dtype; an import of a path
+    that is no model, or under a name another model holds. Rows and paths only: no weights are read."""
+    if spec.kind == "merge":
+        from backend.merge.plan import check_registered
+
+        check_registered(spec)
+    elif spec.kind == "import":
+        from backend.registry import check_import
+
+        check_import(spec.target, spec.name)
 
 
 @db.retrying  # a database server restart must not fail the worker loop or a job (storage/db.py)
@@ -250,8 +268,9 @@ def execute(job_id: int) -> int:
                     message="failed")
         return 1
     # scalars only: a nested block (a training run's perf choices) printed as a raw dict in every status box
-    summary = ", ".join(f"{k} {v}" for k, v in result.items()
-                        if k not in ("path", "run_dir") and v is not None and not isinstance(v, (dict, list)))
+    summary = ", ".join(IN_WORDS[k].format(v) if k in IN_WORDS else f"{k} {v}" for k, v in result.items()
+                        if k not in ("path", "run_dir") and v is not None and not isinstance(v, (dict, list))
+                        and not (k in IN_WORDS and not v))
     if not _transition(job_id, "running", status="succeeded", finished=utcnow(), progress=1.0, result=result,
                        message=("done: " + summary)[:400]):
         # cancelled (or marked dead) while the work was finishing: that state stands, but say what was made

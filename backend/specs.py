@@ -4,6 +4,8 @@ its depth) live in the method's plan function and name the valid range."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -354,8 +356,9 @@ class MergeSpec(_Spec):
         if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
             raise ValueError("weights: finite numbers only.")
         if self.method == "average" and self.resolved_normalize and self.weights and sum(self.weights) == 0:
-            raise ValueError("weights: they sum to zero, so normalize cannot divide by their sum; change a weight "
-                             "or set normalize false.")
+            raise ValueError("weights: they sum to zero, so they cannot be normalized by their sum; change a weight, "
+                             "or untick \"Normalize by the weights' sum\" (normalize: false in a spec, "
+                             "--no-normalize on the command line).")
         if self.method == "slerp" and len(self.models) != 2:
             raise ValueError("slerp merges exactly two models.")
         ts = [self.t] + list(self.filters.values())
@@ -378,12 +381,38 @@ class MergeSpec(_Spec):
         return self
 
     def default_name(self) -> str:
+        """The candidates joined, then the method's tag (method, weights or t, density). Past DEFAULT_NAME_CHARS:
+        the first candidate whole, what each other one adds to it, and the tag never cut (names.safe_name keeps 100
+        characters, which cut the tag off long names, so an average and a SLERP of the same models got the same
+        name); a name that still does not fit is cut and given a digest of the candidates, so different candidates
+        keep different names."""
         short = [Path(m).name if "/" in m else m for m in self.models]
         tag = f"slerp{self.t if not isinstance(self.t, list) else 'sched'}" if self.method == "slerp" else \
             self.method + ("" if not self.weights else "-" + "-".join(f"{w:g}" for w in self.weights))
         if self.method in ("ties", "dare_linear", "dare_ties"):
             tag += f"-d{self.density:g}"
-        return safe_name(f"{'_'.join(short)}-{tag}")
+        full = safe_name(f"{'_'.join(short)}-{tag}")
+        if len(full) <= DEFAULT_NAME_CHARS:
+            return full
+        models = "_".join([short[0]] + [distinct_tail(short[0], o) for o in short[1:]])
+        room = max(DEFAULT_NAME_CHARS - len(tag) - 1, 16)
+        if len(models) > room:
+            digest = hashlib.sha1("\n".join(self.models).encode()).hexdigest()[:6]
+            models = f"{models[:room - 7].rstrip(SEPARATORS)}-{digest}"
+        return safe_name(f"{models}-{tag}")
+
+
+DEFAULT_NAME_CHARS = 60  # longer default merge names (82 characters) hid the scores table's numbers
+SEPARATORS = "-_."
+
+
+def distinct_tail(first: str, other: str) -> str:
+    """What `other` adds to `first` after the start they share, cut at a separator, so a merge of a model and its
+    fine-tune reads "…-dus-m8_cpt" for "…-dus-m8" and "…-dus-m8-cpt"; `other` whole when they share no word."""
+    shared = os.path.commonprefix([first, other])
+    if not (shared == first and other[len(shared):len(shared) + 1] in tuple(SEPARATORS)):
+        shared = shared[:max(shared.rfind(c) for c in SEPARATORS) + 1]
+    return other[len(shared):].lstrip(SEPARATORS) or other
 
 
 EVAL_TASK_KINDS = ("perplexity", "synth-math", "qa", "mc", "gsm8k", "lm-eval")
@@ -470,10 +499,11 @@ def load_spec(path: Path) -> _Spec:
 
 
 def explain(exc: ValidationError) -> str:
-    """One line per problem, naming the field: what pages and the CLI show instead of pydantic's dump."""
+    """One line per problem, naming the field once: what pages and the CLI show instead of pydantic's dump. A
+    message that starts with its field's name already (check_name's "name 'a/b': …") is not prefixed again."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p != "upscale")
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
+        lines.append(f"{loc}: {msg}" if loc and not msg.startswith((f"{loc} ", f"{loc}:")) else msg)
     return "\n".join(lines)

@@ -37,6 +37,14 @@ def upload_name(data: bytes, sent_name: str, allowed_suffixes: Iterable[str]) ->
     return f"{hashlib.sha256(data).hexdigest()[:16]}-{stem}{suffix}"
 
 
+def shown_name(path: Path | str) -> str:
+    """The name a user knows a file by, for errors about it: an upload's own name (its stored name less the content
+    hash upload_name puts in front), any other file's name as it is."""
+    path = Path(path)
+    sent = re.fullmatch(r"[0-9a-f]{16}-(.+)", path.name)
+    return sent[1] if sent and path.resolve().parent == uploads_dir().resolve() else path.name
+
+
 def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
                 folder: Path | None = None) -> Path:
     """Write the bytes under a generated name inside `folder` (default workspace/uploads) and return the path.

@@ -122,8 +122,8 @@ if upload is not None:
         # read now: a malformed file is named here, not only once its long path is typed into the table; the
         # name holds a hash of the content, so the path alone keys the cached read
         pv, problem = cached_preview(str(path), kind, None)
-        if pv is None:
-            st.error(f"{upload.name}: {problem}")
+        if pv is None:  # the data reader names the file as it was sent (uploads.shown_name): only once
+            st.error(problem if problem.startswith(upload.name) else f"{upload.name}: {problem}")
         else:
             upload_path = str(path)
             st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")

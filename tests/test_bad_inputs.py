@@ -197,7 +197,7 @@ CASES = [
     Case("merge-no-config", ["merge", "--models", "tiny", "{no_config}"], "has no config.json"),
     # ---- training data
     Case("train-bad-json", [*SFT, "--data", "{bad_json_jsonl}"],
-         "Could not read bad_json.jsonl as JSON: JSON parse error"),
+         "bad_json.jsonl, line 2: not valid JSON"),
     Case("train-empty-file", [*SFT, "--data", "{empty_jsonl}"], "empty.jsonl is empty"),
     Case("train-no-layout", [*SFT, "--data", "{no_columns_jsonl}"], "fit no layout"),
     Case("train-dpo-needs-pairs", ["train", "dpo", "--model", "tiny", "--data", "{alpaca_jsonl}"], "fit no layout"),

@@ -111,15 +111,13 @@ def test_models_page_lists_chats_and_deletes(tiny):
     assert list(at.dataframe[0].value["name"]) == ["tiny"]
 
 
-def test_import_of_a_bad_target_fails_the_job_with_its_reason(tiny, tmp_path):
+def test_import_of_a_bad_target_is_refused_with_its_reason_before_it_is_queued(tiny, tmp_path):
     at = app("models.py")
     at.text_input(key="import_target").set_value(str(tmp_path / "nothing-here")).run()
     at.button(key="import").click().run()
-    runner.worker(once=True)
-    (job,) = runner.list_jobs()
-    assert job.status == "failed" and "is not a folder, a .gguf file or a Hub id" in job.error
-    at.run()
-    assert any("failed" in e.value for e in at.error)
+    assert not runner.list_jobs()
+    assert any(e.value.startswith("Not queued:") and "is not a folder, a .gguf file or a Hub id" in e.value
+               for e in at.error), [e.value for e in at.error]
 
 
 def test_jobs_page_shows_jobs(tiny):

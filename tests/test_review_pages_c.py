@@ -61,7 +61,7 @@ def test_a_problem_outside_the_section_points_to_the_message_below(tiny):
     box = machines_section(at)
     assert not box.error and not at.get("download_button")
     assert any("see the message at the foot of the page" in c.value for c in box.caption)
-    assert any(e.value.startswith("name:") for e in at.error)
+    assert any(e.value.startswith("name 'bad name!': ") for e in at.error)  # the field named once
 
 
 MATH_ROW = {"problem": "What is $2+2$?", "level": "Level 1", "type": "Prealgebra", "solution": "$2+2=\\boxed{4}$"}

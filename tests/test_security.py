@@ -76,7 +76,7 @@ def test_every_spec_refuses_a_bad_name(bad):
     for make in makers:
         with pytest.raises(ValidationError) as e:
             make()
-        assert explain(e.value) == f"name: name {bad!r}: {MESSAGE}"
+        assert explain(e.value) == f"name {bad!r}: {MESSAGE}"  # the field named once
 
 
 def test_default_names_from_odd_bases_are_sanitised_not_refused():

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from backend import registry
 from backend.merge.executor import MergeError
 from backend.modelinfo import ModelInfo
 from backend.specs import MergeSpec
@@ -38,6 +39,11 @@ def tensor_t(spec: MergeSpec, name: str, info: ModelInfo) -> float:
     return schedule_value(value, frac)
 
 
+def _depths_differ(name_a: str, name_b: str, layers_a: int, layers_b: int) -> MergeError:
+    return MergeError(f"{name_a} and {name_b} cannot be merged: they have different layers or tensors "
+                      f"({layers_a} vs {layers_b} layers).")
+
+
 def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
     for info, name in zip(infos[1:], names[1:]):
         check_vocab(infos[0], info, names[0], name)
@@ -46,13 +52,38 @@ def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
         except ValueError as exc:
             raise MergeError(f"{names[0]} and {name} cannot be merged: {exc}") from None
         if info.num_layers != infos[0].num_layers or set(info.tensors) != set(infos[0].tensors):
-            raise MergeError(f"{names[0]} and {name} cannot be merged: they have different layers or tensors "
-                             f"({infos[0].num_layers} vs {info.num_layers} layers).")
+            raise _depths_differ(names[0], name, infos[0].num_layers, info.num_layers)
         for tname, ref in infos[0].tensors.items():
             other = info.tensors[tname]
             if (other.shape, other.dtype) != (ref.shape, ref.dtype):
                 raise MergeError(f"{names[0]} and {name} cannot be merged: {tname} is {ref.dtype}{list(ref.shape)} "
                                  f"vs {other.dtype}{list(other.shape)}.")
+
+
+def check_registered(spec: MergeSpec) -> None:
+    """Refuse before the job is queued (runner.submit) a merge the registry already shows would fail: its rows hold
+    each model's architecture, width, depth and dtype, read from the headers at registration, so a 30-layer model
+    and a 44-layer one are refused now, with check_mergeable's words, not when the job runs. Nothing is loaded;
+    a model not registered yet (a recipe's candidate, made by a job this one waits for) is left to the job."""
+    refs = list(spec.models) + ([spec.base] if spec.base else [])
+    known = [rec for ref in refs if (rec := registry.record(ref)) is not None]
+    for b in known[1:]:
+        _check_rows(known[0], b)
+
+
+def _check_rows(a, b) -> None:
+    """Two registry rows against each other, in check_mergeable's order and words. Only what its checks compare:
+    `architectures` may differ (modelinfo's _IGNORED_FOR_MATCH), model_type and hidden_size may not."""
+    differ = [f"{field}: {getattr(a, field)} vs {getattr(b, field)}" for field in ("model_type", "hidden_size")
+              if getattr(a, field) and getattr(b, field) and getattr(a, field) != getattr(b, field)]
+    if differ:
+        raise MergeError(f"{a.name} and {b.name} cannot be merged: the models differ in architecture "
+                         f"({'; '.join(differ)}); only models of the same architecture and shapes can be combined.")
+    if a.num_layers and b.num_layers and a.num_layers != b.num_layers:
+        raise _depths_differ(a.name, b.name, a.num_layers, b.num_layers)
+    if a.dtype and b.dtype and a.dtype != b.dtype:
+        raise MergeError(f"{a.name} and {b.name} cannot be merged: their weights are stored as {a.dtype} vs "
+                         f"{b.dtype}, and a merge reads each tensor as stored. Merge models saved in the same dtype.")
 
 
 def _vocab_size(info: ModelInfo) -> int | None:
