@@ -16,6 +16,14 @@ and `fit_mle_elo`; markdown counts as in `add_markdown_info.py`):
 
 Unlike FastChat, the bootstrap resamples rounds, not votes: a 3–4-model round yields several pairwise votes from one
 judgement, and resampling them one by one would treat them as independent and make the intervals too narrow.
+
+A model's interval is shown only from MIN_ROUNDS rounds on, and never when every resample gave it the same rating:
+with n resampled units the percentile interval is about mean ± 1.96·s·√((n−1)/n)/√n where small samples need
+mean ± t(n−1)·s/√n (Hesterberg 2015, "What Teachers Should Know About the Bootstrap", The American Statistician
+69(4): the percentile interval is too narrow in small samples by both factors). Their ratio
+1.96·√((n−1)/n)/t(n−1, 0.975) is 0.11 at 2 rounds, 0.63 at 5, 0.82 at 10 and 0.91 at 20 (past 0.9 from 18 on):
+below 20 rounds the interval would claim far more certainty than the votes hold. After one vote the bootstrap
+could only redraw that vote, and showed a 95 % interval of zero width.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from storage.models import ChatTranscript, Vote
 OUTCOMES = ("a", "b", "tie", "bad")
 STYLE = ("tokens", "headers", "lists", "bold")
 LN10 = math.log(10)
+MIN_ROUNDS = 20  # a model's rounds (votes, resampling votes) before its interval is shown: see the module docstring
 _CODE = re.compile(r"```([^`]*)```")
 
 
@@ -137,17 +146,19 @@ def _design(vs: list[Vote], models: list[str], style_control: bool):
     rows = np.arange(n)
     xm[rows, [idx[v.model_a] for v in vs]] = LN10
     xm[rows, [idx[v.model_b] for v in vs]] = -LN10
-    kept, notes, cols = [], [], []
+    kept, dropped, cols = [], [], []
     if style_control:
         for name in STYLE:
             a = np.array([getattr(v, f"{name}_a") for v in vs], dtype=float)
             b = np.array([getattr(v, f"{name}_b") for v in vs], dtype=float)
             diff = (a - b) / (a + b + 1)
             if diff.std() == 0:  # FastChat would divide by zero here
-                notes.append(f"{name}: no difference between answers in any vote, left out")
+                dropped.append(name)
                 continue
             cols.append((diff - diff.mean()) / diff.std())
             kept.append(name)
+    # one note for all of them: said once per feature, the same words filled a caption four times
+    notes = [f"{', '.join(dropped)}: no difference between the answers in any vote, so left out"] if dropped else []
     x = np.hstack([xm, np.array(cols).T]) if cols else xm
     a_won = np.array([v.outcome == "a" for v in vs], dtype=float)
     tie = np.array([v.outcome in ("tie", "bad") for v in vs], dtype=float)
@@ -185,7 +196,9 @@ def leaderboard(vs: list[Vote] | None = None, *, style_control: bool = False, bo
                 resample: str = "rounds", blind_only: bool = False) -> list[dict]:
     """Ratings on the Elo scale with 95 % bootstrap intervals (percentiles). `resample`: "rounds" (default; all
     votes of a round drawn together) or "votes" (FastChat's, right only when every round is one vote). As in
-    FastChat, the style columns are standardised once on all votes and the bootstrap reweights those rows."""
+    FastChat, the style columns are standardised once on all votes and the bootstrap reweights those rows.
+    A row's low and high are None, and `no_interval` says why, when the model was in fewer than MIN_ROUNDS rounds
+    or every resample rated it the same (see the module docstring); `rounds` counts its resampled units."""
     if resample not in ("rounds", "votes"):
         raise ValueError('resample must be "rounds" or "votes".')
     vs = votes() if vs is None else vs
@@ -208,10 +221,25 @@ def leaderboard(vs: list[Vote] | None = None, *, style_control: bool = False, bo
         present = (appears * (w > 0)[:, None]).any(axis=0)
         samples[i] = np.where(present, elo, np.nan)  # a model absent from the resample has no rating there
     counts = appears.sum(axis=0)
-    rows = [{"model": m, "score": float(point[j]), "low": float(np.nanpercentile(samples[:, j], 2.5)),
-             "high": float(np.nanpercentile(samples[:, j], 97.5)), "votes": int(counts[j])}
-            for j, m in enumerate(models)]
+    units = [len(set(inverse[appears[:, j]])) for j in range(len(models))]
+    unit = "rounds" if resample == "rounds" else "votes"
+    rows = [{"model": m, "score": float(point[j]), **_interval(samples[:, j], units[j], unit), "votes": int(counts[j]),
+             "rounds": units[j]} for j, m in enumerate(models)]
     return sorted(rows, key=lambda r: -r["score"])
+
+
+def _interval(samples: np.ndarray, units: int, unit: str) -> dict:
+    """The 95 % percentile interval of one model's bootstrap ratings, or why there is none: too few resampled units
+    for the percentile interval to mean 95 % (module docstring), or resamples that all gave the same rating (votes
+    that all went one way: redrawing them cannot vary the fit, which is no evidence of certainty)."""
+    if units < MIN_ROUNDS:
+        return {"low": None, "high": None,
+                "no_interval": f"too few {unit} for an interval: {units} of at least {MIN_ROUNDS}"}
+    low, high = float(np.nanpercentile(samples, 2.5)), float(np.nanpercentile(samples, 97.5))
+    if high - low < 1e-6:
+        return {"low": None, "high": None, "no_interval": f"no interval: every resample of its {unit} gave the same "
+                                                          "rating (its votes all went one way)"}
+    return {"low": low, "high": high, "no_interval": None}
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

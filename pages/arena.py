@@ -56,6 +56,39 @@ def run_round(prompt: str, chosen: list[str]) -> int:
     return arena.save_transcript(prompt, settings, answers, positions=order, blind=not show_names).id
 
 
+def count(n: int, noun: str) -> str:
+    """"1 round", "2 rounds": the caption read "1 blind pairwise votes from 1 rounds"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def board_table(board: list[dict]) -> pd.DataFrame:
+    """The leaderboard with its interval as one column: the two ends, or why there is none (a bootstrap over one
+    vote gave low = high = the rating, which read as certainty)."""
+    return pd.DataFrame([{"model": r["model"], "score": round(r["score"], 1),
+                          "95 % interval": r["no_interval"] or f"{r['low']:.1f} – {r['high']:.1f}",
+                          "votes": r["votes"], "rounds": r["rounds"]} for r in board])
+
+
+def board_figure(board: list[dict], title: str):
+    """The ratings chart; while any model lacks an interval it draws no whiskers at all (a missing whisker would
+    be drawn as a zero-width one, which is the false certainty the table avoids) and its title says so."""
+    if all(r["low"] is not None for r in board):
+        return leaderboard_figure(board, title)
+    fig = leaderboard_figure([{**r, "low": r["score"], "high": r["score"]} for r in board],
+                             f"{title} (no intervals drawn: see the table)")
+    return fig.update_traces(error_x_visible=False, error_y_visible=False)
+
+
+def counts_above_whiskers(fig, rows: list[dict]):
+    """Wins / decisive votes written above each interval's top: written 'outside' a bar, a win rate of 0 put its
+    "0/1" at the foot of the whisker, on the line."""
+    fig.update_traces(text=None)
+    for r in rows:
+        fig.add_annotation(x=r["position"], y=r["high"], text=f"{r['wins']}/{r['decisive']}", showarrow=False,
+                           yanchor="bottom")
+    return fig
+
+
 prompt = st.chat_input("One prompt for every model…", key="arena_prompt")
 if prompt and len(models) >= 2:
     st.session_state["arena_round"] = run_round(prompt, models)
@@ -121,7 +154,7 @@ st.subheader("Leaderboard")
 all_votes = arena.votes()
 blind_votes = [v for v in all_votes if v.blind]
 if not blind_votes:
-    st.caption("No blind votes yet." + (f" ({len(all_votes)} votes cast with names shown are left out.)"
+    st.caption("No blind votes yet." + (f" (Left out: {count(len(all_votes), 'vote')} cast with names shown.)"
                                         if all_votes else ""))
     st.stop()
 control = st.toggle("Style control", value=True, key="style_control",
@@ -129,18 +162,19 @@ control = st.toggle("Style control", value=True, key="style_control",
                          "Arena's style control does: a model that wins only by answering longer or with more "
                          "formatting loses that edge.")
 board = arena.leaderboard(blind_votes, style_control=control)
-st.dataframe(pd.DataFrame(board).round(1), hide_index=True, key="leaderboard")
-st.plotly_chart(leaderboard_figure(board, "Style-controlled" if control else "Plain"), key="leaderboard_chart")
+st.dataframe(board_table(board), hide_index=True, key="leaderboard")
+st.plotly_chart(board_figure(board, "Style-controlled" if control else "Plain"), key="leaderboard_chart")
 rounds = len({v.transcript_id for v in blind_votes})
 notes = arena.fit(blind_votes, style_control=True) if control else None
-st.caption(f"{len(blind_votes)} blind pairwise votes from {rounds} rounds; 95 % intervals from resampling rounds "
-           f"(a 3–4-model round gives several votes from one judgement). Ties and both-bad count as one win each "
-           f"way." + (f" {len(all_votes) - len(blind_votes)} votes cast with names shown are left out."
-                      if len(all_votes) > len(blind_votes) else ""))
+st.caption(f"{count(len(blind_votes), 'blind pairwise vote')} from {count(rounds, 'round')}; 95 % intervals from "
+           f"resampling rounds (a 3–4-model round gives several votes from one judgement), shown from "
+           f"{arena.MIN_ROUNDS} rounds of a model on. Ties and both-bad count as one win each way."
+           + (f" Left out: {count(len(all_votes) - len(blind_votes), 'vote')} cast with names shown."
+              if len(all_votes) > len(blind_votes) else ""))
 if notes:
     st.caption("Style coefficients (log10-odds per standard deviation): "
                + (", ".join(f"{k} {v:+.2f}" for k, v in notes["style"].items()) or "none")
                + ("; " + "; ".join(notes["notes"]) if notes["notes"] else ""))
 bias = arena.position_bias(blind_votes)
 if bias:
-    st.plotly_chart(position_bias_figure(bias), key="position_bias")
+    st.plotly_chart(counts_above_whiskers(position_bias_figure(bias), bias), key="position_bias")

@@ -9,11 +9,31 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from pages.common import job_status, live_log, worker_banner, via_app
+from backend.specs import spec_from_dict
+from pages.common import job_message, job_status, live_log, worker_banner, via_app
+from pages.figures import short_name
 
 via_app(__file__)
 st.title("Jobs")
 worker_banner()
+
+
+def output(job) -> str:
+    """What a job makes, so that two merges of the same pair tell apart: the registered name once it succeeded,
+    else the spec's name (or the name the job will derive), the scored models for an evaluation, the source of an
+    import that derives its name on the way."""
+    made = (job.result or {}).get("model") or (job.result or {}).get("pairs")
+    if made:
+        return made
+    if job.kind == "eval":
+        return "scores of " + ", ".join(job.spec.get("models", []))
+    if job.spec.get("name"):
+        return job.spec["name"]
+    try:
+        spec = spec_from_dict(job.spec)
+    except ValueError:  # a spec written by an older version: its kind is all the table can say
+        return ""
+    return spec.default_name() if hasattr(spec, "default_name") else f"from {job.spec.get('target', '?')}"
 
 
 @st.fragment(run_every=2.0)
@@ -22,22 +42,33 @@ def job_table() -> None:
     if not jobs:
         st.info("No jobs yet. Builds and imports started from the other pages appear here.")
         return
+    alive = runner.worker_alive()
+    col = st.column_config
     st.dataframe(pd.DataFrame([{
-        # a failed job's message is just "failed": its error takes the place (a separate column was squeezed to a
-        # few characters by the long messages, so the reason could not be read)
-        "id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
-        "message": f"failed: {j.error}" if j.status == "failed" and j.error else j.message,
+        # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
+        "id": j.id, "kind": j.kind, "output": short_name(output(j), 28), "status": j.status, "progress": j.progress,
+        # a failed job's error takes the place of its "failed" (job_message): a separate column was squeezed to a
+        # few characters by the long messages, so the reason could not be read
+        "message": job_message(j, jobs, alive),
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",
-        column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
+        # fitted to a 1400 px window, id pinned: long names and messages are cut in their cells (the job list and
+        # status box below the table show them whole), so "created" and "seconds" stay in view
+        column_config={"id": col.NumberColumn(pinned=True, width=40),
+                       "output": col.TextColumn(width=200, help="the model or data set the job makes (whole in "
+                                                                "the job list below)"),
+                       "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=90),
+                       "message": col.TextColumn(width=210, help="select the job below to read it whole"),
+                       "created": col.TextColumn(width=110), "seconds": col.NumberColumn(width=70)})
 
 
 job_table()
 jobs = runner.list_jobs()
 if jobs:
     job_id = st.selectbox("Job", [j.id for j in jobs], key="job",
-                          format_func=lambda i: next(f"{j.id} · {j.kind} · {j.status}" for j in jobs if j.id == i))
+                          format_func=lambda i: next(f"{j.id} · {j.kind} · {output(j)} · {j.status}" for j in jobs
+                                                     if j.id == i))
     job_status(job_id)
     job = runner.get(job_id)
     with st.expander("Spec"):

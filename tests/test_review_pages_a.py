@@ -45,7 +45,8 @@ def test_a_malformed_upload_is_reported_when_it_is_uploaded(tiny):
     at.file_uploader(key="upload").set_value(("broken.jsonl", b'{"prompt": "hi", "completion": "yo"}\n{"prompt": "x\n',
                                               "application/json")).run()
     assert not at.exception
-    assert any(e.value.startswith("broken.jsonl: Could not read") for e in at.error), [e.value for e in at.error]
+    assert [e.value for e in at.error] == ["broken.jsonl, line 2: not valid JSON (Unterminated string starting "
+                                           "at). Each line must be one JSON object."]  # the file named once
     assert not [b for b in at.button if b.key == "add_upload"]  # nothing to add
 
 
@@ -91,10 +92,8 @@ def test_size_on_disk_fits_its_metric():
 def test_a_new_import_attempt_does_not_show_the_last_ones_failure(tiny):
     at = app("models.py")
     at.text_input(key="import_target").set_value("/nowhere/at/all").run()
-    at.button(key="import").click().run()
-    runner.worker(once=True)
-    at.run()
-    assert any("/nowhere/at/all" in e.value for e in at.error)
+    at.button(key="import").click().run()  # refused before it is queued (runner.check_before_queueing)
+    assert any("/nowhere/at/all" in e.value for e in at.error) and not runner.list_jobs()
     at.text_input(key="import_name").set_value("bad name!").run()
     at.button(key="import").click().run()
     errors = [e.value for e in at.error]
@@ -117,14 +116,16 @@ def test_jobs_page_log_is_plain_text_and_says_when_there_is_none_yet(tiny):
 
 
 def test_jobs_table_shows_why_a_job_failed(tiny):
-    from backend.specs import ImportSpec
+    from backend.specs import UpscaleSpec
 
-    runner.submit(ImportSpec(target="/nowhere/at/all"))
+    runner.submit(UpscaleSpec(base="tiny", m=2, name="gone-before-it-ran"))
+    registry.delete("tiny", delete_files=False)  # the base is gone by the time the job runs
     runner.worker(once=True)
     at = app("jobs.py")
     table = at.dataframe[0].value
-    assert list(table.columns) == ["id", "kind", "status", "progress", "message", "created", "seconds"]
-    assert table["message"][0] == "failed: '/nowhere/at/all' is not a folder, a .gguf file or a Hub id (owner/name)."
+    assert list(table.columns) == ["id", "kind", "output", "status", "progress", "message", "created", "seconds"]
+    assert table["message"][0] == f"failed: {runner.list_jobs()[0].error}"
+    assert "tiny" in table["message"][0] and table["output"][0] == "gone-before-it-ran"
 
 
 def test_monitor_page_log_is_plain_text(tiny, tmp_path):
@@ -211,7 +212,7 @@ def test_a_half_filled_slice_row_is_named_not_dropped_silently(tiny):
     assert not at.exception
     assert [w.value for w in at.warning if "left out" in w.value] == [
         "Row 3 is left out until its source, start and end are filled in."]
-    assert at.metric[0].value == "6 → 10"  # the two complete rows
+    assert at.metric[0].value == "6 → 8"  # the two complete rows
 
 
 def test_chat_with_a_model_whose_folder_is_gone_says_so(tiny, tiny_llama, tmp_path):
