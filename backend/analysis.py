@@ -20,6 +20,16 @@ from backend.qa import flags
 
 MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
 MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the model-based ones are used
+OUTCOMES = ("hallucination", "correct")
+RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
+
+
+def is_bad(r: Record, outcome: str) -> bool:
+    """The event whose rate is compared (lower is better for both outcomes): a hallucination, or, for "correct",
+    an answer that is not correct (wrong, abstained or cut off)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
+    return r.hallucination if outcome == "hallucination" else not r.correct
 
 
 @dataclass(frozen=True)
@@ -104,9 +114,10 @@ def _stratified_diffs(bins_a: np.ndarray, hall_a: np.ndarray, bins_b: np.ndarray
 
 
 def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins: int = 4, boots: int = 1000,
-                      seed: int = 0) -> dict:
-    """Raw and length-stratified difference in hallucination rate (A − B) with 95% bootstrap intervals, and each
-    model's mean answer length. If the raw gap shrinks to ~0 once length is controlled, length explains it.
+                      seed: int = 0, outcome: str = "hallucination") -> dict:
+    """Raw and length-stratified difference in the rate of `outcome`'s bad event (`is_bad`: a hallucination, or an
+    answer that is not correct), A − B, with 95% bootstrap intervals, and each model's mean answer length. If the
+    raw gap shrinks to ~0 once length is controlled, length explains it.
     The resamples are drawn as index arrays and binned with bincount: 500 resamples of 1,000 answers take
     milliseconds (a loop over records took seconds, and the compare page redraws on every widget change)."""
     a = [r for r in records if r.model == model_a]
@@ -116,7 +127,7 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     edges = bin_edges(a + b, n_bins)
     k = len(edges) - 1
     wa, wb = (np.array([r.words for r in x], dtype=float) for x in (a, b))
-    ha, hb = (np.array([r.hallucination for r in x], dtype=float) for x in (a, b))
+    ha, hb = (np.array([is_bad(r, outcome) for r in x], dtype=float) for x in (a, b))
     ba, bb = bins_of(wa, edges), bins_of(wb, edges)
     rng = np.random.default_rng(seed)
     ia, ib = rng.integers(0, len(a), (boots, len(a))), rng.integers(0, len(b), (boots, len(b)))
@@ -125,7 +136,7 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     strat_s = strat_s[~np.isnan(strat_s)]
     point = _stratified_diffs(ba[None], ha[None], bb[None], hb[None], k)[0]
     ci = lambda xs: (float(np.percentile(xs, 2.5)), float(np.percentile(xs, 97.5))) if len(xs) else (None, None)  # noqa
-    return {"model_a": model_a, "model_b": model_b, "n_a": len(a), "n_b": len(b),
+    return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
             "mean_words_a": float(wa.mean()), "mean_words_b": float(wb.mean()),
             "raw_diff": float(ha.mean() - hb.mean()), "raw_ci": ci(raw_s),
             "length_controlled_diff": None if np.isnan(point) else float(point),
@@ -196,6 +207,26 @@ def _design(rows: list[Record], models: list[str], with_length: bool):
     return np.column_stack(cols), names, kinds
 
 
+class Separation(ValueError):
+    """A term predicts the outcome exactly, so its coefficient has no finite estimate."""
+
+
+def _separating(rows: list[Record], y: np.ndarray, outcome: str) -> list[str]:
+    """In words, each model and each question kind (of two or more) whose answers all have the same outcome —
+    what makes a logistic fit diverge, e.g. "all 20 answers to unanswerable items are hallucinations"."""
+    event = {"hallucination": ("hallucinations", "a hallucination"), "correct": ("correct", "correct")}[outcome]
+    found = []
+    for key, group in ((lambda r: r.model, "{n} answers of {level}"),
+                       (lambda r: r.kind, "{n} answers to {level} items (from every model)")):
+        levels = sorted({key(r) for r in rows})
+        for level in levels if len(levels) > 1 else []:
+            ys = y[[key(r) == level for r in rows]]
+            if ys.min() == ys.max():
+                who = group.format(n=len(ys), level=level)
+                found.append(f"all {who} are {event[0]}" if ys[0] else f"none of the {who} is {event[1]}")
+    return found
+
+
 def _logit(y, x, names, groups):
     """statsmodels Logit, cluster-robust by item when there are enough items. Raises ValueError with a reason
     instead of returning infinite or meaningless estimates."""
@@ -213,8 +244,8 @@ def _logit(y, x, names, groups):
             raise ValueError("the terms are collinear (for example every answer has the same length).") from None
     bad = [names[i] for i in range(1, len(names)) if not np.isfinite(res.bse[i]) or abs(res.params[i]) > 15]
     if any(issubclass(w.category, PerfectSeparationWarning) for w in caught) or bad:
-        raise ValueError(f"perfect separation: {', '.join(bad) or 'a term'} predicts the outcome exactly on these "
-                         "items (e.g. a model that never errs), so no finite effect exists; read the raw rates.")
+        raise Separation(f"perfect separation: {', '.join(bad) or 'a term'} predicts the outcome exactly on these "
+                         "items, so no finite effect exists; read the raw rates.")
     return res, ("cluster-robust by item" if robust else "model-based (fewer than "
                  f"{MIN_CLUSTERS} items: too few clusters for cluster-robust errors)")
 
@@ -237,7 +268,7 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
     `models` answered; the first model is the reference. Returns the coefficient table of both fits and, per other
     model, its effect in points (average marginal effect) without and with the length term; `ok` False with
     `message` when the data cannot support the model."""
-    if outcome not in ("hallucination", "correct"):
+    if outcome not in OUTCOMES:
         raise ValueError('outcome must be "hallucination" or "correct".')
     items = shared_items(records, models)
     out: dict = {"ok": False, "models": models, "outcome": outcome, "n_items": len(items), "table": [],
@@ -264,6 +295,11 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
             break
         try:
             res, cov = _logit(y, x, names, groups)
+        except Separation as exc:
+            pure = _separating(rows, y, outcome)  # say which group, in words, not which dummy column
+            why = (f"perfect separation: {'; '.join(pure)}, so no finite effect exists for "
+                   f"{'that group' if len(pure) == 1 else 'those groups'}; read the raw rates") if pure else exc
+            return {**out, "message": f"({label}) {why}"}
         except ValueError as exc:
             return {**out, "message": f"({label}) {exc}"}
         fits[label] = (res, x, names)
@@ -297,7 +333,7 @@ def sentence(res: dict) -> str:
     if not res["ok"]:
         return res["message"]
     a, b, raw, adj = res["model_a"], res["model_b"], res["raw"], res.get("adjusted")
-    noun = "hallucinates" if res["outcome"] == "hallucination" else "errs (wrong or abstained)"  # lower is better
+    noun = "hallucinates" if res["outcome"] == "hallucination" else "errs (wrong, abstained or cut off)"
     n = f"{raw['n']} shared items"
     if raw["low"] <= 0 <= raw["high"]:
         head = (f"{a} and {b} show no clear difference: {a} − {b} = {_points(raw['diff'])} "
@@ -351,12 +387,12 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
         return {**res, "sentence": res["message"]}
     ra = [items[k][model_a] for k in sorted(items)]
     rb = [items[k][model_b] for k in sorted(items)]
-    bad = (lambda r: r.hallucination) if outcome == "hallucination" else (lambda r: not r.correct)
-    res.update(ok=True, raw=paired_bootstrap([bad(r) for r in ra], [bad(r) for r in rb], boots, seed),
+    ya, yb = [is_bad(r, outcome) for r in ra], [is_bad(r, outcome) for r in rb]
+    res.update(ok=True, raw=paired_bootstrap(ya, yb, boots, seed),
                mcnemar=mcnemar_accuracy([r.correct for r in ra], [r.correct for r in rb]),
                mean_tokens_a=float(np.mean([_length(r) for r in ra])),
                mean_tokens_b=float(np.mean([_length(r) for r in rb])),
-               rate_a=float(np.mean([bad(r) for r in ra])), rate_b=float(np.mean([bad(r) for r in rb])))
+               rate_a=float(np.mean(ya)), rate_b=float(np.mean(yb)))
     lm = length_model(records, [model_a, model_b], outcome)
     res["model"], res["length_message"] = lm, (lm["message"] or "; ".join(lm["notes"])).rstrip(".")
     eff = lm["effects"].get(model_b, {})
@@ -370,10 +406,10 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     return res
 
 
-def length_curves(records: list[Record], models: list[str], n_bins: int = 4) -> dict:
-    """For the plot of hallucination rate against answer length: observed rates per model in pooled token-quantile
-    bins (x = the bin's median length), and the logistic model's fitted curve per model over the observed range
-    (averaged over the items' question kinds)."""
+def length_curves(records: list[Record], models: list[str], n_bins: int = 4, outcome: str = "hallucination") -> dict:
+    """For the plot of the rate of `outcome`'s bad event (`is_bad`) against answer length: observed rates per model
+    in pooled token-quantile bins (x = the bin's median length), and the logistic model's fitted curve per model
+    over the observed range (averaged over the items' question kinds)."""
     items = shared_items(records, models)
     rows = [r for per in items.values() for r in per.values()]
     out: dict = {"observed": [], "fitted": []}
@@ -388,8 +424,8 @@ def length_curves(records: list[Record], models: list[str], n_bins: int = 4) -> 
         for k in np.unique(b):
             sel = [r for r, bk in zip(mine, b) if bk == k]
             out["observed"].append({"model": m, "tokens": float(np.median(ls[b == k])), "n": len(sel),
-                                    "rate": sum(r.hallucination for r in sel) / len(sel)})
-    lm = length_model(records, models, "hallucination")
+                                    "rate": sum(is_bad(r, outcome) for r in sel) / len(sel)})
+    lm = length_model(records, models, outcome)
     if not lm["ok"] or "with length" not in lm["fits"]:
         return out
     res, x, names = lm["fits"]["with length"]
@@ -402,5 +438,6 @@ def length_curves(records: list[Record], models: list[str], n_bins: int = 4) -> 
             xm[:, j] = 1.0
         for t in grid:
             xm[:, li] = math.log1p(t)
-            out["fitted"].append({"model": m, "tokens": float(t), "rate": float(np.mean(1 / (1 + np.exp(-xm @ beta))))})
+            p = float(np.mean(1 / (1 + np.exp(-xm @ beta))))  # P(outcome): the bad event's rate for "correct" is 1 − p
+            out["fitted"].append({"model": m, "tokens": float(t), "rate": p if outcome == "hallucination" else 1 - p})
     return out

@@ -61,9 +61,14 @@ def badge(r: EvalScore) -> str:
     return f"⚠ {ov['share_over']:.0%}" if ov["items_over"] else "✓ 0%"
 
 
+LINEAGE_COLUMNS = ("kind", "layers", "made from")
+
+
 def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
-    """One row per model: headline metric per task, its hallucination rate, an overlap badge where any model's
-    items overlap its training data, and the average of the accuracy-like tasks."""
+    """One row per model: the average of the accuracy-like tasks, headline metric per task, its hallucination rate,
+    an overlap badge where any model's items overlap its training data, then the model's lineage (kind, layers,
+    parents). Scores come right after the name, as in the paper's table: with long model names a page-wide table
+    showed only the name and the lineage, its scores scrolled out of sight."""
     primary = headline(latest)
     overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0}
     by_model: dict[str, list[tuple[str, EvalScore]]] = {}
@@ -72,8 +77,7 @@ def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
     rows = []
     for model, tasks in by_model.items():
         rec = records.get(model)
-        row = {"model": model, "kind": rec.kind if rec else "?", "layers": rec.num_layers if rec else None,
-               "made from": " + ".join(p.split("/")[-1] for p in (rec.parents if rec else [])) or "—"}
+        row = {"model": model, "average (accuracy tasks)": None}
         accs = []
         for task, r in tasks:
             v = value(r, clean=clean)
@@ -87,8 +91,13 @@ def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
             if task in overlapping:
                 row[f"{task} (training overlap)"] = badge(r)
         row["average (accuracy tasks)"] = round(sum(accs) / len(accs), 4) if accs else None
-        rows.append(row)
-    return rows
+        lineage = (rec.kind, rec.num_layers, " + ".join(p.split("/")[-1] for p in rec.parents) or "—") if rec else (
+            "?", None, "—")
+        rows.append({**row, **dict(zip(LINEAGE_COLUMNS, lineage))})
+    # every row has every column, in one order: a table takes its columns from the rows in turn, so a task the
+    # first model lacked came after the lineage
+    scores = sorted({c for r in rows for c in r} - {"model", "average (accuracy tasks)", *LINEAGE_COLUMNS})
+    return [{c: r.get(c) for c in ["model", "average (accuracy tasks)", *scores, *LINEAGE_COLUMNS]} for r in rows]
 
 
 def qa_rows(latest: dict, clean: bool = False) -> list[dict]:

@@ -4,7 +4,7 @@ shorter answers?)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pandas as pd
 import streamlit as st
@@ -14,9 +14,41 @@ from sqlmodel import func, select
 from backend import analysis, registry, scoretable
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
-from pages.figures import bar_figure, by_bin_figure, length_box_figure, radar_figure
+from pages.figures import bar_figure, by_bin_figure, length_box_figure, radar_figure, short_name
 from storage import db
 from storage.models import Generation
+
+NAME_CHARS = 56  # what the pinned model column ("large", 400 px) shows of a name
+
+
+def score_table(df: pd.DataFrame, key: str) -> None:
+    """A models × tasks table with the name pinned at the left (the scores scroll beside it) and the lineage
+    last: with 82-character merge names a page-wide table showed no score at all. Longer names are cut in the
+    middle, as on the charts' axes, so two merges of the same candidates still differ in what shows."""
+    shown = df.assign(model=[short_name(m, NAME_CHARS) for m in df["model"]])
+    st.dataframe(shown, hide_index=True, key=key, column_config={
+        "model": st.column_config.TextColumn(pinned=True, width="large", help=f"Names over {NAME_CHARS} "
+                                             "characters are cut in the middle; Export CSV has them whole."),
+        "made from": st.column_config.TextColumn(width="medium")})
+
+
+def same_items(recs: list[analysis.Record], models: list[str]) -> tuple[list[analysis.Record], str]:
+    """The answers the accuracy-by-length chart pools, and a sentence on which: all of them when every model
+    answered the same items; else only the items every model answered (a model scored on 6 items beside models
+    scored on 30 gave bins of 1–3 answers that swung 0 → 0.67 → 0), or, when no item is shared, each model's own."""
+    count = Counter(r.model for r in recs)
+    shared = analysis.shared_items(recs, models)
+    if all(c == len(shared) for c in count.values()):
+        return recs, (f"All {len(models)} models on the same {len(shared)} items; " if len(models) > 1 else "") + (
+            "n = answers in the bin.")
+    per_model = ", ".join(f"{m} {count[m]}" for m in models)
+    if not shared:
+        return recs, (f"The models were scored on different items ({per_model}) and share none: each line is over "
+                      "its own items, so the lines are not comparable; n = answers in the bin.")
+    return ([r for per in shared.values() for r in per.values()],
+            f"The models were scored on different numbers of items ({per_model}): the chart uses only the "
+            f"{len(shared)} items every one of them answered; n = answers in the bin.")
+
 
 via_app(__file__)
 st.title("Merge & compare")
@@ -82,13 +114,15 @@ with st.expander("Merge candidates"):
         b1, b2 = st.columns(2)
         if b1.button("Merge", type="primary", key="merge", disabled=taken,
                      help=f"A model named {mspec.name} exists: choose another name." if taken else None):
-            submit(mspec, "merge_job")
+            job_id = submit(mspec, "merge_job")
+            if job_id is not None:
+                st.session_state.setdefault("merge_jobs", []).append(job_id)
         b2.download_button("Save spec (YAML)", mspec.to_yaml(), file_name=f"{mspec.name}.yaml", key="merge_spec",
                            help="Rerun it with `python -m backend run FILE`.")
         if taken:
             st.caption(f"A model named `{mspec.name}` is already registered: give the merge another name.")
-    if "merge_job" in st.session_state:
-        job_status(st.session_state["merge_job"])
+    for job_id in st.session_state.get("merge_jobs", []):  # every merge launched here, not only the last
+        job_status(job_id)
 
 with st.expander("Evaluate", expanded=False):
     e1, e2 = st.columns(2)
@@ -102,6 +136,11 @@ with st.expander("Evaluate", expanded=False):
     limit = e3.number_input("Items per task", 1, 10_000, 20, key="eval_limit")
     max_new = e4.number_input("Max new tokens", 8, 1024, 96, key="eval_max_new")
     samples = e5.number_input("Samples for consistency (k)", 1, 10, 1, key="eval_samples")
+    if limit < analysis.MIN_ITEMS:
+        st.warning(f"{limit} items per task: the answer-length comparison at the foot of this page needs at least "
+                   f"{analysis.MIN_ITEMS} items both models answered, so it will not compare these. Set Items per "
+                   f"task to {analysis.MIN_ITEMS} or more for it ({analysis.MIN_CLUSTERS} or more for intervals "
+                   "clustered by item).")
     j1, j2, j3 = st.columns(3)
     device = j1.selectbox("Device", ["auto", "cpu", "cuda"], key="eval_device",
                           help="auto: CUDA in bfloat16 with a batch fitted to free memory when present")
@@ -142,7 +181,7 @@ st.caption("Each score records its set's source and fingerprint, and how much of
            "model's whole lineage contains (8-gram overlap; an item under 8 words counts when it appears whole; "
            "⚠ share of items over the threshold, ✓ none). "
            "The built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
-st.dataframe(table, hide_index=True, key="scores_table")
+score_table(table, "scores_table")
 st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores")
 qa_table = scoretable.qa_rows(latest, clean=clean_only)
 if qa_table:
@@ -182,20 +221,20 @@ if merged:
         st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
                  + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
                     f" weights={mrec.recipe.get('weights') or 'equal'}"))
-        st.dataframe(view, hide_index=True, key=f"merge_view_{mrec.name}")
+        score_table(view, f"merge_view_{mrec.name}")
 
 by_task: dict[str, list[dict]] = defaultdict(list)
 for (model, task), r in primary.items():
     by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value})
 cols = st.columns(2)
 for i, (task, rows) in enumerate(sorted(by_task.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, task, models=list(table["model"])), key=f"bar_{task}")
+    cols[i % 2].plotly_chart(bar_figure(rows, task, models=names), key=f"bar_{task}")
 radar = defaultdict(dict)
 for (model, task), r in primary.items():
     if scoretable.higher_is_better(r.metric):
         radar[model][task] = r.value
 if radar and len({t for v in radar.values() for t in v}) >= 3:
-    st.plotly_chart(radar_figure(dict(radar)), key="radar")
+    st.plotly_chart(radar_figure(dict(radar), models=names), key="radar")
 
 st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
@@ -228,8 +267,8 @@ def compared(url: str, task: str, version: tuple, ma: str, mb: str, outcome: str
     """The regression, paired bootstrap, McNemar and the binned check for two models (cached like the records)."""
     pair = [r for r in task_records(url, task, version) if r.model in (ma, mb)]
     return (analysis.compare(pair, ma, mb, outcome=outcome),
-            analysis.length_controlled(pair, ma, mb, n_bins=n_bins, boots=500),
-            analysis.length_curves(pair, [ma, mb], n_bins=n_bins))
+            analysis.length_controlled(pair, ma, mb, n_bins=n_bins, boots=500, outcome=outcome),
+            analysis.length_curves(pair, [ma, mb], n_bins=n_bins, outcome=outcome))
 
 
 with db.session() as s:
@@ -257,6 +296,7 @@ if len(gen_models) >= 2:
         st.warning("Choose two different models.")
     else:
         res, strat, curves = compared(url, gtask, version, ma, mb, outcome, n_bins)
+        rate = analysis.RATE_LABEL[outcome]  # every number below is of this rate
         st.markdown(f"**{res['sentence']}**")
         if res["ok"]:
             lm, mc, raw = res["model"], res["mcnemar"], res["raw"]
@@ -269,16 +309,19 @@ if len(gen_models) >= 2:
             fmt = lambda lo, hi: f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "(too few answers)"  # noqa: E731
             sdiff = strat["length_controlled_diff"]
             st.markdown(
-                f"Hallucination rate A − B: raw **{res['rate_a'] - res['rate_b']:+.3f}** "
+                f"{rate.capitalize()} A − B: raw **{res['rate_a'] - res['rate_b']:+.3f}** "
                 f"{fmt(raw['low'], raw['high'])} (paired bootstrap over {raw['n']} shared items)"
-                + ("" if outcome == "hallucination" else " — of answers that are not correct") + ";  \n"
+                + ("" if outcome == "hallucination" else " — wrong, abstained or cut off") + ";  \n"
                 f"accuracy, McNemar: only {ma} right on {mc['only_a_correct']}, only {mb} on {mc['only_b_correct']}, "
                 f"p = {mc['pvalue']:.3g} ({'exact binomial' if mc['exact'] else 'chi-square'});  \n"
-                f"model-free length check (within {strat['bins']} length bins): hallucination gap "
+                f"model-free length check (within {strat['bins']} length bins): {rate} gap "
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
-        st.plotly_chart(hallucination_length_figure(curves),
-                        key="hall_length")
+        st.plotly_chart(hallucination_length_figure(curves, rate, models=names), key="hall_length")
 c1, c2 = st.columns(2)
-c1.plotly_chart(length_box_figure(dict(words)), key="len_box")
-c2.plotly_chart(by_bin_figure(analysis.by_length_bin(recs, n_bins), "accuracy"), key="bin_acc")
+c1.plotly_chart(length_box_figure(dict(words), models=names), key="len_box")
+pooled, which = same_items(recs, gen_models)
+acc_fig = by_bin_figure(analysis.by_length_bin(pooled, n_bins), "accuracy", models=names)
+acc_fig.update_traces(mode="lines+markers+text", textposition="top center", textfont_size=10)  # n on each point
+c2.plotly_chart(acc_fig, key="bin_acc")
+c2.caption(which)

@@ -7,6 +7,14 @@ import plotly.graph_objects as go
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 DROPPED = "#D9D9D9"
 IDENTITY = "#2CA02C"
+REFERENCE = "#888888"  # a reference line (the base model's loss): grey, as no palette colour may stand for it
+
+
+def name_colors(names) -> dict[str, str]:
+    """Each name (job label, model name) with its colour, given in the page's order (its selection): every chart of
+    a page colours from this, so a job or model looks the same in all of them. Each chart had counted its own
+    traces, and one job was orange in one chart and blue, the colour of another job, in the next."""
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(dict.fromkeys(names))}
 
 
 # Model names on a chart's category axis. Under vertical bars the names sit side by side and were cut off or ran
@@ -105,31 +113,66 @@ def layer_map_figure(plan) -> go.Figure:
     return fig
 
 
-def metric_figure(series: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
-    """One line per job for one logged metric."""
+# Charts over training steps: the plot area keeps its height however many jobs the legend under it lists.
+STEP_PLOT_PX = 220
+AXIS_PX = 50  # tick labels and the "step" title under the plot
+LEGEND_ROW_PX = 20  # one legend entry, one a row (job labels are long)
+TITLE_CHARS = 48  # the longest title line that fits a page-wide chart in a 1000 px window (about 540 px)
+MODEBAR_PX = 32  # the band at the top of a chart where plotly's toolbar (modebar) shows on hover
+
+
+def _step_axis(steps) -> dict:
+    """The x axis over training steps: from 0, where the first evaluation is logged (plotly put a lone point at
+    step 0 in the middle of a −1…1 axis), in whole steps while they are few (not 1.2, 1.4 between steps 1 and 2)."""
+    last = max(steps, default=0)
+    return dict(title="step", range=[0, max(last, 1)]) | (dict(dtick=1) if last <= 10 else {})
+
+
+def _legend_below(fig: go.Figure, rows: int, top: int, plot_px: int = STEP_PLOT_PX) -> None:
+    """The legend under the x axis title, one trace a row growing downwards, and room for `rows` of them. Anchored at
+    its bottom (plotly's default below the plot) a legend of three jobs grew up into the "step" title."""
+    legend_px = LEGEND_ROW_PX * rows + 10
+    height = top + plot_px + AXIS_PX + legend_px
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=top, b=AXIS_PX + legend_px),
+                      legend=dict(orientation="v", yref="container", yanchor="top", y=legend_px / height, x=0))
+
+
+def metric_figure(series: dict[str, list[tuple[int, float]]], metric: str,
+                  order: list[str] | None = None) -> go.Figure:
+    """One line per job for one logged metric. `order`: the page's job labels as selected, for name_colors; each
+    line is in the legend, also alone (a DPO-only chart drew DPO in blue, unnamed, beside charts where blue was CPT)."""
+    colors = name_colors([*(order or []), *series])
     fig = go.Figure()
-    for k, (label, points) in enumerate(series.items()):
-        if points:
-            xs, ys = zip(*points)
+    for label in colors:
+        if series.get(label):
+            xs, ys = zip(*series[label])
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines", name=label,
-                                     line_color=PALETTE[k % len(PALETTE)]))
-    fig.update_layout(title=metric, height=300, margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step",
-                      legend=dict(orientation="h", y=-0.25))
+                                     line_color=colors[label], showlegend=True, cliponaxis=False))
+    fig.update_layout(title=metric, xaxis=_step_axis(x for trace in fig.data for x in trace.x))
+    _legend_below(fig, len(colors), top=40)  # room for every job of the page: the charts side by side line up
     return fig
 
 
-def recovery_figure(points: list[tuple[int, float]], reference: float, label: str, ref_label: str) -> go.Figure:
-    """SOLAR's story at small scale: the up-scaled model's held-out loss starts above its base's, then falls."""
+def recovery_figure(points: list[tuple[int, float]], reference: float, label: str, ref_label: str,
+                    order: list[str] | None = None) -> go.Figure:
+    """SOLAR's story at small scale: the up-scaled model's held-out loss starts above its base's, then falls. The
+    line has the job's colour of the page's other charts (`order`, as in metric_figure); the base model's is grey.
+    The title sits under the band of the chart's toolbar, which covered the end of a long title, and is short
+    (the job's label cut, whole in the legend)."""
     fig = go.Figure()
     xs, ys = zip(*points) if points else ((), ())
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{label} (held-out loss)",
-                             line_color=PALETTE[1]))
-    fig.add_hline(y=reference, line_dash="dash", line_color=PALETTE[0],
+                             line_color=name_colors([*(order or []), label])[label], showlegend=True,
+                             cliponaxis=False))
+    fig.add_hline(y=reference, line_dash="dash", line_color=REFERENCE,
                   annotation_text=f"{ref_label}: {reference:.3f}", annotation_position="top left")
-    fig.update_layout(title=f"Recovery of {label}: held-out loss during continued pretraining vs the base model",
-                      height=360,
-                      margin=dict(l=10, r=10, t=40, b=30), xaxis_title="step", yaxis_title="eval loss",
-                      legend=dict(orientation="h", y=-0.2))
+    head = "Recovery of "
+    top = MODEBAR_PX + 60  # the toolbar's band, then the title's two lines
+    fig.update_layout(xaxis=_step_axis(xs), yaxis_title="eval loss")
+    _legend_below(fig, 1, top=top, plot_px=260)
+    fig.update_layout(title=dict(text=f"{head}{short_name(label, TITLE_CHARS - len(head))}",
+                                 subtitle_text=f"held-out loss while training; dashed: {ref_label}",
+                                 yref="container", yanchor="top", y=1 - MODEBAR_PX / fig.layout.height))
     return fig
 
 
@@ -168,16 +211,16 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
 
 def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
     """One task's score per model (`table`: rows with model, value). `models`: every model of the page, in order:
-    bars follow it and a model keeps its colour across charts even where another model has no score. Bars lie
-    down when the names do not fit under them (see fits_across)."""
-    models = models or [r["model"] for r in table]
-    rank = {m: i for i, m in enumerate(models)}
+    bars follow it and a model keeps its colour (name_colors) across charts even where another model has no score.
+    Bars lie down when the names do not fit under them (see fits_across)."""
+    colors = name_colors([*(models or []), *(r["model"] for r in table)])
+    rank = {m: i for i, m in enumerate(colors)}
     table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
     names, values = [r["model"] for r in table], [r["value"] for r in table]
     across = fits_across(names)
     name_ax, value_ax = ("x", "y") if across else ("y", "x")
     fig = go.Figure(go.Bar(**{name_ax: names, value_ax: values}, orientation="v" if across else "h",
-                           marker_color=[PALETTE[rank.get(r["model"], i) % len(PALETTE)] for i, r in enumerate(table)],
+                           marker_color=[colors[m] for m in names],
                            text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
                            hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
     fig.update_layout(title=task, margin=dict(l=10, r=10 if across else 40, t=40, b=80 if across else 30))
@@ -188,40 +231,48 @@ def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
     return fig
 
 
-def radar_figure(scores: dict[str, dict[str, float]]) -> go.Figure:
-    """models -> {task: accuracy-like score in [0, 1]}."""
+def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None = None) -> go.Figure:
+    """models -> {task: accuracy-like score in [0, 1]}; `models`: the page's models in order, for name_colors."""
     fig = go.Figure()
-    for k, (model, by_task) in enumerate(scores.items()):
+    colors = name_colors([*(models or []), *scores])
+    for model in (m for m in colors if m in scores):
+        by_task = scores[model]
         tasks = list(by_task)
         fig.add_trace(go.Scatterpolar(r=[by_task[t] for t in tasks] + [by_task[tasks[0]]], theta=tasks + [tasks[0]],
-                                      name=model, line_color=PALETTE[k % len(PALETTE)]))
+                                      name=model, line_color=colors[model], showlegend=True))
     fig.update_layout(polar=dict(radialaxis=dict(range=[0, 1])), height=380, margin=dict(l=30, r=30, t=30, b=30))
     return fig
 
 
-def length_box_figure(words: dict[str, list[int]]) -> go.Figure:
-    """Answer lengths per model; boxes lie down when the names do not fit under them (see fits_across)."""
-    names = list(words)
+def length_box_figure(words: dict[str, list[int]], models: list[str] | None = None) -> go.Figure:
+    """Answer lengths per model, in the order and colours of `models` (the page's, see name_colors; else in the
+    order of `words`, coloured by name as by_bin_figure); boxes lie down when the names do not fit under them (see
+    fits_across)."""
+    colors = name_colors([*(models or []), *sorted(words)])
+    names = [m for m in dict.fromkeys([*(models or []), *words]) if m in words]
     across = fits_across(names)
     fig = go.Figure()
-    for k, (model, ws) in enumerate(words.items()):
-        fig.add_trace(go.Box(**{"y" if across else "x": ws}, name=model, orientation="v" if across else "h",
-                             marker_color=PALETTE[k % len(PALETTE)], boxmean=True))
+    for model in names:
+        fig.add_trace(go.Box(**{"y" if across else "x": words[model]}, name=model,
+                             orientation="v" if across else "h", marker_color=colors[model], boxmean=True))
     fig.update_layout(title="Answer length (words)", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
                       showlegend=False)
     _lay_out_names(fig, names, across, 340, {})
     return fig
 
 
-def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
+def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None) -> go.Figure:
+    """`metric` per answer-length bin, a line per model in the order and colours of `models` (the page's, see
+    name_colors; else by name); each line is in the legend, also alone."""
     fig = go.Figure()
-    models = sorted({r["model"] for r in rows})
-    for k, (m, label) in enumerate(zip(models, name_labels(models))):
+    colors = name_colors([*(models or []), *sorted({r["model"] for r in rows})])
+    models = [m for m in colors if any(r["model"] == m for r in rows)]
+    for m, label in zip(models, name_labels(models)):
         pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
         fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                  name=label, text=[f"n={p[3]}" for p in pts], hovertext=[m] * len(pts),
                                  hovertemplate="%{hovertext}<br>%{x}: %{y:.3g} (%{text})<extra></extra>",
-                                 line_color=PALETTE[k % len(PALETTE)]))
+                                 line_color=colors[m], showlegend=True))
     # The x axis is categorical (the bins' ranges): without an explicit order Plotly orders them as they first
     # appear, so a model missing a short bin pushed that bin after the longer ones.
     order = [rng for _, rng in sorted({(r["bin"], r["range"]) for r in rows})]
@@ -240,28 +291,32 @@ def by_bin_figure(rows: list[dict], metric: str) -> go.Figure:
 LOG_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 
 
-def hallucination_length_figure(curves: dict) -> go.Figure:
-    """Hallucination rate against answer length per model: observed rates in length bins (markers, size by the
-    number of answers) and the logistic model's fitted curve (lines). Curves that lie on each other while the
-    markers sit at different lengths mean the gap is length; curves apart mean it is the model."""
+def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
+                                models: list[str] | None = None) -> go.Figure:
+    """`rate` (the rate the curves hold: hallucination, or not correct) against answer length per model: observed
+    rates in length bins (markers, size by the number of answers) and the logistic model's fitted curve (lines).
+    Curves that lie on each other while the markers sit at different lengths mean the gap is length; curves apart
+    mean it is the model. `models`: every model of the page, in order, so a model keeps its colour across charts."""
     fig = go.Figure()
-    models = sorted({p["model"] for p in curves["observed"]} | {p["model"] for p in curves["fitted"]})
-    for k, m in enumerate(models):
-        color = PALETTE[k % len(PALETTE)]
+    shown = {p["model"] for p in curves["observed"]} | {p["model"] for p in curves["fitted"]}
+    colors = name_colors([*(models or []), *sorted(shown)])
+    models = [m for m in colors if m in shown]
+    for m in models:
+        color = colors[m]
         obs = [p for p in curves["observed"] if p["model"] == m]
         fit = [p for p in curves["fitted"] if p["model"] == m]
         if fit:
             fig.add_trace(go.Scatter(x=[p["tokens"] for p in fit], y=[p["rate"] for p in fit], mode="lines",
-                                     name=f"{m} (model)", line_color=color))
+                                     name=f"{m} (model)", line_color=color, showlegend=True))
         fig.add_trace(go.Scatter(x=[p["tokens"] for p in obs], y=[p["rate"] for p in obs], mode="markers",
                                  name=f"{m} (observed)", marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
                                                                                         for p in obs]),
-                                 text=[f"n={p['n']}" for p in obs]))
-    fig.update_layout(title="Hallucination rate against answer length", height=360,
+                                 text=[f"n={p['n']}" for p in obs], showlegend=True))
+    fig.update_layout(title=f"{rate[:1].upper()}{rate[1:]} against answer length", height=360,
                       yaxis=dict(range=[-0.05, 1.05]),  # rates of 0 and 1 are common: keep their markers whole
                       xaxis=dict(type="log", title="answer length (tokens, log scale)", tickvals=LOG_TICKS,
                                  ticktext=[f"{t:g}" for t in LOG_TICKS]),  # plotly's own read 20, 30 as "2 3"
-                      yaxis_title="hallucination rate", margin=dict(l=10, r=10, t=40, b=60),
+                      yaxis_title=rate, margin=dict(l=10, r=10, t=40, b=60),
                       legend=dict(orientation="h", y=-0.3))
     return fig
 
@@ -276,7 +331,7 @@ def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
                  arrayminus=[r["score"] - r["low"] for r in board])
     fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board], f"error_{value_ax}": error},
                            orientation="v" if across else "h",
-                           marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(board))], hovertext=names,
+                           marker_color=list(name_colors(names).values()), hovertext=names,
                            hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.0f}}<extra></extra>"))
     fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=60 if across else 30))
     _lay_out_names(fig, names, across, 320, dict(title="Bradley–Terry (Elo scale)"))

@@ -39,13 +39,14 @@ def charts(job_ids: list[int]) -> None:
     if not rows:
         st.caption("No metrics logged yet.")
         return
+    order = [labels.get(j, str(j)) for j in job_ids]  # a job's colour in every chart: its place in the selection
     # Recovery view: eval loss of the up-scaled model vs its base's (reference_eval_loss, logged at step 0)
     for job_id in job_ids:
         ref = [m.value for m in rows if m.job_id == job_id and m.name == "reference_eval_loss"]
         if ref:
             pts = series["eval_loss"][labels[job_id]]
             # named by its job: with several jobs chosen, each has a recovery chart of its own
-            st.plotly_chart(recovery_figure(sorted(pts), ref[-1], labels[job_id], "base model"),
+            st.plotly_chart(recovery_figure(sorted(pts), ref[-1], labels[job_id], "base model", order),
                             key=f"recovery_{job_id}")
     # every common metric that has values is drawn (new ones appear as the run logs them); others on request
     shown = [n for n in PREFERRED if n in series]
@@ -54,7 +55,7 @@ def charts(job_ids: list[int]) -> None:
     cols = st.columns(2)
     for i, name in enumerate(shown):
         data = {label: sorted(points) for label, points in series[name].items()}
-        cols[i % 2].plotly_chart(metric_figure(data, name), key=f"metric_{name}")
+        cols[i % 2].plotly_chart(metric_figure(data, name, order), key=f"metric_{name}")
 
 
 if not chosen:
