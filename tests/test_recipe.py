@@ -356,3 +356,21 @@ def test_cancel_a_run_cancels_the_rest(tiny_llama):
     states = {r.stage: j.status for r, j in recipe.stages(run_id) if j}
     assert states["upscaled"] == "succeeded" and {states[s] for s in states if s != "upscaled"} == {"cancelled"}
     assert runner._claim_next() is None  # nothing left to run
+
+
+def test_a_stage_refused_at_submission_queues_no_stage_of_the_recipe(tiny_llama, monkeypatch):
+    """runner.submit refuses what the registry shows would fail (check_before_queueing); in a recipe that refusal
+    came at the stage it reached, after the stages before it were queued."""
+    from storage.models import RecipeRun
+
+    [p] = recipe.plan_text(text(smoke(tiny_llama)))
+    last = [n for n in p.nodes if n.status == "run" and n.spec is not None][-1]
+
+    def refuse(spec):
+        if spec is last.spec:
+            raise ValueError("refused")
+    monkeypatch.setattr(runner, "check_before_queueing", refuse)
+    with pytest.raises(ValueError, match="refused"):
+        recipe.submit(p, text(smoke(tiny_llama)))
+    with db.session() as s:
+        assert not s.exec(select(Job)).all() and not s.exec(select(RecipeRun)).all()
