@@ -177,6 +177,10 @@ clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                        help="Leave out the items whose n-grams appear in the training data of the model's lineage "
                             "(every parent's training sets), and score the rest.")
 table = pd.DataFrame(scoretable.table_rows(latest, records, clean=clean_only))
+# the page's order of the models its charts can show (those with scores), for name_colors: all registered models
+# made colours repeat among the few compared once more than 24 were registered
+charted = [m for m in names if m in set(table["model"])] + [m for m in table["model"] if m not in set(names)] \
+    if "model" in table else []
 st.caption("Each score records its set's source and fingerprint, and how much of the set the training data of the "
            "model's whole lineage contains (8-gram overlap; an item under 8 words counts when it appears whole; "
            "⚠ share of items over the threshold, ✓ none). "
@@ -228,13 +232,13 @@ for (model, task), r in primary.items():
     by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value})
 cols = st.columns(2)
 for i, (task, rows) in enumerate(sorted(by_task.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, task, models=names), key=f"bar_{task}")
+    cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted), key=f"bar_{task}")
 radar = defaultdict(dict)
 for (model, task), r in primary.items():
     if scoretable.higher_is_better(r.metric):
         radar[model][task] = r.value
 if radar and len({t for v in radar.values() for t in v}) >= 3:
-    st.plotly_chart(radar_figure(dict(radar), models=names), key="radar")
+    st.plotly_chart(radar_figure(dict(radar), models=charted), key="radar")
 
 st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
@@ -317,11 +321,11 @@ if len(gen_models) >= 2:
                 f"model-free length check (within {strat['bins']} length bins): {rate} gap "
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
-        st.plotly_chart(hallucination_length_figure(curves, rate, models=names), key="hall_length")
+        st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
 c1, c2 = st.columns(2)
-c1.plotly_chart(length_box_figure(dict(words), models=names), key="len_box")
+c1.plotly_chart(length_box_figure(dict(words), models=charted), key="len_box")
 pooled, which = same_items(recs, gen_models)
-acc_fig = by_bin_figure(analysis.by_length_bin(pooled, n_bins), "accuracy", models=names)
+acc_fig = by_bin_figure(analysis.by_length_bin(pooled, n_bins), "accuracy", models=charted)
 acc_fig.update_traces(mode="lines+markers+text", textposition="top center", textfont_size=10)  # n on each point
 c2.plotly_chart(acc_fig, key="bin_acc")
 c2.caption(which)

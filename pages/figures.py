@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 DROPPED = "#D9D9D9"
@@ -10,11 +11,18 @@ IDENTITY = "#2CA02C"
 REFERENCE = "#888888"  # a reference line (the base model's loss): grey, as no palette colour may stand for it
 
 
+# More names than PALETTE has colours: plotly's 24 distinct ones (two names 8 places apart shared a colour).
+MANY = qualitative.Dark24
+
+
 def name_colors(names) -> dict[str, str]:
     """Each name (job label, model name) with its colour, given in the page's order (its selection): every chart of
     a page colours from this, so a job or model looks the same in all of them. Each chart had counted its own
-    traces, and one job was orange in one chart and blue, the colour of another job, in the next."""
-    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(dict.fromkeys(names))}
+    traces, and one job was orange in one chart and blue, the colour of another job, in the next. Past 8 names the
+    24 of MANY: names repeat a colour only past 24."""
+    names = list(dict.fromkeys(names))
+    palette = PALETTE if len(names) <= len(PALETTE) else MANY
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
 
 
 # Model names on a chart's category axis. Under vertical bars the names sit side by side and were cut off or ran

@@ -127,5 +127,12 @@ def test_the_legend_hangs_under_the_step_title_and_the_plot_keeps_its_height(job
 
 def test_one_colour_helper_keeps_order_and_cycles():
     assert figures.name_colors(["b", "a", "b", "c"]) == {"b": PALETTE[0], "a": PALETTE[1], "c": PALETTE[2]}
-    many = figures.name_colors(f"m{i}" for i in range(len(PALETTE) + 1))
-    assert many[f"m{len(PALETTE)}"] == PALETTE[0]
+    many = figures.name_colors(f"m{i}" for i in range(len(figures.MANY) + 1))
+    assert many[f"m{len(figures.MANY)}"] == figures.MANY[0]  # past 24 names the colours come round again
+
+
+def test_more_names_than_the_palette_still_get_distinct_colours():
+    """Two of nine models, eight places apart, shared a colour in every chart of the page (review finding)."""
+    names = [f"m{i}" for i in range(24)]
+    assert len(set(figures.name_colors(names).values())) == 24
+    assert list(figures.name_colors(names[:8]).values()) == PALETTE  # up to 8 names: the page's own palette
