@@ -113,15 +113,25 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
 def check_before_queueing(spec: _Spec) -> None:
     """Refuse what the registry already shows the job would fail on, before its row is written (the pages and
     `--queue` both queue through submit): a merge of models of another depth, width or dtype; an import of a path
-    that is no model, or under a name another model holds. Rows and paths only: no weights are read."""
+    that is no model, or under a name another model holds. Rows and paths only: no weights are read. A path is
+    looked at only when the job will run on this machine: with a Ray cluster or a worker on another machine beating
+    in the shared database, a folder this machine lacks may be where the job runs (the job says so if not)."""
     if spec.kind == "merge":
         from backend.merge.plan import check_registered
 
         check_registered(spec)
     elif spec.kind == "import":
-        from backend.registry import check_import
+        from backend.registry import check_import, check_name_free
 
-        check_import(spec.target, spec.name)
+        if _runs_here_only():
+            check_import(spec.target, spec.name)
+        elif spec.name:
+            check_name_free(spec.name)
+
+
+def _runs_here_only() -> bool:
+    """No Ray cluster, and no worker of another machine alive: a queued job runs on this machine."""
+    return not ray_jobs.address() and not (live_hosts() - {host_id()})
 
 
 @db.retrying  # a database server restart must not fail the worker loop or a job (storage/db.py)
@@ -133,6 +143,13 @@ def get(job_id: int) -> Job | None:
 def list_jobs(limit: int = 100) -> list[Job]:
     with db.session() as s:
         return list(s.exec(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def active_jobs() -> list[Job]:
+    """Every queued or running job, oldest first: what a queued job's place in the queue depends on, however many
+    finished jobs are newer (list_jobs keeps the 100 newest)."""
+    with db.session() as s:
+        return list(s.exec(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
 
 
 def metrics(job_ids: list[int]) -> list[JobMetric]:

@@ -80,16 +80,18 @@ def _waits_on_a_job(job, by_id: dict) -> bool:
     return any(getattr(by_id.get(d) or runner.get(d), "status", None) != "succeeded" for d in deps)
 
 
-def job_message(job, jobs: list | None = None, alive: bool | None = None) -> str:
+def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
     """A job's message as the pages show it. A queued job's stored "waiting for the worker" read as if no worker
     ran while one was busy with another job: with a worker alive it says which jobs run and which go first; with
-    none it stays "waiting for the worker", beside worker_banner. A failed job's error takes its "failed"."""
+    none it stays "waiting for the worker", beside worker_banner. A failed job's error takes its "failed".
+    `active`: runner.active_jobs() (queued and running only: a status box asks every second), when the caller has
+    it already."""
     if job.status == "failed" and job.error:
         return f"failed: {job.error}"
     # "waiting: the Ray cluster did not take it (…)" is the runner's own reason: it stands
     if job.status != "queued" or job.message.startswith("waiting: "):
         return job.message
-    jobs = runner.list_jobs() if jobs is None else jobs
+    jobs = runner.active_jobs() if active is None else active
     by_id = {j.id: j for j in jobs}
     if _waits_on_a_job(job, by_id):
         return job.message

@@ -42,14 +42,14 @@ def job_table() -> None:
     if not jobs:
         st.info("No jobs yet. Builds and imports started from the other pages appear here.")
         return
-    alive = runner.worker_alive()
+    alive, active = runner.worker_alive(), runner.active_jobs()
     col = st.column_config
     st.dataframe(pd.DataFrame([{
         # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
         "id": j.id, "kind": j.kind, "output": short_name(output(j), 28), "status": j.status, "progress": j.progress,
         # a failed job's error takes the place of its "failed" (job_message): a separate column was squeezed to a
         # few characters by the long messages, so the reason could not be read
-        "message": job_message(j, jobs, alive),
+        "message": job_message(j, active, alive),
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",

@@ -123,7 +123,8 @@ if upload is not None:
         # name holds a hash of the content, so the path alone keys the cached read
         pv, problem = cached_preview(str(path), kind, None)
         if pv is None:  # the data reader names the file as it was sent (uploads.shown_name): only once
-            st.error(problem if problem.startswith(upload.name) else f"{upload.name}: {problem}")
+            named = upload.name in problem or uploads.shown_name(path) in problem
+            st.error(problem if named else f"{upload.name}: {problem}")
         else:
             upload_path = str(path)
             st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")

@@ -144,7 +144,7 @@ def test_a_queued_job_says_which_job_keeps_the_worker_busy():
     first = _job("merge", "queued", _merge_spec("average"))
     second = _job("merge", "queued", _merge_spec("slerp"))
     chained = _job("dpo", "queued", after=sft.id, message=f"waiting for job {sft.id}")
-    jobs = runner.list_jobs()
+    jobs = runner.active_jobs()
     assert job_message(first, jobs, alive=True) == f"queued: the worker is busy with job {sft.id} (sft)"
     assert job_message(second, jobs, alive=True) == (f"queued: the worker is busy with job {sft.id} (sft); "
                                                      f"job {first.id} goes first")
@@ -189,3 +189,15 @@ def test_an_evaluation_says_kept_scores_in_words_and_not_when_none(monkeypatch):
     assert runner.execute(fresh.id) == 0 and runner.execute(resumed.id) == 0
     assert runner.get(fresh.id).message == "done: scores 26, seconds 3.5"  # was "…, kept 0, …"
     assert runner.get(resumed.id).message == "done: scores 26, 6 scores kept from its earlier run, seconds 2.0"
+
+
+def test_the_running_job_is_named_behind_more_than_a_hundred_newer_finished_ones():
+    """The message read the 100 newest jobs (list_jobs): a long run followed by 101 finished jobs was missed, and a
+    queued job said the worker would start it next (review finding)."""
+    from pages.common import job_message
+
+    sft = _job("sft", "running", message="step 3/6")
+    for _ in range(101):
+        _job("merge", "succeeded", message="done")
+    queued = _job("merge", "queued", _merge_spec("average"))
+    assert job_message(queued, alive=True) == f"queued: the worker is busy with job {sft.id} (sft)"

@@ -193,3 +193,19 @@ def test_a_field_error_names_its_field_once():
     with pytest.raises(ValidationError) as exc:
         UpscaleSpec(base="tiny", m="two")
     assert explain(exc.value) == "m: Input should be a valid integer, unable to parse string as an integer"
+
+
+def test_with_a_worker_on_another_machine_a_path_missing_here_is_left_to_that_machine(tiny_llama):
+    """A shared database with a worker on another machine: the folder may be there (the job says so if not); the
+    pre-queue check looked only here and refused it (review finding). A taken name is refused all the same."""
+    from storage import db
+    from storage.models import WorkerBeat, utcnow
+
+    registry.import_folder(tiny_llama, "tiny")
+    with db.session() as s:
+        s.add(WorkerBeat(host="gpu-node-7", pid=1, seen=utcnow()))
+        s.commit()
+    job = runner.submit(ImportSpec(target="/data/models/only-on-gpu-node-7"))
+    assert job.status == "queued"
+    with pytest.raises(registry.RegistryError, match="A model named 'tiny' is already registered"):
+        runner.submit(ImportSpec(target="/data/models/only-on-gpu-node-7", name="tiny"))

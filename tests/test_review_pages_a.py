@@ -48,6 +48,9 @@ def test_a_malformed_upload_is_reported_when_it_is_uploaded(tiny):
     assert [e.value for e in at.error] == ["broken.jsonl, line 2: not valid JSON (Unterminated string starting "
                                            "at). Each line must be one JSON object."]  # the file named once
     assert not [b for b in at.button if b.key == "add_upload"]  # nothing to add
+    at.file_uploader(key="upload").set_value(("rows.csv", b'a,b\n1,"2\n', "text/csv")).run()
+    (error,) = [e.value for e in at.error]
+    assert error.count("rows.csv") == 1, error  # was "rows.csv: Could not read rows.csv as CSV: …"
 
 
 def test_an_upload_is_previewed_and_added_to_the_sources_keeping_the_rows_typed(tiny, tmp_path):
