@@ -69,26 +69,6 @@ def board_table(board: list[dict]) -> pd.DataFrame:
                           "votes": r["votes"], "rounds": r["rounds"]} for r in board])
 
 
-def board_figure(board: list[dict], title: str):
-    """The ratings chart; while any model lacks an interval it draws no whiskers at all (a missing whisker would
-    be drawn as a zero-width one, which is the false certainty the table avoids) and its title says so."""
-    if all(r["low"] is not None for r in board):
-        return leaderboard_figure(board, title)
-    fig = leaderboard_figure([{**r, "low": r["score"], "high": r["score"]} for r in board],
-                             f"{title} (no intervals drawn: see the table)")
-    return fig.update_traces(error_x_visible=False, error_y_visible=False)
-
-
-def counts_above_whiskers(fig, rows: list[dict]):
-    """Wins / decisive votes written above each interval's top: written 'outside' a bar, a win rate of 0 put its
-    "0/1" at the foot of the whisker, on the line."""
-    fig.update_traces(text=None)
-    for r in rows:
-        fig.add_annotation(x=r["position"], y=r["high"], text=f"{r['wins']}/{r['decisive']}", showarrow=False,
-                           yanchor="bottom")
-    return fig
-
-
 prompt = st.chat_input("One prompt for every model…", key="arena_prompt")
 if prompt and len(models) >= 2:
     st.session_state["arena_round"] = run_round(prompt, models)
@@ -163,7 +143,7 @@ control = st.toggle("Style control", value=True, key="style_control",
                          "formatting loses that edge.")
 board = arena.leaderboard(blind_votes, style_control=control)
 st.dataframe(board_table(board), hide_index=True, key="leaderboard")
-st.plotly_chart(board_figure(board, "Style-controlled" if control else "Plain"), key="leaderboard_chart")
+st.plotly_chart(leaderboard_figure(board, "Style-controlled" if control else "Plain"), key="leaderboard_chart")
 rounds = len({v.transcript_id for v in blind_votes})
 notes = arena.fit(blind_votes, style_control=True) if control else None
 st.caption(f"{count(len(blind_votes), 'blind pairwise vote')} from {count(rounds, 'round')}; 95 % intervals from "
@@ -177,4 +157,4 @@ if notes:
                + ("; " + "; ".join(notes["notes"]) if notes["notes"] else ""))
 bias = arena.position_bias(blind_votes)
 if bias:
-    st.plotly_chart(counts_above_whiskers(position_bias_figure(bias), bias), key="position_bias")
+    st.plotly_chart(position_bias_figure(bias), key="position_bias")

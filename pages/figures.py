@@ -331,28 +331,35 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
 
 def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
     """Ratings with their 95 % intervals, best first; bars lie down when the names do not fit under them (the chart
-    is page-wide: twice the characters of a half-page one)."""
+    is page-wide: twice the characters of a half-page one). While any model lacks an interval (low and high None:
+    backend/arena.py's minimum rounds) no whisker is drawn and the title says so: a missing whisker would be drawn
+    as a zero-width one, the false certainty the table's "95 % interval" column avoids."""
     names = [r["model"] for r in board]
     across = fits_across(names, 2 * ACROSS_CHARS)
     name_ax, value_ax = ("x", "y") if across else ("y", "x")
+    whole = all(r["low"] is not None and r["high"] is not None for r in board)
     error = dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
-                 arrayminus=[r["score"] - r["low"] for r in board])
+                 arrayminus=[r["score"] - r["low"] for r in board]) if whole else {}
     fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board], f"error_{value_ax}": error},
                            orientation="v" if across else "h",
                            marker_color=list(name_colors(names).values()), hovertext=names,
                            hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.0f}}<extra></extra>"))
-    fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=60 if across else 30))
+    fig.update_layout(title=title if whole else f"{title} (no intervals drawn: see the table)",
+                      margin=dict(l=10, r=10, t=40, b=60 if across else 30))
     _lay_out_names(fig, names, across, 320, dict(title="Bradley–Terry (Elo scale)"))
-    return fig
+    return fig if whole else fig.update_traces(error_x_visible=False, error_y_visible=False)
 
 
 def position_bias_figure(rows: list[dict]) -> go.Figure:
-    """Win rate by screen position with 95 % intervals; the dashed line is no bias (½)."""
+    """Win rate by screen position with 95 % intervals; the dashed line is no bias (½). Wins / decisive votes are
+    written above each interval's top: written 'outside' a bar, a win rate of 0 put its "0/1" on the whisker."""
     fig = go.Figure(go.Bar(x=[r["position"] for r in rows], y=[r["win_rate"] for r in rows],
                            error_y=dict(type="data", symmetric=False, array=[r["high"] - r["win_rate"] for r in rows],
                                         arrayminus=[r["win_rate"] - r["low"] for r in rows]),
-                           text=[f"{r['wins']}/{r['decisive']}" for r in rows], textposition="outside",
                            marker_color=PALETTE[0]))
+    for r in rows:
+        fig.add_annotation(x=r["position"], y=r["high"], text=f"{r['wins']}/{r['decisive']}", showarrow=False,
+                           yanchor="bottom")
     fig.add_hline(y=0.5, line_dash="dash", line_color="#888")
     fig.update_layout(title="Position bias: win rate by position (decisive votes)", height=300,
                       yaxis=dict(range=[0, 1.1], title="win rate"), margin=dict(l=10, r=10, t=40, b=30))
