@@ -384,8 +384,9 @@ def cmd_jobs(a) -> None:
     from backend import runner
 
     if a.action == "list":
+        alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
         for j in runner.list_jobs():
-            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} {j.message[:60]}")
+            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} {runner.job_message(j, active, alive)[:60]}")
     elif a.action == "cancel":
         print(f"job {a.id}: {runner.cancel(int(a.id)).status}")
     elif a.action == "resume":

@@ -152,6 +152,38 @@ def active_jobs() -> list[Job]:
         return list(s.exec(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
 
 
+def _waits_on_a_job(job, by_id: dict) -> bool:
+    """Queued behind a job that has not succeeded yet: its own message ("waiting for job 4") says so."""
+    deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
+    return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps)
+
+
+def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
+    """A job's message as the pages and `jobs list` show it. A queued job's stored "waiting for the worker" read as
+    if no worker ran while one was busy with another job: with a worker alive it says which jobs run and which go
+    first; with none it stays "waiting for the worker" (the pages' worker_banner says how to start one). A failed
+    job's error takes its "failed". `active`: active_jobs() (queued and running only: a status box asks every
+    second), when the caller has it already."""
+    if job.status == "failed" and job.error:
+        return f"failed: {job.error}"
+    # "waiting: the Ray cluster did not take it (…)" is the runner's own reason: it stands
+    if job.status != "queued" or job.message.startswith("waiting: "):
+        return job.message
+    jobs = active_jobs() if active is None else active
+    by_id = {j.id: j for j in jobs}
+    if _waits_on_a_job(job, by_id):
+        return job.message
+    if not (worker_alive() if alive is None else alive):
+        return WAITING
+    busy = [f"{j.id} ({j.kind})" for j in sorted(jobs, key=lambda j: j.id) if j.status == "running"]
+    ahead = [str(j.id) for j in sorted(jobs, key=lambda j: j.id)
+             if j.status == "queued" and j.id < job.id and not _waits_on_a_job(j, by_id)]
+    said = (f"queued: the worker is busy with job{'s' if len(busy) > 1 else ''} {', '.join(busy)}" if busy
+            else "queued: the worker starts it next" if not ahead else "queued")
+    return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
+                   "first" if ahead else "")
+
+
 def metrics(job_ids: list[int]) -> list[JobMetric]:
     with db.session() as s:
         return list(s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids)).order_by(JobMetric.step)))

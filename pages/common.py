@@ -74,38 +74,6 @@ def worker_banner() -> None:
         st.toast("Worker started")
 
 
-def _waits_on_a_job(job, by_id: dict) -> bool:
-    """Queued behind a job that has not succeeded yet: its own message ("waiting for job 4") says so."""
-    deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
-    return any(getattr(by_id.get(d) or runner.get(d), "status", None) != "succeeded" for d in deps)
-
-
-def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
-    """A job's message as the pages show it. A queued job's stored "waiting for the worker" read as if no worker
-    ran while one was busy with another job: with a worker alive it says which jobs run and which go first; with
-    none it stays "waiting for the worker", beside worker_banner. A failed job's error takes its "failed".
-    `active`: runner.active_jobs() (queued and running only: a status box asks every second), when the caller has
-    it already."""
-    if job.status == "failed" and job.error:
-        return f"failed: {job.error}"
-    # "waiting: the Ray cluster did not take it (…)" is the runner's own reason: it stands
-    if job.status != "queued" or job.message.startswith("waiting: "):
-        return job.message
-    jobs = runner.active_jobs() if active is None else active
-    by_id = {j.id: j for j in jobs}
-    if _waits_on_a_job(job, by_id):
-        return job.message
-    if not (runner.worker_alive() if alive is None else alive):
-        return runner.WAITING
-    busy = [f"{j.id} ({j.kind})" for j in sorted(jobs, key=lambda j: j.id) if j.status == "running"]
-    ahead = [str(j.id) for j in sorted(jobs, key=lambda j: j.id)
-             if j.status == "queued" and j.id < job.id and not _waits_on_a_job(j, by_id)]
-    said = (f"queued: the worker is busy with job{'s' if len(busy) > 1 else ''} {', '.join(busy)}" if busy
-            else "queued: the worker starts it next" if not ahead else "queued")
-    return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
-                   "first" if ahead else "")
-
-
 def job_status(job_id: int) -> None:
     """Progress of one job, refreshed every second while it runs (a fragment, so the page does not rerun)."""
 
@@ -115,7 +83,7 @@ def job_status(job_id: int) -> None:
         if job is None:
             st.error(f"Job {job_id} no longer exists.")
             return
-        label = f"Job {job.id} ({job.kind}): {job.status} — {job_message(job)}"
+        label = f"Job {job.id} ({job.kind}): {job.status} — {runner.job_message(job)}"
         seen = f"_job_{job.id}_finished"
         if job.status in runner.FINISHED and not st.session_state.get(seen):
             st.session_state[seen] = True

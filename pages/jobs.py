@@ -10,7 +10,7 @@ import yaml
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
 from backend.specs import spec_from_dict
-from pages.common import job_message, job_status, live_log, worker_banner, via_app
+from pages.common import job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
 
 via_app(__file__)
@@ -47,9 +47,9 @@ def job_table() -> None:
     st.dataframe(pd.DataFrame([{
         # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
         "id": j.id, "kind": j.kind, "output": short_name(output(j), 28), "status": j.status, "progress": j.progress,
-        # a failed job's error takes the place of its "failed" (job_message): a separate column was squeezed to a
-        # few characters by the long messages, so the reason could not be read
-        "message": job_message(j, active, alive),
+        # a failed job's error takes the place of its "failed" (runner.job_message): a separate column was squeezed
+        # to a few characters by the long messages, so the reason could not be read
+        "message": runner.job_message(j, active, alive),
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",

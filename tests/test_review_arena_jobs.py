@@ -138,7 +138,7 @@ def _merge_spec(method: str) -> dict:
 
 
 def test_a_queued_job_says_which_job_keeps_the_worker_busy():
-    from pages.common import job_message
+    from backend.runner import job_message
 
     sft = _job("sft", "running", message="step 3/6")
     first = _job("merge", "queued", _merge_spec("average"))
@@ -194,10 +194,27 @@ def test_an_evaluation_says_kept_scores_in_words_and_not_when_none(monkeypatch):
 def test_the_running_job_is_named_behind_more_than_a_hundred_newer_finished_ones():
     """The message read the 100 newest jobs (list_jobs): a long run followed by 101 finished jobs was missed, and a
     queued job said the worker would start it next (review finding)."""
-    from pages.common import job_message
+    from backend.runner import job_message
 
     sft = _job("sft", "running", message="step 3/6")
     for _ in range(101):
         _job("merge", "succeeded", message="done")
     queued = _job("merge", "queued", _merge_spec("average"))
     assert job_message(queued, alive=True) == f"queued: the worker is busy with job {sft.id} (sft)"
+
+
+def test_jobs_list_on_the_command_line_says_what_the_jobs_page_says(capsys):
+    """`jobs list` printed the stored "waiting for the worker" while a worker was busy with another job, and a failed
+    job's "failed" without its reason: the page and the CLI now share runner.job_message."""
+    from backend.__main__ import main
+
+    sft = _job("sft", "running", message="step 3/6")
+    queued = _job("merge", "queued", _merge_spec("average"))
+    failed = _job("import", "failed", error="no such folder", message="failed")
+    with db.session() as s:  # a worker that beat just now: alive and busy with the sft job
+        s.add(WorkerBeat(host="elsewhere", pid=1, seen=utcnow()))
+        s.commit()
+    main(["jobs", "list"])
+    lines = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines()}
+    assert lines[queued.id].endswith(f"queued: the worker is busy with job {sft.id} (sft)")
+    assert lines[failed.id].endswith("failed: no such folder")
