@@ -218,3 +218,26 @@ def test_jobs_list_on_the_command_line_says_what_the_jobs_page_says(capsys):
     lines = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines()}
     assert lines[queued.id].endswith(f"queued: the worker is busy with job {sft.id} (sft)")
     assert lines[failed.id].endswith("failed: no such folder")
+
+
+def test_a_workers_job_runs_at_a_lower_priority_than_the_dashboard(monkeypatch):
+    """A training job took both cores at the dashboard's priority and slowed every page render; a worker's job now
+    runs at $DUS_JOB_NICE (default 10), which its own processes inherit. A bad value stops the worker at start."""
+    import os
+    import signal
+
+    def niceness_of_a_started_job() -> int:
+        job = _job("eval", "running", {"kind": "eval", "models": ["nothing"]})
+        proc = runner.start_child(job)
+        try:
+            return os.getpriority(os.PRIO_PROCESS, proc.pid)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert niceness_of_a_started_job() == max(10, os.nice(0))
+    monkeypatch.setenv("DUS_JOB_NICE", "15")
+    assert niceness_of_a_started_job() == max(15, os.nice(0))
+    monkeypatch.setenv("DUS_JOB_NICE", "-5")
+    with pytest.raises(ValueError, match="DUS_JOB_NICE='-5': give a niceness from 0"):
+        runner.worker(once=True)
