@@ -331,23 +331,33 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
 
 def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
     """Ratings with their 95 % intervals, best first; bars lie down when the names do not fit under them (the chart
-    is page-wide: twice the characters of a half-page one). While any model lacks an interval (low and high None:
-    backend/arena.py's minimum rounds) no whisker is drawn and the title says so: a missing whisker would be drawn
-    as a zero-width one, the false certainty the table's "95 % interval" column avoids."""
+    is page-wide: twice the characters of a half-page one). The whiskers are a second trace holding only the models
+    with an interval (low and high not None: backend/arena.py's minimum rounds): a bar's own error array would draw a
+    missing one at zero width, the false certainty the table's "95 % interval" column avoids, and hiding them all
+    while one new model lacked its rounds took every other model's interval off the chart."""
     names = [r["model"] for r in board]
     across = fits_across(names, 2 * ACROSS_CHARS)
     name_ax, value_ax = ("x", "y") if across else ("y", "x")
-    whole = all(r["low"] is not None and r["high"] is not None for r in board)
-    error = dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in board],
-                 arrayminus=[r["score"] - r["low"] for r in board]) if whole else {}
-    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board], f"error_{value_ax}": error},
+    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board]},
                            orientation="v" if across else "h",
                            marker_color=list(name_colors(names).values()), hovertext=names,
                            hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.0f}}<extra></extra>"))
-    fig.update_layout(title=title if whole else f"{title} (no intervals drawn: see the table)",
-                      margin=dict(l=10, r=10, t=40, b=60 if across else 30))
+    shown = [r for r in board if r["low"] is not None and r["high"] is not None]
+    if shown:
+        fig.add_trace(go.Scatter(**{
+            name_ax: [r["model"] for r in shown], value_ax: [r["score"] for r in shown], "mode": "markers",
+            "marker": dict(size=1, color="rgba(0,0,0,0)"), "showlegend": False, "name": "95 % interval",
+            f"error_{value_ax}": dict(type="data", symmetric=False, array=[r["high"] - r["score"] for r in shown],
+                                      arrayminus=[r["score"] - r["low"] for r in shown], color="#444"),
+            "customdata": [[r["low"], r["high"]] for r in shown],
+            "hovertemplate": f"%{{{name_ax}}}: %{{{value_ax}:.0f}} [%{{customdata[0]:.0f}}, "
+                             "%{customdata[1]:.0f}]<extra></extra>"}))
+    missing = len(board) - len(shown)
+    fig.update_layout(title=title if not missing else
+                      f"{title} ({'no intervals' if not shown else f'{missing} without an interval'}: see the table)",
+                      margin=dict(l=10, r=10, t=40, b=60 if across else 30), showlegend=False)
     _lay_out_names(fig, names, across, 320, dict(title="Bradley–Terry (Elo scale)"))
-    return fig if whole else fig.update_traces(error_x_visible=False, error_y_visible=False)
+    return fig
 
 
 def position_bias_figure(rows: list[dict]) -> go.Figure:

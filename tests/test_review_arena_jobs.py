@@ -100,9 +100,9 @@ def test_arena_page_after_one_vote(two_models):
     style = next(c for c in captions if c.startswith("Style coefficients"))
     assert style.count("no difference") == 1 and style.count("left out") == 1
     board = _chart(at, "leaderboard_chart")
-    bar = board["data"][0]
-    assert bar["error_y"]["visible"] is False and bar["error_x"]["visible"] is False  # no zero-width whiskers
-    assert "no intervals drawn" in board["layout"]["title"]["text"]
+    (bar,) = board["data"]  # no whisker trace: no zero-width whiskers
+    assert "error_y" not in bar and "error_x" not in bar
+    assert board["layout"]["title"]["text"].endswith(" (no intervals: see the table)")
     bias = _chart(at, "position_bias")
     assert "text" not in bias["data"][0]  # the counts left the bars' feet, where "0/1" sat on Model B's whisker…
     notes = {a["text"]: a for a in bias["layout"]["annotations"]}
@@ -119,8 +119,8 @@ def test_arena_page_draws_intervals_once_every_model_has_its_rounds(two_models):
     assert all(" – " in cell for cell in table["95 % interval"]), table
     assert table["rounds"].tolist() == [21, 21]
     assert any(c.value.startswith("21 blind pairwise votes from 21 rounds;") for c in at.caption)
-    bar = _chart(at, "leaderboard_chart")["data"][0]
-    assert bar.get("error_y", {}).get("visible", True) and min(bar["error_y"]["array"]) > 0
+    bar, whiskers = _chart(at, "leaderboard_chart")["data"]
+    assert whiskers["x"] == bar["x"] and min(whiskers["error_y"]["array"]) > 0
 
 
 def _job(kind: str, status: str, spec: dict | None = None, **fields) -> Job:
@@ -241,3 +241,17 @@ def test_a_workers_job_runs_at_a_lower_priority_than_the_dashboard(monkeypatch):
     monkeypatch.setenv("DUS_JOB_NICE", "-5")
     with pytest.raises(ValueError, match="DUS_JOB_NICE='-5': give a niceness from 0"):
         runner.worker(once=True)
+
+
+def test_a_new_model_without_its_rounds_leaves_the_others_whiskers_drawn():
+    """One model short of its rounds took every model's whisker off the leaderboard chart."""
+    from pages.figures import leaderboard_figure
+
+    board = [{"model": "old-a", "score": 1100.0, "low": 1060.0, "high": 1130.0},
+             {"model": "new", "score": 1000.0, "low": None, "high": None},
+             {"model": "old-b", "score": 900.0, "low": 870.0, "high": 950.0}]
+    bar, whiskers = leaderboard_figure(board, "Plain").data
+    assert list(bar.x) == ["old-a", "new", "old-b"] and "error_y" not in bar.to_plotly_json()
+    assert list(whiskers.x) == ["old-a", "old-b"] and list(whiskers.y) == [1100.0, 900.0]
+    assert list(whiskers.error_y.array) == [30.0, 50.0] and list(whiskers.error_y.arrayminus) == [40.0, 30.0]
+    assert leaderboard_figure(board, "Plain").layout.title.text == "Plain (1 without an interval: see the table)"

@@ -161,8 +161,9 @@ def test_answer_length_boxes_and_the_leaderboard_of_16_models_name_every_model()
     assert fig.layout.height >= 16 * 26
     board = [{"model": m, "score": 1100 - i, "low": 1050 - i, "high": 1150 - i} for i, m in enumerate(MANY)]
     fig = leaderboard_figure(board, "Plain")
-    (bar,) = fig.data
-    assert bar.orientation == "h" and list(bar.hovertext) == MANY and list(bar.error_x.array) == [50] * 16
+    bar, whiskers = fig.data
+    assert bar.orientation == "h" and list(bar.hovertext) == MANY and list(whiskers.error_x.array) == [50] * 16
+    assert list(whiskers.y) == MANY
     assert_names_readable(fig.layout.yaxis, MANY)
     assert fig.layout.height >= 16 * 26
 
