@@ -11,7 +11,6 @@ import errno
 import fnmatch
 import os
 import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -66,7 +65,7 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
     if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
         tmp = db.new_tmp(prefix)
     else:
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tag = db.tmp_tag()  # process and machine: a worker of another machine sharing the workspace leaves it alone
         tmp = out_dir.parent / f".tmp-{prefix}-{tag}"
         note = db.tmp_dir() / f"external-{tag}{db.EXTERNAL_TMP_SUFFIX}"
         note.write_text(str(tmp))  # written first: a kill right after mkdir still leaves the note

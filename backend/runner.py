@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +20,9 @@ import time
 import traceback
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
-from sqlmodel import select
+from sqlmodel import func, select
 
 from backend.cluster import ray_jobs
 from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
@@ -38,9 +37,7 @@ WAITING = "waiting for the worker"  # a queued job's message until a worker clai
 IN_WORDS = {"kept": "{} scores kept from its earlier run"}
 
 
-def host_id() -> str:
-    """This machine's name in job rows (DUS_HOST_ID overrides it: two workers on one machine can play two)."""
-    return os.environ.get("DUS_HOST_ID") or socket.gethostname()
+host_id = db.host_id  # this machine's name in job rows (DUS_HOST_ID overrides it: two workers on one machine play two)
 
 
 def claim_host() -> str:
@@ -110,16 +107,29 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         return job
 
 
-def check_before_queueing(spec: _Spec) -> None:
+def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
     """Refuse what the registry already shows the job would fail on, before its row is written (the pages and
     `--queue` both queue through submit): a merge of models of another depth, width or dtype; an import of a path
     that is no model, or under a name another model holds. Rows and paths only: no weights are read. A path is
     looked at only when the job will run on this machine: with a Ray cluster or a worker on another machine beating
-    in the shared database, a folder this machine lacks may be where the job runs (the job says so if not)."""
-    if spec.kind == "merge":
+    in the shared database, a folder this machine lacks may be where the job runs (the job says so if not).
+    `coming`: the models jobs queued together with this one will make (a recipe's stages, checked before any is
+    queued)."""
+    if spec.kind in MAKES_MODELS:
+        _check_output_name(spec.name or spec.default_name())
+    for ref in _model_refs(spec):
+        if ref not in coming:
+            _check_model_ref(ref)
+    if spec.kind == "upscale":
+        _check_depths(spec)
+    elif spec.kind == "merge":
         from backend.merge.plan import check_registered
 
         check_registered(spec)
+    elif spec.kind == "synth-math":  # its data set names and folder are free (a rerun replaced them silently)
+        from backend.synth.pipeline import check_synth_free
+
+        check_synth_free(spec)
     elif spec.kind == "import":
         from backend.registry import check_import, check_name_free
 
@@ -127,6 +137,68 @@ def check_before_queueing(spec: _Spec) -> None:
             check_import(spec.target, spec.name)
         elif spec.name:
             check_name_free(spec.name)
+
+
+MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
+
+
+def _making(name: str) -> Job | None:
+    """The queued or running job that will register a model under `name`, if any."""
+    for job in active_jobs():
+        spec = spec_from_dict(job.spec) if job.kind in MAKES_MODELS else None
+        if spec is not None and (spec.name or spec.default_name()) == name:
+            return job
+    return None
+
+
+def _check_output_name(name: str) -> None:
+    """The name a job would register is free: no model holds it, and no job in the queue will make one under it
+    (the second of two such jobs failed when it ended, its work lost)."""
+    from backend.registry import check_name_free
+
+    check_name_free(name)
+    if job := _making(name):
+        raise ValueError(f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: choose "
+                         "another name.")
+
+
+def _model_refs(spec: _Spec) -> list[str]:
+    """The models a job reads, by the names or folders its spec gives."""
+    refs = [getattr(spec, f, None) for f in ("base", "second", "model", "reference_model")]
+    return [r for r in refs + list(getattr(spec, "models", None) or []) if r]
+
+
+def _check_model_ref(ref: str) -> None:
+    """A model a job reads is registered, the built-in one, the model a queued job will make (a recipe's next
+    stage), or a folder; a folder is looked at only when the job runs on this machine."""
+    from backend import registry
+
+    if registry.record(ref) is not None or ref.lower() in ("builtin", registry.BUILTIN_NAME.lower()) or _making(ref):
+        return
+    if os.sep in ref or ref.startswith(("~", ".")):
+        if _runs_here_only() and not Path(ref).expanduser().is_dir():
+            raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
+                             "model's name (python -m backend models list).")
+        return
+    raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
+                     "model a queued job will make.")
+
+
+def _check_depths(spec) -> None:
+    """The layers an up-scaling asks for exist in its registered sources (m, groups, slices against their depths),
+    by the same rules the build applies; a source still to be made is left to the job."""
+    from backend import registry
+    from backend.upscale import dus, llama_pro, slices
+
+    recs = [registry.record(r) for r in (spec.base, spec.second) if r]
+    if any(r is None or not r.num_layers for r in recs):
+        return
+    if spec.method == "dus":
+        dus.plan(recs[0].num_layers, m=spec.m)
+    elif spec.method == "llama-pro":
+        llama_pro.plan(recs[0].num_layers, groups=spec.groups)
+    else:
+        slices.plan([r.num_layers for r in recs], slices=[(x.source, x.start, x.end) for x in spec.slices])
 
 
 def _runs_here_only() -> bool:
@@ -198,20 +270,27 @@ def resume(job_id: int) -> Job:
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
     if host := _still_stopping(job):
-        raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the cancelled run within "
+        raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the stopped run within "
                          "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
-    _update(job_id, status="queued", error="", finished=None, pid=None, host="", message="queued to resume")
+    # conditional: of two resumes racing, one queues it; the other must not turn a run already claimed back to queued
+    if not _transition(job_id, ("interrupted", "failed", "cancelled"), status="queued", error="", finished=None,
+                       pid=None, host="", message="queued to resume"):
+        raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
 
 
+STOPPED = ("cancelled", "interrupted")  # ended by a row's change, not by its process: which may still be stopping
+
+
 def _still_stopping(job: Job) -> str | None:
-    """The machine where a cancelled job's process may still run, if any. A cancel on the job's own machine kills it
-    at once; one from elsewhere only marks the row, and the owning machine's worker kills the process within a poll,
-    then clears the row's pid (_clear_stopped). Resumed before that, the job would be claimed and run again while
-    the old process still writes its progress into the same row. A machine none of whose workers beats any longer
-    runs no job process (_watch_parent ends a job whose worker is gone)."""
-    if job.status != "cancelled" or job.pid is None or ray_jobs.is_ray(job.host):
+    """The machine where a cancelled or interrupted job's process may still run, if any. A cancel on the job's own
+    machine kills it at once; one from elsewhere, or another machine giving it up for dead, only marks the row, and
+    the owning machine's worker kills the process within a poll, then clears the row's pid (_clear_stopped).
+    Resumed before that, the job would be claimed and run again while the old process still writes its progress
+    into the same row. A machine none of whose workers beats any longer runs no job process (_watch_parent ends a
+    job whose worker is gone)."""
+    if job.status not in STOPPED or job.pid is None or ray_jobs.is_ray(job.host):
         return None
     if job.host in ("", host_id()):
         return host_id() if db._group_running(job.pid) else None
@@ -270,7 +349,7 @@ def cancel(job_id: int) -> Job:
                                                message="cancelled"):
         # A process id means something only on the machine that started it: a job running elsewhere is killed by
         # its own machine's worker, which sees the cancelled row within a poll.
-        if job.pid and job.host in ("", host_id()):
+        if job.pid and job.host in ("", host_id()) and _runs_job(job.pid, job_id):
             try:
                 os.killpg(job.pid, signal.SIGTERM)  # the child leads its own process group: its children go too
                 for _ in range(50):
@@ -294,7 +373,8 @@ def execute(job_id: int) -> int:
                        pid=os.getpid(), message="starting"):
         return 1  # cancelled between the claim and this start
     print(f"job {job_id} ({job.kind}) started in process {os.getpid()}", flush=True)  # one line per run
-    os.environ["DUS_JOB_ID"] = str(job_id)  # training processes write metrics rows for this job
+    os.environ["DUS_JOB_ID"] = str(job_id)  # training processes write metrics rows for this job…
+    os.environ["DUS_JOB_PID"] = str(os.getpid())  # …and its progress while the row is still this run's
     _watch_parent()
     last = [0.0]
     delay = float(os.environ.get("DUS_TEST_PROGRESS_DELAY", "0"))  # tests: slow a job down to kill it mid-way
@@ -304,7 +384,7 @@ def execute(job_id: int) -> int:
         now = time.monotonic()
         if now - last[0] > 0.5 or frac >= 1.0:
             last[0] = now
-            _transition(job_id, "running", progress=float(frac), message=message[:500])
+            _transition(job_id, "running", _of_pid=os.getpid(), progress=float(frac), message=message[:500])
         if delay and frac < 1.0:
             time.sleep(delay)
 
@@ -313,17 +393,19 @@ def execute(job_id: int) -> int:
         result = work_function(job.kind)(spec, None, progress)
     except Exception as exc:
         traceback.print_exc()
-        _transition(job_id, "running", status="failed", finished=utcnow(), error=str(exc) or type(exc).__name__,
-                    message="failed")
+        _transition(job_id, "running", _of_pid=os.getpid(), status="failed", finished=utcnow(),
+                    error=str(exc) or type(exc).__name__, message="failed")
         return 1
     # scalars only: a nested block (a training run's perf choices) printed as a raw dict in every status box
     summary = ", ".join(IN_WORDS[k].format(v) if k in IN_WORDS else f"{k} {v}" for k, v in result.items()
                         if k not in ("path", "run_dir") and v is not None and not isinstance(v, (dict, list))
                         and not (k in IN_WORDS and not v))
-    if not _transition(job_id, "running", status="succeeded", finished=utcnow(), progress=1.0, result=result,
-                       message=("done: " + summary)[:400]):
+    # only while the row is still this run's: a job given up for dead by another machine and resumed meanwhile
+    # belongs to its new run, whose row an old run's "succeeded" overwrote
+    if not _transition(job_id, "running", _of_pid=os.getpid(), status="succeeded", finished=utcnow(), progress=1.0,
+                       result=result, message=("done: " + summary)[:400]):
         # cancelled (or marked dead) while the work was finishing: that state stands, but say what was made
-        _transition(job_id, ("cancelled", "failed", "interrupted"), result=result,
+        _transition(job_id, ("cancelled", "failed", "interrupted"), _of_pid=os.getpid(), result=result,
                     message=f"{get(job_id).message}; the work had finished anyway: {summary}"[:500])
         return 1
     return 0
@@ -375,24 +457,48 @@ def beat() -> None:
     with db.session() as s:
         row = s.exec(select(WorkerBeat).where(WorkerBeat.host == host_id(), WorkerBeat.pid == os.getpid())).first()
         row = row or WorkerBeat(host=host_id(), pid=os.getpid())
-        row.seen = utcnow()
+        row.seen = _db_now(s)
         s.add(row)
         for old in s.exec(select(WorkerBeat).where(WorkerBeat.seen < utcnow() - timedelta(days=1))):
             s.delete(old)  # workers long gone
         s.commit()
 
 
-def _age(when) -> float:
-    """Seconds since `when` (SQLite hands datetimes back without their UTC zone)."""
-    return (utcnow() - (when if when.tzinfo else when.replace(tzinfo=timezone.utc))).total_seconds()
+def _age(when, now=None) -> float:
+    """Seconds from `when` to `now` (default this machine's clock; SQLite hands datetimes back without their UTC
+    zone)."""
+    return ((now or utcnow()) - (when if when.tzinfo else when.replace(tzinfo=timezone.utc))).total_seconds()
+
+
+def _db_now(s):
+    """The time by the database server's clock on PostgreSQL, whose heartbeats machines read of each other: written
+    and read by each machine's own clock, a machine 60 s behind the others looked dead to them, and they
+    interrupted its jobs. SQLite is one machine's file: its clock."""
+    if s.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    return s.exec(select(func.now())).one()
 
 
 @db.retrying
+def _beat_ages() -> dict[str, float]:
+    """Each machine's seconds since its youngest worker beat (beats are kept a day)."""
+    with db.session() as s:
+        beats, now = s.exec(select(WorkerBeat)).all(), _db_now(s)
+    ages: dict[str, float] = {}
+    for b in beats:
+        ages[b.host] = min(ages.get(b.host, float("inf")), _age(b.seen, now))
+    return ages
+
+
 def live_hosts(within: float = BEAT_STALE) -> set[str]:
     """Machines with a worker that beat within the last `within` seconds."""
-    with db.session() as s:
-        beats = s.exec(select(WorkerBeat)).all()
-    return {b.host for b in beats if _age(b.seen) < within}
+    return {host for host, age in _beat_ages().items() if age < within}
+
+
+def dead_hosts() -> set[str]:
+    """Other machines whose workers have all stopped beating (within the day beats are kept): known dead. A machine
+    that never ran a worker here is not among them."""
+    return {host for host, age in _beat_ages().items() if age >= BEAT_STALE} - {host_id()}
 
 
 @db.retrying
@@ -410,42 +516,73 @@ def recover_orphans() -> list[int]:
     for job in running:
         if job.host not in ("", here):
             if job.host not in live:
-                orphans.append(job.id)
+                orphans.append(job)
             continue
         alive = False
         if job.pid is None and job.started is not None:  # just claimed: its process is being started
             alive = _age(job.started) < 30
         if job.pid:
-            try:
-                os.kill(job.pid, 0)
-                alive = True
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                alive = True
+            alive = _runs_job(job.pid, job.id)
         if not alive:
-            orphans.append(job.id)
-    # conditional, so a job that finished while we looked keeps the state its own process wrote
-    return [i for i in orphans if _transition(
-        i, "running", status="interrupted", finished=utcnow(),
-        message="interrupted: its process ended without finishing (worker or machine stopped)")] + [
+            orphans.append(job)
+    # conditional, so a job that finished while we looked keeps the state its own process wrote, and one resumed
+    # and started again meanwhile (another pid) its new run
+    return [j.id for j in orphans if _transition(
+        j.id, "running", _of_pid=j.pid, status="interrupted", finished=utcnow(),
+        message="interrupted: its process ended without finishing (worker or machine stopped); resume it to go on "
+                f"(Jobs page, or python -m backend jobs resume {j.id})")] + [
         i for i, fields in on_ray.items() if _transition(i, "running", **fields)]
+
+
+def _runs_job(pid: int, job_id: int) -> bool:
+    """Whether process `pid` here is job `job_id`'s own (`python -m backend jobs exec ID`). A bare os.kill(pid, 0)
+    took, after a reboot, an unrelated process that got the same pid for the job: the job stayed running for ever,
+    held its slot, and a cancel killed that process's group. An ended process not reaped yet (a zombie) still runs
+    only while a worker is its parent: that worker reaps it on its next poll and records its exit code; with no
+    worker to reap it (reparented), it has ended for good."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # not ours to signal: it runs
+        return True
+    try:
+        state, ppid = db._stat_fields(Path(f"/proc/{pid}"))[:2]
+    except FileNotFoundError:  # ended since, or no /proc (macOS): os.kill's answer stands
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+    if state == "Z":
+        return _command_holds(int(ppid), [b"backend", b"worker"])
+    return _command_holds(pid, [b"jobs", b"exec", str(job_id).encode()])
+
+
+def _command_holds(pid: int, words: list[bytes]) -> bool:
+    """Whether process `pid`'s command line holds `words` in a row."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:  # not ours to read
+        return True
+    return any(args[i:i + len(words)] == words for i in range(len(args) - len(words) + 1))
 
 
 @db.retrying
 def _clear_stopped() -> None:
-    """Clear the pid of this machine's cancelled jobs whose processes have all ended (the job's whole process group:
-    accelerate's workers may outlive their launcher by a moment): the sign _still_stopping reads, on any machine,
-    that a resume can no longer run beside the old run."""
+    """Clear the pid of this machine's stopped jobs (cancelled, or interrupted: given up for dead by another
+    machine) whose processes have all ended (the job's whole process group: accelerate's workers may outlive their
+    launcher by a moment): the sign _still_stopping reads, on any machine, that a resume can no longer run beside
+    the old run."""
     here = tuple(h for h in _hosts_here() if not ray_jobs.is_ray(h))
     if not here:  # a Ray cluster's jobs: cancel() has Ray stop them, wherever they run
         return
     with db.session() as s:
-        rows = s.exec(select(Job.id, Job.pid).where(Job.status == "cancelled", Job.pid != None,  # noqa: E711
-                                                    Job.host.in_(here))).all()
-    for job_id, pid in rows:
+        rows = s.exec(select(Job.id, Job.status, Job.pid).where(Job.status.in_(STOPPED), Job.pid != None,  # noqa: E711
+                                                                Job.host.in_(here))).all()
+    for job_id, status, pid in rows:
         if not db._group_running(pid):
-            _transition(job_id, "cancelled", _of_pid=pid, pid=None)
+            _transition(job_id, status, _of_pid=pid, pid=None)
 
 
 def _mine():
@@ -541,6 +678,18 @@ def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
     return proc
 
 
+def _not_ours_any_longer(running: dict) -> list[int]:
+    """The jobs this worker runs whose rows no longer hold that run: cancelled, or given up for dead by another
+    machine (its heartbeat stale: a database outage, a suspended machine) and perhaps resumed and started again
+    under another pid. Left running, such a run wrote the same checkpoints as the new one, and its "succeeded" landed
+    on the new run's row. A Ray job's pid is a node's: only its row's status says."""
+    with db.session() as s:
+        rows = s.exec(select(Job.id, Job.status, Job.pid).where(Job.id.in_(list(running)))).all()
+    return [i for i, status, pid in rows if status in ("cancelled", "interrupted", "queued") or (
+        status == "running" and pid is not None and not isinstance(running[i], ray_jobs.RayRun)
+        and pid != running[i].pid)]
+
+
 def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> None:
     """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS or 1: one job per
     device). `once`: run what is runnable now, wait for it, then return (tests, scripts)."""
@@ -549,7 +698,9 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
     if addr := ray_jobs.address():
         ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
     db.init_db()
-    db.clean_stale_tmp()
+    # another machine's builds in the shared workspace go only once its workers are known dead; on a Ray cluster
+    # never from here (a job's node beats no heartbeat)
+    db.clean_stale_tmp(dead_elsewhere=() if addr else dead_hosts())
     recover_orphans()
     stop = False
 
@@ -570,10 +721,8 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
         if time.monotonic() - last_beat > BEAT_EVERY:
             beat()
             last_beat = time.monotonic()
-        if running:  # cancelled from another machine: only this one can signal the process
-            with db.session() as s:
-                gone = s.exec(select(Job.id).where(Job.id.in_(list(running)), Job.status == "cancelled")).all()
-            for job_id in gone:
+        if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
+            for job_id in _not_ours_any_longer(running):
                 if isinstance(running[job_id], ray_jobs.RayRun):
                     running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
                     continue

@@ -146,17 +146,20 @@ class MetricsCallback(TrainerCallback):
         print(f"[{step / self.max_steps:6.1%}] {msg}", flush=True)
         if not self.job_id:
             return
+        from sqlalchemy import update
+
         from storage import db
         from storage.models import Job, JobMetric
 
+        # one conditional UPDATE: read, checked, then written, a cancel landing in between lost its message; and
+        # only while the row is this run's (DUS_JOB_PID: runner.execute), not a resumed run's
+        cond = [Job.id == self.job_id, Job.status == "running"]
+        if os.environ.get("DUS_JOB_PID"):
+            cond.append(Job.pid == int(os.environ["DUS_JOB_PID"]))
         with db.session() as s:
             for k, v in values.items():
                 s.add(JobMetric(job_id=self.job_id, step=step, name=k, value=v))
-            job = s.get(Job, self.job_id)
-            if job is not None and job.status == "running":
-                job.progress = min(step / self.max_steps, 0.999)
-                job.message = msg
-                s.add(job)
+            s.exec(update(Job).where(*cond).values(progress=min(step / self.max_steps, 0.999), message=msg))
             s.commit()
 
 

@@ -8,12 +8,17 @@ database (the workspace folder must then be shared too, since rows name files in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import time
+import uuid
+from collections.abc import Collection
 from functools import lru_cache, wraps
 from pathlib import Path
 
@@ -345,31 +350,78 @@ EXTERNAL_TMP_SUFFIX = ".external"  # a note in .tmp/ naming a build folder kept 
 UNREGISTERED_MARK = ".dus-unregistered"  # in a finished model folder until its row is written
 
 
+def host_id() -> str:
+    """This machine's name (DUS_HOST_ID overrides it: two workers on one machine can play two machines). Machines
+    sharing a workspace tag their builds with it: a process id means something only on the machine that wrote it."""
+    return os.environ.get("DUS_HOST_ID") or socket.gethostname()
+
+
+_PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]{1,40}")  # a host name as DNS allows it, short enough for a folder name
+
+
+def _host_key(host: str) -> str:
+    """`host` as it is written after the '@' of a build folder's name: itself when a short DNS name, otherwise
+    '_' and a hash (a DUS_HOST_ID may hold a '/' or a space; no DNS name holds a '_', so the two never meet)."""
+    return host if _PLAIN_HOST.fullmatch(host) else "_" + hashlib.sha256(host.encode()).hexdigest()[:12]
+
+
+def tmp_tag() -> str:
+    """`PID-UUID@HOST`: names a build of this process on this machine, so a cleaner on any machine sharing the
+    workspace can tell whose it is. The '@' parses unambiguously: no host key (_host_key) and no prefix holds one."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}@{_host_key(host_id())}"
+
+
 def mark_unregistered(folder: Path) -> None:
-    """Mark a finished folder as not registered yet, by this process: if it is killed between moving the folder into
-    place and writing its row, the next start (clean_unregistered_builds) can tell it from a folder a user put there."""
-    (Path(folder) / UNREGISTERED_MARK).write_text(str(os.getpid()))
+    """Mark a finished folder as not registered yet, by this process of this machine (`PID@HOST`): if it is killed
+    between moving the folder into place and writing its row, the next start (clean_unregistered_builds) can tell
+    it from a folder a user put there, and a worker of another machine sharing the workspace leaves it alone."""
+    (Path(folder) / UNREGISTERED_MARK).write_text(f"{os.getpid()}@{host_id()}")
 
 
 def new_tmp(prefix: str) -> Path:
-    """A fresh temporary folder tagged with this process id, so a cleaner can tell live work from leftovers."""
-    import uuid
-
-    path = tmp_dir() / f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A fresh temporary folder `PREFIX-PID-UUID@HOST` (tmp_tag), so a cleaner can tell live work from leftovers."""
+    path = tmp_dir() / f"{prefix}-{tmp_tag()}"
     path.mkdir(parents=True)
     return path
 
 
-def clean_stale_tmp() -> list[Path]:
+def _tmp_owner(name: str) -> tuple[str, int | None]:
+    """(host key, pid) of a .tmp entry named by new_tmp or a note `external-TAG.external`. A name without '@' is from
+    before builds recorded their machine (`PREFIX-PID-UUID`): this machine's, as it was then taken to be."""
+    stem, at, key = name.removesuffix(EXTERNAL_TMP_SUFFIX).rpartition("@")
+    if not at:
+        stem, key = key, _host_key(host_id())
+    parts = stem.split("-")
+    return key, int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+
+
+def _mark_owner(text: str) -> tuple[str, int | None]:
+    """(host key, pid) of an unregistered mark `PID@HOST`; a bare pid is an old mark, this machine's."""
+    pid, at, host = text.strip().partition("@")
+    return _host_key(host if at else host_id()), int(pid) if pid.isdigit() else None
+
+
+def _in_use(owner: tuple[str, int | None], dead_elsewhere: Collection[str]) -> bool:
+    """Whether a build of `owner` (host key, pid) may still be in progress. This machine's: while its process runs
+    (this process's own are leftovers: it is not building now). Another machine's: unless that machine is known
+    dead (named in `dead_elsewhere`: its workers stopped beating). A machine never heard of is not known dead: one
+    that runs only the dashboard or the CLI, or a Ray node, beats no heartbeat while it builds."""
+    key, pid = owner
+    if key == _host_key(host_id()):
+        return pid is not None and pid != os.getpid() and _pid_alive(pid)
+    return key not in {_host_key(h) for h in dead_elsewhere}
+
+
+def clean_stale_tmp(dead_elsewhere: Collection[str] = ()) -> list[Path]:
     """Remove leftovers of builds killed mid-way (they never reached models/, so nothing was registered).
 
-    Folders whose owning process is still alive are left alone: a CLI build may be running beside the worker.
+    Folders whose owning process is still alive are left alone: a CLI build may be running beside the worker. With
+    the workspace shared by several machines, another machine's are removed only once it is known dead (named in
+    `dead_elsewhere`; default none: every other machine's builds are kept).
     """
     removed = []
     for p in tmp_dir().iterdir():
-        parts = p.name.split("-")
-        pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+        if _in_use(_tmp_owner(p.name), dead_elsewhere):
             continue
         if p.name.endswith(EXTERNAL_TMP_SUFFIX):  # a build beside an output folder outside this filesystem
             target = Path(p.read_text().strip())
@@ -378,13 +430,14 @@ def clean_stale_tmp() -> list[Path]:
                 removed.append(target)
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
-    return removed + clean_unregistered_builds()
+    return removed + clean_unregistered_builds(dead_elsewhere=dead_elsewhere)
 
 
-def clean_unregistered_builds(folders: list[Path] | None = None) -> list[Path]:
+def clean_unregistered_builds(folders: list[Path] | None = None, dead_elsewhere: Collection[str] = ()) -> list[Path]:
     """Model folders renamed into place whose process was killed before registering them (they still carry the
     mark backend/outputs.py writes), and that no row names: removed, so the name can be used again. `folders`:
-    these only (a job's output folder before it is refused as not empty); default every folder in models/."""
+    these only (a job's output folder before it is refused as not empty); default every folder in models/.
+    `dead_elsewhere`: as in clean_stale_tmp (another machine's folder may be being registered right now)."""
     marked = [d for d in (models_dir().iterdir() if folders is None else folders) if (d / UNREGISTERED_MARK).is_file()]
     if not marked:
         return []
@@ -394,8 +447,8 @@ def clean_unregistered_builds(folders: list[Path] | None = None) -> list[Path]:
         registered = set(s.exec(select(models.ModelRecord.path)).all())
     removed = []
     for d in marked:
-        pid = (d / UNREGISTERED_MARK).read_text().strip()
-        if str(d.resolve()) in registered or (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid))):
+        owner = _mark_owner((d / UNREGISTERED_MARK).read_text())
+        if str(d.resolve()) in registered or _in_use(owner, dead_elsewhere):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)

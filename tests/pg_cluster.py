@@ -114,6 +114,8 @@ BOTH_DATABASES = {
                         "test_runner_failed_job_keeps_its_reason_and_registers_nothing",
                         "test_orphaned_running_job_becomes_interrupted", "test_cancel_a_queued_job"},
     "test_jobs": {"test_cancel_stops_the_whole_process_tree"},
+    "test_review_machines": {"test_a_reused_pid_is_recovered_and_spared_by_cancel",
+                             "test_of_two_resumes_racing_a_claim_the_claimed_run_stays_running"},
 }
 
 

@@ -123,9 +123,10 @@ def test_workspace_default_trackers_come_from_dus_report_to(tiny_llama, tmp_path
     registry.import_folder(tiny_llama, "tiny")
     base = ["train", "sft", "--model", "tiny", "--data", "builtin:alpaca-mini", "--queue"]
     monkeypatch.setenv("DUS_REPORT_TO", "tensorboard, mlflow")
-    assert cli(*base).returncode == 0
-    assert cli(*base, "--report-to", "none").returncode == 0  # an explicit choice wins
-    assert cli(*base, "--report-to", "wandb").returncode == 0
+    # each under its own name: a second queued job making the same model is refused (runner.check_before_queueing)
+    assert cli(*base, "--name", "t1").returncode == 0
+    assert cli(*base, "--name", "t2", "--report-to", "none").returncode == 0  # an explicit choice wins
+    assert cli(*base, "--name", "t3", "--report-to", "wandb").returncode == 0
     jobs = sorted(runner.list_jobs(), key=lambda j: j.id)
     assert [j.spec["report_to"] for j in jobs] == [["tensorboard", "mlflow"], [], ["wandb"]]
     monkeypatch.setenv("DUS_REPORT_TO", "tensorbored")
@@ -133,7 +134,7 @@ def test_workspace_default_trackers_come_from_dus_report_to(tiny_llama, tmp_path
     assert r.returncode == 2 and "DUS_REPORT_TO='tensorbored': unknown tracker tensorbored" in r.stderr
     assert "Traceback" not in r.stderr and len(runner.list_jobs()) == 3  # nothing queued
     monkeypatch.delenv("DUS_REPORT_TO")
-    assert cli(*base).returncode == 0
+    assert cli(*base, "--name", "t4").returncode == 0
     assert max(runner.list_jobs(), key=lambda j: j.id).spec["report_to"] == []  # off by default
 
 

@@ -315,7 +315,7 @@ def test_cancel_arriving_while_the_work_finishes_keeps_cancelled_and_says_what_w
 
     def work(spec, out, progress):
         result = real(spec, out, progress)
-        runner._transition(job.id, "running", pid=None)  # so cancel signals nobody (this is the test process)
+        # the row's pid is this test process: cancel signals only a job's own `jobs exec` process (runner._runs_job)
         assert runner.cancel(job.id).status == "cancelled"  # the cancel lands just before success is written
         return result
 

@@ -187,7 +187,7 @@ def test_runner_waits_for_several_jobs(tiny_llama):
     registry.import_folder(tiny_llama, "tiny")
     fast = dict(max_steps=1, save_steps=1, eval_fraction=0.0, max_length=32, max_rows=4)
     a = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="a", **fast))
-    bad = runner.submit(SftSpec(model="missing", data=[DataSource(source="builtin:alpaca-mini")], name="b", **fast))
+    bad = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="b", **fast))
     both = runner.submit(SftSpec(model="a", data=[DataSource(source="builtin:alpaca-mini")], name="c", **fast),
                          needs=[a.id, bad.id])
     assert runner.get(both.id).needs == [a.id, bad.id]
@@ -366,7 +366,7 @@ def test_a_stage_refused_at_submission_queues_no_stage_of_the_recipe(tiny_llama,
     [p] = recipe.plan_text(text(smoke(tiny_llama)))
     last = [n for n in p.nodes if n.status == "run" and n.spec is not None][-1]
 
-    def refuse(spec):
+    def refuse(spec, coming=()):
         if spec is last.spec:
             raise ValueError("refused")
     monkeypatch.setattr(runner, "check_before_queueing", refuse)

@@ -119,15 +119,22 @@ def test_a_worker_does_not_fail_the_run_another_worker_started_after_a_resume(ti
         def poll(self):
             return 1
 
+    # worker B's run: a live process whose command line is the job's (`… jobs exec ID`)
+    again = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "jobs", "exec", str(job.id)])
+
     def start_child(j):
-        # meanwhile its run failed, was resumed, and worker B started it again (here: this live process)
-        runner._update(j.id, status="running", pid=os.getpid(), message="running again")
+        # meanwhile its run failed, was resumed, and worker B started it again
+        runner._update(j.id, status="running", pid=again.pid, message="running again")
         return OldRun()
 
     monkeypatch.setattr(runner, "start_child", start_child)
-    runner.worker(poll=0.05, once=True)
-    row = runner.get(job.id)
-    assert (row.status, row.pid, row.message) == ("running", os.getpid(), "running again")
+    try:
+        runner.worker(poll=0.05, once=True)
+        row = runner.get(job.id)
+        assert (row.status, row.pid, row.message) == ("running", again.pid, "running again")
+    finally:
+        again.kill()
+        again.wait()
     runner._update(job.id, status="failed")
 
 

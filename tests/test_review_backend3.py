@@ -96,8 +96,9 @@ def test_width_and_dtype_are_refused_from_the_rows_and_models_still_to_be_made_a
         runner.submit(MergeSpec(models=["tiny", "half"]))
     assert str(refused.value) == ("tiny and half cannot be merged: the models differ in architecture (hidden_size: "
                                   "32 vs 48); only models of the same architecture and shapes can be combined.")
-    # a recipe's merge waits for candidates that do not exist yet: queued, checked when it runs
-    job = runner.submit(MergeSpec(models=["tiny", "made-later"]))
+    # a recipe's merge waits for candidates a queued job will make: queued, checked when it runs
+    maker = runner.submit(UpscaleSpec(base="tiny", m=1, name="made-later"))
+    job = runner.submit(MergeSpec(models=["tiny", "made-later"]), after=maker.id)
     assert (job.kind, job.status) == ("merge", "queued")
 
 

@@ -283,11 +283,23 @@ def check_paths(spec: _Spec, addr: str, found: list[Node]) -> None:
     _seen[key] = time.monotonic()
 
 
+def check_database(found: list[Node]) -> None:
+    """A job on another machine writes its rows from there: a SQLite file cannot take that. SQLite's write-ahead
+    log works only for processes on one computer, never over a network file system (sqlite.org/wal.html), so
+    claims, progress and results could be lost or the file corrupted. A cluster all on this machine may keep it."""
+    machines = {n.ip for n in found if n.alive}
+    if db.database_url().startswith("sqlite") and len(machines) > 1:
+        raise ClusterError(f"The Ray cluster spans {len(machines)} machines ({', '.join(sorted(machines))}), and "
+                           "the database is a SQLite file, which only processes on one machine may write. Set "
+                           "DATABASE_URL to a PostgreSQL server every node reaches (README: A shared database).")
+
+
 def check_submission(spec: _Spec, addr: str) -> None:
-    """Everything a job needs from the cluster, checked before its row is written: the cluster answers, some node
-    has what it asks, and every node sees its folders (a job Ray could place on a node that cannot read its model
-    would fail there, or wait for ever)."""
+    """Everything a job needs from the cluster, checked before its row is written: the cluster answers, its jobs can
+    reach the database, some node has what it asks, and every node sees its folders (a job Ray could place on a node
+    that cannot read its model would fail there, or wait for ever)."""
     found = nodes(addr)
+    check_database(found)
     check_fits(spec, addr, found)
     check_paths(spec, addr, found)
 

@@ -89,6 +89,7 @@ def check(addr: str | None = None) -> str:
     alive = [n for n in found if n.alive]
     if not alive:
         raise ClusterError(f"the Ray cluster at {addr} has no alive node.")
+    ray_jobs.check_database(found)
     ray_jobs.check_paths(ImportSpec(target="builtin"), addr, found)  # no model folders: the workspace and Python
     return (f"Ray cluster at {addr}: {len(alive)} alive node(s), each sees the workspace and this venv's Python.\n"
             + "\n".join("  " + n.describe() for n in alive))

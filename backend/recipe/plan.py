@@ -349,9 +349,10 @@ def submit(p: Plan, text: str = "") -> int:
     from backend.cluster import ray_jobs
 
     addr = ray_jobs.address()
+    coming = {n.output for n in p.nodes if n.status == "run"}  # made by the stages queued here
     for n in p.nodes:  # a stage runner.submit (or the cluster) would refuse is refused before any row is written,
         if n.status == "run" and n.spec is not None:  # not halfway through the recipe's jobs
-            runner.check_before_queueing(n.spec)
+            runner.check_before_queueing(n.spec, coming)
             if addr:
                 ray_jobs.check_submission(n.spec, addr)
     with db.session() as s:

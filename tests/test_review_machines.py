@@ -1,0 +1,188 @@
+"""Review of several machines sharing one database: a job given up for dead by another machine must stop where it
+runs (else a resume runs it twice), a process is the job's only if it is the job's `jobs exec` (not a zombie, not a
+reused pid), heartbeats are read by the database's clock, a resume is one conditional update, and a Ray cluster
+that spans machines is refused a SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from backend import registry, runner
+from backend.cluster import ray_jobs
+from backend.cluster.ray_jobs import ClusterError, Node
+from backend.specs import UpscaleSpec
+from storage import db
+from storage.models import Job, utcnow
+from tests.test_faults import start_worker
+from tests.test_jobs import group_alive, wait_for
+
+ON_POSTGRES = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+
+
+def _row(status: str = "running", **fields) -> Job:
+    with db.session() as s:
+        job = Job(kind="upscale", spec={"kind": "upscale", "base": "tiny", "m": 1}, status=status, **fields)
+        s.add(job)
+        s.commit()
+        s.refresh(job)
+        return job
+
+
+def _looks_like_job(job_id: int) -> subprocess.Popen:
+    """A process whose command line is a job process's (`… jobs exec ID`), in a group of its own."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "jobs", "exec", str(job_id)],
+                            start_new_session=True)
+
+
+def test_only_the_jobs_own_live_process_counts_as_the_job():
+    job = _row()
+    own, other, bystander = _looks_like_job(job.id), _looks_like_job(job.id + 1), subprocess.Popen(["sleep", "60"])
+    zombie = subprocess.Popen([sys.executable, "-c", "pass", "jobs", "exec", str(job.id)])
+    try:
+        # ended, not reaped (no poll() here): os.kill(pid, 0) still answers for it
+        wait_for(lambda: db._stat_fields(Path(f"/proc/{zombie.pid}"))[0] == "Z", 10, "the zombie")
+        assert runner._runs_job(own.pid, job.id) is True
+        assert runner._runs_job(other.pid, job.id) is False  # another job's process
+        assert runner._runs_job(bystander.pid, job.id) is False  # a reused pid: an unrelated process
+        assert runner._runs_job(zombie.pid, job.id) is False
+    finally:
+        for p in (own, other, bystander, zombie):
+            p.kill()
+            p.wait()
+
+
+def test_a_reused_pid_is_recovered_and_spared_by_cancel():
+    """After a reboot a row still running named a pid some unrelated process got: the job held its slot for ever
+    and a cancel killed that process's group."""
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stale = _row(pid=bystander.pid, host=runner.host_id(), started=utcnow() - timedelta(hours=3))
+        assert runner.recover_orphans() == [stale.id]
+        assert runner.get(stale.id).status == "interrupted"
+        again = _row(pid=bystander.pid, host=runner.host_id(), started=utcnow())
+        assert runner.cancel(again.id).status == "cancelled"
+        time.sleep(0.3)
+        assert bystander.poll() is None  # no signal reached it
+    finally:
+        os.killpg(bystander.pid, signal.SIGKILL)
+        bystander.wait()
+
+
+def test_a_run_given_up_for_dead_elsewhere_is_stopped_here_and_then_resumes_once(tiny_llama, monkeypatch):
+    """Machine a marks b's job interrupted (b's heartbeat looked stale: a database outage, a paused machine). b's
+    worker used to kill only cancelled jobs: the old run went on, a resume ran the job twice into the same folder,
+    and the old run's "succeeded" landed on the new run's row."""
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="slow", shard_size="20KB"))
+    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+    worker = start_worker(0.3)
+    try:
+        old = wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
+                       "the job under way on b")
+        # what machine a's recover_orphans writes when b's heartbeat is stale
+        assert runner._transition(job.id, "running", _of_pid=old.pid, status="interrupted", finished=utcnow(),
+                                  message="interrupted: its process ended without finishing")
+        wait_for(lambda: not group_alive(old.pid), 30, "b's worker to stop the run it no longer holds")
+        wait_for(lambda: runner.get(job.id).pid is None, 30, "b's worker to say the run has stopped")
+        assert runner.get(job.id).status == "interrupted"
+        runner.resume(job.id)
+        done = wait_for(lambda: (j := runner.get(job.id)).status in ("succeeded", "failed") and j, 120, "the rerun")
+        assert done.status == "succeeded", done.error
+        assert registry.get("slow") is not None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_an_old_runs_end_does_not_land_on_the_row_of_the_run_that_replaced_it(monkeypatch):
+    """A run whose row was resumed and claimed by another process meanwhile must not write its end into that row."""
+    job = _row(status="queued")
+
+    def work(spec, out, progress):
+        progress(0.5, "half way")
+        runner._update(job.id, pid=os.getpid() + 1, message="the new run")  # resumed, started again elsewhere
+        progress(0.9, "nearly")  # the old run's progress no longer lands either
+        return {"path": "/x"}
+
+    monkeypatch.setattr(runner, "work_function", lambda kind: work)
+    assert runner.execute(job.id) == 1
+    row = runner.get(job.id)
+    assert (row.status, row.message, row.pid) == ("running", "the new run", os.getpid() + 1)
+
+
+def test_of_two_resumes_racing_a_claim_the_claimed_run_stays_running(monkeypatch):
+    """The status was checked, then written unconditionally: a claim in between was turned back to queued, and the
+    job ran twice."""
+    job = _row(status="interrupted")
+
+    def claimed_meanwhile(j):
+        runner._update(job.id, status="running", pid=4242, message="claimed by a worker")
+        return None
+
+    monkeypatch.setattr(runner, "_still_stopping", claimed_meanwhile)
+    with pytest.raises(ValueError, match=f"Job {job.id} is running now: it was resumed meanwhile"):
+        runner.resume(job.id)
+    assert (runner.get(job.id).status, runner.get(job.id).pid) == ("running", 4242)
+
+
+@ON_POSTGRES
+def test_heartbeats_are_read_by_the_database_clock_on_postgresql(monkeypatch):
+    """Machine b's clock runs 90 s behind a's: by each machine's own clock b's fresh beats looked 90 s old to a,
+    which then interrupted b's jobs."""
+    real = runner.utcnow
+    monkeypatch.setattr(runner, "utcnow", lambda: real() - timedelta(seconds=90))
+    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+    runner.beat()
+    monkeypatch.setattr(runner, "utcnow", real)
+    monkeypatch.setenv("DUS_HOST_ID", "machine-a")
+    assert "machine-b" in runner.live_hosts()
+    elsewhere = _row(host="machine-b", pid=1, started=real())
+    assert elsewhere.id not in runner.recover_orphans()
+    assert runner.get(elsewhere.id).status == "running"
+
+
+def test_a_ray_cluster_on_several_machines_is_refused_a_sqlite_database(monkeypatch):
+    head, other = (Node(id="a" * 8, ip="10.0.0.1", head=True, alive=True),
+                   Node(id="b" * 8, ip="10.0.0.2", head=False, alive=True))
+    with pytest.raises(ClusterError, match=r"spans 2 machines \(10.0.0.1, 10.0.0.2\).*PostgreSQL"):
+        ray_jobs.check_database([head, other])
+    ray_jobs.check_database([head, Node(id="c" * 8, ip="10.0.0.1", head=False, alive=True)])  # one machine
+    ray_jobs.check_database([head, Node(id="d" * 8, ip="10.0.0.9", head=False, alive=False)])  # a dead node
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:p@db:5432/dus")
+    ray_jobs.check_database([head, other])  # a server every node reaches
+
+
+# ---------------------------------------------------------------- refused before queueing (CLI walk: --queue took
+# work the same command refuses in the foreground, and it failed later in the worker)
+
+def test_what_the_registry_shows_would_fail_is_refused_before_queueing(tiny_llama):
+    from backend.specs import CptSpec, DataSource, EvalSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+    depth = registry.get("tiny").num_layers
+    refused = {
+        "m out of range": (UpscaleSpec(base="tiny", m=depth, name="deep"), f"m={depth} is out of range"),
+        "unknown base": (UpscaleSpec(base="nosuch", m=1), "'nosuch' is neither a registered model"),
+        "unknown model": (CptSpec(model="nosuch", data=[DataSource(source="builtin:facts-corpus")]),
+                          "'nosuch' is neither a registered model"),
+        "missing folder": (EvalSpec(models=["/no/such/folder"], tasks=["perplexity"]), "is not a folder on this"),
+        "name taken": (UpscaleSpec(base="tiny", m=1, name="tiny"), "A model named 'tiny' is already registered"),
+    }
+    for what, (spec, message) in refused.items():
+        with pytest.raises(ValueError, match=message):
+            runner.submit(spec)
+    assert runner.list_jobs() == []  # nothing queued
+    first = runner.submit(UpscaleSpec(base="tiny", m=1, name="deep"))
+    with pytest.raises(ValueError, match=f"Job {first.id} \\(upscale, queued\\) will register a model named 'deep'"):
+        runner.submit(UpscaleSpec(base="tiny", m=1, name="deep"))
+    # the model a queued job will make may be read by the next one (a CPT → SFT chain queued at once)
+    chained = runner.submit(CptSpec(model="deep", data=[DataSource(source="builtin:facts-corpus")]), after=first.id)
+    assert [j.id for j in runner.list_jobs()] == [chained.id, first.id]
