@@ -332,6 +332,13 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
     return res.scores, [], None, [], {"n": res.n, "lm_eval": res.details}
 
 
+def _counts(ts: TaskSet, gens: list[Generation], ix) -> dict[str, int]:
+    """The items behind the rows scored over items `ix`: "n", and for a QA task each kind's `n[kind]`, which its
+    `metric[kind]` rows record (qa.counts_by_kind)."""
+    ix = list(ix)
+    return qa.counts_by_kind([gens[i].item_kind for i in ix]) if ts.kind == "qa" else {"n": len(ix)}
+
+
 def _judge(spec: EvalSpec) -> qa.Judge | None:
     if not spec.judge_url:
         return None
@@ -405,14 +412,16 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
             clean_ix = [j for j, o in enumerate(overlaps) if o < spec.overlap_threshold]
             clean = None
             if rescore and summary and summary["items_over"] and clean_ix:
-                clean = {**rescore(clean_ix), "n": len(clean_ix)}
+                clean = {**rescore(clean_ix), **_counts(ts, gens, clean_ix)}
             elif rescore and summary and not summary["items_over"]:
-                clean = {**scores, "n": len(overlaps)}
+                clean = {**scores, **_counts(ts, gens, range(len(overlaps)))}
             details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items), "items": len(ts.items),
                        "overlap": summary, "clean": clean, "device": plan.note, **extra}
             n = extra.get("n") or len(ts.items) or spec.limit  # lm-eval reports how many items it scored
-            rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v), n=n,
-                              details=details, overlap_share=summary["share_over"] if summary else 0.0)
+            counts = _counts(ts, gens, range(len(gens))) if ts.kind == "qa" else {}
+            rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v),
+                              n=counts.get(qa.count_key(metric), n), details=details,
+                              overlap_share=summary["share_over"] if summary else 0.0)
                     for metric, v in scores.items()]
             with db.session() as s:  # one transaction: a task's scores and generations land together or not at all
                 s.add_all(rows + gens)

@@ -167,13 +167,25 @@ def summarise(verdicts: list[str]) -> dict[str, float]:
 
 
 def scores_by_kind(verdicts: list[str], kinds: list[str]) -> dict[str, float]:
-    """Metric rows for a QA task: overall, then `metric[kind]` per item kind."""
+    """Metric rows for a QA task: overall, then `metric[kind]` per item kind (counts_by_kind says over how many)."""
     out = {k: v for k, v in summarise(verdicts).items() if k != "n"}
     for kind in ITEM_KINDS:
         sub = [v for v, k in zip(verdicts, kinds) if k == kind]
         if sub:
             out.update({f"{m}[{kind}]": v for m, v in summarise(sub).items() if m != "n"})
     return out
+
+
+def counts_by_kind(kinds: list[str]) -> dict[str, int]:
+    """The items behind each row of scores_by_kind: "n" for the overall rows, `n[kind]` for a kind's, so a row
+    records its own count (accuracy[math] over 1 of 5 items has n = 1, not the task's 5)."""
+    return {"n": len(kinds), **{f"n[{kind}]": kinds.count(kind) for kind in ITEM_KINDS if kind in kinds}}
+
+
+def count_key(metric: str) -> str:
+    """The counts_by_kind key of a metric row: `n[kind]` for `metric[kind]`, "n" otherwise."""
+    _, bracket, kind = metric.partition("[")
+    return f"n[{kind}" if bracket else "n"
 
 
 # ---------------------------------------------------------------- judge (optional)

@@ -365,6 +365,8 @@ def test_push_to_hub_never_pushes_mixes_saved_under_the_export_names(hub, worksp
     pipeline.save_mix("mine-alignment", [("builtin:prefs-mini", 1.0)], "dpo")
     with pytest.raises(pipeline.DatasetError, match="A mix data set is already named 'mine-instruct'"):
         pipeline.run_synth_math(SynthMathSpec(name="mine", out=str(workspace / "mine"), num_seeds=6))
+    assert pipeline.get_dataset("mine-pairs") is None  # the run is refused before any work; pairs made earlier:
+    pipeline.save_dataset("mine-pairs", "synth-pairs", str(workspace / "pairs.jsonl"), 0, {})
     with pytest.raises(pipeline.DatasetError) as err:
         pipeline.push_to_hub("mine-pairs", "acme/mine")
     assert str(err.value) == ("'mine-instruct' is a mix data set saved by hand, not an export of mine-pairs. Nothing "
@@ -374,16 +376,21 @@ def test_push_to_hub_never_pushes_mixes_saved_under_the_export_names(hub, worksp
 
 
 def test_push_to_hub_refuses_a_file_another_run_exported_over(hub, workspace, monkeypatch):
-    """Two runs exported into one --out folder: export() names its files alike there, so the second run's export
-    overwrote the first's files, which its records still point at."""
+    """Another run's export copied over the first's files, which its records still point at (a second run into the
+    same --out folder did it before such a run was refused)."""
+    import shutil
+
     from backend.specs import SynthMathSpec
     from backend.synth import pipeline
 
     monkeypatch.setenv("HF_TOKEN", hub.token)
     out = str(workspace / "shared")
     pipeline.run_synth_math(SynthMathSpec(name="first", out=out, num_seeds=6, seed=1))
-    pipeline.run_synth_math(SynthMathSpec(name="second", out=out, num_seeds=6, seed=2))
-    assert pipeline.get_dataset("first-instruct").path == pipeline.get_dataset("second-instruct").path
+    with pytest.raises(pipeline.DatasetError, match="holds the files of first-alignment, first-instruct"):
+        pipeline.run_synth_math(SynthMathSpec(name="second", out=out, num_seeds=6, seed=2))
+    pipeline.run_synth_math(SynthMathSpec(name="second", out=str(workspace / "second"), num_seeds=6, seed=2))
+    for f in ("math_instruct.jsonl", "math_alignment.jsonl"):
+        shutil.copy(workspace / "second" / f, Path(out, f))
     with pytest.raises(pipeline.DatasetError) as err:
         pipeline.push_to_hub("first-pairs", "acme/first")
     assert str(err.value) == (f"{out}/math_instruct.jsonl no longer holds first-instruct as exported from first-pairs "

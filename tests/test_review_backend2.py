@@ -121,46 +121,26 @@ class _Chatty:
         return [ValueError("no question / solution in the reply") for _ in seeds]
 
 
-def test_a_synth_rerun_with_no_usable_pair_removes_the_earlier_export_it_replaced(tmp_path, monkeypatch):
-    """A rerun replaces the pairs; an export made from the replaced pairs, left registered, read as this run's."""
+def test_a_synth_rerun_under_its_name_or_into_its_folder_is_refused_and_keeps_the_export(tmp_path, monkeypatch):
+    """A rerun replaced the pairs and removed an export it no longer made; two runs into one `out` shared the export's
+    files. Both are refused now, before any work: the first run's pairs and export stay as they were."""
     from backend.specs import SynthMathSpec
     from backend.synth import pipeline
 
     spec = SynthMathSpec(out=str(tmp_path / "out"), num_seeds=6, name="sm")
     first = pipeline.run_synth_math(spec)
     assert first["rows"] == 6 and first["instruct"] == "sm-instruct"
-    files = [Path(pipeline.get_dataset(f"sm-{k}").path) for k in ("instruct", "alignment")]
-    assert all(f.exists() for f in files)
-    pipeline.save_dataset("other-instruct", "sft", str(tmp_path / "x.jsonl"), 1, {"pairs": "other-pairs"})
-
+    files = {f: f.read_bytes() for f in (Path(pipeline.get_dataset(f"sm-{k}").path) for k in ("instruct",
+                                                                                              "alignment"))}
     monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: _Chatty())
-    again = pipeline.run_synth_math(spec)
-    assert again["rows"] == 0 and again["failed"] == 6 and again["instruct"] is None
-    assert pipeline.get_dataset("sm-instruct") is None and pipeline.get_dataset("sm-alignment") is None
-    assert not any(f.exists() for f in files)
-    assert "The earlier run's export (sm-instruct, sm-alignment) was removed with its registration" in again["note"]
-    assert pipeline.get_dataset("other-instruct") is not None  # another data set's export is not touched
-    pairs = pipeline.get_dataset("sm-pairs")  # this run's pairs, to be inspected
-    assert pairs.provenance["counts"] == {"verified": 0, "failed": 6, "flagged": 0}
-    total, rows = pipeline.query_pairs(pairs.id, page_size=20)
-    assert total == 6 and all(r.status == "failed" and "no question / solution" in r.reason for r in rows)
-
-
-def test_removing_a_stale_export_keeps_a_file_another_data_set_still_names(tmp_path, monkeypatch):
-    """export() names its files alike in every folder: two data sets made into one `out` share them, and removing
-    one's stale export must not delete the file the other is registered with."""
-    from backend.specs import SynthMathSpec
-    from backend.synth import pipeline
-
-    out = str(tmp_path / "shared")
-    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=6, name="sm"))
-    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=4, name="sm2"))
-    kept = Path(pipeline.get_dataset("sm2-instruct").path)
-    assert kept == Path(pipeline.get_dataset("sm-instruct").path)
-    monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: _Chatty())
-    pipeline.run_synth_math(SynthMathSpec(out=out, num_seeds=6, name="sm"))
-    assert pipeline.get_dataset("sm-instruct") is None
-    assert kept.exists() and len(kept.read_text().splitlines()) == pipeline.get_dataset("sm2-instruct").rows == 4
+    with pytest.raises(pipeline.DatasetError, match="already named 'sm-pairs'"):
+        pipeline.run_synth_math(spec)
+    with pytest.raises(pipeline.DatasetError, match="holds the files of sm-alignment, sm-instruct, sm-pairs"):
+        pipeline.run_synth_math(spec.model_copy(update={"name": "sm2"}))
+    assert {f: f.read_bytes() for f in files} == files and pipeline.get_dataset("sm2-pairs") is None
+    pairs = pipeline.get_dataset("sm-pairs")
+    assert pairs.provenance["counts"] == {"verified": 6, "failed": 0, "flagged": 0}
+    assert pipeline.query_pairs(pairs.id, states=["verified"])[0] == 6 == pipeline.get_dataset("sm-instruct").rows
 
 
 # ---------------------------------------------------------------- resume after a cancel from another machine

@@ -228,6 +228,7 @@ def test_synth_failed_pair_is_not_drawn_as_deleted_nor_labelled_chosen(monkeypat
         def rephrase(self, seeds):
             return [ValueError("the reply is not in the QUESTION: … SOLUTION: … format") for _ in seeds]
 
+    rules = pipeline.make_rephraser
     monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: Broken())
     pipeline.run_synth_math(SynthMathSpec(num_seeds=2, name="broken"))
     at = app("synth.py")
@@ -236,7 +237,7 @@ def test_synth_failed_pair_is_not_drawn_as_deleted_nor_labelled_chosen(monkeypat
     assert not any("line-through" in b for b in bodies)
     assert not any("(chosen)" in b or "(rejected)" in b for b in bodies)
     assert sum("(no rephrasing)" in b for b in bodies) == 2
-    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "make_rephraser", rules)  # not monkeypatch.undo(): that drops the test workspace
     pipeline.run_synth_math(SynthMathSpec(num_seeds=2, name="good"))  # verified pairs keep their DPO roles
     at = app("synth.py")
     bodies = [m.value for m in at.markdown if m.value.startswith(("**Original**", "**Rephrased**"))]

@@ -158,8 +158,15 @@ def test_rephrasings_are_cached_and_a_rerun_skips_them(tmp_path, monkeypatch):
             calls.append(len(seeds))
             return super().rephrase(seeds)
 
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(pipeline, "make_rephraser", lambda spec: Counting())
-    run(tmp_path, num_seeds=20)
+    save = pipeline.save_dataset
+    monkeypatch.setattr(pipeline, "save_dataset", killed)  # stopped before it registers anything: its folder
+    with pytest.raises(KeyboardInterrupt):  # holds only its own files, so the rerun (a resumed job) may go on
+        run(tmp_path, num_seeds=20)
+    monkeypatch.setattr(pipeline, "save_dataset", save)
     assert sum(calls) == 20
     messages = []
     pipeline.run_synth_math(SynthMathSpec(out=str(tmp_path / "out"), num_seeds=25),

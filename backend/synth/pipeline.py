@@ -3,11 +3,12 @@ sets, the way SOLAR built Synth. Math-Instruct and Synth. Math-Alignment (arXiv 
 
     python -m backend synth-math --seeds 200 --rephraser rules --out workspace/datasets/synth-math
 
-Rephrasings are cached in the output folder (one JSON line per seed and rephraser), so a rerun or a resumed job
+Rephrasings are cached in the output folder (one JSON line per seed and rephraser), so a job resumed after a stop
 skips the seeds already done. Pairs are stored as rows (fast paging and filtering); exports write JSONL files in
-trl's standard formats and leave out failed, flagged and hand-rejected pairs. A rerun under the same name replaces
-the pairs and their export; a rerun that leaves no usable pair removes the earlier export with its registration,
-since it no longer comes from the pairs stored, and says so.
+trl's standard formats and leave out failed, flagged and hand-rejected pairs. A run never replaces a data set: a name
+a data set holds, or an output folder holding anything but a stopped run's own files, is refused before any work
+(as backend/outputs.py refuses a model's), since models may have been trained on it and pairs rejected in it by
+hand. Re-exporting the pairs (after hand rejections) updates their own export in place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 from sqlalchemy import case as sa_case
-from sqlalchemy import delete as sa_delete
 from sqlmodel import func, select
 
 from backend.names import check_name, inside
@@ -221,23 +221,44 @@ def list_datasets(kind: str | None = None) -> list[DatasetRecord]:
         return list(s.exec(q.where(DatasetRecord.kind == kind) if kind else q))
 
 
-def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict) -> DatasetRecord:
-    """Register, or update the same name in place (a re-export after hand rejections)."""
+def _taken(rec: DatasetRecord) -> str:
+    """What holds a name, for a refusal: the file and its rows, or a mix's sources."""
+    sources = ", ".join(f"{x['source']}×{x['weight']:g}" for x in rec.provenance.get("sources", []))
+    where = f"{rec.rows} rows at {rec.path}" if rec.path else f"a mix of {sources} for {rec.provenance.get('for')}"
+    return f"A {rec.kind} data set is already named {rec.name!r} ({where})"
+
+
+def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict,
+                 pairs: tuple[SynthPair, ...] | list[SynthPair] = ()) -> DatasetRecord:
+    """Register a new data set, with its synthetic `pairs` in the same transaction (a kill never leaves a data set
+    whose row count names pairs not stored). A name a data set holds is refused, never updated: models may have
+    been trained on that one (export() updates its own export in place, through _save_export)."""
+    check_name(name, "data set name")
     with db.session() as s:
-        rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first() or DatasetRecord(name=name,
-                                                                                                      kind=kind)
-        if rec.kind != kind:
-            raise DatasetError(f"A {rec.kind} data set is already named {name!r}.")
-        rec.path, rec.rows, rec.provenance = path, rows, provenance
+        if (rec := s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()) is not None:
+            raise DatasetError(f"{_taken(rec)}. Nothing was saved: choose another name.")
+        rec = DatasetRecord(name=name, kind=kind, path=path, rows=rows, provenance=provenance)
         s.add(rec)
+        s.flush()
+        for p in pairs:
+            p.dataset_id = rec.id
+        s.add_all(pairs)
         s.commit()
         s.refresh(rec)
         return rec
 
 
 def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> DatasetRecord:
-    """A named weighted combination (the paper's SFT v1–v4, DPO v1–v3), usable as `mix:NAME` in training data."""
+    """A named weighted combination (the paper's SFT v1–v4, DPO v1–v3), usable as `mix:NAME` in training data. A
+    taken name is refused before the sources are read; the same mix saved again (the page's button pressed twice)
+    changes nothing."""
     check_name(name, "mix name")
+    provenance = {"for": purpose, "sources": [{"source": s, "weight": w} for s, w in sources]}
+    if (rec := get_dataset(name)) is not None:
+        if rec.kind == "mix" and rec.provenance == provenance:
+            return rec
+        raise DatasetError(f"{_taken(rec)}. Nothing was saved: choose another name for the mix; the existing one "
+                           "stays as it is.")
     if not sources:
         raise DatasetError("A mix needs at least one source.")
     from backend import data
@@ -247,8 +268,31 @@ def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> Datas
             raise DatasetError(f"{source}: weight must be positive.")
         ds = data.load_source(source)
         data.detect_layout(ds.column_names, purpose)
-    return save_dataset(name, "mix", "", 0, {"for": purpose,
-                                             "sources": [{"source": s, "weight": w} for s, w in sources]})
+    return save_dataset(name, "mix", "", 0, provenance)
+
+
+def _not_export_of(rec: DatasetRecord | None, pairs_name: str) -> str | None:
+    """Why export() of `pairs_name` may not take `rec`'s name (None when the name is free or holds its export)."""
+    if rec is None or (rec.kind in ("sft", "dpo") and rec.provenance.get("pairs") == pairs_name):
+        return None
+    origin = f" exported from {rec.provenance['pairs']}" if "pairs" in rec.provenance else ""
+    return (f"{rec.name!r} is a {rec.kind} data set{origin}, not an export of {pairs_name}. Nothing was exported: "
+            "the export takes that name. Run the synthetic-math job again under another name, then export that.")
+
+
+def _save_export(name: str, kind: str, path: str, rows: int, provenance: dict) -> DatasetRecord:
+    """Register an export of provenance['pairs'], or update that export in place (a re-export after hand
+    rejections); a name held by anything else is refused and left as it is."""
+    with db.session() as s:
+        rec = s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
+        if why := _not_export_of(rec, provenance["pairs"]):
+            raise DatasetError(why)
+        rec = rec or DatasetRecord(name=name, kind=kind)
+        rec.path, rec.rows, rec.provenance = path, rows, provenance
+        s.add(rec)
+        s.commit()
+        s.refresh(rec)
+        return rec
 
 
 def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool = False) -> dict:
@@ -257,6 +301,9 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     if rec is None or rec.kind != "synth-pairs":
         raise DatasetError(f"No synthetic pairs named {pairs_name!r}.")
     prefix = pairs_name.removesuffix("-pairs")
+    for name in (f"{prefix}-instruct", f"{prefix}-alignment"):  # before a file is written
+        if why := _not_export_of(get_dataset(name), pairs_name):
+            raise DatasetError(why)
     out_dir = Path(out_dir or Path(rec.path).parent)
     with db.session() as s:
         rows = list(s.exec(select(SynthPair).where(*_exported(rec.id, include_flagged)).order_by(SynthPair.id)))
@@ -274,8 +321,8 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
         tmp.write_text("".join(json.dumps(make(p), ensure_ascii=False) + "\n" for p in rows))
         tmp.rename(path)  # never a half-written file under the registered name
     prov = {"pairs": pairs_name, "include_flagged": include_flagged, **rec.provenance.get("settings", {})}
-    a = save_dataset(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
-    b = save_dataset(f"{prefix}-alignment", "dpo", str(align), len(rows), {**prov, "format": "prompt/chosen/rejected"})
+    a = _save_export(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
+    b = _save_export(f"{prefix}-alignment", "dpo", str(align), len(rows), {**prov, "format": "prompt/chosen/rejected"})
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
 
 
@@ -381,14 +428,47 @@ def counts(dataset_id: int) -> dict[str, int]:
 
 # ---------------------------------------------------------------- the job
 
+RUN_FILES = ("rephrase_cache.jsonl", "pairs.jsonl")  # what a run writes before it registers anything
+
+
+def check_synth_free(spec: SynthMathSpec, out_dir: Path | None = None) -> Path:
+    """The run's folder, resolved, once neither its data set names (NAME-pairs, -instruct, -alignment) nor the folder
+    are taken: the folder may be new, empty, or hold only RUN_FILES of a run stopped before it registered anything
+    (a resumed job goes on from its rephrase cache). Refused before any work, so nothing is written."""
+    folder = Path(out_dir or spec.out or inside(db.workspace() / "datasets", spec.name)).expanduser().resolve()
+    for name in (f"{spec.name}-pairs", f"{spec.name}-instruct", f"{spec.name}-alignment"):
+        if (rec := get_dataset(name)) is not None:
+            hint = f" To export its pairs again: `python -m backend datasets export {name}`." \
+                if rec.kind == "synth-pairs" else ""
+            raise DatasetError(f"{_taken(rec)}. Nothing was made: choose another name for this run (--name, or Name "
+                               f"on the Synthetic math page); the existing data set stays as it is.{hint}")
+    if not folder.is_dir():
+        return folder
+    default = inside(db.workspace() / "datasets", spec.name)
+    with db.session() as s:
+        held = sorted(d.name for d in s.exec(select(DatasetRecord).where(DatasetRecord.path != ""))
+                      if Path(d.path).parent.resolve() == folder)
+    if held:
+        raise DatasetError(f"{folder} holds the files of {', '.join(held)}: this run's pairs.jsonl and export would "
+                           "replace them. Nothing was made: choose another output folder (--out), or leave it out "
+                           f"to use {default}.")
+    other = sorted(f.name for f in folder.iterdir() if f.name not in RUN_FILES)
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise DatasetError(f"{folder} is not empty ({shown}): a synthetic-math run writes into a folder of its own. "
+                           "Nothing was made: choose an empty or new output folder (--out), or leave it out to use "
+                           f"{default}.")
+    return folder
+
+
 def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
+    out_dir = check_synth_free(spec, out_dir)
     seeds = load_seeds(spec.seeds, spec.num_seeds, spec.seed, spec.categories or None, spec.levels or None)
     bench = (ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram, whole_references=True)
              if spec.benchmark else None)
     rephraser = make_rephraser(spec)
-    out_dir = Path(out_dir or spec.out or inside(db.workspace() / "datasets", spec.name)).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_path = out_dir / "rephrase_cache.jsonl"
     cache: dict[str, dict] = {}
@@ -436,33 +516,14 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     pairs_file.write_text("".join(json.dumps(p.model_dump(exclude={"id", "dataset_id"}), ensure_ascii=False) + "\n"
                                   for p in pairs))
     rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
-                       {"settings": settings, "rephraser": rephraser.name, "counts": tally})
-    with db.session() as s:  # replace this data set's pairs in one transaction, and an export they no longer make
-        s.exec(sa_delete(SynthPair).where(SynthPair.dataset_id == rec.id))
-        for p in pairs:
-            p.dataset_id = rec.id
-        s.add_all(pairs)
-        s.flush()
+                       {"settings": settings, "rephraser": rephraser.name, "counts": tally}, pairs)
+    with db.session() as s:
         usable = s.exec(select(func.count()).where(*_exported(rec.id, spec.include_flagged))).one()
-        stale = [] if usable else _export_of(s, rec.name)
-        dropped = [(d.name, d.path) for d in stale]
-        for d in stale:
-            s.delete(d)
-        s.flush()
-        # export() names its files alike in every folder: two data sets made into one --out share them
-        shared = set(s.exec(select(DatasetRecord.path).where(DatasetRecord.path.in_([p for _, p in dropped]))))
-        s.commit()
-    for _, path in dropped:  # after the rows: a kill in between leaves a stray file, never a row without its file
-        if path not in shared:
-            Path(path).unlink(missing_ok=True)
     if usable:
         exported = export(rec.name, out_dir, spec.include_flagged)
     else:  # the pairs stay to be inspected (their reasons say why); an empty training set is not registered
-        note = "no pair passed verification: nothing exported; see the pairs' reasons"
-        if dropped:
-            note += (f". The earlier run's export ({', '.join(n for n, _ in dropped)}) was removed with its "
-                     "registration: it was made from the pairs this run replaced")
-        exported = {"rows": 0, "instruct": None, "alignment": None, "note": note}
+        exported = {"rows": 0, "instruct": None, "alignment": None,
+                    "note": "no pair passed verification: nothing exported; see the pairs' reasons"}
     seconds = time.perf_counter() - t0
     progress(1.0, f"{tally['verified']} verified, {tally['failed']} failed, {tally['flagged']} flagged")
     return {"pairs": rec.name, **exported, **tally, "seconds": round(seconds, 2)}
