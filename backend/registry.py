@@ -84,6 +84,7 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
              source: str = "") -> ModelRecord:
     """Register a complete model folder. Facts come from its headers, so a broken folder is refused here."""
     check_name(name)
+    check_not_orphaned_parent(name, source)
     info = inspect_model(folder)
     rec = ModelRecord(name=name, path=str(Path(folder).resolve()), kind=kind, parents=parents or [],
                       recipe=recipe or {}, source=source, architecture=info.architecture,
@@ -98,14 +99,28 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
     return rec
 
 
-def check_name_free(name: str) -> None:
-    """A valid name (backend/names.py) that no model has yet: every new model passes here before any work. The
-    refusal says which model holds the name, so the user can tell a clash from a forgotten earlier import."""
+def check_name_free(name: str, source: str = "") -> None:
+    """A valid name (backend/names.py) that no model has yet, nor had while models were made from it: every new
+    model passes here before any work. The refusal says which model holds the name, so the user can tell a clash
+    from a forgotten earlier import."""
     check_name(name)
     if (rec := get(name)) is not None:
         raise RegistryError(f"A model named {name!r} is already registered: the {rec.kind} model at {rec.path}. "
                             f"Choose another name, or delete {name} first (Models page, or `python -m backend "
                             f"models delete {name}`).")
+    check_not_orphaned_parent(name, source)
+
+
+def check_not_orphaned_parent(name: str, source: str = "") -> None:
+    """Refuse the name of a deleted model that others were made from (`delete(force=True)`). Parents are recorded
+    by name, so a new model under it would become their ancestor: the lineage would show it, and the evaluation's
+    training-data overlap check (backend/heldout.py) would read its data instead of the deleted model's. The
+    built-in model re-imported (`source` "builtin") is the same model again, so it may take its name back."""
+    kids = children(name)
+    if kids and get(name) is None and not (name == BUILTIN_NAME and source == "builtin"):
+        raise RegistryError(f"{name!r} was deleted, but {len(kids)} model(s) were made from it and still name it "
+                            f"as their parent: {', '.join(k.name for k in kids)}. A new model under that name would "
+                            "pose as their ancestor. Choose another name (or delete those models first).")
 
 
 def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None:
@@ -130,6 +145,17 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
 
 def children(name: str) -> list[ModelRecord]:
     return [r for r in list_models() if name in (r.parents or [])]
+
+
+def parent_present(parent: str) -> bool:
+    """Whether a `parents` entry still stands for a model: a registered name (check_not_orphaned_parent keeps a
+    deleted one's name from being taken), or a folder path (a model made from an unregistered folder)."""
+    return "/" in parent or get(parent) is not None
+
+
+def parents_shown(rec: ModelRecord) -> list[str]:
+    """A model's parents as the pages and the CLI list them: a deleted one marked, as `lineage` marks it."""
+    return [p if parent_present(p) else f"{p} (deleted)" for p in rec.parents or []]
 
 
 def lineage(name: str) -> list[tuple[str, bool]]:
@@ -205,7 +231,7 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     if not path.is_file():
         raise RegistryError(f"GGUF file {path} does not exist.")
     name = name or safe_name(path.stem.split(".")[0])
-    check_name_free(name)
+    check_name_free(name, source or "")
     progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

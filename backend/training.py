@@ -27,9 +27,10 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from backend import data, perf, registry
+from backend.modelinfo import inspect_model
 from backend.names import check_name
 from backend.outputs import output_dir, register_output
 from backend.specs import _TrainSpec
@@ -121,6 +122,7 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
     perf.check(spec)  # kernels and packages the spec's perf block asks for (backend/perf.py)
     check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)
+    inspect_model(folder)  # a truncated or broken folder is refused here, as upscale, merge and eval refuse it
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
         ds = data.load_source(source)
@@ -134,6 +136,8 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
         if rec and rec.kind == "upscaled" and rec.parents and registry.get(rec.parents[0]) is not None:
             reference = rec.parents[0]
     ref_folder = str(registry.resolve(reference)[0]) if reference else None
+    if ref_folder:
+        inspect_model(Path(ref_folder))  # loaded beside the model: refused alike
     check_memory(spec, folder)
     return folder, name, ref_folder, model_name or str(folder)
 
@@ -201,6 +205,17 @@ def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
     return cmd
 
 
+# An exception line of a traceback: its name may carry a module path (safetensors._safetensors_rust.SafetensorError)
+_ERROR_LINE = re.compile(r"^((?:\w+\.)*\w+(?:Error|Exception)|error): ")
+
+
+def failure_line(tail: Sequence[str]) -> str:
+    """The line of the launched trainer's output that names the cause: its first exception line, not the launcher's
+    CalledProcessError that only repeats the exit code; else its last line."""
+    errors = [ln for ln in tail if _ERROR_LINE.match(ln) and "CalledProcessError" not in ln]
+    return errors[0] if errors else (tail[-1] if tail else "no output")
+
+
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     folder, name, ref_folder, parent = check_inputs(spec)
@@ -246,9 +261,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         progress(1.0, f"machine {spec.machine_rank} of {spec.num_machines} done; machine 0 registers {name}")
         return {"model": None, "machine_rank": spec.machine_rank, "run_dir": str(run_dir)}
     if rc != 0 or not (final / "config.json").exists():
-        errors = [ln for ln in tail if re.match(r"^(\w+Error|error): ", ln) and "CalledProcessError" not in ln]
-        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): "
-                            f"{errors[0] if errors else (tail[-1] if tail else 'no output')}. "
+        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): {failure_line(tail)}. "
                             f"Full log above; run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
     if out_dir.exists():
