@@ -16,7 +16,7 @@
     python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
     python -m backend worker
     python -m backend cluster status | check          # with DUS_RAY_ADDRESS=http://HEAD:8265 (a Ray cluster)
-    python -m backend jobs list | cancel ID | resume ID
+    python -m backend jobs list | show ID | cancel ID | resume ID
     python -m backend auth hash | check [--address 0.0.0.0]
 
 Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
@@ -209,8 +209,10 @@ def cmd_datasets(a) -> None:
         for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
             print(f"{k}: {v}")
     elif a.action == "mix":
-        rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], a.purpose)
-        print(f"saved mix {rec.name} for {a.purpose}: use --data mix:{rec.name}")
+        purpose = a.purpose or "sft"
+        rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], purpose)
+        took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
+        print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
 
 
 def cmd_merge(a) -> None:
@@ -227,26 +229,54 @@ def cmd_eval(a) -> None:
                     overlap_threshold=a.overlap_threshold, judge_url=a.judge_url, judge_model=a.judge_model)
     if a.fan_out and len(a.models) > 1:
         if not (a.queue or a.after):
-            raise SystemExit("eval --fan-out: one job per model runs through the worker; add --queue.")
+            raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
         from backend import runner
 
         jobs = [runner.submit(one, after=a.after) for one in spec.per_model()]
         print(f"queued jobs {', '.join(str(j.id) for j in jobs)} (eval, one per model); they run side by side on "
               "the worker's free slots (python -m backend worker --slots N) or a Ray cluster")
         return
+    if a.queue or a.after:
+        return _run_or_queue(spec, a)
+    before = _last_score_id()
     _run_or_queue(spec, a)
-    if not (a.queue or a.after):
-        from sqlmodel import select
+    notes: dict[str, None] = {}
+    for r in _scores_since(before, a.models):
+        over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
+        print(f"{r.model:40} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
+        overlap = (r.details or {}).get("overlap") or {}
+        notes.update(dict.fromkeys(f"{r.model}: {n}" for n in overlap.get("notes", [])))
+    for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
+        print(f"note: {note}")
 
-        from storage import db
-        from storage.models import EvalScore
 
-        with db.session() as s:
-            rows = s.exec(select(EvalScore).where(EvalScore.model.in_(a.models)).order_by(EvalScore.id.desc())
-                          .limit(len(a.models) * len(a.tasks) * 16)).all()
-        for r in sorted(rows, key=lambda r: (r.model, r.task, r.metric)):
-            over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
-            print(f"{r.model:40} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
+def _last_score_id() -> int:
+    """The newest score row before an evaluation in the foreground: the rows after it are the ones it wrote (earlier
+    runs of the same models and tasks stay in the table, and are not this run's scores)."""
+    from sqlmodel import func, select
+
+    from storage import db
+    from storage.models import EvalScore
+
+    with db.session() as s:
+        return s.exec(select(func.max(EvalScore.id))).one() or 0
+
+
+def _scores_since(after_id: int, models: list[str]) -> list:
+    """The rows this foreground evaluation stored: newer than `after_id`, of its models, and written without a job
+    (backend/evaluate.py stores DUS_JOB_ID's, unset here), so a worker's job storing scores meanwhile is not shown."""
+    import os
+
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import EvalScore
+
+    job = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
+    mine = EvalScore.job_id.is_(None) if job is None else EvalScore.job_id == job
+    with db.session() as s:
+        rows = s.exec(select(EvalScore).where(EvalScore.id > after_id, EvalScore.model.in_(models), mine)).all()
+    return sorted(rows, key=lambda r: (r.model, r.task, r.metric))
 
 
 def cmd_run(a) -> None:
@@ -290,16 +320,17 @@ def cmd_recipe(a) -> None:
         return
     if a.action == "tables":
         from backend.recipe import tables
+        from backend.recipe.plan import get_run
 
         latest = recipe.runs(1)
-        if not a.target and not latest:
+        if a.target is None and not latest:
             raise ValueError("no recipe has run yet: `recipe run FILE` first.")
-        run_id = int(a.target) if a.target else latest[0].id
+        run_id = get_run(a.target).id if a.target is not None else latest[0].id
         for t in tables.run_tables(run_id):
             print({"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}[a.format](t))
         return
     if a.action == "cancel":
-        print(f"cancelled jobs: {recipe.cancel_run(int(a.target)) or 'none'}")
+        print(f"cancelled jobs: {recipe.cancel_run(a.target) or 'none were still waiting or running'}")
         return
     with open(a.target) as f:
         text = f.read()
@@ -327,7 +358,7 @@ def cmd_models(a) -> None:
         print(f"{'name':40} {'kind':9} {'layers':>6} {'params':>14} {'dtype':5}  parents")
         for r in rows:
             print(f"{r.name:40} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:5}  "
-                  f"{', '.join(r.parents) or '-'}")
+                  f"{', '.join(registry.parents_shown(r)) or '-'}")
     elif a.action == "import":
         if not a.target:
             raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
@@ -385,14 +416,50 @@ def cmd_jobs(a) -> None:
 
     if a.action == "list":
         alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
+        cut = False
         for j in runner.list_jobs():
-            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} {runner.job_message(j, active, alive)[:60]}")
+            said = runner.job_message(j, active, alive)
+            cut |= len(said) > 60
+            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
+                  f"{said if len(said) <= 60 else said[:59] + '…'}")
+        if cut:
+            print("a message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
+    elif a.action == "show":
+        print(job_details(a.id))
     elif a.action == "cancel":
-        print(f"job {a.id}: {runner.cancel(int(a.id)).status}")
+        print(f"job {a.id}: {runner.cancel(a.id).status}")
     elif a.action == "resume":
-        print(f"job {a.id}: {runner.resume(int(a.id)).status} (a running worker resumes it from its last checkpoint)")
+        print(f"job {a.id}: {runner.resume(a.id).status} (a running worker resumes it from its last checkpoint)")
     elif a.action == "exec":
-        sys.exit(runner.execute(int(a.id)))
+        sys.exit(runner.execute(a.id))
+
+
+def job_details(job_id: int) -> str:
+    """`jobs show ID`: what `jobs list` has no room for: the whole message (a failure's fix is at its end), the
+    log, the timings and the spec, as YAML that `python -m backend run` takes back."""
+    import yaml
+
+    from backend import runner
+
+    job = runner.get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+    ran = f" ({(job.finished - job.started).total_seconds():.0f} s)" if job.started and job.finished else ""
+    waits = [*([job.after] if job.after else []), *job.needs]
+    lines = [f"job {job.id} ({job.kind}): {job.status}, {job.progress:.0%}",
+             f"message: {runner.job_message(job)}",
+             f"log: {job.log_path or '-'}",
+             f"created: {job.created:%Y-%m-%d %H:%M:%S}  started: {_when(job.started)}  finished: "
+             f"{_when(job.finished)}{ran}"]
+    lines += [f"waits for jobs: {', '.join(map(str, waits))}"] if waits else []
+    lines += [f"host: {job.host}"] if job.host else []
+    lines += ["result:", yaml.safe_dump(job.result, sort_keys=False, allow_unicode=True).rstrip()] if job.result else []
+    spec = {"kind": job.spec.get("kind", job.kind), **job.spec}
+    return "\n".join(lines + ["spec:", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).rstrip()])
+
+
+def _when(at) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S}" if at else "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,11 +591,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
-    d.add_argument("action", choices=["list", "export", "mix"])
-    d.add_argument("name", nargs="?")
-    d.add_argument("sources", nargs="*", type=_source, help="mix: SOURCE[@WEIGHT] …")
-    d.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"], default="sft")
-    d.add_argument("--include-flagged", action="store_true")
+    da = d.add_subparsers(dest="action", required=True)
+    da.add_parser("list", help="the registered data sets")
+    ex = da.add_parser("export", help="write Synth. Math-Instruct / Math-Alignment from synthetic pairs, register both")
+    ex.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
+    ex.add_argument("--include-flagged", action="store_true", help="also the pairs the contamination check flagged")
+    mx = da.add_parser("mix", help="save a weighted mix of data sets, used as --data mix:NAME")
+    mx.add_argument("name")
+    # nargs="+" (not "*"): argparse then leaves the sources for after --for, as in `mix NAME --for sft A@0.5 B@0.5`
+    mx.add_argument("sources", nargs="+", type=_source, metavar="SOURCE[@WEIGHT]",
+                    help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
+    mx.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"],
+                    help="what the mix trains (default sft); the sources must fit its layout")
     d.set_defaults(fn=cmd_datasets)
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
@@ -549,13 +623,20 @@ def build_parser() -> argparse.ArgumentParser:
     sl.set_defaults(fn=cmd_slurm)
 
     rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, tables, cancel")
-    rc.add_argument("action", choices=["new", "plan", "run", "tables", "cancel"])
-    rc.add_argument("target", nargs="?", help="new: PRESET (smoke, solar-mini, solar-10.7b); plan/run: FILE; "
-                                              "tables/cancel: RUN id")
-    rc.add_argument("--base", help="new: the base model (smoke needs one)")
-    rc.add_argument("--m", type=int, help="new: layers removed from each copy")
-    rc.add_argument("--queue", action="store_true", help="run: leave the jobs to the worker")
-    rc.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="tables: output format")
+    ra = rc.add_subparsers(dest="action", required=True)
+    rn = ra.add_parser("new", help="print a preset recipe (YAML)")
+    rn.add_argument("target", metavar="PRESET", help="smoke, solar-mini or solar-10.7b")
+    rn.add_argument("--base", help="the base model (smoke needs one)")
+    rn.add_argument("--m", type=int, help="layers removed from each copy")
+    ra.add_parser("plan", help="what would run and what is reused").add_argument("target", metavar="FILE")
+    rr = ra.add_parser("run", help="submit the stages as dependent jobs and run them here")
+    rr.add_argument("target", metavar="FILE")
+    rr.add_argument("--queue", action="store_true", help="leave the jobs to the worker")
+    rt = ra.add_parser("tables", help="the paper's tables from a run")
+    rt.add_argument("target", metavar="RUN", type=int, nargs="?", help="a recipe run's id (default: the latest)")
+    rt.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="output format")
+    ra.add_parser("cancel", help="cancel the run's waiting and running jobs").add_argument(
+        "target", metavar="RUN", type=int, help="a recipe run's id")
     rc.set_defaults(fn=cmd_recipe)
 
     m = sub.add_parser("models", help="list, import or delete registered models")
@@ -584,9 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
     cl.set_defaults(fn=cmd_cluster)
 
-    j = sub.add_parser("jobs", help="list or cancel jobs")
-    j.add_argument("action", choices=["list", "cancel", "resume", "exec"])
-    j.add_argument("id", nargs="?")
+    j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one")
+    ja = j.add_subparsers(dest="action", required=True)
+    ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
+    for action, what in (("show", "the job's whole message, log path, timings and spec"),
+                         ("cancel", "stop a waiting or running job"),
+                         ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "
+                                    "checkpoint)"),
+                         ("exec", "run the job in this process (what the worker starts)")):
+        ja.add_parser(action, help=what).add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
     j.set_defaults(fn=cmd_jobs)
     return p
 
@@ -595,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit after main
+    except BrokenPipeError:
+        return _reader_gone()
     except ValidationError as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
@@ -602,6 +692,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _reader_gone() -> int:
+    """`jobs list | head`: the reader took what it wanted and closed the pipe. End quietly as other command-line
+    tools do, with the shell's code for a closed pipe (128 + SIGPIPE); what is still buffered goes to devnull instead
+    of failing again as Python exits (Python's signal module docs, "Note on SIGPIPE")."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -416,9 +416,23 @@ def runs(limit: int = 50) -> list[RecipeRun]:
         return list(s.exec(select(RecipeRun).order_by(RecipeRun.id.desc()).limit(limit)))
 
 
+def get_run(run_id: int) -> RecipeRun:
+    """The run, or an error naming the runs there are: an unknown id would otherwise cancel nothing or print no
+    tables, and look like success."""
+    with db.session() as s:
+        run = s.get(RecipeRun, run_id)
+    if run is None:
+        known = [str(r.id) for r in runs(10)]
+        raise RecipeError(f"no recipe run {run_id}; "
+                          + (f"the latest are {', '.join(known)} (the Recipe page lists them)." if known
+                             else "no recipe has run yet: `python -m backend recipe run FILE` first."))
+    return run
+
+
 def cancel_run(run_id: int) -> list[int]:
     """Cancel every queued or running job this run started (reused jobs, and the in-flight jobs of an earlier run
     that this one waits on, belong to those runs and stay)."""
+    get_run(run_id)
     done: list[int] = []
     for row, job in stages(run_id):  # the evaluation rows share one job: cancel it once
         started_here = not row.reused and (row.info or {}).get("status") != "in-flight"
