@@ -119,6 +119,8 @@ def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
 def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
     """Fail before anything is launched: model, data layouts. Returns (model folder, name, reference folder, parent):
     the parent is the model's registered name ("builtin" resolved), else its folder, as upscale and merge record it."""
+    if spec.machine_rank == 0:  # first: a rerun of a saved spec under its taken name was refused after the data
+        registry.check_name_free(spec.name or spec.default_name())  # loaded (10 s), not at once
     perf.check(spec)  # kernels and packages the spec's perf block asks for (backend/perf.py)
     check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)

@@ -137,3 +137,19 @@ def test_models_list_and_the_models_page_mark_the_deleted_parent(orphaned, capsy
     at.switch_page("pages/models.py").run()
     table = at.dataframe[0].value
     assert table.set_index("name").loc["tiny6-cpt-sft-dpo", "parents"] == "tiny6-cpt-sft (deleted)"
+
+
+def test_a_training_rerun_under_a_taken_name_is_refused_before_its_data_is_read(tiny_llama, monkeypatch):
+    """`run cpt.yaml` a second time took 10 s to say the name was taken: the data were loaded first."""
+    from backend import data
+    from backend.specs import CptSpec, DataSource
+
+    registry.import_folder(tiny_llama, "tiny")
+    registry.register(tiny_llama, "tiny-cpt", "trained", parents=["tiny"])
+
+    def unread(source):
+        raise AssertionError(f"{source} was read before the name was checked")
+
+    monkeypatch.setattr(data, "load_source", unread)
+    with pytest.raises(registry.RegistryError, match="A model named 'tiny-cpt' is already registered"):
+        training.run_train(CptSpec(model="tiny", data=[DataSource(source="builtin:facts-corpus")]))
