@@ -153,3 +153,14 @@ def test_jobs_help_names_every_action():
     rc, out, _ = cli("--help")
     assert rc == 0 and "list jobs, show one in full, cancel or resume one" in out
     assert "jobs list | show ID | cancel ID | resume ID" in out
+
+
+def test_an_upscale_in_the_foreground_prints_its_progress_a_few_times_not_per_tensor(tiny_llama):
+    """A 0.7 s build printed about 80 `writing weights` lines: progress is printed at most twice a second, and the
+    end always."""
+    registry.import_folder(tiny_llama, "tiny")
+    rc, _, err = cli("upscale", "--base", "tiny", "--m", "1", "--name", "deeper", "--shard-size", "20KB")
+    progress = [line for line in err.splitlines() if line.startswith("[")]
+    assert rc == 0 and registry.get("deeper") is not None
+    assert 1 <= len(progress) <= 4, progress
+    assert progress[-1].startswith("[100.0%]")
