@@ -457,11 +457,28 @@ def beat() -> None:
     with db.session() as s:
         row = s.exec(select(WorkerBeat).where(WorkerBeat.host == host_id(), WorkerBeat.pid == os.getpid())).first()
         row = row or WorkerBeat(host=host_id(), pid=os.getpid())
-        row.seen = _db_now(s)
+        row.seen, row.workspace = _db_now(s), ray_jobs.workspace_marker().name
         s.add(row)
         for old in s.exec(select(WorkerBeat).where(WorkerBeat.seen < utcnow() - timedelta(days=1))):
             s.delete(old)  # workers long gone
         s.commit()
+
+
+def check_shared_workspace() -> None:
+    """Refuse to start a worker whose workspace is not the one the other machines' workers use with this database:
+    it would claim their jobs, build into a folder they cannot read and register paths only it sees (or fail each
+    job on a log path it lacks). A workspace is known by its marker file, a name unique to it, which every machine
+    mounting the same folder sees."""
+    mine = ray_jobs.workspace_marker().name
+    with db.session() as s:
+        others = s.exec(select(WorkerBeat).where(WorkerBeat.host != host_id(), WorkerBeat.workspace != "",
+                                                 WorkerBeat.workspace != mine)).all()
+    if others:
+        raise RuntimeError(
+            f"This machine's workspace {db.workspace()} is not the one the workers of "
+            f"{', '.join(sorted({b.host for b in others}))} share through this database (theirs holds "
+            f"{others[0].workspace}, this one does not). Mount the shared workspace on this machine and set "
+            "DUS_WORKSPACE to it (README: A shared database).")
 
 
 def _age(when, now=None) -> float:
@@ -698,6 +715,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
     if addr := ray_jobs.address():
         ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
     db.init_db()
+    check_shared_workspace()
     # another machine's builds in the shared workspace go only once its workers are known dead; on a Ray cluster
     # never from here (a job's node beats no heartbeat)
     db.clean_stale_tmp(dead_elsewhere=() if addr else dead_hosts())

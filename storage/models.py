@@ -79,6 +79,7 @@ class WorkerBeat(SQLModel, table=True):
     host: str = Field(index=True)
     pid: int
     seen: datetime = Field(default_factory=utcnow)
+    workspace: str = ""  # the workspace's marker file (backend/cluster/ray_jobs.py workspace_marker): shared or not
 
 
 class JobMetric(SQLModel, table=True):

@@ -186,3 +186,27 @@ def test_what_the_registry_shows_would_fail_is_refused_before_queueing(tiny_llam
     # the model a queued job will make may be read by the next one (a CPT → SFT chain queued at once)
     chained = runner.submit(CptSpec(model="deep", data=[DataSource(source="builtin:facts-corpus")]), after=first.id)
     assert [j.id for j in runner.list_jobs()] == [chained.id, first.id]
+
+
+def test_a_worker_whose_workspace_is_not_the_shared_one_refuses_to_start(monkeypatch):
+    """A worker on machine b that shares the database but not the workspace (DUS_WORKSPACE forgotten) claimed jobs,
+    built into a folder only it had, and registered its paths for everyone."""
+    from storage.models import WorkerBeat
+
+    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+    runner.beat()
+    with db.session() as s:
+        (row,) = s.exec(runner.select(WorkerBeat)).all()
+    assert row.workspace == ray_jobs.workspace_marker().name  # what every beat says
+    with db.session() as s:  # machine a's worker beats from another workspace
+        s.add(WorkerBeat(host="machine-a", pid=1, seen=utcnow(), workspace=".dus-workspace-0123456789abcdef"))
+        s.commit()
+    with pytest.raises(RuntimeError, match=r"not the one the workers of machine-a share through this database "
+                                           r"\(theirs holds \.dus-workspace-0123456789abcdef"):
+        runner.worker(once=True)
+    with db.session() as s:  # the same workspace (its marker seen alike from a's mount): b starts
+        a = s.exec(runner.select(WorkerBeat).where(WorkerBeat.host == "machine-a")).one()
+        a.workspace = row.workspace
+        s.add(a)
+        s.commit()
+    runner.worker(once=True)
