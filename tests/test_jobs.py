@@ -110,14 +110,15 @@ def test_queue_order_and_dependencies(tiny):
     # DPO on the model the first job registers: it must wait for it
     chained = runner.submit(DpoSpec(model="s1", data=[DataSource(source="builtin:prefs-mini")], name="d1", **fast),
                             after=first.id)
-    broken = runner.submit(SftSpec(model="no-such-model", data=[DataSource(source="builtin:alpaca-mini")], **fast))
+    # fails when it runs (its data file is read then; an unknown model would be refused before queueing)
+    broken = runner.submit(SftSpec(model="tiny", data=[DataSource(source="/no/such/file.jsonl")], name="b", **fast))
     orphan = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="x", **fast),
                            after=broken.id)
     second = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:orca-mini")], name="s2", **fast))
     runner.worker(once=True)
     jobs = {j.id: runner.get(j.id) for j in (first, chained, broken, orphan, second)}
     assert jobs[first.id].status == jobs[chained.id].status == jobs[second.id].status == "succeeded"
-    assert jobs[broken.id].status == "failed" and "neither a registered model" in jobs[broken.id].error
+    assert jobs[broken.id].status == "failed" and "/no/such/file.jsonl does not exist" in jobs[broken.id].error
     assert jobs[orphan.id].status == "cancelled" and f"job {broken.id}" in jobs[orphan.id].message
     order = sorted((jobs[i].started, i) for i in (first.id, chained.id, broken.id, second.id))
     assert [i for _, i in order] == [first.id, chained.id, broken.id, second.id]
