@@ -8,6 +8,7 @@ job left clearly failed/interrupted (training: resumable from its last checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,6 +60,22 @@ def running_job(job_id: int, lines: int = 3) -> Job | None:
         return None
     done = [ln for ln in Path(job.log_path).read_text().splitlines() if ln.startswith("[") and "%]" in ln]
     return job if len(done) >= lines else None
+
+
+@contextlib.contextmanager
+def slow_upscale_on_machine_b(tiny_llama, monkeypatch):
+    """A slow up-scale (sleeps after each progress line) under way on "machine-b": yields (job row, worker). The
+    multi-machine tests then act as machine a on the shared database; the worker stops at the end."""
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="slow", shard_size="20KB"))
+    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
+    worker = start_worker(0.3)
+    try:
+        yield wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
+                       "the job under way on b"), worker
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 @pytest.fixture

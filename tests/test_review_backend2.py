@@ -192,17 +192,11 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
     job a second time, so two processes of one job ran at once (the old one writing into the new run's row)."""
     import signal
 
-    from backend.specs import UpscaleSpec
-    from tests.test_faults import start_worker
+    from tests.test_faults import slow_upscale_on_machine_b
     from tests.test_jobs import group_alive, wait_for
 
-    registry.import_folder(tiny_llama, "tiny")
-    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="slow", shard_size="20KB"))
-    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
-    worker = start_worker(0.3)
-    try:
-        old = wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
-                       "the job under way on b")
+    with slow_upscale_on_machine_b(tiny_llama, monkeypatch) as (job, worker):
+        old = job
         monkeypatch.setenv("DUS_HOST_ID", "machine-a")
         pause_outside_a_write(worker.pid)  # b's worker between two polls: the cancel is not carried out yet
         try:
@@ -223,9 +217,6 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
         wait_for(resumed, 30, "b's worker to stop the cancelled run")
         assert not members_running(old.pid)  # refused for exactly as long as the old run lived
         done = wait_for(lambda: (j := runner.get(job.id)).status in runner.FINISHED and j, 120, "the resumed run")
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
     assert done.status == "succeeded", done.error
     starts = [ln for ln in Path(done.log_path).read_text().splitlines() if ln.startswith(f"job {job.id} ")]
     assert len(starts) == 2 and starts[0].endswith(f" {old.pid}") and not starts[1].endswith(f" {old.pid}")

@@ -21,7 +21,7 @@ from backend.cluster.ray_jobs import ClusterError, Node
 from backend.specs import UpscaleSpec
 from storage import db
 from storage.models import Job, utcnow
-from tests.test_faults import start_worker
+from tests.test_faults import slow_upscale_on_machine_b
 from tests.test_jobs import group_alive, wait_for
 
 ON_POSTGRES = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
@@ -80,13 +80,8 @@ def test_a_run_given_up_for_dead_elsewhere_is_stopped_here_and_then_resumes_once
     """Machine a marks b's job interrupted (b's heartbeat looked stale: a database outage, a paused machine). b's
     worker used to kill only cancelled jobs: the old run went on, a resume ran the job twice into the same folder,
     and the old run's "succeeded" landed on the new run's row."""
-    registry.import_folder(tiny_llama, "tiny")
-    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="slow", shard_size="20KB"))
-    monkeypatch.setenv("DUS_HOST_ID", "machine-b")
-    worker = start_worker(0.3)
-    try:
-        old = wait_for(lambda: (j := runner.get(job.id)).status == "running" and j.progress > 0.1 and j, 60,
-                       "the job under way on b")
+    with slow_upscale_on_machine_b(tiny_llama, monkeypatch) as (job, _):
+        old = job
         # what machine a's recover_orphans writes when b's heartbeat is stale
         assert runner._transition(job.id, "running", _of_pid=old.pid, status="interrupted", finished=utcnow(),
                                   message="interrupted: its process ended without finishing")
@@ -97,9 +92,6 @@ def test_a_run_given_up_for_dead_elsewhere_is_stopped_here_and_then_resumes_once
         done = wait_for(lambda: (j := runner.get(job.id)).status in ("succeeded", "failed") and j, 120, "the rerun")
         assert done.status == "succeeded", done.error
         assert registry.get("slow") is not None
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
 
 
 def test_an_old_runs_end_does_not_land_on_the_row_of_the_run_that_replaced_it(monkeypatch):
