@@ -270,7 +270,6 @@ def _upgrade(conn: sa.Connection) -> list[str]:
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
 
-    classes = {m.class_.__tablename__: m.class_ for m in SQLModel._sa_registry.mappers}
     added = []
     ctx = MigrationContext.configure(conn)
     ops = Operations(ctx)
@@ -278,15 +277,8 @@ def _upgrade(conn: sa.Connection) -> list[str]:
         if not (isinstance(diff, tuple) and diff[0] == "add_column"):
             continue
         _, _, table, column = diff
-        col = column._copy()
-        field = classes[table].model_fields.get(col.name)
-        value = field.get_default(call_default_factory=True) if field else None
-        if isinstance(value, (bool, int, float, str, list, dict)) and not col.primary_key:
-            # a JSON default is its text ('{}'), which both SQLite and PostgreSQL's json type accept
-            literal = json.dumps(value) if isinstance(value, (list, dict)) else value
-            sql = sa.literal(literal).compile(compile_kwargs={"literal_binds": True}, dialect=conn.dialect)
-            col.server_default = sa.DefaultClause(sa.text(sql.string))
-        else:
+        col = column._copy()  # with the model's default as the server default (storage/models.py _server_defaults)
+        if col.server_default is None:
             col.nullable = True  # no value to give the old rows (a time, an id): they keep NULL
         ops.add_column(table, col)  # with its index, when the field has one
         added.append(f"{table}.{col.name}")

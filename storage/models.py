@@ -252,3 +252,29 @@ class RecipeRun(SQLModel, table=True):
     name: str = Field(index=True)
     text: str = ""  # the recipe YAML after presets and sweeps were expanded
     created: datetime = Field(default_factory=utcnow)
+
+
+def _server_defaults(*tables: type[SQLModel]) -> None:
+    """Give every column whose field has a plain default (a number, text, flag, empty list or dict) that default in
+    the database too. The ORM always sends every value, but an older DUS Studio sharing the database (a worker not
+    yet upgraded, on another machine) inserts rows without the columns it does not know: without a server default
+    those rows break NOT NULL. A database upgraded in place (storage/db.py `_upgrade`) and a fresh one get the same
+    defaults this way. Times and ids have no such default: every version has always written them."""
+    import json
+
+    import sqlalchemy as sa
+
+    for cls in tables:
+        for name, field in cls.model_fields.items():
+            col = cls.__table__.c.get(name)
+            if col is None or col.primary_key or col.server_default is not None:
+                continue
+            value = field.get_default(call_default_factory=True)
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value)  # JSON's text, which SQLite and PostgreSQL's json type both take
+            if isinstance(value, (bool, int, float, str)):
+                col.server_default = sa.DefaultClause(sa.literal(value))
+
+
+_server_defaults(ModelRecord, Job, WorkerBeat, JobMetric, DatasetRecord, SynthPair, EvalScore, Generation,
+                 ChatTranscript, Vote, RecipeStage, RecipeRun)

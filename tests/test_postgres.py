@@ -69,6 +69,24 @@ def test_an_older_database_is_upgraded_in_place(workspace):
     assert [(j.kind, j.run_dir, j.result) for j in runner.list_jobs()] == [("merge", "", {}), ("upscale", "", {})]
 
 
+def test_a_fresh_database_takes_the_rows_an_older_version_writes():
+    """An older worker sharing the database inserts rows without the columns it does not know (here every column
+    with a default). A database upgraded in place gave those columns server defaults, a fresh one did not: the older
+    worker's insert broke NOT NULL ("null value in column "status""). Both now carry the model's defaults."""
+    with db.init_db().begin() as conn:
+        conn.exec_driver_sql("INSERT INTO jobs (kind, created) VALUES ('eval', '2026-11-01 10:00:00')")
+        conn.exec_driver_sql("INSERT INTO models (name, path, created) VALUES ('old', '/x', '2026-11-01 10:00:00')")
+        conn.exec_driver_sql("INSERT INTO worker_beats (host, pid, seen) VALUES ('b', 7, '2026-11-01 10:00:00')")
+    (job,) = runner.list_jobs()
+    assert (job.status, job.progress, job.message, job.spec, job.needs, job.host) == ("queued", 0.0, "", {}, [], "")
+    old = registry.get("old")
+    assert (old.kind, old.num_layers, old.parents, old.recipe) == ("base", 0, [], {})
+    from storage.models import WorkerBeat
+
+    with db.session() as s:
+        assert [b.workspace for b in s.exec(sa.select(WorkerBeat)).scalars()] == [""]
+
+
 def test_a_fresh_database_opened_by_several_processes_at_once():
     """The page and the worker (or workers on several machines) start together on an empty database: one creates the
     tables, the others wait and find them (before the lock: "table models already exists")."""
