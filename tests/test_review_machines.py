@@ -202,3 +202,34 @@ def test_a_worker_whose_workspace_is_not_the_shared_one_refuses_to_start(monkeyp
         s.add(a)
         s.commit()
     runner.worker(once=True)
+
+
+class _SlowRay:
+    """A Ray Jobs client whose submit lands but whose answer is lost (a timeout: requests raises an OSError)."""
+
+    def __init__(self):
+        self.held: list[str] = []
+
+    def submit_job(self, *, submission_id, **_):
+        self.held.append(submission_id)
+        raise OSError("Read timed out (read timeout=30)")
+
+    def get_job_info(self, submission_id):
+        if submission_id not in self.held:
+            raise RuntimeError(f"Job {submission_id} does not exist")
+        return object()
+
+
+def test_a_ray_submission_whose_answer_was_lost_is_watched_not_queued_again(monkeypatch):
+    """The worker gave a job whose submit raised back to the queue; the submission had landed, so the next claim
+    submitted the next attempt and the job ran twice on the cluster."""
+    fake = _SlowRay()
+    monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    job = _row()
+    run = ray_jobs.submit(job, "http://head:8265")
+    assert fake.held == [run.submission_id] and run.submission_id.endswith(f"-{job.id}-1")
+    fake = _SlowRay()
+    fake.submit_job = lambda **_: (_ for _ in ()).throw(OSError("Connection refused"))  # never landed
+    monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    with pytest.raises(OSError, match="Connection refused"):  # the worker gives it back to the queue
+        ray_jobs.submit(job, "http://head:8265")

@@ -357,10 +357,24 @@ def submit(job: Job, addr: str) -> RayRun:
                          runtime_env={"env_vars": {**env, "DUS_RAY_SUBMISSION": sid}},
                          metadata={"dus_job": str(job.id), "kind": job.kind}, **asked)
             return RayRun(addr, sid)
-        except RuntimeError as exc:
-            if "already exists" not in str(exc):
-                raise
+        except Exception as exc:
+            if isinstance(exc, RuntimeError) and "already exists" in str(exc):
+                continue  # an earlier attempt's id (Ray keeps ended jobs)
+            if _holds(c, sid):
+                return RayRun(addr, sid)  # its answer was lost, the submission was not
+            raise
     raise ClusterError(f"job {job.id}: no free submission id on the Ray cluster at {addr}.")
+
+
+def _holds(c, sid: str) -> bool:
+    """Whether Ray holds submission `sid` after a submit that raised: a timeout or a dropped connection can lose the
+    answer of a submission that landed, and the job handed back to the queue then ran twice (the next claim submits
+    the next attempt). A cluster that cannot say either way counts as not holding it (the job waits in the queue)."""
+    try:
+        c.get_job_info(sid)
+        return True
+    except Exception:  # noqa: BLE001 ("does not exist", or the cluster is unreachable)
+        return False
 
 
 def end_fields(job: Job, info) -> dict:
