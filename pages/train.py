@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from backend import data, memplan, registry, runner, uploads
 from backend.cluster.slurm import slurm_script
+from backend.synth import pipeline
 from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
 from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
                            explain)
@@ -89,6 +90,60 @@ def cached_preview(source: str, kind: str, stamp: tuple | None) -> tuple[dict | 
         return None, str(exc)
 
 
+def file_stamp(source: str) -> tuple | None:
+    """A local file's modification time and size, so that cached_preview re-reads a file that changed."""
+    path = Path(source).expanduser()
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+
+
+# Help for the spec's fields that carry no description of their own (backend/specs.py _TrainSpec); the others show
+# the spec's description, the words `python -m backend train --help` and a YAML spec's reader see.
+UNDESCRIBED = {
+    "grad_accum": "micro-batches whose gradients add up to one optimizer step: each step sees batch size × this × "
+                  "processes rows (trl's gradient_accumulation_steps)",
+    "lr_scheduler": "how the learning rate changes after the warmup (transformers' lr_scheduler_type)",
+    "warmup_ratio": "share of the steps over which the learning rate rises from 0 (0: no warmup)",
+    "weight_decay": "AdamW's decoupled weight decay (0: none)",
+    "seed": "seeds the held-out split, the mix's shuffle and sampling, and the weights LoRA starts from",
+}
+
+
+def field_help(spec_fields: dict, name: str) -> str | None:
+    """The spec's own description of a field, else the page's words for it (UNDESCRIBED)."""
+    return spec_fields[name].description or UNDESCRIBED.get(name)
+
+
+def advanced_settings(spec_fields: dict) -> dict:
+    """The spec's less common training fields, each starting at the spec's default: they were YAML or CLI only,
+    so a page user could not run what a saved spec or `python -m backend train` runs."""
+    a1, a2, a3, a4 = st.columns(4)
+    schedules = list(get_args(spec_fields["lr_scheduler"].annotation))
+    return dict(
+        grad_accum=a1.number_input("Gradient accumulation", 1, 4096, spec_fields["grad_accum"].default,
+                                   key="grad_accum", help=field_help(spec_fields, "grad_accum")),
+        lr_scheduler=a2.selectbox("LR schedule", schedules, schedules.index(spec_fields["lr_scheduler"].default),
+                                  key="lr_scheduler", help=field_help(spec_fields, "lr_scheduler")),
+        warmup_ratio=a3.number_input("Warmup share", 0.0, 0.99, spec_fields["warmup_ratio"].default, 0.05,
+                                     key="warmup_ratio", help=field_help(spec_fields, "warmup_ratio")),
+        weight_decay=a4.number_input("Weight decay", 0.0, 10.0, spec_fields["weight_decay"].default, 0.01,
+                                     key="weight_decay", help=field_help(spec_fields, "weight_decay")),
+        max_rows=a1.number_input("Max rows per source", 1, None, spec_fields["max_rows"].default, key="max_rows",
+                                 placeholder="all", help=field_help(spec_fields, "max_rows")),
+        seed=a2.number_input("Seed", 0, 2**32 - 1, spec_fields["seed"].default, key="train_seed",
+                             help=field_help(spec_fields, "seed")),
+        keep_checkpoints=a3.checkbox("Keep checkpoints", spec_fields["keep_checkpoints"].default,
+                                     key="keep_checkpoints", help=field_help(spec_fields, "keep_checkpoints")),
+    )
+
+
+def held_out_help(spec_fields: dict, kind: str) -> str:
+    """The spec's words for eval_data, and the registered data sets a job of this kind can be scored on."""
+    mine = ", ".join(f"`dataset:{d.name}`" for d in pipeline.list_datasets(kind))
+    return (f"{spec_fields['eval_data'].description}. Scored every \"Evaluate every\" steps instead of a share "
+            "split off the sources; written like a source (no weight)." + (f" Registered {kind} data sets: {mine}."
+                                                                           if mine else ""))
+
+
 via_app(__file__)
 st.title("Train")
 st.caption("SOLAR's pipeline: continued pretraining recovers the up-scaled model, SFT teaches instructions "
@@ -146,9 +201,7 @@ if upload_path and upload_path not in [str(r["source"]).strip() for r in rows]:
 previews_ok = True
 for r in rows:
     source = str(r["source"]).strip()
-    path = Path(source).expanduser()
-    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a changed file is re-read
-    pv, problem = cached_preview(source, kind, stamp)
+    pv, problem = cached_preview(source, kind, file_stamp(source))
     if pv is None:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
@@ -158,18 +211,24 @@ for r in rows:
 
 st.subheader("Settings")
 c1, c2, c3, c4 = st.columns(4)
+spec_fields = spec_cls.model_fields  # every widget starts at the spec's default: the page, the CLI and YAML agree
 fields = dict(
-    max_steps=c1.number_input("Steps", 1, 100_000, 30, key="max_steps"),
+    max_steps=c1.number_input("Steps", 1, 100_000, spec_fields["max_steps"].default, key="max_steps"),
     # step: the default's power of ten (1e-5 for 5e-5); Streamlit's 0.01 made "+" jump 5e-5 to 1e-2. One key per
     # kind: a keyed number_input keeps its value when its default changes, so DPO ran at CPT's 5e-5, not 5e-6
-    learning_rate=c2.number_input("Learning rate", 1e-7, 1e-1, spec_cls.model_fields["learning_rate"].default,
-                                  10.0 ** math.floor(math.log10(spec_cls.model_fields["learning_rate"].default)),
+    learning_rate=c2.number_input("Learning rate", 1e-7, 1e-1, spec_fields["learning_rate"].default,
+                                  10.0 ** math.floor(math.log10(spec_fields["learning_rate"].default)),
                                   format="%.1e", key=f"lr_{kind}"),
-    batch_size=c3.number_input("Batch size (per device)", 1, 512, 2, key="batch_size"),
-    max_length=c4.number_input("Max length (tokens)", 16, 32_768, 256, key="max_length"),
-    save_steps=c1.number_input("Checkpoint every", 1, 100_000, 10, key="save_steps"),
-    eval_steps=c2.number_input("Evaluate every", 1, 100_000, 10, key="eval_steps"),
-    eval_fraction=c3.number_input("Held-out share", 0.0, 0.5, 0.1, 0.05, key="eval_fraction"),
+    batch_size=c3.number_input("Batch size (per device)", 1, 512, spec_fields["batch_size"].default,
+                               key="batch_size"),
+    max_length=c4.number_input("Max length (tokens)", 16, 32_768, spec_fields["max_length"].default,
+                               key="max_length"),
+    save_steps=c1.number_input("Checkpoint every", 1, 100_000, spec_fields["save_steps"].default, key="save_steps"),
+    eval_steps=c2.number_input("Evaluate every", 1, 100_000, spec_fields["eval_steps"].default, key="eval_steps"),
+    # a held-out set (Advanced) replaces the share: the job then splits nothing off (backend/train_entry.py)
+    eval_fraction=c3.number_input("Held-out share", 0.0, 0.5, spec_fields["eval_fraction"].default, 0.05,
+                                  key="eval_fraction", disabled=bool(st.session_state.get("eval_data", "").strip()),
+                                  help=spec_fields["eval_fraction"].description),
     num_processes=c4.number_input("Processes", 1, 64, 1, key="num_processes",
                                   help="accelerate launch --num_processes (CPU: gloo data parallel)"),
 )
@@ -184,6 +243,19 @@ if l1.checkbox("LoRA (peft)", key="use_lora", help="Train LoRA adapters (peft) i
 accel = l3.text_input("accelerate config file (optional: DDP, FSDP, DeepSpeed)", key="accel_config")
 if accel.strip():
     fields["accelerate_config"] = accel.strip()
+with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
+    fields.update(advanced_settings(spec_fields))
+    held_out = st.text_input("Held-out set (optional)", key="eval_data",
+                             placeholder="dataset:NAME, builtin:NAME or a file; empty: the held-out share",
+                             help=held_out_help(spec_fields, kind)).strip()
+    if held_out:  # in the spec even when unreadable, as a source row is: the preview only holds the launch back
+        fields["eval_data"] = DataSource(source=held_out)
+        pv, problem = cached_preview(held_out, kind, file_stamp(held_out))
+        if pv is None:
+            previews_ok = False
+            st.error(f"Held-out set {held_out}: {problem}")
+        else:
+            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows; the held-out share is not used.")
 with st.expander("Speed and memory"):
     p1, p2, p3 = st.columns(3)
     perf = {}
