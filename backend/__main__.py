@@ -49,18 +49,21 @@ def _progress(frac: float, message: str) -> None:
 def _job_options(p: argparse.ArgumentParser, save_spec: bool = True) -> None:
     """The options every job command shares; _run_or_queue acts on them."""
     if save_spec:
-        p.add_argument("--save-spec", help="also write the spec as YAML here (rerun with `run`)")
+        p.add_argument("--save-spec", metavar="FILE", help="also write the spec as YAML here (rerun with `run`); "
+                       "written once the spec passes the checks a queued job gets, so a refused spec is not saved; "
+                       "a run that fails later (out of memory, say) leaves it written, to rerun")
     p.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
     p.add_argument("--after", type=int, help="queue it to run after this job succeeds")
 
 
 def _run_or_queue(spec, a: argparse.Namespace) -> None:
-    """Every command ends here: save the spec if asked, then run it in the foreground or hand it to the worker."""
+    """Every command ends here: run the spec in the foreground or hand it to the worker, saving it (if asked) once
+    it passed the checks."""
     from backend import runner
 
-    if getattr(a, "save_spec", None):
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
+    if getattr(a, "save_spec", None):  # before queueing: a path that cannot be written queues nothing
+        runner.check_before_queueing(spec)
+        _save_spec(spec, a)
     if a.queue or a.after:
         job = runner.submit(spec, after=a.after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
@@ -68,6 +71,15 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     result = runner.work_function(spec.kind)(spec, None, _progress)
     for k, v in result.items():
         print(f"{k}: {v}")
+
+
+def _save_spec(spec, a: argparse.Namespace) -> None:
+    """--save-spec, after the spec passed runner.check_before_queueing (submit runs it): a spec written before a
+    check refused it (a model that is not there, a name taken, m past the base's depth) was a broken file the user
+    would rerun with `run`."""
+    if getattr(a, "save_spec", None):
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
 
 
 def _slice(text: str) -> SliceRange:
@@ -236,23 +248,29 @@ def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
                     overlap_threshold=a.overlap_threshold, judge_url=a.judge_url, judge_model=a.judge_model)
-    if a.fan_out and len(a.models) > 1:
-        if not (a.queue or a.after):
-            raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
+    queued = bool(a.queue or a.after)
+    if a.fan_out and len(a.models) > 1 and not queued:
+        raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
+    if queued and len(a.models) > 1 and a.fan_out is not False:  # the Eval page's default: one job per model
         from backend import runner
 
+        runner.check_before_queueing(spec)  # every model, before the first job is queued
+        _save_spec(spec, a)
         jobs = [runner.submit(one, after=a.after) for one in spec.per_model()]
         print(f"queued jobs {', '.join(str(j.id) for j in jobs)} (eval, one per model); they run side by side on "
-              "the worker's free slots (python -m backend worker --slots N) or a Ray cluster")
+              "the worker's free slots (python -m backend worker --slots N) or a Ray cluster; --no-fan-out queues "
+              "one job")
         return
     if a.queue or a.after:
         return _run_or_queue(spec, a)
     before = _last_score_id()
     _run_or_queue(spec, a)
     notes: dict[str, None] = {}
-    for r in _scores_since(before, a.models):
+    rows = _scores_since(before, a.models)
+    width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
+    for r in rows:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
-        print(f"{r.model:40} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
+        print(f"{r.model:{width}} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
         overlap = (r.details or {}).get("overlap") or {}
         notes.update(dict.fromkeys(f"{r.model}: {n}" for n in overlap.get("notes", [])))
     for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
@@ -364,9 +382,13 @@ def cmd_models(a) -> None:
 
     if a.action == "list":
         rows = registry.list_models()
-        print(f"{'name':40} {'kind':9} {'layers':>6} {'params':>14} {'dtype':5}  parents")
+        # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown
+        # whole, not cut
+        width = max([len("name"), *(len(r.name) for r in rows)])
+        dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
+        print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
         for r in rows:
-            print(f"{r.name:40} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:5}  "
+            print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
                   f"{', '.join(registry.parents_shown(r)) or '-'}")
     elif a.action == "import":
         if not a.target:
@@ -594,12 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an item overlaps training data when this share of its 8-grams is in the lineage's data")
     ev.add_argument("--judge-url", help="qa: grade replies with an OpenAI-compatible server (http://host:port/v1)")
     ev.add_argument("--judge-model", help="qa: the model name the judge server serves")
-    ev.add_argument("--fan-out", action="store_true", help="with --queue: one job per model, run in parallel on "
-                    "free slots or cluster nodes (the scores are the same as one job's)")
+    ev.add_argument("--fan-out", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --queue: one job per model, run in parallel on free slots or cluster nodes (the "
+                         "scores are the same as one job's); the default with --queue and several models, as on "
+                         "the Eval page; --no-fan-out queues one job for all")
     _job_options(ev)
     ev.set_defaults(fn=cmd_eval)
 
-    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix")
+    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete")
     da = d.add_subparsers(dest="action", required=True)
     da.add_parser("list", help="the registered data sets")
     ex = da.add_parser("export", help="write Synth. Math-Instruct / Math-Alignment from synthetic pairs, register both")

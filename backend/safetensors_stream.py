@@ -89,7 +89,19 @@ def read_header(path: Path) -> tuple[dict, int]:
         if not ok or data_start + hi > size:
             raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry or lies past the end of the "
                                   "file (truncated download?). Re-download or re-export it.")
+    _check_no_trailing_bytes(path, header, data_start, size)
     return header, data_start
+
+
+def _check_no_trailing_bytes(path: Path, header: dict, data_start: int, size: int) -> None:
+    """The tensors' data ends where the file does. safetensors refuses a file with bytes after its last tensor
+    ("file not fully covered") only when a model is loaded, after an up-scaling or merge has built on it; refused
+    here, the message names the file when it is read. (A file shorter than its header says is refused per tensor.)"""
+    end = data_start + max((info["data_offsets"][1] for info in header.values()), default=0)
+    if end < size:
+        raise CheckpointError(f"{path} has {size - end:,} bytes after its last tensor (its header's data ends at "
+                              f"byte {end:,} of {size:,}): something was appended to it, or a smaller file was "
+                              "written over it in place. Re-download or re-export it.")
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -60,6 +60,12 @@ class SliceRange(BaseModel):
     end: int = Field(gt=0, description="first layer NOT kept (half-open range)")
 
 
+# The fields only one up-scaling method reads, with their command-line flags: given to another method they were
+# ignored without a word (`--method llama-pro --m 4` built a llama-pro model, and the 4 was lost).
+METHOD_ONLY_FIELDS = {"m": ("dus", "--m"), "slices": ("slices", "--slice"), "second": ("slices", "--second"),
+                      "groups": ("llama-pro", "--groups")}
+
+
 class UpscaleSpec(_Spec):
     kind: Literal["upscale"] = "upscale"
     base: str = Field(description="registered model name, or a folder with config.json and safetensors")
@@ -83,6 +89,10 @@ class UpscaleSpec(_Spec):
 
     @model_validator(mode="after")
     def _method_fields(self) -> "UpscaleSpec":
+        for field, (method, flag) in METHOD_ONLY_FIELDS.items():
+            if self.method != method and getattr(self, field) not in (None, []):
+                raise ValueError(f"{field} ({flag} on the command line) is for method {method!r}; method "
+                                 f"{self.method!r} does not use it: leave it out, or choose method {method!r}.")
         if self.method == "dus" and self.m is None:
             raise ValueError("method 'dus' needs m, the number of layers removed from each copy.")
         if self.method == "dus" and self.m < 1:
@@ -500,10 +510,56 @@ def load_spec(path: Path) -> _Spec:
 
 def explain(exc: ValidationError) -> str:
     """One line per problem, naming the field once: what pages and the CLI show instead of pydantic's dump. A
-    message that starts with its field's name already (check_name's "name 'a/b': …") is not prefixed again."""
+    message that starts with its field's name already (check_name's "name 'a/b': …") is not prefixed again. A field
+    the spec does not have (a typo in a YAML file) gets the nearest field's name."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p != "upscale")
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg += _did_you_mean(exc.title, err["loc"])
         lines.append(f"{loc}: {msg}" if loc and not msg.startswith((f"{loc} ", f"{loc}:")) else msg)
     return "\n".join(lines)
+
+
+def _did_you_mean(title: str, loc: tuple) -> str:
+    """"; did you mean 'learning_rate'?" for an unknown field `loc[-1]` of the model named `title` (a
+    ValidationError's title is its model's class name), or "" when no field's name is close: `learnig_rate: Extra
+    inputs are not permitted` left the user to find the spelling in the docs. difflib's ratio of 0.65 keeps
+    `model_name` → 'model' and `warmup` → 'warmup_ratio' but not `colour` → 'lora' (0.6)."""
+    import difflib
+
+    model = next((c for c in _backend_models(BaseModel) if c.__name__ == title), None)
+    fields = _fields_at(model, loc[:-1]) if model else []
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.65)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _backend_models(root: type[BaseModel]):
+    """The pydantic models this project defines (specs, their parts, recipes), found by walking the subclasses."""
+    for c in root.__subclasses__():
+        if c.__module__.startswith("backend."):
+            yield c
+        yield from _backend_models(c)
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The field names (as a YAML file spells them: aliases such as merge's `lambda`) of the model nested at `path`
+    in `model` (`("lora",)`: LoraSpec's); list positions in the path are skipped."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        model = _model_in(info.annotation) if info else None
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The model a field holds: `LoraSpec | None` and `list[DataSource]` hold LoraSpec and DataSource."""
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
