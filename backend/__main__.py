@@ -111,7 +111,8 @@ def cmd_train(a) -> None:
                   accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None,
                   **_machine_fields(a))
     for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
-                "beta", "loss_type", "eval_fraction", "seed", "report_to", "keep_checkpoints"):
+                "beta", "loss_type", "eval_fraction", "seed", "report_to", "keep_checkpoints", "grad_accum",
+                "lr_scheduler", "warmup_ratio", "weight_decay"):
         if getattr(a, key, None) is not None:
             fields[key] = getattr(a, key)
     if a.eval_data:
@@ -247,7 +248,7 @@ def cmd_merge(a) -> None:
 def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
-                    overlap_threshold=a.overlap_threshold, judge_url=a.judge_url, judge_model=a.judge_model)
+                    overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url, judge_model=a.judge_model)
     queued = bool(a.queue or a.after)
     if a.fan_out and len(a.models) > 1 and not queued:
         raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
@@ -512,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="continued pretraining, SFT or DPO with trl, through accelerate launch")
+    from typing import get_args
+
     t.add_argument("kind", choices=["cpt", "sft", "dpo"])
     t.add_argument("--model", required=True, help="registered name or model folder")
     t.add_argument("--data", type=_source, action="append", required=True,
@@ -524,8 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int)
     t.add_argument("--save-steps", type=int)
     t.add_argument("--eval-steps", type=int)
-    t.add_argument("--max-rows", type=int)
-    t.add_argument("--seed", type=int)
+    from backend.specs import _TrainSpec
+
+    for flag, kind in (("grad_accum", int), ("lr_scheduler", None), ("warmup_ratio", float), ("weight_decay", float),
+                       ("max_rows", int), ("seed", int)):  # the spec's words, as the Train page's Advanced shows
+        info = _TrainSpec.model_fields[flag]
+        t.add_argument("--" + flag.replace("_", "-"), type=kind, help=info.description,
+                       **({"choices": get_args(info.annotation)} if kind is None else {}))
     t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb", "none"],
                    help="also log to these trackers (trl's report_to); default: DUS_REPORT_TO, else none")
     t.add_argument("--beta", type=float, help="dpo")
@@ -535,8 +543,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-checkpoints", action="store_true", default=None,
                    help="keep the run's checkpoints after the model is registered (to continue it later)")
     t.add_argument("--accelerate-config", help="your accelerate config file")
-    from typing import get_args
-
     from backend.specs import PerfOptions
 
     for flag in ("compile", "optimizer", "attention", "packing_strategy"):
@@ -612,8 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--batch-size", type=int, help="generation batch (default: fitted to free GPU memory, 8 on CPU)")
-    ev.add_argument("--overlap-threshold", type=float, default=0.3,
-                    help="an item overlaps training data when this share of its 8-grams is in the lineage's data")
+    ev.add_argument("--overlap-threshold", type=float, default=EvalSpec.model_fields["overlap_threshold"].default,
+                    help=EvalSpec.model_fields["overlap_threshold"].description)
+    ev.add_argument("--ngram", type=int, default=EvalSpec.model_fields["ngram"].default,
+                    help=EvalSpec.model_fields["ngram"].description)
     ev.add_argument("--judge-url", help="qa: grade replies with an OpenAI-compatible server (http://host:port/v1)")
     ev.add_argument("--judge-model", help="qa: the model name the judge server serves")
     ev.add_argument("--fan-out", action=argparse.BooleanOptionalAction, default=None,

@@ -172,18 +172,22 @@ class _TrainSpec(_Spec):
                                                                  "end: refused)")
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     batch_size: int = Field(2, ge=1, description="per device")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches whose gradients add up to one optimizer step: each "
+                            "step sees batch size × this × processes rows (gradient_accumulation_steps)")
     max_length: int = Field(256, ge=16, description="tokens per sequence (prompt + completion for DPO)")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="how the learning rate changes after the warmup (transformers' lr_scheduler_type)")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps over which the learning rate rises "
+                                "from 0 (0: no warmup)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (0: none)")
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(10, ge=1)
     save_steps: int = Field(10, ge=1, description="checkpoint interval; a resumed job restarts from the last one")
     keep_checkpoints: bool = Field(False, description="keep the run's checkpoints (weights and optimizer states, "
                                                       "about 3× the model) after the model is registered")
     max_rows: int | None = Field(None, ge=1, description="use at most this many rows of each source")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the held-out split, the mix's shuffle and sampling, and the weights LoRA "
+                      "starts from")
     lora: LoraSpec | None = Field(None, description="train LoRA adapters (peft) and merge them; default full")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, about a third more compute (a larger micro-batch is faster)")

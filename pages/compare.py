@@ -148,8 +148,8 @@ with st.expander("Evaluate", expanded=False):
                               placeholder="http://127.0.0.1:8000/v1", help="An OpenAI-compatible server that "
                               "grades replies against the references; empty: the rules below grade them")
     judge_model = j3.text_input("qa judge model", key="eval_judge_model")
-    with st.expander("Advanced: batch size, overlap threshold"):  # CLI and YAML had them, the page did not
-        a1, a2 = st.columns(2)
+    with st.expander("Advanced: batch size, held-out check"):  # CLI and YAML had them, the page did not
+        a1, a2, a3 = st.columns(3)
         spec_fields = EvalSpec.model_fields  # the spec's defaults and descriptions, as the CLI's
         advanced = dict(
             batch_size=a1.number_input("Generation batch", 1, 1024, spec_fields["batch_size"].default,
@@ -157,7 +157,9 @@ with st.expander("Evaluate", expanded=False):
                                        help=spec_fields["batch_size"].description),
             overlap_threshold=a2.number_input("Overlap threshold", 0.01, 1.0,
                                               spec_fields["overlap_threshold"].default, 0.05, key="eval_overlap",
-                                              help=spec_fields["overlap_threshold"].description))
+                                              help=spec_fields["overlap_threshold"].description),
+            ngram=a3.number_input("Overlap n-gram (words)", 3, 30, spec_fields["ngram"].default, key="eval_ngram",
+                                  help=spec_fields["ngram"].description))
     try:
         espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
                          samples=samples, device=device, judge_url=judge_url.strip() or None,

@@ -96,23 +96,6 @@ def file_stamp(source: str) -> tuple | None:
     return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
 
 
-# Help for the spec's fields that carry no description of their own (backend/specs.py _TrainSpec); the others show
-# the spec's description, the words `python -m backend train --help` and a YAML spec's reader see.
-UNDESCRIBED = {
-    "grad_accum": "micro-batches whose gradients add up to one optimizer step: each step sees batch size × this × "
-                  "processes rows (trl's gradient_accumulation_steps)",
-    "lr_scheduler": "how the learning rate changes after the warmup (transformers' lr_scheduler_type)",
-    "warmup_ratio": "share of the steps over which the learning rate rises from 0 (0: no warmup)",
-    "weight_decay": "AdamW's decoupled weight decay (0: none)",
-    "seed": "seeds the held-out split, the mix's shuffle and sampling, and the weights LoRA starts from",
-}
-
-
-def field_help(spec_fields: dict, name: str) -> str | None:
-    """The spec's own description of a field, else the page's words for it (UNDESCRIBED)."""
-    return spec_fields[name].description or UNDESCRIBED.get(name)
-
-
 def advanced_settings(spec_fields: dict) -> dict:
     """The spec's less common training fields, each starting at the spec's default: they were YAML or CLI only,
     so a page user could not run what a saved spec or `python -m backend train` runs."""
@@ -120,19 +103,19 @@ def advanced_settings(spec_fields: dict) -> dict:
     schedules = list(get_args(spec_fields["lr_scheduler"].annotation))
     return dict(
         grad_accum=a1.number_input("Gradient accumulation", 1, 4096, spec_fields["grad_accum"].default,
-                                   key="grad_accum", help=field_help(spec_fields, "grad_accum")),
+                                   key="grad_accum", help=spec_fields["grad_accum"].description),
         lr_scheduler=a2.selectbox("LR schedule", schedules, schedules.index(spec_fields["lr_scheduler"].default),
-                                  key="lr_scheduler", help=field_help(spec_fields, "lr_scheduler")),
+                                  key="lr_scheduler", help=spec_fields["lr_scheduler"].description),
         warmup_ratio=a3.number_input("Warmup share", 0.0, 0.99, spec_fields["warmup_ratio"].default, 0.05,
-                                     key="warmup_ratio", help=field_help(spec_fields, "warmup_ratio")),
+                                     key="warmup_ratio", help=spec_fields["warmup_ratio"].description),
         weight_decay=a4.number_input("Weight decay", 0.0, 10.0, spec_fields["weight_decay"].default, 0.01,
-                                     key="weight_decay", help=field_help(spec_fields, "weight_decay")),
+                                     key="weight_decay", help=spec_fields["weight_decay"].description),
         max_rows=a1.number_input("Max rows per source", 1, None, spec_fields["max_rows"].default, key="max_rows",
-                                 placeholder="all", help=field_help(spec_fields, "max_rows")),
+                                 placeholder="all", help=spec_fields["max_rows"].description),
         seed=a2.number_input("Seed", 0, 2**32 - 1, spec_fields["seed"].default, key="train_seed",
-                             help=field_help(spec_fields, "seed")),
+                             help=spec_fields["seed"].description),
         keep_checkpoints=a3.checkbox("Keep checkpoints", spec_fields["keep_checkpoints"].default,
-                                     key="keep_checkpoints", help=field_help(spec_fields, "keep_checkpoints")),
+                                     key="keep_checkpoints", help=spec_fields["keep_checkpoints"].description),
     )
 
 

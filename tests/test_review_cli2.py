@@ -249,3 +249,18 @@ def test_eval_scores_keep_their_columns_with_a_long_model_name(tiny, tiny_llama,
     rows = [line for line in out.splitlines() if line.startswith(("tiny ", long))]
     assert [row.split()[0] for row in rows] == ["tiny", long]
     assert [row.index(" perplexity") for row in rows] == [len(long)] * 2
+
+
+def test_train_and_eval_take_every_setting_the_pages_offer(tiny, tmp_path):
+    """grad accumulation, LR schedule, warmup and weight decay were YAML only, and eval's n-gram length was not on
+    the command line: the Train page's Advanced expander and the Eval page have them."""
+    saved = tmp_path / "sft.yaml"
+    rc, _, err = cli("train", "sft", "--model", "tiny", "--data", "builtin:alpaca-mini", "--grad-accum", "4",
+                     "--lr-scheduler", "linear", "--warmup-ratio", "0.1", "--weight-decay", "0.01", "--queue",
+                     "--save-spec", str(saved))
+    assert rc == 0, err
+    spec = load_spec(saved)
+    assert (spec.grad_accum, spec.lr_scheduler, spec.warmup_ratio, spec.weight_decay) == (4, "linear", 0.1, 0.01)
+    rc, _, err = cli("eval", "tiny", "--tasks", "perplexity", "--ngram", "6", "--queue", "--save-spec", str(saved))
+    assert rc == 0, err
+    assert (load_spec(saved).ngram, load_spec(saved).overlap_threshold) == (6, 0.3)

@@ -90,11 +90,12 @@ def test_evaluate_starts_at_the_spec_defaults_and_sends_batch_and_threshold(tiny
     at.multiselect(key="eval_tasks").set_value(["perplexity"]).run()
     batch.set_value(4).run()
     at.number_input(key="eval_overlap").set_value(0.5).run()
+    at.number_input(key="eval_ngram").set_value(6).run()
     at.button(key="evaluate").click().run()
     assert not at.exception, at.exception
 
     (job,) = runner.list_jobs()
-    assert (job.spec["batch_size"], job.spec["overlap_threshold"]) == (4, 0.5)
+    assert (job.spec["batch_size"], job.spec["overlap_threshold"], job.spec["ngram"]) == (4, 0.5, 6)
     text = saved["eval.yaml"]
     assert (yaml.safe_load(text)["batch_size"], yaml.safe_load(text)["overlap_threshold"]) == (4, 0.5)
     (tmp_path / "eval.yaml").write_text(text)
