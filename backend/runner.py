@@ -32,6 +32,7 @@ from storage.models import Job, JobMetric, WorkerBeat, utcnow
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 BEAT_EVERY = 5.0  # seconds between a worker's heartbeat rows
 BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken for dead
+ALIVE_WITHIN = 15.0  # a worker that beat this recently runs (the pages' "no job worker" banner, job_message)
 WAITING = "waiting for the worker"  # a queued job's message until a worker claims it (pages say more: common.py)
 # result fields said in words in a job's "done:" message, and left out when 0 ("kept 0" read as jargon)
 IN_WORDS = {"kept": "{} scores kept from its earlier run"}
@@ -145,8 +146,13 @@ MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
 def _making(name: str) -> Job | None:
     """The queued or running job that will register a model under `name`, if any."""
     for job in active_jobs():
-        spec = spec_from_dict(job.spec) if job.kind in MAKES_MODELS else None
-        if spec is not None and (spec.name or spec.default_name()) == name:
+        if job.kind not in MAKES_MODELS:
+            continue
+        try:
+            spec = spec_from_dict(job.spec)
+        except ValueError:  # queued by an older version, no longer valid: it fails when it runs, saying why; here
+            continue  # it refused every later submission
+        if (spec.name or spec.default_name()) == name:
             return job
     return None
 
@@ -230,19 +236,41 @@ def _waits_on_a_job(job, by_id: dict) -> bool:
     return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps)
 
 
+def _ended_dependency(job, by_id: dict) -> str | None:
+    """Why a queued job will not run as things stand: a job it waits for ended without succeeding. Its stored
+    "waiting for job 4" read as if job 4 were still to come; the worker cancels it only when it next looks for work
+    (_claim_next), which a worker busy with a long training job, or none at all, may not do for hours."""
+    for dep_id in ([job.after] if job.after is not None else []) + list(job.needs or []):
+        dep = by_id.get(dep_id) or get(dep_id)
+        if dep is None:
+            return f"will not run: job {dep_id} it waits for is gone; cancel it"
+        if dep.status in ("failed", "cancelled", "interrupted"):
+            return (f"will not run: job {dep_id} it waits for {dep.status}; resume job {dep_id} (python -m backend "
+                    f"jobs resume {dep_id}) to run this one after it, or cancel this one")
+    return None
+
+
 def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
     """A job's message as the pages and `jobs list` show it. A queued job's stored "waiting for the worker" read as
     if no worker ran while one was busy with another job: with a worker alive it says which jobs run and which go
     first; with none it stays "waiting for the worker" (the pages' worker_banner says how to start one). A failed
-    job's error takes its "failed". `active`: active_jobs() (queued and running only: a status box asks every
-    second), when the caller has it already."""
+    job's error takes its "failed". A running job whose worker and process are gone (a worker killed with -9) stays
+    "running" in its row until a worker starts again and marks it interrupted: with no worker alive the message says
+    so rather than show it running, and leaves the row to that worker (a look at the jobs repairs nothing; a worker
+    alive anywhere repairs it within BEAT_STALE: recover_orphans). `active`: active_jobs() (queued and running only:
+    a status box asks every second), and `alive`: worker_alive(), when the caller has them already."""
     if job.status == "failed" and job.error:
         return f"failed: {job.error}"
+    if job.status == "running" and not (worker_alive() if alive is None else alive) and (doubt := _unwatched(job)):
+        return (f"running? — {doubt}; start a worker (python -m backend worker) to mark it interrupted, then resume "
+                f"it (python -m backend jobs resume {job.id})")
     # "waiting: the Ray cluster did not take it (…)" is the runner's own reason: it stands
     if job.status != "queued" or job.message.startswith("waiting: "):
         return job.message
     jobs = active_jobs() if active is None else active
     by_id = {j.id: j for j in jobs}
+    if said := _ended_dependency(job, by_id):
+        return said
     if _waits_on_a_job(job, by_id):
         return job.message
     if not (worker_alive() if alive is None else alive):
@@ -254,6 +282,29 @@ def job_message(job, active: list | None = None, alive: bool | None = None) -> s
             else "queued: the worker starts it next" if not ahead else "queued")
     return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
                    "first" if ahead else "")
+
+
+def _unwatched(job) -> str | None:
+    """Why a running job, with no worker alive to repair its row, has no process left, by the rules recover_orphans
+    gives it up by: on this machine, its process is gone; on another, none of its workers beat within BEAT_STALE
+    (its process there is not ours to see; a job ends with its worker: _watch_parent). None for a job on a Ray
+    cluster (Ray's status judges it, cluster/ray_jobs.py; it runs on when its worker dies) or one that still runs."""
+    if ray_jobs.is_ray(job.host):
+        return None
+    here = job.host in ("", host_id())
+    age = _beat_ages().get(host_id() if here else job.host, float("inf"))
+    if here:
+        return None if _local_run_alive(job) else f"its worker {_silence(age)} and its process is gone"
+    return f"the workers of {job.host} {_silence(age)}" if age >= BEAT_STALE else None
+
+
+def _silence(age: float) -> str:
+    """How long a machine's workers have been silent, in the unit a reader takes in at a glance."""
+    if age == float("inf"):
+        return "sent no heartbeat in the last day"
+    if age < 120:
+        return f"stopped beating {age:.0f} s ago"
+    return f"stopped beating {age / 60:.0f} min ago" if age < 7200 else f"stopped beating {age / 3600:.0f} h ago"
 
 
 def metrics(job_ids: list[int]) -> list[JobMetric]:
@@ -435,9 +486,10 @@ def heartbeat_path() -> Path:
 
 
 def worker_alive() -> bool:
-    """A worker beat within 15 s: in the shared database (any machine), else this workspace's heartbeat file."""
+    """A worker beat within ALIVE_WITHIN: in the shared database (any machine), else this workspace's heartbeat
+    file."""
     try:
-        if live_hosts(15.0):
+        if live_hosts(ALIVE_WITHIN):
             return True
     except Exception:  # noqa: BLE001 (the banner must not fail on a database hiccup; the file still answers)
         pass
@@ -448,7 +500,7 @@ def worker_alive() -> bool:
         return False
     except PermissionError:
         return True
-    return time.time() - info.get("time", 0) < 15
+    return time.time() - info.get("time", 0) < ALIVE_WITHIN
 
 
 @db.retrying
@@ -535,12 +587,7 @@ def recover_orphans() -> list[int]:
             if job.host not in live:
                 orphans.append(job)
             continue
-        alive = False
-        if job.pid is None and job.started is not None:  # just claimed: its process is being started
-            alive = _age(job.started) < 30
-        if job.pid:
-            alive = _runs_job(job.pid, job.id)
-        if not alive:
+        if not _local_run_alive(job):
             orphans.append(job)
     # conditional, so a job that finished while we looked keeps the state its own process wrote, and one resumed
     # and started again meanwhile (another pid) its new run
@@ -549,6 +596,13 @@ def recover_orphans() -> list[int]:
         message="interrupted: its process ended without finishing (worker or machine stopped); resume it to go on "
                 f"(Jobs page, or python -m backend jobs resume {j.id})")] + [
         i for i, fields in on_ray.items() if _transition(i, "running", **fields)]
+
+
+def _local_run_alive(job: Job) -> bool:
+    """Whether this machine's running job still has its process: its own, or, just claimed, one being started."""
+    if job.pid:
+        return _runs_job(job.pid, job.id)
+    return job.started is not None and _age(job.started) < 30
 
 
 def _runs_job(pid: int, job_id: int) -> bool:
@@ -665,8 +719,10 @@ def _busy() -> int:
 
 def job_niceness() -> int:
     """$DUS_JOB_NICE (default 10): the scheduling priority a worker's jobs run at on this machine. A training job
-    takes every core; at the dashboard's own priority it slowed each page render on 2 cores (the Jobs page: 0.43 s
-    idle, 1.04 s beside two busy processes at nice 0, 0.68 s at nice 10). A job alone on the machine loses nothing."""
+    takes every core; at the dashboard's own priority it slows every page the dashboard draws. bench/job_niceness.py
+    times renders of the Jobs page (AppTest) beside a process keeping every core busy, as a CPU training job does:
+    0.32 s with that process at nice 10, 0.47–0.48 s with it at nice 0 (about 1.5x slower). A job alone on the
+    machine loses nothing."""
     raw = os.environ.get("DUS_JOB_NICE", "10")
     try:
         nice = int(raw)

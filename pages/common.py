@@ -83,7 +83,8 @@ def job_status(job_id: int) -> None:
         if job is None:
             st.error(f"Job {job_id} no longer exists.")
             return
-        label = f"Job {job.id} ({job.kind}): {job.status} — {runner.job_message(job)}"
+        said = runner.job_message(job)  # "running? — …", "queued: the worker is busy…" say their status already
+        label = f"Job {job.id} ({job.kind}): " + (said if said.startswith(job.status) else f"{job.status} — {said}")
         seen = f"_job_{job.id}_finished"
         if job.status in runner.FINISHED and not st.session_state.get(seen):
             st.session_state[seen] = True

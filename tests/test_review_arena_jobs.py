@@ -178,7 +178,7 @@ def test_jobs_page_names_outputs_and_fits_the_table():
     assert config["message"]["width"] <= 240 and config["output"]["width"] <= 240
     at.selectbox(key="job").set_value(sft.id + 1).run()  # the status box says the same
     assert [p.proto.text for p in at.get("progress")] == [
-        f"Job {sft.id + 1} (merge): queued — queued: the worker is busy with job {sft.id} (sft)"]
+        f"Job {sft.id + 1} (merge): queued: the worker is busy with job {sft.id} (sft)"]
 
 
 def test_an_evaluation_says_kept_scores_in_words_and_not_when_none(monkeypatch):
