@@ -6,7 +6,7 @@
     python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
-    python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] …
+    python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] … | delete NAME
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
                             [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
@@ -235,6 +235,8 @@ def cmd_datasets(a) -> None:
         rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
+    elif a.action == "delete":
+        print(pipeline.delete_dataset(a.name, force=a.force))
 
 
 def cmd_merge(a) -> None:
@@ -274,6 +276,8 @@ def cmd_eval(a) -> None:
         print(f"{r.model:{width}} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
         overlap = (r.details or {}).get("overlap") or {}
         notes.update(dict.fromkeys(f"{r.model}: {n}" for n in overlap.get("notes", [])))
+        notes.update(dict.fromkeys(f"{r.model}: overlap unknown: its training data {src} could not be read ({why})"
+                                   for src, why in (overlap.get("unchecked") or {}).items()))
     for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
         print(f"note: {note}")
 
@@ -644,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
     mx.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"],
                     help="what the mix trains (default sft); the sources must fit its layout")
+    dd = da.add_parser("delete", help="delete a registered data set and the files only it uses under "
+                                      "workspace/datasets (files registered from elsewhere are kept)")
+    dd.add_argument("name")
+    dd.add_argument("--force", action="store_true", help="also when registered models were trained on it")
     d.set_defaults(fn=cmd_datasets)
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")

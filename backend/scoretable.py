@@ -47,17 +47,30 @@ def value(r: EvalScore, metric: str | None = None, clean: bool = False) -> float
     if not clean:
         return r.value
     c = (r.details or {}).get("clean")
+    if _unreadable(r):  # the items that overlap an unreadable training set are not known: no clean score
+        return None
     if c is None:
         return None if (r.details or {}).get("overlap") else r.value  # not measurable (lm-eval): as stored
     return c.get(metric)
 
 
+def _unreadable(r: EvalScore) -> dict:
+    """The lineage's training sources the overlap check could not read (a data set deleted since, a file gone, an
+    offline Hub id; backend/heldout.py training_index), with why."""
+    return ((r.details or {}).get("overlap") or {}).get("unchecked") or {}
+
+
 def badge(r: EvalScore) -> str:
+    """The overlap cell. Items checked against only part of the training data are not known to be clean: an
+    unreadable source makes a 0% read 'unknown', not ✓."""
     ov = (r.details or {}).get("overlap")
     if not ov:
         return "—"  # not measured (lm-eval) or a score written before the check existed
     if not ov.get("against"):
         return "? no known training data"
+    if missing := _unreadable(r):
+        shown = f"{len(missing)} of {len(ov['against'])} training sets unreadable: {', '.join(missing)}"
+        return f"⚠ {ov['share_over']:.0%} + unknown ({shown})" if ov["items_over"] else f"? unknown ({shown})"
     return f"⚠ {ov['share_over']:.0%}" if ov["items_over"] else "✓ 0%"
 
 
@@ -66,11 +79,11 @@ LINEAGE_COLUMNS = ("kind", "layers", "made from")
 
 def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
     """One row per model: the average of the accuracy-like tasks, headline metric per task, its hallucination rate,
-    an overlap badge where any model's items overlap its training data, then the model's lineage (kind, layers,
-    parents). Scores come right after the name, as in the paper's table: with long model names a page-wide table
-    showed only the name and the lineage, its scores scrolled out of sight."""
+    an overlap badge where any model's items overlap its training data or part of it was unreadable, then the
+    model's lineage (kind, layers, parents). Scores come right after the name, as in the paper's table: with long
+    model names a page-wide table showed only the name and the lineage, its scores scrolled out of sight."""
     primary = headline(latest)
-    overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0}
+    overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0 or _unreadable(r)}
     by_model: dict[str, list[tuple[str, EvalScore]]] = {}
     for (m, task), r in sorted(primary.items()):
         by_model.setdefault(m, []).append((task, r))

@@ -195,7 +195,8 @@ charted = [m for m in names if m in set(table["model"])] + [m for m in table["mo
     if "model" in table else []
 st.caption("Each score records its set's source and fingerprint, and how much of the set the training data of the "
            "model's whole lineage contains (8-gram overlap; an item under 8 words counts when it appears whole; "
-           "⚠ share of items over the threshold, ✓ none). "
+           "⚠ share of items over the threshold, ✓ none, ? unknown: a training set of the lineage could not be "
+           "read, such as a deleted data set). "
            "The built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
 score_table(table, "scores_table")
 st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores")

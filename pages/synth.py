@@ -50,6 +50,40 @@ def length_gap_sentence(g: dict) -> str:
             f"{g['mean_diff']:+.1f} words ({g['chosen_words']:.1f} vs {g['rejected_words']:.1f}): {verdict}.")
 
 
+def delete_control() -> None:
+    """Delete any registered data set (pipeline.delete_dataset), as the Models page deletes a model: the models
+    trained on it are named first and the tick confirms for this data set only; a job or mix still using it is
+    refused with its name."""
+    recs = {d.name: d for d in pipeline.list_datasets()}
+    if done := st.session_state.pop("_deleted_dataset", None):
+        st.success(done)
+    if not recs:
+        return
+    with st.expander("Delete a data set"):
+        gone = st.selectbox("Data set", list(recs), key="delete_dataset")
+        _, models, _ = pipeline.dataset_users(gone, recs[gone].path)
+        st.write(f"Removes **{gone}** from the registry, with its files under the workspace's datasets folder that "
+                 "no other data set uses; a file registered from elsewhere is kept.")
+        if models:
+            st.warning(f"{len(models)} model(s) were trained on it: " + ", ".join(f"`{m.name}`" for m in models)
+                       + ". They stay and keep naming it; their training-overlap check will say 'unknown'.")
+        if st.session_state.get("_confirm_dataset_for") != gone:  # a tick confirms this data set only
+            st.session_state["confirm_dataset"] = False
+        st.session_state["_confirm_dataset_for"] = gone
+        label = f"Yes, delete {gone}" + (f" although {len(models)} model(s) were trained on it" if models else "")
+        sure = st.checkbox(label, key="confirm_dataset")
+        if st.button("Delete", disabled=not sure, key="delete_dataset_button"):
+            try:  # force: the tick above confirmed the models named
+                st.session_state["_deleted_dataset"] = pipeline.delete_dataset(gone, force=True)
+            except (ValueError, OSError) as exc:  # a job or a mix uses it
+                st.error(str(exc))
+            else:
+                for key in ("delete_dataset", "_confirm_dataset_for", "pairs_set"):
+                    if st.session_state.get(key) == gone:  # a picker left on a name no longer offered
+                        del st.session_state[key]
+                st.rerun()
+
+
 via_app(__file__)
 st.title("Synthetic math")
 st.caption("SOLAR (arXiv 2312.15166, §3): seed problems are rephrased; the rephrased question → rephrased answer "
@@ -116,6 +150,7 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
     if "synth_job" in st.session_state:
         job_status(st.session_state["synth_job"])
 
+delete_control()
 pair_sets = pipeline.list_datasets("synth-pairs")
 if not pair_sets:
     st.info("No synthetic pairs yet: make a data set above.")

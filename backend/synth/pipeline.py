@@ -3,12 +3,13 @@ sets, the way SOLAR built Synth. Math-Instruct and Synth. Math-Alignment (arXiv 
 
     python -m backend synth-math --seeds 200 --rephraser rules --out workspace/datasets/synth-math
 
-Rephrasings are cached in the output folder (one JSON line per seed and rephraser), so a job resumed after a stop
-skips the seeds already done. Pairs are stored as rows (fast paging and filtering); exports write JSONL files in
-trl's standard formats and leave out failed, flagged and hand-rejected pairs. A run never replaces a data set: a name
-a data set holds, or an output folder holding anything but a stopped run's own files, is refused before any work
-(as backend/outputs.py refuses a model's), since models may have been trained on it and pairs rejected in it by
-hand. Re-exporting the pairs (after hand rejections) updates their own export in place.
+Rephrasings are cached in the output folder (one JSON line each, keyed by the seed's text and the rephraser with
+its settings: rephrase.cache_key), so a job resumed after a stop skips the seeds already done. Pairs are stored as
+rows (fast paging and filtering); exports write JSONL files in trl's standard formats and leave out failed, flagged
+and hand-rejected pairs. A run never replaces a data set: a name a data set holds, or an output folder holding
+anything but a stopped run's own files, is refused before any work (as backend/outputs.py refuses a model's), since
+models may have been trained on it and pairs rejected in it by hand. Re-exporting the pairs (after hand rejections)
+updates their own export in place. `delete_dataset` removes one (refused while jobs or models depend on it).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Callable
 
 import numpy as np
 from sqlalchemy import case as sa_case
+from sqlalchemy import delete as sa_delete
 from sqlmodel import func, select
 
 from backend.names import check_name, inside
 from backend.specs import SynthMathSpec
 from backend.synth.answers import extract_answer, same_answer
-from backend.synth.rephrase import make_rephraser
+from backend.synth.rephrase import cache_key, make_rephraser
 from backend.synth.seeds import Seed, load_seeds
 from storage import db
 from storage.models import DatasetRecord, SynthPair
@@ -234,6 +236,7 @@ def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict,
     whose row count names pairs not stored). A name a data set holds is refused, never updated: models may have
     been trained on that one (export() updates its own export in place, through _save_export)."""
     check_name(name, "data set name")
+    check_not_orphaned_dataset(name)
     with db.session() as s:
         if (rec := s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()) is not None:
             raise DatasetError(f"{_taken(rec)}. Nothing was saved: choose another name.")
@@ -261,6 +264,7 @@ def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> Datas
                            "stays as it is.")
     if not sources:
         raise DatasetError("A mix needs at least one source.")
+    check_not_orphaned_dataset(name)  # before the sources are read
     from backend import data
 
     for source, weight in sources:
@@ -269,6 +273,144 @@ def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> Datas
         ds = data.load_source(source)
         data.detect_layout(ds.column_names, purpose)
     return save_dataset(name, "mix", "", 0, provenance)
+
+
+# ---------------------------------------------------------------- deleting a data set
+
+def _strings(obj) -> list[str]:
+    """Every string inside a job's spec or a model's recipe (JSON), at any depth: wherever a data source is named."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return [x for v in obj for x in _strings(v)] if isinstance(obj, list) else []
+
+
+def _same_file(source: str, path: str) -> bool:
+    """Whether `source` (a training source, or an evaluation task such as qa:FILE) is the file at `path`."""
+    for candidate in {source, source.partition(":")[2]} - {""}:
+        if Path(path).name in candidate:  # resolve only what may be that file
+            try:
+                if Path(candidate).expanduser().resolve() == Path(path).resolve():
+                    return True
+            except (OSError, ValueError):  # not a path at all
+                pass
+    return False
+
+
+def _reads(source: str, name: str, path: str = "", seen: frozenset = frozenset()) -> bool:
+    """Whether a data source reads the data set `name` (whose file is `path`): dataset:NAME or mix:NAME, a saved mix
+    holding it (backend/data.py expand), or its file given by path."""
+    if source in (f"dataset:{name}", f"mix:{name}"):
+        return True
+    if source.startswith("mix:") and source not in seen:
+        mix = get_dataset(source.removeprefix("mix:"))
+        return mix is not None and any(_reads(x["source"], name, path, seen | {source})
+                                       for x in mix.provenance.get("sources", []))
+    return bool(path) and _same_file(source, path)
+
+
+def dataset_users(name: str, path: str = "") -> tuple[list, list, list[DatasetRecord]]:
+    """(queued or running jobs, registered models, saved mixes) whose spec, training recipe or sources read the data
+    set: what deleting it would break, or leave naming a data set that is gone."""
+    from backend import runner
+
+    jobs = [j for j in runner.active_jobs() if any(_reads(x, name, path) for x in _strings(j.spec))]
+    mixes = [m for m in list_datasets("mix") if m.name != name
+             and any(_reads(x["source"], name, path) for x in m.provenance.get("sources", []))]
+    return jobs, _trained_on(name, path), mixes
+
+
+def _trained_on(name: str, path: str = "") -> list:
+    """Registered models whose recipe (a trained model's is its training spec) reads the data set."""
+    from backend import registry
+
+    return [m for m in registry.list_models() if any(_reads(x, name, path) for x in _strings(m.recipe or {}))]
+
+
+def check_not_orphaned_dataset(name: str) -> None:
+    """Refuse the name of a deleted data set that registered models were trained on (delete_dataset with force), as
+    registry.check_not_orphaned_parent refuses a deleted parent's: their recipes name it, so the evaluation's overlap
+    check (backend/heldout.py) would read the new data as theirs."""
+    if get_dataset(name) is None and (models := _trained_on(name)):
+        raise DatasetError(f"{name!r} was deleted, but {len(models)} model(s) were trained on it and still name it: "
+                           f"{', '.join(m.name for m in models)}. A new data set under that name would pose as their "
+                           "training data. Choose another name.")
+
+
+def _files_of(rec: DatasetRecord) -> tuple[list[Path], list[str]]:
+    """(files deleting `rec` removes, why others stay). Only files under workspace/datasets go, and none another
+    registered data set still uses: an export into a shared folder can leave two sets at one path. Synthetic pairs
+    take their run's rephrase cache with them; the exports' files stay for the exports."""
+    if not rec.path:
+        return [], []
+    root = (db.workspace() / "datasets").resolve()
+    own = Path(rec.path).resolve()
+    if not own.is_relative_to(root):
+        return [], [f"its file {own} is outside {root} (registered from there): it was kept, only the registration "
+                    "was removed"]
+    others = [d for d in list_datasets() if d.id != rec.id and d.path]
+    sharing = [d.name for d in others if Path(d.path).resolve() == own]
+    if sharing:
+        return [], [f"its file {own} was kept: {', '.join(sharing)} use(s) it too"]
+    files = [own]
+    cache = own.parent / RUN_FILES[0]
+    if rec.kind == "synth-pairs" and cache.exists() and not any(
+            d.kind == "synth-pairs" and Path(d.path).resolve().parent == own.parent for d in others):
+        files.append(cache)
+    return files, []
+
+
+def delete_dataset(name: str, *, force: bool = False) -> str:
+    """Remove a registered data set (its synthetic pairs too) and the files only it uses under workspace/datasets;
+    what was done, as a sentence. Refused while a queued or running job reads it, while a saved mix holds it, and,
+    unless `force`, while registered models were trained on it (their lineage keeps naming it; the evaluation's
+    overlap check then reports their training data as unknown). The row goes in one transaction before the files:
+    a crash in between leaves a stray file, never a row pointing at a missing one."""
+    from backend import data
+
+    rec = get_dataset(name)
+    if rec is None:
+        if name.removeprefix("builtin:") in data.BUILTIN:
+            raise DatasetError(f"{name.removeprefix('builtin:')} is a built-in data set (a file shipped with the "
+                               "studio in data/): it cannot be deleted.")
+        known = ", ".join(d.name for d in list_datasets()) or "none yet"
+        raise DatasetError(f"No registered data set named {name!r} (registered: {known}).")
+    jobs, models, mixes = dataset_users(rec.name, rec.path)
+    if jobs:
+        raise DatasetError(f"{name} is in use by queued or running job(s) {', '.join(str(j.id) for j in jobs)}: "
+                           "nothing was deleted. Wait for them to finish or cancel them (Jobs page, or `python -m "
+                           "backend jobs cancel ID`), then delete it.")
+    if mixes:
+        raise DatasetError(f"{name} is a source of the mix(es) {', '.join(m.name for m in mixes)}, which would fail "
+                           "to load without it: nothing was deleted. Delete those mixes first.")
+    if models and not force:
+        raise DatasetError(f"{len(models)} model(s) were trained on {name}: {', '.join(m.name for m in models)}. "
+                           "Nothing was deleted. Their lineage would keep naming it, and the evaluation's training-"
+                           "overlap check could no longer read it (their scores would say 'unknown'). Delete anyway "
+                           "with --force (the page asks you to confirm).")
+    files, kept = _files_of(rec)
+    with db.session() as s:
+        s.exec(sa_delete(SynthPair).where(SynthPair.dataset_id == rec.id))  # one statement for 100k pairs
+        s.exec(sa_delete(DatasetRecord).where(DatasetRecord.id == rec.id))
+        s.commit()
+    removed = []
+    for f in files:
+        try:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+        except OSError as exc:  # the row is gone already: a stray file to name, not a failed delete
+            kept.append(f"could not remove {f} ({exc.strerror or exc}): remove it by hand")
+    if removed and removed[0].parent != (db.workspace() / "datasets").resolve() and not any(
+            removed[0].parent.iterdir()):
+        removed[0].parent.rmdir()  # the run's own folder, once nothing is left in it
+    done = [f"deleted the {rec.kind} data set {name}" + (f" ({rec.rows} rows)" if rec.path else "")]
+    done += [f"removed {', '.join(str(f) for f in removed)}"] if removed else []
+    with db.session() as s:
+        exports = [d.name for d in _export_of(s, name)] if rec.kind == "synth-pairs" else []
+    done += [f"its exports {', '.join(exports)} stay (delete them too if they are not wanted)"] if exports else []
+    done += [f"{', '.join(m.name for m in models)} still name it in their lineage"] if models else []
+    return "; ".join(done + kept) + "."
 
 
 def _not_export_of(rec: DatasetRecord | None, pairs_name: str) -> str | None:
@@ -442,6 +584,7 @@ def check_synth_free(spec: SynthMathSpec, out_dir: Path | None = None) -> Path:
                 if rec.kind == "synth-pairs" else ""
             raise DatasetError(f"{_taken(rec)}. Nothing was made: choose another name for this run (--name, or Name "
                                f"on the Synthetic math page); the existing data set stays as it is.{hint}")
+        check_not_orphaned_dataset(name)
     if not folder.is_dir():
         return folder
     default = inside(db.workspace() / "datasets", spec.name)
@@ -478,25 +621,26 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: that seed is simply redone
                 continue
-            if row.get("rephraser") == rephraser.name:
-                cache[row["seed_id"]] = row
-    todo = [s for s in seeds if s.id not in cache]
+            if "key" in row:  # a row of an older cache, keyed by seed id only: that seed is redone
+                cache[row["key"]] = row
+    keys = {s.id: cache_key(s, rephraser) for s in seeds}
+    todo = [s for s in seeds if keys[s.id] not in cache]
     progress(0.0, f"{len(seeds)} seeds, {len(seeds) - len(todo)} already rephrased (cache), {rephraser.name}")
     with open(cache_path, "a") as f:
         for i in range(0, len(todo), spec.batch_size):
             batch = todo[i:i + spec.batch_size]
             for seed, res in zip(batch, rephraser.rephrase(batch)):
-                row = {"seed_id": seed.id, "rephraser": rephraser.name}
+                row = {"key": keys[seed.id], "seed_id": seed.id, "rephraser": rephraser.name}
                 row.update({"error": str(res)} if isinstance(res, Exception) else {"question": res[0],
                                                                                     "solution": res[1]})
-                cache[seed.id] = row
+                cache[row["key"]] = row
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             done = min(i + spec.batch_size, len(todo))
             progress(0.9 * done / max(len(todo), 1), f"rephrased {done}/{len(todo)}")
     pairs = []
     for seed in seeds:
-        row = cache[seed.id]
+        row = cache[keys[seed.id]]
         new_q, new_s = row.get("question", ""), row.get("solution", "")
         if "error" in row:
             status, reason, found = "failed", f"rephraser error: {row['error']}", ""

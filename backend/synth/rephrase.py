@@ -6,6 +6,8 @@
                       spec / environment ($OPENAI_API_KEY unless another variable is named)
 
 A rephraser returns, per seed, (question, solution) or raises for that seed; failures are kept with their reason.
+Its `name` and `settings` are all that decides its reply besides the seed's text: `cache_key` keys the run's cache
+by them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RephraseError(ValueError):
 
 class Rephraser(Protocol):
     name: str
+    settings: dict  # what besides `name` changes its replies (sampling, prompt, variant): part of the cache key
 
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]: ...
 
@@ -84,6 +87,7 @@ class RulesRephraser:
 
     def __init__(self, variant_seed: int = 0):
         self.variant_seed = variant_seed
+        self.settings = {"variant_seed": variant_seed}
 
     def _pick(self, text: str, k: int) -> int:
         return int(hashlib.sha1(f"{self.variant_seed}:{text}".encode()).hexdigest(), 16) % k
@@ -132,6 +136,8 @@ class ModelRephraser:
         self.name = f"model:{name or folder}"
         self.lm = load(folder, name or str(folder))
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.settings = {"folder": str(folder), "max_new_tokens": max_new_tokens, "temperature": temperature,
+                         "prompt": PROMPT}
 
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
         import torch
@@ -167,6 +173,7 @@ class OpenAIRephraser:
         self.name = f"openai:{self.base_url}#{model}"
         self.model, self.key = model, os.environ.get(key_env, "")
         self.temperature, self.timeout, self.concurrency = temperature, timeout, concurrency
+        self.settings = {"temperature": temperature, "prompt": PROMPT}
 
     def _one(self, seed: Seed) -> tuple[str, str] | Exception:
         try:
@@ -185,6 +192,16 @@ class OpenAIRephraser:
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self._one, seeds))
+
+
+def cache_key(seed: Seed, rephraser: Rephraser) -> str:
+    """What a rephrasing is cached under: a hash of exactly what decides it, the seed's question and solution and
+    the rephraser with its settings. Not the seed's id: a generator id ('gen-0-3') names another problem once the
+    categories or levels change, and a MATH file's id hashes the problem alone, so a cache keyed by id handed a run
+    resumed with other filters or settings the rephrasing of another problem, or a stale one. A rephraser without
+    `settings` (a test's stand-in) is known by its name alone."""
+    what = [seed.question, seed.solution, rephraser.name, getattr(rephraser, "settings", {})]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def make_rephraser(spec) -> Rephraser:
