@@ -509,7 +509,7 @@ def beat() -> None:
     with db.session() as s:
         row = s.exec(select(WorkerBeat).where(WorkerBeat.host == host_id(), WorkerBeat.pid == os.getpid())).first()
         row = row or WorkerBeat(host=host_id(), pid=os.getpid())
-        row.seen, row.workspace = _db_now(s), ray_jobs.workspace_marker().name
+        row.seen, row.workspace, row.space = _db_now(s), ray_jobs.workspace_marker().name, db.process_space()
         s.add(row)
         for old in s.exec(select(WorkerBeat).where(WorkerBeat.seen < utcnow() - timedelta(days=1))):
             s.delete(old)  # workers long gone
@@ -531,6 +531,23 @@ def check_shared_workspace() -> None:
             f"{', '.join(sorted({b.host for b in others}))} share through this database (theirs holds "
             f"{others[0].workspace}, this one does not). Mount the shared workspace on this machine and set "
             "DUS_WORKSPACE to it (README: A shared database).")
+
+
+def check_host_id() -> None:
+    """Refuse to start a worker when a live worker under the same host id runs in another kernel or process-id
+    namespace: two containers sharing a host name (docker --network host) or two machines given one DUS_HOST_ID.
+    Each would take the other's jobs for its own, judge them dead by pids it cannot see, and mark them interrupted
+    (or signal an unrelated process of its own with their pid)."""
+    mine = db.process_space()
+    with db.session() as s:
+        beats, now = s.exec(select(WorkerBeat).where(WorkerBeat.host == host_id())).all(), _db_now(s)
+    other = [b for b in beats if b.space not in ("", mine) and _age(b.seen, now) < BEAT_STALE]
+    if mine and other:
+        raise RuntimeError(
+            f"Another worker (pid {other[0].pid} there) beat as host {host_id()!r} {_age(other[0].seen, now):.0f} s "
+            "ago from another machine or container (another kernel or process-id namespace): the two would take "
+            "each other's jobs for their own and judge them by process ids they cannot see. Give each machine or "
+            "container its own DUS_HOST_ID (README: A shared database), then start this worker again.")
 
 
 def _age(when, now=None) -> float:
@@ -772,6 +789,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
         ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
     db.init_db()
     check_shared_workspace()
+    check_host_id()
     # another machine's builds in the shared workspace go only once its workers are known dead; on a Ray cluster
     # never from here (a job's node beats no heartbeat)
     db.clean_stale_tmp(dead_elsewhere=() if addr else dead_hosts())

@@ -348,6 +348,17 @@ def host_id() -> str:
     return os.environ.get("DUS_HOST_ID") or socket.gethostname()
 
 
+def process_space() -> str:
+    """Which kernel and process-id namespace this process runs in (Linux: the boot id and /proc/self/ns/pid), ""
+    elsewhere. Two containers sharing a host name (docker --network host, a fixed --hostname) share the host id but
+    not their process ids: a worker must not judge or signal the other's jobs by pid (runner.check_host_id)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]{1,40}")  # a host name as DNS allows it, short enough for a folder name
 
 

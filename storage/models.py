@@ -80,6 +80,7 @@ class WorkerBeat(SQLModel, table=True):
     pid: int
     seen: datetime = Field(default_factory=utcnow)
     workspace: str = ""  # the workspace's marker file (backend/cluster/ray_jobs.py workspace_marker): shared or not
+    space: str = ""  # the kernel and pid namespace the worker runs in (storage/db.py process_space)
 
 
 class JobMetric(SQLModel, table=True):

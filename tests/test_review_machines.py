@@ -204,6 +204,32 @@ def test_a_worker_whose_workspace_is_not_the_shared_one_refuses_to_start(monkeyp
     runner.worker(once=True)
 
 
+def test_a_worker_sharing_its_host_id_with_another_container_refuses_to_start(monkeypatch):
+    """Two containers with one host name (docker --network host) got one host id: each judged the other's running
+    jobs by pids it cannot see (dead: marked interrupted) and could signal an unrelated process of its own."""
+    from storage.models import WorkerBeat
+
+    runner.beat()
+    with db.session() as s:
+        (row,) = s.exec(runner.select(WorkerBeat)).all()
+    assert row.space == db.process_space() and row.space.count("/pid:[") == 1  # boot id / pid namespace
+    with db.session() as s:  # a worker in another container beat under our host id 20 s ago
+        s.add(WorkerBeat(host=runner.host_id(), pid=7, seen=utcnow() - timedelta(seconds=20),
+                         space="0f0e0d0c-boot/pid:[4026532999]"))
+        s.commit()
+    with pytest.raises(RuntimeError, match=r"Another worker \(pid 7 there\) beat as host .* from another machine or "
+                                           r"container .* Give each machine or container its own DUS_HOST_ID"):
+        runner.worker(once=True)
+    monkeypatch.setenv("DUS_HOST_ID", "container-2")  # what the message asks for
+    runner.worker(once=True)
+    with db.session() as s:  # and a beat older than BEAT_STALE (that container stopped) does not count
+        other = s.exec(runner.select(WorkerBeat).where(WorkerBeat.pid == 7)).one()
+        other.host, other.seen = "container-2", utcnow() - timedelta(seconds=runner.BEAT_STALE + 5)
+        s.add(other)
+        s.commit()
+    runner.worker(once=True)
+
+
 class _SlowRay:
     """A Ray Jobs client whose submit lands but whose answer is lost (a timeout: requests raises an OSError)."""
 
