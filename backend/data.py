@@ -134,15 +134,21 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
 
     name = shown_name(path)
     if loader == "json" and (bad := _first_bad_json_line(path)):
-        return f"{name}, line {bad[0]}: not valid JSON ({bad[1]}). Each line must be one JSON object."
+        return f"{name}, line {bad[0]}, column {bad[1]}: not valid JSON ({bad[2]}). Each line must be one JSON object."
     while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
         exc = exc.__cause__
     why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
     return f"Could not read {name} as {loader.upper()}: {why}"
 
 
-def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
-    """(line, json's reason) of the first line of a JSON Lines file that does not parse, or of the place a .json
+def json_reason(exc) -> str:
+    """json's reason without its dangling " at" ("Unterminated string starting at" cut the sentence short: the
+    position is said beside it, as a line and column)."""
+    return exc.msg.removesuffix(" at") + (" there" if exc.msg.endswith(" at") else "")
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, int, str] | None:
+    """(line, column, json's reason) of the first line of a JSON Lines file that does not parse, or of the place a .json
     array stops parsing; None when the file parses (the reader failed on something else: its reason is shown)."""
     import json
 
@@ -154,7 +160,7 @@ def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
             except json.JSONDecodeError as exc:
                 f.seek(0)
                 if f.read(4096).lstrip().startswith("["):
-                    return exc.lineno, exc.msg
+                    return exc.lineno, exc.colno, json_reason(exc)
             f.seek(0)
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -162,7 +168,7 @@ def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
             try:
                 json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                return n, exc.msg
+                return n, exc.colno, json_reason(exc)
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 from sqlmodel import select
 
-from backend.modelinfo import inspect_model
+from backend.modelinfo import inspect_model, read_config
 from backend.names import check_name, inside, safe_name
 from backend.safetensors_stream import CheckpointError
 from storage import db
@@ -426,7 +426,11 @@ def _import_target(target: str) -> tuple[str, str, list[str]]:
     p = Path(target).expanduser()
     if p.suffix == ".gguf":
         return "gguf", p.stem.split(".")[0], [] if p.is_file() else [f"GGUF file {p} does not exist."]
-    if p.is_dir():
+    if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
+        try:
+            read_config(p)
+        except CheckpointError as exc:
+            return "folder", p.resolve().name, [str(exc)]
         return "folder", p.resolve().name, []
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "

@@ -205,13 +205,17 @@ def word_diff_html(old: str, new: str) -> tuple[str, str]:
 
 
 def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[tuple[str, str, str]],
-                            title: str) -> go.Figure:
-    """Overlaid histograms from (bin start, count) rows; `pairs`: (column, label, colour)."""
+                            title: str, bin_words: int) -> go.Figure:
+    """Overlaid histograms from (bin start, count) rows of `bin_words`-word bins; `pairs`: (column, label, colour).
+    Each bar spans its bin: plotly centres a bar on its x, so a bar drawn at the bin's start sat half a bin to the
+    left (questions of 4 words showed as a bar around 0 words)."""
     fig = go.Figure()
     for col, label, color in pairs:
         rows = hist.get(col, [])
-        fig.add_trace(go.Bar(x=[x for x, _ in rows], y=[n for _, n in rows], name=label, marker_color=color,
-                             opacity=0.6))
+        fig.add_trace(go.Bar(x=[x + bin_words / 2 for x, _ in rows], y=[n for _, n in rows], width=bin_words,
+                             name=label, marker_color=color, opacity=0.6,
+                             customdata=[f"{x}–{x + bin_words - 1}" for x, _ in rows],
+                             hovertemplate=f"{label}: %{{customdata}} words, %{{y}} pairs<extra></extra>"))
     fig.update_layout(barmode="overlay", title=title, height=300, margin=dict(l=10, r=10, t=40, b=30),
                       xaxis_title="words", yaxis_title="pairs", legend=dict(orientation="h", y=-0.25))
     return fig

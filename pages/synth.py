@@ -230,10 +230,11 @@ with tab_lengths:
     c1, c2 = st.columns(2)
     c1.plotly_chart(length_histogram_figure(hist, [("q_words", "original question", PALETTE[0]),
                                                    ("new_q_words", "rephrased question", PALETTE[1])],
-                                            "Question length"), key="h_q")
+                                            "Question length", pipeline.LENGTH_BIN), key="h_q")
     c2.plotly_chart(length_histogram_figure(hist, [("a_words", "rejected (original answer)", PALETTE[4]),
                                                    ("new_a_words", "chosen (rephrased answer)", PALETTE[2])],
-                                            "Answer length: chosen vs rejected (DPO length bias)"), key="h_a")
+                                            "Answer length: chosen vs rejected (DPO length bias)", pipeline.LENGTH_BIN),
+                    key="h_a")
     st.markdown(length_gap_sentence(pipeline.length_gap(rec.id, bool(st.session_state.get("inc_flagged")))))
     st.caption("If chosen answers are systematically longer than rejected ones, DPO can learn 'longer is better' "
                "rather than 'correct is better'.")

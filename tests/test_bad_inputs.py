@@ -197,7 +197,7 @@ CASES = [
     Case("merge-no-config", ["merge", "--models", "tiny", "{no_config}"], "has no config.json"),
     # ---- training data
     Case("train-bad-json", [*SFT, "--data", "{bad_json_jsonl}"],
-         "bad_json.jsonl, line 2: not valid JSON"),
+         "bad_json.jsonl, line 2, column 31: not valid JSON"),
     Case("train-empty-file", [*SFT, "--data", "{empty_jsonl}"], "empty.jsonl is empty"),
     Case("train-no-layout", [*SFT, "--data", "{no_columns_jsonl}"], "fit no layout"),
     Case("train-dpo-needs-pairs", ["train", "dpo", "--model", "tiny", "--data", "{alpaca_jsonl}"], "fit no layout"),
@@ -218,7 +218,7 @@ CASES = [
     Case("synth-level", ["synth-math", "--seeds", "4", "--level", "4"], "invalid choice: 4"),
     Case("synth-level-spec", _page_spec("synth-math", levels=[0]), "levels are 1, 2 or 3"),
     Case("synth-seed-missing", ["synth-math", "--seed-file", "{root}/none.jsonl"], "none.jsonl does not exist"),
-    Case("synth-seed-bad-json", ["synth-math", "--seed-file", "{seeds_bad_jsonl}"], "seeds_bad.jsonl, line 1: not valid JSON"),
+    Case("synth-seed-bad-json", ["synth-math", "--seed-file", "{seeds_bad_jsonl}"], "seeds_bad.jsonl, line 1, column 2: not valid JSON"),
     Case("synth-seed-empty", ["synth-math", "--seed-file", "{seeds_empty_jsonl}"], "seeds_empty.jsonl holds no records"),
     Case("synth-seed-wrong", ["synth-math", "--seed-file", "{seeds_wrong_jsonl}"], "record 1: missing question, answer"),
     Case("synth-rephraser", ["synth-math", "--seeds", "4", "--rephraser", "magic"], "use rules, model:NAME"),

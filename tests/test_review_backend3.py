@@ -152,11 +152,11 @@ def test_an_unreadable_upload_is_named_as_sent_with_the_line_counted_from_one():
     assert path.name != "bad.jsonl"  # stored under a content hash
     with pytest.raises(data.DataError) as exc:
         data.load_source(str(path))
-    assert str(exc.value) == "bad.jsonl, line 1: not valid JSON (Expecting value). Each line must be one JSON object."
+    assert str(exc.value) == "bad.jsonl, line 1, column 1: not valid JSON (Expecting value). Each line must be one JSON object."
     path = uploads.save_upload(b'{"text": "a"}\n\n{"text": \n', "notes.jsonl")
     with pytest.raises(data.DataError) as exc:
         data.load_source(str(path))
-    assert str(exc.value).startswith("notes.jsonl, line 3: not valid JSON (")
+    assert str(exc.value).startswith("notes.jsonl, line 3, column 10: not valid JSON (")
 
 
 def test_the_train_page_names_a_bad_upload_as_sent_with_its_line(tiny_llama):
@@ -166,7 +166,7 @@ def test_the_train_page_names_a_bad_upload_as_sent_with_its_line(tiny_llama):
     at.file_uploader(key="upload").set_value(("broken.jsonl", b'{"prompt": "hi", "completion": "yo"}\n{"prompt": "x\n',
                                               "application/json")).run()
     (error,) = [e.value for e in at.error if "broken.jsonl" in e.value]
-    assert "broken.jsonl, line 2: not valid JSON (Unterminated string starting at" in error
+    assert "broken.jsonl, line 2, column 12: not valid JSON (Unterminated string starting there)" in error
     assert "-broken.jsonl" not in error and "row" not in error  # not the stored name, not pyarrow's 0-based row
 
 
@@ -175,7 +175,7 @@ def test_a_local_json_file_keeps_its_name_and_a_broken_array_names_its_line(tmp_
     bad.write_text('[\n  {"text": "a"},\n  {"text": }\n]\n')
     with pytest.raises(data.DataError) as exc:
         data.load_source(str(bad))
-    assert str(exc.value).startswith("0123456789abcdef-mine.json, line 3: not valid JSON (Expecting value)")
+    assert str(exc.value).startswith("0123456789abcdef-mine.json, line 3, column 12: not valid JSON (Expecting value)")
 
 
 def test_the_zero_weights_merge_error_names_the_page_checkbox_and_the_spec_field():

@@ -45,8 +45,8 @@ def test_a_malformed_upload_is_reported_when_it_is_uploaded(tiny):
     at.file_uploader(key="upload").set_value(("broken.jsonl", b'{"prompt": "hi", "completion": "yo"}\n{"prompt": "x\n',
                                               "application/json")).run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["broken.jsonl, line 2: not valid JSON (Unterminated string starting "
-                                           "at). Each line must be one JSON object."]  # the file named once
+    assert [e.value for e in at.error] == ["broken.jsonl, line 2, column 12: not valid JSON (Unterminated string "
+                                           "starting there). Each line must be one JSON object."]  # the file named once
     assert not [b for b in at.button if b.key == "add_upload"]  # nothing to add
     at.file_uploader(key="upload").set_value(("rows.csv", b'a,b\n1,"2\n', "text/csv")).run()
     (error,) = [e.value for e in at.error]

@@ -68,7 +68,7 @@ MATH_ROW = {"problem": "What is $2+2$?", "level": "Level 1", "type": "Prealgebra
 
 
 @pytest.mark.parametrize("body, says", [
-    (json.dumps(MATH_ROW) + '\n{"problem": "broken\n', "My MATH seeds.jsonl, line 2: not valid JSON"),
+    (json.dumps(MATH_ROW) + '\n{"problem": "broken\n', "My MATH seeds.jsonl, line 2, column 13: not valid JSON"),
     (json.dumps(MATH_ROW) + "\n\n" + json.dumps({"problem": "x"}) + "\n",
      "My MATH seeds.jsonl, record 3: missing solution — a MATH record has problem, solution."),
     (json.dumps({"question": "q", "answer": 7}) + "\n",

@@ -86,7 +86,7 @@ def test_importers_read_math_and_gsm8k(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ('{"problem": "x"}\n', "record 1: missing solution"),
     ('{"problem": "x", "solution": "no box"}\n', "no \\\\boxed"),
-    ('{"problem": "x", "solution": "\\\\boxed{1}"}\n{oops\n', "line 2: not valid JSON"),
+    ('{"problem": "x", "solution": "\\\\boxed{1}"}\n{oops\n', "line 2, column 2: not valid JSON"),
     ('{"question": "q", "answer": "no hashes"}\n', "does not end with '#### <number>'"),
     ('\n\n', "holds no records"),
 ])

@@ -98,7 +98,7 @@ def test_accelerate_launch_with_two_cpu_processes(tiny, tiny_llama):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"instruction": "a", "output": "b"}\n{"broken json\n', "bad.jsonl, line 2: not valid JSON"),
+    ('{"instruction": "a", "output": "b"}\n{"broken json\n', "bad.jsonl, line 2, column 2: not valid JSON"),
     ('{"question": "q", "answer": "a"}\n', "fit no layout usable for sft"),
 ])
 def test_bad_data_fails_before_launch_and_registers_nothing(tiny, tmp_path, content, message):

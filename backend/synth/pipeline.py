@@ -524,7 +524,10 @@ def _exported(dataset_id: int, include_flagged: bool) -> list:
             SynthPair.rejected_by_hand == False]  # noqa: E712
 
 
-def length_histograms(dataset_id: int, bin_words: int = 5, include_flagged: bool = False
+LENGTH_BIN = 5  # words per bin of the Synthetic math page's length histograms
+
+
+def length_histograms(dataset_id: int, bin_words: int = LENGTH_BIN, include_flagged: bool = False
                       ) -> dict[str, list[tuple[int, int]]]:
     """Word-length histograms of the pairs export writes (chosen vs rejected as DPO will see them: failed and
     hand-rejected pairs left out), computed in SQL (fast at 100k pairs): {column: [(bin start, count)]}."""

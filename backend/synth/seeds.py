@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
+from backend.data import json_reason
 from backend.synth.answers import extract_answer, format_number, to_number
 
 CATEGORIES = ("arithmetic", "fractions_percentages", "linear_equations", "rate", "age", "money", "geometry",
@@ -206,7 +207,7 @@ def _read_records(path: Path, label: str) -> list[tuple[int, dict]]:
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise SeedError(f"{label}, line {n}: not valid JSON ({exc.msg}).")
+                raise SeedError(f"{label}, line {n}, column {exc.colno}: not valid JSON ({json_reason(exc)}).")
     if not rows:
         raise SeedError(f"{label} holds no records.")
     return rows
