@@ -5,8 +5,6 @@ per model, and a safetensors file with bytes appended passed the header check.""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
@@ -14,21 +12,10 @@ import pytest
 import yaml
 
 from backend import registry, runner
-from backend.__main__ import main
 from backend.safetensors_stream import CheckpointError, read_header
 from backend.specs import (CptSpec, DataSource, DpoSpec, EvalSpec, ImportSpec, MergeSpec, SftSpec, SynthMathSpec,
                            UpscaleSpec, load_spec)
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    """main() as the shell runs it: exit code (argparse's usage errors exit 2), stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as stop:
-            rc = stop.code
-    return rc, out.getvalue(), err.getvalue()
+from tests.test_review_cli import cli
 
 
 @pytest.fixture
