@@ -14,11 +14,11 @@ from sqlmodel import func, select
 from backend import analysis, registry, scoretable
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
-from pages.figures import bar_figure, by_bin_figure, length_box_figure, radar_figure, short_name
+from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
+                           short_name)
 from storage import db
 from storage.models import Generation
 
-NAME_CHARS = 56  # what the pinned model column ("large", 400 px) shows of a name
 
 
 def score_table(df: pd.DataFrame, key: str) -> None:
@@ -27,8 +27,9 @@ def score_table(df: pd.DataFrame, key: str) -> None:
     middle, as on the charts' axes, so two merges of the same candidates still differ in what shows."""
     shown = df.assign(model=[short_name(m, NAME_CHARS) for m in df["model"]])
     st.dataframe(shown, hide_index=True, key=key, column_config={
-        "model": st.column_config.TextColumn(pinned=True, width="large", help=f"Names over {NAME_CHARS} "
-                                             "characters are cut in the middle; Export CSV has them whole."),
+        "model": st.column_config.TextColumn(pinned=True, width=name_width(shown["model"]),
+                                             help=f"Names over {NAME_CHARS} characters are cut in the middle; Export "
+                                             "CSV has them whole."),
         "made from": st.column_config.TextColumn(width="medium")})
 
 

@@ -33,6 +33,16 @@ ACROSS_CHARS = 56  # characters that fit side by side under a half-page chart (1
 ROW_PX = 26  # height of one model's row when the bars lie down
 
 
+NAME_CHARS = 56  # what the score tables' pinned model column (400 px at most: name_width) shows of a name
+
+
+def name_width(names) -> int:
+    """Pixels for the pinned model column: its longest name (about 7 px a character in the table's font), at least
+    the header's, at most the 400 px NAME_CHARS fill. A fixed 400 px left two short names beside a scrolled-off
+    half of the scores."""
+    return min(max(7 * max(map(len, names), default=0) + 24, 100), 400)
+
+
 def short_name(name: str, width: int = LABEL_CHARS) -> str:
     """`name` cut to `width` characters in the middle: models made from one base share the start and differ at the
     end (…-sft, …-dpo-v2), so both ends stay."""

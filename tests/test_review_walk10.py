@@ -40,3 +40,11 @@ def test_a_json_error_says_where_on_its_line(tmp_path):
         data.load_source(str(bad))
     assert str(exc.value) == ("bad.jsonl, line 2, column 12: not valid JSON (Unterminated string starting there). "
                               "Each line must be one JSON object.")
+
+
+def test_the_pinned_model_column_is_as_wide_as_its_longest_name():
+    """A fixed 400 px column held "SmolLM2-135M-Instruct" and "walk-avg" and pushed half the scores out of sight."""
+    from pages.figures import NAME_CHARS, name_width
+
+    assert name_width(["SmolLM2-135M-Instruct", "walk-avg"]) == 7 * 21 + 24 == 171
+    assert name_width(["a"]) == 100 and name_width(["x" * NAME_CHARS]) == 400
