@@ -205,6 +205,18 @@ def check_rows(ds, source: str, layout: str, kind: str, n: int = 20) -> None:
             raise DataError(f"{source}, row {i + 1}: chosen and rejected must be text or lists of turns.")
 
 
+def check_source(source: str, kind: str) -> None:
+    """Read a training source as its job will (the file parses, its columns fit a layout of `kind`, its first rows
+    convert), raising DataError: the training job's own check, and the ones before it is queued or its recipe
+    planned (backend/runner.py, backend/recipe/plan.py)."""
+    ds = load_source(source)
+    try:
+        layout = detect_layout(ds.column_names, kind)
+    except DataError as exc:  # its columns alone did not say which source (a mix names several)
+        raise DataError(f"{source}: {exc}") from None
+    check_rows(ds, source, layout, kind)
+
+
 def _messages(row: dict, layout: str) -> list[dict]:
     if layout == "messages":
         return row["messages"]

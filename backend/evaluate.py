@@ -120,6 +120,16 @@ def _mc_problem(row: dict) -> str | None:
     return None
 
 
+def _gsm8k_problem(row: dict) -> str | None:
+    """A question that is no text, or an answer that is neither text nor a number, failed at scoring with a
+    traceback (an AttributeError on the answer's "####"), after the models loaded."""
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        return "question must be non-empty text."
+    if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
+        return f"answer must be text ending in '#### n' (or the number); got {type(row['answer']).__name__}."
+    return None
+
+
 def _mc(per_item: list[tuple]) -> dict:
     return {"acc": sum(a for a, _ in per_item) / len(per_item), "acc_norm": sum(b for _, b in per_item) / len(per_item)}
 
@@ -141,6 +151,9 @@ def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str |
             row = json.loads(line)
         except json.JSONDecodeError:
             raise EvalError(f"{p.name}, line {n}: not valid JSON.")
+        if not isinstance(row, dict):  # a list or a number: `in` below failed with a TypeError, not this line
+            raise EvalError(f"{p.name}, line {n}: expected an object {{{', '.join(fields)}}}; got "
+                            f"{type(row).__name__}.")
         missing = [f for f in fields if f not in row]
         if missing:
             raise EvalError(f"{p.name}, line {n}: missing {', '.join(missing)} (the layout is "
@@ -289,8 +302,9 @@ def task_set(task: str, limit: int) -> TaskSet:
         rows = read_jsonl(arg, ("question", "choices", "answer"), _mc_problem)[:limit]
         return TaskSet(task, kind, arg, rows, [r["question"] for r in rows])
     if kind == "gsm8k":
-        rows = read_jsonl(arg, ("question", "answer"))[:limit]
-        items = [(f"gsm8k-{j}", r["question"], r["answer"].rsplit("####", 1)[-1].strip()) for j, r in enumerate(rows)]
+        rows = read_jsonl(arg, ("question", "answer"), _gsm8k_problem)[:limit]
+        items = [(f"gsm8k-{j}", r["question"], str(r["answer"]).rsplit("####", 1)[-1].strip())
+                 for j, r in enumerate(rows)]
         return TaskSet(task, kind, arg, items, [q for _, q, _ in items])
     if kind == "lm-eval":
         from backend import lmeval
@@ -299,6 +313,27 @@ def task_set(task: str, limit: int) -> TaskSet:
             lmeval.resolve(name)
         return TaskSet(task, kind, f"lm-eval:{arg}", [], [], arg)
     raise EvalError(f"unknown task {task!r}")
+
+
+FILE_TASKS = ("perplexity", "qa", "mc", "gsm8k")  # the task kinds that read a source named after the colon
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # a path with one is read as a file (data.load_source)
+
+
+def check_task(task: str, limit: int) -> None:
+    """Read and check a task's items as the job will (task_set) when they come from this machine: a file, or for
+    perplexity a built-in or registered set. Run when the job is queued (runner.check_before_queueing) and when a
+    recipe is planned: a malformed file otherwise failed the job when its turn came, behind a busy queue. The
+    built-in task sets need no check; lm-eval tasks and Hub data sets are left to the job (they need the network)."""
+    kind, _, arg = task.partition(":")
+    path = Path(arg).expanduser()
+    if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
+                                                 or path.suffix in LOCAL_SUFFIXES):
+        return
+    try:
+        task_set(task, limit)
+    except UnicodeDecodeError as exc:  # a binary file: Python's message named neither the file nor the fix
+        raise EvalError(f"{task}: {path.name} is not UTF-8 text (byte {exc.start}); give a JSON Lines file, one "
+                        "object a line.") from None
 
 
 def run_lm_eval(folder: Path, task: str, limit: int, **kw):

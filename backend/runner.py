@@ -111,7 +111,8 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
 def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
     """Refuse what the registry already shows the job would fail on, before its row is written (the pages and
     `--queue` both queue through submit): a merge of models of another depth, width or dtype; an import of a path
-    that is no model, or under a name another model holds. Rows and paths only: no weights are read. A path is
+    that is no model, or under a name another model holds; an evaluation's malformed task file or a training job's
+    malformed data file (read as the job reads them). Rows, paths and data files only: no weights are read. A path is
     looked at only when the job will run on this machine: with a Ray cluster or a worker on another machine beating
     in the shared database, a folder this machine lacks may be where the job runs (the job says so if not).
     `coming`: the models jobs queued together with this one will make (a recipe's stages, checked before any is
@@ -138,6 +139,25 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
             check_import(spec.target, spec.name)
         elif spec.name:
             check_name_free(spec.name)
+    elif spec.kind == "eval" and _runs_here_only():  # its task files, read as the job reads them (a malformed one
+        from backend.evaluate import check_task  # failed it much later, behind a busy queue)
+
+        for task in spec.tasks:
+            check_task(task, spec.limit)
+    elif spec.kind in TRAIN_KINDS:
+        _check_train_files(spec)
+
+
+def _check_train_files(spec) -> None:
+    """A training job's built-in sets and local files, read as the job reads them (data.check_source): a malformed
+    file or one of the wrong layout was queued by `train --queue` and `run --queue` (the Train page previews it) and
+    failed the job when its turn came. Registered, mixed, Hub and recipe-made sets are left to the job; local files
+    only when the job runs on this machine."""
+    from backend import data
+
+    for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
+        if d.source.startswith("builtin:") or (_runs_here_only() and Path(d.source).expanduser().is_file()):
+            data.check_source(d.source, spec.kind)
 
 
 MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)

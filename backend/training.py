@@ -127,8 +127,7 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
     inspect_model(folder)  # a truncated or broken folder is refused here, as upscale, merge and eval refuse it
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
-        ds = data.load_source(source)
-        data.check_rows(ds, source, data.detect_layout(ds.column_names, spec.kind), spec.kind)
+        data.check_source(source, spec.kind)
     name = spec.name or spec.default_name()
     reference = spec.reference_model
     if reference is None and spec.kind == "cpt" and model_name:

@@ -11,7 +11,7 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, registry, scoretable
+from backend import analysis, registry, runner, scoretable
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
@@ -170,8 +170,13 @@ with st.expander("Evaluate", expanded=False):
                              "cluster's nodes; the scores are the same as one job's.")
         b1, b2 = st.columns(2)
         if b1.button("Evaluate", type="primary", key="evaluate"):
-            st.session_state["eval_jobs"] = [j for i, one in enumerate(espec.per_model() if fan else [espec])
-                                             if (j := submit(one, f"eval_job_{i}")) is not None]
+            try:  # every model and task file once, before the first job: a bad one said so once per model, and
+                runner.check_before_queueing(espec)  # the jobs of the models before it stayed queued
+            except ValueError as exc:
+                st.error(f"Not queued: {exc}")
+            else:
+                st.session_state["eval_jobs"] = [j for i, one in enumerate(espec.per_model() if fan else [espec])
+                                                 if (j := submit(one, f"eval_job_{i}")) is not None]
         b2.download_button("Save spec (YAML)", espec.to_yaml(), file_name="eval.yaml", key="eval_spec",
                            help="Rerun it with `python -m backend run FILE` (`--queue`: through the worker).")
     except ValidationError as exc:

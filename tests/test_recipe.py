@@ -259,8 +259,8 @@ def test_failed_stage_cancels_downstream_and_the_run_resumes(tiny_llama, tmp_pat
     d["stages"][1]["model"] = "sft-a"  # sft-a -> sft-b -> avg would be a chain; keep avg's depths equal
     d["stages"][2]["models"] = ["sft-a", "sft-b"]
     [p] = recipe.plan_text(text(d))
-    bad.write_text("this is not json\n")  # broken after planning: the job itself fails
     run1 = recipe.submit(p, text(d))
+    bad.write_text("this is not json\n")  # broken after queueing (both read it): the job itself fails
     runner.worker(once=True)
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
     assert rows["sft-a"][1].status == "succeeded" and rows["upscaled"][1].status == "succeeded"

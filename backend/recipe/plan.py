@@ -4,10 +4,11 @@
     python -m backend recipe run FILE       # submit and run (--queue: leave it to the worker)
 
 Planning resolves every stage reference, checks what needs files (the base's depth against m, data sets present,
-merges of models of one depth), and gives every stage a hash of its spec and its inputs' fingerprints (upstream
-hashes, the base folder's file sizes and mtimes, data files' contents). The hash is part of the model's
-name (RECIPE-STAGE-HASH8), so a later stage can name a model before it exists, an unchanged stage finds its model
-registered and is reused, and a changed stage gets a new name and reruns with everything downstream of it.
+data files and evaluation task files readable as their jobs will read them, merges of models of one depth), and
+gives every stage a hash of its spec and its inputs' fingerprints (upstream hashes, the base folder's file sizes
+and mtimes, data files' contents). The hash is part of the model's name (RECIPE-STAGE-HASH8), so a later stage
+can name a model before it exists, an unchanged stage finds its model registered and is reused, and a changed
+stage gets a new name and reruns with everything downstream of it.
 """
 
 from __future__ import annotations
@@ -146,6 +147,35 @@ def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
                       "or a Hub id.")
 
 
+def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
+    """Read a stage's data on this machine (a file, or built-in) as its training job will (training.check_inputs:
+    the file parses, its columns fit a layout of the stage's kind, the first rows convert): a malformed file or
+    one of the wrong layout passed the plan, and failed its stage only after the stages before it had run, leaving
+    the ones after it waiting. Registered and Hub data sets are left to the job. `checked`: (source, kind) pairs
+    already read in this plan (a sweep's stages share their data)."""
+    if (src, kind) in checked:
+        return
+    try:
+        data.check_source(src, kind)
+    except data.DataError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    checked.add((src, kind))
+
+
+def _check_tasks(spec: EvalSpec, where: str, checked: set) -> None:
+    """An evaluation's task files, read as its job will (evaluate.check_task), each once per plan: the recipe's
+    evaluation is one spec per model, all with the same tasks."""
+    from backend.evaluate import check_task
+
+    for task in spec.tasks:
+        if (task, "eval") not in checked:
+            try:
+                check_task(task, spec.limit)
+            except ValueError as exc:
+                raise RecipeError(f"{where}: {exc}") from None
+            checked.add((task, "eval"))
+
+
 def _order(stages: list[dict]) -> list[dict]:
     """Stages in dependency order; a cycle is refused with its path."""
     by_name = {s["name"]: s for s in stages}
@@ -247,6 +277,7 @@ def plan(recipe: RecipeSpec) -> Plan:
                 raise RecipeError(f"{where}: {ref!r} is not a stage of this recipe (stages: "
                                   f"{', '.join(sorted(names)) or 'none'}) nor a registered model or model folder.")
     b = recipe.budget
+    checked: set = set()  # the data files and task files read, once each
     for st in _order(stages):
         name, kind = st["name"], st["kind"]
         deps = sorted({ref for _, ref in stage_refs(st) if ref in names or ref in RESERVED})
@@ -272,6 +303,8 @@ def plan(recipe: RecipeSpec) -> Plan:
                 hit = STAGE_REF.match(src)
                 src = f"dataset:{out[hit[1]]}-{hit[2]}" if hit else src
                 fps[src] = _source_fp(src, f"stage {name}.{key}[{j}].source", produced)
+                if kind in TRAIN_KINDS and (src.startswith("builtin:") or Path(src).expanduser().is_file()):
+                    _check_rows(src, kind, f"stage {name}.{key}[{j}].source", checked)
                 if not hit and "/" in src and not Path(src).expanduser().exists() and \
                         not src.startswith(("builtin:", "dataset:", "mix:")):
                     need_hub(f"stage {name}.{key}[{j}].source", src)
@@ -282,6 +315,8 @@ def plan(recipe: RecipeSpec) -> Plan:
         spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
         if kind != "eval":
             spec = spec.model_copy(update={"name": output})
+        else:
+            _check_tasks(spec, f"stage {name}.tasks", checked)
         d = None
         if kind in TRAIN_KINDS:
             d = depth[st["model"]]
@@ -310,6 +345,7 @@ def plan(recipe: RecipeSpec) -> Plan:
             h = _sha(["eval", ev, n.hash, n.output])
             nodes.append(Node(f"eval:{n.stage}", "eval", EvalSpec(models=[n.output], **ev), "", h, [n.stage],
                               info={"of": n.stage}))
+            _check_tasks(nodes[-1].spec, "eval.tasks", checked)
     _look_up(nodes)
     return Plan(recipe, nodes)
 
