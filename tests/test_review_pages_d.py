@@ -102,7 +102,7 @@ def test_scores_come_before_the_lineage_and_the_name_is_pinned(tiny, tiny_llama)
     assert list(table.value.columns)[:3] == ["model", "average (accuracy tasks)", "perplexity (perplexity)"]
     assert list(table.value["model"]) == [f"{LONG[:27]}…{LONG[-21:]}-merged", "tiny"]  # cut in the middle
     config = json.loads(table.proto.columns)
-    assert config["model"]["pinned"] is True and config["model"]["width"] == "large"
+    assert config["model"]["pinned"] is True and config["model"]["width"] == 400  # the longest name fills it (name_width)
 
 
 # ---- 3. what separates, in plain words; too few items per task is said beforehand ------------------------------
