@@ -316,7 +316,6 @@ def task_set(task: str, limit: int) -> TaskSet:
 
 
 FILE_TASKS = ("perplexity", "qa", "mc", "gsm8k")  # the task kinds that read a source named after the colon
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # a path with one is read as a file (data.load_source)
 
 
 def check_task(task: str, limit: int) -> None:
@@ -324,10 +323,12 @@ def check_task(task: str, limit: int) -> None:
     perplexity a built-in or registered set. Run when the job is queued (runner.check_before_queueing) and when a
     recipe is planned: a malformed file otherwise failed the job when its turn came, behind a busy queue. The
     built-in task sets need no check; lm-eval tasks and Hub data sets are left to the job (they need the network)."""
+    from backend.uploads import DATA_SUFFIXES  # a path with one is read as a file (data.load_source)
+
     kind, _, arg = task.partition(":")
     path = Path(arg).expanduser()
     if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
-                                                 or path.suffix in LOCAL_SUFFIXES):
+                                                 or path.suffix in DATA_SUFFIXES):
         return
     try:
         task_set(task, limit)
