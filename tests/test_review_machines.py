@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -259,3 +260,41 @@ def test_a_ray_submission_whose_answer_was_lost_is_watched_not_queued_again(monk
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
     with pytest.raises(OSError, match="Connection refused"):  # the worker gives it back to the queue
         ray_jobs.submit(job, "http://head:8265")
+
+
+class _KeptRay:
+    """A Ray Jobs client holding earlier attempts of a job: Ray refuses a taken submission id ("already exists")."""
+
+    def __init__(self, statuses: dict):
+        self.statuses, self.submitted = statuses, []
+
+    def submit_job(self, *, submission_id, **_):
+        if submission_id in self.statuses:
+            raise RuntimeError(f"Job with submission_id {submission_id} already exists. Please use a different id.")
+        self.submitted.append(submission_id)
+
+    def get_job_info(self, submission_id):
+        return SimpleNamespace(status=self.statuses[submission_id])
+
+
+def test_a_ray_submission_lost_while_the_cluster_was_unreachable_is_watched_when_it_comes_back(monkeypatch):
+    """Its submit landed, but neither the answer nor `_holds` reached the cluster, so the job went back to the
+    queue; the next claim found attempt 1 taken, submitted attempt 2 and the job ran twice at once. A still running
+    attempt the job never recorded is watched; an ended one, or its recorded (cancelled) run, is skipped as before."""
+    from ray.job_submission import JobStatus
+
+    job = _row()
+    sid = lambda n: f"dus-{ray_jobs.workspace_tag()}-{job.id}-{n}"  # noqa: E731
+    fake = _KeptRay({sid(1): JobStatus.RUNNING})
+    monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    run = ray_jobs.submit(job, "http://head:8265")
+    assert run.submission_id == sid(1) and fake.submitted == []
+    fake = _KeptRay({sid(1): JobStatus.FAILED, sid(2): JobStatus.STOPPED})
+    monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    run = ray_jobs.submit(job, "http://head:8265")
+    assert run.submission_id == sid(3) and fake.submitted == [sid(3)]
+    job.cluster_ref = sid(1)  # its recorded run, cancelled and still stopping when the job was resumed
+    fake = _KeptRay({sid(1): JobStatus.RUNNING})
+    monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    run = ray_jobs.submit(job, "http://head:8265")
+    assert run.submission_id == sid(2) and fake.submitted == [sid(2)]

@@ -359,6 +359,8 @@ def submit(job: Job, addr: str) -> RayRun:
             return RayRun(addr, sid)
         except Exception as exc:
             if isinstance(exc, RuntimeError) and "already exists" in str(exc):
+                if sid != job.cluster_ref and _running(c, sid):
+                    return RayRun(addr, sid)  # an earlier claim's lost submission is on the cluster: watch it
                 continue  # an earlier attempt's id (Ray keeps ended jobs)
             if _holds(c, sid):
                 return RayRun(addr, sid)  # its answer was lost, the submission was not
@@ -375,6 +377,19 @@ def _holds(c, sid: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 ("does not exist", or the cluster is unreachable)
         return False
+
+
+def _running(c, sid: str) -> bool:
+    """Whether submission `sid` is pending or running on the cluster. A submit whose answer was lost while the
+    cluster was also unreachable cannot be asked about (`_holds`), so the job went back to the queue; the next claim
+    finds that attempt's id taken and, skipping to the next attempt, ran the job twice at once. The caller asks only
+    for an id the job never recorded (its recorded run was cancelled or ended, and may still be stopping); an ended
+    attempt is skipped; a cluster that cannot say counts as not running."""
+    try:
+        status = getattr(c.get_job_info(sid), "status", None)
+    except Exception:  # noqa: BLE001 (the cluster is unreachable again: the next attempt's submit says so)
+        return False
+    return status is not None and not status.is_terminal()
 
 
 def end_fields(job: Job, info) -> dict:
