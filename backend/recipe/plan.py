@@ -4,7 +4,8 @@
     python -m backend recipe run FILE       # submit and run (--queue: leave it to the worker)
 
 Planning resolves every stage reference, checks what needs files (the base's depth against m, data sets present,
-data files and evaluation task files readable as their jobs will read them, merges of models of one depth), and
+built-in, registered and local data and evaluation task files readable as their jobs will read them, the recipe's
+own synthetic data of a layout its stage trains on, merges of models of one depth), and
 gives every stage a hash of its spec and its inputs' fingerprints (upstream hashes, the base folder's file sizes
 and mtimes, data files' contents). The hash is part of the model's name (RECIPE-STAGE-HASH8), so a later stage
 can name a model before it exists, an unchanged stage finds its model registered and is reused, and a changed
@@ -147,19 +148,59 @@ def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
                       "or a Hub id.")
 
 
+def _hub_id(src: str) -> bool:
+    """Whether a data source is a Hub data set id (owner/name), as _source_fp tells them apart: the plan leaves its
+    rows to the job (this machine may be offline), and asks only that the Hub be reachable."""
+    path = Path(src).expanduser()
+    return (src.count("/") == 1 and not src.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
+            and not path.exists() and path.suffix not in (".jsonl", ".json", ".csv", ".parquet", ".txt"))
+
+
 def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
-    """Read a stage's data on this machine (a file, or built-in) as its training job will (training.check_inputs:
-    the file parses, its columns fit a layout of the stage's kind, the first rows convert): a malformed file or
-    one of the wrong layout passed the plan, and failed its stage only after the stages before it had run, leaving
-    the ones after it waiting. Registered and Hub data sets are left to the job. `checked`: (source, kind) pairs
-    already read in this plan (a sweep's stages share their data)."""
+    """Read a stage's data on this machine (a built-in, a registered set, a local file, each source of a mix) as its
+    training job will (training.check_inputs: the mix expanded, each file parses, its columns fit a layout of the
+    stage's kind, the first rows convert): a malformed file or one of the wrong layout passed the plan, and failed
+    its stage only after the stages before it had run, leaving the ones after it waiting. Hub ids are left to the
+    job. `checked`: (source, kind) pairs already read in this plan (a sweep's stages share their data)."""
     if (src, kind) in checked:
         return
     try:
-        data.check_source(src, kind)
+        for item, _ in data.expand([(src, 1.0)]):
+            if (item, kind) not in checked and not _hub_id(item):
+                data.check_source(item, kind)
+                checked.add((item, kind))
     except data.DataError as exc:
         raise RecipeError(f"{where}: {exc}") from None
     checked.add((src, kind))
+
+
+# The columns of the two sets a synth-math stage writes (backend/synth/pipeline.py, export): Synth. Math-Instruct
+# as chat turns, Synth. Math-Alignment as preference pairs (SOLAR, arXiv 2312.15166, section 3).
+SYNTH_PARTS = {"instruct": ("Synth. Math-Instruct", ("messages",)),
+               "alignment": ("Synth. Math-Alignment", ("prompt", "chosen", "rejected"))}
+
+
+def _misfit(part: str, kind: str) -> str | None:
+    """Why a synthetic part's rows fit no layout a stage of `kind` trains on (data.detect_layout's reason, the
+    job's own check), or None when they fit."""
+    try:
+        data.detect_layout(list(SYNTH_PARTS[part][1]), kind)
+        return None
+    except data.DataError as exc:
+        return str(exc)
+
+
+def _check_part(stage: str, part: str, kind: str, where: str) -> None:
+    """A recipe's own synthetic data, checked from its part's known columns: the file does not exist until its
+    synth-math stage has run, and a dpo stage reading Math-Instruct planned, then failed only after the up-scale
+    and every stage before it had run, leaving the stages after it waiting."""
+    if (why := _misfit(part, kind)) is None:
+        return
+    label, cols = SYNTH_PARTS[part]
+    other = next((p for p in SYNTH_PARTS if _misfit(p, kind) is None), None)
+    instead = f"stage:{stage}/{other} ({SYNTH_PARTS[other][0]})" if other else "a data set of a layout it fits"
+    raise RecipeError(f"{where}: stage:{stage}/{part} is {label} ({', '.join(cols)} rows), which a {kind} stage "
+                      f"cannot train on — {why} Use {instead} instead.")
 
 
 def _check_tasks(spec: EvalSpec, where: str, checked: set) -> None:
@@ -293,21 +334,24 @@ def plan(recipe: RecipeSpec) -> Plan:
         if kind == "eval" and b.eval_limit:
             body["limit"] = min(body.get("limit", 40), b.eval_limit)
         # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
-        produced = {f"{out[d]}-{part}": hashes[d] for d in deps if kinds.get(d) == "synth-math"
-                    for part in ("instruct", "alignment")}
+        made = {f"{out[d]}-{part}": (d, part) for d in deps if kinds.get(d) == "synth-math" for part in SYNTH_PARTS}
+        produced = {n: hashes[d] for n, (d, _) in made.items()}
         fps = {}
         for key in ("data", "eval_data"):
             items = body.get(key) or []
             for j, d in enumerate(items if isinstance(items, list) else [items]):
                 src = d.get("source", "") if isinstance(d, dict) else ""
+                where = f"stage {name}.{key}[{j}].source"
                 hit = STAGE_REF.match(src)
                 src = f"dataset:{out[hit[1]]}-{hit[2]}" if hit else src
-                fps[src] = _source_fp(src, f"stage {name}.{key}[{j}].source", produced)
-                if kind in TRAIN_KINDS and (src.startswith("builtin:") or Path(src).expanduser().is_file()):
-                    _check_rows(src, kind, f"stage {name}.{key}[{j}].source", checked)
-                if not hit and "/" in src and not Path(src).expanduser().exists() and \
-                        not src.startswith(("builtin:", "dataset:", "mix:")):
-                    need_hub(f"stage {name}.{key}[{j}].source", src)
+                fps[src] = _source_fp(src, where, produced)
+                own = made.get(src.removeprefix("dataset:")) if src.startswith("dataset:") else None
+                if kind in TRAIN_KINDS and own:
+                    _check_part(*own, kind, where)
+                elif kind in TRAIN_KINDS and not _hub_id(src):
+                    _check_rows(src, kind, where, checked)
+                if _hub_id(src):
+                    need_hub(where, src)
         # the stage's name is in the hash: two stages with the same body are still two models
         h = _sha([kind, body, [hashes[d] for d in deps], fps,
                   {r: hashes[r] for _, r in stage_refs(st) if r in hashes}])
