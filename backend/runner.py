@@ -149,15 +149,19 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
 
 
 def _check_train_files(spec) -> None:
-    """A training job's built-in sets and local files, read as the job reads them (data.check_source): a malformed
-    file or one of the wrong layout was queued by `train --queue` and `run --queue` (the Train page previews it) and
-    failed the job when its turn came. Registered, mixed, Hub and recipe-made sets are left to the job; local files
-    only when the job runs on this machine."""
+    """A training job's built-in and registered sets (a mix's sources too) and local files, read as the job reads
+    them (data.expand, data.check_source): a malformed file or one of the wrong layout was queued by `train --queue`
+    and `run --queue` (the Train page previews it) and failed the job when its turn came. Hub sets are left to the
+    job; local files only when the job runs on this machine (registered sets live in the shared workspace); a set
+    not registered yet, as the job that makes it may be queued before this one (a recipe's synth-math stage)."""
     from backend import data
+    from backend.synth.pipeline import get_dataset
 
     for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
-        if d.source.startswith("builtin:") or (_runs_here_only() and Path(d.source).expanduser().is_file()):
-            data.check_source(d.source, spec.kind)
+        for src, _ in data.expand([(d.source, 1.0)]):
+            if src.startswith("builtin:") or (src.startswith("dataset:") and get_dataset(src[len("dataset:"):])) \
+                    or (_runs_here_only() and Path(src).expanduser().is_file()):
+                data.check_source(src, spec.kind)
 
 
 MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)

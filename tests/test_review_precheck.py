@@ -222,3 +222,34 @@ def test_train_and_run_queue_refuse_a_malformed_data_file(tiny_llama, tmp_path, 
     with pytest.raises(data.DataError, match="builtin:facts-corpus"):  # plain text, no sft layout
         runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:facts-corpus")]))
     assert runner.list_jobs() == []
+
+
+def test_train_queue_refuses_a_registered_set_or_mix_of_the_wrong_layout(tiny_llama, workspace, capsys):
+    """A registered set or a mix holding one, of a layout the job cannot train on, was queued by `train --queue` and
+    failed the job when its turn came (only built-in sets and local files were read)."""
+    from backend.synth import pipeline
+
+    registry.import_folder(tiny_llama, "tiny")
+    chat = workspace / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "1 + 1?"},
+                                             {"role": "assistant", "content": "2"}]}) + "\n")
+    pipeline.save_dataset("chat", "sft", str(chat), 1, {})
+    pipeline.save_mix("chat-mix", [("dataset:chat", 1.0), ("builtin:alpaca-mini", 1.0)], "sft")
+    for source in ("dataset:chat", "mix:chat-mix"):
+        assert cli(["train", "dpo", "--model", "tiny", "--data", source, "--queue"]) == 2
+        assert "dataset:chat: Columns ['messages'] fit no layout usable for dpo" in capsys.readouterr().err
+    nothing_queued()
+    assert cli(["train", "sft", "--model", "tiny", "--data", "mix:chat-mix", "--queue"]) == 0
+    assert [j.kind for j in runner.list_jobs()] == ["sft"]
+
+
+def test_a_recipe_stage_on_its_own_synthetic_data_still_queues(tiny_llama, workspace):
+    """Registered sets are read before a training job is queued; the recipe's own synthetic sets are not registered
+    until their synth-math stage has run, and the recipe queues every stage at once."""
+    from tests.test_review_recipe11 import recipe_text, stage
+
+    [run_id] = recipe.run_recipe(recipe_text(tiny_llama, stage("sft", "stage:synth/instruct"),
+                                             stage("dpo", "stage:synth/alignment", name="align")))
+    kinds = [j.kind for _, j in recipe.stages(run_id) if j]
+    assert kinds.count("synth-math") == 1 and {"sft", "dpo"} <= set(kinds)
+    assert {j.status for j in runner.list_jobs()} == {"queued"}
