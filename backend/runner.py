@@ -323,12 +323,15 @@ def _unwatched(job) -> str | None:
 
 
 def _silence(age: float) -> str:
-    """How long a machine's workers have been silent, in the unit a reader takes in at a glance."""
-    if age == float("inf"):
-        return "sent no heartbeat in the last day"
-    if age < 120:
-        return f"stopped beating {age:.0f} s ago"
-    return f"stopped beating {age / 60:.0f} min ago" if age < 7200 else f"stopped beating {age / 3600:.0f} h ago"
+    """How long a machine's workers have been silent."""
+    return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
+
+
+def ago(seconds: float) -> str:
+    """A time span back from now in the unit a reader takes in at a glance."""
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s ago"
+    return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
 
 
 def metrics(job_ids: list[int]) -> list[JobMetric]:

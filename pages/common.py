@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -90,7 +91,11 @@ def job_status(job_id: int) -> None:
             st.session_state[seen] = True
             st.rerun(scope="app")  # once: let the page show what the job made
         if job.status in ("queued", "running"):
-            st.progress(min(max(job.progress, 0.0), 1.0), text=label)
+            if said.startswith("running?"):  # runner.job_message: no worker, no process: nothing moves it on
+                st.warning(label)
+                st.caption(stale_progress(job))
+            else:
+                st.progress(min(max(job.progress, 0.0), 1.0), text=label)
             if st.button("Cancel", key=f"cancel_{job.id}"):
                 runner.cancel(job.id)
                 st.rerun()
@@ -114,6 +119,17 @@ def job_status(job_id: int) -> None:
                     st.rerun(scope="app")
 
     _show()
+
+
+def stale_progress(job) -> str:
+    """The last progress of a job whose worker and process are gone, said as a past state: drawn as a progress bar,
+    it looked live while nothing advanced it. When: its log's last write (the job prints every progress line there,
+    backend/runner.py execute; a log on another machine is not seen here, and then no time is said)."""
+    said = f"Last progress {job.progress:.0%}" + (f" ({job.message})" if job.message else "")
+    log = Path(job.log_path) if job.log_path else None
+    if log and log.exists():
+        said += f"; its log was last written {runner.ago(time.time() - log.stat().st_mtime)}"
+    return said + ": not live, nothing advances it until the job is resumed."
 
 
 def live_log(job_id: int, lines: int) -> None:

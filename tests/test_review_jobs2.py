@@ -133,7 +133,7 @@ def test_jobs_page_shows_the_doubt_in_its_table_and_status_box():
     assert shown == {dead.id: GONE.format(dead.id), beating.id: "step 3/6"}
     at.selectbox(key="job").set_value(dead.id).run()
     label = f"Job {dead.id} (upscale): {GONE.format(dead.id)}"  # its status said once
-    assert [p.proto.text for p in at.get("progress")] == [label]
+    assert not at.get("progress") and label in [w.value for w in at.warning]  # no live bar (tests/test_review_s11.py)
     assert runner.get(dead.id).status == "running"
     _beat("machine-b", age=0)  # a worker beats again: it marks the row itself, the page no longer doubts it
     at.run()
