@@ -446,6 +446,12 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     for name in (f"{prefix}-instruct", f"{prefix}-alignment"):  # before a file is written
         if why := _not_export_of(get_dataset(name), pairs_name):
             raise DatasetError(why)
+        try:  # a deleted export's name, which models trained on it still name: export once re-registered it
+            check_not_orphaned_dataset(name)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc} Nothing was exported: the export of {pairs_name} is always named {name}. Run "
+                               "the synthetic-math job again under another name (--name, or Name on the Synthetic "
+                               "math page), then export that.") from None
     out_dir = Path(out_dir or Path(rec.path).parent)
     with db.session() as s:
         rows = list(s.exec(select(SynthPair).where(*_exported(rec.id, include_flagged)).order_by(SynthPair.id)))
