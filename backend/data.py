@@ -12,6 +12,9 @@ Recognised layouts, converted to what trl's trainers take:
 
 from __future__ import annotations
 
+import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +106,8 @@ def load_source(source: str, split: str = "train"):
         if path.stat().st_size == 0:
             raise DataError(f"Data file {path} is empty: it has no rows.")
         try:
-            ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
+            with _quiet_loader(loaders[path.suffix]):
+                ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # pyarrow / json errors: say which file and why
             raise DataError(_unreadable(path, loaders[path.suffix], exc)) from None
         if loaders[path.suffix] == "text":
@@ -124,6 +128,33 @@ def load_source(source: str, split: str = "train"):
     if len(ds) == 0:
         raise DataError(f"{source} has no rows.")
     return ds
+
+
+class _ThisThread(logging.Filter):
+    """Drops the ERROR records logged in the thread that made it (other threads' loads keep theirs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or record.thread != self.thread
+
+
+@contextmanager
+def _quiet_loader(loader: str):
+    """Silence the `datasets` file loader's own error line while load_source runs it: the json, csv and parquet
+    builders (datasets/packaged_modules/*/*.py) log "Failed to load JSON from file … ArrowInvalid …" (or "Failed to
+    read file …") just before they raise, and that raw line reached stderr ahead of the one-line DataError that
+    _unreadable makes of the same failure. Only this call's records go: the filter sits on that loader's logger for
+    the call's duration and keeps other threads' records."""
+    logger = logging.getLogger(f"datasets.packaged_modules.{loader}.{loader}")
+    quiet = _ThisThread()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _unreadable(path: Path, loader: str, exc: Exception) -> str:
