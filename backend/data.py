@@ -165,7 +165,9 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
 
     name = shown_name(path)
     if loader == "json" and (bad := _first_bad_json_line(path)):
-        return f"{name}, line {bad[0]}, column {bad[1]}: not valid JSON ({bad[2]}). Each line must be one JSON object."
+        shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
+                 else "Each line must be one JSON object")
+        return f"{name}, line {bad[0]}, column {bad[1]}: not valid JSON ({bad[2]}). {shape}."
     while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
         exc = exc.__cause__
     why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text

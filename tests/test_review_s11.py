@@ -127,3 +127,14 @@ def test_the_cli_prints_one_clean_line_for_a_malformed_file(bad_jsonl):
     assert done.stderr.splitlines() == ["error: bad.jsonl, line 2, column 10: not valid JSON (Expecting value). "
                                         "Each line must be one JSON object."]
     assert pipeline.get_dataset("m") is None
+
+
+def test_a_broken_json_array_file_is_not_told_to_hold_one_object_per_line(tmp_path):
+    """A .json file is read as one array (or JSON Lines); its error said "Each line must be one JSON object", wrong
+    for the array a user wrote."""
+    bad = tmp_path / "rows.json"
+    bad.write_text('[{"prompt": "hi", "completion": "yo"},\n {"prompt": "x" "completion": "y"}]\n')
+    with pytest.raises(data.DataError) as exc:
+        data.load_source(str(bad))
+    assert str(exc.value) == ("rows.json, line 2, column 17: not valid JSON (Expecting ',' delimiter). A .json file "
+                              "holds one JSON array of objects, or one object per line.")
