@@ -44,12 +44,15 @@ def job_table() -> None:
         return
     alive, active = runner.worker_alive(), runner.active_jobs()
     col = st.column_config
+    said = {j.id: runner.job_message(j, active, alive) for j in jobs}
     st.dataframe(pd.DataFrame([{
         # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
-        "id": j.id, "kind": j.kind, "output": short_name(output(j), 28), "status": j.status, "progress": j.progress,
+        "id": j.id, "kind": j.kind, "output": short_name(output(j), 28),
+        # a row "running" whose worker and process are gone: its status doubted where the eye looks first
+        "status": "running?" if said[j.id].startswith("running?") else j.status, "progress": j.progress,
         # a failed job's error takes the place of its "failed" (runner.job_message): a separate column was squeezed
         # to a few characters by the long messages, so the reason could not be read
-        "message": runner.job_message(j, active, alive),
+        "message": said[j.id],
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",

@@ -131,6 +131,7 @@ def test_jobs_page_shows_the_doubt_in_its_table_and_status_box():
     table = at.dataframe[0].value
     shown = dict(zip(table["id"], table["message"]))
     assert shown == {dead.id: GONE.format(dead.id), beating.id: "step 3/6"}
+    assert dict(zip(table["id"], table["status"])) == {dead.id: "running?", beating.id: "running"}
     at.selectbox(key="job").set_value(dead.id).run()
     label = f"Job {dead.id} (upscale): {GONE.format(dead.id)}"  # its status said once
     assert not at.get("progress") and label in [w.value for w in at.warning]  # no live bar (tests/test_review_s11.py)
