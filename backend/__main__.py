@@ -275,7 +275,9 @@ def cmd_eval(a) -> None:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
         print(f"{r.model:{width}} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
         overlap = (r.details or {}).get("overlap") or {}
-        notes.update(dict.fromkeys(f"{r.model}: {n}" for n in overlap.get("notes", [])))
+        # a note names the model of the lineage it is about ("tiny: base model, …"): once, for the model itself
+        notes.update(dict.fromkeys(n if n.startswith(f"{r.model}: ") else f"{r.model}: {n}"
+                                   for n in overlap.get("notes", [])))
         notes.update(dict.fromkeys(f"{r.model}: overlap unknown: its training data {src} could not be read ({why})"
                                    for src, why in (overlap.get("unchecked") or {}).items()))
     for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it

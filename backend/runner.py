@@ -808,8 +808,8 @@ def _not_ours_any_longer(running: dict) -> list[int]:
 
 
 def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> None:
-    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS or 1: one job per
-    device). `once`: run what is runnable now, wait for it, then return (tests, scripts)."""
+    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1). `once`: run what is
+    runnable now, wait for it, then return (tests, scripts)."""
     slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
     job_niceness()  # a bad $DUS_JOB_NICE stops the worker at start, not its first job
     if addr := ray_jobs.address():

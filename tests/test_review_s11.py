@@ -138,3 +138,14 @@ def test_a_broken_json_array_file_is_not_told_to_hold_one_object_per_line(tmp_pa
         data.load_source(str(bad))
     assert str(exc.value) == ("rows.json, line 2, column 17: not valid JSON (Expecting ',' delimiter). A .json file "
                               "holds one JSON array of objects, or one object per line.")
+
+
+def test_eval_names_a_base_model_once_in_its_note(tiny_llama, capsys):
+    """The note already names the lineage's model it is about; the command put the evaluated name before it again
+    ("note: tiny: tiny: base model, …")."""
+    from backend.__main__ import main as cli
+
+    registry.import_folder(tiny_llama, "tiny")
+    assert cli(["eval", "tiny", "--tasks", "perplexity", "--limit", "2"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: tiny: base model, its pretraining data is not known here"]
