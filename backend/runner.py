@@ -218,17 +218,11 @@ def _check_depths(spec) -> None:
     """The layers an up-scaling asks for exist in its registered sources (m, groups, slices against their depths),
     by the same rules the build applies; a source still to be made is left to the job."""
     from backend import registry
-    from backend.upscale import dus, llama_pro, slices
+    from backend.upscale import layer_slots
 
     recs = [registry.record(r) for r in (spec.base, spec.second) if r]
-    if any(r is None or not r.num_layers for r in recs):
-        return
-    if spec.method == "dus":
-        dus.plan(recs[0].num_layers, m=spec.m)
-    elif spec.method == "llama-pro":
-        llama_pro.plan(recs[0].num_layers, groups=spec.groups)
-    else:
-        slices.plan([r.num_layers for r in recs], slices=[(x.source, x.start, x.end) for x in spec.slices])
+    if all(r is not None and r.num_layers for r in recs):
+        layer_slots(spec, [r.num_layers for r in recs])
 
 
 def _runs_here_only() -> bool:

@@ -66,7 +66,12 @@ def test_plan_names_hashes_and_dependencies(tiny_llama):
     (lambda d: d["stages"][0].update(data=[{"source": "builtin:nope"}]), "stage sft-a.data[0].source"),
     (lambda d: d["stages"][0].update(data=[{"source": "/no/such/file.jsonl"}]), "does not exist"),
     (lambda d: d["stages"][0].update(data=[{"source": "dataset:nothing"}]), "no registered data set"),
-    (lambda d: d["upscale"].update(m=3), "upscale.m: m=3 is out of range for the 6-layer base"),
+    (lambda d: d["upscale"].update(m=3), "upscale: m=3 is out of range for a 6-layer model: choose 1 <= m <= 2"),
+    # the build's own rules for every method (a groups or slice the base cannot hold planned, then failed its job)
+    (lambda d: d.update(upscale={"method": "llama-pro", "groups": 4}),
+     "upscale: groups=4: the 6 layers must split into equal groups; choose one of [1, 2, 3, 6]."),
+    (lambda d: d.update(upscale={"method": "slices", "slices": [{"start": 0, "end": 4}, {"start": 2, "end": 9}]}),
+     "upscale: slices: range [2, 9) is out of range for source 0 with 6 layers"),
     (lambda d: d["stages"][1].update(model="base"), "stage avg.models: sft-a has 8, sft-b has 6 layers"),
     (lambda d: d["stages"].append({"name": "sft-a", "kind": "sft", "model": "base",
                                    "data": [{"source": "builtin:alpaca-mini"}]}), "used twice"),
@@ -322,7 +327,7 @@ def test_recipe_page_plans_a_preset_and_shows_a_run(tiny_llama):
     # a bad edit is refused with the field named, nothing queued
     at.text_area(key="recipe_yaml").input(at.text_area(key="recipe_yaml").value.replace("m: 2", "m: 3")).run()
     at.button(key="recipe_run").click().run()
-    assert any("upscale.m: m=3 is out of range" in e.value for e in at.error) and runner.list_jobs() == []
+    assert any("upscale: m=3 is out of range" in e.value for e in at.error) and runner.list_jobs() == []
     at.text_area(key="recipe_yaml").input(at.text_area(key="recipe_yaml").value.replace("m: 3", "m: 2")).run()
     at.button(key="recipe_run").click().run()  # queued (no worker here): the graph and the stage list appear
     assert not at.exception and len(runner.list_jobs()) == 5

@@ -281,19 +281,13 @@ def plan(recipe: RecipeSpec) -> Plan:
         body = dict(recipe.upscale)
         h = _sha(["upscale", body, base.hash])
         spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
-        n = base.depth
-        if spec.method == "dus":
-            from backend.upscale.dus import valid_m
+        from backend.upscale import layer_slots
 
-            ok = valid_m(n)
-            if spec.m not in ok:
-                raise RecipeError(f"upscale.m: m={spec.m} is out of range for the {n}-layer base; choose "
-                                  f"{ok.start} <= m <= {ok.stop - 1} (s = 2·(n−m) layers).")
-            d = 2 * (n - spec.m)
-        elif spec.method == "llama-pro":
-            d = n + spec.groups
-        else:
-            d = sum(s.end - s.start for s in spec.slices)
+        depths = [base.depth] + ([_num_layers(registry.resolve(spec.second)[0])] if spec.second else [])
+        try:  # the build's own rules and words (a groups or slice the base cannot hold was left to the job)
+            d = len(layer_slots(spec, depths))
+        except ValueError as exc:
+            raise RecipeError(f"upscale: {exc}") from None
         nodes.append(Node("upscaled", "upscale", spec, spec.name, h, ["base"], d))
         depth["upscaled"], out["upscaled"], hashes["upscaled"] = d, spec.name, h
 

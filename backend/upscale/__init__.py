@@ -77,12 +77,15 @@ class UpscalePlan:
                 for i, sl in enumerate(self.slots)]
 
 
-def layer_slots(spec: UpscaleSpec, sources: list[ModelInfo]) -> list[Slot]:
+def layer_slots(spec: UpscaleSpec, depths: list[int]) -> list[Slot]:
+    """The up-scaled model's layers from sources of `depths` layers (base first); a ValueError says which m, groups
+    or slice does not fit them and what to choose. The build, the check before queueing (backend/runner.py) and the
+    recipe plan (backend/recipe/plan.py) all ask here."""
     if spec.method == "dus":
-        return dus.plan(sources[0].num_layers, m=spec.m)
+        return dus.plan(depths[0], m=spec.m)
     if spec.method == "llama-pro":
-        return llama_pro.plan(sources[0].num_layers, groups=spec.groups)
-    return slices.plan([s.num_layers for s in sources], slices=[(r.source, r.start, r.end) for r in spec.slices])
+        return llama_pro.plan(depths[0], groups=spec.groups)
+    return slices.plan(depths, slices=[(r.source, r.start, r.end) for r in spec.slices])
 
 
 def check_compatible(a: ModelInfo, b: ModelInfo) -> None:
@@ -107,7 +110,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
     sources = [inspect_model(f) for f in folders]
     if len(sources) == 2:
         check_compatible(sources[0], sources[1])
-    slots = layer_slots(spec, sources)
+    slots = layer_slots(spec, [s.num_layers for s in sources])
     base = sources[0]
     tensors: list[OutTensor] = []
     emb_names = [n for n in base.other if "embed" in n or n.endswith("wte.weight") or n.endswith("wpe.weight")]
