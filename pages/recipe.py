@@ -14,11 +14,46 @@ from backend.specs import TRAIN_KINDS
 from pages.common import via_app, worker_banner
 from pages.figures import PALETTE, metric_figure, recovery_figure
 
+
+def data_text(n) -> str:
+    """A stage's data sources as the recipe names them (stage:math/instruct, not the data set's hashed name), each
+    weight other than 1 as ×W: sft-v1 and sft-v2 differ only here, which the table did not show."""
+    weights = [d.weight for d in getattr(n.spec, "data", None) or []]
+    return " + ".join(src + (f" ×{w:g}" if w != 1 else "") for src, w in zip(n.info.get("sources", []), weights))
+
+
+def size(n) -> tuple[int | None, str]:
+    """(steps, rows) a stage will use after the budget: a training stage's max_steps and rows per source ('all': no
+    cap), an evaluation's items per task, a synth-math stage's seeds. A budget changed only the hashes on screen."""
+    if n.kind in TRAIN_KINDS:
+        return n.spec.max_steps, str(n.spec.max_rows or "all")
+    if n.kind == "eval":
+        return None, f"{n.spec.limit} per task"
+    if n.kind == "synth-math" and n.spec.num_seeds:
+        return None, f"{n.spec.num_seeds} seeds"
+    return None, ""
+
+
+def plan_rows(p) -> pd.DataFrame:
+    """The plan table: each stage's label, data and size beside its status, so an ablation (the same stage on
+    other data) and the budget's effect can be checked without reading the graph or the source."""
+    rows = []
+    for n in p.nodes:
+        steps, read = size(n)
+        rows.append({"stage": n.stage, "label": n.info.get("label", ""), "kind": n.kind, "status": n.status,
+                     "data": data_text(n), "steps": steps, "rows": read, "hash": n.hash[:8], "model": n.output,
+                     "needs": ", ".join(n.deps), "layers": n.depth})
+    return pd.DataFrame(rows).astype({"steps": "Int64", "layers": "Int64"})
+
+
 via_app(__file__)
 st.title("Recipe")
 st.caption("The whole SOLAR experiment (arXiv 2312.15166) as one YAML file: the base, the up-scaling, every "
            "training and merge stage by name, one evaluation applied to every model, a budget. Unchanged stages "
            "are reused; a changed stage reruns with everything downstream.")
+st.caption("`budget: {steps_scale, max_steps, max_rows, eval_limit}` scales or caps every stage at once (a quick "
+           "try: `{max_steps: 2, max_rows: 20, eval_limit: 10}`); the plan table shows each stage's steps and rows "
+           "after it.")
 worker_banner()
 
 # ---------------------------------------------------------------- the recipe text
@@ -67,9 +102,9 @@ if plans:
     for p in plans:
         st.subheader(f"Plan: {p.recipe.name}")
         st.caption(p.lines()[0])
-        st.dataframe(pd.DataFrame([{"stage": n.stage, "kind": n.kind, "status": n.status, "hash": n.hash[:8],
-                                    "model": n.output, "needs": ", ".join(n.deps), "layers": n.depth}
-                                   for n in p.nodes]), hide_index=True, key=f"plan_{p.recipe.name}")
+        st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}",
+                     column_config={"label": st.column_config.TextColumn(width="medium"),
+                                    "data": st.column_config.TextColumn(width="large")})
         st.graphviz_chart(tables.graph_dot([{"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps,
                                              "label": n.info.get("label", ""), "data": n.info.get("data", {})}
                                             for n in p.nodes if n.kind != "eval"]))

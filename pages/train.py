@@ -119,6 +119,20 @@ def advanced_settings(spec_fields: dict) -> dict:
     )
 
 
+def data_caption(kind: str) -> str:
+    """The forms a source takes, and the data sets and saved mixes a job of this kind can read: the page called the
+    paper's v1–v4 ablations weighted mixes but never said that a saved mix is typed `mix:NAME`."""
+    sets = [f"`dataset:{d.name}`" for d in pipeline.list_datasets(kind)]
+    mixes = [f"`mix:{m.name}`" for m in pipeline.list_datasets("mix") if m.provenance.get("for") == kind]
+    saved = "; ".join(f"{what}: {', '.join(names)}" for what, names in (("mixes", mixes), ("data sets", sets))
+                      if names)
+    return ("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), `dataset:NAME` (a "
+            "registered data set), `mix:NAME` (a saved weighted mix, such as the paper's sft-v1 … sft-v4 or "
+            "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file, or "
+            "a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
+            + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (Synthetic math page)."))
+
+
 def held_out_help(spec_fields: dict, kind: str) -> str:
     """The spec's words for eval_data, and the registered data sets a job of this kind can be scored on."""
     mine = ", ".join(f"`dataset:{d.name}`" for d in pipeline.list_datasets(kind))
@@ -146,9 +160,7 @@ default_model = upscaled[-1] if kind == "cpt" and upscaled else names[-1]
 model = st.selectbox("Model", names, index=names.index(default_model), key="train_model")
 
 st.subheader("Data")
-st.caption("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), a local .jsonl / .json / "
-           ".csv / .parquet / .txt file, or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, "
-           "2 = twice.")
+st.caption(data_caption(kind))
 upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_SUFFIXES], key="upload")
 upload_path = None
 if upload is not None:

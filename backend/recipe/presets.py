@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
-from backend.recipe.spec import RecipeError
+from backend.recipe.spec import Budget, RecipeError
 
 PRESETS = ("smoke", "solar-mini", "solar-10.7b")
 
@@ -107,8 +109,22 @@ def _solar(base: str, m: int, *, mini: bool) -> dict:
     }
 
 
+def budget_block() -> str:
+    """The `budget:` block at its defaults (nothing scaled), each field with its description as a comment: the knob
+    that runs the same recipe as a smoke test, a CPU demo or the paper's size was documented only in
+    backend/recipe/spec.py (Budget), so a preset's user never saw it. Defaults plan the same stages and hashes as
+    a recipe without the block."""
+    fields = Budget.model_fields
+    width = max(len(f"  {k}: {json.dumps(f.default)}") for k, f in fields.items()) + 2
+    lines = ["# How much compute, applied to every stage when planned (the Recipe page's plan table shows each",
+             "# stage's steps and rows after it); e.g. {max_steps: 2, max_rows: 20, eval_limit: 10} for a quick try.",
+             "budget:"]
+    lines += [f"{f'  {k}: {json.dumps(f.default)}':<{width}}# {f.description}" for k, f in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
 def preset(name: str, base: str | None = None, m: int | None = None) -> str:
-    """The preset's YAML (a file to edit and run)."""
+    """The preset's YAML (a file to edit and run), ending with its budget block."""
     if name == "smoke":
         if not base:
             raise RecipeError("preset smoke: give --base, a small model folder or registered name (the tests use "
@@ -120,4 +136,4 @@ def preset(name: str, base: str | None = None, m: int | None = None) -> str:
         data = _solar(base or "mistralai/Mistral-7B-v0.1", m or 8, mini=False)
     else:
         raise RecipeError(f"preset {name!r} is unknown; choose one of: {', '.join(PRESETS)}.")
-    return yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True)
+    return yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True) + budget_block()
