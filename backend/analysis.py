@@ -6,7 +6,13 @@ answer length (log tokens) and question kind by logistic regression (statsmodels
 length term. Items are shared by the models, and one item's answers go together (a hard item trips every model), so
 intervals are cluster-robust by item when there are enough items to estimate that (at least 20), model-based
 otherwise; the result says which. Two models are also compared without any model: a paired bootstrap over the same
-items (hallucination rate) and McNemar's test (accuracy)."""
+items (hallucination rate) and McNemar's test (accuracy).
+
+A reply cut off by the token limit (verdict "cut off", backend/qa.py) never stated an answer, so it is no
+hallucination — and it is always as long as the cap allows. Counted as a non-hallucination, it made a model that
+rambles until it is stopped "hallucinate less", and tied "longer" to "fewer hallucinations" in the length model. So
+the hallucination comparison leaves out every item either model left cut off, and says how many (`judged_items`);
+for "correct" a cut-off reply stays an error (it is one), and the sentence says when many were cut off."""
 
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from backend.qa import flags
 
 MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
 MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the model-based ones are used
+CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it stated an answer (backend/qa.py)
+CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
+RAISE_CAP = "evaluate again with a higher Max new tokens"  # the remedy, named as the evaluate form's field
 OUTCOMES = ("hallucination", "correct")
 RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
 
@@ -34,7 +43,7 @@ def is_bad(r: Record, outcome: str) -> bool:
 
 @dataclass(frozen=True)
 class Record:
-    """One model's answer to one item. `verdict` is correct / wrong / abstained (empty on rows from before
+    """One model's answer to one item. `verdict` is correct / wrong / abstained / cut off (empty on rows from before
     verdicts were stored: then `hallucination` and `answered` say it)."""
 
     model: str
@@ -119,9 +128,16 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     answer that is not correct), A − B, with 95% bootstrap intervals, and each model's mean answer length. If the
     raw gap shrinks to ~0 once length is controlled, length explains it.
     The resamples are drawn as index arrays and binned with bincount: 500 resamples of 1,000 answers take
-    milliseconds (a loop over records took seconds, and the compare page redraws on every widget change)."""
-    a = [r for r in records if r.model == model_a]
-    b = [r for r in records if r.model == model_b]
+    milliseconds (a loop over records took seconds, and the compare page redraws on every widget change).
+    For "hallucination", as in `compare`, an item either model left cut off is left out for both (`cut_off`: how
+    many items): cut-off replies all sit in the longest bin as non-hallucinations."""
+    cut = {r.prompt_id for r in records if r.model in (model_a, model_b) and r.verdict == CUT_OFF} \
+        if outcome == "hallucination" else set()
+    a = [r for r in records if r.model == model_a and r.prompt_id not in cut]
+    b = [r for r in records if r.model == model_b and r.prompt_id not in cut]
+    if (not a or not b) and cut:
+        raise ValueError(f"no item is left to judge hallucinations on: on every item {model_a if not a else model_b} "
+                         f"answered, a reply was cut off by the token limit; {RAISE_CAP}.")
     if not a or not b:
         raise ValueError("both models need generations on this task.")
     edges = bin_edges(a + b, n_bins)
@@ -137,6 +153,7 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     point = _stratified_diffs(ba[None], ha[None], bb[None], hb[None], k)[0]
     ci = lambda xs: (float(np.percentile(xs, 2.5)), float(np.percentile(xs, 97.5))) if len(xs) else (None, None)  # noqa
     return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
+            "cut_off": len(cut),
             "mean_words_a": float(wa.mean()), "mean_words_b": float(wb.mean()),
             "raw_diff": float(ha.mean() - hb.mean()), "raw_ci": ci(raw_s),
             "length_controlled_diff": None if np.isnan(point) else float(point),
@@ -156,6 +173,28 @@ def shared_items(records: list[Record], models: list[str]) -> dict[str, dict[str
         if r.model in models:
             by_item.setdefault(r.prompt_id, {})[r.model] = r
     return {k: v for k, v in by_item.items() if len(v) == len(models)}
+
+
+def judged_items(records: list[Record], models: list[str], outcome: str) -> tuple[dict[str, dict[str, Record]], dict]:
+    """The items `outcome` can be judged on, as `shared_items`, and what was left out. For "hallucination": the
+    shared items none of `models` left cut off (old rows without a verdict stay in, as before verdicts); a cut-off
+    reply is no answer, so neither a hallucination nor its absence. For "correct": every shared item (a cut-off reply
+    is not correct). `left_out`: n_shared, n (items left out), by_model (cut-off replies per model among the shared
+    items, for either outcome) and message (empty when nothing was left out)."""
+    items = shared_items(records, models)
+    by_model = {m: sum(per[m].verdict == CUT_OFF for per in items.values()) for m in models}
+    kept = items if outcome != "hallucination" else {
+        k: per for k, per in items.items() if all(r.verdict != CUT_OFF for r in per.values())}
+    n = len(items) - len(kept)
+    cut = {m: c for m, c in by_model.items() if c}
+    if not n:
+        message = ""
+    elif len(cut) == 1:
+        message = f"{n} of {len(items)} items left out: {next(iter(cut))}'s reply was cut off by the token limit"
+    else:
+        message = (f"{n} of {len(items)} items left out: a reply was cut off by the token limit ("
+                   + ", ".join(f"{m} on {c}" for m, c in cut.items()) + ")")
+    return kept, {"n_shared": len(items), "n": n, "by_model": by_model, "message": message}
 
 
 def paired_bootstrap(ya, yb, boots: int = 2000, seed: int = 0) -> dict:
@@ -267,15 +306,19 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
     """Logistic regression of `outcome` (hallucination or correct) on model (+ log tokens) + kind, on the items all
     `models` answered; the first model is the reference. Returns the coefficient table of both fits and, per other
     model, its effect in points (average marginal effect) without and with the length term; `ok` False with
-    `message` when the data cannot support the model."""
+    `message` when the data cannot support the model. For "hallucination" the items a model left cut off are left
+    out (`judged_items`): a cut-off reply sits at the cap's length and would read as "long, so no hallucination"."""
     if outcome not in OUTCOMES:
         raise ValueError('outcome must be "hallucination" or "correct".')
-    items = shared_items(records, models)
-    out: dict = {"ok": False, "models": models, "outcome": outcome, "n_items": len(items), "table": [],
-                 "effects": {}, "notes": []}
+    items, left_out = judged_items(records, models, outcome)
+    out: dict = {"ok": False, "models": models, "outcome": outcome, "n_items": len(items), "left_out": left_out,
+                 "table": [], "effects": {}, "notes": []}
     if len(models) < 2:
         return {**out, "message": "choose at least two models."}
     if len(items) < MIN_ITEMS:
+        if left_out["n"]:
+            return {**out, "message": f"only {len(items)} items are left to judge ({left_out['message']}); the "
+                                      f"model needs at least {MIN_ITEMS}: {RAISE_CAP}."}
         return {**out, "message": f"only {len(items)} items were answered by every chosen model; the model needs "
                                   f"at least {MIN_ITEMS}."}
     rows = [r for per in items.values() for r in per.values()]
@@ -317,7 +360,7 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
 
 
 def _pts(x: float) -> str:
-    return f"{100 * x:.0f}".replace("-", "−")
+    return str(round(100 * x)).replace("-", "−")  # round(): −0.001 reads "0" (a ".0f" format printed "−0")
 
 
 def _points(x: float) -> str:
@@ -328,25 +371,58 @@ def _ci(lo: float, hi: float) -> str:
     return f"{_pts(lo)} to {_pts(hi)}"
 
 
+def _interval(lo: float, hi: float) -> str:
+    """The bootstrap interval in words; a zero-width one (every resample gave the same gap: the gap is the same on
+    every item) is said to be that, not printed as "95 % CI 100 to 100"."""
+    return f"95 % CI {_ci(lo, hi)}" if lo != hi else "the same on every item, so no interval"
+
+
+def _cut_off_note(res: dict) -> str:
+    """What the token limit did to the comparison, as a sentence to append: for "hallucination" the items left out
+    (`judged_items`); for "correct", where a cut-off reply counts as not correct, each model's cut-off share when one
+    reaches CUT_OFF_LARGE — a gap between a model that finishes and one the cap stops may be the cap's."""
+    left = res["left_out"]
+    if res["outcome"] == "hallucination":
+        return f" {left['message']}; {RAISE_CAP} to judge them." if left["n"] else ""
+    share = {m: c / left["n_shared"] for m, c in left["by_model"].items()}
+    if max(share.values()) < CUT_OFF_LARGE:
+        return ""
+    shares = ", ".join(f"{m} {100 * v:.0f} %" for m, v in share.items())
+    return (f" Cut off by the token limit, and so counted as not correct: {shares} of the {left['n_shared']} items, "
+            f"so this may measure the token cap rather than the models ({RAISE_CAP}).")
+
+
 def sentence(res: dict) -> str:
-    """The answer to "fewer hallucinations, or just shorter answers?" in one sentence, with its numbers."""
+    """The answer to "fewer hallucinations, or just shorter answers?" in one sentence, with its numbers, then what
+    the token limit left out or may have caused (`_cut_off_note`)."""
     if not res["ok"]:
         return res["message"]
+    return _answer(res) + _cut_off_note(res)
+
+
+def _answer(res: dict) -> str:
+    """The verdict of `sentence`. Degenerate data says what it is: no event on either side, an event on every
+    answer, or events on exactly the same items — not a difference with a zero-width interval."""
     a, b, raw, adj = res["model_a"], res["model_b"], res["raw"], res.get("adjusted")
     noun = "hallucinates" if res["outcome"] == "hallucination" else "errs (wrong, abstained or cut off)"
+    past = "hallucinated" if res["outcome"] == "hallucination" else "erred"
     n = f"{raw['n']} shared items"
+    if res["rate_a"] == res["rate_b"] == 0:
+        return f"Neither {a} nor {b} {past} on the {n}: nothing to explain."
+    if res["rate_a"] == res["rate_b"] == 1:
+        return f"Both {a} and {b} {past} on every one of the {n}: nothing to explain."
+    if raw["low"] == raw["high"] == 0:
+        return (f"{a} and {b} {past} on exactly the same {round(res['rate_a'] * raw['n'])} of the {n}: no "
+                "difference to explain.")
     if raw["low"] <= 0 <= raw["high"]:
         head = (f"{a} and {b} show no clear difference: {a} − {b} = {_points(raw['diff'])} "
-                f"(95 % CI {_ci(raw['low'], raw['high'])}, {n})")
+                f"({_interval(raw['low'], raw['high'])}, {n})")
         sign = 1
     else:
         sign = 1 if raw["diff"] > 0 else -1  # > 0: B has the lower rate
         better, worse = (b, a) if sign > 0 else (a, b)
         lo, hi = sorted((sign * raw["low"], sign * raw["high"]))
-        head = f"{better} {noun} {_points(sign * raw['diff'])} less than {worse} (95 % CI {_ci(lo, hi)}, {n})"
-    if res["rate_a"] == res["rate_b"] == 0:
-        past = "hallucinated" if res["outcome"] == "hallucination" else "erred"
-        return f"Neither {a} nor {b} {past} on the {n}: nothing to explain."
+        head = f"{better} {noun} {_points(sign * raw['diff'])} less than {worse} ({_interval(lo, hi)}, {n})"
     if adj is None:
         return f"{head}; the length effect could not be estimated: {res['length_message']}."
     d, (lo, hi) = sign * adj["diff"], sorted((sign * adj["low"], sign * adj["high"]))
@@ -376,11 +452,18 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     """Two models on the same items: the raw gap in `outcome` rate (paired bootstrap, A − B), McNemar's test on
     accuracy, and the gap with answer length held fixed (the logistic model's average marginal effect), with the
     one-sentence answer in `sentence`. `outcome`: "hallucination", or "correct" (then the rate is of wrong answers,
-    so that lower is better in both)."""
+    so that lower is better in both). For "hallucination" only the items neither model left cut off by the token
+    limit are compared (`judged_items`); `left_out` says how many were left out and whose, and the sentence too."""
     if model_a == model_b:
         raise ValueError("choose two different models.")
-    items = shared_items(records, [model_a, model_b])
-    res: dict = {"ok": False, "model_a": model_a, "model_b": model_b, "outcome": outcome, "n_items": len(items)}
+    items, left_out = judged_items(records, [model_a, model_b], outcome)
+    res: dict = {"ok": False, "model_a": model_a, "model_b": model_b, "outcome": outcome, "n_items": len(items),
+                 "left_out": left_out}
+    if len(items) < MIN_ITEMS and left_out["n"]:
+        remain = f"only {len(items)} remain" if items else "none remains"
+        res["message"] = (f"No verdict: {left_out['message']}, so {remain} and a comparison needs at least "
+                          f"{MIN_ITEMS}; {RAISE_CAP}.")
+        return {**res, "sentence": res["message"]}
     if len(items) < MIN_ITEMS:
         res["message"] = (f"{model_a} and {model_b} answered only {len(items)} of the same items; a comparison "
                           f"needs at least {MIN_ITEMS}.")
@@ -409,10 +492,11 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
 def length_curves(records: list[Record], models: list[str], n_bins: int = 4, outcome: str = "hallucination") -> dict:
     """For the plot of the rate of `outcome`'s bad event (`is_bad`) against answer length: observed rates per model
     in pooled token-quantile bins (x = the bin's median length), and the logistic model's fitted curve per model
-    over the observed range (averaged over the items' question kinds)."""
-    items = shared_items(records, models)
+    over the observed range (averaged over the items' question kinds). The items are those `length_model` fits
+    (`judged_items`: for "hallucination", none cut off); `left_out` says how many were left out."""
+    items, left_out = judged_items(records, models, outcome)
     rows = [r for per in items.values() for r in per.values()]
-    out: dict = {"observed": [], "fitted": []}
+    out: dict = {"observed": [], "fitted": [], "n_items": len(items), "left_out": left_out}
     if not rows:
         return out
     lengths = np.array([_length(r) for r in rows], dtype=float)

@@ -1,10 +1,14 @@
-"""The models × tasks table the compare page and a CLI user share: which metric heads a task, how the average is
-taken, the training-overlap badge, and the score on non-overlapping items only."""
+"""The models × tasks table the compare page and a CLI user share: which metric heads a task, its standard error
+and item count, how the average is taken, the cut-off share beside the hallucination rate, the training-overlap
+badge, and the score on non-overlapping items only."""
 
 from __future__ import annotations
 
+import math
+
 from sqlmodel import select
 
+from backend.recipe.tables import Table
 from storage import db
 from storage.models import EvalScore
 
@@ -18,6 +22,12 @@ def higher_is_better(metric: str) -> bool:
     return metric in HIGHER_IS_BETTER or metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "exact_match", "acc_norm"]
 QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "cut_off_rate", "precision")
+# shares of items with a 0/1 outcome, whose spread over n items gives a standard error; precision (correct over
+# answered) is not one of them: its denominator is not n
+SHARES = {"accuracy", "acc", "acc_norm", "exact_match", "hallucination_rate", "abstention_rate", "cut_off_rate"}
+STDERR = "_stderr"  # lm-eval's standard error of TASK/METRIC is the row TASK/METRIC_stderr (backend/lmeval.py)
+MOSTLY_CUT_OFF = 0.5  # above this share of replies cut off by the token limit, a hallucination rate says nothing
+AVERAGE = "average (accuracy tasks)"
 
 
 def _rank(metric: str) -> int:
@@ -34,8 +44,8 @@ def latest_scores() -> dict[tuple[str, str, str], EvalScore]:
 def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:
     primary: dict[tuple[str, str], EvalScore] = {}
     for (model, task, metric), r in latest.items():
-        if "[" in metric:  # per-kind QA metrics live in their own table
-            continue
+        if "[" in metric or metric.endswith(STDERR):  # per-kind QA metrics live in their own table; a standard
+            continue  # error stands beside its score, never as one (it ranked with any unlisted lm-eval metric)
         if (model, task) not in primary or _rank(metric) < _rank(primary[(model, task)].metric):
             primary[(model, task)] = r
     return primary
@@ -52,6 +62,30 @@ def value(r: EvalScore, metric: str | None = None, clean: bool = False) -> float
     if c is None:
         return None if (r.details or {}).get("overlap") else r.value  # not measurable (lm-eval): as stored
     return c.get(metric)
+
+
+def item_count(r: EvalScore, clean: bool = False) -> int:
+    """How many items stand behind the score: the row's n, or with `clean` the non-overlapping items' (0: not
+    recorded, as in rows written before n was)."""
+    c = (r.details or {}).get("clean") if clean else None
+    return int(c.get("n", r.n)) if c else r.n
+
+
+def stderr(latest: dict, r: EvalScore, clean: bool = False) -> float | None:
+    """The score's standard error, as lm-eval prints it beside each value ("Value ± Stderr"): lm-eval's own
+    TASK/METRIC_stderr row where one is stored; else, for a share of 0/1 outcomes p over n items, lm-eval's
+    mean_stderr (lm_eval/api/metrics.py: sample standard deviation / √n = √(p(1−p)/(n−1))). None where it is not
+    defined: perplexity and averages (no per-item spread is stored), an lm-eval row without its own (a preset's n
+    counts every task of the preset), fewer than 2 items, no score."""
+    v = value(r, clean=clean)
+    if v is None:
+        return None
+    if (own := latest.get((r.model, r.task, r.metric + STDERR))) is not None:
+        return own.value
+    n = item_count(r, clean)
+    if r.task.startswith("lm-eval:") or r.metric.rsplit("/", 1)[-1] not in SHARES or n < 2:
+        return None
+    return math.sqrt(v * (1 - v) / (n - 1))
 
 
 def _unreadable(r: EvalScore) -> dict:
@@ -77,40 +111,158 @@ def badge(r: EvalScore) -> str:
 LINEAGE_COLUMNS = ("kind", "layers", "made from")
 
 
+def _rounded(v: float | None) -> float | None:
+    return round(v, 4) if v is not None else None
+
+
+def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping: bool) -> dict:
+    """One task's cells of a model's row: the headline score and its standard error ("±", a column of its own so
+    the score stays a sortable number and the CSV numeric), the hallucination rate and its error, left blank when
+    most replies were cut off by the token limit (a cut-off reply counts as no hallucination: a model that never
+    finished an answer read 0), the cut-off share beside it, and the overlap badge."""
+    head = f"{task} ({r.metric})"
+    cells = {head: _rounded(value(r, clean=clean)), f"{head} ±": _rounded(stderr(latest, r, clean))}
+    hall = latest.get((r.model, task, "hallucination_rate"))
+    if hall is not None:
+        cut = latest.get((r.model, task, "cut_off_rate"))
+        share = value(cut, clean=clean) if cut is not None else None
+        mostly_cut = share is not None and share > MOSTLY_CUT_OFF
+        cells[f"{task} (hallucination)"] = None if mostly_cut else _rounded(value(hall, clean=clean))
+        cells[f"{task} (hallucination) ±"] = None if mostly_cut else _rounded(stderr(latest, hall, clean))
+        if cut is not None:
+            cells[f"{task} (cut off)"] = _rounded(share)
+    if overlapping:
+        cells[f"{task} (training overlap)"] = badge(r)
+    return cells
+
+
+TASK_CELLS = ("(hallucination)", "(hallucination) ±", "(cut off)", "(training overlap)")  # after the headline
+
+
+def _column_order(column: str) -> tuple[str, int, str]:
+    """Tasks in name order, each one's cells in _task_cells' order: headline, its ±, then TASK_CELLS."""
+    task, _, rest = column.partition(" (")
+    rest = "(" + rest
+    return task, (TASK_CELLS.index(rest) + 2 if rest in TASK_CELLS else int(rest.endswith(" ±"))), rest
+
+
+def averaged_tasks(primary: dict, clean: bool = False) -> tuple[list[str], dict[str, list[str]]]:
+    """The accuracy-like tasks every model with any has a score on (the average's tasks), and each other one with
+    the models that lack it. An average over whatever tasks a model had put a model's 0.125 over qa and
+    synth-math beside another's 0 over synth-math alone. With `clean`, a score unknown on the non-overlapping
+    items counts as missing."""
+    have: dict[str, set[str]] = {}
+    for (model, task), r in primary.items():
+        if higher_is_better(r.metric):
+            tasks = have.setdefault(model, set())
+            if value(r, clean=clean) is not None:
+                tasks.add(task)
+    every = set.union(set(), *have.values())
+    shared = set.intersection(*have.values()) if have else set()
+    return sorted(shared), {t: sorted(m for m, ts in have.items() if t not in ts) for t in sorted(every - shared)}
+
+
 def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
-    """One row per model: the average of the accuracy-like tasks, headline metric per task, its hallucination rate,
-    an overlap badge where any model's items overlap its training data or part of it was unreadable, then the
-    model's lineage (kind, layers, parents). Scores come right after the name, as in the paper's table: with long
-    model names a page-wide table showed only the name and the lineage, its scores scrolled out of sight."""
+    """One row per model: the average over the accuracy-like tasks every model has (averaged_tasks), headline
+    metric per task with its standard error, its hallucination rate and cut-off share (_task_cells), an overlap
+    badge where any model's items overlap its training data or part of it was unreadable, then the model's lineage
+    (kind, layers, parents). Scores come right after the name, as in the paper's table: with long model names a
+    page-wide table showed only the name and the lineage, its scores scrolled out of sight."""
     primary = headline(latest)
     overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0 or _unreadable(r)}
+    shared, _ = averaged_tasks(primary, clean)
     by_model: dict[str, list[tuple[str, EvalScore]]] = {}
     for (m, task), r in sorted(primary.items()):
         by_model.setdefault(m, []).append((task, r))
     rows = []
     for model, tasks in by_model.items():
         rec = records.get(model)
-        row = {"model": model, "average (accuracy tasks)": None}
-        accs = []
+        row = {"model": model, AVERAGE: None}
         for task, r in tasks:
-            v = value(r, clean=clean)
-            row[f"{task} ({r.metric})"] = round(v, 4) if v is not None else None
-            if higher_is_better(r.metric) and v is not None:
-                accs.append(v)
-            hall = latest.get((model, task, "hallucination_rate"))
-            if hall is not None:
-                hv = value(hall, "hallucination_rate", clean)
-                row[f"{task} (hallucination)"] = round(hv, 4) if hv is not None else None
-            if task in overlapping:
-                row[f"{task} (training overlap)"] = badge(r)
-        row["average (accuracy tasks)"] = round(sum(accs) / len(accs), 4) if accs else None
+            row.update(_task_cells(latest, task, r, clean, task in overlapping))
+        accs = [row[f"{task} ({r.metric})"] for task, r in tasks if task in shared]
+        row[AVERAGE] = round(sum(accs) / len(accs), 4) if shared and len(accs) == len(shared) else None
         lineage = (rec.kind, rec.num_layers, " + ".join(p.split("/")[-1] for p in rec.parents) or "—") if rec else (
             "?", None, "—")
         rows.append({**row, **dict(zip(LINEAGE_COLUMNS, lineage))})
-    # every row has every column, in one order: a table takes its columns from the rows in turn, so a task the
-    # first model lacked came after the lineage
-    scores = sorted({c for r in rows for c in r} - {"model", "average (accuracy tasks)", *LINEAGE_COLUMNS})
-    return [{c: r.get(c) for c in ["model", "average (accuracy tasks)", *scores, *LINEAGE_COLUMNS]} for r in rows]
+    # every row has every column, in one order (a task's cells together, as _task_cells lists them): a table takes
+    # its columns from the rows in turn, so a task the first model lacked came after the lineage
+    fixed = {"model", AVERAGE, *LINEAGE_COLUMNS}
+    # an error column no row fills (perplexity's) is left out: a column of blanks only widened the table
+    scores = sorted({c for r in rows for c, v in r.items() if v is not None or not c.endswith(" ±")} - fixed,
+                    key=_column_order)
+    return [{c: r.get(c) for c in ["model", AVERAGE, *scores, *LINEAGE_COLUMNS]} for r in rows]
+
+
+def items_note(primary: dict, clean: bool = False) -> str:
+    """How many items stand behind the scores: "n = 20 items per task" when every score agrees, else each task's
+    counts (a model scored on fewer items, or the clean items of an overlapping set)."""
+    counts: dict[str, set[int]] = {}
+    for (_, task), r in sorted(primary.items()):
+        if (n := item_count(r, clean)) > 0:
+            counts.setdefault(task, set()).add(n)
+    if not counts:
+        return ""
+    every = set.union(*counts.values())
+    if len(every) == 1:
+        return f"n = {every.pop()} items per task."
+    return "Items per task: " + "; ".join(
+        f"{t} {'–'.join(map(str, sorted({min(ns), max(ns)})))}" + (" (by model)" if len(ns) > 1 else "")
+        for t, ns in counts.items()) + "."
+
+
+def average_note(primary: dict, clean: bool = False) -> str:
+    """Which tasks the average covers, and which it leaves out for which models, or why it is blank."""
+    shared, left_out = averaged_tasks(primary, clean)
+    if not shared and not left_out:
+        return ""
+    missing = "; ".join(f"{t} (no {'clean ' if clean else ''}score for {', '.join(ms)})" for t, ms in left_out.items())
+    if not shared:
+        return f"{AVERAGE}: blank — no accuracy-like task has a score for every model: {missing}."
+    text = f"{AVERAGE}: mean of {', '.join(shared)}, the accuracy-like tasks every model has"
+    return text + (f"; left out: {missing}." if left_out else ".")
+
+
+def cut_off_note(latest: dict, clean: bool = False) -> str:
+    """The hallucination cells left blank, and why (as _task_cells blanks them)."""
+    mostly = [f"{task} for {model} ({share:.0%} cut off)" for (model, task, metric), r in sorted(latest.items())
+              if metric == "cut_off_rate" and (share := value(r, clean=clean)) is not None and share > MOSTLY_CUT_OFF]
+    if not mostly:
+        return ""
+    return ("Hallucination left blank: " + ", ".join(mostly) + f". Over {MOSTLY_CUT_OFF:.0%} of the replies were cut "
+            "off by the token limit before an answer, and a cut-off reply counts as no hallucination, so the rate "
+            "would read low for a model that never finished; evaluate with a larger max_new_tokens.")
+
+
+def overlap_note(primary: dict) -> str:
+    """What the training-overlap columns show, and what a task without one means: the column is only there for a
+    task where some model's items overlap or could not be checked, so a promised ✓ never showed on a clean task."""
+    by_task: dict[str, list[EvalScore]] = {}
+    for (_, task), r in sorted(primary.items()):
+        by_task.setdefault(task, []).append(r)
+    shown = [t for t, rs in by_task.items() if any(r.overlap_share > 0 or _unreadable(r) for r in rs)]
+    unchecked = [t for t, rs in by_task.items() if t not in shown and not all((r.details or {}).get("overlap")
+                                                                               for r in rs)]
+    clean = [t for t in by_task if t not in shown and t not in unchecked]
+    parts = [f"training-overlap column for {', '.join(shown)}: ⚠ share of items over the threshold, ✓ none, ? unknown "
+             "(a training set of the lineage could not be read, such as a deleted data set), — not checked"
+             ] if shown else []
+    parts += [f"{', '.join(clean)}: no item overlaps any model's training data (✓, so no column)"] if clean else []
+    parts += [f"{', '.join(unchecked)}: not checked for some model (lm-eval tasks, or scores from before the check)"
+              ] if unchecked else []
+    return ("Training overlap (8-gram; an item under 8 words counts when it appears whole) — " + "; ".join(parts)
+            + ".") if parts else ""
+
+
+def export_table(rows: list[dict]) -> Table:
+    """The models × tasks table for the Markdown and LaTeX downloads, each score with its error in one cell as
+    lm-eval prints them ("0.2500 ± 0.0993"); the CSV keeps them in separate numeric columns."""
+    cols = [c for c in (rows[0] if rows else {}) if not c.endswith(" ±")]
+
+    def cell(row: dict, c: str):
+        se = row.get(f"{c} ±")
+        return f"{row[c]:.4f} ± {se:.4f}" if se is not None and row[c] is not None else row[c]
+    return Table("scores", "Models × tasks", cols, [[cell(r, c) for c in cols] for r in rows])
 
 
 def qa_rows(latest: dict, clean: bool = False) -> list[dict]:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlmodel import func, select
 
 from backend import analysis, registry, runner, scoretable
+from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
@@ -26,7 +27,14 @@ def score_table(df: pd.DataFrame, key: str) -> None:
     last: with 82-character merge names a page-wide table showed no score at all. Longer names are cut in the
     middle, as on the charts' axes, so two merges of the same candidates still differ in what shows."""
     shown = df.assign(model=[short_name(m, NAME_CHARS) for m in df["model"]])
+    errors = {c: st.column_config.NumberColumn(help=f"Standard error of {c.removesuffix(' ±')}, as lm-eval's "
+                                                  "(its own where it reported one; else √(p(1−p)/(n−1)) over the n "
+                                                  "items); the 95 % interval is the score ± 1.96 × this. At a "
+                                                  "score of 0 or 1 it reads 0, which is no certainty: 0 of n items "
+                                                  "still allows a true rate up to about 3/n (the rule of three).")
+              for c in shown.columns if c.endswith(" ±")}
     st.dataframe(shown, hide_index=True, key=key, column_config={
+        **errors,
         "model": st.column_config.TextColumn(pinned=True, width=name_width(shown["model"]),
                                              help=f"Names over {NAME_CHARS} characters are cut in the middle; Export "
                                              "CSV has them whole."),
@@ -194,18 +202,28 @@ st.subheader("Models × tasks")
 clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                        help="Leave out the items whose n-grams appear in the training data of the model's lineage "
                             "(every parent's training sets), and score the rest.")
-table = pd.DataFrame(scoretable.table_rows(latest, records, clean=clean_only))
+score_rows = scoretable.table_rows(latest, records, clean=clean_only)
+table = pd.DataFrame(score_rows)
 # the page's order of the models its charts can show (those with scores), for name_colors: all registered models
 # made colours repeat among the few compared once more than 24 were registered
 charted = [m for m in names if m in set(table["model"])] + [m for m in table["model"] if m not in set(names)] \
     if "model" in table else []
-st.caption("Each score records its set's source and fingerprint, and how much of the set the training data of the "
-           "model's whole lineage contains (8-gram overlap; an item under 8 words counts when it appears whole; "
-           "⚠ share of items over the threshold, ✓ none, ? unknown: a training set of the lineage could not be "
-           "read, such as a deleted data set). "
-           "The built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
+has_errors = any(c.endswith(" ±") and table[c].notna().any() for c in table)
+notes = [scoretable.items_note(primary, clean_only),
+         "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
+         scoretable.average_note(primary, clean_only), scoretable.cut_off_note(latest, clean_only),
+         scoretable.overlap_note(primary)]
+st.caption(" ".join(n for n in notes if n) + " Each score records its set's source and fingerprint; the built-in sets "
+           "(held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
 score_table(table, "scores_table")
-st.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores")
+exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
+d1, d2, d3 = st.columns(3)
+d1.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores",
+                   help="Standard errors in their own ± columns, so every score column stays numeric.")
+d2.download_button("Export Markdown", tables.to_markdown(exported), "scores.md", key="export_scores_md",
+                   help="Each score as lm-eval prints it: value ± standard error.")
+d3.download_button("Export LaTeX", tables.to_latex(exported), "scores.tex", key="export_scores_tex",
+                   help="Each score as lm-eval prints it: value ± standard error.")
 qa_table = scoretable.qa_rows(latest, clean=clean_only)
 if qa_table:
     st.subheader("Closed-book QA: known answers and abstention")
@@ -244,11 +262,17 @@ if merged:
         st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
                  + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
                     f" weights={mrec.recipe.get('weights') or 'equal'}"))
+        if mrec.recipe.get("method") == "slerp":  # nearly parallel candidates: SLERP is the average, said here
+            from backend.merge import slerp_note  # imports torch: only when a SLERP is shown
+
+            if note := slerp_note(mrec.path):
+                st.caption(note)
         score_table(view, f"merge_view_{mrec.name}")
 
 by_task: dict[str, list[dict]] = defaultdict(list)
 for (model, task), r in primary.items():
-    by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value})
+    by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value, "n": r.n,
+                                            "stderr": scoretable.stderr(latest, r)})
 cols = st.columns(2)
 for i, (task, rows) in enumerate(sorted(by_task.items())):
     cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted), key=f"bar_{task}")
@@ -287,11 +311,12 @@ def task_records(url: str, task: str, version: tuple) -> list[analysis.Record]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def compared(url: str, task: str, version: tuple, ma: str, mb: str, outcome: str, n_bins: int):
-    """The regression, paired bootstrap, McNemar and the binned check for two models (cached like the records)."""
+    """The regression, paired bootstrap, McNemar and the binned check for two models (cached like the records). The
+    binned check only when the comparison has a verdict: with every item cut off it has no answers to bin."""
     pair = [r for r in task_records(url, task, version) if r.model in (ma, mb)]
-    return (analysis.compare(pair, ma, mb, outcome=outcome),
-            analysis.length_controlled(pair, ma, mb, n_bins=n_bins, boots=500, outcome=outcome),
-            analysis.length_curves(pair, [ma, mb], n_bins=n_bins, outcome=outcome))
+    res = analysis.compare(pair, ma, mb, outcome=outcome)
+    strat = analysis.length_controlled(pair, ma, mb, n_bins=n_bins, boots=500, outcome=outcome) if res["ok"] else None
+    return res, strat, analysis.length_curves(pair, [ma, mb], n_bins=n_bins, outcome=outcome)
 
 
 with db.session() as s:
@@ -302,11 +327,14 @@ words = defaultdict(list)
 for r in recs:
     words[r.model].append(r.words)
 gen_models = sorted(words)
-cut_share = {m: sum(r.verdict == "cut off" for r in recs if r.model == m) / len(words[m]) for m in gen_models}
+cut_share = {m: sum(r.verdict == analysis.CUT_OFF for r in recs if r.model == m) / len(words[m])
+             for m in gen_models}
 if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that rambles is stopped, not wrong
     st.warning("Cut off by the token limit before stating an answer: " + ", ".join(
         f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". These replies are neither correct nor "
-        "hallucinations; evaluate with a larger max_new_tokens to let them finish.")
+        "hallucinations: the hallucination comparison below leaves out every item either model's reply was cut off "
+        "on, and with the outcome correct they count as not correct. To let them finish, "
+        f"{analysis.RAISE_CAP}.")
 n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
 if len(gen_models) >= 2:
     a1, a2, a3 = st.columns(3)
@@ -326,8 +354,9 @@ if len(gen_models) >= 2:
             if lm["table"]:
                 st.dataframe(pd.DataFrame(lm["table"])[["fit", "term", "coef", "odds_ratio", "low", "high",
                                                          "pvalue"]].round(4), hide_index=True, key="lc_coefs")
-                st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered; "
-                           f"reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
+                judged = " and neither left cut off" if lm["left_out"]["n"] else ""
+                st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered"
+                           f"{judged}; reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
                            + " ".join(n.capitalize() + "." for n in lm["notes"]))
             fmt = lambda lo, hi: f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "(too few answers)"  # noqa: E731
             sdiff = strat["length_controlled_diff"]
@@ -341,6 +370,11 @@ if len(gen_models) >= 2:
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
         st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
+        left = curves["left_out"]
+        st.caption(f"The plot: the {curves['n_items']} items both models answered"
+                   + (f" and neither left cut off ({left['n']} of {left['n_shared']} left out: "
+                      + ", ".join(f"{m} {c}" for m, c in left["by_model"].items() if c) + ")" if left["n"] else "")
+                   + ".")
 c1, c2 = st.columns(2)
 c1.plotly_chart(length_box_figure(dict(words), models=charted), key="len_box")
 pooled, which = same_items(recs, gen_models)

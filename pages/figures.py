@@ -231,10 +231,15 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
     return fig
 
 
+Z95 = 1.96  # a 95 % normal interval: value ± 1.96 standard errors
+
+
 def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
-    """One task's score per model (`table`: rows with model, value). `models`: every model of the page, in order:
-    bars follow it and a model keeps its colour (name_colors) across charts even where another model has no score.
-    Bars lie down when the names do not fit under them (see fits_across)."""
+    """One task's score per model (`table`: rows with model, value, and optionally stderr and n). `models`: every
+    model of the page, in order: bars follow it and a model keeps its colour (name_colors) across charts even where
+    another model has no score. Bars lie down when the names do not fit under them (see fits_across). A score with
+    a standard error gets a 95 % interval whisker (error_y on upright bars): 0.25 against 0.15 is 5 against 3 of 20
+    items, well inside each other's noise, and bars without whiskers read as a real drop."""
     colors = name_colors([*(models or []), *(r["model"] for r in table)])
     rank = {m: i for i, m in enumerate(colors)}
     table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
@@ -245,12 +250,35 @@ def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
                            marker_color=[colors[m] for m in names],
                            text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
                            hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
-    fig.update_layout(title=task, margin=dict(l=10, r=10 if across else 40, t=40, b=80 if across else 30))
+    tops = _interval_whiskers(fig, table, name_ax, value_ax)
+    fig.update_layout(title=task + (" — whiskers: 95 % interval" if tops else ""), showlegend=False,
+                      margin=dict(l=10, r=10 if across else 40, t=40, b=80 if across else 30))
     known = [v for v in values if v is not None]
     # scores are not negative: no axis below zero (all-zero bars showed −1…1); headroom for the value labels
-    value_axis = dict(range=[0, (max(known) or 1) * 1.15]) if known and min(known) >= 0 else {}
+    value_axis = dict(range=[0, (max(known + tops) or 1) * 1.15]) if known and min(known) >= 0 else {}
     _lay_out_names(fig, names, across, 320, value_axis)
     return fig
+
+
+def _interval_whiskers(fig: go.Figure, table: list[dict], name_ax: str, value_ax: str) -> list[float]:
+    """A second trace with the 95 % interval (value ± 1.96 stderr, cut at 0) of the scores that have a standard
+    error; returns the intervals' tops. A second trace, as leaderboard_figure's: a bar's own error array drew a
+    perplexity's missing error as a certain zero."""
+    shown = [r for r in table if r.get("stderr") is not None and r["value"] is not None]
+    if not shown:
+        return []
+    low = [max(r["value"] - Z95 * r["stderr"], 0.0) for r in shown]
+    high = [r["value"] + Z95 * r["stderr"] for r in shown]
+    fig.add_trace(go.Scatter(**{
+        name_ax: [r["model"] for r in shown], value_ax: [r["value"] for r in shown], "mode": "markers",
+        "marker": dict(size=1, color="rgba(0,0,0,0)"), "name": "95 % interval (± 1.96 standard errors)",
+        f"error_{value_ax}": dict(type="data", symmetric=False, color="#444",
+                                  array=[h - r["value"] for h, r in zip(high, shown)],
+                                  arrayminus=[r["value"] - lo for lo, r in zip(low, shown)]),
+        "customdata": [[lo, h, r.get("n") or "?"] for lo, h, r in zip(low, high, shown)],
+        "hovertemplate": f"%{{{name_ax}}}: %{{{value_ax}:.4g}}, 95 % interval [%{{customdata[0]:.3g}}, "
+                         "%{customdata[1]:.3g}] over %{customdata[2]} items<extra></extra>"}))
+    return high
 
 
 def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None = None) -> go.Figure:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from backend import registry
 from backend.merge import executor
-from backend.merge.executor import TORCH_DTYPES, MergeError, Reader, producer
+from backend.merge.executor import TORCH_DTYPES, MergeError, Reader, SlerpTally, producer
 from backend.merge.methods import METHODS, slerp_coefficients
 from backend.merge.plan import check_mergeable, check_vocab, schedule_value, tensor_t
 from backend.modelinfo import inspect_model
@@ -29,8 +29,9 @@ from backend.safetensors_stream import DTYPE_SIZES, OutTensor, write_checkpoint
 from backend.specs import MergeSpec, parse_size
 
 __all__ = ["run_merge", "MergeError", "METHODS", "check_mergeable", "check_vocab", "executor", "schedule_value",
-           "slerp_coefficients", "tensor_t"]
+           "slerp_coefficients", "slerp_note", "tensor_t"]
 Progress = Callable[[float, str], None]
+SLERP_LINE = "SLERP: "  # starts the model card's line saying how many tensors were interpolated linearly
 
 
 def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
@@ -56,9 +57,10 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     out_dtype = TORCH_DTYPES[out_st]
     reader = Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
+    tally = SlerpTally()
     tensors = [OutTensor(tname, out_st, ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[out_st], None,
                          make=producer(spec, tname, infos, reader, base, out_dtype,
-                                       tensor_t(spec, tname, first) if spec.method == "slerp" else None))
+                                       tensor_t(spec, tname, first) if spec.method == "slerp" else None, tally))
                for tname, ref in first.tensors.items()]
     out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
     progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
@@ -76,14 +78,31 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
             cfg["dtype"] = str(out_dtype).removeprefix("torch.")
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
             copy_companions(first.folder, tmp)
-            (tmp / "README.md").write_text(f"# {name}\n\n{spec.method} merge by DUS Studio of "
-                                           f"{', '.join(f'`{n}`' for n in names[:len(spec.models)])}"
-                                           + (f" relative to `{names[-1]}`" if spec.base else "")
-                                           + f".\n\n## Spec\n```yaml\n{spec.to_yaml()}```\n")
+            slerp = tally.summary() if spec.method == "slerp" else None
+            (tmp / "README.md").write_text(model_card(spec, name, names, slerp))
     finally:
         reader.close()
     rec = register_output(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
                           recipe=spec.model_dump(mode="json"))
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
-    return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)}
+    return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)} | ({"slerp": slerp} if slerp else {})
+
+
+def model_card(spec: MergeSpec, name: str, names: list[str], slerp: str | None) -> str:
+    """The merged folder's README.md: what was merged, how (a SLERP: how many tensors fell back to linear
+    interpolation, SlerpTally), and the spec that rebuilds it."""
+    return (f"# {name}\n\n{spec.method} merge by DUS Studio of "
+            f"{', '.join(f'`{n}`' for n in names[:len(spec.models)])}"
+            + (f" relative to `{names[-1]}`" if spec.base else "")
+            + ".\n\n" + (f"{SLERP_LINE}{slerp}.\n\n" if slerp else "")
+            + f"## Spec\n```yaml\n{spec.to_yaml()}```\n")
+
+
+def slerp_note(folder: str | Path) -> str | None:
+    """A SLERP's line of its model card ("SLERP: 290 of 290 tensors nearly parallel …"), for a page that shows the
+    merge (the Compare page's merge view): the registry keeps only the spec. None for other merges and SLERPs made
+    before the count existed."""
+    card = Path(folder) / "README.md"
+    lines = card.read_text().splitlines() if card.is_file() else []
+    return next((line for line in lines if line.startswith(SLERP_LINE)), None)

@@ -17,8 +17,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from backend.merge.methods import (METHODS, TaskArithmetic, TopK, combine, linear, magnitude_bits, random_keep,
-                                   rescale_factor, slerp_coefficients, top_k_cuts)
+from backend.merge.methods import (DOT_THRESHOLD, METHODS, TaskArithmetic, TopK, combine, linear, magnitude_bits,
+                                   nearly_parallel, random_keep, rescale_factor, slerp_cos, slerp_weights, top_k_cuts)
 from backend.modelinfo import ModelInfo
 from backend.safetensors_stream import DTYPE_SIZES
 from backend.specs import MergeSpec
@@ -82,10 +82,56 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+class SlerpTally:
+    """How many tensors (and parameters) a SLERP interpolated linearly because the two were nearly parallel
+    (|cos| > DOT_THRESHOLD: mergekit 0.1.5's mergekit/merge_methods/slerp.py). Candidates a few training steps
+    apart are parallel in every tensor, so their SLERP is bit for bit a weighted average; without this count the
+    user reads "SLERP = Average" as a finding or suspects a bug. mergekit returns a tensor unchanged only when one
+    model lacks it, which check_mergeable (plan.py) refuses, so linear and spherical are the only two cases.
+    Shard-writer threads add to it at once, hence the lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tensors = self.params = self.linear = self.linear_params = 0
+        self.ts: set[float] = set()  # the t of each tensor (a schedule or filters give several)
+
+    def add(self, numel: int, t: float, parallel: bool) -> None:
+        """One tensor of `numel` elements merged at `t`, interpolated linearly when `parallel`."""
+        with self.lock:
+            self.tensors += 1
+            self.params += numel
+            self.linear += parallel
+            self.linear_params += numel if parallel else 0
+            self.ts.add(t)
+
+    def summary(self) -> str:
+        """One line for the job's result and the model card."""
+        said = f"{self.linear} of {self.tensors} tensors"
+        if self.linear and self.linear < self.tensors:
+            said += f" ({_share(self.linear_params / self.params)} of the parameters)"
+        said += f" nearly parallel (|cos| > {DOT_THRESHOLD})"
+        if not self.linear:
+            return said + " — every tensor interpolated spherically"
+        said += ", interpolated linearly as mergekit does"
+        if self.linear == self.tensors:
+            t = next(iter(self.ts)) if len(self.ts) == 1 else None
+            return said + (f" — the same as a weighted average [{1 - t:g}, {t:g}]" if t is not None else
+                           " — the same as a weighted average [1 − t, t] with each tensor's t")
+        return said + f"; the other {self.tensors - self.linear} spherically"
+
+
+def _share(frac: float) -> str:
+    """A share of a model as a percentage that is never 0.0 % or 100.0 % unless it is: the norms of a 1B model are
+    under 0.1 % of it, and "0.0 % of the parameters" next to a nonzero count reads as a bug."""
+    said = f"{frac:.1%}"
+    return {"0.0%": "under 0.1%", "100.0%": "over 99.9%"}.get(said, said) if 0 < frac < 1 else said
+
+
 def producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: Reader, base: int | None,
-             out_dtype: torch.dtype, t: float | None) -> Callable[[], Iterator[memoryview]]:
+             out_dtype: torch.dtype, t: float | None, tally: SlerpTally) -> Callable[[], Iterator[memoryview]]:
     """The chunks of one merged tensor, computed on demand by a shard writer; each chunk is written before the next
-    is asked for, so every chunk may live in the same reused buffer."""
+    is asked for, so every chunk may live in the same reused buffer. A SLERP adds to `tally` whether this tensor
+    was interpolated linearly."""
     ref = infos[0].tensors[name]
     numel = ref.nbytes // DTYPE_SIZES[ref.dtype]
     n = len(spec.models)
@@ -135,7 +181,9 @@ def producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: Reader,
                 dot += torch.dot(a, b).item()
                 na += torch.dot(a, a).item()
                 nb += torch.dot(b, b).item()
-            c0f, c1f = slerp_coefficients(dot, na, nb, t)
+            cos = slerp_cos(dot, na, nb)
+            c0f, c1f = slerp_weights(cos, t)
+            tally.add(numel, t, nearly_parallel(cos))
             for raws, _, c0, c1 in spans():
                 a = _scratch.get(("f32", 0), chunk, torch.float32)[:c1 - c0].copy_(raws[0][c0:c1])
                 b = _scratch.get(("f32", 1), chunk, torch.float32)[:c1 - c0].copy_(raws[1][c0:c1])

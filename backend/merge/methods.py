@@ -37,23 +37,37 @@ def linear(tensors: list[torch.Tensor], *, weights: list[float], normalize: bool
     return out
 
 
-def slerp_coefficients(dot: float, na2: float, nb2: float, t: float) -> tuple[float, float]:
-    """(c0, c1) with slerp(a, b) = c0·a + c1·b, from ⟨a,b⟩, |a|², |b|² of the whole tensors as flat vectors
-    (Shoemake, 1985). As mergekit: norms ≤ 1e-8 count as 1, |cos| > 0.9995 interpolates linearly, and the
-    coefficients are float32. The executor accumulates the three products over chunks in float64."""
+def slerp_cos(dot: float, na2: float, nb2: float) -> float:
+    """The cosine SLERP takes its angle from, from ⟨a,b⟩, |a|², |b|² of the whole tensors as flat vectors, as
+    mergekit computes it: float32, norms ≤ 1e-8 count as 1, clamped to [-1, 1]. The executor accumulates the three
+    products over chunks in float64, and counts the tensors nearly_parallel (interpolated linearly)."""
     f32 = torch.float32
     na = torch.tensor(math.sqrt(na2), dtype=f32)
     nb = torch.tensor(math.sqrt(nb2), dtype=f32)
     na = torch.where(na > SLERP_EPS, na, 1)
     nb = torch.where(nb > SLERP_EPS, nb, 1)
-    cos = torch.tensor(dot / (float(na) * float(nb)), dtype=f32).clamp(-1, 1)
-    t32 = torch.tensor(t, dtype=f32)
-    lin = cos.abs() > DOT_THRESHOLD
-    theta = torch.acos(torch.where(lin, 0, cos))
+    return float(torch.tensor(dot / (float(na) * float(nb)), dtype=f32).clamp(-1, 1))
+
+
+def nearly_parallel(cos: float) -> bool:
+    """mergekit's SLERP interpolates linearly past this: the angle is too small for sin(θ) to divide by."""
+    return abs(cos) > DOT_THRESHOLD
+
+
+def slerp_weights(cos: float, t: float) -> tuple[float, float]:
+    """(c0, c1) with slerp(a, b) = c0·a + c1·b for tensors at angle acos(cos) (Shoemake, 1985). As mergekit:
+    nearly parallel tensors are interpolated linearly, and the coefficients are float32."""
+    t32 = torch.tensor(t, dtype=torch.float32)
+    if nearly_parallel(cos):
+        return float(1 - t32), float(t32)
+    theta = torch.acos(torch.tensor(cos, dtype=torch.float32))
     s = torch.sin(theta)
-    c0 = torch.where(lin, 1 - t32, torch.sin((1 - t32) * theta) / s)
-    c1 = torch.where(lin, t32, torch.sin(t32 * theta) / s)
-    return float(c0), float(c1)
+    return float(torch.sin((1 - t32) * theta) / s), float(torch.sin(t32 * theta) / s)
+
+
+def slerp_coefficients(dot: float, na2: float, nb2: float, t: float) -> tuple[float, float]:
+    """(c0, c1) from ⟨a,b⟩, |a|², |b|² of the whole tensors: slerp_weights at their slerp_cos."""
+    return slerp_weights(slerp_cos(dot, na2, nb2), t)
 
 
 def slerp_combine(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float) -> torch.Tensor:
