@@ -5,6 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from backend.specs import CptSpec
+
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 DROPPED = "#D9D9D9"
 IDENTITY = "#2CA02C"
@@ -416,3 +418,28 @@ def position_bias_figure(rows: list[dict]) -> go.Figure:
     fig.update_layout(title="Position bias: win rate by position (decisive votes)", height=300,
                       yaxis=dict(range=[0, 1.1], title="win rate"), margin=dict(l=10, r=10, t=40, b=30))
     return fig
+
+
+# Where to check recovery on text the model never trained on: the Compare page's perplexity task (backend/evaluate.py).
+INDEPENDENT = ("Merge & compare → Evaluate, task perplexity (data/heldout-text.txt: facts no built-in training set "
+               "mentions), for the model and its base")
+
+
+def held_out_words(spec: dict) -> tuple[str, str]:
+    """(a recovery chart's subtitle, the note under it, on the Monitor and Recipe pages): which set the held-out loss
+    is on. By default it is a share split off the training data (backend/data.py split_mix), the same templates the
+    model is fitting, so it fell below the base's after 3 steps while independent perplexity barely moved; the
+    chart called it only "held-out loss"."""
+    given = (spec.get("eval_data") or {}).get("source")
+    if given:
+        return (f"held-out: {short_name(given, 32)} (the job's eval_data); dashed: base model",
+                f"Held-out loss on {given}, the held-out set the job was given: it shows recovery only as far as "
+                f"that set is independent of the training data. The same independent text for every model: "
+                f"{INDEPENDENT}.")
+    share = f"{round(100 * spec.get('eval_fraction', CptSpec.model_fields['eval_fraction'].default), 1):g} %"
+    sources = ", ".join(d["source"] for d in spec.get("data") or [])
+    return (f"held-out: {share} of the training data ({short_name(sources, 32)}); dashed: base model",
+            f"Held-out loss on {share} of {sources}, split off the data this job trains on (the same templates and "
+            "topics): it falls as the model fits that data, so dropping below the base is not recovery on its "
+            f"own. For the recovery claim, score independent text: {INDEPENDENT}; or give the job a held-out set "
+            "(Train → Advanced).")

@@ -8,37 +8,12 @@ from collections import defaultdict
 import streamlit as st
 
 from backend import runner
-from backend.specs import TRAIN_KINDS, CptSpec
+from backend.specs import TRAIN_KINDS
 from pages.common import job_status, live_log, worker_banner, via_app
-from pages.figures import metric_figure, recovery_figure, short_name
+from pages.figures import held_out_words, metric_figure, recovery_figure
 
 PREFERRED = ["loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "rewards/chosen", "rewards/rejected",
              "rewards/margins", "rewards/accuracies", "mean_token_accuracy"]
-
-# Where to check recovery on text the model never trained on: the Compare page's perplexity task (backend/evaluate.py).
-INDEPENDENT = ("Merge & compare → Evaluate, task perplexity (data/heldout-text.txt: facts no built-in training set "
-               "mentions), for the model and its base")
-
-
-def held_out_words(spec: dict) -> tuple[str, str]:
-    """(the recovery chart's subtitle, the note under it): which set the held-out loss is on. By default it is a
-    share split off the training data (backend/data.py split_mix), the same templates the model is fitting, so it
-    fell below the base's after 3 steps while independent perplexity barely moved; the chart called it only
-    "held-out loss"."""
-    given = (spec.get("eval_data") or {}).get("source")
-    if given:
-        return (f"held-out: {short_name(given, 32)} (the job's eval_data); dashed: base model",
-                f"Held-out loss on {given}, the held-out set the job was given: it shows recovery only as far as "
-                f"that set is independent of the training data. The same independent text for every model: "
-                f"{INDEPENDENT}.")
-    share = f"{round(100 * spec.get('eval_fraction', CptSpec.model_fields['eval_fraction'].default), 1):g} %"
-    sources = ", ".join(d["source"] for d in spec.get("data") or [])
-    return (f"held-out: {share} of the training data ({short_name(sources, 32)}); dashed: base model",
-            f"Held-out loss on {share} of {sources}, split off the data this job trains on (the same templates and "
-            "topics): it falls as the model fits that data, so dropping below the base is not recovery on its "
-            f"own. For the recovery claim, score independent text: {INDEPENDENT}; or give the job a held-out set "
-            "(Train → Advanced).")
-
 
 via_app(__file__)
 st.title("Monitor")

@@ -12,7 +12,7 @@ from backend import recipe, runner
 from backend.recipe import tables
 from backend.specs import TRAIN_KINDS
 from pages.common import via_app, worker_banner
-from pages.figures import PALETTE, metric_figure, recovery_figure
+from pages.figures import PALETTE, held_out_words, metric_figure, recovery_figure
 
 
 def data_text(n) -> str:
@@ -180,7 +180,11 @@ with t_recovery:
     for r, j in cpt:
         pts, ref = tables.recovery_points(r.job_id)
         if pts and ref is not None:
-            st.plotly_chart(recovery_figure(pts, ref, r.stage, "base model"), key=f"recovery_{r.job_id}")
+            fig = recovery_figure(pts, ref, r.stage, "base model")
+            subtitle, note = held_out_words(j.spec)  # which set the held-out loss is on, as the Monitor says
+            fig.update_layout(title_subtitle_text=subtitle)
+            st.plotly_chart(fig, key=f"recovery_{r.job_id}")
+            st.caption(note)
         else:
             st.caption(f"{r.stage}: no held-out losses logged yet (job {r.job_id}).")
     if not cpt:

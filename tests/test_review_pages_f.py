@@ -112,3 +112,25 @@ def test_monitor_recovery_names_the_split_of_the_training_data_or_the_given_held
     assert notes[0].startswith("Held-out loss on 20 % of builtin:facts-corpus, split off the data this job trains")
     assert notes[1].startswith(f"Held-out loss on {text}, the held-out set the job was given")
     assert all("Merge & compare → Evaluate, task perplexity" in n for n in notes)
+
+
+def test_recipe_recovery_tab_names_its_held_out_set_as_the_monitor_does(tiny_llama):
+    """The Recipe page's Recovery tab drew the same chart under the bare "held-out loss" the Monitor had."""
+    d = yaml.safe_load(recipe.preset("smoke", str(tiny_llama)))
+    d["stages"].insert(0, {"name": "cpt", "kind": "cpt", "model": "upscaled", "eval_fraction": 0.2, "max_steps": 2,
+                           "data": [{"source": "builtin:facts-corpus"}]})
+    for st in d["stages"][1:3]:
+        st["model"] = "cpt"
+    [run_id] = recipe.run_recipe(yaml.safe_dump(d, sort_keys=False))  # queued only: the rows below stand in
+    (cpt,) = [j for r, j in recipe.stages(run_id) if r.kind == "cpt"]
+    with db.session() as s:
+        s.add_all(JobMetric(job_id=cpt.id, step=step, name=name, value=value)
+                  for step, name, value in [(0, "reference_eval_loss", 4.0), (0, "eval_loss", 6.0),
+                                            (2, "eval_loss", 3.5)])
+        s.commit()
+    at = app("recipe.py")
+    assert not at.exception, at.exception
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if f"recovery_{cpt.id}" in c.proto.id)
+    assert chart["layout"]["title"]["subtitle"]["text"] == ("held-out: 20 % of the training data "
+                                                            "(builtin:facts-corpus); dashed: base model")
+    assert any(c.value.startswith("Held-out loss on 20 % of builtin:facts-corpus, split off") for c in at.caption)
