@@ -313,6 +313,62 @@ def _scores_since(after_id: int, models: list[str]) -> list:
     return sorted(rows, key=lambda r: (r.model, r.task, r.metric))
 
 
+def cmd_scores(a) -> None:
+    """The Compare page's models × tasks table: headline score per task with its standard error (lm-eval's
+    "value ± stderr"), the average over the tasks every model has, hallucination and cut-off shares, the overlap
+    badges and the lineage, then the notes the page shows under it."""
+    from backend import registry, scoretable
+    from backend.recipe import tables
+
+    latest = scoretable.latest_scores()
+    if a.models:
+        unknown = sorted(set(a.models) - {m for m, _, _ in latest})
+        if unknown:
+            raise ValueError(f"no scores for {', '.join(unknown)}: evaluate first (`python -m backend eval MODEL`).")
+        latest = {k: r for k, r in latest.items() if k[0] in a.models}
+    if not latest:
+        raise ValueError("no scores yet: evaluate first (`python -m backend eval MODEL`).")
+    rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()}, clean=a.clean)
+    if a.format == "csv":  # every score numeric, its error in its own ± column (as the page's Export CSV)
+        print(tables.to_csv(tables.Table("scores", "Models × tasks", list(rows[0]), [list(r.values()) for r in rows])),
+              end="")
+        return
+    print({"md": tables.to_markdown, "tex": tables.to_latex}[a.format](scoretable.export_table(rows)), end="")
+    for note in scoretable.table_notes(latest, rows, a.clean):
+        print(f"note: {note}")
+
+
+def cmd_compare(a) -> None:
+    """The Compare page's answer to "fewer hallucinations, or just shorter answers?" for two models on one task:
+    the sentence, the raw gap (paired bootstrap), McNemar on accuracy, and the gap within length bins."""
+    from backend import analysis
+
+    if not 2 <= a.bins <= 6:
+        raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
+    recs = analysis.task_records(a.task)
+    have = {r.model for r in recs}
+    if missing := [m for m in (a.model_a, a.model_b) if m not in have]:
+        raise ValueError(f"no answers of {', '.join(missing)} on {a.task} (answers of: "
+                         f"{', '.join(sorted(have)) or 'none'}); evaluate with --tasks {a.task} first.")
+    pair = [r for r in recs if r.model in (a.model_a, a.model_b)]
+    res = analysis.compare(pair, a.model_a, a.model_b, outcome=a.outcome)
+    print(res["sentence"])
+    if not res["ok"]:
+        return
+    raw, mc = res["raw"], res["mcnemar"]
+    rate = analysis.RATE_LABEL[a.outcome]
+    print(f"{rate} {a.model_a} {res['rate_a']:.3f}, {a.model_b} {res['rate_b']:.3f}; A − B {raw['diff']:+.3f} "
+          f"[{raw['low']:+.3f}, {raw['high']:+.3f}] (paired bootstrap over {raw['n']} items)")
+    print(f"accuracy, McNemar: only {a.model_a} right on {mc['only_a_correct']}, only {a.model_b} on "
+          f"{mc['only_b_correct']}, p = {mc['pvalue']:.3g}")
+    strat = analysis.length_controlled(pair, a.model_a, a.model_b, n_bins=a.bins, boots=500, outcome=a.outcome)
+    lo, hi = strat["length_controlled_ci"]
+    gap = strat["length_controlled_diff"]
+    print(f"within {strat['bins']} length bins: {rate} gap "
+          + (f"{gap:+.3f} [{lo:+.3f}, {hi:+.3f}]" if gap is not None and lo is not None else "n/a (too few answers)")
+          + f"; mean length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens")
+
+
 def cmd_run(a) -> None:
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
         return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue or bool(a.after)))
@@ -636,6 +692,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "the Eval page; --no-fan-out queues one job for all")
     _job_options(ev)
     ev.set_defaults(fn=cmd_eval)
+
+    sc = sub.add_parser("scores", help="the models × tasks table of the Compare page, with standard errors")
+    sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
+    sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
+                                                         "data of the model's lineage")
+    sc.add_argument("--format", choices=["md", "csv", "tex"], default="md")
+    sc.set_defaults(fn=cmd_scores)
+
+    from backend import analysis  # numpy only: statsmodels loads when a fit runs
+
+    cp = sub.add_parser("compare", help="fewer hallucinations, or just shorter answers? two models on one task's "
+                                        "stored answers, with answer length held fixed")
+    cp.add_argument("model_a", metavar="A")
+    cp.add_argument("model_b", metavar="B")
+    cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
+    cp.add_argument("--outcome", choices=list(analysis.OUTCOMES), default="hallucination",
+                    help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off)")
+    cp.add_argument("--bins", type=int, default=3, help="answer-length bins of the model-free check (2–6)")
+    cp.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete")
     da = d.add_subparsers(dest="action", required=True)

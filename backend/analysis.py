@@ -71,6 +71,22 @@ def from_generation(g) -> Record:
                   verdict=verdict, answered=answered)
 
 
+def task_records(task: str) -> list[Record]:
+    """The latest answer of every model to every item of `task` in the database, as records (the Compare page and
+    `python -m backend compare`). Plain rows of the columns the analysis reads: building ORM objects took ~1 s."""
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:
+        cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
+                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind]
+        gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
+    latest = {(g.model, g.prompt_id): g for g in gens}  # the latest evaluation of an item wins
+    return [from_generation(g) for g in latest.values()]
+
+
 def bin_edges(records: list[Record], n_bins: int = 4) -> list[float]:
     """Quantile edges of answer length over all models pooled, so every model is cut at the same lengths."""
     words = np.array([r.words for r in records], dtype=float)

@@ -254,6 +254,16 @@ def overlap_note(primary: dict) -> str:
             + ".") if parts else ""
 
 
+def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str]:
+    """What stands under the models × tasks table, on the Compare page and after `python -m backend scores`: the
+    item counts, what ± is, the average's tasks, the blanked hallucination cells and the overlap columns."""
+    primary = headline(latest)
+    has_errors = any(v is not None for r in rows for c, v in r.items() if c.endswith(" ±"))
+    notes = [items_note(primary, clean), "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
+             average_note(primary, clean), cut_off_note(latest, clean), overlap_note(primary)]
+    return [n for n in notes if n]
+
+
 def export_table(rows: list[dict]) -> Table:
     """The models × tasks table for the Markdown and LaTeX downloads, each score with its error in one cell as
     lm-eval prints them ("0.2500 ± 0.0993"); the CSV keeps them in separate numeric columns."""

@@ -208,13 +208,9 @@ table = pd.DataFrame(score_rows)
 # made colours repeat among the few compared once more than 24 were registered
 charted = [m for m in names if m in set(table["model"])] + [m for m in table["model"] if m not in set(names)] \
     if "model" in table else []
-has_errors = any(c.endswith(" ±") and table[c].notna().any() for c in table)
-notes = [scoretable.items_note(primary, clean_only),
-         "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
-         scoretable.average_note(primary, clean_only), scoretable.cut_off_note(latest, clean_only),
-         scoretable.overlap_note(primary)]
-st.caption(" ".join(n for n in notes if n) + " Each score records its set's source and fingerprint; the built-in sets "
-           "(held-out text, eval-math, qa) share no 8-gram with the built-in training sets.")
+st.caption(" ".join(scoretable.table_notes(latest, score_rows, clean_only)) + " Each score records its set's source "
+           "and fingerprint; the built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in "
+           "training sets.")
 score_table(table, "scores_table")
 exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
 d1, d2, d3 = st.columns(3)
@@ -301,12 +297,7 @@ gtask = st.selectbox("Task", gen_tasks, key="gen_task")
 def task_records(url: str, task: str, version: tuple) -> list[analysis.Record]:
     """The latest answer of every model to every item of `task`, as analysis records. Cached per database and
     data version (the task's newest row id and count), so reruns of the page do not reload 20k rows."""
-    with db.session() as s:  # plain rows of the columns the analysis reads: building ORM objects took ~1 s
-        cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
-                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind]
-        gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
-    latest = {(g.model, g.prompt_id): g for g in gens}  # the latest evaluation of an item wins
-    return [analysis.from_generation(g) for g in latest.values()]
+    return analysis.task_records(task)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -81,6 +81,8 @@ def test_downloads_keep_csv_numeric_and_print_value_plus_minus_stderr_in_markdow
 
     md = tables.to_markdown(scoretable.export_table(scoretable.table_rows(scoretable.latest_scores(), {})))
     assert "| 0.2500 ± 0.0993 |" in md and "| 41.05 |" in md and "±" not in md.splitlines()[2]  # no ± column
+    tex = tables.to_latex(scoretable.export_table(scoretable.table_rows(scoretable.latest_scores(), {})))
+    assert r"0.2500 $\pm$ 0.0993" in tex and "±" not in tex  # pdflatex without UTF-8 input stops at a bare ±
 
 
 # ---- 2. the average only over the tasks every model has ---------------------------------------------------------

@@ -109,7 +109,7 @@ def to_csv(t: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "✓": r"\checkmark", "—": "---",
-        "–": "--"}
+        "–": "--", "±": r"$\pm$", "×": r"$\times$"}  # ± and × in plain pdflatex too (a score's "0.25 ± 0.10")
 
 
 def _tex(v: Any) -> str:
