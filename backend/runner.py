@@ -341,6 +341,10 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+    if ray_jobs.is_ray(job.host) and job.status in STOPPED and ray_jobs.still_running(job.host, job.cluster_ref):
+        raise ValueError(f"Job {job_id}'s Ray run {job.cluster_ref} is still stopping on the cluster at "
+                         f"{job.host[len('ray:'):]} (asked to stop again). Resume it when Ray says it stopped (`python "
+                         "-m backend cluster status`); a second run would now run beside it.")
     if host := _still_stopping(job):
         raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the stopped run within "
                          "a few seconds. Resume it when it has stopped; a second run would now run beside it.")

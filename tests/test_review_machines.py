@@ -280,7 +280,7 @@ class _KeptRay:
 def test_a_ray_submission_lost_while_the_cluster_was_unreachable_is_watched_when_it_comes_back(monkeypatch):
     """Its submit landed, but neither the answer nor `_holds` reached the cluster, so the job went back to the
     queue; the next claim found attempt 1 taken, submitted attempt 2 and the job ran twice at once. A still running
-    attempt the job never recorded is watched; an ended one, or its recorded (cancelled) run, is skipped as before."""
+    attempt is watched; an ended one (a resumed job's earlier run) is skipped as before."""
     from ray.job_submission import JobStatus
 
     job = _row()
@@ -293,8 +293,28 @@ def test_a_ray_submission_lost_while_the_cluster_was_unreachable_is_watched_when
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
     run = ray_jobs.submit(job, "http://head:8265")
     assert run.submission_id == sid(3) and fake.submitted == [sid(3)]
-    job.cluster_ref = sid(1)  # its recorded run, cancelled and still stopping when the job was resumed
+
+
+def test_a_cancelled_ray_job_resumes_only_once_its_run_has_stopped(monkeypatch):
+    """Ray keeps a stopped job RUNNING for a few seconds (for ever when the cancel never reached the cluster); a
+    resume then queued it, and the claim attached to that dying run (its id was taken and running), which Ray
+    reported stopped: the row said its node was lost and the resumed job never ran."""
+    from ray.job_submission import JobStatus
+
+    job = _row("cancelled", host="ray:http://head:8265")
+    sid = lambda n: f"dus-{ray_jobs.workspace_tag()}-{job.id}-{n}"  # noqa: E731
+    runner._update(job.id, cluster_ref=sid(1))
     fake = _KeptRay({sid(1): JobStatus.RUNNING})
+    fake.stopped = []
+    fake.stop_job = fake.stopped.append
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
-    run = ray_jobs.submit(job, "http://head:8265")
-    assert run.submission_id == sid(2) and fake.submitted == [sid(2)]
+    with pytest.raises(ValueError, match=f"Job {job.id}'s Ray run {sid(1)} is still stopping on the cluster at "
+                                         r"http://head:8265 \(asked to stop again\)"):
+        runner.resume(job.id)
+    assert fake.stopped == [sid(1)] and runner.get(job.id).status == "cancelled"
+    fake.statuses[sid(1)] = JobStatus.STOPPED  # Ray says it stopped: the resume queues it, the claim runs attempt 2
+    assert runner.resume(job.id).status == "queued"
+    monkeypatch.setattr(ray_jobs, "address", lambda: "http://head:8265")
+    claimed = runner._claim_next()
+    assert claimed.id == job.id
+    assert runner.start_child(claimed).submission_id == sid(2) and fake.submitted == [sid(2)]

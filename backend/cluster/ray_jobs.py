@@ -359,8 +359,8 @@ def submit(job: Job, addr: str) -> RayRun:
             return RayRun(addr, sid)
         except Exception as exc:
             if isinstance(exc, RuntimeError) and "already exists" in str(exc):
-                if sid != job.cluster_ref and _running(c, sid):
-                    return RayRun(addr, sid)  # an earlier claim's lost submission is on the cluster: watch it
+                if _running(c, sid):  # an earlier claim's lost submission is on the cluster: watch it (a
+                    return RayRun(addr, sid)  # cancelled run still stopping is not resumed: runner.resume)
                 continue  # an earlier attempt's id (Ray keeps ended jobs)
             if _holds(c, sid):
                 return RayRun(addr, sid)  # its answer was lost, the submission was not
@@ -382,14 +382,29 @@ def _holds(c, sid: str) -> bool:
 def _running(c, sid: str) -> bool:
     """Whether submission `sid` is pending or running on the cluster. A submit whose answer was lost while the
     cluster was also unreachable cannot be asked about (`_holds`), so the job went back to the queue; the next claim
-    finds that attempt's id taken and, skipping to the next attempt, ran the job twice at once. The caller asks only
-    for an id the job never recorded (its recorded run was cancelled or ended, and may still be stopping); an ended
-    attempt is skipped; a cluster that cannot say counts as not running."""
+    finds that attempt's id taken and, skipping to the next attempt, ran the job twice at once. An ended attempt is
+    skipped; a cluster that cannot say counts as not running. A job's own cancelled run cannot be running here:
+    runner.resume refuses while it is (`still_running`)."""
     try:
         status = getattr(c.get_job_info(sid), "status", None)
     except Exception:  # noqa: BLE001 (the cluster is unreachable again: the next attempt's submit says so)
         return False
     return status is not None and not status.is_terminal()
+
+
+def still_running(host: str, submission_id: str) -> bool:
+    """Whether a cancelled or interrupted job's Ray run is still pending or running (Ray stops a job's process group
+    in a few seconds; a cancel sent while the cluster was unreachable never arrived), asking Ray to stop it again if
+    so. A cluster that does not answer cannot say: False (the claim's submit then says the cluster is unreachable)."""
+    if not submission_id:
+        return False
+    try:
+        running = _running(client(host[len("ray:"):]), submission_id)
+    except ClusterError:
+        return False
+    if running:
+        stop(host, submission_id)
+    return running
 
 
 def end_fields(job: Job, info) -> dict:
