@@ -334,8 +334,8 @@ def cmd_scores(a) -> None:
               end="")
         return
     print({"md": tables.to_markdown, "tex": tables.to_latex}[a.format](scoretable.export_table(rows)), end="")
-    for note in scoretable.table_notes(latest, rows, a.clean):
-        print(f"note: {note}")
+    for note in scoretable.table_notes(latest, rows, a.clean):  # as LaTeX comments in a .tex: its % and _ broke it
+        print(f"{'% ' if a.format == 'tex' else ''}note: {note}")
 
 
 def cmd_compare(a) -> None:

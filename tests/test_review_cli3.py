@@ -60,3 +60,13 @@ def test_compare_outcome_correct_counts_cut_off_as_errors(capsys):
     assert cli(["compare", "A", "B", "--task", "synth-math", "--outcome", "correct"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("not-correct rate A 0.500, B 0.400;") and "over 20 items" in lines[1]
+
+
+def test_scores_tex_keeps_its_notes_as_latex_comments(capsys):
+    add(("base", "qa", "accuracy", 0.25, 20), ("base", "qa", "hallucination_rate", 0.0, 20),
+        ("base", "qa", "cut_off_rate", 0.75, 20))
+    assert cli(["scores", "--format", "tex"]) == 0
+    out = capsys.readouterr().out
+    after = out.split(r"\end{table}", 1)[1].strip().splitlines()
+    assert after and all(line.startswith("% note: ") for line in after)  # a bare "95 % interval" or "_" broke it
+    assert any("max_new_tokens" in line for line in after)

@@ -283,7 +283,10 @@ def plan(recipe: RecipeSpec) -> Plan:
         spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
         from backend.upscale import layer_slots
 
-        depths = [base.depth] + ([_num_layers(registry.resolve(spec.second)[0])] if spec.second else [])
+        try:
+            depths = [base.depth] + ([_num_layers(registry.resolve(spec.second)[0])] if spec.second else [])
+        except registry.RegistryError as exc:
+            raise RecipeError(f"upscale.second: {exc}") from None
         try:  # the build's own rules and words (a groups or slice the base cannot hold was left to the job)
             d = len(layer_slots(spec, depths))
         except ValueError as exc:
