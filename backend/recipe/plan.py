@@ -29,6 +29,7 @@ from backend import data, registry, runner
 from backend.recipe.spec import (RESERVED, STAGE_REF, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
 from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
+from backend.uploads import DATA_SUFFIXES
 from storage import db
 from storage.models import DatasetRecord, Job, RecipeRun, RecipeStage
 
@@ -140,7 +141,7 @@ def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
     path = Path(src).expanduser()
     if path.exists():
         return _file_fp(path)
-    if path.suffix in (".jsonl", ".json", ".csv", ".parquet", ".txt") or src.startswith((".", "/", "~")):
+    if path.suffix in DATA_SUFFIXES or src.startswith((".", "/", "~")):
         raise RecipeError(f"{where}: data file {src} does not exist.")
     if src.count("/") == 1:
         return _sha(["hub", src])  # a Hub data set id; checked online by plan() when used
@@ -153,7 +154,7 @@ def _hub_id(src: str) -> bool:
     rows to the job (this machine may be offline), and asks only that the Hub be reachable."""
     path = Path(src).expanduser()
     return (src.count("/") == 1 and not src.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
-            and not path.exists() and path.suffix not in (".jsonl", ".json", ".csv", ".parquet", ".txt"))
+            and not path.exists() and path.suffix not in DATA_SUFFIXES)
 
 
 def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
