@@ -5,6 +5,7 @@ its depth) live in the method's plan function and name the valid range."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -395,7 +396,8 @@ class MergeSpec(_Spec):
         return self
 
     def default_name(self) -> str:
-        """The candidates joined, then the method's tag (method, weights or t, density). Past DEFAULT_NAME_CHARS:
+        """The candidates joined, then the method's tag (method, weights or t, density, and a digest of any other
+        setting changed from its default: a schedule, filters, lambda…). Past DEFAULT_NAME_CHARS:
         the first candidate whole, what each other one adds to it, and the tag never cut (names.safe_name keeps 100
         characters, which cut the tag off long names, so an average and a SLERP of the same models got the same
         name); a name that still does not fit is cut and given a digest of the candidates, so different candidates
@@ -405,6 +407,8 @@ class MergeSpec(_Spec):
             self.method + ("" if not self.weights else "-" + "-".join(f"{w:g}" for w in self.weights))
         if self.method in ("ties", "dare_linear", "dare_ties"):
             tag += f"-d{self.density:g}"
+        if unnamed := self._unnamed_settings():  # settings the tag does not spell: two merges differing only
+            tag += "-" + hashlib.sha1(json.dumps(unnamed, sort_keys=True).encode()).hexdigest()[:4]  # there differ
         full = safe_name(f"{'_'.join(short)}-{tag}")
         if len(full) <= DEFAULT_NAME_CHARS:
             return full
@@ -414,6 +418,19 @@ class MergeSpec(_Spec):
             digest = hashlib.sha1("\n".join(self.models).encode()).hexdigest()[:6]
             models = f"{models[:room - 7].rstrip(SEPARATORS)}-{digest}"
         return safe_name(f"{models}-{tag}")
+
+    def _unnamed_settings(self) -> dict:
+        """The settings of this method that change the merged weights, are not spelled in the name's tag and differ
+        from their defaults (a SLERP schedule or filters, lambda, normalize, rescale, DARE's seed, dtype). The base is
+        left out: a merge relative to another base is rare, and refused under a taken name rather than overwriting."""
+        keys = {"slerp": ["t", "filters"], "average": ["normalize"],
+                "task_arithmetic": ["lambda_", "normalize"]}.get(
+            self.method, ["lambda_", "normalize", "rescale"] + (["seed"] if "dare" in self.method else []))
+        value = {k: getattr(self, k) for k in keys + ["dtype"] if k != "t" or isinstance(self.t, list)}
+        default = {k: type(self).model_fields[k].get_default(call_default_factory=True) for k in value}
+        value.update({k: getattr(self, f"resolved_{k}") for k in ("normalize", "rescale") if k in value})
+        default.update(zip(("normalize", "rescale"), MERGE_DEFAULTS[self.method]))  # None means the method's own
+        return {k: v for k, v in value.items() if v != default[k]}
 
 
 DEFAULT_NAME_CHARS = 60  # longer default merge names (82 characters) hid the scores table's numbers
