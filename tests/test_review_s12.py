@@ -1,5 +1,11 @@
 """Twelfth-session review fixes that stand alone (each test failed before its fix)."""
-from backend.specs import MergeSpec
+from pathlib import Path
+
+import pytest
+
+from backend import registry
+from backend.specs import MergeSpec, SynthMathSpec
+from backend.synth import pipeline
 
 
 def test_merges_that_differ_only_in_a_setting_the_tag_does_not_spell_get_different_default_names():
@@ -28,3 +34,33 @@ def test_a_setting_spelled_as_its_methods_default_does_not_change_the_name():
     assert MergeSpec(models=["a", "b"], normalize=True).default_name() == "a_b-average"
     assert MergeSpec(models=["a", "b"], method="ties", base="c", rescale=False).default_name() == "a_b-ties-d0.5"
     assert MergeSpec(models=["a", "b"], normalize=False).default_name() != "a_b-average"
+
+
+# ---------------------------------------------------------------- a re-export under models trained on the export
+
+@pytest.fixture
+def sm(workspace) -> Path:
+    """A synthetic-math run 'sm' (sm-pairs, sm-instruct, sm-alignment) and a model trained on sm-instruct's file."""
+    pipeline.run_synth_math(SynthMathSpec(num_seeds=12, name="sm"))
+    return workspace / "datasets" / "sm"
+
+
+@pytest.mark.parametrize("source", ["dataset:sm-instruct", "path"])
+def test_a_reexport_that_would_change_rows_models_trained_on_is_refused(sm, tiny_llama, source):
+    """Re-exporting after a hand rejection rewrote the file a model was trained on, so the evaluation's overlap check
+    read the new rows as that model's training data and missed the one taken out."""
+    registry.import_folder(tiny_llama, "base")
+    src = str(sm / "math_instruct.jsonl") if source == "path" else source
+    registry.register(tiny_llama, "tuned", "trained", parents=["base"],
+                      recipe={"kind": "sft", "data": [{"source": src, "weight": 1.0}]})
+    before = {p: p.read_text() for p in sm.glob("math_*.jsonl")}
+    assert pipeline.export("sm-pairs")["rows"] == len(before[sm / "math_instruct.jsonl"].splitlines())  # same rows: ok
+    _, pairs = pipeline.query_pairs(pipeline.get_dataset("sm-pairs").id, states=["verified"])
+    pipeline.reject_by_hand(pairs[0].id)
+    with pytest.raises(pipeline.DatasetError, match=r"1 model\(s\) were trained on sm-instruct as it is: tuned\. "
+                                                    r"Nothing was exported"):
+        pipeline.export("sm-pairs")
+    assert {p: p.read_text() for p in sm.glob("math_*.jsonl")} == before  # neither file was touched
+    assert pipeline.get_dataset("sm-instruct").rows == len(before[sm / "math_instruct.jsonl"].splitlines())
+    registry.delete("tuned", delete_files=False)  # no model reads it any more: the re-export updates it in place, as before
+    assert pipeline.export("sm-pairs")["rows"] == len(before[sm / "math_instruct.jsonl"].splitlines()) - 1

@@ -9,7 +9,7 @@ rows (fast paging and filtering); exports write JSONL files in trl's standard fo
 and hand-rejected pairs. A run never replaces a data set: a name a data set holds, or an output folder holding
 anything but a stopped run's own files, is refused before any work (as backend/outputs.py refuses a model's), since
 models may have been trained on it and pairs rejected in it by hand. Re-exporting the pairs (after hand rejections)
-updates their own export in place. `delete_dataset` removes one (refused while jobs or models depend on it).
+updates their own export in place, unless models were trained on the rows it would change. `delete_dataset` removes one (refused while jobs or models depend on it).
 """
 
 from __future__ import annotations
@@ -437,6 +437,22 @@ def _save_export(name: str, kind: str, path: str, rows: int, provenance: dict) -
         return rec
 
 
+def _check_not_trained_on(rec: DatasetRecord | None, text: str) -> None:
+    """Refuse a re-export that would change the rows of an export models were trained on (by its name, a mix or its
+    file's path): their lineage reads that data set, so the evaluation's overlap check (backend/heldout.py) would
+    read the new rows as their training data and miss the ones left out since. The same rows again pass."""
+    if rec is None or not (models := _trained_on(rec.name, rec.path)):
+        return
+    old = Path(rec.path)
+    if old.is_file() and old.read_text(encoding="utf-8") == text:
+        return
+    raise DatasetError(f"{len(models)} model(s) were trained on {rec.name} as it is: "
+                       f"{', '.join(m.name for m in models)}. Nothing was exported: a re-export would change its "
+                       "rows under them, and the evaluation's overlap check would read the new rows as their "
+                       "training data. Run the synthetic-math job again under another name (--name, or Name on the "
+                       "Synthetic math page) and export that, or delete those models first.")
+
+
 def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool = False) -> dict:
     """Write Synth. Math-Instruct and Synth. Math-Alignment from the usable pairs and register both."""
     rec = get_dataset(pairs_name)
@@ -461,12 +477,15 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
                            f"{tally.get('flagged', 0)} flagged (included only when asked), {tally.get('failed', 0)} "
                            f"failed, {tally.get('rejected', 0)} rejected by hand. Nothing was written.")
     instruct, align = out_dir / "math_instruct.jsonl", out_dir / "math_alignment.jsonl"
-    for path, make in ((instruct, lambda p: {"messages": [{"role": "user", "content": p.new_question},
-                                                          {"role": "assistant", "content": p.new_solution}]}),
-                       (align, lambda p: {"prompt": p.new_question, "chosen": p.new_solution,
-                                          "rejected": p.solution})):
+    texts = {path: "".join(json.dumps(make(p), ensure_ascii=False) + "\n" for p in rows) for path, make in (
+        (instruct, lambda p: {"messages": [{"role": "user", "content": p.new_question},
+                                           {"role": "assistant", "content": p.new_solution}]}),
+        (align, lambda p: {"prompt": p.new_question, "chosen": p.new_solution, "rejected": p.solution}))}
+    for name, text in zip((f"{prefix}-instruct", f"{prefix}-alignment"), texts.values()):
+        _check_not_trained_on(get_dataset(name), text)  # before a file is written
+    for path, text in texts.items():
         tmp = path.with_suffix(".partial")
-        tmp.write_text("".join(json.dumps(make(p), ensure_ascii=False) + "\n" for p in rows))
+        tmp.write_text(text)
         tmp.rename(path)  # never a half-written file under the registered name
     prov = {"pairs": pairs_name, "include_flagged": include_flagged, **rec.provenance.get("settings", {})}
     a = _save_export(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
