@@ -9,7 +9,8 @@ rows (fast paging and filtering); exports write JSONL files in trl's standard fo
 and hand-rejected pairs. A run never replaces a data set: a name a data set holds, or an output folder holding
 anything but a stopped run's own files, is refused before any work (as backend/outputs.py refuses a model's), since
 models may have been trained on it and pairs rejected in it by hand. Re-exporting the pairs (after hand rejections)
-updates their own export in place, unless models were trained on the rows it would change. `delete_dataset` removes one (refused while jobs or models depend on it).
+updates their own export in place, unless models were trained on the rows it would change. `delete_dataset`
+removes one (refused while jobs or models depend on it).
 """
 
 from __future__ import annotations
