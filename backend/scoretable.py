@@ -88,6 +88,82 @@ def stderr(latest: dict, r: EvalScore, clean: bool = False) -> float | None:
     return math.sqrt(v * (1 - v) / (n - 1))
 
 
+Z95 = 1.96  # a 95 % normal interval: value ± 1.96 standard errors
+RULE_OF_THREE = 3.0  # 0 events in n: the 95 % upper bound on their rate is about 3/n (Hanley & Lippman-Hand 1983)
+
+
+def zero_error(v: float | None, se: float | None, n: int) -> bool:
+    """Whether a standard error of 0 says nothing: lm-eval's √(p(1−p)/(n−1)) is 0 at a share p of 0 or 1 however few
+    the items, and "0 ± 0" from 5 items read as certainty."""
+    return se == 0 and v in (0.0, 1.0) and n > 0
+
+
+def interval95(v: float | None, se: float | None, n: int) -> tuple[float, float] | None:
+    """The 95 % interval a bar's whisker draws: score ± 1.96 standard errors, cut at 0; where that error is 0 at a
+    share of 0 or 1 (zero_error), the rule of three's (J. A. Hanley, A. Lippman-Hand, "If nothing goes wrong, is
+    everything all right?", JAMA 249(13), 1983): 0 of n items still allows a true rate up to about 3/n, n of n one
+    down to 1 − 3/n. The stored error stays lm-eval's (the exported numbers are its); only the whisker is wider.
+    None without an error (perplexity)."""
+    if v is None or se is None:
+        return None
+    if zero_error(v, se, n):
+        reach = min(RULE_OF_THREE / n, 1.0)
+        return (0.0, reach) if v == 0 else (1.0 - reach, 1.0)
+    return max(v - Z95 * se, 0.0), v + Z95 * se
+
+
+def items_behind(r: EvalScore, clean: bool = False) -> int:
+    """The items behind this one score: item_count, but a preset's TASK/METRIC row (lm-eval:h6) counts its own
+    task's items (lm-eval's per-task n in the row's details), not the whole preset's, whose 3/n was far too small."""
+    task, slash, _ = r.metric.rpartition("/")
+    own = (((r.details or {}).get("lm_eval") or {}).get("tasks") or {}).get(task) or {}
+    return int(own["n"]) if slash and own.get("n") else item_count(r, clean)
+
+
+def headline_score(latest: dict, r: EvalScore, clean: bool = False) -> dict:
+    """One (model, task)'s headline as both the table (_task_cells) and its bar and radar charts (chart_rows) show
+    it: the score, its standard error and the items behind them, all over the non-overlapping items with `clean`.
+    The charts had read the stored score beside a table of clean ones."""
+    return {"model": r.model, "task": r.task, "metric": r.metric, "value": value(r, clean=clean),
+            "stderr": stderr(latest, r, clean), "n": items_behind(r, clean)}
+
+
+def chart_rows(latest: dict, clean: bool = False) -> dict[str, list[dict]]:
+    """Per task column ("TASK (METRIC)", as the table heads it) a bar per model: headline_score. A score unknown on
+    the clean items (every item overlapped, or the training data unreadable) gets no bar, as the table leaves its
+    cell blank: a bar at 0 would read as a score of 0."""
+    out: dict[str, list[dict]] = {}
+    for (_, task), r in sorted(headline(latest).items()):
+        if (score := headline_score(latest, r, clean))["value"] is not None:
+            out.setdefault(f"{task} ({r.metric})", []).append(score)
+    return out
+
+
+def radar_scores(charts: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per model, its accuracy-like tasks' scores for the radar, from the bars' rows (chart_rows), so the radar
+    follows the clean toggle as they do and leaves out a task without a clean score rather than draw it at 0."""
+    out: dict[str, dict[str, float]] = {}
+    for rows in charts.values():
+        for score in rows:
+            if higher_is_better(score["metric"]):
+                out.setdefault(score["model"], {})[score["task"]] = score["value"]
+    return out
+
+
+def chart_note(latest: dict, charts: dict[str, list[dict]], clean: bool = False) -> str:
+    """The caption under the bars and radar: which scores they show (with `clean`, which have no bar and why) and
+    what the whiskers are, the rule of three's included (interval95)."""
+    drawn = {(score["model"], score["task"]) for rows in charts.values() for score in rows}
+    missing = [f"{task} for {model}" for model, task in sorted(headline(latest)) if (model, task) not in drawn]
+    text = ("Bars and radar: the table's scores on the non-overlapping items only (the toggle above)"
+            + (f"; no bar for {', '.join(missing)}: no clean score (every item overlaps, or the training data could "
+               "not be read)" if missing else "") + ". ") if clean else "Bars and radar: the table's scores. "
+    if any(score["stderr"] is not None for rows in charts.values() for score in rows):
+        text += ("Whiskers: 95 % interval, score ± 1.96 standard errors; where that error is 0 at a score of 0 or 1, "
+                 "0 to 3/n or 1 − 3/n to 1 instead (rule of three, n items).")
+    return text.strip()
+
+
 def _unreadable(r: EvalScore) -> dict:
     """The lineage's training sources the overlap check could not read (a data set deleted since, a file gone, an
     offline Hub id; backend/heldout.py training_index), with why."""
@@ -120,8 +196,8 @@ def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping:
     the score stays a sortable number and the CSV numeric), the hallucination rate and its error, left blank when
     most replies were cut off by the token limit (a cut-off reply counts as no hallucination: a model that never
     finished an answer read 0), the cut-off share beside it, and the overlap badge."""
-    head = f"{task} ({r.metric})"
-    cells = {head: _rounded(value(r, clean=clean)), f"{head} ±": _rounded(stderr(latest, r, clean))}
+    head, score = f"{task} ({r.metric})", headline_score(latest, r, clean)
+    cells = {head: _rounded(score["value"]), f"{head} ±": _rounded(score["stderr"])}
     hall = latest.get((r.model, task, "hallucination_rate"))
     if hall is not None:
         cut = latest.get((r.model, task, "cut_off_rate"))
@@ -254,13 +330,34 @@ def overlap_note(primary: dict) -> str:
             + ".") if parts else ""
 
 
+def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
+    """The cells that read 0 ± 0 (or 1 ± 0), each with the rule of three's bound (interval95): lm-eval's error is
+    kept, as the exports must equal lm-eval's, and this says why its 0 is no certainty."""
+    shown = {row["model"]: row for row in rows}
+    found = []
+    for (model, task), r in sorted(headline(latest).items()):
+        for head, score in ((f"{task} ({r.metric})", r), (f"{task} (hallucination)",
+                                                          latest.get((model, task, "hallucination_rate")))):
+            v, se = shown.get(model, {}).get(head), shown.get(model, {}).get(f"{head} ±")
+            if score is not None and zero_error(v, se, n := items_behind(score, clean)):
+                low, high = interval95(v, se, n)
+                found.append(f"{head} for {model}, {round(v * n)} of {n} items: 95 % interval {low:.2g}–{high:.2g}")
+    if not found:
+        return ""
+    return ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
+            "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
+            "(n of n one down to 1 − 3/n), the interval the bars' whiskers draw: " + "; ".join(found) + ".")
+
+
 def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str]:
     """What stands under the models × tasks table, on the Compare page and after `python -m backend scores`: the
-    item counts, what ± is, the average's tasks, the blanked hallucination cells and the overlap columns."""
+    item counts, what ± is and where its 0 says nothing, the average's tasks, the blanked hallucination cells and
+    the overlap columns."""
     primary = headline(latest)
     has_errors = any(v is not None for r in rows for c, v in r.items() if c.endswith(" ±"))
     notes = [items_note(primary, clean), "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
-             average_note(primary, clean), cut_off_note(latest, clean), overlap_note(primary)]
+             zero_error_note(latest, rows, clean), average_note(primary, clean), cut_off_note(latest, clean),
+             overlap_note(primary)]
     return [n for n in notes if n]
 
 

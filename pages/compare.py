@@ -196,7 +196,6 @@ latest = scoretable.latest_scores()
 if not latest:
     st.info("No scores yet: run an evaluation above (the built-in model and one up-scaled from it make a start).")
     st.stop()
-primary = scoretable.headline(latest)  # the headline metric of each (model, task)
 records = {r.name: r for r in registry.list_models()}
 st.subheader("Models × tasks")
 clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
@@ -265,19 +264,18 @@ if merged:
                 st.caption(note)
         score_table(view, f"merge_view_{mrec.name}")
 
-by_task: dict[str, list[dict]] = defaultdict(list)
-for (model, task), r in primary.items():
-    by_task[f"{task} ({r.metric})"].append({"model": model, "value": r.value, "n": r.n,
-                                            "stderr": scoretable.stderr(latest, r)})
+# the table's own scores, errors and item counts (the clean ones with the toggle): the bars had drawn the stored
+# scores under a table of clean ones
+charts = scoretable.chart_rows(latest, clean=clean_only)
+scope = "non-overlapping items only" if clean_only else ""
 cols = st.columns(2)
-for i, (task, rows) in enumerate(sorted(by_task.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted), key=f"bar_{task}")
-radar = defaultdict(dict)
-for (model, task), r in primary.items():
-    if scoretable.higher_is_better(r.metric):
-        radar[model][task] = r.value
+for i, (task, rows) in enumerate(sorted(charts.items())):
+    cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted, subtitle=scope), key=f"bar_{task}")
+radar = scoretable.radar_scores(charts)
 if radar and len({t for v in radar.values() for t in v}) >= 3:
-    st.plotly_chart(radar_figure(dict(radar), models=charted), key="radar")
+    st.plotly_chart(radar_figure(radar, models=charted, subtitle=scope), key="radar")
+if charts:
+    st.caption(scoretable.chart_note(latest, charts, clean_only))
 
 st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from backend.scoretable import interval95, zero_error
 from backend.specs import CptSpec
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
@@ -233,15 +234,18 @@ def length_histogram_figure(hist: dict[str, list[tuple[int, int]]], pairs: list[
     return fig
 
 
-Z95 = 1.96  # a 95 % normal interval: value ± 1.96 standard errors
+def _titled(title: str, subtitle: str) -> str:
+    """A chart title with a smaller second line (what the scores are over, such as only the non-overlapping items)."""
+    return f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
 
 
-def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
+def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str = "") -> go.Figure:
     """One task's score per model (`table`: rows with model, value, and optionally stderr and n). `models`: every
     model of the page, in order: bars follow it and a model keeps its colour (name_colors) across charts even where
     another model has no score. Bars lie down when the names do not fit under them (see fits_across). A score with
     a standard error gets a 95 % interval whisker (error_y on upright bars): 0.25 against 0.15 is 5 against 3 of 20
-    items, well inside each other's noise, and bars without whiskers read as a real drop."""
+    items, well inside each other's noise, and bars without whiskers read as a real drop. `subtitle`: a second
+    title line."""
     colors = name_colors([*(models or []), *(r["model"] for r in table)])
     rank = {m: i for i, m in enumerate(colors)}
     table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
@@ -253,8 +257,9 @@ def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
                            text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
                            hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
     tops = _interval_whiskers(fig, table, name_ax, value_ax)
-    fig.update_layout(title=task + (" — whiskers: 95 % interval" if tops else ""), showlegend=False,
-                      margin=dict(l=10, r=10 if across else 40, t=40, b=80 if across else 30))
+    fig.update_layout(title=_titled(task + (" — whiskers: 95 % interval" if tops else ""), subtitle),
+                      showlegend=False, margin=dict(l=10, r=10 if across else 40, t=60 if subtitle else 40,
+                                                    b=80 if across else 30))
     known = [v for v in values if v is not None]
     # scores are not negative: no axis below zero (all-zero bars showed −1…1); headroom for the value labels
     value_axis = dict(range=[0, (max(known + tops) or 1) * 1.15]) if known and min(known) >= 0 else {}
@@ -263,28 +268,31 @@ def bar_figure(table, task: str, models: list[str] | None = None) -> go.Figure:
 
 
 def _interval_whiskers(fig: go.Figure, table: list[dict], name_ax: str, value_ax: str) -> list[float]:
-    """A second trace with the 95 % interval (value ± 1.96 stderr, cut at 0) of the scores that have a standard
-    error; returns the intervals' tops. A second trace, as leaderboard_figure's: a bar's own error array drew a
-    perplexity's missing error as a certain zero."""
-    shown = [r for r in table if r.get("stderr") is not None and r["value"] is not None]
+    """A second trace with the 95 % interval (scoretable.interval95: value ± 1.96 stderr, cut at 0, or the rule of
+    three's where that error is 0 at a score of 0 or 1) of the scores that have a standard error; returns the
+    intervals' tops. A second trace, as leaderboard_figure's: a bar's own error array drew a perplexity's missing
+    error as a certain zero."""
+    shown = [(r, iv) for r in table if (iv := interval95(r["value"], r.get("stderr"), r.get("n") or 0))]
     if not shown:
         return []
-    low = [max(r["value"] - Z95 * r["stderr"], 0.0) for r in shown]
-    high = [r["value"] + Z95 * r["stderr"] for r in shown]
+    how = ["rule of three: ± is 0 at a score of 0 or 1" if zero_error(r["value"], r["stderr"], r.get("n") or 0)
+           else "± 1.96 standard errors" for r, _ in shown]
     fig.add_trace(go.Scatter(**{
-        name_ax: [r["model"] for r in shown], value_ax: [r["value"] for r in shown], "mode": "markers",
-        "marker": dict(size=1, color="rgba(0,0,0,0)"), "name": "95 % interval (± 1.96 standard errors)",
+        name_ax: [r["model"] for r, _ in shown], value_ax: [r["value"] for r, _ in shown], "mode": "markers",
+        "marker": dict(size=1, color="rgba(0,0,0,0)"), "name": "95 % interval",
         f"error_{value_ax}": dict(type="data", symmetric=False, color="#444",
-                                  array=[h - r["value"] for h, r in zip(high, shown)],
-                                  arrayminus=[r["value"] - lo for lo, r in zip(low, shown)]),
-        "customdata": [[lo, h, r.get("n") or "?"] for lo, h, r in zip(low, high, shown)],
+                                  array=[high - r["value"] for r, (_, high) in shown],
+                                  arrayminus=[r["value"] - low for r, (low, _) in shown]),
+        "customdata": [[low, high, r.get("n") or "?", h] for (r, (low, high)), h in zip(shown, how)],
         "hovertemplate": f"%{{{name_ax}}}: %{{{value_ax}:.4g}}, 95 % interval [%{{customdata[0]:.3g}}, "
-                         "%{customdata[1]:.3g}] over %{customdata[2]} items<extra></extra>"}))
-    return high
+                         "%{customdata[1]:.3g}] over %{customdata[2]} items (%{customdata[3]})<extra></extra>"}))
+    return [high for _, (_, high) in shown]
 
 
-def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None = None) -> go.Figure:
-    """models -> {task: accuracy-like score in [0, 1]}; `models`: the page's models in order, for name_colors."""
+def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None = None,
+                 subtitle: str = "") -> go.Figure:
+    """models -> {task: accuracy-like score in [0, 1]}; `models`: the page's models in order, for name_colors;
+    `subtitle`: what the scores are over, as a title (none when empty)."""
     fig = go.Figure()
     colors = name_colors([*(models or []), *scores])
     for model in (m for m in colors if m in scores):
@@ -293,6 +301,8 @@ def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None =
         fig.add_trace(go.Scatterpolar(r=[by_task[t] for t in tasks] + [by_task[tasks[0]]], theta=tasks + [tasks[0]],
                                       name=model, line_color=colors[model], showlegend=True))
     fig.update_layout(polar=dict(radialaxis=dict(range=[0, 1])), height=380, margin=dict(l=30, r=30, t=30, b=30))
+    if subtitle:
+        fig.update_layout(title=_titled("Accuracy-like tasks", subtitle), margin_t=70)
     return fig
 
 
