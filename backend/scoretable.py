@@ -334,19 +334,20 @@ def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
     """The cells that read 0 ± 0 (or 1 ± 0), each with the rule of three's bound (interval95): lm-eval's error is
     kept, as the exports must equal lm-eval's, and this says why its 0 is no certainty."""
     shown = {row["model"]: row for row in rows}
-    found = []
+    found: dict[tuple, list[str]] = {}  # (cell, share, items) -> models: five models at 0 of 20 make one entry
     for (model, task), r in sorted(headline(latest).items()):
         for head, score in ((f"{task} ({r.metric})", r), (f"{task} (hallucination)",
                                                           latest.get((model, task, "hallucination_rate")))):
             v, se = shown.get(model, {}).get(head), shown.get(model, {}).get(f"{head} ±")
             if score is not None and zero_error(v, se, n := items_behind(score, clean)):
-                low, high = interval95(v, se, n)
-                found.append(f"{head} for {model}, {round(v * n)} of {n} items: 95 % interval {low:.2g}–{high:.2g}")
+                found.setdefault((head, v, n), []).append(model)
     if not found:
         return ""
     return ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
             "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
-            "(n of n one down to 1 − 3/n), the interval the bars' whiskers draw: " + "; ".join(found) + ".")
+            "(n of n one down to 1 − 3/n), the interval the bars' whiskers draw: " + "; ".join(
+                f"{head} for {', '.join(models)}, {round(v * n)} of {n} items: 95 % interval "
+                + "{:.2g}–{:.2g}".format(*interval95(v, 0.0, n)) for (head, v, n), models in found.items()) + ".")
 
 
 def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str]:

@@ -207,9 +207,10 @@ table = pd.DataFrame(score_rows)
 # made colours repeat among the few compared once more than 24 were registered
 charted = [m for m in names if m in set(table["model"])] + [m for m in table["model"] if m not in set(names)] \
     if "model" in table else []
-st.caption(" ".join(scoretable.table_notes(latest, score_rows, clean_only)) + " Each score records its set's source "
-           "and fingerprint; the built-in sets (held-out text, eval-math, qa) share no 8-gram with the built-in "
-           "training sets.")
+# one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read
+st.caption("\n".join(f"- {note}" for note in scoretable.table_notes(latest, score_rows, clean_only) + [
+    "Each score records its set's source and fingerprint; the built-in sets (held-out text, eval-math, qa) share no "
+    "8-gram with the built-in training sets."]))
 score_table(table, "scores_table")
 exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
 d1, d2, d3 = st.columns(3)

@@ -108,6 +108,15 @@ def test_a_share_of_0_or_1_keeps_lm_evals_zero_error_and_the_note_gives_the_rule
     assert "gsm8k" not in note  # 0.5 ± 0.11 is an ordinary error
 
 
+def test_models_with_the_same_zero_error_cell_share_one_entry_of_the_note():
+    """Five models at 0 of 20 on one task made five entries of one long sentence under the table."""
+    add(("m", "qa", "accuracy", 0.0, 20), ("n", "qa", "accuracy", 0.0, 20), ("o", "qa", "accuracy", 0.0, 8))
+    latest = scoretable.latest_scores()
+    (note,) = [n for n in scoretable.table_notes(latest, scoretable.table_rows(latest, {})) if "rule of three" in n]
+    assert note.endswith("draw: qa (accuracy) for m, n, 0 of 20 items: 95 % interval 0–0.15; qa (accuracy) for o, 0 "
+                         "of 8 items: 95 % interval 0–0.38.")
+
+
 def test_no_rule_of_three_note_without_a_zero_error():
     add(("m", "qa", "accuracy", 0.25, 20), ("m", "perplexity", "perplexity", 41.0, 20))
     latest = scoretable.latest_scores()
