@@ -275,7 +275,7 @@ def items_note(primary: dict, clean: bool = False) -> str:
     counts (a model scored on fewer items, or the clean items of an overlapping set)."""
     counts: dict[str, set[int]] = {}
     for (_, task), r in sorted(primary.items()):
-        if (n := item_count(r, clean)) > 0:
+        if (n := items_behind(r, clean)) > 0:
             counts.setdefault(task, set()).add(n)
     if not counts:
         return ""

@@ -155,3 +155,5 @@ def test_a_preset_rows_bound_counts_its_own_tasks_items_not_the_presets():
     (score,) = scoretable.chart_rows(latest)["lm-eval:h6 (arc_challenge/acc_norm)"]
     assert (score["n"], score["stderr"]) == (25, 0.0)
     assert scoretable.interval95(score["value"], score["stderr"], score["n"]) == (0.0, 0.12)  # 3/25, not 3/300
+    # the table's "n = … items" note counts the same items as the whisker (it said 300)
+    assert scoretable.items_note(scoretable.headline(latest)) == "n = 25 items per task."
