@@ -4,7 +4,8 @@
 
 Tasks:
   perplexity            held-out text (default data/heldout-text.txt: facts no built-in training set mentions), or
-                        perplexity:FILE (a .txt / .jsonl text, or any data source backend/data.py reads)
+                        perplexity:FILE (a .txt, rows with a text column, or any layout backend/data.py reads:
+                        each row's text as continued pretraining reads it)
   synth-math            exact final answer on data/eval-math.jsonl: word problems outside the training generator's
                         problem space (data/make_builtin.py says why no question can equal a training question)
   qa[:FILE]             closed-book QA with abstention (backend/qa.py): accuracy, abstention rate, hallucination
@@ -14,8 +15,9 @@ Tasks:
   gsm8k:FILE            generation accuracy on GSM8K-format rows {"question", "answer": "… #### n"}
   lm-eval:TASK          lm-evaluation-harness (backend/lmeval.py when present)
 
-Every score row records its source, a fingerprint of the items, and the n-gram overlap of those items with the
-training data of the model's whole lineage (backend/heldout.py), plus the score on the non-overlapping items only.
+Every score row records its source, a fingerprint of the items, how the task was run (settings: limit, token cap,
+samples, prompt format, the model's own decoding settings), and the n-gram overlap of those items with the training
+data of the model's whole lineage (backend/heldout.py), plus the score on the non-overlapping items only.
 Items are all read and validated before any model loads; a task that fails stores nothing and fails the job.
 A resumed job keeps the (model, task) scores its earlier run stored and scores only the rest; a model none of
 whose tasks is left is not loaded.
@@ -24,6 +26,7 @@ On CUDA models run in bfloat16 with sdpa and a batch fitted to free memory (back
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,6 +43,9 @@ from storage.models import EvalScore, Generation
 
 Progress = Callable[[float, str], None]
 SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
+MAX_LENGTH = 256  # tokens of a perplexity text that are scored; a longer text is cut there
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # the extra answers of samples > 1 (consistency)
+MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat template; each choice follows a space
 
 
 class EvalError(ValueError):
@@ -52,7 +58,7 @@ def _load(path: str, plan: evaldevice.DevicePlan | None = None):
 
 # ---------------------------------------------------------------- scorers
 
-def perplexity_items(tok, model, texts: list[str], max_length: int = 256, batch_size: int = 8) -> list[tuple]:
+def perplexity_items(tok, model, texts: list[str], max_length: int = MAX_LENGTH, batch_size: int = 8) -> list[tuple]:
     """(summed negative log-likelihood, predicted tokens) per text; batched with right padding."""
     import torch
 
@@ -77,7 +83,7 @@ def _ppl(per_item: list[tuple]) -> dict:
     return {"perplexity": math.exp(nll / n)}
 
 
-def perplexity(tok, model, texts: list[str], max_length: int = 256) -> tuple[float, int]:
+def perplexity(tok, model, texts: list[str], max_length: int = MAX_LENGTH) -> tuple[float, int]:
     per = perplexity_items(tok, model, texts, max_length)
     return _ppl(per)["perplexity"], sum(x[1] for x in per)
 
@@ -101,7 +107,7 @@ def choice_logprob(tok, model, context: str, choice: str) -> float:
 def mc_items(tok, model, rows: list[dict]) -> list[tuple[bool, bool]]:
     out = []
     for row in rows:
-        context = f"Question: {row['question']}\nAnswer:"
+        context = MC_CONTEXT.format(question=row["question"])
         scores = [choice_logprob(tok, model, context, " " + c) for c in row["choices"]]
         norm = [s / max(len(c), 1) for s, c in zip(scores, row["choices"])]
         out.append((max(range(len(scores)), key=scores.__getitem__) == row["answer"],
@@ -180,7 +186,7 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     order = sorted(range(len(chats)), key=lambda j: len(chats[j]))
     out: dict[int, tuple[str, int]] = {}
     torch.manual_seed(seed)
-    kwargs = dict(do_sample=True, temperature=0.8, top_p=0.95) if sample else dict(do_sample=False)
+    kwargs = dict(do_sample=True, **SAMPLING) if sample else dict(do_sample=False)
     ends = _end_ids(model, tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
@@ -266,6 +272,21 @@ def _stratified(items: list[dict], limit: int) -> list[dict]:
 
 # ---------------------------------------------------------------- task sets (read and validated up front)
 
+def _perplexity_texts(ds, source: str) -> list[str]:
+    """The text of each row as continued pretraining reads it (backend/data.py, convert_row for cpt): a `text`
+    column as it is, a conversation layout's turns joined. The first column taken instead scored the Python repr
+    of a `messages` list, or an Alpaca set's instructions without their answers, and said nothing."""
+    from backend import data
+
+    try:
+        layout = "text" if "text" in ds.column_names else data.detect_layout(ds.column_names, "cpt")
+        data.check_rows(ds, source, layout, "cpt", n=len(ds))
+    except data.DataError as exc:
+        raise EvalError(f"perplexity:{source}: {exc} Perplexity scores the text of each row: give a .txt file or "
+                        "rows with a text column.") from None
+    return [data.convert_row(row, layout, "cpt")["text"] for row in ds]
+
+
 @dataclass
 class TaskSet:
     task: str
@@ -286,8 +307,7 @@ def task_set(task: str, limit: int) -> TaskSet:
                 ds = data.load_source(arg)
             except data.DataError as exc:
                 raise EvalError(f"perplexity:{arg}: {exc}") from None
-            col = "text" if "text" in ds.column_names else ds.column_names[0]
-            texts = [str(x) for x in ds[col]][:limit]
+            texts = _perplexity_texts(ds.select(range(min(limit, len(ds)))), arg)
         else:
             texts = heldout.eval_path("heldout-text").read_text().splitlines()[:limit]
         return TaskSet(task, kind, arg or "builtin-eval:heldout-text", texts, texts)
@@ -366,6 +386,45 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
     res = run_lm_eval(folder, ts.arg, spec.limit, model=model, tokenizer=tok, batch_size=spec.batch_size,
                       max_new_tokens=spec.max_new_tokens)
     return res.scores, [], None, [], {"n": res.n, "lm_eval": res.details}
+
+
+def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
+    """How a task was run, stored beside its items' fingerprint so a score can be redone and two scores on the same
+    items told apart: another token limit, number of samples or prompt format is another measurement (a reply a
+    16-token cap cuts off is no answer; with 256 it may be right). The prompt format is the tokenizer's chat
+    template (its sha256, as backend/chat.py build_prompt applies it) or, without one, build_prompt's transcript;
+    `generation_config` the model's own decoding settings that act beside ours (decoding_extras)."""
+    out: dict = {"limit": spec.limit}
+    if ts.kind == "perplexity":
+        return {**out, "max_length": MAX_LENGTH}
+    if ts.kind == "mc":
+        return {**out, "prompt": MC_CONTEXT + " {choice}"}
+    if ts.kind == "lm-eval":  # lm-eval's own settings are in details["lm_eval"]
+        return out
+    template = getattr(tok, "chat_template", None)
+    if template:
+        text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+        out["prompt"] = f"chat template sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    else:
+        out["prompt"] = "transcript (no chat template: backend/chat.py build_prompt)"
+    out |= {"max_new_tokens": spec.max_new_tokens, "decoding": "greedy", "generation_config": decoding_extras(model)}
+    if ts.kind != "qa" and spec.samples > 1:  # qa_task draws no samples; answer_task's are seeded 1 to k - 1
+        out |= {"samples": spec.samples, "sampling": SAMPLING}
+    return out
+
+
+SET_BY_GENERATE = {"do_sample", "temperature", "top_p", "max_new_tokens", "max_length", "pad_token_id",
+                   "eos_token_id", "bos_token_id", "transformers_version"}  # generate() sets these, or they only stop
+
+
+def decoding_extras(model) -> dict:
+    """The fields of the model's generation_config.json that still shape this evaluation's answers: generate()
+    sets do_sample, temperature, top_p and max_new_tokens, but transformers applies the rest of the model's file
+    (as lm-eval's HFLM does), so Qwen2.5-Instruct's repetition_penalty 1.05 penalises its "greedy" answers and not
+    those of a model it is compared with."""
+    cfg = getattr(model, "generation_config", None)
+    diff = cfg.to_diff_dict() if cfg is not None else {}
+    return {k: v for k, v in diff.items() if k not in SET_BY_GENERATE and not k.startswith("_")}
 
 
 def _counts(ts: TaskSet, gens: list[Generation], ix) -> dict[str, int]:
@@ -452,7 +511,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
             elif rescore and summary and not summary["items_over"]:
                 clean = {**scores, **_counts(ts, gens, range(len(overlaps)))}
             details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items), "items": len(ts.items),
-                       "overlap": summary, "clean": clean, "device": plan.note, **extra}
+                       "settings": settings(ts, spec, tok, model), "overlap": summary, "clean": clean,
+                       "device": plan.note, **extra}
             n = extra.get("n") or len(ts.items) or spec.limit  # lm-eval reports how many items it scored
             counts = _counts(ts, gens, range(len(gens))) if ts.kind == "qa" else {}
             rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v),
