@@ -76,14 +76,16 @@ def task_records(task: str) -> list[Record]:
     `python -m backend compare`). Plain rows of the columns the analysis reads: building ORM objects took ~1 s."""
     from sqlmodel import select
 
+    from backend.scoretable import newest_run
     from storage import db
     from storage.models import Generation
 
     with db.session() as s:
         cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
-                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind]
+                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run]
         gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
-    latest = {(g.model, g.prompt_id): g for g in gens}  # the latest evaluation of an item wins
+    # each model's newest run only (an earlier run's answers were made under other settings), one answer per item
+    latest = {(g.model, g.prompt_id): g for g in newest_run(gens, lambda g: g.model)}
     return [from_generation(g) for g in latest.values()]
 
 

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -501,8 +502,11 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
             except Exception as exc:  # nothing of this task is stored; the job fails with the reason
                 raise EvalError(f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc
             overlaps = [tidx.overlap(t) for t in ts.texts]
+            run = uuid.uuid4().hex  # this (model, task) scoring: its rows and answers replace an earlier run's whole
             for g, o in zip(gens, overlaps):
                 g.overlap = o
+            for g in gens:
+                g.run = run
             summary = heldout.overlap_summary(overlaps, spec.overlap_threshold, tidx) if ts.texts else None
             clean_ix = [j for j, o in enumerate(overlaps) if o < spec.overlap_threshold]
             clean = None
@@ -517,7 +521,7 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
             counts = _counts(ts, gens, range(len(gens))) if ts.kind == "qa" else {}
             rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v),
                               n=counts.get(qa.count_key(metric), n), details=details,
-                              overlap_share=summary["share_over"] if summary else 0.0)
+                              overlap_share=summary["share_over"] if summary else 0.0, run=run)
                     for metric, v in scores.items()]
             with db.session() as s:  # one transaction: a task's scores and generations land together or not at all
                 s.add_all(rows + gens)

@@ -35,10 +35,19 @@ def _rank(metric: str) -> int:
 
 
 def latest_scores() -> dict[tuple[str, str, str], EvalScore]:
-    """The newest row per (model, task, metric), read in one query."""
+    """The rows of the newest run of each (model, task) (newest_run), per (model, task, metric), in one query."""
     with db.session() as s:
         rows = s.exec(select(EvalScore).order_by(EvalScore.id)).all()
-    return {(r.model, r.task, r.metric): r for r in rows}
+    return {(r.model, r.task, r.metric): r for r in newest_run(rows, lambda r: (r.model, r.task))}
+
+
+def newest_run(rows: list, key) -> list:
+    """Of `rows` (EvalScore or Generation, in id order), those of the newest evaluation run of each `key`: a rerun
+    with samples=1 after one with samples=2 left the older consistency beside the newer accuracy, and a rerun on 2
+    items after one on 4 mixed 2 old answers into the length analysis, made under another token cap. Rows from
+    before runs were recorded (run "") count as one run."""
+    newest = {key(r): r.run for r in rows}
+    return [r for r in rows if r.run == newest[key(r)]]
 
 
 def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:

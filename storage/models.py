@@ -152,6 +152,9 @@ class EvalScore(SQLModel, table=True):
     # non-overlapping items only ("clean"), device plan (backend/evaluate.py)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     overlap_share: float = 0.0  # share of the items that overlap the lineage's training data (the page's badge)
+    # one evaluation of one (model, task): its rows and generations share it, and the readers show only the newest
+    # run's (backend/scoretable.py newest_run), never one run's metric beside another's ("" in older databases)
+    run: str = ""
     created: datetime = Field(default_factory=utcnow)
 
 
@@ -173,6 +176,7 @@ class Generation(SQLModel, table=True):
     answered: bool  # a final answer could be extracted
     correct: bool
     hallucination: bool  # a confident wrong final answer (verdict == "wrong")
+    run: str = ""  # the evaluation run it belongs to (EvalScore.run)
     consistency: float | None = None  # share of k samples that agree with the greedy answer (SelfCheck-style)
     # backend/qa.py's rules (or a judge): correct / wrong / abstained; item kind: answerable / unanswerable / math
     verdict: str = Field(default="", index=True)

@@ -64,3 +64,27 @@ def test_a_reexport_that_would_change_rows_models_trained_on_is_refused(sm, tiny
     assert pipeline.get_dataset("sm-instruct").rows == len(before[sm / "math_instruct.jsonl"].splitlines())
     registry.delete("tuned", delete_files=False)  # no model reads it any more: the re-export updates it in place, as before
     assert pipeline.export("sm-pairs")["rows"] == len(before[sm / "math_instruct.jsonl"].splitlines()) - 1
+
+
+# ---------------------------------------------------------------- a rerun replaces the earlier run whole
+
+def test_a_rerun_of_a_task_replaces_the_earlier_runs_scores_and_answers_whole(tiny_llama):
+    """latest_scores kept the newest row per metric and task_records the newest answer per item: after a run on 4
+    items with samples=2 and a rerun on 2 with samples=1, the table showed the first run's consistency (n=4) beside
+    the second's accuracy (n=2), and the length analysis mixed 2 new answers with 2 old ones."""
+    from backend import analysis, evaluate, scoretable
+    from backend.recipe import tables
+    from backend.specs import EvalSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+    evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["synth-math"], limit=4, samples=2, max_new_tokens=8))
+    first = scoretable.latest_scores()
+    assert first[("tiny", "synth-math", "consistency")].n == 4 and len(analysis.task_records("synth-math")) == 4
+    evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["synth-math"], limit=2, samples=1, max_new_tokens=8))
+    latest = scoretable.latest_scores()
+    ours = {metric: r for (model, task, metric), r in latest.items() if (model, task) == ("tiny", "synth-math")}
+    assert "consistency" not in ours and {r.n for r in ours.values()} == {2}
+    assert len({r.run for r in ours.values()}) == 1 and ours["accuracy"].run != first[("tiny", "synth-math",
+                                                                                       "accuracy")].run
+    assert len(analysis.task_records("synth-math")) == 2  # the rerun's answers only
+    assert "synth-math consistency" not in tables.latest_scores(["tiny"])["tiny"]  # the recipe's tables alike

@@ -42,11 +42,13 @@ def source_label(src: str) -> str:
 
 
 def latest_scores(models: list[str]) -> dict[str, dict[str, float]]:
-    """model -> {"task metric": value}, the newest row of each."""
+    """model -> {"task metric": value}, of the newest run of each (model, task) (scoretable.newest_run)."""
+    from backend.scoretable import newest_run  # scoretable imports this module's Table
+
     out: dict[str, dict[str, float]] = {m: {} for m in models}
     with db.session() as s:
         rows = s.exec(select(EvalScore).where(EvalScore.model.in_(models)).order_by(EvalScore.id)).all()
-    for r in rows:
+    for r in newest_run(rows, lambda r: (r.model, r.task)):
         out[r.model][r.task if r.metric == r.task else f"{r.task} {r.metric}"] = r.value  # not "perplexity perplexity"
     return out
 
