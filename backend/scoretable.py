@@ -328,11 +328,17 @@ def overlap_note(primary: dict) -> str:
     shown = [t for t, rs in by_task.items() if any(r.overlap_share > 0 or _unreadable(r) for r in rs)]
     unchecked = [t for t, rs in by_task.items() if t not in shown and not all((r.details or {}).get("overlap")
                                                                                for r in rs)]
-    clean = [t for t in by_task if t not in shown and t not in unchecked]
+    # a lineage with no training data recorded (base models: their pretraining data is not known) was checked
+    # against nothing, and its "no overlap" promised a ✓ it never earned
+    nothing = [t for t in by_task if t not in shown and t not in unchecked
+               and not any(((r.details or {}).get("overlap") or {}).get("against") for r in by_task[t])]
+    clean = [t for t in by_task if t not in shown and t not in unchecked and t not in nothing]
     parts = [f"training-overlap column for {', '.join(shown)}: ⚠ share of items over the threshold, ✓ none, ? unknown "
              "(a training set of the lineage could not be read, such as a deleted data set), — not checked"
              ] if shown else []
     parts += [f"{', '.join(clean)}: no item overlaps any model's training data (✓, so no column)"] if clean else []
+    parts += [f"{', '.join(nothing)}: nothing to check against, as no model's lineage has training data recorded "
+              "here (a base model's pretraining data is not known)"] if nothing else []
     parts += [f"{', '.join(unchecked)}: not checked for some model (lm-eval tasks, or scores from before the check)"
               ] if unchecked else []
     return ("Training overlap (8-gram; an item under 8 words counts when it appears whole) — " + "; ".join(parts)

@@ -88,3 +88,20 @@ def test_a_rerun_of_a_task_replaces_the_earlier_runs_scores_and_answers_whole(ti
                                                                                        "accuracy")].run
     assert len(analysis.task_records("synth-math")) == 2  # the rerun's answers only
     assert "synth-math consistency" not in tables.latest_scores(["tiny"])["tiny"]  # the recipe's tables alike
+
+
+def test_a_task_checked_against_no_training_data_is_not_called_clean():
+    """Base models only: the overlap check had no training set to read, and the note said "no item overlaps any
+    model's training data (✓)"."""
+    from backend import scoretable
+    from tests.test_review_scores11 import add
+
+    unchecked = {"overlap": {"items_over": 0, "share_over": 0.0, "against": [], "unchecked": {},
+                             "notes": ["base: base model, its pretraining data is not known here"]}}
+    checked = {"overlap": {**unchecked["overlap"], "against": ["builtin:alpaca-mini"]}}
+    add(("base", "qa", "accuracy", 0.5, 20, unchecked), ("base", "synth-math", "accuracy", 0.5, 20, unchecked),
+        ("tuned", "synth-math", "accuracy", 0.5, 20, checked))
+    note = scoretable.overlap_note(scoretable.headline(scoretable.latest_scores()))
+    assert "synth-math: no item overlaps any model's training data (✓, so no column)" in note
+    assert "qa: nothing to check against, as no model's lineage has training data recorded here" in note
+    assert "qa: no item overlaps" not in note and "qa, synth-math" not in note
