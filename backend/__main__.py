@@ -269,7 +269,9 @@ def cmd_eval(a) -> None:
     before = _last_score_id()
     _run_or_queue(spec, a)
     notes: dict[str, None] = {}
-    rows = _scores_since(before, a.models)
+    from backend.evaluate import stored_name
+
+    rows = _scores_since(before, [stored_name(m) for m in a.models])  # a folder's scores are stored under its name
     width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
     for r in rows:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""

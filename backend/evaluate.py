@@ -455,8 +455,16 @@ def stored_by_job(job_id: int | None) -> dict[tuple[str, str], int]:
     return {(m, t): int(n) for m, t, n in rows}
 
 
+def stored_name(model: str) -> str:
+    """The name a model's scores are stored under: its registered name when `model` is a registered folder's path
+    or "builtin" (stored under the path, its scores stood apart from its other scores, without lineage columns)."""
+    rec = registry.record(model)
+    return rec.name if rec else registry.BUILTIN_NAME if model.lower() == "builtin" else model
+
+
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
+    spec = spec.model_copy(update={"models": list(dict.fromkeys(stored_name(m) for m in spec.models))})
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
     try:  # every task's items are read and checked before any model loads
         sets = [task_set(t, spec.limit) for t in spec.tasks]

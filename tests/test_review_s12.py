@@ -105,3 +105,22 @@ def test_a_task_checked_against_no_training_data_is_not_called_clean():
     assert "synth-math: no item overlaps any model's training data (✓, so no column)" in note
     assert "qa: nothing to check against, as no model's lineage has training data recorded here" in note
     assert "qa: no item overlaps" not in note and "qa, synth-math" not in note
+
+
+def test_a_model_evaluated_by_its_folder_is_scored_under_its_registered_name(tiny_llama, tmp_path):
+    """`eval /path/to/registered-folder` stored the scores under the path: a second row of the table, apart from
+    the model's other scores and without its lineage; the CLI now prints them under the name too."""
+    import shutil
+
+    from tests.test_review_datasets import cli
+
+    folder = tmp_path / "tuned"
+    shutil.copytree(tiny_llama, folder)
+    registry.register(folder, "tuned", "trained")
+    rc, out, err = cli("eval", str(folder), "--tasks", "perplexity", "--limit", "2")
+    assert rc == 0, err
+    from backend import scoretable
+
+    assert {m for m, _, _ in scoretable.latest_scores()} == {"tuned"}
+    assert [line.split()[:3] for line in out.splitlines() if line.startswith("tuned ")] == [
+        ["tuned", "perplexity", "perplexity"]], out
