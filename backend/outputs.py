@@ -47,12 +47,29 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
     out = Path(out_dir or spec_out or inside(db.models_dir(), name)).expanduser().resolve()
     if (out / db.UNREGISTERED_MARK).is_file():  # left by a build killed before its row: a resume may reuse the name
         db.clean_unregistered_builds([out])
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
+    check_folder_free(out, by_name=not (out_dir or spec_out))
     out.parent.mkdir(parents=True, exist_ok=True)
     if needed is not None:
         check_disk(out.parent, needed)
     return out
+
+
+def default_folder(spec_out: str | None, name: str) -> Path:
+    """Where a job will write the model named `name`: the spec's `out`, else workspace/models/NAME."""
+    return Path(spec_out or inside(db.models_dir(), name)).expanduser().resolve()
+
+
+def check_folder_free(out: Path, by_name: bool) -> None:
+    """Refuse a folder that already holds files (not those of a build killed before its row, which a resume
+    reuses). `by_name`: the folder comes from the model's name (the pages have only a name field), so the message
+    asks for another name, not another output folder."""
+    if not out.exists() or not any(out.iterdir()) or (out / db.UNREGISTERED_MARK).is_file():
+        return
+    if by_name:
+        raise FileExistsError(f"A folder named {out.name!r} already holds files in the models folder ({out}), though "
+                              "no model is registered under that name: choose another name, or move that folder "
+                              "away. Nothing was changed.")
+    raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
 
 
 @contextmanager

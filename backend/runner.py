@@ -119,6 +119,14 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
     queued)."""
     if spec.kind in MAKES_MODELS:
         _check_output_name(spec.name or spec.default_name())
+        if _runs_here_only() and getattr(spec, "machine_rank", 0) == 0:  # its folder, free (the job refused it late)
+            from backend import outputs
+
+            try:
+                outputs.check_folder_free(outputs.default_folder(spec.out, spec.name or spec.default_name()),
+                                          by_name=not spec.out)
+            except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
+                raise ValueError(str(exc)) from None
     for ref in _model_refs(spec):
         if ref not in coming:
             _check_model_ref(ref)

@@ -124,3 +124,23 @@ def test_a_model_evaluated_by_its_folder_is_scored_under_its_registered_name(tin
     assert {m for m, _, _ in scoretable.latest_scores()} == {"tuned"}
     assert [line.split()[:3] for line in out.splitlines() if line.startswith("tuned ")] == [
         ["tuned", "perplexity", "perplexity"]], out
+
+
+def test_a_build_whose_default_folder_holds_files_is_refused_before_it_is_queued(tiny_llama):
+    """models/leftover held a stray file: the build was queued and then failed with "choose another output folder",
+    though the Build page has only a name field."""
+    from backend import runner
+    from backend.specs import UpscaleSpec
+    from storage import db
+
+    registry.import_folder(tiny_llama, "tiny")
+    stray = db.models_dir() / "leftover" / "notes.txt"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("mine")
+    with pytest.raises(ValueError) as refused:  # what the pages show as "Not queued: …"
+        runner.submit(UpscaleSpec(base="tiny", m=1, name="leftover"))
+    assert str(refused.value) == (
+        f"A folder named 'leftover' already holds files in the models folder ({stray.parent}), though no model is "
+        "registered under that name: choose another name, or move that folder away. Nothing was changed.")
+    assert runner.list_jobs() == [] and stray.read_text() == "mine"
+    assert runner.submit(UpscaleSpec(base="tiny", m=1, name="fresh")).status == "queued"  # another name is fine
