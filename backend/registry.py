@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from backend.modelinfo import inspect_model, read_config
 from backend.names import check_name, inside, safe_name
-from backend.safetensors_stream import CheckpointError
+from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError
 from storage import db
 from storage.models import ModelRecord
 
@@ -237,6 +237,9 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
+        if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
+            raise RegistryError(f"Could not read GGUF file {path} ({path.stat().st_size:,} bytes): it looks "
+                                "truncated or damaged (an interrupted download or copy?). Download it again.") from exc
         raise RegistryError(f"Could not read GGUF file {path}: {exc}") from exc
     # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
     if getattr(model, "hf_quantizer", None) is not None:
@@ -248,6 +251,23 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     if model.generation_config is not None:
         model.generation_config.save_pretrained(tmp)
     return _finish(tmp, name, source or f"gguf:{path}", progress)
+
+
+def _gguf_cut_short(path: Path) -> bool:
+    """Whether a file that starts as a GGUF file (magic bytes, a version gguf reads) cannot be parsed to its end by
+    gguf's own reader: what a cut-off download gives. A file of another kind or version is not called damaged."""
+    from gguf import GGUFReader
+    from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] != b"GGUF" or (len(head) == 8 and int.from_bytes(head[4:], "little") not in READER_SUPPORTED_VERSIONS):
+        return False
+    try:
+        GGUFReader(path)  # it parses the header and maps each tensor's bytes: a file cut short fails somewhere
+    except Exception:  # IndexError, ValueError (numpy reshape), ... wherever the file ends
+        return True
+    return False
 
 
 def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool = False,
@@ -271,6 +291,11 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
     return rec
 
 
+def _pickle_weights(folder: Path, ext: str) -> list[Path]:
+    """The pickle files of `folder` with this extension that may hold the model's weights."""
+    return [f for f in sorted(folder.glob(f"*{ext}")) if f.name not in NOT_WEIGHTS]
+
+
 def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
     import torch
     from safetensors.torch import save_file
@@ -278,14 +303,10 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
     tmp = db.new_tmp("import")
     try:
         state: dict = {}
-        # weights only: a Trainer folder also holds training_args.bin (a pickled object, no tensors) and
-        # optimizer.pt / scheduler.pt, which weights_only=True refuses or which are no model weights
-        not_weights = {"training_args.bin", "optimizer.pt", "scheduler.pt"}
-        files = [f for f in sorted(folder.glob("*.bin")) if f.name not in not_weights] or \
-            [f for f in sorted(folder.glob("*.pt")) if f.name not in not_weights]
+        files = _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt")
         if not files:
             raise RegistryError(f"{folder} holds no pickle weights file (pytorch_model*.bin), only "
-                                f"{', '.join(sorted(not_weights & {p.name for p in folder.iterdir()}))}.")
+                                f"{', '.join(sorted(NOT_WEIGHTS & {p.name for p in folder.iterdir()}))}.")
         for i, f in enumerate(files):
             progress(i / len(files), f"reading {f.name} with weights_only=True")
             try:
@@ -431,13 +452,27 @@ def _import_target(target: str) -> tuple[str, str, list[str]]:
             read_config(p)
         except CheckpointError as exc:
             return "folder", p.resolve().name, [str(exc)]
-        return "folder", p.resolve().name, []
+        return "folder", p.resolve().name, _missing_weights(p)
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
                         "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
         return "hub", target.split("/")[-1], []
     return "", "", [f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name)."]
+
+
+def _missing_weights(folder: Path) -> list[str]:
+    """Why a folder with a config.json holds nothing import_folder can register or convert, if so: refused before
+    the import is queued (check_import), not when the job reads the folder."""
+    if any(folder.glob("*.safetensors")) or (folder / INDEX_NAME).exists():
+        return []  # an index whose shards are missing is weight_files' to name
+    if _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt"):
+        return []
+    if ggufs := sorted(folder.glob("*.gguf")):
+        return [f"{folder} holds GGUF weights ({ggufs[0].name}), which are imported as a file: import "
+                f"{ggufs[0]} itself, not its folder."]
+    return [f"{folder} has config.json but no weights (.safetensors, or .bin/.pt with 'allow pickle'): the download "
+            "or copy is incomplete. Copy the model's weight files into it, then import it again."]
 
 
 def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,

@@ -22,6 +22,10 @@ DTYPE_SIZES = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }
 INDEX_NAME = "model.safetensors.index.json"
+OTHER_WEIGHTS = (".bin", ".pt", ".gguf")  # weight files an import converts to safetensors (backend/registry.py)
+# Pickle files a Trainer folder holds beside the weights: training_args.bin (a pickled object, no tensors) and
+# optimizer.pt / scheduler.pt, which weights_only=True refuses or which are no model weights
+NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt"}
 _CHUNK = 256 << 20  # bytes per copy call: few syscalls (as cp), still a progress report every few hundred MB
 
 
@@ -121,9 +125,20 @@ def weight_files(folder: Path) -> list[Path]:
         return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"No safetensors weights in {folder}. Import the model first (Models page or "
-                              "`python -m backend models import`), which converts other formats.")
+        raise CheckpointError(_no_safetensors(folder))
     return files
+
+
+def _no_safetensors(folder: Path) -> str:
+    """What to do about a folder without safetensors: other weights (pickle, GGUF) are converted by an import; with
+    none at all, an import fails too (backend/registry.py refuses it), so only copying the weights in helps."""
+    others = sorted(f.name for ext in OTHER_WEIGHTS for f in folder.glob(f"*{ext}") if f.name not in NOT_WEIGHTS)
+    if others:
+        return (f"No safetensors weights in {folder}, only {', '.join(others[:3])}. Import the model first (Models "
+                "page or `python -m backend models import`; .bin/.pt need 'allow pickle'), which converts them to "
+                "safetensors, then use the imported model.")
+    return (f"No safetensors weights in {folder}, nor any other weight file: the download or copy is incomplete. "
+            "Copy the model's .safetensors files into it.")
 
 
 def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
