@@ -116,6 +116,17 @@ def workspace(tmp_path, monkeypatch, database) -> Path:
     return ws
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread_per_child(monkeypatch) -> None:
+    """The processes a test starts (job processes, `accelerate launch` and its trainer, workers, the served app, Ray
+    jobs, which forward it: backend/cluster/ray_jobs.py FORWARD) use one torch thread. accelerate otherwise gives
+    its trainer every core (`--num_cpu_threads_per_process` 2 here), and on this 2-core machine, beside the test
+    process and a worker, two OpenMP threads on matrices of 32x64 spin-wait for each other: a 30-step SFT of the
+    tiny Llama (backend/train_entry.main, save_steps 5) measured 69 s wall / 31 s CPU with 2 threads and 9.7 s /
+    4.1 s with one, beside other work on the machine. The product's default is unchanged: only tests set it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -296,6 +296,20 @@ def run_case(case: Case, files: Files) -> str:
     return err.getvalue()
 
 
+def go_offline(monkeypatch) -> None:
+    """Offline mode, as HF_HUB_OFFLINE=1 gives a process that starts with it. huggingface_hub and datasets read the
+    variable once, at import (conftest imports datasets first), so setting it here alone changed nothing in this
+    process: a Hub id was requested over the network, and with no network here huggingface_hub's back-off retried
+    for ~23 s (1+2+4+8+8) before the same "Offline?" message. The message must say so either way."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for what reads it at call time, and for child processes
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="module")
 def prepared(tiny_llama, tokenizer_dir, tmp_path_factory) -> Files:
     return Files(tmp_path_factory.mktemp("bad"), tiny_llama, tokenizer_dir)
@@ -307,8 +321,7 @@ def test_the_catalogue_is_large_and_names_are_unique():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, prepared, workspace, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; the message must say so either way
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    go_offline(monkeypatch)
     registry.import_folder(Path(prepared.p["tiny"]), "tiny")
     before = snapshot(workspace)
     message = run_case(case, prepared)

@@ -133,8 +133,8 @@ def test_launch_a_tiny_sft_job_and_watch_its_loss_chart_fill(served):
         page.get_by_text("Watch it on the Monitor page").click()
         page.get_by_text("Recovery").or_(page.locator(".js-plotly-plot")).first.wait_for(timeout=90_000)
         page.get_by_text("succeeded").first.wait_for(timeout=120_000)
-        page.wait_for_timeout(3000)  # one more refresh of the charts fragment
         loss_chart = page.locator(".js-plotly-plot", has=page.locator("text=loss")).first
+        loss_chart.locator("path.js-line").first.wait_for(timeout=30_000)  # the charts fragment's next refresh
         assert loss_chart.locator("path.js-line").count() >= 1  # the curve is drawn
         page.screenshot(path=str(ARTIFACTS / "browser-monitor.png"), full_page=True)
         browser.close()

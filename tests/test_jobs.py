@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend import registry, runner
-from backend.specs import DataSource, DpoSpec, SftSpec
+from backend.specs import DataSource, DpoSpec, SftSpec, UpscaleSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = dict(max_steps=150, save_steps=5, eval_fraction=0.0, batch_size=1, max_length=32, learning_rate=1e-3)
@@ -114,7 +114,8 @@ def test_queue_order_and_dependencies(tiny):
     broken = runner.submit(SftSpec(model="tiny", data=[DataSource(source="/no/such/file.jsonl")], name="b", **fast))
     orphan = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="x", **fast),
                            after=broken.id)
-    second = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:orca-mini")], name="s2", **fast))
+    # queued after the failure, it still runs, in its turn: any kind shows that, and an up-scaling starts no trainer
+    second = runner.submit(UpscaleSpec(base="tiny", m=1, name="s2"))
     runner.worker(once=True)
     jobs = {j.id: runner.get(j.id) for j in (first, chained, broken, orphan, second)}
     assert jobs[first.id].status == jobs[chained.id].status == jobs[second.id].status == "succeeded"
@@ -123,3 +124,4 @@ def test_queue_order_and_dependencies(tiny):
     order = sorted((jobs[i].started, i) for i in (first.id, chained.id, broken.id, second.id))
     assert [i for _, i in order] == [first.id, chained.id, broken.id, second.id]
     assert registry.get("d1").parents == ["s1"] and registry.get("s1").parents == ["tiny"]
+    assert registry.get("s2").parents == ["tiny"]

@@ -216,7 +216,11 @@ def scores_of(model: str) -> dict[str, float]:
     return tables.latest_scores([model])[model]
 
 
-def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama):
+def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
+    # two slots: sft-a and sft-b need only the up-scaled model, and run side by side on the two cores (each job a
+    # single-threaded start-up of torch and trl, most of its time); the Recipe page's browser test runs the same
+    # recipe one job at a time (tests/test_browser_recipe.py)
+    monkeypatch.setenv("DUS_JOB_SLOTS", "2")
     d = smoke(tiny_llama)
     t0 = time.time()
     [run1] = recipe.run_recipe(text(d), queue=False)
