@@ -12,6 +12,7 @@ Recognised layouts, converted to what trl's trainers take:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from contextlib import contextmanager
@@ -40,6 +41,15 @@ KIND_LAYOUTS = {
     "sft": ("messages", "sharegpt", "alpaca", "openorca", "prompt_completion", "preference"),
     "dpo": ("preference",),
 }
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# The columns each layout turns into turn text (convert_row), checked on every row before the job is queued: a null
+# there became {"content": None} and failed the job in trl's chat template after the model loaded (walk12).
+_TEXT_COLUMNS = {"text": ("text",), "alpaca": ("instruction", "output"), "openorca": ("question", "response"),
+                 "prompt_completion": ("prompt", "completion")}
+_OPTIONAL_TEXT = {"alpaca": "input", "openorca": "system_prompt"}  # may be missing or null, else text
+_TURN_COLUMNS = {"messages": ("messages", ("role", "content"), "{role, content}"),  # column, text fields, shape
+                 "sharegpt": ("conversations", ("value",), "{from, value}")}
+HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
@@ -97,20 +107,19 @@ def load_source(source: str, split: str = "train"):
         parts = [load_source(src) for src, _ in expand([(source, 1.0)])]
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     path = Path(source).expanduser()
-    loaders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
-    if path.suffix in loaders or path.exists():
+    if path.suffix in LOADERS or path.exists():
         if not path.exists():
             raise DataError(f"Data file {path} does not exist.")
-        if path.suffix not in loaders:
+        if path.suffix not in LOADERS:
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
-        if path.stat().st_size == 0:
-            raise DataError(f"Data file {path} is empty: it has no rows.")
+        if problem := _unusable_text(path):
+            raise DataError(problem)
         try:
-            with _quiet_loader(loaders[path.suffix]):
-                ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
+            with _quiet_loader(LOADERS[path.suffix]):
+                ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # pyarrow / json errors: say which file and why
-            raise DataError(_unreadable(path, loaders[path.suffix], exc)) from None
-        if loaders[path.suffix] == "text":
+            raise DataError(_unreadable(path, LOADERS[path.suffix], exc)) from None
+        if LOADERS[path.suffix] == "text":
             ds = ds.filter(lambda r: bool(r["text"].strip()))
     else:
         try:
@@ -157,21 +166,63 @@ def _quiet_loader(loader: str):
         logger.removeFilter(quiet)
 
 
+def _unusable_text(path: Path) -> str | None:
+    """Why a file cannot be read, said before `datasets` reads it: an empty file (named as the user sent it, not by
+    its stored path), one of blank lines only (the reader said 'Instruction "train" corresponds to no data!') and
+    one that is not UTF-8 (the JSON reader took a Latin-1 file, then reading its rows raised a bare
+    "'utf-8' codec can't decode byte 0xe9 in position 3")."""
+    from backend.uploads import shown_name
+
+    if path.stat().st_size == 0:
+        return f"Data file {shown_name(path)} is empty: it has no rows."
+    if path.suffix == ".parquet":
+        return None
+    if _only_blank(path):
+        return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
+    if bad := _first_non_utf8(path):
+        return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
+                "as UTF-8.")
+    return None
+
+
+def _only_blank(path: Path) -> bool:
+    """Whether a text file holds nothing but whitespace, read a MiB at a time (it stops at the first text)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _unreadable(path: Path, loader: str, exc: Exception) -> str:
     """Why a local file could not be read, naming it as the user knows it (an upload by the name it was sent
-    under, not the stored hash-prefixed one) and, for JSON that does not parse, the first bad line counted from 1
-    as an editor counts: pyarrow's parse error names a 0-based row ("in row 0")."""
+    under, not the stored hash-prefixed one) and the first bad line counted from 1 as an editor counts: JSON that
+    does not parse (pyarrow names a 0-based row, "in row 0"), or a line of JSON that is not an object (pyarrow:
+    "Column() changed from object to number")."""
     from backend.uploads import shown_name
 
     name = shown_name(path)
     if loader == "json" and (bad := _first_bad_json_line(path)):
+        line, column, what = bad
         shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
                  else "Each line must be one JSON object")
-        return f"{name}, line {bad[0]}, column {bad[1]}: not valid JSON ({bad[2]}). {shape}."
+        return f"{name}, line {line}" + (f", column {column}" if column else "") + f": {what}. {shape}."
     while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
         exc = exc.__cause__
     why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
     return f"Could not read {name} as {loader.upper()}: {why}"
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:
+    """(line, byte column, byte) of the first byte that is not UTF-8 (a Latin-1 or Windows-1252 file), or None.
+    Read line by line in binary: about 0.1 s for 100k rows."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return n, exc.start + 1, line[exc.start]
+    return None
 
 
 def json_reason(exc) -> str:
@@ -180,9 +231,10 @@ def json_reason(exc) -> str:
     return exc.msg.removesuffix(" at") + (" there" if exc.msg.endswith(" at") else "")
 
 
-def _first_bad_json_line(path: Path) -> tuple[int, int, str] | None:
-    """(line, column, json's reason) of the first line of a JSON Lines file that does not parse, or of the place a .json
-    array stops parsing; None when the file parses (the reader failed on something else: its reason is shown)."""
+def _first_bad_json_line(path: Path) -> tuple[int, int | None, str] | None:
+    """(line, column or None, what is wrong) for the first line of a JSON Lines file that does not parse or holds
+    no object (`1`, `"x"`, `[..]`), or for the place a .json array stops parsing; None when every line is an
+    object (the reader failed on something else: its reason is shown)."""
     import json
 
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -193,15 +245,17 @@ def _first_bad_json_line(path: Path) -> tuple[int, int, str] | None:
             except json.JSONDecodeError as exc:
                 f.seek(0)
                 if f.read(4096).lstrip().startswith("["):
-                    return exc.lineno, exc.colno, json_reason(exc)
+                    return exc.lineno, exc.colno, f"not valid JSON ({json_reason(exc)})"
             f.seek(0)
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                json.loads(line.rstrip("\r\n"))
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                return n, exc.colno, json_reason(exc)
+                return n, exc.colno, f"not valid JSON ({json_reason(exc)})"
+            if not isinstance(value, dict):
+                return n, None, f"{line.strip()[:40]} is not a JSON object"
     return None
 
 
@@ -217,37 +271,145 @@ def detect_layout(columns: list[str], kind: str | None = None) -> str:
                     f"{options}.")
 
 
-def check_rows(ds, source: str, layout: str, kind: str, n: int = 20) -> None:
-    """Convert the first `n` rows and check their types, so a column of the right name but the wrong type (a
-    string where a list of turns belongs) is named here, not by the trainer's 'no columns match' much later."""
-    for i in range(min(n, len(ds))):
+def check_rows(ds, source: str, layout: str, kind: str, n: int | None = None) -> None:
+    """Convert the rows (the first `n`; all by default) and check their types, so a column of the right name but the
+    wrong type (a string where a list of turns belongs, a null answer) is named here, with its row, not by the
+    trainer's 'no columns match' or a Jinja error in the chat template after the model loaded (walk12: a null
+    `output` at row 25 passed a 20-row check)."""
+    name = _shown(source)
+    for i, row in enumerate(itertools.islice(_rows(ds, source), n)):
+        _checked_row(row, i + 1, name, layout, kind)
+
+
+def _checked_row(row: dict, number: int, name: str, layout: str, kind: str) -> dict[str, Any]:
+    """convert_row for row `number` (from 1) of the source the user knows as `name`, raising DataError that names
+    the row and the layout's own column (`output`, not the `messages` it becomes) when it is not text."""
+    if problem := _row_problem(row, layout):
+        raise DataError(f"{name}, row {number}: {problem}. Fix or remove that row.")
+    try:
+        out = convert_row(row, layout, kind)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{name}, row {number}: does not fit the {layout} layout ({type(exc).__name__}: "
+                        f"{exc}).") from None
+    if kind == "sft" and (problem := _turns_problem("messages", out["messages"], ("role", "content"),
+                                                    "{role, content}")):
+        raise DataError(f"{name}, row {number}: {problem} (made from the {layout} layout). Fix or remove that row.")
+    if kind == "cpt" and not isinstance(out.get("text"), str):
+        raise DataError(f"{name}, row {number}: text must be a string; got {type(out.get('text')).__name__}.")
+    return out
+
+
+def _not_text(column: str, value) -> str:
+    return f"{column} must be text; got {type(value).__name__}" + (" (null or missing)" if value is None else "")
+
+
+def _row_problem(row: dict, layout: str) -> str | None:
+    """The first column of `row` that `layout` reads as text but that holds something else, in the file's terms."""
+    for column in _TEXT_COLUMNS.get(layout, ()):
+        if not isinstance(row.get(column), str):
+            return _not_text(column, row.get(column))
+    optional = _OPTIONAL_TEXT.get(layout)
+    if optional and row.get(optional) is not None and not isinstance(row[optional], str):
+        return _not_text(optional, row[optional])
+    if layout in _TURN_COLUMNS:
+        column, fields, shape = _TURN_COLUMNS[layout]
+        return _turns_problem(column, row.get(column), fields, shape)
+    if layout == "preference":
+        for column in ("chosen", "rejected"):
+            if not isinstance(row.get(column), (str, list)):
+                return f"{column} must be text or a list of turns; got {type(row.get(column)).__name__}"
+    return None
+
+
+def _turns_problem(column: str, turns, fields: tuple[str, ...], shape: str) -> str | None:
+    """What is wrong with a list of `shape` turns whose `fields` must be text, or None."""
+    if not isinstance(turns, list):
+        return f"{column} must be a list of {shape} turns; got {type(turns).__name__}"
+    if not turns:
+        return f"{column} is an empty list: it needs {shape} turns"
+    for k, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict):
+            return f"{column}, turn {k}: must be a {shape} object; got {type(turn).__name__}"
+        for field in fields:
+            if not isinstance(turn.get(field), str):
+                return f"{column}, turn {k}: " + _not_text(field, turn.get(field))
+    return None
+
+
+def _local_file(source: str) -> Path | None:
+    """The file a source names directly (not a built-in, registered set or mix), or None."""
+    path = Path(source).expanduser()
+    return path if not source.startswith(("builtin:", "dataset:", "mix:")) and path.is_file() else None
+
+
+def _shown(source: str) -> str:
+    """A source as the user knows it: an upload by the name it was sent under (backend/uploads.py shown_name)."""
+    from backend.uploads import shown_name
+
+    path = _local_file(source)
+    return shown_name(path) if path else source
+
+
+def _rows_to_check(source: str) -> int | None:
+    """All rows of a local, built-in or registered set (100k Alpaca rows take about a second); a sample of a Hub
+    set, which can be millions of rows: its job checks every row as it converts them (_load_converted)."""
+    on_hub = not source.startswith(("builtin:", "dataset:", "mix:")) and not (
+        Path(source).expanduser().suffix in LOADERS or Path(source).expanduser().exists())
+    return HUB_SAMPLE if on_hub else None
+
+
+def _rows(ds, source: str):
+    """The rows of `ds` as dicts, read in batches (ds[i] one at a time took seconds per 100k rows). A local JSON
+    file whose column mixes types (a string column with one number in it) is read again with Python's json: for
+    such a column `datasets` keeps JSON text, and decodes a string "0" in it as the number 0, so the bad row it
+    showed was row 1 (walk12, int25.jsonl)."""
+    path = _local_file(source)
+    if path and path.suffix in (".json", ".jsonl") and any(map(_holds_json, ds.features.values())):
+        yield from _json_records(path)
+        return
+    for batch in ds.iter(batch_size=1000):
+        yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+
+
+def _holds_json(feature) -> bool:
+    """Whether a `datasets` feature is, or contains, the Json type it gives a column of mixed types."""
+    import datasets
+
+    if isinstance(feature, datasets.Json):
+        return True
+    if isinstance(feature, dict):
+        return any(map(_holds_json, feature.values()))
+    inner = getattr(feature, "feature", None)  # List, LargeList, Sequence
+    return inner is not None and _holds_json(inner)
+
+
+def _json_records(path: Path):
+    """The objects of a JSON Lines file, or of a .json file's array, in file order (the rows `datasets` made)."""
+    import json
+
+    if path.suffix == ".json":
         try:
-            out = convert_row(ds[i], layout, kind)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"{source}, row {i + 1}: does not fit the {layout} layout ({type(exc).__name__}: "
-                            f"{exc}).") from None
-        turns = out.get("messages") if kind == "sft" else None
-        if kind == "sft" and not (isinstance(turns, list) and turns and all(
-                isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
-                for t in turns)):
-            raise DataError(f"{source}, row {i + 1}: messages must be a list of {{role, content}} turns with text "
-                            f"content (the {layout} layout); got {type(turns).__name__}.")
-        if kind == "cpt" and not isinstance(out.get("text"), str):
-            raise DataError(f"{source}, row {i + 1}: text must be a string; got {type(out.get('text')).__name__}.")
-        if kind == "dpo" and not all(isinstance(out[k], (str, list)) for k in ("chosen", "rejected")):
-            raise DataError(f"{source}, row {i + 1}: chosen and rejected must be text or lists of turns.")
+            with open(path, encoding="utf-8") as f:
+                records = json.load(f)
+        except json.JSONDecodeError:  # JSON Lines in a .json file
+            records = None
+        if isinstance(records, list):
+            yield from records
+            return
+    with open(path, encoding="utf-8") as f:
+        yield from (json.loads(line) for line in f if line.strip())
 
 
 def check_source(source: str, kind: str) -> None:
-    """Read a training source as its job will (the file parses, its columns fit a layout of `kind`, its first rows
-    convert), raising DataError: the training job's own check, and the ones before it is queued or its recipe
-    planned (backend/runner.py, backend/recipe/plan.py)."""
+    """Read a training source as its job will (the file parses, its columns fit a layout of `kind`, its rows
+    convert: every row, a sample of a Hub set), raising DataError: the training job's own check, and the ones
+    before it is queued or its recipe planned (backend/runner.py, backend/recipe/plan.py)."""
     ds = load_source(source)
     try:
         layout = detect_layout(ds.column_names, kind)
     except DataError as exc:  # its columns alone did not say which source (a mix names several)
         raise DataError(f"{source}: {exc}") from None
-    check_rows(ds, source, layout, kind)
+    check_rows(ds, source, layout, kind, n=_rows_to_check(source))
 
 
 def _messages(row: dict, layout: str) -> list[dict]:
@@ -292,7 +454,11 @@ def convert_row(row: dict, layout: str, kind: str) -> dict[str, Any]:
 def _load_converted(source: str, kind: str, max_rows: int | None):
     ds = load_source(source)
     layout = detect_layout(ds.column_names, kind)
-    ds = ds.map(lambda r: convert_row(r, layout, kind), remove_columns=ds.column_names)
+    # every row checked as it converts: a Hub set's bad row beyond the sample checked before queueing is named
+    # here (file, row, column), not by a Jinja error in trl's chat template
+    name = _shown(source)
+    ds = ds.map(lambda r, i: _checked_row(r, i + 1, name, layout, kind), with_indices=True,
+                remove_columns=ds.column_names)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds, layout
@@ -347,8 +513,10 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
 
 
 def preview(source: str, kind: str, n: int = 5) -> dict:
-    """What the pages show before launch: layout, columns, row count, first converted rows."""
+    """What the pages show before launch: layout, columns, row count, first converted rows. Its rows are checked
+    as check_source checks them: the preview said "alpaca layout, 6 rows" for a file Launch then refused."""
     ds = load_source(source)
     layout = detect_layout(ds.column_names, kind)
+    check_rows(ds, source, layout, kind, n=_rows_to_check(source))
     rows = [convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))]
     return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows}

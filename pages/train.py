@@ -187,12 +187,21 @@ sources = st.data_editor(pd.DataFrame(base), num_rows="dynamic",
                              "source": st.column_config.TextColumn(width="large"),
                              "weight": st.column_config.NumberColumn(min_value=0.01, step=0.1)})
 rows = [r for r in sources.dropna().to_dict("records") if str(r["source"]).strip()]
-if upload_path and upload_path not in [str(r["source"]).strip() for r in rows]:
+# An upload left out of the table held nothing back: Launch trained on the default set alone (walk12). It is not
+# added on upload, which would change the table behind the user's back (and an upload may be meant to replace the
+# default row): Launch and Save spec wait until it is added or removed.
+upload_pending = upload is not None and upload_path not in [str(r["source"]).strip() for r in rows]
+if upload_path and upload_pending:
     if st.button(f"Add {upload.name} to the sources", key="add_upload"):
         st.session_state[f"sources_{kind}_base"] = [{"source": str(r["source"]).strip(), "weight": r["weight"]}
                                                     for r in rows] + [{"source": upload_path, "weight": 1.0}]
         st.session_state[f"sources_{kind}_version"] = version + 1
         st.rerun()
+    st.warning(f"{upload.name} is uploaded but not a source yet: add it with the button above, or remove the "
+               "upload (× beside it), to launch or save the spec.")
+elif upload_pending:
+    st.warning(f"{upload.name} cannot be used as it is: fix the file and upload it again, or remove the upload "
+               "(× beside it), to launch or save the spec.")
 previews_ok = True
 for r in rows:
     source = str(r["source"]).strip()
@@ -328,10 +337,11 @@ training = job_making(spec.name, KINDS)
 if training and not taken:
     st.info(f"Job {training.id} is training {spec.name!r} already: choose another name to start another run.")
 if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
-             disabled=taken or training is not None or not previews_ok or not rows or not plan_ok) and not training:
+             disabled=taken or training is not None or not previews_ok or not rows or not plan_ok or upload_pending) \
+        and not training:
     submit(spec, "train_job", after=after)
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
-                   help="Rerun it with: python -m backend run SPEC.yaml")
+                   disabled=upload_pending, help="Rerun it with: python -m backend run SPEC.yaml")
 with machines_box:
     if spec.num_machines > 1:
         st.markdown("On each other machine, with the spec saved by **Save spec (YAML)** above:")
