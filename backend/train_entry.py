@@ -60,10 +60,26 @@ def train_or_finish(trainer, checkpoint: Path | None):
 
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except RunComplete:
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"),
-                           {"train_runtime": 0.0})
+    except RunComplete:  # no step in this session: its loss, as transformers gives it for no step, is 0
+        return TrainOutput(trainer.state.global_step, 0.0, {"train_runtime": 0.0})
+
+
+def run_train_loss(result, log_history: list[dict], checkpoint: Path | None) -> float:
+    """The mean loss over the run's steps, as an uninterrupted run reports it. transformers' TrainOutput.training_loss
+    is the mean over the steps of this train() call only (5.24 Trainer._finalize_training divides by
+    global_step minus the step it resumed at), so a resumed run reported another number than the same run
+    unstopped, for the same weights. The steps before the checkpoint come from its logged losses, each the mean
+    over the steps since the previous log; exact when checkpoints fall on logged steps (logging_steps divides
+    save_steps, as by default), else the few steps between the last log and the checkpoint were never logged and
+    are left out."""
+    start = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+    session = result.global_step - start
+    total, steps, last = result.training_loss * session, session, 0
+    for h in log_history:
+        if "loss" in h and h["step"] <= start:  # the checkpoint's history: the sessions before this one
+            span = h["step"] - last
+            total, steps, last = total + h["loss"] * span, steps + span, h["step"]
+    return total / steps if steps else float("nan")
 
 
 class MetricsCallback(TrainerCallback):
@@ -300,7 +316,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
         tok.save_pretrained(out)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(out)
-        summary = {"global_step": result.global_step, "train_loss": round(result.training_loss, 4),
+        train_loss = run_train_loss(result, trainer.state.log_history, checkpoints[-1] if checkpoints else None)
+        summary = {"global_step": result.global_step, "train_loss": round(train_loss, 4),
                    "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
                    "resumed_from": checkpoints[-1].name if checkpoints else None,
                    "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
-from backend import data, perf, registry
+from backend import data, perf, registry, runner
 from backend.modelinfo import inspect_model
 from backend.names import check_name
 from backend.outputs import output_dir, register_output
@@ -79,6 +79,15 @@ def run_dir_for(spec: _TrainSpec) -> Path:
     path = db.workspace() / "runs" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def record_run_dir(run_dir: Path) -> None:
+    """Inside a job (DUS_JOB_ID, set by backend/runner.py execute), write the run folder into its row: the pages
+    offer "Resume from the last checkpoint" only when they find one there (pages/common.py job_status). Only this
+    process knows the folder (DUS_RUN_NAME and multi-machine runs do not use job-ID); a Ray Train run
+    (backend/cluster/ray_train.py) trains in the folder chosen here too."""
+    if job := os.environ.get("DUS_JOB_ID"):
+        runner._update(int(job), run_dir=str(run_dir))
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "wandb": "wandb"}
@@ -224,6 +233,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     if main_machine:
         out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
     run_dir = run_dir_for(spec)
+    record_run_dir(run_dir)
     # Every machine writes spec.json into the shared run folder: replaced whole, so a machine whose processes are
     # reading it never sees half a file (the copies differ only in machine_rank, which train_entry does not read).
     tmp = run_dir / f".spec.json.{spec.machine_rank}"

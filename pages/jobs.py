@@ -69,9 +69,10 @@ def job_table() -> None:
 job_table()
 jobs = runner.list_jobs()
 if jobs:
+    # no status in the labels, as on the Monitor page: they are drawn when the whole page reruns, so "running"
+    # stayed above the live status box's "failed" (the table above and the box below say it as it changes)
     job_id = st.selectbox("Job", [j.id for j in jobs], key="job",
-                          format_func=lambda i: next(f"{j.id} · {j.kind} · {output(j)} · {j.status}" for j in jobs
-                                                     if j.id == i))
+                          format_func=lambda i: next(f"{j.id} · {j.kind} · {output(j)}" for j in jobs if j.id == i))
     job_status(job_id)
     job = runner.get(job_id)
     with st.expander("Spec"):

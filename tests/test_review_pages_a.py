@@ -248,12 +248,24 @@ def test_a_second_click_does_not_queue_the_same_model_twice(tiny):
     assert any("is training 'tiny-cpt' already" in i.value for i in at.info)
 
 
-def test_a_run_stopped_before_any_checkpoint_offers_a_restart_not_a_resume(tiny, workspace):
+def test_a_run_stopped_before_any_checkpoint_offers_a_restart_not_a_resume(tiny, workspace, monkeypatch):
+    import sys
+
+    from backend import training
     from backend.specs import DataSource, SftSpec
 
+    # run as the worker's child runs it (runner.execute, restored after the test), its trainer ending before its
+    # first step: the row records the folder the run used (DUS_RUN_NAME chooses another than job-ID), none set here
+    monkeypatch.setenv("DUS_JOB_ID", "0")
+    monkeypatch.setenv("DUS_JOB_PID", "0")
+    monkeypatch.setenv("DUS_RUN_NAME", "chosen")
+    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(training, "launch_command", lambda spec, run_dir: [
+        sys.executable, "-c", "raise SystemExit('error: stopped before its first step')"])
     job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="t"))
-    run_dir = workspace / "runs" / "job-1"
-    runner._update(job.id, status="cancelled", run_dir=str(run_dir))
+    assert runner.execute(job.id) == 1
+    run_dir = workspace / "runs" / "chosen"
+    assert (runner.get(job.id).status, runner.get(job.id).run_dir) == ("failed", str(run_dir))
     at = app("monitor.py")
     assert [b.label for b in at.button if b.key == f"resume_{job.id}"] == ["Restart (no checkpoint was saved)"]
     ckpt = run_dir / "checkpoints" / "checkpoint-5"
