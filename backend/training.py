@@ -273,7 +273,8 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         return {"model": None, "machine_rank": spec.machine_rank, "run_dir": str(run_dir)}
     if rc != 0 or not (final / "config.json").exists():
         raise TrainingError(f"{spec.kind} training failed (exit code {rc}): {failure_line(tail)}. "
-                            f"Full log above; run folder {run_dir}.")
+                            "The whole log: the job's log (Jobs page, or its path in `python -m backend jobs show "
+                            f"ID`); run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
     if out_dir.exists():
         out_dir.rmdir()  # empty: output_dir() refused a non-empty one
