@@ -5,15 +5,15 @@ An evaluation job walks the evaluated model's lineage (ModelRecord.parents; a tr
 training spec with `data` sources; the model named, or given as "builtin" or its registered folder's path), loads
 every training source through backend/data.py, and measures the n-gram overlap of each evaluation item with them —
 the same measure the synthetic-math job uses against a benchmark (backend/synth/pipeline.py, ContaminationIndex),
-on both sides in one Unicode form (canonical). The built-in evaluation sets are disjoint from the built-in
-training sets by construction (data/make_builtin.py says how; tests/test_heldout.py checks it).
+on both sides in one Unicode form (pipeline.canonical, which its words() apply). The built-in evaluation sets are
+disjoint from the built-in training sets by construction (data/make_builtin.py says how; tests/test_heldout.py
+checks it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,23 +78,12 @@ def row_text(row) -> str:
     return ""
 
 
-def canonical(text: str) -> str:
-    """Text as the overlap check compares it, alike on the training and the evaluation side: NFKC (a PDF's "ﬁ"
-    ligature is "fi", full-width digits are digits, a decomposed "é" is the composed one), format characters
-    dropped (a soft hyphen or zero-width space inside a word split it in two), case folded ("Straße" = "STRASSE").
-    The n-gram words (backend/synth/pipeline.py, words) split on \\w, so without this the same sentence copied
-    from another source shared no n-gram with itself and an overlapping item was scored as held out."""
-    if text.isascii():
-        return text
-    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf").casefold()
-
-
 def source_texts(source: str) -> list[str]:
     """Texts of one training source: builtin:, dataset:, mix:, a file or a Hub id, through backend/data.py."""
     from backend import data
 
     ds = data.load_source(source)
-    return [canonical(row_text(r)) for r in ds]
+    return [row_text(r) for r in ds]
 
 
 @dataclass
@@ -107,7 +96,7 @@ class TrainingIndex:
     index: ContaminationIndex | None = None
 
     def overlap(self, text: str) -> float:
-        return self.index.overlap(canonical(text)) if self.index is not None else 0.0
+        return self.index.overlap(text) if self.index is not None else 0.0
 
 
 def training_index(model: str, n: int = NGRAM, cache: dict | None = None) -> TrainingIndex:

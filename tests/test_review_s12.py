@@ -144,3 +144,15 @@ def test_a_build_whose_default_folder_holds_files_is_refused_before_it_is_queued
         "registered under that name: choose another name, or move that folder away. Nothing was changed.")
     assert runner.list_jobs() == [] and stray.read_text() == "mine"
     assert runner.submit(UpscaleSpec(base="tiny", m=1, name="fresh")).status == "queued"  # another name is fine
+
+
+def test_the_synthetic_math_benchmark_check_reads_unicode_variants_as_the_same_text():
+    """The evaluation's overlap check learned one Unicode form; the synthetic-math job's benchmark check (the same
+    n-gram words) still missed a benchmark question copied with a soft hyphen, a ligature or "ß"."""
+    bench = ["The long street called Hauptstraße runs through the old town to the river and the fifth bridge."]
+    index = pipeline.ContaminationIndex(bench, 8)
+    for variant in ("The long street called HAUPTSTRASSE runs through the old town to the river and the ﬁfth bridge.",
+                    "The long street called Haupt\u00adstraße runs through the old town to the river and the fifth "
+                    "bridge."):
+        assert index.overlap(variant) == 1.0, variant
+    assert pipeline.words("Straße ﬁve") == ["strasse", "five"]

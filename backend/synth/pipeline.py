@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 from array import array
 from collections import defaultdict
 from itertools import count
@@ -45,8 +46,19 @@ class DatasetError(ValueError):
     pass
 
 
+def canonical(text: str) -> str:
+    """Text as the n-gram checks compare it, alike on both sides (the synthetic-math job's benchmark check here, the
+    evaluation's training-overlap check in backend/heldout.py): NFKC (a PDF's "ﬁ" ligature is "fi", full-width digits
+    are digits, a decomposed "é" is the composed one), format characters dropped (a soft hyphen or zero-width space
+    inside a word split it in two), case folded ("Straße" = "STRASSE"). Words split on \\w, so without this the same
+    sentence copied from another source shared no n-gram with itself. ASCII text is only lowered (words does)."""
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf").casefold()
+
+
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    return _WORD.findall(canonical(text).lower())
 
 
 def _grams(w: list[str], n: int) -> set[tuple[str, ...]]:
