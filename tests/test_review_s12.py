@@ -156,3 +156,21 @@ def test_the_synthetic_math_benchmark_check_reads_unicode_variants_as_the_same_t
                     "bridge."):
         assert index.overlap(variant) == 1.0, variant
     assert pipeline.words("Straße ﬁve") == ["strasse", "five"]
+
+
+def test_a_job_from_before_run_folders_were_recorded_offers_resume_from_its_job_folder(tiny_llama, workspace):
+    """Rows written before training jobs recorded their folder have run_dir "": they trained in runs/job-ID (what a
+    resume reads too), so a checkpoint there is offered as a resume, not "no checkpoint was saved"."""
+    from backend import runner
+    from backend.specs import DataSource, SftSpec
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="t"))
+    runner._update(job.id, status="interrupted")
+    labels = lambda: [b.label for b in app("monitor.py").button if b.key == f"resume_{job.id}"]  # noqa: E731
+    assert labels() == ["Restart (no checkpoint was saved)"]
+    ckpt = workspace / "runs" / f"job-{job.id}" / "checkpoints" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    assert runner.get(job.id).run_dir == "" and labels() == ["Resume from the last checkpoint"]
