@@ -206,7 +206,8 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
         line, column, what = bad
         shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
                  else "Each line must be one JSON object")
-        return f"{name}, line {line}" + (f", column {column}" if column else "") + f": {what}. {shape}."
+        where = (f", line {line}" if line else "") + (f", column {column}" if column else "")
+        return f"{name}{where}: {what}. {shape}."
     while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
         exc = exc.__cause__
     why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
@@ -231,17 +232,22 @@ def json_reason(exc) -> str:
     return exc.msg.removesuffix(" at") + (" there" if exc.msg.endswith(" at") else "")
 
 
-def _first_bad_json_line(path: Path) -> tuple[int, int | None, str] | None:
-    """(line, column or None, what is wrong) for the first line of a JSON Lines file that does not parse or holds
-    no object (`1`, `"x"`, `[..]`), or for the place a .json array stops parsing; None when every line is an
-    object (the reader failed on something else: its reason is shown)."""
+def _first_bad_json_line(path: Path) -> tuple[int | None, int | None, str] | None:
+    """(line or None, column or None, what is wrong) for the first line of a JSON Lines file that does not parse or
+    holds no object (`1`, `"x"`, `[..]`), for the place a .json array stops parsing, or for the first item of a .json
+    array that is no object (no line: json does not say where it was); None when every line or item is an object
+    (the reader failed on something else: its reason is shown)."""
     import json
 
     with open(path, encoding="utf-8", errors="replace") as f:
         if path.suffix == ".json":
             try:
-                json.load(f)
-                return None
+                value = json.load(f)
+                if not isinstance(value, (list, dict)):
+                    return None, None, f"it holds {json.dumps(value)[:40]}, not an array of objects"
+                return next(((None, None, f"item {k} of its array, {json.dumps(v)[:40]}, is not a JSON object")
+                             for k, v in enumerate(value if isinstance(value, list) else [], 1)
+                             if not isinstance(v, dict)), None)
             except json.JSONDecodeError as exc:
                 f.seek(0)
                 if f.read(4096).lstrip().startswith("["):

@@ -174,3 +174,19 @@ def test_a_job_from_before_run_folders_were_recorded_offers_resume_from_its_job_
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
     assert runner.get(job.id).run_dir == "" and labels() == ["Resume from the last checkpoint"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"text": "a"}, 1, 2]', "arr.json: item 2 of its array, 1, is not a JSON object. A .json file holds one JSON "
+                              "array of objects, or one object per line."),
+    ("5", "arr.json: it holds 5, not an array of objects. A .json file holds one JSON array of objects, or one object "
+          "per line.")])
+def test_a_json_array_of_non_objects_is_explained(tmp_path, text, message):
+    """A .json array holding numbers got the JSON reader's own error ("Column() changed from object to number")."""
+    from backend import data
+
+    path = tmp_path / "arr.json"
+    path.write_text(text)
+    with pytest.raises(data.DataError) as refused:
+        data.load_source(str(path))
+    assert str(refused.value) == message
