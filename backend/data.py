@@ -294,6 +294,8 @@ def _checked_row(row: dict, number: int, name: str, layout: str, kind: str) -> d
         raise DataError(f"{name}, row {number}: {problem}. Fix or remove that row.")
     try:
         out = convert_row(row, layout, kind)
+    except DataError as exc:  # its own refusal (a plain-text preference row without a prompt): which file and row
+        raise DataError(f"{name}, row {number}: {exc}") from None
     except (KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{name}, row {number}: does not fit the {layout} layout ({type(exc).__name__}: "
                         f"{exc}).") from None
@@ -322,8 +324,13 @@ def _row_problem(row: dict, layout: str) -> str | None:
         return _turns_problem(column, row.get(column), fields, shape)
     if layout == "preference":
         for column in ("chosen", "rejected"):
-            if not isinstance(row.get(column), (str, list)):
-                return f"{column} must be text or a list of turns; got {type(row.get(column)).__name__}"
+            if not isinstance(value := row.get(column), (str, list)):
+                return f"{column} must be text or a list of turns; got {type(value).__name__}"
+            if isinstance(value, list) and (problem := _turns_problem(column, value, ("role", "content"),
+                                                                       "{role, content}")):
+                return problem  # a null turn text passed here and failed in trl (walk12's null answer, for DPO)
+        if isinstance(prompt := row.get("prompt"), list):
+            return _turns_problem("prompt", prompt, ("role", "content"), "{role, content}")
     return None
 
 
@@ -358,7 +365,8 @@ def _shown(source: str) -> str:
 
 def _rows_to_check(source: str) -> int | None:
     """All rows of a local, built-in or registered set (100k Alpaca rows take about a second); a sample of a Hub
-    set, which can be millions of rows: its job checks every row as it converts them (_load_converted)."""
+    set, which can be millions of rows: its job checks every row as it converts them (_load_converted). A mix is
+    never checked whole: the checks expand it and check each member under its own name (preview, check_inputs)."""
     on_hub = not source.startswith(("builtin:", "dataset:", "mix:")) and not (
         Path(source).expanduser().suffix in LOADERS or Path(source).expanduser().exists())
     return HUB_SAMPLE if on_hub else None
@@ -521,8 +529,12 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
 def preview(source: str, kind: str, n: int = 5) -> dict:
     """What the pages show before launch: layout, columns, row count, first converted rows. Its rows are checked
     as check_source checks them: the preview said "alpaca layout, 6 rows" for a file Launch then refused."""
+    if source.startswith("mix:"):  # each member as its job reads it: a Hub member sampled, rows counted in its file
+        for member, _ in expand([(source, 1.0)]):
+            check_source(member, kind)
     ds = load_source(source)
     layout = detect_layout(ds.column_names, kind)
-    check_rows(ds, source, layout, kind, n=_rows_to_check(source))
+    if not source.startswith("mix:"):
+        check_rows(ds, source, layout, kind, n=_rows_to_check(source))
     rows = [convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))]
     return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows}

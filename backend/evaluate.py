@@ -4,8 +4,9 @@
 
 Tasks:
   perplexity            held-out text (default data/heldout-text.txt: facts no built-in training set mentions), or
-                        perplexity:FILE (a .txt, rows with a text column, or any layout backend/data.py reads:
-                        each row's text as continued pretraining reads it)
+                        perplexity:FILE (a .txt, rows with a text column, or a conversation or instruction layout
+                        backend/data.py reads for continued pretraining, not preference pairs: each row's text
+                        as continued pretraining reads it)
   synth-math            exact final answer on data/eval-math.jsonl: word problems outside the training generator's
                         problem space (data/make_builtin.py says why no question can equal a training question)
   qa[:FILE]             closed-book QA with abstention (backend/qa.py): accuracy, abstention rate, hallucination

@@ -1,4 +1,5 @@
 """Twelfth-session review fixes that stand alone (each test failed before its fix)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,44 @@ def test_a_json_array_of_non_objects_is_explained(tmp_path, text, message):
     with pytest.raises(data.DataError) as refused:
         data.load_source(str(path))
     assert str(refused.value) == message
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+PAIR = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+TURNS = {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+         "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({**PAIR, "prompt": None}, "dpo.jsonl, row 25: preference rows with plain-text chosen/rejected need a plain-text "
+                               "prompt column."),
+    ({**TURNS, "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": None}]},
+     "dpo.jsonl, row 25: chosen, turn 2: content must be text; got NoneType (null or missing). Fix or remove that "
+     "row.")])
+def test_a_bad_preference_row_is_named_by_file_and_row_before_queueing(tmp_path, bad, message):
+    """A null prompt came back without file or row; a null turn text in chosen passed and failed later in trl."""
+    from backend import data
+
+    good = PAIR if "prompt" in bad else TURNS
+    path = _jsonl(tmp_path / "dpo.jsonl", [good] * 24 + [bad] + [good] * 5)
+    with pytest.raises(data.DataError) as refused:
+        data.check_source(path, "dpo")
+    assert str(refused.value) == message
+
+
+def test_a_mix_preview_checks_each_member_under_its_own_name(tmp_path):
+    """The preview of a mix checked the concatenated rows, a Hub member's millions included, and named a row of
+    the combination, which no file has."""
+    from backend import data
+
+    good = _jsonl(tmp_path / "good.jsonl", [{"instruction": "a", "output": "b"}] * 3)
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "a", "output": None}])
+    pipeline.save_mix("m", [(good, 1.0), (bad, 1.0)], "sft")
+    with pytest.raises(data.DataError) as refused:
+        data.preview("mix:m", "sft")
+    assert str(refused.value) == "bad.jsonl, row 2: output must be text; got NoneType (null or missing). Fix or " \
+                                 "remove that row."
