@@ -45,9 +45,10 @@ def newest_run(rows: list, key) -> list:
     """Of `rows` (EvalScore or Generation, in id order), those of the newest evaluation run of each `key`: a rerun
     with samples=1 after one with samples=2 left the older consistency beside the newer accuracy, and a rerun on 2
     items after one on 4 mixed 2 old answers into the length analysis, made under another token cap. Rows from
-    before runs were recorded (run "") count as one run."""
-    newest = {key(r): r.run for r in rows}
-    return [r for r in rows if r.run == newest[key(r)]]
+    before runs were recorded (run "") count as one run per job."""
+    run = lambda r: r.run or f"job {r.job_id}"  # noqa: E731  older rows: a job's rows are one run (rows of
+    newest = {key(r): run(r) for r in rows}  # a worker not yet upgraded must not bring back every earlier row)
+    return [r for r in rows if run(r) == newest[key(r)]]
 
 
 def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:
@@ -101,13 +102,16 @@ Z95 = 1.96  # a 95 % normal interval: value ± 1.96 standard errors
 RULE_OF_THREE = 3.0  # 0 events in n: the 95 % upper bound on their rate is about 3/n (Hanley & Lippman-Hand 1983)
 
 
-def zero_error(v: float | None, se: float | None, n: int) -> bool:
+def zero_error(v: float | None, se: float | None, n: int, metric: str | None = None) -> bool:
     """Whether a standard error of 0 says nothing: lm-eval's √(p(1−p)/(n−1)) is 0 at a share p of 0 or 1 however few
-    the items, and "0 ± 0" from 5 items read as certainty."""
-    return se == 0 and v in (0.0, 1.0) and n > 0
+    the items, and "0 ± 0" from 5 items read as certainty. Only for a share (SHARES) when the metric is given: the
+    rule of three bounds a rate of events, not a BLEU or F1 of 0."""
+    share = metric is None or metric.rsplit("/", 1)[-1] in SHARES
+    return share and se == 0 and v in (0.0, 1.0) and n > 0
 
 
-def interval95(v: float | None, se: float | None, n: int) -> tuple[float, float] | None:
+def interval95(v: float | None, se: float | None, n: int,
+               metric: str | None = None) -> tuple[float, float] | None:
     """The 95 % interval a bar's whisker draws: score ± 1.96 standard errors, cut at 0; where that error is 0 at a
     share of 0 or 1 (zero_error), the rule of three's (J. A. Hanley, A. Lippman-Hand, "If nothing goes wrong, is
     everything all right?", JAMA 249(13), 1983): 0 of n items still allows a true rate up to about 3/n, n of n one
@@ -115,7 +119,7 @@ def interval95(v: float | None, se: float | None, n: int) -> tuple[float, float]
     None without an error (perplexity)."""
     if v is None or se is None:
         return None
-    if zero_error(v, se, n):
+    if zero_error(v, se, n, metric):
         reach = min(RULE_OF_THREE / n, 1.0)
         return (0.0, reach) if v == 0 else (1.0 - reach, 1.0)
     return max(v - Z95 * se, 0.0), v + Z95 * se
@@ -353,8 +357,11 @@ def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
     for (model, task), r in sorted(headline(latest).items()):
         for head, score in ((f"{task} ({r.metric})", r), (f"{task} (hallucination)",
                                                           latest.get((model, task, "hallucination_rate")))):
-            v, se = shown.get(model, {}).get(head), shown.get(model, {}).get(f"{head} ±")
-            if score is not None and zero_error(v, se, n := items_behind(score, clean)):
+            if score is None or shown.get(model, {}).get(head) is None:  # no cell, or one the table blanked
+                continue
+            # the unrounded numbers: 29999 of 30000 reads 1.0 ± 0.0 at 4 decimals, and is no 0-error share
+            v, se, n = value(score, clean=clean), stderr(latest, score, clean), items_behind(score, clean)
+            if zero_error(v, se, n, score.metric):
                 found.setdefault((head, v, n), []).append(model)
     if not found:
         return ""

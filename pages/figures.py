@@ -272,11 +272,13 @@ def _interval_whiskers(fig: go.Figure, table: list[dict], name_ax: str, value_ax
     three's where that error is 0 at a score of 0 or 1) of the scores that have a standard error; returns the
     intervals' tops. A second trace, as leaderboard_figure's: a bar's own error array drew a perplexity's missing
     error as a certain zero."""
-    shown = [(r, iv) for r in table if (iv := interval95(r["value"], r.get("stderr"), r.get("n") or 0))]
+    shown = [(r, iv) for r in table
+             if (iv := interval95(r["value"], r.get("stderr"), r.get("n") or 0, r.get("metric")))]
     if not shown:
         return []
-    how = ["rule of three: ± is 0 at a score of 0 or 1" if zero_error(r["value"], r["stderr"], r.get("n") or 0)
-           else "± 1.96 standard errors" for r, _ in shown]
+    how = ["rule of three: ± is 0 at a score of 0 or 1"
+           if zero_error(r["value"], r["stderr"], r.get("n") or 0, r.get("metric")) else "± 1.96 standard errors"
+           for r, _ in shown]
     fig.add_trace(go.Scatter(**{
         name_ax: [r["model"] for r, _ in shown], value_ax: [r["value"] for r, _ in shown], "mode": "markers",
         "marker": dict(size=1, color="rgba(0,0,0,0)"), "name": "95 % interval",

@@ -232,3 +232,33 @@ def test_a_mix_preview_checks_each_member_under_its_own_name(tmp_path):
         data.preview("mix:m", "sft")
     assert str(refused.value) == "bad.jsonl, row 2: output must be text; got NoneType (null or missing). Fix or " \
                                  "remove that row."
+
+
+def test_the_rule_of_three_is_for_shares_read_unrounded():
+    """A share of 29999 of 30000 read "1.0 ± 0.0" in the 4-decimal cells the note tested; an lm-eval F1 of 0 with a
+    stored error of 0 got a rate's rule-of-three bound."""
+    from backend import scoretable
+    from tests.test_review_scores11 import add
+
+    add(("m", "qa", "accuracy", 29999 / 30000, 30000),
+        ("m", "lm-eval:squad", "squad/f1", 0.0, 20), ("m", "lm-eval:squad", "squad/f1_stderr", 0.0, 20))
+    latest = scoretable.latest_scores()
+    assert not [n for n in scoretable.table_notes(latest, scoretable.table_rows(latest, {})) if "rule of three" in n]
+    assert scoretable.interval95(0.0, 0.0, 20, "squad/f1") == (0.0, 0.0)
+    assert scoretable.interval95(0.0, 0.0, 20, "squad/exact_match") == (0.0, 0.15)
+
+
+def test_older_rows_without_a_run_count_one_run_per_job():
+    """Rows written before runs were recorded (or by a worker not yet upgraded) all had run "", so every earlier
+    job's rows came back beside the newest job's."""
+    from backend import scoretable
+    from storage import db
+    from storage.models import EvalScore
+
+    with db.session() as s:
+        s.add_all([EvalScore(job_id=1, model="m", task="synth-math", metric="consistency", value=0.5, n=4),
+                   EvalScore(job_id=1, model="m", task="synth-math", metric="accuracy", value=0.5, n=4),
+                   EvalScore(job_id=2, model="m", task="synth-math", metric="accuracy", value=0.25, n=2)])
+        s.commit()
+    latest = scoretable.latest_scores()
+    assert {(metric, r.value) for (_, _, metric), r in latest.items()} == {("accuracy", 0.25)}
