@@ -397,6 +397,17 @@ def _requeue_waiting_on(job_id: int) -> None:
 
 
 @db.retrying
+@db.retrying
+def record_run_dir(job_id: int, run_dir: str) -> None:
+    """The run folder a training job uses (backend/training.py), where the pages look for its checkpoints; a row
+    that is gone (a command started with an inherited DUS_JOB_ID) is left alone."""
+    with db.session() as s:
+        if (job := s.get(Job, job_id)) is not None:
+            job.run_dir = run_dir
+            s.add(job)
+            s.commit()
+
+
 def _update(job_id: int, **fields) -> None:
     with db.session() as s:
         job = s.get(Job, job_id)

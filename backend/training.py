@@ -86,8 +86,12 @@ def record_run_dir(run_dir: Path) -> None:
     offer "Resume from the last checkpoint" only when they find one there (pages/common.py job_status). Only this
     process knows the folder (DUS_RUN_NAME and multi-machine runs do not use job-ID); a Ray Train run
     (backend/cluster/ray_train.py) trains in the folder chosen here too."""
-    if job := os.environ.get("DUS_JOB_ID"):
-        runner._update(int(job), run_dir=str(run_dir))
+    if not (job := os.environ.get("DUS_JOB_ID")):
+        return
+    try:  # it only draws the Resume button: a database away for a moment, or a DUS_JOB_ID inherited by a command
+        runner.record_run_dir(int(job), str(run_dir))  # started from a job's shell, must not fail the training
+    except Exception as exc:  # noqa: BLE001
+        print(f"note: the job's run folder was not recorded ({type(exc).__name__}: {exc})", flush=True)
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "wandb": "wandb"}

@@ -144,3 +144,19 @@ def test_a_whole_gguf_that_fails_for_another_reason_is_not_called_truncated(tmp_
     assert "truncated" not in str(refused.value)
     assert "tokenizer" in str(refused.value)
     nothing_written()
+
+
+def test_a_whole_gguf_of_a_newer_tensor_type_is_not_called_truncated(tmp_path, monkeypatch):
+    """Every error of gguf's reader counted as a cut-off file: a whole file whose tensor type the installed gguf
+    does not know ("250 is not a valid GGMLQuantizationType") was told to download again, which fails alike."""
+    import gguf
+
+    whole = write_gguf(tmp_path / "whole.gguf")
+
+    def newer(path, *a, **k):
+        raise ValueError("250 is not a valid GGMLQuantizationType")
+
+    monkeypatch.setattr(gguf, "GGUFReader", newer)
+    assert registry._gguf_cut_short(whole) is False
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: (_ for _ in ()).throw(ValueError("cannot reshape array")))
+    assert registry._gguf_cut_short(whole) is True
