@@ -82,7 +82,8 @@ def task_records(task: str) -> list[Record]:
 
     with db.session() as s:
         cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
-                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run]
+                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run,
+                Generation.job_id]  # run and job: newest_run
         gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
     # each model's newest run only (an earlier run's answers were made under other settings), one answer per item
     latest = {(g.model, g.prompt_id): g for g in newest_run(gens, lambda g: g.model)}
