@@ -367,9 +367,15 @@ def _rows_to_check(source: str) -> int | None:
     """All rows of a local, built-in or registered set (100k Alpaca rows take about a second); a sample of a Hub
     set, which can be millions of rows: its job checks every row as it converts them (_load_converted). A mix is
     never checked whole: the checks expand it and check each member under its own name (preview, check_inputs)."""
-    on_hub = not source.startswith(("builtin:", "dataset:", "mix:")) and not (
-        Path(source).expanduser().suffix in LOADERS or Path(source).expanduser().exists())
-    return HUB_SAMPLE if on_hub else None
+    return HUB_SAMPLE if hub_id(source) else None
+
+
+def hub_id(source: str) -> bool:
+    """Whether a data source is a Hub data set id (owner/name), not a built-in, registered set, mix or file: the
+    sources whose rows are only sampled before queueing, and that a recipe's plan leaves to the job."""
+    path = Path(source).expanduser()
+    return (source.count("/") == 1 and not source.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
+            and not path.exists() and path.suffix not in LOADERS)
 
 
 def _rows(ds, source: str):

@@ -149,14 +149,6 @@ def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
                       "or a Hub id.")
 
 
-def _hub_id(src: str) -> bool:
-    """Whether a data source is a Hub data set id (owner/name), as _source_fp tells them apart: the plan leaves its
-    rows to the job (this machine may be offline), and asks only that the Hub be reachable."""
-    path = Path(src).expanduser()
-    return (src.count("/") == 1 and not src.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
-            and not path.exists() and path.suffix not in DATA_SUFFIXES)
-
-
 def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
     """Read a stage's data on this machine (a built-in, a registered set, a local file, each source of a mix) as its
     training job will (training.check_inputs: the mix expanded, each file parses, its columns fit a layout of the
@@ -167,7 +159,7 @@ def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
         return
     try:
         for item, _ in data.expand([(src, 1.0)]):
-            if (item, kind) not in checked and not _hub_id(item):
+            if (item, kind) not in checked and not data.hub_id(item):
                 data.check_source(item, kind)
                 checked.add((item, kind))
     except data.DataError as exc:
@@ -346,9 +338,9 @@ def plan(recipe: RecipeSpec) -> Plan:
                 own = made.get(src.removeprefix("dataset:")) if src.startswith("dataset:") else None
                 if kind in TRAIN_KINDS and own:
                     _check_part(*own, kind, where)
-                elif kind in TRAIN_KINDS and not _hub_id(src):
+                elif kind in TRAIN_KINDS and not data.hub_id(src):
                     _check_rows(src, kind, where, checked)
-                if _hub_id(src):
+                if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
                     need_hub(where, src)
         # the stage's name is in the hash: two stages with the same body are still two models
         h = _sha([kind, body, [hashes[d] for d in deps], fps,
