@@ -14,10 +14,11 @@ import re
 from pathlib import Path, PureWindowsPath
 from typing import Iterable
 
+from backend.data import LOADERS
 from backend.names import safe_name
 from storage import db
 
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # what backend/data.py reads
+DATA_SUFFIXES = tuple(LOADERS)  # what backend/data.py reads: its own list, not a second copy
 SEED_SUFFIXES = (".jsonl", ".json")  # MATH / GSM8K seed files
 
 
