@@ -360,8 +360,9 @@ def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
             if score is None or shown.get(model, {}).get(head) is None:  # no cell, or one the table blanked
                 continue
             # the unrounded numbers: 29999 of 30000 reads 1.0 ± 0.0 at 4 decimals, and is no 0-error share
-            v, se, n = value(score, clean=clean), stderr(latest, score, clean), items_behind(score, clean)
-            if zero_error(v, se, n, score.metric):
+            h = headline_score(latest, score, clean)
+            v, n = h["value"], h["n"]
+            if zero_error(v, h["stderr"], n, score.metric):
                 found.setdefault((head, v, n), []).append(model)
     if not found:
         return ""
