@@ -2,7 +2,9 @@
 
 On CUDA: bfloat16 with PyTorch's scaled-dot-product attention, and a batch fitted to the free memory that
 torch.cuda.mem_get_info reports after the weights and the KV cache of every sequence (prompt + new tokens) are
-counted. A model whose weights cannot fit is refused with the numbers. On the CPU: float32 (bfloat16 matmuls are
+counted, and a second batch for scoring whole texts (perplexity), whose logits over every position and the whole
+vocabulary outweigh the KV cache many times (Qwen2.5's 152k vocabulary: 0.4 GB per 256-token text). A model whose
+weights cannot fit is refused with the numbers. On the CPU: float32 (bfloat16 matmuls are
 slow on most CPUs) and the batch size asked for. These are pure functions so tests check them without a GPU.
 """
 
@@ -17,6 +19,9 @@ CPU_BATCH = 8
 MAX_BATCH = 256
 RESERVE = 1 * GIB  # CUDA context, allocator slack and activations outside the KV cache
 WEIGHT_SLACK = 1.10  # buffers and non-persistent tensors beside the safetensors weights
+# bytes per position and vocabulary entry when a whole text is scored: the bfloat16 logits, their float32 copy and
+# cross-entropy's float32 log-softmax, alive together (backend/evaluate.py: perplexity_items)
+SCORING_LOGITS_BYTES = 2 + 4 + 4
 
 
 class DeviceError(ValueError):
@@ -38,9 +43,10 @@ class DevicePlan:
     device: str  # cpu / cuda
     dtype: str  # float32 / bfloat16
     attn: str | None  # sdpa on CUDA; None: transformers' default
-    batch_size: int
+    batch_size: int  # generation: prompt + new tokens
     weights_bytes: int
     note: str
+    scoring_batch_size: int = CPU_BATCH  # whole-text scoring (perplexity) of score_len tokens
 
 
 def model_shape(folder: Path) -> ModelShape:
@@ -60,37 +66,51 @@ def kv_bytes_per_sequence(shape: ModelShape, seq_len: int, dtype_bytes: int = 2)
     return 2 * shape.num_layers * shape.kv_heads * shape.head_dim * dtype_bytes * seq_len + 4 * shape.vocab_size
 
 
+def scoring_bytes_per_sequence(shape: ModelShape, seq_len: int, dtype_bytes: int = 2) -> int:
+    """One text scored whole: its keys and values plus the logits of every position over the whole vocabulary."""
+    return (2 * shape.num_layers * shape.kv_heads * shape.head_dim * dtype_bytes * seq_len
+            + SCORING_LOGITS_BYTES * seq_len * shape.vocab_size)
+
+
 def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_len: int = 512,
-         batch_size: int | None = None, device: str = "auto") -> DevicePlan:
-    """Decide device, dtype and batch. Raises DeviceError when the weights cannot fit in free GPU memory."""
+         batch_size: int | None = None, device: str = "auto", score_len: int = 256) -> DevicePlan:
+    """Decide device, dtype and the batches: generating seq_len tokens (prompt + new) and scoring texts of score_len
+    tokens whole. Raises DeviceError when the weights cannot fit in free GPU memory."""
     if device == "cuda" and not cuda:
         raise DeviceError("device: cuda was asked for, but torch sees no CUDA device; use auto or cpu.")
     use_cuda = cuda and device != "cpu"
     if not use_cuda:
         return DevicePlan("cpu", "float32", None, batch_size or CPU_BATCH, shape.num_parameters * 4,
-                          "CPU: float32" + (" (CUDA ignored: device=cpu)" if cuda else ""))
+                          "CPU: float32" + (" (CUDA ignored: device=cpu)" if cuda else ""), batch_size or CPU_BATCH)
     weights = int(shape.num_parameters * 2 * WEIGHT_SLACK)
     free = int(free_bytes or 0)
     if weights + RESERVE > free:
         raise DeviceError(f"the model needs about {weights / GIB:.1f} GiB in bfloat16 (+{RESERVE / GIB:.0f} GiB "
                           f"working memory) but the GPU has {free / GIB:.1f} GiB free; free the GPU or evaluate "
                           "on the CPU (device: cpu).")
-    per_seq = kv_bytes_per_sequence(shape, seq_len)
-    fit = max(1, min(MAX_BATCH, (free - weights - RESERVE) // max(per_seq, 1)))
-    chosen = min(batch_size, fit) if batch_size else fit
-    return DevicePlan("cuda", "bfloat16", "sdpa", int(chosen), weights,
+    room = free - weights - RESERVE
+
+    def fitted(per_seq: int) -> tuple[int, int]:
+        fit = max(1, min(MAX_BATCH, room // max(per_seq, 1)))
+        return int(min(batch_size, fit) if batch_size else fit), int(fit)
+
+    per_seq, per_text = kv_bytes_per_sequence(shape, seq_len), scoring_bytes_per_sequence(shape, score_len)
+    (chosen, fit), (scoring, _) = fitted(per_seq), fitted(per_text)
+    return DevicePlan("cuda", "bfloat16", "sdpa", chosen, weights,
                       f"CUDA: bfloat16 + sdpa, batch {chosen} (fits {fit}: {free / GIB:.1f} GiB free, "
-                      f"{per_seq / 2 ** 20:.1f} MiB per sequence of {seq_len} tokens)")
+                      f"{per_seq / 2 ** 20:.1f} MiB per sequence of {seq_len} tokens; scoring whole texts: batch "
+                      f"{scoring}, {per_text / 2 ** 20:.1f} MiB per text of {score_len} tokens)", scoring)
 
 
-def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str = "auto") -> DevicePlan:
+def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str = "auto",
+             score_len: int = 256) -> DevicePlan:
     """The plan for this machine: asks torch whether CUDA is there and how much of it is free."""
     import torch
 
     cuda = torch.cuda.is_available()
     free = torch.cuda.mem_get_info()[0] if cuda and device != "cpu" else None
     return plan(model_shape(folder), cuda=cuda, free_bytes=free, seq_len=seq_len, batch_size=batch_size,
-                device=device)
+                device=device, score_len=score_len)
 
 
 def load_model(folder: Path, plan: DevicePlan | None = None):

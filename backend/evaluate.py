@@ -366,11 +366,13 @@ def run_lm_eval(folder: Path, task: str, limit: int, **kw):
     return run(folder, task, limit, **kw)
 
 
-def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id: int | None, batch: int,
-               judge: qa.Judge | None) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
+def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id: int | None,
+               plan: evaldevice.DevicePlan, judge: qa.Judge | None
+               ) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
     """(scores, generations, rescore(indices) for a subset, per-item results, extra details)."""
+    batch = plan.batch_size
     if ts.kind == "perplexity":
-        per = perplexity_items(tok, model, ts.items, batch_size=batch)
+        per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
         return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {"tokens": sum(x[1] for x in per)}
     if ts.kind in ("synth-math", "gsm8k"):
         scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch)
@@ -484,7 +486,7 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
     for m in todo:  # a model that cannot fit says so before anything loads
         try:
             plans[m] = evaldevice.plan_for(folders[m], seq_len=seq_len, batch_size=spec.batch_size,
-                                           device=spec.device)
+                                           device=spec.device, score_len=MAX_LENGTH)
         except evaldevice.DeviceError as exc:
             raise EvalError(f"{m}: {exc}") from None
     t0 = time.perf_counter()
@@ -506,8 +508,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
                 continue
             progress((i * len(sets) + k) / steps, f"{model_name}: {ts.task}")
             try:
-                scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id,
-                                                             plan.batch_size, judge)
+                scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id, plan,
+                                                             judge)
             except Exception as exc:  # nothing of this task is stored; the job fails with the reason
                 raise EvalError(f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc
             overlaps = [tidx.overlap(t) for t in ts.texts]
