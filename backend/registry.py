@@ -238,8 +238,7 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
         if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
-            raise RegistryError(f"Could not read GGUF file {path} ({path.stat().st_size:,} bytes): it looks "
-                                "truncated or damaged (an interrupted download or copy?). Download it again.") from exc
+            raise RegistryError(_cut_short_message(path)) from exc
         raise RegistryError(f"Could not read GGUF file {path}: {exc}") from exc
     # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
     if getattr(model, "hf_quantizer", None) is not None:
@@ -251,6 +250,11 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     if model.generation_config is not None:
         model.generation_config.save_pretrained(tmp)
     return _finish(tmp, name, source or f"gguf:{path}", progress)
+
+
+def _cut_short_message(path: Path) -> str:
+    return (f"Could not read GGUF file {path} ({path.stat().st_size:,} bytes): it looks truncated or damaged (an "
+            "interrupted download or copy?). Download it again.")
 
 
 def _gguf_cut_short(path: Path) -> bool:
@@ -447,8 +451,11 @@ def check_import(target: str, name: str | None = None) -> tuple[str, str]:
 def _import_target(target: str) -> tuple[str, str, list[str]]:
     """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch."""
     p = Path(target).expanduser()
-    if p.suffix == ".gguf":
-        return "gguf", p.stem.split(".")[0], [] if p.is_file() else [f"GGUF file {p} does not exist."]
+    if p.suffix == ".gguf":  # gguf's reader maps the file and parses only its header: milliseconds, so a file cut
+        # short is refused here, before queueing, not when the job's turn comes
+        problem = (f"GGUF file {p} does not exist." if not p.is_file()
+                   else _cut_short_message(p) if _gguf_cut_short(p) else None)
+        return "gguf", p.stem.split(".")[0], [problem] if problem else []
     if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
         try:
             read_config(p)

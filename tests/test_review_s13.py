@@ -1,0 +1,68 @@
+"""Review fixes of session 13."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend import evaldevice, evaluate, registry
+from backend.specs import EvalSpec
+
+# Qwen2.5-7B's shape: 28 layers, 4 KV heads of 128, a 152k vocabulary
+QWEN7B = evaldevice.ModelShape(num_parameters=7_615_616_512, num_layers=28, kv_heads=4, head_dim=128,
+                               vocab_size=152_064)
+
+
+def test_a_perplexity_batch_counts_the_logits_of_every_position():
+    """Scoring a 256-token text whole holds logits over the vocabulary at every position (bf16, their float32
+    copy, the log-softmax): 0.37 GiB for Qwen2.5, 25 times its KV cache. The generation batch (KV cache and one
+    logits row) would have put 256 texts, about 96 GiB of logits, on an 80 GiB GPU."""
+    per_text = evaldevice.scoring_bytes_per_sequence(QWEN7B, 256)
+    assert per_text == 2 * 28 * 4 * 128 * 2 * 256 + 10 * 256 * 152_064
+    free = 80 * 2**30
+    p = evaldevice.plan(QWEN7B, cuda=True, free_bytes=free, seq_len=512, score_len=256)
+    room = free - p.weights_bytes - evaldevice.RESERVE
+    assert p.batch_size == 256  # generation: the cap
+    assert p.scoring_batch_size == room // per_text < 256
+    assert p.scoring_batch_size * per_text <= room < (p.scoring_batch_size + 1) * per_text
+    assert f"scoring whole texts: batch {p.scoring_batch_size}" in p.note
+    assert evaldevice.plan(QWEN7B, cuda=True, free_bytes=free, batch_size=4).scoring_batch_size == 4
+    cpu = evaldevice.plan(QWEN7B, cuda=False, batch_size=3)
+    assert (cpu.batch_size, cpu.scoring_batch_size) == (3, 3)
+
+
+def test_the_perplexity_task_runs_at_the_scoring_batch(tiny_llama, monkeypatch):
+    registry.import_folder(tiny_llama, "tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(evaldevice, "model_shape", lambda folder: QWEN7B)
+    real_load, seen = evaldevice.load_model, []
+    monkeypatch.setattr(evaldevice, "load_model", lambda folder, plan=None: real_load(folder, None))
+    real_items = evaluate.perplexity_items
+
+    def items(tok, model, texts, max_length=evaluate.MAX_LENGTH, batch_size=8):
+        seen.append(batch_size)
+        return real_items(tok, model, texts, max_length, batch_size)
+
+    monkeypatch.setattr(evaluate, "perplexity_items", items)
+    evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity"], limit=2))
+    want = evaldevice.plan(QWEN7B, cuda=True, free_bytes=80 * 2**30, seq_len=256 + EvalSpec.model_fields["max_new_tokens"].default)
+    assert seen == [want.scoring_batch_size] and want.scoring_batch_size < want.batch_size
+
+
+@pytest.mark.parametrize("keep", [8, 100, -500], ids=["header-only", "cut-in-metadata", "cut-in-tensor-data"])
+def test_a_gguf_cut_short_is_refused_before_queueing(tmp_path, keep):
+    """It was queued, and failed only when the import job's turn came (behind a busy queue)."""
+    from backend import runner
+    from backend.specs import ImportSpec
+    from tests.test_review_s12_models import write_gguf
+
+    whole = write_gguf(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:keep] if keep > 0 else whole[:len(whole) + keep])
+    with pytest.raises(ValueError) as refused:
+        runner.submit(ImportSpec(target=str(cut), name="cut"))
+    assert str(refused.value) == (f"Could not read GGUF file {cut} ({cut.stat().st_size:,} bytes): it looks "
+                                  "truncated or damaged (an interrupted download or copy?). Download it again.")
+    assert runner.list_jobs() == []
+    registry.check_import(str(tmp_path / "whole.gguf"), "whole")  # the whole file passes the check
