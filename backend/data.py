@@ -383,12 +383,19 @@ def _rows(ds, source: str):
     file whose column mixes types (a string column with one number in it) is read again with Python's json: for
     such a column `datasets` keeps JSON text, and decodes a string "0" in it as the number 0, so the bad row it
     showed was row 1 (walk12, int25.jsonl)."""
-    path = _local_file(source)
-    if path and path.suffix in (".json", ".jsonl") and any(map(_holds_json, ds.features.values())):
+    if path := _json_typed_file(ds, source):
         yield from _json_records(path)
         return
     for batch in ds.iter(batch_size=1000):
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+
+
+def _json_typed_file(ds, source: str) -> Path | None:
+    """The local JSON file behind `ds` when `datasets` made one of its columns the Json type (mixed types), whose
+    rows are then read again from the file itself to be checked."""
+    path = _local_file(source)
+    return path if path and path.suffix in (".json", ".jsonl") and any(map(_holds_json, ds.features.values())) \
+        else None
 
 
 def _holds_json(feature) -> bool:
@@ -477,6 +484,8 @@ def _load_converted(source: str, kind: str, max_rows: int | None):
     # every row checked as it converts: a Hub set's bad row beyond the sample checked before queueing is named
     # here (file, row, column), not by a Jinja error in trl's chat template
     name = _shown(source)
+    if _json_typed_file(ds, source):  # the map below would see `datasets`' decoded values, not the file's rows
+        check_rows(ds, source, layout, kind)
     ds = ds.map(lambda r, i: _checked_row(r, i + 1, name, layout, kind), with_indices=True,
                 remove_columns=ds.column_names)
     if max_rows:

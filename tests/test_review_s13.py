@@ -66,3 +66,17 @@ def test_a_gguf_cut_short_is_refused_before_queueing(tmp_path, keep):
                                   "truncated or damaged (an interrupted download or copy?). Download it again.")
     assert runner.list_jobs() == []
     registry.check_import(str(tmp_path / "whole.gguf"), "whole")  # the whole file passes the check
+
+
+def test_the_training_jobs_own_check_names_a_mixed_type_row_at_its_own_row():
+    """The check before queueing named row 25; the job's own check (its data loading, for a file changed after
+    queueing) saw `datasets`' decoded Json column and blamed row 1."""
+    from backend import data
+    from tests.test_review_s12_data import alpaca, upload
+
+    path = upload(alpaca(30, {25: 12345}), "int25.jsonl")
+    said = "int25.jsonl, row 25: output must be text; got int. Fix or remove that row."
+    for load in (lambda: data.prepare(path, "sft"), lambda: data.split_mix([(path, 1.0)], "sft", eval_fraction=0.1)):
+        with pytest.raises(data.DataError) as exc:
+            load()
+        assert str(exc.value) == said
