@@ -69,9 +69,7 @@ def run_train_loss(result, log_history: list[dict], checkpoint: Path | None) -> 
     is the mean over the steps of this train() call only (5.24 Trainer._finalize_training divides by
     global_step minus the step it resumed at), so a resumed run reported another number than the same run
     unstopped, for the same weights. The steps before the checkpoint come from its logged losses, each the mean
-    over the steps since the previous log; exact when checkpoints fall on logged steps (logging_steps divides
-    save_steps, as by default), else the few steps between the last log and the checkpoint were never logged and
-    are left out."""
+    over the steps since the previous log; MetricsCallback logs at every checkpoint, so none is left out."""
     start = int(checkpoint.name.split("-")[1]) if checkpoint else 0
     session = result.global_step - start
     total, steps, last = result.training_loss * session, session, 0
@@ -121,6 +119,8 @@ class MetricsCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         self.mark = time.time()  # the Trainer logs, then evaluates, then saves after a step ends
+        if control.should_save:  # the loss since the last log goes into the checkpoint's history, so a resumed
+            control.should_log = True  # run's loss covers every step (run_train_loss), whatever logging_steps is
 
     def on_evaluate(self, args, state, control, **kw):
         self._pause()
