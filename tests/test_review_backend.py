@@ -241,6 +241,8 @@ def test_tokens_per_second_leaves_out_evaluation_and_checkpoint_time(tmp_path, m
     import json
     from types import SimpleNamespace
 
+    from transformers import TrainerControl
+
     from backend import train_entry
 
     clock = SimpleNamespace(now=0.0)
@@ -251,7 +253,9 @@ def test_tokens_per_second_leaves_out_evaluation_and_checkpoint_time(tmp_path, m
     for step, pause in ((1, True), (2, False)):
         clock.now += 1.0
         state.global_step, state.num_input_tokens_seen = step, 100 * step
-        cb.on_step_end(None, state, None)
+        control = TrainerControl(should_save=pause)
+        cb.on_step_end(None, state, control)
+        assert control.should_log is pause  # a step that saves logs first (its loss goes into the checkpoint)
         cb.on_log(None, state, None, logs={"loss": 2.0})
         if pause:
             clock.now += 3.0
