@@ -106,3 +106,88 @@ def test_a_resumed_runs_loss_covers_the_steps_between_its_last_log_and_the_check
     part = run("part")
     assert (part["resumed_from"], part["global_step"]) == ("checkpoint-2", 4)
     assert part["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-4)
+
+
+# ---------------------------------------------------------------- synthetic math (review of pipeline.py)
+
+def _flagged_run(tmp_path, name: str, include_flagged: bool = False):
+    """A rules run of 12 seeds whose first 6 questions are the benchmark's: 6 pairs flagged as contaminated."""
+    import json
+
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+    from backend.synth.seeds import load_seeds
+
+    seeds = load_seeds("generator", 12, 0, None, None)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": s.question}) + "\n" for s in seeds[:6]))
+    res = pipeline.run_synth_math(SynthMathSpec(name=name, num_seeds=12, seed=0, rephraser="rules",
+                                                benchmark=str(bench), include_flagged=include_flagged))
+    assert res["flagged"] == 6
+    return pipeline.get_dataset(f"{name}-pairs"), bench
+
+
+@pytest.mark.parametrize("run_with, export_with", [(False, True), (True, False)])
+def test_an_exports_provenance_says_whether_it_holds_flagged_pairs(tmp_path, run_with, export_with):
+    """The run's settings were spread after the export's choice: an export holding 6 benchmark-contaminated pairs
+    was registered as include_flagged False, and its push was refused as 'no longer holds the export'."""
+    from backend.synth import pipeline
+
+    _flagged_run(tmp_path, "m", include_flagged=run_with)
+    out = pipeline.export("m-pairs", include_flagged=export_with)
+    assert out["rows"] == (12 if export_with else 6)
+    for name in ("m-instruct", "m-alignment"):
+        rec = pipeline.get_dataset(name)
+        assert rec.provenance["include_flagged"] is export_with
+        assert len(open(rec.path).read().splitlines()) == out["rows"]
+    assert [d.name for d in pipeline._pushable_export("m-pairs")] == ["m-instruct", "m-alignment"]
+
+
+def test_undoing_a_hand_rejection_gives_the_pair_its_own_reason_back(tmp_path):
+    from backend.synth import pipeline
+
+    rec, _ = _flagged_run(tmp_path, "m")
+    _, flagged = pipeline.query_pairs(rec.id, states=["flagged"])
+    pair = flagged[0]
+    assert pair.reason.endswith("appear in the benchmark")
+    pipeline.reject_by_hand(pair.id)
+    _, [rejected] = pipeline.query_pairs(rec.id, states=["rejected"])
+    assert (rejected.id, rejected.rejected_by_hand, rejected.reason) == (pair.id, True, pair.reason)
+    pipeline.reject_by_hand(pair.id, undo=True)
+    _, again = pipeline.query_pairs(rec.id, states=["flagged"])
+    back = next(p for p in again if p.id == pair.id)
+    assert (back.rejected_by_hand, back.reason) == (False, pair.reason)  # before: 'rejected by hand'
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param('[{"question": "What is 15 percent of 200?"}, {"problem": "Half of ten is what number?"}]',
+                 id="one-line-array"),
+    pytest.param('[\n  {"question": "What is 15 percent of 200?"},\n  {"problem": "Half of ten is what number?"}\n]',
+                 id="pretty-array"),
+    pytest.param('{"question": "What is 15 percent of 200?"}\n{"prompt": "Half of ten is what number?"}\n',
+                 id="json-lines"),
+])
+def test_a_benchmark_file_may_be_a_json_array_as_a_seed_file_may(tmp_path, body):
+    """A .json array was read line by line: 'line 1: no question field' (one line) or 'line 1: not valid JSON'."""
+    from backend.synth import pipeline
+
+    path = tmp_path / ("bench.jsonl" if "\n{" in body else "bench.json")
+    path.write_text(body)
+    assert pipeline.load_benchmark(str(path)) == ["What is 15 percent of 200?", "Half of ten is what number?"]
+
+
+@pytest.mark.parametrize("body, said", [
+    ('[{"question": "ok"}, {"answer": "4"}]', "bench.json, record 2: no question / problem / prompt / text field "
+                                              "of text."),
+    ('[{"question": "ok"}, 7]', "bench.json, record 2: no question / problem / prompt / text field of text."),
+    ('[{"question": 12}]', "bench.json, record 1: no question / problem / prompt / text field of text."),
+    ('[{"question": "ok"}', "bench.json is not valid JSON"),
+])
+def test_a_malformed_benchmark_file_is_named_with_its_record(tmp_path, body, said):
+    from backend.synth import pipeline
+
+    path = tmp_path / "bench.json"
+    path.write_text(body)
+    with pytest.raises(pipeline.DatasetError) as exc:
+        pipeline.load_benchmark(str(path))
+    assert str(exc.value).startswith(said)

@@ -34,7 +34,7 @@ from backend.names import check_name, inside
 from backend.specs import SynthMathSpec
 from backend.synth.answers import extract_answer, same_answer
 from backend.synth.rephrase import cache_key, make_rephraser
-from backend.synth.seeds import Seed, load_seeds
+from backend.synth.seeds import Seed, SeedError, load_seeds, read_records
 from storage import db
 from storage.models import DatasetRecord, SynthPair
 
@@ -191,25 +191,24 @@ class ContaminationIndex:
 
 
 def load_benchmark(path: str) -> list[str]:
-    """Question texts of a benchmark file: JSONL/JSON records with question / problem / prompt, or plain lines."""
+    """Question texts of a benchmark file: JSONL records or a JSON array (read as seed files are) with question /
+    problem / prompt / text, or plain lines."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"Benchmark file {p} does not exist.")
+    if p.suffix not in (".jsonl", ".json"):
+        return [line for line in p.read_text(errors="replace").splitlines() if line.strip()]
+    try:  # a .json array was read line by line: "line 1: no question field" for a one-line array
+        records = read_records(p, p.name)
+    except SeedError as exc:
+        raise DatasetError(str(exc)) from None
     texts = []
-    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        if p.suffix in (".jsonl", ".json"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise DatasetError(f"{p.name}, line {n}: not valid JSON.")
-            text = next((row[k] for k in ("question", "problem", "prompt", "text") if k in row), None)
-            if text is None:
-                raise DatasetError(f"{p.name}, line {n}: no question / problem / prompt / text field.")
-            texts.append(text)
-        else:
-            texts.append(line)
+    for n, row in records:
+        text = next((row[k] for k in ("question", "problem", "prompt", "text") if k in row), None) \
+            if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DatasetError(f"{p.name}, record {n}: no question / problem / prompt / text field of text.")
+        texts.append(text)
     return texts
 
 
@@ -500,7 +499,9 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
         tmp = path.with_suffix(".partial")
         tmp.write_text(text)
         tmp.rename(path)  # never a half-written file under the registered name
-    prov = {"pairs": pairs_name, "include_flagged": include_flagged, **rec.provenance.get("settings", {})}
+    # the export's own choices last: the run's settings hold the run's include_flagged, which said "no flagged
+    # pairs" of an export that holds them
+    prov = {**rec.provenance.get("settings", {}), "pairs": pairs_name, "include_flagged": include_flagged}
     a = _save_export(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
     b = _save_export(f"{prefix}-alignment", "dpo", str(align), len(rows), {**prov, "format": "prompt/chosen/rejected"})
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
@@ -514,16 +515,18 @@ def _export_of(s, pairs_name: str) -> list[DatasetRecord]:
     return [r for r in recs if r.provenance.get("pairs") == pairs_name]
 
 
-HAND_REJECTED = "rejected by hand"  # the reason a pair rejected by hand gets unless one is given
+HAND_REJECTED = "rejected by hand"  # the reason older databases wrote over a pair's own when it was rejected by hand
 
 
-def reject_by_hand(pair_id: int, reason: str = HAND_REJECTED, undo: bool = False) -> None:
+def reject_by_hand(pair_id: int, undo: bool = False) -> None:
+    """Reject a pair by hand, or undo that. Only `rejected_by_hand` changes: the pipeline's verdict and its reason (a
+    contamination share, "answer changed: …") stay, so an undone rejection gives the pair back as it was (the reason
+    used to be overwritten with "rejected by hand", and an undo kept that on a pair no longer rejected)."""
     with db.session() as s:
         pair = s.get(SynthPair, pair_id)
         if pair is None:
             raise DatasetError(f"No pair {pair_id}.")
         pair.rejected_by_hand = not undo
-        pair.reason = "" if undo and pair.status == "verified" else (reason if not undo else pair.reason)
         s.add(pair)
         s.commit()
 

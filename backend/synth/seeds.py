@@ -191,7 +191,8 @@ def generate(n: int, seed: int = 0, categories: list[str] | None = None, levels:
     return out
 
 
-def _read_records(path: Path, label: str) -> list[tuple[int, dict]]:
+def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
+    """(number, record) of a JSON Lines file (its line) or a .json array (its position): seed and benchmark files."""
     path = Path(path)
     if not path.exists():
         raise SeedError(f"Seed file {path} does not exist.")
@@ -237,7 +238,7 @@ def import_math(path: Path, label: str | None = None) -> list[Seed]:
     file in errors (default its name; the page passes the uploaded file's name, not the stored one)."""
     label = label or Path(path).name
     seeds = []
-    for n, row in _read_records(path, label):
+    for n, row in read_records(path, label):
         _need(label, n, row, ("problem", "solution"), "MATH")
         answer = extract_answer(row["solution"]) if "\\boxed" in row["solution"] else None
         if not answer:
@@ -252,7 +253,7 @@ def import_gsm8k(path: Path, label: str | None = None) -> list[Seed]:
     """GSM8K-format records: question, answer whose last line is '#### n'. `label`: as for import_math."""
     label = label or Path(path).name
     seeds = []
-    for n, row in _read_records(path, label):
+    for n, row in read_records(path, label):
         _need(label, n, row, ("question", "answer"), "GSM8K")
         if "####" not in row["answer"]:
             raise SeedError(f"{label}, record {n}: the answer does not end with '#### <number>'.")
@@ -272,7 +273,7 @@ def load_seeds(source: str, n: int | None = None, seed: int = 0, categories=None
     if source == "generator":
         return generate(n or 100, seed, categories, levels)
     label = label or Path(source).name
-    rows = _read_records(Path(source), label)
+    rows = read_records(Path(source), label)
     first = rows[0][1] if rows else {}
     load = import_math if isinstance(first, dict) and "problem" in first else import_gsm8k
     seeds = load(Path(source), label)
