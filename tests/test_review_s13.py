@@ -191,3 +191,25 @@ def test_a_malformed_benchmark_file_is_named_with_its_record(tmp_path, body, sai
     with pytest.raises(pipeline.DatasetError) as exc:
         pipeline.load_benchmark(str(path))
     assert str(exc.value).startswith(said)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_the_pair_search_takes_percent_and_underscore_literally(database):
+    from storage import db
+    from storage.models import DatasetRecord, SynthPair
+    from backend.synth import pipeline
+
+    questions = ["What is 50% of 8?", "What is 50 times 8?", "Solve x_1 + 2 = 5.", "Solve x1 + 2 = 5.", "A 100%_B"]
+    with db.session() as s:
+        d = DatasetRecord(name="p-pairs", kind="synth-pairs", path="", rows=len(questions))
+        s.add(d)
+        s.commit()
+        s.refresh(d)
+        s.add_all(SynthPair(dataset_id=d.id, seed_id=str(i), category="c", level=1, status="verified", question=q,
+                            solution="s", answer="a") for i, q in enumerate(questions))
+        s.commit()
+        did = d.id
+    for search, want in (("50%", [questions[0]]), ("x_1", [questions[2]]), ("%_", [questions[4]]),
+                         ("solve X", questions[2:4])):
+        total, rows = pipeline.query_pairs(did, search=search)
+        assert (total, [r.question for r in rows]) == (len(want), want), search

@@ -550,8 +550,9 @@ def query_pairs(dataset_id: int, *, categories=None, levels=None, states=None, s
 
         q = q.where(or_(*conds))
     if search:
-        like = f"%{search}%"
-        q = q.where(SynthPair.question.ilike(like) | SynthPair.new_question.ilike(like))
+        # literally: a search for "50%" or "x_1" matched "50" followed by anything, and any character for "_"
+        q = q.where(SynthPair.question.icontains(search, autoescape=True)
+                    | SynthPair.new_question.icontains(search, autoescape=True))
     with db.session() as s:
         total = s.exec(select(func.count()).select_from(q.subquery())).one()
         rows = list(s.exec(q.order_by(SynthPair.id).offset(page * page_size).limit(page_size)))
