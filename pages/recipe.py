@@ -143,10 +143,14 @@ t_tables, t_surface, t_recovery, t_compare = st.tabs(["Paper tables", "Merge sur
 with t_tables:
     st.caption("Filled from the stored evaluation rows of this run's models; 'Paper H6' is the paper's published "
                "average (ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K) for the row it mirrors — a "
-               "reference, not this run's number.")
+               "reference, not this run's number. A task whose items overlap a model's training data (its whole "
+               "lineage's) gets a training-overlap column and the score on the non-overlapping items, as on the "
+               "Compare page; the note under each table says what they mean.")
     for t in tables.run_tables(run_id):
         st.markdown(f"**{t.title}**")
         st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}")
+        for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
+            st.caption(note)
         cols = st.columns(3)
         for col, (ext, fn) in zip(cols, tables.EXPORTS.items()):
             col.download_button(f"{t.key}.{ext}", fn(t), file_name=f"run{run_id}-{t.key}.{ext}",
@@ -164,14 +168,21 @@ with t_surface:
             st.caption("No swept merge in this run: give a merge stage `weights: '0.0..1.0 step 0.1'` or "
                        "`sweep: {t: [0, 0.25, 0.5, 0.75, 1]}`.")
         for s in surfaces:
+            if s.get("skipped"):  # swept over several fields at once: no single x to draw the points on
+                st.caption(f"No surface: {s['skipped']}")
+                continue
             fig = go.Figure(go.Scatter(x=s["x"], y=s["y"], mode="lines+markers", name=s["group"],
                                        line_color=PALETTE[1]))
             if s["ends"]:
                 fig.add_trace(go.Scatter(x=[x for x, _ in s["ends"]], y=[y for _, y in s["ends"]], mode="markers",
                                          marker=dict(size=12, symbol="diamond", color=PALETTE[0]),
                                          name="candidates", text=s["candidates"]))
-            fig.update_layout(title=f"{s['group']}: {metric} against "
-                                    f"{'t' if s['field'] == 't' else 'the first candidate weight'}",
+            elif s["field"] not in ("weight", "t"):  # a density (…) sweep: the candidates sit at no x, their
+                for name, y in zip(s["candidates"], s.get("candidate_scores") or []):  # scores are levels to beat
+                    if y is not None:
+                        fig.add_hline(y=y, line_dash="dot", line_color=PALETTE[0], annotation_text=name)
+            against = {"t": "t", "weight": "the first candidate weight"}.get(s["field"], s["field"])
+            fig.update_layout(title=f"{s['group']}: {metric} against {against}",
                               xaxis_title=s["field"], yaxis_title=metric, height=360)
             st.plotly_chart(fig, key=f"surface_{s['group']}")
 

@@ -7,7 +7,8 @@ Planning resolves every stage reference, checks what needs files (the base's dep
 built-in, registered and local data and evaluation task files readable as their jobs will read them, the recipe's
 own synthetic data of a layout its stage trains on, merges of models of one depth), and
 gives every stage a hash of its spec and its inputs' fingerprints (upstream hashes, the base folder's file sizes
-and mtimes, data files' contents). The hash is part of the model's name (RECIPE-STAGE-HASH8), so a later stage
+and mtimes — and the up-scale's second model's, data files' contents, each source of a mix, an evaluation's task
+files and sets). The hash is part of the model's name (RECIPE-STAGE-HASH8), so a later stage
 can name a model before it exists, an unchanged stage finds its model registered and is reused, and a changed
 stage gets a new name and reruns with everything downstream of it.
 """
@@ -120,8 +121,11 @@ def _num_layers(folder: Path) -> int:
     return inspect_model(folder).num_layers
 
 
-def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
-    """A data source's fingerprint, refusing a missing one (named by its field)."""
+def _source_fp(src: str, where: str, produced: dict[str, str], seen: tuple[str, ...] = ()) -> str:
+    """A data source's fingerprint, refusing a missing one (named by its field). A mix is the fingerprints of its
+    sources (data.expand reads them, so their contents are what the stage trains on; its record holds only their
+    names), each found as this function finds any source; `seen`: the mixes this one is inside (a mix that holds
+    itself is refused, as the job's data.expand would recurse without end)."""
     if src.startswith("builtin:"):
         try:
             return _file_fp(data.builtin_path(src.removeprefix("builtin:")))
@@ -136,6 +140,13 @@ def _source_fp(src: str, where: str, produced: dict[str, str]) -> str:
         if rec is None:
             raise RecipeError(f"{where}: no registered data set named {name!r} (see `datasets list`; a recipe's own "
                               "synthetic data is `stage:STAGE/instruct` or `stage:STAGE/alignment`).")
+        if src.startswith("mix:") and rec.kind == "mix":
+            if src in seen:
+                raise RecipeError(f"{where}: a cycle of mixes {' -> '.join([*seen[seen.index(src):], src])}; a mix "
+                                  "cannot contain itself. Save it again from its sources.")
+            members = (rec.provenance or {}).get("sources") or []
+            return _sha(["mix", rec.provenance, [_source_fp(x["source"], f"{where}: {src}", produced, (*seen, src))
+                                                 for x in members]])
         return _sha([rec.rows, rec.provenance, rec.path, Path(rec.path).stat().st_mtime_ns if rec.path and
                      Path(rec.path).exists() else 0])
     path = Path(src).expanduser()
@@ -210,6 +221,26 @@ def _check_tasks(spec: EvalSpec, where: str, checked: set) -> None:
             checked.add((task, "eval"))
 
 
+def _task_fps(tasks: list[str], where: str, produced: dict[str, str]) -> dict[str, str]:
+    """The fingerprints of the sources an evaluation's tasks read (evaluate.FILE_TASKS: perplexity:, qa:, mc:,
+    gsm8k: a local file, or for perplexity a built-in, registered set or mix), by task: a task file edited after
+    its evaluation ran left the hash, and so the stored scores the tables show, as they were. Tasks that read no
+    named source (the built-in held-out sets, lm-eval) add nothing, nor a source this machine cannot read (a Hub
+    set, or a file check_task refuses with its own words)."""
+    from backend.evaluate import FILE_TASKS
+
+    out = {}
+    for j, task in enumerate(tasks):
+        kind, _, arg = task.partition(":")
+        if kind not in FILE_TASKS or not arg:
+            continue
+        if arg.startswith(("builtin:", "dataset:", "mix:")):
+            out[task] = _source_fp(arg, f"{where}[{j}]", produced)
+        elif (path := Path(arg).expanduser()).is_file():
+            out[task] = _file_fp(path)
+    return out
+
+
 def _order(stages: list[dict]) -> list[dict]:
     """Stages in dependency order; a cycle is refused with its path."""
     by_name = {s["name"]: s for s in stages}
@@ -272,14 +303,18 @@ def plan(recipe: RecipeSpec) -> Plan:
     # --- the up-scaled model
     if recipe.upscale is not None:
         body = dict(recipe.upscale)
-        h = _sha(["upscale", body, base.hash])
+        second = None  # the slices' second source: its files are part of the hash, as any outside model's are
+        if body.get("second"):
+            try:
+                second = registry.resolve(body["second"])[0]
+            except registry.RegistryError as exc:
+                raise RecipeError(f"upscale.second: {exc}") from None
+        # without a second model the hash is as before: an up-scaled model built earlier is still reused
+        h = _sha(["upscale", body, base.hash] + ([_sha(["model", folder_fingerprint(second)])] if second else []))
         spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
         from backend.upscale import layer_slots
 
-        try:
-            depths = [base.depth] + ([_num_layers(registry.resolve(spec.second)[0])] if spec.second else [])
-        except registry.RegistryError as exc:
-            raise RecipeError(f"upscale.second: {exc}") from None
+        depths = [base.depth] + ([_num_layers(second)] if second else [])
         try:  # the build's own rules and words (a groups or slice the base cannot hold was left to the job)
             d = len(layer_slots(spec, depths))
         except ValueError as exc:
@@ -342,15 +377,20 @@ def plan(recipe: RecipeSpec) -> Plan:
                     _check_rows(src, kind, where, checked)
                 if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
                     need_hub(where, src)
+        # an evaluation's task files and sets, read as its job will, then their contents in its hash (only where a
+        # task reads one: an evaluation of the built-in sets keeps the hash it had)
+        read: dict = {}
+        if kind == "eval":
+            spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
+            _check_tasks(spec, f"stage {name}.tasks", checked)
+            read = _task_fps(spec.tasks, f"stage {name}.tasks", produced)
         # the stage's name is in the hash: two stages with the same body are still two models
         h = _sha([kind, body, [hashes[d] for d in deps], fps,
-                  {r: hashes[r] for _, r in stage_refs(st) if r in hashes}])
+                  {r: hashes[r] for _, r in stage_refs(st) if r in hashes}] + ([read] if read else []))
         output = "" if kind == "eval" else _output_name(recipe.name, name, h)
-        spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
         if kind != "eval":
+            spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
             spec = spec.model_copy(update={"name": output})
-        else:
-            _check_tasks(spec, f"stage {name}.tasks", checked)
         d = None
         if kind in TRAIN_KINDS:
             d = depth[st["model"]]
@@ -375,11 +415,15 @@ def plan(recipe: RecipeSpec) -> Plan:
         ev = dict(recipe.eval)
         if b.eval_limit:
             ev["limit"] = min(ev.get("limit", 40), b.eval_limit)
-        for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:
-            h = _sha(["eval", ev, n.hash, n.output])
-            nodes.append(Node(f"eval:{n.stage}", "eval", EvalSpec(models=[n.output], **ev), "", h, [n.stage],
-                              info={"of": n.stage}))
-            _check_tasks(nodes[-1].spec, "eval.tasks", checked)
+        task_fps: dict | None = None  # the task files' and sets' contents (_task_fps), read once: every model's
+        for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:  # evaluation reads the same
+            spec = EvalSpec(models=[n.output], **ev)
+            _check_tasks(spec, "eval.tasks", checked)
+            if task_fps is None:
+                task_fps = _task_fps(spec.tasks, "eval.tasks", {})
+            # only where a task reads a file or set: an evaluation of the built-in sets keeps the hash it had
+            h = _sha(["eval", ev, n.hash, n.output] + ([task_fps] if task_fps else []))
+            nodes.append(Node(f"eval:{n.stage}", "eval", spec, "", h, [n.stage], info={"of": n.stage}))
     _look_up(nodes)
     return Plan(recipe, nodes)
 

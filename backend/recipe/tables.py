@@ -33,6 +33,7 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # under the table (Markdown, LaTeX, the page): what a mark means
 
 
 def source_label(src: str) -> str:
@@ -41,15 +42,25 @@ def source_label(src: str) -> str:
     return src.split(":", 1)[-1] if src.startswith(("builtin:", "dataset:", "mix:")) else src
 
 
-def latest_scores(models: list[str]) -> dict[str, dict[str, float]]:
-    """model -> {"task metric": value}, of the newest run of each (model, task) (scoretable.newest_run)."""
+def latest_rows(models: list[str]) -> dict[tuple[str, str, str], EvalScore]:
+    """The rows of the newest run of each (model, task) of `models` (scoretable.newest_run), per (model, task,
+    metric): scoretable.latest_scores' shape, so the Compare page's functions read them alike."""
     from backend.scoretable import newest_run  # scoretable imports this module's Table
 
-    out: dict[str, dict[str, float]] = {m: {} for m in models}
     with db.session() as s:
         rows = s.exec(select(EvalScore).where(EvalScore.model.in_(models)).order_by(EvalScore.id)).all()
-    for r in newest_run(rows, lambda r: (r.model, r.task)):
-        out[r.model][r.task if r.metric == r.task else f"{r.task} {r.metric}"] = r.value  # not "perplexity perplexity"
+    return {(r.model, r.task, r.metric): r for r in newest_run(rows, lambda r: (r.model, r.task))}
+
+
+def _column(task: str, metric: str) -> str:
+    return task if metric == task else f"{task} {metric}"  # not "perplexity perplexity"
+
+
+def latest_scores(models: list[str], latest: dict | None = None) -> dict[str, dict[str, float]]:
+    """model -> {"task metric": value}, of the newest run of each (model, task) (latest_rows)."""
+    out: dict[str, dict[str, float]] = {m: {} for m in models}
+    for (model, task, metric), r in (latest_rows(models) if latest is None else latest).items():
+        out[model][_column(task, metric)] = r.value
     return out
 
 
@@ -65,9 +76,46 @@ def _made_from(st: dict) -> str:
     return ", ".join(st.get("from", []))
 
 
-def build_tables(stages: list[dict], scores: dict[str, dict[str, float]]) -> list[Table]:
+OVERLAP = "{task} (training overlap)"  # scoretable._task_cells' column, read alike on both pages
+CLEAN = "{column} (non-overlapping items)"
+
+
+def _overlap_cells(metrics: list[str], outputs: list[str], latest: dict) -> tuple[list[str], dict, str]:
+    """The training-overlap record of a table's models, as the Compare page reads it (backend/scoretable.py): for
+    each task where some model's items overlap its lineage's training data, or part of that data could not be read
+    (table_rows' rule), a badge column (scoretable.badge) and the headline score on the non-overlapping items only
+    (scoretable.headline_score, clean), each after the task's score columns; and the Compare page's note on what
+    they mean and which tasks were clean or not checked (scoretable.overlap_note). Returns (the columns in order,
+    model -> {column: cell}, the note)."""
+    from backend import scoretable
+
+    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
+    overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0 or scoretable._unreadable(r)}
+    heads = {t: {_column(t, r.metric) for (_, task), r in primary.items() if task == t} for t in overlapping}
+    extra: dict[str, list[str]] = {}
+    cells: dict[str, dict[str, Any]] = {}
+    for task in sorted(overlapping):
+        (head,) = heads[task] if len(heads[task]) == 1 else (task,)  # one headline metric: named; else the task's
+        extra[task] = [OVERLAP.format(task=task), CLEAN.format(column=head)]
+        for (model, t), r in primary.items():
+            if t == task:
+                cells.setdefault(model, {}).update({extra[task][0]: scoretable.badge(r), extra[task][1]:
+                                                    scoretable.headline_score(latest, r, clean=True)["value"]})
+    cols: list[str] = []
+    for i, m in enumerate(metrics):  # a task's overlap columns after its last score column
+        cols.append(m)
+        for task in extra:
+            mine = m == task or m.startswith(task + " ")
+            if mine and not any(n == task or n.startswith(task + " ") for n in metrics[i + 1:]):
+                cols += extra[task]
+    return cols, cells, scoretable.overlap_note(primary)
+
+
+def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest: dict | None = None) -> list[Table]:
     """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info). One table per
-    paper table that has rows, plus every model; metric columns are the evaluation rows found."""
+    paper table that has rows, plus every model; metric columns are the evaluation rows found. With `latest` (the
+    rows behind `scores`, latest_rows), each table says which scores were on items its model's lineage trained on,
+    as the Compare page does (_overlap_cells): a score on training data is never shown without saying so."""
     metrics = sorted({k for st in stages for k in scores.get(st["output"], {})})
     tables = []
     for key in ("sft", "dpo", "merge", "all"):
@@ -77,14 +125,16 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]]) -> lis
             continue
         sources = [] if key in ("merge", "all") else \
             list(dict.fromkeys(source_label(s) for st in rows for s in st.get("sources") or []))
-        cols = ["Model", "Stage", "Made from", *sources, *metrics, "Paper H6"]
-        table = Table(key, TITLES[key], cols)
+        shown, cells, note = (_overlap_cells(metrics, [st["output"] for st in rows], latest) if latest is not None
+                              else (metrics, {}, ""))
+        cols = ["Model", "Stage", "Made from", *sources, *shown, "Paper H6"]
+        table = Table(key, TITLES[key], cols, notes=[note] if note else [])
         for st in rows:
             used = {source_label(s) for s in st.get("sources") or []}
-            vals = scores.get(st["output"], {})
+            vals = {**scores.get(st["output"], {}), **cells.get(st["output"], {})}
             table.rows.append([st.get("label") or st["stage"], st["stage"], _made_from(st),
                                *["✓" if s in used else "" for s in sources],
-                               *[vals.get(m) for m in metrics], PAPER_H6.get(st.get("label") or "")])
+                               *[vals.get(m) for m in shown], PAPER_H6.get(st.get("label") or "")])
         tables.append(table)
     return tables
 
@@ -98,6 +148,7 @@ def _cell(v: Any) -> str:
 def to_markdown(t: Table) -> str:
     lines = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
     lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
+    lines += [line for note in t.notes for line in ("", note)]
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +162,8 @@ def to_csv(t: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "✓": r"\checkmark", "—": "---",
-        "–": "--", "±": r"$\pm$", "×": r"$\times$"}  # ± and × in plain pdflatex too (a score's "0.25 ± 0.10")
+        "–": "--", "±": r"$\pm$", "×": r"$\times$", "⚠": r"\textbf{!}"}  # ± and × in plain pdflatex too (a
+# score's "0.25 ± 0.10"), and the overlap badge's ⚠ (scoretable.badge)
 
 
 def _tex(v: Any) -> str:
@@ -123,7 +175,9 @@ def to_latex(t: Table) -> str:
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(t.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in t.rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [rf"\par\smallskip{{\footnotesize {_tex(note)}}}" for note in t.notes]
+    lines += [r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +193,9 @@ def stage_dicts(run_id: int) -> list[dict]:
 
 
 def run_tables_from(stages: list[dict]) -> list[Table]:
-    return build_tables(stages, latest_scores([s["output"] for s in stages if s["output"]]))
+    models = [s["output"] for s in stages if s["output"]]
+    latest = latest_rows(models)
+    return build_tables(stages, latest_scores(models, latest), latest)
 
 
 def run_tables(run_id: int) -> list[Table]:
@@ -151,20 +207,40 @@ def run_tables(run_id: int) -> list[Table]:
 def merge_surface(points: list[tuple[float, float]], first: float | None, second: float | None, field: str,
                   higher_is_better: bool = True) -> dict:
     """Score against the merge weight of the first candidate (Average: weights [w, 1−w], so w=1 is the first
-    model) or against SLERP's t (t=0 is the first model). The candidates' own scores are the ends."""
+    model) or against SLERP's t (t=0 is the first model); the candidates' own scores are the ends. Swept over any
+    other field (TIES' density, …) the candidates sit at no x: no ends, their scores as levels to beat
+    (`candidate_scores`)."""
     pts = sorted(points)
-    ends = [(1.0, first), (0.0, second)] if field == "weight" else [(0.0, first), (1.0, second)]
+    ends = [(1.0, first), (0.0, second)] if field == "weight" else [(0.0, first), (1.0, second)] if field == "t" \
+        else []
     ends = [(x, y) for x, y in ends if y is not None]
     pick = max if higher_is_better else min
     best = pick(pts, key=lambda p: p[1]) if pts else None
-    cands = [y for _, y in ends]
+    cands = [y for y in (first, second) if y is not None]
     return {"field": field, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "ends": ends, "best": best,
+            "candidate_scores": [first, second],
             "beats_candidates": bool(best and cands and (best[1] > max(cands) if higher_is_better
                                                          else best[1] < min(cands)))}
 
 
+def _swept_field(group: str, members: list[dict]) -> tuple[str | None, str]:
+    """The one field a merge group is swept over (its sweep_of key besides `group`: weight, t, density, …), or None
+    and why there is no surface to draw: several fields swept together (their points would share one x), or values
+    that are no numbers (a list t is a depth schedule)."""
+    fields = sorted({k for m in members for k in m["sweep_of"] if k != "group"})
+    if len(fields) != 1:
+        return None, (f"{group} is swept over {' and '.join(fields)} together: one x axis cannot show it (sweep one "
+                      "field per merge stage to draw its surface).")
+    field = fields[0]
+    if not all(isinstance(m["sweep_of"].get(field), (int, float)) and not isinstance(m["sweep_of"].get(field), bool)
+               for m in members):
+        return None, f"{group} is swept over {field} with values that are not numbers: no x axis to draw it on."
+    return field, ""
+
+
 def run_surfaces(run_id: int, metric: str) -> list[dict]:
-    """One surface per swept merge stage of the run, on the metric "task metric"."""
+    """One surface per swept merge stage of the run, on the metric "task metric", against the field it sweeps; a
+    group swept over several fields (or over values that are no numbers) is {group, skipped: why} instead."""
     st = stage_dicts(run_id)
     by_stage = {s["stage"]: s for s in st}
     groups: dict[str, list[dict]] = {}
@@ -174,7 +250,10 @@ def run_surfaces(run_id: int, metric: str) -> list[dict]:
     scores = latest_scores([s["output"] for s in st if s["output"]])
     out = []
     for group, members in groups.items():
-        field = "t" if "t" in members[0]["sweep_of"] else "weight"
+        field, why = _swept_field(group, members)
+        if field is None:
+            out.append({"group": group, "skipped": why})
+            continue
         pts = [(float(m["sweep_of"][field]), scores[m["output"]][metric]) for m in members
                if metric in scores.get(m["output"], {})]
         cands = [by_stage[c]["output"] if c in by_stage else c for c in members[0].get("from", [])[:2]]
