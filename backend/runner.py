@@ -329,6 +329,22 @@ def _silence(age: float) -> str:
     return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
 
 
+def log_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of a log, read from its end (as `tail` does), widening until they are there: the
+    Jobs and Monitor pages redraw a running job's log every 2 s, and reading a tqdm-heavy log whole took 0.25 s and
+    140 MiB at 33 MB, growing with the run."""
+    with open(path, "rb") as f:
+        start = end = f.seek(0, 2)
+        data = b""
+        # one line more than asked (the first may be cut in the middle); tqdm's \r counts as a break, as below
+        while start > 0 and len(data.splitlines()) <= lines:
+            start = max(0, start - chunk)
+            f.seek(start)
+            data = f.read(end - start)
+            chunk *= 2
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:] if lines > 0 else []
+
+
 def ago(seconds: float) -> str:
     """A time span back from now in the unit a reader takes in at a glance."""
     if seconds < 120:

@@ -147,7 +147,7 @@ def live_log(job_id: int, lines: int) -> None:
         if log and log.exists():
             st.caption(f"Log: `{log}` (last {lines} lines)")
             # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
-            st.code("\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(empty)", language="text")
+            st.code("\n".join(runner.log_tail(log, lines)) or "(empty)", language="text")
         else:
             st.caption("No log yet: the worker writes one when it starts the job.")
 

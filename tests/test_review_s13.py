@@ -213,3 +213,53 @@ def test_the_pair_search_takes_percent_and_underscore_literally(database):
                          ("solve X", questions[2:4])):
         total, rows = pipeline.query_pairs(did, search=search)
         assert (total, [r.question for r in rows]) == (len(want), want), search
+
+
+# ---------------------------------------------------------------- at scale (walk: /work/helpers/scale.md)
+
+@pytest.mark.parametrize("chunk", [3, 7, 64, 1 << 16])
+def test_a_logs_tail_is_read_from_its_end_and_equals_the_whole_read(tmp_path, chunk):
+    """The live log read the whole file every 2 s (a 33 MB log: 0.25 s, 140 MiB each time)."""
+    from backend import runner
+
+    log = tmp_path / "job.log"
+    body = "".join(f"step {i} · loss {i / 7:.3f} ✓\n" if i % 3 else f" {i}%|██▌ | {i}/99\r" for i in range(99))
+    log.write_bytes(body.encode() + "tail without newline é".encode())
+    for lines in (0, 1, 2, 5, 40, 200):
+        assert runner.log_tail(log, lines, chunk) == (log.read_text().splitlines()[-lines:] if lines else [])
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert runner.log_tail(empty, 10, chunk) == []
+
+
+def test_the_live_log_reads_only_the_end_of_a_big_log(tmp_path, monkeypatch, tiny_llama):
+    from pathlib import Path
+
+    from backend import runner
+    from backend.specs import UpscaleSpec
+    from tests.test_pages import app
+
+    log = tmp_path / "big.log"
+    log.write_bytes(b"x" * 1000 + b"\n" + b"".join(b"line %d\n" % i for i in range(100_000)))  # ~1.2 MB
+    reads = []
+    real_open = open
+
+    def counting_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        real_read = f.read
+        f.read = lambda n=-1: (reads.append(n), real_read(n))[1]
+        return f
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert runner.log_tail(log, 60) == [f"line {i}" for i in range(99_940, 100_000)]
+    assert sum(reads) <= 64 * 1024
+    monkeypatch.setattr("builtins.open", real_open)
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="up"))
+    runner._update(job.id, status="running", log_path=str(log))
+    real_read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: pytest.fail(f"read {self} whole")
+                        if self == log else real_read_text(self, *a, **k))
+    at = app("jobs.py")
+    assert not at.exception
+    assert "\n".join(f"line {i}" for i in range(99_940, 100_000)) in [c.value for c in at.code]
