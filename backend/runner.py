@@ -244,14 +244,22 @@ def get(job_id: int) -> Job | None:
         return s.get(Job, job_id)
 
 
-def list_jobs(limit: int = 100) -> list[Job]:
+def list_jobs(limit: int | None = 100, *, kinds=None) -> list[Job]:
+    """The newest `limit` jobs (None: all), of `kinds` when given, newest first, and every queued or running one
+    among them however old: a days-long training behind 100 newer jobs could not be opened, cancelled or waited
+    for on the pages, nor seen in `jobs list`."""
     with db.session() as s:
-        return list(s.exec(select(Job).order_by(Job.id.desc()).limit(limit)))
+        q = select(Job).where(Job.kind.in_(kinds)) if kinds else select(Job)
+        rows = list(s.exec(q.order_by(Job.id.desc()).limit(limit)))
+        if limit is not None and len(rows) == limit:
+            older = q.where(Job.status.in_(("queued", "running")), Job.id < rows[-1].id)
+            rows += list(s.exec(older.order_by(Job.id.desc())))
+    return rows
 
 
 def active_jobs() -> list[Job]:
     """Every queued or running job, oldest first: what a queued job's place in the queue depends on, however many
-    finished jobs are newer (list_jobs keeps the 100 newest)."""
+    finished jobs are newer."""
     with db.session() as s:
         return list(s.exec(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
 

@@ -45,8 +45,7 @@ def human_bytes(n: float) -> str:
 def job_making(name: str, kinds) -> object | None:
     """A queued or running job of one of `kinds` that will register a model called `name`: a second click while it
     runs queued a second job for the same name, which then failed."""
-    return next((j for j in runner.list_jobs() if j.kind in kinds and j.status in ("queued", "running")
-                 and j.spec.get("name") == name), None)
+    return next((j for j in runner.active_jobs() if j.kind in kinds and j.spec.get("name") == name), None)
 
 
 def submit(spec, key: str, **kw) -> int | None:

@@ -16,6 +16,9 @@ from pages.figures import short_name
 via_app(__file__)
 st.title("Jobs")
 worker_banner()
+SHOWN = {100: "the 100 newest", 1000: "the 1,000 newest", 0: "all"}
+shown = st.selectbox("Jobs shown", list(SHOWN), format_func=SHOWN.get, key="jobs_shown",
+                     help="Queued and running jobs are always shown, however old.")
 
 
 def output(job) -> str:
@@ -38,7 +41,7 @@ def output(job) -> str:
 
 @st.fragment(run_every=2.0)
 def job_table() -> None:
-    jobs = runner.list_jobs()
+    jobs = runner.list_jobs(st.session_state.get("jobs_shown", 100) or None)
     if not jobs:
         st.info("No jobs yet. Builds and imports started from the other pages appear here.")
         return
@@ -67,7 +70,7 @@ def job_table() -> None:
 
 
 job_table()
-jobs = runner.list_jobs()
+jobs = runner.list_jobs(shown or None)
 if jobs:
     # no status in the labels, as on the Monitor page: they are drawn when the whole page reruns, so "running"
     # stayed above the live status box's "failed" (the table above and the box below say it as it changes)

@@ -18,7 +18,8 @@ PREFERRED = ["loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", 
 via_app(__file__)
 st.title("Monitor")
 worker_banner()
-jobs = [j for j in runner.list_jobs(500) if j.kind in TRAIN_KINDS]
+jobs = runner.list_jobs(500, kinds=TRAIN_KINDS)  # the 500 newest training jobs (and any still running), not
+# the training jobs among the 500 newest of every kind
 if not jobs:
     st.info("No training jobs yet: launch one on the Train page.")
     st.stop()

@@ -202,7 +202,7 @@ with t_recovery:
         st.caption("No continued-pretraining stage in this run.")
 
 with t_compare:
-    jobs = [j for j in runner.list_jobs(300) if j.kind in TRAIN_KINDS]
+    jobs = runner.list_jobs(300, kinds=TRAIN_KINDS)
     picked = st.multiselect("Jobs", [j.id for j in jobs], format_func=lambda i: next(
         f"{j.id} · {j.kind} · {j.spec.get('name')}" for j in jobs if j.id == i), key="compare_jobs")
     picked_runs = st.multiselect("Or recipe runs", list(labels), format_func=labels.get, key="compare_runs")

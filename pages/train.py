@@ -312,7 +312,7 @@ with machines_box:
         gpus=r3.number_input("GPUs (each)", 0.0, 64.0, 0.0, key="res_gpus"),
         memory_gb=r4.number_input("Memory GiB (0: none)", 0.0, 100_000.0, 0.0, key="res_memory_gb") or None)
 
-open_jobs = [j for j in runner.list_jobs() if j.status in ("queued", "running")]
+open_jobs = runner.active_jobs()[::-1]  # every queued or running job, newest first, however many finished since
 after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
                      format_func=lambda i: "start now" if i is None else
                      next(f"job {j.id} · {j.kind} · {j.status}" for j in open_jobs if j.id == i))

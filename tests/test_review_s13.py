@@ -263,3 +263,54 @@ def test_the_live_log_reads_only_the_end_of_a_big_log(tmp_path, monkeypatch, tin
     at = app("jobs.py")
     assert not at.exception
     assert "\n".join(f"line {i}" for i in range(99_940, 100_000)) in [c.value for c in at.code]
+
+
+def _old_running_job_behind(n: int, kind: str = "sft", newer_kind: str = "merge") -> int:
+    """A running `kind` job with `n` finished `newer_kind` jobs after it; returns its id."""
+    from storage import db
+    from storage.models import Job
+
+    with db.session() as s:
+        old = Job(kind=kind, status="running", spec={"kind": kind, "name": "days-long", "model": "tiny"})
+        s.add(old)
+        s.commit()
+        s.refresh(old)
+        s.add_all(Job(kind=newer_kind, status="succeeded", spec={"kind": newer_kind, "name": f"m{i}"})
+                  for i in range(n))
+        s.commit()
+        return old.id
+
+
+def test_a_running_job_older_than_the_100_newest_stays_in_view(tiny_llama):
+    """At 3000 jobs only the 100 newest were listed: a running training behind them could not be opened, cancelled
+    or chained after (Jobs page, `jobs list`, Train's "Start after job")."""
+    from backend import runner
+    from tests.test_pages import app
+
+    old = _old_running_job_behind(120)
+    listed = runner.list_jobs()
+    assert len(listed) == 101 and listed[-1].id == old and [j.id for j in listed] == sorted(
+        (j.id for j in listed), reverse=True)
+    assert len(runner.list_jobs(None)) == 121
+    assert [j.id for j in runner.list_jobs(5, kinds=("sft",))] == [old]
+    at = app("jobs.py")
+    assert at.selectbox(key="job").options[-1] == f"{old} · sft · days-long"
+    assert len(at.selectbox(key="job").options) == 101
+    at.selectbox(key="jobs_shown").set_value(0).run()  # all
+    assert len(at.selectbox(key="job").options) == 121
+    registry.import_folder(tiny_llama, "tiny")
+    train = app("train.py")
+    assert not train.exception
+    assert train.selectbox(key="after").options == ["start now", f"job {old} · sft · running"]
+
+
+def test_monitor_offers_training_jobs_older_than_the_500_newest_jobs():
+    from tests.test_pages import app
+
+    from backend import runner
+
+    old = _old_running_job_behind(520)
+    runner._update(old, status="succeeded")
+    at = app("monitor.py")
+    assert not at.exception
+    assert at.multiselect(key="monitor_jobs").options == [f"{old} · sft · days-long"]
