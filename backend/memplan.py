@@ -15,11 +15,53 @@ gradient accumulation (> 1) keeping the gradients alive through the next forward
 context and the caching allocator's slack are a separate, fixed `overhead_bytes`, added only for the fit check.
 tests/test_memplan.py checks the total against torch's MemTracker on real training steps on the CPU.
 
+LoRA: peft's get_peft_model makes the adapters float32 on a bfloat16 model (autocast_adapter_dtype=True, its
+default); trl 1.16 passes False, keeping them bfloat16, only under DeepSpeed ZeRO-3 (sft_trainer.py / dpo_trainer.py,
+"ZeRO-3 + PEFT"), DeepSpeed's engine casts the module to bfloat16 at every stage, and FSDP's mixed precision computes
+in bfloat16 (from float32 shards). So without sharding the adapters, their gradients and their AdamW states are 4
+bytes a value. peft casts each adapted linear's input to the adapters' dtype before dropout and A: without autocast
+A saves the float32 dropout output, dropout its mask (CUDA's fused kernel: booleans; the CPU's: a noise tensor of
+x's dtype); a CUDA job runs its forward under accelerate's bf16 autocast (mixed precision, not under DeepSpeed), so
+A and B save bfloat16 casts of their inputs and of the adapters instead. The frozen base saves less than full
+training (no norm outputs, o_proj or down_proj inputs for weight gradients). Measured with MemTracker
+(tests/test_memplan.py: "lora r8 bf16" and its autocast row, torch.autocast on the CPU; tests/test_review_s13_memplan.py
+also without dropout): within 2 %.
+
+Several processes and machines. `gpus` counts every process of the job, `machines` the machines they span
+(accelerate: the config's num_processes is the total); each machine runs gpus // machines of them, one GPU each,
+on its GPUs 0, 1, … in order (accelerate gives local rank i cuda:i), so a fit is judged on those GPUs of THIS
+machine, whatever the sharding (DDP also needs a GPU a process), and the sentence quotes them.
+
+Sharded and offloaded strategies, per process, Ψ = every parameter (LoRA: with the adapters), Φ = the trainable ones,
+n = the processes a shard spans, b = 2 (bfloat16):
+
+    strategy (accelerate config)                     GPU weights  GPU gradients  GPU optimizer   host RAM
+    DeepSpeed ZeRO-1 (zero_stage 1)                  bΨ           bΦ             12Φ/n           -
+    DeepSpeed ZeRO-2                                 bΨ           bΦ/n           12Φ/n           -
+    DeepSpeed ZeRO-3                                 bΨ/n         bΦ/n           12Φ/n           -
+      + offload_optimizer (cpu)                      as above     0 (stage ≥ 2)  0               16Φ/n
+      + offload_param (cpu, stage 3)                 0            as above       as above        + bΨ/n
+    FSDP FULL_SHARD (fsdp_version 2: reshard true)   4Ψ/n         4Φ/n           8Φ/n            -
+    FSDP SHARD_GRAD_OP (version 2: reshard false)    4Ψ/n, + bΨ unsharded from the forward to the backward
+    FSDP NO_SHARD                                    4Ψ           4Φ             8Φ              -
+    FSDP HYBRID_SHARD (_ZERO2)                       FULL_SHARD (SHARD_GRAD_OP) with n = one machine's processes
+    FSDP + fsdp_offload_params: true                 0            0              0               (4Ψ + 12Φ)/n
+
+ZeRO's 2 + 2 + 12 bytes (bfloat16 weights and gradients; float32 master weights, momentum and variance) are the ZeRO
+paper's (arXiv 1910.02054, section 3.1); the offload columns follow ZeRO-Offload (arXiv 2101.06840: float32 gradients
+and optimizer on the host, bfloat16 parameters on the GPU unless offload_param). FSDP's 4 bytes: accelerate upcasts
+bfloat16 weights to float32 shards under mixed precision (accelerator.py, "Upcasted low precision parameters"),
+AdamW's two states follow them; with offload the parameter and gradient shards live on the host and the step runs
+there (torch's CPUOffload). Every sharded GPU also holds the gathered bfloat16 copy of the running layer and the next
+(prefetch) and that layer's unsharded gradient. The host figure is for the machine (every process on it). NVMe
+offload is not modelled (its swap buffers are DeepSpeed's own): the plan refuses to estimate it (NotModelled) rather
+than guess, and the job is not refused for it.
+
 What it does not model: torch.compile and Liger's kernels (the CUDA defaults of backend/perf.py) save fewer
 activations than eager PyTorch, so there the plan errs high; peft's LoRA dropout copies every adapted linear's input
-(LoRA without checkpointing can need more activation memory than full training: measured, not a slip); sharded and
-offloaded strategies follow accelerate's FSDP (float32 shards under bf16 mixed precision) and DeepSpeed's defaults,
-and are not measured here (no GPU).
+(LoRA without checkpointing can need more activation memory than full training: measured, not a slip); the sharded
+and offloaded strategies above are from the papers and the libraries' code, not measured here (no GPU); an
+accelerate config's gpu_ids (GPUs other than 0, 1, …) is not read.
 """
 
 from __future__ import annotations
@@ -54,9 +96,22 @@ STRATEGIES = {
     "adamw_8bit": "8-bit optimizer",
     "fsdp": "FSDP full shard",
     "zero3_offload": "ZeRO-3 + CPU offload",
-    "zero3": "ZeRO-3",  # from an accelerate config only (not offered as a row: the numbers are FSDP's)
+    # from an accelerate config only (not offered as rows)
+    "fsdp_grad_op": "FSDP shard grad/optimizer",
+    "fsdp_no_shard": "FSDP no shard",
+    "zero3": "ZeRO-3",
     "zero2": "ZeRO-2",
+    "zero1": "ZeRO-1",
 }
+# accelerate's FSDP1 sharding strategies (accelerate/utils/constants.py FSDP_SHARDING_STRATEGY, numbered from 1):
+# (sharding, sharded within one machine only)
+FSDP_STRATEGIES = {"FULL_SHARD": ("fsdp", False), "SHARD_GRAD_OP": ("fsdp_grad_op", False),
+                   "NO_SHARD": ("fsdp_no_shard", False), "HYBRID_SHARD": ("fsdp", True),
+                   "HYBRID_SHARD_ZERO2": ("fsdp_grad_op", True)}
+
+
+class NotModelled(RuntimeError):
+    """A configuration the plan does not estimate (not a PlanError: the job is not refused for it)."""
 
 
 class PlanError(ValueError):
@@ -154,8 +209,14 @@ class Setup:
     lora_dropout: float = 0.05
     checkpointing: bool = False
     optimizer: str = "auto"  # auto | adamw | adamw_fused | adamw_8bit
-    sharding: str = "none"  # none | fsdp | zero3 | zero3_offload | zero2
-    gpus: int = 1  # processes sharing the model (FSDP / ZeRO); each holds its own micro-batch
+    # none | fsdp | fsdp_grad_op | fsdp_no_shard | zero1 | zero2 | zero3 | zero3_offload (= zero3 + both offloads)
+    sharding: str = "none"
+    gpus: int = 1  # every process of the job, on all machines (FSDP / ZeRO shard over them); each its own micro-batch
+    machines: int = 1  # the machines those processes span: each runs gpus // machines, one GPU each
+    shard_over: int | None = None  # processes a shard spans: None = all `gpus` (HYBRID_SHARD: one machine's)
+    offload_params: bool = False  # DeepSpeed offload_param / FSDP fsdp_offload_params (FSDP: gradients and step too)
+    offload_optimizer: bool = False  # DeepSpeed offload_optimizer: float32 gradients, master weights and states
+    autocast: bool | None = None  # the forward under bf16 autocast: None = as the job (CUDA, except DeepSpeed)
     grad_accum: int = 1
     reference: bool | None = None  # dpo: a frozen reference copy (None: unless LoRA)
     padded: bool | None = None  # an attention mask (padding): None = dpo or unpacked sft
@@ -165,6 +226,28 @@ class Setup:
     @property
     def bytes_per_value(self) -> int:
         return 2 if (self.device == "cuda" if self.bf16 is None else self.bf16) else 4
+
+    @property
+    def local_processes(self) -> int:
+        """The job's processes on this machine (and the GPUs they take here, one each, on CUDA)."""
+        return max(1, self.gpus // max(1, self.machines))
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.sharding.startswith("zero")
+
+    @property
+    def uses_autocast(self) -> bool:
+        """accelerate wraps the forward in torch.autocast under bf16 mixed precision, except under DeepSpeed (its own
+        bf16 engine); train_entry asks for bf16 on CUDA only."""
+        return (self.device == "cuda" and not self.deepspeed) if self.autocast is None else self.autocast
+
+    @property
+    def adapter_bytes(self) -> int:
+        """Bytes a LoRA adapter value takes as the forward uses it: float32 (peft's autocast_adapter_dtype), except
+        under DeepSpeed (trl keeps them bfloat16 under ZeRO-3; DeepSpeed casts the module at every stage) and FSDP
+        (mixed precision gathers them in bfloat16)."""
+        return self.bytes_per_value if self.sharding != "none" else 4
 
 
 @dataclass
@@ -184,7 +267,13 @@ class MemoryPlan:
 
     @property
     def label(self) -> str:
-        return STRATEGIES.get(self.strategy, self.strategy)
+        st, label = self.setup, STRATEGIES.get(self.strategy, self.strategy)
+        if self.strategy not in STRATEGIES or self.strategy == "zero3_offload" or st.sharding == "none":
+            return label
+        if st.shard_over and st.sharding.startswith("fsdp"):
+            label = label.replace("FSDP", "FSDP hybrid")  # sharded within each machine, replicated across them
+        offloaded = [w for w, on in (("parameters", st.offload_params), ("optimizer", st.offload_optimizer)) if on]
+        return label + (f" + {' and '.join(offloaded)} offloaded" if offloaded else "")
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.components.items() if v)
@@ -202,22 +291,31 @@ def _layer_activation_bytes(s: ModelShape, st: Setup, padded: bool) -> float:
     """Saved tensors of one decoder layer per token (Llama block, sdpa), bytes."""
     b, h, kv = st.bytes_per_value, s.hidden, s.kv_heads * s.head_dim
     qd = s.heads * s.head_dim
-    # RMSNorm keeps its float32 input (a copy when the weights are bfloat16) and its output in the weights' dtype
-    norm = (4 + b) * h
+    frozen = bool(st.lora_r)  # LoRA: the base weights need no gradient, so what only their gradient needs is not saved
+    # RMSNorm keeps its float32 input (a copy when the weights are bfloat16) and, for its weight's gradient, its
+    # output in the weights' dtype
+    norm = 4 * h if frozen else (4 + b) * h
     # Measured with MemTracker (the rotary products save only cos/sin, which need no gradient): four query-sized
-    # tensors (rotated q, sdpa output, o_proj's contiguous input, one more inside sdpa), rotated k and v, the float32
-    # log-sum-exp. With a padding mask transformers expands k and v to every head (repeat_kv) for sdpa.
-    attn = (4 * qd + 2 * kv + (2 * qd if padded else 0)) * b + 4 * s.heads + 8
-    mlp = 4 * s.intermediate * b  # gate, silu(gate), up, silu(gate) * up
+    # tensors (rotated q, sdpa output, o_proj's contiguous input, one more inside sdpa; frozen: the first two), rotated
+    # k and v, the float32 log-sum-exp. With a padding mask transformers expands k and v to every head (repeat_kv).
+    attn = ((2 if frozen else 4) * qd + 2 * kv + (2 * qd if padded else 0)) * b + 4 * s.heads + 8
+    # gate, silu(gate), up, and (for down's weight gradient) silu(gate) * up
+    mlp = (3 if frozen else 4) * s.intermediate * b
     per = 2 * norm + attn + mlp
     if st.attention == "eager":  # softmax in float32 (+ its cast back) over seq keys, per head and query token
         per += s.heads * st.seq * (4 + (b if b < 4 else 0))
     if st.lora_r:
-        # peft: lora_dropout(x) is a new tensor (+ its boolean mask) for every adapted linear, and A's output; the
-        # frozen base linears need no saved input
-        drop = (b + 1) if st.lora_dropout > 0 else 0
+        # peft casts each adapted linear's input x to the adapters' dtype (a new tensor when that is not the
+        # weights'); lora_dropout(x) is a new tensor, which A saves, with its mask (CUDA's fused dropout: a boolean
+        # mask; the CPU's: a noise tensor in x's dtype); without dropout A saves the cast copy. B saves A's output.
+        # Under autocast A and B save bfloat16 casts instead. Measured with saved_tensors_hooks (fp32, bf16, bf16
+        # under autocast, no dropout: within 1 % of this per layer).
+        a = st.adapter_bytes
+        c = b if st.uses_autocast else a  # the dtype A and B compute (and save) in
+        mask = 1 if st.device == "cuda" else a
+        saved_input = (c + mask) if st.lora_dropout > 0 else (c if a != b else 0)
         targets = s.lora_targets(st.lora_targets)
-        per += sum(i * drop + st.lora_r * b for _, i, _ in targets) / s.layers  # the adapted linears of one layer
+        per += sum(i * saved_input + st.lora_r * c for _, i, _ in targets) / s.layers  # one layer's adapted linears
     return per
 
 
@@ -231,31 +329,50 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     reference = st.reference if st.reference is not None else (st.kind == "dpo" and not st.lora_r)
     optimizer = st.optimizer if st.optimizer != "auto" else "adamw_fused"
 
-    # --- weights, gradients, optimizer states (sharded ones divided among the processes)
-    weights, grads = s.params * b, trainable * b
+    # --- weights, gradients, optimizer states (sharded ones divided among the processes; the table in the docstring)
+    given = st
+    if st.sharding == "zero3_offload":  # the strategy row's name for ZeRO-3 with both offloads
+        st = replace(st, sharding="zero3", offload_params=True, offload_optimizer=True)
+    # LoRA: the adapters, their gradients and AdamW states in the adapters' dtype (float32 but under DeepSpeed)
+    tb = st.adapter_bytes if st.lora_r else b
+    weights, grads = s.params * b + (trainable * tb if st.lora_r else 0), trainable * tb
     if optimizer == "adamw_8bit":
         sizes = [trainable] if st.lora_r else list(s.param_sizes) or [trainable]
         states = sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes)
     else:
-        states = 2 * trainable * b
+        states = 2 * trainable * tb
     cpu_bytes = 0
     gathered = 0
-    n = max(1, st.gpus)
-    if st.sharding in ("fsdp", "zero3"):
+    allp = s.params + (trainable if st.lora_r else 0)  # every parameter the sharding splits
+    n = 1 if st.sharding == "fsdp_no_shard" else max(1, st.shard_over or st.gpus)
+    here = st.local_processes  # host memory is the machine's: every process on it
+    unit = max(s.layer_params, s.embed_params)
+    if st.sharding.startswith("fsdp"):
         # accelerate upcasts bf16 weights to float32 shards under mixed precision; AdamW states in float32
-        weights, grads, states = 4 * s.params // n, 4 * trainable // n, 8 * trainable // n
-        # the gathered bfloat16 copy of the running layer and the next (prefetch), and its unsharded gradient
-        unit = max(s.layer_params, s.embed_params)
-        gathered = 2 * unit * b + unit * 4
-    elif st.sharding == "zero3_offload":
-        # params and optimizer on the host: float32 master + grads + two states and the bf16 copy (18 B/param for
-        # the node); the GPU keeps the gathered layers and DeepSpeed's reduce/prefetch buckets ("auto": hidden²)
-        cpu_bytes = (16 * trainable + 2 * s.params)
-        weights, grads, states = 0, 0, 0
-        unit = max(s.layer_params, s.embed_params)
-        gathered = 2 * unit * b + 2 * s.hidden ** 2 * b
-    elif st.sharding == "zero2":
-        grads, states = grads // n, 4 * trainable // n + 8 * trainable // n
+        weights, grads, states = 4 * allp // n, 4 * trainable // n, 8 * trainable // n
+        # the gathered bfloat16 copy of the running layer and the next (prefetch), and its unsharded gradient;
+        # SHARD_GRAD_OP keeps every layer's gathered copy from its forward to its backward
+        gathered = (allp * b if st.sharding == "fsdp_grad_op" else 2 * unit * b) + unit * 4
+        if st.offload_params:  # torch's CPUOffload: parameter and gradient shards on the host, the step there too
+            cpu_bytes = (weights + grads + states) * here
+            weights, grads, states = 0, 0, 0
+    elif st.deepspeed:
+        stage = int(st.sharding[-1])
+        # ZeRO (arXiv 1910.02054): bf16 weights and gradients, 12 bytes of float32 master + momentum + variance
+        weights = allp * b // n if stage == 3 else allp * b
+        grads = trainable * b // n if stage >= 2 else trainable * b
+        states = 12 * trainable // n
+        if stage == 3:
+            gathered = 2 * unit * b + unit * 4
+        if st.offload_optimizer:  # ZeRO-Offload: float32 gradients, master weights and states on the host
+            cpu_bytes += 16 * trainable // n * here
+            states, grads = 0, (grads if stage == 1 else 0)
+        if st.offload_params and stage == 3:  # the bf16 parameter shards on the host
+            cpu_bytes += allp * b // n * here
+            weights = 0
+        if st.offload_optimizer or st.offload_params:
+            # the GPU keeps the gathered layers and DeepSpeed's reduce/prefetch buckets ("auto": hidden²)
+            gathered = 2 * unit * b + 2 * s.hidden ** 2 * b
 
     # --- activations: the decoder layers' saved tensors, then the fused LM head on top of them
     per_layer = _layer_activation_bytes(s, st, padded) * tokens
@@ -277,13 +394,16 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     activations = saved + mask + max(head, recompute)
 
     # gradient phase: all gradients + the optimizer step's temporaries (foreach AdamW: one copy; fused: none)
-    opt_temp = trainable * b if optimizer == "adamw" and st.device == "cuda" else 0
-    if st.sharding in ("fsdp", "zero3", "zero3_offload"):
+    opt_temp = trainable * tb if optimizer == "adamw" and st.device == "cuda" else 0
+    if st.sharding.startswith("fsdp") or st.sharding == "zero3":
         opt_temp = 0
+    if st.lora_r and st.uses_autocast and st.adapter_bytes != b:
+        # autocast's bfloat16 casts of the float32 adapters, which A and B save for the backward
+        activations += trainable * b
     grad_phase = grads + opt_temp + gathered
     act_phase = activations + gathered + (grads if st.grad_accum > 1 else 0)
     ref_bytes = s.params * b if reference else 0
-    if reference and st.sharding in ("fsdp", "zero3", "zero3_offload"):
+    if reference and (st.sharding.startswith("fsdp") or st.sharding == "zero3"):
         ref_bytes //= n
     total = int(weights + ref_bytes + states + max(act_phase, grad_phase))
     if st.device == "cuda":
@@ -292,7 +412,7 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
         overhead = CPU_PROCESS_BYTES
     comps = {"weights": int(weights), "gradients": int(grads), "optimizer": int(states),
              "activations": int(activations + gathered), "reference": int(ref_bytes)}
-    return MemoryPlan(strategy=strategy or describe(st), setup=st, components=comps, total_bytes=total,
+    return MemoryPlan(strategy=strategy or describe(given), setup=given, components=comps, total_bytes=total,
                       overhead_bytes=overhead, cpu_bytes=int(cpu_bytes), trainable=trainable)
 
 
@@ -308,29 +428,53 @@ def describe(st: Setup) -> str:
 
 # --- the spec as the job runs it, and the strategies that would fit ---------------------------------------------
 
-def _accelerate_sharding(path: str | None) -> tuple[str, int | None]:
-    """(sharding, processes) from an accelerate config: FSDP, or DeepSpeed's zero_stage and offload devices."""
+def _accelerate_sharding(path: str | None) -> dict:
+    """What an accelerate config runs: sharding, processes (its num_processes: the total over every machine),
+    machines, offloads, and whether a shard spans one machine only (FSDP HYBRID_SHARD). FSDP1 reads
+    fsdp_sharding_strategy (accelerate's launcher passes it, FULL_SHARD by default, over fsdp_reshard_after_forward);
+    FSDP2 (fsdp_version 2) reads fsdp_reshard_after_forward (true: full shard; false: kept from forward to backward,
+    SHARD_GRAD_OP's memory). DeepSpeed: zero_stage and its two offload devices, each on its own, from the accelerate
+    config or the DeepSpeed JSON it names (zero_optimization.stage / offload_param / offload_optimizer)."""
+    out = {"sharding": "none", "procs": None, "machines": None, "offload_params": False, "offload_optimizer": False,
+           "hybrid": False}
     if not path:
-        return "none", None
+        return out
     import yaml
 
     cfg = yaml.safe_load(Path(path).expanduser().read_text()) or {}
-    procs = cfg.get("num_processes")
+    out["procs"], out["machines"] = cfg.get("num_processes"), cfg.get("num_machines")
     kind = str(cfg.get("distributed_type", "")).upper()
     if kind == "FSDP":
-        return "fsdp", procs
+        fc = cfg.get("fsdp_config") or {}
+        offload = str(fc.get("fsdp_offload_params", False)).lower() == "true"
+        if str(fc.get("fsdp_version", 1)) == "2":
+            keep = str(fc.get("fsdp_reshard_after_forward", True)).lower() == "false"
+            return {**out, "sharding": "fsdp_grad_op" if keep else "fsdp", "offload_params": offload}
+        name = str(fc.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+        names = list(FSDP_STRATEGIES)  # accelerate also takes the strategy's number, 1 = FULL_SHARD
+        name = names[int(name) - 1] if name.isdigit() and 1 <= int(name) <= len(names) else name
+        if name not in FSDP_STRATEGIES:
+            raise NotModelled(f"fsdp_sharding_strategy {name!r} is not one of {', '.join(names)}.")
+        sharding, hybrid = FSDP_STRATEGIES[name]
+        return {**out, "sharding": sharding, "hybrid": hybrid, "offload_params": offload}
     if kind == "DEEPSPEED":
         ds = cfg.get("deepspeed_config") or {}
-        stage, offload = ds.get("zero_stage"), {ds.get("offload_optimizer_device"), ds.get("offload_param_device")}
+        stage = ds.get("zero_stage")
+        devices = {"offload_param": ds.get("offload_param_device"),
+                   "offload_optimizer": ds.get("offload_optimizer_device")}
         if ds.get("deepspeed_config_file"):  # a DeepSpeed JSON: zero_optimization.stage / offload_*.device
             z = json.loads(Path(ds["deepspeed_config_file"]).expanduser().read_text()).get("zero_optimization", {})
             stage = z.get("stage", stage)
-            offload = {(z.get(k) or {}).get("device") for k in ("offload_optimizer", "offload_param")}
-        if stage == 3:
-            return ("zero3_offload" if offload & {"cpu", "nvme"} else "zero3"), procs
-        if stage == 2:
-            return "zero2", procs
-    return "none", procs
+            devices = {k: (z.get(k) or {}).get("device") for k in devices}
+        devices = {k: str(v or "none").lower() for k, v in devices.items()}
+        if "nvme" in devices.values():
+            raise NotModelled("DeepSpeed NVMe offload is not modelled (its swap buffers are DeepSpeed's own): no "
+                              "memory plan for this job.")
+        if stage in (1, 2, 3):
+            return {**out, "sharding": f"zero{stage}",
+                    "offload_params": stage == 3 and devices["offload_param"] == "cpu",
+                    "offload_optimizer": devices["offload_optimizer"] == "cpu"}
+    return out
 
 
 def setup_for_spec(spec, device: str | None = None, train_rows: int | None = None) -> Setup:
@@ -341,8 +485,13 @@ def setup_for_spec(spec, device: str | None = None, train_rows: int | None = Non
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    sharding, procs = _accelerate_sharding(spec.accelerate_config)
-    gpus = procs or spec.num_processes * spec.num_machines
+    acc = _accelerate_sharding(spec.accelerate_config)
+    # the spec's num_machines is passed to accelerate launch over the config's (backend/training.py launch_command)
+    machines = spec.num_machines if spec.num_machines > 1 else int(acc["machines"] or 1)
+    gpus = max(1, int(acc["procs"] or spec.num_processes * machines))  # accelerate: the total over the machines
+    sharding = acc["sharding"]
+    if sharding == "zero3" and acc["offload_params"] and acc["offload_optimizer"]:
+        sharding = "zero3_offload"
     packing = getattr(spec, "packing", True)
     packing = (device == "cuda") if packing is None else packing
     precompute = getattr(spec, "precompute_ref_log_probs", None)
@@ -354,8 +503,10 @@ def setup_for_spec(spec, device: str | None = None, train_rows: int | None = Non
     return Setup(batch=spec.batch_size, seq=spec.max_length, kind=spec.kind, device=device,
                  lora_r=lora.r if lora else None, lora_targets=lora.target_modules if lora else "all-linear",
                  lora_dropout=lora.dropout if lora else 0.0, checkpointing=spec.gradient_checkpointing,
-                 optimizer=spec.perf.optimizer, sharding=sharding, attention=spec.perf.attention, gpus=max(1, gpus),
-                 grad_accum=spec.grad_accum,
+                 optimizer=spec.perf.optimizer, sharding=sharding, attention=spec.perf.attention, gpus=gpus,
+                 machines=machines, shard_over=max(1, gpus // machines) if acc["hybrid"] else None,
+                 offload_params=acc["offload_params"] and sharding != "zero3_offload",
+                 offload_optimizer=acc["offload_optimizer"] and sharding != "zero3_offload", grad_accum=spec.grad_accum,
                  # precompute "auto" (None) may still score with a loaded reference: counted
                  reference=spec.kind == "dpo" and not lora and precompute is not True,
                  padded=spec.kind == "dpo" or not packing)
@@ -386,23 +537,33 @@ def _host_ram() -> int:
     return psutil.virtual_memory().total
 
 
+def judged_gpus(setup: Setup, avail: list[int]) -> list[int]:
+    """The free memory of the GPUs the job's processes on this machine use: GPUs 0 … local_processes − 1 (accelerate
+    gives local rank i cuda:i; one process runs on GPU 0), whatever the sharding: DDP too needs one GPU a process.
+    Fewer than that: the GPUs there are (fits says no)."""
+    return avail[:setup.local_processes]
+
+
 def fits(plan: MemoryPlan, avail: list[int]) -> bool:
     if plan.supported:
         return False
-    if plan.setup.device == "cpu":  # every process of a CPU job takes its share of the one RAM
-        return bool(avail) and plan.needed_bytes * max(1, plan.setup.gpus) <= avail[0]
-    need = plan.setup.gpus if plan.setup.sharding != "none" else 1
-    if len(avail) < need:
+    local = plan.setup.local_processes
+    if plan.setup.device == "cpu":  # every process of a CPU job on this machine takes its share of the one RAM
+        return bool(avail) and plan.needed_bytes * local <= avail[0]
+    if len(avail) < local:
         return False
     if plan.cpu_bytes and plan.cpu_bytes > _host_ram():
         return False
-    return plan.needed_bytes <= min(sorted(avail, reverse=True)[:need])
+    return plan.needed_bytes <= min(judged_gpus(plan.setup, avail))
 
 
 def strategy_setups(base: Setup, gpus: int) -> dict[str, Setup]:
     """Every strategy applied to the same model, batch, length and kind."""
-    # non-sharded strategies keep the processes: on a CPU they share the one RAM (with CUDA each has its own GPU)
-    full = replace(base, lora_r=None, lora_dropout=0.0, checkpointing=False, optimizer="auto", sharding="none")
+    # non-sharded strategies keep the processes: on a CPU they share the one RAM (with CUDA each has its own GPU);
+    # `gpus` is this machine's GPU count: the sharded rows use every one of them on each of the job's machines
+    full = replace(base, lora_r=None, lora_dropout=0.0, checkpointing=False, optimizer="auto", sharding="none",
+                   shard_over=None, offload_params=False, offload_optimizer=False)
+    machines = max(1, base.machines)
     return {
         "full": full,
         "checkpointing": replace(full, checkpointing=True),
@@ -411,8 +572,8 @@ def strategy_setups(base: Setup, gpus: int) -> dict[str, Setup]:
         "lora_checkpointing": replace(full, lora_r=base.lora_r or 16, lora_targets=base.lora_targets,
                                       lora_dropout=base.lora_dropout if base.lora_r else 0.05, checkpointing=True),
         "adamw_8bit": replace(full, optimizer="adamw_8bit"),
-        "fsdp": replace(full, sharding="fsdp", gpus=max(2, gpus)),
-        "zero3_offload": replace(full, sharding="zero3_offload", gpus=max(1, gpus)),
+        "fsdp": replace(full, sharding="fsdp", gpus=max(2, gpus * machines)),
+        "zero3_offload": replace(full, sharding="zero3_offload", gpus=max(1, gpus * machines)),
     }
 
 
@@ -425,19 +586,30 @@ def compare_strategies(shape: ModelShape, base: Setup, avail: list[int] | None =
         plan = estimate(shape, st, name)
         if base.device != "cuda" and name in ("adamw_8bit", "fsdp", "zero3_offload"):
             plan.supported = "needs CUDA GPUs"
-        elif name == "fsdp" and len(avail) < st.gpus:
-            plan.supported = f"needs {st.gpus} GPUs"
+        elif name == "fsdp" and len(avail) < st.local_processes:
+            plan.supported = f"needs {st.local_processes} GPUs"
         out.append((plan, fits(plan, avail)))
     return out
 
 
 def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[MemoryPlan, bool]]) -> str:
     """One sentence: what is needed, what there is, fits or which strategy would."""
-    if plan.setup.device == "cuda":
-        have = (f"{len(avail)} × {what} has {min(avail) / GiB:.0f} GiB free" if avail else "no GPU is visible")
+    local = plan.setup.local_processes
+    if plan.setup.device == "cuda":  # the GPUs fits() judged, by index
+        judged = judged_gpus(plan.setup, avail)
+        free = ", ".join(f"{a / GiB:.0f}" for a in judged)
+        if not avail:
+            have = "no GPU is visible"
+        elif len(avail) < local:
+            have = (f"it runs {local} processes on this machine, one GPU each, and this machine has {len(avail)} × "
+                    f"{what} ({', '.join(f'{a / GiB:.0f}' for a in avail)} GiB free)")
+        elif local == 1:
+            have = f"GPU 0 ({what}), where it runs, has {free} GiB free"
+        else:
+            have = f"GPUs 0–{local - 1} ({what}), one a process, have {free} GiB free"
     else:
         have = f"this machine has {avail[0] / GiB:.0f} GiB of RAM" if avail else "no memory information"
-    procs = f", for each of {plan.setup.gpus} processes" if plan.setup.device == "cpu" and plan.setup.gpus > 1 else ""
+    procs = f", for each of {local} processes" if plan.setup.device == "cpu" and local > 1 else ""
     text = f"{plan.label} {plan.summary()}{procs}; {have}: "
     if fits(plan, avail):
         return text + "fits."

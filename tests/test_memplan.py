@@ -17,8 +17,9 @@ SMALL = dict(hidden=256, inter=688, layers=4, heads=8, kv=4, vocab=2048, batch=2
 
 
 def tracked_peak(hidden, inter, layers, heads, kv, vocab, batch, seq, dtype=torch.float32, dpo=False, ckpt=False,
-                 lora=None, pad=False, tie=False, attn="sdpa") -> tuple[int, object]:
-    """Peak bytes MemTracker sees over a training step that has optimizer states (the second), and the config."""
+                 lora=None, pad=False, tie=False, attn="sdpa", autocast=False, lora_dropout=0.05) -> tuple[int, object]:
+    """Peak bytes MemTracker sees over a training step that has optimizer states (the second), and the config.
+    autocast: the forward under torch.autocast(bfloat16), as accelerate runs a CUDA job's (mixed precision bf16)."""
     from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
@@ -36,7 +37,7 @@ def tracked_peak(hidden, inter, layers, heads, kv, vocab, batch, seq, dtype=torc
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=2 * lora, lora_dropout=0.05,
+        model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=2 * lora, lora_dropout=lora_dropout,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -50,6 +51,13 @@ def tracked_peak(hidden, inter, layers, heads, kv, vocab, batch, seq, dtype=torc
               **({"attention_mask": mask} if pad else {}))
 
     def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = forward()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def forward():
         if dpo:  # frozen reference: no graph is built
             ref_lp = ref(**kw).log_probs.sum(1).detach()
             chosen, rejected = (model(**kw).log_probs.sum(1) - ref_lp).chunk(2)
@@ -58,9 +66,7 @@ def tracked_peak(hidden, inter, layers, heads, kv, vocab, batch, seq, dtype=torc
             out = model(**kw)
             loss = -out.log_probs.sum() / (kw["labels"] != -100).sum()
             del out
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        return loss
 
     step()  # the first step makes the optimizer states; the tracked one runs with them, as every later step does
     tracker = MemTracker()
@@ -84,6 +90,11 @@ CONFIGS = {  # name: (tracked_peak kwargs, Setup kwargs besides batch/seq/device
     "dpo fp32 (2x batch, padded, reference)": ({"dpo": True, "pad": True}, {"kind": "dpo"}),
     "checkpointing fp32 (seq 512)": ({"ckpt": True, "seq": 512}, {"checkpointing": True}),
     "lora r8 fp32": ({"lora": 8}, {"lora_r": 8}),
+    # peft keeps the adapters in float32 on a bf16 model (autocast_adapter_dtype, review finding 5): without autocast
+    # each adapted linear saves a float32 copy of its input; under autocast (a CUDA job) a bf16 one
+    "lora r8 bf16": ({"lora": 8, "dtype": torch.bfloat16}, {"lora_r": 8}),
+    "lora r8 bf16 autocast (the CUDA job's path)": ({"lora": 8, "dtype": torch.bfloat16, "autocast": True},
+                                                    {"lora_r": 8, "autocast": True}),
     "eager attention bf16": ({"attn": "eager", "dtype": torch.bfloat16}, {"attention": "eager"}),
 }
 
@@ -184,7 +195,8 @@ def test_strategies_order_as_they_should():
     assert full.components["weights"] == shape.params * 2 and full.components["optimizer"] == shape.params * 4
     assert plans["adamw_8bit"].components["optimizer"] < full.components["optimizer"] / 1.9
     assert plans["checkpointing"].total_bytes < full.total_bytes
-    assert plans["lora"].components["optimizer"] < full.components["optimizer"] / 100
+    # float32 AdamW states of the float32 adapters (peft's autocast_adapter_dtype): 8 bytes a trainable value
+    assert plans["lora"].components["optimizer"] == 8 * shape.lora_params(16) < full.components["optimizer"] / 50
     assert plans["fsdp"].components["weights"] == 4 * shape.params // 8  # float32 shards over 8 GPUs
     assert plans["zero3_offload"].cpu_bytes == 18 * shape.params and plans["zero3_offload"].components["weights"] == 0
     dpo = estimate(shape, Setup(batch=1, seq=4096, device="cuda", kind="dpo"))
