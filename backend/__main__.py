@@ -16,10 +16,12 @@
     python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
     python -m backend worker
     python -m backend cluster status | check          # with DUS_RAY_ADDRESS=http://HEAD:8265 (a Ray cluster)
-    python -m backend jobs list | show ID | cancel ID | resume ID
+    python -m backend jobs list | show ID | cancel ID | resume ID | wait ID [--timeout S]
     python -m backend auth hash | check [--address 0.0.0.0]
 
 Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
+Local paths (files, folders, --out) are taken from the directory you run the command in, and the spec holds
+them absolute, so a queued job and a saved spec find them from anywhere.
 """
 
 from __future__ import annotations
@@ -34,7 +36,91 @@ from backend.specs import (TRAIN_KINDS, CptSpec, DataSource, DpoSpec, EvalSpec, 
                            SliceRange, SynthMathSpec, UpscaleSpec, explain, load_spec)
 
 
+EXIT_CODES = """exit codes:
+  0  done (or queued)
+  1  the work ran and failed, or produced nothing: a foreground job that failed, a recipe run with a failed
+     stage, synth-math with no verified pair, compare refused for too few shared items, jobs cancel of a
+     finished job, jobs wait on a job that did not succeed
+  2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
+     running, such as a damaged weights file)
+  124  jobs wait --timeout: the job had not finished in time"""
+
 _printed = [-1.0]  # when _progress last printed (time.monotonic)
+
+
+class WorkFailed(Exception):
+    """The work ran and failed, or produced nothing: exit code 1, apart from 2 for a refusal before anything ran
+    (a script could not tell "bad arguments" from "the training ran and failed"). An empty message: what to say was
+    already printed."""
+
+
+def _abs(path: str) -> str:
+    """A path typed on the command line, absolute against the directory the command runs in: jobs and the trainer
+    run in the repository's root (backend/runner.py, backend/training.py), where a relative path named another file,
+    or none (`--data specs/al.jsonl` passed the checks here and failed the job: "does not exist")."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _local_model(ref: str | None) -> str | None:
+    """A model given as a folder, absolute; a registered name, `builtin` or a Hub id as given (a registered name
+    wins over a folder of that name here, as registry.resolve decides)."""
+    from pathlib import Path
+
+    from backend import registry
+
+    if not ref or registry.get(ref) is not None or not Path(ref).expanduser().exists():
+        return ref
+    return _abs(ref)
+
+
+def _local_source(source: str) -> str:
+    """A data source: a local file (there, or looking like one: backend/data.looks_local) absolute; builtin:,
+    dataset:, mix: and Hub ids as given."""
+    from pathlib import Path
+
+    from backend.data import looks_local
+
+    if source.startswith(("builtin:", "dataset:", "mix:")):
+        return source
+    return _abs(source) if looks_local(source) or Path(source).expanduser().exists() else source
+
+
+def _local_task(task: str) -> str:
+    """perplexity:FILE, qa:FILE, mc:FILE, gsm8k:FILE with FILE absolute; lm-eval:NAME and the built-in tasks as
+    given."""
+    kind, sep, arg = task.partition(":")
+    return f"{kind}:{_abs(arg)}" if sep and arg and kind in ("perplexity", "qa", "mc", "gsm8k") else task
+
+
+def absolute_paths(spec):
+    """The spec with every local path in it absolute (data files, task files, out, accelerate config, seed and
+    benchmark files, model folders): the one place the CLI does this, for every command and for `run SPEC.yaml`."""
+    up: dict = {}
+    fields = type(spec).model_fields
+    for key in ("out", "accelerate_config", "benchmark"):
+        if key in fields and getattr(spec, key):
+            up[key] = _abs(getattr(spec, key))
+    for key in ("base", "second", "model", "reference_model"):
+        if key in fields and getattr(spec, key):
+            up[key] = _local_model(getattr(spec, key))
+    if "models" in fields:
+        up["models"] = [_local_model(m) for m in spec.models]
+    if spec.kind == "import":
+        up["target"] = _local_model(spec.target)
+    if spec.kind == "synth-math":
+        if spec.seeds != "generator":
+            up["seeds"] = _abs(spec.seeds)
+        if spec.rephraser.startswith("model:"):
+            up["rephraser"] = "model:" + _local_model(spec.rephraser.removeprefix("model:"))
+    if "data" in fields:
+        up["data"] = [d.model_copy(update={"source": _local_source(d.source)}) for d in spec.data]
+    if "eval_data" in fields and spec.eval_data:
+        up["eval_data"] = spec.eval_data.model_copy(update={"source": _local_source(spec.eval_data.source)})
+    if spec.kind == "eval":
+        up["tasks"] = [_local_task(t) for t in spec.tasks]
+    return spec.model_copy(update=up)  # the paths passed the spec's checks here already, from this directory
 
 
 def _progress(frac: float, message: str) -> None:
@@ -61,6 +147,7 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     it passed the checks."""
     from backend import runner
 
+    spec = absolute_paths(spec)
     if getattr(a, "save_spec", None):  # before queueing: a path that cannot be written queues nothing
         runner.check_before_queueing(spec)
         _save_spec(spec, a)
@@ -68,9 +155,18 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         job = runner.submit(spec, after=a.after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
         return
-    result = runner.work_function(spec.kind)(spec, None, _progress)
+    try:
+        result = runner.work_function(spec.kind)(spec, None, _progress)
+    except (RuntimeError, OSError) as exc:  # the work ran and failed (the trainer's exit, out of memory, a full
+        raise WorkFailed(str(exc)) from exc  # disk): 1; a ValueError is an input refused (by the checks, or by
+        # reading a damaged weights file): 2, as before
     for k, v in result.items():
         print(f"{k}: {v}")
+    if spec.kind == "synth-math" and not result.get("rows"):
+        raise WorkFailed(f"synth-math produced no training data ({result.get('verified', 0)} verified, "
+                         f"{result.get('failed', 0)} failed): the reasons are in {result.get('pairs')}'s pairs "
+                         f"(its pairs.jsonl); `datasets delete {result.get('pairs')}` before running it again "
+                         "under this name.")
 
 
 def _save_spec(spec, a: argparse.Namespace) -> None:
@@ -232,7 +328,7 @@ def cmd_datasets(a) -> None:
             print(f"{k}: {v}")
     elif a.action == "mix":
         purpose = a.purpose or "sft"
-        rec = pipeline.save_mix(a.name, [(d.source, d.weight) for d in a.sources], purpose)
+        rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight) for d in a.sources], purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
     elif a.action == "delete":
@@ -240,10 +336,12 @@ def cmd_datasets(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    t = a.t[0] if a.t and len(a.t) == 1 else (a.t or 0.5)
+    given = {"t": a.t[0] if a.t and len(a.t) == 1 else a.t, "density": a.density, "seed": a.seed, "lambda": a.lam}
+    # only the options given: MergeSpec refuses one its method does not use (`--method slerp --weights 0.2 0.8`
+    # merged a plain SLERP), and a default passed for every method looked given
     spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=a.normalize,
-                     rescale=a.rescale, t=t, base=a.base, density=a.density, seed=a.seed, dtype=a.dtype, name=a.name,
-                     out=a.out, shard_size=a.shard_size, **{"lambda": a.lam})
+                     rescale=a.rescale, base=a.base, dtype=a.dtype, name=a.name, out=a.out, shard_size=a.shard_size,
+                     **{k: v for k, v in given.items() if v is not None})
     _run_or_queue(spec, a)
 
 
@@ -251,6 +349,7 @@ def cmd_eval(a) -> None:
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
                     overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url, judge_model=a.judge_model)
+    spec = absolute_paths(spec)
     queued = bool(a.queue or a.after)
     if a.fan_out and len(a.models) > 1 and not queued:
         raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
@@ -349,14 +448,17 @@ def cmd_compare(a) -> None:
         raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
     recs = analysis.task_records(a.task)
     have = {r.model for r in recs}
+    if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
+        raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
+                         "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")
     if missing := [m for m in (a.model_a, a.model_b) if m not in have]:
         raise ValueError(f"no answers of {', '.join(missing)} on {a.task} (answers of: "
                          f"{', '.join(sorted(have)) or 'none'}); evaluate with --tasks {a.task} first.")
     pair = [r for r in recs if r.model in (a.model_a, a.model_b)]
     res = analysis.compare(pair, a.model_a, a.model_b, outcome=a.outcome)
     print(res["sentence"])
-    if not res["ok"]:
-        return
+    if not res["ok"]:  # the comparison could not be made (too few shared items): said above, and not a success
+        raise WorkFailed("")
     raw, mc = res["raw"], res["mcnemar"]
     rate = analysis.RATE_LABEL[a.outcome]
     print(f"{rate} {a.model_a} {res['rate_a']:.3f}, {a.model_b} {res['rate_b']:.3f}; A − B {raw['diff']:+.3f} "
@@ -373,7 +475,15 @@ def cmd_compare(a) -> None:
 
 def cmd_run(a) -> None:
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
-        return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue or bool(a.after)))
+        # recipe.submit has no `after` (its first stages wait for nothing) and runs no stage on several machines:
+        # refused, not dropped (`run R.yaml --after 20` ran at once)
+        dropped = [f"--{k.replace('_', '-')}" for k in ("after", *MACHINE_FIELDS, "num_processes", "run_name")
+                   if getattr(a, k, None) is not None]
+        if dropped:
+            raise ValueError(f"{' '.join(dropped)}: a recipe cannot take {'it' if len(dropped) == 1 else 'them'} "
+                             f"({a.spec} is a recipe; its stages wait only for each other, and each stage's spec "
+                             "says where it runs). Run it once that job is done, or `run` a single spec.")
+        return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue))
     spec = load_spec(a.spec)
     over = {**_machine_fields(a), **({"num_processes": a.num_processes} if a.num_processes else {})}
     if over or a.run_name:  # a Slurm task (backend/cluster/slurm.py) places its node this way
@@ -436,10 +546,17 @@ def cmd_recipe(a) -> None:
             from backend import runner
 
             runner.worker(once=True)
+            bad = []
             for run_id in ids:
                 for row, job in recipe.stages(run_id):
                     state = "reused" if row.reused else (job.status if job else "-")
-                    print(f"  {row.stage:28} {state:10} {row.output} {job.message[:60] if job else ''}")
+                    said = runner.job_message(job) if job else ""  # the reason, as `jobs list` says it
+                    print(f"  {row.stage:28} {state:10} {row.output} {said[:100]}")
+                    if not row.reused and job and job.status != "succeeded":
+                        bad.append(f"{row.stage} ({job.status})")
+            if bad:
+                raise WorkFailed(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
+                                 f"{len(bad)} stage{'s' if len(bad) > 1 else ''} did not succeed: {', '.join(bad)}.")
 
 
 def cmd_models(a) -> None:
@@ -458,7 +575,7 @@ def cmd_models(a) -> None:
     elif a.action == "import":
         if not a.target:
             raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
-        rec = registry.import_any(a.target, a.name, allow_pickle=a.allow_pickle, progress=_progress)
+        rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
         print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":
         if not a.target:
@@ -523,11 +640,48 @@ def cmd_jobs(a) -> None:
     elif a.action == "show":
         print(job_details(a.id))
     elif a.action == "cancel":
+        before = runner.get(a.id)
+        if before is not None and before.status in runner.FINISHED:  # `job 1: succeeded` read as a cancel done
+            raise WorkFailed(f"job {a.id} is {before.status} already: nothing to cancel.")
         print(f"job {a.id}: {runner.cancel(a.id).status}")
     elif a.action == "resume":
-        print(f"job {a.id}: {runner.resume(a.id).status} (a running worker resumes it from its last checkpoint)")
+        job = runner.resume(a.id)
+        print(f"job {a.id}: {job.status} ({resume_says(job)})")
+    elif a.action == "wait":
+        sys.exit(wait_for(a.id, a.timeout, a.poll))
     elif a.action == "exec":
         sys.exit(runner.execute(a.id))
+
+
+def resume_says(job) -> str:
+    """What a resume will do, by the Jobs page's rule (runner.resume_point): `jobs resume` promised a checkpoint to a
+    run cancelled at step 12 with none saved, and to evaluations."""
+    from backend import runner
+
+    if job.kind not in TRAIN_KINDS:
+        return f"a running worker runs the {job.kind} again from the start"
+    if (point := runner.resume_point(job)) is not None:
+        return f"a running worker resumes it from its last checkpoint, {point.name}"
+    return "no checkpoint was saved: a running worker starts the training over from step 0"
+
+
+def wait_for(job_id: int, timeout: float | None, poll: float) -> int:
+    """`jobs wait ID`: poll until the job has finished; exit 0 if it succeeded, 1 if not (failed, cancelled,
+    interrupted), 124 when --timeout ran out first (as timeout(1)); a job that is not there is refused (2)."""
+    from backend import runner
+
+    start = time.monotonic()
+    while True:
+        job = runner.get(job_id)
+        if job is None:
+            raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+        if job.status in runner.FINISHED:
+            print(f"job {job_id}: {job.status}: {runner.job_message(job)}")
+            return 0 if job.status == "succeeded" else 1
+        if timeout is not None and time.monotonic() - start >= timeout:
+            print(f"job {job_id}: still {job.status} after {timeout:g} s: {runner.job_message(job)}", file=sys.stderr)
+            return 124
+        time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - (time.monotonic() - start))))
 
 
 def job_details(job_id: int) -> str:
@@ -565,43 +719,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("upscale", help="build a deeper model from a registered model or folder")
     u.add_argument("--base", required=True, help="registered name, 'builtin', or a model folder")
-    u.add_argument("--method", default="dus", choices=["dus", "slices", "llama-pro"])
+    u.add_argument("--method", default="dus", choices=["dus", "slices", "llama-pro"],
+                   help="dus: SOLAR's depth up-scaling; slices: stack layer ranges; llama-pro: block expansion")
     u.add_argument("--m", type=int, help="dus: layers removed from each copy (1 <= m < n/2)")
     u.add_argument("--slice", type=_slice, action="append", help="slices: SOURCE:START:END, half-open, repeatable")
     u.add_argument("--second", help="slices: second source model (SOURCE 1)")
     u.add_argument("--groups", type=int, help="llama-pro: identity blocks to insert")
     u.add_argument("--name", help="registered name (default: derived)")
     u.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
-    u.add_argument("--shard-size", default="2GB")
+    u.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
     _job_options(u)
     u.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="continued pretraining, SFT or DPO with trl, through accelerate launch")
     from typing import get_args
 
-    t.add_argument("kind", choices=["cpt", "sft", "dpo"])
+    t.add_argument("kind", choices=["cpt", "sft", "dpo"], help="continued pretraining, SFT or DPO")
     t.add_argument("--model", required=True, help="registered name or model folder")
     t.add_argument("--data", type=_source, action="append", required=True,
-                   help="builtin:NAME, a file or a Hub id, optionally @WEIGHT; repeat for a mix")
-    t.add_argument("--eval-data", type=_source)
-    t.add_argument("--eval-fraction", type=float)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--learning-rate", "--lr", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--max-length", type=int)
-    t.add_argument("--save-steps", type=int)
-    t.add_argument("--eval-steps", type=int)
+                   help="builtin:NAME, dataset:NAME (registered), mix:NAME (a saved mix), a local file (.jsonl, "
+                        ".json, .csv, .parquet, .txt) or a Hub id, optionally @WEIGHT; repeat for a mix")
     from backend.specs import _TrainSpec
+
+    def spec_help(field: str, what: str | None = None) -> str:
+        info = _TrainSpec.model_fields[field]
+        return f"{what or info.description} (default: {info.default})"
+
+    t.add_argument("--eval-data", type=_source, help="held-out set, as --data (default: --eval-fraction of the data)")
+    t.add_argument("--eval-fraction", type=float, help=spec_help("eval_fraction"))
+    t.add_argument("--max-steps", type=int, help=spec_help("max_steps", "optimizer steps"))
+    t.add_argument("--learning-rate", "--lr", type=float,
+                   help="peak learning rate (default: " + ", ".join(
+                       f"{k} {c.model_fields['learning_rate'].default:g}"
+                       for k, c in (("cpt", CptSpec), ("sft", SftSpec), ("dpo", DpoSpec))) + ")")
+    t.add_argument("--batch-size", type=int, help=spec_help("batch_size", "rows per device and micro-batch"))
+    t.add_argument("--max-length", type=int, help=spec_help("max_length"))
+    t.add_argument("--save-steps", type=int, help=spec_help("save_steps"))
+    t.add_argument("--eval-steps", type=int, help=spec_help("eval_steps", "steps between held-out evaluations"))
 
     for flag, kind in (("grad_accum", int), ("lr_scheduler", None), ("warmup_ratio", float), ("weight_decay", float),
                        ("max_rows", int), ("seed", int)):  # the spec's words, as the Train page's Advanced shows
         info = _TrainSpec.model_fields[flag]
-        t.add_argument("--" + flag.replace("_", "-"), type=kind, help=info.description,
+        t.add_argument("--" + flag.replace("_", "-"), type=kind, help=f"{info.description} (default: {info.default})",
                        **({"choices": get_args(info.annotation)} if kind is None else {}))
     t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb", "none"],
                    help="also log to these trackers (trl's report_to); default: DUS_REPORT_TO, else none")
-    t.add_argument("--beta", type=float, help="dpo")
-    t.add_argument("--loss-type", help="dpo: sigmoid, ipo, hinge…")
+    t.add_argument("--beta", type=float, help=f"dpo: strength of the pull to the reference (default: "
+                                              f"{DpoSpec.model_fields['beta'].default})")
+    t.add_argument("--loss-type", choices=get_args(DpoSpec.model_fields["loss_type"].annotation),
+                   help=f"dpo: trl's loss (default: {DpoSpec.model_fields['loss_type'].default})")
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
     t.add_argument("--num-processes", type=int, default=1, help="processes on this machine")
     t.add_argument("--keep-checkpoints", action="store_true", default=None,
@@ -630,8 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "the free memory of this machine's GPUs, or its RAM)")
     t.add_argument("--plan-gpus", type=int, help="--plan-memory-gb: how many such devices")
     _machine_options(t)
-    t.add_argument("--name")
-    t.add_argument("--out")
+    t.add_argument("--name", help="registered name (default: MODEL-KIND)")
+    t.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
     _job_options(t)
     t.set_defaults(fn=cmd_train)
 
@@ -640,12 +806,15 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed-file", help="MATH- or GSM8K-format .jsonl/.json instead of the generator")
     sm.add_argument("--rephraser", default="rules", help="rules | model:NAME | openai:BASE_URL")
     sm.add_argument("--api-model", help="openai: the model name the server serves")
-    sm.add_argument("--level", type=int, action="append", choices=[1, 2, 3])
-    sm.add_argument("--category", action="append")
+    sm.add_argument("--level", type=int, action="append", choices=[1, 2, 3],
+                    help="generator: difficulty, repeatable (default: all)")
+    sm.add_argument("--category", action="append", help="generator: a category, repeatable (default: all): "
+                    + ", ".join(_categories()))
     sm.add_argument("--benchmark", help="contamination check against this file (e.g. a GSM8K test split)")
-    sm.add_argument("--include-flagged", action="store_true")
-    sm.add_argument("--batch-size", type=int, default=8)
-    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--include-flagged", action="store_true", help="also export the pairs the contamination check "
+                                                                   "flagged")
+    sm.add_argument("--batch-size", type=int, default=8, help="rephrasings per request (model: and openai:)")
+    sm.add_argument("--seed", type=int, default=0, help="seeds the generator and the sampling")
     sm.add_argument("--name", default="synth-math", help="prefix of the registered data sets")
     sm.add_argument("--out", help="folder for the files (default workspace/datasets/NAME)")
     _job_options(sm)
@@ -653,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("merge", help="merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, "
                                       "TIES, DARE)")
-    mg.add_argument("--models", nargs="+", required=True)
+    mg.add_argument("--models", nargs="+", required=True, help="the candidates: registered names or model folders")
     mg.add_argument("--method", default="average", help="average (= linear), slerp, task_arithmetic, ties, "
                     "dare_linear (alias dare), dare_ties")
     mg.add_argument("--weights", nargs="+", type=float, help="one per model (default 1 each)")
@@ -662,25 +831,33 @@ def build_parser() -> argparse.ArgumentParser:
                          "ties, off for task_arithmetic and dare)")
     mg.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
                     help="ties / dare: multiply what is kept by |delta|_1 / |kept|_1 (default: on for dare)")
-    mg.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scales the merged task vector")
-    mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth")
+    # None: not given (MergeSpec refuses an option its method does not use, and its own default applies)
+    mg.add_argument("--lambda", dest="lam", type=float, help="task_arithmetic / ties / dare: scales the merged task "
+                    "vector (default: 1)")
+    mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth (default: 0.5)")
     mg.add_argument("--base", help="task_arithmetic / ties / dare: the common base")
-    mg.add_argument("--density", type=float, default=0.5, help="ties / dare: share of each task vector kept")
-    mg.add_argument("--seed", type=int, default=0, help="dare: seed of the drop mask")
-    mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    mg.add_argument("--name")
-    mg.add_argument("--out")
-    mg.add_argument("--shard-size", default="2GB")
+    mg.add_argument("--density", type=float, help="ties / dare: share of each task vector kept (default: 0.5)")
+    mg.add_argument("--seed", type=int, help="dare: seed of the drop mask (default: 0)")
+    mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help=MergeSpec.model_fields["dtype"].description)
+    mg.add_argument("--name", help="registered name (default: derived from the candidates and the method)")
+    mg.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    mg.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
     _job_options(mg)
     mg.set_defaults(fn=cmd_merge)
 
     ev = sub.add_parser("eval", help="evaluate models on the same tasks (scores stored per model and task)")
-    ev.add_argument("models", nargs="+")
-    ev.add_argument("--tasks", nargs="+", default=["perplexity", "synth-math"])
-    ev.add_argument("--limit", type=int, default=40)
-    ev.add_argument("--max-new-tokens", type=int, default=96)
+    ev.add_argument("models", nargs="+", help="registered names or model folders")
+    ev.add_argument("--tasks", nargs="+", default=["perplexity", "synth-math"],
+                    help="perplexity[:FILE] (held-out text), synth-math (held-out math), qa[:FILE] (closed-book QA "
+                         "with unanswerable questions), mc:FILE (multiple choice), gsm8k:FILE (generation), "
+                         "lm-eval:TASK (lm-evaluation-harness: dus_truthfulqa_mini, dus_gsm8k_mini, h6, or any "
+                         "task name, which downloads its data)")
+    ev.add_argument("--limit", type=int, default=40, help="items per task")
+    ev.add_argument("--max-new-tokens", type=int, default=96, help="token cap of a generated answer")
     ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
-    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help=EvalSpec.model_fields["device"].description)
     ev.add_argument("--batch-size", type=int, help="generation batch (default: fitted to free GPU memory, 8 on CPU)")
     ev.add_argument("--overlap-threshold", type=float, default=EvalSpec.model_fields["overlap_threshold"].default,
                     help=EvalSpec.model_fields["overlap_threshold"].description)
@@ -699,15 +876,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
     sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
                                                          "data of the model's lineage")
-    sc.add_argument("--format", choices=["md", "csv", "tex"], default="md")
+    sc.add_argument("--format", choices=["md", "csv", "tex"], default="md", help="Markdown, CSV or LaTeX")
     sc.set_defaults(fn=cmd_scores)
 
     from backend import analysis  # numpy only: statsmodels loads when a fit runs
 
     cp = sub.add_parser("compare", help="fewer hallucinations, or just shorter answers? two models on one task's "
                                         "stored answers, with answer length held fixed")
-    cp.add_argument("model_a", metavar="A")
-    cp.add_argument("model_b", metavar="B")
+    cp.add_argument("model_a", metavar="A", help="a model with stored answers on the task")
+    cp.add_argument("model_b", metavar="B", help="the model to compare it with")
     cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
     cp.add_argument("--outcome", choices=list(analysis.OUTCOMES), default="hallucination",
                     help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off)")
@@ -721,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
     ex.add_argument("--include-flagged", action="store_true", help="also the pairs the contamination check flagged")
     mx = da.add_parser("mix", help="save a weighted mix of data sets, used as --data mix:NAME")
-    mx.add_argument("name")
+    mx.add_argument("name", help="the mix's name (then --data mix:NAME)")
     # nargs="+" (not "*"): argparse then leaves the sources for after --for, as in `mix NAME --for sft A@0.5 B@0.5`
     mx.add_argument("sources", nargs="+", type=_source, metavar="SOURCE[@WEIGHT]",
                     help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
@@ -729,12 +906,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the mix trains (default sft); the sources must fit its layout")
     dd = da.add_parser("delete", help="delete a registered data set and the files only it uses under "
                                       "workspace/datasets (files registered from elsewhere are kept)")
-    dd.add_argument("name")
+    dd.add_argument("name", help="the data set's name (datasets list)")
     dd.add_argument("--force", action="store_true", help="also when registered models were trained on it")
     d.set_defaults(fn=cmd_datasets)
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
-    r.add_argument("spec")
+    r.add_argument("spec", help="a spec or recipe YAML file (recipe: --after and the machine options are refused)")
     _machine_options(r)
     r.add_argument("--num-processes", type=int, help="training: processes on this machine (overrides the spec)")
     _job_options(r, save_spec=False)
@@ -756,9 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("target", metavar="PRESET", help="smoke, solar-mini or solar-10.7b")
     rn.add_argument("--base", help="the base model (smoke needs one)")
     rn.add_argument("--m", type=int, help="layers removed from each copy")
-    ra.add_parser("plan", help="what would run and what is reused").add_argument("target", metavar="FILE")
+    ra.add_parser("plan", help="what would run and what is reused").add_argument("target", metavar="FILE",
+                                                                                 help="a recipe YAML file")
     rr = ra.add_parser("run", help="submit the stages as dependent jobs and run them here")
-    rr.add_argument("target", metavar="FILE")
+    rr.add_argument("target", metavar="FILE", help="a recipe YAML file")
     rr.add_argument("--queue", action="store_true", help="leave the jobs to the worker")
     rt = ra.add_parser("tables", help="the paper's tables from a run")
     rt.add_argument("target", metavar="RUN", type=int, nargs="?", help="a recipe run's id (default: the latest)")
@@ -768,28 +946,28 @@ def build_parser() -> argparse.ArgumentParser:
     rc.set_defaults(fn=cmd_recipe)
 
     m = sub.add_parser("models", help="list, import or delete registered models")
-    m.add_argument("action", choices=["list", "import", "delete"])
+    m.add_argument("action", choices=["list", "import", "delete"], help="what to do")
     m.add_argument("target", nargs="?", help="import: builtin | FOLDER | FILE.gguf | owner/name; delete: NAME")
-    m.add_argument("--name")
+    m.add_argument("--name", help="import: the name to register (default: derived from the target)")
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
     m.add_argument("--force", action="store_true", help="delete: also when other models were made from it")
     m.set_defaults(fn=cmd_models)
 
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
                                      "the dashboard')")
-    au.add_argument("action", choices=["hash", "check"])
+    au.add_argument("action", choices=["hash", "check"], help="hash a password, or check the start address")
     au.add_argument("--address", default="127.0.0.1", help="check: the address the dashboard will listen on")
     au.set_defaults(fn=cmd_auth)
 
     w = sub.add_parser("worker", help="run queued jobs")
-    w.add_argument("--poll", type=float, default=1.0)
+    w.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
     w.add_argument("--once", action="store_true", help="run what is queued, then exit")
     w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
     w.set_defaults(fn=cmd_worker)
 
     cl = sub.add_parser("cluster", help="a Ray cluster (DUS_RAY_ADDRESS): status (nodes, resources, which job runs "
                         "where) or check (the address answers, every node sees the workspace)")
-    cl.add_argument("action", choices=["status", "check"])
+    cl.add_argument("action", choices=["status", "check"], help="status or check")
     cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
     cl.set_defaults(fn=cmd_cluster)
 
@@ -800,10 +978,45 @@ def build_parser() -> argparse.ArgumentParser:
                          ("cancel", "stop a waiting or running job"),
                          ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "
                                     "checkpoint)"),
-                         ("exec", "run the job in this process (what the worker starts)")):
-        ja.add_parser(action, help=what).add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+                         ("exec", "run the job in this process (what the worker starts)"),
+                         ("wait", "wait until the job has finished; exit 0 if it succeeded, 1 if not")):
+        jp = ja.add_parser(action, help=what)
+        jp.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    jp.add_argument("--timeout", type=float, help="give up after this many seconds (exit code 124)")
+    jp.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the job")
     j.set_defaults(fn=cmd_jobs)
+    _format_help(p)
     return p
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, as ArgumentDefaultsHelpFormatter adds it, but not where there is none
+    (None, a flag's False) or the help says it already; the descriptions keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {shown})"
+
+
+def _format_help(p: argparse.ArgumentParser) -> None:
+    """Every parser and sub-parser shows defaults (_HelpFormatter) and the exit codes."""
+    p.formatter_class = _HelpFormatter
+    p.epilog = EXIT_CODES
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _format_help(sp)
+
+
+def _categories() -> list[str]:
+    try:
+        from backend.synth.seeds import CATEGORIES
+    except ImportError:
+        return []
+    return list(CATEGORIES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -816,6 +1029,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
+    except WorkFailed as exc:
+        if str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

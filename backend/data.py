@@ -91,6 +91,23 @@ def expand(sources: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return out
 
 
+# Suffixes of files, never of a Hub id: a missing `x.tsv` is a missing file, not a Hub failure.
+FILE_SUFFIXES = {*LOADERS, ".tsv", ".xlsx", ".xls", ".ndjson", ".arrow", ".gz", ".bz2", ".xz", ".zst", ".zip",
+                 ".tar", ".yaml", ".yml", ".md"}
+
+
+def looks_local(source: str) -> bool:
+    """Whether a data source names a local file even when it does not exist: an absolute or home path, ./ or ../,
+    more folders than a Hub id's owner/name, a file suffix, or a folder that is there. Such a source that is missing
+    is "does not exist", never a Hub failure ("Could not load 'nofolder/x.tsv' from the Hugging Face Hub … Offline?"
+    sent the user to the network for a typo in a path)."""
+    if source.startswith(("builtin:", "dataset:", "mix:")):
+        return False
+    path = Path(source).expanduser()
+    return (path.is_absolute() or source.startswith(("~", "./", "../")) or source.count("/") > 1
+            or path.suffix.lower() in FILE_SUFFIXES or ("/" in source and path.parent.is_dir()))
+
+
 def load_source(source: str, split: str = "train"):
     """A `datasets.Dataset` from 'builtin:NAME', 'dataset:NAME' (registered), a local file, or a Hub id."""
     import datasets
@@ -107,7 +124,7 @@ def load_source(source: str, split: str = "train"):
         parts = [load_source(src) for src, _ in expand([(source, 1.0)])]
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     path = Path(source).expanduser()
-    if path.suffix in LOADERS or path.exists():
+    if looks_local(source) or path.exists():
         if not path.exists():
             raise DataError(f"Data file {path} does not exist.")
         if path.suffix not in LOADERS:

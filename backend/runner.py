@@ -337,6 +337,19 @@ def _silence(age: float) -> str:
     return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
 
 
+def resume_point(job) -> Path | None:
+    """The checkpoint a resume of `job` continues from: the newest complete one (trainer_state.json is written last)
+    in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
+    stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
+    Resume button and `jobs resume` say what it will do by this one rule."""
+    if job.kind not in TRAIN_KINDS:
+        return None
+    folder = Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")
+    saved = [p.parent for p in folder.glob("checkpoints/checkpoint-*/trainer_state.json")
+             if p.parent.name.split("-")[1].isdigit()]
+    return max(saved, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def log_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> list[str]:
     """The last `lines` lines of a log, read from its end (as `tail` does), widening until they are there: the
     Jobs and Monitor pages redraw a running job's log every 2 s, and reading a tqdm-heavy log whole took 0.25 s and

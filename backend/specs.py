@@ -314,6 +314,13 @@ class SynthMathSpec(_Spec):
 MERGE_DEFAULTS = {"average": (True, False), "slerp": (False, False), "task_arithmetic": (False, False),
                   "ties": (True, False), "dare_linear": (False, True), "dare_ties": (False, True)}
 MERGE_ALIASES = {"linear": "average", "dare": "dare_linear"}  # mergekit's name; "dare" of specs saved before
+_RELATIVE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+# The fields only some merge methods read, with those methods and the command-line flag: given to another method
+# they were ignored without a word (`--method slerp --weights 0.2 0.8` merged a plain SLERP at t 0.5), as
+# METHOD_ONLY_FIELDS was for upscale. lambda, rescale and normalize are checked in MergeSpec._method.
+MERGE_METHOD_FIELDS = {"weights": (("average", *_RELATIVE), "--weights"), "t": (("slerp",), "--t"),
+                       "filters": (("slerp",), None), "density": (_RELATIVE[1:], "--density"),
+                       "seed": (("dare_linear", "dare_ties"), "--seed"), "base": (_RELATIVE, "--base")}
 
 
 class MergeSpec(_Spec):
@@ -370,6 +377,15 @@ class MergeSpec(_Spec):
             raise ValueError(f"weights: give one per model ({len(self.models)}), not {len(self.weights)}.")
         if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
             raise ValueError("weights: finite numbers only.")
+        for field, (methods, flag) in MERGE_METHOD_FIELDS.items():
+            # given (a default the page's model_dump or a stored job's spec carries is not) and not the default
+            default = type(self).model_fields[field].get_default(call_default_factory=True)
+            if self.method not in methods and field in self.model_fields_set and getattr(self, field) != default \
+                    and not (field == "density" and self.method == "task_arithmetic" and self.density == 1):
+                # (task arithmetic keeps every entry: density 1 says what it does, as the tests compare DARE at 1)
+                raise ValueError(f"{field}{f' ({flag} on the command line)' if flag else ''} is for "
+                                 f"{' / '.join(methods)}; method {self.method!r} does not use it: leave it out, or "
+                                 f"choose one of those methods.")
         if self.method == "average" and self.resolved_normalize and self.weights and sum(self.weights) == 0:
             raise ValueError("weights: they sum to zero, so they cannot be normalized by their sum; change a weight, "
                              "or untick \"Normalize by the weights' sum\" (normalize: false in a spec, "

@@ -276,9 +276,11 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         progress(1.0, f"machine {spec.machine_rank} of {spec.num_machines} done; machine 0 registers {name}")
         return {"model": None, "machine_rank": spec.machine_rank, "run_dir": str(run_dir)}
     if rc != 0 or not (final / "config.json").exists():
-        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): {failure_line(tail)}. "
-                            "The whole log: the job's log (Jobs page, or its path in `python -m backend jobs show "
-                            f"ID`); run folder {run_dir}.")
+        job = os.environ.get("DUS_JOB_ID")  # a foreground run (the CLI without --queue) has no job: its log was
+        where = (f"the job's log (Jobs page, or its path in `python -m backend jobs show {job}`)" if job  # the terminal
+                 else "the trainer's output above")
+        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): {failure_line(tail).rstrip('.')}. "
+                            f"The whole log: {where}; run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
     if out_dir.exists():
         out_dir.rmdir()  # empty: output_dir() refused a non-empty one

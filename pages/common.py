@@ -106,9 +106,7 @@ def job_status(job_id: int) -> None:
             else:
                 st.warning(label)
             # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume
-            # a job stopped before its row recorded its folder (older versions never did) trained in runs/job-ID
-            folder = Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")
-            saved = any(folder.glob("checkpoints/checkpoint-*/trainer_state.json"))
+            saved = runner.resume_point(job) is not None
             again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
             if job.kind in TRAIN_KINDS and st.button(again, key=f"resume_{job.id}"):
                 try:  # e.g. still stopping on the machine that ran it
