@@ -569,9 +569,10 @@ def cmd_models(a) -> None:
         width = max([len("name"), *(len(r.name) for r in rows)])
         dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
         print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
+        names = {r.name for r in rows}
         for r in rows:
             print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
-                  f"{', '.join(registry.parents_shown(r)) or '-'}")
+                  f"{', '.join(registry.parents_shown(r, names)) or '-'}")
     elif a.action == "import":
         if not a.target:
             raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")

@@ -42,10 +42,11 @@ if not models:
     st.info("No models yet: import one above.")
     st.stop()
 
+registered = {r.name for r in models}
 table = pd.DataFrame([{
     "name": r.name, "kind": r.kind, "layers": r.num_layers, "hidden": r.hidden_size,
     "parameters": human(r.num_parameters), "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
-    "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r)) or "—", "made by": r.source,
+    "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r, registered)) or "—", "made by": r.source,
     "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
 st.dataframe(table, hide_index=True, key="models_table")
 

@@ -314,3 +314,25 @@ def test_monitor_offers_training_jobs_older_than_the_500_newest_jobs():
     at = app("monitor.py")
     assert not at.exception
     assert at.multiselect(key="monitor_jobs").options == [f"{old} · sft · days-long"]
+
+
+def test_the_models_table_reads_the_registered_names_once_not_per_parent(tiny_llama, monkeypatch, capsys):
+    """One lookup per parent: 185 queries per Models page rerun at 150 models (and `models list` alike)."""
+    from backend.__main__ import main
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "root")
+    for i in range(30):
+        registry.register(tiny_llama, f"child{i}", "trained", parents=["root", "gone"])
+    calls = []
+    real_get = registry.get
+    monkeypatch.setattr(registry, "get", lambda name, *a, **k: (calls.append(name), real_get(name, *a, **k))[1])
+    at = app("models.py")
+    assert not at.exception
+    parents = at.dataframe[0].value["parents"].tolist()
+    assert parents.count("root, gone (deleted)") == 30
+    assert len(calls) <= 6  # the picked model's own lookups (66 before: two per child)
+    calls.clear()
+    capsys.readouterr()
+    assert main(["models", "list"]) in (0, None)
+    assert capsys.readouterr().out.count("root, gone (deleted)") == 30 and calls == []
