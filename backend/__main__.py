@@ -545,7 +545,9 @@ def cmd_recipe(a) -> None:
         if not a.queue:
             from backend import runner
 
-            runner.worker(once=True)
+            # this run's jobs and those they wait for (another run's stage in flight), not every queued job
+            runner.worker(once=True, only=runner.with_dependencies(
+                job.id for run_id in ids for _, job in recipe.stages(run_id) if job is not None))
             bad = []
             for run_id in ids:
                 for row, job in recipe.stages(run_id):

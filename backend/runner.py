@@ -760,16 +760,28 @@ def _mine():
 
 
 @db.retrying
-def _claim_next(slots: int | None = None) -> Job | None:
+def with_dependencies(ids) -> set[int]:
+    """`ids` and every job they wait for (after, needs), transitively: what running them here takes."""
+    out, todo = set(), list(ids)
+    while todo:
+        if (job_id := todo.pop()) in out or (job := get(job_id)) is None:
+            continue
+        out.add(job_id)
+        todo += ([job.after] if job.after is not None else []) + list(job.needs or [])
+    return out
+
+
+def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job | None:
     """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
     cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with
     `slots` it only succeeds while fewer than `slots` jobs run on this machine: the cap holds at every instant, not
-    only after a losing worker gives its claim back."""
+    only after a losing worker gives its claim back. `only`: these jobs and no other."""
     from sqlalchemy import func, text, update
     from sqlalchemy.orm import aliased
 
     with db.session() as s:
-        for job in s.exec(select(Job).where(Job.status == "queued").order_by(Job.id)):
+        queued = select(Job).where(Job.status == "queued")
+        for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
             deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
             blocked = waiting = False
             for dep_id in deps:
@@ -861,9 +873,10 @@ def _not_ours_any_longer(running: dict) -> list[int]:
         and pid != running[i].pid)]
 
 
-def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> None:
+def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None) -> None:
     """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1). `once`: run what is
-    runnable now, wait for it, then return (tests, scripts)."""
+    runnable now, wait for it, then return (tests, scripts). `only`: run these jobs and no other (a foreground
+    `recipe run` ran every job queued in the workspace, another machine's included, before its own)."""
     slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
     job_niceness()  # a bad $DUS_JOB_NICE stops the worker at start, not its first job
     if addr := ray_jobs.address():
@@ -924,7 +937,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None) -> N
         recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
         _clear_stopped()
         busy = _busy()  # slots count every job running on this machine, also those another worker here started
-        job = _claim_next(slots) if not stop and busy < slots else None
+        job = _claim_next(slots, only) if not stop and busy < slots else None
         if job is not None:
             try:
                 running[job.id] = start_child(job)

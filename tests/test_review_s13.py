@@ -336,3 +336,41 @@ def test_the_models_table_reads_the_registered_names_once_not_per_parent(tiny_ll
     capsys.readouterr()
     assert main(["models", "list"]) in (0, None)
     assert capsys.readouterr().out.count("root, gone (deleted)") == 30 and calls == []
+
+
+def test_a_foreground_recipe_run_runs_its_own_jobs_and_what_they_wait_for_only(tmp_path, monkeypatch, capsys):
+    """`recipe run` (not --queue) called the worker with nothing to hold it to the run: a job queued for later, or
+    another machine's in a shared database, ran in this terminal first."""
+    from types import SimpleNamespace
+
+    from backend import recipe, runner
+    from backend.__main__ import main
+    from storage import db
+    from storage.models import Job
+
+    def add(**kw) -> int:
+        with db.session() as s:
+            job = Job(**kw)
+            s.add(job)
+            s.commit()
+            s.refresh(job)
+            return job.id
+
+    unrelated = add(kind="upscale", status="queued")
+    elsewhere = add(kind="sft", status="queued")  # another run's stage in flight, which this run's stage reads
+    mine = add(kind="merge", status="queued", needs=[elsewhere])
+    monkeypatch.setattr(recipe, "plan_text", lambda text: [SimpleNamespace(lines=lambda: ["plan"])])
+    monkeypatch.setattr(recipe, "submit", lambda p, text: 7)
+    monkeypatch.setattr(recipe, "stages", lambda run_id: [
+        (SimpleNamespace(stage="merge", reused=False, output="m"), runner.get(mine)),
+        (SimpleNamespace(stage="sft", reused=True, output="s"), runner.get(elsewhere))])
+    seen = {}
+    monkeypatch.setattr(runner, "worker", lambda **k: seen.update(k))
+    f = tmp_path / "r.yaml"
+    f.write_text("kind: recipe\n")
+    main(["recipe", "run", str(f)])
+    assert seen["once"] is True and seen["only"] == {mine, elsewhere}
+    # and the claim honours it: the older unrelated job is not taken
+    claimed = runner._claim_next(only={elsewhere})
+    assert claimed.id == elsewhere and runner.get(unrelated).status == "queued"
+    assert runner._claim_next(only={mine}) is None  # it waits for `elsewhere`, now running
