@@ -446,15 +446,11 @@ def cmd_compare(a) -> None:
 
     if not 2 <= a.bins <= 6:
         raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
-    recs = analysis.task_records(a.task)
-    have = {r.model for r in recs}
     if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
         raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
                          "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")
-    if missing := [m for m in (a.model_a, a.model_b) if m not in have]:
-        raise ValueError(f"no answers of {', '.join(missing)} on {a.task} (answers of: "
-                         f"{', '.join(sorted(have)) or 'none'}); evaluate with --tasks {a.task} first.")
-    pair = [r for r in recs if r.model in (a.model_a, a.model_b)]
+    pair = analysis.pair_records(a.task, a.model_a, a.model_b)  # the two models' answers only (every model's: 0.7 s
+    # at 150 models)
     res = analysis.compare(pair, a.model_a, a.model_b, outcome=a.outcome)
     print(res["sentence"])
     if not res["ok"]:  # the comparison could not be made (too few shared items): said above, and not a success

@@ -71,9 +71,11 @@ def from_generation(g) -> Record:
                   verdict=verdict, answered=answered)
 
 
-def task_records(task: str) -> list[Record]:
+def task_records(task: str, models: list[str] | tuple[str, ...] | None = None) -> list[Record]:
     """The latest answer of every model to every item of `task` in the database, as records (the Compare page and
-    `python -m backend compare`). Plain rows of the columns the analysis reads: building ORM objects took ~1 s."""
+    `python -m backend compare`). Plain rows of the columns the analysis reads: building ORM objects took ~1 s.
+    `models`: only theirs, filtered in the query (a model's newest run is its own, so the rest do not change it):
+    the CLI loaded 150 models' answers to keep two."""
     from sqlmodel import select
 
     from backend.scoretable import newest_run
@@ -84,10 +86,47 @@ def task_records(task: str) -> list[Record]:
         cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
                 Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run,
                 Generation.job_id]  # run and job: newest_run
-        gens = s.exec(select(*cols).where(Generation.task == task).order_by(Generation.id)).all()
+        query = select(*cols).where(Generation.task == task)
+        if models is not None:
+            query = query.where(Generation.model.in_(list(models)))
+        gens = s.exec(query.order_by(Generation.id)).all()
     # each model's newest run only (an earlier run's answers were made under other settings), one answer per item
     latest = {(g.model, g.prompt_id): g for g in newest_run(gens, lambda g: g.model)}
     return [from_generation(g) for g in latest.values()]
+
+
+def cut_shares(records) -> dict[str, float]:
+    """Per model (by name), the share of its answers cut off by the token limit, in one pass over the records (a
+    pass per model was 150 × 66,000 comparisons on every rerun of the Compare page)."""
+    from collections import Counter
+
+    total, cut = Counter(), Counter()
+    for r in records:
+        total[r.model] += 1
+        cut[r.model] += r.verdict == CUT_OFF
+    return {m: cut[m] / total[m] for m in sorted(total)}
+
+
+def answered_models(task: str) -> list[str]:
+    """The models with answers on `task`, by name (a SELECT DISTINCT: no answer is loaded)."""
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:
+        return sorted(s.exec(select(Generation.model).where(Generation.task == task).distinct()).all())
+
+
+def pair_records(task: str, model_a: str, model_b: str) -> list[Record]:
+    """The newest answers of two models on `task` (`python -m backend compare`), read alone; a model without any
+    is an error that names the models that have some."""
+    recs = task_records(task, (model_a, model_b))
+    have = {r.model for r in recs}
+    if missing := [m for m in (model_a, model_b) if m not in have]:
+        raise ValueError(f"no answers of {', '.join(missing)} on {task} (answers of: "
+                         f"{', '.join(answered_models(task)) or 'none'}); evaluate with --tasks {task} first.")
+    return recs
 
 
 def bin_edges(records: list[Record], n_bins: int = 4) -> list[float]:

@@ -34,11 +34,22 @@ def _rank(metric: str) -> int:
     return PREFERRED_METRIC.index(metric) if metric in PREFERRED_METRIC else len(PREFERRED_METRIC)
 
 
-def latest_scores() -> dict[tuple[str, str, str], EvalScore]:
-    """The rows of the newest run of each (model, task) (newest_run), per (model, task, metric), in one query."""
+def latest_scores(models: list[str] | None = None) -> dict[tuple[str, str, str], EvalScore]:
+    """The rows of the newest run of each (model, task) (newest_run), per (model, task, metric). Only those rows are
+    loaded whole: newest_run decides on the few columns it reads, then the kept rows are read by id (every
+    superseded run's rows, which a rerun leaves behind, were built and their details parsed on every call).
+    `models`: only theirs."""
+    keys = select(EvalScore.id, EvalScore.model, EvalScore.task, EvalScore.run, EvalScore.job_id)
+    if models is not None:
+        keys = keys.where(EvalScore.model.in_(list(models)))
     with db.session() as s:
-        rows = s.exec(select(EvalScore).order_by(EvalScore.id)).all()
-    return {(r.model, r.task, r.metric): r for r in newest_run(rows, lambda r: (r.model, r.task))}
+        keep = [r.id for r in newest_run(s.exec(keys.order_by(EvalScore.id)).all(), lambda r: (r.model, r.task))]
+        rows = [r for i in range(0, len(keep), ID_BATCH)  # SQLite allows 32,766 bound values; fewer per query
+                for r in s.exec(select(EvalScore).where(EvalScore.id.in_(keep[i:i + ID_BATCH]))).all()]
+    return {(r.model, r.task, r.metric): r for r in sorted(rows, key=lambda r: r.id)}
+
+
+ID_BATCH = 5000
 
 
 def newest_run(rows: list, key) -> list:

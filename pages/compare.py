@@ -18,7 +18,7 @@ from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
-from storage.models import Generation
+from storage.models import EvalScore, Generation
 
 
 
@@ -57,6 +57,22 @@ def same_items(recs: list[analysis.Record], models: list[str]) -> tuple[list[ana
     return ([r for per in shared.values() for r in per.values()],
             f"The models were scored on different numbers of items ({per_model}): the chart uses only the "
             f"{len(shared)} items every one of them answered; n = answers in the bin.")
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_scores(url: str, version: tuple) -> dict:
+    """scoretable.latest_scores, once per database and scores version (the table's newest id, row count and newest
+    creation time: an evaluation adds rows, a deletion drops some, and SQLite gives a row added after the newest was
+    deleted that one's id again); 150 models' rows and their details took 0.5 s on every click.
+    Shared read-only between sessions, as the records below."""
+    return scoretable.latest_scores()
+
+
+def scores_now() -> dict:
+    with db.session() as s:
+        version = tuple(s.exec(select(func.max(EvalScore.id), func.count(EvalScore.id),
+                                      func.max(EvalScore.created))).one())  # SQLite reuses a deleted newest id
+    return cached_scores(db.database_url(), version)
 
 
 via_app(__file__)
@@ -133,9 +149,12 @@ with st.expander("Merge candidates"):
     for job_id in st.session_state.get("merge_jobs", []):  # every merge launched here, not only the last
         job_status(job_id)
 
+latest = scores_now()
 with st.expander("Evaluate", expanded=False):
     e1, e2 = st.columns(2)
-    emodels = e1.multiselect("Models", names, default=names, key="eval_models")
+    scored = {m for m, _, _ in latest}  # all registered models by default made one click queue 150 jobs
+    emodels = e1.multiselect("Models", names, default=[m for m in names if m not in scored], key="eval_models",
+                             help="Preselected: the models with no scores yet (none when every model has some).")
     tasks = e2.multiselect("Tasks", ["perplexity", "synth-math", "qa"], default=["perplexity", "synth-math"],
                            key="eval_tasks", help="Built-in sets are held out from the built-in training sets by "
                            "construction; qa is closed-book QA with known answers and abstention.")
@@ -169,30 +188,34 @@ with st.expander("Evaluate", expanded=False):
                                               help=spec_fields["overlap_threshold"].description),
             ngram=a3.number_input("Overlap n-gram (words)", 3, 30, spec_fields["ngram"].default, key="eval_ngram",
                                   help=spec_fields["ngram"].description))
-    try:
-        espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
-                         samples=samples, device=device, judge_url=judge_url.strip() or None,
-                         judge_model=judge_model.strip() or None, **advanced)
-        fan = st.toggle("One job per model", value=len(emodels) > 1, key="eval_fan_out", disabled=len(emodels) < 2,
-                        help="Independent jobs run side by side on the worker's free slots (--slots) or across a Ray "
-                             "cluster's nodes; the scores are the same as one job's.")
-        b1, b2 = st.columns(2)
-        if b1.button("Evaluate", type="primary", key="evaluate"):
-            try:  # every model and task file once, before the first job: a bad one said so once per model, and
-                runner.check_before_queueing(espec)  # the jobs of the models before it stayed queued
-            except ValueError as exc:
-                st.error(f"Not queued: {exc}")
-            else:
-                st.session_state["eval_jobs"] = [j for i, one in enumerate(espec.per_model() if fan else [espec])
-                                                 if (j := submit(one, f"eval_job_{i}")) is not None]
-        b2.download_button("Save spec (YAML)", espec.to_yaml(), file_name="eval.yaml", key="eval_spec",
-                           help="Rerun it with `python -m backend run FILE` (`--queue`: through the worker).")
-    except ValidationError as exc:
-        st.error(explain(exc))
+    if not emodels:  # not an error: with every model scored, none is preselected
+        st.info("Choose the models to evaluate" + (": every registered model has scores already (a model evaluated "
+                "again on a task replaces its earlier run of that task)." if scored.issuperset(names) else "."))
+    else:
+        try:
+            espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
+                             samples=samples, device=device, judge_url=judge_url.strip() or None,
+                             judge_model=judge_model.strip() or None, **advanced)
+            fan = st.toggle("One job per model", value=len(emodels) > 1, key="eval_fan_out",
+                            disabled=len(emodels) < 2, help="Independent jobs run side by side on the worker's free "
+                            "slots (--slots) or across a Ray cluster's nodes; the scores are the same as one job's.")
+            b1, b2 = st.columns(2)
+            if b1.button("Evaluate", type="primary", key="evaluate"):
+                try:  # every model and task file once, before the first job: a bad one said so once per model,
+                    runner.check_before_queueing(espec)  # and the jobs of the models before it stayed queued
+                except ValueError as exc:
+                    st.error(f"Not queued: {exc}")
+                else:
+                    st.session_state["eval_jobs"] = [
+                        j for i, one in enumerate(espec.per_model() if fan else [espec])
+                        if (j := submit(one, f"eval_job_{i}")) is not None]
+            b2.download_button("Save spec (YAML)", espec.to_yaml(), file_name="eval.yaml", key="eval_spec",
+                               help="Rerun it with `python -m backend run FILE` (`--queue`: through the worker).")
+        except ValidationError as exc:
+            st.error(explain(exc))
     for job_id in st.session_state.get("eval_jobs", []):
         job_status(job_id)
 
-latest = scoretable.latest_scores()
 if not latest:
     st.info("No scores yet: run an evaluation above (the built-in model and one up-scaled from it make a start).")
     st.stop()
@@ -292,11 +315,13 @@ if not gen_tasks:
 gtask = st.selectbox("Task", gen_tasks, key="gen_task")
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def task_records(url: str, task: str, version: tuple) -> list[analysis.Record]:
+@st.cache_resource(max_entries=16, show_spinner=False)
+def task_records(url: str, task: str, version: tuple) -> tuple[analysis.Record, ...]:
     """The latest answer of every model to every item of `task`, as analysis records. Cached per database and
-    data version (the task's newest row id and count), so reruns of the page do not reload 20k rows."""
-    return analysis.task_records(task)
+    data version (the task's newest row id and count), so reruns of the page do not reload 20k rows; a resource,
+    not data: a data cache unpickled a copy of 66,000 records (0.3 s) on every rerun. Read-only: a tuple of frozen
+    records, shared between sessions."""
+    return tuple(analysis.task_records(task))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -317,8 +342,7 @@ words = defaultdict(list)
 for r in recs:
     words[r.model].append(r.words)
 gen_models = sorted(words)
-cut_share = {m: sum(r.verdict == analysis.CUT_OFF for r in recs if r.model == m) / len(words[m])
-             for m in gen_models}
+cut_share = analysis.cut_shares(recs)  # one pass: a pass per model took seconds at 150 models
 if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that rambles is stopped, not wrong
     st.warning("Cut off by the token limit before stating an answer: " + ", ".join(
         f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". These replies are neither correct nor "

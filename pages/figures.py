@@ -308,6 +308,26 @@ def radar_figure(scores: dict[str, dict[str, float]], models: list[str] | None =
     return fig
 
 
+def box_stats(values) -> dict:
+    """The statistics plotly.js (box/calc.js; v4.1.1 bundled with plotly 7.1) computes for a box from its sample,
+    so a box drawn from them is the box it drew from the raw values: quartilemethod "linear" (the default)
+    interpolates at p·n − 0.5 (Lib.interp; numpy's "hazen", not its default), the whiskers end at the last value
+    within 1.5 IQR of the box (at the quartile when none is), and the points beyond them are the outliers that
+    boxpoints "outliers" (the default for a raw sample) shows. Checked against plotly.js's own calcdata in Chromium."""
+    import numpy as np
+
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75], method="hazen")
+    tol = 1e-9 * ((v[-1] - v[0]) / (n - 1) if n > 1 else 1.0)  # Lib.findBin's tolerance at a value on the fence
+    inside_low = v[v >= q1 - 1.5 * (q3 - q1) - tol]
+    inside_high = v[v <= q3 + 1.5 * (q3 - q1) + tol]
+    lf = min(q1, inside_low[0]) if len(inside_low) else q1
+    uf = max(q3, inside_high[-1]) if len(inside_high) else q3
+    return {"q1": float(q1), "median": float(med), "q3": float(q3), "lowerfence": float(lf), "upperfence": float(uf),
+            "mean": float(v.mean()), "outliers": [float(x) for x in v if x < lf or x > uf]}
+
+
 def length_box_figure(words: dict[str, list[int]], models: list[str] | None = None) -> go.Figure:
     """Answer lengths per model, in the order and colours of `models` (the page's, see name_colors; else in the
     order of `words`, coloured by name as by_bin_figure); boxes lie down when the names do not fit under them (see
@@ -315,10 +335,15 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
     colors = name_colors([*(models or []), *sorted(words)])
     names = [m for m in dict.fromkeys([*(models or []), *words]) if m in words]
     across = fits_across(names)
+    val, pos = ("y", "x") if across else ("x", "y")
     fig = go.Figure()
-    for model in names:
-        fig.add_trace(go.Box(**{"y" if across else "x": words[model]}, name=model,
-                             orientation="v" if across else "h", marker_color=colors[model], boxmean=True))
+    for model in names:  # the statistics, not every answer's length: 150 models sent 66,000 values on every rerun
+        st = box_stats(words[model])
+        sample = {val: [st["outliers"]]} if st["outliers"] else {}  # a 2-D sample: the points beside the box
+        fig.add_trace(go.Box(**{pos: [model]}, **sample, q1=[st["q1"]], median=[st["median"]], q3=[st["q3"]],
+                             lowerfence=[st["lowerfence"]], upperfence=[st["upperfence"]], mean=[st["mean"]],
+                             name=model, orientation="v" if across else "h", marker_color=colors[model],
+                             boxmean=True, boxpoints="outliers"))  # precomputed stats default to "all" points
     fig.update_layout(title="Answer length (words)", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
                       showlegend=False)
     _lay_out_names(fig, names, across, 340, {})
