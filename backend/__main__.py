@@ -331,6 +331,9 @@ def cmd_datasets(a) -> None:
         rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight) for d in a.sources], purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
+    elif a.action == "paper-mixes":
+        saved = pipeline.save_paper_mixes(a.name)
+        print(f"saved {', '.join(r.name for r in saved)} (Synth. Math from {a.name}): use --data mix:NAME")
     elif a.action == "delete":
         print(pipeline.delete_dataset(a.name, force=a.force))
 
@@ -903,6 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
     mx.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"],
                     help="what the mix trains (default sft); the sources must fit its layout")
+    pm = da.add_parser("paper-mixes", help="save the paper's SFT v1-v4 and DPO v1-v2 mixes (the Synthetic math "
+                                           "page's button), Synth. Math from PAIRS_NAME's export")
+    pm.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs), exported")
     dd = da.add_parser("delete", help="delete a registered data set and the files only it uses under "
                                       "workspace/datasets (files registered from elsewhere are kept)")
     dd.add_argument("name", help="the data set's name (datasets list)")

@@ -273,22 +273,12 @@ with tab_mix:
                "Math-Instruct. DPO: v1 UltraFeedback Clean; v2 + Synth. Math-Alignment. Here the built-in "
                "Alpaca / OpenOrca / preference sets stand in for the originals; point the sources at the real "
                "files when you have them.")
-    prefix = rec.name.removesuffix("-pairs")
-    presets = {
-        "sft-v1": ("sft", [("builtin:alpaca-mini", 1.0)]),
-        "sft-v2": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0)]),
-        "sft-v3": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0),
-                           (f"dataset:{prefix}-instruct", 1.0)]),
-        "sft-v4": ("sft", [("builtin:alpaca-mini", 1.0), (f"dataset:{prefix}-instruct", 1.0)]),
-        "dpo-v1": ("dpo", [("builtin:prefs-mini", 1.0)]),
-        "dpo-v2": ("dpo", [("builtin:prefs-mini", 1.0), (f"dataset:{prefix}-alignment", 1.0)]),
-    }
+    presets = pipeline.paper_mixes(rec.name)
     st.dataframe(pd.DataFrame([{"mix": k, "for": v[0], "sources": ", ".join(f"{s} ×{w:g}" for s, w in v[1])}
                                for k, v in presets.items()]), hide_index=True)
     if st.button("Save the paper's mixes", key="save_presets"):
         try:
-            for mix_name, (purpose, sources) in presets.items():
-                pipeline.save_mix(mix_name, sources, purpose)
+            pipeline.save_paper_mixes(rec.name)
             st.success("Saved sft-v1 … sft-v4, dpo-v1, dpo-v2.")
         except ValueError as exc:
             st.error(str(exc))

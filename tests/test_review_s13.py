@@ -374,3 +374,24 @@ def test_a_foreground_recipe_run_runs_its_own_jobs_and_what_they_wait_for_only(t
     claimed = runner._claim_next(only={elsewhere})
     assert claimed.id == elsewhere and runner.get(unrelated).status == "queued"
     assert runner._claim_next(only={mine}) is None  # it waits for `elsewhere`, now running
+
+
+def test_the_papers_mixes_are_saved_from_the_command_line_as_from_the_page(tmp_path, capsys):
+    """`--data mix:dpo-v2` (a README example) worked only after the Synthetic math page's button: the mixes were
+    defined in the page alone."""
+    from backend.__main__ import main
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+    from tests.test_pages import app
+
+    pipeline.run_synth_math(SynthMathSpec(name="sm", num_seeds=6, seed=0, rephraser="rules"))
+    assert main(["datasets", "paper-mixes", "sm-pairs"]) in (0, None)
+    assert "saved sft-v1, sft-v2, sft-v3, sft-v4, dpo-v1, dpo-v2" in capsys.readouterr().out
+    mixes = {d.name: d.provenance for d in pipeline.list_datasets("mix")}
+    assert mixes["dpo-v2"] == {"for": "dpo", "sources": [{"source": "builtin:prefs-mini", "weight": 1.0},
+                                                         {"source": "dataset:sm-alignment", "weight": 1.0}]}
+    assert mixes["sft-v3"]["sources"][-1] == {"source": "dataset:sm-instruct", "weight": 1.0}
+    at = app("synth.py")  # the page's button saves the same mixes: nothing changes, nothing is refused
+    at.button(key="save_presets").click().run()
+    assert not at.exception and not at.error
+    assert {d.name: d.provenance for d in pipeline.list_datasets("mix")} == mixes

@@ -287,6 +287,28 @@ def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> Datas
     return save_dataset(name, "mix", "", 0, provenance)
 
 
+def paper_mixes(pairs_name: str) -> dict[str, tuple[str, list[tuple[str, float]]]]:
+    """The paper's SFT v1–v4 and DPO v1–v2 data (Tables 3–4) as mixes, with the built-in Alpaca / OpenOrca /
+    preference sets standing in for Alpaca-GPT4, OpenOrca and UltraFeedback Clean, and Synth. Math-Instruct /
+    Math-Alignment the export of `pairs_name`: mix name -> (what it trains, [(source, weight)])."""
+    prefix = pairs_name.removesuffix("-pairs")
+    return {
+        "sft-v1": ("sft", [("builtin:alpaca-mini", 1.0)]),
+        "sft-v2": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0)]),
+        "sft-v3": ("sft", [("builtin:alpaca-mini", 1.0), ("builtin:orca-mini", 1.0),
+                           (f"dataset:{prefix}-instruct", 1.0)]),
+        "sft-v4": ("sft", [("builtin:alpaca-mini", 1.0), (f"dataset:{prefix}-instruct", 1.0)]),
+        "dpo-v1": ("dpo", [("builtin:prefs-mini", 1.0)]),
+        "dpo-v2": ("dpo", [("builtin:prefs-mini", 1.0), (f"dataset:{prefix}-alignment", 1.0)]),
+    }
+
+
+def save_paper_mixes(pairs_name: str) -> list[DatasetRecord]:
+    """Save every paper_mixes mix (the Synthetic math page's button, `datasets paper-mixes`); each as save_mix does,
+    so a second save of the same mixes changes nothing and a name taken by another mix is refused."""
+    return [save_mix(name, sources, purpose) for name, (purpose, sources) in paper_mixes(pairs_name).items()]
+
+
 # ---------------------------------------------------------------- deleting a data set
 
 def _strings(obj) -> list[str]:
