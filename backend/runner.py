@@ -434,7 +434,6 @@ def _requeue_waiting_on(job_id: int) -> None:
 
 
 @db.retrying
-@db.retrying
 def record_run_dir(job_id: int, run_dir: str) -> None:
     """The run folder a training job uses (backend/training.py), where the pages look for its checkpoints; a row
     that is gone (a command started with an inherited DUS_JOB_ID) is left alone."""
@@ -445,6 +444,7 @@ def record_run_dir(job_id: int, run_dir: str) -> None:
             s.commit()
 
 
+@db.retrying
 def _update(job_id: int, **fields) -> None:
     with db.session() as s:
         job = s.get(Job, job_id)
@@ -759,7 +759,6 @@ def _mine():
     return Job.host.in_(_hosts_here())
 
 
-@db.retrying
 def with_dependencies(ids) -> set[int]:
     """`ids` and every job they wait for (after, needs), transitively: what running them here takes."""
     out, todo = set(), list(ids)
@@ -771,6 +770,7 @@ def with_dependencies(ids) -> set[int]:
     return out
 
 
+@db.retrying
 def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job | None:
     """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
     cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with

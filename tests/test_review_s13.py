@@ -395,3 +395,31 @@ def test_the_papers_mixes_are_saved_from_the_command_line_as_from_the_page(tmp_p
     at.button(key="save_presets").click().run()
     assert not at.exception and not at.error
     assert {d.name: d.provenance for d in pipeline.list_datasets("mix")} == mixes
+
+
+@pytest.mark.parametrize("unit", ["get", "_update", "record_run_dir", "_transition", "beat", "_beat_ages",
+                                  "recover_orphans", "_clear_stopped", "_claim_next", "_busy"])
+def test_the_runners_units_of_work_survive_a_lost_database_connection(unit, monkeypatch):
+    """A function inserted between `@db.retrying` and the function below it took its decorator: `_update` (session
+    12's record_run_dir) and `_claim_next` (this session's with_dependencies) lost theirs, so on PostgreSQL a
+    server restart during a claim or a progress update failed the worker loop or the job."""
+    import sqlalchemy as sa
+
+    from backend import runner
+    from storage import db
+
+    fn = getattr(runner, unit)
+    assert getattr(fn, "__wrapped__", None) is not None, f"{unit} is not @db.retrying"
+    if unit != "_claim_next":
+        return
+    real, opened = db.session, []
+
+    def lost_once():
+        opened.append(1)
+        if len(opened) == 1:
+            raise sa.exc.DBAPIError("SELECT", {}, Exception("server closed the connection"),
+                                    connection_invalidated=True)
+        return real()
+
+    monkeypatch.setattr(db, "session", lost_once)
+    assert runner._claim_next(1) is None and len(opened) == 2  # ran again, nothing queued
