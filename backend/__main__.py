@@ -88,10 +88,11 @@ def _local_source(source: str) -> str:
 
 
 def _local_task(task: str) -> str:
-    """perplexity:FILE, qa:FILE, mc:FILE, gsm8k:FILE with FILE absolute; lm-eval:NAME and the built-in tasks as
+    """perplexity:FILE, qa:FILE, mc:FILE, gsm8k:FILE with FILE absolute, as a data source is (_local_source:
+    perplexity's builtin:, dataset:, mix: and Hub ids stay as given); lm-eval:NAME and the built-in tasks as
     given."""
     kind, sep, arg = task.partition(":")
-    return f"{kind}:{_abs(arg)}" if sep and arg and kind in ("perplexity", "qa", "mc", "gsm8k") else task
+    return f"{kind}:{_local_source(arg)}" if sep and arg and kind in ("perplexity", "qa", "mc", "gsm8k") else task
 
 
 def absolute_paths(spec):
@@ -449,6 +450,7 @@ def cmd_compare(a) -> None:
 
     if not 2 <= a.bins <= 6:
         raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
+    a.task = _local_task(a.task)  # as `eval` stored it: a task file under its absolute path
     if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
         raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
                          "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")

@@ -54,6 +54,11 @@ class EvalError(ValueError):
     pass
 
 
+class EvalFailed(EvalError, RuntimeError):
+    """The scoring ran and failed (out of memory, a CUDA error): a RuntimeError too, so the CLI exits 1 for it, not 2
+    as for an input refused."""
+
+
 def _load(path: str, plan: evaldevice.DevicePlan | None = None):
     return evaldevice.load_model(registry.resolve(path)[0], plan)
 
@@ -511,7 +516,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
                 scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id, plan,
                                                              judge)
             except Exception as exc:  # nothing of this task is stored; the job fails with the reason
-                raise EvalError(f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc
+                raise (EvalError if isinstance(exc, ValueError) else EvalFailed)(
+                    f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc
             overlaps = [tidx.overlap(t) for t in ts.texts]
             run = uuid.uuid4().hex  # this (model, task) scoring: its rows and answers replace an earlier run's whole
             for g, o in zip(gens, overlaps):

@@ -423,3 +423,45 @@ def test_the_runners_units_of_work_survive_a_lost_database_connection(unit, monk
 
     monkeypatch.setattr(db, "session", lost_once)
     assert runner._claim_next(1) is None and len(opened) == 2  # ran again, nothing queued
+
+
+def test_eval_task_sources_keep_their_prefixes_and_files_become_absolute(tmp_path, monkeypatch):
+    """`--tasks perplexity:builtin:facts-corpus` became /cwd/builtin:facts-corpus ("does not exist", rc 2)."""
+    from backend.__main__ import absolute_paths
+
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "myqa.jsonl").write_text('{"question": "q", "answers": ["a"]}\n')
+    monkeypatch.chdir(tmp_path)
+    spec = absolute_paths(EvalSpec(models=["m"], tasks=[
+        "perplexity:builtin:facts-corpus", "perplexity:dataset:held", "perplexity:mix:m", "perplexity:owner/name",
+        "qa:q/myqa.jsonl", "perplexity", "synth-math", "lm-eval:dus_gsm8k_mini"]))
+    assert spec.tasks == ["perplexity:builtin:facts-corpus", "perplexity:dataset:held", "perplexity:mix:m",
+                          "perplexity:owner/name", f"qa:{tmp_path / 'q' / 'myqa.jsonl'}", "perplexity",
+                          "synth-math", "lm-eval:dus_gsm8k_mini"]
+
+
+def test_compare_finds_a_task_file_stored_under_its_absolute_path(tmp_path, monkeypatch, capsys):
+    from backend import analysis
+    from backend.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(analysis, "pair_records", lambda task, a, b: (seen.append(task), [])[1])
+    monkeypatch.setattr(analysis, "compare", lambda *a, **k: {"sentence": "s", "ok": False})
+    monkeypatch.chdir(tmp_path)
+    main(["compare", "A", "B", "--task", "qa:q/myqa.jsonl"])
+    assert seen == [f"qa:{tmp_path / 'q' / 'myqa.jsonl'}"]  # as `eval --tasks qa:q/myqa.jsonl` stored it
+
+
+@pytest.mark.parametrize("raised, code", [(RuntimeError("CUDA out of memory"), 1), (ValueError("bad item"), 2)])
+def test_an_evaluation_that_ran_and_failed_exits_1(tiny_llama, monkeypatch, raised, code, capsys):
+    """Every failure inside scoring became an EvalError (a ValueError): exit 2, as for a refused input."""
+    from backend.__main__ import main
+
+    registry.import_folder(tiny_llama, "tiny")
+
+    def fail(*a, **k):
+        raise raised
+
+    monkeypatch.setattr(evaluate, "score_task", fail)
+    assert main(["eval", "tiny", "--tasks", "perplexity", "--limit", "2"]) == code
+    assert f"tiny / perplexity failed: {type(raised).__name__}: {raised}" in capsys.readouterr().err
