@@ -159,8 +159,11 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     try:
         result = runner.work_function(spec.kind)(spec, None, _progress)
     except (RuntimeError, OSError) as exc:  # the work ran and failed (the trainer's exit, out of memory, a full
-        raise WorkFailed(str(exc)) from exc  # disk): 1; a ValueError is an input refused (by the checks, or by
-        # reading a damaged weights file): 2, as before
+        # disk): 1; a ValueError is an input refused (by the checks, or by reading a damaged weights file): 2, as
+        # before, and so is a path that is taken, missing or of the wrong kind (an --out that holds files)
+        if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            raise
+        raise WorkFailed(str(exc)) from exc
     for k, v in result.items():
         print(f"{k}: {v}")
     if spec.kind == "synth-math" and not result.get("rows"):
@@ -507,8 +510,8 @@ def _is_recipe(path: str) -> bool:
     import yaml
 
     try:
-        data = yaml.safe_load(open(path))
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):  # load_spec then says what is wrong with the file
         return False
     return isinstance(data, dict) and data.get("kind") == "recipe"
 

@@ -63,6 +63,8 @@ def check_folder_free(out: Path, by_name: bool) -> None:
     """Refuse a folder that already holds files (not those of a build killed before its row, which a resume
     reuses). `by_name`: the folder comes from the model's name (the pages have only a name field), so the message
     asks for another name, not another output folder."""
+    if out.exists() and not out.is_dir():  # iterdir said "[Errno 20] Not a directory"
+        raise FileExistsError(f"{out} is a file, not a folder: choose another output folder. Nothing was changed.")
     if not out.exists() or not any(out.iterdir()) or (out / db.UNREGISTERED_MARK).is_file():
         return
     if by_name:

@@ -537,9 +537,12 @@ def spec_from_dict(data: dict) -> _Spec:
 
 def load_spec(path: Path) -> _Spec:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}")
+    except UnicodeDecodeError as exc:  # it said "'utf-8' codec can't decode byte 0x83 …" without naming the file
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): a "
+                         "spec is a YAML file; save it as UTF-8.") from None
     if not isinstance(data, dict) or "kind" not in data:
         raise ValueError(f"{path}: a spec is a mapping with a 'kind' field (one of: {', '.join(SPECS)}).")
     return spec_from_dict(data)

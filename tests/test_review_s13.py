@@ -465,3 +465,20 @@ def test_an_evaluation_that_ran_and_failed_exits_1(tiny_llama, monkeypatch, rais
     monkeypatch.setattr(evaluate, "score_task", fail)
     assert main(["eval", "tiny", "--tasks", "perplexity", "--limit", "2"]) == code
     assert f"tiny / perplexity failed: {type(raised).__name__}: {raised}" in capsys.readouterr().err
+
+
+def test_a_spec_file_that_is_not_utf8_and_an_out_that_is_a_file_are_named(tmp_path, tiny_llama, capsys):
+    from backend.__main__ import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"kind: upscale\nbase: tiny\nm: 1\nname: caf\x83\n")
+    assert main(["run", str(spec)]) == 2
+    assert capsys.readouterr().err == (f"error: {spec} is not UTF-8 text (byte 0x83 at offset 39): a spec is a YAML "
+                                       "file; save it as UTF-8.\n")
+    registry.import_folder(tiny_llama, "tiny")
+    target = tmp_path / "mk.py"
+    target.write_text("print()\n")
+    assert main(["upscale", "--base", "tiny", "--m", "1", "--out", str(target)]) == 2
+    assert capsys.readouterr().err == f"error: {target} is a file, not a folder: choose another output folder. " \
+                                      "Nothing was changed.\n"
+    assert target.read_text() == "print()\n" and registry.get("tiny-dus-m1") is None
