@@ -24,9 +24,11 @@ def test_merges_that_differ_only_in_a_setting_the_tag_does_not_spell_get_differe
                 MergeSpec(models=["a", "b"])]
     names = [v.default_name() for v in variants]
     assert len(set(names)) == len(names), names
-    # the plain merges keep their short, readable names; a setting that is irrelevant to the method adds nothing
+    # the plain merges keep their short, readable names; a setting irrelevant to the method is refused (session 13:
+    # it was ignored without a word), so it cannot reach the name
     assert names[3] == "a_b-slerp0.5" and names[7] == "a_b-ties-d0.5" and names[9] == "a_b-average"
-    assert MergeSpec(models=["a", "b"], seed=7).default_name() == "a_b-average"
+    with pytest.raises(ValueError, match="seed .* is for dare_linear / dare_ties; method 'average' does not use it"):
+        MergeSpec(models=["a", "b"], seed=7)
     assert MergeSpec(models=["a", "b"], method="slerp", t=[0, 1]).default_name() == names[0]  # stable
 
 
