@@ -17,8 +17,8 @@ via_app(__file__)
 st.title("Jobs")
 worker_banner()
 SHOWN = {100: "the 100 newest", 1000: "the 1,000 newest", 0: "all"}
-shown = st.selectbox("Jobs shown", list(SHOWN), format_func=SHOWN.get, key="jobs_shown",
-                     help="Queued and running jobs are always shown, however old.")
+shown = st.columns([1, 3])[0].selectbox("Jobs shown", list(SHOWN), format_func=SHOWN.get, key="jobs_shown",
+                                        help="Queued and running jobs are always shown, however old.")
 
 
 def output(job) -> str:
