@@ -544,14 +544,12 @@ def cmd_recipe(a) -> None:
     for p in plans:
         print("\n".join(p.lines()))
     if a.action == "run":
-        ids = [recipe.submit(p, text) for p in plans]
-        print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} submitted")
+        ids = recipe.run_recipe(text, queue=a.queue, plans=plans)  # without --queue: its own jobs, run here
+        print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+              f"{'submitted' if a.queue else 'done'}")
         if not a.queue:
             from backend import runner
 
-            # this run's jobs and those they wait for (another run's stage in flight), not every queued job
-            runner.worker(once=True, only=runner.with_dependencies(
-                job.id for run_id in ids for _, job in recipe.stages(run_id) if job is not None))
             bad = []
             for run_id in ids:
                 for row, job in recipe.stages(run_id):

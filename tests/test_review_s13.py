@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -360,10 +362,13 @@ def test_a_foreground_recipe_run_runs_its_own_jobs_and_what_they_wait_for_only(t
     elsewhere = add(kind="sft", status="queued")  # another run's stage in flight, which this run's stage reads
     mine = add(kind="merge", status="queued", needs=[elsewhere])
     monkeypatch.setattr(recipe, "plan_text", lambda text: [SimpleNamespace(lines=lambda: ["plan"])])
-    monkeypatch.setattr(recipe, "submit", lambda p, text: 7)
-    monkeypatch.setattr(recipe, "stages", lambda run_id: [
+    recipe_plan = importlib.import_module("backend.recipe.plan")  # the package exports its function plan()
+
+    monkeypatch.setattr(recipe_plan, "submit", lambda p, text: 7)
+    monkeypatch.setattr(recipe_plan, "stages", lambda run_id: [
         (SimpleNamespace(stage="merge", reused=False, output="m"), runner.get(mine)),
         (SimpleNamespace(stage="sft", reused=True, output="s"), runner.get(elsewhere))])
+    monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
     seen = {}
     monkeypatch.setattr(runner, "worker", lambda **k: seen.update(k))
     f = tmp_path / "r.yaml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import shutil
 import sys
@@ -210,14 +211,17 @@ def test_a_recipe_run_with_a_failed_stage_exits_1(tmp_path, monkeypatch):
 
     plan = SimpleNamespace(lines=lambda: ["plan"])
     monkeypatch.setattr(recipe, "plan_text", lambda text: [plan])
-    monkeypatch.setattr(recipe, "submit", lambda p, text: 4)
+    recipe_plan = importlib.import_module("backend.recipe.plan")  # the package exports its function plan()
+
+    monkeypatch.setattr(recipe_plan, "submit", lambda p, text: 4)
     monkeypatch.setattr(runner, "worker", lambda **k: None)
     ok, bad = add(Job(kind="upscale", status="succeeded"),
                   Job(kind="sft", status="failed", error="Data file x.jsonl does not exist."))
-    monkeypatch.setattr(recipe, "stages", lambda run_id: [
+    monkeypatch.setattr(recipe_plan, "stages", lambda run_id: [
         (SimpleNamespace(stage="upscaled", reused=False, output="u"), runner.get(ok.id)),
         (SimpleNamespace(stage="sft-a", reused=False, output="s"), runner.get(bad.id)),
         (SimpleNamespace(stage="base", reused=True, output="b"), None)])
+    monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
     f = tmp_path / "r.yaml"
     f.write_text("kind: recipe\n")
     rc, out, err = cli("recipe", "run", str(f))

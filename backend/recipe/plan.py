@@ -509,13 +509,15 @@ def plan_text(text: str) -> list[Plan]:
     return [plan(r) for r in expand_runs(load_recipe(text))]
 
 
-def run_recipe(text: str, *, queue: bool = True) -> list[int]:
-    """Plan every run of the recipe (all are checked before any is queued), submit them; without `queue`, run the
-    worker here until nothing runnable is left."""
-    plans = plan_text(text)
+def run_recipe(text: str, *, queue: bool = True, plans: list[Plan] | None = None) -> list[int]:
+    """Plan every run of the recipe (all are checked before any is queued; `plans`: planned already), submit them;
+    without `queue`, run here the runs' jobs and those they wait for (another run's stage in flight) until none is
+    runnable: not every job queued in the workspace, another machine's included."""
+    plans = plan_text(text) if plans is None else plans
     ids = [submit(p, text) for p in plans]
     if not queue:
-        runner.worker(once=True)
+        runner.worker(once=True, only=runner.with_dependencies(
+            job.id for run_id in ids for _, job in stages(run_id) if job is not None))
     return ids
 
 
