@@ -6,9 +6,7 @@ did not exist, missing files reported as Hub failures, and --help without defaul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import io
 import shutil
 import sys
 from pathlib import Path
@@ -18,31 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from backend import data, registry, runner
-from backend.__main__ import build_parser, main
+from backend.__main__ import build_parser
 from backend.specs import MergeSpec, explain
-from storage import db
 from storage.models import Job
+from tests.test_review_cli import add, cli  # main() as the shell runs it; rows added
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as stop:
-            rc = stop.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def add(*rows) -> list:
-    with db.session() as s:
-        s.add_all(rows)
-        s.commit()
-        for r in rows:
-            s.refresh(r)
-    return list(rows)
 
 
 @pytest.fixture
