@@ -546,7 +546,7 @@ def cmd_recipe(a) -> None:
     if a.action == "run":
         ids = recipe.run_recipe(text, queue=a.queue, plans=plans)  # without --queue: its own jobs, run here
         print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
-              f"{'submitted' if a.queue else 'done'}")
+              f"{'submitted' if a.queue else 'submitted and run here'}")
         if not a.queue:
             from backend import runner
 
