@@ -124,6 +124,14 @@ def absolute_paths(spec):
     return spec.model_copy(update=up)  # the paths passed the spec's checks here already, from this directory
 
 
+def _print_json(rows: list[dict]) -> None:
+    """A listing for scripts (`--json`): one JSON array, whole values (no column cut), times as ISO 8601."""
+    import json
+
+    print(json.dumps(rows, indent=1, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat")
+                     else str(v)))
+
+
 def _progress(frac: float, message: str) -> None:
     """A job's progress on stderr, at most twice a second, and its end: a 0.7 s build printed 80 lines."""
     now = time.monotonic()
@@ -323,6 +331,9 @@ def cmd_datasets(a) -> None:
     from backend.synth import pipeline
 
     if a.action == "list":
+        if a.json:
+            return _print_json([{"name": d.name, "kind": d.kind, "rows": d.rows, "path": d.path,
+                                 "provenance": d.provenance, "created": d.created} for d in pipeline.list_datasets()])
         print(f"{'name':36} {'kind':12} {'rows':>7}  path / sources")
         for d in pipeline.list_datasets():
             where = d.path or ", ".join(f"{x['source']}×{x['weight']:g}" for x in d.provenance.get("sources", []))
@@ -568,6 +579,12 @@ def cmd_models(a) -> None:
 
     if a.action == "list":
         rows = registry.list_models()
+        if a.json:
+            names = {r.name for r in rows}
+            return _print_json([{"name": r.name, "kind": r.kind, "layers": r.num_layers, "parameters":
+                                 r.num_parameters, "dtype": r.dtype, "path": r.path, "parents": r.parents or [],
+                                 "parents_registered": [registry.parent_present(p, names) for p in r.parents or []],
+                                 "source": r.source, "created": r.created} for r in rows])
         # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown
         # whole, not cut
         width = max([len("name"), *(len(r.name) for r in rows)])
@@ -634,8 +651,15 @@ def cmd_jobs(a) -> None:
 
     if a.action == "list":
         alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
+        jobs = runner.list_jobs(a.limit or None, kinds=a.kind, statuses=a.status)
+        if a.json:
+            return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
+                                 "message": runner.job_message(j, active, alive), "error": j.error,
+                                 "name": j.spec.get("name"), "result": j.result, "after": j.after,
+                                 "needs": j.needs or [], "created": j.created, "started": j.started,
+                                 "finished": j.finished} for j in jobs])
         cut = False
-        for j in runner.list_jobs():
+        for j in jobs:
             said = runner.job_message(j, active, alive)
             cut |= len(said) > 60
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
@@ -898,7 +922,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete")
     da = d.add_subparsers(dest="action", required=True)
-    da.add_parser("list", help="the registered data sets")
+    da.add_parser("list", help="the registered data sets").add_argument(
+        "--json", action="store_true", help="a JSON array, for scripts")
     ex = da.add_parser("export", help="write Synth. Math-Instruct / Math-Alignment from synthetic pairs, register both")
     ex.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
     ex.add_argument("--include-flagged", action="store_true", help="also the pairs the contamination check flagged")
@@ -959,6 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--name", help="import: the name to register (default: derived from the target)")
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
     m.add_argument("--force", action="store_true", help="delete: also when other models were made from it")
+    m.add_argument("--json", action="store_true", help="list: a JSON array, for scripts")
     m.set_defaults(fn=cmd_models)
 
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
@@ -981,7 +1007,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one")
     ja = j.add_subparsers(dest="action", required=True)
-    ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
+    jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
+    jl.add_argument("--limit", type=int, default=100, help="the newest N jobs, 0 for all (queued and running ones "
+                                                          "are always listed)")
+    jl.add_argument("--kind", nargs="+", help="only these kinds (upscale, cpt, sft, dpo, merge, eval, ...)")
+    from storage.models import JOB_STATUSES
+
+    jl.add_argument("--status", nargs="+", choices=JOB_STATUSES, help="only these statuses")
+    jl.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
     for action, what in (("show", "the job's whole message, log path, timings and spec"),
                          ("cancel", "stop a waiting or running job"),
                          ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "

@@ -244,12 +244,13 @@ def get(job_id: int) -> Job | None:
         return s.get(Job, job_id)
 
 
-def list_jobs(limit: int | None = 100, *, kinds=None) -> list[Job]:
-    """The newest `limit` jobs (None: all), of `kinds` when given, newest first, and every queued or running one
-    among them however old: a days-long training behind 100 newer jobs could not be opened, cancelled or waited
-    for on the pages, nor seen in `jobs list`."""
+def list_jobs(limit: int | None = 100, *, kinds=None, statuses=None) -> list[Job]:
+    """The newest `limit` jobs (None: all), of `kinds` and `statuses` when given, newest first, and every queued or
+    running one among them however old: a days-long training behind 100 newer jobs could not be opened, cancelled
+    or waited for on the pages, nor seen in `jobs list`."""
     with db.session() as s:
         q = select(Job).where(Job.kind.in_(kinds)) if kinds else select(Job)
+        q = q.where(Job.status.in_(statuses)) if statuses else q
         rows = list(s.exec(q.order_by(Job.id.desc()).limit(limit)))
         if limit is not None and len(rows) == limit:
             older = q.where(Job.status.in_(("queued", "running")), Job.id < rows[-1].id)

@@ -487,3 +487,28 @@ def test_a_spec_file_that_is_not_utf8_and_an_out_that_is_a_file_are_named(tmp_pa
     assert capsys.readouterr().err == f"error: {target} is a file, not a folder: choose another output folder. " \
                                       "Nothing was changed.\n"
     assert target.read_text() == "print()\n" and registry.get("tiny-dus-m1") is None
+
+
+def test_listings_for_scripts_as_json_with_filters(tiny_llama, capsys):
+    """Scripts had only fixed-width text, messages cut at 60 characters, the 100 newest jobs."""
+    import json
+
+    from backend import runner
+    from backend.__main__ import main
+
+    old = _old_running_job_behind(120)
+    runner._update(old, error="x" * 200)
+    assert main(["jobs", "list", "--json", "--limit", "5"]) in (0, None)
+    jobs = json.loads(capsys.readouterr().out)
+    assert [j["id"] for j in jobs] == [121, 120, 119, 118, 117, old]  # the 5 newest and the running one
+    assert jobs[-1]["kind"] == "sft" and jobs[-1]["status"] == "running" and jobs[-1]["name"] == "days-long"
+    assert main(["jobs", "list", "--json", "--limit", "0", "--status", "succeeded", "--kind", "merge"]) in (0, None)
+    assert len(json.loads(capsys.readouterr().out)) == 120
+    registry.import_folder(tiny_llama, "tiny")
+    registry.register(tiny_llama, "child", "trained", parents=["tiny", "gone"])
+    assert main(["models", "list", "--json"]) in (0, None)
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert models["child"]["parents"] == ["tiny", "gone"] and models["child"]["parents_registered"] == [True, False]
+    assert models["tiny"]["layers"] == 6 and isinstance(models["tiny"]["created"], str)
+    assert main(["datasets", "list", "--json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out) == []
