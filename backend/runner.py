@@ -722,19 +722,33 @@ def _runs_job(pid: int, job_id: int) -> bool:
         return not Path("/proc/self").exists()
     except OSError:
         return True
-    if state == "Z":
+    # ended (a zombie), or ending: a killed process's command line is gone before it is a zombie, and a check in
+    # that instant called a job killed by SIGKILL "interrupted" before its worker recorded it failed with the code
+    try:
+        ending = _cmdline(pid) == [b""]
+    except OSError:  # not ours to read: judged by its command line below, as before
+        ending = False
+    if state == "Z" or ending:
         return _command_holds(int(ppid), [b"backend", b"worker"])
     return _command_holds(pid, [b"jobs", b"exec", str(job_id).encode()])
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
+    """Process `pid`'s command line, split (an ending process's: [b""]); None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return None
 
 
 def _command_holds(pid: int, words: list[bytes]) -> bool:
     """Whether process `pid`'s command line holds `words` in a row."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
+        args = _cmdline(pid)
     except OSError:  # not ours to read
         return True
+    if args is None:
+        return False
     return any(args[i:i + len(words)] == words for i in range(len(args) - len(words) + 1))
 
 

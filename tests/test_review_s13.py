@@ -512,3 +512,23 @@ def test_listings_for_scripts_as_json_with_filters(tiny_llama, capsys):
     assert models["tiny"]["layers"] == 6 and isinstance(models["tiny"]["created"], str)
     assert main(["datasets", "list", "--json"]) in (0, None)
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_job_process_in_the_instant_of_its_death_still_counts_while_its_worker_may_reap_it(monkeypatch):
+    """SIGKILL: the process's command line is gone before it becomes a zombie. recover_orphans, looking in that
+    instant, called the job "interrupted" before its worker recorded "failed: exited with code -9" (a CI run of
+    test_faults' kill -9 test saw it)."""
+    import os
+
+    from backend import runner
+    from storage import db
+
+    worker = os.getpid()  # as if this process were the job's worker: its command line must say so
+    real_cmdline, real_stat = runner._cmdline, db._stat_fields
+    monkeypatch.setattr(db, "_stat_fields", lambda path: ("R", str(worker)) if path.name == "4242" else
+                        real_stat(path))
+    monkeypatch.setattr(runner.os, "kill", lambda pid, sig: None)
+    for parent, alive in (([b"python", b"-m", b"backend", b"worker", b""], True), ([b"bash", b""], False)):
+        monkeypatch.setattr(runner, "_cmdline", lambda pid, parent=parent: [b""] if pid == 4242 else
+                            parent if pid == worker else real_cmdline(pid))
+        assert runner._runs_job(4242, 7) is alive  # before: False, whatever its parent
