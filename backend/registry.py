@@ -426,7 +426,7 @@ def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:
             f"is unreachable ({type(exc).__name__}). Download it elsewhere and import the folder instead.")
 
 
-def check_import(target: str, name: str | None = None) -> tuple[str, str]:
+def check_import(target: str, name: str | None = None, *, read_gguf: bool = True) -> tuple[str, str]:
     """(what `target` is: builtin, gguf, folder or hub; the name it is registered under), refused before anything
     is read, downloaded or written — and before a job is queued (runner.submit): a file that is no .gguf, a path
     that does not exist, a name another model holds; both at once when both are wrong. The built-in model is
@@ -439,7 +439,7 @@ def check_import(target: str, name: str | None = None) -> tuple[str, str]:
                                 "For a copy under another name, import its folder (Models & chat shows it) with "
                                 "that name.")
         return "builtin", BUILTIN_NAME
-    kind, default, problems = _import_target(target)
+    kind, default, problems = _import_target(target, read_gguf)
     name = name or (safe_name(default) if default else None)
     if name:
         try:
@@ -451,13 +451,14 @@ def check_import(target: str, name: str | None = None) -> tuple[str, str]:
     return kind, name
 
 
-def _import_target(target: str) -> tuple[str, str, list[str]]:
-    """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch."""
+def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[str]]:
+    """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch. `read_gguf`: parse
+    a GGUF file's header for a file cut short (2–3 s; import_gguf, about to read it whole, explains that itself)."""
     p = Path(target).expanduser()
-    if p.suffix == ".gguf":  # gguf's reader maps the file and parses only its header: milliseconds, so a file cut
-        # short is refused here, before queueing, not when the job's turn comes
+    if p.suffix == ".gguf":  # gguf's reader maps the file and parses its header (2–3 s for the built-in, mostly its
+        # vocabulary), so a file cut short is refused here, before queueing, not when the job's turn comes
         problem = (f"GGUF file {p} does not exist." if not p.is_file()
-                   else _cut_short_message(p) if _gguf_cut_short(p) else None)
+                   else _cut_short_message(p) if read_gguf and _gguf_cut_short(p) else None)
         return "gguf", p.stem.split(".")[0], [problem] if problem else []
     if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
         try:
@@ -490,7 +491,7 @@ def _missing_weights(folder: Path) -> list[str]:
 def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,
                progress: Progress = _noop) -> ModelRecord:
     """One entry for the page and CLI: 'builtin', a folder, a .gguf file, or a Hub id (owner/name)."""
-    kind, name = check_import(target, name)
+    kind, name = check_import(target, name, read_gguf=False)  # the import reads the file, and says why it cannot
     if kind == "builtin":
         return import_builtin(progress)
     if kind == "gguf":
