@@ -43,13 +43,11 @@ def source_label(src: str) -> str:
 
 
 def latest_rows(models: list[str]) -> dict[tuple[str, str, str], EvalScore]:
-    """The rows of the newest run of each (model, task) of `models` (scoretable.newest_run), per (model, task,
-    metric): scoretable.latest_scores' shape, so the Compare page's functions read them alike."""
-    from backend.scoretable import newest_run  # scoretable imports this module's Table
+    """The rows of the newest run of each (model, task) of `models`, per (model, task, metric): the Compare page's
+    own scoretable.latest_scores, so its functions read them alike."""
+    from backend.scoretable import latest_scores  # scoretable imports this module's Table
 
-    with db.session() as s:
-        rows = s.exec(select(EvalScore).where(EvalScore.model.in_(models)).order_by(EvalScore.id)).all()
-    return {(r.model, r.task, r.metric): r for r in newest_run(rows, lambda r: (r.model, r.task))}
+    return latest_scores(models)
 
 
 def _column(task: str, metric: str) -> str:
