@@ -470,17 +470,34 @@ def stored_name(model: str) -> str:
     return rec.name if rec else registry.BUILTIN_NAME if model.lower() == "builtin" else model
 
 
+def missing_models(models: list[str]) -> list[str]:
+    """The models that are neither registered, nor the built-in one, nor a folder: what a recipe's evaluation
+    leaves out when the stage that was to make one failed (EvalSpec.skip_missing). A registered model whose folder
+    is gone is not among them: that is an error the evaluation reports."""
+    builtin = ("builtin", registry.BUILTIN_NAME.lower())
+    return [m for m in models
+            if registry.record(m) is None and m.lower() not in builtin and not Path(m).expanduser().is_dir()]
+
+
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     spec = spec.model_copy(update={"models": list(dict.fromkeys(stored_name(m) for m in spec.models))})
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
+    skipped = missing_models(spec.models) if spec.skip_missing else []
+    if skipped:
+        if len(skipped) == len(spec.models):
+            raise EvalError(f"none of the models to evaluate exists ({', '.join(skipped)}): the jobs that were to "
+                            "make them did not succeed.")
+        spec = spec.model_copy(update={"models": [m for m in spec.models if m not in skipped]})
+        progress(0.0, f"left out {', '.join(skipped)}: not registered (the job that was to make it did not succeed)")
     try:  # every task's items are read and checked before any model loads
         sets = [task_set(t, spec.limit) for t in spec.tasks]
     except (qa.QAError, ValueError) as exc:
         raise EvalError(str(exc)) from None
     done = stored_by_job(job_id)
     kept = sum(done.get((m, ts.task), 0) for m in spec.models for ts in sets)
-    notes = [f"resumed: kept the {kept} scores of {', '.join(f'{m} / {t}' for m, t in done)} that this job "
+    notes = [f"left out, not registered: {', '.join(skipped)}"] if skipped else []
+    notes += [f"resumed: kept the {kept} scores of {', '.join(f'{m} / {t}' for m, t in done)} that this job "
              "stored before it stopped"] if kept else []
     todo = [m for m in spec.models if any((m, ts.task) not in done for ts in sets)]
     # fail early on an unknown model; one whose scores were all kept may have been deleted since
@@ -547,5 +564,5 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
         del model
     progress(1.0, f"{stored} scores in {time.perf_counter() - t0:.0f} s" + (f", {kept} kept from the earlier run"
                                                                            if kept else ""))
-    return {"scores": stored + kept, "kept": kept, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
-            "device": {m: p.note for m, p in plans.items()}}
+    return {"scores": stored + kept, "kept": kept, "notes": notes, "skipped": skipped,
+            "seconds": round(time.perf_counter() - t0, 1), "device": {m: p.note for m, p in plans.items()}}

@@ -83,19 +83,24 @@ def work_function(kind: str) -> Callable[..., dict]:
     raise ValueError(f"No runner for job kind {kind!r}.")
 
 
-def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None) -> Job:
+def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None,
+           waits: list[int] | None = None) -> Job:
     """Queue a job; with `after`, it runs only once that job has succeeded (a CPT → SFT → DPO chain); with
-    `needs`, once every one of those jobs has (a merge waits for both candidates)."""
+    `needs`, once every one of those jobs has (a merge waits for both candidates); with `waits`, once every one of
+    those has ended, however it ended (a recipe's evaluation scores what its stages made: one failed stage leaves
+    its model out, not every model's scores)."""
     needs = sorted(set(needs or []))
-    for dep in ([after] if after is not None else []) + needs:
+    soft = sorted(set(waits or []) - set(needs) - {after})
+    for dep in ([after] if after is not None else []) + needs + soft:
         if get(dep) is None:
             raise ValueError(f"No job {dep} to wait for.")
-    waits = ([after] if after is not None else []) + needs
+    waits = ([after] if after is not None else []) + needs + soft
     check_before_queueing(spec)
     if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
         ray_jobs.check_submission(spec, addr)
     with db.session() as s:
         job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
+                  waits=soft,
                   message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
                   else WAITING)
         s.add(job)
@@ -266,9 +271,11 @@ def active_jobs() -> list[Job]:
 
 
 def _waits_on_a_job(job, by_id: dict) -> bool:
-    """Queued behind a job that has not succeeded yet: its own message ("waiting for job 4") says so."""
+    """Queued behind a job that has not succeeded yet (or, for `waits`, not ended yet): its own message ("waiting
+    for job 4") says so."""
     deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
-    return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps)
+    return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps) \
+        or any(getattr(by_id.get(d) or get(d), "status", None) in ("queued", "running") for d in job.waits or [])
 
 
 def _ended_dependency(job, by_id: dict) -> str | None:
@@ -775,13 +782,13 @@ def _mine():
 
 
 def with_dependencies(ids) -> set[int]:
-    """`ids` and every job they wait for (after, needs), transitively: what running them here takes."""
+    """`ids` and every job they wait for (after, needs, waits), transitively: what running them here takes."""
     out, todo = set(), list(ids)
     while todo:
         if (job_id := todo.pop()) in out or (job := get(job_id)) is None:
             continue
         out.add(job_id)
-        todo += ([job.after] if job.after is not None else []) + list(job.needs or [])
+        todo += ([job.after] if job.after is not None else []) + list(job.needs or []) + list(job.waits or [])
     return out
 
 
@@ -809,6 +816,9 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job |
                     blocked = True
                     break
                 waiting = waiting or dep.status != "succeeded"
+            for dep_id in job.waits or []:  # ended however (a job gone has ended too)
+                dep = s.get(Job, dep_id)
+                waiting = waiting or (dep is not None and dep.status in ("queued", "running"))
             if blocked or waiting:
                 continue
             # Safe with workers on several machines: SQLite holds its write lock for the whole statement, count

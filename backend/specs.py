@@ -486,6 +486,8 @@ class EvalSpec(_Spec):
     judge_model: str | None = Field(None, description="qa judge: the model name the server serves")
     judge_key_env: str = Field("OPENAI_API_KEY", description="qa judge: environment variable holding the key")
     judge_timeout: float = Field(60.0, gt=0, le=600, description="qa judge: seconds per request")
+    skip_missing: bool = Field(False, description="leave out, and name, the models not registered when the job "
+                                                  "starts (a recipe's evaluation: a stage that failed made none)")
 
     @field_validator("tasks")
     @classmethod

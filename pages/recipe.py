@@ -127,10 +127,7 @@ def live(run_id: int) -> None:
     rows = recipe.stages(run_id)
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
     st.graphviz_chart(tables.run_graph(run_id))
-    def state(r, j) -> str:
-        return "given" if r.info.get("status") == "given" else "reused" if r.reused else (j.status if j else "")
-
-    st.dataframe(pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": state(r, j), "job": r.job_id,
+    st.dataframe(pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": recipe.stage_state(r, j), "job": r.job_id,
                                 "model": r.output, "message": runner.job_message(j, active, alive)[:80] if j else ""}
                                for r, j in rows]),
                  hide_index=True, key="recipe_stages")

@@ -56,6 +56,9 @@ class Job(SQLModel, table=True):
     log_path: str = ""
     after: int | None = Field(default=None, index=True)  # run only once this job has succeeded
     needs: list[int] = Field(default_factory=list, sa_column=Column(JSON))  # and once all of these have (recipes)
+    # and once these have ended, however they ended (a recipe's evaluation: it scores the models its stages made,
+    # and one failed stage does not cancel the scores of the others)
+    waits: list[int] = Field(default_factory=list, sa_column=Column(JSON))
     run_dir: str = ""  # training jobs: checkpoints, metrics.jsonl, spec.json (stable, so resume finds them)
     pid: int | None = None
     # The machine whose worker claimed it: only that machine signals its process or judges it dead. A server

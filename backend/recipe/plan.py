@@ -423,7 +423,8 @@ def plan(recipe: RecipeSpec) -> Plan:
                 task_fps = _task_fps(spec.tasks, "eval.tasks", {})
             # only where a task reads a file or set: an evaluation of the built-in sets keeps the hash it had
             h = _sha(["eval", ev, n.hash, n.output] + ([task_fps] if task_fps else []))
-            nodes.append(Node(f"eval:{n.stage}", "eval", spec, "", h, [n.stage], info={"of": n.stage}))
+            nodes.append(Node(f"eval:{n.stage}", "eval", spec, "", h, [n.stage],
+                              info={"of": n.stage, "model": spec.models[0]}))
     _look_up(nodes)
     return Plan(recipe, nodes)
 
@@ -482,6 +483,8 @@ def submit(p: Plan, text: str = "") -> int:
 
     # One evaluation job for every model that needs one: each job pays a process start and imports (about 10 s
     # on a busy CPU), which dominates a small model's evaluation. Rows stay per model, so reuse stays per model.
+    # It waits for its models' jobs to end however they end, and leaves out a model whose job failed (skip_missing):
+    # with `needs`, one failed ablation cancelled every model's scores, and the run's tables came out empty.
     # On a Ray cluster they fan out instead, one job per model, across the nodes.
     evals = [] if addr else [n for n in p.nodes
                              if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
@@ -490,8 +493,9 @@ def submit(p: Plan, text: str = "") -> int:
             n.job_id = runner.submit(n.spec, needs=needs_of(n)).id
         jobs[n.stage] = n.job_id
     if evals:
-        spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models]})
-        job_id = runner.submit(spec, needs=sorted({j for n in evals for j in needs_of(n)})).id
+        spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models],
+                                                "skip_missing": True})
+        job_id = runner.submit(spec, waits=sorted({j for n in evals for j in needs_of(n)})).id
         for n in evals:
             n.job_id = jobs[n.stage] = job_id
     for n in p.nodes:
@@ -519,6 +523,22 @@ def run_recipe(text: str, *, queue: bool = True, plans: list[Plan] | None = None
         runner.worker(once=True, only=runner.with_dependencies(
             job.id for run_id in ids for _, job in stages(run_id) if job is not None))
     return ids
+
+
+def stage_state(row: RecipeStage, job: Job | None) -> str:
+    """A stage's state as the Recipe page and `recipe run` show it: given (the base), reused, its job's status, or
+    "skipped" for an evaluation whose model was not made (its stage failed; the shared evaluation job left it out
+    and scored the others)."""
+    info = row.info or {}
+    if info.get("status") == "given":
+        return "given"
+    if row.reused:
+        return "reused"
+    if job is None:
+        return ""
+    if row.kind == "eval" and job.status == "succeeded" and info.get("model") in (job.result or {}).get("skipped", []):
+        return "skipped"
+    return job.status
 
 
 def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
