@@ -898,6 +898,27 @@ def _not_ours_any_longer(running: dict) -> list[int]:
         and pid != running[i].pid)]
 
 
+def _interrupt_running(running: dict) -> None:
+    """A worker stopped by Ctrl-C (a foreground `train`, `recipe run`, `worker`): end the jobs it started here and
+    mark them interrupted at once. Each job process leads a session of its own (the terminal's Ctrl-C does not reach
+    it) and killed itself within 0.5 s of its worker's end (_watch_parent), but its row stayed "running" until a
+    worker next started and recovered it (the pages showed "running?" meanwhile). Jobs on a Ray cluster run on:
+    a worker's end does not stop them (the next worker watches them again)."""
+    for job_id, proc in running.items():
+        if isinstance(proc, ray_jobs.RayRun):
+            continue
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+            pass
+        resume = get(job_id) is not None and get(job_id).kind in TRAIN_KINDS
+        _transition(job_id, "running", _of_pid=proc.pid, status="interrupted", finished=utcnow(),
+                    message="interrupted: its worker was stopped (Ctrl-C); resume it to go on"
+                            + (" from its last checkpoint" if resume else "")
+                            + f" (Jobs page, or python -m backend jobs resume {job_id})")
+
+
 def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None) -> None:
     """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1). `once`: run what is
     runnable now, wait for it, then return (tests, scripts). `only`: run these jobs and no other (a foreground
@@ -927,52 +948,57 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
             running.update({j.id: ray_jobs.RayRun(addr, j.cluster_ref) for j in s.exec(
                 select(Job).where(Job.status == "running", _mine(), Job.cluster_ref != ""))})
     last_beat = 0.0
-    while True:
-        heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-        if time.monotonic() - last_beat > BEAT_EVERY:
-            beat()
-            last_beat = time.monotonic()
-        if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
-            for job_id in _not_ours_any_longer(running):
-                if isinstance(running[job_id], ray_jobs.RayRun):
-                    running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
+    try:
+        while True:
+            heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+            if time.monotonic() - last_beat > BEAT_EVERY:
+                beat()
+                last_beat = time.monotonic()
+            if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
+                for job_id in _not_ours_any_longer(running):
+                    if isinstance(running[job_id], ray_jobs.RayRun):
+                        running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
+                        continue
+                    try:
+                        os.killpg(running[job_id].pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            for job_id, proc in list(running.items()):
+                if isinstance(proc, ray_jobs.RayRun):
+                    if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
+                        del running[job_id]
+                        _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
                     continue
-                try:
-                    os.killpg(running[job_id].pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        for job_id, proc in list(running.items()):
-            if isinstance(proc, ray_jobs.RayRun):
-                if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
+                if proc.poll() is not None:
                     del running[job_id]
-                    _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+                    try:  # its own children (accelerate, the trainer) must not outlive a killed job process
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
+                    # Only its own run: after a resume another worker here may run the job again under a new pid.
+                    _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
+                                message="failed",
+                                error=f"the job process exited with code {proc.returncode} without finishing; see "
+                                      "its log" + ("; resume it to continue from its last checkpoint"
+                                                   if get(job_id).kind in TRAIN_KINDS else ""))
+            recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+            _clear_stopped()
+            busy = _busy()  # slots count every job running on this machine, also those another worker here started
+            job = _claim_next(slots, only) if not stop and busy < slots else None
+            if job is not None:
+                try:
+                    running[job.id] = start_child(job)
+                except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
+                    if not ray_jobs.is_ray(job.host):
+                        raise
+                    _transition(job.id, "running", status="queued", started=None, host="",
+                                message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
+                    time.sleep(poll)
                 continue
-            if proc.poll() is not None:
-                del running[job_id]
-                try:  # its own children (accelerate, the trainer) must not outlive a killed job process
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
-                # Only its own run: after a resume another worker here may run the job again under a new pid.
-                _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(), message="failed",
-                            error=f"the job process exited with code {proc.returncode} without finishing; see its "
-                                  "log" + ("; resume it to continue from its last checkpoint"
-                                           if get(job_id).kind in TRAIN_KINDS else ""))
-        recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
-        _clear_stopped()
-        busy = _busy()  # slots count every job running on this machine, also those another worker here started
-        job = _claim_next(slots, only) if not stop and busy < slots else None
-        if job is not None:
-            try:
-                running[job.id] = start_child(job)
-            except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
-                if not ray_jobs.is_ray(job.host):
-                    raise
-                _transition(job.id, "running", status="queued", started=None, host="",
-                            message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
-                time.sleep(poll)
-            continue
-        if not running and (once or stop):
-            return
-        time.sleep(0.2 if running else poll)
+            if not running and (once or stop):
+                return
+            time.sleep(0.2 if running else poll)
+    except KeyboardInterrupt:  # Ctrl-C (a foreground command's worker): its jobs stop now, and say so now
+        _interrupt_running(running)
+        raise
