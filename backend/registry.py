@@ -465,13 +465,29 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
             read_config(p)
         except CheckpointError as exc:
             return "folder", p.resolve().name, [str(exc)]
-        return "folder", p.resolve().name, _missing_weights(p)
+        return "folder", p.resolve().name, _missing_weights(p) + missing_tokenizer(p)
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
                         "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
         return "hub", target.split("/")[-1], []
     return "", "", [f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name)."]
+
+
+# the files transformers' AutoTokenizer builds a tokenizer from: fast (tokenizer.json), SentencePiece, BPE and
+# WordPiece vocabularies, tiktoken
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt", "*.tiktoken")
+
+
+def missing_tokenizer(folder: Path) -> list[str]:
+    """Why a model folder cannot be trained, evaluated or chatted with, if it has no tokenizer: such a folder was
+    registered, up-scaled and merged (their outputs had none either), and its first training job failed in the
+    trainer with "Couldn't instantiate the backend tokenizer from one of: …"."""
+    if any(any(Path(folder).glob(pattern)) for pattern in TOKENIZER_FILES):
+        return []
+    return [f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): training, evaluation and chat need "
+            "one. Copy the tokenizer files of the model these weights came from into the folder, then try again."]
 
 
 def _missing_weights(folder: Path) -> list[str]:

@@ -222,6 +222,8 @@ def _check_model_ref(ref: str) -> None:
         if _runs_here_only() and not Path(ref).expanduser().is_dir():
             raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
                              "model's name (python -m backend models list).")
+        if _runs_here_only() and (problem := registry.missing_tokenizer(Path(ref).expanduser())):
+            raise ValueError(problem[0])
         return
     raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
                      "model a queued job will make.")

@@ -138,6 +138,8 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
     check_trackers(spec)
     folder, model_name = registry.resolve(spec.model)
     inspect_model(folder)  # a truncated or broken folder is refused here, as upscale, merge and eval refuse it
+    if problem := registry.missing_tokenizer(folder):  # (a registered one too: made from such a folder before)
+        raise TrainingError(problem[0])
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
         data.check_source(source, spec.kind)
