@@ -349,7 +349,7 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
     return _finish(tmp, name, f"pickle:{folder}", progress)
 
 
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken"]
 # Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
 # adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
 # the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
@@ -391,6 +391,11 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     except (CheckpointError, ValueError):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if missing_tokenizer(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{repo_id!r} has no tokenizer at its root (none of {', '.join(TOKENIZER_FILES)}): "
+                            "training, evaluation and chat need one. Import the repo that publishes the model with "
+                            "its tokenizer, or download both into a folder and import the folder.")
     return _finish(tmp, name, f"hub:{repo_id}", progress)
 
 

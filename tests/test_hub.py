@@ -128,6 +128,18 @@ def test_import_hub_of_full_weights_beside_an_adapter_config_imports_the_full_mo
     assert same_weights({k: v for k, v in model.state_dict().items() if k in served}, served)
 
 
+def test_import_hub_of_a_repo_without_a_tokenizer_says_so_and_leaves_nothing(hub, tiny_llama, tmp_path, workspace):
+    """It was registered, and its first training failed in the trainer ("Couldn't instantiate the backend
+    tokenizer")."""
+    repo = model_repo(tiny_llama, tmp_path / "repo")
+    for f in repo.glob("tokenizer*"):
+        f.unlink()
+    hub.add("model/acme/bare", repo)
+    with pytest.raises(registry.RegistryError, match="'acme/bare' has no tokenizer at its root"):
+        registry.import_hub("acme/bare")
+    assert registry.get("bare") is None and nothing_left(workspace)
+
+
 def test_import_hub_at_a_pinned_revision_gets_that_commit(hub, tiny_llama, tiny_llama_untied):
     old = hub.add("model/acme/tiny-llama", tiny_llama)
     hub.add("model/acme/tiny-llama", tiny_llama_untied)  # main moved on
