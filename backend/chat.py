@@ -64,7 +64,12 @@ def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int =
     from transformers import TextIteratorStreamer
 
     tok, model = lm.tokenizer, lm.model
-    prompt = build_prompt(tok, messages)
+    try:
+        prompt = build_prompt(tok, messages)
+    except Exception as exc:  # noqa: BLE001 - jinja's TemplateError and whatever a template raises
+        # Mistral's and Gemma's templates refuse two user turns in a row (the Models page's history holds them after
+        # a reply failed); as jinja's TemplateError it passed the callers' `except RuntimeError` as a traceback
+        raise RuntimeError(f"the model's chat template refused this conversation: {exc}") from exc
     inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,

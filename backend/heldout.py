@@ -68,9 +68,13 @@ def lineage_sources(model: str) -> tuple[list[str], list[str]]:
 
 
 def row_text(row) -> str:
-    """Every string in a row (columns, chat turns), joined: what a model trained on the row has read."""
+    """Every string and number in a row (columns, chat turns), joined: what a model trained on the row has read.
+    Numbers too: a numeric answer column (GSM8K-style {"question", "answer": 72}) is text to the model, and left
+    out, an evaluation item copied from the row overlapped it by 0.8, not 1.0."""
     if isinstance(row, str):
         return row
+    if isinstance(row, (int, float)) and not isinstance(row, bool):
+        return str(row)
     if isinstance(row, dict):
         return "\n".join(row_text(v) for v in row.values() if v is not None)
     if isinstance(row, (list, tuple)):

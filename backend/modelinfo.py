@@ -22,6 +22,40 @@ _IGNORED_FOR_MATCH = {"_name_or_path", "transformers_version", "architectures", 
                       "torch_dtype", "dtype", "use_cache", *LAYER_COUNT_KEYS}
 
 
+# transformers 4 wrote these at the top of config.json (as the Hub's configs have them); transformers 5 writes them
+# into rope_parameters. rope_settings() reads either form.
+_ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor")
+_ROPE_WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
+
+
+def rope_settings(config: dict) -> dict:
+    """The RoPE settings of a config in one form, {rope_type, rope_theta, …} (one per layer type when the config
+    nests them), whichever transformers wrote it: as transformers 5 standardises them on loading
+    (modeling_rope_utils.standardize_rope_params). Empty for a model without RoPE."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        return {}
+
+    def one(p: dict) -> dict:
+        p = dict(p)
+        kind = p.pop("rope_type", None) or p.pop("type", None) or "default"
+        p.pop("type", None)
+        p["rope_type"] = kind
+        p.setdefault("rope_theta", config.get("rope_theta"))
+        if config.get("partial_rotary_factor") is not None:
+            p.setdefault("partial_rotary_factor", config["partial_rotary_factor"])
+        if kind in _ROPE_WITH_ORIGINAL_LENGTH:
+            p.setdefault("original_max_position_embeddings",
+                         config.get("original_max_position_embeddings", config.get("max_position_embeddings")))
+        return p
+
+    if params and all(isinstance(v, dict) or v is None for v in params.values()):  # per layer type
+        return {k: one(v) for k, v in params.items() if v is not None}
+    if not params and config.get("rope_theta") is None:
+        return {}
+    return one(params)
+
+
 class ArchitectureError(ValueError):
     """The model's layout is not one we can rearrange (no numbered layer stack, unknown layer count...)."""
 
@@ -75,9 +109,16 @@ class ModelInfo:
         return f"{self.layer_prefix}.{i}.{suffix}"
 
     def arch_signature(self) -> dict:
-        """What two models must share for their layers to be stacked or averaged together."""
+        """What two models must share for their layers to be stacked or averaged together.
+
+        RoPE settings are compared in one form (rope_settings): a trained model's config, saved by transformers 5,
+        holds them in rope_parameters, its Hub base's at the top, so the two were refused as "rope_theta: None vs
+        100000"; and rope_parameters, a dict, was skipped, so models with other RoPE bases were combined."""
         cfg = {k: v for k, v in self.config.items() if k not in _IGNORED_FOR_MATCH and not k.startswith("_")
-               and not isinstance(v, dict) and k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+               and not isinstance(v, dict) and k not in ("bos_token_id", "eos_token_id", "pad_token_id")
+               and k not in _ROPE_KEYS}
+        if rope := rope_settings(self.config):
+            cfg["rope"] = rope
         layer0 = {s: (t.dtype, t.shape) for s, t in self.layers[0].items()} if self.layers else {}
         other = {n: (t.dtype, t.shape) for n, t in self.other.items()}
         return {"config": cfg, "layer": layer0, "other": other, "prefix": self.layer_prefix}

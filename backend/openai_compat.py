@@ -19,4 +19,11 @@ def chat_completion(base_url: str, model: str, content: str, *, key: str = "", t
         headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(f"{base_url.rstrip('/')}/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())["choices"][0]["message"]["content"]
+        choice = json.loads(resp.read())["choices"][0]
+    content = choice["message"]["content"]
+    if not isinstance(content, str):
+        # null when the server stopped before any text (a reasoning model out of tokens, a refusal, a tool call):
+        # returned as is, the QA judge failed on None[:80] with a bare TypeError instead of its own message
+        raise TypeError(f"the reply has no text (content {content!r}, finish_reason "
+                        f"{choice.get('finish_reason')!r})")
+    return content

@@ -51,10 +51,12 @@ RULES = [  # what the compare page shows; classify() applies them in this order
                 "an abstention"),
     ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
 ]
-NORMALISATION = ("lower case; accents removed (é → e); punctuation → spaces; the articles a / an / the dropped; "
-                 "spaces collapsed; a reference matches when its normalised words appear as whole words in the "
-                 "normalised reply. Math: the final answer (\\boxed{}, '#### n', 'the answer is …', else the last "
-                 "number) compared as a number (0.5 = 1/2 = 50%).")
+NORMALISATION = ("lower case; accents removed (é → e), in any script; punctuation → spaces, except a decimal "
+                 "point inside a number (2.5 stays 2.5, so it is not the answer 2) and a thousands comma, which goes "
+                 "(1,000 = 1000); the articles a / an / the dropped; spaces collapsed; a reference matches when its "
+                 "normalised words appear as whole words in the normalised reply. Math: the final answer "
+                 "(\\boxed{}, '#### n', 'the answer is …', else the last number) compared as a number "
+                 "(0.5 = 1/2 = 50%).")
 
 
 class QAError(ValueError):
@@ -69,7 +71,8 @@ def load_items(path: str | Path) -> list[dict]:
     if not p.is_file():
         raise QAError(f"qa: {p} does not exist; give a JSONL file of {{id, question, answers, answerable}} rows.")
     items, seen = [], {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig: a file saved with a byte-order mark (Notepad) failed on line 1 as "not valid JSON"
+    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -114,9 +117,18 @@ def prompt_for(item: dict) -> str:
 
 # ---------------------------------------------------------------- rules
 
+_FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "æ": "ae", "œ": "oe", "ı": "i"})  # no accent NFKD splits off
+
+
 def normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    text = re.sub(r"[^\w\s]", " ", text)
+    """NORMALISATION. Accents go by dropping the combining marks NFKD splits off: encoding to ASCII dropped every
+    letter of other scripts too, so 'Москва' or '東京' normalised to nothing and a reply naming the reference
+    exactly was "wrong". A decimal point inside a number is kept and a thousands comma removed: punctuation as
+    spaces made '2.5' contain the answer '2' and '1,000' miss the answer '1000'."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    text = text.casefold().translate(_FOLD)
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
+    text = re.sub(r"(?!(?<=\d)\.(?=\d))[^\w\s]", " ", text)
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 

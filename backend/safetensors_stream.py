@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+# Every whole-byte dtype the safetensors format names (its Rust Dtype enum, as safetensors 0.8 writes them): a file in
+# one left out here (AMD's FNUZ fp8, microscaling's E8M0 scales) was refused as "corrupt ... re-download it".
 DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+    "F8_E8M0": 1, "C64": 8,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }
 INDEX_NAME = "model.safetensors.index.json"
@@ -82,6 +85,11 @@ def read_header(path: Path) -> tuple[dict, int]:
     header.pop("__metadata__", None)
     data_start = 8 + hlen
     for name, info in header.items():
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if isinstance(dtype, str) and dtype not in DTYPE_SIZES:  # a sub-byte or newer dtype, not a broken file
+            raise CheckpointError(f"{path}: tensor {name!r} is stored as {dtype}, a dtype this tool cannot copy "
+                                  f"(it copies {', '.join(DTYPE_SIZES)}). Convert the model to bfloat16 or "
+                                  "float16 first.")
         try:
             dtype, shape, (lo, hi) = info["dtype"], info["shape"], info["data_offsets"]
             numel = 1
@@ -108,15 +116,25 @@ def _check_no_trailing_bytes(path: Path, header: dict, data_start: int, size: in
                               "written over it in place. Re-download or re-export it.")
 
 
+def _weight_map(folder: Path) -> dict[str, str] | None:
+    """The index's tensor -> shard file map, None without an index."""
+    index = Path(folder) / INDEX_NAME
+    if not index.exists():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} is not a valid safetensors index (weight_map is not an object).")
+    return weight_map
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a model folder, following the index when there is one."""
     folder = Path(folder)
-    index = folder / INDEX_NAME
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).")
+    weight_map = _weight_map(folder)
+    if weight_map is not None:
         files = [folder / f for f in dict.fromkeys(weight_map.values())]
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -142,13 +160,31 @@ def _no_safetensors(folder: Path) -> str:
 
 
 def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
-    """Map every tensor name of a model folder to where its bytes are. Reads headers only."""
+    """Map every tensor name of a model folder to where its bytes are. Reads headers only.
+
+    With an index, a tensor comes from the shard the index names (as transformers reads it), and a tensor the index
+    names but its shard does not hold is an error: before, it was left out without a word, and a model built on
+    the checkpoint lacked it (an untied lm_head, say, which transformers then initialises at random). Without an
+    index, one name in two files is an error: which copy is the model's cannot be told."""
+    folder = Path(folder)
+    weight_map = _weight_map(folder)
     tensors: dict[str, TensorRef] = {}
     for file in weight_files(folder):
         header, start = read_header(file)
         for name, info in header.items():
+            if weight_map is not None and name in weight_map and folder / weight_map[name] != file:
+                continue  # a stale copy: the index puts this tensor in another shard
+            if name in tensors:
+                raise CheckpointError(f"{folder}: tensor {name!r} is in both {tensors[name].file.name} and "
+                                      f"{file.name}, and no {INDEX_NAME} says which is the model's. Remove the "
+                                      "stale file.")
             lo, hi = info["data_offsets"]
             tensors[name] = TensorRef(file, name, info["dtype"], tuple(info["shape"]), start + lo, hi - lo)
+    missing = [name for name in (weight_map or {}) if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{folder}: {INDEX_NAME} names {len(missing)} tensor(s) that their shard does not "
+                              f"hold ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}). The download or "
+                              "export is incomplete or a shard was replaced: re-download or re-export it.")
     return tensors
 
 

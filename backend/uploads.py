@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from pathlib import Path, PureWindowsPath
 from typing import Iterable
 
@@ -57,7 +58,13 @@ def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = D
         raise ValueError(f"upload {sent_name!r}: {path} is outside {root}.")
     if path.is_file() and path.stat().st_size == len(data):
         return path  # same hash, same name: already here
-    tmp = root / f".{path.name}.{os.getpid()}.partial"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # per thread, not only per process: Streamlit's sessions are threads of one process, and two saving the same
+    # file at once shared one temporary name, so the second rename found it gone (FileNotFoundError)
+    tmp = root / f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a disk-full write leaves no partial file behind
+        raise
     return path

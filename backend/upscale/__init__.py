@@ -9,6 +9,7 @@ into a temporary folder and rename it into place; only a complete folder is regi
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,36 @@ METHODS = {"dus": dus.plan, "slices": slices.plan, "llama-pro": llama_pro.plan}
 
 class MismatchError(ValueError):
     pass
+
+
+# GPT-J and CodeGen name their MLP's output projection fc_out, which llama_pro.OUTPUT_PROJECTIONS lacks: an inserted
+# block zeroed only its attention output, kept adding its MLP's output, and was no identity (logits moved by 0.18
+# on a tiny GPT-J), without a word.
+_MORE_OUTPUT_PROJECTIONS = re.compile(r"(^|\.)fc_out\.(weight|bias)$")
+
+
+def is_output_projection(suffix: str) -> bool:
+    """A layer tensor that writes into the residual stream: zeroed in a LLaMA Pro identity block."""
+    return bool(llama_pro.OUTPUT_PROJECTIONS.search(suffix) or _MORE_OUTPUT_PROJECTIONS.search(suffix))
+
+
+def check_identity_blocks(layer: dict, model_type: str) -> None:
+    """Every sub-block of a layer (the first part of a tensor's suffix: self_attn, mlp, attn, ffn…) that holds a
+    weight matrix must have an output projection to zero; otherwise that sub-block still writes into the residual
+    stream and the inserted block is no identity. Only "some projection was zeroed" was checked, so an
+    architecture whose MLP output has a name not in the list (GPT-J's fc_out, before it was added) built a model
+    that did not compute what its base did."""
+    groups: dict[str, bool] = {}
+    for suffix, ref in layer.items():
+        parts = suffix.split(".")
+        if len(parts) < 3 or len(ref.shape) < 2:  # norms and biases; flat names give no sub-block to check
+            continue
+        groups[parts[0]] = groups.get(parts[0], False) or is_output_projection(suffix)
+    unzeroed = sorted(g for g, zeroed in groups.items() if not zeroed)
+    if unzeroed:
+        raise ValueError(f"llama-pro: in this {model_type} model, {', '.join(unzeroed)} has no output projection "
+                         "this tool knows (o_proj, down_proj, out_proj, c_proj, fc2, fc_out, dense…) to zero, so the "
+                         "inserted blocks would not be identities. Use method dus or slices for this model.")
 
 
 @dataclass
@@ -71,6 +102,13 @@ class UpscalePlan:
                 out.append({"source": sl.source, "start": sl.layer, "end": sl.layer + 1, "identity": sl.identity,
                             "first_slot": i, "last_slot": i})
         return out
+
+    @property
+    def used_names(self) -> list[str]:
+        """The sources some layer comes from (the base always: embeddings, norm and head are its own). A second
+        model no slice takes from was registered as a parent and named on the card, so the lineage (and the
+        held-out check, backend/heldout.py) counted its training data as this model's."""
+        return list(dict.fromkeys(self.source_names[k] for k in sorted({0} | {sl.source for sl in self.slots})))
 
     def layer_map(self) -> list[dict]:
         return [{"slot": i, "source": sl.source, "layer": sl.layer, "identity": sl.identity}
@@ -121,7 +159,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
     for i, slot in enumerate(slots):
         src = sources[slot.source]
         for suffix, ref in src.layers[slot.layer].items():
-            zero = slot.identity and bool(llama_pro.OUTPUT_PROJECTIONS.search(suffix))
+            zero = slot.identity and is_output_projection(suffix)
             tensors.append(OutTensor(base.layer_tensor_name(i, suffix), ref.dtype, ref.shape, ref.nbytes,
                                      None if zero else ref))
     if spec.method == "llama-pro":
@@ -129,6 +167,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
         if not zeroed:
             raise ValueError("llama-pro: found no attention/MLP output projections (o_proj, down_proj…) to zero in "
                              f"this {base.model_type} model, so the inserted blocks would not be identities.")
+        check_identity_blocks(base.layers[0], base.model_type)
     for name, ref in base.other.items():
         if name not in emb_names:
             tensors.append(OutTensor(name, ref.dtype, ref.shape, ref.nbytes, ref))
@@ -141,8 +180,11 @@ def new_config(plan: UpscalePlan) -> dict:
     cfg[base.layer_count_key] = plan.s
     # Per-layer lists (layer_types in Qwen2 / Gemma / Mistral configs) follow the layer map: a stale list would
     # give a copied layer the attention type of whatever layer used to sit in its slot.
+    # Token-id lists (Llama 3's eos_token_id has three ids) are no per-layer list, whatever their length: on a
+    # 3-layer model the eos ids were re-mapped like layers ([a, b, c] -> [a, b, c, c]).
     for key, value in base.config.items():
-        if isinstance(value, list) and len(value) == base.num_layers and key != "architectures":
+        if isinstance(value, list) and len(value) == base.num_layers and key != "architectures" \
+                and not key.endswith(("_token_id", "_token_ids")):
             cfg[key] = [plan.sources[sl.source].config.get(key, value)[sl.layer] for sl in plan.slots]
     if "max_window_layers" in cfg and "layer_types" not in cfg:
         if base.config.get("use_sliding_window") and base.config.get("sliding_window") is not None:
@@ -173,7 +215,7 @@ tags: [depth-up-scaling, dus-studio]
 ---
 # {name}
 
-Built by DUS Studio with **{spec.method}** from `{plan.source_names[0]}`{' and `' + plan.source_names[1] + '`' if spec.second else ''}.
+Built by DUS Studio with **{spec.method}** from {' and '.join(f"`{n}`" for n in plan.used_names)}.
 {f"Depth up-scaling (SOLAR, arXiv 2312.15166): n = {plan.n}, m = {spec.m}, s = 2·(n−m) = {plan.s}." if spec.method == "dus" else ""}
 {f"LLaMA Pro block expansion (arXiv 2401.02415): {spec.groups} identity blocks inserted." if spec.method == "llama-pro" else ""}
 
@@ -204,7 +246,7 @@ def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progre
         (tmp / "config.json").write_text(json.dumps(new_config(plan), indent=2))
         copy_companions(plan.sources[0].folder, tmp)
         (tmp / "README.md").write_text(model_card(plan, name, out_dir))
-    rec = register_output(out_dir, name, "upscaled", parents=list(dict.fromkeys(plan.source_names)),
+    rec = register_output(out_dir, name, "upscaled", parents=plan.used_names,
                           recipe=spec.model_dump(mode="json"), source=spec.method)
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
