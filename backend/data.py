@@ -319,6 +319,12 @@ def _checked_row(row: dict, number: int, name: str, layout: str, kind: str) -> d
     if kind == "sft" and (problem := _turns_problem("messages", out["messages"], ("role", "content"),
                                                     "{role, content}")):
         raise DataError(f"{name}, row {number}: {problem} (made from the {layout} layout). Fix or remove that row.")
+    if kind == "sft" and not any(m["role"] == "assistant" for m in out["messages"][1:]):
+        # SFT learns the assistant's replies: a conversation without one (or opening with it) trained the model to
+        # write the user's side, and a completion-only loss had nothing to learn from it
+        raise DataError(f"{name}, row {number}: no assistant reply after the first turn (roles: "
+                        f"{', '.join(m['role'] for m in out['messages'])}): SFT learns the assistant's replies. "
+                        "Fix or remove that row.")
     if kind == "cpt" and not isinstance(out.get("text"), str):
         raise DataError(f"{name}, row {number}: text must be a string; got {type(out.get('text')).__name__}.")
     return out
@@ -477,6 +483,19 @@ def _messages(row: dict, layout: str) -> list[dict]:
             return ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt or [])) + chosen
         return [{"role": "user", "content": prompt or ""}, {"role": "assistant", "content": chosen}]
     raise DataError(f"layout {layout} has no conversation form")
+
+
+def to_prompt_completion(ds):
+    """SFT rows ({messages}) in trl's conversational prompt-completion form: the conversation up to its last
+    assistant reply is the prompt, that reply the completion, and trl's loss covers the completion only
+    (SftSpec.completion_only_loss). Turns after the last reply (a user's question left unanswered) teach nothing and
+    are dropped; every row has a reply (_checked_row)."""
+    def split(row: dict) -> dict:
+        msgs = row["messages"]
+        k = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return {"prompt": msgs[:k], "completion": [msgs[k]]}
+
+    return ds.map(split, remove_columns=ds.column_names)
 
 
 def convert_row(row: dict, layout: str, kind: str) -> dict[str, Any]:

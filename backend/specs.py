@@ -254,6 +254,9 @@ class SftSpec(_TrainSpec):
     kind: Literal["sft"] = "sft"
     packing: bool | None = Field(None, description="pack examples into full sequences; default: on with CUDA")
     learning_rate: float = Field(2e-5, gt=0, lt=1)
+    completion_only_loss: bool = Field(False, description="loss on each conversation's last assistant reply only "
+                                                          "(what comes before it is its prompt, not learned); "
+                                                          "default: every token, trl's default for conversations")
 
 
 class DpoSpec(_TrainSpec):

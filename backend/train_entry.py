@@ -215,7 +215,8 @@ def make_config(spec, run_dir: Path, has_eval: bool, r: perf.Resolved | None = N
     # times slower on an H200 (trl 1.16, 1.1B Llama shape, sequence 2048: 7.6k vs 37.5k tokens/s) — perf.resolve
     # picks it only with a flash kernel.
     return SFTConfig(packing=r.packing, packing_strategy=r.packing_strategy, padding_free=r.padding_free,
-                     dataset_text_field="text", **common)
+                     dataset_text_field="text", completion_only_loss=bool(getattr(spec, "completion_only_loss", False))
+                     if spec.kind == "sft" else None, **common)
 
 
 def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
@@ -260,6 +261,10 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
     if spec.eval_data:
         evals, _ = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
+    if getattr(spec, "completion_only_loss", False):
+        train = data.to_prompt_completion(train)
+        evals = data.to_prompt_completion(evals) if evals is not None else None
+        print("loss: on each conversation's last assistant reply only (completion_only_loss)", flush=True)
     world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE") else None  # set by torchrun and Ray Train
     choices = perf.resolve(spec, CUDA, train_rows=len(train), processes=world)
     if int(os.environ.get("RANK", "0")) == 0:
