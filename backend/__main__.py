@@ -7,19 +7,26 @@
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
     python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] … | delete NAME
+    python -m backend datasets pairs PAIRS_NAME [--status failed] | reject PAIRS_NAME PAIR_ID [--undo]
+    python -m backend datasets push PAIRS_NAME --repo OWNER/NAME      # needs HF_TOKEN with write access
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
                             [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
-    python -m backend run SPEC.yaml [--queue] [--num-machines N --machine-rank R --main-process-ip HOST0]
+    python -m backend run SPEC.yaml [--queue] [--name NAME] [--num-machines N --machine-rank R
+                            --main-process-ip HOST0]
     python -m backend slurm SPEC.yaml [--nodes N --gpus-per-node G --partition P --time HH:MM:SS] > train.sbatch
     python -m backend recipe new smoke|solar-mini|solar-10.7b [--base B] [--m M] > R.yaml
     python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
+    python -m backend recipe runs [--limit N] [--json]      # the runs and their stages' statuses (the Recipe page)
+    python -m backend chat MODEL --prompt TEXT [--system TEXT] [--max-new-tokens N]   # one reply, printed
     python -m backend worker
     python -m backend cluster status | check          # with DUS_RAY_ADDRESS=http://HEAD:8265 (a Ray cluster)
     python -m backend jobs list | show ID | cancel ID | resume ID | wait ID [--timeout S]
+    python -m backend jobs log ID [--lines N] [--follow]    # --follow: like tail -f, until the job ends
     python -m backend auth hash | check [--address 0.0.0.0]
 
 Commands do their work in the foreground and exit when it is done; `--queue` hands it to the worker instead.
+Ctrl-C stops a command with one line saying what was stopped and what goes on (exit code 130).
 Local paths (files, folders, --out) are taken from the directory you run the command in, and the spec holds
 them absolute, so a queued job and a saved spec find them from anywhere.
 """
@@ -40,12 +47,16 @@ EXIT_CODES = """exit codes:
   0  done (or queued)
   1  the work ran and failed, or produced nothing: a foreground job that failed, a recipe run with a failed
      stage, synth-math with no verified pair, compare refused for too few shared items, jobs cancel of a
-     finished job, jobs wait on a job that did not succeed
+     finished job, jobs wait or jobs log --follow on a job that did not succeed, a chat reply whose generation
+     failed, datasets push the Hub refused or could not be reached
   2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
      running, such as a damaged weights file)
-  124  jobs wait --timeout: the job had not finished in time"""
+  124  jobs wait --timeout: the job had not finished in time
+  130  interrupted (Ctrl-C): one line says what stopped and what goes on"""
 
 _printed = [-1.0]  # when _progress last printed (time.monotonic)
+# what a Ctrl-C stops, said in main's one line: set by a command as it starts waiting or working (None: the command)
+_on_interrupt: list = [None]
 
 
 class WorkFailed(Exception):
@@ -164,6 +175,9 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         job = runner.submit(spec, after=a.after)
         print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
         return
+    _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
+                                "is nothing to resume: run the command again (with --queue the worker runs it, and "
+                                "closing the terminal does not stop it)")
     try:
         result = runner.work_function(spec.kind)(spec, None, _progress)
     except (RuntimeError, OSError) as exc:  # the work ran and failed (the trainer's exit, out of memory, a full
@@ -220,7 +234,7 @@ def cmd_train(a) -> None:
                   **_machine_fields(a))
     for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
                 "beta", "loss_type", "eval_fraction", "seed", "report_to", "keep_checkpoints", "grad_accum",
-                "lr_scheduler", "warmup_ratio", "weight_decay"):
+                "lr_scheduler", "warmup_ratio", "weight_decay", "completion_only_loss"):
         if getattr(a, key, None) is not None:
             fields[key] = getattr(a, key)
     if a.eval_data:
@@ -351,6 +365,85 @@ def cmd_datasets(a) -> None:
         print(f"saved {', '.join(r.name for r in saved)} (Synth. Math from {a.name}): use --data mix:NAME")
     elif a.action == "delete":
         print(pipeline.delete_dataset(a.name, force=a.force))
+    elif a.action == "pairs":
+        print_pairs(a)
+    elif a.action == "reject":
+        print(reject_pair(a.name, a.pair_id, a.undo))
+    elif a.action == "push":
+        try:
+            print(pipeline.push_to_hub(a.name, a.repo))
+        except pipeline.DatasetError as exc:  # the push was tried and the Hub refused it or did not answer: 1; a
+            # refusal before any upload (no token, no export, an export older than a hand rejection): 2
+            if str(exc).startswith("Could not "):
+                raise WorkFailed(str(exc)) from exc
+            raise
+
+
+def _pairs_set(name: str):
+    """The synthetic pairs data set `name`, or a refusal naming where the names are."""
+    from backend.synth import pipeline
+
+    rec = pipeline.get_dataset(name)
+    if rec is None or rec.kind != "synth-pairs":
+        raise pipeline.DatasetError(f"No synthetic pairs named {name!r}: `python -m backend datasets list` shows "
+                                    "them (kind synth-pairs; their names end in -pairs).")
+    return rec
+
+
+def print_pairs(a) -> None:
+    """`datasets pairs NAME`: the Synthetic math page's inspector as lines (pipeline.query_pairs, its filters), with
+    each pair's id for `datasets reject`."""
+    from backend.synth import pipeline
+
+    if a.limit < 1 or a.page < 1:
+        raise ValueError(f"--limit {a.limit} --page {a.page}: give 1 or more for both.")
+    rec = _pairs_set(a.name)
+    total, rows = pipeline.query_pairs(rec.id, categories=a.category, levels=a.level, states=a.status,
+                                       search=a.search or "", page=a.page - 1, page_size=a.limit)
+    if a.json:
+        return _print_json([{"id": p.id, "status": p.status, "rejected_by_hand": p.rejected_by_hand,
+                             "reason": p.reason, "category": p.category, "level": p.level, "question": p.question,
+                             "solution": p.solution, "answer": p.answer, "new_question": p.new_question,
+                             "new_solution": p.new_solution, "new_answer": p.new_answer} for p in rows])
+    for p in rows:
+        state = p.status + (", rejected by hand" if p.rejected_by_hand else "")
+        reason = f" ({p.reason})" if p.reason and p.reason != pipeline.HAND_REJECTED else ""
+        question = " ".join((p.new_question or p.question).split())
+        print(f"{p.id:7d}  {state:27} {p.category} L{p.level}  answer {p.answer}{reason}  "
+              f"{question if len(question) <= 70 else question[:69] + '…'}")
+    pages = max(1, -(-total // a.limit))
+    print(f"{len(rows)} of {total} matching pairs (page {a.page} of {pages}; --page N for another); the whole pair: "
+          "--json", file=sys.stderr)
+
+
+def reject_pair(name: str, pair_id: int, undo: bool) -> str:
+    """`datasets reject NAME ID [--undo]`: the inspector's Reject this pair / Undo rejection (pipeline.reject_by_hand),
+    for a pair of that data set only (an id of another run's pairs is refused, not rejected there)."""
+    from backend.synth import pipeline
+    from storage import db
+    from storage.models import SynthPair
+
+    rec = _pairs_set(name)
+    with db.session() as s:
+        pair = s.get(SynthPair, pair_id)
+    if pair is None or pair.dataset_id != rec.id:
+        raise pipeline.DatasetError(f"No pair {pair_id} in {name}: `python -m backend datasets pairs {name}` lists "
+                                    "its pairs with their ids.")
+    if pair.rejected_by_hand != undo:
+        return f"pair {pair_id} of {name}: {'not rejected by hand' if undo else 'rejected by hand'} already"
+    pipeline.reject_by_hand(pair_id, undo=undo)
+    said = f"pair {pair_id} of {name}: {'rejection undone' if undo else 'rejected by hand'}"
+    prefix = name.removesuffix("-pairs")
+    if pair.status == "failed":
+        return said + " (a failed pair is never exported)"
+    export = pipeline.get_dataset(f"{prefix}-instruct")
+    if export is None:
+        return said
+    if pair.status == "flagged" and not export.provenance.get("include_flagged"):
+        return said + (f" (its export leaves flagged pairs out; `datasets export {name} --include-flagged` takes "
+                       "them)")
+    return said + (f"; {prefix}-instruct and {prefix}-alignment are as exported before: `python -m backend datasets "
+                   f"export {name}` writes them {'with' if undo else 'without'} it (a push is refused until then)")
 
 
 def cmd_merge(a) -> None:
@@ -492,14 +585,19 @@ def cmd_run(a) -> None:
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
         # recipe.submit has no `after` (its first stages wait for nothing) and runs no stage on several machines:
         # refused, not dropped (`run R.yaml --after 20` ran at once)
-        dropped = [f"--{k.replace('_', '-')}" for k in ("after", *MACHINE_FIELDS, "num_processes", "run_name")
-                   if getattr(a, k, None) is not None]
+        dropped = [f"--{k.replace('_', '-')}" for k in ("after", *MACHINE_FIELDS, "num_processes", "run_name",
+                                                         "name") if getattr(a, k, None) is not None]
         if dropped:
             raise ValueError(f"{' '.join(dropped)}: a recipe cannot take {'it' if len(dropped) == 1 else 'them'} "
                              f"({a.spec} is a recipe; its stages wait only for each other, and each stage's spec "
                              "says where it runs). Run it once that job is done, or `run` a single spec.")
         return cmd_recipe(argparse.Namespace(action="run", target=a.spec, queue=a.queue))
     spec = load_spec(a.spec)
+    if a.name is not None:  # the spec's own checks judge the name, as when the page's name field is typed
+        if "name" not in type(spec).model_fields:
+            raise ValueError(f"--name: a {spec.kind} spec makes nothing to name (--name names the model an upscale, "
+                             "merge, import or training makes, or synth-math's data sets).")
+        spec = type(spec).model_validate({**spec.model_dump(), "name": a.name})
     over = {**_machine_fields(a), **({"num_processes": a.num_processes} if a.num_processes else {})}
     if over or a.run_name:  # a Slurm task (backend/cluster/slurm.py) places its node this way
         if spec.kind not in TRAIN_KINDS:
@@ -549,22 +647,28 @@ def cmd_recipe(a) -> None:
     if a.action == "cancel":
         print(f"cancelled jobs: {recipe.cancel_run(a.target) or 'none were still waiting or running'}")
         return
+    if a.action == "runs":
+        return print_runs(a.limit, a.json)
     with open(a.target) as f:
         text = f.read()
     plans = recipe.plan_text(text)
     for p in plans:
         print("\n".join(p.lines()))
     if a.action == "run":
+        if not a.queue:  # Ctrl-C while its stages run here: which runs were submitted, and what goes on
+            before = max([r.id for r in recipe.runs(1)], default=0)
+            _on_interrupt[0] = lambda: _recipe_interrupted(before)
         ids = recipe.run_recipe(text, queue=a.queue, plans=plans)  # without --queue: its own jobs, run here
         print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
               f"{'submitted' if a.queue else 'submitted and run here'}")
         if not a.queue:
             from backend import runner
 
+            _wait_for_other_workers(ids)
             bad = []
             for run_id in ids:
                 for row, job in recipe.stages(run_id):
-                    state = "reused" if row.reused else (job.status if job else "-")
+                    state = stage_state(row, job) or "-"
                     said = runner.job_message(job) if job else ""  # the reason, as `jobs list` says it
                     print(f"  {row.stage:28} {state:10} {row.output} {said[:100]}")
                     if not row.reused and job and job.status != "succeeded":
@@ -572,6 +676,140 @@ def cmd_recipe(a) -> None:
             if bad:
                 raise WorkFailed(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
                                  f"{len(bad)} stage{'s' if len(bad) > 1 else ''} did not succeed: {', '.join(bad)}.")
+
+
+def _taken_elsewhere(run_ids: list[int]) -> list[int]:
+    """The runs' stage jobs still to end once the foreground worker found nothing more to run: running, or queued
+    behind a job that still runs (not those that will not run, behind a failed one). A worker started elsewhere
+    (run.sh's, another machine's) claimed one of them first, and the rest wait on it."""
+    from backend import recipe, runner
+
+    alive, active = runner.worker_alive(), runner.active_jobs()
+    return sorted({job.id for run_id in run_ids for row, job in recipe.stages(run_id)
+                   if job is not None and not row.reused and (job.status == "running" or (
+                       job.status == "queued" and not runner.job_message(job, active, alive).startswith("will not")))})
+
+
+def _wait_for_other_workers(run_ids: list[int]) -> None:
+    """A foreground `recipe run` ends when its runs end: with another worker alive that took a stage (its jobs are
+    queued for any worker), wait for it, rather than report its running and queued stages as failed (exit 1 while
+    the run went on)."""
+    from backend import runner
+
+    waiting = _taken_elsewhere(run_ids)
+    if not waiting or not runner.worker_alive():
+        return
+    runs = ", ".join(map(str, run_ids))
+    print(f"another worker took stage jobs of recipe run {runs}: waiting for jobs {', '.join(map(str, waiting))} to "
+          "end (Ctrl-C stops waiting, not them)", file=sys.stderr, flush=True)
+    _on_interrupt[0] = lambda: (f"stopped waiting; recipe run {runs} goes on in the other worker (python -m backend "
+                                "recipe runs shows it)")
+    while _taken_elsewhere(run_ids) and runner.worker_alive():
+        time.sleep(2.0)
+
+
+def stage_state(row, job) -> str:
+    """A recipe stage's status as the Recipe page shows it: given (a model the recipe names, not made), reused (an
+    earlier run's job), else its job's status."""
+    return "given" if (getattr(row, "info", None) or {}).get("status") == "given" else "reused" if row.reused else (
+        job.status if job else "")
+
+
+def print_runs(limit: int, as_json: bool) -> None:
+    """`recipe runs`: the recipe runs, newest first, each with its stages' statuses, jobs, models and messages (the
+    Recipe page's run picker and stage table)."""
+    from backend import recipe, runner
+
+    if limit < 0:
+        raise ValueError(f"--limit {limit}: give the number of runs, or 0 for all.")
+    alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
+    runs = []
+    for run in recipe.runs(limit or None):
+        stages = [{"stage": row.stage, "kind": row.kind, "status": stage_state(row, job), "job": row.job_id,
+                   "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
+                  for row, job in recipe.stages(run.id)]
+        runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages})
+    if as_json:
+        return _print_json(runs)
+    if not runs:
+        print("no recipe has run yet: `python -m backend recipe run FILE` first.", file=sys.stderr)
+    for run in runs:
+        tally: dict[str, int] = {}
+        for st in run["stages"]:
+            tally[st["status"] or "-"] = tally.get(st["status"] or "-", 0) + 1
+        n = len(run["stages"])
+        print(f"run {run['id']} · {run['name']} · {run['created']:%Y-%m-%d %H:%M} · {n} stage{'' if n == 1 else 's'}"
+              + (": " + ", ".join(f"{k} {state}" for state, k in tally.items()) if tally else ""))
+        width = max([len("stage"), *(len(st["stage"]) for st in run["stages"])])
+        for st in run["stages"]:
+            said = st["message"] if len(st["message"]) <= 60 else st["message"][:59] + "…"
+            print(f"  {st['stage']:{width}} {st['kind']:10} {st['status'] or '-':11} {st['job'] or '-':>5} "
+                  f"{st['output'] or '-'}  {said}".rstrip())
+
+
+def _recipe_interrupted(before: int) -> str:
+    """What a Ctrl-C during a foreground `recipe run` leaves: the runs it submitted (newer than `before`), their
+    stage jobs it stopped (the worker loop marks them interrupted as it ends: runner._interrupt_running; a row still
+    running is one it was ending) and those still queued."""
+    from backend import recipe
+
+    mine = [r.id for r in recipe.runs(20) if r.id > before]
+    if not mine:
+        return "the recipe run stopped before its stages were submitted; nothing was queued"
+    jobs = {job.id: job.status for run_id in mine for row, job in recipe.stages(run_id)
+            if job is not None and not row.reused and (row.info or {}).get("status") != "in-flight"}
+    stopped = [str(i) for i, status in sorted(jobs.items()) if status in ("running", "interrupted")]
+    queued = [str(i) for i, status in sorted(jobs.items()) if status == "queued"]
+    said = f"recipe run{'s' if len(mine) > 1 else ''} {', '.join(map(str, mine))} stopped here"
+    if stopped:
+        many = len(stopped) > 1
+        said += (f"; job{'s' if many else ''} {', '.join(stopped)} {'were' if many else 'was'} interrupted (python -m "
+                 f"backend jobs resume {stopped[0] if not many else 'ID'} goes on, and the stages waiting for "
+                 f"{'them' if many else 'it'} with {'them' if many else 'it'})")
+    if queued:
+        many = len(queued) > 1
+        said += (f"; queued job{'s' if many else ''} {', '.join(queued)} wait{'' if many else 's'} for a worker "
+                 f"(python -m backend worker), or python -m backend recipe cancel "
+                 f"{mine[0] if len(mine) == 1 else 'RUN'} drops {'them' if many else 'it'}")
+    return said + f"; python -m backend recipe runs shows {'them' if len(mine) > 1 else 'it'}"
+
+
+def cmd_chat(a) -> None:
+    """`chat MODEL --prompt TEXT`: one reply, streamed to standard output as it is generated, through the Models
+    page's Quick chat functions (backend/chat.py load and stream_reply: greedy by default, float32 on the CPU,
+    bfloat16 on a GPU); its tokens and speed on standard error."""
+    from jinja2 import TemplateError
+
+    from backend import chat, registry
+
+    if a.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {a.max_new_tokens}: give 1 or more.")
+    if a.temperature < 0:
+        raise ValueError(f"--temperature {a.temperature}: give 0 (greedy) or more.")
+    prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
+    if not prompt.strip():
+        raise ValueError("--prompt is empty: give the message to answer (or - to read it from standard input).")
+    folder, name = registry.resolve(_local_model(a.model))
+    messages = [*([{"role": "system", "content": a.system}] if a.system else []), {"role": "user", "content": prompt}]
+    _on_interrupt[0] = lambda: f"the reply of {name or folder.name} stopped"
+    lm = chat.load(folder, name or folder.name)
+    stats, text = chat.GenerationStats(), []
+    try:
+        for piece in chat.stream_reply(lm, messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                       stats=stats):
+            text.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except TemplateError as exc:  # Gemma's template refuses a system message ("System role not supported")
+        raise ValueError(f"{lm.name}'s chat template refused the messages: {exc}"
+                         + (" (leave out --system)" if a.system else "")) from None
+    except RuntimeError as exc:  # stream_reply: "generation failed: …"
+        raise WorkFailed(str(exc)) from exc
+    print()
+    if not "".join(text).strip():
+        print("(the reply is only whitespace or special tokens)", file=sys.stderr)
+    print(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
+          f"{stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
 
 
 def cmd_models(a) -> None:
@@ -631,8 +869,30 @@ def cmd_auth(a) -> None:
 
 def cmd_worker(a) -> None:
     from backend import runner
+    from storage.models import utcnow
 
+    start = utcnow()
+    _on_interrupt[0] = lambda: _worker_interrupted(start)
     runner.worker(poll=a.poll, once=a.once, slots=a.slots)
+
+
+def _worker_interrupted(start) -> str:
+    """A Ctrl-C's line for `worker`: the jobs it was running, which it marked interrupted as it ended
+    (runner._interrupt_running; those started since it started and interrupted now), and the queue that waits."""
+    from datetime import timezone
+
+    from backend import runner
+
+    def utc(at):
+        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # SQLite hands times back without their zone
+
+    ended = sorted(j.id for j in runner.list_jobs(None, statuses=["interrupted"]) if j.started and
+                   utc(j.started) >= start)
+    many = len(ended) > 1
+    return ("the worker stopped; " + (f"job{'s' if many else ''} {', '.join(map(str, ended))} it was running "
+                                      f"{'were' if many else 'was'} interrupted (python -m backend jobs resume "
+                                      f"{ended[0] if not many else 'ID'} goes on); " if ended else "")
+            + "queued jobs wait for the next worker")
 
 
 def cmd_cluster(a) -> None:
@@ -678,6 +938,8 @@ def cmd_jobs(a) -> None:
         print(f"job {a.id}: {job.status} ({resume_says(job)})")
     elif a.action == "wait":
         sys.exit(wait_for(a.id, a.timeout, a.poll))
+    elif a.action == "log":
+        sys.exit(show_log(a.id, a.lines, a.follow, a.poll))
     elif a.action == "exec":
         sys.exit(runner.execute(a.id))
 
@@ -700,6 +962,7 @@ def wait_for(job_id: int, timeout: float | None, poll: float) -> int:
     from backend import runner
 
     start = time.monotonic()
+    _on_interrupt[0] = lambda: _job_goes_on(job_id, "stopped waiting", f"jobs wait {job_id} waits again")
     while True:
         job = runner.get(job_id)
         if job is None:
@@ -713,6 +976,87 @@ def wait_for(job_id: int, timeout: float | None, poll: float) -> int:
         time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - (time.monotonic() - start))))
 
 
+def _job_goes_on(job_id: int, what: str, again: str) -> str:
+    """A Ctrl-C's line for a command that watched a job: the job is the worker's and goes on without it."""
+    from backend import runner
+
+    job = runner.get(job_id)
+    if job is None or job.status in runner.FINISHED:
+        return f"{what}; job {job_id} is {job.status if job else 'gone'} (python -m backend jobs show {job_id})"
+    return (f"{what}; job {job_id} is still {job.status} and goes on without this command (python -m backend "
+            f"{again}; jobs show {job_id} shows it, jobs cancel {job_id} stops it)")
+
+
+def show_log(job_id: int, lines: int, follow: bool, poll: float) -> int:
+    """`jobs log ID`: the last `lines` lines of the job's log (runner.log_tail, as the Jobs page shows it); with
+    `follow`, then each line as it is written until the job ends, as `tail -f` (a queued job's log appears when a
+    worker starts it): exit 0 if it succeeded, 1 if not, as `jobs wait`; the end goes to standard error, so standard
+    output holds the log alone."""
+    from pathlib import Path
+
+    from backend import runner
+
+    if lines < 0 or poll <= 0:
+        raise ValueError(f"--lines {lines} --poll {poll:g}: give 0 or more lines, and a poll above 0 s.")
+    job = runner.get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+    log = Path(job.log_path) if job.log_path else None
+    if not follow:
+        if log is None or not log.exists():
+            if job.status in ("queued", "running"):  # as the Jobs page: not there yet, not an error
+                print(f"job {job_id} is {job.status}: no log yet (a worker writes one when it starts the job; "
+                      f"--follow waits for it)", file=sys.stderr)
+                return 0
+            raise ValueError(f"job {job_id} ({job.status}) has no log on this machine"
+                             + (f" ({log} is not there)" if log else "") + ".")
+        for line in runner.log_tail(log, lines):
+            print(line)
+        return 0
+    _on_interrupt[0] = lambda: _job_goes_on(job_id, "stopped following its log", f"jobs log {job_id} --follow "
+                                                                                 "follows it again")
+    offset, rest, said = None, b"", False
+    while True:
+        job = runner.get(job_id)  # its status before the file: what it wrote before it ended is read below
+        if job is None:
+            raise ValueError(f"job {job_id} was deleted while its log was followed.")
+        ended = job.status in runner.FINISHED
+        if log is not None and log.exists():
+            if offset is None:  # the last lines first, then what comes after them
+                for line in runner.log_tail(log, lines):
+                    print(line, flush=True)
+                offset = log.stat().st_size
+            else:
+                if log.stat().st_size < offset:  # written over from the start: read it from there
+                    offset, rest = 0, b""
+                with open(log, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+                offset += len(data)
+                rest = _print_lines(rest + data, final=ended)
+        elif not said and not ended:
+            print(f"job {job_id} is {job.status}: no log yet; following it once a worker starts the job",
+                  file=sys.stderr, flush=True)
+            said = True
+        if ended:
+            print(f"job {job_id}: {job.status}: {runner.job_message(job)}", file=sys.stderr)
+            return 0 if job.status == "succeeded" else 1
+        time.sleep(poll)
+
+
+def _print_lines(data: bytes, final: bool) -> bytes:
+    """Print the whole lines of `data` (a tqdm bar's \r ends one, as runner.log_tail splits them) and hand back the
+    unfinished last one, to be printed with what follows it (all of it when `final`)."""
+    parts = data.splitlines(keepends=True)
+    keep = b""
+    # a line not ended yet, or a \r that may be the first half of \r\n
+    if parts and not final and (not parts[-1].endswith((b"\n", b"\r")) or parts[-1].endswith(b"\r")):
+        keep = parts.pop()
+    for part in parts:
+        print(part.decode("utf-8", errors="replace").rstrip("\r\n"), flush=True)
+    return keep
+
+
 def job_details(job_id: int) -> str:
     """`jobs show ID`: what `jobs list` has no room for: the whole message (a failure's fix is at its end), the
     log, the timings and the spec, as YAML that `python -m backend run` takes back."""
@@ -724,7 +1068,7 @@ def job_details(job_id: int) -> str:
     if job is None:
         raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
     ran = f" ({(job.finished - job.started).total_seconds():.0f} s)" if job.started and job.finished else ""
-    waits = [*([job.after] if job.after else []), *job.needs]
+    waits = [*([job.after] if job.after else []), *job.needs, *(job.waits or [])]
     lines = [f"job {job.id} ({job.kind}): {job.status}, {job.progress:.0%}",
              f"message: {runner.job_message(job)}",
              f"log: {job.log_path or '-'}",
@@ -797,6 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               f"{DpoSpec.model_fields['beta'].default})")
     t.add_argument("--loss-type", choices=get_args(DpoSpec.model_fields["loss_type"].annotation),
                    help=f"dpo: trl's loss (default: {DpoSpec.model_fields['loss_type'].default})")
+    t.add_argument("--completion-only-loss", action="store_true", default=None,
+                   help="sft: " + SftSpec.model_fields["completion_only_loss"].description)
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
     t.add_argument("--num-processes", type=int, default=1, help="processes on this machine")
     t.add_argument("--keep-checkpoints", action="store_true", default=None,
@@ -920,7 +1266,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--bins", type=int, default=3, help="answer-length bins of the model-free check (2–6)")
     cp.set_defaults(fn=cmd_compare)
 
-    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete")
+    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete; "
+                                       "list, reject and push synthetic pairs")
     da = d.add_subparsers(dest="action", required=True)
     da.add_parser("list", help="the registered data sets").add_argument(
         "--json", action="store_true", help="a JSON array, for scripts")
@@ -941,12 +1288,36 @@ def build_parser() -> argparse.ArgumentParser:
                                       "workspace/datasets (files registered from elsewhere are kept)")
     dd.add_argument("name", help="the data set's name (datasets list)")
     dd.add_argument("--force", action="store_true", help="also when registered models were trained on it")
+    dp = da.add_parser("pairs", help="list synthetic pairs with their ids, verdicts and questions (the Synthetic math "
+                                     "page's inspector)")
+    dp.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
+    dp.add_argument("--status", nargs="+", choices=["verified", "failed", "flagged", "rejected"],
+                    help="only these (rejected: by hand; the others: not rejected by hand)")
+    dp.add_argument("--category", nargs="+", help="only these categories")
+    dp.add_argument("--level", nargs="+", type=int, help="only these levels")
+    dp.add_argument("--search", help="only pairs whose question (seed or rephrased) holds this text")
+    dp.add_argument("--limit", type=int, default=50, help="pairs per page")
+    dp.add_argument("--page", type=int, default=1, help="which page of --limit pairs")
+    dp.add_argument("--json", action="store_true", help="a JSON array with every pair whole, for scripts")
+    dr = da.add_parser("reject", help="reject a pair by hand, or undo that (the inspector's buttons); export again "
+                                      "for the Instruct and Alignment files to follow")
+    dr.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
+    dr.add_argument("pair_id", metavar="PAIR_ID", type=int, help="the pair's id (datasets pairs PAIRS_NAME)")
+    dr.add_argument("--undo", action="store_true", help="take a pair rejected by hand back")
+    dh = da.add_parser("push", help="upload PAIRS_NAME's exported Instruct and Alignment files to a Hugging Face Hub "
+                                    "data set repo in one commit (needs HF_TOKEN with write access); exit code 1 "
+                                    "when the Hub refused the push or could not be reached")
+    dh.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs), exported")
+    dh.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the Hub data set repo (made if missing)")
     d.set_defaults(fn=cmd_datasets)
 
     r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
     r.add_argument("spec", help="a spec or recipe YAML file (recipe: --after and the machine options are refused)")
     _machine_options(r)
     r.add_argument("--num-processes", type=int, help="training: processes on this machine (overrides the spec)")
+    r.add_argument("--name", help="the name to register what the spec makes under (overrides the spec's: a model; "
+                                  "synth-math: the data sets' prefix); its folder follows the name unless the spec "
+                                  "sets out")
     _job_options(r, save_spec=False)
     r.set_defaults(fn=cmd_run)
 
@@ -960,7 +1331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--time", default="04:00:00", help="time limit, HH:MM:SS or DAYS-HH:MM:SS")
     sl.set_defaults(fn=cmd_slurm)
 
-    rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, tables, cancel")
+    rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, runs, tables, cancel")
     ra = rc.add_subparsers(dest="action", required=True)
     rn = ra.add_parser("new", help="print a preset recipe (YAML)")
     rn.add_argument("target", metavar="PRESET", help="smoke, solar-mini or solar-10.7b")
@@ -976,7 +1347,20 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="output format")
     ra.add_parser("cancel", help="cancel the run's waiting and running jobs").add_argument(
         "target", metavar="RUN", type=int, help="a recipe run's id")
+    rs = ra.add_parser("runs", help="the recipe runs, newest first, each with its stages' statuses, jobs and models "
+                                    "(the Recipe page)")
+    rs.add_argument("--limit", type=int, default=20, help="the newest N runs, 0 for all")
+    rs.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
     rc.set_defaults(fn=cmd_recipe)
+
+    ch = sub.add_parser("chat", help="one reply from a model to a prompt, printed as it is generated (the Models "
+                                     "page's Quick chat)")
+    ch.add_argument("model", metavar="MODEL", help="registered name or model folder")
+    ch.add_argument("--prompt", required=True, help="the user's message; - reads it from standard input")
+    ch.add_argument("--system", help="a system message before it (a model whose chat template takes none refuses it)")
+    ch.add_argument("--max-new-tokens", type=int, default=96, help="token cap of the reply")
+    ch.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the same reply each time)")
+    ch.set_defaults(fn=cmd_chat)
 
     m = sub.add_parser("models", help="list, import or delete registered models")
     m.add_argument("action", choices=["list", "import", "delete"], help="what to do")
@@ -1005,7 +1389,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
     cl.set_defaults(fn=cmd_cluster)
 
-    j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one")
+    j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one; also its log "
+                                     "(jobs log ID --follow) and wait for it")
     ja = j.add_subparsers(dest="action", required=True)
     jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
     jl.add_argument("--limit", type=int, default=100, help="the newest N jobs, 0 for all (queued and running ones "
@@ -1025,6 +1410,14 @@ def build_parser() -> argparse.ArgumentParser:
         jp.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
     jp.add_argument("--timeout", type=float, help="give up after this many seconds (exit code 124)")
     jp.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the job")
+    jg = ja.add_parser("log", help="the job's log, its last lines (the Jobs page's); --follow: then each new line "
+                                   "until the job ends, exit 0 if it succeeded, 1 if not")
+    jg.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    jg.add_argument("--lines", "-n", type=int, default=60, help="how many of the last lines")
+    jg.add_argument("--follow", "-f", action="store_true",
+                    help="print new lines as they are written, until the job ends (as tail -f; Ctrl-C stops "
+                         "following, not the job)")
+    jg.add_argument("--poll", type=float, default=1.0, help="--follow: seconds between looks at the log")
     j.set_defaults(fn=cmd_jobs)
     _format_help(p)
     return p
@@ -1061,10 +1454,16 @@ def _categories() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    _on_interrupt[0] = None
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         args.fn(args)
         sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit after main
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's code for SIGINT (128 + 2)
+        # on a terminal the line starts below the ^C the terminal echoed (and any half-printed line)
+        print(f"{chr(10) if sys.stderr.isatty() else ''}interrupted: {_interrupted_says(args)}", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return _reader_gone()
     except ValidationError as exc:
@@ -1078,6 +1477,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _interrupted_says(args) -> str:
+    """What a Ctrl-C stopped and what goes on: the command's own words (_on_interrupt, set as it starts waiting or
+    working), else its name."""
+    command = " ".join(str(w) for w in (getattr(args, "command", None), getattr(args, "action", None)) if w)
+    try:
+        said = _on_interrupt[0]() if _on_interrupt[0] else None
+    except Exception:  # noqa: BLE001 - a second failure (the database gone) must not print a traceback instead
+        said = None
+    return said or (f"python -m backend {command} stopped before it finished" if command
+                    else "stopped before the command began")
 
 
 def _reader_gone() -> int:

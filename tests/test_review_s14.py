@@ -79,3 +79,107 @@ def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path):
     status = {n.stage: n.status for n in p2.nodes}
     assert status["eval:sft-a"] == status["eval:upscaled"] == "reuse"
     assert status["sft-b"] == status["avg"] == status["eval:sft-b"] == status["eval:avg"] == "run"
+
+
+def test_ctrl_c_in_a_foreground_worker_marks_its_job_interrupted_at_once(tiny_llama, workspace):
+    """Ctrl-C in `worker` (and in a foreground `train` or `recipe run`, which run one): the job process, in a session
+    of its own, killed itself when its worker went, but its row stayed "running" until a worker next started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from storage import db
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(_fast_sft("tiny", "long").model_copy(update={"max_steps": 100000, "save_steps": 100000}))
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.2"], env=dict(os.environ),
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 180
+    while not (runner.get(job.id).status == "running" and runner.get(job.id).pid) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    pid = runner.get(job.id).pid
+    assert pid and db._pid_alive(pid)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    row = runner.get(job.id)
+    assert row.status == "interrupted" and "Ctrl-C" in row.message and f"jobs resume {job.id}" in row.message
+    assert row.finished is not None and not db._pid_alive(pid)
+    assert runner.resume_point(row) is None  # no checkpoint yet: a resume starts over, as the Jobs page says
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_before_anything_runs(tiny_llama, tmp_path):
+    """It was registered (and up-scaled, merged: their outputs had no tokenizer either), and its first training
+    job failed in the trainer with "Couldn't instantiate the backend tokenizer from one of: ."."""
+    import shutil
+
+    from backend.training import TrainingError, check_inputs
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_llama / f, bare / f)
+    with pytest.raises(registry.RegistryError, match="has no tokenizer .*Copy the tokenizer files"):
+        registry.import_any(str(bare), "bare")
+    assert registry.get("bare") is None
+    with pytest.raises(ValueError, match="has no tokenizer"):  # queued from a page or --queue
+        runner.submit(_fast_sft(str(bare), "bare-sft"))
+    assert runner.list_jobs() == []
+    with pytest.raises(TrainingError, match="has no tokenizer"):  # in the foreground
+        check_inputs(_fast_sft(str(bare), "bare-sft"))
+    shutil.copy(tiny_llama / "tokenizer.json", bare / "tokenizer.json")  # what the message says to do
+    assert registry.import_any(str(bare), "bare").num_layers == 6
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_completion_only_loss_learns_the_last_reply_alone(tiny_llama, tmp_path, packing):
+    """SftSpec.completion_only_loss: trl's labels are -100 on every token of the conversation before the last
+    assistant reply (the default learns every token, as trl does for conversations)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import data, perf
+    from backend.train_entry import build_trainer, make_config
+
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                                     {"role": "assistant", "content": f"answer {i} is here"},
+                                                     {"role": "user", "content": "and?"}]}) + "\n"
+                            for i in range(4)))
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    labels = {}
+    for only in (False, True):
+        spec = SftSpec(model=str(tiny_llama), data=[DataSource(source=str(rows))], max_steps=1, max_length=64,
+                       packing=packing, completion_only_loss=only, eval_fraction=0.0)
+        train, _, _ = data.split_mix([(str(rows), 1.0)], "sft", 0, None, eval_fraction=0.0)
+        if only:
+            train = data.to_prompt_completion(train)
+            assert train[0]["prompt"][-1]["content"].startswith("question") and len(train[0]["completion"]) == 1
+        args = make_config(spec, tmp_path / str(only), False, perf.resolve(spec, False))
+        assert args.completion_only_loss is only
+        trainer = build_trainer(spec, AutoModelForCausalLM.from_pretrained(tiny_llama), None, tok, args, train,
+                                None, [])
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+        labels[only] = batch["labels"]
+        learned = tok.decode([t for t in batch["labels"][0].tolist() if t != -100])
+        if only:
+            assert "answer" in learned and "question" not in learned and "and?" not in learned, learned
+        else:
+            assert "question" in learned and "answer" in learned, learned
+    assert (labels[True] != -100).sum() < (labels[False] != -100).sum() / 2
+
+
+def test_an_sft_row_without_an_assistant_reply_is_refused(tmp_path):
+    from backend import data
+
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"messages": [{"role": "system", "content": "be brief"},
+                                          {"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(data.DataError, match=r"q.jsonl, row 1: no assistant reply .*roles: system, user"):
+        data.check_source(str(f), "sft")
+    data.check_source(str(f), "cpt")  # plain text for continued pretraining: fine
