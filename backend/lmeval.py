@@ -32,6 +32,12 @@ TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 H6 = (("arc_challenge", 25, "acc_norm"), ("hellaswag", 10, "acc_norm"), ("mmlu", 5, "acc"),
       ("truthfulqa_mc2", 0, "acc"), ("winogrande", 5, "acc"), ("gsm8k", 5, "exact_match"))
 PRESETS = {"h6": H6}
+# Groups the leaderboard scored as the plain mean of their subjects: it ran MMLU as its 57 hendrycksTest-* tasks and
+# averaged their accuracies (src/leaderboard/read_evals.py: np.mean over the matching results), while lm-eval 0.4's
+# `mmlu` group weights each subject by its size (_mmlu.yaml, weight_by_size: True; lm-eval issue #1525: about a point
+# apart without --limit, equal with a --limit that every subject reaches). In a preset these are scored the
+# leaderboard's way, beside PAPER_H6; `lm-eval:mmlu` alone stays lm-eval's own figure.
+SUBJECT_MEAN = {"mmlu"}
 
 # Published H6 scores (percent) to show beside ours, keyed like run_lm_eval's preset metrics. Only numbers checked
 # against a source are here: the Open LLM Leaderboard results in the model-index of the Hugging Face model card of
@@ -159,6 +165,19 @@ def _flat(row: dict) -> dict[str, float]:
     return out
 
 
+def subject_mean(res: dict, metric: str) -> tuple[float, float | None, int]:
+    """(the unweighted mean of `metric` over a group's leaf tasks, its standard error, how many): the leaves are
+    the tasks lm-eval counted items for (`n-samples`); the error of a mean of independent subjects,
+    sqrt(sum se_i^2) / k."""
+    rows = [_flat(res["results"][leaf]) for leaf in res.get("n-samples", {}) if leaf in res["results"]]
+    values = [r[metric] for r in rows if metric in r]
+    if not values:
+        raise LmEvalError(f"lm-eval reported no {metric!r} for the subjects of this group.")
+    errors = [r.get(f"{metric}_stderr") for r in rows if metric in r]
+    se = (sum(e * e for e in errors) ** 0.5 / len(values)) if all(isinstance(e, float) for e in errors) else None
+    return sum(values) / len(values), se, len(values)
+
+
 def make_lm(folder: Path | None = None, *, model=None, tokenizer=None, device: str | None = None,
             batch_size: int | str | None = None):
     """lm-eval's HFLM around an already loaded model, or loaded from `folder` (float32 on CPU, bfloat16 on CUDA)."""
@@ -207,6 +226,11 @@ def run_lm_eval(folder: Path | None, task: str, limit: int | None, *, model=None
         if len(plan) == 1:
             scores = row
             continue
+        if name in SUBJECT_MEAN:
+            group, (mean, se, k) = row.get(metric), subject_mean(res, metric)
+            row = {metric: mean, **({f"{metric}_stderr": se} if se is not None else {})}
+            details["tasks"][name]["average"] = (f"unweighted mean of {k} subjects, as the Open LLM Leaderboard "
+                                                 f"(v1) scored it; lm-eval's size-weighted group figure: {group}")
         if metric not in row:
             raise LmEvalError(f"lm-eval task {name!r} reported {sorted(row)}, not {metric!r}.")
         scores[f"{name}/{metric}"] = row[metric]

@@ -158,3 +158,33 @@ def test_task_data_is_remade_identically_and_true():
     a, b = map(int, seven["question"][8:-1].split(" times "))
     assert seven["choices"][seven["answer"]] == str(a * b) and len(set(seven["choices"])) == 4
     assert all(s["answer"].rsplit("#### ", 1)[1].lstrip("-").isdigit() for s in shots) and len(shots) == 8
+
+
+def test_h6_scores_mmlu_as_the_leaderboards_mean_of_subjects(tiny, monkeypatch):
+    """The Open LLM Leaderboard (v1), whose numbers PAPER_H6 holds, averaged MMLU's subjects unweighted; lm-eval
+    0.4's `mmlu` group weights them by size. Two subjects, 10 items all right and 30 all wrong: 0.5, not 0.25."""
+    import lm_eval
+
+    def fake(model, tasks, num_fewshot, limit, **kw):
+        name = tasks[0]
+        row = {"alias": name, "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.5,
+               "exact_match,strict-match": 0.5}
+        if name != "mmlu":
+            return {"results": {name: row}, "n-samples": {name: {"original": 9, "effective": 3}}}
+        return {"results": {"mmlu": {"acc,none": 0.25, "acc_stderr,none": 0.05},
+                            "mmlu_stem": {"acc,none": 0.25, "acc_stderr,none": 0.05},
+                            "mmlu_algebra": {"acc,none": 1.0, "acc_stderr,none": 0.0},
+                            "mmlu_anatomy": {"acc,none": 0.0, "acc_stderr,none": 0.2}},
+                "n-samples": {"mmlu_algebra": {"original": 10, "effective": 10},
+                              "mmlu_anatomy": {"original": 30, "effective": 30}}}
+
+    monkeypatch.setattr(lmeval, "resolve", lambda name: (None, False))
+    monkeypatch.setattr(lmeval, "_load_tasks", lambda manager, name, local: [name])
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake)
+    res = lmeval.run_lm_eval(tiny, "h6", None)
+    assert res.scores["mmlu/acc"] == 0.5 and res.scores["mmlu/acc_stderr"] == pytest.approx(0.2 / 2)
+    assert "unweighted mean of 2 subjects" in res.details["tasks"]["mmlu"]["average"]
+    assert "size-weighted group figure: 0.25" in res.details["tasks"]["mmlu"]["average"]
+    assert res.scores["h6_average"] == pytest.approx((0.5 * 5 + 0.5) / 6)
+    alone = lmeval.run_lm_eval(tiny, "mmlu", None)  # lm-eval's own task keeps lm-eval's own figure
+    assert alone.scores["acc"] == 0.25
