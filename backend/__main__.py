@@ -372,11 +372,9 @@ def cmd_datasets(a) -> None:
     elif a.action == "push":
         try:
             print(pipeline.push_to_hub(a.name, a.repo))
-        except pipeline.DatasetError as exc:  # the push was tried and the Hub refused it or did not answer: 1; a
-            # refusal before any upload (no token, no export, an export older than a hand rejection): 2
-            if str(exc).startswith("Could not "):
-                raise WorkFailed(str(exc)) from exc
-            raise
+        except pipeline.PushFailed as exc:  # the push was tried and the Hub refused it or did not answer: 1; a
+            # refusal before any upload (no token, no export, an export older than a hand rejection) stays 2
+            raise WorkFailed(str(exc)) from exc
 
 
 def _pairs_set(name: str):

@@ -59,9 +59,12 @@ def build_prompt(tok, messages: list[dict]) -> str:
 
 def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, stats: GenerationStats | None = None) -> Iterator[str]:
-    """Yield the reply text piece by piece as it is generated; fills `stats` when given."""
+    """Yield the reply text piece by piece as it is generated; fills `stats` when given. A reader that stops early
+    (the page's script stopped by a click or a closed tab, Ctrl-C in `python -m backend chat`: the generator is
+    closed or dropped) stops the generation at its next token: it ran on to max_new_tokens holding the model's lock,
+    so every other session's reply on that model waited, and the command line did not exit until it ended."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     tok, model = lm.tokenizer, lm.model
     try:
@@ -79,6 +82,13 @@ def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int =
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     result: dict = {}
+    abandoned = threading.Event()
+
+    class _Abandoned(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    kwargs["stopping_criteria"] = StoppingCriteriaList([_Abandoned()])
 
     def _generate() -> None:
         with lm.lock, torch.inference_mode():
@@ -91,10 +101,14 @@ def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int =
     stats = stats if stats is not None else GenerationStats()
     t0 = time.perf_counter()
     future = _GENERATE.submit(_generate)
-    for piece in streamer:
-        if piece and stats.first_token_s is None:
-            stats.first_token_s = time.perf_counter() - t0
-        yield piece
+    try:
+        for piece in streamer:
+            if piece and stats.first_token_s is None:
+                stats.first_token_s = time.perf_counter() - t0
+            yield piece
+    finally:  # also when the reader closes the generator (GeneratorExit) or an exception passes through the yield
+        if not future.done():
+            abandoned.set()
     future.result()
     stats.total_s = time.perf_counter() - t0
     if "error" in result:

@@ -183,3 +183,33 @@ def test_an_sft_row_without_an_assistant_reply_is_refused(tmp_path):
     with pytest.raises(data.DataError, match=r"q.jsonl, row 1: no assistant reply .*roles: system, user"):
         data.check_source(str(f), "sft")
     data.check_source(str(f), "cpt")  # plain text for continued pretraining: fine
+
+
+def test_a_reply_nobody_reads_any_more_stops_generating(tiny_llama_untied):
+    """The page's script stopped mid-reply (a click, a closed tab) or Ctrl-C in `chat`: generation ran on to
+    max_new_tokens holding the model's lock, so other sessions' replies on that model waited behind it."""
+    import time
+
+    from backend import chat
+
+    lm = chat.load(tiny_llama_untied, "tiny")
+    made = []
+    generate = lm.model.generate
+
+    def recording(**kw):
+        out = generate(**kw)
+        made.append(out.shape[1] - kw["input_ids"].shape[1])
+        return out
+
+    lm.model.generate = recording
+    full = "".join(chat.stream_reply(lm, [{"role": "user", "content": "hi"}], max_new_tokens=100))
+    assert made == [100] and full  # read to the end: the whole reply, as before
+    reply = chat.stream_reply(lm, [{"role": "user", "content": "hi"}], max_new_tokens=100)
+    next(reply)
+    reply.close()
+    deadline = time.monotonic() + 30
+    while len(made) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(made) == 2 and made[1] < 100, made
+    assert lm.lock.acquire(timeout=5)  # released for the next reply
+    lm.lock.release()

@@ -46,6 +46,11 @@ class DatasetError(ValueError):
     pass
 
 
+class PushFailed(DatasetError):
+    """The push was tried and the Hub refused it or did not answer (the CLI's exit code 1; a refusal before any
+    upload stays a DatasetError, 2)."""
+
+
 def canonical(text: str) -> str:
     """Text as the n-gram checks compare it, alike on both sides (the synthetic-math job's benchmark check here, the
     evaluation's training-overlap check in backend/heldout.py): NFKC (a PDF's "ﬁ" ligature is "fi", full-width digits
@@ -814,10 +819,10 @@ def push_to_hub(pairs_name: str, repo_id: str) -> str:
                403: f"refused the write: the token in HF_TOKEN may not write to {repo_id}. Use a token with write "
                     "access to that owner, or push to a repo of your own"}.get(
             status, f"refused the push ({str(exc).splitlines()[0][:200]})")
-        raise DatasetError(f"Could not push to {repo_id}: the Hugging Face Hub {why} (HTTP {status}).") from None
+        raise PushFailed(f"Could not push to {repo_id}: the Hugging Face Hub {why} (HTTP {status}).") from None
     except Exception as exc:  # connection refused, no DNS, timeouts: the Hub's HTTP client raises its own kinds
         why = (str(exc).splitlines() or [""])[0][:200]
-        raise DatasetError(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
+        raise PushFailed(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
                            f"Is this machine online? The files are {' and '.join(f.path for f in files)}.") from None
     pushed = " and ".join(f"{f.name} ({f.rows} rows, {n})" for f, n in zip(files, names))
     return f"pushed {pushed}, exported from {pairs_name}, to {url}"

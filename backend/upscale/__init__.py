@@ -9,7 +9,6 @@ into a temporary folder and rename it into place; only a complete folder is regi
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,9 @@ class MismatchError(ValueError):
     pass
 
 
-# GPT-J and CodeGen name their MLP's output projection fc_out, which llama_pro.OUTPUT_PROJECTIONS lacks: an inserted
-# block zeroed only its attention output, kept adding its MLP's output, and was no identity (logits moved by 0.18
-# on a tiny GPT-J), without a word.
-_MORE_OUTPUT_PROJECTIONS = re.compile(r"(^|\.)fc_out\.(weight|bias)$")
-
-
 def is_output_projection(suffix: str) -> bool:
     """A layer tensor that writes into the residual stream: zeroed in a LLaMA Pro identity block."""
-    return bool(llama_pro.OUTPUT_PROJECTIONS.search(suffix) or _MORE_OUTPUT_PROJECTIONS.search(suffix))
+    return bool(llama_pro.OUTPUT_PROJECTIONS.search(suffix))
 
 
 def check_identity_blocks(layer: dict, model_type: str) -> None:

@@ -12,7 +12,9 @@ import re
 from backend.upscale.plan import Slot
 
 # Output projections write into the residual stream; zeroing them (weights and biases) makes a block the identity.
-OUTPUT_PROJECTIONS = re.compile(r"(^|\.)(o_proj|down_proj|out_proj|dense|dense_4h_to_h|c_proj|fc2|wo|w2)\."
+# fc_out: GPT-J's and CodeGen's MLP output (without it their inserted blocks kept adding their MLP's output and were
+# no identities: logits moved by 0.18 on a tiny GPT-J; upscale.check_identity_blocks now refuses any such gap)
+OUTPUT_PROJECTIONS = re.compile(r"(^|\.)(o_proj|down_proj|out_proj|dense|dense_4h_to_h|c_proj|fc2|fc_out|wo|w2)\."
                                 r"(weight|bias)$")
 
 
