@@ -44,3 +44,13 @@ def inside(parent: Path | str, name: str, what: str = "name") -> Path:
     if path.parent != root:
         raise ValueError(f"{what} {name!r}: {path} is not inside {root}; choose another name.")
     return path
+
+
+def human_bytes(n: float) -> str:
+    """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): a small model's size read "0.00 GiB" in GiB, and
+    "0 / 0 MiB" in a build's progress."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1000 or unit == "GiB":
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+        n /= 1024
+    return ""

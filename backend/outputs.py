@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backend import registry
-from backend.names import inside
+from backend.names import human_bytes, inside
 from storage import db
 from storage.models import ModelRecord
 
@@ -36,8 +36,8 @@ COMPANIONS = (
 def check_disk(path: Path, needed: int) -> None:
     free = shutil.disk_usage(path).free
     if free < needed * 1.02 + (50 << 20):
-        raise OSError(f"Not enough disk space in {path}: the new model needs {needed / 2**30:.2f} GiB, "
-                      f"{free / 2**30:.2f} GiB is free. Free some space or choose another output folder.")
+        raise OSError(f"Not enough disk space in {path}: the new model needs {human_bytes(needed)} (and 50 MiB to "
+                      f"spare), {human_bytes(free)} is free. Free some space or choose another output folder.")
 
 
 def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, needed: int | None = None) -> Path:

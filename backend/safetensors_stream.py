@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from backend.names import human_bytes
+
 # Every whole-byte dtype the safetensors format names (its Rust Dtype enum, as safetensors 0.8 writes them): a file in
 # one left out here (AMD's FNUZ fp8, microscaling's E8M0 scales) was refused as "corrupt ... re-download it".
 DTYPE_SIZES = {
@@ -289,7 +291,7 @@ def write_checkpoint(tensors: Iterable[OutTensor], out_dir: Path, max_shard_byte
             frac = written / total if total else 1.0
             if progress and frac - last_report >= 0.01:
                 last_report = frac
-                progress(frac, f"writing weights: {written / 2**20:,.0f} / {total / 2**20:,.0f} MiB")
+                progress(frac, f"writing weights: {human_bytes(written)} / {human_bytes(total)}")
 
     paths = [Path(out_dir) / _shard_name(i, len(shards)) for i in range(len(shards))]
     workers = max(1, min(workers or os.cpu_count() or 1, 4, len(shards)))

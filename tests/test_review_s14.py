@@ -213,3 +213,18 @@ def test_a_reply_nobody_reads_any_more_stops_generating(tiny_llama_untied):
     assert len(made) == 2 and made[1] < 100, made
     assert lm.lock.acquire(timeout=5)  # released for the next reply
     lm.lock.release()
+
+
+def test_sizes_in_messages_and_progress_have_their_own_unit(tmp_path, monkeypatch):
+    """A small model's disk check read "needs 0.00 GiB, 0.00 GiB is free", its build "writing weights: 0 / 0 MiB"."""
+    from collections import namedtuple
+
+    from backend import outputs
+    from backend.names import human_bytes
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage(10 << 20, 0, 900 << 10))
+    with pytest.raises(OSError, match=r"needs 1.43 MiB \(and 50 MiB to spare\), 900 KiB is free"):
+        outputs.check_disk(tmp_path, 1_500_000)
+    assert [human_bytes(n) for n in (0, 1536, 702 << 20, int(1.234 * 2**30), 1500 << 30)] == \
+        ["0 B", "1.5 KiB", "702 MiB", "1.23 GiB", "1,500 GiB"]
