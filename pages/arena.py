@@ -134,8 +134,10 @@ st.subheader("Leaderboard")
 all_votes = arena.votes()
 blind_votes = [v for v in all_votes if v.blind]
 if not blind_votes:
-    st.caption("No blind votes yet." + (f" (Left out: {count(len(all_votes), 'vote')} cast with names shown.)"
-                                        if all_votes else ""))
+    # with the next step: the prompt box sits at the window's foot, far below this line on a tall page
+    st.caption("No blind votes yet: type a prompt in the box at the foot of the page, read the answers, then vote "
+               "for the better one; the leaderboard appears with the first blind vote."
+               + (f" (Left out: {count(len(all_votes), 'vote')} cast with names shown.)" if all_votes else ""))
     st.stop()
 control = st.toggle("Style control", value=True, key="style_control",
                     help="Answer length and markdown (headers, lists, bold) enter as covariates, as Chatbot "

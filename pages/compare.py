@@ -16,7 +16,7 @@ from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
-                           short_name)
+                           short_name, word_bins)
 from storage import db
 from storage.models import EvalScore, Generation
 
@@ -153,8 +153,12 @@ latest = scores_now()
 with st.expander("Evaluate", expanded=False):
     e1, e2 = st.columns(2)
     scored = {m for m, _, _ in latest}  # all registered models by default made one click queue 150 jobs
-    emodels = e1.multiselect("Models", names, default=[m for m in names if m not in scored], key="eval_models",
-                             help="Preselected: the models with no scores yet (none when every model has some).")
+    # nor those an evaluation queued or running will score: while `eval … --queue` ran, the form offered them again
+    # and one click queued the same evaluations twice
+    pending = {m for j in runner.active_jobs() if j.kind == "eval" for m in j.spec.get("models", [])}
+    emodels = e1.multiselect("Models", names, default=[m for m in names if m not in scored | pending],
+                             key="eval_models", help="Preselected: the models with no scores yet and no evaluation "
+                             "queued or running (none when every model has some).")
     tasks = e2.multiselect("Tasks", ["perplexity", "synth-math", "qa"], default=["perplexity", "synth-math"],
                            key="eval_tasks", help="Built-in sets are held out from the built-in training sets by "
                            "construction; qa is closed-book QA with known answers and abstention.")
@@ -188,9 +192,17 @@ with st.expander("Evaluate", expanded=False):
                                               help=spec_fields["overlap_threshold"].description),
             ngram=a3.number_input("Overlap n-gram (words)", 3, 30, spec_fields["ngram"].default, key="eval_ngram",
                                   help=spec_fields["ngram"].description))
+    if busy := [m for m in emodels if m in pending]:  # a second click queued the same evaluations again
+        st.info(f"An evaluation queued or running already scores {', '.join(busy)} (Jobs page): evaluate "
+                f"{'it' if len(busy) == 1 else 'them'} again only for other tasks or settings; a model's newer run "
+                "of a task replaces its older one.")
     if not emodels:  # not an error: with every model scored, none is preselected
-        st.info("Choose the models to evaluate" + (": every registered model has scores already (a model evaluated "
-                "again on a task replaces its earlier run of that task)." if scored.issuperset(names) else "."))
+        waiting = sorted(pending - scored)
+        st.info("Choose the models to evaluate" + (
+            ": every registered model has scores already (a model evaluated again on a task replaces its earlier run "
+            "of that task)." if scored.issuperset(names) else
+            f": every model without scores has an evaluation queued or running ({', '.join(waiting)}: see the Jobs "
+            "page)." if waiting and scored | pending >= set(names) else "."))
     else:
         try:
             espec = EvalSpec(models=emodels, tasks=tasks + files.split(), limit=limit, max_new_tokens=max_new,
@@ -390,9 +402,24 @@ if len(gen_models) >= 2:
                       + ", ".join(f"{m} {c}" for m, c in left["by_model"].items() if c) + ")" if left["n"] else "")
                    + ".")
 c1, c2 = st.columns(2)
-c1.plotly_chart(length_box_figure(dict(words), models=charted), key="len_box")
 pooled, which = same_items(recs, gen_models)
-acc_fig = by_bin_figure(analysis.by_length_bin(pooled, n_bins), "accuracy", models=charted)
+# the boxes over the same answers as the accuracy chart: a model scored on 12 items beside models scored on 8 had a
+# box over its 12 next to their 8, lengths of different questions
+shared_words = defaultdict(list)
+for r in pooled:
+    shared_words[r.model].append(r.words)
+c1.plotly_chart(length_box_figure(dict(shared_words), models=charted), key="len_box")
+if len(pooled) != len(recs):
+    c1.caption(f"Only the {len(pooled) // len(gen_models)} items every model answered, as in the chart beside it.")
+bin_rows = analysis.by_length_bin(pooled, n_bins)
+edges = analysis.bin_edges(pooled, n_bins)
+labels = word_bins(edges)
+for row in bin_rows:  # whole-word ranges: "4–6 words" then "6–43 words" put 6-word answers in both
+    row["range"] = labels[row["bin"]]
+if len(edges) - 1 < n_bins:  # quantiles that tie merge: 3 bins asked, 2 drawn, without a word
+    which += (f" {len(edges) - 1} length bin{'s' if len(edges) > 2 else ''}, not {n_bins}: many answers have the "
+              "same length, so some bins' edges coincide.")
+acc_fig = by_bin_figure(bin_rows, "accuracy", models=charted)
 acc_fig.update_traces(mode="lines+markers+text", textposition="top center", textfont_size=10)  # n on each point
 c2.plotly_chart(acc_fig, key="bin_acc")
 c2.caption(which)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from backend.scoretable import interval95, zero_error
+from backend.scoretable import higher_is_better, interval95, zero_error
 from backend.specs import CptSpec
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
@@ -239,6 +239,19 @@ def _titled(title: str, subtitle: str) -> str:
     return f"{title}<br><sup>{subtitle}</sup>" if subtitle else title
 
 
+LOWER_IS_BETTER = {"perplexity", "hallucination_rate", "cut_off_rate"}
+
+
+def direction(metric: str | None) -> str:
+    """Which way a metric is better, for a chart's second title line: a perplexity's bars stood like an accuracy's,
+    and the tallest (the worst model) read as the best."""
+    if not metric:
+        return ""
+    if higher_is_better(metric):
+        return "higher is better"
+    return "lower is better" if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else ""
+
+
 def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str = "") -> go.Figure:
     """One task's score per model (`table`: rows with model, value, and optionally stderr and n). `models`: every
     model of the page, in order: bars follow it and a model keeps its colour (name_colors) across charts even where
@@ -257,6 +270,8 @@ def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str 
                            text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
                            hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
     tops = _interval_whiskers(fig, table, name_ax, value_ax)
+    metrics = {r.get("metric") for r in table}
+    subtitle = "; ".join(filter(None, [direction(metrics.pop()) if len(metrics) == 1 else "", subtitle]))
     fig.update_layout(title=_titled(task + (" — whiskers: 95 % interval" if tops else ""), subtitle),
                       showlegend=False, margin=dict(l=10, r=10 if across else 40, t=60 if subtitle else 40,
                                                     b=80 if across else 30))
@@ -350,6 +365,20 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
     return fig
 
 
+def word_bins(edges: list[float]) -> list[str]:
+    """The length bins' labels in whole words: analysis.bins_of's bins are half-open, [4, 6) then [6, 43] (the last
+    closed), and its labels "4–6 words", "6–43 words" put the 6-word answers in both; here "4–5 words", "6–43 words"
+    ("6 words" for a bin of one length)."""
+    import math
+
+    out = []
+    for b in range(len(edges) - 1):
+        lo = math.ceil(edges[b])
+        hi = math.floor(edges[b + 1]) if b == len(edges) - 2 else math.ceil(edges[b + 1]) - 1
+        out.append(f"{lo} words" if hi <= lo else f"{lo}–{hi} words")
+    return out
+
+
 def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None) -> go.Figure:
     """`metric` per answer-length bin, a line per model in the order and colours of `models` (the page's, see
     name_colors; else by name); each line is in the legend, also alone."""
@@ -410,6 +439,9 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
     return fig
 
 
+ELO_CENTRE = 1000  # backend/arena.py centres the ratings here (Elo = 400·θ + 1000)
+
+
 def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
     """Ratings with their 95 % intervals, best first; bars lie down when the names do not fit under them (the chart
     is page-wide: twice the characters of a half-page one). The whiskers are a second trace holding only the models
@@ -419,10 +451,14 @@ def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
     names = [r["model"] for r in board]
     across = fits_across(names, 2 * ACROSS_CHARS)
     name_ax, value_ax = ("x", "y") if across else ("y", "x")
-    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] for r in board]},
+    # bars from the ratings' centre (ELO_CENTRE), not from 0: an Elo rating has no zero, and bars from 0 drew one
+    # vote's 1189 against 811 as a model half as good again; from 1000 they read as above or below the middle
+    fig = go.Figure(go.Bar(**{name_ax: names, value_ax: [r["score"] - ELO_CENTRE for r in board]}, base=ELO_CENTRE,
                            orientation="v" if across else "h",
                            marker_color=list(name_colors(names).values()), hovertext=names,
-                           hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.0f}}<extra></extra>"))
+                           customdata=[r["score"] for r in board],
+                           hovertemplate="%{hovertext}: %{customdata:.0f}<extra></extra>"))
+    (fig.add_hline if across else fig.add_vline)(ELO_CENTRE, line=dict(color=REFERENCE, dash="dash", width=1))
     shown = [r for r in board if r["low"] is not None and r["high"] is not None]
     if shown:
         fig.add_trace(go.Scatter(**{
@@ -437,7 +473,7 @@ def leaderboard_figure(board: list[dict], title: str) -> go.Figure:
     fig.update_layout(title=title if not missing else
                       f"{title} ({'no intervals' if not shown else f'{missing} without an interval'}: see the table)",
                       margin=dict(l=10, r=10, t=40, b=60 if across else 30), showlegend=False)
-    _lay_out_names(fig, names, across, 320, dict(title="Bradley–Terry (Elo scale)"))
+    _lay_out_names(fig, names, across, 320, dict(title=f"Bradley–Terry (Elo scale; bars from {ELO_CENTRE})"))
     return fig
 
 

@@ -9,8 +9,7 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from backend.specs import spec_from_dict
-from pages.common import job_status, live_log, worker_banner, via_app
+from pages.common import job_status, live_log, planned_name, worker_banner, via_app
 from pages.figures import short_name
 
 via_app(__file__)
@@ -30,13 +29,7 @@ def output(job) -> str:
         return made
     if job.kind == "eval":
         return "scores of " + ", ".join(job.spec.get("models", []))
-    if job.spec.get("name"):
-        return job.spec["name"]
-    try:
-        spec = spec_from_dict(job.spec)
-    except ValueError:  # a spec written by an older version: its kind is all the table can say
-        return ""
-    return spec.default_name() if hasattr(spec, "default_name") else f"from {job.spec.get('target', '?')}"
+    return planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
 
 
 @st.fragment(run_every=2.0)
@@ -59,14 +52,16 @@ def job_table() -> None:
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         "seconds": round((j.finished - j.started).total_seconds(), 1) if j.finished and j.started else None,
     } for j in jobs]), hide_index=True, key="jobs_table",
-        # fitted to a 1400 px window, id pinned: long names and messages are cut in their cells (the job list and
-        # status box below the table show them whole), so "created" and "seconds" stay in view
-        column_config={"id": col.NumberColumn(pinned=True, width=40),
+        # fitted to a 1280 px window (820 px of table beside the sidebar; at 1400 px "seconds" fell off a 1280 one),
+        # id pinned: long names and messages are cut in their cells (the job list and status box below the table
+        # show them whole), so "created" and "seconds" stay in view
+        column_config={"id": col.NumberColumn(pinned=True, width=40), "kind": col.TextColumn(width=60),
                        "output": col.TextColumn(width=200, help="the model or data set the job makes (whole in "
                                                                 "the job list below)"),
-                       "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=90),
-                       "message": col.TextColumn(width=210, help="select the job below to read it whole"),
-                       "created": col.TextColumn(width=110), "seconds": col.NumberColumn(width=70)})
+                       "status": col.TextColumn(width=80),
+                       "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=75),
+                       "message": col.TextColumn(width=195, help="select the job below to read it whole"),
+                       "created": col.TextColumn(width=100), "seconds": col.NumberColumn(width=60)})
 
 
 job_table()
@@ -74,7 +69,10 @@ jobs = runner.list_jobs(shown or None)
 if jobs:
     # no status in the labels, as on the Monitor page: they are drawn when the whole page reruns, so "running"
     # stayed above the live status box's "failed" (the table above and the box below say it as it changes)
+    # first shown: the newest running job, whose live log a visitor most likely came for (the newest job was often
+    # one queued behind it: "No log yet")
     job_id = st.selectbox("Job", [j.id for j in jobs], key="job",
+                          index=next((i for i, j in enumerate(jobs) if j.status == "running"), 0),
                           format_func=lambda i: next(f"{j.id} · {j.kind} · {output(j)}" for j in jobs if j.id == i))
     job_status(job_id)
     job = runner.get(job_id)

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import registry
+from backend import registry, runner
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, explain
 from pages.common import cached_model, human, job_status, submit, worker_banner, via_app
@@ -36,6 +36,14 @@ with st.expander("Import a model", expanded=not registry.list_models()):
             st.error(explain(exc))
     if "import_job" in st.session_state:
         job_status(st.session_state["import_job"])
+
+def jobs_using(name: str) -> list:
+    """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an
+    up-scale's base or second, a merge's candidates or base, an evaluation's models)."""
+    fields = ("model", "models", "base", "second", "reference_model")
+    return [j for j in runner.active_jobs()
+            if any(v == name or (isinstance(v, list) and name in v) for v in (j.spec.get(f) for f in fields))]
+
 
 models = registry.list_models()
 if not models:
@@ -65,8 +73,12 @@ with info:
                    "Put the folder back, or delete the entry below.")
     chain = registry.lineage(rec.name)  # a deleted ancestor stays named, marked deleted
     if chain:
+        # the first-parent chain: a merge's other candidates were missing, so "base → sft → merge" read as a
+        # merge of one model
+        others = registry.parents_shown(rec, registered)[1:]  # the names read once above, not a lookup each
         st.write("Lineage: " + " → ".join(f"`{p.split('/')[-1]}`" + ("" if present else " (deleted)")
-                                          for p, present in chain) + f" → **{rec.name}**")
+                                          for p, present in chain) + f" → **{rec.name}**"
+                 + (" (also made from " + ", ".join(f"`{p.split('/')[-1]}`" for p in others) + ")" if others else ""))
     kids = registry.children(rec.name)
     if kids:
         st.write("Made from it: " + ", ".join(f"`{k.name}`" for k in kids))
@@ -84,7 +96,15 @@ with info:
         if kids:
             st.warning(f"{len(kids)} model(s) were made from it: " + ", ".join(f"`{k.name}`" for k in kids)
                        + ". They stay, and their lineage keeps naming it, marked deleted.")
-        label = f"Yes, delete {rec.name}" + (f" although {len(kids)} model(s) were made from it" if kids else "")
+        # a queued or running job reading it (training, merge, evaluation) lost its model without a word here
+        users = jobs_using(rec.name)
+        if users:
+            st.warning(f"{len(users)} queued or running job(s) use it: " + ", ".join(
+                f"job {j.id} ({j.kind}, {j.status})" for j in users) + ". Deleted now, they fail without it: cancel "
+                "them on the Jobs page first, or wait until they end.")
+        label = f"Yes, delete {rec.name}" + (f" although {len(kids)} model(s) were made from it" if kids else "") \
+            + (f"{' and' if kids else ' although'} job{'s' if len(users) > 1 else ''} "
+               f"{', '.join(str(j.id) for j in users)} use{'' if len(users) > 1 else 's'} it" if users else "")
         # the tick is for this model only: it stayed for the next model shown (after a delete, the one that took
         # its place), so a second click on Delete removed a model nobody had confirmed
         if st.session_state.get("_confirm_delete_for") != rec.name:

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import registry, uploads
+from backend import registry, runner, uploads
 from backend.specs import SynthMathSpec, explain
 from backend.synth import pipeline
 from backend.synth.seeds import CATEGORIES, SeedError, load_seeds
@@ -48,6 +48,30 @@ def length_gap_sentence(g: dict) -> str:
     return (f"Chosen answers are longer than rejected ones in {g['longer']} of {n} pairs "
             f"({g['longer'] / n:.0%}), shorter in {g['shorter']}, as long in {g['same']}; on average "
             f"{g['mean_diff']:+.1f} words ({g['chosen_words']:.1f} vs {g['rejected_words']:.1f}): {verdict}.")
+
+
+def synth_name_taken(spec: SynthMathSpec) -> str:
+    """Why a run of `spec` would be refused for its name ("" when free): a data set holds NAME-pairs, -instruct or
+    -alignment, or a queued or running job will make them."""
+    making = next((j for j in runner.active_jobs() if j.kind == "synth-math" and j.spec.get("name") == spec.name),
+                  None)
+    if making:
+        return f"Job {making.id} is making {spec.name}-pairs already: choose another name to make another data set."
+    try:
+        pipeline.check_synth_free(spec)
+    except pipeline.DatasetError as exc:
+        return str(exc).replace("Nothing was made: choose", "Choose").replace(
+            " (--name, or Name on the Synthetic math page)", "")
+    return ""
+
+
+def free_synth_name(base: str = "synth-math") -> str:
+    """The first of synth-math, synth-math-2, … whose data sets are all free, as the Name's first value."""
+    for i in range(1, 1000):
+        name = base if i == 1 else f"{base}-{i}"
+        if not any(pipeline.get_dataset(f"{name}-{k}") for k in ("pairs", "instruct", "alignment")):
+            return name
+    return base
 
 
 def delete_control() -> None:
@@ -132,7 +156,8 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
         extra["api_key_env"] = c3.text_input("Key from environment variable", "OPENAI_API_KEY", key="reph_key")
     bench = st.text_input("Contamination check: benchmark file (optional, e.g. a GSM8K test split .jsonl)",
                           key="benchmark")
-    name = st.text_input("Name", "synth-math", key="synth_name")
+    name = st.text_input("Name", free_synth_name(), key="synth_name",
+                         help="The run registers NAME-pairs, NAME-instruct and NAME-alignment.")
     spec = None
     if from_file and seed_file is None:  # no spec of the generator's seeds stands in for a missing or bad file
         st.info("Upload a readable seed file to make pairs or save the spec.")
@@ -142,8 +167,13 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                                  categories=cats, benchmark=bench or None, name=name, **extra)
         except ValidationError as exc:
             st.error(explain(exc))
+    # a name taken was refused only after the click ("Not queued: … already named"), and "synth-math", the
+    # default, is taken after the first run: said here, and Make pairs waits for a free name
+    taken = synth_name_taken(spec) if spec else ""
+    if taken:
+        st.info(taken)
     b1, b2 = st.columns(2)
-    if spec and b1.button("Make pairs", type="primary", key="make_pairs"):
+    if spec and b1.button("Make pairs", type="primary", key="make_pairs", disabled=bool(taken)):
         submit(spec, "synth_job")
     if spec:
         b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="synth_spec")

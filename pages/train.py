@@ -39,7 +39,13 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001 - an architecture the plan cannot model still trains
         st.caption(f"No memory plan for this model: {exc}")
         return True, ""
-    st.dataframe(pd.DataFrame(r.rows()), hide_index=True)
+    # the verdict first: at 1280 px the last column, "fits", showed "n/a: needs C" and the total sat mid-table
+    table = pd.DataFrame(r.rows())
+    table = table[["strategy", "total", "fits"] + [c for c in table.columns if c not in ("strategy", "total", "fits")]]
+    st.dataframe(table.rename(columns={c: f"{c} (GiB)" for c in table.columns if c not in ("strategy", "fits")}),
+                 hide_index=True, key="memory_plan", column_config={
+                     "strategy": st.column_config.TextColumn(pinned=True),
+                     "fits": st.column_config.TextColumn(width="medium")})
     where = (f"{len(r.avail)} × {r.what}, " + ", ".join(f"{a / memplan.GiB:.0f}" for a in r.avail) + " GiB free"
              if r.setup.device == "cuda" else f"CPU: {r.avail[0] / memplan.GiB:.0f} GiB of RAM")
     sentence = r.sentence()
