@@ -1365,7 +1365,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("target", nargs="?", help="import: builtin | FOLDER | FILE.gguf | owner/name; delete: NAME")
     m.add_argument("--name", help="import: the name to register (default: derived from the target)")
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
-    m.add_argument("--force", action="store_true", help="delete: also when other models were made from it")
+    m.add_argument("--force", action="store_true",
+                   help="delete: also when other models were made from it or active jobs read it")
     m.add_argument("--json", action="store_true", help="list: a JSON array, for scripts")
     m.set_defaults(fn=cmd_models)
 

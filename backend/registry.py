@@ -125,12 +125,20 @@ def check_not_orphaned_parent(name: str, source: str = "") -> None:
 
 def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None:
     """Remove a model from the registry; its folder goes too when the studio made it (under workspace/models).
-    Models made from it are refused unless `force`: they stay, and their `parents` keep naming it (see lineage)."""
+    Models made from it, and queued or running jobs that read it, are refused unless `force`: the models stay, and
+    their `parents` keep naming it (see lineage); the jobs fail without it (runner.jobs_using)."""
+    from backend.runner import jobs_using
+
     kids = children(name)
     if kids and not force:
         raise RegistryError(f"{len(kids)} model(s) were made from {name!r}: {', '.join(k.name for k in kids)}. "
                             "They would keep naming it in their lineage, shown as deleted. Delete anyway with "
                             "--force (the page asks you to confirm).")
+    users = jobs_using(name)
+    if users and not force:
+        raise RegistryError(f"{len(users)} queued or running job(s) read {name!r}: " + ", ".join(
+            f"job {j.id} ({j.kind}, {j.status})" for j in users) + ". Deleted now, they fail without it: cancel them "
+            "(python -m backend jobs cancel ID) or wait until they end; or delete anyway with --force.")
     with db.session() as s:
         rec = s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
         if rec is None:

@@ -265,6 +265,15 @@ def list_jobs(limit: int | None = 100, *, kinds=None, statuses=None) -> list[Job
     return rows
 
 
+def jobs_using(name: str) -> list[Job]:
+    """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an up-scale's
+    base or second, a merge's candidates or base, an evaluation's models): a delete refuses them (registry.delete,
+    the Models page's warning)."""
+    fields = ("model", "models", "base", "second", "reference_model")
+    return [j for j in active_jobs()
+            if any(v == name or (isinstance(v, list) and name in v) for v in (j.spec.get(f) for f in fields))]
+
+
 def active_jobs() -> list[Job]:
     """Every queued or running job, oldest first: what a queued job's place in the queue depends on, however many
     finished jobs are newer."""

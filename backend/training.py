@@ -269,8 +269,10 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=40)
-        for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors
-            print(line, end="", flush=True)
+        for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors; on
+            # stderr, as every progress line (a job's stdout and stderr are both its log): a foreground `train`'s
+            # stdout is its result alone, for a script to read
+            print(line, end="", file=sys.stderr, flush=True)
             tail.append(line.rstrip())
         rc = proc.wait()
     final = run_dir / "final"

@@ -37,14 +37,6 @@ with st.expander("Import a model", expanded=not registry.list_models()):
     if "import_job" in st.session_state:
         job_status(st.session_state["import_job"])
 
-def jobs_using(name: str) -> list:
-    """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an
-    up-scale's base or second, a merge's candidates or base, an evaluation's models)."""
-    fields = ("model", "models", "base", "second", "reference_model")
-    return [j for j in runner.active_jobs()
-            if any(v == name or (isinstance(v, list) and name in v) for v in (j.spec.get(f) for f in fields))]
-
-
 models = registry.list_models()
 if not models:
     st.info("No models yet: import one above.")
@@ -97,7 +89,7 @@ with info:
             st.warning(f"{len(kids)} model(s) were made from it: " + ", ".join(f"`{k.name}`" for k in kids)
                        + ". They stay, and their lineage keeps naming it, marked deleted.")
         # a queued or running job reading it (training, merge, evaluation) lost its model without a word here
-        users = jobs_using(rec.name)
+        users = runner.jobs_using(rec.name)
         if users:
             st.warning(f"{len(users)} queued or running job(s) use it: " + ", ".join(
                 f"job {j.id} ({j.kind}, {j.status})" for j in users) + ". Deleted now, they fail without it: cancel "

@@ -228,3 +228,31 @@ def test_sizes_in_messages_and_progress_have_their_own_unit(tmp_path, monkeypatc
         outputs.check_disk(tmp_path, 1_500_000)
     assert [human_bytes(n) for n in (0, 1536, 702 << 20, int(1.234 * 2**30), 1500 << 30)] == \
         ["0 B", "1.5 KiB", "702 MiB", "1.23 GiB", "1,500 GiB"]
+
+
+def test_a_foreground_train_prints_its_result_alone_on_stdout(tiny_llama, workspace, capfd):
+    """The trainer's output (hundreds of lines on a long run) went to stdout between the result lines a script reads:
+    it is progress, on stderr, as the command's own progress lines are."""
+    from backend.__main__ import main as cli
+
+    assert cli(["train", "sft", "--model", str(tiny_llama), "--data", "builtin:alpaca-mini", "--max-steps", "1",
+                "--max-rows", "4", "--max-length", "32", "--eval-fraction", "0", "--name", "fg"]) == 0
+    out, err = capfd.readouterr()
+    assert "'loss'" in err and "'loss'" not in out and "step 1/1" not in out
+    assert out.splitlines()[0] == "model: fg" and all(": " in line for line in out.splitlines()), out
+
+
+def test_deleting_a_model_an_active_job_reads_is_refused_without_force(tiny_llama, capsys):
+    """The page warns (runner.jobs_using); `models delete` and registry.delete removed it and the job failed later."""
+    from backend.__main__ import main as cli
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(_fast_sft("tiny", "later"))
+    with pytest.raises(registry.RegistryError, match=rf"1 queued or running job\(s\) read 'tiny': job {job.id} "
+                                                     r"\(sft, queued\)"):
+        registry.delete("tiny")
+    assert cli(["models", "delete", "tiny"]) == 2 and registry.get("tiny") is not None
+    assert "jobs cancel ID" in capsys.readouterr().err
+    runner.cancel(job.id)
+    registry.delete("tiny")  # nothing reads it any more
+    assert registry.get("tiny") is None

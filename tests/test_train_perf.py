@@ -175,7 +175,7 @@ def test_sft_auto_on_a_cpu_is_exactly_the_explicit_off(tiny, capfd):
         summaries[label] = json.loads(Path(result["run_dir"], "summary.json").read_text())
         assert all(m["peak_memory_gib"] > 0.05 for m in rows if "loss" in m)  # peak RSS: a Python with torch
         assert not any("mfu" in m for m in rows)  # no GPU, no peak to divide by
-    assert "perf: compile = off (auto on a CPU: eager PyTorch, as before)" in capfd.readouterr().out
+    assert "perf: compile = off (auto on a CPU: eager PyTorch, as before)" in capfd.readouterr().err
     assert len(losses["auto"]) == 6 and losses["auto"] == losses["off"]
     s = summaries["auto"]
     assert s["peak_memory_gib"] > 0.05 and s["perf"]["compile"] == "off" and s["perf"]["optim"] is None
@@ -195,5 +195,5 @@ def test_regional_compile_trains_and_saves_like_eager(tiny, capfd):
         (shard,) = Path(result["path"]).glob("*.safetensors")
         with safe_open(shard, "pt") as f:
             assert not [k for k in f.keys() if "orig_mod" in k] and "model.layers.0.mlp.up_proj.weight" in f.keys()
-    assert "perf: compile = regional (asked for)" in capfd.readouterr().out
+    assert "perf: compile = regional (asked for)" in capfd.readouterr().err
     assert len(losses["regional"]) == 3 and losses["regional"] == pytest.approx(losses["off"], rel=1e-4)
