@@ -147,6 +147,18 @@ def bins_of(words: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.minimum(np.searchsorted(edges, words, side="right") - 1, len(edges) - 2)
 
 
+def word_bins(edges: list[float]) -> list[str]:
+    """The length bins' labels in whole words: bins_of's bins are half-open, [4, 6) then [6, 43] (the last closed),
+    and the labels "4–6 words", "6–43 words" put the 6-word answers in both; here "4–5 words", "6–43 words" ("6
+    words" for a bin of one length)."""
+    out = []
+    for b in range(len(edges) - 1):
+        lo = math.ceil(edges[b])
+        hi = math.floor(edges[b + 1]) if b == len(edges) - 2 else math.ceil(edges[b + 1]) - 1
+        out.append(f"{lo} words" if hi <= lo else f"{lo}–{hi} words")
+    return out
+
+
 def by_length_bin(records: list[Record], n_bins: int = 4) -> list[dict]:
     """Per model and length bin: count, accuracy, hallucination rate."""
     edges = bin_edges(records, n_bins)
@@ -154,7 +166,8 @@ def by_length_bin(records: list[Record], n_bins: int = 4) -> list[dict]:
     cells: dict[tuple[str, int], list[Record]] = {}
     for r, b in zip(records, bins.tolist()):
         cells.setdefault((r.model, b), []).append(r)
-    return [{"model": m, "bin": b, "range": f"{edges[b]:.0f}–{edges[b + 1]:.0f} words", "n": len(rs),
+    labels = word_bins(edges)
+    return [{"model": m, "bin": b, "range": labels[b], "n": len(rs),
              "accuracy": sum(r.correct for r in rs) / len(rs),
              "hallucination_rate": sum(r.hallucination for r in rs) / len(rs)}
             for (m, b), rs in sorted(cells.items())]

@@ -16,7 +16,7 @@ from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import job_status, model_names, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
-                           short_name, word_bins)
+                           short_name)
 from storage import db
 from storage.models import EvalScore, Generation
 
@@ -413,9 +413,6 @@ if len(pooled) != len(recs):
     c1.caption(f"Only the {len(pooled) // len(gen_models)} items every model answered, as in the chart beside it.")
 bin_rows = analysis.by_length_bin(pooled, n_bins)
 edges = analysis.bin_edges(pooled, n_bins)
-labels = word_bins(edges)
-for row in bin_rows:  # whole-word ranges: "4–6 words" then "6–43 words" put 6-word answers in both
-    row["range"] = labels[row["bin"]]
 if len(edges) - 1 < n_bins:  # quantiles that tie merge: 3 bins asked, 2 drawn, without a word
     which += (f" {len(edges) - 1} length bin{'s' if len(edges) > 2 else ''}, not {n_bins}: many answers have the "
               "same length, so some bins' edges coincide.")

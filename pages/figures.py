@@ -365,20 +365,6 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
     return fig
 
 
-def word_bins(edges: list[float]) -> list[str]:
-    """The length bins' labels in whole words: analysis.bins_of's bins are half-open, [4, 6) then [6, 43] (the last
-    closed), and its labels "4–6 words", "6–43 words" put the 6-word answers in both; here "4–5 words", "6–43 words"
-    ("6 words" for a bin of one length)."""
-    import math
-
-    out = []
-    for b in range(len(edges) - 1):
-        lo = math.ceil(edges[b])
-        hi = math.floor(edges[b + 1]) if b == len(edges) - 2 else math.ceil(edges[b + 1]) - 1
-        out.append(f"{lo} words" if hi <= lo else f"{lo}–{hi} words")
-    return out
-
-
 def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None) -> go.Figure:
     """`metric` per answer-length bin, a line per model in the order and colours of `models` (the page's, see
     name_colors; else by name); each line is in the legend, also alone."""
