@@ -9,10 +9,10 @@ import streamlit as st
 from pydantic import ValidationError
 
 from backend import registry, runner
+from backend.names import human_bytes
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import (human, human_bytes, job_making, job_status, model_names, submit, via_app,
-                          worker_banner)
+from pages.common import human, job_making, job_status, model_names, submit, via_app, worker_banner
 from pages.figures import layer_map_figure
 
 

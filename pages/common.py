@@ -32,16 +32,6 @@ def human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def human_bytes(n: float) -> str:
-    """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): what fits a metric a quarter of the row wide
-    ("702.20 MiB" showed as "702.20 …")."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1000 or unit == "GiB":
-            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
-        n /= 1024
-    return ""
-
-
 def planned_name(job) -> str:
     """The name a job will register: its spec's name, or the name the spec derives when it gives none (a job
     queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say."""

@@ -242,6 +242,10 @@ fields = dict(
     num_processes=c4.number_input("Processes", 1, 64, 1, key="num_processes",
                                   help="accelerate launch --num_processes (CPU: gloo data parallel)"),
 )
+if kind == "sft":
+    fields["completion_only_loss"] = st.checkbox(
+        "Learn the last assistant reply only", key="completion_only_loss",
+        help=SftSpec.model_fields["completion_only_loss"].description)
 if kind == "dpo":
     d1, d2 = st.columns(2)
     fields["beta"] = d1.number_input("beta", 0.001, 10.0, 0.1, key="beta")

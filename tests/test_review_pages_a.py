@@ -84,7 +84,7 @@ def test_an_emptied_model_name_takes_the_suggestion_again(tiny):
 
 
 def test_size_on_disk_fits_its_metric():
-    from pages.common import human_bytes as short
+    from backend.names import human_bytes as short
 
     assert short(736_296_960) == "702 MiB"  # SmolLM2-135M dus m=8, float32: was "702.20 MiB", cut to "702.20 …"
     assert short(1_320_000_000) == "1.23 GiB"
@@ -122,7 +122,7 @@ def test_jobs_table_shows_why_a_job_failed(tiny):
     from backend.specs import UpscaleSpec
 
     runner.submit(UpscaleSpec(base="tiny", m=2, name="gone-before-it-ran"))
-    registry.delete("tiny", delete_files=False)  # the base is gone by the time the job runs
+    registry.delete("tiny", delete_files=False, force=True)  # gone by the time the job runs
     runner.worker(once=True)
     at = app("jobs.py")
     table = at.dataframe[0].value

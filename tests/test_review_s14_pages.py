@@ -232,3 +232,21 @@ def test_a_job_cancelled_before_it_started_does_not_promise_a_log(tiny):
     captions = [c.value for c in at.caption]
     assert "No log: the job ended (cancelled) before a worker started it." in captions, captions  # was "No log yet"
     assert not any(c.startswith("No log yet") for c in captions)
+
+
+def test_train_page_offers_completion_only_loss_for_sft_and_the_job_carries_it(tiny_llama):
+    from backend import registry, runner
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    at = app("train.py")
+    at.radio(key="kind").set_value("dpo").run()
+    assert not [c for c in at.checkbox if c.key == "completion_only_loss"]  # SFT's option alone
+    at.radio(key="kind").set_value("sft").run()
+    box = at.checkbox(key="completion_only_loss")
+    assert box.value is False and "last assistant reply" in box.help
+    box.check().run()
+    at.button(key="launch").click().run()
+    assert not at.exception, at.exception
+    (job,) = runner.list_jobs()
+    assert job.kind == "sft" and job.spec["completion_only_loss"] is True
