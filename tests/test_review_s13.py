@@ -303,7 +303,7 @@ def test_a_running_job_older_than_the_100_newest_stays_in_view(tiny_llama):
     registry.import_folder(tiny_llama, "tiny")
     train = app("train.py")
     assert not train.exception
-    assert train.selectbox(key="after").options == ["start now", f"job {old} · sft · running"]
+    assert train.selectbox(key="after").options == ["start now", f"job {old} · sft · running → days-long"]
 
 
 def test_monitor_offers_training_jobs_older_than_the_500_newest_jobs():

@@ -250,3 +250,17 @@ def test_train_page_offers_completion_only_loss_for_sft_and_the_job_carries_it(t
     assert not at.exception, at.exception
     (job,) = runner.list_jobs()
     assert job.kind == "sft" and job.spec["completion_only_loss"] is True
+
+
+def test_start_after_names_what_each_job_makes(tiny_llama):
+    """Two queued SFT jobs read "job 3 · sft · queued" and "job 4 · sft · queued": which was which?"""
+    from backend import registry, runner
+    from backend.specs import DataSource, SftSpec
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    a = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="sft-v1"))
+    b = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:orca-mini")]))  # unnamed: tiny-sft
+    at = app("train.py")
+    assert at.selectbox(key="after").options == ["start now", f"job {b.id} · sft · queued → tiny-sft",
+                                                 f"job {a.id} · sft · queued → sft-v1"]
