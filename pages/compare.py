@@ -83,13 +83,25 @@ if len(names) < 1:
     st.info("No models yet: import or build one first.")
     st.stop()
 
+def merge_defaults(recs: list) -> list[str]:
+    """The two newest models of one depth, neither made from the other: the two newest models were preselected,
+    and after a merge those were the merge and one of its own candidates (a merge of a model with itself, in part),
+    or models of two depths, which the merge refuses."""
+    newest = recs[::-1]
+    for i, a in enumerate(newest):
+        for b in newest[i + 1:]:
+            if a.num_layers == b.num_layers and a.name not in (b.parents or []) and b.name not in (a.parents or []):
+                return [b.name, a.name]
+    return [r.name for r in recs[-2:]]
+
+
 with st.expander("Merge candidates"):
     st.caption("SOLAR's final step: two candidates merged by Average(a, b) or SLERP. Task arithmetic, TIES and DARE "
                "need the base the candidates were trained from. Models must share architecture and shapes.")
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"],
                           key="merge_method", help="mergekit 0.1.5's definitions; average is its linear")
-    cands = c2.multiselect("Candidates", names, default=names[-2:] if len(names) >= 2 else names,
+    cands = c2.multiselect("Candidates", names, default=merge_defaults(registry.list_models()),
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
     bad_weights = False

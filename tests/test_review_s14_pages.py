@@ -264,3 +264,22 @@ def test_start_after_names_what_each_job_makes(tiny_llama):
     at = app("train.py")
     assert at.selectbox(key="after").options == ["start now", f"job {b.id} · sft · queued → tiny-sft",
                                                  f"job {a.id} · sft · queued → sft-v1"]
+
+
+def test_merge_preselects_two_models_of_one_depth_neither_made_from_the_other(tiny_llama, tmp_path):
+    """The two newest were preselected: after a merge, the merge and one of its own candidates."""
+    import shutil
+
+    from backend import registry
+    from tests.conftest import make_llama
+    from tests.test_pages import app
+
+    for name in ("a", "b", "m"):
+        shutil.copytree(tiny_llama, tmp_path / name)
+    registry.import_folder(tmp_path / "a", "a")
+    registry.import_folder(tmp_path / "b", "b")
+    registry.register(tmp_path / "m", "m", "merged", parents=["a", "b"])
+    deep = make_llama(tiny_llama, tmp_path / "deep", layers=8)  # the newest, of another depth
+    registry.import_folder(deep, "deep")
+    at = app("compare.py")
+    assert at.multiselect(key="merge_models").value == ["a", "b"]
