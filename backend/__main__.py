@@ -913,8 +913,9 @@ def cmd_jobs(a) -> None:
         if a.json:
             return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
                                  "message": runner.job_message(j, active, alive), "error": j.error,
-                                 "name": j.spec.get("name"), "result": j.result, "after": j.after,
-                                 "needs": j.needs or [], "created": j.created, "started": j.started,
+                                 "name": j.spec.get("name"), "output": runner.planned_name(j),
+                                 "result": j.result, "after": j.after, "needs": j.needs or [],
+                                 "waits": j.waits or [], "created": j.created, "started": j.started,
                                  "finished": j.finished} for j in jobs])
         cut = False
         for j in jobs:

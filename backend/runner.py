@@ -265,6 +265,19 @@ def list_jobs(limit: int | None = 100, *, kinds=None, statuses=None) -> list[Job
     return rows
 
 
+def planned_name(job) -> str:
+    """The name a job will register: its spec's name, or the name the spec derives when it gives none (a job
+    queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say. The pages'
+    "a job already makes this name" check, their job labels and `jobs list` all use it."""
+    if job.spec.get("name"):
+        return job.spec["name"]
+    try:
+        spec = spec_from_dict(job.spec)
+    except ValueError:  # a spec written by an older version
+        return ""
+    return spec.default_name() if hasattr(spec, "default_name") else ""
+
+
 def jobs_using(name: str) -> list[Job]:
     """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an up-scale's
     base or second, a merge's candidates or base, an evaluation's models): a delete refuses them (registry.delete,

@@ -11,7 +11,7 @@ import streamlit as st
 
 from backend import registry, runner
 from backend.chat import load
-from backend.specs import TRAIN_KINDS, spec_from_dict
+from backend.specs import TRAIN_KINDS
 from storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,23 +32,11 @@ def human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def planned_name(job) -> str:
-    """The name a job will register: its spec's name, or the name the spec derives when it gives none (a job
-    queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say."""
-    if job.spec.get("name"):
-        return job.spec["name"]
-    try:
-        spec = spec_from_dict(job.spec)
-    except ValueError:  # a spec written by an older version
-        return ""
-    return spec.default_name() if hasattr(spec, "default_name") else ""
-
-
 def job_making(name: str, kinds) -> object | None:
     """A queued or running job of one of `kinds` that will register a model called `name`: a second click while it
     runs queued a second job for the same name, which then failed. A job whose spec gives no name counts under the
     name it derives (`train cpt --model M --queue` makes M-cpt: the page offered to launch a second M-cpt)."""
-    return next((j for j in runner.active_jobs() if j.kind in kinds and planned_name(j) == name), None)
+    return next((j for j in runner.active_jobs() if j.kind in kinds and runner.planned_name(j) == name), None)
 
 
 def submit(spec, key: str, **kw) -> int | None:

@@ -9,7 +9,7 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from pages.common import job_status, live_log, planned_name, worker_banner, via_app
+from pages.common import job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
 
 via_app(__file__)
@@ -29,7 +29,7 @@ def output(job) -> str:
         return made
     if job.kind == "eval":
         return "scores of " + ", ".join(job.spec.get("models", []))
-    return planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
+    return runner.planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
 
 
 @st.fragment(run_every=2.0)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from backend import runner
 from backend.specs import TRAIN_KINDS
-from pages.common import job_status, live_log, planned_name, worker_banner, via_app
+from pages.common import job_status, live_log, worker_banner, via_app
 from pages.figures import held_out_words, metric_figure, recovery_figure
 
 PREFERRED = ["loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "rewards/chosen", "rewards/rejected",
@@ -27,7 +27,7 @@ if not jobs:
 # no status in the labels (they are drawn when the whole page reruns; the status box below is live)
 # the model each job makes, as on the Jobs page: a job queued without a name (CLI, saved spec) showed the model it
 # trains from, so "Recovery of 2 · cpt · M-dus-m8" named the up-scaled input, not the M-dus-m8-cpt it made
-labels = {j.id: f"{j.id} · {j.kind} · {planned_name(j) or j.spec.get('model')}" for j in jobs}
+labels = {j.id: f"{j.id} · {j.kind} · {runner.planned_name(j) or j.spec.get('model')}" for j in jobs}
 specs = {j.id: j.spec for j in jobs}
 # first shown: the newest running job (the newest job was often one queued behind it, with no curve and no log)
 first = next((j for j in jobs if j.status == "running"), jobs[0])

@@ -16,7 +16,7 @@ from backend.synth import pipeline
 from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
 from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
                            explain)
-from pages.common import job_making, job_status, model_names, planned_name, submit, worker_banner, via_app
+from pages.common import job_making, job_status, model_names, submit, worker_banner, via_app
 
 # What "auto" becomes on each device (backend/perf.py decides; measured on an H200, issue 13).
 AUTO = {"compile": "CUDA: regional; CPU: off", "liger": "CUDA: on when installed; CPU: off",
@@ -326,7 +326,7 @@ open_jobs = runner.active_jobs()[::-1]  # every queued or running job, newest fi
 # what each job makes, so two queued SFT jobs can be told apart (an evaluation makes no model: its models)
 after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
                      format_func=lambda i: "start now" if i is None else next(
-                         f"job {j.id} · {j.kind} · {j.status}" + (f" → {made}" if (made := planned_name(j)) else
+                         f"job {j.id} · {j.kind} · {j.status}" + (f" → {made}" if (made := runner.planned_name(j)) else
                                                                    "") for j in open_jobs if j.id == i))
 name = st.text_input("Name of the trained model", value=f"{model}-{kind}", key=f"train_name_{kind}_{model}")
 

@@ -256,3 +256,16 @@ def test_deleting_a_model_an_active_job_reads_is_refused_without_force(tiny_llam
     runner.cancel(job.id)
     registry.delete("tiny")  # nothing reads it any more
     assert registry.get("tiny") is None
+
+
+def test_jobs_list_json_says_what_an_unnamed_job_makes_and_what_it_waits_for(tiny_llama, capsys):
+    """`name` is null for a job queued without --name; the pages showed the name it derives, scripts could not."""
+    from backend.__main__ import main as cli
+
+    registry.import_folder(tiny_llama, "tiny")
+    a = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")]))
+    ev = runner.submit(EvalSpec(models=["tiny-sft"], tasks=["perplexity"], skip_missing=True), waits=[a.id])
+    assert cli(["jobs", "list", "--json"]) in (0, None)
+    rows = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
+    assert rows[a.id]["name"] is None and rows[a.id]["output"] == "tiny-sft"
+    assert rows[ev.id]["waits"] == [a.id] and rows[ev.id]["needs"] == [] and rows[ev.id]["output"] == ""
