@@ -709,8 +709,9 @@ def _wait_for_other_workers(run_ids: list[int]) -> None:
 def stage_state(row, job) -> str:
     """A recipe stage's status as the Recipe page shows it: given (a model the recipe names, not made), reused (an
     earlier run's job), else its job's status."""
-    return "given" if (getattr(row, "info", None) or {}).get("status") == "given" else "reused" if row.reused else (
-        job.status if job else "")
+    from backend import recipe
+
+    return recipe.stage_state(row, job)  # one rule with the Recipe page: "skipped" for a model left out
 
 
 def print_runs(limit: int, as_json: bool) -> None:

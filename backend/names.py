@@ -50,7 +50,10 @@ def human_bytes(n: float) -> str:
     """Three significant digits (702 MiB, 1.23 GiB, 12.3 KiB): a small model's size read "0.00 GiB" in GiB, and
     "0 / 0 MiB" in a build's progress."""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1000 or unit == "GiB":
-            return f"{n:.3g} {unit}" if n < 1000 else f"{n:,.0f} {unit}"
+        shown = float(f"{n:.3g}")  # rounded first: 1023.9 KiB read "1.02e+03 KiB"
+        if shown < 1000:
+            return f"{shown:g} {unit}"
+        if unit == "GiB":
+            return f"{n:,.0f} {unit}"
         n /= 1024
     return ""

@@ -463,6 +463,15 @@ def _requeue_waiting_on(job_id: int) -> None:
             if _transition(w.id, "cancelled", status="queued", finished=None,
                            message=f"queued again: job {dep} it waits for was queued again"):
                 todo.append(w.id)
+        # a job that waited for `dep` however it ended (a recipe's evaluation) and ran without what it makes: queued
+        # again, it keeps the scores it stored (evaluate.stored_by_job) and scores what `dep` now makes
+        with db.session() as s:
+            ran = s.exec(select(Job).where(Job.status == "succeeded", Job.kind == "eval")).all()
+        for w in ran:
+            if dep in (w.waits or []) and (w.result or {}).get("skipped"):
+                # as resume() does: no pid or host of the run before (recover_orphans judged the new claim by them)
+                _transition(w.id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
+                            message=f"queued again: job {dep} it waits for was queued again")
 
 
 @db.retrying
@@ -923,7 +932,7 @@ def _not_ours_any_longer(running: dict) -> list[int]:
 
 
 def _interrupt_running(running: dict) -> None:
-    """A worker stopped by Ctrl-C (a foreground `train`, `recipe run`, `worker`): end the jobs it started here and
+    """A worker stopped by Ctrl-C (a foreground `recipe run` or `worker`): end the jobs it started here and
     mark them interrupted at once. Each job process leads a session of its own (the terminal's Ctrl-C does not reach
     it) and killed itself within 0.5 s of its worker's end (_watch_parent), but its row stayed "running" until a
     worker next started and recovered it (the pages showed "running?" meanwhile). Jobs on a Ray cluster run on:

@@ -51,7 +51,7 @@ def test_an_evaluation_leaves_out_models_not_made_and_fails_when_none_is(tiny_ll
         run_eval(EvalSpec(models=["tiny", "never-made"], tasks=["perplexity"], limit=2))
 
 
-def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path):
+def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path, capsys):
     good = json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n"
     bad = tmp_path / "chat.jsonl"
     bad.write_text(good)
@@ -73,16 +73,41 @@ def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path):
     assert states["eval:sft-b"] == states["eval:avg"] == "skipped"
     scores = tables.latest_scores([rows[s][0].output or str(tiny_llama) for s in ("upscaled", "sft-a")])
     assert all(v["perplexity"] > 1 for v in scores.values()) and len(scores) == 2
+    # the command line says so as the page does (it had a copy of the rule without "skipped")
+    from backend.__main__ import main as cli
+
+    assert cli(["recipe", "runs"]) in (0, None)
+    shown = capsys.readouterr().out
+    assert "skipped" in next(line for line in shown.splitlines() if "eval:sft-b" in line), shown
     # fixed: the rerun makes sft-b and avg and evaluates them alone; the scores already stored are reused
     bad.write_text(good)
     [p2] = recipe.plan_text(text)
     status = {n.stage: n.status for n in p2.nodes}
     assert status["eval:sft-a"] == status["eval:upscaled"] == "reuse"
     assert status["sft-b"] == status["avg"] == status["eval:sft-b"] == status["eval:avg"] == "run"
+    # a model made since (here: registered by hand) is not "evaluated" by the job that left it out
+    out_b = rows["sft-b"][0].output
+    registry.import_folder(tiny_llama, out_b)
+    [p3] = recipe.plan_text(text)
+    status = {n.stage: n.status for n in p3.nodes}
+    assert status["sft-b"] == "reuse" and status["eval:sft-b"] == "run", status
+    registry.delete(out_b, delete_files=False)
+    # or the failed stage resumed: the evaluation that left its model out is queued again with it, keeps the scores
+    # it stored, and scores what the stage (and the merge after it) now make
+    runner.resume(rows["sft-b"][1].id)
+    assert runner.get(ev_job.id).status == "queued"
+    runner.worker(once=True)
+    rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
+    assert rows["sft-b"][1].status == rows["avg"][1].status == rows["eval:avg"][1].status == "succeeded"
+    states = {stage: recipe.stage_state(r, j) for stage, (r, j) in rows.items()}
+    assert states["eval:sft-b"] == states["eval:avg"] == states["eval:sft-a"] == "succeeded", states
+    made = [rows[s][0].output for s in ("sft-b", "avg")]
+    assert all(v["perplexity"] > 1 for v in tables.latest_scores(made).values()) and len(made) == 2
+    assert tables.latest_scores([rows["sft-a"][0].output])[rows["sft-a"][0].output] == scores[rows["sft-a"][0].output]
 
 
 def test_ctrl_c_in_a_foreground_worker_marks_its_job_interrupted_at_once(tiny_llama, workspace):
-    """Ctrl-C in `worker` (and in a foreground `train` or `recipe run`, which run one): the job process, in a session
+    """Ctrl-C in `worker` (and in a foreground `recipe run`, which runs one): the job process, in a session
     of its own, killed itself when its worker went, but its row stayed "running" until a worker next started."""
     import os
     import signal
@@ -226,8 +251,9 @@ def test_sizes_in_messages_and_progress_have_their_own_unit(tmp_path, monkeypatc
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage(10 << 20, 0, 900 << 10))
     with pytest.raises(OSError, match=r"needs 1.43 MiB \(and 50 MiB to spare\), 900 KiB is free"):
         outputs.check_disk(tmp_path, 1_500_000)
-    assert [human_bytes(n) for n in (0, 1536, 702 << 20, int(1.234 * 2**30), 1500 << 30)] == \
-        ["0 B", "1.5 KiB", "702 MiB", "1.23 GiB", "1,500 GiB"]
+    assert [human_bytes(n) for n in (0, 1536, 702 << 20, int(1.234 * 2**30), 1500 << 30, 1023 * 1024 + 1000,
+                                     999.7 * 2**30)] == \
+        ["0 B", "1.5 KiB", "702 MiB", "1.23 GiB", "1,500 GiB", "1 MiB", "1,000 GiB"]
 
 
 def test_a_foreground_train_prints_its_result_alone_on_stdout(tiny_llama, workspace, capfd):
@@ -269,3 +295,35 @@ def test_jobs_list_json_says_what_an_unnamed_job_makes_and_what_it_waits_for(tin
     rows = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
     assert rows[a.id]["name"] is None and rows[a.id]["output"] == "tiny-sft"
     assert rows[ev.id]["waits"] == [a.id] and rows[ev.id]["needs"] == [] and rows[ev.id]["output"] == ""
+
+
+def test_completion_only_loss_says_when_replies_lie_past_max_length(tiny_llama, tmp_path, capsys):
+    """trl drops, unpacked, every conversation whose last reply truncation cut off: they went without a word, and
+    with none left the job failed with "num_samples should be a positive integer value, but got num_samples=0"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import data, perf
+    from backend.train_entry import build_trainer, check_replies_fit, make_config
+
+    long_q = " ".join(["word"] * 60)
+    rows = tmp_path / "chat.jsonl"
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    for questions, said in ((["short", "brief", long_q, long_q], "data: 2 of 4 conversations dropped"),
+                            ([long_q] * 4, None)):
+        rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                         {"role": "assistant", "content": "ok"}]}) + "\n"
+                                for q in questions))
+        spec = SftSpec(model=str(tiny_llama), data=[DataSource(source=str(rows))], max_steps=1, max_length=32,
+                       packing=False, completion_only_loss=True, eval_fraction=0.0)
+        train, _, _ = data.split_mix([(str(rows), 1.0)], "sft", 0, None, eval_fraction=0.0)
+        train = data.to_prompt_completion(train)
+        args = make_config(spec, tmp_path / "run", False, perf.resolve(spec, False))
+        trainer = build_trainer(spec, AutoModelForCausalLM.from_pretrained(tiny_llama), None, tok, args, train,
+                                None, [])
+        if said:
+            check_replies_fit(spec, train, trainer.train_dataset, packed=False)
+            assert said in capsys.readouterr().out
+        else:
+            with pytest.raises(SystemExit, match="every conversation's last reply lies past max_length 32"):
+                check_replies_fit(spec, train, trainer.train_dataset, packed=False)

@@ -439,7 +439,11 @@ def _look_up(nodes: list[Node]) -> None:
                 continue
             rows = s.exec(select(RecipeStage).where(RecipeStage.hash == n.hash).order_by(RecipeStage.id.desc())).all()
             jobs = [s.get(Job, r.job_id) for r in rows if r.job_id]
-            done = next((j for j in jobs if j and j.status == "succeeded"), None)
+            # an evaluation job that left this node's model out (skip_missing: its stage had failed) did not score
+            # it: not a reuse, or a resumed stage's model is never evaluated
+            model = (n.info or {}).get("model") if n.kind == "eval" else None
+            done = next((j for j in jobs if j and j.status == "succeeded"
+                         and (model is None or model not in (j.result or {}).get("skipped", []))), None)
             live = next((j for j in jobs if j and j.status in ("queued", "running")), None)
             upstream_runs = any(status.get(d) == "run" for d in n.deps)
             if n.kind == "synth-math":
