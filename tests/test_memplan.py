@@ -271,8 +271,10 @@ def test_train_page_shows_the_plan_and_a_perf_choice_reaches_the_job(tiny_llama,
     own = estimate(shape, Setup(batch=2, seq=256, device="cpu", checkpointing=True, optimizer="adamw_fused",
                                 padded=True))
     first = table.iloc[0]
-    assert first["strategy"].endswith("(this spec)") and first["total"] == round(own.needed_bytes / GiB, 2)
-    assert [first[c] for c in memplan.COLUMNS] == [round(own.components[c] / GiB, 2) for c in memplan.COLUMNS]
+    # the columns carry their unit (GiB), which a narrow window cut from the header row's tooltip alone
+    assert first["strategy"].endswith("(this spec)") and first["total (GiB)"] == round(own.needed_bytes / GiB, 2)
+    assert [first[f"{c} (GiB)"] for c in memplan.COLUMNS] == [round(own.components[c] / GiB, 2)
+                                                               for c in memplan.COLUMNS]
     assert "CUDA: regional; CPU: off" in at.selectbox(key="perf_compile").format_func("auto")
     at.button(key="launch").click().run()
     (job,) = runner.list_jobs()
