@@ -129,6 +129,8 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
     their `parents` keep naming it (see lineage); the jobs fail without it (runner.jobs_using)."""
     from backend.runner import jobs_using
 
+    if get(name) is None:  # first: a job that will make this name "reads" it too, and --force then found nothing
+        raise RegistryError(f"No model named {name!r}.")
     kids = children(name)
     if kids and not force:
         raise RegistryError(f"{len(kids)} model(s) were made from {name!r}: {', '.join(k.name for k in kids)}. "

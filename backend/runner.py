@@ -280,11 +280,24 @@ def planned_name(job) -> str:
 
 def jobs_using(name: str) -> list[Job]:
     """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an up-scale's
-    base or second, a merge's candidates or base, an evaluation's models): a delete refuses them (registry.delete,
-    the Models page's warning)."""
-    fields = ("model", "models", "base", "second", "reference_model")
-    return [j for j in active_jobs()
-            if any(v == name or (isinstance(v, list) and name in v) for v in (j.spec.get(f) for f in fields))]
+    base or second, a merge's candidates or base, an evaluation's models, a synth-math job's `model:` rephraser), by
+    its name or by its folder's path (what the CLI stores for a folder): a delete refuses them (registry.delete, the
+    Models page's warning)."""
+    from backend import registry
+
+    def refs(j: Job) -> list[str]:
+        out = [j.spec.get(f) for f in ("model", "base", "second", "reference_model")] + list(j.spec.get("models") or [])
+        if j.kind == "synth-math" and str(j.spec.get("rephraser") or "").startswith("model:"):
+            out.append(j.spec["rephraser"].removeprefix("model:"))
+        return [r for r in out if isinstance(r, str) and r]
+
+    def means(ref: str) -> bool:
+        if ref == name:
+            return True
+        rec = registry.record(ref)  # a registered folder's path, or "builtin", names the model too
+        return rec is not None and rec.name == name
+
+    return [j for j in active_jobs() if any(means(r) for r in refs(j))]
 
 
 def active_jobs() -> list[Job]:
@@ -581,7 +594,20 @@ def execute(job_id: int) -> int:
         _transition(job_id, ("cancelled", "failed", "interrupted"), _of_pid=os.getpid(), result=result,
                     message=f"{get(job_id).message}; the work had finished anyway: {summary}"[:500])
         return 1
+    if result.get("skipped") and (row := get(job_id)).kind == "eval":  # it left models out: one of the jobs it
+        _requeue_if_waiting(row)  # waits for may have been resumed while it ran
     return 0
+
+
+def _requeue_if_waiting(job: Job) -> None:
+    """An evaluation that left out models (skip_missing) while a job it waits for was queued again (resumed as it
+    ran): queued again now, as _requeue_waiting_on queues one that had already ended; either order of the resume
+    and this job's end is covered. It keeps the scores it stored (evaluate.stored_by_job)."""
+    for dep in job.waits or []:
+        if (d := get(dep)) is not None and d.status in ("queued", "running"):
+            _transition(job.id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
+                        message=f"queued again: job {dep} it waits for was queued again")
+            return
 
 
 def _watch_parent() -> None:

@@ -219,7 +219,7 @@ def make_config(spec, run_dir: Path, has_eval: bool, r: perf.Resolved | None = N
                      if spec.kind == "sft" else None, **common)
 
 
-def check_replies_fit(spec, rows, prepared, packed: bool) -> None:
+def check_replies_fit(spec, rows, prepared, packed: bool, what: str = "") -> None:
     """With completion_only_loss and no packing, trl drops every conversation whose last reply lies past max_length
     after truncation (it would add no loss): long multi-turn conversations, the ones the option is for, went without
     a word, and with none left the job failed with "num_samples should be a positive integer value"."""
@@ -227,12 +227,12 @@ def check_replies_fit(spec, rows, prepared, packed: bool) -> None:
         return
     kept = len(prepared)
     if kept == 0:
-        raise SystemExit(f"error: every conversation's last reply lies past max_length {spec.max_length}, so "
-                         "completion_only_loss has nothing to learn: raise --max-length, or turn "
-                         "completion_only_loss off")
+        raise SystemExit(f"error: every {what}conversation's last reply lies past max_length {spec.max_length}, so "
+                         f"completion_only_loss has nothing to {'score' if what else 'learn'}: raise --max-length, or "
+                         "turn completion_only_loss off" + (", or hold out other conversations" if what else ""))
     if kept < len(rows):
-        print(f"data: {len(rows) - kept} of {len(rows)} conversations dropped: their last reply lies past max_length "
-              f"{spec.max_length} (completion_only_loss); raise --max-length to keep them", flush=True)
+        print(f"data: {len(rows) - kept} of {len(rows)} {what}conversations dropped: their last reply lies past "
+              f"max_length {spec.max_length} (completion_only_loss); raise --max-length to keep them", flush=True)
 
 
 def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
@@ -298,7 +298,10 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
-    check_replies_fit(spec, train, trainer.train_dataset, packed=bool(getattr(args, "packing", False)))
+    packed = bool(getattr(args, "packing", False))  # DPOConfig has none
+    check_replies_fit(spec, train, trainer.train_dataset, packed)
+    if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed
+        check_replies_fit(spec, evals, trainer.eval_dataset, packed, what="held-out ")
     if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
         perf.compile_layers(trainer.model)
     checkpoints = complete_checkpoints(run_dir)

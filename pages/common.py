@@ -136,8 +136,13 @@ def live_log(job_id: int, lines: int) -> None:
             st.caption(f"Log: `{log}` (last {lines} lines)")
             # plain text: as Python, words such as "in", "for" and "not" in log lines were coloured as keywords
             st.code("\n".join(runner.log_tail(log, lines)) or "(empty)", language="text")
-        elif current is not None and current.status in runner.FINISHED:  # "yet" promised a log that never comes
+        elif current is not None and current.status in runner.FINISHED and current.started is None:
+            # "yet" promised a log that never comes
             st.caption(f"No log: the job ended ({current.status}) before a worker started it.")
+        elif current is not None and current.status in runner.FINISHED:  # it ran: its log is elsewhere, or gone
+            elsewhere = current.host and current.host != runner.host_id() and not current.host.startswith("ray:")
+            st.caption(f"No log here: `{log}` is not on this machine" + (
+                f" (the job ran on {current.host})" if elsewhere else " (removed since)") + ".")
         else:
             st.caption("No log yet: the worker writes one when it starts the job.")
 

@@ -327,3 +327,88 @@ def test_completion_only_loss_says_when_replies_lie_past_max_length(tiny_llama, 
         else:
             with pytest.raises(SystemExit, match="every conversation's last reply lies past max_length 32"):
                 check_replies_fit(spec, train, trainer.train_dataset, packed=False)
+
+
+def test_an_evaluation_that_skipped_a_stage_resumed_while_it_ran_is_queued_again(tiny_llama, monkeypatch):
+    """The resume landed while the evaluation that left the stage's model out was still scoring the others: it
+    ended "succeeded" with the model skipped, and nothing queued it again (only one that had ended was)."""
+    from backend import evaluate
+
+    registry.import_folder(tiny_llama, "tiny")
+    a = runner.submit(_fast_sft("tiny", "made-by-a"))
+    ev = runner.submit(EvalSpec(models=["tiny", "made-by-a"], tasks=["perplexity"], limit=2, skip_missing=True),
+                       waits=[a.id])
+    runner._update(a.id, status="failed", error="x")  # its stage failed: the evaluation starts without its model
+    real = evaluate.score_task
+
+    def resume_meanwhile(*args, **kw):
+        if runner.get(a.id).status == "failed":
+            runner.resume(a.id)  # the user, on the Jobs page, while the evaluation scores "tiny"
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "score_task", resume_meanwhile)
+    assert runner.execute(ev.id) == 0
+    row = runner.get(ev.id)
+    assert row.result["skipped"] == ["made-by-a"] and runner.get(a.id).status == "queued"
+    assert row.status == "queued" and row.message == f"queued again: job {a.id} it waits for was queued again"
+    assert row.pid is None and row.host == ""
+
+
+def test_the_delete_guard_sees_a_model_read_by_its_folder_or_as_a_rephraser(tiny_llama):
+    from backend.specs import SynthMathSpec
+
+    rec = registry.import_folder(tiny_llama, "tiny")
+    by_path = runner.submit(_fast_sft(rec.path, "later"))  # `--model FOLDER`: the CLI stores the folder's path
+    rephraser = runner.submit(SynthMathSpec(num_seeds=4, rephraser="model:tiny", name="s1"))
+    by_name = runner.submit(_fast_sft("tiny", "later2"))
+    assert [j.id for j in runner.jobs_using("tiny")] == [by_path.id, rephraser.id, by_name.id]
+    assert runner.jobs_using("nope") == []
+    with pytest.raises(registry.RegistryError, match="3 queued or running job"):
+        registry.delete("tiny")
+    # a name nobody registered: "No model named", not "a job reads it … --force" (then "No model named" anyway)
+    runner.submit(EvalSpec(models=["later"], tasks=["perplexity"], skip_missing=True), waits=[by_path.id])
+    with pytest.raises(registry.RegistryError, match="No model named 'later'"):
+        registry.delete("later")
+
+
+def test_completion_only_loss_checks_the_held_out_set_too(tiny_llama, tmp_path, capsys):
+    """trl drops held-out conversations alike: an emptied held-out set scored no eval_loss, without a word."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend import data, perf
+    from backend.train_entry import build_trainer, check_replies_fit, make_config
+
+    def conversations(path, questions):
+        path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                         {"role": "assistant", "content": "ok"}]}) + "\n"
+                                for q in questions))
+        return path
+
+    tr = conversations(tmp_path / "train.jsonl", ["short", "brief", "hi", "yo"])
+    ev = conversations(tmp_path / "eval.jsonl", [" ".join(["word"] * 60)] * 4)
+    spec = SftSpec(model=str(tiny_llama), data=[DataSource(source=str(tr))], eval_data=DataSource(source=str(ev)),
+                   max_steps=1, max_length=32, packing=False, completion_only_loss=True)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    train = data.to_prompt_completion(data.split_mix([(str(tr), 1.0)], "sft", 0, None, eval_fraction=0.0)[0])
+    evals = data.to_prompt_completion(data.prepare(str(ev), "sft")[0])
+    trainer = build_trainer(spec, AutoModelForCausalLM.from_pretrained(tiny_llama), None, tok,
+                            make_config(spec, tmp_path / "run", True, perf.resolve(spec, False)), train, evals, [])
+    check_replies_fit(spec, train, trainer.train_dataset, False)
+    assert capsys.readouterr().out == ""  # the training rows all fit
+    with pytest.raises(SystemExit, match="every held-out conversation's last reply lies past max_length 32.*"
+                                         "hold out other conversations"):
+        check_replies_fit(spec, evals, trainer.eval_dataset, False, what="held-out ")
+
+
+def test_a_finished_job_whose_log_is_elsewhere_is_not_said_never_started(tiny_llama):
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    ran = runner.submit(EvalSpec(models=["tiny"], tasks=["perplexity"]))
+    runner._update(ran.id, status="succeeded", progress=1.0, host="other-host", started=runner.utcnow(),
+                   finished=runner.utcnow())
+    at = app("jobs.py")
+    said = [c.value for c in at.caption if "log" in c.value.lower()]
+    assert any("is not on this machine (the job ran on other-host)" in c for c in said), said
+    assert not any("before a worker started it" in c for c in said), said
