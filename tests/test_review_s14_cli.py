@@ -30,15 +30,6 @@ HUB_FIXTURES = (hub, exported)  # tests/test_hub.py's: the local Hub emulator, s
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def set_job(job_id: int, **fields) -> None:
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        for k, v in fields.items():
-            setattr(job, k, v)
-        s.add(job)
-        s.commit()
-
-
 # ---------------------------------------------------------------- 1. jobs log ID [--lines N] [--follow]
 
 def test_jobs_log_prints_the_last_lines_of_the_jobs_log(tmp_path):
@@ -86,7 +77,7 @@ def test_jobs_log_follow_prints_new_lines_until_the_job_ends_with_its_outcome(tm
     log.write_text("first\nsecond\nthe third is ")
     job, = add(Job(kind="sft", status="running", log_path=str(log)))
     thread = _later(_append(log, "cut in two\n[ 10.0%] step 1\r"), _append(log, "[ 20.0%] step 2\rlast line\n"),
-                    lambda: set_job(job.id, status="succeeded", message="done: model x"))
+                    lambda: runner._update(job.id, status="succeeded", message="done: model x"))
     rc, out, err = cli("jobs", "log", str(job.id), "--follow", "--lines", "1", "--poll", "0.05")
     thread.join()
     # the last line there, then every line as it came (a line written in two parts once, tqdm's \r lines apart)
@@ -97,9 +88,9 @@ def test_jobs_log_follow_prints_new_lines_until_the_job_ends_with_its_outcome(tm
 def test_jobs_log_follow_of_a_queued_job_waits_for_its_log_and_exits_1_if_it_fails(tmp_path):
     log = tmp_path / "job.log"
     job, = add(Job(kind="cpt", status="queued", log_path=str(log)))
-    thread = _later(lambda: set_job(job.id, status="running"), _append(log, "loading\n"),
+    thread = _later(lambda: runner._update(job.id, status="running"), _append(log, "loading\n"),
                     _append(log, "Traceback: boom\n"),
-                    lambda: set_job(job.id, status="failed", error="boom", message="failed"))
+                    lambda: runner._update(job.id, status="failed", error="boom", message="failed"))
     rc, out, err = cli("jobs", "log", str(job.id), "--follow", "--poll", "0.05")
     thread.join()
     assert (rc, out) == (1, "loading\nTraceback: boom\n")
@@ -366,7 +357,7 @@ def test_ctrl_c_in_a_foreground_recipe_run_says_which_jobs_stop_and_which_wait(m
     (tmp_path / "r.yaml").write_text(recipe.preset("smoke", str(tiny_llama)))
 
     def worker(**kwargs) -> None:
-        set_job(min(kwargs["only"]), status="running")
+        runner._update(min(kwargs["only"]), status="running")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "worker", worker)
@@ -390,8 +381,8 @@ def test_a_foreground_recipe_run_waits_for_the_stages_another_worker_took(monkey
 
     def another_worker_took_them(**kwargs) -> None:
         ids = sorted(kwargs["only"])
-        set_job(ids[0], status="running")
-        _later(*[lambda i=i: set_job(i, status="succeeded", message="done") for i in ids])
+        runner._update(ids[0], status="running")
+        _later(*[lambda i=i: runner._update(i, status="succeeded", message="done") for i in ids])
 
     monkeypatch.setattr(runner, "worker", another_worker_took_them)
     monkeypatch.setattr(runner, "worker_alive", lambda: True)
@@ -414,7 +405,7 @@ def test_ctrl_c_in_the_worker_names_the_jobs_it_interrupted(monkeypatch):
                            Job(kind="sft", status="queued"), Job(kind="eval", status="queued"))
 
     def worker(**kwargs) -> None:
-        set_job(job.id, status="interrupted", started=utcnow())
+        runner._update(job.id, status="interrupted", started=utcnow())
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "worker", worker)
