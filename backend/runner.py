@@ -482,9 +482,14 @@ def _requeue_waiting_on(job_id: int) -> None:
             ran = s.exec(select(Job).where(Job.status == "succeeded", Job.kind == "eval")).all()
         for w in ran:
             if dep in (w.waits or []) and (w.result or {}).get("skipped"):
-                # as resume() does: no pid or host of the run before (recover_orphans judged the new claim by them)
-                _transition(w.id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
-                            message=f"queued again: job {dep} it waits for was queued again")
+                _queue_again(w.id, dep)
+
+
+def _queue_again(job_id: int, dep: int) -> None:
+    """A succeeded evaluation queued again because job `dep` it waits for was: as resume() does, without the pid or
+    host of the run before (recover_orphans judged the new claim by them)."""
+    _transition(job_id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
+                message=f"queued again: job {dep} it waits for was queued again")
 
 
 @db.retrying
@@ -605,8 +610,7 @@ def _requeue_if_waiting(job: Job) -> None:
     and this job's end is covered. It keeps the scores it stored (evaluate.stored_by_job)."""
     for dep in job.waits or []:
         if (d := get(dep)) is not None and d.status in ("queued", "running"):
-            _transition(job.id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
-                        message=f"queued again: job {dep} it waits for was queued again")
+            _queue_again(job.id, dep)
             return
 
 
