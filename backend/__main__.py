@@ -666,7 +666,7 @@ def cmd_recipe(a) -> None:
             bad = []
             for run_id in ids:
                 for row, job in recipe.stages(run_id):
-                    state = stage_state(row, job) or "-"
+                    state = recipe.stage_state(row, job) or "-"
                     said = runner.job_message(job) if job else ""  # the reason, as `jobs list` says it
                     print(f"  {row.stage:28} {state:10} {row.output} {said[:100]}")
                     if not row.reused and job and job.status != "succeeded":
@@ -706,14 +706,6 @@ def _wait_for_other_workers(run_ids: list[int]) -> None:
         time.sleep(2.0)
 
 
-def stage_state(row, job) -> str:
-    """A recipe stage's status as the Recipe page shows it: given (a model the recipe names, not made), reused (an
-    earlier run's job), else its job's status."""
-    from backend import recipe
-
-    return recipe.stage_state(row, job)  # one rule with the Recipe page: "skipped" for a model left out
-
-
 def print_runs(limit: int, as_json: bool) -> None:
     """`recipe runs`: the recipe runs, newest first, each with its stages' statuses, jobs, models and messages (the
     Recipe page's run picker and stage table)."""
@@ -724,7 +716,7 @@ def print_runs(limit: int, as_json: bool) -> None:
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
     runs = []
     for run in recipe.runs(limit or None):
-        stages = [{"stage": row.stage, "kind": row.kind, "status": stage_state(row, job), "job": row.job_id,
+        stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job), "job": row.job_id,
                    "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
                   for row, job in recipe.stages(run.id)]
         runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages})
@@ -777,8 +769,6 @@ def cmd_chat(a) -> None:
     """`chat MODEL --prompt TEXT`: one reply, streamed to standard output as it is generated, through the Models
     page's Quick chat functions (backend/chat.py load and stream_reply: greedy by default, float32 on the CPU,
     bfloat16 on a GPU); its tokens and speed on standard error."""
-    from jinja2 import TemplateError
-
     from backend import chat, registry
 
     if a.max_new_tokens < 1:
@@ -799,8 +789,8 @@ def cmd_chat(a) -> None:
             text.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except TemplateError as exc:  # Gemma's template refuses a system message ("System role not supported")
-        raise ValueError(f"{lm.name}'s chat template refused the messages: {exc}"
+    except chat.TemplateRefused as exc:  # Gemma's refuses a system message ("System role not supported")
+        raise ValueError(f"{lm.name}: {exc}"
                          + (" (leave out --system)" if a.system else "")) from None
     except RuntimeError as exc:  # stream_reply: "generation failed: …"
         raise WorkFailed(str(exc)) from exc

@@ -21,6 +21,11 @@ from typing import Iterator
 _GENERATE = ThreadPoolExecutor(16, thread_name_prefix="generate")
 
 
+class TemplateRefused(RuntimeError):
+    """The model's chat template refused the conversation (a system message, two user turns in a row): the pages
+    show it as any failed reply (RuntimeError); the command line calls it a refused input."""
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -72,7 +77,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int =
     except Exception as exc:  # noqa: BLE001 - jinja's TemplateError and whatever a template raises
         # Mistral's and Gemma's templates refuse two user turns in a row (the Models page's history holds them after
         # a reply failed); as jinja's TemplateError it passed the callers' `except RuntimeError` as a traceback
-        raise RuntimeError(f"the model's chat template refused this conversation: {exc}") from exc
+        raise TemplateRefused(f"the model's chat template refused this conversation: {exc}") from exc
     inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,

@@ -412,3 +412,22 @@ def test_a_finished_job_whose_log_is_elsewhere_is_not_said_never_started(tiny_ll
     said = [c.value for c in at.caption if "log" in c.value.lower()]
     assert any("is not on this machine (the job ran on other-host)" in c for c in said), said
     assert not any("before a worker started it" in c for c in said), said
+
+
+def test_chat_with_a_template_that_refuses_a_system_message_is_a_refused_input(tiny_llama_untied, tmp_path, capsys):
+    """`chat --system` on a model whose template refuses system messages (Gemma's): the command line caught jinja's
+    TemplateError, which stream_reply now turns into a RuntimeError, so it said "the work failed" (exit 1)."""
+    import shutil
+
+    from backend.__main__ import main as cli
+
+    folder = tmp_path / "no-system"
+    shutil.copytree(tiny_llama_untied, folder)
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:"
+        "{% endif %}")
+    assert cli(["chat", str(folder), "--prompt", "hi", "--system", "be brief", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "chat template refused this conversation: System role not supported" in err and "leave out --system" in err
+    assert cli(["chat", str(folder), "--prompt", "hi", "--max-new-tokens", "4"]) == 0  # without it: a reply
