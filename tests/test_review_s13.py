@@ -366,8 +366,8 @@ def test_a_foreground_recipe_run_runs_its_own_jobs_and_what_they_wait_for_only(t
 
     monkeypatch.setattr(recipe_plan, "submit", lambda p, text: 7)
     monkeypatch.setattr(recipe_plan, "stages", lambda run_id: [
-        (SimpleNamespace(stage="merge", reused=False, output="m"), runner.get(mine)),
-        (SimpleNamespace(stage="sft", reused=True, output="s"), runner.get(elsewhere))])
+        (SimpleNamespace(stage="merge", kind="merge", reused=False, output="m", info={}), runner.get(mine)),
+        (SimpleNamespace(stage="sft", kind="sft", reused=True, output="s", info={}), runner.get(elsewhere))])
     monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
     seen = {}
     monkeypatch.setattr(runner, "worker", lambda **k: seen.update(k))

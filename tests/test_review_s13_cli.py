@@ -197,9 +197,9 @@ def test_a_recipe_run_with_a_failed_stage_exits_1(tmp_path, monkeypatch):
     ok, bad = add(Job(kind="upscale", status="succeeded"),
                   Job(kind="sft", status="failed", error="Data file x.jsonl does not exist."))
     monkeypatch.setattr(recipe_plan, "stages", lambda run_id: [
-        (SimpleNamespace(stage="upscaled", reused=False, output="u"), runner.get(ok.id)),
-        (SimpleNamespace(stage="sft-a", reused=False, output="s"), runner.get(bad.id)),
-        (SimpleNamespace(stage="base", reused=True, output="b"), None)])
+        (SimpleNamespace(stage="upscaled", kind="upscale", reused=False, output="u", info={}), runner.get(ok.id)),
+        (SimpleNamespace(stage="sft-a", kind="sft", reused=False, output="s", info={}), runner.get(bad.id)),
+        (SimpleNamespace(stage="base", kind="base", reused=True, output="b", info={}), None)])
     monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
     f = tmp_path / "r.yaml"
     f.write_text("kind: recipe\n")
