@@ -466,6 +466,11 @@ def _still_stopping(job: Job) -> str | None:
 def _requeue_waiting_on(job_id: int) -> None:
     """Jobs _claim_next cancelled, unstarted, because `job_id` (or, in turn, one of them) did not succeed: queued
     again to wait for it. A job a user cancelled says so in its message and stays cancelled."""
+    # the evaluations that waited for a job however it ended and left models out: read once, not per job queued again
+    # below (a stale row is harmless: _queue_again's transition holds only while the row is still succeeded)
+    with db.session() as s:
+        skipping = [w for w in s.exec(select(Job).where(Job.status == "succeeded", Job.kind == "eval")).all()
+                    if w.waits and (w.result or {}).get("skipped")]
     todo = [job_id]
     while todo:
         dep = todo.pop()
@@ -478,10 +483,8 @@ def _requeue_waiting_on(job_id: int) -> None:
                 todo.append(w.id)
         # a job that waited for `dep` however it ended (a recipe's evaluation) and ran without what it makes: queued
         # again, it keeps the scores it stored (evaluate.stored_by_job) and scores what `dep` now makes
-        with db.session() as s:
-            ran = s.exec(select(Job).where(Job.status == "succeeded", Job.kind == "eval")).all()
-        for w in ran:
-            if dep in (w.waits or []) and (w.result or {}).get("skipped"):
+        for w in skipping:
+            if dep in w.waits:
                 _queue_again(w.id, dep)
 
 
