@@ -14,7 +14,7 @@ from sqlmodel import func, select
 from backend import analysis, registry, runner, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
-from pages.common import job_status, model_names, submit, via_app, worker_banner
+from pages.common import job_status, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -78,7 +78,8 @@ def scores_now() -> dict:
 via_app(__file__)
 st.title("Merge & compare")
 worker_banner()
-names = model_names()
+model_records = registry.list_models()  # read once per rerun: the names, the merge's preselection, the table
+names = [r.name for r in model_records]
 if len(names) < 1:
     st.info("No models yet: import or build one first.")
     st.stop()
@@ -101,7 +102,7 @@ with st.expander("Merge candidates"):
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"],
                           key="merge_method", help="mergekit 0.1.5's definitions; average is its linear")
-    cands = c2.multiselect("Candidates", names, default=merge_defaults(registry.list_models()),
+    cands = c2.multiselect("Candidates", names, default=merge_defaults(model_records),
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
     bad_weights = False
@@ -243,7 +244,7 @@ with st.expander("Evaluate", expanded=False):
 if not latest:
     st.info("No scores yet: run an evaluation above (the built-in model and one up-scaled from it make a start).")
     st.stop()
-records = {r.name: r for r in registry.list_models()}
+records = {r.name: r for r in model_records}
 st.subheader("Models × tasks")
 clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                        help="Leave out the items whose n-grams appear in the training data of the model's lineage "
