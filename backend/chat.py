@@ -55,6 +55,24 @@ def load(path: str | Path, name: str = "") -> LoadedModel:
     return LoadedModel(name or path.name, model, tok)
 
 
+def encode(tok, texts: str | list[str], **kwargs):
+    """`tok(texts, **kwargs)` as lm-eval's Hugging Face model encodes a prompt: with the tokenizer's own special
+    tokens (a Llama tokenizer's BOS) unless the text starts with the BOS already, as a chat template writes it. Every
+    prompt here was encoded without them, so a base model without a chat template (TinyLlama, Llama 2, Mistral base)
+    generated and was scored without the BOS it always saw in pretraining."""
+    first = texts if isinstance(texts, str) else (texts[0] if texts else "")
+    starts = bool(tok.bos_token) and first.startswith(tok.bos_token)  # lm-eval looks at the first string too
+    return tok(texts, add_special_tokens=not starts, **kwargs)
+
+
+def added_before(tok, text: str) -> list[str]:
+    """The special tokens `encode` puts before `text` (["<s>"] for a Llama tokenizer and a prompt without its BOS):
+    part of how a score was measured (evaluate.settings)."""
+    ids = encode(tok, text).input_ids
+    plain = tok(text, add_special_tokens=False).input_ids
+    return tok.convert_ids_to_tokens(ids[:len(ids) - len(plain)]) if ids[len(ids) - len(plain):] == plain else []
+
+
 def build_prompt(tok, messages: list[dict]) -> str:
     if getattr(tok, "chat_template", None):
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -78,7 +96,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], *, max_new_tokens: int =
         # Mistral's and Gemma's templates refuse two user turns in a row (the Models page's history holds them after
         # a reply failed); as jinja's TemplateError it passed the callers' `except RuntimeError` as a traceback
         raise TemplateRefused(f"the model's chat template refused this conversation: {exc}") from exc
-    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    inputs = encode(tok, prompt, return_tensors="pt").to(model.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                   pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

@@ -99,8 +99,10 @@ def choice_logprob(tok, model, context: str, choice: str) -> float:
     """Sum of the log-probabilities of `choice`'s tokens after `context`."""
     import torch
 
-    ctx = tok(context, add_special_tokens=False).input_ids
-    full = tok(context + choice, add_special_tokens=False).input_ids
+    from backend.chat import encode
+
+    ctx = encode(tok, context).input_ids  # with the tokenizer's BOS, as lm-eval's loglikelihood encodes a context
+    full = encode(tok, context + choice).input_ids
     n_choice = len(full) - len(ctx)
     if n_choice <= 0:
         return float("-inf")
@@ -186,7 +188,7 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     its last token is no end of sequence (the model was stopped, it did not stop)."""
     import torch
 
-    from backend.chat import build_prompt
+    from backend.chat import build_prompt, encode
 
     tok.padding_side = "left"
     chats = [build_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
@@ -197,7 +199,7 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     ends = _end_ids(model, tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        batch = tok([chats[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = encode(tok, [chats[j] for j in idx], return_tensors="pt", padding=True)
         batch = batch.to(model.device)
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
@@ -403,11 +405,13 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
     16-token cap cuts off is no answer; with 256 it may be right). The prompt format is the tokenizer's chat
     template (its sha256, as backend/chat.py build_prompt applies it) or, without one, build_prompt's transcript;
     `generation_config` the model's own decoding settings that act beside ours (decoding_extras)."""
+    from backend.chat import build_prompt
+
     out: dict = {"limit": spec.limit}
     if ts.kind == "perplexity":
         return {**out, "max_length": MAX_LENGTH}
     if ts.kind == "mc":
-        return {**out, "prompt": MC_CONTEXT + " {choice}"}
+        return {**out, "prompt": _after_specials(tok, MC_CONTEXT, MC_CONTEXT + " {choice}")}
     if ts.kind == "lm-eval":  # lm-eval's own settings are in details["lm_eval"]
         return out
     template = getattr(tok, "chat_template", None)
@@ -416,10 +420,20 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
         out["prompt"] = f"chat template sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     else:
         out["prompt"] = "transcript (no chat template: backend/chat.py build_prompt)"
+    # a BOS the tokenizer adds before the prompt (since chat.encode) is part of the prompt; those measured without it
+    # keep their settings and are told apart
+    out["prompt"] = _after_specials(tok, build_prompt(tok, [{"role": "user", "content": "?"}]), out["prompt"])
     out |= {"max_new_tokens": spec.max_new_tokens, "decoding": "greedy", "generation_config": decoding_extras(model)}
     if ts.kind != "qa" and spec.samples > 1:  # qa_task draws no samples; answer_task's are seeded 1 to k - 1
         out |= {"samples": spec.samples, "sampling": SAMPLING}
     return out
+
+
+def _after_specials(tok, example: str, prompt: str) -> str:
+    """`prompt`, preceded by the special tokens chat.encode adds before a prompt like `example` (none: as it was)."""
+    from backend.chat import added_before
+
+    return " ".join(added_before(tok, example) + [prompt])
 
 
 SET_BY_GENERATE = {"do_sample", "temperature", "top_p", "max_new_tokens", "max_length", "pad_token_id",

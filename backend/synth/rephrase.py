@@ -142,7 +142,7 @@ class ModelRephraser:
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
         import torch
 
-        from backend.chat import build_prompt
+        from backend.chat import build_prompt, encode
 
         tok, model = self.lm.tokenizer, self.lm.model
         tok.padding_side = "left"  # batched decoding continues every prompt from its end
@@ -150,7 +150,7 @@ class ModelRephraser:
             tok.pad_token = tok.eos_token
         prompts = [build_prompt(tok, [{"role": "user", "content": PROMPT.format(question=s.question,
                                                                                 solution=s.solution)}]) for s in seeds]
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = encode(tok, prompts, return_tensors="pt", padding=True).to(model.device)
         kwargs = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else dict(do_sample=False)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
