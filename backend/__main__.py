@@ -909,13 +909,14 @@ def cmd_jobs(a) -> None:
                                  "waits": j.waits or [], "created": j.created, "started": j.started,
                                  "finished": j.finished} for j in jobs])
         cut = False
-        for j in jobs:
-            said = runner.job_message(j, active, alive)
-            cut |= len(said) > 60
+        for j in jobs:  # what each job makes, as the pages' "→ output": 14 queued sft jobs read alike without it
+            said, output = runner.job_message(j, active, alive), runner.planned_name(j) or "-"
+            cut |= len(said) > 60 or len(output) > 24
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
+                  f"{output if len(output) <= 24 else output[:23] + '…':24} "
                   f"{said if len(said) <= 60 else said[:59] + '…'}")
         if cut:
-            print("a message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
+            print("a name or message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
     elif a.action == "show":
         print(job_details(a.id))
     elif a.action == "cancel":

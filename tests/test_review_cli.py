@@ -137,8 +137,8 @@ def test_jobs_list_cuts_long_messages_and_jobs_show_has_them_whole():
     rc, out, err = cli("jobs", "list")
     assert rc == 0
     line = f"failed: {REGISTERED}"
-    assert out == f"{job.id:5d} {'cpt':10} {'failed':12}  25.0% {line[:59]}…\n"
-    assert err == "a message cut with … is whole in: python -m backend jobs show ID\n"
+    assert out == f"{job.id:5d} {'cpt':10} {'failed':12}  25.0% {'-':24} {line[:59]}…\n"  # its spec names no output
+    assert err == "a name or message cut with … is whole in: python -m backend jobs show ID\n"
     at = f"{start:%Y-%m-%d %H:%M:%S}"
     assert cli("jobs", "show", str(job.id)) == (0, "\n".join([
         f"job {job.id} (cpt): failed, 25%",
