@@ -53,7 +53,7 @@ def length_gap_sentence(g: dict) -> str:
 def synth_name_taken(spec: SynthMathSpec) -> str:
     """Why a run of `spec` would be refused for its name ("" when free): a data set holds NAME-pairs, -instruct or
     -alignment, or a queued or running job will make them."""
-    making = next((j for j in runner.active_jobs() if j.kind == "synth-math" and j.spec.get("name") == spec.name),
+    making = next((j for j in runner.active_jobs() if j.kind == "synth-math" and runner.planned_name(j) == spec.name),
                   None)
     if making:
         return f"Job {making.id} is making {spec.name}-pairs already: choose another name to make another data set."
@@ -66,10 +66,13 @@ def synth_name_taken(spec: SynthMathSpec) -> str:
 
 
 def free_synth_name(base: str = "synth-math") -> str:
-    """The first of synth-math, synth-math-2, … whose data sets are all free, as the Name's first value."""
+    """The first of synth-math, synth-math-2, … whose data sets are all free and that no queued or running job will
+    make, as the Name's first value (a name a queued job makes was offered, then refused by synth_name_taken)."""
+    making = {runner.planned_name(j) for j in runner.active_jobs() if j.kind == "synth-math"}
     for i in range(1, 1000):
         name = base if i == 1 else f"{base}-{i}"
-        if not any(pipeline.get_dataset(f"{name}-{k}") for k in ("pairs", "instruct", "alignment")):
+        if name not in making and not any(pipeline.get_dataset(f"{name}-{k}")
+                                          for k in ("pairs", "instruct", "alignment")):
             return name
     return base
 
