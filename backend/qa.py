@@ -5,8 +5,8 @@ Items are {id, question, answers: [...], answerable: bool} (optional kind: answe
 Every reply gets one verdict by the explicit RULES below (the compare page shows them), or by an optional judge:
 any OpenAI-compatible server that grades the reply against the references.
 
-    correct    a reference answer is in the reply (text: normalised whole-word match; math: the final answer equals
-               a reference as a number)
+    correct    a reference answer is in the reply (text: normalised whole-word match, anywhere for a script
+               written without spaces; math: the final answer equals a reference as a number)
     abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) states no number
     cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no \\boxed{}, '#### n' or
                'the answer is'; its last number is only where it stopped): it never answered
@@ -42,8 +42,8 @@ ABSTAIN_PHRASES = ("i don't know", "i do not know", "i dont know", "don't know",
                    "does not exist", "doesn't exist", "no such", "not a real", "fictional", "unknown to me",
                    "i cannot find", "i couldn't find", "i could not find", "not familiar with")
 RULES = [  # what the compare page shows; classify() applies them in this order
-    ("correct", "a reference answer is in the reply (text: normalised whole-word match; math: the final answer "
-                "equals a reference as a number)"),
+    ("correct", "a reference answer is in the reply (text: normalised whole-word match, anywhere for a script "
+                "written without spaces; math: the final answer equals a reference as a number)"),
     ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) states no "
                   "number"),
     ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (math: no "
@@ -54,7 +54,8 @@ RULES = [  # what the compare page shows; classify() applies them in this order
 NORMALISATION = ("lower case; accents removed (é → e), in any script; punctuation → spaces, except a decimal "
                  "point inside a number (2.5 stays 2.5, so it is not the answer 2) and a thousands comma, which goes "
                  "(1,000 = 1000); the articles a / an / the dropped; spaces collapsed; a reference matches when its "
-                 "normalised words appear as whole words in the normalised reply. Math: the final answer "
+                 "normalised words appear as whole words in the normalised reply (in a script written without spaces, "
+                 "Chinese, Japanese, Thai: anywhere in it). Math: the final answer "
                  "(\\boxed{}, '#### n', 'the answer is …', else the last number) compared as a number "
                  "(0.5 = 1/2 = 50%).")
 
@@ -132,6 +133,19 @@ def normalise(text: str) -> str:
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 
+# scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no word boundary to look for
+_SPACELESS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                        "\uf900-\ufaff]")
+
+
+def _mentions(reply: str, answer: str) -> bool:
+    """Whether the normalised reply names the normalised answer: as whole words, or, for an answer in a script
+    written without spaces, anywhere ('首都は東京です' names '東京'; as whole words it never matched one)."""
+    if not answer:
+        return False
+    return answer in reply if _SPACELESS.search(answer) else f" {answer} " in f" {reply} "
+
+
 def abstains(text: str) -> bool:
     t = text.lower().replace("’", "'")
     return any(p in t for p in ABSTAIN_PHRASES)
@@ -148,8 +162,7 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
         if not text or found is None or abstains(text):
             return "abstained"
         return unless_cut_off("wrong", text, kind, truncated)
-    reply = f" {normalise(text)} "
-    if any(normalise(a) and f" {normalise(a)} " in reply for a in answers):
+    if any(_mentions(normalise(text), normalise(a)) for a in answers):
         return "correct"
     if not text or abstains(text):
         return "abstained"
