@@ -383,13 +383,17 @@ def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None
     fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", yaxis=dict(range=[0, 1]),
                       xaxis=dict(categoryorder="array", categoryarray=order, title="answer length (words)"),
                       margin=dict(l=10, r=10, t=40, b=60))
-    # A legend of many models under the chart scrolled and squeezed the plot to a strip: it goes to the right,
-    # one line per model, and the chart grows with it.
-    if fits_across(models):
-        fig.update_layout(height=340, legend=dict(orientation="h", y=-0.3))
-    else:
-        fig.update_layout(height=max(340, 120 + 20 * len(models)), legend=dict(orientation="v", x=1.02, y=1))
+    _legend_by_size(fig, models, 340)
     return fig
+
+
+def _legend_by_size(fig: go.Figure, entries: list[str], height: int) -> None:
+    """A legend of many entries under the chart scrolled and squeezed the plot to a strip: past what fits across,
+    it goes to the right, one line per entry, and the chart grows with it."""
+    if fits_across(entries):
+        fig.update_layout(height=height, legend=dict(orientation="h", y=-0.3))
+    else:
+        fig.update_layout(height=max(height, 120 + 20 * len(entries)), legend=dict(orientation="v", x=1.02, y=1))
 
 
 LOG_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -405,23 +409,28 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
     shown = {p["model"] for p in curves["observed"]} | {p["model"] for p in curves["fitted"]}
     colors = name_colors([*(models or []), *sorted(shown)])
     models = [m for m in colors if m in shown]
-    for m in models:
+    entries = []  # the legend's, names cut as every other chart cuts them (two per model: whole, they squeezed it)
+    for m, label in zip(models, name_labels(models)):
         color = colors[m]
         obs = [p for p in curves["observed"] if p["model"] == m]
         fit = [p for p in curves["fitted"] if p["model"] == m]
         if fit:
+            entries.append(f"{label} (model)")
             fig.add_trace(go.Scatter(x=[p["tokens"] for p in fit], y=[p["rate"] for p in fit], mode="lines",
-                                     name=f"{m} (model)", line_color=color, showlegend=True))
+                                     name=entries[-1], line_color=color, showlegend=True, hovertext=m,
+                                     hovertemplate="%{hovertext} (model)<br>%{x:.3g} tokens: %{y:.3g}<extra></extra>"))
+        entries.append(f"{label} (observed)")
         fig.add_trace(go.Scatter(x=[p["tokens"] for p in obs], y=[p["rate"] for p in obs], mode="markers",
-                                 name=f"{m} (observed)", marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
-                                                                                        for p in obs]),
-                                 text=[f"n={p['n']}" for p in obs], showlegend=True))
-    fig.update_layout(title=f"{rate[:1].upper()}{rate[1:]} against answer length", height=360,
+                                 name=entries[-1], marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
+                                                                                  for p in obs]),
+                                 text=[f"n={p['n']}" for p in obs], hovertext=[m] * len(obs), showlegend=True,
+                                 hovertemplate="%{hovertext}<br>%{x:.3g} tokens: %{y:.3g} (%{text})<extra></extra>"))
+    fig.update_layout(title=f"{rate[:1].upper()}{rate[1:]} against answer length",
                       yaxis=dict(range=[-0.05, 1.05]),  # rates of 0 and 1 are common: keep their markers whole
                       xaxis=dict(type="log", title="answer length (tokens, log scale)", tickvals=LOG_TICKS,
                                  ticktext=[f"{t:g}" for t in LOG_TICKS]),  # plotly's own read 20, 30 as "2 3"
-                      yaxis_title=rate, margin=dict(l=10, r=10, t=40, b=60),
-                      legend=dict(orientation="h", y=-0.3))
+                      yaxis_title=rate, margin=dict(l=10, r=10, t=40, b=60))
+    _legend_by_size(fig, entries, 360)
     return fig
 
 
