@@ -4,6 +4,7 @@
     python -m backend upscale --base A --method slices --slice 0:0:20 --slice 0:10:30 --out PATH
     python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
     python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
+    python -m backend models push NAME --repo OWNER/NAME [--private]  # with a model card; needs HF_TOKEN
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
     python -m backend datasets list | export PAIRS_NAME | mix NAME --for sft|dpo SOURCE[@WEIGHT] … | delete NAME
@@ -48,7 +49,7 @@ EXIT_CODES = """exit codes:
   1  the work ran and failed, or produced nothing: a foreground job that failed, a recipe run with a failed
      stage, synth-math with no verified pair, compare refused for too few shared items, jobs cancel of a
      finished job, jobs wait or jobs log --follow on a job that did not succeed, a chat reply whose generation
-     failed, datasets push the Hub refused or could not be reached
+     failed, a datasets or models push the Hub refused or could not be reached
   2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
      running, such as a damaged weights file)
   124  jobs wait --timeout: the job had not finished in time
@@ -831,6 +832,15 @@ def cmd_models(a) -> None:
             raise ValueError("models delete needs a NAME.")
         registry.delete(a.target, force=a.force)
         print(f"deleted {a.target}")
+    elif a.action == "push":
+        from backend import hubpush
+
+        if not a.target or not a.repo:
+            raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
+        try:
+            print(hubpush.push_model(a.target, a.repo, private=a.private, progress=_progress))
+        except hubpush.PushFailed as exc:  # tried, and the Hub refused it or did not answer: 1; a refusal before
+            raise WorkFailed(str(exc)) from exc  # any upload (no token, no such model) stays 2
 
 
 def cmd_auth(a) -> None:
@@ -1353,14 +1363,20 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the same reply each time)")
     ch.set_defaults(fn=cmd_chat)
 
-    m = sub.add_parser("models", help="list, import or delete registered models")
-    m.add_argument("action", choices=["list", "import", "delete"], help="what to do")
-    m.add_argument("target", nargs="?", help="import: builtin | FOLDER | FILE.gguf | owner/name; delete: NAME")
+    m = sub.add_parser("models", help="list, import, delete or push registered models")
+    m.add_argument("action", choices=["list", "import", "delete", "push"], help="what to do")
+    m.add_argument("target", nargs="?",
+                   help="import: builtin | FOLDER | FILE.gguf | owner/name; delete, push: NAME")
     m.add_argument("--name", help="import: the name to register (default: derived from the target)")
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
     m.add_argument("--force", action="store_true",
                    help="delete: also when other models were made from it or active jobs read it")
     m.add_argument("--json", action="store_true", help="list: a JSON array, for scripts")
+    m.add_argument("--repo", metavar="OWNER/NAME",
+                   help="push: the Hub model repo (made if missing) that gets the model's weights, config, tokenizer "
+                        "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "
+                        "access; exit code 1 when the Hub refused the push or could not be reached)")
+    m.add_argument("--private", action="store_true", help="push: make the repo private if it is made")
     m.set_defaults(fn=cmd_models)
 
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "

@@ -1,4 +1,5 @@
-"""Models page: every registered model with facts and lineage; import, delete, and a quick streaming chat."""
+"""Models page: every registered model with facts and lineage; import, push to the Hub, delete, and a quick
+streaming chat."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from backend import registry, runner
+from backend import hubpush, registry, runner
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, explain
 from pages.common import cached_model, human, job_status, submit, worker_banner, via_app
@@ -50,6 +51,28 @@ table = pd.DataFrame([{
     "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
 st.dataframe(table, hide_index=True, key="models_table")
 
+
+
+def push_control(rec) -> None:
+    """Upload the model with a card of its lineage and scores (backend/hubpush.py, as `models push`)."""
+    st.caption("Uploads its weights, config and tokenizer with a model card that tells how it was made and what it "
+               "scored here, in one commit. Needs the internet and HF_TOKEN (a token with write access) in the "
+               "dashboard's environment. The upload runs in this page: for a model of many GiB, `python -m backend "
+               f"models push {rec.name} --repo OWNER/NAME` in a terminal is the better way.")
+    c1, c2 = st.columns([3, 1])
+    repo = c1.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
+                         placeholder=f"your-name/{rec.name}")
+    private = c2.checkbox("Private", key=f"push_private_{rec.name}", help="if the repo is made by this push")
+    if st.toggle("Preview the model card", key=f"push_card_{rec.name}"):
+        st.markdown(hubpush.model_card(rec.name, repo or f"your-name/{rec.name}"))
+    if st.button("Push", key=f"push_{rec.name}", disabled=not repo):
+        try:
+            with st.spinner(f"Pushing {rec.name} to {repo}…"):
+                st.success(hubpush.push_model(rec.name, repo, private=private))
+        except ValueError as exc:  # refused before the upload, or the Hub refused it / could not be reached
+            st.error(str(exc))
+
+
 names = [r.name for r in models]
 chosen = st.selectbox("Model", names, index=len(names) - 1, key="model")
 rec = registry.get(chosen)
@@ -81,6 +104,8 @@ with info:
     if card.exists() and rec.kind != "base":
         with st.expander("Model card"):
             st.markdown(card.read_text().split("---", 2)[-1])
+    with st.expander("Push to the Hugging Face Hub"):
+        push_control(rec)
     with st.expander("Delete"):
         owned = "its folder is deleted too" if Path(rec.path).is_relative_to(registry.db.models_dir()) else \
             "its folder (outside the workspace) is kept"

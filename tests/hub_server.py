@@ -14,6 +14,7 @@ hf_api.py, _commit_api.py, utils/_http.py), with the headers and error codes the
     HEAD|GET /cdn/SHA256                                      the LFS bytes, on another origin (localhost vs the
                                                               127.0.0.1 the clients call), so no token goes there
     POST /api/repos/create                                    a repo (409 when it exists), token required
+    POST /api/validate-yaml                                   a README.md's metadata, checked before its commit
     POST /api/{models|datasets}/OWNER/NAME/preupload/REV      every file "regular" (sent inline in the commit)
     POST /api/{models|datasets}/OWNER/NAME/commit/REV         an ndjson commit of base64 files, token required
 
@@ -53,6 +54,7 @@ class Repo:
     commits: dict[str, Path] = field(default_factory=dict)  # sha -> folder holding that commit's files
     branches: dict[str, str] = field(default_factory=dict)  # "main" -> sha
     gated: bool = False
+    private: bool = False
 
 
 class HubServer:
@@ -226,6 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._resolve("dataset" if m[1] else "model", m[2], unquote(m[3]), unquote(m[4]), head)
         if method == "POST" and parts.path == "/api/repos/create":
             return self._create()
+        if method == "POST" and parts.path == "/api/validate-yaml":
+            return self._validate_yaml()
         m = _API.match(parts.path)
         if m is None:
             return self._error(404, None, f"The emulator has no route for {method} {parts.path}")
@@ -292,9 +296,29 @@ class _Handler(BaseHTTPRequestHandler):
         url = f"{hub.url}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
         if key in hub.repos:
             return self._json(409, {"error": f"You already created this {kind} repo", "url": url})
-        hub.repos[key] = Repo()
+        hub.repos[key] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
         hub.commit(key, "main", {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"})
         self._json(200, {"url": url, "name": repo_id})
+
+    def _validate_yaml(self) -> None:
+        """A README.md's metadata, as the Hub checks it before a commit that adds one: YAML front matter that parses
+        to a mapping, and a base_model that is a repo id or a list of them (400 with the errors otherwise)."""
+        import yaml
+
+        content = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))["content"]
+        errors = []
+        if content.startswith("---\n"):
+            try:
+                meta = yaml.safe_load(content.split("---\n", 2)[1])
+            except (yaml.YAMLError, IndexError) as exc:
+                meta, errors = None, [{"message": f"Invalid YAML: {exc}"}]
+            if meta is not None and not isinstance(meta, dict):
+                errors.append({"message": "metadata must be a mapping"})
+            bases = (meta or {}).get("base_model") if isinstance(meta, dict) else None
+            for base in [bases] if isinstance(bases, str) else bases or []:
+                if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(base)):
+                    errors.append({"message": f'"base_model" must be a repo id, not {base!r}'})
+        self._json(400 if errors else 200, {"errors": errors, "warnings": []})
 
     def _preupload(self, key: str, revision: str) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

@@ -796,33 +796,11 @@ def _holds_export(d: DatasetRecord, pairs_id: int) -> bool:
 def push_to_hub(pairs_name: str, repo_id: str) -> str:
     """Upload the Instruct and Alignment files exported from `pairs_name` (_pushable_export) to a Hub data set repo
     in one commit, so the repo never holds one without the other (needs internet and a token with write access)."""
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from backend import hubpush
 
     files = _pushable_export(pairs_name)
-    if get_token() is None:  # the Hub's answer without one ("Invalid username or password") says less
-        raise DatasetError("Pushing to the Hub needs a Hugging Face token with write access: create one at "
-                           "https://huggingface.co/settings/tokens and set HF_TOKEN to it (or run `hf auth login`).")
     names = [Path(f.path).name for f in files]
-    api = HfApi()
-    try:
-        url = api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        api.create_commit(repo_id, repo_type="dataset", commit_message=f"Add {' and '.join(names)}",
-                          operations=[CommitOperationAdd(path_in_repo=n, path_or_fileobj=f.path)
-                                      for n, f in zip(names, files)])
-    except HFValidationError:
-        raise DatasetError(f"{repo_id!r} is not a Hub repo id: use owner/name, e.g. your-name/synth-math.") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code
-        why = {401: "refused the token in HF_TOKEN: it is wrong or expired. Set HF_TOKEN to a valid token with "
-                    "write access",
-               403: f"refused the write: the token in HF_TOKEN may not write to {repo_id}. Use a token with write "
-                    "access to that owner, or push to a repo of your own"}.get(
-            status, f"refused the push ({str(exc).splitlines()[0][:200]})")
-        raise PushFailed(f"Could not push to {repo_id}: the Hugging Face Hub {why} (HTTP {status}).") from None
-    except Exception as exc:  # connection refused, no DNS, timeouts: the Hub's HTTP client raises its own kinds
-        why = (str(exc).splitlines() or [""])[0][:200]
-        raise PushFailed(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
-                           f"Is this machine online? The files are {' and '.join(f.path for f in files)}.") from None
+    url = hubpush.commit(repo_id, "dataset", {n: Path(f.path) for n, f in zip(names, files)},
+                         f"Add {' and '.join(names)}", refused=DatasetError, failed=PushFailed)
     pushed = " and ".join(f"{f.name} ({f.rows} rows, {n})" for f, n in zip(files, names))
     return f"pushed {pushed}, exported from {pairs_name}, to {url}"

