@@ -268,24 +268,40 @@ def judged_items(records: list[Record], models: list[str], outcome: str) -> tupl
     return kept, {"n_shared": len(items), "n": n, "by_model": by_model, "message": message}
 
 
+def expanded_tail(n: int) -> float:
+    """The lower tail, in percent, of the 95 % expanded percentile interval over n resampled units (Hesterberg 2015,
+    "What Teachers Should Know About the Bootstrap", The American Statistician 69(4)): Φ(−√(n/(n−1))·t(n−1, 0.975)).
+    The plain 2.5 % percentile interval is about mean ± 1.96·s·√((n−1)/n)/√n, too narrow in small samples: on
+    simulated paired items it covered 80 % at 10 items and 89 % at 20 (expanded: 82 % and 92 %; the tail is 1.6 % at
+    20 items, 2.3 % at 100). Below ~20 items it still covers less than 95 %: 0/1 outcomes are too coarse there."""
+    if n < 2:
+        return 2.5
+    from scipy.stats import norm, t
+
+    return float(100 * norm.cdf(-math.sqrt(n / (n - 1)) * t.ppf(0.975, n - 1)))
+
+
 def paired_bootstrap(ya, yb, boots: int = 2000, seed: int = 0) -> dict:
-    """Rate A − rate B on the same items, with a 95 % percentile interval from resampling items (each item keeps
-    its pair of outcomes, so the item-to-item difficulty cancels)."""
+    """Rate A − rate B on the same items, with a 95 % expanded percentile interval (`expanded_tail`) from resampling
+    items (each item keeps its pair of outcomes, so the item-to-item difficulty cancels)."""
     ya, yb = np.asarray(ya, dtype=float), np.asarray(yb, dtype=float)
     if len(ya) != len(yb) or len(ya) == 0:
         raise ValueError("paired bootstrap needs the same, non-empty list of items for both models.")
     d = ya - yb
     idx = np.random.default_rng(seed).integers(0, len(d), (boots, len(d)))
     means = d[idx].mean(axis=1)
-    return {"diff": float(d.mean()), "low": float(np.percentile(means, 2.5)),
-            "high": float(np.percentile(means, 97.5)), "n": len(d)}
+    tail = expanded_tail(len(d))
+    return {"diff": float(d.mean()), "low": float(np.percentile(means, tail)),
+            "high": float(np.percentile(means, 100 - tail)), "n": len(d)}
 
 
 def preload() -> None:
     """Import the regression's libraries (statsmodels' Logit pulls scipy: ~1.3 s on a 2-core CPU). The app calls this
     in a thread once per server process, so the first compare page a user opens does not pay for it."""
-    import statsmodels.discrete.discrete_model  # noqa: F401
-    import statsmodels.stats.contingency_tables  # noqa: F401
+    from importlib import import_module
+
+    for name in ("statsmodels.discrete.discrete_model", "statsmodels.stats.contingency_tables"):
+        import_module(name)  # two plain imports bound one name, and pyflakes called one of them unused
 
 
 def mcnemar_accuracy(ca, cb) -> dict:
