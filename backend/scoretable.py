@@ -31,6 +31,11 @@ AVERAGE = "average (accuracy tasks)"
 
 
 def _rank(metric: str) -> int:
+    """Which of a task's metrics heads it (lower first). A preset's own average (lm-eval:h6's h6_average, what the
+    paper calls H6) comes first: its tasks' TASK/METRIC rows all ranked alike, so the first stored, ARC's
+    acc_norm, headed "lm-eval:h6" and stood for H6 in the average over tasks."""
+    if metric.endswith("_average") and "/" not in metric:
+        return -1
     return PREFERRED_METRIC.index(metric) if metric in PREFERRED_METRIC else len(PREFERRED_METRIC)
 
 
@@ -113,27 +118,32 @@ Z95 = 1.96  # a 95 % normal interval: value ± 1.96 standard errors
 RULE_OF_THREE = 3.0  # 0 events in n: the 95 % upper bound on their rate is about 3/n (Hanley & Lippman-Hand 1983)
 
 
+def _share(metric: str | None) -> bool:
+    """Whether the metric is a share of items (SHARES), so in [0, 1]; no metric given counts as one."""
+    return metric is None or metric.rsplit("/", 1)[-1] in SHARES
+
+
 def zero_error(v: float | None, se: float | None, n: int, metric: str | None = None) -> bool:
     """Whether a standard error of 0 says nothing: lm-eval's √(p(1−p)/(n−1)) is 0 at a share p of 0 or 1 however few
     the items, and "0 ± 0" from 5 items read as certainty. Only for a share (SHARES) when the metric is given: the
     rule of three bounds a rate of events, not a BLEU or F1 of 0."""
-    share = metric is None or metric.rsplit("/", 1)[-1] in SHARES
-    return share and se == 0 and v in (0.0, 1.0) and n > 0
+    return _share(metric) and se == 0 and v in (0.0, 1.0) and n > 0
 
 
 def interval95(v: float | None, se: float | None, n: int,
                metric: str | None = None) -> tuple[float, float] | None:
-    """The 95 % interval a bar's whisker draws: score ± 1.96 standard errors, cut at 0; where that error is 0 at a
-    share of 0 or 1 (zero_error), the rule of three's (J. A. Hanley, A. Lippman-Hand, "If nothing goes wrong, is
-    everything all right?", JAMA 249(13), 1983): 0 of n items still allows a true rate up to about 3/n, n of n one
-    down to 1 − 3/n. The stored error stays lm-eval's (the exported numbers are its); only the whisker is wider.
-    None without an error (perplexity)."""
+    """The 95 % interval a bar's whisker draws: score ± 1.96 standard errors, cut at 0 and, for a share, at 1 (19 of
+    20 correct reached 1.048); where that error is 0 at a share of 0 or 1 (zero_error), the rule of three's (J. A.
+    Hanley, A. Lippman-Hand, "If nothing goes wrong, is everything all right?", JAMA 249(13), 1983): 0 of n items
+    still allows a true rate up to about 3/n, n of n one down to 1 − 3/n. The stored error stays lm-eval's (the
+    exported numbers are its); only the whisker is wider. None without an error (perplexity)."""
     if v is None or se is None:
         return None
     if zero_error(v, se, n, metric):
         reach = min(RULE_OF_THREE / n, 1.0)
         return (0.0, reach) if v == 0 else (1.0 - reach, 1.0)
-    return max(v - Z95 * se, 0.0), v + Z95 * se
+    high = v + Z95 * se
+    return max(v - Z95 * se, 0.0), min(high, 1.0) if _share(metric) else high
 
 
 def items_behind(r: EvalScore, clean: bool = False) -> int:
@@ -280,7 +290,8 @@ def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
         row = {"model": model, AVERAGE: None}
         for task, r in tasks:
             row.update(_task_cells(latest, task, r, clean, task in overlapping))
-        accs = [row[f"{task} ({r.metric})"] for task, r in tasks if task in shared]
+        # the scores, not the cells rounded to 4 decimals: a mean of rounded cells read 0.2144 for 0.2145
+        accs = [value(r, clean=clean) for task, r in tasks if task in shared]
         row[AVERAGE] = round(sum(accs) / len(accs), 4) if shared and len(accs) == len(shared) else None
         lineage = (rec.kind, rec.num_layers, " + ".join(p.split("/")[-1] for p in rec.parents) or "—") if rec else (
             "?", None, "—")
