@@ -162,7 +162,8 @@ def scores_section(names: list[str]) -> str:
         return "Not evaluated in DUS Studio."
     rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()})
     notes = "".join(f"\n- {n}" for n in scoretable.table_notes(latest, rows))
-    return tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else "")
+    return ("This model and the models it was made from, each on the same items:\n\n"
+            + tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else ""))
 
 
 def model_card(name: str, repo_id: str) -> str:
@@ -184,11 +185,11 @@ def model_card(name: str, repo_id: str) -> str:
     own = local.read_text(encoding="utf-8").split("---", 2)[-1].strip() if local.is_file() else ""
     own = "\n".join(own.splitlines()[1:]).strip() if own.startswith("# ") else own  # its title is ours
     return (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n# {repo_id.split('/')[-1]}\n\n"
-            f"`{name}` from [DUS Studio](https://arxiv.org/abs/2312.15166): {rec.architecture or rec.model_type}, "
+            f"`{name}`, made with DUS Studio (depth up-scaling as in SOLAR, "
+            f"[arXiv 2312.15166](https://arxiv.org/abs/2312.15166)): {rec.architecture or rec.model_type}, "
             f"{rec.num_layers} layers, {rec.num_parameters:,} parameters, {rec.dtype}.\n\n"
             f"## How it was made\n\n{lineage}\n\n"
-            f"## Scores in DUS Studio\n\nThis model and the models it was made from, on the same items:\n\n"
-            f"{scores_section([r.name for r in chain])}\n"
+            f"## Scores in DUS Studio\n\n{scores_section([r.name for r in chain])}\n"
             + (f"\n## Build notes\n\n{own}\n" if own else ""))
 
 

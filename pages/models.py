@@ -3,6 +3,7 @@ streaming chat."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -59,12 +60,13 @@ def push_control(rec) -> None:
                "scored here, in one commit. Needs the internet and HF_TOKEN (a token with write access) in the "
                "dashboard's environment. The upload runs in this page: for a model of many GiB, `python -m backend "
                f"models push {rec.name} --repo OWNER/NAME` in a terminal is the better way.")
-    c1, c2 = st.columns([3, 1])
-    repo = c1.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
+    repo = st.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
                          placeholder=f"your-name/{rec.name}")
-    private = c2.checkbox("Private", key=f"push_private_{rec.name}", help="if the repo is made by this push")
+    private = st.checkbox("Private repo", key=f"push_private_{rec.name}", help="if the repo is made by this push")
     if st.toggle("Preview the model card", key=f"push_card_{rec.name}"):
-        st.markdown(hubpush.model_card(rec.name, repo or f"your-name/{rec.name}"))
+        _, meta, body = hubpush.model_card(rec.name, repo or f"your-name/{rec.name}").split("---\n", 2)
+        st.code(meta, language="yaml")  # the Hub's metadata: as Markdown its lines ran together
+        st.markdown(re.sub(r"^(#{1,3}) ", r"###\1 ", body, flags=re.M))  # its headings, smaller in this column
     if st.button("Push", key=f"push_{rec.name}", disabled=not repo):
         try:
             with st.spinner(f"Pushing {rec.name} to {repo}…"):
