@@ -493,6 +493,10 @@ def missing_models(models: list[str]) -> list[str]:
             if registry.record(m) is None and m.lower() not in builtin and not Path(m).expanduser().is_dir()]
 
 
+NONE_MADE = "none of the models to evaluate exists"  # how a skip_missing run with no model left fails: the runner
+# queues such an evaluation again when a job it waits for is resumed (runner._left_out)
+
+
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     progress = progress or (lambda f, m: None)
     spec = spec.model_copy(update={"models": list(dict.fromkeys(stored_name(m) for m in spec.models))})
@@ -500,7 +504,7 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
     skipped = missing_models(spec.models) if spec.skip_missing else []
     if skipped:
         if len(skipped) == len(spec.models):
-            raise EvalError(f"none of the models to evaluate exists ({', '.join(skipped)}): the jobs that were to "
+            raise EvalError(f"{NONE_MADE} ({', '.join(skipped)}): the jobs that were to "
                             "make them did not succeed.")
         spec = spec.model_copy(update={"models": [m for m in spec.models if m not in skipped]})
         progress(0.0, f"left out {', '.join(skipped)}: not registered (the job that was to make it did not succeed)")

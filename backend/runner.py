@@ -104,10 +104,9 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
                   message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
                   else WAITING)
         s.add(job)
-        s.commit()
-        s.refresh(job)
+        s.flush()  # its id, so that its log's path goes in the same commit: a worker that claimed the row between
+        # two commits started it with its output thrown away (start_child's os.devnull), its log never written
         job.log_path = str(db.workspace() / "logs" / f"job-{job.id}.log")
-        s.add(job)
         s.commit()
         s.refresh(job)
         return job
@@ -146,12 +145,15 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
 
         check_synth_free(spec)
     elif spec.kind == "import":
-        from backend.registry import check_import, check_name_free
+        from backend.registry import BUILTIN_NAME, check_import, check_name_free
 
+        name = spec.name
         if _runs_here_only():
-            check_import(spec.target, spec.name)
+            name = check_import(spec.target, spec.name)[1]
         elif spec.name:
             check_name_free(spec.name)
+        if name and spec.target.lower() not in ("builtin", BUILTIN_NAME.lower()):  # the built-in, asked for twice,
+            _check_not_making(name)  # is imported once
     elif spec.kind == "eval" and _runs_here_only():  # its task files, read as the job reads them (a malformed one
         from backend.evaluate import check_task  # failed it much later, behind a busy queue)
 
@@ -181,8 +183,12 @@ MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
 
 
 def _making(name: str) -> Job | None:
-    """The queued or running job that will register a model under `name`, if any."""
+    """The queued or running job that will register a model under `name`, if any: an import by the name it gives
+    (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
+    came; a job reading the imported model was refused)."""
     for job in active_jobs():
+        if job.kind == "import" and job.spec.get("name") == name:
+            return job
         if job.kind not in MAKES_MODELS:
             continue
         try:
@@ -200,6 +206,10 @@ def _check_output_name(name: str) -> None:
     from backend.registry import check_name_free
 
     check_name_free(name)
+    _check_not_making(name)
+
+
+def _check_not_making(name: str) -> None:
     if job := _making(name):
         raise ValueError(f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: choose "
                          "another name.")
@@ -467,10 +477,10 @@ def _requeue_waiting_on(job_id: int) -> None:
     """Jobs _claim_next cancelled, unstarted, because `job_id` (or, in turn, one of them) did not succeed: queued
     again to wait for it. A job a user cancelled says so in its message and stays cancelled."""
     # the evaluations that waited for a job however it ended and left models out: read once, not per job queued again
-    # below (a stale row is harmless: _queue_again's transition holds only while the row is still succeeded)
+    # below (a stale row is harmless: _queue_again's transition holds only while the row is still in the state read)
     with db.session() as s:
-        skipping = [w for w in s.exec(select(Job).where(Job.status == "succeeded", Job.kind == "eval")).all()
-                    if w.waits and (w.result or {}).get("skipped")]
+        skipping = [w for w in s.exec(select(Job).where(Job.status.in_(("succeeded", "failed")),
+                                                        Job.kind == "eval")).all() if _left_out(w)]
     todo = [job_id]
     while todo:
         dep = todo.pop()
@@ -485,13 +495,24 @@ def _requeue_waiting_on(job_id: int) -> None:
         # again, it keeps the scores it stored (evaluate.stored_by_job) and scores what `dep` now makes
         for w in skipping:
             if dep in w.waits:
-                _queue_again(w.id, dep)
+                _queue_again(w.id, dep, w.status)
 
 
-def _queue_again(job_id: int, dep: int) -> None:
-    """A succeeded evaluation queued again because job `dep` it waits for was: as resume() does, without the pid or
-    host of the run before (recover_orphans judged the new claim by them)."""
-    _transition(job_id, "succeeded", status="queued", finished=None, pid=None, host="", error="",
+def _left_out(job: Job) -> bool:
+    """An evaluation that waited for jobs however they ended and scored without a model one of them was to make:
+    it left it out (skip_missing), or failed because it left out every model (a recipe rerun's evaluation of its
+    one changed stage: it stayed failed when that stage was resumed and succeeded)."""
+    from backend.evaluate import NONE_MADE
+
+    return job.kind == "eval" and bool(job.waits) and (
+        (job.status == "succeeded" and bool((job.result or {}).get("skipped")))
+        or (job.status == "failed" and (job.error or "").startswith(NONE_MADE)))
+
+
+def _queue_again(job_id: int, dep: int, from_status: str = "succeeded") -> None:
+    """An evaluation queued again because job `dep` it waits for was: as resume() does, without the pid or host of
+    the run before (recover_orphans judged the new claim by them)."""
+    _transition(job_id, from_status, status="queued", finished=None, pid=None, host="", error="",
                 message=f"queued again: job {dep} it waits for was queued again")
 
 
@@ -610,9 +631,17 @@ def execute(job_id: int) -> int:
 def _requeue_if_waiting(job: Job) -> None:
     """An evaluation that left out models (skip_missing) while a job it waits for was queued again (resumed as it
     ran): queued again now, as _requeue_waiting_on queues one that had already ended; either order of the resume
-    and this job's end is covered. It keeps the scores it stored (evaluate.stored_by_job)."""
+    and this job's end is covered. So is a resumed job another worker finished before this one ended: it made a
+    model left out here, now registered (it stayed unscored, the stage "skipped"). It keeps the scores it stored
+    (evaluate.stored_by_job)."""
+    from backend import registry
+
     for dep in job.waits or []:
-        if (d := get(dep)) is not None and d.status in ("queued", "running"):
+        if (d := get(dep)) is None:
+            continue
+        made = d.status == "succeeded" and (name := planned_name(d)) in job.result["skipped"] \
+            and registry.record(name) is not None  # not left out again when it runs again: it queues no loop
+        if d.status in ("queued", "running") or made:
             _queue_again(job.id, dep)
             return
 
