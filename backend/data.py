@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,9 +132,11 @@ def load_source(source: str, split: str = "train"):
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
         if problem := _unusable_text(path):
             raise DataError(problem)
+        # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
+        extra = {"encoding": "utf-8-sig"} if LOADERS[path.suffix] == "text" else {}
         try:
             with _quiet_loader(LOADERS[path.suffix]):
-                ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train")
+                ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train", **extra)
         except Exception as exc:  # pyarrow / json errors: say which file and why
             raise DataError(_unreadable(path, LOADERS[path.suffix], exc)) from None
         if LOADERS[path.suffix] == "text":
@@ -480,9 +483,39 @@ def _messages(row: dict, layout: str) -> list[dict]:
     if layout == "preference":
         prompt, chosen = row.get("prompt"), row["chosen"]
         if isinstance(chosen, list):
-            return ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt or [])) + chosen
+            turns, chosen, _ = _preference_turns(row)
+            return turns + chosen
         return [{"role": "user", "content": prompt or ""}, {"role": "assistant", "content": chosen}]
     raise DataError(f"layout {layout} has no conversation form")
+
+
+def _preference_turns(row: dict) -> tuple[list, list, list]:
+    """(prompt, chosen, rejected) of a preference row as conversations, the form trl's DPO applies the chat template
+    to: plain text is one user turn and one reply each (trl scored plain text bare, "What is 2 plus 4?2 plus 4 = 6.",
+    while the SFT of the same rows and the chat used the template). A text prompt beside conversations is the user's
+    turn; without a prompt, the turns chosen and rejected open with alike are it (trl's extract_prompt); chosen and
+    rejected that repeat the prompt's turns (HuggingFaceH4's UltraFeedback) have them removed: the prompt was said
+    twice to SFT (user, user, assistant), and trl's DPO failed on a text prompt beside conversations ("'list' object
+    has no attribute 'endswith'")."""
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if isinstance(chosen, str):
+        return ([{"role": "user", "content": prompt}], [{"role": "assistant", "content": chosen}],
+                [{"role": "assistant", "content": rejected}])
+
+    def said(turns: list) -> list:
+        return [(t["role"], t["content"]) for t in turns]
+
+    if prompt is None:
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and said(chosen[n:n + 1]) == said(rejected[n:n + 1]):
+            n += 1
+        prompt = chosen[:n]
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if turns and all(said(side[:len(turns)]) == said(turns) for side in (chosen, rejected)):
+        chosen, rejected = chosen[len(turns):], rejected[len(turns):]
+        if not chosen or not rejected:
+            raise DataError("chosen or rejected holds the prompt alone, no reply")
+    return turns, chosen, rejected
 
 
 def to_prompt_completion(ds):
@@ -508,10 +541,8 @@ def convert_row(row: dict, layout: str, kind: str) -> dict[str, Any]:
     prompt = row.get("prompt")
     if isinstance(row["chosen"], str) and not isinstance(prompt, str):
         raise DataError("preference rows with plain-text chosen/rejected need a plain-text prompt column.")
-    out = {"chosen": row["chosen"], "rejected": row["rejected"]}
-    if prompt is not None:
-        out["prompt"] = prompt
-    return out
+    prompt, chosen, rejected = _preference_turns(row)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _load_converted(source: str, kind: str, max_rows: int | None):
@@ -557,24 +588,52 @@ def mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: in
 def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: int | None = None,
               eval_fraction: float = 0.0):
     """(train, eval or None, report). The evaluation rows are split off each source BEFORE its weight repeats it:
-    splitting after would put copies of training rows in the evaluation split (weight 3 = three copies). Fewer
-    than 10 rows in all: no evaluation split."""
+    splitting after would put copies of training rows in the evaluation split (weight 3 = three copies). A row
+    that occurs more than once (in a source, or in two sources) is held out with all its copies or not at all: the
+    built-in sets repeat rows (facts-corpus: 200 lines, 168 distinct), and 8 of facts-corpus's 20 held-out rows
+    were training rows too. Fewer than 10 rows in all: no evaluation split."""
     import datasets
 
     trains, evals, report = [], [], []
     loaded = [(source, weight, *_load_converted(source, kind, max_rows)) for source, weight in expand(sources)]
     split_any = eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10  # too few rows: no split, as before
+    trained: set[bytes] = set()  # the rows of the sources' training parts, to hold none of them out from another
     for source, weight, ds, layout in loaded:
-        if split_any and len(ds) >= 2:
-            split = ds.train_test_split(test_size=eval_fraction, seed=seed)
-            ds = split["train"]
-            evals.append(split["test"])
+        keys = [_row_key(row) for row in _rows(ds, "")]
+        held = set()
+        if split_any and len(set(keys)) >= 2:
+            ds, test, held = _split_distinct(ds, keys, eval_fraction, seed)
+            evals.append((test, [k for k in keys if k in held]))
+        trained |= set(keys) - held
         ds = _weighted(ds, source, weight, seed)
         trains.append(ds)
         report.append((source, layout, len(ds)))
     train = datasets.concatenate_datasets(trains) if len(trains) > 1 else trains[0]
-    held = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
-    return train.shuffle(seed=seed), held, report
+    evals = [test.select([i for i, k in enumerate(test_keys) if k not in trained]) for test, test_keys in evals]
+    evals = [test for test in evals if len(test)]
+    held_out = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
+    return train.shuffle(seed=seed), held_out, report
+
+
+def _row_key(row: dict) -> bytes:
+    """A row's identity for split_mix: a 16-byte digest of it (the JSON text itself held ~1.6 KB a row in memory)."""
+    import hashlib
+    import json
+
+    return hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
+
+
+def _split_distinct(ds, keys: list[bytes], fraction: float, seed: int):
+    """(train, held-out, the held-out rows' keys): `fraction` of the distinct rows (at least one, and one left to
+    train on), chosen with `seed`, each with every copy of it. keys: each row's _row_key."""
+    import numpy as np
+
+    distinct = list(dict.fromkeys(keys))
+    n = min(max(1, math.ceil(fraction * len(distinct))), len(distinct) - 1)
+    test = {distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[:n]}
+    held = [i for i, k in enumerate(keys) if k in test]
+    kept = [i for i, k in enumerate(keys) if k not in test]
+    return ds.select(kept), ds.select(held), test
 
 
 def preview(source: str, kind: str, n: int = 5) -> dict:

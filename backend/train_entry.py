@@ -214,6 +214,8 @@ def make_config(spec, run_dir: Path, has_eval: bool, r: perf.Resolved | None = N
     # trl's default "bfd" is padding-free and needs flash-attention kernels to be fast; with sdpa it measured six
     # times slower on an H200 (trl 1.16, 1.1B Llama shape, sequence 2048: 7.6k vs 37.5k tokens/s) — perf.resolve
     # picks it only with a flash kernel.
+    # CPT packs with "bfd_split" (perf.resolve): "bfd" cuts every document at max_length; SFT keeps "bfd": a
+    # conversation cut in two teaches its second half without its question.
     return SFTConfig(packing=r.packing, packing_strategy=r.packing_strategy, padding_free=r.padding_free,
                      dataset_text_field="text", completion_only_loss=bool(getattr(spec, "completion_only_loss", False))
                      if spec.kind == "sft" else None, **common)
@@ -233,6 +235,73 @@ def check_replies_fit(spec, rows, prepared, packed: bool, what: str = "") -> Non
     if kept < len(rows):
         print(f"data: {len(rows) - kept} of {len(rows)} {what}conversations dropped: their last reply lies past "
               f"max_length {spec.max_length} (completion_only_loss); raise --max-length to keep them", flush=True)
+
+
+def note_cut_rows(spec, args, rows, prepared, what: str = "", say: bool = True) -> None:
+    """Say how many rows max_length cuts, which trl does without a word: unpacked and bfd-packed SFT/CPT rows keep
+    their first max_length tokens (a reply's end and its end-of-turn token unlearned), DPO drops a pair whose prompt
+    alone fills max_length and cuts the others' replies (their ends never compared). A row exactly max_length long
+    is counted too: its tokens cannot be told from a cut one's. Wrapped and bfd_split packing lose nothing. say:
+    print (rank 0); every rank refuses a DPO run whose every pair was dropped."""
+    import pyarrow.compute as pc
+
+    n = spec.max_length
+    if spec.kind == "dpo":
+        columns, unit, over = ["prompt_ids", "chosen_ids", "rejected_ids"], "pairs", n + 1  # untruncated here
+        if not len(prepared):  # trl's sampler then failed with "num_samples should be a positive integer value"
+            raise SystemExit(f"error: every {what}pair's prompt alone fills max_length {n}, so DPO has nothing to "
+                             "compare: raise --max-length")
+        if (dropped := len(rows) - len(prepared)) and say:
+            print(f"data: {dropped} of {len(rows)} {what}pairs dropped: their prompt alone fills max_length {n}; "
+                  "raise --max-length to keep them", flush=True)
+    elif args.packing and args.packing_strategy != "bfd":
+        return
+    else:  # truncated to max_length by trl: a row (or a bfd-packed sequence) that long was cut, or fit exactly
+        columns, unit, over = ["seq_lengths" if args.packing else "input_ids"], "rows", n
+    if not say:
+        return
+    cut = total = 0
+    for batch in prepared.select_columns(columns).with_format("arrow").iter(batch_size=10_000):  # bounded memory
+        if spec.kind == "dpo":
+            length = pc.add(pc.list_value_length(batch["prompt_ids"]),
+                            pc.max_element_wise(pc.list_value_length(batch["chosen_ids"]),
+                                                pc.list_value_length(batch["rejected_ids"])))
+        else:
+            length = pc.list_flatten(batch[columns[0]]) if args.packing else pc.list_value_length(batch[columns[0]])
+        cut += pc.sum(pc.greater_equal(length, over)).as_py() or 0
+        total += len(length)
+    if cut:
+        print(f"data: {cut} of {total} {what}{unit} cut at max_length {n}: their tokens past it are never trained "
+              "on; raise --max-length" + (" or pack them" if spec.kind == "cpt" and not args.packing else ""),
+              flush=True)
+
+
+def without_chat_template(spec, model_path: str, layouts: set[str], train, evals):
+    """(train, evals) for a model without a chat template (a base model): SFT on prompt/completion files and DPO on
+    one-turn preference pairs (a plain-text prompt/chosen/rejected file) as trl's plain-text rows: the reply follows
+    the prompt as written, then EOS (completion_only_loss scores the completion alone). Conversations need a
+    template. The job refused both before, telling the user to "use a prompt/completion file with a base model",
+    which it refused too."""
+    def single(ds) -> bool:
+        import pyarrow.compute as pc
+
+        table = ds.with_format("arrow")[:]
+        return all(pc.all(pc.equal(pc.list_value_length(table[c]), 1)).as_py() for c in table.column_names)
+
+    def plain(ds):
+        return ds.map(lambda r: {k: r[k][0]["content"] for k in r}, remove_columns=ds.column_names)
+
+    if spec.kind == "sft" and layouts == {"prompt_completion"}:
+        to_plain = data.to_prompt_completion  # [user, assistant] -> prompt [user], completion [assistant]
+    elif spec.kind == "dpo" and layouts == {"preference"} and all(single(ds) for ds in (train, evals)
+                                                                  if ds is not None):
+        to_plain = None
+    else:
+        raise SystemExit(f"error: {model_path} has no chat template; {spec.kind} on conversations "
+                         f"({', '.join(sorted(layouts))}) needs one. Without one, train SFT on a prompt/completion "
+                         "file or DPO on plain-text prompt/chosen/rejected, or use an instruct model.")
+    print("data: no chat template: each prompt and reply as plain text", flush=True)
+    return tuple(plain(to_plain(ds) if to_plain else ds) if ds is not None else None for ds in (train, evals))
 
 
 def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
@@ -267,17 +336,18 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     tok = AutoTokenizer.from_pretrained(cfg["model_path"])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if spec.kind in ("sft", "dpo") and not tok.chat_template:
-        raise SystemExit(f"error: {cfg['model_path']} has no chat template; {spec.kind} on conversations needs "
-                         "one. Use a prompt/completion file with a base model, or an instruct model.")
     # The held-out share is split off each source before its weight repeats it (backend/data.py split_mix).
     train, evals, report = data.split_mix([(d.source, d.weight) for d in spec.data], spec.kind, spec.seed,
                                           spec.max_rows, eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
     for source, layout, rows in report:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
+    layouts = {layout for _, layout, _ in report}
     if spec.eval_data:
-        evals, _ = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
-    if getattr(spec, "completion_only_loss", False):
+        evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
+        layouts.add(eval_layout)
+    if spec.kind in ("sft", "dpo") and not tok.chat_template:
+        train, evals = without_chat_template(spec, cfg["model_path"], layouts, train, evals)
+    elif getattr(spec, "completion_only_loss", False):
         train = data.to_prompt_completion(train)
         evals = data.to_prompt_completion(evals) if evals is not None else None
         print("loss: on each conversation's last assistant reply only (completion_only_loss)", flush=True)
@@ -302,6 +372,9 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     check_replies_fit(spec, train, trainer.train_dataset, packed)
     if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed
         check_replies_fit(spec, evals, trainer.eval_dataset, packed, what="held-out ")
+    note_cut_rows(spec, args, train, trainer.train_dataset, say=trainer.is_world_process_zero())
+    if evals is not None:
+        note_cut_rows(spec, args, evals, trainer.eval_dataset, what="held-out ", say=trainer.is_world_process_zero())
     if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
         perf.compile_layers(trainer.model)
     checkpoints = complete_checkpoints(run_dir)

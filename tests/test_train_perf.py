@@ -52,10 +52,11 @@ def test_explicit_choices_are_honoured_and_explained():
                                                           attention="eager", packing_strategy="bfd"))
     r = perf.resolve(spec, cuda=True, installed=ALL)
     assert (r.compile, r.liger, r.optim, r.attention, r.packing_strategy, r.padding_free) == \
-        ("full", False, "adamw_bnb_8bit", "eager", "bfd", True)
+        ("full", False, "adamw_bnb_8bit", "eager", "bfd_split", True)  # CPT: "bfd" cut each document at max_length
     assert "slower" in r.reasons["packing"]  # bfd without a flash kernel: said in the log
     lines = r.lines()
-    assert "perf: compile = full (asked for)" in lines and any(ln.startswith("perf: packing = bfd") for ln in lines)
+    assert "perf: compile = full (asked for)" in lines and any(ln.startswith("perf: packing = bfd_split")
+                                                               for ln in lines)
     # DPO does not pack, whatever the block says
     d = perf.resolve(DpoSpec(model="m", data=PREFS, perf=PerfOptions(packing_strategy="bfd")), cuda=True,
                      installed=ALL)
