@@ -9,6 +9,7 @@ with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays of
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,8 @@ from storage.models import ModelRecord
 
 BUILTIN_NAME = "SmolLM2-135M-Instruct"
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# a quantization tag after the model's name ("llama-2-7b.Q4_K_M.gguf", the built-in's ".Q4_1"): left out of the name
+GGUF_QUANT_TAG = re.compile(r"\.(?:I?Q\d\w*|B?F16|F32)$", re.I)
 Progress = Callable[[float, str], None]
 
 
@@ -148,8 +151,10 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
         path = Path(rec.path)
         s.delete(rec)
         s.commit()
-    # a folder registered under another name too (import_folder of a model the studio made) stays for it
-    if delete_files and by_path(path) is None and path.is_relative_to(db.models_dir()):
+    # a folder registered under another name too (import_folder of a model the studio made) stays for it, and so
+    # does one holding another model's folder (built with --out inside it: rmtree took that model's files too)
+    if delete_files and path.is_relative_to(db.models_dir()) and \
+            not any(Path(r.path).is_relative_to(path) for r in list_models()):
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -243,7 +248,7 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"GGUF file {path} does not exist.")
-    name = name or safe_name(path.stem.split(".")[0])
+    name = name or safe_name(gguf_default_name(path))
     check_name_free(name, source or "")
     progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
     try:
@@ -258,11 +263,22 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
         model.hf_quantizer.remove_quantization_config(model)
     progress(0.6, "writing safetensors")
     tmp = db.new_tmp("import")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
+    try:  # a full disk left the partial weights in workspace/.tmp until the worker's next start
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return _finish(tmp, name, source or f"gguf:{path}", progress)
+
+
+def gguf_default_name(path: Path) -> str:
+    """The name a GGUF file is registered under unless one is given: its stem less a quantization tag. Cut at the
+    first dot, names lost their version: "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf" and "Qwen2.5-1.5B-…" both became
+    "Qwen2" (the second refused as taken), "Meta-Llama-3.1-8B-Instruct.Q4_K_M.gguf" "Meta-Llama-3"."""
+    return GGUF_QUANT_TAG.sub("", Path(path).stem)
 
 
 def _cut_short_message(path: Path) -> str:
@@ -329,9 +345,19 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
         for i, f in enumerate(files):
             progress(i / len(files), f"reading {f.name} with weights_only=True")
             try:
-                state.update(torch.load(f, map_location="cpu", weights_only=True))
+                loaded = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as exc:
                 raise RegistryError(f"{f} could not be read safely ({exc}). It may hold code, or be corrupt.")
+            # a training script's checkpoint ({"model": state_dict, "epoch": 3}) failed below on .data_ptr() with
+            # an AttributeError and a traceback
+            if not isinstance(loaded, dict):
+                raise RegistryError(f"{f} holds a {type(loaded).__name__}, not a state dict of tensors. Save the "
+                                    "model's state_dict(), or save_pretrained() it, and import that.")
+            if other := [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]:
+                raise RegistryError(f"{f} is a checkpoint with more than the weights (not tensors: "
+                                    f"{', '.join(map(repr, other[:5]))}). Save the model's state_dict() alone, or "
+                                    "save_pretrained() it, and import that.")
+            state.update(loaded)
         # safetensors refuses tensors that share memory. The very same view twice (tied weights) is stored once;
         # other views of one storage (a fused qkv split with torch.split) are different weights: each gets a copy.
         seen: set[tuple] = set()
@@ -474,7 +500,7 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
         # vocabulary), so a file cut short is refused here, before queueing, not when the job's turn comes
         problem = (f"GGUF file {p} does not exist." if not p.is_file()
                    else _cut_short_message(p) if read_gguf and _gguf_cut_short(p) else None)
-        return "gguf", p.stem.split(".")[0], [problem] if problem else []
+        return "gguf", gguf_default_name(p), [problem] if problem else []
     if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
         try:
             read_config(p)

@@ -107,10 +107,30 @@ class UpscaleSpec(_Spec):
         return self
 
     def default_name(self) -> str:
-        base = Path(self.base).name if "/" in self.base else self.base
+        base = _short(self.base)
+        if self.method == "slices" and any(s.source == 1 for s in self.slices):  # the models joined, as a merge's:
+            base += f"_{_short(self.second)}"  # the same ranges of two other second models had one name
         tag = {"dus": f"dus-m{self.m}", "llama-pro": f"pro-g{self.groups}",
                "slices": "slices-" + "_".join(f"{s.source}.{s.start}-{s.end}" for s in self.slices)}[self.method]
-        return safe_name(f"{base}-{tag}")  # a folder or Hub-style base may hold any character
+        return _tagged(base, tag)
+
+
+def _short(model: str) -> str:
+    """A model reference as a default name starts it: a folder's own name, a registered name as it is."""
+    return Path(model).name if "/" in model else model
+
+
+def _tagged(base: str, tag: str) -> str:
+    """`BASE-TAG` as a valid name (a folder or Hub-style base may hold any character), the tag kept whole:
+    safe_name's cut at 100 characters took it off a long base (an up-scale by m 4 and by m 8, a dpo and a dus, of
+    one model got one name; at 100 characters the base's own). A base too long for both is cut and given a digest of
+    itself, a tag too long (many slices) a digest of itself, so different specs keep different names."""
+    if len(tag) > 60:
+        tag = f"{tag[:53].rstrip(SEPARATORS)}-{hashlib.sha1(tag.encode()).hexdigest()[:6]}"
+    short = safe_name(base, fallback="")
+    if len(short) + 1 + len(tag) > 100:
+        short = f"{short[:100 - len(tag) - 8].rstrip(SEPARATORS)}-{hashlib.sha1(base.encode()).hexdigest()[:6]}"
+    return safe_name(f"{short}-{tag}")
 
 
 class ImportSpec(_Spec):
@@ -132,7 +152,8 @@ class ImportSpec(_Spec):
 class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(description="builtin:NAME, a local .jsonl/.json/.csv/.parquet/.txt file, or a Hub id")
-    weight: float = Field(1.0, gt=0, description="1 = the whole set once, 0.5 = a random half, 2 = twice")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False,  # inf passed, and the job's mix failed on int(inf)
+                          description="1 = the whole set once, 0.5 = a random half, 2 = twice")
 
 
 class LoraSpec(BaseModel):
@@ -141,6 +162,16 @@ class LoraSpec(BaseModel):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str = Field("all-linear", description="peft target_modules: all-linear or comma-separated names")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        """"q_proj,v_proj" from "q_proj, v_proj": the trainer splits at the commas alone, and peft matched no module
+        to " v_proj", so v_proj got no adapter without a word (the memory plan, which strips, counted it)."""
+        names = [t.strip() for t in v.split(",")]
+        if not all(names):
+            raise ValueError(f"{v!r}: all-linear, or module names separated by commas (q_proj,v_proj).")
+        return ",".join(names)
 
 
 class PerfOptions(BaseModel):
@@ -163,6 +194,8 @@ class PerfOptions(BaseModel):
 
 
 class _TrainSpec(_Spec):
+    # beta: .inf or weight_decay: .inf passed; the run logged a loss of 0 and registered a model of NaN weights
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = Field(description="registered model name, or a model folder")
     data: list[DataSource] = Field(min_length=1, description="weighted mix of sources (SFT v1–v4 style)")
     eval_data: DataSource | None = Field(None, description="held-out set; default: eval_fraction of the data")
@@ -239,8 +272,7 @@ class _TrainSpec(_Spec):
         return self
 
     def default_name(self) -> str:
-        base = Path(self.model).name if "/" in self.model else self.model
-        return safe_name(f"{base}-{self.kind}")
+        return _tagged(_short(self.model), self.kind)
 
 
 class CptSpec(_TrainSpec):
