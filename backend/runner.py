@@ -339,6 +339,27 @@ def _ended_dependency(job, by_id: dict) -> str | None:
     return None
 
 
+def never_runs(job, seen: frozenset = frozenset()) -> bool:
+    """Whether a queued job can no longer run as things stand: a job it needs (after, needs) ended without
+    succeeding or is gone, or, in turn, can no longer run (_claim_next cancels it when a worker next looks; a resume
+    of the job that ended queues it again)."""
+    for dep_id in ([job.after] if job.after is not None else []) + list(job.needs or []):
+        dep = get(dep_id)
+        if dep is None or dep.status in ("failed", "cancelled", "interrupted"):
+            return True
+        if dep.status == "queued" and dep_id not in seen and never_runs(dep, seen | {job.id}):
+            return True
+    return False
+
+
+def scores_nothing(job) -> bool:
+    """Whether a queued job that waits for others however they end (a recipe's evaluation) has nothing left to wait
+    for that will make anything: each of them ended without succeeding, or can no longer run."""
+    deps = [get(d) for d in job.waits or []]
+    return bool(deps) and all(d is None or d.status in ("failed", "cancelled", "interrupted")
+                              or d.status == "queued" and never_runs(d) for d in deps)
+
+
 def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
     """A job's message as the pages and `jobs list` show it. A queued job's stored "waiting for the worker" read as
     if no worker ran while one was busy with another job: with a worker alive it says which jobs run and which go
@@ -552,12 +573,13 @@ def _transition(job_id: int, from_status: str | tuple[str, ...], *, _of_pid: int
         return done.rowcount == 1
 
 
-def cancel(job_id: int) -> Job:
+def cancel(job_id: int, message: str = "cancelled before it started") -> Job:
+    """Cancel a job; `message`: a queued job's reason (a resume of the job it waited for does not queue it again)."""
     job = get(job_id)
     if job is None:
         raise ValueError(f"No job {job_id}.")
     if job.status == "queued" and _transition(job_id, "queued", status="cancelled", finished=utcnow(),
-                                              message="cancelled before it started"):
+                                              message=message):
         return get(job_id)
     job = get(job_id)  # a worker may have claimed it meanwhile
     if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),

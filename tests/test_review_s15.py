@@ -161,3 +161,28 @@ def test_hallucination_length_legend_goes_aside_with_many_long_names():
     assert {t.hovertext if isinstance(t.hovertext, str) else t.hovertext[0] for t in fig.data} == set(models)
     two = hallucination_length_figure({"observed": curves["observed"][:1], "fitted": []}, models=models[:1])
     assert two.layout.legend.orientation == "h" and two.layout.height == 360
+
+
+# ---- 7. `recipe run` again after Ctrl-C stopped the first: the stages behind the interrupted one are made anew -----
+
+def test_a_recipe_rerun_after_an_interrupted_stage_makes_and_scores_every_stage(tiny_llama):
+    from backend import recipe
+    from tests.test_recipe import smoke, text
+
+    t = text(smoke(tiny_llama))
+    [p] = recipe.plan_text(t)
+    first = {r.stage: j for r, j in recipe.stages(recipe.submit(p, t)) if j}
+    up = first["upscaled"]  # as runner._interrupt_running leaves a foreground run stopped by Ctrl-C
+    runner._update(up.id, status="interrupted", message="interrupted: its worker was stopped (Ctrl-C)")
+    [p2] = recipe.plan_text(t)
+    assert {n.stage: n.status for n in p2.nodes if n.stage != "base"} == \
+        {n.stage: "run" for n in p2.nodes if n.stage != "base"}  # was in-flight: the dead jobs behind job 1
+    [run2] = recipe.run_recipe(t, queue=False, plans=[p2])
+    second = recipe.stages(run2)
+    assert {recipe.stage_state(r, j) for r, j in second if r.stage != "base"} == {"succeeded"}  # was: cancelled
+    (ev,) = {j.id for r, j in second if r.kind == "eval"}
+    assert runner.get(ev).result["scores"] == 5 and not runner.get(ev).result.get("skipped")
+    replaced = {j.id for s, j in first.items() if s != "upscaled"}
+    assert {runner.get(i).status for i in replaced} == {"cancelled"}
+    runner.resume(up.id)  # the old chain stays replaced: not queued again to remake taken names
+    assert {runner.get(i).status for i in replaced} == {"cancelled"}

@@ -49,6 +49,7 @@ class Node:
     info: dict[str, Any] = field(default_factory=dict)  # label, tables, sweep_of, data fingerprints
     status: str = "run"  # run | reuse | in-flight | given (the base)
     job_id: int | None = None
+    replaces: list[int] = field(default_factory=list)  # queued jobs of an earlier run of it that can no longer run
 
 
 @dataclass
@@ -444,8 +445,16 @@ def _look_up(nodes: list[Node]) -> None:
             model = (n.info or {}).get("model") if n.kind == "eval" else None
             done = next((j for j in jobs if j and j.status == "succeeded"
                          and (model is None or model not in (j.result or {}).get("skipped", []))), None)
-            live = next((j for j in jobs if j and j.status in ("queued", "running")), None)
             upstream_runs = any(status.get(d) == "run" for d in n.deps)
+            # a queued job behind one that ended without succeeding (a `recipe run` stopped by Ctrl-C, its up-scale
+            # interrupted) is no job in flight: adopted, the rerun made the interrupted stage alone and its
+            # dependants were cancelled; nor is an evaluation queued before, when its model is made anew (it
+            # waits for the old job, not the new one, and left the model out)
+            dead = {j.id for j in jobs if j and j.status == "queued"
+                    and (runner.never_runs(j) or n.kind == "eval" and runner.scores_nothing(j))}
+            live = next((j for j in jobs if j and j.status in ("queued", "running") and j.id not in dead
+                         and not (n.kind == "eval" and upstream_runs)), None)
+            n.replaces = sorted(dead)
             if n.kind == "synth-math":
                 made = s.exec(select(DatasetRecord).where(DatasetRecord.name == f"{n.output}-instruct")).first()
             elif n.kind == "eval":
@@ -468,6 +477,9 @@ def submit(p: Plan, text: str = "") -> int:
     from backend.cluster import ray_jobs
 
     addr = ray_jobs.address()
+    for n in p.nodes:  # an earlier run's jobs that can no longer run, made anew here: cancelled first, or their
+        for job_id in n.replaces if n.status == "run" else []:  # names stay taken ("Job 2 will register a model
+            runner.cancel(job_id, message="replaced: a rerun of its recipe makes this stage again")  # named ...")
     coming = {n.output for n in p.nodes if n.status == "run"}  # made by the stages queued here
     for n in p.nodes:  # a stage runner.submit (or the cluster) would refuse is refused before any row is written,
         if n.status == "run" and n.spec is not None:  # not halfway through the recipe's jobs
