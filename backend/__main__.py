@@ -179,11 +179,14 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
                                 "is nothing to resume: run the command again (with --queue the worker runs it, and "
                                 "closing the terminal does not stop it)")
+    from backend.hubpush import PushFailed
+
     try:
         result = runner.work_function(spec.kind)(spec, None, _progress)
-    except (RuntimeError, OSError) as exc:  # the work ran and failed (the trainer's exit, out of memory, a full
-        # disk): 1; a ValueError is an input refused (by the checks, or by reading a damaged weights file): 2, as
-        # before, and so is a path that is taken, missing or of the wrong kind (an --out that holds files)
+    except (RuntimeError, OSError, PushFailed) as exc:  # the work ran and failed (the trainer's exit, out of memory,
+        # a full disk, a push the Hub refused or did not answer): 1; a ValueError is an input refused (by the checks,
+        # or by reading a damaged weights file): 2, as before, and so is a path that is taken, missing or of the
+        # wrong kind (an --out that holds files)
         if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             raise
         raise WorkFailed(str(exc)) from exc
@@ -833,14 +836,12 @@ def cmd_models(a) -> None:
         registry.delete(a.target, force=a.force)
         print(f"deleted {a.target}")
     elif a.action == "push":
-        from backend import hubpush
+        from backend.specs import PushSpec
 
         if not a.target or not a.repo:
             raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
-        try:
-            print(hubpush.push_model(a.target, a.repo, private=a.private, progress=_progress))
-        except hubpush.PushFailed as exc:  # tried, and the Hub refused it or did not answer: 1; a refusal before
-            raise WorkFailed(str(exc)) from exc  # any upload (no token, no such model) stays 2
+        # as every job command: here, or with --queue / --after the worker's (a model of many GiB)
+        _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private), a)
 
 
 def cmd_auth(a) -> None:
@@ -914,13 +915,13 @@ def cmd_jobs(a) -> None:
         if a.json:
             return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
                                  "message": runner.job_message(j, active, alive), "error": j.error,
-                                 "name": j.spec.get("name"), "output": runner.planned_name(j),
+                                 "name": j.spec.get("name"), "output": runner.job_output(j),
                                  "result": j.result, "after": j.after, "needs": j.needs or [],
                                  "waits": j.waits or [], "created": j.created, "started": j.started,
                                  "finished": j.finished} for j in jobs])
         cut = False
         for j in jobs:  # what each job makes, as the pages' "→ output": 14 queued sft jobs read alike without it
-            said, output = runner.job_message(j, active, alive), runner.planned_name(j) or "-"
+            said, output = runner.job_message(j, active, alive), runner.job_output(j) or "-"
             cut |= len(said) > 60 or len(output) > 24
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
                   f"{output if len(output) <= 24 else output[:23] + '…':24} "
@@ -1377,6 +1378,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "
                         "access; exit code 1 when the Hub refused the push or could not be reached)")
     m.add_argument("--private", action="store_true", help="push: make the repo private if it is made")
+    m.add_argument("--queue", action="store_true", help="push: hand the upload to the worker instead of running it "
+                                                        "here")
+    m.add_argument("--after", type=int, help="push: queue it to run after this job succeeds (the training that "
+                                             "makes the model)")
     m.set_defaults(fn=cmd_models)
 
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "

@@ -211,16 +211,21 @@ def check_pushable(name: str) -> ModelRecord:
 
 
 def push_model(name: str, repo_id: str, *, private: bool = False,
-               progress: Callable[[float, str], None] = lambda f, m: None) -> str:
-    """Upload a registered model's files (model_files) and its card (model_card) to a Hub model repo in one commit;
-    a line saying what went where."""
+               progress: Callable[[float, str], None] = lambda f, m: None) -> dict:
+    """Upload a registered model's files (model_files) and its card (model_card) to a Hub model repo in one commit:
+    {pushed: the model, url, files, size}."""
+    from backend.names import human_bytes
+
     rec = check_pushable(name)
     files: dict[str, Path | bytes] = dict(model_files(Path(rec.path)))
     files["README.md"] = model_card(name, repo_id).encode()
-    size = sum(f.stat().st_size for f in files.values() if isinstance(f, Path))
-    from backend.names import human_bytes
-
-    progress(0.05, f"pushing {len(files)} files ({human_bytes(size)}) of {name} to {repo_id}")
+    size = human_bytes(sum(f.stat().st_size for f in files.values() if isinstance(f, Path)))
+    progress(0.05, f"pushing {len(files)} files ({size}) of {name} to {repo_id}")
     url = commit(repo_id, "model", files, f"Add {name} from DUS Studio", private=private)
     progress(1.0, f"pushed {name} to {url}")
-    return f"pushed {name} ({len(files)} files, {human_bytes(size)}, with its model card) to {url}"
+    return {"pushed": name, "url": url, "files": len(files), "size": size}
+
+
+def run_push(spec, out_dir: Path | None = None, progress: Callable[[float, str], None] | None = None) -> dict:
+    """The job form of push_model (a PushSpec): a model of many GiB uploads in the worker, not in a page."""
+    return push_model(spec.model, spec.repo, private=spec.private, progress=progress or (lambda f, m: None))

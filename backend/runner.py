@@ -80,6 +80,10 @@ def work_function(kind: str) -> Callable[..., dict]:
         from backend.training import run_train
 
         return run_train
+    if kind == "push":
+        from backend.hubpush import run_push
+
+        return run_push
     raise ValueError(f"No runner for job kind {kind!r}.")
 
 
@@ -154,6 +158,11 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
             check_name_free(spec.name)
         if name and spec.target.lower() not in ("builtin", BUILTIN_NAME.lower()):  # the built-in, asked for twice,
             _check_not_making(name)  # is imported once
+    elif spec.kind == "push":  # a model that is not there, or that a Hub user could not load: refused now
+        from backend.hubpush import check_pushable
+
+        if spec.model not in coming and not _making(spec.model):  # else the job it waits for makes it
+            check_pushable(spec.model)
     elif spec.kind == "eval" and _runs_here_only():  # its task files, read as the job reads them (a malformed one
         from backend.evaluate import check_task  # failed it much later, behind a busy queue)
 
@@ -286,6 +295,20 @@ def planned_name(job) -> str:
     except ValueError:  # a spec written by an older version
         return ""
     return spec.default_name() if hasattr(spec, "default_name") else ""
+
+
+def job_output(job) -> str:
+    """What a job makes, as the Jobs page and `jobs list` show it, so that two merges of the same pair tell apart:
+    the registered name once it succeeded, else the spec's name (or the name the job will derive), the scored models
+    for an evaluation, the repo a push uploads to, the source of an import that derives its name on the way."""
+    made = (job.result or {}).get("model") or (job.result or {}).get("pairs")
+    if made:
+        return made
+    if job.kind == "eval":
+        return "scores of " + ", ".join(job.spec.get("models", []))
+    if job.kind == "push":
+        return f"{job.spec.get('model')} → hub:{job.spec.get('repo')}"
+    return planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
 
 
 def jobs_using(name: str) -> list[Job]:

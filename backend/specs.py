@@ -149,6 +149,22 @@ class ImportSpec(_Spec):
     _name = field_validator("name")(_valid_name)
 
 
+class PushSpec(_Spec):
+    """Upload a registered model to a Hugging Face Hub model repo with a card of its lineage and scores
+    (backend/hubpush.py)."""
+    kind: Literal["push"] = "push"
+    model: str = Field(description="registered model name")
+    repo: str = Field(description="the Hub model repo, owner/name (made if missing)")
+    private: bool = Field(False, description="make the repo private if this push makes it")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", v.strip()):
+            raise ValueError(f"{v!r}: a Hub repo id is owner/name, e.g. your-name/my-model.")
+        return v.strip()
+
+
 class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(description="builtin:NAME, a local .jsonl/.json/.csv/.parquet/.txt file, or a Hub id")
@@ -562,7 +578,7 @@ class EvalSpec(_Spec):
 TRAIN_KINDS = ("cpt", "sft", "dpo")
 SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "cpt": CptSpec, "sft": SftSpec,
                                  "dpo": DpoSpec, "synth-math": SynthMathSpec, "merge": MergeSpec,
-                                 "eval": EvalSpec}
+                                 "eval": EvalSpec, "push": PushSpec}
 
 
 def spec_from_dict(data: dict) -> _Spec:

@@ -20,18 +20,6 @@ shown = st.columns([1, 3])[0].selectbox("Jobs shown", list(SHOWN), format_func=S
                                         help="Queued and running jobs are always shown, however old.")
 
 
-def output(job) -> str:
-    """What a job makes, so that two merges of the same pair tell apart: the registered name once it succeeded,
-    else the spec's name (or the name the job will derive), the scored models for an evaluation, the source of an
-    import that derives its name on the way."""
-    made = (job.result or {}).get("model") or (job.result or {}).get("pairs")
-    if made:
-        return made
-    if job.kind == "eval":
-        return "scores of " + ", ".join(job.spec.get("models", []))
-    return runner.planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
-
-
 @st.fragment(run_every=2.0)
 def job_table() -> None:
     jobs = runner.list_jobs(st.session_state.get("jobs_shown", 100) or None)
@@ -43,7 +31,7 @@ def job_table() -> None:
     said = {j.id: runner.job_message(j, active, alive) for j in jobs}
     st.dataframe(pd.DataFrame([{
         # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
-        "id": j.id, "kind": j.kind, "output": short_name(output(j), 28),
+        "id": j.id, "kind": j.kind, "output": short_name(runner.job_output(j), 28),
         # a row "running" whose worker and process are gone: its status doubted where the eye looks first
         "status": "running?" if said[j.id].startswith("running?") else j.status, "progress": j.progress,
         # a failed job's error takes the place of its "failed" (runner.job_message): a separate column was squeezed
@@ -75,7 +63,8 @@ if jobs:
     # one queued behind it: "No log yet")
     job_id = st.selectbox("Job", [j.id for j in jobs], key="job",
                           index=next((i for i, j in enumerate(jobs) if j.status == "running"), 0),
-                          format_func=lambda i: next(f"{j.id} · {j.kind} · {output(j)}" for j in jobs if j.id == i))
+                          format_func=lambda i: next(f"{j.id} · {j.kind} · {runner.job_output(j)}"
+                                                     for j in jobs if j.id == i))
     job_status(job_id)
     job = runner.get(job_id)
     with st.expander("Spec"):

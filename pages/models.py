@@ -12,7 +12,7 @@ import yaml
 
 from backend import hubpush, registry, runner
 from backend.chat import GenerationStats, stream_reply
-from backend.specs import ImportSpec, explain
+from backend.specs import ImportSpec, PushSpec, explain
 from pages.common import cached_model, human, job_status, submit, worker_banner, via_app
 from pydantic import ValidationError
 
@@ -55,11 +55,11 @@ st.dataframe(table, hide_index=True, key="models_table")
 
 
 def push_control(rec) -> None:
-    """Upload the model with a card of its lineage and scores (backend/hubpush.py, as `models push`)."""
+    """Upload the model with a card of its lineage and scores: a push job (backend/hubpush.py, as `models push`),
+    so a model of many GiB uploads in the worker, whatever happens to this page."""
     st.caption("Uploads its weights, config and tokenizer with a model card that tells how it was made and what it "
-               "scored here, in one commit. Needs the internet and HF_TOKEN (a token with write access) in the "
-               "dashboard's environment. The upload runs in this page: for a model of many GiB, `python -m backend "
-               f"models push {rec.name} --repo OWNER/NAME` in a terminal is the better way.")
+               "scored here, in one commit, as a job (its progress and log on the Jobs page). Needs the internet "
+               "and HF_TOKEN (a token with write access) in the worker's environment.")
     repo = st.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
                          placeholder=f"your-name/{rec.name}")
     private = st.checkbox("Private repo", key=f"push_private_{rec.name}", help="if the repo is made by this push")
@@ -67,12 +67,16 @@ def push_control(rec) -> None:
         _, meta, body = hubpush.model_card(rec.name, repo or f"your-name/{rec.name}").split("---\n", 2)
         st.code(meta, language="yaml")  # the Hub's metadata: as Markdown its lines ran together
         st.markdown(re.sub(r"^(#{1,3}) ", r"###\1 ", body, flags=re.M))  # its headings, smaller in this column
-    if st.button("Push", key=f"push_{rec.name}", disabled=not repo):
+    spec = None
+    if repo:
         try:
-            with st.spinner(f"Pushing {rec.name} to {repo}…"):
-                st.success(hubpush.push_model(rec.name, repo, private=private))
-        except ValueError as exc:  # refused before the upload, or the Hub refused it / could not be reached
-            st.error(str(exc))
+            spec = PushSpec(model=rec.name, repo=repo, private=private)
+        except ValidationError as exc:
+            st.error(explain(exc))
+    if st.button("Push", key=f"push_{rec.name}", disabled=spec is None):
+        submit(spec, f"push_job_{rec.name}")
+    if f"push_job_{rec.name}" in st.session_state:
+        job_status(st.session_state[f"push_job_{rec.name}"])
 
 
 names = [r.name for r in models]

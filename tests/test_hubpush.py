@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend import evaluate, hubpush, registry
+from backend import evaluate, hubpush, registry, runner
 from backend.specs import EvalSpec, UpscaleSpec
 from backend.upscale import run_upscale
 from tests.test_hub import hub
@@ -36,7 +36,7 @@ def test_a_model_is_pushed_with_its_files_and_a_card_of_its_lineage_and_scores(h
     local = {f.name for f in folder.iterdir() if f.is_file()} - {"README.md"}
     assert set(files) == local | {"README.md"}
     assert all(files[n] == (folder / n).read_bytes() for n in local)  # the weights byte for byte
-    assert f"{hub.url}/acme/tiny-dus" in said and f"({len(files)} files" in said
+    assert said == {"pushed": "tiny-dus", "url": f"{hub.url}/acme/tiny-dus", "files": len(files), "size": said["size"]}
 
     card = files["README.md"].decode()
     meta = yaml.safe_load(card.split("---")[1])
@@ -101,11 +101,18 @@ def test_models_push_on_the_command_line_exit_codes(hub, tiny_llama, monkeypatch
     assert rc == 1 and "refused the token in HF_TOKEN" in err  # tried, and the Hub said no
     monkeypatch.setenv("HF_TOKEN", hub.token)
     rc, out, err = cli("models", "push", "tiny", "--repo", "acme/tiny")
-    assert rc == 0 and out.startswith("pushed tiny (") and "model/acme/tiny" in hub.repos
+    assert rc == 0 and out.startswith("pushed: tiny\nurl: ") and "model/acme/tiny" in hub.repos
     assert not hub.repos["model/acme/tiny"].private
     assert cli("models", "push", "tiny", "--repo", "acme/tiny-private", "--private")[0] == 0
     assert hub.repos["model/acme/tiny-private"].private
     assert cli("models", "push", "tiny")[0] == 2  # no --repo
+    assert cli("models", "push", "tiny", "--repo", "not a repo")[0] == 2
+    rc, out, _ = cli("models", "push", "tiny", "--repo", "acme/later", "--queue")  # the worker uploads it
+    assert rc == 0 and "model/acme/later" not in hub.repos
+    (job,) = [j for j in runner.list_jobs() if j.kind == "push"]
+    assert job.spec["repo"] == "acme/later" and runner.job_output(job) == "tiny → hub:acme/later"
+    runner.worker(once=True)
+    assert runner.get(job.id).status == "succeeded" and "model/acme/later" in hub.repos
 
 
 def test_models_page_previews_the_card_and_pushes(hub, tiny_llama, monkeypatch):
@@ -118,9 +125,17 @@ def test_models_page_previews_the_card_and_pushes(hub, tiny_llama, monkeypatch):
     at.toggle(key="push_card_tiny").set_value(True).run()
     assert any("## How it was made" in m.value and "1. `tiny` (6 layers" in m.value for m in at.markdown)
     at.text_input(key="push_repo_tiny").set_value("acme/tiny").run()
-    at.button(key="push_tiny").click().run()
-    assert not at.exception and any(s.value.startswith("pushed tiny (") for s in at.success)
+    at.button(key="push_tiny").click().run()  # a push job, the worker's
+    assert not at.exception
+    (job,) = runner.list_jobs()
+    assert (job.kind, job.spec["model"], job.spec["repo"]) == ("push", "tiny", "acme/tiny")
+    runner.worker(once=True)
+    assert runner.get(job.id).status == "succeeded"
     assert hub.files("model/acme/tiny")["config.json"] == (tiny_llama / "config.json").read_bytes()
-    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")  # the worker's environment: the job fails, saying why
     at.button(key="push_tiny").click().run()
-    assert any("refused the token in HF_TOKEN" in e.value for e in at.error)
+    failed = max(runner.list_jobs(), key=lambda j: j.id)
+    runner.worker(once=True)
+    assert "refused the token in HF_TOKEN" in runner.get(failed.id).error
+    at.text_input(key="push_repo_tiny").set_value("no repo id").run()
+    assert at.button(key="push_tiny").disabled and any("owner/name" in e.value for e in at.error)

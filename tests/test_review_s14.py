@@ -294,7 +294,7 @@ def test_jobs_list_json_says_what_an_unnamed_job_makes_and_what_it_waits_for(tin
     assert cli(["jobs", "list", "--json"]) in (0, None)
     rows = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
     assert rows[a.id]["name"] is None and rows[a.id]["output"] == "tiny-sft"
-    assert rows[ev.id]["waits"] == [a.id] and rows[ev.id]["needs"] == [] and rows[ev.id]["output"] == ""
+    assert rows[ev.id]["waits"] == [a.id] and rows[ev.id]["needs"] == [] and rows[ev.id]["output"] == "scores of tiny-sft"
 
 
 def test_completion_only_loss_says_when_replies_lie_past_max_length(tiny_llama, tmp_path, capsys):
