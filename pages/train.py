@@ -134,8 +134,9 @@ def data_caption(kind: str) -> str:
                       if names)
     return ("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), `dataset:NAME` (a "
             "registered data set), `mix:NAME` (a saved weighted mix, such as the paper's sft-v1 … sft-v4 or "
-            "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file, or "
-            "a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
+            "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file (a "
+            ".txt is one row per line, each ended by the end-of-text token: documents of many lines go in a .jsonl "
+            "with a `text` field), or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
             + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (Synthetic math page)."))
 
 
