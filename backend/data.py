@@ -591,26 +591,31 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
     splitting after would put copies of training rows in the evaluation split (weight 3 = three copies). A row
     that occurs more than once (in a source, or in two sources) is held out with all its copies or not at all: the
     built-in sets repeat rows (facts-corpus: 200 lines, 168 distinct), and 8 of facts-corpus's 20 held-out rows
-    were training rows too. Fewer than 10 rows in all: no evaluation split."""
+    were training rows too. Each source picks `eval_fraction` of its distinct rows; a row one source picks is held
+    out of every source (picked per source and then dropped where another trained on it, two files of the same rows
+    in another order held out nothing), and the held-out set holds each row once. Fewer than 10 rows in all: no
+    evaluation split."""
     import datasets
 
-    trains, evals, report = [], [], []
     loaded = [(source, weight, *_load_converted(source, kind, max_rows)) for source, weight in expand(sources)]
-    split_any = eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10  # too few rows: no split, as before
-    trained: set[bytes] = set()  # the rows of the sources' training parts, to hold none of them out from another
-    for source, weight, ds, layout in loaded:
-        keys = [_row_key(row) for row in _rows(ds, "")]
-        held = set()
-        if split_any and len(set(keys)) >= 2:
-            ds, test, held = _split_distinct(ds, keys, eval_fraction, seed)
-            evals.append((test, [k for k in keys if k in held]))
-        trained |= set(keys) - held
-        ds = _weighted(ds, source, weight, seed)
+    keyed = [(*item, [_row_key(row) for row in _rows(item[2], "")]) for item in loaded]
+    test: set[bytes] = set()
+    if eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10:  # too few rows: no split, as before
+        for *_, keys in keyed:
+            test |= _pick_distinct(keys, eval_fraction, seed)
+    trains, evals, report, seen = [], [], [], set()
+    for source, weight, ds, layout, keys in keyed:
+        if test:
+            held = [i for i, k in enumerate(keys) if k in test and not (k in seen or seen.add(k))]
+            evals += [ds.select(held)] if held else []
+            ds = ds.select([i for i, k in enumerate(keys) if k not in test])
+        ds = _weighted(ds, source, weight, seed) if len(ds) else ds
         trains.append(ds)
         report.append((source, layout, len(ds)))
     train = datasets.concatenate_datasets(trains) if len(trains) > 1 else trains[0]
-    evals = [test.select([i for i, k in enumerate(test_keys) if k not in trained]) for test, test_keys in evals]
-    evals = [test for test in evals if len(test)]
+    if not len(train):
+        raise DataError(f"every row of {', '.join(s for s, _ in sources)} was held out: lower the held-out share "
+                        f"({eval_fraction:g}) or give more rows.")
     held_out = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
     return train.shuffle(seed=seed), held_out, report
 
@@ -623,17 +628,16 @@ def _row_key(row: dict) -> bytes:
     return hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
 
 
-def _split_distinct(ds, keys: list[bytes], fraction: float, seed: int):
-    """(train, held-out, the held-out rows' keys): `fraction` of the distinct rows (at least one, and one left to
-    train on), chosen with `seed`, each with every copy of it. keys: each row's _row_key."""
+def _pick_distinct(keys: list[bytes], fraction: float, seed: int) -> set[bytes]:
+    """`fraction` of the distinct rows among `keys` (at least one, and one left to train on; none of a source of one
+    distinct row), chosen with `seed`."""
     import numpy as np
 
     distinct = list(dict.fromkeys(keys))
+    if len(distinct) < 2:
+        return set()
     n = min(max(1, math.ceil(fraction * len(distinct))), len(distinct) - 1)
-    test = {distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[:n]}
-    held = [i for i, k in enumerate(keys) if k in test]
-    kept = [i for i, k in enumerate(keys) if k not in test]
-    return ds.select(kept), ds.select(held), test
+    return {distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[:n]}
 
 
 def preview(source: str, kind: str, n: int = 5) -> dict:

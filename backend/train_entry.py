@@ -341,6 +341,10 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                                           spec.max_rows, eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
     for source, layout, rows in report:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
+    if not spec.eval_data and spec.eval_fraction:  # an empty split gave no eval loss, no recovery view, no word
+        print(f"data: {len(evals)} distinct rows held out ({spec.eval_fraction:g} of each source's), none of them "
+              "trained on" if evals is not None else "data: no rows held out (fewer than 10 rows): no eval loss",
+              flush=True)
     layouts = {layout for _, layout, _ in report}
     if spec.eval_data:
         evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
