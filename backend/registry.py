@@ -151,11 +151,24 @@ def delete(name: str, *, delete_files: bool = True, force: bool = False) -> None
         path = Path(rec.path)
         s.delete(rec)
         s.commit()
-    # a folder registered under another name too (import_folder of a model the studio made) stays for it, and so
-    # does one holding another model's folder (built with --out inside it: rmtree took that model's files too)
-    if delete_files and path.is_relative_to(db.models_dir()) and \
-            not any(Path(r.path).is_relative_to(path) for r in list_models()):
+    if delete_files and path.is_relative_to(db.models_dir()):
+        _remove_except(path, [Path(r.path) for r in list_models() if Path(r.path).is_relative_to(path)])
+
+
+def _remove_except(path: Path, keep: list[Path]) -> None:
+    """Remove `path` but the folders in `keep` inside it: a folder registered under another name too (import_folder
+    of a model the studio made) stays whole for it, and a model built with --out inside this one keeps its folder
+    (rmtree took its files; then everything was kept, this model's weights with no row left to own them)."""
+    if any(k == path for k in keep):
+        return
+    if not any(k.is_relative_to(path) for k in keep):
         shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _remove_except(child, keep)
+        elif not any(k.is_relative_to(child) for k in keep):
+            child.unlink(missing_ok=True)
 
 
 def children(name: str) -> list[ModelRecord]:
@@ -490,6 +503,15 @@ def check_import(target: str, name: str | None = None, *, read_gguf: bool = True
     if problems:
         raise RegistryError(" ".join(problems))
     return kind, name
+
+
+def import_name(target: str) -> str | None:
+    """The name an import of `target` registers when it is given none (BUILTIN_NAME for the built-in model), None
+    when the target says none (not a model): what a queued import is known by before it runs."""
+    if target.lower() in ("builtin", BUILTIN_NAME.lower()):
+        return BUILTIN_NAME
+    default = _import_target(target, read_gguf=False)[1]
+    return safe_name(default) if default else None
 
 
 def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[str]]:

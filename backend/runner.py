@@ -99,6 +99,10 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         if get(dep) is None:
             raise ValueError(f"No job {dep} to wait for.")
     waits = ([after] if after is not None else []) + needs + soft
+    if spec.kind == "import" and not spec.name:  # known by the name it will register (_making, the pages' checks):
+        from backend.registry import import_name  # two unnamed imports of one folder both queued, and the second
+
+        spec = spec.model_copy(update={"name": import_name(spec.target)})  # failed; `train --after` it was refused
     check_before_queueing(spec)
     if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
         ray_jobs.check_submission(spec, addr)
@@ -655,6 +659,8 @@ def execute(job_id: int) -> int:
         traceback.print_exc()
         _transition(job_id, "running", _of_pid=os.getpid(), status="failed", finished=utcnow(),
                     error=str(exc) or type(exc).__name__, message="failed")
+        if (row := get(job_id)) is not None and row.status == "failed" and _left_out(row):  # every model left out,
+            _requeue_if_waiting(row)  # one of them perhaps resumed while it started
         return 1
     # scalars only: a nested block (a training run's perf choices) printed as a raw dict in every status box
     summary = ", ".join(IN_WORDS[k].format(v) if k in IN_WORDS else f"{k} {v}" for k, v in result.items()
@@ -681,13 +687,15 @@ def _requeue_if_waiting(job: Job) -> None:
     (evaluate.stored_by_job)."""
     from backend import registry
 
+    # a failed one (_left_out: none of its models was there) left out every model
+    skipped = (job.result or {}).get("skipped") or (job.spec.get("models", []) if job.status == "failed" else [])
     for dep in job.waits or []:
         if (d := get(dep)) is None:
             continue
-        made = d.status == "succeeded" and (name := planned_name(d)) in job.result["skipped"] \
+        made = d.status == "succeeded" and (name := planned_name(d)) in skipped \
             and registry.record(name) is not None  # not left out again when it runs again: it queues no loop
         if d.status in ("queued", "running") or made:
-            _queue_again(job.id, dep)
+            _queue_again(job.id, dep, job.status)
             return
 
 
