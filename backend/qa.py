@@ -51,11 +51,14 @@ RULES = [  # what the compare page shows; classify() applies them in this order
                 "an abstention"),
     ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
 ]
-NORMALISATION = ("lower case; accents removed (é → e), in any script; punctuation → spaces, except a decimal "
+NORMALISATION = ("lower case; accents removed (é → e) from Latin, Greek, Cyrillic, Hebrew and Arabic letters (the "
+                 "marks of Indic, Thai and kana letters are part of them); punctuation → spaces, except a decimal "
                  "point inside a number (2.5 stays 2.5, so it is not the answer 2) and a thousands comma, which goes "
                  "(1,000 = 1000); the articles a / an / the dropped; spaces collapsed; a reference matches when its "
-                 "normalised words appear as whole words in the normalised reply (in a script written without spaces, "
-                 "Chinese, Japanese, Thai: anywhere in it). Math: the final answer "
+                 "normalised words appear as whole words in the normalised reply; a change to or from a script written "
+                 "without spaces (Chinese, Japanese, Thai) is a word boundary, and a reference in such a script "
+                 "matches anywhere in a word, except a numeral inside a longer one (二 is not in 二十), so 京都 is "
+                 "also found in 東京都: such references want the judge. Math: the final answer "
                  "(\\boxed{}, '#### n', 'the answer is …', else the last number) compared as a number "
                  "(0.5 = 1/2 = 50%).")
 
@@ -121,29 +124,49 @@ def prompt_for(item: dict) -> str:
 _FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "æ": "ae", "œ": "oe", "ı": "i"})  # no accent NFKD splits off
 
 
+# scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no word boundary to look for
+SPACELESS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+             "\uf900-\ufaff")
+_SPACELESS = re.compile(f"[{SPACELESS}]")
+# where such a script meets another ("東京はtokyoです", "1868年"): a word boundary, so "tokyo" and "1868" are words
+_SCRIPT_CHANGE = re.compile(f"(?<=[{SPACELESS}])(?=[^\\s{SPACELESS}])|(?<=[^\\s{SPACELESS}])(?=[{SPACELESS}])")
+_HAN_DIGITS = "〇零一二三四五六七八九十百千万億两"  # a numeral inside a longer one ("二" in "二十") is not that number
+
+
 def normalise(text: str) -> str:
-    """NORMALISATION. Accents go by dropping the combining marks NFKD splits off: encoding to ASCII dropped every
+    """NORMALISATION. Accents go by dropping the combining marks NFKD splits off Latin, Greek, Cyrillic, Hebrew and
+    Arabic letters (the marks of Indic, Thai and kana letters are part of them): encoding to ASCII dropped every
     letter of other scripts too, so 'Москва' or '東京' normalised to nothing and a reply naming the reference
     exactly was "wrong". A decimal point inside a number is kept and a thousands comma removed: punctuation as
-    spaces made '2.5' contain the answer '2' and '1,000' miss the answer '1000'."""
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    text = text.casefold().translate(_FOLD)
+    spaces made '2.5' contain the answer '2' and '1,000' miss the answer '1000'. A change to or from a script
+    written without spaces is a word boundary."""
+    kept: list[str] = []
+    for c in unicodedata.normalize("NFKD", text):  # accents off Latin, Greek, Cyrillic, Hebrew, Arabic letters; the
+        if not (unicodedata.combining(c) and kept and kept[-1] < "\u0900"):  # marks of Indic, Thai and kana letters
+            kept.append(c)  # are part of them ('です' became 'てす', Thai vowels fell off)
+    text = unicodedata.normalize("NFC", "".join(kept)).casefold().translate(_FOLD)
     text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
-    text = re.sub(r"(?!(?<=\d)\.(?=\d))[^\w\s]", " ", text)
+    text = re.sub(r"(?<=\d)\.(?=\d)", "\ue000", text)  # a decimal point stays; other punctuation and symbols are
+    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text).replace("\ue000", ".")  # spaces:
+    # not the marks of Indic letters, which [^\w\s] took for punctuation ('नमस्ते' became 'नमस त')
+    text = _SCRIPT_CHANGE.sub(" ", text)
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
-
-
-# scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no word boundary to look for
-_SPACELESS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                        "\uf900-\ufaff]")
 
 
 def _mentions(reply: str, answer: str) -> bool:
     """Whether the normalised reply names the normalised answer: as whole words, or, for an answer in a script
-    written without spaces, anywhere ('首都は東京です' names '東京'; as whole words it never matched one)."""
+    written without spaces, anywhere in a word ('首都は東京です' names '東京'; as whole words it never matched
+    one), but a numeral not inside a longer numeral ('二' is not in '二十')."""
     if not answer:
         return False
-    return answer in reply if _SPACELESS.search(answer) else f" {answer} " in f" {reply} "
+    if not _SPACELESS.search(answer):
+        return f" {answer} " in f" {reply} "
+    for m in re.finditer(re.escape(answer), reply):
+        before, after = reply[m.start() - 1:m.start()], reply[m.end():m.end() + 1]
+        if not ((answer[0] in _HAN_DIGITS and before and before in _HAN_DIGITS)
+                or (answer[-1] in _HAN_DIGITS and after and after in _HAN_DIGITS)):
+            return True
+    return False
 
 
 def abstains(text: str) -> bool:
