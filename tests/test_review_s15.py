@@ -114,9 +114,10 @@ def test_jobs_page_shows_a_running_jobs_seconds_so_far(tiny):
     from storage.models import utcnow
 
     runner._update(job.id, status="running", started=utcnow() - timedelta(seconds=90))
+    runner._update(queued.id, started=utcnow() - timedelta(days=1))  # resumed: queued again after a first run
     rows = app("jobs.py").dataframe[0].value.set_index("id")["seconds"]
     assert 89 <= rows[job.id] < 200  # was blank until the job ended
-    assert math.isnan(rows[queued.id])
+    assert math.isnan(rows[queued.id])  # not the 86,400 s since its first run began
 
 
 # ---- 4. Synthetic math: the first name offered is one no queued job makes either ---------------------------------
@@ -186,3 +187,71 @@ def test_a_recipe_rerun_after_an_interrupted_stage_makes_and_scores_every_stage(
     assert {runner.get(i).status for i in replaced} == {"cancelled"}
     runner.resume(up.id)  # the old chain stays replaced: not queued again to remake taken names
     assert {runner.get(i).status for i in replaced} == {"cancelled"}
+
+
+@pytest.mark.parametrize("reply,answer,verdict", [
+    ("答えは二十です", "二", "wrong"),  # a numeral inside a longer one is not that number
+    ("答えは二です", "二", "correct"),
+    ("首都はTokyoです。", "Tokyo", "correct"),  # a Latin word inside Japanese text: the change of script bounds it
+    ("明治維新は1868年", "1868", "correct"),
+    ("नमस्ते दुनिया", "नमस्ते", "correct")])
+def test_qa_words_across_scripts(reply, answer, verdict):
+    from backend import qa
+
+    assert qa.classify(reply, [answer], "answerable") == verdict
+
+
+def test_qa_normalising_keeps_the_marks_of_kana_and_indic_letters():
+    from backend import qa
+
+    assert qa.normalise("です。") == "です"  # was 'てす': the voicing mark was dropped as an accent
+    assert qa.normalise("नमस्ते") == "नमस्ते"  # was 'नमस त': its vowel sign and virama taken for punctuation
+    assert qa.normalise("Crème Brûlée, Ελλάδα! Москва́") == "creme brulee ελλαδα москва"
+    assert qa.classify("パンです", ["バン"], "answerable") == "wrong"  # pan is not ban
+
+
+# ---- 8. the final review's findings -------------------------------------------------------------------------------
+
+def test_two_sources_of_the_same_rows_still_hold_rows_out_and_none_is_trained_on(tmp_path):
+    import json
+
+    from backend import data
+
+    rows = [{"text": f"Fact number {i} about depth up-scaling."} for i in range(20)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    b.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))  # the same rows in another order
+    train, held, _ = data.split_mix([(str(a), 1.0), (str(b), 1.0)], "cpt", eval_fraction=0.1)
+    assert held is not None and 2 <= len(held) <= 4  # was None: each source's picks were trained on by the other
+    assert len(set(held["text"])) == len(held) and not set(held["text"]) & set(train["text"])
+
+
+def test_two_unnamed_imports_of_one_folder_are_one_job_and_a_training_may_wait_for_it(tiny_llama):
+    from backend.specs import ImportSpec
+
+    job = runner.submit(ImportSpec(target=str(tiny_llama)))  # no name: known by the one it will register
+    assert job.spec["name"] == tiny_llama.name
+    with pytest.raises(ValueError, match=f"Job {job.id} \\(import, queued\\) will register a model named"):
+        runner.submit(ImportSpec(target=str(tiny_llama)))  # was queued, then failed: "already registered"
+    sft = runner.submit(SftSpec(model=tiny_llama.name, data=[DataSource(source="builtin:alpaca-mini")]),
+                        after=job.id)  # was refused: no model, no job making it
+    assert sft.after == job.id
+
+
+def test_an_evaluation_that_found_no_model_is_queued_again_when_its_stage_was_resumed_meanwhile(tiny, monkeypatch):
+    from backend.specs import EvalSpec
+
+    stage = runner.submit(SftSpec(model="tiny", name="made-later", data=[DataSource(source="builtin:alpaca-mini")]))
+    ev = runner.submit(EvalSpec(models=["made-later"], tasks=["perplexity"], limit=2, skip_missing=True),
+                       waits=[stage.id])
+    runner._update(stage.id, status="failed", error="out of memory")
+    real = evaluate.missing_models
+
+    def resumed_as_it_starts(models):  # the user resumes the stage while the evaluation's process starts
+        if runner.get(stage.id).status == "failed":
+            runner.resume(stage.id)
+        return real(models)
+
+    monkeypatch.setattr(evaluate, "missing_models", resumed_as_it_starts)
+    assert runner.execute(ev.id) == 1  # "none of the models to evaluate exists"
+    assert runner.get(ev.id).status == "queued"  # was failed for good: the resumed stage's model never scored

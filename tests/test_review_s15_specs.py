@@ -130,6 +130,10 @@ def test_deleting_a_model_keeps_another_models_folder_inside_its_own(tiny_llama)
     registry.register(db.models_dir() / "A" / "deeper", "B", "upscaled", parents=["A"])
     registry.delete("A", force=True)
     assert registry.resolve("B")[0] == (db.models_dir() / "A" / "deeper").resolve()
+    b_files = sorted(f.name for f in (db.models_dir() / "A" / "deeper").iterdir())
+    assert b_files == sorted(f.name for f in tiny_llama.iterdir())  # B whole
+    # and A's own files are gone (they stayed, with no row to own them: the page had said they would go)
+    assert sorted(f.name for f in (db.models_dir() / "A").iterdir()) == ["deeper"]
     registry.delete("B")
     assert not (db.models_dir() / "A" / "deeper").exists()
 
