@@ -175,9 +175,12 @@ def model_card(name: str, repo_id: str) -> str:
     bases = sorted({b for b in roots if b}) or ([hub_id(rec)] if rec.kind == "base" and hub_id(rec) else [])
     if bases and bases != [repo_id]:
         meta["base_model"] = bases[0] if len(bases) == 1 else bases
-        relation = {"merged": "merge", "trained": "finetune"}.get(rec.kind)
-        if rec.kind == "base" and rec.source == "builtin":
-            relation = "quantized"
+        # said only where it is the whole story: a training of the Hub model itself, or the built-in (a de-quantized
+        # Q4_1 GGUF); "merge" means base_model lists the merged models, and an up-scale between the two is none of
+        # the Hub's relations, so those are left to the Hub to infer
+        parent = registry.get(rec.parents[0]) if rec.parents else None
+        relation = "finetune" if rec.kind == "trained" and parent is not None and hub_id(parent) in bases else \
+            "quantized" if rec.kind == "base" and rec.source == "builtin" else None
         if relation:
             meta["base_model_relation"] = relation
     lineage = "\n".join(f"{i}. {step_line(r)}" for i, r in enumerate(chain, 1))

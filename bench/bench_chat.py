@@ -39,7 +39,7 @@ def main() -> None:
     from transformers.generation.streamers import BaseStreamer
 
     from backend import registry
-    from backend.chat import GenerationStats, answer_all, build_prompt, load, stream_reply
+    from backend.chat import GenerationStats, answer_all, build_prompt, encode, load, stream_reply
 
     def loaded(ref: str):
         folder, name = registry.resolve(ref)
@@ -66,7 +66,7 @@ def main() -> None:
         """(first token s, total s, new tokens, text) of model.generate in this thread, prompt building included."""
         tok = model_lm.tokenizer
         t0 = time.perf_counter()
-        ids = tok(build_prompt(tok, messages), return_tensors="pt", add_special_tokens=False)
+        ids = encode(tok, build_prompt(tok, messages), return_tensors="pt")  # as stream_reply encodes it
         s = FirstToken()
         with torch.inference_mode():
             out = model_lm.model.generate(**ids, **settings, streamer=s, pad_token_id=tok.eos_token_id)

@@ -54,7 +54,7 @@ def test_a_model_is_pushed_with_its_files_and_a_card_of_its_lineage_and_scores(h
     assert "## Build notes" in card and "Layer map" in card  # the up-scale's own card follows
 
 
-def test_a_model_from_the_hub_links_its_base_and_a_merge_says_so(hub, tiny_llama, monkeypatch):
+def test_a_model_from_the_hub_links_its_base_and_a_merge_names_its_candidates(hub, tiny_llama, monkeypatch):
     from storage import db
     from storage.models import ModelRecord
 
@@ -71,7 +71,18 @@ def test_a_model_from_the_hub_links_its_base_and_a_merge_says_so(hub, tiny_llama
     run_upscale(UpscaleSpec(base="tiny", m=1, name="b", method="dus"))
     run_merge(MergeSpec(models=["a", "b"], method="slerp", t=0.5, name="ab"))
     meta = yaml.safe_load(hubpush.model_card("ab", "acme/ab").split("---")[1])
-    assert meta["base_model"] == "acme/tiny-base" and meta["base_model_relation"] == "merge"
+    assert meta["base_model"] == "acme/tiny-base" and "base_model_relation" not in meta  # not a merge OF acme/tiny-base
+    import shutil
+
+    from storage import db as storage_db
+
+    trained = shutil.copytree(tiny_llama, storage_db.models_dir() / "tiny-sft")  # registered as training writes it
+    registry.register(trained, "tiny-sft", "trained", parents=["tiny"], source="sft",
+                      recipe={"kind": "sft", "data": [{"source": "builtin:alpaca-mini", "weight": 1.0}],
+                              "max_steps": 3, "learning_rate": 2e-5})
+    sft_card = hubpush.model_card("tiny-sft", "acme/tiny-sft")
+    assert yaml.safe_load(sft_card.split("---")[1])["base_model_relation"] == "finetune"
+    assert "supervised fine-tuning (SFT) of `tiny` on `builtin:alpaca-mini`, 3 steps, learning rate 2e-05" in sft_card
     card = hubpush.model_card("ab", "acme/ab")
     assert "slerp merge of `a` and `b` (t 0.5)" in card and card.count("`tiny` (6 layers") == 1
     assert "Not evaluated in DUS Studio." in card
