@@ -70,10 +70,12 @@ def test_jobs_list_says_when_a_running_jobs_worker_and_process_are_gone(job_proc
     rc, out, err = cli("jobs", "list")
     assert rc == 0, err
     said = GONE.format(dead.id)
-    assert _line(out, dead.id) == f"{dead.id:5d} upscale    running       40.0% {said[:59]}…"
-    assert _line(out, alive.id).endswith("40.0% step 3/6")
-    assert _line(out, beating.id).endswith("40.0% step 3/6")
-    assert _line(out, silent.id).endswith("40.0% running? — the workers of machine-c stopped beating 65 s ag…")
+    made = f"{'tiny-dus-m1':24}"  # what each job makes (runner.job_output), then its message
+    assert _line(out, dead.id) == f"{dead.id:5d} upscale    running       40.0% {made} {said[:59]}…"
+    assert _line(out, alive.id).endswith(f"40.0% {made} step 3/6")
+    assert _line(out, beating.id).endswith(f"40.0% {made} step 3/6")
+    assert _line(out, silent.id).endswith(f"40.0% {made} running? — the workers of machine-c stopped beating 65 s "
+                                          "ag…")
     rc, out, _ = cli("jobs", "show", str(silent.id))
     assert "message: running? — the workers of machine-c stopped beating 65 s ago; start a worker (python -m " \
            f"backend worker) to mark it interrupted, then resume it (python -m backend jobs resume {silent.id})" \
@@ -95,7 +97,7 @@ def test_a_live_worker_anywhere_leaves_the_rows_to_it():
     _beat("machine-b", age=2)  # a worker alive on machine b
     rc, out, err = cli("jobs", "list")
     assert rc == 0, err
-    assert [_line(out, j.id)[-14:] for j in (dead, silent)] == ["40.0% step 3/6"] * 2
+    assert [_line(out, j.id).split(maxsplit=4)[-1] for j in (dead, silent)] == [f"{'tiny-dus-m1':24} step 3/6"] * 2
     assert runner.job_message(runner.get(dead.id)) == "step 3/6"
 
 
