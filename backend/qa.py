@@ -128,9 +128,21 @@ _FOLD = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "æ": "ae", "œ": "oe", 
 SPACELESS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
              "\uf900-\ufaff")
 _SPACELESS = re.compile(f"[{SPACELESS}]")
-# where such a script meets another ("東京はtokyoです", "1868年"): a word boundary, so "tokyo" and "1868" are words
-_SCRIPT_CHANGE = re.compile(f"(?<=[{SPACELESS}])(?=[^\\s{SPACELESS}])|(?<=[^\\s{SPACELESS}])(?=[{SPACELESS}])")
 _HAN_DIGITS = "〇零一二三四五六七八九十百千万億两"  # a numeral inside a longer one ("二" in "二十") is not that number
+_NUMERALS = _HAN_DIGITS + "0123456789."
+
+
+def _split_scripts(text: str) -> str:
+    """A space where a script written without spaces meets another ("東京はtokyoです", "1868年"), so "tokyo" and
+    "1868" are words; not between a digit and a Han numeral ("2万" is 20,000, not the number 2)."""
+    out = []
+    for a, b in zip(text, text[1:] + " "):
+        out.append(a)
+        spaceless = bool(_SPACELESS.match(a)), bool(_SPACELESS.match(b))
+        if spaceless[0] != spaceless[1] and not (a.isspace() or b.isspace()) \
+                and not ((a in _HAN_DIGITS and b.isdigit()) or (a.isdigit() and b in _HAN_DIGITS)):
+            out.append(" ")
+    return "".join(out)
 
 
 def normalise(text: str) -> str:
@@ -141,30 +153,33 @@ def normalise(text: str) -> str:
     spaces made '2.5' contain the answer '2' and '1,000' miss the answer '1000'. A change to or from a script
     written without spaces is a word boundary."""
     kept: list[str] = []
-    for c in unicodedata.normalize("NFKD", text):  # accents off Latin, Greek, Cyrillic, Hebrew, Arabic letters; the
-        if not (unicodedata.combining(c) and kept and kept[-1] < "\u0900"):  # marks of Indic, Thai and kana letters
-            kept.append(c)  # are part of them ('です' became 'てす', Thai vowels fell off)
+    for c in unicodedata.normalize("NFKD", text.replace("\u200b", " ")):  # accents off Latin, Greek, Cyrillic,
+        if unicodedata.combining(c) and kept and kept[-1] < "\u0900":  # Hebrew, Arabic letters; the marks of Indic,
+            continue  # Thai and kana letters are part of them ('です' became 'てす', Thai vowels fell off)
+        if unicodedata.category(c) == "Cf" or "\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef":
+            continue  # invisible: 'Paris\u200d' or '\ufeffParis' did not match 'Paris'
+        kept.append(c)
     text = unicodedata.normalize("NFC", "".join(kept)).casefold().translate(_FOLD)
     text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
     text = re.sub(r"(?<=\d)\.(?=\d)", "\ue000", text)  # a decimal point stays; other punctuation and symbols are
     text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text).replace("\ue000", ".")  # spaces:
     # not the marks of Indic letters, which [^\w\s] took for punctuation ('नमस्ते' became 'नमस त')
-    text = _SCRIPT_CHANGE.sub(" ", text)
+    text = _split_scripts(text)
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 
 def _mentions(reply: str, answer: str) -> bool:
     """Whether the normalised reply names the normalised answer: as whole words, or, for an answer in a script
     written without spaces, anywhere in a word ('首都は東京です' names '東京'; as whole words it never matched
-    one), but a numeral not inside a longer numeral ('二' is not in '二十')."""
+    one), but a numeral not inside a longer numeral ('二' is not in '二十', '2万' not in '12万')."""
     if not answer:
         return False
     if not _SPACELESS.search(answer):
         return f" {answer} " in f" {reply} "
     for m in re.finditer(re.escape(answer), reply):
         before, after = reply[m.start() - 1:m.start()], reply[m.end():m.end() + 1]
-        if not ((answer[0] in _HAN_DIGITS and before and before in _HAN_DIGITS)
-                or (answer[-1] in _HAN_DIGITS and after and after in _HAN_DIGITS)):
+        if not ((answer[0] in _NUMERALS and before and before in _NUMERALS)
+                or (answer[-1] in _NUMERALS and after and after in _NUMERALS)):
             return True
     return False
 
