@@ -602,7 +602,10 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
     test: set[bytes] = set()
     if eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10:  # too few rows: no split, as before
         for *_, keys in keyed:
-            test |= _pick_distinct(keys, eval_fraction, seed)
+            test |= _pick_distinct(keys, eval_fraction, seed, test)
+        everything = list(dict.fromkeys(k for *_, keys in keyed for k in keys))
+        if len(everything) > 1 and test >= set(everything):  # sources of the same few rows: one left to train on
+            test.discard(everything[0])
     trains, evals, report, seen = [], [], [], set()
     for source, weight, ds, layout, keys in keyed:
         if test:
@@ -628,16 +631,19 @@ def _row_key(row: dict) -> bytes:
     return hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
 
 
-def _pick_distinct(keys: list[bytes], fraction: float, seed: int) -> set[bytes]:
+def _pick_distinct(keys: list[bytes], fraction: float, seed: int, held: set[bytes]) -> set[bytes]:
     """`fraction` of the distinct rows among `keys` (at least one, and one left to train on; none of a source of one
-    distinct row), chosen with `seed`."""
+    distinct row), chosen with `seed`, counting those another source holds out already (`held`): a set and a
+    shuffled copy of it held out twice the share."""
     import numpy as np
 
     distinct = list(dict.fromkeys(keys))
     if len(distinct) < 2:
         return set()
     n = min(max(1, math.ceil(fraction * len(distinct))), len(distinct) - 1)
-    return {distinct[i] for i in np.random.default_rng(seed).permutation(len(distinct))[:n]}
+    free = [k for k in distinct if k not in held]
+    need = max(0, min(n - (len(distinct) - len(free)), len(free) - 1))
+    return {free[i] for i in np.random.default_rng(seed).permutation(len(free))[:need]}
 
 
 def preview(source: str, kind: str, n: int = 5) -> dict:
