@@ -506,10 +506,12 @@ def check_import(target: str, name: str | None = None, *, read_gguf: bool = True
 
 
 def import_name(target: str) -> str | None:
-    """The name an import of `target` registers when it is given none (BUILTIN_NAME for the built-in model), None
-    when the target says none (not a model): what a queued import is known by before it runs."""
+    """The name an import of `target` registers when it is given none: what a queued import is known by before it
+    runs. None when the target says none (not a model), and for the built-in model: registered once under its own
+    name, a second import of it does nothing, so its name is not one to hold (a name check refused the Models
+    page's default import wherever a worker on another machine was alive)."""
     if target.lower() in ("builtin", BUILTIN_NAME.lower()):
-        return BUILTIN_NAME
+        return None
     default = _import_target(target, read_gguf=False)[1]
     return safe_name(default) if default else None
 

@@ -102,7 +102,8 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
     if spec.kind == "import" and not spec.name:  # known by the name it will register (_making, the pages' checks):
         from backend.registry import import_name  # two unnamed imports of one folder both queued, and the second
 
-        spec = spec.model_copy(update={"name": import_name(spec.target)})  # failed; `train --after` it was refused
+        if name := import_name(spec.target):  # failed; `train --after` it was refused
+            spec = spec.model_copy(update={"name": name})
     check_before_queueing(spec)
     if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
         ray_jobs.check_submission(spec, addr)
@@ -598,6 +599,12 @@ def _transition(job_id: int, from_status: str | tuple[str, ...], *, _of_pid: int
         done = s.exec(update(Job).where(*cond).values(**fields))
         s.commit()
         return done.rowcount == 1
+
+
+def requeue_cancelled(job_id: int, message: str) -> bool:
+    """Undo a cancel of a job that had not started (a recipe rerun that replaced it, then was refused): queued
+    again with its message as it was."""
+    return _transition(job_id, "cancelled", status="queued", finished=None, message=message)
 
 
 def cancel(job_id: int, message: str = "cancelled before it started") -> Job:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from backend import chat, evaluate, registry, runner
+from storage import db
 from backend.specs import CptSpec, DataSource, SftSpec, SynthMathSpec
 from tests.test_pages import app
 from tests.test_review_cli import cli
@@ -178,6 +179,16 @@ def test_a_recipe_rerun_after_an_interrupted_stage_makes_and_scores_every_stage(
     [p2] = recipe.plan_text(t)
     assert {n.stage: n.status for n in p2.nodes if n.stage != "base"} == \
         {n.stage: "run" for n in p2.nodes if n.stage != "base"}  # was in-flight: the dead jobs behind job 1
+    dead = sorted({j.id for s, j in first.items() if s != "upscaled"})  # the evaluations share one job
+    assert f"replaces queued jobs {', '.join(map(str, dead))}:" in "\n".join(p2.lines())  # `recipe plan` says so
+    (db.models_dir() / p2.node("sft-a").output).mkdir(parents=True)  # a stray folder: this run is refused ...
+    (db.models_dir() / p2.node("sft-a").output / "x").write_text("x")
+    with pytest.raises(ValueError):
+        recipe.submit(p2, t)
+    assert {runner.get(i).status for i in dead} == {"queued"}  # ... and the jobs it would replace are as they were
+    import shutil
+
+    shutil.rmtree(db.models_dir() / p2.node("sft-a").output)
     [run2] = recipe.run_recipe(t, queue=False, plans=[p2])
     second = recipe.stages(run2)
     assert {recipe.stage_state(r, j) for r, j in second if r.stage != "base"} == {"succeeded"}  # was: cancelled
@@ -194,7 +205,9 @@ def test_a_recipe_rerun_after_an_interrupted_stage_makes_and_scores_every_stage(
     ("答えは二です", "二", "correct"),
     ("首都はTokyoです。", "Tokyo", "correct"),  # a Latin word inside Japanese text: the change of script bounds it
     ("明治維新は1868年", "1868", "correct"),
-    ("नमस्ते दुनिया", "नमस्ते", "correct")])
+    ("नमस्ते दुनिया", "नमस्ते", "correct"),
+    ("约2万", "2", "wrong"), ("3千人", "3", "wrong"), ("12万", "2万", "wrong"), ("2万です", "2万", "correct"),
+    ("Paris\u200b", "Paris", "correct"), ("\ufeffParis", "Paris", "correct"), ("✔\ufe0fParis", "Paris", "correct")])
 def test_qa_words_across_scripts(reply, answer, verdict):
     from backend import qa
 
@@ -222,8 +235,13 @@ def test_two_sources_of_the_same_rows_still_hold_rows_out_and_none_is_trained_on
     a.write_text("".join(json.dumps(r) + "\n" for r in rows))
     b.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))  # the same rows in another order
     train, held, _ = data.split_mix([(str(a), 1.0), (str(b), 1.0)], "cpt", eval_fraction=0.1)
-    assert held is not None and 2 <= len(held) <= 4  # was None: each source's picks were trained on by the other
-    assert len(set(held["text"])) == len(held) and not set(held["text"]) & set(train["text"])
+    assert held is not None and len(held) == 2  # was None: each source's picks were trained on by the other; and
+    assert len(set(held["text"])) == len(held) and not set(held["text"]) & set(train["text"])  # not twice the share
+    few = [{"text": "Only row one here."}, {"text": "Only row two here."}] * 3  # two sources of the same two rows
+    a.write_text("".join(json.dumps(r) + "\n" for r in few))
+    b.write_text("".join(json.dumps(r) + "\n" for r in few[::-1]))
+    train, held, _ = data.split_mix([(str(a), 1.0), (str(b), 1.0)], "cpt", eval_fraction=0.1)
+    assert len(set(held["text"])) == 1 and len(set(train["text"])) == 1  # not "every row was held out"
 
 
 def test_two_unnamed_imports_of_one_folder_are_one_job_and_a_training_may_wait_for_it(tiny_llama):
@@ -255,3 +273,15 @@ def test_an_evaluation_that_found_no_model_is_queued_again_when_its_stage_was_re
     monkeypatch.setattr(evaluate, "missing_models", resumed_as_it_starts)
     assert runner.execute(ev.id) == 1  # "none of the models to evaluate exists"
     assert runner.get(ev.id).status == "queued"  # was failed for good: the resumed stage's model never scored
+
+
+def test_the_builtin_import_queues_while_a_worker_of_another_machine_is_alive(tiny_llama):
+    from backend.specs import ImportSpec
+    from storage.models import WorkerBeat, utcnow
+
+    registry.import_folder(tiny_llama, registry.BUILTIN_NAME)  # stands in for the built-in, imported already
+    with db.session() as s:  # a worker on another machine: paths are not looked at here, names are
+        s.add(WorkerBeat(host="machine-b", pid=1, seen=utcnow()))
+        s.commit()
+    job = runner.submit(ImportSpec(target="builtin"))  # the Models page's default: was refused, "already registered"
+    assert job.status == "queued" and job.spec["name"] is None

@@ -64,6 +64,10 @@ class Plan:
         out = [f"recipe {self.recipe.name}: {sum(n.status == 'run' for n in self.nodes)} to run, "
                f"{sum(n.status == 'reuse' for n in self.nodes)} reused, "
                f"{sum(n.status == 'in-flight' for n in self.nodes)} already queued"]
+        replaced = sorted({j for n in self.nodes if n.status == "run" for j in n.replaces})
+        if replaced:  # what `recipe run` will cancel: queued jobs of an earlier run that can no longer run
+            out.append(f"  replaces queued job{'s' if len(replaced) > 1 else ''} {', '.join(map(str, replaced))}: "
+                       "they wait for a job that ended without succeeding; this run makes their stages again")
         for n in self.nodes:
             what = f"job {n.job_id}" if n.job_id else ""
             out.append(f"  {n.status:9} {n.stage:28} {n.kind:10} {n.hash[:8]}  {n.output or '-':44} "
@@ -477,15 +481,22 @@ def submit(p: Plan, text: str = "") -> int:
     from backend.cluster import ray_jobs
 
     addr = ray_jobs.address()
-    for n in p.nodes:  # an earlier run's jobs that can no longer run, made anew here: cancelled first, or their
-        for job_id in n.replaces if n.status == "run" else []:  # names stay taken ("Job 2 will register a model
-            runner.cancel(job_id, message="replaced: a rerun of its recipe makes this stage again")  # named ...")
+    # an earlier run's jobs that can no longer run, made anew here: cancelled first, or their names stay taken ("Job
+    # 2 will register a model named ..."); queued again as they were if a check below refuses this run
+    replaced = {j: runner.get(j).message for n in p.nodes if n.status == "run" for j in n.replaces}
+    for job_id in replaced:
+        runner.cancel(job_id, message="replaced: a rerun of its recipe makes this stage again")
     coming = {n.output for n in p.nodes if n.status == "run"}  # made by the stages queued here
-    for n in p.nodes:  # a stage runner.submit (or the cluster) would refuse is refused before any row is written,
-        if n.status == "run" and n.spec is not None:  # not halfway through the recipe's jobs
-            runner.check_before_queueing(n.spec, coming)
-            if addr:
-                ray_jobs.check_submission(n.spec, addr)
+    try:
+        for n in p.nodes:  # a stage runner.submit (or the cluster) would refuse is refused before any row is written,
+            if n.status == "run" and n.spec is not None:  # not halfway through the recipe's jobs
+                runner.check_before_queueing(n.spec, coming)
+                if addr:
+                    ray_jobs.check_submission(n.spec, addr)
+    except Exception:
+        for job_id, message in replaced.items():
+            runner.requeue_cancelled(job_id, message)
+        raise
     with db.session() as s:
         run = RecipeRun(name=p.recipe.name, text=text or p.recipe.to_yaml())
         s.add(run)
