@@ -794,6 +794,14 @@ def check_host_id() -> None:
             "container its own DUS_HOST_ID (README: A shared database), then start this worker again.")
 
 
+def seconds_run(job) -> float | None:
+    """How long a job ran, or has run so far while it runs (the Jobs page's "seconds"); None before it started, and
+    for a resumed job queued again (its first run's start would count the wait)."""
+    if job.started is None or job.status == "queued":
+        return None
+    return (job.finished - job.started).total_seconds() if job.finished else _age(job.started)
+
+
 def _age(when, now=None) -> float:
     """Seconds from `when` to `now` (default this machine's clock; SQLite hands datetimes back without their UTC
     zone)."""

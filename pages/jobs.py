@@ -39,8 +39,7 @@ def job_table() -> None:
         "message": said[j.id],
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         # a running job's so far (it was blank until the job ended, the one time a user looks for it)
-        "seconds": round((j.finished - j.started).total_seconds() if j.finished else runner._age(j.started), 1)
-        if j.started and j.status != "queued" else None,  # a resumed job waiting again: not its first run's time
+        "seconds": None if (run := runner.seconds_run(j)) is None else round(run, 1),
     } for j in jobs]), hide_index=True, key="jobs_table",
         # fitted to a 1280 px window (820 px of table beside the sidebar; at 1400 px "seconds" fell off a 1280 one),
         # id pinned: long names and messages are cut in their cells (the job list and status box below the table
