@@ -162,7 +162,8 @@ def scores_section(names: list[str]) -> str:
         return "Not evaluated in DUS Studio."
     rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()})
     notes = "".join(f"\n- {n}" for n in scoretable.table_notes(latest, rows))
-    return ("This model and the models it was made from, each on the same items:\n\n"
+    return ("This model and the models it was made from, as DUS Studio's scores table shows them (its notes say on "
+            "how many items, and which overlap the models' training data):\n\n"
             + tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else ""))
 
 
