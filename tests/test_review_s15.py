@@ -285,3 +285,15 @@ def test_the_builtin_import_queues_while_a_worker_of_another_machine_is_alive(ti
         s.commit()
     job = runner.submit(ImportSpec(target="builtin"))  # the Models page's default: was refused, "already registered"
     assert job.status == "queued" and job.spec["name"] is None
+
+
+def test_the_compare_sentence_says_how_rough_its_interval_is_below_twenty_items():
+    from backend import analysis
+    from tests.test_review_cutoff import five_cut_off
+
+    res = analysis.compare(five_cut_off(), "A", "B")  # 15 shared items
+    assert "With 15 shared items the interval is rough" in res["sentence"]  # was a "95 % CI" said plainly
+    assert res["sentence"].index("is rough") < res["sentence"].index("items left out")
+    from backend.analysis import _few_items_note
+
+    assert _few_items_note(20) == ""
