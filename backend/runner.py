@@ -30,6 +30,7 @@ from storage import db
 from storage.models import Job, JobMetric, WorkerBeat, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+UNSUCCESSFUL = FINISHED[1:]  # ended without succeeding: a job that needs it will not run
 BEAT_EVERY = 5.0  # seconds between a worker's heartbeat rows
 BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken for dead
 ALIVE_WITHIN = 15.0  # a worker that beat this recently runs (the pages' "no job worker" banner, job_message)
@@ -348,20 +349,25 @@ def active_jobs() -> list[Job]:
 def _waits_on_a_job(job, by_id: dict) -> bool:
     """Queued behind a job that has not succeeded yet (or, for `waits`, not ended yet): its own message ("waiting
     for job 4") says so."""
-    deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
+    deps = _needs(job)
     return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps) \
         or any(getattr(by_id.get(d) or get(d), "status", None) in ("queued", "running") for d in job.waits or [])
+
+
+def _needs(job) -> list[int]:
+    """The jobs `job` needs to have succeeded before it runs: its `after` and its `needs` (not its `waits`)."""
+    return ([job.after] if job.after is not None else []) + list(job.needs or [])
 
 
 def _ended_dependency(job, by_id: dict) -> str | None:
     """Why a queued job will not run as things stand: a job it waits for ended without succeeding. Its stored
     "waiting for job 4" read as if job 4 were still to come; the worker cancels it only when it next looks for work
     (_claim_next), which a worker busy with a long training job, or none at all, may not do for hours."""
-    for dep_id in ([job.after] if job.after is not None else []) + list(job.needs or []):
+    for dep_id in _needs(job):
         dep = by_id.get(dep_id) or get(dep_id)
         if dep is None:
             return f"will not run: job {dep_id} it waits for is gone; cancel it"
-        if dep.status in ("failed", "cancelled", "interrupted"):
+        if dep.status in UNSUCCESSFUL:
             return (f"will not run: job {dep_id} it waits for {dep.status}; resume job {dep_id} (python -m backend "
                     f"jobs resume {dep_id}) to run this one after it, or cancel this one")
     return None
@@ -371,20 +377,18 @@ def never_runs(job, seen: frozenset = frozenset()) -> bool:
     """Whether a queued job can no longer run as things stand: a job it needs (after, needs) ended without
     succeeding or is gone, or, in turn, can no longer run (_claim_next cancels it when a worker next looks; a resume
     of the job that ended queues it again)."""
-    for dep_id in ([job.after] if job.after is not None else []) + list(job.needs or []):
-        dep = get(dep_id)
-        if dep is None or dep.status in ("failed", "cancelled", "interrupted"):
-            return True
-        if dep.status == "queued" and dep_id not in seen and never_runs(dep, seen | {job.id}):
-            return True
-    return False
+    if _ended_dependency(job, {}) is not None:
+        return True
+    return any((dep := get(dep_id)) is not None and dep.status == "queued" and dep_id not in seen
+               and never_runs(dep, seen | {job.id})
+               for dep_id in _needs(job))
 
 
 def scores_nothing(job) -> bool:
     """Whether a queued job that waits for others however they end (a recipe's evaluation) has nothing left to wait
     for that will make anything: each of them ended without succeeding, or can no longer run."""
     deps = [get(d) for d in job.waits or []]
-    return bool(deps) and all(d is None or d.status in ("failed", "cancelled", "interrupted")
+    return bool(deps) and all(d is None or d.status in UNSUCCESSFUL
                               or d.status == "queued" and never_runs(d) for d in deps)
 
 
@@ -951,7 +955,7 @@ def with_dependencies(ids) -> set[int]:
         if (job_id := todo.pop()) in out or (job := get(job_id)) is None:
             continue
         out.add(job_id)
-        todo += ([job.after] if job.after is not None else []) + list(job.needs or []) + list(job.waits or [])
+        todo += _needs(job) + list(job.waits or [])
     return out
 
 
@@ -967,11 +971,11 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job |
     with db.session() as s:
         queued = select(Job).where(Job.status == "queued")
         for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
-            deps = ([job.after] if job.after is not None else []) + list(job.needs or [])
+            deps = _needs(job)
             blocked = waiting = False
             for dep_id in deps:
                 dep = s.get(Job, dep_id)
-                if dep is None or dep.status in ("failed", "cancelled", "interrupted"):
+                if dep is None or dep.status in UNSUCCESSFUL:
                     job.status, job.finished = "cancelled", utcnow()
                     job.message = f"not run: job {dep_id} it waited for {dep.status if dep else 'is gone'}"
                     s.add(job)
