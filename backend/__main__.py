@@ -233,7 +233,9 @@ def _source(text: str) -> DataSource:
 
 def cmd_train(a) -> None:
     spec_cls = {"cpt": CptSpec, "sft": SftSpec, "dpo": DpoSpec}[a.kind]
-    fields = dict(model=a.model, data=a.data, name=a.name, out=a.out, num_processes=a.num_processes,
+    rows = {"sample_by": a.sample_by} if a.sample_by else {}  # every source's .txt files
+    fields = dict(model=a.model, data=[d.model_copy(update=rows) for d in a.data], name=a.name, out=a.out,
+                  num_processes=a.num_processes,
                   accelerate_config=a.accelerate_config, lora=LoraSpec(r=a.lora) if a.lora else None,
                   **_machine_fields(a))
     for key in ("max_steps", "learning_rate", "batch_size", "max_length", "save_steps", "eval_steps", "max_rows",
@@ -242,7 +244,7 @@ def cmd_train(a) -> None:
         if getattr(a, key, None) is not None:
             fields[key] = getattr(a, key)
     if a.eval_data:
-        fields["eval_data"] = a.eval_data
+        fields["eval_data"] = a.eval_data.model_copy(update=rows)
     if a.report_to is None:  # the workspace default (DUS_REPORT_TO); --report-to none chooses none
         from backend.training import default_report_to
 
@@ -1122,6 +1124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t.add_argument("--eval-data", type=_source, help="held-out set, as --data (default: --eval-fraction of the data)")
     t.add_argument("--eval-fraction", type=float, help=spec_help("eval_fraction"))
+    t.add_argument("--sample-by", choices=get_args(DataSource.model_fields["sample_by"].annotation),
+                   help=DataSource.model_fields["sample_by"].description + " (default: line)")
     t.add_argument("--max-steps", type=int, help=spec_help("max_steps", "optimizer steps"))
     t.add_argument("--learning-rate", "--lr", type=float,
                    help="peak learning rate (default: " + ", ".join(

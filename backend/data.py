@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,8 +110,16 @@ def looks_local(source: str) -> bool:
             or path.suffix.lower() in FILE_SUFFIXES or ("/" in source and path.parent.is_dir()))
 
 
-def load_source(source: str, split: str = "train"):
-    """A `datasets.Dataset` from 'builtin:NAME', 'dataset:NAME' (registered), a local file, or a Hub id."""
+SAMPLE_BY = ("line", "paragraph", "document")  # how a .txt file splits into rows (`datasets`' text sample_by)
+_BLANK_LINES = re.compile(r"\n(?:[ \t\f\v]*\n)+")
+_LEADING_BLANK_LINES = re.compile(r"^(?:[ \t\f\v]*\n)+")
+
+
+def load_source(source: str, split: str = "train", sample_by: str = "line"):
+    """A `datasets.Dataset` from 'builtin:NAME', 'dataset:NAME' (registered), a local file, or a Hub id.
+    `sample_by` says what a row of a .txt file is (a mix's .txt members too; other files have rows of their own):
+    a line, a paragraph (lines up to a blank one) or the whole file. Each row is one training example, ended by the
+    end-of-text token in continued pretraining: a book read a line a row was taught to stop after every line."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -122,7 +131,7 @@ def load_source(source: str, split: str = "train"):
             raise DataError(f"{source} is a mix: use mix:{rec.name}.")
         source = rec.path
     elif source.startswith("mix:"):
-        parts = [load_source(src) for src, _ in expand([(source, 1.0)])]
+        parts = [load_source(src, sample_by=sample_by) for src, _ in expand([(source, 1.0)])]
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     path = Path(source).expanduser()
     if looks_local(source) or path.exists():
@@ -133,13 +142,16 @@ def load_source(source: str, split: str = "train"):
         if problem := _unusable_text(path):
             raise DataError(problem)
         # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
-        extra = {"encoding": "utf-8-sig"} if LOADERS[path.suffix] == "text" else {}
+        extra = {"encoding": "utf-8-sig", "sample_by": _sample_by(sample_by)} if LOADERS[path.suffix] == "text" \
+            else {}
         try:
             with _quiet_loader(LOADERS[path.suffix]):
                 ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train", **extra)
         except Exception as exc:  # pyarrow / json errors: say which file and why
             raise DataError(_unreadable(path, LOADERS[path.suffix], exc)) from None
-        if LOADERS[path.suffix] == "text":
+        if LOADERS[path.suffix] == "text" and sample_by == "paragraph":
+            ds = ds.map(_paragraphs, batched=True)
+        elif LOADERS[path.suffix] == "text":
             ds = ds.filter(lambda r: bool(r["text"].strip()))
     else:
         try:
@@ -168,6 +180,20 @@ class _ThisThread(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR or record.thread != self.thread
+
+
+def _sample_by(value: str) -> str:
+    if value not in SAMPLE_BY:
+        raise DataError(f"sample_by {value!r}: a .txt file's rows are one of {', '.join(SAMPLE_BY)}.")
+    return value
+
+
+def _paragraphs(batch: dict) -> dict:
+    """`datasets`' paragraphs cut at "\\n\\n" only: a line of spaces between two paragraphs joined them, and a third
+    newline began the next one with a blank line. Cut at every run of blank (or whitespace-only) lines instead, and
+    keep no blank paragraph."""
+    parts = (_LEADING_BLANK_LINES.sub("", p).rstrip() for text in batch["text"] for p in _BLANK_LINES.split(text))
+    return {"text": [p for p in parts if p.strip()]}
 
 
 @contextmanager
@@ -545,8 +571,8 @@ def convert_row(row: dict, layout: str, kind: str) -> dict[str, Any]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _load_converted(source: str, kind: str, max_rows: int | None):
-    ds = load_source(source)
+def _load_converted(source: str, kind: str, max_rows: int | None, sample_by: str = "line"):
+    ds = load_source(source, sample_by=sample_by)
     layout = detect_layout(ds.column_names, kind)
     # every row checked as it converts: a Hub set's bad row beyond the sample checked before queueing is named
     # here (file, row, column), not by a Jinja error in trl's chat template
@@ -572,10 +598,11 @@ def _weighted(ds, source: str, weight: float, seed: int):
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def prepare(source: str, kind: str, *, weight: float = 1.0, max_rows: int | None = None, seed: int = 0):
+def prepare(source: str, kind: str, *, weight: float = 1.0, max_rows: int | None = None, seed: int = 0,
+            sample_by: str = "line"):
     """Load, check the layout against the job kind, and convert to trl's format. `weight` scales the rows taken:
     0.5 takes a random half, 2.0 repeats the set twice (the paper's SFT v1–v4 mixes are such combinations)."""
-    ds, layout = _load_converted(source, kind, max_rows)
+    ds, layout = _load_converted(source, kind, max_rows, sample_by)
     return _weighted(ds, source, weight, seed), layout
 
 
@@ -585,8 +612,8 @@ def mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: in
     return train, report
 
 
-def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_rows: int | None = None,
-              eval_fraction: float = 0.0):
+def split_mix(sources: list[tuple[str, float]] | list[tuple[str, float, str]], kind: str, seed: int = 0,
+              max_rows: int | None = None, eval_fraction: float = 0.0):
     """(train, eval or None, report). The evaluation rows are split off each source BEFORE its weight repeats it:
     splitting after would put copies of training rows in the evaluation split (weight 3 = three copies). A row
     that occurs more than once (in a source, or in two sources) is held out with all its copies or not at all: the
@@ -594,10 +621,12 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
     were training rows too. Each source picks `eval_fraction` of its distinct rows; a row one source picks is held
     out of every source (picked per source and then dropped where another trained on it, two files of the same rows
     in another order held out nothing), and the held-out set holds each row once. Fewer than 10 rows in all: no
-    evaluation split."""
+    evaluation split. A source may come with its `sample_by` (source, weight, sample_by): how its .txt files split
+    into rows."""
     import datasets
 
-    loaded = [(source, weight, *_load_converted(source, kind, max_rows)) for source, weight in expand(sources)]
+    loaded = [(source, weight, *_load_converted(source, kind, max_rows, sample_by))
+              for source, weight, sample_by in _expand_with_rows(sources)]
     keyed = [(*item, [_row_key(row) for row in _rows(item[2], "")]) for item in loaded]
     test: set[bytes] = set()
     if eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10:  # too few rows: no split, as before
@@ -617,10 +646,18 @@ def split_mix(sources: list[tuple[str, float]], kind: str, seed: int = 0, max_ro
         report.append((source, layout, len(ds)))
     train = datasets.concatenate_datasets(trains) if len(trains) > 1 else trains[0]
     if not len(train):
-        raise DataError(f"every row of {', '.join(s for s, _ in sources)} was held out: lower the held-out share "
+        raise DataError(f"every row of {', '.join(s[0] for s in sources)} was held out: lower the held-out share "
                         f"({eval_fraction:g}) or give more rows.")
     held_out = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
     return train.shuffle(seed=seed), held_out, report
+
+
+def _expand_with_rows(sources) -> list[tuple[str, float, str]]:
+    """expand(), each member of a mix keeping the sample_by its mix was given."""
+    out = []
+    for source, weight, *rest in sources:
+        out += [(member, w, *(rest or ["line"])) for member, w in expand([(source, weight)])]
+    return out
 
 
 def _row_key(row: dict) -> bytes:
@@ -646,13 +683,13 @@ def _pick_distinct(keys: list[bytes], fraction: float, seed: int, held: set[byte
     return {free[i] for i in np.random.default_rng(seed).permutation(len(free))[:need]}
 
 
-def preview(source: str, kind: str, n: int = 5) -> dict:
+def preview(source: str, kind: str, n: int = 5, sample_by: str = "line") -> dict:
     """What the pages show before launch: layout, columns, row count, first converted rows. Its rows are checked
     as check_source checks them: the preview said "alpaca layout, 6 rows" for a file Launch then refused."""
     if source.startswith("mix:"):  # each member as its job reads it: a Hub member sampled, rows counted in its file
         for member, _ in expand([(source, 1.0)]):
             check_source(member, kind)
-    ds = load_source(source)
+    ds = load_source(source, sample_by=sample_by)
     layout = detect_layout(ds.column_names, kind)
     if not source.startswith("mix:"):
         check_rows(ds, source, layout, kind, n=_rows_to_check(source))

@@ -42,9 +42,16 @@ def fingerprint(items: list) -> str:
 def lineage_sources(model: str) -> tuple[list[str], list[str]]:
     """(training sources of the model and all its ancestors, notes). A base model's own pretraining data is not
     known here; the notes say so."""
+    data, notes = lineage_data(model)
+    return list(dict.fromkeys(src for src, _ in data)), notes
+
+
+def lineage_data(model: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """lineage_sources with each source's sample_by (what a row of its .txt files was): a text trained on a
+    paragraph a row is read so here too, its n-grams across line ends included."""
     from backend import registry
 
-    sources: list[str] = []
+    sources: list[tuple[str, str]] = []
     notes: list[str] = []
     seen: set[str] = set()
     todo = [model]
@@ -59,8 +66,8 @@ def lineage_sources(model: str) -> tuple[list[str], list[str]]:
             continue
         for d in (rec.recipe or {}).get("data") or []:
             src = d.get("source") if isinstance(d, dict) else None
-            if src and src not in sources:
-                sources.append(src)
+            if src and (src, d.get("sample_by") or "line") not in sources:
+                sources.append((src, d.get("sample_by") or "line"))
         if rec.kind == "base":
             notes.append(f"{name}: base model, its pretraining data is not known here")
         todo += list(rec.parents or [])
@@ -82,11 +89,11 @@ def row_text(row) -> str:
     return ""
 
 
-def source_texts(source: str) -> list[str]:
+def source_texts(source: str, sample_by: str = "line") -> list[str]:
     """Texts of one training source: builtin:, dataset:, mix:, a file or a Hub id, through backend/data.py."""
     from backend import data
 
-    ds = data.load_source(source)
+    ds = data.load_source(source, sample_by=sample_by)
     return [row_text(r) for r in ds]
 
 
@@ -107,14 +114,15 @@ def training_index(model: str, n: int = NGRAM, cache: dict | None = None) -> Tra
     """`cache` (one per evaluation job) keeps models of the same lineage from reading the same data twice."""
     from backend.data import DataError
 
-    sources, notes = lineage_sources(model)
-    key = (tuple(sources), n)
+    pairs, notes = lineage_data(model)
+    sources = list(dict.fromkeys(src for src, _ in pairs))
+    key = (tuple(pairs), n)
     _CACHE = cache if cache is not None else {}
     if key not in _CACHE:
         texts, unchecked = [], {}
-        for src in sources:
+        for src, sample_by in pairs:
             try:
-                texts += source_texts(src)
+                texts += source_texts(src, sample_by)
             except (DataError, OSError, ValueError) as exc:  # a gone file or an offline Hub id: say so, go on
                 unchecked[src] = str(exc)[:200]
         _CACHE[key] = TrainingIndex(sources, n, unchecked, [], ContaminationIndex(texts, n) if texts else None)

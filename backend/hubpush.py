@@ -110,6 +110,7 @@ def hub_id(rec: ModelRecord) -> str | None:
 
 def _data(spec: dict) -> str:
     return ", ".join(f"`{d.get('source')}`" + (f" ×{d['weight']:g}" if d.get("weight", 1) != 1 else "")
+                     + (f" (a row per {d['sample_by']})" if d.get("sample_by", "line") != "line" else "")
                      for d in spec.get("data") or []) or "no data named"
 
 

@@ -170,6 +170,10 @@ class DataSource(BaseModel):
     source: str = Field(description="builtin:NAME, a local .jsonl/.json/.csv/.parquet/.txt file, or a Hub id")
     weight: float = Field(1.0, gt=0, allow_inf_nan=False,  # inf passed, and the job's mix failed on int(inf)
                           description="1 = the whole set once, 0.5 = a random half, 2 = twice")
+    sample_by: Literal["line", "paragraph", "document"] = Field(
+        "line", description="what a row of a .txt file is (the source's, or a mix's .txt members): a line, a paragraph "
+                            "(lines up to a blank one) or the whole file; each row is one example, which continued "
+                            "pretraining ends with the end-of-text token. Other files have rows of their own")
 
 
 class LoraSpec(BaseModel):

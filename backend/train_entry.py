@@ -337,8 +337,12 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # The held-out share is split off each source before its weight repeats it (backend/data.py split_mix).
-    train, evals, report = data.split_mix([(d.source, d.weight) for d in spec.data], spec.kind, spec.seed,
-                                          spec.max_rows, eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
+    train, evals, report = data.split_mix([(d.source, d.weight, d.sample_by) for d in spec.data], spec.kind,
+                                          spec.seed, spec.max_rows,
+                                          eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
+    for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
+        if d.sample_by != "line":
+            print(f"data: {d.source}: a row per {d.sample_by} of its .txt files", flush=True)
     for source, layout, rows in report:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
     if not spec.eval_data and spec.eval_fraction:  # an empty split gave no eval loss, no recovery view, no word
@@ -347,7 +351,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
               flush=True)
     layouts = {layout for _, layout, _ in report}
     if spec.eval_data:
-        evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows)
+        evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows,
+                                           sample_by=spec.eval_data.sample_by)
         layouts.add(eval_layout)
     if spec.kind in ("sft", "dpo") and not tok.chat_template:
         train, evals = without_chat_template(spec, cfg["model_path"], layouts, train, evals)

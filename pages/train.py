@@ -87,11 +87,11 @@ def show_slurm(spec, machines: int, problems: str = "") -> None:
 
 
 @st.cache_data(ttl=120, max_entries=64, show_spinner="Reading the data source…")
-def cached_preview(source: str, kind: str, stamp: tuple | None) -> tuple[dict | None, str]:
+def cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str = "line") -> tuple[dict | None, str]:
     """data.preview, remembered for two minutes: every change of any setting reruns the page, and a Hub id that
     cannot be reached took ~24 s to fail each time (offline), freezing the page after each click."""
     try:
-        return data.preview(source, kind, n=3), ""
+        return data.preview(source, kind, n=3, sample_by=sample_by), ""
     except ValueError as exc:  # kept too (st.cache_data does not keep exceptions): the same wait otherwise
         return None, str(exc)
 
@@ -135,8 +135,9 @@ def data_caption(kind: str) -> str:
     return ("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), `dataset:NAME` (a "
             "registered data set), `mix:NAME` (a saved weighted mix, such as the paper's sft-v1 … sft-v4 or "
             "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file (a "
-            ".txt is one row per line, each ended by the end-of-text token: documents of many lines go in a .jsonl "
-            "with a `text` field), or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
+            ".txt gives a row per line, per paragraph or the whole file, as its *rows of a .txt* column says; each "
+            "row ends with the end-of-text token: prose read a line a row learns to stop after every line), or a "
+            "Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
             + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (Synthetic math page)."))
 
 
@@ -188,20 +189,27 @@ if upload is not None:
 # The table restarts from `base` (with a new key) when an upload is added to it, so the rows typed so far stay.
 version = st.session_state.get(f"sources_{kind}_version", 0)
 table_key = f"sources_{kind}" + (f"_v{version}" if version else "")
-base = st.session_state.get(f"sources_{kind}_base", [{"source": default_source, "weight": 1.0}])
+base = st.session_state.get(f"sources_{kind}_base", [{"source": default_source, "weight": 1.0, "sample_by": "line"}])
+SAMPLE_BY = list(get_args(DataSource.model_fields["sample_by"].annotation))
 sources = st.data_editor(pd.DataFrame(base), num_rows="dynamic",
                          key=table_key, column_config={
                              "source": st.column_config.TextColumn(width="large"),
-                             "weight": st.column_config.NumberColumn(min_value=0.01, step=0.1)})
-rows = [r for r in sources.dropna().to_dict("records") if str(r["source"]).strip()]
+                             "weight": st.column_config.NumberColumn(min_value=0.01, step=0.1),
+                             "sample_by": st.column_config.SelectboxColumn(
+                                 "rows of a .txt", options=SAMPLE_BY, default="line", required=True,
+                                 help=DataSource.model_fields["sample_by"].description)})
+# a row without a source or a weight is left out, as before; one whose .txt rows were never chosen reads lines
+rows = [{**r, "sample_by": r.get("sample_by") if r.get("sample_by") in SAMPLE_BY else "line"}
+        for r in sources.dropna(subset=["source", "weight"]).to_dict("records") if str(r["source"]).strip()]
 # An upload left out of the table held nothing back: Launch trained on the default set alone (walk12). It is not
 # added on upload, which would change the table behind the user's back (and an upload may be meant to replace the
 # default row): Launch and Save spec wait until it is added or removed.
 upload_pending = upload is not None and upload_path not in [str(r["source"]).strip() for r in rows]
 if upload_path and upload_pending:
     if st.button(f"Add {upload.name} to the sources", key="add_upload"):
-        st.session_state[f"sources_{kind}_base"] = [{"source": str(r["source"]).strip(), "weight": r["weight"]}
-                                                    for r in rows] + [{"source": upload_path, "weight": 1.0}]
+        st.session_state[f"sources_{kind}_base"] = [
+            {"source": str(r["source"]).strip(), "weight": r["weight"], "sample_by": r["sample_by"]} for r in rows
+        ] + [{"source": upload_path, "weight": 1.0, "sample_by": "line"}]
         st.session_state[f"sources_{kind}_version"] = version + 1
         st.rerun()
     st.warning(f"{upload.name} is uploaded but not a source yet: add it with the button above, or remove the "
@@ -212,12 +220,13 @@ elif upload_pending:
 previews_ok = True
 for r in rows:
     source = str(r["source"]).strip()
-    pv, problem = cached_preview(source, kind, file_stamp(source))
+    pv, problem = cached_preview(source, kind, file_stamp(source), r["sample_by"])
     if pv is None:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
     else:
-        with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows"):
+        per = f" (a row per {r['sample_by']} of a .txt)" if r["sample_by"] != "line" else ""
+        with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
             st.json(pv["examples"], expanded=False)
 
 st.subheader("Settings")
@@ -263,9 +272,12 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
     held_out = st.text_input("Held-out set (optional)", key="eval_data",
                              placeholder="dataset:NAME, builtin:NAME or a file; empty: the held-out share",
                              help=held_out_help(spec_fields, kind)).strip()
+    held_by = st.selectbox("Rows of the held-out .txt", SAMPLE_BY, key="eval_sample_by",
+                           help=DataSource.model_fields["sample_by"].description) \
+        if held_out.lower().endswith(".txt") else "line"
     if held_out:  # in the spec even when unreadable, as a source row is: the preview only holds the launch back
-        fields["eval_data"] = DataSource(source=held_out)
-        pv, problem = cached_preview(held_out, kind, file_stamp(held_out))
+        fields["eval_data"] = DataSource(source=held_out, sample_by=held_by)
+        pv, problem = cached_preview(held_out, kind, file_stamp(held_out), held_by)
         if pv is None:
             previews_ok = False
             st.error(f"Held-out set {held_out}: {problem}")
@@ -332,8 +344,8 @@ after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_
 name = st.text_input("Name of the trained model", value=f"{model}-{kind}", key=f"train_name_{kind}_{model}")
 
 try:
-    spec = spec_cls(model=model, data=[DataSource(source=str(r["source"]).strip(), weight=float(r["weight"]))
-                                       for r in rows], name=name, **fields)
+    spec = spec_cls(model=model, data=[DataSource(source=str(r["source"]).strip(), weight=float(r["weight"]),
+                                                  sample_by=r["sample_by"]) for r in rows], name=name, **fields)
 except ValidationError as exc:
     problems = explain(exc)
     st.error(problems)

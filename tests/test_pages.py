@@ -140,7 +140,7 @@ def test_train_page_previews_data_and_queues_the_spec(tiny):
     at.button(key="launch").click().run()
     (job,) = runner.list_jobs()
     assert job.kind == "sft" and job.spec["max_steps"] == 4 and job.spec["model"] == "tiny"
-    assert job.spec["data"] == [{"source": "builtin:alpaca-mini", "weight": 1.0}]
+    assert job.spec["data"] == [{"source": "builtin:alpaca-mini", "weight": 1.0, "sample_by": "line"}]
 
 
 def test_train_page_preselects_the_workspace_trackers_and_sends_the_choice(tiny, monkeypatch):

@@ -65,7 +65,7 @@ def test_train_page_starts_at_the_spec_defaults_and_sends_the_advanced_settings(
 
     (job,) = runner.list_jobs()
     assert {f: job.spec[f] for f in ADVANCED} == ADVANCED
-    assert job.spec["eval_data"] == {"source": "dataset:held", "weight": 1.0}
+    assert job.spec["eval_data"] == {"source": "dataset:held", "weight": 1.0, "sample_by": "line"}
     text = saved["tiny-sft.yaml"]
     assert {f: yaml.safe_load(text)[f] for f in ADVANCED} == ADVANCED
     (tmp_path / "spec.yaml").write_text(text)

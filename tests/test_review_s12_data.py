@@ -77,7 +77,7 @@ def test_a_hub_set_is_sampled_before_queueing_and_its_job_names_a_later_bad_row(
 
     rows = [{"instruction": f"Say {i}", "output": None if i == data.HUB_SAMPLE + 4 else str(i)}
             for i in range(data.HUB_SAMPLE + 10)]
-    monkeypatch.setattr(data, "load_source", lambda source, split="train": datasets.Dataset.from_list(rows))
+    monkeypatch.setattr(data, "load_source", lambda source, split="train", **_: datasets.Dataset.from_list(rows))
     data.check_source("someone/some-set", "sft")  # the sample holds no bad row
     with pytest.raises(data.DataError) as exc:
         data.prepare("someone/some-set", "sft")
