@@ -7,7 +7,8 @@ On loopback (127.0.0.0/8, ::1, localhost, a unix socket) nothing is asked. Bound
 DUS_REQUIRE_LOGIN=1 — the app needs one of:
   * a password: DUS_PASSWORD (hashed at start and removed from the environment, so job processes never inherit
     it) or DUS_PASSWORD_HASH (made by `python -m backend auth hash`); checked with scrypt and a constant-time
-    compare; 5 failures in a row lock that client out for 5 minutes;
+    compare, NFKC-normalised first (NIST SP 800-63B: 'é' typed as one or as two code points is one password); 5
+    failures in a row lock that client out for 5 minutes, however many it sends at once;
   * Streamlit's OpenID Connect login (`st.login`), configured in .streamlit/secrets.toml's [auth] section.
 """
 
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable, MutableMapping
 
@@ -38,6 +40,7 @@ LOCK_SECONDS = 300
 # scrypt (RFC 7914) at n=2**14, r=8: 16 MiB and ~0.15 s per check on a busy 2-core machine — nothing for one
 # login, a lot for guessing.
 _N, _R, _P = 2 ** 14, 8, 1
+_MAXMEM = 2 ** 31 - 1  # what verify lets scrypt use; a hash asking more is refused when read, not at each login
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 _ENV_LOCK = threading.Lock()
 SECRETS_FILES = (Path.home() / ".streamlit" / "secrets.toml", Path(".streamlit") / "secrets.toml")  # Streamlit's
@@ -47,12 +50,18 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
+def _normal(password: str) -> str:
+    """NFKC, as NIST SP 800-63B asks of verifiers: the same visible password from a keyboard that sends 'é' as e +
+    combining accent (macOS, some IMEs) hashed differently from one that sends the single code point."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
     """'scrypt$n$r$p$salt$digest' with a random 16-byte salt: what DUS_PASSWORD_HASH holds."""
     if len(password) < MIN_LENGTH:
         raise ValueError(f"the password is too short: use at least {MIN_LENGTH} characters.")
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    digest = hashlib.scrypt(_normal(password).encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
     return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
 
 
@@ -63,6 +72,7 @@ def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
         salt, digest = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
         # bounds: a hand-edited hash must not make every login attempt eat gigabytes
         ok = algo == "scrypt" and 2 <= n <= 2 ** 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+        ok = ok and 128 * r * (n + p + 2) <= _MAXMEM  # OpenSSL's need: else every login raised 'memory limit exceeded'
     except (ValueError, AttributeError):
         ok = False
     if not ok or len(salt) < 8 or len(digest) < 16:
@@ -71,9 +81,17 @@ def _parse(stored: str) -> tuple[int, int, int, bytes, bytes]:
 
 
 def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` is the one `stored` was made from. A hash made before passwords were normalised holds the
+    password as typed then: a password that normalisation changes is also tried as typed (a second scrypt only for
+    such input)."""
     n, r, p, salt, digest = _parse(stored)
-    got = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=2 ** 31 - 1)
-    return hmac.compare_digest(got, digest)  # constant time: the comparison leaks nothing about the digest
+
+    def same(text: str) -> bool:
+        got = hashlib.scrypt(text.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=_MAXMEM)
+        return hmac.compare_digest(got, digest)  # constant time: the comparison leaks nothing about the digest
+
+    normal = _normal(password)
+    return same(normal) or (normal != password and same(password))
 
 
 def is_loopback(address: str | None) -> bool:
@@ -165,15 +183,22 @@ class Lockout:
             _, until = self._state.get(client, (0, 0.0))
             return max(0.0, until - self.clock())
 
-    def failed(self, client: str) -> None:
+    def reserve(self, client: str) -> float:
+        """Count an attempt as failed before its password is checked (success takes it back): 0 when it may be
+        checked, else the seconds the client stays locked. Counted after the check, 20 guesses sent at once from 20
+        sessions were all checked (each saw no failure yet: scrypt runs outside the GIL) against a limit of 5."""
         with self._lock:
             now = self.clock()
+            _, until = self._state.get(client, (0, 0.0))
+            if until > now:
+                return until - now
             if len(self._state) > 10_000:  # many clients: forget those neither locked nor recently failing
                 self._state = {k: v for k, v in self._state.items() if v[1] > now}
             count, until = self._state.get(client, (0, 0.0))
             count = 0 if until and until <= now else count  # a lock that ran out starts a fresh count
             count += 1
             self._state[client] = (0, now + self.seconds) if count >= self.max_failures else (count, 0.0)
+            return 0.0
 
     def succeeded(self, client: str) -> None:
         with self._lock:
@@ -186,13 +211,12 @@ LOCKOUT = Lockout()
 def attempt(password: str, stored: str, client: str, lockout: Lockout | None = None) -> tuple[bool, str]:
     """(allowed, message for the form). A locked client's password is not even checked."""
     lockout = lockout or LOCKOUT  # looked up at call time: the process-wide one unless a test passes its own
-    wait = lockout.locked_for(client)
+    wait = lockout.reserve(client)  # counted as a failure now, so attempts sent at once cannot pass the limit
     if wait > 0:
         return False, f"Too many failed attempts: try again in {math.ceil(wait / 60)} min."
     if verify_password(password, stored):
         lockout.succeeded(client)
         return True, ""
-    lockout.failed(client)
     wait = lockout.locked_for(client)
     if wait > 0:
         return False, f"Wrong password. Too many failed attempts: locked for {math.ceil(wait / 60)} min."

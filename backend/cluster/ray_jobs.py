@@ -33,7 +33,11 @@ from storage.models import Job, utcnow
 ROOT = Path(__file__).resolve().parent.parent.parent
 # what a job process reads from its environment besides DUS_WORKSPACE and DATABASE_URL (always set explicitly)
 FORWARD = ("DUS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "ACCELERATE_", "PYTORCH_", "OMP_NUM_THREADS")
-NOT_FORWARDED = ("DUS_RAY_ADDRESS", "DUS_RAY_RESOURCES", "DUS_HOST_ID", "DUS_WORKSPACE")
+# The dashboard's login is no job's business, and Ray shows a job's runtime_env to anyone who reaches its
+# dashboard (`ray job list`, /api/jobs/): a worker started with DUS_PASSWORD (not through run.sh) sent it there in
+# plain text, and run.sh's workers sent DUS_PASSWORD_HASH, enough to guess the password offline.
+NOT_FORWARDED = ("DUS_RAY_ADDRESS", "DUS_RAY_RESOURCES", "DUS_HOST_ID", "DUS_WORKSPACE", "DUS_PASSWORD",
+                 "DUS_PASSWORD_HASH")
 ACTIVE = ("PENDING", "RUNNING")
 SETUP = "README 'A Ray cluster'"
 
@@ -410,17 +414,35 @@ def still_running(host: str, submission_id: str) -> bool:
 def end_fields(job: Job, info) -> dict:
     """Row fields for a Ray job that ended while its row still says running (its process never wrote its end):
     an entrypoint that exited by itself failed, as a local child that exits does; anything else (the node died, the
-    supervisor died, stopped outside DUS) interrupted it. Training jobs resume from their last checkpoint."""
+    supervisor died, stopped outside DUS) interrupted it. Training jobs resume from their last checkpoint.
+
+    Two ends come before the entrypoint ever ran (Ray's JobSupervisor starts it only from PENDING): Ray fails a job
+    still PENDING after RAY_JOB_START_TIMEOUT_SECONDS (15 min) — no node had the resources free, the wait this
+    module promises — and that one is queued again, not left "interrupted: node lost" for a hand to resume; a
+    runtime_env that could not be set up failed it, with Ray's reason."""
     again = "; resume it to continue from its last checkpoint" if job.kind in TRAIN_KINDS else ""
-    if info is not None and "ENTRYPOINT" in str(getattr(info, "error_type", "") or "").upper():
+    error_type = getattr(info, "error_type", None) or ""
+    error_type = str(getattr(error_type, "value", error_type))  # a JobErrorType, or its value as the Jobs API sends it
+    said = (getattr(info, "message", None) or "").strip().splitlines()[:1] or [""]
+    if error_type == "JOB_SUPERVISOR_ACTOR_START_TIMEOUT":
+        return dict(status="queued", started=None, host="", pid=None,
+                    message=f"waiting: the Ray cluster had no room for it within Ray's start timeout "
+                            f"(RAY_JOB_START_TIMEOUT_SECONDS); submitted again when a slot is free ({said[0][:200]})"
+                            [:500])
+    if error_type == "RUNTIME_ENV_SETUP_FAILURE":
+        return dict(status="failed", finished=utcnow(), message="failed",
+                    error=f"the Ray cluster could not set up the job's environment, so it never started: "
+                          f"{(info.message or '').strip()[:2000]}")
+    if "ENTRYPOINT" in error_type:
         return dict(status="failed", finished=utcnow(), message="failed",
                     error=f"the job process on the Ray cluster exited with code {info.driver_exit_code} without "
                           f"finishing; see its log{again}")
     if info is None:
         why = "the Ray cluster no longer knows its submission (was the head restarted?)"
+    elif info.status.value == "STOPPED":  # Ray stops a job only when asked to; DUS marks its own cancels first
+        why = "its Ray job was stopped outside DUS Studio (`ray job stop`, the Ray dashboard)"
     else:
         node = f" {info.driver_node_id[:8]}" if info.driver_node_id else ""
-        said = (info.message or "").strip().splitlines()[:1] or [""]
         why = f"the Ray node{node} running it was lost (Ray: {info.status.value}, {said[0][:200]})"
     return dict(status="interrupted", finished=utcnow(), message=f"interrupted: {why}{again}"[:500])
 
@@ -430,8 +452,10 @@ JUDGE_EVERY = 2.0
 
 
 def lost(rows: list[Job]) -> dict[int, dict]:
-    """job id -> row fields, for running rows on a Ray cluster whose Ray job has ended. A cluster that does not
-    answer judges nothing (its jobs may well be running); each cluster is asked at most every JUDGE_EVERY s."""
+    """job id -> row fields, for running rows on a Ray cluster whose Ray job has ended, and for claims whose worker
+    stopped before writing the submission id (their submission, when Ray runs it, is written in: it is watched from
+    here on, not called interrupted while it runs). A cluster that does not answer judges nothing (its jobs may
+    well be running); each cluster is asked at most every JUDGE_EVERY s."""
     out: dict[int, dict] = {}
     by_addr: dict[str, list[Job]] = {}
     for job in rows:
@@ -449,8 +473,13 @@ def lost(rows: list[Job]) -> dict[int, dict]:
             if not job.cluster_ref:  # claimed, being submitted; a worker that died right here leaves it so
                 started = job.started.replace(tzinfo=job.started.tzinfo or timezone.utc) if job.started else None
                 if started is None or (utcnow() - started).total_seconds() > 60:
-                    out[job.id] = dict(status="interrupted", finished=utcnow(),
-                                       message="interrupted: its worker stopped before handing it to the Ray cluster")
+                    try:
+                        sid = _active_attempt(c, job.id)
+                    except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
+                        continue
+                    out[job.id] = dict(cluster_ref=sid, message="submitted to the Ray cluster") if sid else dict(
+                        status="interrupted", finished=utcnow(),
+                        message="interrupted: its worker stopped before handing it to the Ray cluster")
                 continue
             try:
                 info = c.get_job_info(job.cluster_ref)
@@ -463,6 +492,25 @@ def lost(rows: list[Job]) -> dict[int, dict]:
             if info.status.value not in ACTIVE:
                 out[job.id] = end_fields(job, info)
     return out
+
+
+def _active_attempt(c, job_id: int) -> str | None:
+    """The pending or running submission of job `job_id` on the cluster, if any: its newest attempt (submit numbers
+    them from 1; Ray keeps ended ones). A worker that died between Ray's answer to its submit and writing the id left
+    the row without one while Ray ran the job; called interrupted, the run's end could no longer be written, and a
+    resume ran the finished job again. An older attempt cannot still be running: a resume waits for it to stop."""
+    newest = None
+    for attempt in range(1, 1000):
+        sid = f"dus-{workspace_tag()}-{job_id}-{attempt}"
+        try:
+            newest = (sid, c.get_job_info(sid))
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            break
+    if newest is None or newest[1].status.value not in ACTIVE:
+        return None
+    return newest[0]
 
 
 def stop(host: str, submission_id: str) -> None:

@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # settings, Hugging Face caches); the rest of this process's environment (PATH, the venv) belongs to its node.
 WORKER_ENV_PREFIXES = ("DUS_", "DATABASE_URL", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHONUNBUFFERED",
                        "TENSORBOARD_", "MLFLOW_", "WANDB_", "TRACKIO_")
+# The dashboard's login is no worker's business, and the env rides in train_loop_config, which Ray Train's run state
+# records as it is (RAY_TRAIN_ENABLE_STATE_TRACKING=1: the Ray dashboard's Train runs).
+WORKER_ENV_NEVER = ("DUS_PASSWORD", "DUS_PASSWORD_HASH")
 
 
 class RayNotConfigured(RuntimeError):
@@ -96,6 +99,11 @@ def check_fits(spec) -> None:
         raise RuntimeError(f"ray_workers: {spec.ray_workers} workers of {need} do not fit on the cluster's "
                            f"{len(nodes)} node(s) ({have}); room for {slots}. Lower ray_workers or resources, "
                            "or add nodes.")
+
+
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The part of the job's environment the Ray Train workers get."""
+    return {k: v for k, v in env.items() if k.startswith(WORKER_ENV_PREFIXES) and k not in WORKER_ENV_NEVER}
 
 
 def train_loop(config: dict) -> None:
@@ -169,7 +177,7 @@ def fit(spec, run_dir: Path, env: dict[str, str]) -> tuple[int, deque[str]]:
             ray.init(address=address, runtime_env=_runtime_env(address), log_to_driver=True)
         check_fits(spec)
         config = {"run_dir": str(run_dir), "cwd": str(ROOT),
-                  "env": {k: v for k, v in env.items() if k.startswith(WORKER_ENV_PREFIXES)}}
+                  "env": worker_env(env)}
         # the workers' nodes have the GPUs, not necessarily this driver: the spec decides, not torch.cuda here
         backend = "nccl" if spec.resources.gpus > 0 else "gloo"
         trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=_scaling(spec),

@@ -61,7 +61,8 @@ def slurm_script(spec: _Spec, *, spec_path: str | Path | None = None, nodes: int
     q = shlex.quote
 
     lines = ["#!/bin/bash",
-             f"# DUS Studio: {spec.kind} of {spec.model} as {name} on {nodes} node(s) x {per_node} process(es),",
+             f"# DUS Studio: {spec.kind} of {_one_line(spec.model)} as {name} on {nodes} node(s) x {per_node} "
+             "process(es),",
              "# accelerate launch on each node (no Ray). Submit it yourself: sbatch THIS_FILE",
              f"#SBATCH --job-name={_job_name(name)}",
              f"#SBATCH --nodes={nodes}",
@@ -104,6 +105,13 @@ def slurm_script(spec: _Spec, *, spec_path: str | Path | None = None, nodes: int
 def _python(repo: Path) -> str:
     venv = repo / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
+
+
+def _one_line(text: str) -> str:
+    """`text` for a comment line: as it is when printable, else its repr. The model is any text a spec holds (a
+    folder may be named anything), and a newline in it ended the comment: the rest ran as a command, before the
+    #SBATCH lines, which sbatch then no longer read."""
+    return text if text.isprintable() else repr(text)
 
 
 def _job_name(name: str) -> str:
