@@ -79,9 +79,10 @@ def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_le
     if device == "cuda" and not cuda:
         raise DeviceError("device: cuda was asked for, but torch sees no CUDA device; use auto or cpu.")
     use_cuda = cuda and device != "cpu"
-    if not use_cuda:
-        return DevicePlan("cpu", "float32", None, batch_size or CPU_BATCH, shape.num_parameters * 4,
-                          "CPU: float32" + (" (CUDA ignored: device=cpu)" if cuda else ""), batch_size or CPU_BATCH)
+    if not use_cuda:  # the note names the batch as on CUDA: sampled answers (consistency) depend on it
+        batch = batch_size or CPU_BATCH
+        return DevicePlan("cpu", "float32", None, batch, shape.num_parameters * 4,
+                          f"CPU: float32, batch {batch}" + (" (CUDA ignored: device=cpu)" if cuda else ""), batch)
     weights = int(shape.num_parameters * 2 * WEIGHT_SLACK)
     free = int(free_bytes or 0)
     if weights + RESERVE > free:

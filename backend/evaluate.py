@@ -16,9 +16,10 @@ Tasks:
   gsm8k:FILE            generation accuracy on GSM8K-format rows {"question", "answer": "… #### n"}
   lm-eval:TASK          lm-evaluation-harness (backend/lmeval.py when present)
 
-Every score row records its source, a fingerprint of the items, how the task was run (settings: limit, token cap,
-samples, prompt format, the model's own decoding settings), and the n-gram overlap of those items with the training
-data of the model's whole lineage (backend/heldout.py), plus the score on the non-overlapping items only.
+Every score row records its source, a fingerprint of the items (none for a Hub lm-eval task, whose items are not
+read here), how the task was run (settings: limit, token cap, samples, prompt format, the model's own decoding
+settings), and the n-gram overlap of those items with the training data of the model's whole lineage
+(backend/heldout.py; not for lm-eval tasks), plus the score on the non-overlapping items only.
 Items are all read and validated before any model loads; a task that fails stores nothing and fails the job.
 A resumed job keeps the (model, task) scores its earlier run stored and scores only the rest; a model none of
 whose tasks is left is not loaded.
@@ -39,7 +40,7 @@ from typing import Callable
 
 from backend import evaldevice, heldout, qa, registry
 from backend.specs import EvalSpec
-from backend.synth.answers import extract_answer, same_answer
+from backend.synth.answers import extract_answer, same_answer, to_number
 from storage import db
 from storage.models import EvalScore, Generation
 
@@ -137,12 +138,21 @@ def _mc_problem(row: dict) -> str | None:
 
 def _gsm8k_problem(row: dict) -> str | None:
     """A question that is no text, or an answer that is neither text nor a number, failed at scoring with a
-    traceback (an AttributeError on the answer's "####"), after the models loaded."""
+    traceback (an AttributeError on the answer's "####"), after the models loaded. An answer whose final answer
+    (after its last "####", or the whole answer without one) is no number — empty, "… ####", a solution ending
+    "The answer is 4." — became a reference no reply can equal: every reply scored "wrong", a hallucination."""
     if not isinstance(row["question"], str) or not row["question"].strip():
         return "question must be non-empty text."
     if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
         return f"answer must be text ending in '#### n' (or the number); got {type(row['answer']).__name__}."
+    if to_number(_gsm8k_reference(row["answer"])) is None:
+        return f"answer must end in '#### n' with n a number (or be the number); got {str(row['answer'])[-60:]!r}."
     return None
+
+
+def _gsm8k_reference(answer) -> str:
+    """The final answer of a GSM8K answer: after its last "####", or the whole answer (a bare number)."""
+    return str(answer).rsplit("####", 1)[-1].strip()
 
 
 def _mc(per_item: list[tuple]) -> dict:
@@ -316,7 +326,11 @@ def task_set(task: str, limit: int) -> TaskSet:
                 ds = data.load_source(arg)
             except data.DataError as exc:
                 raise EvalError(f"perplexity:{arg}: {exc}") from None
-            texts = _perplexity_texts(ds.select(range(min(limit, len(ds)))), arg)
+            # a blank text is no item: it has no token to score, yet counted in the row's n and overlap share; a
+            # file of blank texts failed only after the models loaded ("the texts are empty")
+            texts = [t for t in _perplexity_texts(ds.select(range(min(limit, len(ds)))), arg) if t.strip()]
+            if not texts:
+                raise EvalError(f"perplexity:{arg}: the first {min(limit, len(ds))} rows have no text to score.")
         else:
             texts = heldout.eval_path("heldout-text").read_text().splitlines()[:limit]
         return TaskSet(task, kind, arg or "builtin-eval:heldout-text", texts, texts)
@@ -332,15 +346,19 @@ def task_set(task: str, limit: int) -> TaskSet:
         return TaskSet(task, kind, arg, rows, [r["question"] for r in rows])
     if kind == "gsm8k":
         rows = read_jsonl(arg, ("question", "answer"), _gsm8k_problem)[:limit]
-        items = [(f"gsm8k-{j}", r["question"], str(r["answer"]).rsplit("####", 1)[-1].strip())
-                 for j, r in enumerate(rows)]
+        items = [(f"gsm8k-{j}", r["question"], _gsm8k_reference(r["answer"])) for j, r in enumerate(rows)]
         return TaskSet(task, kind, arg, items, [q for _, q, _ in items])
     if kind == "lm-eval":
         from backend import lmeval
+        from backend.lm_eval_tasks.loaders import test_rows
 
-        for name, _, _ in lmeval.expand(arg):  # an unknown name fails here, before any model is loaded
-            lmeval.resolve(name)
-        return TaskSet(task, kind, f"lm-eval:{arg}", [], [], arg)
+        rows = []  # a local task's rows, which lm-eval takes the first `limit` of; a Hub task's are not known here
+        for name, _, _ in lmeval.expand(arg):  # an unknown name or a malformed local file fails here, before any
+            lmeval.resolve(name)  # model is loaded
+            rows += (test_rows(name) or [])[:limit]
+        # no texts: an overlap check of these items is not made (dus_truthfulqa_mini's short questions would read
+        # "✓ 0%" though its facts are the built-in training corpus, make_data.py); the badge says "not measured"
+        return TaskSet(task, kind, f"lm-eval:{arg}", rows, [], arg)
     raise EvalError(f"unknown task {task!r}")
 
 
@@ -412,8 +430,8 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
         return {**out, "max_length": MAX_LENGTH}
     if ts.kind == "mc":
         return {**out, "prompt": _after_specials(tok, MC_CONTEXT, MC_CONTEXT + " {choice}")}
-    if ts.kind == "lm-eval":  # lm-eval's own settings are in details["lm_eval"]
-        return out
+    if ts.kind == "lm-eval":  # lm-eval's own settings (few-shot counts, version) are in details["lm_eval"]
+        return {**out, **_lm_eval_settings(ts, spec, model)}
     template = getattr(tok, "chat_template", None)
     if template:
         text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
@@ -427,6 +445,23 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
     if ts.kind != "qa" and spec.samples > 1:  # qa_task draws no samples; answer_task's are seeded 1 to k - 1
         out |= {"samples": spec.samples, "sampling": SAMPLING}
     return out
+
+
+def _lm_eval_settings(ts: TaskSet, spec: EvalSpec, model) -> dict:
+    """What shapes an lm-eval task's answers beside lm-eval's own settings: the token cap run_lm_eval gives the
+    local generation tasks (max_gen_toks: 8 or 256 tokens for a worked GSM8K answer is another measurement), and the
+    model's generation_config fields lm-eval's generate does not set. A max_new_tokens there outranks lm-eval's
+    max_length (transformers takes max_new_tokens first): a model whose file says 8 answered in 8 tokens whatever
+    the cap. Neither was recorded, so two such scores read as measured alike."""
+    from backend import lmeval
+    from backend.lm_eval_tasks.loaders import GENERATION_TASKS
+
+    out: dict = {}
+    if any(name in GENERATION_TASKS for name, _, _ in lmeval.expand(ts.arg)):
+        out["max_gen_toks"] = spec.max_new_tokens
+    cfg = getattr(model, "generation_config", None)
+    own = {"max_new_tokens": cfg.max_new_tokens} if getattr(cfg, "max_new_tokens", None) is not None else {}
+    return {**out, "generation_config": {**decoding_extras(model), **own}}
 
 
 def _after_specials(tok, example: str, prompt: str) -> str:
@@ -566,9 +601,10 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
                 clean = {**rescore(clean_ix), **_counts(ts, gens, clean_ix)}
             elif rescore and summary and not summary["items_over"]:
                 clean = {**scores, **_counts(ts, gens, range(len(overlaps)))}
-            details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items), "items": len(ts.items),
-                       "settings": settings(ts, spec, tok, model), "overlap": summary, "clean": clean,
-                       "device": plan.note, **extra}
+            # a Hub lm-eval task's items are unknown here: no fingerprint (every one was the hash of an empty list)
+            details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items) if ts.items else None,
+                       "items": len(ts.items), "settings": settings(ts, spec, tok, model), "overlap": summary,
+                       "clean": clean, "device": plan.note, **extra}
             n = extra.get("n") or len(ts.items) or spec.limit  # lm-eval reports how many items it scored
             counts = _counts(ts, gens, range(len(gens))) if ts.kind == "qa" else {}
             rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v),

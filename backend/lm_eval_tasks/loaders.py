@@ -2,31 +2,89 @@
 
 lm-eval resolves `!function` next to the YAML file, so the data files are found from any working directory, and
 `datasets.Dataset.from_list` builds the splits in memory: no Hub access and no Arrow cache under ~/.cache.
+Every row is checked as it is read (_read): lm-eval scores whatever it is given.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
+REMAKE = "run .venv/bin/python -m backend.lm_eval_tasks.make_data"
+FINAL_ANSWER = re.compile(r"(?s).*#### -?[0-9][0-9.,]*")  # what the gsm8k metric and strict-match filter read
 
 
-def _splits(**files: str):
+def _mc_problem(row: dict) -> str | None:
+    choices, answer = row.get("choices"), row.get("answer")
+    if not isinstance(row.get("question"), str) or not row["question"].strip():
+        return "question must be non-empty text."
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        return "choices must be a list of at least two non-empty strings."
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return f"answer must be the index of the right choice, 0 to {len(choices) - 1}; got {answer!r}."
+    return None
+
+
+def _gsm8k_problem(row: dict) -> str | None:
+    if not isinstance(row.get("question"), str) or not row["question"].strip():
+        return "question must be non-empty text."
+    if not isinstance(row.get("answer"), str) or not FINAL_ANSWER.fullmatch(row["answer"].strip()):
+        return f"answer must be text ending in '#### n', n a number; got {row.get('answer')!r:.60}."
+    return None
+
+
+def _read(path: Path, check) -> list[dict]:
+    """The rows of one data file, each checked by `check` (what is wrong with a row, if anything). lm-eval scores
+    what it is given: a row without its answer index scored as wrong (acc 0.0 ± 0.0 over rows like it), and an
+    empty file failed with "IndexError: Invalid key: 0 is out of bounds for size 0", naming neither file nor fix."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {REMAKE}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path.name}, line {n}: not valid JSON ({REMAKE}).") from None
+        problem = check(row) if isinstance(row, dict) else f"expected an object; got {type(row).__name__}."
+        if problem:
+            raise ValueError(f"{path.name}, line {n}: {problem} ({REMAKE})")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path.name} has no rows: {REMAKE}")
+    return rows
+
+
+def _splits(check, **files: str):
     import datasets
 
-    out = {}
-    for split, name in files.items():
-        path = DATA / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run .venv/bin/python -m backend.lm_eval_tasks.make_data")
-        out[split] = datasets.Dataset.from_list([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
-    return datasets.DatasetDict(out)
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(_read(DATA / name, check))
+                                 for split, name in files.items()})
 
 
 def truthfulqa_mini(**_):  # lm-eval passes the task metadata as keyword arguments
-    return _splits(test="truthfulqa_mini.jsonl")
+    return _splits(_mc_problem, test="truthfulqa_mini.jsonl")
 
 
 def gsm8k_mini(**_):
-    return _splits(train="gsm8k_mini_fewshot.jsonl", test="gsm8k_mini_test.jsonl")
+    return _splits(_gsm8k_problem, train="gsm8k_mini_fewshot.jsonl", test="gsm8k_mini_test.jsonl")
+
+
+# task -> (row check, its test split's file): the rows lm-eval scores, in its order (its `limit` takes the first)
+TEST_FILES = {"dus_truthfulqa_mini": (_mc_problem, "truthfulqa_mini.jsonl"),
+              "dus_gsm8k_mini": (_gsm8k_problem, "gsm8k_mini_test.jsonl")}
+
+
+GENERATION_TASKS = {"dus_gsm8k_mini"}  # the local tasks that generate: the evaluation's token cap acts on them
+
+
+def test_rows(task: str) -> list[dict] | None:
+    """The checked test rows of a local task (None for any other name): the evaluation job fingerprints the items
+    it scores with them, and reads them before any model loads."""
+    if task not in TEST_FILES:
+        return None
+    check, name = TEST_FILES[task]
+    return _read(DATA / name, check)
