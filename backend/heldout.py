@@ -7,7 +7,7 @@ every training source through backend/data.py, and measures the n-gram overlap o
 the same measure the synthetic-math job uses against a benchmark (backend/synth/pipeline.py, ContaminationIndex),
 on both sides in one Unicode form (pipeline.canonical, which its words() apply). The built-in evaluation sets are
 disjoint from the built-in training sets by construction (data/make_builtin.py says how; tests/test_heldout.py
-checks it).
+checks it) as text; TEACHES names the one that asks what a training set teaches in other words.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ EVAL_BUILTIN = {  # name -> file under data/, made by data/make_builtin.py
     "qa-closed-book": "qa-closed-book.jsonl",  # qa default: answerable, unanswerable and math questions
 }
 NGRAM = 8  # words, as in the synthetic-math contamination check
+# Built-in evaluation sets that ask, in other words, what a built-in training set teaches: disjoint as text (no
+# 8-gram in common), not as knowledge. The closed-book probe's answerable items ask the capitals the facts corpus
+# states (by design: learned facts against invented ones), so a model trained on it answers what it was taught, and
+# the table says so (scoretable.overlap_note) where the n-gram check sees nothing.
+TEACHES = {"builtin-eval:qa-closed-book": ("builtin:facts-corpus", "its answerable items ask the capitals it states")}
 
 
 def eval_path(name: str) -> Path:

@@ -345,6 +345,28 @@ def cut_off_note(latest: dict, clean: bool = False) -> str:
             "would read low for a model that never finished; evaluate with a larger max_new_tokens.")
 
 
+def _lineage_sources_of(r: EvalScore) -> list[str]:
+    """The training sources the row's overlap check read, a saved mix's members too (a deleted mix: as named)."""
+    from backend import data
+
+    out = []
+    for src in ((r.details or {}).get("overlap") or {}).get("against") or []:
+        try:
+            out += [s for s, _ in data.expand([(src, 1.0)])]
+        except data.DataError:
+            out.append(src)
+    return out
+
+
+def taught(r: EvalScore) -> str | None:
+    """What a built-in training set in the row's lineage taught of the set it was scored on, in other words
+    (heldout.TEACHES), or None: the n-gram check cannot see it, so a ✓ alone said "held out"."""
+    from backend.heldout import TEACHES
+
+    teacher = TEACHES.get((r.details or {}).get("source"))
+    return f"{teacher[0]} ({teacher[1]})" if teacher and teacher[0] in _lineage_sources_of(r) else None
+
+
 def overlap_note(primary: dict) -> str:
     """What the training-overlap columns show, and what a task without one means: the column is only there for a
     task where some model's items overlap or could not be checked, so a promised ✓ never showed on a clean task."""
@@ -359,10 +381,18 @@ def overlap_note(primary: dict) -> str:
     nothing = [t for t in by_task if t not in shown and t not in unchecked
                and not any(((r.details or {}).get("overlap") or {}).get("against") for r in by_task[t])]
     clean = [t for t in by_task if t not in shown and t not in unchecked and t not in nothing]
+    taught_by = {t: sorted({m for (m, task), r in primary.items() if task == t and taught(r)}) for t in by_task}
+    teachers = {t: next(taught(r) for (_, task), r in primary.items() if task == t and taught(r))
+                for t, models in taught_by.items() if models}
     parts = [f"training-overlap column for {', '.join(shown)}: ⚠ share of items over the threshold, ✓ none, ? unknown "
              "(a training set of the lineage could not be read, such as a deleted data set), — not checked"
              ] if shown else []
-    parts += [f"{', '.join(clean)}: no item overlaps any model's training data (✓, so no column)"] if clean else []
+    clean_words = [t for t in clean if t not in teachers]
+    parts += [f"{', '.join(clean_words)}: no item overlaps any model's training data (✓, so no column)"
+              ] if clean_words else []
+    parts += [f"{t}: no 8-gram in common with the training data, but {teachers[t]} teaches it in other words, and "
+              f"{', '.join(taught_by[t])} trained on it: their score there is of what they were taught, not held "
+              "out" for t in teachers]
     parts += [f"{', '.join(nothing)}: nothing to check against, as no model's lineage has training data recorded "
               "here (a base model's pretraining data is not known)"] if nothing else []
     parts += [f"{', '.join(unchecked)}: not checked for some model (lm-eval tasks, or scores from before the check)"

@@ -1,0 +1,40 @@
+"""The closed-book probe asks, in other words, what the facts corpus teaches: no 8-gram in common, so the overlap
+check called it clean (✓) for a model trained on that corpus. The table now says whose score there is of what they
+were taught (heldout.TEACHES, scoretable.overlap_note)."""
+
+from __future__ import annotations
+
+from backend import evaluate, heldout, registry, scoretable
+from backend.specs import EvalSpec
+
+
+def test_a_model_taught_the_probes_facts_is_named_in_the_overlap_note(tiny_llama):
+    registry.import_folder(tiny_llama, "base")
+    registry.register(tiny_llama, "taught", "trained", parents=["base"],
+                      recipe={"kind": "cpt", "data": [{"source": "builtin:facts-corpus", "weight": 1.0}]})
+    registry.register(tiny_llama, "other", "trained", parents=["base"],
+                      recipe={"kind": "sft", "data": [{"source": "builtin:alpaca-mini", "weight": 1.0}]})
+    evaluate.run_eval(EvalSpec(models=["taught", "other"], tasks=["qa"], limit=6, max_new_tokens=8))
+    latest = scoretable.latest_scores()
+    primary = scoretable.headline(latest)
+    rows = {m: r for (m, t), r in primary.items() if t == "qa"}
+    assert rows["taught"].overlap_share == 0.0  # the n-gram check sees nothing, as before
+    assert scoretable.taught(rows["taught"]) == "builtin:facts-corpus (its answerable items ask the capitals it states)"
+    assert scoretable.taught(rows["other"]) is None
+    note = scoretable.overlap_note(primary)
+    assert ("qa: no 8-gram in common with the training data, but builtin:facts-corpus (its answerable items ask the "
+            "capitals it states) teaches it in other words, and taught trained on it: their score there is of what "
+            "they were taught, not held out") in note
+    assert "qa: no item overlaps" not in note
+
+
+def test_the_probe_really_asks_what_the_corpus_states():
+    """TEACHES is a claim about the files: every answerable item's answer is a capital the corpus names with its
+    country."""
+    import json
+
+    corpus = heldout.DATA_DIR.joinpath("facts-corpus.txt").read_text()
+    items = [json.loads(x) for x in heldout.eval_path("qa-closed-book").read_text().splitlines() if x.strip()]
+    answerable = [it for it in items if it["kind"] == "answerable"]
+    assert answerable and all(f"is {it['answers'][0]}." in corpus for it in answerable)
+    assert set(heldout.TEACHES) == {"builtin-eval:qa-closed-book"}
