@@ -176,12 +176,23 @@ def check_memory(spec: _TrainSpec, folder: Path) -> None:
         raise TrainingError(f"{refusal} Set memory_check: false (--no-memory-check) to launch anyway.")
 
 
+def _state_readable(checkpoint: Path) -> bool:
+    """Whether the checkpoint's trainer_state.json (written last) is there and whole: a machine that went down
+    while saving can leave it empty or cut, and transformers' resume then fails on it at every retry."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints in step order, keeping only complete ones: a process killed while saving leaves a folder
-    without trainer_state.json (written last), which cannot be resumed from; such a folder is removed."""
+    """Checkpoints (checkpoint-N, as the trainer names them) in step order, keeping only complete ones: a process
+    killed while saving leaves a folder without a readable trainer_state.json, which cannot be resumed from; such a
+    folder is removed, so the resume starts from the checkpoint before it. Other folders are left alone."""
     out = []
-    for p in sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-        if (p / "trainer_state.json").exists():
+    found = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    for p in sorted(found, key=lambda p: int(p.name.split("-")[1])):
+        if _state_readable(p):
             out.append(p)
         else:
             shutil.rmtree(p, ignore_errors=True)

@@ -39,28 +39,34 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
 
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
+    name, recipe = spec.name or spec.default_name(), spec.model_dump(mode="json")
+    spec = without_base(spec)
     refs = list(spec.models) + ([spec.base] if spec.base else [])
     folders, names = [], []
     for r in refs:
-        folder, name = registry.resolve(r)
+        folder, name_r = registry.resolve(r)
         folders.append(folder)
-        names.append(name or str(folder))
+        names.append(name_r or str(folder))
     infos = [inspect_model(f) for f in folders]
     check_mergeable(infos, names)
-    name = spec.name or spec.default_name()
     first = infos[0]
-    out_st = {"auto": first.dtype, "float32": "F32", "bfloat16": "BF16", "float16": "F16"}[spec.dtype]
-    bad = sorted({ref.dtype for ref in first.tensors.values()} - set(TORCH_DTYPES)) + \
-        ([out_st] if out_st not in TORCH_DTYPES else [])
+    bad = sorted({ref.dtype for ref in first.tensors.values()} - set(TORCH_DTYPES))
     if bad:
         raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
-    out_dtype = TORCH_DTYPES[out_st]
+    chosen = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}.get(spec.dtype)
+
+    def out_of(ref) -> str:
+        """A tensor's output dtype: the chosen one, else (auto) its own, as mergekit with no dtype keeps each
+        tensor's: a checkpoint that keeps its norms in float32 beside bfloat16 matrices keeps them so."""
+        return chosen or ref.dtype
+
+    out_dtype = TORCH_DTYPES[chosen or first.dtype]  # config.json's dtype: the chosen one, else the most common
     reader = Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
     tally = SlerpTally()
-    tensors = [OutTensor(tname, out_st, ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[out_st], None,
-                         make=producer(spec, tname, infos, reader, base, out_dtype,
-                                       tensor_t(spec, tname, first) if spec.method == "slerp" else None, tally))
+    tensors = [OutTensor(tname, out_of(ref), ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[out_of(ref)],
+                         None, make=producer(spec, tname, infos, reader, base, TORCH_DTYPES[out_of(ref)],
+                                             tensor_t(spec, tname, first) if spec.method == "slerp" else None, tally))
                for tname, ref in first.tensors.items()]
     out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
     progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
@@ -83,10 +89,26 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     finally:
         reader.close()
     rec = register_output(out_dir, name, "merged", parents=list(dict.fromkeys(names)), source=spec.method,
-                          recipe=spec.model_dump(mode="json"))
+                          recipe=recipe)
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
     return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)} | ({"slerp": slerp} if slerp else {})
+
+
+def without_base(spec: MergeSpec) -> MergeSpec:
+    """The spec without the models that are its base (and their weights): mergekit takes the base's task vector to
+    be none and leaves it out (a TensorGroup's non_base entries), so its weight counts in no normalization — listed
+    with normalize on, it halved the merge's step away from the base. Models that are all the base are refused."""
+    if not spec.base:
+        return spec
+    base = registry.resolve(spec.base)[0].resolve()
+    keep = [i for i, m in enumerate(spec.models) if registry.resolve(m)[0].resolve() != base]
+    if not keep:
+        raise MergeError(f"every model to merge is the base {spec.base}: there is no task vector to add.")
+    if len(keep) == len(spec.models):
+        return spec
+    return spec.model_copy(update={"models": [spec.models[i] for i in keep],
+                                   "weights": [spec.weights[i] for i in keep] if spec.weights else None})
 
 
 def model_card(spec: MergeSpec, name: str, names: list[str], slerp: str | None) -> str:

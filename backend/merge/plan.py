@@ -30,12 +30,12 @@ def schedule_value(value: float | list[float], frac: float) -> float:
 
 
 def tensor_t(spec: MergeSpec, name: str, info: ModelInfo) -> float:
-    """t for one tensor: the first filter whose key occurs in its name, else the default; evaluated at the tensor's
-    depth, as mergekit does: layer i of n at i/(n-1) (a single layer at 1), every other tensor (embeddings, final
-    norm, head) at 0."""
+    """t for one tensor: the first filter whose key occurs in its name (or is "*", which mergekit matches with every
+    tensor), else the default; evaluated at the tensor's depth, as mergekit 0.1.5 does: layer i of n at i/(n-1) (a
+    single layer at 1), every other tensor (embeddings, final norm, head) at 0."""
     m = re.match(rf"^{re.escape(info.layer_prefix)}\.(\d+)\.", name)
     frac = (int(m[1]) / (info.num_layers - 1) if info.num_layers > 1 else 1.0) if m else 0.0
-    value = next((v for key, v in spec.filters.items() if key in name), spec.t)
+    value = next((v for key, v in spec.filters.items() if key == "*" or key in name), spec.t)
     return schedule_value(value, frac)
 
 

@@ -84,6 +84,9 @@ def format_number(value: Fraction) -> str:
         d //= 2
     while d % 5 == 0:
         d //= 5
-    if d == 1 and value.denominator <= 10_000:
-        return f"{float(value):.4f}".rstrip("0")
+    if d == 1 and value.denominator <= 10_000:  # exact: 1/32 is 0.03125, not 0.0312 (a float to 4 places)
+        places = value.denominator.bit_length()  # ≥ a and ≥ b of 2^a·5^b: 10^places is a multiple of it
+        whole = abs(value.numerator) * 10 ** places // value.denominator
+        text = f"{whole // 10 ** places}.{whole % 10 ** places:0{places}d}".rstrip("0")
+        return ("-" if value < 0 else "") + text
     return f"{value.numerator}/{value.denominator}"

@@ -18,9 +18,11 @@ import os
 import re
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Protocol
 
 from backend.openai_compat import chat_completion
+from backend.synth.answers import format_number
 from backend.synth.seeds import Seed
 
 PROMPT = ("Rephrase the following math problem and its worked solution in your own words. Keep every number, "
@@ -49,6 +51,32 @@ def parse_reply(text: str) -> tuple[str, str]:
         raise RephraseError("the reply is not in the QUESTION: … SOLUTION: … format; it began: "
                             + (repr(said[:300]) + ("…" if len(said) > 300 else "") if said else "(empty)"))
     return m["q"].strip(), m["s"].strip()
+
+
+_QUESTION_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[Fraction]:
+    return {Fraction(x.replace(",", "")) for x in _QUESTION_NUMBER.findall(text)}
+
+
+def check_question(seed: Seed, question: str) -> None:
+    """Refuse a rephrased question that holds a number its seed's question does not: verification compares only
+    the final answers, so a model that wrote $999 for $10 and kept the answer made a verified pair whose answer does
+    not fit its question. A number written out in words or left out is no new number ("2 pencils" may become "two
+    pencils"); 1,000 = 1000 and 12.50 = 12.5."""
+    new = sorted(_numbers(question) - _numbers(seed.question))
+    if new:
+        said = ", ".join(format_number(x) for x in new)
+        raise RephraseError(f"the rephrased question has {said}, which the original does not: a changed number "
+                            "changes the answer.")
+
+
+def parse_checked(seed: Seed, text: str) -> tuple[str, str]:
+    """parse_reply, then check_question: a model's rephrasing of `seed`."""
+    question, solution = parse_reply(text)
+    check_question(seed, question)
+    return question, solution
 
 
 # ---------------------------------------------------------------- rules
@@ -156,9 +184,9 @@ class ModelRephraser:
             out = model.generate(**batch, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         results: list[tuple[str, str] | Exception] = []
-        for text in texts:
+        for seed, text in zip(seeds, texts):
             try:
-                results.append(parse_reply(text))
+                results.append(parse_checked(seed, text))
             except RephraseError as exc:
                 results.append(exc)
         return results
@@ -177,9 +205,10 @@ class OpenAIRephraser:
 
     def _one(self, seed: Seed) -> tuple[str, str] | Exception:
         try:
-            return parse_reply(chat_completion(self.base_url, self.model,
-                                               PROMPT.format(question=seed.question, solution=seed.solution),
-                                               key=self.key, temperature=self.temperature, timeout=self.timeout))
+            reply = chat_completion(self.base_url, self.model, PROMPT.format(question=seed.question,
+                                                                             solution=seed.solution),
+                                    key=self.key, temperature=self.temperature, timeout=self.timeout)
+            return parse_checked(seed, reply)
         except urllib.error.HTTPError as exc:
             return RephraseError(f"HTTP {exc.code} from {self.base_url}: {exc.read()[:200]!r}")
         except (urllib.error.URLError, TimeoutError, OSError) as exc:

@@ -24,6 +24,9 @@ CATEGORIES = ("arithmetic", "fractions_percentages", "linear_equations", "rate",
               "counting")
 
 
+REPEATS_TO_GIVE_UP = 1000  # generate(): repeats in a row after which a category and level counts as spent
+
+
 class SeedError(ValueError):
     pass
 
@@ -174,7 +177,8 @@ GENERATORS: dict[str, Callable] = {"arithmetic": _arithmetic, "fractions_percent
 
 
 def generate(n: int, seed: int = 0, categories: list[str] | None = None, levels: list[int] | None = None) -> list[Seed]:
-    """`n` problems, the same for the same arguments; categories and levels cycle so every one is covered."""
+    """`n` distinct problems, the same for the same arguments; categories and levels cycle so every one is
+    covered."""
     cats = categories or list(CATEGORIES)
     lv = levels or [1, 2, 3]
     bad = [c for c in cats if c not in GENERATORS]
@@ -182,12 +186,30 @@ def generate(n: int, seed: int = 0, categories: list[str] | None = None, levels:
         raise SeedError(f"Unknown categories {bad}; choose from {', '.join(CATEGORIES)}.")
     if any(level not in (1, 2, 3) for level in lv):
         raise SeedError("levels are 1, 2 or 3.")
-    out = []
-    for i in range(n):
-        rng = random.Random(f"{seed}-{i}")
+    out: list[Seed] = []
+    seen: set[str] = set()
+    # Each problem once: a category and level draws from a small space (7 people in a line, a 6-8-10 triangle), so
+    # 1000 draws held 213 repeats, the same pair trained on several times. A repeat is skipped and drawing goes on
+    # (the problems before it stay as they were); a category and level that gave REPEATS_TO_GIVE_UP repeats in a
+    # row is spent and passed over, and a choice too narrow for n distinct problems is refused.
+    cells = [(c, level) for level in lv for c in cats]
+    repeats = dict.fromkeys(cells, 0)
+    i = 0
+    while len(out) < n:
         cat, level = cats[i % len(cats)], lv[(i // len(cats)) % len(lv)]
-        question, (solution, answer) = GENERATORS[cat](rng, level)
-        out.append(Seed(f"gen-{seed}-{i}", cat, level, question, solution, answer))
+        if repeats[cat, level] < REPEATS_TO_GIVE_UP:
+            rng = random.Random(f"{seed}-{i}")
+            question, (solution, answer) = GENERATORS[cat](rng, level)
+            if question in seen:
+                repeats[cat, level] += 1
+            else:
+                repeats[cat, level] = 0
+                seen.add(question)
+                out.append(Seed(f"gen-{seed}-{i}", cat, level, question, solution, answer))
+        elif min(repeats.values()) >= REPEATS_TO_GIVE_UP:
+            raise SeedError(f"The chosen categories and levels give only {len(out)} distinct problems, not {n}: "
+                            "add categories or levels, or ask for fewer seeds.")
+        i += 1
     return out
 
 
@@ -276,7 +298,11 @@ def load_seeds(source: str, n: int | None = None, seed: int = 0, categories=None
     rows = read_records(Path(source), label)
     first = rows[0][1] if rows else {}
     load = import_math if isinstance(first, dict) and "problem" in first else import_gsm8k
-    seeds = load(Path(source), label)
+    # a problem the file holds twice (the same id: a hash of its text) is one seed, not two identical pairs
+    unique: dict[str, Seed] = {}
+    for s in load(Path(source), label):
+        unique.setdefault(s.id, s)
+    seeds = list(unique.values())
     if levels:
         seeds = [s for s in seeds if s.level in levels]
     return seeds[:n] if n else seeds
