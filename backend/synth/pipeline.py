@@ -33,7 +33,7 @@ from sqlmodel import func, select
 from backend.names import check_name, inside
 from backend.specs import SynthMathSpec
 from backend.synth.answers import extract_answer, same_answer
-from backend.synth.rephrase import cache_key, make_rephraser
+from backend.synth.rephrase import RephraseError, cache_key, check_question, make_rephraser
 from backend.synth.seeds import Seed, SeedError, load_seeds, read_records
 from storage import db
 from storage.models import DatasetRecord, SynthPair
@@ -717,7 +717,11 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
         if "error" in row:
             status, reason, found = "failed", f"rephraser error: {row['error']}", ""
         else:
-            status, reason, found = verify(seed, new_s)
+            try:  # a cached rephrasing too (a cache written before the rephrasers checked their questions)
+                check_question(seed, new_q)
+                status, reason, found = verify(seed, new_s)
+            except RephraseError as exc:
+                status, reason, found = "failed", f"rephraser error: {exc}", ""
         overlap = max(bench.overlap(seed.question), bench.overlap(new_q)) if bench else 0.0
         if status == "verified" and bench and overlap >= spec.overlap_threshold:
             status, reason = "flagged", f"{overlap:.0%} of its {spec.ngram}-grams appear in the benchmark"
