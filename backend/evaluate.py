@@ -417,12 +417,14 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
     return res.scores, [], None, [], {"n": res.n, "lm_eval": res.details}
 
 
-def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
+def settings(ts: TaskSet, spec: EvalSpec, tok, model, batch: int | None = None) -> dict:
     """How a task was run, stored beside its items' fingerprint so a score can be redone and two scores on the same
     items told apart: another token limit, number of samples or prompt format is another measurement (a reply a
     16-token cap cuts off is no answer; with 256 it may be right). The prompt format is the tokenizer's chat
     template (its sha256, as backend/chat.py build_prompt applies it) or, without one, build_prompt's transcript;
-    `generation_config` the model's own decoding settings that act beside ours (decoding_extras)."""
+    `generation_config` the model's own decoding settings that act beside ours (decoding_extras). Sampled answers
+    also depend on the generation `batch` (generate seeds once per call and batches by length: the same seed drew
+    other answers for all 8 items at batch 1 and at batch 8), so samples record it."""
     from backend.chat import build_prompt
 
     out: dict = {"limit": spec.limit}
@@ -443,7 +445,7 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model) -> dict:
     out["prompt"] = _after_specials(tok, build_prompt(tok, [{"role": "user", "content": "?"}]), out["prompt"])
     out |= {"max_new_tokens": spec.max_new_tokens, "decoding": "greedy", "generation_config": decoding_extras(model)}
     if ts.kind != "qa" and spec.samples > 1:  # qa_task draws no samples; answer_task's are seeded 1 to k - 1
-        out |= {"samples": spec.samples, "sampling": SAMPLING}
+        out |= {"samples": spec.samples, "sampling": SAMPLING, "batch": batch}
     return out
 
 
@@ -603,8 +605,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
                 clean = {**scores, **_counts(ts, gens, range(len(overlaps)))}
             # a Hub lm-eval task's items are unknown here: no fingerprint (every one was the hash of an empty list)
             details = {"source": ts.source, "fingerprint": heldout.fingerprint(ts.items) if ts.items else None,
-                       "items": len(ts.items), "settings": settings(ts, spec, tok, model), "overlap": summary,
-                       "clean": clean, "device": plan.note, **extra}
+                       "items": len(ts.items), "settings": settings(ts, spec, tok, model, plan.batch_size),
+                       "overlap": summary, "clean": clean, "device": plan.note, **extra}
             n = extra.get("n") or len(ts.items) or spec.limit  # lm-eval reports how many items it scored
             counts = _counts(ts, gens, range(len(gens))) if ts.kind == "qa" else {}
             rows = [EvalScore(job_id=job_id, model=model_name, task=ts.task, metric=metric, value=float(v),

@@ -109,7 +109,7 @@ def test_each_score_records_how_it_was_run(tiny_llama, tmp_path):
     template = (tiny_llama / "chat_template.jinja").read_text()
     digest = hashlib.sha256(template.encode()).hexdigest()[:16]
     math = {"limit": 2, "max_new_tokens": 8, "decoding": "greedy", "samples": 2,
-            "sampling": {"temperature": 0.8, "top_p": 0.95}}
+            "sampling": {"temperature": 0.8, "top_p": 0.95}, "batch": 8}
     assert got[("chat", "synth-math")] == {**math, "prompt": f"chat template sha256:{digest}",
                                            "generation_config": {}}
     # do_sample and temperature are generate()'s to set; the penalty acts on the "greedy" answers: said so
