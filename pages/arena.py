@@ -24,6 +24,14 @@ if len(names) < 2:
     st.info("Register at least two models (for example the built-in one and a model up-scaled from it).")
     st.stop()
 
+# a model chosen here and deleted since (another tab, the CLI) dropped out of the choice without a word: the next
+# prompt then said only "Choose at least two models", or went to the models left
+chosen_before = st.session_state.get("arena_models") or []
+if gone := [m for m in chosen_before if m not in names]:
+    st.session_state["arena_models"] = [m for m in chosen_before if m in names]
+    st.warning(f"{', '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted since you chose "
+               f"{'it' if len(gone) == 1 else 'them'} (in another tab or from the command line), and "
+               f"{'is' if len(gone) == 1 else 'are'} left out of the next round.")
 models = st.multiselect("Models (2–4)", names, default=names[-2:], max_selections=4, key="arena_models")
 c1, c2, c3, c4 = st.columns(4)
 max_new = c1.slider("Max new tokens", 8, 512, 96, key="arena_max_new")
@@ -34,12 +42,23 @@ show_names = c4.toggle("Show names", key="arena_show_names",
                             "blind, so the leaderboard leaves them out.")
 
 
-def run_round(prompt: str, chosen: list[str]) -> int:
+def run_round(prompt: str, chosen: list[str]) -> int | None:
     """Generate with every model at once, shown in a fresh random order; the script thread only redraws what the
-    generation threads wrote."""
+    generation threads wrote. None, with the reason on the page, when a model is gone or cannot be loaded."""
+    # Regenerate reruns the round's models: one deleted since raised AttributeError ('NoneType' … 'path') as a
+    # traceback, and a folder removed under a registered model raised from the loader
+    recs = {m: registry.get(m) for m in chosen}
+    if gone := [m for m, r in recs.items() if r is None]:
+        st.error(f"Not run: {', '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted since (another tab or "
+                 "the command line). Choose the models again above and send the prompt.")
+        return None
+    try:
+        lms = {m: cached_model(r.path, m) for m, r in recs.items()}
+    except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
+        st.error(f"Not run: a model cannot be loaded: {exc}")
+        return None
     order = arena.shuffle_positions(chosen)
     shown = dict(zip(order, arena.labels(len(order))))
-    lms = {m: cached_model(registry.get(m).path, m) for m in order}
     live = answer_all(lms, [{"role": "user", "content": prompt}], max_new_tokens=max_new, temperature=temperature,
                       top_p=top_p)
     boxes = {m: col.empty() for m, col in zip(order, st.columns(len(order)))}
@@ -71,8 +90,9 @@ def board_table(board: list[dict]) -> pd.DataFrame:
 
 prompt = st.chat_input("One prompt for every model…", key="arena_prompt")
 if prompt and len(models) >= 2:
-    st.session_state["arena_round"] = run_round(prompt, models)
-    st.rerun()
+    if (made := run_round(prompt, models)) is not None:
+        st.session_state["arena_round"] = made
+        st.rerun()
 elif prompt:
     st.warning("Choose at least two models.")
 
@@ -106,8 +126,8 @@ if round_id:
             flagged = st.checkbox("hallucination", value=a.get("hallucination", False), key=f"flag_{round_id}_{m}")
             if flagged != a.get("hallucination", False):
                 arena.flag_hallucination(round_id, m, flagged)
-    if st.button("Regenerate", key="regenerate"):
-        st.session_state["arena_round"] = run_round(t.prompt, order)
+    if st.button("Regenerate", key="regenerate") and (made := run_round(t.prompt, order)) is not None:
+        st.session_state["arena_round"] = made
         st.rerun()
     if voted:
         st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))

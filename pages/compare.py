@@ -89,11 +89,28 @@ def merge_defaults(recs: list) -> list[str]:
     and after a merge those were the merge and one of its own candidates (a merge of a model with itself, in part),
     or models of two depths, which the merge refuses."""
     newest = recs[::-1]
+    made_from = ancestry(recs)
     for i, a in enumerate(newest):
         for b in newest[i + 1:]:
-            if a.num_layers == b.num_layers and a.name not in (b.parents or []) and b.name not in (a.parents or []):
+            # any ancestor, not only a parent: after cpt → sft → merge, the cpt model and the merge were offered
+            if a.num_layers == b.num_layers and a.name not in made_from[b.name] and b.name not in made_from[a.name]:
                 return [b.name, a.name]
     return [r.name for r in recs[-2:]]
+
+
+def ancestry(recs: list) -> dict[str, set[str]]:
+    """Every model's ancestors (parents, their parents, …) among the records."""
+    parents = {r.name: list(r.parents or []) for r in recs}
+    out: dict[str, set[str]] = {}
+    for name in parents:
+        seen, todo = set(), list(parents[name])
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(parents.get(p, []))
+        out[name] = seen
+    return out
 
 
 with st.expander("Merge candidates"):
@@ -132,6 +149,11 @@ with st.expander("Merge candidates"):
                                           key=f"merge_normalize_{method}",
                                           help="mergekit's default: on for average (linear) and ties")
     mspec = None
+    lineage_of = ancestry(model_records)
+    related = [(a, b) for a in cands for b in cands if b in lineage_of.get(a, set())]
+    if related:  # allowed (a model with its own ancestor), but rarely meant: SOLAR merges two sibling candidates
+        st.warning("; ".join(f"{a} is made from {b}" for a, b in related) + ": this merge mixes a model with its "
+                   "own ancestor. SOLAR merges candidates trained side by side from one model.")
     if len(cands) < 2:  # not an error yet: the user has not chosen (with one model registered, cannot)
         st.info("Choose two candidates to merge" + ("." if len(names) >= 2 else
                                                    ": only one model is registered — train or import another."))
@@ -312,6 +334,13 @@ if merged:
             if note := slerp_note(mrec.path):
                 st.caption(note)
         score_table(view, f"merge_view_{mrec.name}")
+        # a candidate with no scores was simply absent: "beside the candidates it was made from" showed the merge
+        # beside one of its two, and nothing said the other was never evaluated (or is gone)
+        unscored = [p for p in mrec.parents if p not in set(view["model"])]
+        if unscored:
+            st.caption("Not in this table: " + "; ".join(
+                f"`{p}` (deleted)" if p not in records else f"`{p}`, no scores yet (Evaluate above)"
+                for p in unscored) + ".")
 
 # the table's own scores, errors and item counts (the clean ones with the toggle): the bars had drawn the stored
 # scores under a table of clean ones

@@ -127,7 +127,16 @@ def layer_map_figure(plan) -> go.Figure:
               for i, sl in enumerate(plan.slots)]
     _cells(fig, result, colors, texts, hovers)
     rows.append(result)
-    fig.update_layout(barmode="overlay", height=90 + 55 * len(rows), margin=dict(l=10, r=10, t=30, b=30),
+    # what the colours mean, on the chart: green cells (LLaMA Pro) and grey ones had no legend, and hover is the
+    # only way to learn that a green "+5" is a new block that changes nothing until trained
+    key = "grey: layers that row leaves out" if DROPPED in {c for t in fig.data for c in t.marker.color} else ""
+    if any(sl.identity for sl in plan.slots):
+        key += ("; " if key else "") + ("green: added identity block (a copy of the layer before it, o_proj "
+                                        "and down_proj zeroed: it changes nothing until trained)")
+    fig.update_layout(barmode="overlay", height=90 + 55 * len(rows) + (20 if key else 0),
+                      margin=dict(l=10, r=10, t=50 if key else 30, b=30),
+                      title=dict(text=f"<sup>{key}</sup>" if key else None, x=0, xanchor="left",
+                                 font=dict(size=13)),
                       xaxis=dict(title="layer position", range=[0, max(plan.s, plan.n)], dtick=4),
                       yaxis=dict(categoryorder="array", categoryarray=list(reversed(rows))),
                       uniformtext=dict(minsize=6, mode="show"))

@@ -44,13 +44,16 @@ def job_table() -> None:
         # fitted to a 1280 px window (820 px of table beside the sidebar; at 1400 px "seconds" fell off a 1280 one),
         # id pinned: long names and messages are cut in their cells (the job list and status box below the table
         # show them whole), so "created" and "seconds" stay in view
-        column_config={"id": col.NumberColumn(pinned=True, width=40), "kind": col.TextColumn(width=60),
-                       "output": col.TextColumn(width=200, help="the model or data set the job makes (whole in "
+        # output: 28 characters of a name cut by short_name are up to ~200 px of text; at 200 px its last letter
+        # fell off ("SmolLM2-135M-…uct-dus-m8-cp" for …-cpt: a name that does not exist), as "synth-math" did in
+        # a 60 px kind ("synth-ma"); the message, cut anyway, gives them the room
+        column_config={"id": col.NumberColumn(pinned=True, width=40), "kind": col.TextColumn(width=80),
+                       "output": col.TextColumn(width=212, help="the model or data set the job makes (whole in "
                                                                 "the job list below)"),
                        "status": col.TextColumn(width=80),
-                       "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=75),
-                       "message": col.TextColumn(width=195, help="select the job below to read it whole"),
-                       "created": col.TextColumn(width=100), "seconds": col.NumberColumn(width=60)})
+                       "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=70),
+                       "message": col.TextColumn(width=180, help="select the job below to read it whole"),
+                       "created": col.TextColumn(width=98), "seconds": col.NumberColumn(width=60)})
 
 
 job_table()

@@ -63,23 +63,39 @@ def push_control(rec) -> None:
     repo = st.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
                          placeholder=f"your-name/{rec.name}")
     private = st.checkbox("Private repo", key=f"push_private_{rec.name}", help="if the repo is made by this push")
-    if st.toggle("Preview the model card", key=f"push_card_{rec.name}"):
-        _, meta, body = hubpush.model_card(rec.name, repo or f"your-name/{rec.name}").split("---\n", 2)
-        st.code(meta, language="yaml")  # the Hub's metadata: as Markdown its lines ran together
-        st.markdown(re.sub(r"^(#{1,3}) ", r"###\1 ", body, flags=re.M))  # its headings, smaller in this column
     spec = None
     if repo:
         try:
             spec = PushSpec(model=rec.name, repo=repo, private=private)
         except ValidationError as exc:
             st.error(explain(exc))
-    if st.button("Push", key=f"push_{rec.name}", disabled=spec is None):
+    # the button, why it is off and the job's outcome under the repo box they belong to: below the preview (a card
+    # of 2,500 px with its spec) a refused repo name, the greyed Push and the push's failure sat out of sight
+    if st.button("Push", key=f"push_{rec.name}", disabled=spec is None,
+                 help=None if spec else "Type the Hub repo (owner/name) first."):
         submit(spec, f"push_job_{rec.name}")
     if f"push_job_{rec.name}" in st.session_state:
         job_status(st.session_state[f"push_job_{rec.name}"])
+    if st.toggle("Preview the model card", key=f"push_card_{rec.name}"):
+        # a refused repo id (above) is no title for the card: "not a repo!!" headed the preview
+        _, meta, body = hubpush.model_card(rec.name, spec.repo if spec else f"your-name/{rec.name}").split("---\n", 2)
+        with st.container(height=480, key=f"push_card_box_{rec.name}"):  # scrolls in place, the form stays in view
+            st.code(meta, language="yaml")  # the Hub's metadata: as Markdown its lines ran together
+            st.markdown(re.sub(r"^(#{1,3}) ", r"###\1 ", body, flags=re.M))  # its headings, smaller in this column
 
 
 names = [r.name for r in models]
+# the model this page showed on its last run, deleted since (another tab, the CLI): the picker fell back to the
+# newest model without a word, and a question typed to the deleted one went to that other model
+vanished = st.session_state.get("model")
+vanished = None if vanished is None or vanished in names else vanished
+if vanished:
+    del st.session_state["model"]
+    if st.session_state.pop("_deleted_here", None) == vanished:
+        st.success(f"Deleted {vanished}.")
+    else:
+        st.warning(f"{vanished} was deleted since this page showed it (in another tab or from the command line); "
+                   f"now showing {names[-1]}.")
 chosen = st.selectbox("Model", names, index=len(names) - 1, key="model")
 rec = registry.get(chosen)
 info, chat = st.columns([2, 3])
@@ -136,6 +152,7 @@ with info:
         sure = st.checkbox(label, key="confirm_delete")
         if st.button("Delete", disabled=not sure, key="delete"):
             registry.delete(rec.name, force=True)  # the checkbox above named the dependants
+            st.session_state["_deleted_here"] = rec.name  # said as done, not as a deletion from elsewhere
             st.session_state.pop("_confirm_delete_for", None)  # the same name imported again starts unticked
             st.session_state.pop("chat", None)
             st.rerun()
@@ -152,6 +169,10 @@ with chat:
     for msg in history:
         box.chat_message(msg["role"]).write(msg["content"])
     prompt = st.chat_input(f"Ask {rec.name}…", key="chat_input")
+    if prompt and vanished:  # typed to the deleted model: not sent to the one shown in its place
+        st.warning(f"Not sent: {vanished}, the model it was typed to, is gone. Ask {rec.name} again if you mean "
+                   "it.")
+        prompt = None
     if prompt:
         history.append({"role": "user", "content": prompt})
         box.chat_message("user").write(prompt)

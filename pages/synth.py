@@ -77,6 +77,20 @@ def free_synth_name(base: str = "synth-math") -> str:
     return base
 
 
+def stale_exports(rec) -> list[tuple]:
+    """The Instruct / Alignment sets exported from these pairs whose row count is not what an export would write
+    now (pairs rejected or restored by hand since), each with that count."""
+    out = []
+    for k in ("instruct", "alignment"):
+        d = pipeline.get_dataset(f"{rec.name.removesuffix('-pairs')}-{k}")
+        if d is None or d.provenance.get("pairs") != rec.name:
+            continue
+        now = pipeline.length_gap(rec.id, bool(d.provenance.get("include_flagged")))["pairs"]
+        if now != d.rows:
+            out.append((d, now))
+    return out
+
+
 def delete_control() -> None:
     """Delete any registered data set (pipeline.delete_dataset), as the Models page deletes a model: the models
     trained on it are named first and the tick confirms for this data set only; a job or mix still using it is
@@ -203,6 +217,18 @@ for col, (label, key) in zip(m, [("pairs", None), ("verified", "verified"), ("fa
     col.metric(label, rec.rows if key is None else tally.get(key, 0))
 st.caption(f"Rephraser `{rec.provenance.get('rephraser')}` · seeds `{rec.provenance['settings']['seeds']}` · "
            f"file `{rec.path}`")
+# a pair rejected by hand leaves the exported files as they were, and training reads those files: "rejected by
+# hand 1" stood above Synth. Math-Instruct / -Alignment that still held the pair, with nothing said
+stale = stale_exports(rec)
+if stale:
+    d, now = stale[0]
+    trained = sorted({m.name for x, _ in stale for m in pipeline.dataset_users(x.name, x.path)[1]})
+    st.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} hold {d.rows} pairs: exported before the latest "
+               f"rejections (or undos) by hand, an export now would write {now}. Training reads the exported files: "
+               + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
+                  f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on them "
+                  "as they are, so they are not exported again (the Export tab says why); the rejections count for "
+                  "a new synthetic-math run under another name, or once those models are deleted."))
 
 tab_pairs, tab_lengths, tab_export, tab_mix = st.tabs(["Pairs", "Lengths", "Export", "Mixes"])
 
@@ -277,11 +303,15 @@ with tab_export:
     if st.button("Make Synth. Math-Instruct and Synth. Math-Alignment", type="primary", key="export"):
         try:
             out = pipeline.export(rec.name, include_flagged=inc)
-            st.success(f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
-                       f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / "
-                       f"`dataset:{out['alignment']}`.")
         except (ValueError, OSError) as exc:  # a name taken by another kind of data set, an unwritable folder
             st.error(f"Not exported: {exc}")
+        else:  # said after a rerun: the page's top, drawn before this click, still said the export was stale
+            st.session_state["_exported"] = (
+                f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
+                f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / `dataset:{out['alignment']}`.")
+            st.rerun()
+    if done := st.session_state.pop("_exported", None):
+        st.success(done)
     for d in [pipeline.get_dataset(f"{rec.name.removesuffix('-pairs')}-{k}") for k in ("instruct", "alignment")]:
         if d is None or not Path(d.path).exists():
             continue
