@@ -162,11 +162,11 @@ def test_a_source_is_read_once_not_on_every_rerun(tiny, tmp_path, monkeypatch):
     calls = []
     real = data.preview
 
-    def counted(source, kind, n=5):
+    def counted(source, kind, n=5, sample_by="line"):
         calls.append(source)
         if source == "someone/unreachable":
             raise data.DataError("Could not load 'someone/unreachable' from the Hugging Face Hub.")
-        return real(source, kind, n)
+        return real(source, kind, n, sample_by)
 
     monkeypatch.setattr(data, "preview", counted)
     at = app("train.py")

@@ -47,7 +47,7 @@ def test_queued_specs_hold_absolute_paths_from_the_users_directory(elsewhere, ti
     assert rc == 0, err
     spec = runner.get(1).spec
     al = str(elsewhere / "specs" / "al.jsonl")
-    assert spec["data"] == [{"source": al, "weight": 0.5}] and spec["eval_data"]["source"] == al
+    assert spec["data"] == [{"source": al, "weight": 0.5, "sample_by": "line"}] and spec["eval_data"]["source"] == al
     assert spec["out"] == str(elsewhere / "rel-out" / "q4")
     assert spec["accelerate_config"] == str(elsewhere / "specs" / "acc.yaml")
     assert f"source: {al}" in (elsewhere / "q4.yaml").read_text()  # the saved spec reruns from anywhere
