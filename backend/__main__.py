@@ -174,7 +174,9 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         _save_spec(spec, a)
     if a.queue or a.after:
         job = runner.submit(spec, after=a.after)
-        print(f"queued job {job.id} ({spec.kind}); a running worker picks it up (python -m backend worker)")
+        # what it will register: a merge --out FOLDER is registered under its spec's name, not the folder's
+        made = f" -> {name}" if (name := runner.planned_name(job)) else ""
+        print(f"queued job {job.id} ({spec.kind}{made}); a running worker picks it up (python -m backend worker)")
         return
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
                                 "is nothing to resume: run the command again (with --queue the worker runs it, and "

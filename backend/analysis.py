@@ -30,6 +30,15 @@ FEW_ITEMS = 20  # fewer shared items than this: the paired interval covers less 
 CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it stated an answer (backend/qa.py)
 CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
 RAISE_CAP = "evaluate again with a higher Max new tokens"  # the remedy, named as the evaluate form's field
+RAISE_LIMIT = "evaluate again with more Items per task"  # the remedy when even every item would be too few
+
+
+def _remedy(judged: int, left_out: int) -> str:
+    """What would give MIN_ITEMS items to judge: a higher token cap brings back at most the items it cut off, so
+    with fewer items in all ("4 of 8 left out") the advice to raise it alone could not work."""
+    if judged + left_out >= MIN_ITEMS:
+        return RAISE_CAP
+    return f"{RAISE_CAP} and {RAISE_LIMIT.removeprefix('evaluate again with ')} (only {judged + left_out} were scored)"
 OUTCOMES = ("hallucination", "correct")
 RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
 
@@ -406,7 +415,7 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
     if len(items) < MIN_ITEMS:
         if left_out["n"]:
             return {**out, "message": f"only {len(items)} items are left to judge ({left_out['message']}); the "
-                                      f"model needs at least {MIN_ITEMS}: {RAISE_CAP}."}
+                                      f"model needs at least {MIN_ITEMS}: {_remedy(len(items), left_out['n'])}."}
         return {**out, "message": f"only {len(items)} items were answered by every chosen model; the model needs "
                                   f"at least {MIN_ITEMS}."}
     rows = [r for per in items.values() for r in per.values()]
@@ -562,11 +571,11 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     if len(items) < MIN_ITEMS and left_out["n"]:
         remain = f"only {len(items)} remain" if items else "none remains"
         res["message"] = (f"No verdict: {left_out['message']}, so {remain} and a comparison needs at least "
-                          f"{MIN_ITEMS}; {RAISE_CAP}.")
+                          f"{MIN_ITEMS}; {_remedy(len(items), left_out['n'])}.")
         return {**res, "sentence": res["message"]}
     if len(items) < MIN_ITEMS:
         res["message"] = (f"{model_a} and {model_b} answered only {len(items)} of the same items; a comparison "
-                          f"needs at least {MIN_ITEMS}.")
+                          f"needs at least {MIN_ITEMS}: {RAISE_LIMIT}.")
         return {**res, "sentence": res["message"]}
     ra = [items[k][model_a] for k in sorted(items)]
     rb = [items[k][model_b] for k in sorted(items)]

@@ -667,7 +667,7 @@ def execute(job_id: int) -> int:
         spec = spec_from_dict(job.spec)
         result = work_function(job.kind)(spec, None, progress)
     except Exception as exc:
-        traceback.print_exc()
+        _log_failure(exc)
         _transition(job_id, "running", _of_pid=os.getpid(), status="failed", finished=utcnow(),
                     error=str(exc) or type(exc).__name__, message="failed")
         if (row := get(job_id)) is not None and row.status == "failed" and _left_out(row):  # every model left out,
@@ -688,6 +688,18 @@ def execute(job_id: int) -> int:
     if result.get("skipped") and (row := get(job_id)).kind == "eval":  # it left models out: one of the jobs it
         _requeue_if_waiting(row)  # waits for may have been resumed while it ran
     return 0
+
+
+def _log_failure(exc: Exception) -> None:
+    """A refusal of our own (an error class of backend/ or storage/ raised with its message, no cause behind it: no
+    token, a taken name, a malformed file) goes into the log as its message; anything else as its traceback. The log
+    of a push refused for want of a token held a page of runner and hubpush frames under the one line that said
+    what to do."""
+    behind = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if type(exc).__module__.startswith(("backend.", "storage.")) and behind is None and str(exc):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    else:
+        traceback.print_exc()
 
 
 def _requeue_if_waiting(job: Job) -> None:
