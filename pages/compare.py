@@ -195,8 +195,10 @@ with st.expander("Evaluate", expanded=False):
                              key="eval_models", help="Preselected: the models with no scores yet and no evaluation "
                              "queued or running (none when every model has some).")
     tasks = e2.multiselect("Tasks", ["perplexity", "synth-math", "qa"], default=["perplexity", "synth-math"],
-                           key="eval_tasks", help="Built-in sets are held out from the built-in training sets by "
-                           "construction; qa is closed-book QA with known answers and abstention.")
+                           key="eval_tasks", help="Built-in sets share no text with the built-in training sets, by "
+                           "construction; qa is closed-book QA with known answers and abstention, and its answerable "
+                           "questions ask the capitals builtin:facts-corpus states: a model trained on it is tested "
+                           "on what it was taught (the table's overlap note says so).")
     files = st.text_input("More tasks (space-separated): qa:FILE.jsonl mc:FILE.jsonl gsm8k:FILE.jsonl "
                           "perplexity:FILE lm-eval:TASK", key="eval_more")
     e3, e4, e5 = st.columns(3)
@@ -280,7 +282,7 @@ charted = [m for m in names if m in set(table["model"])] + [m for m in table["mo
 # one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read
 st.caption("\n".join(f"- {note}" for note in scoretable.table_notes(latest, score_rows, clean_only) + [
     "Each score records its set's source and fingerprint; the built-in sets (held-out text, eval-math, qa) share no "
-    "8-gram with the built-in training sets."]))
+    "8-gram with the built-in training sets (qa asks, in other words, the facts builtin:facts-corpus states)."]))
 score_table(table, "scores_table")
 exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
 d1, d2, d3 = st.columns(3)
