@@ -349,6 +349,23 @@ def cmd_synth(a) -> None:
     _run_or_queue(spec, a)
 
 
+def print_preview(a) -> None:
+    """`datasets preview`: what the Train page shows of a source before launch (data.preview: its layout for the
+    job kind, columns, row count, the first rows as trl will read them), so a source is checked from a shell too."""
+    import json
+
+    from backend import data
+
+    pv = data.preview(_local_source(a.source), a.purpose, n=a.rows, sample_by=a.sample_by)
+    if a.json:
+        return _print_json(pv)
+    per = f", a row per {a.sample_by} of a .txt" if a.sample_by != "line" else ""
+    print(f"{a.source}: {pv['layout']} layout for {a.purpose}, {pv['rows']} rows{per}; columns "
+          f"{', '.join(pv['columns'])}")
+    for i, row in enumerate(pv["examples"], 1):
+        print(f"--- row {i} as {a.purpose} reads it\n{json.dumps(row, ensure_ascii=False, indent=1)}")
+
+
 def cmd_datasets(a) -> None:
     from backend.synth import pipeline
 
@@ -368,6 +385,8 @@ def cmd_datasets(a) -> None:
         rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight) for d in a.sources], purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
+    elif a.action == "preview":
+        print_preview(a)
     elif a.action == "paper-mixes":
         saved = pipeline.save_paper_mixes(a.name)
         print(f"saved {', '.join(r.name for r in saved)} (Synth. Math from {a.name}): use --data mix:NAME")
@@ -1289,6 +1308,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
     mx.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"],
                     help="what the mix trains (default sft); the sources must fit its layout")
+    pv = da.add_parser("preview", help="a source as a training job of a kind reads it (the Train page's preview): "
+                                       "layout, columns, rows, the first rows converted; refused as the job would be")
+    pv.add_argument("source", help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
+    pv.add_argument("--for", dest="purpose", choices=["cpt", "sft", "dpo"], default="sft",
+                    help="the job kind whose layouts it must fit (default sft)")
+    pv.add_argument("--sample-by", choices=get_args(DataSource.model_fields["sample_by"].annotation), default="line",
+                    help="what a row of a .txt file is (as train --sample-by)")
+    pv.add_argument("-n", "--rows", type=int, default=3, help="how many rows to show (default 3)")
+    pv.add_argument("--json", action="store_true", help="the preview as JSON, for scripts")
     pm = da.add_parser("paper-mixes", help="save the paper's SFT v1-v4 and DPO v1-v2 mixes (the Synthetic math "
                                            "page's button), Synth. Math from PAIRS_NAME's export")
     pm.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs), exported")

@@ -111,3 +111,21 @@ def test_the_train_page_sends_each_rows_choice(tiny_llama, book):
     at.button(key="launch").click().run()
     (job,) = runner.list_jobs()
     assert job.spec["data"] == [{"source": str(book), "weight": 1.0, "sample_by": "paragraph"}]
+
+
+def test_datasets_preview_shows_a_source_as_the_job_reads_it(book, tmp_path):
+    """The Train page's preview from a shell: the same data.preview, the same refusal."""
+    import json
+
+    r = cli("datasets", "preview", str(book), "--for", "cpt", "--sample-by", "paragraph", "--json")
+    assert r.returncode == 0, r.stderr
+    pv = json.loads(r.stdout)
+    assert (pv["layout"], pv["rows"], pv["columns"]) == ("text", 4, ["text"])
+    assert pv["examples"][0] == {"text": "Chapter one begins\nand goes on."}
+    text = cli("datasets", "preview", "builtin:alpaca-mini", "-n", "1")
+    assert text.returncode == 0 and text.stdout.startswith(
+        "builtin:alpaca-mini: alpaca layout for sft, 200 rows; columns instruction, input, output\n--- row 1 ")
+    wrong = cli("datasets", "preview", "builtin:alpaca-mini", "--for", "dpo")
+    assert wrong.returncode == 2 and "error: " in wrong.stderr and "Traceback" not in wrong.stderr
+    missing = cli("datasets", "preview", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2 and f"{tmp_path / 'none.jsonl'} does not exist" in missing.stderr
