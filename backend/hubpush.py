@@ -13,6 +13,7 @@ root (an imported folder may hold optimizer states or pickles beside them).
 from __future__ import annotations
 
 import fnmatch
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +69,13 @@ def commit(repo_id: str, repo_type: str, files: dict[str, Path | bytes], message
     except Exception as exc:  # connection refused, no DNS, timeouts: the Hub's HTTP client raises its own kinds
         why = (str(exc).splitlines() or [""])[0][:200]
         local = [str(f) for f in files.values() if not isinstance(f, bytes)]
+        # a file listed before the push and gone or unreadable since (huggingface_hub raises a ValueError or an
+        # OSError for it) was reported as an unreachable Hub: "Is this machine online?" sent the user the wrong way
+        if gone := [f for f in local if not os.access(f, os.R_OK)]:
+            more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+            raise failed(f"Could not push to {repo_id}: {gone[0]}{more} can no longer be read ({why}); it was "
+                         "moved or deleted while the push ran. Nothing was committed: put it back (or rebuild "
+                         "what it belongs to), then push again.") from None
         raise failed(f"Could not reach the Hugging Face Hub to push to {repo_id} ({type(exc).__name__}: {why}). "
                      f"Is this machine online? The files are {' and '.join(local[:3])}"
                      f"{f' and {len(local) - 3} more' if len(local) > 3 else ''}.") from None

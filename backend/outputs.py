@@ -95,11 +95,12 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
         # rename and the registration leaves a folder the next start can tell from one a user put there
         db.mark_unregistered(tmp)
         if out_dir.exists():
+            _check_still_free(out_dir)
             out_dir.rmdir()  # empty: output_dir() refused a non-empty one
         tmp.rename(out_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _disk_full(exc):
+        if disk_full(exc):
             raise OSError(errno.ENOSPC, f"Disk full while writing the model to {out_dir.parent}: the partial "
                                         "files were removed and nothing was registered. Free some space or choose "
                                         "another output folder.") from exc
@@ -109,7 +110,20 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
             note.unlink(missing_ok=True)
 
 
-def _disk_full(exc: BaseException) -> bool:
+def _check_still_free(out_dir: Path) -> None:
+    """The destination was free when the job started (output_dir); another job of the same name that finished first
+    (a CLI build beside a queued one: the queue refuses only its own duplicates) may have filled it since. That failed
+    here with a bare "[Errno 39] Directory not empty"; the other model is named now, and this build's files go."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    rec = registry.by_path(out_dir)
+    who = f"the {rec.kind} model {rec.name!r}" if rec else "another job's files"
+    raise FileExistsError(f"{out_dir} was taken while this job ran: it now holds {who} (a job of the same name "
+                          "finished first). This job's files were removed and nothing was registered: run it again "
+                          "under another name or output folder.")
+
+
+def disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT anywhere in the chain (a shard-writer thread's error may arrive wrapped)."""
     seen = set()
     while exc is not None and id(exc) not in seen:

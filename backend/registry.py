@@ -8,6 +8,7 @@ with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays of
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import re
 import shutil
@@ -237,6 +238,11 @@ def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecor
         raise
     if final.exists():
         shutil.rmtree(tmp, ignore_errors=True)
+        if (rec := by_path(final)) is not None:  # another import of the name finished while this one converted:
+            # "delete it" pointed the user at that model's folder
+            raise RegistryError(f"A model named {rec.name!r} was registered at {final} while this import ran (another "
+                                "job of the same name finished first). This import's files were removed and "
+                                "nothing else changed: import again under another name.")
         raise RegistryError(f"{final} already exists: delete it or choose another name.")
     # the mark backend/outputs.py uses: a process ended between the rename and the row leaves a folder the next
     # start removes (db.clean_stale_tmp), not one that blocks the name for ever
@@ -281,10 +287,22 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
         tok.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, tmp)
         raise
     return _finish(tmp, name, source or f"gguf:{path}", progress)
+
+
+def _raise_if_disk_full(exc: BaseException, tmp: Path) -> None:
+    """An import's conversion that filled the disk says so, as a build does (backend/outputs.py building): the bare
+    "[Errno 28] No space left on device" named neither the folder nor what was left behind."""
+    from backend.outputs import disk_full
+
+    if disk_full(exc):
+        raise OSError(errno.ENOSPC, f"Disk full while writing the imported model to {tmp.parent} (No space left on "
+                                    "device): the partial files were removed and nothing was registered. Free some "
+                                    "space, then import again.") from exc
 
 
 def gguf_default_name(path: Path) -> str:
@@ -392,8 +410,9 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
             if (folder / keep).is_file():
                 shutil.copy2(folder / keep, tmp / keep)
         copy_companions(folder, tmp)  # not a Trainer folder's adapter_config.json, trainer_state.json, ...
-    except Exception:
+    except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, tmp)
         raise
     return _finish(tmp, name, f"pickle:{folder}", progress)
 

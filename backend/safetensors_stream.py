@@ -190,7 +190,11 @@ def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
     return tensors
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callable[[int], None]) -> None:
+def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callable[[int], None],
+                src: Path | None = None) -> None:
+    """Copy `nbytes` from `offset` of `src` (its open `src_fd`). The header was checked when the build was planned;
+    a file that ends early now was cut short (or replaced) while the build read it, so the error names it: "Source
+    file ended early" alone left the user to guess which of the source models to fetch again."""
     done = 0
     while done < nbytes:
         n = min(_CHUNK, nbytes - done)
@@ -199,7 +203,9 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callab
         except OSError:  # filesystems without in-kernel copy: plain reads and writes
             copied = os.write(dst_fd, os.pread(src_fd, n, offset + done))
         if copied == 0:
-            raise CheckpointError("Source file ended early while copying: it changed or is truncated.")
+            raise CheckpointError(f"{src or 'A source file'} ended early while copying (byte {offset + done:,}): it "
+                                  "was truncated or replaced while this job read it. Nothing was registered: restore "
+                                  "or re-download that model, then run the job again.")
         done += copied
         tick(copied)
 
@@ -227,6 +233,16 @@ def plan_shards(tensors: list[OutTensor], max_shard_bytes: int) -> list[list[Out
 
 def _shard_name(i: int, count: int) -> str:
     return "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+
+
+def _open_source(file: Path) -> int:
+    """A source shard, opened when its first tensor is copied: one deleted or moved since the build was planned
+    failed with a bare "[Errno 2] No such file or directory" that did not say the source model changed mid-job."""
+    try:
+        return os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing: it was deleted or moved while this job read its model. Nothing "
+                              "was registered: restore or re-download that model, then run the job again.") from None
 
 
 def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]) -> None:
@@ -260,8 +276,8 @@ def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]
                     _write_zeros(dst, t.nbytes, tick)
                     continue
                 if t.source.file not in src_fds:
-                    src_fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
-                _copy_range(src_fds[t.source.file], dst, t.source.offset, t.nbytes, tick)
+                    src_fds[t.source.file] = _open_source(t.source.file)
+                _copy_range(src_fds[t.source.file], dst, t.source.offset, t.nbytes, tick, t.source.file)
     finally:
         for fd in src_fds.values():
             os.close(fd)
