@@ -154,6 +154,7 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
         from backend.synth.pipeline import check_synth_free
 
         check_synth_free(spec)
+        _check_no_synth_run(spec)
     elif spec.kind == "import":
         from backend.registry import BUILTIN_NAME, check_import, check_name_free
 
@@ -228,6 +229,21 @@ def _check_not_making(name: str) -> None:
     if job := _making(name):
         raise ValueError(f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: choose "
                          "another name.")
+
+
+def _check_no_synth_run(spec) -> None:
+    """No queued or running synthetic-math job makes data sets of this name or writes this folder: two were both
+    queued, ran side by side in one folder, and the registered pairs' file held the other run's pairs."""
+    mine = Path(spec.out).expanduser().resolve() if spec.out else None
+    for job in active_jobs():
+        if job.kind != "synth-math":
+            continue
+        theirs = job.spec.get("out")
+        same_folder = mine is not None and theirs and Path(theirs).expanduser().resolve() == mine
+        if job.spec.get("name") == spec.name or same_folder:
+            what = f"data sets named {spec.name}-…" if job.spec.get("name") == spec.name else f"into {mine}"
+            raise ValueError(f"Job {job.id} (synth-math, {job.status}) will write {what}: choose another name "
+                             f"(or output folder), or wait until it ends.")
 
 
 def _model_refs(spec: _Spec) -> list[str]:
@@ -443,6 +459,19 @@ def _unwatched(job) -> str | None:
 def _silence(age: float) -> str:
     """How long a machine's workers have been silent."""
     return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
+
+
+def _what_resume_does(job: Job) -> str:
+    """The next step after a job process died without a word (killed, out of memory), by what its kind left: a
+    killed build's row said only "see its log", though nothing was registered and a resume runs it again."""
+    again = f"(python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
+    if job.kind in TRAIN_KINDS:
+        return f"resume it to continue from its last checkpoint {again}"
+    if job.kind == "eval":
+        return f"the scores it stored are kept; resume it to score the rest {again}"
+    if job.kind == "synth-math":
+        return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
+    return f"nothing was registered (a worker removes its partial files); resume it to run it again {again}"
 
 
 def resume_point(job) -> Path | None:
@@ -1159,8 +1188,7 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
                     _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
                                 message="failed",
                                 error=f"the job process exited with code {proc.returncode} without finishing; see "
-                                      "its log" + ("; resume it to continue from its last checkpoint"
-                                                   if get(job_id).kind in TRAIN_KINDS else ""))
+                                      f"its log; {_what_resume_does(get(job_id))}")
             recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
             _clear_stopped()
             busy = _busy()  # slots count every job running on this machine, also those another worker here started

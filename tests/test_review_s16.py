@@ -83,3 +83,101 @@ def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):
     r = cli("merge", "--models", "a", "b", "--out", str(tmp_path / "dus-merged"), "--queue")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("queued job 1 (merge -> a_b-average); a running worker picks it up")
+
+
+# ---- two synthetic-math runs of one name; an export the disk cut short (fault injection) -----------------------
+
+def test_a_second_synth_math_job_of_a_queued_name_is_refused():
+    from backend import runner
+
+    runner.submit(SynthMathSpec(num_seeds=4, name="sm"))
+    import pytest
+
+    with pytest.raises(ValueError, match=r"Job 1 \(synth-math, queued\) will write data sets named sm-…"):
+        runner.submit(SynthMathSpec(num_seeds=4, seed=7, name="sm"))
+    runner.submit(SynthMathSpec(num_seeds=4, name="sm2"))  # another name: queued
+
+
+def test_the_run_that_loses_a_name_race_leaves_the_winners_pairs_file_alone(tmp_path, monkeypatch):
+    """Both runs passed the free-name check; the second to register wrote its pairs.jsonl over the file the first
+    registered, then failed with SQLite's "UNIQUE constraint failed"."""
+    import pytest
+
+    from backend.synth import pipeline
+
+    out = tmp_path / "sm"
+    out.mkdir()
+    (out / "pairs.jsonl").write_text("WINNER\n")
+    pipeline.save_dataset("sm-pairs", "synth-pairs", str(out / "pairs.jsonl"), 1, {})
+    monkeypatch.setattr(pipeline, "check_synth_free", lambda spec, out_dir=None: out)
+    with pytest.raises(pipeline.DatasetError, match="already named 'sm-pairs'"):
+        run_synth_math(SynthMathSpec(num_seeds=4, name="sm"))
+    assert (out / "pairs.jsonl").read_text() == "WINNER\n"
+
+
+def test_a_name_taken_between_the_check_and_the_insert_is_refused_in_words(monkeypatch):
+    import pytest
+    from sqlalchemy import false
+
+    from backend.synth import pipeline
+
+    pipeline.save_dataset("taken", "sft", "/x.jsonl", 1, {})
+    real, calls = pipeline.select, []
+
+    def blind_once(*a):  # the check sees no row (another run registers between it and the insert)
+        calls.append(a)
+        return real(*a).where(false()) if len(calls) == 1 else real(*a)
+
+    monkeypatch.setattr(pipeline, "check_not_orphaned_dataset", lambda name: None)
+    monkeypatch.setattr(pipeline, "select", blind_once)
+    with pytest.raises(pipeline.DatasetError,
+                       match=r"already named 'taken' \(1 rows at /x.jsonl\). Nothing was saved"):
+        pipeline.save_dataset("taken", "sft", "/y.jsonl", 1, {})
+
+
+def test_a_full_disk_during_an_export_changes_neither_file_nor_row(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    from backend.synth import pipeline
+
+    run_synth_math(SynthMathSpec(num_seeds=6, name="ex"), out_dir=tmp_path / "ex")
+    files = {n: (tmp_path / "ex" / f).read_text() for n, f in (("ex-instruct", "math_instruct.jsonl"),
+                                                                ("ex-alignment", "math_alignment.jsonl"))}
+    rows = {n: pipeline.get_dataset(n).rows for n in files}
+    with pipeline.db.session() as s:
+        pair = s.exec(pipeline.select(pipeline.SynthPair).where(pipeline.SynthPair.status == "verified")).first()
+    pipeline.reject_by_hand(pair.id)
+    real, calls = Path.write_text, []
+
+    def second_fails(self, text, *a, **k):
+        calls.append(self.name)
+        if len(calls) == 2:
+            real(self, text[: len(text) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", second_fails)
+    with pytest.raises(OSError, match="Disk full while exporting to .*nothing was changed"):
+        pipeline.export("ex-pairs")
+    monkeypatch.setattr(Path, "write_text", real)
+    assert {n: (tmp_path / "ex" / f).read_text() for n, f in (("ex-instruct", "math_instruct.jsonl"),
+                                                               ("ex-alignment", "math_alignment.jsonl"))} == files
+    assert {n: pipeline.get_dataset(n).rows for n in files} == rows
+    assert not list((tmp_path / "ex").glob("*.partial"))
+
+
+def test_a_killed_job_says_what_a_resume_does_for_its_kind():
+    from backend import runner
+    from storage.models import Job
+
+    said = {k: runner._what_resume_does(Job(id=7, kind=k, spec={})) for k in ("upscale", "merge", "sft", "eval",
+                                                                             "synth-math", "push")}
+    assert said["upscale"] == said["merge"] == said["push"] == (
+        "nothing was registered (a worker removes its partial files); resume it to run it again (python -m backend "
+        "jobs resume 7, or Resume on the Jobs page)")
+    assert said["sft"].startswith("resume it to continue from its last checkpoint (python -m backend jobs resume 7")
+    assert said["eval"].startswith("the scores it stored are kept; resume it to score the rest")
+    assert said["synth-math"].startswith("nothing was registered; resume it to go on from the rephrasings it cached")

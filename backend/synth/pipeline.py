@@ -15,6 +15,7 @@ removes one (refused while jobs or models depend on it).
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import time
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 from sqlalchemy import case as sa_case
 from sqlalchemy import delete as sa_delete
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
 from backend.names import check_name, inside
@@ -259,7 +261,11 @@ def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict,
             raise DatasetError(f"{_taken(rec)}. Nothing was saved: choose another name.")
         rec = DatasetRecord(name=name, kind=kind, path=path, rows=rows, provenance=provenance)
         s.add(rec)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError:  # registered meanwhile by a run of the same name: the refusal above, not SQL's words
+            s.rollback()
+            raise DatasetError(f"{_taken(get_dataset(name))}. Nothing was saved: choose another name.") from None
         for p in pairs:
             p.dataset_id = rec.id
         s.add_all(pairs)
@@ -522,16 +528,33 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
         (align, lambda p: {"prompt": p.new_question, "chosen": p.new_solution, "rejected": p.solution}))}
     for name, text in zip((f"{prefix}-instruct", f"{prefix}-alignment"), texts.values()):
         _check_not_trained_on(get_dataset(name), text)  # before a file is written
-    for path, text in texts.items():
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(text)
-        tmp.rename(path)  # never a half-written file under the registered name
+    _write_all(texts, out_dir)
     # the export's own choices last: the run's settings hold the run's include_flagged, which said "no flagged
     # pairs" of an export that holds them
     prov = {**rec.provenance.get("settings", {}), "pairs": pairs_name, "include_flagged": include_flagged}
     a = _save_export(f"{prefix}-instruct", "sft", str(instruct), len(rows), {**prov, "format": "messages"})
     b = _save_export(f"{prefix}-alignment", "dpo", str(align), len(rows), {**prov, "format": "prompt/chosen/rejected"})
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
+
+
+def _write_all(texts: dict[Path, str], out_dir: Path) -> None:
+    """Both export files, or neither changed: each is written whole beside its name first (never a half-written file
+    under a registered name), and only then renamed into place. Renamed one by one as they were written, a full disk
+    at the second left a registered Instruct set of 4 lines under a row that said 5, and its .partial file behind."""
+    partial = {path: path.with_suffix(".partial") for path in texts}
+    try:
+        for path, text in texts.items():
+            partial[path].write_text(text)
+    except OSError as exc:
+        for tmp in partial.values():
+            tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"Disk full while exporting to {out_dir}: nothing was changed (the exported "
+                                        "files and their data sets are as they were). Free some space and export "
+                                        "again.") from None
+        raise
+    for path, tmp in partial.items():
+        tmp.replace(path)
 
 
 def _export_of(s, pairs_name: str) -> list[DatasetRecord]:
@@ -642,7 +665,8 @@ def counts(dataset_id: int) -> dict[str, int]:
 
 # ---------------------------------------------------------------- the job
 
-RUN_FILES = ("rephrase_cache.jsonl", "pairs.jsonl")  # what a run writes before it registers anything
+# what a run writes before it registers anything (pairs.jsonl: a run stopped by an older version, which wrote it first)
+RUN_FILES = ("rephrase_cache.jsonl", "pairs.jsonl")
 
 
 def check_synth_free(spec: SynthMathSpec, out_dir: Path | None = None) -> Path:
@@ -733,10 +757,13 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     tally = {k: sum(p.status == k for p in pairs) for k in ("verified", "failed", "flagged")}
     settings = spec.model_dump(mode="json")
     pairs_file = out_dir / "pairs.jsonl"
-    pairs_file.write_text("".join(json.dumps(p.model_dump(exclude={"id", "dataset_id"}), ensure_ascii=False) + "\n"
-                                  for p in pairs))
+    text = "".join(json.dumps(p.model_dump(exclude={"id", "dataset_id"}), ensure_ascii=False) + "\n" for p in pairs)
+    # registered first, then written: of two runs of one name at once (two foreground commands), the one refused
+    # here had already written its pairs.jsonl over the file the other registered
     rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
                        {"settings": settings, "rephraser": rephraser.name, "counts": tally}, pairs)
+    pairs_file.with_suffix(".partial").write_text(text)
+    pairs_file.with_suffix(".partial").replace(pairs_file)
     with db.session() as s:
         usable = s.exec(select(func.count()).where(*_exported(rec.id, spec.include_flagged))).one()
     if usable:
