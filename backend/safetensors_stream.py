@@ -235,7 +235,7 @@ def _shard_name(i: int, count: int) -> str:
     return "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors"
 
 
-def _open_source(file: Path) -> int:
+def open_source(file: Path) -> int:
     """A source shard, opened when its first tensor is copied: one deleted or moved since the build was planned
     failed with a bare "[Errno 2] No such file or directory" that did not say the source model changed mid-job."""
     try:
@@ -276,7 +276,7 @@ def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]
                     _write_zeros(dst, t.nbytes, tick)
                     continue
                 if t.source.file not in src_fds:
-                    src_fds[t.source.file] = _open_source(t.source.file)
+                    src_fds[t.source.file] = open_source(t.source.file)
                 _copy_range(src_fds[t.source.file], dst, t.source.offset, t.nbytes, tick, t.source.file)
     finally:
         for fd in src_fds.values():

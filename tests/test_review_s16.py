@@ -181,3 +181,33 @@ def test_a_killed_job_says_what_a_resume_does_for_its_kind():
     assert said["sft"].startswith("resume it to continue from its last checkpoint (python -m backend jobs resume 7")
     assert said["eval"].startswith("the scores it stored are kept; resume it to score the rest")
     assert said["synth-math"].startswith("nothing was registered; resume it to go on from the rephrasings it cached")
+
+
+def test_a_source_shard_deleted_mid_merge_is_named_and_nothing_is_registered(tiny_llama, tmp_path, monkeypatch):
+    """A merge read its sources' files by a bare os.open: "[Errno 2] No such file or directory" said neither that
+    the model changed under the job nor what to do."""
+    import shutil
+
+    import pytest
+
+    from backend import registry
+    from backend.merge import executor, run_merge
+    from backend.safetensors_stream import CheckpointError
+    from backend.specs import MergeSpec
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_llama, copy)
+    registry.import_folder(tiny_llama, "a")
+    registry.import_folder(copy, "b")
+    real_init = executor.Reader.__init__
+
+    def then_delete(self, *a, **k):
+        real_init(self, *a, **k)
+        for f in copy.glob("*.safetensors"):
+            f.unlink()
+
+    monkeypatch.setattr(executor.Reader, "__init__", then_delete)
+    with pytest.raises(CheckpointError, match=r"\.safetensors is missing: it was deleted or moved while this job "
+                                              "read its model. Nothing was registered"):
+        run_merge(MergeSpec(models=["a", "b"], name="ab"))
+    assert registry.get("ab") is None

@@ -20,7 +20,7 @@ import torch
 from backend.merge.methods import (DOT_THRESHOLD, METHODS, TaskArithmetic, TopK, combine, linear, magnitude_bits,
                                    nearly_parallel, random_keep, rescale_factor, slerp_cos, slerp_weights, top_k_cuts)
 from backend.modelinfo import ModelInfo
-from backend.safetensors_stream import DTYPE_SIZES
+from backend.safetensors_stream import DTYPE_SIZES, open_source
 from backend.specs import MergeSpec
 
 CHUNK_ELEMS = 1 << 20  # elements combined at a time: 4 MiB of float32 per input, which stays in the cache
@@ -48,13 +48,15 @@ class Reader:
         elem = DTYPE_SIZES[ref.dtype]
         with self.lock:
             if ref.file not in self.fds:
-                self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
+                self.fds[ref.file] = open_source(ref.file)  # one deleted mid-merge: named, not a bare errno
         n = (stop - start) * elem
         view, got = memoryview(into.numpy())[:n], 0
         while got < n:  # pread may return less than asked
             chunk = os.preadv(self.fds[ref.file], [view[got:]], ref.offset + start * elem + got)
             if chunk == 0:
-                raise MergeError(f"{ref.file} ended early reading {name}: the file is truncated.")
+                raise MergeError(f"{ref.file} ended early reading {name}: the file is truncated (cut or rewritten "
+                                 "while this merge read it?). Nothing was registered: restore or re-download that "
+                                 "model, then run the merge again.")
             got += chunk
         return into[:n].view(TORCH_DTYPES[ref.dtype])
 
