@@ -75,6 +75,7 @@ def describe(url: str) -> str:
     u = make_url(url)
     query = {k: v if isinstance(v, str) else v[0] for k, v in u.query.items()}
     host = u.host or query.get("host") or "localhost"  # ?host=/run/postgresql: a Unix socket folder
+    host = host.rpartition("@")[2]  # a password's unescaped '@' leaves the password's tail in the host
     port = u.port or query.get("port") or (5432 if u.get_backend_name() in ("postgresql", "postgres") else "")
     return f"{host}:{port}/{u.database or ''} as {u.username or os.environ.get('USER', '?')}"
 
@@ -123,6 +124,9 @@ def _server_engine(url: str) -> Engine:
     except (sa.exc.ArgumentError, ValueError):  # not echoed: it may hold a password
         raise DatabaseUnavailable("DATABASE_URL is not a database URL; write it as "
                                   "postgresql+psycopg://user:password@host:5432/dbname") from None
+    if "@" in (u.host or ""):  # not echoed either: the text before that '@' is the rest of the password
+        raise DatabaseUnavailable("DATABASE_URL's password holds an '@': write it as %40 "
+                                  "(postgresql+psycopg://user:p%40ss@host:5432/dbname)") from None
     if u.drivername in ("postgres", "postgresql"):  # the driver this project installs (psycopg 3), not psycopg2
         u = u.set(drivername="postgresql+psycopg")
     args = {} if "connect_timeout" in u.query else {"connect_timeout": 10}  # libpq would wait forever
@@ -143,6 +147,8 @@ def _server_engine(url: str) -> Engine:
                 if dialect.driver == "psycopg":
                     _nul_safe_text(conn)
                 return conn
+            except dialect.loaded_dbapi.ProgrammingError as exc:  # a mistyped option (?sslmod=): no retry mends it,
+                raise _unavailable(url, exc) from exc  # and it is the URL's mistake, said as the others are
             except dialect.loaded_dbapi.OperationalError as exc:
                 if not state["connected"]:
                     raise _unavailable(url, exc) from exc
@@ -194,8 +200,10 @@ def retrying(fn):
     the server rolled the unfinished transaction back, so the whole unit runs again, for at most
     `retry_seconds()`. Used on the runner's units of work (worker loop, job processes). SQLite has no connection
     to lose. Should a commit reach the server just as the connection dies, the unit runs twice: the runner's
-    updates are plain or conditional sets, so that is harmless, except that a claim made in that instant leaves
-    its job "running" without a process, which `recover_orphans` marks interrupted 30 s later (resume runs it)."""
+    updates are plain or conditional sets, so the rows end as one run leaves them, but a conditional set run again
+    finds its row changed already and reports that it did not apply (runner._transition returns False: a resume so
+    reports "it was resumed meanwhile", the success of a job exits 1), and a claim made in that instant leaves its
+    job "running" without a process, which `recover_orphans` marks interrupted 30 s later (resume runs it)."""
 
     @wraps(fn)
     def run(*args, **kwargs):
@@ -251,7 +259,8 @@ _SCHEMA_LOCK = 0x4455_5353  # "DUSS": any constant that other applications shari
 def upgrade_schema(eng: Engine) -> list[str]:
     """Bring a database written by an older DUS Studio up to the current tables: new tables come from create_all,
     and the columns a table lacks are added here, with the model's default for the rows already there (Alembic
-    computes the difference). Only additions are made; nothing is dropped or retyped. Returns what was added."""
+    computes the difference). Only additions are made, and 32-bit integer columns widened to the 64 bits this
+    version declares (_narrow); nothing is dropped or narrowed. Returns what was added or widened."""
     with eng.begin() as conn:
         return _upgrade(conn)
 
@@ -262,7 +271,21 @@ def _missing(conn: sa.Connection) -> list:
     from alembic.migration import MigrationContext
 
     diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-    return [d for d in diffs if isinstance(d, tuple) and d[0] in ("add_table", "add_column")]
+    return [d for d in diffs if isinstance(d, tuple) and d[0] in ("add_table", "add_column")] + _narrow(conn)
+
+
+def _narrow(conn: sa.Connection) -> list[tuple[str, str]]:
+    """(table, column) of the 64-bit integer columns of this version that a PostgreSQL database, made by an older
+    one, holds as INTEGER (32 bits: a model's size in bytes overflowed it). SQLite's INTEGER is 64 bits already."""
+    if conn.dialect.name != "postgresql":
+        return []
+    inspector, narrow = sa.inspect(conn), []
+    for table in SQLModel.metadata.sorted_tables:
+        wide = [c.name for c in table.columns if isinstance(c.type, sa.BigInteger)]
+        if wide and inspector.has_table(table.name):
+            have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+            narrow += [(table.name, n) for n in wide if n in have and not isinstance(have[n], sa.BigInteger)]
+    return narrow
 
 
 def _upgrade(conn: sa.Connection) -> list[str]:
@@ -282,6 +305,9 @@ def _upgrade(conn: sa.Connection) -> list[str]:
             col.nullable = True  # no value to give the old rows (a time, an id): they keep NULL
         ops.add_column(table, col)  # with its index, when the field has one
         added.append(f"{table}.{col.name}")
+    for table, name in _narrow(conn):  # widened, never narrowed: every value the old column held still fits
+        ops.alter_column(table, name, type_=sa.BigInteger(), existing_type=sa.Integer())
+        added.append(f"{table}.{name} (64-bit)")
     return added
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field, SQLModel
 
 
@@ -37,9 +37,11 @@ class ModelRecord(SQLModel, table=True):
     model_type: str = ""
     num_layers: int = 0
     hidden_size: int = 0
-    num_parameters: int = 0
+    # 64 bits: PostgreSQL's INTEGER (SQLModel's for int) stops at 2**31 - 1, and SOLAR 10.7B has 10.7e9 parameters
+    # in 21 GB; there a model of 2 GiB could not be registered ("integer out of range"). SQLite's are 64 bits anyway.
+    num_parameters: int = Field(default=0, sa_type=BigInteger)
     dtype: str = ""
-    size_bytes: int = 0
+    size_bytes: int = Field(default=0, sa_type=BigInteger)
     created: datetime = Field(default_factory=utcnow)
 
 
