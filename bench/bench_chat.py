@@ -10,6 +10,7 @@
 
 The two paths alternate within each repetition (this VM's speed drifts by ±15 % over a minute), and the ratio is
 the median of the per-repetition ratios (first token: this ÷ peer, lower is better; tokens/s: this ÷ peer). The peer's first token is timed by a streamer that only timestamps it.
+Either row exits 1 when its two paths' answers differ (the same work is compared, or nothing).
 """
 
 from __future__ import annotations
@@ -79,17 +80,18 @@ def main() -> None:
         text = "".join(stream_reply(lm, messages, max_new_tokens=a.tokens, stats=stats))
         return stats.first_token_s, stats.total_s, stats.new_tokens, text
 
-    def sequential() -> tuple[float, list[float], int]:
+    def sequential() -> tuple[float, list[float], int, list[str]]:
         t0 = time.perf_counter()
-        firsts, tokens = [], 0
+        firsts, tokens, texts = [], 0, []
         for m in pair:
             start = time.perf_counter() - t0
-            first, _, n, _ = plain(m)
+            first, _, n, text = plain(m)
             firsts.append(start + first)
             tokens += n
-        return time.perf_counter() - t0, firsts, tokens
+            texts.append(text)
+        return time.perf_counter() - t0, firsts, tokens, texts
 
-    def together() -> tuple[float, list[float], int]:
+    def together() -> tuple[float, list[float], int, list[str]]:
         t0 = time.perf_counter()
         answers = answer_all({f"{i}:{m.name}": m for i, m in enumerate(pair)}, messages, max_new_tokens=a.tokens)
         for ans in answers.values():
@@ -97,7 +99,7 @@ def main() -> None:
             if ans.error:
                 raise SystemExit(ans.error)
         return (time.perf_counter() - t0, [ans.stats.first_token_s for ans in answers.values()],
-                sum(ans.stats.new_tokens for ans in answers.values()))
+                sum(ans.stats.new_tokens for ans in answers.values()), [ans.text for ans in answers.values()])
 
     plain(lm)  # warm-up: first calls allocate caches
     ours()
@@ -113,6 +115,10 @@ def main() -> None:
     texts = {r[3] for rows in one.values() for r in rows}
     if len(texts) != 1:
         raise SystemExit("the two paths produced different answers: the comparison would not be fair")
+    # the side-by-side row too: answer_all stopping early (half the tokens) read as a tokens/s ratio and exited 0
+    if len({tuple(r[3]) for rows in many.values() for r in rows}) != 1:
+        raise SystemExit("side by side: answer_all and generate produced different answers: the comparison would "
+                         "not be fair")
 
     def ratio(rows: dict, label: str, peer: str, tps) -> float:
         return statistics.median(tps(x) / tps(y) for x, y in zip(rows[label], rows[peer]))
@@ -129,7 +135,7 @@ def main() -> None:
     print(f"\n{'side by side: ' + ' + '.join(m.name for m in pair):30}")
     print(f"{'path':30} {'first tokens s':>14} {'':7} {'tokens':>7} {'tokens/s':>9} {'÷ peer':>7}")
     for label, rows in many.items():
-        tps = statistics.median(n / total for total, _, n in rows)
+        tps = statistics.median(n / total for total, _, n, _ in rows)
         firsts = " / ".join(f"{statistics.median(r[1][i] for r in rows):.2f}" for i in range(len(pair)))
         r = ratio(many, label, "generate, one after another", lambda x: x[2] / x[0])
         print(f"{label:30} {firsts:>14} {'':7} {rows[0][2]:7d} {tps:9.1f} {r:6.3f}×")
