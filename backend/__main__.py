@@ -176,6 +176,8 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         job = runner.submit(spec, after=a.after)
         # what it will register: a merge --out FOLDER is registered under its spec's name, not the folder's
         made = f" -> {name}" if (name := runner.planned_name(job)) else ""
+        if spec.kind == "synth-math":  # data sets of the run's name, never one named so
+            made = f" -> {spec.name}-pairs, {spec.name}-instruct, {spec.name}-alignment"
         print(f"queued job {job.id} ({spec.kind}{made}); a running worker picks it up (python -m backend worker)")
         return
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "

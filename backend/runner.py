@@ -232,15 +232,19 @@ def _check_not_making(name: str) -> None:
 
 
 def _check_no_synth_run(spec) -> None:
-    """No queued or running synthetic-math job makes data sets of this name or writes this folder: two were both
-    queued, ran side by side in one folder, and the registered pairs' file held the other run's pairs."""
-    mine = Path(spec.out).expanduser().resolve() if spec.out else None
+    """No queued or running synthetic-math job makes data sets of this name or writes this folder (its `out`, or the
+    default one of its name, as check_synth_free finds it): two were both queued, ran side by side in one folder,
+    and the registered pairs' file held the other run's pairs."""
+    from backend.names import inside
+
+    def folder(s: dict) -> Path:
+        return Path(s.get("out") or inside(db.workspace() / "datasets", s.get("name") or "")).expanduser().resolve()
+
+    mine = folder({"out": spec.out, "name": spec.name})
     for job in active_jobs():
         if job.kind != "synth-math":
             continue
-        theirs = job.spec.get("out")
-        same_folder = mine is not None and theirs and Path(theirs).expanduser().resolve() == mine
-        if job.spec.get("name") == spec.name or same_folder:
+        if job.spec.get("name") == spec.name or folder(job.spec) == mine:
             what = f"data sets named {spec.name}-…" if job.spec.get("name") == spec.name else f"into {mine}"
             raise ValueError(f"Job {job.id} (synth-math, {job.status}) will write {what}: choose another name "
                              f"(or output folder), or wait until it ends.")
@@ -470,6 +474,12 @@ def _what_resume_does(job: Job) -> str:
     if job.kind == "eval":
         return f"the scores it stored are kept; resume it to score the rest {again}"
     if job.kind == "synth-math":
+        from backend.synth.pipeline import get_dataset
+
+        pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
+        if get_dataset(pairs) is not None:  # killed while exporting: a resume is refused (the name is taken)
+            return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
+                    f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
         return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
     return f"nothing was registered (a worker removes its partial files); resume it to run it again {again}"
 
@@ -479,12 +489,12 @@ def resume_point(job) -> Path | None:
     in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
     stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
     Resume button and `jobs resume` say what it will do by this one rule."""
+    from backend.training import resumable_checkpoints
+
     if job.kind not in TRAIN_KINDS:
         return None
-    folder = Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")
-    saved = [p.parent for p in folder.glob("checkpoints/checkpoint-*/trainer_state.json")
-             if p.parent.name.split("-")[1].isdigit()]
-    return max(saved, key=lambda p: int(p.name.split("-")[1]), default=None)
+    saved = resumable_checkpoints(Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}"))
+    return saved[-1] if saved else None
 
 
 def log_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> list[str]:

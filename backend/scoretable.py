@@ -390,9 +390,9 @@ def overlap_note(primary: dict) -> str:
     clean_words = [t for t in clean if t not in teachers]
     parts += [f"{', '.join(clean_words)}: no item overlaps any model's training data (✓, so no column)"
               ] if clean_words else []
-    parts += [f"{t}: no 8-gram in common with the training data, but {teachers[t]} teaches it in other words, and "
-              f"{', '.join(taught_by[t])} trained on it: their score there is of what they were taught, not held "
-              "out" for t in teachers]
+    parts += [f"{t}: " + ("no 8-gram in common with the training data, but " if t in clean else "besides its column, ")
+              + f"{teachers[t]} teaches it in other words, and {', '.join(taught_by[t])} trained on it: their score "
+              "there is of what they were taught, not held out" for t in teachers]
     parts += [f"{', '.join(nothing)}: nothing to check against, as no model's lineage has training data recorded "
               "here (a base model's pretraining data is not known)"] if nothing else []
     parts += [f"{', '.join(unchecked)}: not checked for some model (lm-eval tasks, or scores from before the check)"

@@ -185,18 +185,26 @@ def _state_readable(checkpoint: Path) -> bool:
         return False
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints (checkpoint-N, as the trainer names them) in step order, keeping only complete ones: a process
-    killed while saving leaves a folder without a readable trainer_state.json, which cannot be resumed from; such a
-    folder is removed, so the resume starts from the checkpoint before it. Other folders are left alone."""
-    out = []
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """The trainer's checkpoint-N folders of a run, in step order (other folders are not the trainer's)."""
     found = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    for p in sorted(found, key=lambda p: int(p.name.split("-")[1])):
-        if _state_readable(p):
-            out.append(p)
-        else:
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a resume can continue from, in step order, touching nothing: what the Jobs page's Resume
+    button and `jobs resume` promise (runner.resume_point) is what the resumed run then takes."""
+    return [p for p in _checkpoints(run_dir) if _state_readable(p)]
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """resumable_checkpoints, and the others removed: a process killed while saving leaves a folder without a
+    readable trainer_state.json, which cannot be resumed from; removed, the resume starts from the checkpoint
+    before it. Other folders are left alone."""
+    for p in _checkpoints(run_dir):
+        if not _state_readable(p):
             shutil.rmtree(p, ignore_errors=True)
-    return out
+    return resumable_checkpoints(run_dir)
 
 
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:

@@ -77,17 +77,30 @@ def free_synth_name(base: str = "synth-math") -> str:
     return base
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _holds(name: str, stamp: tuple, pairs_id: int, exported: str) -> bool:
+    """pipeline.holds_export, read again only when the file or the pairs an export takes (`exported`) change."""
+    d = pipeline.get_dataset(name)
+    try:
+        return d is not None and pipeline.holds_export(d, pairs_id)
+    except OSError:  # the file is gone: it holds nothing an export would write
+        return False
+
+
 def stale_exports(rec) -> list[tuple]:
-    """The Instruct / Alignment sets exported from these pairs whose row count is not what an export would write
-    now (pairs rejected or restored by hand since), each with that count."""
+    """The Instruct / Alignment sets exported from these pairs that no longer hold exactly the pairs an export
+    would write now (pairs rejected or restored by hand since), each with the count an export would write. Row
+    counts alone missed one pair rejected and another restored: the files held the rejected pair, unsaid."""
     out = []
     for k in ("instruct", "alignment"):
         d = pipeline.get_dataset(f"{rec.name.removesuffix('-pairs')}-{k}")
         if d is None or d.provenance.get("pairs") != rec.name:
             continue
-        now = pipeline.length_gap(rec.id, bool(d.provenance.get("include_flagged")))["pairs"]
-        if now != d.rows:
-            out.append((d, now))
+        flagged = bool(d.provenance.get("include_flagged"))
+        path = Path(d.path)
+        stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+        if not _holds(d.name, stamp, rec.id, pipeline.exported_digest(rec.id, flagged)):
+            out.append((d, pipeline.length_gap(rec.id, flagged)["pairs"]))
     return out
 
 
@@ -223,8 +236,10 @@ stale = stale_exports(rec)
 if stale:
     d, now = stale[0]
     trained = sorted({m.name for x, _ in stale for m in pipeline.dataset_users(x.name, x.path)[1]})
-    st.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} hold {d.rows} pairs: exported before the latest "
-               f"rejections (or undos) by hand, an export now would write {now}. Training reads the exported files: "
+    held = (f"hold {d.rows} pairs: exported before the latest rejections (or undos) by hand, an export now would "
+            f"write {now}" if now != d.rows else f"hold {d.rows} pairs, but not the ones an export would write now: "
+            "exported before the latest rejections and undos by hand")
+    st.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} {held}. Training reads the exported files: "
                + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
                   f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on them "
                   "as they are, so they are not exported again (the Export tab says why); the rejections count for "

@@ -30,7 +30,7 @@ def test_a_cached_rephrasing_that_changed_a_number_fails_on_resume(tmp_path, mon
     result = run_synth_math(spec, out_dir=out)
     assert (result["verified"], result["failed"]) == (0, 4)
     rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
-    assert all("has 12345, which the original does not" in r["reason"] for r in rows)
+    assert all("has 12345, which the original has neither in digits nor in words" in r["reason"] for r in rows)
 
 
 def test_a_refusal_goes_into_the_job_log_as_its_message_a_bug_as_its_traceback(tiny_llama, capfd, monkeypatch):
@@ -83,6 +83,9 @@ def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):
     r = cli("merge", "--models", "a", "b", "--out", str(tmp_path / "dus-merged"), "--queue")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("queued job 1 (merge -> a_b-average); a running worker picks it up")
+    r = cli("synth-math", "--seeds", "4", "--name", "sm", "--queue")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("queued job 2 (synth-math -> sm-pairs, sm-instruct, sm-alignment); a running")
 
 
 # ---- two synthetic-math runs of one name; an export the disk cut short (fault injection) -----------------------
@@ -95,7 +98,11 @@ def test_a_second_synth_math_job_of_a_queued_name_is_refused():
 
     with pytest.raises(ValueError, match=r"Job 1 \(synth-math, queued\) will write data sets named sm-…"):
         runner.submit(SynthMathSpec(num_seeds=4, seed=7, name="sm"))
-    runner.submit(SynthMathSpec(num_seeds=4, name="sm2"))  # another name: queued
+    from storage import db
+
+    with pytest.raises(ValueError, match=r"Job 1 \(synth-math, queued\) will write into .*/datasets/sm: choose"):
+        runner.submit(SynthMathSpec(num_seeds=4, name="other", out=str(db.workspace() / "datasets" / "sm")))
+    runner.submit(SynthMathSpec(num_seeds=4, name="sm2"))  # another name and folder: queued
 
 
 def test_the_run_that_loses_a_name_race_leaves_the_winners_pairs_file_alone(tmp_path, monkeypatch):
@@ -160,7 +167,7 @@ def test_a_full_disk_during_an_export_changes_neither_file_nor_row(tmp_path, mon
         return real(self, text, *a, **k)
 
     monkeypatch.setattr(Path, "write_text", second_fails)
-    with pytest.raises(OSError, match="Disk full while exporting to .*nothing was changed"):
+    with pytest.raises(OSError, match="Disk full while writing to .*nothing was changed"):
         pipeline.export("ex-pairs")
     monkeypatch.setattr(Path, "write_text", real)
     assert {n: (tmp_path / "ex" / f).read_text() for n, f in (("ex-instruct", "math_instruct.jsonl"),
@@ -211,3 +218,106 @@ def test_a_source_shard_deleted_mid_merge_is_named_and_nothing_is_registered(tin
                                               "read its model. Nothing was registered"):
         run_merge(MergeSpec(models=["a", "b"], name="ab"))
     assert registry.get("ab") is None
+
+
+def test_a_rephrasing_may_write_the_seeds_numbers_in_another_form():
+    """The changed-number check refused "two" → "2", "(100,200)" → "(100, 200)", "0.5" → ".5" and \\frac{1}{2} →
+    \\frac12 as numbers "the original does not" have; a changed number is still refused."""
+    import pytest
+
+    from backend.synth.rephrase import RephraseError, check_question
+    from backend.synth.seeds import Seed
+
+    same = [("Tom has two apples and buys three more. How many?", "Tom has 2 apples and buys 3 more. How many?"),
+            ("Find the distance from (100,200) to the origin.", "How far is the point (100, 200) from the origin?"),
+            ("What is 0.5 of 10?", "What is .5 of 10?"),
+            (r"What is $\frac{1}{2}$ of 10?", r"What is $\frac12$ of 10?"),
+            ("It has 1000 pages.", "It has 1,000 pages."),
+            ("twenty-five boxes of two hundred and five nails, three thousand five hundred in all, a dozen eggs",
+             "25 boxes of 205 nails, 3500 in all, 12 eggs")]
+    for question, rephrased in same:
+        check_question(Seed("s", "c", 1, question, "", "1"), rephrased)
+    for question, rephrased, new in [("Tom has two apples.", "Tom has 3 apples.", "3"),
+                                     ("It has 1000 pages.", "It has 1,001 pages.", "1001"),
+                                     (r"What is $\frac{1}{2}$ of 10?", r"What is $\frac13$ of 10?", "3")]:
+        with pytest.raises(RephraseError, match=f"has {new}, which the original has neither in digits nor in words"):
+            check_question(Seed("s", "c", 1, question, "", "1"), rephrased)
+
+
+def test_a_full_disk_while_writing_the_pairs_registers_nothing_and_a_rerun_goes_on(tmp_path, monkeypatch):
+    """Registered before its file was written, a run the disk stopped left a data set without its file, and the
+    rerun was refused: the name was taken."""
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    from backend.synth import pipeline
+
+    real = Path.write_text
+
+    def full(self, text, *a, **k):
+        if self.name == "pairs.partial":
+            real(self, text[:10], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    spec = SynthMathSpec(num_seeds=4, name="full")
+    with pytest.raises(OSError, match="Disk full while writing to .*nothing was changed"):
+        run_synth_math(spec)
+    assert pipeline.get_dataset("full-pairs") is None
+    folder = Path(pipeline.db.workspace()) / "datasets" / "full"
+    assert sorted(p.name for p in folder.iterdir()) == ["rephrase_cache.jsonl"]
+    monkeypatch.setattr(Path, "write_text", real)
+    assert run_synth_math(spec)["pairs"] == "full-pairs" and (folder / "pairs.jsonl").exists()
+
+
+def test_the_synth_page_sees_a_rejected_pair_in_the_exports_when_the_counts_match():
+    """One pair rejected and another restored: the exports' row count matched what an export would write, so the
+    page said nothing while the files training reads held the rejected pair."""
+    from backend.synth import pipeline
+    from tests.test_pages import app
+
+    pipeline.run_synth_math(SynthMathSpec(num_seeds=4))
+    with pipeline.db.session() as s:
+        a, b = s.exec(pipeline.select(pipeline.SynthPair.id).order_by(pipeline.SynthPair.id)).all()[:2]
+    pipeline.reject_by_hand(a)
+    pipeline.export("synth-math-pairs")  # 3 pairs, without a
+    at = app("synth.py")
+    assert not any("exported before" in w.value for w in at.warning)
+    pipeline.reject_by_hand(a, undo=True)
+    pipeline.reject_by_hand(b)  # still 3 to export, but not the 3 exported
+    at = app("synth.py")
+    (said,) = [w.value for w in at.warning if "exported before" in w.value]
+    assert "hold 3 pairs, but not the ones an export would write now: exported before the latest" in said
+
+
+def test_a_synth_math_job_killed_while_exporting_is_sent_to_export_not_resume():
+    from backend import runner
+    from backend.synth import pipeline
+    from storage.models import Job
+
+    pipeline.save_dataset("sm-pairs", "synth-pairs", "/x/pairs.jsonl", 4, {})
+    assert runner._what_resume_does(Job(id=3, kind="synth-math", spec={"name": "sm"})) == (
+        "its pairs were registered as sm-pairs; make the Instruct / Alignment sets from them with python -m backend "
+        "datasets export sm-pairs (or the Synthetic math page's Export tab)")
+
+
+def test_resume_promises_the_checkpoint_the_resumed_run_takes(tmp_path):
+    """The Resume button and `jobs resume` named a checkpoint whose trainer_state.json was cut; the resumed run then
+    removed it and went on from the one before (or from step 0)."""
+    from backend import runner
+    from backend.training import complete_checkpoints
+    from storage.models import Job
+
+    states = {"checkpoint-10": '{"global_step": 10}', "checkpoint-20": '{"global'}
+    for name, text in states.items():
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / "trainer_state.json").write_text(text)
+    job = Job(id=4, kind="sft", spec={}, run_dir=str(tmp_path))
+    assert runner.resume_point(job).name == "checkpoint-10"
+    assert (tmp_path / "checkpoints" / "checkpoint-20").exists()  # saying so removes nothing
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-10"]
+    (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").write_text("")
+    assert runner.resume_point(job) is None  # starts over, and says so

@@ -38,3 +38,23 @@ def test_the_probe_really_asks_what_the_corpus_states():
     answerable = [it for it in items if it["kind"] == "answerable"]
     assert answerable and all(f"is {it['answers'][0]}." in corpus for it in answerable)
     assert set(heldout.TEACHES) == {"builtin-eval:qa-closed-book"}
+
+
+def test_the_taught_note_does_not_call_a_task_with_an_overlap_column_clean(tiny_llama, tmp_path):
+    """A model whose lineage also holds some of qa's questions verbatim: the note announced qa's ⚠ column and then
+    said "qa: no 8-gram in common with the training data"."""
+    import json
+
+    items = [json.loads(x) for x in heldout.eval_path("qa-closed-book").read_text().splitlines() if x.strip()]
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text("".join(json.dumps({"instruction": it["question"], "output": "?"}) + "\n" for it in items))
+    registry.import_folder(tiny_llama, "base")
+    registry.register(tiny_llama, "taught", "trained", parents=["base"], recipe={"kind": "sft", "data": [
+        {"source": "builtin:facts-corpus", "weight": 1.0}, {"source": str(leak), "weight": 1.0}]})
+    evaluate.run_eval(EvalSpec(models=["taught"], tasks=["qa"], limit=6, max_new_tokens=8))
+    primary = scoretable.headline(scoretable.latest_scores())
+    assert primary[("taught", "qa")].overlap_share > 0
+    note = scoretable.overlap_note(primary)
+    assert "training-overlap column for qa" in note and "no 8-gram in common" not in note
+    assert "qa: besides its column, builtin:facts-corpus (its answerable items ask the capitals it states) teaches " \
+           "it in other words, and taught trained on it" in note

@@ -537,9 +537,9 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
 
 
-def _write_all(texts: dict[Path, str], out_dir: Path) -> None:
+def _write_all(texts: dict[Path, str], out_dir: Path, rename: bool = True) -> None:
     """Both export files, or neither changed: each is written whole beside its name first (never a half-written file
-    under a registered name), and only then renamed into place. Renamed one by one as they were written, a full disk
+    under a registered name), and only then renamed into place (`rename`: else left as NAME.partial for the caller). Renamed one by one as they were written, a full disk
     at the second left a registered Instruct set of 4 lines under a row that said 5, and its .partial file behind."""
     partial = {path: path.with_suffix(".partial") for path in texts}
     try:
@@ -549,11 +549,11 @@ def _write_all(texts: dict[Path, str], out_dir: Path) -> None:
         for tmp in partial.values():
             tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"Disk full while exporting to {out_dir}: nothing was changed (the exported "
-                                        "files and their data sets are as they were). Free some space and export "
+            raise OSError(errno.ENOSPC, f"Disk full while writing to {out_dir}: nothing was changed (the files there "
+                                        "and their data sets are as they were). Free some space and run it "
                                         "again.") from None
         raise
-    for path, tmp in partial.items():
+    for path, tmp in partial.items() if rename else ():
         tmp.replace(path)
 
 
@@ -614,6 +614,16 @@ def _exported(dataset_id: int, include_flagged: bool) -> list:
     statuses = ["verified", "flagged"] if include_flagged else ["verified"]
     return [SynthPair.dataset_id == dataset_id, SynthPair.status.in_(statuses),
             SynthPair.rejected_by_hand == False]  # noqa: E712
+
+
+def exported_digest(dataset_id: int, include_flagged: bool) -> str:
+    """A digest of which pairs an export writes now: it changes with every rejection or undo by hand, so a page
+    re-reads an exported file (holds_export) only then, not on every rerun."""
+    import hashlib
+
+    with db.session() as s:
+        ids = s.exec(select(SynthPair.id).where(*_exported(dataset_id, include_flagged)).order_by(SynthPair.id)).all()
+    return hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).hexdigest()
 
 
 LENGTH_BIN = 5  # words per bin of the Synthetic math page's length histograms
@@ -758,12 +768,18 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     settings = spec.model_dump(mode="json")
     pairs_file = out_dir / "pairs.jsonl"
     text = "".join(json.dumps(p.model_dump(exclude={"id", "dataset_id"}), ensure_ascii=False) + "\n" for p in pairs)
-    # registered first, then written: of two runs of one name at once (two foreground commands), the one refused
-    # here had already written its pairs.jsonl over the file the other registered
-    rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
-                       {"settings": settings, "rephraser": rephraser.name, "counts": tally}, pairs)
-    pairs_file.with_suffix(".partial").write_text(text)
-    pairs_file.with_suffix(".partial").replace(pairs_file)
+    # written whole beside its name, registered, and only then put in place: of two runs of one name at once (two
+    # foreground commands) the one refused here had written its pairs.jsonl over the file the other registered,
+    # and registered before the write, a full disk left a data set without its file
+    partial = pairs_file.with_suffix(".partial")
+    try:
+        _write_all({pairs_file: text}, out_dir, rename=False)
+        rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
+                           {"settings": settings, "rephraser": rephraser.name, "counts": tally}, pairs)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(pairs_file)
     with db.session() as s:
         usable = s.exec(select(func.count()).where(*_exported(rec.id, spec.include_flagged))).one()
     if usable:
@@ -803,14 +819,14 @@ def _pushable_export(pairs_name: str) -> list[DatasetRecord]:
         if not Path(d.path).is_file():
             raise DatasetError(f"The file of {d.name}, {d.path}, is gone. Nothing was pushed: export {pairs_name} "
                                "again, then push.")
-        if not _holds_export(d, pairs.id):
+        if not holds_export(d, pairs.id):
             raise DatasetError(f"{d.path} no longer holds {d.name} as exported from {pairs_name} (another export "
                                "into the same folder overwrote it, or pairs were rejected by hand since). Nothing was "
                                f"pushed: export {pairs_name} again, then push.")
     return files
 
 
-def _holds_export(d: DatasetRecord, pairs_id: int) -> bool:
+def holds_export(d: DatasetRecord, pairs_id: int) -> bool:
     """Whether `d`'s file has one line per pair export() takes from these pairs now, each with that pair's rephrased
     question (the user turn of Instruct, the prompt of Alignment, JSON-encoded as export() writes it). The file is
     read a line at a time: an export of 100k pairs is large."""

@@ -53,23 +53,60 @@ def parse_reply(text: str) -> tuple[str, str]:
     return m["q"].strip(), m["s"].strip()
 
 
-_QUESTION_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+_QUESTION_NUMBER = re.compile(r"(?<![\d.])\.\d+|\d+(?:,\d{3})*(?:\.\d+)?")  # 12, 1,000, 12.50, .5
+_FRAC = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")  # \frac12: TeX's one-digit arguments, 1 and 2 (\frac{1}{2} reads so)
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+_WORD_VALUES = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS, "dozen": 12, "half": Fraction(1, 2), "twice": 2,
+                "double": 2, "triple": 3, "once": 1}
 
 
-def _numbers(text: str) -> set[Fraction]:
-    return {Fraction(x.replace(",", "")) for x in _QUESTION_NUMBER.findall(text)}
+def _numbers(text: str, parts: bool = False) -> set[Fraction]:
+    """The numbers a question writes in digits, \\frac12 as 1 and 2 (as \\frac{1}{2} reads). `parts` (the seed's
+    side): a group "100,200" also as 100 and 200, a point's coordinates a rephrasing may write "(100, 200)"."""
+    text = _FRAC.sub(r" \1 / \2 ", text)
+    out = set()
+    for x in _QUESTION_NUMBER.findall(text):
+        out.add(Fraction(x.replace(",", "")))
+        if parts and "," in x:
+            out |= {Fraction(part) for part in x.split(",")}
+    return out
+
+
+def _word_numbers(text: str) -> set[Fraction]:
+    """The numbers a question writes in words: each word's value and each run's ("twenty-five" 25, "two hundred"
+    200, "three thousand five hundred" 3500), so a rephrasing that writes them in digits writes no new number."""
+    out: set[Fraction] = set()
+    total = current = None
+    for word in re.findall(r"[a-z]+", text.lower()) + [""]:
+        if word in _WORD_VALUES or word in _SCALES:
+            out.add(Fraction(_WORD_VALUES.get(word, _SCALES.get(word))))
+            if word in _SCALES:
+                current = (current or 1) * _SCALES[word]
+                if _SCALES[word] >= 1000:
+                    total, current = (total or 0) + current, 0
+            else:
+                current = (current or 0) + _WORD_VALUES[word]
+        elif word != "and" or current is None:
+            if current is not None or total is not None:
+                out.add(Fraction((total or 0) + (current or 0)))
+            total = current = None
+    return out
 
 
 def check_question(seed: Seed, question: str) -> None:
     """Refuse a rephrased question that holds a number its seed's question does not: verification compares only
     the final answers, so a model that wrote $999 for $10 and kept the answer made a verified pair whose answer does
-    not fit its question. A number written out in words or left out is no new number ("2 pencils" may become "two
-    pencils"); 1,000 = 1000 and 12.50 = 12.5."""
-    new = sorted(_numbers(question) - _numbers(seed.question))
+    not fit its question. A number the seed writes in words or digits may be written either way ("2 pencils" may
+    become "two pencils", "twenty-five" 25); a number left out is no new number; 1,000 = 1000, 12.50 = 12.5 = and
+    0.5 = .5."""
+    new = sorted(_numbers(question) - _numbers(seed.question, parts=True) - _word_numbers(seed.question))
     if new:
         said = ", ".join(format_number(x) for x in new)
-        raise RephraseError(f"the rephrased question has {said}, which the original does not: a changed number "
-                            "changes the answer.")
+        raise RephraseError(f"the rephrased question has {said}, which the original has neither in digits nor in "
+                            "words: a changed number changes the answer.")
 
 
 def parse_checked(seed: Seed, text: str) -> tuple[str, str]:
