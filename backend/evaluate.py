@@ -61,7 +61,15 @@ class EvalFailed(EvalError, RuntimeError):
 
 
 def _load(path: str, plan: evaldevice.DevicePlan | None = None):
-    return evaldevice.load_model(registry.resolve(path)[0], plan)
+    """The model's tokenizer and weights. A file gone since the job was planned (deleted or moved while the models
+    before it were scored) failed with a bare "[Errno 2]"; the scores already stored are kept."""
+    folder = registry.resolve(path)[0]
+    try:
+        return evaldevice.load_model(folder, plan)
+    except OSError as exc:  # a shard gone (FileNotFoundError), or every weights file (transformers' OSError)
+        what = f"{exc.filename} is missing" if exc.filename else str(exc).splitlines()[0][:300]
+        raise EvalError(f"{path}: {what}: were the model's files deleted or moved while this job ran? The scores it "
+                        "stored are kept: restore the model (or leave it out) and resume the job.") from None
 
 
 # ---------------------------------------------------------------- scorers

@@ -58,3 +58,27 @@ def test_the_taught_note_does_not_call_a_task_with_an_overlap_column_clean(tiny_
     assert "training-overlap column for qa" in note and "no 8-gram in common" not in note
     assert "qa: besides its column, builtin:facts-corpus (its answerable items ask the capitals it states) teaches " \
            "it in other words, and taught trained on it" in note
+
+
+def test_a_model_whose_files_vanish_mid_evaluation_is_named_and_the_scores_before_are_kept(tiny_llama, tmp_path,
+                                                                                              monkeypatch):
+    import shutil
+
+    import pytest
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_llama, copy)
+    registry.import_folder(tiny_llama, "a")
+    registry.import_folder(copy, "b")
+    real = evaluate.score_task
+
+    def then_delete(*args, **kwargs):
+        for f in copy.glob("*.safetensors"):
+            f.unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score_task", then_delete)
+    with pytest.raises(evaluate.EvalError, match=r"^b: .*model\.safetensors.*: were the model's files deleted or "
+                                                 "moved while this job ran\? The scores it stored are kept"):
+        evaluate.run_eval(EvalSpec(models=["a", "b"], tasks=["perplexity"], limit=2))
+    assert {m for m, _, _ in scoretable.latest_scores()} == {"a"}
