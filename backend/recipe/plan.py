@@ -246,6 +246,28 @@ def _task_fps(tasks: list[str], where: str, produced: dict[str, str]) -> dict[st
     return out
 
 
+def _synth_fps(body: dict, where: str) -> dict[str, str]:
+    """The fingerprints of what a synth-math stage reads besides its settings: a seeds file, a benchmark file (the
+    contamination check) and a model:NAME rephraser's files. Without them an edited seeds file planned the same hash,
+    and the stage, with every stage trained on its data, was reused from the old file's problems. A stage of the
+    generator, the rules rephraser and no benchmark adds nothing (the hash it had)."""
+    out = {}
+    for key in ("seeds", "benchmark"):
+        value = body.get(key)
+        if value and value != "generator":
+            path = Path(value).expanduser()
+            if not path.is_file():  # the job reads it only after every stage before it has run
+                raise RecipeError(f"{where}.{key}: file {value} does not exist.")
+            out[key] = _file_fp(path)
+    rephraser = body.get("rephraser") or ""
+    if rephraser.startswith("model:"):
+        try:
+            out["rephraser"] = _sha(["model", folder_fingerprint(registry.resolve(rephraser[6:])[0])])
+        except registry.RegistryError as exc:
+            raise RecipeError(f"{where}.rephraser: {exc}") from None
+    return out
+
+
 def _order(stages: list[dict]) -> list[dict]:
     """Stages in dependency order; a cycle is refused with its path."""
     by_name = {s["name"]: s for s in stages}
@@ -361,8 +383,13 @@ def plan(recipe: RecipeSpec) -> Plan:
             body["max_steps"] = min(steps, b.max_steps) if b.max_steps else steps
             if b.max_rows:
                 body["max_rows"] = min(body.get("max_rows") or b.max_rows, b.max_rows)
-        if kind == "eval" and b.eval_limit:
-            body["limit"] = min(body.get("limit", 40), b.eval_limit)
+        # a cap is written into the body (and so the hash) only where it lowers the value: an eval_limit above the
+        # default limit of 40 wrote limit 40 into a body without one, and every evaluation ran again for nothing
+        if kind == "eval" and b.eval_limit and body.get("limit", 40) > b.eval_limit:
+            body["limit"] = b.eval_limit
+        if kind == "synth-math" and b.max_rows and (body.get("num_seeds", 200) or b.max_rows + 1) > b.max_rows:
+            body["num_seeds"] = b.max_rows  # its seeds are its rows: a budget's quick try made every seed the stage
+            # asked for (the solar-10.7b preset's 20,000)
         # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
         made = {f"{out[d]}-{part}": (d, part) for d in deps if kinds.get(d) == "synth-math" for part in SYNTH_PARTS}
         produced = {n: hashes[d] for n, (d, _) in made.items()}
@@ -389,6 +416,8 @@ def plan(recipe: RecipeSpec) -> Plan:
             spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
             _check_tasks(spec, f"stage {name}.tasks", checked)
             read = _task_fps(spec.tasks, f"stage {name}.tasks", produced)
+        elif kind == "synth-math":
+            read = _synth_fps(body, f"stage {name}")
         # the stage's name is in the hash: two stages with the same body are still two models
         h = _sha([kind, body, [hashes[d] for d in deps], fps,
                   {r: hashes[r] for _, r in stage_refs(st) if r in hashes}] + ([read] if read else []))
@@ -418,8 +447,8 @@ def plan(recipe: RecipeSpec) -> Plan:
     # --- one evaluation of every model, with the same tasks and settings
     if recipe.eval is not None:
         ev = dict(recipe.eval)
-        if b.eval_limit:
-            ev["limit"] = min(ev.get("limit", 40), b.eval_limit)
+        if b.eval_limit and ev.get("limit", 40) > b.eval_limit:  # only a cap that lowers it (as the stages')
+            ev["limit"] = b.eval_limit
         task_fps: dict | None = None  # the task files' and sets' contents (_task_fps), read once: every model's
         for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:  # evaluation reads the same
             spec = EvalSpec(models=[n.output], **ev)

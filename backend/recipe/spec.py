@@ -64,7 +64,8 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps_scale: float = Field(1.0, gt=0, description="multiplies every training stage's max_steps")
     max_steps: int | None = Field(None, ge=1, description="cap on any training stage's max_steps")
-    max_rows: int | None = Field(None, ge=1, description="cap on rows taken from each data source")
+    max_rows: int | None = Field(None, ge=1, description="cap on rows taken from each data source "
+                                                             "(a synth-math stage: on its seeds)")
     eval_limit: int | None = Field(None, ge=1, description="cap on items per evaluation task")
 
 
@@ -136,6 +137,16 @@ class RecipeSpec(BaseModel):
             for t in st.get("tables") or []:
                 if t not in TABLES:
                     raise RecipeError(f"{where}.tables: {t!r}; choose among {', '.join(TABLES)}.")
+        seen: dict[str, str] = {}
+        for st in expand_stages(self.stages):  # a sweep point named as another stage (or point) would be planned as
+            # one: the later's model and hash replaced the earlier's for every stage reading that name
+            group = (st.get("sweep_of") or {}).get("group", st["name"])
+            if st["name"] in seen:
+                who = (f"stage {group}: two of its sweep points are" if seen[st["name"]] == group else
+                       f"stages {seen[st['name']]} and {group} are both")
+                raise RecipeError(f"{who} named {st['name']!r} (a sweep point is STAGE-FIELDVALUE, 6 digits); rename "
+                                  "a stage, or sweep values that differ in their first 6 digits.")
+            seen[st["name"]] = group
         for i, st in enumerate(expand_stages(self.stages)):  # every sweep value must make a valid spec
             try:
                 stage_spec(st, lambda ref: ref, f"stages[{i}]")

@@ -109,6 +109,47 @@ def _overlap_cells(metrics: list[str], outputs: list[str], latest: dict) -> tupl
     return cols, cells, scoretable.overlap_note(primary)
 
 
+UNMADE = ("failed", "cancelled", "interrupted")
+
+
+def _unmade_note(rows: list[dict]) -> str:
+    """The rows whose stage ended without making its model (stage_dicts' status), and how: their cells were blank
+    beside the paper's number, with no word, and read as scores not yet in."""
+    gone = [f"{st.get('label') or st['stage']} ({st['stage']}: {st['status']}"
+            + (f", job {st['job_id']})" if st.get("job_id") else ")") for st in rows if st.get("status") in UNMADE]
+    return f"No model, so no scores: {'; '.join(gone)}. Run the recipe again to make it." if gone else ""
+
+
+def _unlike_note(rows: list[dict], latest: dict) -> str:
+    """Where a task's scores in one table were measured differently (items behind them, or the evaluation's settings
+    but its limit: max_new_tokens, samples, prompt, lm-eval's few-shot counts and version), which rows differ and
+    how; "" when every row was measured alike. A model evaluated again outside the recipe (Compare, `evaluate`) has
+    its newest run in the table: a 40-item score stood beside 12-item ones in one column, with no word."""
+    import json
+
+    from backend import scoretable
+
+    label = {st["output"]: st.get("label") or st["stage"] for st in rows}
+    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in label}
+    measured: dict[str, dict[str, dict[str, str]]] = {}  # task -> row -> what -> value
+    for (model, task), r in sorted(primary.items()):
+        settings = {k: json.dumps(v, sort_keys=True, default=str)
+                    for k, v in ((r.details or {}).get("settings") or {}).items() if k != "limit"}
+        measured.setdefault(task, {})[label[model]] = {"items": str(scoretable.items_behind(r) or None), **settings}
+    found: dict[str, dict[str, dict[str, list[str]]]] = {}  # task -> what -> value -> rows
+    for task, by_row in measured.items():
+        for what in sorted({w for m in by_row.values() for w in m}):  # a setting one row lacks is a difference too
+            for row, m in by_row.items():
+                found.setdefault(task, {}).setdefault(what, {}).setdefault(m.get(what, "None"), []).append(row)
+    parts = [f"{task}: " + "; ".join(f"{what} " + ", ".join(f"{v} ({', '.join(ms)})" for v, ms in sorted(vals.items()))
+                                     for what, vals in sorted(by.items()) if len(vals) > 1)
+             for task, by in sorted(found.items()) if any(len(vals) > 1 for vals in by.values())]
+    if not parts:
+        return ""
+    return ("Not measured alike — " + " | ".join(parts) + ". These scores are not like for like; evaluate the models "
+            "with the same settings (the recipe's own evaluation does) before comparing them.")
+
+
 def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest: dict | None = None) -> list[Table]:
     """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info). One table per
     paper table that has rows, plus every model; metric columns are the evaluation rows found. With `latest` (the
@@ -126,7 +167,8 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
         shown, cells, note = (_overlap_cells(metrics, [st["output"] for st in rows], latest) if latest is not None
                               else (metrics, {}, ""))
         cols = ["Model", "Stage", "Made from", *sources, *shown, "Paper H6"]
-        table = Table(key, TITLES[key], cols, notes=[note] if note else [])
+        unlike = _unlike_note(rows, latest) if latest is not None else ""
+        table = Table(key, TITLES[key], cols, notes=[n for n in (_unmade_note(rows), unlike, note) if n])
         for st in rows:
             used = {source_label(s) for s in st.get("sources") or []}
             vals = {**scores.get(st["output"], {}), **cells.get(st["output"], {})}
@@ -183,10 +225,12 @@ EXPORTS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
 
 
 def stage_dicts(run_id: int) -> list[dict]:
-    from backend.recipe.plan import stages
+    from backend.recipe.plan import stage_state, stages
 
-    return [{"stage": r.stage, "kind": r.kind, "output": r.output, "hash": r.hash, "job_id": r.job_id,
-             "status": job.status if job else r.info.get("status", ""), **r.info}
+    # the stage's state as the page shows it: the plan's status in its info ("run") came after the job's, and a
+    # failed stage read as about to run
+    return [{"stage": r.stage, "kind": r.kind, "output": r.output, "hash": r.hash, "job_id": r.job_id, **r.info,
+             "status": stage_state(r, job) or r.info.get("status", "")}
             for r, job in stages(run_id) if r.kind != "eval"]
 
 
