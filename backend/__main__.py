@@ -3,7 +3,7 @@
     python -m backend upscale --base SmolLM2-135M-Instruct --m 8 --out workspace/models/smol-dus-m8
     python -m backend upscale --base A --method slices --slice 0:0:20 --slice 0:10:30 --out PATH
     python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
-    python -m backend models list | import builtin|FOLDER|FILE.gguf|owner/name | delete NAME
+    python -m backend models list [--json] | import builtin|FOLDER|FILE.gguf|owner/name [--queue] | delete NAME
     python -m backend models push NAME --repo OWNER/NAME [--private]  # with a model card; needs HF_TOKEN
     python -m backend train cpt|sft|dpo --model NAME_OR_PATH --data SOURCE[@WEIGHT] ... --out PATH [--max-steps N]
     python -m backend synth-math --seeds N --rephraser rules|model:NAME|openai:URL --out PATH [--level 1 …]
@@ -13,6 +13,8 @@
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
                             [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
+    python -m backend scores [MODEL ...] [--format md|csv|tex | --json]   # the Compare page's table
+    python -m backend compare A B --task synth-math [--outcome hallucination]   # or just shorter answers?
     python -m backend run SPEC.yaml [--queue] [--name NAME] [--num-machines N --machine-rank R
                             --main-process-ip HOST0]
     python -m backend slurm SPEC.yaml [--nodes N --gpus-per-node G --partition P --time HH:MM:SS] > train.sbatch
@@ -347,7 +349,7 @@ def cmd_synth(a) -> None:
     spec = SynthMathSpec(seeds=a.seed_file or "generator", num_seeds=a.seeds, rephraser=a.rephraser,
                          api_model=a.api_model, levels=a.level or [], categories=a.category or [],
                          benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
-                         include_flagged=a.include_flagged)
+                         include_flagged=a.include_flagged, temperature=a.temperature, api_key_env=a.api_key_env)
     _run_or_queue(spec, a)
 
 
@@ -565,8 +567,14 @@ def cmd_scores(a) -> None:
         if unknown:
             raise ValueError(f"no scores for {', '.join(unknown)}: evaluate first (`python -m backend eval MODEL`).")
         latest = {k: r for k, r in latest.items() if k[0] in a.models}
-    if not latest:
+    if not latest and not a.json:  # --json: [], as every other list for scripts (jobs, models, data sets)
         raise ValueError("no scores yet: evaluate first (`python -m backend eval MODEL`).")
+    if a.json:  # for scripts: every stored score of the table's runs by its own keys (the CSV's columns are the
+        # page's labels, "synth-math (accuracy) ±"), with the standard error and items the table shows beside it
+        _print_json([{**scoretable.headline_score(latest, r, a.clean), "clean": a.clean, "overlap_share":
+                      r.overlap_share, "job": r.job_id, "run": r.run, "created": r.created, "details": r.details}
+                     for _, r in sorted(latest.items()) if not r.metric.endswith(scoretable.STDERR)])
+        return
     rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()}, clean=a.clean)
     if a.format == "csv":  # every score numeric, its error in its own ± column (as the page's Export CSV)
         print(tables.to_csv(tables.Table("scores", "Models × tasks", list(rows[0]), [list(r.values()) for r in rows])),
@@ -830,9 +838,24 @@ def cmd_chat(a) -> None:
           f"{stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
 
 
+MODELS_OPTIONS = {"list": ("json",), "import": ("name", "allow_pickle", "queue", "after"), "delete": ("force",),
+                  "push": ("repo", "private", "queue", "after")}  # what each `models` action reads
+
+
 def cmd_models(a) -> None:
     from backend import registry
 
+    # the options are the `models` parser's, shared by its actions: one another action reads was dropped without a
+    # word (`models list --name tiny --json` gave every model; `models import X --queue` ran here), refused instead
+    unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private", "queue",
+                                                    "after") if getattr(a, k) not in (None, False)
+              and k not in MODELS_OPTIONS[a.action]]
+    if a.action == "list" and a.target:
+        unused.insert(0, f"TARGET {a.target!r}")
+    if unused:
+        reads = ", ".join("--" + k.replace("_", "-") for k in MODELS_OPTIONS[a.action])
+        what = {"list": "", "import": " and a TARGET"}.get(a.action, " and a NAME")
+        raise ValueError(f"models {a.action} takes no {', '.join(unused)} (it reads {reads}{what}).")
     if a.action == "list":
         rows = registry.list_models()
         if a.json:
@@ -853,6 +876,11 @@ def cmd_models(a) -> None:
     elif a.action == "import":
         if not a.target:
             raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
+        if a.queue or a.after:  # a job, as the pages' imports are (ImportSpec): a Hub download of many GiB
+            from backend.specs import ImportSpec
+
+            return _run_or_queue(ImportSpec(target=_local_model(a.target), name=a.name,
+                                            allow_pickle=a.allow_pickle), a)
         rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
         print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":
@@ -1162,7 +1190,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in (("grad_accum", int), ("lr_scheduler", None), ("warmup_ratio", float), ("weight_decay", float),
                        ("max_rows", int), ("seed", int)):  # the spec's words, as the Train page's Advanced shows
         info = _TrainSpec.model_fields[flag]
-        t.add_argument("--" + flag.replace("_", "-"), type=kind, help=f"{info.description} (default: {info.default})",
+        shown = "all" if info.default is None else info.default  # max_rows: None is every row ("all" on the page),
+        # and --help said "(default: None)"
+        t.add_argument("--" + flag.replace("_", "-"), type=kind, help=f"{info.description} (default: {shown})",
                        **({"choices": get_args(info.annotation)} if kind is None else {}))
     t.add_argument("--report-to", nargs="+", choices=["tensorboard", "trackio", "mlflow", "wandb", "none"],
                    help="also log to these trackers (trl's report_to); default: DUS_REPORT_TO, else none")
@@ -1210,6 +1240,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed-file", help="MATH- or GSM8K-format .jsonl/.json instead of the generator")
     sm.add_argument("--rephraser", default="rules", help="rules | model:NAME | openai:BASE_URL")
     sm.add_argument("--api-model", help="openai: the model name the server serves")
+    # the Synth page sets both (its Temperature slider, its "Key from environment variable" field): a page's run was
+    # not one the CLI could make, and only `run SPEC.yaml` reached them
+    sm.add_argument("--api-key-env", default=SynthMathSpec.model_fields["api_key_env"].default,
+                    help="openai: the environment variable that holds the server's key")
+    sm.add_argument("--temperature", type=float, default=SynthMathSpec.model_fields["temperature"].default,
+                    help="model: / openai: sampling temperature of the rephrasings (0: greedy, 0 to 2)")
     sm.add_argument("--level", type=int, action="append", choices=[1, 2, 3],
                     help="generator: difficulty, repeatable (default: all)")
     sm.add_argument("--category", action="append", help="generator: a category, repeatable (default: all): "
@@ -1281,6 +1317,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
                                                          "data of the model's lineage")
     sc.add_argument("--format", choices=["md", "csv", "tex"], default="md", help="Markdown, CSV or LaTeX")
+    sc.add_argument("--json", action="store_true", help="a JSON array for scripts: one object per model, task and "
+                    "metric (value, stderr, n, the stored details), not the table (--format is then unused)")
     sc.set_defaults(fn=cmd_scores)
 
     from backend import analysis  # numpy only: statsmodels loads when a fit runs
@@ -1414,10 +1452,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "
                         "access; exit code 1 when the Hub refused the push or could not be reached)")
     m.add_argument("--private", action="store_true", help="push: make the repo private if it is made")
-    m.add_argument("--queue", action="store_true", help="push: hand the upload to the worker instead of running it "
-                                                        "here")
-    m.add_argument("--after", type=int, help="push: queue it to run after this job succeeds (the training that "
-                                             "makes the model)")
+    m.add_argument("--queue", action="store_true", help="import, push: hand the download or upload to the worker "
+                                                        "instead of running it here")
+    m.add_argument("--after", type=int, help="import, push: queue it to run after this job succeeds (push: the "
+                                             "training that makes the model)")
     m.set_defaults(fn=cmd_models)
 
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
@@ -1478,7 +1516,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # by identity: `0 in (None, False)` is true (0 == False), and `synth-math --seed` hid its default 0
+        if ("(default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
             return text
         shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
         return f"{text} (default: {shown})"
@@ -1491,6 +1531,7 @@ def _format_help(p: argparse.ArgumentParser) -> None:
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sp in action.choices.values():
+                sp.set_defaults(_parser=sp)  # the deepest one parsed: main's error for an option it does not know
                 _format_help(sp)
 
 
@@ -1506,7 +1547,11 @@ def main(argv: list[str] | None = None) -> int:
     _on_interrupt[0] = None
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the (sub)command that was given them, with its usage: parse_args had the top level's
+            # ("python -m backend: error: unrecognized arguments: --limit 1" under the list of commands)
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         args.fn(args)
         sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit after main
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's code for SIGINT (128 + 2)
