@@ -71,5 +71,9 @@ if not chosen:
     st.caption("Choose one or more jobs above to see their curves and logs.")
 else:
     charts(chosen)
-    with st.expander(f"Log of job {chosen[0]} (last 40 lines)"):
-        live_log(chosen[0], 40)
+    # with several jobs chosen, only the first one's log was offered: a failed job added second (the one whose log
+    # says why) could not be read here without taking the others out of the selection
+    log_of = st.selectbox("Log of", chosen, format_func=labels.get, key="monitor_log_of") if len(chosen) > 1 \
+        else chosen[0]
+    with st.expander(f"Log of job {log_of} (last 40 lines)"):
+        live_log(log_of, 40)

@@ -91,11 +91,17 @@ if b1.button("Plan", key="recipe_plan", type="secondary"):
         st.error(f"Not planned: {exc}")
 if b2.button("Run", key="recipe_run", type="primary"):
     try:
-        ids = recipe.run_recipe(text, queue=True)
+        # planned here and handed on, so the message says what the run queued: a second Run of an unchanged
+        # recipe read "Submitted recipe run 2; the worker runs the stages" though it queued nothing new
+        run_plans = recipe.plan_text(text)
+        ids = recipe.run_recipe(text, queue=True, plans=run_plans)
         st.session_state["recipe_run_id"] = ids[-1]
         st.session_state["recipe_run_pick"] = ids[-1]  # show the new run: the picker otherwise keeps the old one
-        st.success(f"Submitted recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}; the worker "
-                   "runs the stages in dependency order.")
+        fresh = sum(n.status == "run" for p in run_plans for n in p.nodes)
+        st.success(f"Submitted recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
+                   + "; ".join(p.lines()[0].removeprefix("recipe ") for p in run_plans) + ". "
+                   + ("The worker runs the new stages in dependency order." if fresh else
+                      "Nothing new to train: every stage is reused or already queued by an earlier run."))
     except (recipe.RecipeError, ValueError) as exc:
         st.error(f"Not run: {exc}")
 if plans:
@@ -145,7 +151,11 @@ with t_tables:
                "Compare page; the note under each table says what they mean.")
     for t in tables.run_tables(run_id):
         st.markdown(f"**{t.title}**")
-        st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}")
+        # pinned: with a task's metrics between them (six columns for synth-math), the paper's number sat off-screen
+        # at 1280 px, so "beside the published numbers" took a sideways scroll per table
+        st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}",
+                     column_config={"Model": st.column_config.TextColumn(pinned=True),
+                                    "Paper H6": st.column_config.NumberColumn(pinned=True)})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
         cols = st.columns(3)

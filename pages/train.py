@@ -94,6 +94,10 @@ def cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str =
         return data.preview(source, kind, n=3, sample_by=sample_by), ""
     except ValueError as exc:  # kept too (st.cache_data does not keep exceptions): the same wait otherwise
         return None, str(exc)
+    except OSError as exc:  # a folder named like a file (Spark writes x.parquet/ folders): was a traceback
+        if Path(source).expanduser().is_dir():
+            return None, "a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt file in it."
+        return None, f"cannot be read: {exc.strerror or exc}."
 
 
 def file_stamp(source: str) -> tuple | None:
@@ -138,7 +142,10 @@ def data_caption(kind: str) -> str:
             ".txt gives a row per line, per paragraph or the whole file, as its *rows of a .txt* column says; each "
             "row ends with the end-of-text token: prose read a line a row learns to stop after every line), or a "
             "Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
-            + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (Synthetic math page)."))
+            + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (" + (
+                # the Synthetic math page makes SFT/DPO sets and mixes only: it sent a CPT user where none is made
+                "`python -m backend datasets mix NAME --for cpt SOURCE@WEIGHT …` saves a mix)." if kind == "cpt"
+                else "Synthetic math page).")))
 
 
 def held_out_help(spec_fields: dict, kind: str) -> str:
@@ -185,7 +192,11 @@ if upload is not None:
             st.error(problem if named else f"{upload.name}: {problem}")
         else:
             upload_path = str(path)
-            st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows.")
+            # read a line a row here whatever the table says: "5 rows" stood beside the table's "3 rows (a row per
+            # paragraph)" for the same file, so a .txt says how it was counted
+            per = (" read a line a row (its *rows of a .txt* cell in the table can make a row a paragraph or the "
+                   "whole file)" if path.suffix.lower() == ".txt" else "")
+            st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows{per}.")
 # The table restarts from `base` (with a new key) when an upload is added to it, so the rows typed so far stay.
 version = st.session_state.get(f"sources_{kind}_version", 0)
 table_key = f"sources_{kind}" + (f"_v{version}" if version else "")
@@ -336,11 +347,23 @@ with machines_box:
         memory_gb=r4.number_input("Memory GiB (0: none)", 0.0, 100_000.0, 0.0, key="res_memory_gb") or None)
 
 open_jobs = runner.active_jobs()[::-1]  # every queued or running job, newest first, however many finished since
+# The job chosen below drops out of the choices when it ends, and Streamlit then silently reads "start now": a run
+# meant to wait for a job that failed would start at once. Remembered until the choice is made again, and said.
+chosen_after = st.session_state.get("after")
+if chosen_after is not None and chosen_after not in [j.id for j in open_jobs]:
+    st.session_state["_train_after_ended"] = chosen_after
 # what each job makes, so two queued SFT jobs can be told apart (an evaluation makes no model: its models)
 after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
                      format_func=lambda i: "start now" if i is None else next(
                          f"job {j.id} · {j.kind} · {j.status}" + (f" → {made}" if (made := runner.planned_name(j)) else
-                                                                   "") for j in open_jobs if j.id == i))
+                                                                   "") for j in open_jobs if j.id == i),
+                     on_change=lambda: st.session_state.pop("_train_after_ended", None))
+if after is None and (ended_id := st.session_state.get("_train_after_ended")) is not None:
+    ended = runner.get(ended_id)
+    st.warning(f"Job {ended_id}, which this run was to start after, has ended"
+               + (f" ({ended.status}" + ("" if ended.status == "succeeded" else ": a run waiting for it would not "
+                                         "have started") + ")" if ended else " (deleted)")
+               + ". *Start after job* now reads *start now*: Launch starts the run at once. Choose again above.")
 name = st.text_input("Name of the trained model", value=f"{model}-{kind}", key=f"train_name_{kind}_{model}")
 
 try:
@@ -364,7 +387,8 @@ if training and not taken:
 if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
              disabled=taken or training is not None or not previews_ok or not rows or not plan_ok or upload_pending) \
         and not training:
-    submit(spec, "train_job", after=after)
+    if submit(spec, "train_job", after=after) is not None:
+        st.session_state.pop("_train_after_ended", None)  # said once the run is launched: not on the next rerun
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
                    disabled=upload_pending, help="Rerun it with: python -m backend run SPEC.yaml")
 with machines_box:
