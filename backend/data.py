@@ -137,6 +137,9 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
     if looks_local(source) or path.exists():
         if not path.exists():
             raise DataError(f"Data file {path} does not exist.")
+        if path.is_dir():  # a folder named like a file (Spark writes x.parquet/ folders) was an IsADirectoryError
+            raise DataError(f"{path} is a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt "
+                            "file in it.")
         if path.suffix not in LOADERS:
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
         if problem := _unusable_text(path):
@@ -180,6 +183,25 @@ class _ThisThread(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR or record.thread != self.thread
+
+
+def reads_text_file(source: str) -> bool:
+    """Whether `source` reads a .txt file (itself, a built-in or registered set, or a member of a mix): where
+    sample_by has anything to split. The pages said "a row per paragraph" of a .jsonl, on which it does nothing."""
+    if source.startswith("mix:"):
+        try:
+            return any(reads_text_file(src) for src, _ in expand([(source, 1.0)]))
+        except DataError:
+            return False
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        return name in BUILTIN and BUILTIN[name][0].endswith(".txt")
+    if source.startswith("dataset:"):
+        try:
+            source = _registered(source.removeprefix("dataset:")).path
+        except DataError:
+            return False
+    return Path(source).suffix == ".txt"
 
 
 def _sample_by(value: str) -> str:
@@ -694,4 +716,5 @@ def preview(source: str, kind: str, n: int = 5, sample_by: str = "line") -> dict
     if not source.startswith("mix:"):
         check_rows(ds, source, layout, kind, n=_rows_to_check(source))
     rows = [convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))]
-    return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows}
+    return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows,
+            "text_file": reads_text_file(source)}

@@ -341,7 +341,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                                           spec.seed, spec.max_rows,
                                           eval_fraction=0.0 if spec.eval_data else spec.eval_fraction)
     for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
-        if d.sample_by != "line":
+        if d.sample_by != "line" and data.reads_text_file(d.source):
             print(f"data: {d.source}: a row per {d.sample_by} of its .txt files", flush=True)
     for source, layout, rows in report:
         print(f"data: {source} ({layout}) -> {rows} rows", flush=True)

@@ -236,7 +236,8 @@ for r in rows:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
     else:
-        per = f" (a row per {r['sample_by']} of a .txt)" if r["sample_by"] != "line" else ""
+        per = "" if r["sample_by"] == "line" else f" (a row per {r['sample_by']} of a .txt)" if pv.get("text_file") \
+            else f" ({r['sample_by']}: no .txt here, its rows are its own)"
         with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
             st.json(pv["examples"], expanded=False)
 

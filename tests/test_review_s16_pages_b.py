@@ -23,8 +23,8 @@ def test_train_page_names_a_folder_source_instead_of_a_traceback(tiny, tmp_path)
     at.session_state["sources_cpt_base"] = [{"source": str(folder), "weight": 1.0, "sample_by": "line"}]
     at.run()
     assert not at.exception, at.exception  # was IsADirectoryError: [Errno 21] Is a directory: '…/corpus.jsonl'
-    assert [e.value for e in at.error] == [f"{folder}: a folder, not a data file: give one .jsonl / .json / .csv / "
-                                           ".parquet / .txt file in it."]
+    assert [e.value for e in at.error] == [f"{folder}: {folder} is a folder, not a data file: give one .jsonl / "
+                                           ".json / .csv / .parquet / .txt file in it."]
     assert at.button(key="launch").disabled
 
 

@@ -129,3 +129,20 @@ def test_datasets_preview_shows_a_source_as_the_job_reads_it(book, tmp_path):
     assert wrong.returncode == 2 and "error: " in wrong.stderr and "Traceback" not in wrong.stderr
     missing = cli("datasets", "preview", str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2 and f"{tmp_path / 'none.jsonl'} does not exist" in missing.stderr
+
+
+def test_sample_by_is_said_to_apply_only_where_a_txt_is_read(book, tmp_path):
+    """"(a row per paragraph of a .txt)" stood beside a .jsonl source, on which sample_by does nothing."""
+    pipeline.save_mix("book-mix", [(str(book), 1.0)], "cpt")
+    assert [data.reads_text_file(s) for s in (str(book), "builtin:facts-corpus", "mix:book-mix",
+                                              "builtin:alpaca-mini", str(tmp_path / "x.jsonl"))] == \
+        [True, True, True, False, False]
+    r = cli("datasets", "preview", "builtin:alpaca-mini", "--sample-by", "paragraph", "-n", "1")
+    assert r.returncode == 0 and "200 rows (--sample-by paragraph: no .txt here, its rows are its own)" in r.stdout
+
+
+def test_a_folder_named_like_a_data_file_is_refused_in_words(tmp_path):
+    folder = tmp_path / "corpus.jsonl"
+    folder.mkdir()
+    with pytest.raises(data.DataError, match="corpus.jsonl is a folder, not a data file: give one .jsonl"):
+        data.load_source(str(folder))
