@@ -568,6 +568,9 @@ def cmd_scores(a) -> None:
         if unknown:
             raise ValueError(f"no scores for {', '.join(unknown)}: evaluate first (`python -m backend eval MODEL`).")
         latest = {k: r for k, r in latest.items() if k[0] in a.models}
+    if a.json and a.format:  # one or the other: --format was dropped without a word
+        raise ValueError(f"scores --json prints JSON; --format {a.format} is for the table: give one of them.")
+    a.format = a.format or "md"
     if not latest and not a.json:  # --json: [], as every other list for scripts (jobs, models, data sets)
         raise ValueError("no scores yet: evaluate first (`python -m backend eval MODEL`).")
     if a.json:  # for scripts: every stored score of the table's runs by its own keys (the CSV's columns are the
@@ -849,8 +852,8 @@ def cmd_models(a) -> None:
     # the options are the `models` parser's, shared by its actions: one another action reads was dropped without a
     # word (`models list --name tiny --json` gave every model; `models import X --queue` ran here), refused instead
     unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private", "queue",
-                                                    "after") if getattr(a, k) not in (None, False)
-              and k not in MODELS_OPTIONS[a.action]]
+                                                    "after") if getattr(a, k) is not None
+              and getattr(a, k) is not False and k not in MODELS_OPTIONS[a.action]]  # --after 0 is given too
     if a.action == "list" and a.target:
         unused.insert(0, f"TARGET {a.target!r}")
     if unused:
@@ -1317,7 +1320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
     sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
                                                          "data of the model's lineage")
-    sc.add_argument("--format", choices=["md", "csv", "tex"], default="md", help="Markdown, CSV or LaTeX")
+    sc.add_argument("--format", choices=["md", "csv", "tex"], help="Markdown (the default), CSV or LaTeX")
     sc.add_argument("--json", action="store_true", help="a JSON array for scripts: one object per model, task and "
                     "metric (value, stderr, n, the stored details), not the table (--format is then unused)")
     sc.set_defaults(fn=cmd_scores)

@@ -68,8 +68,9 @@ def _load(path: str, plan: evaldevice.DevicePlan | None = None):
         return evaldevice.load_model(folder, plan)
     except OSError as exc:  # a shard gone (FileNotFoundError), or every weights file (transformers' OSError)
         what = f"{exc.filename} is missing" if exc.filename else str(exc).splitlines()[0][:300]
-        raise EvalError(f"{path}: {what}: were the model's files deleted or moved while this job ran? The scores it "
-                        "stored are kept: restore the model (or leave it out) and resume the job.") from None
+        raise EvalFailed(f"{path}: {what}: were the model's files deleted or moved while this evaluation ran? The "
+                         "scores it stored are kept: restore the model (or leave it out) and run it again (a job: "
+                         "resume it).") from None
 
 
 # ---------------------------------------------------------------- scorers

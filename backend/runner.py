@@ -477,7 +477,8 @@ def _what_resume_does(job: Job) -> str:
         from backend.synth.pipeline import get_dataset
 
         pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
-        if get_dataset(pairs) is not None:  # killed while exporting: a resume is refused (the name is taken)
+        rec = get_dataset(pairs)  # registered by this run (killed while exporting: a resume is refused), not another
+        if rec is not None and job.started is not None and _age(job.started, now=_utc(rec.created)) >= 0:
             return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
                     f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
         return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
@@ -855,6 +856,11 @@ def seconds_run(job) -> float | None:
     if job.started is None or job.status == "queued":
         return None
     return (job.finished - job.started).total_seconds() if job.finished else _age(job.started)
+
+
+def _utc(when):
+    """`when` with its UTC zone (SQLite hands datetimes back without it)."""
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _age(when, now=None) -> float:

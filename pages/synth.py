@@ -87,6 +87,13 @@ def _holds(name: str, stamp: tuple, pairs_id: int, exported: str) -> bool:
         return False
 
 
+def missing_exports(rec) -> list:
+    """The Instruct / Alignment sets exported from these pairs whose file is gone (deleted or moved by hand)."""
+    names = [f"{rec.name.removesuffix('-pairs')}-{k}" for k in ("instruct", "alignment")]
+    return [d for d in map(pipeline.get_dataset, names)
+            if d is not None and d.provenance.get("pairs") == rec.name and not Path(d.path).is_file()]
+
+
 def stale_exports(rec) -> list[tuple]:
     """The Instruct / Alignment sets exported from these pairs that no longer hold exactly the pairs an export
     would write now (pairs rejected or restored by hand since), each with the count an export would write. Row
@@ -98,7 +105,9 @@ def stale_exports(rec) -> list[tuple]:
             continue
         flagged = bool(d.provenance.get("include_flagged"))
         path = Path(d.path)
-        stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+        if not path.is_file():  # said apart (missing_exports): no rejection made it stale
+            continue
+        stamp = (path.stat().st_mtime_ns, path.stat().st_size)
         if not _holds(d.name, stamp, rec.id, pipeline.exported_digest(rec.id, flagged)):
             out.append((d, pipeline.length_gap(rec.id, flagged)["pairs"]))
     return out
@@ -232,6 +241,9 @@ st.caption(f"Rephraser `{rec.provenance.get('rephraser')}` · seeds `{rec.proven
            f"file `{rec.path}`")
 # a pair rejected by hand leaves the exported files as they were, and training reads those files: "rejected by
 # hand 1" stood above Synth. Math-Instruct / -Alignment that still held the pair, with nothing said
+if gone := missing_exports(rec):
+    st.warning(f"{' and '.join(f'`{d.name}` ({d.path})' for d in gone)}: the exported file is gone (deleted or moved "
+               "outside DUS Studio), so a training job reading it fails: export again on the Export tab.")
 stale = stale_exports(rec)
 if stale:
     d, now = stale[0]

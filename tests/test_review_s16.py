@@ -115,11 +115,18 @@ def test_the_run_that_loses_a_name_race_leaves_the_winners_pairs_file_alone(tmp_
     out = tmp_path / "sm"
     out.mkdir()
     (out / "pairs.jsonl").write_text("WINNER\n")
+    import os
+
+    winners = out / f"pairs.{os.getpid()}-0000.partial"  # a live run's, about to be put in place
+    winners.write_text("WINNER PARTIAL\n")
+    (out / "pairs.999999999-dead.partial").write_text("a killed run's\n")
     pipeline.save_dataset("sm-pairs", "synth-pairs", str(out / "pairs.jsonl"), 1, {})
     monkeypatch.setattr(pipeline, "check_synth_free", lambda spec, out_dir=None: out)
     with pytest.raises(pipeline.DatasetError, match="already named 'sm-pairs'"):
         run_synth_math(SynthMathSpec(num_seeds=4, name="sm"))
     assert (out / "pairs.jsonl").read_text() == "WINNER\n"
+    # both runs wrote pairs.partial, and the refused one removed the file the other was about to rename
+    assert sorted(p.name for p in out.glob("*.partial")) == [winners.name]
 
 
 def test_a_name_taken_between_the_check_and_the_insert_is_refused_in_words(monkeypatch):
@@ -257,7 +264,7 @@ def test_a_full_disk_while_writing_the_pairs_registers_nothing_and_a_rerun_goes_
     real = Path.write_text
 
     def full(self, text, *a, **k):
-        if self.name == "pairs.partial":
+        if self.name.startswith("pairs.") and self.suffix == ".partial":
             real(self, text[:10], *a, **k)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, text, *a, **k)
@@ -298,10 +305,18 @@ def test_a_synth_math_job_killed_while_exporting_is_sent_to_export_not_resume():
     from backend.synth import pipeline
     from storage.models import Job
 
+    from datetime import timedelta
+
+    from storage.models import utcnow
+
+    before = utcnow() - timedelta(seconds=5)
     pipeline.save_dataset("sm-pairs", "synth-pairs", "/x/pairs.jsonl", 4, {})
-    assert runner._what_resume_does(Job(id=3, kind="synth-math", spec={"name": "sm"})) == (
+    assert runner._what_resume_does(Job(id=3, kind="synth-math", spec={"name": "sm"}, started=before)) == (
         "its pairs were registered as sm-pairs; make the Instruct / Alignment sets from them with python -m backend "
         "datasets export sm-pairs (or the Synthetic math page's Export tab)")
+    # pairs of that name another run registered before this job started are not this run's
+    later = Job(id=4, kind="synth-math", spec={"name": "sm"}, started=utcnow() + timedelta(seconds=5))
+    assert runner._what_resume_does(later).startswith("nothing was registered; resume it")
 
 
 def test_resume_promises_the_checkpoint_the_resumed_run_takes(tmp_path):
@@ -321,3 +336,46 @@ def test_resume_promises_the_checkpoint_the_resumed_run_takes(tmp_path):
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-10"]
     (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").write_text("")
     assert runner.resume_point(job) is None  # starts over, and says so
+
+
+def test_the_number_check_neither_splits_money_nor_adds_up_a_list():
+    """Splitting every comma group let "$1,500" → "$500" through; adding number words read "two dozen" as 14 and
+    "five, six" as 11; "two and a half" and "3 million" in digits were refused."""
+    import pytest
+
+    from backend.synth.rephrase import RephraseError, check_question
+    from backend.synth.seeds import Seed
+
+    for question, rephrased in [("It costs $1,500.", "It costs $500."), ("It costs 1,000.", "It costs 0 or 1."),
+                                ("two dozen eggs", "14 eggs"), ("five, six and seven", "11 and 7"),
+                                ("five and six apples", "11 apples")]:
+        with pytest.raises(RephraseError, match="which the original has neither in digits nor in words"):
+            check_question(Seed("s", "c", 1, question, "", "1"), rephrased)
+    for question, rephrased in [("two dozen eggs", "24 eggs"), ("two and a half cups", "2.5 cups"),
+                                ("3 million people", "3,000,000 people"), ("(100,200)", "(100, 200)")]:
+        check_question(Seed("s", "c", 1, question, "", "1"), rephrased)
+
+
+def test_the_synth_page_says_an_exported_file_is_gone_not_that_pairs_were_rejected():
+    from pathlib import Path
+
+    from backend.synth import pipeline
+    from tests.test_pages import app
+
+    pipeline.run_synth_math(SynthMathSpec(num_seeds=4))
+    Path(pipeline.get_dataset("synth-math-instruct").path).unlink()
+    at = app("synth.py")
+    assert not any("exported before" in w.value for w in at.warning)  # no rejection was made
+    (said,) = [w.value for w in at.warning if "is gone" in w.value]
+    assert said.startswith("`synth-math-instruct` (") and "export again on the Export tab" in said
+
+
+def test_options_given_as_zero_or_dropped_by_json_are_refused():
+    """`models list --after 0` passed (0 counted as "not given"); `scores --json --format csv` dropped the format."""
+    from tests.test_cli_runner import cli
+
+    r = cli("models", "list", "--after", "0")
+    assert r.returncode == 2 and "models list takes no --after" in r.stderr
+    r = cli("scores", "--json", "--format", "csv")
+    assert r.returncode == 2 and "--format csv is for the table" in r.stderr
+    assert cli("scores", "--json").stdout.strip() == "[]"

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import secrets
 import time
 import unicodedata
 from array import array
@@ -537,23 +539,44 @@ def export(pairs_name: str, out_dir: Path | None = None, include_flagged: bool =
     return {"instruct": a.name, "alignment": b.name, "rows": len(rows), "folder": str(out_dir)}
 
 
-def _write_all(texts: dict[Path, str], out_dir: Path, rename: bool = True) -> None:
-    """Both export files, or neither changed: each is written whole beside its name first (never a half-written file
-    under a registered name), and only then renamed into place (`rename`: else left as NAME.partial for the caller). Renamed one by one as they were written, a full disk
-    at the second left a registered Instruct set of 4 lines under a row that said 5, and its .partial file behind."""
-    partial = {path: path.with_suffix(".partial") for path in texts}
+def _remove_dead_partials(out_dir: Path) -> None:
+    """The pairs.PID-TAG.partial files of runs whose process is gone (killed between writing and registering); a
+    live one's (a foreground run of the same name at this moment) is left to it."""
+    for f in out_dir.glob("pairs.*.partial") if out_dir.is_dir() else ():
+        try:
+            os.kill(int(f.name.split(".")[1].split("-")[0]), 0)
+        except (ValueError, ProcessLookupError):  # no pid in the name (an older run's), or no such process
+            f.unlink(missing_ok=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
+def _write_partial(tmp: Path, text: str, out_dir: Path) -> None:
+    """`text` into `tmp`, whole or not at all: a failed write removes it, and a full disk says so in words."""
     try:
-        for path, text in texts.items():
-            partial[path].write_text(text)
+        tmp.write_text(text)
     except OSError as exc:
-        for tmp in partial.values():
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"Disk full while writing to {out_dir}: nothing was changed (the files there "
                                         "and their data sets are as they were). Free some space and run it "
                                         "again.") from None
         raise
-    for path, tmp in partial.items() if rename else ():
+
+
+def _write_all(texts: dict[Path, str], out_dir: Path) -> None:
+    """Both export files, or neither changed: each is written whole beside its name first (never a half-written file
+    under a registered name), and only then renamed into place. Renamed one by one as they were written, a full disk
+    at the second left a registered Instruct set of 4 lines under a row that said 5, and its .partial file behind."""
+    partial = {path: path.with_suffix(".partial") for path in texts}
+    try:
+        for path, text in texts.items():
+            _write_partial(partial[path], text, out_dir)
+    except OSError:
+        for tmp in partial.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for path, tmp in partial.items():
         tmp.replace(path)
 
 
@@ -701,7 +724,7 @@ def check_synth_free(spec: SynthMathSpec, out_dir: Path | None = None) -> Path:
         raise DatasetError(f"{folder} holds the files of {', '.join(held)}: this run's pairs.jsonl and export would "
                            "replace them. Nothing was made: choose another output folder (--out), or leave it out "
                            f"to use {default}.")
-    other = sorted(f.name for f in folder.iterdir() if f.name not in RUN_FILES)
+    other = sorted(f.name for f in folder.iterdir() if f.name not in RUN_FILES and f.suffix != ".partial")
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
         raise DatasetError(f"{folder} is not empty ({shown}): a synthetic-math run writes into a folder of its own. "
@@ -714,6 +737,7 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
     out_dir = check_synth_free(spec, out_dir)
+    _remove_dead_partials(out_dir)
     seeds = load_seeds(spec.seeds, spec.num_seeds, spec.seed, spec.categories or None, spec.levels or None)
     bench = (ContaminationIndex(load_benchmark(spec.benchmark), spec.ngram, whole_references=True)
              if spec.benchmark else None)
@@ -771,9 +795,9 @@ def run_synth_math(spec: SynthMathSpec, out_dir: Path | None = None, progress: P
     # written whole beside its name, registered, and only then put in place: of two runs of one name at once (two
     # foreground commands) the one refused here had written its pairs.jsonl over the file the other registered,
     # and registered before the write, a full disk left a data set without its file
-    partial = pairs_file.with_suffix(".partial")
-    try:
-        _write_all({pairs_file: text}, out_dir, rename=False)
+    partial = out_dir / f"pairs.{os.getpid()}-{secrets.token_hex(4)}.partial"  # this run's own: a second run of
+    try:  # the name, refused below, removed the one the first was about to put in place
+        _write_partial(partial, text, out_dir)
         rec = save_dataset(f"{spec.name}-pairs", "synth-pairs", str(pairs_file), len(pairs),
                            {"settings": settings, "rephraser": rephraser.name, "counts": tally}, pairs)
     except BaseException:

@@ -58,41 +58,58 @@ _FRAC = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")  # \frac12: TeX's one-digit arg
 _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
           "seventeen eighteen nineteen").split()
 _TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
-_WORD_VALUES = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS, "dozen": 12, "half": Fraction(1, 2), "twice": 2,
-                "double": 2, "triple": 3, "once": 1}
+_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+_WORD_VALUES = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS, "half": Fraction(1, 2), "twice": 2, "double": 2,
+                "triple": 3, "once": 1}
+# words, numbers in digits, and punctuation (which ends a run: "five, six" is 5 and 6, not 11); a hyphen does not
+_WORD_TOKEN = re.compile(r"(?<![\d.])\.\d+|\d+(?:,\d{3})*(?:\.\d+)?|[a-z]+|[^\sa-z\d-]")
 
 
 def _numbers(text: str, parts: bool = False) -> set[Fraction]:
     """The numbers a question writes in digits, \\frac12 as 1 and 2 (as \\frac{1}{2} reads). `parts` (the seed's
-    side): a group "100,200" also as 100 and 200, a point's coordinates a rephrasing may write "(100, 200)"."""
+    side): a group in brackets, "(100,200)", also as 100 and 200, a point's coordinates a rephrasing may write
+    "(100, 200)"; "$1,500" stays 1500 alone (split, a rephrased "$500" passed as one of its parts)."""
     text = _FRAC.sub(r" \1 / \2 ", text)
     out = set()
-    for x in _QUESTION_NUMBER.findall(text):
+    for m in _QUESTION_NUMBER.finditer(text):
+        x = m[0]
         out.add(Fraction(x.replace(",", "")))
-        if parts and "," in x:
+        bracketed = text[m.start() - 1:m.start()] in "([{" and text[m.end():m.end() + 1] in ")]}" and m.start() > 0
+        if parts and "," in x and bracketed:
             out |= {Fraction(part) for part in x.split(",")}
     return out
 
 
 def _word_numbers(text: str) -> set[Fraction]:
-    """The numbers a question writes in words: each word's value and each run's ("twenty-five" 25, "two hundred"
-    200, "three thousand five hundred" 3500), so a rephrasing that writes them in digits writes no new number."""
+    """The numbers a question writes in words: each word's value and each run's ("twenty-five" 25, "two hundred
+    and five" 205, "two dozen" 24, "two and a half" 5/2, "3 million" 3000000), so a rephrasing that writes them in
+    digits writes no new number. Punctuation ends a run ("five, six": 5 and 6)."""
     out: set[Fraction] = set()
     total = current = None
-    for word in re.findall(r"[a-z]+", text.lower()) + [""]:
-        if word in _WORD_VALUES or word in _SCALES:
-            out.add(Fraction(_WORD_VALUES.get(word, _SCALES.get(word))))
-            if word in _SCALES:
-                current = (current or 1) * _SCALES[word]
-                if _SCALES[word] >= 1000:
-                    total, current = (total or 0) + current, 0
-            else:
-                current = (current or 0) + _WORD_VALUES[word]
-        elif word != "and" or current is None:
-            if current is not None or total is not None:
-                out.add(Fraction((total or 0) + (current or 0)))
-            total = current = None
+    tokens = _WORD_TOKEN.findall(text.lower()) + [""]
+    for i, tok in enumerate(tokens):
+        after = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if tok in _SCALES:
+            out.add(Fraction(_SCALES[tok]))
+            current = (current if current is not None else 1) * _SCALES[tok]
+            if _SCALES[tok] >= 1000:
+                total, current = (total or 0) + current, 0
+            continue
+        if tok in _WORD_VALUES:
+            out.add(Fraction(_WORD_VALUES[tok]))
+            current = (current or 0) + _WORD_VALUES[tok]
+            continue
+        if tok[:1].isdigit() or tok[:1] == ".":
+            if after in _SCALES:  # "3 million": the digits begin a run
+                current = (current or 0) + Fraction(tok.replace(",", ""))
+                continue
+        elif (current is not None or total is not None) and (
+                (tok == "and" and (tokens[i - 1] in _SCALES or tokens[i + 1:i + 3] == ["a", "half"]))
+                or (tok == "a" and after == "half" and tokens[i - 1] == "and")):
+            continue  # "two hundred and five", "two and a half" (not "five and six": 5 and 6)
+        if current is not None or total is not None:
+            out.add(Fraction((total or 0) + (current or 0)))
+        total = current = None
     return out
 
 
