@@ -866,7 +866,7 @@ def _utc(when):
 def _age(when, now=None) -> float:
     """Seconds from `when` to `now` (default this machine's clock; SQLite hands datetimes back without their UTC
     zone)."""
-    return ((now or utcnow()) - (when if when.tzinfo else when.replace(tzinfo=timezone.utc))).total_seconds()
+    return ((now or utcnow()) - _utc(when)).total_seconds()
 
 
 def _db_now(s):
