@@ -94,10 +94,8 @@ def cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str =
         return data.preview(source, kind, n=3, sample_by=sample_by), ""
     except ValueError as exc:  # kept too (st.cache_data does not keep exceptions): the same wait otherwise
         return None, str(exc)
-    except OSError as exc:  # a folder named like a file (Spark writes x.parquet/ folders): was a traceback
-        if Path(source).expanduser().is_dir():
-            return None, "a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt file in it."
-        return None, f"cannot be read: {exc.strerror or exc}."
+    except OSError as exc:  # a file that cannot be read (a folder is refused by data.load_source itself): was a
+        return None, f"cannot be read: {exc.strerror or exc}."  # traceback
 
 
 def file_stamp(source: str) -> tuple | None:
