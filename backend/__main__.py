@@ -481,9 +481,22 @@ def cmd_merge(a) -> None:
     # only the options given: MergeSpec refuses one its method does not use (`--method slerp --weights 0.2 0.8`
     # merged a plain SLERP), and a default passed for every method looked given
     spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=a.normalize,
-                     rescale=a.rescale, base=a.base, dtype=a.dtype, name=a.name, out=a.out, shard_size=a.shard_size,
+                     rescale=a.rescale, base=a.base, dtype=a.dtype, tokenizer_source=a.tokenizer_source,
+                     chat_template=_template_arg(a.chat_template), name=a.name, out=a.out, shard_size=a.shard_size,
                      **{k: v for k, v in given.items() if v is not None})
     _run_or_queue(spec, a)
+
+
+def _template_arg(value: str | None) -> str | None:
+    """--chat-template: 'auto', a Jinja template, or @FILE holding one."""
+    from pathlib import Path
+
+    if value and value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--chat-template {value}: no such file.")
+        return path.read_text()
+    return value
 
 
 def cmd_eval(a) -> None:
@@ -1284,6 +1297,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--seed", type=int, help="dare: seed of the drop mask (default: 0)")
     mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help=MergeSpec.model_fields["dtype"].description)
+    mg.add_argument("--tokenizer-source", help=MergeSpec.model_fields["tokenizer_source"].description)
+    mg.add_argument("--chat-template", help="'auto' (the template most of the models share, mergekit's auto), a "
+                    "Jinja template, or @FILE holding one (default: the tokenizer source's own)")
     mg.add_argument("--name", help="registered name (default: derived from the candidates and the method)")
     mg.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
     mg.add_argument("--shard-size", default="2GB", help="largest safetensors shard")

@@ -403,12 +403,29 @@ class MergeSpec(_Spec):
     seed: int = Field(0, ge=0, description="dare: seed of the random drop mask (the same seed gives the same model)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="output dtype; task_arithmetic / ties / dare also compute in it, as mergekit's dtype")
+    tokenizer_source: str | None = Field(
+        None, description="the model whose tokenizer files, chat template and generation config the merge gets: "
+                          "'base' or one of the models (default, mergekit's: the base when there is one, else the "
+                          "first model; config.json always comes from that default)")
+    chat_template: str | None = Field(
+        None, description="'auto' (the template most of the models share, mergekit's auto) or a Jinja template; "
+                          "default: the tokenizer source's own")
     name: str | None = None
     out: str | None = None
     shard_size: str = "2GB"
 
     _name = field_validator("name")(_valid_name)
     _shard = field_validator("shard_size")(UpscaleSpec._shard.__func__)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, v):
+        # mergekit's test of a template (merge.py, _set_chat_template); its built-in names (chatml, llama3…) are
+        # files of its package, not of this one
+        if v is not None and v != "auto" and (len(v) < 20 or "{" not in v):
+            raise ValueError(f"chat_template: 'auto' or a Jinja chat template, not {v[:40]!r} (a named template such "
+                             "as chatml is mergekit's file: paste its text).")
+        return v
 
     @field_validator("method", mode="before")
     @classmethod
@@ -464,6 +481,13 @@ class MergeSpec(_Spec):
             raise ValueError(f"rescale: only ties and dare drop entries to rescale, not {self.method}.")
         if self.normalize is not None and self.method == "slerp":
             raise ValueError("normalize: slerp has no weights to normalize.")
+        if self.tokenizer_source == "base" and not self.base:
+            raise ValueError("tokenizer_source: 'base' needs a base (task_arithmetic, ties, dare); name one of the "
+                             "models instead.")
+        if self.tokenizer_source not in (None, "base", self.base, *self.models):
+            raise ValueError(f"tokenizer_source: {self.tokenizer_source!r} is not one of the models"
+                             f"{' or the base' if self.base else ''}; give 'base' or one of "
+                             f"{', '.join(self.models)}.")
         return self
 
     def default_name(self) -> str:

@@ -113,6 +113,30 @@ def ancestry(recs: list) -> dict[str, set[str]]:
     return out
 
 
+def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
+    """Where the merged model's tokenizer, chat template and generation config come from: mergekit's default (the
+    base when there is one, else the first candidate), another model, or the template most of them share (mergekit's
+    `chat_template: auto`), with a warning when the choice leaves a merge of chat models without a template."""
+    from backend.merge import has_chat_template
+
+    c1, c2 = st.columns(2)
+    options = ([None] if base else []) + cands
+    source = c1.selectbox("Tokenizer, chat template and generation config from", options,
+                          format_func=lambda o: f"the base, {base} (mergekit's default)" if o is None else
+                          o + (" (mergekit's default)" if not base and o == cands[0] else ""),
+                          key=f"merge_tok_{method}_{'_'.join(cands)}_{base}",
+                          help="config.json always comes from mergekit's default (the base, else the first model)")
+    auto = c2.checkbox("Chat template: the one most of the models share (mergekit's auto)", value=False,
+                       key="merge_template_auto")
+    source = None if source == (cands[0] if not base else None) else source
+    with_template = {m: has_chat_template(registry.resolve(m)[0]) for m in cands + ([base] if base else [])}
+    if not auto and not with_template[source or base or cands[0]] and any(with_template[m] for m in cands):
+        st.warning(f"{source or base or cands[0]} has no chat template, so the merged model will have none (nor "
+                   "that model's end-of-turn token in its generation config): take the tokenizer from a candidate, "
+                   "or tick the chat-template box.")
+    return {"tokenizer_source": source} | ({"chat_template": "auto"} if auto else {})
+
+
 with st.expander("Merge candidates"):
     st.caption("SOLAR's final step: two candidates merged by Average(a, b) or SLERP. Task arithmetic, TIES and DARE "
                "need the base the candidates were trained from. Models must share architecture and shapes.")
@@ -148,6 +172,8 @@ with st.expander("Merge candidates"):
         fields["normalize"] = c1.checkbox("Normalize by the weights' sum", value=MERGE_DEFAULTS[method][0],
                                           key=f"merge_normalize_{method}",
                                           help="mergekit's default: on for average (linear) and ties")
+    if len(cands) >= 2:
+        fields.update(tokenizer_fields(method, cands, fields.get("base")))
     mspec = None
     lineage_of = ancestry(model_records)
     related = [(a, b) for a in cands for b in cands if b in lineage_of.get(a, set())]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +51,12 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     infos = [inspect_model(f) for f in folders]
     check_mergeable(infos, names)
     first = infos[0]
+    # mergekit's donor (merge.py, _get_donor_model): config.json from the base when there is one, else the first
+    # model; the tokenizer files, chat template and generation config from there too unless tokenizer_source says
+    donor = infos[-1] if spec.base else first
+    tok_donor = donor if spec.tokenizer_source in (None, "base") else \
+        infos[[f.resolve() for f in folders].index(registry.resolve(spec.tokenizer_source)[0].resolve())]
+    template = chat_template(spec.chat_template, folders) if spec.chat_template else None
     bad = sorted({ref.dtype for ref in first.tensors.values()} - set(TORCH_DTYPES))
     if bad:
         raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
@@ -60,7 +67,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
         tensor's: a checkpoint that keeps its norms in float32 beside bfloat16 matrices keeps them so."""
         return chosen or ref.dtype
 
-    out_dtype = TORCH_DTYPES[chosen or first.dtype]  # config.json's dtype: the chosen one, else the most common
+    out_dtype = TORCH_DTYPES[chosen or donor.dtype]  # config.json's dtype: the chosen one, else the most common
     reader = Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
     tally = SlerpTally()
@@ -80,10 +87,12 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
                 write_checkpoint(tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
             finally:
                 torch.set_num_threads(threads)
-            cfg = {k: v for k, v in first.config.items() if k not in ("_name_or_path", "torch_dtype")}
+            cfg = {k: v for k, v in donor.config.items() if k not in ("_name_or_path", "torch_dtype")}
             cfg["dtype"] = str(out_dtype).removeprefix("torch.")
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-            copy_companions(first.folder, tmp)
+            copy_companions(tok_donor.folder, tmp)
+            if template is not None:
+                set_chat_template(tmp, template)
             slerp = tally.summary() if spec.method == "slerp" else None
             (tmp / "README.md").write_text(model_card(spec, name, names, slerp))
     finally:
@@ -93,6 +102,50 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
     return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)} | ({"slerp": slerp} if slerp else {})
+
+
+def chat_template(wanted: str, folders: list[Path]) -> str:
+    """The template a merge writes: `wanted` itself, or for 'auto' the one most of the models (the base too) have,
+    as mergekit's auto (merge.py, _set_chat_template: Counter(...).most_common(1), first seen wins a tie). mergekit
+    then saves none, silently, when no model has one; here that is an error, before anything is written."""
+    if wanted != "auto":
+        return wanted
+    from transformers import AutoTokenizer
+
+    found = []
+    for folder in dict.fromkeys(Path(f).resolve() for f in folders):
+        try:
+            t = AutoTokenizer.from_pretrained(folder).chat_template
+        except (OSError, ValueError) as exc:
+            raise MergeError(f"chat_template auto: cannot read the tokenizer of {folder}: {exc}") from exc
+        t = t.get("default") if isinstance(t, dict) else t
+        if t:
+            found.append(t.strip())
+    if not found:
+        raise MergeError("chat_template auto: none of the models has a chat template; paste one, or leave "
+                         "chat_template out.")
+    return Counter(found).most_common(1)[0][0]
+
+
+def has_chat_template(folder: str | Path) -> bool:
+    """Whether a model folder carries a chat template (tokenizer_config.json's, or a chat_template file), read from
+    its files without loading the tokenizer: for the page's warning before a merge takes a base's tokenizer."""
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def set_chat_template(folder: Path, template: str) -> None:
+    """Save the tokenizer in `folder` again with `template` (mergekit reserializes it the same way)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = template
+    tok.save_pretrained(folder)
 
 
 def without_base(spec: MergeSpec) -> MergeSpec:

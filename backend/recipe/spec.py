@@ -162,9 +162,9 @@ class RecipeSpec(BaseModel):
 def stage_refs(st: dict) -> list[tuple[str, str]]:
     """(field, referenced name) for every model or data-stage reference in a stage body."""
     out = []
-    for key in ("model", "reference_model", "base"):
-        if isinstance(st.get(key), str):
-            out.append((key, st[key]))
+    for key in ("model", "reference_model", "base", "tokenizer_source"):
+        if isinstance(st.get(key), str) and not (key == "tokenizer_source" and st[key] == "base"):
+            out.append((key, st[key]))  # (a merge's tokenizer_source: 'base' is a word, not a model)
     for j, m in enumerate(st.get("models") or []):
         out.append((f"models[{j}]", m))
     for key in ("data", "eval_data"):
@@ -180,8 +180,8 @@ def stage_refs(st: dict) -> list[tuple[str, str]]:
 def stage_spec(st: dict, rename, where: str = "stage"):
     """The work spec of one (expanded) stage, with every reference passed through `rename(ref) -> name`."""
     body = {k: v for k, v in st.items() if k not in STAGE_KEYS}
-    for key in ("model", "reference_model", "base"):
-        if isinstance(body.get(key), str):
+    for key in ("model", "reference_model", "base", "tokenizer_source"):
+        if isinstance(body.get(key), str) and not (key == "tokenizer_source" and body[key] == "base"):
             body[key] = rename(body[key])
     if isinstance(body.get("models"), list):
         body["models"] = [rename(m) for m in body["models"]]
