@@ -126,8 +126,9 @@ def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
                           o + (" (mergekit's default)" if not base and o == cands[0] else ""),
                           key=f"merge_tok_{method}_{'_'.join(cands)}_{base}",
                           help="config.json always comes from mergekit's default (the base, else the first model)")
-    auto = c2.checkbox("Chat template: the one most of the models share (mergekit's auto)", value=False,
-                       key="merge_template_auto")
+    auto = c2.checkbox("Chat template: the most common (auto)", value=False, key="merge_template_auto",
+                       help="the chat template most of the models share, base included (mergekit's "
+                            "`chat_template: auto`), instead of the tokenizer source's own")
     source = None if source == (cands[0] if not base else None) else source
     with_template = {m: has_chat_template(registry.resolve(m)[0]) for m in cands + ([base] if base else [])}
     if not auto and not with_template[source or base or cands[0]] and any(with_template[m] for m in cands):
