@@ -22,6 +22,7 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Callable, Collection
 
+import sqlalchemy as sa
 from sqlmodel import func, select
 
 from backend.cluster import ray_jobs
@@ -634,7 +635,10 @@ def _update(job_id: int, **fields) -> None:
 def _transition(job_id: int, from_status: str | tuple[str, ...], *, _of_pid: int | None = None, **fields) -> bool:
     """Set `fields` only while the job is still in `from_status`: one conditional UPDATE, so of two racing final
     transitions (cancel against success, a dead-child check against the child's own report) exactly one wins.
-    `_of_pid`: only while the row is still that process's run (not a resumed run another worker started)."""
+    `_of_pid`: only while the row is still that process's run (not a resumed run another worker started).
+    Run again after a lost connection (db.retrying), the first run's commit may have landed: a row that then holds
+    exactly what this transition sets counts as applied (a resume is not "resumed meanwhile", a success exits 0).
+    Another writer that set that very state meanwhile (a second resume) counts too: the row ends as asked either way."""
     from sqlalchemy import update
 
     states = (from_status,) if isinstance(from_status, str) else from_status
@@ -642,7 +646,28 @@ def _transition(job_id: int, from_status: str | tuple[str, ...], *, _of_pid: int
     with db.session() as s:
         done = s.exec(update(Job).where(*cond).values(**fields))
         s.commit()
-        return done.rowcount == 1
+        return done.rowcount == 1 or (db.rerun() and _holds(s, job_id, states, _of_pid, fields))
+
+
+def _holds(s, job_id: int, states: tuple[str, ...], of_pid: int | None, fields: dict) -> bool:
+    """Whether job `job_id`'s row holds what the transition from `states` (of `of_pid`'s run) to `fields` leaves.
+    Compared by the database, so values come back as they were written (a time without its zone, a NUL written as
+    U+FFFD); JSON columns here (PostgreSQL's json has no '='), as JSON."""
+    cols = Job.__table__.c
+    as_json = {k for k in fields if isinstance(cols[k].type, sa.JSON)}
+    cond = [cols.id == job_id] + [cols[k].is_(None) if v is None else cols[k] == v
+                                  for k, v in fields.items() if k not in as_json]
+    if "status" not in fields:
+        cond.append(cols.status.in_(states))
+    if of_pid is not None and "pid" not in fields:
+        cond.append(cols.pid == of_pid)
+    row = s.connection().execute(sa.select(cols.id, *(cols[k] for k in as_json)).where(*cond)).first()
+    return row is not None and all(_as_json(row._mapping[k]) == _as_json(fields[k]) for k in as_json)
+
+
+def _as_json(value) -> str:
+    """`value` as a JSON column keeps it: tuples as lists, keys as strings, NaN and infinities as null."""
+    return json.dumps(db._finite(value), sort_keys=True, default=str)
 
 
 def requeue_cancelled(job_id: int, message: str) -> bool:
@@ -1025,7 +1050,15 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job |
     from sqlalchemy import func, text, update
     from sqlalchemy.orm import aliased
 
+    # A rerun (db.retrying) whose first run's claim reached the server just as the connection died: that claim is
+    # this call's, found by the start time it wrote; claiming another instead left it "running" with no process.
+    notes = db.unit_notes()
     with db.session() as s:
+        if db.rerun() and "claim" in notes:
+            claimed_id, started = notes.pop("claim")
+            if (mine := s.exec(select(Job).where(Job.id == claimed_id, Job.status == "running", Job.started == started,
+                                                 Job.host == claim_host(), Job.pid == None)).first()):  # noqa: E711
+                return mine
         queued = select(Job).where(Job.status == "queued")
         for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
             deps = _needs(job)
@@ -1058,12 +1091,15 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job |
                 cond.append(select(func.count(other.id)).where(other.status == "running",
                                                                other.host.in_(_hosts_here()))
                             .scalar_subquery() < slots)
-            claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching", started=utcnow(),
-                                                             host=claim_host(), cluster_ref=""))
+            notes["claim"] = job.id, utcnow()
+            claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching",
+                                                             started=notes["claim"][1], host=claim_host(),
+                                                             cluster_ref=""))
             s.commit()
             if claimed.rowcount == 1:
                 s.refresh(job)
                 return job
+            del notes["claim"]
             if slots is not None and _busy() >= slots:
                 return None  # the machine filled up while we looked
     return None

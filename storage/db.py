@@ -19,6 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import Collection
+from contextvars import ContextVar
 from functools import lru_cache, wraps
 from pathlib import Path
 
@@ -195,20 +196,43 @@ def _nul_safe_dumpers():
     return Text, BinaryText
 
 
+_rerun: ContextVar[bool] = ContextVar("dus_db_rerun", default=False)
+_notes: ContextVar[dict | None] = ContextVar("dus_db_unit_notes", default=None)
+
+
+def rerun() -> bool:
+    """Whether the unit of work running now (or one that called it) is being run again by `retrying`: its earlier
+    run's commit may have reached the server, so a conditional update that finds its row changed already may be
+    finding its own change (runner._transition checks; runner._claim_next finds its claim)."""
+    return _rerun.get()
+
+
+def unit_notes() -> dict:
+    """A dict that every run of the `retrying` unit running now shares (a fresh one for each call of the unit): a
+    run notes what it is about to commit, so that a rerun can tell whether that commit landed."""
+    notes = _notes.get()
+    if notes is None:
+        raise RuntimeError("db.unit_notes() holds notes of a unit of work: call it in a function wrapped by "
+                           "db.retrying")
+    return notes
+
+
 def retrying(fn):
     """Run a unit of database work again when its connection was lost half-way (a server restart, a fail-over):
     the server rolled the unfinished transaction back, so the whole unit runs again, for at most
     `retry_seconds()`. Used on the runner's units of work (worker loop, job processes). SQLite has no connection
-    to lose. Should a commit reach the server just as the connection dies, the unit runs twice: the runner's
-    updates are plain or conditional sets, so the rows end as one run leaves them, but a conditional set run again
-    finds its row changed already and reports that it did not apply (runner._transition returns False: a resume so
-    reports "it was resumed meanwhile", the success of a job exits 1), and a claim made in that instant leaves its
-    job "running" without a process, which `recover_orphans` marks interrupted 30 s later (resume runs it)."""
+    to lose. A commit may reach the server just as the connection dies: the unit then runs twice. So a rerun is
+    told it is one (`rerun()`, true in the units it calls too) and shares `unit_notes()` with its earlier run.
+    The runner's plain sets simply set the same values again; its conditional sets (runner._transition), finding
+    their row changed already, count as applied when the row holds exactly the state they set (a resume, a job's
+    success, a cancel report what they did); and a claim (runner._claim_next) finds the job it claimed and returns
+    it, rather than leaving it "running" without a process and claiming another."""
 
     @wraps(fn)
     def run(*args, **kwargs):
-        deadline = None
+        deadline, again, notes = None, _rerun.get(), {}
         while True:
+            tokens = _rerun.set(again), _notes.set(notes)
             try:
                 return fn(*args, **kwargs)
             except sa.exc.DBAPIError as exc:
@@ -219,7 +243,11 @@ def retrying(fn):
                     raise _unavailable(database_url(), exc, " (lost, and not back in time)") from exc
                 logging.getLogger(__name__).warning("lost the database connection in %s; running it again",
                                                     fn.__name__)
+                again = True
                 time.sleep(0.2)
+            finally:
+                _notes.reset(tokens[1])
+                _rerun.reset(tokens[0])
 
     return run
 
