@@ -117,6 +117,28 @@ def check_trackers(spec: _TrainSpec) -> None:
         if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
             raise TrainingError(f"report_to: {tracker} is not installed; `pip install {TRACKER_PACKAGES[tracker]}` "
                                 f"or remove {tracker} from report_to.")
+    if "wandb" in spec.report_to and not wandb_can_log():
+        raise TrainingError("report_to: wandb has no API key on this machine, and the job would fail at its first "
+                            "log line (\"No API key configured\"): run `wandb login`, set WANDB_API_KEY, or set "
+                            "WANDB_MODE=offline to keep the run in the run folder's wandb/ (`wandb sync` uploads it "
+                            "later).")
+
+
+def wandb_can_log() -> bool:
+    """Whether a W&B run can start without a prompt: offline or disabled, an API key or identity token in the
+    environment, or `wandb login`'s netrc entry for the W&B host (WANDB_BASE_URL, else api.wandb.ai). A job has no
+    terminal, so W&B's interactive login fails it after the model loaded."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") \
+            or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
@@ -124,8 +146,14 @@ def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
     env = {}
     if "tensorboard" in spec.report_to:
         env["TENSORBOARD_LOGGING_DIR"] = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(run_dir / "tensorboard")
+    if "trackio" in spec.report_to and not os.environ.get("TRACKIO_DIR"):
+        env["TRACKIO_DIR"] = str(run_dir / "trackio")  # (trackio's default: one folder in HF_HOME for every run)
+    if "wandb" in spec.report_to and not os.environ.get("WANDB_DIR"):
+        env["WANDB_DIR"] = str(run_dir)  # W&B writes its wandb/ there (offline runs too)
     if "mlflow" in spec.report_to and not os.environ.get("MLFLOW_TRACKING_URI"):
-        env["MLFLOW_TRACKING_URI"] = (run_dir / "mlruns").as_uri()
+        # a SQLite store, MLflow's own default since 3.7: its file store (./mlruns) now refuses to start ("in
+        # maintenance mode … set MLFLOW_ALLOW_FILE_STORE=true"), which failed the job at its first log line
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
     return env
 
 
