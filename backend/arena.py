@@ -11,11 +11,15 @@ and `fit_mle_elo`; markdown counts as in `add_markdown_info.py`):
   each then standardised to mean 0 and standard deviation 1 over all votes;
 - the fit is logistic regression without intercept and with sklearn's default L2 penalty (C = 1: ½‖θ‖² added to
   the summed log loss); with all models as columns the ridge also centres the ratings on 1000. The plain
-  leaderboard uses the same matrices without style columns (FastChat's plain fit maximises the same likelihood
-  without the penalty; it is kept here so that a model that won every vote still gets a finite rating).
+  leaderboard uses the same matrices without style columns: the released FastChat (fschat 0.2.36 on PyPI,
+  `compute_elo_mle_with_tie`) fits it so, with the same penalty. FastChat's main branch has since moved its plain
+  fit to an unpenalised L-BFGS; the penalty is kept here so that a model that won every vote still gets a finite
+  rating (elsewhere it shrinks a rating by under an Elo point at a few dozen votes, by 3–5 at 10–20 lopsided ones).
 
 Unlike FastChat, the bootstrap resamples rounds, not votes: a 3–4-model round yields several pairwise votes from one
 judgement, and resampling them one by one would treat them as independent and make the intervals too narrow.
+`resample="votes"` is FastChat's bootstrap (`get_bootstrap_result`: n of the n votes drawn with replacement, refitted,
+2.5 and 97.5 percentiles): on the same draws its intervals are FastChat's to a tenth of an Elo point.
 
 A model's interval is shown only from MIN_ROUNDS rounds on, and never when every resample gave it the same rating:
 with n resampled units the percentile interval is about mean ± 1.96·s·√((n−1)/n)/√n where small samples need

@@ -12,7 +12,8 @@ Tasks:
   qa[:FILE]             closed-book QA with abstention (backend/qa.py): accuracy, abstention rate, hallucination
                         rate and precision, per item kind (answerable / unanswerable / math)
   mc:FILE               multiple choice by log-likelihood (ARC / HellaSwag / MMLU / TruthfulQA / Winogrande style):
-                        JSONL rows {"question": str, "choices": [str, …], "answer": index}; acc and acc_norm
+                        JSONL rows {"question": str, "choices": [str, …], "answer": index}; acc and acc_norm,
+                        each log-likelihood as lm-eval's HFLM computes it (choice_logprob)
   gsm8k:FILE            generation accuracy on GSM8K-format rows {"question", "answer": "… #### n"}
   lm-eval:TASK          lm-evaluation-harness (backend/lmeval.py when present)
 
@@ -48,6 +49,7 @@ Progress = Callable[[float, str], None]
 SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
 MAX_LENGTH = 256  # tokens of a perplexity text that are scored; a longer text is cut there
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # the extra answers of samples > 1 (consistency)
+UNSET_MAX_LENGTH = int(1e30)  # a tokenizer's model_max_length when it sets none (transformers, lm-eval)
 MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat template; each choice follows a space
 
 
@@ -105,40 +107,81 @@ def perplexity(tok, model, texts: list[str], max_length: int = MAX_LENGTH) -> tu
     return _ppl(per)["perplexity"], sum(x[1] for x in per)
 
 
-def choice_logprob(tok, model, context: str, choice: str) -> float:
-    """Sum of the log-probabilities of `choice`'s tokens after `context`."""
+def context_length(tok, model) -> int:
+    """The longest input the model reads, found as lm-eval's HFLM finds it (lm_eval/models/utils.py
+    resolve_max_length): the (text) config's n_positions, max_position_embeddings or n_ctx, else the tokenizer's
+    model_max_length when it is set, else 2048."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(cfg, attr, None) is not None:
+            return int(getattr(cfg, attr))
+    n = getattr(tok, "model_max_length", None)
+    return int(n) if n is not None and n != UNSET_MAX_LENGTH else 2048
+
+
+def choice_logprob(tok, model, context: str, choice: str, max_len: int | None = None) -> float:
+    """Sum of the log-probabilities of `choice`'s tokens after `context`, as lm-eval's HFLM loglikelihood computes it
+    (lm_eval/api/model.py _encode_pair, lm_eval/models/huggingface.py _loglikelihood_tokens):
+    - whitespace that ends the context is moved to the start of the choice ("Answer: " + "Paris" is scored as
+      "Answer:" + " Paris", the way a BPE tokenizer writes a word with its leading space);
+    - the context is encoded with the tokenizer's BOS (backend/chat.py encode), the choice's tokens are those that
+      encoding context + choice adds after the context's;
+    - a sequence longer than the model reads (max_length, + 1 for the target shift) loses tokens from the left:
+      the context's start, never the choice. Scored whole, the positions past the model's context length were
+      read anyway (RoPE does not refuse them), and the score was another than lm-eval's."""
     import torch
 
     from backend.chat import encode
 
+    if not context:
+        raise EvalError("a multiple-choice context must not be empty.")
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, choice = context[:-n_spaces], context[-n_spaces:] + choice
     ctx = encode(tok, context).input_ids  # with the tokenizer's BOS, as lm-eval's loglikelihood encodes a context
     full = encode(tok, context + choice).input_ids
     n_choice = len(full) - len(ctx)
-    if n_choice <= 0:
-        return float("-inf")
-    ids = torch.tensor([full], device=model.device)
+    if n_choice <= 0:  # lm-eval asserts the same; -inf here made such a choice lose unsaid
+        raise EvalError(f"the choice {choice!r} adds no token after {context[-40:]!r}: give every choice some text.")
+    max_len = max_len or context_length(tok, model)
+    if n_choice > max_len:
+        raise EvalError(f"the choice {choice[:40]!r}… is {n_choice} tokens, more than the {max_len} the model reads: "
+                        "shorten it.")
+    ids = torch.tensor([full[-(max_len + 1):]], device=model.device)
     with torch.inference_mode():
-        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        logp = torch.log_softmax(model(ids[:, :-1]).logits[0].float(), -1)
     targets = ids[0, 1:]
     return logp[-n_choice:].gather(1, targets[-n_choice:, None]).sum().item()
 
 
 def mc_items(tok, model, rows: list[dict]) -> list[tuple[bool, bool]]:
+    """(acc, acc_norm) per row, as lm-eval's multiple_choice scores it (lm_eval/api/task.py process_results): the
+    first choice of the highest log-likelihood, and of the highest log-likelihood per character of the choice (its
+    own text, without the space put before it)."""
     out = []
+    max_len = context_length(tok, model)
     for row in rows:
         context = MC_CONTEXT.format(question=row["question"])
-        scores = [choice_logprob(tok, model, context, " " + c) for c in row["choices"]]
-        norm = [s / max(len(c), 1) for s, c in zip(scores, row["choices"])]
+        scores = [choice_logprob(tok, model, context, " " + c, max_len) for c in row["choices"]]
+        norm = [s / len(c) for s, c in zip(scores, row["choices"])]  # _mc_problem refused an empty choice
         out.append((max(range(len(scores)), key=scores.__getitem__) == row["answer"],
                     max(range(len(norm)), key=norm.__getitem__) == row["answer"]))
     return out
 
 
 def _mc_problem(row: dict) -> str | None:
-    """An answer that is no index into choices (a letter, as ARC's answerKey) would never match: 0 % unsaid."""
+    """An answer that is no index into choices (a letter, as ARC's answerKey) would never match: 0 % unsaid. An empty
+    choice was scored on the space before it and divided by 1 for acc_norm, where lm-eval divides by its length, 0:
+    a few nats over one character, it often won acc_norm. A question that is no text was scored as "None" or "3"."""
     choices, answer = row["choices"], row["answer"]
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        return "question must be non-empty text."
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         return "choices must be a list of at least two strings."
+    if not all(choices):
+        return (f"choice {choices.index('')} is empty: every choice must have text (acc_norm divides a choice's "
+                "log-likelihood by its length).")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
         return (f"answer must be the index of the right choice, 0 to {len(choices) - 1}; got {answer!r} "
                 "(convert letters A, B, C… to 0, 1, 2…).")
