@@ -17,7 +17,8 @@ from backend.merge import MergeError, run_merge
 from backend.specs import MergeSpec, SynthMathSpec
 from backend.synth import rephrase
 from backend.synth.answers import format_number, to_number
-from backend.synth.seeds import SeedError, generate, load_seeds
+from backend.synth import seeds as seeds_module
+from backend.synth.seeds import Seed, SeedError, generate, load_seeds
 from backend.training import complete_checkpoints
 from tests.conftest import make_llama
 
@@ -80,7 +81,7 @@ def test_a_slerp_filter_star_matches_every_tensor(tiny_llama):
 
 # ---------------------------------------------------------------- seeds
 
-def test_the_generator_gives_each_problem_once():
+def test_the_generator_gives_each_problem_once(monkeypatch):
     """1000 seeds held 787 distinct problems (100k: 18,077): the rest were the same pair trained on again."""
     seeds = generate(1000)
     assert len(seeds) == 1000 and len({s.question for s in seeds}) == 1000
@@ -88,8 +89,11 @@ def test_the_generator_gives_each_problem_once():
     assert generate(1000) == seeds  # still the same for the same arguments
     # the problems before the first repeat stay as they were: the 7th seed of 100 was the first repeat
     assert [s.id for s in generate(100)[:6]] == [f"gen-0-{i}" for i in range(6)]
+    # a space of five problems (n people in a line once had n = 3 … 7 alone; the templates have since grown)
+    monkeypatch.setitem(seeds_module.GENERATORS, "counting", lambda rng, level: (
+        f"In how many ways can {rng.randint(3, 7)} people stand in a line?", ("…", "1")))
     with pytest.raises(SeedError, match="only 5 distinct problems, not 10"):
-        generate(10, categories=["counting"], levels=[2])  # n people in a line: n = 3 … 7
+        generate(10, categories=["counting"], levels=[2])
 
 
 def test_a_problem_a_seed_file_holds_twice_is_one_seed(tmp_path):
@@ -105,8 +109,8 @@ def test_a_problem_a_seed_file_holds_twice_is_one_seed(tmp_path):
 
 def test_a_rephrased_question_that_changes_a_number_fails(monkeypatch):
     """The answer is verified, not the question: $10 rewritten as $999 with the answer kept was a verified pair."""
-    seed = next(s for s in generate(8) if s.category == "money")
-    assert seed.question == "Pencils cost $10 each. How much do 2 pencils cost in dollars?"
+    seed = Seed("gen-0-5", "money", 1, "Pencils cost $10 each. How much do 2 pencils cost in dollars?",
+                "2 × 10 = 20. The answer is \\boxed{20}.", "20")  # as generate(8) once drew it
     replies = {"changed": "QUESTION: Pencils cost $999 each. How much do 2 pencils cost in dollars?\nSOLUTION: "
                           + seed.solution,
                "words": "QUESTION: Each pencil is priced at $10.00. What do two pencils cost in dollars?\nSOLUTION: "

@@ -4,8 +4,6 @@ contamination, exports in trl's formats, hand rejection, mixes, and a DPO job on
 from __future__ import annotations
 
 import json
-import math
-import re
 import threading
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -21,37 +19,11 @@ from backend.synth.seeds import CATEGORIES, SeedError, generate, import_math, lo
 
 
 def independent_answer(category: str, level: int, q: str) -> Fraction:
-    """Recompute each generated problem's answer from its text alone."""
-    n = [int(x) for x in re.findall(r"(?<![\w/])-?\d+", q)]
-    fr = [Fraction(int(a), int(b)) for a, b in re.findall(r"(\d+)/(\d+)", q)]
-    if category == "arithmetic":
-        if level == 1:
-            a, op, b = re.search(r"(\d+) ([+\-×]) (\d+)", q).groups()
-            return Fraction({"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[op])
-        return Fraction(n[0] * n[1] + n[2] - (n[3] if level == 3 else 0))
-    if category == "fractions_percentages":
-        return {1: lambda: Fraction(n[0] * n[1], 100), 2: lambda: sum(fr, Fraction(0)),
-                3: lambda: Fraction(n[0] * (100 - n[1]), 100)}[level]()
-    if category == "linear_equations":
-        if level == 1:
-            return Fraction(n[1] - n[0])
-        if level == 2:
-            return Fraction(n[2] - n[1], n[0])
-        a, b, d, e = n
-        return Fraction(e - b, a - d)
-    if category == "rate":
-        return Fraction(n[0] * n[1]) if level == 1 else Fraction(n[0] * n[1], n[2])
-    if category == "age":
-        return Fraction(n[0] + n[1]) if level == 1 else Fraction(n[0] * n[1] + n[2])
-    if category == "money":
-        return Fraction(n[0] * n[1]) if level == 1 else Fraction(n[2] - n[0] * n[1])
-    if category == "geometry":
-        return {1: lambda: Fraction(n[0] * n[1]), 2: lambda: Fraction(2 * (n[0] + n[1])),
-                3: lambda: Fraction(math.isqrt(n[0] ** 2 + n[1] ** 2))}[level]()
-    if category == "counting":
-        return {1: lambda: Fraction(n[0] * n[1]), 2: lambda: Fraction(math.factorial(n[0])),
-                3: lambda: Fraction(math.comb(n[1], n[0]))}[level]()
-    raise AssertionError(category)
+    """Recompute each generated problem's answer from its text alone (one reading per template, in
+    tests/test_review_s17_synth.py since the templates grew)."""
+    from tests.test_review_s17_synth import independent_answer as from_text
+
+    return from_text(q)
 
 
 def test_generator_answers_match_an_independent_computation():
@@ -210,8 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = body["messages"][0]["content"]
         question = prompt.split("Problem: ", 1)[1].split("\nSolution: ")[0]
         solution = prompt.split("\nSolution: ", 1)[1]
-        content = "I cannot help." if "7" in question[:12] else f"QUESTION: Please answer: {question}\n" \
-                                                                 f"SOLUTION: Working: {solution}"
+        content = "I cannot help." if "×" in question else f"QUESTION: Please answer: {question}\n" \
+                                                          f"SOLUTION: Working: {solution}"
         reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -234,7 +206,7 @@ def test_openai_compatible_rephraser_over_real_http(tmp_path, monkeypatch):
         server.shutdown()
     assert len(_Handler.seen) == 16 and set(_Handler.seen) == {("served-model", "Bearer sk-test")}
     _, pairs = pipeline.query_pairs(pipeline.get_dataset("synth-math-pairs").id, page_size=50)
-    refused = [p for p in pairs if "7" in p.question[:12]]
+    refused = [p for p in pairs if "×" in p.question]  # the arithmetic ones (16 seeds hold two or more)
     assert refused and all(p.status == "failed" and "QUESTION" in p.reason for p in refused)
     ok = [p for p in pairs if p not in refused]
     assert all(p.status == "verified" and p.new_question.startswith("Please answer:") for p in ok)

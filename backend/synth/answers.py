@@ -42,13 +42,23 @@ def extract_answer(text: str) -> str | None:
 
 
 def to_number(text: str | None) -> Fraction | None:
-    """Parse 42, -3.5, 1,000, $12.50, 3/4, 50%, \\frac{3}{4}, \\dfrac34-free forms; None when not a number."""
+    """Parse 42, -3.5, 1,000, $12.50, 3/4, 2 1/2 (5/2), 50%, \\frac{3}{4}, \\dfrac34-free forms; None when not a
+    number."""
     if text is None:
         return None
-    t = text.strip().replace("\\!", "").replace("\\$", "").replace("$", "").replace(",", "").replace(" ", "")
-    t = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", t).rstrip(".")
+    t = text.strip().replace("\\!", "").replace("\\$", "").replace("$", "").replace(",", "")
+    t = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", t).strip().rstrip(".").strip()
     percent = t.endswith("%") or t.endswith("\\%")
-    t = t.removesuffix("\\%").removesuffix("%")
+    t = t.removesuffix("\\%").removesuffix("%").strip()
+    # a mixed number, "2 1/2" or 2\frac{1}{2}, is 5/2: with the space dropped it read as 21/2
+    m = (re.fullmatch(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)", t)
+         or re.fullmatch(r"(-?)(\d+)\s*\\[dt]?frac(?:\{(\d+)\}\{(\d+)\}|(\d)(\d))", t))
+    if m:
+        num, den = (int(x) for x in (m.groups()[2:4] if m.group(3) else m.groups()[4:6]))
+        if 0 < num < den:
+            value = (int(m[2]) + Fraction(num, den)) * (-1 if m[1] else 1)
+            return value / 100 if percent else value
+    t = t.replace(" ", "")
     m = re.fullmatch(r"(-?)\\d?frac\{(-?\d+)\}\{(\d+)\}", t)
     try:
         if m:

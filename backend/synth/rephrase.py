@@ -18,10 +18,10 @@ import os
 import re
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 from typing import Protocol
 
 from backend.openai_compat import chat_completion
+from backend.synth import quantities
 from backend.synth.answers import format_number
 from backend.synth.seeds import Seed
 
@@ -53,73 +53,14 @@ def parse_reply(text: str) -> tuple[str, str]:
     return m["q"].strip(), m["s"].strip()
 
 
-_QUESTION_NUMBER = re.compile(r"(?<![\d.])\.\d+|\d+(?:,\d{3})*(?:\.\d+)?")  # 12, 1,000, 12.50, .5
-_FRAC = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")  # \frac12: TeX's one-digit arguments, 1 and 2 (\frac{1}{2} reads so)
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen").split()
-_TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
-_SCALES = {"dozen": 12, "hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
-_WORD_VALUES = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS, "half": Fraction(1, 2), "twice": 2, "double": 2,
-                "triple": 3, "once": 1}
-# words, numbers in digits, and punctuation (which ends a run: "five, six" is 5 and 6, not 11); a hyphen does not
-_WORD_TOKEN = re.compile(r"(?<![\d.])\.\d+|\d+(?:,\d{3})*(?:\.\d+)?|[a-z]+|[^\sa-z\d-]")
-
-
-def _numbers(text: str, parts: bool = False) -> set[Fraction]:
-    """The numbers a question writes in digits, \\frac12 as 1 and 2 (as \\frac{1}{2} reads). `parts` (the seed's
-    side): a group in brackets, "(100,200)", also as 100 and 200, a point's coordinates a rephrasing may write
-    "(100, 200)"; "$1,500" stays 1500 alone (split, a rephrased "$500" passed as one of its parts)."""
-    text = _FRAC.sub(r" \1 / \2 ", text)
-    out = set()
-    for m in _QUESTION_NUMBER.finditer(text):
-        x = m[0]
-        out.add(Fraction(x.replace(",", "")))
-        bracketed = text[m.start() - 1:m.start()] in "([{" and text[m.end():m.end() + 1] in ")]}" and m.start() > 0
-        if parts and "," in x and bracketed:
-            out |= {Fraction(part) for part in x.split(",")}
-    return out
-
-
-def _word_numbers(text: str) -> set[Fraction]:
-    """The numbers a question writes in words: each word's value and each run's ("twenty-five" 25, "two hundred
-    and five" 205, "two dozen" 24, "two and a half" 5/2, "3 million" 3000000), so a rephrasing that writes them in
-    digits writes no new number. Punctuation ends a run ("five, six": 5 and 6)."""
-    out: set[Fraction] = set()
-    total = current = None
-    tokens = _WORD_TOKEN.findall(text.lower()) + [""]
-    for i, tok in enumerate(tokens):
-        after = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if tok in _SCALES:
-            out.add(Fraction(_SCALES[tok]))
-            current = (current if current is not None else 1) * _SCALES[tok]
-            if _SCALES[tok] >= 1000:
-                total, current = (total or 0) + current, 0
-            continue
-        if tok in _WORD_VALUES:
-            out.add(Fraction(_WORD_VALUES[tok]))
-            current = (current or 0) + _WORD_VALUES[tok]
-            continue
-        if tok[:1].isdigit() or tok[:1] == ".":
-            if after in _SCALES:  # "3 million": the digits begin a run
-                current = (current or 0) + Fraction(tok.replace(",", ""))
-                continue
-        elif (current is not None or total is not None) and (
-                (tok == "and" and (tokens[i - 1] in _SCALES or tokens[i + 1:i + 3] == ["a", "half"]))
-                or (tok == "a" and after == "half" and tokens[i - 1] == "and")):
-            continue  # "two hundred and five", "two and a half" (not "five and six": 5 and 6)
-        if current is not None or total is not None:
-            out.add(Fraction((total or 0) + (current or 0)))
-        total = current = None
-    return out
-
-
 def check_question(seed: Seed, question: str) -> None:
-    """Refuse a rephrased question that holds a number its seed's question does not: verification compares only
+    """Refuse a rephrased question that states a quantity its seed's question does not: verification compares only
     the final answers, so a model that wrote $999 for $10 and kept the answer made a verified pair whose answer does
-    not fit its question. A number the seed writes in words or digits may be written either way ("2 pencils" may
-    become "two pencils", "twenty-five" 25); a number left out is no new number; 1,000 = 1000, 12.50 = 12.5 = and
-    0.5 = .5."""
-    new = sorted(_numbers(question) - _numbers(seed.question, parts=True) - _word_numbers(seed.question))
+    not fit its question. Quantities are compared as values (backend/synth/quantities.py), so the notation may
+    change ("2 pencils" → "two pencils", "1 1/2 cups" → "1.5 cups" or "one and a half cups", "50%" → "half",
+    "$1.50" → "1 dollar and 50 cents", 1,000 → 1000) but the quantity may not ("2 1/2" → "1 1/2",
+    "= -3" → "= 3", "3/4" → "3/5", "$10" → "eleven dollars"). A quantity left out is no new quantity."""
+    new = sorted(quantities.stated(question) - quantities.allowed(seed.question))
     if new:
         said = ", ".join(format_number(x) for x in new)
         raise RephraseError(f"the rephrased question has {said}, which the original has neither in digits nor in "
@@ -140,6 +81,12 @@ _Q_FORMS = [
     (re.compile(r"^Compute (.+)\.$"), ["Evaluate {0}.", "Find the value of {0}.", "Work out {0}."]),
     (re.compile(r"^Solve for x: (.+)\.$"), ["Find x if {0}.", "Determine the value of x that satisfies {0}.",
                                             "What value of x makes {0} true?"]),
+    (re.compile(r"^What percentage of (.+) is (.+)\?$"), ["What percent of {0} is {1}?",
+                                                          "Express {1} as a percentage of {0}.",
+                                                          "{1} is what percentage of {0}?"]),
+    (re.compile(r"^In how many ways can (.+)\?$"), ["How many different ways can {0}?",
+                                                    "In how many different ways can {0}?",
+                                                    "In how many distinct ways can {0}?"]),
 ]
 _SYNONYMS = [("How many", "What number of"), ("travels", "drives"), ("build", "put up"), ("costs", "is priced at"),
              ("pays with", "hands over"), ("different", "distinct"), ("lowest terms", "simplest form"),

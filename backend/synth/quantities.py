@@ -1,0 +1,279 @@
+"""The quantities a math question states, as exact values, whatever the notation: the changed-number check of a
+rephrased question (rephrase.check_question) compares them.
+
+One quantity is one value: "2 1/2" is 5/2 (not 2, 1 and 2), "3/4" is 3/4, "50%" and "50 percent" are 1/2,
+"50 cents" is 1/2 (dollars), "$1.50" and "1 dollar and 50 cents" are 3/2, "-3" after "=" is -3, "twenty-five" is 25
+(not 20 and 5), "two and a half" and "two and one half" are 5/2, "three quarters" is 3/4, "half" 1/2, "a dozen" 12,
+"3 million" 3000000. Reading parts as numbers let a changed quantity through: "2 1/2 cups" → "1 1/2 cups" holds only
+the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5 and 2/4" the same four digits.
+
+`stated(text)`: the values a rephrased question writes. `allowed(text)`: the values a rephrasing of `text` may write,
+its quantities plus the few other spellings of the same quantity the notation leaves open: "12 - 3" may be
+rewritten "12 + (-3)" (so 3 and -3), "2x + -6" as "2x - 6", a division "12/4" as "12 divided by 4" (12, 4 and 3; a
+proper fraction such as 3/4 stays 3/4 alone), the point "(100,200)" as "(100, 200)".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_UNIT = {w: i for i, w in enumerate(_UNITS)}
+_TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
+_SCALES = {"thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+# a fraction's denominator in words ("two thirds", "a quarter"); "second" is left out: "two seconds" is a time
+_DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4, "fourth": 4,
+                 "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6, "seventh": 7, "sevenths": 7,
+                 "eighth": 8, "eighths": 8, "ninth": 9, "ninths": 9, "tenth": 10, "tenths": 10, "twelfth": 12,
+                 "twelfths": 12, "hundredth": 100, "hundredths": 100, "thousandth": 1000, "thousandths": 1000}
+_MULTIPLES = {"twice": 2, "double": 2, "thrice": 3, "triple": 3}
+# a number attached to "-" after one of these is negative ("= -3", "(-2, 5)", "$-3$" in TeX), not a subtraction
+_OPERATORS = set("=(,:;[{<>+*/×÷^$")
+
+_NUM = (r"(?<![\d.])(?P<a>\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)"
+        r"(?:\s+(?P<mn>\d+)\s*/\s*(?P<md>\d+)|\s*/\s*(?P<d>\d+))?(?P<pct>\s*%)?")
+_TOKEN = re.compile(rf"{_NUM}|(?P<word>[a-z]+)|(?P<minus>-)|(?P<punct>[^\sa-z\d-])")
+_TEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\[dt]?frac\s*(\d)\s*(\d)")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    value: Fraction
+    alts: tuple[Fraction, ...] = ()  # other values a rephrasing of it may write (see the module's docstring)
+    loose: bool = False  # "one" alone ("which one"), "once" ("once he buys"): not read as a number a rephrasing states
+
+
+@dataclass
+class _Tok:
+    kind: str  # num, word, minus, punct
+    text: str
+    start: int
+    end: int
+    value: Fraction | None = None
+    whole: bool = False  # a whole number written plainly: it may begin a run ("3 million", "2 thirds")
+    percent: bool = False
+    parts: tuple[Fraction, ...] = ()
+
+
+def _normalise(text: str) -> str:
+    text = text.lower().replace("\u2212", "-").replace("\u2013", "-").replace("{,}", ",").replace("\\%", "%")
+    text = text.replace("\\$", "$").replace("\\!", "").replace("¢", " cents ")
+    text = re.sub(r"\bper\s+cent\b", "percent", text)
+    return _TEX_FRAC.sub(lambda m: f" {m[1] or m[3]}/{m[2] or m[4]} ", text)
+
+
+def _tokens(text: str) -> list[_Tok]:
+    out: list[_Tok] = []
+    for m in _TOKEN.finditer(text):
+        if m["word"]:
+            out.append(_Tok("word", m["word"], m.start(), m.end()))
+        elif m["minus"]:
+            out.append(_Tok("minus", "-", m.start(), m.end()))
+        elif m["punct"]:
+            out.append(_Tok("punct", m["punct"], m.start(), m.end()))
+        else:
+            out.extend(_number_tokens(m, text))
+    return out
+
+
+def _number_tokens(m: re.Match, text: str) -> list[_Tok]:
+    a = m["a"]
+    value = Fraction(a.replace(",", ""))
+    pct = bool(m["pct"])
+    plain = "," not in a and "." not in a
+    if m["mn"] is not None:
+        num, den = int(m["mn"]), int(m["md"])
+        if plain and 0 < num < den:  # "2 1/2": a mixed number
+            return [_Tok("num", m[0], m.start(), m.end(), (value + Fraction(num, den)) / (100 if pct else 1),
+                         percent=pct)]
+        first = _Tok("num", a, m.start(), m.start("a") + len(a), value, whole=plain)  # "2 12/4": two numbers
+        rest = re.search(r"\d+\s*/\s*\d+.*", m[0][len(a):], re.S)
+        start = m.start() + len(a) + rest.start()
+        return [first, _fraction_token(num, den, m[0][len(a) + rest.start():], start, m.end(), pct)]
+    if m["d"] is not None:
+        return [_fraction_token(value, int(m["d"]), m[0], m.start(), m.end(), pct)] if plain else [
+            _Tok("num", a, m.start(), m.start() + len(a), value), _Tok("num", m["d"], m.start("d"), m.end("d"),
+                                                                      Fraction(int(m["d"])))]
+    parts: tuple[Fraction, ...] = ()
+    bracketed = m.start() > 0 and text[m.start() - 1] in "([{" and text[m.end():m.end() + 1] in ")]}"
+    if "," in a and bracketed:  # "(100,200)": a point, which a rephrasing may write "(100, 200)"
+        parts = tuple(Fraction(p) for p in a.split(","))
+    return [_Tok("num", m[0], m.start(), m.end(), value / 100 if pct else value, whole=plain and not pct,
+                 percent=pct, parts=parts)]
+
+
+def _fraction_token(num, den, text: str, start: int, end: int, pct: bool) -> _Tok:
+    num, den = Fraction(num), int(den)
+    if den == 0:
+        return _Tok("num", text, start, end, num)
+    value = num / den / (100 if pct else 1)
+    # "12/4" may be a division a rephrasing writes "12 divided by 4"; a proper fraction is one quantity
+    parts = (num, Fraction(den)) if num >= den else ()
+    return _Tok("num", text, start, end, value, percent=pct, parts=parts)
+
+
+def _word(toks: list[_Tok], i: int) -> str:
+    return toks[i].text if 0 <= i < len(toks) and toks[i].kind == "word" else ""
+
+
+def _cardinal(toks: list[_Tok], i: int) -> tuple[Fraction, int, bool] | None:
+    """A number in words (or digits followed by a scale: "3 million", "2 dozen") from toks[i]: (value, the index
+    after it, whether it was the single word "one"). English grammar decides what joins: "twenty five" is 25,
+    "two hundred and five" 205, but "one two" is 1 and 2, "five and six" 5 and 6."""
+    total, current, last, j, words = Fraction(0), None, None, i, []
+    t = toks[i]
+    if t.kind == "num":
+        if not (t.whole and _word(toks, i + 1) in (*_SCALES, "hundred", "dozen")):
+            return None
+        current, last, j = t.value, "unit", i + 1
+    elif t.text == "a" and _word(toks, i + 1) in (*_SCALES, "hundred", "dozen"):
+        current, last, j = Fraction(1), "unit", i + 1
+    while j < len(toks):
+        w = _word(toks, j)
+        if w in _UNIT and (last in (None, "hundred", "scale") or (last == "tens" and 0 < _UNIT[w] < 10)):
+            current, last = (current or 0) + _UNIT[w], "unit"
+        elif w in _TENS and last in (None, "hundred", "scale"):
+            current, last = (current or 0) + _TENS[w], "tens"
+        elif w == "hundred" and last == "unit":
+            current, last = current * 100, "hundred"
+        elif w in _SCALES and last in ("unit", "tens", "hundred"):
+            total, current, last = total + current * _SCALES[w], None, "scale"
+        elif w == "dozen" and last in ("unit", "tens", "hundred"):
+            current, last = current * 12, "dozen"
+            words.append(w)
+            j += 1
+            break
+        elif toks[j].kind == "minus" and last == "tens" and _word(toks, j + 1) in _UNIT:
+            j += 1  # "twenty-five"
+            continue
+        elif w == "and" and last in ("hundred", "scale") and (_word(toks, j + 1) in _UNIT or
+                                                              _word(toks, j + 1) in _TENS):
+            j += 1  # "two hundred and five"
+            continue
+        else:
+            break
+        words.append(w)
+        j += 1
+    if last is None:
+        return None
+    return total + (current or 0), j, words == ["one"]
+
+
+def _fraction_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
+    """"a half", "one third", "three quarters", "2 fifths" from toks[j]: (value, the index after it)."""
+    if j >= len(toks):
+        return None
+    if _word(toks, j) == "a" and _word(toks, j + 1) in _DENOMINATORS:
+        return Fraction(1, _DENOMINATORS[_word(toks, j + 1)]), j + 2
+    got = _cardinal(toks, j) if toks[j].kind == "word" or toks[j].whole else None
+    if toks[j].kind == "num" and toks[j].whole and got is None:
+        got = (toks[j].value, j + 1, False)
+    if got is None or got[0] <= 0:
+        return None
+    k = got[1] + (got[1] < len(toks) and toks[got[1]].kind == "minus")  # "three-fourths"
+    if _word(toks, k) in _DENOMINATORS:
+        return got[0] / _DENOMINATORS[_word(toks, k)], k + 1
+    return None
+
+
+def _sign(toks: list[_Tok], i: int, text: str) -> tuple[int, bool]:
+    """The sign of the number at toks[i] and whether the other sign is the same quantity written another way: in
+    "12 - 3" the 3 may become "+ (-3)", in "2x + -6" the -6 may become "- 6"; "= -3" is -3 alone."""
+    j = i - 1
+    if j >= 0 and toks[j].kind == "word" and toks[j].text == "negative":
+        return -1, False
+    if j < 0 or not (toks[j].kind == "minus" or toks[j].text == "minus"):
+        return 1, False
+    before = toks[j - 1] if j > 0 else None
+    if before is not None and (before.kind == "minus" or before.text in ("+", "plus", "minus")):
+        return -1, True
+    if before is None or before.text in _OPERATORS:
+        return -1, False
+    attached = toks[j].kind == "minus" and toks[j].end == toks[i].start and text[toks[j].start - 1:toks[j].start] == " "
+    if attached and before.kind == "word" and len(before.text) > 1 and before.text not in _UNIT and \
+            before.text not in _TENS:
+        return -1, False  # "is -3", "at -2 degrees"
+    return 1, True  # a subtraction: "12 - 3", "4x - 3", "twelve minus three"
+
+
+def quantities(text: str) -> list[Quantity]:
+    """Every quantity `text` states, in order (see the module's docstring)."""
+    text = _normalise(text)
+    toks = _tokens(text)
+    out: list[Quantity] = []
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        got = _cardinal(toks, i)
+        if got is None and t.kind == "num":
+            value, j, lone, parts = t.value, i + 1, False, t.parts
+            if t.whole and _word(toks, j) in ("st", "nd", "rd", "th") and toks[j].start == t.end:
+                out.append(Quantity(value, loose=True))  # "3rd": a place, which "third" writes in words
+                i = j + 1
+                continue
+        elif got is not None:
+            (value, j, lone), parts = got, ()
+        elif t.text in _MULTIPLES:
+            out.append(Quantity(Fraction(_MULTIPLES[t.text])))
+            i += 1
+            continue
+        elif t.text == "once":
+            out.append(Quantity(Fraction(1), loose=True))
+            i += 1
+            continue
+        elif (frac := _fraction_after(toks, i)) is not None or t.text == "half":
+            value, j = frac or (Fraction(1, 2), i + 1)
+            out.append(Quantity(value))
+            i = j
+            continue
+        else:
+            i += 1
+            continue
+        percent = t.kind == "num" and t.percent
+        if not percent and (frac := _fraction_after(toks, i)) is not None:  # "two thirds", "one half"
+            value, j, lone = frac[0], frac[1], False
+        elif not percent and _word(toks, j) == "and" and (frac := _fraction_after(toks, j + 1)) is not None and \
+                _word(toks, j + 1) in ("a", "one") and frac[0] < 1:
+            value, j, lone = value + frac[0], frac[1], False  # "two and a half", "1 and one third"
+        if _word(toks, j) in ("percent",) and not percent:
+            value, j, lone = value / 100, j + 1, False
+        elif _word(toks, j) in ("cent", "cents") and not percent:
+            value, j, lone = value / 100, j + 1, False
+        sign, either = _sign(toks, i, text)
+        value *= sign
+        alts = tuple(sorted({*parts, -value} if either else set(parts)))
+        dollars = (i > 0 and toks[i - 1].text == "$") or _word(toks, j) in ("dollar", "dollars")
+        joined = _cents_after(toks, j) if dollars and not percent else None
+        if joined is not None:  # "1 dollar and 50 cents", "$1 and 50 cents": 3/2, each part allowed in a seed
+            cents, j = joined
+            out.append(Quantity(value + cents, (*alts, value, cents)))
+        else:
+            out.append(Quantity(value, alts, loose=lone))
+        i = j
+    return out
+
+
+def _cents_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
+    """The "[dollars] and 50 cents" after a number of dollars at toks[j]: (cents in dollars, the index after)."""
+    k = j + (_word(toks, j) in ("dollar", "dollars"))
+    if _word(toks, k) != "and" or k + 1 >= len(toks):
+        return None
+    got = _cardinal(toks, k + 1)
+    if got is None and toks[k + 1].kind == "num" and toks[k + 1].whole:
+        got = (toks[k + 1].value, k + 2, False)
+    if got is None or _word(toks, got[1]) not in ("cent", "cents"):
+        return None
+    return got[0] / 100, got[1] + 1
+
+
+def stated(text: str) -> set[Fraction]:
+    """The values `text` states (a lone "one" or "once" is not read: "which one", "once he buys")."""
+    return {q.value for q in quantities(text) if not q.loose}
+
+
+def allowed(text: str) -> set[Fraction]:
+    """The values a faithful rephrasing of `text` may state: its quantities and their other spellings."""
+    return {v for q in quantities(text) for v in (q.value, *q.alts)}
