@@ -5,8 +5,8 @@ so run.sh can ask before anything is installed or started:
 
 On loopback (127.0.0.0/8, ::1, localhost, a unix socket) nothing is asked. Bound to any other address — or with
 DUS_REQUIRE_LOGIN=1 — the app needs one of:
-  * a password: DUS_PASSWORD (hashed at start and removed from the environment, so job processes never inherit
-    it) or DUS_PASSWORD_HASH (made by `python -m backend auth hash`); checked with scrypt and a constant-time
+  * a password: DUS_PASSWORD (hashed at start and removed from the environment) or DUS_PASSWORD_HASH (made by
+    `python -m backend auth hash`; job processes get neither: runner.start_child); checked with scrypt and a constant-time
     compare, NFKC-normalised first (NIST SP 800-63B: 'é' typed as one or as two code points is one password); 5
     failures in a row lock that client out for 5 minutes, however many it sends at once;
   * Streamlit's OpenID Connect login (`st.login`), configured in .streamlit/secrets.toml's [auth] section.

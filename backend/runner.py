@@ -1134,7 +1134,12 @@ def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
         _update(job.id, cluster_ref=run.submission_id, message="submitted to the Ray cluster")
         return run
     log = open(job.log_path or os.devnull, "ab")
-    env = dict(os.environ, DUS_WORKSPACE=str(db.workspace()), PYTHONUNBUFFERED="1")
+    from backend.auth import HASH_ENV, PASSWORD_ENV
+
+    # a job never serves a page, so it gets no login secret: the code it runs (a trainer, a model's remote code,
+    # a user's data script) could read it from its environment
+    env = {k: v for k, v in os.environ.items() if k not in (PASSWORD_ENV, HASH_ENV)}
+    env.update(DUS_WORKSPACE=str(db.workspace()), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "backend", "jobs", "exec", str(job.id)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env=env,
                             cwd=Path(__file__).resolve().parent.parent)

@@ -345,3 +345,24 @@ def test_app_locks_the_form_after_repeated_failures(bound, monkeypatch):
     at.button[0].click().run()
     assert [e.value for e in at.error] == ["Too many failed attempts: try again in 10 min."]
     assert "Depth up-scale" not in _texts(at)
+
+
+def test_a_job_process_gets_no_login_secret(monkeypatch):
+    """The worker's environment holds the login's hash (a plaintext DUS_PASSWORD becomes one at start); a job runs
+    code that is not the dashboard's (a trainer, a model's remote code), and inherited it. Its environment, read from
+    /proc, no longer holds either variable; the rest of the worker's environment is still passed on."""
+    from backend import runner
+    from tests.test_review_arena_jobs import _job
+
+    monkeypatch.setenv(auth.HASH_ENV, auth.hash_password("correct horse"))
+    monkeypatch.setenv(auth.PASSWORD_ENV, "correct horse")
+    monkeypatch.setenv("DUS_SOMETHING_ELSE", "kept")
+    proc = runner.start_child(_job("eval", "running", {"kind": "eval", "models": ["nothing"]}))
+    try:
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    names_seen = {e.split(b"=", 1)[0].decode() for e in environ if e}
+    assert "DUS_SOMETHING_ELSE" in names_seen and "DUS_WORKSPACE" in names_seen
+    assert not {auth.HASH_ENV, auth.PASSWORD_ENV} & names_seen
