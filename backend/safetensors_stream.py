@@ -32,6 +32,10 @@ OTHER_WEIGHTS = (".bin", ".pt", ".gguf")  # weight files an import converts to s
 # optimizer.pt / scheduler.pt, which weights_only=True refuses or which are no model weights
 NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt"}
 _CHUNK = 256 << 20  # bytes per copy call: few syscalls (as cp), still a progress report every few hundred MB
+# What passes through this process's memory (zeros, and copies where the kernel cannot copy) goes in blocks of this
+# size: a 256 MB block per call was up to 1 GB held by four writer threads (a LLaMA Pro build of a large model
+# zeroes hundreds of projections). The disk sets the pace: 1 GiB of zeros took 1.7-7 s here with either size.
+_BLOCK = 16 << 20
 
 
 class CheckpointError(ValueError):
@@ -92,19 +96,50 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise CheckpointError(f"{path}: tensor {name!r} is stored as {dtype}, a dtype this tool cannot copy "
                                   f"(it copies {', '.join(DTYPE_SIZES)}). Convert the model to bfloat16 or "
                                   "float16 first.")
-        try:
-            dtype, shape, (lo, hi) = info["dtype"], info["shape"], info["data_offsets"]
-            numel = 1
-            for d in shape:
-                numel *= int(d)
-            ok = dtype in DTYPE_SIZES and 0 <= lo <= hi and hi - lo == numel * DTYPE_SIZES[dtype]
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok or data_start + hi > size:
+        if not _entry_ok(info) or data_start + info["data_offsets"][1] > size:
             raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry or lies past the end of the "
                                   "file (truncated download?). Re-download or re-export it.")
+    _check_contiguous(path, header)
     _check_no_trailing_bytes(path, header, data_start, size)
     return header, data_start
+
+
+def _natural(x) -> bool:
+    return type(x) is int and x >= 0  # JSON's 2.0, true or -1 are no size or offset (safetensors' usize)
+
+
+def _entry_ok(info) -> bool:
+    """One header entry as safetensors reads it: a known dtype, a shape of whole non-negative numbers and two byte
+    offsets whose span holds exactly that many elements. A float, boolean or negative number was accepted (int()
+    made 5.0 and -1·-5 look right), though safetensors refuses the file ("invalid JSON in header"); a float offset
+    then failed the copy with a TypeError, and a shape like [5.0] was written into the new model's header."""
+    if not isinstance(info, dict) or info.get("dtype") not in DTYPE_SIZES:
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        return False
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(o) for o in offsets):
+        return False
+    numel = 1
+    for d in shape:
+        numel *= d
+    return offsets[1] - offsets[0] == numel * DTYPE_SIZES[info["dtype"]]
+
+
+def _check_contiguous(path: Path, header: dict) -> None:
+    """The tensors tile the data from byte 0, each starting where the one before ends, as safetensors requires
+    ("invalid offset for tensor"). Two tensors sharing bytes, or a hole between them, passed here: a build copied
+    the same bytes into both tensors (or skipped some) and registered a model made from a file safetensors itself
+    refuses to load."""
+    pos = 0
+    for name, info in sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+        lo, hi = info["data_offsets"]
+        if lo != pos:
+            what = "overlaps the tensor before it" if lo < pos else f"leaves {lo - pos:,} bytes unused before it"
+            raise CheckpointError(f"{path}: tensor {name!r} starts at data byte {lo:,}, where the tensors before it "
+                                  f"end at {pos:,}: it {what}, which safetensors refuses (a corrupt or hand-made "
+                                  "file). Re-download or re-export it.")
+        pos = hi
 
 
 def _check_no_trailing_bytes(path: Path, header: dict, data_start: int, size: int) -> None:
@@ -201,7 +236,7 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callab
         try:
             copied = os.copy_file_range(src_fd, dst_fd, n, offset + done)
         except OSError:  # filesystems without in-kernel copy: plain reads and writes
-            copied = os.write(dst_fd, os.pread(src_fd, n, offset + done))
+            copied = os.write(dst_fd, os.pread(src_fd, min(n, _BLOCK), offset + done))
         if copied == 0:
             raise CheckpointError(f"{src or 'A source file'} ended early while copying (byte {offset + done:,}): it "
                                   "was truncated or replaced while this job read it. Nothing was registered: restore "
@@ -211,7 +246,7 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, nbytes: int, tick: Callab
 
 
 def _write_zeros(dst_fd: int, nbytes: int, tick: Callable[[int], None]) -> None:
-    block = bytes(min(_CHUNK, nbytes))
+    block = bytes(min(_BLOCK, nbytes))
     done = 0
     while done < nbytes:
         n = os.write(dst_fd, memoryview(block)[: min(len(block), nbytes - done)])
@@ -246,6 +281,11 @@ def open_source(file: Path) -> int:
 
 
 def _write_shard(path: Path, shard: list[OutTensor], tick: Callable[[int], None]) -> None:
+    # Widest dtype first, as safetensors' own writer orders them ("sort by dtype to make sure alignment"): with the
+    # data start padded to 8 bytes, every tensor then starts at a multiple of its element size. In plan order, an
+    # F32 tensor after an odd-length BF16 or U8 one (an FP8 checkpoint's scalar scales) started at an odd address,
+    # and torch mapped it misaligned (data_ptr() % 4 == 1). Stable: a one-dtype model keeps the plan's order.
+    shard = sorted(shard, key=lambda t: -DTYPE_SIZES.get(t.dtype, 1))
     header: dict = {"__metadata__": {"format": "pt"}}
     pos = 0
     for t in shard:

@@ -9,6 +9,7 @@ into a temporary folder and rename it into place; only a complete folder is regi
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,28 @@ def check_identity_blocks(layer: dict, model_type: str) -> None:
         raise ValueError(f"llama-pro: in this {model_type} model, {', '.join(unzeroed)} has no output projection "
                          "this tool knows (o_proj, down_proj, out_proj, c_proj, fc2, fc_out, dense…) to zero, so the "
                          "inserted blocks would not be identities. Use method dus or slices for this model.")
+
+
+# Config flags under which a block with zeroed output projections is still no identity, as the transformers code of
+# each model reads them. Post-LN: OPT's `hidden = LayerNorm(residual + attn)` when do_layer_norm_before is false
+# (facebook/opt-350m), BLOOM's and ChatGLM's residual taken after the norm: the block still applies that norm (a tiny
+# post-LN OPT with trained-like norms: logits moved by 0.26). GPT-2's scale_attn_by_inverse_layer_idx divides each
+# layer's attention scores by its position + 1, so every layer after an inserted block attends differently (0.008
+# on a tiny GPT-2 with sharp attention).
+NOT_IDENTITY_FLAGS = {"do_layer_norm_before": (False, "normalises on the residual path"),
+                      "apply_residual_connection_post_layernorm": (True, "normalises on the residual path"),
+                      "scale_attn_by_inverse_layer_idx": (True, "scales each layer's attention by its position")}
+
+
+def check_identity_config(config: dict, model_type: str) -> None:
+    """LLaMA Pro's identity blocks need a pre-norm residual stream, x + f(norm(x)) (arXiv 2401.02415, sec. 2.2),
+    whose layers do not depend on where they sit."""
+    hits = [(k, why) for k, (bad, why) in NOT_IDENTITY_FLAGS.items() if k in config and config[k] == bad]
+    if hits:
+        said = "; ".join(f"{why} ({k}={json.dumps(config[k])} in its config.json)" for k, why in hits)
+        raise ValueError(f"llama-pro: this {model_type} model {said}, so the expanded model would not compute what "
+                         "its base did even with the inserted blocks' output projections zeroed. Use method dus or "
+                         "slices for this model.")
 
 
 @dataclass
@@ -161,10 +184,50 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
             raise ValueError("llama-pro: found no attention/MLP output projections (o_proj, down_proj…) to zero in "
                              f"this {base.model_type} model, so the inserted blocks would not be identities.")
         check_identity_blocks(base.layers[0], base.model_type)
+        check_identity_config(base.config, base.model_type)
     for name, ref in base.other.items():
         if name not in emb_names:
             tensors.append(OutTensor(name, ref.dtype, ref.shape, ref.nbytes, ref))
     return UpscalePlan(spec, sources, names, slots, tensors)
+
+
+def _is_layer_list(key: str, value, n: int) -> bool:
+    """One value per layer (layer_types, no_rope_layers). Token-id lists (Llama 3's eos_token_id has three ids) are
+    none, whatever their length: on a 3-layer model the eos ids were re-mapped like layers ([a, b, c, c])."""
+    return isinstance(value, list) and len(value) == n and key != "architectures" \
+        and not key.endswith(("_token_id", "_token_ids")) and not _is_layer_indices(key, value, n)
+
+
+def _is_layer_indices(key: str, value, n: int) -> bool:
+    """A list that names layers by index (Llama 4's moe_layers, Qwen2-MoE's mlp_only_layers): increasing indices
+    below n, shorter than n or all of them. A one-per-layer list of flags is never increasing past [0, 1]."""
+    if not (key.endswith("_layers") and isinstance(value, list) and all(type(v) is int for v in value)):
+        return False
+    if any(not 0 <= v < n for v in value) or any(a >= b for a, b in zip(value, value[1:])):
+        return False
+    return len(value) < n or (n >= 3 and value == list(range(n)))
+
+
+def layer_lists(info: ModelInfo) -> tuple[dict[str, list], dict[str, list]]:
+    """A model's per-layer config lists (layer_types, no_rope_layers…) and its lists of layer indices (moe_layers),
+    as transformers reads them: those config.json holds, and those its config class derives on loading when
+    config.json leaves them out. Gemma 3's Hub configs (as Gemma 2's, Cohere 2's and some 80 others) give only a
+    pattern, "sliding_window_pattern": 6, and transformers makes every sixth layer global counted from layer 0 of
+    whatever stack it loads; a deeper stack left without the list gave copied layers the type of the slot they
+    landed in (DUS m=1 on 6 layers: the global layer 5 became sliding, layer 1 global)."""
+    n = info.num_layers
+    values: dict[str, list] = {}
+    indices: dict[str, list] = {}
+    try:
+        from transformers import AutoConfig
+
+        derived = AutoConfig.from_pretrained(info.folder).to_dict()
+    except Exception:  # noqa: BLE001 - a type transformers does not know (remote code): config.json's lists only
+        derived = {}
+    for source in (derived, info.config):
+        values.update({k: v for k, v in source.items() if _is_layer_list(k, v, n)})
+        indices.update({k: v for k, v in source.items() if k not in values and _is_layer_indices(k, v, n)})
+    return values, indices
 
 
 def new_config(plan: UpscalePlan) -> dict:
@@ -172,23 +235,41 @@ def new_config(plan: UpscalePlan) -> dict:
     cfg = {k: v for k, v in base.config.items() if k != "_name_or_path"}
     cfg[base.layer_count_key] = plan.s
     # Per-layer lists (layer_types in Qwen2 / Gemma / Mistral configs) follow the layer map: a stale list would
-    # give a copied layer the attention type of whatever layer used to sit in its slot.
-    # Token-id lists (Llama 3's eos_token_id has three ids) are no per-layer list, whatever their length: on a
-    # 3-layer model the eos ids were re-mapped like layers ([a, b, c] -> [a, b, c, c]).
-    for key, value in base.config.items():
-        if isinstance(value, list) and len(value) == base.num_layers and key != "architectures" \
-                and not key.endswith(("_token_id", "_token_ids")):
-            cfg[key] = [plan.sources[sl.source].config.get(key, value)[sl.layer] for sl in plan.slots]
-    if "max_window_layers" in cfg and "layer_types" not in cfg:
-        if base.config.get("use_sliding_window") and base.config.get("sliding_window") is not None:
-            # Qwen2-style: transformers makes layers >= max_window_layers slide; a copied layer keeps its own type,
-            # which no single threshold over the new stack can say, so the list is written out
+    # give a copied layer the attention type of whatever layer used to sit in its slot. Each slot takes the entry of
+    # its own source: the base's list indexed by a deeper second model's layer failed (IndexError) or named the
+    # base's layer. A list of layer indices names the slots whose source layer it named: Llama 4's moe_layers
+    # [0..5] re-mapped as values gave [0, 1, 2, 3, 2, 3, 4, 5], and slots 6 and 7 were built as dense MLPs, their
+    # experts dropped and the MLP initialised at random.
+    lists = [layer_lists(src) for src in plan.sources]
+    used = sorted({sl.source for sl in plan.slots})
+    for kind in (0, 1):
+        for key in lists[0][kind]:
+            missing = [plan.source_names[k] for k in used if key not in lists[k][kind]]
+            if missing:
+                raise MismatchError(f"{plan.source_names[0]} gives its layers a {key!r} list in its config, "
+                                    f"{', '.join(missing)} does not: the new model's layers cannot all be described. "
+                                    "Add the list to that model's config.json, or build from models of one "
+                                    "configuration.")
+            if kind == 0:
+                cfg[key] = [lists[sl.source][0][key][sl.layer] for sl in plan.slots]
+            else:
+                cfg[key] = [i for i, sl in enumerate(plan.slots) if sl.layer in lists[sl.source][1][key]]
+    depth = base.config.get("scale_depth")
+    if isinstance(depth, (int, float)) and not isinstance(depth, bool):
+        # MiniCPM (arXiv 2404.06395) scales every residual branch by scale_depth / sqrt(num_hidden_layers): kept as
+        # is, a deeper stack shrank every copied layer's branch (a tiny MiniCPM3's LLaMA Pro expansion, meant to be
+        # an identity, moved logits by 0.045). Scaled with the depth, each layer adds what it added in its source.
+        cfg["scale_depth"] = depth * math.sqrt(plan.s / base.num_layers)
+    if "max_window_layers" in cfg and "layer_types" not in base.config:
+        if not (base.config.get("use_sliding_window") and base.config.get("sliding_window") is not None):
+            cfg["max_window_layers"] = plan.s  # no window: every layer is full, as in the base
+        elif "layer_types" not in cfg:
+            # Qwen2-style, where transformers could not read the config: layers >= max_window_layers slide; a copied
+            # layer keeps its own type, which no single threshold over the new stack can say, so the list is written
             def sliding(sl) -> bool:
                 return sl.layer >= plan.sources[sl.source].config.get("max_window_layers", base.num_layers)
 
             cfg["layer_types"] = ["sliding_attention" if sliding(sl) else "full_attention" for sl in plan.slots]
-        else:
-            cfg["max_window_layers"] = plan.s
     return cfg
 
 
@@ -231,12 +312,13 @@ def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progre
     progress = progress or (lambda f, m: None)
     t0 = time.perf_counter()
     plan = plan_upscale(spec)
+    config = new_config(plan)  # before any byte is written: a config that cannot be made fails the job at once
     name = spec.name or spec.default_name()
     out_dir = output_dir(out_dir, spec.out, name, needed=plan.nbytes)
     progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters")
     with building(out_dir, "build") as tmp:
         write_checkpoint(plan.tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
-        (tmp / "config.json").write_text(json.dumps(new_config(plan), indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         copy_companions(plan.sources[0].folder, tmp)
         (tmp / "README.md").write_text(model_card(plan, name, out_dir))
     rec = register_output(out_dir, name, "upscaled", parents=plan.used_names,

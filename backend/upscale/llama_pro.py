@@ -14,8 +14,11 @@ from backend.upscale.plan import Slot
 # Output projections write into the residual stream; zeroing them (weights and biases) makes a block the identity.
 # fc_out: GPT-J's and CodeGen's MLP output (without it their inserted blocks kept adding their MLP's output and were
 # no identities: logits moved by 0.18 on a tiny GPT-J; upscale.check_identity_blocks now refuses any such gap)
-OUTPUT_PROJECTIONS = re.compile(r"(^|\.)(o_proj|down_proj|out_proj|dense|dense_4h_to_h|c_proj|fc2|fc_out|wo|w2)\."
-                                r"(weight|bias)$")
+# Fused expert weights are parameters without ".weight": Llama 4's feed_forward.experts.down_proj, GPT-OSS's
+# mlp.experts.down_proj and down_proj_bias. Left out, Llama 4's inserted blocks zeroed only the shared expert's
+# down_proj (which satisfied the per-sub-block check) and kept adding the routed experts' output: logits moved by 0.63.
+OUTPUT_PROJECTIONS = re.compile(r"(^|\.)(o_proj|down_proj|out_proj|dense|dense_4h_to_h|c_proj|fc2|fc_out|wo|w2)"
+                                r"(\.weight|\.bias|_bias)?$")
 
 
 def plan(n: int, *, groups: int) -> list[Slot]:
