@@ -380,14 +380,17 @@ def cmd_datasets(a) -> None:
                                  "provenance": d.provenance, "created": d.created} for d in pipeline.list_datasets()])
         print(f"{'name':36} {'kind':12} {'rows':>7}  path / sources")
         for d in pipeline.list_datasets():
-            where = d.path or ", ".join(f"{x['source']}×{x['weight']:g}" for x in d.provenance.get("sources", []))
+            where = d.path or ", ".join(f"{x['source']}×{x['weight']:g}" + (f" by {x['sample_by']}" if
+                                                                            x.get("sample_by") else "")
+                                        for x in d.provenance.get("sources", []))
             print(f"{d.name:36} {d.kind:12} {d.rows:7d}  {where}")
     elif a.action == "export":
         for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
             print(f"{k}: {v}")
     elif a.action == "mix":
         purpose = a.purpose or "sft"
-        rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight) for d in a.sources], purpose)
+        rows = [a.sample_by] if a.sample_by else []  # kept with the mix's .txt members (data.expand_rows)
+        rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight, *rows) for d in a.sources], purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
     elif a.action == "preview":
@@ -1368,6 +1371,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")
     mx.add_argument("--for", dest="purpose", choices=["sft", "dpo", "cpt"],
                     help="what the mix trains (default sft); the sources must fit its layout")
+    mx.add_argument("--sample-by", choices=get_args(DataSource.model_fields["sample_by"].annotation),
+                    help="what a row of the sources' .txt files is, kept with the mix (default: as each use of the "
+                         "mix says, train --sample-by or the Train page's rows of a .txt)")
     pv = da.add_parser("preview", help="a source as a training job of a kind reads it (the Train page's preview): "
                                        "layout, columns, rows, the first rows converted; refused as the job would be")
     pv.add_argument("source", help="builtin:NAME, dataset:NAME, mix:NAME, a file or a Hub id")

@@ -81,16 +81,33 @@ def _registered(name: str):
 
 def expand(sources: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """Replace every `mix:NAME` by its weighted sources (weights multiply)."""
+    return [(source, weight) for source, weight, _ in expand_rows([(s, w, "line") for s, w in sources])]
+
+
+def expand_rows(sources: list[tuple[str, float, str | None]]) -> list[tuple[str, float, str | None]]:
+    """expand() with what a row of each source's .txt files is: a mix member's own sample_by, saved with the mix
+    (a book a paragraph a row stays so wherever the mix is used), else the one its mix was given. A mix saved
+    before its members kept one (its members {"source", "weight"} only) reads every member as its use says."""
     out = []
-    for source, weight in sources:
+    for source, weight, sample_by in sources:
         if source.startswith("mix:"):
-            rec = _registered(source.removeprefix("mix:"))
-            if rec.kind != "mix":
-                raise DataError(f"{source}: {rec.name} is a {rec.kind} data set, not a mix; use dataset:{rec.name}.")
-            out += expand([(x["source"], x["weight"] * weight) for x in rec.provenance["sources"]])
+            out += expand_rows([(x["source"], x["weight"] * weight, x.get("sample_by") or sample_by)
+                                for x in mix_members(source)])
         else:
-            out.append((source, weight))
+            out.append((source, weight, sample_by))
     return out
+
+
+def mix_members(source: str) -> list[dict]:
+    """A saved mix's members as its record holds them: {"source", "weight"} and, when saved with it, "sample_by"."""
+    rec = _registered(source.removeprefix("mix:"))
+    if rec.kind != "mix":
+        raise DataError(f"{source}: {rec.name} is a {rec.kind} data set, not a mix; use dataset:{rec.name}.")
+    members = rec.provenance["sources"]
+    for x in members:
+        if x.get("sample_by") is not None:
+            _sample_by(x["sample_by"])  # a record edited by hand: named here, not deep in `datasets`
+    return members
 
 
 # Suffixes of files, never of a Hub id: a missing `x.tsv` is a missing file, not a Hub failure.
@@ -130,8 +147,8 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         if not rec.path:
             raise DataError(f"{source} is a mix: use mix:{rec.name}.")
         source = rec.path
-    elif source.startswith("mix:"):
-        parts = [load_source(src, sample_by=sample_by) for src, _ in expand([(source, 1.0)])]
+    elif source.startswith("mix:"):  # each member read as its mix saved it (expand_rows), else as `sample_by`
+        parts = [load_source(src, sample_by=by) for src, _, by in expand_rows([(source, 1.0, sample_by)])]
         return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     path = Path(source).expanduser()
     if looks_local(source) or path.exists():
@@ -675,11 +692,8 @@ def split_mix(sources: list[tuple[str, float]] | list[tuple[str, float, str]], k
 
 
 def _expand_with_rows(sources) -> list[tuple[str, float, str]]:
-    """expand(), each member of a mix keeping the sample_by its mix was given."""
-    out = []
-    for source, weight, *rest in sources:
-        out += [(member, w, *(rest or ["line"])) for member, w in expand([(source, weight)])]
-    return out
+    """expand_rows() of sources given with or without their sample_by (then a line a row)."""
+    return expand_rows([(source, weight, *(rest or ["line"])) for source, weight, *rest in sources])
 
 
 def _row_key(row: dict) -> bytes:
@@ -708,13 +722,34 @@ def _pick_distinct(keys: list[bytes], fraction: float, seed: int, held: set[byte
 def preview(source: str, kind: str, n: int = 5, sample_by: str = "line") -> dict:
     """What the pages show before launch: layout, columns, row count, first converted rows. Its rows are checked
     as check_source checks them: the preview said "alpaca layout, 6 rows" for a file Launch then refused."""
-    if source.startswith("mix:"):  # each member as its job reads it: a Hub member sampled, rows counted in its file
-        for member, _ in expand([(source, 1.0)]):
-            check_source(member, kind)
+    if source.startswith("mix:"):
+        return _preview_mix(source, kind, n, sample_by)
     ds = load_source(source, sample_by=sample_by)
     layout = detect_layout(ds.column_names, kind)
-    if not source.startswith("mix:"):
-        check_rows(ds, source, layout, kind, n=_rows_to_check(source))
+    check_rows(ds, source, layout, kind, n=_rows_to_check(source))
     rows = [convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))]
     return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows,
-            "text_file": reads_text_file(source)}
+            "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
+
+
+def _preview_mix(source: str, kind: str, n: int, sample_by: str) -> dict:
+    """preview() of a mix, each member as its job reads it (split_mix): checked under its own name (a Hub member
+    sampled), read with its own rows (expand_rows) and converted in its own layout. Read whole, a mix of a .txt and
+    an Alpaca file was converted in one layout, and its .txt rows (no instruction) raised a TypeError on the page."""
+    parts = []
+    for member, _, by in expand_rows([(source, 1.0, sample_by)]):
+        check_source(member, kind)
+        ds = load_source(member, sample_by=by)
+        parts.append((ds, detect_layout(ds.column_names, kind)))
+    rows = [convert_row(ds[i], layout, kind) for ds, layout in parts for i in range(min(n, len(ds)))][:n]
+    return {"layout": " + ".join(dict.fromkeys(layout for _, layout in parts)),
+            "columns": list(dict.fromkeys(c for ds, _ in parts for c in ds.column_names)),
+            "rows": sum(len(ds) for ds, _ in parts), "examples": rows,
+            "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
+
+
+def text_rows(source: str, sample_by: str = "line") -> list[tuple[str, str, bool]]:
+    """(file or set, what a row of it is, whether its mix saved that) for each source inside `source` (itself, or a
+    mix's members) that reads a .txt: what a preview says of a mix whose members keep their own (expand_rows)."""
+    return [(src, by or sample_by, by is not None) for src, _, by in expand_rows([(source, 1.0, None)])
+            if reads_text_file(src)]

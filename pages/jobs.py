@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pandas as pd
 import streamlit as st
@@ -20,9 +21,22 @@ shown = st.columns([1, 3])[0].selectbox("Jobs shown", list(SHOWN), format_func=S
                                         help="Queued and running jobs are always shown, however old.")
 
 
+# a training job's message ends in its ETA (backend/train_entry.py: "step 120/1000 · loss 2.3456 · ETA 12:34"), the
+# part the message column cut off; the table shows it first (the status box below shows the message as written)
+ETA_LAST = re.compile(r"^(?P<rest>.+) · (?P<eta>ETA \d+:\d\d)$")
+
+
+def eta_first(said: str) -> str:
+    return f"{m['eta']} · {m['rest']}" if (m := ETA_LAST.match(said)) else said
+
+
 @st.fragment(run_every=2.0)
-def job_table() -> None:
+def job_table(listed: list[int]) -> None:
     jobs = runner.list_jobs(st.session_state.get("jobs_shown", 100) or None)
+    # `listed`: the jobs the Job picker below offers, drawn when the whole page runs: a job queued since (another
+    # tab, the CLI, a recipe's next stage) was in this table but not in the picker until something else reran it
+    if [j.id for j in jobs] != listed:
+        st.rerun(scope="app")
     if not jobs:
         st.info("No jobs yet. Builds and imports started from the other pages appear here.")
         return
@@ -36,11 +50,11 @@ def job_table() -> None:
         "status": "running?" if said[j.id].startswith("running?") else j.status, "progress": j.progress,
         # a failed job's error takes the place of its "failed" (runner.job_message): a separate column was squeezed
         # to a few characters by the long messages, so the reason could not be read
-        "message": said[j.id],
+        "message": eta_first(said[j.id]) if j.status == "running" else said[j.id],
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         # a running job's so far (it was blank until the job ended, the one time a user looks for it)
         "seconds": None if (run := runner.seconds_run(j)) is None else round(run, 1),
-    } for j in jobs]), hide_index=True, key="jobs_table",
+    } for j in jobs]), hide_index=True, key="jobs_table", placeholder="",  # not yet run: blank, not "None"
         # fitted to a 1280 px window (820 px of table beside the sidebar; at 1400 px "seconds" fell off a 1280 one),
         # id pinned: long names and messages are cut in their cells (the job list and status box below the table
         # show them whole), so "created" and "seconds" stay in view
@@ -56,8 +70,8 @@ def job_table() -> None:
                        "created": col.TextColumn(width=98), "seconds": col.NumberColumn(width=60)})
 
 
-job_table()
 jobs = runner.list_jobs(shown or None)
+job_table([j.id for j in jobs])
 if jobs:
     # no status in the labels, as on the Monitor page: they are drawn when the whole page reruns, so "running"
     # stayed above the live status box's "failed" (the table above and the box below say it as it changes)

@@ -20,6 +20,17 @@ st.title("Monitor")
 worker_banner()
 jobs = runner.list_jobs(500, kinds=TRAIN_KINDS)  # the 500 newest training jobs (and any still running), not
 # the training jobs among the 500 newest of every kind
+
+
+@st.fragment(run_every=2.0)
+def watch_jobs(listed: list[int]) -> None:
+    """Rerun the page when a training job is queued (or removed) elsewhere: the Jobs choice below is drawn when the
+    whole page runs, so a job launched from another tab, the CLI or a recipe was not offered until a click."""
+    if [j.id for j in runner.list_jobs(500, kinds=TRAIN_KINDS)] != listed:
+        st.rerun(scope="app")
+
+
+watch_jobs([j.id for j in jobs])
 if not jobs:
     st.info("No training jobs yet: launch one on the Train page.")
     st.stop()

@@ -146,6 +146,17 @@ def data_caption(kind: str) -> str:
                 else "Synthetic math page).")))
 
 
+def rows_said(sample_by: str, pv: dict) -> str:
+    """What a row of the .txt files a source reads is, for its preview: the table's choice, and each member of a
+    mix saved with its own (data.expand_rows: kept whatever the table says, so the cell alone misled)."""
+    if not pv.get("text_rows"):
+        return "" if sample_by == "line" else f" ({sample_by}: no .txt here, its rows are its own)"
+    follow = sample_by != "line" and any(not saved for *_, saved in pv["text_rows"])
+    said = [f"a row per {sample_by} of a .txt"] * follow + [
+        f"{src}: a row per {by}, as its mix saved it" for src, by, saved in pv["text_rows"] if saved]
+    return f" ({'; '.join(said)})" if said else ""
+
+
 def held_out_help(spec_fields: dict, kind: str) -> str:
     """The spec's words for eval_data, and the registered data sets a job of this kind can be scored on."""
     mine = ", ".join(f"`dataset:{d.name}`" for d in pipeline.list_datasets(kind))
@@ -234,8 +245,7 @@ for r in rows:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
     else:
-        per = "" if r["sample_by"] == "line" else f" (a row per {r['sample_by']} of a .txt)" if pv.get("text_file") \
-            else f" ({r['sample_by']}: no .txt here, its rows are its own)"
+        per = rows_said(r["sample_by"], pv)
         with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
             st.json(pv["examples"], expanded=False)
 
@@ -282,9 +292,12 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
     held_out = st.text_input("Held-out set (optional)", key="eval_data",
                              placeholder="dataset:NAME, builtin:NAME or a file; empty: the held-out share",
                              help=held_out_help(spec_fields, kind)).strip()
+    # offered wherever the set is read from a .txt (a built-in, a registered set or a mix's members too), as the
+    # source table's preview says it (data.reads_text_file): by the typed name's suffix, builtin:facts-corpus had
+    # no choice and was read a line a row
     held_by = st.selectbox("Rows of the held-out .txt", SAMPLE_BY, key="eval_sample_by",
                            help=DataSource.model_fields["sample_by"].description) \
-        if held_out.lower().endswith(".txt") else "line"
+        if data.reads_text_file(held_out) else "line"
     if held_out:  # in the spec even when unreadable, as a source row is: the preview only holds the launch back
         fields["eval_data"] = DataSource(source=held_out, sample_by=held_by)
         pv, problem = cached_preview(held_out, kind, file_stamp(held_out), held_by)
@@ -292,7 +305,8 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
             previews_ok = False
             st.error(f"Held-out set {held_out}: {problem}")
         else:
-            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows; the held-out share is not used.")
+            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows{rows_said(held_by, pv)}; the held-out "
+                       "share is not used.")
 with st.expander("Speed and memory"):
     p1, p2, p3 = st.columns(3)
     perf = {}

@@ -246,7 +246,8 @@ def list_datasets(kind: str | None = None) -> list[DatasetRecord]:
 
 def _taken(rec: DatasetRecord) -> str:
     """What holds a name, for a refusal: the file and its rows, or a mix's sources."""
-    sources = ", ".join(f"{x['source']}×{x['weight']:g}" for x in rec.provenance.get("sources", []))
+    sources = ", ".join(f"{x['source']}×{x['weight']:g}" + (f" by {x['sample_by']}" if x.get("sample_by") else "")
+                        for x in rec.provenance.get("sources", []))
     where = f"{rec.rows} rows at {rec.path}" if rec.path else f"a mix of {sources} for {rec.provenance.get('for')}"
     return f"A {rec.kind} data set is already named {rec.name!r} ({where})"
 
@@ -276,12 +277,18 @@ def save_dataset(name: str, kind: str, path: str, rows: int, provenance: dict,
         return rec
 
 
-def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> DatasetRecord:
+def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float, str]],
+             purpose: str) -> DatasetRecord:
     """A named weighted combination (the paper's SFT v1–v4, DPO v1–v3), usable as `mix:NAME` in training data. A
     taken name is refused before the sources are read; the same mix saved again (the page's button pressed twice)
-    changes nothing."""
+    changes nothing. A source given with its sample_by keeps it where it reads a .txt (data.expand_rows: a book saved
+    a paragraph a row is read so wherever the mix is used); one given without it reads as each use of the mix says."""
     check_name(name, "mix name")
-    provenance = {"for": purpose, "sources": [{"source": s, "weight": w} for s, w in sources]}
+    from backend import data
+
+    provenance = {"for": purpose, "sources": [
+        {"source": s, "weight": w, **({"sample_by": rest[0]} if rest and data.reads_text_file(s) else {})}
+        for s, w, *rest in sources]}
     if (rec := get_dataset(name)) is not None:
         if rec.kind == "mix" and rec.provenance == provenance:
             return rec
@@ -290,12 +297,10 @@ def save_mix(name: str, sources: list[tuple[str, float]], purpose: str) -> Datas
     if not sources:
         raise DatasetError("A mix needs at least one source.")
     check_not_orphaned_dataset(name)  # before the sources are read
-    from backend import data
-
-    for source, weight in sources:
+    for source, weight, *rest in sources:
         if weight <= 0:
             raise DatasetError(f"{source}: weight must be positive.")
-        ds = data.load_source(source)
+        ds = data.load_source(source, sample_by=rest[0] if rest else "line")
         data.detect_layout(ds.column_names, purpose)
     return save_dataset(name, "mix", "", 0, provenance)
 
