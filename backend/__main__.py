@@ -363,8 +363,7 @@ def print_preview(a) -> None:
     pv = data.preview(_local_source(a.source), a.purpose, n=a.rows, sample_by=a.sample_by)
     if a.json:
         return _print_json(pv)
-    per = "" if a.sample_by == "line" else f", a row per {a.sample_by} of a .txt" if pv["text_file"] else \
-        f" (--sample-by {a.sample_by}: no .txt here, its rows are its own)"
+    per = data.rows_said(a.sample_by, pv, choice=f"--sample-by {a.sample_by}")
     print(f"{a.source}: {pv['layout']} layout for {a.purpose}, {pv['rows']} rows{per}; columns "
           f"{', '.join(pv['columns'])}")
     for i, row in enumerate(pv["examples"], 1):

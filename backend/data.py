@@ -748,6 +748,18 @@ def _preview_mix(source: str, kind: str, n: int, sample_by: str) -> dict:
             "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
 
 
+def rows_said(sample_by: str, pv: dict, choice: str | None = None) -> str:
+    """What a row of the .txt files a source reads is, for its preview (the Train page; `datasets preview`, whose
+    `choice` names its option): the use's choice, and each member of a mix saved with its own (expand_rows: kept
+    whatever the use says, so the choice alone misled)."""
+    if not pv.get("text_rows"):
+        return "" if sample_by == "line" else f" ({choice or sample_by}: no .txt here, its rows are its own)"
+    follow = sample_by != "line" and any(not saved for *_, saved in pv["text_rows"])
+    said = [f"a row per {sample_by} of a .txt"] * follow + [
+        f"{src}: a row per {by}, as its mix saved it" for src, by, saved in pv["text_rows"] if saved]
+    return f" ({'; '.join(said)})" if said else ""
+
+
 def text_rows(source: str, sample_by: str = "line") -> list[tuple[str, str, bool]]:
     """(file or set, what a row of it is, whether its mix saved that) for each source inside `source` (itself, or a
     mix's members) that reads a .txt: what a preview says of a mix whose members keep their own (expand_rows)."""

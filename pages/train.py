@@ -146,17 +146,6 @@ def data_caption(kind: str) -> str:
                 else "Synthetic math page).")))
 
 
-def rows_said(sample_by: str, pv: dict) -> str:
-    """What a row of the .txt files a source reads is, for its preview: the table's choice, and each member of a
-    mix saved with its own (data.expand_rows: kept whatever the table says, so the cell alone misled)."""
-    if not pv.get("text_rows"):
-        return "" if sample_by == "line" else f" ({sample_by}: no .txt here, its rows are its own)"
-    follow = sample_by != "line" and any(not saved for *_, saved in pv["text_rows"])
-    said = [f"a row per {sample_by} of a .txt"] * follow + [
-        f"{src}: a row per {by}, as its mix saved it" for src, by, saved in pv["text_rows"] if saved]
-    return f" ({'; '.join(said)})" if said else ""
-
-
 def held_out_help(spec_fields: dict, kind: str) -> str:
     """The spec's words for eval_data, and the registered data sets a job of this kind can be scored on."""
     mine = ", ".join(f"`dataset:{d.name}`" for d in pipeline.list_datasets(kind))
@@ -245,7 +234,7 @@ for r in rows:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
     else:
-        per = rows_said(r["sample_by"], pv)
+        per = data.rows_said(r["sample_by"], pv)
         with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
             st.json(pv["examples"], expanded=False)
 
@@ -305,7 +294,7 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
             previews_ok = False
             st.error(f"Held-out set {held_out}: {problem}")
         else:
-            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows{rows_said(held_by, pv)}; the held-out "
+            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows{data.rows_said(held_by, pv)}; the held-out "
                        "share is not used.")
 with st.expander("Speed and memory"):
     p1, p2, p3 = st.columns(3)

@@ -247,3 +247,15 @@ def test_datasets_mix_sample_by_is_kept_with_the_mixs_txt_members(book, capsys):
                                                            ("builtin:alpaca-mini", 0.5, "line")]
     main(["datasets", "mix", "bm2", f"{book}@1", "--for", "cpt"])
     assert pipeline.get_dataset("bm2").provenance["sources"] == [{"source": str(book), "weight": 1.0}]
+
+
+def test_datasets_preview_says_a_mix_members_own_rows(book, capsys):
+    """`datasets preview` said "a row per line" (its option) of a mix whose book was saved by paragraph; it now says
+    what the Train page says (data.rows_said)."""
+    from backend.__main__ import main
+
+    main(["datasets", "mix", "bm", f"{book}@1", "--for", "cpt", "--sample-by", "paragraph"])
+    capsys.readouterr()
+    main(["datasets", "preview", "mix:bm", "--for", "cpt", "-n", "1"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"mix:bm: text layout for cpt, 3 rows ({book}: a row per paragraph, as its mix saved it)")
