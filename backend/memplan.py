@@ -493,7 +493,10 @@ def setup_for_spec(spec, device: str | None = None, train_rows: int | None = Non
     if sharding == "zero3" and acc["offload_params"] and acc["offload_optimizer"]:
         sharding = "zero3_offload"
     packing = getattr(spec, "packing", True)
-    packing = (device == "cuda") if packing is None else packing
+    if packing is None:  # sft's auto: as the job decides it on this device (backend/perf.py)
+        from backend import perf
+
+        packing = perf.resolve(spec, cuda=device == "cuda").packing
     precompute = getattr(spec, "precompute_ref_log_probs", None)
     if spec.kind == "dpo" and precompute is None and train_rows is not None:
         from backend import perf

@@ -8,9 +8,10 @@
 trl's padding-free "bfd" packing with sdpa ran at 7.6k tokens/s against 37.5k for "wrapped"; a plain bf16 loop
 54.4k, with torch.compile 61.6k. So on CUDA: each decoder layer compiled (regional: one graph, reused by every
 layer, compiled in seconds rather than the whole model's minutes), Liger's Triton kernels when installed, fused
-AdamW, flash attention when installed else sdpa, and bfd packing only with a flash kernel. On a CPU every choice
-stays what it was before these options existed (float32, eager PyTorch, transformers' default attention and
-optimizer, wrapped packing).
+AdamW, flash attention when installed else sdpa, and bfd packing only with a flash kernel (without one, SFT is not
+packed unless asked: "wrapped" would cut its conversations; CPT packs "wrapped", as pretraining does). On a CPU
+every choice stays what it was before these options existed (float32, eager PyTorch, transformers' default
+attention and optimizer, wrapped packing).
 
 Which explicit choices fail and which are honoured on a CPU: Liger (Triton) and flash attention have no CPU kernels
 and a package that is missing cannot be used — those fail in check() before anything is launched, naming the field.
@@ -48,7 +49,8 @@ class Resolved:
     liger: bool                  # TrainingArguments use_liger_kernel
     optim: str | None            # TrainingArguments optim; None: transformers' default
     attention: str | None        # from_pretrained attn_implementation; None: transformers' default
-    packing: bool                # SFTConfig packing (cpt: the spec's, on; sft: the spec's, default on with CUDA)
+    packing: bool                # SFTConfig packing (cpt: the spec's, on; sft: the spec's, default on with CUDA and
+    #                              a flash kernel: padding-free bfd keeps each conversation whole and on its own)
     packing_strategy: str        # SFTConfig packing_strategy (cpt/sft)
     padding_free: bool           # bfd / bfd_split packing is padding-free (trl turns it on with them)
     precompute_ref: bool | None  # DPOConfig precompute_ref_log_probs; None for cpt/sft
@@ -158,6 +160,13 @@ def resolve(spec, cuda: bool, installed: Callable[[str], bool] = _installed, tra
                 + ("scoring every row once is cheaper than a reference forward per step" if precompute else
                    "scoring the whole set first would cost more than it saves"))
     packing = spec.kind != "dpo" and (cuda if getattr(spec, "packing", None) is None else spec.packing)
+    if spec.kind == "sft" and spec.packing is None and p.packing_strategy == "auto" and cuda and strategy != "bfd":
+        # "wrapped" cuts the concatenated conversations every max_length tokens and runs them together: a sequence
+        # began mid-conversation ('ompute the result.\n\n4 times 3<|im_end|>'), its reply learned without its
+        # question, attending to the conversation before it. Unpacked, as trl's default, unless padding-free.
+        packing = False
+        why["packing"] = ("auto for sft: off without a flash kernel (wrapped packing cuts conversations at max_length "
+                          "and runs them together; padding-free bfd needs a flash kernel to be fast)")
     return Resolved(compile_, liger, optim, attention, packing, strategy, packing and strategy.startswith("bfd"),
                     precompute, why)
 
@@ -167,13 +176,17 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return next((peak for key, peak in GPU_PEAKS if key.lower() in device_name.lower()), None)
 
 
-def flops_per_token(config, num_parameters: int, seq_len: int) -> float:
+def flops_per_token(config, num_parameters: int, seq_len: int, trainable: int | None = None) -> float:
     """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B): 6·N for the matrix products of forward
     and backward, N without the input embedding (a lookup, no FLOPs), plus 12·L·d·s for attention scores and values.
-    A tied embedding is also the LM head, a real product: it stays counted."""
+    A tied embedding is also the LM head, a real product: it stays counted. The 6 is 2 (forward) + 2 (the backward's
+    gradient of each product's input) + 2 (of its weight): a frozen weight has no weight gradient, so with LoRA
+    (num_parameters: base and adapters; trainable: the adapters) it is 4·N + 2·trainable. Counted as 6·N, a LoRA
+    run's MFU read 1.5 times what the GPU did."""
     embed = config.vocab_size * config.hidden_size
     n = num_parameters - (0 if getattr(config, "tie_word_embeddings", False) else embed)
-    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+    return 4 * n + 2 * (n if trainable is None else trainable) + \
+        12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
 def compile_layers(model) -> int:

@@ -80,6 +80,14 @@ def run_train_loss(result, log_history: list[dict], checkpoint: Path | None) -> 
     return total / steps if steps else float("nan")
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not whole JSON (cut by a kill)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsCallback(TrainerCallback):
     """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress.
     flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`. `tokens_per_s` is
@@ -105,8 +113,16 @@ class MetricsCallback(TrainerCallback):
             self.forget_after(self.start_step)  # values logged after the checkpoint will be logged again
 
     def forget_after(self, step: int) -> None:
-        """Drop the job's metric rows past `step`: a resumed run logs them again (-1: all of them, for a run that
-        starts over because it was stopped before its first checkpoint). metrics.jsonl stays a plain log."""
+        """Drop what was logged past `step`, in metrics.jsonl and the job's metric rows: a resumed run logs those
+        steps again (-1: everything, for a run that starts over because it was stopped before its first checkpoint).
+        metrics.jsonl was left a plain log, so a resumed run's file held steps 11, 12, 13, 11, 12, …: a reader of it
+        (a foreground run has no rows; bench/gpu_train_mfu.py takes its tokens_per_s) counted those steps twice."""
+        if self.path.exists():
+            kept = [ln + "\n" for ln in self.path.read_text().splitlines()  # (a line cut by a kill: dropped)
+                    if (at := _logged_step(ln)) is not None and at <= step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)  # whole, or not at all: a kill here leaves the old log
         if not self.job_id:
             return
         from sqlmodel import delete
@@ -324,6 +340,13 @@ def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
                       callbacks=callbacks, peft_config=peft_config)
 
 
+def model_flops_per_token(spec, trainer) -> float:
+    """perf.flops_per_token of the model as it trains: with LoRA, peft's adapters (trainable) beside the frozen base."""
+    m = trainer.model
+    return perf.flops_per_token(m.config, m.num_parameters(), spec.max_length,
+                                m.num_parameters(only_trainable=True) if spec.lora else None)
+
+
 def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     """One training run from run_dir/spec.json. extra_summary: added to summary.json by rank 0 (Ray Train records
     which node each rank ran on, backend/cluster/ray_train.py)."""
@@ -370,13 +393,13 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     # with the adapters off): no second copy of the model is loaded, nor run every step.
     ref_model = load_model(cfg["model_path"], choices.attention) \
         if spec.kind == "dpo" and not spec.lora and not choices.precompute_ref else None
-    fpt = perf.flops_per_token(model.config, model.num_parameters(), spec.max_length)
     peak = perf.gpu_peak_flops(torch.cuda.get_device_name()) if CUDA else None
     args = make_config(spec, run_dir, evals is not None, choices)
-    callback = MetricsCallback(run_dir, spec.max_steps, job_id, fpt, peak * (world or 1) if peak else None)
+    callback = MetricsCallback(run_dir, spec.max_steps, job_id, None, peak * (world or 1) if peak else None)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
+    callback.flops_per_token = model_flops_per_token(spec, trainer)
     packed = bool(getattr(args, "packing", False))  # DPOConfig has none
     check_replies_fit(spec, train, trainer.train_dataset, packed)
     if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed

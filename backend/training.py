@@ -6,7 +6,8 @@ then register the result with its lineage.
 Every run goes through `accelerate launch`, so a user with several GPUs or nodes passes their own accelerate
 config (DDP, FSDP, DeepSpeed) unchanged. The launched script is `backend/train_entry.py`; it writes checkpoints,
 `metrics.jsonl` and the finished model into the run folder. A run folder that already holds checkpoints is
-resumed from the last one (a job keeps its run folder: workspace/runs/job-ID).
+resumed from the last one (a job keeps its run folder: workspace/runs/job-ID), under the spec it was started with:
+another is refused, naming what changed, but for more steps and where and how fast it runs (check_resume).
 
 Several machines (num_machines > 1): each runs the same spec with its own machine_rank against a shared workspace
 (same DUS_WORKSPACE path and database everywhere); the run folder's name is derived from the spec, so all find it.
@@ -33,7 +34,7 @@ from backend import data, perf, registry, runner
 from backend.modelinfo import inspect_model
 from backend.names import check_name
 from backend.outputs import output_dir, register_output
-from backend.specs import _TrainSpec
+from backend.specs import _TrainSpec, spec_from_dict
 from storage import db
 
 Progress = Callable[[float, str], None]
@@ -173,6 +174,16 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
         data.check_source(source, spec.kind)
     name = spec.name or spec.default_name()
     reference = spec.reference_model
+    if reference is not None:  # train_entry scores it on the held-out set at step 0 of cpt/sft only: it was loaded
+        # and checked here, then left unused without a word (DPO's reference is the model it starts from)
+        if spec.kind == "dpo":
+            raise TrainingError(f"reference_model {reference!r}: DPO compares the policy with the model it starts "
+                                f"from ({spec.model}), not with another; the held-out score of another model is "
+                                "taken for cpt and sft. Remove reference_model, or train DPO from that model.")
+        if spec.eval_data is None and not spec.eval_fraction:
+            raise TrainingError(f"reference_model {reference!r} is scored on the held-out set, and this spec holds "
+                                "none out (eval_fraction 0, no eval_data): set eval_fraction or eval_data, or remove "
+                                "reference_model.")
     if reference is None and spec.kind == "cpt" and model_name:
         rec = registry.get(model_name)
         # The recovery view: the base's loss as the reference line — when the base is still registered (a deleted
@@ -235,6 +246,62 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return resumable_checkpoints(run_dir)
 
 
+# What a run resumed from a checkpoint may change: how far it goes (max_steps: the schedule then ends there, and the
+# start says so), its name and output, trackers, checks, logging and saving intervals, and where and with which
+# kernels it runs (the same numbers, sooner or in less memory). Anything else is refused: the Trainer restores the
+# checkpoint's optimizer and scheduler, whose saved base learning rate overrides the spec's, and skips as many
+# batches of the NEW data order as the old run consumed, so a changed spec trained as neither, without a word.
+RESUME_MAY_CHANGE = {"max_steps", "name", "out", "keep_checkpoints", "report_to", "memory_check", "logging_steps",
+                     "eval_steps", "save_steps", "resources", "accelerate_config", "gradient_checkpointing",
+                     "precompute_ref_log_probs", *PLACEMENT_FIELDS}
+PERF_MAY_CHANGE = {"compile", "liger", "attention"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k == "perf":  # its fields one by one: perf.optimizer
+            out.update(_flat(v, f"{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_resume(spec: _TrainSpec, run_dir: Path) -> str:
+    """Before a run folder's spec.json is replaced: a folder holding checkpoints resumes them, so its spec must be
+    the one they were trained with (but RESUME_MAY_CHANGE). Returns a note for the start line ("" when none)."""
+    checkpoints = resumable_checkpoints(run_dir)
+    try:
+        old = json.loads((run_dir / "spec.json").read_text(encoding="utf-8"))["spec"]
+    except (OSError, ValueError, KeyError, TypeError):  # a folder from before spec.json: nothing to compare with
+        return ""
+    if not checkpoints or not isinstance(old, dict):
+        return ""
+    last, step = checkpoints[-1], int(checkpoints[-1].name.split("-")[1])
+    try:  # with the defaults of fields added since it was written, so that only a real change counts
+        old = spec_from_dict(old).model_dump(mode="json")
+    except ValueError:  # (a field since removed: compared as written)
+        pass
+    new = _flat(spec.model_dump(mode="json"))
+    old = _flat(old)
+    changed = [k for k in sorted(set(new) | set(old)) if k in new and k in old and new[k] != old[k]
+               and k not in RESUME_MAY_CHANGE and not (k.startswith("perf.") and k[5:] in PERF_MAY_CHANGE)]
+    again = (f"Run the spec it was started with to resume it; to train this one, start it in another run folder "
+             f"(--run-name / DUS_RUN_NAME), or remove {run_dir / 'checkpoints'} to start over here.")
+    if changed:
+        said = "; ".join(f"{k} {json.dumps(old[k])} -> {json.dumps(new[k])}" for k in changed)
+        raise TrainingError(f"run folder {run_dir} holds {last.name} of a run with another spec ({said}): a resume "
+                            "continues that run's optimizer, learning-rate schedule and data order, so it would "
+                            f"train as neither. {again}")
+    if spec.max_steps < step:
+        raise TrainingError(f"max_steps {spec.max_steps}, but run folder {run_dir} holds {last.name}, already "
+                            f"past it. {again}")
+    if old.get("max_steps") not in (None, spec.max_steps):
+        return (f" to max_steps {spec.max_steps} (was {old['max_steps']}: its learning-rate schedule now ends at "
+                f"step {spec.max_steps})")
+    return ""
+
+
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
     """`accelerate launch` for this machine. With several machines every one runs this with its own machine_rank:
     accelerate hands --num_machines/--machine_rank/--main_process_ip/--main_process_port to torchrun's static
@@ -287,6 +354,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
     run_dir = run_dir_for(spec)
     record_run_dir(run_dir)
+    stretched = check_resume(spec, run_dir)  # before spec.json is replaced: it holds the checkpoints' spec
     # Every machine writes spec.json into the shared run folder: replaced whole, so a machine whose processes are
     # reading it never sees half a file (the copies differ only in machine_rank, which train_entry does not read).
     tmp = run_dir / f".spec.json.{spec.machine_rank}"
@@ -299,7 +367,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     where = (f" x {spec.num_machines} machines (this is machine {spec.machine_rank}, rank 0 at "
              f"{spec.main_process_ip}:{spec.main_process_port or DEFAULT_PORT})" if spec.num_machines > 1 else "")
     progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es){where}"
-                  + (f", resuming from {resumed[-1].name}" if resumed else ""))
+                  + (f", resuming from {resumed[-1].name}{stretched}" if resumed else ""))
     env = {**os.environ, "DUS_WORKSPACE": str(db.workspace()), "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false", **tracker_env(spec, run_dir)}
     if spec.ray_workers > 1:  # the same train_entry.main on each Ray Train worker: DDP across the cluster's nodes
@@ -310,7 +378,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         except ray_train.RayNotConfigured as e:
             raise TrainingError(str(e)) from None
         progress(0.0, f"launching {spec.kind} on {spec.ray_workers} Ray Train workers"
-                      + (f", resuming from {resumed[-1].name}" if resumed else ""))
+                      + (f", resuming from {resumed[-1].name}{stretched}" if resumed else ""))
         rc, tail = ray_train.fit(spec, run_dir, env)
     else:
         proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,

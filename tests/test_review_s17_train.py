@@ -1,0 +1,189 @@
+"""The training path read end to end (session 17): resume, metrics.jsonl, the reference model. Each test failed
+before its fix: a run folder's checkpoints were resumed under a changed spec without a word (the checkpoint's
+learning rate replaced the spec's), a resumed run's metrics.jsonl held the steps past its checkpoint twice, and a
+reference_model that nothing would score was loaded, checked and left unused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from backend import data, memplan, perf, registry, train_entry, training
+from backend.specs import DataSource, DpoSpec, PerfOptions, SftSpec
+from backend.train_entry import MetricsCallback
+from storage import db
+
+
+@pytest.fixture
+def tiny(tiny_llama):
+    registry.import_folder(tiny_llama, "tiny")
+    return "tiny"
+
+
+def _sft(name: str, **kw) -> SftSpec:
+    return SftSpec(model="tiny", name=name, **{
+        "data": [DataSource(source="builtin:alpaca-mini")], "max_steps": 4, "save_steps": 2, "keep_checkpoints": True,
+        "batch_size": 2, "max_length": 32, "max_rows": 16, "eval_fraction": 0.0, "learning_rate": 1e-2,
+        "lr_scheduler": "constant", **kw})
+
+
+def _logged(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _folder_with_checkpoint(spec, name: str, step: int):
+    """workspace/runs/NAME as a run of `spec` leaves it when killed after its checkpoint at `step`."""
+    run = db.workspace() / "runs" / name
+    (run / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (run / "spec.json").write_text(json.dumps({"spec": spec.model_dump(mode="json")}))
+    return run
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"learning_rate": 1e-3}, "learning_rate 0.01 -> 0.001"),
+    ({"data": [DataSource(source="builtin:alpaca-mini", weight=2.0)]}, "data [{"),
+    ({"perf": {"optimizer": "adamw"}}, 'perf.optimizer "auto" -> "adamw"'),
+    ({"lora": {"r": 4}}, "lora null -> {"),
+])
+def test_a_run_folder_resumed_under_another_spec_is_refused_naming_the_change(tiny, monkeypatch, change, said):
+    """Before: resumed without a word; a learning rate of 1e-3 trained at the checkpoint's 1e-2 (the Trainer loads
+    the scheduler's base learning rate from the checkpoint), other data had the old run's count of batches skipped."""
+    run = _folder_with_checkpoint(_sft("a"), "a", 2)
+    monkeypatch.setenv("DUS_RUN_NAME", "a")
+    with pytest.raises(training.TrainingError, match="another spec") as exc:
+        training.run_train(_sft("a", **change))
+    assert said in str(exc.value) and "--run-name" in str(exc.value)
+    assert json.loads((run / "spec.json").read_text())["spec"] == _sft("a").model_dump(mode="json")  # kept
+    with pytest.raises(training.TrainingError, match="max_steps 1, but .* holds checkpoint-2, already past it"):
+        training.run_train(_sft("a", max_steps=1))
+    assert registry.get("a") is None
+
+
+def test_a_resumed_run_says_its_longer_schedule_and_logs_each_step_once(tiny, monkeypatch):
+    """Continued to more steps in its folder (--run-name): the start says the schedule now ends later, and
+    metrics.jsonl holds every step once. Before: steps 3 and 4, logged by the killed run past its checkpoint,
+    were there twice ([1, 2, 3, 4, 3, 4, 5, 6])."""
+    monkeypatch.setenv("DUS_RUN_NAME", "whole")
+    training.run_train(_sft("whole"))
+    runs = db.workspace() / "runs"
+    (runs / "part" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(runs / "whole" / "checkpoints" / "checkpoint-2", runs / "part" / "checkpoints" / "checkpoint-2")
+    for f in ("spec.json", "metrics.jsonl"):  # as the killed run left them: it had logged steps 3 and 4
+        shutil.copy(runs / "whole" / f, runs / "part" / f)
+    monkeypatch.setenv("DUS_RUN_NAME", "part")
+    said = []
+    out = training.run_train(_sft("part", max_steps=6), progress=lambda f, m: said.append(m))
+    assert out["resumed_from"] == "checkpoint-2" and out["global_step"] == 6
+    assert "resuming from checkpoint-2 to max_steps 6 (was 4: its learning-rate schedule now ends at step 6)" \
+        in said[0]
+    rows = _logged(runs / "part")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert {r["learning_rate"] for r in rows if "loss" in r} == {1e-2}
+    whole = {r["step"]: r["loss"] for r in _logged(runs / "whole") if "loss" in r}
+    assert [r["loss"] for r in rows if "loss" in r][:4] == pytest.approx([whole[s] for s in (1, 2, 3, 4)], abs=1e-6)
+
+
+def test_forget_after_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):
+    cb = MetricsCallback(tmp_path, 10, None)
+    for step in (0, 1, 2, 3):
+        cb.record(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # the process was killed while writing
+    cb.forget_after(2)
+    assert [r["step"] for r in _logged(tmp_path)] == [0, 1, 2]
+    cb.forget_after(-1)  # a run that starts over
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_a_reference_model_that_nothing_would_score_is_refused(tiny):
+    """reference_model is scored on the held-out set at step 0 of cpt and sft (the recovery view). Before: on a DPO
+    spec (whose reference is its start model) or with nothing held out, it was loaded and checked, then unused."""
+    dpo = DpoSpec(model="tiny", data=[DataSource(source="builtin:prefs-mini")], reference_model="tiny", name="d")
+    with pytest.raises(training.TrainingError, match=r"reference_model 'tiny': DPO compares the policy with the model "
+                                                     r"it starts from \(tiny\)"):
+        training.check_inputs(dpo)
+    with pytest.raises(training.TrainingError, match="holds none out .*set eval_fraction or eval_data"):
+        training.check_inputs(_sft("s", reference_model="tiny"))
+    assert training.check_inputs(_sft("s", reference_model="tiny", eval_fraction=0.1))[2] == \
+        str(registry.get("tiny").path)
+
+
+def test_sft_on_cuda_without_a_flash_kernel_keeps_each_conversation_whole(tiny_llama, tmp_path):
+    """SFT's auto packing on CUDA without flash-attn (torch alone) was "wrapped": the conversations run together and
+    cut every max_length tokens, so a training sequence began mid-conversation ('ompute the result.\n\n4 times
+    3<|im_end|>') and learned a reply without its question, attending to the conversation before it. Now unpacked
+    there (trl's default); padding-free bfd with a flash kernel; and packed as asked when the spec says so."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    spec = SftSpec(model="x", data=[DataSource(source="builtin:alpaca-mini")], max_length=64, max_steps=1,
+                   eval_fraction=0.0)
+    torch_only = perf.resolve(spec, True, installed=lambda module: module != "flash_attn")
+    assert (torch_only.packing, torch_only.padding_free) == (False, False)
+    assert "cuts conversations" in torch_only.reasons["packing"]
+    assert "perf: packing = off (auto for sft: off without a flash kernel" in "\n".join(torch_only.lines())
+    flash = perf.resolve(spec, True, installed=lambda module: True)
+    assert (flash.packing, flash.packing_strategy, flash.padding_free) == (True, "bfd", True)
+    asked = perf.resolve(spec.model_copy(update={"packing": True}), True, installed=lambda module: False)
+    assert (asked.packing, asked.packing_strategy) == (True, "wrapped")
+    wrapped = perf.resolve(spec.model_copy(update={"perf": PerfOptions(packing_strategy="wrapped")}), True,
+                           installed=lambda module: False)
+    assert (wrapped.packing, wrapped.packing_strategy) == (True, "wrapped")  # a strategy asked for: packed
+    assert perf.resolve(spec, False).packing is False  # the CPU: as before
+    # what the trainer is handed with the torch-only choice (replayed on the CPU): one whole conversation a row
+    rows, _ = data.prepare("builtin:alpaca-mini", "sft", max_rows=8)
+    on_cpu = dataclasses.replace(perf.resolve(spec, False), packing=torch_only.packing,
+                                 packing_strategy=torch_only.packing_strategy, padding_free=torch_only.padding_free)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    trainer = train_entry.build_trainer(spec, train_entry.load_model(str(tiny_llama)), None, tok,
+                                        train_entry.make_config(spec, tmp_path / "run", False, on_cpu), rows, None,
+                                        [])
+    texts = [tok.decode(r["input_ids"]) for r in trainer.train_dataset]
+    assert len(texts) == 8 and all(t.startswith("<|im_start|>user\n") and t.count("<|im_start|>user") == 1
+                                   for t in texts), texts
+    # the memory plan counts what the job runs: unpacked rows, padded (this machine has no flash-attn)
+    assert memplan.setup_for_spec(spec, "cuda").padded is True
+
+
+def test_mfu_counts_no_weight_gradient_for_the_frozen_base_of_lora(tiny_llama, tmp_path):
+    """6·N per token is forward 2N + backward 2N (inputs' gradients) + 2N (weights' gradients); LoRA's frozen base
+    has no weight gradient: 4·N + 2·adapters (+ attention). Before: 6·N, and a LoRA run's MFU read 1.5× too high."""
+    from transformers import AutoTokenizer
+
+    from backend.specs import LoraSpec
+
+    rows, _ = data.prepare("builtin:alpaca-mini", "sft", max_rows=4)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    attention = 12 * 6 * 32 * 64  # layers × hidden × max_length
+    flops = {}
+    for lora in (None, LoraSpec(r=4)):
+        spec = SftSpec(model="x", data=[DataSource(source="builtin:alpaca-mini")], max_length=64, lora=lora)
+        args = train_entry.make_config(spec, tmp_path / str(bool(lora)), False, perf.resolve(spec, False))
+        trainer = train_entry.build_trainer(spec, train_entry.load_model(str(tiny_llama)), None, tok, args, rows,
+                                            None, [])
+        flops[bool(lora)] = train_entry.model_flops_per_token(spec, trainer)
+    base = train_entry.load_model(str(tiny_llama)).num_parameters()  # tied: the embedding is also the LM head
+    adapters = memplan.load_shape(tiny_llama).lora_params(4)
+    assert flops[False] == 6 * base + attention
+    assert flops[True] == 4 * (base + adapters) + 2 * adapters + attention
+
+
+def test_a_spec_json_from_before_a_field_was_added_resumes(workspace):
+    """The comparison fills in the defaults of fields added since the killed run wrote its spec.json: an upgrade
+    between the kill and the resume is not a changed spec."""
+    spec = _sft("a")
+    run = _folder_with_checkpoint(spec, "a", 2)
+    old = spec.model_dump(mode="json")
+    for d in old["data"]:
+        del d["sample_by"]
+    del old["perf"], old["completion_only_loss"]
+    (run / "spec.json").write_text(json.dumps({"spec": old}))
+    assert training.check_resume(spec, run) == ""
+    assert training.check_resume(spec.model_copy(update={"max_steps": 8}), run).startswith(" to max_steps 8 (was 4")
+    with pytest.raises(training.TrainingError, match="seed 0 -> 1"):
+        training.check_resume(spec.model_copy(update={"seed": 1}), run)
