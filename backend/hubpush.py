@@ -25,6 +25,9 @@ from backend.safetensors_stream import INDEX_NAME
 from storage.models import ModelRecord
 
 BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the built-in model is its Q4_1 GGUF, de-quantized
+# The licences DUS Studio knows without asking the Hub: the built-in's, as its Hub card gives it. A model made from
+# it is a derivative work under the same licence, and the Hub shows a card without `license` as having none.
+KNOWN_LICENSES = {BUILTIN_HUB_ID: "apache-2.0"}
 UPLOADED = ("config.json", "*.safetensors", INDEX_NAME, *COMPANIONS)
 STEP = {"cpt": "continued pretraining", "sft": "supervised fine-tuning (SFT)", "dpo": "preference tuning (DPO)"}
 
@@ -176,6 +179,31 @@ def scores_section(names: list[str]) -> str:
             + tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else ""))
 
 
+def card_license(rec: ModelRecord) -> str | None:
+    """A base model's licence: its own card's `license` (a folder downloaded from the Hub keeps its README.md), else
+    the one DUS Studio knows for the Hub repo it came from (KNOWN_LICENSES)."""
+    card = Path(rec.path, "README.md")
+    if card.is_file() and (text := card.read_text(encoding="utf-8", errors="replace")).startswith("---"):
+        try:
+            meta = yaml.safe_load(text.split("---", 2)[1])
+        except yaml.YAMLError:
+            meta = None
+        if isinstance(meta, dict) and isinstance(meta.get("license"), str) and meta["license"] != "other":
+            return meta["license"]
+    return KNOWN_LICENSES.get(hub_id(rec) or "")
+
+
+def license_meta(chain: list[ModelRecord], folder: Path) -> dict:
+    """The card's licence metadata: that of the base models it was made from when every one of them has a known
+    licence and they agree, else the licence file uploaded with the model (`license: other` with a link to it, as
+    the Hub's card spec asks for a licence it has no id for), else none (the card's text then says to set it)."""
+    known = {card_license(r) for r in chain if r.kind == "base"}
+    if len(known) == 1 and None not in known:
+        return {"license": known.pop()}
+    files = sorted(n for n in model_files(folder) if fnmatch.fnmatchcase(n, "LICENSE*"))
+    return {"license": "other", "license_link": files[0]} if files else {}
+
+
 def model_card(name: str, repo_id: str) -> str:
     """README.md for the Hub: metadata, lineage, scores, and the model's own card from its folder."""
     rec = registry.get(name)
@@ -193,6 +221,7 @@ def model_card(name: str, repo_id: str) -> str:
             "quantized" if rec.kind == "base" and rec.source == "builtin" else None
         if relation:
             meta["base_model_relation"] = relation
+    meta.update(license_meta(chain, Path(rec.path)))
     lineage = "\n".join(f"{i}. {step_line(r)}" for i, r in enumerate(chain, 1))
     local = Path(rec.path, "README.md")
     own = local.read_text(encoding="utf-8").split("---", 2)[-1].strip() if local.is_file() else ""
@@ -202,7 +231,9 @@ def model_card(name: str, repo_id: str) -> str:
             f"[arXiv 2312.15166](https://arxiv.org/abs/2312.15166)): {rec.architecture or rec.model_type}, "
             f"{rec.num_layers} layers, {rec.num_parameters:,} parameters, {rec.dtype}.\n\n"
             f"## How it was made\n\n{lineage}\n\n"
-            f"## Scores in DUS Studio\n\n{scores_section([r.name for r in chain])}\n"
+            + ("" if "license" in meta else "The licence is not known to DUS Studio: it follows the licences of the "
+               "base models above. Set `license` in this card's metadata to theirs.\n\n")
+            + f"## Scores in DUS Studio\n\n{scores_section([r.name for r in chain])}\n"
             + (f"\n## Build notes\n\n{own}\n" if own else ""))
 
 

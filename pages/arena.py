@@ -54,6 +54,10 @@ def run_round(prompt: str, chosen: list[str]) -> int | None:
         return None
     try:
         lms = {m: cached_model(r.path, m) for m, r in recs.items()}
+        for m, lm in lms.items():  # deleted and imported again under its name: the cache held the deleted weights
+            if lm.stale():
+                cached_model.clear(recs[m].path, m)
+                lms[m] = cached_model(recs[m].path, m)
     except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
         st.error(f"Not run: a model cannot be loaded: {exc}")
         return None

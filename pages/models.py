@@ -152,6 +152,9 @@ with info:
         sure = st.checkbox(label, key="confirm_delete")
         if st.button("Delete", disabled=not sure, key="delete"):
             registry.delete(rec.name, force=True)  # the checkbox above named the dependants
+            # its loaded copy went on holding memory (on CUDA, GPU memory) in the cache every session shares, until
+            # four other models had been loaded
+            cached_model.clear(rec.path, rec.name)
             st.session_state["_deleted_here"] = rec.name  # said as done, not as a deletion from elsewhere
             st.session_state.pop("_confirm_delete_for", None)  # the same name imported again starts unticked
             st.session_state.pop("chat", None)
@@ -178,6 +181,9 @@ with chat:
         box.chat_message("user").write(prompt)
         try:
             lm = cached_model(rec.path, rec.name)
+            if lm.stale():  # deleted and imported again under this name: the cache held the deleted one's weights
+                cached_model.clear(rec.path, rec.name)
+                lm = cached_model(rec.path, rec.name)
         except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
             history.pop()  # not answered: not kept as if it had been
             st.error(f"{rec.name} cannot be loaded: {exc}")
@@ -188,7 +194,11 @@ with chat:
                 reply = st.write_stream(stream_reply(lm, history, max_new_tokens=max_new, temperature=temperature,
                                                      stats=stats))
             except RuntimeError as exc:
-                st.error(str(exc))
+                # not kept as if it had been answered: the next message made two user turns in a row, which the
+                # templates that alternate turns (Mistral's, Gemma's) refuse, so every later message failed as well
+                history.pop()
+                st.error(f"{exc} (Not answered: your message is left out of the conversation; send it again, "
+                         "changed if need be.)")
                 reply = None
             if reply is not None and not str(reply).strip():
                 st.caption("(the reply is only whitespace or special tokens)")
@@ -196,6 +206,13 @@ with chat:
             history.append({"role": "assistant", "content": reply})
             box.caption(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
                        f"{stats.tokens_per_s:.1f} tokens/s")
+            if stats.dropped:
+                box.caption(f"The conversation is longer than {rec.name}'s context of {stats.context} tokens: it "
+                            f"read the latest turns only, not the first {stats.dropped} "
+                            "message(s). Clear the chat to start afresh.")
+            if stats.max_new_tokens is not None and stats.max_new_tokens < max_new:
+                box.caption(f"The reply could take {stats.max_new_tokens} tokens, not {max_new}: the prompt filled "
+                            f"the rest of the model's context of {stats.context} tokens.")
     if history and st.button("Clear chat", key="clear_chat"):
         history.clear()
         st.rerun()
