@@ -247,10 +247,15 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
              batch_size: int = 8) -> list[tuple[str, int, bool]]:
     """(text, new tokens, cut off) per user message, chat-formatted, batched with left padding. Prompts are batched
     in length order (less padding) and returned in the order given. Cut off: the reply used all max_new_tokens and
-    its last token is no end of sequence (the model was stopped, it did not stop)."""
+    its last token is no end of sequence (the model was stopped, it did not stop).
+
+    A model without a chat template reads a transcript ("user: …\nassistant:") with no end-of-turn token: it stops
+    where it starts the next turn (chat.TRANSCRIPT_STOPS, as lm-eval's `until` strings stop a generation), and the
+    reply is cut there. Run on, a base model wrote "user: What is 3 + 4?\nassistant: 7" after its answer, and the
+    last number of that was taken for its answer."""
     import torch
 
-    from backend.chat import build_prompt, encode
+    from backend.chat import TRANSCRIPT_STOPS, build_prompt, encode
 
     tok.padding_side = "left"
     chats = [build_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
@@ -258,6 +263,9 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     out: dict[int, tuple[str, int]] = {}
     torch.manual_seed(seed)
     kwargs = dict(do_sample=True, **SAMPLING) if sample else dict(do_sample=False)
+    stops = () if getattr(tok, "chat_template", None) else TRANSCRIPT_STOPS
+    if stops:
+        kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
     ends = _end_ids(model, tok)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
@@ -268,7 +276,11 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
             n = int((row != tok.pad_token_id).sum())
             cut = len(row) == max_new_tokens and int(row[-1]) not in ends
-            out[j] = (tok.decode(row, skip_special_tokens=True).strip(), n, cut)
+            text = tok.decode(row, skip_special_tokens=True)
+            at = min((k for k in (text.find(s) for s in stops) if k >= 0), default=-1)
+            if at >= 0:  # it ended its turn: no cut-off, whatever the token count
+                text, cut = text[:at], False
+            out[j] = (text.strip(), n, cut)
     return [out[j] for j in range(len(prompts))]
 
 
@@ -491,7 +503,7 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model, batch: int | None = None) 
         text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
         out["prompt"] = f"chat template sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     else:
-        out["prompt"] = "transcript (no chat template: backend/chat.py build_prompt)"
+        out["prompt"] = "transcript (no chat template: backend/chat.py build_prompt), ends at a new role line"
     # a BOS the tokenizer adds before the prompt (since chat.encode) is part of the prompt; those measured without it
     # keep their settings and are told apart
     out["prompt"] = _after_specials(tok, build_prompt(tok, [{"role": "user", "content": "?"}]), out["prompt"])

@@ -114,7 +114,7 @@ def test_each_score_records_how_it_was_run(tiny_llama, tmp_path):
                                            "generation_config": {}}
     # do_sample and temperature are generate()'s to set; the penalty acts on the "greedy" answers: said so
     assert got[("plain", "synth-math")] == {**math, "prompt": "transcript (no chat template: backend/chat.py "
-                                                              "build_prompt)",
+                                                              "build_prompt), ends at a new role line",
                                             "generation_config": {"repetition_penalty": 1.05}}
     assert got[("chat", "perplexity")] == got[("plain", "perplexity")] == {"limit": 2, "max_length": 256}
     assert got[("chat", f"mc:{mc}")] == {"limit": 2, "prompt": "Question: {question}\nAnswer: {choice}"}

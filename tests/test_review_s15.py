@@ -89,7 +89,7 @@ def test_a_scores_settings_say_the_bos_came_before_the_prompt(bos_tok, tiny_llam
     bos = bos_tok.bos_token
     assert evaluate.settings(mc, spec, bos_tok, model)["prompt"] == f"{bos} Question: {{question}}\nAnswer: {{choice}}"
     assert evaluate.settings(qa, spec, bos_tok, model)["prompt"] == \
-        f"{bos} transcript (no chat template: backend/chat.py build_prompt)"
+        f"{bos} transcript (no chat template: backend/chat.py build_prompt), ends at a new role line"
     plain = AutoTokenizer.from_pretrained(tiny_llama)  # ChatML, whose text starts with the BOS: unchanged settings
     assert evaluate.settings(mc, spec, plain, model)["prompt"] == "Question: {question}\nAnswer: {choice}"
     assert evaluate.settings(qa, spec, plain, model)["prompt"].startswith("chat template sha256:")

@@ -125,3 +125,40 @@ def test_what_lm_eval_cannot_score_is_refused_with_the_reason(tokenizer_dir, mod
         evaluate.choice_logprob(tok, model, "Answer:", " " + "x" * 128)
     with pytest.raises(evaluate.EvalError, match="adds no token"):
         evaluate.choice_logprob(tok, model, "Answer:", "")
+
+
+def test_a_template_less_models_answer_ends_where_it_writes_the_next_turn(tiny_llama, tmp_path):
+    """A base model (no chat template) reads a transcript with no end-of-turn token and runs on into a made-up next
+    turn; the last number of that run-on was taken for its answer. generate() now asks transformers to stop at a
+    new role line (stop_strings) and cuts the reply there; such a reply is not "cut off"."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from backend import evaluate
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_llama, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert not tok.chat_template
+    run_on = " 12\nuser: What is 3 + 4?\nassistant: 7"
+    seen = {}
+
+    class Scripted:
+        device = torch.device("cpu")
+        generation_config = None
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+            seen.update(kw)
+            new = tok(run_on, add_special_tokens=False).input_ids[:max_new_tokens]
+            return torch.cat([input_ids, torch.tensor([new] * len(input_ids))], 1)
+
+    (text, n, cut), = evaluate.generate(tok, Scripted(), ["What is 3 × 4?"], max_new_tokens=len(
+        tok(run_on, add_special_tokens=False).input_ids))
+    assert text == "12" and not cut
+    assert seen["stop_strings"] == ["\nuser:", "\nassistant:", "\nsystem:"] and seen["tokenizer"] is tok
