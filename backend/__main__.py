@@ -847,7 +847,8 @@ def cmd_chat(a) -> None:
             sys.stdout.flush()
     except chat.TemplateRefused as exc:  # Gemma's refuses a system message ("System role not supported")
         raise ValueError(f"{lm.name}: {exc}"
-                         + (" (leave out --system)" if a.system else "")) from None
+                         + (" (leave out --system)" if a.system and not isinstance(exc, chat.ContextTooLong)
+                            else "")) from None
     except RuntimeError as exc:  # stream_reply: "generation failed: …"
         raise WorkFailed(str(exc)) from exc
     print()
