@@ -23,17 +23,9 @@ from backend import registry, runner
 from backend.specs import UpscaleSpec
 from storage import db
 from storage.models import Job, utcnow
+from tests.test_review_machines import _row  # an upscale job's row in a given status
 
 BOTH = pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
-
-
-def _row(status: str, **fields) -> Job:
-    with db.session() as s:
-        job = Job(kind="upscale", spec={"kind": "upscale", "base": "tiny", "m": 1}, status=status, **fields)
-        s.add(job)
-        s.commit()
-        s.refresh(job)
-        return job
 
 
 _real_session = db.session  # the tests' own reads and writes: never through a session that loses its answer
