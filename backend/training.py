@@ -129,17 +129,12 @@ def wandb_can_log() -> bool:
     """Whether a W&B run can start without a prompt: offline or disabled, an API key or identity token in the
     environment, or `wandb login`'s netrc entry for the W&B host (WANDB_BASE_URL, else api.wandb.ai). A job has no
     terminal, so W&B's interactive login fails it after the model loaded."""
-    import netrc
-    from urllib.parse import urlparse
+    from requests.utils import get_netrc_auth  # what W&B reads its key with: ~/.netrc or ~/_netrc, any mode
 
     if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") \
             or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+    return get_netrc_auth(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai") is not None
 
 
 def tracker_env(spec: _TrainSpec, run_dir: Path) -> dict[str, str]:
@@ -251,9 +246,12 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 # kernels it runs (the same numbers, sooner or in less memory). Anything else is refused: the Trainer restores the
 # checkpoint's optimizer and scheduler, whose saved base learning rate overrides the spec's, and skips as many
 # batches of the NEW data order as the old run consumed, so a changed spec trained as neither, without a word.
+# How many processes train: a run resumed on other hardware (a node lost, a smaller allocation) may change them, and
+# the start line says that each step then sees another number of rows (batch_size x accumulation x processes)
+WORLD_FIELDS = ("num_processes", "num_machines", "ray_workers", "accelerate_config")
 RESUME_MAY_CHANGE = {"max_steps", "name", "out", "keep_checkpoints", "report_to", "memory_check", "logging_steps",
                      "eval_steps", "save_steps", "resources", "accelerate_config", "gradient_checkpointing",
-                     "precompute_ref_log_probs", *PLACEMENT_FIELDS}
+                     "precompute_ref_log_probs", *PLACEMENT_FIELDS, *WORLD_FIELDS}
 PERF_MAY_CHANGE = {"compile", "liger", "attention"}
 
 
@@ -293,13 +291,17 @@ def check_resume(spec: _TrainSpec, run_dir: Path) -> str:
         raise TrainingError(f"run folder {run_dir} holds {last.name} of a run with another spec ({said}): a resume "
                             "continues that run's optimizer, learning-rate schedule and data order, so it would "
                             f"train as neither. {again}")
+    world = [k for k in WORLD_FIELDS if k in new and k in old and new[k] != old[k]]
+    said_world = (f"; {', '.join(f'{k} {json.dumps(old[k])} -> {json.dumps(new[k])}' for k in world)}: each step now "
+                  "sees the rows of the new number of processes (batch_size x gradient accumulation x processes)"
+                  if world else "")
     if spec.max_steps < step:
         raise TrainingError(f"max_steps {spec.max_steps}, but run folder {run_dir} holds {last.name}, already "
                             f"past it. {again}")
     if old.get("max_steps") not in (None, spec.max_steps):
         return (f" to max_steps {spec.max_steps} (was {old['max_steps']}: its learning-rate schedule now ends at "
-                f"step {spec.max_steps})")
-    return ""
+                f"step {spec.max_steps}{said_world})")
+    return f" ({said_world[2:]})" if world else ""
 
 
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:

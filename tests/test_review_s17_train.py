@@ -187,3 +187,17 @@ def test_a_spec_json_from_before_a_field_was_added_resumes(workspace):
     assert training.check_resume(spec.model_copy(update={"max_steps": 8}), run).startswith(" to max_steps 8 (was 4")
     with pytest.raises(training.TrainingError, match="seed 0 -> 1"):
         training.check_resume(spec.model_copy(update={"seed": 1}), run)
+
+
+def test_a_resume_on_another_number_of_processes_is_said_not_refused(tiny, tmp_path):
+    """num_processes was refused while the same change made through accelerate_config passed without a word: a run
+    resumed on other hardware (a node lost) may change either, and the start line says each step's rows change."""
+    run = _folder_with_checkpoint(_sft("w"), "w", 2)
+    assert training.check_resume(_sft("w", num_processes=4), run) == (
+        " (num_processes 1 -> 4: each step now sees the rows of the new number of processes (batch_size x gradient "
+        "accumulation x processes))")
+    cfg = tmp_path / "ddp4.yaml"
+    cfg.write_text("distributed_type: MULTI_GPU\nnum_processes: 4\n")
+    note = training.check_resume(_sft("w", accelerate_config=str(cfg), max_steps=9), run)
+    assert note.startswith(" to max_steps 9 (was 4: ") and f'accelerate_config null -> "{cfg}"' in note
+    assert training.check_resume(_sft("w"), run) == ""
