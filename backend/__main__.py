@@ -149,7 +149,7 @@ def _print_json(rows: list[dict]) -> None:
 def _progress(frac: float, message: str) -> None:
     """A job's progress on stderr, at most twice a second, and its end: a 0.7 s build printed 80 lines."""
     now = time.monotonic()
-    if frac < 1.0 and now - _printed[0] < 0.5:
+    if frac < 1.0 and now - _printed[0] < 0.5 and not message.startswith("warning:"):  # a warning is always said
         return
     _printed[0] = now
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)

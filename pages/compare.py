@@ -117,7 +117,7 @@ def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
     """Where the merged model's tokenizer, chat template and generation config come from: mergekit's default (the
     base when there is one, else the first candidate), another model, or the template most of them share (mergekit's
     `chat_template: auto`), with a warning when the choice leaves a merge of chat models without a template."""
-    from backend.merge import has_chat_template
+    from backend.merge import template_lost
 
     c1, c2 = st.columns(2)
     options = ([None] if base else []) + cands
@@ -130,11 +130,11 @@ def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
                        help="the chat template most of the models share, base included (mergekit's "
                             "`chat_template: auto`), instead of the tokenizer source's own")
     source = None if source == (cands[0] if not base else None) else source
-    with_template = {m: has_chat_template(registry.resolve(m)[0]) for m in cands + ([base] if base else [])}
-    if not auto and not with_template[source or base or cands[0]] and any(with_template[m] for m in cands):
-        st.warning(f"{source or base or cands[0]} has no chat template, so the merged model will have none (nor "
-                   "that model's end-of-turn token in its generation config): take the tokenizer from a candidate, "
-                   "or tick the chat-template box.")
+    donor = source or base or cands[0]
+    lost = None if auto else template_lost(donor, registry.resolve(donor)[0],
+                                           {m: registry.resolve(m)[0] for m in cands})
+    if lost:
+        st.warning(lost[0].upper() + lost[1:])
     return {"tokenizer_source": source} | ({"chat_template": "auto"} if auto else {})
 
 

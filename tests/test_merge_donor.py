@@ -65,15 +65,20 @@ def _template(out: str) -> str | None:
 def test_relative_merge_takes_config_and_tokenizer_from_the_base(trio):
     """mergekit's default: with base_model set, config.json and the tokenizer files are the base's (the first model's
     before, whatever the base)."""
-    res = run_merge(MergeSpec(models=["a", "b"], method="ties", base="base", name="t1"))
+    said = []
+    res = run_merge(MergeSpec(models=["a", "b"], method="ties", base="base", name="t1"),
+                    progress=lambda f, m: said.append(m))
     assert _origin(res["path"]) == "base"
+    # said by the job itself (its log, the command line), not by the page alone
+    assert res["warning"].startswith("the tokenizer comes from base, which has no chat template")
+    assert "end-of-turn token of a, b" in res["warning"] and f"warning: {res['warning']}" in said
     assert not has_chat_template(res["path"]) and _template(res["path"]) is None
     assert json.loads((Path(res["path"]) / "generation_config.json").read_text())["eos_token_id"] == 0
 
 
 def test_plain_merge_takes_them_from_the_first_model(trio):
     res = run_merge(MergeSpec(models=["b", "a"], method="average", name="t2"))
-    assert _origin(res["path"]) == "b"
+    assert _origin(res["path"]) == "b" and "warning" not in res
     assert has_chat_template(res["path"])
 
 
@@ -95,7 +100,8 @@ def test_chat_template_auto_takes_the_most_common(trio, tokenizer_dir, tmp_path)
     c = make_llama(tokenizer_dir, tmp_path / "c", layers=2, seed=3)
     _set_template(c, OTHER)
     registry.register(c, "c", "imported")
-    res = run_merge(MergeSpec(models=["a", "b", "c"], method="ties", base="base", chat_template="auto", name="t4"))
+    # c first: "the first template found" would take its template, "the most common" takes a's and b's
+    res = run_merge(MergeSpec(models=["c", "a", "b"], method="ties", base="base", chat_template="auto", name="t4"))
     assert _origin(res["path"]) == "base"
     assert _template(res["path"]).strip() == CHATML.strip()
 
@@ -162,7 +168,7 @@ def test_compare_page_warns_and_queues_the_tokenizer_source(trio):
     at.multiselect(key="merge_models").set_value(["a", "b"]).run()
     at.selectbox(key="merge_method").set_value("ties").run()
     at.selectbox(key="merge_base").set_value("base").run()
-    assert any("base has no chat template" in w.value for w in at.warning)
+    assert any("comes from base, which has no chat template" in w.value for w in at.warning)
     (tok,) = [s for s in at.selectbox if s.key.startswith("merge_tok_")]
     assert tok.options[0].startswith("the base, base (mergekit's default)")
     tok.set_value("b").run()
@@ -189,3 +195,14 @@ def test_recipe_stage_renames_the_tokenizer_source():
     st["tokenizer_source"] = "base"
     assert all(k != "tokenizer_source" for k, _ in stage_refs(st))
     assert stage_spec(st, lambda ref: f"r-{ref}").tokenizer_source == "base"
+    # without a merge base, 'base' is the recipe's base model, as in models: [base, ...]
+    plain = {"name": "p", "kind": "merge", "method": "average", "models": ["base", "c2"], "tokenizer_source": "base"}
+    assert ("tokenizer_source", "base") in stage_refs(plain)
+    assert stage_spec(plain, lambda ref: f"r-{ref}").tokenizer_source == "r-base"
+
+
+def test_cli_says_the_lost_template(trio, capsys):
+    from backend.__main__ import main
+
+    main(["merge", "--models", "a", "b", "--method", "ties", "--base", "base", "--name", "t10"])
+    assert "warning: the tokenizer comes from base, which has no chat template" in capsys.readouterr().err

@@ -57,6 +57,8 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     tok_donor = donor if spec.tokenizer_source in (None, "base") else \
         infos[[f.resolve() for f in folders].index(registry.resolve(spec.tokenizer_source)[0].resolve())]
     template = chat_template(spec.chat_template, folders) if spec.chat_template else None
+    lost = None if template else template_lost(next(n for n, i in zip(names, infos) if i is tok_donor), tok_donor.folder,
+                                               dict(zip(names[:len(spec.models)], folders[:len(spec.models)])))
     bad = sorted({ref.dtype for ref in first.tensors.values()} - set(TORCH_DTYPES))
     if bad:
         raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
@@ -77,6 +79,8 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
                for tname, ref in first.tensors.items()]
     out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
     progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
+    if lost:
+        progress(0.0, f"warning: {lost}")
     try:
         with building(out_dir, "merge") as tmp:
             # One torch thread per shard writer: shards then run side by side, so reading, arithmetic and writing
@@ -101,7 +105,8 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
                           recipe=recipe)
     seconds = time.perf_counter() - t0
     progress(1.0, f"registered {name} in {seconds:.1f} s")
-    return {"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)} | ({"slerp": slerp} if slerp else {})
+    return ({"model": rec.name, "path": str(out_dir), "seconds": round(seconds, 2)} | ({"slerp": slerp} if slerp else {})
+            | ({"warning": lost} if lost else {}))
 
 
 def chat_template(wanted: str, folders: list[Path]) -> str:
@@ -131,12 +136,25 @@ def has_chat_template(folder: str | Path) -> bool:
     """Whether a model folder carries a chat template (tokenizer_config.json's, or a chat_template file), read from
     its files without loading the tokenizer: for the page's warning before a merge takes a base's tokenizer."""
     folder = Path(folder)
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+    if (folder / "chat_template.jinja").is_file():  # (chat_template.json is a processor's: the tokenizer ignores it)
         return True
     try:
         return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def template_lost(source: str, folder: str | Path, candidates: dict[str, str | Path]) -> str | None:
+    """The warning when the merged model will have no chat template though a candidate has one (a TIES of two chat
+    models relative to a pretrained base takes the base's tokenizer, as mergekit does): said alike by the page, the
+    job's log and the command line. `source`, `folder`: the tokenizer's model; `candidates`: name -> folder."""
+    if has_chat_template(folder):
+        return None
+    with_one = [n for n, f in candidates.items() if has_chat_template(f)]
+    return None if not with_one else (
+        f"the tokenizer comes from {source}, which has no chat template, so the merged model will have none (nor "
+        f"the end-of-turn token of {', '.join(with_one)} in its generation config): take the tokenizer from a "
+        "candidate (tokenizer_source, --tokenizer-source) or the most common template (chat_template: auto).")
 
 
 def set_chat_template(folder: Path, template: str) -> None:

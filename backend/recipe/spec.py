@@ -159,12 +159,18 @@ class RecipeSpec(BaseModel):
                               allow_unicode=True)
 
 
+def _tokenizer_word(st: dict) -> bool:
+    """A merge's `tokenizer_source: base` is the word for its base when the stage has one; without one, `base` names
+    the recipe's base model, as it does in `models: [base, ...]`."""
+    return st.get("tokenizer_source") == "base" and bool(st.get("base"))
+
+
 def stage_refs(st: dict) -> list[tuple[str, str]]:
     """(field, referenced name) for every model or data-stage reference in a stage body."""
     out = []
     for key in ("model", "reference_model", "base", "tokenizer_source"):
-        if isinstance(st.get(key), str) and not (key == "tokenizer_source" and st[key] == "base"):
-            out.append((key, st[key]))  # (a merge's tokenizer_source: 'base' is a word, not a model)
+        if isinstance(st.get(key), str) and not (key == "tokenizer_source" and _tokenizer_word(st)):
+            out.append((key, st[key]))
     for j, m in enumerate(st.get("models") or []):
         out.append((f"models[{j}]", m))
     for key in ("data", "eval_data"):
@@ -181,7 +187,7 @@ def stage_spec(st: dict, rename, where: str = "stage"):
     """The work spec of one (expanded) stage, with every reference passed through `rename(ref) -> name`."""
     body = {k: v for k, v in st.items() if k not in STAGE_KEYS}
     for key in ("model", "reference_model", "base", "tokenizer_source"):
-        if isinstance(body.get(key), str) and not (key == "tokenizer_source" and body[key] == "base"):
+        if isinstance(body.get(key), str) and not (key == "tokenizer_source" and _tokenizer_word(body)):
             body[key] = rename(body[key])
     if isinstance(body.get("models"), list):
         body["models"] = [rename(m) for m in body["models"]]
