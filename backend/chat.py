@@ -155,11 +155,13 @@ def fit_context(tok, messages: list[dict], budget: int) -> tuple[str, int]:
         system += 1
     head, rest = messages[:system], messages[system:]
     starts = [i for i, m in enumerate(rest) if m.get("role") == "user"] or [0]
-    for i in starts:
+    best = None  # newest start first, until one does not fit (an older start only adds): each turn past the
+    for i in reversed(starts):  # context rendered the whole conversation once per start, oldest first (61 s at 400)
         prompt = render(tok, head + rest[i:])
-        if len(encode(tok, prompt).input_ids) <= budget:
-            return prompt, i
-    return prompt, starts[-1]
+        if len(encode(tok, prompt).input_ids) > budget:
+            break
+        best = (prompt, i)
+    return best or (prompt, starts[-1])
 
 
 def _until_stop(pieces: Iterator[str], stops: tuple[str, ...]) -> Iterator[str]:

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-# As the openai client retries (openai/_base_client.py `_should_retry`, `_calculate_retry_timeout`): the statuses
+# As the openai client retries (openai 1.x-3.x, _base_client.py `_should_retry`, `_calculate_retry_timeout`): the statuses
 # that say "try again" (408 timeout, 409 lock, 429 rate limit, 5xx), twice by default, after the server's
 # Retry-After when it gives one of at most a minute, else 0.5 s doubling to 8 s with jitter. The rephraser sends 4
 # requests at a time: a hosted endpoint's 429 for one burst failed those pairs for good. Not retried, unlike the
@@ -65,7 +65,7 @@ def chat_completion(base_url: str, model: str, content: str, *, key: str = "", t
             if attempt == max_retries or not _should_retry(exc):
                 raise
             wait = _retry_after(exc)
-            if wait is None or not 0 <= wait <= 60:
+            if wait is None or not 0 < wait <= 60:  # as the client: Retry-After 0 is no wait, the back-off is
                 wait = min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
             exc.close()
             time.sleep(wait)

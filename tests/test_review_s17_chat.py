@@ -384,3 +384,26 @@ def test_the_arena_answers_with_a_model_imported_again_under_a_deleted_ones_name
     expected = "".join(stream_reply(load(folder, "b"), [{"role": "user", "content": "What is 2 + 2?"}],
                                     max_new_tokens=96))
     assert second == expected != first  # the second round's "b" was the deleted model from the cache
+
+
+def test_fit_context_renders_from_the_newest_turn_back(tokenizer_dir, monkeypatch):
+    """Each turn past the context rendered the whole conversation once per possible start, oldest first (61 s at
+    400 exchanges); newest first it stops at the first start that does not fit, with the same result."""
+    from transformers import AutoTokenizer
+
+    from backend import chat
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(200):
+        messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "ok " * 5}]
+    messages.append({"role": "user", "content": "last"})
+    calls = []
+    real = chat.render
+    monkeypatch.setattr(chat, "render", lambda t, m: calls.append(len(m)) or real(t, m))
+    prompt, dropped = chat.fit_context(tok, messages, 200)
+    assert len(calls) < 20 and dropped % 2 == 0 and dropped > 300
+    assert prompt.startswith(real(tok, messages[:1] + messages[1 + dropped:])[:40])
+    assert len(chat.encode(tok, prompt).input_ids) <= 200
+    more = chat.encode(tok, real(tok, messages[:1] + messages[1 + dropped - 2:])).input_ids
+    assert len(more) > 200  # one exchange more would not have fitted
