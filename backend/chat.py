@@ -38,6 +38,18 @@ class ContextTooLong(TemplateRefused):
 TRANSCRIPT_STOPS = ("\nuser:", "\nassistant:", "\nsystem:")
 
 
+def transcript_stops(tok) -> tuple[str, ...]:
+    """The strings a reply of this tokenizer's model ends at: TRANSCRIPT_STOPS without a chat template, else none
+    (its end-of-turn token stops it). Batch generation passes them as `stop_strings` and cuts with cut_at_stop."""
+    return () if getattr(tok, "chat_template", None) else TRANSCRIPT_STOPS
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """(text up to the first of `stops`, whether one was found)."""
+    at = min((k for k in (text.find(s) for s in stops) if k >= 0), default=-1)
+    return (text[:at], True) if at >= 0 else (text, False)
+
+
 def _fingerprint(path: Path) -> tuple:
     """What identifies the files a model was loaded from: a folder deleted and a model imported again under the same
     name (the same folder path) has other files, so a copy loaded before is stale."""

@@ -255,7 +255,7 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     last number of that was taken for its answer."""
     import torch
 
-    from backend.chat import TRANSCRIPT_STOPS, build_prompt, encode
+    from backend.chat import build_prompt, cut_at_stop, encode, transcript_stops
 
     tok.padding_side = "left"
     chats = [build_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
@@ -263,7 +263,7 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     out: dict[int, tuple[str, int]] = {}
     torch.manual_seed(seed)
     kwargs = dict(do_sample=True, **SAMPLING) if sample else dict(do_sample=False)
-    stops = () if getattr(tok, "chat_template", None) else TRANSCRIPT_STOPS
+    stops = transcript_stops(tok)
     if stops:
         kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
     ends = _end_ids(model, tok)
@@ -276,11 +276,8 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
             n = int((row != tok.pad_token_id).sum())
             cut = len(row) == max_new_tokens and int(row[-1]) not in ends
-            text = tok.decode(row, skip_special_tokens=True)
-            at = min((k for k in (text.find(s) for s in stops) if k >= 0), default=-1)
-            if at >= 0:  # it ended its turn: no cut-off, whatever the token count
-                text, cut = text[:at], False
-            out[j] = (text.strip(), n, cut)
+            text, ended = cut_at_stop(tok.decode(row, skip_special_tokens=True), stops)
+            out[j] = (text.strip(), n, cut and not ended)  # it ended its turn: no cut-off, whatever the count
     return [out[j] for j in range(len(prompts))]
 
 

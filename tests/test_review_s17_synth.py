@@ -222,3 +222,36 @@ def test_odd_text_is_read_without_an_error():
     with pytest.raises(RephraseError):
         _check("What is 1 + 1?", odd)
     _check("one and", "one and")
+
+
+def test_a_template_less_rephraser_ends_its_reply_where_it_writes_the_next_turn(tokenizer_dir):
+    """A base model rephrasing reads the "user: …\\nassistant:" transcript and writes the next turn itself; SOLUTION's
+    pattern swallowed that turn, and a verified pair stored it as SFT data. generate() is asked to stop at a new
+    role line and the reply is cut there; the settings say so (replies cached before are not reused)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from backend.chat import LoadedModel
+    from backend.synth.rephrase import ModelRephraser
+    from backend.synth.seeds import Seed
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = None
+    run_on = (" QUESTION: What is 2 + 4?\nSOLUTION: 2 + 4 = 6. The answer is \\boxed{6}.\nuser: Rephrase this. "
+              "Problem: What is 3 + 4?\nassistant: QUESTION: What is 3 + 4?\nSOLUTION: The answer is \\boxed{7}.")
+    seen = {}
+
+    class Base:
+        device = torch.device("cpu")
+
+        def generate(self, input_ids, attention_mask=None, **kw):
+            seen.update(kw)
+            add = torch.tensor([tok(run_on, add_special_tokens=False).input_ids] * input_ids.shape[0])
+            return torch.cat([input_ids, add], 1)
+
+    r = object.__new__(ModelRephraser)
+    r.lm, r.max_new_tokens, r.temperature = LoadedModel("base", Base(), tok), 384, 0.0
+    seed = Seed("s", "arithmetic", 1, "What is 2 + 4?", "2 + 4 = 6. The answer is \\boxed{6}.", "6")
+    ((question, solution),) = r.rephrase([seed])
+    assert question == "What is 2 + 4?" and solution == "2 + 4 = 6. The answer is \\boxed{6}."
+    assert seen["stop_strings"] == ["\nuser:", "\nassistant:", "\nsystem:"]

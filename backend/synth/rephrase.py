@@ -167,11 +167,13 @@ class ModelRephraser:
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.settings = {"folder": str(folder), "max_new_tokens": max_new_tokens, "temperature": temperature,
                          "prompt": PROMPT}
+        if not getattr(self.lm.tokenizer, "chat_template", None):  # its replies now end at a new role line: the
+            self.settings["ends"] = "at a new role line"  # ones cached before ran on, and are not reused
 
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
         import torch
 
-        from backend.chat import build_prompt, encode
+        from backend.chat import build_prompt, cut_at_stop, encode, transcript_stops
 
         tok, model = self.lm.tokenizer, self.lm.model
         tok.padding_side = "left"  # batched decoding continues every prompt from its end
@@ -181,9 +183,14 @@ class ModelRephraser:
                                                                                 solution=s.solution)}]) for s in seeds]
         batch = encode(tok, prompts, return_tensors="pt", padding=True).to(model.device)
         kwargs = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else dict(do_sample=False)
+        # a model without a chat template runs on into a made-up next turn ("\nuser: …"), which SOLUTION's pattern
+        # swallowed: its last boxed answer failed a good rephrasing, or, verified, went into the SFT data
+        if stops := transcript_stops(tok):
+            kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
-        texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = [cut_at_stop(t, stops)[0]
+                 for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
         results: list[tuple[str, str] | Exception] = []
         for seed, text in zip(seeds, texts):
             try:
