@@ -517,11 +517,18 @@ def _lm_eval_settings(ts: TaskSet, spec: EvalSpec, model) -> dict:
     max_length (transformers takes max_new_tokens first): a model whose file says 8 answered in 8 tokens whatever
     the cap. Neither was recorded, so two such scores read as measured alike."""
     from backend import lmeval
-    from backend.lm_eval_tasks.loaders import GENERATION_TASKS
+    from backend.lm_eval_tasks.loaders import DATA, FEWSHOT_FILES, GENERATION_TASKS
 
     out: dict = {}
-    if any(name in GENERATION_TASKS for name, _, _ in lmeval.expand(ts.arg)):
+    names = [name for name, _, _ in lmeval.expand(ts.arg)]
+    if any(name in GENERATION_TASKS for name in names):
         out["max_gen_toks"] = spec.max_new_tokens
+    # a local task's few-shot examples are in every prompt: another file is another measurement (the items'
+    # fingerprint covers the test rows only, so a remade few-shot file left old and new scores "measured alike")
+    shots = {n: "sha256:" + hashlib.sha256((DATA / FEWSHOT_FILES[n]).read_bytes()).hexdigest()[:16]
+             for n in names if n in FEWSHOT_FILES and (DATA / FEWSHOT_FILES[n]).is_file()}
+    if shots:
+        out["fewshot"] = shots
     cfg = getattr(model, "generation_config", None)
     own = {"max_new_tokens": cfg.max_new_tokens} if getattr(cfg, "max_new_tokens", None) is not None else {}
     return {**out, "generation_config": {**decoding_extras(model), **own}}

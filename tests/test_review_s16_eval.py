@@ -3,6 +3,7 @@ tasks' data files, and what an lm-eval score records about its items and its tok
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -86,9 +87,12 @@ def test_lm_eval_scores_record_their_items_and_token_cap(tiny_llama):
     tok, model = evaluate.evaldevice.load_model(tiny_llama)
     s8, s64 = (evaluate.settings(gsm, EvalSpec(models=["x"], tasks=[gsm.task], max_new_tokens=n), tok, model)
                for n in (8, 64))
-    assert s8 == {"limit": 40, "max_gen_toks": 8, "generation_config": {"max_new_tokens": 8}}
+    shots = hashlib.sha256((lmeval.TASK_DIR / "data" / "gsm8k_mini_fewshot.jsonl").read_bytes()).hexdigest()[:16]
+    assert s8 == {"limit": 40, "max_gen_toks": 8, "generation_config": {"max_new_tokens": 8},
+                  "fewshot": {"dus_gsm8k_mini": f"sha256:{shots}"}}  # its few-shot file is in every prompt
     assert s64["max_gen_toks"] == 64
-    assert "max_gen_toks" not in evaluate.settings(tq, EvalSpec(models=["x"], tasks=[tq.task]), tok, model)
+    plain = evaluate.settings(tq, EvalSpec(models=["x"], tasks=[tq.task]), tok, model)
+    assert "max_gen_toks" not in plain and "fewshot" not in plain  # zero-shot: scores stored before stay alike
 
     registry.import_folder(tiny_llama, "tiny")
     evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["lm-eval:dus_truthfulqa_mini"], limit=3))

@@ -78,6 +78,9 @@ TEST_FILES = {"dus_truthfulqa_mini": (_mc_problem, "truthfulqa_mini.jsonl"),
               "dus_gsm8k_mini": (_gsm8k_problem, "gsm8k_mini_test.jsonl")}
 
 
+# task -> its few-shot split's file: the examples in every prompt, so part of how a score was measured
+FEWSHOT_FILES = {"dus_gsm8k_mini": "gsm8k_mini_fewshot.jsonl"}
+
 GENERATION_TASKS = {"dus_gsm8k_mini"}  # the local tasks that generate: the evaluation's token cap acts on them
 
 
