@@ -304,8 +304,9 @@ class CptSpec(_TrainSpec):
 class SftSpec(_TrainSpec):
     """Supervised fine-tuning on conversations or prompt/completion pairs (chat template applied by trl)."""
     kind: Literal["sft"] = "sft"
-    packing: bool | None = Field(None, description="pack examples into full sequences; default: on with CUDA (SFT: only with a "
-                                 "flash-attention kernel, whose padding-free packing keeps each conversation whole)")
+    packing: bool | None = Field(None, description="pack examples into full sequences; default: on with CUDA "
+                                 "(SFT: only with a flash-attention kernel, whose padding-free packing keeps each "
+                                 "conversation whole, or a perf.packing_strategy given)")
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     completion_only_loss: bool = Field(False, description="loss on each conversation's last assistant reply only "
                                                           "(what comes before it is its prompt, not learned); "

@@ -255,3 +255,18 @@ def test_a_template_less_rephraser_ends_its_reply_where_it_writes_the_next_turn(
     ((question, solution),) = r.rephrase([seed])
     assert question == "What is 2 + 4?" and solution == "2 + 4 = 6. The answer is \\boxed{6}."
     assert seen["stop_strings"] == ["\nuser:", "\nassistant:", "\nsystem:"]
+
+
+@pytest.mark.parametrize("question, rephrased, passes", [
+    ("What is the 3rd term of 2, 4, 6, 8?", "What is the 5th term of 2, 4, 6, 8?", False),  # passed: "5th" loose
+    ("What is the third term of 2, 4, 6, 8?", "What is the 3rd term of 2, 4, 6, 8?", True),
+    ("Add 2 1/2 cups of flour.", "Add 2 and 1/2 cups of flour.", True),  # was refused: "2 and 1/2" is 5/2
+    ("Add 2 1/2 cups of flour.", "Add 2 and 1/3 cups of flour.", False),
+])
+def test_places_and_whole_and_fraction_read_as_written(question, rephrased, passes):
+    try:
+        _check(question, rephrased)
+        got = True
+    except RephraseError:
+        got = False
+    assert got == passes

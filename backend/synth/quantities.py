@@ -211,7 +211,7 @@ def quantities(text: str) -> list[Quantity]:
         if got is None and t.kind == "num":
             value, j, lone, parts = t.value, i + 1, False, t.parts
             if t.whole and _word(toks, j) in ("st", "nd", "rd", "th") and toks[j].start == t.end:
-                out.append(Quantity(value, loose=True))  # "3rd": a place, which "third" writes in words
+                out.append(Quantity(value))  # "3rd": a place; "5th" for "3rd" is a changed question
                 i = j + 1
                 continue
         elif got is not None:
@@ -238,6 +238,10 @@ def quantities(text: str) -> list[Quantity]:
         elif not percent and _word(toks, j) == "and" and (frac := _fraction_after(toks, j + 1)) is not None and \
                 _word(toks, j + 1) in ("a", "one") and frac[0] < 1:
             value, j, lone = value + frac[0], frac[1], False  # "two and a half", "1 and one third"
+        elif not percent and (t.whole or t.kind == "word") and _word(toks, j) == "and" and j + 1 < len(toks) \
+                and (nxt := toks[j + 1]).kind == "num" and not nxt.whole and not nxt.percent \
+                and 0 < nxt.value < 1 and "/" in nxt.text:
+            value, j, lone = value + nxt.value, j + 2, False  # "2 and 1/2"
         if _word(toks, j) in ("percent",) and not percent:
             value, j, lone = value / 100, j + 1, False
         elif _word(toks, j) in ("cent", "cents") and not percent:
@@ -274,6 +278,12 @@ def stated(text: str) -> set[Fraction]:
     return {q.value for q in quantities(text) if not q.loose}
 
 
+_ORDINALS = {w: i for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth eleventh "
+                                         "twelfth".split(), 1)}
+
+
 def allowed(text: str) -> set[Fraction]:
-    """The values a faithful rephrasing of `text` may state: its quantities and their other spellings."""
-    return {v for q in quantities(text) for v in (q.value, *q.alts)}
+    """The values a faithful rephrasing of `text` may state: its quantities and their other spellings (a place
+    written in words, "third", may become "3rd")."""
+    words = {Fraction(_ORDINALS[w]) for w in re.findall(r"[a-z]+", _normalise(text)) if w in _ORDINALS}
+    return words | {v for q in quantities(text) for v in (q.value, *q.alts)}
