@@ -332,3 +332,33 @@ def test_llama_pro_refuses_attention_scaled_by_layer_position(tmp_path, workspac
     with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx=true .* Use method dus or slices"):
         run_upscale(UpscaleSpec(base=str(base), method="llama-pro", groups=2, name="g2-pro"))
     assert registry.get("g2-pro") is None and not (workspace / "models" / "g2-pro").exists()
+
+
+def test_a_second_minicpm_of_another_depth_is_refused_before_building(tmp_path):
+    """MiniCPM scales each residual branch by scale_depth / sqrt(num_hidden_layers): one config holds one scale, so
+    the second model's layers (another depth) added 41 % more than in their source. Refused, nothing registered."""
+    import pytest
+    from transformers import MiniCPM3Config, MiniCPM3ForCausalLM
+
+    from backend import registry
+    from backend.specs import SliceRange, UpscaleSpec
+    from backend.upscale import MismatchError, run_upscale
+
+    def make(out, layers, seed):
+        torch.manual_seed(seed)
+        cfg = MiniCPM3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                             kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+                             dim_model_base=16, pad_token_id=0)
+        MiniCPM3ForCausalLM(cfg).save_pretrained(out)
+        return out
+
+    base, second = make(tmp_path / "a", 4, 0), make(tmp_path / "b", 8, 1)
+    spec = UpscaleSpec(base=str(base), second=str(second), method="slices", name="mix",
+                       slices=[SliceRange(source=0, start=0, end=4), SliceRange(source=1, start=4, end=8)])
+    with pytest.raises(MismatchError, match=r"scale their residual branches differently.*0\.7 vs 0\.495"):
+        run_upscale(spec)
+    assert registry.get("mix") is None
+    same = UpscaleSpec(base=str(base), second=str(second), method="slices", name="mix2",
+                       slices=[SliceRange(source=0, start=0, end=4), SliceRange(source=0, start=1, end=4)])
+    assert json.loads((Path(run_upscale(same)["path"]) / "config.json").read_text())["num_hidden_layers"] == 7

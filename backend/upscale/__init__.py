@@ -256,6 +256,15 @@ def new_config(plan: UpscalePlan) -> dict:
                 cfg[key] = [i for i, sl in enumerate(plan.slots) if sl.layer in lists[sl.source][1][key]]
     depth = base.config.get("scale_depth")
     if isinstance(depth, (int, float)) and not isinstance(depth, bool):
+        used = sorted({sl.source for sl in plan.slots})
+        branch = {i: plan.sources[i].config.get("scale_depth", 0) / math.sqrt(plan.sources[i].num_layers)
+                  for i in used}
+        if len(used) > 1 and not math.isclose(branch[used[0]], branch[used[1]], rel_tol=1e-9):
+            # one scale_depth scales every layer alike: two sources of other depths cannot both keep theirs
+            raise MismatchError(f"the two models scale their residual branches differently (MiniCPM's scale_depth / "
+                                f"sqrt(num_hidden_layers): {branch[used[0]]:.4g} vs {branch[used[1]]:.4g}), and one "
+                                "config holds one scale for every layer: build from models of one depth and "
+                                "scale_depth.")
         # MiniCPM (arXiv 2404.06395) scales every residual branch by scale_depth / sqrt(num_hidden_layers): kept as
         # is, a deeper stack shrank every copied layer's branch (a tiny MiniCPM3's LLaMA Pro expansion, meant to be
         # an identity, moved logits by 0.045). Scaled with the depth, each layer adds what it added in its source.
