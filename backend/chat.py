@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from backend.modelinfo import folder_stat
+
 
 # Generation runs on long-lived threads. A fresh thread per reply costs a fresh OpenMP team in torch (while the last
 # one still spins), which cost 13 % of tokens/s and 0.07 s to the first token against generate in the calling thread;
@@ -50,17 +52,6 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:at], True) if at >= 0 else (text, False)
 
 
-def _fingerprint(path: Path) -> tuple:
-    """What identifies the files a model was loaded from: a folder deleted and a model imported again under the same
-    name (the same folder path) has other files, so a copy loaded before is stale."""
-    out = []
-    for f in sorted(path.glob("*")):
-        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors"):
-            st = f.stat()
-            out.append((f.name, st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
 @dataclass
 class LoadedModel:
     name: str
@@ -68,13 +59,13 @@ class LoadedModel:
     tokenizer: object
     lock: threading.Lock = field(default_factory=threading.Lock)
     path: Path | None = None
-    fingerprint: tuple = ()
+    fingerprint: list = field(default_factory=list)  # modelinfo.folder_stat when loaded
 
     def stale(self) -> bool:
         """True when the folder it was loaded from is gone or holds other files now (deleted, imported again): the
         pages cache a loaded model by (folder, name), and a model deleted and imported again under its name was
         answered by the deleted one's weights from the cache."""
-        return self.path is not None and _fingerprint(self.path) != self.fingerprint
+        return self.path is not None and folder_stat(self.path, missing_ok=True) != self.fingerprint
 
 
 @dataclass
@@ -97,7 +88,7 @@ def load(path: str | Path, name: str = "") -> LoadedModel:
     path = Path(path)
     # As evaluation: float32 on the CPU; bfloat16 + sdpa on CUDA, refused before loading when it cannot fit.
     plan = evaldevice.plan_for(path, seq_len=2048, batch_size=1)
-    fingerprint = _fingerprint(path)  # before loading: files replaced while it loads make it stale, not fresh
+    fingerprint = folder_stat(path, missing_ok=True)  # before loading: files replaced while it loads make it stale, not fresh
     tok, model = evaldevice.load_model(path, plan)
     return LoadedModel(name or path.name, model, tok, path=path, fingerprint=fingerprint)
 

@@ -124,6 +124,17 @@ class ModelInfo:
         return {"config": cfg, "layer": layer0, "other": other, "prefix": self.layer_prefix}
 
 
+def folder_stat(folder: str | Path, missing_ok: bool = False) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of the files that define a model (.safetensors, .json): cheap (no weights read), and
+    it changes when any does. The recipe's hash of an outside model and the chat cache's check that a loaded copy is
+    still the registered model both read it. A folder that is gone: [] with `missing_ok`, else FileNotFoundError."""
+    folder = Path(folder)
+    if missing_ok and not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
 def read_config(folder: Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.exists():

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from sqlmodel import select
 
 from backend import data, registry, runner
+from backend.modelinfo import folder_stat
 from backend.recipe.spec import (RESERVED, STAGE_REF, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
 from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
@@ -80,9 +81,8 @@ def _sha(obj: Any) -> str:
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """Sizes and mtimes of the files that define a model: cheap (no weights read), and it changes when any does."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and (p.suffix in (".safetensors", ".json")))
-    return _sha([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    """Sizes and mtimes of the files that define a model (modelinfo.folder_stat), hashed."""
+    return _sha(folder_stat(folder))
 
 
 CONTENT_HASH_MAX = 256 << 20  # data files up to this size are hashed by content, larger ones by size and mtime
