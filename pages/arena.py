@@ -12,7 +12,7 @@ import streamlit as st
 
 from backend import arena, registry
 from backend.chat import answer_all
-from pages.common import cached_model, model_names, via_app
+from pages.common import current_model, model_names, via_app
 from pages.figures import leaderboard_figure, position_bias_figure
 from storage import db
 from storage.models import ChatTranscript
@@ -53,11 +53,7 @@ def run_round(prompt: str, chosen: list[str]) -> int | None:
                  "the command line). Choose the models again above and send the prompt.")
         return None
     try:
-        lms = {m: cached_model(r.path, m) for m, r in recs.items()}
-        for m, lm in lms.items():  # deleted and imported again under its name: the cache held the deleted weights
-            if lm.stale():
-                cached_model.clear(recs[m].path, m)
-                lms[m] = cached_model(recs[m].path, m)
+        lms = {m: current_model(r.path, m) for m, r in recs.items()}
     except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
         st.error(f"Not run: a model cannot be loaded: {exc}")
         return None

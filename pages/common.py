@@ -157,3 +157,13 @@ def model_names() -> list[str]:
 def cached_model(path: str, name: str):
     # Shared by every session (st.cache_resource): generation on it is serialised by LoadedModel.lock.
     return load(path, name)
+
+
+def current_model(path: str, name: str):
+    """cached_model, loaded again when its folder changed since (LoadedModel.stale): a model deleted and imported
+    again under its name was answered from the cache by the deleted one's weights (Models and Arena pages)."""
+    lm = cached_model(path, name)
+    if lm.stale():
+        cached_model.clear(path, name)
+        lm = cached_model(path, name)
+    return lm

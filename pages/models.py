@@ -13,7 +13,7 @@ import yaml
 from backend import hubpush, registry, runner
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, PushSpec, explain
-from pages.common import cached_model, human, job_status, submit, worker_banner, via_app
+from pages.common import cached_model, current_model, human, job_status, submit, worker_banner, via_app
 from pydantic import ValidationError
 
 via_app(__file__)
@@ -180,10 +180,7 @@ with chat:
         history.append({"role": "user", "content": prompt})
         box.chat_message("user").write(prompt)
         try:
-            lm = cached_model(rec.path, rec.name)
-            if lm.stale():  # deleted and imported again under this name: the cache held the deleted one's weights
-                cached_model.clear(rec.path, rec.name)
-                lm = cached_model(rec.path, rec.name)
+            lm = current_model(rec.path, rec.name)
         except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
             history.pop()  # not answered: not kept as if it had been
             st.error(f"{rec.name} cannot be loaded: {exc}")
