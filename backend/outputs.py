@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -134,11 +135,54 @@ def disk_full(exc: BaseException) -> bool:
     return False
 
 
-def copy_companions(src: Path, dst: Path) -> None:
-    """The files of `src` that COMPANIONS names: tokenizer, chat template, generation config, licence."""
+def copy_companions(src: Path, dst: Path, config_src: Path | None = None) -> None:
+    """The files of `src` that COMPANIONS names (tokenizer, chat template, generation config, licence), and the
+    Python modules of a remote-code model: those the auto_map of `src`'s tokenizer_config.json and of
+    `config_src`'s (default `src`) config.json name, config.json being the one the caller writes."""
     for f in Path(src).iterdir():
         if f.is_file() and any(fnmatch.fnmatchcase(f.name, pattern) for pattern in COMPANIONS):
             shutil.copy2(f, dst / f.name)
+    # the config's modules last: a name both give (a tokenizer module importing .configuration_x) is the model's
+    for folder, files in ((src, AUTO_MAP_TOKENIZER_FILES), (config_src or src, ("config.json",))):
+        for module in remote_modules(folder, files):
+            shutil.copy2(module, dst / module.name)
+
+
+# Files whose auto_map names classes in the folder's own modules (a remote-code model: transformers imports them under
+# trust_remote_code). A built folder kept config.json's auto_map but none of the modules it names, so its user could
+# not load it with trust_remote_code as they loaded its source.
+AUTO_MAP_TOKENIZER_FILES = ("tokenizer_config.json", "preprocessor_config.json")
+
+
+def remote_modules(folder: Path, files: tuple[str, ...]) -> list[Path]:
+    """The .py files of `folder` that the auto_map of `files` names ("modeling_x.XForCausalLM"; a tokenizer's
+    [slow, fast] pair), with the modules they import relatively, recursively: what transformers' save_pretrained
+    writes for a remote-code object (dynamic_module_utils.custom_object_save: the class's module and
+    get_relative_import_files). Only read, never imported: no code of the model runs here. A class in another repo
+    ("org/repo--modeling_x.X") has no file here and stays as it is named."""
+    folder = Path(folder)
+    refs: list[str] = []
+    for name in files:
+        try:
+            auto_map = json.loads((folder / name).read_text()).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]  # old tokenizer form: a bare pair
+        for value in values:
+            refs += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
+    # a module name, as transformers splits "module.Class"; no path ("../x"), no package ("sub.mod": not copied
+    # flat by transformers either)
+    todo = [m for ref in refs if "--" not in ref and "." in ref and (m := ref.rsplit(".", 1)[0]).isidentifier()]
+    found: list[Path] = []
+    while todo:
+        module = folder / f"{todo.pop()}.py"
+        if module in found or not module.is_file():
+            continue
+        found.append(module)
+        from transformers.dynamic_module_utils import get_relative_imports  # a regex over the file's text
+
+        todo += [m for m in get_relative_imports(module) if m.isidentifier()]
+    return sorted(found)
 
 
 def register_output(out_dir: Path, name: str, kind: str, **fields) -> ModelRecord:

@@ -94,7 +94,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
             cfg = {k: v for k, v in donor.config.items() if k not in ("_name_or_path", "torch_dtype")}
             cfg["dtype"] = str(out_dtype).removeprefix("torch.")
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-            copy_companions(tok_donor.folder, tmp)
+            copy_companions(tok_donor.folder, tmp, config_src=donor.folder)
             if template is not None:
                 set_chat_template(tmp, template)
             slerp = tally.summary() if spec.method == "slerp" else None
@@ -112,18 +112,16 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
 def chat_template(wanted: str, folders: list[Path]) -> str:
     """The template a merge writes: `wanted` itself, or for 'auto' the one most of the models (the base too) have,
     as mergekit's auto (merge.py, _set_chat_template: Counter(...).most_common(1), first seen wins a tie). mergekit
-    then saves none, silently, when no model has one; here that is an error, before anything is written."""
+    then saves none, silently, when no model has one; here that is an error, before anything is written. Read from
+    the files (read_chat_template), where mergekit loads each tokenizer: a remote-code tokenizer would have to run."""
     if wanted != "auto":
         return wanted
-    from transformers import AutoTokenizer
-
     found = []
     for folder in dict.fromkeys(Path(f).resolve() for f in folders):
         try:
-            t = AutoTokenizer.from_pretrained(folder).chat_template
+            t = read_chat_template(folder)
         except (OSError, ValueError) as exc:
-            raise MergeError(f"chat_template auto: cannot read the tokenizer of {folder}: {exc}") from exc
-        t = t.get("default") if isinstance(t, dict) else t
+            raise MergeError(f"chat_template auto: cannot read the chat template of {folder}: {exc}") from exc
         if t:
             found.append(t.strip())
     if not found:
@@ -132,14 +130,28 @@ def chat_template(wanted: str, folders: list[Path]) -> str:
     return Counter(found).most_common(1)[0][0]
 
 
-def has_chat_template(folder: str | Path) -> bool:
-    """Whether a model folder carries a chat template (tokenizer_config.json's, or a chat_template file), read from
-    its files without loading the tokenizer: for the page's warning before a merge takes a base's tokenizer."""
+def read_chat_template(folder: str | Path) -> str | None:
+    """A folder's default chat template as its tokenizer would hold it, read from the files as transformers reads
+    them (tokenization_utils_base, _from_pretrained): chat_template.jinja first, else tokenizer_config.json's
+    chat_template, a text or named templates ([{name, template}], whose "default" counts). No tokenizer is loaded,
+    so none of a remote-code tokenizer's code runs. A tokenizer_config.json that is no JSON raises ValueError."""
     folder = Path(folder)
     if (folder / "chat_template.jinja").is_file():  # (chat_template.json is a processor's: the tokenizer ignores it)
-        return True
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if not (folder / "tokenizer_config.json").is_file():
+        return None
+    t = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(t, list):
+        t = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
+    t = t.get("default") if isinstance(t, dict) else t
+    return t if isinstance(t, str) and t else None
+
+
+def has_chat_template(folder: str | Path) -> bool:
+    """Whether a model folder carries a chat template, read from its files without loading the tokenizer: for the
+    page's warning before a merge takes a base's tokenizer."""
     try:
-        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+        return read_chat_template(folder) is not None
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -158,12 +170,18 @@ def template_lost(source: str, folder: str | Path, candidates: dict[str, str | P
 
 
 def set_chat_template(folder: Path, template: str) -> None:
-    """Save the tokenizer in `folder` again with `template` (mergekit reserializes it the same way)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    tok.chat_template = template
-    tok.save_pretrained(folder)
+    """Give the tokenizer in `folder` `template`, written as transformers' save_pretrained writes one template
+    (save_chat_templates: chat_template.jinja, and none left in tokenizer_config.json). mergekit loads the tokenizer
+    and saves it again; a remote-code tokenizer (an auto_map in tokenizer_config.json) cannot be loaded without
+    running its code, which this project never does, and the merge failed there, after the weights were written.
+    Written from the files, it works for every tokenizer and cannot fail that late."""
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if "chat_template" in data:
+            del data["chat_template"]
+            config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def without_base(spec: MergeSpec) -> MergeSpec:

@@ -142,8 +142,17 @@ def layer_slots(spec: UpscaleSpec, depths: list[int]) -> list[Slot]:
     return slices.plan(depths, slices=[(r.source, r.start, r.end) for r in spec.slices])
 
 
-def check_compatible(a: ModelInfo, b: ModelInfo) -> None:
+def check_compatible(a: ModelInfo, b: ModelInfo, per_layer: bool = False) -> None:
+    """Refuse two models whose layers cannot sit in one stack (or be averaged). `per_layer`: the layers of the new
+    model each come from one source (slices), so the config's per-layer lists (SmolLM3's no_rope_layers, one flag
+    per layer) and lists of layer indices (moe_layers) are not compared: new_config takes each slot's entry from
+    its own source. Compared, two SmolLM3 models of other depths were refused ("no_rope_layers: [1, 0] vs
+    [1, 0, 1, 0]"). A merge averages layer i with layer i, so it keeps comparing them."""
     sa, sb = a.arch_signature(), b.arch_signature()
+    if per_layer:
+        for key in per_layer_keys(a) & per_layer_keys(b):
+            sa["config"].pop(key, None)
+            sb["config"].pop(key, None)
     for part in ("prefix", "config", "layer", "other"):
         if sa[part] != sb[part]:
             if isinstance(sa[part], dict):
@@ -163,7 +172,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
         names.append(name or str(folder))
     sources = [inspect_model(f) for f in folders]
     if len(sources) == 2:
-        check_compatible(sources[0], sources[1])
+        check_compatible(sources[0], sources[1], per_layer=True)
     slots = layer_slots(spec, [s.num_layers for s in sources])
     base = sources[0]
     tensors: list[OutTensor] = []
@@ -221,13 +230,22 @@ def layer_lists(info: ModelInfo) -> tuple[dict[str, list], dict[str, list]]:
     try:
         from transformers import AutoConfig
 
-        derived = AutoConfig.from_pretrained(info.folder).to_dict()
+        # trust_remote_code False, not left out: left out, transformers asks on the terminal whether to run a
+        # remote-code model's configuration module (a CLI user answering "y" ran it) before it refuses
+        derived = AutoConfig.from_pretrained(info.folder, trust_remote_code=False).to_dict()
     except Exception:  # noqa: BLE001 - a type transformers does not know (remote code): config.json's lists only
         derived = {}
     for source in (derived, info.config):
         values.update({k: v for k, v in source.items() if _is_layer_list(k, v, n)})
         indices.update({k: v for k, v in source.items() if k not in values and _is_layer_indices(k, v, n)})
     return values, indices
+
+
+def per_layer_keys(info: ModelInfo) -> set[str]:
+    """The config keys that hold one entry per layer, or layer indices, for this model's own depth (layer_lists:
+    config.json's, or derived by its config class)."""
+    values, indices = layer_lists(info)
+    return set(values) | set(indices)
 
 
 def new_config(plan: UpscalePlan) -> dict:
