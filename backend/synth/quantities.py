@@ -4,10 +4,15 @@ rephrased question (rephrase.check_question) compares them.
 One quantity is one value: "2 1/2" is 5/2 (not 2, 1 and 2), "3/4" is 3/4, "50%" and "50 percent" are 1/2,
 "50 cents" is 1/2 (dollars), "$1.50" and "1 dollar and 50 cents" are 3/2, "-3" after "=" is -3, "twenty-five" is 25
 (not 20 and 5), "two and a half" and "two and one half" are 5/2, "three quarters" is 3/4, "half" 1/2, "a dozen" 12,
-"3 million" 3000000. Reading parts as numbers let a changed quantity through: "2 1/2 cups" → "1 1/2 cups" holds only
-the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5 and 2/4" the same four digits.
+"half a dozen" 6, "a dozen and a half" 18, "3 million" 3000000, "3 below zero" -3, "a pair" 2, "3 dimes" 3/10
+(dollars, as cents are), "twice" and "doubled" 2. Reading parts as numbers let a changed quantity through:
+"2 1/2 cups" → "1 1/2 cups" holds only the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5 and 2/4" the same
+four digits. "one" counts ("one apple", "eats one") unless it stands for a thing or a person ("no one", "one of the
+boys", "which one", "the one who"); "once" counts ("once a week", "only once") unless it joins a clause ("once he
+buys") or means now ("at once").
 
-`stated(text)`: the values a rephrased question writes. `allowed(text)`: the values a rephrasing of `text` may write,
+`stated(text)`: the values a rephrased question writes; `changed(original, rephrased)`: those of them no faithful
+rephrasing writes (what the check refuses). `allowed(text)`: the values a rephrasing of `text` may write,
 its quantities plus the few other spellings of the same quantity the notation leaves open: "12 - 3" may be
 rewritten "12 + (-3)" (so 3 and -3), "2x + -6" as "2x - 6", a division "12/4" as "12 divided by 4" (12, 4 and 3; a
 proper fraction such as 3/4 stays 3/4 alone), the point "(100,200)" as "(100, 200)".
@@ -16,6 +21,7 @@ proper fraction such as 3/4 stays 3/4 alone), the point "(100,200)" as "(100, 20
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -29,7 +35,29 @@ _DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, 
                  "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6, "seventh": 7, "sevenths": 7,
                  "eighth": 8, "eighths": 8, "ninth": 9, "ninths": 9, "tenth": 10, "tenths": 10, "twelfth": 12,
                  "twelfths": 12, "hundredth": 100, "hundredths": 100, "thousandth": 1000, "thousandths": 1000}
-_MULTIPLES = {"twice": 2, "double": 2, "thrice": 3, "triple": 3}
+_MULTIPLES = {"twice": 2, "double": 2, "doubled": 2, "doubles": 2, "doubling": 2, "thrice": 3, "triple": 3,
+              "tripled": 3, "triples": 3, "tripling": 3, "quadruple": 4, "quadrupled": 4, "halved": Fraction(1, 2)}
+# "a pair" is 2 (and "one pair" the same quantity); "3 pairs of socks" may become "6 socks"
+_PAIRS = ("pair", "pairs", "couple", "couples")
+# coins in dollars, as cents are: "3 dimes" is 30 cents (3/10); "a quarter" is 1/4 both as a coin and as a fraction
+_COINS = {"dime": Fraction(1, 10), "dimes": Fraction(1, 10), "nickel": Fraction(1, 20), "nickels": Fraction(1, 20),
+          "penny": Fraction(1, 100), "pennies": Fraction(1, 100)}
+# "-5 degrees" is "5 degrees below zero": the words between a number and "below zero"
+_TEMPERATURE = {"degree", "degrees", "c", "f", "celsius", "fahrenheit", "centigrade", "°"}
+# A lone "one" stands for a thing or a person, not a count, after these ("no one", "each one", "which one", "the
+# one who", "the other one") and before these ("one of the boys", "one who", "one another", "one can see")
+_PRONOUN_AFTER = {"no", "each", "every", "any", "which", "whichever", "this", "the", "another", "other", "some", "a",
+              "an", "its", "his", "her", "their", "my", "your", "our"}
+_PRONOUN_BEFORE = {"of", "another", "who", "whom", "whose", "which", "that", "can", "could", "may", "might", "must",
+               "should", "would", "will"}
+# "a red one", "the cheapest one": an adjective between the article and "one" (a short list: "gives the boy one
+# apple" counts)
+_ADJECTIVES = {"other", "same", "last", "first", "next", "only", "new", "old", "big", "small", "little", "right",
+               "wrong", "cheaper", "dearer", "bigger", "smaller", "larger", "longer", "shorter", "heavier", "lighter",
+               "older", "younger", "newer", "higher", "lower", "better", "worse", "red", "blue", "green", "white",
+               "black", "yellow"}
+_PERIODS = {"second", "minute", "hour", "day", "week", "fortnight", "month", "year", "decade", "century", "morning",
+            "afternoon", "evening", "night", "weekend", "summer", "winter", "spring", "autumn", "time"}
 # a number attached to "-" after one of these is negative ("= -3", "(-2, 5)", "$-3$" in TeX), not a subtraction
 _OPERATORS = set("=(,:;[{<>+*/×÷^$")
 
@@ -43,7 +71,8 @@ _TEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\[dt
 class Quantity:
     value: Fraction
     alts: tuple[Fraction, ...] = ()  # other values a rephrasing of it may write (see the module's docstring)
-    loose: bool = False  # "one" alone ("which one"), "once" ("once he buys"): not read as a number a rephrasing states
+    loose: bool = False  # a pronoun "one" ("which one"), "once" joining a clause ("once he buys"): not a number
+    noun: str = ""  # the word after a count "one" ("one pen"): a rephrasing of the original's "a pen" (see changed)
 
 
 @dataclass
@@ -221,11 +250,22 @@ def quantities(text: str) -> list[Quantity]:
             i += 1
             continue
         elif t.text == "once":
+            out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i)))
+            i += 1
+            continue
+        elif t.text == "single":  # "a single red ball" may become "only one red ball"; itself it states no count
             out.append(Quantity(Fraction(1), loose=True))
             i += 1
             continue
+        elif t.text in ("a", "an") and _word(toks, i + 1) in (*_PAIRS, *_COINS):
+            coin = _COINS.get(_word(toks, i + 1))
+            out.append(Quantity(coin) if coin else Quantity(Fraction(2), (Fraction(1),)))  # "a dime", "a pair"
+            i += 2
+            continue
         elif (frac := _fraction_after(toks, i)) is not None or t.text == "half":
             value, j = frac or (Fraction(1, 2), i + 1)
+            if _word(toks, j) == "dozen" or (_word(toks, j) == "a" and _word(toks, j + 1) == "dozen"):
+                value, j = value * 12, j + 1 + (_word(toks, j) == "a")  # "a half dozen", "half a dozen": 6
             out.append(Quantity(value))
             i = j
             continue
@@ -237,27 +277,83 @@ def quantities(text: str) -> list[Quantity]:
             value, j, lone = frac[0], frac[1], False
         elif not percent and _word(toks, j) == "and" and (frac := _fraction_after(toks, j + 1)) is not None and \
                 _word(toks, j + 1) in ("a", "one") and frac[0] < 1:
-            value, j, lone = value + frac[0], frac[1], False  # "two and a half", "1 and one third"
+            # "two and a half", "1 and one third"; the half of a dozen or a million is of it: "a dozen and a half" 18
+            whole = 12 if _word(toks, j - 1) == "dozen" else _SCALES.get(_word(toks, j - 1), 1)
+            value, j, lone = value + frac[0] * whole, frac[1], False
         elif not percent and (t.whole or t.kind == "word") and _word(toks, j) == "and" and j + 1 < len(toks) \
                 and (nxt := toks[j + 1]).kind == "num" and not nxt.whole and not nxt.percent \
                 and 0 < nxt.value < 1 and "/" in nxt.text:
             value, j, lone = value + nxt.value, j + 2, False  # "2 and 1/2"
+        if _word(toks, j) == "dozen" and not percent:
+            value, j, lone = value * 12, j + 1, False  # "one and a half dozen", "1 1/2 dozen"
         if _word(toks, j) in ("percent",) and not percent:
             value, j, lone = value / 100, j + 1, False
         elif _word(toks, j) in ("cent", "cents") and not percent:
             value, j, lone = value / 100, j + 1, False
+        elif not percent and (zero := _zero_after(toks, j)) is not None:
+            value, j, lone = value * zero[0], zero[1], False  # "3 below zero" is -3, not 3 and 0
         sign, either = _sign(toks, i, text)
         value *= sign
         alts = tuple(sorted({*parts, -value} if either else set(parts)))
+        after = _word(toks, j)
+        if not percent and after in _PAIRS:
+            alts = (*alts, value * 2)  # "3 pairs of socks" may become "6 socks"
+        elif not percent and after in _COINS:
+            value, alts = value * _COINS[after], (*alts, value)  # "3 dimes" is 30 cents
+        loose = lone and _pronoun_one(toks, i)
         dollars = (i > 0 and toks[i - 1].text == "$") or _word(toks, j) in ("dollar", "dollars")
         joined = _cents_after(toks, j) if dollars and not percent else None
         if joined is not None:  # "1 dollar and 50 cents", "$1 and 50 cents": 3/2, each part allowed in a seed
             cents, j = joined
             out.append(Quantity(value + cents, (*alts, value, cents)))
         else:
-            out.append(Quantity(value, alts, loose=lone))
+            out.append(Quantity(value, alts, loose=loose, noun=after if lone and not loose else ""))
         i = j
     return out
+
+
+def _starts_sentence(toks: list[_Tok], i: int) -> bool:
+    return i == 0 or (toks[i - 1].kind == "punct" and toks[i - 1].text in ".!?:")
+
+
+def _pronoun_one(toks: list[_Tok], i: int) -> bool:
+    """Whether the lone "one" at toks[i] stands for a thing or a person ("no one", "the one who", "which one", "one
+    of the boys", "one by one", "One day, …") rather than counting ("one apple", "eats one", "at least one")."""
+    before, after = _word(toks, i - 1), _word(toks, i + 1)
+    if before in _PRONOUN_AFTER or after in _PRONOUN_BEFORE or (before == "that" and not after):
+        return True  # "than that one."; "that one apple" counts
+    if (before == "by" and _word(toks, i - 2) == "one") or (after == "by" and _word(toks, i + 2) == "one"):
+        return True
+    if _word(toks, i - 2) in _PRONOUN_AFTER and (before in _ADJECTIVES or before.endswith("est")):
+        return True  # "a red one", "the cheapest one"
+    if i + 1 < len(toks) and toks[i + 1].text in ("'", "\u2019"):
+        return True  # "one's"
+    return _starts_sentence(toks, i) and after in _PERIODS  # "One day, Tom …"
+
+
+def _once_counts(toks: list[_Tok], i: int) -> bool:
+    """Whether "once" at toks[i] counts one time ("ran once.", "only once", "once a week", "once or twice") rather
+    than joining a clause ("once he buys", "Once the tank is full") or meaning now ("at once")."""
+    before, after = _word(toks, i - 1), _word(toks, i + 1)
+    if before == "at":
+        return False
+    if before in ("only", "than", "exactly", "just", "least", "most") or after == "or":
+        return True
+    if after in ("a", "an", "every", "each", "per") and _word(toks, i + 2) in _PERIODS:
+        return True
+    if _starts_sentence(toks, i):
+        return False  # "Once, long ago", "Once he buys"
+    return i + 1 == len(toks) or (toks[i + 1].kind == "punct" and toks[i + 1].text in ".,;:!?)")
+
+
+def _zero_after(toks: list[_Tok], j: int) -> tuple[int, int] | None:
+    """The "[degrees] below zero" or "above zero" after a number at toks[j]: (its sign, the index after "zero")."""
+    k = j
+    while k < min(j + 3, len(toks)) and (_word(toks, k) or toks[k].text) in _TEMPERATURE:
+        k += 1
+    if _word(toks, k) in ("below", "above") and _word(toks, k + 1) == "zero":
+        return (-1 if _word(toks, k) == "below" else 1), k + 2
+    return None
 
 
 def _cents_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
@@ -274,7 +370,7 @@ def _cents_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
 
 
 def stated(text: str) -> set[Fraction]:
-    """The values `text` states (a lone "one" or "once" is not read: "which one", "once he buys")."""
+    """The values `text` states (a pronoun "one" or a joining "once" is not read: "which one", "once he buys")."""
     return {q.value for q in quantities(text) if not q.loose}
 
 
@@ -287,3 +383,20 @@ def allowed(text: str) -> set[Fraction]:
     written in words, "third", may become "3rd")."""
     words = {Fraction(_ORDINALS[w]) for w in re.findall(r"[a-z]+", _normalise(text)) if w in _ORDINALS}
     return words | {v for q in quantities(text) for v in (q.value, *q.alts)}
+
+
+# a single thing the text names: "a pen", "each ticket", "$3 per pound", "one apple"
+_SINGLE = re.compile(r"\b(?:a|an|each|every|per|one)\s+([a-z]+)")
+
+
+def changed(original: str, rephrased: str) -> set[Fraction]:
+    """The values `rephrased` states that no faithful rephrasing of `original` states: stated(rephrased) less
+    allowed(original), where a count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs
+    $2" → "One pen costs $2", "$3 per pound" → "$3 for one pound") as long as the rephrasing names a single X no
+    more often than the original: "A pen costs $2. How much do 3 pens cost?" → "A pen costs $2. How much does one
+    pen cost?" names it twice, and its 1 is new."""
+    ok = allowed(original)
+    have = Counter(_SINGLE.findall(_normalise(original)))
+    uses = Counter(_SINGLE.findall(_normalise(rephrased)))
+    return {q.value for q in quantities(rephrased) if not q.loose and q.value not in ok
+            and not (q.noun and uses[q.noun] <= have[q.noun])}

@@ -58,9 +58,10 @@ def check_question(seed: Seed, question: str) -> None:
     the final answers, so a model that wrote $999 for $10 and kept the answer made a verified pair whose answer does
     not fit its question. Quantities are compared as values (backend/synth/quantities.py), so the notation may
     change ("2 pencils" → "two pencils", "1 1/2 cups" → "1.5 cups" or "one and a half cups", "50%" → "half",
-    "$1.50" → "1 dollar and 50 cents", 1,000 → 1000) but the quantity may not ("2 1/2" → "1 1/2",
-    "= -3" → "= 3", "3/4" → "3/5", "$10" → "eleven dollars"). A quantity left out is no new quantity."""
-    new = sorted(quantities.stated(question) - quantities.allowed(seed.question))
+    "$1.50" → "1 dollar and 50 cents", 1,000 → 1000, "a pen" → "one pen") but the quantity may not ("2 1/2" →
+    "1 1/2", "= -3" → "= 3", "3/4" → "3/5", "$10" → "eleven dollars", "3 apples" → "one apple"). A quantity left
+    out is no new quantity."""
+    new = sorted(quantities.changed(seed.question, question))
     if new:
         said = ", ".join(format_number(x) for x in new)
         raise RephraseError(f"the rephrased question has {said}, which the original has neither in digits nor in "
