@@ -114,6 +114,19 @@ def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str 
                 device=device, score_len=score_len)
 
 
+def release_memory() -> None:
+    """Give the memory of models let go back to the GPU, so that `plan_for` sees it free: Python's reference cycles
+    collected first, then PyTorch's caching allocator emptied (it keeps a freed tensor's blocks reserved for reuse,
+    and torch.cuda.mem_get_info counts them as taken). Nothing to do without CUDA."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_model(folder: Path, plan: DevicePlan | None = None):
     """(tokenizer, model) loaded as the plan says — the one loader of evaluation and chat. Without a plan:
     float32 on the CPU. trust_remote_code stays off: no code from a model folder runs."""

@@ -179,33 +179,91 @@ def scores_section(names: list[str]) -> str:
             + tables.to_markdown(scoretable.export_table(rows)).rstrip() + ("\n\nNotes:" + notes if notes else ""))
 
 
-def card_license(rec: ModelRecord) -> str | None:
-    """A base model's licence: its own card's `license` (a folder downloaded from the Hub keeps its README.md), else
-    the one DUS Studio knows for the Hub repo it came from (KNOWN_LICENSES)."""
-    card = Path(rec.path, "README.md")
-    if card.is_file() and (text := card.read_text(encoding="utf-8", errors="replace")).startswith("---"):
-        try:
-            meta = yaml.safe_load(text.split("---", 2)[1])
-        except yaml.YAMLError:
-            meta = None
-        if isinstance(meta, dict) and isinstance(meta.get("license"), str) and meta["license"] != "other":
-            return meta["license"]
-    return KNOWN_LICENSES.get(hub_id(rec) or "")
+def _front_matter(card: Path) -> dict:
+    """The YAML metadata at the top of a README.md ({} when there is none or it does not parse)."""
+    if not card.is_file() or not (text := card.read_text(encoding="utf-8", errors="replace")).startswith("---"):
+        return {}
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1])
+    except yaml.YAMLError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
-def license_meta(chain: list[ModelRecord], folder: Path) -> dict:
+def card_license(rec: ModelRecord) -> dict | None:
+    """A base model's licence metadata: its own card's (a folder downloaded from the Hub keeps its README.md):
+    `license`, and with `other` the `license_name` and `license_link` the Hub's card spec pairs with it
+    (huggingface_hub's ModelCardData); else the licence DUS Studio knows for the Hub repo it came from
+    (KNOWN_LICENSES); else None."""
+    meta = _front_matter(Path(rec.path, "README.md"))
+    if isinstance(licence := meta.get("license"), str) and licence.strip():
+        said = {k: meta[k].strip() for k in ("license_name", "license_link")
+                if licence == "other" and isinstance(meta.get(k), str) and meta[k].strip()}
+        return {"license": licence.strip(), **said}
+    known = KNOWN_LICENSES.get(hub_id(rec) or "")
+    return {"license": known} if known else None
+
+
+def _link(link: str | None, base: ModelRecord, uploaded: dict[str, Path]) -> str | None:
+    """A base card's license_link as the pushed card can give it: a URL as it is; a file of the base's repo
+    ("LICENSE", as the spec suggests) by its name when a file of that name is uploaded with the model, else as its
+    URL in the base's Hub repo; None when it is neither (a local base's file that is not uploaded)."""
+    if not link or "://" in link:
+        return link or None
+    if link.removeprefix("./") in uploaded:
+        return link.removeprefix("./")
+    return f"https://huggingface.co/{hub}/blob/main/{link.removeprefix('./')}" if (hub := hub_id(base)) else None
+
+
+def license_meta(chain: list[ModelRecord], folder: Path, *, license_name: str | None = None,
+                 license_link: str | None = None) -> dict:
     """The card's licence metadata: that of the base models it was made from when every one of them has a known
-    licence and they agree, else the licence file uploaded with the model (`license: other` with a link to it, as
-    the Hub's card spec asks for a licence it has no id for), else none (the card's text then says to set it)."""
-    known = {card_license(r) for r in chain if r.kind == "base"}
-    if len(known) == 1 and None not in known:
-        return {"license": known.pop()}
-    files = sorted(n for n in model_files(folder) if fnmatch.fnmatchcase(n, "LICENSE*"))
-    return {"license": "other", "license_link": files[0]} if files else {}
+    licence and they agree (with `other`, the name they give and the first link that can be given here), else the
+    licence file uploaded with the model (`license: other` linked to it), else none (the card's text then says to
+    set it). `license_name` / `license_link`: the pusher's, for a licence `other` whose bases name none."""
+    bases = [r for r in chain if r.kind == "base"]
+    found = [card_license(r) for r in bases]
+    uploaded = model_files(folder)
+    files = sorted(n for n in uploaded if fnmatch.fnmatchcase(n, "LICENSE*"))
+    agreed = {(f["license"], f.get("license_name")) if f else None for f in found}
+    if len(agreed) == 1 and None not in agreed:
+        licence, name = agreed.pop()
+        meta = {"license": licence} | ({"license_name": name} if name else {})
+        if licence == "other" and (link := next((k for r, f in zip(bases, found)
+                                                 if (k := _link(f.get("license_link"), r, uploaded))), None)):
+            meta["license_link"] = link
+    else:
+        meta = {"license": "other"} if files or license_name or license_link else {}
+    if (license_name or license_link) and meta.get("license") != "other":
+        raise PushRefused(f"The model's base models give its licence as {meta['license']}, an id the Hub knows: a "
+                          "licence name and link go with `license: other` only. Push without them.")
+    if meta.get("license") == "other":
+        if license_name and meta.get("license_name", license_name) != license_name:
+            raise PushRefused(f"The model's base models name its licence {meta['license_name']!r}: it is under "
+                              f"theirs, not {license_name!r}. Push without a licence name.")
+        meta["license_name"] = meta.get("license_name") or license_name
+        meta["license_link"] = license_link or meta.get("license_link") or (files[0] if files else None)
+        meta = {k: v for k, v in meta.items() if v}
+    return meta
 
 
-def model_card(name: str, repo_id: str) -> str:
-    """README.md for the Hub: metadata, lineage, scores, and the model's own card from its folder."""
+def license_note(meta: dict) -> str:
+    """The card's request for what its licence metadata lacks, or ''."""
+    if "license" not in meta:
+        return ("The licence is not known to DUS Studio: it follows the licences of the base models above. Set "
+                "`license` in this card's metadata to theirs.\n\n")
+    if meta["license"] != "other" or {"license_name", "license_link"} <= meta.keys():
+        return ""
+    ask = [k for k in ("license_name", "license_link") if k not in meta]
+    what = {"license_name": "`license_name` to an id for it (such as `my-license-1.0`)",
+            "license_link": "`license_link` to its file in this repo (`LICENSE`) or its URL"}
+    return ("The licence is `other` (one the Hub has no id for): set " + " and ".join(what[k] for k in ask)
+            + " in this card's metadata, as the Hub's model card spec asks.\n\n")
+
+
+def model_card(name: str, repo_id: str, *, license_name: str | None = None, license_link: str | None = None) -> str:
+    """README.md for the Hub: metadata, lineage, scores, and the model's own card from its folder. `license_name` /
+    `license_link`: for a licence `other` whose bases name none (license_meta)."""
     rec = registry.get(name)
     chain = ancestors(name)
     roots = [hub_id(r) for r in chain if r.kind == "base" and r.name != name]
@@ -221,7 +279,7 @@ def model_card(name: str, repo_id: str) -> str:
             "quantized" if rec.kind == "base" and rec.source == "builtin" else None
         if relation:
             meta["base_model_relation"] = relation
-    meta.update(license_meta(chain, Path(rec.path)))
+    meta.update(license_meta(chain, Path(rec.path), license_name=license_name, license_link=license_link))
     lineage = "\n".join(f"{i}. {step_line(r)}" for i, r in enumerate(chain, 1))
     local = Path(rec.path, "README.md")
     own = local.read_text(encoding="utf-8").split("---", 2)[-1].strip() if local.is_file() else ""
@@ -231,8 +289,7 @@ def model_card(name: str, repo_id: str) -> str:
             f"[arXiv 2312.15166](https://arxiv.org/abs/2312.15166)): {rec.architecture or rec.model_type}, "
             f"{rec.num_layers} layers, {rec.num_parameters:,} parameters, {rec.dtype}.\n\n"
             f"## How it was made\n\n{lineage}\n\n"
-            + ("" if "license" in meta else "The licence is not known to DUS Studio: it follows the licences of the "
-               "base models above. Set `license` in this card's metadata to theirs.\n\n")
+            + license_note(meta)
             + f"## Scores in DUS Studio\n\n{scores_section([r.name for r in chain])}\n"
             + (f"\n## Build notes\n\n{own}\n" if own else ""))
 
@@ -254,15 +311,15 @@ def check_pushable(name: str) -> ModelRecord:
     return rec
 
 
-def push_model(name: str, repo_id: str, *, private: bool = False,
-               progress: Callable[[float, str], None] = lambda f, m: None) -> dict:
+def push_model(name: str, repo_id: str, *, private: bool = False, license_name: str | None = None,
+               license_link: str | None = None, progress: Callable[[float, str], None] = lambda f, m: None) -> dict:
     """Upload a registered model's files (model_files) and its card (model_card) to a Hub model repo in one commit:
     {pushed: the model, url, files, size}."""
     from backend.names import human_bytes
 
     rec = check_pushable(name)
     files: dict[str, Path | bytes] = dict(model_files(Path(rec.path)))
-    files["README.md"] = model_card(name, repo_id).encode()
+    files["README.md"] = model_card(name, repo_id, license_name=license_name, license_link=license_link).encode()
     size = human_bytes(sum(f.stat().st_size for f in files.values() if isinstance(f, Path)))
     progress(0.05, f"pushing {len(files)} files ({size}) of {name} to {repo_id}")
     url = commit(repo_id, "model", files, f"Add {name} from DUS Studio", private=private)

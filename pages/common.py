@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from backend import registry, runner
+from backend import evaldevice, registry, runner
 from backend.chat import load
 from backend.specs import TRAIN_KINDS
 from storage import db
@@ -25,8 +26,9 @@ def via_app(page_file: str) -> None:
 
 
 def human(n: float) -> str:
+    """12.3K, 1.0M: the unit is chosen after rounding (999,999 read "1,000.0K")."""
     for unit in ("", "K", "M", "B", "T"):
-        if abs(n) < 1000:
+        if abs(round(n, 1 if unit else 0)) < 1000:
             return f"{n:,.1f}{unit}" if unit else f"{n:,.0f}"
         n /= 1000
     return f"{n:.1f}P"
@@ -51,18 +53,39 @@ def submit(spec, key: str, **kw) -> int | None:
     return job_id
 
 
+# Workers started from the app's "Start worker" button: one server process serves every session, so each sees them.
+_started: list[subprocess.Popen] = []
+_starting = threading.Lock()
+
+
 def worker_banner() -> None:
-    """Jobs run in the worker process; say so plainly when none is running, and offer to start one."""
+    """Jobs run in the worker process; say so plainly when none is running, and offer to start one. A worker
+    started here beats only once it is up (imports, database, orphan recovery: seconds): until then the banner says
+    it is starting instead of offering the button again, which started a second worker (two jobs at once on one
+    GPU); one that ended without beating is said with its exit code and the end of its log."""
     if runner.worker_alive():
+        return
+    log_path = db.workspace() / "logs" / "worker.log"
+    last = _started[-1] if _started else None
+    if last is not None and last.poll() is None:
+        st.info(f"The job worker is starting (process {last.pid}); queued jobs start once it is up.")
         return
     col1, col2 = st.columns([4, 1])
     col1.warning("No job worker is running, so queued jobs wait. The README's run command starts one; "
                  "or run `python -m backend worker` in a terminal.")
+    if last is not None:  # started from here and ended since (at its start, or later): why is in its log
+        tail = "\n".join(runner.log_tail(log_path, 5)) if log_path.exists() else ""
+        col1.caption(f"The worker started from here ended (exit code {last.returncode}). Its log `{log_path}` "
+                     "ends:" if tail else f"The worker started from here ended (exit code {last.returncode}).")
+        if tail:
+            col1.code(tail, language="text")
     if col2.button("Start worker", key="start_worker"):
-        log = open(db.workspace() / "logs" / "worker.log", "ab")
-        subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-        st.toast("Worker started")
+        with _starting:  # two sessions clicking at once start one worker
+            if not _started or _started[-1].poll() is not None:
+                with open(log_path, "ab") as log:  # the child has its own copy of the file
+                    _started.append(subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT,
+                                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        st.rerun()  # the banner says it is starting
 
 
 def job_status(job_id: int) -> None:
@@ -159,11 +182,34 @@ def cached_model(path: str, name: str):
     return load(path, name)
 
 
+def _fitted(path: str, name: str):
+    """cached_model; when the GPU has no room for the model beside those the cache holds (evaldevice.plan refuses
+    it), once more after letting them go: nothing else frees them (the cache evicts only past 4 models), so a
+    refused model stayed refused until the app was restarted. A model another session is answering with stays in
+    memory until its reply ends; the error then says what does not fit, with the numbers."""
+    try:
+        return cached_model(path, name)
+    except evaldevice.DeviceError:
+        pass  # retried outside the handler: the exception's traceback is let go with it
+    cached_model.clear()
+    evaldevice.release_memory()
+    try:
+        return cached_model(path, name)
+    except evaldevice.DeviceError as exc:
+        # a model in use stays in memory: one still answering in another session, one loaded for the same arena round
+        raise evaldevice.DeviceError(f"{name} does not fit on the GPU even with the models the pages had loaded "
+                                     f"unloaded (those still answering stay until they are done): {exc}") from None
+
+
 def current_model(path: str, name: str):
     """cached_model, loaded again when its folder changed since (LoadedModel.stale): a model deleted and imported
-    again under its name was answered from the cache by the deleted one's weights (Models and Arena pages)."""
-    lm = cached_model(path, name)
+    again under its name was answered from the cache by the deleted one's weights (Models and Arena pages). On
+    CUDA, models the cache holds are let go when the next does not fit beside them (_fitted)."""
+    lm = _fitted(path, name)
     if lm.stale():
+        # let go before the reload: held here, the stale copy took the room its successor needs on the GPU
+        lm = None
         cached_model.clear(path, name)
-        lm = cached_model(path, name)
+        evaldevice.release_memory()
+        lm = _fitted(path, name)
     return lm
