@@ -859,7 +859,8 @@ def cmd_chat(a) -> None:
 
 
 MODELS_OPTIONS = {"list": ("json",), "import": ("name", "allow_pickle", "queue", "after"), "delete": ("force",),
-                  "push": ("repo", "private", "queue", "after")}  # what each `models` action reads
+                  "push": ("repo", "private", "license_name", "license_link", "queue",
+                           "after")}  # what each `models` action reads
 
 
 def cmd_models(a) -> None:
@@ -867,8 +868,9 @@ def cmd_models(a) -> None:
 
     # the options are the `models` parser's, shared by its actions: one another action reads was dropped without a
     # word (`models list --name tiny --json` gave every model; `models import X --queue` ran here), refused instead
-    unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private", "queue",
-                                                    "after") if getattr(a, k) is not None
+    unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private",
+                                                    "license_name", "license_link", "queue", "after")
+              if getattr(a, k) is not None
               and getattr(a, k) is not False and k not in MODELS_OPTIONS[a.action]]  # --after 0 is given too
     if a.action == "list" and a.target:
         unused.insert(0, f"TARGET {a.target!r}")
@@ -914,7 +916,8 @@ def cmd_models(a) -> None:
         if not a.target or not a.repo:
             raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
         # as every job command: here, or with --queue / --after the worker's (a model of many GiB)
-        _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private), a)
+        _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private, license_name=a.license_name,
+                               license_link=a.license_link), a)
 
 
 def cmd_auth(a) -> None:
@@ -1478,6 +1481,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "
                         "access; exit code 1 when the Hub refused the push or could not be reached)")
     m.add_argument("--private", action="store_true", help="push: make the repo private if it is made")
+    m.add_argument("--license-name", metavar="ID", help="push: for a licence `other` whose base models name none, "
+                                                        "the card's license_name (e.g. my-license-1.0)")
+    m.add_argument("--license-link", metavar="FILE|URL", help="push: for a licence `other`, the card's license_link "
+                                                              "(a file uploaded with the model, or a URL)")
     m.add_argument("--queue", action="store_true", help="import, push: hand the download or upload to the worker "
                                                         "instead of running it here")
     m.add_argument("--after", type=int, help="import, push: queue it to run after this job succeeds (push: the "

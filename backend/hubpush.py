@@ -329,4 +329,5 @@ def push_model(name: str, repo_id: str, *, private: bool = False, license_name: 
 
 def run_push(spec, out_dir: Path | None = None, progress: Callable[[float, str], None] | None = None) -> dict:
     """The job form of push_model (a PushSpec): a model of many GiB uploads in the worker, not in a page."""
-    return push_model(spec.model, spec.repo, private=spec.private, progress=progress or (lambda f, m: None))
+    return push_model(spec.model, spec.repo, private=spec.private, license_name=spec.license_name,
+                      license_link=spec.license_link, progress=progress or (lambda f, m: None))

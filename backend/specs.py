@@ -156,6 +156,23 @@ class PushSpec(_Spec):
     model: str = Field(description="registered model name")
     repo: str = Field(description="the Hub model repo, owner/name (made if missing)")
     private: bool = Field(False, description="make the repo private if this push makes it")
+    license_name: str | None = Field(None, description="for a licence `other` whose base models name none: the id "
+                                                       "the card gives it (the Hub's license_name, e.g. my-license-1.0)")
+    license_link: str | None = Field(None, description="for a licence `other`: its file in the repo (LICENSE) or "
+                                                       "its URL (the Hub's license_link)")
+
+    @field_validator("license_name", "license_link")
+    @classmethod
+    def _licence(cls, v: str | None) -> str | None:
+        return (v.strip() or None) if v is not None else None
+
+    @field_validator("license_name")
+    @classmethod
+    def _licence_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", v):
+            raise ValueError(f"{v!r}: a licence name is an id of lower-case letters, digits, '.' and '-' "
+                             "(e.g. my-license-1.0), as the Hub's model card spec asks.")
+        return v
 
     @field_validator("repo")
     @classmethod

@@ -47,10 +47,12 @@ if not models:
 registered = {r.name for r in models}
 table = pd.DataFrame([{
     "name": r.name, "kind": r.kind, "layers": r.num_layers, "hidden": r.hidden_size,
-    "parameters": human(r.num_parameters), "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
+    "parameters": r.num_parameters, "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
     "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r, registered)) or "—", "made by": r.source,
     "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
-st.dataframe(table, hide_index=True, key="models_table")
+# the parameters as numbers (as text, "1.0B" sorted before "135.0M"), shown compact
+st.dataframe(table, hide_index=True, key="models_table",
+             column_config={"parameters": st.column_config.NumberColumn(format="compact")})
 
 
 
@@ -63,10 +65,20 @@ def push_control(rec) -> None:
     repo = st.text_input("Hub repo (owner/name; made if missing)", key=f"push_repo_{rec.name}",
                          placeholder=f"your-name/{rec.name}")
     private = st.checkbox("Private repo", key=f"push_private_{rec.name}", help="if the repo is made by this push")
+    # the Hub's card spec pairs a licence `other` with license_name and license_link; the bases' card gives them,
+    # else the card asks for them (its preview below) and they are typed here
+    name_col, link_col = st.columns(2)
+    license_name = name_col.text_input("Licence name (only for a licence `other`)", key=f"push_lname_{rec.name}",
+                                       placeholder="my-license-1.0", help=PushSpec.model_fields["license_name"]
+                                       .description)
+    license_link = link_col.text_input("Licence link (only for a licence `other`)", key=f"push_llink_{rec.name}",
+                                       placeholder="LICENSE or https://…", help=PushSpec.model_fields["license_link"]
+                                       .description)
     spec = None
     if repo:
         try:
-            spec = PushSpec(model=rec.name, repo=repo, private=private)
+            spec = PushSpec(model=rec.name, repo=repo, private=private, license_name=license_name or None,
+                            license_link=license_link or None)
         except ValidationError as exc:
             st.error(explain(exc))
     # the button, why it is off and the job's outcome under the repo box they belong to: below the preview (a card
@@ -78,7 +90,14 @@ def push_control(rec) -> None:
         job_status(st.session_state[f"push_job_{rec.name}"])
     if st.toggle("Preview the model card", key=f"push_card_{rec.name}"):
         # a refused repo id (above) is no title for the card: "not a repo!!" headed the preview
-        _, meta, body = hubpush.model_card(rec.name, spec.repo if spec else f"your-name/{rec.name}").split("---\n", 2)
+        try:
+            card = hubpush.model_card(rec.name, spec.repo if spec else f"your-name/{rec.name}",
+                                      license_name=spec.license_name if spec else None,
+                                      license_link=spec.license_link if spec else None)
+        except hubpush.PushRefused as exc:  # a licence name or link the bases' licence does not take
+            st.error(str(exc))
+            return
+        _, meta, body = card.split("---\n", 2)
         with st.container(height=480, key=f"push_card_box_{rec.name}"):  # scrolls in place, the form stays in view
             st.code(meta, language="yaml")  # the Hub's metadata: as Markdown its lines ran together
             st.markdown(re.sub(r"^(#{1,3}) ", r"###\1 ", body, flags=re.M))  # its headings, smaller in this column
