@@ -129,14 +129,15 @@ def release_memory() -> None:
 
 def load_model(folder: Path, plan: DevicePlan | None = None):
     """(tokenizer, model) loaded as the plan says — the one loader of evaluation and chat. Without a plan:
-    float32 on the CPU. trust_remote_code stays off: no code from a model folder runs."""
+    float32 on the CPU. trust_remote_code is off, said (left to decide, transformers asks on a terminal whether to run
+    a remote-code model's own code, and a "y" ran it): no code from a model folder runs, such a model is refused."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32}
+    kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32, "trust_remote_code": False}
     if plan and plan.attn:
         kw["attn_implementation"] = plan.attn
     model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()

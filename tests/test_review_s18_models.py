@@ -219,3 +219,21 @@ def test_a_remote_code_type_is_never_offered_to_run(tokenizer_dir, tmp_path, mon
     assert asked == []
     assert set(_py(out)) == WANT_PY
     assert json.loads((out / "config.json").read_text())["model_type"] == "foo_custom"
+
+
+def test_evaluation_and_chat_never_offer_to_run_a_models_code(tokenizer_dir, tmp_path, monkeypatch):
+    """evaldevice.load_model (evaluation, chat, the Arena) left trust_remote_code to transformers, which asks on a
+    terminal (`python -m backend chat`) whether to run a remote-code model's code: now refused, never asked."""
+    import builtins
+
+    from backend.evaldevice import load_model
+
+    src = make_remote(tokenizer_dir, tmp_path / "custom", seed=1)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "foo_custom"
+    (src / "config.json").write_text(json.dumps(cfg))
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(src)
+    assert asked == []
