@@ -7,14 +7,15 @@ any OpenAI-compatible server that grades the reply against the references.
 
     correct    a reference answer is in the reply (text: normalised whole-word match, anywhere for a script
                written without spaces; math: the final answer equals a reference as a number)
-    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) states no number
-    cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no \\boxed{}, '#### n' or
-               'the answer is'; its last number is only where it stopped): it never answered
+    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) ends with no number
+    cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no number yet, or no
+               \\boxed{}, '#### n' or 'the answer is'; its last number is only where it stopped): it never answered
     wrong      otherwise: a confident answer that is not a reference (on an unanswerable question: any answer)
 
 Per model and item kind: accuracy (correct ÷ all), abstention rate, hallucination rate (wrong ÷ all), cut-off rate,
-and precision when answering (correct ÷ (correct + wrong)). Without "cut off", a model that answers at length had
-its cut-off replies counted as hallucinations: the very confound the length analysis (backend/analysis.py) tests.
+and precision when answering (correct ÷ (correct + wrong); no row where nothing was answered). Without "cut off", a
+model that answers at length had its cut-off replies counted as hallucinations: the very confound the length analysis
+(backend/analysis.py) tests.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ ABSTAIN_PHRASES = ("i don't know", "i do not know", "i dont know", "don't know",
 RULES = [  # what the compare page shows; classify() applies them in this order
     ("correct", "a reference answer is in the reply (text: normalised whole-word match, anywhere for a script "
                 "written without spaces; math: the final answer equals a reference as a number)"),
-    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) states no "
-                  "number"),
+    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) ends, not "
+                  "stopped by the token limit, with no number"),
     ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (math: no "
-                "\\boxed{}, '#### n' or 'the answer is'): it never answered, so it is neither a hallucination nor "
-                "an abstention"),
+                "number yet, or no \\boxed{}, '#### n' or 'the answer is'): it never answered, so it is neither a "
+                "hallucination nor an abstention"),
     ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
 ]
 NORMALISATION = ("lower case; accents removed (é → e) from Latin, Greek, Cyrillic, Hebrew and Arabic letters (the "
@@ -197,8 +198,10 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
         found = extract_answer(text) if text else None
         if found is not None and any(same_answer(found, a) for a in answers):
             return "correct"
-        if not text or found is None or abstains(text):
+        if not text or abstains(text):
             return "abstained"
+        if found is None:  # no number: declined, unless the token limit stopped the reply before one (counted
+            return "cut off" if truncated else "abstained"  # "abstained", it stayed in the hallucination comparison)
         return unless_cut_off("wrong", text, kind, truncated)
     if any(_mentions(normalise(text), normalise(a)) for a in answers):
         return "correct"
@@ -223,10 +226,14 @@ def flags(verdict: str) -> dict[str, bool]:
 
 
 def summarise(verdicts: list[str]) -> dict[str, float]:
+    """The rates over `verdicts`; precision (correct ÷ answered) only where something was answered: a model that
+    abstained on every item had precision 0.0 in the QA table, which reads "every answer it gave was wrong"."""
     n = len(verdicts)
+    if not n:
+        raise QAError("no verdicts to score: a QA task needs at least one item.")
     c, w, a, t = (verdicts.count(v) for v in VERDICTS)
-    return {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n, "cut_off_rate": t / n,
-            "precision": c / (c + w) if c + w else 0.0, "n": n}
+    out = {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n, "cut_off_rate": t / n}
+    return {**out, **({"precision": c / (c + w)} if c + w else {}), "n": n}
 
 
 def scores_by_kind(verdicts: list[str], kinds: list[str]) -> dict[str, float]:

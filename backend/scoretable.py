@@ -204,6 +204,18 @@ def _unreadable(r: EvalScore) -> dict:
     return ((r.details or {}).get("overlap") or {}).get("unchecked") or {}
 
 
+def _percent(share: float) -> str:
+    """A share of overlapping items as the badge writes it: whole percents, except that some but not all never
+    reads 0% or 100% (1 of 300 items read "⚠ 0%", beside the "✓ 0%" of a clean set; 299 of 300 read "⚠ 100%" with
+    a clean score beside it)."""
+    text = f"{share:.0%}"
+    if 0 < share and text == "0%":
+        return f"{100 * share:.1g}%"
+    if share < 1 and text == "100%":
+        return f"{math.floor(1000 * share) / 10:g}%"
+    return text
+
+
 def badge(r: EvalScore) -> str:
     """The overlap cell. Items checked against only part of the training data are not known to be clean: an
     unreadable source makes a 0% read 'unknown', not ✓."""
@@ -214,8 +226,8 @@ def badge(r: EvalScore) -> str:
         return "? no known training data"
     if missing := _unreadable(r):
         shown = f"{len(missing)} of {len(ov['against'])} training sets unreadable: {', '.join(missing)}"
-        return f"⚠ {ov['share_over']:.0%} + unknown ({shown})" if ov["items_over"] else f"? unknown ({shown})"
-    return f"⚠ {ov['share_over']:.0%}" if ov["items_over"] else "✓ 0%"
+        return f"⚠ {_percent(ov['share_over'])} + unknown ({shown})" if ov["items_over"] else f"? unknown ({shown})"
+    return f"⚠ {_percent(ov['share_over'])}" if ov["items_over"] else "✓ 0%"
 
 
 LINEAGE_COLUMNS = ("kind", "layers", "made from")

@@ -190,8 +190,8 @@ def test_length_explains_a_hallucination_gap():
     # Both models hallucinate 50% of their long answers and 0% of their short ones; A answers long more often.
     recs = []
     for model, n_long, n_short in (("A", 40, 10), ("B", 10, 40)):
-        recs += [Record(model, 80, i % 2 == 0, i % 2 == 1) for i in range(n_long)]
-        recs += [Record(model, 10, True, False) for _ in range(n_short)]
+        recs += [Record(model, 80, i % 2 == 0, i % 2 == 1, prompt_id=str(i)) for i in range(n_long)]
+        recs += [Record(model, 10, True, False, prompt_id=str(n_long + i)) for i in range(n_short)]  # the same 50
     res = analysis.length_controlled(recs, "A", "B", n_bins=2, boots=300)
     assert res["raw_diff"] == pytest.approx(0.4 - 0.1)
     assert res["length_controlled_diff"] == pytest.approx(0.0, abs=1e-9)

@@ -195,7 +195,7 @@ def test_cli_eval_runs_qa_and_prints_per_kind_scores(tiny_llama, capsys):
     assert main(["eval", "tiny", "--tasks", "qa", "--limit", "3", "--max-new-tokens", "8", "--device", "cpu",
                  "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "hallucination_rate[unanswerable]" in out and "precision[math]" in out
+    assert "hallucination_rate[unanswerable]" in out and "accuracy[math]" in out
     with db.session() as s:
         gens = list(s.exec(select(Generation)))
     assert sorted(g.item_kind for g in gens) == ["answerable", "math", "unanswerable"]
