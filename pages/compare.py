@@ -454,7 +454,7 @@ if len(gen_models) >= 2:
                 judged = " and neither left cut off" if lm["left_out"]["n"] else ""
                 st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered"
                            f"{judged}; reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
-                           + " ".join(n.capitalize() + "." for n in lm["notes"]))
+                           + " ".join(n[:1].upper() + n[1:] + "." for n in lm["notes"]))  # capitalize() lowered names
             fmt = lambda lo, hi: f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "(too few answers)"  # noqa: E731
             sdiff = strat["length_controlled_diff"]
             st.markdown(
