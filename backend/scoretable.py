@@ -400,8 +400,14 @@ def overlap_note(primary: dict) -> str:
              "(a training set of the lineage could not be read, such as a deleted data set), — not checked"
              ] if shown else []
     clean_words = [t for t in clean if t not in teachers]
-    parts += [f"{', '.join(clean_words)}: no item overlaps any model's training data (✓, so no column)"
+    parts += [f"{', '.join(clean_words)}: no item overlaps any model's recorded training data (✓, so no column)"
               ] if clean_words else []
+    # beside a checked model, a base model (its pretraining data not known) was said clean with the rest
+    blind = {t: sorted(m for (m, task), r in primary.items() if task == t
+                       and not ((r.details or {}).get("overlap") or {}).get("against")) for t in clean_words}
+    parts += [f"{t}: {', '.join(ms)} not checked, as no training data of {'its' if len(ms) == 1 else 'their'} "
+              "lineage is recorded here (a base model's pretraining data is not known)"
+              for t, ms in blind.items() if ms]
     parts += [f"{t}: " + ("no 8-gram in common with the training data, but " if t in clean else "besides its column, ")
               + f"{teachers[t]} teaches it in other words, and {', '.join(taught_by[t])} trained on it: their score "
               "there is of what they were taught, not held out" for t in teachers]

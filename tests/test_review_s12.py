@@ -105,7 +105,9 @@ def test_a_task_checked_against_no_training_data_is_not_called_clean():
     add(("base", "qa", "accuracy", 0.5, 20, unchecked), ("base", "synth-math", "accuracy", 0.5, 20, unchecked),
         ("tuned", "synth-math", "accuracy", 0.5, 20, checked))
     note = scoretable.overlap_note(scoretable.headline(scoretable.latest_scores()))
-    assert "synth-math: no item overlaps any model's training data (✓, so no column)" in note
+    assert "synth-math: no item overlaps any model's recorded training data (✓, so no column)" in note
+    # the base model beside the checked one was checked against nothing: said, not counted clean with it
+    assert "synth-math: base not checked, as no training data of its lineage is recorded here" in note
     assert "qa: nothing to check against, as no model's lineage has training data recorded here" in note
     assert "qa: no item overlaps" not in note and "qa, synth-math" not in note
 

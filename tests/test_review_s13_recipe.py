@@ -283,7 +283,7 @@ def test_paper_tables_without_overlap_say_so_and_add_no_column():
     [t] = [t for t in tables.run_tables_from(PAPER_STAGES) if t.key == "sft"]
     assert t.columns[-2:] == ["synth-math accuracy", "Paper H6"]
     assert t.notes == ["Training overlap (8-gram; an item under 8 words counts when it appears whole) — synth-math: "
-                       "no item overlaps any model's training data (✓, so no column)."]
+                       "no item overlaps any model's recorded training data (✓, so no column)."]
 
 
 def test_recipe_page_shows_the_overlap_note_and_a_density_surface(tiny_llama):
