@@ -87,7 +87,9 @@ def load(path: str | Path, name: str = "") -> LoadedModel:
 
     path = Path(path)
     # As evaluation: float32 on the CPU; bfloat16 + sdpa on CUDA, refused before loading when it cannot fit.
-    plan = evaldevice.plan_for(path, seq_len=2048, batch_size=1)
+    plan = evaldevice.plan_for(path, seq_len=2048, batch_size=1,  # chat has no device choice: "device: cpu" misled
+                               on_cpu="chat on the CPU (start the app or command with CUDA_VISIBLE_DEVICES set empty, "
+                                      "which hides the GPU)")
     fingerprint = folder_stat(path, missing_ok=True)  # before loading: files replaced while it loads make it stale, not fresh
     tok, model = evaldevice.load_model(path, plan)
     return LoadedModel(name or path.name, model, tok, path=path, fingerprint=fingerprint)

@@ -73,9 +73,11 @@ def scoring_bytes_per_sequence(shape: ModelShape, seq_len: int, dtype_bytes: int
 
 
 def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_len: int = 512,
-         batch_size: int | None = None, device: str = "auto", score_len: int = 256) -> DevicePlan:
+         batch_size: int | None = None, device: str = "auto", score_len: int = 256,
+         on_cpu: str = "evaluate on the CPU (device: cpu)") -> DevicePlan:
     """Decide device, dtype and the batches: generating seq_len tokens (prompt + new) and scoring texts of score_len
-    tokens whole. Raises DeviceError when the weights cannot fit in free GPU memory."""
+    tokens whole. Raises DeviceError when the weights cannot fit in free GPU memory, saying `on_cpu`: how the
+    caller's user runs it on the CPU instead."""
     if device == "cuda" and not cuda:
         raise DeviceError("device: cuda was asked for, but torch sees no CUDA device; use auto or cpu.")
     use_cuda = cuda and device != "cpu"
@@ -87,8 +89,7 @@ def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_le
     free = int(free_bytes or 0)
     if weights + RESERVE > free:
         raise DeviceError(f"the model needs about {weights / GIB:.1f} GiB in bfloat16 (+{RESERVE / GIB:.0f} GiB "
-                          f"working memory) but the GPU has {free / GIB:.1f} GiB free; free the GPU or evaluate "
-                          "on the CPU (device: cpu).")
+                          f"working memory) but the GPU has {free / GIB:.1f} GiB free; free the GPU or {on_cpu}.")
     room = free - weights - RESERVE
 
     def fitted(per_seq: int) -> tuple[int, int]:
@@ -104,14 +105,14 @@ def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_le
 
 
 def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str = "auto",
-             score_len: int = 256) -> DevicePlan:
+             score_len: int = 256, on_cpu: str = "evaluate on the CPU (device: cpu)") -> DevicePlan:
     """The plan for this machine: asks torch whether CUDA is there and how much of it is free."""
     import torch
 
     cuda = torch.cuda.is_available()
     free = torch.cuda.mem_get_info()[0] if cuda and device != "cpu" else None
     return plan(model_shape(folder), cuda=cuda, free_bytes=free, seq_len=seq_len, batch_size=batch_size,
-                device=device, score_len=score_len)
+                device=device, score_len=score_len, on_cpu=on_cpu)
 
 
 def release_memory() -> None:

@@ -237,3 +237,19 @@ def test_evaluation_and_chat_never_offer_to_run_a_models_code(tokenizer_dir, tmp
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(src)
     assert asked == []
+
+
+def test_a_chat_that_does_not_fit_the_gpu_says_how_to_chat_on_the_cpu(tiny_llama, monkeypatch):
+    """Chat (its page, `python -m backend chat`, model rephrasing) has no device option: the refusal told its user to
+    "evaluate on the CPU (device: cpu)"; evaluation keeps that advice, which its spec takes."""
+    import torch
+
+    from backend import chat, evaldevice
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2**20, 2**30))  # 1 MiB free: nothing fits
+    with pytest.raises(evaldevice.DeviceError, match="CUDA_VISIBLE_DEVICES") as said:
+        chat.load(tiny_llama, "tiny")
+    assert "device: cpu" not in str(said.value)
+    with pytest.raises(evaldevice.DeviceError, match=r"evaluate on the CPU \(device: cpu\)"):
+        evaldevice.plan_for(tiny_llama, seq_len=256, batch_size=None)
