@@ -21,8 +21,10 @@ torch.compile (inductor has a CPU backend) and fused AdamW (torch has a CPU impl
 from __future__ import annotations
 
 import importlib.util
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 # The import name each optional kernel package provides (what transformers itself checks for).
 PACKAGES = {"liger": "liger_kernel", "flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface",
@@ -176,17 +178,65 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return next((peak for key, peak in GPU_PEAKS if key.lower() in device_name.lower()), None)
 
 
+def _matmul_params(config, num_parameters: int) -> int:
+    """N of 2·N: the parameters in matrix products, without the input embedding (a lookup, no FLOPs). A tied
+    embedding is also the LM head, a real product: it stays counted."""
+    embed = config.vocab_size * config.hidden_size
+    return num_parameters - (0 if getattr(config, "tie_word_embeddings", False) else embed)
+
+
 def flops_per_token(config, num_parameters: int, seq_len: int, trainable: int | None = None) -> float:
     """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B): 6·N for the matrix products of forward
-    and backward, N without the input embedding (a lookup, no FLOPs), plus 12·L·d·s for attention scores and values.
-    A tied embedding is also the LM head, a real product: it stays counted. The 6 is 2 (forward) + 2 (the backward's
-    gradient of each product's input) + 2 (of its weight): a frozen weight has no weight gradient, so with LoRA
-    (num_parameters: base and adapters; trainable: the adapters) it is 4·N + 2·trainable. Counted as 6·N, a LoRA
-    run's MFU read 1.5 times what the GPU did."""
-    embed = config.vocab_size * config.hidden_size
-    n = num_parameters - (0 if getattr(config, "tie_word_embeddings", False) else embed)
+    and backward, N without the input embedding, plus 12·L·d·s for attention scores and values.
+    The 6 is 2 (forward) + 2 (the backward's gradient of each product's input) + 2 (of its weight): a frozen weight
+    has no weight gradient, so with LoRA (num_parameters: base and adapters; trainable: the adapters) it is
+    4·N + 2·trainable. Counted as 6·N, a LoRA run's MFU read 1.5 times what the GPU did."""
+    n = _matmul_params(config, num_parameters)
     return 4 * n + 2 * (n if trainable is None else trainable) + \
         12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def forward_flops_per_token(config, num_parameters: int, seq_len: int) -> float:
+    """FLOPs per token of a forward pass alone (no gradient): 2·N + 4·L·d·s, the forward third of flops_per_token.
+    What DPO's frozen reference costs: run on every step's tokens beside the policy, or once over the data before
+    training (trl's precompute_ref_log_probs). num_parameters: the reference's (with LoRA the base, adapters off)."""
+    return 2 * _matmul_params(config, num_parameters) + 4 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+@dataclass
+class ForwardCount:
+    tokens: int = 0               # input tokens (padding included: it is computed) over all forwards
+    first: float | None = None    # time.perf_counter() when the first forward began
+    last: float | None = None     # and when the last one ended
+
+    @property
+    def seconds(self) -> float:
+        return (self.last - self.first) if self.first is not None and self.last is not None else 0.0
+
+
+@contextmanager
+def count_forwards(model) -> Iterator[ForwardCount]:
+    """The tokens and seconds of `model`'s forward passes inside the block (forward hooks, removed after it). For
+    the DPO reference precompute, which trl runs inside DPOTrainer() (train and held-out sets), outside every
+    training step: no step's tokens/s holds it. A peft wrapper calls the model as a module: counted alike."""
+    count = ForwardCount()
+
+    def before(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        count.tokens += int(ids.numel()) if ids is not None else 0
+        if count.first is None:
+            count.first = time.perf_counter()
+
+    def after(module, args, kwargs, output):
+        count.last = time.perf_counter()
+
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield count
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def compile_layers(model) -> int:

@@ -92,7 +92,13 @@ class MetricsCallback(TrainerCallback):
     """Every log line goes to metrics.jsonl and, inside a job, to job_metrics rows and the job's progress.
     flops_per_token and peak_flops (all processes together) add an `mfu` beside `tokens_per_s`. `tokens_per_s` is
     the training's throughput: the seconds spent evaluating and saving checkpoints between two logged losses are left
-    out (a window holding an evaluation read slower than the training ran)."""
+    out (a window holding an evaluation read slower than the training ran).
+
+    `mfu` counts what a training step computes per token (model_flops_per_token): the policy's forward and
+    backward (6·N + 12·L·d·s; LoRA 4·N + 2·adapters + 12·L·d·s) and, in DPO whose reference runs every step, the
+    reference's forward (2·N + 4·L·d·s). DPO's reference precomputed (precompute_ref_log_probs) is a forward pass
+    over the data before step 1, in no step's window: it gets its own line at the step the run starts from
+    (`ref_precompute_tokens`, `ref_precompute_tokens_per_s`, `ref_precompute_mfu` at 2·N + 4·L·d·s per token)."""
 
     def __init__(self, run_dir: Path, max_steps: int, job_id: int | None, flops_per_token: float | None = None,
                  peak_flops: float | None = None):
@@ -103,6 +109,7 @@ class MetricsCallback(TrainerCallback):
         self.start_step = 0
         self.last_tokens = 0
         self.paused = 0.0  # seconds of evaluation and checkpointing since last_t
+        self.precompute: dict[str, float] = {}  # the DPO reference precompute's line, written by on_train_begin
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_step = state.global_step  # > 0 when resumed
@@ -111,15 +118,37 @@ class MetricsCallback(TrainerCallback):
         self.last_tokens = state.num_input_tokens_seen or 0
         if state.is_world_process_zero and self.start_step:
             self.forget_after(self.start_step)  # values logged after the checkpoint will be logged again
+        if state.is_world_process_zero and self.precompute:  # a run resumed twice from one checkpoint precomputed
+            self.forget_at(self.start_step, set(self.precompute))  # twice: its line at that step is the last one
+            self.record(self.start_step, self.precompute)
+
+    def precomputed(self, tokens: int, seconds: float, flops_per_token: float) -> None:
+        """The DPO reference precompute (tokens of every process, seconds, forward FLOPs per token): logged at the
+        step the run starts from, once its earlier lines are settled (on_train_begin)."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        self.precompute = {"ref_precompute_tokens": float(tokens), "ref_precompute_tokens_per_s": tokens / seconds}
+        if self.peak_flops:
+            self.precompute["ref_precompute_mfu"] = tokens / seconds * flops_per_token / self.peak_flops
 
     def forget_after(self, step: int) -> None:
         """Drop what was logged past `step`, in metrics.jsonl and the job's metric rows: a resumed run logs those
         steps again (-1: everything, for a run that starts over because it was stopped before its first checkpoint).
         metrics.jsonl was left a plain log, so a resumed run's file held steps 11, 12, 13, 11, 12, …: a reader of it
         (a foreground run has no rows; bench/gpu_train_mfu.py takes its tokens_per_s) counted those steps twice."""
+        self._drop(lambda at, names: at > step, lambda m: [m.step > step])
+
+    def forget_at(self, step: int, names: set[str]) -> None:
+        """Drop the lines at `step` that hold any of `names`, in metrics.jsonl and the job's metric rows."""
+        self._drop(lambda at, logged: at == step and bool(names & logged),
+                   lambda m: [m.step == step, m.name.in_(names)])
+
+    def _drop(self, goes, rows) -> None:
+        """metrics.jsonl without the lines for which goes(step, names) holds (and a line cut by a kill), and the
+        job's rows matching rows(JobMetric) deleted."""
         if self.path.exists():
-            kept = [ln + "\n" for ln in self.path.read_text().splitlines()  # (a line cut by a kill: dropped)
-                    if (at := _logged_step(ln)) is not None and at <= step]
+            kept = [ln + "\n" for ln in self.path.read_text().splitlines()
+                    if (at := _logged_step(ln)) is not None and not goes(at, set(json.loads(ln)))]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, self.path)  # whole, or not at all: a kill here leaves the old log
@@ -130,7 +159,7 @@ class MetricsCallback(TrainerCallback):
         from storage.models import JobMetric
 
         with db.session() as s:
-            s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.step > step))
+            s.exec(delete(JobMetric).where(JobMetric.job_id == self.job_id, *rows(JobMetric)))
             s.commit()
 
     def on_step_end(self, args, state, control, **kw):
@@ -196,8 +225,9 @@ class MetricsCallback(TrainerCallback):
 
 
 def load_model(path: str, attention: str | None = None):
-    """bf16 on CUDA, float32 on a CPU; attention: perf's choice (None: transformers' default)."""
-    kwargs = {"dtype": torch.bfloat16 if CUDA else torch.float32}
+    """bf16 on CUDA, float32 on a CPU; attention: perf's choice (None: transformers' default). trust_remote_code off,
+    said: left to decide, transformers asks on a terminal whether to run a remote-code model's own code."""
+    kwargs = {"dtype": torch.bfloat16 if CUDA else torch.float32, "trust_remote_code": False}
     if attention:
         kwargs["attn_implementation"] = attention
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -340,11 +370,35 @@ def build_trainer(spec, model, ref_model, tok, args, train, evals, callbacks):
                       callbacks=callbacks, peft_config=peft_config)
 
 
+def reference_each_step(spec, trainer) -> bool:
+    """Whether trl's DPO runs the reference forward in every step (its log-probs not precomputed)."""
+    return spec.kind == "dpo" and not getattr(trainer.args, "precompute_ref_log_probs", False)
+
+
 def model_flops_per_token(spec, trainer) -> float:
-    """perf.flops_per_token of the model as it trains: with LoRA, peft's adapters (trainable) beside the frozen base."""
+    """FLOPs of a training step per token (what MetricsCallback's `mfu` counts): perf.flops_per_token of the model
+    as it trains (with LoRA, peft's adapters trainable beside the frozen base), and in DPO without precomputed
+    reference log-probs the reference's forward on the same tokens (trl's _compute_loss; with LoRA the base with its
+    adapters off). Left out before, such a DPO run's MFU read 6/8 of what the GPU did."""
     m = trainer.model
-    return perf.flops_per_token(m.config, m.num_parameters(), spec.max_length,
-                                m.num_parameters(only_trainable=True) if spec.lora else None)
+    adapters = m.num_parameters(only_trainable=True) if spec.lora else None
+    flops = perf.flops_per_token(m.config, m.num_parameters(), spec.max_length, adapters)
+    if reference_each_step(spec, trainer):
+        flops += perf.forward_flops_per_token(m.config, m.num_parameters() - (adapters or 0), spec.max_length)
+    return flops
+
+
+def resume_token_count(trainer, checkpoint: Path) -> None:
+    """trl (1.16) logs `num_tokens` from trainer._total_train_tokens, set to 0 in every SFTTrainer and DPOTrainer
+    and not saved in the checkpoint (transformers' num_input_tokens_seen is, in its trainer state): a resumed run
+    counted from 0 again. It goes on from the count logged at the checkpoint's step (MetricsCallback logs at every
+    save)."""
+    if not hasattr(trainer, "_total_train_tokens"):
+        return
+    history = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("log_history", [])
+    counts = [h["num_tokens"] for h in history if "num_tokens" in h]
+    if counts:
+        trainer._total_train_tokens = int(counts[-1])
 
 
 def main(run_dir: Path, extra_summary: dict | None = None) -> None:
@@ -356,7 +410,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     torch.manual_seed(spec.seed)
 
     # --- setup
-    tok = AutoTokenizer.from_pretrained(cfg["model_path"])
+    tok = AutoTokenizer.from_pretrained(cfg["model_path"], trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # The held-out share is split off each source before its weight repeats it (backend/data.py split_mix).
@@ -398,8 +452,17 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     callback = MetricsCallback(run_dir, spec.max_steps, job_id, None, peak * (world or 1) if peak else None)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
+    with perf.count_forwards(model) as precompute:  # trl's reference precompute runs inside DPOTrainer()
+        trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
     callback.flops_per_token = model_flops_per_token(spec, trainer)
+    if spec.kind == "dpo" and not reference_each_step(spec, trainer):  # (every process: the gather is collective)
+        tokens = int(trainer.accelerator.gather(torch.tensor([precompute.tokens], device=trainer.args.device)).sum())
+        m = trainer.model
+        base = m.num_parameters() - (m.num_parameters(only_trainable=True) if spec.lora else 0)
+        callback.precomputed(tokens, precompute.seconds, perf.forward_flops_per_token(m.config, base, spec.max_length))
+        if trainer.is_world_process_zero() and tokens:
+            print(f"perf: reference log-probs precomputed: {tokens} tokens in {precompute.seconds:.1f} s before "
+                  "step 1 (logged as ref_precompute_*; mfu counts the policy's steps alone)", flush=True)
     packed = bool(getattr(args, "packing", False))  # DPOConfig has none
     check_replies_fit(spec, train, trainer.train_dataset, packed)
     if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed
@@ -429,9 +492,14 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                 callback.record(0, {"reference_eval_loss": ref_loss})
 
     # --- train (from the last checkpoint when the run folder has one)
+    if checkpoints:
+        resume_token_count(trainer, checkpoints[-1])
     result = train_or_finish(trainer, checkpoints[-1] if checkpoints else None)
-    if evals is not None and result.global_step % spec.eval_steps:  # the last step was not an eval step
-        trainer.evaluate()
+    # transformers (5.24 DefaultFlowCallback) evaluates at the last step itself, before the final checkpoint is saved,
+    # when it is not an eval step: evaluating again here logged a second eval_loss at that step in every such run
+    if evals is not None and not any("eval_loss" in h and h.get("step") == result.global_step
+                                     for h in trainer.state.log_history):
+        trainer.evaluate()  # (a run whose last step went without one, e.g. a checkpoint of an older version)
     evals_logged = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     final_eval = {"eval_loss": evals_logged[-1]} if evals_logged else {}
 
