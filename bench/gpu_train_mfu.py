@@ -375,6 +375,10 @@ def main() -> int:
         longest[what] = max(longest[what], time.time() - t0)
         if r is not None:
             fpt = perf.flops_per_token(_config(folders[layers]), _params(folders[layers]), a.seq)
+            if what == "job" and kind == "dpo" and getattr(arg, "precompute_ref_log_probs", None) is False:
+                # trl's default: the frozen reference's forward on every step's tokens, compute the GPU did (the
+                # precomputed run's pass comes before training, outside the tokens/s window: its own job line)
+                fpt += perf.forward_flops_per_token(_config(folders[layers]), _params(folders[layers]), a.seq)
             r.update(layers=layers, kind=kind, path=label, mfu=r["tokens_per_s"] * fpt / peak
                      if peak and "tokens_per_s" in r else None)
             results.append(r)
