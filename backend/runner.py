@@ -1140,8 +1140,10 @@ def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
     # a user's data script) could read it from its environment
     env = {k: v for k, v in os.environ.items() if k not in (PASSWORD_ENV, HASH_ENV)}
     env.update(DUS_WORKSPACE=str(db.workspace()), PYTHONUNBUFFERED="1")
+    # no stdin either: a worker started from a terminal handed its own on, and a prompt in a job (transformers'
+    # "run the custom code? [y/N]") read the worker's keyboard
     proc = subprocess.Popen([sys.executable, "-m", "backend", "jobs", "exec", str(job.id)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                             cwd=Path(__file__).resolve().parent.parent)
     try:  # before it starts its own processes (accelerate, the trainer): they inherit it. Never above the worker's:
         os.setpriority(os.PRIO_PROCESS, proc.pid, max(job_niceness(), os.nice(0)))  # raising one needs root

@@ -357,12 +357,22 @@ def test_a_job_process_gets_no_login_secret(monkeypatch):
     monkeypatch.setenv(auth.HASH_ENV, auth.hash_password("correct horse"))
     monkeypatch.setenv(auth.PASSWORD_ENV, "correct horse")
     monkeypatch.setenv("DUS_SOMETHING_ELSE", "kept")
-    proc = runner.start_child(_job("eval", "running", {"kind": "eval", "models": ["nothing"]}))
+    r, w = os.pipe()  # the worker's stdin, as a terminal would be (the test run's own may be /dev/null already)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    try:
+        proc = runner.start_child(_job("eval", "running", {"kind": "eval", "models": ["nothing"]}))
+    finally:
+        os.dup2(saved, 0)
+        for fd in (r, w, saved):
+            os.close(fd)
     try:
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        stdin = os.readlink(f"/proc/{proc.pid}/fd/0")  # the worker's terminal was handed on
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     names_seen = {e.split(b"=", 1)[0].decode() for e in environ if e}
     assert "DUS_SOMETHING_ELSE" in names_seen and "DUS_WORKSPACE" in names_seen
     assert not {auth.HASH_ENV, auth.PASSWORD_ENV} & names_seen
+    assert stdin == "/dev/null"
