@@ -60,13 +60,16 @@ SAME = [  # the same quantities in another notation
 ]
 
 
-@pytest.mark.parametrize("question, rephrased, new", CHANGED)
+from tests.test_review_s18_quantities import CHANGED as CHANGED_IN_WORDS, SAME as SAME_IN_WORDS  # noqa: E402
+
+
+@pytest.mark.parametrize("question, rephrased, new", CHANGED + CHANGED_IN_WORDS)
 def test_a_changed_quantity_is_refused_in_any_notation(question, rephrased, new):
     with pytest.raises(RephraseError, match=f"has {re.escape(new)}, which the original has neither"):
         _check(question, rephrased)
 
 
-@pytest.mark.parametrize("question, rephrased", SAME)
+@pytest.mark.parametrize("question, rephrased", SAME + SAME_IN_WORDS)
 def test_the_same_quantity_in_another_notation_passes(question, rephrased):
     _check(question, rephrased)
 

@@ -203,30 +203,11 @@ def test_read_chat_template_agrees_with_transformers(tokenizer_dir, tmp_path, la
     assert want == {"jinja": CHATML, "text": other, "named": other, "jinja-over-named": CHATML, "none": None}[layout]
 
 
-def test_a_remote_code_type_is_never_offered_to_run(tokenizer_dir, tmp_path, monkeypatch):
-    """A model_type transformers does not know, with an auto_map: left to decide, transformers asks on the terminal
-    ("Do you wish to run the custom code? [y/N]") while the upscale reads the config's per-layer lists; "y" ran the
-    model's code. Its modules here stop the process if imported."""
+@pytest.fixture
+def unknown_type(tokenizer_dir, tmp_path, monkeypatch):
+    """(a remote-code model of a model_type transformers does not know, the prompts `input` was asked); `input`
+    answers "y", as a user at a terminal might. Its modules stop the process if imported."""
     import builtins
-
-    src = make_remote(tokenizer_dir, tmp_path / "custom", seed=1)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["model_type"] = "foo_custom"
-    (src / "config.json").write_text(json.dumps(cfg))
-    asked = []
-    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "n")
-    out = Path(run_upscale(UpscaleSpec(base=str(src), m=1, name="custom-dus"))["path"])
-    assert asked == []
-    assert set(_py(out)) == WANT_PY
-    assert json.loads((out / "config.json").read_text())["model_type"] == "foo_custom"
-
-
-def test_evaluation_and_chat_never_offer_to_run_a_models_code(tokenizer_dir, tmp_path, monkeypatch):
-    """evaldevice.load_model (evaluation, chat, the Arena) left trust_remote_code to transformers, which asks on a
-    terminal (`python -m backend chat`) whether to run a remote-code model's code: now refused, never asked."""
-    import builtins
-
-    from backend.evaldevice import load_model
 
     src = make_remote(tokenizer_dir, tmp_path / "custom", seed=1)
     cfg = json.loads((src / "config.json").read_text())
@@ -234,6 +215,29 @@ def test_evaluation_and_chat_never_offer_to_run_a_models_code(tokenizer_dir, tmp
     (src / "config.json").write_text(json.dumps(cfg))
     asked = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")
+    return src, asked
+
+
+def test_a_remote_code_type_is_never_offered_to_run(unknown_type):
+    """A model_type transformers does not know, with an auto_map: left to decide, transformers asks on the terminal
+    ("Do you wish to run the custom code? [y/N]") while the upscale reads the config's per-layer lists; "y" ran the
+    model's code."""
+    src, asked = unknown_type
+    out = Path(run_upscale(UpscaleSpec(base=str(src), m=1, name="custom-dus"))["path"])
+    assert asked == []
+    assert set(_py(out)) == WANT_PY
+    assert json.loads((out / "config.json").read_text())["model_type"] == "foo_custom"
+
+
+@pytest.mark.parametrize("loader", ["evaldevice", "train_entry"])
+def test_evaluation_chat_and_training_never_offer_to_run_a_models_code(unknown_type, loader):
+    """evaldevice.load_model (evaluation, chat, the Arena) and the training job's loader left trust_remote_code to
+    transformers, which asks on a terminal (`python -m backend chat`) whether to run a remote-code model's code: now
+    refused, never asked."""
+    import importlib
+
+    load_model = importlib.import_module(f"backend.{loader}").load_model
+    src, asked = unknown_type
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(src)
     assert asked == []
