@@ -48,8 +48,11 @@ n = the processes a shard spans, b = 2 (bfloat16):
     FSDP + fsdp_offload_params: true                 0            0              0               (4Ψ + 12Φ)/n
 
 ZeRO's 2 + 2 + 12 bytes (bfloat16 weights and gradients; float32 master weights, momentum and variance) are the ZeRO
-paper's (arXiv 1910.02054, section 3.1); the offload columns follow ZeRO-Offload (arXiv 2101.06840: float32 gradients
-and optimizer on the host, bfloat16 parameters on the GPU unless offload_param). FSDP's 4 bytes: accelerate upcasts
+paper's (arXiv 1910.02054, section 3.1); DeepSpeed's step adds a float32 copy of the local gradient partition (4Φ/n;
+ZeRO-3 one sub-group of at most 10⁹ values at a time), which its own estimators count (ZeRO-3: 18Ψ/n); the offload
+columns follow ZeRO-Offload (arXiv 2101.06840: float32 gradients and optimizer on the host, bfloat16 parameters on
+the GPU unless offload_param). Without sharding the job has no float32 master copy: bfloat16 weights, gradients and
+AdamW states, 8 bytes a parameter (the ZeRO paper's 16 are its mixed precision). FSDP's 4 bytes: accelerate upcasts
 bfloat16 weights to float32 shards under mixed precision (accelerator.py, "Upcasted low precision parameters"),
 AdamW's two states follow them; with offload the parameter and gradient shards live on the host and the step runs
 there (torch's CPUOffload). Every sharded GPU also holds the gathered bfloat16 copy of the running layer and the next
@@ -85,8 +88,10 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768
 # (logits, exp, probabilities, the gradient); Triton works in place. Measured with MemTracker (tests/test_memplan.py).
 CPU_HEAD_TILE_TEMPS = 7
 # bitsandbytes AdamW8bit: two 1-byte states + one float32 absmax per 256-value block each; tensors under 4096 values
-# keep 32-bit states (min_8bit_size).
+# keep 32-bit states (min_8bit_size), and so does every nn.Embedding under the HF Trainer (its override).
 BNB_BLOCK, BNB_MIN_8BIT = 256, 4096
+# DeepSpeed ZeRO-3's default sub_group_size: the optimizer steps this many values of a partition at a time
+DS_SUB_GROUP = 10 ** 9
 
 STRATEGIES = {
     "full": "full fine-tuning",
@@ -131,12 +136,14 @@ class ModelShape:
     params: int  # every parameter once (tied embeddings counted once)
     layer_params: int  # the largest decoder layer
     embed_params: int  # the input embedding
-    linears: tuple[tuple[str, int, int], ...] = field(repr=False)  # (name, in, out): nn.Linear except the LM head
-    param_sizes: tuple[int, ...] = field(repr=False, default=())  # numel of every parameter
+    # (name, in, out): every layer peft's LoRA adapts as a linear (nn.Linear, transformers' Conv1D) but the LM head
+    linears: tuple[tuple[str, int, int], ...] = field(repr=False)
+    param_sizes: tuple[int, ...] = field(repr=False, default=())  # numel of every parameter outside nn.Embedding
+    embedding_sizes: tuple[int, ...] = field(repr=False, default=())  # numel of every nn.Embedding's parameters
 
     def lora_targets(self, target_modules: str = "all-linear") -> list[tuple[str, int, int]]:
-        """The linears peft adapts: all-linear = every nn.Linear but the output layer; else a module whose name is a
-        listed name or ends with '.' + one."""
+        """The linears peft adapts: all-linear = every nn.Linear and Conv1D but the output layer (peft's
+        _maybe_include_all_linear_layers); else a module whose name is a listed name or ends with '.' + one."""
         if target_modules == "all-linear":
             return list(self.linears)
         keys = [k.strip() for k in target_modules.split(",") if k.strip()]
@@ -157,16 +164,22 @@ def shape_from_config(config) -> ModelShape:
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
     if isinstance(config, dict):
         data = dict(config)
         config = AutoConfig.for_model(data.pop("model_type"), **data)
     with init_empty_weights(), torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)  # never a folder's code
     model.tie_weights()  # not done on the meta device; follows config.tie_word_embeddings
     head = model.get_output_embeddings()
-    linears = tuple((n, m.in_features, m.out_features) for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and m is not head)
+    # peft adapts transformers' Conv1D (GPT-2's c_attn, c_fc, c_proj) as a linear of nx inputs and nf outputs: left
+    # out, a GPT-2 LoRA counted no trainable parameter and target_modules "c_attn" refused the job
+    linears = tuple((n, m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else (n, m.nx, m.nf)
+                    for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head)
+    # the HF Trainer gives every nn.Embedding's weight 32-bit states under a bitsandbytes 8-bit optimizer
+    # (trainer.py create_optimizer: register_module_override(module, "weight", {"optim_bits": 32}))
+    embedded = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     layers = next(m for m in base.children() if isinstance(m, torch.nn.ModuleList))
     text = config.get_text_config()
@@ -180,14 +193,25 @@ def shape_from_config(config) -> ModelShape:
         params=sum(p.numel() for p in model.parameters()),
         layer_params=max(sum(p.numel() for p in layer.parameters()) for layer in layers),
         embed_params=model.get_input_embeddings().weight.numel(), linears=linears,
-        param_sizes=tuple(p.numel() for p in model.parameters()))
+        param_sizes=tuple(p.numel() for p in model.parameters() if id(p) not in embedded),
+        embedding_sizes=tuple(p.numel() for p in model.parameters() if id(p) in embedded))
 
 
 @lru_cache(maxsize=32)
 def _shape_cached(folder: str, config_text: str) -> ModelShape:  # the text is the key: an edited config is re-read
     from transformers import AutoConfig
 
-    return shape_from_config(AutoConfig.from_pretrained(folder))
+    # trust_remote_code False, not left out: left out, a model type transformers does not know whose config.json has
+    # an auto_map made transformers ask on the terminal whether to run the folder's code (`train --plan`), and run it
+    # on a "y". The plan never runs a model's code: such a model gets no plan (NotModelled; the job is not refused).
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise NotModelled(f"{folder} is a model type transformers does not know, defined by the folder's own code "
+                          "(config.json's auto_map): the memory plan does not run a model's code.") from None
+    return shape_from_config(config)
 
 
 def load_shape(model_path: str | Path) -> ModelShape:
@@ -221,7 +245,8 @@ class Setup:
     reference: bool | None = None  # dpo: a frozen reference copy (None: unless LoRA)
     padded: bool | None = None  # an attention mask (padding): None = dpo or unpacked sft
     bf16: bool | None = None  # None: as the job (bfloat16 on CUDA, float32 on a CPU)
-    attention: str = "sdpa"  # sdpa and flash kernels keep no (seq × seq) matrix; eager keeps the probabilities
+    # sdpa keeps no (seq × seq) probabilities (padded: its additive mask, per layer), flash none; eager keeps them
+    attention: str = "sdpa"
 
     @property
     def bytes_per_value(self) -> int:
@@ -304,6 +329,11 @@ def _layer_activation_bytes(s: ModelShape, st: Setup, padded: bool) -> float:
     per = 2 * norm + attn + mlp
     if st.attention == "eager":  # softmax in float32 (+ its cast back) over seq keys, per head and query token
         per += s.heads * st.seq * (4 + (b if b < 4 else 0))
+    elif padded and st.attention not in ("flash_attention_2", "flash_attention_3"):
+        # sdpa turns the boolean padding mask into an additive one in the query's dtype at every call
+        # (convert_boolean_attn_mask) and its flash (CPU) or memory-efficient (CUDA) kernel saves it for the
+        # backward: one (seq × seq) matrix per sequence and layer. Flash-attn unpads instead.
+        per += st.seq * b
     if st.lora_r:
         # peft casts each adapted linear's input x to the adapters' dtype (a new tensor when that is not the
         # weights'); lora_dropout(x) is a new tensor, which A saves, with its mask (CUDA's fused dropout: a boolean
@@ -337,12 +367,18 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     tb = st.adapter_bytes if st.lora_r else b
     weights, grads = s.params * b + (trainable * tb if st.lora_r else 0), trainable * tb
     if optimizer == "adamw_8bit":
-        sizes = [trainable] if st.lora_r else list(s.param_sizes) or [trainable]
-        states = sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes)
+        # per tensor (bitsandbytes decides 8 or 32 bits per parameter): LoRA's A (r × in) and B (out × r) of each
+        # adapted linear; in full training the embeddings' states are 32-bit (the HF Trainer's override, above)
+        sizes, wide = (([n for _, i, o in s.lora_targets(st.lora_targets) for n in (st.lora_r * i, o * st.lora_r)], [])
+                       if st.lora_r else (list(s.param_sizes), list(s.embedding_sizes)))
+        if not sizes and not wide:  # a shape made by hand, without per-tensor sizes
+            sizes = [trainable]
+        states = sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes) + 8 * sum(wide)
     else:
         states = 2 * trainable * tb
     cpu_bytes = 0
     gathered = 0
+    step_temp = 0  # what the optimizer step adds on the GPU, beside the gradients (DeepSpeed: below)
     allp = s.params + (trainable if st.lora_r else 0)  # every parameter the sharding splits
     n = 1 if st.sharding == "fsdp_no_shard" else max(1, st.shard_over or st.gpus)
     here = st.local_processes  # host memory is the machine's: every process on it
@@ -364,9 +400,14 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
         states = 12 * trainable // n
         if stage == 3:
             gathered = 2 * unit * b + unit * 4
+        # the step casts the local gradient partition to float32 for the float32 master weights (stage_1_and_2.py
+        # step; stage3.py _prepare_fp32_grad_for_sub_group, one sub-group at a time, sub_group_size 1e9 by
+        # default): DeepSpeed's own estimates count these 4 bytes (estimate_zero3_model_states_mem_needs: 18Ψ/n =
+        # 2 + 4 + 12; estimate_zero2_…: 4Ψ + 16Ψ/n, 16 = 4 + 12)
+        step_temp = 4 * (min(trainable // n, DS_SUB_GROUP) if stage == 3 else trainable // n)
         if st.offload_optimizer:  # ZeRO-Offload: float32 gradients, master weights and states on the host
             cpu_bytes += 16 * trainable // n * here
-            states, grads = 0, (grads if stage == 1 else 0)
+            states, grads, step_temp = 0, (grads if stage == 1 else 0), 0
         if st.offload_params and stage == 3:  # the bf16 parameter shards on the host
             cpu_bytes += allp * b // n * here
             weights = 0
@@ -397,6 +438,7 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     opt_temp = trainable * tb if optimizer == "adamw" and st.device == "cuda" else 0
     if st.sharding.startswith("fsdp") or st.sharding == "zero3":
         opt_temp = 0
+    opt_temp += step_temp
     if st.lora_r and st.uses_autocast and st.adapter_bytes != b:
         # autocast's bfloat16 casts of the float32 adapters, which A and B save for the backward
         activations += trainable * b
@@ -593,6 +635,16 @@ def compare_strategies(shape: ModelShape, base: Setup, avail: list[int] | None =
             plan.supported = f"needs {st.local_processes} GPUs"
         out.append((plan, fits(plan, avail)))
     return out
+
+
+def precision_note(setup: Setup) -> str:
+    """How the bytes a parameter come about, for a reader checking the table against the ZeRO paper's 16."""
+    if setup.bytes_per_value == 2:
+        return ("Without sharding the job trains in bfloat16 throughout (weights, gradients and AdamW's two states: 8 "
+                "bytes a parameter, no float32 master copy); FSDP and ZeRO keep float32 master weights and states "
+                "(2 + 2 + 12 = 16 bytes a parameter, divided among the GPUs).")
+    return ("On a CPU the job trains in float32 throughout (weights, gradients and AdamW's two states: 16 bytes a "
+            "parameter).")
 
 
 def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[MemoryPlan, bool]]) -> str:

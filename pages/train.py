@@ -50,7 +50,9 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
              if r.setup.device == "cuda" else f"CPU: {r.avail[0] / memplan.GiB:.0f} GiB of RAM")
     sentence = r.sentence()
     st.caption(f"GiB per device ({where}). Gradients and activations do not peak together: total = weights + "
-               "optimizer + reference + the larger of the two, + the CUDA context (CPU: the process) as overhead.")
+               "optimizer + reference + the larger of the two (with gradient accumulation the gradients count with "
+               "the activations), + the CUDA context (CPU: the process) as overhead. "
+               + memplan.precision_note(r.setup))
     ok = r.ok
     (st.success if ok else st.warning)(sentence)
     if ok or not spec.memory_check:
