@@ -470,10 +470,9 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
                             + " (they count in the effects with a gap of 0)")
         keep = [i for i, r in enumerate(rows) if r.kind not in const]
         rows, y = [rows[i] for i in keep], y[keep]
-        if y.min() == y.max():
-            return {**out, "message": f"every question kind's answers have one outcome ({', '.join(const)}: "
-                                      f"{'all' if fixed_events else 'none'} {event}; the rest: "
-                                      f"{'all' if y[0] else 'none'}): nothing to model."}
+        if not len(y):  # every kind is one of them (any kind left has both outcomes): nothing to fit
+            return {**out, "message": "every question kind's answers have one outcome (" + "; ".join(
+                f"{k}: {'all' if v else 'none'} {event}" for k, v in const.items()) + "): nothing to model."}
     out["fixed"] = {"rows": n_all - len(rows), "events": fixed_events}  # what the fitted curves add back
     share = len(rows) / n_all
     groups = np.unique([r.prompt_id for r in rows], return_inverse=True)[1]

@@ -176,3 +176,21 @@ def test_the_overlap_badge_never_reads_0_or_100_percent_for_some_of_the_items():
     assert badge(299, 300) == "⚠ 99.6%"  # was "⚠ 100%", with a clean score over the one item left
     assert badge(1, 300, {"gone": "deleted"}) == "⚠ 0.3% + unknown (1 of 2 training sets unreadable: gone)"
     assert (badge(16, 20), badge(0, 20), badge(20, 20)) == ("⚠ 80%", "✓ 0%", "⚠ 100%")  # as before
+
+
+def test_every_kind_of_one_outcome_is_said_not_a_crash():
+    """QA probe, outcome "correct": both models right on every answerable item and on no unanswerable one. Every
+    kind was left out of the fit, and the empty rest crashed (y.min() of nothing) the comparison and its page."""
+    from backend import analysis
+
+    recs = []
+    for i in range(30):
+        kind = "answerable" if i % 2 else "unanswerable"
+        for m, t in (("A", 10 + i), ("B", 30 + i)):
+            v = "correct" if kind == "answerable" else "abstained"
+            recs.append(analysis.Record(m, t, v == "correct", False, prompt_id=str(i), tokens=t, kind=kind,
+                                        verdict=v))
+    lm = analysis.length_model(recs, ["A", "B"], outcome="correct")
+    assert lm["message"] == ("every question kind's answers have one outcome (answerable: all correct; "
+                             "unanswerable: none correct): nothing to model.")
+    assert "no difference to explain" in analysis.compare(recs, "A", "B", outcome="correct")["sentence"]

@@ -15,6 +15,13 @@ from backend.synth import quantities
 
 
 CHANGED = [  # (seed question, rephrased question, the new quantity the error names)
+    # a count "one X" for the original's "a X" is a rewording only while no stated quantity was dropped for it
+    ("3 pears cost $6. How much is a pear?", "One pear costs $6. How much is it?", "1"),
+    ("A pen costs $2. How much do 3 pens cost?", "Pens cost $2 each. How much does one pen cost?", "1"),
+    ("A single pen costs $2. How much do 3 pens cost?", "A single pen costs $2. How much does 1 pen cost?", "1"),
+    # "3 pairs" may become "6 socks", "a pair" "one pair": the other way of counting, not any number anywhere
+    ("Sam has 2 pairs of socks.", "Sam has 4 pairs of socks.", "4"),
+    ("Sam buys a pair of shoes and 3 hats.", "Sam buys a pair of shoes and 1 hat.", "1"),
     ("I have 3 apples.", "I have one apple.", "1"),  # passed: a lone "one" was never read
     ("He ran 3 laps.", "He ran just one lap.", "1"),
     ("He has 3 apples and eats 2.", "He has 3 apples and eats one.", "1"),

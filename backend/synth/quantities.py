@@ -73,6 +73,9 @@ class Quantity:
     alts: tuple[Fraction, ...] = ()  # other values a rephrasing of it may write (see the module's docstring)
     loose: bool = False  # a pronoun "one" ("which one"), "once" joining a clause ("once he buys"): not a number
     noun: str = ""  # the word after a count "one" ("one pen"): a rephrasing of the original's "a pen" (see changed)
+    pairs: bool = False  # a count of pairs ("3 pairs", "one couple"): a rephrasing may count their things instead
+    pair_alts: tuple[Fraction, ...] = ()  # values a rephrasing may write when it counts the other way: "3 pairs" may
+    #                                       become "6 socks" (not "6 pairs"), "a pair" "one pair" (not "1 sock")
 
 
 @dataclass
@@ -253,13 +256,9 @@ def quantities(text: str) -> list[Quantity]:
             out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i)))
             i += 1
             continue
-        elif t.text == "single":  # "a single red ball" may become "only one red ball"; itself it states no count
-            out.append(Quantity(Fraction(1), loose=True))
-            i += 1
-            continue
         elif t.text in ("a", "an") and _word(toks, i + 1) in (*_PAIRS, *_COINS):
             coin = _COINS.get(_word(toks, i + 1))
-            out.append(Quantity(coin) if coin else Quantity(Fraction(2), (Fraction(1),)))  # "a dime", "a pair"
+            out.append(Quantity(coin) if coin else Quantity(Fraction(2), pair_alts=(Fraction(1),)))  # "a dime", "a pair"
             i += 2
             continue
         elif (frac := _fraction_after(toks, i)) is not None or t.text == "half":
@@ -296,8 +295,9 @@ def quantities(text: str) -> list[Quantity]:
         value *= sign
         alts = tuple(sorted({*parts, -value} if either else set(parts)))
         after = _word(toks, j)
-        if not percent and after in _PAIRS:
-            alts = (*alts, value * 2)  # "3 pairs of socks" may become "6 socks"
+        pairs = not percent and after in _PAIRS
+        if pairs:
+            pair_alts = (value * 2,)  # "3 pairs of socks" may become "6 socks"
         elif not percent and after in _COINS:
             value, alts = value * _COINS[after], (*alts, value)  # "3 dimes" is 30 cents
         loose = lone and _pronoun_one(toks, i)
@@ -307,7 +307,8 @@ def quantities(text: str) -> list[Quantity]:
             cents, j = joined
             out.append(Quantity(value + cents, (*alts, value, cents)))
         else:
-            out.append(Quantity(value, alts, loose=loose, noun=after if lone and not loose else ""))
+            out.append(Quantity(value, alts, loose=loose, noun=after if lone and not loose else "", pairs=pairs,
+                                pair_alts=pair_alts if pairs else ()))
         i = j
     return out
 
@@ -385,8 +386,9 @@ def allowed(text: str) -> set[Fraction]:
     return words | {v for q in quantities(text) for v in (q.value, *q.alts)}
 
 
-# a single thing the text names: "a pen", "each ticket", "$3 per pound", "one apple"
-_SINGLE = re.compile(r"\b(?:a|an|each|every|per|one)\s+([a-z]+)")
+# a single thing the text names: "a pen", "each ticket", "$3 per pound", "one apple", "a single red ball" (which may
+# become "only one red ball": "single" itself states no count)
+_SINGLE = re.compile(r"\b(?:(?:a|an|one)\s+single|a|an|each|every|per|one|single)\s+([a-z]+)")
 
 
 def changed(original: str, rephrased: str) -> set[Fraction]:
@@ -394,9 +396,16 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
     allowed(original), where a count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs
     $2" → "One pen costs $2", "$3 per pound" → "$3 for one pound") as long as the rephrasing names a single X no
     more often than the original: "A pen costs $2. How much do 3 pens cost?" → "A pen costs $2. How much does one
-    pen cost?" names it twice, and its 1 is new."""
+    pen cost?" names it twice, and its 1 is new. Only while the rephrasing keeps every quantity the original states:
+    "3 pears cost $6. How much is a pear?" → "One pear costs $6." dropped the 3 for the 1."""
     ok = allowed(original)
+    # a count of pairs and a count of their things are each other's rewording, not a count of the same kind:
+    # "2 pairs of socks" may become "4 socks", not "4 pairs of socks"
+    counted_other_way = {flag: {v for q in quantities(original) if q.pairs != flag for v in q.pair_alts}
+                         for flag in (False, True)}
     have = Counter(_SINGLE.findall(_normalise(original)))
     uses = Counter(_SINGLE.findall(_normalise(rephrased)))
+    kept = stated(original) <= {v for q in quantities(rephrased) for v in (q.value, *q.alts)}
     return {q.value for q in quantities(rephrased) if not q.loose and q.value not in ok
-            and not (q.noun and uses[q.noun] <= have[q.noun])}
+            and q.value not in counted_other_way[q.pairs]
+            and not (q.noun and kept and uses[q.noun] <= have[q.noun])}
