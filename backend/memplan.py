@@ -544,11 +544,16 @@ def setup_for_spec(spec, device: str | None = None, train_rows: int | None = Non
         from backend import perf
 
         precompute = perf.resolve(spec, cuda=device == "cuda", train_rows=train_rows).precompute_ref
+    attention = spec.perf.attention
+    if attention == "auto":  # as the job resolves it: flash attention when installed on CUDA (no padding mask)
+        from backend import perf
+
+        attention = perf.resolve(spec, cuda=device == "cuda").attention or "sdpa"
     lora = spec.lora
     return Setup(batch=spec.batch_size, seq=spec.max_length, kind=spec.kind, device=device,
                  lora_r=lora.r if lora else None, lora_targets=lora.target_modules if lora else "all-linear",
                  lora_dropout=lora.dropout if lora else 0.0, checkpointing=spec.gradient_checkpointing,
-                 optimizer=spec.perf.optimizer, sharding=sharding, attention=spec.perf.attention, gpus=gpus,
+                 optimizer=spec.perf.optimizer, sharding=sharding, attention=attention, gpus=gpus,
                  machines=machines, shard_over=max(1, gpus // machines) if acc["hybrid"] else None,
                  offload_params=acc["offload_params"] and sharding != "zero3_offload",
                  offload_optimizer=acc["offload_optimizer"] and sharding != "zero3_offload", grad_accum=spec.grad_accum,
@@ -640,11 +645,13 @@ def compare_strategies(shape: ModelShape, base: Setup, avail: list[int] | None =
 def precision_note(setup: Setup) -> str:
     """How the bytes a parameter come about, for a reader checking the table against the ZeRO paper's 16."""
     if setup.bytes_per_value == 2:
-        return ("Without sharding the job trains in bfloat16 throughout (weights, gradients and AdamW's two states: 8 "
-                "bytes a parameter, no float32 master copy); FSDP and ZeRO keep float32 master weights and states "
-                "(2 + 2 + 12 = 16 bytes a parameter, divided among the GPUs).")
+        return ("Full training with AdamW, without sharding, is bfloat16 throughout (weights, gradients and AdamW's "
+                "two states: 8 bytes a parameter, no float32 master copy); FSDP and ZeRO keep float32 master weights "
+                "and states (2 + 2 + 12 = 16 bytes a parameter, divided among the GPUs; DeepSpeed adds a float32 "
+                "copy of each GPU's gradient share at the step). LoRA adapters train in float32 (16 bytes a trainable "
+                "value), 8-bit AdamW keeps about 2 bytes of state a value (32-bit for embeddings and small tensors).")
     return ("On a CPU the job trains in float32 throughout (weights, gradients and AdamW's two states: 16 bytes a "
-            "parameter).")
+            "parameter; 8-bit AdamW: about 2 bytes of state a value).")
 
 
 def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[MemoryPlan, bool]]) -> str:

@@ -215,28 +215,29 @@ class ForwardCount:
 
 
 @contextmanager
-def count_forwards(model) -> Iterator[ForwardCount]:
-    """The tokens and seconds of `model`'s forward passes inside the block (forward hooks, removed after it). For
-    the DPO reference precompute, which trl runs inside DPOTrainer() (train and held-out sets), outside every
-    training step: no step's tokens/s holds it. A peft wrapper calls the model as a module: counted alike."""
-    count = ForwardCount()
+def count_reference_forwards() -> Iterator[ForwardCount]:
+    """The tokens and seconds of trl's reference forwards inside the block (DPOTrainer.compute_ref_log_probs wrapped,
+    put back after it): for the DPO reference precompute, which trl runs inside DPOTrainer() (train and held-out
+    sets), outside every training step, so no step's tokens/s holds it. Counted where trl runs the reference,
+    whichever model that is: the policy (adapters off with LoRA), or the copy trl loads itself under FSDP, which
+    hooks on the policy never saw."""
+    from trl import DPOTrainer
 
-    def before(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        count.tokens += int(ids.numel()) if ids is not None else 0
-        if count.first is None:
-            count.first = time.perf_counter()
+    count, real = ForwardCount(), DPOTrainer.compute_ref_log_probs
 
-    def after(module, args, kwargs, output):
+    def counted(self, model, inputs):
+        begun = time.perf_counter()
+        out = real(self, model, inputs)
+        count.tokens += int(inputs["input_ids"].numel())
+        count.first = begun if count.first is None else count.first
         count.last = time.perf_counter()
+        return out
 
-    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
-               model.register_forward_hook(after, with_kwargs=True)]
+    DPOTrainer.compute_ref_log_probs = counted
     try:
         yield count
     finally:
-        for h in handles:
-            h.remove()
+        DPOTrainer.compute_ref_log_probs = real
 
 
 def compile_layers(model) -> int:

@@ -452,7 +452,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     callback = MetricsCallback(run_dir, spec.max_steps, job_id, None, peak * (world or 1) if peak else None)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    with perf.count_forwards(model) as precompute:  # trl's reference precompute runs inside DPOTrainer()
+    with perf.count_reference_forwards() as precompute:  # trl's reference precompute runs inside DPOTrainer()
         trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
     callback.flops_per_token = model_flops_per_token(spec, trainer)
     if spec.kind == "dpo" and not reference_each_step(spec, trainer):  # (every process: the gather is collective)

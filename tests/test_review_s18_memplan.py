@@ -202,3 +202,21 @@ def test_padded_sdpa_saves_its_mask_per_layer():
                                                    attention="flash_attention_2"))
     assert plan.components["activations"] - flash.components["activations"] == 4 * 1024 ** 2 * 2
     assert flash.components["activations"] > flat.components["activations"]  # the boolean mask, repeat_kv
+
+
+def test_attention_auto_is_planned_as_the_job_resolves_it(monkeypatch):
+    """perf "auto" on CUDA runs flash attention where flash-attn is installed: no padding mask is saved. The plan
+    kept "auto", counted sdpa's mask for such a job (1.4 GiB for a TinyLlama-shaped DPO at batch 4 × 2048) and could
+    refuse one that fits."""
+    import functools
+
+    from backend import perf
+    from backend.specs import DataSource, DpoSpec
+
+    spec = DpoSpec(model="x", data=[DataSource(source="builtin:prefs-mini")], max_length=2048, batch_size=4)
+    real = perf.resolve
+    monkeypatch.setattr(perf, "resolve", functools.partial(real, installed=lambda module: module == "flash_attn"))
+    assert memplan.setup_for_spec(spec, device="cuda").attention == "flash_attention_2"
+    monkeypatch.setattr(perf, "resolve", functools.partial(real, installed=lambda module: False))
+    assert memplan.setup_for_spec(spec, device="cuda").attention == "sdpa"
+    assert memplan.setup_for_spec(spec, device="cpu").attention == "sdpa"  # the CPU: transformers' default

@@ -118,7 +118,7 @@ def test_trl_num_tokens_goes_on_across_a_resume(whole_run, tiny_llama):
 PREFS = [DataSource(source="builtin:prefs-mini")]
 
 
-def _dpo_trainer(tiny_llama, tmp_path, precompute: bool, lora=None, count: bool = False):
+def _dpo_trainer(tiny_llama, tmp_path, precompute: bool, lora=None, count: bool = False, own_ref: bool = False):
     import contextlib
 
     from transformers import AutoTokenizer
@@ -129,9 +129,13 @@ def _dpo_trainer(tiny_llama, tmp_path, precompute: bool, lora=None, count: bool 
     choices = perf.resolve(spec, False, train_rows=len(rows))
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = train_entry.load_model(str(tiny_llama))
-    ref = None if precompute or lora else train_entry.load_model(str(tiny_llama))
+    # own_ref: a reference copy beside the precompute, as trl loads one itself under FSDP
+    ref = None if (precompute and not own_ref) or lora else train_entry.load_model(str(tiny_llama))
+    if own_ref:  # other weights: trl caches a precompute by the data's and the reference's hash
+        with torch.no_grad():
+            ref.model.norm.weight.add_(1.0)
     args = train_entry.make_config(spec, tmp_path / f"{precompute}{bool(lora)}", False, choices)
-    with perf.count_forwards(model) if count else contextlib.nullcontext() as pre:
+    with perf.count_reference_forwards() if count else contextlib.nullcontext() as pre:
         trainer = train_entry.build_trainer(spec, model, ref, tok, args, rows, None, [])
     return spec, trainer, pre
 
@@ -168,6 +172,8 @@ def test_dpo_precompute_pass_is_measured_and_logged(tiny_llama, tmp_path):
                                          batch_size=2, collate_fn=trainer.data_collator, shuffle=False)
     want = sum(b["input_ids"].numel() for b in loader)
     assert pre.tokens == want > 0 and pre.seconds > 0
+    # the reference a copy of its own (trl loads one under FSDP): hooks on the policy counted none of its forwards
+    assert _dpo_trainer(tiny_llama, tmp_path, precompute=True, count=True, own_ref=True)[2].tokens == want
     flops = perf.forward_flops_per_token(trainer.model.config, trainer.model.num_parameters(), spec.max_length)
     assert flops == 2 * trainer.model.num_parameters() + 4 * 6 * 32 * 64
     job = _job()
