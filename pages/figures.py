@@ -370,7 +370,9 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
                              boxmean=True, boxpoints="outliers"))  # precomputed stats default to "all" points
     fig.update_layout(title="Answer length (words)", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
                       showlegend=False)
-    _lay_out_names(fig, names, across, 340, {})
+    # a length is never negative: with every answer 0 words (a model that abstains throughout) plotly's autorange
+    # centred the flat boxes on an axis from -1 to 1 words
+    _lay_out_names(fig, names, across, 340, dict(rangemode="nonnegative"))
     return fig
 
 

@@ -46,6 +46,27 @@ def plan_rows(p) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"steps": "Int64", "layers": "Int64"})
 
 
+def unscored_note(t) -> str:
+    """What the blank (None) cells of a paper table mean, per task: after a run, the five synth-math columns of
+    Table 3 read None in every row (the base alone had been evaluated on synth-math, from the Compare page), with
+    nothing saying that no score is there, not a score of None."""
+    skip = {"Model", "Stage", "Made from", "Paper H6"}
+    missing: dict[str, list[str]] = {}  # task -> models without its scores
+    for i, col in enumerate(t.columns):
+        if col in skip or all(r[i] in ("✓", "") for r in t.rows):  # a data source's tick column
+            continue
+        task = col.split(" ")[0]
+        for r in t.rows:
+            if r[i] is None and r[0] not in missing.setdefault(task, []):
+                missing[task].append(r[0])
+    parts = [f"{', '.join(ms)} {'has' if len(ms) == 1 else 'have'} no {task} score" for task, ms in missing.items()
+             if ms]
+    if not parts:
+        return ""
+    return ("None: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves it out, or "
+            "has not run yet), not a score of zero.")
+
+
 via_app(__file__)
 st.title("Recipe")
 st.caption("The whole SOLAR experiment (arXiv 2312.15166) as one YAML file: the base, the up-scaling, every "
@@ -158,6 +179,8 @@ with t_tables:
                                     "Paper H6": st.column_config.NumberColumn(pinned=True)})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
+        if unscored := unscored_note(t):
+            st.caption(unscored)
         cols = st.columns(3)
         for col, (ext, fn) in zip(cols, tables.EXPORTS.items()):
             col.download_button(f"{t.key}.{ext}", fn(t), file_name=f"run{run_id}-{t.key}.{ext}",
@@ -224,6 +247,11 @@ with t_compare:
         diff = tables.config_diff({names[j.id]: j.spec for j in jobs if j.id in picked})
         st.dataframe(pd.DataFrame([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in diff]),
                      hide_index=True, key="compare_diff")
+    if not picked and not picked_runs:  # two empty pickers said nothing about what they would show
+        st.caption("Pick training jobs to draw their logged metrics together with the settings they differ in, or "
+                   "two or more recipe runs to list the fields their recipes differ in.")
+    elif len(picked_runs) == 1:  # one run showed nothing, as if the pick had been lost
+        st.caption("Pick a second recipe run: the table lists the fields in which their recipes differ.")
     if len(picked_runs) > 1:
         import yaml
 

@@ -182,7 +182,9 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
         c2.caption("Every record of the file is used (all levels and types), up to the number of seeds.")
     else:
         levels = c2.multiselect("Levels", [1, 2, 3], default=[1, 2, 3], key="levels")
-        cats = c2.multiselect("Categories", list(CATEGORIES), default=list(CATEGORIES), key="categories")
+        # full width below the columns: in the middle third, two of the eight chosen categories showed, the rest
+        # hidden behind a fade, so the default read as "arithmetic and fractions"
+        cats = st.multiselect("Categories", list(CATEGORIES), default=list(CATEGORIES), key="categories")
     kind = c3.radio("Rephraser", ["rules (offline)", "registered model", "OpenAI-compatible server"], key="reph_kind")
     extra: dict = {}
     if kind == "registered model":

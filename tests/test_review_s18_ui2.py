@@ -1,0 +1,114 @@
+"""Eighteenth session, the dashboard used in Chromium (Synthetic math, Merge & compare, Recipe, Side-by-side chat):
+what a user tripped on, each pinned here with AppTest or on the figure itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend import arena, registry
+from pages.figures import length_box_figure
+from tests.test_pages import app
+
+
+@pytest.fixture
+def two(tiny_llama):
+    registry.import_folder(tiny_llama, "a")
+    registry.import_folder(tiny_llama, "b")
+
+
+# ---- 1. Arena: an answer of newlines and control characters drew an empty column beside "96 tokens" -------------
+
+def test_arena_says_an_answer_holds_nothing_visible(two):
+    answers = {m: {"text": text, "error": None, "tokens": 96, "first_token_s": 0.01, "seconds": 0.7,
+                   "tokens_per_s": 135.0, "hallucination": False}
+               for m, text in (("a", "\n" * 96), ("b", "\n\n\x12\x12"))}
+    t = arena.save_transcript("What is 3 + 4?", {"max_new_tokens": 96}, answers, positions=["a", "b"], blind=True)
+    at = app("arena.py")
+    at.session_state["arena_round"] = t.id
+    at.run()
+    assert not at.exception
+    shown = [m.value for m in at.markdown]
+    # was "" (st.write of 96 newlines) and four tofu boxes: nothing said what the model wrote
+    assert "_(nothing visible: 96 whitespace or control characters, '\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n'…)_" in shown
+    assert "_(nothing visible: 4 whitespace or control characters, '\\n\\n\\x12\\x12')_" in shown
+
+
+def test_arena_shows_an_answer_with_text_as_it_is(two):
+    answers = {m: {"text": text, "error": None, "tokens": 3, "first_token_s": 0.01, "seconds": 0.1,
+                   "tokens_per_s": 30.0, "hallucination": False} for m, text in (("a", "\n7\n"), ("b", ""))}
+    t = arena.save_transcript("What is 3 + 4?", {"max_new_tokens": 8}, answers, positions=["a", "b"], blind=True)
+    at = app("arena.py")
+    at.session_state["arena_round"] = t.id
+    at.run()
+    shown = [m.value for m in at.markdown]
+    assert "7" in shown and "(empty)" in shown
+    assert not any("nothing visible" in s for s in shown)
+
+
+# ---- 2. Compare: the answer-length boxes of a model that always abstains sat on an axis from -1 to 1 words ------
+
+@pytest.mark.parametrize("names", [["a", "b"], ["a-model-with-a-long-name-" * 2, "b"]])
+def test_length_boxes_never_show_negative_words(names):
+    fig = length_box_figure({n: [0, 0, 0] for n in names}, names)
+    across = fig.data[0].orientation == "v"
+    value_axis = fig.layout.yaxis if across else fig.layout.xaxis
+    assert value_axis.rangemode == "nonnegative"  # was unset: autorange gave [-1, 1]
+    name_axis = fig.layout.xaxis if across else fig.layout.yaxis
+    assert name_axis.rangemode is None
+
+
+# ---- 3. Recipe: a paper table's cells with no score read "None" unexplained; one run picked to compare showed
+# nothing at all ---------------------------------------------------------------------------------------------------
+
+def _run_with_scores() -> int:
+    from storage import db
+    from storage.models import EvalScore, RecipeRun, RecipeStage
+
+    with db.session() as s:
+        run = RecipeRun(name="r", text="")
+        s.add(run)
+        s.commit()
+        s.refresh(run)
+        for name in ("c1", "c2"):
+            s.add(RecipeStage(run_id=run.id, recipe="r", stage=name, kind="sft", output=f"r-{name}", hash=name,
+                              job_id=None, reused=False, info={"status": "run"}))
+        for model in ("r-c1", "r-c2"):  # both have perplexity; only c1 was evaluated on synth-math
+            s.add(EvalScore(model=model, task="perplexity", metric="perplexity", value=300.0, n=4, run=model))
+        s.add(EvalScore(model="r-c1", task="synth-math", metric="accuracy", value=0.5, n=4, run="m"))
+        s.commit()
+        return run.id
+
+
+def test_recipe_tables_say_what_a_missing_score_is(workspace):
+    run_id = _run_with_scores()
+    at = app("recipe.py")
+    at.selectbox(key="recipe_run_pick").select(run_id).run()
+    assert not at.exception, at.exception
+    notes = [c.value for c in at.caption if c.value.startswith("None:")]
+    # was no word: c2's synth-math accuracy cell read "None"
+    assert notes == ["None: c2 has no synth-math score — not evaluated on that task (the run's evaluation leaves it "
+                     "out, or has not run yet), not a score of zero."]
+
+
+def test_recipe_compare_runs_says_what_to_pick(workspace):
+    run_id = _run_with_scores()
+    at = app("recipe.py")
+    assert any(c.value.startswith("Pick training jobs to draw") for c in at.caption)
+    at.multiselect(key="compare_runs").set_value([run_id]).run()
+    assert not at.exception, at.exception
+    # was nothing: a single run picked drew no table and no word
+    assert any(c.value.startswith("Pick a second recipe run") for c in at.caption)
+    assert not any(c.value.startswith("Pick training jobs to draw") for c in at.caption)
+
+
+# ---- 4. Synthetic math: in the middle third, two of the eight chosen categories showed (the rest behind a fade) --
+
+def test_synth_categories_take_the_full_width(workspace):
+    at = app("synth.py")
+    cats = at.multiselect(key="categories")
+    assert cats.value == ["arithmetic", "fractions_percentages", "linear_equations", "rate", "age", "money",
+                          "geometry", "counting"]
+    in_columns = [m.key for col in at.columns for m in col.multiselect]
+    assert "levels" in in_columns  # Levels stays in its column
+    assert "categories" not in in_columns  # was in the middle column, a third of the width
+    assert "categories" in [m.key for m in at.expander[0].multiselect]
