@@ -88,11 +88,23 @@ def commit(repo_id: str, repo_type: str, files: dict[str, Path | bytes], message
 # ---------------------------------------------------------------- a model
 
 def model_files(folder: Path) -> dict[str, Path]:
-    """The files at the folder's root that make the model (UPLOADED), by name; a LoRA adapter's files and the local
-    card are left out (the card is written anew)."""
-    return {f.name: f for f in sorted(Path(folder).iterdir())
-            if f.is_file() and any(fnmatch.fnmatchcase(f.name, p) for p in UPLOADED)
-            and not fnmatch.fnmatchcase(f.name, "adapter_*")}
+    """The files at the folder's root that make the model (UPLOADED), by name: the weights the model loads (with an
+    index, the shards it names: another .safetensors beside them, a stray or a link, is no part of it), and the
+    modules a remote-code model's auto_map names (outputs.remote_modules: without them the repo names classes it
+    does not hold); a LoRA adapter's files and the local card are left out (the card is written anew)."""
+    from backend.outputs import AUTO_MAP_TOKENIZER_FILES, remote_modules
+    from backend.safetensors_stream import CheckpointError, weight_files
+
+    folder = Path(folder)
+    try:
+        weights = {f.name for f in weight_files(folder)}
+    except CheckpointError:
+        weights = set()
+    files = {f.name: f for f in sorted(folder.iterdir())
+             if f.is_file() and any(fnmatch.fnmatchcase(f.name, p) for p in UPLOADED)
+             and not fnmatch.fnmatchcase(f.name, "adapter_*")
+             and (not f.name.endswith(".safetensors") or f.name in weights)}
+    return files | {m.name: m for m in remote_modules(folder, ("config.json", *AUTO_MAP_TOKENIZER_FILES))}
 
 
 def ancestors(name: str) -> list[ModelRecord]:
@@ -294,8 +306,9 @@ def model_card(name: str, repo_id: str, *, license_name: str | None = None, lice
             + (f"\n## Build notes\n\n{own}\n" if own else ""))
 
 
-def check_pushable(name: str) -> ModelRecord:
-    """The model's row, once its folder holds a model a Hub user can load (config, weights, tokenizer)."""
+def check_pushable(name: str, license_name: str | None = None, license_link: str | None = None) -> ModelRecord:
+    """The model's row, once its folder holds a model a Hub user can load (config, weights, tokenizer), and the
+    licence name or link the pusher gives one its card can take (license_meta)."""
     rec = registry.get(name)
     if rec is None:
         raise PushRefused(f"No model named {name!r}: python -m backend models list shows the models.")
@@ -308,6 +321,8 @@ def check_pushable(name: str) -> ModelRecord:
     if missing := registry.missing_tokenizer(folder):
         raise PushRefused(f"{name} has no tokenizer ({'; '.join(missing)}): a Hub user could not load it. Copy the "
                           "tokenizer files of its base into its folder, then push.")
+    if license_name or license_link:  # refused now, not in the worker after the queue
+        license_meta(ancestors(name), folder, license_name=license_name, license_link=license_link)
     return rec
 
 

@@ -288,9 +288,13 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     # code (and failed the import anywhere else).
     alone = db.new_tmp("gguf-src")
     try:
-        (alone / path.name).symlink_to(path.resolve())
-        tok = AutoTokenizer.from_pretrained(alone, gguf_file=path.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=path.name, dtype=torch.float32,
+        try:
+            (alone / path.name).symlink_to(path.resolve())
+            gguf_file = path.name
+        except OSError:  # a workspace that holds no links (exFAT, SMB): the file's absolute path, joined to the
+            gguf_file = str(path.resolve())  # empty folder, is itself (os.path.join), and the folder stays empty
+        tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf_file, dtype=torch.float32,
                                                      trust_remote_code=False)
     except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
         if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
@@ -393,12 +397,24 @@ def links_out(folder: Path) -> list[str]:
     as weights, so only weights pass), and links into huggingface_hub's cache (models--ORG--NAME/blobs/HASH): every
     file of a cached snapshot is one, as is each large file of an `hf download --local-dir` before huggingface_hub
     0.23 (a 9-17 MB tokenizer.json too)."""
+    from backend.safetensors_stream import CheckpointError, weight_files
+
     folder = Path(folder).resolve()
+    try:  # with an index, the shards it names: another .safetensors beside them is parsed by nothing, yet uploaded
+        weights = set(weight_files(folder))
+    except (CheckpointError, OSError, ValueError):
+        weights = set()
     out = []
     for f in sorted(folder.iterdir()):
-        if not f.is_symlink() or not f.is_file() or f.suffix in LINKED_WEIGHTS:
+        try:
+            if not f.is_symlink() or not f.is_file() or (f.suffix in LINKED_WEIGHTS
+                                                         and (f.suffix != ".safetensors" or f in weights)):
+                continue
+            target = f.resolve()
+        except OSError as exc:  # a link to a file this user may not read: said, not a traceback on the page
+            out.append(f"{f} cannot be read ({exc.strerror or exc}): copy the file itself into the folder or remove "
+                       "it, then import again.")
             continue
-        target = f.resolve()
         if target.is_relative_to(folder) or (target.parent.name == "blobs"
                                              and target.parent.parent.name.startswith("models--")):
             continue

@@ -170,7 +170,7 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
         from backend.hubpush import check_pushable
 
         if spec.model not in coming and not _making(spec.model):  # else the job it waits for makes it
-            check_pushable(spec.model)
+            check_pushable(spec.model, spec.license_name, spec.license_link)
     elif spec.kind == "eval" and _runs_here_only():  # its task files, read as the job reads them (a malformed one
         from backend.evaluate import check_task  # failed it much later, behind a busy queue)
 

@@ -179,6 +179,11 @@ def test_a_gguf_import_reads_the_file_alone_not_its_folders_other_files(tiny_lla
     assert registry.import_gguf(gguf, name="from-downloads").name == "from-downloads"
     assert seen == [(["tiny.Q4_1.gguf"], "tiny.Q4_1.gguf", False)] * 2
     assert list(db.tmp_dir().iterdir()) == []  # the reading folder is gone
+    # a workspace on a file system without links (exFAT, SMB): the import failed, blaming the GGUF file
+    seen.clear()
+    monkeypatch.setattr(Path, "symlink_to", lambda *a, **k: (_ for _ in ()).throw(PermissionError(1, "EPERM")))
+    assert registry.import_gguf(gguf, name="no-links").name == "no-links"
+    assert seen == [([], str(gguf.resolve()), False)] * 2
 
 
 # ---------------------------------------------------------------- a Hub id the Hub cannot take
@@ -212,3 +217,60 @@ def test_a_path_the_machine_cannot_read_is_refused_in_words(target, why, workspa
     assert str(e.value) == (f"{target[:80]!r}{'…' if len(target) > 80 else ''} is no path this machine can read "
                             f"({why}): give a model folder, a .gguf file or a Hub id (owner/name).")
     assert registry.import_name(target) is None and runner.list_jobs() == []
+
+
+# ---------------------------------------------------------------- final review of the above
+
+
+def test_a_safetensors_link_beside_an_indexed_model_is_refused_and_never_uploaded(tiny_llama, tmp_path, workspace):
+    """Weight links were let through as 'parsed as weights'; with an index only the shards it names are, and a
+    push uploaded every root .safetensors: 'consolidated.safetensors -> ~/.ssh/id_rsa' passed the check and was
+    sent."""
+    from backend.safetensors_stream import INDEX_NAME
+
+    secret = tmp_path / "home" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    folder = _with_link(tiny_llama, tmp_path / "indexed", "consolidated.safetensors", secret)
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": {k: "model.safetensors" for k in keys}}))
+    assert "consolidated.safetensors" not in model_files(folder) and "model.safetensors" in model_files(folder)
+    with pytest.raises(registry.RegistryError, match="consolidated.safetensors is a link to"):
+        registry.import_folder(folder)
+    assert registry.list_models() == []
+
+
+def test_a_link_that_cannot_be_read_is_refused_in_words(tiny_llama, tmp_path, workspace, monkeypatch):
+    """A link to a file this user may not read raised PermissionError out of the check, past the page's `except
+    ValueError`: a traceback where the old code gave reasons."""
+    folder = _with_link(tiny_llama, tmp_path / "locked", "tokenizer.json", Path("/root/.bashrc"))
+    real = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if p.name == "tokenizer.json" and p.parent == folder.resolve() else real(p))
+    assert registry.links_out(folder) == [f"{folder.resolve() / 'tokenizer.json'} cannot be read (Permission denied): "
+                                          "copy the file itself into the folder or remove it, then import again."]
+
+
+def test_a_push_carries_a_remote_code_models_modules(tokenizer_dir, tmp_path):
+    """A built folder keeps the modules its auto_map names (copy_companions); the push left them out, so the Hub repo
+    named classes it did not hold."""
+    from tests.test_review_s18_models import WANT_PY, make_remote
+
+    folder = make_remote(tokenizer_dir, tmp_path / "remote", seed=0)
+    assert WANT_PY <= set(model_files(folder)) and "convert_checkpoint.py" not in model_files(folder)
+
+
+def test_a_licence_name_the_bases_rule_out_is_refused_before_queueing(tiny_llama, tmp_path, workspace):
+    """A base card of a known licence takes no licence name: the push was queued, then failed in the worker."""
+    from backend import runner
+    from backend.specs import PushSpec
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "apache")
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# apache\n")
+    registry.import_folder(folder, "apache")
+    with pytest.raises(ValueError, match="apache-2.0, an id the Hub knows"):
+        runner.submit(PushSpec(model="apache", repo="acme/apache", license_name="my-1.0"))
+    assert runner.list_jobs() == []
