@@ -22,6 +22,7 @@ from typing import Protocol
 
 from backend.openai_compat import chat_completion
 from backend.synth import quantities
+from backend.synth.problems import ITEMS
 from backend.synth.answers import format_number
 from backend.synth.seeds import Seed
 
@@ -94,13 +95,15 @@ _SYNONYMS = [("How many", "What number of"), ("travels", "drives"), ("build", "p
              ("Working at the same rate", "At the same pace"), ("is on sale for", "is discounted by"),
              ("How long is", "What is the length of"), ("stand in a line", "be arranged in a row"),
              ("choose", "select"), ("years older", "years older than her"), ("each", "apiece")]
+# "How many can Sam buy?" has no noun after "How many": "What number of can Sam buy?" is no sentence
+_NOT_BEFORE = {"How many": r"(?!\s+(?:can|could|do|does|did|is|are|was|were|will|would|should|has|have|had|must)\b)"}
 _STEP_OPENERS = ["First, ", "Next, ", "Then, ", "After that, ", "Finally, "]
 
 
 _COMMON_STARTS = {"a", "an", "the", "in", "at", "working", "you", "there", "it", "he", "she", "they", "his",
                   "her", "their", "first", "then", "finally", "subtract", "divide", "add", "by", "with", "distance",
                   "area", "perimeter", "so", "we", "pencils", "notebooks", "workers",
-                  "what", "how", "which", "who", "when", "where", "why", "find"}
+                  "what", "how", "which", "who", "when", "where", "why", "find"} | set(ITEMS)  # "Stickers cost …"
 
 
 def _lower_first(s: str) -> str:
@@ -129,7 +132,7 @@ class RulesRephraser:
                 return forms[self._pick(q, len(forms))].format(*m.groups())
         out = q
         for a, b in _SYNONYMS:
-            out = re.sub(rf"\b{re.escape(a)}\b", b, out)
+            out = re.sub(rf"\b{re.escape(a)}\b{_NOT_BEFORE.get(a, '')}", b, out)
         sentences = re.split(r"(?<=[.?])\s+", out)
         if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Given …, question?"
             # the context stays before the question: "What is its area, given that a rectangle …" named the
