@@ -145,7 +145,10 @@ labels = {r.id: f"run {r.id} · {r.name} · {r.created:%Y-%m-%d %H:%M}" for r in
 default = st.session_state.get("recipe_run_id", runs[0].id)
 run_id = st.selectbox("Run", list(labels), index=list(labels).index(default) if default in labels else 0,
                       format_func=labels.get, key="recipe_run_pick")
-if b3.button("Cancel run", key="recipe_cancel"):
+# offered while some stage's job may still run: on a finished run it only said "none were still waiting or running"
+going = any(j is not None and j.status not in runner.FINISHED for _, j in recipe.stages(run_id))
+if b3.button("Cancel run", key="recipe_cancel", disabled=not going,
+             help=None if going else "Every job of this run has ended."):
     st.warning(f"Cancelled jobs: {recipe.cancel_run(run_id) or 'none were still waiting or running'}")
 
 

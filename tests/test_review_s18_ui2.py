@@ -112,3 +112,29 @@ def test_synth_categories_take_the_full_width(workspace):
     assert "levels" in in_columns  # Levels stays in its column
     assert "categories" not in in_columns  # was in the middle column, a third of the width
     assert "categories" in [m.key for m in at.expander[0].multiselect]
+
+
+def test_cancel_run_is_offered_only_while_a_stage_may_still_run(workspace):
+    """A finished run offered "Cancel run", whose click said "none were still waiting or running"."""
+    from backend import runner
+    from storage import db
+    from storage.models import RecipeStage
+    from tests.test_review_arena_jobs import _job
+
+    run_id = _run_with_scores()
+    at = app("recipe.py")
+    at.selectbox(key="recipe_run_pick").select(run_id).run()
+    assert at.button(key="recipe_cancel").disabled  # no stage has a job: nothing to cancel
+    job = _job("sft", "queued", {"kind": "sft"})
+    from sqlmodel import select
+
+    with db.session() as s:
+        stage = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id)).first()
+        stage.job_id = job.id
+        s.add(stage)
+        s.commit()
+    at.run()
+    assert not at.button(key="recipe_cancel").disabled
+    runner.cancel(job.id)
+    at.run()
+    assert at.button(key="recipe_cancel").disabled
