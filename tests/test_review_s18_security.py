@@ -274,3 +274,15 @@ def test_a_licence_name_the_bases_rule_out_is_refused_before_queueing(tiny_llama
     with pytest.raises(ValueError, match="apache-2.0, an id the Hub knows"):
         runner.submit(PushSpec(model="apache", repo="acme/apache", license_name="my-1.0"))
     assert runner.list_jobs() == []
+
+
+def test_a_synth_run_named_in_other_case_is_refused_before_any_file(workspace):
+    """Its folder is datasets/NAME: on macOS or Windows 'Run' and 'run' are one folder, and the second run's
+    pairs.jsonl and export replaced the registered first one's files."""
+    from backend.specs import SynthMathSpec
+    from backend.synth import pipeline
+
+    pipeline.save_dataset("Run-pairs", "synth-pairs", str(workspace / "datasets" / "Run" / "pairs.jsonl"), 0, {})
+    with pytest.raises(pipeline.DatasetError, match="'run-pairs' differs only in case"):
+        pipeline.check_synth_free(SynthMathSpec(name="run", num_seeds=2))
+    assert not (workspace / "datasets" / "run").exists()
