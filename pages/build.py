@@ -121,7 +121,8 @@ with left:
         st.info(f"Job {building.id} is building {spec.name!r} already.")
     b1, b2 = st.columns([1, 2])  # halves cut the second label to "Save spec (YA…" in a 1280 px window
     if b1.button("Build", type="primary", key="build", disabled=taken or building is not None) and not building:
-        submit(spec, "build_job")
+        if submit(spec, "build_job") is not None:
+            st.rerun()  # drawn before the job was queued, the button stayed enabled beside its running job
     b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="save_spec",
                        help="Rerun it with: python -m backend run SPEC.yaml")
 

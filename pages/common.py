@@ -88,21 +88,37 @@ def worker_banner() -> None:
         st.rerun()  # the banner says it is starting
 
 
-def job_status(job_id: int) -> None:
-    """Progress of one job, refreshed every second while it runs (a fragment, so the page does not rerun)."""
+# How often a job's status box asks for its row. An ended job is still asked, seldom: it can be queued again from
+# elsewhere (`jobs resume` in a terminal, another tab, a recipe re-queueing the jobs that waited for it), and the
+# box then follows it. Asked every second as the running one was, an ended job redrew its box (and, failed, looked
+# for its checkpoints) every second for as long as the page stayed open.
+LIVE_EVERY = 1.0
+ENDED_EVERY = 5.0
 
-    @st.fragment(run_every=1.0)
+
+def _active(job) -> bool:
+    return job is not None and job.status in ("queued", "running")
+
+
+def job_status(job_id: int) -> None:
+    """Progress of one job, refreshed every second while it runs (a fragment, so the page does not rerun). The page
+    runs again when the job's state changes from the one it was drawn with: it ended (the page shows what it made),
+    it was queued again elsewhere (the page shows it running), or it is gone. A session flag that said "ended once"
+    stayed set when the job was resumed from the command line, and the page did not rerun when it ended again."""
+    drawn = runner.get(job_id)
+    # a job that no longer exists is not asked again: nothing brings it back
+    every = LIVE_EVERY if _active(drawn) else ENDED_EVERY if drawn is not None else None
+
+    @st.fragment(run_every=every)
     def _show() -> None:
         job = runner.get(job_id)
+        if (job is None) != (drawn is None) or _active(job) != _active(drawn):
+            st.rerun(scope="app")  # once: the page is drawn again with this state
         if job is None:
             st.error(f"Job {job_id} no longer exists.")
             return
         said = runner.job_message(job)  # "running? — …", "queued: the worker is busy…" say their status already
         label = f"Job {job.id} ({job.kind}): " + (said if said.startswith(job.status) else f"{job.status} — {said}")
-        seen = f"_job_{job.id}_finished"
-        if job.status in runner.FINISHED and not st.session_state.get(seen):
-            st.session_state[seen] = True
-            st.rerun(scope="app")  # once: let the page show what the job made
         if job.status in ("queued", "running"):
             if said.startswith("running?"):  # runner.job_message: no worker, no process: nothing moves it on
                 st.warning(label)
@@ -128,7 +144,6 @@ def job_status(job_id: int) -> None:
                 except ValueError as exc:
                     st.error(str(exc))
                 else:
-                    st.session_state.pop(seen, None)
                     st.rerun(scope="app")
 
     _show()
@@ -166,6 +181,8 @@ def live_log(job_id: int, lines: int) -> None:
             elsewhere = current.host and current.host != runner.host_id() and not current.host.startswith("ray:")
             st.caption(f"No log here: `{log}` is not on this machine" + (
                 f" (the job ran on {current.host})" if elsewhere else " (removed since)") + ".")
+        elif current is None:  # "yet" promised a log for a job that is gone
+            st.caption(f"No log: job {job_id} no longer exists.")
         else:
             st.caption("No log yet: the worker writes one when it starts the job.")
 

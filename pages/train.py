@@ -393,6 +393,7 @@ if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason o
         and not training:
     if submit(spec, "train_job", after=after) is not None:
         st.session_state.pop("_train_after_ended", None)  # said once the run is launched: not on the next rerun
+        st.rerun()  # drawn before the job was queued, Launch stayed enabled beside the run training its name
 b2.download_button("Save spec (YAML)", spec.to_yaml(), file_name=f"{spec.name}.yaml", key="train_save_spec",
                    disabled=upload_pending, help="Rerun it with: python -m backend run SPEC.yaml")
 with machines_box:
