@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 
 import numpy as np
 from sqlmodel import select
@@ -273,3 +274,16 @@ def position_bias(vs: list[Vote]) -> list[dict]:
         rows.append({"position": labels(pos + 1)[-1], "wins": wins.get(pos, 0), "decisive": seen[pos],
                      "win_rate": wins.get(pos, 0) / seen[pos], "low": lo, "high": hi})
     return rows
+
+
+def visible(text: str) -> str:
+    """An answer as markdown, or what it holds when nothing of it would show: 96 tokens of newlines (a small or
+    badly trained model) drew an empty column beside "96 tokens", which read as an answer lost."""
+    if not text:
+        return "(empty)"
+    # what draws nothing: whitespace, controls, format characters (zero-width, BOM); isprintable() also said so of
+    # every character newer than Python's Unicode tables (an emoji of Unicode 15 alone read "nothing visible")
+    if any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text):
+        return text
+    return (f"_(nothing visible: {len(text)} whitespace or control character{'' if len(text) == 1 else 's'}, "
+            f"{text[:12]!r}{'…' if len(text) > 12 else ''})_")

@@ -64,7 +64,7 @@ def run_round(prompt: str, chosen: list[str]) -> int | None:
     boxes = {m: col.empty() for m, col in zip(order, st.columns(len(order)))}
     while True:
         for m in order:
-            text = visible(live[m].text) if live[m].text else "…"
+            text = arena.visible(live[m].text) if live[m].text else "…"
             boxes[m].markdown(f"**{m if show_names else shown[m]}**\n\n{text}")
         if all(a.done for a in live.values()):
             break
@@ -74,17 +74,6 @@ def run_round(prompt: str, chosen: list[str]) -> int | None:
                    "tokens_per_s": a.stats.tokens_per_s, "hallucination": False} for m, a in live.items()}
     settings = {"max_new_tokens": max_new, "temperature": temperature, "top_p": top_p}
     return arena.save_transcript(prompt, settings, answers, positions=order, blind=not show_names).id
-
-
-def visible(text: str) -> str:
-    """An answer as markdown, or what it holds when nothing of it would show: 96 tokens of newlines (a small or
-    badly trained model) drew an empty column beside "96 tokens", which read as an answer lost."""
-    if not text:
-        return "(empty)"
-    if any(c.isprintable() and not c.isspace() for c in text):
-        return text
-    return (f"_(nothing visible: {len(text)} whitespace or control character{'' if len(text) == 1 else 's'}, "
-            f"{text[:12]!r}{'…' if len(text) > 12 else ''})_")
 
 
 def count(n: int, noun: str) -> str:
@@ -129,7 +118,7 @@ if round_id:
             if a.get("error"):  # a statement, not an expression: Streamlit's magic would print its value (None)
                 st.error(a["error"])
             else:
-                st.markdown(visible(a["text"]))
+                st.markdown(arena.visible(a["text"]))
             if reveal:
                 st.caption(f"{a['tokens']} tokens · first token {a['first_token_s'] or 0:.2f} s · "
                            f"{a['tokens_per_s']:.1f} tokens/s")

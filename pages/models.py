@@ -74,17 +74,18 @@ def push_control(rec) -> None:
     license_link = link_col.text_input("Licence link (only for a licence `other`)", key=f"push_llink_{rec.name}",
                                        placeholder="LICENSE or https://…", help=PushSpec.model_fields["license_link"]
                                        .description)
-    spec = None
+    spec, problem = None, None
     if repo:
         try:
             spec = PushSpec(model=rec.name, repo=repo, private=private, license_name=license_name or None,
                             license_link=license_link or None)
         except ValidationError as exc:
-            st.error(explain(exc))
+            problem = explain(exc)
+            st.error(problem)
     # the button, why it is off and the job's outcome under the repo box they belong to: below the preview (a card
     # of 2,500 px with its spec) a refused repo name, the greyed Push and the push's failure sat out of sight
     if st.button("Push", key=f"push_{rec.name}", disabled=spec is None,
-                 help=None if spec else "Type the Hub repo (owner/name) first."):
+                 help=None if spec else problem or "Type the Hub repo (owner/name) first."):
         submit(spec, f"push_job_{rec.name}")
     if f"push_job_{rec.name}" in st.session_state:
         job_status(st.session_state[f"push_job_{rec.name}"])

@@ -53,7 +53,10 @@ def unscored_note(t) -> str:
     skip = {"Model", "Stage", "Made from", "Paper H6"}
     missing: dict[str, list[str]] = {}  # task -> models without its scores
     for i, col in enumerate(t.columns):
-        if col in skip or all(r[i] in ("✓", "") for r in t.rows):  # a data source's tick column
+        # a data source's tick column; the overlap columns' blanks (every item overlaps, or the data could not be
+        # read) have their own note: read as "not evaluated", an evaluated model was said to have no score
+        overlap = col.endswith((tables.OVERLAP.format(task=""), tables.CLEAN.format(column="")))
+        if col in skip or overlap or all(r[i] in ("✓", "") for r in t.rows):
             continue
         task = col.split(" ")[0]
         for r in t.rows:
@@ -145,11 +148,17 @@ labels = {r.id: f"run {r.id} · {r.name} · {r.created:%Y-%m-%d %H:%M}" for r in
 default = st.session_state.get("recipe_run_id", runs[0].id)
 run_id = st.selectbox("Run", list(labels), index=list(labels).index(default) if default in labels else 0,
                       format_func=labels.get, key="recipe_run_pick")
-# offered while some stage's job may still run: on a finished run it only said "none were still waiting or running"
-going = any(j is not None and j.status not in runner.FINISHED for _, j in recipe.stages(run_id))
+# offered while a job this run started is waiting or running (the rule cancel_run follows): on a finished run, or
+# one whose live stages wait on an earlier run's jobs, it only said "none were still waiting or running"
+going = bool(recipe.cancellable(run_id))
 if b3.button("Cancel run", key="recipe_cancel", disabled=not going,
-             help=None if going else "Every job of this run has ended."):
-    st.warning(f"Cancelled jobs: {recipe.cancel_run(run_id) or 'none were still waiting or running'}")
+             help=None if going else "No job this run started is waiting or running (a stage reused, or waiting on "
+                                     "an earlier run's job, belongs to that run: cancel that one)."):
+    # said after the rerun that draws the button off (drawn before the click, it stayed on)
+    st.session_state["_recipe_cancelled"] = (run_id, recipe.cancel_run(run_id))
+    st.rerun()
+if (said := st.session_state.pop("_recipe_cancelled", None)) and said[0] == run_id:
+    st.warning(f"Cancelled jobs: {said[1] or 'none were still waiting or running'}")
 
 
 @st.fragment(run_every=2.0)

@@ -73,3 +73,4 @@ def test_models_page_pushes_with_the_licence_name_typed(hub, unnamed, monkeypatc
     assert _card_meta(hub, "acme/typed")["license_name"] == "bloom-1.0"
     at.text_input(key=f"push_lname_{unnamed}").set_value("Not An Id").run()  # refused by the spec, in words
     assert at.button(key=f"push_{unnamed}").disabled and any("lower-case" in e.value for e in at.error)
+    assert "lower-case" in at.button(key=f"push_{unnamed}").help  # was "Type the Hub repo (owner/name) first."

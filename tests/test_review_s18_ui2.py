@@ -135,6 +135,44 @@ def test_cancel_run_is_offered_only_while_a_stage_may_still_run(workspace):
         s.commit()
     at.run()
     assert not at.button(key="recipe_cancel").disabled
-    runner.cancel(job.id)
-    at.run()
+    at.button(key="recipe_cancel").click().run()  # said, and off at once (was on, and a second click lost the word)
+    assert runner.get(job.id).status == "cancelled"
+    assert f"Cancelled jobs: [{job.id}]" in [w.value for w in at.warning]
     assert at.button(key="recipe_cancel").disabled
+    # a stage waiting on an earlier run's job (a second Run of an unchanged recipe): that run's to cancel
+    other = _job("sft", "queued", {"kind": "sft"})
+    with db.session() as s:
+        stage = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id)).first()
+        stage.job_id, stage.info = other.id, {"status": "in-flight"}
+        s.add(stage)
+        s.commit()
+    at.run()
+    assert at.button(key="recipe_cancel").disabled and runner.get(other.id).status == "queued"
+
+
+def test_an_evaluated_model_whose_items_all_overlap_is_not_said_unevaluated(workspace):
+    """Every item overlapping the training data leaves the '(non-overlapping items)' column blank by design (its
+    own note says why); the missing-score note read that blank as 'not evaluated on that task'."""
+    from storage import db
+    from storage.models import EvalScore
+    from tests.test_review_s13_recipe import _overlap
+
+    run_id = _run_with_scores()
+    with db.session() as s:  # c2 on synth-math too, every item of it in its training data
+        s.add(EvalScore(model="r-c2", task="synth-math", metric="accuracy", value=0.25, n=4, run="m",
+                        overlap_share=1.0, details={"overlap": _overlap(4, 4)}))
+        s.commit()
+    at = app("recipe.py")
+    at.selectbox(key="recipe_run_pick").select(run_id).run()
+    assert not at.exception, at.exception
+    assert not [c.value for c in at.caption if c.value.startswith("None:")]  # was "c2 has no synth-math score"
+
+
+def test_visible_reads_new_characters_as_visible_and_format_characters_as_not():
+    """isprintable() is False for every character newer than Python's Unicode tables (3.11: Unicode 14), so an
+    answer of one Unicode 15 emoji read "nothing visible"; zero-width spaces and a BOM draw nothing."""
+    visible = arena.visible
+
+    assert visible("\U0001fae8") == "\U0001fae8"  # 🫨, Unicode 15
+    assert visible("東京") == "東京" and visible("\u00a0é") == "\u00a0é"
+    assert visible("\u200b\ufeff\u3000").startswith("_(nothing visible: 3 whitespace or control characters")

@@ -1,9 +1,9 @@
 """Recipes: the SOLAR experiment as one YAML file (spec.py), planned and run as dependent jobs (plan.py), read
 back as the paper's tables, merge surfaces and run comparisons (tables.py). Presets in presets.py."""
 
-from backend.recipe.plan import Plan, cancel_run, plan, plan_text, run_recipe, runs, stage_state, stages, submit
+from backend.recipe.plan import Plan, cancel_run, cancellable, plan, plan_text, run_recipe, runs, stage_state, stages, submit
 from backend.recipe.presets import PRESETS, preset
 from backend.recipe.spec import RecipeError, RecipeSpec, expand_runs, load_recipe
 
-__all__ = ["PRESETS", "Plan", "RecipeError", "RecipeSpec", "cancel_run", "expand_runs", "load_recipe", "plan",
+__all__ = ["PRESETS", "Plan", "RecipeError", "RecipeSpec", "cancel_run", "cancellable", "expand_runs", "load_recipe", "plan",
            "plan_text", "preset", "run_recipe", "runs", "stage_state", "stages", "submit"]

@@ -621,14 +621,22 @@ def get_run(run_id: int) -> RecipeRun:
     return run
 
 
-def cancel_run(run_id: int) -> list[int]:
-    """Cancel every queued or running job this run started (reused jobs, and the in-flight jobs of an earlier run
-    that this one waits on, belong to those runs and stay)."""
-    get_run(run_id)
-    done: list[int] = []
-    for row, job in stages(run_id):  # the evaluation rows share one job: cancel it once
+def cancellable(run_id: int) -> list[int]:
+    """The queued or running jobs this run started, each once (the evaluation rows share one job): reused jobs, and
+    the in-flight jobs of an earlier run that this one waits on, belong to those runs. The page offers Cancel run
+    only when there is one."""
+    out: list[int] = []
+    for row, job in stages(run_id):
         started_here = not row.reused and (row.info or {}).get("status") != "in-flight"
-        if job is not None and started_here and job.status in ("queued", "running") and job.id not in done:
-            runner.cancel(job.id)
-            done.append(job.id)
+        if job is not None and started_here and job.status in ("queued", "running") and job.id not in out:
+            out.append(job.id)
+    return out
+
+
+def cancel_run(run_id: int) -> list[int]:
+    """Cancel every job cancellable() names: those this run started that are queued or running."""
+    get_run(run_id)
+    done = cancellable(run_id)
+    for job_id in done:
+        runner.cancel(job_id)
     return done
