@@ -253,6 +253,12 @@ def license_meta(chain: list[ModelRecord], folder: Path, *, license_name: str | 
         if license_name and meta.get("license_name", license_name) != license_name:
             raise PushRefused(f"The model's base models name its licence {meta['license_name']!r}: it is under "
                               f"theirs, not {license_name!r}. Push without a licence name.")
+        if license_link and meta.get("license_link", license_link) != license_link:
+            raise PushRefused(f"The model's base models link its licence at {meta['license_link']!r}: it is under "
+                              f"theirs, not {license_link!r}. Push without a licence link.")
+        if license_link and "://" not in license_link and license_link.removeprefix("./") not in uploaded:
+            raise PushRefused(f"license_link {license_link!r} is no file uploaded with the model (its licence files: "
+                              f"{', '.join(files) or 'none'}): give one of them, or the licence's URL.")
         meta["license_name"] = meta.get("license_name") or license_name
         meta["license_link"] = license_link or meta.get("license_link") or (files[0] if files else None)
         meta = {k: v for k, v in meta.items() if v}
@@ -315,6 +321,12 @@ def check_pushable(name: str, license_name: str | None = None, license_link: str
     folder = Path(rec.path)
     if not (folder / "config.json").is_file():
         raise PushRefused(f"{name}'s folder {folder} has no config.json (moved or deleted?): nothing was pushed.")
+    from backend.safetensors_stream import CheckpointError, weight_files
+
+    try:  # a shard the index names is missing, the index is malformed: said as such, not "no weights"
+        weight_files(folder)
+    except CheckpointError as exc:
+        raise PushRefused(f"{name}: {exc} Nothing was pushed.") from None
     files = model_files(folder)
     if not any(n.endswith(".safetensors") for n in files):
         raise PushRefused(f"{name}'s folder {folder} holds no .safetensors weights: nothing was pushed.")

@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from backend.modelinfo import inspect_model, read_config
 from backend.names import check_name, inside, safe_name
-from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError
+from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError, weight_files
 from storage import db
 from storage.models import ModelRecord
 
@@ -397,8 +397,6 @@ def links_out(folder: Path) -> list[str]:
     as weights, so only weights pass), and links into huggingface_hub's cache (models--ORG--NAME/blobs/HASH): every
     file of a cached snapshot is one, as is each large file of an `hf download --local-dir` before huggingface_hub
     0.23 (a 9-17 MB tokenizer.json too)."""
-    from backend.safetensors_stream import CheckpointError, weight_files
-
     folder = Path(folder).resolve()
     try:  # with an index, the shards it names: another .safetensors beside them is parsed by nothing, yet uploaded
         weights = set(weight_files(folder))
@@ -674,8 +672,14 @@ def missing_tokenizer(folder: Path) -> list[str]:
 def _missing_weights(folder: Path) -> list[str]:
     """Why a folder with a config.json holds nothing import_folder can register or convert, if so: refused before
     the import is queued (check_import), not when the job reads the folder."""
-    if any(folder.glob("*.safetensors")) or (folder / INDEX_NAME).exists():
-        return []  # an index whose shards are missing is weight_files' to name
+    if (folder / INDEX_NAME).exists():  # its shards missing, a malformed index, model.safetensors beside one of
+        try:  # other shards: refused here, before queueing, in weight_files' words
+            weight_files(folder)
+        except CheckpointError as exc:
+            return [str(exc)]
+        return []
+    if any(folder.glob("*.safetensors")):
+        return []
     if _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt"):
         return []
     if ggufs := sorted(folder.glob("*.gguf")):

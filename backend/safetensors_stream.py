@@ -164,6 +164,13 @@ def _weight_map(folder: Path) -> dict[str, str] | None:
         raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index} is not a valid safetensors index (weight_map is not an object).")
+    # a file of this folder each: a number (TypeError past every caller) or "../x" (a file elsewhere, read and
+    # pushed as a shard) is no shard
+    bad = sorted({str(v) for v in weight_map.values()
+                  if not isinstance(v, str) or not v or Path(v).is_absolute() or ".." in Path(v).parts})
+    if bad:
+        raise CheckpointError(f"{index} is not a valid safetensors index: its weight_map names {', '.join(bad[:3])}, "
+                              "not shard files of the folder.")
     return weight_map
 
 
@@ -173,6 +180,12 @@ def weight_files(folder: Path) -> list[Path]:
     weight_map = _weight_map(folder)
     if weight_map is not None:
         files = [folder / f for f in dict.fromkeys(weight_map.values())]
+        if (folder / "model.safetensors").is_file() and folder / "model.safetensors" not in files:
+            # transformers loads model.safetensors and never reads the index; builds here follow the index: a
+            # model evaluated and one built or pushed would be two different models
+            raise CheckpointError(f"{folder} holds model.safetensors beside {INDEX_NAME}, which names other shards: "
+                                  "transformers loads the one, this studio's builds the others. Remove the file "
+                                  "that is not the model (or the index), then try again.")
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise CheckpointError(f"{folder} is missing shard(s) {', '.join(missing)} named in {INDEX_NAME}. "

@@ -286,3 +286,65 @@ def test_a_synth_run_named_in_other_case_is_refused_before_any_file(workspace):
     with pytest.raises(pipeline.DatasetError, match="'run-pairs' differs only in case"):
         pipeline.check_synth_free(SynthMathSpec(name="run", num_seeds=2))
     assert not (workspace / "datasets" / "run").exists()
+
+
+def test_model_safetensors_beside_an_index_of_other_shards_is_refused(tiny_llama, tmp_path, workspace):
+    """transformers loads model.safetensors and never reads the index; builds and pushes here followed the index:
+    the model scored and the one built or pushed were two models."""
+    from backend.safetensors_stream import INDEX_NAME, CheckpointError, weight_files
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "both")
+    shutil.copy(folder / "model.safetensors", folder / "model-00001-of-00001.safetensors")
+    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(CheckpointError, match="transformers loads the one, this studio's builds the others"):
+        weight_files(folder)
+    with pytest.raises(ValueError, match="beside model.safetensors.index.json"):
+        registry.check_import(str(folder))
+
+
+@pytest.mark.parametrize("value", [1, None, "../elsewhere.safetensors", "/abs.safetensors"])
+def test_an_index_naming_no_shard_of_the_folder_is_refused_in_words(tiny_llama, tmp_path, workspace, value):
+    """A number in weight_map raised TypeError past the import page's `except ValueError`; '../x' read a file
+    elsewhere as a shard."""
+    from backend.safetensors_stream import INDEX_NAME
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "bad")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": {"w": value}}))
+    with pytest.raises(ValueError, match="not shard files of the folder"):
+        registry.check_import(str(folder))
+
+
+def test_a_push_says_which_shard_is_missing(tiny_llama, tmp_path, workspace, monkeypatch):
+    from backend import hubpush
+    from backend.safetensors_stream import INDEX_NAME
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "m")
+    registry.import_folder(folder, "m")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(hubpush.PushRefused, match="missing shard.s. model-00002-of-00002.safetensors"):
+        hubpush.check_pushable("m")  # was "holds no .safetensors weights"
+
+
+def test_a_licence_link_must_be_an_uploaded_file_or_a_url_and_not_replace_the_bases(tiny_llama, tmp_path, workspace):
+    from backend import hubpush
+    from backend.specs import UpscaleSpec
+    from backend.upscale import run_upscale
+
+    folder = shutil.copytree(tiny_llama, tmp_path / "old")
+    (folder / "README.md").write_text("---\nlicense: other\n---\n# old\n")
+    registry.import_folder(folder, "old")
+    run_upscale(UpscaleSpec(base="old", m=2, name="old-dus"))
+    rec = registry.get("old-dus")
+    chain = hubpush.ancestors("old-dus")
+    with pytest.raises(hubpush.PushRefused, match="'TERMS.md' is no file uploaded with the model"):
+        hubpush.license_meta(chain, Path(rec.path), license_name="x-1.0", license_link="TERMS.md")
+    assert hubpush.license_meta(chain, Path(rec.path), license_link="https://e.com/t")["license_link"] == \
+        "https://e.com/t"
+    folder2 = shutil.copytree(tiny_llama, tmp_path / "named")
+    (folder2 / "README.md").write_text("---\nlicense: other\nlicense_name: l3\nlicense_link: https://e.com/l3\n---\n")
+    registry.import_folder(folder2, "named")
+    with pytest.raises(hubpush.PushRefused, match="link its licence at 'https://e.com/l3'"):
+        hubpush.license_meta(hubpush.ancestors("named"), folder2, license_link="https://e.com/mine")
