@@ -473,6 +473,12 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
         if not len(y):  # every kind is one of them (any kind left has both outcomes): nothing to fit
             return {**out, "message": "every question kind's answers have one outcome (" + "; ".join(
                 f"{k}: {'all' if v else 'none'} {event}" for k, v in const.items()) + "): nothing to model."}
+        if (kept := len({r.prompt_id for r in rows})) < MIN_ITEMS:  # checked before the kinds were left out
+            return {**out, "message": f"only {kept} items are of question kinds whose answers differ in outcome "
+                                      f"(the rest: {', '.join(const)}, one outcome each); the fit needs at least "
+                                      f"{MIN_ITEMS}."}
+        if len({r.kind for r in rows}) == 1 and "one question kind only, so no kind term" not in out["notes"]:
+            out["notes"].append("one question kind left, so no kind term")
     out["fixed"] = {"rows": n_all - len(rows), "events": fixed_events}  # what the fitted curves add back
     share = len(rows) / n_all
     groups = np.unique([r.prompt_id for r in rows], return_inverse=True)[1]

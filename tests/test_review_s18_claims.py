@@ -149,7 +149,8 @@ def test_a_kind_no_answer_can_be_correct_in_is_left_out_of_the_fit_not_the_whole
     # 0 on the unanswerable, so it equals the raw gap over all 40
     assert res["unadjusted"]["diff"] == pytest.approx(0.15) and "adjusted" in res
     assert res["model"]["notes"] == ["unanswerable items left out of the fit: no answer to them is correct, whatever "
-                                     "the model or length (they count in the effects with a gap of 0)"]
+                                     "the model or length (they count in the effects with a gap of 0)",
+                                     "one question kind left, so no kind term"]
     assert {r["term"] for r in res["model"]["table"]} == {"intercept", "model[B]", "log tokens"}
     assert "held fixed" in res["sentence"] and "separation" not in res["sentence"]
     # the fitted curves are over every answer too: the unanswerable ones add their one outcome back
@@ -194,3 +195,22 @@ def test_every_kind_of_one_outcome_is_said_not_a_crash():
     assert lm["message"] == ("every question kind's answers have one outcome (answerable: all correct; "
                              "unanswerable: none correct): nothing to model.")
     assert "no difference to explain" in analysis.compare(recs, "A", "B", outcome="correct")["sentence"]
+
+
+def test_the_fit_needs_min_items_after_the_one_outcome_kinds_are_left_out():
+    """12 items, 9 unanswerable (never correct): the fit ran on the 3 answerable ones, past MIN_ITEMS checked before
+    they were left out, and stated an effect."""
+    import random
+
+    from backend import analysis
+
+    recs = []
+    rng = random.Random(0)
+    for i in range(12):
+        kind = "unanswerable" if i < 9 else "answerable"
+        for m in ("A", "B"):
+            t, c = rng.randint(5, 80), kind == "answerable" and (i + (m == "B")) % 2 == 0
+            recs.append(analysis.Record(m, t, c, not c, prompt_id=str(i), tokens=t, kind=kind,
+                                        verdict="correct" if c else "wrong"))
+    lm = analysis.length_model(recs, ["A", "B"], "correct")
+    assert not lm["ok"] and lm["message"].startswith("only 3 items are of question kinds whose answers differ")
