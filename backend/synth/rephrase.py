@@ -94,16 +94,20 @@ _SYNONYMS = [("How many", "What number of"), ("travels", "drives"), ("build", "p
              ("pays with", "hands over"), ("different", "distinct"), ("lowest terms", "simplest form"),
              ("Working at the same rate", "At the same pace"), ("is on sale for", "is discounted by"),
              ("How long is", "What is the length of"), ("stand in a line", "be arranged in a row"),
-             ("choose", "select"), ("years older", "years older than her"), ("each", "apiece")]
-# "How many can Sam buy?" has no noun after "How many": "What number of can Sam buy?" is no sentence
-_NOT_BEFORE = {"How many": r"(?!\s+(?:can|could|do|does|did|is|are|was|were|will|would|should|has|have|had|must)\b)"}
+             ("choose", "select"), ("each", "apiece")]
+# Where a swap reads as a sentence: "What number of" before a plural noun only ("How many can Sam buy?", "How many of
+# the 30 …", "How many remain …" are no sentences with it), "apiece" after a count or price only ("$5 each", "gives
+# 3 each"; "each of 59 people", "more each week" are not)
+_CONTEXT = {"How many": r"(?=\s+[a-z]+s\b)(?!\s+(?:was|is|has|does)\b)"}
+_AFTER = {"each": r"(?<=\d )"}
 _STEP_OPENERS = ["First, ", "Next, ", "Then, ", "After that, ", "Finally, "]
 
 
 _COMMON_STARTS = {"a", "an", "the", "in", "at", "working", "you", "there", "it", "he", "she", "they", "his",
                   "her", "their", "first", "then", "finally", "subtract", "divide", "add", "by", "with", "distance",
                   "area", "perimeter", "so", "we", "pencils", "notebooks", "workers",
-                  "what", "how", "which", "who", "when", "where", "why", "find"} | set(ITEMS)  # "Stickers cost …"
+                  "what", "how", "which", "who", "when", "where", "why", "find", "after", "one", "two", "three",
+                  "twice", "together", "now", "its", "each", "if"} | set(ITEMS)  # "Stickers cost …"
 
 
 def _lower_first(s: str) -> str:
@@ -132,7 +136,7 @@ class RulesRephraser:
                 return forms[self._pick(q, len(forms))].format(*m.groups())
         out = q
         for a, b in _SYNONYMS:
-            out = re.sub(rf"\b{re.escape(a)}\b{_NOT_BEFORE.get(a, '')}", b, out)
+            out = re.sub(rf"{_AFTER.get(a, '')}\b{re.escape(a)}\b{_CONTEXT.get(a, '')}", b, out)
         sentences = re.split(r"(?<=[.?])\s+", out)
         if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Given …, question?"
             # the context stays before the question: "What is its area, given that a rectangle …" named the
