@@ -19,6 +19,7 @@ CHANGED = [  # (seed question, rephrased question, the new quantity the error na
     ("3 pears cost $6. How much is a pear?", "One pear costs $6. How much is it?", "1"),
     ("A pen costs $2. How much do 3 pens cost?", "Pens cost $2 each. How much does one pen cost?", "1"),
     ("A single pen costs $2. How much do 3 pens cost?", "A single pen costs $2. How much does 1 pen cost?", "1"),
+    ("3 cans of soup cost $6.", "One can of soup costs $6.", "1"),  # "can" after "one" read as the verb
     # "3 pairs" may become "6 socks", "a pair" "one pair": the other way of counting, not any number anywhere
     ("Sam has 2 pairs of socks.", "Sam has 4 pairs of socks.", "4"),
     ("Sam buys a pair of shoes and 3 hats.", "Sam buys a pair of shoes and 1 hat.", "1"),
@@ -40,6 +41,7 @@ CHANGED = [  # (seed question, rephrased question, the new quantity the error na
     ("The price tripled.", "The price doubled.", "2"),  # passed: "doubled" / "tripled" were not read
 ]
 SAME = [  # the same quantities, or a word that is no quantity
+    ("You can see that 3 boxes hold 12 pens.", "One can see that 3 boxes hold 12 pens."),  # "one can of" counts
     ("One of the boys has 3 apples.", "One of the boys has three apples."),
     ("Nobody has 3 apples.", "No one has 3 apples."),  # refused once "one" is read: "no one" is nobody
     ("He buys 3 pens immediately.", "He buys 3 pens at once."),

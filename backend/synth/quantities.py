@@ -321,6 +321,8 @@ def _pronoun_one(toks: list[_Tok], i: int) -> bool:
     """Whether the lone "one" at toks[i] stands for a thing or a person ("no one", "the one who", "which one", "one
     of the boys", "one by one", "One day, …") rather than counting ("one apple", "eats one", "at least one")."""
     before, after = _word(toks, i - 1), _word(toks, i + 1)
+    if after == "can" and _word(toks, i + 2) == "of":
+        return False  # "one can of soup" counts; "one can see" does not
     if before in _PRONOUN_AFTER or after in _PRONOUN_BEFORE or (before == "that" and not after):
         return True  # "than that one."; "that one apple" counts
     if (before == "by" and _word(toks, i - 2) == "one") or (after == "by" and _word(toks, i + 2) == "one"):
