@@ -121,7 +121,8 @@ def test_models_refuses_an_option_its_action_does_not_read(tiny_llama):
     assert cli("models", "delete", "other", "--json") == (
         2, "", "error: models delete takes no --json (it reads --force and a NAME).\n")
     assert cli("models", "push", "tiny", "--repo", "a/b", "--name", "x")[::2] == (
-        2, "error: models push takes no --name (it reads --repo, --private, --queue, --after and a NAME).\n")
+        2, "error: models push takes no --name (it reads --repo, --private, --license-name, --license-link, --queue, "
+           "--after and a NAME).\n")
     assert {m.name for m in registry.list_models()} == {"tiny", "other"}  # nothing was deleted
     rc, out, _ = cli("models", "list", "--json")
     assert rc == 0 and [m["name"] for m in json.loads(out)] == ["tiny", "other"]
