@@ -61,22 +61,17 @@ def test_length_boxes_never_show_negative_words(names):
 # nothing at all ---------------------------------------------------------------------------------------------------
 
 def _run_with_scores() -> int:
+    """A run of two SFT stages, c1 and c2: both have perplexity; only c1 was evaluated on synth-math."""
     from storage import db
-    from storage.models import EvalScore, RecipeRun, RecipeStage
+    from storage.models import EvalScore
+    from tests.test_review_s13_recipe import _swept_run
 
+    run_id = _swept_run([], {"c1": 0.5})
     with db.session() as s:
-        run = RecipeRun(name="r", text="")
-        s.add(run)
-        s.commit()
-        s.refresh(run)
-        for name in ("c1", "c2"):
-            s.add(RecipeStage(run_id=run.id, recipe="r", stage=name, kind="sft", output=f"r-{name}", hash=name,
-                              job_id=None, reused=False, info={"status": "run"}))
-        for model in ("r-c1", "r-c2"):  # both have perplexity; only c1 was evaluated on synth-math
+        for model in ("r-c1", "r-c2"):
             s.add(EvalScore(model=model, task="perplexity", metric="perplexity", value=300.0, n=4, run=model))
-        s.add(EvalScore(model="r-c1", task="synth-math", metric="accuracy", value=0.5, n=4, run="m"))
         s.commit()
-        return run.id
+    return run_id
 
 
 def test_recipe_tables_say_what_a_missing_score_is(workspace):
