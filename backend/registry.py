@@ -109,22 +109,13 @@ def check_name_free(name: str, source: str = "") -> None:
     model passes here before any work. The refusal says which model holds the name, so the user can tell a clash
     from a forgotten earlier import."""
     check_name(name)
-    if (rec := get(name) or _same_but_case(name)) is not None:
+    if (rec := get(name) or db.named_any_case(ModelRecord, name)) is not None:
         case = ("" if rec.name == name else f" {name!r} differs only in case, and a case-insensitive file system "
                 "(macOS, Windows, an exFAT or SMB share) holds both in one folder.")
         raise RegistryError(f"A model named {rec.name!r} is already registered: the {rec.kind} model at {rec.path}."
                             f"{case} Choose another name, or delete {rec.name} first (Models page, or `python -m "
                             f"backend models delete {rec.name}`).")
     check_not_orphaned_parent(name, source)
-
-
-def _same_but_case(name: str) -> ModelRecord | None:
-    """A model whose name is `name` in other letter case ('Tiny' for 'tiny'). ASCII names (check_name), so SQL's
-    lower() is Python's on every database."""
-    from sqlalchemy import func
-
-    with db.session() as s:
-        return s.exec(select(ModelRecord).where(func.lower(ModelRecord.name) == name.lower())).first()
 
 
 def check_not_orphaned_parent(name: str, source: str = "") -> None:

@@ -343,6 +343,16 @@ def session() -> Session:
     return Session(init_db())
 
 
+def named_any_case(table, name: str):
+    """The row of `table` (a model or a data set) whose name is `name` in any letter case: on a case-insensitive file
+    system (macOS, Windows, an exFAT or SMB share) 'Tiny' and 'tiny' are one folder. Names are ASCII
+    (backend/names.py), so SQL's lower() is Python's on every database."""
+    from sqlmodel import select
+
+    with session() as s:
+        return s.exec(select(table).where(sa.func.lower(table.name) == name.lower())).first()
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether process `pid` still runs. A zombie (ended, not yet reaped by its parent; in a container whose PID 1
     never reaps, for good) has ended: os.kill(pid, 0) alone called it alive, so a cancelled job read "still

@@ -238,14 +238,6 @@ def get_dataset(name: str) -> DatasetRecord | None:
         return s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
 
 
-def _same_but_case(name: str) -> DatasetRecord | None:
-    """A data set whose name is `name` in other letter case (names are ASCII: SQL's lower() is Python's)."""
-    from sqlalchemy import func
-
-    with db.session() as s:
-        return s.exec(select(DatasetRecord).where(func.lower(DatasetRecord.name) == name.lower())).first()
-
-
 def list_datasets(kind: str | None = None) -> list[DatasetRecord]:
     with db.session() as s:
         q = select(DatasetRecord).order_by(DatasetRecord.created)
@@ -721,7 +713,7 @@ def check_synth_free(spec: SynthMathSpec, out_dir: Path | None = None) -> Path:
     (a resumed job goes on from its rephrase cache). Refused before any work, so nothing is written."""
     folder = Path(out_dir or spec.out or inside(db.workspace() / "datasets", spec.name)).expanduser().resolve()
     for name in (f"{spec.name}-pairs", f"{spec.name}-instruct", f"{spec.name}-alignment"):
-        if (rec := get_dataset(name) or _same_but_case(name)) is not None:
+        if (rec := get_dataset(name) or db.named_any_case(DatasetRecord, name)) is not None:
             hint = f" To export its pairs again: `python -m backend datasets export {name}`." \
                 if rec.kind == "synth-pairs" else ""
             case = "" if rec.name == name else (f" ({name!r} differs only in case: a case-insensitive file system, "
