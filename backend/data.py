@@ -163,7 +163,7 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
             raise DataError(problem)
         # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
         extra = {"encoding": "utf-8-sig", "sample_by": _sample_by(sample_by)} if LOADERS[path.suffix] == "text" \
-            else {}
+            else _csv_options(path) if LOADERS[path.suffix] == "csv" else {}
         try:
             with _quiet_loader(LOADERS[path.suffix]):
                 ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train", **extra)
@@ -189,6 +189,26 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
     if len(ds) == 0:
         raise DataError(f"{source} has no rows.")
     return ds
+
+
+def _csv_options(path: Path) -> dict:
+    """How `datasets`' CSV reader reads a data file: every column as text, a cell empty only when it is empty, and a
+    file separated by ';', tab or '|' (a spreadsheet saved where the decimal mark is a comma) split so. A CSV cell has
+    no type, but pandas guessed one per 10,000-row chunk: a file of numeric answers ("4") was refused ("output must
+    be text; got int"), one whose answers turned from numbers to words after row 10,000 failed ("Failed to parse
+    string: 'answer 4' as a scalar of type int64"), and an answer "NA", "None" or "null" became a missing one. A
+    header `datasets` cannot read is left to its reader, which says why (_unreadable)."""
+    import datasets
+    import pandas as pd
+
+    try:
+        sep, columns = ",", list(pd.read_csv(path, nrows=0).columns)
+        if len(columns) == 1 and (other := next((c for c in ";\t|" if c in str(columns[0])), None)):
+            sep, columns = other, list(pd.read_csv(path, nrows=0, sep=other).columns)
+    except Exception:  # noqa: BLE001 - the read itself names the fault
+        return {}
+    return {"sep": sep, "features": datasets.Features({c: datasets.Value("string") for c in columns}),
+            "keep_default_na": False, "na_values": [""]}
 
 
 class _ThisThread(logging.Filter):
@@ -260,14 +280,24 @@ def _unusable_text(path: Path) -> str | None:
 
     if path.stat().st_size == 0:
         return f"Data file {shown_name(path)} is empty: it has no rows."
-    if path.suffix == ".parquet":
-        return None
+    if path.suffix == ".parquet":  # `datasets` read one of no rows as "BatchSize must be greater than 0, got 0"
+        return f"Data file {shown_name(path)} has no rows." if _parquet_rows(path) == 0 else None
     if _only_blank(path):
         return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
     if bad := _first_non_utf8(path):
         return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
                 "as UTF-8.")
     return None
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a Parquet file's footer counts, or None when it is no Parquet file (its reader then says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - not Parquet, or damaged: load_dataset names it (_unreadable)
+        return None
 
 
 def _only_blank(path: Path) -> bool:
@@ -287,6 +317,9 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
     from backend.uploads import shown_name
 
     name = shown_name(path)
+    if "corresponds to no data" in str(exc):  # `datasets`' words ('Instruction "train" corresponds to no data!')
+        what = {"csv": "a header line but no rows", "json": "no rows: an empty array, or only empty objects {}"}
+        return f"Data file {name} holds {what.get(loader, 'no rows')}. Add rows to it, or choose another file."
     if loader == "json" and (bad := _first_bad_json_line(path)):
         line, column, what = bad
         shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
@@ -412,7 +445,15 @@ def _row_problem(row: dict, layout: str) -> str | None:
         return _not_text(optional, row[optional])
     if layout in _TURN_COLUMNS:
         column, fields, shape = _TURN_COLUMNS[layout]
-        return _turns_problem(column, row.get(column), fields, shape)
+        if problem := _turns_problem(column, row.get(column), fields, shape):
+            return problem
+        # a speaker outside _SHAREGPT_ROLES was read as the user: a file's "model" replies made the row "user, user"
+        # (refused as having no reply, in roles the file does not use), a "function_call" turn became the user's
+        # words. FastChat's reader fails on one (a KeyError); say which.
+        return next((f"{column}, turn {k}: from {turn.get('from')!r} is no speaker this reads (one of "
+                     f"{', '.join(_SHAREGPT_ROLES)}): rename it, or use the messages layout with its roles"
+                     for k, turn in enumerate(row[column], 1) if turn.get("from") not in _SHAREGPT_ROLES), None) \
+            if layout == "sharegpt" else None
     if layout == "preference":
         for column in ("chosen", "rejected"):
             if not isinstance(value := row.get(column), (str, list)):
@@ -628,12 +669,14 @@ def _load_converted(source: str, kind: str, max_rows: int | None, sample_by: str
 def _weighted(ds, source: str, weight: float, seed: int):
     import datasets
 
-    if weight <= 0:
-        raise DataError(f"{source}: weight must be positive.")
-    whole, frac = int(weight), weight - int(weight)
+    if not weight > 0 or not math.isfinite(weight):  # nested mixes multiply weights: 1e200 × 1e200 is inf
+        raise DataError(f"{source}: weight must be a positive finite number; got {weight:g}.")
+    # the rows taken, counted once: a weight a float product leaves just over a whole number (a mix member's 0.07
+    # used at weight 100 is 7.000000000000001) took the whole set 7 times and one random row more
+    whole, rest = divmod(max(1, round(weight * len(ds))), len(ds))
     parts = [ds] * whole
-    if frac:
-        parts.append(ds.shuffle(seed=seed).select(range(max(1, round(frac * len(ds))))))
+    if rest:
+        parts.append(ds.shuffle(seed=seed).select(range(rest)))
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 

@@ -281,7 +281,11 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
     try:
         try:
             (alone / path.name).symlink_to(path.resolve())
-            gguf_file = path.name
+            # the link's absolute path, never its bare name: transformers' model loader takes a gguf_file that is a
+            # file relative to the process's working folder first (modeling_utils._get_resolved_checkpoint_files,
+            # `os.path.isfile(gguf_file)`), so a file of the same name there was read as the weights, beside this
+            # file's config and tokenizer
+            gguf_file = str(alone / path.name)  # absolute: db.workspace() is resolved
         except OSError:  # a workspace that holds no links (exFAT, SMB): the file's absolute path, joined to the
             gguf_file = str(path.resolve())  # empty folder, is itself (os.path.join), and the folder stays empty
         tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file, trust_remote_code=False)
@@ -382,35 +386,59 @@ LINKED_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def links_out(folder: Path) -> list[str]:
-    """Why `folder` may not be imported, if a file at its root is a link to a file outside it: an archive unpacked
-    from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model (hubpush) or a
-    build (outputs.copy_companions) reads through the link. Allowed: links inside the folder, weight files (parsed
-    as weights, so only weights pass), and links into huggingface_hub's cache (models--ORG--NAME/blobs/HASH): every
-    file of a cached snapshot is one, as is each large file of an `hf download --local-dir` before huggingface_hub
-    0.23 (a 9-17 MB tokenizer.json too)."""
+    """Why `folder` may not be imported, if a file at its root is a link to a file outside it, or to nothing: an
+    archive unpacked from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model
+    (hubpush) or a build (outputs.copy_companions) reads through the link; a link whose file is gone (a cache cleaned
+    since, a copy of the links alone) passed, and failed the import, a build or a push later. Allowed: links inside
+    the folder, weight files (parsed as weights, so only weights pass), and links into ONE repo of huggingface_hub's
+    cache (models--ORG--NAME/blobs/HASH): every file of a cached snapshot is one, into its own repo, as is each large
+    file of an `hf download --local-dir` before huggingface_hub 0.23 (a 9-17 MB tokenizer.json too), all into the
+    repo downloaded. A blob of another cached repo (its hash known) is another model's file, maybe a private one."""
     folder = Path(folder).resolve()
     try:  # with an index, the shards it names: another .safetensors beside them is parsed by nothing, yet uploaded
         weights = set(weight_files(folder))
     except (CheckpointError, OSError, ValueError):
         weights = set()
-    out = []
+    out, links = [], []
     for f in sorted(folder.iterdir()):
         try:
-            if not f.is_symlink() or not f.is_file() or (f.suffix in LINKED_WEIGHTS
-                                                         and (f.suffix != ".safetensors" or f in weights)):
+            if not f.is_symlink():
                 continue
             target = f.resolve()
-        except OSError as exc:  # a link to a file this user may not read: said, not a traceback on the page
-            out.append(f"{f} cannot be read ({exc.strerror or exc}): copy the file itself into the folder or remove "
-                       "it, then import again.")
+            if not target.exists():
+                out.append(f"{f} is a link to {target}, which does not exist (a download or copy left incomplete, or "
+                           "a cache cleaned since): copy that file itself into the folder (or download the model "
+                           "again), or remove the link, then import again.")
+            elif f.is_file() and not target.is_relative_to(folder):
+                links.append((f, target, _blob_repo(target)))
+        except (OSError, RuntimeError) as exc:  # a link to a file this user may not read, or a loop of links
+            # (Path.resolve's RuntimeError): said, not a traceback on the page
+            out.append(f"{f} cannot be read ({getattr(exc, 'strerror', None) or exc}): copy the file itself into "
+                       "the folder or remove it, then import again.")
+    # the cache repo the blob links may point into: a snapshot's own (models--X/snapshots/REV), else the one repo
+    # they all point into (a --local-dir download's); links into two repos, none of them
+    repos = sorted({blob for *_, blob in links if blob is not None})
+    own = folder.parent.parent if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(
+        "models--") else None
+    repo = own or (repos[0] if len(repos) == 1 else None)
+    for f, target, blob in links:
+        if (blob is not None and blob == repo) or (f.suffix in LINKED_WEIGHTS
+                                                   and (f.suffix != ".safetensors" or f in weights)):
             continue
-        if target.is_relative_to(folder) or (target.parent.name == "blobs"
-                                             and target.parent.parent.name.startswith("models--")):
-            continue
-        out.append(f"{f} is a link to {target}, outside the model folder: a push of the model would upload that "
-                   "file and a build would copy it. Copy the file itself into the folder (`cp -L`) or remove the "
-                   "link, then import again.")
+        where = ("outside the model folder" if blob is None
+                 else f"a file of the cached repo {blob.name}, not of {own.name} whose snapshot this is" if own
+                 else f"a file of the cached repo {blob.name}, while its links point into {len(repos)} cached repos "
+                      f"({', '.join(r.name for r in repos)})")
+        out.append(f"{f} is a link to {target}, {where}: a push of the model would upload that file and a build "
+                   "would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, then import "
+                   "again.")
     return out
+
+
+def _blob_repo(target: Path) -> Path | None:
+    """The repo folder of huggingface_hub's cache (models--ORG--NAME) whose blobs/ holds `target`, or None."""
+    repo = target.parent.parent
+    return repo if repo.name.startswith("models--") and target.parent.name == "blobs" else None
 
 
 def _pickle_weights(folder: Path, ext: str) -> list[Path]:

@@ -167,7 +167,9 @@ def test_a_gguf_import_reads_the_file_alone_not_its_folders_other_files(tiny_lla
 
     def loader(load):
         def from_pretrained(src, **k):
-            seen.append((sorted(p.name for p in Path(src).iterdir()), k.get("gguf_file"),
+            gguf_file = Path(k["gguf_file"])  # absolute (s19): a bare name is looked up in the cwd first
+            seen.append((sorted(p.name for p in Path(src).iterdir()), gguf_file.is_absolute(),
+                         str(gguf_file.relative_to(src) if gguf_file.is_relative_to(src) else gguf_file),
                          k.get("trust_remote_code")))
             return load(tiny_llama)
         return from_pretrained
@@ -177,13 +179,13 @@ def test_a_gguf_import_reads_the_file_alone_not_its_folders_other_files(tiny_lla
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         loader(transformers.LlamaForCausalLM.from_pretrained))
     assert registry.import_gguf(gguf, name="from-downloads").name == "from-downloads"
-    assert seen == [(["tiny.Q4_1.gguf"], "tiny.Q4_1.gguf", False)] * 2
+    assert seen == [(["tiny.Q4_1.gguf"], True, "tiny.Q4_1.gguf", False)] * 2
     assert list(db.tmp_dir().iterdir()) == []  # the reading folder is gone
     # a workspace on a file system without links (exFAT, SMB): the import failed, blaming the GGUF file
     seen.clear()
     monkeypatch.setattr(Path, "symlink_to", lambda *a, **k: (_ for _ in ()).throw(PermissionError(1, "EPERM")))
     assert registry.import_gguf(gguf, name="no-links").name == "no-links"
-    assert seen == [([], str(gguf.resolve()), False)] * 2
+    assert seen == [([], True, str(gguf.resolve()), False)] * 2
 
 
 # ---------------------------------------------------------------- a Hub id the Hub cannot take
