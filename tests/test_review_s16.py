@@ -133,17 +133,17 @@ def test_a_name_taken_between_the_check_and_the_insert_is_refused_in_words(monke
     import pytest
     from sqlalchemy import false
 
-    from backend.synth import pipeline
+    from backend.synth import datasets, pipeline
 
     pipeline.save_dataset("taken", "sft", "/x.jsonl", 1, {})
-    real, calls = pipeline.select, []
+    real, calls = datasets.select, []
 
     def blind_once(*a):  # the check sees no row (another run registers between it and the insert)
         calls.append(a)
         return real(*a).where(false()) if len(calls) == 1 else real(*a)
 
-    monkeypatch.setattr(pipeline, "check_not_orphaned_dataset", lambda name: None)
-    monkeypatch.setattr(pipeline, "select", blind_once)
+    monkeypatch.setattr(datasets, "check_not_orphaned_dataset", lambda name: None)
+    monkeypatch.setattr(datasets, "select", blind_once)
     with pytest.raises(pipeline.DatasetError,
                        match=r"already named 'taken' \(1 rows at /x.jsonl\). Nothing was saved"):
         pipeline.save_dataset("taken", "sft", "/y.jsonl", 1, {})

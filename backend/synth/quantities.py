@@ -5,10 +5,13 @@ One quantity is one value: "2 1/2" is 5/2 (not 2, 1 and 2), "3/4" is 3/4, "50%" 
 "50 cents" is 1/2 (dollars), "$1.50" and "1 dollar and 50 cents" are 3/2, "-3" after "=" is -3, "twenty-five" is 25
 (not 20 and 5), "two and a half" and "two and one half" are 5/2, "three quarters" is 3/4, "half" 1/2, "a dozen" 12,
 "half a dozen" 6, "a dozen and a half" 18, "3 million" 3000000, "3 below zero" -3, "a pair" 2, "3 dimes" 3/10
-(dollars, as cents are), "twice" and "doubled" 2. Reading parts as numbers let a changed quantity through:
+(dollars, as cents are), "twice" and "doubled" 2. A multiplier (hundred, thousand, million, billion, dozen) takes a
+half one way: after it, the half is of it ("a dozen and a half" 18, "a hundred and a half" 150, "a million and a
+half" 1500000), before it, it multiplies the whole ("one and a half dozen" 18, "3 and a half million" 3500000,
+"half a million" 500000, "2.5 million" 2500000). Reading parts as numbers let a changed quantity through:
 "2 1/2 cups" → "1 1/2 cups" holds only the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5 and 2/4" the same
-four digits. "one" counts ("one apple", "eats one") unless it stands for a thing or a person ("no one", "one of the
-boys", "which one", "the one who"); "once" counts ("once a week", "only once") unless it joins a clause ("once he
+four digits. "one" counts ("one apple", "eats one", "one of the 5") unless it stands for a thing or a person ("no
+one", "which one", "the one who"); "once" counts ("once a week", "only once") unless it joins a clause ("once he
 buys") or means now ("at once").
 
 `stated(text)`: the values a rephrased question writes; `changed(original, rephrased)`: those of them no faithful
@@ -30,6 +33,8 @@ _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve t
 _UNIT = {w: i for i, w in enumerate(_UNITS)}
 _TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
 _SCALES = {"thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+# the words that multiply the number before them, and whose "and a half" is half of them (the module's docstring)
+_MULTIPLIERS = {"hundred": 100, **_SCALES, "dozen": 12}
 # a fraction's denominator in words ("two thirds", "a quarter"); "second" is left out: "two seconds" is a time
 _DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4, "fourth": 4,
                  "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6, "seventh": 7, "sevenths": 7,
@@ -45,10 +50,11 @@ _COINS = {"dime": Fraction(1, 10), "dimes": Fraction(1, 10), "nickel": Fraction(
 # "-5 degrees" is "5 degrees below zero": the words between a number and "below zero"
 _TEMPERATURE = {"degree", "degrees", "c", "f", "celsius", "fahrenheit", "centigrade", "°"}
 # A lone "one" stands for a thing or a person, not a count, after these ("no one", "each one", "which one", "the
-# one who", "the other one") and before these ("one of the boys", "one who", "one another", "one can see")
+# one who", "the other one") and before these ("one who", "one another", "one can see"). "one of the 5" counts: "ate
+# 2 of the 5" → "ate one of the 5" is a changed quantity, and it stands for no "a X" (changed)
 _PRONOUN_AFTER = {"no", "each", "every", "any", "which", "whichever", "this", "the", "another", "other", "some", "a",
               "an", "its", "his", "her", "their", "my", "your", "our"}
-_PRONOUN_BEFORE = {"of", "another", "who", "whom", "whose", "which", "that", "can", "could", "may", "might", "must",
+_PRONOUN_BEFORE = {"another", "who", "whom", "whose", "which", "that", "can", "could", "may", "might", "must",
                "should", "would", "will"}
 # "a red one", "the cheapest one": an adjective between the article and "one" (a short list: "gives the boy one
 # apple" counts)
@@ -58,6 +64,10 @@ _ADJECTIVES = {"other", "same", "last", "first", "next", "only", "new", "old", "
                "black", "yellow"}
 _PERIODS = {"second", "minute", "hour", "day", "week", "fortnight", "month", "year", "decade", "century", "morning",
             "afternoon", "evening", "night", "weekend", "summer", "winter", "spring", "autumn", "time"}
+# "every week", "weekly": what "once a week" may reword (changed); "every other week" and "every 2 weeks" are not
+_ADVERBS = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year",
+            "annually": "year", "nightly": "night"}
+_EVERY = re.compile(rf"\b(?:every|each)\s+({'|'.join(sorted(_PERIODS))})\b|\b({'|'.join(_ADVERBS)})\b")
 # a number attached to "-" after one of these is negative ("= -3", "(-2, 5)", "$-3$" in TeX), not a subtraction
 _OPERATORS = set("=(,:;[{<>+*/×÷^$")
 
@@ -76,6 +86,10 @@ class Quantity:
     pairs: bool = False  # a count of pairs ("3 pairs", "one couple"): a rephrasing may count their things instead
     pair_alts: tuple[Fraction, ...] = ()  # values a rephrasing may write when it counts the other way: "3 pairs" may
     #                                       become "6 socks" (not "6 pairs"), "a pair" "one pair" (not "1 sock")
+    money: bool = False  # an amount of money: "$3", "3 dollars", "30 cents", "3 dimes"
+    counts: tuple[Fraction, ...] = ()  # values a rephrasing may write as a count, not as money: "3 dimes" may become
+    #                                    "dimes, 3 of them", not "$3"
+    period: str = ""  # the period of a counting "once a week" ("week"): a rephrasing of the original's "every week"
 
 
 @dataclass
@@ -253,62 +267,66 @@ def quantities(text: str) -> list[Quantity]:
             i += 1
             continue
         elif t.text == "once":
-            out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i)))
+            period = _word(toks, i + 2) if _word(toks, i + 1) in ("a", "an", "every", "each", "per") else ""
+            out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i),
+                                period=period if period in _PERIODS else ""))
             i += 1
             continue
         elif t.text in ("a", "an") and _word(toks, i + 1) in (*_PAIRS, *_COINS):
             coin = _COINS.get(_word(toks, i + 1))
-            out.append(Quantity(coin) if coin else Quantity(Fraction(2), pair_alts=(Fraction(1),)))  # "a dime", "a pair"
+            out.append(Quantity(coin, money=True) if coin else Quantity(Fraction(2), pair_alts=(Fraction(1),)))
             i += 2
             continue
         elif (frac := _fraction_after(toks, i)) is not None or t.text == "half":
             value, j = frac or (Fraction(1, 2), i + 1)
-            if _word(toks, j) == "dozen" or (_word(toks, j) == "a" and _word(toks, j + 1) == "dozen"):
-                value, j = value * 12, j + 1 + (_word(toks, j) == "a")  # "a half dozen", "half a dozen": 6
+            k = j + (_word(toks, j) == "a")  # "a half dozen", "half a dozen": 6; "half a million" 500000
+            if _word(toks, k) in _MULTIPLIERS:
+                value, j = value * _MULTIPLIERS[_word(toks, k)], k + 1
             out.append(Quantity(value))
             i = j
             continue
         else:
             i += 1
             continue
-        percent = t.kind == "num" and t.percent
+        percent, cents = t.kind == "num" and t.percent, False
         if not percent and (frac := _fraction_after(toks, i)) is not None:  # "two thirds", "one half"
             value, j, lone = frac[0], frac[1], False
         elif not percent and _word(toks, j) == "and" and (frac := _fraction_after(toks, j + 1)) is not None and \
                 _word(toks, j + 1) in ("a", "one") and frac[0] < 1:
-            # "two and a half", "1 and one third"; the half of a dozen or a million is of it: "a dozen and a half" 18
-            whole = 12 if _word(toks, j - 1) == "dozen" else _SCALES.get(_word(toks, j - 1), 1)
+            # "two and a half", "1 and one third"; the half of a dozen or a hundred is of it: "a dozen and a half" 18
+            whole = _MULTIPLIERS.get(_word(toks, j - 1), 1)
             value, j, lone = value + frac[0] * whole, frac[1], False
         elif not percent and (t.whole or t.kind == "word") and _word(toks, j) == "and" and j + 1 < len(toks) \
                 and (nxt := toks[j + 1]).kind == "num" and not nxt.whole and not nxt.percent \
                 and 0 < nxt.value < 1 and "/" in nxt.text:
             value, j, lone = value + nxt.value, j + 2, False  # "2 and 1/2"
-        if _word(toks, j) == "dozen" and not percent:
-            value, j, lone = value * 12, j + 1, False  # "one and a half dozen", "1 1/2 dozen"
+        if _word(toks, j) in _MULTIPLIERS and not percent:  # "one and a half dozen", "3 and a half million"
+            value, j, lone = value * _MULTIPLIERS[_word(toks, j)], j + 1, False  # "1 1/2 dozen", "2.5 million"
         if _word(toks, j) in ("percent",) and not percent:
             value, j, lone = value / 100, j + 1, False
         elif _word(toks, j) in ("cent", "cents") and not percent:
-            value, j, lone = value / 100, j + 1, False
+            value, j, lone, cents = value / 100, j + 1, False, True
         elif not percent and (zero := _zero_after(toks, j)) is not None:
             value, j, lone = value * zero[0], zero[1], False  # "3 below zero" is -3, not 3 and 0
         sign, either = _sign(toks, i, text)
         value *= sign
         alts = tuple(sorted({*parts, -value} if either else set(parts)))
-        after = _word(toks, j)
+        after, counts = _word(toks, j), ()
         pairs = not percent and after in _PAIRS
         if pairs:
             pair_alts = (value * 2,)  # "3 pairs of socks" may become "6 socks"
         elif not percent and after in _COINS:
-            value, alts = value * _COINS[after], (*alts, value)  # "3 dimes" is 30 cents
+            value, counts, cents = value * _COINS[after], (value,), True  # "3 dimes" is 30 cents, 3 a count
         loose = lone and _pronoun_one(toks, i)
         dollars = (i > 0 and toks[i - 1].text == "$") or _word(toks, j) in ("dollar", "dollars")
         joined = _cents_after(toks, j) if dollars and not percent else None
         if joined is not None:  # "1 dollar and 50 cents", "$1 and 50 cents": 3/2, each part allowed in a seed
-            cents, j = joined
-            out.append(Quantity(value + cents, (*alts, value, cents)))
+            part, j = joined
+            out.append(Quantity(value + part, (*alts, value, part), money=True))
         else:
-            out.append(Quantity(value, alts, loose=loose, noun=after if lone and not loose else "", pairs=pairs,
-                                pair_alts=pair_alts if pairs else ()))
+            noun = after if lone and not loose and after != "of" else ""
+            out.append(Quantity(value, alts, loose=loose, noun=noun, pairs=pairs,
+                                pair_alts=pair_alts if pairs else (), money=dollars or cents, counts=counts))
         i = j
     return out
 
@@ -396,18 +414,28 @@ _SINGLE = re.compile(r"\b(?:(?:a|an|one)\s+single|a|an|each|every|per|one|single
 def changed(original: str, rephrased: str) -> set[Fraction]:
     """The values `rephrased` states that no faithful rephrasing of `original` states: stated(rephrased) less
     allowed(original), where a count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs
-    $2" → "One pen costs $2", "$3 per pound" → "$3 for one pound") as long as the rephrasing names a single X no
-    more often than the original: "A pen costs $2. How much do 3 pens cost?" → "A pen costs $2. How much does one
-    pen cost?" names it twice, and its 1 is new. Only while the rephrasing keeps every quantity the original states:
-    "3 pears cost $6. How much is a pear?" → "One pear costs $6." dropped the 3 for the 1."""
+    $2" → "One pen costs $2", "$3 per pound" → "$3 for one pound"; not "each of the boys" → "one of the boys") as
+    long as the rephrasing names a single X no more often than the original: "A pen costs $2. How much do 3 pens cost?"
+    → "A pen costs $2. How much does one pen cost?" names it twice, and its 1 is new. Likewise "once a week" is the
+    original's "every week" or "weekly" rewritten. Only while the rephrasing keeps every quantity the original
+    states (a count of pairs kept as a count of their things: "3 pairs of socks" as "6 socks"): "3 pears cost $6.
+    How much is a pear?" → "One pear costs $6." dropped the 3 for the 1. A coin count is a count, never money:
+    "3 dimes" may become "dimes, 3 of them", not "$3"."""
     ok = allowed(original)
+    before, after = quantities(original), quantities(rephrased)
     # a count of pairs and a count of their things are each other's rewording, not a count of the same kind:
     # "2 pairs of socks" may become "4 socks", not "4 pairs of socks"
-    counted_other_way = {flag: {v for q in quantities(original) if q.pairs != flag for v in q.pair_alts}
-                         for flag in (False, True)}
+    counted_other_way = {flag: {v for q in before if q.pairs != flag for v in q.pair_alts} for flag in (False, True)}
+    counts_only = {v for q in before for v in q.counts}
     have = Counter(_SINGLE.findall(_normalise(original)))
     uses = Counter(_SINGLE.findall(_normalise(rephrased)))
-    kept = stated(original) <= {v for q in quantities(rephrased) for v in (q.value, *q.alts)}
-    return {q.value for q in quantities(rephrased) if not q.loose and q.value not in ok
+    every = Counter(a or _ADVERBS[b] for a, b in _EVERY.findall(_normalise(original)))
+    once = Counter(q.period for q in after if q.period and not q.loose)
+    written = {v for q in after for v in (q.value, *q.alts)}
+    kept = all(q.value in written or any(v in {x.value for x in after if x.pairs != q.pairs} for v in q.pair_alts)
+               for q in before if not q.loose)
+    return {q.value for q in after if not q.loose and q.value not in ok
+            and not (q.value in counts_only and not q.money)
             and q.value not in counted_other_way[q.pairs]
-            and not (q.noun and kept and uses[q.noun] <= have[q.noun])}
+            and not (q.noun and kept and uses[q.noun] <= have[q.noun])
+            and not (q.period and kept and once[q.period] <= every[q.period])}

@@ -110,10 +110,34 @@ _COMMON_STARTS = {"a", "an", "the", "in", "at", "working", "you", "there", "it",
                   "twice", "together", "now", "its", "each", "if"} | set(ITEMS)  # "Stickers cost …"
 
 
-def _lower_first(s: str) -> str:
-    """Lower-case a sentence's first letter when it is an ordinary word (names and symbols stay as they are)."""
-    first = s.split(" ", 1)[0].rstrip(",:")
-    return s[:1].lower() + s[1:] if first.lower() in _COMMON_STARTS else s
+def _lower_first(s: str, text: str = "") -> str:
+    """A sentence's first word lower-cased, for a sentence moved inside another ("Pens cost $2. How many …" → "Given
+    that pens cost $2, how many …"), unless it is a name. Only the problem's own `text` tells a name from a noun, so
+    the rule reads it: "I", an acronym or a word with an inner capital ("NASA", "McKay"), and a word the text
+    capitalises mid-sentence ("How old is Ruth?") stay; a word of _COMMON_STARTS, or one the text writes in lower
+    case elsewhere ("How many pens …"), is lowered. A word seen nowhere else stays as it is: "sam has 3 apples" reads
+    worse than "Pens cost $2" (a lower-cased name is wrong, a capitalised noun only odd)."""
+    m = re.match(r"[A-Z][A-Za-z]*", s)
+    if not m:
+        return s
+    word, rest = m[0], s[m.end():]
+    if word == "I" or (len(word) > 1 and not word[1:].islower()) or rest[:1].isdigit():
+        return s  # "I", "I'm", "NASA", "McKay", "A4"
+    low = word.lower()
+    if low in _COMMON_STARTS:
+        return low + rest
+    if _named_mid_sentence(word, text) or not re.search(rf"(?<![A-Za-z]){low}(?![A-Za-z])", text):
+        return s
+    return low + rest
+
+
+def _named_mid_sentence(word: str, text: str) -> bool:
+    """Whether `text` writes `word`, capitalised, inside a sentence (not after . ? ! : or at its start): a name."""
+    for m in re.finditer(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text):
+        before = text[:m.start()].rstrip()
+        if before and before[-1] not in ".?!:\"'(":
+            return True
+    return False
 
 
 class RulesRephraser:
@@ -129,7 +153,9 @@ class RulesRephraser:
     def _pick(self, text: str, k: int) -> int:
         return int(hashlib.sha1(f"{self.variant_seed}:{text}".encode()).hexdigest(), 16) % k
 
-    def question(self, q: str) -> str:
+    def question(self, q: str, solution: str = "") -> str:
+        """`q` rephrased; the seed's `solution` is read only for how it writes a word (_lower_first)."""
+        text = f"{q}\n{solution}"
         for pattern, forms in _Q_FORMS:
             m = pattern.match(q)
             if m:
@@ -141,11 +167,13 @@ class RulesRephraser:
         if len(sentences) >= 2 and sentences[-1].endswith("?"):  # "Context. Question?" -> "Given …, question?"
             # the context stays before the question: "What is its area, given that a rectangle …" named the
             # rectangle after the pronoun that points to it
-            context = " and ".join(_lower_first(s.rstrip(".")) for s in sentences[:-1])
-            out = f"Given that {context}, {_lower_first(sentences[-1])}"
+            context = " and ".join(_lower_first(s.rstrip("."), text) for s in sentences[:-1])
+            out = f"Given that {context}, {_lower_first(sentences[-1], text)}"
         return out
 
-    def solution(self, s: str) -> str:
+    def solution(self, s: str, question: str = "") -> str:
+        """`s` restated step by step; the seed's `question` is read only for how it writes a word (_lower_first)."""
+        text = f"{question}\n{s}"
         body, _, tail = s.rpartition("The answer is")
         steps = [x for x in re.split(r"(?<=\.)\s+", body.strip()) if x]
         steps = [re.sub(r"^(First|Then|Finally),?\s*", "", x) for x in steps]
@@ -154,12 +182,12 @@ class RulesRephraser:
         for i, step in enumerate(steps):
             opener = _STEP_OPENERS[0] if i == 0 else (_STEP_OPENERS[-1] if i == n - 1 and n > 1 else
                                                       _STEP_OPENERS[1 + (i - 1) % 3])
-            out.append(opener + _lower_first(step) if n > 1 else step)
+            out.append(opener + _lower_first(step, text) if n > 1 else step)
         final = tail.strip() if tail else ""
         return " ".join(out) + (f" So the final answer is {final}" if final else "")
 
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
-        return [(self.question(s.question), self.solution(s.solution)) for s in seeds]
+        return [(self.question(s.question, s.solution), self.solution(s.solution, s.question)) for s in seeds]
 
 
 # ---------------------------------------------------------------- a registered chat model
