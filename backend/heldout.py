@@ -4,8 +4,8 @@ model's training data already contains.
 An evaluation job walks the evaluated model's lineage (ModelRecord.parents; a trained model's recipe is its
 training spec with `data` sources; the model named, or given as "builtin" or its registered folder's path), loads
 every training source through backend/data.py, and measures the n-gram overlap of each evaluation item with them —
-the same measure the synthetic-math job uses against a benchmark (backend/synth/pipeline.py, ContaminationIndex),
-on both sides in one Unicode form (pipeline.canonical, which its words() apply). The built-in evaluation sets are
+the same measure the synthetic-math job uses against a benchmark (backend/synth/contamination.py, ContaminationIndex),
+on both sides in one Unicode form (contamination.canonical, which its words() apply). The built-in evaluation sets are
 disjoint from the built-in training sets by construction (data/make_builtin.py says how; tests/test_heldout.py
 checks it) as text; TEACHES names the one that asks what a training set teaches in other words.
 """
@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.synth.pipeline import ContaminationIndex
+from backend.synth.contamination import ContaminationIndex
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 EVAL_BUILTIN = {  # name -> file under data/, made by data/make_builtin.py

@@ -1,5 +1,5 @@
 """Benchmark: the contamination check's short items (fewer words than the n-gram) against a large training corpus,
-the sorted word-window index of backend/synth/pipeline.py (ContaminationIndex) against the linear substring search
+the sorted word-window index of backend/synth/contamination.py (ContaminationIndex) against the linear substring search
 it replaced, kept here as the reference, in the same run.
 
     .venv/bin/python bench/contamination_index.py                      # 160,000 texts, 1,000 short items
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend import data, heldout  # noqa: E402
-from backend.synth.pipeline import ContaminationIndex, _WordWindows, words  # noqa: E402
+from backend.synth.contamination import ContaminationIndex, _WordWindows, words  # noqa: E402
 
 
 def corpus(repeat: int, distinct: bool) -> list[str]:
