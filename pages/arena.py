@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from backend import arena, registry
+from backend import arena, evaldevice, registry
 from backend.chat import answer_all
 from pages.common import current_model, model_names, via_app
 from pages.figures import leaderboard_figure, position_bias_figure
@@ -52,10 +52,24 @@ def run_round(prompt: str, chosen: list[str]) -> int | None:
         st.error(f"Not run: {', '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted since (another tab or "
                  "the command line). Choose the models again above and send the prompt.")
         return None
+    lms: dict = {}
+    refused = None
     try:
-        lms = {m: current_model(r.path, m) for m, r in recs.items()}
+        for m, r in recs.items():
+            lms[m] = current_model(r.path, m, beside=tuple(lms))
+    except evaldevice.DeviceError as exc:  # said outside the handler: its traceback holds the round's frame
+        refused = str(exc)
     except Exception as exc:  # noqa: BLE001 - a folder moved or deleted since import: say so, no traceback
         st.error(f"Not run: a model cannot be loaded: {exc}")
+        return None
+    if refused is not None:
+        st.error(f"Not run: a model cannot be loaded: {refused}")
+        # The models loaded before the refused one were held here, so the page cache's retry could not free them
+        # (it let the cache go, not this round), and dropped on return their memory stayed reserved by PyTorch's
+        # allocator, taken from every other process (a training job in the worker) until a page next loaded a
+        # model. Let go of them and give their memory back now.
+        lms.clear()
+        evaldevice.release_memory()
         return None
     order = arena.shuffle_positions(chosen)
     shown = dict(zip(order, arena.labels(len(order))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import streamlit as st
 
 from backend import evaldevice, registry, runner
 from backend.chat import load
+from backend.names import human_bytes
 from backend.specs import TRAIN_KINDS
 from storage import db
 
@@ -32,6 +34,63 @@ def human(n: float) -> str:
             return f"{n:,.1f}{unit}" if unit else f"{n:,.0f}"
         n /= 1000
     return f"{n:.1f}P"
+
+
+def span(seconds: float) -> str:
+    """A duration as people say it: 3.2 s, 48 s, 3 min 20 s, 2 h 5 min (a job's "seconds 200.37" read as a
+    measurement, not as a time)."""
+    if seconds < 10:
+        return f"{max(seconds, 0):.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    if not minutes:
+        return f"{s} s"
+    if minutes < 60:
+        return f"{minutes} min {s} s" if s else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+# A finished job's result as its "done:" message says it (backend/runner child.py), in the units the pages use
+# elsewhere: the message is stored once, for `jobs list` as well, with the raw numbers ("parameters 102432, seconds
+# 200.37"); the pages say them again from the result (102.4K parameters, took 3 min 20 s). The CLI's JSON stays raw.
+RESULT_WORDS = {"seconds": "took {}", "train_seconds": "training took {}", "global_step": "{} steps",
+                "parameters": "{} parameters", "tokens_seen": "{} tokens seen", "tokens": "{} tokens",
+                "peak_memory_gib": "peak GPU memory {}", "files": "{} files"}
+
+
+def _value(key: str, v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):  # a name, or a size said already (hubpush's "size")
+        return str(v)
+    if key.endswith("seconds"):
+        return span(v)
+    if key.endswith("_gib"):
+        return human_bytes(v * 2 ** 30)
+    if key.endswith("bytes"):
+        return human_bytes(v)
+    if key in ("parameters", "tokens_seen", "tokens"):
+        return human(v)
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def result_words(result: dict) -> str:
+    """The summary of a job's result as the runner writes it (the same fields: scalars, no paths, none left
+    empty), each number in words."""
+    return ", ".join(
+        runner.IN_WORDS[k].format(v) if k in runner.IN_WORDS
+        else RESULT_WORDS.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
+        for k, v in result.items() if k not in ("path", "run_dir") and v is not None
+        and not isinstance(v, (dict, list)) and not (k in runner.IN_WORDS and not v))
+
+
+def job_said(job, active: list | None = None, alive: bool | None = None) -> str:
+    """runner.job_message, with a finished job's result said in words (result_words) where its message lists it."""
+    said = runner.job_message(job, active, alive)
+    if not job.result or not isinstance(job.result, dict):
+        return said
+    if job.status == "succeeded" and said.startswith("done: "):
+        return "done: " + result_words(job.result)
+    head, sep, _ = said.partition("; the work had finished anyway: ")  # cancelled while it finished
+    return head + sep + result_words(job.result) if sep else said
 
 
 def job_making(name: str, kinds) -> object | None:
@@ -55,36 +114,89 @@ def submit(spec, key: str, **kw) -> int | None:
 
 # Workers started from the app's "Start worker" button: one server process serves every session, so each sees them.
 _started: list[subprocess.Popen] = []
+_started_at: dict[int, float] = {}  # a started worker's pid -> time.monotonic() at its start
 _starting = threading.Lock()
+# A healthy worker beats within seconds of its start (imports, database, orphan recovery, then every
+# runner.BEAT_EVERY); one alive this long without a beat (ALIVE_WITHIN) is stuck — in an import, on a database it
+# cannot reach — and the banner says so, with its log and a restart, instead of "starting" for as long as it hangs.
+UP_WITHIN = 60.0
+
+
+def _start_worker(log_path: Path) -> None:
+    with open(log_path, "ab") as log:  # the child has its own copy of the file
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _started_at[proc.pid] = time.monotonic()
+    _started.append(proc)
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
+    """The worker alone, asked first (SIGTERM: it stops between jobs), then killed: a worker hung in an import or
+    a database call never reads its stop flag. Its job processes end with it (runner's _watch_parent)."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _last_beat(pid: int) -> float | None:
+    """When worker `pid` last wrote its heartbeat file (runner.worker, every poll), or None if it never did."""
+    try:
+        info = json.loads(runner.heartbeat_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("time") if isinstance(info, dict) and info.get("pid") == pid else None
+
+
+def _log_tail(col, log_path: Path, said: str) -> None:
+    tail = "\n".join(runner.log_tail(log_path, 8)) if log_path.exists() else ""
+    col.caption(f"{said} Its log `{log_path}` {'ends:' if tail else 'is empty.'}".lstrip())
+    if tail:
+        col.code(tail, language="text")
 
 
 def worker_banner() -> None:
     """Jobs run in the worker process; say so plainly when none is running, and offer to start one. A worker
     started here beats only once it is up (imports, database, orphan recovery: seconds): until then the banner says
     it is starting instead of offering the button again, which started a second worker (two jobs at once on one
-    GPU); one that ended without beating is said with its exit code and the end of its log."""
+    GPU); one that ended without beating is said with its exit code and the end of its log; one alive past
+    UP_WITHIN without beating is said stuck, with its log and a button that stops it and starts another (it said
+    "starting" for as long as it hung)."""
     if runner.worker_alive():
         return
     log_path = db.workspace() / "logs" / "worker.log"
     last = _started[-1] if _started else None
     if last is not None and last.poll() is None:
-        st.info(f"The job worker is starting (process {last.pid}); queued jobs start once it is up.")
+        waited = time.monotonic() - _started_at.get(last.pid, time.monotonic())
+        if waited < UP_WITHIN:
+            st.info(f"The job worker is starting (process {last.pid}); queued jobs start once it is up.")
+            return
+        col1, col2 = st.columns([4, 1])
+        beat = _last_beat(last.pid)  # one that came up and hung since (a database gone) beat before
+        col1.warning(f"The job worker started from here (process {last.pid}) "
+                     + (f"stopped answering: its last heartbeat was {runner.ago(time.time() - beat)}"
+                        if beat is not None else f"has not come up: it has run {span(waited)} without a heartbeat")
+                     + " (a healthy one beats every few seconds), so queued jobs wait. Stop it and start another, or "
+                       "read its log for why (a database it cannot reach, an import that hangs).")
+        _log_tail(col1, log_path, "")
+        if col2.button("Stop it and start again", key="restart_worker"):
+            with _starting:  # two sessions clicking at once restart it once
+                if _started[-1] is last:
+                    _stop_worker(last)
+                    _start_worker(log_path)
+            st.rerun()  # the banner says it is starting
         return
     col1, col2 = st.columns([4, 1])
     col1.warning("No job worker is running, so queued jobs wait. The README's run command starts one; "
                  "or run `python -m backend worker` in a terminal.")
     if last is not None:  # started from here and ended since (at its start, or later): why is in its log
-        tail = "\n".join(runner.log_tail(log_path, 5)) if log_path.exists() else ""
-        col1.caption(f"The worker started from here ended (exit code {last.returncode}). Its log `{log_path}` "
-                     "ends:" if tail else f"The worker started from here ended (exit code {last.returncode}).")
-        if tail:
-            col1.code(tail, language="text")
+        _log_tail(col1, log_path, f"The worker started from here ended (exit code {last.returncode}).")
     if col2.button("Start worker", key="start_worker"):
         with _starting:  # two sessions clicking at once start one worker
             if not _started or _started[-1].poll() is not None:
-                with open(log_path, "ab") as log:  # the child has its own copy of the file
-                    _started.append(subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT,
-                                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                _start_worker(log_path)
         st.rerun()  # the banner says it is starting
 
 
@@ -117,7 +229,7 @@ def job_status(job_id: int) -> None:
         if job is None:
             st.error(f"Job {job_id} no longer exists.")
             return
-        said = runner.job_message(job)  # "running? — …", "queued: the worker is busy…" say their status already
+        said = job_said(job)  # "running? — …", "queued: the worker is busy…" say their status already
         label = f"Job {job.id} ({job.kind}): " + (said if said.startswith(job.status) else f"{job.status} — {said}")
         if job.status in ("queued", "running"):
             if said.startswith("running?"):  # runner.job_message: no worker, no process: nothing moves it on
@@ -135,10 +247,17 @@ def job_status(job_id: int) -> None:
                 st.error(f"Job {job.id} failed: {job.error}")
             else:
                 st.warning(label)
-            # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume
-            saved = runner.resume_point(job) is not None
-            again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
-            if job.kind in TRAIN_KINDS and st.button(again, key=f"resume_{job.id}"):
+            # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume.
+            # Every kind resumes (runner.resume), as its message says ("resume it to go on (Jobs page, …)"): the
+            # button was offered to training jobs alone, so a stopped evaluation, build or merge could be resumed
+            # only from a terminal.
+            if job.kind in TRAIN_KINDS:
+                saved = runner.resume_point(job) is not None
+                again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
+            else:
+                again = {"eval": "Resume (the scores it stored are kept)",
+                         "synth-math": "Resume (its cached rephrasings are kept)"}.get(job.kind, "Run again")
+            if st.button(again, key=f"resume_{job.id}"):
                 try:  # e.g. still stopping on the machine that ran it
                     runner.resume(job.id)
                 except ValueError as exc:
@@ -199,11 +318,13 @@ def cached_model(path: str, name: str):
     return load(path, name)
 
 
-def _fitted(path: str, name: str):
+def _fitted(path: str, name: str, beside: tuple[str, ...] = ()):
     """cached_model; when the GPU has no room for the model beside those the cache holds (evaldevice.plan refuses
     it), once more after letting them go: nothing else frees them (the cache evicts only past 4 models), so a
     refused model stayed refused until the app was restarted. A model another session is answering with stays in
-    memory until its reply ends; the error then says what does not fit, with the numbers."""
+    memory until its reply ends; the error then says what does not fit, with the numbers. `beside`: the models the
+    caller holds loaded (an arena round's earlier ones), which letting the cache go cannot free: the error names
+    them rather than say that every model was unloaded."""
     try:
         return cached_model(path, name)
     except evaldevice.DeviceError:
@@ -213,20 +334,26 @@ def _fitted(path: str, name: str):
     try:
         return cached_model(path, name)
     except evaldevice.DeviceError as exc:
-        # a model in use stays in memory: one still answering in another session, one loaded for the same arena round
+        if beside:
+            raise evaldevice.DeviceError(
+                f"{name} does not fit on the GPU beside {', '.join(beside)}, loaded first for the same round, even "
+                f"with every other model the pages had loaded unloaded: a round's models answer at once, so they "
+                f"must fit together; choose fewer or smaller models: {exc}") from None
+        # a model in use stays in memory: one still answering in another session
         raise evaldevice.DeviceError(f"{name} does not fit on the GPU even with the models the pages had loaded "
                                      f"unloaded (those still answering stay until they are done): {exc}") from None
 
 
-def current_model(path: str, name: str):
+def current_model(path: str, name: str, beside: tuple[str, ...] = ()):
     """cached_model, loaded again when its folder changed since (LoadedModel.stale): a model deleted and imported
     again under its name was answered from the cache by the deleted one's weights (Models and Arena pages). On
-    CUDA, models the cache holds are let go when the next does not fit beside them (_fitted)."""
-    lm = _fitted(path, name)
+    CUDA, models the cache holds are let go when the next does not fit beside them (_fitted; `beside`: the models
+    the caller holds, named in the error)."""
+    lm = _fitted(path, name, beside)
     if lm.stale():
         # let go before the reload: held here, the stale copy took the room its successor needs on the GPU
         lm = None
         cached_model.clear(path, name)
         evaldevice.release_memory()
-        lm = _fitted(path, name)
+        lm = _fitted(path, name, beside)
     return lm

@@ -10,7 +10,7 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from pages.common import job_status, live_log, worker_banner, via_app
+from pages.common import job_said, job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
 
 via_app(__file__)
@@ -42,7 +42,7 @@ def job_table(listed: list[int]) -> None:
         return
     alive, active = runner.worker_alive(), runner.active_jobs()
     col = st.column_config
-    said = {j.id: runner.job_message(j, active, alive) for j in jobs}
+    said = {j.id: job_said(j, active, alive) for j in jobs}
     st.dataframe(pd.DataFrame([{
         # cut in the middle: names made from one base differ at the end (…-average-0.5-0.5, …-slerp0.5)
         "id": j.id, "kind": j.kind, "output": short_name(runner.job_output(j), 28),

@@ -11,7 +11,7 @@ import streamlit as st
 from backend import recipe, runner
 from backend.recipe import tables
 from backend.specs import TRAIN_KINDS
-from pages.common import via_app, worker_banner
+from pages.common import job_said, via_app, worker_banner
 from pages.figures import PALETTE, held_out_words, metric_figure, recovery_figure
 
 
@@ -81,6 +81,34 @@ st.caption("`budget: {steps_scale, max_steps, max_rows, eval_limit}` scales or c
 worker_banner()
 
 # ---------------------------------------------------------------- the recipe text
+runs = recipe.runs()
+by_id = {r.id: r for r in runs}
+
+
+def show_in_editor(text: str, said: str, run_id: int | None = None) -> None:
+    """Put `text` in the editor and remember what it is (said under the editor, until it is edited)."""
+    st.session_state["recipe_yaml"] = text
+    st.session_state["_recipe_source"] = (said, text, run_id)
+
+
+def show_run(run_id: int) -> None:
+    run = by_id[run_id]
+    show_in_editor(run.text, f"run {run.id}'s recipe ({run.name}, as it was run)", run.id)
+
+
+# The Run picker below shows the newest run: the editor opened on the solar-mini preset beside it, so a user
+# reading run 3's stages and tables saw another recipe above them (and a Run of it queued that one). It opens on
+# the picked run's recipe, follows the picker while it is unedited, and says what it shows.
+picked = st.session_state.get("recipe_run_pick", st.session_state.get("recipe_run_id", runs[0].id if runs else None))
+source = st.session_state.get("_recipe_source")
+if "recipe_yaml" not in st.session_state:
+    if picked in by_id:
+        show_run(picked)
+    else:
+        show_in_editor(recipe.preset("solar-mini"), "the solar-mini preset")
+elif source and source[2] is not None and picked in by_id and picked != source[2] \
+        and st.session_state["recipe_yaml"] == source[1]:
+    show_run(picked)  # unedited: it follows the run picked
 c1, c2, c3 = st.columns([2, 2, 1])
 preset_name = c1.selectbox("Preset", recipe.PRESETS, index=1, key="recipe_preset")
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
@@ -90,20 +118,20 @@ if c3.button("Load preset", key="recipe_load"):
                  "Base, then load it again.")
     else:
         try:
-            st.session_state["recipe_yaml"] = recipe.preset(preset_name, base.strip() or None)
+            show_in_editor(recipe.preset(preset_name, base.strip() or None), f"the {preset_name} preset")
         except recipe.RecipeError as exc:
             st.error(str(exc))
 upload = st.file_uploader("Or open a recipe file", type=["yaml", "yml"], key="recipe_upload")
 if upload is not None and st.session_state.get("_recipe_uploaded") != upload.file_id:
     st.session_state["_recipe_uploaded"] = upload.file_id
     try:
-        st.session_state["recipe_yaml"] = upload.getvalue().decode("utf-8")
+        show_in_editor(upload.getvalue().decode("utf-8"), f"the file {upload.name}")
     except UnicodeDecodeError as exc:  # a binary or non-UTF-8 file: say so, keep the text that was there
         st.error(f"{upload.name} is not a UTF-8 text file (byte {exc.start}): open a YAML recipe, such as one "
                  "saved with 'Save as YAML'.")
-if "recipe_yaml" not in st.session_state:
-    st.session_state["recipe_yaml"] = recipe.preset("solar-mini")
 text = st.text_area("Recipe (YAML)", key="recipe_yaml", height=300)
+said, loaded, shown_run = st.session_state.get("_recipe_source") or ("the recipe typed here", text, None)
+st.caption(f"The editor shows {said}" + (", edited since." if text != loaded else "."))
 st.download_button("Save as YAML", text, file_name="recipe.yaml", key="recipe_save")
 
 b1, b2, b3 = st.columns(3)
@@ -121,6 +149,8 @@ if b2.button("Run", key="recipe_run", type="primary"):
         ids = recipe.run_recipe(text, queue=True, plans=run_plans)
         st.session_state["recipe_run_id"] = ids[-1]
         st.session_state["recipe_run_pick"] = ids[-1]  # show the new run: the picker otherwise keeps the old one
+        # what the editor holds is what that run ran (as typed: its saved recipe has presets and sweeps expanded)
+        st.session_state["_recipe_source"] = (f"the recipe submitted as run {ids[-1]}", text, ids[-1])
         fresh = sum(n.status == "run" for p in run_plans for n in p.nodes)
         st.success(f"Submitted recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
                    + "; ".join(p.lines()[0].removeprefix("recipe ") for p in run_plans) + ". "
@@ -140,7 +170,8 @@ if plans:
                                             for n in p.nodes if n.kind != "eval"]))
 
 # ---------------------------------------------------------------- a run: live graph and status
-runs = recipe.runs()
+runs = recipe.runs()  # again: a Run above added one
+by_id = {r.id: r for r in runs}
 if not runs:
     st.info("No recipe has run yet: plan and run one above (or `python -m backend recipe run FILE`).")
     st.stop()
@@ -148,6 +179,10 @@ labels = {r.id: f"run {r.id} · {r.name} · {r.created:%Y-%m-%d %H:%M}" for r in
 default = st.session_state.get("recipe_run_id", runs[0].id)
 run_id = st.selectbox("Run", list(labels), index=list(labels).index(default) if default in labels else 0,
                       format_func=labels.get, key="recipe_run_pick")
+_, loaded, shown_run = st.session_state.get("_recipe_source") or (None, text, None)  # a Run above changes it
+if shown_run != run_id or text != loaded:  # the editor holds another recipe (a preset, a file, edited)
+    st.button(f"Open run {run_id}'s recipe in the editor", key="recipe_edit_run", on_click=show_run, args=(run_id,),
+              help="Replaces the text in the editor above with the recipe this run ran.")
 # offered while a job this run started is waiting or running (the rule cancel_run follows): on a finished run, or
 # one whose live stages wait on an earlier run's jobs, it only said "none were still waiting or running"
 going = bool(recipe.cancellable(run_id))
@@ -167,7 +202,7 @@ def live(run_id: int) -> None:
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
     st.graphviz_chart(tables.run_graph(run_id))
     st.dataframe(pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": recipe.stage_state(r, j), "job": r.job_id,
-                                "model": r.output, "message": runner.job_message(j, active, alive)[:80] if j else ""}
+                                "model": r.output, "message": job_said(j, active, alive)[:80] if j else ""}
                                for r, j in rows]),
                  hide_index=True, key="recipe_stages")
 
