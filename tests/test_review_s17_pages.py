@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -49,9 +50,19 @@ def _running(job_id: int, message: str) -> None:
 
 def _offered(page, picker, want: str, within: float = 30.0) -> list[str]:
     """The options a picker lists once `want` is among them, or after `within` seconds (a loaded machine is slow)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     deadline = time.monotonic() + within
     while True:
-        picker.click()
+        try:  # a click that lands during the page's rerun is tried again, not left to wait out Playwright's 30 s
+            picker.click(timeout=5_000)
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:  # twice in ~60 full-suite runs, never alone: what the page showed then
+                shot = Path(__file__).resolve().parent / "artifacts" / "picker-timeout.png"
+                shot.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(shot), full_page=True)
+                raise AssertionError(f"the picker could not be clicked for {within:.0f} s; the page: {shot}")
+            continue
         options = page.get_by_role("option").all_inner_texts()
         page.keyboard.press("Escape")
         if want in options or time.monotonic() > deadline:
