@@ -336,15 +336,15 @@ def test_cancel_arriving_while_the_work_finishes_keeps_cancelled_and_says_what_w
         assert runner.cancel(job.id).status == "cancelled"  # the cancel lands just before success is written
         return result
 
-    monkeypatch.setattr(runner, "work_function", lambda kind: work)
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: work)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     assert runner.execute(job.id) == 1
     done = runner.get(job.id)
     assert done.status == "cancelled" and "the work had finished anyway" in done.message
     assert done.result["model"] == "raced"  # the model it made is named, not hidden
     # the other order: success first, a late cancel changes nothing
     job2 = runner.submit(UpscaleSpec(base="tiny", m=1, name="raced2"))
-    monkeypatch.setattr(runner, "work_function", lambda kind: real)
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: real)
     assert runner.execute(job2.id) == 0
     assert runner.cancel(job2.id).status == "succeeded" and runner.get(job2.id).status == "succeeded"
 

@@ -384,6 +384,7 @@ def test_a_stage_refused_at_submission_queues_no_stage_of_the_recipe(tiny_llama,
         if spec is last.spec:
             raise ValueError("refused")
     monkeypatch.setattr(runner, "check_before_queueing", refuse)
+    monkeypatch.setattr(runner.queue, "check_before_queueing", refuse)  # submit's own check
     with pytest.raises(ValueError, match="refused"):
         recipe.submit(p, text(smoke(tiny_llama)))
     with db.session() as s:

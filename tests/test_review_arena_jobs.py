@@ -183,7 +183,7 @@ def test_jobs_page_names_outputs_and_fits_the_table():
 
 def test_an_evaluation_says_kept_scores_in_words_and_not_when_none(monkeypatch):
     results = iter([{"scores": 26, "kept": 0, "seconds": 3.5}, {"scores": 26, "kept": 6, "seconds": 2.0}])
-    monkeypatch.setattr(runner, "work_function", lambda kind: lambda spec, out, progress: next(results))
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: lambda spec, out, progress: next(results))
     spec = {"kind": "eval", "models": ["base"]}
     fresh, resumed = _job("eval", "queued", spec), _job("eval", "queued", spec)
     assert runner.execute(fresh.id) == 0 and runner.execute(resumed.id) == 0

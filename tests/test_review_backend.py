@@ -127,7 +127,7 @@ def test_a_worker_does_not_fail_the_run_another_worker_started_after_a_resume(ti
         runner._update(j.id, status="running", pid=again.pid, message="running again")
         return OldRun()
 
-    monkeypatch.setattr(runner, "start_child", start_child)
+    monkeypatch.setattr(runner.loop, "start_child", start_child)
     try:
         runner.worker(poll=0.05, once=True)
         row = runner.get(job.id)
@@ -218,8 +218,8 @@ def test_a_finished_job_says_its_scalars_not_a_raw_dict(tiny_llama, monkeypatch)
     registry.import_folder(tiny_llama, "tiny")
     job = runner.submit(UpscaleSpec(base="tiny", m=1, name="x"))
     result = {"model": "x", "global_step": 4, "perf": {"compile": "off", "liger": False}, "notes": []}
-    monkeypatch.setattr(runner, "work_function", lambda kind: lambda spec, out, progress: result)
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: lambda spec, out, progress: result)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     assert runner.execute(job.id) == 0
     done = runner.get(job.id)
     assert done.message == "done: model x, global_step 4" and done.result["perf"] == result["perf"]

@@ -31,7 +31,7 @@ def test_a_resumed_eval_job_keeps_what_it_stored_and_scores_only_the_rest(tiny_l
     registry.import_folder(tiny_llama_untied, "tiny-b")
     job = runner.submit(EvalSpec(models=["tiny", "tiny-b"], tasks=["perplexity", "synth-math"], limit=2,
                                  max_new_tokens=8))
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     real_score, real_load = evaluate.score_task, evaluate._load
     calls, loaded = [], []
 

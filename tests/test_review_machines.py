@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlmodel import select
 
 from backend import registry, runner
 from backend.cluster import ray_jobs
@@ -105,7 +106,7 @@ def test_an_old_runs_end_does_not_land_on_the_row_of_the_run_that_replaced_it(mo
         progress(0.9, "nearly")  # the old run's progress no longer lands either
         return {"path": "/x"}
 
-    monkeypatch.setattr(runner, "work_function", lambda kind: work)
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: work)
     assert runner.execute(job.id) == 1
     row = runner.get(job.id)
     assert (row.status, row.message, row.pid) == ("running", "the new run", os.getpid() + 1)
@@ -120,7 +121,7 @@ def test_of_two_resumes_racing_a_claim_the_claimed_run_stays_running(monkeypatch
         runner._update(job.id, status="running", pid=4242, message="claimed by a worker")
         return None
 
-    monkeypatch.setattr(runner, "_still_stopping", claimed_meanwhile)
+    monkeypatch.setattr(runner.states, "_still_stopping", claimed_meanwhile)
     with pytest.raises(ValueError, match=f"Job {job.id} is running now: it was resumed meanwhile"):
         runner.resume(job.id)
     assert (runner.get(job.id).status, runner.get(job.id).pid) == ("running", 4242)
@@ -131,10 +132,10 @@ def test_heartbeats_are_read_by_the_database_clock_on_postgresql(monkeypatch):
     """Machine b's clock runs 90 s behind a's: by each machine's own clock b's fresh beats looked 90 s old to a,
     which then interrupted b's jobs."""
     real = runner.utcnow
-    monkeypatch.setattr(runner, "utcnow", lambda: real() - timedelta(seconds=90))
+    monkeypatch.setattr(runner.hosts, "utcnow", lambda: real() - timedelta(seconds=90))
     monkeypatch.setenv("DUS_HOST_ID", "machine-b")
     runner.beat()
-    monkeypatch.setattr(runner, "utcnow", real)
+    monkeypatch.setattr(runner.hosts, "utcnow", real)
     monkeypatch.setenv("DUS_HOST_ID", "machine-a")
     assert "machine-b" in runner.live_hosts()
     elsewhere = _row(host="machine-b", pid=1, started=real())
@@ -189,7 +190,7 @@ def test_a_worker_whose_workspace_is_not_the_shared_one_refuses_to_start(monkeyp
     monkeypatch.setenv("DUS_HOST_ID", "machine-b")
     runner.beat()
     with db.session() as s:
-        (row,) = s.exec(runner.select(WorkerBeat)).all()
+        (row,) = s.exec(select(WorkerBeat)).all()
     assert row.workspace == ray_jobs.workspace_marker().name  # what every beat says
     with db.session() as s:  # machine a's worker beats from another workspace
         s.add(WorkerBeat(host="machine-a", pid=1, seen=utcnow(), workspace=".dus-workspace-0123456789abcdef"))
@@ -198,7 +199,7 @@ def test_a_worker_whose_workspace_is_not_the_shared_one_refuses_to_start(monkeyp
                                            r"\(theirs holds \.dus-workspace-0123456789abcdef"):
         runner.worker(once=True)
     with db.session() as s:  # the same workspace (its marker seen alike from a's mount): b starts
-        a = s.exec(runner.select(WorkerBeat).where(WorkerBeat.host == "machine-a")).one()
+        a = s.exec(select(WorkerBeat).where(WorkerBeat.host == "machine-a")).one()
         a.workspace = row.workspace
         s.add(a)
         s.commit()
@@ -212,7 +213,7 @@ def test_a_worker_sharing_its_host_id_with_another_container_refuses_to_start(mo
 
     runner.beat()
     with db.session() as s:
-        (row,) = s.exec(runner.select(WorkerBeat)).all()
+        (row,) = s.exec(select(WorkerBeat)).all()
     assert row.space == db.process_space() and row.space.count("/pid:[") == 1  # boot id / pid namespace
     with db.session() as s:  # a worker in another container beat under our host id 20 s ago
         s.add(WorkerBeat(host=runner.host_id(), pid=7, seen=utcnow() - timedelta(seconds=20),
@@ -224,7 +225,7 @@ def test_a_worker_sharing_its_host_id_with_another_container_refuses_to_start(mo
     monkeypatch.setenv("DUS_HOST_ID", "container-2")  # what the message asks for
     runner.worker(once=True)
     with db.session() as s:  # and a beat older than BEAT_STALE (that container stopped) does not count
-        other = s.exec(runner.select(WorkerBeat).where(WorkerBeat.pid == 7)).one()
+        other = s.exec(select(WorkerBeat).where(WorkerBeat.pid == 7)).one()
         other.host, other.seen = "container-2", utcnow() - timedelta(seconds=runner.BEAT_STALE + 5)
         s.add(other)
         s.commit()

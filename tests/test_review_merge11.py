@@ -107,13 +107,14 @@ def test_a_t_schedule_that_is_all_linear_says_each_tensors_t(near):
 
 def test_the_cli_and_the_job_say_it(near, capsys, monkeypatch):
     from backend import runner
-    from backend.__main__ import job_details, main
+    from backend.__main__ import main
+    from backend.cli.jobs import job_details
 
     assert main(["merge", "--method", "slerp", "--models", "a", "a-cpt", "--name", "cli-sl"]) == 0
     assert f"slerp: {ALL_LINEAR.format(n=56)}\n" in capsys.readouterr().out
     monkeypatch.setenv("DUS_JOB_ID", "0")  # runner.execute sets both in this process: restored after the test
     monkeypatch.setenv("DUS_JOB_PID", "0")
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     job = runner.submit(MergeSpec(models=["a", "a-cpt"], method="slerp", t=0.5, name="job-sl"))
     assert runner.execute(job.id) == 0
     done = runner.get(job.id)

@@ -258,7 +258,7 @@ def test_a_run_stopped_before_any_checkpoint_offers_a_restart_not_a_resume(tiny,
     monkeypatch.setenv("DUS_JOB_ID", "0")
     monkeypatch.setenv("DUS_JOB_PID", "0")
     monkeypatch.setenv("DUS_RUN_NAME", "chosen")
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     monkeypatch.setattr(training, "launch_command", lambda spec, run_dir: [
         sys.executable, "-c", "raise SystemExit('error: stopped before its first step')"])
     job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="t"))

@@ -432,7 +432,7 @@ def test_the_runners_units_of_work_survive_a_lost_database_connection(unit, monk
 
 def test_eval_task_sources_keep_their_prefixes_and_files_become_absolute(tmp_path, monkeypatch):
     """`--tasks perplexity:builtin:facts-corpus` became /cwd/builtin:facts-corpus ("does not exist", rc 2)."""
-    from backend.__main__ import absolute_paths
+    from backend.cli.common import absolute_paths
 
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "myqa.jsonl").write_text('{"question": "q", "answers": ["a"]}\n')
@@ -527,8 +527,8 @@ def test_a_job_process_in_the_instant_of_its_death_still_counts_while_its_worker
     real_cmdline, real_stat = runner._cmdline, db._stat_fields
     monkeypatch.setattr(db, "_stat_fields", lambda path: ("R", str(worker)) if path.name == "4242" else
                         real_stat(path))
-    monkeypatch.setattr(runner.os, "kill", lambda pid, sig: None)
+    monkeypatch.setattr(runner.hosts.os, "kill", lambda pid, sig: None)
     for parent, alive in (([b"python", b"-m", b"backend", b"worker", b""], True), ([b"bash", b""], False)):
-        monkeypatch.setattr(runner, "_cmdline", lambda pid, parent=parent: [b""] if pid == 4242 else
+        monkeypatch.setattr(runner.hosts, "_cmdline", lambda pid, parent=parent: [b""] if pid == 4242 else
                             parent if pid == worker else real_cmdline(pid))
         assert runner._runs_job(4242, 7) is alive  # before: False, whatever its parent

@@ -74,7 +74,7 @@ def test_queued_specs_hold_absolute_paths_from_the_users_directory(elsewhere, ti
     assert spec["data"][0]["source"] == al and spec["out"] == str(elsewhere / "rel-out" / "r1")
 
     # a Hub id and the prefixed sources are not paths
-    from backend.__main__ import _local_source
+    from backend.cli.common import _local_source
 
     assert _local_source("owner/name") == "owner/name"
     assert _local_source("builtin:alpaca-mini") == "builtin:alpaca-mini"

@@ -344,6 +344,7 @@ def test_ctrl_c_in_a_foreground_job_says_there_is_no_job_to_resume(monkeypatch, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "work_function", lambda kind: interrupted)
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: interrupted)  # a job's, as before the split
     assert cli_ctrl_c("upscale", "--base", "tiny", "--m", "1", "--name", "up") == (
         130, "", "interrupted: the upscale stopped before it finished; it ran here, not as a job, so there is "
                  "nothing to resume: run the command again (with --queue the worker runs it, and closing the "
@@ -386,6 +387,7 @@ def test_a_foreground_recipe_run_waits_for_the_stages_another_worker_took(monkey
 
     monkeypatch.setattr(runner, "worker", another_worker_took_them)
     monkeypatch.setattr(runner, "worker_alive", lambda: True)
+    monkeypatch.setattr(runner.messages, "worker_alive", lambda: True)  # job_message's own look
     rc, out, err = cli("recipe", "run", str(tmp_path / "r.yaml"))
     ids = sorted(j.id for j in runner.list_jobs())
     assert (rc, [j.status for j in runner.list_jobs()]) == (0, ["succeeded"] * len(ids)), err

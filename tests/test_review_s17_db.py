@@ -171,7 +171,7 @@ def test_a_cancel_whose_commit_was_answered_by_a_lost_connection_still_stops_the
 @BOTH
 def test_a_job_whose_success_commit_was_answered_by_a_lost_connection_exits_0(tiny, monkeypatch):
     job = runner.submit(UpscaleSpec(base="tiny", m=1, name="landed"))
-    monkeypatch.setattr(runner, "_watch_parent", lambda: None)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
     lost = lose_answers(monkeypatch, status_is(job.id, "succeeded"))
     assert runner.execute(job.id) == 0  # old code: 1, as if cancelled while it finished
     assert lost == [f"job {job.id} succeeded"]

@@ -1,0 +1,217 @@
+"""What every command shares: local paths made absolute, run-or-queue (every job command ends in _run_or_queue),
+progress, JSON listings, the exit codes and the help format. The commands live beside this module, a module per
+family; backend/__main__.py is their table.
+
+    python -m backend --help      # the exit codes (EXIT_CODES) close every command's help
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from backend.specs import DataSource
+
+
+EXIT_CODES = """exit codes:
+  0  done (or queued)
+  1  the work ran and failed, or produced nothing: a foreground job that failed, a recipe run with a failed
+     stage, synth-math with no verified pair, compare refused for too few shared items, jobs cancel of a
+     finished job, jobs wait or jobs log --follow on a job that did not succeed, a chat reply whose generation
+     failed, a datasets or models push the Hub refused or could not be reached
+  2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
+     running, such as a damaged weights file)
+  124  jobs wait --timeout: the job had not finished in time
+  130  interrupted (Ctrl-C): one line says what stopped and what goes on"""
+
+
+_printed = [-1.0]  # when _progress last printed (time.monotonic)
+# what a Ctrl-C stops, said in main's one line: set by a command as it starts waiting or working (None: the command)
+_on_interrupt: list = [None]
+
+
+class WorkFailed(Exception):
+    """The work ran and failed, or produced nothing: exit code 1, apart from 2 for a refusal before anything ran
+    (a script could not tell "bad arguments" from "the training ran and failed"). An empty message: what to say was
+    already printed."""
+
+
+def _abs(path: str) -> str:
+    """A path typed on the command line, absolute against the directory the command runs in: jobs and the trainer
+    run in the repository's root (backend/runner.py, backend/training.py), where a relative path named another file,
+    or none (`--data specs/al.jsonl` passed the checks here and failed the job: "does not exist")."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _local_model(ref: str | None) -> str | None:
+    """A model given as a folder, absolute; a registered name, `builtin` or a Hub id as given (a registered name
+    wins over a folder of that name here, as registry.resolve decides)."""
+    from pathlib import Path
+
+    from backend import registry
+
+    if not ref or registry.get(ref) is not None or not Path(ref).expanduser().exists():
+        return ref
+    return _abs(ref)
+
+
+def _local_source(source: str) -> str:
+    """A data source: a local file (there, or looking like one: backend/data.looks_local) absolute; builtin:,
+    dataset:, mix: and Hub ids as given."""
+    from pathlib import Path
+
+    from backend.data import looks_local
+
+    if source.startswith(("builtin:", "dataset:", "mix:")):
+        return source
+    return _abs(source) if looks_local(source) or Path(source).expanduser().exists() else source
+
+
+def _local_task(task: str) -> str:
+    """perplexity:FILE, qa:FILE, mc:FILE, gsm8k:FILE with FILE absolute, as a data source is (_local_source:
+    perplexity's builtin:, dataset:, mix: and Hub ids stay as given); lm-eval:NAME and the built-in tasks as
+    given."""
+    kind, sep, arg = task.partition(":")
+    return f"{kind}:{_local_source(arg)}" if sep and arg and kind in ("perplexity", "qa", "mc", "gsm8k") else task
+
+
+def absolute_paths(spec):
+    """The spec with every local path in it absolute (data files, task files, out, accelerate config, seed and
+    benchmark files, model folders): the one place the CLI does this, for every command and for `run SPEC.yaml`."""
+    up: dict = {}
+    fields = type(spec).model_fields
+    for key in ("out", "accelerate_config", "benchmark"):
+        if key in fields and getattr(spec, key):
+            up[key] = _abs(getattr(spec, key))
+    for key in ("base", "second", "model", "reference_model"):
+        if key in fields and getattr(spec, key):
+            up[key] = _local_model(getattr(spec, key))
+    if "models" in fields:
+        up["models"] = [_local_model(m) for m in spec.models]
+    if spec.kind == "import":
+        up["target"] = _local_model(spec.target)
+    if spec.kind == "synth-math":
+        if spec.seeds != "generator":
+            up["seeds"] = _abs(spec.seeds)
+        if spec.rephraser.startswith("model:"):
+            up["rephraser"] = "model:" + _local_model(spec.rephraser.removeprefix("model:"))
+    if "data" in fields:
+        up["data"] = [d.model_copy(update={"source": _local_source(d.source)}) for d in spec.data]
+    if "eval_data" in fields and spec.eval_data:
+        up["eval_data"] = spec.eval_data.model_copy(update={"source": _local_source(spec.eval_data.source)})
+    if spec.kind == "eval":
+        up["tasks"] = [_local_task(t) for t in spec.tasks]
+    return spec.model_copy(update=up)  # the paths passed the spec's checks here already, from this directory
+
+
+def _print_json(rows: list[dict]) -> None:
+    """A listing for scripts (`--json`): one JSON array, whole values (no column cut), times as ISO 8601."""
+    import json
+
+    print(json.dumps(rows, indent=1, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat")
+                     else str(v)))
+
+
+def _progress(frac: float, message: str) -> None:
+    """A job's progress on stderr, at most twice a second, and its end: a 0.7 s build printed 80 lines."""
+    now = time.monotonic()
+    if frac < 1.0 and now - _printed[0] < 0.5 and not message.startswith("warning:"):  # a warning is always said
+        return
+    _printed[0] = now
+    print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
+
+
+def _job_options(p: argparse.ArgumentParser, save_spec: bool = True) -> None:
+    """The options every job command shares; _run_or_queue acts on them."""
+    if save_spec:
+        p.add_argument("--save-spec", metavar="FILE", help="also write the spec as YAML here (rerun with `run`); "
+                       "written once the spec passes the checks a queued job gets, so a refused spec is not saved; "
+                       "a run that fails later (out of memory, say) leaves it written, to rerun")
+    p.add_argument("--queue", action="store_true", help="hand the job to the worker instead of running it here")
+    p.add_argument("--after", type=int, help="queue it to run after this job succeeds")
+
+
+def _run_or_queue(spec, a: argparse.Namespace) -> None:
+    """Every command ends here: run the spec in the foreground or hand it to the worker, saving it (if asked) once
+    it passed the checks."""
+    from backend import runner
+
+    spec = absolute_paths(spec)
+    if getattr(a, "save_spec", None):  # before queueing: a path that cannot be written queues nothing
+        runner.check_before_queueing(spec)
+        _save_spec(spec, a)
+    if a.queue or a.after:
+        job = runner.submit(spec, after=a.after)
+        # what it will register: a merge --out FOLDER is registered under its spec's name, not the folder's
+        made = f" -> {name}" if (name := runner.planned_name(job)) else ""
+        if spec.kind == "synth-math":  # data sets of the run's name, never one named so
+            made = f" -> {spec.name}-pairs, {spec.name}-instruct, {spec.name}-alignment"
+        print(f"queued job {job.id} ({spec.kind}{made}); a running worker picks it up (python -m backend worker)")
+        return
+    _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
+                                "is nothing to resume: run the command again (with --queue the worker runs it, and "
+                                "closing the terminal does not stop it)")
+    from backend.hubpush import PushFailed
+
+    try:
+        result = runner.work_function(spec.kind)(spec, None, _progress)
+    except (RuntimeError, OSError, PushFailed) as exc:  # the work ran and failed (the trainer's exit, out of memory,
+        # a full disk, a push the Hub refused or did not answer): 1; a ValueError is an input refused (by the checks,
+        # or by reading a damaged weights file): 2, as before, and so is a path that is taken, missing or of the
+        # wrong kind (an --out that holds files)
+        if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            raise
+        raise WorkFailed(str(exc)) from exc
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    if spec.kind == "synth-math" and not result.get("rows"):
+        raise WorkFailed(f"synth-math produced no training data ({result.get('verified', 0)} verified, "
+                         f"{result.get('failed', 0)} failed): the reasons are in {result.get('pairs')}'s pairs "
+                         f"(its pairs.jsonl); `datasets delete {result.get('pairs')}` before running it again "
+                         "under this name.")
+
+
+def _save_spec(spec, a: argparse.Namespace) -> None:
+    """--save-spec, after the spec passed runner.check_before_queueing (submit runs it): a spec written before a
+    check refused it (a model that is not there, a name taken, m past the base's depth) was a broken file the user
+    would rerun with `run`."""
+    if getattr(a, "save_spec", None):
+        with open(a.save_spec, "w") as f:
+            f.write(spec.to_yaml())
+
+
+def _source(text: str) -> DataSource:
+    source, _, weight = text.rpartition("@") if "@" in text else (text, "", "1")
+    try:
+        return DataSource(source=source, weight=float(weight))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--data {text!r}: use SOURCE or SOURCE@WEIGHT with a positive weight, "
+                                         "e.g. data.jsonl@0.5")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, as ArgumentDefaultsHelpFormatter adds it, but not where there is none
+    (None, a flag's False) or the help says it already; the descriptions keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        # by identity: `0 in (None, False)` is true (0 == False), and `synth-math --seed` hid its default 0
+        if ("(default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {shown})"
+
+
+def _format_help(p: argparse.ArgumentParser) -> None:
+    """Every parser and sub-parser shows defaults (_HelpFormatter) and the exit codes."""
+    p.formatter_class = _HelpFormatter
+    p.epilog = EXIT_CODES
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.set_defaults(_parser=sp)  # the deepest one parsed: main's error for an option it does not know
+                _format_help(sp)

@@ -1,0 +1,255 @@
+"""Using and judging models from the command line: eval, scores, compare and chat.
+
+    python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
+    python -m backend scores [MODEL ...] [--format md|csv|tex | --json]   # the Compare page's table
+    python -m backend compare A B --task synth-math [--outcome hallucination]   # or just shorter answers?
+    python -m backend chat MODEL --prompt TEXT [--system TEXT] [--max-new-tokens N]   # one reply, printed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from backend.cli.common import (WorkFailed, _job_options, _local_model, _local_task, _on_interrupt, _print_json,
+                                _run_or_queue, _save_spec, absolute_paths)
+from backend.specs import EvalSpec
+
+
+def cmd_eval(a) -> None:
+    spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
+                    samples=a.samples, device=a.device, batch_size=a.batch_size,
+                    overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url, judge_model=a.judge_model)
+    spec = absolute_paths(spec)
+    queued = bool(a.queue or a.after)
+    if a.fan_out and len(a.models) > 1 and not queued:
+        raise ValueError("eval --fan-out: one job per model runs through the worker; add --queue.")
+    if queued and len(a.models) > 1 and a.fan_out is not False:  # the Eval page's default: one job per model
+        from backend import runner
+
+        runner.check_before_queueing(spec)  # every model, before the first job is queued
+        _save_spec(spec, a)
+        jobs = [runner.submit(one, after=a.after) for one in spec.per_model()]
+        print(f"queued jobs {', '.join(str(j.id) for j in jobs)} (eval, one per model); they run side by side on "
+              "the worker's free slots (python -m backend worker --slots N) or a Ray cluster; --no-fan-out queues "
+              "one job")
+        return
+    if a.queue or a.after:
+        return _run_or_queue(spec, a)
+    before = _last_score_id()
+    _run_or_queue(spec, a)
+    notes: dict[str, None] = {}
+    from backend.evaluate import stored_name
+
+    rows = _scores_since(before, [stored_name(m) for m in a.models])  # a folder's scores are stored under its name
+    width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
+    for r in rows:
+        over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
+        print(f"{r.model:{width}} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
+        overlap = (r.details or {}).get("overlap") or {}
+        # a note names the model of the lineage it is about ("tiny: base model, …"): once, for the model itself
+        notes.update(dict.fromkeys(n if n.startswith(f"{r.model}: ") else f"{r.model}: {n}"
+                                   for n in overlap.get("notes", [])))
+        notes.update(dict.fromkeys(f"{r.model}: overlap unknown: its training data {src} could not be read ({why})"
+                                   for src, why in (overlap.get("unchecked") or {}).items()))
+    for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
+        print(f"note: {note}")
+
+
+def _last_score_id() -> int:
+    """The newest score row before an evaluation in the foreground: the rows after it are the ones it wrote (earlier
+    runs of the same models and tasks stay in the table, and are not this run's scores)."""
+    from sqlmodel import func, select
+
+    from storage import db
+    from storage.models import EvalScore
+
+    with db.session() as s:
+        return s.exec(select(func.max(EvalScore.id))).one() or 0
+
+
+def _scores_since(after_id: int, models: list[str]) -> list:
+    """The rows this foreground evaluation stored: newer than `after_id`, of its models, and written without a job
+    (backend/evaluate.py stores DUS_JOB_ID's, unset here), so a worker's job storing scores meanwhile is not shown."""
+    import os
+
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import EvalScore
+
+    job = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None
+    mine = EvalScore.job_id.is_(None) if job is None else EvalScore.job_id == job
+    with db.session() as s:
+        rows = s.exec(select(EvalScore).where(EvalScore.id > after_id, EvalScore.model.in_(models), mine)).all()
+    return sorted(rows, key=lambda r: (r.model, r.task, r.metric))
+
+
+def cmd_scores(a) -> None:
+    """The Compare page's models × tasks table: headline score per task with its standard error (lm-eval's
+    "value ± stderr"), the average over the tasks every model has, hallucination and cut-off shares, the overlap
+    badges and the lineage, then the notes the page shows under it."""
+    from backend import registry, scoretable
+    from backend.recipe import tables
+
+    latest = scoretable.latest_scores()
+    if a.models:
+        unknown = sorted(set(a.models) - {m for m, _, _ in latest})
+        if unknown:
+            raise ValueError(f"no scores for {', '.join(unknown)}: evaluate first (`python -m backend eval MODEL`).")
+        latest = {k: r for k, r in latest.items() if k[0] in a.models}
+    if a.json and a.format:  # one or the other: --format was dropped without a word
+        raise ValueError(f"scores --json prints JSON; --format {a.format} is for the table: give one of them.")
+    a.format = a.format or "md"
+    if not latest and not a.json:  # --json: [], as every other list for scripts (jobs, models, data sets)
+        raise ValueError("no scores yet: evaluate first (`python -m backend eval MODEL`).")
+    if a.json:  # for scripts: every stored score of the table's runs by its own keys (the CSV's columns are the
+        # page's labels, "synth-math (accuracy) ±"), with the standard error and items the table shows beside it
+        _print_json([{**scoretable.headline_score(latest, r, a.clean), "clean": a.clean, "overlap_share":
+                      r.overlap_share, "job": r.job_id, "run": r.run, "created": r.created, "details": r.details}
+                     for _, r in sorted(latest.items()) if not r.metric.endswith(scoretable.STDERR)])
+        return
+    rows = scoretable.table_rows(latest, {r.name: r for r in registry.list_models()}, clean=a.clean)
+    if a.format == "csv":  # every score numeric, its error in its own ± column (as the page's Export CSV)
+        print(tables.to_csv(tables.Table("scores", "Models × tasks", list(rows[0]), [list(r.values()) for r in rows])),
+              end="")
+        return
+    print({"md": tables.to_markdown, "tex": tables.to_latex}[a.format](scoretable.export_table(rows)), end="")
+    for note in scoretable.table_notes(latest, rows, a.clean):  # as LaTeX comments in a .tex: its % and _ broke it
+        print(f"{'% ' if a.format == 'tex' else ''}note: {note}")
+
+
+def cmd_compare(a) -> None:
+    """The Compare page's answer to "fewer hallucinations, or just shorter answers?" for two models on one task:
+    the sentence, the raw gap (paired bootstrap), McNemar on accuracy, and the gap within length bins."""
+    from backend import analysis
+
+    if not 2 <= a.bins <= 6:
+        raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
+    a.task = _local_task(a.task)  # as `eval` stored it: a task file under its absolute path
+    if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
+        raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
+                         "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")
+    pair = analysis.pair_records(a.task, a.model_a, a.model_b)  # the two models' answers only (every model's: 0.7 s
+    # at 150 models)
+    res = analysis.compare(pair, a.model_a, a.model_b, outcome=a.outcome)
+    print(res["sentence"])
+    if not res["ok"]:  # the comparison could not be made (too few shared items): said above, and not a success
+        raise WorkFailed("")
+    raw, mc = res["raw"], res["mcnemar"]
+    rate = analysis.RATE_LABEL[a.outcome]
+    print(f"{rate} {a.model_a} {res['rate_a']:.3f}, {a.model_b} {res['rate_b']:.3f}; A − B {raw['diff']:+.3f} "
+          f"[{raw['low']:+.3f}, {raw['high']:+.3f}] (paired bootstrap over {raw['n']} items)")
+    print(f"accuracy, McNemar: only {a.model_a} right on {mc['only_a_correct']}, only {a.model_b} on "
+          f"{mc['only_b_correct']}, p = {mc['pvalue']:.3g}")
+    strat = analysis.length_controlled(pair, a.model_a, a.model_b, n_bins=a.bins, boots=500, outcome=a.outcome)
+    lo, hi = strat["length_controlled_ci"]
+    gap = strat["length_controlled_diff"]
+    print(f"within {strat['bins']} length bins: {rate} gap "
+          + (f"{gap:+.3f} [{lo:+.3f}, {hi:+.3f}]" if gap is not None and lo is not None else "n/a (too few answers)")
+          + f"; mean length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens")
+
+
+def cmd_chat(a) -> None:
+    """`chat MODEL --prompt TEXT`: one reply, streamed to standard output as it is generated, through the Models
+    page's Quick chat functions (backend/chat.py load and stream_reply: greedy by default, float32 on the CPU,
+    bfloat16 on a GPU); its tokens and speed on standard error."""
+    from backend import chat, registry
+
+    if a.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {a.max_new_tokens}: give 1 or more.")
+    if a.temperature < 0:
+        raise ValueError(f"--temperature {a.temperature}: give 0 (greedy) or more.")
+    prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
+    if not prompt.strip():
+        raise ValueError("--prompt is empty: give the message to answer (or - to read it from standard input).")
+    folder, name = registry.resolve(_local_model(a.model))
+    messages = [*([{"role": "system", "content": a.system}] if a.system else []), {"role": "user", "content": prompt}]
+    _on_interrupt[0] = lambda: f"the reply of {name or folder.name} stopped"
+    lm = chat.load(folder, name or folder.name)
+    stats, text = chat.GenerationStats(), []
+    try:
+        for piece in chat.stream_reply(lm, messages, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                       stats=stats):
+            text.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except chat.TemplateRefused as exc:  # Gemma's refuses a system message ("System role not supported")
+        raise ValueError(f"{lm.name}: {exc}"
+                         + (" (leave out --system)" if a.system and not isinstance(exc, chat.ContextTooLong)
+                            else "")) from None
+    except RuntimeError as exc:  # stream_reply: "generation failed: …"
+        raise WorkFailed(str(exc)) from exc
+    print()
+    if not "".join(text).strip():
+        print("(the reply is only whitespace or special tokens)", file=sys.stderr)
+    print(f"{stats.new_tokens} tokens · first token {stats.first_token_s or 0:.2f} s · "
+          f"{stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
+
+
+def add_eval(sub) -> None:
+    """The `eval` command's parser."""
+    ev = sub.add_parser("eval", help="evaluate models on the same tasks (scores stored per model and task)")
+    ev.add_argument("models", nargs="+", help="registered names or model folders")
+    ev.add_argument("--tasks", nargs="+", default=["perplexity", "synth-math"],
+                    help="perplexity[:FILE] (held-out text), synth-math (held-out math), qa[:FILE] (closed-book QA "
+                         "with unanswerable questions), mc:FILE (multiple choice), gsm8k:FILE (generation), "
+                         "lm-eval:TASK (lm-evaluation-harness: dus_truthfulqa_mini, dus_gsm8k_mini, h6, or any "
+                         "task name, which downloads its data)")
+    ev.add_argument("--limit", type=int, default=40, help="items per task")
+    ev.add_argument("--max-new-tokens", type=int, default=96, help="token cap of a generated answer")
+    ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help=EvalSpec.model_fields["device"].description)
+    ev.add_argument("--batch-size", type=int, help="generation batch (default: fitted to free GPU memory, 8 on CPU)")
+    ev.add_argument("--overlap-threshold", type=float, default=EvalSpec.model_fields["overlap_threshold"].default,
+                    help=EvalSpec.model_fields["overlap_threshold"].description)
+    ev.add_argument("--ngram", type=int, default=EvalSpec.model_fields["ngram"].default,
+                    help=EvalSpec.model_fields["ngram"].description)
+    ev.add_argument("--judge-url", help="qa: grade replies with an OpenAI-compatible server (http://host:port/v1)")
+    ev.add_argument("--judge-model", help="qa: the model name the judge server serves")
+    ev.add_argument("--fan-out", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --queue: one job per model, run in parallel on free slots or cluster nodes (the "
+                         "scores are the same as one job's); the default with --queue and several models, as on "
+                         "the Eval page; --no-fan-out queues one job for all")
+    _job_options(ev)
+    ev.set_defaults(fn=cmd_eval)
+
+
+def add_scores(sub) -> None:
+    """The `scores` command's parser."""
+    sc = sub.add_parser("scores", help="the models × tasks table of the Compare page, with standard errors")
+    sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
+    sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
+                                                         "data of the model's lineage")
+    sc.add_argument("--format", choices=["md", "csv", "tex"], help="Markdown (the default), CSV or LaTeX")
+    sc.add_argument("--json", action="store_true", help="a JSON array for scripts: one object per model, task and "
+                    "metric (value, stderr, n, the stored details), not the table (--format is then unused)")
+    sc.set_defaults(fn=cmd_scores)
+
+
+def add_compare(sub) -> None:
+    """The `compare` command's parser."""
+    from backend import analysis  # numpy only: statsmodels loads when a fit runs
+
+    cp = sub.add_parser("compare", help="fewer hallucinations, or just shorter answers? two models on one task's "
+                                        "stored answers, with answer length held fixed")
+    cp.add_argument("model_a", metavar="A", help="a model with stored answers on the task")
+    cp.add_argument("model_b", metavar="B", help="the model to compare it with")
+    cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
+    cp.add_argument("--outcome", choices=list(analysis.OUTCOMES), default="hallucination",
+                    help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off)")
+    cp.add_argument("--bins", type=int, default=3, help="answer-length bins of the model-free check (2–6)")
+    cp.set_defaults(fn=cmd_compare)
+
+
+def add_chat(sub) -> None:
+    """The `chat` command's parser."""
+    ch = sub.add_parser("chat", help="one reply from a model to a prompt, printed as it is generated (the Models "
+                                     "page's Quick chat)")
+    ch.add_argument("model", metavar="MODEL", help="registered name or model folder")
+    ch.add_argument("--prompt", required=True, help="the user's message; - reads it from standard input")
+    ch.add_argument("--system", help="a system message before it (a model whose chat template takes none refuses it)")
+    ch.add_argument("--max-new-tokens", type=int, default=96, help="token cap of the reply")
+    ch.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the same reply each time)")
+    ch.set_defaults(fn=cmd_chat)

@@ -1,0 +1,320 @@
+"""Running the work: jobs, the worker, a Ray cluster's view, and the dashboard's password check.
+
+    python -m backend worker
+    python -m backend cluster status | check          # with DUS_RAY_ADDRESS=http://HEAD:8265 (a Ray cluster)
+    python -m backend jobs list | show ID | cancel ID | resume ID | wait ID [--timeout S]
+    python -m backend jobs log ID [--lines N] [--follow]    # --follow: like tail -f, until the job ends
+    python -m backend auth hash | check [--address 0.0.0.0]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from backend.cli.common import WorkFailed, _on_interrupt, _print_json
+from backend.specs import TRAIN_KINDS
+
+
+def cmd_jobs(a) -> None:
+    from backend import runner
+
+    if a.action == "list":
+        alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
+        jobs = runner.list_jobs(a.limit or None, kinds=a.kind, statuses=a.status)
+        if a.json:
+            return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
+                                 "message": runner.job_message(j, active, alive), "error": j.error,
+                                 "name": j.spec.get("name"), "output": runner.job_output(j),
+                                 "result": j.result, "after": j.after, "needs": j.needs or [],
+                                 "waits": j.waits or [], "created": j.created, "started": j.started,
+                                 "finished": j.finished} for j in jobs])
+        cut = False
+        for j in jobs:  # what each job makes, as the pages' "→ output": 14 queued sft jobs read alike without it
+            said, output = runner.job_message(j, active, alive), runner.job_output(j) or "-"
+            cut |= len(said) > 60 or len(output) > 24
+            print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
+                  f"{output if len(output) <= 24 else output[:23] + '…':24} "
+                  f"{said if len(said) <= 60 else said[:59] + '…'}")
+        if cut:
+            print("a name or message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
+    elif a.action == "show":
+        print(job_details(a.id))
+    elif a.action == "cancel":
+        before = runner.get(a.id)
+        if before is not None and before.status in runner.FINISHED:  # `job 1: succeeded` read as a cancel done
+            raise WorkFailed(f"job {a.id} is {before.status} already: nothing to cancel.")
+        print(f"job {a.id}: {runner.cancel(a.id).status}")
+    elif a.action == "resume":
+        job = runner.resume(a.id)
+        print(f"job {a.id}: {job.status} ({resume_says(job)})")
+    elif a.action == "wait":
+        sys.exit(wait_for(a.id, a.timeout, a.poll))
+    elif a.action == "log":
+        sys.exit(show_log(a.id, a.lines, a.follow, a.poll))
+    elif a.action == "exec":
+        sys.exit(runner.execute(a.id))
+
+
+def resume_says(job) -> str:
+    """What a resume will do, by the Jobs page's rule (runner.resume_point): `jobs resume` promised a checkpoint to a
+    run cancelled at step 12 with none saved, and to evaluations."""
+    from backend import runner
+
+    if job.kind not in TRAIN_KINDS:
+        return f"a running worker runs the {job.kind} again from the start"
+    if (point := runner.resume_point(job)) is not None:
+        return f"a running worker resumes it from its last checkpoint, {point.name}"
+    return "no checkpoint was saved: a running worker starts the training over from step 0"
+
+
+def wait_for(job_id: int, timeout: float | None, poll: float) -> int:
+    """`jobs wait ID`: poll until the job has finished; exit 0 if it succeeded, 1 if not (failed, cancelled,
+    interrupted), 124 when --timeout ran out first (as timeout(1)); a job that is not there is refused (2)."""
+    from backend import runner
+
+    start = time.monotonic()
+    _on_interrupt[0] = lambda: _job_goes_on(job_id, "stopped waiting", f"jobs wait {job_id} waits again")
+    while True:
+        job = runner.get(job_id)
+        if job is None:
+            raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+        if job.status in runner.FINISHED:
+            print(f"job {job_id}: {job.status}: {runner.job_message(job)}")
+            return 0 if job.status == "succeeded" else 1
+        if timeout is not None and time.monotonic() - start >= timeout:
+            print(f"job {job_id}: still {job.status} after {timeout:g} s: {runner.job_message(job)}", file=sys.stderr)
+            return 124
+        time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - (time.monotonic() - start))))
+
+
+def _job_goes_on(job_id: int, what: str, again: str) -> str:
+    """A Ctrl-C's line for a command that watched a job: the job is the worker's and goes on without it."""
+    from backend import runner
+
+    job = runner.get(job_id)
+    if job is None or job.status in runner.FINISHED:
+        return f"{what}; job {job_id} is {job.status if job else 'gone'} (python -m backend jobs show {job_id})"
+    return (f"{what}; job {job_id} is still {job.status} and goes on without this command (python -m backend "
+            f"{again}; jobs show {job_id} shows it, jobs cancel {job_id} stops it)")
+
+
+def show_log(job_id: int, lines: int, follow: bool, poll: float) -> int:
+    """`jobs log ID`: the last `lines` lines of the job's log (runner.log_tail, as the Jobs page shows it); with
+    `follow`, then each line as it is written until the job ends, as `tail -f` (a queued job's log appears when a
+    worker starts it): exit 0 if it succeeded, 1 if not, as `jobs wait`; the end goes to standard error, so standard
+    output holds the log alone."""
+    from pathlib import Path
+
+    from backend import runner
+
+    if lines < 0 or poll <= 0:
+        raise ValueError(f"--lines {lines} --poll {poll:g}: give 0 or more lines, and a poll above 0 s.")
+    job = runner.get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+    log = Path(job.log_path) if job.log_path else None
+    if not follow:
+        if log is None or not log.exists():
+            if job.status in ("queued", "running"):  # as the Jobs page: not there yet, not an error
+                print(f"job {job_id} is {job.status}: no log yet (a worker writes one when it starts the job; "
+                      f"--follow waits for it)", file=sys.stderr)
+                return 0
+            raise ValueError(f"job {job_id} ({job.status}) has no log on this machine"
+                             + (f" ({log} is not there)" if log else "") + ".")
+        for line in runner.log_tail(log, lines):
+            print(line)
+        return 0
+    _on_interrupt[0] = lambda: _job_goes_on(job_id, "stopped following its log", f"jobs log {job_id} --follow "
+                                                                                 "follows it again")
+    offset, rest, said = None, b"", False
+    while True:
+        job = runner.get(job_id)  # its status before the file: what it wrote before it ended is read below
+        if job is None:
+            raise ValueError(f"job {job_id} was deleted while its log was followed.")
+        ended = job.status in runner.FINISHED
+        if log is not None and log.exists():
+            if offset is None:  # the last lines first, then what comes after them
+                for line in runner.log_tail(log, lines):
+                    print(line, flush=True)
+                offset = log.stat().st_size
+            else:
+                if log.stat().st_size < offset:  # written over from the start: read it from there
+                    offset, rest = 0, b""
+                with open(log, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+                offset += len(data)
+                rest = _print_lines(rest + data, final=ended)
+        elif not said and not ended:
+            print(f"job {job_id} is {job.status}: no log yet; following it once a worker starts the job",
+                  file=sys.stderr, flush=True)
+            said = True
+        if ended:
+            print(f"job {job_id}: {job.status}: {runner.job_message(job)}", file=sys.stderr)
+            return 0 if job.status == "succeeded" else 1
+        time.sleep(poll)
+
+
+def _print_lines(data: bytes, final: bool) -> bytes:
+    """Print the whole lines of `data` (a tqdm bar's \r ends one, as runner.log_tail splits them) and hand back the
+    unfinished last one, to be printed with what follows it (all of it when `final`)."""
+    parts = data.splitlines(keepends=True)
+    keep = b""
+    # a line not ended yet, or a \r that may be the first half of \r\n
+    if parts and not final and (not parts[-1].endswith((b"\n", b"\r")) or parts[-1].endswith(b"\r")):
+        keep = parts.pop()
+    for part in parts:
+        print(part.decode("utf-8", errors="replace").rstrip("\r\n"), flush=True)
+    return keep
+
+
+def job_details(job_id: int) -> str:
+    """`jobs show ID`: what `jobs list` has no room for: the whole message (a failure's fix is at its end), the
+    log, the timings and the spec, as YAML that `python -m backend run` takes back."""
+    import yaml
+
+    from backend import runner
+
+    job = runner.get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
+    ran = f" ({(job.finished - job.started).total_seconds():.0f} s)" if job.started and job.finished else ""
+    waits = [*([job.after] if job.after else []), *job.needs, *(job.waits or [])]
+    lines = [f"job {job.id} ({job.kind}): {job.status}, {job.progress:.0%}",
+             f"message: {runner.job_message(job)}",
+             f"log: {job.log_path or '-'}",
+             f"created: {job.created:%Y-%m-%d %H:%M:%S}  started: {_when(job.started)}  finished: "
+             f"{_when(job.finished)}{ran}"]
+    lines += [f"waits for jobs: {', '.join(map(str, waits))}"] if waits else []
+    lines += [f"host: {job.host}"] if job.host else []
+    lines += ["result:", yaml.safe_dump(job.result, sort_keys=False, allow_unicode=True).rstrip()] if job.result else []
+    spec = {"kind": job.spec.get("kind", job.kind), **job.spec}
+    return "\n".join(lines + ["spec:", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).rstrip()])
+
+
+def _when(at) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S}" if at else "-"
+
+
+def cmd_worker(a) -> None:
+    from backend import runner
+    from storage.models import utcnow
+
+    start = utcnow()
+    _on_interrupt[0] = lambda: _worker_interrupted(start)
+    runner.worker(poll=a.poll, once=a.once, slots=a.slots)
+
+
+def _worker_interrupted(start) -> str:
+    """A Ctrl-C's line for `worker`: the jobs it was running, which it marked interrupted as it ended
+    (runner._interrupt_running; those started since it started and interrupted now), and the queue that waits."""
+    from datetime import timezone
+
+    from backend import runner
+
+    def utc(at):
+        return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # SQLite hands times back without their zone
+
+    ended = sorted(j.id for j in runner.list_jobs(None, statuses=["interrupted"]) if j.started and
+                   utc(j.started) >= start)
+    many = len(ended) > 1
+    return ("the worker stopped; " + (f"job{'s' if many else ''} {', '.join(map(str, ended))} it was running "
+                                      f"{'were' if many else 'was'} interrupted (python -m backend jobs resume "
+                                      f"{ended[0] if not many else 'ID'} goes on); " if ended else "")
+            + "queued jobs wait for the next worker")
+
+
+def cmd_cluster(a) -> None:
+    from backend.cluster import ray_view
+
+    if a.action == "check":
+        print(ray_view.check(a.address))
+        return
+    view = ray_view.status(a.address)
+    print(f"Ray cluster at {view.address}\n\nnodes (free / total):\n{ray_view.table(view.node_rows())}"
+          f"\n\nDUS jobs on it:\n{ray_view.table(view.job_rows())}")
+
+
+def cmd_auth(a) -> None:
+    """`hash`: DUS_PASSWORD_HASH from DUS_PASSWORD, standard input, or a prompt; `check`: run.sh's start check."""
+    import getpass
+    import os
+
+    from backend import auth
+
+    if a.action == "check":
+        why = auth.problem(a.address, dict(os.environ), oidc=auth.oidc_in_files())
+        if why:
+            raise ValueError(why)
+        print(f"ok: {a.address} is loopback" if not auth.login_required(a.address) else "ok: login configured")
+        return
+    password = os.environ.get(auth.PASSWORD_ENV)
+    if password is None and not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ.")
+    print(auth.hash_password(password))
+
+
+def add_auth(sub) -> None:
+    """The `auth` command's parser."""
+    au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
+                                     "the dashboard')")
+    au.add_argument("action", choices=["hash", "check"], help="hash a password, or check the start address")
+    au.add_argument("--address", default="127.0.0.1", help="check: the address the dashboard will listen on")
+    au.set_defaults(fn=cmd_auth)
+
+
+def add_worker(sub) -> None:
+    """The `worker` command's parser."""
+    w = sub.add_parser("worker", help="run queued jobs")
+    w.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
+    w.add_argument("--once", action="store_true", help="run what is queued, then exit")
+    w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
+    w.set_defaults(fn=cmd_worker)
+
+
+def add_cluster(sub) -> None:
+    """The `cluster` command's parser."""
+    cl = sub.add_parser("cluster", help="a Ray cluster (DUS_RAY_ADDRESS): status (nodes, resources, which job runs "
+                        "where) or check (the address answers, every node sees the workspace)")
+    cl.add_argument("action", choices=["status", "check"], help="status or check")
+    cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
+    cl.set_defaults(fn=cmd_cluster)
+
+
+def add_jobs(sub) -> None:
+    """The `jobs` command's parser and its actions'."""
+    j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one; also its log "
+                                     "(jobs log ID --follow) and wait for it")
+    ja = j.add_subparsers(dest="action", required=True)
+    jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
+    jl.add_argument("--limit", type=int, default=100, help="the newest N jobs, 0 for all (queued and running ones "
+                                                          "are always listed)")
+    jl.add_argument("--kind", nargs="+", help="only these kinds (upscale, cpt, sft, dpo, merge, eval, ...)")
+    from storage.models import JOB_STATUSES
+
+    jl.add_argument("--status", nargs="+", choices=JOB_STATUSES, help="only these statuses")
+    jl.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
+    for action, what in (("show", "the job's whole message, log path, timings and spec"),
+                         ("cancel", "stop a waiting or running job"),
+                         ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "
+                                    "checkpoint)"),
+                         ("exec", "run the job in this process (what the worker starts)"),
+                         ("wait", "wait until the job has finished; exit 0 if it succeeded, 1 if not")):
+        jp = ja.add_parser(action, help=what)
+        jp.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    jp.add_argument("--timeout", type=float, help="give up after this many seconds (exit code 124)")
+    jp.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the job")
+    jg = ja.add_parser("log", help="the job's log, its last lines (the Jobs page's); --follow: then each new line "
+                                   "until the job ends, exit 0 if it succeeded, 1 if not")
+    jg.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    jg.add_argument("--lines", "-n", type=int, default=60, help="how many of the last lines")
+    jg.add_argument("--follow", "-f", action="store_true",
+                    help="print new lines as they are written, until the job ends (as tail -f; Ctrl-C stops "
+                         "following, not the job)")
+    jg.add_argument("--poll", type=float, default=1.0, help="--follow: seconds between looks at the log")
+    j.set_defaults(fn=cmd_jobs)

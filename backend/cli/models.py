@@ -1,0 +1,188 @@
+"""The commands that make and manage models: upscale, merge, and models list | import | delete | push.
+
+    python -m backend upscale --base SmolLM2-135M-Instruct --m 8 --out workspace/models/smol-dus-m8
+    python -m backend merge --method slerp --models A B --t 0.5 --out PATH
+    python -m backend models list [--json] | import builtin|FOLDER|FILE.gguf|owner/name [--queue] | delete NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from backend.cli.common import _job_options, _local_model, _print_json, _progress, _run_or_queue
+from backend.specs import MergeSpec, SliceRange, UpscaleSpec
+
+
+def _slice(text: str) -> SliceRange:
+    try:
+        src, start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slice {text!r}: use SOURCE:START:END, e.g. 0:0:24 (END exclusive)")
+    return SliceRange(source=src, start=start, end=end)
+
+
+def cmd_upscale(a) -> None:
+    spec = UpscaleSpec(base=a.base, method=a.method, m=a.m, slices=a.slice or [], second=a.second,
+                       groups=a.groups, name=a.name, out=a.out, shard_size=a.shard_size)
+    _run_or_queue(spec, a)
+
+
+def cmd_merge(a) -> None:
+    given = {"t": a.t[0] if a.t and len(a.t) == 1 else a.t, "density": a.density, "seed": a.seed, "lambda": a.lam}
+    # only the options given: MergeSpec refuses one its method does not use (`--method slerp --weights 0.2 0.8`
+    # merged a plain SLERP), and a default passed for every method looked given
+    spec = MergeSpec(models=a.models, method=a.method, weights=a.weights, normalize=a.normalize,
+                     rescale=a.rescale, base=a.base, dtype=a.dtype, tokenizer_source=a.tokenizer_source,
+                     chat_template=_template_arg(a.chat_template), name=a.name, out=a.out, shard_size=a.shard_size,
+                     **{k: v for k, v in given.items() if v is not None})
+    _run_or_queue(spec, a)
+
+
+def _template_arg(value: str | None) -> str | None:
+    """--chat-template: 'auto', a Jinja template, or @FILE holding one."""
+    from pathlib import Path
+
+    if value and value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--chat-template {value}: no such file.")
+        return path.read_text()
+    return value
+
+
+MODELS_OPTIONS = {"list": ("json",), "import": ("name", "allow_pickle", "queue", "after"), "delete": ("force",),
+                  "push": ("repo", "private", "license_name", "license_link", "queue",
+                           "after")}  # what each `models` action reads
+
+
+def cmd_models(a) -> None:
+    from backend import registry
+
+    # the options are the `models` parser's, shared by its actions: one another action reads was dropped without a
+    # word (`models list --name tiny --json` gave every model; `models import X --queue` ran here), refused instead
+    unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private",
+                                                    "license_name", "license_link", "queue", "after")
+              if getattr(a, k) is not None
+              and getattr(a, k) is not False and k not in MODELS_OPTIONS[a.action]]  # --after 0 is given too
+    if a.action == "list" and a.target:
+        unused.insert(0, f"TARGET {a.target!r}")
+    if unused:
+        reads = ", ".join("--" + k.replace("_", "-") for k in MODELS_OPTIONS[a.action])
+        what = {"list": "", "import": " and a TARGET"}.get(a.action, " and a NAME")
+        raise ValueError(f"models {a.action} takes no {', '.join(unused)} (it reads {reads}{what}).")
+    if a.action == "list":
+        rows = registry.list_models()
+        if a.json:
+            names = {r.name for r in rows}
+            return _print_json([{"name": r.name, "kind": r.kind, "layers": r.num_layers, "parameters":
+                                 r.num_parameters, "dtype": r.dtype, "path": r.path, "parents": r.parents or [],
+                                 "parents_registered": [registry.parent_present(p, names) for p in r.parents or []],
+                                 "source": r.source, "created": r.created} for r in rows])
+        # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown
+        # whole, not cut
+        width = max([len("name"), *(len(r.name) for r in rows)])
+        dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
+        print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
+        names = {r.name for r in rows}
+        for r in rows:
+            print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
+                  f"{', '.join(registry.parents_shown(r, names)) or '-'}")
+    elif a.action == "import":
+        if not a.target:
+            raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
+        if a.queue or a.after:  # a job, as the pages' imports are (ImportSpec): a Hub download of many GiB
+            from backend.specs import ImportSpec
+
+            return _run_or_queue(ImportSpec(target=_local_model(a.target), name=a.name,
+                                            allow_pickle=a.allow_pickle), a)
+        rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
+        print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
+    elif a.action == "delete":
+        if not a.target:
+            raise ValueError("models delete needs a NAME.")
+        registry.delete(a.target, force=a.force)
+        print(f"deleted {a.target}")
+    elif a.action == "push":
+        from backend.specs import PushSpec
+
+        if not a.target or not a.repo:
+            raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
+        # as every job command: here, or with --queue / --after the worker's (a model of many GiB)
+        _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private, license_name=a.license_name,
+                               license_link=a.license_link), a)
+
+
+def add_upscale(sub) -> None:
+    """The `upscale` command's parser."""
+    u = sub.add_parser("upscale", help="build a deeper model from a registered model or folder")
+    u.add_argument("--base", required=True, help="registered name, 'builtin', or a model folder")
+    u.add_argument("--method", default="dus", choices=["dus", "slices", "llama-pro"],
+                   help="dus: SOLAR's depth up-scaling; slices: stack layer ranges; llama-pro: block expansion")
+    u.add_argument("--m", type=int, help="dus: layers removed from each copy (1 <= m < n/2)")
+    u.add_argument("--slice", type=_slice, action="append", help="slices: SOURCE:START:END, half-open, repeatable")
+    u.add_argument("--second", help="slices: second source model (SOURCE 1)")
+    u.add_argument("--groups", type=int, help="llama-pro: identity blocks to insert")
+    u.add_argument("--name", help="registered name (default: derived)")
+    u.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    u.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
+    _job_options(u)
+    u.set_defaults(fn=cmd_upscale)
+
+
+def add_merge(sub) -> None:
+    """The `merge` command's parser."""
+    mg = sub.add_parser("merge", help="merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, "
+                                      "TIES, DARE)")
+    mg.add_argument("--models", nargs="+", required=True, help="the candidates: registered names or model folders")
+    mg.add_argument("--method", default="average", help="average (= linear), slerp, task_arithmetic, ties, "
+                    "dare_linear (alias dare), dare_ties")
+    mg.add_argument("--weights", nargs="+", type=float, help="one per model (default 1 each)")
+    mg.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="divide by the sum of the weights (default: mergekit's for the method: on for average and "
+                         "ties, off for task_arithmetic and dare)")
+    mg.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
+                    help="ties / dare: multiply what is kept by |delta|_1 / |kept|_1 (default: on for dare)")
+    # None: not given (MergeSpec refuses an option its method does not use, and its own default applies)
+    mg.add_argument("--lambda", dest="lam", type=float, help="task_arithmetic / ties / dare: scales the merged task "
+                    "vector (default: 1)")
+    mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth (default: 0.5)")
+    mg.add_argument("--base", help="task_arithmetic / ties / dare: the common base")
+    mg.add_argument("--density", type=float, help="ties / dare: share of each task vector kept (default: 0.5)")
+    mg.add_argument("--seed", type=int, help="dare: seed of the drop mask (default: 0)")
+    mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help=MergeSpec.model_fields["dtype"].description)
+    mg.add_argument("--tokenizer-source", help=MergeSpec.model_fields["tokenizer_source"].description)
+    mg.add_argument("--chat-template", help="'auto' (the template most of the models share, mergekit's auto), a "
+                    "Jinja template, or @FILE holding one (default: the tokenizer source's own)")
+    mg.add_argument("--name", help="registered name (default: derived from the candidates and the method)")
+    mg.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    mg.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
+    _job_options(mg)
+    mg.set_defaults(fn=cmd_merge)
+
+
+def add_models(sub) -> None:
+    """The `models` command's parser."""
+    m = sub.add_parser("models", help="list, import, delete or push registered models")
+    m.add_argument("action", choices=["list", "import", "delete", "push"], help="what to do")
+    m.add_argument("target", nargs="?",
+                   help="import: builtin | FOLDER | FILE.gguf | owner/name; delete, push: NAME")
+    m.add_argument("--name", help="import: the name to register (default: derived from the target)")
+    m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
+    m.add_argument("--force", action="store_true",
+                   help="delete: also when other models were made from it or active jobs read it")
+    m.add_argument("--json", action="store_true", help="list: a JSON array, for scripts")
+    m.add_argument("--repo", metavar="OWNER/NAME",
+                   help="push: the Hub model repo (made if missing) that gets the model's weights, config, tokenizer "
+                        "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "
+                        "access; exit code 1 when the Hub refused the push or could not be reached)")
+    m.add_argument("--private", action="store_true", help="push: make the repo private if it is made")
+    m.add_argument("--license-name", metavar="ID", help="push: for a licence `other` whose base models name none, "
+                                                        "the card's license_name (e.g. my-license-1.0)")
+    m.add_argument("--license-link", metavar="FILE|URL", help="push: for a licence `other`, the card's license_link "
+                                                              "(a file uploaded with the model, or a URL)")
+    m.add_argument("--queue", action="store_true", help="import, push: hand the download or upload to the worker "
+                                                        "instead of running it here")
+    m.add_argument("--after", type=int, help="import, push: queue it to run after this job succeeds (push: the "
+                                             "training that makes the model)")
+    m.set_defaults(fn=cmd_models)

@@ -1,0 +1,180 @@
+"""The recipe command: new, plan, run, runs, tables and cancel of a SOLAR experiment in one YAML file.
+
+    python -m backend recipe new smoke|solar-mini|solar-10.7b [--base B] [--m M] > R.yaml
+    python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
+    python -m backend recipe runs [--limit N] [--json]      # the runs and their stages' statuses (the Recipe page)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from backend.cli.common import WorkFailed, _on_interrupt, _print_json
+
+
+def cmd_recipe(a) -> None:
+    """`new PRESET` prints a recipe; `plan FILE` shows what would run and what is reused; `run FILE` submits the
+    stages as dependent jobs and (without --queue) runs them here; `tables RUN` prints the paper's tables."""
+    from backend import recipe
+
+    if a.action == "new":
+        print(recipe.preset(a.target, getattr(a, "base", None), getattr(a, "m", None)), end="")
+        return
+    if a.action == "tables":
+        from backend.recipe import tables
+        from backend.recipe.plan import get_run
+
+        latest = recipe.runs(1)
+        if a.target is None and not latest:
+            raise ValueError("no recipe has run yet: `recipe run FILE` first.")
+        run_id = get_run(a.target).id if a.target is not None else latest[0].id
+        for t in tables.run_tables(run_id):
+            print({"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}[a.format](t))
+        return
+    if a.action == "cancel":
+        print(f"cancelled jobs: {recipe.cancel_run(a.target) or 'none were still waiting or running'}")
+        return
+    if a.action == "runs":
+        return print_runs(a.limit, a.json)
+    with open(a.target) as f:
+        text = f.read()
+    plans = recipe.plan_text(text)
+    for p in plans:
+        print("\n".join(p.lines()))
+    if a.action == "run":
+        if not a.queue:  # Ctrl-C while its stages run here: which runs were submitted, and what goes on
+            before = max([r.id for r in recipe.runs(1)], default=0)
+            _on_interrupt[0] = lambda: _recipe_interrupted(before)
+        ids = recipe.run_recipe(text, queue=a.queue, plans=plans)  # without --queue: its own jobs, run here
+        print(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+              f"{'submitted' if a.queue else 'submitted and run here'}")
+        if not a.queue:
+            from backend import runner
+
+            _wait_for_other_workers(ids)
+            bad = []
+            for run_id in ids:
+                for row, job in recipe.stages(run_id):
+                    state = recipe.stage_state(row, job) or "-"
+                    said = runner.job_message(job) if job else ""  # the reason, as `jobs list` says it
+                    print(f"  {row.stage:28} {state:10} {row.output} {said[:100]}")
+                    if not row.reused and job and job.status != "succeeded":
+                        bad.append(f"{row.stage} ({job.status})")
+            if bad:
+                raise WorkFailed(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
+                                 f"{len(bad)} stage{'s' if len(bad) > 1 else ''} did not succeed: {', '.join(bad)}.")
+
+
+def _taken_elsewhere(run_ids: list[int]) -> list[int]:
+    """The runs' stage jobs still to end once the foreground worker found nothing more to run: running, or queued
+    behind a job that still runs (not those that will not run, behind a failed one). A worker started elsewhere
+    (run.sh's, another machine's) claimed one of them first, and the rest wait on it."""
+    from backend import recipe, runner
+
+    alive, active = runner.worker_alive(), runner.active_jobs()
+    return sorted({job.id for run_id in run_ids for row, job in recipe.stages(run_id)
+                   if job is not None and not row.reused and (job.status == "running" or (
+                       job.status == "queued" and not runner.job_message(job, active, alive).startswith("will not")))})
+
+
+def _wait_for_other_workers(run_ids: list[int]) -> None:
+    """A foreground `recipe run` ends when its runs end: with another worker alive that took a stage (its jobs are
+    queued for any worker), wait for it, rather than report its running and queued stages as failed (exit 1 while
+    the run went on)."""
+    from backend import runner
+
+    waiting = _taken_elsewhere(run_ids)
+    if not waiting or not runner.worker_alive():
+        return
+    runs = ", ".join(map(str, run_ids))
+    print(f"another worker took stage jobs of recipe run {runs}: waiting for jobs {', '.join(map(str, waiting))} to "
+          "end (Ctrl-C stops waiting, not them)", file=sys.stderr, flush=True)
+    _on_interrupt[0] = lambda: (f"stopped waiting; recipe run {runs} goes on in the other worker (python -m backend "
+                                "recipe runs shows it)")
+    while _taken_elsewhere(run_ids) and runner.worker_alive():
+        time.sleep(2.0)
+
+
+def print_runs(limit: int, as_json: bool) -> None:
+    """`recipe runs`: the recipe runs, newest first, each with its stages' statuses, jobs, models and messages (the
+    Recipe page's run picker and stage table)."""
+    from backend import recipe, runner
+
+    if limit < 0:
+        raise ValueError(f"--limit {limit}: give the number of runs, or 0 for all.")
+    alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
+    runs = []
+    for run in recipe.runs(limit or None):
+        stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job), "job": row.job_id,
+                   "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
+                  for row, job in recipe.stages(run.id)]
+        runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages})
+    if as_json:
+        return _print_json(runs)
+    if not runs:
+        print("no recipe has run yet: `python -m backend recipe run FILE` first.", file=sys.stderr)
+    for run in runs:
+        tally: dict[str, int] = {}
+        for st in run["stages"]:
+            tally[st["status"] or "-"] = tally.get(st["status"] or "-", 0) + 1
+        n = len(run["stages"])
+        print(f"run {run['id']} · {run['name']} · {run['created']:%Y-%m-%d %H:%M} · {n} stage{'' if n == 1 else 's'}"
+              + (": " + ", ".join(f"{k} {state}" for state, k in tally.items()) if tally else ""))
+        width = max([len("stage"), *(len(st["stage"]) for st in run["stages"])])
+        for st in run["stages"]:
+            said = st["message"] if len(st["message"]) <= 60 else st["message"][:59] + "…"
+            print(f"  {st['stage']:{width}} {st['kind']:10} {st['status'] or '-':11} {st['job'] or '-':>5} "
+                  f"{st['output'] or '-'}  {said}".rstrip())
+
+
+def _recipe_interrupted(before: int) -> str:
+    """What a Ctrl-C during a foreground `recipe run` leaves: the runs it submitted (newer than `before`), their
+    stage jobs it stopped (the worker loop marks them interrupted as it ends: runner._interrupt_running; a row still
+    running is one it was ending) and those still queued."""
+    from backend import recipe
+
+    mine = [r.id for r in recipe.runs(20) if r.id > before]
+    if not mine:
+        return "the recipe run stopped before its stages were submitted; nothing was queued"
+    jobs = {job.id: job.status for run_id in mine for row, job in recipe.stages(run_id)
+            if job is not None and not row.reused and (row.info or {}).get("status") != "in-flight"}
+    stopped = [str(i) for i, status in sorted(jobs.items()) if status in ("running", "interrupted")]
+    queued = [str(i) for i, status in sorted(jobs.items()) if status == "queued"]
+    said = f"recipe run{'s' if len(mine) > 1 else ''} {', '.join(map(str, mine))} stopped here"
+    if stopped:
+        many = len(stopped) > 1
+        said += (f"; job{'s' if many else ''} {', '.join(stopped)} {'were' if many else 'was'} interrupted (python -m "
+                 f"backend jobs resume {stopped[0] if not many else 'ID'} goes on, and the stages waiting for "
+                 f"{'them' if many else 'it'} with {'them' if many else 'it'})")
+    if queued:
+        many = len(queued) > 1
+        said += (f"; queued job{'s' if many else ''} {', '.join(queued)} wait{'' if many else 's'} for a worker "
+                 f"(python -m backend worker), or python -m backend recipe cancel "
+                 f"{mine[0] if len(mine) == 1 else 'RUN'} drops {'them' if many else 'it'}")
+    return said + f"; python -m backend recipe runs shows {'them' if len(mine) > 1 else 'it'}"
+
+
+def add_recipe(sub) -> None:
+    """The `recipe` command's parser and its actions'."""
+    rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, runs, tables, cancel")
+    ra = rc.add_subparsers(dest="action", required=True)
+    rn = ra.add_parser("new", help="print a preset recipe (YAML)")
+    rn.add_argument("target", metavar="PRESET", help="smoke, solar-mini or solar-10.7b")
+    rn.add_argument("--base", help="the base model (smoke needs one)")
+    rn.add_argument("--m", type=int, help="layers removed from each copy")
+    ra.add_parser("plan", help="what would run and what is reused").add_argument("target", metavar="FILE",
+                                                                                 help="a recipe YAML file")
+    rr = ra.add_parser("run", help="submit the stages as dependent jobs and run them here")
+    rr.add_argument("target", metavar="FILE", help="a recipe YAML file")
+    rr.add_argument("--queue", action="store_true", help="leave the jobs to the worker")
+    rt = ra.add_parser("tables", help="the paper's tables from a run")
+    rt.add_argument("target", metavar="RUN", type=int, nargs="?", help="a recipe run's id (default: the latest)")
+    rt.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="output format")
+    ra.add_parser("cancel", help="cancel the run's waiting and running jobs").add_argument(
+        "target", metavar="RUN", type=int, help="a recipe run's id")
+    rs = ra.add_parser("runs", help="the recipe runs, newest first, each with its stages' statuses, jobs and models "
+                                    "(the Recipe page)")
+    rs.add_argument("--limit", type=int, default=20, help="the newest N runs, 0 for all")
+    rs.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
+    rc.set_defaults(fn=cmd_recipe)

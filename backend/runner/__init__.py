@@ -1,0 +1,43 @@
+"""The job runner: pages write a queued row; a worker process runs each job in a child process of its own.
+
+    python -m backend worker          # the dashboard's run command starts one for you
+
+A job never runs in the Streamlit script thread (a rerun would start it twice or kill it). The child process runs
+`run_<kind>(spec, out_dir, progress)`, the same function the CLI calls in the foreground, and writes progress and
+the final status into its row. The worker only launches children, notices ones that died, and marks jobs whose
+worker vanished as interrupted when it starts again.
+
+Everyone imports the package (`from backend import runner`) and calls `runner.submit`, `runner.worker`, … The work
+lives in its modules, each importing only those above it:
+
+    rows.py      statuses; read a job's row, write fields, conditional transitions
+    hosts.py     heartbeats, machines alive, whether a job's process still runs, recover_orphans
+    queue.py     submit and its refusals (check_before_queueing); reads of the queue
+    states.py    dependencies (after, needs, waits), resume, cancel
+    messages.py  a job's message as the pages say it, log_tail
+    child.py     execute: one job in its own process
+    loop.py      the worker loop: claim, start, watch
+
+A test that replaces a function the runner calls itself patches the module that calls it (`runner.loop.start_child`,
+`runner.child.work_function`): a patch on the package reaches only the callers that go through the package.
+"""
+
+from backend.runner.rows import (FINISHED, STOPPED, UNSUCCESSFUL, _as_json, _holds, _transition, _update, get,
+                                 record_run_dir)
+from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _age, _beat_ages, _clear_stopped, _cmdline,
+                                  _command_holds, _db_now, _hosts_here, _local_run_alive, _mine, _runs_job, _utc, beat,
+                                  check_host_id, check_shared_workspace, claim_host, dead_hosts, heartbeat_path,
+                                  host_id, live_hosts, recover_orphans, worker_alive)
+from backend.runner.queue import (MAKES_MODELS, WAITING, _check_depths, _check_model_ref, _check_no_synth_run,
+                                  _check_not_making, _check_output_name, _check_train_files, _making, _model_refs,
+                                  _runs_here_only, active_jobs, check_before_queueing, job_output, jobs_using,
+                                  list_jobs, metrics, planned_name, submit)
+from backend.runner.states import (_ended_dependency, _left_out, _needs, _queue_again, _requeue_waiting_on,
+                                   _still_stopping, _waits_on_a_job, cancel, never_runs, requeue_cancelled, resume,
+                                   scores_nothing, with_dependencies)
+from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, resume_point,
+                                     seconds_run)
+from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, work_function)
+from backend.runner.loop import (_busy, _claim_next, _interrupt_running, _not_ours_any_longer, job_niceness,
+                                 start_child, worker)
+from storage.models import utcnow  # the clock job rows are written by (tests read runner.utcnow)

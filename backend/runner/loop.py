@@ -1,0 +1,259 @@
+"""The worker: claims queued jobs (at most `slots` at a time on this machine), starts each in a child process or on
+a Ray cluster, and watches them end, die or be cancelled from another machine.
+
+    python -m backend worker
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlmodel import select
+
+from backend.cluster import ray_jobs
+from backend.runner.hosts import (BEAT_EVERY, _clear_stopped, _hosts_here, _mine, beat, check_host_id,
+                                  check_shared_workspace, claim_host, dead_hosts, heartbeat_path, recover_orphans)
+from backend.runner.messages import _what_resume_does
+from backend.runner.rows import UNSUCCESSFUL, _transition, _update, get
+from backend.runner.states import _needs
+from backend.specs import TRAIN_KINDS
+from storage import db
+from storage.models import Job, utcnow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where a job process runs: `-m backend` is found there
+
+
+@db.retrying
+def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job | None:
+    """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
+    cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with
+    `slots` it only succeeds while fewer than `slots` jobs run on this machine: the cap holds at every instant, not
+    only after a losing worker gives its claim back. `only`: these jobs and no other."""
+    from sqlalchemy import func, text, update
+    from sqlalchemy.orm import aliased
+
+    # A rerun (db.retrying) whose first run's claim reached the server just as the connection died: that claim is
+    # this call's, found by the start time it wrote; claiming another instead left it "running" with no process.
+    notes = db.unit_notes()
+    with db.session() as s:
+        if db.rerun() and "claim" in notes:
+            claimed_id, started = notes.pop("claim")
+            if (mine := s.exec(select(Job).where(Job.id == claimed_id, Job.status == "running", Job.started == started,
+                                                 Job.host == claim_host(), Job.pid == None)).first()):  # noqa: E711
+                return mine
+        queued = select(Job).where(Job.status == "queued")
+        for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
+            deps = _needs(job)
+            blocked = waiting = False
+            for dep_id in deps:
+                dep = s.get(Job, dep_id)
+                if dep is None or dep.status in UNSUCCESSFUL:
+                    job.status, job.finished = "cancelled", utcnow()
+                    job.message = f"not run: job {dep_id} it waited for {dep.status if dep else 'is gone'}"
+                    s.add(job)
+                    s.commit()
+                    blocked = True
+                    break
+                waiting = waiting or dep.status != "succeeded"
+            for dep_id in job.waits or []:  # ended however (a job gone has ended too)
+                dep = s.get(Job, dep_id)
+                waiting = waiting or (dep is not None and dep.status in ("queued", "running"))
+            if blocked or waiting:
+                continue
+            # Safe with workers on several machines: SQLite holds its write lock for the whole statement, count
+            # included; PostgreSQL makes a second UPDATE of the row wait for the first, then re-checks
+            # status = 'queued' on the committed row (READ COMMITTED) and updates nothing. The count of running
+            # jobs is no row lock, so on PostgreSQL claims from one machine first take a transaction-scoped advisory
+            # lock on its name. tests/test_postgres.py races two workers for 20 jobs on both.
+            cond = [Job.id == job.id, Job.status == "queued"]
+            if slots is not None:
+                if s.get_bind().dialect.name == "postgresql":
+                    s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{claim_host()}"))
+                other = aliased(Job)
+                cond.append(select(func.count(other.id)).where(other.status == "running",
+                                                               other.host.in_(_hosts_here()))
+                            .scalar_subquery() < slots)
+            notes["claim"] = job.id, utcnow()
+            claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching",
+                                                             started=notes["claim"][1], host=claim_host(),
+                                                             cluster_ref=""))
+            s.commit()
+            if claimed.rowcount == 1:
+                s.refresh(job)
+                return job
+            del notes["claim"]
+            if slots is not None and _busy() >= slots:
+                return None  # the machine filled up while we looked
+    return None
+
+
+@db.retrying
+def _busy() -> int:
+    """Jobs running on this machine (its devices are what the slots share), whichever of its workers runs them."""
+    with db.session() as s:
+        return len(s.exec(select(Job.id).where(Job.status == "running", _mine())).all())
+
+
+def job_niceness() -> int:
+    """$DUS_JOB_NICE (default 10): the scheduling priority a worker's jobs run at on this machine. A training job
+    takes every core; at the dashboard's own priority it slows every page the dashboard draws. bench/job_niceness.py
+    times renders of the Jobs page (AppTest) beside a process keeping every core busy, as a CPU training job does:
+    0.32 s with that process at nice 10, 0.47–0.48 s with it at nice 0 (about 1.5x slower). A job alone on the
+    machine loses nothing."""
+    raw = os.environ.get("DUS_JOB_NICE", "10")
+    try:
+        nice = int(raw)
+    except ValueError:
+        nice = -1
+    if not 0 <= nice <= 19:
+        raise ValueError(f"DUS_JOB_NICE={raw!r}: give a niceness from 0 (the dashboard's priority) to 19 (the lowest)")
+    return nice
+
+
+def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
+    if addr := ray_jobs.address():  # a Ray Job on the cluster, whose entrypoint appends to the same log
+        run = ray_jobs.submit(job, addr)
+        _update(job.id, cluster_ref=run.submission_id, message="submitted to the Ray cluster")
+        return run
+    log = open(job.log_path or os.devnull, "ab")
+    from backend.auth import HASH_ENV, PASSWORD_ENV
+
+    # a job never serves a page, so it gets no login secret: the code it runs (a trainer, a model's remote code,
+    # a user's data script) could read it from its environment
+    env = {k: v for k, v in os.environ.items() if k not in (PASSWORD_ENV, HASH_ENV)}
+    env.update(DUS_WORKSPACE=str(db.workspace()), PYTHONUNBUFFERED="1")
+    # no stdin either: a worker started from a terminal handed its own on, and a prompt in a job (transformers'
+    # "run the custom code? [y/N]") read the worker's keyboard
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "jobs", "exec", str(job.id)], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                            cwd=REPO_ROOT)
+    try:  # before it starts its own processes (accelerate, the trainer): they inherit it. Never above the worker's:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, max(job_niceness(), os.nice(0)))  # raising one needs root
+    except ProcessLookupError:
+        pass  # it ended already: the loop reads its exit code
+    _update(job.id, pid=proc.pid)
+    return proc
+
+
+def _not_ours_any_longer(running: dict) -> list[int]:
+    """The jobs this worker runs whose rows no longer hold that run: cancelled, or given up for dead by another
+    machine (its heartbeat stale: a database outage, a suspended machine) and perhaps resumed and started again
+    under another pid. Left running, such a run wrote the same checkpoints as the new one, and its "succeeded" landed
+    on the new run's row. A Ray job's pid is a node's: only its row's status says."""
+    with db.session() as s:
+        rows = s.exec(select(Job.id, Job.status, Job.pid).where(Job.id.in_(list(running)))).all()
+    return [i for i, status, pid in rows if status in ("cancelled", "interrupted", "queued") or (
+        status == "running" and pid is not None and not isinstance(running[i], ray_jobs.RayRun)
+        and pid != running[i].pid)]
+
+
+def _interrupt_running(running: dict) -> None:
+    """A worker stopped by Ctrl-C (a foreground `recipe run` or `worker`): end the jobs it started here and
+    mark them interrupted at once. Each job process leads a session of its own (the terminal's Ctrl-C does not reach
+    it) and killed itself within 0.5 s of its worker's end (_watch_parent), but its row stayed "running" until a
+    worker next started and recovered it (the pages showed "running?" meanwhile). Jobs on a Ray cluster run on:
+    a worker's end does not stop them (the next worker watches them again)."""
+    for job_id, proc in running.items():
+        if isinstance(proc, ray_jobs.RayRun):
+            continue
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+            pass
+        resume = get(job_id) is not None and get(job_id).kind in TRAIN_KINDS
+        _transition(job_id, "running", _of_pid=proc.pid, status="interrupted", finished=utcnow(),
+                    message="interrupted: its worker was stopped (Ctrl-C); resume it to go on"
+                            + (" from its last checkpoint" if resume else "")
+                            + f" (Jobs page, or python -m backend jobs resume {job_id})")
+
+
+def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None) -> None:
+    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1). `once`: run what is
+    runnable now, wait for it, then return (tests, scripts). `only`: run these jobs and no other (a foreground
+    `recipe run` ran every job queued in the workspace, another machine's included, before its own)."""
+    slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
+    job_niceness()  # a bad $DUS_JOB_NICE stops the worker at start, not its first job
+    if addr := ray_jobs.address():
+        ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
+    db.init_db()
+    check_shared_workspace()
+    check_host_id()
+    # another machine's builds in the shared workspace go only once its workers are known dead; on a Ray cluster
+    # never from here (a job's node beats no heartbeat)
+    db.clean_stale_tmp(dead_elsewhere=() if addr else dead_hosts())
+    recover_orphans()
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+    running: dict[int, subprocess.Popen | ray_jobs.RayRun] = {}
+    if addr:  # jobs a previous worker handed to the cluster run on: watch them (cancel, end) as if started here
+        with db.session() as s:
+            running.update({j.id: ray_jobs.RayRun(addr, j.cluster_ref) for j in s.exec(
+                select(Job).where(Job.status == "running", _mine(), Job.cluster_ref != ""))})
+    last_beat = 0.0
+    try:
+        while True:
+            heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+            if time.monotonic() - last_beat > BEAT_EVERY:
+                beat()
+                last_beat = time.monotonic()
+            if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
+                for job_id in _not_ours_any_longer(running):
+                    if isinstance(running[job_id], ray_jobs.RayRun):
+                        running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
+                        continue
+                    try:
+                        os.killpg(running[job_id].pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            for job_id, proc in list(running.items()):
+                if isinstance(proc, ray_jobs.RayRun):
+                    if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
+                        del running[job_id]
+                        _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+                    continue
+                if proc.poll() is not None:
+                    del running[job_id]
+                    try:  # its own children (accelerate, the trainer) must not outlive a killed job process
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
+                    # Only its own run: after a resume another worker here may run the job again under a new pid.
+                    _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
+                                message="failed",
+                                error=f"the job process exited with code {proc.returncode} without finishing; see "
+                                      f"its log; {_what_resume_does(get(job_id))}")
+            recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+            _clear_stopped()
+            busy = _busy()  # slots count every job running on this machine, also those another worker here started
+            job = _claim_next(slots, only) if not stop and busy < slots else None
+            if job is not None:
+                try:
+                    running[job.id] = start_child(job)
+                except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
+                    if not ray_jobs.is_ray(job.host):
+                        raise
+                    _transition(job.id, "running", status="queued", started=None, host="",
+                                message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
+                    time.sleep(poll)
+                continue
+            if not running and (once or stop):
+                return
+            time.sleep(0.2 if running else poll)
+    except KeyboardInterrupt:  # Ctrl-C (a foreground command's worker): its jobs stop now, and say so now
+        _interrupt_running(running)
+        raise

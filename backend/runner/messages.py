@@ -1,0 +1,131 @@
+"""What the pages and `jobs list` say about a job: its message read against the queue and the workers alive, what
+a resume of it does, and its log's last lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.cluster import ray_jobs
+from backend.runner.hosts import BEAT_STALE, _age, _beat_ages, _local_run_alive, _utc, host_id, worker_alive
+from backend.runner.queue import WAITING, active_jobs
+from backend.runner.states import _ended_dependency, _waits_on_a_job
+from backend.specs import TRAIN_KINDS
+from storage import db
+from storage.models import Job
+
+
+def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
+    """A job's message as the pages and `jobs list` show it. A queued job's stored "waiting for the worker" read as
+    if no worker ran while one was busy with another job: with a worker alive it says which jobs run and which go
+    first; with none it stays "waiting for the worker" (the pages' worker_banner says how to start one). A failed
+    job's error takes its "failed". A running job whose worker and process are gone (a worker killed with -9) stays
+    "running" in its row until a worker starts again and marks it interrupted: with no worker alive the message says
+    so rather than show it running, and leaves the row to that worker (a look at the jobs repairs nothing; a worker
+    alive anywhere repairs it within BEAT_STALE: recover_orphans). `active`: active_jobs() (queued and running only:
+    a status box asks every second), and `alive`: worker_alive(), when the caller has them already."""
+    if job.status == "failed" and job.error:
+        return f"failed: {job.error}"
+    if job.status == "running" and not (worker_alive() if alive is None else alive) and (doubt := _unwatched(job)):
+        return (f"running? — {doubt}; start a worker (python -m backend worker) to mark it interrupted, then resume "
+                f"it (python -m backend jobs resume {job.id})")
+    # "waiting: the Ray cluster did not take it (…)" is the runner's own reason: it stands
+    if job.status != "queued" or job.message.startswith("waiting: "):
+        return job.message
+    jobs = active_jobs() if active is None else active
+    by_id = {j.id: j for j in jobs}
+    if said := _ended_dependency(job, by_id):
+        return said
+    if _waits_on_a_job(job, by_id):
+        return job.message
+    if not (worker_alive() if alive is None else alive):
+        return WAITING
+    busy = [f"{j.id} ({j.kind})" for j in sorted(jobs, key=lambda j: j.id) if j.status == "running"]
+    ahead = [str(j.id) for j in sorted(jobs, key=lambda j: j.id)
+             if j.status == "queued" and j.id < job.id and not _waits_on_a_job(j, by_id)]
+    said = (f"queued: the worker is busy with job{'s' if len(busy) > 1 else ''} {', '.join(busy)}" if busy
+            else "queued: the worker starts it next" if not ahead else "queued")
+    return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
+                   "first" if ahead else "")
+
+
+def _unwatched(job) -> str | None:
+    """Why a running job, with no worker alive to repair its row, has no process left, by the rules recover_orphans
+    gives it up by: on this machine, its process is gone; on another, none of its workers beat within BEAT_STALE
+    (its process there is not ours to see; a job ends with its worker: _watch_parent). None for a job on a Ray
+    cluster (Ray's status judges it, cluster/ray_jobs.py; it runs on when its worker dies) or one that still runs."""
+    if ray_jobs.is_ray(job.host):
+        return None
+    here = job.host in ("", host_id())
+    age = _beat_ages().get(host_id() if here else job.host, float("inf"))
+    if here:
+        return None if _local_run_alive(job) else f"its worker {_silence(age)} and its process is gone"
+    return f"the workers of {job.host} {_silence(age)}" if age >= BEAT_STALE else None
+
+
+def _silence(age: float) -> str:
+    """How long a machine's workers have been silent."""
+    return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
+
+
+def _what_resume_does(job: Job) -> str:
+    """The next step after a job process died without a word (killed, out of memory), by what its kind left: a
+    killed build's row said only "see its log", though nothing was registered and a resume runs it again."""
+    again = f"(python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
+    if job.kind in TRAIN_KINDS:
+        return f"resume it to continue from its last checkpoint {again}"
+    if job.kind == "eval":
+        return f"the scores it stored are kept; resume it to score the rest {again}"
+    if job.kind == "synth-math":
+        from backend.synth.pipeline import get_dataset
+
+        pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
+        rec = get_dataset(pairs)  # registered by this run (killed while exporting: a resume is refused), not another
+        if rec is not None and job.started is not None and _age(job.started, now=_utc(rec.created)) >= 0:
+            return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
+                    f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
+        return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
+    return f"nothing was registered (a worker removes its partial files); resume it to run it again {again}"
+
+
+def resume_point(job) -> Path | None:
+    """The checkpoint a resume of `job` continues from: the newest complete one (trainer_state.json is written last)
+    in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
+    stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
+    Resume button and `jobs resume` say what it will do by this one rule."""
+    from backend.training import resumable_checkpoints
+
+    if job.kind not in TRAIN_KINDS:
+        return None
+    saved = resumable_checkpoints(Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}"))
+    return saved[-1] if saved else None
+
+
+def log_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of a log, read from its end (as `tail` does), widening until they are there: the
+    Jobs and Monitor pages redraw a running job's log every 2 s, and reading a tqdm-heavy log whole took 0.25 s and
+    140 MiB at 33 MB, growing with the run."""
+    with open(path, "rb") as f:
+        start = end = f.seek(0, 2)
+        data = b""
+        # one line more than asked (the first may be cut in the middle); tqdm's \r counts as a break, as below
+        while start > 0 and len(data.splitlines()) <= lines:
+            start = max(0, start - chunk)
+            f.seek(start)
+            data = f.read(end - start)
+            chunk *= 2
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:] if lines > 0 else []
+
+
+def ago(seconds: float) -> str:
+    """A time span back from now in the unit a reader takes in at a glance."""
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s ago"
+    return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
+
+
+def seconds_run(job) -> float | None:
+    """How long a job ran, or has run so far while it runs (the Jobs page's "seconds"); None before it started, and
+    for a resumed job queued again (its first run's start would count the wait)."""
+    if job.started is None or job.status == "queued":
+        return None
+    return (job.finished - job.started).total_seconds() if job.finished else _age(job.started)

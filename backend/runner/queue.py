@@ -1,0 +1,296 @@
+"""Queueing a job (submit) and what is refused before its row is written (check_before_queueing), and the reads
+the pages and `jobs list` make of the queue: which jobs there are, what each makes, which read a model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Collection
+
+from sqlmodel import select
+
+from backend.cluster import ray_jobs
+from backend.runner.hosts import host_id, live_hosts
+from backend.runner.rows import get
+from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
+from storage import db
+from storage.models import Job, JobMetric
+
+WAITING = "waiting for the worker"  # a queued job's message until a worker claims it (pages say more: common.py)
+
+
+def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None,
+           waits: list[int] | None = None) -> Job:
+    """Queue a job; with `after`, it runs only once that job has succeeded (a CPT → SFT → DPO chain); with
+    `needs`, once every one of those jobs has (a merge waits for both candidates); with `waits`, once every one of
+    those has ended, however it ended (a recipe's evaluation scores what its stages made: one failed stage leaves
+    its model out, not every model's scores)."""
+    needs = sorted(set(needs or []))
+    soft = sorted(set(waits or []) - set(needs) - {after})
+    for dep in ([after] if after is not None else []) + needs + soft:
+        if get(dep) is None:
+            raise ValueError(f"No job {dep} to wait for.")
+    waits = ([after] if after is not None else []) + needs + soft
+    if spec.kind == "import" and not spec.name:  # known by the name it will register (_making, the pages' checks):
+        from backend.registry import import_name  # two unnamed imports of one folder both queued, and the second
+
+        if name := import_name(spec.target):  # failed; `train --after` it was refused
+            spec = spec.model_copy(update={"name": name})
+    check_before_queueing(spec)
+    if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
+        ray_jobs.check_submission(spec, addr)
+    with db.session() as s:
+        job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
+                  waits=soft,
+                  message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
+                  else WAITING)
+        s.add(job)
+        s.flush()  # its id, so that its log's path goes in the same commit: a worker that claimed the row between
+        # two commits started it with its output thrown away (start_child's os.devnull), its log never written
+        job.log_path = str(db.workspace() / "logs" / f"job-{job.id}.log")
+        s.commit()
+        s.refresh(job)
+        return job
+
+
+def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
+    """Refuse what the registry already shows the job would fail on, before its row is written (the pages and
+    `--queue` both queue through submit): a merge of models of another depth, width or dtype; an import of a path
+    that is no model, or under a name another model holds; an evaluation's malformed task file or a training job's
+    malformed data file (read as the job reads them). Rows, paths and data files only: no weights are read. A path is
+    looked at only when the job will run on this machine: with a Ray cluster or a worker on another machine beating
+    in the shared database, a folder this machine lacks may be where the job runs (the job says so if not).
+    `coming`: the models jobs queued together with this one will make (a recipe's stages, checked before any is
+    queued)."""
+    if spec.kind in MAKES_MODELS:
+        _check_output_name(spec.name or spec.default_name())
+        if _runs_here_only() and getattr(spec, "machine_rank", 0) == 0:  # its folder, free (the job refused it late)
+            from backend import outputs
+
+            try:
+                outputs.check_folder_free(outputs.default_folder(spec.out, spec.name or spec.default_name()),
+                                          by_name=not spec.out)
+            except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
+                raise ValueError(str(exc)) from None
+    for ref in _model_refs(spec):
+        if ref not in coming:
+            _check_model_ref(ref)
+    if spec.kind == "upscale":
+        _check_depths(spec)
+    elif spec.kind == "merge":
+        from backend.merge.plan import check_registered
+
+        check_registered(spec)
+    elif spec.kind == "synth-math":  # its data set names and folder are free (a rerun replaced them silently)
+        from backend.synth.pipeline import check_synth_free
+
+        check_synth_free(spec)
+        _check_no_synth_run(spec)
+    elif spec.kind == "import":
+        from backend.registry import BUILTIN_NAME, check_import, check_name_free
+
+        name = spec.name
+        if _runs_here_only():
+            name = check_import(spec.target, spec.name)[1]
+        elif spec.name:
+            check_name_free(spec.name)
+        if name and spec.target.lower() not in ("builtin", BUILTIN_NAME.lower()):  # the built-in, asked for twice,
+            _check_not_making(name)  # is imported once
+    elif spec.kind == "push":  # a model that is not there, or that a Hub user could not load: refused now
+        from backend.hubpush import check_pushable
+
+        if spec.model not in coming and not _making(spec.model):  # else the job it waits for makes it
+            check_pushable(spec.model, spec.license_name, spec.license_link)
+    elif spec.kind == "eval" and _runs_here_only():  # its task files, read as the job reads them (a malformed one
+        from backend.evaluate import check_task  # failed it much later, behind a busy queue)
+
+        for task in spec.tasks:
+            check_task(task, spec.limit)
+    elif spec.kind in TRAIN_KINDS:
+        _check_train_files(spec)
+
+
+def _check_train_files(spec) -> None:
+    """A training job's built-in and registered sets (a mix's sources too) and local files, read as the job reads
+    them (data.expand, data.check_source): a malformed file or one of the wrong layout was queued by `train --queue`
+    and `run --queue` (the Train page previews it) and failed the job when its turn came. Hub sets are left to the
+    job; local files only when the job runs on this machine (registered sets live in the shared workspace); a set
+    not registered yet, as the job that makes it may be queued before this one (a recipe's synth-math stage)."""
+    from backend import data
+    from backend.synth.pipeline import get_dataset
+
+    for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
+        for src, _ in data.expand([(d.source, 1.0)]):
+            if src.startswith("builtin:") or (src.startswith("dataset:") and get_dataset(src[len("dataset:"):])) \
+                    or (_runs_here_only() and Path(src).expanduser().is_file()):
+                data.check_source(src, spec.kind)
+
+
+MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
+
+
+def _making(name: str) -> Job | None:
+    """The queued or running job that will register a model under `name`, if any: an import by the name it gives
+    (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
+    came; a job reading the imported model was refused)."""
+    for job in active_jobs():
+        if job.kind == "import" and job.spec.get("name") == name:
+            return job
+        if job.kind not in MAKES_MODELS:
+            continue
+        try:
+            spec = spec_from_dict(job.spec)
+        except ValueError:  # queued by an older version, no longer valid: it fails when it runs, saying why; here
+            continue  # it refused every later submission
+        if (spec.name or spec.default_name()) == name:
+            return job
+    return None
+
+
+def _check_output_name(name: str) -> None:
+    """The name a job would register is free: no model holds it, and no job in the queue will make one under it
+    (the second of two such jobs failed when it ended, its work lost)."""
+    from backend.registry import check_name_free
+
+    check_name_free(name)
+    _check_not_making(name)
+
+
+def _check_not_making(name: str) -> None:
+    if job := _making(name):
+        raise ValueError(f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: choose "
+                         "another name.")
+
+
+def _check_no_synth_run(spec) -> None:
+    """No queued or running synthetic-math job makes data sets of this name or writes this folder (its `out`, or the
+    default one of its name, as check_synth_free finds it): two were both queued, ran side by side in one folder,
+    and the registered pairs' file held the other run's pairs."""
+    from backend.names import inside
+
+    def folder(s: dict) -> Path:
+        return Path(s.get("out") or inside(db.workspace() / "datasets", s.get("name") or "")).expanduser().resolve()
+
+    mine = folder({"out": spec.out, "name": spec.name})
+    for job in active_jobs():
+        if job.kind != "synth-math":
+            continue
+        if job.spec.get("name") == spec.name or folder(job.spec) == mine:
+            what = f"data sets named {spec.name}-…" if job.spec.get("name") == spec.name else f"into {mine}"
+            raise ValueError(f"Job {job.id} (synth-math, {job.status}) will write {what}: choose another name "
+                             f"(or output folder), or wait until it ends.")
+
+
+def _model_refs(spec: _Spec) -> list[str]:
+    """The models a job reads, by the names or folders its spec gives."""
+    refs = [getattr(spec, f, None) for f in ("base", "second", "model", "reference_model")]
+    return [r for r in refs + list(getattr(spec, "models", None) or []) if r]
+
+
+def _check_model_ref(ref: str) -> None:
+    """A model a job reads is registered, the built-in one, the model a queued job will make (a recipe's next
+    stage), or a folder; a folder is looked at only when the job runs on this machine."""
+    from backend import registry
+
+    if registry.record(ref) is not None or ref.lower() in ("builtin", registry.BUILTIN_NAME.lower()) or _making(ref):
+        return
+    if os.sep in ref or ref.startswith(("~", ".")):
+        if _runs_here_only() and not Path(ref).expanduser().is_dir():
+            raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
+                             "model's name (python -m backend models list).")
+        if _runs_here_only() and (problem := registry.missing_tokenizer(Path(ref).expanduser())):
+            raise ValueError(problem[0])
+        return
+    raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
+                     "model a queued job will make.")
+
+
+def _check_depths(spec) -> None:
+    """The layers an up-scaling asks for exist in its registered sources (m, groups, slices against their depths),
+    by the same rules the build applies; a source still to be made is left to the job."""
+    from backend import registry
+    from backend.upscale import layer_slots
+
+    recs = [registry.record(r) for r in (spec.base, spec.second) if r]
+    if all(r is not None and r.num_layers for r in recs):
+        layer_slots(spec, [r.num_layers for r in recs])
+
+
+def _runs_here_only() -> bool:
+    """No Ray cluster, and no worker of another machine alive: a queued job runs on this machine."""
+    return not ray_jobs.address() and not (live_hosts() - {host_id()})
+
+
+def list_jobs(limit: int | None = 100, *, kinds=None, statuses=None) -> list[Job]:
+    """The newest `limit` jobs (None: all), of `kinds` and `statuses` when given, newest first, and every queued or
+    running one among them however old: a days-long training behind 100 newer jobs could not be opened, cancelled
+    or waited for on the pages, nor seen in `jobs list`."""
+    with db.session() as s:
+        q = select(Job).where(Job.kind.in_(kinds)) if kinds else select(Job)
+        q = q.where(Job.status.in_(statuses)) if statuses else q
+        rows = list(s.exec(q.order_by(Job.id.desc()).limit(limit)))
+        if limit is not None and len(rows) == limit:
+            older = q.where(Job.status.in_(("queued", "running")), Job.id < rows[-1].id)
+            rows += list(s.exec(older.order_by(Job.id.desc())))
+    return rows
+
+
+def planned_name(job) -> str:
+    """The name a job will register: its spec's name, or the name the spec derives when it gives none (a job
+    queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say. The pages'
+    "a job already makes this name" check, their job labels and `jobs list` all use it."""
+    if job.spec.get("name"):
+        return job.spec["name"]
+    try:
+        spec = spec_from_dict(job.spec)
+    except ValueError:  # a spec written by an older version
+        return ""
+    return spec.default_name() if hasattr(spec, "default_name") else ""
+
+
+def job_output(job) -> str:
+    """What a job makes, as the Jobs page and `jobs list` show it, so that two merges of the same pair tell apart:
+    the registered name once it succeeded, else the spec's name (or the name the job will derive), the scored models
+    for an evaluation, the repo a push uploads to, the source of an import that derives its name on the way."""
+    made = (job.result or {}).get("model") or (job.result or {}).get("pairs")
+    if made:
+        return made
+    if job.kind == "eval":
+        return "scores of " + ", ".join(job.spec.get("models", []))
+    if job.kind == "push":
+        return f"{job.spec.get('model')} → hub:{job.spec.get('repo')}"
+    return planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
+
+
+def jobs_using(name: str) -> list[Job]:
+    """The queued or running jobs whose spec reads the model `name` (a training's model or reference, an up-scale's
+    base or second, a merge's candidates or base, an evaluation's models, a synth-math job's `model:` rephraser), by
+    its name or by its folder's path (what the CLI stores for a folder): a delete refuses them (registry.delete, the
+    Models page's warning)."""
+    from backend import registry
+
+    def refs(j: Job) -> list[str]:
+        out = [j.spec.get(f) for f in ("model", "base", "second", "reference_model")] + list(j.spec.get("models") or [])
+        if j.kind == "synth-math" and str(j.spec.get("rephraser") or "").startswith("model:"):
+            out.append(j.spec["rephraser"].removeprefix("model:"))
+        return [r for r in out if isinstance(r, str) and r]
+
+    def means(ref: str) -> bool:
+        if ref == name:
+            return True
+        rec = registry.record(ref)  # a registered folder's path, or "builtin", names the model too
+        return rec is not None and rec.name == name
+
+    return [j for j in active_jobs() if any(means(r) for r in refs(j))]
+
+
+def active_jobs() -> list[Job]:
+    """Every queued or running job, oldest first: what a queued job's place in the queue depends on, however many
+    finished jobs are newer."""
+    with db.session() as s:
+        return list(s.exec(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
+
+
+def metrics(job_ids: list[int]) -> list[JobMetric]:
+    with db.session() as s:
+        return list(s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids)).order_by(JobMetric.step)))

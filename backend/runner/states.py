@@ -1,0 +1,185 @@
+"""A job's way through its states: what it waits for (after, needs, waits) and whether it can still run, and the
+changes a user asks for (resume, cancel) with the jobs queued again or cancelled with them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from sqlmodel import select
+
+from backend.cluster import ray_jobs
+from backend.runner.hosts import _runs_job, host_id, live_hosts
+from backend.runner.rows import STOPPED, UNSUCCESSFUL, _transition, get
+from storage import db
+from storage.models import Job, utcnow
+
+
+def _needs(job) -> list[int]:
+    """The jobs `job` needs to have succeeded before it runs: its `after` and its `needs` (not its `waits`)."""
+    return ([job.after] if job.after is not None else []) + list(job.needs or [])
+
+
+def _waits_on_a_job(job, by_id: dict) -> bool:
+    """Queued behind a job that has not succeeded yet (or, for `waits`, not ended yet): its own message ("waiting
+    for job 4") says so."""
+    deps = _needs(job)
+    return any(getattr(by_id.get(d) or get(d), "status", None) != "succeeded" for d in deps) \
+        or any(getattr(by_id.get(d) or get(d), "status", None) in ("queued", "running") for d in job.waits or [])
+
+
+def _ended_dependency(job, by_id: dict) -> str | None:
+    """Why a queued job will not run as things stand: a job it waits for ended without succeeding. Its stored
+    "waiting for job 4" read as if job 4 were still to come; the worker cancels it only when it next looks for work
+    (_claim_next), which a worker busy with a long training job, or none at all, may not do for hours."""
+    for dep_id in _needs(job):
+        dep = by_id.get(dep_id) or get(dep_id)
+        if dep is None:
+            return f"will not run: job {dep_id} it waits for is gone; cancel it"
+        if dep.status in UNSUCCESSFUL:
+            return (f"will not run: job {dep_id} it waits for {dep.status}; resume job {dep_id} (python -m backend "
+                    f"jobs resume {dep_id}) to run this one after it, or cancel this one")
+    return None
+
+
+def never_runs(job, seen: frozenset = frozenset()) -> bool:
+    """Whether a queued job can no longer run as things stand: a job it needs (after, needs) ended without
+    succeeding or is gone, or, in turn, can no longer run (_claim_next cancels it when a worker next looks; a resume
+    of the job that ended queues it again)."""
+    if _ended_dependency(job, {}) is not None:
+        return True
+    return any((dep := get(dep_id)) is not None and dep.status == "queued" and dep_id not in seen
+               and never_runs(dep, seen | {job.id})
+               for dep_id in _needs(job))
+
+
+def scores_nothing(job) -> bool:
+    """Whether a queued job that waits for others however they end (a recipe's evaluation) has nothing left to wait
+    for that will make anything: each of them ended without succeeding, or can no longer run."""
+    deps = [get(d) for d in job.waits or []]
+    return bool(deps) and all(d is None or d.status in UNSUCCESSFUL
+                              or d.status == "queued" and never_runs(d) for d in deps)
+
+
+def with_dependencies(ids) -> set[int]:
+    """`ids` and every job they wait for (after, needs, waits), transitively: what running them here takes."""
+    out, todo = set(), list(ids)
+    while todo:
+        if (job_id := todo.pop()) in out or (job := get(job_id)) is None:
+            continue
+        out.add(job_id)
+        todo += _needs(job) + list(job.waits or [])
+    return out
+
+
+def resume(job_id: int) -> Job:
+    """Queue an interrupted, failed or cancelled job again (training restarts from its last checkpoint), and with it
+    the jobs that were waiting for it and never ran because it failed (a CPT → SFT → DPO chain goes on)."""
+    job = get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}.")
+    if job.status not in ("interrupted", "failed", "cancelled"):
+        raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+    if ray_jobs.is_ray(job.host) and job.status in STOPPED and ray_jobs.still_running(job.host, job.cluster_ref):
+        raise ValueError(f"Job {job_id}'s Ray run {job.cluster_ref} is still stopping on the cluster at "
+                         f"{job.host[len('ray:'):]} (asked to stop again). Resume it when Ray says it stopped (`python "
+                         "-m backend cluster status`); a second run would now run beside it.")
+    if host := _still_stopping(job):
+        raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the stopped run within "
+                         "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
+    # conditional: of two resumes racing, one queues it; the other must not turn a run already claimed back to queued
+    if not _transition(job_id, ("interrupted", "failed", "cancelled"), status="queued", error="", finished=None,
+                       pid=None, host="", message="queued to resume"):
+        raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
+    _requeue_waiting_on(job_id)
+    return get(job_id)
+
+
+def _still_stopping(job: Job) -> str | None:
+    """The machine where a cancelled or interrupted job's process may still run, if any. A cancel on the job's own
+    machine kills it at once; one from elsewhere, or another machine giving it up for dead, only marks the row, and
+    the owning machine's worker kills the process within a poll, then clears the row's pid (_clear_stopped).
+    Resumed before that, the job would be claimed and run again while the old process still writes its progress
+    into the same row. A machine none of whose workers beats any longer runs no job process (_watch_parent ends a
+    job whose worker is gone)."""
+    if job.status not in STOPPED or job.pid is None or ray_jobs.is_ray(job.host):
+        return None
+    if job.host in ("", host_id()):
+        return host_id() if db._group_running(job.pid) else None
+    return job.host if job.host in live_hosts() else None
+
+
+def _requeue_waiting_on(job_id: int) -> None:
+    """Jobs _claim_next cancelled, unstarted, because `job_id` (or, in turn, one of them) did not succeed: queued
+    again to wait for it. A job a user cancelled says so in its message and stays cancelled."""
+    # the evaluations that waited for a job however it ended and left models out: read once, not per job queued again
+    # below (a stale row is harmless: _queue_again's transition holds only while the row is still in the state read)
+    with db.session() as s:
+        skipping = [w for w in s.exec(select(Job).where(Job.status.in_(("succeeded", "failed")),
+                                                        Job.kind == "eval")).all() if _left_out(w)]
+    todo = [job_id]
+    while todo:
+        dep = todo.pop()
+        with db.session() as s:
+            waiting = s.exec(select(Job).where(Job.status == "cancelled", Job.started == None,  # noqa: E711
+                                               Job.message.startswith(f"not run: job {dep} it waited for "))).all()
+        for w in waiting:
+            if _transition(w.id, "cancelled", status="queued", finished=None,
+                           message=f"queued again: job {dep} it waits for was queued again"):
+                todo.append(w.id)
+        # a job that waited for `dep` however it ended (a recipe's evaluation) and ran without what it makes: queued
+        # again, it keeps the scores it stored (evaluate.stored_by_job) and scores what `dep` now makes
+        for w in skipping:
+            if dep in w.waits:
+                _queue_again(w.id, dep, w.status)
+
+
+def _left_out(job: Job) -> bool:
+    """An evaluation that waited for jobs however they ended and scored without a model one of them was to make:
+    it left it out (skip_missing), or failed because it left out every model (a recipe rerun's evaluation of its
+    one changed stage: it stayed failed when that stage was resumed and succeeded)."""
+    from backend.evaluate import NONE_MADE
+
+    return job.kind == "eval" and bool(job.waits) and (
+        (job.status == "succeeded" and bool((job.result or {}).get("skipped")))
+        or (job.status == "failed" and (job.error or "").startswith(NONE_MADE)))
+
+
+def _queue_again(job_id: int, dep: int, from_status: str = "succeeded") -> None:
+    """An evaluation queued again because job `dep` it waits for was: as resume() does, without the pid or host of
+    the run before (recover_orphans judged the new claim by them)."""
+    _transition(job_id, from_status, status="queued", finished=None, pid=None, host="", error="",
+                message=f"queued again: job {dep} it waits for was queued again")
+
+
+def requeue_cancelled(job_id: int, message: str) -> bool:
+    """Undo a cancel of a job that had not started (a recipe rerun that replaced it, then was refused): queued
+    again with its message as it was."""
+    return _transition(job_id, "cancelled", status="queued", finished=None, message=message)
+
+
+def cancel(job_id: int, message: str = "cancelled before it started") -> Job:
+    """Cancel a job; `message`: a queued job's reason (a resume of the job it waited for does not queue it again)."""
+    job = get(job_id)
+    if job is None:
+        raise ValueError(f"No job {job_id}.")
+    if job.status == "queued" and _transition(job_id, "queued", status="cancelled", finished=utcnow(),
+                                              message=message):
+        return get(job_id)
+    job = get(job_id)  # a worker may have claimed it meanwhile
+    if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),
+                                               message="cancelled"):
+        # A process id means something only on the machine that started it: a job running elsewhere is killed by
+        # its own machine's worker, which sees the cancelled row within a poll.
+        if job.pid and job.host in ("", host_id()) and _runs_job(job.pid, job_id):
+            try:
+                os.killpg(job.pid, signal.SIGTERM)  # the child leads its own process group: its children go too
+                for _ in range(50):
+                    os.killpg(job.pid, 0)
+                    time.sleep(0.1)
+                os.killpg(job.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ray_jobs.stop(job.host, job.cluster_ref)  # on a Ray cluster: Ray ends its process group wherever it runs
+    return get(job_id)  # already finished (it won the race): its own final state stands
