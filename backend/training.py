@@ -83,7 +83,7 @@ def run_dir_for(spec: _TrainSpec) -> Path:
 
 
 def record_run_dir(run_dir: Path) -> None:
-    """Inside a job (DUS_JOB_ID, set by backend/runner.py execute), write the run folder into its row: the pages
+    """Inside a job (DUS_JOB_ID, set by backend/runner/child.py execute), write the run folder into its row: the pages
     offer "Resume from the last checkpoint" only when they find one there (pages/common.py job_status). Only this
     process knows the folder (DUS_RUN_NAME and multi-machine runs do not use job-ID); a Ray Train run
     (backend/cluster/ray_train.py) trains in the folder chosen here too."""

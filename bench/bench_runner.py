@@ -52,7 +52,7 @@ def direct(spec_json: str) -> None:
 
 
 def at_job_niceness() -> None:
-    """preexec_fn of the direct child: the niceness a worker gives its jobs (backend/runner.py job_niceness, default
+    """preexec_fn of the direct child: the niceness a worker gives its jobs (backend/runner/loop.py job_niceness, default
     10), so both paths run at one priority. The direct child ran at the bench's own (0) beside the runner's job at
     10: on a shared CPU the ratio measured the scheduler, not the runner."""
     from backend.runner import job_niceness

@@ -1,5 +1,5 @@
 """Benchmark: how long the dashboard takes to draw a page while a job keeps every core busy, with the job at the
-dashboard's own priority (niceness 0, the peer) and at the niceness a worker gives its jobs (backend/runner.py
+dashboard's own priority (niceness 0, the peer) and at the niceness a worker gives its jobs (backend/runner/loop.py
 job_niceness, $DUS_JOB_NICE, default 10), beside the idle machine (the floor), in the same run.
 
     .venv/bin/python bench/job_niceness.py                 # the Jobs page, 5 renders each

@@ -271,7 +271,7 @@ def job_status(job_id: int) -> None:
 def stale_progress(job) -> str:
     """The last progress of a job whose worker and process are gone, said as a past state: drawn as a progress bar,
     it looked live while nothing advanced it. When: its log's last write (the job prints every progress line there,
-    backend/runner.py execute; a log on another machine is not seen here, and then no time is said)."""
+    backend/runner/child.py execute; a log on another machine is not seen here, and then no time is said)."""
     said = f"Last progress {job.progress:.0%}" + (f" ({job.message})" if job.message else "")
     log = Path(job.log_path) if job.log_path else None
     if log and log.exists():

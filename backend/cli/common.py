@@ -39,7 +39,7 @@ class WorkFailed(Exception):
 
 def _abs(path: str) -> str:
     """A path typed on the command line, absolute against the directory the command runs in: jobs and the trainer
-    run in the repository's root (backend/runner.py, backend/training.py), where a relative path named another file,
+    run in the repository's root (backend/runner/loop.py, backend/training.py), where a relative path named another file,
     or none (`--data specs/al.jsonl` passed the checks here and failed the job: "does not exist")."""
     import os
 

@@ -133,7 +133,7 @@ class UpscalePlan:
 
 def layer_slots(spec: UpscaleSpec, depths: list[int]) -> list[Slot]:
     """The up-scaled model's layers from sources of `depths` layers (base first); a ValueError says which m, groups
-    or slice does not fit them and what to choose. The build, the check before queueing (backend/runner.py) and the
+    or slice does not fit them and what to choose. The build, the check before queueing (backend/runner/queue.py) and the
     recipe plan (backend/recipe/plan.py) all ask here."""
     if spec.method == "dus":
         return dus.plan(depths[0], m=spec.m)
