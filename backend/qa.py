@@ -7,7 +7,8 @@ any OpenAI-compatible server that grades the reply against the references.
 
     correct    a reference answer is in the reply (text: normalised whole-word match, anywhere for a script
                written without spaces; math: the final answer equals a reference as a number)
-    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty, or (math) ends with no number
+    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty (ended, not stopped by the
+               token limit: blank until the limit is cut off), or (math) ends with no number
     cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no number yet, or no
                \\boxed{}, '#### n' or 'the answer is'; its last number is only where it stopped): it never answered
     wrong      otherwise: a confident answer that is not a reference (on an unanswerable question: any answer)
@@ -45,11 +46,11 @@ ABSTAIN_PHRASES = ("i don't know", "i do not know", "i dont know", "don't know",
 RULES = [  # what the compare page shows; classify() applies them in this order
     ("correct", "a reference answer is in the reply (text: normalised whole-word match, anywhere for a script "
                 "written without spaces; math: the final answer equals a reference as a number)"),
-    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), is empty, or (math) ends, not "
-                  "stopped by the token limit, with no number"),
-    ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (math: no "
-                "number yet, or no \\boxed{}, '#### n' or 'the answer is'): it never answered, so it is neither a "
-                "hallucination nor an abstention"),
+    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), or ends, not stopped by the "
+                  "token limit, empty or (math) with no number"),
+    ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (blank to the "
+                "limit; math: no number yet, or no \\boxed{}, '#### n' or 'the answer is'): it never answered, so it "
+                "is neither a hallucination nor an abstention"),
     ("wrong", "otherwise: a confident answer that is not a reference — on an unanswerable question, any answer"),
 ]
 NORMALISATION = ("lower case; accents removed (é → e) from Latin, Greek, Cyrillic, Hebrew and Arabic letters (the "
@@ -198,22 +199,28 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
         found = extract_answer(text) if text else None
         if found is not None and any(same_answer(found, a) for a in answers):
             return "correct"
-        if not text or abstains(text):
+        if not text:  # blank to the limit (whitespace, say) never answered: not a model that knows it does not know
+            return "cut off" if truncated else "abstained"
+        if abstains(text):
             return "abstained"
         if found is None:  # no number: declined, unless the token limit stopped the reply before one (counted
             return "cut off" if truncated else "abstained"  # "abstained", it stayed in the hallucination comparison)
         return unless_cut_off("wrong", text, kind, truncated)
     if any(_mentions(normalise(text), normalise(a)) for a in answers):
         return "correct"
-    if not text or abstains(text):
+    if not text:
+        return "cut off" if truncated else "abstained"
+    if abstains(text):
         return "abstained"
     return unless_cut_off("wrong", text, kind, truncated)
 
 
 def unless_cut_off(verdict: str, output: str, kind: str, truncated: bool) -> str:
     """"wrong" for a reply the token limit stopped before it stated an answer (math: none of the explicit forms;
-    text: any) is "cut off" — for the rules' verdict and a judge's alike."""
+    text: any) is "cut off", as is any verdict on a reply blank to the limit — for the rules' and a judge's alike."""
     if verdict == "wrong" and truncated and (kind != "math" or stated_answer(output or "") is None):
+        return "cut off"
+    if truncated and not (output or "").strip():  # blank to the limit: a judge's "abstained" too (it sees no limit)
         return "cut off"
     return verdict
 

@@ -90,7 +90,7 @@ def resume(job_id: int) -> Job:
                          "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
     # conditional: of two resumes racing, one queues it; the other must not turn a run already claimed back to queued
     if not _transition(job_id, ("interrupted", "failed", "cancelled"), status="queued", error="", finished=None,
-                       pid=None, host="", message="queued to resume"):
+                       pid=None, host="", progress=0.0, message="queued to resume"):  # not the stopped run's bar
         raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
