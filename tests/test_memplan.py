@@ -108,7 +108,8 @@ def test_estimate_within_15_percent_of_tracked_peak(name):
     plan = estimate(shape, Setup(batch=shape_kw["batch"], seq=shape_kw["seq"], device="cpu",
                                  bf16=extra.get("dtype") == torch.bfloat16, **setup))
     err = plan.total_bytes / peak - 1
-    layer_share = shape.layers * memplan._layer_activation_bytes(shape, plan.setup, plan.setup.kind == "dpo") \
+    per_token = memplan.components._layer_activation_bytes(shape, plan.setup, plan.setup.kind == "dpo")
+    layer_share = shape.layers * per_token \
         * shape_kw["batch"] * shape_kw["seq"] * (2 if setup.get("kind") == "dpo" else 1) / peak
     print(f"{name}: tracked {peak / 2**20:.1f} MiB, estimate {plan.total_bytes / 2**20:.1f} MiB, {err:+.1%}, "
           f"layer activations {layer_share:.0%} of the peak")
@@ -214,7 +215,7 @@ def test_a_job_that_cannot_fit_is_refused_before_loading(tiny_llama, workspace, 
     from backend import training
 
     registry.import_folder(tiny_llama, "tiny")
-    monkeypatch.setattr(memplan, "available_memory", lambda device: ([2 * GiB], "RAM"))
+    monkeypatch.setattr(memplan.report, "available_memory", lambda device: ([2 * GiB], "RAM"))
     spec = _sft("tiny", batch_size=64, max_length=1024)  # full: 2.5 GiB on the CPU, checkpointing: 1.7
     with pytest.raises(training.TrainingError) as exc:
         training.run_train(spec)
@@ -280,7 +281,7 @@ def test_train_page_shows_the_plan_and_a_perf_choice_reaches_the_job(tiny_llama,
     (job,) = runner.list_jobs()
     assert job.spec["perf"]["optimizer"] == "adamw_fused" and job.spec["gradient_checkpointing"] is True
     # a plan that does not fit disables Launch and says why
-    monkeypatch.setattr(memplan, "available_memory", lambda device: ([GiB // 2], "RAM"))
+    monkeypatch.setattr(memplan.report, "available_memory", lambda device: ([GiB // 2], "RAM"))
     at.run()
     assert at.button(key="launch").disabled and any("does not fit" in w.value for w in at.warning)
 

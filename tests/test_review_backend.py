@@ -244,9 +244,10 @@ def test_tokens_per_second_leaves_out_evaluation_and_checkpoint_time(tmp_path, m
     from transformers import TrainerControl
 
     from backend import train_entry
+    from backend.train_job import metrics
 
     clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(train_entry.time, "time", lambda: clock.now)
+    monkeypatch.setattr(metrics.time, "time", lambda: clock.now)
     cb = train_entry.MetricsCallback(tmp_path, 2, None)
     state = SimpleNamespace(global_step=0, num_input_tokens_seen=0, is_world_process_zero=True)
     cb.on_train_begin(None, state, None)
