@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from backend import analysis, evaluate, qa, registry
+from backend import analysis, evaljob, evalscore, evaluate, qa, registry
 from backend.analysis import Record
 from backend.specs import EvalSpec
 from storage import db
@@ -66,7 +66,7 @@ def test_answer_scoring_and_hallucination_labels(tiny, monkeypatch):
                      ("First 12 + 30 = 42, then 42 - 3 = 39, then", 12, True)],
                     [("The answer is 5.", 4, False), ("The answer is 9.", 4, False), ("Hmm.", 2, False),
                      ("The answer is 4.", 4, False), ("39", 1, False)]])
-    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: next(outputs))
+    monkeypatch.setattr(evalscore, "generate", lambda *a, **k: next(outputs))
     items = [("a", "2 + 3?", "5"), ("b", "3 + 4?", "7"), ("c", "1 + 1?", "2"), ("d", "2 + 3?", "5"),
              ("e", "12 + 30 - 4?", "38")]
     spec = EvalSpec(models=["tiny"], tasks=["synth-math"], samples=2)
@@ -130,7 +130,7 @@ def test_a_failing_task_stores_nothing_and_fails_the_job(tiny, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("harness exploded")
 
-    monkeypatch.setattr(evaluate, "run_lm_eval", broken)
+    monkeypatch.setattr(evalscore, "run_lm_eval", broken)
     with pytest.raises(evaluate.EvalError, match="tiny / lm-eval:arc_easy failed: RuntimeError: harness exploded"):
         evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity", "lm-eval:arc_easy"], limit=2))
     with db.session() as s:
@@ -144,7 +144,7 @@ def test_a_failing_task_stores_nothing_and_fails_the_job(tiny, monkeypatch):
         except StopIteration:
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(evaluate, "generate", flaky)
+    monkeypatch.setattr(evalscore, "generate", flaky)
     with pytest.raises(evaluate.EvalError, match="out of memory"):
         evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["synth-math"], limit=2, samples=2))
     with db.session() as s:
@@ -177,7 +177,7 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_llama, monkeypat
     registry.import_folder(tiny_llama, "tiny")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 80 * 2**30))
-    monkeypatch.setattr(evaluate, "_load", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
+    monkeypatch.setattr(evaljob, "_load", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
     with pytest.raises(evaluate.EvalError, match="tiny: the model needs about .* GiB free"):
         evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity"], limit=2))
     from backend.evaldevice import model_shape

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlmodel import select
 
-from backend import evaluate, qa, registry
+from backend import evalscore, evaluate, qa, registry
 from backend.specs import EvalSpec
 from storage import db
 from storage.models import EvalScore, Generation
@@ -91,7 +91,7 @@ def test_builtin_qa_run_stores_verdicts_and_kinds(tiny_llama, monkeypatch):
                 out.append(("Paris", 1, False))
         return out
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    monkeypatch.setattr(evalscore, "generate", fake_generate)
     evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["qa"], limit=30))
     with db.session() as s:
         gens = list(s.exec(select(Generation)))
@@ -159,7 +159,7 @@ def test_judge_grades_and_its_verdicts_are_stored(tiny_llama, tmp_path, monkeypa
         {"id": "b", "question": "Which city is the capital of Veltravia?", "answers": [], "answerable": False},
         {"id": "c", "question": "Which city is the capital of Quendor?", "answers": [], "answerable": False}])
     replies = {"a": "The seat of government is Oslo, I believe", "b": "Nobody would know that", "c": "Velton"}
-    monkeypatch.setattr(evaluate, "generate", lambda tok, model, prompts, n, **k: [
+    monkeypatch.setattr(evalscore, "generate", lambda tok, model, prompts, n, **k: [
         (replies["a" if "Norway" in p else "b" if "Veltravia" in p else "c"], 3, False) for p in prompts])
     spec = EvalSpec(models=["tiny"], tasks=[f"qa:{f}"], judge_url=judge_server, judge_model="grader",
                     judge_timeout=1)

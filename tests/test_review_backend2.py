@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from backend import evaluate, registry, runner
+from backend import evaljob, evaluate, registry, runner
 from backend.specs import EvalSpec
 from storage import db
 from storage.models import EvalScore, Generation
@@ -41,15 +41,15 @@ def test_a_resumed_eval_job_keeps_what_it_stored_and_scores_only_the_rest(tiny_l
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real_score(ts, tok, model, spec, model_name, *a)
 
-    monkeypatch.setattr(evaluate, "score_task", failing_fourth)
+    monkeypatch.setattr(evaljob, "score_task", failing_fourth)
     assert runner.execute(job.id) == 1 and runner.get(job.id).status == "failed"
     first_scores, first_gens = _eval_rows(job.id)
     assert {(r.model, r.task) for r in first_scores} == {("tiny", "perplexity"), ("tiny", "synth-math"),
                                                           ("tiny-b", "perplexity")}
     before = {r.id: (r.model, r.task, r.metric, r.value) for r in first_scores}
 
-    monkeypatch.setattr(evaluate, "score_task", real_score)
-    monkeypatch.setattr(evaluate, "_load", lambda name, plan=None: loaded.append(name) or real_load(name, plan))
+    monkeypatch.setattr(evaljob, "score_task", real_score)
+    monkeypatch.setattr(evaljob, "_load", lambda name, plan=None: loaded.append(name) or real_load(name, plan))
     registry.delete("tiny", delete_files=False)  # all its scores are kept: the resumed job needs it no more
     runner.resume(job.id)
     capsys.readouterr()

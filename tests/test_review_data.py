@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import func, select
 
-from backend import evaluate, qa, registry
+from backend import evalscore, evaluate, qa, registry
 from backend.specs import EvalSpec, SynthMathSpec
 from backend.synth import pipeline
 from backend.synth.rephrase import RulesRephraser
@@ -143,7 +143,7 @@ def test_a_mix_under_a_taken_name_is_refused_and_the_same_mix_saved_again_change
 
 def test_each_qa_row_per_item_kind_records_that_kinds_item_count(tiny_llama, monkeypatch):
     registry.import_folder(tiny_llama, "tiny")
-    monkeypatch.setattr(evaluate, "generate", lambda tok, model, prompts, n, **k: [("Paris", 1, False)
+    monkeypatch.setattr(evalscore, "generate", lambda tok, model, prompts, n, **k: [("Paris", 1, False)
                                                                                    for _ in prompts])
     evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["qa"], limit=5))
     with db.session() as s:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from backend import data, evaluate, recipe, registry, runner
+from backend import data, evaltasks, evaluate, recipe, registry, runner
 from backend.__main__ import main as cli
 from backend.recipe.spec import RecipeError
 from backend.specs import DataSource, EvalSpec, SftSpec
@@ -186,7 +186,7 @@ def test_a_missing_perplexity_file_is_refused_and_a_hub_data_set_left_to_the_job
         runner.submit(EvalSpec(models=[str(tiny_llama)], tasks=[f"perplexity:{missing}"]))
     assert str(err.value) == f"perplexity:{missing}: Data file {missing} does not exist."
     nothing_queued()
-    monkeypatch.setattr(evaluate, "task_set", lambda task, limit: pytest.fail(f"read {task} at queueing"))
+    monkeypatch.setattr(evaltasks, "task_set", lambda task, limit: pytest.fail(f"read {task} at queueing"))
     job = runner.submit(EvalSpec(models=[str(tiny_llama)], tasks=["perplexity:someone/some-set", "lm-eval:arc_easy"]))
     assert job.status == "queued"
 

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from backend import evaldevice, evaluate, registry
+from backend import evaldevice, evaljob, evalscore, evaluate, registry
 from backend.specs import EvalSpec
 
 # Qwen2.5-7B's shape: 28 layers, 4 KV heads of 128, a 152k vocabulary
@@ -46,7 +46,7 @@ def test_the_perplexity_task_runs_at_the_scoring_batch(tiny_llama, monkeypatch):
         seen.append(batch_size)
         return real_items(tok, model, texts, max_length, batch_size)
 
-    monkeypatch.setattr(evaluate, "perplexity_items", items)
+    monkeypatch.setattr(evalscore, "perplexity_items", items)
     evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity"], limit=2))
     want = evaldevice.plan(QWEN7B, cuda=True, free_bytes=80 * 2**30, seq_len=256 + EvalSpec.model_fields["max_new_tokens"].default)
     assert seen == [want.scoring_batch_size] and want.scoring_batch_size < want.batch_size
@@ -467,7 +467,7 @@ def test_an_evaluation_that_ran_and_failed_exits_1(tiny_llama, monkeypatch, rais
     def fail(*a, **k):
         raise raised
 
-    monkeypatch.setattr(evaluate, "score_task", fail)
+    monkeypatch.setattr(evaljob, "score_task", fail)
     assert main(["eval", "tiny", "--tasks", "perplexity", "--limit", "2"]) == code
     assert f"tiny / perplexity failed: {type(raised).__name__}: {raised}" in capsys.readouterr().err
 

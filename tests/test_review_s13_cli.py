@@ -166,9 +166,9 @@ def test_jobs_wait_exits_by_the_outcome():
 
 
 def test_compare_refused_for_too_few_items_exits_1(monkeypatch):
-    from backend import analysis
+    from backend import analysis, answerstats
 
-    monkeypatch.setattr(analysis, "task_records", lambda task, *a, **k: [SimpleNamespace(model="a"),
+    monkeypatch.setattr(answerstats, "task_records", lambda task, *a, **k: [SimpleNamespace(model="a"),
                                                                           SimpleNamespace(model="b")])
     monkeypatch.setattr(analysis, "compare", lambda *a, **k: {"ok": False, "sentence": "a and b answered only 4 "
                                                                 "of the same items; a comparison needs at least 10."})

@@ -332,7 +332,7 @@ def test_completion_only_loss_says_when_replies_lie_past_max_length(tiny_llama, 
 def test_an_evaluation_that_skipped_a_stage_resumed_while_it_ran_is_queued_again(tiny_llama, monkeypatch):
     """The resume landed while the evaluation that left the stage's model out was still scoring the others: it
     ended "succeeded" with the model skipped, and nothing queued it again (only one that had ended was)."""
-    from backend import evaluate
+    from backend import evaljob, evaluate
 
     registry.import_folder(tiny_llama, "tiny")
     a = runner.submit(_fast_sft("tiny", "made-by-a"))
@@ -346,7 +346,7 @@ def test_an_evaluation_that_skipped_a_stage_resumed_while_it_ran_is_queued_again
             runner.resume(a.id)  # the user, on the Jobs page, while the evaluation scores "tiny"
         return real(*args, **kw)
 
-    monkeypatch.setattr(evaluate, "score_task", resume_meanwhile)
+    monkeypatch.setattr(evaljob, "score_task", resume_meanwhile)
     assert runner.execute(ev.id) == 0
     row = runner.get(ev.id)
     assert row.result["skipped"] == ["made-by-a"] and runner.get(a.id).status == "queued"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from backend import chat, evaluate, registry, runner
+from backend import chat, evaljob, evaluate, registry, runner
 from storage import db
 from backend.specs import CptSpec, DataSource, SftSpec, SynthMathSpec
 from tests.test_pages import app
@@ -270,7 +270,7 @@ def test_an_evaluation_that_found_no_model_is_queued_again_when_its_stage_was_re
             runner.resume(stage.id)
         return real(models)
 
-    monkeypatch.setattr(evaluate, "missing_models", resumed_as_it_starts)
+    monkeypatch.setattr(evaljob, "missing_models", resumed_as_it_starts)
     assert runner.execute(ev.id) == 1  # "none of the models to evaluate exists"
     assert runner.get(ev.id).status == "queued"  # was failed for good: the resumed stage's model never scored
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import evaluate, registry, runner
+from backend import evaljob, evaluate, registry, runner
 from backend.recipe import tables
 from backend.specs import DataSource, EvalSpec, ImportSpec, SftSpec
 from storage.models import utcnow
@@ -41,7 +41,7 @@ def test_an_evaluation_whose_resumed_stage_succeeded_before_it_ended_is_queued_a
             _finished(a.id, tiny_llama, "made-by-a")
         return real(*args, **kw)
 
-    monkeypatch.setattr(evaluate, "score_task", resumed_and_finished_meanwhile)
+    monkeypatch.setattr(evaljob, "score_task", resumed_and_finished_meanwhile)
     assert runner.execute(ev.id) == 0
     row = runner.get(ev.id)
     assert row.result["skipped"] == ["made-by-a"]

@@ -4,7 +4,7 @@ were taught (heldout.TEACHES, scoretable.overlap_note)."""
 
 from __future__ import annotations
 
-from backend import evaluate, heldout, registry, scoretable
+from backend import evaljob, evaluate, heldout, registry, scoretable
 from backend.specs import EvalSpec
 
 
@@ -77,7 +77,7 @@ def test_a_model_whose_files_vanish_mid_evaluation_is_named_and_the_scores_befor
             f.unlink()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "score_task", then_delete)
+    monkeypatch.setattr(evaljob, "score_task", then_delete)
     with pytest.raises(evaluate.EvalFailed, match=r"^b: .*model\.safetensors.*: were the model's files deleted or "
                                                   "moved while this evaluation ran\? The scores it stored are kept"):
         evaluate.run_eval(EvalSpec(models=["a", "b"], tasks=["perplexity"], limit=2))

@@ -1,0 +1,333 @@
+"""The answers behind "fewer hallucinations, or just shorter answers?" as records, and the statistics on them that
+need no model of the data: the items two models share (less those a reply was cut off on), answer-length bins, the
+paired bootstrap of a rate gap, the gap within length bins (`length_controlled`) and McNemar's test. Pure functions
+on records but for the database reads (task_records); backend/analysis.py says why cut-off replies are left out.
+
+    from backend.answerstats import pair_records, length_controlled
+    length_controlled(pair_records("synth-math", "A", "B"), "A", "B")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.qa import flags
+
+MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
+MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the model-based ones are used
+FEW_ITEMS = 20  # fewer shared items than this: the paired interval covers less than its 95 % (expanded_tail), said
+CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it stated an answer (backend/qa.py)
+CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
+RAISE_CAP = "evaluate again with a higher Max new tokens"  # the remedy, named as the evaluate form's field
+RAISE_LIMIT = "evaluate again with more Items per task"  # the remedy when even every item would be too few
+
+OUTCOMES = ("hallucination", "correct")
+RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
+
+
+def _remedy(judged: int, left_out: int) -> str:
+    """What would give MIN_ITEMS items to judge: a higher token cap brings back at most the items it cut off, so
+    with fewer items in all ("4 of 8 left out") the advice to raise it alone could not work."""
+    if judged + left_out >= MIN_ITEMS:
+        return RAISE_CAP
+    return f"{RAISE_CAP} and {RAISE_LIMIT.removeprefix('evaluate again with ')} (only {judged + left_out} were scored)"
+
+
+def is_bad(r: Record, outcome: str) -> bool:
+    """The event whose rate is compared (lower is better for both outcomes): a hallucination, or, for "correct",
+    an answer that is not correct (wrong, abstained or cut off)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
+    return r.hallucination if outcome == "hallucination" else not r.correct
+
+
+@dataclass(frozen=True)
+class Record:
+    """One model's answer to one item. `verdict` is correct / wrong / abstained / cut off (empty on rows from before
+    verdicts were stored: then `hallucination` and `answered` say it)."""
+
+    model: str
+    words: int
+    correct: bool
+    hallucination: bool
+    prompt_id: str = ""
+    tokens: int = 0
+    kind: str = ""
+    verdict: str = ""
+    answered: bool = True
+
+
+def from_generation(g) -> Record:
+    """A stored Generation row as a Record: a hallucination is a wrong answer (verdict "wrong"), not an abstention;
+    old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans."""
+    verdict = getattr(g, "verdict", "") or ""
+    if verdict:
+        f = flags(verdict)
+        correct, hallucination, answered = f["correct"], f["hallucination"], f["answered"]
+    else:
+        correct, hallucination, answered = bool(g.correct), bool(g.hallucination), bool(getattr(g, "answered", True))
+    return Record(model=g.model, words=int(g.words or 0), correct=correct, hallucination=hallucination,
+                  prompt_id=str(g.prompt_id), tokens=int(g.tokens or 0), kind=getattr(g, "item_kind", "") or "",
+                  verdict=verdict, answered=answered)
+
+
+def task_records(task: str, models: list[str] | tuple[str, ...] | None = None) -> list[Record]:
+    """The latest answer of every model to every item of `task` in the database, as records (the Compare page and
+    `python -m backend compare`). Plain rows of the columns the analysis reads: building ORM objects took ~1 s.
+    `models`: only theirs, filtered in the query (a model's newest run is its own, so the rest do not change it):
+    the CLI loaded 150 models' answers to keep two."""
+    from sqlmodel import select
+
+    from backend.scoretable import newest_run
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:
+        cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
+                Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run,
+                Generation.job_id]  # run and job: newest_run
+        query = select(*cols).where(Generation.task == task)
+        if models is not None:
+            query = query.where(Generation.model.in_(list(models)))
+        gens = s.exec(query.order_by(Generation.id)).all()
+    # each model's newest run only (an earlier run's answers were made under other settings), one answer per item
+    latest = {(g.model, g.prompt_id): g for g in newest_run(gens, lambda g: g.model)}
+    return [from_generation(g) for g in latest.values()]
+
+
+def cut_shares(records) -> dict[str, float]:
+    """Per model (by name), the share of its answers cut off by the token limit, in one pass over the records (a
+    pass per model was 150 × 66,000 comparisons on every rerun of the Compare page)."""
+    from collections import Counter
+
+    total, cut = Counter(), Counter()
+    for r in records:
+        total[r.model] += 1
+        cut[r.model] += r.verdict == CUT_OFF
+    return {m: cut[m] / total[m] for m in sorted(total)}
+
+
+def answered_models(task: str) -> list[str]:
+    """The models with answers on `task`, by name (a SELECT DISTINCT: no answer is loaded)."""
+    from sqlmodel import select
+
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:
+        return sorted(s.exec(select(Generation.model).where(Generation.task == task).distinct()).all())
+
+
+def pair_records(task: str, model_a: str, model_b: str) -> list[Record]:
+    """The newest answers of two models on `task` (`python -m backend compare`), read alone; a model without any
+    is an error that names the models that have some."""
+    recs = task_records(task, (model_a, model_b))
+    have = {r.model for r in recs}
+    if missing := [m for m in (model_a, model_b) if m not in have]:
+        raise ValueError(f"no answers of {', '.join(missing)} on {task} (answers of: "
+                         f"{', '.join(answered_models(task)) or 'none'}); evaluate with --tasks {task} first.")
+    return recs
+
+
+def bin_edges(records: list[Record], n_bins: int = 4) -> list[float]:
+    """Quantile edges of answer length over all models pooled, so every model is cut at the same lengths. Every
+    answer of one length: one bin from that length to itself (the last bin is closed), "5 words" (an edge at 6
+    labelled it "5–6 words", a length no answer had)."""
+    if not records:
+        raise ValueError("no answers to bin by length.")
+    words = np.array([r.words for r in records], dtype=float)
+    edges = np.unique(np.quantile(words, np.linspace(0, 1, n_bins + 1)))
+    return edges.tolist() if len(edges) > 1 else [float(words[0])] * 2
+
+
+def bin_of(words: int, edges: list[float]) -> int:
+    return int(bins_of(np.array([words]), edges)[0])
+
+
+def bins_of(words: np.ndarray, edges: list[float]) -> np.ndarray:
+    """The length bin of every answer at once (the last edge closes the last bin)."""
+    if len(edges) < 2:
+        return np.zeros(len(words), dtype=int)
+    return np.minimum(np.searchsorted(edges, words, side="right") - 1, len(edges) - 2)
+
+
+def word_bins(edges: list[float]) -> list[str]:
+    """The length bins' labels in whole words: bins_of's bins are half-open, [4, 6) then [6, 43] (the last closed),
+    and the labels "4–6 words", "6–43 words" put the 6-word answers in both; here "4–5 words", "6–43 words" ("6
+    words" for a bin of one length)."""
+    out = []
+    for b in range(len(edges) - 1):
+        lo = math.ceil(edges[b])
+        hi = math.floor(edges[b + 1]) if b == len(edges) - 2 else math.ceil(edges[b + 1]) - 1
+        out.append(f"{lo} words" if hi <= lo else f"{lo}–{hi} words")
+    return out
+
+
+def by_length_bin(records: list[Record], n_bins: int = 4) -> list[dict]:
+    """Per model and length bin: count, accuracy, hallucination rate."""
+    edges = bin_edges(records, n_bins)
+    bins = bins_of(np.array([r.words for r in records], dtype=float), edges)
+    cells: dict[tuple[str, int], list[Record]] = {}
+    for r, b in zip(records, bins.tolist()):
+        cells.setdefault((r.model, b), []).append(r)
+    labels = word_bins(edges)
+    return [{"model": m, "bin": b, "range": labels[b], "n": len(rs),
+             "accuracy": sum(r.correct for r in rs) / len(rs),
+             "hallucination_rate": sum(r.hallucination for r in rs) / len(rs)}
+            for (m, b), rs in sorted(cells.items())]
+
+
+def _stratified_diffs(bins_a: np.ndarray, hall_a: np.ndarray, bins_b: np.ndarray, hall_b: np.ndarray,
+                      n_bins: int) -> np.ndarray:
+    """Hallucination rate A − B within each length bin, averaged with the pooled bin sizes as weights (direct
+    standardisation); bins where either model has no answers are left out. Each row of the (R × n) bin and
+    hallucination arrays is one resample; NaN where no bin has answers from both models."""
+    def per_bin(bins, hall):
+        rows = np.arange(len(bins))[:, None] * n_bins + bins
+        count = np.bincount(rows.ravel(), minlength=len(bins) * n_bins).reshape(len(bins), n_bins)
+        bad = np.bincount(rows.ravel(), weights=hall.ravel(), minlength=len(bins) * n_bins).reshape(len(bins), n_bins)
+        return count, bad
+
+    ca, ha = per_bin(bins_a, hall_a)
+    cb, hb = per_bin(bins_b, hall_b)
+    both = (ca > 0) & (cb > 0)
+    w = np.where(both, ca + cb, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(both, ha / np.maximum(ca, 1) - hb / np.maximum(cb, 1), 0.0)
+        return (w * gap).sum(1) / np.where(w.sum(1) > 0, w.sum(1), np.nan)
+
+
+def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins: int = 4, boots: int = 1000,
+                      seed: int = 0, outcome: str = "hallucination") -> dict:
+    """Raw and length-stratified difference in the rate of `outcome`'s bad event (`is_bad`: a hallucination, or an
+    answer that is not correct), A − B, with 95 % expanded percentile intervals (`expanded_tail`, as
+    `paired_bootstrap`), and each model's mean answer length. If the raw gap shrinks to ~0 once length is
+    controlled, length explains it.
+    On the items both models answered (`judged_items`, as `compare`), resampled as items, each keeping both answers:
+    over every answer of each model, a model scored on 60 items beside one scored on 30 read a gap of 33 points where
+    the shared items had none, and two independent resamples of the same items made the interval of a paired gap
+    over twice too wide (it took in 0 where the paired one was 5 to 12 points).
+    The resamples are drawn as index arrays and binned with bincount: 500 resamples of 1,000 answers take
+    milliseconds (a loop over records took seconds, and the compare page redraws on every widget change).
+    For "hallucination", as in `compare`, an item either model left cut off is left out for both (`cut_off`: how
+    many items): cut-off replies all sit in the longest bin as non-hallucinations."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
+    items, left_out = judged_items(records, [model_a, model_b], outcome)
+    if not items and left_out["n"]:
+        raise ValueError(f"no item is left to judge hallucinations on: on every item {model_a} and {model_b} both "
+                         f"answered, a reply was cut off by the token limit; {RAISE_CAP}.")
+    if not items:
+        have = {r.model for r in records}
+        if model_a in have and model_b in have:
+            raise ValueError(f"{model_a} and {model_b} answered no item in common: evaluate both on the same items.")
+        raise ValueError("both models need generations on this task.")
+    keys = sorted(items)
+    a, b = [items[k][model_a] for k in keys], [items[k][model_b] for k in keys]
+    edges = bin_edges(a + b, n_bins)
+    k = len(edges) - 1
+    wa, wb = (np.array([r.words for r in x], dtype=float) for x in (a, b))
+    ha, hb = (np.array([is_bad(r, outcome) for r in x], dtype=float) for x in (a, b))
+    ba, bb = bins_of(wa, edges), bins_of(wb, edges)
+    idx = np.random.default_rng(seed).integers(0, len(keys), (boots, len(keys)))  # one draw of items for both
+    raw_s = ha[idx].mean(1) - hb[idx].mean(1)
+    strat_s = _stratified_diffs(ba[idx], ha[idx], bb[idx], hb[idx], k)
+    strat_s = strat_s[~np.isnan(strat_s)]
+    point = _stratified_diffs(ba[None], ha[None], bb[None], hb[None], k)[0]
+    tail = expanded_tail(len(keys))
+    ci = lambda xs: (float(np.percentile(xs, tail)), float(np.percentile(xs, 100 - tail))) if len(xs) else (  # noqa
+        None, None)
+    return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
+            "cut_off": left_out["n"],
+            "mean_words_a": float(wa.mean()), "mean_words_b": float(wb.mean()),
+            "raw_diff": float(ha.mean() - hb.mean()), "raw_ci": ci(raw_s),
+            "length_controlled_diff": None if np.isnan(point) else float(point),
+            "length_controlled_ci": ci(strat_s), "bins": k}
+
+
+def _length(r: Record) -> int:
+    return r.tokens if r.tokens > 0 else r.words  # rows without a token count fall back to words
+
+
+def shared_items(records: list[Record], models: list[str]) -> dict[str, dict[str, Record]]:
+    """prompt_id -> model -> record, for the items every one of `models` answered (the last record wins)."""
+    by_item: dict[str, dict[str, Record]] = {}
+    for r in records:
+        if r.model in models:
+            by_item.setdefault(r.prompt_id, {})[r.model] = r
+    return {k: v for k, v in by_item.items() if len(v) == len(models)}
+
+
+def judged_items(records: list[Record], models: list[str], outcome: str) -> tuple[dict[str, dict[str, Record]], dict]:
+    """The items `outcome` can be judged on, as `shared_items`, and what was left out. For "hallucination": the
+    shared items none of `models` left cut off (old rows without a verdict stay in, as before verdicts); a cut-off
+    reply is no answer, so neither a hallucination nor its absence. For "correct": every shared item (a cut-off reply
+    is not correct). `left_out`: n_shared, n (items left out), by_model (cut-off replies per model among the shared
+    items, for either outcome) and message (empty when nothing was left out)."""
+    items = shared_items(records, models)
+    by_model = {m: sum(per[m].verdict == CUT_OFF for per in items.values()) for m in models}
+    kept = items if outcome != "hallucination" else {
+        k: per for k, per in items.items() if all(r.verdict != CUT_OFF for r in per.values())}
+    n = len(items) - len(kept)
+    cut = {m: c for m, c in by_model.items() if c}
+    if not n:
+        message = ""
+    elif len(cut) == 1:
+        message = f"{n} of {len(items)} items left out: {next(iter(cut))}'s reply was cut off by the token limit"
+    else:
+        message = (f"{n} of {len(items)} items left out: a reply was cut off by the token limit ("
+                   + ", ".join(f"{m} on {c}" for m, c in cut.items()) + ")")
+    return kept, {"n_shared": len(items), "n": n, "by_model": by_model, "message": message}
+
+
+def expanded_tail(n: int) -> float:
+    """The lower tail, in percent, of the 95 % expanded percentile interval over n resampled units (Hesterberg 2015,
+    "What Teachers Should Know About the Bootstrap", The American Statistician 69(4)): Φ(−√(n/(n−1))·t(n−1, 0.975)).
+    The plain 2.5 % percentile interval is about mean ± 1.96·s·√((n−1)/n)/√n, too narrow in small samples: on
+    simulated paired items it covered 80 % at 10 items and 89 % at 20 (expanded: 82 % and 92 %; the tail is 1.6 % at
+    20 items, 2.3 % at 100). Below ~20 items it still covers less than 95 %: 0/1 outcomes are too coarse there."""
+    if n < 2:
+        return 2.5
+    from scipy.stats import norm, t
+
+    return float(100 * norm.cdf(-math.sqrt(n / (n - 1)) * t.ppf(0.975, n - 1)))
+
+
+def paired_bootstrap(ya, yb, boots: int = 2000, seed: int = 0) -> dict:
+    """Rate A − rate B on the same items, with a 95 % expanded percentile interval (`expanded_tail`) from resampling
+    items (each item keeps its pair of outcomes, so the item-to-item difficulty cancels)."""
+    ya, yb = np.asarray(ya, dtype=float), np.asarray(yb, dtype=float)
+    if len(ya) != len(yb) or len(ya) == 0:
+        raise ValueError("paired bootstrap needs the same, non-empty list of items for both models.")
+    d = ya - yb
+    idx = np.random.default_rng(seed).integers(0, len(d), (boots, len(d)))
+    means = d[idx].mean(axis=1)
+    tail = expanded_tail(len(d))
+    return {"diff": float(d.mean()), "low": float(np.percentile(means, tail)),
+            "high": float(np.percentile(means, 100 - tail)), "n": len(d)}
+
+
+def preload() -> None:
+    """Import the regression's libraries (statsmodels' Logit pulls scipy: ~1.3 s on a 2-core CPU). The app calls this
+    in a thread once per server process, so the first compare page a user opens does not pay for it."""
+    from importlib import import_module
+
+    for name in ("statsmodels.discrete.discrete_model", "statsmodels.stats.contingency_tables"):
+        import_module(name)  # two plain imports bound one name, and pyflakes called one of them unused
+
+
+def mcnemar_accuracy(ca, cb) -> dict:
+    """McNemar's test of equal accuracy on the same items (statsmodels); exact binomial when fewer than 25 items
+    are discordant (the chi-square approximation is poor there), chi-square with continuity correction otherwise."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    ca, cb = np.asarray(ca, dtype=bool), np.asarray(cb, dtype=bool)
+    table = [[int(np.sum(ca & cb)), int(np.sum(ca & ~cb))], [int(np.sum(~ca & cb)), int(np.sum(~ca & ~cb))]]
+    only_a, only_b = table[0][1], table[1][0]
+    exact = only_a + only_b < 25
+    res = mcnemar(table, exact=exact, correction=True)
+    return {"table": table, "only_a_correct": only_a, "only_b_correct": only_b, "exact": exact,
+            "statistic": float(res.statistic), "pvalue": float(res.pvalue)}

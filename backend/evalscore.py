@@ -1,0 +1,332 @@
+"""Scoring a task set on a loaded model: perplexity, multiple choice by log-likelihood (as lm-eval's HFLM), generated
+answers (synth-math, gsm8k, qa), lm-evaluation-harness tasks; and `settings`, how a task was run, stored with its
+scores (backend/evaluate.py lists the tasks, backend/evaljob.py runs them and stores the scores).
+
+    from backend.evalscore import perplexity
+    perplexity(tok, model, ["Paris is the capital of France."])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from backend import evaldevice, qa, registry
+from backend.evaltasks import EvalError, TaskSet
+from backend.specs import EvalSpec
+from backend.synth.answers import extract_answer, same_answer
+from storage.models import Generation
+
+SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
+MAX_LENGTH = 256  # tokens of a perplexity text that are scored; a longer text is cut there
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # the extra answers of samples > 1 (consistency)
+UNSET_MAX_LENGTH = int(1e30)  # a tokenizer's model_max_length when it sets none (transformers, lm-eval)
+MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat template; each choice follows a space
+
+
+def perplexity_items(tok, model, texts: list[str], max_length: int = MAX_LENGTH, batch_size: int = 8) -> list[tuple]:
+    """(summed negative log-likelihood, predicted tokens) per text; batched with right padding."""
+    import torch
+
+    tok.padding_side = "right"
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", truncation=True, max_length=max_length,
+                      padding=True).to(model.device)
+            ids, mask = enc.input_ids, enc.attention_mask
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            m = mask[:, 1:].to(nll.dtype)
+            out += [(float(a), int(b)) for a, b in zip((nll * m).sum(1).tolist(), m.sum(1).tolist())]
+    return out
+
+
+def _ppl(per_item: list[tuple]) -> dict:
+    nll, n = sum(x[0] for x in per_item), sum(x[1] for x in per_item)
+    if not n:
+        raise EvalError("perplexity: the texts are empty.")
+    return {"perplexity": math.exp(nll / n)}
+
+
+def perplexity(tok, model, texts: list[str], max_length: int = MAX_LENGTH) -> tuple[float, int]:
+    per = perplexity_items(tok, model, texts, max_length)
+    return _ppl(per)["perplexity"], sum(x[1] for x in per)
+
+
+def context_length(tok, model) -> int:
+    """The longest input the model reads, found as lm-eval's HFLM finds it (lm_eval/models/utils.py
+    resolve_max_length): the (text) config's n_positions, max_position_embeddings or n_ctx, else the tokenizer's
+    model_max_length when it is set, else 2048."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(cfg, attr, None) is not None:
+            return int(getattr(cfg, attr))
+    n = getattr(tok, "model_max_length", None)
+    return int(n) if n is not None and n != UNSET_MAX_LENGTH else 2048
+
+
+def choice_logprob(tok, model, context: str, choice: str, max_len: int | None = None) -> float:
+    """Sum of the log-probabilities of `choice`'s tokens after `context`, as lm-eval's HFLM loglikelihood computes it
+    (lm_eval/api/model.py _encode_pair, lm_eval/models/huggingface.py _loglikelihood_tokens):
+    - whitespace that ends the context is moved to the start of the choice ("Answer: " + "Paris" is scored as
+      "Answer:" + " Paris", the way a BPE tokenizer writes a word with its leading space);
+    - the context is encoded with the tokenizer's BOS (backend/chat.py encode), the choice's tokens are those that
+      encoding context + choice adds after the context's;
+    - a sequence longer than the model reads (max_length, + 1 for the target shift) loses tokens from the left:
+      the context's start, never the choice. Scored whole, the positions past the model's context length were
+      read anyway (RoPE does not refuse them), and the score was another than lm-eval's."""
+    import torch
+
+    from backend.chat import encode
+
+    if not context:
+        raise EvalError("a multiple-choice context must not be empty.")
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, choice = context[:-n_spaces], context[-n_spaces:] + choice
+    ctx = encode(tok, context).input_ids  # with the tokenizer's BOS, as lm-eval's loglikelihood encodes a context
+    full = encode(tok, context + choice).input_ids
+    n_choice = len(full) - len(ctx)
+    if n_choice <= 0:  # lm-eval asserts the same; -inf here made such a choice lose unsaid
+        raise EvalError(f"the choice {choice!r} adds no token after {context[-40:]!r}: give every choice some text.")
+    max_len = max_len or context_length(tok, model)
+    if n_choice > max_len:
+        raise EvalError(f"the choice {choice[:40]!r}… is {n_choice} tokens, more than the {max_len} the model reads: "
+                        "shorten it.")
+    ids = torch.tensor([full[-(max_len + 1):]], device=model.device)
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(ids[:, :-1]).logits[0].float(), -1)
+    targets = ids[0, 1:]
+    return logp[-n_choice:].gather(1, targets[-n_choice:, None]).sum().item()
+
+
+def mc_items(tok, model, rows: list[dict]) -> list[tuple[bool, bool]]:
+    """(acc, acc_norm) per row, as lm-eval's multiple_choice scores it (lm_eval/api/task.py process_results): the
+    first choice of the highest log-likelihood, and of the highest log-likelihood per character of the choice (its
+    own text, without the space put before it)."""
+    out = []
+    max_len = context_length(tok, model)
+    for row in rows:
+        context = MC_CONTEXT.format(question=row["question"])
+        scores = [choice_logprob(tok, model, context, " " + c, max_len) for c in row["choices"]]
+        norm = [s / len(c) for s, c in zip(scores, row["choices"])]  # _mc_problem refused an empty choice
+        out.append((max(range(len(scores)), key=scores.__getitem__) == row["answer"],
+                    max(range(len(norm)), key=norm.__getitem__) == row["answer"]))
+    return out
+
+
+def _mc(per_item: list[tuple]) -> dict:
+    return {"acc": sum(a for a, _ in per_item) / len(per_item), "acc_norm": sum(b for _, b in per_item) / len(per_item)}
+
+
+def multiple_choice(tok, model, rows: list[dict]) -> dict:
+    return {**_mc(mc_items(tok, model, rows)), "n": len(rows)}
+
+
+def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: bool = False, seed: int = 0,
+             batch_size: int = 8) -> list[tuple[str, int, bool]]:
+    """(text, new tokens, cut off) per user message, chat-formatted, batched with left padding. Prompts are batched
+    in length order (less padding) and returned in the order given. Cut off: the reply used all max_new_tokens and
+    its last token is no end of sequence (the model was stopped, it did not stop).
+
+    A model without a chat template reads a transcript ("user: …\nassistant:") with no end-of-turn token: it stops
+    where it starts the next turn (chat.TRANSCRIPT_STOPS, as lm-eval's `until` strings stop a generation), and the
+    reply is cut there. Run on, a base model wrote "user: What is 3 + 4?\nassistant: 7" after its answer, and the
+    last number of that was taken for its answer."""
+    import torch
+
+    from backend.chat import build_prompt, cut_at_stop, encode, transcript_stops
+
+    tok.padding_side = "left"
+    chats = [build_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+    order = sorted(range(len(chats)), key=lambda j: len(chats[j]))
+    out: dict[int, tuple[str, int]] = {}
+    torch.manual_seed(seed)
+    kwargs = dict(do_sample=True, **SAMPLING) if sample else dict(do_sample=False)
+    stops = transcript_stops(tok)
+    if stops:
+        kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
+    ends = _end_ids(model, tok)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = encode(tok, [chats[j] for j in idx], return_tensors="pt", padding=True)
+        batch = batch.to(model.device)
+        with torch.inference_mode():
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+        for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
+            n = int((row != tok.pad_token_id).sum())
+            cut = len(row) == max_new_tokens and int(row[-1]) not in ends
+            text, ended = cut_at_stop(tok.decode(row, skip_special_tokens=True), stops)
+            out[j] = (text.strip(), n, cut and not ended)  # it ended its turn: no cut-off, whatever the count
+    return [out[j] for j in range(len(prompts))]
+
+
+def _end_ids(model, tok) -> set[int]:
+    """The token ids that end a reply: the generation config's eos (one id or several), the tokenizer's, padding."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id, tok.pad_token_id}
+    return {int(i) for i in ids if i is not None}
+
+
+def _answer_scores(gens: list[Generation]) -> dict:
+    n = len(gens)
+    rates = qa.summarise([g.verdict for g in gens])  # the QA probe's definitions, for math answers too
+    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate", "cut_off_rate")}
+    scores["mean_words"] = sum(g.words for g in gens) / n
+    if any(g.consistency is not None for g in gens):
+        scores["consistency"] = sum(g.consistency or 0.0 for g in gens) / n
+    return scores
+
+
+def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, task: str, model_name: str,
+                job_id: int | None, *, batch_size: int = 8) -> tuple[dict, list[Generation]]:
+    """Generate answers to (id, question, reference answer) math items; score, label, keep every generation."""
+    prompts = [f"{SYSTEM_HINT}\n\n{q}" for _, q, _ in items]
+    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size)
+    samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size)
+               for s in range(spec.samples - 1)] if spec.samples > 1 else []
+    gens = []
+    for j, ((pid, q, ref), (text, n_tok, cut)) in enumerate(zip(items, greedy)):
+        found = extract_answer(text)
+        verdict = qa.classify(text, [ref], "math", truncated=cut)
+        consistency = None
+        if samples:
+            agree = [same_answer(extract_answer(s[j][0]), found) for s in samples] if found else []
+            consistency = sum(agree) / len(samples) if found else 0.0
+        gens.append(Generation(job_id=job_id, model=model_name, task=task, prompt_id=pid, prompt=q, reference=ref,
+                               output=text, tokens=n_tok, words=len(text.split()), truncated=cut,
+                               consistency=consistency, verdict=verdict, item_kind="math", **qa.flags(verdict)))
+    return _answer_scores(gens), gens
+
+
+def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name: str, job_id: int | None, *,
+            batch_size: int = 8, judge: qa.Judge | None = None) -> tuple[dict, list[Generation], dict]:
+    outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size)
+    rules = [qa.classify(text, it["answers"], it["kind"], truncated=cut) for it, (text, _, cut) in zip(items, outputs)]
+    judged = judge.grade(items, [t for t, _, _ in outputs]) if judge else None
+    verdicts = [qa.unless_cut_off(v, text, it["kind"], cut) for v, it, (text, _, cut) in zip(judged, items, outputs)
+                ] if judged else rules
+    gens = [Generation(job_id=job_id, model=model_name, task=task, prompt_id=it["id"], prompt=it["question"],
+                       reference=" | ".join(it["answers"]), output=text, tokens=n_tok, words=len(text.split()),
+                       truncated=cut, verdict=v, item_kind=it["kind"], judge_verdict=judged[j] if judged else "",
+                       **qa.flags(v))
+            for j, (it, (text, n_tok, cut), v) in enumerate(zip(items, outputs, verdicts))]
+    extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
+    if judged:
+        extra["judge_agrees_with_rules"] = sum(a == b for a, b in zip(judged, rules)) / len(rules)
+    return qa.scores_by_kind(verdicts, [it["kind"] for it in items]), gens, extra
+
+
+def run_lm_eval(folder: Path, task: str, limit: int, **kw):
+    """lm-evaluation-harness: local tasks offline, the h6 preset, Hub tasks online (backend/lmeval.py)."""
+    from backend.lmeval import run_lm_eval as run
+
+    return run(folder, task, limit, **kw)
+
+
+def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id: int | None,
+               plan: evaldevice.DevicePlan, judge: qa.Judge | None
+               ) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
+    """(scores, generations, rescore(indices) for a subset, per-item results, extra details)."""
+    batch = plan.batch_size
+    if ts.kind == "perplexity":
+        per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
+        return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {"tokens": sum(x[1] for x in per)}
+    if ts.kind in ("synth-math", "gsm8k"):
+        scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch)
+        return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, {}
+    if ts.kind == "qa":
+        scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
+                                      judge=judge)
+        return scores, gens, (lambda ix: qa.scores_by_kind([gens[i].verdict for i in ix],
+                                                           [gens[i].item_kind for i in ix])), gens, extra
+    if ts.kind == "mc":
+        per = mc_items(tok, model, ts.items)
+        return _mc(per), [], lambda ix: _mc([per[i] for i in ix]), per, {}
+    folder = registry.resolve(model_name)[0]
+    # the job's loaded model, wrapped (not loaded twice); lm-eval's contexts (25-shot ARC) outgrow the plan's batch
+    res = run_lm_eval(folder, ts.arg, spec.limit, model=model, tokenizer=tok, batch_size=spec.batch_size,
+                      max_new_tokens=spec.max_new_tokens)
+    return res.scores, [], None, [], {"n": res.n, "lm_eval": res.details}
+
+
+def settings(ts: TaskSet, spec: EvalSpec, tok, model, batch: int | None = None) -> dict:
+    """How a task was run, stored beside its items' fingerprint so a score can be redone and two scores on the same
+    items told apart: another token limit, number of samples or prompt format is another measurement (a reply a
+    16-token cap cuts off is no answer; with 256 it may be right). The prompt format is the tokenizer's chat
+    template (its sha256, as backend/chat.py build_prompt applies it) or, without one, build_prompt's transcript;
+    `generation_config` the model's own decoding settings that act beside ours (decoding_extras). Sampled answers
+    also depend on the generation `batch` (generate seeds once per call and batches by length: the same seed drew
+    other answers for all 8 items at batch 1 and at batch 8), so samples record it."""
+    from backend.chat import build_prompt
+
+    out: dict = {"limit": spec.limit}
+    if ts.kind == "perplexity":
+        return {**out, "max_length": MAX_LENGTH}
+    if ts.kind == "mc":
+        return {**out, "prompt": _after_specials(tok, MC_CONTEXT, MC_CONTEXT + " {choice}")}
+    if ts.kind == "lm-eval":  # lm-eval's own settings (few-shot counts, version) are in details["lm_eval"]
+        return {**out, **_lm_eval_settings(ts, spec, model)}
+    template = getattr(tok, "chat_template", None)
+    if template:
+        text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+        out["prompt"] = f"chat template sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    else:
+        out["prompt"] = "transcript (no chat template: backend/chat.py build_prompt), ends at a new role line"
+    # a BOS the tokenizer adds before the prompt (since chat.encode) is part of the prompt; those measured without it
+    # keep their settings and are told apart
+    out["prompt"] = _after_specials(tok, build_prompt(tok, [{"role": "user", "content": "?"}]), out["prompt"])
+    out |= {"max_new_tokens": spec.max_new_tokens, "decoding": "greedy", "generation_config": decoding_extras(model)}
+    if ts.kind != "qa" and spec.samples > 1:  # qa_task draws no samples; answer_task's are seeded 1 to k - 1
+        out |= {"samples": spec.samples, "sampling": SAMPLING, "batch": batch}
+    return out
+
+
+def _lm_eval_settings(ts: TaskSet, spec: EvalSpec, model) -> dict:
+    """What shapes an lm-eval task's answers beside lm-eval's own settings: the token cap run_lm_eval gives the
+    local generation tasks (max_gen_toks: 8 or 256 tokens for a worked GSM8K answer is another measurement), and the
+    model's generation_config fields lm-eval's generate does not set. A max_new_tokens there outranks lm-eval's
+    max_length (transformers takes max_new_tokens first): a model whose file says 8 answered in 8 tokens whatever
+    the cap. Neither was recorded, so two such scores read as measured alike."""
+    from backend import lmeval
+    from backend.lm_eval_tasks.loaders import DATA, FEWSHOT_FILES, GENERATION_TASKS
+
+    out: dict = {}
+    names = [name for name, _, _ in lmeval.expand(ts.arg)]
+    if any(name in GENERATION_TASKS for name in names):
+        out["max_gen_toks"] = spec.max_new_tokens
+    # a local task's few-shot examples are in every prompt: another file is another measurement (the items'
+    # fingerprint covers the test rows only, so a remade few-shot file left old and new scores "measured alike")
+    shots = {n: "sha256:" + hashlib.sha256((DATA / FEWSHOT_FILES[n]).read_bytes()).hexdigest()[:16]
+             for n in names if n in FEWSHOT_FILES and (DATA / FEWSHOT_FILES[n]).is_file()}
+    if shots:
+        out["fewshot"] = shots
+    cfg = getattr(model, "generation_config", None)
+    own = {"max_new_tokens": cfg.max_new_tokens} if getattr(cfg, "max_new_tokens", None) is not None else {}
+    return {**out, "generation_config": {**decoding_extras(model), **own}}
+
+
+def _after_specials(tok, example: str, prompt: str) -> str:
+    """`prompt`, preceded by the special tokens chat.encode adds before a prompt like `example` (none: as it was)."""
+    from backend.chat import added_before
+
+    return " ".join(added_before(tok, example) + [prompt])
+
+
+SET_BY_GENERATE = {"do_sample", "temperature", "top_p", "max_new_tokens", "max_length", "pad_token_id",
+                   "eos_token_id", "bos_token_id", "transformers_version"}  # generate() sets these, or they only stop
+
+
+def decoding_extras(model) -> dict:
+    """The fields of the model's generation_config.json that still shape this evaluation's answers: generate()
+    sets do_sample, temperature, top_p and max_new_tokens, but transformers applies the rest of the model's file
+    (as lm-eval's HFLM does), so Qwen2.5-Instruct's repetition_penalty 1.05 penalises its "greedy" answers and not
+    those of a model it is compared with."""
+    cfg = getattr(model, "generation_config", None)
+    diff = cfg.to_diff_dict() if cfg is not None else {}
+    return {k: v for k, v in diff.items() if k not in SET_BY_GENERATE and not k.startswith("_")}

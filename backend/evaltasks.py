@@ -1,0 +1,201 @@
+"""An evaluation's task sets: each task's items read and validated before any model loads (backend/evaluate.py
+lists the tasks), and the errors an evaluation raises.
+
+    from backend.evaltasks import task_set
+    task_set("mc:arc.jsonl", limit=40).items
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from backend import heldout, qa
+from backend.synth.answers import to_number
+
+
+class EvalError(ValueError):
+    pass
+
+
+class EvalFailed(EvalError, RuntimeError):
+    """The scoring ran and failed (out of memory, a CUDA error): a RuntimeError too, so the CLI exits 1 for it, not 2
+    as for an input refused."""
+
+
+# raised through backend/evaluate.py, which their callers import them from: a traceback in a job's log names them as
+# it did before this module was split off
+EvalError.__module__ = EvalFailed.__module__ = "backend.evaluate"
+
+
+def _mc_problem(row: dict) -> str | None:
+    """An answer that is no index into choices (a letter, as ARC's answerKey) would never match: 0 % unsaid. An empty
+    choice was scored on the space before it and divided by 1 for acc_norm, where lm-eval divides by its length, 0:
+    a few nats over one character, it often won acc_norm. A question that is no text was scored as "None" or "3"."""
+    choices, answer = row["choices"], row["answer"]
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        return "question must be non-empty text."
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        return "choices must be a list of at least two strings."
+    if not all(choices):
+        return (f"choice {choices.index('')} is empty: every choice must have text (acc_norm divides a choice's "
+                "log-likelihood by its length).")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return (f"answer must be the index of the right choice, 0 to {len(choices) - 1}; got {answer!r} "
+                "(convert letters A, B, C… to 0, 1, 2…).")
+    return None
+
+
+def _gsm8k_problem(row: dict) -> str | None:
+    """A question that is no text, or an answer that is neither text nor a number, failed at scoring with a
+    traceback (an AttributeError on the answer's "####"), after the models loaded. An answer whose final answer
+    (after its last "####", or the whole answer without one) is no number — empty, "… ####", a solution ending
+    "The answer is 4." — became a reference no reply can equal: every reply scored "wrong", a hallucination."""
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        return "question must be non-empty text."
+    if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
+        return f"answer must be text ending in '#### n' (or the number); got {type(row['answer']).__name__}."
+    if to_number(_gsm8k_reference(row["answer"])) is None:
+        return f"answer must end in '#### n' with n a number (or be the number); got {str(row['answer'])[-60:]!r}."
+    return None
+
+
+def _gsm8k_reference(answer) -> str:
+    """The final answer of a GSM8K answer: after its last "####", or the whole answer (a bare number)."""
+    return str(answer).rsplit("####", 1)[-1].strip()
+
+
+def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """Rows with `fields`; `check(row)` returns what is wrong with a row, if anything."""
+    p = Path(path)
+    if not p.exists():
+        raise EvalError(f"{p} does not exist.")
+    rows = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise EvalError(f"{p.name}, line {n}: not valid JSON.")
+        if not isinstance(row, dict):  # a list or a number: `in` below failed with a TypeError, not this line
+            raise EvalError(f"{p.name}, line {n}: expected an object {{{', '.join(fields)}}}; got "
+                            f"{type(row).__name__}.")
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise EvalError(f"{p.name}, line {n}: missing {', '.join(missing)} (the layout is "
+                            f"{{{', '.join(fields)}}}).")
+        if check and (problem := check(row)):
+            raise EvalError(f"{p.name}, line {n}: {problem}")
+        rows.append(row)
+    if not rows:
+        raise EvalError(f"{p.name} has no rows.")
+    return rows
+
+
+def _stratified(items: list[dict], limit: int) -> list[dict]:
+    """The first `limit` items taken in turn from each item kind, so a small limit still covers every kind."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it["kind"], []).append(it)
+    out, queues = [], [list(g) for g in groups.values()]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def _perplexity_texts(ds, source: str) -> list[str]:
+    """The text of each row as continued pretraining reads it (backend/data.py, convert_row for cpt): a `text`
+    column as it is, a conversation layout's turns joined. The first column taken instead scored the Python repr
+    of a `messages` list, or an Alpaca set's instructions without their answers, and said nothing."""
+    from backend import data
+
+    try:
+        layout = "text" if "text" in ds.column_names else data.detect_layout(ds.column_names, "cpt")
+        data.check_rows(ds, source, layout, "cpt", n=len(ds))
+    except data.DataError as exc:
+        raise EvalError(f"perplexity:{source}: {exc} Perplexity scores the text of each row: give a .txt file or "
+                        "rows with a text column.") from None
+    return [data.convert_row(row, layout, "cpt")["text"] for row in ds]
+
+
+@dataclass
+class TaskSet:
+    task: str
+    kind: str
+    source: str
+    items: list  # what is scored (texts, rows or dicts)
+    texts: list[str] = field(default_factory=list)  # per item: the text compared with training data
+    arg: str = ""
+
+
+def task_set(task: str, limit: int) -> TaskSet:
+    kind, _, arg = task.partition(":")
+    if kind == "perplexity":
+        if arg:
+            from backend import data
+
+            try:
+                ds = data.load_source(arg)
+            except data.DataError as exc:
+                raise EvalError(f"perplexity:{arg}: {exc}") from None
+            # a blank text is no item: it has no token to score, yet counted in the row's n and overlap share; a
+            # file of blank texts failed only after the models loaded ("the texts are empty")
+            texts = [t for t in _perplexity_texts(ds.select(range(min(limit, len(ds)))), arg) if t.strip()]
+            if not texts:
+                raise EvalError(f"perplexity:{arg}: the first {min(limit, len(ds))} rows have no text to score.")
+        else:
+            texts = heldout.eval_path("heldout-text").read_text().splitlines()[:limit]
+        return TaskSet(task, kind, arg or "builtin-eval:heldout-text", texts, texts)
+    if kind == "synth-math":
+        rows = [json.loads(x) for x in heldout.eval_path("eval-math").read_text().splitlines() if x.strip()][:limit]
+        items = [(r["id"], r["question"], r["answer"]) for r in rows]
+        return TaskSet(task, kind, "builtin-eval:eval-math", items, [q for _, q, _ in items])
+    if kind == "qa":
+        items = _stratified(qa.load_items(arg or heldout.eval_path("qa-closed-book")), limit)
+        return TaskSet(task, kind, arg or "builtin-eval:qa-closed-book", items, [it["question"] for it in items])
+    if kind == "mc":
+        rows = read_jsonl(arg, ("question", "choices", "answer"), _mc_problem)[:limit]
+        return TaskSet(task, kind, arg, rows, [r["question"] for r in rows])
+    if kind == "gsm8k":
+        rows = read_jsonl(arg, ("question", "answer"), _gsm8k_problem)[:limit]
+        items = [(f"gsm8k-{j}", r["question"], _gsm8k_reference(r["answer"])) for j, r in enumerate(rows)]
+        return TaskSet(task, kind, arg, items, [q for _, q, _ in items])
+    if kind == "lm-eval":
+        from backend import lmeval
+        from backend.lm_eval_tasks.loaders import test_rows
+
+        rows = []  # a local task's rows, which lm-eval takes the first `limit` of; a Hub task's are not known here
+        for name, _, _ in lmeval.expand(arg):  # an unknown name or a malformed local file fails here, before any
+            lmeval.resolve(name)  # model is loaded
+            rows += (test_rows(name) or [])[:limit]
+        # no texts: an overlap check of these items is not made (dus_truthfulqa_mini's short questions would read
+        # "✓ 0%" though its facts are the built-in training corpus, make_data.py); the badge says "not measured"
+        return TaskSet(task, kind, f"lm-eval:{arg}", rows, [], arg)
+    raise EvalError(f"unknown task {task!r}")
+
+
+FILE_TASKS = ("perplexity", "qa", "mc", "gsm8k")  # the task kinds that read a source named after the colon
+
+
+def check_task(task: str, limit: int) -> None:
+    """Read and check a task's items as the job will (task_set) when they come from this machine: a file, or for
+    perplexity a built-in or registered set. Run when the job is queued (runner.check_before_queueing) and when a
+    recipe is planned: a malformed file otherwise failed the job when its turn came, behind a busy queue. The
+    built-in task sets need no check; lm-eval tasks and Hub data sets are left to the job (they need the network)."""
+    from backend.uploads import DATA_SUFFIXES  # a path with one is read as a file (data.load_source)
+
+    kind, _, arg = task.partition(":")
+    path = Path(arg).expanduser()
+    if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
+                                                 or path.suffix in DATA_SUFFIXES):
+        return
+    try:
+        task_set(task, limit)
+    except UnicodeDecodeError as exc:  # a binary file: Python's message named neither the file nor the fix
+        raise EvalError(f"{task}: {path.name} is not UTF-8 text (byte {exc.start}); give a JSON Lines file, one "
+                        "object a line.") from None
