@@ -20,7 +20,7 @@ MAX_BATCH = 256
 RESERVE = 1 * GIB  # CUDA context, allocator slack and activations outside the KV cache
 WEIGHT_SLACK = 1.10  # buffers and non-persistent tensors beside the safetensors weights
 # bytes per position and vocabulary entry when a whole text is scored: the bfloat16 logits, their float32 copy and
-# cross-entropy's float32 log-softmax, alive together (backend/evaluate.py: perplexity_items)
+# cross-entropy's float32 log-softmax, alive together (backend/evalscore.py: perplexity_items)
 SCORING_LOGITS_BYTES = 2 + 4 + 4
 
 

@@ -51,7 +51,7 @@ def _judge(spec: EvalSpec) -> qa.Judge | None:
 
 def stored_by_job(job_id: int | None) -> dict[tuple[str, str], int]:
     """(model, task) -> score rows this job already stored. A task's rows and generations commit together, so a
-    resumed job (backend/runner.py resume) that skips these pairs adds no second copy and keeps the first."""
+    resumed job (backend/runner/states.py resume) that skips these pairs adds no second copy and keeps the first."""
     if job_id is None:
         return {}
     from sqlmodel import func, select

@@ -263,7 +263,7 @@ class _TrainSpec(_Spec):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, about a third more compute (a larger micro-batch is faster)")
     perf: PerfOptions = Field(default_factory=PerfOptions, description="kernels, compilation, optimizer, packing")
-    memory_check: bool = Field(True, description="refuse a job whose memory plan (backend/memplan.py) does not fit "
+    memory_check: bool = Field(True, description="refuse a job whose memory plan (backend/memplan/) does not fit "
                                "the visible GPUs (or this machine's RAM) before loading anything")
     report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb"]] = Field(
         default_factory=list, description="also log to these trackers (trl's report_to); off by default")

@@ -79,6 +79,6 @@ def test_a_model_whose_files_vanish_mid_evaluation_is_named_and_the_scores_befor
 
     monkeypatch.setattr(evaljob, "score_task", then_delete)
     with pytest.raises(evaluate.EvalFailed, match=r"^b: .*model\.safetensors.*: were the model's files deleted or "
-                                                  "moved while this evaluation ran\? The scores it stored are kept"):
+                                                  r"moved while this evaluation ran\? The scores it stored are kept"):
         evaluate.run_eval(EvalSpec(models=["a", "b"], tasks=["perplexity"], limit=2))
     assert {m for m, _, _ in scoretable.latest_scores()} == {"a"}
