@@ -133,6 +133,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
                    "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
                    "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
                    "world_size": trainer.args.world_size, "peak_memory_gib": round(peak_memory_gib(), 3),
+                   "device": "cuda" if CUDA else "cpu",  # which memory peak_memory_gib read (the pages say it)
                    "perf": choices.as_dict(), **(extra_summary or {})}
         (out / "README.md").write_text(
             f"# {cfg['name']}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"

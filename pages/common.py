@@ -52,10 +52,16 @@ def span(seconds: float) -> str:
 
 # A finished job's result as its "done:" message says it (backend/runner child.py), in the units the pages use
 # elsewhere: the message is stored once, for `jobs list` as well, with the raw numbers ("parameters 102432, seconds
-# 200.37"); the pages say them again from the result (102.4K parameters, took 3 min 20 s). The CLI's JSON stays raw.
-RESULT_WORDS = {"seconds": "took {}", "train_seconds": "training took {}", "global_step": "{} steps",
+# 200.37"); the pages say them again from the result (102.4K parameters, work took 3 min 20 s). The CLI's JSON stays
+# raw.
+# "seconds" is the work's own time (the job's function, from its result): the Jobs table's "run s" is the wall time
+# from start to end, start-up included. A training job's peak memory is CUDA memory on a GPU but the process's peak
+# RAM on a CPU (backend/train_job/metrics.py peak_memory_gib), and its result does not say which: "peak GPU memory
+# 589 MiB" was said of a CPU job. A result that names its device ("device": "cpu"/"cuda") is said precisely.
+RESULT_WORDS = {"seconds": "work took {}", "train_seconds": "training took {}", "global_step": "{} steps",
                 "parameters": "{} parameters", "tokens_seen": "{} tokens seen", "tokens": "{} tokens",
-                "peak_memory_gib": "peak GPU memory {}", "files": "{} files"}
+                "peak_memory_gib": "peak memory {} (GPU or CPU RAM)", "files": "{} files"}
+PEAK_ON = {"cpu": "peak RAM {}", "cuda": "peak GPU memory {}"}
 
 
 def _value(key: str, v) -> str:
@@ -75,10 +81,12 @@ def _value(key: str, v) -> str:
 def result_words(result: dict) -> str:
     """The summary of a job's result as the runner writes it (the same fields: scalars, no paths, none left
     empty), each number in words."""
+    words = {**RESULT_WORDS, **({"peak_memory_gib": PEAK_ON[result.get("device")]}
+                                if result.get("device") in PEAK_ON else {})}
     return ", ".join(
         runner.IN_WORDS[k].format(v) if k in runner.IN_WORDS
-        else RESULT_WORDS.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
-        for k, v in result.items() if k not in ("path", "run_dir") and v is not None
+        else words.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
+        for k, v in result.items() if k not in ("path", "run_dir", "device") and v is not None
         and not isinstance(v, (dict, list)) and not (k in runner.IN_WORDS and not v))
 
 

@@ -218,9 +218,12 @@ with st.expander("Evaluate", expanded=False):
     # nor those an evaluation queued or running will score: while `eval … --queue` ran, the form offered them again
     # and one click queued the same evaluations twice
     pending = {m for j in runner.active_jobs() if j.kind == "eval" for m in j.spec.get("models", [])}
-    emodels = e1.multiselect("Models", names, default=[m for m in names if m not in scored | pending],
-                             key="eval_models", help="Preselected: the models with no scores yet and no evaluation "
-                             "queued or running (none when every model has some).")
+    # the newest two of those, as a user just back from training expects: every unscored model, the 135M built-in
+    # among them, made a first evaluation on a CPU take many times as long as the models just made
+    unscored = [m for m in names if m not in scored | pending]  # names: oldest first
+    emodels = e1.multiselect("Models", names, default=unscored[-2:],
+                             key="eval_models", help="Preselected: the two newest models with no scores yet and no "
+                             "evaluation queued or running (none when every model has some); add others here.")
     tasks = e2.multiselect("Tasks", ["perplexity", "synth-math", "qa"], default=["perplexity", "synth-math"],
                            key="eval_tasks", help="Built-in sets share no text with the built-in training sets, by "
                            "construction; qa is closed-book QA with known answers and abstention, and its answerable "

@@ -67,7 +67,12 @@ def job_table(listed: list[int]) -> None:
                        "status": col.TextColumn(width=80),
                        "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=70),
                        "message": col.TextColumn(width=180, help="select the job below to read it whole"),
-                       "created": col.TextColumn(width=98), "seconds": col.NumberColumn(width=60)})
+                       # the wall time (runner.seconds_run), not the "work took" of a finished job's message (the
+                       # work's own seconds, from its result): "took 2 min 30 s" stood beside 159.9 unexplained
+                       "created": col.TextColumn(width=98),
+                       "seconds": col.NumberColumn("run s", width=60, help="seconds from the job's start to its end "
+                                                   "(so far, while it runs), start-up included; a message's \"work "
+                                                   "took\" is the work's own time, without start-up")})
 
 
 jobs = runner.list_jobs(shown or None)

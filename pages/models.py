@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import huggingface_hub
 import pandas as pd
 import streamlit as st
 import yaml
@@ -82,6 +83,12 @@ def push_control(rec) -> None:
         except ValidationError as exc:
             problem = explain(exc)
             st.error(problem)
+    # the push job refuses without a token, but only when the worker reaches it, minutes later behind other jobs:
+    # said here first. A warning, not a refusal: the worker's environment may hold a token this process does not
+    if huggingface_hub.get_token() is None:
+        st.warning("No Hugging Face token is visible here: the push will fail unless the worker's environment has "
+                   "one. Create a token with write access at https://huggingface.co/settings/tokens and set HF_TOKEN "
+                   "to it where the worker starts, or run `hf auth login` as the worker's user.")
     # the button, why it is off and the job's outcome under the repo box they belong to: below the preview (a card
     # of 2,500 px with its spec) a refused repo name, the greyed Push and the push's failure sat out of sight
     if st.button("Push", key=f"push_{rec.name}", disabled=spec is None,
@@ -110,13 +117,16 @@ names = [r.name for r in models]
 vanished = st.session_state.get("model")
 vanished = None if vanished is None or vanished in names else vanished
 if vanished:
-    del st.session_state["model"]
+    # set, not deleted: the browser keeps a widget's last value under its key (the key is the selectbox's identity,
+    # its options are not), so a deleted entry left the picker naming the deleted model over another's details;
+    # a value set here is sent to the browser
+    st.session_state["model"] = names[-1]
     if st.session_state.pop("_deleted_here", None) == vanished:
         st.success(f"Deleted {vanished}.")
     else:
         st.warning(f"{vanished} was deleted since this page showed it (in another tab or from the command line); "
                    f"now showing {names[-1]}.")
-chosen = st.selectbox("Model", names, index=len(names) - 1, key="model")
+chosen = st.selectbox("Model", names, index=None if "model" in st.session_state else len(names) - 1, key="model")
 rec = registry.get(chosen)
 info, chat = st.columns([2, 3])
 

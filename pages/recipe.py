@@ -94,6 +94,9 @@ def show_in_editor(text: str, said: str, run_id: int | None = None) -> None:
 def show_run(run_id: int) -> None:
     run = by_id[run_id]
     show_in_editor(run.text, f"run {run.id}'s recipe ({run.name}, as it was run)", run.id)
+    # the Preset picker names the run's preset (a preset's recipe carries its name), else none: it read solar-mini
+    # beside a smoke run's recipe, and Load preset swapped that run for the heavy preset
+    st.session_state["recipe_preset"] = run.name if run.name in recipe.PRESETS else None
 
 
 # The Run picker below shows the newest run: the editor opened on the solar-mini preset beside it, so a user
@@ -110,9 +113,11 @@ elif source and source[2] is not None and picked in by_id and picked != source[2
         and st.session_state["recipe_yaml"] == source[1]:
     show_run(picked)  # unedited: it follows the run picked
 c1, c2, c3 = st.columns([2, 2, 1])
-preset_name = c1.selectbox("Preset", recipe.PRESETS, index=1, key="recipe_preset")
+preset_name = c1.selectbox("Preset", recipe.PRESETS, index=None if "recipe_preset" in st.session_state else 1,
+                           key="recipe_preset", placeholder="Choose a preset to load")
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
-if c3.button("Load preset", key="recipe_load"):
+if c3.button("Load preset", key="recipe_load", disabled=preset_name is None,
+             help="Choose a preset first." if preset_name is None else None):
     if preset_name == "smoke" and not base.strip():  # the backend's message names the CLI flag (--base)
         st.error("The smoke preset needs a base: type a small model folder or a registered model's name in "
                  "Base, then load it again.")

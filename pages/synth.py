@@ -241,11 +241,14 @@ for col, (label, key) in zip(m, [("pairs", None), ("verified", "verified"), ("fa
     col.metric(label, rec.rows if key is None else tally.get(key, 0))
 st.caption(f"Rephraser `{rec.provenance.get('rephraser')}` · seeds `{rec.provenance['settings']['seeds']}` · "
            f"file `{rec.path}`")
+# the warnings sit in one container drawn on every run: shown, then gone after an export, they moved the tabs below
+# to another place on the page, and the browser drew them afresh on their first tab, away from the export's result
+notes = st.container()
 # a pair rejected by hand leaves the exported files as they were, and training reads those files: "rejected by
 # hand 1" stood above Synth. Math-Instruct / -Alignment that still held the pair, with nothing said
 if gone := missing_exports(rec):
-    st.warning(f"{' and '.join(f'`{d.name}` ({d.path})' for d in gone)}: the exported file is gone (deleted or moved "
-               "outside DUS Studio), so a training job reading it fails: export again on the Export tab.")
+    notes.warning(f"{' and '.join(f'`{d.name}` ({d.path})' for d in gone)}: the exported file is gone (deleted or "
+                  "moved outside DUS Studio), so a training job reading it fails: export again on the Export tab.")
 stale = stale_exports(rec)
 if stale:
     d, now = stale[0]
@@ -253,11 +256,11 @@ if stale:
     held = (f"hold {d.rows} pairs: exported before the latest rejections (or undos) by hand, an export now would "
             f"write {now}" if now != d.rows else f"hold {d.rows} pairs, but not the ones an export would write now: "
             "exported before the latest rejections and undos by hand")
-    st.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} {held}. Training reads the exported files: "
-               + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
-                  f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on them "
-                  "as they are, so they are not exported again (the Export tab says why); the rejections count for "
-                  "a new synthetic-math run under another name, or once those models are deleted."))
+    notes.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} {held}. Training reads the exported files: "
+                  + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
+                     f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on "
+                     "them as they are, so they are not exported again (the Export tab says why); the rejections "
+                     "count for a new synthetic-math run under another name, or once those models are deleted."))
 
 tab_pairs, tab_lengths, tab_export, tab_mix = st.tabs(["Pairs", "Lengths", "Export", "Mixes"])
 

@@ -176,7 +176,7 @@ def test_evaluate_preselects_only_the_models_without_scores(two, tiny_llama):
     registry.import_folder(tiny_llama, "c")
     at = app("compare.py")
     ms = at.multiselect(key="eval_models")
-    assert ms.value == ["a", "b", "c"]  # nothing scored yet: all of them, as before
+    assert ms.value == ["b", "c"]  # nothing scored yet: the two newest (s19: all of them took the built-in along)
     add_scores(("a", "qa", "accuracy", 0.2, 20, "r1", 1))
     at = app("compare.py")
     ms = at.multiselect(key="eval_models")

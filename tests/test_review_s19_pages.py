@@ -123,12 +123,12 @@ def test_a_finished_jobs_result_is_said_in_the_units_the_pages_use(tiny):
           "peak_memory_gib 1.234")
     at = app("jobs.py")
     table = at.dataframe[0].value.set_index("id")
-    assert table.loc[up, "message"] == "done: model tiny-dus, layers 12, 135.0M parameters, took 3 min 20 s"
+    assert table.loc[up, "message"] == "done: model tiny-dus, layers 12, 135.0M parameters, work took 3 min 20 s"
     assert table.loc[cpt, "message"] == ("done: model t-cpt, 1,200 steps, train loss 2.3456, training took 2 h 5 min, "
-                                         "1.2M tokens seen, peak GPU memory 1.23 GiB")
+                                         "1.2M tokens seen, peak memory 1.23 GiB (GPU or CPU RAM)")
     at.selectbox(key="job").set_value(up).run()
     assert [s.value for s in at.success] == \
-        [f"Job {up} (upscale): succeeded — done: model tiny-dus, layers 12, 135.0M parameters, took 3 min 20 s"]
+        [f"Job {up} (upscale): succeeded — done: model tiny-dus, layers 12, 135.0M parameters, work took 3 min 20 s"]
     assert runner.get(up).message.endswith("parameters 135000000, seconds 200.37")  # stored raw: `jobs list`, JSON
 
 
