@@ -485,8 +485,11 @@ def _look_up(nodes: list[Node]) -> None:
             # waits for the old job, not the new one, and left the model out)
             dead = {j.id for j in jobs if j and j.status == "queued"
                     and (runner.never_runs(j) or n.kind == "eval" and runner.scores_nothing(j))}
+            # adopted only when it makes this stage's model: the same recipe under another name has the same hashes,
+            # and its next stage reads the model under its own name, which the other run's job does not make
             live = next((j for j in jobs if j and j.status in ("queued", "running") and j.id not in dead
-                         and not (n.kind == "eval" and upstream_runs)), None)
+                         and not (n.kind == "eval" and upstream_runs)
+                         and (n.kind == "eval" or runner.planned_name(j) == n.output)), None)
             n.replaces = sorted(dead)
             if n.kind == "synth-math":
                 made = s.exec(select(DatasetRecord).where(DatasetRecord.name == f"{n.output}-instruct")).first()
