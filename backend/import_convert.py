@@ -1,0 +1,233 @@
+"""A model import's conversions, each into a new temporary folder that registry._finish moves into the workspace and
+registers (or removes): a GGUF file dequantised, pickle weights read with weights_only=True, a Hub repo's download.
+No model's code runs: trust_remote_code is never True.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from backend.import_checks import (TOKENIZER_FILES, RegistryError, _cut_short_message, _gguf_cut_short,
+                                   _pickle_weights, missing_tokenizer)
+from backend.modelinfo import inspect_model
+from backend.safetensors_stream import NOT_WEIGHTS, CheckpointError
+from storage import db
+
+Progress = Callable[[float, str], None]
+
+
+def gguf_to_folder(path: Path, progress: Progress) -> Path:
+    """A new temporary folder holding GGUF file `path` dequantised through transformers and saved as float32
+    safetensors, with its tokenizer and generation config (registry.import_gguf registers it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(0.05, f"reading {path.name} (about 15 s for a 135M model)")
+    # Read from a folder holding only a link to the file: from_pretrained(FOLDER, gguf_file=F) also reads FOLDER's
+    # tokenizer_config.json, so another model's files beside a download (~/Downloads) gave the import their chat
+    # template and auto_map, and with trust_remote_code unset transformers asked on a terminal whether to run that
+    # code (and failed the import anywhere else).
+    alone = db.new_tmp("gguf-src")
+    try:
+        try:
+            (alone / path.name).symlink_to(path.resolve())
+            # the link's absolute path, never its bare name: transformers' model loader takes a gguf_file that is a
+            # file relative to the process's working folder first (modeling_utils._get_resolved_checkpoint_files,
+            # `os.path.isfile(gguf_file)`), so a file of the same name there was read as the weights, beside this
+            # file's config and tokenizer
+            gguf_file = str(alone / path.name)  # absolute: db.workspace() is resolved
+        except OSError:  # a workspace that holds no links (exFAT, SMB): the file's absolute path, joined to the
+            gguf_file = str(path.resolve())  # empty folder, is itself (os.path.join), and the folder stays empty
+        tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf_file, dtype=torch.float32,
+                                                     trust_remote_code=False)
+    except Exception as exc:  # gguf raises assorted errors for corrupt or unsupported files
+        if _gguf_cut_short(path):  # those errors (struct, numpy reshape) then say nothing a user can act on
+            raise RegistryError(_cut_short_message(path)) from exc
+        raise RegistryError(f"Could not read GGUF file {path}: {str(exc).replace(str(alone), str(path.parent))}"
+                            ) from exc
+    finally:
+        shutil.rmtree(alone, ignore_errors=True)
+    # A model loaded from GGUF refuses save_pretrained and training until its quantizer is detached.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    progress(0.6, "writing safetensors")
+    tmp = db.new_tmp("import")
+    try:  # a full disk left the partial weights in workspace/.tmp until the worker's next start
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, tmp)
+        raise
+    return tmp
+
+
+def _raise_if_disk_full(exc: BaseException, tmp: Path) -> None:
+    """An import's conversion that filled the disk says so, as a build does (backend/outputs.py building): the bare
+    "[Errno 28] No space left on device" named neither the folder nor what was left behind."""
+    from backend.outputs import disk_full
+
+    if disk_full(exc):
+        raise OSError(errno.ENOSPC, f"Disk full while writing the imported model to {tmp.parent} (No space left on "
+                                    "device): the partial files were removed and nothing was registered. Free some "
+                                    "space, then import again.") from exc
+
+
+def pickle_to_folder(folder: Path, progress: Progress) -> Path:
+    """A new temporary folder holding the pickle weights of `folder` read with torch.load(weights_only=True) and
+    saved as safetensors, beside its config and companions (registry.import_folder registers it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = db.new_tmp("import")
+    try:
+        state: dict = {}
+        files = _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt")
+        if not files:
+            raise RegistryError(f"{folder} holds no pickle weights file (pytorch_model*.bin), only "
+                                f"{', '.join(sorted(NOT_WEIGHTS & {p.name for p in folder.iterdir()}))}.")
+        for i, f in enumerate(files):
+            progress(i / len(files), f"reading {f.name} with weights_only=True")
+            try:
+                loaded = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise RegistryError(f"{f} could not be read safely ({exc}). It may hold code, or be corrupt.")
+            # a training script's checkpoint ({"model": state_dict, "epoch": 3}) failed below on .data_ptr() with
+            # an AttributeError and a traceback
+            if not isinstance(loaded, dict):
+                raise RegistryError(f"{f} holds a {type(loaded).__name__}, not a state dict of tensors. Save the "
+                                    "model's state_dict(), or save_pretrained() it, and import that.")
+            if other := [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]:
+                raise RegistryError(f"{f} is a checkpoint with more than the weights (not tensors: "
+                                    f"{', '.join(map(repr, other[:5]))}). Save the model's state_dict() alone, or "
+                                    "save_pretrained() it, and import that.")
+            state.update(loaded)
+        # safetensors refuses tensors that share memory. The very same view twice (tied weights) is stored once;
+        # other views of one storage (a fused qkv split with torch.split) are different weights: each gets a copy.
+        seen: set[tuple] = set()
+        storages: set[int] = set()
+        for k in list(state):
+            t = state[k]
+            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+            if view in seen:
+                del state[k]
+                continue
+            if t.untyped_storage().data_ptr() in storages:
+                state[k] = t.clone()
+            seen.add(view)
+            storages.add(t.untyped_storage().data_ptr())
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        from backend.outputs import copy_companions
+
+        for keep in ("config.json", "README.md"):  # a missing config.json is _finish's error to report
+            if (folder / keep).is_file():
+                shutil.copy2(folder / keep, tmp / keep)
+        copy_companions(folder, tmp)  # not a Trainer folder's adapter_config.json, trainer_state.json, ...
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(exc, tmp)
+        raise
+    return tmp
+
+
+# *.py: a remote-code model's modules, which its auto_map names; without them the folder (and every model built from
+# it: outputs.copy_companions) names classes it does not hold. Fetched to be kept as files, never imported (nothing
+# here passes trust_remote_code=True); after the download only those the auto_map names stay (_keep_named_modules).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken", "*.py"]
+# Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
+# adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
+# the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
+# root, which is all transformers reads.
+HUB_SKIP = ["adapter_config.json", "adapter_model*", "*/*"]
+# Mistral's own format (consolidated.safetensors, for mistral-inference) published beside the transformers weights:
+# transformers never reads it, and fetching it too doubled the download. Skipped only when the repo's root holds
+# the transformers weights (one file, or shards with their index), so a repo with nothing else still fails as such.
+HUB_DUPLICATES = ["consolidated*"]
+TRANSFORMERS_WEIGHTS = {"model.safetensors", "model.safetensors.index.json"}
+
+
+def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> Path:
+    """A new temporary folder holding Hub repo `repo_id`'s safetensors, config and tokenizer at `revision` (never
+    pickles), and the modules its auto_map names, refused unless it is a model with a tokenizer
+    (registry.import_hub registers it)."""
+    from huggingface_hub import snapshot_download
+
+    progress(0.02, f"downloading {repo_id}")
+    tmp = db.new_tmp("hub")
+    try:
+        commit, skip = _hub_commit(repo_id, revision)
+        snapshot_download(repo_id, revision=commit, local_dir=tmp, allow_patterns=HUB_PATTERNS, ignore_patterns=skip)
+    except Exception as exc:  # HTTP, offline and missing-file errors (OSErrors), and the transport's own (a dropped
+        shutil.rmtree(tmp, ignore_errors=True)  # connection mid-file raises httpx's RemoteProtocolError)
+        raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
+    except BaseException:  # anything else, an interrupt included: no half download left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    _keep_named_modules(tmp)
+    if not any(tmp.glob("*.safetensors")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{repo_id!r} has no safetensors weights at its root; only those are downloaded from the "
+                            "Hub (a LoRA adapter's adapter_model.safetensors is no model: merge it into its base "
+                            "first).")
+    try:
+        inspect_model(tmp)
+    except (CheckpointError, ValueError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if missing_tokenizer(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{repo_id!r} has no tokenizer at its root (none of {', '.join(TOKENIZER_FILES)}): "
+                            "training, evaluation and chat need one. Import the repo that publishes the model with "
+                            "its tokenizer, or download both into a folder and import the folder.")
+    return tmp
+
+
+def _keep_named_modules(folder: Path) -> None:
+    """Remove the downloaded .py files that no auto_map names (an endpoint's handler.py, a repo's scripts): what
+    stays is what save_pretrained writes for a remote-code model (outputs.remote_modules: the modules named and
+    those they import relatively), read as text, never imported."""
+    from backend.outputs import AUTO_MAP_TOKENIZER_FILES, remote_modules
+
+    named = set(remote_modules(folder, ("config.json", *AUTO_MAP_TOKENIZER_FILES)))
+    for f in folder.glob("*.py"):
+        if f not in named:
+            f.unlink()
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
+    """(the commit `revision` names now, the file patterns not to fetch from it). The download then asks for that
+    very commit, so the file list that decided what to skip is the one downloaded."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision)
+    files = {s.rfilename for s in info.siblings or []}
+    return info.sha, HUB_SKIP + (HUB_DUPLICATES if files & TRANSFORMERS_WEIGHTS else [])
+
+
+def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:
+    """What stopped a Hub download and what to do: huggingface_hub's error types tell a missing repo, a gated one,
+    a bad revision and a refused token apart from a network that is down."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if isinstance(exc, GatedRepoError):  # a RepositoryNotFoundError too: first
+        return (f"{repo_id!r} is gated on the Hugging Face Hub: accept its conditions on "
+                f"{constants.ENDPOINT}/{repo_id} while logged in, then set HF_TOKEN to a token of that account.")
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{repo_id!r} is not a Hub model repo (or it is gated/private: set HF_TOKEN)."
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo_id!r} has no revision {revision!r} on the Hub: give a branch, tag or commit id it has."
+    if isinstance(exc, HfHubHTTPError) and exc.response.status_code in (401, 403):
+        return (f"The Hugging Face Hub refused the token in HF_TOKEN for {repo_id!r} (HTTP "
+                f"{exc.response.status_code}): it is wrong, expired or lacks read access. Set HF_TOKEN to a valid "
+                "token, or unset it for a public repo.")
+    return (f"Could not download {repo_id!r} from the Hugging Face Hub: this machine seems to be offline or the Hub "
+            f"is unreachable ({type(exc).__name__}). Download it elsewhere and import the folder instead.")
