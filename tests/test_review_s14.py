@@ -123,14 +123,24 @@ def test_ctrl_c_in_a_foreground_worker_marks_its_job_interrupted_at_once(tiny_ll
     proc = subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.2"], env=dict(os.environ),
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 180
-    while not (runner.get(job.id).status == "running" and runner.get(job.id).pid) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    pid = runner.get(job.id).pid
-    assert pid and db._pid_alive(pid)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 180
+        while not (runner.get(job.id).status == "running" and runner.get(job.id).pid) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        pid = runner.get(job.id).pid
+        assert pid and db._pid_alive(pid)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:  # a failure above left the worker and its training job running for the rest of the suite
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if (left := runner.get(job.id).pid) and db._pid_alive(left):
+            try:
+                os.killpg(left, signal.SIGKILL)  # the job runs in a session of its own: its launcher and trainer
+            except OSError:
+                pass
     assert proc.returncode == 130 and "Traceback" not in err, err
     row = runner.get(job.id)
     assert row.status == "interrupted" and "Ctrl-C" in row.message and f"jobs resume {job.id}" in row.message
