@@ -64,6 +64,8 @@ def from_generation(g) -> Record:
     """A stored Generation row as a Record: a hallucination is a wrong answer (verdict "wrong"), not an abstention;
     old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans."""
     verdict = getattr(g, "verdict", "") or ""
+    if verdict == "abstained" and getattr(g, "truncated", False) and not int(g.words or 0):
+        verdict = "cut off"  # stored before session 19: a reply blank to the token limit never answered (qa.classify)
     if verdict:
         f = flags(verdict)
         correct, hallucination, answered = f["correct"], f["hallucination"], f["answered"]
@@ -88,7 +90,7 @@ def task_records(task: str, models: list[str] | tuple[str, ...] | None = None) -
     with db.session() as s:
         cols = [Generation.model, Generation.prompt_id, Generation.words, Generation.tokens, Generation.correct,
                 Generation.hallucination, Generation.answered, Generation.verdict, Generation.item_kind, Generation.run,
-                Generation.job_id]  # run and job: newest_run
+                Generation.job_id, Generation.truncated]  # run and job: newest_run
         query = select(*cols).where(Generation.task == task)
         if models is not None:
             query = query.where(Generation.model.in_(list(models)))

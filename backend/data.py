@@ -17,8 +17,8 @@ from pathlib import Path
 
 # The layouts, each row's check and conversion (data_rows) and the reading of local files (data_files) live beside
 # this module; every name the rest of the studio uses is imported from here.
-from backend.data_files import (_csv_options, _paragraphs, _quiet_loader, _unreadable, _unusable_text,  # noqa: F401
-                                json_reason)
+from backend.data_files import (_csv_extra_fields, _csv_options, _paragraphs, _quiet_loader, _unreadable,  # noqa: F401
+                                _unusable_text, json_reason)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, to_prompt_completion)
 
@@ -136,6 +136,8 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
         extra = {"encoding": "utf-8-sig", "sample_by": _sample_by(sample_by)} if LOADERS[path.suffix] == "text" \
             else _csv_options(path) if LOADERS[path.suffix] == "csv" else {}
+        if LOADERS[path.suffix] == "csv" and (problem := _csv_extra_fields(path, extra)):
+            raise DataError(problem)
         try:
             with _quiet_loader(LOADERS[path.suffix]):
                 ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train", **extra)
@@ -237,7 +239,7 @@ def _weighted(ds, source: str, weight: float, seed: int):
         raise DataError(f"{source}: weight must be a positive finite number; got {weight:g}.")
     # the rows taken, counted once: a weight a float product leaves just over a whole number (a mix member's 0.07
     # used at weight 100 is 7.000000000000001) took the whole set 7 times and one random row more
-    whole, rest = divmod(max(1, round(weight * len(ds))), len(ds))
+    whole, rest = divmod(max(1, math.floor(weight * len(ds) + 0.5)), len(ds))  # half up: round() halves to even
     parts = [ds] * whole
     if rest:
         parts.append(ds.shuffle(seed=seed).select(range(rest)))

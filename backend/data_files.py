@@ -33,7 +33,28 @@ def _csv_options(path: Path) -> dict:
     except Exception:  # noqa: BLE001 - the read itself names the fault
         return {}
     return {"sep": sep, "features": datasets.Features({c: datasets.Value("string") for c in columns}),
-            "keep_default_na": False, "na_values": [""]}
+            "keep_default_na": False, "na_values": [""], "index_col": False}  # pandas took the text before a row's one
+    # comma for an index when the header had no comma (every row one field more), and the text was lost
+
+
+def _csv_extra_fields(path: Path, options: dict) -> str | None:
+    """Why a CSV cannot be read as its header says, if a row has more fields than the header names columns: a
+    one-column `text` file whose rows hold an unquoted comma ("hello, world") lost the text before it (pandas took it
+    for the row's index), or after it with index_col=False. Read once with the csv module (quoting as pandas does)."""
+    import csv
+
+    from backend.uploads import shown_name
+
+    if not options.get("features"):
+        return None
+    columns, sep = len(options["features"]), options.get("sep", ",")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        for n, row in enumerate(csv.reader(f, delimiter=sep), start=1):
+            if len(row) > columns and any(cell.strip() for cell in row[columns:]):
+                return (f"{shown_name(path)}, line {n}: {len(row)} fields where the header names {columns} "
+                        f"column{'s' if columns > 1 else ''}: a cell holding a {'comma' if sep == ',' else repr(sep)} "
+                        'must be quoted ("hello, world"). Quote it, or save plain text as .txt or rows as JSONL.')
+    return None
 
 
 class _ThisThread(logging.Filter):

@@ -176,13 +176,15 @@ def links_out(folder: Path) -> list[str]:
                        "the folder or remove it, then import again.")
     # the cache repo the blob links may point into: a snapshot's own (models--X/snapshots/REV), else the one repo
     # they all point into (a --local-dir download's); links into two repos, none of them
-    repos = sorted({blob for *_, blob in links if blob is not None})
+    def weight(f: Path) -> bool:  # parsed as weights wherever they point: they choose no repo
+        return f.suffix in LINKED_WEIGHTS and (f.suffix != ".safetensors" or f in weights)
+
+    repos = sorted({blob for f, _, blob in links if blob is not None and not weight(f)})
     own = folder.parent.parent if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(
         "models--") else None
     repo = own or (repos[0] if len(repos) == 1 else None)
     for f, target, blob in links:
-        if (blob is not None and blob == repo) or (f.suffix in LINKED_WEIGHTS
-                                                   and (f.suffix != ".safetensors" or f in weights)):
+        if (blob is not None and blob == repo) or weight(f):
             continue
         where = ("outside the model folder" if blob is None
                  else f"a file of the cached repo {blob.name}, not of {own.name} whose snapshot this is" if own

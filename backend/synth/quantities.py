@@ -54,6 +54,7 @@ _TEMPERATURE = {"degree", "degrees", "c", "f", "celsius", "fahrenheit", "centigr
 # 2 of the 5" → "ate one of the 5" is a changed quantity, and it stands for no "a X" (changed)
 _PRONOUN_AFTER = {"no", "each", "every", "any", "which", "whichever", "this", "the", "another", "other", "some", "a",
               "an", "its", "his", "her", "their", "my", "your", "our"}
+_PERSONAL = {"them", "us", "you", "those", "these", "it"}  # "one of them": a pronoun, not "one of the 5"
 _PRONOUN_BEFORE = {"another", "who", "whom", "whose", "which", "that", "can", "could", "may", "might", "must",
                "should", "would", "will"}
 # "a red one", "the cheapest one": an adjective between the article and "one" (a short list: "gives the boy one
@@ -343,6 +344,8 @@ def _pronoun_one(toks: list[_Tok], i: int) -> bool:
         return False  # "one can of soup" counts; "one can see" does not
     if before in _PRONOUN_AFTER or after in _PRONOUN_BEFORE or (before == "that" and not after):
         return True  # "than that one."; "that one apple" counts
+    if after == "of" and _word(toks, i + 2) in _PERSONAL:
+        return True  # "one of them" rewords "either of them", "any of us": picks one, counts nothing
     if (before == "by" and _word(toks, i - 2) == "one") or (after == "by" and _word(toks, i + 2) == "one"):
         return True
     if _word(toks, i - 2) in _PRONOUN_AFTER and (before in _ADJECTIVES or before.endswith("est")):

@@ -114,8 +114,8 @@ def _lower_first(s: str, text: str = "") -> str:
     """A sentence's first word lower-cased, for a sentence moved inside another ("Pens cost $2. How many …" → "Given
     that pens cost $2, how many …"), unless it is a name. Only the problem's own `text` tells a name from a noun, so
     the rule reads it: "I", an acronym or a word with an inner capital ("NASA", "McKay"), and a word the text
-    capitalises mid-sentence ("How old is Ruth?") stay; a word of _COMMON_STARTS, or one the text writes in lower
-    case elsewhere ("How many pens …"), is lowered. A word seen nowhere else stays as it is: "sam has 3 apples" reads
+    capitalises mid-sentence ("How old is Ruth?") stay; a word of _COMMON_STARTS, or a plural the text writes in
+    lower case elsewhere ("How many pens …"), is lowered (a singular may be a name: "Bill", "Rose", "Penny"). A word seen nowhere else stays as it is: "sam has 3 apples" reads
     worse than "Pens cost $2" (a lower-cased name is wrong, a capitalised noun only odd)."""
     m = re.match(r"[A-Z][A-Za-z]*", s)
     if not m:
@@ -126,7 +126,10 @@ def _lower_first(s: str, text: str = "") -> str:
     low = word.lower()
     if low in _COMMON_STARTS:
         return low + rest
-    if _named_mid_sentence(word, text) or not re.search(rf"(?<![A-Za-z]){low}(?![A-Za-z])", text):
+    # a plural the text also writes lower-case is a noun ("Pens … how many pens"); a singular may be a name that is
+    # also a noun ("Bill has $5. He pays a bill of $3": Bill stays), as may any word capitalised mid-sentence
+    plural = low.endswith("s") and not low.endswith("ss")
+    if not plural or _named_mid_sentence(word, text) or not re.search(rf"(?<![A-Za-z]){low}(?![A-Za-z])", text):
         return s
     return low + rest
 
