@@ -100,7 +100,7 @@ def test_run_eval_writes_scores_and_generations(tiny, tmp_path):
     assert scores[("perplexity", "perplexity")] > 1 and ("mc", "acc") in scores
     assert 0 <= scores[("synth-math", "accuracy")] <= 1 and ("gsm8k", "hallucination_rate") in scores
     assert len(gens) == 4 and [g.reference for g in gens if g.task.startswith("gsm8k")] == ["7"]
-    assert all(g.model == "tiny" and g.tokens <= 8 and g.verdict in ("correct", "wrong", "abstained")
+    assert all(g.model == "tiny" and g.tokens <= 8 and g.verdict in ("correct", "wrong", "abstained", "cut off")
                and g.item_kind == "math" for g in gens)
     assert all(g.hallucination == (g.verdict == "wrong") for g in gens)
     # defaults are the held-out built-in sets, each row says so with the items' fingerprint
