@@ -208,7 +208,7 @@ def hub_id(source: str) -> bool:
 def check_source(source: str, kind: str) -> None:
     """Read a training source as its job will (the file parses, its columns fit a layout of `kind`, its rows
     convert: every row, a sample of a Hub set), raising DataError: the training job's own check, and the ones
-    before it is queued or its recipe planned (backend/runner.py, backend/recipe/plan.py)."""
+    before it is queued or its recipe planned (backend/runner/queue.py, backend/recipe/plan.py)."""
     ds = load_source(source)
     try:
         layout = detect_layout(ds.column_names, kind)

@@ -10,7 +10,7 @@ memory the job's summary.json `peak_memory_gib` (CUDA: torch.cuda.max_memory_all
 6·N (N without the input embedding) plus 12·L·d·s attention FLOPs per token (backend/perf.py) over the datasheet
 bf16 peak. DPO runs twice: ours (backend/perf.py's auto: the reference scored once before training) and trl's
 defaults (a reference forward every step, activation checkpointing, no compile). Beside each job: the memory plan's
-estimate (backend/memplan.py, when present). Then the cancel check: a job queued through the runner and run by a
+estimate (backend/memplan/, when present). Then the cancel check: a job queued through the runner and run by a
 worker is cancelled mid-training; GPU memory in use (nvidia-smi) must return to its level before the job and no
 training process may remain. Exit 1 when an estimate is off by more than 15 % (CUDA) or the cancel leaves memory
 or processes behind. --budget-s skips (and names) what would not fit in the time left.
@@ -144,7 +144,7 @@ def train_argv(spec, yaml_dir: Path) -> list[str]:
 
 
 def memplan_gib(spec, model_path: Path) -> float:
-    """The memory plan's estimate (backend/memplan.py) of the peak the job allocates, as the job runs it here;
+    """The memory plan's estimate (backend/memplan/) of the peak the job allocates, as the job runs it here;
     a DPO spec's rows are max_rows (the bench writes more), which decides precompute "auto"."""
     from backend import memplan
 

@@ -1,4 +1,4 @@
-"""The memory plan (backend/memplan.py) against real allocations: torch's MemTracker follows every tensor of real
+"""The memory plan (backend/memplan/) against real allocations: torch's MemTracker follows every tensor of real
 training steps on the CPU (the job's step: trl's fused LM head, fused AdamW, set_to_none gradients), and the estimate
 must land within 15 %. Plus exact parameter counts, peft's LoRA count, the refusal before loading, the CLI and the
 Train page."""

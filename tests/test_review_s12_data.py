@@ -1,4 +1,4 @@
-"""Walk 12 (/work/helpers/walk12.md), findings 2, 3, 4 and 8: bad rows and malformed uploads are named before a job
+"""Walk 12 (session 12's walk), findings 2, 3, 4 and 8: bad rows and malformed uploads are named before a job
 is queued, by the name the file was sent under, and the Train page does not launch without an upload it shows."""
 
 from __future__ import annotations

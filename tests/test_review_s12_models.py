@@ -1,4 +1,4 @@
-"""Walk 12, findings 6 and 7 (/work/helpers/walk12.md): imports of a folder without weights and of a cut-off GGUF.
+"""Walk 12, findings 6 and 7 (session 12's walk): imports of a folder without weights and of a cut-off GGUF.
 
 6. A folder with config.json but no weights was queued, then failed with "Import the model first", which loops for a
    user who is importing it. It is refused before a job is queued, and Build/eval/train given such a folder as a

@@ -217,7 +217,7 @@ def test_the_pair_search_takes_percent_and_underscore_literally(database):
         assert (total, [r.question for r in rows]) == (len(want), want), search
 
 
-# ---------------------------------------------------------------- at scale (walk: /work/helpers/scale.md)
+# ---------------------------------------------------------------- at scale (the session's scale walk)
 
 @pytest.mark.parametrize("chunk", [3, 7, 64, 1 << 16])
 def test_a_logs_tail_is_read_from_its_end_and_equals_the_whole_read(tmp_path, chunk):

@@ -1,4 +1,4 @@
-"""The Compare page at 150 models (review s13, /work/helpers/scale.md F1 and F2): the answer-length boxes are drawn
+"""The Compare page at 150 models (review s13, its scale walk's F1 and F2): the answer-length boxes are drawn
 from their statistics, not 66,000 raw lengths, and must be plotly's own; the cut-off shares are taken in one pass;
 the scores are read once per scores version and only the newest run of each (model, task), and must be the ones the
 page showed before; a new evaluation still shows at once; the Evaluate form no longer preselects every model; the

@@ -1,4 +1,4 @@
-"""Review s13, findings 5, 6, 7 and 10 (/work/helpers/review.md) on the memory plan (backend/memplan.py): LoRA's
+"""Review s13, findings 5, 6, 7 and 10 of that session's review, on the memory plan (backend/memplan/): LoRA's
 float32 adapters on a bfloat16 model, jobs over several machines, the sharding and offload an accelerate config
 asks for, and which GPUs a fit is judged on. Measured values come from tests/test_memplan.py's MemTracker harness;
 the sharded layouts' bytes per parameter are the module docstring's table (ZeRO, arXiv 1910.02054; accelerate's

@@ -1,4 +1,4 @@
-"""Review s18 of the memory plan (backend/memplan.py) against the published formulas and the libraries' code: a
+"""Review s18 of the memory plan (backend/memplan/) against the published formulas and the libraries' code: a
 remote-code config never prompts or runs, peft's LoRA on Conv1D models (GPT-2), the HF Trainer's 32-bit states for
 embeddings under bitsandbytes' 8-bit AdamW, DeepSpeed's float32 gradient partition at the step, and Llama-2-7B worked
 by hand (ZeRO paper: 2 + 2 + 12 bytes a parameter)."""
