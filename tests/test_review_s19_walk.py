@@ -133,3 +133,13 @@ def test_evaluate_preselects_the_two_newest_models_without_scores(tiny_llama):
     at = app("compare.py")
     ms = at.multiselect(key="eval_models")
     assert ms.value == ["a", "b"] and "two newest" in ms.help  # was all three, the oldest (the built-in) too
+
+
+def test_an_evaluations_result_whose_device_is_a_dict_is_said():
+    """An evaluation's result names a device per model ({"tiny": "CPU: float32"}): the Jobs page raised "unhashable
+    type: 'dict'" on it, looking it up among the training jobs' "cpu"/"cuda"."""
+    from pages.common import result_words
+
+    said = result_words({"models": 1, "device": {"tiny": "CPU: float32"}, "seconds": 12.5})
+    assert said == "models 1, work took 12 s"
+    assert result_words({"device": "cuda", "peak_memory_gib": 2.0}) == "peak GPU memory 2 GiB"
