@@ -79,16 +79,14 @@ def _value(key: str, v) -> str:
 
 
 def result_words(result: dict) -> str:
-    """The summary of a job's result as the runner writes it (the same fields: scalars, no paths, none left
-    empty), each number in words."""
+    """The summary of a job's result as the runner writes it (runner.shown_fields), each number in words."""
     device = result.get("device")  # a training job's "cpu"/"cuda"; an evaluation's is a dict of model → device
     peak = PEAK_ON.get(device) if isinstance(device, str) else None
     words = {**RESULT_WORDS, **({"peak_memory_gib": peak} if peak else {})}
     return ", ".join(
         runner.IN_WORDS[k].format(v) if k in runner.IN_WORDS
         else words.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
-        for k, v in result.items() if k not in ("path", "run_dir") and not (k == "device" and peak) and v is not None
-        and not isinstance(v, (dict, list)) and not (k in runner.IN_WORDS and not v))
+        for k, v in runner.shown_fields(result) if not (k == "device" and peak))
 
 
 def job_said(job, active: list | None = None, alive: bool | None = None) -> str:

@@ -37,7 +37,8 @@ from backend.runner.states import (_ended_dependency, _left_out, _needs, _queue_
                                    scores_nothing, with_dependencies)
 from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, resume_point,
                                      seconds_run)
-from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, work_function)
+from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, shown_fields,
+                                  work_function)
 from backend.runner.loop import (_busy, _claim_next, _interrupt_running, _not_ours_any_longer, job_niceness,
                                  start_child, worker)
 from storage.models import utcnow  # the clock job rows are written by (tests read runner.utcnow)

@@ -21,6 +21,14 @@ from storage.models import Job, utcnow
 IN_WORDS = {"kept": "{} scores kept from its earlier run"}
 
 
+def shown_fields(result: dict) -> list[tuple[str, object]]:
+    """The result fields a job's "done:" message says (the pages say the same ones in units): scalars only (a nested
+    block, a training run's perf choices, printed as a raw dict in every status box), no paths, none empty, and an
+    IN_WORDS count left out when 0."""
+    return [(k, v) for k, v in result.items() if k not in ("path", "run_dir") and v is not None
+            and not isinstance(v, (dict, list)) and not (k in IN_WORDS and not v)]
+
+
 def work_function(kind: str) -> Callable[..., dict]:
     if kind == "upscale":
         from backend.upscale import run_upscale
@@ -87,10 +95,7 @@ def execute(job_id: int) -> int:
         if (row := get(job_id)) is not None and row.status == "failed" and _left_out(row):  # every model left out,
             _requeue_if_waiting(row)  # one of them perhaps resumed while it started
         return 1
-    # scalars only: a nested block (a training run's perf choices) printed as a raw dict in every status box
-    summary = ", ".join(IN_WORDS[k].format(v) if k in IN_WORDS else f"{k} {v}" for k, v in result.items()
-                        if k not in ("path", "run_dir") and v is not None and not isinstance(v, (dict, list))
-                        and not (k in IN_WORDS and not v))
+    summary = ", ".join(IN_WORDS[k].format(v) if k in IN_WORDS else f"{k} {v}" for k, v in shown_fields(result))
     # only while the row is still this run's: a job given up for dead by another machine and resumed meanwhile
     # belongs to its new run, whose row an old run's "succeeded" overwrote
     if not _transition(job_id, "running", _of_pid=os.getpid(), status="succeeded", finished=utcnow(), progress=1.0,
