@@ -18,9 +18,10 @@ from pathlib import Path
 # The layouts, each row's check and conversion (data_rows) and the reading of local files (data_files) live beside
 # this module; every name the rest of the studio uses is imported from here.
 from backend.data_files import (_csv_extra_fields, _csv_options, _paragraphs, _quiet_loader, _unreadable,  # noqa: F401
-                                _unusable_text, json_reason)
+                                _unusable_text, json_lines_copy, json_reason, utf8_copy)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
-                               _rows, _shown, check_rows, convert_row, detect_layout, to_prompt_completion)
+                               _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, rows_keys,
+                               to_prompt_completion)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = ROOT / "data"
@@ -31,6 +32,7 @@ BUILTIN = {  # name -> (file, what it is)
     "prefs-mini": ("prefs-mini.jsonl", "prompt/chosen/rejected: correct vs wrong answers (DPO)"),
 }
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+MAX_REPEATS = 10_000  # the most times a weight may repeat a source's rows (the paper's mixes take each once or twice)
 HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
 
 
@@ -78,7 +80,8 @@ def mix_members(source: str) -> list[dict]:
     if rec.kind != "mix":
         raise DataError(f"{source}: {rec.name} is a {rec.kind} data set, not a mix; use dataset:{rec.name}.")
     members = rec.provenance["sources"]
-    for x in members:
+    for x in members:  # a mix saved with a weight of 1e308, inf or nan (or edited by hand): refused before queueing
+        check_weight(f"{source}: {x['source']}", x["weight"])
         if x.get("sample_by") is not None:
             _sample_by(x["sample_by"])  # a record edited by hand: named here, not deep in `datasets`
     return members
@@ -129,24 +132,10 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         if path.is_dir():  # a folder named like a file (Spark writes x.parquet/ folders) was an IsADirectoryError
             raise DataError(f"{path} is a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt "
                             "file in it.")
-        if path.suffix not in LOADERS:
+        if (loader := LOADERS.get(path.suffix.lower())) is None:  # `x.JSONL` too: Windows and Excel write such
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
-        if problem := _unusable_text(path):
-            raise DataError(problem)
-        # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
-        extra = {"encoding": "utf-8-sig", "sample_by": _sample_by(sample_by)} if LOADERS[path.suffix] == "text" \
-            else _csv_options(path) if LOADERS[path.suffix] == "csv" else {}
-        if LOADERS[path.suffix] == "csv" and (problem := _csv_extra_fields(path, extra)):
-            raise DataError(problem)
-        try:
-            with _quiet_loader(LOADERS[path.suffix]):
-                ds = datasets.load_dataset(LOADERS[path.suffix], data_files=str(path), split="train", **extra)
-        except Exception as exc:  # pyarrow / json errors: say which file and why
-            raise DataError(_unreadable(path, LOADERS[path.suffix], exc)) from None
-        if LOADERS[path.suffix] == "text" and sample_by == "paragraph":
-            ds = ds.map(_paragraphs, batched=True)
-        elif LOADERS[path.suffix] == "text":
-            ds = ds.filter(lambda r: bool(r["text"].strip()))
+        with utf8_copy(path) as (readable, tmp):  # a UTF-16 file (Excel's "Unicode Text") read from a UTF-8 copy
+            ds = _read_file(readable, loader, sample_by, tmp)
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
@@ -165,6 +154,54 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
     return ds
 
 
+def _read_file(path: Path, loader: str, sample_by: str, tmp: Path | None):
+    """load_source's read of one local file through `datasets`' `loader` (json, csv, parquet, text). `tmp`: the
+    temporary folder of a UTF-8 copy (utf8_copy), where its load caches (_load_file). A JSON object that wraps the
+    rows under one key (`{"data": [...]}`, data_rows.rows_keys) is read as its rows, as `datasets`' `field=` reads it
+    (json_lines_copy); one that wraps several lists is asked which."""
+    from backend.uploads import shown_name
+
+    if problem := _unusable_text(path):
+        raise DataError(problem)
+    # a .txt saved with a byte-order mark (Windows Notepad) began its first row with U+FEFF, trained on as text
+    extra = {"encoding": "utf-8-sig", "sample_by": _sample_by(sample_by)} if loader == "text" \
+        else _csv_options(path) if loader == "csv" else {}
+    if loader == "csv" and (problem := _csv_extra_fields(path, extra)):
+        raise DataError(problem)
+    try:
+        with _quiet_loader(loader):
+            ds = _load_file(path, loader, extra, tmp)
+        keys = rows_keys(ds[0]) if loader == "json" and len(ds) == 1 else []
+    except Exception as exc:  # pyarrow / json errors: say which file and why
+        if not (keys := file_rows_keys(path) if loader == "json" else []):
+            raise DataError(_unreadable(path, loader, exc)) from None
+    if len(keys) > 1:  # {"data": [rows]} is read as its rows; which of several lists holds them is the user's to say
+        raise DataError(f"{shown_name(path)} holds one JSON object whose keys {', '.join(keys)} each hold a list of "
+                        "objects: save the list of rows alone as a .json array (or JSON Lines).")
+    if keys:
+        with json_lines_copy(path, keys[0]) as (rows_file, rows_tmp):
+            try:
+                with _quiet_loader(loader):
+                    ds = _load_file(rows_file, loader, extra, rows_tmp)
+            except Exception as exc:  # noqa: BLE001 - as above, named as the user's file
+                raise DataError(_unreadable(path, loader, exc)) from None
+    if loader == "text" and sample_by == "paragraph":
+        ds = ds.map(_paragraphs, batched=True)
+    elif loader == "text":
+        ds = ds.filter(lambda r: bool(r["text"].strip()))
+    return ds
+
+
+def _load_file(path: Path, loader: str, extra: dict, tmp: Path | None):
+    """`datasets`' `loader` on one file; a copy in temporary folder `tmp` caches there and is held in memory, so
+    nothing of it outlives the folder (and no copy's cache piles up beside every other data set's)."""
+    import datasets
+
+    if tmp is not None:
+        extra = extra | {"cache_dir": str(tmp / "cache"), "keep_in_memory": True}
+    return datasets.load_dataset(loader, data_files=str(path), split="train", **extra)
+
+
 def reads_text_file(source: str) -> bool:
     """Whether `source` reads a .txt file (itself, a built-in or registered set, or a member of a mix): where
     sample_by has anything to split. The pages said "a row per paragraph" of a .jsonl, on which it does nothing."""
@@ -181,7 +218,7 @@ def reads_text_file(source: str) -> bool:
             source = _registered(source.removeprefix("dataset:")).path
         except DataError:
             return False
-    return Path(source).suffix == ".txt"
+    return Path(source).suffix.lower() == ".txt"
 
 
 def _sample_by(value: str) -> str:
@@ -202,7 +239,7 @@ def hub_id(source: str) -> bool:
     sources whose rows are only sampled before queueing, and that a recipe's plan leaves to the job."""
     path = Path(source).expanduser()
     return (source.count("/") == 1 and not source.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
-            and not path.exists() and path.suffix not in LOADERS)
+            and not path.exists() and path.suffix.lower() not in LOADERS)
 
 
 def check_source(source: str, kind: str) -> None:
@@ -232,11 +269,22 @@ def _load_converted(source: str, kind: str, max_rows: int | None, sample_by: str
     return ds, layout
 
 
+def check_weight(source: str, weight) -> None:
+    """Refuse a weight no mix can take, in words: not a positive finite number (nested mixes multiply weights:
+    1e200 × 1e200 is inf), or one that repeats a source over MAX_REPEATS times (1e308 × 200 rows is inf: an
+    OverflowError in the rows' count, and 1e12 copies of a set a MemoryError)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
+        shown = f"{weight:g}" if isinstance(weight, float) else repr(weight)
+        raise DataError(f"{source}: weight must be a positive finite number; got {shown}.")
+    if weight > MAX_REPEATS:
+        raise DataError(f"{source}: weight {weight:g} would repeat its rows over {MAX_REPEATS:,} times; give a weight "
+                        f"of at most {MAX_REPEATS:,} (1 = the whole set once, 2 = twice).")
+
+
 def _weighted(ds, source: str, weight: float, seed: int):
     import datasets
 
-    if not weight > 0 or not math.isfinite(weight):  # nested mixes multiply weights: 1e200 × 1e200 is inf
-        raise DataError(f"{source}: weight must be a positive finite number; got {weight:g}.")
+    check_weight(source, weight)
     # the rows taken, counted once: a weight a float product leaves just over a whole number (a mix member's 0.07
     # used at weight 100 is 7.000000000000001) took the whole set 7 times and one random row more
     whole, rest = divmod(max(1, math.floor(weight * len(ds) + 0.5)), len(ds))  # half up: round() halves to even

@@ -5,8 +5,10 @@ cannot be read, why, in the user's terms (the name it was sent under, the line a
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,7 +103,7 @@ def _unusable_text(path: Path) -> str | None:
 
     if path.stat().st_size == 0:
         return f"Data file {shown_name(path)} is empty: it has no rows."
-    if path.suffix == ".parquet":  # `datasets` read one of no rows as "BatchSize must be greater than 0, got 0"
+    if path.suffix.lower() == ".parquet":  # `datasets` read one of no rows as "BatchSize must be greater than 0, got 0"
         return f"Data file {shown_name(path)} has no rows." if _parquet_rows(path) == 0 else None
     if _only_blank(path):
         return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
@@ -109,6 +111,74 @@ def _unusable_text(path: Path) -> str | None:
         return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
                 "as UTF-8.")
     return None
+
+
+# Byte-order marks of the UTF-16 and UTF-32 files that Excel ("Unicode Text"), Windows Notepad ("Unicode") and
+# PowerShell's `>` write; UTF-32's first, as UTF-32-LE's opens with UTF-16-LE's
+_UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def unicode_encoding(path: Path) -> str | None:
+    """'utf-16' or 'utf-32' for a text file that opens with that byte-order mark, else None (UTF-8, with its mark
+    or without, and any file of another kind)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return next((name for bom, name in _UNICODE_BOMS if head.startswith(bom)), None)
+
+
+@contextmanager
+def utf8_copy(path: Path):
+    """The file `datasets` should read for local text file `path`: itself, or for a UTF-16 / UTF-32 file (with its
+    byte-order mark) a UTF-8 copy under the same shown name in a temporary folder, removed afterwards. `datasets`'
+    loaders take an `encoding`, but its JSON reader decodes a chunk at a time after cutting it at a newline byte (a
+    UTF-16 line ends in 0A 00: the next chunk began mid-character) and checks for a `[` before decoding; such files
+    were refused as "not UTF-8 (byte 0xff)". The user's file is only read. Yields (file to read, temporary folder or
+    None): a load of the copy caches there, not beside the cache of every other data set."""
+    from backend.data_rows import DataError
+    from backend.uploads import shown_name
+    from storage import db
+
+    encoding = None if path.suffix.lower() == ".parquet" else unicode_encoding(path)
+    if encoding is None:
+        yield path, None
+        return
+    tmp = db.new_tmp("utf8")
+    try:
+        copy = tmp / shown_name(path)
+        try:
+            with open(path, encoding=encoding, newline="") as src, open(copy, "w", encoding="utf-8",
+                                                                         newline="") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{shown_name(path)} opens as {encoding.upper()} (its byte-order mark) but is not "
+                            f"{encoding.upper()} throughout ({exc.reason}): save it as UTF-8.") from None
+        yield copy, tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def json_lines_copy(path: Path, key: str):
+    """(a JSON Lines copy of the rows that JSON file `path` wraps under `key` (data_rows.rows_keys), its temporary
+    folder), both named and removed as utf8_copy's. `datasets`' own `field=KEY` reads the rows through pandas, which
+    failed on a column of mixed types ("Expected bytes, got a 'int' object") that a JSON Lines file keeps as
+    `datasets`' Json type, for the row checks to name the row (data_rows._json_records reads them from the file)."""
+    import json
+
+    from backend.uploads import shown_name
+    from storage import db
+
+    tmp = db.new_tmp("rows")
+    try:
+        copy = tmp / shown_name(path)
+        with open(path, encoding="utf-8-sig") as f:
+            records = json.load(f)[key]
+        with open(copy, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        yield copy, tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _parquet_rows(path: Path) -> int | None:
@@ -143,8 +213,8 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
         return f"Data file {name} holds {what.get(loader, 'no rows')}. Add rows to it, or choose another file."
     if loader == "json" and (bad := _first_bad_json_line(path)):
         line, column, what = bad
-        shape = ("A .json file holds one JSON array of objects, or one object per line" if path.suffix == ".json"
-                 else "Each line must be one JSON object")
+        shape = ("A .json file holds one JSON array of objects, or one object per line"
+                 if path.suffix.lower() == ".json" else "Each line must be one JSON object")
         where = (f", line {line}" if line else "") + (f", column {column}" if column else "")
         return f"{name}{where}: {what}. {shape}."
     while exc.__cause__ is not None:  # datasets wraps the parser's error ("JSON parse error… in row 1")
@@ -179,7 +249,7 @@ def _first_bad_json_line(path: Path) -> tuple[int | None, int | None, str] | Non
     import json
 
     with open(path, encoding="utf-8", errors="replace") as f:
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             try:
                 value = json.load(f)
                 if not isinstance(value, (list, dict)):

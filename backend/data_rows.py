@@ -122,6 +122,8 @@ def _row_problem(row: dict, layout: str) -> str | None:
                 return problem  # a null turn text passed here and failed in trl (walk12's null answer, for DPO)
         if isinstance(prompt := row.get("prompt"), list):
             return _turns_problem("prompt", prompt, ("role", "content"), "{role, content}")
+        if prompt is not None and not isinstance(prompt, str):  # a number was "TypeError: 'int' object is not
+            return f"prompt must be text or a list of turns; got {type(prompt).__name__}"  # iterable"
     return None
 
 
@@ -170,8 +172,8 @@ def _json_typed_file(ds, source: str) -> Path | None:
     """The local JSON file behind `ds` when `datasets` made one of its columns the Json type (mixed types), whose
     rows are then read again from the file itself to be checked."""
     path = _local_file(source)
-    return path if path and path.suffix in (".json", ".jsonl") and any(map(_holds_json, ds.features.values())) \
-        else None
+    return path if path and path.suffix.lower() in (".json", ".jsonl") and any(
+        map(_holds_json, ds.features.values())) else None
 
 
 def _holds_json(feature) -> bool:
@@ -187,20 +189,54 @@ def _holds_json(feature) -> bool:
 
 
 def _json_records(path: Path):
-    """The objects of a JSON Lines file, or of a .json file's array, in file order (the rows `datasets` made)."""
+    """The objects of a JSON Lines file, or of a .json file's array (or the array a wrapping object holds:
+    rows_key), in file order (the rows `datasets` made). Read as `datasets` read it: a UTF-8 mark left out, a UTF-16
+    or UTF-32 file decoded (data_files.utf8_copy); the mark was a raw JSONDecodeError here."""
     import json
 
-    if path.suffix == ".json":
+    from backend.data_files import unicode_encoding
+
+    encoding = unicode_encoding(path) or "utf-8-sig"
+    if path.suffix.lower() == ".json":
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding=encoding) as f:
                 records = json.load(f)
         except json.JSONDecodeError:  # JSON Lines in a .json file
             records = None
+        if isinstance(records, dict) and len(keys := rows_keys(records)) == 1:
+            records = records[keys[0]]
         if isinstance(records, list):
             yield from records
             return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding) as f:
         yield from (json.loads(line) for line in f if line.strip())
+
+
+def rows_keys(obj: dict) -> list[str]:
+    """The keys of a JSON object that hold the rows, when the object wraps them (`{"data": [{...}, ...]}`, or
+    `{"meta": {...}, "rows": [...]}`, as many exports write a table): its keys that hold a list of objects, when the
+    object's own keys fit no layout (`{"messages": [{role, content}, ...]}` is one row). `datasets`' json reader
+    reads such a file with `field=KEY`; read as rows, it was one row of a `data` column, which fit no layout."""
+    if any(required <= obj.keys() for required, _ in LAYOUTS.values()):
+        return []
+    return [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+
+
+def file_rows_keys(path: Path) -> list[str]:
+    """rows_keys of the one JSON object a file holds, read whole: for a file `datasets` could not read as rows (its
+    pyarrow reader failed on a wrapped column of mixed types, "changed from string to number"); [] for anything
+    else (an array, JSON Lines, no JSON)."""
+    import json
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        if f.read(4096).lstrip()[:1] != "{":
+            return []
+        f.seek(0)
+        try:
+            value = json.load(f)
+        except ValueError:  # JSON Lines, or no JSON: the reader's own error says why
+            return []
+    return rows_keys(value) if isinstance(value, dict) else []
 
 
 def _messages(row: dict, layout: str) -> list[dict]:

@@ -77,8 +77,9 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
         return "", "", [f"{target[:80]!r}{'…' if len(target) > 80 else ''} is no path this machine can read "
                         f"({str(getattr(exc, 'strerror', None) or exc).rstrip('.')}): give a model folder, a .gguf file or a Hub id "
                         "(owner/name)."]
-    if p.suffix == ".gguf":  # gguf's reader maps the file and parses its header (2–3 s for the built-in, mostly its
-        # vocabulary), so a file cut short is refused here, before queueing, not when the job's turn comes
+    if p.suffix.lower() == ".gguf":  # `model.GGUF` too (it was "a file, not a model"). gguf's reader maps the file
+        # and parses its header (2–3 s for the built-in, mostly its vocabulary), so a file cut short is refused here,
+        # before queueing, not when the job's turn comes
         problem = (f"GGUF file {p} does not exist." if not p.is_file()
                    else _cut_short_message(p) if read_gguf and _gguf_cut_short(p) else None)
         return "gguf", gguf_default_name(p), [problem] if problem else []
@@ -132,7 +133,7 @@ def _missing_weights(folder: Path) -> list[str]:
         return []
     if _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt"):
         return []
-    if ggufs := sorted(folder.glob("*.gguf")):
+    if ggufs := sorted(f for f in folder.iterdir() if f.suffix.lower() == ".gguf"):
         return [f"{folder} holds GGUF weights ({ggufs[0].name}), which are imported as a file: import "
                 f"{ggufs[0]} itself, not its folder."]
     return [f"{folder} has config.json but no weights (.safetensors, or .bin/.pt with 'allow pickle'): the download "

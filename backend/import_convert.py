@@ -33,12 +33,15 @@ def gguf_to_folder(path: Path, progress: Progress) -> Path:
     alone = db.new_tmp("gguf-src")
     try:
         try:
-            (alone / path.name).symlink_to(path.resolve())
+            # named .gguf in lower case: transformers tells a GGUF checkpoint by `.endswith(".gguf")`
+            # (modeling_utils), and a `model.GGUF` is one too (import_checks reads suffixes in any case)
+            link = alone / f"{path.stem}.gguf"
+            link.symlink_to(path.resolve())
             # the link's absolute path, never its bare name: transformers' model loader takes a gguf_file that is a
             # file relative to the process's working folder first (modeling_utils._get_resolved_checkpoint_files,
             # `os.path.isfile(gguf_file)`), so a file of the same name there was read as the weights, beside this
             # file's config and tokenizer
-            gguf_file = str(alone / path.name)  # absolute: db.workspace() is resolved
+            gguf_file = str(link)  # absolute: db.workspace() is resolved
         except OSError:  # a workspace that holds no links (exFAT, SMB): the file's absolute path, joined to the
             gguf_file = str(path.resolve())  # empty folder, is itself (os.path.join), and the folder stays empty
         tok = AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file, trust_remote_code=False)

@@ -10,6 +10,7 @@ remote-code model's modules are kept as files (a Hub import fetches those its au
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from sqlmodel import select
@@ -61,7 +62,13 @@ def record(name_or_path: str) -> ModelRecord | None:
 
 
 def resolve(name_or_path: str) -> tuple[Path, str | None]:
-    """(folder, registered name or None). The built-in model is imported on first use."""
+    """(folder, registered name or None). The built-in model is imported on first use, and again when its folder
+    is gone, under its own name as under 'builtin' (its name said "that folder is gone", while 'builtin' re-imported
+    it). A model of another source registered under that name is not replaced: its folder gone is said."""
+    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()) and (
+            (rec := get(BUILTIN_NAME)) is None or rec.source == "builtin"):
+        rec = import_builtin()
+        return Path(rec.path), rec.name
     rec = get(name_or_path)
     if rec is not None:
         if not Path(rec.path, "config.json").exists():
@@ -343,5 +350,8 @@ def import_any(target: str, name: str | None = None, *, allow_pickle: bool = Fal
 
 def run_import(spec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
     """The job form of `import_any` (an ImportSpec), so the pages can import without blocking."""
+    start = time.perf_counter()
     rec = import_any(spec.target, spec.name, allow_pickle=spec.allow_pickle, progress=progress or _noop)
-    return {"model": rec.name, "path": rec.path, "layers": rec.num_layers, "parameters": rec.num_parameters}
+    # "seconds": the work's own time, which the other jobs' results give and their "done:" message says ("work took")
+    return {"model": rec.name, "path": rec.path, "layers": rec.num_layers, "parameters": rec.num_parameters,
+            "seconds": round(time.perf_counter() - start, 2)}
