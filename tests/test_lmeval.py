@@ -28,10 +28,17 @@ def _rows() -> list[EvalScore]:
         return list(s.exec(select(EvalScore)))
 
 
-def test_local_tasks_through_the_eval_job(tiny):
+def test_local_tasks_through_the_eval_job(tiny, tmp_path, monkeypatch):
     import datasets.config
 
-    cache = sorted(p.name for p in __import__("pathlib").Path(datasets.config.HF_DATASETS_CACHE).glob("*"))
+    # the datasets cache this job sees is this test's own, empty: the shared one gains files from other processes
+    # (other tests, other runs) while the job runs, which failed a comparison of it before and after
+    cache = tmp_path / "datasets_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    for name, path in (("HF_DATASETS_CACHE", cache), ("DOWNLOADED_DATASETS_PATH", cache / "downloads"),
+                       ("EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")):
+        monkeypatch.setattr(datasets.config, name, path)
     res = evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["lm-eval:dus_truthfulqa_mini", "lm-eval:dus_gsm8k_mini"],
                                      limit=4, max_new_tokens=8))
     rows = {(r.task, r.metric): r for r in _rows()}
@@ -46,8 +53,8 @@ def test_local_tasks_through_the_eval_job(tiny):
     assert rows[("lm-eval:dus_gsm8k_mini", "exact_match")].details["lm_eval"]["tasks"]["dus_gsm8k_mini"][
         "num_fewshot"] == 5
     assert 0 <= rows[("lm-eval:dus_truthfulqa_mini", "acc_stderr")].value <= 0.5
-    # local tasks build their splits in memory: nothing new in the datasets cache
-    assert sorted(p.name for p in __import__("pathlib").Path(datasets.config.HF_DATASETS_CACHE).glob("*")) == cache
+    # local tasks build their splits in memory: nothing written to the datasets cache
+    assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == []
 
 
 def test_multiple_choice_agrees_with_our_own_scoring(tiny):

@@ -1,18 +1,19 @@
 """The quantities a math question states, as exact values, whatever the notation: the changed-number check of a
 rephrased question (rephrase.check_question) compares them.
 
-One quantity is one value: "2 1/2" is 5/2 (not 2, 1 and 2), "3/4" is 3/4, "50%" and "50 percent" are 1/2,
-"50 cents" is 1/2 (dollars), "$1.50" and "1 dollar and 50 cents" are 3/2, "-3" after "=" is -3, "twenty-five" is 25
-(not 20 and 5), "two and a half" and "two and one half" are 5/2, "three quarters" is 3/4, "half" 1/2, "a dozen" 12,
-"half a dozen" 6, "a dozen and a half" 18, "3 million" 3000000, "3 below zero" -3, "a pair" 2, "3 dimes" 3/10
-(dollars, as cents are), "twice" and "doubled" 2. A multiplier (hundred, thousand, million, billion, dozen) takes a
-half one way: after it, the half is of it ("a dozen and a half" 18, "a hundred and a half" 150, "a million and a
-half" 1500000), before it, it multiplies the whole ("one and a half dozen" 18, "3 and a half million" 3500000,
-"half a million" 500000, "2.5 million" 2500000). Reading parts as numbers let a changed quantity through:
-"2 1/2 cups" → "1 1/2 cups" holds only the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5 and 2/4" the same
-four digits. "one" counts ("one apple", "eats one", "one of the 5") unless it stands for a thing or a person ("no
-one", "which one", "the one who"); "once" counts ("once a week", "only once") unless it joins a clause ("once he
-buys") or means now ("at once").
+One quantity is one value: "2 1/2" is 5/2 (not 2, 1 and 2), "3/4" is 3/4, "50%" and "50 percent" are 1/2, "50 cents"
+is 1/2 (dollars), "$1.50" and "1 dollar and 50 cents" are 3/2, "-3" after "=" is -3, "twenty-five" is 25 (not 20 and
+5), "two and a half" and "two and one half" are 5/2, "three quarters" is 3/4, "half" 1/2, "a dozen" 12, "half a dozen"
+6, "a dozen and a half" 18, "3 million" 3000000, "3 below zero" -3, "a pair" 2, "3 dimes" 3/10 (dollars, as cents
+are), as are "3 coins of 10 cents" and "3 10-cent coins", "twice" and "doubled" 2. A multiplier (hundred, thousand,
+million, billion, dozen) takes a half one way: after it, the half is of it ("a dozen and a half" 18, "a hundred and a
+half" 150, "a million and a half" 1500000), before it, it multiplies the whole ("one and a half dozen" 18, "3 and a
+half million" 3500000, "half a million" 500000, "2.5 million" 2500000). Reading parts as numbers let a changed
+quantity through: "2 1/2 cups" → "1 1/2 cups" holds only the parts 1 and 2 of the original, and "3/4 and 2/5" → "3/5
+and 2/4" the same four digits. "one" counts ("one apple", "eats one", "one of the 5") unless it stands for a thing or
+a person ("no one", "which one", "the one who"); "once" counts ("once a week", "only once") unless it joins a clause
+("once he buys") or means now ("at once"). A rate keeps what it is per: "once a week" is not "once a month", nor "3
+pairs of socks at $2 each" (a pair) "6 socks at $2 each" (a sock), though "6 socks at $2 a pair" is the same question.
 
 `stated(text)`: the values a rephrased question writes; `changed(original, rephrased)`: those of them no faithful
 rephrasing writes (what the check refuses). `allowed(text)`: the values a rephrasing of `text` may write,
@@ -28,18 +29,11 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen").split()
-_UNIT = {w: i for i, w in enumerate(_UNITS)}
-_TENS = dict(zip("twenty thirty forty fifty sixty seventy eighty ninety".split(), range(20, 100, 10)))
-_SCALES = {"thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
-# the words that multiply the number before them, and whose "and a half" is half of them (the module's docstring)
-_MULTIPLIERS = {"hundred": 100, **_SCALES, "dozen": 12}
-# a fraction's denominator in words ("two thirds", "a quarter"); "second" is left out: "two seconds" is a time
-_DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4, "fourth": 4,
-                 "fourths": 4, "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6, "seventh": 7, "sevenths": 7,
-                 "eighth": 8, "eighths": 8, "ninth": 9, "ninths": 9, "tenth": 10, "tenths": 10, "twelfth": 12,
-                 "twelfths": 12, "hundredth": 100, "hundredths": 100, "thousandth": 1000, "thousandths": 1000}
+# the number readers, under this module's names for them
+from backend.synth.numwords import MULTIPLIERS as _MULTIPLIERS, TENS as _TENS, UNIT as _UNIT, Tok as _Tok
+from backend.synth.numwords import cardinal as _cardinal, fraction_after as _fraction_after
+from backend.synth.numwords import normalise as _normalise, tokens as _tokens, word as _word
+
 _MULTIPLES = {"twice": 2, "double": 2, "doubled": 2, "doubles": 2, "doubling": 2, "thrice": 3, "triple": 3,
               "tripled": 3, "triples": 3, "tripling": 3, "quadruple": 4, "quadrupled": 4, "halved": Fraction(1, 2)}
 # "a pair" is 2 (and "one pair" the same quantity); "3 pairs of socks" may become "6 socks"
@@ -47,6 +41,11 @@ _PAIRS = ("pair", "pairs", "couple", "couples")
 # coins in dollars, as cents are: "3 dimes" is 30 cents (3/10); "a quarter" is 1/4 both as a coin and as a fraction
 _COINS = {"dime": Fraction(1, 10), "dimes": Fraction(1, 10), "nickel": Fraction(1, 20), "nickels": Fraction(1, 20),
           "penny": Fraction(1, 100), "pennies": Fraction(1, 100)}
+_COIN_WORDS = ("coin", "coins")
+# a rate's marker: "once a week", "$5 per hour", "3 times every day", "$2 each pair"; "apiece" and a bare "each" mean
+# each of the things counted ("pens at $2 each")
+_PER = ("a", "an", "per", "every", "each")
+_EACH = {"each", "apiece"}
 # "-5 degrees" is "5 degrees below zero": the words between a number and "below zero"
 _TEMPERATURE = {"degree", "degrees", "c", "f", "celsius", "fahrenheit", "centigrade", "°"}
 # A lone "one" stands for a thing or a person, not a count, after these ("no one", "each one", "which one", "the
@@ -72,10 +71,6 @@ _EVERY = re.compile(rf"\b(?:every|each)\s+({'|'.join(sorted(_PERIODS))})\b|\b({'
 # a number attached to "-" after one of these is negative ("= -3", "(-2, 5)", "$-3$" in TeX), not a subtraction
 _OPERATORS = set("=(,:;[{<>+*/×÷^$")
 
-_NUM = (r"(?<![\d.])(?P<a>\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)"
-        r"(?:\s+(?P<mn>\d+)\s*/\s*(?P<md>\d+)|\s*/\s*(?P<d>\d+))?(?P<pct>\s*%)?")
-_TOKEN = re.compile(rf"{_NUM}|(?P<word>[a-z]+)|(?P<minus>-)|(?P<punct>[^\sa-z\d-])")
-_TEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\[dt]?frac\s*(\d)\s*(\d)")
 
 
 @dataclass(frozen=True)
@@ -91,139 +86,11 @@ class Quantity:
     counts: tuple[Fraction, ...] = ()  # values a rephrasing may write as a count, not as money: "3 dimes" may become
     #                                    "dimes, 3 of them", not "$3"
     period: str = ""  # the period of a counting "once a week" ("week"): a rephrasing of the original's "every week"
+    per: str = ""  # what a rate is per ("once a week", "$5 an hour", "$2 a pair", "each pen costs $2"; "$2 each" is
+    #                "each", or "pair" after a count of pairs): a rephrasing keeps it (changed)
+    pick: bool = False  # "one of the 5": a pick, the original's "any of the 5" or "a marble from the 5" rewritten
 
 
-@dataclass
-class _Tok:
-    kind: str  # num, word, minus, punct
-    text: str
-    start: int
-    end: int
-    value: Fraction | None = None
-    whole: bool = False  # a whole number written plainly: it may begin a run ("3 million", "2 thirds")
-    percent: bool = False
-    parts: tuple[Fraction, ...] = ()
-
-
-def _normalise(text: str) -> str:
-    text = text.lower().replace("\u2212", "-").replace("\u2013", "-").replace("{,}", ",").replace("\\%", "%")
-    text = text.replace("\\$", "$").replace("\\!", "").replace("¢", " cents ")
-    text = re.sub(r"\bper\s+cent\b", "percent", text)
-    return _TEX_FRAC.sub(lambda m: f" {m[1] or m[3]}/{m[2] or m[4]} ", text)
-
-
-def _tokens(text: str) -> list[_Tok]:
-    out: list[_Tok] = []
-    for m in _TOKEN.finditer(text):
-        if m["word"]:
-            out.append(_Tok("word", m["word"], m.start(), m.end()))
-        elif m["minus"]:
-            out.append(_Tok("minus", "-", m.start(), m.end()))
-        elif m["punct"]:
-            out.append(_Tok("punct", m["punct"], m.start(), m.end()))
-        else:
-            out.extend(_number_tokens(m, text))
-    return out
-
-
-def _number_tokens(m: re.Match, text: str) -> list[_Tok]:
-    a = m["a"]
-    value = Fraction(a.replace(",", ""))
-    pct = bool(m["pct"])
-    plain = "," not in a and "." not in a
-    if m["mn"] is not None:
-        num, den = int(m["mn"]), int(m["md"])
-        if plain and 0 < num < den:  # "2 1/2": a mixed number
-            return [_Tok("num", m[0], m.start(), m.end(), (value + Fraction(num, den)) / (100 if pct else 1),
-                         percent=pct)]
-        first = _Tok("num", a, m.start(), m.start("a") + len(a), value, whole=plain)  # "2 12/4": two numbers
-        rest = re.search(r"\d+\s*/\s*\d+.*", m[0][len(a):], re.S)
-        start = m.start() + len(a) + rest.start()
-        return [first, _fraction_token(num, den, m[0][len(a) + rest.start():], start, m.end(), pct)]
-    if m["d"] is not None:
-        return [_fraction_token(value, int(m["d"]), m[0], m.start(), m.end(), pct)] if plain else [
-            _Tok("num", a, m.start(), m.start() + len(a), value), _Tok("num", m["d"], m.start("d"), m.end("d"),
-                                                                      Fraction(int(m["d"])))]
-    parts: tuple[Fraction, ...] = ()
-    bracketed = m.start() > 0 and text[m.start() - 1] in "([{" and text[m.end():m.end() + 1] in ")]}"
-    if "," in a and bracketed:  # "(100,200)": a point, which a rephrasing may write "(100, 200)"
-        parts = tuple(Fraction(p) for p in a.split(","))
-    return [_Tok("num", m[0], m.start(), m.end(), value / 100 if pct else value, whole=plain and not pct,
-                 percent=pct, parts=parts)]
-
-
-def _fraction_token(num, den, text: str, start: int, end: int, pct: bool) -> _Tok:
-    num, den = Fraction(num), int(den)
-    if den == 0:
-        return _Tok("num", text, start, end, num)
-    value = num / den / (100 if pct else 1)
-    # "12/4" may be a division a rephrasing writes "12 divided by 4"; a proper fraction is one quantity
-    parts = (num, Fraction(den)) if num >= den else ()
-    return _Tok("num", text, start, end, value, percent=pct, parts=parts)
-
-
-def _word(toks: list[_Tok], i: int) -> str:
-    return toks[i].text if 0 <= i < len(toks) and toks[i].kind == "word" else ""
-
-
-def _cardinal(toks: list[_Tok], i: int) -> tuple[Fraction, int, bool] | None:
-    """A number in words (or digits followed by a scale: "3 million", "2 dozen") from toks[i]: (value, the index
-    after it, whether it was the single word "one"). English grammar decides what joins: "twenty five" is 25,
-    "two hundred and five" 205, but "one two" is 1 and 2, "five and six" 5 and 6."""
-    total, current, last, j, words = Fraction(0), None, None, i, []
-    t = toks[i]
-    if t.kind == "num":
-        if not (t.whole and _word(toks, i + 1) in (*_SCALES, "hundred", "dozen")):
-            return None
-        current, last, j = t.value, "unit", i + 1
-    elif t.text == "a" and _word(toks, i + 1) in (*_SCALES, "hundred", "dozen"):
-        current, last, j = Fraction(1), "unit", i + 1
-    while j < len(toks):
-        w = _word(toks, j)
-        if w in _UNIT and (last in (None, "hundred", "scale") or (last == "tens" and 0 < _UNIT[w] < 10)):
-            current, last = (current or 0) + _UNIT[w], "unit"
-        elif w in _TENS and last in (None, "hundred", "scale"):
-            current, last = (current or 0) + _TENS[w], "tens"
-        elif w == "hundred" and last == "unit":
-            current, last = current * 100, "hundred"
-        elif w in _SCALES and last in ("unit", "tens", "hundred"):
-            total, current, last = total + current * _SCALES[w], None, "scale"
-        elif w == "dozen" and last in ("unit", "tens", "hundred"):
-            current, last = current * 12, "dozen"
-            words.append(w)
-            j += 1
-            break
-        elif toks[j].kind == "minus" and last == "tens" and _word(toks, j + 1) in _UNIT:
-            j += 1  # "twenty-five"
-            continue
-        elif w == "and" and last in ("hundred", "scale") and (_word(toks, j + 1) in _UNIT or
-                                                              _word(toks, j + 1) in _TENS):
-            j += 1  # "two hundred and five"
-            continue
-        else:
-            break
-        words.append(w)
-        j += 1
-    if last is None:
-        return None
-    return total + (current or 0), j, words == ["one"]
-
-
-def _fraction_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
-    """"a half", "one third", "three quarters", "2 fifths" from toks[j]: (value, the index after it)."""
-    if j >= len(toks):
-        return None
-    if _word(toks, j) == "a" and _word(toks, j + 1) in _DENOMINATORS:
-        return Fraction(1, _DENOMINATORS[_word(toks, j + 1)]), j + 2
-    got = _cardinal(toks, j) if toks[j].kind == "word" or toks[j].whole else None
-    if toks[j].kind == "num" and toks[j].whole and got is None:
-        got = (toks[j].value, j + 1, False)
-    if got is None or got[0] <= 0:
-        return None
-    k = got[1] + (got[1] < len(toks) and toks[got[1]].kind == "minus")  # "three-fourths"
-    if _word(toks, k) in _DENOMINATORS:
-        return got[0] / _DENOMINATORS[_word(toks, k)], k + 1
-    return None
 
 
 def _sign(toks: list[_Tok], i: int, text: str) -> tuple[int, bool]:
@@ -264,13 +131,13 @@ def quantities(text: str) -> list[Quantity]:
         elif got is not None:
             (value, j, lone), parts = got, ()
         elif t.text in _MULTIPLES:
-            out.append(Quantity(Fraction(_MULTIPLES[t.text])))
+            out.append(Quantity(Fraction(_MULTIPLES[t.text]), per=_per(toks, i, i + 1, out)))  # "twice a week"
             i += 1
             continue
         elif t.text == "once":
             period = _word(toks, i + 2) if _word(toks, i + 1) in ("a", "an", "every", "each", "per") else ""
             out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i),
-                                period=period if period in _PERIODS else ""))
+                                period=period if period in _PERIODS else "", per=_per(toks, i, i + 1, out)))
             i += 1
             continue
         elif t.text in ("a", "an") and _word(toks, i + 1) in (*_PAIRS, *_COINS):
@@ -318,6 +185,8 @@ def quantities(text: str) -> list[Quantity]:
             pair_alts = (value * 2,)  # "3 pairs of socks" may become "6 socks"
         elif not percent and after in _COINS:
             value, counts, cents = value * _COINS[after], (value,), True  # "3 dimes" is 30 cents, 3 a count
+        elif not percent and (face := _coin_face(toks, j)) is not None:  # "3 coins of 10 cents", "3 10-cent coins":
+            value, counts, cents, j = value * face[0], (value,), True, face[1]  # 30 cents, as "3 dimes" is
         loose = lone and _pronoun_one(toks, i)
         dollars = (i > 0 and toks[i - 1].text == "$") or _word(toks, j) in ("dollar", "dollars")
         joined = _cents_after(toks, j) if dollars and not percent else None
@@ -327,9 +196,77 @@ def quantities(text: str) -> list[Quantity]:
         else:
             noun = after if lone and not loose and after != "of" else ""
             out.append(Quantity(value, alts, loose=loose, noun=noun, pairs=pairs,
-                                pair_alts=pair_alts if pairs else (), money=dollars or cents, counts=counts))
+                                pair_alts=pair_alts if pairs else (), money=dollars or cents, counts=counts,
+                                per=_per(toks, i, j, out, dollars or cents),
+                                pick=lone and not loose and after == "of"))
         i = j
     return out
+
+
+def _coin_face(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
+    """The face value of the coins counted before toks[j], in dollars, and the index after it: "coins of 10 cents",
+    "coins worth $1 each", "10-cent coins". A dime is 10 cents: "3 coins of 10 cents" is "3 dimes" said another way."""
+    named_first = _word(toks, j) in _COIN_WORDS  # "coins of 10 cents", not "10-cent coins"
+    if named_first and _word(toks, j + 1) not in ("of", "worth"):
+        return None
+    k = j + 2 * named_first
+    dollars = k < len(toks) and toks[k].text == "$"
+    k += dollars
+    if k >= len(toks):
+        return None
+    t = toks[k]
+    got = _cardinal(toks, k) if t.kind == "word" else (t.value, k + 1, False) if t.kind == "num" and \
+        not t.percent else None
+    if got is None:
+        return None
+    face, k = got[0], got[1]
+    if not dollars:
+        k += k < len(toks) and toks[k].kind == "minus"  # "10-cent"
+        unit = _word(toks, k)
+        if unit not in ("cent", "cents", "dollar", "dollars"):
+            return None
+        face, k = (face / 100 if unit.startswith("cent") else face), k + 1
+    if not named_first:
+        if _word(toks, k) not in _COIN_WORDS:
+            return None
+        k += 1
+    return face, k + (_word(toks, k) == "each")
+
+
+def _per(toks: list[_Tok], i: int, j: int, out: list[Quantity], money: bool = False) -> str:
+    """What the quantity at toks[i:j] is per, or "": the thing after "a", "per", "every" or "each" that follows it
+    ("once a week", "$5 an hour", "$2 for each pair"; a count past one word: "3 times a week", "60 miles per
+    hour"), else for `money` the one a clause names just before it ("each pair costs $2", "a pen is priced at $2").
+    A bare "each" or "apiece" ("pens at $2 each") is per each thing counted: "pair" after a count of pairs, for
+    "3 pairs at $2 each" is $2 a pair, which "6 socks at $2 each" is not."""
+    k = j + (not money and bool(_word(toks, j)) and _word(toks, j) not in (*_PER, *_EACH, "for", "and", "or"))
+    k += _word(toks, k) == "for" and _word(toks, k + 1) in _PER
+    basis = ""
+    if _word(toks, k) in _PER and _word(toks, k + 1) and _word(toks, k + 1) not in ("of", "and", "or", "single"):
+        basis = _word(toks, k + 1)
+    elif _word(toks, k) in _EACH:
+        basis = "each"
+    elif money:
+        for b in range(i - 1, max(i - 6, 0) - 1, -1):  # "each pair costs $2", "a pen is priced at $2"
+            if toks[b].kind != "word" and toks[b].text != "$":
+                break
+            if _word(toks, b) in _PER and _word(toks, b + 1) and b + 1 < i:
+                basis = _word(toks, b + 1)
+                break
+    if basis in _PAIRS:
+        return "pair"
+    if basis in ("piece", "one"):  # "$2 a piece", "$2 for each one"
+        basis = "each"
+    if basis == "each":  # per each thing the nearest count before it counts
+        counted = [q for q in out if not q.money and not q.loose]
+        return "pair" if counted and counted[-1].pairs else "each"
+    return basis
+
+
+def _same_per(a: str, b: str) -> bool:
+    """Whether two rates' bases are one: equal, or "each" and a single thing named ("$2 each" is "$2 a pen"), not a
+    period ("$5 each" is not "$5 a day") or a pair after a count of things."""
+    return a == b or ("each" in (a, b) and (b if a == "each" else a) not in (*_PERIODS, "pair"))
 
 
 def _starts_sentence(toks: list[_Tok], i: int) -> bool:
@@ -414,6 +351,12 @@ def allowed(text: str) -> set[Fraction]:
 _SINGLE = re.compile(r"\b(?:(?:a|an|one)\s+single|a|an|each|every|per|one|single)\s+([a-z]+)")
 
 
+# one thing picked from a group, which "one of the 5" rewords: "any of the 3 doors", "either of the 2 boxes", "a
+# marble from the 5" (not "each of the boys": one of them is not each of them)
+_PICK = re.compile(r"\b(?:any|either)\s+of\b|\b(?:a|an|one)\s+[a-z]+\s+(?:from|out\s+of|among)\s+(?:the|these|those|"
+                   r"his|her|their|its|my|your|our)\b")
+
+
 def changed(original: str, rephrased: str) -> set[Fraction]:
     """The values `rephrased` states that no faithful rephrasing of `original` states: stated(rephrased) less
     allowed(original), where a count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs
@@ -423,7 +366,9 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
     original's "every week" or "weekly" rewritten. Only while the rephrasing keeps every quantity the original
     states (a count of pairs kept as a count of their things: "3 pairs of socks" as "6 socks"): "3 pears cost $6.
     How much is a pear?" → "One pear costs $6." dropped the 3 for the 1. A coin count is a count, never money:
-    "3 dimes" may become "dimes, 3 of them", not "$3"."""
+    "3 dimes" may become "dimes, 3 of them", not "$3". A pick "one of the 5" is the original's "any of the 5" or "a
+    marble from the 5" rewritten, no more often than the original picks. A rate said per another thing than the
+    original's same value ("once a week" → "once a month", "$2 a pair" → "$2 a sock") is refused whatever else."""
     ok = allowed(original)
     before, after = quantities(original), quantities(rephrased)
     # a count of pairs and a count of their things are each other's rewording, not a count of the same kind:
@@ -437,8 +382,17 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
     written = {v for q in after for v in (q.value, *q.alts)}
     kept = all(q.value in written or any(v in {x.value for x in after if x.pairs != q.pairs} for v in q.pair_alts)
                for q in before if not q.loose)
-    return {q.value for q in after if not q.loose and q.value not in ok
-            and not (q.value in counts_only and not q.money)
-            and q.value not in counted_other_way[q.pairs]
-            and not (q.noun and kept and uses[q.noun] <= have[q.noun])
-            and not (q.period and kept and once[q.period] <= every[q.period])}
+    picks = len(_PICK.findall(_normalise(original)))
+    bases: dict[Fraction, set[str]] = {}
+    for q in before:
+        if q.per and not q.loose:
+            bases.setdefault(q.value, set()).add(q.per)
+    # a rate said per another thing: "once a week" → "once a month", "3 pairs at $2 each" → "6 socks at $2 each"
+    reper = {q.value for q in after if q.per and not q.loose and q.value in bases
+             and not any(_same_per(b, q.per) for b in bases[q.value])}
+    return reper | {q.value for q in after if not q.loose and q.value not in ok
+                    and not (q.value in counts_only and not q.money)
+                    and q.value not in counted_other_way[q.pairs]
+                    and not (q.noun and kept and uses[q.noun] <= have[q.noun])
+                    and not (q.pick and kept and sum(x.pick for x in after) <= picks)
+                    and not (q.period and kept and once[q.period] <= every[q.period])}

@@ -13,6 +13,7 @@ by them.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -143,6 +144,25 @@ def _named_mid_sentence(word: str, text: str) -> bool:
     return False
 
 
+def _source(obj) -> str:
+    """The source of a function or class, or its bytecode where no source file is installed beside it."""
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        fns = [obj] if hasattr(obj, "__code__") else [f for f in vars(obj).values() if hasattr(f, "__code__")]
+        return "".join(f.__code__.co_code.hex() for f in fns)
+
+
+def _rules_version() -> str:
+    """A hash of what decides the rules' output besides the seed: the tables above and the code that applies them.
+    Keyed by it, a cache written before a rule changed is not handed back as the new rules' output (a hash, not a
+    number to bump by hand: nobody forgets it). A comment edit misses the cache too; the rules rerun in moments."""
+    tables = [[(p.pattern, forms) for p, forms in _Q_FORMS], _SYNONYMS, sorted(_CONTEXT.items()),
+              sorted(_AFTER.items()), _STEP_OPENERS, sorted(_COMMON_STARTS)]
+    code = [_source(fn) for fn in (_lower_first, _named_mid_sentence, RulesRephraser)]
+    return hashlib.sha256(json.dumps([tables, code]).encode()).hexdigest()[:16]
+
+
 class RulesRephraser:
     """Deterministic paraphrases: question templates, synonym swaps, context moved behind the question, and the
     solution restated step by step. Numbers are never touched, so the final answer survives by construction."""
@@ -151,7 +171,8 @@ class RulesRephraser:
 
     def __init__(self, variant_seed: int = 0):
         self.variant_seed = variant_seed
-        self.settings = {"variant_seed": variant_seed}
+        # the rules' version keys the cache with the seed (cache_key): an old cache keeps old output otherwise
+        self.settings = {"variant_seed": variant_seed, "rules": RULES_VERSION}
 
     def _pick(self, text: str, k: int) -> int:
         return int(hashlib.sha1(f"{self.variant_seed}:{text}".encode()).hexdigest(), 16) % k
@@ -191,6 +212,9 @@ class RulesRephraser:
 
     def rephrase(self, seeds: list[Seed]) -> list[tuple[str, str] | Exception]:
         return [(self.question(s.question, s.solution), self.solution(s.solution, s.question)) for s in seeds]
+
+
+RULES_VERSION = _rules_version()
 
 
 # ---------------------------------------------------------------- a registered chat model
