@@ -259,7 +259,7 @@ CASES = [
     Case("page-import-name", _page_import("{deep}", "a/b"), "use letters, digits"),
     Case("page-preview-empty", _page_preview("{blank_txt}", "cpt"), "no rows"),
     Case("page-preview-layout", _page_preview("{no_columns_jsonl}", "sft"), "fit no layout"),
-    Case("page-mix-weight", _page_mix([("builtin:alpaca-mini", 0.0)]), "weight must be positive"),
+    Case("page-mix-weight", _page_mix([("builtin:alpaca-mini", 0.0)]), "weight must be a positive finite number"),
     Case("page-mix-name", _page_mix([("builtin:alpaca-mini", 1.0)], "../mix"), "use letters, digits"),
     Case("page-upscale-m", _page_spec("upscale", base="tiny", m=0), "m=0: m must be at least 1"),
     Case("page-merge-method", _page_spec("merge", models=["tiny", "tiny"], method="nope"), "method: Input should be"),

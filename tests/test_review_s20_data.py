@@ -180,9 +180,13 @@ def test_a_weight_too_large_to_count_rows_is_refused_in_words():
                                           (float("inf"), "weight must be a positive finite number; got inf"),
                                           (float("nan"), "weight must be a positive finite number; got nan")])
 def test_a_saved_mix_with_such_a_weight_is_refused_before_queueing(weight, said):
-    from backend.synth.datasets import save_mix
+    from backend.synth.datasets import DatasetError, get_dataset, save_dataset, save_mix
 
-    save_mix("huge", [("builtin:alpaca-mini", weight)], "sft")
+    with pytest.raises(DatasetError) as refused:  # refused when saved (`weight <= 0` passed nan, inf and 1e308)
+        save_mix("huge", [("builtin:alpaca-mini", weight)], "sft")
+    assert str(refused.value).startswith(f"builtin:alpaca-mini: {said}") and get_dataset("huge") is None
+    # a mix record edited by hand (or saved by an older studio): refused before queueing
+    save_dataset("huge", "mix", "", 0, {"for": "sft", "sources": [{"source": "builtin:alpaca-mini", "weight": weight}]})
     with pytest.raises(data.DataError) as refused:
         data.expand([("mix:huge", 1.0)])
     assert str(refused.value).startswith(f"mix:huge: builtin:alpaca-mini: {said}")

@@ -108,8 +108,10 @@ def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float
         raise DatasetError("A mix needs at least one source.")
     check_not_orphaned_dataset(name)  # before the sources are read
     for source, weight, *rest in sources:
-        if weight <= 0:
-            raise DatasetError(f"{source}: weight must be positive.")
+        try:  # nan, inf and 1e308 too (`weight <= 0` passed them): refused when saved, not when the mix is used
+            data.check_weight(source, weight)
+        except data.DataError as exc:
+            raise DatasetError(str(exc)) from None
         ds = data.load_source(source, sample_by=rest[0] if rest else "line")
         data.detect_layout(ds.column_names, purpose)
     return save_dataset(name, "mix", "", 0, provenance)
