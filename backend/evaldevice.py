@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.names import human_bytes
+
 GIB = 1024 ** 3
 CPU_BATCH = 8
 MAX_BATCH = 256
@@ -88,8 +90,9 @@ def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_le
     weights = int(shape.num_parameters * 2 * WEIGHT_SLACK)
     free = int(free_bytes or 0)
     if weights + RESERVE > free:
-        raise DeviceError(f"the model needs about {weights / GIB:.1f} GiB in bfloat16 (+{RESERVE / GIB:.0f} GiB "
-                          f"working memory) but the GPU has {free / GIB:.1f} GiB free; free the GPU or {on_cpu}.")
+        # human_bytes: a small model's "needs about 0.0 GiB" read as nothing needed (names.human_bytes says MiB)
+        raise DeviceError(f"the model needs about {human_bytes(weights)} in bfloat16 (+{human_bytes(RESERVE)} "
+                          f"working memory) but the GPU has {human_bytes(free)} free; free the GPU or {on_cpu}.")
     room = free - weights - RESERVE
 
     def fitted(per_seq: int) -> tuple[int, int]:
@@ -99,9 +102,9 @@ def plan(shape: ModelShape, *, cuda: bool, free_bytes: int | None = None, seq_le
     per_seq, per_text = kv_bytes_per_sequence(shape, seq_len), scoring_bytes_per_sequence(shape, score_len)
     (chosen, fit), (scoring, _) = fitted(per_seq), fitted(per_text)
     return DevicePlan("cuda", "bfloat16", "sdpa", chosen, weights,
-                      f"CUDA: bfloat16 + sdpa, batch {chosen} (fits {fit}: {free / GIB:.1f} GiB free, "
-                      f"{per_seq / 2 ** 20:.1f} MiB per sequence of {seq_len} tokens; scoring whole texts: batch "
-                      f"{scoring}, {per_text / 2 ** 20:.1f} MiB per text of {score_len} tokens)", scoring)
+                      f"CUDA: bfloat16 + sdpa, batch {chosen} (fits {fit}: {human_bytes(free)} free, "
+                      f"{human_bytes(per_seq)} per sequence of {seq_len} tokens; scoring whole texts: batch "
+                      f"{scoring}, {human_bytes(per_text)} per text of {score_len} tokens)", scoring)
 
 
 def plan_for(folder: Path, *, seq_len: int, batch_size: int | None, device: str = "auto",

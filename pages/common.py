@@ -119,9 +119,14 @@ def submit(spec, key: str, **kw) -> int | None:
     return job_id
 
 
+# What a table shows for a missing value (a score not evaluated, a stage with no job): st.dataframe's own is the word
+# "None", read as a value (placeholder=MISSING on each table that can hold one)
+MISSING = "—"
+
 # Workers started from the app's "Start worker" button: one server process serves every session, so each sees them.
+# Each carries its start time (time.monotonic()) as `started_at`, which the banner reads (a dict beside the list
+# kept one entry per worker ever started)
 _started: list[subprocess.Popen] = []
-_started_at: dict[int, float] = {}  # a started worker's pid -> time.monotonic() at its start
 _starting = threading.Lock()
 # A healthy worker beats within seconds of its start (imports, database, orphan recovery, then every
 # runner.BEAT_EVERY); one alive this long without a beat (ALIVE_WITHIN) is stuck — in an import, on a database it
@@ -133,7 +138,7 @@ def _start_worker(log_path: Path) -> None:
     with open(log_path, "ab") as log:  # the child has its own copy of the file
         proc = subprocess.Popen([sys.executable, "-m", "backend", "worker"], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    _started_at[proc.pid] = time.monotonic()
+    proc.started_at = time.monotonic()
     _started.append(proc)
 
 
@@ -176,7 +181,7 @@ def worker_banner() -> None:
     log_path = db.workspace() / "logs" / "worker.log"
     last = _started[-1] if _started else None
     if last is not None and last.poll() is None:
-        waited = time.monotonic() - _started_at.get(last.pid, time.monotonic())
+        waited = time.monotonic() - last.started_at
         if waited < UP_WITHIN:
             st.info(f"The job worker is starting (process {last.pid}); queued jobs start once it is up.")
             return

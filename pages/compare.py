@@ -14,7 +14,7 @@ from sqlmodel import func, select
 from backend import analysis, registry, runner, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
-from pages.common import job_status, submit, via_app, worker_banner
+from pages.common import MISSING, job_status, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -33,7 +33,7 @@ def score_table(df: pd.DataFrame, key: str) -> None:
                                                   "score of 0 or 1 it reads 0, which is no certainty: 0 of n items "
                                                   "still allows a true rate up to about 3/n (the rule of three).")
               for c in shown.columns if c.endswith(" ±")}
-    st.dataframe(shown, hide_index=True, key=key, column_config={
+    st.dataframe(shown, hide_index=True, key=key, placeholder=MISSING, column_config={
         **errors,
         "model": st.column_config.TextColumn(pinned=True, width=name_width(shown["model"]),
                                              help=f"Names over {NAME_CHARS} characters are cut in the middle; Export "
@@ -328,7 +328,7 @@ if qa_table:
     st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination, nor is a reply cut off by "
                "the token limit before it answered (cut-off rate). Precision = correct ÷ (correct + wrong). "
                "Unanswerable questions ask about places and people no training set mentions.")
-    st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table")
+    st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table", placeholder=MISSING)
     with st.expander("How answers are classified"):
         from backend import qa as qa_rules
 
@@ -347,7 +347,7 @@ if h6:
     rows6 = [{"model": m, **{c: h6.get((m, c)) for c in cols6}} for m in sorted({m for m, _ in h6})]
     rows6 += [{"model": f"{name} (published, %)", **{c: vals.get(c) for c in cols6}}
               for name, vals in lmeval.PAPER_H6.items()]
-    st.dataframe(pd.DataFrame(rows6), hide_index=True, key="h6_table")
+    st.dataframe(pd.DataFrame(rows6), hide_index=True, key="h6_table", placeholder=MISSING)
     st.caption("Ours are fractions (lm-eval), the published ones percent. Source: " + lmeval.PAPER_H6_SOURCE
                + ". Only numbers checked against that source are shown.")
 
@@ -453,7 +453,8 @@ if len(gen_models) >= 2:
             lm, mc, raw = res["model"], res["mcnemar"], res["raw"]
             if lm["table"]:
                 st.dataframe(pd.DataFrame(lm["table"])[["fit", "term", "coef", "odds_ratio", "low", "high",
-                                                         "pvalue"]].round(4), hide_index=True, key="lc_coefs")
+                                                         "pvalue"]].round(4), hide_index=True, key="lc_coefs",
+                             placeholder=MISSING)
                 judged = " and neither left cut off" if lm["left_out"]["n"] else ""
                 st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered"
                            f"{judged}; reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "

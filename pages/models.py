@@ -14,7 +14,7 @@ import yaml
 from backend import hubpush, registry, runner
 from backend.chat import GenerationStats, stream_reply
 from backend.specs import ImportSpec, PushSpec, explain
-from pages.common import cached_model, current_model, human, job_status, submit, worker_banner, via_app
+from pages.common import MISSING, cached_model, current_model, human, job_status, submit, worker_banner, via_app
 from pydantic import ValidationError
 
 via_app(__file__)
@@ -52,7 +52,7 @@ table = pd.DataFrame([{
     "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r, registered)) or "—", "made by": r.source,
     "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
 # the parameters as numbers (as text, "1.0B" sorted before "135.0M"), shown compact
-st.dataframe(table, hide_index=True, key="models_table",
+st.dataframe(table, hide_index=True, key="models_table", placeholder=MISSING,
              column_config={"parameters": st.column_config.NumberColumn(format="compact")})
 
 

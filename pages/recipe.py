@@ -11,7 +11,7 @@ import streamlit as st
 from backend import recipe, runner
 from backend.recipe import tables
 from backend.specs import TRAIN_KINDS
-from pages.common import job_said, via_app, worker_banner
+from pages.common import MISSING, job_said, via_app, worker_banner
 from pages.figures import PALETTE, held_out_words, metric_figure, recovery_figure
 
 
@@ -46,10 +46,16 @@ def plan_rows(p) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"steps": "Int64", "layers": "Int64"})
 
 
+def diff_rows(diff) -> list[dict]:
+    """tables.config_diff's fields as rows, a field one side lacks (or sets to null) as MISSING: str(None) is the
+    text "None", which placeholder= does not reach."""
+    return [{"field": k, **{n: MISSING if v is None else str(v) for n, v in vals.items()}} for k, vals in diff]
+
+
 def unscored_note(t) -> str:
-    """What the blank (None) cells of a paper table mean, per task: after a run, the five synth-math columns of
-    Table 3 read None in every row (the base alone had been evaluated on synth-math, from the Compare page), with
-    nothing saying that no score is there, not a score of None."""
+    """What the missing (MISSING, "—") cells of a paper table mean, per task: after a run, the five synth-math
+    columns of Table 3 read None in every row (the base alone had been evaluated on synth-math, from the Compare
+    page), with nothing saying that no score is there, not a score of None."""
     skip = {"Model", "Stage", "Made from", "Paper H6"}
     missing: dict[str, list[str]] = {}  # task -> models without its scores
     for i, col in enumerate(t.columns):
@@ -66,8 +72,8 @@ def unscored_note(t) -> str:
              if ms]
     if not parts:
         return ""
-    return ("None: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves it out, or "
-            "has not run yet), not a score of zero.")
+    return (f"A {MISSING} cell: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves "
+            "it out, or has not run yet), not a score of zero.")
 
 
 via_app(__file__)
@@ -167,7 +173,7 @@ if plans:
     for p in plans:
         st.subheader(f"Plan: {p.recipe.name}")
         st.caption(p.lines()[0])
-        st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}",
+        st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}", placeholder=MISSING,
                      column_config={"label": st.column_config.TextColumn(width="medium"),
                                     "data": st.column_config.TextColumn(width="large")})
         st.graphviz_chart(tables.graph_dot([{"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps,
@@ -206,10 +212,11 @@ def live(run_id: int) -> None:
     rows = recipe.stages(run_id)
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
     st.graphviz_chart(tables.run_graph(run_id))
-    st.dataframe(pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": recipe.stage_state(r, j), "job": r.job_id,
-                                "model": r.output, "message": job_said(j, active, alive)[:80] if j else ""}
-                               for r, j in rows]),
-                 hide_index=True, key="recipe_stages")
+    table = pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": recipe.stage_state(r, j), "job": r.job_id,
+                           "model": r.output, "message": job_said(j, active, alive)[:80] if j else ""}
+                          for r, j in rows], columns=["stage", "kind", "status", "job", "model", "message"])
+    # job 6, not 6.0, beside the base's none (shown MISSING)
+    st.dataframe(table.astype({"job": "Int64"}), hide_index=True, key="recipe_stages", placeholder=MISSING)
 
 
 live(run_id)
@@ -227,8 +234,8 @@ with t_tables:
         # pinned: with a task's metrics between them (six columns for synth-math), the paper's number sat off-screen
         # at 1280 px, so "beside the published numbers" took a sideways scroll per table
         st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}",
-                     column_config={"Model": st.column_config.TextColumn(pinned=True),
-                                    "Paper H6": st.column_config.NumberColumn(pinned=True)})
+                     placeholder=MISSING, column_config={"Model": st.column_config.TextColumn(pinned=True),
+                                                         "Paper H6": st.column_config.NumberColumn(pinned=True)})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
         if unscored := unscored_note(t):
@@ -285,11 +292,14 @@ with t_recovery:
 
 with t_compare:
     jobs = runner.list_jobs(300, kinds=TRAIN_KINDS)
-    picked = st.multiselect("Jobs", [j.id for j in jobs], format_func=lambda i: next(
-        f"{j.id} · {j.kind} · {j.spec.get('name')}" for j in jobs if j.id == i), key="compare_jobs")
+    # a dict, not a search of `jobs` per option; what each job makes (runner.job_output), not its spec's name: a job
+    # queued without one (the CLI's, a saved spec's) read "12 · sft · None"
+    made = {j.id: runner.job_output(j) for j in jobs}
+    job_labels = {j.id: f"{j.id} · {j.kind} · {made[j.id]}" for j in jobs}
+    picked = st.multiselect("Jobs", list(job_labels), format_func=job_labels.get, key="compare_jobs")
     picked_runs = st.multiselect("Or recipe runs", list(labels), format_func=labels.get, key="compare_runs")
     if picked:
-        names = {j.id: f"{j.id} · {j.spec.get('name')}" for j in jobs}
+        names = {j.id: f"{j.id} · {made[j.id]}" for j in jobs}
         logged = sorted({m.name for m in runner.metrics(picked)})
         metric = st.selectbox("Metric", logged, index=logged.index("loss") if "loss" in logged else 0,
                               key="compare_metric") if logged else None
@@ -297,8 +307,7 @@ with t_compare:
             st.plotly_chart(metric_figure({names[i]: pts for i, pts in tables.curves(picked, metric).items()},
                                           metric), key="compare_curves")
         diff = tables.config_diff({names[j.id]: j.spec for j in jobs if j.id in picked})
-        st.dataframe(pd.DataFrame([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in diff]),
-                     hide_index=True, key="compare_diff")
+        st.dataframe(pd.DataFrame(diff_rows(diff)), hide_index=True, key="compare_diff")
     if not picked and not picked_runs:  # two empty pickers said nothing about what they would show
         st.caption("Pick training jobs to draw their logged metrics together with the settings they differ in, or "
                    "two or more recipe runs to list the fields their recipes differ in.")
@@ -309,5 +318,4 @@ with t_compare:
 
         texts = {labels[r.id]: yaml.safe_load(r.text) for r in runs if r.id in picked_runs}
         diff = tables.config_diff(texts)
-        st.dataframe(pd.DataFrame([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in diff]),
-                     hide_index=True, key="compare_run_diff")
+        st.dataframe(pd.DataFrame(diff_rows(diff)), hide_index=True, key="compare_run_diff")

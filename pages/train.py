@@ -356,11 +356,11 @@ open_jobs = runner.active_jobs()[::-1]  # every queued or running job, newest fi
 chosen_after = st.session_state.get("after")
 if chosen_after is not None and chosen_after not in [j.id for j in open_jobs]:
     st.session_state["_train_after_ended"] = chosen_after
-# what each job makes, so two queued SFT jobs can be told apart (an evaluation makes no model: its models)
-after = st.selectbox("Start after job (optional)", [None] + [j.id for j in open_jobs], key="after",
-                     format_func=lambda i: "start now" if i is None else next(
-                         f"job {j.id} · {j.kind} · {j.status}" + (f" → {made}" if (made := runner.planned_name(j)) else
-                                                                   "") for j in open_jobs if j.id == i),
+# what each job makes, so two queued SFT jobs can be told apart (an evaluation makes no model: its models); a dict,
+# not a search of the jobs per option
+after_labels = {None: "start now", **{j.id: f"job {j.id} · {j.kind} · {j.status}" + (
+    f" → {made}" if (made := runner.planned_name(j)) else "") for j in open_jobs}}
+after = st.selectbox("Start after job (optional)", list(after_labels), key="after", format_func=after_labels.get,
                      on_change=lambda: st.session_state.pop("_train_after_ended", None))
 if after is None and (ended_id := st.session_state.get("_train_after_ended")) is not None:
     ended = runner.get(ended_id)

@@ -167,7 +167,7 @@ def test_device_plan_cpu_cuda_and_too_big():
     assert plan(shape, cuda=True, free_bytes=free, seq_len=512, batch_size=4).batch_size == 4
     assert plan(shape, cuda=True, free_bytes=free, seq_len=512, batch_size=64).batch_size == 10
     assert plan(shape, cuda=True, free_bytes=200 * 2**30).batch_size == 256  # capped
-    with pytest.raises(DeviceError, match=r"needs about 2\.0 GiB .* has 1\.5 GiB free"):
+    with pytest.raises(DeviceError, match=r"needs about 2\.05 GiB .* has 1\.5 GiB free"):
         plan(shape, cuda=True, free_bytes=int(1.5 * 2**30))
     with pytest.raises(DeviceError, match="no CUDA device"):
         plan(shape, cuda=False, device="cuda")
@@ -178,7 +178,7 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_llama, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (100 * 2**20, 80 * 2**30))
     monkeypatch.setattr(evaljob, "_load", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
-    with pytest.raises(evaluate.EvalError, match="tiny: the model needs about .* GiB free"):
+    with pytest.raises(evaluate.EvalError, match="tiny: the model needs about .* has 100 MiB free"):
         evaluate.run_eval(EvalSpec(models=["tiny"], tasks=["perplexity"], limit=2))
     from backend.evaldevice import model_shape
 

@@ -79,10 +79,10 @@ def test_recipe_tables_say_what_a_missing_score_is(workspace):
     at = app("recipe.py")
     at.selectbox(key="recipe_run_pick").select(run_id).run()
     assert not at.exception, at.exception
-    notes = [c.value for c in at.caption if c.value.startswith("None:")]
+    notes = [c.value for c in at.caption if c.value.startswith("A — cell:")]
     # was no word: c2's synth-math accuracy cell read "None"
-    assert notes == ["None: c2 has no synth-math score — not evaluated on that task (the run's evaluation leaves it "
-                     "out, or has not run yet), not a score of zero."]
+    assert notes == ["A — cell: c2 has no synth-math score — not evaluated on that task (the run's evaluation "
+                     "leaves it out, or has not run yet), not a score of zero."]
 
 
 def test_recipe_compare_runs_says_what_to_pick(workspace):

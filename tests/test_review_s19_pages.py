@@ -27,8 +27,7 @@ def test_a_started_worker_that_never_beats_is_said_stuck_with_its_log_and_can_be
     at.button(key="start_worker").click().run()
     assert any("is starting" in i.value for i in at.info)  # within UP_WITHIN: starting, as before
     # its start put back past UP_WITHIN (60 s: a healthy worker beats within seconds)
-    started_at = getattr(pages.common, "_started_at", {})  # (the old banner kept no start time: still "starting")
-    started_at[started[0].pid] = started_at.get(started[0].pid, time.monotonic()) - 65
+    started[0].started_at -= 65  # (the old banner kept no start time: still "starting")
     deadline = time.monotonic() + 20  # its first line reaches the log
     while "connecting" not in (pages.common.db.workspace() / "logs" / "worker.log").read_text():
         assert time.monotonic() < deadline
@@ -212,7 +211,6 @@ def test_a_stopped_job_of_any_kind_offers_what_its_message_promises(tiny):
 def test_a_started_worker_that_beat_and_then_hung_is_said_to_have_stopped_answering(fake_worker):
     import json
 
-    import pages.common
     from backend import runner
     from tests.test_pages import app
 
@@ -221,7 +219,7 @@ def test_a_started_worker_that_beat_and_then_hung_is_said_to_have_stopped_answer
     at.button(key="start_worker").click().run()
     pid = started[0].pid
     runner.heartbeat_path().write_text(json.dumps({"pid": pid, "time": time.time() - 600}))  # beat, 10 min ago
-    pages.common._started_at[pid] -= 3600
+    started[0].started_at -= 3600
     at.run()
     (said,) = [w.value for w in at.warning if f"(process {pid})" in w.value]
     assert "stopped answering: its last heartbeat was 10 min ago" in said

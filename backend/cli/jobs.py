@@ -303,12 +303,14 @@ def add_jobs(sub) -> None:
                          ("cancel", "stop a waiting or running job"),
                          ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "
                                     "checkpoint)"),
-                         ("exec", "run the job in this process (what the worker starts)"),
-                         ("wait", "wait until the job has finished; exit 0 if it succeeded, 1 if not")):
-        jp = ja.add_parser(action, help=what)
-        jp.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
-    jp.add_argument("--timeout", type=float, help="give up after this many seconds (exit code 124)")
-    jp.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the job")
+                         ("exec", "run the job in this process (what the worker starts)")):
+        ja.add_parser(action, help=what).add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    # wait's own parser, not the loop's last one: its flags were added after the loop and reached `wait` only
+    # because it came last (an action added after it would have taken them)
+    jw = ja.add_parser("wait", help="wait until the job has finished; exit 0 if it succeeded, 1 if not")
+    jw.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")
+    jw.add_argument("--timeout", type=float, help="give up after this many seconds (exit code 124)")
+    jw.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the job")
     jg = ja.add_parser("log", help="the job's log, its last lines (the Jobs page's); --follow: then each new line "
                                    "until the job ends, exit 0 if it succeeded, 1 if not")
     jg.add_argument("id", metavar="ID", type=int, help="the job's id (jobs list)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from backend.memplan.components import GiB, MemoryPlan, Setup, estimate
 from backend.memplan.shape import ModelShape, load_shape
 from backend.memplan.strategies import setup_for_spec, strategy_setups
+from backend.names import human_bytes
 
 
 def available_memory(device: str) -> tuple[list[int], str]:
@@ -78,6 +79,17 @@ def precision_note(setup: Setup) -> str:
             "parameter; 8-bit AdamW: about 2 bytes of state a value).")
 
 
+def needs(plan: MemoryPlan) -> str:
+    """What the plan needs, each part with its unit (names.human_bytes: small parts in MiB, not "0.0") and the
+    overhead said for what it is: "overhead 1.0", bare beside the total's "GiB", read as a factor."""
+    where = "on each GPU" if plan.setup.device == "cuda" else "of RAM"
+    parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in plan.components.items() if v)
+    what = "the CUDA context and allocator slack" if plan.setup.device == "cuda" else "the process itself"
+    extra = f"; {human_bytes(plan.cpu_bytes)} of CPU RAM for the offloaded states" if plan.cpu_bytes else ""
+    return (f"needs {plan.needed_bytes / GiB:.1f} GiB {where} ({parts}, and {human_bytes(plan.overhead_bytes)} of "
+            f"overhead for {what}){extra}")
+
+
 def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[MemoryPlan, bool]]) -> str:
     """One sentence: what is needed, what there is, fits or which strategy would."""
     local = plan.setup.local_processes
@@ -96,7 +108,7 @@ def verdict(plan: MemoryPlan, avail: list[int], what: str, others: list[tuple[Me
     else:
         have = f"this machine has {avail[0] / GiB:.0f} GiB of RAM" if avail else "no memory information"
     procs = f", for each of {local} processes" if plan.setup.device == "cpu" and local > 1 else ""
-    text = f"{plan.label} {plan.summary()}{procs}; {have}: "
+    text = f"{plan.label} {needs(plan)}{procs}; {have}: "
     if fits(plan, avail):
         return text + "fits."
     would = [f"{p.label} ({p.needed_bytes / GiB:.1f} GiB)" for p, ok in others if ok and p.strategy != plan.strategy]
