@@ -27,7 +27,7 @@ KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
          "sft": (SftSpec, "SFT", "builtin:alpaca-mini"),
          "dpo": (DpoSpec, "DPO", "builtin:prefs-mini")}
 # Fields of the "Several machines" section: an invalid spec's problems that start with one are shown there too (the
-# spec's own checks, backend/specs.py _TrainSpec._machines, name the field first).
+# spec's own checks, backend/spec_train.py _TrainSpec._machines, name the field first).
 MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port", "ray_workers", "resources")
 
 

@@ -18,7 +18,7 @@ import pytest
 from sqlmodel import select
 
 from backend import registry, runner
-from backend.cluster import ray_jobs
+from backend.cluster import ray_checks, ray_jobs
 from backend.cluster.ray_jobs import ClusterError, Node
 from backend.specs import UpscaleSpec
 from storage import db
@@ -253,12 +253,14 @@ def test_a_ray_submission_whose_answer_was_lost_is_watched_not_queued_again(monk
     submitted the next attempt and the job ran twice on the cluster."""
     fake = _SlowRay()
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: fake)  # missing_paths looks it up there
     job = _row()
     run = ray_jobs.submit(job, "http://head:8265")
     assert fake.held == [run.submission_id] and run.submission_id.endswith(f"-{job.id}-1")
     fake = _SlowRay()
     fake.submit_job = lambda **_: (_ for _ in ()).throw(OSError("Connection refused"))  # never landed
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: fake)  # missing_paths looks it up there
     with pytest.raises(OSError, match="Connection refused"):  # the worker gives it back to the queue
         ray_jobs.submit(job, "http://head:8265")
 
@@ -288,10 +290,12 @@ def test_a_ray_submission_lost_while_the_cluster_was_unreachable_is_watched_when
     sid = lambda n: f"dus-{ray_jobs.workspace_tag()}-{job.id}-{n}"  # noqa: E731
     fake = _KeptRay({sid(1): JobStatus.RUNNING})
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: fake)  # missing_paths looks it up there
     run = ray_jobs.submit(job, "http://head:8265")
     assert run.submission_id == sid(1) and fake.submitted == []
     fake = _KeptRay({sid(1): JobStatus.FAILED, sid(2): JobStatus.STOPPED})
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: fake)  # missing_paths looks it up there
     run = ray_jobs.submit(job, "http://head:8265")
     assert run.submission_id == sid(3) and fake.submitted == [sid(3)]
 
@@ -309,6 +313,7 @@ def test_a_cancelled_ray_job_resumes_only_once_its_run_has_stopped(monkeypatch):
     fake.stopped = []
     fake.stop_job = fake.stopped.append
     monkeypatch.setattr(ray_jobs, "client", lambda addr: fake)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: fake)  # missing_paths looks it up there
     with pytest.raises(ValueError, match=f"Job {job.id}'s Ray run {sid(1)} is still stopping on the cluster at "
                                          r"http://head:8265 \(asked to stop again\)"):
         runner.resume(job.id)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from backend import auth, runner
-from backend.cluster import ray_jobs, ray_train
+from backend.cluster import ray_checks, ray_jobs, ray_train
 from backend.cluster.slurm import slurm_script
 from backend.specs import CptSpec, DataSource
 from storage import db
@@ -97,6 +97,7 @@ def test_a_ray_job_is_not_sent_the_dashboards_password(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_job_needs_this")
     jobs = _Jobs()
     monkeypatch.setattr(ray_jobs, "client", lambda addr: jobs)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: jobs)  # missing_paths looks it up there
     ray_jobs.submit(_row(), ADDR)
     env = jobs.submitted[0][1]["runtime_env"]["env_vars"]
     assert auth.PASSWORD_ENV not in env and auth.HASH_ENV not in env
@@ -122,6 +123,7 @@ def test_a_job_ray_gave_up_starting_is_queued_again_and_submitted_as_the_next_at
                                 "Job supervisor actor failed to start within 900.0 seconds. This timeout can be "
                                 "configured by setting the environment variable RAY_JOB_START_TIMEOUT_SECONDS.")})
     monkeypatch.setattr(ray_jobs, "client", lambda addr: jobs)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: jobs)  # missing_paths looks it up there
     monkeypatch.setattr(ray_jobs, "_judged", {})
     assert runner.recover_orphans() == [job.id]
     row = runner.get(job.id)
@@ -167,6 +169,7 @@ def test_a_claim_whose_worker_died_before_writing_the_submission_is_judged_by_ra
     sid = lambda n: f"dus-{ray_jobs.workspace_tag()}-{job.id}-{n}"  # noqa: E731
     jobs = _Jobs({sid(n): _info(s) for n, s in held.items()})
     monkeypatch.setattr(ray_jobs, "client", lambda addr: jobs)
+    monkeypatch.setattr(ray_checks, "client", lambda addr: jobs)  # missing_paths looks it up there
     monkeypatch.setattr(ray_jobs, "_judged", {})
     runner.recover_orphans()
     row = runner.get(job.id)

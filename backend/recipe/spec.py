@@ -14,7 +14,8 @@
 A stage is the body of a cpt / sft / dpo / merge / synth-math / eval spec (backend/specs.py) plus `name`, and
 refers to other stages by name: `model: sft-v3`, `models: [cand1, cand2]`, data `stage:math/instruct`. `base`
 and `upscaled` name the base model and the up-scaled one. Validation here needs no model or data file; the
-checks that do (m against the base's depth, data sets present, merge depths) are in backend/recipe/plan.py.
+checks that do (m against the base's depth, data sets present, merge depths) are in backend/recipe/plan.py and
+backend/recipe/inputs.py.
 """
 
 from __future__ import annotations
