@@ -267,12 +267,14 @@ class MergeSpec(_Spec):
         full = safe_name(f"{'_'.join(short)}-{tag}")
         if len(full) <= DEFAULT_NAME_CHARS:
             return full
-        models = "_".join([short[0]] + [distinct_tail(short[0], o) for o in short[1:]])
+        ids = [short[0]] + [distinct_tail(short[0], o) for o in short[1:]]
         room = max(DEFAULT_NAME_CHARS - len(tag) - 1, 16)
-        if len(models) > room:
-            digest = hashlib.sha1("\n".join(self.models).encode()).hexdigest()[:6]
-            models = f"{models[:room - 7].rstrip(SEPARATORS)}-{digest}"
-        return safe_name(f"{models}-{tag}")
+        if len("_".join(ids)) > room:  # every candidate keeps a share (a cut of the joined names dropped the second
+            digest = hashlib.sha1("\n".join(self.models).encode()).hexdigest()[:6]  # one whole), then a digest
+            share = max((room - 7) // len(ids) - 1, 4)
+            later = [_cut_at_separator(i, share) for i in ids[1:]]
+            ids = [_cut_at_separator(ids[0], max(room - 7 - sum(len(i) + 1 for i in later), 4)), *later, digest]
+        return safe_name(f"{'_'.join(ids[:len(short)])}{''.join('-' + i for i in ids[len(short):])}-{tag}")
 
     def _unnamed_settings(self) -> dict:
         """The settings of this method that change the merged weights, are not spelled in the name's tag and differ
@@ -286,6 +288,15 @@ class MergeSpec(_Spec):
         value.update({k: getattr(self, f"resolved_{k}") for k in ("normalize", "rescale") if k in value})
         default.update(zip(("normalize", "rescale"), MERGE_DEFAULTS[self.method]))  # None means the method's own
         return {k: v for k, v in value.items() if v != default[k]}
+
+
+def _cut_at_separator(name: str, chars: int) -> str:
+    """`name` in at most `chars` characters, cut back to its last separator when one is in the second half."""
+    if len(name) <= chars:
+        return name
+    cut = name[:chars]
+    at = max(cut.rfind(c) for c in SEPARATORS)
+    return (cut[:at] if at >= chars // 2 else cut).rstrip(SEPARATORS) or cut
 
 
 DEFAULT_NAME_CHARS = 60  # longer default merge names (82 characters) hid the scores table's numbers

@@ -190,7 +190,8 @@ def test_default_merge_names_are_short_and_differ_by_method(tiny_llama):
         names[method] = box.value
     assert len(set(names.values())) == 3 and all(len(n) <= 60 for n in names.values()), names
     digest = hashlib.sha1(f"{LONG}\n{LONG}-cpt".encode()).hexdigest()[:6]  # the candidates cut to fit: told apart
-    assert names["slerp"] == f"{LONG[:44].rstrip('-')}-{digest}-slerp0.5"
+    # each candidate keeps a share, the second by what it adds to the first (a cut of the joined names dropped it)
+    assert names["slerp"] == f"{LONG[:39]}_cpt-{digest}-slerp0.5"
     assert names["average"].endswith("-average-0.5-0.5") and names["ties"].endswith("-d0.5")
     from backend.specs import MergeSpec  # the spec's own default: the CLI names a merge as the page does
 

@@ -170,3 +170,21 @@ def test_a_started_workers_start_time_is_kept_on_its_process(fake_worker):
     started[0].started_at -= 65  # alive past UP_WITHIN without a beat: said stuck, as before
     at.run()
     assert any(f"(process {started[0].pid}) has not come up" in w.value for w in at.warning)
+
+
+def test_a_long_named_merges_default_name_keeps_every_candidate():
+    """Past 60 characters the joined names were cut: the second candidate vanished from the name
+    ("SmolLM2-135M-Instruct-dus-m8-cpt-sft-openher-83f888-slerp0.5"). Each candidate now keeps a share."""
+    from backend.names import check_name
+    from backend.specs import MergeSpec
+
+    a = "SmolLM2-135M-Instruct-dus-m8-cpt-sft-openhermes-2.5"
+    b = "Qwen2.5-0.5B-Instruct-dus-m12-cpt-sft-dpo-ultrafeedback"
+    assert MergeSpec(models=[a, b], method="slerp").default_name() == \
+        "SmolLM2-135M-Instruct-dus-m8_Qwen2.5-0.5B-83f888-slerp0.5"
+    three = MergeSpec(models=[a, b, "Llama-3.2-1B"], method="linear").default_name()
+    assert three == "SmolLM2-135M_Qwen2.5-0.5B_Llama-3.2-1B-704809-average"
+    names = {MergeSpec(models=[x, y], method=m, **({"base": "b0"} if m == "ties" else {})).default_name()
+             for x, y in ((a, b), (a, "Org/" + b), ("x" * 90, "y" * 90)) for m in ("slerp", "linear", "ties")}
+    assert len(names) == 9 and all(len(n) <= 60 and check_name(n) == n for n in names), names
+    assert MergeSpec(models=["m1", "m2"], method="slerp").default_name() == "m1_m2-slerp0.5"  # short: unchanged
