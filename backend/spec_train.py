@@ -13,7 +13,8 @@ from backend.spec_base import _short, _Spec, _tagged, _valid_name
 class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(description="builtin:NAME, a local .jsonl/.json/.csv/.parquet/.txt file, or a Hub id")
-    weight: float = Field(1.0, gt=0, allow_inf_nan=False,  # inf passed, and the job's mix failed on int(inf)
+    # inf passed, and the job's mix failed on int(inf); 1e308 too (le: backend.data.MAX_REPEATS, checked when run)
+    weight: float = Field(1.0, gt=0, le=10_000, allow_inf_nan=False,
                           description="1 = the whole set once, 0.5 = a random half, 2 = twice")
     sample_by: Literal["line", "paragraph", "document"] = Field(
         "line", description="what a row of a .txt file is (the source's, or a mix's .txt members): a line, a paragraph "

@@ -238,3 +238,14 @@ def test_a_preference_prompt_that_is_a_number_is_named_as_such(tmp_path):
         data.check_source(str(f), "dpo")
     assert str(refused.value) == ("prefs.jsonl, row 1: prompt must be text or a list of turns; got int. Fix or remove "
                                   "that row.")
+
+
+def test_a_specs_weight_past_the_repeats_a_mix_takes_is_refused_when_the_spec_is_checked():
+    """A source's weight of 1e308 passed the spec (only inf and nan were refused) and failed when the job ran."""
+    from pydantic import ValidationError
+
+    from backend.specs import DataSource
+
+    assert DataSource(source="builtin:alpaca-mini", weight=data.MAX_REPEATS).weight == data.MAX_REPEATS
+    with pytest.raises(ValidationError, match="less than or equal to 10000"):
+        DataSource(source="builtin:alpaca-mini", weight=1e308)
