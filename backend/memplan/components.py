@@ -123,17 +123,6 @@ class MemoryPlan:
         offloaded = [w for w, on in (("parameters", st.offload_params), ("optimizer", st.offload_optimizer)) if on]
         return label + (f" + {' and '.join(offloaded)} offloaded" if offloaded else "")
 
-    def summary(self) -> str:
-        parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.components.items() if v)
-        where = "on each GPU" if self.setup.device == "cuda" else "of RAM"
-        extra = f"; {self.cpu_bytes / GiB:.1f} GiB of CPU RAM for the offloaded states" if self.cpu_bytes else ""
-        return f"needs {self.needed_bytes / GiB:.1f} GiB {where} ({parts}, overhead {_gib(self.overhead_bytes)}){extra}"
-
-
-def _gib(n: int) -> str:
-    """GiB with one decimal, as the table; small parts in MiB so that they do not read as zero."""
-    return f"{n / GiB:.1f}" if n >= GiB / 10 else f"{n / MiB:.0f} MiB"
-
 
 def _layer_activation_bytes(s: ModelShape, st: Setup, padded: bool) -> float:
     """Saved tensors of one decoder layer per token (Llama block, sdpa), bytes."""
