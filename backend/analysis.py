@@ -13,6 +13,10 @@ hallucination — and it is always as long as the cap allows. Counted as a non-h
 rambles until it is stopped "hallucinate less", and tied "longer" to "fewer hallucinations" in the length model. So
 the hallucination comparison leaves out every item either model left cut off, and says how many (`judged_items`);
 for "correct" a cut-off reply stays an error (it is one), and the sentence says when many were cut off.
+An empty reply (verdict "empty": the model ended it at once, as an up-scaled model does before continued pretraining)
+has 0 words and says nothing. Kept, it was a 0-word non-hallucination (so "shorter answers hallucinate less") or a
+0-word error (so "shorter answers are wrong"); it is neither an answer nor an abstention. So both comparisons leave
+out every item either model's reply was empty on, and say how many; the QA table's empty rate counts them.
 
 The work is in three modules: backend/answerstats.py (records, shared items, length bins, bootstrap, McNemar),
 backend/lengthfit.py (the logistic fit) and backend/claimtext.py (the sentence); `compare` puts them together here.
@@ -23,20 +27,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.answerstats import (CUT_OFF, CUT_OFF_LARGE, FEW_ITEMS, MIN_CLUSTERS, MIN_ITEMS, OUTCOMES, RAISE_CAP,
-                                 RAISE_LIMIT, RATE_LABEL, Record, _length, _remedy, answered_models, bin_edges,
-                                 bin_of, bins_of, by_length_bin, cut_shares, expanded_tail, from_generation, is_bad,
-                                 judged_items, length_controlled, mcnemar_accuracy, pair_records, paired_bootstrap,
-                                 preload, shared_items, task_records, word_bins)
+from backend.answerstats import (CONTINUE_PRETRAINING, CUT_OFF, CUT_OFF_LARGE, FEW_ITEMS, MIN_CLUSTERS, MIN_ITEMS,
+                                 OUTCOMES, RAISE_CAP, RAISE_LIMIT, RATE_LABEL, Record, _length, _remedy,
+                                 answered_models, bin_edges, bin_of, bins_of, by_length_bin, cut_shares, empty_shares,
+                                 expanded_tail, from_generation, is_bad, judged_items, length_controlled,
+                                 mcnemar_accuracy, pair_records, paired_bootstrap, preload, shared_items, task_records,
+                                 word_bins)
 from backend.claimtext import _few_items_note, _points, sentence
 from backend.lengthfit import Separation, length_curves, length_model
 
-__all__ = ["CUT_OFF", "CUT_OFF_LARGE", "FEW_ITEMS", "MIN_CLUSTERS", "MIN_ITEMS", "OUTCOMES", "RAISE_CAP",
-           "RAISE_LIMIT", "RATE_LABEL", "Record", "Separation", "_few_items_note", "_length", "_points", "_remedy",
-           "answered_models", "bin_edges", "bin_of", "bins_of", "by_length_bin", "compare", "cut_shares",
-           "expanded_tail", "from_generation", "is_bad", "judged_items", "length_controlled", "length_curves",
-           "length_model", "mcnemar_accuracy", "pair_records", "paired_bootstrap", "preload", "sentence",
-           "shared_items", "task_records", "word_bins"]
+__all__ = ["CONTINUE_PRETRAINING", "CUT_OFF", "CUT_OFF_LARGE", "FEW_ITEMS", "MIN_CLUSTERS", "MIN_ITEMS", "OUTCOMES",
+           "RAISE_CAP", "RAISE_LIMIT", "RATE_LABEL", "Record", "Separation", "_few_items_note", "_length", "_points",
+           "_remedy", "answered_models", "bin_edges", "bin_of", "bins_of", "by_length_bin", "compare", "cut_shares",
+           "empty_shares", "expanded_tail", "from_generation", "is_bad", "judged_items", "length_controlled",
+           "length_curves", "length_model", "mcnemar_accuracy", "pair_records", "paired_bootstrap", "preload",
+           "sentence", "shared_items", "task_records", "word_bins"]
 
 
 def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "hallucination", boots: int = 2000,
@@ -45,7 +50,8 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     accuracy, and the gap with answer length held fixed (the logistic model's average marginal effect), with the
     one-sentence answer in `sentence`. `outcome`: "hallucination", or "correct" (then the rate is of wrong answers,
     so that lower is better in both). For "hallucination" only the items neither model left cut off by the token
-    limit are compared (`judged_items`); `left_out` says how many were left out and whose, and the sentence too."""
+    limit are compared, for both outcomes only those neither replied empty to (`judged_items`); `left_out` says how
+    many were left out and whose, and the sentence too."""
     if model_a == model_b:
         raise ValueError("choose two different models.")
     items, left_out = judged_items(records, [model_a, model_b], outcome)
@@ -54,7 +60,7 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     if len(items) < MIN_ITEMS and left_out["n"]:
         remain = f"only {len(items)} remain" if items else "none remains"
         res["message"] = (f"No verdict: {left_out['message']}, so {remain} and a comparison needs at least "
-                          f"{MIN_ITEMS}; {_remedy(len(items), left_out['n'])}.")
+                          f"{MIN_ITEMS}; {_remedy(len(items), left_out)}.")
         return {**res, "sentence": res["message"]}
     if len(items) < MIN_ITEMS:
         res["message"] = (f"{model_a} and {model_b} answered only {len(items)} of the same items; a comparison "

@@ -1,7 +1,8 @@
 """The answers behind "fewer hallucinations, or just shorter answers?" as records, and the statistics on them that
 need no model of the data: the items two models share (less those a reply was cut off on), answer-length bins, the
 paired bootstrap of a rate gap, the gap within length bins (`length_controlled`) and McNemar's test. Pure functions
-on records but for the database reads (task_records); backend/analysis.py says why cut-off replies are left out.
+on records but for the database reads (task_records); backend/analysis.py says why cut-off and empty replies are
+left out.
 
     from backend.answerstats import pair_records, length_controlled
     length_controlled(pair_records("synth-math", "A", "B"), "A", "B")
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.qa import flags
+from backend.qa import EMPTY, flags
 
 MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
 MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the model-based ones are used
@@ -23,22 +24,31 @@ CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it 
 CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
 RAISE_CAP = "evaluate again with a higher Max new tokens"  # the remedy, named as the evaluate form's field
 RAISE_LIMIT = "evaluate again with more Items per task"  # the remedy when even every item would be too few
+# no token cap brings an empty reply back: the model ended it at once (an up-scaled model before continued pretraining)
+CONTINUE_PRETRAINING = "continue pretraining the model whose replies are empty (it ends them at once), then evaluate it"
 
 OUTCOMES = ("hallucination", "correct")
 RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
 
 
-def _remedy(judged: int, left_out: int) -> str:
+def _remedy(judged: int, left_out: int | dict) -> str:
     """What would give MIN_ITEMS items to judge: a higher token cap brings back at most the items it cut off, so
-    with fewer items in all ("4 of 8 left out") the advice to raise it alone could not work."""
-    if judged + left_out >= MIN_ITEMS:
-        return RAISE_CAP
-    return f"{RAISE_CAP} and {RAISE_LIMIT.removeprefix('evaluate again with ')} (only {judged + left_out} were scored)"
+    with fewer items in all ("4 of 8 left out") the advice to raise it alone could not work; an item left out for an
+    empty reply no cap brings back. `left_out`: judged_items' dict (or a count of cut-off items)."""
+    empty = left_out.get("n_empty", 0) if isinstance(left_out, dict) else 0
+    cut = (left_out["n"] - empty) if isinstance(left_out, dict) else left_out
+    if not cut:
+        return CONTINUE_PRETRAINING
+    then = f"; and {CONTINUE_PRETRAINING}" if empty else ""
+    if judged + cut >= MIN_ITEMS:
+        return RAISE_CAP + then
+    return (f"{RAISE_CAP} and {RAISE_LIMIT.removeprefix('evaluate again with ')} (only {judged + cut} were scored)"
+            + then)
 
 
 def is_bad(r: Record, outcome: str) -> bool:
     """The event whose rate is compared (lower is better for both outcomes): a hallucination, or, for "correct",
-    an answer that is not correct (wrong, abstained or cut off)."""
+    an answer that is not correct (wrong, abstained or cut off; judged_items leaves empty replies out)."""
     if outcome not in OUTCOMES:
         raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
     return r.hallucination if outcome == "hallucination" else not r.correct
@@ -46,8 +56,8 @@ def is_bad(r: Record, outcome: str) -> bool:
 
 @dataclass(frozen=True)
 class Record:
-    """One model's answer to one item. `verdict` is correct / wrong / abstained / cut off (empty on rows from before
-    verdicts were stored: then `hallucination` and `answered` say it)."""
+    """One model's answer to one item. `verdict` is correct / wrong / abstained / cut off / empty ("" on rows from
+    before verdicts were stored: then `hallucination` and `answered` say it)."""
 
     model: str
     words: int
@@ -62,10 +72,12 @@ class Record:
 
 def from_generation(g) -> Record:
     """A stored Generation row as a Record: a hallucination is a wrong answer (verdict "wrong"), not an abstention;
-    old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans."""
+    old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans. A blank reply
+    (0 words) stored as "abstained" reads as qa.classify grades it now: "cut off" to the token limit, else "empty"
+    (it ended at once: an empty reply stored before "empty" existed made its model the most careful one)."""
     verdict = getattr(g, "verdict", "") or ""
-    if verdict == "abstained" and getattr(g, "truncated", False) and not int(g.words or 0):
-        verdict = "cut off"  # stored before session 19: a reply blank to the token limit never answered (qa.classify)
+    if verdict == "abstained" and not int(g.words or 0):  # 0 words (len(output.split())): blank, as classify says
+        verdict = "cut off" if getattr(g, "truncated", False) else EMPTY
     if verdict:
         f = flags(verdict)
         correct, hallucination, answered = f["correct"], f["hallucination"], f["answered"]
@@ -100,16 +112,25 @@ def task_records(task: str, models: list[str] | tuple[str, ...] | None = None) -
     return [from_generation(g) for g in latest.values()]
 
 
+def empty_shares(records) -> dict[str, float]:
+    """Per model (by name), the share of its replies that are empty (the model ended them at once), as cut_shares."""
+    return _shares(records, EMPTY)
+
+
 def cut_shares(records) -> dict[str, float]:
     """Per model (by name), the share of its answers cut off by the token limit, in one pass over the records (a
     pass per model was 150 × 66,000 comparisons on every rerun of the Compare page)."""
+    return _shares(records, CUT_OFF)
+
+
+def _shares(records, verdict: str) -> dict[str, float]:
     from collections import Counter
 
-    total, cut = Counter(), Counter()
+    total, hit = Counter(), Counter()
     for r in records:
         total[r.model] += 1
-        cut[r.model] += r.verdict == CUT_OFF
-    return {m: cut[m] / total[m] for m in sorted(total)}
+        hit[r.model] += r.verdict == verdict
+    return {m: hit[m] / total[m] for m in sorted(total)}
 
 
 def answered_models(task: str) -> list[str]:
@@ -219,6 +240,8 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     if outcome not in OUTCOMES:
         raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
     items, left_out = judged_items(records, [model_a, model_b], outcome)
+    if not items and left_out.get("n_empty"):
+        raise ValueError(f"no item is left to judge {outcome} on: {left_out['message']}; {_remedy(0, left_out)}.")
     if not items and left_out["n"]:
         raise ValueError(f"no item is left to judge hallucinations on: on every item {model_a} and {model_b} both "
                          f"answered, a reply was cut off by the token limit; {RAISE_CAP}.")
@@ -267,22 +290,30 @@ def judged_items(records: list[Record], models: list[str], outcome: str) -> tupl
     """The items `outcome` can be judged on, as `shared_items`, and what was left out. For "hallucination": the
     shared items none of `models` left cut off (old rows without a verdict stay in, as before verdicts); a cut-off
     reply is no answer, so neither a hallucination nor its absence. For "correct": every shared item (a cut-off reply
-    is not correct). `left_out`: n_shared, n (items left out), by_model (cut-off replies per model among the shared
-    items, for either outcome) and message (empty when nothing was left out)."""
+    is not correct). For both, the items a model's reply was empty on (verdict "empty": it ended at once) are left
+    out: a blank reply is no answer and has no length, and kept it read as a 0-word non-hallucination ("shorter
+    answers hallucinate less") or a 0-word error ("shorter answers are wrong"); the QA table's empty rate counts
+    them. `left_out`: n_shared, n (items left out), by_model (cut-off replies per model among the shared items, for
+    either outcome) and message (empty when nothing was left out); where a reply was empty, also n_empty (items left
+    out with an empty reply) and empty_by_model (empty replies per model)."""
     items = shared_items(records, models)
     by_model = {m: sum(per[m].verdict == CUT_OFF for per in items.values()) for m in models}
-    kept = items if outcome != "hallucination" else {
-        k: per for k, per in items.items() if all(r.verdict != CUT_OFF for r in per.values())}
+    empty_by_model = {m: sum(per[m].verdict == EMPTY for per in items.values()) for m in models}
+    skip = {EMPTY, CUT_OFF} if outcome == "hallucination" else {EMPTY}
+    kept = {k: per for k, per in items.items() if all(r.verdict not in skip for r in per.values())}
     n = len(items) - len(kept)
-    cut = {m: c for m, c in by_model.items() if c}
-    if not n:
-        message = ""
-    elif len(cut) == 1:
-        message = f"{n} of {len(items)} items left out: {next(iter(cut))}'s reply was cut off by the token limit"
-    else:
-        message = (f"{n} of {len(items)} items left out: a reply was cut off by the token limit ("
-                   + ", ".join(f"{m} on {c}" for m, c in cut.items()) + ")")
-    return kept, {"n_shared": len(items), "n": n, "by_model": by_model, "message": message}
+    n_empty = sum(any(r.verdict == EMPTY for r in per.values()) for per in items.values())
+    parts = []
+    if outcome == "hallucination" and (cut := {m: c for m, c in by_model.items() if c}):
+        parts.append(f"{next(iter(cut))}'s reply was cut off by the token limit" if len(cut) == 1 else
+                     "a reply was cut off by the token limit (" + ", ".join(f"{m} on {c}" for m, c in cut.items())
+                     + ")")
+    if empty := {m: c for m, c in empty_by_model.items() if c}:
+        parts.append(f"{next(iter(empty))}'s reply was empty" if len(empty) == 1 else
+                     "a reply was empty (" + ", ".join(f"{m} on {c}" for m, c in empty.items()) + ")")
+    message = f"{n} of {len(items)} items left out: " + "; ".join(parts) if n else ""
+    out = {"n_shared": len(items), "n": n, "by_model": by_model, "message": message}
+    return kept, ({**out, "n_empty": n_empty, "empty_by_model": empty_by_model} if n_empty else out)
 
 
 def expanded_tail(n: int) -> float:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from backend.answerstats import CUT_OFF_LARGE, FEW_ITEMS, RAISE_CAP
 
+# what an item left out for an empty reply means: no cap brings it back, and it is no answer of any length
+EMPTY_NOTE = ("an empty reply (the model ended it at once) is neither an answer nor an abstention and has no length, "
+              "so it is in neither rate; the QA table's empty rate counts them")
+
 
 def _pts(x: float) -> str:
     return str(round(100 * x)).replace("-", "−")  # round(): −0.001 reads "0" (a ".0f" format printed "−0")
@@ -30,18 +34,25 @@ def _interval(lo: float, hi: float) -> str:
 
 
 def _cut_off_note(res: dict) -> str:
-    """What the token limit did to the comparison, as a sentence to append: for "hallucination" the items left out
-    (`judged_items`); for "correct", where a cut-off reply counts as not correct, each model's cut-off share when one
-    reaches CUT_OFF_LARGE — a gap between a model that finishes and one the cap stops may be the cap's."""
+    """What the token limit and empty replies did to the comparison, as a sentence to append: for "hallucination"
+    the items left out (`judged_items`); for "correct", the items left out for an empty reply, and, where a cut-off
+    reply counts as not correct, each model's cut-off share when one reaches CUT_OFF_LARGE — a gap between a model
+    that finishes and one the cap stops may be the cap's. A higher cap is advised only for cut-off replies."""
     left = res["left_out"]
+    n_empty = left.get("n_empty", 0)
     if res["outcome"] == "hallucination":
-        return f" {left['message']}; {RAISE_CAP} to judge them." if left["n"] else ""
+        if not left["n"]:
+            return ""
+        why = [f"{RAISE_CAP} to judge {'the cut-off ones' if n_empty else 'them'}"] if left["n"] > n_empty else []
+        return f" {left['message']}; " + "; ".join(why + [EMPTY_NOTE] * bool(n_empty)) + "."
+    empty = f" {left['message']}; {EMPTY_NOTE}." if n_empty else ""
     share = {m: c / left["n_shared"] for m, c in left["by_model"].items()}
     if max(share.values()) < CUT_OFF_LARGE:
-        return ""
+        return empty
     shares = ", ".join(f"{m} {100 * v:.0f} %" for m, v in share.items())
-    return (f" Cut off by the token limit, and so counted as not correct: {shares} of the {left['n_shared']} items, "
-            f"so this may measure the token cap rather than the models ({RAISE_CAP}).")
+    return empty + (f" Cut off by the token limit, and so counted as not correct: {shares} of the "
+                    f"{left['n_shared']} items, so this may measure the token cap rather than the models "
+                    f"({RAISE_CAP}).")
 
 
 def sentence(res: dict) -> str:

@@ -176,7 +176,7 @@ def _end_ids(model, tok) -> set[int]:
 def _answer_scores(gens: list[Generation]) -> dict:
     n = len(gens)
     rates = qa.summarise([g.verdict for g in gens])  # the QA probe's definitions, for math answers too
-    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate", "cut_off_rate")}
+    scores = {k: rates[k] for k in ("accuracy", "hallucination_rate", "abstention_rate", "cut_off_rate", "empty_rate")}
     scores["mean_words"] = sum(g.words for g in gens) / n
     if any(g.consistency is not None for g in gens):
         scores["consistency"] = sum(g.consistency or 0.0 for g in gens) / n
@@ -211,14 +211,17 @@ def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name
     judged = judge.grade(items, [t for t, _, _ in outputs]) if judge else None
     verdicts = [qa.unless_cut_off(v, text, it["kind"], cut) for v, it, (text, _, cut) in zip(judged, items, outputs)
                 ] if judged else rules
+    # a blank reply is not sent to the judge (Judge.grade): the rules graded it, so its judge_verdict stays ""
+    asked = [bool(judge) and judge.asked(text) for text, _, _ in outputs]
     gens = [Generation(job_id=job_id, model=model_name, task=task, prompt_id=it["id"], prompt=it["question"],
                        reference=" | ".join(it["answers"]), output=text, tokens=n_tok, words=len(text.split()),
-                       truncated=cut, verdict=v, item_kind=it["kind"], judge_verdict=judged[j] if judged else "",
+                       truncated=cut, verdict=v, item_kind=it["kind"], judge_verdict=judged[j] if asked[j] else "",
                        **qa.flags(v))
             for j, (it, (text, n_tok, cut), v) in enumerate(zip(items, outputs, verdicts))]
     extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
-    if judged:
-        extra["judge_agrees_with_rules"] = sum(a == b for a, b in zip(judged, rules)) / len(rules)
+    if judged and any(asked):  # over the replies the judge saw (a blank one's "empty" agrees by construction)
+        pairs = [(a, b) for a, b, k in zip(judged, rules, asked) if k]
+        extra["judge_agrees_with_rules"] = sum(a == b for a, b in pairs) / len(pairs)
     return qa.scores_by_kind(verdicts, [it["kind"] for it in items]), gens, extra
 
 

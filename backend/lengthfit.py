@@ -112,7 +112,8 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
     `models` answered; the first model is the reference. Returns the coefficient table of both fits and, per other
     model, its effect in points (average marginal effect) without and with the length term; `ok` False with
     `message` when the data cannot support the model. For "hallucination" the items a model left cut off are left
-    out (`judged_items`): a cut-off reply sits at the cap's length and would read as "long, so no hallucination"."""
+    out (`judged_items`): a cut-off reply sits at the cap's length and would read as "long, so no hallucination";
+    for both outcomes, the items a model's reply was empty on: 0 words that are no answer at all."""
     if outcome not in OUTCOMES:
         raise ValueError('outcome must be "hallucination" or "correct".')
     items, left_out = judged_items(records, models, outcome)
@@ -123,7 +124,7 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
     if len(items) < MIN_ITEMS:
         if left_out["n"]:
             return {**out, "message": f"only {len(items)} items are left to judge ({left_out['message']}); the "
-                                      f"model needs at least {MIN_ITEMS}: {_remedy(len(items), left_out['n'])}."}
+                                      f"model needs at least {MIN_ITEMS}: {_remedy(len(items), left_out)}."}
         return {**out, "message": f"only {len(items)} items were answered by every chosen model; the model needs "
                                   f"at least {MIN_ITEMS}."}
     rows = [r for per in items.values() for r in per.values()]

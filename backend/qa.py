@@ -7,16 +7,20 @@ any OpenAI-compatible server that grades the reply against the references.
 
     correct    a reference answer is in the reply (text: normalised whole-word match, anywhere for a script
                written without spaces; math: the final answer equals a reference as a number)
-    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), is empty (ended, not stopped by the
-               token limit: blank until the limit is cut off), or (math) ends with no number
+    empty      otherwise, the reply is blank (nothing but whitespace) and the model ended it: end of sequence first,
+               as an up-scaled model before continued pretraining does. It said nothing, so it neither declined nor
+               answered (blank until the token limit is cut off: it was stopped, not ended)
+    abstained  otherwise, the reply declines (an ABSTAIN_PHRASES phrase), or (math) ends with no number
     cut off    otherwise, the reply ran into max_new_tokens before stating an answer (math: no number yet, or no
                \\boxed{}, '#### n' or 'the answer is'; its last number is only where it stopped): it never answered
     wrong      otherwise: a confident answer that is not a reference (on an unanswerable question: any answer)
 
 Per model and item kind: accuracy (correct ÷ all), abstention rate, hallucination rate (wrong ÷ all), cut-off rate,
-and precision when answering (correct ÷ (correct + wrong); no row where nothing was answered). Without "cut off", a
-model that answers at length had its cut-off replies counted as hallucinations: the very confound the length analysis
-(backend/analysis.py) tests.
+empty rate, and precision when answering (correct ÷ (correct + wrong); no row where nothing was answered). Without
+"cut off", a model that answers at length had its cut-off replies counted as hallucinations: the very confound the
+length analysis (backend/analysis.py) tests. Without "empty", a model that ended every reply at once "abstained" on
+every item: abstention 1.0, hallucination 0.0, the most careful model in the table, while it said nothing at all.
+"empty" is one word for what is observed (the reply is empty); "no reply" would read as a missing row.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from backend.openai_compat import chat_completion
 from backend.synth.answers import extract_answer, same_answer, stated_answer
 
 ITEM_KINDS = ("answerable", "unanswerable", "math")
-VERDICTS = ("correct", "wrong", "abstained", "cut off")
+VERDICTS = ("correct", "wrong", "abstained", "cut off", "empty")
+EMPTY = "empty"  # a blank reply the model ended itself (end of sequence first): neither an answer nor an abstention
 QA_PROMPT = ("Answer the question in a few words. If you do not know the answer or are not sure, say "
              "\"I don't know\".\n\nQuestion: {question}")
 MATH_PROMPT = ("Solve the problem. End with 'The answer is <number>.' If you are not sure, say you don't know."
@@ -46,8 +51,11 @@ ABSTAIN_PHRASES = ("i don't know", "i do not know", "i dont know", "don't know",
 RULES = [  # what the compare page shows; classify() applies them in this order
     ("correct", "a reference answer is in the reply (text: normalised whole-word match, anywhere for a script "
                 "written without spaces; math: the final answer equals a reference as a number)"),
-    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), or ends, not stopped by the "
-                  "token limit, empty or (math) with no number"),
+    ("empty", "otherwise, the reply is blank (nothing but whitespace) and the model ended it itself (end of "
+              "sequence first, as an up-scaled model before continued pretraining does): it said nothing, so it is "
+              "neither an answer, nor an abstention, nor a hallucination"),
+    ("abstained", "otherwise, the reply declines (it contains an abstention phrase), or (math) ends, not stopped by "
+                  "the token limit, with no number"),
     ("cut off", "otherwise, the reply hit the token limit (max_new_tokens) before stating an answer (blank to the "
                 "limit; math: no number yet, or no \\boxed{}, '#### n' or 'the answer is'): it never answered, so it "
                 "is neither a hallucination nor an abstention"),
@@ -192,15 +200,15 @@ def abstains(text: str) -> bool:
 
 
 def classify(output: str, answers: list[str], kind: str, truncated: bool = False) -> str:
-    """correct / wrong / abstained / cut off by the rules in the module docstring. `truncated`: the reply ran into
-    max_new_tokens (backend/evaluate.generate says so)."""
+    """correct / wrong / abstained / cut off / empty by the rules in the module docstring. `truncated`: the reply ran
+    into max_new_tokens (backend/evaluate.generate says so)."""
     text = (output or "").strip()
+    if not text:  # said nothing: blank to the limit was stopped (cut off), blank and ended is empty — neither is a
+        return "cut off" if truncated else EMPTY  # model that knows it does not know (it scored abstention 1.0)
     if kind == "math":
-        found = extract_answer(text) if text else None
+        found = extract_answer(text)
         if found is not None and any(same_answer(found, a) for a in answers):
             return "correct"
-        if not text:  # blank to the limit (whitespace, say) never answered: not a model that knows it does not know
-            return "cut off" if truncated else "abstained"
         if abstains(text):
             return "abstained"
         if found is None:  # no number: declined, unless the token limit stopped the reply before one (counted
@@ -208,8 +216,6 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
         return unless_cut_off("wrong", text, kind, truncated)
     if any(_mentions(normalise(text), normalise(a)) for a in answers):
         return "correct"
-    if not text:
-        return "cut off" if truncated else "abstained"
     if abstains(text):
         return "abstained"
     return unless_cut_off("wrong", text, kind, truncated)
@@ -217,29 +223,37 @@ def classify(output: str, answers: list[str], kind: str, truncated: bool = False
 
 def unless_cut_off(verdict: str, output: str, kind: str, truncated: bool) -> str:
     """"wrong" for a reply the token limit stopped before it stated an answer (math: none of the explicit forms;
-    text: any) is "cut off", as is any verdict on a reply blank to the limit — for the rules' and a judge's alike."""
+    text: any) is "cut off", as is any verdict on a reply blank to the limit, and any verdict on a blank reply the
+    model ended is "empty" — for the rules' and a judge's alike (a judge sees neither the limit nor, in "(empty)", a
+    reason to tell saying nothing from declining)."""
     if verdict == "wrong" and truncated and (kind != "math" or stated_answer(output or "") is None):
         return "cut off"
-    if truncated and not (output or "").strip():  # blank to the limit: a judge's "abstained" too (it sees no limit)
-        return "cut off"
+    if not (output or "").strip():  # blank: stopped by the limit, or ended at once
+        return "cut off" if truncated else EMPTY
     return verdict
 
 
 def flags(verdict: str) -> dict[str, bool]:
     """A verdict as the booleans Generation rows also store: a hallucination is "wrong" only; neither an
-    abstention nor a reply cut off by the token limit answered."""
+    abstention, nor a reply cut off by the token limit, nor an empty one answered."""
+    if verdict not in VERDICTS:
+        raise QAError(f"unknown verdict {verdict!r}; one of {', '.join(VERDICTS)}.")
     return {"correct": verdict == "correct", "hallucination": verdict == "wrong",
-            "answered": verdict not in ("abstained", "cut off")}
+            "answered": verdict in ("correct", "wrong")}
 
 
 def summarise(verdicts: list[str]) -> dict[str, float]:
     """The rates over `verdicts`; precision (correct ÷ answered) only where something was answered: a model that
-    abstained on every item had precision 0.0 in the QA table, which reads "every answer it gave was wrong"."""
+    abstained on every item had precision 0.0 in the QA table, which reads "every answer it gave was wrong".
+    empty_rate: blank replies the model ended, counted in none of the other rates but accuracy's denominator."""
     n = len(verdicts)
     if not n:
         raise QAError("no verdicts to score: a QA task needs at least one item.")
-    c, w, a, t = (verdicts.count(v) for v in VERDICTS)
-    out = {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n, "cut_off_rate": t / n}
+    if unknown := sorted(set(verdicts) - set(VERDICTS)):
+        raise QAError(f"unknown verdict {unknown[0]!r}; one of {', '.join(VERDICTS)}.")
+    c, w, a, t, e = (verdicts.count(v) for v in VERDICTS)
+    out = {"accuracy": c / n, "abstention_rate": a / n, "hallucination_rate": w / n, "cut_off_rate": t / n,
+           "empty_rate": e / n}
     return {**out, **({"precision": c / (c + w)} if c + w else {}), "n": n}
 
 
@@ -276,7 +290,8 @@ NO_REFERENCE = "none — the question cannot be answered, so the right reply is 
 class Judge:
     """Grades replies through any OpenAI-compatible /chat/completions endpoint (as backend/synth/rephrase.py
     calls one). Any failure — server down, too slow, a reply that is not one of the three words — stops the task
-    with the reason; no verdicts are half-kept."""
+    with the reason; no verdicts are half-kept. A blank reply is not sent: it is "empty" (classify's verdict) without
+    asking — shown "(empty)", a judge graded it ABSTAINED (the most careful model) or WRONG (a hallucination)."""
 
     def __init__(self, base_url: str, model: str, key: str = "", timeout: float = 60.0, concurrency: int = 4):
         self.base_url, self.model, self.key = base_url.rstrip("/"), model, key
@@ -304,5 +319,14 @@ class Judge:
         return word.lower()
 
     def grade(self, items: list[dict], outputs: list[str]) -> list[str]:
+        """One verdict per reply: the judge's, or "empty" for a blank reply, which is not sent (`asked` says which
+        were). unless_cut_off makes a blank reply to the token limit "cut off"."""
+        asked = [j for j, o in enumerate(outputs) if self.asked(o)]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._one, zip(items, outputs)))
+            said = dict(zip(asked, pool.map(self._one, [(items[j], outputs[j]) for j in asked])))
+        return [said.get(j, EMPTY) for j in range(len(outputs))]
+
+    @staticmethod
+    def asked(output: str) -> bool:
+        """Whether the judge grades `output`: a blank reply is "empty" without asking."""
+        return bool((output or "").strip())

@@ -21,12 +21,13 @@ def higher_is_better(metric: str) -> bool:
     TASK/METRIC (arc_challenge/acc_norm), judged by their metric."""
     return metric in HIGHER_IS_BETTER or metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "exact_match", "acc_norm"]
-QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "cut_off_rate", "precision")
+QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "cut_off_rate", "empty_rate", "precision")
 # shares of items with a 0/1 outcome, whose spread over n items gives a standard error; precision (correct over
 # answered) is not one of them: its denominator is not n
-SHARES = {"accuracy", "acc", "acc_norm", "exact_match", "hallucination_rate", "abstention_rate", "cut_off_rate"}
+SHARES = {"accuracy", "acc", "acc_norm", "exact_match", "hallucination_rate", "abstention_rate", "cut_off_rate",
+          "empty_rate"}
 STDERR = "_stderr"  # lm-eval's standard error of TASK/METRIC is the row TASK/METRIC_stderr (backend/lmeval.py)
-MOSTLY_CUT_OFF = 0.5  # above this share of replies cut off by the token limit, a hallucination rate says nothing
+MOSTLY_CUT_OFF = 0.5  # over this share of replies cut off by the token limit or empty, a hallucination rate is mute
 AVERAGE = "average (accuracy tasks)"
 
 
@@ -240,25 +241,34 @@ def _rounded(v: float | None) -> float | None:
 def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping: bool) -> dict:
     """One task's cells of a model's row: the headline score and its standard error ("±", a column of its own so
     the score stays a sortable number and the CSV numeric), the hallucination rate and its error, left blank when
-    most replies were cut off by the token limit (a cut-off reply counts as no hallucination: a model that never
-    finished an answer read 0), the cut-off share beside it, and the overlap badge."""
+    most replies were cut off by the token limit or empty (neither counts as a hallucination: a model that never
+    finished an answer, or ended every reply at once, read 0), the cut-off and empty shares beside it, and the
+    overlap badge."""
     head, score = f"{task} ({r.metric})", headline_score(latest, r, clean)
     cells = {head: _rounded(score["value"]), f"{head} ±": _rounded(score["stderr"])}
     hall = latest.get((r.model, task, "hallucination_rate"))
     if hall is not None:
-        cut = latest.get((r.model, task, "cut_off_rate"))
-        share = value(cut, clean=clean) if cut is not None else None
-        mostly_cut = share is not None and share > MOSTLY_CUT_OFF
+        share, empty = _unanswered(latest, r.model, task, clean)
+        mostly_cut = (share or 0.0) + (empty or 0.0) > MOSTLY_CUT_OFF
         cells[f"{task} (hallucination)"] = None if mostly_cut else _rounded(value(hall, clean=clean))
         cells[f"{task} (hallucination) ±"] = None if mostly_cut else _rounded(stderr(latest, hall, clean))
-        if cut is not None:
+        if (r.model, task, "cut_off_rate") in latest:
             cells[f"{task} (cut off)"] = _rounded(share)
+        if (r.model, task, "empty_rate") in latest:  # rows from before "empty" have none
+            cells[f"{task} (empty)"] = _rounded(empty)
     if overlapping:
         cells[f"{task} (training overlap)"] = badge(r)
     return cells
 
 
-TASK_CELLS = ("(hallucination)", "(hallucination) ±", "(cut off)", "(training overlap)")  # after the headline
+# a task's cells after its headline
+TASK_CELLS = ("(hallucination)", "(hallucination) ±", "(cut off)", "(empty)", "(training overlap)")
+
+
+def _unanswered(latest: dict, model: str, task: str, clean: bool) -> tuple[float | None, float | None]:
+    """The stored cut-off and empty shares of a model on a task (None where not stored)."""
+    rows = (latest.get((model, task, m)) for m in ("cut_off_rate", "empty_rate"))
+    return tuple(value(x, clean=clean) if x is not None else None for x in rows)
 
 
 def _column_order(column: str) -> tuple[str, int, str]:
@@ -286,9 +296,9 @@ def averaged_tasks(primary: dict, clean: bool = False) -> tuple[list[str], dict[
 
 def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
     """One row per model: the average over the accuracy-like tasks every model has (averaged_tasks), headline
-    metric per task with its standard error, its hallucination rate and cut-off share (_task_cells), an overlap
-    badge where any model's items overlap its training data or part of it was unreadable, then the model's lineage
-    (kind, layers, parents). Scores come right after the name, as in the paper's table: with long model names a
+    metric per task with its standard error, its hallucination rate, cut-off and empty shares (_task_cells), an
+    overlap badge where any model's items overlap its training data or part of it was unreadable, then the model's
+    lineage (kind, layers, parents). Scores come right after the name, as in the paper's table: with long model names a
     page-wide table showed only the name and the lineage, its scores scrolled out of sight."""
     primary = headline(latest)
     overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0 or _unreadable(r)}
@@ -348,13 +358,23 @@ def average_note(primary: dict, clean: bool = False) -> str:
 
 def cut_off_note(latest: dict, clean: bool = False) -> str:
     """The hallucination cells left blank, and why (as _task_cells blanks them)."""
-    mostly = [f"{task} for {model} ({share:.0%} cut off)" for (model, task, metric), r in sorted(latest.items())
-              if metric == "cut_off_rate" and (share := value(r, clean=clean)) is not None and share > MOSTLY_CUT_OFF]
+    mostly, shares = [], {(m, t): _unanswered(latest, m, t, clean) for m, t, metric in latest
+                          if metric in ("cut_off_rate", "empty_rate")}
+    for (model, task), (cut, empty) in sorted(shares.items()):
+        if (cut or 0.0) + (empty or 0.0) > MOSTLY_CUT_OFF:
+            mostly.append((f"{task} for {model} (" + ", ".join(f"{v:.0%} {what}" for v, what in (
+                (cut, "cut off"), (empty, "empty")) if v) + ")", bool(empty)))
     if not mostly:
         return ""
-    return ("Hallucination left blank: " + ", ".join(mostly) + f". Over {MOSTLY_CUT_OFF:.0%} of the replies were cut "
-            "off by the token limit before an answer, and a cut-off reply counts as no hallucination, so the rate "
-            "would read low for a model that never finished; evaluate with a larger max_new_tokens.")
+    head = "Hallucination left blank: " + ", ".join(m for m, _ in mostly) + f". Over {MOSTLY_CUT_OFF:.0%} of the "
+    if not any(e for _, e in mostly):
+        return head + ("replies were cut off by the token limit before an answer, and a cut-off reply counts as no "
+                       "hallucination, so the rate would read low for a model that never finished; evaluate with a "
+                       "larger max_new_tokens.")
+    return head + ("replies were cut off by the token limit before an answer or empty (the model ended them at once, "
+                   "as an up-scaled model does before continued pretraining); neither counts as a hallucination, so "
+                   "the rate would read low for a model that never answered; evaluate with a larger max_new_tokens "
+                   "(cut off), or after continued pretraining (empty).")
 
 
 def _lineage_sources_of(r: EvalScore) -> list[str]:
@@ -467,7 +487,8 @@ def export_table(rows: list[dict]) -> Table:
 
 
 def qa_rows(latest: dict, clean: bool = False) -> list[dict]:
-    """Per model, QA task and item kind: accuracy, abstention, hallucination (wrong ÷ all), precision."""
+    """Per model, QA task and item kind: accuracy, abstention, hallucination (wrong ÷ all), cut-off and empty
+    shares, precision."""
     out: dict[tuple[str, str, str], dict] = {}
     for (model, task, metric), r in latest.items():
         if not task.startswith("qa"):

@@ -326,7 +326,9 @@ qa_table = scoretable.qa_rows(latest, clean=clean_only)
 if qa_table:
     st.subheader("Closed-book QA: known answers and abstention")
     st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination, nor is a reply cut off by "
-               "the token limit before it answered (cut-off rate). Precision = correct ÷ (correct + wrong). "
+               "the token limit before it answered (cut-off rate), nor an empty reply, which the model ended at "
+               "once (empty rate: an up-scaled model does this before continued pretraining; it said nothing, so it "
+               "is no abstention either). Precision = correct ÷ (correct + wrong). "
                "Unanswerable questions ask about places and people no training set mentions.")
     st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table", placeholder=MISSING)
     with st.expander("How answers are classified"):
@@ -390,7 +392,9 @@ if charts:
 st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
            "answers? Per item, hallucination is regressed on model, answer length (log tokens) and question kind "
-           "(logistic regression); if the model's effect vanishes once length is in, length explains the gap.")
+           "(logistic regression); if the model's effect vanishes once length is in, length explains the gap. An "
+           "empty reply (the model ended it at once) is no answer of 0 words: the items either model replied empty "
+           "to are left out of the comparison.")
 from pages.figures import hallucination_length_figure  # noqa: E402  (this section's own figure)
 
 with db.session() as s:  # the task list first, then only that task's rows (200k rows took seconds to load)
@@ -420,6 +424,21 @@ def compared(url: str, task: str, version: tuple, ma: str, mb: str, outcome: str
     return res, strat, analysis.length_curves(pair, [ma, mb], n_bins=n_bins, outcome=outcome)
 
 
+def _judged(left: dict, outcome: str, counts: bool = False) -> str:
+    """What the caption adds for the items left out (analysis.judged_items): cut off (hallucination), empty (both)."""
+    if not left["n"]:
+        return ""
+    what = [w for w, on in (("left cut off", outcome == "hallucination" and any(left["by_model"].values())),
+                            ("replied empty", left.get("n_empty"))) if on]
+    text = " and neither " + " nor ".join(what)
+    if not counts:
+        return text
+    per = [f"{m} {c}" + (f" {w}" if len(what) > 1 else "") for w, key in (("cut off", "by_model"),
+                                                                       ("empty", "empty_by_model"))
+           if w != "cut off" or outcome == "hallucination" for m, c in left.get(key, {}).items() if c]
+    return f"{text} ({left['n']} of {left['n_shared']} left out: {', '.join(per)})"
+
+
 with db.session() as s:
     version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
 url = db.database_url()
@@ -442,7 +461,7 @@ if len(gen_models) >= 2:
     mb = a2.selectbox("Model B", gen_models, index=1, key="lc_b")
     outcome = a3.radio("Outcome", ["hallucination", "correct"], horizontal=True, key="lc_outcome",
                        help="correct: the rate compared is of answers that are not correct (wrong, abstained or cut "
-                            "off).")
+                            "off; items with an empty reply are left out).")
     if ma == mb:
         st.warning("Choose two different models.")
     else:
@@ -455,7 +474,7 @@ if len(gen_models) >= 2:
                 st.dataframe(pd.DataFrame(lm["table"])[["fit", "term", "coef", "odds_ratio", "low", "high",
                                                          "pvalue"]].round(4), hide_index=True, key="lc_coefs",
                              placeholder=MISSING)
-                judged = " and neither left cut off" if lm["left_out"]["n"] else ""
+                judged = _judged(lm["left_out"], outcome)
                 st.caption(f"Logistic regression of {outcome} on the {lm['n_items']} items both models answered"
                            f"{judged}; reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
                            + " ".join(n[:1].upper() + n[1:] + "." for n in lm["notes"]))  # capitalize() lowered names
@@ -473,9 +492,7 @@ if len(gen_models) >= 2:
         st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
         left = curves["left_out"]
         st.caption(f"The plot: the {curves['n_items']} items both models answered"
-                   + (f" and neither left cut off ({left['n']} of {left['n_shared']} left out: "
-                      + ", ".join(f"{m} {c}" for m, c in left["by_model"].items() if c) + ")" if left["n"] else "")
-                   + ".")
+                   + _judged(left, outcome, counts=True) + ".")
 c1, c2 = st.columns(2)
 pooled, which = same_items(recs, gen_models)
 # the boxes over the same answers as the accuracy chart: a model scored on 12 items beside models scored on 8 had a

@@ -28,7 +28,7 @@ from storage.models import EvalScore, Generation
     ("I do not know of a country called Veltravia.", [], "unanswerable", "abstained"),
     ("Veltravia does not exist.", [], "unanswerable", "abstained"),
     ("The capital of Veltravia is Velton.", [], "unanswerable", "wrong"),  # a confident falsehood
-    ("", [], "unanswerable", "abstained"),
+    ("", [], "unanswerable", "empty"),  # said nothing: neither an answer nor an abstention (s20)
     ("12 times 7 is 84. The answer is 84.", ["84"], "math", "correct"),
     ("The answer is 80.", ["84"], "math", "wrong"),
     ("I don't know how to solve this, maybe 80.", ["84"], "math", "abstained"),

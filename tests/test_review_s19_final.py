@@ -56,7 +56,7 @@ def test_a_stored_blank_reply_to_the_limit_reads_as_cut_off():
     row = dict(model="m", correct=False, hallucination=False, answered=False, prompt_id="1", tokens=64,
                item_kind="answerable", verdict="abstained", output="")
     assert from_generation(SimpleNamespace(**row, words=0, truncated=True)).verdict == "cut off"
-    assert from_generation(SimpleNamespace(**row, words=0, truncated=False)).verdict == "abstained"
+    assert from_generation(SimpleNamespace(**row, words=0, truncated=False)).verdict == "empty"  # ended at once (s20)
     assert from_generation(SimpleNamespace(**row, words=3, truncated=True)).verdict == "abstained"  # "I don't know"
 
 

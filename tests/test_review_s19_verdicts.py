@@ -17,8 +17,8 @@ from storage.models import Job
 def test_a_reply_blank_to_the_token_limit_is_cut_off_not_abstained(kind, answers):
     blank = " \n\n  \t" * 12  # 48 tokens of whitespace, stopped by max_new_tokens
     assert qa.classify(blank, answers, kind, truncated=True) == "cut off"
-    assert qa.classify(blank, answers, kind, truncated=False) == "abstained"  # ended by itself: said nothing
-    assert qa.classify("", answers, kind, truncated=False) == "abstained"
+    assert qa.classify(blank, answers, kind, truncated=False) == "empty"  # ended by itself: said nothing (s20)
+    assert qa.classify("", answers, kind, truncated=False) == "empty"
     assert qa.flags("cut off") == {"correct": False, "hallucination": False, "answered": False}
     # a judge sees no token limit: its "abstained" on a blank reply to the limit is cut off too
     assert qa.unless_cut_off("abstained", blank, kind, truncated=True) == "cut off"
