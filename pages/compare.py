@@ -454,6 +454,13 @@ if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that
         "hallucinations: the hallucination comparison below leaves out every item either model's reply was cut off "
         "on, and with the outcome correct they count as not correct. To let them finish, "
         f"{analysis.RAISE_CAP}.")
+empty_share = analysis.empty_shares(recs)  # an up-scaled model before continued pretraining ends many replies at once
+if any(empty_share.values()):
+    st.warning("Empty replies (the model ended them at once): " + ", ".join(
+        f"{m} {v:.0%}" for m, v in empty_share.items() if v) + ". An empty reply is no answer, neither an abstention "
+        "nor a hallucination: the comparison below leaves out every item either model replied empty on, while the "
+        "length boxes and accuracy by length at the bottom show them as answers of 0 words. To get answers, "
+        f"{analysis.CONTINUE_PRETRAINING}.")
 n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
 if len(gen_models) >= 2:
     a1, a2, a3 = st.columns(3)

@@ -183,7 +183,8 @@ class Generation(SQLModel, table=True):
     hallucination: bool  # a confident wrong final answer (verdict == "wrong")
     run: str = ""  # the evaluation run it belongs to (EvalScore.run)
     consistency: float | None = None  # share of k samples that agree with the greedy answer (SelfCheck-style)
-    # backend/qa.py's rules (or a judge): correct / wrong / abstained; item kind: answerable / unanswerable / math
+    # backend/qa.py's rules (or a judge): correct / wrong / abstained / empty / cut off;
+    # item kind: answerable / unanswerable / math
     verdict: str = Field(default="", index=True)
     item_kind: str = ""
     overlap: float = 0.0  # share of the item's n-grams found in the model's lineage's training data

@@ -230,3 +230,7 @@ def test_the_compare_pages_length_section_says_which_items_an_empty_reply_left_o
     assert "12 shared items" in bold and "8 of 20 items left out: up's reply was empty" in bold
     assert "The plot: the 12 items both models answered and neither replied empty (8 of 20 left out: up 8)." in [
         c.value for c in at.caption]
+    # the boxes and accuracy by length below still draw empty replies as answers of 0 words: the page says so
+    (warned,) = [w.value for w in at.warning if w.value.startswith("Empty replies")]
+    assert warned.startswith("Empty replies (the model ended them at once): up 40%. An empty reply is no answer")
+    assert "show them as answers of 0 words" in warned and "continue pretraining the model" in warned

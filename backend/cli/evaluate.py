@@ -238,7 +238,8 @@ def add_compare(sub) -> None:
     cp.add_argument("model_b", metavar="B", help="the model to compare it with")
     cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
     cp.add_argument("--outcome", choices=list(analysis.OUTCOMES), default="hallucination",
-                    help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off)")
+                    help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off; "
+                         "items either model replied empty on are left out, as for hallucination)")
     cp.add_argument("--bins", type=int, default=3, help="answer-length bins of the model-free check (2–6)")
     cp.set_defaults(fn=cmd_compare)
 
