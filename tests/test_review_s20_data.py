@@ -8,12 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from backend import data, import_checks, registry
 from backend.specs import ImportSpec
 from storage import db
+from tests.test_review_s12_models import write_gguf
 
 ALPACA = [{"instruction": "Add 2 and 2.", "output": "4"}, {"instruction": "Name a colour.", "output": "blue"}]
 
@@ -24,24 +24,6 @@ def rows(ds) -> list[dict]:
 
 def tmp_left() -> list[Path]:
     return list(db.tmp_dir().iterdir()) if db.tmp_dir().exists() else []
-
-
-def write_gguf(path: Path) -> Path:
-    """A small well-formed GGUF (a one-layer Llama header and one float32 tensor)."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(8)
-    w.add_feed_forward_length(16)
-    w.add_head_count(2)
-    w.add_tensor("token_embd.weight", np.arange(32 * 8, dtype=np.float32).reshape(32, 8))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 # ---------------------------------------------------------------- 1. suffixes in any case
