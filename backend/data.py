@@ -20,8 +20,8 @@ from pathlib import Path
 from backend.data_files import (_csv_extra_fields, _csv_options, _paragraphs, _quiet_loader, _unreadable,  # noqa: F401
                                 _unusable_text, json_lines_copy, json_reason, utf8_copy)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
-                               _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, rows_keys,
-                               to_prompt_completion)
+                               _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
+                               rows_keys, to_prompt_completion, wrapper_problem)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_DIR = ROOT / "data"
@@ -63,15 +63,28 @@ def expand(sources: list[tuple[str, float]]) -> list[tuple[str, float]]:
 def expand_rows(sources: list[tuple[str, float, str | None]]) -> list[tuple[str, float, str | None]]:
     """expand() with what a row of each source's .txt files is: a mix member's own sample_by, saved with the mix
     (a book a paragraph a row stays so wherever the mix is used), else the one its mix was given. A mix saved
-    before its members kept one (its members {"source", "weight"} only) reads every member as its use says."""
-    out = []
-    for source, weight, sample_by in sources:
-        if source.startswith("mix:"):
-            out += expand_rows([(x["source"], x["weight"] * weight, x.get("sample_by") or sample_by)
-                                for x in mix_members(source)])
-        else:
-            out.append((source, weight, sample_by))
-    return out
+    before its members kept one (its members {"source", "weight"} only) reads every member as its use says.
+    Weights multiply through mixes, and their product is checked here, in the weights the user gave: a member's 2
+    in a mix used at 10,000 passed every check before queueing and failed the job with "weight 20000"."""
+    return [item for source, weight, sample_by in sources for item in _expanded(source, weight, sample_by, ())]
+
+
+def _expanded(source: str, weight: float, sample_by: str | None, factors: tuple[str, ...], top: str = "") -> list:
+    """expand_rows of one source; `factors`: the weights its `weight` is the product of, in words (innermost
+    first), and `top` the mix they were given through; none for a source as given."""
+    if not source.startswith("mix:"):
+        if factors and not weight <= MAX_REPEATS:  # inf too (a use's 1e308 × 2)
+            raise DataError(f"{top}: {source}: weights multiply through mixes: {' × '.join(factors)} = "
+                            f"{_shown_weight(weight)}, which would repeat its rows over {MAX_REPEATS:,} times; lower "
+                            f"them so that their product is at most {MAX_REPEATS:,}.")
+        return [(source, weight, sample_by)]
+    if not factors:
+        check_weight(source, weight)  # the use's own weight first: a product with it would hide which was wrong
+    outer = factors or (f"{_shown_weight(weight)} (where {source} is used)",)
+    return [item for x in mix_members(source)
+            for item in _expanded(x["source"], float(x["weight"]) * weight, x.get("sample_by") or sample_by,
+                                  (f"{_shown_weight(x['weight'])} ({x['source']} in {source})", *outer),
+                                  top or source)]
 
 
 def mix_members(source: str) -> list[dict]:
@@ -168,13 +181,20 @@ def _read_file(path: Path, loader: str, sample_by: str, tmp: Path | None):
         else _csv_options(path) if loader == "csv" else {}
     if loader == "csv" and (problem := _csv_extra_fields(path, extra)):
         raise DataError(problem)
+    wrapper = None  # the one JSON object the file holds, when `datasets` read it as one row or could not read it
     try:
         with _quiet_loader(loader):
             ds = _load_file(path, loader, extra, tmp)
-        keys = rows_keys(ds[0]) if loader == "json" and len(ds) == 1 else []
+        wrapper = file_rows_value(path) if loader == "json" and len(ds) == 1 else None
     except Exception as exc:  # pyarrow / json errors: say which file and why
-        if not (keys := file_rows_keys(path) if loader == "json" else []):
+        if loader != "json" or (wrapper := file_rows_value(path)) is None or not (
+                rows_keys(wrapper) or wrapper_problem(wrapper, shown_name(path))):
             raise DataError(_unreadable(path, loader, exc)) from None
+    # one rule, which data_rows._json_records reads the rows again by: a file of ONE object wrapping a list of rows
+    # (an array around such an object is one row of a `data` column: json_lines_copy raised a TypeError on it)
+    keys = rows_keys(wrapper) if wrapper is not None else []
+    if wrapper is not None and (problem := wrapper_problem(wrapper, shown_name(path))):
+        raise DataError(problem)
     if len(keys) > 1:  # {"data": [rows]} is read as its rows; which of several lists holds them is the user's to say
         raise DataError(f"{shown_name(path)} holds one JSON object whose keys {', '.join(keys)} each hold a list of "
                         "objects: save the list of rows alone as a .json array (or JSON Lines).")
@@ -270,15 +290,29 @@ def _load_converted(source: str, kind: str, max_rows: int | None, sample_by: str
 
 
 def check_weight(source: str, weight) -> None:
-    """Refuse a weight no mix can take, in words: not a positive finite number (nested mixes multiply weights:
-    1e200 × 1e200 is inf), or one that repeats a source over MAX_REPEATS times (1e308 × 200 rows is inf: an
-    OverflowError in the rows' count, and 1e12 copies of a set a MemoryError)."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
-        shown = f"{weight:g}" if isinstance(weight, float) else repr(weight)
-        raise DataError(f"{source}: weight must be a positive finite number; got {shown}.")
+    """Refuse a weight no mix can take, in words: not a positive finite number, or one that repeats a source over
+    MAX_REPEATS times (1e308 × 200 rows is inf: an OverflowError in the rows' count, and 1e12 copies of a set a
+    MemoryError). An int is compared, never passed to math.isfinite (10**400 raised OverflowError there), and the
+    weight is said as given (10000.0000001 was "weight 10000 would repeat … at most 10,000")."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or (
+            isinstance(weight, float) and not math.isfinite(weight)):
+        raise DataError(f"{source}: weight must be a positive finite number; got {_shown_weight(weight)}.")
     if weight > MAX_REPEATS:
-        raise DataError(f"{source}: weight {weight:g} would repeat its rows over {MAX_REPEATS:,} times; give a weight "
-                        f"of at most {MAX_REPEATS:,} (1 = the whole set once, 2 = twice).")
+        raise DataError(f"{source}: weight {_shown_weight(weight)} would repeat its rows over {MAX_REPEATS:,} times; "
+                        f"give a weight of at most {MAX_REPEATS:,} (1 = the whole set once, 2 = twice).")
+
+
+def _shown_weight(weight) -> str:
+    """A weight in a message: short (1e+308), yet never rounded into another number (10000.0000001 is not 10000);
+    an int too long for a float or a line (10**400) in powers of ten."""
+    if isinstance(weight, float):
+        short = f"{weight:g}"
+        return short if float(short) == weight else repr(weight)
+    if isinstance(weight, int) and not isinstance(weight, bool) and abs(weight) >= 10**16:
+        from decimal import Decimal
+
+        return format(Decimal(weight), ".3e")
+    return repr(weight)
 
 
 def _weighted(ds, source: str, weight: float, seed: int):

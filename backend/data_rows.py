@@ -189,22 +189,25 @@ def _holds_json(feature) -> bool:
 
 
 def _json_records(path: Path):
-    """The objects of a JSON Lines file, or of a .json file's array (or the array a wrapping object holds:
-    rows_key), in file order (the rows `datasets` made). Read as `datasets` read it: a UTF-8 mark left out, a UTF-16
-    or UTF-32 file decoded (data_files.utf8_copy); the mark was a raw JSONDecodeError here."""
+    """The objects of a JSON Lines file, or of a .json file's array, or the array that a file of ONE object wraps
+    (file_rows_key: the rule _read_file unwraps by, so a wrapped .jsonl is unwrapped here too; its wrapper was read as
+    row 1, "prompt must be text; got NoneType"), in file order (the rows `datasets` made). Read as `datasets` read
+    it: a UTF-8 mark left out, a UTF-16 or UTF-32 file decoded (data_files.utf8_copy); the mark was a raw
+    JSONDecodeError here."""
     import json
 
     from backend.data_files import unicode_encoding
 
     encoding = unicode_encoding(path) or "utf-8-sig"
+    if (wrapped := file_rows_value(path)) is not None and len(keys := rows_keys(wrapped)) == 1:
+        yield from wrapped[keys[0]]
+        return
     if path.suffix.lower() == ".json":
         try:
             with open(path, encoding=encoding) as f:
                 records = json.load(f)
         except json.JSONDecodeError:  # JSON Lines in a .json file
             records = None
-        if isinstance(records, dict) and len(keys := rows_keys(records)) == 1:
-            records = records[keys[0]]
         if isinstance(records, list):
             yield from records
             return
@@ -222,21 +225,60 @@ def rows_keys(obj: dict) -> list[str]:
     return [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
 
 
-def file_rows_keys(path: Path) -> list[str]:
-    """rows_keys of the one JSON object a file holds, read whole: for a file `datasets` could not read as rows (its
-    pyarrow reader failed on a wrapped column of mixed types, "changed from string to number"); [] for anything
-    else (an array, JSON Lines, no JSON)."""
+def file_rows_value(path: Path) -> dict | None:
+    """The one JSON object a file holds (a .json or a .jsonl of one line), or None: an array (`[{"data": [...]}]` is
+    a row, not a wrapper: json_lines_copy raised a raw TypeError on it), JSON Lines of several rows, no JSON. Decoded
+    as `datasets` reads the file (a UTF-16 or UTF-32 mark, data_files.unicode_encoding). A file whose first line is an
+    object and has more lines is JSON Lines: known without reading it whole."""
     import json
 
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    from backend.data_files import unicode_encoding
+
+    with open(path, encoding=unicode_encoding(path) or "utf-8-sig", errors="replace") as f:
         if f.read(4096).lstrip()[:1] != "{":
-            return []
+            return None
         f.seek(0)
+        first = next((line for line in f if line.strip()), "")
         try:
-            value = json.load(f)
-        except ValueError:  # JSON Lines, or no JSON: the reader's own error says why
-            return []
-    return rows_keys(value) if isinstance(value, dict) else []
+            value = json.loads(first)
+        except ValueError:  # an object over several lines (indented), or no JSON
+            f.seek(0)
+            try:
+                value = json.load(f)
+            except ValueError:  # the reader's own error says why
+                return None
+        else:
+            if any(line.strip() for line in f):  # JSON Lines: a row a line
+                return None
+    return value if isinstance(value, dict) else None
+
+
+def file_rows_keys(path: Path) -> list[str]:
+    """rows_keys of the one JSON object a file holds (file_rows_value), else []: the keys load_source reads the rows
+    from, in a file `datasets` read as one row or could not read at all (its pyarrow reader failed on a wrapped
+    column of mixed types, "changed from string to number")."""
+    value = file_rows_value(path)
+    return rows_keys(value) if value is not None else []
+
+
+def wrapper_problem(value: dict, name: str) -> str | None:
+    """Why the one JSON object file `name` holds (file_rows_value), which fits no layout and wraps no list of rows
+    (rows_keys), holds no rows where they were looked for: a key holding an empty list (`{"data": []}`), or rows one
+    level deeper (`{"data": {"rows": [...]}}`), whose path is named. `datasets`' `field=KEY` reads only a list
+    directly under a key, and so does load_source; both were "Columns ['data'] fit no layout", which said neither.
+    None otherwise (an object of other columns is a row: detect_layout names its columns)."""
+    if rows_keys(value) or any(required <= value.keys() for required, _ in LAYOUTS.values()):
+        return None
+    nested = [f"{k}.{k2}" for k, v in value.items() if isinstance(v, dict) for k2, v2 in v.items()
+              if isinstance(v2, list) and v2 and all(isinstance(x, dict) for x in v2)]
+    if nested:
+        return (f"{name} holds one JSON object whose rows are nested under {', '.join(nested)}: rows are read from a "
+                "list directly under a key (as `datasets`' field= reads them). Save that list alone as a .json array "
+                "(or JSON Lines).")
+    if empty := [k for k, v in value.items() if v == []]:
+        said = "is an empty list" if len(empty) == 1 else "are empty lists"
+        return f"{name} holds one JSON object whose {', '.join(empty)} {said}: it holds no rows. Add rows to it."
+    return None
 
 
 def _messages(row: dict, layout: str) -> list[dict]:

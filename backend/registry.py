@@ -52,31 +52,38 @@ def list_models() -> list[ModelRecord]:
 
 def record(name_or_path: str) -> ModelRecord | None:
     """The row a model reference names (a name, 'builtin', or a registered folder's path), or None. Unlike
-    `resolve` it imports nothing and reads no file: what checks before a job is queued go by."""
-    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()):
-        return get(BUILTIN_NAME)
+    `resolve` it imports nothing and reads no file: what checks before a job is queued go by. A name registered
+    exactly wins, as in `resolve` (a user's model named 'builtin' is theirs)."""
     rec = get(name_or_path)
+    if rec is None and name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()):
+        return get(BUILTIN_NAME)
     if rec is None and Path(name_or_path).expanduser().is_dir():
         rec = by_path(Path(name_or_path).expanduser())
     return rec
 
 
+def _is_builtin(rec: ModelRecord | None) -> bool:
+    """Whether a row is the built-in model's own import (not another model registered under its name)."""
+    return rec is not None and rec.name == BUILTIN_NAME and rec.source == "builtin"
+
+
 def resolve(name_or_path: str) -> tuple[Path, str | None]:
-    """(folder, registered name or None). The built-in model is imported on first use, and again when its folder
-    is gone, under its own name as under 'builtin' (its name said "that folder is gone", while 'builtin' re-imported
-    it). A model of another source registered under that name is not replaced: its folder gone is said."""
-    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()) and (
-            (rec := get(BUILTIN_NAME)) is None or rec.source == "builtin"):
-        rec = import_builtin()
-        return Path(rec.path), rec.name
+    """(folder, registered name or None). A name registered exactly wins: a user's model named 'builtin', or
+    'smollm2-135m-instruct' (a case twin the registry took before the built-in was imported), is theirs ('builtin'
+    imported the GGUF instead, and the twin was refused as "differs only in case"). Else 'builtin' and the
+    built-in's name in any case import the built-in model on first use, and again when its own import's folder is
+    gone (its name said "that folder is gone", while 'builtin' re-imported it). Another model registered under the
+    built-in's name is never replaced: its folder gone is said."""
     rec = get(name_or_path)
+    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()) and (rec is None or _is_builtin(rec)):
+        if (held := get(BUILTIN_NAME)) is None or _is_builtin(held):
+            rec = import_builtin()
+            return Path(rec.path), rec.name
+        rec = held  # another model under the built-in's name ('builtin' names it, as `record` does)
     if rec is not None:
         if not Path(rec.path, "config.json").exists():
             raise RegistryError(f"Model {rec.name!r} is registered at {rec.path}, but that folder is gone. Delete "
                                 "it from the registry or restore the folder.")
-        return Path(rec.path), rec.name
-    if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()):
-        rec = import_builtin()
         return Path(rec.path), rec.name
     p = Path(name_or_path).expanduser()
     if p.is_dir():

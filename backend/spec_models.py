@@ -269,8 +269,11 @@ class MergeSpec(_Spec):
             return full
         ids = [short[0]] + [distinct_tail(short[0], o) for o in short[1:]]
         room = max(DEFAULT_NAME_CHARS - len(tag) - 1, 16)
-        if len("_".join(ids)) > room:  # every candidate keeps a share (a cut of the joined names dropped the second
-            digest = hashlib.sha1("\n".join(self.models).encode()).hexdigest()[:6]  # one whole), then a digest
+        # past room, every candidate keeps a share (a cut of the joined names dropped the second one whole), then a
+        # digest of the candidates AND the tag: a tag too long for the name (8 weights) is cut by safe_name's 100
+        # characters, and merges differing only there (the last weight) got one name
+        if len("_".join(ids)) > room or len("_".join(ids)) + 1 + len(tag) > 100:  # safe_name keeps 100
+            digest = hashlib.sha1("\n".join([*self.models, tag]).encode()).hexdigest()[:6]
             share = max((room - 7) // len(ids) - 1, 4)
             later = [_cut_at_separator(i, share) for i in ids[1:]]
             ids = [_cut_at_separator(ids[0], max(room - 7 - sum(len(i) + 1 for i in later), 4)), *later, digest]

@@ -189,7 +189,9 @@ def test_default_merge_names_are_short_and_differ_by_method(tiny_llama):
         box = next(t for t in at.text_input if t.key and t.key.startswith(f"merge_name_{method}_"))
         names[method] = box.value
     assert len(set(names.values())) == 3 and all(len(n) <= 60 for n in names.values()), names
-    digest = hashlib.sha1(f"{LONG}\n{LONG}-cpt".encode()).hexdigest()[:6]  # the candidates cut to fit: told apart
+    # the candidates cut to fit: told apart by a digest of them and the tag (merges differing only in a tag that
+    # safe_name cut got one name)
+    digest = hashlib.sha1(f"{LONG}\n{LONG}-cpt\nslerp0.5".encode()).hexdigest()[:6]
     # each candidate keeps a share, the second by what it adds to the first (a cut of the joined names dropped it)
     assert names["slerp"] == f"{LONG[:39]}_cpt-{digest}-slerp0.5"
     assert names["average"].endswith("-average-0.5-0.5") and names["ties"].endswith("-d0.5")

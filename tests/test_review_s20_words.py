@@ -181,9 +181,9 @@ def test_a_long_named_merges_default_name_keeps_every_candidate():
     a = "SmolLM2-135M-Instruct-dus-m8-cpt-sft-openhermes-2.5"
     b = "Qwen2.5-0.5B-Instruct-dus-m12-cpt-sft-dpo-ultrafeedback"
     assert MergeSpec(models=[a, b], method="slerp").default_name() == \
-        "SmolLM2-135M-Instruct-dus-m8_Qwen2.5-0.5B-83f888-slerp0.5"
+        "SmolLM2-135M-Instruct-dus-m8_Qwen2.5-0.5B-931d29-slerp0.5"  # the digest: of the candidates and the tag
     three = MergeSpec(models=[a, b, "Llama-3.2-1B"], method="linear").default_name()
-    assert three == "SmolLM2-135M_Qwen2.5-0.5B_Llama-3.2-1B-704809-average"
+    assert three == "SmolLM2-135M_Qwen2.5-0.5B_Llama-3.2-1B-66cc27-average"
     names = {MergeSpec(models=[x, y], method=m, **({"base": "b0"} if m == "ties" else {})).default_name()
              for x, y in ((a, b), (a, "Org/" + b), ("x" * 90, "y" * 90)) for m in ("slerp", "linear", "ties")}
     assert len(names) == 9 and all(len(n) <= 60 and check_name(n) == n for n in names), names

@@ -103,7 +103,7 @@ def _source_fp(src: str, where: str, produced: dict[str, str], seen: tuple[str, 
     path = Path(src).expanduser()
     if path.exists():
         return _file_fp(path)
-    if path.suffix in DATA_SUFFIXES or src.startswith((".", "/", "~")):
+    if path.suffix.lower() in DATA_SUFFIXES or src.startswith((".", "/", "~")):  # data.load_source reads x.JSONL
         raise RecipeError(f"{where}: data file {src} does not exist.")
     if src.count("/") == 1:
         return _sha(["hub", src])  # a Hub data set id; checked online by plan() when used
@@ -111,16 +111,22 @@ def _source_fp(src: str, where: str, produced: dict[str, str], seen: tuple[str, 
                       "or a Hub id.")
 
 
-def _check_rows(src: str, kind: str, where: str, checked: set) -> None:
+def _check_rows(src: str, kind: str, where: str, checked: set, weight: float = 1.0) -> None:
     """Read a stage's data on this machine (a built-in, a registered set, a local file, each source of a mix) as its
     training job will (training.check_inputs: the mix expanded, each file parses, its columns fit a layout of the
     stage's kind, the first rows convert): a malformed file or one of the wrong layout passed the plan, and failed
     its stage only after the stages before it had run, leaving the ones after it waiting. Hub ids are left to the
-    job. `checked`: (source, kind) pairs already read in this plan (a sweep's stages share their data)."""
+    job. `checked`: (source, kind) pairs already read in this plan (a sweep's stages share their data). `weight`:
+    the stage's weight of `src`, which a mix's members' weights multiply (data.expand refuses a product past
+    data.MAX_REPEATS; expanded at 1.0, a mix used at 10,000 passed the plan and failed its stage)."""
+    try:
+        items = data.expand([(src, weight)])
+    except data.DataError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
     if (src, kind) in checked:
         return
     try:
-        for item, _ in data.expand([(src, 1.0)]):
+        for item, _ in items:
             if (item, kind) not in checked and not data.hub_id(item):
                 data.check_source(item, kind)
                 checked.add((item, kind))

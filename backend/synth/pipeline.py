@@ -61,7 +61,7 @@ def load_benchmark(path: str) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"Benchmark file {p} does not exist.")
-    if p.suffix not in (".jsonl", ".json"):
+    if p.suffix.lower() not in (".jsonl", ".json"):  # bench.JSONL: its raw lines were taken for questions
         return [line for line in p.read_text(errors="replace").splitlines() if line.strip()]
     try:  # a .json array was read line by line: "line 1: no question field" for a one-line array
         records = read_records(p, p.name)
