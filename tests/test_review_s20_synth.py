@@ -126,3 +126,80 @@ def test_a_cache_of_other_rules_is_not_reused(tmp_path, monkeypatch):
     pipeline.run_synth_math(SynthMathSpec(out=str(tmp_path / "out"), num_seeds=6),
                             progress=lambda f, m: messages.append(m))
     assert calls == [6, 6] and "0 already rephrased" in messages[0]
+
+
+# Review s20 (second pass): a rate's basis said another way, a basis that is a number of things, a pick of its group
+
+BASIS_SPELLINGS = [  # a rate's basis abbreviated, pluralised or said in another word: the same rate
+    ("Apples cost $3 per pound. How much do 4 pounds cost?", "Apples cost $3 per lb. What do 4 pounds cost?"),
+    ("Apples cost $3 per pound. How much do 4 pounds cost?", "Apples are $3 a lb. What do 4 pounds cost?"),
+    ("Tom earns $15 per hour. How much does he earn in 8 hours?",
+     "Tom makes $15 an hr. How much does he earn in 8 hours?"),
+    ("Tom earns $15 per hour. How much does he earn in 8 hours?",
+     "Tom earns $15 per hours worked. How much does he earn in 8 hours?"),
+    ("The printer prints 30 pages a minute. How many pages in 5 minutes?",
+     "The printer prints 30 pages per min. How many pages in 5 minutes?"),
+    ("He pays $120 a year. How much does he pay in 3 years?", "He pays $120 per annum. How much in 3 years?"),
+    ("Tickets are $5 per person. How much do 4 people pay?", "Tickets are $5 a head. How much do 4 people pay?"),
+    ("Ann swims once a week. How many times does she swim in 52 weeks?",
+     "Ann swims once a wk. How many times does she swim in 52 weeks?"),
+    ("Ann swims every wk. How many times does she swim in 52 weeks?",
+     "Ann swims once a week. How many times does she swim in 52 weeks?"),
+]
+
+GROUP_BASES = [  # a price per dozen (or hundred) said as a price each: a twelfth (a hundredth) of it, refused
+    ("He buys two dozen eggs for $3 a dozen. How much does he pay?",
+     "He buys 24 eggs for $3 each. How much does he pay?", {3}),
+    ("He buys 3 dozen eggs at $4 per dozen. How much does he pay?",
+     "He buys 36 eggs at $4 apiece. How much does he pay?", {4}),
+    ("Flyers cost $5 per hundred. How much do 300 flyers cost?",
+     "Flyers cost $5 each. How much do 300 flyers cost?", {5}),
+    ("Ann swims once a week. How many times does she swim in 52 weeks?",  # "once" a rate, not "once she swims"
+     "Ann swims once a mo. How many times does she swim in 52 weeks?", {1}),
+    ("Apples cost $3 per lb. How much do 4 pounds cost?",  # the table maps spellings, not one unit to another
+     "Apples cost $3 per kg. How much do 4 pounds cost?", {3}),
+]
+
+PICKS_OF_ANOTHER_GROUP = [  # "one of the N" where the original picks from no group of N, or says a thing of all N
+    ("Each of the 3 friends gets 4 apples; a boy from the group also gets 2. How many apples in all?",
+     "One of the 3 friends gets 4 apples; a boy from the group also gets 2. How many apples in all?", {1}),
+    ("Tom takes a key from the 5 on the hook. Each of the 3 doors opens with it. How many doors can he open?",
+     "Tom takes a key from the 5 on the hook. One of the 3 doors opens with it. How many doors can he open?", {1}),
+    # "Either of the 2 roads is 5 km long" says it of both roads (10 km in all); "one of the 2" of one road alone
+    ("Either of the 2 roads is 5 km long. How long are the roads together?",
+     "One of the 2 roads is 5 km long. How long are the roads together?", {1}),
+    ("Any of the 4 boxes holds 6 pens. How many pens do the boxes hold?",
+     "One of the 4 boxes holds 6 pens. How many pens do the boxes hold?", {1}),
+]
+
+PICKS_OF_THE_SAME_GROUP = [  # a pick of the same group, its count in digits or words: passes
+    ("Tom takes a key from the 5 on the hook. Each of the 3 doors opens with it. How many doors can he open?",
+     "Tom takes one of the 5 keys on the hook. Each of the 3 doors opens with it. How many doors can he open?"),
+    ("Tom picks any of the five doors. What is the chance he wins?",
+     "Tom picks one of the 5 doors. What is the chance he wins?"),
+    ("Sam draws a card out of the 52 in the deck. What is the chance it is an ace?",
+     "Sam draws one of the 52 cards in the deck. What is the chance it is an ace?"),
+]
+
+
+@pytest.mark.parametrize("original, rephrased", [*BASIS_SPELLINGS, *PICKS_OF_THE_SAME_GROUP])
+def test_a_basis_spelled_another_way_or_a_pick_of_the_same_group_passes(original, rephrased):
+    assert quantities.changed(original, rephrased) == set()
+    rephrase.check_question(Seed("s", "c", 1, original, "", ""), rephrased)
+
+
+@pytest.mark.parametrize("original, rephrased, refused", [*GROUP_BASES, *PICKS_OF_ANOTHER_GROUP])
+def test_a_price_per_dozen_as_each_or_a_pick_of_another_group_is_refused(original, rephrased, refused):
+    assert quantities.changed(original, rephrased) == {Fraction(x) for x in refused}
+    with pytest.raises(rephrase.RephraseError, match="changed number"):
+        rephrase.check_question(Seed("s", "c", 1, original, "", ""), rephrased)
+
+
+def test_a_rates_basis_is_read_as_one_word_and_a_picks_group_by_its_count():
+    per = [(q.value, q.per) for q in quantities.quantities(
+        "$3 per lb, $15 an hr, 30 pages per min, $120 per annum, $5 a head, $2 per hours, $4 a dozen, once a wk")]
+    assert per == [(3, "pound"), (15, "hour"), (30, "minute"), (120, "year"), (5, "person"), (2, "hour"),
+                   (4, "dozen"), (12, ""), (1, "week")]  # 12: "a dozen" itself
+    picks = [(q.value, q.group) for q in quantities.quantities(
+        "one of the 5 marbles, one of the twenty-five boxes, one of the 2 dozen eggs, one of the boys") if q.pick]
+    assert picks == [(1, 5), (1, 25), (1, 24), (1, None)]

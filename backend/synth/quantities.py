@@ -64,10 +64,22 @@ _ADJECTIVES = {"other", "same", "last", "first", "next", "only", "new", "old", "
                "black", "yellow"}
 _PERIODS = {"second", "minute", "hour", "day", "week", "fortnight", "month", "year", "decade", "century", "morning",
             "afternoon", "evening", "night", "weekend", "summer", "winter", "spring", "autumn", "time"}
+# A rate's basis said another way, and the one word it is compared as: "$3 per lb" is "$3 a pound", "$15 an hr" "$15
+# per hour", "$120 per annum" "$120 a year", "$5 a head" "$5 per person"; a plural of a known basis is that basis
+# ("$15 per hours worked"). Without it a faithful rephrasing read as a rate per another thing (changed)
+_BASIS_WORDS = {"sec": "second", "secs": "second", "min": "minute", "mins": "minute", "hr": "hour", "hrs": "hour",
+                "diem": "day", "wk": "week", "wks": "week", "mo": "month", "mos": "month", "yr": "year",
+                "yrs": "year", "annum": "year", "head": "person", "capita": "person", "people": "person",
+                "lb": "pound", "lbs": "pound", "oz": "ounce", "kg": "kilogram", "kgs": "kilogram", "kilo": "kilogram",
+                "kilos": "kilogram", "km": "kilometer", "kilometre": "kilometer", "metre": "meter", "mi": "mile",
+                "ft": "foot", "feet": "foot", "gal": "gallon", "litre": "liter", "qt": "quart", "dozens": "dozen"}
+# a basis that is a number of things, not one: "$3 a dozen" is not "$3 each" (a twelfth of it), nor "$2 a pair"
+_GROUP_BASES = {"pair", "score", "gross", *_MULTIPLIERS}
+_KNOWN_BASES = {*_PERIODS, *_BASIS_WORDS.values(), *_GROUP_BASES}
 # "every week", "weekly": what "once a week" may reword (changed); "every other week" and "every 2 weeks" are not
 _ADVERBS = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year",
             "annually": "year", "nightly": "night"}
-_EVERY = re.compile(rf"\b(?:every|each)\s+({'|'.join(sorted(_PERIODS))})\b|\b({'|'.join(_ADVERBS)})\b")
+_EVERY = re.compile(rf"\b(?:every|each)\s+([a-z]+)\b|\b({'|'.join(_ADVERBS)})\b")  # a period: "every wk" (_basis)
 # a number attached to "-" after one of these is negative ("= -3", "(-2, 5)", "$-3$" in TeX), not a subtraction
 _OPERATORS = set("=(,:;[{<>+*/×÷^$")
 
@@ -89,6 +101,8 @@ class Quantity:
     per: str = ""  # what a rate is per ("once a week", "$5 an hour", "$2 a pair", "each pen costs $2"; "$2 each" is
     #                "each", or "pair" after a count of pairs): a rephrasing keeps it (changed)
     pick: bool = False  # "one of the 5": a pick, the original's "any of the 5" or "a marble from the 5" rewritten
+    group: Fraction | None = None  # the count of the group a pick is of ("one of the 5 marbles": 5), None where it
+    #                                names none ("one of the boys"): it rewrites a pick of that group alone (changed)
 
 
 
@@ -135,7 +149,7 @@ def quantities(text: str) -> list[Quantity]:
             i += 1
             continue
         elif t.text == "once":
-            period = _word(toks, i + 2) if _word(toks, i + 1) in ("a", "an", "every", "each", "per") else ""
+            period = _basis(_word(toks, i + 2)) if _word(toks, i + 1) in ("a", "an", "every", "each", "per") else ""
             out.append(Quantity(Fraction(1), loose=not _once_counts(toks, i),
                                 period=period if period in _PERIODS else "", per=_per(toks, i, i + 1, out)))
             i += 1
@@ -198,7 +212,8 @@ def quantities(text: str) -> list[Quantity]:
             out.append(Quantity(value, alts, loose=loose, noun=noun, pairs=pairs,
                                 pair_alts=pair_alts if pairs else (), money=dollars or cents, counts=counts,
                                 per=_per(toks, i, j, out, dollars or cents),
-                                pick=lone and not loose and after == "of"))
+                                pick=(pick := lone and not loose and after == "of"),
+                                group=_group_after(toks, j + 1) if pick else None))
         i = j
     return out
 
@@ -253,7 +268,8 @@ def _per(toks: list[_Tok], i: int, j: int, out: list[Quantity], money: bool = Fa
             if _word(toks, b) in _PER and _word(toks, b + 1) and b + 1 < i:
                 basis = _word(toks, b + 1)
                 break
-    if basis in _PAIRS:
+    basis = _basis(basis)
+    if basis == "pair":
         return "pair"
     if basis in ("piece", "one"):  # "$2 a piece", "$2 for each one"
         basis = "each"
@@ -263,10 +279,37 @@ def _per(toks: list[_Tok], i: int, j: int, out: list[Quantity], money: bool = Fa
     return basis
 
 
+def _basis(word: str) -> str:
+    """The word a rate's basis is compared as: "lb" is "pound", "hours" "hour", "annum" "year" (_BASIS_WORDS)."""
+    if word in _PAIRS:
+        return "pair"
+    if word in _BASIS_WORDS:
+        return _BASIS_WORDS[word]
+    for end in ("s", "es"):  # "hours", "inches"
+        if word.endswith(end) and word[:-len(end)] in _KNOWN_BASES:
+            return word[:-len(end)]
+    return word
+
+
 def _same_per(a: str, b: str) -> bool:
     """Whether two rates' bases are one: equal, or "each" and a single thing named ("$2 each" is "$2 a pen"), not a
-    period ("$5 each" is not "$5 a day") or a pair after a count of things."""
-    return a == b or ("each" in (a, b) and (b if a == "each" else a) not in (*_PERIODS, "pair"))
+    period ("$5 each" is not "$5 a day") or a number of things ("$3 a dozen", a pair after a count of things)."""
+    return a == b or ("each" in (a, b) and (b if a == "each" else a) not in (*_PERIODS, *_GROUP_BASES))
+
+
+_DETERMINERS = {"the", "these", "those", "his", "her", "their", "its", "my", "your", "our"}
+
+
+def _group_after(toks: list[_Tok], k: int) -> Fraction | None:
+    """The count of the group named at toks[k] after a pick's "of" or "from" ("[the] 5 marbles", "the twenty-five
+    boxes", "the 2 dozen eggs"), None where it names no count ("the boys", "the first box")."""
+    k += _word(toks, k) in _DETERMINERS
+    if k >= len(toks):
+        return None
+    got = _cardinal(toks, k)
+    if got is not None:
+        return got[0]
+    return toks[k].value if toks[k].kind == "num" and not toks[k].percent else None
 
 
 def _starts_sentence(toks: list[_Tok], i: int) -> bool:
@@ -300,7 +343,7 @@ def _once_counts(toks: list[_Tok], i: int) -> bool:
         return False
     if before in ("only", "than", "exactly", "just", "least", "most") or after == "or":
         return True
-    if after in ("a", "an", "every", "each", "per") and _word(toks, i + 2) in _PERIODS:
+    if after in ("a", "an", "every", "each", "per") and _basis(_word(toks, i + 2)) in _PERIODS:  # "once a wk"
         return True
     if _starts_sentence(toks, i):
         return False  # "Once, long ago", "Once he buys"
@@ -351,10 +394,22 @@ def allowed(text: str) -> set[Fraction]:
 _SINGLE = re.compile(r"\b(?:(?:a|an|one)\s+single|a|an|each|every|per|one|single)\s+([a-z]+)")
 
 
-# one thing picked from a group, which "one of the 5" rewords: "any of the 3 doors", "either of the 2 boxes", "a
-# marble from the 5" (not "each of the boys": one of them is not each of them)
-_PICK = re.compile(r"\b(?:any|either)\s+of\b|\b(?:a|an|one)\s+[a-z]+\s+(?:from|out\s+of|among)\s+(?:the|these|those|"
-                   r"his|her|their|its|my|your|our)\b")
+def _picks(text: str) -> Counter:
+    """The picks of one thing from a group `text` makes, which "one of the 5" rewords, counted by the group's count
+    (_group_after): "picks any of the 3 doors", "opens either of the 2 boxes", "a marble from the 5" (not "each of
+    the boys": one of them is not each of them). "Any of" or "either of" opening a sentence is its subject and says a
+    thing of every one: "Either of the 2 roads is 5 km long" (both are), which "One of the 2 roads is 5 km long" is
+    not."""
+    toks, out = _tokens(_normalise(text)), Counter()
+    for i, t in enumerate(toks):
+        if t.text in ("any", "either") and _word(toks, i + 1) == "of" and not _starts_sentence(toks, i):
+            out[_group_after(toks, i + 2)] += 1
+        elif t.text in ("a", "an", "one") and _word(toks, i + 1):
+            k = i + 3 if _word(toks, i + 2) in ("from", "among") else i + 4 if (
+                _word(toks, i + 2), _word(toks, i + 3)) == ("out", "of") else 0
+            if k and _word(toks, k) in _DETERMINERS:
+                out[_group_after(toks, k)] += 1
+    return out
 
 
 def changed(original: str, rephrased: str) -> set[Fraction]:
@@ -367,8 +422,10 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
     states (a count of pairs kept as a count of their things: "3 pairs of socks" as "6 socks"): "3 pears cost $6.
     How much is a pear?" → "One pear costs $6." dropped the 3 for the 1. A coin count is a count, never money:
     "3 dimes" may become "dimes, 3 of them", not "$3". A pick "one of the 5" is the original's "any of the 5" or "a
-    marble from the 5" rewritten, no more often than the original picks. A rate said per another thing than the
-    original's same value ("once a week" → "once a month", "$2 a pair" → "$2 a sock") is refused whatever else."""
+    marble from the 5" rewritten (a pick of a group of 5, not of "the group" or of 4), no more often than the
+    original picks. A rate said per another thing than the original's same value ("once a week" → "once a month",
+    "$2 a pair" → "$2 a sock", "$3 a dozen" → "$3 each") is refused whatever else; a basis spelled another way is
+    the same ("$3 per lb" is "$3 a pound", _BASIS_WORDS)."""
     ok = allowed(original)
     before, after = quantities(original), quantities(rephrased)
     # a count of pairs and a count of their things are each other's rewording, not a count of the same kind:
@@ -377,12 +434,12 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
     counts_only = {v for q in before for v in q.counts}
     have = Counter(_SINGLE.findall(_normalise(original)))
     uses = Counter(_SINGLE.findall(_normalise(rephrased)))
-    every = Counter(a or _ADVERBS[b] for a, b in _EVERY.findall(_normalise(original)))
+    every = Counter(_ADVERBS[b] if b else _basis(a) for a, b in _EVERY.findall(_normalise(original)))
     once = Counter(q.period for q in after if q.period and not q.loose)
     written = {v for q in after for v in (q.value, *q.alts)}
     kept = all(q.value in written or any(v in {x.value for x in after if x.pairs != q.pairs} for v in q.pair_alts)
                for q in before if not q.loose)
-    picks = len(_PICK.findall(_normalise(original)))
+    picks = _picks(original)
     bases: dict[Fraction, set[str]] = {}
     for q in before:
         if q.per and not q.loose:
@@ -394,5 +451,5 @@ def changed(original: str, rephrased: str) -> set[Fraction]:
                     and not (q.value in counts_only and not q.money)
                     and q.value not in counted_other_way[q.pairs]
                     and not (q.noun and kept and uses[q.noun] <= have[q.noun])
-                    and not (q.pick and kept and sum(x.pick for x in after) <= picks)
+                    and not (q.pick and kept and sum(x.pick and x.group == q.group for x in after) <= picks[q.group])
                     and not (q.period and kept and once[q.period] <= every[q.period])}
