@@ -8,7 +8,10 @@ lists the tasks), and the errors an evaluation raises.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -182,14 +185,79 @@ def task_set(task: str, limit: int) -> TaskSet:
 FILE_TASKS = ("perplexity", "qa", "mc", "gsm8k")  # the task kinds that read a source named after the colon
 
 
+@lru_cache(maxsize=1)
+def lm_eval_index() -> frozenset[str]:
+    """Every name lm-eval's TaskManager knows (tasks, groups and tags of its installed YAMLs), for checking a name
+    before a job is queued. Building the index reads ~15k YAML files (about 10 s on 2 cores), so the names are kept in
+    this machine's cache folder ($XDG_CACHE_HOME or ~/.cache, dus-studio/), keyed by lm-eval's version and its task
+    folder: built once per installed lm-eval, not per check (an installation is per machine, so not the shared
+    workspace). Scanning the YAMLs for `task:` lines instead missed 2,472 of 14,683 names (those made by `include`)."""
+    try:
+        import lm_eval
+        from importlib.metadata import version
+    except ImportError:
+        raise EvalError("lm-evaluation-harness is not installed: .venv/bin/pip install lm-eval==0.4.13 "
+                        "(requirements.txt pins it).") from None
+    tasks_dir = Path(lm_eval.__file__).resolve().parent / "tasks"
+    key = {"version": version("lm_eval"), "tasks": str(tasks_dir), "mtime_ns": tasks_dir.stat().st_mtime_ns}
+    cache = (Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dus-studio"
+             / f"lm-eval-{key['version']}-tasks.json")
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return frozenset(stored["names"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass  # none yet, another version's, or half-written by a crash: built again below
+    from backend.lmeval import _hub_manager
+
+    names = frozenset(_hub_manager().all_tasks)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}-{threading.get_ident()}.partial")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": key, "names": sorted(names)}), encoding="utf-8")
+        os.replace(tmp, cache)  # a reader sees the old file or the new one, never half of one
+    except OSError:  # a read-only home: the check still works, only slower next time
+        tmp.unlink(missing_ok=True)
+    return names
+
+
+def check_lm_eval_name(name: str) -> None:
+    """Refuse an lm-eval task, group or tag name that neither this project's local tasks, its presets nor lm-eval's
+    index know, with the closest known names: `lm-eval:nosuchtask` was queued and failed only when its turn came.
+    The local tasks and presets are looked up first, so they never wait for lm-eval's index."""
+    import difflib
+
+    from backend import lmeval
+
+    local = [*lmeval.local_tasks(), *lmeval.PRESETS]
+    if name in local:
+        return
+    hub = lm_eval_index()
+    if name in hub:
+        return
+    close = difflib.get_close_matches(name, [*local, *hub], n=3, cutoff=0.75)
+    guess = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+    raise EvalError(f"lm-eval task {name!r} is unknown{guess} Local tasks (offline): "
+                    f"{', '.join(lmeval.local_tasks())}; "
+                    f"presets: {', '.join(lmeval.PRESETS)}; or any of the {len(hub):,} tasks, groups and tags lm-eval "
+                    "registers (arc_easy, gsm8k, mmlu, …), whose data comes from the Hugging Face Hub.")
+
+
 def check_task(task: str, limit: int) -> None:
     """Read and check a task's items as the job will (task_set) when they come from this machine: a file, or for
     perplexity a built-in or registered set. Run when the job is queued (runner.check_before_queueing) and when a
     recipe is planned: a malformed file otherwise failed the job when its turn came, behind a busy queue. The
-    built-in task sets need no check; lm-eval tasks and Hub data sets are left to the job (they need the network)."""
+    built-in task sets need no check. An lm-eval task's name is looked up in lm-eval's index (check_lm_eval_name);
+    its data, and Hub data sets, are left to the job (they need the network)."""
     from backend.uploads import DATA_SUFFIXES  # a path with one is read as a file (data.load_source)
 
     kind, _, arg = task.partition(":")
+    if kind == "lm-eval" and arg:  # the name only: its data is the job's to fetch (it may need the network)
+        from backend.lmeval import expand
+
+        for name, _, _ in expand(arg):
+            check_lm_eval_name(name)
+        return
     path = Path(arg).expanduser()
     if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
                                                  or path.suffix in DATA_SUFFIXES):

@@ -1,6 +1,6 @@
 """The one name check: every name that becomes a folder or file (models, runs, data sets, mixes) passes here.
 
-A name is one path component by construction — letters, digits, '.', '_' and '-', starting with a letter or
+A name is one path component by construction — ASCII letters, digits, '.', '_' and '-', starting with a letter or
 digit, at most 100 characters — so '../x', '/etc', '' and 'a/b' never reach `Path(parent) / name`. Names made
 from user text (a folder's name, a GGUF file's stem, a Hub id) go through `safe_name` instead of failing.
 """
@@ -19,8 +19,9 @@ def check_name(name: object, what: str = "name") -> str:
     """`name` unchanged when it is safe, else ValueError naming the field. fullmatch, not match + `$`: `$` also
     matches before a trailing newline, which would let 'x\\n' through."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(f"{what} {name!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting with "
-                         "a symbol).")
+        # "letters" alone read as any letter: 'modèle' was refused by a rule it seemed to follow
+        raise ValueError(f"{what} {name!r}: use ASCII letters (a–z, A–Z), digits, '.', '_' and '-' (at most 100, not "
+                         "starting with a symbol).")
     return name
 
 

@@ -248,6 +248,12 @@ class MergeSpec(_Spec):
             raise ValueError(f"tokenizer_source: {self.tokenizer_source!r} is not one of the models"
                              f"{' or the base' if self.base else ''}; give 'base' or one of "
                              f"{', '.join(self.models)}.")
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:  # `merge --models tiny tiny` registered a copy of tiny as tiny_tiny-average. mergekit keys the
+            # candidates' tensors by model (a dict: merge_methods/linear.py), so a repeat collapses into one entry and
+            # its merge is the model itself; here the weights would count it twice (weights 1, 2 unnormalized: 3×)
+            raise ValueError(f"models: {', '.join(map(repr, twice))} listed twice; a merge of a model with itself is "
+                             "that model: give different models.")
         return self
 
     def default_name(self) -> str:

@@ -61,7 +61,12 @@ class SynthMathSpec(_Spec):
         return self
 
 
-EVAL_TASK_KINDS = ("perplexity", "synth-math", "qa", "mc", "gsm8k", "lm-eval")
+# The forms a task takes, by kind: the field's help and the error for an unknown kind both read this one list (the
+# error once left out qa:FILE and perplexity:FILE, which the help offered). "[:FILE]": the file is optional.
+EVAL_TASK_FORMS = {"perplexity": "perplexity[:FILE]", "synth-math": "synth-math", "qa": "qa[:FILE]", "mc": "mc:FILE",
+                   "gsm8k": "gsm8k:FILE", "lm-eval": "lm-eval:TASK"}
+EVAL_TASK_KINDS = tuple(EVAL_TASK_FORMS)
+EVAL_TASK_HELP = ", ".join(EVAL_TASK_FORMS.values())
 
 
 class EvalSpec(_Spec):
@@ -69,8 +74,7 @@ class EvalSpec(_Spec):
     kind: Literal["eval"] = "eval"
     models: list[str] = Field(min_length=1)
     tasks: list[str] = Field(default_factory=lambda: ["perplexity", "synth-math"],
-                             description="perplexity[:FILE], synth-math, qa[:FILE], mc:FILE, gsm8k:FILE, "
-                                         "lm-eval:TASK")
+                             description=EVAL_TASK_HELP)
     limit: int = Field(40, ge=1, description="items per task")
     max_new_tokens: int = Field(96, ge=8)
     samples: int = Field(1, ge=1, le=10, description="k > 1: k-1 extra sampled answers for a consistency score")
@@ -96,9 +100,8 @@ class EvalSpec(_Spec):
         for task in v:
             kind, _, arg = task.partition(":")
             if kind not in EVAL_TASK_KINDS:
-                raise ValueError(f"task {task!r}: choose perplexity, synth-math, qa, mc:FILE, gsm8k:FILE or "
-                                 "lm-eval:TASK.")
-            if kind in ("mc", "gsm8k", "lm-eval") and not arg:
+                raise ValueError(f"task {task!r}: choose one of {EVAL_TASK_HELP} ([:FILE]: a file is optional).")
+            if ":" in EVAL_TASK_FORMS[kind].replace("[:", "") and not arg:
                 raise ValueError(f"task {task!r} needs a file or task name after the colon.")
             if kind in ("mc", "gsm8k", "qa") and arg and not Path(arg).expanduser().is_file():
                 # refused here, not queued to fail in the worker after the models were checked

@@ -3,12 +3,14 @@
 The file name a browser sends is only a hint: Streamlit passes the multipart file name through unchanged, so
 '../../x.jsonl' or '/etc/cron.d/x.json' would otherwise choose where the bytes land. Here the name is reduced to
 a safe stem, the content hash makes it unique (the same file uploaded twice is the same path), and the suffix
-must be one the page accepts.
+must be one the page accepts. An upload the page then refuses (empty, binary, wrong columns) is removed again
+(discard_refused), so workspace/uploads/ holds only files someone could still use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import threading
@@ -49,15 +51,22 @@ def shown_name(path: Path | str) -> str:
 
 def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
                 folder: Path | None = None) -> Path:
-    """Write the bytes under a generated name inside `folder` (default workspace/uploads) and return the path.
-    Written to a temporary file and renamed, so a reader never sees half a file."""
+    """Write the bytes under a generated name inside `folder` (default workspace/uploads) and return the path."""
+    return store_upload(data, sent_name, allowed_suffixes, folder)[0]
+
+
+def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
+                 folder: Path | None = None) -> tuple[Path, bool]:
+    """save_upload's path, and whether this call wrote the file (False: the same content was stored before, and
+    may be named by a saved spec, a job or a data set). Written to a temporary file and renamed, so a reader never
+    sees half a file."""
     root = Path(folder or uploads_dir()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     path = (root / upload_name(data, sent_name, allowed_suffixes)).resolve()
     if path.parent != root:  # cannot happen with a generated name; kept as the last word on where bytes go
         raise ValueError(f"upload {sent_name!r}: {path} is outside {root}.")
     if path.is_file() and path.stat().st_size == len(data):
-        return path  # same hash, same name: already here
+        return path, False  # same hash, same name: already here
     # per thread, not only per process: Streamlit's sessions are threads of one process, and two saving the same
     # file at once shared one temporary name, so the second rename found it gone (FileNotFoundError)
     tmp = root / f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial"
@@ -67,4 +76,31 @@ def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = D
     except BaseException:
         tmp.unlink(missing_ok=True)  # a disk-full write leaves no partial file behind
         raise
-    return path
+    return path, True
+
+
+def discard_refused(path: Path | str, new: bool) -> bool:
+    """Remove an upload the page refused (it could not be read for this use), so refused files do not pile up in
+    workspace/uploads/ (each rerun of the page saved it again and kept it for good). Kept when it was stored before
+    this upload (`new` False: a saved spec, a job, a data set or another page's table may name it, and a file
+    refused for SFT may be good text for continued pretraining) or when a job or data set names it. True when
+    removed."""
+    path = Path(path)
+    if not new or path.resolve().parent != uploads_dir().resolve() or _named_by_records(path):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _named_by_records(path: Path) -> bool:
+    """Whether a job's spec (any status: a failed job can be retried) or a data set's record names `path`."""
+    from sqlmodel import select
+
+    from storage.models import DatasetRecord, Job
+
+    text = json.dumps(str(path))[1:-1]  # as the JSON columns spell it
+    with db.session() as s:
+        specs = s.exec(select(Job.spec)).all()
+        sets = s.exec(select(DatasetRecord.path, DatasetRecord.provenance)).all()
+    return any(text in json.dumps(spec) for spec in specs) or \
+        any(p == str(path) or text in json.dumps(prov) for p, prov in sets)

@@ -207,7 +207,7 @@ def test_length_explains_a_hallucination_gap():
 def test_eval_spec_checks_tasks():
     with pytest.raises(ValueError, match="needs a file"):
         EvalSpec(models=["m"], tasks=["mc"])
-    with pytest.raises(ValueError, match="choose perplexity"):
+    with pytest.raises(ValueError, match="choose one of perplexity"):
         EvalSpec(models=["m"], tasks=["bogus"])
     with pytest.raises(ValueError, match="judge_model"):
         EvalSpec(models=["m"], tasks=["qa"], judge_url="http://127.0.0.1:1/v1")

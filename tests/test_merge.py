@@ -102,7 +102,7 @@ def test_dare_statistics_match_mergekit():
     root = REFS / "float32"
     base, a = load_state(root / "base"), load_state(root / "a")
     ref = load_state(root / "out-dare_linear_half")
-    spec = dict(models=[str(root / "a"), str(root / "a")], base=str(root / "base"), method="dare_linear",
+    spec = dict(models=[str(root / "a"), str(root / "base")], base=str(root / "base"), method="dare_linear",
                 weights=[1.0, 0.0], density=0.5)
     ours = load_state(Path(run_merge(MergeSpec(**spec, name="d1"))["path"]))
     again = load_state(Path(run_merge(MergeSpec(**spec, name="d2"))["path"]))

@@ -79,7 +79,7 @@ def test_llama_pro_and_slices_on_the_build_page(tiny):
 def test_bad_name_is_explained_on_the_page(tiny):
     at = app()
     at.text_input(key="name").set_value("bad name!").run()
-    assert any("use letters, digits" in e.value for e in at.error)
+    assert any("use ASCII letters" in e.value for e in at.error)
 
 
 def test_models_page_lists_chats_and_deletes(tiny):

@@ -19,7 +19,7 @@ from backend.specs import ImportSpec, MergeSpec, UpscaleSpec, explain
 from tests.conftest import make_llama
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100, not starting with a symbol)."
+NAME_RULE = "use ASCII letters (a–z, A–Z), digits, '.', '_' and '-' (at most 100, not starting with a symbol)."
 
 
 def page(name: str) -> AppTest:
@@ -64,7 +64,7 @@ def test_a_merge_of_models_of_different_depth_is_refused_before_it_is_queued(tin
     with pytest.raises(MergeError, match=r"\(6 vs 8 layers\)"):
         runner.submit(MergeSpec(models=["tiny", str(deep)]))
     with pytest.raises(MergeError, match=r"tiny and deep cannot be merged: .*\(6 vs 8 layers\)"):
-        runner.submit(MergeSpec(models=["tiny", "tiny"], method="task_arithmetic", base="deep"))
+        runner.submit(MergeSpec(models=["tiny", str(tiny_llama)], method="task_arithmetic", base="deep"))
     assert runner.list_jobs() == []
 
 

@@ -4,6 +4,7 @@ synthetic-math page, and compare charts with many models — each pinned by a te
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -70,7 +71,8 @@ MATH_ROW = {"problem": "What is $2+2$?", "level": "Level 1", "type": "Prealgebra
 @pytest.mark.parametrize("body, says", [
     (json.dumps(MATH_ROW) + '\n{"problem": "broken\n', "My MATH seeds.jsonl, line 2, column 13: not valid JSON"),
     (json.dumps(MATH_ROW) + "\n\n" + json.dumps({"problem": "x"}) + "\n",
-     "My MATH seeds.jsonl, record 3: missing solution — a MATH record has problem, solution."),
+     "My MATH seeds.jsonl, record 3: missing solution — a seed record is MATH's {problem, solution} or GSM8K's "
+     "{question, answer}."),
     (json.dumps({"question": "q", "answer": 7}) + "\n",
      "My MATH seeds.jsonl, record 1: answer must be text"),  # was a TypeError inside the job
 ])
@@ -82,8 +84,8 @@ def test_a_malformed_seed_upload_is_named_as_the_user_named_it(body, says):
     assert not at.exception, at.exception
     (err,) = [e.value for e in at.error]
     assert err.startswith(says) and err.endswith(". Fix the file and upload it again."), err
-    stored = next((uploads.uploads_dir()).iterdir()).name
-    assert stored != "My MATH seeds.jsonl" and stored not in err
+    assert not re.search(r"[0-9a-f]{16}-", err)  # not the stored '<content hash>-name'
+    assert not list(uploads.uploads_dir().glob("*"))  # and the refused file is not kept (test_review_s20_misc)
     assert "make_pairs" not in [b.key for b in at.button] and not runner.list_jobs()
     assert not at.get("download_button")  # no "Save spec" of the generator's seeds in the bad file's place
     assert "Upload a readable seed file to make pairs or save the spec." in [i.value for i in at.info]

@@ -129,7 +129,8 @@ def test_the_upscales_second_model_is_in_its_hash(tokenizer_dir, tmp_path):
 
 def _eval_recipe(base: Path, task: str, where: str) -> dict:
     d = {"kind": "recipe", "name": "r", "base": str(base), "upscale": None,
-         "stages": [{"name": "avg", "kind": "merge", "models": ["base", "base"], "method": "average"}]}
+         "stages": [{"name": "sft", "kind": "sft", "model": "base", "data": [{"source": "builtin:alpaca-mini"}],
+                     "max_steps": 1}]}  # a stage beside the evaluation (a merge of base with itself is refused)
     if where == "recipe":
         d["eval"] = {"tasks": [task], "limit": 5}
     else:

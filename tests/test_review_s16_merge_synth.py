@@ -63,7 +63,7 @@ def test_a_base_listed_among_the_models_is_no_task_vector(tokenizer_dir, tmp_pat
         torch.testing.assert_close(out[k], base[k] + (0.5 * (ft[k] - base[k])) / 0.5, rtol=0, atol=1e-6)
     assert registry.get("ta").recipe["models"] == ["base", "ft"]  # the spec as given, which rebuilds it
     with pytest.raises(MergeError, match="every model to merge is the base"):
-        run_merge(MergeSpec(models=["base", "base"], base="base", method="task_arithmetic", name="none"))
+        run_merge(MergeSpec(models=["base", str(tmp_path / "base")], base="base", method="task_arithmetic", name="none"))
     assert registry.get("none") is None
 
 

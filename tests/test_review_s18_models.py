@@ -128,12 +128,13 @@ def test_chat_template_auto_reads_remote_code_tokenizers_from_their_files(tokeni
     assert (Path(res["path"]) / "chat_template.jinja").read_text() == other
 
 
-def test_set_chat_template_reads_back_as_transformers_reads_it(tiny_llama, tmp_path):
+def test_set_chat_template_reads_back_as_transformers_reads_it(tiny_llama, tokenizer_dir, tmp_path):
     """On an ordinary tokenizer, the template written from the files is the one transformers loads."""
     from transformers import AutoTokenizer
 
     template = CHATML.replace("assistant", "helper")
-    res = run_merge(MergeSpec(method="linear", models=[str(tiny_llama), str(tiny_llama)], chat_template=template,
+    other = make_llama(tokenizer_dir, tmp_path / "other", seed=1)  # a merge of a model with itself is refused
+    res = run_merge(MergeSpec(method="linear", models=[str(tiny_llama), str(other)], chat_template=template,
                               name="lin-plain"))
     tok = AutoTokenizer.from_pretrained(res["path"])
     assert tok.chat_template == template

@@ -21,7 +21,7 @@ from backend.specs import (DataSource, ImportSpec, MergeSpec, SftSpec, SynthMath
 ROOT = Path(__file__).resolve().parent.parent
 BAD_NAMES = ["../x", "..", "/etc/passwd", "a/b", "a\\b", "", " ", "x" * 101, "x\n", ".hidden", "-x", "~root",
              "C:\\x", "a b"]
-MESSAGE = "use letters, digits, '.', '_' and '-' (at most 100, not starting with a symbol)."
+MESSAGE = "use ASCII letters (a–z, A–Z), digits, '.', '_' and '-' (at most 100, not starting with a symbol)."
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def test_safe_name_turns_any_text_into_a_valid_name():
 
 def test_inside_resolves_and_stays_in_the_folder(tmp_path):
     assert names.inside(tmp_path, "m") == tmp_path.resolve() / "m"
-    with pytest.raises(ValueError, match="use letters"):
+    with pytest.raises(ValueError, match="use ASCII letters"):
         names.inside(tmp_path, "../m")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "models").mkdir()
@@ -92,9 +92,9 @@ def test_default_names_from_odd_bases_are_sanitised_not_refused():
 
 def test_registry_refuses_bad_names_and_writes_nothing(tiny_llama, workspace):
     for bad in ["../x", "/tmp/x", ""]:
-        with pytest.raises(ValueError, match="use letters"):
+        with pytest.raises(ValueError, match="use ASCII letters"):
             registry.register(tiny_llama, bad, "base")
-        with pytest.raises(ValueError, match="use letters"):
+        with pytest.raises(ValueError, match="use ASCII letters"):
             registry.import_any(str(tiny_llama), bad)
     assert registry.list_models() == []
     assert not (workspace / "x").exists() and not (workspace / "models" / "x").exists()
@@ -118,7 +118,7 @@ def test_outputs_and_data_sets_refuse_bad_names(workspace):
     from backend import outputs
     from backend.synth import pipeline
 
-    with pytest.raises(ValueError, match="use letters"):
+    with pytest.raises(ValueError, match="use ASCII letters"):
         outputs.output_dir(None, None, "../escape")
     with pytest.raises(ValueError, match=r"^mix name '\.\./mix': "):
         pipeline.save_mix("../mix", [("builtin:alpaca-mini", 1.0)], "sft")
@@ -155,7 +155,7 @@ def test_uploads_with_other_suffixes_are_refused(sent, workspace):
 def test_pages_write_uploads_only_through_the_backend():
     for page in ("train.py", "synth.py"):
         text = (ROOT / "pages" / page).read_text()
-        assert "uploads.save_upload(" in text and '"uploads"' not in text and "write_bytes" not in text
+        assert ("uploads.save_upload(" in text or "uploads.store_upload(" in text) and '"uploads"' not in text and "write_bytes" not in text
 
 
 # ---------------------------------------------------------------- auth

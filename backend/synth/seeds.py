@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend.data import json_reason
+from backend.data_files import _first_non_utf8, unicode_encoding
 from backend.synth.answers import extract_answer, to_number
 from backend.synth.problems import CATEGORIES, GENERATORS
 
@@ -81,7 +82,18 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise SeedError(f"Seed file {path} does not exist.")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    # read as the Train page reads a data file (backend/data_files.py): UTF-8 with or without its mark, UTF-16 / UTF-32
+    # with theirs, and any other bytes refused as "not UTF-8" there and here (errors="replace" turned a binary file
+    # into "not valid JSON" here)
+    encoding = unicode_encoding(path) or "utf-8-sig"
+    if encoding == "utf-8-sig" and (bad := _first_non_utf8(path)):
+        raise SeedError(f"{label}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file as "
+                        "UTF-8.")
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise SeedError(f"{label} opens as {encoding.upper()} (its byte-order mark) but is not {encoding.upper()} "
+                        f"throughout ({exc.reason}): save it as UTF-8.") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), 1))
@@ -99,14 +111,17 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     return rows
 
 
+# the two seed layouts, named in every error about a record's fields (the format is told by the first record)
+LAYOUTS = "a seed record is MATH's {problem, solution} or GSM8K's {question, answer}"
+
+
 def _need(label: str, n: int, row: dict, fields: tuple[str, ...], fmt: str) -> None:
     """`n`: the record's line in a JSONL file, its position in a JSON array."""
     if not isinstance(row, dict):
-        raise SeedError(f"{label}, record {n}: expected an object with {', '.join(fields)}.")
+        raise SeedError(f"{label}, record {n}: expected an object with {', '.join(fields)} ({LAYOUTS}).")
     missing = [f for f in fields if f not in row]
-    if missing:
-        raise SeedError(f"{label}, record {n}: missing {', '.join(missing)} — a {fmt} record has "
-                        f"{', '.join(fields)}.")
+    if missing:  # both layouts: the uploader says MATH / GSM8K, and a MATH file's typo read as a GSM8K record
+        raise SeedError(f"{label}, record {n}: missing {', '.join(missing)} — {LAYOUTS}.")
     # a number or list where text belongs raised a TypeError, not an error naming the file and record
     wrong = [f for f in fields if not isinstance(row[f], str)]
     if wrong:
