@@ -260,7 +260,7 @@ def check_task(task: str, limit: int) -> None:
         return
     path = Path(arg).expanduser()
     if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
-                                                 or path.suffix in DATA_SUFFIXES):
+                                                 or path.suffix.lower() in DATA_SUFFIXES):
         return
     try:
         task_set(task, limit)

@@ -161,3 +161,30 @@ def test_long_default_merge_names_that_differ_only_in_a_weight_differ():
              for last in (0.111111, 0.199999)}
     assert len(names) == 2, names  # was one 100-character name: the digest covered the candidates only
     assert all(len(n) == 100 and n.startswith("mode_1_2_3_4_5_6_7-") for n in names)
+
+
+def test_a_recipe_plans_a_mix_at_the_weight_its_stage_gives(tiny_llama):
+    """The plan read a stage's data at weight 1.0: a mix used at 10,000 whose member is weighted 2 passed the plan and
+    failed its stage when its turn came."""
+    from backend.recipe.spec import RecipeError
+    from backend.synth.datasets import save_mix
+    from tests.test_review_s13_recipe import plan_of
+
+    save_mix("b", [("builtin:alpaca-mini", 2)], "sft")
+    d = {"kind": "recipe", "name": "r", "base": str(tiny_llama), "upscale": None, "eval": None, "stages": [
+        {"name": "sft", "kind": "sft", "model": "base", "data": [{"source": "mix:b", "weight": 10000}],
+         "max_steps": 1}]}
+    with pytest.raises(RecipeError, match=r"stage sft.data\[0\].source: mix:b: builtin:alpaca-mini: weights "
+                                          r"multiply through mixes: 2 .* = 20000"):
+        plan_of(d)
+
+
+def test_task_and_seed_files_with_suffixes_in_capitals_are_read_as_their_kind(tmp_path):
+    from backend.evaltasks import EvalError, check_task
+    from backend.synth.pipeline import load_benchmark
+
+    with pytest.raises(EvalError):  # a missing mc file named in capitals was let through to fail in the job
+        check_task(f"mc:{tmp_path / 'missing.JSONL'}", 5)
+    f = tmp_path / "bench.JSON"
+    f.write_text(json.dumps([{"question": "What is 2+2?"}, {"problem": "Name 3."}]))
+    assert load_benchmark(str(f)) == ["What is 2+2?", "Name 3."]  # was read line by line: "no question field"

@@ -189,7 +189,7 @@ def plan(recipe: RecipeSpec) -> Plan:
                 if kind in TRAIN_KINDS and own:
                     _check_part(*own, kind, where)
                 elif kind in TRAIN_KINDS and not data.hub_id(src):
-                    _check_rows(src, kind, where, checked)
+                    _check_rows(src, kind, where, checked, d.get("weight", 1.0))
                 if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
                     need_hub(where, src)
         # an evaluation's task files and sets, read as its job will, then their contents in its hash (only where a

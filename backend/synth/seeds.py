@@ -94,7 +94,7 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     except UnicodeDecodeError as exc:
         raise SeedError(f"{label} opens as {encoding.upper()} (its byte-order mark) but is not {encoding.upper()} "
                         f"throughout ({exc.reason}): save it as UTF-8.") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as exc:
