@@ -138,13 +138,28 @@ def load_model(folder: Path, plan: DevicePlan | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from backend.modelinfo import ArchitectureError, Fit, mismatch_message, natural_order, unknown_type_problem
+
+    # read as transformers reads it: a folder gone since the plan raises the OSError evaljob explains
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if problem := unknown_type_problem(config):  # transformers' own "Unrecognized model": said what to do
+        raise ArchitectureError(f"{folder}: {problem}")
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32, "trust_remote_code": False}
     if plan and plan.attn:
         kw["attn_implementation"] = plan.attn
-    model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kw)
+    # transformers only warns of the weights it found none for and leaves them random: a model registered before
+    # modelinfo.inspect_model checked that its weights fit config.json (or one whose quantizer it skipped) would be
+    # chatted with and scored as noise
+    if missing := sorted(info["missing_keys"], key=natural_order):
+        fit = Fit(type(model).__name__, len(model.state_dict()), missing,
+                  sorted(info["unexpected_keys"], key=natural_order))
+        del model
+        raise ArchitectureError(f"{folder}: {mismatch_message(config, fit)}")
+    model.eval()
     if plan and plan.device != "cpu":
         model = model.to(plan.device)
     return tok, model

@@ -9,7 +9,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from backend.modelinfo import read_config
+from backend.modelinfo import read_config, unknown_type_problem
 from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError, weight_files
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,10 +85,14 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
         return "gguf", gguf_default_name(p), [problem] if problem else []
     if p.is_dir():  # a folder of anything else was queued, and failed only when its turn came
         try:
-            read_config(p)
+            config = read_config(p)
         except CheckpointError as exc:
             return "folder", p.resolve().name, [str(exc)]
-        return "folder", p.resolve().name, links_out(p.resolve()) + _missing_weights(p) + missing_tokenizer(p)
+        # a model_type transformers does not know: no class to check the weights against (modelinfo.weights_problem
+        # checks the others as the folder is registered), and none to chat with, evaluate or train
+        unknown = [f"{p}: {problem}"] if (problem := unknown_type_problem(config)) else []
+        return "folder", p.resolve().name, (links_out(p.resolve()) + unknown + _missing_weights(p)
+                                            + missing_tokenizer(p))
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
                         "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]

@@ -1,12 +1,14 @@
-"""Facts about a model folder read from config.json and safetensors headers only (no weights, no torch).
+"""Facts about a model folder read from config.json and safetensors headers only (no tensor data read).
 
 Depth up-scaling works on any decoder-only model whose weights hold a numbered stack of layers. The stack's prefix
 (`model.layers` for Llama, Mistral, Qwen2, Gemma; `transformer.h` for GPT-2 style) is found from the weight names,
-not hard-coded.
+not hard-coded. That the weight names fit the architecture config.json names is checked on a model built on the
+meta device (weights_problem): no weights read, nothing allocated.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -188,4 +190,160 @@ def inspect_model(folder: Path) -> ModelInfo:
         if set(layer) != suffixes:
             raise CheckpointError(f"{folder}: layer {i} holds different tensors from layer 0 "
                                   f"({sorted(set(layer) ^ suffixes)[:4]}); layers must be alike to be stacked.")
+    if problem := weights_problem(config, tensors):
+        raise ArchitectureError(f"{folder}: {problem}")
     return ModelInfo(folder, config, tensors, prefix, key, n, layers, other)
+
+
+def weights_problem(config: dict, names) -> str | None:
+    """Why the weights named `names` are not the architecture config.json names, if so: a folder whose config says
+    bert over a Llama's weights was imported, chatted with, up-scaled and evaluated with every weight random
+    (transformers builds the config's class and only warns of the 108 tensors it finds no weights for). Remembered
+    per config and names, so register after import, or a job's second look at its model, costs nothing."""
+    return _weights_problem(json.dumps(config, sort_keys=True), tuple(sorted(names)))
+
+
+@functools.lru_cache(maxsize=64)
+def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
+    # A fit found once is kept as an empty file in the workspace, named by what it depends on: building the model
+    # takes 60 ms, but the first build in a process imports torch and transformers' modeling code (seconds), which
+    # a page's up-scale preview or a merge job would otherwise pay for a model checked when it was registered.
+    import hashlib
+    import os
+    from importlib.metadata import version
+
+    key = hashlib.sha256("\n".join((version("transformers"), config_json, *names)).encode()).hexdigest()
+    # storage.db.workspace()'s folder, not imported: sqlalchemy alone costs a page or a job more than the check
+    marker = Path(os.environ.get("DUS_WORKSPACE", "workspace")).resolve() / ".cache" / "weights-fit" / key
+    if marker.exists():
+        return None
+    problem = _check_weights(json.loads(config_json), names)
+    if problem is None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a read-only workspace: checked again next time
+            pass
+    return problem
+
+
+def _check_weights(config: dict, names: tuple[str, ...]) -> str | None:
+    if config.get("auto_map") or config.get("quantization_config"):
+        # a remote-code model's own modules define its weights (kept as files, never run here), and a quantized
+        # checkpoint's names are its quantizer's (qweight, scales): evaldevice.load_model checks what transformers'
+        # loader reports for them instead (it refuses a remote-code model whose model_type it does not know)
+        return None
+    if unknown_type_problem(config):
+        # nothing to compare against; up-scaling and merging read tensors by name and need no class. An import of
+        # such a folder is refused (import_checks), and evaldevice.load_model refuses it in these words.
+        return None
+    fit = weights_fit(config, names)
+    if isinstance(fit, str):
+        return fit
+    if not fit.missing:  # extra tensors (an old checkpoint's buffers, a draft head) are left unread: none is random
+        return None
+    return mismatch_message(config, fit)
+
+
+def unknown_type_problem(config: dict) -> str | None:
+    """Why transformers cannot tell which model config.json describes, if so: no model_type, or one this
+    transformers does not know (and no auto_map: a remote-code model names its own classes)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if config.get("auto_map") or (isinstance(model_type, str) and model_type in CONFIG_MAPPING):
+        return None
+    said = (f"has model_type {model_type!r}, which transformers {transformers.__version__} does not know"
+            if model_type else "has no model_type")
+    return (f"config.json {said}: nothing can build the model to check or load its weights. Set model_type to the "
+            "architecture the weights are from (as the model's published config.json has it), or upgrade "
+            "transformers if the architecture is newer than this one.")
+
+
+@dataclass
+class Fit:
+    model_class: str       # what AutoModelForCausalLM builds from the config
+    needed: int            # its tensors (state_dict)
+    missing: list[str]     # of those, the ones the checkpoint lacks (left random by a load)
+    unexpected: list[str]  # the checkpoint's tensors it has no place for
+
+
+def weights_fit(config: dict, names) -> Fit | str:
+    """How the checkpoint's tensor names fit the class AutoModelForCausalLM builds from `config` (what chat,
+    evaluation and training load), counted as transformers' loader counts them: checkpoint names renamed by the
+    model's conversion mapping (fused experts, legacy names), the base-model prefix added or dropped, tied weights
+    and the names the class declares optional (_keys_to_ignore_on_load_missing/_unexpected, rotary inv_freq) left
+    out. Built on the meta device: nothing allocated. A string: why no such class can be built."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config["model_type"]  # one transformers knows: _weights_problem and import_checks see to it
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return (f"config.json says {_says(config)}, which is no causal language model transformers can load "
+                "(AutoModelForCausalLM has no class for it): chat, evaluation and training need one. Import a "
+                "decoder-only text model.")
+    try:
+        cfg = CONFIG_MAPPING[model_type].from_dict(dict(config, attn_implementation="eager"))
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # bert's "add is_decoder=True" and the like: the refusal says it
+        try:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+    except Exception as exc:  # noqa: BLE001 - a config its own class rejects (a head count that does not divide...)
+        return (f"config.json says {_says(config)}, but transformers cannot build that model from it "
+                f"({type(exc).__name__}: {exc}). Fix config.json, or import the folder the model was published in.")
+    expected = model.state_dict()
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    found, unexpected = set(), set()
+    for name in names:  # as core_model_loading.convert_and_load_state_dict_in_model renames them
+        key = rename_source_key(name, renamings, converters, model.base_model_prefix, expected)[0]
+        if key not in expected and name in expected:
+            key = rename_source_key(name, [], [], model.base_model_prefix, expected)[0]
+        (found if key in expected else unexpected).add(key if key in expected else name)
+    tied = model.all_tied_weights_keys  # {lm_head.weight: model.embed_tokens.weight} where the config ties them
+    missing = {k for k in set(expected) - found if not (k in tied and tied[k] in found)}
+    info = _LoadingInfo(missing, unexpected)
+    model._adjust_missing_and_unexpected_keys(info)  # the class's optional names, as from_pretrained drops them
+    return Fit(type(model).__name__, len(expected), sorted(info.missing_keys, key=natural_order),
+               sorted(info.unexpected_keys, key=natural_order))
+
+
+@dataclass
+class _LoadingInfo:  # the two fields of transformers' LoadStateDictInfo that _adjust_missing_and_unexpected_keys reads
+    missing_keys: set[str]
+    unexpected_keys: set[str]
+
+
+def natural_order(name: str) -> list:  # layer 2 before layer 10
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
+def _says(config: dict) -> str:
+    archs = config.get("architectures") or []
+    return f"{config.get('model_type')}" + (f" ({archs[0]})" if archs else "")
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", …" if len(names) > n else "")
+
+
+def mismatch_message(config: dict, fit: Fit) -> str:
+    """The refusal of weights that do not fit config.json: what it says, what is missing, what is not its."""
+    lacking = (f"none of the {fit.needed} tensors a {fit.model_class} needs is in the weights"
+               if len(fit.missing) == fit.needed else
+               f"{len(fit.missing)} of the {fit.needed} tensors a {fit.model_class} needs are not in the weights")
+    other = (f"; {len(fit.unexpected)} of theirs have no place in it ({_examples(fit.unexpected)})"
+             if fit.unexpected else "")
+    return (f"config.json says {_says(config)}, but the weights do not fit it: {lacking} ({_examples(fit.missing)})"
+            f"{other}. Loaded, the missing ones would be random. Fix config.json (model_type, architectures) to the "
+            "model the weights are from, or import the right folder.")

@@ -89,4 +89,5 @@ def test_a_patched_registry_get_reaches_the_lineage_functions(monkeypatch):
     monkeypatch.setattr(registry, "get", lambda name: asked.append(name))
     rec = registry.ModelRecord(name="child", path="/x", kind="trained", parents=["gone", "/a/folder"])
     assert registry.parents_shown(rec) == ["gone (deleted)", "/a/folder"]
-    assert registry.record("builtin") is None and asked == ["gone", registry.BUILTIN_NAME]
+    # an exact name first (s20: a model registered as "builtin" is the user's), then the built-in's
+    assert registry.record("builtin") is None and asked == ["gone", "builtin", registry.BUILTIN_NAME]
