@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -341,11 +342,75 @@ def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
 _ERROR_LINE = re.compile(r"^((?:\w+\.)*\w+(?:Error|Exception)|error): ")
 
 
+# Lines that are progress, never a cause: the Trainer's logged metrics ("{'loss': '5.511', 'grad_norm': …}") and
+# tqdm's bars ("  3%|▎  | 2/60 [00:01<00:30, 1.9it/s]"); a trainer killed mid-run leaves one of them last
+_PROGRESS_LINE = re.compile(r"^\s*\{'[\w/]+': |.*\d+%\|.*\||.*\[\d+:\d\d<")
+# How a launcher reports a trainer that a signal ended: accelerate's single-process launcher re-raises the child's
+# CalledProcessError ("died with <Signals.SIGKILL: 9>."), torchrun's ChildFailedError report says "exitcode : -9" and
+# "Signal 9 (SIGKILL) received by PID"
+_SIGNAL_LINE = re.compile(r"died with <Signals\.SIG\w+: (\d+)>|Signal (\d+) \(SIG\w+\) received|exitcode\s*:\s*-(\d+)")
+
+
 def failure_line(tail: Sequence[str]) -> str:
     """The line of the launched trainer's output that names the cause: its first exception line, not the launcher's
-    CalledProcessError that only repeats the exit code; else its last line."""
+    CalledProcessError that only repeats the exit code; else its last line that is no metrics dict or progress bar."""
     errors = [ln for ln in tail if _ERROR_LINE.match(ln) and "CalledProcessError" not in ln]
-    return errors[0] if errors else (tail[-1] if tail else "no output")
+    if errors:
+        return errors[0]
+    said = [ln for ln in tail if ln.strip() and not _PROGRESS_LINE.match(ln)]
+    return said[-1] if said else "no error line in its output" if tail else "no output"
+
+
+def killed_by(rc: int, tail: Sequence[str]) -> signal.Signals | None:
+    """The signal that ended the trainer: the launcher's own negative exit code (the launcher and its child were
+    killed), or the launcher's report of its child's (only the trainer process was killed: the launcher exits 1)."""
+    if rc < 0:
+        return _signal(-rc)
+    for ln in reversed(tail):
+        if m := _SIGNAL_LINE.search(ln):
+            return _signal(int(next(g for g in m.groups() if g)))
+    return None
+
+
+def _signal(number: int) -> signal.Signals | None:
+    try:
+        return signal.Signals(number)
+    except ValueError:
+        return None
+
+
+# A signal's usual cause, said to a user who never sent it (a cancel of ours kills this process too: no reason is
+# written for it)
+SIGNAL_WORDS = {
+    signal.SIGKILL: "was killed (SIGKILL — most often the system ran out of memory and the kernel's OOM killer ended "
+                    "it; `dmesg` or `journalctl -k` says \"Out of memory\" if so)",
+    signal.SIGTERM: "was stopped (SIGTERM, not from a cancel in DUS: a shutdown, a scheduler's time limit or a "
+                    "`kill` ended it)",
+    signal.SIGSEGV: "crashed (SIGSEGV, a segmentation fault in native code: a CUDA driver, kernel library or "
+                    "extension fault; the log's last lines name the library)",
+    signal.SIGABRT: "aborted (SIGABRT: native code gave up, e.g. a CUDA or NCCL error; the log's last lines say which)",
+    signal.SIGBUS: "crashed (SIGBUS: often a shared-memory area (/dev/shm) too small for the data loader's workers, "
+                   "as in a container)",
+    signal.SIGINT: "was interrupted (SIGINT: Ctrl-C)",
+}
+
+
+def failure_reason(rc: int, tail: Sequence[str], run_dir: Path, job: str | None) -> str:
+    """Why the launched trainer failed, in words, as "training failed" goes on (": …" or " (exit code 1): …"): a
+    signal that ended it with what to do next (naming the checkpoint a resume continues from), else its exit code
+    and failure_line. `job`: its job id (None: a foreground run)."""
+    if (sig := killed_by(rc, tail)) is None:
+        return f" (exit code {rc}): {failure_line(tail).rstrip('.')}"
+    said = SIGNAL_WORDS.get(sig, f"was ended by signal {sig.name}")
+    saved = resumable_checkpoints(run_dir)
+    # a job keeps its run folder (runs/job-ID); a foreground run's is timestamped, found again by --run-name
+    again = (f"resumed as it is (python -m backend jobs resume {job}, or Resume on the Jobs page), it" if job
+             else f"the same command with --run-name {run_dir.name}" if saved else "the same command run again")
+    resume = f"{again} continues from {saved[-1].name}" if saved else f"no checkpoint was saved: {again} starts over"
+    if sig == signal.SIGKILL:  # a resume keeps its spec (check_resume): less memory takes a new run
+        return (f": the trainer {said}. To need less memory, train anew with a smaller batch_size or max_length, "
+                f"or gradient_checkpointing on; {resume}")
+    return f": the trainer {said}; {resume}"
 
 
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
@@ -400,7 +465,7 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         job = os.environ.get("DUS_JOB_ID")  # a foreground run (the CLI without --queue) has no job: its log was
         where = (f"the job's log (Jobs page, or its path in `python -m backend jobs show {job}`)" if job  # the terminal
                  else "the trainer's output above")
-        raise TrainingError(f"{spec.kind} training failed (exit code {rc}): {failure_line(tail).rstrip('.')}. "
+        raise TrainingError(f"{spec.kind} training failed{failure_reason(rc, tail, run_dir, job)}. "
                             f"The whole log: {where}; run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
     if out_dir.exists():

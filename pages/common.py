@@ -249,6 +249,8 @@ def job_status(job_id: int) -> None:
                 st.caption(stale_progress(job))
             else:
                 st.progress(min(max(job.progress, 0.0), 1.0), text=label)
+            if job.status == "queued" and (gone := runner.inputs_gone(job)):  # deleted since it was queued
+                st.warning(f"It will fail when it runs: {gone}. Cancel it, or make it again before it runs.")
             if st.button("Cancel", key=f"cancel_{job.id}"):
                 runner.cancel(job.id)
                 st.rerun()
@@ -259,6 +261,18 @@ def job_status(job_id: int) -> None:
                 st.error(f"Job {job.id} failed: {job.error}")
             else:
                 st.warning(label)
+            # a job cancelled unstarted because one it needs ended without succeeding: resumed, the worker cancelled
+            # it again at once and the button did nothing visible; the job to resume instead is offered
+            if blocked := runner.resume_blocked(job):
+                st.caption(blocked[0])
+                if blocked[1] is not None and st.button(f"Resume job {blocked[1]}", key=f"resume_{job.id}"):
+                    try:
+                        runner.resume(blocked[1])
+                    except ValueError as exc:
+                        st.error(str(exc))
+                    else:
+                        st.rerun(scope="app")
+                return
             # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume.
             # Every kind resumes (runner.resume), as its message says ("resume it to go on (Jobs page, …)"): the
             # button was offered to training jobs alone, so a stopped evaluation, build or merge could be resumed

@@ -66,13 +66,22 @@ def job_table(listed: list[int]) -> None:
                                                                 "the job list below)"),
                        "status": col.TextColumn(width=80),
                        "progress": col.ProgressColumn(min_value=0.0, max_value=1.0, width=70),
-                       "message": col.TextColumn(width=180, help="select the job below to read it whole"),
+                       "message": col.TextColumn(width=170, help="select the job below to read it whole"),
                        # the wall time (runner.seconds_run), not the "work took" of a finished job's message (the
                        # work's own seconds, from its result): "took 2 min 30 s" stood beside 159.9 unexplained
                        "created": col.TextColumn(width=98),
-                       "seconds": col.NumberColumn("run s", width=60, help="seconds from the job's start to its end "
-                                                   "(so far, while it runs), start-up included; a message's \"work "
+                       # a resumed job's row keeps only its latest run's start and end (the claim rewrites
+                       # `started`): after resume then cancel, 44.4 s of a run that took hours in all read as the
+                       # job's time; the title says which run it is
+                       "seconds": col.NumberColumn("last run s", width=70, help="seconds from the start of the job's "
+                                                   "latest run to its end (so far, while it runs), start-up included; "
+                                                   "a resumed job's earlier runs are not counted. A message's \"work "
                                                    "took\" is the work's own time, without start-up")})
+    # a queued job whose model or data was deleted since it was queued (a delete --force, a file removed) said
+    # "waiting for job 8" and failed only when its turn came: said here, beside the table, while it can be mended
+    for j in jobs:
+        if j.status == "queued" and (gone := runner.inputs_gone(j, active)):
+            st.warning(f"Job {j.id} will fail when it runs: {gone}. Cancel it, or make it again before it runs.")
 
 
 jobs = runner.list_jobs(shown or None)

@@ -30,11 +30,11 @@ from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _age, _b
                                   host_id, live_hosts, recover_orphans, worker_alive)
 from backend.runner.queue import (MAKES_MODELS, WAITING, _check_depths, _check_model_ref, _check_no_synth_run,
                                   _check_not_making, _check_output_name, _check_train_files, _making, _model_refs,
-                                  _runs_here_only, active_jobs, check_before_queueing, job_output, jobs_using,
-                                  list_jobs, metrics, planned_name, submit)
-from backend.runner.states import (_ended_dependency, _left_out, _needs, _queue_again, _requeue_waiting_on,
-                                   _still_stopping, _waits_on_a_job, cancel, never_runs, requeue_cancelled, resume,
-                                   scores_nothing, with_dependencies)
+                                  _runs_here_only, active_jobs, check_before_queueing, inputs_gone, job_output,
+                                  jobs_using, list_jobs, metrics, planned_name, submit)
+from backend.runner.states import (_ended_dependency, _ended_need, _left_out, _needs, _queue_again,
+                                   _requeue_waiting_on, _still_stopping, _waits_on_a_job, cancel, never_runs,
+                                   requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
 from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, resume_point,
                                      seconds_run)
 from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, shown_fields,

@@ -124,8 +124,9 @@ def ago(seconds: float) -> str:
 
 
 def seconds_run(job) -> float | None:
-    """How long a job ran, or has run so far while it runs (the Jobs page's "seconds"); None before it started, and
-    for a resumed job queued again (its first run's start would count the wait)."""
+    """How long a job's latest run ran, or has run so far while it runs (the Jobs page's "last run s"); None before
+    it started, and for a resumed job queued again (its first run's start would count the wait). A resumed job's
+    earlier runs are not in it: its row keeps one start and one end, rewritten by each run."""
     if job.started is None or job.status == "queued":
         return None
     return (job.finished - job.started).total_seconds() if job.finished else _age(job.started)

@@ -216,6 +216,54 @@ def _check_depths(spec) -> None:
         layer_slots(spec, [r.num_layers for r in recs])
 
 
+def inputs_gone(job, active: list[Job] | None = None) -> str | None:
+    """What a queued job reads that is gone since it was queued, said for its message: a model deleted (the Models
+    page's delete warns and names the job, and --force deletes it anyway), a registered data set removed, a local
+    data file (by its absolute path) removed. The job failed only when its turn came, while its message still said
+    "waiting for job 8". Rows first: a path is looked at only when the job runs on this machine; a model or data set
+    a queued or running job will make is not gone. None when nothing is known gone, or its spec cannot be read."""
+    from backend import data, registry
+    from backend.synth.pipeline import get_dataset
+
+    try:
+        spec = spec_from_dict(job.spec)
+    except ValueError:  # queued by an older version: it fails when it runs, saying why
+        return None
+    jobs = active_jobs() if active is None else active
+    here: list[bool] = []  # _runs_here_only, asked once and only when a path is to be looked at
+
+    def runs_here() -> bool:
+        here[:] = here or [_runs_here_only()]
+        return here[0]
+
+    # an evaluation with skip_missing leaves out a model that is not there (a recipe's stage that failed): no failure
+    for ref in [] if getattr(spec, "skip_missing", False) else _model_refs(spec):
+        if ref.lower() in ("builtin", registry.BUILTIN_NAME.lower()):
+            continue
+        if (rec := registry.record(ref)) is not None:
+            if not Path(rec.path).is_dir() and runs_here():
+                return f"the folder of its model {ref} ({rec.path}) is gone"
+            continue
+        if any(j.id != job.id and planned_name(j) == ref for j in jobs if j.kind in (*MAKES_MODELS, "import")):
+            continue
+        if os.sep in ref or ref.startswith(("~", ".")):
+            if runs_here() and not Path(ref).expanduser().is_dir():
+                return f"its model folder {ref} is gone"
+            continue
+        return f"its model {ref} is gone (deleted since it was queued)"
+    if spec.kind not in TRAIN_KINDS:
+        return None
+    for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
+        src = d.source
+        if src.startswith(("dataset:", "mix:")):
+            if get_dataset(src.split(":", 1)[1]) is None and not any(j.kind == "synth-math" for j in jobs):
+                return f"its data set {src} is gone (removed since it was queued)"
+        elif data.looks_local(src) and (path := Path(src).expanduser()).is_absolute() and not path.is_file() \
+                and runs_here():
+            return f"its data file {src} is gone"
+    return None
+
+
 def _runs_here_only() -> bool:
     """No Ray cluster, and no worker of another machine alive: a queued job runs on this machine."""
     return not ray_jobs.address() and not (live_hosts() - {host_id()})

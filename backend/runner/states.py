@@ -81,6 +81,8 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
         raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+    if blocked := resume_blocked(job):
+        raise ValueError(blocked[0])
     if ray_jobs.is_ray(job.host) and job.status in STOPPED and ray_jobs.still_running(job.host, job.cluster_ref):
         raise ValueError(f"Job {job_id}'s Ray run {job.cluster_ref} is still stopping on the cluster at "
                          f"{job.host[len('ray:'):]} (asked to stop again). Resume it when Ray says it stopped (`python "
@@ -94,6 +96,46 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
+
+
+def _ended_need(job) -> tuple[int, Job | None] | None:
+    """The first job `job` needs (after, needs) that ended without succeeding or is gone, with its row (None: gone)."""
+    for dep_id in _needs(job):
+        if (dep := get(dep_id)) is None or dep.status in UNSUCCESSFUL:
+            return dep_id, dep
+    return None
+
+
+def resume_blocked(job) -> tuple[str, int | None] | None:
+    """Why a resume of `job` would do nothing, and the job to resume instead (None: none can help). A job that needs
+    one that ended without succeeding was queued again by its resume and cancelled again at once by the worker
+    ("not run: job 8 it waited for cancelled"), while `jobs resume` said "queued". The job to resume is the first up
+    the chain that ended for a reason of its own: its resume queues again the jobs that waited for it unstarted
+    (_requeue_waiting_on), this one among them when its own cancel said so."""
+    if (ended := _ended_need(job)) is None:
+        return None
+    dep_id, dep = ended
+    if dep is None:
+        return (f"Job {job.id} cannot run: job {dep_id} it waits for is gone. Queue its spec again as a new job "
+                f"(Spec on the Jobs page; `python -m backend jobs show {job.id}` prints it).", None)
+    path = [job, dep]
+    while (up := _ended_need(path[-1])) is not None and up[1] is not None and up[0] not in [j.id for j in path]:
+        path.append(up[1])
+    root = path[-1]
+    if up is not None and up[1] is None:
+        return (f"Job {job.id} cannot run: job {dep_id} it waits for {dep.status}, and job {root.id} before it "
+                f"waits for job {up[0]}, which is gone. Queue their specs again as new jobs.", None)
+    # the chain from `root` down to `job` was cancelled unstarted by the worker, link by link: resuming `root` queues
+    # every one of them again (_requeue_waiting_on); a job a user cancelled stays cancelled, and is resumed after
+    with_it = all(j.status == "cancelled" and j.started is None and j.message.startswith(f"not run: job {d.id} it "
+                                                                                         "waited for ")
+                  for j, d in zip(path, path[1:]))
+    said = (f"Job {job.id} did not run because job {dep_id} it waits for {dep.status}"
+            + (f" (which waits for job {root.id}, {root.status})" if root is not dep else "")
+            + f": resumed alone it would be cancelled again at once. Resume job {root.id} (python -m backend jobs "
+            f"resume {root.id}, or Resume job {root.id} on the Jobs page)"
+            + (": this one is queued again with it." if with_it else ", then this one."))
+    return said, root.id
 
 
 def _still_stopping(job: Job) -> str | None:
