@@ -73,10 +73,11 @@ class Record:
 def from_generation(g) -> Record:
     """A stored Generation row as a Record: a hallucination is a wrong answer (verdict "wrong"), not an abstention;
     old rows without a verdict fall back to their `hallucination` / `correct` / `answered` booleans. A blank reply
-    (0 words) stored as "abstained" reads as qa.classify grades it now: "cut off" to the token limit, else "empty"
-    (it ended at once: an empty reply stored before "empty" existed made its model the most careful one)."""
+    (0 words) reads as qa.classify grades it now, whatever verdict it was stored with: "cut off" to the token limit,
+    else "empty" (it ended at once: an empty reply stored as "abstained" before "empty" existed made its model the
+    most careful one, and one a judge shown "(empty)" graded "wrong" was a 0-word hallucination)."""
     verdict = getattr(g, "verdict", "") or ""
-    if verdict == "abstained" and not int(g.words or 0):  # 0 words (len(output.split())): blank, as classify says
+    if verdict and not int(g.words or 0):  # 0 words (len(output.split())): blank, as classify says
         verdict = "cut off" if getattr(g, "truncated", False) else EMPTY
     if verdict:
         f = flags(verdict)

@@ -229,10 +229,14 @@ def check_lm_eval_name(name: str) -> None:
 
     from backend import lmeval
 
-    local = [*lmeval.local_tasks(), *lmeval.PRESETS]
-    if name in local:
-        return
-    hub = lm_eval_index()
+    try:  # lm-eval missing or broken: said as lm_eval_index says it, not a raw ModuleNotFoundError at queueing
+        local = [*lmeval.local_tasks(), *lmeval.PRESETS]
+        if name in local:
+            return
+        hub = lm_eval_index()
+    except ImportError as exc:
+        raise EvalError(f"lm-evaluation-harness cannot be imported ({exc}): .venv/bin/pip install lm-eval==0.4.13 "
+                        "(requirements.txt pins it).") from None
     if name in hub:
         return
     close = difflib.get_close_matches(name, [*local, *hub], n=3, cutoff=0.75)

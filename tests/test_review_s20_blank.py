@@ -125,6 +125,9 @@ def test_an_old_stored_blank_abstention_reads_as_empty():
     row = dict(model="m", correct=False, hallucination=False, answered=False, prompt_id="1", tokens=0, words=0,
                item_kind="math", verdict="abstained", truncated=False)
     assert from_generation(SimpleNamespace(**row)).verdict == "empty"
+    # a judge shown "(empty)" graded blank replies before it was spared them: stored "wrong", a 0-word hallucination
+    judged = from_generation(SimpleNamespace(**{**row, "verdict": "wrong", "hallucination": True}))
+    assert (judged.verdict, judged.hallucination) == ("empty", False)
 
 
 # ---- the length analysis: a blank reply is no 0-word answer ------------------------------------------------------

@@ -171,3 +171,15 @@ def test_a_utf16_seed_file_is_read_as_the_train_page_reads_one(tmp_path):
     path.write_text(json.dumps(row) + "\n", encoding="utf-16")  # Notepad's "Unicode"
     (seed,) = load_seeds(str(path))
     assert seed.question == row["question"] and seed.answer == "5"
+
+
+def test_lm_eval_that_cannot_be_imported_is_said_when_a_task_is_checked(monkeypatch):
+    """lm-eval missing or broken raised a raw ModuleNotFoundError at queueing and in a recipe's plan."""
+    from backend import evaltasks, lmeval
+
+    def broken():
+        raise ModuleNotFoundError("No module named 'lm_eval.tasks'; 'lm_eval' is not a package")
+
+    monkeypatch.setattr(lmeval, "local_tasks", broken)
+    with pytest.raises(evaltasks.EvalError, match=r"lm-evaluation-harness cannot be imported \(No module named"):
+        evaltasks.check_task("lm-eval:arc_easy", 5)
