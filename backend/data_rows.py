@@ -267,7 +267,8 @@ def wrapper_problem(value: dict, name: str) -> str | None:
     level deeper (`{"data": {"rows": [...]}}`), whose path is named. `datasets`' `field=KEY` reads only a list
     directly under a key, and so does load_source; both were "Columns ['data'] fit no layout", which said neither.
     None otherwise (an object of other columns is a row: detect_layout names its columns)."""
-    if rows_keys(value) or any(required <= value.keys() for required, _ in LAYOUTS.values()):
+    if rows_keys(value) or any(required <= value.keys() for required, _ in LAYOUTS.values()) or not all(
+            isinstance(v, (list, dict)) for v in value.values()):  # a row's text fields: a row ({"q": …, "tags": []})
         return None
     nested = [f"{k}.{k2}" for k, v in value.items() if isinstance(v, dict) for k2, v2 in v.items()
               if isinstance(v2, list) and v2 and all(isinstance(x, dict) for x in v2)]

@@ -180,9 +180,9 @@ def seed(SMALL: bool) -> None:
                                    created=T0 + timedelta(days=1, minutes=mi)))
             if task in gen_tasks:
                 for k in range(ITEMS):
-                    words = rng.randint(5, 120)
-                    verdict = rng.choice(["correct", "wrong", "abstained", "cut_off"]) if task == "qa" else \
+                    verdict = rng.choice(["correct", "wrong", "abstained", "cut off", "empty"]) if task == "qa" else \
                         rng.choice(["correct", "wrong"])
+                    words = 0 if verdict == "empty" else rng.randint(5, 120)  # qa.classify's "empty": a blank reply
                     gens.append(dict(job_id=jid, model=m, task=task, prompt_id=f"{task}-{k}",
                                      prompt=f"Question {k}: what is {k} plus {k*3}? Explain step by step.",
                                      reference=str(k * 4), output=("so the answer is " * (words // 5))[:600],
@@ -190,7 +190,7 @@ def seed(SMALL: bool) -> None:
                                      correct=verdict == "correct", hallucination=verdict == "wrong", run=run,
                                      consistency=None, verdict=verdict,
                                      item_kind="math" if task != "qa" else rng.choice(["answerable", "unanswerable"]),
-                                     overlap=0.0, judge_verdict="", truncated=verdict == "cut_off"))
+                                     overlap=0.0, judge_verdict="", truncated=verdict == "cut off"))
     ins(EvalScore, scores)
     print("scores", len(scores), "generations", len(gens), flush=True)
     ins(Generation, gens)

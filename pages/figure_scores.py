@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from backend.scoretable import higher_is_better, interval95, zero_error
 from pages.figure_style import _lay_out_names, _titled, fits_across, name_colors, name_labels
 
-LOWER_IS_BETTER = {"perplexity", "hallucination_rate", "cut_off_rate"}
+LOWER_IS_BETTER = {"perplexity", "hallucination_rate", "cut_off_rate", "empty_rate"}
 
 
 def direction(metric: str | None) -> str:

@@ -188,3 +188,11 @@ def test_task_and_seed_files_with_suffixes_in_capitals_are_read_as_their_kind(tm
     f = tmp_path / "bench.JSON"
     f.write_text(json.dumps([{"question": "What is 2+2?"}, {"problem": "Name 3."}]))
     assert load_benchmark(str(f)) == ["What is 2+2?", "Name 3."]  # was read line by line: "no question field"
+
+
+def test_a_one_row_file_with_an_empty_list_field_is_said_as_a_row_not_as_an_empty_wrapper(tmp_path):
+    f = tmp_path / "one.jsonl"
+    f.write_text(json.dumps({"question": "q", "answer": "a", "tags": []}) + "\n")
+    with pytest.raises(data.DataError) as refused:  # was "… whose tags is an empty list: it holds no rows"
+        data.check_source(str(f), "sft")
+    assert "fit no layout" in str(refused.value) and "empty list" not in str(refused.value)

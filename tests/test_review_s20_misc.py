@@ -183,3 +183,15 @@ def test_lm_eval_that_cannot_be_imported_is_said_when_a_task_is_checked(monkeypa
     monkeypatch.setattr(lmeval, "local_tasks", broken)
     with pytest.raises(evaltasks.EvalError, match=r"lm-evaluation-harness cannot be imported \(No module named"):
         evaltasks.check_task("lm-eval:arc_easy", 5)
+
+
+def test_a_merge_of_one_model_by_two_names_is_refused_before_queueing(tiny_llama):
+    """Its name and its folder (or the folder with a trailing slash) passed the spec's check of names as typed and
+    were merged as two models."""
+    from backend.merge.executor import MergeError
+
+    rec = registry.import_folder(tiny_llama, "tiny")
+    for models in (["tiny", rec.path], [str(tiny_llama), str(tiny_llama) + "/"]):
+        with pytest.raises(MergeError, match="are one model .*a merge of a model with itself is that model"):
+            runner.submit(MergeSpec(models=models, method="linear"))
+    assert runner.list_jobs() == []

@@ -170,6 +170,9 @@ PICKS_OF_ANOTHER_GROUP = [  # "one of the N" where the original picks from no gr
      "One of the 2 roads is 5 km long. How long are the roads together?", {1}),
     ("Any of the 4 boxes holds 6 pens. How many pens do the boxes hold?",
      "One of the 4 boxes holds 6 pens. How many pens do the boxes hold?", {1}),
+    # a sentence that opens with a quote starts a sentence too (was a pick: passed)
+    ('"Any of the 4 boxes holds 6 pens," says Tom. How many pens do the boxes hold?',
+     '"One of the 4 boxes holds 6 pens," says Tom. How many pens do the boxes hold?', {1}),
 ]
 
 PICKS_OF_THE_SAME_GROUP = [  # a pick of the same group, its count in digits or words: passes

@@ -65,6 +65,15 @@ def check_registered(spec: MergeSpec) -> None:
     each model's architecture, width, depth and dtype, read from the headers at registration, so a 30-layer model
     and a 44-layer one are refused now, with check_mergeable's words, not when the job runs. Nothing is loaded;
     a model not registered yet (a recipe's candidate, made by a job this one waits for) is left to the job."""
+    seen: dict[str, str] = {}  # the spec refuses a name listed twice; two names of one model (its name and its
+    for ref in spec.models:     # folder, 'builtin' and the built-in's name) are one model merged with itself too
+        rec = registry.record(ref)
+        folder = Path(rec.path if rec is not None else ref).expanduser()
+        key = str(folder.resolve()) if rec is not None or folder.is_dir() else ref
+        if key in seen:
+            raise MergeError(f"{seen[key]!r} and {ref!r} are one model ({key}); a merge of a model with itself is that "
+                             "model: give different models.")
+        seen[key] = ref
     refs = list(spec.models) + ([spec.base] if spec.base else [])
     known = [rec for ref in refs if (rec := registry.record(ref)) is not None]
     for b in known[1:]:

@@ -24,7 +24,7 @@ PAPER_H6 = {"SFT v1": 69.15, "SFT v2": 69.21, "SFT v3": 70.03, "SFT v4": 70.88, 
             "Average (0.6, 0.4)": 74.05, "SLERP": 73.96}
 TITLES = {"sft": "Table 3 — SFT data ablation", "dpo": "Tables 4–5 — DPO data and SFT base",
           "merge": "Tables 6–7 — merge candidates and methods", "all": "Every model of the run"}
-LOWER_IS_BETTER = ("perplexity", "hallucination", "loss")
+LOWER_IS_BETTER = ("perplexity", "hallucination", "loss", "cut_off", "empty")  # rates of no answer too
 
 
 @dataclass

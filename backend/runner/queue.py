@@ -120,7 +120,7 @@ def _check_train_files(spec) -> None:
     from backend.synth.pipeline import get_dataset
 
     for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
-        for src, _ in data.expand([(d.source, 1.0)]):
+        for src, _ in data.expand([(d.source, d.weight)]):  # at its weight: nested mixes multiply past the cap
             if src.startswith("builtin:") or (src.startswith("dataset:") and get_dataset(src[len("dataset:"):])) \
                     or (_runs_here_only() and Path(src).expanduser().is_file()):
                 data.check_source(src, spec.kind)

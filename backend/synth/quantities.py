@@ -313,7 +313,12 @@ def _group_after(toks: list[_Tok], k: int) -> Fraction | None:
 
 
 def _starts_sentence(toks: list[_Tok], i: int) -> bool:
+    while i > 0 and toks[i - 1].kind == "punct" and toks[i - 1].text in _OPENERS:  # "\"Any of the 3 doors is …"
+        i -= 1
     return i == 0 or (toks[i - 1].kind == "punct" and toks[i - 1].text in ".!?:")
+
+
+_OPENERS = ('"', "“", "‘", "'", "(", "[")
 
 
 def _pronoun_one(toks: list[_Tok], i: int) -> bool:
