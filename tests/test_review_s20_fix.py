@@ -196,3 +196,15 @@ def test_a_one_row_file_with_an_empty_list_field_is_said_as_a_row_not_as_an_empt
     with pytest.raises(data.DataError) as refused:  # was "… whose tags is an empty list: it holds no rows"
         data.check_source(str(f), "sft")
     assert "fit no layout" in str(refused.value) and "empty list" not in str(refused.value)
+
+
+def test_the_runner_refuses_a_mix_whose_weights_multiply_past_the_cap_before_queueing(tiny_llama):
+    from backend import runner
+    from backend.specs import DataSource, SftSpec
+    from backend.synth.datasets import save_mix
+
+    registry.import_folder(tiny_llama, "tiny")
+    save_mix("b", [("builtin:alpaca-mini", 2)], "sft")
+    with pytest.raises(data.DataError, match="weights multiply through mixes: 2 .* = 20000"):
+        runner.submit(SftSpec(model="tiny", data=[DataSource(source="mix:b", weight=10000)], max_steps=1))
+    assert runner.list_jobs() == []
