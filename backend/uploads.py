@@ -14,6 +14,7 @@ import json
 import os
 import re
 import threading
+import time
 from pathlib import Path, PureWindowsPath
 from typing import Iterable
 
@@ -56,17 +57,20 @@ def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = D
 
 
 def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
-                 folder: Path | None = None) -> tuple[Path, bool]:
-    """save_upload's path, and whether this call wrote the file (False: the same content was stored before, and
-    may be named by a saved spec, a job or a data set). Written to a temporary file and renamed, so a reader never
-    sees half a file."""
+                 folder: Path | None = None) -> tuple[Path, int | None]:
+    """save_upload's path, and the file's modification time (ns) when this call wrote it (None: the same content was
+    stored before, and may be named by a saved spec, a job or a data set). Written to a temporary file and renamed,
+    so a reader never sees half a file. Finding the file already here touches it: an upload that wrote it and is
+    still reading it then sees another use began (discard_refused keeps it)."""
     root = Path(folder or uploads_dir()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     path = (root / upload_name(data, sent_name, allowed_suffixes)).resolve()
     if path.parent != root:  # cannot happen with a generated name; kept as the last word on where bytes go
         raise ValueError(f"upload {sent_name!r}: {path} is outside {root}.")
     if path.is_file() and path.stat().st_size == len(data):
-        return path, False  # same hash, same name: already here
+        # same hash, same name: already here, and now in use here too (another tab's refusal must not remove it)
+        os.utime(path, ns=(time.time_ns(), max(time.time_ns(), path.stat().st_mtime_ns + 1)))
+        return path, None
     # per thread, not only per process: Streamlit's sessions are threads of one process, and two saving the same
     # file at once shared one temporary name, so the second rename found it gone (FileNotFoundError)
     tmp = root / f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial"
@@ -76,17 +80,23 @@ def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = 
     except BaseException:
         tmp.unlink(missing_ok=True)  # a disk-full write leaves no partial file behind
         raise
-    return path, True
+    return path, path.stat().st_mtime_ns
 
 
-def discard_refused(path: Path | str, new: bool) -> bool:
+def discard_refused(path: Path | str, written: int | None) -> bool:
     """Remove an upload the page refused (it could not be read for this use), so refused files do not pile up in
     workspace/uploads/ (each rerun of the page saved it again and kept it for good). Kept when it was stored before
-    this upload (`new` False: a saved spec, a job, a data set or another page's table may name it, and a file
-    refused for SFT may be good text for continued pretraining) or when a job or data set names it. True when
-    removed."""
+    this upload (`written` None: a saved spec, a job, a data set or another page's table may name it, and a file
+    refused for SFT may be good text for continued pretraining), when another upload of the same bytes found it
+    since this one wrote it (its modification time is no longer `written`: store_upload touched it), or when a job
+    or data set names it. True when removed."""
     path = Path(path)
-    if not new or path.resolve().parent != uploads_dir().resolve() or _named_by_records(path):
+    if written is None or path.resolve().parent != uploads_dir().resolve() or _named_by_records(path):
+        return False
+    try:
+        if path.stat().st_mtime_ns != written:
+            return False
+    except FileNotFoundError:
         return False
     path.unlink(missing_ok=True)
     return True

@@ -164,14 +164,14 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                               key="seed_upload")
         if up is not None:
             try:  # saved under a generated name: the name the browser sends never chooses the path
-                seed_file, new = uploads.store_upload(up.getvalue(), up.name, uploads.SEED_SUFFIXES)
+                seed_file, written = uploads.store_upload(up.getvalue(), up.name, uploads.SEED_SUFFIXES)
             except ValueError as exc:
                 c1.error(str(exc))
             else:
                 count, problem = read_seed_upload(str(seed_file), up.name)
                 if problem:  # no job for a file that cannot be read: "Make pairs" stays off
                     c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
-                    uploads.discard_refused(seed_file, new)  # not kept in workspace/uploads for good
+                    uploads.discard_refused(seed_file, written)  # not kept in workspace/uploads for good
                     seed_file = None
                 else:
                     c1.caption(f"{up.name}: {count} seed problem{'' if count == 1 else 's'}.")

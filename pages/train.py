@@ -180,7 +180,7 @@ upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_
 upload_path = None
 if upload is not None:
     try:  # saved under a generated name: the name the browser sends never chooses the path
-        path, new = uploads.store_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
+        path, written = uploads.store_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
     except ValueError as exc:
         st.error(f"{upload.name}: {exc}")
     else:
@@ -190,7 +190,7 @@ if upload is not None:
         if pv is None:  # the data reader names the file as it was sent (uploads.shown_name): only once
             named = upload.name in problem or uploads.shown_name(path) in problem
             st.error(problem if named else f"{upload.name}: {problem}")
-            uploads.discard_refused(path, new)  # not kept in workspace/uploads for good
+            uploads.discard_refused(path, written)  # not kept in workspace/uploads for good
         else:
             upload_path = str(path)
             # read a line a row here whatever the table says: "5 rows" stood beside the table's "3 rows (a row per

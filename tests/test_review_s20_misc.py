@@ -109,15 +109,23 @@ def test_a_seed_upload_the_synth_page_refuses_is_removed_and_a_good_one_kept():
 
 def test_an_upload_stored_before_or_named_by_a_job_is_kept_when_refused_again():
     """The same bytes may be a saved spec's file (stored before), or a job's: only what this upload wrote goes."""
-    before, new = uploads.store_upload(b"", "kept.jsonl")
-    assert new and uploads.store_upload(b"", "kept.jsonl") == (before, False)
-    assert not uploads.discard_refused(before, False) and before.exists()
+    before, written = uploads.store_upload(b"", "kept.jsonl")
+    assert written and uploads.store_upload(b"", "kept.jsonl") == (before, None)
+    assert not uploads.discard_refused(before, None) and before.exists()
     with db.session() as s:
         s.add(Job(kind="sft", spec={"data": [{"source": str(before)}]}))
         s.commit()
-    assert not uploads.discard_refused(before, True) and before.exists()
-    other, new = uploads.store_upload(b"x", "other.jsonl")
-    assert uploads.discard_refused(other, new) and not other.exists()
+    assert not uploads.discard_refused(before, before.stat().st_mtime_ns) and before.exists()
+    other, written = uploads.store_upload(b"x", "other.jsonl")
+    assert uploads.discard_refused(other, written) and not other.exists()
+
+
+def test_a_refused_upload_another_tab_stored_again_meanwhile_is_kept():
+    """Tab A wrote the file and was still reading it when tab B uploaded the same bytes (found: not new) and
+    accepted them; A's refusal then removed B's file."""
+    path, written = uploads.store_upload(b"x", "same.jsonl")  # tab A
+    assert uploads.store_upload(b"x", "same.jsonl") == (path, None)  # tab B, while A reads
+    assert not uploads.discard_refused(path, written) and path.exists()  # A refuses: B's file stays
 
 
 # ---------------------------------------------------------------- 4. the name rule says ASCII
