@@ -331,6 +331,9 @@ if qa_table:
                "is no abstention either). Precision = correct ÷ (correct + wrong). "
                "Unanswerable questions ask about places and people no training set mentions.")
     st.dataframe(pd.DataFrame(qa_table), hide_index=True, key="qa_table", placeholder=MISSING)
+    if before := sorted({f"{r['model']} ({r['task']})" for r in qa_table if r.get("empty_rate") is None}):
+        st.caption(f"{', '.join(before)}: scored before empty replies were told apart (no empty rate): their "
+                   "abstention rate counts the replies the model ended at once. Evaluate them again to separate them.")
     with st.expander("How answers are classified"):
         from backend import qa as qa_rules
 

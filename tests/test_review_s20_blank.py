@@ -222,6 +222,21 @@ def test_the_compare_pages_qa_table_caption_and_rules_name_the_empty_reply(tiny_
                for c in at.caption)
     rules = next(m.value for m in at.markdown if m.value.startswith("1. **correct**"))
     assert "2. **empty** — otherwise, the reply is blank" in rules
+    assert not any("scored before empty replies" in c.value for c in at.caption)
+
+
+def test_qa_scores_stored_before_the_empty_verdict_are_said_so(tiny_llama):
+    """An older evaluation's abstention rate counted the replies a model ended at once: the page now says which."""
+    registry.import_folder(tiny_llama, "tiny")
+    with db.session() as s:
+        for metric, v in {"accuracy": 0.0, "abstention_rate": 1.0, "hallucination_rate": 0.0,
+                          "cut_off_rate": 0.0}.items():
+            s.add(EvalScore(model="old", task="qa", metric=metric, value=v, n=20))
+        s.commit()
+    at = app("compare.py")
+    assert not at.exception, at.exception
+    assert "old (qa): scored before empty replies were told apart (no empty rate): their abstention rate counts " \
+        "the replies the model ended at once. Evaluate them again to separate them." in [c.value for c in at.caption]
 
 
 def test_the_compare_pages_length_section_says_which_items_an_empty_reply_left_out(tiny_llama):
