@@ -12,7 +12,7 @@ import streamlit as st
 
 from backend import arena, evaldevice, registry
 from backend.chat import answer_all
-from pages.common import current_model, model_names, via_app
+from pages.common import current_model, drop_deleted, model_names, via_app
 from pages.figures import leaderboard_figure, position_bias_figure
 from storage import db
 from storage.models import ChatTranscript
@@ -26,12 +26,8 @@ if len(names) < 2:
 
 # a model chosen here and deleted since (another tab, the CLI) dropped out of the choice without a word: the next
 # prompt then said only "Choose at least two models", or went to the models left
-chosen_before = st.session_state.get("arena_models") or []
-if gone := [m for m in chosen_before if m not in names]:
-    st.session_state["arena_models"] = [m for m in chosen_before if m in names]
-    st.warning(f"{', '.join(gone)} {'was' if len(gone) == 1 else 'were'} deleted since you chose "
-               f"{'it' if len(gone) == 1 else 'them'} (in another tab or from the command line), and "
-               f"{'is' if len(gone) == 1 else 'are'} left out of the next round.")
+if gone := drop_deleted("arena_models", names):
+    st.warning(f"{gone} of the next round.")
 models = st.multiselect("Models (2–4)", names, default=names[-2:], max_selections=4, key="arena_models")
 c1, c2, c3, c4 = st.columns(4)
 max_new = c1.slider("Max new tokens", 8, 512, 96, key="arena_max_new")

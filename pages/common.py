@@ -338,6 +338,19 @@ def model_names() -> list[str]:
     return [r.name for r in registry.list_models()]
 
 
+def drop_deleted(key: str, names: list[str]) -> str | None:
+    """Before the multiselect keyed `key` is drawn: the models it held that were deleted since this page last ran
+    (in another tab, from the command line) taken out of its choice, and said — None when none were. Streamlit
+    dropped them without a word, and the click that reran the page then evaluated or merged the models left."""
+    chosen = st.session_state.get(key) or []
+    if not (gone := [m for m in chosen if m not in names]):
+        return None
+    st.session_state[key] = [m for m in chosen if m in names]
+    one = len(gone) == 1
+    return (f"{', '.join(gone)} {'was' if one else 'were'} deleted since you chose {'it' if one else 'them'} (in "
+            f"another tab or from the command line), and {'is' if one else 'are'} left out")
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading model…")
 def cached_model(path: str, name: str):
     # Shared by every session (st.cache_resource): generation on it is serialised by LoadedModel.lock.

@@ -14,7 +14,7 @@ from sqlmodel import func, select
 from backend import analysis, registry, runner, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
-from pages.common import MISSING, job_status, submit, via_app, worker_banner
+from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -144,6 +144,8 @@ with st.expander("Merge candidates"):
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"],
                           key="merge_method", help="mergekit 0.1.5's definitions; average is its linear")
+    if mgone := drop_deleted("merge_models", names):  # said, and a click of this run merges nothing
+        st.warning(f"{mgone}. Check the candidates, then click Merge again.")
     cands = c2.multiselect("Candidates", names, default=merge_defaults(model_records),
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
@@ -200,7 +202,8 @@ with st.expander("Merge candidates"):
         taken = registry.get(mspec.name) is not None
         b1, b2 = st.columns(2)
         if b1.button("Merge", type="primary", key="merge", disabled=taken,
-                     help=f"A model named {mspec.name} exists: choose another name." if taken else None):
+                     help=f"A model named {mspec.name} exists: choose another name." if taken else None) \
+                and not mgone:
             job_id = submit(mspec, "merge_job")
             if job_id is not None:
                 st.session_state.setdefault("merge_jobs", []).append(job_id)
@@ -221,6 +224,8 @@ with st.expander("Evaluate", expanded=False):
     # the newest two of those, as a user just back from training expects: every unscored model, the 135M built-in
     # among them, made a first evaluation on a CPU take many times as long as the models just made
     unscored = [m for m in names if m not in scored | pending]  # names: oldest first
+    if egone := drop_deleted("eval_models", names):  # said, and a click of this run queues nothing
+        st.warning(f"{egone}. Check the models, then click Evaluate again.")
     emodels = e1.multiselect("Models", names, default=unscored[-2:],
                              key="eval_models", help="Preselected: the two newest models with no scores yet and no "
                              "evaluation queued or running (none when every model has some); add others here.")
@@ -279,7 +284,7 @@ with st.expander("Evaluate", expanded=False):
                             disabled=len(emodels) < 2, help="Independent jobs run side by side on the worker's free "
                             "slots (--slots) or across a Ray cluster's nodes; the scores are the same as one job's.")
             b1, b2 = st.columns(2)
-            if b1.button("Evaluate", type="primary", key="evaluate"):
+            if b1.button("Evaluate", type="primary", key="evaluate") and not egone:
                 try:  # every model and task file once, before the first job: a bad one said so once per model,
                     runner.check_before_queueing(espec)  # and the jobs of the models before it stayed queued
                 except ValueError as exc:

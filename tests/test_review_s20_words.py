@@ -188,3 +188,24 @@ def test_a_long_named_merges_default_name_keeps_every_candidate():
              for x, y in ((a, b), (a, "Org/" + b), ("x" * 90, "y" * 90)) for m in ("slerp", "linear", "ties")}
     assert len(names) == 9 and all(len(n) <= 60 and check_name(n) == n for n in names), names
     assert MergeSpec(models=["m1", "m2"], method="slerp").default_name() == "m1_m2-slerp0.5"  # short: unchanged
+
+
+def test_evaluate_and_merge_say_a_chosen_model_deleted_since_and_queue_nothing_on_that_click(tiny_llama):
+    """Evaluate quietly dropped a model deleted in another tab and queued the rest on the same click."""
+    from backend import registry, runner
+
+    for name in ("blocker", "keep", "other"):
+        registry.import_folder(tiny_llama, name)
+    at = app("compare.py")
+    at.multiselect(key="eval_models").set_value(["blocker", "keep"]).run()
+    at.multiselect(key="merge_models").set_value(["blocker", "other"]).run()
+    registry.delete("blocker")
+    at.button(key="evaluate").click().run()
+    assert not at.exception, at.exception
+    said = [w.value for w in at.warning]
+    assert "blocker was deleted since you chose it (in another tab or from the command line), and is left out. " \
+           "Check the models, then click Evaluate again." in said
+    assert any(w.startswith("blocker was deleted since you chose it") and "click Merge again" in w for w in said)
+    assert at.multiselect(key="eval_models").value == ["keep"] and runner.list_jobs() == []
+    at.button(key="evaluate").click().run()  # the user has seen it: this click queues the models left
+    assert [j.spec["models"] for j in runner.list_jobs()] == [["keep"]]
