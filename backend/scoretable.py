@@ -484,20 +484,3 @@ def export_table(rows: list[dict]) -> Table:
         se = row.get(f"{c} ±")
         return f"{row[c]:.4f} ± {se:.4f}" if se is not None and row[c] is not None else row[c]
     return Table("scores", "Models × tasks", cols, [[cell(r, c) for c in cols] for r in rows])
-
-
-def qa_rows(latest: dict, clean: bool = False) -> list[dict]:
-    """Per model, QA task and item kind: accuracy, abstention, hallucination (wrong ÷ all), cut-off and empty
-    shares, precision."""
-    out: dict[tuple[str, str, str], dict] = {}
-    for (model, task, metric), r in latest.items():
-        if not task.startswith("qa"):
-            continue
-        base, _, kind = metric.partition("[")
-        kind = kind.rstrip("]") or "all"
-        if base in QA_METRICS:
-            v = value(r, metric, clean)
-            out.setdefault((model, task, kind), {"model": model, "task": task, "item kind": kind})[base] = (
-                round(v, 4) if v is not None else None)
-    order = {"all": 0, "answerable": 1, "unanswerable": 2, "math": 3}
-    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], order.get(k[2], 9)))]

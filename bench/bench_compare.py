@@ -3,9 +3,9 @@
 
     .venv/bin/python bench/bench_compare.py [--models 20 --tasks 10 --items 1000]
 
-Prints a table: rows seeded, the models × tasks and QA tables built by backend/scoretable.py alone, the page's
-first render (after app.py's start-up warm-up, as a user reaching the page finds it), a rerun, and the rerun with
-"score only non-overlapping items" on. The floor to compare against is
+Prints a table: rows seeded, the models × tasks and QA tables built by backend/scoretable.py and qatable.py alone,
+the page's first render (after app.py's start-up warm-up, as a user reaching the page finds it), a rerun, and the
+rerun with "score only non-overlapping items" on. The floor to compare against is
 the page with no generations at all (the same tables; the length / hallucination analysis has nothing to read);
 the last row is each time's ratio to it. Each case runs in a fresh process, so both are timed equally cold.
 """
@@ -104,13 +104,13 @@ def run_case(gens: bool, models: int, tasks: int, items: int) -> dict:
         rows = seed(models, tasks, items, gens)
         seeded = time.perf_counter() - t0
         t0 = time.perf_counter()
-        from backend import registry, scoretable
+        from backend import qatable, registry, scoretable
 
         latest = scoretable.latest_scores()
         records = {r.name: r for r in registry.list_models()}
         for clean in (False, True):
             scoretable.table_rows(latest, records, clean=clean)
-            scoretable.qa_rows(latest, clean=clean)
+            qatable.qa_rows(latest, clean=clean)
         table_s = time.perf_counter() - t0
         return {"rows": rows, "seeded": seeded, "times": {**render_times(), "table": table_s}, "pid": os.getpid()}
 

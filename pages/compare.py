@@ -11,7 +11,7 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, registry, runner, scoretable
+from backend import analysis, qatable, registry, runner, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
@@ -327,7 +327,7 @@ d2.download_button("Export Markdown", tables.to_markdown(exported), "scores.md",
                    help="Each score as lm-eval prints it: value ± standard error.")
 d3.download_button("Export LaTeX", tables.to_latex(exported), "scores.tex", key="export_scores_tex",
                    help="Each score as lm-eval prints it: value ± standard error.")
-qa_table = scoretable.qa_rows(latest, clean=clean_only)
+qa_table = qatable.qa_rows(latest, clean=clean_only)
 if qa_table:
     st.subheader("Closed-book QA: known answers and abstention")
     st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination, nor is a reply cut off by "

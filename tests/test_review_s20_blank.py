@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from sqlmodel import select
 
-from backend import analysis, evalscore, evaluate, qa, registry, scoretable
+from backend import analysis, evalscore, evaluate, qa, qatable, registry, scoretable
 from backend.analysis import Record
 from backend.answerstats import from_generation
 from backend.specs import EvalSpec
@@ -195,9 +196,10 @@ def store_scores() -> None:
 def test_the_score_tables_show_the_empty_rate_and_blank_its_hallucination_rate():
     store_scores()
     latest = scoretable.latest_scores()
-    up = next(r for r in scoretable.qa_rows(latest) if r["model"] == "up" and r["item kind"] == "all")
+    up = next(r for r in qatable.qa_rows(latest) if r["model"] == "up" and r["item kind"] == "all")
+    # was abstention_rate 1.0; its hallucination rate blank as in the models × tasks table (0 read as the best)
     assert up == {"model": "up", "task": "qa", "item kind": "all", "accuracy": 0.0, "abstention_rate": 0.0,
-                  "hallucination_rate": 0.0, "cut_off_rate": 0.0, "empty_rate": 1.0}  # was abstention_rate 1.0
+                  "hallucination_rate": None, "cut_off_rate": 0.0, "empty_rate": 1.0}
     rows = {r["model"]: r for r in scoretable.table_rows(latest, {})}
     assert rows["up"]["qa (hallucination)"] is None and rows["up"]["qa (empty)"] == 1.0
     assert rows["careful"]["qa (hallucination)"] == 0.2 and rows["careful"]["qa (empty)"] == 0.0
@@ -215,7 +217,7 @@ def test_the_compare_pages_qa_table_caption_and_rules_name_the_empty_reply(tiny_
     at = app("compare.py")
     frame = next(d.value for d in at.dataframe if "empty_rate" in d.value.columns)
     up = frame[(frame["model"] == "up") & (frame["item kind"] == "all")].iloc[0]
-    assert (up["abstention_rate"], up["empty_rate"], up["hallucination_rate"]) == (0.0, 1.0, 0.0)
+    assert (up["abstention_rate"], up["empty_rate"]) == (0.0, 1.0) and pd.isna(up["hallucination_rate"])
     careful = frame[(frame["model"] == "careful") & (frame["item kind"] == "all")].iloc[0]
     assert (careful["abstention_rate"], careful["empty_rate"]) == (0.6, 0.0)
     assert any(c.value.startswith("Hallucination rate = wrong ÷ all") and "nor an empty reply" in c.value
@@ -252,3 +254,15 @@ def test_the_compare_pages_length_section_says_which_items_an_empty_reply_left_o
     (warned,) = [w.value for w in at.warning if w.value.startswith("Empty replies")]
     assert warned.startswith("Empty replies (the model ended them at once): up 40%. An empty reply is no answer")
     assert "show them as answers of 0 words" in warned and "continue pretraining the model" in warned
+
+
+def test_the_recipe_tables_leave_a_mostly_unanswered_models_hallucination_rate_blank():
+    """The Recipe page's tables (and `recipe tables`) showed qa hallucination_rate 0 for a model that replied empty
+    on every item, while the Compare page left the same cell blank."""
+    from backend.recipe import tables
+
+    store_scores()
+    scores = tables.latest_scores(["up", "careful"])
+    assert scores["up"]["qa hallucination_rate"] is None and scores["up"]["qa empty_rate"] == 1.0
+    assert scores["up"]["qa hallucination_rate[answerable]"] is None
+    assert scores["careful"]["qa hallucination_rate"] == 0.2

@@ -55,10 +55,14 @@ def _column(task: str, metric: str) -> str:
 
 
 def latest_scores(models: list[str], latest: dict | None = None) -> dict[str, dict[str, float]]:
-    """model -> {"task metric": value}, of the newest run of each (model, task) (latest_rows)."""
-    out: dict[str, dict[str, float]] = {m: {} for m in models}
-    for (model, task, metric), r in (latest_rows(models) if latest is None else latest).items():
-        out[model][_column(task, metric)] = r.value
+    """model -> {"task metric": value}, of the newest run of each (model, task) (latest_rows). A hallucination rate
+    of a model that mostly never answered (cut off or empty) is None, as on the Compare page: its 0 read as the best."""
+    from backend.qatable import mostly_unanswered
+
+    out: dict[str, dict[str, float | None]] = {m: {} for m in models}
+    latest = latest_rows(models) if latest is None else latest
+    for (model, task, metric), r in latest.items():
+        out[model][_column(task, metric)] = None if mostly_unanswered(latest, model, task, metric) else r.value
     return out
 
 
