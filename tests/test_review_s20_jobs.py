@@ -181,3 +181,18 @@ def test_the_seconds_column_says_it_is_the_latest_run(tiny_llama):
     assert table.value.set_index("id").loc[job.id, "seconds"] == 44.4
     shown = json.loads(table.proto.columns)["seconds"]
     assert shown["label"] == "last run s" and "earlier runs are not counted" in shown["help"]
+
+
+def test_queueing_after_a_job_that_already_failed_is_refused_naming_the_job_to_resume(tiny_llama):
+    """`train … --after 11` with job 11 failed printed "queued job 12", and the worker cancelled it at once."""
+    from backend.specs import DataSource
+
+    registry.import_folder(tiny_llama, "tiny")
+    spec = SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], max_steps=1)
+    first = runner.submit(spec.model_copy(update={"name": "a"}))
+    runner._update(first.id, status="failed", error="boom")
+    with pytest.raises(ValueError, match=rf"Job {first.id} has failed: .* Resume job {first.id} first"):
+        runner.submit(spec.model_copy(update={"name": "b"}), after=first.id)
+    assert [j.id for j in runner.list_jobs()] == [first.id]
+    ended_too = runner.submit(spec.model_copy(update={"name": "c"}), waits=[first.id])  # however it ended: queued
+    assert runner.get(ended_too.id).status == "queued"

@@ -28,8 +28,13 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
     needs = sorted(set(needs or []))
     soft = sorted(set(waits or []) - set(needs) - {after})
     for dep in ([after] if after is not None else []) + needs + soft:
-        if get(dep) is None:
+        if (row := get(dep)) is None:
             raise ValueError(f"No job {dep} to wait for.")
+        if dep in needs + [after] and row.status in ("failed", "cancelled", "interrupted"):  # queued, it was
+            # cancelled at once ("not run: job 11 it waited for failed") after "queued job 12"
+            raise ValueError(f"Job {dep} has {row.status}: a job that waits for it to succeed would be cancelled at "
+                             f"once. Resume job {dep} first (python -m backend jobs resume {dep}, or on the Jobs "
+                             "page), then queue this one after it.")
     waits = ([after] if after is not None else []) + needs + soft
     if spec.kind == "import" and not spec.name:  # known by the name it will register (_making, the pages' checks):
         from backend.registry import import_name  # two unnamed imports of one folder both queued, and the second
