@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def half(tokenizer_dir, tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- 1. a merge the registry shows cannot work
 
-def test_a_merge_of_models_of_different_depth_is_refused_before_it_is_queued(tiny_llama, deep):
+def test_a_merge_of_models_of_different_depth_is_refused_before_it_is_queued(tiny_llama, deep, tmp_path):
     registry.import_folder(tiny_llama, "tiny")
     registry.import_folder(deep, "deep")
     spec = MergeSpec(models=["tiny", "deep"])
@@ -63,8 +64,9 @@ def test_a_merge_of_models_of_different_depth_is_refused_before_it_is_queued(tin
     # a registered folder given by its path is the same row; the base of a relative method is checked too
     with pytest.raises(MergeError, match=r"\(6 vs 8 layers\)"):
         runner.submit(MergeSpec(models=["tiny", str(deep)]))
-    with pytest.raises(MergeError, match=r"tiny and deep cannot be merged: .*\(6 vs 8 layers\)"):
-        runner.submit(MergeSpec(models=["tiny", str(tiny_llama)], method="task_arithmetic", base="deep"))
+    other = shutil.copytree(tiny_llama, tmp_path / "other")  # a second 6-layer candidate (tiny's own folder is
+    with pytest.raises(MergeError, match=r"tiny and deep cannot be merged: .*\(6 vs 8 layers\)"):  # tiny itself)
+        runner.submit(MergeSpec(models=["tiny", str(other)], method="task_arithmetic", base="deep"))
     assert runner.list_jobs() == []
 
 
