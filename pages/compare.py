@@ -286,7 +286,8 @@ with st.expander("Evaluate", expanded=False):
             b1, b2 = st.columns(2)
             if b1.button("Evaluate", type="primary", key="evaluate") and not egone:
                 try:  # every model and task file once, before the first job: a bad one said so once per model,
-                    runner.check_before_queueing(espec)  # and the jobs of the models before it stayed queued
+                    with st.spinner("Checking the models and tasks…"):  # lm-eval's task index: ~10 s the first time
+                        runner.check_before_queueing(espec)  # and the jobs of the models before it stayed queued
                 except ValueError as exc:
                     st.error(f"Not queued: {exc}")
                 else:

@@ -104,14 +104,18 @@ def test_cancel_stops_the_whole_process_tree(tiny):
         worker.wait(timeout=30)
 
 
-def test_queue_order_and_dependencies(tiny):
+def test_queue_order_and_dependencies(tiny, tmp_path):
     fast = dict(max_steps=2, save_steps=2, eval_fraction=0.0, max_length=32, max_rows=8)
     first = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="s1", **fast))
     # DPO on the model the first job registers: it must wait for it
     chained = runner.submit(DpoSpec(model="s1", data=[DataSource(source="builtin:prefs-mini")], name="d1", **fast),
                             after=first.id)
-    # fails when it runs (its data file is read then; an unknown model would be refused before queueing)
-    broken = runner.submit(SftSpec(model="tiny", data=[DataSource(source="/no/such/file.jsonl")], name="b", **fast))
+    # fails when it runs (its data file, deleted after it was queued, is read then; a missing file or an unknown
+    # model would be refused before queueing)
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    broken = runner.submit(SftSpec(model="tiny", data=[DataSource(source=str(gone))], name="b", **fast))
+    gone.unlink()
     orphan = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="x", **fast),
                            after=broken.id)
     # queued after the failure, it still runs, in its turn: any kind shows that, and an up-scaling starts no trainer
@@ -119,7 +123,7 @@ def test_queue_order_and_dependencies(tiny):
     runner.worker(once=True)
     jobs = {j.id: runner.get(j.id) for j in (first, chained, broken, orphan, second)}
     assert jobs[first.id].status == jobs[chained.id].status == jobs[second.id].status == "succeeded"
-    assert jobs[broken.id].status == "failed" and "/no/such/file.jsonl does not exist" in jobs[broken.id].error
+    assert jobs[broken.id].status == "failed" and f"{gone} does not exist" in jobs[broken.id].error
     assert jobs[orphan.id].status == "cancelled" and f"job {broken.id}" in jobs[orphan.id].message
     order = sorted((jobs[i].started, i) for i in (first.id, chained.id, broken.id, second.id))
     assert [i for _, i in order] == [first.id, chained.id, broken.id, second.id]

@@ -196,3 +196,15 @@ def test_queueing_after_a_job_that_already_failed_is_refused_naming_the_job_to_r
     assert [j.id for j in runner.list_jobs()] == [first.id]
     ended_too = runner.submit(spec.model_copy(update={"name": "c"}), waits=[first.id])  # however it ended: queued
     assert runner.get(ended_too.id).status == "queued"
+
+
+def test_a_missing_data_file_given_by_its_absolute_path_is_refused_before_queueing(tiny_llama, tmp_path):
+    """`train sft --data /abs/missing.jsonl --queue` was queued and failed only when its turn came."""
+    from backend import data
+    from backend.specs import DataSource
+
+    registry.import_folder(tiny_llama, "tiny")
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(data.DataError, match="missing.jsonl"):
+        runner.submit(SftSpec(model="tiny", data=[DataSource(source=str(missing))], max_steps=1))
+    assert runner.list_jobs() == []

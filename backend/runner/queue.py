@@ -126,8 +126,10 @@ def _check_train_files(spec) -> None:
 
     for d in spec.data + ([spec.eval_data] if spec.eval_data else []):
         for src, _ in data.expand([(d.source, d.weight)]):  # at its weight: nested mixes multiply past the cap
+            path = Path(src).expanduser()  # an absolute path that is missing too: it was queued, and failed in turn
             if src.startswith("builtin:") or (src.startswith("dataset:") and get_dataset(src[len("dataset:"):])) \
-                    or (_runs_here_only() and Path(src).expanduser().is_file()):
+                    or (_runs_here_only() and (path.is_file() or (path.is_absolute() and not src.startswith(
+                        ("builtin:", "dataset:", "mix:"))))):
                 data.check_source(src, spec.kind)
 
 
