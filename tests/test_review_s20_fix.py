@@ -208,3 +208,13 @@ def test_the_runner_refuses_a_mix_whose_weights_multiply_past_the_cap_before_que
     with pytest.raises(data.DataError, match="weights multiply through mixes: 2 .* = 20000"):
         runner.submit(SftSpec(model="tiny", data=[DataSource(source="mix:b", weight=10000)], max_steps=1))
     assert runner.list_jobs() == []
+
+
+def test_the_upscaled_stage_says_it_is_made_from_the_base(tiny_llama):
+    """The Recipe page's "Every model of the run" left "Made from" blank for the up-scaled model."""
+    from backend import recipe
+    from backend.recipe.tables import _made_from
+    from tests.test_recipe import smoke, text
+
+    (plan,) = recipe.plan_text(text(smoke(tiny_llama)))
+    assert _made_from(plan.node("upscaled").info) == "base"

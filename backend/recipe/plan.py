@@ -129,7 +129,7 @@ def plan(recipe: RecipeSpec) -> Plan:
             d = len(layer_slots(spec, depths))
         except ValueError as exc:
             raise RecipeError(f"upscale: {exc}") from None
-        nodes.append(Node("upscaled", "upscale", spec, spec.name, h, ["base"], d))
+        nodes.append(Node("upscaled", "upscale", spec, spec.name, h, ["base"], d, {"from": ["base"]}))
         depth["upscaled"], out["upscaled"], hashes["upscaled"] = d, spec.name, h
 
     # --- the stages, in dependency order
