@@ -107,11 +107,13 @@ def kill_job_midway(job_id: int, worker: subprocess.Popen, lines: int = 3) -> Jo
 
 def test_kill9_of_build_jobs_leaves_nothing_registered_and_the_next_start_cleans_tmp(tiny, tiny_llama, workspace,
                                                                                    other_fs):
-    # an up-scale into the workspace, one into a custom folder on another filesystem, and a merge
+    # an up-scale into the workspace, one into a custom folder on another filesystem, and a merge (of tiny and a
+    # copy of it: its own folder is tiny itself, a merge refused)
+    copy = shutil.copytree(tiny_llama, workspace.parent / "tiny-copy")
     jobs = [runner.submit(UpscaleSpec(base="tiny", m=1, name="up", shard_size="20KB")),
             runner.submit(UpscaleSpec(base="tiny", m=1, name="up-out", out=str(other_fs / "up-out"),
                                       shard_size="20KB")),
-            runner.submit(MergeSpec(models=["tiny", str(tiny_llama)], name="mg", shard_size="20KB"))]
+            runner.submit(MergeSpec(models=["tiny", str(copy)], name="mg", shard_size="20KB"))]
     worker = start_worker(0.3)
     try:
         for job in jobs:

@@ -166,8 +166,8 @@ def test_compare_page_shows_overlap_badges_the_clean_score_and_the_qa_rules(tiny
     qa_table = frame("item kind")
     assert set(qa_table["item kind"]) == {"all", "answerable"}
     assert any(qa.ABSTAIN_PHRASES[0] in md.value for md in at.markdown)
-    assert any("1. **correct**" in md.value and "3. **cut off**" in md.value and "4. **wrong**" in md.value
-               for md in at.markdown)
+    assert any("1. **correct**" in md.value and "2. **empty**" in md.value and "4. **cut off**" in md.value
+               and "5. **wrong**" in md.value for md in at.markdown)
     at.toggle(key="clean_only").set_value(True).run()
     table = frame("average (accuracy tasks)").set_index("model")
     assert table.loc["tuned", "qa (accuracy)"] == 0.25 and table.loc["tuned", "qa (hallucination)"] == 0.5
