@@ -203,6 +203,9 @@ def weights_problem(config: dict, names) -> str | None:
     return _weights_problem(json.dumps(config, sort_keys=True), tuple(sorted(names)))
 
 
+WEIGHTS_CHECK = "2"  # in the marker's key: a stricter check (or a fixed one) checks every model again
+
+
 @functools.lru_cache(maxsize=64)
 def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
     # A fit found once is kept as an empty file in the workspace, named by what it depends on: building the model
@@ -212,7 +215,7 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
     import os
     from importlib.metadata import version
 
-    key = hashlib.sha256("\n".join((version("transformers"), config_json, *names)).encode()).hexdigest()
+    key = hashlib.sha256("\n".join((WEIGHTS_CHECK, version("transformers"), config_json, *names)).encode()).hexdigest()
     # storage.db.workspace()'s folder, not imported: sqlalchemy alone costs a page or a job more than the check
     marker = Path(os.environ.get("DUS_WORKSPACE", "workspace")).resolve() / ".cache" / "weights-fit" / key
     if marker.exists():
@@ -311,7 +314,9 @@ def weights_fit(config: dict, names) -> Fit | str:
             key = rename_source_key(name, [], [], model.base_model_prefix, expected)[0]
         (found if key in expected else unexpected).add(key if key in expected else name)
     tied = model.all_tied_weights_keys  # {lm_head.weight: model.embed_tokens.weight} where the config ties them
-    missing = {k for k in set(expected) - found if not (k in tied and tied[k] in found)}
+    # either name of a tie may hold it: safetensors' save_model (and a sorted .bin) keep lm_head.weight alone
+    held = found | {src for t, src in tied.items() if t in found}
+    missing = {k for k in set(expected) - found if not (k in tied and tied[k] in found) and k not in held}
     info = _LoadingInfo(missing, unexpected)
     model._adjust_missing_and_unexpected_keys(info)  # the class's optional names, as from_pretrained drops them
     return Fit(type(model).__name__, len(expected), sorted(info.missing_keys, key=natural_order),

@@ -73,6 +73,16 @@ def test_one_missing_tensor_is_refused_and_a_tied_head_is_not_missing(tiny_llama
         inspect_model(folder)
 
 
+def test_a_tied_model_stored_under_its_heads_name_is_not_missing_its_embedding(tiny_llama, tmp_path):
+    """safetensors' save_model keeps the first name of a tie in sorted order, lm_head.weight, alone: transformers
+    loads it with nothing missing, and it was refused ("model.embed_tokens.weight" not in the weights)."""
+    folder = _copy(tiny_llama, tmp_path / "head-only")
+    state = load_state(folder)
+    state["lm_head.weight"] = state.pop("model.embed_tokens.weight")
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    inspect_model(folder)  # no ArchitectureError
+
+
 def test_models_whose_weights_fit_pass_as_transformers_loads_them(tiny_llama_untied, tiny_qwen2, tmp_path):
     """Renamed on loading (Mixtral's per-expert tensors fused into one) or tied: no false refusal."""
     from transformers import MixtralConfig, MixtralForCausalLM
