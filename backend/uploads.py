@@ -69,7 +69,8 @@ def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = 
         raise ValueError(f"upload {sent_name!r}: {path} is outside {root}.")
     if path.is_file() and path.stat().st_size == len(data):
         # same hash, same name: already here, and now in use here too (another tab's refusal must not remove it)
-        os.utime(path, ns=(time.time_ns(), max(time.time_ns(), path.stat().st_mtime_ns + 1)))
+        # 2 s on: a filesystem that keeps whole seconds (ext3, HFS+) or two (FAT) must see the change
+        os.utime(path, ns=(time.time_ns(), max(time.time_ns(), path.stat().st_mtime_ns + 2_000_000_000)))
         return path, None
     # per thread, not only per process: Streamlit's sessions are threads of one process, and two saving the same
     # file at once shared one temporary name, so the second rename found it gone (FileNotFoundError)

@@ -79,8 +79,9 @@ def job_table(listed: list[int]) -> None:
                                                    "took\" is the work's own time, without start-up")})
     # a queued job whose model or data was deleted since it was queued (a delete --force, a file removed) said
     # "waiting for job 8" and failed only when its turn came: said here, beside the table, while it can be mended
+    making = runner.made_by(active)  # once for the page: each queued job's check scanned every active job
     for j in jobs:
-        if j.status == "queued" and (gone := runner.inputs_gone(j, active)):
+        if j.status == "queued" and (gone := runner.inputs_gone(j, active, making)):
             st.warning(f"Job {j.id} will fail when it runs: {gone}. Cancel it, or make it again before it runs.")
 
 

@@ -52,30 +52,6 @@ def diff_rows(diff) -> list[dict]:
     return [{"field": k, **{n: MISSING if v is None else str(v) for n, v in vals.items()}} for k, vals in diff]
 
 
-def unscored_note(t) -> str:
-    """What the missing (MISSING, "—") cells of a paper table mean, per task: after a run, the five synth-math
-    columns of Table 3 read None in every row (the base alone had been evaluated on synth-math, from the Compare
-    page), with nothing saying that no score is there, not a score of None."""
-    skip = {"Model", "Stage", "Made from", "Paper H6"}
-    missing: dict[str, list[str]] = {}  # task -> models without its scores
-    for i, col in enumerate(t.columns):
-        # a data source's tick column; the overlap columns' blanks (every item overlaps, or the data could not be
-        # read) have their own note: read as "not evaluated", an evaluated model was said to have no score
-        overlap = col.endswith((tables.OVERLAP.format(task=""), tables.CLEAN.format(column="")))
-        if col in skip or overlap or all(r[i] in ("✓", "") for r in t.rows):
-            continue
-        task = col.split(" ")[0]
-        for r in t.rows:
-            if r[i] is None and r[0] not in missing.setdefault(task, []):
-                missing[task].append(r[0])
-    parts = [f"{', '.join(ms)} {'has' if len(ms) == 1 else 'have'} no {task} score" for task, ms in missing.items()
-             if ms]
-    if not parts:
-        return ""
-    return (f"A {MISSING} cell: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves "
-            "it out, or has not run yet), not a score of zero.")
-
-
 via_app(__file__)
 st.title("Recipe")
 st.caption("The whole SOLAR experiment (arXiv 2312.15166) as one YAML file: the base, the up-scaling, every "
@@ -238,7 +214,7 @@ with t_tables:
                                                          "Paper H6": st.column_config.NumberColumn(pinned=True)})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
-        if unscored := unscored_note(t):
+        if unscored := tables.unscored_note(t, MISSING):
             st.caption(unscored)
         cols = st.columns(3)
         for col, (ext, fn) in zip(cols, tables.EXPORTS.items()):

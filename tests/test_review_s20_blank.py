@@ -266,3 +266,25 @@ def test_the_recipe_tables_leave_a_mostly_unanswered_models_hallucination_rate_b
     assert scores["up"]["qa hallucination_rate"] is None and scores["up"]["qa empty_rate"] == 1.0
     assert scores["up"]["qa hallucination_rate[answerable]"] is None
     assert scores["careful"]["qa hallucination_rate"] == 0.2
+
+
+def test_a_merge_surface_leaves_out_a_point_whose_rate_is_blank():
+    """run_surfaces passed (0.3, None) for a swept merge whose hallucination rate latest_scores left blank: the
+    Recipe page's Surface tab raised TypeError ('<' not supported between 'float' and 'NoneType')."""
+    from backend.recipe import tables
+
+    s = tables.merge_surface([(0.7, 0.3), (0.3, None), (0.5, 0.2)], 0.25, 0.2, "weight", higher_is_better=False)
+    assert s["x"] == [0.5, 0.7] and s["best"] == (0.5, 0.2)
+
+
+def test_the_recipe_pages_note_says_a_blank_hallucination_rate_is_not_a_missing_score():
+    """A rate left blank (mostly unanswered) read "up has no qa score — not evaluated on that task"."""
+    from backend.recipe.tables import Table, unscored_note
+
+    t = Table("t", "Table 3", ["Model", "qa accuracy", "qa hallucination_rate", "synth-math accuracy"],
+              [["up", 0.0, None, None], ["careful", 0.4, 0.2, 0.5]])
+    assert unscored_note(t, "—") == (
+        "A — cell: up has no synth-math score — not evaluated on that task (the run's evaluation leaves it out, or "
+        "has not run yet), not a score of zero. Left blank (—): up (qa hallucination_rate): over half of those "
+        "replies were cut off by the token limit or empty, so no hallucination rate is given (its 0 would read as "
+        "the best).")

@@ -208,3 +208,17 @@ def test_a_missing_data_file_given_by_its_absolute_path_is_refused_before_queuei
     with pytest.raises(data.DataError, match="missing.jsonl"):
         runner.submit(SftSpec(model="tiny", data=[DataSource(source=str(missing))], max_steps=1))
     assert runner.list_jobs() == []
+
+
+def test_the_jobs_pages_check_of_gone_inputs_reads_the_active_jobs_once(tiny_llama, monkeypatch):
+    """Each queued job's check parsed every active job's spec: 400 queued jobs took 3 s a render."""
+    from backend.runner import queue
+
+    registry.import_folder(tiny_llama, "tiny")
+    jobs = [runner.submit(UpscaleSpec(base="tiny", m=1, name=f"up{i}")) for i in range(5)]
+    active = runner.active_jobs()
+    making = runner.made_by(active)
+    assert making == {f"up{i}" for i in range(5)}
+    calls = []
+    monkeypatch.setattr(queue, "planned_name", lambda j: calls.append(j.id))
+    assert [runner.inputs_gone(j, active, making) for j in jobs] == [None] * 5 and calls == []

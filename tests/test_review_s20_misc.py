@@ -203,3 +203,11 @@ def test_a_merge_of_one_model_by_two_names_is_refused_before_queueing(tiny_llama
         with pytest.raises(MergeError, match="are one model .*a merge of a model with itself is that model"):
             runner.submit(MergeSpec(models=models, method="linear"))
     assert runner.list_jobs() == []
+
+
+def test_the_builtin_model_by_two_names_before_it_is_imported_is_one_model():
+    from backend.merge.executor import MergeError
+
+    assert registry.get(registry.BUILTIN_NAME) is None
+    with pytest.raises(MergeError, match="are one model \\(the built-in model\\)"):
+        runner.check_before_queueing(MergeSpec(models=["builtin", registry.BUILTIN_NAME], method="linear"))

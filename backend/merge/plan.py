@@ -70,6 +70,8 @@ def check_registered(spec: MergeSpec) -> None:
         rec = registry.record(ref)
         folder = Path(rec.path if rec is not None else ref).expanduser()
         key = str(folder.resolve()) if rec is not None or folder.is_dir() else ref
+        if rec is None and ref.lower() in ("builtin", registry.BUILTIN_NAME.lower()):  # not imported yet
+            key = "the built-in model"
         if key in seen:
             raise MergeError(f"{seen[key]!r} and {ref!r} are one model ({key}); a merge of a model with itself is that "
                              "model: give different models.")

@@ -256,7 +256,7 @@ def merge_surface(points: list[tuple[float, float]], first: float | None, second
     model) or against SLERP's t (t=0 is the first model); the candidates' own scores are the ends. Swept over any
     other field (TIES' density, …) the candidates sit at no x: no ends, their scores as levels to beat
     (`candidate_scores`)."""
-    pts = sorted(points)
+    pts = sorted(p for p in points if p[1] is not None)  # a rate left blank (latest_scores: mostly unanswered)
     ends = [(1.0, first), (0.0, second)] if field == "weight" else [(0.0, first), (1.0, second)] if field == "t" \
         else []
     ends = [(x, y) for x, y in ends if y is not None]
@@ -398,3 +398,36 @@ def run_graph(run_id: int) -> str:
              "status": job.status if (job and not r.reused) else r.info.get("status", ""), **{
                  k: v for k, v in r.info.items() if k != "status"}} for r, job in stages(run_id) if r.kind != "eval"]
     return graph_dot(rows)
+
+
+def unscored_note(t: Table, mark: str) -> str:
+    """What the missing cells of a paper table (shown as `mark`, the Recipe page's "—") mean, per task: after a run,
+    the five synth-math columns of Table 3 read None in every row (the base alone had been evaluated on synth-math,
+    from the Compare page), with nothing saying that no score is there, not a score of None. A hallucination rate
+    left blank (qatable.mostly_unanswered) beside the model's other scores of that task is evaluated, not missing."""
+    skip = {"Model", "Stage", "Made from", "Paper H6"}
+    missing: dict[str, list[str]] = {}  # task -> models without its scores
+    blanked: list[str] = []  # a hallucination rate left blank (qatable.mostly_unanswered): evaluated, not missing
+    for i, col in enumerate(t.columns):
+        # a data source's tick column; the overlap columns' blanks (every item overlaps, or the data could not be
+        # read) have their own note: read as "not evaluated", an evaluated model was said to have no score
+        overlap = col.endswith((OVERLAP.format(task=""), CLEAN.format(column="")))
+        if col in skip or overlap or all(r[i] in ("✓", "") for r in t.rows):
+            continue
+        task = col.split(" ")[0]
+        scored = [j for j, c in enumerate(t.columns) if c.split(" ")[0] == task and j != i]
+        for r in t.rows:
+            if r[i] is None and "hallucination_rate" in col and any(r[j] is not None for j in scored):
+                if (cell := f"{r[0]} ({col})") not in blanked:
+                    blanked.append(cell)
+            elif r[i] is None and r[0] not in missing.setdefault(task, []):
+                missing[task].append(r[0])
+    parts = [f"{', '.join(ms)} {'has' if len(ms) == 1 else 'have'} no {task} score" for task, ms in missing.items()
+             if ms]
+    said = (f"A {mark} cell: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves "
+            "it out, or has not run yet), not a score of zero.") if parts else ""
+    if blanked:
+        said += (" " if said else "") + (f"Left blank ({mark}): {', '.join(blanked)}: over half of those replies "
+                                         "were cut off by the token limit or empty, so no hallucination rate is "
+                                         "given (its 0 would read as the best).")
+    return said

@@ -223,12 +223,19 @@ def _check_depths(spec) -> None:
         layer_slots(spec, [r.num_layers for r in recs])
 
 
-def inputs_gone(job, active: list[Job] | None = None) -> str | None:
+def made_by(jobs) -> set[str]:
+    """The model names these jobs will register (planned_name of those that make models)."""
+    return {name for j in jobs if j.kind in (*MAKES_MODELS, "import") and (name := planned_name(j))}
+
+
+def inputs_gone(job, active: list[Job] | None = None, making: set[str] | None = None) -> str | None:
     """What a queued job reads that is gone since it was queued, said for its message: a model deleted (the Models
     page's delete warns and names the job, and --force deletes it anyway), a registered data set removed, a local
     data file (by its absolute path) removed. The job failed only when its turn came, while its message still said
     "waiting for job 8". Rows first: a path is looked at only when the job runs on this machine; a model or data set
-    a queued or running job will make is not gone. None when nothing is known gone, or its spec cannot be read."""
+    a queued or running job will make is not gone (`making`: their planned names, made once for a page of jobs:
+    each job's call parsed every active job's spec, quadratic in the queue). None when nothing is known gone, or its
+    spec cannot be read."""
     from backend import data, registry
     from backend.synth.pipeline import get_dataset
 
@@ -251,7 +258,9 @@ def inputs_gone(job, active: list[Job] | None = None) -> str | None:
             if not Path(rec.path).is_dir() and runs_here():
                 return f"the folder of its model {ref} ({rec.path}) is gone"
             continue
-        if any(j.id != job.id and planned_name(j) == ref for j in jobs if j.kind in (*MAKES_MODELS, "import")):
+        if making is None:
+            making = made_by(j for j in jobs if j.id != job.id)
+        if ref in making:
             continue
         if os.sep in ref or ref.startswith(("~", ".")):
             if runs_here() and not Path(ref).expanduser().is_dir():
