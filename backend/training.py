@@ -366,7 +366,10 @@ def killed_by(rc: int, tail: Sequence[str]) -> signal.Signals | None:
     killed), or the launcher's report of its child's (only the trainer process was killed: the launcher exits 1)."""
     if rc < 0:
         return _signal(-rc)
-    for ln in reversed(tail):
+    # torchrun's report lists every rank under "Failures" (one that NCCL's abort stopped: -6, -15) and the one that
+    # failed first under "Root Cause (first observed failure)": only that one's exit code says why
+    roots = [i for i, ln in enumerate(tail) if "Root Cause (first observed failure)" in ln]
+    for ln in reversed(tail[roots[-1]:] if roots else tail):
         if m := _SIGNAL_LINE.search(ln):
             return _signal(int(next(g for g in m.groups() if g)))
     return None

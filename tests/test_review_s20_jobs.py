@@ -5,6 +5,7 @@ the seconds column says it is the latest run's."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from datetime import timedelta
 
@@ -222,3 +223,14 @@ def test_the_jobs_pages_check_of_gone_inputs_reads_the_active_jobs_once(tiny_lla
     calls = []
     monkeypatch.setattr(queue, "planned_name", lambda j: calls.append(j.id))
     assert [runner.inputs_gone(j, active, making) for j in jobs] == [None] * 5 and calls == []
+
+
+def test_a_peer_rank_stopped_by_the_first_failure_is_not_its_cause():
+    """torchrun lists every failed rank: the one NCCL's abort stopped (-15) was said as the cause, while the root
+    cause, rank 0, raised (exit code 1)."""
+    report = ["torch.OutOfMemoryError: CUDA out of memory.", "Failures:", "[1]:", "  rank      : 1 (local_rank: 1)",
+              "  exitcode  : -15 (pid: 812)", "Root Cause (first observed failure):", "[0]:",
+              "  rank      : 0 (local_rank: 0)", "  exitcode  : 1 (pid: 811)"]
+    assert training.killed_by(1, report) is None
+    killed = report[:-1] + ["  exitcode  : -9 (pid: 811)"]  # the root cause itself killed: said
+    assert training.killed_by(1, killed) == signal.SIGKILL
