@@ -349,6 +349,9 @@ def mismatch_message(config: dict, fit: Fit) -> str:
                f"{len(fit.missing)} of the {fit.needed} tensors a {fit.model_class} needs are not in the weights")
     other = (f"; {len(fit.unexpected)} of theirs have no place in it ({_examples(fit.unexpected)})"
              if fit.unexpected else "")
-    return (f"config.json says {_says(config)}, but the weights do not fit it: {lacking} ({_examples(fit.missing)})"
-            f"{other}. Loaded, the missing ones would be random. Fix config.json (model_type, architectures) to the "
-            "model the weights are from, or import the right folder.")
+    said = f"config.json says {_says(config)}, but the weights do not fit it: {lacking} ({_examples(fit.missing)})"
+    if any(".lora_" in n or n.startswith("base_model.model.") for n in fit.unexpected):  # a PEFT adapter's folder
+        return (f"{said}{other}: these are a LoRA adapter's weights, not a model's. Merge the adapter into its base "
+                "model (peft's merge_and_unload, then save_pretrained) and import the merged folder.")
+    return (f"{said}{other}. Loaded, the missing ones would be random. Fix config.json (model_type, architectures) "
+            "to the model the weights are from, or import the right folder.")

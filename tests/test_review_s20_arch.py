@@ -56,7 +56,8 @@ def test_import_refuses_a_config_of_another_architecture(tiny_llama, tmp_path):
 
 
 def test_a_config_without_architectures_is_judged_by_its_model_type(tiny_llama, tmp_path):
-    with pytest.raises(ArchitectureError, match=r"bert: config.json says bert, but the weights do not fit it: none of "):
+    with pytest.raises(ArchitectureError,
+                       match=r"bert: config.json says bert, but the weights do not fit it: none of "):
         inspect_model(_copy(tiny_llama, tmp_path / "bert", model_type="bert", architectures=None))
     info = inspect_model(_copy(tiny_llama, tmp_path / "llama", architectures=None))  # the loader reads model_type
     assert (info.model_type, info.architecture, info.num_layers) == ("llama", "", 6)
@@ -156,3 +157,15 @@ def test_a_fit_found_once_is_not_checked_again_in_another_process(tiny_llama, wo
     cfg = json.loads((tiny_llama / "config.json").read_text())
     with pytest.raises(AssertionError, match="checked again"):  # another config: another marker
         modelinfo.weights_problem(cfg | {"rms_norm_eps": 1e-5}, open_checkpoint(tiny_llama))
+
+
+def test_a_lora_adapters_weights_are_said_to_be_an_adapters(tiny_llama):
+    """A PEFT folder (its adapter weights beside a base's config.json) was told to fix config.json."""
+    from backend.modelinfo import mismatch_message, weights_fit
+
+    config = json.loads((tiny_llama / "config.json").read_text())
+    names = [f"base_model.model.model.layers.{i}.self_attn.{p}_proj.lora_{ab}.weight"
+             for i in range(2) for p in "qv" for ab in "AB"]
+    said = mismatch_message(config, weights_fit(config, names))
+    assert said.endswith("these are a LoRA adapter's weights, not a model's. Merge the adapter into its base model "
+                         "(peft's merge_and_unload, then save_pretrained) and import the merged folder.")
