@@ -218,3 +218,30 @@ def test_the_upscaled_stage_says_it_is_made_from_the_base(tiny_llama):
 
     (plan,) = recipe.plan_text(text(smoke(tiny_llama)))
     assert _made_from(plan.node("upscaled").info) == "base"
+
+
+def test_a_recipe_whose_in_flight_stage_failed_since_its_plan_is_refused_before_any_row(tiny_llama):
+    """The plan adopted a queued stage's job; it failed before Run was clicked: runner.submit refused the stage
+    after it halfway through the loop, with some stages queued and the run's row written."""
+    from sqlmodel import select
+
+    from backend import recipe, runner
+    from backend.recipe.spec import RecipeError
+    from storage import db
+    from storage.models import RecipeRun
+    from tests.test_recipe import smoke, text
+
+    (first,) = recipe.plan_text(text(smoke(tiny_llama)))
+    recipe.submit(first)
+    (again,) = recipe.plan_text(text(smoke(tiny_llama)))
+    flying = [n for n in again.nodes if n.status == "in-flight"]
+    assert flying, [n.status for n in again.nodes]
+    runner._update(flying[0].job_id, status="failed", error="boom")
+    jobs_before = len(runner.list_jobs())
+    with db.session() as s:
+        runs_before = len(s.exec(select(RecipeRun)).all())
+    with pytest.raises(RecipeError, match=f"its job {flying[0].job_id} has failed since the plan was made"):
+        recipe.submit(again)
+    assert len(runner.list_jobs()) == jobs_before
+    with db.session() as s:
+        assert len(s.exec(select(RecipeRun)).all()) == runs_before

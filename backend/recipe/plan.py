@@ -303,6 +303,11 @@ def submit(p: Plan, text: str = "") -> int:
         runner.cancel(job_id, message="replaced: a rerun of its recipe makes this stage again")
     coming = {n.output for n in p.nodes if n.status == "run"}  # made by the stages queued here
     try:
+        for n in p.nodes:  # an in-flight stage whose job ended since the plan (its stages would be refused by
+            if n.status == "in-flight" and n.job_id is not None and (  # runner.submit halfway through this loop)
+                    job := runner.get(n.job_id)) is not None and job.status in ("failed", "cancelled", "interrupted"):
+                raise RecipeError(f"stage {n.stage}: its job {n.job_id} has {job.status} since the plan was made: "
+                                  "plan the recipe again (Run) to make it anew.")
         for n in p.nodes:  # a stage runner.submit (or the cluster) would refuse is refused before any row is written,
             if n.status == "run" and n.spec is not None:  # not halfway through the recipe's jobs
                 runner.check_before_queueing(n.spec, coming)
