@@ -215,7 +215,9 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
     import os
     from importlib.metadata import version
 
-    key = hashlib.sha256("\n".join((WEIGHTS_CHECK, version("transformers"), config_json, *names)).encode()).hexdigest()
+    config_key, names_key = _depth_free(json.loads(config_json), names)
+    key = hashlib.sha256("\n".join((WEIGHTS_CHECK, version("transformers"), config_key, *names_key)).encode()
+                         ).hexdigest()
     # storage.db.workspace()'s folder, not imported: sqlalchemy alone costs a page or a job more than the check
     marker = Path(os.environ.get("DUS_WORKSPACE", "workspace")).resolve() / ".cache" / "weights-fit" / key
     if marker.exists():
@@ -228,6 +230,19 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
         except OSError:  # a read-only workspace: checked again next time
             pass
     return problem
+
+
+def _depth_free(config: dict, names) -> tuple[str, list[str]]:
+    """The config and names as the check sees them whatever the depth: the layer count and per-layer lists left out
+    of the config, each layer's index out of its names. A fit does not depend on the depth (inspect_model has found
+    every layer alike and numbered 0..n-1 before asking), so a model up-scaled or merged from a checked one finds its
+    parent's marker: the check's first model build in a process imports torch and transformers' modeling code
+    (about 2 s of every up-scale job, which streams its tensors without them)."""
+    n = next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
+    kept = {k: v for k, v in config.items()
+            if k not in LAYER_COUNT_KEYS and not (isinstance(v, list) and n is not None and len(v) == n)}
+    shown = sorted({f"{m['prefix']}.N.{m['rest']}" if (m := _NUMBERED.match(x)) else x for x in names})
+    return json.dumps(kept, sort_keys=True), shown
 
 
 def _check_weights(config: dict, names: tuple[str, ...]) -> str | None:

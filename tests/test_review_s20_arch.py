@@ -159,6 +159,25 @@ def test_a_fit_found_once_is_not_checked_again_in_another_process(tiny_llama, wo
         modelinfo.weights_problem(cfg | {"rms_norm_eps": 1e-5}, open_checkpoint(tiny_llama))
 
 
+def test_a_model_up_scaled_from_a_checked_one_finds_its_marker(tiny_llama, workspace, tmp_path, monkeypatch):
+    """Every up-scale job's register built the model on the meta device: the first build in a process imports torch
+    and transformers' modeling code (about 2 s of a job that streams its tensors without them). A fit does not
+    depend on the depth: the up-scaled model of a checked one is not checked again."""
+    from backend import modelinfo
+    from backend.specs import UpscaleSpec
+    from backend.upscale import run_upscale
+
+    modelinfo._weights_problem.cache_clear()
+    inspect_model(tiny_llama)
+    modelinfo._weights_problem.cache_clear()
+    monkeypatch.setattr(modelinfo, "weights_fit", lambda *a: (_ for _ in ()).throw(AssertionError("checked again")))
+    out = Path(run_upscale(UpscaleSpec(base=str(tiny_llama), m=2, name="dus"))["path"])  # registers it: inspected
+    assert inspect_model(out).num_layers == 8
+    bert = _copy(tiny_llama, tmp_path / "bert", **BERT)  # another architecture over the same names: checked
+    with pytest.raises(AssertionError, match="checked again"):
+        inspect_model(bert)
+
+
 def test_a_lora_adapters_weights_are_said_to_be_an_adapters(tiny_llama):
     """A PEFT folder (its adapter weights beside a base's config.json) was told to fix config.json."""
     from backend.modelinfo import mismatch_message, weights_fit
