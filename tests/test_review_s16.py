@@ -78,8 +78,10 @@ def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):
     from backend import registry
     from tests.test_cli_runner import cli
 
-    registry.import_folder(tiny_llama, "a")
-    registry.register(tiny_llama, "b", "trained", parents=["a"])
+    import shutil
+
+    registry.import_folder(tiny_llama, "a")  # b in a folder of its own: two names of one folder are one model
+    registry.register(shutil.copytree(tiny_llama, tmp_path / "b"), "b", "trained", parents=["a"])
     r = cli("merge", "--models", "a", "b", "--out", str(tmp_path / "dus-merged"), "--queue")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("queued job 1 (merge -> a_b-average); a running worker picks it up")
