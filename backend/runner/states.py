@@ -33,14 +33,13 @@ def _ended_dependency(job, by_id: dict) -> str | None:
     """Why a queued job will not run as things stand: a job it waits for ended without succeeding. Its stored
     "waiting for job 4" read as if job 4 were still to come; the worker cancels it only when it next looks for work
     (_claim_next), which a worker busy with a long training job, or none at all, may not do for hours."""
-    for dep_id in _needs(job):
-        dep = by_id.get(dep_id) or get(dep_id)
-        if dep is None:
-            return f"will not run: job {dep_id} it waits for is gone; cancel it"
-        if dep.status in UNSUCCESSFUL:
-            return (f"will not run: job {dep_id} it waits for {dep.status}; resume job {dep_id} (python -m backend "
-                    f"jobs resume {dep_id}) to run this one after it, or cancel this one")
-    return None
+    if (ended := _ended_need(job, by_id)) is None:
+        return None
+    dep_id, dep = ended
+    if dep is None:
+        return f"will not run: job {dep_id} it waits for is gone; cancel it"
+    return (f"will not run: job {dep_id} it waits for {dep.status}; resume job {dep_id} (python -m backend "
+            f"jobs resume {dep_id}) to run this one after it, or cancel this one")
 
 
 def never_runs(job, seen: frozenset = frozenset()) -> bool:
@@ -98,10 +97,11 @@ def resume(job_id: int) -> Job:
     return get(job_id)
 
 
-def _ended_need(job) -> tuple[int, Job | None] | None:
-    """The first job `job` needs (after, needs) that ended without succeeding or is gone, with its row (None: gone)."""
+def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None:
+    """The first job `job` needs (after, needs) that ended without succeeding or is gone, with its row (None: gone);
+    `by_id`: rows already read."""
     for dep_id in _needs(job):
-        if (dep := get(dep_id)) is None or dep.status in UNSUCCESSFUL:
+        if (dep := (by_id or {}).get(dep_id) or get(dep_id)) is None or dep.status in UNSUCCESSFUL:
             return dep_id, dep
     return None
 
