@@ -4,7 +4,7 @@ its replies cut off by the token limit or empty — is left blank, not a 0 that 
 
 from __future__ import annotations
 
-from backend.scoretable import MOSTLY_CUT_OFF, QA_METRICS, value
+from backend.scoretable import QA_METRICS, too_few_answers, value
 
 
 def qa_rows(latest: dict, clean: bool = False) -> list[dict]:
@@ -21,7 +21,7 @@ def qa_rows(latest: dict, clean: bool = False) -> list[dict]:
             out.setdefault((model, task, kind), {"model": model, "task": task, "item kind": kind})[base] = (
                 round(v, 4) if v is not None else None)
     for row in out.values():  # as _task_cells: "0" read as the best rate for a model that never answered
-        if (row.get("cut_off_rate") or 0.0) + (row.get("empty_rate") or 0.0) > MOSTLY_CUT_OFF:
+        if too_few_answers(row.get("cut_off_rate"), row.get("empty_rate")):
             row["hallucination_rate"] = None
     order = {"all": 0, "answerable": 1, "unanswerable": 2, "math": 3}
     return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1], order.get(k[2], 9)))]
@@ -29,9 +29,9 @@ def qa_rows(latest: dict, clean: bool = False) -> list[dict]:
 
 def mostly_unanswered(latest: dict, model: str, task: str, metric: str) -> bool:
     """Whether `metric` is a hallucination rate (of all items or one kind, "hallucination_rate[math]") of a model
-    whose replies on that task (that kind) were over MOSTLY_CUT_OFF cut off or empty: a rate to leave blank."""
+    whose replies on that task (that kind) were mostly cut off or empty (too_few_answers): a rate to leave blank."""
     base, bracket, kind = metric.partition("[")
     if base != "hallucination_rate":
         return False
-    shares = (latest.get((model, task, f"{m}{bracket}{kind}")) for m in ("cut_off_rate", "empty_rate"))
-    return sum(r.value for r in shares if r is not None) > MOSTLY_CUT_OFF
+    rows = (latest.get((model, task, f"{m}{bracket}{kind}")) for m in ("cut_off_rate", "empty_rate"))
+    return too_few_answers(*(r.value if r is not None else None for r in rows))

@@ -249,7 +249,7 @@ def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping:
     hall = latest.get((r.model, task, "hallucination_rate"))
     if hall is not None:
         share, empty = _unanswered(latest, r.model, task, clean)
-        mostly_cut = (share or 0.0) + (empty or 0.0) > MOSTLY_CUT_OFF
+        mostly_cut = too_few_answers(share, empty)
         cells[f"{task} (hallucination)"] = None if mostly_cut else _rounded(value(hall, clean=clean))
         cells[f"{task} (hallucination) ±"] = None if mostly_cut else _rounded(stderr(latest, hall, clean))
         if (r.model, task, "cut_off_rate") in latest:
@@ -263,6 +263,12 @@ def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping:
 
 # a task's cells after its headline
 TASK_CELLS = ("(hallucination)", "(hallucination) ±", "(cut off)", "(empty)", "(training overlap)")
+
+
+def too_few_answers(cut: float | None, empty: float | None) -> bool:
+    """Whether replies cut off by the token limit and empty ones (their shares; None: not stored) leave too few
+    answers for a hallucination rate: over MOSTLY_CUT_OFF, its 0 would read as the best. One rule for every table."""
+    return (cut or 0.0) + (empty or 0.0) > MOSTLY_CUT_OFF
 
 
 def _unanswered(latest: dict, model: str, task: str, clean: bool) -> tuple[float | None, float | None]:
@@ -361,7 +367,7 @@ def cut_off_note(latest: dict, clean: bool = False) -> str:
     mostly, shares = [], {(m, t): _unanswered(latest, m, t, clean) for m, t, metric in latest
                           if metric in ("cut_off_rate", "empty_rate")}
     for (model, task), (cut, empty) in sorted(shares.items()):
-        if (cut or 0.0) + (empty or 0.0) > MOSTLY_CUT_OFF:
+        if too_few_answers(cut, empty):
             mostly.append((f"{task} for {model} (" + ", ".join(f"{v:.0%} {what}" for v, what in (
                 (cut, "cut off"), (empty, "empty")) if v) + ")", bool(empty)))
     if not mostly:
