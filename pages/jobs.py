@@ -10,6 +10,7 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
+from backend.runner.messages import will_fail
 from pages.common import MISSING, job_said, job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
 
@@ -81,8 +82,8 @@ def job_table(listed: list[int]) -> None:
     # "waiting for job 8" and failed only when its turn came: said here, beside the table, while it can be mended
     making = runner.made_by(active)  # once for the page: each queued job's check scanned every active job
     for j in jobs:
-        if j.status == "queued" and (gone := runner.inputs_gone(j, active, making)):
-            st.warning(f"Job {j.id} will fail when it runs: {gone}. Cancel it, or make it again before it runs.")
+        if warning := will_fail(j, active, making):  # `jobs list` prints the same words
+            st.warning(warning)
 
 
 jobs = runner.list_jobs(shown or None)

@@ -19,12 +19,18 @@ from backend.specs import TRAIN_KINDS
 def cmd_jobs(a) -> None:
     from backend import runner
 
+    from backend.runner.messages import will_fail
+
     if a.action == "list":
         alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
         jobs = runner.list_jobs(a.limit or None, kinds=a.kind, statuses=a.status)
+        # a queued job whose model or data was deleted since it was queued: the Jobs page's warning, in its words
+        making = runner.made_by(active)
+        fails = {j.id: said for j in jobs if (said := will_fail(j, active, making))}
         if a.json:
             return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
-                                 "message": runner.job_message(j, active, alive), "error": j.error,
+                                 "message": runner.job_message(j, active, alive), "will_fail": fails.get(j.id),
+                                 "error": j.error,
                                  "name": j.spec.get("name"), "output": runner.job_output(j),
                                  "result": j.result, "after": j.after, "needs": j.needs or [],
                                  "waits": j.waits or [], "created": j.created, "started": j.started,
@@ -36,6 +42,8 @@ def cmd_jobs(a) -> None:
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
                   f"{output if len(output) <= 24 else output[:23] + '…':24} "
                   f"{said if len(said) <= 60 else said[:59] + '…'}")
+        for said in fails.values():  # after the table, not cut at 60 characters: the reason is the point
+            print(f"warning: {said}", file=sys.stderr)
         if cut:
             print("a name or message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
     elif a.action == "show":
@@ -175,6 +183,7 @@ def job_details(job_id: int) -> str:
     import yaml
 
     from backend import runner
+    from backend.runner.messages import will_fail
 
     job = runner.get(job_id)
     if job is None:
@@ -187,6 +196,7 @@ def job_details(job_id: int) -> str:
              f"created: {job.created:%Y-%m-%d %H:%M:%S}  started: {_when(job.started)}  finished: "
              f"{_when(job.finished)}{ran}"]
     lines += [f"waits for jobs: {', '.join(map(str, waits))}"] if waits else []
+    lines += [f"warning: {said}"] if (said := will_fail(job)) else []
     lines += [f"host: {job.host}"] if job.host else []
     lines += ["result:", yaml.safe_dump(job.result, sort_keys=False, allow_unicode=True).rstrip()] if job.result else []
     spec = {"kind": job.spec.get("kind", job.kind), **job.spec}

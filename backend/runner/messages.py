@@ -7,7 +7,7 @@ from pathlib import Path
 
 from backend.cluster import ray_jobs
 from backend.runner.hosts import BEAT_STALE, _age, _beat_ages, _local_run_alive, _utc, host_id, worker_alive
-from backend.runner.queue import WAITING, active_jobs
+from backend.runner.queue import WAITING, active_jobs, inputs_gone
 from backend.runner.states import _ended_dependency, _waits_on_a_job
 from backend.specs import TRAIN_KINDS
 from storage import db
@@ -46,6 +46,15 @@ def job_message(job, active: list | None = None, alive: bool | None = None) -> s
             else "queued: the worker starts it next" if not ahead else "queued")
     return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
                    "first" if ahead else "")
+
+
+def will_fail(job, active: list | None = None, making: set[str] | None = None) -> str | None:
+    """The warning for a queued job whose model or data is gone since it was queued (queue.inputs_gone), in the words
+    the Jobs page and `jobs list` both print: the CLI listed such a job as "waiting for job 8" until it failed when
+    its turn came. None for any other job."""
+    if job.status != "queued" or not (gone := inputs_gone(job, active, making)):
+        return None
+    return f"Job {job.id} will fail when it runs: {gone}. Cancel it, or make it again before it runs."
 
 
 def _unwatched(job) -> str | None:
