@@ -219,7 +219,10 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
     key = hashlib.sha256("\n".join((WEIGHTS_CHECK, version("transformers"), config_key, *names_key)).encode()
                          ).hexdigest()
     # storage.db.workspace()'s folder, not imported: sqlalchemy alone costs a page or a job more than the check
-    marker = Path(os.environ.get("DUS_WORKSPACE", "workspace")).resolve() / ".cache" / "weights-fit" / key
+    fits = Path(os.environ.get("DUS_WORKSPACE", "workspace")).resolve() / ".cache" / "weights-fit"
+    # one folder per check and transformers version (both are in the key too): a marker of another can never be
+    # found again, so those folders are what _sweep removes
+    marker = fits / f"{WEIGHTS_CHECK}-{version('transformers')}" / key
     if marker.exists():
         return None
     problem = _check_weights(json.loads(config_json), names)
@@ -229,7 +232,33 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
             marker.touch()
         except OSError:  # a read-only workspace: checked again next time
             pass
+        else:
+            _sweep(fits, marker.parent.name)
     return problem
+
+
+SWEEP_AFTER_S = 7 * 86400  # another version's markers unwritten this long: its workspace's workers upgraded
+
+
+def _sweep(fits: Path, current: str) -> None:
+    """Remove the markers of other checks and transformers versions (and the flat files of the first layout) that no
+    process has added to in SWEEP_AFTER_S: markers are one empty file per model family checked (a model up-scaled,
+    merged or trained from a checked one shares it), but each upgrade of transformers left every one of them
+    behind, never to be read again. Run only after a check that built a model (60 ms and up): a hit costs one
+    `exists` as before. Machines sharing a workspace on different versions each keep their own (both write)."""
+    import shutil
+    import time
+
+    cutoff = time.time() - SWEEP_AFTER_S
+    try:
+        old = [p for p in fits.iterdir() if p.name != current and p.stat().st_mtime < cutoff]
+    except OSError:
+        return
+    for p in old:
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:  # another process swept it first, or a read-only entry: the next sweep tries again
+            pass
 
 
 def _depth_free(config: dict, names) -> tuple[str, list[str]]:
