@@ -129,10 +129,16 @@ def multiple_choice(tok, model, rows: list[dict]) -> dict:
 
 
 def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: bool = False, seed: int = 0,
-             batch_size: int = 8) -> list[tuple[str, int, bool]]:
+             batch_size: int = 8, notes: list[str] | None = None) -> list[tuple[str, int, bool]]:
     """(text, new tokens, cut off) per user message, chat-formatted, batched with left padding. Prompts are batched
     in length order (less padding) and returned in the order given. Cut off: the reply used all max_new_tokens and
     its last token is no end of sequence (the model was stopped, it did not stop).
+
+    No reply runs past the positions the model reads (context_length), as in lm-eval's HFLM generate_until: a prompt
+    longer than the positions less max_new_tokens is cut from the left (its end, the question, kept), and
+    max_new_tokens at or past the positions is refused (lm-eval asserts it). Said before generating (the job's log)
+    and in `notes`. Run on, a Llama read positions it was never trained on with only transformers' logged "friendly
+    reminder", and a GPT-2 failed with "IndexError: index out of range in self".
 
     A model without a chat template reads a transcript ("user: …\nassistant:") with no end-of-turn token: it stops
     where it starts the next turn (chat.TRANSCRIPT_STOPS, as lm-eval's `until` strings stop a generation), and the
@@ -152,10 +158,23 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     if stops:
         kwargs |= {"stop_strings": list(stops), "tokenizer": tok}
     ends = _end_ids(model, tok)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        batch = encode(tok, [chats[j] for j in idx], return_tensors="pt", padding=True)
-        batch = batch.to(model.device)
+    limit = context_length(tok, model)
+    if max_new_tokens >= limit:
+        raise EvalError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt: the model reads {limit} "
+                        f"positions (its max_position_embeddings), prompt and reply together. Lower max new tokens "
+                        f"below {limit}.")
+    keep = limit - max_new_tokens  # prompt tokens that leave every reply its max_new_tokens
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    encoded = [encode(tok, [chats[j] for j in idx], return_tensors="pt", padding=True) for idx in batches]
+    if (long := sum(int((b["attention_mask"].sum(1) > keep).sum()) for b in encoded)) and notes is not None:
+        said = (f"{long} of {len(prompts)} prompts are longer than the {keep} tokens that leave max_new_tokens "
+                f"{max_new_tokens} in the {limit} positions the model reads (its max_position_embeddings): they were "
+                "cut from the left, as lm-eval cuts them, and the model read only their last "
+                f"{keep} tokens. Lower max new tokens, or evaluate a model with a longer context.")
+        print(f"warning: {said}", flush=True)  # the job's log, before the replies
+        notes.append(said)
+    for idx, batch in zip(batches, encoded):
+        batch = {k: v[:, -keep:].to(model.device) for k, v in batch.items()}  # left padding: the ends are the text
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
@@ -184,10 +203,12 @@ def _answer_scores(gens: list[Generation]) -> dict:
 
 
 def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, task: str, model_name: str,
-                job_id: int | None, *, batch_size: int = 8) -> tuple[dict, list[Generation]]:
-    """Generate answers to (id, question, reference answer) math items; score, label, keep every generation."""
+                job_id: int | None, *, batch_size: int = 8, notes: list[str] | None = None
+                ) -> tuple[dict, list[Generation]]:
+    """Generate answers to (id, question, reference answer) math items; score, label, keep every generation.
+    `notes`: generate's words on prompts cut to fit the model's positions."""
     prompts = [f"{SYSTEM_HINT}\n\n{q}" for _, q, _ in items]
-    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size)
+    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size, notes=notes)
     samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size)
                for s in range(spec.samples - 1)] if spec.samples > 1 else []
     gens = []
@@ -206,7 +227,9 @@ def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, t
 
 def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name: str, job_id: int | None, *,
             batch_size: int = 8, judge: qa.Judge | None = None) -> tuple[dict, list[Generation], dict]:
-    outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size)
+    notes: list[str] = []
+    outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size,
+                       notes=notes)
     rules = [qa.classify(text, it["answers"], it["kind"], truncated=cut) for it, (text, _, cut) in zip(items, outputs)]
     judged = judge.grade(items, [t for t, _, _ in outputs]) if judge else None
     verdicts = [qa.unless_cut_off(v, text, it["kind"], cut) for v, it, (text, _, cut) in zip(judged, items, outputs)
@@ -218,7 +241,8 @@ def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name
                        truncated=cut, verdict=v, item_kind=it["kind"], judge_verdict=judged[j] if asked[j] else "",
                        **qa.flags(v))
             for j, (it, (text, n_tok, cut), v) in enumerate(zip(items, outputs, verdicts))]
-    extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules"}
+    extra = {"graded_by": f"judge {judge.model} at {judge.base_url}" if judge else "rules",
+             **({"context": " ".join(notes)} if notes else {})}
     if judged and any(asked):  # over the replies the judge saw (a blank one's "empty" agrees by construction)
         pairs = [(a, b) for a, b, k in zip(judged, rules, asked) if k]
         extra["judge_agrees_with_rules"] = sum(a == b for a, b in pairs) / len(pairs)
@@ -241,8 +265,12 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
         per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
         return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {"tokens": sum(x[1] for x in per)}
     if ts.kind in ("synth-math", "gsm8k"):
-        scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch)
-        return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, {}
+        notes: list[str] = []
+        scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
+                                   notes=notes)
+        # stored in the scores' details (`scores --json`), beside the settings it changed
+        return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, (
+            {"context": " ".join(notes)} if notes else {})
     if ts.kind == "qa":
         scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
                                       judge=judge)
