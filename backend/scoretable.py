@@ -477,8 +477,35 @@ def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str
     has_errors = any(v is not None for r in rows for c, v in r.items() if c.endswith(" ±"))
     notes = [items_note(primary, clean), "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
              zero_error_note(latest, rows, clean), average_note(primary, clean), cut_off_note(latest, clean),
-             overlap_note(primary)]
+             overlap_note(primary), huge_note(rows)]
     return [n for n in notes if n]
+
+
+HUGE = 1e6  # a score from here up is written as "3.2e17": a perplexity of an up-scaled or random model before training
+
+
+def number_text(v: float) -> str | float:
+    """A score as every printed table writes it: "3.2e17" for one of HUGE or more (the digits that mean anything;
+    "3.2e+17" or "320000000000000000" read as noise in a column of 12.3456), "∞" for an infinite one (the loss
+    overflowed exp: no token got a probability that counts); others as they were (the float). The stored value is
+    exact: Export CSV and `scores --json` keep it."""
+    if not isinstance(v, float) or math.isnan(v) or abs(v) < HUGE:
+        return v
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    mantissa, _, power = f"{v:.1e}".partition("e")
+    return f"{mantissa.removesuffix('.0')}e{int(power)}"
+
+
+def huge_note(rows: list[dict]) -> str:
+    """What "3.2e17" and "∞" in the table mean, when a cell holds one."""
+    shown = sorted({number_text(v) for r in rows for v in r.values() if isinstance(v, float) and abs(v) >= HUGE})
+    powers = [x for x in shown if "e" in x]
+    said = [f"{powers[0]} is {powers[0].replace('e', ' × 10^')}: scores of a million or more are written so"] if (
+        powers) else []
+    said += ["∞: an infinite score (a perplexity whose mean loss overflowed: the model gives the text's tokens no "
+             "probability that counts, as an untrained or broken one does)"] if len(powers) < len(shown) else []
+    return "; ".join(said) + ". Export CSV and `scores --format csv` hold the exact values." if said else ""
 
 
 def export_table(rows: list[dict]) -> Table:
@@ -488,5 +515,5 @@ def export_table(rows: list[dict]) -> Table:
 
     def cell(row: dict, c: str):
         se = row.get(f"{c} ±")
-        return f"{row[c]:.4f} ± {se:.4f}" if se is not None and row[c] is not None else row[c]
+        return f"{row[c]:.4f} ± {se:.4f}" if se is not None and row[c] is not None else number_text(row[c])
     return Table("scores", "Models × tasks", cols, [[cell(r, c) for c in cols] for r in rows])
