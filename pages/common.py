@@ -249,8 +249,8 @@ def job_status(job_id: int) -> None:
                 st.caption(stale_progress(job))
             else:
                 st.progress(min(max(job.progress, 0.0), 1.0), text=label)
-            if job.status == "queued" and (gone := runner.inputs_gone(job)):  # deleted since it was queued
-                st.warning(f"It will fail when it runs: {gone}. Cancel it, or make it again before it runs.")
+            if warning := runner.will_fail(job):  # its model or data deleted since it was queued
+                st.warning(warning)
             if st.button("Cancel", key=f"cancel_{job.id}"):
                 runner.cancel(job.id)
                 st.rerun()

@@ -33,8 +33,12 @@ def score_table(df: pd.DataFrame, key: str) -> None:
                                                   "score of 0 or 1 it reads 0, which is no certainty: 0 of n items "
                                                   "still allows a true rate up to about 3/n (the rule of three).")
               for c in shown.columns if c.endswith(" ±")}
+    # a perplexity of 3.2e17 (an up-scaled model before training) printed all 18 digits: such a column in
+    # scientific notation, as the printed tables write it (scoretable.number_text; the note under the table says so)
+    huge = {c: st.column_config.NumberColumn(format="scientific") for c in shown.columns
+            if c not in errors and pd.api.types.is_float_dtype(shown[c]) and (shown[c].abs() >= scoretable.HUGE).any()}
     st.dataframe(shown, hide_index=True, key=key, placeholder=MISSING, column_config={
-        **errors,
+        **errors, **huge,
         "model": st.column_config.TextColumn(pinned=True, width=name_width(shown["model"]),
                                              help=f"Names over {NAME_CHARS} characters are cut in the middle; Export "
                                              "CSV has them whole."),

@@ -10,7 +10,6 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
-from backend.runner.messages import will_fail
 from pages.common import MISSING, job_said, job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
 
@@ -82,7 +81,7 @@ def job_table(listed: list[int]) -> None:
     # "waiting for job 8" and failed only when its turn came: said here, beside the table, while it can be mended
     making = runner.made_by(active)  # once for the page: each queued job's check scanned every active job
     for j in jobs:
-        if warning := will_fail(j, active, making):  # `jobs list` prints the same words
+        if warning := runner.will_fail(j, active, making):  # `jobs list` prints the same words
             st.warning(warning)
 
 

@@ -159,8 +159,8 @@ def test_a_queued_job_whose_model_or_data_file_was_deleted_says_it_will_fail(tin
         f"Job {j.id} will fail when it runs: its model tiny is gone (deleted since it was queued). Cancel it, or "
         "make it again before it runs." for j in (train, first)]  # not the evaluation, nor f-sft
     at.selectbox(key="job").set_value(train.id).run()  # its status box too
-    assert ("It will fail when it runs: its model tiny is gone (deleted since it was queued). Cancel it, or make it "
-            "again before it runs.") in [w.value for w in at.warning]
+    assert (f"Job {train.id} will fail when it runs: its model tiny is gone (deleted since it was queued). Cancel it, "
+            "or make it again before it runs.") in [w.value for w in at.warning]
     assert runner.inputs_gone(runner.get(scores.id)) is None  # it leaves a missing model out
     assert runner.inputs_gone(runner.get(on_made.id)) is None  # a queued job makes its model
     assert runner.inputs_gone(runner.get(train.id)) == "its model tiny is gone (deleted since it was queued)"

@@ -39,13 +39,16 @@ def cmd_eval(a) -> None:
     before = _last_score_id()
     _run_or_queue(spec, a)
     notes: dict[str, None] = {}
+    from backend import scoretable
     from backend.evaluate import stored_name
 
     rows = _scores_since(before, [stored_name(m) for m in a.models])  # a folder's scores are stored under its name
     width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
     for r in rows:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
-        print(f"{r.model:{width}} {r.task:28} {r.metric:28} {r.value:10.4f}  (n={r.n}){over}")
+        value = scoretable.number_text(r.value)  # a perplexity of 3.2e17 printed its 18 digits
+        value = f"{value:>10}" if isinstance(value, str) else f"{value:10.4f}"
+        print(f"{r.model:{width}} {r.task:28} {r.metric:28} {value}  (n={r.n}){over}")
         overlap = (r.details or {}).get("overlap") or {}
         # a note names the model of the lineage it is about ("tiny: base model, …"): once, for the model itself
         notes.update(dict.fromkeys(n if n.startswith(f"{r.model}: ") else f"{r.model}: {n}"

@@ -19,14 +19,12 @@ from backend.specs import TRAIN_KINDS
 def cmd_jobs(a) -> None:
     from backend import runner
 
-    from backend.runner.messages import will_fail
-
     if a.action == "list":
         alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
         jobs = runner.list_jobs(a.limit or None, kinds=a.kind, statuses=a.status)
         # a queued job whose model or data was deleted since it was queued: the Jobs page's warning, in its words
         making = runner.made_by(active)
-        fails = {j.id: said for j in jobs if (said := will_fail(j, active, making))}
+        fails = {j.id: said for j in jobs if (said := runner.will_fail(j, active, making))}
         if a.json:
             return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
                                  "message": runner.job_message(j, active, alive), "will_fail": fails.get(j.id),
@@ -183,7 +181,6 @@ def job_details(job_id: int) -> str:
     import yaml
 
     from backend import runner
-    from backend.runner.messages import will_fail
 
     job = runner.get(job_id)
     if job is None:
@@ -196,7 +193,7 @@ def job_details(job_id: int) -> str:
              f"created: {job.created:%Y-%m-%d %H:%M:%S}  started: {_when(job.started)}  finished: "
              f"{_when(job.finished)}{ran}"]
     lines += [f"waits for jobs: {', '.join(map(str, waits))}"] if waits else []
-    lines += [f"warning: {said}"] if (said := will_fail(job)) else []
+    lines += [f"warning: {said}"] if (said := runner.will_fail(job)) else []
     lines += [f"host: {job.host}"] if job.host else []
     lines += ["result:", yaml.safe_dump(job.result, sort_keys=False, allow_unicode=True).rstrip()] if job.result else []
     spec = {"kind": job.spec.get("kind", job.kind), **job.spec}

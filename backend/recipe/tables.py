@@ -186,7 +186,12 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
 def _cell(v: Any) -> str:
     if v is None:
         return ""
-    return f"{v:.6g}" if isinstance(v, float) else str(v)  # 4 digits made 309.7419 and 309.7168 both "309.7"
+    if not isinstance(v, float):
+        return str(v)
+    from backend.scoretable import number_text  # scoretable imports this module's Table
+
+    shown = number_text(v)  # "3.2e17", "∞": as the models × tasks table writes them
+    return shown if isinstance(shown, str) else f"{v:.6g}"  # 4 digits made 309.7419 and 309.7168 both "309.7"
 
 
 def to_markdown(t: Table) -> str:
@@ -206,8 +211,9 @@ def to_csv(t: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "✓": r"\checkmark", "—": "---",
-        "–": "--", "±": r"$\pm$", "×": r"$\times$", "⚠": r"\textbf{!}"}  # ± and × in plain pdflatex too (a
-# score's "0.25 ± 0.10"), and the overlap badge's ⚠ (scoretable.badge)
+        "–": "--", "±": r"$\pm$", "×": r"$\times$", "⚠": r"\textbf{!}",
+        "∞": r"$\infty$"}  # ± and × in plain pdflatex too (a score's "0.25 ± 0.10"), the overlap badge's ⚠
+# (scoretable.badge) and an infinite perplexity's ∞ (scoretable.number_text)
 
 
 def _tex(v: Any) -> str:
