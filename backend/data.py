@@ -18,7 +18,7 @@ from pathlib import Path
 # The layouts, each row's check and conversion (data_rows) and the reading of local files (data_files) live beside
 # this module; every name the rest of the studio uses is imported from here.
 from backend.data_files import (_csv_extra_fields, _csv_options, _paragraphs, _quiet_loader, _unreadable,  # noqa: F401
-                                _unusable_text, json_lines_copy, json_reason, utf8_copy)
+                                _unusable_text, json_lines_copy, json_reason, text_keys, too_deep_json, utf8_copy)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
                                rows_keys, to_prompt_completion, wrapper_problem)
@@ -148,7 +148,10 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         if (loader := LOADERS.get(path.suffix.lower())) is None:  # `x.JSONL` too: Windows and Excel write such
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
         with utf8_copy(path) as (readable, tmp):  # a UTF-16 file (Excel's "Unicode Text") read from a UTF-8 copy
-            ds = _read_file(readable, loader, sample_by, tmp)
+            try:
+                ds = _read_file(readable, loader, sample_by, tmp)
+            except RecursionError:  # Python's json on a document nested ~1,000 deep over many lines (file_rows_value)
+                raise DataError(too_deep_json(readable) or f"{_shown(source)}: nested too deeply to read.") from None
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
@@ -195,9 +198,12 @@ def _read_file(path: Path, loader: str, sample_by: str, tmp: Path | None):
     keys = rows_keys(wrapper) if wrapper is not None else []
     if wrapper is not None and (problem := wrapper_problem(wrapper, shown_name(path))):
         raise DataError(problem)
-    if len(keys) > 1:  # {"data": [rows]} is read as its rows; which of several lists holds them is the user's to say
-        raise DataError(f"{shown_name(path)} holds one JSON object whose keys {', '.join(keys)} each hold a list of "
-                        "objects: save the list of rows alone as a .json array (or JSON Lines).")
+    texts = text_keys(wrapper) if wrapper is not None and not keys else []  # {"data": ["text", …]}: a text column
+    if len(keys) > 1 or len(texts) > 1:  # {"data": [rows]} is read as its rows; which of several lists is the user's
+        raise DataError(f"{shown_name(path)} holds one JSON object whose keys {', '.join(keys or texts)} each hold a "
+                        f"list of {'objects' if keys else 'texts'}: save the list of rows alone as a .json array (or "
+                        "JSON Lines).")
+    keys = keys or texts
     if keys:
         with json_lines_copy(path, keys[0]) as (rows_file, rows_tmp):
             try:

@@ -108,9 +108,80 @@ def _unusable_text(path: Path) -> str | None:
     if _only_blank(path):
         return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
     if bad := _first_non_utf8(path):
+        if bad[2] == 0:  # UTF-8 allows it, but no text holds it: a UTF-16 file without its mark trained on as text
+            return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: a NUL byte (0x00), which no text holds: a "
+                    "UTF-16 or UTF-32 file without its byte-order mark, or no text file at all. Save it as UTF-8.")
         return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
                 "as UTF-8.")
+    if path.suffix.lower() in (".json", ".jsonl") and (deep := _deep_json_line(path)):
+        return _too_deep(path, *deep)
     return None
+
+
+# Arrow, where `datasets` keeps the rows, nests at most 64 levels, its table's own among them: a row nested 64 deep
+# is refused ("Recursion level in ArrowSchema struct exceeded"), and pyarrow's JSON reader, which reads a line at a
+# time, crashed the whole process (a segmentation fault, the app's server with it) on a line some 15,000 deep
+MAX_ROW_DEPTH = 63
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _nesting(text: bytes, depth: int = 0) -> tuple[int, int]:
+    """(deepest, depth at its end) of JSON text `text` entered at `depth`: its arrays and objects inside each other,
+    those written inside strings left out (no string spans two lines: JSON escapes a newline)."""
+    import numpy as np
+
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # an escaped backslash, then an escaped quote
+    if b'"' in text:
+        text = b"".join(text.split(b'"')[0::2])
+    brackets = np.frombuffer(text.translate(None, _NOT_BRACKET), np.uint8)
+    if not len(brackets):
+        return depth, depth
+    run = depth + np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1))
+    run -= np.minimum(np.minimum.accumulate(run), 0)  # a closer too many (not JSON) opens no level below 0
+    return max(depth, int(run.max())), int(run[-1])
+
+
+def _deep_json_line(path: Path) -> tuple[int, int] | None:
+    """(line, depth) of the first line of a JSON file nested deeper than a row can be (a .json array's bracket
+    besides), or None; the line pyarrow would crash on. A line opening no more arrays and objects than that (its
+    brackets counted, strings and all) is not scanned: about 0.1 s for 100k rows. A .json array is left to
+    its reader: `datasets` reads one through pandas' JSON parser, which stops at 1,024 levels (a ValueError that
+    _unreadable words), then hands pyarrow a line per row."""
+    with open(path, "rb") as f:
+        if path.suffix.lower() == ".json" and f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
+            return None
+        f.seek(0)
+        for n, line in enumerate(f, 1):
+            if line.count(b"[") + line.count(b"{") > MAX_ROW_DEPTH + 1 and \
+                    (deepest := _nesting(line)[0]) > MAX_ROW_DEPTH + 1:
+                return n, deepest
+    return None
+
+
+def _deepest_json(path: Path) -> tuple[int, int] | None:
+    """(the line where it first goes deeper than a row can be, its deepest) of a JSON file whose lines, read as one
+    document, nest so deep, else None: why a reader failed on it (_unreadable, load_source's RecursionError)."""
+    depth, deepest, first = 0, 0, None
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            most, depth = _nesting(line, depth)
+            deepest = max(deepest, most)
+            first = first or (n if most > MAX_ROW_DEPTH else None)
+    return (first, deepest) if first else None
+
+
+def _too_deep(path: Path, line: int, depth: int) -> str:
+    from backend.uploads import shown_name
+
+    return (f"{shown_name(path)}, line {line}: JSON nested {depth:,} levels deep (arrays and objects inside each "
+            f"other); a row can nest at most {MAX_ROW_DEPTH} (the limit of Arrow, where `datasets` keeps the rows). "
+            "Flatten the rows, or save a deep value as JSON text (a string).")
+
+
+def too_deep_json(path: Path) -> str | None:
+    """_too_deep's words for a JSON file nested deeper than a row can be, or None."""
+    return _too_deep(path, *deep) if (deep := _deepest_json(path)) else None
 
 
 # Byte-order marks of the UTF-16 and UTF-32 files that Excel ("Unicode Text"), Windows Notepad ("Unicode") and
@@ -120,21 +191,41 @@ _UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"
 
 
 def unicode_encoding(path: Path) -> str | None:
-    """'utf-16' or 'utf-32' for a text file that opens with that byte-order mark, else None (UTF-8, with its mark
-    or without, and any file of another kind)."""
+    """'utf-16' or 'utf-32' for a text file that opens with that byte-order mark, 'utf-16-le' or 'utf-16-be' for one
+    without a mark whose first KiB reads as UTF-16 (_unmarked_utf16), else None (UTF-8, with its mark or without,
+    and any file of another kind)."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    return next((name for bom, name in _UNICODE_BOMS if head.startswith(bom)), None)
+        head = f.read(1024)
+    return next((name for bom, name in _UNICODE_BOMS if head.startswith(bom)), None) or _unmarked_utf16(head)
+
+
+def _unmarked_utf16(head: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' when the first bytes of a file are UTF-16 without a byte-order mark (some Windows
+    tools write it so), else None. Its Latin letters, digits, spaces and newlines are a byte and a NUL: a quarter of
+    the high bytes NUL and no low byte NUL says UTF-16, as no UTF-8 text holds a NUL (a binary file holds them at
+    both places), and the bytes must then decode. Read as UTF-8 it was text with a NUL after every letter, trained
+    on as it was, or "not valid JSON" on its first line."""
+    pairs = len(head) // 2
+    for name, low, high in (("utf-16-le", head[0:2 * pairs:2], head[1:2 * pairs:2]),
+                            ("utf-16-be", head[1:2 * pairs:2], head[0:2 * pairs:2])):
+        if pairs >= 2 and not low.count(0) and high.count(0) * 4 >= pairs:
+            try:
+                codecs.getincrementaldecoder(name)().decode(head[:2 * pairs])  # a pair cut at 1 KiB is no fault
+            except UnicodeDecodeError:
+                return None
+            return name
+    return None
 
 
 @contextmanager
 def utf8_copy(path: Path):
     """The file `datasets` should read for local text file `path`: itself, or for a UTF-16 / UTF-32 file (with its
-    byte-order mark) a UTF-8 copy under the same shown name in a temporary folder, removed afterwards. `datasets`'
-    loaders take an `encoding`, but its JSON reader decodes a chunk at a time after cutting it at a newline byte (a
-    UTF-16 line ends in 0A 00: the next chunk began mid-character) and checks for a `[` before decoding; such files
-    were refused as "not UTF-8 (byte 0xff)". The user's file is only read. Yields (file to read, temporary folder or
-    None): a load of the copy caches there, not beside the cache of every other data set."""
+    byte-order mark, or UTF-16 without one: unicode_encoding) a UTF-8 copy under the same shown name in a temporary
+    folder, removed afterwards. `datasets`' loaders take an `encoding`, but its JSON reader decodes a chunk at a time
+    after cutting it at a newline byte (a UTF-16 line ends in 0A 00: the next chunk began mid-character) and checks
+    for a `[` before decoding; such files were refused as "not UTF-8 (byte 0xff)". The user's file is only read.
+    Yields (file to read, temporary folder or None): a load of the copy caches there, not beside the cache of every
+    other data set."""
     from backend.data_rows import DataError
     from backend.uploads import shown_name
     from storage import db
@@ -151,7 +242,8 @@ def utf8_copy(path: Path):
                                                                          newline="") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except UnicodeDecodeError as exc:
-            raise DataError(f"{shown_name(path)} opens as {encoding.upper()} (its byte-order mark) but is not "
+            how = "its byte-order mark" if encoding in ("utf-16", "utf-32") else "no byte-order mark; its first KiB"
+            raise DataError(f"{shown_name(path)} opens as {encoding.upper()} ({how}) but is not "
                             f"{encoding.upper()} throughout ({exc.reason}): save it as UTF-8.") from None
         yield copy, tmp
     finally:
@@ -163,7 +255,8 @@ def json_lines_copy(path: Path, key: str):
     """(a JSON Lines copy of the rows that JSON file `path` wraps under `key` (data_rows.rows_keys), its temporary
     folder), both named and removed as utf8_copy's. `datasets`' own `field=KEY` reads the rows through pandas, which
     failed on a column of mixed types ("Expected bytes, got a 'int' object") that a JSON Lines file keeps as
-    `datasets`' Json type, for the row checks to name the row (data_rows._json_records reads them from the file)."""
+    `datasets`' Json type, for the row checks to name the row (data_rows._json_records reads them from the file).
+    An item that is a text (text_keys) is a row of a `text` column, as `field=` reads it."""
     import json
 
     from backend.uploads import shown_name
@@ -172,13 +265,29 @@ def json_lines_copy(path: Path, key: str):
     tmp = db.new_tmp("rows")
     try:
         copy = tmp / shown_name(path)
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding=unicode_encoding(path) or "utf-8-sig") as f:
             records = json.load(f)[key]
         with open(copy, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            f.writelines(json.dumps(r if isinstance(r, dict) else {"text": r}, ensure_ascii=False) + "\n"
+                         for r in records)
         yield copy, tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def text_keys(obj: dict) -> list[str]:
+    """The keys of a JSON object that wraps a list of texts (`{"data": ["text one", "text two"]}`), read as rows of a
+    `text` column as `datasets` reads both a .json array of texts and such a list under `field=KEY`: the object's
+    keys that hold a non-empty list of strings, when each of its values is a list or an object (a row has a text
+    field: `{"question": "q", "tags": ["a"]}` is one row) and its keys fit no layout (`{"messages": ["hi"]}` is a row
+    whose turns are wrong). It was one row of a `data` column ("Columns ['data'] fit no layout").
+    data_rows.rows_keys finds the lists of objects, looked for first."""
+    from backend.data_rows import LAYOUTS
+
+    if not obj or not all(isinstance(v, (list, dict)) for v in obj.values()) or any(
+            required <= obj.keys() for required, _ in LAYOUTS.values()):
+        return []
+    return [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, str) for x in v)]
 
 
 def _parquet_rows(path: Path) -> int | None:
@@ -211,6 +320,8 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
     if "corresponds to no data" in str(exc):  # `datasets`' words ('Instruction "train" corresponds to no data!')
         what = {"csv": "a header line but no rows", "json": "no rows: an empty array, or only empty objects {}"}
         return f"Data file {name} holds {what.get(loader, 'no rows')}. Add rows to it, or choose another file."
+    if loader == "json" and _nested_too_deep(exc) and (deep := too_deep_json(path)):
+        return deep  # json.load below would recurse as deep
     if loader == "json" and (bad := _first_bad_json_line(path)):
         line, column, what = bad
         shape = ("A .json file holds one JSON array of objects, or one object per line"
@@ -223,15 +334,30 @@ def _unreadable(path: Path, loader: str, exc: Exception) -> str:
     return f"Could not read {name} as {loader.upper()}: {why}"
 
 
+def _nested_too_deep(exc: BaseException) -> bool:
+    """Whether a reader failed for nesting: Arrow's "Recursion level in ArrowSchema struct exceeded", pandas' JSON
+    reader's "Reached object decoding depth limit", Python's RecursionError. (A column of mixed types is kept as JSON
+    text, nested as deep as it likes: depth alone is no fault.)"""
+    while exc is not None:
+        if isinstance(exc, RecursionError) or any(w in str(exc) for w in ("Recursion level", "depth limit")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:
-    """(line, byte column, byte) of the first byte that is not UTF-8 (a Latin-1 or Windows-1252 file), or None.
-    Read line by line in binary: about 0.1 s for 100k rows."""
+    """(line, byte column, byte) of the first byte that is not UTF-8 (a Latin-1 or Windows-1252 file), or of a NUL
+    byte (byte 0), which UTF-8 allows but no text holds (UTF-16 without its mark, _unmarked_utf16, or a binary
+    file), or None. Read line by line in binary: about 0.1 s for 100k rows."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return n, exc.start + 1, line[exc.start]
+                nul = line.find(0, 0, exc.start)
+                return (n, nul + 1, 0) if nul >= 0 else (n, exc.start + 1, line[exc.start])
+            if 0 in line:
+                return n, line.index(0) + 1, 0
     return None
 
 
