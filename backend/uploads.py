@@ -50,18 +50,13 @@ def shown_name(path: Path | str) -> str:
     return sent[1] if sent and path.resolve().parent == uploads_dir().resolve() else path.name
 
 
-def save_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
-                folder: Path | None = None) -> Path:
-    """Write the bytes under a generated name inside `folder` (default workspace/uploads) and return the path."""
-    return store_upload(data, sent_name, allowed_suffixes, folder)[0]
-
-
 def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = DATA_SUFFIXES,
                  folder: Path | None = None) -> tuple[Path, int | None]:
-    """save_upload's path, and the file's modification time (ns) when this call wrote it (None: the same content was
-    stored before, and may be named by a saved spec, a job or a data set). Written to a temporary file and renamed,
-    so a reader never sees half a file. Finding the file already here touches it: an upload that wrote it and is
-    still reading it then sees another use began (discard_refused keeps it)."""
+    """The path the bytes are written at under a generated name inside `folder` (default workspace/uploads), and the
+    file's modification time (ns) when this call wrote it (None: the same content was stored before, and may be
+    named by a saved spec, a job or a data set). Written to a temporary file and renamed, so a reader never sees half
+    a file. Finding the file already here touches it: an upload that wrote it and is still reading it then sees
+    another use began (discard_refused keeps it)."""
     root = Path(folder or uploads_dir()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     path = (root / upload_name(data, sent_name, allowed_suffixes)).resolve()
@@ -70,7 +65,10 @@ def store_upload(data: bytes, sent_name: str, allowed_suffixes: Iterable[str] = 
     if path.is_file() and path.stat().st_size == len(data):
         # same hash, same name: already here, and now in use here too (another tab's refusal must not remove it)
         # 2 s on: a filesystem that keeps whole seconds (ext3, HFS+) or two (FAT) must see the change
-        os.utime(path, ns=(time.time_ns(), max(time.time_ns(), path.stat().st_mtime_ns + 2_000_000_000)))
+        try:
+            os.utime(path, ns=(time.time_ns(), max(time.time_ns(), path.stat().st_mtime_ns + 2_000_000_000)))
+        except OSError:  # another user's file (a shared workspace) or a read-only one: only its owner may set its
+            pass  # times (PermissionError). Not touched, it is still not this call's to remove (written None)
         return path, None
     # per thread, not only per process: Streamlit's sessions are threads of one process, and two saving the same
     # file at once shared one temporary name, so the second rename found it gone (FileNotFoundError)
@@ -97,9 +95,9 @@ def discard_refused(path: Path | str, written: int | None) -> bool:
     try:
         if path.stat().st_mtime_ns != written:
             return False
-    except FileNotFoundError:
+        path.unlink(missing_ok=True)
+    except OSError:  # gone already, or the folder is no longer ours to change: kept, as any upload stored before
         return False
-    path.unlink(missing_ok=True)
     return True
 
 

@@ -150,12 +150,12 @@ def test_the_models_page_says_why_an_import_is_not_queued(tiny_llama, tmp_path):
 # ---------------------------------------------------------------- 3. error texts
 
 def test_an_unreadable_upload_is_named_as_sent_with_the_line_counted_from_one():
-    path = uploads.save_upload(b"garbage{{{\n", "bad.jsonl")
+    path = uploads.store_upload(b"garbage{{{\n", "bad.jsonl")[0]
     assert path.name != "bad.jsonl"  # stored under a content hash
     with pytest.raises(data.DataError) as exc:
         data.load_source(str(path))
     assert str(exc.value) == "bad.jsonl, line 1, column 1: not valid JSON (Expecting value). Each line must be one JSON object."
-    path = uploads.save_upload(b'{"text": "a"}\n\n{"text": \n', "notes.jsonl")
+    path = uploads.store_upload(b'{"text": "a"}\n\n{"text": \n', "notes.jsonl")[0]
     with pytest.raises(data.DataError) as exc:
         data.load_source(str(path))
     assert str(exc.value).startswith("notes.jsonl, line 3, column 10: not valid JSON (")

@@ -19,7 +19,7 @@ def alpaca(n: int, bad: dict[int, object]) -> bytes:
 
 
 def upload(body: bytes, name: str) -> str:
-    return str(uploads.save_upload(body, name))
+    return str(uploads.store_upload(body, name)[0])
 
 
 @pytest.fixture

@@ -325,7 +325,7 @@ def test_two_sessions_saving_the_same_upload_at_once(monkeypatch):
 
     def save():
         try:
-            saved.append(uploads.save_upload(data, "data.jsonl"))
+            saved.append(uploads.store_upload(data, "data.jsonl")[0])
         except Exception as exc:  # noqa: BLE001 - recorded for the assertion
             errors.append(exc)
 

@@ -134,28 +134,28 @@ HOSTILE = ["../../evil.jsonl", "/etc/cron.d/evil.json", "..\\..\\evil.csv", "C:\
 @pytest.mark.parametrize("sent", HOSTILE)
 def test_hostile_upload_names_land_inside_uploads_under_a_generated_name(sent, workspace):
     data = f"contents of {sent}\n".encode()
-    path = uploads.save_upload(data, sent, uploads.DATA_SUFFIXES)
+    path = uploads.store_upload(data, sent, uploads.DATA_SUFFIXES)[0]
     assert path.parent == (workspace / "uploads").resolve()
     assert re.fullmatch(r"[0-9a-f]{16}-[A-Za-z0-9][A-Za-z0-9._-]{0,59}\.(jsonl|json|csv|txt|parquet)", path.name)
     assert path.name.startswith(hashlib.sha256(data).hexdigest()[:16])
     assert path.read_bytes() == data
     assert [p for p in workspace.parent.rglob("*") if p.is_file()] == [path]  # nothing else written
-    assert uploads.save_upload(data, sent, uploads.DATA_SUFFIXES) == path  # same bytes and name: same file
+    assert uploads.store_upload(data, sent, uploads.DATA_SUFFIXES)[0] == path  # same bytes and name: same file
 
 
 @pytest.mark.parametrize("sent", ["evil.py", "evil", ".jsonl", "x.jsonl.exe", "x.jsonl\x00.sh", "../", ""])
 def test_uploads_with_other_suffixes_are_refused(sent, workspace):
     with pytest.raises(ValueError, match="files are accepted"):
-        uploads.save_upload(b"x", sent, uploads.DATA_SUFFIXES)
+        uploads.store_upload(b"x", sent, uploads.DATA_SUFFIXES)
     with pytest.raises(ValueError, match="only .jsonl, .json files"):
-        uploads.save_upload(b"x", "seeds.csv", uploads.SEED_SUFFIXES)
+        uploads.store_upload(b"x", "seeds.csv", uploads.SEED_SUFFIXES)
     assert not (workspace / "uploads").exists() or list((workspace / "uploads").iterdir()) == []
 
 
 def test_pages_write_uploads_only_through_the_backend():
     for page in ("train.py", "synth.py"):
         text = (ROOT / "pages" / page).read_text()
-        assert ("uploads.save_upload(" in text or "uploads.store_upload(" in text) and '"uploads"' not in text and "write_bytes" not in text
+        assert "uploads.store_upload(" in text and '"uploads"' not in text and "write_bytes" not in text
 
 
 # ---------------------------------------------------------------- auth
