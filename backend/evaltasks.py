@@ -71,31 +71,25 @@ def _gsm8k_reference(answer) -> str:
 
 
 def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str | None] | None = None) -> list[dict]:
-    """Rows with `fields`; `check(row)` returns what is wrong with a row, if anything."""
+    """Rows with `fields`; `check(row)` returns what is wrong with a row, if anything. Read as the local lm-eval
+    tasks' files are (loaders.read_json_lines), in this module's words."""
+    from backend.lm_eval_tasks.loaders import read_json_lines
+
     p = Path(path)
     if not p.exists():
         raise EvalError(f"{p} does not exist.")
-    rows = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise EvalError(f"{p.name}, line {n}: not valid JSON.")
+
+    def problem(row) -> str | None:
         if not isinstance(row, dict):  # a list or a number: `in` below failed with a TypeError, not this line
-            raise EvalError(f"{p.name}, line {n}: expected an object {{{', '.join(fields)}}}; got "
-                            f"{type(row).__name__}.")
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise EvalError(f"{p.name}, line {n}: missing {', '.join(missing)} (the layout is "
-                            f"{{{', '.join(fields)}}}).")
-        if check and (problem := check(row)):
-            raise EvalError(f"{p.name}, line {n}: {problem}")
-        rows.append(row)
-    if not rows:
-        raise EvalError(f"{p.name} has no rows.")
-    return rows
+            return f"expected an object {{{', '.join(fields)}}}; got {type(row).__name__}."
+        if missing := [f for f in fields if f not in row]:
+            return f"missing {', '.join(missing)} (the layout is {{{', '.join(fields)}}})."
+        return check(row) if check else None
+
+    def fault(n: int | None, said: str | None) -> EvalError:
+        return EvalError(f"{p.name} has no rows." if n is None else f"{p.name}, line {n}: {said or 'not valid JSON.'}")
+
+    return read_json_lines(p, problem, fault)
 
 
 def _stratified(items: list[dict], limit: int) -> list[dict]:
@@ -190,16 +184,16 @@ def lm_eval_index() -> frozenset[str]:
     """Every name lm-eval's TaskManager knows (tasks, groups and tags of its installed YAMLs), for checking a name
     before a job is queued. Building the index reads ~15k YAML files (about 10 s on 2 cores), so the names are kept in
     this machine's cache folder ($XDG_CACHE_HOME or ~/.cache, dus-studio/), keyed by lm-eval's version and its task
-    folder: built once per installed lm-eval, not per check (an installation is per machine, so not the shared
-    workspace). Scanning the YAMLs for `task:` lines instead missed 2,472 of 14,683 names (those made by `include`)."""
+    folder (_tasks_key): built once per installed lm-eval, not per check (an installation is per machine, so not the
+    shared workspace). Scanning the YAMLs for `task:` lines instead missed 2,472 of 14,683 names (those made by
+    `include`)."""
     try:
         import lm_eval
         from importlib.metadata import version
     except ImportError:
         raise EvalError("lm-evaluation-harness is not installed: .venv/bin/pip install lm-eval==0.4.13 "
                         "(requirements.txt pins it).") from None
-    tasks_dir = Path(lm_eval.__file__).resolve().parent / "tasks"
-    key = {"version": version("lm_eval"), "tasks": str(tasks_dir), "mtime_ns": tasks_dir.stat().st_mtime_ns}
+    key = _tasks_key(Path(lm_eval.__file__).resolve().parent / "tasks", version("lm_eval"))
     cache = (Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dus-studio"
              / f"lm-eval-{key['version']}-tasks.json")
     try:
@@ -219,6 +213,33 @@ def lm_eval_index() -> frozenset[str]:
     except OSError:  # a read-only home: the check still works, only slower next time
         tmp.unlink(missing_ok=True)
     return names
+
+
+def _tasks_key(tasks_dir: Path, version: str) -> dict:
+    """What lm_eval_index's cached names are valid for: lm-eval's version and its task folder, and for a development
+    install (an editable `pip install -e` of a checkout: tasks added, the version unchanged) a digest of the
+    modification times of every folder under it, which a YAML added, removed or renamed anywhere changes (the task
+    folder's own time changed only for a file directly in it, and most tasks sit in folders of their own: a task
+    added to tasks/arc/ stayed unknown). About 1,400 folders: tens of ms, once per process; an installed wheel
+    changes only with its version (a reinstall writes a new folder), so it is not walked."""
+    import hashlib
+    import site
+    import sysconfig
+
+    key = {"version": version, "tasks": str(tasks_dir), "mtime_ns": tasks_dir.stat().st_mtime_ns}
+    installed = {*site.getsitepackages(), site.getusersitepackages(), *map(sysconfig.get_paths().get,
+                                                                           ("purelib", "platlib"))}
+    if any(tasks_dir.is_relative_to(Path(folder).resolve()) for folder in installed if folder):
+        return key
+    digest, folders = hashlib.blake2b(digest_size=16), [str(tasks_dir)]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                    digest.update(f"{entry.path}\0{entry.stat(follow_symlinks=False).st_mtime_ns}\0".encode())
+    return key | {"folders": digest.hexdigest()}
 
 
 def check_lm_eval_name(name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 DATA = Path(__file__).resolve().parent / "data"
 REMAKE = "run .venv/bin/python -m backend.lm_eval_tasks.make_data"
@@ -35,27 +36,47 @@ def _gsm8k_problem(row: dict) -> str | None:
     return None
 
 
+def read_json_lines(path: Path, check: Callable[[object], str | None],
+                    fault: Callable[[int | None, str | None], Exception]) -> list[dict]:
+    """The rows of JSON Lines file `path`, a line each (blank lines left out), each checked by `check` (what is wrong
+    with the line's value, if anything: an object is the caller's to ask for). `fault(line, problem)` is the caller's
+    exception, in its own words, for a line that is not JSON (problem None), nests too deep for Python's json (it
+    raised a bare RecursionError), or fails `check`, and for a file of no rows (line None). The one reader of the
+    local tasks' files (_read) and of an evaluation's mc: and gsm8k: files (backend/evaltasks.py read_jsonl); this
+    module imports nothing of the studio, as lm-eval loads it from its file."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise fault(n, None) from None
+        except RecursionError:
+            raise fault(n, "nested too deeply (arrays and objects about 1,000 inside each other).") from None
+        if problem := check(row):
+            raise fault(n, problem)
+        rows.append(row)
+    if not rows:
+        raise fault(None, None)
+    return rows
+
+
 def _read(path: Path, check) -> list[dict]:
     """The rows of one data file, each checked by `check` (what is wrong with a row, if anything). lm-eval scores
     what it is given: a row without its answer index scored as wrong (acc 0.0 ± 0.0 over rows like it), and an
     empty file failed with "IndexError: Invalid key: 0 is out of bounds for size 0", naming neither file nor fix."""
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: {REMAKE}")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path.name}, line {n}: not valid JSON ({REMAKE}).") from None
-        problem = check(row) if isinstance(row, dict) else f"expected an object; got {type(row).__name__}."
-        if problem:
-            raise ValueError(f"{path.name}, line {n}: {problem} ({REMAKE})")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path.name} has no rows: {REMAKE}")
-    return rows
+
+    def fault(n: int | None, problem: str | None) -> ValueError:
+        if n is None:
+            return ValueError(f"{path.name} has no rows: {REMAKE}")
+        return ValueError(f"{path.name}, line {n}: {problem} ({REMAKE})" if problem else
+                          f"{path.name}, line {n}: not valid JSON ({REMAKE}).")
+
+    return read_json_lines(path, lambda row: check(row) if isinstance(row, dict) else
+                           f"expected an object; got {type(row).__name__}.", fault)
 
 
 def _splits(check, **files: str):
