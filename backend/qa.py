@@ -93,6 +93,9 @@ def load_items(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise QAError(f"{p.name}, line {n}: not valid JSON.") from None
+        except RecursionError:  # Python's json on a line ~1,000 levels deep: a bare RecursionError at queueing
+            raise QAError(f"{p.name}, line {n}: nested too deeply (arrays and objects about 1,000 inside each "
+                          "other); a row is {id, question, answers, answerable}.") from None
         if not isinstance(row, dict):
             raise QAError(f"{p.name}, line {n}: expected an object {{id, question, answers, answerable}}.")
         missing = [c for c in ("id", "question", "answers", "answerable") if c not in row]

@@ -99,6 +99,9 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
             return list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as exc:
             raise SeedError(f"{label} is not valid JSON: {exc}")
+        except RecursionError:  # Python's json on arrays ~1,000 deep: a bare RecursionError on the page
+            raise SeedError(f"{label} is nested too deeply (arrays and objects about 1,000 inside each other): "
+                            f"{LAYOUTS}.") from None
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -106,6 +109,9 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise SeedError(f"{label}, line {n}, column {exc.colno}: not valid JSON ({json_reason(exc)}).")
+            except RecursionError:
+                raise SeedError(f"{label}, line {n}: nested too deeply (arrays and objects about 1,000 inside each "
+                                f"other): {LAYOUTS}.") from None
     if not rows:
         raise SeedError(f"{label} holds no records.")
     return rows
