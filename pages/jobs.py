@@ -53,7 +53,7 @@ def job_table(listed: list[int]) -> None:
         "message": eta_first(said[j.id]) if j.status == "running" else said[j.id],
         "created": j.created.strftime("%m-%d %H:%M:%S"),  # with the day: jobs outlive it
         # a running job's so far (it was blank until the job ended, the one time a user looks for it)
-        "seconds": None if (run := runner.seconds_run(j)) is None else round(run, 1),
+        "seconds": None if (run := runner.seconds_all(j)) is None else round(run, 1),
     } for j in jobs]), hide_index=True, key="jobs_table", placeholder="",  # not yet run: blank, not "None"
         # fitted to a 1280 px window (820 px of table beside the sidebar; at 1400 px "seconds" fell off a 1280 one),
         # id pinned: long names and messages are cut in their cells (the job list and status box below the table
@@ -70,13 +70,13 @@ def job_table(listed: list[int]) -> None:
                        # the wall time (runner.seconds_run), not the "work took" of a finished job's message (the
                        # work's own seconds, from its result): "took 2 min 30 s" stood beside 159.9 unexplained
                        "created": col.TextColumn(width=98),
-                       # a resumed job's row keeps only its latest run's start and end (the claim rewrites
-                       # `started`): after resume then cancel, 44.4 s of a run that took hours in all read as the
-                       # job's time; the title says which run it is
-                       "seconds": col.NumberColumn("last run s", width=70, help="seconds from the start of the job's "
-                                                   "latest run to its end (so far, while it runs), start-up included; "
-                                                   "a resumed job's earlier runs are not counted. A message's \"work "
-                                                   "took\" is the work's own time, without start-up")})
+                       # every run: a resumed job's row keeps only its latest run's start and end (the claim
+                       # rewrites `started`), and after resume then cancel 44.4 s of hours in all read as its time
+                       "seconds": col.NumberColumn("run s", width=70, help="seconds of all the job's runs, from each "
+                                                   "start to its end (so far, while it runs), start-up included; a "
+                                                   "resumed job's earlier runs are counted (`python -m backend jobs "
+                                                   "show ID` gives its latest run alone). A message's \"work took\" "
+                                                   "is the work's own time, without start-up")})
     # a queued job whose model or data was deleted since it was queued (a delete --force, a file removed) said
     # "waiting for job 8" and failed only when its turn came: said here, beside the table, while it can be mended
     making = runner.made_by(active)  # once for the page: each queued job's check scanned every active job

@@ -72,6 +72,9 @@ class Job(SQLModel, table=True):
     created: datetime = Field(default_factory=utcnow)
     started: datetime | None = None
     finished: datetime | None = None
+    # the seconds of the runs before this one (`started` and `finished` are the latest run's, rewritten when a resumed
+    # job is claimed): a job resumed twice showed its last 44 s of hours in all
+    seconds_before: float = 0.0
 
 
 class WorkerBeat(SQLModel, table=True):

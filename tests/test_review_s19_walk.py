@@ -114,7 +114,7 @@ def test_the_jobs_table_says_which_seconds_are_which(tiny_llama):
     # the message says the work's own time; the column (its data still "seconds") is headed and explained as wall time
     assert table.value.set_index("id").loc[up, "message"] == "done: model tiny-dus, work took 2 min 30 s"
     shown = json.loads(table.proto.columns)["seconds"]
-    assert shown["label"] == "last run s" and "start-up included" in shown["help"] and "work took" in shown["help"]
+    assert shown["label"] == "run s" and "start-up included" in shown["help"] and "work took" in shown["help"]
 
 
 @pytest.mark.parametrize(("device", "said"), [

@@ -181,7 +181,7 @@ def test_the_seconds_column_says_it_is_the_latest_run(tiny_llama):
     table = at.dataframe[0]
     assert table.value.set_index("id").loc[job.id, "seconds"] == 44.4
     shown = json.loads(table.proto.columns)["seconds"]
-    assert shown["label"] == "last run s" and "earlier runs are not counted" in shown["help"]
+    assert shown["label"] == "run s" and "earlier runs are counted" in shown["help"]
 
 
 def test_queueing_after_a_job_that_already_failed_is_refused_naming_the_job_to_resume(tiny_llama):

@@ -34,3 +34,33 @@ def test_qa_and_seed_files_nested_too_deeply_name_their_line(tmp_path):
     (j := tmp_path / "seeds.json").write_text(deep)
     with pytest.raises(seeds.SeedError, match=r"^seeds is nested too deeply"):
         seeds.read_records(j, "seeds")
+
+
+def test_a_resumed_jobs_seconds_count_every_run(tiny_llama, capsys):
+    """The Jobs page's seconds were the latest run's alone: resumed twice, then cancelled, 44.4 s of all its runs."""
+    import json
+    from datetime import timedelta
+
+    from backend import registry, runner
+    from backend.__main__ import main
+    from backend.specs import UpscaleSpec
+    from storage.models import utcnow
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="again"))
+    now = utcnow()
+    for ran in (100.0, 20.0):  # two runs that ended, each resumed
+        runner._update(job.id, status="interrupted", started=now - timedelta(seconds=ran), finished=now)
+        runner.resume(job.id)
+    queued = runner.get(job.id)
+    assert queued.seconds_before == 120.0 and runner.seconds_all(queued) == 120.0  # queued again: its earlier runs
+    runner._update(job.id, status="cancelled", started=now - timedelta(seconds=44.4), finished=now)
+    done = runner.get(job.id)
+    assert runner.seconds_run(done) == 44.4 and runner.seconds_all(done) == 164.4
+    at = app("jobs.py")
+    assert at.dataframe[0].value.set_index("id").loc[job.id, "seconds"] == 164.4
+    main(["jobs", "show", str(job.id)])
+    assert "(this run 44 s; all runs 164 s)" in capsys.readouterr().out
+    main(["jobs", "list", "--json"])
+    assert [r["seconds"] for r in json.loads(capsys.readouterr().out) if r["id"] == job.id] == [164.4]

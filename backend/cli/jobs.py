@@ -32,7 +32,7 @@ def cmd_jobs(a) -> None:
                                  "name": j.spec.get("name"), "output": runner.job_output(j),
                                  "result": j.result, "after": j.after, "needs": j.needs or [],
                                  "waits": j.waits or [], "created": j.created, "started": j.started,
-                                 "finished": j.finished} for j in jobs])
+                                 "finished": j.finished, "seconds": runner.seconds_all(j)} for j in jobs])
         cut = False
         for j in jobs:  # what each job makes, as the pages' "→ output": 14 queued sft jobs read alike without it
             said, output = runner.job_message(j, active, alive), runner.job_output(j) or "-"
@@ -185,7 +185,9 @@ def job_details(job_id: int) -> str:
     job = runner.get(job_id)
     if job is None:
         raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
-    ran = f" ({(job.finished - job.started).total_seconds():.0f} s)" if job.started and job.finished else ""
+    last, every = runner.seconds_run(job), runner.seconds_all(job)
+    ran = "" if not (job.started and job.finished) else f" ({last:.0f} s)" if every == last else (
+        f" (this run {last:.0f} s; all runs {every:.0f} s)")
     waits = [*([job.after] if job.after else []), *job.needs, *(job.waits or [])]
     lines = [f"job {job.id} ({job.kind}): {job.status}, {job.progress:.0%}",
              f"message: {runner.job_message(job)}",

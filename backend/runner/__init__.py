@@ -36,7 +36,7 @@ from backend.runner.states import (_ended_dependency, _ended_need, _left_out, _n
                                    _requeue_waiting_on, _still_stopping, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
 from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, resume_point,
-                                     seconds_run, will_fail)
+                                     seconds_all, seconds_run, will_fail)
 from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, shown_fields,
                                   work_function)
 from backend.runner.loop import (_busy, _claim_next, _interrupt_running, _not_ours_any_longer, job_niceness,

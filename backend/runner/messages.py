@@ -133,9 +133,16 @@ def ago(seconds: float) -> str:
 
 
 def seconds_run(job) -> float | None:
-    """How long a job's latest run ran, or has run so far while it runs (the Jobs page's "last run s"); None before
-    it started, and for a resumed job queued again (its first run's start would count the wait). A resumed job's
-    earlier runs are not in it: its row keeps one start and one end, rewritten by each run."""
+    """How long a job's latest run ran, or has run so far while it runs; None before it started, and for a resumed
+    job queued again (its first run's start would count the wait). Its row keeps one start and one end, rewritten by
+    each run: the earlier runs are in seconds_before (seconds_all)."""
     if job.started is None or job.status == "queued":
         return None
     return (job.finished - job.started).total_seconds() if job.finished else _age(job.started)
+
+
+def seconds_all(job) -> float | None:
+    """The seconds of all of a job's runs, this one so far while it runs (the Jobs page's "run s"): a job resumed
+    twice, then cancelled, read as its last run's 44 s of hours in all. None before its first run."""
+    before, run = job.seconds_before or 0.0, seconds_run(job)
+    return (before or None) if run is None else before + run

@@ -90,8 +90,11 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the stopped run within "
                          "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
     # conditional: of two resumes racing, one queues it; the other must not turn a run already claimed back to queued
+    # the ended run's seconds kept before its start and end are rewritten: the Jobs page's "run s" counts every run
+    ran = (job.finished - job.started).total_seconds() if job.started and job.finished else 0.0
     if not _transition(job_id, ("interrupted", "failed", "cancelled"), status="queued", error="", finished=None,
-                       pid=None, host="", progress=0.0, message="queued to resume"):  # not the stopped run's bar
+                       pid=None, host="", progress=0.0, message="queued to resume",  # not the stopped run's bar
+                       seconds_before=(job.seconds_before or 0.0) + max(ran, 0.0)):
         raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
