@@ -64,3 +64,24 @@ def test_a_resumed_jobs_seconds_count_every_run(tiny_llama, capsys):
     assert "(this run 44 s; all runs 164 s)" in capsys.readouterr().out
     main(["jobs", "list", "--json"])
     assert [r["seconds"] for r in json.loads(capsys.readouterr().out) if r["id"] == job.id] == [164.4]
+
+
+def test_of_two_jobs_queued_at_once_under_one_name_the_later_is_withdrawn(tiny_llama, monkeypatch):
+    """Two tabs building "twotabs": both passed the check before either row was written; the second failed when it
+    ran ("already registered"). Raced here by letting the second skip the check, as it had run before the first's
+    row was written."""
+    import pytest
+
+    from backend import registry, runner
+    from backend.runner import queue
+    from backend.specs import UpscaleSpec
+
+    registry.import_folder(tiny_llama, "tiny")
+    first = runner.submit(UpscaleSpec(base="tiny", m=1, name="twotabs"))
+    monkeypatch.setattr(queue, "check_before_queueing", lambda spec, coming=(): None)
+    with pytest.raises(ValueError, match=rf"^Job {first.id} \(upscale, queued\) will register a model named "
+                                         r"'twotabs': choose another name\.$"):
+        runner.submit(UpscaleSpec(base="tiny", m=2, name="twotabs"))
+    assert [(j.id, j.spec["m"]) for j in runner.list_jobs()] == [(first.id, 1)]  # the later row is gone
+    other = runner.submit(UpscaleSpec(base="tiny", m=2, name="another"))  # another name queues as before
+    assert runner.get(other.id).status == "queued"

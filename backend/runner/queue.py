@@ -55,7 +55,33 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
         job.log_path = str(db.workspace() / "logs" / f"job-{job.id}.log")
         s.commit()
         s.refresh(job)
-        return job
+    _withdraw_if_second(job, spec)
+    return job
+
+
+def _output_of(spec: _Spec) -> str | None:
+    """The model name a job registers (imports by the name submit gave them), or None for a job that makes none."""
+    if spec.kind == "import":
+        return spec.name or None
+    return (spec.name or spec.default_name()) if spec.kind in MAKES_MODELS else None
+
+
+def _withdraw_if_second(job: Job, spec: _Spec) -> None:
+    """Of two jobs queued at once under one model name (two tabs building "twotabs": both passed
+    check_before_queueing before either row was written, and the second failed when it ran, "already registered"),
+    the older row stands and this one is withdrawn and refused in check_before_queueing's words. Each of two racing
+    submissions looks after writing its own row, so at least the later one sees the other (SQLite serializes the
+    writes; PostgreSQL reads what was committed). A row a worker claimed meanwhile is left to run and fail as before."""
+    from sqlalchemy import delete
+
+    if (name := _output_of(spec)) is None or (first := _making(name, before=job.id)) is None:
+        return
+    with db.session() as s:
+        gone = s.exec(delete(Job).where(Job.id == job.id, Job.status == "queued")).rowcount
+        s.commit()
+    if gone:
+        raise ValueError(f"Job {first.id} ({first.kind}, {first.status}) will register a model named {name!r}: "
+                         "choose another name.")
 
 
 def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
@@ -136,11 +162,13 @@ def _check_train_files(spec) -> None:
 MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
 
 
-def _making(name: str) -> Job | None:
+def _making(name: str, before: int | None = None) -> Job | None:
     """The queued or running job that will register a model under `name`, if any: an import by the name it gives
     (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
-    came; a job reading the imported model was refused)."""
+    came; a job reading the imported model was refused). `before`: only a job queued before that one."""
     for job in active_jobs():
+        if before is not None and job.id >= before:
+            continue
         if job.kind == "import" and job.spec.get("name") == name:
             return job
         if job.kind not in MAKES_MODELS:
