@@ -108,7 +108,9 @@ if c3.button("Load preset", key="recipe_load", disabled=preset_name is None,
             show_in_editor(recipe.preset(preset_name, base.strip() or None), f"the {preset_name} preset")
         except recipe.RecipeError as exc:
             st.error(str(exc))
-upload = st.file_uploader("Or open a recipe file", type=["yaml", "yml"], key="recipe_upload")
+# JSON is YAML (a recipe saved by a script as .json reads the same): refused with only a red chip, no word why
+upload = st.file_uploader("Or open a recipe file", type=["yaml", "yml", "json"], key="recipe_upload",
+                          help="A YAML recipe, such as one saved with 'Save as YAML', or the same as JSON.")
 if upload is not None and st.session_state.get("_recipe_uploaded") != upload.file_id:
     st.session_state["_recipe_uploaded"] = upload.file_id
     try:
@@ -180,7 +182,7 @@ if b3.button("Cancel run", key="recipe_cancel", disabled=not going,
     st.session_state["_recipe_cancelled"] = (run_id, recipe.cancel_run(run_id))
     st.rerun()
 if (said := st.session_state.pop("_recipe_cancelled", None)) and said[0] == run_id:
-    st.warning(f"Cancelled jobs: {said[1] or 'none were still waiting or running'}")
+    st.warning(f"Cancelled jobs: {', '.join(map(str, said[1])) or 'none were still waiting or running'}")
 
 
 @st.fragment(run_every=2.0)
