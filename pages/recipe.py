@@ -94,10 +94,14 @@ if "recipe_yaml" not in st.session_state:
 elif source and source[2] is not None and picked in by_id and picked != source[2] \
         and st.session_state["recipe_yaml"] == source[1]:
     show_run(picked)  # unedited: it follows the run picked
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c_m, c3 = st.columns([2, 2, 1, 1])
 preset_name = c1.selectbox("Preset", recipe.PRESETS, index=None if "recipe_preset" in st.session_state else 1,
                            key="recipe_preset", placeholder="Choose a preset to load")
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
+# the CLI's `recipe new … --m M`: a base of 6 layers was refused "m=8 is out of range" with no field to change it
+m_layers = c_m.number_input("m", min_value=1, value=None, step=1, key="recipe_m", placeholder="preset's",
+                            help="Layers removed from each copy when the preset up-scales its base (empty: the "
+                                 "preset's own, 8 as in SOLAR, 2 for smoke).")
 if c3.button("Load preset", key="recipe_load", disabled=preset_name is None,
              help="Choose a preset first." if preset_name is None else None):
     if preset_name == "smoke" and not base.strip():  # the backend's message names the CLI flag (--base)
@@ -105,7 +109,8 @@ if c3.button("Load preset", key="recipe_load", disabled=preset_name is None,
                  "Base, then load it again.")
     else:
         try:
-            show_in_editor(recipe.preset(preset_name, base.strip() or None), f"the {preset_name} preset")
+            show_in_editor(recipe.preset(preset_name, base.strip() or None, int(m_layers) if m_layers else None),
+                           f"the {preset_name} preset")
         except recipe.RecipeError as exc:
             st.error(str(exc))
 # JSON is YAML (a recipe saved by a script as .json reads the same): refused with only a red chip, no word why

@@ -85,3 +85,21 @@ def test_of_two_jobs_queued_at_once_under_one_name_the_later_is_withdrawn(tiny_l
     assert [(j.id, j.spec["m"]) for j in runner.list_jobs()] == [(first.id, 1)]  # the later row is gone
     other = runner.submit(UpscaleSpec(base="tiny", m=2, name="another"))  # another name queues as before
     assert runner.get(other.id).status == "queued"
+
+
+def test_the_recipe_page_loads_a_preset_with_the_m_typed(tiny_llama):
+    """A 2-layer base loaded into solar-mini was refused "m=8 is out of range" with no field for m (the CLI had --m)."""
+    import yaml
+
+    from backend import registry
+    from tests.test_pages import app
+
+    registry.import_folder(tiny_llama, "tiny")
+    at = app("recipe.py")
+    at.selectbox(key="recipe_preset").set_value("solar-mini").run()
+    at.text_input(key="recipe_base").set_value("tiny").run()
+    at.number_input(key="recipe_m").set_value(1).run()
+    at.button(key="recipe_load").click().run()
+    assert not at.error
+    loaded = yaml.safe_load(at.text_area(key="recipe_yaml").value)
+    assert (loaded["base"], loaded["upscale"]["m"]) == ("tiny", 1)
