@@ -103,6 +103,35 @@ def _make_vote(t: ChatTranscript, model_a: str, model_b: str, outcome: str) -> V
                 position_b=order.index(model_b), blind=t.blind)
 
 
+def failed_models(t: ChatTranscript) -> list[str]:
+    """The round's models, left to right, whose answer is an error (ContextTooLong, a failed generation): they gave
+    no answer to judge."""
+    return [m for m in (t.positions or list(t.answers)) if (t.answers.get(m) or {}).get("error")]
+
+
+def without_names(text: str, names: list[str]) -> str:
+    """`text` with every one of `names` said as "this model": an error under a blind label named its model ("the
+    last message is too long for wide8: …") before the vote. Longest names first (tiny2 before tiny), and only where
+    a name stands alone, so that a model called "a" leaves "message" whole."""
+    for name in sorted(set(names), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", "this model", text)
+    return text
+
+
+def voted(transcript_id: int) -> bool:
+    """Whether the round has a vote: read from the database, so a reloaded page (a fresh session) knows it too."""
+    with db.session() as s:
+        return s.exec(select(Vote.id).where(Vote.transcript_id == transcript_id).limit(1)).first() is not None
+
+
+def last_unvoted_round() -> ChatTranscript | None:
+    """The newest round, when it has no vote yet and every model answered: offered again on a page that lost it (a
+    reload that cleared the address, a new tab). None when a newer round or its vote has followed."""
+    with db.session() as s:
+        t = s.exec(select(ChatTranscript).order_by(ChatTranscript.id.desc()).limit(1)).first()
+    return None if t is None or failed_models(t) or voted(t.id) else t
+
+
 def vote(transcript_id: int, model_a: str, model_b: str, outcome: str) -> Vote:
     """One pairwise judgement; positions, style counts and blindness are taken from the round."""
     return vote_round(transcript_id, outcome, pair=(model_a, model_b))[0]
@@ -117,6 +146,15 @@ def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = Non
         if t is None:
             raise ValueError(f"no round {transcript_id}.")
         order = t.positions or list(t.answers)
+        # A model that gave no answer (an error) cannot be judged: FastChat's arena kept its vote buttons after a
+        # failed generation, and its leaderboard drops such battles when it cleans the log (see votes()). Refused
+        # here, so that the page, the command line and a test all agree; said by label, as a blind page shows it.
+        failed = [m for m in failed_models(t) if pair is None or m in pair]
+        if failed:
+            label = dict(zip(order, labels(len(order))))
+            raise ValueError(f"round {transcript_id} cannot be voted on: {', '.join(label[m] for m in failed)} gave "
+                             "no answer (an error), so there is nothing to compare. Regenerate the round or send the "
+                             "prompt again.")
         if pair is not None:
             if best not in OUTCOMES:
                 raise ValueError(f"outcome must be one of {OUTCOMES}.")
@@ -137,9 +175,29 @@ def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = Non
         return vs
 
 
-def votes() -> list[Vote]:
+def _votes_by_answer() -> tuple[list[Vote], list[Vote]]:
+    """(votes on two answers, votes on an error), in order. A vote whose either side was an error judged no answer;
+    rounds voted so before vote_round refused them are still in older databases (a "best" vote for a model whose
+    answer was an error gave it 1312 and its rival 688)."""
     with db.session() as s:
-        return list(s.exec(select(Vote).order_by(Vote.id)))
+        rows = list(s.exec(select(Vote, ChatTranscript).join(ChatTranscript, Vote.transcript_id == ChatTranscript.id)
+                           .order_by(Vote.id)))
+    good, bad = [], []
+    for v, t in rows:
+        (bad if {v.model_a, v.model_b} & set(failed_models(t)) else good).append(v)
+    return good, bad
+
+
+def votes() -> list[Vote]:
+    """Every vote on two answers. Votes on an answer that is an error are left out, as FastChat leaves out a battle
+    whose log holds an error message (`fastchat/serve/monitor/clean_battle_data.py`: "NETWORK ERROR …" and
+    "**API REQUEST ERROR**" are among its IDENTITY_WORDS); votes_on_errors() lists them."""
+    return _votes_by_answer()[0]
+
+
+def votes_on_errors() -> list[Vote]:
+    """The votes votes() leaves out: cast on a round where one of the two answers is an error."""
+    return _votes_by_answer()[1]
 
 
 def _design(vs: list[Vote], models: list[str], style_control: bool):

@@ -28,7 +28,10 @@ if len(names) < 2:
 # prompt then said only "Choose at least two models", or went to the models left
 if gone := drop_deleted("arena_models", names):
     st.warning(f"{gone} of the next round.")
-models = st.multiselect("Models (2–4)", names, default=names[-2:], max_selections=4, key="arena_models")
+# bound to the address (?arena_models=…&arena_models=…): a reload starts a fresh session, which chose the last two
+# models again whatever the round on screen had been made with
+models = st.multiselect("Models (2–4)", names, default=names[-2:], max_selections=4, key="arena_models",
+                        bind="query-params")
 c1, c2, c3, c4 = st.columns(4)
 max_new = c1.slider("Max new tokens", 8, 512, 96, key="arena_max_new")
 temperature = c2.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.0, 0.05, key="arena_temp")
@@ -99,21 +102,55 @@ def board_table(board: list[dict]) -> pd.DataFrame:
                           "votes": r["votes"], "rounds": r["rounds"]} for r in board])
 
 
+def show_round(made: int) -> None:
+    """The round on screen, kept in the session and in the address (?round=12): a reload starts a fresh session, and
+    the round, saved but known only to the old one, was lost before its vote."""
+    st.session_state["arena_round"] = made
+    st.query_params["round"] = str(made)
+
+
+def round_from_address() -> int | None:
+    """The round named in the address, when the session holds none (after a reload); its names stay hidden until
+    its vote as before. None, with a word when it is not a round, when the address names none."""
+    given = st.query_params.get("round")
+    if not given:
+        return None
+    with db.session() as s:
+        t = s.get(ChatTranscript, int(given)) if given.isdigit() else None
+    if t is None:
+        st.warning(f"The address names round {given!r}, which is not in the database (deleted, or another "
+                   "workspace): send a prompt for a new round.")
+        del st.query_params["round"]
+        return None
+    st.session_state["arena_round"] = t.id
+    return t.id
+
+
 prompt = st.chat_input("One prompt for every model…", key="arena_prompt")
 if prompt and len(models) >= 2:
     if (made := run_round(prompt, models)) is not None:
-        st.session_state["arena_round"] = made
+        show_round(made)
         st.rerun()
 elif prompt:
     st.warning("Choose at least two models.")
 
-round_id = st.session_state.get("arena_round")
+round_id = st.session_state.get("arena_round") or round_from_address()
+if not round_id and (last := arena.last_unvoted_round()) is not None:
+    # the address can lose the round too (a first visit that went through app.py, a new tab): offer the newest
+    # round while nobody has voted on it or made another; opening it shows it as blind as before
+    st.info(f"Round {last.id} ({len(last.answers)} models, {last.prompt[:60]!r}"
+            f"{'…' if len(last.prompt) > 60 else ''}) has no vote yet.")
+    if st.button(f"Open round {last.id}", key="arena_open_last"):
+        show_round(last.id)
+        st.rerun()
 if round_id:
     with db.session() as s:
         t = s.get(ChatTranscript, round_id)
     order = t.positions or list(t.answers)
     label = dict(zip(order, arena.labels(len(order))))
-    voted = round_id in st.session_state.get("voted", set())
+    # from the database, not the session: a round opened again after a reload must not take a second vote
+    voted = arena.voted(round_id)
+    failed = arena.failed_models(t)
     # A round made blind stays blind until its vote: the vote is stored as blind, so turning "Show names" on
     # afterwards must not reveal the names (it applies to the next round).
     reveal = voted or not t.blind
@@ -126,7 +163,8 @@ if round_id:
         with col:
             st.markdown(f"**{label[m]}: {m}**" if reveal else f"**{label[m]}**")
             if a.get("error"):  # a statement, not an expression: Streamlit's magic would print its value (None)
-                st.error(a["error"])
+                # ContextTooLong names its model ("too long for wide8"): said as "this model" until the names show
+                st.error(a["error"] if reveal else arena.without_names(a["error"], order))
             else:
                 st.markdown(arena.visible(a["text"]))
             if reveal:
@@ -138,17 +176,20 @@ if round_id:
             if flagged != a.get("hallucination", False):
                 arena.flag_hallucination(round_id, m, flagged)
     if st.button("Regenerate", key="regenerate") and (made := run_round(t.prompt, order)) is not None:
-        st.session_state["arena_round"] = made
+        show_round(made)
         st.rerun()
     if voted:
         st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))
+    elif failed:
+        # arena.vote_round refuses it too: a vote here counted an error as a lost (or won) answer
+        st.warning(f"No vote on this round: {', '.join(label[m] for m in failed)} gave no answer (the error above), "
+                   "so there is nothing to compare. Regenerate the round or send another prompt.")
     elif len(order) == 2:
         v1, v2, v3, v4 = st.columns(4)
         for col, (text, outcome) in zip((v1, v2, v3, v4), (("A is better", "a"), ("B is better", "b"),
                                                             ("Tie", "tie"), ("Both bad", "bad"))):
             if col.button(text, key=f"vote_{outcome}"):
                 arena.vote(round_id, order[0], order[1], outcome)
-                st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}
                 st.rerun()
     else:
         # Nothing chosen in advance, and a fresh choice each round: a preselected "Model A" (or the last round's
@@ -158,17 +199,21 @@ if round_id:
         if st.button("Vote", key="vote_best", disabled=choice is None):
             by_label = {label[m]: m for m in order}
             arena.vote_round(round_id, by_label.get(choice, "bad" if choice == "all bad" else "tie"))
-            st.session_state["voted"] = st.session_state.get("voted", set()) | {round_id}
             st.rerun()
 
 st.subheader("Leaderboard")
 all_votes = arena.votes()
 blind_votes = [v for v in all_votes if v.blind]
+# votes cast on an error before vote_round refused them (older databases): said, and left out of every figure
+on_errors = len(arena.votes_on_errors())
+on_errors_note = (f" Left out: {count(on_errors, 'vote')} on an answer that was an error (cast before such rounds "
+                  "were refused)." if on_errors else "")
 if not blind_votes:
     # with the next step: the prompt box sits at the window's foot, far below this line on a tall page
     st.caption("No blind votes yet: type a prompt in the box at the foot of the page, read the answers, then vote "
                "for the better one; the leaderboard appears with the first blind vote."
-               + (f" (Left out: {count(len(all_votes), 'vote')} cast with names shown.)" if all_votes else ""))
+               + (f" (Left out: {count(len(all_votes), 'vote')} cast with names shown.)" if all_votes else "")
+               + on_errors_note)
     st.stop()
 control = st.toggle("Style control", value=True, key="style_control",
                     help="Answer length and markdown (headers, lists, bold) enter as covariates, as Chatbot "
@@ -183,7 +228,7 @@ st.caption(f"{count(len(blind_votes), 'blind pairwise vote')} from {count(rounds
            f"resampling rounds (a 3–4-model round gives several votes from one judgement), shown from "
            f"{arena.MIN_ROUNDS} rounds of a model on. Ties and both-bad count as one win each way."
            + (f" Left out: {count(len(all_votes) - len(blind_votes), 'vote')} cast with names shown."
-              if len(all_votes) > len(blind_votes) else ""))
+              if len(all_votes) > len(blind_votes) else "") + on_errors_note)
 if notes:
     st.caption("Style coefficients (log10-odds per standard deviation): "
                + (", ".join(f"{k} {v:+.2f}" for k, v in notes["style"].items()) or "none")
