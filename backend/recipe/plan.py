@@ -28,7 +28,7 @@ from backend import data, registry, runner
 from backend.recipe.inputs import (SYNTH_PARTS, _check_part, _check_rows, _check_tasks, _num_layers, _offline,
                                    _order, _output_name, _sha, _source_fp, _synth_fps, _task_fps, folder_fingerprint,
                                    hub_online)
-from backend.recipe.spec import (RESERVED, STAGE_REF, RecipeError, RecipeSpec, expand_runs, expand_stages,
+from backend.recipe.spec import (RESERVED, STAGE_REF, Budget, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
 from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
 from storage import db
@@ -79,16 +79,46 @@ def plan(recipe: RecipeSpec) -> Plan:
     """Resolve, check and hash one (sweep-expanded) recipe; look up what is already made or queued."""
     if isinstance(recipe.upscale, dict) and isinstance(recipe.upscale.get("m"), (list, str)):
         raise RecipeError("upscale.m is a sweep: plan each run (expand_runs) separately.")
-    nodes: list[Node] = []
-    online: list[bool] = []
+    known = _Known()
+    nodes = [_base_node(recipe, known)]
+    if recipe.upscale is not None:
+        nodes.append(_upscale_node(recipe, nodes[0], known))
+    # --- the stages, in dependency order
+    stages = expand_stages(recipe.stages)
+    kinds = {s["name"]: s["kind"] for s in stages}
+    _check_refs(recipe, stages, kinds)
+    for st in _order(stages):
+        nodes.append(_stage_node(recipe, st, kinds, known))
+    if recipe.eval is not None:
+        nodes += _eval_nodes(recipe, nodes, known)
+    _look_up(nodes)
+    return Plan(recipe, nodes)
 
-    def need_hub(what: str, ref: str) -> None:
-        if not online:
-            online.append(hub_online())
-        if not online[0]:
+
+@dataclass
+class _Known:
+    """What planning has resolved so far, by stage name or outside model reference: each model's depth, output name
+    and hash (a later stage's hash holds those of the models it reads), the data and task files read (once each),
+    and whether the Hub answers (asked once, and only when the recipe names something there)."""
+    depth: dict[str, int | None] = field(default_factory=dict)
+    out: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+    checked: set = field(default_factory=set)
+    online: bool | None = None
+
+    def add(self, node: Node) -> None:
+        self.depth[node.stage], self.out[node.stage], self.hashes[node.stage] = node.depth, node.output, node.hash
+
+    def need_hub(self, what: str, ref: str) -> None:
+        if self.online is None:
+            self.online = hub_online()
+        if not self.online:
             raise _offline(what, ref)
 
-    # --- the base: registered, built-in, a folder, or (online) a Hub id imported by a job
+
+def _base_node(recipe: RecipeSpec, known: _Known) -> Node:
+    """The base: registered, built-in, a folder (given: nothing to run), or (online) a Hub id imported by a job,
+    whose depth its config.json on the Hub says."""
     try:
         folder, reg_name = registry.resolve(recipe.base)
         base = Node("base", "base", None, reg_name or str(folder), _sha(["base", folder_fingerprint(folder)]),
@@ -97,7 +127,7 @@ def plan(recipe: RecipeSpec) -> Plan:
         if recipe.base.count("/") != 1 or recipe.base.startswith((".", "/", "~")):
             raise RecipeError(f"base: {recipe.base!r} is neither a registered model, 'builtin', a model folder "
                               "nor a Hub id (owner/name).") from None
-        need_hub("base", recipe.base)
+        known.need_hub("base", recipe.base)
         from huggingface_hub import hf_hub_download
 
         cfg = json.loads(Path(hf_hub_download(recipe.base, "config.json")).read_text())
@@ -105,38 +135,40 @@ def plan(recipe: RecipeSpec) -> Plan:
         base = Node("base", "import", None, _output_name(recipe.name, "base", h), h,
                     depth=int(cfg["num_hidden_layers"]))
         base.spec = ImportSpec(target=recipe.base, name=base.output)
-    nodes.append(base)
-    depth = {"base": base.depth}
-    out = {"base": base.output}
-    hashes = {"base": base.hash}
+    known.add(base)
+    return base
 
-    # --- the up-scaled model
-    if recipe.upscale is not None:
-        body = dict(recipe.upscale)
-        second = None  # the slices' second source: its files are part of the hash, as any outside model's are
-        if body.get("second"):
-            try:
-                second = registry.resolve(body["second"])[0]
-            except registry.RegistryError as exc:
-                raise RecipeError(f"upscale.second: {exc}") from None
-        # without a second model the hash is as before: an up-scaled model built earlier is still reused
-        h = _sha(["upscale", body, base.hash] + ([_sha(["model", folder_fingerprint(second)])] if second else []))
-        spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
-        from backend.upscale import layer_slots
 
-        depths = [base.depth] + ([_num_layers(second)] if second else [])
-        try:  # the build's own rules and words (a groups or slice the base cannot hold was left to the job)
-            d = len(layer_slots(spec, depths))
-        except ValueError as exc:
-            raise RecipeError(f"upscale: {exc}") from None
-        nodes.append(Node("upscaled", "upscale", spec, spec.name, h, ["base"], d, {"from": ["base"]}))
-        depth["upscaled"], out["upscaled"], hashes["upscaled"] = d, spec.name, h
+def _upscale_node(recipe: RecipeSpec, base: Node, known: _Known) -> Node:
+    """The up-scaled model, its depth by the build's own rules (backend/upscale's layer_slots), so that m or slices
+    the base cannot hold fail here, before any job is queued."""
+    body = dict(recipe.upscale)
+    second = None  # the slices' second source: its files are part of the hash, as any outside model's are
+    if body.get("second"):
+        try:
+            second = registry.resolve(body["second"])[0]
+        except registry.RegistryError as exc:
+            raise RecipeError(f"upscale.second: {exc}") from None
+    # without a second model the hash is as before: an up-scaled model built earlier is still reused
+    h = _sha(["upscale", body, base.hash] + ([_sha(["model", folder_fingerprint(second)])] if second else []))
+    spec = UpscaleSpec(base=base.output, name=_output_name(recipe.name, "upscaled", h), **body)
+    from backend.upscale import layer_slots
 
-    # --- the stages, in dependency order
-    stages = expand_stages(recipe.stages)
-    names = {s["name"] for s in stages}
+    depths = [base.depth] + ([_num_layers(second)] if second else [])
+    try:  # the build's own rules and words (a groups or slice the base cannot hold was left to the job)
+        d = len(layer_slots(spec, depths))
+    except ValueError as exc:
+        raise RecipeError(f"upscale: {exc}") from None
+    node = Node("upscaled", "upscale", spec, spec.name, h, ["base"], d, {"from": ["base"]})
+    known.add(node)
+    return node
+
+
+def _check_refs(recipe: RecipeSpec, stages: list[dict], kinds: dict[str, str]) -> None:
+    """Every stage reference names one model this recipe makes (not a sweep of several), synthetic data of a
+    synth-math stage, or a registered model or folder: all of them checked before any stage is hashed."""
+    names = set(kinds)
     swept = {s["sweep_of"]["group"] for s in stages if "sweep_of" in s}
-    kinds = {s["name"]: s["kind"] for s in stages}
     for st in stages:
         for fld, ref in stage_refs(st):
             where = f"stage {st['name']}.{fld}"
@@ -152,98 +184,129 @@ def plan(recipe: RecipeSpec) -> Plan:
             if fld.startswith(("data", "eval_data")) or not (registry.get(ref) or Path(ref).expanduser().is_dir()):
                 raise RecipeError(f"{where}: {ref!r} is not a stage of this recipe (stages: "
                                   f"{', '.join(sorted(names)) or 'none'}) nor a registered model or model folder.")
-    b = recipe.budget
-    checked: set = set()  # the data files and task files read, once each
-    for st in _order(stages):
-        name, kind = st["name"], st["kind"]
-        deps = sorted({ref for _, ref in stage_refs(st) if ref in names or ref in RESERVED})
-        for ref in {ref for _, ref in stage_refs(st) if ref not in names and ref not in RESERVED}:
-            folder, _ = registry.resolve(ref)  # an outside model: its files are part of the hash
-            hashes[ref], out[ref], depth[ref] = _sha(["model", folder_fingerprint(folder)]), ref, _num_layers(folder)
-        body = {k: v for k, v in st.items() if k not in ("label", "tables", "sweep_of")}
-        if kind in TRAIN_KINDS:
-            steps = max(1, round(body.get("max_steps", 30) * b.steps_scale))
-            body["max_steps"] = min(steps, b.max_steps) if b.max_steps else steps
-            if b.max_rows:
-                body["max_rows"] = min(body.get("max_rows") or b.max_rows, b.max_rows)
-        # a cap is written into the body (and so the hash) only where it lowers the value: an eval_limit above the
-        # default limit of 40 wrote limit 40 into a body without one, and every evaluation ran again for nothing
-        if kind == "eval" and b.eval_limit and body.get("limit", 40) > b.eval_limit:
-            body["limit"] = b.eval_limit
-        if kind == "synth-math" and b.max_rows and (body.get("num_seeds", 200) or b.max_rows + 1) > b.max_rows:
-            body["num_seeds"] = b.max_rows  # its seeds are its rows: a budget's quick try made every seed the stage
-            # asked for (the solar-10.7b preset's 20,000)
-        # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
-        made = {f"{out[d]}-{part}": (d, part) for d in deps if kinds.get(d) == "synth-math" for part in SYNTH_PARTS}
-        produced = {n: hashes[d] for n, (d, _) in made.items()}
-        fps = {}
-        for key in ("data", "eval_data"):
-            items = body.get(key) or []
-            for j, d in enumerate(items if isinstance(items, list) else [items]):
-                src = d.get("source", "") if isinstance(d, dict) else ""
-                where = f"stage {name}.{key}[{j}].source"
-                hit = STAGE_REF.match(src)
-                src = f"dataset:{out[hit[1]]}-{hit[2]}" if hit else src
-                fps[src] = _source_fp(src, where, produced)
-                own = made.get(src.removeprefix("dataset:")) if src.startswith("dataset:") else None
-                if kind in TRAIN_KINDS and own:
-                    _check_part(*own, kind, where)
-                elif kind in TRAIN_KINDS and not data.hub_id(src):
-                    _check_rows(src, kind, where, checked, d.get("weight", 1.0))
-                if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
-                    need_hub(where, src)
-        # an evaluation's task files and sets, read as its job will, then their contents in its hash (only where a
-        # task reads one: an evaluation of the built-in sets keeps the hash it had)
-        read: dict = {}
-        if kind == "eval":
-            spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
-            _check_tasks(spec, f"stage {name}.tasks", checked)
-            read = _task_fps(spec.tasks, f"stage {name}.tasks", produced)
-        elif kind == "synth-math":
-            read = _synth_fps(body, f"stage {name}")
-        # the stage's name is in the hash: two stages with the same body are still two models
-        h = _sha([kind, body, [hashes[d] for d in deps], fps,
-                  {r: hashes[r] for _, r in stage_refs(st) if r in hashes}] + ([read] if read else []))
-        output = "" if kind == "eval" else _output_name(recipe.name, name, h)
-        if kind != "eval":
-            spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
-            spec = spec.model_copy(update={"name": output})
-        d = None
-        if kind in TRAIN_KINDS:
-            d = depth[st["model"]]
-        elif kind == "merge":
-            ds = {m: depth[m] for m in st["models"]}
-            if len(set(ds.values())) > 1:
-                detail = ", ".join(f"{m} has {v}" for m, v in ds.items())
-                raise RecipeError(f"stage {name}.models: {detail} layers; a merge needs models of the same depth.")
-            d = next(iter(ds.values()))
-        info = {"label": st.get("label", ""), "tables": st.get("tables") or ([kind] if kind in ("sft", "dpo",
-                "merge") else []), "data": fps,
-                "sources": [d.get("source") for d in (st.get("data") or []) if isinstance(d, dict)],
-                "from": [st[k] for k in ("model",) if k in st] + list(st.get("models") or []),
-                "merge": {k: st[k] for k in ("method", "weights", "t") if k in st} if kind == "merge" else {}}
-        if "sweep_of" in st:
-            info["sweep_of"] = st["sweep_of"]
-        nodes.append(Node(name, kind, spec, output, h, deps, d, info))
-        depth[name], out[name], hashes[name] = d, output, h
 
-    # --- one evaluation of every model, with the same tasks and settings
-    if recipe.eval is not None:
-        ev = dict(recipe.eval)
-        if b.eval_limit and ev.get("limit", 40) > b.eval_limit:  # only a cap that lowers it (as the stages')
-            ev["limit"] = b.eval_limit
-        task_fps: dict | None = None  # the task files' and sets' contents (_task_fps), read once: every model's
-        for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:  # evaluation reads the same
-            spec = EvalSpec(models=[n.output], **ev)
-            _check_tasks(spec, "eval.tasks", checked)
-            if task_fps is None:
-                task_fps = _task_fps(spec.tasks, "eval.tasks", {})
-            # only where a task reads a file or set: an evaluation of the built-in sets keeps the hash it had
-            h = _sha(["eval", ev, n.hash, n.output] + ([task_fps] if task_fps else []))
-            nodes.append(Node(f"eval:{n.stage}", "eval", spec, "", h, [n.stage],
-                              info={"of": n.stage, "model": spec.models[0]}))
-    _look_up(nodes)
-    return Plan(recipe, nodes)
+
+def _stage_node(recipe: RecipeSpec, st: dict, kinds: dict[str, str], known: _Known) -> Node:
+    """One stage: its body under the recipe's budget, its data and task files checked and fingerprinted, its hash
+    (spec, upstream hashes, fingerprints), its spec under its output name, and the depth of the model it makes."""
+    names = set(kinds)  # the recipe's stages, by name
+    name, kind = st["name"], st["kind"]
+    depth, out, hashes = known.depth, known.out, known.hashes
+    deps = sorted({ref for _, ref in stage_refs(st) if ref in names or ref in RESERVED})
+    for ref in {ref for _, ref in stage_refs(st) if ref not in names and ref not in RESERVED}:
+        folder, _ = registry.resolve(ref)  # an outside model: its files are part of the hash
+        hashes[ref], out[ref], depth[ref] = _sha(["model", folder_fingerprint(folder)]), ref, _num_layers(folder)
+    body = _budgeted({k: v for k, v in st.items() if k not in ("label", "tables", "sweep_of")}, kind, recipe.budget)
+    # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
+    made = {f"{out[d]}-{part}": (d, part) for d in deps if kinds.get(d) == "synth-math" for part in SYNTH_PARTS}
+    produced = {n: hashes[d] for n, (d, _) in made.items()}
+    fps = _data_fps(name, kind, body, made, produced, known)
+    # an evaluation's task files and sets, read as its job will, then their contents in its hash (only where a
+    # task reads one: an evaluation of the built-in sets keeps the hash it had)
+    read: dict = {}
+    if kind == "eval":
+        spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
+        _check_tasks(spec, f"stage {name}.tasks", known.checked)
+        read = _task_fps(spec.tasks, f"stage {name}.tasks", produced)
+    elif kind == "synth-math":
+        read = _synth_fps(body, f"stage {name}")
+    # the stage's name is in the hash: two stages with the same body are still two models
+    h = _sha([kind, body, [hashes[d] for d in deps], fps,
+              {r: hashes[r] for _, r in stage_refs(st) if r in hashes}] + ([read] if read else []))
+    output = "" if kind == "eval" else _output_name(recipe.name, name, h)
+    if kind != "eval":
+        spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
+        spec = spec.model_copy(update={"name": output})
+    node = Node(name, kind, spec, output, h, deps, _stage_depth(st, depth), _stage_info(st, fps))
+    known.add(node)
+    return node
+
+
+def _budgeted(body: dict, kind: str, b: Budget) -> dict:
+    """The stage's body under the recipe's budget (a quick try of a long recipe): steps scaled and capped, rows,
+    evaluation limits and synthetic seeds capped. Returns body, changed in place."""
+    if kind in TRAIN_KINDS:
+        steps = max(1, round(body.get("max_steps", 30) * b.steps_scale))
+        body["max_steps"] = min(steps, b.max_steps) if b.max_steps else steps
+        if b.max_rows:
+            body["max_rows"] = min(body.get("max_rows") or b.max_rows, b.max_rows)
+    # a cap is written into the body (and so the hash) only where it lowers the value: an eval_limit above the
+    # default limit of 40 wrote limit 40 into a body without one, and every evaluation ran again for nothing
+    if kind == "eval" and b.eval_limit and body.get("limit", 40) > b.eval_limit:
+        body["limit"] = b.eval_limit
+    if kind == "synth-math" and b.max_rows and (body.get("num_seeds", 200) or b.max_rows + 1) > b.max_rows:
+        body["num_seeds"] = b.max_rows  # its seeds are its rows: a budget's quick try made every seed the stage
+        # asked for (the solar-10.7b preset's 20,000)
+    return body
+
+
+def _data_fps(name: str, kind: str, body: dict, made: dict, produced: dict, known: _Known) -> dict[str, str]:
+    """The fingerprint of every data source of the stage, by source; a training stage's sources are read as its job
+    will read them (this recipe's synthetic data: of a layout the stage trains on), and a Hub id needs the Hub."""
+    fps = {}
+    for key in ("data", "eval_data"):
+        items = body.get(key) or []
+        for j, d in enumerate(items if isinstance(items, list) else [items]):
+            src = d.get("source", "") if isinstance(d, dict) else ""
+            where = f"stage {name}.{key}[{j}].source"
+            hit = STAGE_REF.match(src)
+            src = f"dataset:{known.out[hit[1]]}-{hit[2]}" if hit else src
+            fps[src] = _source_fp(src, where, produced)
+            own = made.get(src.removeprefix("dataset:")) if src.startswith("dataset:") else None
+            if kind in TRAIN_KINDS and own:
+                _check_part(*own, kind, where)
+            elif kind in TRAIN_KINDS and not data.hub_id(src):
+                _check_rows(src, kind, where, known.checked, d.get("weight", 1.0))
+            if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
+                known.need_hub(where, src)
+    return fps
+
+
+def _stage_depth(st: dict, depth: dict[str, int | None]) -> int | None:
+    """The depth of the model the stage makes: its model's (training), or its models' one depth (merge)."""
+    if st["kind"] in TRAIN_KINDS:
+        return depth[st["model"]]
+    if st["kind"] == "merge":
+        ds = {m: depth[m] for m in st["models"]}
+        if len(set(ds.values())) > 1:
+            detail = ", ".join(f"{m} has {v}" for m, v in ds.items())
+            raise RecipeError(f"stage {st['name']}.models: {detail} layers; a merge needs models of the same depth.")
+        return next(iter(ds.values()))
+    return None
+
+
+def _stage_info(st: dict, fps: dict[str, str]) -> dict[str, Any]:
+    """What the Recipe page and the tables show of a stage: its label, tables, data, what it was made from."""
+    kind = st["kind"]
+    info = {"label": st.get("label", ""), "tables": st.get("tables") or ([kind] if kind in ("sft", "dpo",
+            "merge") else []), "data": fps,
+            "sources": [d.get("source") for d in (st.get("data") or []) if isinstance(d, dict)],
+            "from": [st[k] for k in ("model",) if k in st] + list(st.get("models") or []),
+            "merge": {k: st[k] for k in ("method", "weights", "t") if k in st} if kind == "merge" else {}}
+    if "sweep_of" in st:
+        info["sweep_of"] = st["sweep_of"]
+    return info
+
+
+def _eval_nodes(recipe: RecipeSpec, nodes: list[Node], known: _Known) -> list[Node]:
+    """The recipe's `eval`: one evaluation of every model (the base's included), with the same tasks and
+    settings."""
+    ev = dict(recipe.eval)
+    b = recipe.budget
+    if b.eval_limit and ev.get("limit", 40) > b.eval_limit:  # only a cap that lowers it (as the stages')
+        ev["limit"] = b.eval_limit
+    evals = []
+    task_fps: dict | None = None  # the task files' and sets' contents (_task_fps), read once: every model's
+    for n in [n for n in nodes if n.kind in ("base", *MODEL_KINDS)]:  # evaluation reads the same
+        spec = EvalSpec(models=[n.output], **ev)
+        _check_tasks(spec, "eval.tasks", known.checked)
+        if task_fps is None:
+            task_fps = _task_fps(spec.tasks, "eval.tasks", {})
+        # only where a task reads a file or set: an evaluation of the built-in sets keeps the hash it had
+        h = _sha(["eval", ev, n.hash, n.output] + ([task_fps] if task_fps else []))
+        evals.append(Node(f"eval:{n.stage}", "eval", spec, "", h, [n.stage],
+                          info={"of": n.stage, "model": spec.models[0]}))
+    return evals
 
 
 def _look_up(nodes: list[Node]) -> None:
