@@ -162,7 +162,8 @@ def _layer_activation_bytes(s: ModelShape, st: Setup, padded: bool) -> float:
 
 
 def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> MemoryPlan:
-    """The memory of one training configuration, per device, in bytes."""
+    """The memory of one training configuration, per device, in bytes: the model's states (weights, gradients,
+    optimizer states, sharded or offloaded), the activations, and the peak of the two phases they make together."""
     s, st = shape, setup
     b = st.bytes_per_value
     tokens = st.batch * st.seq * (2 if st.kind == "dpo" else 1)
@@ -170,64 +171,122 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     trainable = s.lora_params(st.lora_r, st.lora_targets) if st.lora_r else s.params
     reference = st.reference if st.reference is not None else (st.kind == "dpo" and not st.lora_r)
     optimizer = st.optimizer if st.optimizer != "auto" else "adamw_fused"
-
-    # --- weights, gradients, optimizer states (sharded ones divided among the processes; the table in the docstring)
     given = st
     if st.sharding == "zero3_offload":  # the strategy row's name for ZeRO-3 with both offloads
         st = replace(st, sharding="zero3", offload_params=True, offload_optimizer=True)
     # LoRA: the adapters, their gradients and AdamW states in the adapters' dtype (float32 but under DeepSpeed)
     tb = st.adapter_bytes if st.lora_r else b
-    weights, grads = s.params * b + (trainable * tb if st.lora_r else 0), trainable * tb
-    if optimizer == "adamw_8bit":
-        # per tensor (bitsandbytes decides 8 or 32 bits per parameter): LoRA's A (r × in) and B (out × r) of each
-        # adapted linear; in full training the embeddings' states are 32-bit (the HF Trainer's override, above)
-        sizes, wide = (([n for _, i, o in s.lora_targets(st.lora_targets) for n in (st.lora_r * i, o * st.lora_r)], [])
-                       if st.lora_r else (list(s.param_sizes), list(s.embedding_sizes)))
-        if not sizes and not wide:  # a shape made by hand, without per-tensor sizes
-            sizes = [trainable]
-        states = sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes) + 8 * sum(wide)
-    else:
-        states = 2 * trainable * tb
-    cpu_bytes = 0
-    gathered = 0
-    step_temp = 0  # what the optimizer step adds on the GPU, beside the gradients (DeepSpeed: below)
-    allp = s.params + (trainable if st.lora_r else 0)  # every parameter the sharding splits
-    n = 1 if st.sharding == "fsdp_no_shard" else max(1, st.shard_over or st.gpus)
-    here = st.local_processes  # host memory is the machine's: every process on it
-    unit = max(s.layer_params, s.embed_params)
-    if st.sharding.startswith("fsdp"):
-        # accelerate upcasts bf16 weights to float32 shards under mixed precision; AdamW states in float32
-        weights, grads, states = 4 * allp // n, 4 * trainable // n, 8 * trainable // n
-        # the gathered bfloat16 copy of the running layer and the next (prefetch), and its unsharded gradient;
-        # SHARD_GRAD_OP keeps every layer's gathered copy from its forward to its backward
-        gathered = (allp * b if st.sharding == "fsdp_grad_op" else 2 * unit * b) + unit * 4
-        if st.offload_params:  # torch's CPUOffload: parameter and gradient shards on the host, the step there too
-            cpu_bytes = (weights + grads + states) * here
-            weights, grads, states = 0, 0, 0
-    elif st.deepspeed:
-        stage = int(st.sharding[-1])
-        # ZeRO (arXiv 1910.02054): bf16 weights and gradients, 12 bytes of float32 master + momentum + variance
-        weights = allp * b // n if stage == 3 else allp * b
-        grads = trainable * b // n if stage >= 2 else trainable * b
-        states = 12 * trainable // n
-        if stage == 3:
-            gathered = 2 * unit * b + unit * 4
-        # the step casts the local gradient partition to float32 for the float32 master weights (stage_1_and_2.py
-        # step; stage3.py _prepare_fp32_grad_for_sub_group, one sub-group at a time, sub_group_size 1e9 by
-        # default): DeepSpeed's own estimates count these 4 bytes (estimate_zero3_model_states_mem_needs: 18Ψ/n =
-        # 2 + 4 + 12; estimate_zero2_…: 4Ψ + 16Ψ/n, 16 = 4 + 12)
-        step_temp = 4 * (min(trainable // n, DS_SUB_GROUP) if stage == 3 else trainable // n)
-        if st.offload_optimizer:  # ZeRO-Offload: float32 gradients, master weights and states on the host
-            cpu_bytes += 16 * trainable // n * here
-            states, grads, step_temp = 0, (grads if stage == 1 else 0), 0
-        if st.offload_params and stage == 3:  # the bf16 parameter shards on the host
-            cpu_bytes += allp * b // n * here
-            weights = 0
-        if st.offload_optimizer or st.offload_params:
-            # the GPU keeps the gathered layers and DeepSpeed's reduce/prefetch buckets ("auto": hidden²)
-            gathered = 2 * unit * b + 2 * s.hidden ** 2 * b
+    m = _model_states(s, st, trainable, optimizer, tb)
+    activations = _activations(s, st, tokens, padded)
 
-    # --- activations: the decoder layers' saved tensors, then the fused LM head on top of them
+    # gradient phase: all gradients + the optimizer step's temporaries (foreach AdamW: one copy; fused: none)
+    opt_temp = trainable * tb if optimizer == "adamw" and st.device == "cuda" else 0
+    if st.sharding.startswith("fsdp") or st.sharding == "zero3":
+        opt_temp = 0
+    opt_temp += m.step_temp
+    if st.lora_r and st.uses_autocast and st.adapter_bytes != b:
+        # autocast's bfloat16 casts of the float32 adapters, which A and B save for the backward
+        activations += trainable * b
+    grad_phase = m.grads + opt_temp + m.gathered
+    act_phase = activations + m.gathered + (m.grads if st.grad_accum > 1 else 0)
+    ref_bytes = s.params * b if reference else 0
+    if reference and (st.sharding.startswith("fsdp") or st.sharding == "zero3"):
+        ref_bytes //= m.shards
+    total = int(m.weights + ref_bytes + m.states + max(act_phase, grad_phase))
+    if st.device == "cuda":
+        overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * total)
+    else:
+        overhead = CPU_PROCESS_BYTES
+    comps = {"weights": int(m.weights), "gradients": int(m.grads), "optimizer": int(m.states),
+             "activations": int(activations + m.gathered), "reference": int(ref_bytes)}
+    return MemoryPlan(strategy=strategy or describe(given), setup=given, components=comps, total_bytes=total,
+                      overhead_bytes=overhead, cpu_bytes=int(m.cpu_bytes), trainable=trainable)
+
+
+@dataclass
+class _ModelStates:
+    """What the model's parameters take on each device (and offloaded, on the host) outside the activations."""
+    weights: int
+    grads: int
+    states: int  # the optimizer's
+    shards: int  # the processes a shard spans (1: unsharded)
+    cpu_bytes: int = 0
+    gathered: int = 0  # sharded: the gathered layers (and buckets) the forward and backward need on the device
+    step_temp: int = 0  # what the optimizer step adds on the GPU, beside the gradients (DeepSpeed: float32 casts)
+
+
+def _model_states(s: ModelShape, st: Setup, trainable: int, optimizer: str, tb: int) -> _ModelStates:
+    """Weights, gradients and optimizer states: each process's whole copy, then (sharded) divided among the
+    processes or offloaded to the host, as the table in backend/memplan/__init__.py says."""
+    b = st.bytes_per_value
+    weights, grads = s.params * b + (trainable * tb if st.lora_r else 0), trainable * tb
+    states = _adamw_8bit_states(s, st, trainable) if optimizer == "adamw_8bit" else 2 * trainable * tb
+    n = 1 if st.sharding == "fsdp_no_shard" else max(1, st.shard_over or st.gpus)
+    m = _ModelStates(weights, grads, states, n)
+    if st.sharding.startswith("fsdp"):
+        _fsdp_states(m, s, st, trainable)
+    elif st.deepspeed:
+        _zero_states(m, s, st, trainable)
+    return m
+
+
+def _adamw_8bit_states(s: ModelShape, st: Setup, trainable: int) -> int:
+    """bitsandbytes AdamW8bit's states, per tensor (it decides 8 or 32 bits per parameter): LoRA's A (r × in) and B
+    (out × r) of each adapted linear; in full training the embeddings' states are 32-bit (the HF Trainer's
+    override; see BNB_BLOCK)."""
+    sizes, wide = (([n for _, i, o in s.lora_targets(st.lora_targets) for n in (st.lora_r * i, o * st.lora_r)], [])
+                   if st.lora_r else (list(s.param_sizes), list(s.embedding_sizes)))
+    if not sizes and not wide:  # a shape made by hand, without per-tensor sizes
+        sizes = [trainable]
+    return sum(2 * n + 2 * 4 * -(-n // BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n for n in sizes) + 8 * sum(wide)
+
+
+def _fsdp_states(m: _ModelStates, s: ModelShape, st: Setup, trainable: int) -> None:
+    """FSDP (any of its shardings): float32 shards, the gathered layers, and torch's CPUOffload."""
+    b, n, unit = st.bytes_per_value, m.shards, max(s.layer_params, s.embed_params)
+    allp = s.params + (trainable if st.lora_r else 0)  # every parameter the sharding splits
+    # accelerate upcasts bf16 weights to float32 shards under mixed precision; AdamW states in float32
+    m.weights, m.grads, m.states = 4 * allp // n, 4 * trainable // n, 8 * trainable // n
+    # the gathered bfloat16 copy of the running layer and the next (prefetch), and its unsharded gradient;
+    # SHARD_GRAD_OP keeps every layer's gathered copy from its forward to its backward
+    m.gathered = (allp * b if st.sharding == "fsdp_grad_op" else 2 * unit * b) + unit * 4
+    if st.offload_params:  # torch's CPUOffload: parameter and gradient shards on the host, the step there too
+        m.cpu_bytes = (m.weights + m.grads + m.states) * st.local_processes  # the host's: every process on it
+        m.weights, m.grads, m.states = 0, 0, 0
+
+
+def _zero_states(m: _ModelStates, s: ModelShape, st: Setup, trainable: int) -> None:
+    """DeepSpeed ZeRO stages 1–3: what each stage partitions, the step's float32 casts, and the offloads."""
+    b, n, unit = st.bytes_per_value, m.shards, max(s.layer_params, s.embed_params)
+    allp = s.params + (trainable if st.lora_r else 0)  # every parameter the sharding splits
+    here = st.local_processes  # host memory is the machine's: every process on it
+    stage = int(st.sharding[-1])
+    # ZeRO (arXiv 1910.02054): bf16 weights and gradients, 12 bytes of float32 master + momentum + variance
+    m.weights = allp * b // n if stage == 3 else allp * b
+    m.grads = trainable * b // n if stage >= 2 else trainable * b
+    m.states = 12 * trainable // n
+    if stage == 3:
+        m.gathered = 2 * unit * b + unit * 4
+    # the step casts the local gradient partition to float32 for the float32 master weights (stage_1_and_2.py
+    # step; stage3.py _prepare_fp32_grad_for_sub_group, one sub-group at a time, sub_group_size 1e9 by
+    # default): DeepSpeed's own estimates count these 4 bytes (estimate_zero3_model_states_mem_needs: 18Ψ/n =
+    # 2 + 4 + 12; estimate_zero2_…: 4Ψ + 16Ψ/n, 16 = 4 + 12)
+    m.step_temp = 4 * (min(trainable // n, DS_SUB_GROUP) if stage == 3 else trainable // n)
+    if st.offload_optimizer:  # ZeRO-Offload: float32 gradients, master weights and states on the host
+        m.cpu_bytes += 16 * trainable // n * here
+        m.states, m.grads, m.step_temp = 0, (m.grads if stage == 1 else 0), 0
+    if st.offload_params and stage == 3:  # the bf16 parameter shards on the host
+        m.cpu_bytes += allp * b // n * here
+        m.weights = 0
+    if st.offload_optimizer or st.offload_params:
+        # the GPU keeps the gathered layers and DeepSpeed's reduce/prefetch buckets ("auto": hidden²)
+        m.gathered = 2 * unit * b + 2 * s.hidden ** 2 * b
+
+
+def _activations(s: ModelShape, st: Setup, tokens: int, padded: bool) -> float:
+    """The activations' peak: the decoder layers' saved tensors, the padding mask, then the larger of the fused LM
+    head on top of them and (checkpointing) one layer's recomputation."""
+    b = st.bytes_per_value
     per_layer = _layer_activation_bytes(s, st, padded) * tokens
     # with checkpointing each layer keeps only its input; one layer is recomputed at a time in the backward, after
     # the head's buffers are gone
@@ -244,30 +303,7 @@ def estimate(shape: ModelShape, setup: Setup, strategy: str | None = None) -> Me
     head_bwd = tokens * s.hidden * (4 + b) + (s.vocab * s.hidden * (4 + b) if head_trainable else 0)
     head = final + tile + head_bwd
     recompute = per_layer + (s.vocab * s.hidden * b if head_trainable else 0) if st.checkpointing else 0
-    activations = saved + mask + max(head, recompute)
-
-    # gradient phase: all gradients + the optimizer step's temporaries (foreach AdamW: one copy; fused: none)
-    opt_temp = trainable * tb if optimizer == "adamw" and st.device == "cuda" else 0
-    if st.sharding.startswith("fsdp") or st.sharding == "zero3":
-        opt_temp = 0
-    opt_temp += step_temp
-    if st.lora_r and st.uses_autocast and st.adapter_bytes != b:
-        # autocast's bfloat16 casts of the float32 adapters, which A and B save for the backward
-        activations += trainable * b
-    grad_phase = grads + opt_temp + gathered
-    act_phase = activations + gathered + (grads if st.grad_accum > 1 else 0)
-    ref_bytes = s.params * b if reference else 0
-    if reference and (st.sharding.startswith("fsdp") or st.sharding == "zero3"):
-        ref_bytes //= n
-    total = int(weights + ref_bytes + states + max(act_phase, grad_phase))
-    if st.device == "cuda":
-        overhead = int(CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK * total)
-    else:
-        overhead = CPU_PROCESS_BYTES
-    comps = {"weights": int(weights), "gradients": int(grads), "optimizer": int(states),
-             "activations": int(activations + gathered), "reference": int(ref_bytes)}
-    return MemoryPlan(strategy=strategy or describe(given), setup=given, components=comps, total_bytes=total,
-                      overhead_bytes=overhead, cpu_bytes=int(cpu_bytes), trainable=trainable)
+    return saved + mask + max(head, recompute)
 
 
 def describe(st: Setup) -> str:
