@@ -68,20 +68,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
         trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
     callback.flops_per_token = model_flops_per_token(spec, trainer)
     if spec.kind == "dpo" and not reference_each_step(spec, trainer):  # (every process: the gather is collective)
-        tokens = int(trainer.accelerator.gather(torch.tensor([precompute.tokens], device=trainer.args.device)).sum())
-        m = trainer.model
-        base = m.num_parameters() - (m.num_parameters(only_trainable=True) if spec.lora else 0)
-        callback.precomputed(tokens, precompute.seconds, perf.forward_flops_per_token(m.config, base, spec.max_length))
-        if trainer.is_world_process_zero() and tokens:
-            print(f"perf: reference log-probs precomputed: {tokens} tokens in {precompute.seconds:.1f} s before "
-                  "step 1 (logged as ref_precompute_*; mfu counts the policy's steps alone)", flush=True)
-    packed = bool(getattr(args, "packing", False))  # DPOConfig has none
-    check_replies_fit(spec, train, trainer.train_dataset, packed)
-    if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed
-        check_replies_fit(spec, evals, trainer.eval_dataset, packed, what="held-out ")
-    note_cut_rows(spec, args, train, trainer.train_dataset, say=trainer.is_world_process_zero())
-    if evals is not None:
-        note_cut_rows(spec, args, evals, trainer.eval_dataset, what="held-out ", say=trainer.is_world_process_zero())
+        _record_precompute(spec, trainer, callback, precompute)
+    _check_rows_after_tokenizing(spec, args, trainer, train, evals)
     if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
         perf.compile_layers(trainer.model)
     checkpoints = complete_checkpoints(run_dir)
@@ -93,13 +81,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if evals is not None and not checkpoints and spec.kind != "dpo":
         trainer.evaluate()  # logged at step 0 through the callback
         if cfg.get("reference_path"):
-            ref = load_model(cfg["reference_path"], choices.attention)
-            ref_trainer = build_trainer(spec.model_copy(update={"lora": None}), ref, None, tok,
-                                        make_config(spec, run_dir / "reference", True, choices), train, evals,
-                                        [])
-            ref_loss = ref_trainer.evaluate()["eval_loss"]
-            del ref_trainer, ref
-            shutil.rmtree(run_dir / "reference", ignore_errors=True)
+            ref_loss = _reference_loss(spec, cfg["reference_path"], run_dir, choices, tok, train, evals)
             if trainer.is_world_process_zero():
                 callback.record(0, {"reference_eval_loss": ref_loss})
 
@@ -107,41 +89,100 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if checkpoints:
         resume_token_count(trainer, checkpoints[-1])
     result = train_or_finish(trainer, checkpoints[-1] if checkpoints else None)
+    final_eval = _final_eval(trainer, evals, result)
+
+    # --- save: into final.partial, renamed when complete
+    if trainer.is_world_process_zero():
+        out = run_dir / "final.partial"
+        _save_model(out, spec, trainer, tok)
+        summary = _summary(trainer, result, final_eval, checkpoints, choices, extra_summary)
+        _write_card(out, cfg["name"], spec, result, summary)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        out.rename(run_dir / "final")
+
+
+def _record_precompute(spec, trainer, callback: MetricsCallback, precompute) -> None:
+    """DPO with the reference precomputed: trl scored every row with the reference inside DPOTrainer(), before step
+    1. Its tokens (every process's) and seconds are logged apart (ref_precompute_*), so that the steps' MFU counts
+    the policy's work alone."""
+    tokens = int(trainer.accelerator.gather(torch.tensor([precompute.tokens], device=trainer.args.device)).sum())
+    m = trainer.model
+    base = m.num_parameters() - (m.num_parameters(only_trainable=True) if spec.lora else 0)
+    callback.precomputed(tokens, precompute.seconds, perf.forward_flops_per_token(m.config, base, spec.max_length))
+    if trainer.is_world_process_zero() and tokens:
+        print(f"perf: reference log-probs precomputed: {tokens} tokens in {precompute.seconds:.1f} s before "
+              "step 1 (logged as ref_precompute_*; mfu counts the policy's steps alone)", flush=True)
+
+
+def _check_rows_after_tokenizing(spec, args, trainer, train, evals) -> None:
+    """The rows as the trainer tokenized them: a run whose replies were all cut off fails here, with the reason,
+    and rows cut to max_length are counted in the log (the training rows, then the held-out ones)."""
+    packed = bool(getattr(args, "packing", False))  # DPOConfig has none
+    check_replies_fit(spec, train, trainer.train_dataset, packed)
+    if evals is not None:  # dropped alike: an empty held-out set scored no eval_loss, and the reference's crashed
+        check_replies_fit(spec, evals, trainer.eval_dataset, packed, what="held-out ")
+    note_cut_rows(spec, args, train, trainer.train_dataset, say=trainer.is_world_process_zero())
+    if evals is not None:
+        note_cut_rows(spec, args, evals, trainer.eval_dataset, what="held-out ", say=trainer.is_world_process_zero())
+
+
+def _reference_loss(spec, reference_path: str, run_dir: Path, choices, tok, train, evals) -> float:
+    """The reference model's held-out loss (the recovery view: the base an up-scaled model was made from), scored by
+    a trainer of its own (no LoRA) whose folder and model are gone before training starts."""
+    ref = load_model(reference_path, choices.attention)
+    ref_trainer = build_trainer(spec.model_copy(update={"lora": None}), ref, None, tok,
+                                make_config(spec, run_dir / "reference", True, choices), train, evals, [])
+    ref_loss = ref_trainer.evaluate()["eval_loss"]
+    del ref_trainer, ref
+    shutil.rmtree(run_dir / "reference", ignore_errors=True)
+    return ref_loss
+
+
+def _final_eval(trainer, evals, result) -> dict:
+    """The last held-out loss logged ({} without a held-out set): evaluated here only where the last step went
+    without one."""
     # transformers (5.24 DefaultFlowCallback) evaluates at the last step itself, before the final checkpoint is saved,
     # when it is not an eval step: evaluating again here logged a second eval_loss at that step in every such run
     if evals is not None and not any("eval_loss" in h and h.get("step") == result.global_step
                                      for h in trainer.state.log_history):
         trainer.evaluate()  # (a run whose last step went without one, e.g. a checkpoint of an older version)
     evals_logged = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
-    final_eval = {"eval_loss": evals_logged[-1]} if evals_logged else {}
+    return {"eval_loss": evals_logged[-1]} if evals_logged else {}
 
-    # --- save: into final.partial, renamed when complete
-    if trainer.is_world_process_zero():
-        out = run_dir / "final.partial"
-        shutil.rmtree(out, ignore_errors=True)
-        model = trainer.model
-        if spec.lora:
-            model = model.merge_and_unload()
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(out)
-        train_loss = run_train_loss(result, trainer.state.log_history, checkpoints[-1] if checkpoints else None)
-        summary = {"global_step": result.global_step, "train_loss": round(train_loss, 4),
-                   "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
-                   "resumed_from": checkpoints[-1].name if checkpoints else None,
-                   "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
-                   "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
-                   "world_size": trainer.args.world_size, "peak_memory_gib": round(peak_memory_gib(), 3),
-                   "device": "cuda" if CUDA else "cpu",  # which memory peak_memory_gib read (the pages say it)
-                   "perf": choices.as_dict(), **(extra_summary or {})}
-        (out / "README.md").write_text(
-            f"# {cfg['name']}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"
-            f"Data: {', '.join(f'{d.source} ×{d.weight:g}' for d in spec.data)}\n\n"
-            f"Steps: {result.global_step}; train loss {summary['train_loss']}; eval loss {summary['eval_loss']}.\n\n"
-            f"## Spec\n```yaml\n{spec.to_yaml()}```\n")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        out.rename(run_dir / "final")
+
+def _save_model(out: Path, spec, trainer, tok) -> None:
+    """The trained model (LoRA merged into plain weights), its tokenizer and generation config, into a fresh `out`
+    (final.partial: renamed only when the run's files are all written)."""
+    shutil.rmtree(out, ignore_errors=True)
+    model = trainer.model
+    if spec.lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+
+
+def _summary(trainer, result, final_eval: dict, checkpoints: list, choices, extra_summary: dict | None) -> dict:
+    """summary.json: the run's losses, steps, time, tokens, memory peak and the hardware choices it ran with."""
+    train_loss = run_train_loss(result, trainer.state.log_history, checkpoints[-1] if checkpoints else None)
+    return {"global_step": result.global_step, "train_loss": round(train_loss, 4),
+            "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+            "resumed_from": checkpoints[-1].name if checkpoints else None,
+            "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+            "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+            "world_size": trainer.args.world_size, "peak_memory_gib": round(peak_memory_gib(), 3),
+            "device": "cuda" if CUDA else "cpu",  # which memory peak_memory_gib read (the pages say it)
+            "perf": choices.as_dict(), **(extra_summary or {})}
+
+
+def _write_card(out: Path, name: str, spec, result, summary: dict) -> None:
+    """The model folder's README.md: what made it, from which data, how far it trained, and its spec."""
+    (out / "README.md").write_text(
+        f"# {name}\n\n{spec.kind.upper()} of `{spec.model}` by DUS Studio with trl.\n\n"
+        f"Data: {', '.join(f'{d.source} ×{d.weight:g}' for d in spec.data)}\n\n"
+        f"Steps: {result.global_step}; train loss {summary['train_loss']}; eval loss {summary['eval_loss']}.\n\n"
+        f"## Spec\n```yaml\n{spec.to_yaml()}```\n")
 
 
 if __name__ == "__main__":
