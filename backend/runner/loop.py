@@ -36,62 +36,75 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job |
     cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with
     `slots` it only succeeds while fewer than `slots` jobs run on this machine: the cap holds at every instant, not
     only after a losing worker gives its claim back. `only`: these jobs and no other."""
-    from sqlalchemy import func, text, update
-    from sqlalchemy.orm import aliased
-
-    # A rerun (db.retrying) whose first run's claim reached the server just as the connection died: that claim is
-    # this call's, found by the start time it wrote; claiming another instead left it "running" with no process.
     notes = db.unit_notes()
     with db.session() as s:
-        if db.rerun() and "claim" in notes:
-            claimed_id, started = notes.pop("claim")
-            if (mine := s.exec(select(Job).where(Job.id == claimed_id, Job.status == "running", Job.started == started,
-                                                 Job.host == claim_host(), Job.pid == None)).first()):  # noqa: E711
-                return mine
+        if db.rerun() and "claim" in notes and (mine := _claimed_before(s, *notes.pop("claim"))):
+            return mine
         queued = select(Job).where(Job.status == "queued")
         for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
-            deps = _needs(job)
-            blocked = waiting = False
-            for dep_id in deps:
-                dep = s.get(Job, dep_id)
-                if dep is None or dep.status in UNSUCCESSFUL:
-                    job.status, job.finished = "cancelled", utcnow()
-                    job.message = f"not run: job {dep_id} it waited for {dep.status if dep else 'is gone'}"
-                    s.add(job)
-                    s.commit()
-                    blocked = True
-                    break
-                waiting = waiting or dep.status != "succeeded"
-            for dep_id in job.waits or []:  # ended however (a job gone has ended too)
-                dep = s.get(Job, dep_id)
-                waiting = waiting or (dep is not None and dep.status in ("queued", "running"))
-            if blocked or waiting:
+            if _cancelled_or_waiting(s, job):
                 continue
-            # Safe with workers on several machines: SQLite holds its write lock for the whole statement, count
-            # included; PostgreSQL makes a second UPDATE of the row wait for the first, then re-checks
-            # status = 'queued' on the committed row (READ COMMITTED) and updates nothing. The count of running
-            # jobs is no row lock, so on PostgreSQL claims from one machine first take a transaction-scoped advisory
-            # lock on its name. tests/test_postgres.py races two workers for 20 jobs on both.
-            cond = [Job.id == job.id, Job.status == "queued"]
-            if slots is not None:
-                if s.get_bind().dialect.name == "postgresql":
-                    s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{claim_host()}"))
-                other = aliased(Job)
-                cond.append(select(func.count(other.id)).where(other.status == "running",
-                                                               other.host.in_(_hosts_here()))
-                            .scalar_subquery() < slots)
-            notes["claim"] = job.id, utcnow()
-            claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching",
-                                                             started=notes["claim"][1], host=claim_host(),
-                                                             cluster_ref=""))
-            s.commit()
-            if claimed.rowcount == 1:
-                s.refresh(job)
+            if _claim(s, job, slots, notes):
                 return job
-            del notes["claim"]
             if slots is not None and _busy() >= slots:
                 return None  # the machine filled up while we looked
     return None
+
+
+def _claimed_before(s, claimed_id: int, started) -> Job | None:
+    """A rerun (db.retrying) whose first run's claim reached the server just as the connection died: that claim is
+    this call's, found by the start time it wrote; claiming another instead left it "running" with no process."""
+    return s.exec(select(Job).where(Job.id == claimed_id, Job.status == "running", Job.started == started,
+                                    Job.host == claim_host(), Job.pid == None)).first()  # noqa: E711
+
+
+def _cancelled_or_waiting(s, job: Job) -> bool:
+    """Whether the job cannot be claimed now: a job it needs ended without succeeding (or is gone), and it is
+    cancelled here with the reason; or a job it needs or waits for has not ended (`waits`: ended however)."""
+    waiting = False
+    for dep_id in _needs(job):
+        dep = s.get(Job, dep_id)
+        if dep is None or dep.status in UNSUCCESSFUL:
+            job.status, job.finished = "cancelled", utcnow()
+            job.message = f"not run: job {dep_id} it waited for {dep.status if dep else 'is gone'}"
+            s.add(job)
+            s.commit()
+            return True
+        waiting = waiting or dep.status != "succeeded"
+    for dep_id in job.waits or []:  # ended however (a job gone has ended too)
+        dep = s.get(Job, dep_id)
+        waiting = waiting or (dep is not None and dep.status in ("queued", "running"))
+    return waiting
+
+
+def _claim(s, job: Job, slots: int | None, notes: dict) -> bool:
+    """Take the job for this machine in one conditional update: only while it is still queued and (with `slots`)
+    fewer than `slots` jobs run here. The claim's start time goes into the unit's notes first, so that a rerun
+    finds it (_claimed_before)."""
+    from sqlalchemy import func, text, update
+    from sqlalchemy.orm import aliased
+
+    # Safe with workers on several machines: SQLite holds its write lock for the whole statement, count
+    # included; PostgreSQL makes a second UPDATE of the row wait for the first, then re-checks
+    # status = 'queued' on the committed row (READ COMMITTED) and updates nothing. The count of running
+    # jobs is no row lock, so on PostgreSQL claims from one machine first take a transaction-scoped advisory
+    # lock on its name. tests/test_postgres.py races two workers for 20 jobs on both.
+    cond = [Job.id == job.id, Job.status == "queued"]
+    if slots is not None:
+        if s.get_bind().dialect.name == "postgresql":
+            s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{claim_host()}"))
+        other = aliased(Job)
+        cond.append(select(func.count(other.id)).where(other.status == "running", other.host.in_(_hosts_here()))
+                    .scalar_subquery() < slots)
+    notes["claim"] = job.id, utcnow()
+    claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching",
+                                                     started=notes["claim"][1], host=claim_host(), cluster_ref=""))
+    s.commit()
+    if claimed.rowcount == 1:
+        s.refresh(job)
+        return True
+    del notes["claim"]
+    return False
 
 
 @db.retrying
@@ -180,6 +193,41 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
     runnable now, wait for it, then return (tests, scripts). `only`: run these jobs and no other (a foreground
     `recipe run` ran every job queued in the workspace, another machine's included, before its own)."""
     slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
+    addr = _start_checks()
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+    running = _adopt_cluster_runs(addr)
+    last_beat = 0.0
+    try:
+        while True:
+            last_beat = _heartbeat(last_beat)
+            if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
+                _stop_lost_runs(running)
+            _reap_ended(running)
+            recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+            _clear_stopped()
+            busy = _busy()  # slots count every job running on this machine, also those another worker here started
+            job = _claim_next(slots, only) if not stop and busy < slots else None
+            if job is not None:
+                _start_or_give_back(job, running, poll)
+                continue
+            if not running and (once or stop):
+                return
+            time.sleep(0.2 if running else poll)
+    except KeyboardInterrupt:  # Ctrl-C (a foreground command's worker): its jobs stop now, and say so now
+        _interrupt_running(running)
+        raise
+
+
+def _start_checks() -> str | None:
+    """What a worker checks and tidies before its first claim, so that a bad setting stops it at start, not its
+    first job. Returns the Ray cluster's address (None: jobs run here)."""
     job_niceness()  # a bad $DUS_JOB_NICE stops the worker at start, not its first job
     if addr := ray_jobs.address():
         ray_jobs.client(addr)  # at start: name the address and what to run if it does not answer (and import Ray now)
@@ -190,70 +238,73 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
     # never from here (a job's node beats no heartbeat)
     db.clean_stale_tmp(dead_elsewhere=() if addr else dead_hosts())
     recover_orphans()
-    stop = False
+    return addr
 
-    def _stop(*_):
-        nonlocal stop
-        stop = True
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
+def _adopt_cluster_runs(addr: str | None) -> dict[int, subprocess.Popen | ray_jobs.RayRun]:
+    """The jobs a previous worker handed to the cluster run on: watched (cancel, end) as if started here."""
     running: dict[int, subprocess.Popen | ray_jobs.RayRun] = {}
-    if addr:  # jobs a previous worker handed to the cluster run on: watch them (cancel, end) as if started here
+    if addr:
         with db.session() as s:
             running.update({j.id: ray_jobs.RayRun(addr, j.cluster_ref) for j in s.exec(
                 select(Job).where(Job.status == "running", _mine(), Job.cluster_ref != ""))})
-    last_beat = 0.0
+    return running
+
+
+def _heartbeat(last_beat: float) -> float:
+    """This worker's heartbeat file on every turn, the machine's heartbeat row every BEAT_EVERY seconds. Returns
+    when the row was last written."""
+    heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+    if time.monotonic() - last_beat > BEAT_EVERY:
+        beat()
+        last_beat = time.monotonic()
+    return last_beat
+
+
+def _stop_lost_runs(running: dict) -> None:
+    """End the runs whose rows no longer hold them (_not_ours_any_longer): a Ray job is stopped and forgotten; a
+    local process group is killed and reaped by _reap_ended, which reads its exit code."""
+    for job_id in _not_ours_any_longer(running):
+        if isinstance(running[job_id], ray_jobs.RayRun):
+            running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
+            continue
+        try:
+            os.killpg(running[job_id].pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reap_ended(running: dict) -> None:
+    """Forget the runs that ended; a row still "running" after its run's end gets that end: the cluster's report of
+    a Ray job, or "failed" for a process that died without saying why."""
+    for job_id, proc in list(running.items()):
+        if isinstance(proc, ray_jobs.RayRun):
+            if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
+                del running[job_id]
+                _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+            continue
+        if proc.poll() is not None:
+            del running[job_id]
+            try:  # its own children (accelerate, the trainer) must not outlive a killed job process
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
+            # Only its own run: after a resume another worker here may run the job again under a new pid.
+            _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
+                        message="failed",
+                        error=f"the job process exited with code {proc.returncode} without finishing; see "
+                              f"its log; {_what_resume_does(get(job_id))}")
+
+
+def _start_or_give_back(job: Job, running: dict, poll: float) -> None:
+    """Start the claimed job (start_child); a Ray cluster that refused it or vanished gets it back to the queue,
+    and the worker waits a poll before its next claim."""
     try:
-        while True:
-            heartbeat_path().write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-            if time.monotonic() - last_beat > BEAT_EVERY:
-                beat()
-                last_beat = time.monotonic()
-            if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
-                for job_id in _not_ours_any_longer(running):
-                    if isinstance(running[job_id], ray_jobs.RayRun):
-                        running.pop(job_id).stop()  # Ray ends the entrypoint's process group on whichever node
-                        continue
-                    try:
-                        os.killpg(running[job_id].pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-            for job_id, proc in list(running.items()):
-                if isinstance(proc, ray_jobs.RayRun):
-                    if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
-                        del running[job_id]
-                        _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
-                    continue
-                if proc.poll() is not None:
-                    del running[job_id]
-                    try:  # its own children (accelerate, the trainer) must not outlive a killed job process
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
-                    # Only its own run: after a resume another worker here may run the job again under a new pid.
-                    _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
-                                message="failed",
-                                error=f"the job process exited with code {proc.returncode} without finishing; see "
-                                      f"its log; {_what_resume_does(get(job_id))}")
-            recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
-            _clear_stopped()
-            busy = _busy()  # slots count every job running on this machine, also those another worker here started
-            job = _claim_next(slots, only) if not stop and busy < slots else None
-            if job is not None:
-                try:
-                    running[job.id] = start_child(job)
-                except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
-                    if not ray_jobs.is_ray(job.host):
-                        raise
-                    _transition(job.id, "running", status="queued", started=None, host="",
-                                message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
-                    time.sleep(poll)
-                continue
-            if not running and (once or stop):
-                return
-            time.sleep(0.2 if running else poll)
-    except KeyboardInterrupt:  # Ctrl-C (a foreground command's worker): its jobs stop now, and say so now
-        _interrupt_running(running)
-        raise
+        running[job.id] = start_child(job)
+    except (ValueError, RuntimeError, OSError) as exc:  # the cluster refused or vanished: give the job back
+        if not ray_jobs.is_ray(job.host):
+            raise
+        _transition(job.id, "running", status="queued", started=None, host="",
+                    message=f"waiting: the Ray cluster did not take it ({exc})"[:500])
+        time.sleep(poll)
