@@ -6,7 +6,9 @@ Tasks:
   perplexity            held-out text (default data/heldout-text.txt: facts no built-in training set mentions), or
                         perplexity:FILE (a .txt, rows with a text column, or a conversation or instruction layout
                         backend/data.py reads for continued pretraining, not preference pairs: each row's text
-                        as continued pretraining reads it)
+                        as continued pretraining reads it); token-weighted over the texts, its standard error
+                        (the row perplexity_stderr, the tables' ±) a bootstrap over the texts, as lm-eval bootstraps
+                        its perplexity (it gives its token-weighted word/byte perplexities none; evalscore.py says how)
   synth-math            exact final answer on data/eval-math.jsonl: word problems outside the training generator's
                         problem space (data/make_builtin.py says why no question can equal a training question)
   qa[:FILE]             closed-book QA with abstention (backend/qa.py): accuracy, abstention rate, hallucination

@@ -56,9 +56,13 @@ def test_eval_in_the_foreground_prints_only_the_scores_it_wrote(tiny_llama):
     with db.session() as s:
         mine = s.get(EvalScore, 17)
     assert (mine.model, mine.task, mine.job_id) == ("tiny", "perplexity", None)
-    assert out.splitlines()[0] == "scores: 1"
+    assert out.splitlines()[0] == "scores: 2"  # the perplexity and its bootstrap error (evalscore.perplexity_stderr)
+    with db.session() as s:
+        se = s.get(EvalScore, 18)
+    assert (se.model, se.task, se.metric) == ("tiny", "perplexity", "perplexity_stderr")
     rows = [line for line in out.splitlines() if line.startswith("tiny ")]
-    assert rows == [f"{'tiny':40} {'perplexity':28} {'perplexity':28} {mine.value:10.4f}  (n={mine.n})"]
+    assert rows == [f"{'tiny':40} {'perplexity':28} {'perplexity':28} {mine.value:10.4f}  (n={mine.n})",
+                    f"{'tiny':40} {'perplexity':28} {'perplexity_stderr':28} {se.value:10.4f}  (n={se.n})"]
 
 
 def test_eval_fan_out_without_queue_is_an_error_with_exit_code_2():

@@ -128,7 +128,7 @@ def test_a_model_evaluated_by_its_folder_is_scored_under_its_registered_name(tin
 
     assert {m for m, _, _ in scoretable.latest_scores()} == {"tuned"}
     assert [line.split()[:3] for line in out.splitlines() if line.startswith("tuned ")] == [
-        ["tuned", "perplexity", "perplexity"]], out
+        ["tuned", "perplexity", "perplexity"], ["tuned", "perplexity", "perplexity_stderr"]], out
 
 
 def test_a_build_whose_default_folder_holds_files_is_refused_before_it_is_queued(tiny_llama):
