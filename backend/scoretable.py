@@ -101,14 +101,15 @@ def item_count(r: EvalScore, clean: bool = False) -> int:
 def stderr(latest: dict, r: EvalScore, clean: bool = False) -> float | None:
     """The score's standard error, as lm-eval prints it beside each value ("Value ± Stderr"): lm-eval's own
     TASK/METRIC_stderr row where one is stored; else, for a share of 0/1 outcomes p over n items, lm-eval's
-    mean_stderr (lm_eval/api/metrics.py: sample standard deviation / √n = √(p(1−p)/(n−1))). None where it is not
-    defined: perplexity and averages (no per-item spread is stored), an lm-eval row without its own (a preset's n
+    mean_stderr (lm_eval/api/metrics.py: sample standard deviation / √n = √(p(1−p)/(n−1))); a perplexity's is its
+    own row, a bootstrap over texts (evalscore.perplexity_stderr). None where it is not defined: averages, a
+    perplexity stored before its bootstrap, an lm-eval row without its own (a preset's n
     counts every task of the preset), fewer than 2 items, no score."""
     v = value(r, clean=clean)
     if v is None:
         return None
     if (own := latest.get((r.model, r.task, r.metric + STDERR))) is not None:
-        return own.value
+        return value(own, clean=clean)  # with `clean`, the clean items' own (a perplexity's), not the whole set's
     n = item_count(r, clean)
     if r.task.startswith("lm-eval:") or r.metric.rsplit("/", 1)[-1] not in SHARES or n < 2:
         return None
@@ -137,7 +138,8 @@ def interval95(v: float | None, se: float | None, n: int,
     20 correct reached 1.048); where that error is 0 at a share of 0 or 1 (zero_error), the rule of three's (J. A.
     Hanley, A. Lippman-Hand, "If nothing goes wrong, is everything all right?", JAMA 249(13), 1983): 0 of n items
     still allows a true rate up to about 3/n, n of n one down to 1 − 3/n. The stored error stays lm-eval's (the
-    exported numbers are its); only the whisker is wider. None without an error (perplexity)."""
+    exported numbers are its); only the whisker is wider. None without an error (an average, a perplexity stored
+    before its bootstrap)."""
     if v is None or se is None:
         return None
     if zero_error(v, se, n, metric):
@@ -327,7 +329,8 @@ def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
     # every row has every column, in one order (a task's cells together, as _task_cells lists them): a table takes
     # its columns from the rows in turn, so a task the first model lacked came after the lineage
     fixed = {"model", AVERAGE, *LINEAGE_COLUMNS}
-    # an error column no row fills (perplexity's) is left out: a column of blanks only widened the table
+    # an error column no row fills (an average's, an old perplexity's) is left out: a column of blanks only widened
+    # the table
     scores = sorted({c for r in rows for c, v in r.items() if v is not None or not c.endswith(" ±")} - fixed,
                     key=_column_order)
     return [{c: r.get(c) for c in ["model", AVERAGE, *scores, *LINEAGE_COLUMNS]} for r in rows]

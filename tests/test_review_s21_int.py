@@ -103,3 +103,19 @@ def test_the_recipe_page_loads_a_preset_with_the_m_typed(tiny_llama):
     assert not at.error
     loaded = yaml.safe_load(at.text_area(key="recipe_yaml").value)
     assert (loaded["base"], loaded["upscale"]["m"]) == ("tiny", 1)
+
+
+def test_a_clean_perplexity_shows_the_clean_items_error_not_the_whole_sets():
+    from backend import scoretable
+    from storage import db
+    from storage.models import EvalScore
+
+    details = {"overlap": {"items": 2}, "clean": {"perplexity": 40.0, "perplexity_stderr": 4.0, "n": 8}}
+    with db.session() as s:
+        s.add(EvalScore(model="m", task="perplexity", metric="perplexity", value=50.0, n=10, details=details))
+        s.add(EvalScore(model="m", task="perplexity", metric="perplexity_stderr", value=2.5, n=10, details=details))
+        s.commit()
+    latest = scoretable.latest_scores()
+    row = latest[("m", "perplexity", "perplexity")]
+    assert scoretable.stderr(latest, row) == 2.5
+    assert scoretable.stderr(latest, row, clean=True) == 4.0  # was the whole set's 2.5
