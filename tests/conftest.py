@@ -101,6 +101,9 @@ def tiny_qwen2(tokenizer_dir, tmp_path_factory) -> Path:
 # `database` (a test's DATABASE_URL: SQLite, or a fresh database on a throw-away PostgreSQL cluster) and the rule of
 # which tests run on both live beside the cluster helper.
 from tests.pg_cluster import database, postgres_cluster, pytest_generate_tests  # noqa: E402,F401
+# The two-node Ray cluster of tests/test_ray.py and tests/test_ray_train.py, made once here. Imported into each of
+# those modules instead, pytest took it for two session fixtures and started (and kept to the end) two clusters.
+from tests.ray_cluster import ray_cluster  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)
@@ -134,3 +137,30 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(Path(folder).glob("*.safetensors")):
         state.update(load_file(f))
     return state
+
+
+# The session's Ray cluster (tests/ray_cluster.py) stops as soon as the last test that uses it has run, not at the
+# end of the session: idle, its raylets, GCS and dashboard agents took ~6 % of a core from every later test, and the
+# session's last teardown waited 5 s a node for them (`ray start --block` took ~30 s to stop after its SIGTERM here,
+# so each wait ran out; 20 s with the second cluster it once had). begin_stop only signals them; the fixture's own
+# end reaps them, by then long stopped.
+_LAST_RAY_TEST = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the items that will really run, in order
+def pytest_collection_modifyitems(config, items) -> None:
+    users = [item.nodeid for item in items if "ray_cluster" in getattr(item, "fixturenames", ())]
+    if users:
+        config.stash[_LAST_RAY_TEST] = users[-1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        if item.nodeid == item.config.stash.get(_LAST_RAY_TEST, None):
+            from tests.ray_cluster import SESSION
+
+            for cluster in SESSION:
+                cluster.begin_stop()

@@ -24,8 +24,8 @@ from backend.cluster import ray_jobs, ray_view
 from backend.specs import DataSource, EvalSpec, Resources, SftSpec, UpscaleSpec
 from storage import db
 from storage.models import EvalScore, Job
-from tests.ray_cluster import RayCluster, ray_cluster, ray_installed  # noqa: F401
-from tests.test_faults import running_job
+from tests.ray_cluster import ray_installed
+from tests.test_faults import release_file, release_progress, running_job
 from tests.test_jobs import group_alive, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +104,7 @@ def test_cancel_stops_the_ray_job_and_every_process_it_started(on_ray, monkeypat
 
 def test_a_worker_that_dies_leaves_its_job_running_and_the_next_worker_watches_it(on_ray, monkeypatch):
     monkeypatch.setenv("DUS_TEST_PROGRESS_DELAY", "0.3")
+    monkeypatch.setenv("DUS_TEST_PROGRESS_RELEASE", str(release_file()))  # forwarded too (DUS_*)
     pin(monkeypatch, "node2")
     job = runner.submit(UpscaleSpec(base="tiny", m=1, name="survivor", shard_size="20KB"))
     worker = subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.2"], cwd=ROOT,
@@ -115,6 +116,7 @@ def test_a_worker_that_dies_leaves_its_job_running_and_the_next_worker_watches_i
     finally:
         worker.kill()
     assert runner.recover_orphans() == [] and group_alive(running.pid)  # Ray runs it on: it is no orphan
+    release_progress()  # seen alive after its worker's death: the rest need not crawl (52 progress lines x 0.3 s)
     runner.worker(poll=0.2, once=True)  # adopts the job in flight and waits for it
     done = runner.get(job.id)
     assert done.status == "succeeded" and done.pid == running.pid and done.cluster_ref == running.cluster_ref
@@ -249,35 +251,41 @@ def test_a_recipe_on_the_cluster_fans_out_its_evaluations_or_is_refused_whole(on
 
 
 @pytest.mark.skipif(not ray_installed(), reason="ray is not installed")
-def test_a_job_lost_with_its_node_is_interrupted_and_resumes_from_its_checkpoint(tiny_llama, monkeypatch, workspace):
-    """Its own cluster: a node is killed. Last in the file."""
+def test_a_job_lost_with_its_node_is_interrupted_and_resumes_from_its_checkpoint(ray_cluster, tiny_llama, monkeypatch,
+                                                                                  workspace):
+    """A third node (resource `node3`) joins the session's cluster for this test alone and is killed: a cluster of
+    its own cost a start and a stop (~15 s). Last in the file: the dead node stays in the cluster's node list, which
+    the tests above read; tests/test_ray_train.py reads only the alive nodes."""
     registry.import_folder(tiny_llama, "tiny")
     spec = SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="t", max_steps=200,
                    save_steps=10, eval_fraction=0.0, batch_size=1, max_length=32, learning_rate=1e-3)
-    with RayCluster(cpus=(1, 1)) as cluster:
-        monkeypatch.setenv("DUS_RAY_ADDRESS", cluster.address)
-        pin(monkeypatch, "node2")
-        job = runner.submit(spec)
-        worker = background_worker()
-        run_dir = workspace / "runs" / f"job-{job.id}"  # backend/training.py run_dir_for, inside a job
-        wait_for(lambda: list(run_dir.glob("checkpoints/checkpoint-*/trainer_state.json"))
-                 or runner.get(job.id).status in runner.FINISHED, 240, "a checkpoint")
-        assert runner.get(job.id).status == "running", (runner.get(job.id).message, runner.get(job.id).error)
-        pid = runner.get(job.id).pid
-        cluster.kill_node(1)  # node2 and everything its raylet started; the job's own session ends with its parent
-        lost = wait_for(lambda: (j := runner.get(job.id)).status != "running" and j, 60, "the job to be judged lost")
-        worker.join(30)
-        assert lost.status == "interrupted" and "Ray node" in lost.message and "was lost" in lost.message, lost.message
-        assert "resume it" in lost.message
-        wait_for(lambda: not group_alive(pid), 15, "the job's processes to end with their node")
-        assert registry.get("t") is None
-        pin(monkeypatch, "head")
-        runner.resume(job.id)
-        runner.worker(poll=0.2, once=True)
-        done = runner.get(job.id)
-        assert done.status == "succeeded", (done.error, Path(done.log_path).read_text()[-3000:])
-        assert done.result["resumed_from"].startswith("checkpoint-") and done.result["global_step"] == 200
-        assert Path(run_dir).is_dir() and registry.get("t").parents == ["tiny"]
-        assert ray_jobs.client(cluster.address).get_job_info(done.cluster_ref).driver_node_id == \
-            next(n.id for n in ray_jobs.nodes(cluster.address) if n.head)
+    cluster = ray_cluster
+    node3 = len(cluster.nodes)
+    cluster.add_node(1, {"node3": 1})
+    monkeypatch.setenv("DUS_RAY_ADDRESS", cluster.address)
+    monkeypatch.delenv("DUS_RAY_RESOURCES", raising=False)
+    pin(monkeypatch, "node3")
+    job = runner.submit(spec)
+    worker = background_worker()
+    run_dir = workspace / "runs" / f"job-{job.id}"  # backend/training.py run_dir_for, inside a job
+    wait_for(lambda: list(run_dir.glob("checkpoints/checkpoint-*/trainer_state.json"))
+             or runner.get(job.id).status in runner.FINISHED, 240, "a checkpoint")
+    assert runner.get(job.id).status == "running", (runner.get(job.id).message, runner.get(job.id).error)
+    pid = runner.get(job.id).pid
+    cluster.kill_node(node3)  # it and everything its raylet started; the job's own session ends with its parent
+    lost = wait_for(lambda: (j := runner.get(job.id)).status != "running" and j, 60, "the job to be judged lost")
+    worker.join(30)
+    assert lost.status == "interrupted" and "Ray node" in lost.message and "was lost" in lost.message, lost.message
+    assert "resume it" in lost.message
+    wait_for(lambda: not group_alive(pid), 15, "the job's processes to end with their node")
+    assert registry.get("t") is None
+    pin(monkeypatch, "head")
+    runner.resume(job.id)
+    runner.worker(poll=0.2, once=True)
+    done = runner.get(job.id)
+    assert done.status == "succeeded", (done.error, Path(done.log_path).read_text()[-3000:])
+    assert done.result["resumed_from"].startswith("checkpoint-") and done.result["global_step"] == 200
+    assert Path(run_dir).is_dir() and registry.get("t").parents == ["tiny"]
+    assert ray_jobs.client(cluster.address).get_job_info(done.cluster_ref).driver_node_id == \
+        next(n.id for n in ray_jobs.nodes(cluster.address) if n.head)
 

@@ -16,7 +16,6 @@ from backend import registry, training
 from backend.specs import CptSpec, DataSource, Resources, SftSpec
 from backend.training import TrainingError, run_train
 from tests.conftest import load_state
-from tests.ray_cluster import ray_cluster  # noqa: F401
 
 FAST = dict(save_steps=2, eval_steps=2, batch_size=2, max_length=64, max_rows=40, learning_rate=1e-3)
 
@@ -31,7 +30,7 @@ def tiny(tiny_llama):
 
 
 @pytest.fixture
-def on_cluster(ray_cluster, monkeypatch):  # noqa: F811
+def on_cluster(ray_cluster, monkeypatch):
     # as inside a Ray Job (the worker submits queued jobs so): Ray sets RAY_ADDRESS to the GCS address
     monkeypatch.delenv("DUS_RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.gcs_address)
@@ -114,7 +113,7 @@ def test_without_ray_configured_ray_workers_is_refused(tiny, monkeypatch):
         run_train(spec)
 
 
-def test_a_queued_job_runs_as_a_ray_job_that_drives_two_train_workers(tiny, ray_cluster, monkeypatch):  # noqa: F811
+def test_a_queued_job_runs_as_a_ray_job_that_drives_two_train_workers(tiny, ray_cluster, monkeypatch):
     # the whole way: the worker submits the job to the cluster (DUS_RAY_ADDRESS: the dashboard); inside the Ray
     # Job, run_train joins the cluster through the RAY_ADDRESS Ray set, and the job's process asks for no CPU, so
     # both nodes' CPUs go to the two Ray Train workers
