@@ -34,8 +34,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- helpers
 
+def release_file() -> Path:
+    """The file whose presence lets a slowed job (DUS_TEST_PROGRESS_DELAY) run on at full speed: one per test."""
+    return db.workspace().parent / "progress-released"
+
+
+def release_progress() -> None:
+    """Slowed jobs run on at full speed from here: a test that has seen what it needed mid-way waits no longer."""
+    release_file().touch()
+
+
 def start_worker(delay: float = 0.0, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, DUS_TEST_PROGRESS_DELAY=str(delay))
+    env = dict(os.environ, DUS_TEST_PROGRESS_DELAY=str(delay), DUS_TEST_PROGRESS_RELEASE=str(release_file()))
     return subprocess.Popen([sys.executable, "-m", "backend", "worker", "--poll", "0.2", *extra], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -268,12 +278,13 @@ def test_disk_that_fills_during_a_build_says_disk_full_and_leaves_nothing(tiny, 
 def test_job_updates_wait_for_a_database_locked_by_another_writer(tiny, workspace):
     job = runner.submit(UpscaleSpec(base="tiny", m=1, name="locked"))
     held = threading.Event()
+    hold_s = 1.5  # (was 3 s: any hold shows the wait; storage/db.py's busy timeout is 30 s)
 
     def hold() -> None:
         con = sqlite3.connect(workspace / "studio.db", isolation_level=None)
         con.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(3)
+        time.sleep(hold_s)
         con.execute("COMMIT")
         con.close()
 
@@ -284,7 +295,7 @@ def test_job_updates_wait_for_a_database_locked_by_another_writer(tiny, workspac
     assert runner._transition(job.id, "queued", status="running", message="claimed under a lock")
     waited = time.monotonic() - t0
     t.join()
-    assert waited >= 2.5  # it waited for the other writer (busy timeout) instead of failing
+    assert waited >= hold_s - 0.5  # it waited for the other writer (busy timeout) instead of failing
     assert runner.get(job.id).message == "claimed under a lock"
     # and a whole job runs through while another writer holds the lock now and then
     assert runner._transition(job.id, "running", status="queued")

@@ -17,6 +17,9 @@ from backend.specs import DataSource, DpoSpec, SftSpec, UpscaleSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = dict(max_steps=150, save_steps=5, eval_fraction=0.0, batch_size=1, max_length=32, learning_rate=1e-3)
+# the killed-worker test: long enough to still run when its worker is killed a second after step 12 (~0.05 s a step
+# here, so ~30 at most), short enough that the resumed run's remaining steps take no longer than they must
+KILLED = {**LONG, "max_steps": 60}
 
 
 def start_worker() -> subprocess.Popen:
@@ -53,7 +56,7 @@ def tiny(tiny_llama):
 
 
 def test_killed_worker_interrupts_the_job_and_resume_continues_from_the_checkpoint(tiny, workspace):
-    job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="long", **LONG))
+    job = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="long", **KILLED))
     worker = start_worker()
     try:
         wait_for(lambda: last_step(job.id) >= 12, what="12 logged steps")
@@ -76,13 +79,13 @@ def test_killed_worker_interrupts_the_job_and_resume_continues_from_the_checkpoi
     runner.worker(once=True)
     done = runner.get(job.id)
     assert done.status == "succeeded", done.error
-    assert done.result["resumed_from"] == f"checkpoint-{ckpts[-1]}" and done.result["global_step"] == 150
+    assert done.result["resumed_from"] == f"checkpoint-{ckpts[-1]}" and done.result["global_step"] == 60
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     # the steps the killed run logged past its checkpoint were dropped at the resume and logged again: once each
-    assert steps == list(range(1, 151)) and logged_before >= ckpts[-1]
+    assert steps == list(range(1, 61)) and logged_before >= ckpts[-1]
     db_steps = sorted({m.step for m in runner.metrics([job.id]) if m.name == "loss"})
-    assert db_steps == list(range(1, 151))  # rows logged past the checkpoint were replaced, not duplicated
+    assert db_steps == list(range(1, 61))  # rows logged past the checkpoint were replaced, not duplicated
     assert registry.get("long").parents == ["tiny"]
 
 

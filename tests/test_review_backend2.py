@@ -192,7 +192,7 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
     job a second time, so two processes of one job ran at once (the old one writing into the new run's row)."""
     import signal
 
-    from tests.test_faults import slow_upscale_on_machine_b
+    from tests.test_faults import release_progress, slow_upscale_on_machine_b
     from tests.test_jobs import group_alive, wait_for
 
     with slow_upscale_on_machine_b(tiny_llama, monkeypatch) as (job, worker):
@@ -216,6 +216,7 @@ def test_resume_waits_until_another_machines_worker_has_stopped_the_cancelled_ru
 
         wait_for(resumed, 30, "b's worker to stop the cancelled run")
         assert not members_running(old.pid)  # refused for exactly as long as the old run lived
+        release_progress()  # the resumed run need not crawl (52 progress lines x 0.3 s)
         done = wait_for(lambda: (j := runner.get(job.id)).status in runner.FINISHED and j, 120, "the resumed run")
     assert done.status == "succeeded", done.error
     starts = [ln for ln in Path(done.log_path).read_text().splitlines() if ln.startswith(f"job {job.id} ")]

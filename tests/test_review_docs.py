@@ -23,7 +23,7 @@ README = ROOT / "README.md"
 # inline flags the README gives to other tools' commands: `ray start --resources '{"a100": 4}'` (README 'A Ray cluster')
 FOREIGN_FLAGS = {"--resources"}
 # variables the code reads that are not settings: the runner and the CLI set them for a job's processes, or tests do
-INTERNAL_VARS = {"DUS_JOB_ID", "DUS_JOB_PID", "DUS_RUN_NAME", "DUS_TEST_PROGRESS_DELAY"}
+INTERNAL_VARS = {"DUS_JOB_ID", "DUS_JOB_PID", "DUS_RUN_NAME", "DUS_TEST_PROGRESS_DELAY", "DUS_TEST_PROGRESS_RELEASE"}
 # where the environment variables are read: the code, the start script and the set-up script
 CODE = [*ROOT.glob("backend/**/*.py"), *ROOT.glob("storage/*.py"), *ROOT.glob("pages/*.py"), ROOT / "app.py",
         ROOT / "run.sh", *ROOT.glob("scripts/*.sh")]

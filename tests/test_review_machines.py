@@ -23,7 +23,7 @@ from backend.cluster.ray_jobs import ClusterError, Node
 from backend.specs import UpscaleSpec
 from storage import db
 from storage.models import Job, utcnow
-from tests.test_faults import slow_upscale_on_machine_b
+from tests.test_faults import release_progress, slow_upscale_on_machine_b
 from tests.test_jobs import group_alive, wait_for
 
 ON_POSTGRES = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
@@ -90,6 +90,7 @@ def test_a_run_given_up_for_dead_elsewhere_is_stopped_here_and_then_resumes_once
         wait_for(lambda: not group_alive(old.pid), 30, "b's worker to stop the run it no longer holds")
         wait_for(lambda: runner.get(job.id).pid is None, 30, "b's worker to say the run has stopped")
         assert runner.get(job.id).status == "interrupted"
+        release_progress()  # the old run has stopped: the rerun need not crawl (52 progress lines x 0.3 s)
         runner.resume(job.id)
         done = wait_for(lambda: (j := runner.get(job.id)).status in ("succeeded", "failed") and j, 120, "the rerun")
         assert done.status == "succeeded", done.error

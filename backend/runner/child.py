@@ -74,7 +74,8 @@ def execute(job_id: int) -> int:
     os.environ["DUS_JOB_PID"] = str(os.getpid())  # …and its progress while the row is still this run's
     _watch_parent()
     last = [0.0]
-    delay = float(os.environ.get("DUS_TEST_PROGRESS_DELAY", "0"))  # tests: slow a job down to kill it mid-way
+    delay = float(os.environ.get("DUS_TEST_PROGRESS_DELAY", "0"))  # tests: slow a job down to kill it mid-way,
+    release = os.environ.get("DUS_TEST_PROGRESS_RELEASE", "")  # and at full speed again once this file exists
 
     def progress(frac: float, message: str) -> None:
         print(f"[{frac:6.1%}] {message}", flush=True)
@@ -82,7 +83,7 @@ def execute(job_id: int) -> int:
         if now - last[0] > 0.5 or frac >= 1.0:
             last[0] = now
             _transition(job_id, "running", _of_pid=os.getpid(), progress=float(frac), message=message[:500])
-        if delay and frac < 1.0:
+        if delay and frac < 1.0 and not (release and os.path.exists(release)):
             time.sleep(delay)
 
     try:
