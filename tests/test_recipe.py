@@ -4,6 +4,7 @@ reused by hash, resumed after a failure, and read back as the paper's tables."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -219,18 +220,42 @@ def scores_of(model: str) -> dict[str, float]:
 
 
 def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
+    """The smoke recipe run whole, rerun unchanged (all reused), and rerun with a changed merge. Its first run is
+    also `recipe run` again after Ctrl-C stopped an earlier one (a test of its own until session 21, which ran the
+    same recipe whole once more): the stages behind the interrupted one are made anew."""
     # two slots: sft-a and sft-b need only the up-scaled model, and run side by side on the two cores (each job a
     # single-threaded start-up of torch and trl, most of its time); the Recipe page's browser test runs the same
     # recipe one job at a time (tests/test_browser_recipe.py)
     monkeypatch.setenv("DUS_JOB_SLOTS", "2")
     d = smoke(tiny_llama)
+    # a first submission, stopped by Ctrl-C at its first stage, as runner._interrupt_running leaves it
+    [p] = recipe.plan_text(text(d))
+    queued = {r.stage: j for r, j in recipe.stages(recipe.submit(p, text(d))) if j}
+    up = queued["upscaled"]
+    runner._update(up.id, status="interrupted", message="interrupted: its worker was stopped (Ctrl-C)")
+    [p2] = recipe.plan_text(text(d))
+    assert {n.stage: n.status for n in p2.nodes if n.stage != "base"} == \
+        {n.stage: "run" for n in p2.nodes if n.stage != "base"}  # was in-flight: the dead jobs behind job 1
+    dead = sorted({j.id for s, j in queued.items() if s != "upscaled"})  # the evaluations share one job
+    assert f"replaces queued jobs {', '.join(map(str, dead))}:" in "\n".join(p2.lines())  # `recipe plan` says so
+    (db.models_dir() / p2.node("sft-a").output).mkdir(parents=True)  # a stray folder: this run is refused ...
+    (db.models_dir() / p2.node("sft-a").output / "x").write_text("x")
+    with pytest.raises(ValueError):
+        recipe.submit(p2, text(d))
+    assert {runner.get(i).status for i in dead} == {"queued"}  # ... and the jobs it would replace are as they were
+    shutil.rmtree(db.models_dir() / p2.node("sft-a").output)
     t0 = time.time()
-    [run1] = recipe.run_recipe(text(d), queue=False)
+    [run1] = recipe.run_recipe(text(d), queue=False, plans=[p2])
     first = time.time() - t0
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
     for stage, (row, job) in rows.items():
         if stage != "base":
             assert job.status == "succeeded", (stage, job.error)
+    assert {recipe.stage_state(r, j) for r, j in rows.values() if r.stage != "base"} == {"succeeded"}  # was: cancelled
+    (ev,) = {j.id for r, j in rows.values() if r.kind == "eval"}
+    # 5 models × (perplexity, its bootstrap error)
+    assert runner.get(ev).result["scores"] == 10 and not runner.get(ev).result.get("skipped")
+    assert {runner.get(i).status for i in dead} == {"cancelled"}  # replaced
     avg = registry.get(rows["avg"][0].output)
     assert avg.num_layers == 8 and avg.kind == "merged"
     assert avg.parents == [rows["sft-a"][0].output, rows["sft-b"][0].output]
@@ -262,6 +287,8 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
     new = {r.stage: (r, j) for r, j in recipe.stages(run3)}
     assert new["avg"][1].status == "succeeded" and new["avg"][0].output != rows["avg"][0].output
     assert new["sft-a"][0].reused and new["sft-a"][0].output == rows["sft-a"][0].output
+    runner.resume(up.id)  # the old chain stays replaced: not queued again to remake taken names
+    assert {runner.get(i).status for i in dead} == {"cancelled"}
     print(f"smoke recipe first run {first:.0f} s")
 
 
@@ -296,29 +323,7 @@ def test_failed_stage_cancels_downstream_and_the_run_resumes(tiny_llama, tmp_pat
 
 # ---------------------------------------------------------------- experiment tracking
 
-def test_report_to_tensorboard_writes_event_files(tiny_llama, workspace):
-    from backend.training import TrainingError, check_trackers, run_train
-
-    registry.import_folder(tiny_llama, "tiny")
-    spec = SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="tb", max_steps=2,
-                   save_steps=2, eval_fraction=0.0, max_length=32, max_rows=8, report_to=["tensorboard"])
-    result = run_train(spec)
-    events = list(Path(result["run_dir"], "tensorboard").rglob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(events[0].parent))
-    acc.Reload()
-    assert "train/loss" in acc.Tags()["scalars"]  # the trainer's own loss, step by step
-    assert [e.step for e in acc.Scalars("train/loss")][:2] == [1, 2]
-    # off by default; a tracker that is not installed is refused before launch, naming the field
-    assert SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")]).report_to == []
-    import importlib.util
-
-    missing = next((t for t in ("trackio", "mlflow", "wandb") if importlib.util.find_spec(t) is None), None)
-    if missing:
-        with pytest.raises(TrainingError, match=f"report_to: {missing} is not installed"):
-            check_trackers(spec.model_copy(update={"report_to": [missing]}))
+# (TensorBoard's test joined MLflow's and trackio's in tests/test_trackers.py: one training run for the three)
 
 
 def test_recipe_page_plans_a_preset_and_shows_a_run(tiny_llama):

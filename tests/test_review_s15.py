@@ -167,37 +167,8 @@ def test_hallucination_length_legend_goes_aside_with_many_long_names():
 
 # ---- 7. `recipe run` again after Ctrl-C stopped the first: the stages behind the interrupted one are made anew -----
 
-def test_a_recipe_rerun_after_an_interrupted_stage_makes_and_scores_every_stage(tiny_llama):
-    from backend import recipe
-    from tests.test_recipe import smoke, text
-
-    t = text(smoke(tiny_llama))
-    [p] = recipe.plan_text(t)
-    first = {r.stage: j for r, j in recipe.stages(recipe.submit(p, t)) if j}
-    up = first["upscaled"]  # as runner._interrupt_running leaves a foreground run stopped by Ctrl-C
-    runner._update(up.id, status="interrupted", message="interrupted: its worker was stopped (Ctrl-C)")
-    [p2] = recipe.plan_text(t)
-    assert {n.stage: n.status for n in p2.nodes if n.stage != "base"} == \
-        {n.stage: "run" for n in p2.nodes if n.stage != "base"}  # was in-flight: the dead jobs behind job 1
-    dead = sorted({j.id for s, j in first.items() if s != "upscaled"})  # the evaluations share one job
-    assert f"replaces queued jobs {', '.join(map(str, dead))}:" in "\n".join(p2.lines())  # `recipe plan` says so
-    (db.models_dir() / p2.node("sft-a").output).mkdir(parents=True)  # a stray folder: this run is refused ...
-    (db.models_dir() / p2.node("sft-a").output / "x").write_text("x")
-    with pytest.raises(ValueError):
-        recipe.submit(p2, t)
-    assert {runner.get(i).status for i in dead} == {"queued"}  # ... and the jobs it would replace are as they were
-    import shutil
-
-    shutil.rmtree(db.models_dir() / p2.node("sft-a").output)
-    [run2] = recipe.run_recipe(t, queue=False, plans=[p2])
-    second = recipe.stages(run2)
-    assert {recipe.stage_state(r, j) for r, j in second if r.stage != "base"} == {"succeeded"}  # was: cancelled
-    (ev,) = {j.id for r, j in second if r.kind == "eval"}
-    assert runner.get(ev).result["scores"] == 5 and not runner.get(ev).result.get("skipped")
-    replaced = {j.id for s, j in first.items() if s != "upscaled"}
-    assert {runner.get(i).status for i in replaced} == {"cancelled"}
-    runner.resume(up.id)  # the old chain stays replaced: not queued again to remake taken names
-    assert {runner.get(i).status for i in replaced} == {"cancelled"}
+# Its test (a recipe rerun after an interrupted stage makes and scores every stage) ran the smoke recipe whole, as
+# tests/test_recipe.py's end-to-end test does: it is now that test's first run (session 21, to keep the suite short).
 
 
 @pytest.mark.parametrize("reply,answer,verdict", [

@@ -1,5 +1,5 @@
 """A training job into each experiment tracker the spec offers: MLflow and trackio run for real (their packages are
-in requirements.txt) and their stores are read back; TensorBoard is tested in test_recipe.py; W&B, not installed
+in requirements.txt) and their stores are read back, TensorBoard's too; W&B, not installed
 here, is refused before launch when it has no way to log."""
 
 from __future__ import annotations
@@ -28,12 +28,17 @@ def tiny(tiny_llama, monkeypatch):
     return registry.import_folder(tiny_llama, "tiny")
 
 
-def test_mlflow_logs_the_losses_into_the_run_folder(tiny):
-    """MLflow 3.18 refuses its ./mlruns file store ("maintenance mode"): the job failed at its first log line. Now
-    a SQLite store in the run folder, which MLflow's own client reads back: one run, the trainer's loss per step."""
+def test_mlflow_trackio_and_tensorboard_log_the_losses_into_the_run_folder(tiny):
+    """One job into all three trackers at once (three tests and three training runs until session 21; the
+    TensorBoard one was in test_recipe.py).
+
+    MLflow 3.18 refuses its ./mlruns file store ("maintenance mode"): the job failed at its first log line. Now
+    a SQLite store in the run folder, which MLflow's own client reads back: one run, the trainer's loss per step.
+    trackio's default is one folder in HF_HOME shared by every run; a job's now goes to its run folder."""
     import mlflow
 
-    result = run_train(_job("ml", "mlflow"))
+    result = run_train(_job("ml", "mlflow").model_copy(update={"report_to": ["mlflow", "trackio", "tensorboard"]}))
+    # MLflow
     store = Path(result["run_dir"]) / "mlflow.db"
     assert store.is_file()
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
@@ -42,17 +47,30 @@ def test_mlflow_logs_the_losses_into_the_run_folder(tiny):
     losses = client.get_metric_history(runs[0].info.run_id, "loss")
     assert [m.step for m in losses] == [1, 2] and all(0 < m.value < 20 for m in losses)
     assert runs[0].data.params["max_steps"] == "2"
-
-
-def test_trackio_logs_into_the_run_folder(tiny):
-    """trackio's default is one folder in HF_HOME shared by every run; a job's now goes to its run folder."""
-    result = run_train(_job("tr", "trackio"))
+    # trackio
     (store,) = (Path(result["run_dir"]) / "trackio").glob("*.db")
     with sqlite3.connect(store) as con:
         rows = con.execute("SELECT run_name, step, metrics FROM metrics ORDER BY id").fetchall()
     losses = [(step, json.loads(m)["train/loss"]) for run, step, m in rows if b"train/loss" in m]
     assert {run for run, _, _ in rows} == {Path(result["run_dir"]).name}
     assert len(losses) == 2 and all(0 < loss < 20 for _, loss in losses)
+    # TensorBoard
+    events = list(Path(result["run_dir"], "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"]  # the trainer's own loss, step by step
+    assert [e.step for e in acc.Scalars("train/loss")][:2] == [1, 2]
+    # off by default; a tracker that is not installed is refused before launch, naming the field
+    assert SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")]).report_to == []
+    import importlib.util
+
+    missing = next((t for t in ("trackio", "mlflow", "wandb") if importlib.util.find_spec(t) is None), None)
+    if missing:
+        with pytest.raises(TrainingError, match=f"report_to: {missing} is not installed"):
+            check_trackers(_job("tb", "tensorboard").model_copy(update={"report_to": [missing]}))
 
 
 def test_a_users_own_tracker_locations_win(tiny, monkeypatch, tmp_path):
