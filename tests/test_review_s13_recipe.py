@@ -257,22 +257,25 @@ def test_paper_tables_say_which_scores_overlap_training_data():
         s.commit()
     [t] = [t for t in tables.run_tables_from(PAPER_STAGES) if t.key == "sft"]
     assert t.columns == ["Model", "Stage", "Made from", "alpaca-mini", "Synth. Math-Instruct", "synth-math accuracy",
-                         "synth-math (training overlap)", "synth-math accuracy (non-overlapping items)", "Paper H6"]
-    assert t.rows == [["SFT v1", "sft-v1", "cpt", "✓", "", 0.4, "✓ 0%", 0.4, 69.15],
-                      ["SFT v3", "sft-v3", "cpt", "✓", "✓", 0.85, "⚠ 80%", 0.25, 70.03]]
+                         "synth-math accuracy ±", "synth-math (training overlap)",
+                         "synth-math accuracy (non-overlapping items)", "Paper H6"]
+    assert t.rows == [["SFT v1", "sft-v1", "cpt", "✓", "", 0.4, 0.1124, "✓ 0%", 0.4, 69.15],
+                      ["SFT v3", "sft-v3", "cpt", "✓", "✓", 0.85, 0.0819, "⚠ 80%", 0.25, 70.03]]
     from backend import scoretable
 
     note = scoretable.overlap_note(scoretable.headline(scoretable.latest_scores()))  # the Compare page's words
-    assert note.startswith("Training overlap (8-gram") and t.notes == [note]
+    assert note.startswith("Training overlap (8-gram") and t.notes == ["n = 20 items per task.", tables.PLUS_MINUS,
+                                                                       note]
     md, csv_, tex = tables.to_markdown(t), tables.to_csv(t), tables.to_latex(t)
-    assert "| SFT v3 | sft-v3 | cpt | ✓ | ✓ | 0.85 | ⚠ 80% | 0.25 | 70.03 |" in md and note in md
+    assert "| SFT v3 | sft-v3 | cpt | ✓ | ✓ | 0.8500 ± 0.0819 | ⚠ 80% | 0.25 | 70.03 |" in md and note in md
     assert csv_.splitlines()[0].endswith("synth-math (training overlap),synth-math accuracy (non-overlapping items),"
                                          "Paper H6")
-    assert csv_.splitlines()[2] == "SFT v3,sft-v3,cpt,✓,✓,0.85,⚠ 80%,0.25,70.03"
-    assert r"0.85 & \textbf{!} 80\% & 0.25" in tex and "Training overlap (8-gram" in tex
+    assert csv_.splitlines()[2] == "SFT v3,sft-v3,cpt,✓,✓,0.85,0.0819,⚠ 80%,0.25,70.03"
+    assert r"0.8500 $\pm$ 0.0819 & \textbf{!} 80\% & 0.25" in tex and "Training overlap (8-gram" in tex
     assert "⚠" not in tex and "✓" not in tex  # pdflatex without UTF-8 input stops at either
     [every] = [t for t in tables.run_tables_from(PAPER_STAGES) if t.key == "all"]
-    assert "synth-math (training overlap)" in every.columns and every.notes == [note]
+    assert "synth-math (training overlap)" in every.columns and every.notes == ["n = 20 items per task.",
+                                                                               tables.PLUS_MINUS, note]
 
 
 def test_paper_tables_without_overlap_say_so_and_add_no_column():
@@ -282,9 +285,9 @@ def test_paper_tables_without_overlap_say_so_and_add_no_column():
                             details={"overlap": _overlap(0, 20), "clean": {"accuracy": 0.5, "n": 20}}))
         s.commit()
     [t] = [t for t in tables.run_tables_from(PAPER_STAGES) if t.key == "sft"]
-    assert t.columns[-2:] == ["synth-math accuracy", "Paper H6"]
-    assert t.notes == ["Training overlap (8-gram; an item under 8 words counts when it appears whole) — synth-math: "
-                       "no item overlaps any model's recorded training data (✓, so no column)."]
+    assert t.columns[-3:] == ["synth-math accuracy", "synth-math accuracy ±", "Paper H6"]
+    assert t.notes[2:] == ["Training overlap (8-gram; an item under 8 words counts when it appears whole) — "
+                           "synth-math: no item overlaps any model's recorded training data (✓, so no column)."]
 
 
 def test_recipe_page_shows_the_overlap_note_and_a_density_surface(tiny_llama):

@@ -165,5 +165,5 @@ def test_a_failed_stage_reads_failed_and_its_blank_row_says_why():
         run_id, bad_id = run.id, bad.id
     assert [d["status"] for d in tables.stage_dicts(run_id)] == ["succeeded", "failed"]  # not the plan's "run"
     [t] = [t for t in tables.run_tables(run_id) if t.key == "sft"]
-    assert [row[4:] for row in t.rows] == [[0.5, 69.15], [None, 69.21]]
+    assert [row[4:] for row in t.rows] == [[0.5, 0.1508, 69.15], [None, None, 69.21]]  # the score ± its error
     assert t.notes[0] == f"No model, so no scores: SFT v2 (sft-v2: failed, job {bad_id}). Run the recipe again to make it."

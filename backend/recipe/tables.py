@@ -58,12 +58,81 @@ def latest_scores(models: list[str], latest: dict | None = None) -> dict[str, di
     """model -> {"task metric": value}, of the newest run of each (model, task) (latest_rows). A hallucination rate
     of a model that mostly never answered (cut off or empty) is None, as on the Compare page: its 0 read as the best."""
     from backend.qatable import mostly_unanswered
+    from backend.scoretable import STDERR  # scoretable imports this module's Table
 
     out: dict[str, dict[str, float | None]] = {m: {} for m in models}
     latest = latest_rows(models) if latest is None else latest
     for (model, task, metric), r in latest.items():
+        if metric.endswith(STDERR):  # lm-eval's TASK/METRIC_stderr: the ± beside its score (_errors), not a score
+            continue
         out[model][_column(task, metric)] = None if mostly_unanswered(latest, model, task, metric) else r.value
     return out
+
+
+PLUS_MINUS = "± : standard error (95 % interval ≈ score ± 1.96 ×)."  # the Compare page's words (table_notes)
+
+
+def _errors(latest: dict, outputs: list[str], scores: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """model -> {"task metric ±": standard error}, as the Compare page gives them (scoretable.stderr): beside each
+    task's headline score and its hallucination rate, and beside any score whose own error is stored (lm-eval's
+    TASK/METRIC_stderr, a perplexity's). None where the cell is blank (a mute hallucination rate) or no error is
+    defined. 310.13 / 309.42 / 308.12 over 10 texts stood with nothing saying whether they differ."""
+    from backend import scoretable
+
+    rows = {(m, t, metric.removesuffix(scoretable.STDERR)) for m, t, metric in latest
+            if metric.endswith(scoretable.STDERR)}
+    rows |= {(m, t, r.metric) for (m, t), r in scoretable.headline(latest).items()}
+    rows |= {(m, t, "hallucination_rate") for m, t, _ in latest}
+    out: dict[str, dict[str, float]] = {}
+    for model, task, metric in sorted(rows):
+        r = latest.get((model, task, metric))
+        if r is None or model not in outputs or scores.get(model, {}).get(_column(task, metric)) is None:
+            continue
+        if (se := scoretable.stderr(latest, r)) is not None:
+            out.setdefault(model, {})[f"{_column(task, metric)} ±"] = scoretable._rounded(se)
+    return out
+
+
+def _error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict) -> list[str]:
+    """The Compare page's notes on the numbers (scoretable.table_notes): the items behind each score
+    (items_note: "n = 10 items per task"), what ± is, and where its 0 says nothing (_zero_error_note)."""
+    from backend import scoretable
+
+    outputs = [st["output"] for st in rows]
+    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
+    shown = any(errors.get(o) for o in outputs)
+    notes = [scoretable.items_note(primary), PLUS_MINUS if shown else "",
+             _zero_error_note(latest, rows, scores, errors) if shown else ""]
+    return [n for n in notes if n]
+
+
+def _zero_error_note(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict) -> str:
+    """The cells that read 0 ± 0 or 1 ± 0, with the rule of three's interval, as the Compare page says them
+    (scoretable.zero_error, interval95); said per column and count, the models named only where some rows are not
+    (its own note named all 18 models' registry names, twice, under "Every model of the run")."""
+    from backend import scoretable
+
+    found: dict[tuple, list[str]] = {}  # (share, items, models) -> columns
+    by_cell: dict[tuple, list[str]] = {}  # (column, share, items) -> models
+    for st in rows:
+        for (model, task, metric), r in latest.items():
+            col = _column(task, metric)
+            if model != st["output"] or errors.get(model, {}).get(f"{col} ±") != 0.0:
+                continue
+            v, n = scores[model][col], scoretable.items_behind(r)
+            if scoretable.zero_error(v, 0.0, n, metric):
+                by_cell.setdefault((col, v, n), []).append(st.get("label") or st["stage"])
+    for (col, v, n), models in sorted(by_cell.items()):
+        found.setdefault((v, n, tuple(models)), []).append(col)
+    if not found:
+        return ""
+    return ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
+            "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
+            "(n of n one down to 1 − 3/n): " + "; ".join(
+                f"{', '.join(cols)} {round(v * n)} of {n} items ("
+                + (f"all {len(rows)} models" if len(models) == len(rows) > 1 else ", ".join(models))
+                + "): 95 % interval " + "{:.2g}–{:.2g}".format(*scoretable.interval95(v, 0.0, n))
+                for (v, n, models), cols in found.items()) + ".")
 
 
 def _made_from(st: dict) -> str:
@@ -159,7 +228,11 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
     paper table that has rows, plus every model; metric columns are the evaluation rows found. With `latest` (the
     rows behind `scores`, latest_rows), each table says which scores were on items its model's lineage trained on,
     as the Compare page does (_overlap_cells): a score on training data is never shown without saying so."""
+    from backend.scoretable import _rounded  # the Compare table's 4 decimals: 17 digits of 308.1261234567891
+
     metrics = sorted({k for st in stages for k in scores.get(st["output"], {})})
+    outputs = [st["output"] for st in stages if st["output"]]
+    errors = _errors(latest, outputs, scores) if latest is not None else {}
     tables = []
     for key in ("sft", "dpo", "merge", "all"):
         rows = [st for st in stages if (key in (st.get("tables") or [])) or
@@ -168,17 +241,25 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
             continue
         sources = [] if key in ("merge", "all") else \
             list(dict.fromkeys(source_label(s) for st in rows for s in st.get("sources") or []))
-        shown, cells, note = (_overlap_cells(metrics, [st["output"] for st in rows], latest) if latest is not None
-                              else (metrics, {}, ""))
+        mine = [st["output"] for st in rows]
+        # a score's error in a column of its own right after it, as on the Compare page (the score stays a sortable
+        # number, the CSV numeric; Markdown and LaTeX write "0.2500 ± 0.0993", export_table); a column no row fills
+        # is left out
+        with_errors = [c for m in metrics for c in (m, f"{m} ±") if c == m or any(
+            c in errors.get(o, {}) for o in mine)]
+        shown, cells, note = (_overlap_cells(with_errors, mine, latest) if latest is not None
+                              else (with_errors, {}, ""))
         cols = ["Model", "Stage", "Made from", *sources, *shown, "Paper H6"]
         unlike = _unlike_note(rows, latest) if latest is not None else ""
-        table = Table(key, TITLES[key], cols, notes=[n for n in (_unmade_note(rows), unlike, note) if n])
+        said = _error_notes(latest, rows, scores, errors) if latest is not None else []
+        table = Table(key, TITLES[key], cols, notes=[n for n in (_unmade_note(rows), unlike, *said, note) if n])
         for st in rows:
             used = {source_label(s) for s in st.get("sources") or []}
-            vals = {**scores.get(st["output"], {}), **cells.get(st["output"], {})}
+            vals = {**scores.get(st["output"], {}), **errors.get(st["output"], {}), **cells.get(st["output"], {})}
             table.rows.append([st.get("label") or st["stage"], st["stage"], _made_from(st),
                                *["✓" if s in used else "" for s in sources],
-                               *[vals.get(m) for m in shown], PAPER_H6.get(st.get("label") or "")])
+                               *[_rounded(v) if isinstance(v, float) else v for v in (vals.get(m) for m in shown)],
+                               PAPER_H6.get(st.get("label") or "")])
         tables.append(table)
     return tables
 
@@ -194,7 +275,19 @@ def _cell(v: Any) -> str:
     return shown if isinstance(shown, str) else f"{v:.6g}"  # 4 digits made 309.7419 and 309.7168 both "309.7"
 
 
+def _one_cell_errors(t: Table) -> Table:
+    """The table with each "X ±" column folded into X's cells as "0.2500 ± 0.0993", by the Compare page's own
+    export (scoretable.export_table), for Markdown and LaTeX; the CSV keeps the numbers apart."""
+    if not t.rows or not any(c.endswith(" ±") for c in t.columns):
+        return t
+    from backend.scoretable import export_table
+
+    folded = export_table([dict(zip(t.columns, row)) for row in t.rows])
+    return Table(t.key, t.title, folded.columns, folded.rows, t.notes)
+
+
 def to_markdown(t: Table) -> str:
+    t = _one_cell_errors(t)
     lines = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
     lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
     lines += [line for note in t.notes for line in ("", note)]
@@ -221,6 +314,7 @@ def _tex(v: Any) -> str:
 
 
 def to_latex(t: Table) -> str:
+    t = _one_cell_errors(t)
     spec = "l" * 3 + "c" * (len(t.columns) - 3)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(t.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
@@ -290,15 +384,79 @@ def _swept_field(group: str, members: list[dict]) -> tuple[str | None, str]:
     return field, ""
 
 
+# what may differ between merges of one implicit sweep besides its weight or t: the job's name, where it writes, what
+# it runs on, and the models' registry names (their stages are compared instead)
+_NOT_THE_MERGE = ("weights", "t", "name", "out", "resources", "models")
+
+
+def _axis_value(st: dict, spec: dict) -> tuple[str, float] | None:
+    """Where a merge of two models sits on a surface: Average's weight of the first model (weights [w, 1−w]; others
+    as normalised, mergekit's linear default; None as the plain mean), or SLERP's t; None for another method, a
+    list t (a depth schedule), or weights that are not two numbers."""
+    merge = st.get("merge") or {}
+    if len(st.get("from") or []) != 2:
+        return None
+    method = merge.get("method", "average")
+    if method == "slerp":
+        t = merge.get("t", spec.get("t", 0.5))
+        return ("t", float(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+    if method != "average":
+        return None
+    w = merge.get("weights") or [1.0, 1.0]
+    if len(w) != 2 or not all(isinstance(x, (int, float)) for x in w) or sum(w) <= 0:
+        return None
+    if spec.get("normalize") is False and abs(sum(w) - 1) > 1e-9:
+        return None  # [1, 1] unnormalised is a sum, on no weight axis
+    return "weight", float(w[0]) / float(sum(w))
+
+
+def implicit_sweeps(stages: list[dict], specs: dict[str, dict]) -> dict[str, list[tuple[dict, str, float]]]:
+    """Merges of the same two models by the same method that differ only in the weight (or SLERP's t), written as
+    separate stages: a sweep however they were written (the paper's Table 7: Average (0.5, 0.5), (0.4, 0.6),
+    (0.6, 0.4) of the same candidates), so a surface. `specs`: each stage's job spec (stage -> dict; {} where there
+    is no job), whose other settings (density, lambda, normalize, …) must agree. Group "METHOD of A, B" -> [(stage,
+    field, value)], only groups with two values or more; stages of a `sweep:` have their own group."""
+    import json
+
+    groups: dict[tuple, list[tuple[dict, str, float]]] = {}
+    for st in stages:
+        if st["kind"] != "merge" or st.get("sweep_of"):
+            continue
+        spec = specs.get(st["stage"]) or {}
+        if (at := _axis_value(st, spec)) is None:
+            continue
+        rest = json.dumps({k: v for k, v in spec.items() if k not in _NOT_THE_MERGE}, sort_keys=True, default=str)
+        key = ((st.get("merge") or {}).get("method", "average"), tuple(st["from"]), rest)
+        groups.setdefault(key, []).append((st, *at))
+    out: dict[str, list[tuple[dict, str, float]]] = {}
+    for key, members in groups.items():
+        if len({x for _, _, x in members}) > 1:
+            name = f"{key[0]} of {', '.join(key[1])}"  # two sweeps of one pair (at other densities): both drawn
+            out[name if name not in out else f"{name} ({sum(n.startswith(name) for n in out) + 1})"] = members
+    return out
+
+
+def _job_specs(stages: list[dict]) -> dict[str, dict]:
+    from storage.models import Job
+
+    with db.session() as s:
+        return {st["stage"]: (job.spec if (job := s.get(Job, st["job_id"])) else {}) or {}
+                for st in stages if st["kind"] == "merge" and st.get("job_id")}
+
+
 def run_surfaces(run_id: int, metric: str) -> list[dict]:
     """One surface per swept merge stage of the run, on the metric "task metric", against the field it sweeps; a
-    group swept over several fields (or over values that are no numbers) is {group, skipped: why} instead."""
+    group swept over several fields (or over values that are no numbers) is {group, skipped: why} instead. Merges
+    written one by one that differ only in weight or t (implicit_sweeps) are a surface too: the preset's Table 7
+    merges read "No swept merge in this run"."""
     st = stage_dicts(run_id)
     by_stage = {s["stage"]: s for s in st}
     groups: dict[str, list[dict]] = {}
     for s in st:
         if s.get("sweep_of") and s["kind"] == "merge":
             groups.setdefault(s["sweep_of"]["group"], []).append(s)
+    for group, members in implicit_sweeps(st, _job_specs(st)).items():
+        groups[group] = [{**m, "sweep_of": {"group": group, field: x}} for m, field, x in members]
     scores = latest_scores([s["output"] for s in st if s["output"]])
     out = []
     for group, members in groups.items():
@@ -410,22 +568,24 @@ def unscored_note(t: Table, mark: str) -> str:
     """What the missing cells of a paper table (shown as `mark`, the Recipe page's "—") mean, per task: after a run,
     the five synth-math columns of Table 3 read None in every row (the base alone had been evaluated on synth-math,
     from the Compare page), with nothing saying that no score is there, not a score of None. A hallucination rate
-    left blank (qatable.mostly_unanswered) beside the model's other scores of that task is evaluated, not missing."""
+    left blank (qatable.mostly_unanswered) beside the model's other scores of that task is evaluated, not missing.
+    Said per column, the models named only where some of the table's rows are blank: one entry per model and
+    column made ~90 entries under "Every model of the run" for five columns blank in all 18 rows."""
     skip = {"Model", "Stage", "Made from", "Paper H6"}
     missing: dict[str, list[str]] = {}  # task -> models without its scores
-    blanked: list[str] = []  # a hallucination rate left blank (qatable.mostly_unanswered): evaluated, not missing
+    blanked: dict[str, list[str]] = {}  # column -> models whose hallucination rate is left blank: evaluated
     for i, col in enumerate(t.columns):
         # a data source's tick column; the overlap columns' blanks (every item overlaps, or the data could not be
-        # read) have their own note: read as "not evaluated", an evaluated model was said to have no score
+        # read) have their own note: read as "not evaluated", an evaluated model was said to have no score; an
+        # error column is blank with its score
         overlap = col.endswith((OVERLAP.format(task=""), CLEAN.format(column="")))
-        if col in skip or overlap or all(r[i] in ("✓", "") for r in t.rows):
+        if col in skip or overlap or col.endswith(" ±") or all(r[i] in ("✓", "") for r in t.rows):
             continue
         task = col.split(" ")[0]
-        scored = [j for j, c in enumerate(t.columns) if c.split(" ")[0] == task and j != i]
+        scored = [j for j, c in enumerate(t.columns) if c.split(" ")[0] == task and j != i and not c.endswith(" ±")]
         for r in t.rows:
             if r[i] is None and "hallucination_rate" in col and any(r[j] is not None for j in scored):
-                if (cell := f"{r[0]} ({col})") not in blanked:
-                    blanked.append(cell)
+                blanked.setdefault(col, []).append(r[0])
             elif r[i] is None and r[0] not in missing.setdefault(task, []):
                 missing[task].append(r[0])
     parts = [f"{', '.join(ms)} {'has' if len(ms) == 1 else 'have'} no {task} score" for task, ms in missing.items()
@@ -433,7 +593,17 @@ def unscored_note(t: Table, mark: str) -> str:
     said = (f"A {mark} cell: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves "
             "it out, or has not run yet), not a score of zero.") if parts else ""
     if blanked:
-        said += (" " if said else "") + (f"Left blank ({mark}): {', '.join(blanked)}: over half of those replies "
-                                         "were cut off by the token limit or empty, so no hallucination rate is "
-                                         "given (its 0 would read as the best).")
+        said += (" " if said else "") + (f"Left blank ({mark}): {_blank_columns(blanked, len(t.rows))}: over half "
+                                         "of those replies were cut off by the token limit or empty, so no "
+                                         "hallucination rate is given (its 0 would read as the best).")
     return said
+
+
+def _blank_columns(blanked: dict[str, list[str]], rows: int) -> str:
+    """Columns blank for the same models said together: "qa hallucination_rate, synth-math hallucination_rate (all
+    18 models)", or "SFT v1, SFT v2 (qa hallucination_rate)" where only some rows are blank."""
+    by_models: dict[tuple[str, ...], list[str]] = {}
+    for col, models in blanked.items():
+        by_models.setdefault(tuple(models), []).append(col)
+    return "; ".join(f"{', '.join(cols)} (all {rows} models)" if len(models) == rows > 1
+                     else f"{', '.join(models)} ({', '.join(cols)})" for models, cols in by_models.items())
