@@ -8,7 +8,7 @@ import math
 
 from sqlmodel import select
 
-from backend.recipe.tables import Table
+from backend.recipe.tables import PLUS_MINUS, Table
 from storage import db
 from storage.models import EvalScore
 
@@ -478,7 +478,7 @@ def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str
     the overlap columns."""
     primary = headline(latest)
     has_errors = any(v is not None for r in rows for c, v in r.items() if c.endswith(" ±"))
-    notes = [items_note(primary, clean), "± : standard error (95 % interval ≈ score ± 1.96 ×)." if has_errors else "",
+    notes = [items_note(primary, clean), PLUS_MINUS if has_errors else "",
              zero_error_note(latest, rows, clean), average_note(primary, clean), cut_off_note(latest, clean),
              overlap_note(primary), huge_note(rows)]
     return [n for n in notes if n]
