@@ -108,11 +108,7 @@ def _unusable_text(path: Path) -> str | None:
     if _only_blank(path):
         return f"Data file {shown_name(path)} holds only blank lines: it has no rows."
     if bad := _first_non_utf8(path):
-        if bad[2] == 0:  # UTF-8 allows it, but no text holds it: a UTF-16 file without its mark trained on as text
-            return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: a NUL byte (0x00), which no text holds: a "
-                    "UTF-16 or UTF-32 file without its byte-order mark, or no text file at all. Save it as UTF-8.")
-        return (f"{shown_name(path)}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file "
-                "as UTF-8.")
+        return non_utf8_said(shown_name(path), bad)
     if path.suffix.lower() in (".json", ".jsonl") and (deep := _deep_json_line(path)):
         return _too_deep(path, *deep)
     return None
@@ -242,9 +238,7 @@ def utf8_copy(path: Path):
                                                                          newline="") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except UnicodeDecodeError as exc:
-            how = "its byte-order mark" if encoding in ("utf-16", "utf-32") else "no byte-order mark; its first KiB"
-            raise DataError(f"{shown_name(path)} opens as {encoding.upper()} ({how}) but is not "
-                            f"{encoding.upper()} throughout ({exc.reason}): save it as UTF-8.") from None
+            raise DataError(not_throughout_said(shown_name(path), encoding, exc.reason)) from None
         yield copy, tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -343,6 +337,22 @@ def _nested_too_deep(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def non_utf8_said(name: str, bad: tuple[int, int, int]) -> str:
+    """What _first_non_utf8's find means, in the words of every reader of text files (data, seeds)."""
+    line, column, byte = bad
+    if byte == 0:  # UTF-8 allows it, but no text holds it: a UTF-16 file without its mark trained on as text
+        return (f"{name}, line {line}, column {column}: a NUL byte (0x00), which no text holds: a UTF-16 or UTF-32 "
+                "file without its byte-order mark, or no text file at all. Save it as UTF-8.")
+    return f"{name}, line {line}, column {column}: not UTF-8 (byte {byte:#04x}): save the file as UTF-8."
+
+
+def not_throughout_said(name: str, encoding: str, reason: str) -> str:
+    """A file read as unicode_encoding found it that fails to decode further on."""
+    how = "its byte-order mark" if encoding in ("utf-16", "utf-32") else "no byte-order mark; its first KiB"
+    return (f"{name} opens as {encoding.upper()} ({how}) but is not {encoding.upper()} throughout ({reason}): save "
+            "it as UTF-8.")
 
 
 def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:

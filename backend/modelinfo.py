@@ -245,7 +245,9 @@ def _sweep(fits: Path, current: str) -> None:
     process has added to in SWEEP_AFTER_S: markers are one empty file per model family checked (a model up-scaled,
     merged or trained from a checked one shares it), but each upgrade of transformers left every one of them
     behind, never to be read again. Run only after a check that built a model (60 ms and up): a hit costs one
-    `exists` as before. Machines sharing a workspace on different versions each keep their own (both write)."""
+    `exists` as before. A folder's time moves only when a marker is added to it: a machine sharing the workspace on
+    another version whose checks all hit for SWEEP_AFTER_S may find its folder swept, and checks its models again
+    (time, never a wrong answer)."""
     import shutil
     import time
 

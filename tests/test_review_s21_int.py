@@ -119,3 +119,33 @@ def test_a_clean_perplexity_shows_the_clean_items_error_not_the_whole_sets():
     row = latest[("m", "perplexity", "perplexity")]
     assert scoretable.stderr(latest, row) == 2.5
     assert scoretable.stderr(latest, row, clean=True) == 4.0  # was the whole set's 2.5
+
+
+def test_a_resumed_job_cancelled_before_it_runs_again_counts_its_one_run(tiny_llama):
+    """resume kept the old start: cancelled while queued, the old start to the cancel (an hour of waiting) read as a
+    run, on top of the run already counted."""
+    from datetime import timedelta
+
+    from backend import registry, runner
+    from backend.specs import UpscaleSpec
+    from storage.models import utcnow
+
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="waited"))
+    hour_ago = utcnow() - timedelta(hours=1)
+    runner._update(job.id, status="interrupted", started=hour_ago - timedelta(seconds=100), finished=hour_ago)
+    runner.resume(job.id)
+    runner.cancel(job.id)
+    done = runner.get(job.id)
+    assert runner.seconds_run(done) is None and runner.seconds_all(done) == 100.0  # was 3800
+
+
+def test_a_seed_file_with_a_nul_byte_says_what_it_is_as_the_train_page_does(tmp_path):
+    """It said "not UTF-8 (byte 0x00)", though UTF-8 allows a NUL: the Train page's words name UTF-16 without its mark."""
+    import pytest
+
+    from backend.synth import seeds
+
+    (f := tmp_path / "seeds.jsonl").write_bytes(b'{"question": "q", "answer": "#### 1"}\n{"question": "a\x00b"}\n')
+    with pytest.raises(seeds.SeedError, match=r"^seeds, line 2, column 16: a NUL byte \(0x00\), which no text holds"):
+        seeds.read_records(f, "seeds")

@@ -62,19 +62,25 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
 def _output_of(spec: _Spec) -> str | None:
     """The model name a job registers (imports by the name submit gave them), or None for a job that makes none."""
     if spec.kind == "import":
-        return spec.name or None
+        from backend.registry import BUILTIN_NAME
+
+        # the built-in, asked for twice, is imported once (check_before_queueing lets the second be queued)
+        return None if spec.target.lower() in ("builtin", BUILTIN_NAME.lower()) else spec.name or None
     return (spec.name or spec.default_name()) if spec.kind in MAKES_MODELS else None
 
 
 def _withdraw_if_second(job: Job, spec: _Spec) -> None:
     """Of two jobs queued at once under one model name (two tabs building "twotabs": both passed
     check_before_queueing before either row was written, and the second failed when it ran, "already registered"),
-    the older row stands and this one is withdrawn and refused in check_before_queueing's words. Each of two racing
-    submissions looks after writing its own row, so at least the later one sees the other (SQLite serializes the
-    writes; PostgreSQL reads what was committed). A row a worker claimed meanwhile is left to run and fail as before."""
+    this one is withdrawn and refused in check_before_queueing's words when another active row makes the name. Each
+    of two racing submissions looks after committing its own row, so at least the one that commits last sees the
+    other (PostgreSQL hands out ids before the commits, so the older id may be the one committed last: either row may
+    be the one withdrawn, and when both look before either is withdrawn both are, which asks the two users to
+    choose again rather than run two jobs into one name). A row a worker claimed meanwhile is left to run and fail
+    as before."""
     from sqlalchemy import delete
 
-    if (name := _output_of(spec)) is None or (first := _making(name, before=job.id)) is None:
+    if (name := _output_of(spec)) is None or (first := _making(name, other_than=job.id)) is None:
         return
     with db.session() as s:
         gone = s.exec(delete(Job).where(Job.id == job.id, Job.status == "queued")).rowcount
@@ -162,12 +168,12 @@ def _check_train_files(spec) -> None:
 MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
 
 
-def _making(name: str, before: int | None = None) -> Job | None:
+def _making(name: str, other_than: int | None = None) -> Job | None:
     """The queued or running job that will register a model under `name`, if any: an import by the name it gives
     (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
-    came; a job reading the imported model was refused). `before`: only a job queued before that one."""
+    came; a job reading the imported model was refused). `other_than`: a job other than that one."""
     for job in active_jobs():
-        if before is not None and job.id >= before:
+        if job.id == other_than:
             continue
         if job.kind == "import" and job.spec.get("name") == name:
             return job

@@ -90,11 +90,10 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"Job {job_id} is still stopping on {host}: its worker there ends the stopped run within "
                          "a few seconds. Resume it when it has stopped; a second run would now run beside it.")
     # conditional: of two resumes racing, one queues it; the other must not turn a run already claimed back to queued
-    # the ended run's seconds kept before its start and end are rewritten: the Jobs page's "run s" counts every run
-    ran = (job.finished - job.started).total_seconds() if job.started and job.finished else 0.0
+    # its start cleared with its end: cancelled while queued again, the old start and the cancel's time read as a run
     if not _transition(job_id, ("interrupted", "failed", "cancelled"), status="queued", error="", finished=None,
-                       pid=None, host="", progress=0.0, message="queued to resume",  # not the stopped run's bar
-                       seconds_before=(job.seconds_before or 0.0) + max(ran, 0.0)):
+                       started=None, pid=None, host="", progress=0.0, message="queued to resume",  # not the old bar
+                       seconds_before=_seconds_so_far(job)):
         raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
@@ -191,10 +190,20 @@ def _left_out(job: Job) -> bool:
         or (job.status == "failed" and (job.error or "").startswith(NONE_MADE)))
 
 
+def _seconds_so_far(job: Job) -> float:
+    """The seconds of a job's ended runs, kept when it is queued again: its start and end are rewritten by the next
+    run, and the Jobs page's "run s" counts every run (resumed twice then cancelled read as its last 44 s)."""
+    ran = (job.finished - job.started).total_seconds() if job.started and job.finished else 0.0
+    return (job.seconds_before or 0.0) + max(ran, 0.0)
+
+
 def _queue_again(job_id: int, dep: int, from_status: str = "succeeded") -> None:
     """An evaluation queued again because job `dep` it waits for was: as resume() does, without the pid or host of
-    the run before (recover_orphans judged the new claim by them)."""
-    _transition(job_id, from_status, status="queued", finished=None, pid=None, host="", error="",
+    the run before (recover_orphans judged the new claim by them), its run's seconds kept and its start cleared."""
+    if (job := get(job_id)) is None:
+        return
+    _transition(job_id, from_status, status="queued", finished=None, started=None, pid=None, host="", error="",
+                seconds_before=_seconds_so_far(job),
                 message=f"queued again: job {dep} it waits for was queued again")
 
 

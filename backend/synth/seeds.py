@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend.data import json_reason
-from backend.data_files import _first_non_utf8, unicode_encoding
+from backend.data_files import _first_non_utf8, non_utf8_said, not_throughout_said, unicode_encoding
 from backend.synth.answers import extract_answer, to_number
 from backend.synth.problems import CATEGORIES, GENERATORS
 
@@ -87,13 +87,11 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     # into "not valid JSON" here)
     encoding = unicode_encoding(path) or "utf-8-sig"
     if encoding == "utf-8-sig" and (bad := _first_non_utf8(path)):
-        raise SeedError(f"{label}, line {bad[0]}, column {bad[1]}: not UTF-8 (byte {bad[2]:#04x}): save the file as "
-                        "UTF-8.")
+        raise SeedError(non_utf8_said(label, bad))
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
-        raise SeedError(f"{label} opens as {encoding.upper()} (its byte-order mark) but is not {encoding.upper()} "
-                        f"throughout ({exc.reason}): save it as UTF-8.") from None
+        raise SeedError(not_throughout_said(label, encoding, exc.reason)) from None
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), 1))
