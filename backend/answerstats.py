@@ -134,6 +134,57 @@ def _shares(records, verdict: str) -> dict[str, float]:
     return {m: hit[m] / total[m] for m in sorted(total)}
 
 
+def caps_all_cut_off(rows) -> dict[str, list[int]]:
+    """Per model, the token caps of its evaluation runs in which every reply was cut off. `rows`: (model, replies,
+    cut-off replies, longest reply in tokens) per run; in a run cut off throughout the longest reply is the cap
+    (max_new_tokens), which runs do not store otherwise. A model with none is left out."""
+    caps: dict[str, set[int]] = {}
+    for model, n, cut, longest in rows:
+        if n and cut == n and longest:
+            caps.setdefault(model, set()).add(int(longest))
+    return {m: sorted(c) for m, c in sorted(caps.items())}
+
+
+def never_ended(models) -> dict[str, list[int]]:
+    """caps_all_cut_off over the stored generations of `models`, every task and run (one grouped query)."""
+    from sqlmodel import case, func, select
+
+    from storage import db
+    from storage.models import Generation
+
+    cut = case(((Generation.verdict == CUT_OFF) | Generation.truncated, 1), else_=0)
+    with db.session() as s:
+        rows = s.exec(select(Generation.model, func.count(), func.sum(cut), func.max(Generation.tokens))
+                      .where(Generation.model.in_(list(models)))
+                      .group_by(Generation.model, Generation.task, Generation.run, Generation.job_id)).all()
+    return caps_all_cut_off(rows)
+
+
+def cut_off_advice(caps: dict[str, list[int]]) -> str:
+    """What to do about models whose every reply was cut off (`caps`: their caps, as caps_all_cut_off), from what
+    the stored replies show. Cut off throughout at two caps, the model does not end its replies at all: a model that
+    never emits its end token (untrained or random, or freshly up-scaled) runs to any cap, and raising it again
+    could not help. At one cap the replies cannot tell a long answer from one that never ends: say both, and how
+    to tell them apart. Models are grouped by their caps; "" for no model."""
+    def who(group: dict[str, list[int]]) -> str:
+        by_caps: dict[tuple, list[str]] = {}
+        for m, cs in group.items():
+            by_caps.setdefault(tuple(cs), []).append(m)
+        return "; ".join(f"{', '.join(ms)} at {' and '.join(map(str, cs))} tokens" for cs, ms in by_caps.items())
+
+    out = []
+    if never := {m: cs for m, cs in caps.items() if len(cs) >= 2}:
+        out.append(f"Cut off on every reply at each cap tried ({who(never)}): such a model does not end its replies "
+                   "(it never emits its end token, as an untrained, random or freshly up-scaled model does), so a "
+                   "higher Max new tokens will not help: continue pretraining, then SFT, and evaluate it again")
+    if once := {m: cs for m, cs in caps.items() if len(cs) < 2}:
+        out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a model that never emits its end "
+                   "token (untrained, random or freshly up-scaled) reads the same, and no cap helps it. Evaluate "
+                   "again with a higher Max new tokens: cut off throughout there too, it needs continued pretraining "
+                   "or SFT first")
+    return ". ".join(out)
+
+
 def answered_models(task: str) -> list[str]:
     """The models with answers on `task`, by name (a SELECT DISTINCT: no answer is loaded)."""
     from sqlmodel import select
@@ -156,13 +207,35 @@ def pair_records(task: str, model_a: str, model_b: str) -> list[Record]:
     return recs
 
 
-def bin_edges(records: list[Record], n_bins: int = 4) -> list[float]:
-    """Quantile edges of answer length over all models pooled, so every model is cut at the same lengths. Every
-    answer of one length: one bin from that length to itself (the last bin is closed), "5 words" (an edge at 6
-    labelled it "5–6 words", a length no answer had)."""
+LENGTH_UNITS = ("words", "tokens")
+
+
+def length_unit(records) -> str:
+    """The unit the Compare page measures answer length in: tokens, as the length model and the hallucination-by-
+    length plot do, when the rows have token counts (every row since token counts were stored); words otherwise.
+    In words a reply cut off at the cap that decodes to blank text (a tiny tokenizer's) was an answer of 0 words,
+    drawn in a "0 words" bin as if the model had said nothing; in tokens it is at the cap, where it ran to."""
+    return "tokens" if any(r.tokens > 0 for r in records) else "words"
+
+
+def lengths(records, unit: str = "words") -> np.ndarray:
+    """Each record's answer length in `unit`: words (len(output.split())), or tokens (`_length`: the generated
+    tokens, words on a row without a count), with an empty reply (ended at once) 0 tokens long, whatever end token
+    it generated."""
+    if unit not in LENGTH_UNITS:
+        raise ValueError(f"unit must be one of {', '.join(LENGTH_UNITS)}, not {unit!r}.")
+    if unit == "words":
+        return np.array([r.words for r in records], dtype=float)
+    return np.array([0 if r.verdict == EMPTY else _length(r) for r in records], dtype=float)
+
+
+def bin_edges(records: list[Record], n_bins: int = 4, unit: str = "words") -> list[float]:
+    """Quantile edges of answer length (in `unit`) over all models pooled, so every model is cut at the same
+    lengths. Every answer of one length: one bin from that length to itself (the last bin is closed), "5 words" (an
+    edge at 6 labelled it "5–6 words", a length no answer had)."""
     if not records:
         raise ValueError("no answers to bin by length.")
-    words = np.array([r.words for r in records], dtype=float)
+    words = lengths(records, unit)
     edges = np.unique(np.quantile(words, np.linspace(0, 1, n_bins + 1)))
     return edges.tolist() if len(edges) > 1 else [float(words[0])] * 2
 
@@ -178,7 +251,7 @@ def bins_of(words: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.minimum(np.searchsorted(edges, words, side="right") - 1, len(edges) - 2)
 
 
-def word_bins(edges: list[float]) -> list[str]:
+def word_bins(edges: list[float], unit: str = "words") -> list[str]:
     """The length bins' labels in whole words: bins_of's bins are half-open, [4, 6) then [6, 43] (the last closed),
     and the labels "4–6 words", "6–43 words" put the 6-word answers in both; here "4–5 words", "6–43 words" ("6
     words" for a bin of one length)."""
@@ -186,18 +259,18 @@ def word_bins(edges: list[float]) -> list[str]:
     for b in range(len(edges) - 1):
         lo = math.ceil(edges[b])
         hi = math.floor(edges[b + 1]) if b == len(edges) - 2 else math.ceil(edges[b + 1]) - 1
-        out.append(f"{lo} words" if hi <= lo else f"{lo}–{hi} words")
+        out.append(f"{lo} {unit}" if hi <= lo else f"{lo}–{hi} {unit}")
     return out
 
 
-def by_length_bin(records: list[Record], n_bins: int = 4) -> list[dict]:
-    """Per model and length bin: count, accuracy, hallucination rate."""
-    edges = bin_edges(records, n_bins)
-    bins = bins_of(np.array([r.words for r in records], dtype=float), edges)
+def by_length_bin(records: list[Record], n_bins: int = 4, unit: str = "words") -> list[dict]:
+    """Per model and length bin (in `unit`, see `lengths`): count, accuracy, hallucination rate."""
+    edges = bin_edges(records, n_bins, unit)
+    bins = bins_of(lengths(records, unit), edges)
     cells: dict[tuple[str, int], list[Record]] = {}
     for r, b in zip(records, bins.tolist()):
         cells.setdefault((r.model, b), []).append(r)
-    labels = word_bins(edges)
+    labels = word_bins(edges, unit)
     return [{"model": m, "bin": b, "range": labels[b], "n": len(rs),
              "accuracy": sum(r.correct for r in rs) / len(rs),
              "hallucination_rate": sum(r.hallucination for r in rs) / len(rs)}

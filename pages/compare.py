@@ -117,6 +117,24 @@ def ancestry(recs: list) -> dict[str, set[str]]:
     return out
 
 
+def lineage_order(recs: list) -> list[str]:
+    """The models in the paper's order, the order of their making: by lineage depth (a base, then what was up-scaled
+    from it, then continued pretraining, SFT, DPO, a merge of those), then by registration within a depth (`recs`
+    come oldest first), so the models × tasks table reads base → up-scaled → cpt → sft → dpo → merge, as the Recipe
+    tables keep stage order; sorted by name it read cpt, dpo, sft, sft, upscaled, base."""
+    parents = {r.name: [p for p in (r.parents or []) if p != r.name] for r in recs}
+    depth: dict[str, int] = {}
+
+    def depth_of(name: str, seen: frozenset = frozenset()) -> int:
+        if name not in depth:  # a parent that is not registered (deleted, or a Hub id) counts as a root
+            known = [p for p in parents.get(name, []) if p in parents and p not in seen]
+            depth[name] = 1 + max((depth_of(p, seen | {name}) for p in known), default=-1)
+        return depth[name]
+
+    made = {r.name: i for i, r in enumerate(recs)}
+    return sorted(made, key=lambda n: (depth_of(n), made[n]))
+
+
 def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
     """Where the merged model's tokenizer, chat template and generation config come from: mergekit's default (the
     base when there is one, else the first candidate), another model, or the template most of them share (mergekit's
@@ -218,6 +236,24 @@ with st.expander("Merge candidates"):
     for job_id in st.session_state.get("merge_jobs", []):  # every merge launched here, not only the last
         job_status(job_id)
 
+
+def check_each_task(espec: EvalSpec) -> list[str]:
+    """runner.check_before_queueing's refusals, every task's (its check stops at the first): with two bad task
+    files only the first one's error showed, and the second came up only after the first was fixed. The models'
+    checks come first, once; then each task alone. Distinct messages, in the tasks' order."""
+    errors: list[str] = []
+    for one in [espec.model_copy(update={"tasks": []})] + [espec.model_copy(update={"tasks": [t]})
+                                                            for t in espec.tasks]:
+        try:
+            runner.check_before_queueing(one)
+        except ValueError as exc:
+            if str(exc) not in errors:
+                errors.append(str(exc))
+            if not one.tasks:  # a model the registry lacks: every task's check would say it again
+                break
+    return errors
+
+
 latest = scores_now()
 with st.expander("Evaluate", expanded=False):
     e1, e2 = st.columns(2)
@@ -289,11 +325,13 @@ with st.expander("Evaluate", expanded=False):
                             "slots (--slots) or across a Ray cluster's nodes; the scores are the same as one job's.")
             b1, b2 = st.columns(2)
             if b1.button("Evaluate", type="primary", key="evaluate") and not egone:
-                try:  # every model and task file once, before the first job: a bad one said so once per model,
-                    with st.spinner("Checking the models and tasks…"):  # lm-eval's task index: ~10 s the first time
-                        runner.check_before_queueing(espec)  # and the jobs of the models before it stayed queued
-                except ValueError as exc:
-                    st.error(f"Not queued: {exc}")
+                # every model and task file once, before the first job: a bad one said so once per model, and the
+                # jobs of the models before it stayed queued
+                with st.spinner("Checking the models and tasks…"):  # lm-eval's task index: ~10 s the first time
+                    refused = check_each_task(espec)
+                if refused:
+                    st.error("Not queued: " + refused[0] if len(refused) == 1 else
+                             "Not queued:\n" + "\n".join(f"- {e}" for e in refused))
                 else:
                     st.session_state["eval_jobs"] = [
                         j for i, one in enumerate(espec.per_model() if fan else [espec])
@@ -313,12 +351,14 @@ st.subheader("Models × tasks")
 clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                        help="Leave out the items whose n-grams appear in the training data of the model's lineage "
                             "(every parent's training sets), and score the rest.")
-score_rows = scoretable.table_rows(latest, records, clean=clean_only)
+order = {m: i for i, m in enumerate(lineage_order(model_records))}
+# in lineage order (base → up-scaled → cpt → sft → dpo → merge), not by name; models no longer registered last, by name
+score_rows = sorted(scoretable.table_rows(latest, records, clean=clean_only),
+                    key=lambda r: (order.get(r["model"], len(order)), r["model"]))
 table = pd.DataFrame(score_rows)
-# the page's order of the models its charts can show (those with scores), for name_colors: all registered models
-# made colours repeat among the few compared once more than 24 were registered
-charted = [m for m in names if m in set(table["model"])] + [m for m in table["model"] if m not in set(names)] \
-    if "model" in table else []
+# the page's order of the models its charts can show (those with scores), the table's, for name_colors: all
+# registered models made colours repeat among the few compared once more than 24 were registered
+charted = list(table["model"]) if "model" in table else []
 # one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read
 st.caption("\n".join(f"- {note}" for note in scoretable.table_notes(latest, score_rows, clean_only) + [
     "Each score records its set's source and fingerprint; the built-in sets (held-out text, eval-math, qa) share no "
@@ -406,8 +446,10 @@ st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
            "answers? Per item, hallucination is regressed on model, answer length (log tokens) and question kind "
            "(logistic regression); if the model's effect vanishes once length is in, length explains the gap. An "
-           "empty reply (the model ended it at once) is no answer of 0 words: the items either model replied empty "
-           "to are left out of the comparison.")
+           "empty reply (the model ended it at once) is no answer of length 0: the items either model replied empty "
+           "to are left out of the comparison. Lengths on this section's charts are in tokens (the generated "
+           "ones; words only for answers stored without a token count): a reply cut off by the token limit is as "
+           "long as the limit, whatever text it decoded to.")
 from pages.figures import hallucination_length_figure  # noqa: E402  (this section's own figure)
 
 with db.session() as s:  # the task list first, then only that task's rows (200k rows took seconds to load)
@@ -456,17 +498,23 @@ with db.session() as s:
     version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
 url = db.database_url()
 recs = task_records(url, gtask, version)
-words = defaultdict(list)
-for r in recs:
-    words[r.model].append(r.words)
-gen_models = sorted(words)
+gen_models = sorted({r.model for r in recs})
+# one unit on the page: tokens, as the length model and the plot of hallucination against length (words only for
+# rows stored without token counts); in words a reply cut off at the cap that decoded to blank text was drawn as an
+# answer of 0 words, in a "0 words" bin that read as empty replies
+unit = analysis.length_unit(recs)
 cut_share = analysis.cut_shares(recs)  # one pass: a pass per model took seconds at 150 models
+# the models cut off on every reply here: "a higher Max new tokens" cannot help one that never ends a reply (an
+# untrained or freshly up-scaled model), and its other runs, at other caps, may show it does not
+all_cut = analysis.never_ended([m for m, v in cut_share.items() if v == 1]) if 1 in cut_share.values() else {}
 if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that rambles is stopped, not wrong
+    some = [m for m, v in cut_share.items() if v and m not in all_cut]
     st.warning("Cut off by the token limit before stating an answer: " + ", ".join(
         f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". These replies are neither correct nor "
         "hallucinations: the hallucination comparison below leaves out every item either model's reply was cut off "
-        "on, and with the outcome correct they count as not correct. To let them finish, "
-        f"{analysis.RAISE_CAP}.")
+        "on, and with the outcome correct they count as not correct. "
+        + (f"To let {', '.join(some) if all_cut else 'them'} finish, {analysis.RAISE_CAP}. " if some else "")
+        + (analysis.cut_off_advice(all_cut) + "." if all_cut else ""))
 empty_share = analysis.empty_shares(recs)  # an up-scaled model before continued pretraining ends many replies at once
 if any(empty_share.values()):
     st.warning("Empty replies (the model ended them at once): " + ", ".join(
@@ -488,6 +536,8 @@ if len(gen_models) >= 2:
         res, strat, curves = compared(url, gtask, version, ma, mb, outcome, n_bins)
         rate = analysis.RATE_LABEL[outcome]  # every number below is of this rate
         st.markdown(f"**{res['sentence']}**")
+        if not res["ok"] and (ended := {m: c for m, c in all_cut.items() if m in (ma, mb)}):
+            st.caption(analysis.cut_off_advice(ended) + ".")
         if res["ok"]:
             lm, mc, raw = res["model"], res["mcnemar"], res["raw"]
             if lm["table"]:
@@ -506,7 +556,7 @@ if len(gen_models) >= 2:
                 + ("" if outcome == "hallucination" else " — wrong, abstained or cut off") + ";  \n"
                 f"accuracy, McNemar: only {ma} right on {mc['only_a_correct']}, only {mb} on {mc['only_b_correct']}, "
                 f"p = {mc['pvalue']:.3g} ({'exact binomial' if mc['exact'] else 'chi-square'});  \n"
-                f"model-free length check (within {strat['bins']} length bins): {rate} gap "
+                f"model-free length check (within {strat['bins']} bins of answer length in words): {rate} gap "
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
         st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
@@ -517,18 +567,18 @@ c1, c2 = st.columns(2)
 pooled, which = same_items(recs, gen_models)
 # the boxes over the same answers as the accuracy chart: a model scored on 12 items beside models scored on 8 had a
 # box over its 12 next to their 8, lengths of different questions
-shared_words = defaultdict(list)
-for r in pooled:
-    shared_words[r.model].append(r.words)
-c1.plotly_chart(length_box_figure(dict(shared_words), models=charted), key="len_box")
+shared_lengths = defaultdict(list)
+for r, n in zip(pooled, analysis.lengths(pooled, unit).tolist()):
+    shared_lengths[r.model].append(n)
+c1.plotly_chart(length_box_figure(dict(shared_lengths), models=charted, unit=unit), key="len_box")
 if len(pooled) != len(recs):
     c1.caption(f"Only the {len(pooled) // len(gen_models)} items every model answered, as in the chart beside it.")
-bin_rows = analysis.by_length_bin(pooled, n_bins)
-edges = analysis.bin_edges(pooled, n_bins)
+bin_rows = analysis.by_length_bin(pooled, n_bins, unit)
+edges = analysis.bin_edges(pooled, n_bins, unit)
 if len(edges) - 1 < n_bins:  # quantiles that tie merge: 3 bins asked, 2 drawn, without a word
     which += (f" {len(edges) - 1} length bin{'s' if len(edges) > 2 else ''}, not {n_bins}: many answers have the "
               "same length, so some bins' edges coincide.")
-acc_fig = by_bin_figure(bin_rows, "accuracy", models=charted)
+acc_fig = by_bin_figure(bin_rows, "accuracy", models=charted, unit=unit)
 acc_fig.update_traces(mode="lines+markers+text", textposition="top center", textfont_size=10)  # n on each point
 c2.plotly_chart(acc_fig, key="bin_acc")
 c2.caption(which)

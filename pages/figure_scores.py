@@ -112,10 +112,11 @@ def box_stats(values) -> dict:
             "mean": float(v.mean()), "outliers": [float(x) for x in v if x < lf or x > uf]}
 
 
-def length_box_figure(words: dict[str, list[int]], models: list[str] | None = None) -> go.Figure:
-    """Answer lengths per model, in the order and colours of `models` (the page's, see name_colors; else in the
-    order of `words`, coloured by name as by_bin_figure); boxes lie down when the names do not fit under them (see
-    fits_across)."""
+def length_box_figure(words: dict[str, list[int]], models: list[str] | None = None,
+                      unit: str = "words") -> go.Figure:
+    """Answer lengths (in `unit`, as the page's other length charts) per model, in the order and colours of
+    `models` (the page's, see name_colors; else in the order of `words`, coloured by name as by_bin_figure); boxes
+    lie down when the names do not fit under them (see fits_across)."""
     colors = name_colors([*(models or []), *sorted(words)])
     names = [m for m in dict.fromkeys([*(models or []), *words]) if m in words]
     across = fits_across(names)
@@ -128,7 +129,7 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
                              lowerfence=[st["lowerfence"]], upperfence=[st["upperfence"]], mean=[st["mean"]],
                              name=model, orientation="v" if across else "h", marker_color=colors[model],
                              boxmean=True, boxpoints="outliers"))  # precomputed stats default to "all" points
-    fig.update_layout(title="Answer length (words)", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
+    fig.update_layout(title=f"Answer length ({unit})", margin=dict(l=10, r=10, t=40, b=60 if across else 30),
                       showlegend=False)
     # a length is never negative: with every answer 0 words (a model that abstains throughout) plotly's autorange
     # centred the flat boxes on an axis from -1 to 1 words
@@ -136,9 +137,10 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
     return fig
 
 
-def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None) -> go.Figure:
-    """`metric` per answer-length bin, a line per model in the order and colours of `models` (the page's, see
-    name_colors; else by name); each line is in the legend, also alone."""
+def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None,
+                  unit: str = "words") -> go.Figure:
+    """`metric` per answer-length bin (lengths in `unit`, as the bins' ranges), a line per model in the order and
+    colours of `models` (the page's, see name_colors; else by name); each line is in the legend, also alone."""
     fig = go.Figure()
     colors = name_colors([*(models or []), *sorted({r["model"] for r in rows})])
     models = [m for m in colors if any(r["model"] == m for r in rows)]
@@ -152,7 +154,7 @@ def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None
     # appear, so a model missing a short bin pushed that bin after the longer ones.
     order = [rng for _, rng in sorted({(r["bin"], r["range"]) for r in rows})]
     fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", yaxis=dict(range=[0, 1]),
-                      xaxis=dict(categoryorder="array", categoryarray=order, title="answer length (words)"),
+                      xaxis=dict(categoryorder="array", categoryarray=order, title=f"answer length ({unit})"),
                       margin=dict(l=10, r=10, t=40, b=60))
     _legend_by_size(fig, models, 340)
     return fig

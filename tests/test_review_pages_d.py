@@ -100,7 +100,8 @@ def test_scores_come_before_the_lineage_and_the_name_is_pinned(tiny, tiny_llama)
     at = app("compare.py")
     table = at.dataframe[0]  # the models × tasks table
     assert list(table.value.columns)[:3] == ["model", "average (accuracy tasks)", "perplexity (perplexity)"]
-    assert list(table.value["model"]) == [f"{LONG[:27]}…{LONG[-21:]}-merged", "tiny"]  # cut in the middle
+    # cut in the middle; in the order of their making (review s21: lineage order), no longer by name
+    assert list(table.value["model"]) == ["tiny", f"{LONG[:27]}…{LONG[-21:]}-merged"]
     config = json.loads(table.proto.columns)
     assert config["model"]["pinned"] is True and config["model"]["width"] == 400  # the longest name fills it (name_width)
 
