@@ -21,6 +21,7 @@ backend/recipe/inputs.py.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any, Literal
 
@@ -37,6 +38,13 @@ STAGE_KEYS = ("name", "kind", "label", "tables", "sweep", "sweep_of")
 TABLES = ("sft", "dpo", "merge")
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*\.\.\s*(-?[\d.]+)\s+step\s+([\d.]+)\s*$")
 STAGE_REF = re.compile(r"^stage:([A-Za-z0-9][A-Za-z0-9._-]*)/(instruct|alignment)$")
+# What one sweep and one recipe may plan: each sweep point is a model trained or merged, then evaluated, and each
+# stage one job queued (under 3 a second on a busy 2-core machine). A step typed 0.001 for 0.1 planned 1,001 merges
+# (2,009 stages with their evaluations), 0.0001 10,001: a Run queueing jobs for many minutes. 101 points is 0..1
+# step 0.01, ten times as fine as a merge sweep of step 0.1; 200 stages: two such sweeps, or m swept over a
+# ten-stage recipe twenty times.
+MAX_SWEEP_POINTS = 101
+MAX_STAGES = 200
 
 
 class RecipeError(ValueError):
@@ -48,6 +56,7 @@ def parse_values(value: Any, field: str) -> list:
     if isinstance(value, list):
         if not value:
             raise RecipeError(f"{field}: a sweep needs at least one value.")
+        _check_points(field, value, len(value))
         return value
     m = _RANGE.match(str(value))
     if not m:
@@ -56,7 +65,16 @@ def parse_values(value: Any, field: str) -> list:
     if step <= 0 or hi < lo:
         raise RecipeError(f"{field}: a range needs A <= B and a positive step.")
     n = int(round((hi - lo) / step)) + 1
+    _check_points(field, value, n)  # before the list is made: a step of 1e-12 is a trillion values
     return [round(lo + i * step, 10) for i in range(n) if lo + i * step <= hi + 1e-9]
+
+
+def _check_points(field: str, value: Any, n: int) -> None:
+    if n > MAX_SWEEP_POINTS:
+        shown = f"{value!r}" if isinstance(value, str) else "its list"
+        raise RecipeError(f"{field}: {shown} is a sweep of {n:,} points; one sweep may plan at most "
+                          f"{MAX_SWEEP_POINTS} (each point is a model made and evaluated). Check the step (0..1 "
+                          "step 0.1 is 11 points), or split the sweep over several recipes.")
 
 
 class Budget(BaseModel):
@@ -225,8 +243,14 @@ def expand_stages(stages: list[dict]) -> list[dict]:
     """One stage per value of a sweep (the cartesian product when several fields are swept), named NAME-FIELDVALUE;
     `sweep_of` keeps the group for the merge surface. A swept stage cannot be referred to by name (which one?)."""
     out = []
-    for st in stages:
-        sweeps = _sweeps(st)
+    points = [(st, _sweeps(st)) for st in stages]
+    total = sum(math.prod(len(v) for v in sw.values()) for _, sw in points)  # counted before any stage is made
+    if total > MAX_STAGES:
+        many = [f"{st.get('name')} ({math.prod(len(v) for v in sw.values()):,})" for st, sw in points if sw]
+        raise RecipeError(f"stages: the sweeps make {total:,} stages ({', '.join(many)}); a recipe may plan at most "
+                          f"{MAX_STAGES}. Sweep fewer values (a coarser step), or split the sweeps over several "
+                          "recipes.")
+    for st, sweeps in points:
         if not sweeps:
             out.append(st)
             continue
@@ -255,6 +279,11 @@ def expand_runs(recipe: RecipeSpec) -> list[RecipeSpec]:
     if not recipe.upscale or not isinstance(recipe.upscale.get("m"), (list, str)):
         return [recipe]
     values = parse_values(recipe.upscale["m"], "upscale.m")
+    per_run = len(expand_stages(recipe.stages))
+    if len(values) * per_run > MAX_STAGES:
+        raise RecipeError(f"upscale.m: {len(values)} runs of {per_run} stages each make {len(values) * per_run:,} "
+                          f"stages; a recipe may plan at most {MAX_STAGES}. Sweep fewer values of m, or split them "
+                          "over several recipes.")
     return [recipe.model_copy(update={"name": f"{recipe.name}-m{int(v)}", "upscale": {**recipe.upscale, "m": int(v)}})
             for v in values]
 
