@@ -10,6 +10,7 @@ import streamlit as st
 
 from backend import recipe, runner
 from backend.recipe import tables
+from backend.recipe.graph import with_outside_models
 from backend.specs import TRAIN_KINDS
 from pages.common import MISSING, job_said, via_app, worker_banner
 from pages.figures import PALETTE, held_out_words, metric_figure, recovery_figure
@@ -159,9 +160,9 @@ if plans:
         st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}", placeholder=MISSING,
                      column_config={"label": st.column_config.TextColumn(width="medium"),
                                     "data": st.column_config.TextColumn(width="large")})
-        st.graphviz_chart(tables.graph_dot([{"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps,
-                                             "label": n.info.get("label", ""), "data": n.info.get("data", {})}
-                                            for n in p.nodes if n.kind != "eval"]))
+        st.graphviz_chart(tables.graph_dot(with_outside_models([  # a registered model merged in: a box too
+            {"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps, "from": n.info.get("from", []),
+             "label": n.info.get("label", ""), "data": n.info.get("data", {})} for n in p.nodes if n.kind != "eval"])))
 
 # ---------------------------------------------------------------- a run: live graph and status
 runs = recipe.runs()  # again: a Run above added one

@@ -5,14 +5,14 @@
 
 Planning resolves every stage reference, checks what needs files (the base's depth against m, data sets present,
 built-in, registered and local data and evaluation task files readable as their jobs will read them, the recipe's
-own synthetic data of a layout its stage trains on, merges of models of one depth), and
+own synthetic data of a layout its stage trains on, merges of models of one type, width and depth), and
 gives every stage a hash of its spec and its inputs' fingerprints (upstream hashes, the base folder's file sizes
 and mtimes — and the up-scale's second model's, data files' contents, each source of a mix, an evaluation's task
 files and sets). The hash is part of the model's name (RECIPE-STAGE-HASH8), so a later stage
 can name a model before it exists, an unchanged stage finds its model registered and is reused, and a changed
 stage gets a new name and reruns with everything downstream of it.
 
-The fingerprints and the checks of files live in inputs.py; every name is imported from here.
+The fingerprints and the checks of files live in inputs.py, those of models' shapes and weights in checks.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from sqlmodel import select
 
 from backend import data, registry, runner
+from backend.recipe.checks import config_shape, eval_state, folder_shape, made_shape, stage_shape, weights_missing
 from backend.recipe.inputs import (SYNTH_PARTS, _check_part, _check_rows, _check_tasks, _num_layers, _offline,
                                    _order, _output_name, _sha, _source_fp, _synth_fps, _task_fps, folder_fingerprint,
                                    hub_online)
@@ -105,6 +106,7 @@ class _Known:
     hashes: dict[str, str] = field(default_factory=dict)
     checked: set = field(default_factory=set)
     online: bool | None = None
+    shape: dict = field(default_factory=dict)  # each model's checks.Shape: what a merge compares of it
 
     def add(self, node: Node) -> None:
         self.depth[node.stage], self.out[node.stage], self.hashes[node.stage] = node.depth, node.output, node.hash
@@ -123,6 +125,7 @@ def _base_node(recipe: RecipeSpec, known: _Known) -> Node:
         folder, reg_name = registry.resolve(recipe.base)
         base = Node("base", "base", None, reg_name or str(folder), _sha(["base", folder_fingerprint(folder)]),
                     depth=_num_layers(folder), status="given")
+        known.shape["base"] = folder_shape(reg_name or str(folder), folder)
     except registry.RegistryError:
         if recipe.base.count("/") != 1 or recipe.base.startswith((".", "/", "~")):
             raise RecipeError(f"base: {recipe.base!r} is neither a registered model, 'builtin', a model folder "
@@ -134,6 +137,7 @@ def _base_node(recipe: RecipeSpec, known: _Known) -> Node:
         h = _sha(["hub", recipe.base])
         base = Node("base", "import", None, _output_name(recipe.name, "base", h), h,
                     depth=int(cfg["num_hidden_layers"]))
+        known.shape["base"] = config_shape(recipe.base, cfg)
         base.spec = ImportSpec(target=recipe.base, name=base.output)
     known.add(base)
     return base
@@ -160,6 +164,7 @@ def _upscale_node(recipe: RecipeSpec, base: Node, known: _Known) -> Node:
     except ValueError as exc:
         raise RecipeError(f"upscale: {exc}") from None
     node = Node("upscaled", "upscale", spec, spec.name, h, ["base"], d, {"from": ["base"]})
+    known.shape["upscaled"] = made_shape(known.shape["base"], "upscaled", d)  # depth up-scaling: the depth only
     known.add(node)
     return node
 
@@ -196,6 +201,7 @@ def _stage_node(recipe: RecipeSpec, st: dict, kinds: dict[str, str], known: _Kno
     for ref in {ref for _, ref in stage_refs(st) if ref not in names and ref not in RESERVED}:
         folder, _ = registry.resolve(ref)  # an outside model: its files are part of the hash
         hashes[ref], out[ref], depth[ref] = _sha(["model", folder_fingerprint(folder)]), ref, _num_layers(folder)
+        known.shape[ref] = folder_shape(ref, folder)
     body = _budgeted({k: v for k, v in st.items() if k not in ("label", "tables", "sweep_of")}, kind, recipe.budget)
     # data sources: fingerprints in the hash; a stage's synthetic data is its producer's hash
     made = {f"{out[d]}-{part}": (d, part) for d in deps if kinds.get(d) == "synth-math" for part in SYNTH_PARTS}
@@ -217,7 +223,9 @@ def _stage_node(recipe: RecipeSpec, st: dict, kinds: dict[str, str], known: _Kno
     if kind != "eval":
         spec = stage_spec(body, lambda ref: out[ref], f"stage {name}")
         spec = spec.model_copy(update={"name": output})
-    node = Node(name, kind, spec, output, h, deps, _stage_depth(st, depth), _stage_info(st, fps))
+    if shape := stage_shape(st, known.shape):  # a merge checked as the Merge page checks one, before any stage runs
+        known.shape[name] = shape
+    node = Node(name, kind, spec, output, h, deps, (shape.num_layers or None) if shape else None, _stage_info(st, fps))
     known.add(node)
     return node
 
@@ -260,19 +268,6 @@ def _data_fps(name: str, kind: str, body: dict, made: dict, produced: dict, know
             if data.hub_id(src):  # the plan leaves its rows to the job (this machine may be offline)
                 known.need_hub(where, src)
     return fps
-
-
-def _stage_depth(st: dict, depth: dict[str, int | None]) -> int | None:
-    """The depth of the model the stage makes: its model's (training), or its models' one depth (merge)."""
-    if st["kind"] in TRAIN_KINDS:
-        return depth[st["model"]]
-    if st["kind"] == "merge":
-        ds = {m: depth[m] for m in st["models"]}
-        if len(set(ds.values())) > 1:
-            detail = ", ".join(f"{m} has {v}" for m, v in ds.items())
-            raise RecipeError(f"stage {st['name']}.models: {detail} layers; a merge needs models of the same depth.")
-        return next(iter(ds.values()))
-    return None
 
 
 def _stage_info(st: dict, fps: dict[str, str]) -> dict[str, Any]:
@@ -344,6 +339,8 @@ def _look_up(nodes: list[Node]) -> None:
             else:
                 rec = registry.get(n.output)
                 made = rec is not None and Path(rec.path, "config.json").exists()
+                if made and (missing := weights_missing(n.stage, n.output, rec.path)):
+                    raise missing
             if made and not (n.kind == "eval" and upstream_runs):
                 n.status, n.job_id = "reuse", done.id if done else None
             elif live is not None:
@@ -380,16 +377,31 @@ def submit(p: Plan, text: str = "") -> int:
         for job_id, message in replaced.items():
             runner.requeue_cancelled(job_id, message)
         raise
+    # the run and every stage's row first, each job written into its row as it is queued: rows written at the end
+    # left a Run cut off halfway with hundreds of queued jobs and nothing `recipe cancel` or the page could find
     with db.session() as s:
         run = RecipeRun(name=p.recipe.name, text=text or p.recipe.to_yaml())
         s.add(run)
         s.commit()
         s.refresh(run)
         run_id = run.id
+        rows = [RecipeStage(run_id=run_id, recipe=p.recipe.name, stage=n.stage, kind=n.kind, output=n.output,
+                            hash=n.hash, job_id=n.job_id, reused=n.status in ("reuse", "given"),
+                            info={**n.info, "deps": n.deps, "depth": n.depth, "status": n.status}) for n in p.nodes]
+        s.add_all(rows)
+        s.commit()
+        row_of = {n.stage: r.id for n, r in zip(p.nodes, rows)}
     jobs: dict[str, int | None] = {}
 
     def needs_of(n: Node) -> list[int]:
         return [jobs[d] for d in n.deps if jobs.get(d) and p.node(d).status in ("run", "in-flight")]
+
+    def queued(ns: list[Node], job_id: int) -> None:
+        with db.session() as s:
+            for n in ns:
+                n.job_id = jobs[n.stage] = job_id
+                s.get(RecipeStage, row_of[n.stage]).job_id = job_id
+            s.commit()
 
     # One evaluation job for every model that needs one: each job pays a process start and imports (about 10 s
     # on a busy CPU), which dominates a small model's evaluation. Rows stay per model, so reuse stays per model.
@@ -399,21 +411,13 @@ def submit(p: Plan, text: str = "") -> int:
     evals = [] if addr else [n for n in p.nodes
                              if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
     for n in p.nodes:
-        if n.status == "run" and n.spec is not None and n not in evals:
-            n.job_id = runner.submit(n.spec, needs=needs_of(n)).id
         jobs[n.stage] = n.job_id
+        if n.status == "run" and n.spec is not None and n not in evals:
+            queued([n], runner.submit(n.spec, needs=needs_of(n)).id)
     if evals:
         spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models],
                                                 "skip_missing": True})
-        job_id = runner.submit(spec, waits=sorted({j for n in evals for j in needs_of(n)})).id
-        for n in evals:
-            n.job_id = jobs[n.stage] = job_id
-    for n in p.nodes:
-        with db.session() as s:
-            s.add(RecipeStage(run_id=run_id, recipe=p.recipe.name, stage=n.stage, kind=n.kind, output=n.output,
-                              hash=n.hash, job_id=n.job_id, reused=n.status in ("reuse", "given"),
-                              info={**n.info, "deps": n.deps, "depth": n.depth, "status": n.status}))
-            s.commit()
+        queued(evals, runner.submit(spec, waits=sorted({j for n in evals for j in needs_of(n)})).id)
     return run_id
 
 
@@ -448,7 +452,7 @@ def stage_state(row: RecipeStage, job: Job | None) -> str:
         return ""
     if row.kind == "eval" and job.status == "succeeded" and info.get("model") in (job.result or {}).get("skipped", []):
         return "skipped"
-    return job.status
+    return eval_state(info.get("model"), job) if row.kind == "eval" and job.status == "running" else job.status
 
 
 def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
