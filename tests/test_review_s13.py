@@ -369,6 +369,7 @@ def test_a_foreground_recipe_run_runs_its_own_jobs_and_what_they_wait_for_only(t
         (SimpleNamespace(stage="merge", kind="merge", reused=False, output="m", info={}), runner.get(mine)),
         (SimpleNamespace(stage="sft", kind="sft", reused=True, output="s", info={}), runner.get(elsewhere))])
     monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
+    monkeypatch.setattr("backend.recipe.state.stages", recipe_plan.stages)  # where cancellable reads them
     seen = {}
     monkeypatch.setattr(runner, "worker", lambda **k: seen.update(k))
     f = tmp_path / "r.yaml"

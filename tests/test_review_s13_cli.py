@@ -201,6 +201,7 @@ def test_a_recipe_run_with_a_failed_stage_exits_1(tmp_path, monkeypatch):
         (SimpleNamespace(stage="sft-a", kind="sft", reused=False, output="s", info={}), runner.get(bad.id)),
         (SimpleNamespace(stage="base", kind="base", reused=True, output="b", info={}), None)])
     monkeypatch.setattr(recipe, "stages", recipe_plan.stages)
+    monkeypatch.setattr("backend.recipe.state.stages", recipe_plan.stages)  # where cancellable reads them
     f = tmp_path / "r.yaml"
     f.write_text("kind: recipe\n")
     rc, out, err = cli("recipe", "run", str(f))

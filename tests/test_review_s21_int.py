@@ -149,3 +149,40 @@ def test_a_seed_file_with_a_nul_byte_says_what_it_is_as_the_train_page_does(tmp_
     (f := tmp_path / "seeds.jsonl").write_bytes(b'{"question": "q", "answer": "#### 1"}\n{"question": "a\x00b"}\n')
     with pytest.raises(seeds.SeedError, match=r"^seeds, line 2, column 16: a NUL byte \(0x00\), which no text holds"):
         seeds.read_records(f, "seeds")
+
+
+def test_a_recipe_refused_halfway_by_a_name_taken_since_its_checks_is_withdrawn_whole(tiny_llama, monkeypatch):
+    """Another tab queued one of its names between recipe.submit's checks and its jobs: the run row stayed, its
+    earlier jobs stayed queued, and they ran."""
+    import pytest
+    from sqlmodel import select
+
+    from backend import recipe, runner
+    from backend.specs import UpscaleSpec
+    from storage import db
+    from storage.models import Job, RecipeRun, RecipeStage
+    from tests.test_recipe import smoke, text
+
+    t = text(smoke(tiny_llama))
+    [p] = recipe.plan_text(t)
+    taken = p.node("sft-b").output
+    real, calls = runner.check_before_queueing, []
+    to_check = sum(1 for n in p.nodes if n.status == "run" and n.spec is not None)
+
+    def racing_check(spec, coming=()):  # the other tab's row lands just after this recipe's checks passed
+        real(spec, coming)
+        calls.append(spec)
+        if len(calls) == to_check:
+            with db.session() as s:
+                s.add(Job(kind="upscale", spec=UpscaleSpec(base="x", m=1, name=taken).model_dump(mode="json"),
+                          status="queued"))
+                s.commit()
+
+    monkeypatch.setattr(runner, "check_before_queueing", racing_check)
+    with pytest.raises(ValueError, match=f"will register a model named '{taken}'"):
+        recipe.submit(p, t)
+    with db.session() as s:
+        assert s.exec(select(RecipeRun)).all() == [] and s.exec(select(RecipeStage)).all() == []
+        jobs = s.exec(select(Job)).all()
+    assert [(j.spec["name"], j.status) for j in jobs if j.status == "queued"] == [(taken, "queued")]  # the other's
+    assert {j.status for j in jobs if j.spec.get("name") != taken} <= {"cancelled"}  # this run's, undone

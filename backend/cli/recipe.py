@@ -23,7 +23,7 @@ def cmd_recipe(a) -> None:
         return
     if a.action == "tables":
         from backend.recipe import tables
-        from backend.recipe.plan import get_run
+        from backend.recipe.state import get_run
 
         latest = recipe.runs(1)
         if a.target is None and not latest:

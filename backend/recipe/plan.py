@@ -25,10 +25,11 @@ from typing import Any
 from sqlmodel import select
 
 from backend import data, registry, runner
-from backend.recipe.checks import config_shape, eval_state, folder_shape, made_shape, stage_shape, weights_missing
+from backend.recipe.checks import config_shape, folder_shape, made_shape, stage_shape, weights_missing
 from backend.recipe.inputs import (SYNTH_PARTS, _check_part, _check_rows, _check_tasks, _num_layers, _offline,
                                    _order, _output_name, _sha, _source_fp, _synth_fps, _task_fps, folder_fingerprint,
                                    hub_online)
+from backend.recipe.state import stages
 from backend.recipe.spec import (RESERVED, STAGE_REF, Budget, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
 from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
@@ -410,15 +411,34 @@ def submit(p: Plan, text: str = "") -> int:
     # On a Ray cluster they fan out instead, one job per model, across the nodes.
     evals = [] if addr else [n for n in p.nodes
                              if n.kind == "eval" and n.status == "run" and n.stage.startswith("eval:")]
-    for n in p.nodes:
-        jobs[n.stage] = n.job_id
-        if n.status == "run" and n.spec is not None and n not in evals:
-            queued([n], runner.submit(n.spec, needs=needs_of(n)).id)
-    if evals:
-        spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models],
-                                                "skip_missing": True})
-        queued(evals, runner.submit(spec, waits=sorted({j for n in evals for j in needs_of(n)})).id)
+    try:
+        for n in p.nodes:
+            jobs[n.stage] = n.job_id
+            if n.status == "run" and n.spec is not None and n not in evals:
+                queued([n], runner.submit(n.spec, needs=needs_of(n)).id)
+        if evals:
+            spec = evals[0].spec.model_copy(update={"models": [m for n in evals for m in n.spec.models],
+                                                    "skip_missing": True})
+            queued(evals, runner.submit(spec, waits=sorted({j for n in evals for j in needs_of(n)})).id)
+    except Exception:  # refused halfway (another tab queued one of its names since the checks above): undone
+        _withdraw_run(run_id, [jobs[n.stage] for n in p.nodes if n.status == "run" and jobs.get(n.stage)], replaced)
+        raise
     return run_id
+
+
+def _withdraw_run(run_id: int, queued: list[int], replaced: dict[int, str]) -> None:
+    """Undo a submit refused halfway: the jobs it queued cancelled, its rows removed, the earlier run's jobs it
+    replaced queued again. Left, they ran and took their names, and the replaced jobs stayed cancelled."""
+    from sqlalchemy import delete
+
+    for job_id in queued:
+        runner.cancel(job_id, message=f"not run: recipe run {run_id} was refused halfway and withdrawn")
+    with db.session() as s:
+        s.exec(delete(RecipeStage).where(RecipeStage.run_id == run_id))
+        s.exec(delete(RecipeRun).where(RecipeRun.id == run_id))
+        s.commit()
+    for job_id, message in replaced.items():
+        runner.requeue_cancelled(job_id, message)
 
 
 def plan_text(text: str) -> list[Plan]:
@@ -437,64 +457,3 @@ def run_recipe(text: str, *, queue: bool = True, plans: list[Plan] | None = None
         runner.worker(once=True, only=runner.with_dependencies(
             job.id for run_id in ids for _, job in stages(run_id) if job is not None))
     return ids
-
-
-def stage_state(row: RecipeStage, job: Job | None) -> str:
-    """A stage's state as the Recipe page and `recipe run` show it: given (the base), reused, its job's status, or
-    "skipped" for an evaluation whose model was not made (its stage failed; the shared evaluation job left it out
-    and scored the others)."""
-    info = row.info or {}
-    if info.get("status") == "given":
-        return "given"
-    if row.reused:
-        return "reused"
-    if job is None:
-        return ""
-    if row.kind == "eval" and job.status == "succeeded" and info.get("model") in (job.result or {}).get("skipped", []):
-        return "skipped"
-    return eval_state(info.get("model"), job) if row.kind == "eval" and job.status == "running" else job.status
-
-
-def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
-    with db.session() as s:
-        rows = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id).order_by(RecipeStage.id)).all()
-        return [(r, s.get(Job, r.job_id) if r.job_id else None) for r in rows]
-
-
-def runs(limit: int = 50) -> list[RecipeRun]:
-    with db.session() as s:
-        return list(s.exec(select(RecipeRun).order_by(RecipeRun.id.desc()).limit(limit)))
-
-
-def get_run(run_id: int) -> RecipeRun:
-    """The run, or an error naming the runs there are: an unknown id would otherwise cancel nothing or print no
-    tables, and look like success."""
-    with db.session() as s:
-        run = s.get(RecipeRun, run_id)
-    if run is None:
-        known = [str(r.id) for r in runs(10)]
-        raise RecipeError(f"no recipe run {run_id}; "
-                          + (f"the latest are {', '.join(known)} (the Recipe page lists them)." if known
-                             else "no recipe has run yet: `python -m backend recipe run FILE` first."))
-    return run
-
-
-def cancellable(run_id: int) -> list[int]:
-    """The queued or running jobs this run started, each once (the evaluation rows share one job): reused jobs, and
-    the in-flight jobs of an earlier run that this one waits on, belong to those runs. The page offers Cancel run
-    only when there is one."""
-    out: list[int] = []
-    for row, job in stages(run_id):
-        started_here = not row.reused and (row.info or {}).get("status") != "in-flight"
-        if job is not None and started_here and job.status in ("queued", "running") and job.id not in out:
-            out.append(job.id)
-    return out
-
-
-def cancel_run(run_id: int) -> list[int]:
-    """Cancel every job cancellable() names: those this run started that are queued or running."""
-    get_run(run_id)
-    done = cancellable(run_id)
-    for job_id in done:
-        runner.cancel(job_id)
-    return done

@@ -329,7 +329,7 @@ EXPORTS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
 
 
 def stage_dicts(run_id: int) -> list[dict]:
-    from backend.recipe.plan import stage_state, stages
+    from backend.recipe.state import stage_state, stages
 
     # the stage's state as the page shows it: the plan's status in its info ("run") came after the job's, and a
     # failed stage read as about to run
@@ -556,7 +556,7 @@ def graph_dot(stages: list[dict], with_data: bool = True) -> str:
 
 
 def run_graph(run_id: int) -> str:
-    from backend.recipe.plan import stages
+    from backend.recipe.state import stages
 
     rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused,
              "status": job.status if (job and not r.reused) else r.info.get("status", ""), **{

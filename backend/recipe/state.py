@@ -1,0 +1,73 @@
+"""A recipe run's rows read back (its stages, each with its job and state, the runs there are) and cancelled: what
+the Recipe page, `recipe runs` / `recipe cancel` and the tables read of a run that plan.submit recorded."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+
+from backend import runner
+from backend.recipe.checks import eval_state
+from backend.recipe.spec import RecipeError
+from storage import db
+from storage.models import Job, RecipeRun, RecipeStage
+
+
+def stage_state(row: RecipeStage, job: Job | None) -> str:
+    """A stage's state as the Recipe page and `recipe run` show it: given (the base), reused, its job's status, or
+    "skipped" for an evaluation whose model was not made (its stage failed; the shared evaluation job left it out
+    and scored the others)."""
+    info = row.info or {}
+    if info.get("status") == "given":
+        return "given"
+    if row.reused:
+        return "reused"
+    if job is None:
+        return ""
+    if row.kind == "eval" and job.status == "succeeded" and info.get("model") in (job.result or {}).get("skipped", []):
+        return "skipped"
+    return eval_state(info.get("model"), job) if row.kind == "eval" and job.status == "running" else job.status
+
+
+def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
+    with db.session() as s:
+        rows = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id).order_by(RecipeStage.id)).all()
+        return [(r, s.get(Job, r.job_id) if r.job_id else None) for r in rows]
+
+
+def runs(limit: int = 50) -> list[RecipeRun]:
+    with db.session() as s:
+        return list(s.exec(select(RecipeRun).order_by(RecipeRun.id.desc()).limit(limit)))
+
+
+def get_run(run_id: int) -> RecipeRun:
+    """The run, or an error naming the runs there are: an unknown id would otherwise cancel nothing or print no
+    tables, and look like success."""
+    with db.session() as s:
+        run = s.get(RecipeRun, run_id)
+    if run is None:
+        known = [str(r.id) for r in runs(10)]
+        raise RecipeError(f"no recipe run {run_id}; "
+                          + (f"the latest are {', '.join(known)} (the Recipe page lists them)." if known
+                             else "no recipe has run yet: `python -m backend recipe run FILE` first."))
+    return run
+
+
+def cancellable(run_id: int) -> list[int]:
+    """The queued or running jobs this run started, each once (the evaluation rows share one job): reused jobs, and
+    the in-flight jobs of an earlier run that this one waits on, belong to those runs. The page offers Cancel run
+    only when there is one."""
+    out: list[int] = []
+    for row, job in stages(run_id):
+        started_here = not row.reused and (row.info or {}).get("status") != "in-flight"
+        if job is not None and started_here and job.status in ("queued", "running") and job.id not in out:
+            out.append(job.id)
+    return out
+
+
+def cancel_run(run_id: int) -> list[int]:
+    """Cancel every job cancellable() names: those this run started that are queued or running."""
+    get_run(run_id)
+    done = cancellable(run_id)
+    for job_id in done:
+        runner.cancel(job_id)
+    return done
