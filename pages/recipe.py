@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import recipe, runner
-from backend.recipe import tables
+from backend.recipe import graph, surface, tables
 from backend.recipe.graph import with_outside_models
 from backend.specs import TRAIN_KINDS
 from pages.common import MISSING, job_said, via_app, worker_banner
@@ -160,7 +160,7 @@ if plans:
         st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}", placeholder=MISSING,
                      column_config={"label": st.column_config.TextColumn(width="medium"),
                                     "data": st.column_config.TextColumn(width="large")})
-        st.graphviz_chart(tables.graph_dot(with_outside_models([  # a registered model merged in: a box too
+        st.graphviz_chart(graph.graph_dot(with_outside_models([  # a registered model merged in: a box too
             {"stage": n.stage, "kind": n.kind, "status": n.status, "deps": n.deps, "from": n.info.get("from", []),
              "label": n.info.get("label", ""), "data": n.info.get("data", {})} for n in p.nodes if n.kind != "eval"])))
 
@@ -195,7 +195,7 @@ if (said := st.session_state.pop("_recipe_cancelled", None)) and said[0] == run_
 def live(run_id: int) -> None:
     rows = recipe.stages(run_id)
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
-    st.graphviz_chart(tables.run_graph(run_id))
+    st.graphviz_chart(graph.run_graph(run_id))
     table = pd.DataFrame([{"stage": r.stage, "kind": r.kind, "status": recipe.stage_state(r, j), "job": r.job_id,
                            "model": r.output, "message": job_said(j, active, alive)[:80] if j else ""}
                           for r, j in rows], columns=["stage", "kind", "status", "job", "model", "message"])
@@ -236,7 +236,7 @@ with t_surface:
         st.caption("No evaluation rows yet.")
     else:
         metric = st.selectbox("Metric", metrics, key="surface_metric")
-        surfaces = tables.run_surfaces(run_id, metric)
+        surfaces = surface.run_surfaces(run_id, metric)
         if not surfaces:
             st.caption("No swept merge in this run: give a merge stage `weights: '0.0..1.0 step 0.1'` or "
                        "`sweep: {t: [0, 0.25, 0.5, 0.75, 1]}`.")

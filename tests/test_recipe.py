@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from backend import recipe, registry, runner
 from backend.__main__ import main as cli
-from backend.recipe import tables
+from backend.recipe import graph, surface, tables
 from backend.recipe.spec import RecipeError, expand_stages, load_recipe, parse_values
 from backend.specs import DataSource, SftSpec
 from storage import db
@@ -178,11 +178,11 @@ def test_tables_follow_the_stored_rows():
 
 
 def test_merge_surface_and_config_diff():
-    s = tables.merge_surface([(0.5, 0.7), (0.0, 0.6), (1.0, 0.5), (0.25, 0.8)], first=0.5, second=0.6,
+    s = surface.merge_surface([(0.5, 0.7), (0.0, 0.6), (1.0, 0.5), (0.25, 0.8)], first=0.5, second=0.6,
                              field="weight")
     assert s["x"] == [0.0, 0.25, 0.5, 1.0] and s["y"] == [0.6, 0.8, 0.7, 0.5]
     assert s["ends"] == [(1.0, 0.5), (0.0, 0.6)] and s["best"] == (0.25, 0.8) and s["beats_candidates"]
-    t = tables.merge_surface([(0.5, 3.0)], first=2.0, second=4.0, field="t", higher_is_better=False)
+    t = surface.merge_surface([(0.5, 3.0)], first=2.0, second=4.0, field="t", higher_is_better=False)
     assert t["ends"] == [(0.0, 2.0), (1.0, 4.0)] and not t["beats_candidates"]
     a = SftSpec(model="x", data=[DataSource(source="builtin:alpaca-mini")]).model_dump(mode="json")
     b = SftSpec(model="x", data=[DataSource(source="builtin:orca-mini", weight=0.5)], max_steps=9,
@@ -267,7 +267,7 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
     ppl = merge.columns.index("perplexity")
     assert merge.rows[0][0] == "Average (0.5, 0.5)" and merge.rows[0][ppl] == pytest.approx(
         scores_of(rows["avg"][0].output)["perplexity"]) and merge.rows[0][-1] == 74.00
-    assert "sft-a" in tables.run_graph(run1) and "#9be39b" in tables.run_graph(run1)
+    assert "sft-a" in graph.run_graph(run1) and "#9be39b" in graph.run_graph(run1)
 
     # unchanged: everything reused, no job queued
     n_jobs = len(runner.list_jobs(500))
@@ -359,7 +359,7 @@ def test_a_swept_merge_reads_back_as_a_surface(tiny_llama):
     with db.session() as s:
         s.add_all([EvalScore(model=out[k], task="synth-math", metric="accuracy", value=v) for k, v in acc.items()])
         s.commit()
-    [surf] = tables.run_surfaces(run_id, "synth-math accuracy")
+    [surf] = surface.run_surfaces(run_id, "synth-math accuracy")
     assert surf["group"] == "avg" and surf["field"] == "weight"
     assert surf["x"] == [0.0, 0.5, 1.0] and surf["y"] == [0.5, 0.7, 0.4]
     assert surf["ends"] == [(1.0, 0.4), (0.0, 0.5)] and surf["best"] == (0.5, 0.7) and surf["beats_candidates"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from backend import recipe, registry
-from backend.recipe import tables
+from backend.recipe import surface, tables
 from backend.recipe.spec import expand_stages
 from backend.synth import pipeline
 from storage import db
@@ -207,7 +207,7 @@ def test_the_merge_surface_follows_the_swept_field():
     st = expand_stages([{"name": "ties", "kind": "merge", "models": ["c1", "c2"], "method": "ties",
                          "sweep": {"density": [0.3, 0.7]}}])
     run_id = _swept_run(st, {"ties-density0.3": 0.5, "ties-density0.7": 0.6, "c1": 0.4, "c2": 0.55})
-    [surf] = tables.run_surfaces(run_id, "synth-math accuracy")
+    [surf] = surface.run_surfaces(run_id, "synth-math accuracy")
     assert surf["group"] == "ties" and surf["field"] == "density"
     assert surf["x"] == [0.3, 0.7] and surf["y"] == [0.5, 0.6]
     assert surf["ends"] == []  # the candidates sit at no density
@@ -219,7 +219,7 @@ def test_a_merge_swept_over_two_fields_is_skipped_with_a_note():
                          "weights": "0..1 step 1", "sweep": {"density": [0.3, 0.7]}}])
     assert len(st) == 4
     run_id = _swept_run(st, {s["name"]: 0.5 for s in st})
-    [surf] = tables.run_surfaces(run_id, "synth-math accuracy")
+    [surf] = surface.run_surfaces(run_id, "synth-math accuracy")
     assert surf["group"] == "ties" and "x" not in surf
     assert surf["skipped"] == ("ties is swept over density and weight together: one x axis cannot show it "
                                "(sweep one field per merge stage to draw its surface).")
@@ -229,7 +229,7 @@ def test_weight_and_t_surfaces_are_unchanged():
     st = expand_stages([{"name": "sl", "kind": "merge", "models": ["c1", "c2"], "method": "slerp",
                          "sweep": {"t": [0.25, 0.75]}}])
     run_id = _swept_run(st, {"sl-t0.25": 0.6, "sl-t0.75": 0.7, "c1": 0.4, "c2": 0.5})
-    [surf] = tables.run_surfaces(run_id, "synth-math accuracy")
+    [surf] = surface.run_surfaces(run_id, "synth-math accuracy")
     assert surf["field"] == "t" and surf["x"] == [0.25, 0.75] and surf["ends"] == [(0.0, 0.4), (1.0, 0.5)]
 
 

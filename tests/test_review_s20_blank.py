@@ -271,9 +271,9 @@ def test_the_recipe_tables_leave_a_mostly_unanswered_models_hallucination_rate_b
 def test_a_merge_surface_leaves_out_a_point_whose_rate_is_blank():
     """run_surfaces passed (0.3, None) for a swept merge whose hallucination rate latest_scores left blank: the
     Recipe page's Surface tab raised TypeError ('<' not supported between 'float' and 'NoneType')."""
-    from backend.recipe import tables
+    from backend.recipe import surface
 
-    s = tables.merge_surface([(0.7, 0.3), (0.3, None), (0.5, 0.2)], 0.25, 0.2, "weight", higher_is_better=False)
+    s = surface.merge_surface([(0.7, 0.3), (0.3, None), (0.5, 0.2)], 0.25, 0.2, "weight", higher_is_better=False)
     assert s["x"] == [0.5, 0.7] and s["best"] == (0.5, 0.2)
 
 

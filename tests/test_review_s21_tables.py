@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.recipe import tables
+from backend.recipe import surface, tables
 from storage import db
 from storage.models import EvalScore, RecipeRun, RecipeStage
 
@@ -79,7 +79,7 @@ def test_merges_that_differ_only_in_weight_are_a_surface():
                    "avg-64": {"method": "average", "weights": [0.6, 0.4]},
                    "slerp": {"method": "slerp", "t": 0.5}},
                   {"c1": 300.0, "c2": 302.0, "avg-55": 299.0, "avg-46": 299.5, "avg-64": 298.5, "slerp": 297.0})
-    [surf] = tables.run_surfaces(run_id, "perplexity")
+    [surf] = surface.run_surfaces(run_id, "perplexity")
     assert surf["group"] == "average of c1, c2" and surf["field"] == "weight"
     assert surf["x"] == [0.4, 0.5, 0.6] and surf["y"] == [299.5, 299.0, 298.5]
     assert surf["ends"] == [(1.0, 300.0), (0.0, 302.0)] and surf["best"] == (0.6, 298.5) and surf["beats_candidates"]
@@ -91,10 +91,10 @@ def test_only_merges_alike_but_for_the_weight_make_one_surface():
     st = [{"stage": n, "kind": "merge", "from": ["c1", "c2"], "merge": m} for n, m in (
         ("s1", {"method": "slerp", "t": 0.25}), ("s2", {"method": "slerp", "t": 0.75}),
         ("a1", {"method": "average", "weights": [1, 1]}), ("a2", {"method": "average", "weights": [0.3, 0.7]}))]
-    groups = tables.implicit_sweeps(st, {"a1": {"normalize": True}, "a2": {"normalize": False}})
+    groups = surface.implicit_sweeps(st, {"a1": {"normalize": True}, "a2": {"normalize": False}})
     assert {g: [(m["stage"], f, x) for m, f, x in ms] for g, ms in groups.items()} == {
         "slerp of c1, c2": [("s1", "t", 0.25), ("s2", "t", 0.75)]}
-    same = tables.implicit_sweeps(st, {})  # [1, 1] normalised (mergekit's linear default) is the weight 0.5
+    same = surface.implicit_sweeps(st, {})  # [1, 1] normalised (mergekit's linear default) is the weight 0.5
     assert [(m["stage"], x) for m, _, x in same["average of c1, c2"]] == [("a1", 0.5), ("a2", 0.3)]
 
 
@@ -103,7 +103,7 @@ def test_two_sweeps_of_one_pair_are_two_surfaces():
     st = [{"stage": n, "kind": "merge", "from": ["c1", "c2"], "merge": {"method": "average", "weights": w}}
           for n, w in (("a", [0.4, 0.6]), ("b", [0.6, 0.4]), ("c", [0.4, 0.6]), ("d", [0.6, 0.4]))]
     specs = {"a": {"density": 0.3}, "b": {"density": 0.3}, "c": {"density": 0.7}, "d": {"density": 0.7}}
-    assert {g: [m["stage"] for m, _, _ in ms] for g, ms in tables.implicit_sweeps(st, specs).items()} == {
+    assert {g: [m["stage"] for m, _, _ in ms] for g, ms in surface.implicit_sweeps(st, specs).items()} == {
         "average of c1, c2": ["a", "b"], "average of c1, c2 (2)": ["c", "d"]}
 
 
