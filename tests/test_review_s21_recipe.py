@@ -7,22 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from backend import recipe, registry, runner
 from backend.recipe.spec import MAX_STAGES, MAX_SWEEP_POINTS, RecipeError, load_recipe
 from storage import db
 from storage.models import Job
-
-
-def smoke(base: Path, **edit) -> dict:
-    d = yaml.safe_load(recipe.preset("smoke", str(base)))
-    d.update(edit)
-    return d
-
-
-def text(d: dict) -> str:
-    return yaml.safe_dump(d, sort_keys=False)
+from tests.test_recipe import smoke, text
 
 
 # ---------------------------------------------------------------- 1. caps, and a Run cut off halfway
