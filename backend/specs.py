@@ -147,6 +147,13 @@ def load_spec(path: Path) -> _Spec:
     except UnicodeDecodeError as exc:  # it said "'utf-8' codec can't decode byte 0x83 …" without naming the file
         raise ValueError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): a "
                          "spec is a YAML file; save it as UTF-8.") from None
+    except IsADirectoryError:  # said "[Errno 21] Is a directory: …"
+        raise ValueError(f"{path} is a folder: give the spec's YAML file (e.g. {Path(path) / 'spec.yaml'}).") from None
+    except FileNotFoundError:  # said "[Errno 2] No such file or directory: …"
+        raise ValueError(f"{path}: no such file (from {Path.cwd()}); check the path, or write a spec with a job "
+                         "command's --save-spec FILE.") from None
+    except OSError as exc:  # not allowed to read it, and the like: the reason, without its [Errno N]
+        raise ValueError(f"{path} cannot be read ({exc.strerror or exc}).") from None
     if not isinstance(data, dict) or "kind" not in data:
         raise ValueError(f"{path}: a spec is a mapping with a 'kind' field (one of: {', '.join(SPECS)}).")
     return spec_from_dict(data)

@@ -398,6 +398,28 @@ SIGNAL_WORDS = {
 }
 
 
+def resume_words(run_dir: Path, job: str | None) -> str:
+    """How a stopped run goes on: from its newest checkpoint, or over from step 0 when none was saved. A job keeps
+    its run folder (runs/job-ID); a foreground run's is timestamped, found again only by --run-name."""
+    saved = resumable_checkpoints(run_dir)
+    again = (f"resumed as it is (python -m backend jobs resume {job}, or Resume on the Jobs page), it" if job
+             else f"the same command with --run-name {run_dir.name}" if saved else "the same command run again")
+    return f"{again} continues from {saved[-1].name}" if saved else f"no checkpoint was saved: {again} starts over"
+
+
+def _stop_trainer(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """After a Ctrl-C here: the trainer got it too when it shares the terminal's process group; one started apart
+    (the command run with & from a script) did not. Ask it as Ctrl-C would, then end it, so that no trainer goes on
+    writing checkpoints into the run folder a rerun with --run-name resumes."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def failure_reason(rc: int, tail: Sequence[str], run_dir: Path, job: str | None) -> str:
     """Why the launched trainer failed, in words, as "training failed" goes on (": …" or " (exit code 1): …"): a
     signal that ended it with what to do next (naming the checkpoint a resume continues from), else its exit code
@@ -405,11 +427,7 @@ def failure_reason(rc: int, tail: Sequence[str], run_dir: Path, job: str | None)
     if (sig := killed_by(rc, tail)) is None:
         return f" (exit code {rc}): {failure_line(tail).rstrip('.')}"
     said = SIGNAL_WORDS.get(sig, f"was ended by signal {sig.name}")
-    saved = resumable_checkpoints(run_dir)
-    # a job keeps its run folder (runs/job-ID); a foreground run's is timestamped, found again by --run-name
-    again = (f"resumed as it is (python -m backend jobs resume {job}, or Resume on the Jobs page), it" if job
-             else f"the same command with --run-name {run_dir.name}" if saved else "the same command run again")
-    resume = f"{again} continues from {saved[-1].name}" if saved else f"no checkpoint was saved: {again} starts over"
+    resume = resume_words(run_dir, job)
     if sig == signal.SIGKILL:  # a resume keeps its spec (check_resume): less memory takes a new run
         return (f": the trainer {said}. To need less memory, train anew with a smaller batch_size or max_length, "
                 f"or gradient_checkpointing on; {resume}")
@@ -454,11 +472,21 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         proc = subprocess.Popen(launch_command(spec, run_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         tail: deque[str] = deque(maxlen=40)
-        for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors; on
-            # stderr, as every progress line (a job's stdout and stderr are both its log): a foreground `train`'s
-            # stdout is its result alone, for a script to read
-            print(line, end="", file=sys.stderr, flush=True)
-            tail.append(line.rstrip())
+        try:
+            for line in proc.stdout:  # pass the trainer's output through to our log, keep the end for errors; on
+                # stderr, as every progress line (a job's stdout and stderr are both its log): a foreground
+                # `train`'s stdout is its result alone, for a script to read
+                print(line, end="", file=sys.stderr, flush=True)
+                tail.append(line.rstrip())
+        except KeyboardInterrupt:
+            if os.environ.get("DUS_JOB_ID"):  # a job's: its worker says what goes on (jobs resume)
+                raise
+            # a foreground run: its folder is stamped, so a plain rerun starts at step 0; the words name the folder
+            # and how to continue (backend/__main__.py prints them as the Ctrl-C's line)
+            _stop_trainer(proc)
+            raise KeyboardInterrupt(f"the {spec.kind} stopped before it finished; it ran here, not as a job: run "
+                                    f"folder {run_dir}; {resume_words(run_dir, None)} (with --queue the worker "
+                                    "runs it, and closing the terminal does not stop it)") from None
         rc = proc.wait()
     final = run_dir / "final"
     if rc == 0 and not main_machine:  # machine 0's rank-0 process saves the model; machine 0 registers it

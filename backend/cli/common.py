@@ -154,10 +154,17 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
                                 "is nothing to resume: run the command again (with --queue the worker runs it, and "
                                 "closing the terminal does not stop it)")
+    if name := _foreground_name(spec):  # a name a queued job will register, refused as --queue refuses it:
+        runner._check_not_making(name)  # registered here first, that job failed when it ended, its work lost
     from backend.hubpush import PushFailed
 
     try:
         result = runner.work_function(spec.kind)(spec, None, _progress)
+    except KeyboardInterrupt as exc:  # the work's own words, when it has them (a training names its run folder and
+        if exc.args and isinstance(exc.args[0], str):  # the --run-name that continues it): main prints them
+            said = exc.args[0]
+            _on_interrupt[0] = lambda: said
+        raise
     except (RuntimeError, OSError, PushFailed) as exc:  # the work ran and failed (the trainer's exit, out of memory,
         # a full disk, a push the Hub refused or did not answer): 1; a ValueError is an input refused (by the checks,
         # or by reading a damaged weights file): 2, as before, and so is a path that is taken, missing or of the
@@ -174,13 +181,40 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
                          "under this name.")
 
 
+def _foreground_name(spec) -> str | None:
+    """The model name a foreground run of `spec` will register (None: it registers none, or only the built-in)."""
+    from backend import registry, runner
+
+    if spec.kind in runner.MAKES_MODELS:
+        return (spec.name or spec.default_name()) if getattr(spec, "machine_rank", 0) == 0 else None
+    if spec.kind == "import" and spec.target.lower() not in ("builtin", registry.BUILTIN_NAME.lower()):
+        return registry.check_import(spec.target, spec.name)[1]  # as the queue derives it (its refusals too)
+    return None
+
+
 def _save_spec(spec, a: argparse.Namespace) -> None:
     """--save-spec, after the spec passed runner.check_before_queueing (submit runs it): a spec written before a
     check refused it (a model that is not there, a name taken, m past the base's depth) was a broken file the user
     would rerun with `run`."""
     if getattr(a, "save_spec", None):
-        with open(a.save_spec, "w") as f:
-            f.write(spec.to_yaml())
+        try:
+            with open(a.save_spec, "w") as f:
+                f.write(spec.to_yaml())
+        except IsADirectoryError:
+            raise ValueError(f"--save-spec {a.save_spec}: is a folder; give a file path in it, e.g. "
+                             f"{a.save_spec.rstrip('/')}/{spec.kind}.yaml.") from None
+        except FileNotFoundError:
+            raise ValueError(f"--save-spec {a.save_spec}: its folder {_parent(a.save_spec)} is not there (No such "
+                             f"file or directory): create it first (mkdir -p {_parent(a.save_spec)}), or give a path "
+                             "in a folder that is there.") from None
+        except OSError as exc:  # not allowed, a full disk: the reason, without its [Errno N]
+            raise ValueError(f"--save-spec {a.save_spec}: cannot be written ({exc.strerror or exc}).") from None
+
+
+def _parent(path: str) -> str:
+    import os
+
+    return os.path.dirname(os.path.abspath(os.path.expanduser(path)))
 
 
 def _source(text: str) -> DataSource:

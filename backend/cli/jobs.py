@@ -86,12 +86,21 @@ def wait_for(job_id: int, timeout: float | None, poll: float) -> int:
         if job is None:
             raise ValueError(f"No job {job_id}: python -m backend jobs list shows the jobs.")
         if job.status in runner.FINISHED:
-            print(f"job {job_id}: {job.status}: {runner.job_message(job)}")
+            print(_ended_line(job))
             return 0 if job.status == "succeeded" else 1
         if timeout is not None and time.monotonic() - start >= timeout:
             print(f"job {job_id}: still {job.status} after {timeout:g} s: {runner.job_message(job)}", file=sys.stderr)
             return 124
         time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - (time.monotonic() - start))))
+
+
+def _ended_line(job) -> str:
+    """`job 2: failed: …` once: a failed job's message starts with its status already (runner.job_message), and
+    "job 2: failed: failed: A model named …" said it twice."""
+    from backend import runner
+
+    said = runner.job_message(job)
+    return f"job {job.id}: {said}" if said.startswith(job.status) else f"job {job.id}: {job.status}: {said}"
 
 
 def _job_goes_on(job_id: int, what: str, again: str) -> str:
@@ -303,9 +312,11 @@ def add_jobs(sub) -> None:
     jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
     jl.add_argument("--limit", type=int, default=100, help="the newest N jobs, 0 for all (queued and running ones "
                                                           "are always listed)")
-    jl.add_argument("--kind", nargs="+", help="only these kinds (upscale, cpt, sft, dpo, merge, eval, ...)")
+    from backend.specs import SPECS
     from storage.models import JOB_STATUSES
 
+    # choices, as --status: a misspelt kind (sftt) listed nothing, exit 0
+    jl.add_argument("--kind", nargs="+", choices=list(SPECS), help="only these kinds")
     jl.add_argument("--status", nargs="+", choices=JOB_STATUSES, help="only these statuses")
     jl.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
     for action, what in (("show", "the job's whole message, log path, timings and spec"),

@@ -79,9 +79,12 @@ def resume(job_id: int) -> Job:
     if job is None:
         raise ValueError(f"No job {job_id}.")
     if job.status not in ("interrupted", "failed", "cancelled"):
-        raise ValueError(f"Job {job_id} is {job.status}; only interrupted, failed or cancelled jobs resume.")
+        # "Job 4 is succeeded" read badly: a finished state is what it has done
+        state = f"has {job.status}" if job.status in ("succeeded", "failed") else f"is {job.status}"
+        raise ValueError(f"Job {job_id} {state}; only interrupted, failed or cancelled jobs resume.")
     if blocked := resume_blocked(job):
         raise ValueError(blocked[0])
+    _check_name_still_free(job)
     if ray_jobs.is_ray(job.host) and job.status in STOPPED and ray_jobs.still_running(job.host, job.cluster_ref):
         raise ValueError(f"Job {job_id}'s Ray run {job.cluster_ref} is still stopping on the cluster at "
                          f"{job.host[len('ray:'):]} (asked to stop again). Resume it when Ray says it stopped (`python "
@@ -97,6 +100,26 @@ def resume(job_id: int) -> Job:
         raise ValueError(f"Job {job_id} is {get(job_id).status} now: it was resumed meanwhile.")
     _requeue_waiting_on(job_id)
     return get(job_id)
+
+
+def _check_name_still_free(job: Job) -> None:
+    """A job that makes a model is refused when a model now holds its name: it failed on that ("already
+    registered"), or would at its end, its work lost, each time it was resumed."""
+    from backend.registry import RegistryError, check_name_free
+    from backend.runner.queue import _output_of
+    from backend.specs import spec_from_dict
+
+    try:
+        name = _output_of(spec_from_dict(job.spec))
+    except ValueError:  # a spec written by an older version: the job says what is wrong when it runs
+        return
+    if not name:
+        return
+    try:
+        check_name_free(name)
+    except RegistryError as exc:
+        raise ValueError(f"Job {job.id} would register {name!r} again: {exc} To make it under another name, queue "
+                         f"its spec again with a new name (python -m backend jobs show {job.id} prints it).") from None
 
 
 def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None:
