@@ -43,7 +43,14 @@ def test_run_the_smoke_recipe_from_the_recipe_page(served, tiny_llama):  # noqa:
             if finished():
                 break
             page.wait_for_timeout(1000)
-        page.wait_for_timeout(3000)  # one more refresh of the live fragment
+        # the live fragment (every 2 s) has drawn the finished run: no stage queued or running in the graph or in
+        # the stage table (its grid's cells, read from the grid's accessibility table); was a fixed 3 s wait
+        page.wait_for_function(
+            "() => { const busy = s => /(^|· )(queued|running)$/.test(s.trim());"
+            " const g = [...document.querySelectorAll('svg text')].map(e => e.textContent);"
+            " const c = [...document.querySelectorAll('[data-testid=\"stDataFrame\"] td')].map(e => e.textContent);"
+            " return g.some(s => s.includes('avg')) && c.some(s => s.trim() === 'eval:avg')"
+            " && !g.some(busy) && !c.some(busy); }", timeout=30_000)
         page.get_by_role("tab", name="Paper tables").click()
         page.get_by_text("Tables 6–7 — merge candidates and methods").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "browser-recipe.png"), full_page=True)

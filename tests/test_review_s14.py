@@ -62,7 +62,7 @@ def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path, c
     [p] = recipe.plan_text(text)
     run1 = recipe.submit(p, text)
     bad.write_text("this is not json\n")  # broken after queueing: sft-b's job fails, so does avg (needs it)
-    runner.worker(once=True)
+    runner.worker(once=True, slots=2)  # sft-a and sft-b side by side (one torch thread each): ~one job's time less
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
     assert rows["sft-b"][1].status == "failed" and rows["avg"][1].status == "cancelled"
     ev_job = rows["eval:sft-a"][1]
