@@ -48,9 +48,11 @@ def test_a_model_is_pushed_with_its_files_and_a_card_of_its_lineage_and_scores(h
     scores = card.split("## Scores in DUS Studio")[1]
     from backend import scoretable
 
-    for name in ("tiny", "tiny-dus"):  # both models' perplexity, in the Compare page's table row
-        (r,) = [r for (m, t, _), r in scoretable.latest_scores([name]).items() if t == "perplexity"]
-        assert f"| {name} |  | {scoretable.value(r):.3f} |" in scores
+    for name in ("tiny", "tiny-dus"):  # both models' perplexity, in the Compare page's table row, with its error
+        latest = scoretable.latest_scores([name])
+        (r,) = [r for (m, t, metric), r in latest.items() if metric == "perplexity"]
+        se = scoretable.stderr(latest, r)
+        assert se > 0 and f"| {name} |  | {scoretable.value(r):.4f} ± {se:.4f} |" in scores
     assert "## Build notes" in card and "Layer map" in card  # the up-scale's own card follows
 
 

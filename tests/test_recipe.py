@@ -287,7 +287,8 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
     new = {r.stage: (r, j) for r, j in recipe.stages(run3)}
     assert new["avg"][1].status == "succeeded" and new["avg"][0].output != rows["avg"][0].output
     assert new["sft-a"][0].reused and new["sft-a"][0].output == rows["sft-a"][0].output
-    runner.resume(up.id)  # the old chain stays replaced: not queued again to remake taken names
+    with pytest.raises(ValueError, match="would register .* again"):  # its name is taken by the rerun's model
+        runner.resume(up.id)
     assert {runner.get(i).status for i in dead} == {"cancelled"}
     print(f"smoke recipe first run {first:.0f} s")
 

@@ -360,7 +360,7 @@ def test_resuming_a_failed_job_queues_again_the_chain_that_waited_for_it(tiny_ll
 
 
 def test_the_recipe_graph_shows_a_data_sets_fingerprint_once_unless_stages_read_it_differently():
-    from backend.recipe.tables import graph_dot
+    from backend.recipe.graph import graph_dot
 
     dot = graph_dot([{"stage": "a", "kind": "sft", "data": {"builtin:alpaca-mini": "d3efbe51aaaa"}},
                      {"stage": "b", "kind": "sft", "data": {"builtin:alpaca-mini": "d3efbe51aaaa", "x.jsonl": "11"}},

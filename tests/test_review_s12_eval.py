@@ -37,7 +37,7 @@ def test_a_model_evaluated_by_its_folder_path_is_checked_against_its_lineages_tr
     folder, data = _trained_on(tiny_llama, tmp_path, [{"text": t} for t in HELD[:3]])
     evaluate.run_eval(EvalSpec(models=[str(folder)], tasks=["perplexity"], limit=4))
     with db.session() as s:
-        row = s.exec(select(EvalScore)).one()
+        row = s.exec(select(EvalScore).where(EvalScore.metric == "perplexity")).one()
     ov = row.details["overlap"]
     assert ov["against"] == [str(data)] and ov["notes"] == ["base: base model, its pretraining data is not known here"]
     assert ov["items_over"] == 3 and row.overlap_share == 0.75

@@ -178,7 +178,9 @@ def test_a_recipe_refused_halfway_by_a_name_taken_since_its_checks_is_withdrawn_
                           status="queued"))
                 s.commit()
 
-    monkeypatch.setattr(runner, "check_before_queueing", racing_check)
+    # the recipe's checks alone (recipe.plan calls runner.check_before_queueing); runner.submit keeps its own, the
+    # one that finds the name taken after the other tab's row landed
+    monkeypatch.setattr("backend.runner.check_before_queueing", racing_check)
     with pytest.raises(ValueError, match=f"will register a model named '{taken}'"):
         recipe.submit(p, t)
     with db.session() as s:
