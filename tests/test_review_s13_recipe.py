@@ -17,8 +17,9 @@ from backend.recipe import surface, tables
 from backend.recipe.spec import expand_stages
 from backend.synth import pipeline
 from storage import db
-from storage.models import EvalScore, Job, RecipeRun, RecipeStage
+from storage.models import EvalScore, Job, RecipeStage
 from tests.conftest import make_llama
+from tests.recipe_rows import two_candidate_run
 
 
 def text(d: dict) -> str:
@@ -185,22 +186,8 @@ def test_a_builtin_task_evaluation_keeps_its_hash(tiny_llama):
 # ---------------------------------------------------------------- 9: the merge surface's swept field
 
 def _swept_run(stages: list[dict], scores: dict[str, float]) -> int:
-    with db.session() as s:
-        run = RecipeRun(name="r", text="")
-        s.add(run)
-        s.commit()
-        s.refresh(run)
-        for name in ("c1", "c2"):
-            s.add(RecipeStage(run_id=run.id, recipe="r", stage=name, kind="sft", output=f"r-{name}", hash=name,
-                              job_id=None, reused=False, info={"status": "run"}))
-        for x in stages:
-            s.add(RecipeStage(run_id=run.id, recipe="r", stage=x["name"], kind="merge", output="r-" + x["name"],
-                              hash=x["name"], job_id=None, reused=False,
-                              info={"sweep_of": x["sweep_of"], "from": ["c1", "c2"], "status": "run"}))
-        for model, v in scores.items():
-            s.add(EvalScore(model=f"r-{model}", task="synth-math", metric="accuracy", value=v, n=4, run=model))
-        s.commit()
-        return run.id
+    return two_candidate_run({x["name"]: {"sweep_of": x["sweep_of"]} for x in stages}, scores, kind="sft",
+                             task="synth-math", metric="accuracy", n=4)
 
 
 def test_the_merge_surface_follows_the_swept_field():

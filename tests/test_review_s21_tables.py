@@ -7,7 +7,8 @@ import pytest
 
 from backend.recipe import surface, tables
 from storage import db
-from storage.models import EvalScore, RecipeRun, RecipeStage
+from storage.models import EvalScore
+from tests.recipe_rows import two_candidate_run
 
 STAGES = [{"stage": "base", "kind": "import", "output": "r-base", "label": "", "from": []},
           {"stage": "upscaled", "kind": "upscale", "output": "r-up", "label": "", "from": ["base"]}]
@@ -53,32 +54,14 @@ def test_a_score_without_an_error_gets_no_error_column():
     assert t.notes[0] == "n = 10 items per task." and tables.PLUS_MINUS not in t.notes
 
 
-def _run(merges: dict[str, dict], scores: dict[str, float]) -> int:
-    with db.session() as s:
-        run = RecipeRun(name="r", text="")
-        s.add(run)
-        s.commit()
-        s.refresh(run)
-        for name in ("c1", "c2"):
-            s.add(RecipeStage(run_id=run.id, recipe="r", stage=name, kind="dpo", output=f"r-{name}", hash=name,
-                              info={"status": "run"}))
-        for name, merge in merges.items():
-            s.add(RecipeStage(run_id=run.id, recipe="r", stage=name, kind="merge", output=f"r-{name}", hash=name,
-                              info={"from": ["c1", "c2"], "merge": merge, "status": "run"}))
-        for model, v in scores.items():
-            s.add(EvalScore(model=f"r-{model}", task="perplexity", metric="perplexity", value=v, n=10, run=model))
-        s.commit()
-        return run.id
-
-
 def test_merges_that_differ_only_in_weight_are_a_surface():
     """The preset's Average (0.5, 0.5), (0.4, 0.6), (0.6, 0.4) of the same candidates (the paper's Table 7) read "No
     swept merge in this run": only `weights: '0..1 step'` or `sweep:` made a surface. A lone SLERP is no sweep."""
-    run_id = _run({"avg-55": {"method": "average", "weights": [0.5, 0.5]},
-                   "avg-46": {"method": "average", "weights": [0.4, 0.6]},
-                   "avg-64": {"method": "average", "weights": [0.6, 0.4]},
-                   "slerp": {"method": "slerp", "t": 0.5}},
-                  {"c1": 300.0, "c2": 302.0, "avg-55": 299.0, "avg-46": 299.5, "avg-64": 298.5, "slerp": 297.0})
+    run_id = two_candidate_run({"avg-55": {"merge": {"method": "average", "weights": [0.5, 0.5]}},
+                                "avg-46": {"merge": {"method": "average", "weights": [0.4, 0.6]}},
+                                "avg-64": {"merge": {"method": "average", "weights": [0.6, 0.4]}},
+                                "slerp": {"merge": {"method": "slerp", "t": 0.5}}},
+                               {"c1": 300.0, "c2": 302.0, "avg-55": 299.0, "avg-46": 299.5, "avg-64": 298.5, "slerp": 297.0})
     [surf] = surface.run_surfaces(run_id, "perplexity")
     assert surf["group"] == "average of c1, c2" and surf["field"] == "weight"
     assert surf["x"] == [0.4, 0.5, 0.6] and surf["y"] == [299.5, 299.0, 298.5]
