@@ -302,7 +302,8 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     """Raw and length-stratified difference in the rate of `outcome`'s bad event (`is_bad`: a hallucination, or an
     answer that is not correct), A − B, with 95 % expanded percentile intervals (`expanded_tail`, as
     `paired_bootstrap`), and each model's mean answer length. If the raw gap shrinks to ~0 once length is
-    controlled, length explains it.
+    controlled, length explains it. Length is in tokens when every compared answer has a token count, else in
+    words; `unit` says which (`mean_length_*` are in it, `mean_words_*` always in words).
     On the items both models answered (`judged_items`, as `compare`), resampled as items, each keeping both answers:
     over every answer of each model, a model scored on 60 items beside one scored on 30 read a gap of 33 points where
     the shared items had none, and two independent resamples of the same items made the interval of a paired gap
@@ -326,9 +327,12 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
         raise ValueError("both models need generations on this task.")
     keys = sorted(items)
     a, b = [items[k][model_a] for k in keys], [items[k][model_b] for k in keys]
-    edges = bin_edges(a + b, n_bins)
+    # tokens, as every length chart on the Compare page, when every compared answer has a count; words when one
+    # was stored before token counts were (a mix would bin one model's words against the other's tokens)
+    unit = "tokens" if all(r.tokens > 0 for r in a + b) else "words"
+    edges = bin_edges(a + b, n_bins, unit)
     k = len(edges) - 1
-    wa, wb = (np.array([r.words for r in x], dtype=float) for x in (a, b))
+    wa, wb = lengths(a, unit), lengths(b, unit)
     ha, hb = (np.array([is_bad(r, outcome) for r in x], dtype=float) for x in (a, b))
     ba, bb = bins_of(wa, edges), bins_of(wb, edges)
     idx = np.random.default_rng(seed).integers(0, len(keys), (boots, len(keys)))  # one draw of items for both
@@ -341,7 +345,8 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
         None, None)
     return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
             "cut_off": left_out["n"],
-            "mean_words_a": float(wa.mean()), "mean_words_b": float(wb.mean()),
+            "unit": unit, "mean_length_a": float(wa.mean()), "mean_length_b": float(wb.mean()),
+            "mean_words_a": float(np.mean([r.words for r in a])), "mean_words_b": float(np.mean([r.words for r in b])),
             "raw_diff": float(ha.mean() - hb.mean()), "raw_ci": ci(raw_s),
             "length_controlled_diff": None if np.isnan(point) else float(point),
             "length_controlled_ci": ci(strat_s), "bins": k}

@@ -556,7 +556,8 @@ if len(gen_models) >= 2:
                 + ("" if outcome == "hallucination" else " — wrong, abstained or cut off") + ";  \n"
                 f"accuracy, McNemar: only {ma} right on {mc['only_a_correct']}, only {mb} on {mc['only_b_correct']}, "
                 f"p = {mc['pvalue']:.3g} ({'exact binomial' if mc['exact'] else 'chi-square'});  \n"
-                f"model-free length check (within {strat['bins']} bins of answer length in words): {rate} gap "
+                f"model-free length check (within {strat['bins']} bins of answer length in {strat['unit']}): "
+                f"{rate} gap "
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
         st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
