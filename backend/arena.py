@@ -132,6 +132,23 @@ def last_unvoted_round() -> ChatTranscript | None:
     return None if t is None or failed_models(t) or voted(t.id) else t
 
 
+def verdict_words(t: ChatTranscript, vs: list[Vote]) -> str:
+    """A round's stored votes in words, by label and name (the names show once a round has its vote): "Model B
+    (m2) is better than Model A (m1)", "Model C (m3) is best", "a tie", "all bad"."""
+    label = dict(zip(order := (t.positions or list(t.answers)), labels(len(order))))
+    said = lambda m: f"{label.get(m, m)} ({m})"  # noqa: E731
+    if all(v.outcome == "tie" for v in vs):
+        return "a tie" if len(vs) > 1 else f"{said(vs[0].model_a)} and {said(vs[0].model_b)} tie"
+    if all(v.outcome == "bad" for v in vs):
+        return "all bad" if len(vs) > 1 else f"{said(vs[0].model_a)} and {said(vs[0].model_b)} both bad"
+    wins = [(v.model_a, v.model_b) if v.outcome == "a" else (v.model_b, v.model_a) for v in vs]
+    if len(vs) == 1:
+        return f"{said(wins[0][0])} is better than {said(wins[0][1])}"
+    if len({w for w, _ in wins}) == 1:
+        return f"{said(wins[0][0])} is best"
+    return "; ".join(f"{said(w)} over {said(x)}" for w, x in wins)
+
+
 def vote(transcript_id: int, model_a: str, model_b: str, outcome: str) -> Vote:
     """One pairwise judgement; positions, style counts and blindness are taken from the round."""
     return vote_round(transcript_id, outcome, pair=(model_a, model_b))[0]
@@ -168,6 +185,14 @@ def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = Non
                              "a" if order.index(best) < order.index(y) else "b") for y in order if y != best]
         else:
             raise ValueError(f"best must be one of {order + ['tie', 'bad']}.")
+        # One judgement per round, as Chatbot Arena takes one vote per battle (FastChat's vote_last_response logs
+        # the vote, then disables the four buttons): a second vote, from a second tab open on the round or a
+        # script, counted the round twice, or both ways ("A is better", then "B is better"). Checked after the
+        # arguments, so that a wrong one is said as such.
+        if before := s.exec(select(Vote).where(Vote.transcript_id == transcript_id).order_by(Vote.id)).all():
+            raise ValueError(f"round {transcript_id} was already voted on ({verdict_words(t, list(before))}): a "
+                             "round takes one vote. Send the prompt again (or Regenerate) for a new round to vote "
+                             "on.")
         s.add_all(vs)
         s.commit()
         for v in vs:

@@ -109,6 +109,16 @@ def show_round(made: int) -> None:
     st.query_params["round"] = str(made)
 
 
+def cast(vote) -> None:
+    """Record the vote, then draw the round again from the database. arena.vote_round refuses a round that has a
+    vote already (another tab voted on it since this one was drawn): its words are shown under the vote on record."""
+    try:
+        vote()
+    except ValueError as e:
+        st.session_state["arena_refused"] = str(e)
+    st.rerun()
+
+
 def round_from_address() -> int | None:
     """The round named in the address, when the session holds none (after a reload); its names stay hidden until
     its vote as before. None, with a word when it is not a round, when the address names none."""
@@ -178,6 +188,8 @@ if round_id:
     if st.button("Regenerate", key="regenerate") and (made := run_round(t.prompt, order)) is not None:
         show_round(made)
         st.rerun()
+    if refused := st.session_state.pop("arena_refused", None):  # cast(): clicked as another tab voted
+        st.warning(refused)
     if voted:
         st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))
     elif failed:
@@ -189,8 +201,7 @@ if round_id:
         for col, (text, outcome) in zip((v1, v2, v3, v4), (("A is better", "a"), ("B is better", "b"),
                                                             ("Tie", "tie"), ("Both bad", "bad"))):
             if col.button(text, key=f"vote_{outcome}"):
-                arena.vote(round_id, order[0], order[1], outcome)
-                st.rerun()
+                cast(lambda: arena.vote(round_id, order[0], order[1], outcome))
     else:
         # Nothing chosen in advance, and a fresh choice each round: a preselected "Model A" (or the last round's
         # pick) turned a careless click into a vote for a screen position.
@@ -198,8 +209,7 @@ if round_id:
                           index=None, key=f"best_{round_id}")
         if st.button("Vote", key="vote_best", disabled=choice is None):
             by_label = {label[m]: m for m in order}
-            arena.vote_round(round_id, by_label.get(choice, "bad" if choice == "all bad" else "tie"))
-            st.rerun()
+            cast(lambda: arena.vote_round(round_id, by_label.get(choice, "bad" if choice == "all bad" else "tie")))
 
 st.subheader("Leaderboard")
 all_votes = arena.votes()
