@@ -12,17 +12,24 @@ from storage import db
 from storage.models import Job, RecipeRun, RecipeStage
 
 
+# plan.submit writes every stage's row, then queues the jobs one by one, each into its row: a Run cut off between
+# (Ctrl-C, the page's process killed) leaves the rest without a job. Running the recipe again plans them as "run"
+# again and queues them, the jobs already queued being taken up as in flight.
+NOT_QUEUED = "not queued (the run was cut off: run the recipe again to queue it)"
+
+
 def stage_state(row: RecipeStage, job: Job | None) -> str:
-    """A stage's state as the Recipe page and `recipe run` show it: given (the base), reused, its job's status, or
-    "skipped" for an evaluation whose model was not made (its stage failed; the shared evaluation job left it out
-    and scored the others)."""
+    """A stage's state as the Recipe page, `recipe run` and `recipe runs` show it: given (the base), reused, its
+    job's status, "skipped" for an evaluation whose model was not made (its stage failed; the shared evaluation job
+    left it out and scored the others), or NOT_QUEUED for a stage to run that has no job (its Run was cut off
+    before queueing it: the state read "")."""
     info = row.info or {}
     if info.get("status") == "given":
         return "given"
     if row.reused:
         return "reused"
     if job is None:
-        return ""
+        return NOT_QUEUED if row.job_id is None and info.get("status") == "run" else ""
     if row.kind == "eval" and job.status == "succeeded" and info.get("model") in (job.result or {}).get("skipped", []):
         return "skipped"
     return eval_state(info.get("model"), job) if row.kind == "eval" and job.status == "running" else job.status
