@@ -187,6 +187,10 @@ def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, cap
     assert f"{len(never)} not queued (the run was cut off: run the recipe again to queue it)" in lines[0]
     (avg,) = [ln for ln in lines if ln.split()[0] == "avg"]
     assert "merge      not queued (the run was cut off" in avg  # was "merge      -"
+    from backend.recipe.graph import run_graph
+
+    dot = run_graph(run.id)  # the graph's box said "merge · run", as if it were to be run
+    assert 'label="avg\\nmerge · not queued\\n' in dot and 'label="upscaled\\nupscale · queued"' in dot
     # and what it says to do works: planned again, the run queues the stages it never queued, and takes up its jobs
     [q] = recipe.plan_text(text(d))
     status = {n.stage: n.status for n in q.nodes}

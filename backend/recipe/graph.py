@@ -26,7 +26,7 @@ def with_outside_models(stages: list[dict]) -> list[dict]:
 
 COLOURS = {"succeeded": "#9be39b", "reuse": "#c9e7f7", "given": "#e8e8e8", "running": "#ffd966",
            "queued": "#f2f2f2", "failed": "#f4a3a3", "cancelled": "#d9b3ff", "interrupted": "#f9cb9c",
-           "run": "#f2f2f2", "in-flight": "#ffd966"}
+           "run": "#f2f2f2", "in-flight": "#ffd966", "not queued": "#ffffff"}
 
 
 def graph_dot(stages: list[dict], with_data: bool = True) -> str:
@@ -63,9 +63,12 @@ def graph_dot(stages: list[dict], with_data: bool = True) -> str:
 
 
 def run_graph(run_id: int) -> str:
-    from backend.recipe.state import stages
+    from backend.recipe.state import NOT_QUEUED, stage_state, stages
 
-    rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused,
-             "status": job.status if (job and not r.reused) else r.info.get("status", ""), **{
+    def status(r, job) -> str:  # a stage a cut-off Run never queued reads "not queued", not "run" (to be run)
+        return "not queued" if stage_state(r, job) == NOT_QUEUED else (
+            job.status if (job and not r.reused) else r.info.get("status", ""))
+
+    rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused, "status": status(r, job), **{
                  k: v for k, v in r.info.items() if k != "status"}} for r, job in stages(run_id) if r.kind != "eval"]
     return graph_dot(with_outside_models(rows))  # a registered model merged in: a box of its own, as in the plan
