@@ -23,7 +23,8 @@ EXIT_CODES = """exit codes:
   2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
      running, such as a damaged weights file)
   124  jobs wait --timeout: the job had not finished in time
-  130  interrupted (Ctrl-C): one line says what stopped and what goes on"""
+  130  interrupted (Ctrl-C): one line says what stopped and what goes on
+  141  the reader of the output went away (jobs list | head -1): the command ends quietly, as Unix tools do"""
 
 
 _printed = [-1.0]  # when _progress last printed (time.monotonic)
@@ -154,8 +155,10 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
                                 "is nothing to resume: run the command again (with --queue the worker runs it, and "
                                 "closing the terminal does not stop it)")
-    if name := _foreground_name(spec):  # a name a queued job will register, refused as --queue refuses it:
-        runner._check_not_making(name)  # registered here first, that job failed when it ended, its work lost
+    # the name it registers (an unnamed import's derived as the import will: its refusals too), refused while a queued
+    # job will register it, as --queue refuses it: registered here first, that job failed when it ended, its work lost
+    if name := runner.output_name(spec, derive_import=True):
+        runner.check_not_making(name)
     from backend.hubpush import PushFailed
 
     try:
@@ -179,17 +182,6 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
                          f"{result.get('failed', 0)} failed): the reasons are in {result.get('pairs')}'s pairs "
                          f"(its pairs.jsonl); `datasets delete {result.get('pairs')}` before running it again "
                          "under this name.")
-
-
-def _foreground_name(spec) -> str | None:
-    """The model name a foreground run of `spec` will register (None: it registers none, or only the built-in)."""
-    from backend import registry, runner
-
-    if spec.kind in runner.MAKES_MODELS:
-        return (spec.name or spec.default_name()) if getattr(spec, "machine_rank", 0) == 0 else None
-    if spec.kind == "import" and spec.target.lower() not in ("builtin", registry.BUILTIN_NAME.lower()):
-        return registry.check_import(spec.target, spec.name)[1]  # as the queue derives it (its refusals too)
-    return None
 
 
 def _save_spec(spec, a: argparse.Namespace) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from backend.cli.common import (_foreground_name, _job_options, _local_model, _print_json, _progress,
-                                _run_or_queue)
+from backend.cli.common import _job_options, _local_model, _print_json, _progress, _run_or_queue
 from backend.specs import MergeSpec, SliceRange, UpscaleSpec
 
 
@@ -100,8 +99,8 @@ def cmd_models(a) -> None:
         from backend.specs import ImportSpec
 
         # a name a queued job will register, refused as --queue refuses it (registered here first, that job failed)
-        if name := _foreground_name(ImportSpec(target=_local_model(a.target), name=a.name)):
-            runner._check_not_making(name)
+        if name := runner.output_name(ImportSpec(target=_local_model(a.target), name=a.name), derive_import=True):
+            runner.check_not_making(name)
         rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
         print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":

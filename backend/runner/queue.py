@@ -59,14 +59,25 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
     return job
 
 
-def _output_of(spec: _Spec) -> str | None:
-    """The model name a job registers (imports by the name submit gave them), or None for a job that makes none."""
+def output_name(spec: _Spec, derive_import: bool = False) -> str | None:
+    """The model name a job of `spec` registers: the one rule the queue's withdraw of a second job under one name,
+    the queue's "a job already makes it" (_making), a resume's refusal of a name now taken and the CLI's foreground
+    runs go by (they were spelled twice, and disagreed on machine_rank). None for a job that registers none: an
+    evaluation, a push, synthetic data, the built-in model's import (imported once under its own name, however
+    often it is asked for: check_before_queueing lets the second be queued), and a training's machine_rank > 0
+    (machine 0 registers the model; the others train: training.py). An import given no name: None, as submit stores
+    the name it derives (registry.import_name) in the spec before anything reads it; with `derive_import`, the name
+    the import will derive, through registry.check_import, which also refuses a target that is no model or a name
+    taken, as the import would (the CLI's foreground `models import`, which has no queued row)."""
     if spec.kind == "import":
-        from backend.registry import BUILTIN_NAME
+        from backend.registry import BUILTIN_NAME, check_import
 
-        # the built-in, asked for twice, is imported once (check_before_queueing lets the second be queued)
-        return None if spec.target.lower() in ("builtin", BUILTIN_NAME.lower()) else spec.name or None
-    return (spec.name or spec.default_name()) if spec.kind in MAKES_MODELS else None
+        if spec.target.lower() in ("builtin", BUILTIN_NAME.lower()):
+            return None
+        return check_import(spec.target, spec.name)[1] if derive_import else spec.name or None
+    if spec.kind not in MAKES_MODELS or getattr(spec, "machine_rank", 0) > 0:
+        return None
+    return spec.name or spec.default_name()
 
 
 def _withdraw_if_second(job: Job, spec: _Spec) -> None:
@@ -80,7 +91,7 @@ def _withdraw_if_second(job: Job, spec: _Spec) -> None:
     as before."""
     from sqlalchemy import delete
 
-    if (name := _output_of(spec)) is None or (first := _making(name, other_than=job.id)) is None:
+    if (name := output_name(spec)) is None or (first := _making(name, other_than=job.id)) is None:
         return
     with db.session() as s:
         gone = s.exec(delete(Job).where(Job.id == job.id, Job.status == "queued")).rowcount
@@ -100,15 +111,19 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
     `coming`: the models jobs queued together with this one will make (a recipe's stages, checked before any is
     queued)."""
     if spec.kind in MAKES_MODELS:
-        _check_output_name(spec.name or spec.default_name())
-        if _runs_here_only() and getattr(spec, "machine_rank", 0) == 0:  # its folder, free (the job refused it late)
-            from backend import outputs
+        if (name := output_name(spec)) is None:  # machine_rank > 0: machine 0 registers the name, its job perhaps
+            from backend.registry import check_name_free  # queued already (not a second maker); a name taken fails
 
-            try:
-                outputs.check_folder_free(outputs.default_folder(spec.out, spec.name or spec.default_name()),
-                                          by_name=not spec.out)
-            except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
-                raise ValueError(str(exc)) from None
+            check_name_free(spec.name or spec.default_name())  # machine 0, and this one would wait for it in vain
+        else:
+            _check_output_name(name)
+            if _runs_here_only():  # its folder, free (the job refused it late)
+                from backend import outputs
+
+                try:
+                    outputs.check_folder_free(outputs.default_folder(spec.out, name), by_name=not spec.out)
+                except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
+                    raise ValueError(str(exc)) from None
     for ref in _model_refs(spec):
         if ref not in coming:
             _check_model_ref(ref)
@@ -132,7 +147,7 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
         elif spec.name:
             check_name_free(spec.name)
         if name and spec.target.lower() not in ("builtin", BUILTIN_NAME.lower()):  # the built-in, asked for twice,
-            _check_not_making(name)  # is imported once
+            check_not_making(name)  # is imported once
     elif spec.kind == "push":  # a model that is not there, or that a Hub user could not load: refused now
         from backend.hubpush import check_pushable
 
@@ -173,17 +188,13 @@ def _making(name: str, other_than: int | None = None) -> Job | None:
     (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
     came; a job reading the imported model was refused). `other_than`: a job other than that one."""
     for job in active_jobs():
-        if job.id == other_than:
-            continue
-        if job.kind == "import" and job.spec.get("name") == name:
-            return job
-        if job.kind not in MAKES_MODELS:
+        if job.id == other_than or job.kind not in (*MAKES_MODELS, "import"):
             continue
         try:
             spec = spec_from_dict(job.spec)
         except ValueError:  # queued by an older version, no longer valid: it fails when it runs, saying why; here
             continue  # it refused every later submission
-        if (spec.name or spec.default_name()) == name:
+        if output_name(spec) == name:  # a machine_rank > 0 makes none: machine 0's job, queued, does
             return job
     return None
 
@@ -194,10 +205,12 @@ def _check_output_name(name: str) -> None:
     from backend.registry import check_name_free
 
     check_name_free(name)
-    _check_not_making(name)
+    check_not_making(name)
 
 
-def _check_not_making(name: str) -> None:
+def check_not_making(name: str) -> None:
+    """Refuse `name` while a queued or running job will register a model under it (_making): the CLI's foreground
+    runs ask this too (registered there first, that job failed when it ended, its work lost)."""
     if job := _making(name):
         raise ValueError(f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: choose "
                          "another name.")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from sqlmodel import select
 
 from backend.cluster import ray_jobs
-from backend.runner.hosts import _runs_job, host_id, live_hosts
+from backend.runner.hosts import _runs_job, _utc, host_id, live_hosts
 from backend.runner.rows import STOPPED, UNSUCCESSFUL, _transition, get
 from storage import db
 from storage.models import Job, utcnow
@@ -82,6 +83,8 @@ def resume(job_id: int) -> Job:
         # "Job 4 is succeeded" read badly: a finished state is what it has done
         state = f"has {job.status}" if job.status in ("succeeded", "failed") else f"is {job.status}"
         raise ValueError(f"Job {job_id} {state}; only interrupted, failed or cancelled jobs resume.")
+    if (made := _made_by_its_run(job)) is not None:  # nothing to run again: its work is done
+        return _mark_done(job, made)
     if blocked := resume_blocked(job):
         raise ValueError(blocked[0])
     _check_name_still_free(job)
@@ -102,24 +105,88 @@ def resume(job_id: int) -> Job:
     return get(job_id)
 
 
-def _check_name_still_free(job: Job) -> None:
-    """A job that makes a model is refused when a model now holds its name: it failed on that ("already
-    registered"), or would at its end, its work lost, each time it was resumed."""
-    from backend.registry import RegistryError, check_name_free
-    from backend.runner.queue import _output_of
+def _output(job: Job) -> str | None:
+    """The model name `job` registers (queue.output_name), None too for a spec an older version wrote: the job says
+    what is wrong with it when it runs."""
+    from backend.runner.queue import output_name
     from backend.specs import spec_from_dict
 
     try:
-        name = _output_of(spec_from_dict(job.spec))
-    except ValueError:  # a spec written by an older version: the job says what is wrong when it runs
-        return
-    if not name:
+        return output_name(spec_from_dict(job.spec))
+    except ValueError:
+        return None
+
+
+def _made_by_its_run(job: Job):
+    """The registered model that `job`'s own latest run made and recorded in its row before the row was stopped
+    under it: given up for dead by another machine, or cancelled, while its work finished (child.execute keeps the
+    stopped state and writes the result: "the work had finished anyway"). None when its row records none, or the
+    model of that name is no longer the one it made (deleted, another model at another folder). A run killed
+    between registering and writing its result records nothing: the registry's rows do not say which job made a
+    model, and _check_name_still_free says what is known instead."""
+    from backend import registry
+
+    made = job.result or {}
+    if not (name := made.get("model")) or name != _output(job) or job.error:  # a run that failed on its own
+        return None  # (its result an older run's) is not done
+    rec = registry.get(name)
+    if rec is None or not made.get("path") or Path(rec.path).resolve() != Path(made["path"]).resolve() \
+            or (job.started is not None and _utc(rec.created) < _utc(job.started)):
+        return None
+    return rec
+
+
+def _mark_done(job: Job, made) -> Job:
+    """A job whose run registered its model before its row was stopped: succeeded, as that run would have left it,
+    and the jobs that waited for it go on (_requeue_waiting_on), instead of a resume that refused the name its own
+    model holds ("queue its spec again with a new name": the work done twice)."""
+    said = (f"done: its run registered {made.name} before the job was marked {job.status}; nothing was run again")
+    if not _transition(job.id, job.status, status="succeeded", progress=1.0, error="", message=said,
+                       finished=job.finished or utcnow()):
+        raise ValueError(f"Job {job.id} is {get(job.id).status} now: it was resumed meanwhile.")
+    _requeue_waiting_on(job.id)
+    return get(job.id)
+
+
+def _check_name_still_free(job: Job) -> None:
+    """A job that makes a model is refused when a model now holds its name: it failed on that ("already
+    registered"), or would at its end, its work lost, each time it was resumed. A model of this job's own spec
+    registered while its last run ran is most likely its work, its process killed before it recorded that: said so,
+    with how to look, rather than "queue it again under a new name"; not marked done, as no row records it."""
+    from backend import registry
+    from backend.registry import RegistryError, check_name_free
+
+    if not (name := _output(job)):
         return
     try:
         check_name_free(name)
     except RegistryError as exc:
+        if (rec := registry.get(name)) is not None and _made_in_its_run(job, rec):
+            raise ValueError(
+                f"Job {job.id}'s work looks done: the {rec.kind} model {name!r} at {rec.path} was registered during "
+                f"this job's last run, from this job's own spec, and the run ended before it recorded that (a "
+                f"model's row does not name the job that made it, so the job stays {job.status}). Its log's end "
+                f"says how far it got (python -m backend jobs log {job.id}). Use {name} as it is; to make it again, "
+                f"delete it first (python -m backend models delete {name}), then resume the job.") from None
         raise ValueError(f"Job {job.id} would register {name!r} again: {exc} To make it under another name, queue "
                          f"its spec again with a new name (python -m backend jobs show {job.id} prints it).") from None
+
+
+def _made_in_its_run(job: Job, rec) -> bool:
+    """Whether model row `rec` was registered between the start of `job`'s last run and its end (the time it was
+    marked stopped), from the same spec (a build's row keeps the spec it was made from; an import's, its source)."""
+    from backend.specs import spec_from_dict
+
+    if job.started is None or job.finished is None or not (
+            _utc(job.started) <= _utc(rec.created) <= _utc(job.finished)):
+        return False
+    if job.kind == "import":  # its source "folder:/abs/path", "gguf:…", "hub:owner/name" is the job's target
+        source, target = str((rec.recipe or {}).get("import", "")).partition(":")[2], job.spec.get("target", "")
+        return source == target or (os.path.isabs(source) and Path(source) == Path(target).expanduser().resolve())
+    try:
+        return rec.recipe == spec_from_dict(job.spec).model_dump(mode="json")
+    except ValueError:
+        return False
 
 
 def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None:
