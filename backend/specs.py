@@ -135,8 +135,23 @@ SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "
 def spec_from_dict(data: dict) -> _Spec:
     kind = data.get("kind")
     if kind not in SPECS:
-        raise ValueError(f"kind {kind!r} is not a kind of work; choose one of: {', '.join(SPECS)}.")
+        raise ValueError(f"kind {kind!r} is not a kind of work{_did_you_mean_kind(kind)}; choose one of: "
+                         f"{', '.join(SPECS)}.")
     return SPECS[kind].model_validate(data)
+
+
+def _did_you_mean_kind(kind, kinds=None) -> str:
+    """" (did you mean 'sft'?)" for `kind: SFT` or `kind: synth_math` (kinds are lower case, with hyphens), as
+    _did_you_mean does for a field's name; "" when no kind is close. `kinds`: those to choose from (default: every
+    kind of work)."""
+    import difflib
+
+    if not isinstance(kind, str):
+        return ""
+    kinds = list(SPECS if kinds is None else kinds)
+    typed = kind.strip().lower().replace("_", "-")
+    close = [typed] if typed in kinds else difflib.get_close_matches(typed, kinds, n=1, cutoff=0.65)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_spec(path: Path) -> _Spec:
@@ -169,8 +184,33 @@ def explain(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg += _did_you_mean(exc.title, err["loc"])
+        msg = _source_in_file_form(err) or msg
         lines.append(f"{loc}: {msg}" if loc and not msg.startswith((f"{loc} ", f"{loc}:")) else msg)
     return "\n".join(lines)
+
+
+def _source_in_file_form(err: dict) -> str | None:
+    """A training data source written in a spec file as the command line's --data string (`data: mix:sft-v1`,
+    `- book.txt@0.5`): what it is and how a spec file writes it, with its own values, for pydantic's "Input should
+    be a valid list / dictionary or instance of DataSource". None for any other error. SOURCE@WEIGHT is split as
+    the CLI's --data splits it (at the last @)."""
+    loc, text = err["loc"], err.get("input")
+    field = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    if not isinstance(text, str) or field not in ("data", "eval_data") or err["type"] not in (
+            "list_type", "model_type", "dict_type", "model_attributes_type"):
+        return None
+    source, _, weight = text.rpartition("@") if "@" in text else (text, "", "")
+    try:
+        entry = {"source": source, **({"weight": float(weight)} if weight else {})}
+    except ValueError:  # not a weight after the @: the whole text is the source
+        entry = {"source": text}
+    mapping = yaml.safe_dump(entry, default_flow_style=True, allow_unicode=True).strip()
+    said = f"{text!r} is the command line's --{field.replace('_', '-')} form; a spec file writes a source as a mapping"
+    if loc[-1] != field:  # one entry of the data list
+        return f"{said}: `- {mapping}` under `{field}:`."
+    if field == "data":
+        return f"{said}, in a list (one per source of the mix): `data: [{mapping}]`."
+    return f"{said}: `{field}: {mapping}`."
 
 
 def _did_you_mean(title: str, loc: tuple) -> str:

@@ -16,11 +16,9 @@ from pages.common import human, job_making, job_status, model_names, submit, via
 from pages.figures import layer_map_figure
 
 
-def suggested_m(n: int) -> int:
-    """SOLAR removes a quarter of the layers from each copy (8 of 32): the valid m nearest n/4, the larger on a tie.
-    The slices method starts from the same stack."""
-    valid = list(dus.valid_m(n))
-    return min(valid, key=lambda m: (abs(m - n / 4), -m)) if valid else n // 4
+def suggested_m(n: int) -> int:  # n // 4 where no m is valid: the page says the model is too shallow
+    m = dus.suggested_m(n)
+    return n // 4 if m is None else m
 
 
 via_app(__file__)

@@ -101,8 +101,9 @@ preset_name = c1.selectbox("Preset", recipe.PRESETS, index=None if "recipe_prese
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
 # the CLI's `recipe new … --m M`: a base of 6 layers was refused "m=8 is out of range" with no field to change it
 m_layers = c_m.number_input("m", min_value=1, value=None, step=1, key="recipe_m", placeholder="preset's",
-                            help="Layers removed from each copy when the preset up-scales its base (empty: the "
-                                 "preset's own, 8 as in SOLAR, 2 for smoke).")
+                            help="Layers removed from each copy when the preset up-scales its base (empty: from the "
+                                 "base's depth where it is known, the valid m nearest n/4 as SOLAR's 8 of 32; "
+                                 "else the preset's own, 8, or 2 for smoke).")
 if c3.button("Load preset", key="recipe_load", disabled=preset_name is None,
              help="Choose a preset first." if preset_name is None else None):
     if preset_name == "smoke" and not base.strip():  # the backend's message names the CLI flag (--base)

@@ -39,6 +39,7 @@ def cmd_recipe(a) -> None:
         return print_runs(a.limit, a.json)
     with open(a.target) as f:
         text = f.read()
+    _refuse_job_spec(a.target, text)
     plans = recipe.plan_text(text)
     for p in plans:
         print("\n".join(p.lines()))
@@ -64,6 +65,26 @@ def cmd_recipe(a) -> None:
             if bad:
                 raise WorkFailed(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
                                  f"{len(bad)} stage{'s' if len(bad) > 1 else ''} did not succeed: {', '.join(bad)}.")
+
+
+def _refuse_job_spec(path: str, text: str) -> None:
+    """A job spec (a train, merge, upscale … file, as `--save-spec` and the pages write) given to `recipe plan/run`:
+    said as such, with the command that runs it, not "a recipe is a mapping with kind: recipe"."""
+    import shlex
+
+    import yaml
+
+    from backend.specs import SPECS
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:  # the recipe's loader says what is wrong with the YAML
+        return
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if isinstance(kind, str) and kind.lower() in SPECS:
+        raise ValueError(f"{path} is a job spec (kind: {kind}), not a recipe: `python -m backend run "
+                         f"{shlex.quote(path)}` runs it (--queue hands it to the worker). A recipe has kind: recipe "
+                         "(`python -m backend recipe new smoke --base MODEL` prints one).")
 
 
 def _taken_elsewhere(run_ids: list[int]) -> list[int]:

@@ -128,7 +128,11 @@ def budget_block() -> str:
 
 
 def preset(name: str, base: str | None = None, m: int | None = None) -> str:
-    """The preset's YAML (a file to edit and run), ending with its budget block."""
+    """The preset's YAML (a file to edit and run), ending with its budget block. Made for a `base` without an `m`,
+    m is the base's suggested one where its depth is known here, and a comment above says which and why."""
+    derive = bool(base) and m is None
+    chosen = m_for_base(base) if derive else None
+    m = chosen[0] if chosen else m
     if name == "smoke":
         if not base:
             raise RecipeError("preset smoke: give --base, a small model folder or registered name (the tests use "
@@ -140,4 +144,49 @@ def preset(name: str, base: str | None = None, m: int | None = None) -> str:
         data = _solar(base or "mistralai/Mistral-7B-v0.1", m or 8, mini=False)
     else:
         raise RecipeError(f"preset {name!r} is unknown; choose one of: {', '.join(PRESETS)}.")
-    return yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True) + budget_block()
+    text = yaml.safe_dump(data, sort_keys=False, width=120, allow_unicode=True) + budget_block()
+    return (_m_comment(text, base, chosen) if derive else "") + text
+
+
+def base_layers(base: str) -> int | None:
+    """The layer count of `base` when it is known here without reading weights: a registered model's (by name,
+    'builtin' once imported, or its folder), else a local folder's config.json; None for a Hub id or a folder that
+    is no model (planning says what is wrong with those)."""
+    from pathlib import Path
+
+    from backend import registry
+    from backend.modelinfo import LAYER_COUNT_KEYS
+
+    rec = registry.record(base)
+    if rec is not None and rec.num_layers:
+        return rec.num_layers
+    try:
+        config = json.loads((Path(base).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
+
+
+def m_for_base(base: str) -> tuple[int, int] | None:
+    """(m, layers) for a preset made for `base` without an m (`recipe new --base B`, the Recipe page's empty m):
+    SOLAR removes a quarter of the layers from each copy (m = 8 of Mistral's 32), so the valid m nearest n/4, the
+    larger on a tie, as the Build page suggests it (a preset's fixed m suited one depth only: smoke's 2 made a
+    30-layer base 56 layers deep, solar-mini's 8 was out of range for a 6-layer one). None when the depth is not known here, or too shallow for any m (planning refuses it)."""
+    from backend.upscale import dus
+
+    n = base_layers(base)
+    m = dus.suggested_m(n) if n else None
+    return None if m is None else (m, n)
+
+
+def _m_comment(text: str, base: str, chosen: tuple[int, int] | None) -> str:
+    """The YAML comment above a preset made for `base`: which m it holds and why, so the file says what was chosen
+    for the user who edits it."""
+    m = (yaml.safe_load(text).get("upscale") or {}).get("m")
+    if chosen:
+        return (f"# upscale.m: {m}, for {base}'s {chosen[1]} layers: SOLAR removes a quarter of the layers from each "
+                f"copy (m = 8 of 32),\n# so the valid m nearest {chosen[1]}/4 (1 <= m < n/2), as the Build page "
+                "suggests; --m M (the Recipe page's m) sets another.\n")
+    return (f"# upscale.m: {m}, the preset's own: the layer count of {base} is not known here (not a registered model "
+            "or a\n# local model folder, or too shallow to up-scale); --m M (the Recipe page's m) sets it.\n")
+

@@ -11,6 +11,14 @@ def valid_m(n: int) -> range:
     return range(1, (n + 1) // 2)
 
 
+def suggested_m(n: int) -> int | None:
+    """SOLAR removes a quarter of the layers from each copy (8 of 32): the valid m nearest n/4, the larger on a tie.
+    The Build page's default, the slices method's starting stack and `recipe new --base B`'s m. None when no m is
+    valid (n < 3)."""
+    valid = list(valid_m(n))
+    return min(valid, key=lambda m: (abs(m - n / 4), -m)) if valid else None
+
+
 def plan(n: int, *, m: int) -> list[Slot]:
     ok = valid_m(n)
     if m not in ok:
