@@ -135,12 +135,12 @@ SPECS: dict[str, type[_Spec]] = {"upscale": UpscaleSpec, "import": ImportSpec, "
 def spec_from_dict(data: dict) -> _Spec:
     kind = data.get("kind")
     if kind not in SPECS:
-        raise ValueError(f"kind {kind!r} is not a kind of work{_did_you_mean_kind(kind)}; choose one of: "
+        raise ValueError(f"kind {kind!r} is not a kind of work{did_you_mean_kind(kind)}; choose one of: "
                          f"{', '.join(SPECS)}.")
     return SPECS[kind].model_validate(data)
 
 
-def _did_you_mean_kind(kind, kinds=None) -> str:
+def did_you_mean_kind(kind, kinds=None) -> str:
     """" (did you mean 'sft'?)" for `kind: SFT` or `kind: synth_math` (kinds are lower case, with hyphens), as
     _did_you_mean does for a field's name; "" when no kind is close. `kinds`: those to choose from (default: every
     kind of work)."""

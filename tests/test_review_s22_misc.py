@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
 from backend import analysis, arena, recipe, runner
 from backend.answerstats import Record
@@ -195,3 +196,17 @@ def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, cap
     [q] = recipe.plan_text(text(d))
     status = {n.stage: n.status for n in q.nodes}
     assert {status[s] for s in never} == {"run"} and {status[s] for s in ("upscaled", "sft-a")} == {"in-flight"}
+
+
+# ---------------------------------------------------------------- 5. a recipe stage's kind in the wrong case
+
+def test_a_recipe_stage_kind_in_the_wrong_case_gets_a_suggestion():
+    """A job spec's `kind: SFT` was answered "did you mean 'sft'?", a recipe stage's only with the list of kinds."""
+    from backend.recipe.spec import RecipeError, load_recipe
+
+    text = yaml.safe_dump({"kind": "recipe", "name": "r", "base": "b",
+                           "stages": [{"name": "a", "kind": "SFT", "model": "base", "data": [{"source": "x.jsonl"}]}]})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(text)
+    assert str(e.value) == ("stages[0].kind: 'SFT' is not a stage kind (did you mean 'sft'?); choose one of: cpt, "
+                            "sft, dpo, merge, synth-math, eval.")

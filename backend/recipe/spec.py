@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backend.names import check_name
-from backend.specs import SPECS, EvalSpec, UpscaleSpec, explain
+from backend.specs import SPECS, EvalSpec, UpscaleSpec, did_you_mean_kind, explain
 
 STAGE_KINDS = ("cpt", "sft", "dpo", "merge", "synth-math", "eval")
 RESERVED = ("base", "upscaled")
@@ -148,7 +148,8 @@ class RecipeSpec(BaseModel):
                 raise RecipeError(f"{where}.name: {name!r} is used twice; stage names must be unique.")
             names.add(name)
             if st.get("kind") not in STAGE_KINDS:
-                raise RecipeError(f"{where}.kind: {st.get('kind')!r} is not a stage kind; choose one of: "
+                raise RecipeError(f"{where}.kind: {st.get('kind')!r} is not a stage kind"
+                                  f"{did_you_mean_kind(st.get('kind'), STAGE_KINDS)}; choose one of: "
                                   f"{', '.join(STAGE_KINDS)}.")
             for key in ("out",):
                 if key in st:
