@@ -196,18 +196,29 @@ def inspect_model(folder: Path) -> ModelInfo:
 
 
 def weights_problem(config: dict, names) -> str | None:
-    """Why the weights named `names` are not the architecture config.json names, if so: a folder whose config says
-    bert over a Llama's weights was imported, chatted with, up-scaled and evaluated with every weight random
-    (transformers builds the config's class and only warns of the 108 tensors it finds no weights for). Remembered
-    per config and names, so register after import, or a job's second look at its model, costs nothing."""
-    return _weights_problem(json.dumps(config, sort_keys=True), tuple(sorted(names)))
+    """Why the weights named `names` ({name: TensorRef} as open_checkpoint reads them, or bare names) are not the
+    architecture config.json names, if so: a folder whose config says bert over a Llama's weights was imported,
+    chatted with, up-scaled and evaluated with every weight random (transformers builds the config's class and only
+    warns of the 108 tensors it finds no weights for); one whose intermediate_size was edited was imported, and
+    transformers refused to load it ("size mismatch") at the first chat. Remembered per config, names and shapes,
+    so register after import, or a job's second look at its model, costs nothing."""
+    return _weights_problem(json.dumps(config, sort_keys=True), tuple(sorted(_shapes(names).items())))
 
 
-WEIGHTS_CHECK = "2"  # in the marker's key: a stricter check (or a fixed one) checks every model again
+def _shapes(names) -> dict[str, tuple[int, ...] | None]:
+    """{name: shape} of a checkpoint's {name: TensorRef} (or {name: shape}); bare names have no shape to compare."""
+    if isinstance(names, dict):
+        return {n: tuple(getattr(v, "shape", v)) if v is not None else None for n, v in names.items()}
+    return dict.fromkeys(names)
+
+
+# in the marker's key: a stricter check (or a fixed one) checks every model again. 3: shapes are compared and in
+# the key (2's markers were made from names alone, so an edited intermediate_size found its original's)
+WEIGHTS_CHECK = "3"
 
 
 @functools.lru_cache(maxsize=64)
-def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
+def _weights_problem(config_json: str, names: tuple[tuple[str, tuple[int, ...] | None], ...]) -> str | None:
     # A fit found once is kept as an empty file in the workspace, named by what it depends on: building the model
     # takes 60 ms, but the first build in a process imports torch and transformers' modeling code (seconds), which
     # a page's up-scale preview or a merge job would otherwise pay for a model checked when it was registered.
@@ -225,7 +236,7 @@ def _weights_problem(config_json: str, names: tuple[str, ...]) -> str | None:
     marker = fits / f"{WEIGHTS_CHECK}-{version('transformers')}" / key
     if marker.exists():
         return None
-    problem = _check_weights(json.loads(config_json), names)
+    problem = _check_weights(json.loads(config_json), dict(names))
     if problem is None:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -264,19 +275,24 @@ def _sweep(fits: Path, current: str) -> None:
 
 
 def _depth_free(config: dict, names) -> tuple[str, list[str]]:
-    """The config and names as the check sees them whatever the depth: the layer count and per-layer lists left out
-    of the config, each layer's index out of its names. A fit does not depend on the depth (inspect_model has found
-    every layer alike and numbered 0..n-1 before asking), so a model up-scaled or merged from a checked one finds its
-    parent's marker: the check's first model build in a process imports torch and transformers' modeling code
-    (about 2 s of every up-scale job, which streams its tensors without them)."""
+    """The config and (name, shape) pairs as the check sees them whatever the depth: the layer count and per-layer
+    lists left out of the config, each layer's index out of its names. A fit does not depend on the depth
+    (inspect_model has found every layer's names alike and numbered 0..n-1 before asking; a layer of other shapes
+    adds a pair of its own), so a model up-scaled or merged from a checked one finds its parent's marker: the check's
+    first model build in a process imports torch and transformers' modeling code (about 2 s of every up-scale job,
+    which streams its tensors without them)."""
     n = next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
     kept = {k: v for k, v in config.items()
             if k not in LAYER_COUNT_KEYS and not (isinstance(v, list) and n is not None and len(v) == n)}
-    shown = sorted({f"{m['prefix']}.N.{m['rest']}" if (m := _NUMBERED.match(x)) else x for x in names})
+    shown = sorted({f"{_layer_free(x)} {list(shape) if shape is not None else '-'}" for x, shape in names})
     return json.dumps(kept, sort_keys=True), shown
 
 
-def _check_weights(config: dict, names: tuple[str, ...]) -> str | None:
+def _layer_free(name: str) -> str:  # model.layers.3.mlp.up_proj.weight → model.layers.N.mlp.up_proj.weight
+    return f"{m['prefix']}.N.{m['rest']}" if (m := _NUMBERED.match(name)) else name
+
+
+def _check_weights(config: dict, names: dict[str, tuple[int, ...] | None]) -> str | None:
     if config.get("auto_map") or config.get("quantization_config"):
         # a remote-code model's own modules define its weights (kept as files, never run here), and a quantized
         # checkpoint's names are its quantizer's (qweight, scales): evaldevice.load_model checks what transformers'
@@ -289,8 +305,10 @@ def _check_weights(config: dict, names: tuple[str, ...]) -> str | None:
     fit = weights_fit(config, names)
     if isinstance(fit, str):
         return fit
-    if not fit.missing:  # extra tensors (an old checkpoint's buffers, a draft head) are left unread: none is random
-        return None
+    if not fit.missing and not fit.mismatched:  # extra tensors (an old checkpoint's buffers, a draft head) are left
+        return None                            # unread: none is random
+    if not fit.missing:
+        return shape_message(config, fit, _edited_field(config, names, fit))
     return mismatch_message(config, fit)
 
 
@@ -316,6 +334,8 @@ class Fit:
     needed: int            # its tensors (state_dict)
     missing: list[str]     # of those, the ones the checkpoint lacks (left random by a load)
     unexpected: list[str]  # the checkpoint's tensors it has no place for
+    # (name, shape in the checkpoint, shape the config implies): transformers' loader refuses these ("size mismatch")
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
 
 def weights_fit(config: dict, names) -> Fit | str:
@@ -323,7 +343,10 @@ def weights_fit(config: dict, names) -> Fit | str:
     evaluation and training load), counted as transformers' loader counts them: checkpoint names renamed by the
     model's conversion mapping (fused experts, legacy names), the base-model prefix added or dropped, tied weights
     and the names the class declares optional (_keys_to_ignore_on_load_missing/_unexpected, rotary inv_freq) left
-    out. Built on the meta device: nothing allocated. A string: why no such class can be built."""
+    out. Given {name: TensorRef or shape}, each tensor's shape is compared with the one the config implies, as the
+    loader compares them (it refuses any difference, a larger vocabulary too), except a tensor a WeightConverter
+    fuses or splits (its shape is the converter's business). Built on the meta device: nothing allocated. A string:
+    why no such class can be built."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -353,12 +376,14 @@ def weights_fit(config: dict, names) -> Fit | str:
     mapping = get_model_conversion_mapping(model)
     renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
     converters = [m for m in mapping if isinstance(m, WeightConverter)]
-    found, unexpected = set(), set()
-    for name in names:  # as core_model_loading.convert_and_load_state_dict_in_model renames them
-        key = rename_source_key(name, renamings, converters, model.base_model_prefix, expected)[0]
+    found, unexpected, mismatched = set(), set(), []
+    for name, shape in _shapes(names).items():  # as core_model_loading.convert_and_load_state_dict_in_model does
+        key, converted = rename_source_key(name, renamings, converters, model.base_model_prefix, expected)
         if key not in expected and name in expected:
-            key = rename_source_key(name, [], [], model.base_model_prefix, expected)[0]
+            key, converted = rename_source_key(name, [], [], model.base_model_prefix, expected)
         (found if key in expected else unexpected).add(key if key in expected else name)
+        if key in expected and converted is None and shape is not None and shape != tuple(expected[key].shape):
+            mismatched.append((key, shape, tuple(expected[key].shape)))  # set_param_for_module's check
     tied = model.all_tied_weights_keys  # {lm_head.weight: model.embed_tokens.weight} where the config ties them
     # either name of a tie may hold it: safetensors' save_model (and a sorted .bin) keep lm_head.weight alone
     held = found | {src for t, src in tied.items() if t in found}
@@ -366,7 +391,7 @@ def weights_fit(config: dict, names) -> Fit | str:
     info = _LoadingInfo(missing, unexpected)
     model._adjust_missing_and_unexpected_keys(info)  # the class's optional names, as from_pretrained drops them
     return Fit(type(model).__name__, len(expected), sorted(info.missing_keys, key=natural_order),
-               sorted(info.unexpected_keys, key=natural_order))
+               sorted(info.unexpected_keys, key=natural_order), sorted(mismatched, key=lambda m: natural_order(m[0])))
 
 
 @dataclass
@@ -401,3 +426,40 @@ def mismatch_message(config: dict, fit: Fit) -> str:
                 "model (peft's merge_and_unload, then save_pretrained) and import the merged folder.")
     return (f"{said}{other}. Loaded, the missing ones would be random. Fix config.json (model_type, architectures) "
             "to the model the weights are from, or import the right folder.")
+
+
+def shape_message(config: dict, fit: Fit, edited: tuple[str, int] | None = None) -> str:
+    """The refusal of weights whose shapes are not the ones config.json implies (a size field edited, or another
+    model's config): a few tensors, one per layer-free name, each shape in the weights against config.json's, and
+    `edited` (field, value), the size field that set to `value` makes every shape fit, if one does."""
+    by_name: dict[str, tuple] = {}
+    for name, got, want in fit.mismatched:
+        by_name.setdefault(_layer_free(name), (list(got), list(want)))
+    shown = [f"{n}: {got} in the weights, {want} by config.json" for n, (got, want) in by_name.items()]
+    count = (f"1 of the {fit.needed} tensors a {fit.model_class} needs has another shape" if len(fit.mismatched) == 1
+             else f"{len(fit.mismatched)} of the {fit.needed} tensors a {fit.model_class} needs have other shapes")
+    todo = (f"They fit config.json's {edited[0]} {edited[1]} (it says {config[edited[0]]}): set it back if it was "
+            "edited, or import the folder the model was published in." if edited else
+            "Import the folder the model was published in, or fix config.json's sizes to the weights'.")
+    return (f"config.json says {_says(config)}, but the weights do not fit it: {count} in the weights "
+            f"({'; '.join(shown[:3])}{'; …' if len(shown) > 3 else ''}). transformers refuses to load such weights "
+            f"(size mismatch). {todo}")
+
+
+# the fields whose edit changes tensor shapes in most decoder-only configs: _edited_field tries each
+_SIZE_FIELDS = ("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "n_embd", "n_inner", "n_head")
+
+
+def _edited_field(config: dict, names, fit: Fit) -> tuple[str, int] | None:
+    """The size field and value that make every shape fit, if one does: each value the shapes suggest (a differing
+    dimension scaled to the field: 32 rows for 4 KV heads, 16 in the weights: 2) is tried on a model built on the
+    meta device, so no guess is said unproven."""
+    dims = {(w, g) for _, got, want in fit.mismatched if len(got) == len(want) for g, w in zip(got, want) if g != w}
+    tries = [(key, g * v // w) for key in _SIZE_FIELDS if type(v := config.get(key)) is int and v > 0
+             for w, g in sorted(dims) if w % v == 0 and (g * v) % w == 0 and g * v // w not in (0, v)]
+    for key, guess in list(dict.fromkeys(tries))[:8]:  # a meta-device build each, on a refusal only
+        fit2 = weights_fit(dict(config, **{key: guess}), names)
+        if isinstance(fit2, Fit) and not fit2.missing and not fit2.mismatched:
+            return key, guess
+    return None

@@ -285,9 +285,15 @@ def test_different_vocabularies_are_refused_naming_the_difference(pair, tokenize
                                      "lstrip": False, "rstrip": False, "normalized": False})
         (folder / "tokenizer.json").write_text(json.dumps(data))
 
-    def bigger(folder: Path):
+    def bigger(folder: Path):  # a model of one more token: its config and its embedding (an edited config alone
+        from safetensors.torch import save_file  # is refused as weights that do not fit it, review s22)
+
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**cfg, "vocab_size": 301}))
+        state = load_state(folder)
+        embed = state["model.embed_tokens.weight"]
+        state["model.embed_tokens.weight"] = torch.cat([embed, torch.zeros(1, embed.shape[1])])
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
     cases = {"swap": (swap, r"tokenizer.json vocabulary\): '.+' is id 10\d in a but 10\d in .*swap"),
              "add": (add, r"tokenizer.json added tokens\): 3 vs 4 entries; '<tool>' \(id 299\) only in .*add"),
