@@ -150,7 +150,18 @@ def load_model(folder: Path, plan: DevicePlan | None = None):
     kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32, "trust_remote_code": False}
     if plan and plan.attn:
         kw["attn_implementation"] = plan.attn
-    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kw)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kw)
+    except RuntimeError as exc:  # "size mismatch": a model registered before the import compared shapes, whose
+        # config.json was edited since (its report of every tensor ends "You set `ignore_mismatched_sizes` to False")
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise
+        from backend.modelinfo import weights_problem
+        from backend.safetensors_stream import open_checkpoint
+
+        problem = weights_problem(config, open_checkpoint(Path(folder)))
+        raise ArchitectureError(f"{folder}: {problem or 'its weights do not fit config.json (size mismatch)'}"
+                                ) from None
     # transformers only warns of the weights it found none for and leaves them random: a model registered before
     # modelinfo.inspect_model checked that its weights fit config.json (or one whose quantizer it skipped) would be
     # chatted with and scored as noise

@@ -124,3 +124,16 @@ def test_the_marker_of_a_fit_is_keyed_on_shapes(tiny_llama, workspace, tmp_path,
     modelinfo._weights_problem.cache_clear()
     monkeypatch.setattr(modelinfo, "weights_fit", lambda *a: (_ for _ in ()).throw(AssertionError("checked again")))
     assert modelinfo.weights_problem(config, tensors) is None  # a hit: no model built
+
+
+def test_a_model_edited_after_its_import_is_refused_in_words_when_loaded(tiny_llama, tmp_path):
+    """A model registered before the import compared shapes (or whose config.json was edited since) reached chat and
+    evaluation with transformers' report of every tensor ending "You set `ignore_mismatched_sizes` to False"."""
+    from backend.evaldevice import load_model
+
+    folder = _edited(tiny_llama, tmp_path / "m", intermediate_size=128)
+    with pytest.raises(ArchitectureError) as e:
+        load_model(folder)
+    assert str(e.value).startswith(f"{folder}: config.json says llama (LlamaForCausalLM), but the weights do not fit")
+    assert str(e.value).endswith("They fit config.json's intermediate_size 64 (it says 128): set it back if it was "
+                                 "edited, or import the folder the model was published in.")
