@@ -36,7 +36,7 @@ class UpscaleSpec(_Spec):
     second: str | None = Field(None, description="slices: an optional second source of the same architecture")
     groups: int | None = Field(None, description="llama-pro: number of groups, one identity block added per group")
     name: str | None = Field(None, description="name to register; default derived from base and method")
-    out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
+    out: str | None = Field(None, description="folder to write the model to; default $DUS_WORKSPACE/models/NAME")
     shard_size: str = Field("2GB", description="largest safetensors shard")
 
     _name = field_validator("name")(_valid_name)

@@ -107,7 +107,7 @@ class _TrainSpec(_Spec):
                              "with `resources`; 1 = the job's own process trains")
     accelerate_config: str | None = Field(None, description="your accelerate config file (DDP, FSDP, DeepSpeed)")
     name: str | None = Field(None, description="name to register; default derived from model and kind")
-    out: str | None = Field(None, description="folder to write the model to; default workspace/models/NAME")
+    out: str | None = Field(None, description="folder to write the model to; default $DUS_WORKSPACE/models/NAME")
 
     _name = field_validator("name")(_valid_name)
 

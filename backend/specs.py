@@ -41,7 +41,7 @@ class SynthMathSpec(_Spec):
     include_flagged: bool = Field(False, description="export contamination-flagged pairs too")
     seed: int = 0
     name: str = Field("synth-math", description="prefix of the registered data sets")
-    out: str | None = Field(None, description="folder for the files; default workspace/datasets/NAME")
+    out: str | None = Field(None, description="folder for the files; default $DUS_WORKSPACE/datasets/NAME")
 
     _name = field_validator("name")(_valid_name)
 

@@ -210,3 +210,19 @@ def test_a_recipe_stage_kind_in_the_wrong_case_gets_a_suggestion():
         load_recipe(text)
     assert str(e.value) == ("stages[0].kind: 'SFT' is not a stage kind (did you mean 'sft'?); choose one of: cpt, "
                             "sft, dpo, merge, synth-math, eval.")
+
+
+# ---------------------------------------------------------------- 6. the built-in imported twice
+
+def test_importing_the_builtin_again_says_it_was_registered_already(tiny_llama):
+    """import_builtin returns the model it imported before; the CLI printed "registered SmolLM2-135M-Instruct" again,
+    read as a second copy made."""
+    from backend import registry
+    from storage.models import ModelRecord
+    from tests.test_review_cli import add, cli
+
+    add(ModelRecord(name=registry.BUILTIN_NAME, path=str(tiny_llama), num_layers=6, num_parameters=65312))
+    rc, out, err = cli("models", "import", "builtin")
+    assert rc == 0, err
+    assert out == f"already registered {registry.BUILTIN_NAME}: 6 layers, 65,312 parameters at {tiny_llama}\n"
+    assert [r.name for r in registry.list_models()] == [registry.BUILTIN_NAME]

@@ -178,7 +178,7 @@ def add_synth(sub) -> None:
     sm.add_argument("--batch-size", type=int, default=8, help="rephrasings per request (model: and openai:)")
     sm.add_argument("--seed", type=int, default=0, help="seeds the generator and the sampling")
     sm.add_argument("--name", default="synth-math", help="prefix of the registered data sets")
-    sm.add_argument("--out", help="folder for the files (default workspace/datasets/NAME)")
+    sm.add_argument("--out", help="folder for the files (default $DUS_WORKSPACE/datasets/NAME; a relative path is from the current folder)")
     _job_options(sm)
     sm.set_defaults(fn=cmd_synth)
 

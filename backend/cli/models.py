@@ -101,8 +101,12 @@ def cmd_models(a) -> None:
         # a name a queued job will register, refused as --queue refuses it (registered here first, that job failed)
         if name := runner.output_name(ImportSpec(target=_local_model(a.target), name=a.name), derive_import=True):
             runner.check_not_making(name)
+        before = registry.get(registry.BUILTIN_NAME) if a.target.lower() in ("builtin", registry.BUILTIN_NAME.lower()) \
+            else None
         rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
-        print(f"registered {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
+        # the built-in once imported is kept (import_builtin returns it): "registered" read as a second copy made
+        said = "already registered" if before is not None and before.id == rec.id else "registered"
+        print(f"{said} {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":
         if not a.target:
             raise ValueError("models delete needs a NAME.")
@@ -129,7 +133,7 @@ def add_upscale(sub) -> None:
     u.add_argument("--second", help="slices: second source model (SOURCE 1)")
     u.add_argument("--groups", type=int, help="llama-pro: identity blocks to insert")
     u.add_argument("--name", help="registered name (default: derived)")
-    u.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    u.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
     u.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
     _job_options(u)
     u.set_defaults(fn=cmd_upscale)
@@ -161,7 +165,7 @@ def add_merge(sub) -> None:
     mg.add_argument("--chat-template", help="'auto' (the template most of the models share, mergekit's auto), a "
                     "Jinja template, or @FILE holding one (default: the tokenizer source's own)")
     mg.add_argument("--name", help="registered name (default: derived from the candidates and the method)")
-    mg.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    mg.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
     mg.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
     _job_options(mg)
     mg.set_defaults(fn=cmd_merge)

@@ -240,7 +240,7 @@ def add_train(sub) -> None:
     t.add_argument("--plan-gpus", type=int, help="--plan-memory-gb: how many such devices")
     _machine_options(t)
     t.add_argument("--name", help="registered name (default: MODEL-KIND)")
-    t.add_argument("--out", help="folder to write the model to (default workspace/models/NAME)")
+    t.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
     _job_options(t)
     t.set_defaults(fn=cmd_train)
 
