@@ -365,18 +365,19 @@ def average_note(primary: dict, clean: bool = False) -> str:
     return text + (f"; left out: {missing}." if left_out else ".")
 
 
-def cut_off_note(latest: dict, clean: bool = False) -> str:
-    """The hallucination cells left blank, and why (as _task_cells blanks them)."""
-    mostly, shares = [], {(m, t): _unanswered(latest, m, t, clean) for m, t, metric in latest
-                          if metric in ("cut_off_rate", "empty_rate")}
-    for (model, task), (cut, empty) in sorted(shares.items()):
-        if too_few_answers(cut, empty):
-            mostly.append((f"{task} for {model} (" + ", ".join(f"{v:.0%} {what}" for v, what in (
-                (cut, "cut off"), (empty, "empty")) if v) + ")", bool(empty)))
-    if not mostly:
-        return ""
-    head = "Hallucination left blank: " + ", ".join(m for m, _ in mostly) + f". Over {MOSTLY_CUT_OFF:.0%} of the "
-    if not any(e for _, e in mostly):
+def blanked_cells(latest: dict, clean: bool = False) -> list[tuple[str, str, str, bool]]:
+    """The hallucination cells _task_cells blanks: (task, model, "100% cut off" or "60% cut off, 20% empty", whether
+    any reply was empty), by model and task."""
+    shares = {(m, t): _unanswered(latest, m, t, clean) for m, t, metric in latest
+              if metric in ("cut_off_rate", "empty_rate")}
+    return [(task, model, ", ".join(f"{v:.0%} {what}" for v, what in ((cut, "cut off"), (empty, "empty")) if v),
+             bool(empty)) for (model, task), (cut, empty) in sorted(shares.items()) if too_few_answers(cut, empty)]
+
+
+def cut_off_why(any_empty: bool) -> str:
+    """Why cut_off_note's cells are blank (replies cut off, or empty too) and what to do."""
+    head = f"Over {MOSTLY_CUT_OFF:.0%} of the "
+    if not any_empty:
         return head + ("replies were cut off by the token limit before an answer, and a cut-off reply counts as no "
                        "hallucination, so the rate would read low for a model that never finished; evaluate with a "
                        "larger max_new_tokens.")
@@ -384,6 +385,15 @@ def cut_off_note(latest: dict, clean: bool = False) -> str:
                    "as an up-scaled model does before continued pretraining); neither counts as a hallucination, so "
                    "the rate would read low for a model that never answered; evaluate with a larger max_new_tokens "
                    "(cut off), or after continued pretraining (empty).")
+
+
+def cut_off_note(latest: dict, clean: bool = False) -> str:
+    """The hallucination cells left blank, and why (as _task_cells blanks them)."""
+    cells = blanked_cells(latest, clean)
+    if not cells:
+        return ""
+    return ("Hallucination left blank: " + ", ".join(f"{task} for {model} ({what})" for task, model, what, _ in cells)
+            + ". " + cut_off_why(any(e for *_, e in cells)))
 
 
 def _lineage_sources_of(r: EvalScore) -> list[str]:
@@ -448,9 +458,8 @@ def overlap_note(primary: dict) -> str:
             + ".") if parts else ""
 
 
-def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
-    """The cells that read 0 ± 0 (or 1 ± 0), each with the rule of three's bound (interval95): lm-eval's error is
-    kept, as the exports must equal lm-eval's, and this says why its 0 is no certainty."""
+def zero_error_cells(latest: dict, rows: list[dict], clean: bool = False) -> dict[tuple, list[str]]:
+    """The cells that read 0 ± 0 (or 1 ± 0): (cell, share, items) -> the models, as zero_error_note names them."""
     shown = {row["model"]: row for row in rows}
     found: dict[tuple, list[str]] = {}  # (cell, share, items) -> models: five models at 0 of 20 make one entry
     for (model, task), r in sorted(headline(latest).items()):
@@ -463,13 +472,23 @@ def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
             v, n = h["value"], h["n"]
             if zero_error(v, h["stderr"], n, score.metric):
                 found.setdefault((head, v, n), []).append(model)
+    return found
+
+
+ZERO_ERROR_WHY = ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
+                  "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
+                  "(n of n one down to 1 − 3/n), the interval the bars' whiskers draw: ")
+
+
+def zero_error_note(latest: dict, rows: list[dict], clean: bool = False) -> str:
+    """The cells that read 0 ± 0 (or 1 ± 0), each with the rule of three's bound (interval95): lm-eval's error is
+    kept, as the exports must equal lm-eval's, and this says why its 0 is no certainty."""
+    found = zero_error_cells(latest, rows, clean)
     if not found:
         return ""
-    return ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
-            "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
-            "(n of n one down to 1 − 3/n), the interval the bars' whiskers draw: " + "; ".join(
-                f"{head} for {', '.join(models)}, {round(v * n)} of {n} items: 95 % interval "
-                + "{:.2g}–{:.2g}".format(*interval95(v, 0.0, n)) for (head, v, n), models in found.items()) + ".")
+    return ZERO_ERROR_WHY + "; ".join(
+        f"{head} for {', '.join(models)}, {round(v * n)} of {n} items: 95 % interval "
+        + "{:.2g}–{:.2g}".format(*interval95(v, 0.0, n)) for (head, v, n), models in found.items()) + "."
 
 
 def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str]:

@@ -11,10 +11,11 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, qatable, registry, runner, scoretable
+from backend import analysis, qatable, registry, runner, scorenotes, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
+from pages.compare_pick import pick_models, show_notes, warn
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -356,13 +357,11 @@ order = {m: i for i, m in enumerate(lineage_order(model_records))}
 score_rows = sorted(scoretable.table_rows(latest, records, clean=clean_only),
                     key=lambda r: (order.get(r["model"], len(order)), r["model"]))
 table = pd.DataFrame(score_rows)
-# the page's order of the models its charts can show (those with scores), the table's, for name_colors: all
-# registered models made colours repeat among the few compared once more than 24 were registered
-charted = list(table["model"]) if "model" in table else []
-# one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read
-st.caption("\n".join(f"- {note}" for note in scoretable.table_notes(latest, score_rows, clean_only) + [
+# one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read;
+# past scorenotes.MANY models a note counts them, every name in an expander (114 models: notes of 10,000 characters)
+show_notes(scorenotes.table_notes(latest, score_rows, clean_only), [
     "Each score records its set's source and fingerprint; the built-in sets (held-out text, eval-math, qa) share no "
-    "8-gram with the built-in training sets (qa asks, in other words, the facts builtin:facts-corpus states)."]))
+    "8-gram with the built-in training sets (qa asks, in other words, the facts builtin:facts-corpus states)."])
 score_table(table, "scores_table")
 exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
 d1, d2, d3 = st.columns(3)
@@ -429,9 +428,15 @@ if merged:
                 f"`{p}` (deleted)" if p not in records else f"`{p}`, no scores yet (Evaluate above)"
                 for p in unscored) + ".")
 
+# the models the charts draw, in the table's order (name_colors): every one up to scorenotes.MANY, else those picked
+# (by default the newest model's lineage): 114 models made 2,000 px bars and a legend that squeezed its plot
+charted = pick_models(list(table["model"]) if "model" in table else [], lineage_of,
+                      next((r.name for r in reversed(model_records) if r.name in set(table["model"])), None))
 # the table's own scores, errors and item counts (the clean ones with the toggle): the bars had drawn the stored
 # scores under a table of clean ones
-charts = scoretable.chart_rows(latest, clean=clean_only)
+in_charts = set(charted)
+charts = {task: kept for task, rows in scoretable.chart_rows(latest, clean=clean_only).items()
+          if (kept := [r for r in rows if r["model"] in in_charts])}
 scope = "non-overlapping items only" if clean_only else ""
 cols = st.columns(2)
 for i, (task, rows) in enumerate(sorted(charts.items())):
@@ -498,6 +503,8 @@ with db.session() as s:
     version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
 url = db.database_url()
 recs = task_records(url, gtask, version)
+# the picked models' answers (all with few models); none of them answered this task: every model's
+recs = tuple(r for r in recs if r.model in in_charts) or recs
 gen_models = sorted({r.model for r in recs})
 # one unit on the page: tokens, as the length model and the plot of hallucination against length (words only for
 # rows stored without token counts); in words a reply cut off at the cap that decoded to blank text was drawn as an
@@ -509,19 +516,21 @@ cut_share = analysis.cut_shares(recs)  # one pass: a pass per model took seconds
 all_cut = analysis.never_ended([m for m, v in cut_share.items() if v == 1]) if 1 in cut_share.values() else {}
 if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that rambles is stopped, not wrong
     some = [m for m, v in cut_share.items() if v and m not in all_cut]
-    st.warning("Cut off by the token limit before stating an answer: " + ", ".join(
-        f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". These replies are neither correct nor "
-        "hallucinations: the hallucination comparison below leaves out every item either model's reply was cut off "
-        "on, and with the outcome correct they count as not correct. "
-        + (f"To let {', '.join(some) if all_cut else 'them'} finish, {analysis.RAISE_CAP}. " if some else "")
-        + (analysis.cut_off_advice(all_cut) + "." if all_cut else ""))
+    cut_text = ("These replies are neither correct nor hallucinations: the hallucination comparison below leaves out "
+                "every item either model's reply was cut off on, and with the outcome correct they count as not "
+                "correct. " + (f"To let {', '.join(some) if all_cut else 'them'} finish, {analysis.RAISE_CAP}. "
+                               if some else "") + (analysis.cut_off_advice(all_cut) + "." if all_cut else ""))
+    cut_head = "Cut off by the token limit before stating an answer: "  # past MANY models, counted by share
+    warn(cut_head + ", ".join(f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". " + cut_text, gen_models,
+         cut_head + scorenotes.shares_text(cut_share) + ". " + cut_text)
 empty_share = analysis.empty_shares(recs)  # an up-scaled model before continued pretraining ends many replies at once
 if any(empty_share.values()):
-    st.warning("Empty replies (the model ended them at once): " + ", ".join(
-        f"{m} {v:.0%}" for m, v in empty_share.items() if v) + ". An empty reply is no answer, neither an abstention "
-        "nor a hallucination: the comparison below leaves out every item either model replied empty on, while the "
-        "length boxes and accuracy by length at the bottom show them as answers of 0 words. To get answers, "
-        f"{analysis.CONTINUE_PRETRAINING}.")
+    empty_text = (". An empty reply is no answer, neither an abstention nor a hallucination: the comparison below "
+                  "leaves out every item either model replied empty on, while the length boxes and accuracy by length "
+                  f"at the bottom show them as answers of 0 words. To get answers, {analysis.CONTINUE_PRETRAINING}.")
+    warn("Empty replies (the model ended them at once): " + ", ".join(f"{m} {v:.0%}" for m, v in empty_share.items()
+                                                                      if v) + empty_text, gen_models,
+         "Empty replies (the model ended them at once): " + scorenotes.shares_text(empty_share) + empty_text)
 n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
 if len(gen_models) >= 2:
     a1, a2, a3 = st.columns(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from backend.scoretable import higher_is_better, interval95, zero_error
+from pages.figure_style import MANY as COLORS_MANY
 from pages.figure_style import _lay_out_names, _titled, fits_across, name_colors, name_labels
 
 LOWER_IS_BETTER = {"perplexity", "hallucination_rate", "cut_off_rate", "empty_rate"}
@@ -156,17 +157,42 @@ def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None
     fig.update_layout(title=f"{metric.replace('_', ' ')} by answer length", yaxis=dict(range=[0, 1]),
                       xaxis=dict(categoryorder="array", categoryarray=order, title=f"answer length ({unit})"),
                       margin=dict(l=10, r=10, t=40, b=60))
-    _legend_by_size(fig, models, 340)
+    _legend_by_size(fig, name_labels(models), 340)
     return fig
 
 
-def _legend_by_size(fig: go.Figure, entries: list[str], height: int) -> None:
+SIDE_ENTRIES = 16  # a legend at the right, one entry a line, up to this many; past it, below the plot in rows
+LEGEND_ROW_PX = 20
+HALF_WIDTH_PX = 460  # a chart in one of the Compare page's two columns (1400 px window)
+PAGE_WIDTH_PX = 940  # a page-wide one
+ENTRY_CHAR_PX = 7  # a legend character at plotly's 12 px font, rounded up; 5 more for the entry's symbol
+
+
+def _legend_by_size(fig: go.Figure, entries: list[str], height: int, side: int = SIDE_ENTRIES,
+                    width: int = HALF_WIDTH_PX, colours: int | None = None) -> None:
     """A legend of many entries under the chart scrolled and squeezed the plot to a strip: past what fits across,
-    it goes to the right, one line per entry, and the chart grows with it."""
+    it goes to the right, one line per entry, and the chart grows with it; past SIDE_ENTRIES (79 models: the right
+    legend took three quarters of a half-page column and left the plot a 140 px strip) it goes under the plot in
+    rows of as many as fit across, and the chart grows by those rows, the plot keeping its height; past the 24
+    colours (name_colors) a colour names no one entry, and the legend gives way to the hover text. `side`: the
+    entries a legend at the right may hold; `width`: the chart's, in pixels; `colours`: the models (a colour each)
+    the entries are of, where not one an entry."""
     if fits_across(entries):
         fig.update_layout(height=height, legend=dict(orientation="h", y=-0.3))
-    else:
-        fig.update_layout(height=max(height, 120 + 20 * len(entries)), legend=dict(orientation="v", x=1.02, y=1))
+    elif len(entries) <= side:
+        fig.update_layout(height=max(height, 120 + LEGEND_ROW_PX * len(entries)),
+                          legend=dict(orientation="v", x=1.02, y=1))
+    elif (colours or len(entries)) > len(COLORS_MANY):
+        fig.update_layout(height=height, showlegend=False)
+        fig.add_annotation(text=f"{colours or len(entries)} models, colours repeat: hover a line for its name",
+                           showarrow=False, xref="paper", yref="paper", x=0, y=1, xanchor="left", yanchor="bottom",
+                           font=dict(size=11, color="#666"))
+    else:  # entries of one width (the longest name as the axes cut it), as many a row as fit across
+        entry_px = (max(map(len, entries)) + 5) * ENTRY_CHAR_PX
+        legend_px = LEGEND_ROW_PX * -(-len(entries) // max(1, width // entry_px))
+        fig.update_layout(height=height + legend_px, margin_b=80 + legend_px,
+                          legend=dict(orientation="h", x=0, xanchor="left", y=-80 / (height - 100), yanchor="top",
+                                      entrywidth=entry_px, maxheight=legend_px + LEGEND_ROW_PX))
 
 
 LOG_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -203,5 +229,6 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
                       xaxis=dict(type="log", title="answer length (tokens, log scale)", tickvals=LOG_TICKS,
                                  ticktext=[f"{t:g}" for t in LOG_TICKS]),  # plotly's own read 20, 30 as "2 3"
                       yaxis_title=rate, margin=dict(l=10, r=10, t=40, b=60))
-    _legend_by_size(fig, entries, 360)
+    # page-wide, two entries a model: at the right for up to SIDE_ENTRIES models
+    _legend_by_size(fig, entries, 360, side=2 * SIDE_ENTRIES, width=PAGE_WIDTH_PX, colours=len(models))
     return fig

@@ -1,0 +1,65 @@
+"""The Compare page with many models: the notes under the table with their models counted (backend/scorenotes.py)
+and every name in an expander, and the picker of the models its charts draw. With 114 models scored the "accuracy
+by answer length" legend filled three quarters of its column and left the plot a 140 px strip, the bar charts grew
+2,000 px tall, and 114 lines shared 24 colours, so colour no longer named a model."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend import scorenotes
+
+CHART_MODELS = 8  # the models the charts draw by default once there are more than scorenotes.MANY
+
+
+def chart_defaults(order: list[str], made_from: dict[str, set[str]], newest: str | None) -> list[str]:
+    """The models the charts draw unless the user picks others: every one up to scorenotes.MANY; past that the
+    lineage of the newest model (its scored ancestors and itself, the nearest CHART_MODELS), as the paper's tables
+    follow one model from base to merge; a newest model without scored ancestors: the first CHART_MODELS in
+    lineage order. `order`: the scored models in lineage order; `made_from`: each model's ancestors."""
+    if len(order) <= scorenotes.MANY:
+        return list(order)
+    if newest in order:
+        line = [m for m in order if m in made_from.get(newest, set()) or m == newest]
+        if len(line) >= 2:
+            return line[-CHART_MODELS:]
+    return order[:CHART_MODELS]
+
+
+def pick_models(order: list[str], made_from: dict[str, set[str]], newest: str | None) -> list[str]:
+    """The picker above the charts (only past scorenotes.MANY models: a few are all drawn); returns the models the
+    charts and the answer-length section draw, in the table's order."""
+    if len(order) <= scorenotes.MANY:
+        return list(order)
+    st.subheader("Charts")
+    c1, c2 = st.columns([5, 1])
+    every = c2.toggle(f"All {len(order)}", key="chart_all", help="Every scored model in the charts: with many, "
+                      "the bars grow long and colours repeat (24 of them).")
+    picked = c1.multiselect("Models in the charts", order, default=chart_defaults(order, made_from, newest),
+                            key="chart_models", disabled=every,
+                            help="The table above keeps every model. Default: the newest model's lineage "
+                                 f"(up to {CHART_MODELS}), or the first {CHART_MODELS} in lineage order.")
+    if every:
+        return list(order)
+    if not picked:
+        st.info("Choose the models to chart (or All).")
+    return [m for m in order if m in picked]
+
+
+def show_notes(notes: list[scorenotes.Note], extra: list[str]) -> None:
+    """The notes under the table, one a line, and the ones that count their models whole in an expander."""
+    st.caption("\n".join(f"- {n.text}" for n in notes) + "".join(f"\n- {e}" for e in extra))
+    if full := [n.full for n in notes if n.full]:
+        with st.expander(f"The notes with every model named ({len(full)})"):
+            st.caption("\n".join(f"- {f}" for f in full))
+
+
+def warn(text: str, models: list[str], counted: str | None = None) -> None:
+    """A warning of the answer-length section, its runs of more than scorenotes.MANY model names counted (`counted`:
+    the text with its per-model shares already grouped, scorenotes.shares_text) and the whole text in an expander
+    under it."""
+    short = scorenotes.count_names(counted or text, models)
+    st.warning(short)
+    if short != text:
+        with st.expander("Every model named"):
+            st.caption(text)
