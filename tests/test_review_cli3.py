@@ -30,7 +30,7 @@ def test_scores_prints_the_pages_table_with_standard_errors_and_its_notes(capsys
     csv = capsys.readouterr().out.splitlines()
     assert csv[0].startswith("model,average (accuracy tasks),") and len(csv) == 2 and csv[1].startswith("dus,0.0,")
     assert cli(["scores", "nobody"]) == 2
-    assert "no scores for nobody: evaluate first" in capsys.readouterr().err
+    assert "unknown model nobody: neither registered nor evaluated" in capsys.readouterr().err  # review s22
 
 
 def test_compare_says_what_the_page_says_and_leaves_cut_off_items_out(capsys):
@@ -50,7 +50,8 @@ def test_compare_with_no_verdict_and_bad_input(capsys):
     assert cli(["compare", "base", "dus", "--task", "synth-math"]) == 1  # no comparison made: not a success
     assert capsys.readouterr().out.startswith("No verdict: 20 of 20 items left out: dus's reply was cut off")
     assert cli(["compare", "base", "ghost", "--task", "synth-math"]) == 2
-    assert "no answers of ghost on synth-math (answers of: base, dus)" in capsys.readouterr().err
+    # no such model: unknown, not "evaluate first" (review s22)
+    assert "unknown model ghost: neither registered nor evaluated" in capsys.readouterr().err
     assert cli(["compare", "base", "dus", "--task", "synth-math", "--bins", "9"]) == 2
     assert "--bins 9: give 2 to 6" in capsys.readouterr().err
 

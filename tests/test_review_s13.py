@@ -454,6 +454,14 @@ def test_compare_finds_a_task_file_stored_under_its_absolute_path(tmp_path, monk
     monkeypatch.setattr(analysis, "pair_records", lambda task, a, b: (seen.append(task), [])[1])
     monkeypatch.setattr(analysis, "compare", lambda *a, **k: {"sentence": "s", "ok": False})
     monkeypatch.chdir(tmp_path)
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:  # their answers, stored under the absolute path: compare refuses unknown models (s22)
+        s.add_all([Generation(model=m, task=f"qa:{tmp_path / 'q' / 'myqa.jsonl'}", prompt_id="1", prompt="q",
+                              reference="r", output="x", tokens=1, words=1, answered=True, correct=True,
+                              hallucination=False) for m in ("A", "B")])
+        s.commit()
     main(["compare", "A", "B", "--task", "qa:q/myqa.jsonl"])
     assert seen == [f"qa:{tmp_path / 'q' / 'myqa.jsonl'}"]  # as `eval --tasks qa:q/myqa.jsonl` stored it
 

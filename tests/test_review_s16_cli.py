@@ -61,8 +61,9 @@ def test_scores_json_gives_each_stored_score_with_its_error_and_items():
     rc, out, _ = cli("scores", "a", "--json", "--clean")  # the non-overlapping items, as the table's --clean
     clean = {r["metric"]: (r["value"], r["stderr"], r["n"], r["clean"]) for r in json.loads(out)}
     assert rc == 0 and clean["accuracy"] == (0.5, math.sqrt(0.5 * 0.5 / 2), 3, True)
-    assert cli("scores", "zz", "--json") == (
-        2, "", "error: no scores for zz: evaluate first (`python -m backend eval MODEL`).\n")
+    assert cli("scores", "zz", "--json") == (  # no model: said as unknown, not "evaluate first" (review s22)
+        2, "", "error: unknown model zz: neither registered nor evaluated under that name (`python -m backend models "
+               "list` lists the registered models); models with scores: a, b.\n")
 
 
 # ---------------------------------------------------------------- 3. a default of 0 in --help

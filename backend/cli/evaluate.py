@@ -97,9 +97,14 @@ def cmd_scores(a) -> None:
 
     latest = scoretable.latest_scores()
     if a.models:
-        unknown = sorted(set(a.models) - {m for m, _, _ in latest})
-        if unknown:
-            raise ValueError(f"no scores for {', '.join(unknown)}: evaluate first (`python -m backend eval MODEL`).")
+        scored = {m for m, _, _ in latest}
+        # a name that is no model (a typo) is said as such: "evaluate first" sent the user to evaluate it
+        if unknown := [m for m in dict.fromkeys(a.models) if m not in scored and registry.record(m) is None]:
+            raise ValueError(f"{_unknown_models(unknown)} (`python -m backend models list` lists the registered "
+                             f"models); models with scores: {_some(scored)}.")
+        if unscored := sorted(set(a.models) - scored):
+            raise ValueError(f"no scores for {', '.join(unscored)} yet: evaluate first (`python -m backend eval "
+                             "MODEL`).")
         latest = {k: r for k, r in latest.items() if k[0] in a.models}
     if a.json and a.format:  # one or the other: --format was dropped without a word
         raise ValueError(f"scores --json prints JSON; --format {a.format} is for the table: give one of them.")
@@ -118,8 +123,16 @@ def cmd_scores(a) -> None:
               end="")
         return
     print({"md": tables.to_markdown, "tex": tables.to_latex}[a.format](scoretable.export_table(rows)), end="")
-    for note in scoretable.table_notes(latest, rows, a.clean):  # as LaTeX comments in a .tex: its % and _ broke it
-        print(f"{'% ' if a.format == 'tex' else ''}note: {note}")
+    from backend import scorenotes
+
+    # a note naming more than scorenotes.MANY models counts them (a 114-model table printed 8,278-character notes);
+    # --verbose prints each with every model named
+    notes = scorenotes.table_notes(latest, rows, a.clean)
+    for note in notes:  # as LaTeX comments in a .tex: its % and _ broke it
+        print(f"{'% ' if a.format == 'tex' else ''}note: {note.full if a.verbose and note.full else note.text}")
+    if not a.verbose and any(n.full for n in notes):
+        print(f"{'% ' if a.format == 'tex' else ''}note: the notes count models past {scorenotes.MANY}; --verbose "
+              "names every one.")
 
 
 def cmd_compare(a) -> None:
@@ -133,6 +146,7 @@ def cmd_compare(a) -> None:
     if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
         raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
                          "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")
+    _check_compared(a.task, [a.model_a, a.model_b])
     pair = analysis.pair_records(a.task, a.model_a, a.model_b)  # the two models' answers only (every model's: 0.7 s
     # at 150 models)
     res = analysis.compare(pair, a.model_a, a.model_b, outcome=a.outcome)
@@ -151,6 +165,44 @@ def cmd_compare(a) -> None:
     print(f"within {strat['bins']} length bins: {rate} gap "
           + (f"{gap:+.3f} [{lo:+.3f}, {hi:+.3f}]" if gap is not None and lo is not None else "n/a (too few answers)")
           + f"; mean length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens")
+
+
+def _unknown_models(names: list[str]) -> str:
+    return (f"unknown model{'s' if len(names) > 1 else ''} {', '.join(names)}: neither registered nor evaluated "
+            "under that name")
+
+
+def _some(names, shown: int = 12) -> str:
+    """The first `shown` of `names` and a count of the rest: in a workspace of 150 models the refusal of one typo
+    was a screenful of names."""
+    names = sorted(names)
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "") if names else "none yet"
+
+
+def _check_compared(task: str, models: list[str]) -> None:
+    """`compare`'s refusals before it reads answers: a task that is no task, and a model that is neither registered
+    nor has answers stored, are said as unknown (with what is known), not as "evaluate with --tasks X first", which
+    sent a user with a typo to evaluate a task or model that does not exist. A known task or model without answers
+    is left to pair_records' "evaluate first"."""
+    from sqlmodel import select
+
+    from backend import registry
+    from backend.specs import EVAL_TASK_HELP, EVAL_TASK_KINDS
+    from storage import db
+    from storage.models import Generation
+
+    with db.session() as s:  # two SELECT DISTINCTs on indexed columns: no answer is loaded
+        tasks = sorted(s.exec(select(Generation.task).distinct()).all())
+        answered = set(s.exec(select(Generation.model).distinct()).all())
+    stored = f"tasks with stored answers: {_some(tasks)}"
+    if task.partition(":")[0] not in EVAL_TASK_KINDS:
+        raise ValueError(f"unknown task {task!r}: a task is {EVAL_TASK_HELP}; {stored}.")
+    if unknown := [m for m in dict.fromkeys(models) if m not in answered and registry.record(m) is None]:
+        raise ValueError(f"{_unknown_models(unknown)} (`python -m backend models list` lists the registered "
+                         f"models); models with answers: {_some(answered)}.")
+    if task not in tasks:
+        raise ValueError(f"no model has answers on {task} yet: evaluate with --tasks {task} first ({stored}).")
 
 
 def cmd_chat(a) -> None:
@@ -228,6 +280,8 @@ def add_scores(sub) -> None:
     sc.add_argument("--format", choices=["md", "csv", "tex"], help="Markdown (the default), CSV or LaTeX")
     sc.add_argument("--json", action="store_true", help="a JSON array for scripts: one object per model, task and "
                     "metric (value, stderr, n, the stored details), not the table (--format is then unused)")
+    sc.add_argument("--verbose", action="store_true", help="the notes under the table with every model named (past "
+                    "10 models they give counts)")
     sc.set_defaults(fn=cmd_scores)
 
 
