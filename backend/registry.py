@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlmodel import select
@@ -34,13 +36,44 @@ def _noop(_f: float, _m: str) -> None:
     pass
 
 
+# the models table as one read_once() read it, by name and by path; None: read each lookup from the database
+_ONCE: ContextVar[tuple[dict, dict] | None] = ContextVar("registry_once", default=None)
+
+
+@contextmanager
+def read_once():
+    """Inside it, get, by_path and record answer from one read of the models table, not a SELECT each: a pass over
+    many jobs (the Jobs page's table every 2 s, `jobs list`) asked the database once per model each queued job
+    reads (queue.inputs_gone: 434 SELECTs a refresh with 240 jobs queued). For reads only: a model registered or
+    deleted inside it is not seen. Per context (a thread: each Streamlit session's own), never shared."""
+    if _ONCE.get() is not None:  # nested: the outer read stands
+        yield
+        return
+    with db.session() as s:
+        rows = list(s.exec(select(ModelRecord).order_by(ModelRecord.id)))
+    names: dict[str, ModelRecord] = {}
+    paths: dict[str, ModelRecord] = {}
+    for rec in rows:  # the first by id, as the lookups' .first() read them
+        names.setdefault(rec.name, rec)
+        paths.setdefault(rec.path, rec)
+    token = _ONCE.set((names, paths))
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)
+
+
 def get(name: str) -> ModelRecord | None:
+    if (once := _ONCE.get()) is not None:
+        return once[0].get(name)
     with db.session() as s:
         return s.exec(select(ModelRecord).where(ModelRecord.name == name)).first()
 
 
 def by_path(folder: Path | str) -> ModelRecord | None:
     """The row registered at this folder (the first, when several names share it)."""
+    if (once := _ONCE.get()) is not None:
+        return once[1].get(str(Path(folder).resolve()))
     with db.session() as s:
         return s.exec(select(ModelRecord).where(ModelRecord.path == str(Path(folder).resolve()))).first()
 

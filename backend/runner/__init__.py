@@ -22,8 +22,8 @@ A test that replaces a function the runner calls itself patches the module that 
 `runner.child.work_function`): a patch on the package reaches only the callers that go through the package.
 """
 
-from backend.runner.rows import (FINISHED, STOPPED, UNSUCCESSFUL, _as_json, _holds, _transition, _update, get,
-                                 record_run_dir)
+from backend.runner.rows import (FINISHED, STOPPED, UNSUCCESSFUL, _as_json, _holds, _transition, _update, count_jobs,
+                                 get, record_run_dir)
 from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _age, _beat_ages, _clear_stopped, _cmdline,
                                   _command_holds, _db_now, _hosts_here, _local_run_alive, _mine, _runs_job, _utc, beat,
                                   check_host_id, check_shared_workspace, claim_host, dead_hosts, heartbeat_path,
@@ -35,8 +35,8 @@ from backend.runner.queue import (MAKES_MODELS, WAITING, _check_depths, _check_m
 from backend.runner.states import (_ended_dependency, _ended_need, _left_out, _needs, _queue_again,
                                    _requeue_waiting_on, _still_stopping, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
-from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, resume_point,
-                                     seconds_all, seconds_run, will_fail)
+from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, one_pass,
+                                     resume_point, seconds_all, seconds_run, will_fail)
 from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, shown_fields,
                                   work_function)
 from backend.runner.loop import (_busy, _claim_next, _interrupt_running, _not_ours_any_longer, job_niceness,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta, timezone
 from pathlib import Path
 
@@ -132,9 +134,32 @@ def _db_now(s):
     return s.exec(select(func.now())).one()
 
 
+# the beat ages one beats_once() read; None: each call reads the worker_beats table
+_BEATS_ONCE: ContextVar[dict[str, float] | None] = ContextVar("beats_once", default=None)
+
+
+@contextmanager
+def beats_once():
+    """Inside it, _beat_ages (and so worker_alive, live_hosts, dead_hosts) answers from one read of the heartbeats:
+    `jobs list` with no worker alive read them once per running job (job_message → _unwatched: 281 queries). A pass
+    over the jobs takes a second, in which ages move by that second; a worker's beat every BEAT_EVERY s is coarser.
+    Per context (a thread), never shared."""
+    if _BEATS_ONCE.get() is not None:
+        yield
+        return
+    token = _BEATS_ONCE.set(_beat_ages())
+    try:
+        yield
+    finally:
+        _BEATS_ONCE.reset(token)
+
+
 @db.retrying
 def _beat_ages() -> dict[str, float]:
-    """Each machine's seconds since its youngest worker beat (beats are kept a day)."""
+    """Each machine's seconds since its youngest worker beat (beats are kept a day); inside beats_once, its one
+    read."""
+    if (once := _BEATS_ONCE.get()) is not None:
+        return dict(once)
     with db.session() as s:
         beats, now = s.exec(select(WorkerBeat)).all(), _db_now(s)
     ages: dict[str, float] = {}

@@ -5,8 +5,12 @@ against the child's own report) exactly one wins."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterable
 
 import sqlalchemy as sa
+from sqlmodel import func, select
 
 from storage import db
 from storage.models import Job
@@ -16,10 +20,41 @@ UNSUCCESSFUL = FINISHED[1:]  # ended without succeeding: a job that needs it wil
 STOPPED = ("cancelled", "interrupted")  # ended by a row's change, not by its process: which may still be stopping
 
 
+# rows known_once() read, by id (None: no such job); ids not in it are read from the database
+_KNOWN: ContextVar[dict[int, Job | None] | None] = ContextVar("rows_known", default=None)
+
+
+@contextmanager
+def known_once(rows: Iterable[Job], more_ids: Iterable[int] = ()):
+    """Inside it, get answers from `rows` and from one read of `more_ids`: a pass over the jobs (the Jobs page's
+    table, `jobs list`) read each queued job's dependencies one SELECT at a time (states._waits_on_a_job). For
+    reads only: nothing inside may change a job and read it back. Per context (a thread), never shared."""
+    known: dict[int, Job | None] = {j.id: j for j in rows}
+    if missing := sorted(set(more_ids) - set(known)):
+        with db.session() as s:
+            known |= dict.fromkeys(missing)
+            known |= {j.id: j for j in s.exec(select(Job).where(Job.id.in_(missing)))}
+    token = _KNOWN.set(known)
+    try:
+        yield
+    finally:
+        _KNOWN.reset(token)
+
+
 @db.retrying  # a database server restart must not fail the worker loop or a job (storage/db.py)
 def get(job_id: int) -> Job | None:
+    if (known := _KNOWN.get()) is not None and job_id in known:
+        return known[job_id]
     with db.session() as s:
         return s.get(Job, job_id)
+
+
+def count_jobs(kinds=None, statuses=None) -> int:
+    """How many jobs there are, of `kinds` and `statuses` when given: what `jobs list` left out is said against it."""
+    q = select(func.count()).select_from(Job)
+    q = q.where(Job.kind.in_(kinds)) if kinds else q
+    with db.session() as s:
+        return s.exec(q.where(Job.status.in_(statuses)) if statuses else q).one()
 
 
 @db.retrying
