@@ -146,7 +146,7 @@ def test_merge_cli_refuses_weights_for_slerp(tiny_llama):
 def test_cancel_of_a_finished_job_fails():
     job, = add(Job(kind="upscale", status="succeeded"))
     rc, out, err = cli("jobs", "cancel", str(job.id))
-    assert rc == 1 and err == f"error: job {job.id} is succeeded already: nothing to cancel.\n" and out == ""
+    assert rc == 1 and err == f"error: job {job.id} has already succeeded: nothing to cancel.\n" and out == ""
     assert runner.get(job.id).status == "succeeded"
     queued, = add(Job(kind="upscale", status="queued"))
     assert cli("jobs", "cancel", str(queued.id))[:2] == (0, f"job {queued.id}: cancelled\n")
@@ -172,6 +172,10 @@ def test_compare_refused_for_too_few_items_exits_1(monkeypatch):
                                                                           SimpleNamespace(model="b")])
     monkeypatch.setattr(analysis, "compare", lambda *a, **k: {"ok": False, "sentence": "a and b answered only 4 "
                                                                 "of the same items; a comparison needs at least 10."})
+    from storage.models import Generation  # compare refuses models with no answers at all as unknown (review s22)
+
+    add(*[Generation(model=m, task="synth-math", prompt_id="1", prompt="q", reference="1", output="1", tokens=1,
+                     words=1, answered=True, correct=True, hallucination=False) for m in ("a", "b")])
     rc, out, err = cli("compare", "a", "b", "--task", "synth-math")
     assert rc == 1 and out == "a and b answered only 4 of the same items; a comparison needs at least 10.\n"
     assert err == ""

@@ -95,7 +95,7 @@ def test_jobs_log_follow_of_a_queued_job_waits_for_its_log_and_exits_1_if_it_fai
     thread.join()
     assert (rc, out) == (1, "loading\nTraceback: boom\n")
     assert err == (f"job {job.id} is queued: no log yet; following it once a worker starts the job\n"
-                   f"job {job.id}: failed: failed: boom\n")
+                   f"job {job.id}: failed: boom\n")  # once: it said "failed: failed: boom" (review s22)
 
 
 # ---------------------------------------------------------------- 2. recipe runs [--limit N] [--json]

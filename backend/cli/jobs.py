@@ -20,14 +20,24 @@ def cmd_jobs(a) -> None:
     from backend import runner
 
     if a.action == "list":
-        alive, active = runner.worker_alive(), runner.active_jobs()  # the pages' message: which job keeps it waiting
         jobs = runner.list_jobs(a.limit or None, kinds=a.kind, statuses=a.status)
-        # a queued job whose model or data was deleted since it was queued: the Jobs page's warning, in its words
-        making = runner.made_by(active)
-        fails = {j.id: said for j in jobs if (said := runner.will_fail(j, active, making))}
+        # one read of the queue, the models and the heartbeats for every line (runner's one_pass): a model lookup per
+        # queued job and a heartbeat read per running one made 901 SQL statements for 537 lines
+        with runner.one_pass(jobs) as (active, alive):  # the pages' message: which job keeps it waiting
+            said = {j.id: runner.job_message(j, active, alive) for j in jobs}
+            # a queued job whose model or data was deleted since it was queued: the Jobs page's warning, in its words
+            making = runner.made_by(active)
+            fails = {j.id: w for j in jobs if (w := runner.will_fail(j, active, making))}
+        # the newest --limit and every older queued or running one: how many others there are, and how to see them
+        total = runner.count_jobs(a.kind, a.status)
+        shown = (f"{len(jobs):,} of {total:,} {'matching ' if a.kind or a.status else ''}jobs shown (the {a.limit:,} "
+                 "newest, and any older one queued or running); --limit 0 lists all, --limit N the newest N"
+                 if a.limit and len(jobs) < total else "")  # with 0 every one is listed (one queued meanwhile)
         if a.json:
+            if shown:
+                print(shown, file=sys.stderr)
             return _print_json([{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
-                                 "message": runner.job_message(j, active, alive), "will_fail": fails.get(j.id),
+                                 "message": said[j.id], "will_fail": fails.get(j.id),
                                  "error": j.error,
                                  "name": j.spec.get("name"), "output": runner.job_output(j),
                                  "result": j.result, "after": j.after, "needs": j.needs or [],
@@ -35,31 +45,46 @@ def cmd_jobs(a) -> None:
                                  "finished": j.finished, "seconds": runner.seconds_all(j)} for j in jobs])
         cut = False
         for j in jobs:  # what each job makes, as the pages' "→ output": 14 queued sft jobs read alike without it
-            said, output = runner.job_message(j, active, alive), runner.job_output(j) or "-"
-            cut |= len(said) > 60 or len(output) > 24
+            # on one line: a message of several lines (a worker's pydantic error) broke the table's rows
+            line, output = " ".join(said[j.id].split()), runner.job_output(j) or "-"
+            cut |= len(line) > 60 or len(output) > 24
             print(f"{j.id:5d} {j.kind:10} {j.status:12} {j.progress:6.1%} "
                   f"{output if len(output) <= 24 else output[:23] + '…':24} "
-                  f"{said if len(said) <= 60 else said[:59] + '…'}")
-        for said in fails.values():  # after the table, not cut at 60 characters: the reason is the point
-            print(f"warning: {said}", file=sys.stderr)
+                  f"{line if len(line) <= 60 else line[:59] + '…'}")
+        for warning in fails.values():  # after the table, not cut at 60 characters: the reason is the point
+            print(f"warning: {warning}", file=sys.stderr)
         if cut:
             print("a name or message cut with … is whole in: python -m backend jobs show ID", file=sys.stderr)
+        if shown:
+            print(shown, file=sys.stderr)
     elif a.action == "show":
         print(job_details(a.id))
     elif a.action == "cancel":
         before = runner.get(a.id)
         if before is not None and before.status in runner.FINISHED:  # `job 1: succeeded` read as a cancel done
-            raise WorkFailed(f"job {a.id} is {before.status} already: nothing to cancel.")
+            raise WorkFailed(f"job {a.id} {_has_ended(before.status, a.id)}: nothing to cancel.")
         print(f"job {a.id}: {runner.cancel(a.id).status}")
     elif a.action == "resume":
         job = runner.resume(a.id)
-        print(f"job {a.id}: {job.status} ({resume_says(job)})")
+        # its run had registered its model before it was stopped: marked done, nothing run again (runner.resume)
+        done = job.status == "succeeded"
+        said = f"its work was done: {job.message.removeprefix('done: ')}" if done else resume_says(job)
+        print(f"job {a.id}: {job.status} ({said})")
     elif a.action == "wait":
         sys.exit(wait_for(a.id, a.timeout, a.poll))
     elif a.action == "log":
         sys.exit(show_log(a.id, a.lines, a.follow, a.poll))
     elif a.action == "exec":
         sys.exit(runner.execute(a.id))
+
+
+def _has_ended(status: str, job_id: int) -> str:
+    """"has already succeeded", "was already cancelled": a finished job's status in a sentence ("is succeeded
+    already" read as broken English)."""
+    return {"succeeded": "has already succeeded", "failed": "has already failed",
+            "cancelled": "was already cancelled",
+            "interrupted": f"was already interrupted (python -m backend jobs resume {job_id} goes on from it)"
+            }.get(status, f"has already ended ({status})")
 
 
 def resume_says(job) -> str:
@@ -166,7 +191,7 @@ def show_log(job_id: int, lines: int, follow: bool, poll: float) -> int:
                   file=sys.stderr, flush=True)
             said = True
         if ended:
-            print(f"job {job_id}: {job.status}: {runner.job_message(job)}", file=sys.stderr)
+            print(_ended_line(job), file=sys.stderr)  # "job 2: failed: failed: …" said it twice
             return 0 if job.status == "succeeded" else 1
         time.sleep(poll)
 
@@ -277,6 +302,19 @@ def cmd_auth(a) -> None:
     print(auth.hash_password(password))
 
 
+def _limit(text: str) -> int:
+    """--limit N: 0 or more. `--limit -3` listed every job, as 0 does (list_jobs(-3 or None) took no limit)."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of newest jobs to list, or 0 for all.")
+    return n
+
+
 def add_auth(sub) -> None:
     """The `auth` command's parser."""
     au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
@@ -310,8 +348,8 @@ def add_jobs(sub) -> None:
                                      "(jobs log ID --follow) and wait for it")
     ja = j.add_subparsers(dest="action", required=True)
     jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
-    jl.add_argument("--limit", type=int, default=100, help="the newest N jobs, 0 for all (queued and running ones "
-                                                          "are always listed)")
+    jl.add_argument("--limit", type=_limit, default=100, help="the newest N jobs, 0 for all (queued and running ones "
+                                                             "are always listed)")
     from backend.specs import SPECS
     from storage.models import JOB_STATUSES
 
