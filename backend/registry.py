@@ -9,6 +9,7 @@ remote-code model's modules are kept as files (a Hub import fetches those its au
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -135,7 +136,8 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
     rec = ModelRecord(name=name, path=str(Path(folder).resolve()), kind=kind, parents=parents or [],
                       recipe=recipe or {}, source=source, architecture=info.architecture,
                       model_type=info.model_type, num_layers=info.num_layers, hidden_size=info.hidden_size,
-                      num_parameters=info.num_parameters, dtype=info.dtype, size_bytes=info.size_bytes)
+                      num_parameters=info.num_parameters, dtype=info.dtype, size_bytes=info.size_bytes,
+                      job_id=_this_job())
     with db.session() as s:
         if s.exec(select(ModelRecord).where(ModelRecord.name == name)).first():
             raise RegistryError(f"A model named {name!r} is already registered: choose another name.")
@@ -143,6 +145,12 @@ def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = 
         s.commit()
         s.refresh(rec)
     return rec
+
+
+def _this_job() -> int | None:
+    """The job this process runs (DUS_JOB_ID, set by runner/child.py execute), recorded on the models it registers."""
+    job = os.environ.get("DUS_JOB_ID", "")
+    return int(job) if job.isdigit() else None
 
 
 def check_name_free(name: str, source: str = "") -> None:

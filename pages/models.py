@@ -50,6 +50,7 @@ table = pd.DataFrame([{
     "name": r.name, "kind": r.kind, "layers": r.num_layers, "hidden": r.hidden_size,
     "parameters": r.num_parameters, "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
     "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r, registered)) or "—", "made by": r.source,
+    "job": r.job_id,  # the job whose run registered it (none: a command in a terminal, or an older version's row)
     "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
 # the parameters as numbers (as text, "1.0B" sorted before "135.0M"), shown compact
 st.dataframe(table, hide_index=True, key="models_table", placeholder=MISSING,

@@ -43,6 +43,9 @@ class ModelRecord(SQLModel, table=True):
     dtype: str = ""
     size_bytes: int = Field(default=0, sa_type=BigInteger)
     created: datetime = Field(default_factory=utcnow)
+    # the job whose run registered it (DUS_JOB_ID); None for a foreground command or a row of an older version. A
+    # job killed between registering its model and writing its result is then known done (runner.resume)
+    job_id: int | None = None
 
 
 class Job(SQLModel, table=True):

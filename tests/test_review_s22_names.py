@@ -15,7 +15,7 @@ from backend import registry, runner
 from backend.specs import (CptSpec, DataSource, DpoSpec, EvalSpec, ImportSpec, MergeSpec, SftSpec, UpscaleSpec,
                            spec_from_dict)
 from storage import db
-from storage.models import Job
+from storage.models import Job, ModelRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPACA = [DataSource(source="builtin:alpaca-mini")]
@@ -195,10 +195,10 @@ def test_resume_of_a_job_whose_own_run_registered_its_model_marks_it_done(stop, 
 
 @pytest.mark.parametrize("kind", ["upscale", "import"])
 def test_resume_of_a_job_killed_after_it_registered_says_its_work_is_there(kind, tiny_llama, monkeypatch):
-    """Killed between registering and writing its result (its worker died; _watch_parent ends the job's process):
-    no row says which job made the model (the registry's rows have no job), so the job is not marked done, but the
-    refusal says what is known: the model was registered during this job's run from its very spec, so its work
-    looks done; it sent the user to queue the spec again under a new name, the work done a second time."""
+    """Killed between registering and writing its result (its worker died; _watch_parent ends the job's process): the
+    model's row names the job, so resume marks it done. A row of an older version names none: the job is not marked
+    done, but the refusal says what is known: the model was registered during this job's run from its very spec, so
+    its work looks done; it sent the user to queue the spec again under a new name, the work done a second time."""
     import subprocess
     import sys
 
@@ -210,6 +210,17 @@ def test_resume_of_a_job_killed_after_it_registered_says_its_work_is_there(kind,
     monkeypatch.setenv("DUS_JOB_ID", str(job.id))
     runner.work_function(kind)(spec_from_dict(job.spec), None, lambda f, m: None)  # registers up2
     assert runner.recover_orphans() == [job.id] and runner.get(job.id).status == "interrupted"
+    assert registry.get("up2").job_id == job.id  # the model's row names the job that registered it: known done
+    done = runner.resume(job.id)
+    assert (done.status, done.message) == ("succeeded", "done: its run registered up2 before the job was marked "
+                                                        "interrupted; nothing was run again")
+    # a model registered by an older version names no job: not marked done, but the refusal says what is known
+    assert runner._transition(job.id, "succeeded", status="interrupted")
+    with db.session() as s:
+        rec = s.get(ModelRecord, registry.get("up2").id)
+        rec.job_id = None
+        s.add(rec)
+        s.commit()
     with pytest.raises(ValueError) as refused:
         runner.resume(job.id)
     said = str(refused.value)
@@ -218,7 +229,7 @@ def test_resume_of_a_job_killed_after_it_registered_says_its_work_is_there(kind,
     assert "registered during this job's last run, from this job's own spec" in said
     assert f"python -m backend jobs log {job.id}" in said and "python -m backend models delete up2" in said
     assert "new name" not in said
-    assert runner.get(job.id).status == "interrupted"  # no record says this job made it: not marked done
+    assert runner.get(job.id).status == "interrupted"  # no row says this job made it: not marked done
 
 
 def test_resume_still_refuses_a_name_another_model_took(tiny_llama):

@@ -120,12 +120,14 @@ def _output(job: Job) -> str | None:
 def _made_by_its_run(job: Job):
     """The registered model that `job`'s own latest run made and recorded in its row before the row was stopped
     under it: given up for dead by another machine, or cancelled, while its work finished (child.execute keeps the
-    stopped state and writes the result: "the work had finished anyway"). None when its row records none, or the
-    model of that name is no longer the one it made (deleted, another model at another folder). A run killed
-    between registering and writing its result records nothing: the registry's rows do not say which job made a
-    model, and _check_name_still_free says what is known instead."""
+    stopped state and writes the result: "the work had finished anyway"), or whose model's row names the job (a run
+    killed between registering and writing its result). None when neither records it, or the model of that name is
+    no longer the one it made (deleted, another model at another folder). A model registered by an older version
+    names no job: _check_name_still_free says what is known instead."""
     from backend import registry
 
+    if (name := _output(job)) and (rec := registry.get(name)) is not None and rec.job_id == job.id:
+        return rec  # registered by this job's run (its row names the job): complete, whatever stopped the run after
     made = job.result or {}
     if not (name := made.get("model")) or name != _output(job) or job.error:  # a run that failed on its own
         return None  # (its result an older run's) is not done
@@ -164,8 +166,8 @@ def _check_name_still_free(job: Job) -> None:
         if (rec := registry.get(name)) is not None and _made_in_its_run(job, rec):
             raise ValueError(
                 f"Job {job.id}'s work looks done: the {rec.kind} model {name!r} at {rec.path} was registered during "
-                f"this job's last run, from this job's own spec, and the run ended before it recorded that (a "
-                f"model's row does not name the job that made it, so the job stays {job.status}). Its log's end "
+                f"this job's last run, from this job's own spec, and the run ended before it recorded that (the "
+                f"model's row, made by an older version, does not name its job, so the job stays {job.status}). Its log's end "
                 f"says how far it got (python -m backend jobs log {job.id}). Use {name} as it is; to make it again, "
                 f"delete it first (python -m backend models delete {name}), then resume the job.") from None
         raise ValueError(f"Job {job.id} would register {name!r} again: {exc} To make it under another name, queue "
