@@ -23,3 +23,27 @@ def two_candidate_run(merges: dict[str, dict], scores: dict[str, float], *, kind
             s.add(EvalScore(model=f"r-{model}", task=task, metric=metric, value=v, n=n, run=model))
         s.commit()
         return run.id
+
+
+def cut_off_run(base, monkeypatch) -> tuple[dict, object, list[int]]:
+    """The smoke recipe on `base` Run and cut off (Ctrl-C, the page's process killed) as it queues its third job:
+    (the recipe's dict, the run's row, the ids of the two jobs it queued)."""
+    import pytest
+
+    from backend import recipe, runner
+    from tests.test_recipe import smoke, text
+
+    d = smoke(base)
+    [p] = recipe.plan_text(text(d))
+    real, made = runner.submit, []
+
+    def submit(spec, **kw):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(real(spec, **kw).id)
+        return runner.get(made[-1])
+    monkeypatch.setattr(runner, "submit", submit)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.submit(p, text(d))
+    [run] = recipe.runs()
+    return d, run, made

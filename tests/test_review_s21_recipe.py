@@ -12,6 +12,7 @@ from backend import recipe, registry, runner
 from backend.recipe.spec import MAX_STAGES, MAX_SWEEP_POINTS, RecipeError, load_recipe
 from storage import db
 from storage.models import Job
+from tests.recipe_rows import cut_off_run
 from tests.test_recipe import smoke, text
 
 
@@ -47,19 +48,8 @@ def test_a_sweep_of_m_counts_every_run(tiny_llama):
 def test_a_run_cut_off_halfway_records_and_cancels_every_job_it_queued(tiny_llama, monkeypatch):
     """A Run killed after queueing some jobs: the run's rows name them (the page and `recipe runs` show them), and
     cancel_run cancels them; before, the rows were written only at the end, and cancel found none."""
-    d = smoke(tiny_llama)
-    [p] = recipe.plan_text(text(d))
-    real, made = runner.submit, []
-
-    def submit(spec, **kw):
-        if len(made) == 2:
-            raise KeyboardInterrupt  # Ctrl-C, or the page's process killed, on the third job
-        made.append(real(spec, **kw).id)
-        return runner.get(made[-1])
-    monkeypatch.setattr(runner, "submit", submit)
-    with pytest.raises(KeyboardInterrupt):
-        recipe.submit(p, text(d))
-    [run] = recipe.runs()
+    d, run, made = cut_off_run(tiny_llama, monkeypatch)
+    [p] = recipe.plan_text(text(d))  # the plan the Run wrote its rows from
     rows = recipe.stages(run.id)
     assert len(rows) == len(p.nodes)  # every stage's row, written before the first job
     assert sorted(j.id for _, j in rows if j) == made

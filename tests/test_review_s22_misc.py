@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from backend import analysis, arena, recipe, runner
+from backend import analysis, arena, recipe
 from backend.answerstats import Record
-from tests.test_recipe import smoke, text
+from tests.recipe_rows import cut_off_run
+from tests.test_recipe import text
 
 
 # ---------------------------------------------------------------- 1. the length check in the charts' unit
@@ -162,19 +163,7 @@ def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypat
 def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, capsys):
     """The run's rows are written before its jobs are queued; a Run cut off on its third job left the other stages'
     rows without a job, and their state read "" (the page's status cell blank, `recipe runs` "-")."""
-    d = smoke(tiny_llama)
-    [p] = recipe.plan_text(text(d))
-    real, made = runner.submit, []
-
-    def submit(spec, **kw):
-        if len(made) == 2:
-            raise KeyboardInterrupt  # Ctrl-C, or the page's process killed, on the third job
-        made.append(real(spec, **kw).id)
-        return runner.get(made[-1])
-    monkeypatch.setattr(runner, "submit", submit)
-    with pytest.raises(KeyboardInterrupt):
-        recipe.submit(p, text(d))
-    [run] = recipe.runs()
+    d, run, _ = cut_off_run(tiny_llama, monkeypatch)
     states = {r.stage: (r.job_id, recipe.stage_state(r, j)) for r, j in recipe.stages(run.id)}
     never = {s for s, (job, _) in states.items() if job is None and s != "base"}
     assert never >= {"sft-b", "avg"} and all(s.startswith("eval:") or s in ("sft-b", "avg") for s in never)
