@@ -215,3 +215,26 @@ def test_importing_the_builtin_again_says_it_was_registered_already(tiny_llama):
     assert rc == 0, err
     assert out == f"already registered {registry.BUILTIN_NAME}: 6 layers, 65,312 parameters at {tiny_llama}\n"
     assert [r.name for r in registry.list_models()] == [registry.BUILTIN_NAME]
+
+
+def test_the_builtin_imported_again_after_its_folder_went_is_said_registered(tiny_llama, tmp_path, monkeypatch,
+                                                                            capsys):
+    """import_builtin deletes a row whose folder is gone and imports again; SQLite gives the new row the deleted
+    row's id (no AUTOINCREMENT: max(rowid)+1), so comparing ids alone read a re-import as 'already registered'."""
+    import shutil
+
+    from backend import registry
+    from backend.__main__ import main
+
+    gone = tmp_path / "gone"
+    shutil.copytree(tiny_llama, gone)
+    registry.register(gone, registry.BUILTIN_NAME, "base", source="builtin", recipe={"import": "builtin"})
+    shutil.rmtree(gone)  # its folder is gone: import_builtin deletes the row and imports again
+
+    def reimport(progress=None):  # the GGUF conversion replaced by a copy of the tiny model (same path as the real)
+        registry.delete(registry.BUILTIN_NAME, force=True)
+        return registry.import_folder(tiny_llama, registry.BUILTIN_NAME)
+    monkeypatch.setattr(registry, "import_builtin", reimport)
+    capsys.readouterr()
+    assert main(["models", "import", "builtin"]) == 0
+    assert capsys.readouterr().out.startswith(f"registered {registry.BUILTIN_NAME}: ")  # was "already registered"

@@ -240,3 +240,35 @@ def test_resume_still_refuses_a_name_another_model_took(tiny_llama):
     registry.register(tiny_llama, "up3", "base")  # registered after the run, and no up-scale of this spec
     with pytest.raises(ValueError, match=f"Job {job.id} would register 'up3' again: .* new name"):
         runner.resume(job.id)
+
+
+@pytest.mark.parametrize("by", ["foreground", "job 99"])
+def test_resume_does_not_take_a_model_another_spec_registered_later_under_its_name(by, tiny_llama, monkeypatch):
+    """A's run registered up1 after A was cancelled (result recorded); the user deleted up1 and an up-scale of
+    another spec (m=2) registered up1 again, at the same default folder. Resuming A must not call B's model A's
+    (the review's proof: it was marked done, the same name and folder, registered after A's run started)."""
+    registry.import_folder(tiny_llama, "tiny")
+    job = runner.submit(UpscaleSpec(base="tiny", m=1, name="up1"))
+    real = runner.work_function("upscale")
+
+    def work(spec, out, progress):
+        result = real(spec, out, progress)
+        assert runner.cancel(job.id).status == "cancelled"
+        return result
+
+    monkeypatch.setattr(runner.child, "work_function", lambda kind: work)
+    monkeypatch.setattr(runner.child, "_watch_parent", lambda: None)
+    assert runner.execute(job.id) == 1
+    a_path = runner.get(job.id).result["path"]
+    registry.delete("up1")
+    other = UpscaleSpec(base="tiny", m=2, name="up1")  # another spec, same name
+    if by == "job 99":  # registered by another queued job's child: its row names job 99
+        monkeypatch.setenv("DUS_JOB_ID", "99")
+    else:  # a foreground CLI run (execute above set it in this process)
+        monkeypatch.delenv("DUS_JOB_ID", raising=False)
+    real(other, None, lambda f, m: None)
+    rec = registry.get("up1")
+    assert rec.recipe["m"] == 2 and rec.path == a_path and rec.job_id != job.id  # the same folder: models/up1
+    with pytest.raises(ValueError, match=f"Job {job.id} would register 'up1' again"):
+        runner.resume(job.id)  # was marked succeeded "done: its run registered up1", its waiters given B's model
+    assert runner.get(job.id).status == "cancelled"

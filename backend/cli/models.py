@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 
 from backend.cli.common import _job_options, _local_model, _print_json, _progress, _run_or_queue
-from backend.specs import MergeSpec, SliceRange, UpscaleSpec
 
 
-def _slice(text: str) -> SliceRange:
+def _slice(text: str):
+    """--slice SOURCE:START:END as a SliceRange."""
+    from backend.specs import SliceRange
+
     try:
         src, start, end = (int(x) for x in text.split(":"))
     except ValueError:
@@ -22,12 +24,16 @@ def _slice(text: str) -> SliceRange:
 
 
 def cmd_upscale(a) -> None:
+    from backend.specs import UpscaleSpec
+
     spec = UpscaleSpec(base=a.base, method=a.method, m=a.m, slices=a.slice or [], second=a.second,
                        groups=a.groups, name=a.name, out=a.out, shard_size=a.shard_size)
     _run_or_queue(spec, a)
 
 
 def cmd_merge(a) -> None:
+    from backend.specs import MergeSpec
+
     given = {"t": a.t[0] if a.t and len(a.t) == 1 else a.t, "density": a.density, "seed": a.seed, "lambda": a.lam}
     # only the options given: MergeSpec refuses one its method does not use (`--method slerp --weights 0.2 0.8`
     # merged a plain SLERP), and a default passed for every method looked given
@@ -105,7 +111,8 @@ def cmd_models(a) -> None:
             else None
         rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
         # the built-in once imported is kept (import_builtin returns it): "registered" read as a second copy made
-        said = "already registered" if before is not None and before.id == rec.id else "registered"
+        kept = before is not None and (before.id, before.created) == (rec.id, rec.created)  # not made again (its
+        said = "already registered" if kept else "registered"  # folder gone: the row deleted, its id taken again)
         print(f"{said} {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
     elif a.action == "delete":
         if not a.target:
@@ -122,9 +129,17 @@ def cmd_models(a) -> None:
                                license_link=a.license_link), a)
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "upscale": "build a deeper model from a registered model or folder",
+    "merge": "merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, TIES, DARE)",
+    "models": "list, import, delete or push registered models",
+}
+
+
 def add_upscale(sub) -> None:
     """The `upscale` command's parser."""
-    u = sub.add_parser("upscale", help="build a deeper model from a registered model or folder")
+    u = sub.add_parser("upscale", help=HELP["upscale"])
     u.add_argument("--base", required=True, help="registered name, 'builtin', or a model folder")
     u.add_argument("--method", default="dus", choices=["dus", "slices", "llama-pro"],
                    help="dus: SOLAR's depth up-scaling; slices: stack layer ranges; llama-pro: block expansion")
@@ -141,8 +156,9 @@ def add_upscale(sub) -> None:
 
 def add_merge(sub) -> None:
     """The `merge` command's parser."""
-    mg = sub.add_parser("merge", help="merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, "
-                                      "TIES, DARE)")
+    from backend.specs import MergeSpec  # its fields' words are the options' help
+
+    mg = sub.add_parser("merge", help=HELP["merge"])
     mg.add_argument("--models", nargs="+", required=True, help="the candidates: registered names or model folders")
     mg.add_argument("--method", default="average", help="average (= linear), slerp, task_arithmetic, ties, "
                     "dare_linear (alias dare), dare_ties")
@@ -173,7 +189,7 @@ def add_merge(sub) -> None:
 
 def add_models(sub) -> None:
     """The `models` command's parser."""
-    m = sub.add_parser("models", help="list, import, delete or push registered models")
+    m = sub.add_parser("models", help=HELP["models"])
     m.add_argument("action", choices=["list", "import", "delete", "push"], help="what to do")
     m.add_argument("target", nargs="?",
                    help="import: builtin | FOLDER | FILE.gguf | owner/name; delete, push: NAME")

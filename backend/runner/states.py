@@ -133,7 +133,8 @@ def _made_by_its_run(job: Job):
         return None  # (its result an older run's) is not done
     rec = registry.get(name)
     if rec is None or not made.get("path") or Path(rec.path).resolve() != Path(made["path"]).resolve() \
-            or (job.started is not None and _utc(rec.created) < _utc(job.started)):
+            or (job.started is not None and _utc(rec.created) < _utc(job.started)) \
+            or rec.job_id is not None or not _made_from_its_spec(job, rec):  # another job's, or another spec's
         return None
     return rec
 
@@ -177,11 +178,16 @@ def _check_name_still_free(job: Job) -> None:
 def _made_in_its_run(job: Job, rec) -> bool:
     """Whether model row `rec` was registered between the start of `job`'s last run and its end (the time it was
     marked stopped), from the same spec (a build's row keeps the spec it was made from; an import's, its source)."""
-    from backend.specs import spec_from_dict
-
     if job.started is None or job.finished is None or not (
             _utc(job.started) <= _utc(rec.created) <= _utc(job.finished)):
         return False
+    return _made_from_its_spec(job, rec)
+
+
+def _made_from_its_spec(job: Job, rec) -> bool:
+    """Whether model row `rec` was made from `job`'s spec (a build's row keeps the spec; an import's, its source)."""
+    from backend.specs import spec_from_dict
+
     if job.kind == "import":  # its source "folder:/abs/path", "gguf:…", "hub:owner/name" is the job's target
         source, target = str((rec.recipe or {}).get("import", "")).partition(":")[2], job.spec.get("target", "")
         return source == target or (os.path.isabs(source) and Path(source) == Path(target).expanduser().resolve())
