@@ -38,6 +38,7 @@ import re
 import unicodedata
 
 import numpy as np
+from sqlalchemy import update
 from sqlmodel import select
 
 from storage import db
@@ -189,15 +190,25 @@ def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = Non
         # the vote, then disables the four buttons): a second vote, from a second tab open on the round or a
         # script, counted the round twice, or both ways ("A is better", then "B is better"). Checked after the
         # arguments, so that a wrong one is said as such.
-        if before := s.exec(select(Vote).where(Vote.transcript_id == transcript_id).order_by(Vote.id)).all():
-            raise ValueError(f"round {transcript_id} was already voted on ({verdict_words(t, list(before))}): a "
-                             "round takes one vote. Send the prompt again (or Regenerate) for a new round to vote "
-                             "on.")
+        _refuse_if_voted(s, t)
+        # the round claimed in this transaction, as runner's _transition claims a job: two tabs clicking at once
+        # both passed the check above and both rounds' votes counted
+        free = [ChatTranscript.id == transcript_id, ChatTranscript.voted == False]  # noqa: E712
+        if not s.exec(update(ChatTranscript).where(*free).values(voted=True)).rowcount:
+            s.rollback()
+            _refuse_if_voted(s, t)
+            raise ValueError(f"round {transcript_id} was voted on meanwhile: a round takes one vote.")
         s.add_all(vs)
         s.commit()
         for v in vs:
             s.refresh(v)
         return vs
+
+
+def _refuse_if_voted(s, t: ChatTranscript) -> None:
+    if before := s.exec(select(Vote).where(Vote.transcript_id == t.id).order_by(Vote.id)).all():
+        raise ValueError(f"round {t.id} was already voted on ({verdict_words(t, list(before))}): a round takes one "
+                         "vote. Send the prompt again (or Regenerate) for a new round to vote on.")
 
 
 def _votes_by_answer() -> tuple[list[Vote], list[Vote]]:

@@ -212,6 +212,9 @@ class ChatTranscript(SQLModel, table=True):
     positions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     blind: bool = False
     created: datetime = Field(default_factory=utcnow)
+    # set by the vote that takes the round, in its transaction (arena.vote_round): of two tabs voting at once, one
+    # writes its votes. Rounds voted before this column hold False; their votes rows say they are voted.
+    voted: bool = False
 
 
 class Vote(SQLModel, table=True):

@@ -238,3 +238,41 @@ def test_the_builtin_imported_again_after_its_folder_went_is_said_registered(tin
     capsys.readouterr()
     assert main(["models", "import", "builtin"]) == 0
     assert capsys.readouterr().out.startswith(f"registered {registry.BUILTIN_NAME}: ")  # was "already registered"
+
+
+def test_two_tabs_voting_at_once_take_one_vote():
+    """vote_round checked for a vote, then inserted: two clicks landing together both passed the check and both
+    votes counted (the review's proof). The round is now claimed in the vote's transaction."""
+    import threading
+
+    from backend import arena
+
+    answers = {m: {"text": t, "tokens": 1} for m, t in (("m1", "4"), ("m2", "5"))}
+    t = arena.save_transcript("2+2?", {}, answers, positions=["m1", "m2"], blind=True)
+    gate, real = threading.Barrier(2, timeout=10), arena._refuse_if_voted
+    calls = []
+
+    def check(s, t):  # both tabs have read "no vote yet" before either writes
+        real(s, t)
+        calls.append(t.id)
+        if len(calls) <= 2:
+            gate.wait()
+    arena._refuse_if_voted = check
+    errors = []
+    try:
+        ths = [threading.Thread(target=lambda o=o: _try(arena.vote_round, t.id, o, errors)) for o in ("m1", "m2")]
+        [th.start() for th in ths]
+        [th.join() for th in ths]
+    finally:
+        arena._refuse_if_voted = real
+    outcomes = [(v.model_a, v.model_b, v.outcome) for v in arena.votes()]
+    assert len(outcomes) == 1, f"one round, {len(outcomes)} votes: {outcomes}; refusals: {errors}"
+    assert len(errors) == 1 and errors[0].startswith(f"round {t.id} was already voted on (")
+
+
+def _try(fn, *args):
+    *args, errors = args
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        errors.append(str(exc))
