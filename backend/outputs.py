@@ -66,6 +66,7 @@ def check_folder_free(out: Path, by_name: bool) -> None:
     asks for another name, not another output folder."""
     if out.exists() and not out.is_dir():  # iterdir said "[Errno 20] Not a directory"
         raise FileExistsError(f"{out} is a file, not a folder: choose another output folder. Nothing was changed.")
+    check_not_a_models_folder(out, by_name)
     if not out.exists() or not any(out.iterdir()) or (out / db.UNREGISTERED_MARK).is_file():
         return
     if by_name:
@@ -73,6 +74,21 @@ def check_folder_free(out: Path, by_name: bool) -> None:
                               "no model is registered under that name: choose another name, or move that folder "
                               "away. Nothing was changed.")
     raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
+
+
+def check_not_a_models_folder(out: Path, by_name: bool) -> None:
+    """Refuse the folder of a registered model, saying whose. A model trained with `--out models/k9-a` is registered
+    as its spec's default name (tiny-llama-sft) in folder k9-a; a later job named k9-a was told that folder held
+    files "though no model is registered under that name: ... or move that folder away", which would have broken the
+    registered model. A row, not a look at the disk: checked before a job is queued wherever it will run."""
+    if (rec := registry.by_path(out)) is None:
+        return
+    whose = f"the registered {rec.kind} model {rec.name!r}"
+    if by_name:
+        made = " (made with an output folder of that name)" if rec.name != out.name else ""
+        raise FileExistsError(f"A folder named {out.name!r} in the models folder ({out}) holds {whose}{made}: "
+                              "choose another name. Nothing was changed.")
+    raise FileExistsError(f"{out} holds {whose}: choose another output folder. Nothing was changed.")
 
 
 @contextmanager

@@ -112,7 +112,7 @@ except ray_jobs.ClusterError as exc:  # does not answer, or DUS_RAY_ADDRESS is n
     st.error(str(exc))
 else:
     if view is None:
-        st.caption(ray_view.HOW)
+        st.caption(ray_view.where_jobs_run())  # the worker's DUS_RAY_ADDRESS, as its jobs' rows say
     else:
         st.caption(f"Jobs run on the Ray cluster at {view.address}; each node's resources are free / total, as Ray "
                    "last reported them (a few seconds old).")

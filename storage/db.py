@@ -157,6 +157,7 @@ def _server_engine(url: str) -> Engine:
                     deadline = time.monotonic() + retry_seconds()
                     logging.getLogger(__name__).warning("database at %s unreachable; retrying for up to %.0f s",
                                                         describe(url), retry_seconds())
+                    _tell_unreachable(describe(url), retry_seconds())
                 if time.monotonic() >= deadline:
                     raise _unavailable(url, exc, f" (still unreachable after {retry_seconds():.0f} s)") from exc
                 time.sleep(delay)
@@ -171,6 +172,26 @@ def _server_engine(url: str) -> Engine:
             ctx.is_disconnect = True
 
     return engine
+
+
+_on_unreachable: ContextVar = ContextVar("dus_db_on_unreachable", default=None)
+
+
+def on_unreachable(callback) -> None:
+    """Have `callback(where, seconds)` called, in this context (a page's script run), when a connection it asks for
+    finds the server gone and waits for it (for at most `seconds`). During a PostgreSQL restart the pages went blank
+    (a title and the running icon) for up to a minute with no word: the wait happens inside the page's first query.
+    The dashboard (app.py) registers a notice; storage imports no streamlit."""
+    _on_unreachable.set(callback)
+
+
+def _tell_unreachable(where: str, seconds: float) -> None:
+    if (callback := _on_unreachable.get()) is None:
+        return
+    try:
+        callback(where, seconds)
+    except Exception:  # noqa: BLE001 (a notice that fails must not fail the reconnect it announces)
+        logging.getLogger(__name__).debug("the unreachable-database notice failed", exc_info=True)
 
 
 def _nul_safe_text(conn) -> None:

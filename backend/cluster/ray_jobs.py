@@ -184,13 +184,47 @@ def end_fields(job: Job, info) -> dict:
 
 _judged: dict[str, float] = {}
 JUDGE_EVERY = 2.0
+# A cluster silent for this long gets its running jobs' rows a message saying so. The walk stopped the Ray head
+# mid-job: its row read "running 62.8 % · ETA 0:28" for as long as the head was down (for ever, had it never come
+# back), as the job's last progress said before it went quiet.
+SILENT_AFTER = 30.0
+SILENT = "Ray cluster at "  # how that message begins: the rows that say it get a word again when the cluster answers
+_silent: dict[str, tuple[float, float]] = {}  # address -> (monotonic, wall clock) of its first unanswered question
+
+
+def silent_fields(addr: str, since_wall: float) -> dict:
+    """Row fields (a message only: the job stays running) for a job on a cluster that has not answered since
+    `since_wall`. It is not judged lost: a head that comes back may still run it (Ray keeps the job table of a
+    restarted head only with GCS fault tolerance), and a job that was lost is then marked interrupted."""
+    since = time.strftime("%H:%M UTC", time.gmtime(since_wall))
+    return dict(message=f"{SILENT}{addr} not answering since {since}: the job's state is unknown; it is marked "
+                        "interrupted when the cluster answers again and no longer runs it, or cancel it to give it "
+                        "up (its run is stopped if the cluster comes back)"[:500])
+
+
+def _judge_silence(addr: str, jobs: list[Job], answered: bool, out: dict[int, dict]) -> None:
+    """After a look at cluster `addr`: a cluster silent for SILENT_AFTER s gets its jobs' rows told so (once each);
+    one that answers again gets back the word of those still running there (their own next progress says more)."""
+    if answered:
+        _silent.pop(addr, None)
+        for job in jobs:
+            if job.id not in out and (job.message or "").startswith(SILENT):
+                out[job.id] = dict(message="the Ray cluster answers again and runs the job")
+        return
+    first = _silent.setdefault(addr, (time.monotonic(), time.time()))
+    if time.monotonic() - first[0] < SILENT_AFTER:
+        return
+    for job in jobs:
+        if not (job.message or "").startswith(SILENT):
+            out[job.id] = silent_fields(addr, first[1])
 
 
 def lost(rows: list[Job]) -> dict[int, dict]:
     """job id -> row fields, for running rows on a Ray cluster whose Ray job has ended, and for claims whose worker
     stopped before writing the submission id (their submission, when Ray runs it, is written in: it is watched from
     here on, not called interrupted while it runs). A cluster that does not answer judges nothing (its jobs may
-    well be running); each cluster is asked at most every JUDGE_EVERY s."""
+    well be running), but after SILENT_AFTER s its jobs' messages say so (silent_fields); each cluster is asked at
+    most every JUDGE_EVERY s."""
     out: dict[int, dict] = {}
     by_addr: dict[str, list[Job]] = {}
     for job in rows:
@@ -203,30 +237,44 @@ def lost(rows: list[Job]) -> dict[int, dict]:
             c = client(addr)
         except ClusterError:  # ask again in a minute: a dead host costs a connect timeout each time
             _judged[addr] = time.monotonic() + 60 - JUDGE_EVERY
+            _judge_silence(addr, jobs, False, out)
             continue
-        for job in jobs:
-            if not job.cluster_ref:  # claimed, being submitted; a worker that died right here leaves it so
-                started = job.started.replace(tzinfo=job.started.tzinfo or timezone.utc) if job.started else None
-                if started is None or (utcnow() - started).total_seconds() > 60:
-                    try:
-                        sid = _active_attempt(c, job.id)
-                    except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
-                        continue
-                    out[job.id] = dict(cluster_ref=sid, message="submitted to the Ray cluster") if sid else dict(
-                        status="interrupted", finished=utcnow(),
-                        message="interrupted: its worker stopped before handing it to the Ray cluster")
-                continue
-            try:
-                info = c.get_job_info(job.cluster_ref)
-            except RuntimeError as exc:
-                if "does not exist" in str(exc):
-                    out[job.id] = end_fields(job, None)
-                continue
-            except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
-                continue
-            if info.status.value not in ACTIVE:
-                out[job.id] = end_fields(job, info)
+        _judge_silence(addr, jobs, _judge(c, jobs, out), out)
     return out
+
+
+def _judge(c, jobs: list[Job], out: dict[int, dict]) -> bool:
+    """Judge each job of one cluster into `out`; whether the cluster answered at all (a job it does not know is an
+    answer; a question that raised is none: the client made once keeps asking a head that has stopped)."""
+    answered = asked = False
+    for job in jobs:
+        if not job.cluster_ref:  # claimed, being submitted; a worker that died right here leaves it so
+            started = job.started.replace(tzinfo=job.started.tzinfo or timezone.utc) if job.started else None
+            if started is None or (utcnow() - started).total_seconds() > 60:
+                asked = True
+                try:
+                    sid = _active_attempt(c, job.id)
+                except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
+                    continue
+                answered = True
+                out[job.id] = dict(cluster_ref=sid, message="submitted to the Ray cluster") if sid else dict(
+                    status="interrupted", finished=utcnow(),
+                    message="interrupted: its worker stopped before handing it to the Ray cluster")
+            continue
+        asked = True
+        try:
+            info = c.get_job_info(job.cluster_ref)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc):
+                answered = True
+                out[job.id] = end_fields(job, None)
+            continue
+        except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
+            continue
+        answered = True
+        if info.status.value not in ACTIVE:
+            out[job.id] = end_fields(job, info)
+    return answered or not asked
 
 
 def _active_attempt(c, job_id: int) -> str | None:

@@ -7,16 +7,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlmodel import select
 
 from backend.cluster import ray_jobs
 from backend.cluster.ray_jobs import ClusterError, Node
 from storage import db
-from storage.models import Job
+from storage.models import Job, utcnow
 
-HOW = ("Jobs run on this machine. To run them on a Ray cluster, set `DUS_RAY_ADDRESS=http://HEAD:8265` for the "
-       "dashboard and the worker (README 'A Ray cluster').")
+# True for both setups: this process has no DUS_RAY_ADDRESS, but the README sets it only for the worker, whose jobs
+# then run on the cluster. The Jobs page said "Jobs run on this machine" while they ran on Ray.
+HOW = ("Jobs run where the worker that claims them runs: on its own machine, or on a Ray cluster when that worker was "
+       "started with `DUS_RAY_ADDRESS=http://HEAD:8265` (README 'A Ray cluster'). This process has no "
+       "DUS_RAY_ADDRESS, so it shows no cluster: set it here too to see the cluster's nodes and which job runs on "
+       "each.")
+RECENT = timedelta(days=1)
+
+
+def where_jobs_run() -> str:
+    """What to say where no Ray address is set here (the Jobs page's Cluster section): the Ray clusters that this
+    workspace's running jobs, or those started within RECENT, were handed to, read from their rows (`host` is
+    ray:ADDRESS); else HOW."""
+    since = utcnow() - RECENT
+    with db.session() as s:
+        hosts = s.exec(select(Job.host).where(Job.host.startswith("ray:"),
+                                              (Job.status == "running") | (Job.started >= since))
+                       .order_by(Job.id.desc())).all()
+    addrs = list(dict.fromkeys(h[len("ray:"):] for h in hosts))
+    if not addrs:
+        return HOW
+    where = " and ".join(addrs)
+    return (f"Jobs run on the Ray cluster at {where}: a worker started with DUS_RAY_ADDRESS hands them there (as the "
+            "latest jobs' rows say). This dashboard has no DUS_RAY_ADDRESS, so it shows no cluster here: set "
+            f"`DUS_RAY_ADDRESS={addrs[0]}` for it too to see the cluster's nodes and which job runs on each "
+            "(README 'A Ray cluster').")
 
 
 @dataclass

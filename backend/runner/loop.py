@@ -7,6 +7,7 @@ a Ray cluster, and watches them end, die or be cancelled from another machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlmodel import select
 
 from backend.cluster import ray_jobs
@@ -155,6 +157,7 @@ def start_child(job: Job) -> subprocess.Popen | ray_jobs.RayRun:
     return proc
 
 
+@db.retrying  # a database server restart must not end the worker, nor the jobs it watches (storage/db.py)
 def _not_ours_any_longer(running: dict) -> list[int]:
     """The jobs this worker runs whose rows no longer hold that run: cancelled, or given up for dead by another
     machine (its heartbeat stale: a database outage, a suspended machine) and perhaps resumed and started again
@@ -203,17 +206,25 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
     running = _adopt_cluster_runs(addr)
-    last_beat = 0.0
+    last_beat, down = 0.0, None
     try:
         while True:
-            last_beat = _heartbeat(last_beat)
-            if running:  # cancelled, or given up for dead, from another machine: only this one can signal the process
-                _stop_lost_runs(running)
-            _reap_ended(running)
-            recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
-            _clear_stopped()
-            busy = _busy()  # slots count every job running on this machine, also those another worker here started
-            job = _claim_next(slots, only) if not stop and busy < slots else None
+            try:
+                last_beat = _heartbeat(last_beat)
+                if running:  # cancelled, or given up for dead, from another machine: only this one can signal it
+                    _stop_lost_runs(running)
+                _reap_ended(running)
+                recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
+                _clear_stopped()
+                busy = _busy()  # slots count every job running on this machine, also another worker's here
+                job = _claim_next(slots, only) if not stop and busy < slots else None
+            except (db.DatabaseUnavailable, sa.exc.DBAPIError) as exc:
+                down = _database_down(exc, down)
+                time.sleep(max(poll, 1.0))
+                continue
+            if down is not None:
+                logging.getLogger(__name__).warning("the database answers again: the worker goes on")
+                down = None
             if job is not None:
                 _start_or_give_back(job, running, poll)
                 continue
@@ -223,6 +234,29 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
     except KeyboardInterrupt:  # Ctrl-C (a foreground command's worker): its jobs stop now, and say so now
         _interrupt_running(running)
         raise
+
+
+def _database_down(exc: Exception, down: tuple[float, float] | None) -> tuple[float, float]:
+    """The last resort of the worker loop: a database error that db.retrying did not ride out (a server down for
+    longer than $DUS_DB_RETRY_SECONDS, an outage outside a retried unit). The worker said nothing and ended with a
+    traceback, and every job process it started ended with it (they stop when their worker does): a PostgreSQL
+    restart killed the running jobs. Now it says so (the traceback once per outage) and tries again each second;
+    its jobs run on meanwhile. Any other database error (a bug: a constraint, a bad statement) still ends it.
+    `down`, and what it returns: when the outage began and when it was last said (every 30 s, not every second)."""
+    lost = isinstance(exc, db.DatabaseUnavailable) or isinstance(exc, sa.exc.OperationalError) or getattr(
+        exc, "connection_invalidated", False)
+    if not lost:
+        raise exc
+    log, now = logging.getLogger(__name__), time.monotonic()
+    if down is None:
+        log.warning("the database does not answer (%s); the worker's jobs run on, and it tries again every second",
+                    str(exc).splitlines()[0][:300], exc_info=exc)
+        return now, now
+    if now - down[1] < 30:
+        return down
+    log.warning("the database still does not answer after %.0f s (%s); trying again", now - down[0],
+                str(exc).splitlines()[0][:200])
+    return down[0], now
 
 
 def _start_checks() -> str | None:
@@ -241,6 +275,7 @@ def _start_checks() -> str | None:
     return addr
 
 
+@db.retrying
 def _adopt_cluster_runs(addr: str | None) -> dict[int, subprocess.Popen | ray_jobs.RayRun]:
     """The jobs a previous worker handed to the cluster run on: watched (cancel, end) as if started here."""
     running: dict[int, subprocess.Popen | ray_jobs.RayRun] = {}
@@ -280,21 +315,23 @@ def _reap_ended(running: dict) -> None:
     for job_id, proc in list(running.items()):
         if isinstance(proc, ray_jobs.RayRun):
             if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
-                del running[job_id]
                 _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+                del running[job_id]  # after its end is written: a database outage leaves it to the next turn
             continue
-        if proc.poll() is not None:
-            del running[job_id]
-            try:  # its own children (accelerate, the trainer) must not outlive a killed job process
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if proc.poll() is not None:  # (Popen keeps the exit code: asked again next turn after a database outage)
+            if not getattr(proc, "group_killed", False):  # once: its pid is free for reuse once it is reaped
+                try:  # its own children (accelerate, the trainer) must not outlive a killed job process
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.group_killed = True
             # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
             # Only its own run: after a resume another worker here may run the job again under a new pid.
             _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
                         message="failed",
                         error=f"the job process exited with code {proc.returncode} without finishing; see "
                               f"its log; {_what_resume_does(get(job_id))}")
+            del running[job_id]
 
 
 def _start_or_give_back(job: Job, running: dict, poll: float) -> None:

@@ -117,13 +117,15 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
             check_name_free(spec.name or spec.default_name())  # machine 0, and this one would wait for it in vain
         else:
             _check_output_name(name)
-            if _runs_here_only():  # its folder, free (the job refused it late)
-                from backend import outputs
+            from backend import outputs
 
-                try:
-                    outputs.check_folder_free(outputs.default_folder(spec.out, name), by_name=not spec.out)
-                except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
-                    raise ValueError(str(exc)) from None
+            # its folder, free (the job refused it late): on disk when the job runs on this machine; else at least
+            # not a registered model's (a row: the walk's `--queue` job failed 13 s later on the cluster)
+            check = outputs.check_folder_free if _runs_here_only() else outputs.check_not_a_models_folder
+            try:
+                check(outputs.default_folder(spec.out, name), by_name=not spec.out)
+            except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
+                raise ValueError(str(exc)) from None
     for ref in _model_refs(spec):
         if ref not in coming:
             _check_model_ref(ref)
