@@ -1,6 +1,6 @@
 """DUS Studio's command line: a thin shell over the same specs and functions the pages use.
 
-    python -m backend upscale --base SmolLM2-135M-Instruct --m 8 --out workspace/models/smol-dus-m8
+    python -m backend upscale --base SmolLM2-135M-Instruct --m 8   # into $DUS_WORKSPACE/models/NAME (--out: elsewhere)
     python -m backend upscale --base A --method slices --slice 0:0:20 --slice 0:10:30 --out PATH
     python -m backend upscale --base A --method llama-pro --groups 5 --out PATH
     python -m backend models list [--json] | import builtin|FOLDER|FILE.gguf|owner/name [--queue] | delete NAME
@@ -39,11 +39,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
+# the command modules are light to import: each loads what its parser and its work need (the specs, the database,
+# numpy) when that command is built or run, so `jobs list` does not pay for `compare`'s numpy nor --help for any
 from backend.cli import data, evaluate, jobs, models, recipe, train
 from backend.cli.common import WorkFailed, _format_help, _on_interrupt
-from backend.specs import explain
 
 # command -> the function that adds its parser (each sets its cmd_* function as `fn`), in the order --help lists them
 COMMANDS = {
@@ -67,12 +66,20 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line, only the command it names is built whole (its options' help reads
+    the specs, the database's statuses, numpy's outcomes: 0.4 s a command paid for the others'), and every other
+    command is its line in --help. Top-level --help and a misspelt command list them all, in the same words."""
     p = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in COMMANDS.values():
-        add(sub)
+    # the top level has no options of its own but -h: the first word that is not an option is the command
+    named = None if argv is None else next((w for w in argv if not w.startswith("-")), "")
+    for name, add in COMMANDS.items():
+        if named is None or name == named:
+            add(sub)
+        else:
+            sub.add_parser(name, help=sys.modules[add.__module__].HELP[name])
     _format_help(p)
     return p
 
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     _on_interrupt[0] = None
     args = None
     try:
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser(argv)
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # said by the (sub)command that was given them, with its usage: parse_args had the top level's
             # ("python -m backend: error: unrecognized arguments: --limit 1" under the list of commands)
@@ -94,17 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _reader_gone()
-    except ValidationError as exc:
-        print(f"error: {explain(exc)}", file=sys.stderr)
-        return 2
     except WorkFailed as exc:
         if str(exc):
             print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_said(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _said(exc: Exception) -> str:
+    """A refusal's words: a spec's failed checks (pydantic's ValidationError, a ValueError) in the spec's words
+    (specs.explain). Looked up, not imported: a command that never built a spec has no pydantic loaded."""
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        from backend.specs import explain
+
+        return explain(exc)
+    return str(exc)
 
 
 def _interrupted_says(args) -> str:

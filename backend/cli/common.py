@@ -11,8 +11,6 @@ import argparse
 import sys
 import time
 
-from backend.specs import DataSource
-
 
 EXIT_CODES = """exit codes:
   0  done (or queued)
@@ -209,7 +207,11 @@ def _parent(path: str) -> str:
     return os.path.dirname(os.path.abspath(os.path.expanduser(path)))
 
 
-def _source(text: str) -> DataSource:
+def _source(text: str):
+    """--data SOURCE[@WEIGHT] as a DataSource (argparse's type=: the specs load when a command's arguments are
+    parsed, not as the parser is built)."""
+    from backend.specs import DataSource
+
     source, _, weight = text.rpartition("@") if "@" in text else (text, "", "1")
     try:
         return DataSource(source=source, weight=float(weight))

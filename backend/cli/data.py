@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 
 from backend.cli.common import WorkFailed, _job_options, _local_source, _print_json, _run_or_queue, _source
-from backend.specs import DataSource, SynthMathSpec
 
 
 def cmd_synth(a) -> None:
+    from backend.specs import SynthMathSpec
+
     spec = SynthMathSpec(seeds=a.seed_file or "generator", num_seeds=a.seeds, rephraser=a.rephraser,
                          api_model=a.api_model, levels=a.level or [], categories=a.category or [],
                          benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
@@ -155,9 +156,19 @@ def _categories() -> list[str]:
     return list(CATEGORIES)
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "synth-math": "SOLAR's Synth. Math-Instruct / Math-Alignment data",
+    "datasets": ("list data sets, re-export synthetic pairs, save a weighted mix, delete; list, reject and push "
+                 "synthetic pairs"),
+}
+
+
 def add_synth(sub) -> None:
     """The `synth-math` command's parser."""
-    sm = sub.add_parser("synth-math", help="SOLAR's Synth. Math-Instruct / Math-Alignment data")
+    from backend.specs import SynthMathSpec  # its defaults are the options'
+
+    sm = sub.add_parser("synth-math", help=HELP["synth-math"])
     sm.add_argument("--seeds", type=int, default=200, help="problems to generate (or take from --seed-file)")
     sm.add_argument("--seed-file", help="MATH- or GSM8K-format .jsonl/.json instead of the generator")
     sm.add_argument("--rephraser", default="rules", help="rules | model:NAME | openai:BASE_URL")
@@ -187,8 +198,9 @@ def add_datasets(sub) -> None:
     """The `datasets` command's parser and its actions'."""
     from typing import get_args
 
-    d = sub.add_parser("datasets", help="list data sets, re-export synthetic pairs, save a weighted mix, delete; "
-                                       "list, reject and push synthetic pairs")
+    from backend.specs import DataSource
+
+    d = sub.add_parser("datasets", help=HELP["datasets"])
     da = d.add_subparsers(dest="action", required=True)
     da.add_parser("list", help="the registered data sets").add_argument(
         "--json", action="store_true", help="a JSON array, for scripts")

@@ -13,10 +13,11 @@ import sys
 
 from backend.cli.common import (WorkFailed, _job_options, _local_model, _local_task, _on_interrupt, _print_json,
                                 _run_or_queue, _save_spec, absolute_paths)
-from backend.specs import EvalSpec
 
 
 def cmd_eval(a) -> None:
+    from backend.specs import EvalSpec
+
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
                     overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url, judge_model=a.judge_model)
@@ -242,9 +243,21 @@ def cmd_chat(a) -> None:
           f"{stats.tokens_per_s:.1f} tokens/s", file=sys.stderr)
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "eval": "evaluate models on the same tasks (scores stored per model and task)",
+    "scores": "the models × tasks table of the Compare page, with standard errors",
+    "compare": ("fewer hallucinations, or just shorter answers? two models on one task's stored answers, with answer "
+                "length held fixed"),
+    "chat": "one reply from a model to a prompt, printed as it is generated (the Models page's Quick chat)",
+}
+
+
 def add_eval(sub) -> None:
     """The `eval` command's parser."""
-    ev = sub.add_parser("eval", help="evaluate models on the same tasks (scores stored per model and task)")
+    from backend.specs import EvalSpec  # its fields' words are the options' help
+
+    ev = sub.add_parser("eval", help=HELP["eval"])
     ev.add_argument("models", nargs="+", help="registered names or model folders")
     ev.add_argument("--tasks", nargs="+", default=["perplexity", "synth-math"],
                     help="perplexity[:FILE] (held-out text), synth-math (held-out math), qa[:FILE] (closed-book QA "
@@ -273,7 +286,7 @@ def add_eval(sub) -> None:
 
 def add_scores(sub) -> None:
     """The `scores` command's parser."""
-    sc = sub.add_parser("scores", help="the models × tasks table of the Compare page, with standard errors")
+    sc = sub.add_parser("scores", help=HELP["scores"])
     sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
     sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
                                                          "data of the model's lineage")
@@ -289,8 +302,7 @@ def add_compare(sub) -> None:
     """The `compare` command's parser."""
     from backend import analysis  # numpy only: statsmodels loads when a fit runs
 
-    cp = sub.add_parser("compare", help="fewer hallucinations, or just shorter answers? two models on one task's "
-                                        "stored answers, with answer length held fixed")
+    cp = sub.add_parser("compare", help=HELP["compare"])
     cp.add_argument("model_a", metavar="A", help="a model with stored answers on the task")
     cp.add_argument("model_b", metavar="B", help="the model to compare it with")
     cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
@@ -303,8 +315,7 @@ def add_compare(sub) -> None:
 
 def add_chat(sub) -> None:
     """The `chat` command's parser."""
-    ch = sub.add_parser("chat", help="one reply from a model to a prompt, printed as it is generated (the Models "
-                                     "page's Quick chat)")
+    ch = sub.add_parser("chat", help=HELP["chat"])
     ch.add_argument("model", metavar="MODEL", help="registered name or model folder")
     ch.add_argument("--prompt", required=True, help="the user's message; - reads it from standard input")
     ch.add_argument("--system", help="a system message before it (a model whose chat template takes none refuses it)")

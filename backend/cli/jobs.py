@@ -13,7 +13,6 @@ import sys
 import time
 
 from backend.cli.common import WorkFailed, _on_interrupt, _print_json
-from backend.specs import TRAIN_KINDS
 
 
 def cmd_jobs(a) -> None:
@@ -91,6 +90,7 @@ def resume_says(job) -> str:
     """What a resume will do, by the Jobs page's rule (runner.resume_point): `jobs resume` promised a checkpoint to a
     run cancelled at step 12 with none saved, and to evaluations."""
     from backend import runner
+    from backend.specs import TRAIN_KINDS
 
     if job.kind not in TRAIN_KINDS:
         return f"a running worker runs the {job.kind} again from the start"
@@ -315,10 +315,19 @@ def _limit(text: str) -> int:
     return n
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "auth": "hash a dashboard password, or check the start address (README: 'Exposing the dashboard')",
+    "worker": "run queued jobs",
+    "cluster": ("a Ray cluster (DUS_RAY_ADDRESS): status (nodes, resources, which job runs where) or check (the address"
+                " answers, every node sees the workspace)"),
+    "jobs": "list jobs, show one in full, cancel or resume one; also its log (jobs log ID --follow) and wait for it",
+}
+
+
 def add_auth(sub) -> None:
     """The `auth` command's parser."""
-    au = sub.add_parser("auth", help="hash a dashboard password, or check the start address (README: 'Exposing "
-                                     "the dashboard')")
+    au = sub.add_parser("auth", help=HELP["auth"])
     au.add_argument("action", choices=["hash", "check"], help="hash a password, or check the start address")
     au.add_argument("--address", default="127.0.0.1", help="check: the address the dashboard will listen on")
     au.set_defaults(fn=cmd_auth)
@@ -326,7 +335,7 @@ def add_auth(sub) -> None:
 
 def add_worker(sub) -> None:
     """The `worker` command's parser."""
-    w = sub.add_parser("worker", help="run queued jobs")
+    w = sub.add_parser("worker", help=HELP["worker"])
     w.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
     w.add_argument("--once", action="store_true", help="run what is queued, then exit")
     w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
@@ -335,8 +344,7 @@ def add_worker(sub) -> None:
 
 def add_cluster(sub) -> None:
     """The `cluster` command's parser."""
-    cl = sub.add_parser("cluster", help="a Ray cluster (DUS_RAY_ADDRESS): status (nodes, resources, which job runs "
-                        "where) or check (the address answers, every node sees the workspace)")
+    cl = sub.add_parser("cluster", help=HELP["cluster"])
     cl.add_argument("action", choices=["status", "check"], help="status or check")
     cl.add_argument("--address", help="the head's dashboard URL (default $DUS_RAY_ADDRESS)")
     cl.set_defaults(fn=cmd_cluster)
@@ -344,8 +352,7 @@ def add_cluster(sub) -> None:
 
 def add_jobs(sub) -> None:
     """The `jobs` command's parser and its actions'."""
-    j = sub.add_parser("jobs", help="list jobs, show one in full, cancel or resume one; also its log "
-                                     "(jobs log ID --follow) and wait for it")
+    j = sub.add_parser("jobs", help=HELP["jobs"])
     ja = j.add_subparsers(dest="action", required=True)
     jl = ja.add_parser("list", help="one line per job, newest first (messages cut at 60 characters)")
     jl.add_argument("--limit", type=_limit, default=100, help="the newest N jobs, 0 for all (queued and running ones "

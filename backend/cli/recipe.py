@@ -176,9 +176,15 @@ def _recipe_interrupted(before: int) -> str:
     return said + f"; python -m backend recipe runs shows {'them' if len(mine) > 1 else 'it'}"
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "recipe": "the SOLAR experiment as one YAML file: new, plan, run, runs, tables, cancel",
+}
+
+
 def add_recipe(sub) -> None:
     """The `recipe` command's parser and its actions'."""
-    rc = sub.add_parser("recipe", help="the SOLAR experiment as one YAML file: new, plan, run, runs, tables, cancel")
+    rc = sub.add_parser("recipe", help=HELP["recipe"])
     ra = rc.add_subparsers(dest="action", required=True)
     rn = ra.add_parser("new", help="print a preset recipe (YAML)")
     rn.add_argument("target", metavar="PRESET", help="smoke, solar-mini or solar-10.7b")

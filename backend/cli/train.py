@@ -11,10 +11,11 @@ import argparse
 
 from backend.cli.common import _job_options, _run_or_queue, _source
 from backend.cli.recipe import cmd_recipe
-from backend.specs import TRAIN_KINDS, CptSpec, DataSource, DpoSpec, LoraSpec, SftSpec, load_spec
 
 
 def cmd_train(a) -> None:
+    from backend.specs import CptSpec, DpoSpec, LoraSpec, SftSpec
+
     spec_cls = {"cpt": CptSpec, "sft": SftSpec, "dpo": DpoSpec}[a.kind]
     rows = {"sample_by": a.sample_by} if a.sample_by else {}  # every source's .txt files
     fields = dict(model=a.model, data=[d.model_copy(update=rows) for d in a.data], name=a.name, out=a.out,
@@ -123,6 +124,8 @@ def _set_run_name(a) -> None:
 
 
 def cmd_run(a) -> None:
+    from backend.specs import TRAIN_KINDS, load_spec
+
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
         # recipe.submit has no `after` (its first stages wait for nothing) and runs no stage on several machines:
         # refused, not dropped (`run R.yaml --after 20` ran at once)
@@ -151,6 +154,7 @@ def cmd_run(a) -> None:
 
 def cmd_slurm(a) -> None:
     from backend.cluster.slurm import slurm_script
+    from backend.specs import load_spec
 
     print(slurm_script(load_spec(a.spec), spec_path=a.spec, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
                        partition=a.partition, time=a.time), end="")
@@ -166,9 +170,18 @@ def _is_recipe(path: str) -> bool:
     return isinstance(data, dict) and data.get("kind") == "recipe"
 
 
+# each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
+HELP = {
+    "train": "continued pretraining, SFT or DPO with trl, through accelerate launch",
+    "run": "run a spec saved as YAML (from the UI or --save-spec)",
+    "slurm": ("print a Slurm batch script that trains SPEC.yaml on several nodes with accelerate launch (submit it with"
+              " sbatch; nothing is submitted here)"),
+}
+
+
 def add_train(sub) -> None:
     """The `train` command's parser: its options follow the spec's fields and defaults."""
-    t = sub.add_parser("train", help="continued pretraining, SFT or DPO with trl, through accelerate launch")
+    t = sub.add_parser("train", help=HELP["train"])
     from typing import get_args
 
     t.add_argument("kind", choices=["cpt", "sft", "dpo"], help="continued pretraining, SFT or DPO")
@@ -176,7 +189,7 @@ def add_train(sub) -> None:
     t.add_argument("--data", type=_source, action="append", required=True,
                    help="builtin:NAME, dataset:NAME (registered), mix:NAME (a saved mix), a local file (.jsonl, "
                         ".json, .csv, .parquet, .txt) or a Hub id, optionally @WEIGHT; repeat for a mix")
-    from backend.specs import _TrainSpec
+    from backend.specs import CptSpec, DataSource, DpoSpec, SftSpec, _TrainSpec
 
     def spec_help(field: str, what: str | None = None) -> str:
         info = _TrainSpec.model_fields[field]
@@ -247,7 +260,7 @@ def add_train(sub) -> None:
 
 def add_run(sub) -> None:
     """The `run` command's parser."""
-    r = sub.add_parser("run", help="run a spec saved as YAML (from the UI or --save-spec)")
+    r = sub.add_parser("run", help=HELP["run"])
     r.add_argument("spec", help="a spec or recipe YAML file (recipe: --after and the machine options are refused)")
     _machine_options(r)
     r.add_argument("--num-processes", type=int, help="training: processes on this machine (overrides the spec)")
@@ -260,8 +273,7 @@ def add_run(sub) -> None:
 
 def add_slurm(sub) -> None:
     """The `slurm` command's parser."""
-    sl = sub.add_parser("slurm", help="print a Slurm batch script that trains SPEC.yaml on several nodes with "
-                                      "accelerate launch (submit it with sbatch; nothing is submitted here)")
+    sl = sub.add_parser("slurm", help=HELP["slurm"])
     sl.add_argument("spec", help="a cpt/sft/dpo spec (YAML) at a path every node can read")
     sl.add_argument("--nodes", type=int, help="nodes (default: the spec's num_machines)")
     sl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one process each (0: CPU nodes, "

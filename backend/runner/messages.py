@@ -33,8 +33,9 @@ def one_pass(jobs: list = ()) -> Iterator[tuple[list, bool]]:
     queued job (quadratic: 19,659 dependency checks a refresh with 197 queued). The words are job_message's and
     will_fail's own; only the reads are shared. `jobs`: the rows shown, known to get() too. For reads only."""
     from backend import registry
+    from backend.synth.datasets import datasets_once
 
-    with registry.read_once(), beats_once():
+    with registry.read_once(), beats_once(), datasets_once():  # a data set read per queued job that names one
         active, alive = active_jobs(), worker_alive()
         waited = {d for j in [*jobs, *active] if j.status == "queued" for d in _needs(j) + list(j.waits or [])}
         with known_once([*jobs, *active], waited):

@@ -5,6 +5,8 @@ is refused, never updated: models may have been trained on it (pairs.export upda
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import delete as sa_delete
@@ -31,7 +33,31 @@ RUN_FILES = ("rephrase_cache.jsonl", "pairs.jsonl")
 
 # ---------------------------------------------------------------- registered data sets
 
+# the data sets table as one datasets_once() read it, by name; None: read each lookup from the database
+_ONCE: ContextVar[dict[str, DatasetRecord] | None] = ContextVar("datasets_once", default=None)
+
+
+@contextmanager
+def datasets_once():
+    """Inside it, get_dataset answers from one read of the data sets table, not a SELECT each, as registry.read_once
+    does for the models: a pass over many jobs (the Jobs page's table every 2 s, `jobs list`) asked the database once
+    per queued training job that reads a `dataset:` source. For reads only: a data set registered or deleted inside
+    it is not seen. Per context (a thread: each Streamlit session's own), never shared."""
+    if _ONCE.get() is not None:  # nested: the outer read stands
+        yield
+        return
+    with db.session() as s:
+        rows = list(s.exec(select(DatasetRecord).order_by(DatasetRecord.id)))
+    token = _ONCE.set({rec.name: rec for rec in rows})  # names are unique (the table's constraint)
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)
+
+
 def get_dataset(name: str) -> DatasetRecord | None:
+    if (once := _ONCE.get()) is not None:
+        return once.get(name)
     with db.session() as s:
         return s.exec(select(DatasetRecord).where(DatasetRecord.name == name)).first()
 
