@@ -315,12 +315,36 @@ def upgrade_schema(eng: Engine) -> list[str]:
 
 
 def _missing(conn: sa.Connection) -> list:
-    """The tables and columns this version has that the database lacks (Alembic's comparison)."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
+    """The tables and columns this version has that the database lacks, and the integer columns it holds too narrow:
+    what _upgrade adds or widens. Read in one query of the catalogue (SQLite's pragma_table_info, PostgreSQL's
+    information_schema), not by Alembic's comparison: importing alembic and comparing every table cost each command
+    and page process a quarter of a second at its first query (`jobs list` 0.98 s of CPU, 0.26 s of it here), and
+    its answer is needed only when something is missing, which _upgrade computes with Alembic as before."""
+    have = _columns(conn)
+    out: list = []
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in have:
+            out.append(("add_table", table.name))
+        else:
+            out += [("add_column", table.name, c.name) for c in table.columns if c.name not in have[table.name]]
+    return out + _narrow(conn)
 
-    diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-    return [d for d in diffs if isinstance(d, tuple) and d[0] in ("add_table", "add_column")] + _narrow(conn)
+
+def _columns(conn: sa.Connection) -> dict[str, set[str]]:
+    """{table: its column names} of the database's own schema, in one query where the dialect allows it."""
+    if conn.dialect.name == "sqlite":
+        rows = conn.exec_driver_sql("SELECT m.name, p.name FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p "
+                                    "WHERE m.type = 'table'").all()
+    elif conn.dialect.name == "postgresql":
+        rows = conn.execute(sa.text("SELECT table_name, column_name FROM information_schema.columns WHERE "
+                                    "table_schema = current_schema()")).all()
+    else:  # any other database SQLAlchemy speaks: its inspector, a query per table
+        inspector = sa.inspect(conn)
+        rows = [(t, c["name"]) for t in inspector.get_table_names() for c in inspector.get_columns(t)]
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
 
 
 def _narrow(conn: sa.Connection) -> list[tuple[str, str]]:
