@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from backend import analysis
+from pages.dbnotice import database_wait_notice
 from pages.login import gate
 from storage import db
 
@@ -39,10 +40,7 @@ def sidebar_links(where, pages: dict[str, list]) -> None:
 _preload()
 menu = st.sidebar.container()  # the menu comes first in the sidebar, above the login's "Sign out"
 gate()  # before anything else: a login whenever the dashboard is reachable from other machines
-# a database server restarting: the page's first query waits for it (up to DUS_DB_RETRY_SECONDS) and the page stood
-# blank meanwhile, a title and the running icon; now it says what it waits for
-db.on_unreachable(lambda where, seconds: st.toast(f"The database at {where} does not answer; retrying for up to "
-                                                  f"{seconds:.0f} s.", icon=":material/hourglass_top:"))
+db.on_unreachable(database_wait_notice)  # a page waiting for a restarting server says so
 try:
     db.init_db()
 except db.DatabaseUnavailable as exc:  # a wrong DATABASE_URL: say which server, not a traceback

@@ -83,6 +83,10 @@ def check_not_a_models_folder(out: Path, by_name: bool) -> None:
     registered model. A row, not a look at the disk: checked before a job is queued wherever it will run."""
     if (rec := registry.by_path(out)) is None:
         return
+    if not out.exists():  # a row left pointing at a folder removed by hand: the new model would become its files
+        raise FileExistsError(f"{out} is the folder of the registered {rec.kind} model {rec.name!r}, though the "
+                              f"folder is gone: remove that entry first (python -m backend models delete {rec.name}, "
+                              "or the Models page), or choose another name. Nothing was changed.")
     whose = f"the registered {rec.kind} model {rec.name!r}"
     if by_name:
         made = " (made with an output folder of that name)" if rec.name != out.name else ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -397,3 +399,160 @@ def test_a_page_waiting_for_a_restarting_server_is_told_so(postgres_cluster, mon
         restart.join()  # first: the server must be back whatever failed
         db.on_unreachable(None)
     assert len(told) == 1 and told[0][1] == 20.0 and "postgres" in told[0][0]
+
+
+# ---------------------------------------------------------------- the review's cases (review s22b)
+
+class _Spun(Exception):
+    pass
+
+
+def _spin_guard(monkeypatch, limit=8):
+    turns = []
+
+    def sleep(_s):
+        turns.append(1)
+        if len(turns) >= limit:
+            raise _Spun(f"the worker loop went round {len(turns)} times and never ended")
+    monkeypatch.setattr(loop.time, "sleep", sleep)
+
+
+def test_sqlite_errors_are_no_outage_and_end_the_worker(monkeypatch):
+    """SQLite has no server: "no such table" (a table dropped under a running worker), a read-only or full disk are
+    no outage; the worker logged "the database does not answer" and went round for ever."""
+    real = loop._busy
+
+    def busy():
+        with db.engine().begin() as c:
+            c.exec_driver_sql("DROP TABLE IF EXISTS job_metrics")
+            c.exec_driver_sql("DROP TABLE jobs")
+        return real()
+    monkeypatch.setattr(loop, "_busy", busy)
+    _spin_guard(monkeypatch)
+    with pytest.raises(sa.exc.OperationalError, match="no such table"):
+        runner.worker(poll=0.01, once=False)
+
+
+def test_a_wrong_password_after_a_rotation_ends_the_worker_with_its_reason(monkeypatch):
+    """PostgreSQL's 28P01 (and 3D000, a database dropped) are no outage to wait out: the worker ends, saying why."""
+    class Refused(Exception):
+        sqlstate = "28P01"
+
+    def busy():
+        try:
+            raise sa.exc.OperationalError("connect", {}, Refused("password authentication failed for user dus"))
+        except sa.exc.OperationalError as exc:
+            raise db.DatabaseUnavailable("could not connect to PostgreSQL at h:5432/dus as dus: password "
+                                         "authentication failed; check DATABASE_URL") from exc
+    monkeypatch.setattr(loop, "_busy", busy)
+    _spin_guard(monkeypatch)
+    with pytest.raises(db.DatabaseUnavailable, match="password authentication failed"):
+        runner.worker(poll=0.01, once=False)
+    assert loop._is_outage(sa.exc.OperationalError("x", {}, type("E", (Exception,), {"sqlstate": "57P01"})()))
+
+
+def test_a_foreground_worker_fails_and_a_stopped_one_ends_during_an_outage(monkeypatch):
+    """`recipe run`'s worker (once=True) with the server gone for good looped for ever; SIGTERM (systemctl stop) to
+    an idle worker waiting out an outage was ignored until the server came back."""
+    def busy():
+        raise db.DatabaseUnavailable("could not connect to PostgreSQL at h:5432/x: refused (still unreachable "
+                                     "after 60 s); check DATABASE_URL")
+    monkeypatch.setattr(loop, "_busy", busy)
+    _spin_guard(monkeypatch)
+    with pytest.raises(db.DatabaseUnavailable, match="still unreachable"):
+        runner.worker(poll=0.01, once=True)
+    calls = []
+
+    def busy_then_stop():
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise db.DatabaseUnavailable("down")
+    monkeypatch.setattr(loop, "_busy", busy_then_stop)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        runner.worker(poll=0.01, once=False)  # returns: stopped, nothing running
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert len(calls) == 1
+
+
+def test_a_model_registered_mid_pass_is_not_said_gone(monkeypatch, tiny_llama, tmp_path):
+    """one_pass read the models before the queue: a producer that registered its model and ended between the two
+    reads was neither active nor registered in the pass, and its consumer was warned it "will fail"."""
+    import shutil
+
+    from backend import registry
+    from backend.runner import messages
+    from backend.specs import DataSource, SftSpec, UpscaleSpec
+
+    registry.import_folder(tiny_llama, name="tiny")
+    prod = runner.submit(UpscaleSpec(base="tiny", m=1, name="up-x"))
+    cons = runner.submit(SftSpec(model="up-x", data=[DataSource(source="builtin:alpaca-mini")], name="s-x"),
+                         after=prod.id)
+    assert runner._transition(prod.id, "queued", status="running", started=runner.utcnow())
+    folder = tmp_path / "up-x"
+    shutil.copytree(tiny_llama, folder)
+    real = messages.active_jobs
+
+    def active_jobs(*a, **k):  # the producer finishes as the pass reads the queue: registers, then its row ends
+        if runner.get(prod.id).status == "running":
+            registry.register(folder, "up-x", "upscaled")
+            runner._transition(prod.id, "running", status="succeeded", finished=runner.utcnow(), message="done")
+        return real(*a, **k)
+    monkeypatch.setattr(messages, "active_jobs", active_jobs)
+    jobs = runner.list_jobs(None)
+    with runner.one_pass(jobs) as (active, alive):
+        warns = [w for j in jobs if (w := runner.will_fail(j, active, runner.made_by(active)))]
+    assert runner.get(cons.id).status == "queued" and warns == []
+
+
+def test_a_registered_models_folder_that_is_gone_is_said_gone(tmp_path):
+    """A row left pointing at a folder removed by hand was refused as if the folder "holds" the model."""
+    from backend import outputs
+    from storage.models import ModelRecord
+
+    gone = tmp_path / "k9-a"
+    with db.session() as s:
+        s.add(ModelRecord(name="tiny-llama-sft", path=str(gone.resolve()), kind="sft"))
+        s.commit()
+    with pytest.raises(FileExistsError) as e:
+        outputs.check_folder_free(gone, by_name=False)
+    assert str(e.value) == (f"{gone} is the folder of the registered sft model 'tiny-llama-sft', though the folder "
+                            "is gone: remove that entry first (python -m backend models delete tiny-llama-sft, or "
+                            "the Models page), or choose another name. Nothing was changed.")
+
+
+def test_the_waiting_notice_is_not_recorded_by_a_cached_function(tmp_path):
+    """app.py's toast, called by a reconnect inside an st.cache_resource function (Compare's scores), was recorded
+    with the cached value: every later hit of the entry failed to replay it (CacheReplayClosureError) and the page
+    broke for every user until the entry went (the review's proof). Outside a cached function it still shows."""
+    from streamlit.testing.v1 import AppTest
+
+    script = tmp_path / "page.py"
+    script.write_text('''
+import streamlit as st
+from pages.dbnotice import database_wait_notice
+from storage import db
+
+db.on_unreachable(database_wait_notice)
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def scores(key):
+    if st.session_state.setdefault("outage", True):
+        db._tell_unreachable("/tmp:5432/x", 60)  # what do_connect calls as the server restarts
+    return [1, 2, 3]
+
+scores("v1")
+st.session_state.outage = False
+if st.session_state.setdefault("outside", True):
+    db._tell_unreachable("/tmp:5432/y", 60)
+st.session_state.outside = False
+st.write("table drawn")
+''')
+    at = AppTest.from_file(str(script), default_timeout=30)
+    at.run()
+    assert not at.exception and [m.value for m in at.markdown] == ["table drawn"]
+    assert [t.value for t in at.toast] == ["The database at /tmp:5432/y does not answer; retrying for up to 60 s."]
+    at.run()  # the cache's hit: replayed without a toast recorded inside it
+    assert not at.exception and [m.value for m in at.markdown] == ["table drawn"]

@@ -219,7 +219,11 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
                 busy = _busy()  # slots count every job running on this machine, also another worker's here
                 job = _claim_next(slots, only) if not stop and busy < slots else None
             except (db.DatabaseUnavailable, sa.exc.DBAPIError) as exc:
+                if not running and once:  # a foreground run (recipe run's worker): fail now, saying why
+                    raise
                 down = _database_down(exc, down)
+                if stop and not running:  # SIGTERM (systemctl stop) while waiting: nothing left to watch
+                    return
                 time.sleep(max(poll, 1.0))
                 continue
             if down is not None:
@@ -241,22 +245,40 @@ def _database_down(exc: Exception, down: tuple[float, float] | None) -> tuple[fl
     longer than $DUS_DB_RETRY_SECONDS, an outage outside a retried unit). The worker said nothing and ended with a
     traceback, and every job process it started ended with it (they stop when their worker does): a PostgreSQL
     restart killed the running jobs. Now it says so (the traceback once per outage) and tries again each second;
-    its jobs run on meanwhile. Any other database error (a bug: a constraint, a bad statement) still ends it.
+    its jobs run on meanwhile. Any other database error (_is_outage: a bug, a wrong password, SQLite's) ends it.
     `down`, and what it returns: when the outage began and when it was last said (every 30 s, not every second)."""
-    lost = isinstance(exc, db.DatabaseUnavailable) or isinstance(exc, sa.exc.OperationalError) or getattr(
-        exc, "connection_invalidated", False)
-    if not lost:
+    if not _is_outage(exc):
         raise exc
     log, now = logging.getLogger(__name__), time.monotonic()
     if down is None:
-        log.warning("the database does not answer (%s); the worker's jobs run on, and it tries again every second",
-                    str(exc).splitlines()[0][:300], exc_info=exc)
+        log.warning("the database does not answer (%s); the worker tries again every second, its running jobs go on "
+                    "(one that cannot write to it for $DUS_DB_RETRY_SECONDS fails, and resumes from its last "
+                    "checkpoint)", str(exc).splitlines()[0][:300], exc_info=exc)
         return now, now
     if now - down[1] < 30:
         return down
     log.warning("the database still does not answer after %.0f s (%s); trying again", now - down[0],
                 str(exc).splitlines()[0][:200])
     return down[0], now
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Whether a database error is a server away for a while (restarting, the network down), worth waiting out:
+    a connection lost or refused, PostgreSQL's connection exceptions (SQLSTATE class 08) and operator intervention
+    (57P: admin shutdown, starting up). Not a wrong password after a rotation (28), a database that is gone (3D), nor
+    anything on SQLite, which has no server: "no such table", a read-only or full disk are no outage (a lock waits
+    in busy_timeout already); waited on, they kept a worker looping for ever on "does not answer"."""
+    from sqlalchemy.engine import make_url
+
+    cause = exc.__cause__ if isinstance(exc, db.DatabaseUnavailable) and exc.__cause__ is not None else exc
+    if getattr(cause, "connection_invalidated", False):
+        return True
+    if state := getattr(getattr(cause, "orig", cause), "sqlstate", None):
+        return state.startswith(("08", "57P"))
+    if isinstance(exc, db.DatabaseUnavailable):  # raised for a server only (storage/db.py's connect, its retries)
+        return True
+    return make_url(db.database_url()).get_backend_name() != "sqlite" and isinstance(
+        cause, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
 def _start_checks() -> str | None:

@@ -35,10 +35,16 @@ def one_pass(jobs: list = ()) -> Iterator[tuple[list, bool]]:
     from backend import registry
     from backend.synth.datasets import datasets_once
 
+    # the queue first, then the models: a job registers its model before it leaves the queue, so a model read after
+    # the queue is there for every job that was making it (read before, a producer that ended in between was
+    # neither: its consumer "will fail", its model "gone")
+    active = active_jobs()
     with registry.read_once(), beats_once(), datasets_once():  # a data set read per queued job that names one
-        active, alive = active_jobs(), worker_alive()
+        alive = worker_alive()
         waited = {d for j in [*jobs, *active] if j.status == "queued" for d in _needs(j) + list(j.waits or [])}
-        with known_once([*jobs, *active], waited):
+        # the rows waited on read now (fresh), not taken from `jobs`, read before the pass: a dependency that failed
+        # since read as still queued ("waiting for job 7", not "will not run")
+        with known_once(active, waited):
             by_id = {j.id: j for j in active}
             token = _PASS.set((active, by_id, *_queue_order(active, by_id)))
             try:
