@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from streamlit.runtime.scriptrunner_utils.script_run_context import in_cached_function
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx, in_cached_function
 
 
 def database_wait_notice(where: str, seconds: float) -> None:
@@ -11,7 +11,8 @@ def database_wait_notice(where: str, seconds: float) -> None:
     stood blank meanwhile, a title and the running icon; a toast says what it waits for. Not from inside a cached
     function (st.cache_data / cache_resource: Compare's scores): Streamlit records the toast with the cached value
     and every later hit of it failed to replay it (CacheReplayClosureError), the page broken until the entry went.
-    `in_cached_function` is Streamlit's own flag for that (its caching module reads it); a test pins it."""
-    if not in_cached_function.get():
+    `in_cached_function` is Streamlit's own flag for that (its caching module reads it); a test pins it. Nor from a
+    thread that runs no page (the app's preloading): there is no page to show it on."""
+    if get_script_run_ctx(suppress_warning=True) is not None and not in_cached_function.get():
         st.toast(f"The database at {where} does not answer; retrying for up to {seconds:.0f} s.",
                  icon=":material/hourglass_top:")

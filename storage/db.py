@@ -174,19 +174,21 @@ def _server_engine(url: str) -> Engine:
     return engine
 
 
-_on_unreachable: ContextVar = ContextVar("dus_db_on_unreachable", default=None)
+_on_unreachable: list = [None]  # the process's notice: app.py's, in the dashboard; none in the CLI and the worker
 
 
 def on_unreachable(callback) -> None:
-    """Have `callback(where, seconds)` called, in this context (a page's script run), when a connection it asks for
-    finds the server gone and waits for it (for at most `seconds`). During a PostgreSQL restart the pages went blank
-    (a title and the running icon) for up to a minute with no word: the wait happens inside the page's first query.
-    The dashboard (app.py) registers a notice; storage imports no streamlit."""
-    _on_unreachable.set(callback)
+    """Have `callback(where, seconds)` called, in the thread whose connection finds the server gone and waits for it
+    (for at most `seconds`). During a PostgreSQL restart the pages went blank (a title and the running icon) for up
+    to a minute with no word: the wait happens inside the page's first query. The dashboard (app.py) registers a
+    notice for the process, which says nothing outside a page's run (pages/dbnotice.py): a ContextVar set by the
+    app's run was empty in the threads its fragments rerun in (the Jobs table's, every 2 s). Storage imports no
+    streamlit."""
+    _on_unreachable[0] = callback
 
 
 def _tell_unreachable(where: str, seconds: float) -> None:
-    if (callback := _on_unreachable.get()) is None:
+    if (callback := _on_unreachable[0]) is None:
         return
     try:
         callback(where, seconds)
