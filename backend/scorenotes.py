@@ -31,8 +31,11 @@ def who(models: list[str]) -> str:
 def _groups(parts: list[str], models_left: int) -> str:
     """The first GROUPS parts, the rest counted (their models are in the full note)."""
     shown = "; ".join(parts[:GROUPS])
-    return shown + (f"; and {models_left} more models in {len(parts) - GROUPS} other groups (the full note names "
-                    "them)" if len(parts) > GROUPS else "")
+    if len(parts) <= GROUPS:
+        return shown
+    more = f"{models_left} more models" if models_left else "the models above"
+    rest = len(parts) - GROUPS
+    return shown + f"; and {rest} other group{'s' if rest > 1 else ''} of {more} (the full note names them)"
 
 
 def zero_error_summary(latest: dict, rows: list[dict], clean: bool = False) -> str:
@@ -44,7 +47,9 @@ def zero_error_summary(latest: dict, rows: list[dict], clean: bool = False) -> s
     ordered = sorted(groups.items(), key=lambda g: -len(g[0][2]))
     parts = [f"{' and '.join(heads)} for {who(list(models))}, {round(v * n)} of {n} items: 95 % interval "
              + "{:.2g}–{:.2g}".format(*scoretable.interval95(v, 0.0, n)) for (v, n, models), heads in ordered]
-    left = len({m for (_, _, models), _ in ordered[GROUPS:] for m in models})
+    # a model may sit in several groups (a cell per task): those named in the groups shown are no "more models"
+    left = len({m for (_, _, models), _ in ordered[GROUPS:] for m in models}
+               - {m for (_, _, models), _ in ordered[:GROUPS] for m in models})
     return scoretable.ZERO_ERROR_WHY + _groups(parts, left) + "."
 
 

@@ -137,3 +137,23 @@ def test_the_compare_page_with_50_models_counts_them_and_charts_the_picked(tiny_
     at.toggle(key="chart_all").set_value(True).run()
     assert bar_names(at) == MODELS
     assert len(at.dataframe[0].value) == 50  # the models × tasks table shows every model throughout
+
+
+def test_the_groups_past_five_count_only_models_not_named_above(monkeypatch):
+    """A model sits in one group per task: "and 12 more models in 2 other groups" counted the models the groups shown
+    had named already (review s22b)."""
+    first = [f"a{i}" for i in range(12)]
+    cells = {(f"task{k} (accuracy)", 0.0, 4 + k): [f"g{k}-{i}" for i in range(11)] for k in range(5)}
+    cells[("late (accuracy)", 0.0, 40)] = first[:3]  # the first groups' models again: no more models
+    cells[("first (accuracy)", 0.0, 50)] = first  # 12 models: shown first
+    monkeypatch.setattr(scoretable, "zero_error_cells", lambda latest, rows, clean=False: cells)
+    said = scorenotes.zero_error_summary({}, [])
+    assert said.startswith(scoretable.ZERO_ERROR_WHY + "first (accuracy) for 12 models, 0 of 50 items")
+    assert said.endswith("; and 2 other groups of 11 more models (the full note names them).")
+    del cells[("task4 (accuracy)", 0.0, 8)]
+    cells[("late2 (accuracy)", 0.0, 41)] = first[:2]
+    assert scorenotes.zero_error_summary({}, []).endswith(
+        "; and 2 other groups of the models above (the full note names them).")
+    del cells[("late2 (accuracy)", 0.0, 41)]
+    assert scorenotes.zero_error_summary({}, []).endswith(
+        "; and 1 other group of the models above (the full note names them).")
