@@ -211,6 +211,16 @@ def _refuse_if_voted(s, t: ChatTranscript) -> None:
                          "vote. Send the prompt again (or Regenerate) for a new round to vote on.")
 
 
+def already_voted(t: ChatTranscript) -> str | None:
+    """vote_round's refusal of a round that has its vote, in its words; None while it has none."""
+    with db.session() as s:
+        try:
+            _refuse_if_voted(s, t)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
 def _votes_by_answer() -> tuple[list[Vote], list[Vote]]:
     """(votes on two answers, votes on an error), in order. A vote whose either side was an error judged no answer;
     rounds voted so before vote_round refused them are still in older databases (a "best" vote for a model whose

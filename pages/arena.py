@@ -109,6 +109,9 @@ def show_round(made: int) -> None:
     st.query_params["round"] = str(made)
 
 
+VOTE_KEYS = ("vote_a", "vote_b", "vote_tie", "vote_bad", "vote_best")  # the vote buttons below
+
+
 def cast(vote) -> None:
     """Record the vote, then draw the round again from the database. arena.vote_round refuses a round that has a
     vote already (another tab voted on it since this one was drawn): its words are shown under the vote on record."""
@@ -190,6 +193,10 @@ if round_id:
         st.rerun()
     if refused := st.session_state.pop("arena_refused", None):  # cast(): clicked as another tab voted
         st.warning(refused)
+    elif voted and any(st.session_state.get(k) for k in VOTE_KEYS):  # clicked on a round another tab had voted on
+        # since this one drew it: this run reads it voted and draws no buttons, so the click reached no cast() and
+        # the page said only "Vote recorded" (another tab's)
+        st.warning(f"Your click was not counted: {arena.already_voted(t)}")
     if voted:
         st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))
     elif failed:

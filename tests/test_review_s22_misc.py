@@ -158,6 +158,33 @@ def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypat
     assert [(v.model_a, v.model_b, v.outcome) for v in arena.votes()] == [("tiny", "tiny-b", "a")]
 
 
+def test_a_click_on_a_round_another_tab_voted_on_says_it_was_not_counted(tiny_llama):
+    """The walk: tab 2 open on round 1, tab 1 votes "A is better", then tab 2 clicks "B is better": its run read the
+    round voted, drew no buttons, and said only "Vote recorded" (tab 1's); the click was dropped without a word."""
+    from streamlit.testing.v1 import AppTest
+
+    from backend import registry
+    from tests.test_review_s21_arena import APP
+
+    registry.import_folder(tiny_llama, "tiny")
+    registry.import_folder(tiny_llama, "tiny-b")
+    answers = {m: {"text": "4", "tokens": 1, "first_token_s": 0.1, "tokens_per_s": 5.0} for m in ("tiny", "tiny-b")}
+    t = arena.save_transcript("2+2?", {}, answers, positions=["tiny", "tiny-b"], blind=True)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["round"] = str(t.id)
+    at.run()
+    at.switch_page("pages/arena.py").run()
+    arena.vote(t.id, "tiny", "tiny-b", "a")  # the other tab
+    at.button(key="vote_b").click().run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning if "not counted" in w.value] == [
+        f"Your click was not counted: round {t.id} was already voted on (Model A (tiny) is better than Model B "
+        "(tiny-b)): a round takes one vote. Send the prompt again (or Regenerate) for a new round to vote on."]
+    assert [(v.model_a, v.model_b, v.outcome) for v in arena.votes()] == [("tiny", "tiny-b", "a")]
+    at.run()  # the next run (no click): no warning
+    assert not [w for w in at.warning if "not counted" in w.value]
+
+
 # ---------------------------------------------------------------- 4. a stage a cut-off Run never queued
 
 def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, capsys):
