@@ -100,7 +100,7 @@ preset_name = c1.selectbox("Preset", recipe.PRESETS, index=None if "recipe_prese
                            key="recipe_preset", placeholder="Choose a preset to load")
 base = c2.text_input("Base (smoke needs a small model folder or name)", key="recipe_base")
 # the CLI's `recipe new … --m M`: a base of 6 layers was refused "m=8 is out of range" with no field to change it
-m_layers = c_m.number_input("m", min_value=1, value=None, step=1, key="recipe_m", placeholder="preset's",
+m_layers = c_m.number_input("m", min_value=1, value=None, step=1, key="recipe_m", placeholder="from Base",
                             help="Layers removed from each copy when the preset up-scales its base (empty: from the "
                                  "base's depth where it is known, the valid m nearest n/4 as SOLAR's 8 of 32; "
                                  "else the preset's own, 8, or 2 for smoke).")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from backend import analysis, arena, recipe
+from backend import analysis, arena, recipe, runner
 from backend.answerstats import Record
 from tests.recipe_rows import cut_off_run
 from tests.test_recipe import text
@@ -201,9 +201,10 @@ def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, cap
     capsys.readouterr()
     print_runs(1, as_json=False)
     lines = capsys.readouterr().out.splitlines()
-    assert f"{len(never)} not queued (the run was cut off: run the recipe again to queue it)" in lines[0]
+    assert lines[0].endswith(f"{len(never)} not queued")
     (avg,) = [ln for ln in lines if ln.split()[0] == "avg"]
-    assert "merge      not queued (the run was cut off" in avg  # was "merge      -"
+    assert "merge      not queued      -" in avg  # was "merge      -"
+    assert lines[-1] == "  not queued: the run was cut off: run the recipe again to queue it"
     from backend.recipe.graph import run_graph
 
     dot = run_graph(run.id)  # the graph's box said "merge · run", as if it were to be run
@@ -212,6 +213,34 @@ def test_a_stage_a_cut_off_run_never_queued_says_so(tiny_llama, monkeypatch, cap
     [q] = recipe.plan_text(text(d))
     status = {n.stage: n.status for n in q.nodes}
     assert {status[s] for s in never} == {"run"} and {status[s] for s in ("upscaled", "sft-a")} == {"in-flight"}
+
+
+def test_a_stage_queued_as_its_run_was_cut_off_shows_its_job(tiny_llama, monkeypatch):
+    """The walk: a Run killed 0.4 s in had queued sft-b's job (job 58, later succeeded) but not yet written it into the
+    stage's row: the stage read "not queued (… run the recipe again)" for ever, and `recipe cancel` missed the job."""
+    from backend.recipe.state import NOT_QUEUED
+    from tests.test_recipe import smoke
+
+    d = smoke(tiny_llama)
+    [p] = recipe.plan_text(text(d))
+    real, made = runner.submit, []
+
+    def submit(spec, **kw):  # the third job is queued, then the Run is cut off before its row names it
+        made.append(real(spec, **kw).id)
+        if len(made) == 3:
+            raise KeyboardInterrupt
+        return runner.get(made[-1])
+    monkeypatch.setattr(runner, "submit", submit)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.submit(p, text(d))
+    [run] = recipe.runs()
+    third = runner.get(made[2])
+    rows = {r.stage: (r, j) for r, j in recipe.stages(run.id)}
+    [(row, job)] = [(r, j) for r, j in rows.values() if r.output == third.spec["name"]]
+    assert row.job_id is None and job is not None and job.id == third.id  # found by the model it makes
+    assert recipe.stage_state(row, job) == "queued"
+    assert sorted(recipe.cancellable(run.id)) == made  # and `recipe cancel` finds it
+    assert NOT_QUEUED in {recipe.stage_state(r, j) for r, j in rows.values()}  # the stages after it: not queued
 
 
 # ---------------------------------------------------------------- 5. a recipe stage's kind in the wrong case

@@ -127,7 +127,8 @@ def print_runs(limit: int, as_json: bool) -> None:
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
     runs = []
     for run in recipe.runs(limit or None):
-        stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job), "job": row.job_id,
+        stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job),
+                   "job": job.id if job else row.job_id,
                    "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
                   for row, job in recipe.stages(run.id)]
         runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages})
@@ -135,18 +136,25 @@ def print_runs(limit: int, as_json: bool) -> None:
         return _print_json(runs)
     if not runs:
         print("no recipe has run yet: `python -m backend recipe run FILE` first.", file=sys.stderr)
+    from backend.recipe.state import NOT_QUEUED
+
+    def short(status: str) -> str:  # NOT_QUEUED's reason once under the run, not in every row (it broke the columns)
+        return "not queued" if status == NOT_QUEUED else status or "-"
+
     for run in runs:
         tally: dict[str, int] = {}
         for st in run["stages"]:
-            tally[st["status"] or "-"] = tally.get(st["status"] or "-", 0) + 1
+            tally[short(st["status"])] = tally.get(short(st["status"]), 0) + 1
         n = len(run["stages"])
         print(f"run {run['id']} · {run['name']} · {run['created']:%Y-%m-%d %H:%M} · {n} stage{'' if n == 1 else 's'}"
               + (": " + ", ".join(f"{k} {state}" for state, k in tally.items()) if tally else ""))
         width = max([len("stage"), *(len(st["stage"]) for st in run["stages"])])
         for st in run["stages"]:
             said = st["message"] if len(st["message"]) <= 60 else st["message"][:59] + "…"
-            print(f"  {st['stage']:{width}} {st['kind']:10} {st['status'] or '-':11} {st['job'] or '-':>5} "
+            print(f"  {st['stage']:{width}} {st['kind']:10} {short(st['status']):11} {st['job'] or '-':>5} "
                   f"{st['output'] or '-'}  {said}".rstrip())
+        if "not queued" in tally:
+            print(f"  not queued: {NOT_QUEUED.removeprefix('not queued (').removesuffix(')')}")
 
 
 def _recipe_interrupted(before: int) -> str:

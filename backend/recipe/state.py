@@ -38,7 +38,44 @@ def stage_state(row: RecipeStage, job: Job | None) -> str:
 def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
     with db.session() as s:
         rows = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id).order_by(RecipeStage.id)).all()
-        return [(r, s.get(Job, r.job_id) if r.job_id else None) for r in rows]
+        run = s.get(RecipeRun, run_id)
+        out = [(r, s.get(Job, r.job_id) if r.job_id else None) for r in rows]
+    if run is not None and (cut := [r for r, j in out if j is None and _unlinked(r)]):
+        found = _jobs_making({r.output for r in cut}, run.created)
+        out = [(r, found.get(r.output) if j is None and _unlinked(r) else j) for r, j in out]
+    return out
+
+
+def _unlinked(row: RecipeStage) -> bool:  # a stage to run that records no job (plan.submit writes it as it queues)
+    return row.job_id is None and not row.reused and (row.info or {}).get("status") == "run" and row.kind != "eval"
+
+
+def _jobs_making(names: set[str], since) -> dict[str, Job]:
+    """The jobs queued since `since` that make the models `names`, by name: a Run cut off between queueing a stage's
+    job and writing it into the stage's row left the stage "not queued" for ever, its job queued (and later its
+    model made) all the same. Active ones by their spec's name; ended ones by the registered model's job."""
+    from backend import registry, runner
+    from backend.specs import spec_from_dict
+
+    found: dict[str, Job] = {}
+    for job in runner.active_jobs():
+        try:
+            name = runner.output_name(spec_from_dict(job.spec))
+        except ValueError:
+            continue
+        if name in names and _utc(job.created) >= _utc(since):
+            found[name] = job
+    for name in names - set(found):
+        if (rec := registry.get(name)) is not None and rec.job_id and (job := runner.get(rec.job_id)) is not None \
+                and _utc(job.created) >= _utc(since):
+            found[name] = job
+    return found
+
+
+def _utc(t):
+    from datetime import timezone
+
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def runs(limit: int = 50) -> list[RecipeRun]:
