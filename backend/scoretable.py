@@ -362,6 +362,11 @@ def average_note(primary: dict, clean: bool = False) -> str:
     if not shared:
         return f"{AVERAGE}: blank — no accuracy-like task has a score for every model: {missing}."
     text = f"{AVERAGE}: mean of {', '.join(shared)}, the accuracy-like tasks every model has"
+    # the models scored on none of them (perplexity alone): "every model" read as including them
+    scored = {m for (m, _), r in primary.items() if higher_is_better(r.metric)}
+    if none := sorted({m for m, _ in primary} - scored):
+        text = (f"{AVERAGE}: mean of {', '.join(shared)}, the accuracy-like tasks every model scored on one has "
+                f"(blank for {', '.join(none)}: no accuracy-like score)")
     return text + (f"; left out: {missing}." if left_out else ".")
 
 
