@@ -18,7 +18,8 @@ from backend.specs import TRAIN_KINDS, spec_from_dict
 from storage.models import Job, utcnow
 
 # result fields said in words in a job's "done:" message, and left out when 0 ("kept 0" read as jargon)
-IN_WORDS = {"kept": "{} scores kept from its earlier run"}
+IN_WORDS = {"kept": "{} scores kept from its earlier run",
+            "already": "already registered: nothing imported"}  # an import of the built-in, imported before
 
 
 def shown_fields(result: dict) -> list[tuple[str, object]]:

@@ -245,20 +245,79 @@ def _model_refs(spec: _Spec) -> list[str]:
 
 def _check_model_ref(ref: str) -> None:
     """A model a job reads is registered, the built-in one, the model a queued job will make (a recipe's next
-    stage), or a folder; a folder is looked at only when the job runs on this machine."""
+    stage) by its name or by its output folder (_writing: the job that reads it waits for that one, `--after`), or
+    a folder; a folder is looked at only when the job runs on this machine. A refusal names the queued job that
+    writes a folder of that name or will register a name like it (_made_like): `upscale --out WS/models/t4m1
+    --queue`, then `eval WS/models/t4m1 --queue --after 26` was refused, and so was `t4m1`, and no message said the
+    name the job derives (tiny4-dus-m1)."""
     from backend import registry
 
     if registry.record(ref) is not None or ref.lower() in ("builtin", registry.BUILTIN_NAME.lower()) or _making(ref):
         return
-    if os.sep in ref or ref.startswith(("~", ".")):
+    if _is_path(ref):
+        if _writing(ref):
+            return
         if _runs_here_only() and not Path(ref).expanduser().is_dir():
             raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
-                             "model's name (python -m backend models list).")
+                             f"model's name (python -m backend models list).{_made_like(ref)}")
         if _runs_here_only() and (problem := registry.missing_tokenizer(Path(ref).expanduser())):
             raise ValueError(problem[0])
         return
     raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
-                     "model a queued job will make.")
+                     f"model a queued job will make.{_made_like(ref)}")
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # where a job process runs (loop.REPO_ROOT): its relative paths
+
+
+def _is_path(ref: str) -> bool:
+    """A model reference given as a folder, not a name."""
+    return os.sep in ref or ref.startswith(("~", "."))
+
+
+def _output_folder(job: Job) -> tuple[str, Path] | None:
+    """(the name it will register, the folder it writes) of a job that makes a model, as check_before_queueing
+    resolves them (outputs.default_folder: its `out`, else workspace/models/NAME); None for any other job."""
+    from backend import outputs
+
+    if job.kind not in MAKES_MODELS:
+        return None
+    try:
+        spec = spec_from_dict(job.spec)
+        if (name := output_name(spec)) is None:
+            return None
+        return name, outputs.default_folder(getattr(spec, "out", None), name)
+    except ValueError:  # a spec of an older version, or a name no folder can hold: it fails when it runs
+        return None
+
+
+def _writing(ref: str, jobs: list[Job] | None = None) -> Job | None:
+    """The queued or running job (of `jobs`, else every active one) whose output folder `ref` is, as the job that
+    reads it will find it: a relative path from the repository's root, where a job runs. That folder holds the
+    model when the job ends, and registry.resolve then reads it by its path (its registered name too)."""
+    if not _is_path(ref):
+        return None
+    folder = (_REPO_ROOT / Path(ref).expanduser()).resolve()
+    return next((j for j in (active_jobs() if jobs is None else jobs)
+                 if (made := _output_folder(j)) is not None and made[1] == folder), None)
+
+
+def _made_like(ref: str) -> str:
+    """For a refused model reference: the queued or running job that writes a folder of that name, or will register
+    a name like it (" Job 26 (upscale, queued) will register 'tiny4-dus-m1' at /ws/models/t4m1: give that name, or
+    that folder."), else ""."""
+    import difflib
+
+    leaf = Path(ref).expanduser().name
+    made = [(j, *m) for j in active_jobs() if (m := _output_folder(j)) is not None]
+    hit = next(((j, n, f) for j, n, f in made if f.name == leaf), None)
+    if hit is None and (near := difflib.get_close_matches(leaf, [n for _, n, _ in made], n=1, cutoff=0.75)):
+        hit = next((j, n, f) for j, n, f in made if n == near[0])
+    if hit is None:
+        return ""
+    job, name, folder = hit
+    return (f" Job {job.id} ({job.kind}, {job.status}) will register {name!r} at {folder}: give that name, or that "
+            "folder.")
 
 
 def _check_depths(spec) -> None:
@@ -311,8 +370,9 @@ def inputs_gone(job, active: list[Job] | None = None, making: set[str] | None = 
             making = made_by(j for j in jobs if j.id != job.id)
         if ref in making:
             continue
-        if os.sep in ref or ref.startswith(("~", ".")):
-            if runs_here() and not Path(ref).expanduser().is_dir():
+        if os.sep in ref or ref.startswith(("~", ".")):  # not there yet, while a job it waits for writes it: not gone
+            if runs_here() and not Path(ref).expanduser().is_dir() \
+                    and not _writing(ref, [j for j in jobs if j.id != job.id]):  # (the specs parsed only then)
                 return f"its model folder {ref} is gone"
             continue
         return f"its model {ref} is gone (deleted since it was queued)"
