@@ -20,16 +20,9 @@ from sqlalchemy.engine import Engine
 
 import backend.__main__ as entry
 from backend.__main__ import build_parser
+from tests.test_review_s13_cli import _parsers
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _parsers(p: argparse.ArgumentParser, path=()):
-    yield path, p
-    for action in p._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sp in action.choices.items():
-                yield from _parsers(sp, path + (name,))
 
 
 def _sub(p: argparse.ArgumentParser, path) -> argparse.ArgumentParser:

@@ -123,9 +123,8 @@ def test_a_three_model_round_says_its_best_vote_when_refusing_another():
     assert len(arena.votes()) == 5  # 2 for the best, 3 for the tie: nothing more
 
 
-def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypatch):
-    """Two tabs on one round, both clicking at once: the page reads `voted` at the top of the run, the other tab's
-    vote lands after it, and the click is refused by vote_round; the page shows why and the vote on record."""
+def _round_on_the_page(tiny_llama):
+    """A blind round of two models, open on the Arena page (its address names it): (the round, the page)."""
     from streamlit.testing.v1 import AppTest
 
     from backend import registry
@@ -139,6 +138,13 @@ def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypat
     at.query_params["round"] = str(t.id)
     at.run()
     at.switch_page("pages/arena.py").run()
+    return t, at
+
+
+def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypatch):
+    """Two tabs on one round, both clicking at once: the page reads `voted` at the top of the run, the other tab's
+    vote lands after it, and the click is refused by vote_round; the page shows why and the vote on record."""
+    t, at = _round_on_the_page(tiny_llama)
     assert not at.exception, at.exception
     real, reads = arena.voted, []
 
@@ -161,19 +167,7 @@ def test_the_page_shows_the_refusal_and_the_vote_on_record(tiny_llama, monkeypat
 def test_a_click_on_a_round_another_tab_voted_on_says_it_was_not_counted(tiny_llama):
     """The walk: tab 2 open on round 1, tab 1 votes "A is better", then tab 2 clicks "B is better": its run read the
     round voted, drew no buttons, and said only "Vote recorded" (tab 1's); the click was dropped without a word."""
-    from streamlit.testing.v1 import AppTest
-
-    from backend import registry
-    from tests.test_review_s21_arena import APP
-
-    registry.import_folder(tiny_llama, "tiny")
-    registry.import_folder(tiny_llama, "tiny-b")
-    answers = {m: {"text": "4", "tokens": 1, "first_token_s": 0.1, "tokens_per_s": 5.0} for m in ("tiny", "tiny-b")}
-    t = arena.save_transcript("2+2?", {}, answers, positions=["tiny", "tiny-b"], blind=True)
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["round"] = str(t.id)
-    at.run()
-    at.switch_page("pages/arena.py").run()
+    t, at = _round_on_the_page(tiny_llama)
     arena.vote(t.id, "tiny", "tiny-b", "a")  # the other tab
     at.button(key="vote_b").click().run()
     assert not at.exception, at.exception
