@@ -104,16 +104,13 @@ def cmd_models(a) -> None:
         from backend import runner
         from backend.specs import ImportSpec
 
+        spec = ImportSpec(target=_local_model(a.target), name=a.name, allow_pickle=a.allow_pickle)
         # a name a queued job will register, refused as --queue refuses it (registered here first, that job failed)
-        if name := runner.output_name(ImportSpec(target=_local_model(a.target), name=a.name), derive_import=True):
+        if name := runner.output_name(spec, derive_import=True):
             runner.check_not_making(name)
-        before = registry.get(registry.BUILTIN_NAME) if a.target.lower() in ("builtin", registry.BUILTIN_NAME.lower()) \
-            else None
-        rec = registry.import_any(_local_model(a.target), a.name, allow_pickle=a.allow_pickle, progress=_progress)
-        # the built-in once imported is kept (import_builtin returns it): "registered" read as a second copy made
-        kept = before is not None and (before.id, before.created) == (rec.id, rec.created)  # not made again (its
-        said = "already registered" if kept else "registered"  # folder gone: the row deleted, its id taken again)
-        print(f"{said} {rec.name}: {rec.num_layers} layers, {rec.num_parameters:,} parameters at {rec.path}")
+        made = registry.run_import(spec, progress=_progress)  # the job's own function: "already" as its message says
+        print(f"{'already registered' if made['already'] else 'registered'} {made['model']}: {made['layers']} layers, "
+              f"{made['parameters']:,} parameters at {made['path']}")
     elif a.action == "delete":
         if not a.target:
             raise ValueError("models delete needs a NAME.")
