@@ -105,7 +105,12 @@ def test_bench_upscale_compares_this_runs_output_with_mergekit_on_every_tensor(t
         from backend.specs import UpscaleSpec
         from backend.upscale import run_upscale
 
-        run_upscale(UpscaleSpec(base=str(src), m=m, name=f"mergekit-{len(made)}", out=str(dst), shard_size="1GB"))
+        # each in a workspace of its own, as the bench runs ours: mergekit registers nothing, and the bench removes
+        # `dst` between repeats (a row left at a removed folder is refused as such: outputs.check_folder_free)
+        with monkeypatch.context() as mp:
+            mp.setenv("DUS_WORKSPACE", str(tmp_path / f"ws-mergekit-{len(made)}"))
+            run_upscale(UpscaleSpec(base=str(src), m=m, name=f"mergekit-{len(made)}", out=str(dst),
+                                    shard_size="1GB"))
         made.append(dst)
         (dst / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {}, "weight_map": {k: "model.safetensors" for k in load_file(dst / "model.safetensors")}}))
