@@ -17,6 +17,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(when: datetime) -> datetime:
+    """`when` with its UTC zone (SQLite hands datetimes back without it)."""
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 MODEL_KINDS = ("base", "upscaled", "trained", "merged")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 

@@ -9,7 +9,7 @@ from backend import runner
 from backend.recipe.checks import eval_state
 from backend.recipe.spec import RecipeError
 from storage import db
-from storage.models import Job, RecipeRun, RecipeStage
+from storage.models import Job, RecipeRun, RecipeStage, as_utc
 
 
 # plan.submit writes every stage's row, then queues the jobs one by one, each into its row: a Run cut off between
@@ -55,27 +55,13 @@ def _jobs_making(names: set[str], since) -> dict[str, Job]:
     job and writing it into the stage's row left the stage "not queued" for ever, its job queued (and later its
     model made) all the same. Active ones by their spec's name; ended ones by the registered model's job."""
     from backend import registry, runner
-    from backend.specs import spec_from_dict
 
-    found: dict[str, Job] = {}
-    for job in runner.active_jobs():
-        try:
-            name = runner.output_name(spec_from_dict(job.spec))
-        except ValueError:
-            continue
-        if name in names and _utc(job.created) >= _utc(since):
-            found[name] = job
+    found = {n: job for n, job in runner.makers().items() if n in names and as_utc(job.created) >= as_utc(since)}
     for name in names - set(found):
         if (rec := registry.get(name)) is not None and rec.job_id and (job := runner.get(rec.job_id)) is not None \
-                and _utc(job.created) >= _utc(since):
+                and as_utc(job.created) >= as_utc(since):
             found[name] = job
     return found
-
-
-def _utc(t):
-    from datetime import timezone
-
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def runs(limit: int = 50) -> list[RecipeRun]:

@@ -30,7 +30,7 @@ from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _age, _b
                                   host_id, live_hosts, recover_orphans, worker_alive)
 from backend.runner.queue import (MAKES_MODELS, WAITING, _check_depths, _check_model_ref, _check_no_synth_run,
                                   _check_output_name, _check_train_files, _making, _model_refs, _runs_here_only,
-                                  active_jobs, check_before_queueing, check_not_making, inputs_gone, job_output,
+                                  active_jobs, check_before_queueing, check_not_making, inputs_gone, job_output, makers,
                                   made_by, jobs_using, list_jobs, metrics, output_name, planned_name, submit)
 from backend.runner.states import (_ended_dependency, _ended_need, _left_out, _needs, _queue_again,
                                    _requeue_waiting_on, _still_stopping, _waits_on_a_job, cancel, never_runs,

@@ -9,7 +9,7 @@ import os
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from sqlmodel import func, select
@@ -17,7 +17,7 @@ from sqlmodel import func, select
 from backend.cluster import ray_jobs
 from backend.runner.rows import STOPPED, _transition
 from storage import db
-from storage.models import Job, WorkerBeat, utcnow
+from storage.models import Job, WorkerBeat, as_utc, utcnow
 
 BEAT_EVERY = 5.0  # seconds between a worker's heartbeat rows
 BEAT_STALE = 60.0  # a machine none of whose workers beat for this long is taken for dead
@@ -114,9 +114,7 @@ def check_host_id() -> None:
             "container its own DUS_HOST_ID (README: A shared database), then start this worker again.")
 
 
-def _utc(when):
-    """`when` with its UTC zone (SQLite hands datetimes back without it)."""
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+_utc = as_utc  # the name this package's modules read it by
 
 
 def _age(when, now=None) -> float:

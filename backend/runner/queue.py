@@ -189,16 +189,23 @@ def _making(name: str, other_than: int | None = None) -> Job | None:
     """The queued or running job that will register a model under `name`, if any: an import by the name it gives
     (the Models page's), which was not looked at (a second job under that name was queued, and failed when its turn
     came; a job reading the imported model was refused). `other_than`: a job other than that one."""
-    for job in active_jobs():
-        if job.id == other_than or job.kind not in (*MAKES_MODELS, "import"):
+    return makers([j for j in active_jobs() if j.id != other_than]).get(name)
+
+
+def makers(jobs: list[Job] | None = None) -> dict[str, Job]:
+    """The jobs of `jobs` (else every queued or running one) that will register a model, by its name: the first
+    where two would (a machine_rank > 0 makes none: machine 0's job does)."""
+    out: dict[str, Job] = {}
+    for job in active_jobs() if jobs is None else jobs:
+        if job.kind not in (*MAKES_MODELS, "import"):
             continue
         try:
             spec = spec_from_dict(job.spec)
         except ValueError:  # queued by an older version, no longer valid: it fails when it runs, saying why; here
             continue  # it refused every later submission
-        if output_name(spec) == name:  # a machine_rank > 0 makes none: machine 0's job, queued, does
-            return job
-    return None
+        if (name := output_name(spec)) is not None:
+            out.setdefault(name, job)
+    return out
 
 
 def _check_output_name(name: str) -> None:
