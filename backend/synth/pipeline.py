@@ -36,8 +36,8 @@ from backend.synth.datasets import (RUN_FILES, DatasetError, PushFailed, _taken,
                                     dataset_users, delete_dataset, get_dataset, list_datasets, paper_mixes,
                                     save_dataset, save_mix, save_paper_mixes)
 from backend.synth.pairs import (HAND_REJECTED, LENGTH_BIN, _exported, _pushable_export, _write_partial, counts,
-                                 export, exported_digest, holds_export, length_gap, length_histograms, push_to_hub,
-                                 query_pairs, reject_by_hand)
+                                 export, exported_digest, holds_export, length_gap, length_histograms, pairs_revision,
+                                 push_to_hub, query_pairs, reject_by_hand)
 from backend.synth.rephrase import RephraseError, cache_key, check_question, make_rephraser
 from backend.synth.seeds import Seed, SeedError, load_seeds, read_records
 from storage import db
@@ -51,8 +51,8 @@ __all__ = ["ContaminationIndex", "_WordWindows", "canonical", "ngrams", "words",
            "PushFailed", "check_not_orphaned_dataset", "dataset_users", "delete_dataset", "get_dataset",
            "list_datasets", "paper_mixes", "save_dataset", "save_mix", "save_paper_mixes", "HAND_REJECTED",
            "LENGTH_BIN", "_pushable_export", "counts", "export", "exported_digest", "holds_export", "length_gap",
-           "length_histograms", "push_to_hub", "query_pairs", "reject_by_hand", "load_benchmark", "verify",
-           "check_synth_free", "run_synth_math"]
+           "length_histograms", "pairs_revision", "push_to_hub", "query_pairs", "reject_by_hand", "load_benchmark",
+           "verify", "check_synth_free", "run_synth_math"]
 
 
 def load_benchmark(path: str) -> list[str]:
