@@ -261,9 +261,12 @@ def job_status(job_id: int) -> None:
                 st.error(f"Job {job.id} failed: {job.error}")
             else:
                 st.warning(label)
+            # a job whose own run registered its model before its row was stopped: resume marks it succeeded and
+            # runs nothing (runner.resume, by this one rule, checked before anything else): the button read "Run again"
+            made = runner.states.resume_marks_done(job)
             # a job cancelled unstarted because one it needs ended without succeeding: resumed, the worker cancelled
             # it again at once and the button did nothing visible; the job to resume instead is offered
-            if blocked := runner.resume_blocked(job):
+            if not made and (blocked := runner.resume_blocked(job)):
                 st.caption(blocked[0])
                 if blocked[1] is not None and st.button(f"Resume job {blocked[1]}", key=f"resume_{job.id}"):
                     try:
@@ -277,13 +280,18 @@ def job_status(job_id: int) -> None:
             # Every kind resumes (runner.resume), as its message says ("resume it to go on (Jobs page, …)"): the
             # button was offered to training jobs alone, so a stopped evaluation, build or merge could be resumed
             # only from a terminal.
-            if job.kind in TRAIN_KINDS:
+            what = None
+            if made:
+                again = f"Mark done ({made} is registered)"
+                what = (f"Its last run registered {made} before the job was marked {job.status}: pressing this marks "
+                        "the job succeeded and runs nothing again; the jobs waiting for it go on.")
+            elif job.kind in TRAIN_KINDS:
                 saved = runner.resume_point(job) is not None
                 again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
             else:
                 again = {"eval": "Resume (the scores it stored are kept)",
                          "synth-math": "Resume (its cached rephrasings are kept)"}.get(job.kind, "Run again")
-            if st.button(again, key=f"resume_{job.id}"):
+            if st.button(again, key=f"resume_{job.id}", help=what):
                 try:  # e.g. still stopping on the machine that ran it
                     runner.resume(job.id)
                 except ValueError as exc:

@@ -15,7 +15,7 @@ from backend import analysis, qatable, registry, runner, scorenotes, scoretable
 from backend.recipe import tables
 from backend.specs import EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
-from pages.compare_pick import pick_models, show_notes, warn
+from pages.compare_pick import no_bar_note, pick_models, show_notes, warn
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -439,8 +439,14 @@ charts = {task: kept for task, rows in scoretable.chart_rows(latest, clean=clean
           if (kept := [r for r in rows if r["model"] in in_charts])}
 scope = "non-overlapping items only" if clean_only else ""
 cols = st.columns(2)
+scored_on = {}  # task -> the models with a score for it (drawn, or in the chart note's "no clean score")
+for model, task in scoretable.headline(latest):
+    scored_on.setdefault(task, set()).add(model)
 for i, (task, rows) in enumerate(sorted(charts.items())):
     cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted, subtitle=scope), key=f"bar_{task}")
+    # a charted model with no score for this task had no bar, and nothing said why
+    if missing := no_bar_note(rows, charted, scored_on.get(rows[0]["task"], set())):
+        cols[i % 2].caption(missing)
 radar = scoretable.radar_scores(charts)
 if radar and len({t for v in radar.values() for t in v}) >= 3:
     st.plotly_chart(radar_figure(radar, models=charted, subtitle=scope), key="radar")

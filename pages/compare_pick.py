@@ -46,6 +46,22 @@ def pick_models(order: list[str], made_from: dict[str, set[str]], newest: str | 
     return [m for m in order if m in picked]
 
 
+NAMED = 3  # a chart's "no bar for" names this many models at most, then counts them: a chart is half a page wide
+
+
+def no_bar_note(rows: list[dict], charted: list[str], scored: set[str] = frozenset()) -> str:
+    """The caption under one bar chart: the charted models with no score for its task, whose bars were missing
+    without a word (the default pick, the newest model's lineage, holds ancestors scored on other tasks). `rows`:
+    the chart's bars; `scored`: the models with a score for the task that has no bar here all the same (no clean
+    score, which the note under the charts says, or a score under another metric, drawn in that metric's chart)."""
+    drawn = {r["model"] for r in rows}
+    none = [m for m in charted if m not in drawn and m not in scored]
+    if not none:
+        return ""
+    who = ", ".join(none) if len(none) <= NAMED else f"{len(none)} of the charted models"
+    return f"No bar for {who}: not scored on this task."
+
+
 def show_notes(notes: list[scorenotes.Note], extra: list[str]) -> None:
     """The notes under the table, one a line, and the ones that count their models whole in an expander."""
     st.caption("\n".join(f"- {n.text}" for n in notes) + "".join(f"\n- {e}" for e in extra))

@@ -417,12 +417,24 @@ def list_jobs(limit: int | None = 100, *, kinds=None, statuses=None) -> list[Job
 
 def planned_name(job) -> str:
     """The name a job will register: its spec's name, or the name the spec derives when it gives none (a job
-    queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say. The pages'
-    "a job already makes this name" check, their job labels and `jobs list` all use it."""
-    if job.spec.get("name"):
-        return job.spec["name"]
+    queued from the CLI or a saved spec without --name holds `name: null`), "" when its spec cannot say or the job
+    registers none: a training on a machine_rank > 0 (output_name's rule; the Jobs page and `jobs list` named
+    machine 0's model for it). The pages' "a job already makes this name" check, their job labels and `jobs list`
+    all use it."""
+    return _planned(job.spec)
+
+
+def _planned(data: dict) -> str:
+    """planned_name of a job's spec as stored."""
+    if (data.get("machine_rank") or 0) > 0:  # only such a spec is read whole here: the name alone is the common case
+        try:
+            return output_name(spec_from_dict(data)) or ""
+        except ValueError:
+            return ""
+    if data.get("name"):
+        return data["name"]
     try:
-        spec = spec_from_dict(job.spec)
+        spec = spec_from_dict(data)
     except ValueError:  # a spec written by an older version
         return ""
     return spec.default_name() if hasattr(spec, "default_name") else ""
@@ -439,6 +451,8 @@ def job_output(job) -> str:
         return "scores of " + ", ".join(job.spec.get("models", []))
     if job.kind == "push":
         return f"{job.spec.get('model')} → hub:{job.spec.get('repo')}"
+    if (job.spec.get("machine_rank") or 0) > 0 and not planned_name(job):  # it trains; machine 0's job registers
+        return f"nothing: machine 0 registers {_planned({**job.spec, 'machine_rank': 0}) or 'the model'}"
     return planned_name(job) or (f"from {job.spec['target']}" if job.spec.get("target") else "")
 
 

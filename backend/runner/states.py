@@ -139,6 +139,15 @@ def _made_by_its_run(job: Job):
     return rec
 
 
+def resume_marks_done(job: Job) -> str | None:
+    """The model a resume of `job` finds its own run registered, by resume's rule (_made_by_its_run): the resume
+    then marks the job succeeded and runs nothing (_mark_done). None when a resume would run it (or refuse it). The
+    Jobs page's button says which it will do: it read "Run again" for a job it marked done."""
+    if job.status not in ("interrupted", "failed", "cancelled"):
+        return None
+    return made.name if (made := _made_by_its_run(job)) is not None else None
+
+
 def _mark_done(job: Job, made) -> Job:
     """A job whose run registered its model before its row was stopped: succeeded, as that run would have left it,
     and the jobs that waited for it go on (_requeue_waiting_on), instead of a resume that refused the name its own
