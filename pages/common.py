@@ -14,7 +14,6 @@ import streamlit as st
 from backend import evaldevice, registry, runner
 from backend.chat import load
 from backend.names import human_bytes
-from backend.specs import TRAIN_KINDS
 from storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,12 +260,14 @@ def job_status(job_id: int) -> None:
                 st.error(f"Job {job.id} failed: {job.error}")
             else:
                 st.warning(label)
-            # a job whose own run registered its model before its row was stopped: resume marks it succeeded and
-            # runs nothing (runner.resume, by this one rule, checked before anything else): the button read "Run again"
-            made = runner.states.resume_marks_done(job)
+            # what resuming will do, by runner.resume's rules (the CLI's `jobs resume` prints the same sentence): a
+            # job whose own run registered its model before its row was stopped is marked succeeded, nothing runs
+            # again (the button read "Run again"); a run stopped before its first checkpoint starts over. Every kind
+            # resumes (runner.resume): the button was offered to training jobs alone once.
+            action = runner.messages.resume_action(job)
             # a job cancelled unstarted because one it needs ended without succeeding: resumed, the worker cancelled
             # it again at once and the button did nothing visible; the job to resume instead is offered
-            if not made and (blocked := runner.resume_blocked(job)):
+            if not action.marks_done and (blocked := runner.resume_blocked(job)):
                 st.caption(blocked[0])
                 if blocked[1] is not None and st.button(f"Resume job {blocked[1]}", key=f"resume_{job.id}"):
                     try:
@@ -276,21 +277,7 @@ def job_status(job_id: int) -> None:
                     else:
                         st.rerun(scope="app")
                 return
-            # a run stopped before its first checkpoint starts over: the button says so rather than promise a resume.
-            # Every kind resumes (runner.resume), as its message says ("resume it to go on (Jobs page, …)"): the
-            # button was offered to training jobs alone, so a stopped evaluation, build or merge could be resumed
-            # only from a terminal.
-            what = None
-            if made:
-                again = f"Mark done ({made} is registered)"
-                what = (f"Its last run registered {made} before the job was marked {job.status}: pressing this marks "
-                        "the job succeeded and runs nothing again; the jobs waiting for it go on.")
-            elif job.kind in TRAIN_KINDS:
-                saved = runner.resume_point(job) is not None
-                again = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
-            else:
-                again = {"eval": "Resume (the scores it stored are kept)",
-                         "synth-math": "Resume (its cached rephrasings are kept)"}.get(job.kind, "Run again")
+            again, what = action.label, action.says[0].upper() + action.says[1:] + "."
             if st.button(again, key=f"resume_{job.id}", help=what):
                 try:  # e.g. still stopping on the machine that ran it
                     runner.resume(job.id)

@@ -1,4 +1,4 @@
-"""A terminal user's review of the CLI (helpers/cli.md): relative paths checked here but used from the repository
+"""The CLI as a terminal user meets it: relative paths checked here but used from the repository
 root, merge options its method ignores, exit codes that did not say whether the work failed, `run RECIPE --after`
 dropping the wait, `jobs resume` promising a checkpoint there was not, a foreground failure pointing at a job that
 did not exist, missing files reported as Hub failures, and --help without defaults."""
@@ -258,7 +258,7 @@ def test_resume_says_checkpoint_or_start_over(tmp_path):
     rc, out, err = cli("jobs", "resume", str(b.id))
     assert out == f"job {b.id}: queued (a running worker resumes it from its last checkpoint, checkpoint-12)\n"
     rc, out, err = cli("jobs", "resume", str(ev.id))
-    assert out == f"job {ev.id}: queued (a running worker runs the eval again from the start)\n"
+    assert out == f"job {ev.id}: queued (it stored no score: a running worker runs the eval again from the start)\n"
 
 
 # ---------------------------------------------------------------- 11. missing local files, perplexity hint

@@ -195,7 +195,15 @@ def test_a_killed_job_says_what_a_resume_does_for_its_kind():
         "nothing was registered (a worker removes its partial files); resume it to run it again (python -m backend "
         "jobs resume 7, or Resume on the Jobs page)")
     assert said["sft"].startswith("resume it to continue from its last checkpoint (python -m backend jobs resume 7")
-    assert said["eval"].startswith("the scores it stored are kept; resume it to score the rest")
+    assert said["eval"].startswith("it stored no score; resume it to run it again (python -m backend jobs resume 7")
+    from storage import db
+    from storage.models import EvalScore
+
+    with db.session() as s:
+        s.add(EvalScore(model="m", task="qa", metric="accuracy", value=0.5, n=4, job_id=7))
+        s.commit()
+    assert runner._what_resume_does(Job(id=7, kind="eval", spec={})).startswith(
+        "the scores it stored are kept; resume it to score the rest")
     assert said["synth-math"].startswith("nothing was registered; resume it to go on from the rephrasings it cached")
 
 

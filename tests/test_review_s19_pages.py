@@ -199,7 +199,8 @@ def test_a_stopped_job_of_any_kind_offers_what_its_message_promises(tiny):
     runner._update(up, status="failed", error="Not enough disk space in /w: free some space.", message="failed")
     at = app("jobs.py")
     at.selectbox(key="job").set_value(ev).run()
-    assert [b.label for b in at.button if b.key == f"resume_{ev}"] == ["Resume (the scores it stored are kept)"]
+    # it stored no score (runner.messages.resume_action): run again, as `jobs resume` says
+    assert [b.label for b in at.button if b.key == f"resume_{ev}"] == ["Run again"]
     at.button(key=f"resume_{ev}").click().run()
     assert (runner.get(ev).status, runner.get(ev).message) == ("queued", "queued to resume")
     at.selectbox(key="job").set_value(up).run()

@@ -52,6 +52,29 @@ def test_a_job_whose_model_is_not_its_own_keeps_run_again():
     assert next(b for b in at.button if b.key == f"resume_{job.id}").label == "Run again"
 
 
+def test_the_page_and_jobs_resume_say_one_thing_of_what_a_resume_does():
+    """The CLI printed that a stopped evaluation runs "again from the start" while the button promised its stored
+    scores were kept (run_eval keeps them): both read runner.messages.resume_action now."""
+    from backend.specs import EvalSpec
+    from tests.test_review_cli import cli
+
+    spec = EvalSpec(models=["tiny", "other"], tasks=["qa"])
+    kept, fresh = _stopped(spec, "failed"), _stopped(spec, "cancelled")
+    add(EvalScore(model="tiny", task="qa", metric="accuracy", value=0.5, n=4, job_id=kept.id))
+    at = app("jobs.py")
+    said = {}
+    for job in (kept, fresh):
+        at.selectbox(key="job").set_value(job.id).run()
+        button = next(b for b in at.button if b.key == f"resume_{job.id}")
+        said[job.id] = (button.label, button.help)
+    assert said[kept.id] == ("Resume (the scores it stored are kept)", "A running worker scores the rest; the scores "
+                             "it stored for 1 model and task pair are kept.")
+    assert said[fresh.id] == ("Run again", "It stored no score: a running worker runs the eval again from the start.")
+    for job in (kept, fresh):
+        rc, out, err = cli("jobs", "resume", str(job.id))
+        assert (rc, out) == (0, f"job {job.id}: queued ({said[job.id][1][0].lower()}{said[job.id][1][1:-1]})\n")
+
+
 # ---------------------------------------------------------------- 2. machine_rank > 0 registers nothing
 
 def test_a_training_on_machine_rank_1_names_no_model_it_will_register():

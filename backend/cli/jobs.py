@@ -87,16 +87,11 @@ def _has_ended(status: str, job_id: int) -> str:
 
 
 def resume_says(job) -> str:
-    """What a resume will do, by the Jobs page's rule (runner.resume_point): `jobs resume` promised a checkpoint to a
-    run cancelled at step 12 with none saved, and to evaluations."""
+    """What a resume will do, by the Jobs page's rule (runner.messages.resume_action): `jobs resume` promised a
+    checkpoint to a run cancelled at step 12 with none saved, and said a stopped evaluation started over."""
     from backend import runner
-    from backend.specs import TRAIN_KINDS
 
-    if job.kind not in TRAIN_KINDS:
-        return f"a running worker runs the {job.kind} again from the start"
-    if (point := runner.resume_point(job)) is not None:
-        return f"a running worker resumes it from its last checkpoint, {point.name}"
-    return "no checkpoint was saved: a running worker starts the training over from step 0"
+    return runner.messages.resume_action(job).says
 
 
 def wait_for(job_id: int, timeout: float | None, poll: float) -> int:

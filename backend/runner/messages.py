@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from backend.cluster import ray_jobs
 from backend.runner.hosts import (BEAT_STALE, _age, _beat_ages, _local_run_alive, _utc, beats_once, host_id,
@@ -132,6 +132,10 @@ def _what_resume_does(job: Job) -> str:
     if job.kind in TRAIN_KINDS:
         return f"resume it to continue from its last checkpoint {again}"
     if job.kind == "eval":
+        from backend.evaljob import stored_by_job
+
+        if not stored_by_job(job.id):
+            return f"it stored no score; resume it to run it again {again}"
         return f"the scores it stored are kept; resume it to score the rest {again}"
     if job.kind == "synth-math":
         from backend.synth.pipeline import get_dataset
@@ -143,6 +147,42 @@ def _what_resume_does(job: Job) -> str:
                     f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
         return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
     return f"nothing was registered (a worker removes its partial files); resume it to run it again {again}"
+
+
+class ResumeAction(NamedTuple):
+    label: str  # the Jobs page's button
+    says: str  # the sentence `jobs resume` prints, and the button's help
+    marks_done: bool = False  # its run registered its model: nothing runs again
+
+
+def resume_action(job) -> ResumeAction:
+    """What resuming `job` will do, by the rules runner.resume follows: the Jobs page's button and the sentence
+    `jobs resume` prints (they were written apart and disagreed: the CLI said a stopped evaluation ran again from
+    the start, the button that its stored scores were kept, which run_eval does)."""
+    from backend.runner.states import resume_marks_done
+
+    if made := resume_marks_done(job):
+        return ResumeAction(f"Mark done ({made} is registered)",
+                            f"its last run registered {made} before the job was marked {job.status}: resuming marks "
+                            "the job succeeded and runs nothing again; the jobs waiting for it go on", True)
+    if job.kind in TRAIN_KINDS:
+        if (point := resume_point(job)) is not None:
+            return ResumeAction("Resume from the last checkpoint",
+                                f"a running worker resumes it from its last checkpoint, {point.name}")
+        return ResumeAction("Restart (no checkpoint was saved)",
+                            "no checkpoint was saved: a running worker starts the training over from step 0")
+    if job.kind == "eval":
+        from backend.evaljob import stored_by_job
+
+        if kept := stored_by_job(job.id):
+            return ResumeAction("Resume (the scores it stored are kept)",
+                                f"a running worker scores the rest; the scores it stored for {len(kept)} model and "
+                                f"task pair{'s' if len(kept) != 1 else ''} are kept")
+        return ResumeAction("Run again", "it stored no score: a running worker runs the eval again from the start")
+    if job.kind == "synth-math":
+        return ResumeAction("Resume (its cached rephrasings are kept)",
+                            "a running worker goes on from the rephrasings it cached")
+    return ResumeAction("Run again", f"a running worker runs the {job.kind} again from the start")
 
 
 def resume_point(job) -> Path | None:
