@@ -93,8 +93,11 @@ def _of_revision(what: str, pairs_id: int, flagged: bool | None, revision: str):
 
 
 def _compute(what: str, pairs_id: int, flagged: bool | None):
-    fn = getattr(pipeline, what)
-    return fn(pairs_id) if flagged is None else fn(pairs_id, include_flagged=flagged)
+    if what == "counts":
+        return pipeline.counts(pairs_id)
+    fn = {"length_gap": pipeline.length_gap, "length_histograms": pipeline.length_histograms,
+          "exported_digest": pipeline.exported_digest}[what]
+    return fn(pairs_id, include_flagged=flagged)
 
 
 def of_pairs(what: str, pairs_id: int, flagged: bool | None, revision: str):
