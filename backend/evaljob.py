@@ -83,6 +83,12 @@ NONE_MADE = "none of the models to evaluate exists"  # how a skip_missing run wi
 
 
 def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """Score every model of `spec` on every task and store the scores. Every task's items are read and checked, and
+    every model's device plan made (one that cannot fit says so), before any model loads; with spec.skip_missing (a
+    recipe's evaluation) a model whose job did not succeed is left out. Writes no files (`out_dir` is unused): each
+    (model, task) lands as one database transaction of EvalScore rows and their generations, marked with this job.
+    A resume of the job keeps the (model, task) scores its earlier run stored and scores only the rest; the result
+    counts them ("kept") and its notes say so."""
     progress = progress or (lambda f, m: None)
     spec = spec.model_copy(update={"models": list(dict.fromkeys(stored_name(m) for m in spec.models))})
     job_id = int(os.environ["DUS_JOB_ID"]) if os.environ.get("DUS_JOB_ID") else None

@@ -132,7 +132,7 @@ def pickle_to_folder(folder: Path, progress: Progress) -> Path:
             if (folder / keep).is_file():
                 shutil.copy2(folder / keep, tmp / keep)
         copy_companions(folder, tmp)  # not a Trainer folder's adapter_config.json, trainer_state.json, ...
-    except Exception as exc:
+    except BaseException as exc:  # a Ctrl-C too (as gguf_to_folder): it left the partial weights in workspace/.tmp
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(exc, tmp)
         raise

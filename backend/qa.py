@@ -32,6 +32,8 @@ import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from backend.data_files import json_reason
+from backend.lm_eval_tasks.loaders import json_lines
 from backend.openai_compat import chat_completion
 from backend.synth.answers import extract_answer, same_answer, stated_answer
 
@@ -79,53 +81,58 @@ class QAError(ValueError):
 
 # ---------------------------------------------------------------- items
 
+ROW = "{id, question, answers, answerable}"  # a QA file's row, named in its errors
+
+
 def load_items(path: str | Path) -> list[dict]:
     """Read and validate a QA file; every problem is reported with its line, before any model is loaded."""
     p = Path(path)
     if not p.is_file():
-        raise QAError(f"qa: {p} does not exist; give a JSONL file of {{id, question, answers, answerable}} rows.")
-    items, seen = [], {}
-    # utf-8-sig: a file saved with a byte-order mark (Notepad) failed on line 1 as "not valid JSON"
-    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise QAError(f"{p.name}, line {n}: not valid JSON.") from None
-        except RecursionError:  # Python's json on a line ~1,000 levels deep: a bare RecursionError at queueing
-            raise QAError(f"{p.name}, line {n}: nested too deeply (arrays and objects about 1,000 inside each "
-                          "other); a row is {id, question, answers, answerable}.") from None
+        raise QAError(f"qa: {p} does not exist; give a JSONL file of {ROW} rows.")
+    seen: dict[str, int] = {}
+
+    def problem(n: int, row) -> str | None:
         if not isinstance(row, dict):
-            raise QAError(f"{p.name}, line {n}: expected an object {{id, question, answers, answerable}}.")
+            return f"expected an object {ROW}."
         missing = [c for c in ("id", "question", "answers", "answerable") if c not in row]
         if missing:
-            raise QAError(f"{p.name}, line {n}: missing {', '.join(missing)} (a row is {{id, question, answers: "
-                          "[...], answerable: true/false}).")
+            return f"missing {', '.join(missing)} (a row is {{id, question, answers: [...], answerable: true/false}})."
         if not isinstance(row["question"], str) or not row["question"].strip():
-            raise QAError(f"{p.name}, line {n}: question is empty.")
+            return "question is empty."
         if not isinstance(row["answerable"], bool):
-            raise QAError(f"{p.name}, line {n}: answerable must be true or false.")
+            return "answerable must be true or false."
         answers = row["answers"]
         if not isinstance(answers, list) or not all(isinstance(a, (str, int, float)) for a in answers):
-            raise QAError(f"{p.name}, line {n}: answers must be a list of strings.")
-        answers = [str(a).strip() for a in answers if str(a).strip()]
-        if row["answerable"] and not answers:
-            raise QAError(f"{p.name}, line {n}: answers is empty on an answerable question; give at least one "
-                          "reference answer, or set answerable to false.")
+            return "answers must be a list of strings."
+        if row["answerable"] and not any(str(a).strip() for a in answers):
+            return ("answers is empty on an answerable question; give at least one reference answer, or set "
+                    "answerable to false.")
         key = str(row["id"])
         if key in seen:
-            raise QAError(f"{p.name}, line {n}: duplicate id {key!r} (first on line {seen[key]}); ids must be "
-                          "unique.")
+            return f"duplicate id {key!r} (first on line {seen[key]}); ids must be unique."
         seen[key] = n
-        kind = row.get("kind") or ("answerable" if row["answerable"] else "unanswerable")
-        if kind not in ITEM_KINDS:
-            raise QAError(f"{p.name}, line {n}: kind {kind!r}; use one of {', '.join(ITEM_KINDS)}.")
-        items.append({"id": key, "question": row["question"].strip(), "answers": answers,
-                      "answerable": row["answerable"], "kind": kind})
-    if not items:
-        raise QAError(f"{p.name} has no rows.")
-    return items
+        if _kind(row) not in ITEM_KINDS:
+            return f"kind {_kind(row)!r}; use one of {', '.join(ITEM_KINDS)}."
+        return None
+
+    def fault(n: int | None, said: str | None, error: Exception | None) -> QAError:
+        if n is None:
+            return QAError(f"{p.name} has no rows.")
+        if said is None:  # not JSON: where on the line and why, as a data file's reader says it
+            return QAError(f"{p.name}, line {n}, column {error.colno}: not valid JSON ({json_reason(error)}).")
+        if isinstance(error, RecursionError):
+            return QAError(f"{p.name}, line {n}: {said.removesuffix('.')}; a row is {ROW}.")
+        return QAError(f"{p.name}, line {n}: {said}")
+
+    # utf-8-sig: a file saved with a byte-order mark (Notepad) failed on line 1 as "not valid JSON"
+    rows = json_lines(p.read_text(encoding="utf-8-sig"), problem, fault)
+    return [{"id": str(row["id"]), "question": row["question"].strip(),
+             "answers": [str(a).strip() for a in row["answers"] if str(a).strip()],
+             "answerable": row["answerable"], "kind": _kind(row)} for _, row in rows]
+
+
+def _kind(row: dict) -> str:
+    return row.get("kind") or ("answerable" if row["answerable"] else "unanswerable")
 
 
 def prompt_for(item: dict) -> str:

@@ -14,10 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from backend.spec_base import SEPARATORS, Resources, _Spec, _valid_name, distinct_tail, parse_size  # noqa: F401
-from backend.spec_models import (DEFAULT_NAME_CHARS, MERGE_ALIASES, MERGE_DEFAULTS,  # noqa: F401
-                                 MERGE_METHOD_FIELDS, METHOD_ONLY_FIELDS, ImportSpec, MergeSpec, PushSpec,
-                                 SliceRange, UpscaleSpec)
+from backend.spec_base import Resources, _Spec, _valid_name, parse_size  # noqa: F401
+from backend.spec_models import MERGE_DEFAULTS, ImportSpec, MergeSpec, PushSpec, SliceRange, UpscaleSpec  # noqa: F401
 from backend.spec_train import CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, SftSpec, _TrainSpec  # noqa: F401
 
 class SynthMathSpec(_Spec):

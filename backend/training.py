@@ -435,6 +435,13 @@ def failure_reason(rc: int, tail: Sequence[str], run_dir: Path, job: str | None)
 
 
 def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """Train (continued pretraining, SFT or DPO) with trl in a launched process (`accelerate launch -m
+    backend.train_entry`, or Ray Train workers) and register the result. The run folder (workspace/runs/job-ID in a
+    job, run_dir_for) holds spec.json, the checkpoints and summary.json; the trained model is moved from its
+    final/ into the output folder and registered as "trained", with the input model as its parent. With several
+    machines each one trains and machine 0 saves and registers. A resume (the same job, or the same run folder)
+    continues from the newest complete checkpoint there, refused if the spec changed in more than RESUME_MAY_CHANGE;
+    the checkpoints are removed once the model is registered unless spec.keep_checkpoints."""
     progress = progress or (lambda f, m: None)
     folder, name, ref_folder, parent = check_inputs(spec)
     main_machine = spec.machine_rank == 0  # the others train, and leave saving and registering to machine 0

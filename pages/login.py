@@ -18,10 +18,20 @@ _AUTHED = "_dus_authenticated"
 
 
 def _oidc_configured() -> bool:
+    """Whether Streamlit's secrets hold an [auth] section. No secrets file at all is no OIDC login; one that does
+    not parse (or cannot be read) stops the page with where and why: read as "no login configured", the page said
+    to configure in secrets.toml the login that was there."""
     try:
         return "auth" in st.secrets
-    except Exception:  # no secrets.toml at all (StreamlitSecretNotFoundError), or one that does not parse
-        return False
+    except Exception as exc:  # noqa: BLE001 - a gate: whatever stops the secrets being read keeps the page locked
+        files = [str(f) for f in st.get_option("secrets.files") or []]
+        if isinstance(exc, FileNotFoundError) and not any(Path(f).exists() for f in files):
+            return False  # StreamlitSecretNotFoundError "No secrets found": none of the files exists
+        said = " ".join(str(exc).split())  # a TOML error: "Error parsing secrets file at PATH: why (at line L…)"
+        st.error(f"DUS Studio stays locked: Streamlit's secrets cannot be read, so whether they configure a login "
+                 f"cannot be told. {said.rstrip('.')}. Fix the file (or remove it if no OIDC login is wanted), then "
+                 "reload the page.")
+        st.stop()
 
 
 def _client() -> str:

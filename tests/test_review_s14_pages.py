@@ -1,4 +1,6 @@
-"""Session 14's walk through the pages in a browser (helpers/ui14): what misled a user of the dashboard."""
+"""What a walk through the pages in a browser found misleading, held on the pages: names a queued job will take,
+the Monitor and Jobs pages opening on the running job, the memory plan's order and units, the charts' axes and
+direction, the Models page's jobs and lineage, the Arena's empty leaderboard, and the Build and Train forms."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Session 16's walk through the pages in a browser (helpers/ui16): what misled a user of the dashboard."""
+"""What a walk through the pages in a browser found misleading, held on the pages: the push form's button and
+refusal above the card preview, the Jobs table's columns, a deleted model named as such on the Models, Arena and
+Merge views, the layer map's legend, the Synthetic math page's export notes, and the merge form's ancestors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Session 16's walk through Train, Monitor and Recipe in a browser (helpers/ui16b): what misled or broke."""
+"""What misled or broke on the Train, Monitor and Recipe pages: a folder data source, a job to start after that
+has ended, the log of every chosen job, what a recipe run queued and reuses, how an uploaded .txt was counted, and
+the recipe tables keeping the model and the paper's number in view."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Review s19 split b: backend/memplan.py became the package backend/memplan/ (shape, components, strategies, report) and
-backend/train_entry.py's parts moved to backend/train_job/ (model, rows, metrics, resume), without a change in what
-they do. backend.memplan and backend.train_entry stay the import points (`accelerate launch -m backend.train_entry`,
-Ray Train's train_entry.main): these tests hold the names others use there to the functions that do the work, and a
+"""The memory planner is the package backend/memplan/ (shape, components, strategies, report) and the training job's
+parts live in backend/train_job/ (model, rows, metrics, resume), beside the entry module backend/train_entry.py.
+backend.memplan and backend.train_entry are the import points (`accelerate launch -m backend.train_entry`, Ray
+Train's train_entry.main): these tests hold the names others use there to the functions that do the work, and a
 patch on the module a function looks its helper up in to reaching it."""
 
 from pathlib import Path

@@ -36,30 +36,47 @@ def _gsm8k_problem(row: dict) -> str | None:
     return None
 
 
-def read_json_lines(path: Path, check: Callable[[object], str | None],
-                    fault: Callable[[int | None, str | None], Exception]) -> list[dict]:
-    """The rows of JSON Lines file `path`, a line each (blank lines left out), each checked by `check` (what is wrong
-    with the line's value, if anything: an object is the caller's to ask for). `fault(line, problem)` is the caller's
-    exception, in its own words, for a line that is not JSON (problem None), nests too deep for Python's json (it
-    raised a bare RecursionError), or fails `check`, and for a file of no rows (line None). The one reader of the
-    local tasks' files (_read) and of an evaluation's mc: and gsm8k: files (backend/evaltasks.py read_jsonl); this
-    module imports nothing of the studio, as lm-eval loads it from its file."""
+NESTED = "nested too deeply (arrays and objects about 1,000 inside each other)."  # Python's json: RecursionError
+
+
+def json_lines(text: str, check: Callable[[int, object], str | None],
+               fault: Callable[[int | None, str | None, Exception | None], Exception]) -> list[tuple[int, object]]:
+    """(line, value) of each line of JSON Lines `text` (blank lines and a leading byte-order mark left out), each
+    checked by `check(line, value)` (what is wrong with it, if anything: an object is the caller's to ask for; the
+    line lets a caller say where an id was first seen). `fault(line, problem, error)` is the caller's exception, in
+    its own words: for a line that is not JSON (problem None, error json's JSONDecodeError, whose colno and msg say
+    where and why), one that nests too deep for Python's json (problem NESTED, error the RecursionError it raised),
+    one that fails `check` (its problem, error None), and for text of no rows (line None).
+
+    The one JSON Lines reader of the studio: the local tasks' files (_read), an evaluation's mc: and gsm8k: files
+    (backend/evaltasks.py, through read_json_lines), QA files (backend/qa.py load_items) and seed and benchmark
+    files (backend/synth/seeds.py read_records). This module imports nothing of the studio, as lm-eval loads it
+    from its file."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for n, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            raise fault(n, None) from None
-        except RecursionError:
-            raise fault(n, "nested too deeply (arrays and objects about 1,000 inside each other).") from None
-        if problem := check(row):
-            raise fault(n, problem)
-        rows.append(row)
+        except json.JSONDecodeError as exc:
+            raise fault(n, None, exc) from None
+        except RecursionError as exc:
+            raise fault(n, NESTED, exc) from None
+        if problem := check(n, row):
+            raise fault(n, problem, None)
+        rows.append((n, row))
     if not rows:
-        raise fault(None, None)
+        raise fault(None, None, None)
     return rows
+
+
+def read_json_lines(path: Path, check: Callable[[object], str | None],
+                    fault: Callable[[int | None, str | None], Exception]) -> list[dict]:
+    """The values of JSON Lines file `path` (UTF-8, with or without its byte-order mark), read by json_lines:
+    `check(value)` what is wrong with one, `fault(line, problem)` the caller's exception (problem None: the line is
+    not JSON; line None: the file has no rows)."""
+    return [row for _, row in json_lines(path.read_text(encoding="utf-8-sig"), lambda n, row: check(row),
+                                         lambda n, problem, error: fault(n, problem))]
 
 
 def _read(path: Path, check) -> list[dict]:

@@ -36,6 +36,12 @@ SLERP_LINE = "SLERP: "  # starts the model card's line saying how many tensors w
 
 
 def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """Merge `spec.models` (with spec.base when it names one) by spec.method, tensor by tensor, into a new
+    model folder: its safetensors shards, the donor's config.json (the base's, else the first model's) with the
+    output dtype, the tokenizer files and chat template, and a model card (README.md) saying how it was made. The
+    folder is built in a temporary one and renamed into place, then registered as "merged" with its models as
+    parents. A resume keeps nothing: a stopped merge registered nothing and left only a temporary folder (removed
+    at the next start), so it runs again from the start."""
     import torch
 
     progress = progress or (lambda f, m: None)

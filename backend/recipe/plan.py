@@ -353,7 +353,11 @@ def _look_up(nodes: list[Node]) -> None:
 
 def submit(p: Plan, text: str = "") -> int:
     """Queue the stages that must run, each needing the jobs of the stages it reads; record the run. Returns its
-    id. A stage that fails cancels what depends on it (the runner's dependency check), with the reason."""
+    id. A stage whose input's job fails is cancelled, with the reason, when a worker next looks for work (the
+    runner's dependency check). Evaluations differ off a Ray cluster: the evaluation stages are one job that waits
+    for its models' jobs however they end and leaves out a model whose job failed (skip_missing), so the others are
+    still scored. On a Ray cluster each evaluation stage is a job of its own, cancelled like any other stage when its
+    model's job fails."""
     from backend.cluster import ray_jobs
 
     addr = ray_jobs.address()

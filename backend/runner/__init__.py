@@ -22,23 +22,17 @@ A test that replaces a function the runner calls itself patches the module that 
 `runner.child.work_function`): a patch on the package reaches only the callers that go through the package.
 """
 
-from backend.runner.rows import (FINISHED, STOPPED, UNSUCCESSFUL, _as_json, _holds, _transition, _update, count_jobs,
-                                 get, record_run_dir)
-from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _age, _beat_ages, _clear_stopped, _cmdline,
-                                  _command_holds, _db_now, _hosts_here, _local_run_alive, _mine, _runs_job, _utc, beat,
-                                  check_host_id, check_shared_workspace, claim_host, dead_hosts, heartbeat_path,
-                                  host_id, live_hosts, recover_orphans, worker_alive)
-from backend.runner.queue import (MAKES_MODELS, WAITING, _check_depths, _check_model_ref, _check_no_synth_run,
-                                  _check_output_name, _check_train_files, _making, _model_refs, _runs_here_only,
-                                  active_jobs, check_before_queueing, check_not_making, inputs_gone, job_output, makers,
-                                  made_by, jobs_using, list_jobs, metrics, output_name, planned_name, submit)
-from backend.runner.states import (_ended_dependency, _ended_need, _left_out, _needs, _queue_again,
-                                   _requeue_waiting_on, _still_stopping, _waits_on_a_job, cancel, never_runs,
+from backend.runner.rows import FINISHED, STOPPED, UNSUCCESSFUL, _transition, _update, count_jobs, get, record_run_dir
+from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _beat_ages, _clear_stopped, _cmdline,
+                                  _local_run_alive, _runs_job, beat, check_host_id, check_shared_workspace, claim_host,
+                                  dead_hosts, heartbeat_path, host_id, live_hosts, recover_orphans, worker_alive)
+from backend.runner.queue import (MAKES_MODELS, WAITING, active_jobs, check_before_queueing, check_not_making,
+                                  inputs_gone, job_output, makers, made_by, jobs_using, list_jobs, metrics,
+                                  output_name, planned_name, submit)
+from backend.runner.states import (_ended_dependency, _left_out, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
-from backend.runner.messages import (_silence, _unwatched, _what_resume_does, ago, job_message, log_tail, one_pass,
-                                     resume_point, seconds_all, seconds_run, will_fail)
-from backend.runner.child import (IN_WORDS, _log_failure, _requeue_if_waiting, _watch_parent, execute, shown_fields,
-                                  work_function)
-from backend.runner.loop import (_busy, _claim_next, _interrupt_running, _not_ours_any_longer, job_niceness,
-                                 start_child, worker)
+from backend.runner.messages import (_what_resume_does, ago, job_message, log_tail, one_pass, resume_point,
+                                     seconds_all, seconds_run, will_fail)
+from backend.runner.child import IN_WORDS, execute, shown_fields, work_function
+from backend.runner.loop import _busy, _claim_next, _interrupt_running, job_niceness, start_child, worker
 from storage.models import utcnow  # the clock job rows are written by (tests read runner.utcnow)

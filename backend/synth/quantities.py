@@ -15,11 +15,11 @@ a person ("no one", "which one", "the one who"); "once" counts ("once a week", "
 ("once he buys") or means now ("at once"). A rate keeps what it is per: "once a week" is not "once a month", nor "3
 pairs of socks at $2 each" (a pair) "6 socks at $2 each" (a sock), though "6 socks at $2 a pair" is the same question.
 
-`stated(text)`: the values a rephrased question writes; `changed(original, rephrased)`: those of them no faithful
-rephrasing writes (what the check refuses). `allowed(text)`: the values a rephrasing of `text` may write,
-its quantities plus the few other spellings of the same quantity the notation leaves open: "12 - 3" may be
-rewritten "12 + (-3)" (so 3 and -3), "2x + -6" as "2x - 6", a division "12/4" as "12 divided by 4" (12, 4 and 3; a
-proper fraction such as 3/4 stays 3/4 alone), the point "(100,200)" as "(100, 200)".
+`changed(original, rephrased)`: the values a rephrased question writes that no faithful rephrasing writes (what the
+check refuses). `allowed(text)`: the values a rephrasing of `text` may write, its quantities plus the few other
+spellings of the same quantity the notation leaves open: "12 - 3" may be rewritten "12 + (-3)" (so 3 and -3),
+"2x + -6" as "2x - 6", a division "12/4" as "12 divided by 4" (12, 4 and 3; a proper fraction such as 3/4 stays 3/4
+alone), the point "(100,200)" as "(100, 200)".
 """
 
 from __future__ import annotations
@@ -378,11 +378,6 @@ def _cents_after(toks: list[_Tok], j: int) -> tuple[Fraction, int] | None:
     return got[0] / 100, got[1] + 1
 
 
-def stated(text: str) -> set[Fraction]:
-    """The values `text` states (a pronoun "one" or a joining "once" is not read: "which one", "once he buys")."""
-    return {q.value for q in quantities(text) if not q.loose}
-
-
 _ORDINALS = {w: i for i, w in enumerate("first second third fourth fifth sixth seventh eighth ninth tenth eleventh "
                                          "twelfth".split(), 1)}
 
@@ -418,19 +413,20 @@ def _picks(text: str) -> Counter:
 
 
 def changed(original: str, rephrased: str) -> set[Fraction]:
-    """The values `rephrased` states that no faithful rephrasing of `original` states: stated(rephrased) less
-    allowed(original), where a count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs
-    $2" → "One pen costs $2", "$3 per pound" → "$3 for one pound"; not "each of the boys" → "one of the boys") as
-    long as the rephrasing names a single X no more often than the original: "A pen costs $2. How much do 3 pens cost?"
-    → "A pen costs $2. How much does one pen cost?" names it twice, and its 1 is new. Likewise "once a week" is the
-    original's "every week" or "weekly" rewritten. Only while the rephrasing keeps every quantity the original
-    states (a count of pairs kept as a count of their things: "3 pairs of socks" as "6 socks"): "3 pears cost $6.
-    How much is a pear?" → "One pear costs $6." dropped the 3 for the 1. A coin count is a count, never money:
-    "3 dimes" may become "dimes, 3 of them", not "$3". A pick "one of the 5" is the original's "any of the 5" or "a
-    marble from the 5" rewritten (a pick of a group of 5, not of "the group" or of 4), no more often than the
-    original picks. A rate said per another thing than the original's same value ("once a week" → "once a month",
-    "$2 a pair" → "$2 a sock", "$3 a dozen" → "$3 each") is refused whatever else; a basis spelled another way is
-    the same ("$3 per lb" is "$3 a pound", _BASIS_WORDS)."""
+    """The values `rephrased` states that no faithful rephrasing of `original` states: the values of its quantities
+    (a pronoun "one" or a joining "once" is not read: "which one", "once he buys") less allowed(original), where a
+    count "one X" is the original's "a X", "each X" or "per X" rewritten ("A pen costs $2" → "One pen costs $2", "$3
+    per pound" → "$3 for one pound"; not "each of the boys" → "one of the boys") as long as the rephrasing names a
+    single X no more often than the original: "A pen costs $2. How much do 3 pens cost?" → "A pen costs $2. How much
+    does one pen cost?" names it twice, and its 1 is new. Likewise "once a week" is the original's "every week" or
+    "weekly" rewritten. Only while the rephrasing keeps every quantity the original states (a count of pairs kept as
+    a count of their things: "3 pairs of socks" as "6 socks"): "3 pears cost $6. How much is a pear?" → "One pear
+    costs $6." dropped the 3 for the 1. A coin count is a count, never money: "3 dimes" may become "dimes, 3 of
+    them", not "$3". A pick "one of the 5" is the original's "any of the 5" or "a marble from the 5" rewritten (a
+    pick of a group of 5, not of "the group" or of 4), no more often than the original picks. A rate said per
+    another thing than the original's same value ("once a week" → "once a month", "$2 a pair" → "$2 a sock", "$3 a
+    dozen" → "$3 each") is refused whatever else; a basis spelled another way is the same ("$3 per lb" is "$3 a
+    pound", _BASIS_WORDS)."""
     ok = allowed(original)
     before, after = quantities(original), quantities(rephrased)
     # a count of pairs and a count of their things are each other's rewording, not a count of the same kind:

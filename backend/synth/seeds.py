@@ -16,6 +16,7 @@ from pathlib import Path
 
 from backend.data import json_reason
 from backend.data_files import _first_non_utf8, non_utf8_said, not_throughout_said, unicode_encoding
+from backend.lm_eval_tasks.loaders import json_lines
 from backend.synth.answers import extract_answer, to_number
 from backend.synth.problems import CATEGORIES, GENERATORS
 
@@ -100,19 +101,16 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
         except RecursionError:  # Python's json on arrays ~1,000 deep: a bare RecursionError on the page
             raise SeedError(f"{label} is nested too deeply (arrays and objects about 1,000 inside each other): "
                             f"{LAYOUTS}.") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SeedError(f"{label}, line {n}, column {exc.colno}: not valid JSON ({json_reason(exc)}).")
-            except RecursionError:
-                raise SeedError(f"{label}, line {n}: nested too deeply (arrays and objects about 1,000 inside each "
-                                f"other): {LAYOUTS}.") from None
-    if not rows:
-        raise SeedError(f"{label} holds no records.")
-    return rows
+
+    def fault(n: int | None, said: str | None, error: Exception | None) -> SeedError:
+        if n is None:
+            return SeedError(f"{label} holds no records.")
+        if said is None:
+            return SeedError(f"{label}, line {n}, column {error.colno}: not valid JSON ({json_reason(error)}).")
+        return SeedError(f"{label}, line {n}: {said.removesuffix('.')}: {LAYOUTS}.")  # nested too deeply
+
+    # a record's fields are checked by the caller (_need), which names the layout the first record chose
+    return json_lines(text, lambda n, row: None, fault)
 
 
 # the two seed layouts, named in every error about a record's fields (the format is told by the first record)

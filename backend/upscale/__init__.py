@@ -126,10 +126,6 @@ class UpscalePlan:
         held-out check, backend/heldout.py) counted its training data as this model's."""
         return list(dict.fromkeys(self.source_names[k] for k in sorted({0} | {sl.source for sl in self.slots})))
 
-    def layer_map(self) -> list[dict]:
-        return [{"slot": i, "source": sl.source, "layer": sl.layer, "identity": sl.identity}
-                for i, sl in enumerate(self.slots)]
-
 
 def layer_slots(spec: UpscaleSpec, depths: list[int]) -> list[Slot]:
     """The up-scaled model's layers from sources of `depths` layers (base first); a ValueError says which m, groups
@@ -227,14 +223,22 @@ def layer_lists(info: ModelInfo) -> tuple[dict[str, list], dict[str, list]]:
     n = info.num_layers
     values: dict[str, list] = {}
     indices: dict[str, list] = {}
-    try:
-        from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
-        # trust_remote_code False, not left out: left out, transformers asks on the terminal whether to run a
-        # remote-code model's configuration module (a CLI user answering "y" ran it) before it refuses
-        derived = AutoConfig.from_pretrained(info.folder, trust_remote_code=False).to_dict()
-    except Exception:  # noqa: BLE001 - a type transformers does not know (remote code): config.json's lists only
-        derived = {}
+    derived = {}
+    model_type = info.config.get("model_type")
+    # a type transformers does not know (remote code, or none named): config.json's lists only. A type it knows
+    # whose config class refuses this config.json (a list entry it does not know, a hidden size no head count
+    # divides) became an empty config, silently: the up-scaled model fails to load the same way, so it is said here.
+    if model_type in CONFIG_MAPPING:
+        try:
+            # trust_remote_code False, not left out: left out, transformers asks on the terminal whether to run a
+            # remote-code model's configuration module (a CLI user answering "y" ran it) before it refuses
+            derived = AutoConfig.from_pretrained(info.folder, trust_remote_code=False).to_dict()
+        except Exception as exc:  # noqa: BLE001 - said, not swallowed: StrictDataclassError, ValueError, OSError…
+            raise ValueError(f"{info.folder}: transformers cannot read its config.json as a {model_type} "
+                             f"configuration ({type(exc).__name__}: {' '.join(str(exc).split())}); fix config.json "
+                             "so that transformers loads the model, then up-scale it.") from exc
     for source in (derived, info.config):
         values.update({k: v for k, v in source.items() if _is_layer_list(k, v, n)})
         indices.update({k: v for k, v in source.items() if k not in values and _is_layer_indices(k, v, n)})
