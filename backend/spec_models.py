@@ -124,18 +124,31 @@ class PushSpec(_Spec):
         return v.strip()
 
 
-# mergekit 0.1.5's defaults per method: (normalize, rescale). linear normalizes its weights; TIES divides by the
-# weights of the entries that agree with the elected sign; DARE rescales what it keeps by ‖delta‖₁ / ‖kept‖₁.
-MERGE_DEFAULTS = {"average": (True, False), "slerp": (False, False), "task_arithmetic": (False, False),
-                  "ties": (True, False), "dare_linear": (False, True), "dare_ties": (False, True)}
+# The merge methods, mergekit 0.1.5's, in one table: adding a method is a row here (and its function in
+# backend/merge/methods.py's METHODS); the spec's choices, its checks, the name's tag and the Compare page's
+# inputs are read from it. Each row: mergekit's defaults (normalize, rescale), then the fields of MergeSpec the
+# method reads. linear normalizes its weights; TIES divides by the weights of the entries that agree with the elected
+# sign; DARE rescales what it keeps by ‖delta‖₁ / ‖kept‖₁. base: relative to a base (a task vector per model, which
+# lambda scales); density: drops entries (what rescale rescales); seed: drops them at random.
+_MERGE_METHODS = {
+    "average": ((True, False), ("weights",)),
+    "slerp": ((False, False), ("t", "filters")),
+    "task_arithmetic": ((False, False), ("weights", "base")),
+    "ties": ((True, False), ("weights", "base", "density")),
+    "dare_linear": ((False, True), ("weights", "base", "density", "seed")),
+    "dare_ties": ((False, True), ("weights", "base", "density", "seed")),
+}
+MERGE_DEFAULTS = {method: defaults for method, (defaults, _) in _MERGE_METHODS.items()}
+MergeMethod = Literal[tuple(MERGE_DEFAULTS)]  # MergeSpec.method's choices, in the table's order
 MERGE_ALIASES = {"linear": "average", "dare": "dare_linear"}  # mergekit's name; "dare" of specs saved before
-_RELATIVE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 # The fields only some merge methods read, with those methods and the command-line flag: given to another method
 # they were ignored without a word (`--method slerp --weights 0.2 0.8` merged a plain SLERP at t 0.5), as
 # METHOD_ONLY_FIELDS was for upscale. lambda, rescale and normalize are checked in MergeSpec._method.
-MERGE_METHOD_FIELDS = {"weights": (("average", *_RELATIVE), "--weights"), "t": (("slerp",), "--t"),
-                       "filters": (("slerp",), None), "density": (_RELATIVE[1:], "--density"),
-                       "seed": (("dare_linear", "dare_ties"), "--seed"), "base": (_RELATIVE, "--base")}
+MERGE_METHOD_FIELDS = {field: (tuple(m for m, (_, reads) in _MERGE_METHODS.items() if field in reads), flag)
+                       for field, flag in (("weights", "--weights"), ("t", "--t"), ("filters", None),
+                                           ("density", "--density"), ("seed", "--seed"), ("base", "--base"))}
+_RELATIVE = MERGE_METHOD_FIELDS["base"][0]  # task_arithmetic, ties, dare_linear, dare_ties
+_DROPPING = MERGE_METHOD_FIELDS["density"][0]  # ties, dare_linear, dare_ties
 
 
 class MergeSpec(_Spec):
@@ -145,7 +158,7 @@ class MergeSpec(_Spec):
                               serialize_by_alias=True)
     kind: Literal["merge"] = "merge"
     models: list[str] = Field(min_length=2, description="candidates: registered names or folders")
-    method: Literal["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"] = "average"
+    method: MergeMethod = "average"
     weights: list[float] | None = Field(None, description="average / task vectors: one per model (default 1 each)")
     normalize: bool | None = Field(None, description="divide by the sum of the weights (ties: of those that agree "
                                                      "with the elected sign); default: mergekit's for the method")
@@ -192,6 +205,12 @@ class MergeSpec(_Spec):
     def _alias(cls, v):
         return MERGE_ALIASES.get(v, v) if isinstance(v, str) else v
 
+    @staticmethod
+    def reads(method: str, field: str) -> bool:
+        """Whether `method` reads `field` (weights, t, filters, base, density, seed): the merge methods' table says,
+        for the spec's checks and the Compare page's inputs alike."""
+        return field in _MERGE_METHODS[method][1]
+
     @property
     def resolved_normalize(self) -> bool:
         return MERGE_DEFAULTS[self.method][0] if self.normalize is None else self.normalize
@@ -204,7 +223,7 @@ class MergeSpec(_Spec):
     def _method(self) -> "MergeSpec":
         import math
 
-        relative = self.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+        relative = self.method in _RELATIVE
         if self.weights is not None and len(self.weights) != len(self.models):
             raise ValueError(f"weights: give one per model ({len(self.models)}), not {len(self.weights)}.")
         if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
@@ -237,7 +256,7 @@ class MergeSpec(_Spec):
         if self.lambda_ != 1 and not relative:
             raise ValueError(f"lambda scales a task vector: use it with task_arithmetic, ties or dare, not "
                              f"{self.method}.")
-        if self.rescale and self.method not in ("ties", "dare_linear", "dare_ties"):
+        if self.rescale and self.method not in _DROPPING:
             raise ValueError(f"rescale: only ties and dare drop entries to rescale, not {self.method}.")
         if self.normalize is not None and self.method == "slerp":
             raise ValueError("normalize: slerp has no weights to normalize.")
@@ -266,7 +285,7 @@ class MergeSpec(_Spec):
         short = [Path(m).name if "/" in m else m for m in self.models]
         tag = f"slerp{self.t if not isinstance(self.t, list) else 'sched'}" if self.method == "slerp" else \
             self.method + ("" if not self.weights else "-" + "-".join(f"{w:g}" for w in self.weights))
-        if self.method in ("ties", "dare_linear", "dare_ties"):
+        if self.method in _DROPPING:
             tag += f"-d{self.density:g}"
         if unnamed := self._unnamed_settings():  # settings the tag does not spell: two merges differing only
             tag += "-" + hashlib.sha1(json.dumps(unnamed, sort_keys=True).encode()).hexdigest()[:4]  # there differ
@@ -289,9 +308,10 @@ class MergeSpec(_Spec):
         """The settings of this method that change the merged weights, are not spelled in the name's tag and differ
         from their defaults (a SLERP schedule or filters, lambda, normalize, rescale, DARE's seed, dtype). The base is
         left out: a merge relative to another base is rare, and refused under a taken name rather than overwriting."""
-        keys = {"slerp": ["t", "filters"], "average": ["normalize"],
-                "task_arithmetic": ["lambda_", "normalize"]}.get(
-            self.method, ["lambda_", "normalize", "rescale"] + (["seed"] if "dare" in self.method else []))
+        reads = _MERGE_METHODS[self.method][1]  # lambda scales a task vector (relative to a base), normalize
+        # divides by the weights, rescale rescales what density drops
+        keys = [k for k in ("t", "filters", "seed") if k in reads] + ["lambda_"] * ("base" in reads) + \
+            ["normalize"] * ("weights" in reads) + ["rescale"] * ("density" in reads)
         value = {k: getattr(self, k) for k in keys + ["dtype"] if k != "t" or isinstance(self.t, list)}
         default = {k: type(self).model_fields[k].get_default(call_default_factory=True) for k in value}
         value.update({k: getattr(self, f"resolved_{k}") for k in ("normalize", "rescale") if k in value})

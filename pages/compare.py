@@ -13,7 +13,7 @@ from sqlmodel import func, select
 
 from backend import analysis, qatable, registry, runner, scorenotes, scoretable
 from backend.recipe import tables
-from backend.specs import EvalSpec, MergeSpec, explain
+from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
 from pages.compare_pick import no_bar_note, pick_models, show_notes, warn
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
@@ -165,17 +165,15 @@ with st.expander("Merge candidates"):
     st.caption("SOLAR's final step: two candidates merged by Average(a, b) or SLERP. Task arithmetic, TIES and DARE "
                "need the base the candidates were trained from. Models must share architecture and shapes.")
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", ["average", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"],
-                          key="merge_method", help="mergekit 0.1.5's definitions; average is its linear")
+    method = c1.selectbox("Method", list(MERGE_DEFAULTS), key="merge_method",  # the methods: mergekit's defaults
+                          help="mergekit 0.1.5's definitions; average is its linear")
     if mgone := drop_deleted("merge_models", names):  # said, and a click of this run merges nothing
         st.warning(f"{mgone}. Check the candidates, then click Merge again.")
     cands = c2.multiselect("Candidates", names, default=merge_defaults(model_records),
                            max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
     bad_weights = False
-    from backend.specs import MERGE_DEFAULTS  # mergekit's (normalize, rescale) per method
-
-    if method == "slerp":
+    if MergeSpec.reads(method, "t"):  # slerp
         fields["t"] = c3.slider("t (0 = first, 1 = second)", 0.0, 1.0, 0.5, 0.05, key="merge_t")
     else:
         ws = c3.text_input("Weights (one per candidate)", ", ".join(["0.5"] * max(len(cands), 1)), key="merge_w")
@@ -184,17 +182,17 @@ with st.expander("Merge candidates"):
         except ValueError:  # no merge then: the spec's default (equal) weights are not what was typed
             st.error("Weights: numbers separated by commas.")
             bad_weights = True
-    if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
+    if MergeSpec.reads(method, "base"):  # task arithmetic, ties, dare: a task vector per model, which λ scales
         fields["base"] = c1.selectbox("Base", names, key="merge_base")
         fields["lambda"] = c3.number_input("λ (scales the merged task vector)", value=1.0, step=0.1,
                                            key="merge_lambda")
-    if method in ("ties", "dare_linear", "dare_ties"):
+    if MergeSpec.reads(method, "density"):  # ties, dare: drop entries
         fields["density"] = c2.slider("Density", 0.05, 1.0, 0.5, 0.05, key="merge_density")
         fields["rescale"] = c2.checkbox("Rescale kept entries (‖delta‖₁ / ‖kept‖₁)", value=MERGE_DEFAULTS[method][1],
                                         key=f"merge_rescale_{method}")
-    if method.startswith("dare"):
+    if MergeSpec.reads(method, "seed"):  # dare: at random
         fields["seed"] = c3.number_input("Seed of the drop mask", 0, 2**31 - 1, 0, key="merge_seed")
-    if method != "slerp":
+    if MergeSpec.reads(method, "weights"):  # all but slerp
         fields["normalize"] = c1.checkbox("Normalize by the weights' sum", value=MERGE_DEFAULTS[method][0],
                                           key=f"merge_normalize_{method}",
                                           help="mergekit's default: on for average (linear) and ties")

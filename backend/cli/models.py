@@ -56,74 +56,87 @@ def _template_arg(value: str | None) -> str | None:
     return value
 
 
-MODELS_OPTIONS = {"list": ("json",), "import": ("name", "allow_pickle", "queue", "after"), "delete": ("force",),
-                  "push": ("repo", "private", "license_name", "license_link", "queue",
-                           "after")}  # what each `models` action reads
+# the options of `models` (its parser's, in their order) and the actions that read each. One parser serves the four
+# actions: an option another action reads was dropped without a word (`models list --name tiny --json` gave every
+# model; `models import X --queue` ran here), so _refuse_unread refuses it, saying what the action reads (a parser
+# per action would answer "unrecognized arguments: --name tiny" under a usage line instead)
+MODELS_OPTIONS = {"name": ("import",), "allow_pickle": ("import",), "force": ("delete",), "json": ("list",),
+                  "repo": ("push",), "private": ("push",), "license_name": ("push",), "license_link": ("push",),
+                  "queue": ("import", "push"), "after": ("import", "push")}
 
 
 def cmd_models(a) -> None:
-    from backend import registry
+    _refuse_unread(a)
+    {"list": _models_list, "import": _models_import, "delete": _models_delete, "push": _models_push}[a.action](a)
 
-    # the options are the `models` parser's, shared by its actions: one another action reads was dropped without a
-    # word (`models list --name tiny --json` gave every model; `models import X --queue` ran here), refused instead
-    unused = [f"--{k.replace('_', '-')}" for k in ("name", "allow_pickle", "force", "json", "repo", "private",
-                                                    "license_name", "license_link", "queue", "after")
-              if getattr(a, k) is not None
-              and getattr(a, k) is not False and k not in MODELS_OPTIONS[a.action]]  # --after 0 is given too
+
+def _refuse_unread(a) -> None:
+    """A ValueError naming every option (and a TARGET of `list`) given that `a.action` does not read."""
+    reads = [k for k, actions in MODELS_OPTIONS.items() if a.action in actions]
+    unused = [f"--{k.replace('_', '-')}" for k in MODELS_OPTIONS
+              if getattr(a, k) is not None and getattr(a, k) is not False and k not in reads]  # --after 0 is given
     if a.action == "list" and a.target:
         unused.insert(0, f"TARGET {a.target!r}")
     if unused:
-        reads = ", ".join("--" + k.replace("_", "-") for k in MODELS_OPTIONS[a.action])
         what = {"list": "", "import": " and a TARGET"}.get(a.action, " and a NAME")
-        raise ValueError(f"models {a.action} takes no {', '.join(unused)} (it reads {reads}{what}).")
-    if a.action == "list":
-        rows = registry.list_models()
-        if a.json:
-            names = {r.name for r in rows}
-            return _print_json([{"name": r.name, "kind": r.kind, "layers": r.num_layers, "parameters":
-                                 r.num_parameters, "dtype": r.dtype, "path": r.path, "parents": r.parents or [],
-                                 "parents_registered": [registry.parent_present(p, names) for p in r.parents or []],
-                                 "source": r.source, "created": r.created} for r in rows])
-        # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown
-        # whole, not cut
-        width = max([len("name"), *(len(r.name) for r in rows)])
-        dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
-        print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
-        names = {r.name for r in rows}
-        for r in rows:
-            print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
-                  f"{', '.join(registry.parents_shown(r, names)) or '-'}")
-    elif a.action == "import":
-        if not a.target:
-            raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
-        if a.queue or a.after:  # a job, as the pages' imports are (ImportSpec): a Hub download of many GiB
-            from backend.specs import ImportSpec
+        raise ValueError(f"models {a.action} takes no {', '.join(unused)} (it reads "
+                         f"{', '.join('--' + k.replace('_', '-') for k in reads)}{what}).")
 
-            return _run_or_queue(ImportSpec(target=_local_model(a.target), name=a.name,
-                                            allow_pickle=a.allow_pickle), a)
-        from backend import runner
-        from backend.specs import ImportSpec
 
-        spec = ImportSpec(target=_local_model(a.target), name=a.name, allow_pickle=a.allow_pickle)
-        # a name a queued job will register, refused as --queue refuses it (registered here first, that job failed)
-        if name := runner.output_name(spec, derive_import=True):
-            runner.check_not_making(name)
-        made = registry.run_import(spec, progress=_progress)  # the job's own function: "already" as its message says
-        print(f"{'already registered' if made['already'] else 'registered'} {made['model']}: {made['layers']} layers, "
-              f"{made['parameters']:,} parameters at {made['path']}")
-    elif a.action == "delete":
-        if not a.target:
-            raise ValueError("models delete needs a NAME.")
-        registry.delete(a.target, force=a.force)
-        print(f"deleted {a.target}")
-    elif a.action == "push":
-        from backend.specs import PushSpec
+def _models_list(a) -> None:
+    from backend import registry
 
-        if not a.target or not a.repo:
-            raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
-        # as every job command: here, or with --queue / --after the worker's (a model of many GiB)
-        _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private, license_name=a.license_name,
-                               license_link=a.license_link), a)
+    rows = registry.list_models()
+    names = {r.name for r in rows}
+    if a.json:
+        return _print_json([{"name": r.name, "kind": r.kind, "layers": r.num_layers, "parameters": r.num_parameters,
+                             "dtype": r.dtype, "path": r.path, "parents": r.parents or [],
+                             "parents_registered": [registry.parent_present(p, names) for p in r.parents or []],
+                             "source": r.source, "created": r.created} for r in rows])
+    # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown whole, not
+    # cut
+    width = max([len("name"), *(len(r.name) for r in rows)])
+    dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
+    print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
+    for r in rows:
+        print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
+              f"{', '.join(registry.parents_shown(r, names)) or '-'}")
+
+
+def _models_import(a) -> None:
+    from backend import registry, runner
+    from backend.specs import ImportSpec
+
+    if not a.target:
+        raise ValueError("models import needs a TARGET: builtin, a folder, a .gguf file or a Hub id.")
+    spec = ImportSpec(target=_local_model(a.target), name=a.name, allow_pickle=a.allow_pickle)
+    if a.queue or a.after:  # a job, as the pages' imports are (ImportSpec): a Hub download of many GiB
+        return _run_or_queue(spec, a)
+    # a name a queued job will register, refused as --queue refuses it (registered here first, that job failed)
+    if name := runner.output_name(spec, derive_import=True):
+        runner.check_not_making(name)
+    made = registry.run_import(spec, progress=_progress)  # the job's own function: "already" as its message says
+    print(f"{'already registered' if made['already'] else 'registered'} {made['model']}: {made['layers']} layers, "
+          f"{made['parameters']:,} parameters at {made['path']}")
+
+
+def _models_delete(a) -> None:
+    from backend import registry
+
+    if not a.target:
+        raise ValueError("models delete needs a NAME.")
+    registry.delete(a.target, force=a.force)
+    print(f"deleted {a.target}")
+
+
+def _models_push(a) -> None:
+    from backend.specs import PushSpec
+
+    if not a.target or not a.repo:
+        raise ValueError("models push needs a NAME and --repo OWNER/NAME.")
+    # as every job command: here, or with --queue / --after the worker's (a model of many GiB)
+    _run_or_queue(PushSpec(model=a.target, repo=a.repo, private=a.private, license_name=a.license_name,
+                           license_link=a.license_link), a)
 
 
 # each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
@@ -132,6 +145,16 @@ HELP = {
     "merge": "merge candidates (mergekit 0.1.5's average/linear, SLERP, task arithmetic, TIES, DARE)",
     "models": "list, import, delete or push registered models",
 }
+
+
+def _output_options(p, name_help: str) -> None:
+    """The options of a command that writes a model (upscale, merge): where and under what name, then --queue and
+    --after."""
+    p.add_argument("--name", help=name_help)
+    p.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path "
+                                 "is from the current folder)")
+    p.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
+    _job_options(p)
 
 
 def add_upscale(sub) -> None:
@@ -144,10 +167,7 @@ def add_upscale(sub) -> None:
     u.add_argument("--slice", type=_slice, action="append", help="slices: SOURCE:START:END, half-open, repeatable")
     u.add_argument("--second", help="slices: second source model (SOURCE 1)")
     u.add_argument("--groups", type=int, help="llama-pro: identity blocks to insert")
-    u.add_argument("--name", help="registered name (default: derived)")
-    u.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
-    u.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
-    _job_options(u)
+    _output_options(u, "registered name (default: derived)")
     u.set_defaults(fn=cmd_upscale)
 
 
@@ -177,10 +197,7 @@ def add_merge(sub) -> None:
     mg.add_argument("--tokenizer-source", help=MergeSpec.model_fields["tokenizer_source"].description)
     mg.add_argument("--chat-template", help="'auto' (the template most of the models share, mergekit's auto), a "
                     "Jinja template, or @FILE holding one (default: the tokenizer source's own)")
-    mg.add_argument("--name", help="registered name (default: derived from the candidates and the method)")
-    mg.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
-    mg.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
-    _job_options(mg)
+    _output_options(mg, "registered name (default: derived from the candidates and the method)")
     mg.set_defaults(fn=cmd_merge)
 
 
