@@ -145,8 +145,6 @@ def load_model(folder: Path, plan: DevicePlan | None = None):
     if problem := unknown_type_problem(config):  # transformers' own "Unrecognized model": said what to do
         raise ArchitectureError(f"{folder}: {problem}")
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     kw = {"dtype": getattr(torch, plan.dtype) if plan else torch.float32, "trust_remote_code": False}
     if plan and plan.attn:
         kw["attn_implementation"] = plan.attn
@@ -170,7 +168,48 @@ def load_model(folder: Path, plan: DevicePlan | None = None):
                   sorted(info["unexpected_keys"], key=natural_order))
         del model
         raise ArchitectureError(f"{folder}: {mismatch_message(config, fit)}")
+    configure_pad_token(tok, model, folder)
     model.eval()
     if plan and plan.device != "cpu":
         model = model.to(plan.device)
     return tok, model
+
+
+PAD_TOKEN = "<|pad|>"  # the token lm-eval adds when a tokenizer names no pad, unk or eos token
+
+
+def configure_pad_token(tok, model, folder: Path | str = "") -> None:
+    """Give `tok` a padding token, as lm-eval does (lm_eval/models/utils.py, configure_pad_token): its own pad
+    token, else its unk, else its eos, else an added "<|pad|>". Batched scoring pads (perplexity on the right,
+    generation on the left) and transformers refuses ("Asking to pad but the tokenizer does not have a padding
+    token") a tokenizer with none: a folder with only tokenizer.json (no tokenizer_config.json) names no special
+    token at all. The padded positions are masked (attention mask, and no loss on them), so which token pads
+    changes no score; it must only be one the model has an embedding row for, because our batches feed the pad id
+    to the model (lm-eval's loglikelihood pads with zeros itself). So before adding a token, the model's own
+    pad_token_id, then eos_token_id (generation_config.json, then config.json) is taken, as transformers' generate
+    pads with the eos id when the tokenizer has no pad; an added "<|pad|>" with no row is refused, saying what to
+    do."""
+    if tok.pad_token is not None:
+        return
+    if tok.unk_token is not None:
+        tok.pad_token = tok.unk_token
+        return
+    if tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+        return
+    rows = model.get_input_embeddings().num_embeddings
+    for src in (getattr(model, "generation_config", None), model.config):
+        for key in ("pad_token_id", "eos_token_id"):
+            ids = getattr(src, key, None)
+            ids = ids if isinstance(ids, list) else [ids]
+            for i in ids:
+                token = tok.convert_ids_to_tokens(i) if isinstance(i, int) and 0 <= i < min(rows, len(tok)) else None
+                if token is not None:
+                    tok.pad_token = token
+                    return
+    tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    if tok.pad_token_id >= rows:
+        raise DeviceError(f"{folder}: the tokenizer names no pad, unk or eos token, the model's config no "
+                          f"pad_token_id or eos_token_id, and an added {PAD_TOKEN} (id {tok.pad_token_id}) has no "
+                          f"embedding row (the model has {rows}), so batches cannot be padded. Add \"pad_token\" (or "
+                          "\"eos_token\") to the folder's tokenizer_config.json, or eos_token_id to its config.json.")

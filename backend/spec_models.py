@@ -175,7 +175,8 @@ class MergeSpec(_Spec):
     density: float = Field(0.5, gt=0, le=1, description="ties / dare: share of each task vector kept")
     seed: int = Field(0, ge=0, description="dare: seed of the random drop mask (the same seed gives the same model)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="output dtype; task_arithmetic / ties / dare also compute in it, as mergekit's dtype")
+        "auto", description="the dtype every input is read in and the output is written in, as mergekit's dtype; "
+                "auto: the inputs' promoted dtype (F32 with BF16 gives F32)")
     tokenizer_source: str | None = Field(
         None, description="the model whose tokenizer files, chat template and generation config the merge gets: "
                           "'base' or one of the models (default, mergekit's: the base when there is one, else the "

@@ -5,8 +5,9 @@ DARE (backend/merge/methods.py).
     python -m backend merge --method slerp --models cand1 cand2 --t 0.5 --out workspace/models/merged
     python -m backend merge --method ties --models ft1 ft2 --base base --density 0.5 --out workspace/models/ties
 
-Plan first (backend/merge/plan.py): the models must share architecture, vocabulary, tensor names, shapes and
-dtypes (clear error otherwise). Then each output tensor is computed chunk by chunk while it is written
+Plan first (backend/merge/plan.py): the models must share architecture, vocabulary, tensor names and shapes
+(clear error otherwise); their dtypes may differ, as in mergekit (each tensor merges in the inputs' promoted dtype,
+or the spec's dtype). Then each output tensor is computed chunk by chunk while it is written
 (backend/merge/executor.py): memory stays flat. The folder is built in the workspace's .tmp and renamed into place
 before it is registered (backend/outputs.py).
 """
@@ -65,24 +66,37 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     template = chat_template(spec.chat_template, folders) if spec.chat_template else None
     lost = None if template else template_lost(next(n for n, i in zip(names, infos) if i is tok_donor), tok_donor.folder,
                                                dict(zip(names[:len(spec.models)], folders[:len(spec.models)])))
-    bad = sorted({ref.dtype for ref in first.tensors.values()} - set(TORCH_DTYPES))
+    bad = sorted({ref.dtype for info in infos for ref in info.tensors.values()} - set(TORCH_DTYPES))
     if bad:
         raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
     chosen = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}.get(spec.dtype)
 
-    def out_of(ref) -> str:
-        """A tensor's output dtype: the chosen one, else (auto) its own, as mergekit with no dtype keeps each
-        tensor's: a checkpoint that keeps its norms in float32 beside bfloat16 matrices keeps them so."""
-        return chosen or ref.dtype
+    def dtype_of(tname: str) -> str:
+        """A tensor's compute and output dtype, as mergekit's: the chosen one (its `dtype`, every input cast to it
+        as it is read), else (auto) the inputs' promoted dtype (merge_methods/dtype.py, torch.promote_types): a
+        model stored in float32 merged with its bfloat16 copy merges in float32, bfloat16 with float16 in float32,
+        and a checkpoint that keeps its norms in float32 beside bfloat16 matrices keeps them so."""
+        if chosen:
+            return chosen
+        dt = TORCH_DTYPES[infos[0].tensors[tname].dtype]
+        for info in infos[1:]:
+            dt = torch.promote_types(dt, TORCH_DTYPES[info.tensors[tname].dtype])
+        return next(k for k, v in TORCH_DTYPES.items() if v == dt)
 
-    out_dtype = TORCH_DTYPES[chosen or donor.dtype]  # config.json's dtype: the chosen one, else the most common
     reader = Reader(infos)  # shared by the shard threads: os.pread needs no lock
     base = len(spec.models) if spec.base else None
     tally = SlerpTally()
-    tensors = [OutTensor(tname, out_of(ref), ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[out_of(ref)],
-                         None, make=producer(spec, tname, infos, reader, base, TORCH_DTYPES[out_of(ref)],
-                                             tensor_t(spec, tname, first) if spec.method == "slerp" else None, tally))
-               for tname, ref in first.tensors.items()]
+    tensors = []
+    for tname, ref in first.tensors.items():
+        dt = dtype_of(tname)
+        tensors.append(OutTensor(tname, dt, ref.shape, ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[dt], None,
+                                 make=producer(spec, tname, infos, reader, base, TORCH_DTYPES[dt],
+                                               tensor_t(spec, tname, first) if spec.method == "slerp" else None,
+                                               tally)))
+    # config.json's dtype: the chosen one, else the one most of the written tensors have (the donor's when the models
+    # share their dtypes). mergekit keeps the donor's there; a float32 merge labelled bfloat16 would be loaded (dtype
+    # "auto") in bfloat16, losing what the promotion kept.
+    out_dtype = TORCH_DTYPES[chosen or Counter(t.dtype for t in tensors).most_common(1)[0][0]]
     out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
     progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
     if lost:

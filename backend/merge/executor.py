@@ -150,9 +150,20 @@ def producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: Reader,
             yield b0, [reader.read(k, name, b0, b1, _scratch.get(("raw", j), (b1 - b0) * size, torch.uint8))
                        for j, (k, size) in enumerate(zip(inputs, sizes))]
 
-    def as_dtype(raws: list[torch.Tensor], j: int, c0: int, c1: int, dtype: torch.dtype) -> torch.Tensor:
-        """Elements [c0, c1) of input j's raw block in `dtype`: a view when it already is, else a reused copy."""
+    def read_as(raws: list[torch.Tensor], j: int, c0: int, c1: int) -> torch.Tensor:
+        """Elements [c0, c1) of input j's raw block as the merge reads them: rounded to the merge's dtype
+        `out_dtype` when stored in another, as mergekit casts each input to its `dtype` when it loads it
+        (io/tasks.py, GatherTensors; with no dtype, to the inputs' promoted one). Widening to float32 is exact and
+        skipped here: as_dtype converts once."""
         r = raws[j][c0:c1]
+        if r.dtype == out_dtype or out_dtype == torch.float32:
+            return r
+        return _scratch.get(("in", j), chunk, out_dtype)[:c1 - c0].copy_(r)
+
+    def as_dtype(raws: list[torch.Tensor], j: int, c0: int, c1: int, dtype: torch.dtype) -> torch.Tensor:
+        """Elements [c0, c1) of input j's raw block (read_as) in `dtype`: a view when it already is, else a reused
+        copy."""
+        r = read_as(raws, j, c0, c1)
         return r if r.dtype == dtype else _scratch.get(("as", j, dtype), chunk, dtype)[:c1 - c0].copy_(r)
 
     def out_bytes(merged: torch.Tensor) -> memoryview:
@@ -187,8 +198,8 @@ def producer(spec: MergeSpec, name: str, infos: list[ModelInfo], reader: Reader,
             c0f, c1f = slerp_weights(cos, t)
             tally.add(numel, t, nearly_parallel(cos))
             for raws, _, c0, c1 in spans():
-                a = _scratch.get(("f32", 0), chunk, torch.float32)[:c1 - c0].copy_(raws[0][c0:c1])
-                b = _scratch.get(("f32", 1), chunk, torch.float32)[:c1 - c0].copy_(raws[1][c0:c1])
+                a = _scratch.get(("f32", 0), chunk, torch.float32)[:c1 - c0].copy_(read_as(raws, 0, c0, c1))
+                b = _scratch.get(("f32", 1), chunk, torch.float32)[:c1 - c0].copy_(read_as(raws, 1, c0, c1))
                 yield out_bytes(a.mul_(c0f).add_(b.mul_(c1f)))  # mergekit's three float32 roundings, in place
 
     return make

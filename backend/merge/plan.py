@@ -1,5 +1,5 @@
-"""Planning a merge before any weight is read: the models must share architecture, tensors, shapes, dtypes and
-vocabulary (a clear error otherwise), and each tensor gets its parameters (SLERP's t along the depth)."""
+"""Planning a merge before any weight is read: the models must share architecture, tensors, shapes and
+vocabulary, not dtypes (a clear error otherwise), and each tensor gets its parameters (SLERP's t along the depth)."""
 
 from __future__ import annotations
 
@@ -53,16 +53,16 @@ def check_mergeable(infos: list[ModelInfo], names: list[str]) -> None:
             raise MergeError(f"{names[0]} and {name} cannot be merged: {exc}") from None
         if info.num_layers != infos[0].num_layers or set(info.tensors) != set(infos[0].tensors):
             raise _depths_differ(names[0], name, infos[0].num_layers, info.num_layers)
-        for tname, ref in infos[0].tensors.items():
+        for tname, ref in infos[0].tensors.items():  # dtypes may differ: each tensor merges in their promoted one
             other = info.tensors[tname]
-            if (other.shape, other.dtype) != (ref.shape, ref.dtype):
-                raise MergeError(f"{names[0]} and {name} cannot be merged: {tname} is {ref.dtype}{list(ref.shape)} "
-                                 f"vs {other.dtype}{list(other.shape)}.")
+            if other.shape != ref.shape:
+                raise MergeError(f"{names[0]} and {name} cannot be merged: {tname} has shape {list(ref.shape)} vs "
+                                 f"{list(other.shape)}.")
 
 
 def check_registered(spec: MergeSpec) -> None:
     """Refuse before the job is queued (runner.submit) a merge the registry already shows would fail: its rows hold
-    each model's architecture, width, depth and dtype, read from the headers at registration, so a 30-layer model
+    each model's architecture, width and depth, read from the headers at registration, so a 30-layer model
     and a 44-layer one are refused now, with check_mergeable's words, not when the job runs. Nothing is loaded;
     a model not registered yet (a recipe's candidate, made by a job this one waits for) is left to the job."""
     seen: dict[str, str] = {}  # the spec refuses a name listed twice; two names of one model (its name and its
@@ -92,9 +92,7 @@ def _check_rows(a, b) -> None:
                          f"({'; '.join(differ)}); only models of the same architecture and shapes can be combined.")
     if a.num_layers and b.num_layers and a.num_layers != b.num_layers:
         raise _depths_differ(a.name, b.name, a.num_layers, b.num_layers)
-    if a.dtype and b.dtype and a.dtype != b.dtype:
-        raise MergeError(f"{a.name} and {b.name} cannot be merged: their weights are stored as {a.dtype} vs "
-                         f"{b.dtype}, and a merge reads each tensor as stored. Merge models saved in the same dtype.")
+    # dtypes may differ (a GGUF import is float32, its Hub original bfloat16): the merge casts, as mergekit does
 
 
 def _vocab_size(info: ModelInfo) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Callable
 from backend import registry
 from backend.modelinfo import ModelInfo, inspect_model
 from backend.outputs import building, copy_companions, output_dir, register_output
-from backend.safetensors_stream import OutTensor, write_checkpoint
+from backend.safetensors_stream import DTYPE_SIZES, OutTensor, TensorRef, open_source, write_checkpoint
 from backend.specs import UpscaleSpec, parse_size
 from backend.upscale import dus, llama_pro, slices
 from backend.upscale.plan import Slot
@@ -29,6 +30,43 @@ METHODS = {"dus": dus.plan, "slices": slices.plan, "llama-pro": llama_pro.plan}
 
 class MismatchError(ValueError):
     pass
+
+
+CAST_BLOCK = 1 << 22  # elements converted at a time when a second model's tensor takes the base's dtype
+
+
+def cast_copy(ref: TensorRef, dtype: str) -> Callable:
+    """A producer (OutTensor.make) of `ref`'s elements converted to `dtype`, CAST_BLOCK at a time: a second model
+    stored in another dtype than the base (a float32 GGUF import beside its bfloat16 Hub original) gives its layers
+    in the base's dtype, as config.json says, rounded to nearest even as torch's .to() (and mergekit's cast)."""
+    import torch
+
+    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    if ref.dtype not in dtypes or dtype not in dtypes:
+        raise MismatchError(f"{ref.name} is stored as {ref.dtype}, the base's as {dtype}: only float32, bfloat16 and "
+                            "float16 layers can be converted. Build from models stored in one dtype.")
+
+    def make():
+        size = DTYPE_SIZES[ref.dtype]
+        numel = ref.nbytes // size
+        raw = torch.empty(min(numel, CAST_BLOCK) * size, dtype=torch.uint8)
+        out = torch.empty(min(numel, CAST_BLOCK), dtype=dtypes[dtype])
+        fd = open_source(ref.file)
+        try:
+            for e0 in range(0, numel, CAST_BLOCK):
+                n = min(CAST_BLOCK, numel - e0)
+                view, got = memoryview(raw.numpy())[:n * size], 0
+                while got < n * size:  # pread may return less than asked
+                    step = os.preadv(fd, [view[got:]], ref.offset + e0 * size + got)
+                    if step == 0:
+                        raise MismatchError(f"{ref.file} ended early reading {ref.name}: the file is truncated. "
+                                            "Restore or re-download that model, then build again.")
+                    got += step
+                yield memoryview(out[:n].copy_(raw[:n * size].view(dtypes[ref.dtype])).view(torch.uint8).numpy())
+        finally:
+            os.close(fd)
+
+    return make
 
 
 def is_output_projection(suffix: str) -> bool:
@@ -145,6 +183,9 @@ def check_compatible(a: ModelInfo, b: ModelInfo, per_layer: bool = False) -> Non
     its own source. Compared, two SmolLM3 models of other depths were refused ("no_rope_layers: [1, 0] vs
     [1, 0, 1, 0]"). A merge averages layer i with layer i, so it keeps comparing them."""
     sa, sb = a.arch_signature(), b.arch_signature()
+    for s in (sa, sb):  # names and shapes, not dtypes: a merge casts (as mergekit), a stack takes the base's dtypes
+        s["layer"] = {k: shape for k, (_, shape) in s["layer"].items()}
+        s["other"] = {k: shape for k, (_, shape) in s["other"].items()}
     if per_layer:
         for key in per_layer_keys(a) & per_layer_keys(b):
             sa["config"].pop(key, None)
@@ -181,6 +222,14 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
         src = sources[slot.source]
         for suffix, ref in src.layers[slot.layer].items():
             zero = slot.identity and is_output_projection(suffix)
+            # a second model's layer takes the dtype the base keeps that tensor in (check_compatible compares
+            # names and shapes only): one model, one dtype, the one its config.json (the base's) says
+            want = base.layers[0][suffix].dtype if suffix in base.layers[0] else base.dtype
+            if ref.dtype != want and not zero:
+                tensors.append(OutTensor(base.layer_tensor_name(i, suffix), want, ref.shape,
+                                         ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[want], None,
+                                         make=cast_copy(ref, want)))
+                continue
             tensors.append(OutTensor(base.layer_tensor_name(i, suffix), ref.dtype, ref.shape, ref.nbytes,
                                      None if zero else ref))
     if spec.method == "llama-pro":
