@@ -1,7 +1,7 @@
 """Plan-time checks of a recipe's models (plan.py calls them; every name is imported there).
 
 A merge is checked as the Merge page checks one (runner.check_before_queueing → merge.plan.check_registered: model
-type, width, depth, dtype), for what is known before any stage runs: an outside model's registry row (or its
+type, width, depth; dtypes may differ, the merge casts), for what is known before any stage runs: an outside model's registry row (or its
 folder's config and headers), and for a stage the shape of the model it reads (depth up-scaling changes the depth
 only). Checked by depth alone, a TIES merge with `base: base` (6 layers, candidates up-scaled to 8) or with a
 registered model of another width planned, then failed after every SFT stage had trained.

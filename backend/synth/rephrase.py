@@ -237,11 +237,11 @@ class ModelRephraser:
         import torch
 
         from backend.chat import build_prompt, cut_at_stop, encode, transcript_stops
+        from backend.evaldevice import configure_pad_token
 
         tok, model = self.lm.tokenizer, self.lm.model
         tok.padding_side = "left"  # batched decoding continues every prompt from its end
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        configure_pad_token(tok, model)  # a tokenizer.json-only folder has no eos to pad with either
         prompts = [build_prompt(tok, [{"role": "user", "content": PROMPT.format(question=s.question,
                                                                                 solution=s.solution)}]) for s in seeds]
         batch = encode(tok, prompts, return_tensors="pt", padding=True).to(model.device)
