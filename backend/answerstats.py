@@ -160,28 +160,71 @@ def never_ended(models) -> dict[str, list[int]]:
     return caps_all_cut_off(rows)
 
 
-def cut_off_advice(caps: dict[str, list[int]]) -> str:
+TRAINING = ("cpt", "sft", "dpo")  # the training kinds a model's lineage is read for (ModelRecord.recipe's kind)
+CHAT_TRAINING = ("sft", "dpo")  # training that teaches a model to end its turn: a cut-off throughout is not for want
+# of it, so "continue pretraining or SFT first" (said to SFT+DPO candidates and their merges) was wrong advice
+
+
+def lineage_training(models) -> dict[str, list[str]]:
+    """Per model, the training in its lineage (it and every registered ancestor, each parent of a merge followed):
+    the TRAINING kinds its registry rows record (a trained model's ModelRecord.recipe kind), in that order. One
+    registry read; a model with none (a base, an up-scaled one, an unregistered name) maps to []."""
+    from backend import registry
+
+    recs = {r.name: r for r in registry.list_models()}
+    out: dict[str, list[str]] = {}
+    for model in models:
+        kinds, todo, seen = set(), [model], set()
+        while todo:
+            if (name := todo.pop()) in seen or (rec := recs.get(name)) is None:
+                continue
+            seen.add(name)
+            kinds.add(((rec.recipe or {}).get("kind") or "").lower() if rec.kind == "trained" else "")
+            todo += rec.parents or []
+        out[model] = [k for k in TRAINING if k in kinds]
+    return out
+
+
+def _fix(training: list[str]) -> tuple[str, str]:
+    """Why a model that does not end its replies does not, and what it needs, by the training its lineage had
+    (lineage_training)."""
+    if chat := [k.upper() for k in training if k in CHAT_TRAINING]:
+        return (f"its {' and '.join(chat)} training did not teach it to stop",
+                "check that the end token of its chat template is the one its SFT data ends each turn with (and the "
+                "tokenizer's end-of-sequence token), or train it for more steps")
+    if "cpt" in training:
+        return "continued pretraining alone does not teach a model to end a turn", "SFT it, then evaluate it again"
+    return ("it never emits its end token, as an untrained, random or freshly up-scaled model does",
+            "continue pretraining, then SFT, and evaluate it again")
+
+
+def cut_off_advice(caps: dict[str, list[int]], training: dict[str, list[str]] | None = None) -> str:
     """What to do about models whose every reply was cut off (`caps`: their caps, as caps_all_cut_off), from what
-    the stored replies show. Cut off throughout at two caps, the model does not end its replies at all: a model that
-    never emits its end token (untrained or random, or freshly up-scaled) runs to any cap, and raising it again
-    could not help. At one cap the replies cannot tell a long answer from one that never ends: say both, and how
-    to tell them apart. Models are grouped by their caps; "" for no model."""
+    the stored replies show and what the model is. Cut off throughout at two caps, the model does not end its
+    replies at all, and raising the cap again could not help: what it needs follows from its lineage's training
+    (`_fix`: SFT for a model that had none; for one that had SFT or DPO, its end token and its data, or more
+    steps). At one cap the replies cannot tell a long answer from one that never ends: a higher cap tells them
+    apart. `training`: per model, the training in its lineage (lineage_training; looked up when not given).
+    Models are grouped by their caps and what they need; "" for no model."""
     def who(group: dict[str, list[int]]) -> str:
         by_caps: dict[tuple, list[str]] = {}
         for m, cs in group.items():
             by_caps.setdefault(tuple(cs), []).append(m)
         return "; ".join(f"{', '.join(ms)} at {' and '.join(map(str, cs))} tokens" for cs, ms in by_caps.items())
 
+    training = lineage_training(caps) if training is None and caps else training or {}
+    by_fix: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for m, cs in caps.items():
+        by_fix.setdefault(_fix(training.get(m) or []), {})[m] = cs
     out = []
-    if never := {m: cs for m, cs in caps.items() if len(cs) >= 2}:
-        out.append(f"Cut off on every reply at each cap tried ({who(never)}): such a model does not end its replies "
-                   "(it never emits its end token, as an untrained, random or freshly up-scaled model does), so a "
-                   "higher Max new tokens will not help: continue pretraining, then SFT, and evaluate it again")
-    if once := {m: cs for m, cs in caps.items() if len(cs) < 2}:
-        out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a model that never emits its end "
-                   "token (untrained, random or freshly up-scaled) reads the same, and no cap helps it. Evaluate "
-                   "again with a higher Max new tokens: cut off throughout there too, it needs continued pretraining "
-                   "or SFT first")
+    for (why, what), group in by_fix.items():
+        if never := {m: cs for m, cs in group.items() if len(cs) >= 2}:
+            out.append(f"Cut off on every reply at each cap tried ({who(never)}): such a model does not end its "
+                       f"replies ({why}), so a higher Max new tokens will not help: {what}")
+        if once := {m: cs for m, cs in group.items() if len(cs) < 2}:
+            out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a long answer and one that never "
+                       "ends read the same here. Evaluate again with a higher Max new tokens. Cut off throughout "
+                       f"there too, the model does not end its replies ({why}): {what}")
     return ". ".join(out)
 
 

@@ -213,14 +213,20 @@ with t_tables:
                "average (ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K) for the row it mirrors — a "
                "reference, not this run's number. A task whose items overlap a model's training data (its whole "
                "lineage's) gets a training-overlap column and the score on the non-overlapping items, as on the "
-               "Compare page; the note under each table says what they mean.")
-    for t in tables.run_tables(run_id):
+               "Compare page; the note under each table says what they mean. Each task shows its headline "
+               "score, the metric the Compare page's models × tasks table shows (lm-eval:h6 its six tasks too).")
+    every = st.toggle("All metrics", key="tables_all_metrics",
+                      help="every stored metric of each task (qa's abstention, cut-off, empty and hallucination "
+                           "rates, per kind of item) after its headline score; the downloads follow")
+    for t in tables.run_tables(run_id, all_metrics=every):
         st.markdown(f"**{t.title}**")
         # pinned: with a task's metrics between them (six columns for synth-math), the paper's number sat off-screen
         # at 1280 px, so "beside the published numbers" took a sideways scroll per table
         st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}",
                      placeholder=MISSING, column_config={"Model": st.column_config.TextColumn(pinned=True),
-                                                         "Paper H6": st.column_config.NumberColumn(pinned=True)})
+                                                         # the paper's two decimals: its 74.00 read "74"
+                                                         "Paper H6": st.column_config.NumberColumn(pinned=True,
+                                                                                                   format="%.2f")})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
         if unscored := tables.unscored_note(t, MISSING):
@@ -229,6 +235,12 @@ with t_tables:
         for col, (ext, fn) in zip(cols, tables.EXPORTS.items()):
             col.download_button(f"{t.key}.{ext}", fn(t), file_name=f"run{run_id}-{t.key}.{ext}",
                                 key=f"dl_{t.key}_{ext}")
+
+
+def error_bars(errs: list) -> dict | None:
+    """Plotly's error bars from the scores' stored standard errors (None: none stored, no bars)."""
+    return dict(type="data", array=[e or 0 for e in errs], visible=True) if any(e is not None for e in errs) else None
+
 
 with t_surface:
     scores = tables.latest_scores([s["output"] for s in tables.stage_dicts(run_id) if s["output"]])
@@ -245,20 +257,29 @@ with t_surface:
             if s.get("skipped"):  # swept over several fields at once: no single x to draw the points on
                 st.caption(f"No surface: {s['skipped']}")
                 continue
+            if s.get("empty"):  # a figure with no point drew axes from -1 to 5 and no word why
+                st.caption(f"No surface for {s['group']}: {s['empty']}")
+                continue
             fig = go.Figure(go.Scatter(x=s["x"], y=s["y"], mode="lines+markers", name=s["group"],
-                                       line_color=PALETTE[1]))
-            if s["ends"]:
-                fig.add_trace(go.Scatter(x=[x for x, _ in s["ends"]], y=[y for _, y in s["ends"]], mode="markers",
+                                       line_color=PALETTE[1], error_y=error_bars(s["err"])))
+            if s["ends"]:  # each candidate named on the chart, not only on hover
+                names = [s["candidate_labels"][i] for i in s["ends_which"]]
+                fig.add_trace(go.Scatter(x=[x for x, _ in s["ends"]], y=[y for _, y in s["ends"]],
+                                         mode="markers+text", text=names, textposition="top center",
                                          marker=dict(size=12, symbol="diamond", color=PALETTE[0]),
-                                         name="candidates", text=s["candidates"]))
+                                         name="candidates", error_y=error_bars(s["ends_err"])))
             elif s["field"] not in ("weight", "t"):  # a density (…) sweep: the candidates sit at no x, their
-                for name, y in zip(s["candidates"], s.get("candidate_scores") or []):  # scores are levels to beat
-                    if y is not None:
+                for name, y in zip(s["candidate_labels"], s.get("candidate_scores") or []):  # scores are levels
+                    if y is not None:  # to beat
                         fig.add_hline(y=y, line_dash="dot", line_color=PALETTE[0], annotation_text=name)
             against = {"t": "t", "weight": "the first candidate weight"}.get(s["field"], s["field"])
             fig.update_layout(title=f"{s['group']}: {metric} against {against}",
                               xaxis_title=s["field"], yaxis_title=metric, height=360)
             st.plotly_chart(fig, key=f"surface_{s['group']}")
+            if s.get("within_noise"):
+                st.caption(surface.NOISE_NOTE)
+            elif any(e is not None for e in s["err"] + s["ends_err"]):
+                st.caption("Bars: ± one standard error of each score, as the paper tables give it.")
 
 with t_recovery:
     cpt = [(r, j) for r, j in recipe.stages(run_id) if r.kind == "cpt" and r.job_id]
@@ -274,6 +295,12 @@ with t_recovery:
             st.caption(f"{r.stage}: no held-out losses logged yet (job {r.job_id}).")
     if not cpt:
         st.caption("No continued-pretraining stage in this run.")
+
+def data_mix(spec: dict) -> str:
+    """A training job's data mix as its spec reads it: each source, with its weight where it is not 1."""
+    return " + ".join(str(d.get("source")) + (f" ×{d['weight']:g}" if d.get("weight", 1) != 1 else "")
+                      for d in spec.get("data") or [])
+
 
 with t_compare:
     jobs = runner.list_jobs(300, kinds=TRAIN_KINDS)
@@ -291,8 +318,15 @@ with t_compare:
         if metric:
             st.plotly_chart(metric_figure({names[i]: pts for i, pts in tables.curves(picked, metric).items()},
                                           metric), key="compare_curves")
-        diff = tables.config_diff({names[j.id]: j.spec for j in jobs if j.id in picked})
+        specs = {j.id: j.spec for j in jobs}
+        # in the order picked, as the legend: the columns read newest first (7, 6, 5, 4) under a legend of 4 -> 7
+        diff = tables.config_diff({names[i]: specs[i] for i in picked if i in specs})
         st.dataframe(pd.DataFrame(diff_rows(diff)), hide_index=True, key="compare_diff")
+        if len(mixes := {names[i]: data_mix(specs[i]) for i in picked if i in specs}) > 1 \
+                and len(set(mixes.values())) > 1:
+            st.caption("These jobs trained on different data mixes (" + "; ".join(f"{n}: {m or 'none'}" for n, m in
+                       mixes.items()) + "): each loss is on its own data, so the curves are not comparable as "
+                       "quality. Compare the models' evaluation scores (Paper tables, the Compare page) instead.")
     if not picked and not picked_runs:  # two empty pickers said nothing about what they would show
         st.caption("Pick training jobs to draw their logged metrics together with the settings they differ in, or "
                    "two or more recipe runs to list the fields their recipes differ in.")
@@ -301,6 +335,7 @@ with t_compare:
     if len(picked_runs) > 1:
         import yaml
 
-        texts = {labels[r.id]: yaml.safe_load(r.text) for r in runs if r.id in picked_runs}
+        by_run = {r.id: r for r in runs}
+        texts = {labels[i]: yaml.safe_load(by_run[i].text) for i in picked_runs if i in by_run}  # in pick order
         diff = tables.config_diff(texts)
         st.dataframe(pd.DataFrame(diff_rows(diff)), hide_index=True, key="compare_run_diff")

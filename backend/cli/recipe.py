@@ -1,8 +1,10 @@
-"""The recipe command: new, plan, run, runs, tables and cancel of a SOLAR experiment in one YAML file.
+"""The recipe command: new, plan, run, runs, show, tables and cancel of a SOLAR experiment in one YAML file.
 
     python -m backend recipe new smoke|solar-mini|solar-10.7b [--base B] [--m M] > R.yaml
-    python -m backend recipe plan R.yaml | run R.yaml [--queue] | tables [RUN] [--format md|csv|tex] | cancel RUN
+    python -m backend recipe plan R.yaml | run R.yaml [--queue] | cancel RUN
+    python -m backend recipe tables [RUN] [--format md|csv|tex] [--all-metrics]  # headline scores; or every metric
     python -m backend recipe runs [--limit N] [--json]      # the runs and their stages' statuses (the Recipe page)
+    python -m backend recipe show RUN > R.yaml               # a run's recipe, as it ran: `recipe run R.yaml` reruns it
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ def cmd_recipe(a) -> None:
         if a.target is None and not latest:
             raise ValueError("no recipe has run yet: `recipe run FILE` first.")
         run_id = get_run(a.target).id if a.target is not None else latest[0].id
-        for t in tables.run_tables(run_id):
+        for t in tables.run_tables(run_id, all_metrics=a.all_metrics):
             print({"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}[a.format](t))
+        return
+    if a.action == "show":  # the page's "Save as YAML" of the run: what `recipe run FILE` reads back
+        from backend.recipe.state import run_text
+
+        print(run_text(a.target), end="")
         return
     if a.action == "cancel":
         print(f"cancelled jobs: {recipe.cancel_run(a.target) or 'none were still waiting or running'}")
@@ -125,13 +132,17 @@ def print_runs(limit: int, as_json: bool) -> None:
     if limit < 0:
         raise ValueError(f"--limit {limit}: give the number of runs, or 0 for all.")
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
+    from backend.recipe.state import evaluations
+
     runs = []
     for run in recipe.runs(limit or None):
+        rows = recipe.stages(run.id)
         stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job),
                    "job": job.id if job else row.job_id,
                    "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
-                  for row, job in recipe.stages(run.id)]
-        runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages})
+                  for row, job in rows]
+        runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages,
+                     "evaluation": evaluations(rows)})  # per evaluation job: its status, models scored of how many
     if as_json:
         return _print_json(runs)
     if not runs:
@@ -153,6 +164,9 @@ def print_runs(limit: int, as_json: bool) -> None:
             said = st["message"] if len(st["message"]) <= 60 else st["message"][:59] + "…"
             print(f"  {st['stage']:{width}} {st['kind']:10} {short(st['status']):11} {st['job'] or '-':>5} "
                   f"{st['output'] or '-'}  {said}".rstrip())
+        for e in run["evaluation"]:  # the graph's evaluation box: how far a running evaluation job has got
+            if e["status"] == "running":
+                print(f"  {e['text']}")
         if "not queued" in tally:
             print(f"  not queued: {NOT_QUEUED.removeprefix('not queued (').removesuffix(')')}")
 
@@ -186,7 +200,7 @@ def _recipe_interrupted(before: int) -> str:
 
 # each command's line in `python -m backend --help`: read without building the command's parser (backend/__main__.py)
 HELP = {
-    "recipe": "the SOLAR experiment as one YAML file: new, plan, run, runs, tables, cancel",
+    "recipe": "the SOLAR experiment as one YAML file: new, plan, run, runs, show, tables, cancel",
 }
 
 
@@ -206,10 +220,16 @@ def add_recipe(sub) -> None:
     rt = ra.add_parser("tables", help="the paper's tables from a run")
     rt.add_argument("target", metavar="RUN", type=int, nargs="?", help="a recipe run's id (default: the latest)")
     rt.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="output format")
+    rt.add_argument("--all-metrics", action="store_true",
+                    help="every stored metric of each task (qa's abstention, cut-off, empty and hallucination rates, "
+                         "per kind of item); default: each task's headline score, as the Compare page's table shows "
+                         "it (and lm-eval:h6's six tasks), in the paper's order")
     ra.add_parser("cancel", help="cancel the run's waiting and running jobs").add_argument(
         "target", metavar="RUN", type=int, help="a recipe run's id")
     rs = ra.add_parser("runs", help="the recipe runs, newest first, each with its stages' statuses, jobs and models "
                                     "(the Recipe page)")
     rs.add_argument("--limit", type=int, default=20, help="the newest N runs, 0 for all")
     rs.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
+    ra.add_parser("show", help="print a run's recipe as YAML, as it ran (`recipe run FILE` reruns it)").add_argument(
+        "target", metavar="RUN", type=int, help="a recipe run's id")
     rc.set_defaults(fn=cmd_recipe)

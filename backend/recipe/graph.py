@@ -58,17 +58,29 @@ def graph_dot(stages: list[dict], with_data: bool = True) -> str:
                              f"tooltip={q('fingerprint ' + str(fp)[:12])}];")
                 edge = "" if alike else f", label={q(str(fp)[:8])}, fontsize=8"
                 lines.append(f"{q(node)} -> {q(s['stage'])} [style=dashed{edge}];")
+    if sinks := [q(s["stage"]) for s in stages if s.get("sink")]:
+        lines.append(f"{{rank=sink; {'; '.join(sinks)};}}")
     lines.append("}")
     return "\n".join(lines)
 
 
+def evaluation_nodes(evals: list[dict]) -> list[dict]:
+    """The run's evaluation (state.evaluations) as graph boxes: its job's status and how many models it scored of
+    how many ("job 19 · 5 of 18 models scored"), so the graph is not all green while the evaluation runs. No edges:
+    it reads every model, and an edge from each would cross the whole graph; `sink` puts it last."""
+    return [{"stage": e["name"], "kind": "eval", "status": e["status"], "deps": [], "sink": True,
+             "label": e["detail"]} for e in evals]
+
+
 def run_graph(run_id: int) -> str:
-    from backend.recipe.state import NOT_QUEUED, stage_state, stages
+    from backend.recipe.state import NOT_QUEUED, evaluations, stage_state, stages
 
     def status(r, job) -> str:  # a stage a cut-off Run never queued reads "not queued", not "run" (to be run)
         return "not queued" if stage_state(r, job) == NOT_QUEUED else (
             job.status if (job and not r.reused) else r.info.get("status", ""))
 
+    pairs = stages(run_id)
     rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused, "status": status(r, job), **{
-                 k: v for k, v in r.info.items() if k != "status"}} for r, job in stages(run_id) if r.kind != "eval"]
-    return graph_dot(with_outside_models(rows))  # a registered model merged in: a box of its own, as in the plan
+                 k: v for k, v in r.info.items() if k != "status"}} for r, job in pairs if r.kind != "eval"]
+    # a registered model merged in: a box of its own, as in the plan
+    return graph_dot(with_outside_models(rows) + evaluation_nodes(evaluations(pairs)))

@@ -35,6 +35,40 @@ def stage_state(row: RecipeStage, job: Job | None) -> str:
     return eval_state(info.get("model"), job) if row.kind == "eval" and job.status == "running" else job.status
 
 
+def evaluations(rows: list[tuple[RecipeStage, Job | None]]) -> list[dict]:
+    """The run's evaluation as the graph and `recipe runs` show it: one entry per evaluation job (the recipe's one
+    shared job; one per model on a cluster), with its status and how many of its models are scored, and one for
+    scores reused from an earlier run. The graph left the evaluation out and turned all green while it still ran.
+    Each: {name, job, status, scored, of, skipped, detail, text}."""
+    groups: dict[object, list[str]] = {}
+    jobs: dict[object, Job | None] = {}
+    for row, job in rows:
+        if row.kind != "eval":
+            continue
+        key = "reused" if row.reused else job.id if job is not None else None
+        state = stage_state(row, job)
+        if job is not None and state in ("failed", "cancelled", "interrupted"):  # the models it scored before
+            state = "succeeded" if eval_state((row.info or {}).get("model"), job) == "succeeded" else state
+        groups.setdefault(key, []).append(state)
+        jobs[key] = job
+    out = []
+    for key, states in groups.items():
+        job, n = jobs[key], len(states)
+        scored, skipped = sum(s in ("succeeded", "reused") for s in states), states.count("skipped")
+        status = "reuse" if key == "reused" else job.status if job is not None else (states[0] or "")
+        status = "not queued" if status == NOT_QUEUED else status
+        what = "scores reused" if key == "reused" else "models scored"
+        detail = f"{scored} of {n} {what}" + (f", {skipped} skipped (their model was not made)" if skipped else "")
+        numbered = job is not None and key != "reused"
+        which = "reused" if key == "reused" else f"job {key}" if key is not None else "not queued"
+        out.append({"name": "evaluation" if len(groups) == 1 else f"evaluation ({which})",
+                    "job": job.id if job is not None and key != "reused" else None, "status": status,
+                    "scored": scored, "of": n, "skipped": skipped,
+                    "detail": (f"job {job.id} · " if numbered else "") + detail,
+                    "text": f"evaluation{f' job {job.id}' if numbered else ''}: {detail}"})
+    return out
+
+
 def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:
     with db.session() as s:
         rows = s.exec(select(RecipeStage).where(RecipeStage.run_id == run_id).order_by(RecipeStage.id)).all()
@@ -80,6 +114,16 @@ def get_run(run_id: int) -> RecipeRun:
                           + (f"the latest are {', '.join(known)} (the Recipe page lists them)." if known
                              else "no recipe has run yet: `python -m backend recipe run FILE` first."))
     return run
+
+
+def run_text(run_id: int) -> str:
+    """The recipe a run ran, as YAML, ending in a newline: the Recipe page's editor and "Save as YAML" show this
+    text for the run, and `recipe show RUN` prints it, so `recipe run` of it plans the same stages (reused)."""
+    text = get_run(run_id).text
+    if not text.strip():
+        raise RecipeError(f"recipe run {run_id} stored no recipe text (a run recorded before runs kept it): open its "
+                          "recipe file, or `python -m backend recipe new PRESET` for a preset's.")
+    return text if text.endswith("\n") else text + "\n"
 
 
 def cancellable(run_id: int) -> list[int]:

@@ -8,23 +8,44 @@ from backend.recipe.tables import LOWER_IS_BETTER, latest_scores, stage_dicts
 from storage import db
 
 
-def merge_surface(points: list[tuple[float, float]], first: float | None, second: float | None, field: str,
-                  higher_is_better: bool = True) -> dict:
+def merge_surface(points: list[tuple], first: float | None, second: float | None, field: str,
+                  higher_is_better: bool = True, first_se: float | None = None,
+                  second_se: float | None = None) -> dict:
     """Score against the merge weight of the first candidate (Average: weights [w, 1−w], so w=1 is the first
     model) or against SLERP's t (t=0 is the first model); the candidates' own scores are the ends. Swept over any
     other field (TIES' density, …) the candidates sit at no x: no ends, their scores as levels to beat
-    (`candidate_scores`)."""
-    pts = sorted(p for p in points if p[1] is not None)  # a rate left blank (latest_scores: mostly unanswered)
-    ends = [(1.0, first), (0.0, second)] if field == "weight" else [(0.0, first), (1.0, second)] if field == "t" \
-        else []
-    ends = [(x, y) for x, y in ends if y is not None]
+    (`candidate_scores`). A point is (x, y) or (x, y, standard error); `err` and `ends_err` carry the errors for
+    the chart's bars, and `within_noise` says every point lies within one standard error of another: merges at
+    292.863 to 292.866 ± 0.73 drew a clean rising line on an axis 0.015 tall."""
+    pts = sorted((p[0], p[1], p[2] if len(p) > 2 else None) for p in points if p[1] is not None)  # a rate left
+    # blank (latest_scores: mostly unanswered)
+    ends = [(1.0, first, first_se, 0), (0.0, second, second_se, 1)] if field == "weight" else \
+        [(0.0, first, first_se, 0), (1.0, second, second_se, 1)] if field == "t" else []
+    ends = [e for e in ends if e[1] is not None]
     pick = max if higher_is_better else min
-    best = pick(pts, key=lambda p: p[1]) if pts else None
+    best = pick(pts, key=lambda p: p[1])[:2] if pts else None
     cands = [y for y in (first, second) if y is not None]
-    return {"field": field, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "ends": ends, "best": best,
-            "candidate_scores": [first, second],
+    every = [(y, se) for _, y, se in pts] + [(y, se) for y, se in ((first, first_se), (second, second_se))
+                                             if y is not None]
+    return {"field": field, "x": [p[0] for p in pts], "y": [p[1] for p in pts], "err": [p[2] for p in pts],
+            "ends": [(x, y) for x, y, _, _ in ends], "ends_err": [se for _, _, se, _ in ends],
+            "ends_which": [i for *_, i in ends], "best": best, "candidate_scores": [first, second],
+            "candidate_errors": [first_se, second_se], "within_noise": within_noise(every),
             "beats_candidates": bool(best and cands and (best[1] > max(cands) if higher_is_better
                                                          else best[1] < min(cands)))}
+
+
+def within_noise(points: list[tuple[float, float | None]]) -> bool:
+    """Whether every (value, standard error) lies within its own standard error of another point's value: two
+    points or more, each with an error. Then the surface's rises and falls are noise, whatever the axis shows."""
+    if len(points) < 2 or any(se is None for _, se in points):
+        return False
+    return all(any(abs(y - y2) <= se for j, (y2, _) in enumerate(points) if j != i)
+               for i, (y, se) in enumerate(points))
+
+
+NOISE_NOTE = ("Every point lies within one standard error of another: the differences are within noise (bars: ± one "
+              "standard error), whatever the axis's scale draws.")
 
 
 def _swept_field(group: str, members: list[dict]) -> tuple[str | None, str]:
@@ -106,7 +127,10 @@ def run_surfaces(run_id: int, metric: str) -> list[dict]:
     """One surface per swept merge stage of the run, on the metric "task metric", against the field it sweeps; a
     group swept over several fields (or over values that are no numbers) is {group, skipped: why} instead. Merges
     written one by one that differ only in weight or t (implicit_sweeps) are a surface too: the preset's Table 7
-    merges read "No swept merge in this run"."""
+    merges read "No swept merge in this run". Each score carries its stored standard error (the paper tables' ±);
+    a surface without a scored merge says why (`empty`) rather than draw empty axes."""
+    from backend.recipe.tables import latest_rows
+
     st = stage_dicts(run_id)
     by_stage = {s["stage"]: s for s in st}
     groups: dict[str, list[dict]] = {}
@@ -115,17 +139,54 @@ def run_surfaces(run_id: int, metric: str) -> list[dict]:
             groups.setdefault(s["sweep_of"]["group"], []).append(s)
     for group, members in implicit_sweeps(st, _job_specs(st)).items():
         groups[group] = [{**m, "sweep_of": {"group": group, field: x}} for m, field, x in members]
-    scores = latest_scores([s["output"] for s in st if s["output"]])
+    outputs = [s["output"] for s in st if s["output"]]
+    latest = latest_rows(outputs)
+    scores = latest_scores(outputs, latest)
+    errors = _errors(latest, scores)
     out = []
     for group, members in groups.items():
         field, why = _swept_field(group, members)
         if field is None:
             out.append({"group": group, "skipped": why})
             continue
-        pts = [(float(m["sweep_of"][field]), scores[m["output"]][metric]) for m in members
-               if metric in scores.get(m["output"], {})]
-        cands = [by_stage[c]["output"] if c in by_stage else c for c in members[0].get("from", [])[:2]]
+        pts = [(float(m["sweep_of"][field]), scores[m["output"]][metric], errors.get((m["output"], metric)))
+               for m in members if metric in scores.get(m["output"], {})]
+        names = members[0].get("from", [])[:2]
+        cands = [by_stage[c]["output"] if c in by_stage else c for c in names]
         first, second = (scores.get(c, {}).get(metric) for c in (cands + [None, None])[:2])
-        out.append({"group": group, "candidates": cands,
-                    **merge_surface(pts, first, second, field, not any(w in metric for w in LOWER_IS_BETTER))})
+        surf = {"group": group, "candidates": cands,
+                "candidate_labels": [by_stage[c].get("label") or c if c in by_stage else c for c in names],
+                **merge_surface(pts, first, second, field, not any(w in metric for w in LOWER_IS_BETTER),
+                                *(errors.get((c, metric)) for c in (cands + [None, None])[:2]))}
+        if not surf["x"]:
+            surf["empty"] = _why_empty(metric, [m["output"] for m in members], scores)
+        out.append(surf)
     return out
+
+
+def _errors(latest: dict, scores: dict[str, dict]) -> dict[tuple[str, str], float]:
+    """(model, "task metric") -> the score's standard error as the paper tables give it (scoretable.stderr: lm-eval's
+    own row, a perplexity's bootstrap, √(p(1−p)/(n−1)) for a share), where one is defined."""
+    from backend import scoretable
+    from backend.recipe.tables import _column
+
+    out = {}
+    for (model, task, metric), r in latest.items():
+        col = _column(task, metric)
+        if metric.endswith(scoretable.STDERR) or scores.get(model, {}).get(col) is None:
+            continue
+        if (se := scoretable.stderr(latest, r)) is not None:
+            out[(model, col)] = se
+    return out
+
+
+def _why_empty(metric: str, merges: list[str], scores: dict[str, dict]) -> str:
+    """Why no merge of a surface has a value on `metric`: none scored yet, every one's rate left blank (most replies
+    cut off or empty: latest_scores), or the metric not among their scores."""
+    if not any(scores.get(m) for m in merges):
+        return (f"no merge of it is scored yet (the run's evaluation has not stored their scores): {metric} is drawn "
+                "once it has.")
+    if any(metric in scores.get(m, {}) for m in merges):
+        return (f"every merge's {metric} is blank: most of their replies were cut off by the token limit or empty, "
+                "so the rate would say nothing (the Compare page's answer-length section shows their replies).")
+    return f"its merges have no {metric} score (their evaluation did not include it): pick another metric."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # under the table (Markdown, LaTeX, the page): what a mark means
+    settings: list[str] = field(default_factory=list)  # columns that describe the row's training, not scores
 
 
 def source_label(src: str) -> str:
@@ -93,13 +95,17 @@ def _errors(latest: dict, outputs: list[str], scores: dict[str, dict]) -> dict[s
     return out
 
 
-def _error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict) -> list[str]:
+def _error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict,
+                 columns: set[str] | None = None) -> list[str]:
     """The Compare page's notes on the numbers (scoretable.table_notes): the items behind each score
-    (items_note: "n = 10 items per task"), what ± is, and where its 0 says nothing (_zero_error_note)."""
+    (items_note: "n = 10 items per task"), what ± is, and where its 0 says nothing (_zero_error_note), of the
+    table's `columns` (None: all)."""
     from backend import scoretable
 
     outputs = [st["output"] for st in rows]
     primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
+    if columns is not None:  # a ± the table leaves out (a sub-metric's) is not said under it
+        errors = {o: {c: v for c, v in e.items() if c in columns} for o, e in errors.items()}
     shown = any(errors.get(o) for o in outputs)
     notes = [scoretable.items_note(primary), PLUS_MINUS if shown else "",
              _zero_error_note(latest, rows, scores, errors) if shown else ""]
@@ -136,15 +142,37 @@ def _zero_error_note(latest: dict, rows: list[dict], scores: dict[str, dict], er
 
 
 def _made_from(st: dict) -> str:
+    """What a row's model was made from; a merge's weights always, default ones too: "average of sft-v3, sft-v4"
+    left its equal weights unsaid beside "average(0.4, 0.6) of cand1, cand2"; it reads "average(0.5, 0.5) of …"."""
     merge = st.get("merge") or {}
-    if merge:
-        how = merge.get("method", "average")
-        if how == "slerp":
-            how += f" t={merge.get('t', 0.5)}"
-        elif merge.get("weights"):
-            how += "(" + ", ".join(f"{w:g}" for w in merge["weights"]) + ")"
-        return f"{how} of {', '.join(st.get('from', []))}"
-    return ", ".join(st.get("from", []))
+    if not merge:
+        return ", ".join(st.get("from", []))
+    inputs = st.get("from", [])
+    how = merge.get("method", "average")
+    if how == "slerp":
+        how += f" t={merge.get('t', 0.5)}"
+    elif weights := _merge_weights(merge, (st.get("spec") or {}), len(inputs)):
+        how += "(" + ", ".join(f"{w:g}" for w in weights) + ")"
+    return f"{how} of {', '.join(inputs)}"
+
+
+def _merge_weights(merge: dict, spec: dict, n: int) -> list[float]:
+    """The weights a merge gave its n inputs, as mergekit's methods take them (MergeSpec): 1 each where none are
+    given; an average's divided by their sum (its normalize, on unless the spec turns it off), so [1, 1] reads
+    (0.5, 0.5)."""
+    from backend.spec_models import MERGE_ALIASES, MERGE_DEFAULTS
+
+    method = MERGE_ALIASES.get(merge.get("method", "average"), merge.get("method", "average"))
+    if method not in MERGE_DEFAULTS or n == 0:
+        return []
+    try:
+        weights = [float(w) for w in (merge.get("weights") or spec.get("weights") or [1.0] * n)]
+    except (TypeError, ValueError):  # not numbers (a sweep's "0..1 step 0.1" before it is expanded): not said
+        return []
+    normalize = merge.get("normalize", spec.get("normalize"))
+    if method == "average" and (MERGE_DEFAULTS[method][0] if normalize is None else normalize) and sum(weights):
+        weights = [w / sum(weights) for w in weights]
+    return [round(w, 4) for w in weights]
 
 
 OVERLAP = "{task} (training overlap)"  # scoretable._task_cells' column, read alike on both pages
@@ -223,24 +251,31 @@ def _unlike_note(rows: list[dict], latest: dict) -> str:
             "with the same settings (the recipe's own evaluation does) before comparing them.")
 
 
-def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest: dict | None = None) -> list[Table]:
-    """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info). One table per
-    paper table that has rows, plus every model; metric columns are the evaluation rows found. With `latest` (the
-    rows behind `scores`, latest_rows), each table says which scores were on items its model's lineage trained on,
-    as the Compare page does (_overlap_cells): a score on training data is never shown without saying so."""
+def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest: dict | None = None,
+                 all_metrics: bool = False) -> list[Table]:
+    """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info) and spec (the
+    job's, where one ran). One table per paper table that has rows, plus every model. Score columns: each task's
+    headline metric, the one the Compare page's models × tasks table shows (scoretable.headline), and a preset's own
+    tasks (lm-eval:h6's six, the paper's columns), in the paper's order (_score_columns); with `all_metrics` every
+    stored metric (qa's 20 sub-metrics made 37 columns with its accuracy the 13th). With `latest` (the rows behind
+    `scores`, latest_rows), each table says which scores were on items its model's lineage trained on, as the
+    Compare page does (_overlap_cells): a score on training data is never shown without saying so."""
     from backend.scoretable import _rounded  # the Compare table's 4 decimals: 17 digits of 308.1261234567891
 
-    metrics = sorted({k for st in stages for k in scores.get(st["output"], {})})
     outputs = [st["output"] for st in stages if st["output"]]
+    present = {k for st in stages for k in scores.get(st["output"], {})}
+    metrics = _score_columns(latest, outputs, present, all_metrics) if latest is not None else sorted(present)
     errors = _errors(latest, outputs, scores) if latest is not None else {}
+    by_stage = {st["stage"]: st for st in stages}
     tables = []
     for key in ("sft", "dpo", "merge", "all"):
         rows = [st for st in stages if (key in (st.get("tables") or [])) or
                 (key == "all" and st["output"] and st["kind"] != "synth-math")]  # models only
         if not rows:
             continue
-        sources = [] if key in ("merge", "all") else \
-            list(dict.fromkeys(source_label(s) for st in rows for s in st.get("sources") or []))
+        data = {st["stage"]: _data_of(st, by_stage) for st in rows}
+        sources = [] if key == "all" else list(dict.fromkeys(s for st in rows for s in data[st["stage"]]))
+        settings = [] if key == "all" else _differing_settings(rows)
         mine = [st["output"] for st in rows]
         # a score's error in a column of its own right after it, as on the Compare page (the score stays a sortable
         # number, the CSV numeric; Markdown and LaTeX write "0.2500 ± 0.0993", export_table); a column no row fills
@@ -249,19 +284,111 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
             c in errors.get(o, {}) for o in mine)]
         shown, cells, note = (_overlap_cells(with_errors, mine, latest) if latest is not None
                               else (with_errors, {}, ""))
-        cols = ["Model", "Stage", "Made from", *sources, *shown, "Paper H6"]
+        cols = ["Model", "Stage", "Made from", *sources, *settings, *shown, "Paper H6"]
         unlike = _unlike_note(rows, latest) if latest is not None else ""
-        said = _error_notes(latest, rows, scores, errors) if latest is not None else []
-        table = Table(key, TITLES[key], cols, notes=[n for n in (_unmade_note(rows), unlike, *said, note) if n])
+        said = _error_notes(latest, rows, scores, errors, set(shown)) if latest is not None else []
+        notes = [_merged_data_note(rows, data) if sources else "", _unmade_note(rows), unlike, *said, note]
+        table = Table(key, TITLES[key], cols, notes=[_labelled(n, rows) for n in notes if n], settings=settings)
         for st in rows:
-            used = {source_label(s) for s in st.get("sources") or []}
+            spec = st.get("spec") or {}
             vals = {**scores.get(st["output"], {}), **errors.get(st["output"], {}), **cells.get(st["output"], {})}
             table.rows.append([st.get("label") or st["stage"], st["stage"], _made_from(st),
-                               *["✓" if s in used else "" for s in sources],
+                               *["✓" if s in data[st["stage"]] else "" for s in sources],
+                               *[spec.get(f) if st["kind"] != "merge" else None for f in settings],
                                *[_rounded(v) if isinstance(v, float) else v for v in (vals.get(m) for m in shown)],
                                PAPER_H6.get(st.get("label") or "")])
         tables.append(table)
     return tables
+
+
+def _paper_place(name: str) -> int | None:
+    """Where the paper's tables put a benchmark after H6 (ARC, HellaSwag, MMLU, TruthfulQA, Winogrande, GSM8K:
+    lmeval.H6's order), found in a task's or a preset metric's name (lm-eval:arc_challenge, dus_gsm8k_mini,
+    truthfulqa_mc2/acc); None for a task the paper has no column for (perplexity, qa, synth-math)."""
+    from backend.lmeval import H6
+
+    for i, (task, _, _) in enumerate(H6):
+        if re.search(rf"(^|[^a-z]){task.split('_')[0]}", name.lower()):
+            return i
+    return None
+
+
+def _is_preset(task: str) -> bool:
+    from backend.lmeval import PRESETS
+
+    return task.startswith("lm-eval:") and task.split(":", 1)[1] in PRESETS
+
+
+def _score_columns(latest: dict, outputs: list[str], present: set[str], all_metrics: bool) -> list[str]:
+    """The score columns of the paper tables: per task the headline metric the Compare page's models × tasks table
+    shows (scoretable.headline, its rule), a preset's own tasks too (lm-eval:h6: H6, then ARC … GSM8K, the columns
+    of the paper's Tables 3–7); with `all_metrics` every stored one. Ordered as the paper: a preset first, then the
+    paper's benchmarks in its order, then the other tasks by name; within a task the headline, then the preset's
+    tasks in the paper's order, then the rest by name, each metric's kinds (accuracy[math]) after it."""
+    from backend import scoretable
+
+    heads: dict[str, set[str]] = {}
+    for (model, task), r in scoretable.headline(latest).items():
+        if model in outputs:
+            heads.setdefault(task, set()).add(r.metric)
+    pairs = {(task, metric) for model, task, metric in latest if model in outputs
+             and not metric.endswith(scoretable.STDERR) and _column(task, metric) in present}
+    if not all_metrics:
+        pairs = {(t, m) for t, m in pairs if m in heads.get(t, ()) or (_is_preset(t) and "/" in m and "[" not in m)}
+
+    def order(pair: tuple[str, str]) -> tuple:
+        task, metric = pair
+        place, base = _paper_place(task), metric.partition("[")[0]
+        own = _paper_place(metric.split("/")[0]) if "/" in metric else None
+        return ((0, 0) if _is_preset(task) else (1, place) if place is not None else (2, 0), task,
+                base not in heads.get(task, ()), 99 if own is None else own, base, metric)
+    return [_column(t, m) for t, m in sorted(pairs, key=order)]
+
+
+def _data_of(st: dict, by_stage: dict[str, dict], seen: frozenset = frozenset()) -> list[str]:
+    """The data a row's model was trained on, as its tick columns mark it: its own sources; a merge's, its inputs'
+    (recursively), as the paper marks SFT v3+v4 and DPO v1+v2 (Tables 3–4): the merges' ticks were blank."""
+    if st["kind"] != "merge":
+        return [source_label(s) for s in st.get("sources") or []]
+    out: list[str] = []
+    for parent in st.get("from") or []:
+        if parent in by_stage and parent not in seen:
+            out += [s for s in _data_of(by_stage[parent], by_stage, seen | {st["stage"]}) if s not in out]
+    return out
+
+
+def _merged_data_note(rows: list[dict], data: dict[str, list[str]]) -> str:
+    merged = [st.get("label") or st["stage"] for st in rows if st["kind"] == "merge" and data[st["stage"]]]
+    return (f"A merge's ticks ({', '.join(merged)}) are the data of the models it merges, as the paper marks them."
+            if merged else "")
+
+
+# The training settings that make two trained rows of a table differ, beside their data (the ticks): the paper's
+# merge candidates differ in the DPO data mix and "slightly different hyper-parameters" (Cand. 1: beta 0.2, seed 1;
+# Cand. 2: seed 2), and both rows read "Made from sft-v3v4" and nothing else.
+SETTINGS = ("learning_rate", "max_steps", "max_rows", "beta", "loss_type", "seed")
+
+
+def _differing_settings(rows: list[dict]) -> list[str]:
+    """The SETTINGS whose values differ between the table's trained rows (their jobs' specs, defaults included: a
+    candidate without `beta` in its recipe trained at DPO's 0.1), only those; a merge's spec (its DARE seed) is
+    not a training setting."""
+    specs = [st["spec"] for st in rows if st["kind"] != "merge" and st.get("spec")]
+    return [f for f in SETTINGS if len({repr(s[f]) for s in specs if f in s}) > 1]
+
+
+def _labelled(note: str, rows: list[dict]) -> str:
+    """The note with each of the table's models named by its row label ("SFT v1", as the Model column names it),
+    its registered name kept in brackets only where two rows share a label: the Compare page's overlap note named
+    solar-mini-sft-v1-f6111a2f under rows that read "SFT v1"."""
+    labels = [st.get("label") or st["stage"] for st in rows]
+    names = {st["output"]: lab if labels.count(lab) == 1 else f"{lab} ({st['output']})"
+             for st, lab in zip(rows, labels) if st["output"] and st["output"] != lab}
+    if not names:
+        return note
+    # a whole name only: not inside a longer one (tinybase-2), nor a path or a source (dataset:NAME-instruct)
+    pattern = r"(?<![\w./:-])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")(?![\w/:-]|\.\w)"
+    return re.sub(pattern, lambda m: names[m.group(1)], note)
 
 
 def _cell(v: Any) -> str:
@@ -283,11 +410,24 @@ def _one_cell_errors(t: Table) -> Table:
     from backend.scoretable import export_table
 
     folded = export_table([dict(zip(t.columns, row)) for row in t.rows])
-    return Table(t.key, t.title, folded.columns, folded.rows, t.notes)
+    return Table(t.key, t.title, folded.columns, folded.rows, t.notes, t.settings)
+
+
+PAPER = "Paper H6"
+
+
+def paper_text(t: Table) -> Table:
+    """The table with the paper's numbers written as the paper prints them, with two decimals: its 74.00 read
+    "74" (a float printed by its shortest form)."""
+    if PAPER not in t.columns:
+        return t
+    i = t.columns.index(PAPER)
+    rows = [[f"{v:.2f}" if j == i and isinstance(v, (int, float)) else v for j, v in enumerate(row)] for row in t.rows]
+    return Table(t.key, t.title, t.columns, rows, t.notes, t.settings)
 
 
 def to_markdown(t: Table) -> str:
-    t = _one_cell_errors(t)
+    t = _one_cell_errors(paper_text(t))
     lines = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
     lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
     lines += [line for note in t.notes for line in ("", note)]
@@ -295,6 +435,7 @@ def to_markdown(t: Table) -> str:
 
 
 def to_csv(t: Table) -> str:
+    t = paper_text(t)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(t.columns)
@@ -314,7 +455,7 @@ def _tex(v: Any) -> str:
 
 
 def to_latex(t: Table) -> str:
-    t = _one_cell_errors(t)
+    t = _one_cell_errors(paper_text(t))
     spec = "l" * 3 + "c" * (len(t.columns) - 3)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(t.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
@@ -332,20 +473,22 @@ def stage_dicts(run_id: int) -> list[dict]:
     from backend.recipe.state import stage_state, stages
 
     # the stage's state as the page shows it: the plan's status in its info ("run") came after the job's, and a
-    # failed stage read as about to run
+    # failed stage read as about to run; the job's spec, what the model was trained with (a reused stage's: the
+    # earlier job's), for the settings in which a table's rows differ (_differing_settings)
     return [{"stage": r.stage, "kind": r.kind, "output": r.output, "hash": r.hash, "job_id": r.job_id, **r.info,
-             "status": stage_state(r, job) or r.info.get("status", "")}
+             "status": stage_state(r, job) or r.info.get("status", ""), "spec": (job.spec if job else None) or {}}
             for r, job in stages(run_id) if r.kind != "eval"]
 
 
-def run_tables_from(stages: list[dict]) -> list[Table]:
+def run_tables_from(stages: list[dict], all_metrics: bool = False) -> list[Table]:
     models = [s["output"] for s in stages if s["output"]]
     latest = latest_rows(models)
-    return build_tables(stages, latest_scores(models, latest), latest)
+    return build_tables(stages, latest_scores(models, latest), latest, all_metrics)
 
 
-def run_tables(run_id: int) -> list[Table]:
-    return run_tables_from(stage_dicts(run_id))
+def run_tables(run_id: int, all_metrics: bool = False) -> list[Table]:
+    """The run's paper tables: each task's headline score, or with `all_metrics` every stored metric."""
+    return run_tables_from(stage_dicts(run_id), all_metrics)
 
 
 # ---------------------------------------------------------------- comparing runs
@@ -407,7 +550,8 @@ def unscored_note(t: Table, mark: str) -> str:
         # read) have their own note: read as "not evaluated", an evaluated model was said to have no score; an
         # error column is blank with its score
         overlap = col.endswith((OVERLAP.format(task=""), CLEAN.format(column="")))
-        if col in skip or overlap or col.endswith(" ±") or all(r[i] in ("✓", "") for r in t.rows):
+        if col in skip or col in t.settings or overlap or col.endswith(" ±") or all(r[i] in ("✓", "")
+                                                                                 for r in t.rows):
             continue
         task = col.split(" ")[0]
         scored = [j for j, c in enumerate(t.columns) if c.split(" ")[0] == task and j != i and not c.endswith(" ±")]
