@@ -15,7 +15,8 @@ from backend import analysis, qatable, registry, runner, scorenotes, scoretable
 from backend.recipe import tables
 from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
-from pages.compare_pick import no_bar_note, pick_models, show_notes, warn
+from pages.compare_pick import (answer_pair, no_bar_note, no_chart_note, no_radar_note, pick_models, show_notes,
+                                warn)
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -433,8 +434,8 @@ charted = pick_models(list(table["model"]) if "model" in table else [], lineage_
 # the table's own scores, errors and item counts (the clean ones with the toggle): the bars had drawn the stored
 # scores under a table of clean ones
 in_charts = set(charted)
-charts = {task: kept for task, rows in scoretable.chart_rows(latest, clean=clean_only).items()
-          if (kept := [r for r in rows if r["model"] in in_charts])}
+every_chart = scoretable.chart_rows(latest, clean=clean_only)
+charts = {task: kept for task, rows in every_chart.items() if (kept := [r for r in rows if r["model"] in in_charts])}
 scope = "non-overlapping items only" if clean_only else ""
 cols = st.columns(2)
 scored_on = {}  # task -> the models with a score for it (drawn, or in the chart note's "no clean score")
@@ -445,9 +446,13 @@ for i, (task, rows) in enumerate(sorted(charts.items())):
     # a charted model with no score for this task had no bar, and nothing said why
     if missing := no_bar_note(rows, charted, scored_on.get(rows[0]["task"], set())):
         cols[i % 2].caption(missing)
+if charted and (gone := no_chart_note(every_chart, charts)):  # a task none of the picked models is scored on
+    st.caption(gone)
 radar = scoretable.radar_scores(charts)
-if radar and len({t for v in radar.values() for t in v}) >= 3:
+if radar and len(on_radar := {t for v in radar.values() for t in v}) >= 3:
     st.plotly_chart(radar_figure(radar, models=charted, subtitle=scope), key="radar")
+    if unlined := no_radar_note(radar, charted, set().union(*(scored_on.get(t, set()) for t in on_radar))):
+        st.caption(unlined)  # a charted model scored on none of its tasks had no line, and nothing said why
 if charts:
     st.caption(scoretable.chart_note(latest, charts, clean_only))
 
@@ -506,9 +511,10 @@ def _judged(left: dict, outcome: str, counts: bool = False) -> str:
 with db.session() as s:
     version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
 url = db.database_url()
-recs = task_records(url, gtask, version)
-# the picked models' answers (all with few models); none of them answered this task: every model's
-recs = tuple(r for r in recs if r.model in in_charts) or recs
+every_rec = task_records(url, gtask, version)
+# the charts and warnings: the picked models' answers (all with few models); none of them answered this task: every
+# model's. Model A and B: any model with answers (below)
+recs = tuple(r for r in every_rec if r.model in in_charts) or every_rec
 gen_models = sorted({r.model for r in recs})
 # one unit on the page: tokens, as the length model and the plot of hallucination against length (words only for
 # rows stored without token counts); in words a reply cut off at the cap that decoded to blank text was drawn as an
@@ -536,10 +542,23 @@ if any(empty_share.values()):
                                                                       if v) + empty_text, gen_models,
          "Empty replies (the model ended them at once): " + scorenotes.shares_text(empty_share) + empty_text)
 n_bins = st.slider("Length bins", 2, 6, 3, key="n_bins")
-if len(gen_models) >= 2:
+# Model A and B from every model with answers here, in the table's order: from the charts' pick (the newest model's
+# lineage, 8 at most) the base and the Average merges could not be chosen, and the question the section asks is
+# the final model's against its base (answer_pair: by default)
+answered = sorted({r.model for r in every_rec}, key=lambda m: (order.get(m, len(order)), m))
+if len(answered) < 2:
+    st.info(f"Only {answered[0]} has answers on {gtask}: evaluate another model on it (Evaluate above, task "
+            f"{gtask}) to compare the two.")
+else:
     a1, a2, a3 = st.columns(3)
-    ma = a1.selectbox("Model A", gen_models, index=0, key="lc_a")
-    mb = a2.selectbox("Model B", gen_models, index=1, key="lc_b")
+    have = set(answered)
+    pair = answer_pair(answered, lineage_of, next((r.name for r in reversed(model_records) if r.name in have), None))
+    chosen = (f"Every model with answers on {gtask} ({len(answered)}), not only the charted ones: the length boxes "
+              "and accuracy by length at the bottom draw those. Default: ")
+    ma = a1.selectbox("Model A", answered, index=answered.index(pair[0]), key="lc_a",
+                      help=chosen + "the base of the newest model (its lineage's root), the regression's reference.")
+    mb = a2.selectbox("Model B", answered, index=answered.index(pair[1]), key="lc_b",
+                      help=chosen + "the newest model.")
     outcome = a3.radio("Outcome", ["hallucination", "correct"], horizontal=True, key="lc_outcome",
                        help="correct: the rate compared is of answers that are not correct (wrong, abstained or cut "
                             "off; items with an empty reply are left out).")
@@ -548,6 +567,10 @@ if len(gen_models) >= 2:
     else:
         res, strat, curves = compared(url, gtask, version, ma, mb, outcome, n_bins)
         rate = analysis.RATE_LABEL[outcome]  # every number below is of this rate
+        if not res["ok"] and (unseen := [m for m in (ma, mb) if m not in cut_share]):  # not charted: not looked at
+            if ended_too := [m for m, v in analysis.cut_shares(r for r in every_rec if r.model in unseen).items()
+                             if v == 1]:
+                all_cut = {**all_cut, **analysis.never_ended(ended_too)}
         st.markdown(f"**{res['sentence']}**")
         if not res["ok"] and (ended := {m: c for m, c in all_cut.items() if m in (ma, mb)}):
             st.caption(analysis.cut_off_advice(ended) + ".")

@@ -62,6 +62,46 @@ def no_bar_note(rows: list[dict], charted: list[str], scored: set[str] = frozens
     return f"No bar for {who}: not scored on this task."
 
 
+def _named(items: list[str], what: str) -> str:
+    """`items` by name up to NAMED, else counted ("4 of the charted models"), as no_bar_note names them."""
+    return ", ".join(items) if len(items) <= NAMED else f"{len(items)} of the {what}"
+
+
+def no_chart_note(every: dict[str, list[dict]], charts: dict[str, list[dict]]) -> str:
+    """The caption under the bar charts for the tasks that have no chart: scored, but by none of the picked models
+    (a bar chart had vanished without a word when the pick, by default the newest model's lineage, held no model
+    scored on its task). `every`: the chart rows of every scored model (scoretable.chart_rows); `charts`: the
+    picked models' ones."""
+    gone = [task for task in every if task not in charts]
+    if not gone:
+        return ""
+    scorers = sorted({r["model"] for task in gone for r in every[task]})
+    return (f"No chart for {_named(gone, 'tasks')}: none of the charted models is scored on "
+            f"{'it' if len(gone) == 1 else 'them'} ({_named(scorers, 'other models')} "
+            f"{'is' if len(scorers) == 1 else 'are'}: add {'it' if len(scorers) == 1 else 'one'} to Models in the "
+            "charts).")
+
+
+def no_radar_note(radar: dict[str, dict[str, float]], charted: list[str], scored: set[str] = frozenset()) -> str:
+    """The caption under the radar: the charted models with no line on it, left out without a word (a model scored
+    only on perplexity, or on tasks the radar does not draw). `radar`: scoretable.radar_scores; `scored`: the models
+    scored on a radar task all the same (no clean score: the note under the charts says so)."""
+    none = [m for m in charted if m not in radar and m not in scored]
+    if not none:
+        return ""
+    return f"No line on the radar for {_named(none, 'charted models')}: not scored on any of its tasks."
+
+
+def answer_pair(order: list[str], made_from: dict[str, set[str]], newest: str | None) -> tuple[str, str]:
+    """Model A and Model B of the answer-length comparison by default: the root of the newest model's lineage (its
+    first ancestor with answers in lineage order: the base, when it has some) and the newest model, which asks the
+    section's question of the recipe's outcome: does the final model hallucinate less only because it answers
+    shorter than its base? Else (no ancestor with answers) the first two. `order`: the models with answers on the task, in lineage order
+    (at least two); `made_from`: each model's ancestors; `newest`: the newest registered model with answers."""
+    line = [m for m in order if m in made_from.get(newest, set())] if newest in order else []
+    return (line[0], newest) if line else (order[0], order[1])
+
+
 def show_notes(notes: list[scorenotes.Note], extra: list[str]) -> None:
     """The notes under the table, one a line, and the ones that count their models whole in an expander."""
     st.caption("\n".join(f"- {n.text}" for n in notes) + "".join(f"\n- {e}" for e in extra))
