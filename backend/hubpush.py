@@ -146,6 +146,11 @@ def step_line(rec: ModelRecord) -> str:
                             "de-quantized to safetensors)"}.get(rec.source)
         if where is None and rec.source.startswith("hub:"):
             where = f"the Hub's {rec.source.removeprefix('hub:')}"
+        if where is None and rec.source.startswith("gguf:") and spec.get("gguf_weights"):
+            # a Q4_0 file's card said "F32" alone: the weights' precision was lost before DUS Studio saw them
+            types = spec["gguf_weights"]
+            how = "converted" if set(types.split("/")) <= {"F32", "F16", "BF16"} else "de-quantized"
+            where = f"a local GGUF file (not on the Hub), its {types} weights {how} to float32 safetensors"
         return f"{head}: imported from {where or 'a local ' + rec.source.split(':')[0] + ' (not on the Hub)'}"
     if rec.kind == "upscaled":
         how = {"dus": f"depth up-scaling (SOLAR, arXiv 2312.15166) with m = {spec.get('m')}: layers [0, n−m) of one "

@@ -6,6 +6,7 @@ and where the built-in model's GGUF file is.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -41,6 +42,29 @@ def gguf_default_name(path: Path) -> str:
     first dot, names lost their version: "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf" and "Qwen2.5-1.5B-…" both became
     "Qwen2" (the second refused as taken), "Meta-Llama-3.1-8B-Instruct.Q4_K_M.gguf" "Meta-Llama-3"."""
     return GGUF_QUANT_TAG.sub("", Path(path).stem)
+
+
+def gguf_weight_types(path: Path) -> str | None:
+    """The types a GGUF file stores its weight matrices in, most elements first ("Q4_0"; "Q4_K/Q6_K" for a
+    Q4_K_M file; "F32"): what the import dequantizes to float32, said in the model's provenance and pushed card.
+    Norms and biases (1-D, F32 in every file) are left out. Reads the header only (under 0.1 s for the built-in);
+    None where it cannot be read: the conversion, which read the whole file, decides whether an import fails."""
+    from gguf import GGMLQuantizationType
+    from transformers.integrations.gguf import GgufHeader
+
+    try:
+        tensors = GgufHeader.from_file(str(path)).tensors
+    except Exception:  # struct, numpy and value errors of a header that does not parse  # noqa: BLE001
+        return None
+    elements: dict[str, int] = {}
+    for info in tensors:
+        if len(info.shape) > 1:
+            try:
+                kind = GGMLQuantizationType(info.ggml_type).name
+            except ValueError:  # a type newer than the installed gguf: its number, which llama.cpp's docs list
+                kind = f"type {info.ggml_type}"
+            elements[kind] = elements.get(kind, 0) + math.prod(info.shape)
+    return "/".join(sorted(elements, key=lambda k: -elements[k]))
 
 
 def _cut_short_message(path: Path) -> str:
@@ -122,6 +146,34 @@ def missing_tokenizer(folder: Path) -> list[str]:
         return []
     return [f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): training, evaluation and chat need "
             "one. Copy the tokenizer files of the model these weights came from into the folder, then try again."]
+
+
+SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_problem(folder: Path) -> str | None:
+    """Why the tokenizer of a model folder that has one (missing_tokenizer) cannot be loaded as training, evaluation
+    and chat load it (AutoTokenizer, trust_remote_code=False), or None. A folder with only a SentencePiece
+    tokenizer.model, imported where sentencepiece is not installed, was registered, and chat then failed on
+    "`tiktoken` is required to read a `tiktoken` file" (transformers falls back to a TikToken reader)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if missing_tokenizer(folder):  # said in its own words where it is checked
+        return None
+    pieces = [n for n in SENTENCEPIECE_FILES if (folder / n).is_file()]
+    if pieces and not (folder / "tokenizer.json").is_file() and importlib.util.find_spec("sentencepiece") is None:
+        return (f"{folder}'s tokenizer is a SentencePiece model ({pieces[0]}) without a tokenizer.json: reading it "
+                "needs the sentencepiece package (pip install sentencepiece) or a tokenizer.json. Install "
+                "sentencepiece, or copy the model's tokenizer.json into the folder, then import again.")
+    try:
+        AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as exc:  # transformers and tokenizers raise assorted errors for files they cannot read
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (f"{folder}'s tokenizer could not be loaded ({said}): training, evaluation and chat load it the same "
+                "way (AutoTokenizer, no remote code). Copy the tokenizer files of the model these weights came from "
+                "into the folder, then import again.")
+    return None
 
 
 def _missing_weights(folder: Path) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend.import_checks import (TOKENIZER_FILES, RegistryError, _cut_short_message, _gguf_cut_short,
-                                   _pickle_weights, missing_tokenizer)
+                                   _pickle_weights, missing_tokenizer, tokenizer_problem)
 from backend.modelinfo import inspect_model
 from backend.safetensors_stream import NOT_WEIGHTS, CheckpointError
 from storage import db
@@ -64,11 +64,49 @@ def gguf_to_folder(path: Path, progress: Progress) -> Path:
         tok.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
+        _keep_the_files_tokens(tmp, path, tok, model.get_input_embeddings().num_embeddings)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(exc, tmp)
         raise
     return tmp
+
+
+def _keep_the_files_tokens(folder: Path, path: Path, tok, rows: int) -> None:
+    """Leave tokenizer `tok`, read from GGUF file `path` and saved in `folder`, with the tokens the file holds, and
+    refuse one with an id past the embedding's `rows`. transformers builds a byte-level (gpt2) GGUF vocabulary with
+    GPT2Tokenizer (integrations/gguf/gguf_tokenizer_mapping.py byte_level_tokenizer), whose unk/bos/eos default to
+    "<|endoftext|>"; a file without that token (every Llama-3 GGUF) got it appended as a special token at id
+    len(vocab), one past the embedding: a text holding it failed training with "index out of range", and a merge
+    with the model the file was made from was refused as another vocabulary. A sentencepiece file without <unk>,
+    <s> or </s> gets those the same way (LlamaTokenizer's defaults)."""
+    import json
+
+    # the file's tokens: its token list, all of it the vocabulary of the tokenizer's model, at the list's indices; a
+    # token transformers added beyond them is no token of the file
+    held = max(tok.backend_tokenizer.get_vocab(with_added_tokens=False).values()) + 1
+    file = folder / "tokenizer.json"
+    if len(tok) > held and file.is_file():
+        data = json.loads(file.read_text(encoding="utf-8"))
+        added = {t["content"] for t in data.get("added_tokens", []) if t["id"] >= held}
+        data["added_tokens"] = [t for t in data.get("added_tokens", []) if t["id"] < held]
+        file.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        config = folder / "tokenizer_config.json"
+        if config.is_file():  # a special token naming a dropped one would be added again on load
+            settings = json.loads(config.read_text(encoding="utf-8"))
+            for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+                if settings.get(key) in added:
+                    settings[key] = None
+            config.write_text(json.dumps(settings, ensure_ascii=False, indent=2), encoding="utf-8")
+        # read again as training and chat will (AutoTokenizer takes the class tokenizer_config.json names): 1.5 s for
+        # a 49k vocabulary, so only where the files changed
+        tok = type(tok).from_pretrained(folder)
+    if len(tok) > rows:
+        past = [t for t, i in sorted(tok.get_vocab().items(), key=lambda x: x[1]) if i >= rows]
+        raise RegistryError(f"{path.name}'s tokenizer has {len(tok)} tokens but its embedding only {rows} rows: "
+                            f"token ids {rows}…{len(tok) - 1} ({', '.join(map(repr, past[:5]))}) would index past it "
+                            "in training and chat. The file's vocabulary and weights disagree, so nothing was "
+                            "registered: import another conversion of the model (or its safetensors folder).")
 
 
 def _raise_if_disk_full(exc: BaseException, tmp: Path) -> None:
@@ -142,7 +180,11 @@ def pickle_to_folder(folder: Path, progress: Progress) -> Path:
 # *.py: a remote-code model's modules, which its auto_map names; without them the folder (and every model built from
 # it: outputs.copy_companions) names classes it does not hold. Fetched to be kept as files, never imported (nothing
 # here passes trust_remote_code=True); after the download only those the auto_map names stay (_keep_named_modules).
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken", "*.py"]
+# README.md, LICENSE*, NOTICE*, USE_POLICY*: the model's card, whose metadata gives its licence (hubpush.card_license),
+# and the licence files builds copy on (outputs.copy_companions): without them a pushed card said "The licence is
+# not known".
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*", "*.tiktoken", "*.py",
+                "README.md", "LICENSE*", "NOTICE*", "USE_POLICY*"]
 # Matched by HUB_PATTERNS but never fetched: a LoRA adapter's files kept beside merged full weights (with
 # adapter_config.json in the folder, transformers and peft load it as an adapter of another base model and fail on
 # the missing adapter weights), and everything in a subfolder (checkpoint-*/, original/): the model is the repo's
@@ -166,6 +208,9 @@ def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> Pat
     try:
         commit, skip = _hub_commit(repo_id, revision)
         snapshot_download(repo_id, revision=commit, local_dir=tmp, allow_patterns=HUB_PATTERNS, ignore_patterns=skip)
+    except RegistryError:  # what the repo holds, said before any download
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as exc:  # HTTP, offline and missing-file errors (OSErrors), and the transport's own (a dropped
         shutil.rmtree(tmp, ignore_errors=True)  # connection mid-file raises httpx's RemoteProtocolError)
         raise RegistryError(_hub_failure(repo_id, revision, exc)) from None
@@ -189,6 +234,9 @@ def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> Pat
         raise RegistryError(f"{repo_id!r} has no tokenizer at its root (none of {', '.join(TOKENIZER_FILES)}): "
                             "training, evaluation and chat need one. Import the repo that publishes the model with "
                             "its tokenizer, or download both into a folder and import the folder.")
+    if problem := tokenizer_problem(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(problem.replace(str(tmp), repo_id))
     return tmp
 
 
@@ -211,7 +259,36 @@ def _hub_commit(repo_id: str, revision: str | None) -> tuple[str, list[str]]:
 
     info = HfApi().model_info(repo_id, revision=revision)
     files = {s.rfilename for s in info.siblings or []}
+    if problem := _hub_weights_problem(repo_id, files):
+        raise RegistryError(problem)
     return info.sha, HUB_SKIP + (HUB_DUPLICATES if files & TRANSFORMERS_WEIGHTS else [])
+
+
+def _hub_weights_problem(repo_id: str, files: set[str]) -> str | None:
+    """Why a Hub repo holding these files has no weights a Hub import takes (safetensors at its root), naming what it
+    holds and what to do instead; None when it has them. Said before the download: a repo of .bin or .gguf files
+    was downloaded for its config alone, huggingface_hub printed "No files matched allow_patterns", and the refusal
+    spoke of LoRA adapters."""
+    root = sorted(f for f in files if "/" not in f)
+    if any(f.endswith(".safetensors") and not f.startswith("adapter_model") for f in root):
+        return None
+    ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
+    pickles = [f for f in root if f.endswith((".bin", ".pt")) and f not in NOT_WEIGHTS
+               and not f.startswith("adapter_model")]
+    local = f"hf download {repo_id} --local-dir {repo_id.split('/')[-1]}"
+    if pickles:
+        return (f"{repo_id!r} holds its weights only as pickle files ({', '.join(pickles[:3])}"
+                f"{', …' if len(pickles) > 3 else ''}), which a Hub import never downloads: a pickle can run code "
+                f"when loaded. Download the repo (`{local}`) and import that folder with --allow-pickle ('allow "
+                "pickle' on the page), which reads them with torch.load(weights_only=True).")
+    if ggufs:
+        return (f"{repo_id!r} holds GGUF files ({', '.join(ggufs[:3])}{', …' if len(ggufs) > 3 else ''}), which a "
+                f"Hub import does not download: download the one you want (`hf download {repo_id} {ggufs[0]} "
+                f"--local-dir .`) and import that file.")
+    if any(f.startswith("adapter_model") for f in root):
+        return (f"{repo_id!r} holds a LoRA adapter (adapter_model.*), not a model: merge it into its base model "
+                "first, then import the merged model.")
+    return None  # no weights of any kind: the download's own checks say so
 
 
 def _hub_failure(repo_id: str, revision: str | None, exc: Exception) -> str:

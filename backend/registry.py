@@ -22,7 +22,7 @@ from sqlmodel import select
 # every name the rest of the studio uses is imported from here.
 from backend.import_checks import (BUILTIN_GGUF, GGUF_QUANT_TAG, LINKED_WEIGHTS, TOKENIZER_FILES,  # noqa: F401
                                    RegistryError, _gguf_cut_short, _import_target, builtin_gguf, gguf_default_name,
-                                   links_out, missing_tokenizer)
+                                   gguf_weight_types, links_out, missing_tokenizer, tokenizer_problem)
 from backend.import_convert import (HUB_DUPLICATES, HUB_PATTERNS, HUB_SKIP, TRANSFORMERS_WEIGHTS,  # noqa: F401
                                     Progress, gguf_to_folder, hub_to_folder, pickle_to_folder)
 from backend.modelinfo import inspect_model
@@ -268,8 +268,9 @@ def import_builtin(progress: Progress = _noop) -> ModelRecord:
     return import_gguf(builtin_gguf(), name=BUILTIN_NAME, source="builtin", progress=progress)
 
 
-def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecord:
-    """Move a fully written folder into workspace/models and register it; on any failure remove it."""
+def _finish(tmp: Path, name: str, source: str, progress: Progress, recipe: dict | None = None) -> ModelRecord:
+    """Move a fully written folder into workspace/models and register it (`recipe`: what the import records beside
+    its source); on any failure remove it."""
     try:
         final = inside(db.models_dir(), name)
     except ValueError:
@@ -288,7 +289,7 @@ def _finish(tmp: Path, name: str, source: str, progress: Progress) -> ModelRecor
     db.mark_unregistered(tmp)
     tmp.rename(final)
     try:
-        rec = register(final, name, "base", source=source, recipe={"import": source})
+        rec = register(final, name, "base", source=source, recipe={"import": source, **(recipe or {})})
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         raise
@@ -305,7 +306,9 @@ def import_gguf(path: Path, name: str | None = None, source: str | None = None,
         raise RegistryError(f"GGUF file {path} does not exist.")
     name = name or safe_name(gguf_default_name(path))
     check_name_free(name, source or "")
-    return _finish(gguf_to_folder(path, progress), name, source or f"gguf:{path}", progress)
+    tmp = gguf_to_folder(path, progress)
+    types = gguf_weight_types(path)  # "Q4_0", said in the model's card (hubpush.step_line)
+    return _finish(tmp, name, source or f"gguf:{path}", progress, recipe={"gguf_weights": types} if types else None)
 
 
 def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool = False,
@@ -318,6 +321,8 @@ def import_folder(folder: Path, name: str | None = None, *, allow_pickle: bool =
     check_name_free(name)
     if links := links_out(folder):
         raise RegistryError(" ".join(links))
+    if problem := tokenizer_problem(folder):  # before anything is registered or converted
+        raise RegistryError(problem)
     has_st = any(folder.glob("*.safetensors"))
     if not has_st and (any(folder.glob("*.bin")) or any(folder.glob("*.pt"))):
         if not allow_pickle:
