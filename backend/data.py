@@ -17,8 +17,9 @@ from pathlib import Path
 
 # The layouts, each row's check and conversion (data_rows) and the reading of local files (data_files) live beside
 # this module; every name the rest of the studio uses is imported from here.
-from backend.data_files import (_csv_extra_fields, _csv_options, _paragraphs, _quiet_loader, _unreadable,  # noqa: F401
-                                _unusable_text, json_lines_copy, json_reason, text_keys, too_deep_json, utf8_copy)
+from backend.data_files import (ReaderFailed, _csv_extra_fields, _csv_options, _first_bad_json_line,  # noqa: F401
+                                _paragraphs, _quiet_loader, _unreadable, _unusable_text, datasets_ready, file_fault,
+                                json_lines_copy, json_reason, reader_failed, text_keys, too_deep_json, utf8_copy)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
                                rows_keys, to_prompt_completion, wrapper_problem)
@@ -32,6 +33,17 @@ BUILTIN = {  # name -> (file, what it is)
     "prefs-mini": ("prefs-mini.jsonl", "prompt/chosen/rejected: correct vs wrong answers (DPO)"),
 }
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# gzip-compressed text files, as `datasets` reads them (its loaders infer the compression from the suffix); read
+# here from a decompressed copy (data_files.utf8_copy), so every check before `datasets` sees the text
+GZ_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz", ".txt.gz")
+
+
+def loader_suffix(path: Path | str) -> str:
+    """The suffix that says how a data file is read: its own (lower case), or a .gz file's inner one when
+    GZ_SUFFIXES holds it (x.jsonl.gz reads as .jsonl; x.parquet.gz stays .gz: Parquet compresses itself)."""
+    name = Path(path).name.lower()
+    inner = next((s for s in GZ_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    return inner.removesuffix(".gz") if inner else Path(name).suffix
 MAX_REPEATS = 10_000  # the most times a weight may repeat a source's rows (the paper's mixes take each once or twice)
 HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
 
@@ -127,6 +139,7 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
     end-of-text token in continued pretraining: a book read a line a row was taught to stop after every line."""
     import datasets
 
+    datasets_ready()  # before `datasets` fingerprints anything (data_files.datasets_ready)
     datasets.disable_progress_bars()
     if source.startswith("builtin:"):
         source = str(builtin_path(source.removeprefix("builtin:")))
@@ -145,8 +158,9 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         if path.is_dir():  # a folder named like a file (Spark writes x.parquet/ folders) was an IsADirectoryError
             raise DataError(f"{path} is a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt "
                             "file in it.")
-        if (loader := LOADERS.get(path.suffix.lower())) is None:  # `x.JSONL` too: Windows and Excel write such
-            raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt.")
+        if (loader := LOADERS.get(loader_suffix(path))) is None:  # `x.JSONL` too: Windows and Excel write such
+            raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt (or "
+                            f"{', '.join(GZ_SUFFIXES)}).")
         with utf8_copy(path) as (readable, tmp):  # a UTF-16 file (Excel's "Unicode Text") read from a UTF-8 copy
             try:
                 ds = _read_file(readable, loader, sample_by, tmp)
@@ -190,6 +204,8 @@ def _read_file(path: Path, loader: str, sample_by: str, tmp: Path | None):
             ds = _load_file(path, loader, extra, tmp)
         wrapper = file_rows_value(path) if loader == "json" and len(ds) == 1 else None
     except Exception as exc:  # pyarrow / json errors: say which file and why
+        if not _file_fault(path, loader, exc):  # a half-imported library, memory, disk: never "not JSON"
+            raise reader_failed(path, exc) from exc
         if loader != "json" or (wrapper := file_rows_value(path)) is None or not (
                 rows_keys(wrapper) or wrapper_problem(wrapper, shown_name(path))):
             raise DataError(_unreadable(path, loader, exc)) from None
@@ -210,12 +226,20 @@ def _read_file(path: Path, loader: str, sample_by: str, tmp: Path | None):
                 with _quiet_loader(loader):
                     ds = _load_file(rows_file, loader, extra, rows_tmp)
             except Exception as exc:  # noqa: BLE001 - as above, named as the user's file
+                if not _file_fault(path, loader, exc):
+                    raise reader_failed(path, exc) from exc
                 raise DataError(_unreadable(path, loader, exc)) from None
     if loader == "text" and sample_by == "paragraph":
         ds = ds.map(_paragraphs, batched=True)
     elif loader == "text":
         ds = ds.filter(lambda r: bool(r["text"].strip()))
     return ds
+
+
+def _file_fault(path: Path, loader: str, exc: Exception) -> bool:
+    """Whether a failed read is the file's fault (data_files.file_fault), or a JSON file's line that does not parse
+    says it is whatever the reader raised."""
+    return file_fault(exc) or (loader == "json" and _first_bad_json_line(path) is not None)
 
 
 def _load_file(path: Path, loader: str, extra: dict, tmp: Path | None):
@@ -244,7 +268,7 @@ def reads_text_file(source: str) -> bool:
             source = _registered(source.removeprefix("dataset:")).path
         except DataError:
             return False
-    return Path(source).suffix.lower() == ".txt"
+    return loader_suffix(source) == ".txt"
 
 
 def _sample_by(value: str) -> str:
@@ -265,7 +289,7 @@ def hub_id(source: str) -> bool:
     sources whose rows are only sampled before queueing, and that a recipe's plan leaves to the job."""
     path = Path(source).expanduser()
     return (source.count("/") == 1 and not source.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
-            and not path.exists() and path.suffix.lower() not in LOADERS)
+            and not path.exists() and loader_suffix(path) not in LOADERS)
 
 
 def check_source(source: str, kind: str) -> None:
@@ -278,6 +302,22 @@ def check_source(source: str, kind: str) -> None:
     except DataError as exc:  # its columns alone did not say which source (a mix names several)
         raise DataError(f"{source}: {exc}") from None
     check_rows(ds, source, layout, kind, n=_rows_to_check(source))
+
+
+def check_mix(sources: list[tuple[str, float]] | list[tuple[str, float, str]], kind: str) -> None:
+    """Check each source of a mix about to be saved as a training job of `kind` will read it (check_source: the
+    file parses, its columns fit a layout, every row converts; a Hub set sampled), a saved mix's own members
+    under their names, each .txt read as the mix will keep it (expand_rows); a DataError names the member and the
+    row. A mix with a bad member's rows was saved, listed with 0 rows, and refused at every use."""
+    for source, weight, *_ in sources:  # a weight no mix can take, before any file is read
+        check_weight(source, weight)
+    for source, weight, by in _expand_with_rows(sources):
+        ds = load_source(source, sample_by=by)
+        try:
+            layout = detect_layout(ds.column_names, kind)
+        except DataError as exc:
+            raise DataError(f"{source}: {exc}") from None
+        check_rows(ds, source, layout, kind, n=_rows_to_check(source))
 
 
 def _load_converted(source: str, kind: str, max_rows: int | None, sample_by: str = "line"):
@@ -424,9 +464,39 @@ def preview(source: str, kind: str, n: int = 5, sample_by: str = "line") -> dict
     ds = load_source(source, sample_by=sample_by)
     layout = detect_layout(ds.column_names, kind)
     check_rows(ds, source, layout, kind, n=_rows_to_check(source))
-    rows = [convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))]
-    return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows,
+    rows, cut = _clipped([convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))])
+    return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows, "cut": cut,
             "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
+
+
+PREVIEW_CHARS = 2_000  # the most characters of one text a preview's example shows; training reads it whole
+
+
+def _clipped(rows: list) -> tuple[list, int]:
+    """(the example rows with every text over PREVIEW_CHARS cut there and marked, how many were cut). A whole row
+    went out: a 1 GB one-line .txt printed 1 GB (6.1 GB RSS), and the page kept its rows in its cache and sent them
+    to the browser (a 40 MB row took ~8 s to open)."""
+    cut = 0
+
+    def clip(value):
+        nonlocal cut
+        if isinstance(value, str) and len(value) > PREVIEW_CHARS:
+            cut += 1
+            return f"{value[:PREVIEW_CHARS]}… [cut here: {len(value) - PREVIEW_CHARS:,} more characters]"
+        if isinstance(value, dict):
+            return {k: clip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clip(v) for v in value]
+        return value
+
+    return [clip(row) for row in rows], cut
+
+
+def cut_said(pv: dict) -> str:
+    """A preview's words for its cut example texts (the Train page, `datasets preview`), or ''."""
+    return (f"{pv['cut']} example text{'s' if pv['cut'] > 1 else ''} over {PREVIEW_CHARS:,} characters cut short "
+            "here (each marked where it stops); training reads {} whole.".format("them" if pv["cut"] > 1 else "it")) \
+        if pv.get("cut") else ""
 
 
 def _preview_mix(source: str, kind: str, n: int, sample_by: str) -> dict:
@@ -438,10 +508,11 @@ def _preview_mix(source: str, kind: str, n: int, sample_by: str) -> dict:
         check_source(member, kind)
         ds = load_source(member, sample_by=by)
         parts.append((ds, detect_layout(ds.column_names, kind)))
-    rows = [convert_row(ds[i], layout, kind) for ds, layout in parts for i in range(min(n, len(ds)))][:n]
+    rows, cut = _clipped([convert_row(ds[i], layout, kind) for ds, layout in parts
+                          for i in range(min(n, len(ds)))][:n])
     return {"layout": " + ".join(dict.fromkeys(layout for _, layout in parts)),
             "columns": list(dict.fromkeys(c for ds, _ in parts for c in ds.column_names)),
-            "rows": sum(len(ds) for ds, _ in parts), "examples": rows,
+            "rows": sum(len(ds) for ds, _ in parts), "examples": rows, "cut": cut,
             "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
 
 

@@ -6,12 +6,76 @@ cannot be read, why, in the user's terms (the name it was sent under, the line a
 from __future__ import annotations
 
 import codecs
+import gzip
+import importlib
 import logging
 import re
 import shutil
+import sys
 import threading
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class ReaderFailed(RuntimeError):
+    """A local file's read failed for a reason that is not the file's (a library half imported by another thread,
+    memory, a full disk): said as such, never as the file's fault, and an upload is kept (uploads.discard_refused is
+    for files the page refuses)."""
+
+
+_READY = False
+_READY_LOCK = threading.Lock()
+
+
+def datasets_ready() -> None:
+    """Import torch and transformers whole before `datasets` fingerprints anything: its pickler
+    (datasets/utils/_dill.py) reads `transformers.PreTrainedTokenizerBase` and `torch.Tensor` whenever those modules
+    are in sys.modules, and a module another thread is still importing (a Streamlit session loading a model) is
+    there half made: a valid upload was refused as "Could not read alpaca.json as JSON: module 'transformers' has no
+    attribute 'PreTrainedTokenizerBase'" and deleted. importlib waits for the other thread's import to finish (a
+    bare `import transformers` did too, but kept the half-made module, which transformers replaces in sys.modules
+    with its lazy one when done). Once per process, under a lock; a flag check afterwards. Skipped while this is
+    the process's only thread and neither is imported (a CLI command: no thread can import them halfway through its
+    read, and importing them added 2-5 s and 200 MB to `datasets preview`)."""
+    global _READY
+    if _READY or (threading.active_count() == 1 and not {"torch", "transformers"} & sys.modules.keys()):
+        return
+    with _READY_LOCK:
+        if not _READY:
+            importlib.import_module("torch")
+            importlib.import_module("transformers")
+            sys.modules["transformers"].PreTrainedTokenizerBase  # noqa: B018 - its lazy submodule, imported here
+            _READY = True
+
+
+def file_fault(exc: BaseException) -> bool:
+    """Whether a reader's exception is the file's fault (it does not parse, its values do not fit a table): a
+    ValueError somewhere in its chain (json's JSONDecodeError, UnicodeDecodeError, pyarrow's ArrowInvalid, pandas'
+    ParserError, `datasets`' "corresponds to no data" and cast errors all are), any pyarrow error, or nesting too
+    deep. `datasets` wraps what its builder raises in a DatasetGenerationError: its causes are looked at. An
+    AttributeError, ImportError, MemoryError or OSError is the reader's (or the machine's), not the file's."""
+    import pyarrow as pa
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ValueError, pa.ArrowException, RecursionError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def reader_failed(path: Path, exc: BaseException) -> ReaderFailed:
+    """The error for a read that failed for a reason that is not the file's (file_fault): what failed, and that
+    the file was kept."""
+    from backend.uploads import shown_name
+
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    why = (str(exc).splitlines() or [""])[0][:300]
+    return ReaderFailed(f"Reading {shown_name(path)} failed, not for anything in the file ({type(exc).__name__}: "
+                        f"{why}). Try again; if it keeps failing, restart the app and report it.")
 
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t\f\v]*\n)+")
@@ -226,6 +290,10 @@ def utf8_copy(path: Path):
     from backend.uploads import shown_name
     from storage import db
 
+    if path.suffix.lower() == ".gz":  # data.GZ_SUFFIXES: a decompressed copy, itself read as any text file
+        with _gunzipped(path) as plain, utf8_copy(plain) as (readable, tmp):
+            yield readable, tmp or plain.parent
+        return
     encoding = None if path.suffix.lower() == ".parquet" else unicode_encoding(path)
     if encoding is None:
         yield path, None
@@ -240,6 +308,28 @@ def utf8_copy(path: Path):
         except UnicodeDecodeError as exc:
             raise DataError(not_throughout_said(shown_name(path), encoding, exc.reason)) from None
         yield copy, tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _gunzipped(path: Path):
+    """A decompressed copy of gzip file `path` (x.jsonl.gz -> x.jsonl, under the name it was sent as) in a temporary
+    folder, removed afterwards; one that is not gzip, or cut short, refused in words."""
+    from backend.data_rows import DataError
+    from backend.uploads import shown_name
+    from storage import db
+
+    tmp = db.new_tmp("gunzip")
+    try:
+        copy = tmp / shown_name(path).removesuffix(".gz").removesuffix(".GZ")
+        try:
+            with gzip.open(path, "rb") as src, open(copy, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut file an EOFError
+            raise DataError(f"{shown_name(path)} is not a whole gzip file ({exc or type(exc).__name__}): compress "
+                            "it again (gzip FILE), or give the file uncompressed.") from None
+        yield copy
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

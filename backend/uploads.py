@@ -18,11 +18,11 @@ import time
 from pathlib import Path, PureWindowsPath
 from typing import Iterable
 
-from backend.data import LOADERS
+from backend.data import GZ_SUFFIXES, LOADERS
 from backend.names import safe_name
 from storage import db
 
-DATA_SUFFIXES = tuple(LOADERS)  # what backend/data.py reads: its own list, not a second copy
+DATA_SUFFIXES = (*LOADERS, *GZ_SUFFIXES)  # what backend/data.py reads: its own lists, not a second copy
 SEED_SUFFIXES = (".jsonl", ".json")  # MATH / GSM8K seed files
 
 
@@ -34,10 +34,12 @@ def upload_name(data: bytes, sent_name: str, allowed_suffixes: Iterable[str]) ->
     """The generated file name for these bytes; ValueError when the sent name's suffix is not allowed."""
     allowed = tuple(s.lower() if s.startswith(".") else f".{s.lower()}" for s in allowed_suffixes)
     base = PureWindowsPath(str(sent_name or "")).name  # the last component whichever separator, '/' or '\'
-    stem, dot, ext = base.rpartition(".")
-    suffix = f".{ext.lower()}" if dot and stem.strip(".") else ""
-    if suffix not in allowed:
+    # the longest allowed suffix the name ends with (x.jsonl.gz is a .jsonl.gz, not a .gz), after a stem
+    suffix = next((s for s in sorted(allowed, key=len, reverse=True)
+                   if base.lower().endswith(s) and base[:-len(s)].strip(".")), "")
+    if not suffix:
         raise ValueError(f"upload {sent_name!r}: only {', '.join(allowed)} files are accepted.")
+    stem = base[:-len(suffix)]
     stem = re.sub(r"-+$", "", safe_name(stem, fallback="upload")[:60]) or "upload"
     return f"{hashlib.sha256(data).hexdigest()[:16]}-{stem}{suffix}"
 

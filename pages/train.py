@@ -89,15 +89,37 @@ def show_slurm(spec, machines: int, problems: str = "") -> None:
 
 
 @st.cache_data(ttl=120, max_entries=64, show_spinner="Reading the data source…")
-def cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str = "line") -> tuple[dict | None, str]:
+def _cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str = "line") -> tuple[dict | None, str]:
     """data.preview, remembered for two minutes: every change of any setting reruns the page, and a Hub id that
-    cannot be reached took ~24 s to fail each time (offline), freezing the page after each click."""
+    cannot be reached took ~24 s to fail each time (offline), freezing the page after each click. Its example
+    texts are cut (data.preview), so a row of a 1 GB line is not kept here nor sent to the browser."""
     try:
         return data.preview(source, kind, n=3, sample_by=sample_by), ""
     except ValueError as exc:  # kept too (st.cache_data does not keep exceptions): the same wait otherwise
         return None, str(exc)
+
+
+def cached_preview(source: str, kind: str, stamp: tuple | None, sample_by: str = "line"
+                   ) -> tuple[dict | None, str, bool]:
+    """(preview or None, problem, whether the file itself is refused). A read that failed for a reason that is not
+    the file's (data.ReaderFailed: a library another session was still importing, memory, disk) or that could not
+    open it (OSError) is said, never remembered and never a refusal: an upload is removed only when refused."""
+    try:
+        pv, problem = _cached_preview(source, kind, stamp, sample_by)
+    except data.ReaderFailed as exc:
+        return None, str(exc), False
     except OSError as exc:  # a file that cannot be read (a folder is refused by data.load_source itself): was a
-        return None, f"cannot be read: {exc.strerror or exc}."  # traceback
+        return None, f"cannot be read: {exc.strerror or exc}.", False  # traceback
+    return pv, problem, pv is None
+
+
+def upload_limit_said() -> str:
+    """The upload limit in words beside the uploader, with the ways round it: Streamlit said it only in a tooltip
+    ("File must be 200.0MB or smaller") over a chip that did nothing else."""
+    limit = st.get_option("server.maxUploadSize")
+    return (f"Uploads: up to {limit:,} MB a file (the server holds each one in memory). A larger file: type its "
+            "path on this machine into the *source* column of the table below (read where it is, nothing copied), "
+            "or gzip it (" + ", ".join(data.GZ_SUFFIXES) + " are read as they are).")
 
 
 def file_stamp(source: str) -> tuple | None:
@@ -138,10 +160,11 @@ def data_caption(kind: str) -> str:
                       if names)
     return ("Sources: `builtin:NAME` (" + ", ".join(f"`{k}`" for k in data.BUILTIN) + "), `dataset:NAME` (a "
             "registered data set), `mix:NAME` (a saved weighted mix, such as the paper's sft-v1 … sft-v4 or "
-            "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file (a "
-            ".txt gives a row per line, per paragraph or the whole file, as its *rows of a .txt* column says; each "
-            "row ends with the end-of-text token: prose read a line a row learns to stop after every line), or a "
-            "Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, 2 = twice. "
+            "dpo-v1, dpo-v2 from Synthetic math → Mixes), a local .jsonl / .json / .csv / .parquet / .txt file "
+            "(or gzipped: .jsonl.gz …; a .txt gives a row per line, per paragraph or the whole file, as its *rows "
+            "of a .txt* column says; each row ends with the end-of-text token: prose read a line a row learns to "
+            "stop after every line), or a Hub id (online). Weight 1 = the whole set once, 0.5 = a random half, "
+            "2 = twice. "
             + (f"Saved for {kind}: {saved}." if saved else f"Saved for {kind}: none yet (" + (
                 # the Synthetic math page makes SFT/DPO sets and mixes only: it sent a CPT user where none is made
                 "`python -m backend datasets mix NAME --for cpt SOURCE@WEIGHT …` saves a mix)." if kind == "cpt"
@@ -176,8 +199,11 @@ model = st.selectbox("Model", names, index=names.index(default_model), key="trai
 
 st.subheader("Data")
 st.caption(data_caption(kind))
-upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_SUFFIXES], key="upload")
-upload_path = None
+# "gz" too: a browser's file dialog may filter by the last suffix alone; uploads.upload_name refuses a .gz that is
+# none of data.GZ_SUFFIXES in words
+upload = st.file_uploader("Or upload a file", type=[s[1:] for s in uploads.DATA_SUFFIXES] + ["gz"], key="upload")
+st.caption(upload_limit_said())
+upload_path, upload_refused = None, True
 if upload is not None:
     try:  # saved under a generated name: the name the browser sends never chooses the path
         path, written = uploads.store_upload(upload.getvalue(), upload.name, uploads.DATA_SUFFIXES)
@@ -186,11 +212,12 @@ if upload is not None:
     else:
         # read now: a malformed file is named here, not only once its long path is typed into the table; the
         # name holds a hash of the content, so the path alone keys the cached read
-        pv, problem = cached_preview(str(path), kind, None)
+        pv, problem, upload_refused = cached_preview(str(path), kind, None)
         if pv is None:  # the data reader names the file as it was sent (uploads.shown_name): only once
             named = upload.name in problem or uploads.shown_name(path) in problem
             st.error(problem if named else f"{upload.name}: {problem}")
-            uploads.discard_refused(path, written)  # not kept in workspace/uploads for good
+            if upload_refused:  # the file's own fault only: a failed read of a good file kept it (walk23b)
+                uploads.discard_refused(path, written)  # not kept in workspace/uploads for good
         else:
             upload_path = str(path)
             # read a line a row here whatever the table says: "5 rows" stood beside the table's "3 rows (a row per
@@ -226,13 +253,16 @@ if upload_path and upload_pending:
         st.rerun()
     st.warning(f"{upload.name} is uploaded but not a source yet: add it with the button above, or remove the "
                "upload (× beside it), to launch or save the spec.")
+elif upload_pending and not upload_refused:  # its read failed, not the file (data.ReaderFailed): kept
+    st.warning(f"{upload.name} could not be read just now: press R to read it again, or remove the upload (× beside "
+               "it), to launch or save the spec.")
 elif upload_pending:
     st.warning(f"{upload.name} cannot be used as it is: fix the file and upload it again, or remove the upload "
                "(× beside it), to launch or save the spec.")
 previews_ok = True
 for r in rows:
     source = str(r["source"]).strip()
-    pv, problem = cached_preview(source, kind, file_stamp(source), r["sample_by"])
+    pv, problem, _ = cached_preview(source, kind, file_stamp(source), r["sample_by"])
     if pv is None:
         previews_ok = False
         st.error(f"{r['source']}: {problem}")
@@ -240,6 +270,8 @@ for r in rows:
         per = data.rows_said(r["sample_by"], pv)
         with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
             st.json(pv["examples"], expanded=False)
+            if said := data.cut_said(pv):
+                st.caption(said)
 
 st.subheader("Settings")
 c1, c2, c3, c4 = st.columns(4)
@@ -292,7 +324,7 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
         if data.reads_text_file(held_out) else "line"
     if held_out:  # in the spec even when unreadable, as a source row is: the preview only holds the launch back
         fields["eval_data"] = DataSource(source=held_out, sample_by=held_by)
-        pv, problem = cached_preview(held_out, kind, file_stamp(held_out), held_by)
+        pv, problem, _ = cached_preview(held_out, kind, file_stamp(held_out), held_by)
         if pv is None:
             previews_ok = False
             st.error(f"Held-out set {held_out}: {problem}")

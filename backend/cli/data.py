@@ -38,6 +38,8 @@ def print_preview(a) -> None:
           f"{', '.join(pv['columns'])}")
     for i, row in enumerate(pv["examples"], 1):
         print(f"--- row {i} as {a.purpose} reads it\n{json.dumps(row, ensure_ascii=False, indent=1)}")
+    if said := data.cut_said(pv):
+        print(said)
 
 
 def cmd_datasets(a) -> None:
@@ -57,9 +59,13 @@ def cmd_datasets(a) -> None:
         for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
             print(f"{k}: {v}")
     elif a.action == "mix":
+        from backend import data
+
         purpose = a.purpose or "sft"
         rows = [a.sample_by] if a.sample_by else []  # kept with the mix's .txt members (data.expand_rows)
-        rec = pipeline.save_mix(a.name, [(_local_source(d.source), d.weight, *rows) for d in a.sources], purpose)
+        sources = [(_local_source(d.source), d.weight, *rows) for d in a.sources]
+        data.check_mix(sources, purpose)  # every member's rows, as a job checks them: a mix of a bad file was saved
+        rec = pipeline.save_mix(a.name, sources, purpose)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
     elif a.action == "preview":
