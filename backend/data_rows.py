@@ -5,6 +5,7 @@ conversion to the form trl's trainers take (text, messages, prompt/chosen/reject
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ KIND_LAYOUTS = {
 # The columns each layout turns into turn text (convert_row), checked on every row before the job is queued: a null
 # there became {"content": None} and failed the job in trl's chat template after the model loaded (walk12).
 _TEXT_COLUMNS = {"text": ("text",), "alpaca": ("instruction", "output"), "openorca": ("question", "response"),
-                 "prompt_completion": ("prompt", "completion")}
+                 "prompt_completion": ("prompt", "completion")}  # or both lists of turns: _prompt_completion_problem
 _OPTIONAL_TEXT = {"alpaca": "input", "openorca": "system_prompt"}  # may be missing or null, else text
 _TURN_COLUMNS = {"messages": ("messages", ("role", "content"), "{role, content}"),  # column, text fields, shape
                  "sharegpt": ("conversations", ("value",), "{from, value}")}
@@ -51,7 +52,20 @@ def detect_layout(columns: list[str], kind: str | None = None) -> str:
     options = "; ".join(f"{n}: {', '.join(sorted(LAYOUTS[n][0]))} (missing {', '.join(sorted(LAYOUTS[n][0] - cols))})"
                         for n in wanted)
     raise DataError(f"Columns {sorted(cols)} fit no layout usable for {kind or 'training'}. Expected one of — "
-                    f"{options}.")
+                    f"{options}." + _layout_hint(cols, kind))
+
+
+def _layout_hint(cols: set[str], kind: str | None) -> str:
+    """What to do with a known table that fits no layout of `kind`: plain text is continued pretraining's, and
+    openbmb's raw UltraFeedback (instruction, completions with their ratings) is binarized into chosen/rejected pairs
+    before SFT or DPO reads it."""
+    if kind in ("sft", "dpo") and "text" in cols:
+        return " Plain text is for continued pretraining: use train cpt (kind cpt) for it."
+    if {"instruction", "completions"} <= cols:
+        return (" This is openbmb's raw UltraFeedback (completions with ratings): use its binarized form, "
+                "HuggingFaceH4/ultrafeedback_binarized (prompt, chosen, rejected): its train_prefs split for DPO, "
+                "train_sft for SFT.")
+    return ""
 
 
 def check_rows(ds, source: str, layout: str, kind: str, n: int | None = None) -> None:
@@ -96,6 +110,9 @@ def _not_text(column: str, value) -> str:
 
 def _row_problem(row: dict, layout: str) -> str | None:
     """The first column of `row` that `layout` reads as text but that holds something else, in the file's terms."""
+    if layout == "prompt_completion" and (isinstance(row.get("prompt"), list) or isinstance(row.get("completion"),
+                                                                                          list)):
+        return _prompt_completion_problem(row)
     for column in _TEXT_COLUMNS.get(layout, ()):
         if not isinstance(row.get(column), str):
             return _not_text(column, row.get(column))
@@ -127,6 +144,20 @@ def _row_problem(row: dict, layout: str) -> str | None:
     return None
 
 
+def _prompt_completion_problem(row: dict) -> str | None:
+    """trl's conversational prompt/completion row ({"prompt": [{role, content}, …], "completion": [{role, content},
+    …]}, trl.data_utils.is_conversational), which trl's SFTTrainer takes as it is: both sides lists of turns (trl
+    joins them, prompt + completion), or what is wrong. A text prompt beside turns made trl add a string to a list."""
+    for column in ("prompt", "completion"):
+        if not isinstance(value := row.get(column), list):
+            return (f"{column} must be a list of {{role, content}} turns like the other side; got "
+                    f"{type(value).__name__}: both prompt and completion text, or both lists of turns (trl's "
+                    "conversational prompt/completion)")
+        if problem := _turns_problem(column, value, ("role", "content"), "{role, content}"):
+            return problem
+    return None
+
+
 def _turns_problem(column: str, turns, fields: tuple[str, ...], shape: str) -> str | None:
     """What is wrong with a list of `shape` turns whose `fields` must be text, or None."""
     if not isinstance(turns, list):
@@ -136,6 +167,11 @@ def _turns_problem(column: str, turns, fields: tuple[str, ...], shape: str) -> s
     for k, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
             return f"{column}, turn {k}: must be a {shape} object; got {type(turn).__name__}"
+        if turn.get("tool_calls"):  # OpenAI's tool calling: content null (or empty) beside the calls, which the
+            # conversion to {role, content} would drop, or fail on as "content must be text"
+            return (f"{column}, turn {k}: a tool call (tool_calls, content {json.dumps(turn.get('content'))}): tool "
+                    "calls are not supported for training here; remove the rows holding them, or write each call "
+                    "and its result into the turns' content as text")
         for field in fields:
             if not isinstance(turn.get(field), str):
                 return f"{column}, turn {k}: " + _not_text(field, turn.get(field))
@@ -296,6 +332,8 @@ def _messages(row: dict, layout: str) -> list[dict]:
         return msgs + [{"role": "user", "content": row["question"]},
                        {"role": "assistant", "content": row["response"]}]
     if layout == "prompt_completion":
+        if isinstance(row["prompt"], list):  # trl's conversational form: the turns as they are (prompt + completion)
+            return row["prompt"] + row["completion"]
         return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
     if layout == "preference":
         prompt, chosen = row.get("prompt"), row["chosen"]

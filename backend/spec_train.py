@@ -154,9 +154,13 @@ class SftSpec(_TrainSpec):
                                  "(SFT: only with a flash-attention kernel, whose padding-free packing keeps each "
                                  "conversation whole, or a perf.packing_strategy given)")
     learning_rate: float = Field(2e-5, gt=0, lt=1)
-    completion_only_loss: bool = Field(False, description="loss on each conversation's last assistant reply only "
-                                                          "(what comes before it is its prompt, not learned); "
-                                                          "default: every token, trl's default for conversations")
+    # None (auto) since s23: trl's default (SFTConfig.completion_only_loss=None), the completion alone for
+    # prompt/completion data. Before, the default was False (every token of prompt/completion rows too); a spec saved
+    # then stores completion_only_loss: false and keeps it.
+    completion_only_loss: bool | None = Field(
+        None, description="loss on each conversation's last assistant reply only (what comes before it is its "
+                          "prompt, not learned); default (auto, trl's): on when every source is a prompt/completion "
+                          "file, else every token (trl's default for conversations)")
 
 
 class DpoSpec(_TrainSpec):

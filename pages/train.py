@@ -297,8 +297,12 @@ fields = dict(
                                   help="accelerate launch --num_processes (CPU: gloo data parallel)"),
 )
 if kind == "sft":
-    fields["completion_only_loss"] = st.checkbox(
-        "Learn the last assistant reply only", key="completion_only_loss",
+    # three ways, as the spec has them: auto (None, trl's default: a prompt/completion file learns its completions,
+    # a conversation every token) was a checkbox's False, which learned every prompt of a prompt/completion file
+    LOSS_ON = {None: "Auto (trl's default for the data)", True: "The last assistant reply only",
+               False: "Every token"}
+    fields["completion_only_loss"] = st.selectbox(
+        "Loss on", list(LOSS_ON), format_func=LOSS_ON.get, key="completion_only_loss",
         help=SftSpec.model_fields["completion_only_loss"].description)
 if kind == "dpo":
     d1, d2 = st.columns(2)

@@ -244,11 +244,13 @@ def test_train_page_offers_completion_only_loss_for_sft_and_the_job_carries_it(t
     registry.import_folder(tiny_llama, "tiny")
     at = app("train.py")
     at.radio(key="kind").set_value("dpo").run()
-    assert not [c for c in at.checkbox if c.key == "completion_only_loss"]  # SFT's option alone
+    assert not [c for c in at.selectbox if c.key == "completion_only_loss"]  # SFT's option alone
     at.radio(key="kind").set_value("sft").run()
-    box = at.checkbox(key="completion_only_loss")
-    assert box.value is False and "last assistant reply" in box.help
-    box.check().run()
+    box = at.selectbox(key="completion_only_loss")
+    # auto by default (trl's: a prompt/completion file learns its completions), as the spec and the CLI have it
+    assert box.value is None and "last assistant reply" in box.help and box.options == [
+        "Auto (trl's default for the data)", "The last assistant reply only", "Every token"]
+    box.set_value(True).run()
     at.button(key="launch").click().run()
     assert not at.exception, at.exception
     (job,) = runner.list_jobs()

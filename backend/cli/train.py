@@ -222,7 +222,7 @@ def add_train(sub) -> None:
                                               f"{DpoSpec.model_fields['beta'].default})")
     t.add_argument("--loss-type", choices=get_args(DpoSpec.model_fields["loss_type"].annotation),
                    help=f"dpo: trl's loss (default: {DpoSpec.model_fields['loss_type'].default})")
-    t.add_argument("--completion-only-loss", action="store_true", default=None,
+    t.add_argument("--completion-only-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="sft: " + SftSpec.model_fields["completion_only_loss"].description)
     t.add_argument("--lora", type=int, metavar="R", help="train LoRA adapters of rank R (merged at the end)")
     t.add_argument("--num-processes", type=int, default=1, help="processes on this machine")

@@ -57,8 +57,10 @@ def make_config(spec, run_dir: Path, has_eval: bool, r: perf.Resolved | None = N
     # picks it only with a flash kernel.
     # CPT packs with "bfd_split" (perf.resolve): "bfd" cuts every document at max_length; SFT keeps "bfd": a
     # conversation cut in two teaches its second half without its question.
+    # completion_only_loss None (the spec's auto) is trl's own default: the completion alone when the rows are
+    # prompt/completion (load_rows made them so for prompt/completion files), every token of conversations
     return SFTConfig(packing=r.packing, packing_strategy=r.packing_strategy, padding_free=r.padding_free,
-                     dataset_text_field="text", completion_only_loss=bool(getattr(spec, "completion_only_loss", False))
+                     dataset_text_field="text", completion_only_loss=getattr(spec, "completion_only_loss", None)
                      if spec.kind == "sft" else None, **common)
 
 

@@ -3,7 +3,11 @@ plain text for a model without a chat template, and what max_length cuts or trl 
 
 from __future__ import annotations
 
+import os
+
 from backend import data
+from backend.train_job.overlap import note_eval_overlap
+
 
 def load_rows(spec, model_path: str, tok):
     """(train, evals): the spec's sources mixed, the held-out share or set, in the form its trainer takes (plain text
@@ -22,24 +26,49 @@ def load_rows(spec, model_path: str, tok):
               "trained on" if evals is not None else "data: no rows held out (fewer than 10 rows): no eval loss",
               flush=True)
     layouts = {layout for _, layout, _ in report}
+    if int(os.environ.get("RANK", "0")) == 0:  # one process reads the rows for it
+        note_eval_overlap(train)
     if spec.eval_data:
         evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows,
                                            sample_by=spec.eval_data.sample_by)
         layouts.add(eval_layout)
+    only = completion_only(spec, layouts)
     if spec.kind in ("sft", "dpo") and not tok.chat_template:
         train, evals = without_chat_template(spec, model_path, layouts, train, evals)
-    elif getattr(spec, "completion_only_loss", False):
+    elif only:
         train = data.to_prompt_completion(train)
         evals = data.to_prompt_completion(evals) if evals is not None else None
-        print("loss: on each conversation's last assistant reply only (completion_only_loss)", flush=True)
+    if spec.kind == "sft":
+        print(loss_line(spec, layouts == {"prompt_completion"}, only), flush=True)
     return train, evals
+
+
+def completion_only(spec, layouts: set[str]) -> bool:
+    """Whether an SFT job learns the completion alone: the spec's completion_only_loss, or when it is None (auto),
+    trl's default for the data's form (SFTTrainer: "prompt" and "completion" in the rows): on when every source
+    (held-out set included) is a prompt/completion file, off for conversations, which trl learns whole."""
+    value = getattr(spec, "completion_only_loss", None)
+    return value if value is not None else spec.kind == "sft" and layouts == {"prompt_completion"}
+
+
+def loss_line(spec, prompt_completion: bool, only: bool) -> str:
+    """The job log's word on which tokens an SFT job's loss covers (walk23b: nothing said it, and prompt/completion
+    files learned their prompts while trl would not). prompt_completion: every source is a prompt/completion file."""
+    why = ("completion_only_loss" if spec.completion_only_loss is not None
+           else "auto: trl's default for prompt/completion files" if only else "auto: trl's default for conversations")
+    if only:
+        what = "each row's completion only, not its prompt" if prompt_completion \
+            else "each conversation's last assistant reply only, not what comes before it"
+        return f"loss: on {what} ({why})"
+    return (f"loss: on every token of each row, its prompt and reply alike ({why}"
+            + ("; completion_only_loss true learns the replies alone)" if spec.completion_only_loss is None else ")"))
 
 
 def check_replies_fit(spec, rows, prepared, packed: bool, what: str = "") -> None:
     """With completion_only_loss and no packing, trl drops every conversation whose last reply lies past max_length
     after truncation (it would add no loss): long multi-turn conversations, the ones the option is for, went without
     a word, and with none left the job failed with "num_samples should be a positive integer value"."""
-    if not getattr(spec, "completion_only_loss", False) or packed:
+    if not _learns_completion(spec, rows) or packed:
         return
     kept = len(prepared)
     if kept == 0:
@@ -49,6 +78,12 @@ def check_replies_fit(spec, rows, prepared, packed: bool, what: str = "") -> Non
     if kept < len(rows):
         print(f"data: {len(rows) - kept} of {len(rows)} {what}conversations dropped: their last reply lies past "
               f"max_length {spec.max_length} (completion_only_loss); raise --max-length to keep them", flush=True)
+
+
+def _learns_completion(spec, rows) -> bool:
+    """completion_only_loss as trl resolves it for these rows (an explicit value, else prompt/completion rows)."""
+    value = getattr(spec, "completion_only_loss", None)
+    return value if value is not None else spec.kind == "sft" and "prompt" in rows.column_names
 
 
 def note_cut_rows(spec, args, rows, prepared, what: str = "", say: bool = True) -> None:
@@ -106,7 +141,14 @@ def without_chat_template(spec, model_path: str, layouts: set[str], train, evals
         return ds.map(lambda r: {k: r[k][0]["content"] for k in r}, remove_columns=ds.column_names)
 
     if spec.kind == "sft" and layouts == {"prompt_completion"}:
-        to_plain = data.to_prompt_completion  # [user, assistant] -> prompt [user], completion [assistant]
+        # [user, assistant] -> prompt [user], completion [assistant]; trl's conversational rows of several turns
+        # (a system turn) need the template: plain() kept the first turn alone
+        train, evals = (data.to_prompt_completion(ds) if ds is not None else None for ds in (train, evals))
+        if not all(single(ds) for ds in (train, evals) if ds is not None):
+            raise SystemExit(f"error: {model_path} has no chat template, and the prompt/completion rows hold "
+                             "conversations of several turns: they need one. Use text prompt and completion, or "
+                             "an instruct model.")
+        to_plain = None
     elif spec.kind == "dpo" and layouts == {"preference"} and all(single(ds) for ds in (train, evals)
                                                                   if ds is not None):
         to_plain = None
