@@ -64,3 +64,19 @@ def test_no_backend_or_storage_function_imports_streamlit_or_pages_when_it_runs(
                 found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
                           if n.split(".")[0] in FORBIDDEN]
     assert found == []
+
+
+def test_the_lm_eval_task_loaders_stand_alone():
+    """lm-eval loads backend/lm_eval_tasks/loaders.py by its path (a task YAML's `!function loaders.NAME`), outside
+    the studio's package: it now holds the JSON Lines reader qa and seeds build on, and must import nothing of the
+    studio, or a task run by lm-eval alone fails."""
+    probe = ("import importlib.util, json, sys\n"
+             "spec = importlib.util.spec_from_file_location('loaders', sys.argv[1])\n"
+             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+             "rows = m.json_lines('\\ufeff{\"a\": 1}\\n\\n{\"a\": 2}\\n', lambda n, v: None, None)\n"
+             "print(json.dumps([sorted(x for x in sys.modules if x.split('.')[0] in ('backend', 'storage', 'pages')),"
+             " [list(r) for r in rows]]))\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(ROOT / "backend" / "lm_eval_tasks" / "loaders.py")],
+                       cwd="/", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout) == [[], [[1, {"a": 1}], [3, {"a": 2}]]]
