@@ -222,11 +222,14 @@ with t_tables:
         st.markdown(f"**{t.title}**")
         # pinned: with a task's metrics between them (six columns for synth-math), the paper's number sat off-screen
         # at 1280 px, so "beside the published numbers" took a sideways scroll per table
-        st.dataframe(pd.DataFrame(t.rows, columns=t.columns), hide_index=True, key=f"table_{t.key}",
-                     placeholder=MISSING, column_config={"Model": st.column_config.TextColumn(pinned=True),
-                                                         # the paper's two decimals: its 74.00 read "74"
-                                                         "Paper H6": st.column_config.NumberColumn(pinned=True,
-                                                                                                   format="%.2f")})
+        # each score and its ± in one cell, four decimals, as the CLI prints them (the CSV keeps them apart)
+        shown, numeric = tables.screen_table(t)
+        st.dataframe(pd.DataFrame(shown.rows, columns=shown.columns), hide_index=True, key=f"table_{t.key}",
+                     placeholder=MISSING, column_config={
+                         **{c: st.column_config.NumberColumn(format=tables.DECIMALS) for c in numeric},
+                         "Model": st.column_config.TextColumn(pinned=True),
+                         # the paper's two decimals: its 74.00 read "74"
+                         "Paper H6": st.column_config.NumberColumn(pinned=True, format="%.2f")})
         for note in t.notes:  # which scores were on items the model's lineage trained on, as the Compare page says
             st.caption(note)
         if unscored := tables.unscored_note(t, MISSING):
@@ -338,4 +341,6 @@ with t_compare:
         by_run = {r.id: r for r in runs}
         texts = {labels[i]: yaml.safe_load(by_run[i].text) for i in picked_runs if i in by_run}  # in pick order
         diff = tables.config_diff(texts)
+        # its own heading: under the data-mix caption above it, the table read as part of the jobs' comparison
+        st.markdown(f"**{' vs '.join(texts)}: fields that differ**")
         st.dataframe(pd.DataFrame(diff_rows(diff)), hide_index=True, key="compare_run_diff")

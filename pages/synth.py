@@ -331,7 +331,10 @@ with tab_pairs:
             left, right = st.columns(2)
             # Only a verified pair not rejected by hand enters Synth. Math-Alignment as rejected/chosen.
             used = p.status == "verified" or (p.status == "flagged" and st.session_state.get("inc_flagged"))
-            roles = (" (rejected)", " (chosen)") if used and not p.rejected_by_hand else ("", " (not exported)")
+            # a pair rejected by hand since the export the banner calls stale is in those files still: "not exported"
+            # read as if it were gone from them
+            left_out = " (left out of the next export)" if stale and p.rejected_by_hand else " (not exported)"
+            roles = (" (rejected)", " (chosen)") if used and not p.rejected_by_hand else ("", left_out)
             if p.new_question or p.new_solution:
                 q_old, q_new = word_diff_html(p.question, p.new_question)
                 a_old, a_new = word_diff_html(p.solution, p.new_solution)

@@ -132,17 +132,30 @@ def print_runs(limit: int, as_json: bool) -> None:
     if limit < 0:
         raise ValueError(f"--limit {limit}: give the number of runs, or 0 for all.")
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
-    from backend.recipe.state import evaluations
+    from backend.recipe.state import evaluations, model_scores
 
     runs = []
     for run in recipe.runs(limit or None):
         rows = recipe.stages(run.id)
+        counts, shared = model_scores(rows), {}  # an evaluation job's rows: its message is all its models' together
+        for row, job in rows:
+            if row.kind == "eval" and job is not None:
+                shared[job.id] = shared.get(job.id, 0) + 1
+        jobs_said: dict[int, str] = {}
+
+        def message(row, job) -> str:
+            said = runner.job_message(job, active, alive) if job else ""
+            if row.kind != "eval" or shared.get(job.id if job else None, 0) < 2 or job.status != "succeeded":
+                return said
+            jobs_said[job.id] = said  # said once, under the run (the evaluation's line)
+            return f"done: scores {counts.get((job.id, (row.info or {}).get('model')), 0)}"
         stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job),
-                   "job": job.id if job else row.job_id,
-                   "output": row.output, "message": runner.job_message(job, active, alive) if job else ""}
+                   "job": job.id if job else row.job_id, "output": row.output, "message": message(row, job)}
                   for row, job in rows]
+        evaluation = [{**e, "message": jobs_said[e["job"]]} if e["job"] in jobs_said else e
+                      for e in evaluations(rows)]  # per evaluation job: its status, models scored of how many
         runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages,
-                     "evaluation": evaluations(rows)})  # per evaluation job: its status, models scored of how many
+                     "evaluation": evaluation})
     if as_json:
         return _print_json(runs)
     if not runs:
@@ -167,6 +180,8 @@ def print_runs(limit: int, as_json: bool) -> None:
         for e in run["evaluation"]:  # the graph's evaluation box: how far a running evaluation job has got
             if e["status"] == "running":
                 print(f"  {e['text']}")
+            elif e.get("message"):  # a shared job's result, once: its rows give each model's own count
+                print(f"  {e['text']} — {e['message']}")
         if "not queued" in tally:
             print(f"  not queued: {NOT_QUEUED.removeprefix('not queued (').removesuffix(')')}")
 

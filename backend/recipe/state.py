@@ -9,7 +9,7 @@ from backend import runner
 from backend.recipe.checks import eval_state
 from backend.recipe.spec import RecipeError
 from storage import db
-from storage.models import Job, RecipeRun, RecipeStage, as_utc
+from storage.models import EvalScore, Job, RecipeRun, RecipeStage, as_utc
 
 
 # plan.submit writes every stage's row, then queues the jobs one by one, each into its row: a Run cut off between
@@ -67,6 +67,21 @@ def evaluations(rows: list[tuple[RecipeStage, Job | None]]) -> list[dict]:
                     "detail": (f"job {job.id} · " if numbered else "") + detail,
                     "text": f"evaluation{f' job {job.id}' if numbered else ''}: {detail}"})
     return out
+
+
+def model_scores(rows: list[tuple[RecipeStage, Job | None]]) -> dict[tuple[int, str], int]:
+    """(evaluation job, model) -> the score rows that job stored for that model, of the run's evaluation stages: the
+    recipe's one shared job's result ("scores 504") is every model's together, and `recipe runs` printed it on each
+    of the 18 rows as if each model had 504."""
+    from sqlalchemy import func
+
+    jobs = {job.id for row, job in rows if row.kind == "eval" and job is not None}
+    if not jobs:
+        return {}
+    with db.session() as s:
+        counted = s.exec(select(EvalScore.job_id, EvalScore.model, func.count()).where(EvalScore.job_id.in_(jobs))
+                         .group_by(EvalScore.job_id, EvalScore.model)).all()
+    return {(job_id, model): n for job_id, model, n in counted}
 
 
 def stages(run_id: int) -> list[tuple[RecipeStage, Job | None]]:

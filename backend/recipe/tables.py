@@ -141,6 +141,52 @@ def _zero_error_note(latest: dict, rows: list[dict], scores: dict[str, dict], er
                 for (v, n, models), cols in found.items()) + ".")
 
 
+def _cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], columns: set[str]) -> str:
+    """The headline scores of the table (its `columns`) whose replies were every one, or mostly (over
+    MOSTLY_CUT_OFF with the empty ones, too_few_answers' rule), cut off by the token limit, with the limit
+    (settings' max_new_tokens): qa and synth-math accuracy read "0 ± 0" for every model, the cut_off_rate of 1
+    behind them shown only with --all-metrics, and the rule of three's note read as if the model had been measured.
+    Said per column and cut-off share, the rows named by their labels (all N models where every row is)."""
+    from backend import scoretable
+
+    labels = {st["output"]: st.get("label") or st["stage"] for st in rows if st["output"]}
+    found: dict[tuple, list[str]] = {}  # (column, cut share, empty share, tokens, score) -> row labels
+    for (model, task), r in sorted(scoretable.headline(latest).items()):
+        col = _column(task, r.metric)
+        cut = latest.get((model, task, "cut_off_rate"))
+        if model not in labels or col not in columns or cut is None:
+            continue
+        empty = latest.get((model, task, "empty_rate"))
+        share, blank = cut.value, (empty.value if empty is not None else None)
+        if not share or not scoretable.too_few_answers(share, blank):
+            continue
+        tokens = ((cut.details or {}).get("settings") or {}).get("max_new_tokens")
+        value = scores.get(model, {}).get(col)
+        found.setdefault((col, round(share, 4), round(blank or 0.0, 4), tokens,
+                          None if value is None else scoretable._rounded(value)), []).append(labels[model])
+    together: dict[tuple, list[str]] = {}  # columns cut off alike in the same rows said together
+    for (col, *how), models in found.items():
+        together.setdefault((*how, tuple(models)), []).append(col)
+    parts = []
+    for (share, blank, tokens, value, models), cols in together.items():
+        who = f"all {len(rows)} models" if len(models) == len(rows) > 1 else ", ".join(models)
+        at = f" at {tokens} tokens" if tokens else " by the token limit"
+        metrics = {c.split(" ", 1)[-1] for c in cols}
+        metric = metrics.pop() if len(metrics) == 1 else "the score"
+        shown = "" if value is None else f" {value:g}"
+        if share >= 1.0:
+            parts.append(f"{', '.join(cols)} ({who}): every reply was cut off{at}: {metric}{shown} measures the "
+                         "token cap, not the model")
+        else:
+            also = f", {blank:.0%} empty" if blank else ""
+            parts.append(f"{', '.join(cols)} ({who}): {share:.0%} of the replies were cut off{at}{also}: "
+                         f"{metric}{shown} measures the token cap more than the model")
+    if not parts:
+        return ""
+    return ("Cut off — " + "; ".join(parts) + ". Evaluate with a larger max_new_tokens before reading these "
+            "scores.")
+
+
 def _made_from(st: dict) -> str:
     """What a row's model was made from; a merge's weights always, default ones too: "average of sft-v3, sft-v4"
     left its equal weights unsaid beside "average(0.4, 0.6) of cand1, cand2"; it reads "average(0.5, 0.5) of …"."""
@@ -287,7 +333,8 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
         cols = ["Model", "Stage", "Made from", *sources, *settings, *shown, "Paper H6"]
         unlike = _unlike_note(rows, latest) if latest is not None else ""
         said = _error_notes(latest, rows, scores, errors, set(shown)) if latest is not None else []
-        notes = [_merged_data_note(rows, data) if sources else "", _unmade_note(rows), unlike, *said, note]
+        capped = _cut_off_note(latest, rows, scores, set(shown)) if latest is not None else ""
+        notes = [_merged_data_note(rows, data) if sources else "", _unmade_note(rows), unlike, capped, *said, note]
         table = Table(key, TITLES[key], cols, notes=[_labelled(n, rows) for n in notes if n], settings=settings)
         for st in rows:
             spec = st.get("spec") or {}
@@ -414,6 +461,35 @@ def _one_cell_errors(t: Table) -> Table:
 
 
 PAPER = "Paper H6"
+DECIMALS = "%.4f"  # the page's scores, as the CLI and the Compare table write them (scoretable._rounded)
+
+
+def screen_table(t: Table) -> tuple[Table, list[str]]:
+    """The table as the Recipe page shows it: each score and its ± in one cell, "292.8580 ± 0.7373", as the
+    Markdown the CLI prints (_one_cell_errors), four decimals fixed: the page showed 292.858 beside the CLI's
+    292.8580 and "0" for its "0.0000 ± 0.0000", and the separate ± columns hid synth-math at 1400 px. Returns (the
+    table, the score columns left as numbers, for the page to show with DECIMALS); the CSV keeps its own columns."""
+    from backend.scoretable import number_text
+
+    folded = [c for c in t.columns if f"{c} ±" in t.columns]
+
+    def text(v: Any, se: Any) -> str | None:
+        if v is None:
+            return None
+        shown = number_text(v)
+        if isinstance(shown, str):  # "∞", "3.2e17"
+            return shown
+        return f"{v:.4f} ± {se:.4f}" if isinstance(se, (int, float)) else f"{v:.4f}"
+    cols = [c for c in t.columns if not c.endswith(" ±") or c.removesuffix(" ±") not in folded]
+    rows = []
+    for row in t.rows:
+        cells = dict(zip(t.columns, row))
+        rows.append([text(cells[c], cells.get(f"{c} ±")) if c in folded else cells[c] for c in cols])
+    fixed = {"Model", "Stage", "Made from", PAPER, *t.settings, *folded}
+    numeric = [c for i, c in enumerate(cols) if c not in fixed
+               and any(isinstance(r[i], float) for r in rows)
+               and all(r[i] is None or isinstance(r[i], (int, float)) for r in rows)]
+    return Table(t.key, t.title, cols, rows, t.notes, t.settings), numeric
 
 
 def paper_text(t: Table) -> Table:
