@@ -223,9 +223,57 @@ def cut_off_advice(caps: dict[str, list[int]], training: dict[str, list[str]] | 
                        f"replies ({why}), so a higher Max new tokens will not help: {what}")
         if once := {m: cs for m, cs in group.items() if len(cs) < 2}:
             out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a long answer and one that never "
-                       "ends read the same here. Evaluate again with a higher Max new tokens. Cut off throughout "
-                       f"there too, the model does not end its replies ({why}): {what}")
+                       "ends read the same here. Evaluate again with a higher Max new tokens. If every reply is cut "
+                       f"off there too, the model does not end its replies ({why}): {what}")
     return ". ".join(out)
+
+
+def _caps_text(caps) -> str:
+    caps = sorted(set(caps))
+    return (", ".join(map(str, caps[:-1])) + " and " if len(caps) > 1 else "") + f"{caps[-1]} tokens"
+
+
+def cut_off_summary(caps: dict[str, list[int]]) -> str:
+    """One sentence for the models whose every reply was cut off (`caps`: as caps_all_cut_off): how many, at which
+    caps, and what to do; what each model needs is cut_off_rows' (a table beside it). "" for no model. The
+    per-group paragraphs of cut_off_advice, one per remedy and each naming its models, made a 20-line warning."""
+    if not caps:
+        return ""
+    never = [m for m, cs in caps.items() if len(cs) >= 2]
+    once = [m for m, cs in caps.items() if len(cs) < 2]
+    n = len(caps)
+    head = (f"{n} model{'s' if n > 1 else ''} cut off on every reply, at "
+            f"{_caps_text(c for cs in caps.values() for c in cs)}: ")
+    if not never:
+        what = ("evaluate " + ("them" if n > 1 else "it") + " again with a higher Max new tokens, and if "
+                + ("one is" if n > 1 else "it is") + " cut off there too it does not end its replies and needs "
+                "training")
+    elif not once:
+        what = ("cut off at each cap tried, " + ("they do" if n > 1 else "it does") + " not end "
+                + ("their" if n > 1 else "its") + " replies, so a higher Max new tokens will not help: "
+                + ("they need" if n > 1 else "it needs") + " training")
+    else:
+        what = (f"{len(never)} at each cap tried, which a higher Max new tokens will not help (they need training); "
+                f"evaluate the other {len(once)} again with a higher Max new tokens")
+    return head + what + " (what each needs: the table below)."
+
+
+def cut_off_rows(caps: dict[str, list[int]], training: dict[str, list[str]] | None = None,
+                 shares: dict[str, float] | None = None) -> list[dict]:
+    """What each model whose every reply was cut off needs, one row a model (model | cut off | caps | what to do),
+    the same advice as cut_off_advice's, model by model. `training`: as cut_off_advice; `shares`: each model's
+    cut-off share here (1.0 where not given: every reply was cut off)."""
+    training = lineage_training(caps) if training is None and caps else training or {}
+    rows = []
+    for m, cs in caps.items():
+        why, what = _fix(training.get(m) or [])
+        todo = (f"{what[:1].upper()}{what[1:]}: it does not end its replies ({why}); a higher Max new tokens will "
+                "not help." if len(cs) >= 2 else
+                f"Evaluate again with a higher Max new tokens; if every reply is cut off there too, it does not end "
+                f"its replies ({why}): {what}.")
+        rows.append({"model": m, "cut off": f"{(shares or {}).get(m, 1.0):.0%}", "at cap (tokens)":
+                     ", ".join(map(str, cs)), "what to do": todo})
+    return rows
 
 
 def answered_models(task: str) -> list[str]:

@@ -11,12 +11,12 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, qatable, registry, runner, scorenotes, scoretable
+from backend import analysis, answerstats, qatable, registry, runner, scorenotes, scoretable
 from backend.recipe import tables
 from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
-from pages.compare_pick import (answer_pair, no_bar_note, no_chart_note, no_radar_note, pick_models, show_notes,
-                                warn)
+from pages.compare_pick import (answer_pair, merge_weights, no_bar_note, no_chart_note, no_radar_note, pick_models,
+                                plain_header, show_notes, warn)
 from pages.figures import (NAME_CHARS, bar_figure, by_bin_figure, length_box_figure, name_width, radar_figure,
                            short_name)
 from storage import db
@@ -412,13 +412,13 @@ if merged:
         view = table[table["model"].isin(mrec.parents + [mrec.name])].dropna(axis=1, how="all")  # only its tasks
         st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
                  + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
-                    f" weights={mrec.recipe.get('weights') or 'equal'}"))
+                    merge_weights(mrec.recipe, len(mrec.parents))))
         if mrec.recipe.get("method") == "slerp":  # nearly parallel candidates: SLERP is the average, said here
             from backend.merge import slerp_note  # imports torch: only when a SLERP is shown
 
             if note := slerp_note(mrec.path):
                 st.caption(note)
-        score_table(view, f"merge_view_{mrec.name}")
+        score_table(view.rename(columns=plain_header), f"merge_view_{mrec.name}")
         # a candidate with no scores was simply absent: "beside the candidates it was made from" showed the merge
         # beside one of its two, and nothing said the other was never evaluated (or is gone)
         unscored = [p for p in mrec.parents if p not in set(view["model"])]
@@ -449,12 +449,14 @@ for i, (task, rows) in enumerate(sorted(charts.items())):
 if charted and (gone := no_chart_note(every_chart, charts)):  # a task none of the picked models is scored on
     st.caption(gone)
 radar = scoretable.radar_scores(charts)
-if radar and len(on_radar := {t for v in radar.values() for t in v}) >= 3:
+drew_radar = bool(radar) and len(on_radar := {t for v in radar.values() for t in v}) >= 3
+if drew_radar:
     st.plotly_chart(radar_figure(radar, models=charted, subtitle=scope), key="radar")
     if unlined := no_radar_note(radar, charted, set().union(*(scored_on.get(t, set()) for t in on_radar))):
         st.caption(unlined)  # a charted model scored on none of its tasks had no line, and nothing said why
 if charts:
-    st.caption(scoretable.chart_note(latest, charts, clean_only))
+    note = scoretable.chart_note(latest, charts, clean_only)  # "Bars and radar:" also when no radar was drawn
+    st.caption(note if drew_radar else note.replace("Bars and radar:", "Bars:", 1))
 
 st.subheader("Answer length and hallucination")
 st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
@@ -529,10 +531,14 @@ if any(cut_share.values()):  # a cut-off reply is no hallucination: a model that
     cut_text = ("These replies are neither correct nor hallucinations: the hallucination comparison below leaves out "
                 "every item either model's reply was cut off on, and with the outcome correct they count as not "
                 "correct. " + (f"To let {', '.join(some) if all_cut else 'them'} finish, {analysis.RAISE_CAP}. "
-                               if some else "") + (analysis.cut_off_advice(all_cut) + "." if all_cut else ""))
+                               if some else "") + answerstats.cut_off_summary(all_cut))
     cut_head = "Cut off by the token limit before stating an answer: "  # past MANY models, counted by share
     warn(cut_head + ", ".join(f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". " + cut_text, gen_models,
          cut_head + scorenotes.shares_text(cut_share) + ". " + cut_text)
+    if all_cut:  # what each needs, a row a model: the advice as paragraphs, one per remedy, made a 20-line warning
+        with st.expander(f"What each model cut off on every reply needs ({len(all_cut)})"):
+            st.dataframe(pd.DataFrame(answerstats.cut_off_rows(all_cut, shares=cut_share)), hide_index=True,
+                         key="cut_off_advice")
 empty_share = analysis.empty_shares(recs)  # an up-scaled model before continued pretraining ends many replies at once
 if any(empty_share.values()):
     empty_text = (". An empty reply is no answer, neither an abstention nor a hallucination: the comparison below "
@@ -573,7 +579,14 @@ else:
                 all_cut = {**all_cut, **analysis.never_ended(ended_too)}
         st.markdown(f"**{res['sentence']}**")
         if not res["ok"] and (ended := {m: c for m, c in all_cut.items() if m in (ma, mb)}):
-            st.caption(analysis.cut_off_advice(ended) + ".")
+            # the advice is in the table under the cut-off warning: said once, referred to here (it was repeated)
+            tabled = [m for m in ended if m in cut_share]
+            if tabled:
+                st.caption(f"{' and '.join(tabled)}: cut off on every reply; what to do is in the table under the "
+                           "cut-off warning above.")
+            if untabled := {m: c for m, c in ended.items() if m not in cut_share}:  # not charted: not in that table
+                st.caption(f"{' and '.join(untabled)}, not in the charts, cut off on every reply too; what to do:")
+                st.dataframe(pd.DataFrame(answerstats.cut_off_rows(untabled)), hide_index=True, key="cut_off_pair")
         if res["ok"]:
             lm, mc, raw = res["model"], res["mcnemar"], res["raw"]
             if lm["table"]:
@@ -596,10 +609,14 @@ else:
                 f"{rate} gap "
                 + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
                 + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
-        st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
         left = curves["left_out"]
-        st.caption(f"The plot: the {curves['n_items']} items both models answered"
-                   + _judged(left, outcome, counts=True) + ".")
+        if curves["n_items"]:
+            st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
+            st.caption(f"The plot: the {curves['n_items']} items both models answered"
+                       + _judged(left, outcome, counts=True) + ".")
+        else:  # no item to draw: a figure of bare axes said nothing
+            st.caption(f"No plot of {rate} against answer length: there is no item both models answered"
+                       + _judged(left, outcome, counts=True) + ".")
 c1, c2 = st.columns(2)
 pooled, which = same_items(recs, gen_models)
 # the boxes over the same answers as the accuracy chart: a model scored on 12 items beside models scored on 8 had a

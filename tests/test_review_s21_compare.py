@@ -92,8 +92,13 @@ def test_the_page_says_a_model_cut_off_at_two_caps_never_ends_its_replies(tiny_l
     (warned,) = [w.value for w in at.warning if w.value.startswith("Cut off by the token limit")]
     assert "up 100%" in warned
     assert "To let them finish" not in warned  # the old advice, which cannot help here
-    assert "Cut off on every reply at each cap tried (up at 48 and 96 tokens)" in warned
-    assert "a higher Max new tokens will not help: continue pretraining, then SFT" in warned
+    # one sentence in the warning, what the model needs in the table under it (walk 23d: the advice was 20 lines)
+    assert warned.endswith("1 model cut off on every reply, at 48 and 96 tokens: cut off at each cap tried, it does "
+                           "not end its replies, so a higher Max new tokens will not help: it needs training (what "
+                           "each needs: the table below).")
+    (row,) = next(d.value for d in at.dataframe if list(d.value.columns[:2]) == ["model", "cut off"]).to_dict("records")
+    assert row["at cap (tokens)"] == "48, 96"
+    assert row["what to do"].startswith("Continue pretraining, then SFT, and evaluate it again: it does not end")
 
 
 def test_the_no_verdict_sentence_gets_the_advice_beside_it(tiny_llama):
@@ -103,8 +108,9 @@ def test_the_no_verdict_sentence_gets_the_advice_beside_it(tiny_llama):
     at = app("compare.py")
     assert not at.exception, at.exception
     assert any(m.value.startswith("**No verdict") for m in at.markdown)
-    (advice,) = [c.value for c in at.caption if c.value.startswith("Cut off on every reply")]
-    assert advice.startswith("Cut off on every reply, at one cap so far (a-up, b-up at 48 tokens)")
+    # beside it, a pointer to the advice (the table under the cut-off warning), not the advice again (walk 23d)
+    assert ("a-up and b-up: cut off on every reply; what to do is in the table under the cut-off warning above."
+            in [c.value for c in at.caption])
 
 
 # ---- 3. the models × tasks table in lineage order ------------------------------------------------------------------
