@@ -228,18 +228,35 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
         with torch.inference_mode():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
         for j, row in zip(idx, ids[:, batch["input_ids"].shape[1]:]):
-            n = int((row != tok.pad_token_id).sum())
-            cut = len(row) == max_new_tokens and int(row[-1]) not in ends
             text, ended = cut_at_stop(tok.decode(row, skip_special_tokens=True), stops)
+            n, closed = _reply_length(row.tolist(), ends, tok.pad_token_id, ended)
+            cut = n == max_new_tokens and not closed
             out[j] = (text.strip(), n, cut and not ended)  # it ended its turn: no cut-off, whatever the count
     return [out[j] for j in range(len(prompts))]
 
 
 def _end_ids(model, tok) -> set[int]:
-    """The token ids that end a reply: the generation config's eos (one id or several), the tokenizer's, padding."""
+    """The token ids that end a reply: the generation config's eos (one id or several) and the tokenizer's. Not the
+    padding, unless it is also an eos: a tokenizer without a pad token pads with unk (evaldevice.configure_pad_token),
+    and a reply cut off on unk is cut off."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id, tok.pad_token_id}
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
     return {int(i) for i in ids if i is not None}
+
+
+def _reply_length(row: list[int], ends: set[int], pad: int | None, stopped: bool) -> tuple[int, bool]:
+    """(tokens in a generated reply, whether it ended on an end-of-reply id). The reply is its tokens before the first
+    eos, whichever token pads the batch: generate() fills a finished row with pad_token_id, and a reply that ran on
+    to the batch's end without an eos is all its own tokens. Only a reply a stop string ended (`stopped`) has padding
+    and no eos: its trailing pad tokens are left out."""
+    first = next((i for i, t in enumerate(row) if t in ends), None)
+    if first is not None:
+        return first, True
+    n = len(row)
+    if stopped and pad is not None:
+        while n and row[n - 1] == pad:
+            n -= 1
+    return n, False
 
 
 def _answer_scores(gens: list[Generation]) -> dict:

@@ -176,8 +176,21 @@ def step_line(rec: ModelRecord) -> str:
                                                                                       "dare_ties") else ("weights",)
         knobs = {k: spec[k] for k in used if spec.get(k) not in (None, [])}
         said = ", ".join(f"{k} {v}" for k, v in knobs.items())
-        return f"{head}: {method} merge of {parents}{f' ({said})' if said else ''}"
+        return f"{head}: {method} merge of {parents}{f' ({said})' if said else ''}{_promoted(rec, spec)}"
     return f"{head}: {rec.kind} from {parents}"
+
+
+def _promoted(rec: ModelRecord, spec: dict) -> str:
+    """A merge with no dtype set whose inputs were stored in different dtypes was written in their promoted one (a
+    float32 GGUF import beside its bfloat16 Hub original gives float32, twice the bytes): said, as the card's dtype
+    is then neither input's. "" otherwise."""
+    if spec.get("dtype") not in (None, "auto"):  # chosen: every input cast to it, as the card's dtype says
+        return ""
+    stored = {p.dtype for n in rec.parents or [] if (p := registry.get(n)) is not None and p.dtype}
+    if len(stored) < 2:
+        return ""
+    return (f"; its inputs were stored as {' and '.join(sorted(stored))}, and with no dtype set it was written in "
+            f"{rec.dtype}, their promoted dtype, as mergekit does")
 
 
 def scores_section(names: list[str]) -> str:

@@ -194,7 +194,9 @@ def test_a_killed_job_says_what_a_resume_does_for_its_kind():
     assert said["upscale"] == said["merge"] == said["push"] == (
         "nothing was registered (a worker removes its partial files); resume it to run it again (python -m backend "
         "jobs resume 7, or Resume on the Jobs page)")
-    assert said["sft"].startswith("resume it to continue from its last checkpoint (python -m backend jobs resume 7")
+    # was "resume it to continue from its last checkpoint": job 7 saved none, and the button says it starts over
+    assert said["sft"].startswith("no checkpoint was saved; resume it to start the training over from step 0 (python "
+                                  "-m backend jobs resume 7")
     assert said["eval"].startswith("it stored no score; resume it to run it again (python -m backend jobs resume 7")
     from storage import db
     from storage.models import EvalScore

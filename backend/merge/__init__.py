@@ -24,7 +24,7 @@ from backend import registry
 from backend.merge import executor
 from backend.merge.executor import TORCH_DTYPES, MergeError, Reader, SlerpTally, producer
 from backend.merge.methods import METHODS, slerp_coefficients
-from backend.merge.plan import check_mergeable, check_vocab, schedule_value, tensor_t
+from backend.merge.plan import check_dtypes, check_mergeable, check_vocab, schedule_value, tensor_t
 from backend.modelinfo import inspect_model
 from backend.outputs import building, copy_companions, output_dir, register_output
 from backend.safetensors_stream import DTYPE_SIZES, OutTensor, write_checkpoint
@@ -66,9 +66,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     template = chat_template(spec.chat_template, folders) if spec.chat_template else None
     lost = None if template else template_lost(next(n for n, i in zip(names, infos) if i is tok_donor), tok_donor.folder,
                                                dict(zip(names[:len(spec.models)], folders[:len(spec.models)])))
-    bad = sorted({ref.dtype for info in infos for ref in info.tensors.values()} - set(TORCH_DTYPES))
-    if bad:
-        raise MergeError(f"cannot merge {', '.join(bad)} weights; only float32, bfloat16 and float16 are merged.")
+    check_dtypes({ref.dtype for info in infos for ref in info.tensors.values()})
     chosen = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}.get(spec.dtype)
 
     def dtype_of(tname: str) -> str:

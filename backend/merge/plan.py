@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from backend import registry
-from backend.merge.executor import MergeError
+from backend.merge.executor import TORCH_DTYPES, MergeError
 from backend.modelinfo import ModelInfo
 from backend.specs import MergeSpec
 from backend.upscale import check_compatible
@@ -78,8 +78,18 @@ def check_registered(spec: MergeSpec) -> None:
         seen[key] = ref
     refs = list(spec.models) + ([spec.base] if spec.base else [])
     known = [rec for ref in refs if (rec := registry.record(ref)) is not None]
+    for rec in known:  # a model of weights no merge reads (F8_E4M3, F64, I8) failed only when the job ran
+        check_dtypes({rec.dtype} - {""}, rec.name)
     for b in known[1:]:
         _check_rows(known[0], b)
+
+
+def check_dtypes(dtypes: set[str], whose: str = "") -> None:
+    """Refuse weights of a dtype no merge reads or writes (executor.TORCH_DTYPES): run_merge's refusal, said at
+    submit too from a registry row's dtype (its most common tensor dtype, read at registration)."""
+    if bad := sorted(set(dtypes) - set(TORCH_DTYPES)):
+        raise MergeError(f"{whose + ': ' if whose else ''}cannot merge {', '.join(bad)} weights; only float32, "
+                         "bfloat16 and float16 are merged.")
 
 
 def _check_rows(a, b) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from backend.cluster import ray_jobs
-from backend.runner.hosts import (BEAT_STALE, _age, _beat_ages, _local_run_alive, _utc, beats_once, host_id,
+from backend.runner.hosts import (BEAT_STALE, _age, _beat_ages, _local_run_alive, beats_once, host_id,
                                   worker_alive)
 from backend.runner.queue import WAITING, active_jobs, inputs_gone
 from backend.runner.rows import known_once
@@ -127,62 +127,63 @@ def _silence(age: float) -> str:
 
 def _what_resume_does(job: Job) -> str:
     """The next step after a job process died without a word (killed, out of memory), by what its kind left: a
-    killed build's row said only "see its log", though nothing was registered and a resume runs it again."""
-    again = f"(python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
-    if job.kind in TRAIN_KINDS:
-        return f"resume it to continue from its last checkpoint {again}"
-    if job.kind == "eval":
-        from backend.evaljob import stored_by_job
-
-        if not stored_by_job(job.id):
-            return f"it stored no score; resume it to run it again {again}"
-        return f"the scores it stored are kept; resume it to score the rest {again}"
-    if job.kind == "synth-math":
-        from backend.synth.pipeline import get_dataset
-
-        pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
-        rec = get_dataset(pairs)  # registered by this run (killed while exporting: a resume is refused), not another
-        if rec is not None and job.started is not None and _age(job.started, now=_utc(rec.created)) >= 0:
-            return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
-                    f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
-        return f"nothing was registered; resume it to go on from the rephrasings it cached {again}"
-    return f"nothing was registered (a worker removes its partial files); resume it to run it again {again}"
+    killed build's row said only "see its log", though nothing was registered and a resume runs it again. Said by
+    resume_action's rule (its `step`), as the button and `jobs resume` say it: a training killed before its first
+    checkpoint was told a resume continued "from its last checkpoint", while the button said it started over."""
+    action = resume_action(job)
+    if not action.runs:
+        return action.step
+    return f"{action.step} (python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
 
 
 class ResumeAction(NamedTuple):
     label: str  # the Jobs page's button
     says: str  # the sentence `jobs resume` prints, and the button's help
     marks_done: bool = False  # its run registered its model: nothing runs again
+    step: str = ""  # the next step in a dead job's row (_what_resume_does)
+    runs: bool = True  # whether a resume is the next step (False: export instead)
 
 
 def resume_action(job) -> ResumeAction:
-    """What resuming `job` will do, by the rules runner.resume follows: the Jobs page's button and the sentence
-    `jobs resume` prints (they were written apart and disagreed: the CLI said a stopped evaluation ran again from
-    the start, the button that its stored scores were kept, which run_eval does)."""
-    from backend.runner.states import resume_marks_done
+    """What resuming `job` will do, by the rules runner.resume follows: the Jobs page's button, the sentence
+    `jobs resume` prints and the next step a dead job's row names (they were written apart and disagreed: the CLI
+    said a stopped evaluation ran again from the start, the button that its stored scores were kept, which run_eval
+    does)."""
+    from backend.runner.states import export_instead, resume_marks_done, synth_pairs_made
 
     if made := resume_marks_done(job):
         return ResumeAction(f"Mark done ({made} is registered)",
                             f"its last run registered {made} before the job was marked {job.status}: resuming marks "
-                            "the job succeeded and runs nothing again; the jobs waiting for it go on", True)
+                            "the job succeeded and runs nothing again; the jobs waiting for it go on", True,
+                            f"its last run registered {made}; resume it to mark it succeeded, nothing runs again")
     if job.kind in TRAIN_KINDS:
         if (point := resume_point(job)) is not None:
             return ResumeAction("Resume from the last checkpoint",
-                                f"a running worker resumes it from its last checkpoint, {point.name}")
+                                f"a running worker resumes it from its last checkpoint, {point.name}",
+                                step=f"resume it to continue from its last checkpoint, {point.name}")
         return ResumeAction("Restart (no checkpoint was saved)",
-                            "no checkpoint was saved: a running worker starts the training over from step 0")
+                            "no checkpoint was saved: a running worker starts the training over from step 0",
+                            step="no checkpoint was saved; resume it to start the training over from step 0")
     if job.kind == "eval":
         from backend.evaljob import stored_by_job
 
         if kept := stored_by_job(job.id):
             return ResumeAction("Resume (the scores it stored are kept)",
                                 f"a running worker scores the rest; the scores it stored for {len(kept)} model and "
-                                f"task pair{'s' if len(kept) != 1 else ''} are kept")
-        return ResumeAction("Run again", "it stored no score: a running worker runs the eval again from the start")
+                                f"task pair{'s' if len(kept) != 1 else ''} are kept",
+                                step="the scores it stored are kept; resume it to score the rest")
+        return ResumeAction("Run again", "it stored no score: a running worker runs the eval again from the start",
+                            step="it stored no score; resume it to run it again")
     if job.kind == "synth-math":
+        if pairs := synth_pairs_made(job):  # a resumed run is refused (its names taken): runner.resume says so
+            return ResumeAction(f"Export instead ({pairs} is registered)",
+                                f"{export_instead(pairs)}; a resumed run would be refused, its names taken",
+                                step=export_instead(pairs), runs=False)
         return ResumeAction("Resume (its cached rephrasings are kept)",
-                            "a running worker goes on from the rephrasings it cached")
-    return ResumeAction("Run again", f"a running worker runs the {job.kind} again from the start")
+                            "a running worker goes on from the rephrasings it cached",
+                            step="nothing was registered; resume it to go on from the rephrasings it cached")
+    return ResumeAction("Run again", f"a running worker runs the {job.kind} again from the start",
+                        step="nothing was registered (a worker removes its partial files); resume it to run it again")
 
 
 def resume_point(job) -> Path | None:

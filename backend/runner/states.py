@@ -215,14 +215,60 @@ def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None
     return None
 
 
+def synth_pairs_made(job) -> str | None:
+    """The NAME-pairs data set a synthetic-math job's own last run registered (killed while exporting, or stopped
+    after it registered): registered since the run started. None for other kinds, or when it is not registered or
+    older than the run (another run's)."""
+    if job.kind != "synth-math":
+        return None
+    from backend.synth.pipeline import get_dataset
+
+    pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
+    rec = get_dataset(pairs)
+    if rec is None or job.started is None or _utc(rec.created) < _utc(job.started):
+        return None
+    return pairs
+
+
+def export_instead(pairs: str) -> str:
+    """What to do with a synthetic-math job whose run registered its pairs: export them (a resumed run is refused,
+    its names taken)."""
+    return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
+            f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
+
+
+def _synth_refused(job) -> str | None:
+    """Why a resumed synthetic-math run would be refused at its start (pipeline.check_synth_free: its data set names
+    or its folder are taken), said before it is queued: a resume queued it, and the run failed at once ("NAME-pairs
+    ... is taken. Nothing was made"), while the button had said it went on from its cached rephrasings."""
+    if job.kind != "synth-math":
+        return None
+    if pairs := synth_pairs_made(job):
+        return f"Job {job.id} is not run again: {export_instead(pairs)}."
+    from backend.specs import spec_from_dict
+    from backend.synth.datasets import DatasetError
+    from backend.synth.pipeline import check_synth_free
+
+    try:
+        spec = spec_from_dict(job.spec)
+    except ValueError:
+        return None  # the job says what is wrong with its spec when it runs
+    try:
+        check_synth_free(spec)
+    except DatasetError as exc:
+        return f"Job {job.id} would be refused at its start: {exc}"
+    return None
+
+
 def resume_blocked(job) -> tuple[str, int | None] | None:
     """Why a resume of `job` would do nothing, and the job to resume instead (None: none can help). A job that needs
     one that ended without succeeding was queued again by its resume and cancelled again at once by the worker
     ("not run: job 8 it waited for cancelled"), while `jobs resume` said "queued". The job to resume is the first up
     the chain that ended for a reason of its own: its resume queues again the jobs that waited for it unstarted
-    (_requeue_waiting_on), this one among them when its own cancel said so."""
+    (_requeue_waiting_on), this one among them when its own cancel said so. A synthetic-math run that would be
+    refused at its start (_synth_refused) has no job to resume instead."""
     if (ended := _ended_need(job)) is None:
-        return None
+        return (said, None) if (said := _synth_refused(job)) else None
     dep_id, dep = ended
     if dep is None:
         return (f"Job {job.id} cannot run: job {dep_id} it waits for is gone. Queue its spec again as a new job "

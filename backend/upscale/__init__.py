@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +122,17 @@ class UpscalePlan:
     source_names: list[str]  # registered names, or folder paths
     slots: list[Slot]
     tensors: list[OutTensor]
+    casts: dict[str, str] = field(default_factory=dict)  # a second model's dtype -> the base's it was cast to
+
+    @property
+    def cast_note(self) -> str:
+        """One line when a second model's layers were cast to the base's dtype ("" when none were): the build's
+        progress and its model card say it, as the stack's weights are no longer all as their source stored them."""
+        if not self.casts:
+            return ""
+        said = ", ".join(f"{a} to {b}" for a, b in sorted(self.casts.items()))
+        return (f"{self.source_names[1]}'s layers were cast to the base's dtype ({said}, rounded to nearest even as "
+                "torch's .to()): one model, one dtype, the one its config.json says.")
 
     @property
     def n(self) -> int:
@@ -213,6 +224,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
     slots = layer_slots(spec, [s.num_layers for s in sources])
     base = sources[0]
     tensors: list[OutTensor] = []
+    casts: dict[str, str] = {}
     emb_names = [n for n in base.other if "embed" in n or n.endswith("wte.weight") or n.endswith("wpe.weight")]
     # Embeddings first, final norm and head last: the order a reader of the shards expects.
     for name in emb_names:
@@ -226,6 +238,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
             # names and shapes only): one model, one dtype, the one its config.json (the base's) says
             want = base.layers[0][suffix].dtype if suffix in base.layers[0] else base.dtype
             if ref.dtype != want and not zero:
+                casts[ref.dtype] = want
                 tensors.append(OutTensor(base.layer_tensor_name(i, suffix), want, ref.shape,
                                          ref.nbytes // DTYPE_SIZES[ref.dtype] * DTYPE_SIZES[want], None,
                                          make=cast_copy(ref, want)))
@@ -242,7 +255,7 @@ def plan_upscale(spec: UpscaleSpec) -> UpscalePlan:
     for name, ref in base.other.items():
         if name not in emb_names:
             tensors.append(OutTensor(name, ref.dtype, ref.shape, ref.nbytes, ref))
-    return UpscalePlan(spec, sources, names, slots, tensors)
+    return UpscalePlan(spec, sources, names, slots, tensors, casts)
 
 
 def _is_layer_list(key: str, value, n: int) -> bool:
@@ -374,6 +387,7 @@ Built by DUS Studio with **{spec.method}** from {' and '.join(f"`{n}`" for n in 
 {f"LLaMA Pro block expansion (arXiv 2401.02415): {spec.groups} identity blocks inserted." if spec.method == "llama-pro" else ""}
 
 Layers: {plan.n} → {plan.s}; parameters: {plan.params_before:,} → {plan.params_after:,}; dtype {plan.sources[0].dtype}.
+{plan.cast_note}
 
 ## Layer map (ranges are half-open)
 | new layers | source | source layers |
@@ -395,7 +409,8 @@ def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progre
     config = new_config(plan)  # before any byte is written: a config that cannot be made fails the job at once
     name = spec.name or spec.default_name()
     out_dir = output_dir(out_dir, spec.out, name, needed=plan.nbytes)
-    progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters")
+    progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters"
+             + (f"; {plan.cast_note}" if plan.cast_note else ""))
     with building(out_dir, "build") as tmp:
         write_checkpoint(plan.tensors, tmp, parse_size(spec.shard_size), lambda f, m: progress(0.98 * f, m))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
