@@ -50,20 +50,24 @@ def datasets_ready() -> None:
 
 
 def file_fault(exc: BaseException) -> bool:
-    """Whether a reader's exception is the file's fault (it does not parse, its values do not fit a table): a
-    ValueError somewhere in its chain (json's JSONDecodeError, UnicodeDecodeError, pyarrow's ArrowInvalid, pandas'
-    ParserError, `datasets`' "corresponds to no data" and cast errors all are), any pyarrow error, or nesting too
-    deep. `datasets` wraps what its builder raises in a DatasetGenerationError: its causes are looked at. An
-    AttributeError, ImportError, MemoryError or OSError is the reader's (or the machine's), not the file's."""
+    """Whether a reader's exception is the file's fault (it does not parse, its values do not fit a table), as every
+    failure to read a file was called before: all but the reader's (or the machine's) own, which are an
+    AttributeError or ImportError (a library half imported by another thread), running out of memory (MemoryError,
+    pyarrow's ArrowMemoryError, which is an ArrowException too), a cancelled read, or an OSError that is not a
+    ValueError somewhere in the chain. `datasets` wraps what its builder raises in a DatasetGenerationError whose
+    cause may be a plain TypeError ("Couldn't cast array of type": a column that changes type after the first block
+    of a JSON Lines file): the file's. Its causes are looked at."""
     import pyarrow as pa
 
-    seen = set()
+    seen, chain = set(), []
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (ValueError, pa.ArrowException, RecursionError)):
-            return True
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return False
+    if any(isinstance(e, ValueError) and not isinstance(e, pa.ArrowMemoryError) for e in chain):
+        return True  # json's, Unicode's, pyarrow's ArrowInvalid, pandas' ParserError, datasets' "no data"
+    return not any(isinstance(e, (AttributeError, ImportError, MemoryError, OSError, pa.ArrowMemoryError,
+                                  pa.ArrowCancelled, KeyboardInterrupt)) for e in chain)
 
 
 def reader_failed(path: Path, exc: BaseException) -> ReaderFailed:
@@ -322,7 +326,7 @@ def _gunzipped(path: Path):
 
     tmp = db.new_tmp("gunzip")
     try:
-        copy = tmp / shown_name(path).removesuffix(".gz").removesuffix(".GZ")
+        copy = tmp / shown_name(path)[:-3]  # loader_suffix took the name: it ends in .gz, any case
         try:
             with gzip.open(path, "rb") as src, open(copy, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)

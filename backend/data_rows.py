@@ -155,6 +155,13 @@ def _prompt_completion_problem(row: dict) -> str | None:
                     "conversational prompt/completion)")
         if problem := _turns_problem(column, value, ("role", "content"), "{role, content}"):
             return problem
+    # the rows become a conversation whose loss, by trl's default for this form, covers its last assistant reply
+    # (to_prompt_completion): a completion of several turns would have its earlier ones learned as prompt, where trl
+    # learns the whole completion
+    if [t.get("role") for t in row["completion"]] != ["assistant"]:
+        return ("completion must be one assistant turn (trl's usual conversational prompt/completion); got the roles "
+                f"{', '.join(str(t.get('role')) for t in row['completion'])}: move the earlier turns into the prompt, "
+                "or give the rows as messages")
     return None
 
 

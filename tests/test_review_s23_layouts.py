@@ -120,7 +120,7 @@ def test_training_rows_copied_from_a_builtin_evaluation_set_are_said(tiny_llama,
     spec = SftSpec(model=str(tiny_llama), data=[DataSource(source=str(f))], eval_fraction=0.0)
     load_rows(spec, str(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama))
     log = capsys.readouterr().out
-    assert any(f"data: 3 training rows overlap the built-in evaluation set eval-math (one: '{it['question'][:30]}"
+    assert any(f"data: 3 of the rows trained on (after the held-out split, max_rows and weights) overlap the built-in evaluation set eval-math (one: '{it['question'][:30]}"
                in log for it in items), log
     assert f"): {found['eval-math'][0]} of its 200 items share 30% or more of their 8-word runs with them" in log
 

@@ -34,7 +34,9 @@ def eval_overlap(rows, n: int = heldout.NGRAM,
     every = set().union(*(g for gs in grams.values() for g in gs))
     vocab = {w for g in every for w in g}
     # the evaluation checks an item shorter than n words whole: the built-in items have n words or more
-    assert all(len(words(t)) >= n for texts in items.values() for t in texts), "a built-in item under n words"
+    if short := [t for texts in items.values() for t in texts if len(words(t)) < n]:
+        raise ValueError(f"a built-in evaluation item has fewer than {n} words ({short[0][:60]!r}): the overlap "
+                         "check assumes none does")
     hits: list[set] = []  # the n-grams of evaluation items each candidate row holds
     texts: list[str] = []
     for batch in _batches(rows):
@@ -66,10 +68,11 @@ def note_eval_overlap(rows, say: bool = True) -> dict:
     threshold = EvalSpec.model_fields["overlap_threshold"].default
     for name, (seen, total, nrows, first) in found.items() if say else ():
         example = " ".join(first.split())
-        print(f"data: {nrows} training rows overlap the built-in evaluation set {name} (one: "
-              f"{example[:80] + ('…' if len(example) > 80 else '')!r}): {seen} of its {total} items share "
-              f"{threshold:.0%} or more of their {heldout.NGRAM}-word runs with them, and the evaluation's held-out "
-              f"check will count those items as seen. Leave those rows out to score the model on all of {name}.",
+        print(f"data: {nrows} of the rows trained on (after the held-out split, max_rows and weights) overlap the "
+              f"built-in evaluation set {name} (one: {example[:80] + ('…' if len(example) > 80 else '')!r}): "
+              f"{seen} of its {total} items share {threshold:.0%} or more of their {heldout.NGRAM}-word runs with "
+              f"them, and the evaluation's held-out check (which reads each source file whole) will count at least "
+              f"those items as seen. Leave those rows out to score the model on all of {name}.",
               flush=True)
     return found
 

@@ -28,25 +28,29 @@ def load_rows(spec, model_path: str, tok):
     layouts = {layout for _, layout, _ in report}
     if int(os.environ.get("RANK", "0")) == 0:  # one process reads the rows for it
         note_eval_overlap(train)
+    # trl decides the loss's default from the training rows alone (SFTTrainer: "prompt" and "completion" in the
+    # training sample); a held-out set of another layout is converted to match, not a vote
+    trained = set(layouts)
+    only = completion_only(spec, trained)
     if spec.eval_data:
         evals, eval_layout = data.prepare(spec.eval_data.source, spec.kind, max_rows=spec.max_rows,
                                            sample_by=spec.eval_data.sample_by)
         layouts.add(eval_layout)
-    only = completion_only(spec, layouts)
     if spec.kind in ("sft", "dpo") and not tok.chat_template:
         train, evals = without_chat_template(spec, model_path, layouts, train, evals)
     elif only:
         train = data.to_prompt_completion(train)
         evals = data.to_prompt_completion(evals) if evals is not None else None
     if spec.kind == "sft":
-        print(loss_line(spec, layouts == {"prompt_completion"}, only), flush=True)
+        print(loss_line(spec, trained == {"prompt_completion"}, only), flush=True)
     return train, evals
 
 
 def completion_only(spec, layouts: set[str]) -> bool:
     """Whether an SFT job learns the completion alone: the spec's completion_only_loss, or when it is None (auto),
-    trl's default for the data's form (SFTTrainer: "prompt" and "completion" in the rows): on when every source
-    (held-out set included) is a prompt/completion file, off for conversations, which trl learns whole."""
+    trl's default for the data's form (SFTTrainer: "prompt" and "completion" in the rows): on when every training
+    source is a prompt/completion file (`layouts`: theirs, not the held-out set's), off for conversations, which
+    trl learns whole."""
     value = getattr(spec, "completion_only_loss", None)
     return value if value is not None else spec.kind == "sft" and layouts == {"prompt_completion"}
 
