@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend import analysis, data
+from backend import analysis
 from pages.dbnotice import database_wait_notice
 from pages.login import gate
 from storage import db
@@ -18,19 +18,12 @@ from storage import db
 st.set_page_config(page_title="DUS Studio", page_icon=":material/layers:", layout="wide")
 
 
-def _preload_libraries() -> None:
-    """torch and transformers whole, as `datasets` needs them before it reads a data file (data.datasets_ready,
-    ~3-5 s on a 2-core CPU: the first upload's preview waited for them), then the compare page's regression
-    libraries (~1.3 s). A session that needs them sooner waits for this import (importlib's module lock), never
-    sees one half made."""
-    data.datasets_ready()
-    analysis.preload()
-
-
 @st.cache_resource(show_spinner=False)
 def _preload() -> threading.Thread:
-    """Once per server process, in the background: _preload_libraries."""
-    thread = threading.Thread(target=_preload_libraries, name="dus-preload", daemon=True)
+    """Once per server process, in the background: the compare page's regression libraries (~1.3 s to import).
+    Not torch and transformers for `datasets` (data.datasets_ready, on a data file's first read): imported in this
+    thread while a page imported them too, the Monitor page went blank (a browser test)."""
+    thread = threading.Thread(target=analysis.preload, name="dus-preload", daemon=True)
     thread.start()
     return thread
 

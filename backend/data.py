@@ -17,9 +17,11 @@ from pathlib import Path
 
 # The layouts, each row's check and conversion (data_rows) and the reading of local files (data_files) live beside
 # this module; every name the rest of the studio uses is imported from here.
-from backend.data_files import (ReaderFailed, _csv_extra_fields, _csv_options, _first_bad_json_line,  # noqa: F401
-                                _paragraphs, _quiet_loader, _unreadable, _unusable_text, datasets_ready, file_fault,
-                                json_lines_copy, json_reason, reader_failed, text_keys, too_deep_json, utf8_copy)
+from backend.data_files import (_csv_extra_fields, _csv_options, _first_bad_json_line,  # noqa: F401
+                                _paragraphs, _quiet_loader, _unreadable, _unusable_text,
+                                json_lines_copy, json_reason, text_keys, too_deep_json, utf8_copy)
+from backend.data_reading import (GZ_SUFFIXES, PREVIEW_CHARS, ReaderFailed, _clipped, cut_said,  # noqa: F401
+                                  datasets_ready, file_fault, loader_suffix, reader_failed)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
                                rows_keys, to_prompt_completion, wrapper_problem)
@@ -33,17 +35,6 @@ BUILTIN = {  # name -> (file, what it is)
     "prefs-mini": ("prefs-mini.jsonl", "prompt/chosen/rejected: correct vs wrong answers (DPO)"),
 }
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
-# gzip-compressed text files, as `datasets` reads them (its loaders infer the compression from the suffix); read
-# here from a decompressed copy (data_files.utf8_copy), so every check before `datasets` sees the text
-GZ_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz", ".txt.gz")
-
-
-def loader_suffix(path: Path | str) -> str:
-    """The suffix that says how a data file is read: its own (lower case), or a .gz file's inner one when
-    GZ_SUFFIXES holds it (x.jsonl.gz reads as .jsonl; x.parquet.gz stays .gz: Parquet compresses itself)."""
-    name = Path(path).name.lower()
-    inner = next((s for s in GZ_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
-    return inner.removesuffix(".gz") if inner else Path(name).suffix
 MAX_REPEATS = 10_000  # the most times a weight may repeat a source's rows (the paper's mixes take each once or twice)
 HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
 
@@ -467,36 +458,6 @@ def preview(source: str, kind: str, n: int = 5, sample_by: str = "line") -> dict
     rows, cut = _clipped([convert_row(ds[i], layout, kind) for i in range(min(n, len(ds)))])
     return {"layout": layout, "columns": ds.column_names, "rows": len(ds), "examples": rows, "cut": cut,
             "text_file": reads_text_file(source), "text_rows": text_rows(source, sample_by)}
-
-
-PREVIEW_CHARS = 2_000  # the most characters of one text a preview's example shows; training reads it whole
-
-
-def _clipped(rows: list) -> tuple[list, int]:
-    """(the example rows with every text over PREVIEW_CHARS cut there and marked, how many were cut). A whole row
-    went out: a 1 GB one-line .txt printed 1 GB (6.1 GB RSS), and the page kept its rows in its cache and sent them
-    to the browser (a 40 MB row took ~8 s to open)."""
-    cut = 0
-
-    def clip(value):
-        nonlocal cut
-        if isinstance(value, str) and len(value) > PREVIEW_CHARS:
-            cut += 1
-            return f"{value[:PREVIEW_CHARS]}… [cut here: {len(value) - PREVIEW_CHARS:,} more characters]"
-        if isinstance(value, dict):
-            return {k: clip(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clip(v) for v in value]
-        return value
-
-    return [clip(row) for row in rows], cut
-
-
-def cut_said(pv: dict) -> str:
-    """A preview's words for its cut example texts (the Train page, `datasets preview`), or ''."""
-    return (f"{pv['cut']} example text{'s' if pv['cut'] > 1 else ''} over {PREVIEW_CHARS:,} characters cut short "
-            "here (each marked where it stops); training reads {} whole.".format("them" if pv["cut"] > 1 else "it")) \
-        if pv.get("cut") else ""
 
 
 def _preview_mix(source: str, kind: str, n: int, sample_by: str) -> dict:

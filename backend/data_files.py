@@ -7,79 +7,13 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import importlib
 import logging
 import re
 import shutil
-import sys
 import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-
-
-class ReaderFailed(RuntimeError):
-    """A local file's read failed for a reason that is not the file's (a library half imported by another thread,
-    memory, a full disk): said as such, never as the file's fault, and an upload is kept (uploads.discard_refused is
-    for files the page refuses)."""
-
-
-_READY = False
-_READY_LOCK = threading.Lock()
-
-
-def datasets_ready() -> None:
-    """Import torch and transformers whole before `datasets` fingerprints anything: its pickler
-    (datasets/utils/_dill.py) reads `transformers.PreTrainedTokenizerBase` and `torch.Tensor` whenever those modules
-    are in sys.modules, and a module another thread is still importing (a Streamlit session loading a model) is
-    there half made: a valid upload was refused as "Could not read alpaca.json as JSON: module 'transformers' has no
-    attribute 'PreTrainedTokenizerBase'" and deleted. importlib waits for the other thread's import to finish (a
-    bare `import transformers` did too, but kept the half-made module, which transformers replaces in sys.modules
-    with its lazy one when done). Once per process, under a lock; a flag check afterwards. Skipped while this is
-    the process's only thread and neither is imported (a CLI command: no thread can import them halfway through its
-    read, and importing them added 2-5 s and 200 MB to `datasets preview`)."""
-    global _READY
-    if _READY or (threading.active_count() == 1 and not {"torch", "transformers"} & sys.modules.keys()):
-        return
-    with _READY_LOCK:
-        if not _READY:
-            importlib.import_module("torch")
-            importlib.import_module("transformers")
-            sys.modules["transformers"].PreTrainedTokenizerBase  # noqa: B018 - its lazy submodule, imported here
-            _READY = True
-
-
-def file_fault(exc: BaseException) -> bool:
-    """Whether a reader's exception is the file's fault (it does not parse, its values do not fit a table), as every
-    failure to read a file was called before: all but the reader's (or the machine's) own, which are an
-    AttributeError or ImportError (a library half imported by another thread), running out of memory (MemoryError,
-    pyarrow's ArrowMemoryError, which is an ArrowException too), a cancelled read, or an OSError that is not a
-    ValueError somewhere in the chain. `datasets` wraps what its builder raises in a DatasetGenerationError whose
-    cause may be a plain TypeError ("Couldn't cast array of type": a column that changes type after the first block
-    of a JSON Lines file): the file's. Its causes are looked at."""
-    import pyarrow as pa
-
-    seen, chain = set(), []
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    if any(isinstance(e, ValueError) and not isinstance(e, pa.ArrowMemoryError) for e in chain):
-        return True  # json's, Unicode's, pyarrow's ArrowInvalid, pandas' ParserError, datasets' "no data"
-    return not any(isinstance(e, (AttributeError, ImportError, MemoryError, OSError, pa.ArrowMemoryError,
-                                  pa.ArrowCancelled, KeyboardInterrupt)) for e in chain)
-
-
-def reader_failed(path: Path, exc: BaseException) -> ReaderFailed:
-    """The error for a read that failed for a reason that is not the file's (file_fault): what failed, and that
-    the file was kept."""
-    from backend.uploads import shown_name
-
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    why = (str(exc).splitlines() or [""])[0][:300]
-    return ReaderFailed(f"Reading {shown_name(path)} failed, not for anything in the file ({type(exc).__name__}: "
-                        f"{why}). Try again; if it keeps failing, restart the app and report it.")
 
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t\f\v]*\n)+")

@@ -44,4 +44,4 @@ def test_the_split_files_stay_under_the_house_size():
     files = [ROOT / "backend/train_entry.py", *(ROOT / "backend/memplan").glob("*.py"),
              *(ROOT / "backend/train_job").glob("*.py")]
     sizes = {f.relative_to(ROOT).as_posix(): len(f.read_text().splitlines()) for f in files}
-    assert len(sizes) == 11 and max(sizes.values()) < 500, sizes
+    assert len(sizes) == 12 and max(sizes.values()) < 500, sizes  # train_job/overlap.py the twelfth

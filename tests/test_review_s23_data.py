@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from backend import data, data_files, uploads
+from backend import data, data_reading, uploads
 from backend.data import DataError
 from backend.synth import pipeline
 from tests.test_review_cli import cli
@@ -53,7 +53,7 @@ def test_a_preview_while_another_thread_imports_transformers_waits_for_it_and_re
     monkeypatch.setitem(sys.modules, "transformers", None)  # the real one (or none) put back afterwards
     monkeypatch.delitem(sys.modules, "transformers")
     monkeypatch.syspath_prepend(str(tmp_path / "half"))
-    monkeypatch.setattr(data_files, "_READY", False, raising=False)  # a fresh server: nothing read yet
+    monkeypatch.setattr(data_reading, "_READY", False)  # a fresh server: nothing read yet
     importer = threading.Thread(target=importlib.import_module, args=("transformers",), daemon=True)
     importer.start()
     try:
