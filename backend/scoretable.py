@@ -8,7 +8,7 @@ import math
 
 from sqlmodel import select
 
-from backend.recipe.tables import PLUS_MINUS, Table
+from backend.recipe.tables import Table
 from storage import db
 from storage.models import EvalScore
 
@@ -29,6 +29,7 @@ SHARES = {"accuracy", "acc", "acc_norm", "exact_match", "hallucination_rate", "a
 STDERR = "_stderr"  # lm-eval's standard error of TASK/METRIC is the row TASK/METRIC_stderr (backend/lmeval.py)
 MOSTLY_CUT_OFF = 0.5  # over this share of replies cut off by the token limit or empty, a hallucination rate is mute
 AVERAGE = "average (accuracy tasks)"
+PLUS_MINUS = "± : standard error (95 % interval ≈ score ± 1.96 ×)."  # under this table and the recipe's tables
 
 
 def _rank(metric: str) -> int:
@@ -165,14 +166,21 @@ def headline_score(latest: dict, r: EvalScore, clean: bool = False) -> dict:
             "stderr": stderr(latest, r, clean), "n": items_behind(r, clean)}
 
 
+def score_column(task: str, metric: str) -> str:
+    """The models × tasks table's column of a task's headline score: "qa (accuracy)", or the task alone where its
+    metric is named alike ("perplexity", not "perplexity (perplexity)"). Its error's column adds " ±"; the bar
+    charts (chart_rows) and the notes under the table name it so too."""
+    return task if metric == task else f"{task} ({metric})"
+
+
 def chart_rows(latest: dict, clean: bool = False) -> dict[str, list[dict]]:
-    """Per task column ("TASK (METRIC)", as the table heads it) a bar per model: headline_score. A score unknown on
+    """Per task column (score_column, as the table heads it) a bar per model: headline_score. A score unknown on
     the clean items (every item overlapped, or the training data unreadable) gets no bar, as the table leaves its
     cell blank: a bar at 0 would read as a score of 0."""
     out: dict[str, list[dict]] = {}
     for (_, task), r in sorted(headline(latest).items()):
         if (score := headline_score(latest, r, clean))["value"] is not None:
-            out.setdefault(f"{task} ({r.metric})", []).append(score)
+            out.setdefault(score_column(task, r.metric), []).append(score)
     return out
 
 
@@ -187,14 +195,16 @@ def radar_scores(charts: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def chart_note(latest: dict, charts: dict[str, list[dict]], clean: bool = False) -> str:
+def chart_note(latest: dict, charts: dict[str, list[dict]], clean: bool = False, radar: bool = True) -> str:
     """The caption under the bars and radar: which scores they show (with `clean`, which have no bar and why) and
-    what the whiskers are, the rule of three's included (interval95)."""
+    what the whiskers are, the rule of three's included (interval95). `radar`: whether a radar is drawn beside the
+    bars (it needs three accuracy-like tasks); without one the caption speaks of the bars alone."""
     drawn = {(score["model"], score["task"]) for rows in charts.values() for score in rows}
     missing = [f"{task} for {model}" for model, task in sorted(headline(latest)) if (model, task) not in drawn]
-    text = ("Bars and radar: the table's scores on the non-overlapping items only (the toggle above)"
+    head = "Bars and radar:" if radar else "Bars:"
+    text = (f"{head} the table's scores on the non-overlapping items only (the toggle above)"
             + (f"; no bar for {', '.join(missing)}: no clean score (every item overlaps, or the training data could "
-               "not be read)" if missing else "") + ". ") if clean else "Bars and radar: the table's scores. "
+               "not be read)" if missing else "") + ". ") if clean else f"{head} the table's scores. "
     if any(score["stderr"] is not None for rows in charts.values() for score in rows):
         text += ("Whiskers: 95 % interval, score ± 1.96 standard errors; where that error is 0 at a score of 0 or 1, "
                  "0 to 3/n or 1 − 3/n to 1 instead (rule of three, n items).")
@@ -246,7 +256,7 @@ def _task_cells(latest: dict, task: str, r: EvalScore, clean: bool, overlapping:
     most replies were cut off by the token limit or empty (neither counts as a hallucination: a model that never
     finished an answer, or ended every reply at once, read 0), the cut-off and empty shares beside it, and the
     overlap badge."""
-    head, score = f"{task} ({r.metric})", headline_score(latest, r, clean)
+    head, score = score_column(task, r.metric), headline_score(latest, r, clean)
     cells = {head: _rounded(score["value"]), f"{head} ±": _rounded(score["stderr"])}
     hall = latest.get((r.model, task, "hallucination_rate"))
     if hall is not None:
@@ -281,7 +291,9 @@ def _unanswered(latest: dict, model: str, task: str, clean: bool) -> tuple[float
 
 def _column_order(column: str) -> tuple[str, int, str]:
     """Tasks in name order, each one's cells in _task_cells' order: headline, its ±, then TASK_CELLS."""
-    task, _, rest = column.partition(" (")
+    task, paren, rest = column.partition(" (")
+    if not paren:  # a headline named by its task alone (score_column): "perplexity", "perplexity ±"
+        return column.removesuffix(" ±"), int(column.endswith(" ±")), ""
     rest = "(" + rest
     return task, (TASK_CELLS.index(rest) + 2 if rest in TASK_CELLS else int(rest.endswith(" ±"))), rest
 
@@ -468,8 +480,8 @@ def zero_error_cells(latest: dict, rows: list[dict], clean: bool = False) -> dic
     shown = {row["model"]: row for row in rows}
     found: dict[tuple, list[str]] = {}  # (cell, share, items) -> models: five models at 0 of 20 make one entry
     for (model, task), r in sorted(headline(latest).items()):
-        for head, score in ((f"{task} ({r.metric})", r), (f"{task} (hallucination)",
-                                                          latest.get((model, task, "hallucination_rate")))):
+        for head, score in ((score_column(task, r.metric), r),
+                            (f"{task} (hallucination)", latest.get((model, task, "hallucination_rate")))):
             if score is None or shown.get(model, {}).get(head) is None:  # no cell, or one the table blanked
                 continue
             # the unrounded numbers: 29999 of 30000 reads 1.0 ± 0.0 at 4 decimals, and is no 0-error share

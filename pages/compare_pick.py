@@ -122,17 +122,9 @@ def warn(text: str, models: list[str], counted: str | None = None) -> None:
             st.caption(text)
 
 
-def plain_header(column: str) -> str:
-    """A score column named once where its task and metric are one word: "perplexity (perplexity)" and its "±"
-    column read "perplexity", "perplexity ±"; every other column as it is."""
-    name, sep, _ = column.partition(" ±")
-    task, _, metric = name.partition(" (")
-    return task + sep if metric == task + ")" else column
-
-
 def merge_weights(recipe: dict, n: int) -> str:
-    """A merge's weights in one form, as the recipe tables write them (tables._merge_weights: 1 each where none
+    """A merge's weights in one form, as the recipe tables write them (tables.applied_weights: 1 each where none
     were given, an average's divided by their sum): " weights=[0.5, 0.5]" whether given or not; it read
     "weights=equal" under one merge and "[0.5, 0.5]" under another of the same weights."""
-    weights = tables._merge_weights(recipe, {}, n)
+    weights = tables.applied_weights(recipe, {}, n)
     return f" weights={[float(f'{w:g}') for w in weights]}" if weights else ""

@@ -154,7 +154,7 @@ def test_the_overlap_check_of_a_model_whose_data_set_is_gone_says_unknown(traine
     assert row["perplexity (training overlap)"] == ("? unknown (1 of 1 training sets unreadable: "
                                                     "dataset:sm-instruct)")
     (clean,) = scoretable.table_rows(latest, {}, clean=True)
-    assert clean["perplexity (perplexity)"] is None  # the non-overlapping items are not known
+    assert clean["perplexity"] is None  # the non-overlapping items are not known
     rc, out, _ = cli("eval", "tuned", "--tasks", "perplexity", "--limit", "2")  # the command line says it too
     assert rc == 0 and "note: tuned: overlap unknown: its training data dataset:sm-instruct could not be read (No " \
         "registered data set named 'sm-instruct'" in out

@@ -94,12 +94,12 @@ def test_scores_come_before_the_lineage_and_the_name_is_pinned(tiny, tiny_llama)
         s.commit()
     rows = scoretable.table_rows(scoretable.latest_scores(), {r.name: r for r in registry.list_models()})
     row = next(r for r in rows if r["model"] == "tiny")
-    assert list(row) == ["model", "average (accuracy tasks)", "perplexity (perplexity)", "synth-math (accuracy)",
+    assert list(row) == ["model", "average (accuracy tasks)", "perplexity", "synth-math (accuracy)",
                          "synth-math (accuracy) ±", "kind", "layers", "made from"]
     assert list(row.values()) == ["tiny", 0.25, 300.0, 0.25, 0.25, "base", 6, "—"]
     at = app("compare.py")
     table = at.dataframe[0]  # the models × tasks table
-    assert list(table.value.columns)[:3] == ["model", "average (accuracy tasks)", "perplexity (perplexity)"]
+    assert list(table.value.columns)[:3] == ["model", "average (accuracy tasks)", "perplexity"]
     # cut in the middle; in the order of their making (review s21: lineage order), no longer by name
     assert list(table.value["model"]) == ["tiny", f"{LONG[:27]}…{LONG[-21:]}-merged"]
     config = json.loads(table.proto.columns)

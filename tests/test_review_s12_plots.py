@@ -84,6 +84,8 @@ def test_the_compare_pages_bars_radar_and_caption_follow_the_clean_toggle(tiny):
     assert dict(zip(line["theta"], line["r"])) == {"gsm8k": 0.75, "qa": 0.5, "synth-math": 0.25}
     assert "non-overlapping items only" in radar["layout"]["title"]["text"]
     assert any("no bar for qa for b: no clean score" in c.value for c in at.caption)
+    # a radar drawn: the backend's caption names it (scoretable.chart_note's radar)
+    assert any(c.value.startswith("Bars and radar: the table's scores on the non-overlapping") for c in at.caption)
 
 
 def test_radar_figure_titles_only_with_a_subtitle():

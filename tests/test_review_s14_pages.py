@@ -91,8 +91,8 @@ def test_bar_charts_say_which_way_their_metric_is_better():
     from pages.figures import bar_figure
 
     ppl = bar_figure([{"model": "a", "value": 43.3, "metric": "perplexity"},
-                      {"model": "b", "value": 61.0, "metric": "perplexity"}], "perplexity (perplexity)")
-    assert ppl.layout.title.text == "perplexity (perplexity)<br><sup>lower is better</sup>"  # was no second line
+                      {"model": "b", "value": 61.0, "metric": "perplexity"}], "perplexity")
+    assert ppl.layout.title.text == "perplexity<br><sup>lower is better</sup>"  # was no second line
     acc = bar_figure([{"model": "a", "value": 0.25, "metric": "accuracy", "stderr": 0.1, "n": 20}],
                      "synth-math (accuracy)", subtitle="non-overlapping items only")
     assert acc.layout.title.text.endswith("<sup>higher is better; non-overlapping items only</sup>")

@@ -74,7 +74,7 @@ def test_an_evaluation_stores_it_and_compare_and_scores_json_show_it(tiny_llama)
     # Compare's table: the error in the ± column (it was left out as a column no row fills) and the ± note
     latest = scoretable.latest_scores()
     table = scoretable.table_rows(latest, {})
-    assert table[0]["perplexity (perplexity) ±"] == pytest.approx(want, abs=1e-4)
+    assert table[0]["perplexity ±"] == pytest.approx(want, abs=1e-4)
     assert any(n.startswith("± : standard error") for n in scoretable.table_notes(latest, table))
     # `scores --json`: the error beside the score (it was null), the error row not listed as a score of its own
     rc, out, err = cli("scores", "--json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend import scoretable
 from backend.recipe import surface, tables
 from storage import db
 from storage.models import EvalScore
@@ -35,7 +36,7 @@ def test_paper_tables_give_each_score_its_error_and_the_item_count():
     se = round((0.3 * 0.7 / 9) ** 0.5, 4)  # lm-eval's mean_stderr, as scoretable.stderr gives it
     assert t.rows == [["base", "base", "", 310.1311, 1.2346, 0.3, se, None],
                       ["upscaled", "upscaled", "base", 309.4188, 2.5, 0.0, 0.0, None]]
-    assert t.notes[:2] == ["n = 10 items per task.", tables.PLUS_MINUS]
+    assert t.notes[:2] == ["n = 10 items per task.", scoretable.PLUS_MINUS]
     # 0 ± 0 is no certainty: the Compare page's rule-of-three note
     assert t.notes[2].endswith("(n of n one down to 1 − 3/n): synth-math accuracy 0 of 10 items (upscaled): 95 % "
                                "interval 0–0.3.")
@@ -51,7 +52,7 @@ def test_a_score_without_an_error_gets_no_error_column():
     _rows(("r-base", "perplexity", "perplexity", 310.13, 10), ("r-up", "perplexity", "perplexity", 309.42, 10))
     [t] = [t for t in tables.run_tables_from(STAGES) if t.key == "all"]
     assert t.columns == ["Model", "Stage", "Made from", "perplexity", "Paper H6"]
-    assert t.notes[0] == "n = 10 items per task." and tables.PLUS_MINUS not in t.notes
+    assert t.notes[0] == "n = 10 items per task." and scoretable.PLUS_MINUS not in t.notes
 
 
 def test_merges_that_differ_only_in_weight_are_a_surface():

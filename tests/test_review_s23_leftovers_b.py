@@ -116,8 +116,7 @@ def test_the_compare_page_says_which_models_of_the_default_lineage_have_no_bar(t
         s.commit()
     at = app("compare.py")
     assert at.multiselect(key="chart_models").value == [models[0], models[-1]]
-    ppl = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("bar_perplexity (perplexity)")
-               or "bar_perplexity" in c.proto.id)
+    ppl = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("bar_perplexity"))
     bars = json.loads(ppl.proto.spec)["data"][0]
     assert (bars.get("y") if bars.get("orientation") == "h" else bars.get("x")) == [models[-1]]
     assert f"No bar for {models[0]}: not scored on this task." in [c.value for c in at.caption]

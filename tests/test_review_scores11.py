@@ -47,7 +47,7 @@ def test_an_accuracy_over_n_items_gets_lm_evals_mean_stderr_and_perplexity_none(
     table = rows()
     assert table["base"]["qa (accuracy) ±"] == round(math.sqrt(0.25 * 0.75 / 19), 4) == 0.0993
     assert table["cpt"]["qa (accuracy) ±"] == round(math.sqrt(0.15 * 0.85 / 19), 4)
-    assert list(table["base"])[2:5] == ["perplexity (perplexity)", "qa (accuracy)", "qa (accuracy) ±"]  # each
+    assert list(table["base"])[2:5] == ["perplexity", "qa (accuracy)", "qa (accuracy) ±"]  # each
     # error right after its score; none for perplexity (no per-item spread stored), so no column of blanks
 
 
@@ -168,8 +168,8 @@ def test_bars_get_95_percent_whiskers_where_a_score_has_a_standard_error():
     assert whiskers.error_y.arrayminus[1] == pytest.approx(0.05)  # cut at 0: no score is negative
     assert "95 % interval" in whiskers.hovertemplate and "95 % interval" in fig.layout.title.text
     assert fig.layout.yaxis.range[1] >= 0.25 + 1.96 * se  # the whisker fits
-    plain = bar_figure([{"model": "base", "value": 41.0}], "perplexity (perplexity)")
-    assert len(plain.data) == 1 and plain.layout.title.text == "perplexity (perplexity)"
+    plain = bar_figure([{"model": "base", "value": 41.0}], "perplexity")
+    assert len(plain.data) == 1 and plain.layout.title.text == "perplexity"
 
 
 def test_the_compare_pages_bars_carry_the_intervals(tiny):

@@ -4,6 +4,7 @@ the candidates' own scores at the ends (the paper's Table 7). Swept merges (`wei
 
 from __future__ import annotations
 
+from backend.recipe.table_scores import column
 from backend.recipe.tables import LOWER_IS_BETTER, latest_scores, stage_dicts
 from storage import db
 
@@ -170,11 +171,10 @@ def _errors(latest: dict, scores: dict[str, dict]) -> dict[tuple[str, str], floa
     """(model, "task metric") -> the score's standard error as the paper tables give it (scoretable.stderr: lm-eval's
     own row, a perplexity's bootstrap, √(p(1−p)/(n−1)) for a share), where one is defined."""
     from backend import scoretable
-    from backend.recipe.tables import _column
 
     out = {}
     for (model, task, metric), r in latest.items():
-        col = _column(task, metric)
+        col = column(task, metric)
         if metric.endswith(scoretable.STDERR) or scores.get(model, {}).get(col) is None:
             continue
         if (se := scoretable.stderr(latest, r)) is not None:

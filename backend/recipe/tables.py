@@ -1,6 +1,7 @@
 """A recipe run read back: the SOLAR paper's tables (arXiv 2312.15166, Tables 3–7) filled from the stored
 evaluation rows of this run's models, with the paper's published H6 averages beside them; Markdown / CSV / LaTeX
-export; merge surfaces of swept merges; run comparison (config differences); the lineage graph.
+export; run comparison (config differences). The errors, overlap columns and notes beside the scores are
+backend/recipe/table_scores.py's; merge surfaces backend/recipe/surface.py's, the lineage graph graph.py's.
 
 Pure functions take plain rows, so tests change a stored row and see the table change; `run_*` read the database.
 """
@@ -15,6 +16,8 @@ from typing import Any
 
 from sqlmodel import select
 
+from backend.recipe.table_scores import (CLEAN, OVERLAP, column, cut_off_note, error_notes, overlap_cells,
+                                         score_errors, unlike_note)
 from storage import db
 from storage.models import EvalScore, JobMetric
 
@@ -52,10 +55,6 @@ def latest_rows(models: list[str]) -> dict[tuple[str, str, str], EvalScore]:
     return latest_scores(models)
 
 
-def _column(task: str, metric: str) -> str:
-    return task if metric == task else f"{task} {metric}"  # not "perplexity perplexity"
-
-
 def latest_scores(models: list[str], latest: dict | None = None) -> dict[str, dict[str, float]]:
     """model -> {"task metric": value}, of the newest run of each (model, task) (latest_rows). A hallucination rate
     of a model that mostly never answered (cut off or empty) is None, as on the Compare page: its 0 read as the best."""
@@ -65,126 +64,10 @@ def latest_scores(models: list[str], latest: dict | None = None) -> dict[str, di
     out: dict[str, dict[str, float | None]] = {m: {} for m in models}
     latest = latest_rows(models) if latest is None else latest
     for (model, task, metric), r in latest.items():
-        if metric.endswith(STDERR):  # lm-eval's TASK/METRIC_stderr: the ± beside its score (_errors), not a score
+        if metric.endswith(STDERR):  # lm-eval's TASK/METRIC_stderr: the ± beside its score (score_errors), not one
             continue
-        out[model][_column(task, metric)] = None if mostly_unanswered(latest, model, task, metric) else r.value
+        out[model][column(task, metric)] = None if mostly_unanswered(latest, model, task, metric) else r.value
     return out
-
-
-PLUS_MINUS = "± : standard error (95 % interval ≈ score ± 1.96 ×)."  # the Compare page's words (table_notes)
-
-
-def _errors(latest: dict, outputs: list[str], scores: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """model -> {"task metric ±": standard error}, as the Compare page gives them (scoretable.stderr): beside each
-    task's headline score and its hallucination rate, and beside any score whose own error is stored (lm-eval's
-    TASK/METRIC_stderr, a perplexity's). None where the cell is blank (a mute hallucination rate) or no error is
-    defined. 310.13 / 309.42 / 308.12 over 10 texts stood with nothing saying whether they differ."""
-    from backend import scoretable
-
-    rows = {(m, t, metric.removesuffix(scoretable.STDERR)) for m, t, metric in latest
-            if metric.endswith(scoretable.STDERR)}
-    rows |= {(m, t, r.metric) for (m, t), r in scoretable.headline(latest).items()}
-    rows |= {(m, t, "hallucination_rate") for m, t, _ in latest}
-    out: dict[str, dict[str, float]] = {}
-    for model, task, metric in sorted(rows):
-        r = latest.get((model, task, metric))
-        if r is None or model not in outputs or scores.get(model, {}).get(_column(task, metric)) is None:
-            continue
-        if (se := scoretable.stderr(latest, r)) is not None:
-            out.setdefault(model, {})[f"{_column(task, metric)} ±"] = scoretable._rounded(se)
-    return out
-
-
-def _error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict,
-                 columns: set[str] | None = None) -> list[str]:
-    """The Compare page's notes on the numbers (scoretable.table_notes): the items behind each score
-    (items_note: "n = 10 items per task"), what ± is, and where its 0 says nothing (_zero_error_note), of the
-    table's `columns` (None: all)."""
-    from backend import scoretable
-
-    outputs = [st["output"] for st in rows]
-    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
-    if columns is not None:  # a ± the table leaves out (a sub-metric's) is not said under it
-        errors = {o: {c: v for c, v in e.items() if c in columns} for o, e in errors.items()}
-    shown = any(errors.get(o) for o in outputs)
-    notes = [scoretable.items_note(primary), PLUS_MINUS if shown else "",
-             _zero_error_note(latest, rows, scores, errors) if shown else ""]
-    return [n for n in notes if n]
-
-
-def _zero_error_note(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict) -> str:
-    """The cells that read 0 ± 0 or 1 ± 0, with the rule of three's interval, as the Compare page says them
-    (scoretable.zero_error, interval95); said per column and count, the models named only where some rows are not
-    (its own note named all 18 models' registry names, twice, under "Every model of the run")."""
-    from backend import scoretable
-
-    found: dict[tuple, list[str]] = {}  # (share, items, models) -> columns
-    by_cell: dict[tuple, list[str]] = {}  # (column, share, items) -> models
-    for st in rows:
-        for (model, task, metric), r in latest.items():
-            col = _column(task, metric)
-            if model != st["output"] or errors.get(model, {}).get(f"{col} ±") != 0.0:
-                continue
-            v, n = scores[model][col], scoretable.items_behind(r)
-            if scoretable.zero_error(v, 0.0, n, metric):
-                by_cell.setdefault((col, v, n), []).append(st.get("label") or st["stage"])
-    for (col, v, n), models in sorted(by_cell.items()):
-        found.setdefault((v, n, tuple(models)), []).append(col)
-    if not found:
-        return ""
-    return ("0 ± 0 or 1 ± 0 is no certainty: lm-eval's standard error √(p(1−p)/(n−1)) is 0 at a share of 0 or 1 "
-            "however few the items; by the rule of three 0 of n items still allows a true rate up to about 3/n "
-            "(n of n one down to 1 − 3/n): " + "; ".join(
-                f"{', '.join(cols)} {round(v * n)} of {n} items ("
-                + (f"all {len(rows)} models" if len(models) == len(rows) > 1 else ", ".join(models))
-                + "): 95 % interval " + "{:.2g}–{:.2g}".format(*scoretable.interval95(v, 0.0, n))
-                for (v, n, models), cols in found.items()) + ".")
-
-
-def _cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], columns: set[str]) -> str:
-    """The headline scores of the table (its `columns`) whose replies were every one, or mostly (over
-    MOSTLY_CUT_OFF with the empty ones, too_few_answers' rule), cut off by the token limit, with the limit
-    (settings' max_new_tokens): qa and synth-math accuracy read "0 ± 0" for every model, the cut_off_rate of 1
-    behind them shown only with --all-metrics, and the rule of three's note read as if the model had been measured.
-    Said per column and cut-off share, the rows named by their labels (all N models where every row is)."""
-    from backend import scoretable
-
-    labels = {st["output"]: st.get("label") or st["stage"] for st in rows if st["output"]}
-    found: dict[tuple, list[str]] = {}  # (column, cut share, empty share, tokens, score) -> row labels
-    for (model, task), r in sorted(scoretable.headline(latest).items()):
-        col = _column(task, r.metric)
-        cut = latest.get((model, task, "cut_off_rate"))
-        if model not in labels or col not in columns or cut is None:
-            continue
-        empty = latest.get((model, task, "empty_rate"))
-        share, blank = cut.value, (empty.value if empty is not None else None)
-        if not share or not scoretable.too_few_answers(share, blank):
-            continue
-        tokens = ((cut.details or {}).get("settings") or {}).get("max_new_tokens")
-        value = scores.get(model, {}).get(col)
-        found.setdefault((col, round(share, 4), round(blank or 0.0, 4), tokens,
-                          None if value is None else scoretable._rounded(value)), []).append(labels[model])
-    together: dict[tuple, list[str]] = {}  # columns cut off alike in the same rows said together
-    for (col, *how), models in found.items():
-        together.setdefault((*how, tuple(models)), []).append(col)
-    parts = []
-    for (share, blank, tokens, value, models), cols in together.items():
-        who = f"all {len(rows)} models" if len(models) == len(rows) > 1 else ", ".join(models)
-        at = f" at {tokens} tokens" if tokens else " by the token limit"
-        metrics = {c.split(" ", 1)[-1] for c in cols}
-        metric = metrics.pop() if len(metrics) == 1 else "the score"
-        shown = "" if value is None else f" {value:g}"
-        if share >= 1.0:
-            parts.append(f"{', '.join(cols)} ({who}): every reply was cut off{at}: {metric}{shown} measures the "
-                         "token cap, not the model")
-        else:
-            also = f", {blank:.0%} empty" if blank else ""
-            parts.append(f"{', '.join(cols)} ({who}): {share:.0%} of the replies were cut off{at}{also}: "
-                         f"{metric}{shown} measures the token cap more than the model")
-    if not parts:
-        return ""
-    return ("Cut off — " + "; ".join(parts) + ". Evaluate with a larger max_new_tokens before reading these "
-            "scores.")
 
 
 def _made_from(st: dict) -> str:
@@ -197,19 +80,22 @@ def _made_from(st: dict) -> str:
     how = merge.get("method", "average")
     if how == "slerp":
         how += f" t={merge.get('t', 0.5)}"
-    elif weights := _merge_weights(merge, (st.get("spec") or {}), len(inputs)):
+    elif weights := applied_weights(merge, (st.get("spec") or {}), len(inputs)):
         how += "(" + ", ".join(f"{w:g}" for w in weights) + ")"
     return f"{how} of {', '.join(inputs)}"
 
 
-def _merge_weights(merge: dict, spec: dict, n: int) -> list[float]:
-    """The weights a merge gave its n inputs, as mergekit's methods take them (MergeSpec): 1 each where none are
-    given; an average's divided by their sum (its normalize, on unless the spec turns it off), so [1, 1] reads
-    (0.5, 0.5)."""
-    from backend.spec_models import MERGE_ALIASES, MERGE_DEFAULTS
+def applied_weights(merge: dict, spec: dict, n: int) -> list[float]:
+    """The weights a merge gave its n inputs, as mergekit's methods take them (MergeSpec), rounded to 4 places:
+    1 each where none are given; an average's divided by their sum (its normalize, on unless the spec turns it
+    off), so [1, 1] reads (0.5, 0.5). `merge`: the method, weights and normalize as recorded (a recipe stage's
+    merge, a merged model's recipe); `spec`: the job's spec, read where `merge` lacks them. [] for a method
+    without weights (SLERP), none known (n = 0), or weights that are not numbers yet (a sweep's "0..1 step 0.1").
+    The paper tables' "Made from" and the Compare page's merge views write a merge's weights with it."""
+    from backend.spec_models import MERGE_ALIASES, MERGE_DEFAULTS, MERGE_METHOD_FIELDS
 
     method = MERGE_ALIASES.get(merge.get("method", "average"), merge.get("method", "average"))
-    if method not in MERGE_DEFAULTS or n == 0:
+    if method not in MERGE_METHOD_FIELDS["weights"][0] or n == 0:  # SLERP's t is no weight: [1, 1] was said
         return []
     try:
         weights = [float(w) for w in (merge.get("weights") or spec.get("weights") or [1.0] * n)]
@@ -219,41 +105,6 @@ def _merge_weights(merge: dict, spec: dict, n: int) -> list[float]:
     if method == "average" and (MERGE_DEFAULTS[method][0] if normalize is None else normalize) and sum(weights):
         weights = [w / sum(weights) for w in weights]
     return [round(w, 4) for w in weights]
-
-
-OVERLAP = "{task} (training overlap)"  # scoretable._task_cells' column, read alike on both pages
-CLEAN = "{column} (non-overlapping items)"
-
-
-def _overlap_cells(metrics: list[str], outputs: list[str], latest: dict) -> tuple[list[str], dict, str]:
-    """The training-overlap record of a table's models, as the Compare page reads it (backend/scoretable.py): for
-    each task where some model's items overlap its lineage's training data, or part of that data could not be read
-    (table_rows' rule), a badge column (scoretable.badge) and the headline score on the non-overlapping items only
-    (scoretable.headline_score, clean), each after the task's score columns; and the Compare page's note on what
-    they mean and which tasks were clean or not checked (scoretable.overlap_note). Returns (the columns in order,
-    model -> {column: cell}, the note)."""
-    from backend import scoretable
-
-    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
-    overlapping = {t for (_, t), r in primary.items() if r.overlap_share > 0 or scoretable._unreadable(r)}
-    heads = {t: {_column(t, r.metric) for (_, task), r in primary.items() if task == t} for t in overlapping}
-    extra: dict[str, list[str]] = {}
-    cells: dict[str, dict[str, Any]] = {}
-    for task in sorted(overlapping):
-        (head,) = heads[task] if len(heads[task]) == 1 else (task,)  # one headline metric: named; else the task's
-        extra[task] = [OVERLAP.format(task=task), CLEAN.format(column=head)]
-        for (model, t), r in primary.items():
-            if t == task:
-                cells.setdefault(model, {}).update({extra[task][0]: scoretable.badge(r), extra[task][1]:
-                                                    scoretable.headline_score(latest, r, clean=True)["value"]})
-    cols: list[str] = []
-    for i, m in enumerate(metrics):  # a task's overlap columns after its last score column
-        cols.append(m)
-        for task in extra:
-            mine = m == task or m.startswith(task + " ")
-            if mine and not any(n == task or n.startswith(task + " ") for n in metrics[i + 1:]):
-                cols += extra[task]
-    return cols, cells, scoretable.overlap_note(primary)
 
 
 UNMADE = ("failed", "cancelled", "interrupted")
@@ -267,36 +118,6 @@ def _unmade_note(rows: list[dict]) -> str:
     return f"No model, so no scores: {'; '.join(gone)}. Run the recipe again to make it." if gone else ""
 
 
-def _unlike_note(rows: list[dict], latest: dict) -> str:
-    """Where a task's scores in one table were measured differently (items behind them, or the evaluation's settings
-    but its limit: max_new_tokens, samples, prompt, lm-eval's few-shot counts and version), which rows differ and
-    how; "" when every row was measured alike. A model evaluated again outside the recipe (Compare, `evaluate`) has
-    its newest run in the table: a 40-item score stood beside 12-item ones in one column, with no word."""
-    import json
-
-    from backend import scoretable
-
-    label = {st["output"]: st.get("label") or st["stage"] for st in rows}
-    primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in label}
-    measured: dict[str, dict[str, dict[str, str]]] = {}  # task -> row -> what -> value
-    for (model, task), r in sorted(primary.items()):
-        settings = {k: json.dumps(v, sort_keys=True, default=str)
-                    for k, v in ((r.details or {}).get("settings") or {}).items() if k != "limit"}
-        measured.setdefault(task, {})[label[model]] = {"items": str(scoretable.items_behind(r) or None), **settings}
-    found: dict[str, dict[str, dict[str, list[str]]]] = {}  # task -> what -> value -> rows
-    for task, by_row in measured.items():
-        for what in sorted({w for m in by_row.values() for w in m}):  # a setting one row lacks is a difference too
-            for row, m in by_row.items():
-                found.setdefault(task, {}).setdefault(what, {}).setdefault(m.get(what, "None"), []).append(row)
-    parts = [f"{task}: " + "; ".join(f"{what} " + ", ".join(f"{v} ({', '.join(ms)})" for v, ms in sorted(vals.items()))
-                                     for what, vals in sorted(by.items()) if len(vals) > 1)
-             for task, by in sorted(found.items()) if any(len(vals) > 1 for vals in by.values())]
-    if not parts:
-        return ""
-    return ("Not measured alike — " + " | ".join(parts) + ". These scores are not like for like; evaluate the models "
-            "with the same settings (the recipe's own evaluation does) before comparing them.")
-
-
 def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest: dict | None = None,
                  all_metrics: bool = False) -> list[Table]:
     """`stages`: dicts with stage, kind, output, label, tables, sources, from, merge (the plan's info) and spec (the
@@ -305,13 +126,13 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
     tasks (lm-eval:h6's six, the paper's columns), in the paper's order (_score_columns); with `all_metrics` every
     stored metric (qa's 20 sub-metrics made 37 columns with its accuracy the 13th). With `latest` (the rows behind
     `scores`, latest_rows), each table says which scores were on items its model's lineage trained on, as the
-    Compare page does (_overlap_cells): a score on training data is never shown without saying so."""
+    Compare page does (table_scores.overlap_cells): a score on training data is never shown without saying so."""
     from backend.scoretable import _rounded  # the Compare table's 4 decimals: 17 digits of 308.1261234567891
 
     outputs = [st["output"] for st in stages if st["output"]]
     present = {k for st in stages for k in scores.get(st["output"], {})}
     metrics = _score_columns(latest, outputs, present, all_metrics) if latest is not None else sorted(present)
-    errors = _errors(latest, outputs, scores) if latest is not None else {}
+    errors = score_errors(latest, outputs, scores) if latest is not None else {}
     by_stage = {st["stage"]: st for st in stages}
     tables = []
     for key in ("sft", "dpo", "merge", "all"):
@@ -328,12 +149,12 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
         # is left out
         with_errors = [c for m in metrics for c in (m, f"{m} ±") if c == m or any(
             c in errors.get(o, {}) for o in mine)]
-        shown, cells, note = (_overlap_cells(with_errors, mine, latest) if latest is not None
+        shown, cells, note = (overlap_cells(with_errors, mine, latest) if latest is not None
                               else (with_errors, {}, ""))
         cols = ["Model", "Stage", "Made from", *sources, *settings, *shown, "Paper H6"]
-        unlike = _unlike_note(rows, latest) if latest is not None else ""
-        said = _error_notes(latest, rows, scores, errors, set(shown)) if latest is not None else []
-        capped = _cut_off_note(latest, rows, scores, set(shown)) if latest is not None else ""
+        unlike = unlike_note(rows, latest) if latest is not None else ""
+        said = error_notes(latest, rows, scores, errors, set(shown)) if latest is not None else []
+        capped = cut_off_note(latest, rows, scores, set(shown)) if latest is not None else ""
         notes = [_merged_data_note(rows, data) if sources else "", _unmade_note(rows), unlike, capped, *said, note]
         table = Table(key, TITLES[key], cols, notes=[_labelled(n, rows) for n in notes if n], settings=settings)
         for st in rows:
@@ -379,7 +200,7 @@ def _score_columns(latest: dict, outputs: list[str], present: set[str], all_metr
         if model in outputs:
             heads.setdefault(task, set()).add(r.metric)
     pairs = {(task, metric) for model, task, metric in latest if model in outputs
-             and not metric.endswith(scoretable.STDERR) and _column(task, metric) in present}
+             and not metric.endswith(scoretable.STDERR) and column(task, metric) in present}
     if not all_metrics:
         pairs = {(t, m) for t, m in pairs if m in heads.get(t, ()) or (_is_preset(t) and "/" in m and "[" not in m)}
 
@@ -389,7 +210,7 @@ def _score_columns(latest: dict, outputs: list[str], present: set[str], all_metr
         own = _paper_place(metric.split("/")[0]) if "/" in metric else None
         return ((0, 0) if _is_preset(task) else (1, place) if place is not None else (2, 0), task,
                 base not in heads.get(task, ()), 99 if own is None else own, base, metric)
-    return [_column(t, m) for t, m in sorted(pairs, key=order)]
+    return [column(t, m) for t, m in sorted(pairs, key=order)]
 
 
 def _data_of(st: dict, by_stage: dict[str, dict], seen: frozenset = frozenset()) -> list[str]:
@@ -609,7 +430,7 @@ def recovery_points(job_id: int) -> tuple[list[tuple[int, float]], float | None]
     return pts, (ref[-1][1] if ref else None)
 
 
-# ---------------------------------------------------------------- the graph
+# ---------------------------------------------------------------- what a blank cell means
 
 def unscored_note(t: Table, mark: str) -> str:
     """What the missing cells of a paper table (shown as `mark`, the Recipe page's "—") mean, per task: after a run,
