@@ -29,7 +29,7 @@ from backend.cluster.ray_checks import (Node, asks, check_database, check_fits, 
                                         spec_paths, workers, workspace_marker)
 from backend.cluster.ray_client import (ACTIVE, SETUP, ClusterError, address, check_reachable, client,  # noqa: F401
                                         host_for, is_ray)
-from backend.specs import TRAIN_KINDS, spec_from_dict
+from backend.specs import spec_from_dict
 from storage import db
 from storage.models import Job, utcnow
 
@@ -146,16 +146,16 @@ def still_running(host: str, submission_id: str) -> bool:
     return running
 
 
-def end_fields(job: Job, info) -> dict:
+def end_fields(info) -> dict:
     """Row fields for a Ray job that ended while its row still says running (its process never wrote its end):
     an entrypoint that exited by itself failed, as a local child that exits does; anything else (the node died, the
-    supervisor died, stopped outside DUS) interrupted it. Training jobs resume from their last checkpoint.
+    supervisor died, stopped outside DUS) interrupted it. The runner adds what a resume of it does
+    (runner.messages.with_resume_step), as to a local job's end.
 
     Two ends come before the entrypoint ever ran (Ray's JobSupervisor starts it only from PENDING): Ray fails a job
     still PENDING after RAY_JOB_START_TIMEOUT_SECONDS (15 min) — no node had the resources free, the wait this
     module promises — and that one is queued again, not left "interrupted: node lost" for a hand to resume; a
     runtime_env that could not be set up failed it, with Ray's reason."""
-    again = "; resume it to continue from its last checkpoint" if job.kind in TRAIN_KINDS else ""
     error_type = getattr(info, "error_type", None) or ""
     error_type = str(getattr(error_type, "value", error_type))  # a JobErrorType, or its value as the Jobs API sends it
     said = (getattr(info, "message", None) or "").strip().splitlines()[:1] or [""]
@@ -171,7 +171,7 @@ def end_fields(job: Job, info) -> dict:
     if "ENTRYPOINT" in error_type:
         return dict(status="failed", finished=utcnow(), message="failed",
                     error=f"the job process on the Ray cluster exited with code {info.driver_exit_code} without "
-                          f"finishing; see its log{again}")
+                          f"finishing; see its log")
     if info is None:
         why = "the Ray cluster no longer knows its submission (was the head restarted?)"
     elif info.status.value == "STOPPED":  # Ray stops a job only when asked to; DUS marks its own cancels first
@@ -179,7 +179,7 @@ def end_fields(job: Job, info) -> dict:
     else:
         node = f" {info.driver_node_id[:8]}" if info.driver_node_id else ""
         why = f"the Ray node{node} running it was lost (Ray: {info.status.value}, {said[0][:200]})"
-    return dict(status="interrupted", finished=utcnow(), message=f"interrupted: {why}{again}"[:500])
+    return dict(status="interrupted", finished=utcnow(), message=f"interrupted: {why}"[:500])
 
 
 _judged: dict[str, float] = {}
@@ -267,13 +267,13 @@ def _judge(c, jobs: list[Job], out: dict[int, dict]) -> bool:
         except RuntimeError as exc:
             if "does not exist" in str(exc):
                 answered = True
-                out[job.id] = end_fields(job, None)
+                out[job.id] = end_fields(None)
             continue
         except Exception:  # noqa: BLE001 (a hiccup: judge at the next look)
             continue
         answered = True
         if info.status.value not in ACTIVE:
-            out[job.id] = end_fields(job, info)
+            out[job.id] = end_fields(info)
     return answered or not asked
 
 

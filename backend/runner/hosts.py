@@ -181,10 +181,15 @@ def dead_hosts() -> set[str]:
 def recover_orphans() -> list[int]:
     """Running jobs whose process is gone (worker or machine died) become interrupted: this machine's by their
     process ids, another machine's only when none of its workers has beaten for BEAT_STALE seconds."""
+    # each end says what a resume of the job does, as the Jobs page's button does (imported here: messages reads
+    # this module's heartbeats)
+    from backend.runner.messages import with_resume_step
+
     orphans = []
     here = host_id()
     with db.session() as s:
         running = list(s.exec(select(Job).where(Job.status == "running")))
+    by_id = {j.id: j for j in running}
     # jobs on a Ray cluster: judged by Ray's status of their submission, not by local pids or machines' heartbeats
     on_ray = ray_jobs.lost([j for j in running if ray_jobs.is_ray(j.host)])
     running = [j for j in running if not ray_jobs.is_ray(j.host)]
@@ -198,11 +203,10 @@ def recover_orphans() -> list[int]:
             orphans.append(job)
     # conditional, so a job that finished while we looked keeps the state its own process wrote, and one resumed
     # and started again meanwhile (another pid) its new run
-    return [j.id for j in orphans if _transition(
-        j.id, "running", _of_pid=j.pid, status="interrupted", finished=utcnow(),
-        message="interrupted: its process ended without finishing (worker or machine stopped); resume it to go on "
-                f"(Jobs page, or python -m backend jobs resume {j.id})")] + [
-        i for i, fields in on_ray.items() if _transition(i, "running", **fields)]
+    return [j.id for j in orphans if _transition(j.id, "running", _of_pid=j.pid, **with_resume_step(j, dict(
+        status="interrupted", finished=utcnow(),
+        message="interrupted: its process ended without finishing (worker or machine stopped)")))] + [
+        i for i, fields in on_ray.items() if _transition(i, "running", **with_resume_step(by_id[i], fields))]
 
 
 def _local_run_alive(job: Job) -> bool:

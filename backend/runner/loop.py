@@ -22,10 +22,9 @@ from sqlmodel import select
 from backend.cluster import ray_jobs
 from backend.runner.hosts import (BEAT_EVERY, _clear_stopped, _hosts_here, _mine, beat, check_host_id,
                                   check_shared_workspace, claim_host, dead_hosts, heartbeat_path, recover_orphans)
-from backend.runner.messages import _what_resume_does
+from backend.runner.messages import with_resume_step
 from backend.runner.rows import UNSUCCESSFUL, _transition, _update, get
 from backend.runner.states import _needs
-from backend.specs import TRAIN_KINDS
 from storage import db
 from storage.models import Job, utcnow
 
@@ -184,11 +183,9 @@ def _interrupt_running(running: dict) -> None:
             proc.wait(timeout=10)
         except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
             pass
-        resume = get(job_id) is not None and get(job_id).kind in TRAIN_KINDS
-        _transition(job_id, "running", _of_pid=proc.pid, status="interrupted", finished=utcnow(),
-                    message="interrupted: its worker was stopped (Ctrl-C); resume it to go on"
-                            + (" from its last checkpoint" if resume else "")
-                            + f" (Jobs page, or python -m backend jobs resume {job_id})")
+        # what a resume does, by its kind and what its run left (it said "from its last checkpoint" to any training)
+        _transition(job_id, "running", _of_pid=proc.pid, **with_resume_step(get(job_id), dict(
+            status="interrupted", finished=utcnow(), message="interrupted: its worker was stopped (Ctrl-C)")))
 
 
 def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None) -> None:
@@ -252,8 +249,8 @@ def _database_down(exc: Exception, down: tuple[float, float] | None) -> tuple[fl
     log, now = logging.getLogger(__name__), time.monotonic()
     if down is None:
         log.warning("the database does not answer (%s); the worker tries again every second, its running jobs go on "
-                    "(one that cannot write to it for $DUS_DB_RETRY_SECONDS fails, and resumes from its last "
-                    "checkpoint)", str(exc).splitlines()[0][:300], exc_info=exc)
+                    "(one that cannot write to it for $DUS_DB_RETRY_SECONDS fails: its row then says what a "
+                    "resume of it does)", str(exc).splitlines()[0][:300], exc_info=exc)
         return now, now
     if now - down[1] < 30:
         return down
@@ -337,7 +334,7 @@ def _reap_ended(running: dict) -> None:
     for job_id, proc in list(running.items()):
         if isinstance(proc, ray_jobs.RayRun):
             if (info := proc.poll()) is not None:  # ended on the cluster; a row still running never got its end
-                _transition(job_id, "running", **ray_jobs.end_fields(get(job_id), info))
+                _transition(job_id, "running", **with_resume_step(get(job_id), ray_jobs.end_fields(info)))
                 del running[job_id]  # after its end is written: a database outage leaves it to the next turn
             continue
         if proc.poll() is not None:  # (Popen keeps the exit code: asked again next turn after a database outage)
@@ -347,12 +344,11 @@ def _reap_ended(running: dict) -> None:
                 except (ProcessLookupError, PermissionError):
                     pass
                 proc.group_killed = True
-            # the child died without saying why (killed, out of memory); training jobs resume from a checkpoint.
+            # the child died without saying why (killed, out of memory); its error says what a resume does.
             # Only its own run: after a resume another worker here may run the job again under a new pid.
-            _transition(job_id, "running", _of_pid=proc.pid, status="failed", finished=utcnow(),
-                        message="failed",
-                        error=f"the job process exited with code {proc.returncode} without finishing; see "
-                              f"its log; {_what_resume_does(get(job_id))}")
+            _transition(job_id, "running", _of_pid=proc.pid, **with_resume_step(get(job_id), dict(
+                status="failed", finished=utcnow(), message="failed",
+                error=f"the job process exited with code {proc.returncode} without finishing; see its log")))
             del running[job_id]
 
 

@@ -136,6 +136,21 @@ def _what_resume_does(job: Job) -> str:
     return f"{action.step} (python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
 
 
+def with_resume_step(job: Job | None, fields: dict) -> dict:
+    """`fields` that end `job`'s run, with its next step (_what_resume_does) added to the sentence its row then
+    shows: a failed job's error, an interrupted job's message; any other end (queued again) as it is. Every end the
+    worker writes says it so (a process that died, a worker's Ctrl-C, recover_orphans, a Ray cluster's end:
+    ray_jobs.end_fields said "resume it to continue from its last checkpoint" to a training that saved none). Read
+    from the row as `fields` leave it, not as it reads while they are written: resume_marks_done reads only ended
+    rows, so a killed job whose model was registered was told a resume ran it again, and the resume marked it done."""
+    status = fields.get("status")
+    if job is None or status not in ("failed", "interrupted"):
+        return fields
+    key = "error" if status == "failed" else "message"
+    step = _what_resume_does(Job(**{**job.model_dump(), **fields}))
+    return fields | {key: f"{fields[key]}; {step}"}
+
+
 class ResumeAction(NamedTuple):
     label: str  # the Jobs page's button
     says: str  # the sentence `jobs resume` prints, and the button's help
