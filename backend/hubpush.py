@@ -146,6 +146,8 @@ def step_line(rec: ModelRecord) -> str:
                             "de-quantized to safetensors)"}.get(rec.source)
         if where is None and rec.source.startswith("hub:"):
             where = f"the Hub's {rec.source.removeprefix('hub:')}"
+            if spec.get("hub_commit"):  # which weights: a branch moves on (imports before it was recorded: none)
+                where = f"{where}, downloaded at commit {spec['hub_commit']}"
         if where is None and rec.source.startswith("gguf:") and spec.get("gguf_weights"):
             # a Q4_0 file's card said "F32" alone: the weights' precision was lost before DUS Studio saw them
             types = spec["gguf_weights"]

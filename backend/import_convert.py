@@ -12,7 +12,7 @@ from typing import Callable
 
 from backend.import_checks import (TOKENIZER_FILES, RegistryError, _cut_short_message, _gguf_cut_short,
                                    _pickle_weights, missing_tokenizer, tokenizer_problem)
-from backend.modelinfo import inspect_model
+from backend.modelinfo import float32_shortest, inspect_model
 from backend.safetensors_stream import NOT_WEIGHTS, CheckpointError
 from storage import db
 
@@ -64,7 +64,8 @@ def gguf_to_folder(path: Path, progress: Progress) -> Path:
         tok.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        _keep_the_files_tokens(tmp, path, tok, model.get_input_embeddings().num_embeddings)
+        tok = _keep_the_files_tokens(tmp, path, tok, model.get_input_embeddings().num_embeddings)
+        _config_as_its_source(tmp, type(model.config), tok.unk_token_id)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_if_disk_full(exc, tmp)
@@ -72,13 +73,33 @@ def gguf_to_folder(path: Path, progress: Progress) -> Path:
     return tmp
 
 
-def _keep_the_files_tokens(folder: Path, path: Path, tok, rows: int) -> None:
+def _config_as_its_source(folder: Path, config_class: type, unk_id: int | None) -> None:
+    """Write the config.json that a GGUF import saved in `folder` as the model the file was made from has it. GGUF
+    stores float settings as float32, and transformers reads them so (integrations/ggml.py _gguf_parse_value):
+    rms_norm_eps 1e-05 came back as 9.999999747378752e-06; each float that is a float32 value is written as the
+    shortest decimal of that float32 (1e-05), as the source wrote it. transformers' loader also writes the file's
+    tokenizer.ggml.unknown_token_id into the config as unk_token_id, a field no Llama/Qwen2/... config class has:
+    dropped where the saved tokenizer's unk token is that id (the tokenizer says it, as the source's does). Both made
+    a merge of the import with its source refused as "the models differ in architecture (config: rms_norm_eps:
+    1e-05 vs 9.999999747378752e-06; unk_token_id: None vs 0)"."""
+    import dataclasses
+    import json
+
+    file = folder / "config.json"
+    config = float32_shortest(json.loads(file.read_text(encoding="utf-8")))
+    fields = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
+    if "unk_token_id" not in fields and unk_id is not None and config.get("unk_token_id") == unk_id:
+        del config["unk_token_id"]
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _keep_the_files_tokens(folder: Path, path: Path, tok, rows: int):
     """Leave tokenizer `tok`, read from GGUF file `path` and saved in `folder`, with the tokens the file holds, and
-    refuse one with an id past the embedding's `rows`. transformers builds a byte-level (gpt2) GGUF vocabulary with
-    GPT2Tokenizer (integrations/gguf/gguf_tokenizer_mapping.py byte_level_tokenizer), whose unk/bos/eos default to
-    "<|endoftext|>"; a file without that token (every Llama-3 GGUF) got it appended as a special token at id
-    len(vocab), one past the embedding: a text holding it failed training with "index out of range", and a merge
-    with the model the file was made from was refused as another vocabulary. A sentencepiece file without <unk>,
+    refuse one with an id past the embedding's `rows`; returns the tokenizer as saved. transformers builds a byte-level
+    (gpt2) GGUF vocabulary with GPT2Tokenizer (integrations/gguf/gguf_tokenizer_mapping.py byte_level_tokenizer), whose
+    unk/bos/eos default to "<|endoftext|>"; a file without that token (every Llama-3 GGUF) got it appended as a special
+    token at id len(vocab), one past the embedding: a text holding it failed training with "index out of range", and a
+    merge with the model the file was made from was refused as another vocabulary. A sentencepiece file without <unk>,
     <s> or </s> gets those the same way (LlamaTokenizer's defaults)."""
     import json
 
@@ -107,6 +128,7 @@ def _keep_the_files_tokens(folder: Path, path: Path, tok, rows: int) -> None:
                             f"token ids {rows}…{len(tok) - 1} ({', '.join(map(repr, past[:5]))}) would index past it "
                             "in training and chat. The file's vocabulary and weights disagree, so nothing was "
                             "registered: import another conversion of the model (or its safetensors folder).")
+    return tok
 
 
 def _raise_if_disk_full(exc: BaseException, tmp: Path) -> None:
@@ -197,10 +219,11 @@ HUB_DUPLICATES = ["consolidated*"]
 TRANSFORMERS_WEIGHTS = {"model.safetensors", "model.safetensors.index.json"}
 
 
-def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> Path:
-    """A new temporary folder holding Hub repo `repo_id`'s safetensors, config and tokenizer at `revision` (never
-    pickles), and the modules its auto_map names, refused unless it is a model with a tokenizer
-    (registry.import_hub registers it)."""
+def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> tuple[Path, str]:
+    """(a new temporary folder holding Hub repo `repo_id`'s safetensors, config and tokenizer at `revision` (never
+    pickles), and the modules its auto_map names, refused unless it is a model with a tokenizer; the commit sha it
+    was downloaded at, which registry.import_hub records: a branch moves, and the model's card had no way to say
+    which weights it holds)."""
     from huggingface_hub import snapshot_download
 
     progress(0.02, f"downloading {repo_id}")
@@ -237,7 +260,7 @@ def hub_to_folder(repo_id: str, revision: str | None, progress: Progress) -> Pat
     if problem := tokenizer_problem(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
         raise RegistryError(problem.replace(str(tmp), repo_id))
-    return tmp
+    return tmp, commit
 
 
 def _keep_named_modules(folder: Path) -> None:

@@ -9,6 +9,7 @@ remote-code model's modules are kept as files (a Hub import fetches those its au
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -82,6 +83,26 @@ def by_path(folder: Path | str) -> ModelRecord | None:
 def list_models() -> list[ModelRecord]:
     with db.session() as s:
         return list(s.exec(select(ModelRecord).order_by(ModelRecord.created)))
+
+
+def arch_and_vocab(rec: ModelRecord) -> tuple[str, int | None]:
+    """(architecture, e.g. LlamaForCausalLM; vocabulary size) of a registered model, for the model tables (`models
+    list`, the Models page): what a user deciding which models can be merged looks at first. From its config.json
+    alone (no weights read; a text model inside a multimodal config: its text_config's vocabulary); the row's
+    architecture and None when the config cannot be read (its folder gone)."""
+    try:
+        config = json.loads(Path(rec.path, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return rec.architecture or rec.model_type, None
+    if not isinstance(config, dict):
+        return rec.architecture or rec.model_type, None
+    archs = config.get("architectures")
+    arch = (archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else "") or \
+        rec.architecture or str(config.get("model_type") or "")
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) and isinstance(config.get("text_config"), dict):
+        vocab = config["text_config"].get("vocab_size")
+    return arch, vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
 
 
 def record(name_or_path: str) -> ModelRecord | None:
@@ -346,7 +367,10 @@ def import_hub(repo_id: str, name: str | None = None, *, revision: str | None = 
     model's modules come as files, as save_pretrained writes them, and are never run (hub_to_folder)."""
     name = name or safe_name(repo_id.split("/")[-1])
     check_name_free(name)
-    return _finish(hub_to_folder(repo_id, revision, progress), name, f"hub:{repo_id}", progress)
+    tmp, commit = hub_to_folder(repo_id, revision, progress)
+    # the commit downloaded, in the provenance and the card (hubpush.step_line): "main" moves on
+    recipe = {"hub_commit": commit, **({"hub_revision": revision} if revision else {})}
+    return _finish(tmp, name, f"hub:{repo_id}", progress, recipe=recipe)
 
 
 def check_import(target: str, name: str | None = None, *, read_gguf: bool = True) -> tuple[str, str]:

@@ -47,11 +47,11 @@ if not models:
 
 registered = {r.name for r in models}
 table = pd.DataFrame([{
-    "name": r.name, "kind": r.kind, "layers": r.num_layers, "hidden": r.hidden_size,
+    "name": r.name, "kind": r.kind, "arch": arch, "layers": r.num_layers, "hidden": r.hidden_size, "vocab": vocab,
     "parameters": r.num_parameters, "dtype": r.dtype, "size (MiB)": round(r.size_bytes / 2**20, 1),
     "parents": ", ".join(p.split("/")[-1] for p in registry.parents_shown(r, registered)) or "—", "made by": r.source,
     "job": r.job_id,  # the job whose run registered it (none: a command in a terminal, or an older version's row)
-    "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models])
+    "created": r.created.strftime("%Y-%m-%d %H:%M")} for r in models for arch, vocab in [registry.arch_and_vocab(r)]])
 # the parameters as numbers (as text, "1.0B" sorted before "135.0M"), shown compact
 st.dataframe(table, hide_index=True, key="models_table", placeholder=MISSING,
              column_config={"parameters": st.column_config.NumberColumn(format="compact")})

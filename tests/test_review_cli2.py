@@ -158,7 +158,8 @@ def test_models_list_columns_fit_a_long_name(tiny, tiny_llama, tmp_path):
     for row in rows:
         name = row.split()[0]
         assert name in (long, "tiny") and row[:kind_at] == f"{name:{len(long)}} "
-        assert row[kind_at:].split() == ["base", "6", f"{registry.get(name).num_parameters:,}", "F32", "-"]
+        assert row[kind_at:].split() == ["base", "LlamaForCausalLM", "6", "300",
+                                         f"{registry.get(name).num_parameters:,}", "F32", "-"]
         assert row.index(" F32 ") + 1 == header.index("dtype") and row.index(" -") + 1 == header.index("parents")
 
 

@@ -88,18 +88,23 @@ def _models_list(a) -> None:
 
     rows = registry.list_models()
     names = {r.name for r in rows}
+    facts = [registry.arch_and_vocab(r) for r in rows]  # config.json each: which models can be merged
     if a.json:
-        return _print_json([{"name": r.name, "kind": r.kind, "layers": r.num_layers, "parameters": r.num_parameters,
-                             "dtype": r.dtype, "path": r.path, "parents": r.parents or [],
+        return _print_json([{"name": r.name, "kind": r.kind, "architecture": arch, "layers": r.num_layers,
+                             "vocab_size": vocab, "parameters": r.num_parameters, "dtype": r.dtype, "path": r.path,
+                             "parents": r.parents or [],
                              "parents_registered": [registry.parent_present(p, names) for p in r.parents or []],
-                             "source": r.source, "created": r.created} for r in rows])
+                             "source": r.source, "created": r.created} for r, (arch, vocab) in zip(rows, facts)])
     # as wide as the longest name (F8_E4M3: dtype): a name is what the other commands take, so it is shown whole, not
     # cut
     width = max([len("name"), *(len(r.name) for r in rows)])
     dtype = max([len("dtype"), *(len(r.dtype) for r in rows)])
-    print(f"{'name':{width}} {'kind':9} {'layers':>6} {'params':>14} {'dtype':{dtype}}  parents")
-    for r in rows:
-        print(f"{r.name:{width}} {r.kind:9} {r.num_layers:6d} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
+    archw = max([len("arch"), *(len(arch or "?") for arch, _ in facts)])
+    print(f"{'name':{width}} {'kind':9} {'arch':{archw}} {'layers':>6} {'vocab':>7} {'params':>14} {'dtype':{dtype}}  "
+          "parents")
+    for r, (arch, vocab) in zip(rows, facts):
+        print(f"{r.name:{width}} {r.kind:9} {arch or '?':{archw}} {r.num_layers:6d} "
+              f"{vocab if vocab is not None else '?':>7} {r.num_parameters:14,d} {r.dtype:{dtype}}  "
               f"{', '.join(registry.parents_shown(r, names)) or '-'}")
 
 
