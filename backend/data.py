@@ -20,8 +20,9 @@ from pathlib import Path
 from backend.data_files import (_csv_extra_fields, _csv_options, _first_bad_json_line,  # noqa: F401
                                 _paragraphs, _quiet_loader, _unreadable, _unusable_text,
                                 json_lines_copy, json_reason, text_keys, too_deep_json, utf8_copy)
-from backend.data_reading import (GZ_SUFFIXES, PREVIEW_CHARS, ReaderFailed, _clipped, cut_said,  # noqa: F401
-                                  datasets_ready, file_fault, loader_suffix, reader_failed)
+from backend.data_reading import (GZ_SUFFIXES, LOADERS, PREVIEW_CHARS, ReaderFailed, _clipped,  # noqa: F401
+                                  cut_said, datasets_ready, file_fault, loader_suffix, names_data_file,
+                                  reader_failed)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
                                rows_keys, to_prompt_completion, wrapper_problem)
@@ -34,7 +35,6 @@ BUILTIN = {  # name -> (file, what it is)
     "orca-mini": ("orca-mini.jsonl", "OpenOrca layout: template-generated questions with a system prompt (SFT)"),
     "prefs-mini": ("prefs-mini.jsonl", "prompt/chosen/rejected: correct vs wrong answers (DPO)"),
 }
-LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 MAX_REPEATS = 10_000  # the most times a weight may repeat a source's rows (the paper's mixes take each once or twice)
 HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
 
@@ -280,7 +280,7 @@ def hub_id(source: str) -> bool:
     sources whose rows are only sampled before queueing, and that a recipe's plan leaves to the job."""
     path = Path(source).expanduser()
     return (source.count("/") == 1 and not source.startswith(("builtin:", "dataset:", "mix:", ".", "/", "~"))
-            and not path.exists() and loader_suffix(path) not in LOADERS)
+            and not path.exists() and not names_data_file(path))
 
 
 def check_source(source: str, kind: str) -> None:

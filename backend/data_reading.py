@@ -15,6 +15,8 @@ from pathlib import Path
 # gzip-compressed text files, as `datasets` reads them (its loaders infer the compression from the suffix); read
 # here from a decompressed copy (data_files.utf8_copy), so every check before `datasets` sees the text
 GZ_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz", ".txt.gz")
+# suffix -> the `datasets` loader that reads it (backend/data.py re-exports it)
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
 def loader_suffix(path: Path | str) -> str:
@@ -23,6 +25,14 @@ def loader_suffix(path: Path | str) -> str:
     name = Path(path).name.lower()
     inner = next((s for s in GZ_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
     return inner.removesuffix(".gz") if inner else Path(name).suffix
+
+
+def names_data_file(path: Path | str) -> bool:
+    """Whether a path's name says it is a data file backend/data.py reads (x.jsonl, x.JSONL, x.jsonl.gz: its
+    loader_suffix is one of LOADERS), whether or not it exists: the one test of a file by its suffix (a recipe's
+    plan, an evaluation's task check). `path.suffix in DATA_SUFFIXES` took a missing x.jsonl.gz for a name or a Hub
+    id (its suffix is .gz), so a recipe said "not builtin:NAME … or a Hub id" and an evaluation was queued unread."""
+    return loader_suffix(path) in LOADERS
 
 
 class ReaderFailed(RuntimeError):

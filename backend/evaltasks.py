@@ -274,7 +274,7 @@ def check_task(task: str, limit: int) -> None:
     recipe is planned: a malformed file otherwise failed the job when its turn came, behind a busy queue. The
     built-in task sets need no check. An lm-eval task's name is looked up in lm-eval's index (check_lm_eval_name);
     its data, and Hub data sets, are left to the job (they need the network)."""
-    from backend.uploads import DATA_SUFFIXES  # a path with one is read as a file (data.load_source)
+    from backend.data import names_data_file  # a path so named is read as a file, missing or not (x.jsonl.gz too)
 
     kind, _, arg = task.partition(":")
     if kind == "lm-eval" and arg:  # the name only: its data is the job's to fetch (it may need the network)
@@ -285,10 +285,13 @@ def check_task(task: str, limit: int) -> None:
         return
     path = Path(arg).expanduser()
     if kind not in FILE_TASKS or not arg or not (arg.startswith(("builtin:", "dataset:")) or path.exists()
-                                                 or path.suffix.lower() in DATA_SUFFIXES):
+                                                 or names_data_file(path)):
         return
     try:
         task_set(task, limit)
     except UnicodeDecodeError as exc:  # a binary file: Python's message named neither the file nor the fix
+        if path.suffix.lower() == ".gz":  # perplexity reads x.jsonl.gz (data.load_source); qa, mc, gsm8k do not
+            raise EvalError(f"{task}: {path.name} is gzip-compressed, and {kind} tasks read plain JSON Lines "
+                            f"files: decompress it (gunzip {path.name}) and give the .jsonl.") from None
         raise EvalError(f"{task}: {path.name} is not UTF-8 text (byte {exc.start}); give a JSON Lines file, one "
                         "object a line.") from None

@@ -14,6 +14,7 @@ import streamlit as st
 from backend import evaldevice, registry, runner
 from backend.chat import load
 from backend.names import human_bytes
+from backend.words import plural
 from storage import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,7 @@ RESULT_WORDS = {"seconds": "work took {}", "train_seconds": "training took {}", 
                 "parameters": "{} parameters", "tokens_seen": "{} tokens seen", "tokens": "{} tokens",
                 "peak_memory_gib": "peak memory {} (GPU or CPU RAM)", "files": "{} files"}
 PEAK_ON = {"cpu": "peak RAM {}", "cuda": "peak GPU memory {}"}
+COUNTED = {"global_step": "step", "files": "file"}  # said as a count of them (words.plural), before RESULT_WORDS
 
 
 def _value(key: str, v) -> str:
@@ -84,6 +86,7 @@ def result_words(result: dict) -> str:
     words = {**RESULT_WORDS, **({"peak_memory_gib": peak} if peak else {})}
     return ", ".join(
         runner.IN_WORDS[k].format(v) if k in runner.IN_WORDS
+        else plural(v, COUNTED[k]) if k in COUNTED and isinstance(v, int)  # "1 steps" was said of a 1-step run
         else words.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
         for k, v in runner.shown_fields(result) if not (k == "device" and peak))
 

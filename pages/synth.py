@@ -11,10 +11,11 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend import registry, runner, uploads
+from backend import data, registry, runner, uploads
 from backend.specs import SynthMathSpec, explain
-from backend.synth import pipeline
-from backend.synth.seeds import CATEGORIES, SeedError, load_seeds
+from backend.synth import pipeline, seeds
+from backend.synth.seeds import CATEGORIES, SeedError
+from backend.words import plural
 from pages.common import job_status, submit, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 
@@ -24,9 +25,10 @@ from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 def read_seed_upload(path: str, name: str) -> tuple[int, str]:
     """How many seeds an uploaded file holds, or what is wrong with it, naming the file as the user uploaded it:
     unread until the job ran, a malformed file failed the job naming the stored '<content hash>-name.jsonl'. The
-    stored name holds a hash of the content, so the path keys the cache."""
+    stored name holds a hash of the content, so the path keys the cache. A read that failed for a reason that is not
+    the file's (data.ReaderFailed) is raised, so never cached."""
     try:
-        return len(load_seeds(path, label=name)), ""
+        return seeds.count_seeds(path, name), ""
     except SeedError as exc:
         return 0, str(exc)
 
@@ -200,13 +202,18 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
             except ValueError as exc:
                 c1.error(str(exc))
             else:
-                count, problem = read_seed_upload(str(seed_file), up.name)
-                if problem:  # no job for a file that cannot be read: "Make pairs" stays off
-                    c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
-                    uploads.discard_refused(seed_file, written)  # not kept in workspace/uploads for good
+                try:
+                    count, problem = read_seed_upload(str(seed_file), up.name)
+                except data.ReaderFailed as exc:  # not the file's fault: kept, to be read again (as the Train page)
+                    c1.warning(f"{exc} {up.name} is kept (press R to read it again).")
                     seed_file = None
                 else:
-                    c1.caption(f"{up.name}: {count} seed problem{'' if count == 1 else 's'}.")
+                    if problem:  # the file's own fault: no job for it ("Make pairs" stays off), and it is not kept
+                        c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
+                        uploads.discard_refused(seed_file, written)  # not kept in workspace/uploads for good
+                        seed_file = None
+                    else:
+                        c1.caption(f"{up.name}: {plural(count, 'seed problem')}.")
     from_file = seed_kind != "built-in generator"
     num = c1.number_input("Number of seeds", 1, 1_000_000, 200, key="num_seeds",
                           help="The generator makes this many; from a file, at most this many records are used.")
@@ -317,7 +324,8 @@ with tab_pairs:
         page = pages - 1
         st.session_state["f_page"] = pages
         total, rows = query(page)
-    st.number_input(f"Page (of {pages}; {total} pairs match)", 1, pages, key="f_page")
+    st.number_input(f"Page (of {pages}; {plural(total, 'pair')} match{'es' if total == 1 else ''})", 1, pages,
+                key="f_page")
     if not total:
         st.info("No pair matches these filters: clear a filter or the search to see pairs again.")
     for p in rows:
@@ -377,7 +385,7 @@ with tab_export:
             st.error(f"Not exported: {exc}")
         else:  # said after a rerun: the page's top, drawn before this click, still said the export was stale
             st.session_state["_exported"] = (
-                f"{out['rows']} pairs → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
+                f"{plural(out['rows'], 'pair')} → `{out['instruct']}` (SFT) and `{out['alignment']}` (DPO) in "
                 f"`{out['folder']}`. Train on them with `dataset:{out['instruct']}` / `dataset:{out['alignment']}`.")
             st.rerun()
     if done := st.session_state.pop("_exported", None):
@@ -386,7 +394,7 @@ with tab_export:
         if d is None or not Path(d.path).exists():
             continue
         c1, c2, c3 = st.columns([2, 1, 1])
-        c1.write(f"`{d.name}` · {d.kind} · {d.rows} rows")
+        c1.write(f"`{d.name}` · {d.kind} · {plural(d.rows, 'row')}")
         # callables: the file is read (and converted) only when a download is asked for, not on every rerun
         c2.download_button("JSONL", lambda p=d.path: Path(p).read_bytes(), file_name=Path(d.path).name,
                            key=f"dl_jsonl_{d.name}")
@@ -413,7 +421,7 @@ with tab_mix:
         try:
             pipeline.save_paper_mixes(rec.name)
             st.success("Saved sft-v1 … sft-v4, dpo-v1, dpo-v2.")
-        except ValueError as exc:
+        except (ValueError, data.ReaderFailed) as exc:  # a member's bad row (data.check_mix), or a failed read
             st.error(str(exc))
     saved = pipeline.list_datasets("mix")
     if saved:

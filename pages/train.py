@@ -14,6 +14,7 @@ from backend import data, memplan, registry, runner, uploads
 from backend.cluster.slurm import slurm_script
 from backend.synth import pipeline
 from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
+from backend.words import plural
 from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
                            explain)
 from pages.common import job_making, job_status, model_names, submit, worker_banner, via_app
@@ -223,8 +224,8 @@ if upload is not None:
             # read a line a row here whatever the table says: "5 rows" stood beside the table's "3 rows (a row per
             # paragraph)" for the same file, so a .txt says how it was counted
             per = (" read a line a row (its *rows of a .txt* cell in the table can make a row a paragraph or the "
-                   "whole file)" if path.suffix.lower() == ".txt" else "")
-            st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {pv['rows']} rows{per}.")
+                   "whole file)" if data.loader_suffix(path) == ".txt" else "")  # x.txt.gz too
+            st.caption(f"{upload.name} saved as `{path}` — {pv['layout']} layout, {plural(pv['rows'], 'row')}{per}.")
 # The table restarts from `base` (with a new key) when an upload is added to it, so the rows typed so far stay.
 version = st.session_state.get(f"sources_{kind}_version", 0)
 table_key = f"sources_{kind}" + (f"_v{version}" if version else "")
@@ -268,7 +269,7 @@ for r in rows:
         st.error(f"{r['source']}: {problem}")
     else:
         per = data.rows_said(r["sample_by"], pv)
-        with st.expander(f"{r['source']} — {pv['layout']} layout, {pv['rows']} rows{per}"):
+        with st.expander(f"{r['source']} — {pv['layout']} layout, {plural(pv['rows'], 'row')}{per}"):
             st.json(pv["examples"], expanded=False)
             if said := data.cut_said(pv):
                 st.caption(said)
@@ -333,8 +334,8 @@ with st.expander("Advanced: held-out set, schedule, checkpoints, seed"):
             previews_ok = False
             st.error(f"Held-out set {held_out}: {problem}")
         else:
-            st.caption(f"Held-out set: {pv['layout']} layout, {pv['rows']} rows{data.rows_said(held_by, pv)}; the held-out "
-                       "share is not used.")
+            st.caption(f"Held-out set: {pv['layout']} layout, {plural(pv['rows'], 'row')}"
+                       f"{data.rows_said(held_by, pv)}; the held-out share is not used.")
 with st.expander("Speed and memory"):
     p1, p2, p3 = st.columns(3)
     perf = {}

@@ -211,7 +211,7 @@ def test_synth_page_makes_pairs_and_inspects_them():
     shown = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
     assert len(shown) == 4 and not any("rejected by hand" in v for v in shown)  # 24 pairs: page 3 holds 21–24
     at.multiselect(key="f_state").set_value(["rejected"]).run()  # one page now: page 3 falls back to page 1
-    assert at.number_input(key="f_page").label.startswith("Page (of 1; 1 pairs match)")
+    assert at.number_input(key="f_page").label.startswith("Page (of 1; 1 pair matches)")
     assert at.number_input(key="f_page").value == 1
     (shown,) = [m.value for m in at.markdown if "level" in m.value and "answer `" in m.value]
     assert ":gray-badge[rejected by hand]" in shown and "_rejected by hand_" not in shown  # said once

@@ -231,7 +231,11 @@ def test_a_mix_preview_checks_each_member_under_its_own_name(tmp_path):
 
     good = _jsonl(tmp_path / "good.jsonl", [{"instruction": "a", "output": "b"}] * 3)
     bad = _jsonl(tmp_path / "bad.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "a", "output": None}])
-    pipeline.save_mix("m", [(good, 1.0), (bad, 1.0)], "sft")
+    with pytest.raises(pipeline.DatasetError, match="bad.jsonl, row 2"):  # save_mix checks the rows now (s24)
+        pipeline.save_mix("m", [(good, 1.0), (bad, 1.0)], "sft")
+    # a mix saved before that check (or a member edited since): its preview names the member's row
+    pipeline.save_dataset("m", "mix", "", 0, {"for": "sft", "sources": [{"source": good, "weight": 1.0},
+                                                                        {"source": bad, "weight": 1.0}]})
     with pytest.raises(data.DataError) as refused:
         data.preview("mix:m", "sft")
     assert str(refused.value) == "bad.jsonl, row 2: output must be text; got NoneType (null or missing). Fix or " \

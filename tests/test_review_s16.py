@@ -147,7 +147,7 @@ def test_a_name_taken_between_the_check_and_the_insert_is_refused_in_words(monke
     monkeypatch.setattr(datasets, "check_not_orphaned_dataset", lambda name: None)
     monkeypatch.setattr(datasets, "select", blind_once)
     with pytest.raises(pipeline.DatasetError,
-                       match=r"already named 'taken' \(1 rows at /x.jsonl\). Nothing was saved"):
+                       match=r"already named 'taken' \(1 row at /x.jsonl\). Nothing was saved"):
         pipeline.save_dataset("taken", "sft", "/y.jsonl", 1, {})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from backend.cli.common import WorkFailed, _job_options, _local_source, _print_json, _run_or_queue, _source
+from backend.words import plural
 
 
 def cmd_synth(a) -> None:
@@ -34,7 +35,7 @@ def print_preview(a) -> None:
     if a.json:
         return _print_json(pv)
     per = data.rows_said(a.sample_by, pv, choice=f"--sample-by {a.sample_by}")
-    print(f"{a.source}: {pv['layout']} layout for {a.purpose}, {pv['rows']} rows{per}; columns "
+    print(f"{a.source}: {pv['layout']} layout for {a.purpose}, {plural(pv['rows'], 'row')}{per}; columns "
           f"{', '.join(pv['columns'])}")
     for i, row in enumerate(pv["examples"], 1):
         print(f"--- row {i} as {a.purpose} reads it\n{json.dumps(row, ensure_ascii=False, indent=1)}")
@@ -59,13 +60,10 @@ def cmd_datasets(a) -> None:
         for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
             print(f"{k}: {v}")
     elif a.action == "mix":
-        from backend import data
-
         purpose = a.purpose or "sft"
         rows = [a.sample_by] if a.sample_by else []  # kept with the mix's .txt members (data.expand_rows)
         sources = [(_local_source(d.source), d.weight, *rows) for d in a.sources]
-        data.check_mix(sources, purpose)  # every member's rows, as a job checks them: a mix of a bad file was saved
-        rec = pipeline.save_mix(a.name, sources, purpose)
+        rec = pipeline.save_mix(a.name, sources, purpose)  # every member's rows checked first (data.check_mix)
         took = "" if a.purpose else " (the default: --for dpo or --for cpt saves preference or pretraining data)"
         print(f"saved mix {rec.name} for {purpose}{took}: use --data mix:{rec.name}")
     elif a.action == "preview":

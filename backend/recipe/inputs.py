@@ -18,7 +18,6 @@ from backend import data, registry
 from backend.modelinfo import folder_stat
 from backend.recipe.spec import RecipeError, stage_refs
 from backend.specs import EvalSpec
-from backend.uploads import DATA_SUFFIXES
 from storage import db
 from storage.models import DatasetRecord
 
@@ -103,7 +102,7 @@ def _source_fp(src: str, where: str, produced: dict[str, str], seen: tuple[str, 
     path = Path(src).expanduser()
     if path.exists():
         return _file_fp(path)
-    if path.suffix.lower() in DATA_SUFFIXES or src.startswith((".", "/", "~")):  # data.load_source reads x.JSONL
+    if data.names_data_file(path) or src.startswith((".", "/", "~")):  # x.JSONL and x.jsonl.gz too, as data reads
         raise RecipeError(f"{where}: data file {src} does not exist.")
     if src.count("/") == 1:
         return _sha(["hub", src])  # a Hub data set id; checked online by plan() when used

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from backend.names import check_name
+from backend.words import plural
 from storage import db
 from storage.models import DatasetRecord, SynthPair
 
@@ -72,7 +73,8 @@ def _taken(rec: DatasetRecord) -> str:
     """What holds a name, for a refusal: the file and its rows, or a mix's sources."""
     sources = ", ".join(f"{x['source']}×{x['weight']:g}" + (f" by {x['sample_by']}" if x.get("sample_by") else "")
                         for x in rec.provenance.get("sources", []))
-    where = f"{rec.rows} rows at {rec.path}" if rec.path else f"a mix of {sources} for {rec.provenance.get('for')}"
+    where = (f"{plural(rec.rows, 'row')} at {rec.path}" if rec.path
+             else f"a mix of {sources} for {rec.provenance.get('for')}")
     return f"A {rec.kind} data set is already named {rec.name!r} ({where})"
 
 
@@ -133,13 +135,10 @@ def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float
     if not sources:
         raise DatasetError("A mix needs at least one source.")
     check_not_orphaned_dataset(name)  # before the sources are read
-    for source, weight, *rest in sources:
-        try:  # nan, inf and 1e308 too (`weight <= 0` passed them): refused when saved, not when the mix is used
-            data.check_weight(source, weight)
-        except data.DataError as exc:
-            raise DatasetError(str(exc)) from None
-        ds = data.load_source(source, sample_by=rest[0] if rest else "line")
-        data.detect_layout(ds.column_names, purpose)
+    try:  # each weight (nan, inf and 1e308 too), then every member's rows as a job of `purpose` reads them, as the
+        data.check_mix(sources, purpose)  # CLI's `datasets mix` did: the paper's mixes checked only layouts, so a
+    except data.DataError as exc:  # mix of a bad row was saved, listed, and refused at every use
+        raise DatasetError(str(exc)) from None
     return save_dataset(name, "mix", "", 0, provenance)
 
 
@@ -294,7 +293,7 @@ def delete_dataset(name: str, *, force: bool = False) -> str:
     if removed and removed[0].parent != (db.workspace() / "datasets").resolve() and not any(
             removed[0].parent.iterdir()):
         removed[0].parent.rmdir()  # the run's own folder, once nothing is left in it
-    done = [f"deleted the {rec.kind} data set {name}" + (f" ({rec.rows} rows)" if rec.path else "")]
+    done = [f"deleted the {rec.kind} data set {name}" + (f" ({plural(rec.rows, 'row')})" if rec.path else "")]
     done += [f"removed {', '.join(str(f) for f in removed)}"] if removed else []
     with db.session() as s:
         exports = [d.name for d in _export_of(s, name)] if rec.kind == "synth-pairs" else []

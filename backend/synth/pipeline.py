@@ -61,6 +61,9 @@ def load_benchmark(path: str) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"Benchmark file {p} does not exist.")
+    if p.suffix.lower() == ".gz":  # its compressed bytes were read as lines of text: no question, nothing flagged
+        raise DatasetError(f"Benchmark file {p.name} is gzip-compressed: decompress it (gunzip {p.name}) and give the "
+                           ".jsonl, .json or text file.")
     if p.suffix.lower() not in (".jsonl", ".json"):  # bench.JSONL: its raw lines were taken for questions
         return [line for line in p.read_text(errors="replace").splitlines() if line.strip()]
     try:  # a .json array was read line by line: "line 1: no question field" for a one-line array

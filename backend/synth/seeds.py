@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend.data import json_reason
+from backend.data_reading import file_fault, reader_failed
 from backend.data_files import _first_non_utf8, non_utf8_said, not_throughout_said, unicode_encoding
 from backend.lm_eval_tasks.loaders import json_lines
 from backend.synth.answers import extract_answer, to_number
@@ -186,3 +187,18 @@ def load_seeds(source: str, n: int | None = None, seed: int = 0, categories=None
     if levels:
         seeds = [s for s in seeds if s.level in levels]
     return seeds[:n] if n else seeds
+
+
+def count_seeds(path: str | Path, label: str) -> int:
+    """How many seeds a seed file holds (load_seeds, the file named `label` in errors), for the page that takes an
+    upload: a SeedError when the file is at fault (it does not parse, a record is neither MATH's nor GSM8K's), which
+    may remove the upload; a data.ReaderFailed when the read failed for a reason that is not the file's (an OSError,
+    memory: data_reading.file_fault), which keeps it, said as such (the page showed a traceback)."""
+    try:
+        return len(load_seeds(str(path), label=label))
+    except SeedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sorted by file_fault: the file's own fault is raised as it came
+        if file_fault(exc):
+            raise
+        raise reader_failed(Path(path), exc) from exc

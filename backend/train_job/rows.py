@@ -7,6 +7,7 @@ import os
 
 from backend import data
 from backend.train_job.overlap import note_eval_overlap
+from backend.words import plural
 
 
 def load_rows(spec, model_path: str, tok):
@@ -20,10 +21,10 @@ def load_rows(spec, model_path: str, tok):
         if d.sample_by != "line" and data.reads_text_file(d.source):
             print(f"data: {d.source}: a row per {d.sample_by} of its .txt files", flush=True)
     for source, layout, rows in report:
-        print(f"data: {source} ({layout}) -> {rows} rows", flush=True)
+        print(f"data: {source} ({layout}) -> {plural(rows, 'row')}", flush=True)
     if not spec.eval_data and spec.eval_fraction:  # an empty split gave no eval loss, no recovery view, no word
-        print(f"data: {len(evals)} distinct rows held out ({spec.eval_fraction:g} of each source's), none of them "
-              "trained on" if evals is not None else "data: no rows held out (fewer than 10 rows): no eval loss",
+        print(f"data: {plural(len(evals), 'distinct row')} held out ({spec.eval_fraction:g} of each source's), none "
+              "of them trained on" if evals is not None else "data: no rows held out (fewer than 10 rows): no eval loss",
               flush=True)
     layouts = {layout for _, layout, _ in report}
     if int(os.environ.get("RANK", "0")) == 0:  # one process reads the rows for it
