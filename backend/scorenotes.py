@@ -1,4 +1,4 @@
-"""The notes under the models × tasks table (scoretable.table_notes), as the Compare page and `python -m backend
+"""The notes under the models × tasks table (tablenotes.table_notes), as the Compare page and `python -m backend
 scores` show them once many models are scored: a note naming more than MANY models says how many, grouped by task
 and why ("qa and synth-math (100% cut off) for 79 models"), and keeps its every name in the full text beside it
 (the page's expander, `scores --verbose`). With 114 models the 0 ± 0 note ran to 5,568 characters and the blanked
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from backend import scoretable
+from backend import scorevalues, tablenotes
 
 MANY = 10  # past this many models a note counts them; up to it, it names them as before
 GROUPS = 5  # the groups a summary spells out; the rest are counted
@@ -39,24 +39,24 @@ def _groups(parts: list[str], models_left: int) -> str:
 
 
 def zero_error_summary(latest: dict, rows: list[dict], clean: bool = False) -> str:
-    """scoretable.zero_error_note with the models counted: cells of one share, item count and set of models make
+    """tablenotes.zero_error_note with the models counted: cells of one share, item count and set of models make
     one group ("qa (accuracy) and synth-math (accuracy) for 79 models, 0 of 4 items: 95 % interval 0–0.75")."""
     groups: dict[tuple, list[str]] = {}
-    for (head, v, n), models in scoretable.zero_error_cells(latest, rows, clean).items():
+    for (head, v, n), models in tablenotes.zero_error_cells(latest, rows, clean).items():
         groups.setdefault((v, n, tuple(models)), []).append(head)
     ordered = sorted(groups.items(), key=lambda g: -len(g[0][2]))
     parts = [f"{' and '.join(heads)} for {who(list(models))}, {round(v * n)} of {n} items: 95 % interval "
-             + "{:.2g}–{:.2g}".format(*scoretable.interval95(v, 0.0, n)) for (v, n, models), heads in ordered]
+             + "{:.2g}–{:.2g}".format(*scorevalues.interval95(v, 0.0, n)) for (v, n, models), heads in ordered]
     # a model may sit in several groups (a cell per task): those named in the groups shown are no "more models"
     left = len({m for (_, _, models), _ in ordered[GROUPS:] for m in models}
                - {m for (_, _, models), _ in ordered[:GROUPS] for m in models})
-    return scoretable.ZERO_ERROR_WHY + _groups(parts, left) + "."
+    return tablenotes.ZERO_ERROR_WHY + _groups(parts, left) + "."
 
 
 def cut_off_summary(latest: dict, clean: bool = False) -> str:
-    """scoretable.cut_off_note with the models counted: the models whose blank cells are alike make one group, its
+    """tablenotes.cut_off_note with the models counted: the models whose blank cells are alike make one group, its
     tasks with the same share together ("qa and synth-math (100% cut off) for 79 models")."""
-    cells = scoretable.blanked_cells(latest, clean)
+    cells = tablenotes.blanked_cells(latest, clean)
     by_model: dict[str, list[tuple[str, str]]] = {}
     for task, model, what, _ in cells:
         by_model.setdefault(model, []).append((task, what))
@@ -71,7 +71,7 @@ def cut_off_summary(latest: dict, clean: bool = False) -> str:
         parts.append(", ".join(f"{' and '.join(ts)} ({what})" for what, ts in tasks.items()) + f" for {who(models)}")
     left = sum(len(ms) for ms in sorted(alike.values(), key=len, reverse=True)[GROUPS:])
     return (f"Hallucination left blank for {len(by_model)} models: " + _groups(parts, left) + ". "
-            + scoretable.cut_off_why(any(e for *_, e in cells)))
+            + tablenotes.cut_off_why(any(e for *_, e in cells)))
 
 
 def _name_pattern(models) -> str:
@@ -91,13 +91,13 @@ def count_names(text: str, models: list[str]) -> str:
 
 
 def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[Note]:
-    """scoretable.table_notes, each note that names more than MANY models with them counted (Note.text) and the
+    """tablenotes.table_notes, each note that names more than MANY models with them counted (Note.text) and the
     whole note beside it (Note.full); a note of a few models as it was."""
-    full = scoretable.table_notes(latest, rows, clean)
+    full = tablenotes.table_notes(latest, rows, clean)
     named = sorted({row["model"] for row in rows} | {m for m, _, _ in latest})
     pattern = re.compile(r"(?<![\w.-])" + _name_pattern(named)) if named else None
-    short = {scoretable.zero_error_note(latest, rows, clean): lambda: zero_error_summary(latest, rows, clean),
-             scoretable.cut_off_note(latest, clean): lambda: cut_off_summary(latest, clean)}
+    short = {tablenotes.zero_error_note(latest, rows, clean): lambda: zero_error_summary(latest, rows, clean),
+             tablenotes.cut_off_note(latest, clean): lambda: cut_off_summary(latest, clean)}
     notes = []
     for note in full:
         if pattern is None or len(set(pattern.findall(note))) <= MANY:

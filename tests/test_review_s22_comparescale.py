@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from backend import registry, scorenotes, scoretable
+from backend import registry, scorenotes, scoretable, tablenotes
 from backend.__main__ import main as cli
 from pages.compare_pick import CHART_MODELS, chart_defaults
 from pages.figure_scores import by_bin_figure
@@ -146,7 +146,8 @@ def test_the_groups_past_five_count_only_models_not_named_above(monkeypatch):
     cells = {(f"task{k} (accuracy)", 0.0, 4 + k): [f"g{k}-{i}" for i in range(11)] for k in range(5)}
     cells[("late (accuracy)", 0.0, 40)] = first[:3]  # the first groups' models again: no more models
     cells[("first (accuracy)", 0.0, 50)] = first  # 12 models: shown first
-    monkeypatch.setattr(scoretable, "zero_error_cells", lambda latest, rows, clean=False: cells)
+    monkeypatch.setattr(tablenotes, "zero_error_cells",  # where scorenotes looks it up
+                        lambda latest, rows, clean=False: cells)
     said = scorenotes.zero_error_summary({}, [])
     assert said.startswith(scoretable.ZERO_ERROR_WHY + "first (accuracy) for 12 models, 0 of 50 items")
     assert said.endswith("; and 2 other groups of 11 more models (the full note names them).")
