@@ -10,78 +10,16 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# float32_shortest and rope_settings lived here, and are still imported from here (import_convert, tests)
+from backend.configmatch import LAYER_COUNT_KEYS, comparable, float32_shortest, rope_settings  # noqa: F401
 from backend.safetensors_stream import DTYPE_SIZES, CheckpointError, TensorRef, open_checkpoint
 
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _NUMBERED = re.compile(r"^(?P<prefix>.+?)\.(?P<idx>\d+)\.(?P<rest>.+)$")
-# Config fields that may differ between models of one architecture without changing any tensor's meaning.
-# initializer_range: the std of new weights' initialisation, which no GGUF file stores: an import of one got
-# transformers' 0.02 where its source said SmolLM2's 1/24, and the two were "different architectures".
-_IGNORED_FOR_MATCH = {"_name_or_path", "transformers_version", "architectures", "layer_types", "max_window_layers",
-                      "torch_dtype", "dtype", "use_cache", "initializer_range", *LAYER_COUNT_KEYS}
-# The tokenizer's ids, which check_vocab compares in the tokenizer files. unk_token_id: transformers' GGUF loader
-# writes the file's tokenizer.ggml.unknown_token_id into a config whose class has no such field (integrations/ggml.py),
-# so an import of a GGUF file differed from its source model in "unk_token_id: None vs 0".
-_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
-
-
-def float32_shortest(value, *, exact_only: bool = True):
-    """`value` with each float that is a float32 value written as the shortest decimal that reads back as that
-    float32, in dicts and lists too: GGUF stores a config's floats as float32, and transformers reads rms_norm_eps
-    1e-05 from it as 9.999999747378752e-06. Other floats (1e-05 itself) stay as they are, unless not `exact_only`:
-    then every float is rounded to float32 first, which is how two configs' floats are compared."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {k: float32_shortest(v, exact_only=exact_only) for k, v in value.items()}
-    if isinstance(value, list):
-        return [float32_shortest(v, exact_only=exact_only) for v in value]
-    if isinstance(value, float) and math.isfinite(value):
-        with np.errstate(over="ignore"):  # a float64 past float32's range is no float32 value: kept
-            single = np.float32(value)
-        if np.isfinite(single) and (float(single) == value or not exact_only):
-            return float(np.format_float_scientific(single, unique=True))
-    return value
-
-
-# transformers 4 wrote these at the top of config.json (as the Hub's configs have them); transformers 5 writes them
-# into rope_parameters. rope_settings() reads either form.
-_ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor")
-_ROPE_WITH_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
-
-
-def rope_settings(config: dict) -> dict:
-    """The RoPE settings of a config in one form, {rope_type, rope_theta, …} (one per layer type when the config
-    nests them), whichever transformers wrote it: as transformers 5 standardises them on loading
-    (modeling_rope_utils.standardize_rope_params). Empty for a model without RoPE."""
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if not isinstance(params, dict):
-        return {}
-
-    def one(p: dict) -> dict:
-        p = dict(p)
-        kind = p.pop("rope_type", None) or p.pop("type", None) or "default"
-        p.pop("type", None)
-        p["rope_type"] = kind
-        p.setdefault("rope_theta", config.get("rope_theta"))
-        if config.get("partial_rotary_factor") is not None:
-            p.setdefault("partial_rotary_factor", config["partial_rotary_factor"])
-        if kind in _ROPE_WITH_ORIGINAL_LENGTH:
-            p.setdefault("original_max_position_embeddings",
-                         config.get("original_max_position_embeddings", config.get("max_position_embeddings")))
-        return p
-
-    if params and all(isinstance(v, dict) or v is None for v in params.values()):  # per layer type
-        return {k: one(v) for k, v in params.items() if v is not None}
-    if not params and config.get("rope_theta") is None:
-        return {}
-    return one(params)
 
 
 class ArchitectureError(ValueError):
@@ -144,11 +82,7 @@ class ModelInfo:
         100000"; and rope_parameters, a dict, was skipped, so models with other RoPE bases were combined. Floats
         are compared at float32 precision (float32_shortest): a GGUF import of a model, imported before its config
         was written so, said "rms_norm_eps: 1e-05 vs 9.999999747378752e-06"."""
-        cfg = {k: v for k, v in self.config.items() if k not in _IGNORED_FOR_MATCH and not k.startswith("_")
-               and not isinstance(v, dict) and k not in _TOKEN_IDS and k not in _ROPE_KEYS}
-        if rope := rope_settings(self.config):
-            cfg["rope"] = rope
-        cfg = float32_shortest(cfg, exact_only=False)
+        cfg = comparable(self.config)
         layer0 = {s: (t.dtype, t.shape) for s, t in self.layers[0].items()} if self.layers else {}
         other = {n: (t.dtype, t.shape) for n, t in self.other.items()}
         return {"config": cfg, "layer": layer0, "other": other, "prefix": self.layer_prefix}

@@ -94,7 +94,7 @@ def check_dtypes(dtypes: set[str], whose: str = "") -> None:
 
 def _check_rows(a, b) -> None:
     """Two registry rows against each other, in check_mergeable's order and words. Only what its checks compare:
-    `architectures` may differ (modelinfo's _IGNORED_FOR_MATCH), model_type and hidden_size may not."""
+    `architectures` may differ (configmatch.IGNORED_FOR_MATCH), model_type and hidden_size may not."""
     differ = [f"{field}: {getattr(a, field)} vs {getattr(b, field)}" for field in ("model_type", "hidden_size")
               if getattr(a, field) and getattr(b, field) and getattr(a, field) != getattr(b, field)]
     if differ:

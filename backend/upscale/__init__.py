@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from backend import registry
+from backend import configmatch, registry
 from backend.modelinfo import ModelInfo, inspect_model
 from backend.outputs import building, copy_companions, output_dir, register_output
 from backend.safetensors_stream import DTYPE_SIZES, OutTensor, TensorRef, open_source, write_checkpoint
@@ -197,13 +197,18 @@ def check_compatible(a: ModelInfo, b: ModelInfo, per_layer: bool = False) -> Non
     for s in (sa, sb):  # names and shapes, not dtypes: a merge casts (as mergekit), a stack takes the base's dtypes
         s["layer"] = {k: shape for k, (_, shape) in s["layer"].items()}
         s["other"] = {k: shape for k, (_, shape) in s["other"].items()}
-    if per_layer:
-        for key in per_layer_keys(a) & per_layer_keys(b):
-            sa["config"].pop(key, None)
-            sb["config"].pop(key, None)
+    skip = per_layer_keys(a) & per_layer_keys(b) if per_layer else set()
+    for key in skip:
+        sa["config"].pop(key, None)
+        sb["config"].pop(key, None)
     for part in ("prefix", "config", "layer", "other"):
         if sa[part] != sb[part]:
-            if isinstance(sa[part], dict):
+            if part == "config":  # config.json as written differs: compared again as transformers reads each
+                differ = configmatch.loaded_difference(a.config, b.config, skip)
+                if not differ:
+                    continue
+                detail = "; ".join(f"{k}: {va} vs {vb}" for k, (va, vb) in list(differ.items())[:4])
+            elif isinstance(sa[part], dict):
                 keys = sorted(k for k in set(sa[part]) | set(sb[part]) if sa[part].get(k) != sb[part].get(k))
                 detail = "; ".join(f"{k}: {sa[part].get(k)} vs {sb[part].get(k)}" for k in keys[:4])
             else:
