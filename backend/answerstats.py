@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.cutoff import (CHAT_TRAINING, TRAINING, cut_off_advice, cut_off_rows, cut_off_summary,  # noqa: F401
+from backend.cutoff import (CAP, CHAT_TRAINING, TRAINING, cut_off_advice, cut_off_rows, cut_off_summary,  # noqa: F401
                             lineage_training)
 from backend.qa import EMPTY, flags
 
@@ -24,8 +24,9 @@ MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the mo
 FEW_ITEMS = 20  # fewer shared items than this: the paired interval covers less than its 95 % (expanded_tail), said
 CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it stated an answer (backend/qa.py)
 CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
-RAISE_CAP = "evaluate again with a higher Max new tokens"  # the remedy, named as the evaluate form's field
-RAISE_LIMIT = "evaluate again with more Items per task"  # the remedy when even every item would be too few
+RAISE_CAP = f"evaluate again with a higher {CAP}"  # the remedy: the evaluate form's field and `eval`'s flag
+ITEMS = "Items per task (eval --limit)"
+RAISE_LIMIT = f"evaluate again with more {ITEMS}"  # the remedy when even every item would be too few
 # no token cap brings an empty reply back: the model ended it at once (an up-scaled model before continued pretraining)
 CONTINUE_PRETRAINING = "continue pretraining the model whose replies are empty (it ends them at once), then evaluate it"
 
@@ -44,8 +45,7 @@ def _remedy(judged: int, left_out: int | dict) -> str:
     then = f"; and {CONTINUE_PRETRAINING}" if empty else ""
     if judged + cut >= MIN_ITEMS:
         return RAISE_CAP + then
-    return (f"{RAISE_CAP} and {RAISE_LIMIT.removeprefix('evaluate again with ')} (only {judged + cut} were scored)"
-            + then)
+    return f"{RAISE_CAP} and more {ITEMS}, as only {judged + cut} were scored" + then
 
 
 def is_bad(r: Record, outcome: str) -> bool:

@@ -51,8 +51,8 @@ def _cut_off_note(res: dict) -> str:
         return empty
     shares = ", ".join(f"{m} {100 * v:.0f} %" for m, v in share.items())
     return empty + (f" Cut off by the token limit, and so counted as not correct: {shares} of the "
-                    f"{left['n_shared']} items, so this may measure the token cap rather than the models "
-                    f"({RAISE_CAP}).")
+                    f"{left['n_shared']} items, so this may measure the token cap rather than the models: "
+                    f"{RAISE_CAP}.")
 
 
 def sentence(res: dict) -> str:

@@ -6,6 +6,9 @@ have taught a model to end its turn. Split from backend/answerstats.py (house si
 from __future__ import annotations
 
 
+# the token cap as the evaluate form names it, with `eval`'s flag: the pages and the CLI (`compare`) show the same
+# sentences, and a CLI user was told of "Max new tokens", a field he never saw
+CAP = "Max new tokens (eval --max-new-tokens)"
 TRAINING = ("cpt", "sft", "dpo")  # the training kinds a model's lineage is read for (ModelRecord.recipe's kind)
 CHAT_TRAINING = ("sft", "dpo")  # training that teaches a model to end its turn: a cut-off throughout is not for want
 # of it, so "continue pretraining or SFT first" (said to SFT+DPO candidates and their merges) was wrong advice
@@ -66,10 +69,10 @@ def cut_off_advice(caps: dict[str, list[int]], training: dict[str, list[str]] | 
     for (why, what), group in by_fix.items():
         if never := {m: cs for m, cs in group.items() if len(cs) >= 2}:
             out.append(f"Cut off on every reply at each cap tried ({who(never)}): such a model does not end its "
-                       f"replies ({why}), so a higher Max new tokens will not help: {what}")
+                       f"replies ({why}), so a higher {CAP} will not help: {what}")
         if once := {m: cs for m, cs in group.items() if len(cs) < 2}:
             out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a long answer and one that never "
-                       "ends read the same here. Evaluate again with a higher Max new tokens. If every reply is cut "
+                       f"ends read the same here. Evaluate again with a higher {CAP}. If every reply is cut "
                        f"off there too, the model does not end its replies ({why}): {what}")
     return ". ".join(out)
 
@@ -91,15 +94,15 @@ def cut_off_summary(caps: dict[str, list[int]]) -> str:
     head = (f"{n} model{'s' if n > 1 else ''} cut off on every reply, at "
             f"{_caps_text(c for cs in caps.values() for c in cs)}: ")
     if not never:
-        what = ("evaluate " + ("them" if n > 1 else "it") + " again with a higher Max new tokens, and if "
+        what = ("evaluate " + ("them" if n > 1 else "it") + f" again with a higher {CAP}, and if "
                 + ("one is" if n > 1 else "it is") + " cut off there too it does not end its replies and needs "
                 "training")
     elif not once:
         what = ("cut off at each cap tried, " + ("they do" if n > 1 else "it does") + " not end "
-                + ("their" if n > 1 else "its") + " replies, so a higher Max new tokens will not help: "
+                + ("their" if n > 1 else "its") + f" replies, so a higher {CAP} will not help: "
                 + ("they need" if n > 1 else "it needs") + " training")
     else:
-        what = (f"{len(never)} at each cap tried, which a higher Max new tokens will not help (they need training); "
+        what = (f"{len(never)} at each cap tried, which a higher {CAP} will not help (they need training); "
                 f"evaluate the other {len(once)} again with a higher Max new tokens")
     return head + what + " (what each needs: the table below)."
 
@@ -113,9 +116,9 @@ def cut_off_rows(caps: dict[str, list[int]], training: dict[str, list[str]] | No
     rows = []
     for m, cs in caps.items():
         why, what = _fix(training.get(m) or [])
-        todo = (f"{what[:1].upper()}{what[1:]}: it does not end its replies ({why}); a higher Max new tokens will "
+        todo = (f"{what[:1].upper()}{what[1:]}: it does not end its replies ({why}); a higher {CAP} will "
                 "not help." if len(cs) >= 2 else
-                f"Evaluate again with a higher Max new tokens; if every reply is cut off there too, it does not end "
+                f"Evaluate again with a higher {CAP}; if every reply is cut off there too, it does not end "
                 f"its replies ({why}): {what}.")
         rows.append({"model": m, "cut off": f"{(shares or {}).get(m, 1.0):.0%}", "at cap (tokens)":
                      ", ".join(map(str, cs)), "what to do": todo})

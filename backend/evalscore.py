@@ -16,7 +16,7 @@ from typing import Callable
 
 from backend import evaldevice, qa, registry
 from backend.evaltasks import EvalError, TaskSet
-from backend.specs import EvalSpec
+from backend.specs import EVAL_ANSWER_KINDS, EvalSpec
 from backend.synth.answers import extract_answer, same_answer
 from storage.models import Generation
 
@@ -328,22 +328,22 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
                ) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
     """(scores, generations, rescore(indices) for a subset, per-item results, extra details)."""
     batch = plan.batch_size
-    if ts.kind == "perplexity":
-        per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
-        return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {
-            "tokens": sum(x[1] for x in per), "stderr": STDERR_NOTE.format(resamples=bootstrap_resamples(len(per)))}
-    if ts.kind in ("synth-math", "gsm8k"):
-        notes: list[str] = []
+    if ts.kind in EVAL_ANSWER_KINDS:  # generated answers, stored: `compare` reads them (the others: scores only)
+        if ts.kind == "qa":
+            scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
+                                          judge=judge)
+            return scores, gens, (lambda ix: qa.scores_by_kind([gens[i].verdict for i in ix],
+                                                               [gens[i].item_kind for i in ix])), gens, extra
+        notes: list[str] = []  # synth-math, gsm8k
         scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
                                    notes=notes)
         # stored in the scores' details (`scores --json`), beside the settings it changed
         return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, (
             {"context": " ".join(notes)} if notes else {})
-    if ts.kind == "qa":
-        scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
-                                      judge=judge)
-        return scores, gens, (lambda ix: qa.scores_by_kind([gens[i].verdict for i in ix],
-                                                           [gens[i].item_kind for i in ix])), gens, extra
+    if ts.kind == "perplexity":
+        per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
+        return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {
+            "tokens": sum(x[1] for x in per), "stderr": STDERR_NOTE.format(resamples=bootstrap_resamples(len(per)))}
     if ts.kind == "mc":
         per = mc_items(tok, model, ts.items)
         return _mc(per), [], lambda ix: _mc([per[i] for i in ix]), per, {}

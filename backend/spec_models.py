@@ -55,15 +55,19 @@ class UpscaleSpec(_Spec):
                 raise ValueError(f"{field} ({flag} on the command line) is for method {method!r}; method "
                                  f"{self.method!r} does not use it: leave it out, or choose method {method!r}.")
         if self.method == "dus" and self.m is None:
-            raise ValueError("method 'dus' needs m, the number of layers removed from each copy.")
+            raise ValueError("method 'dus' needs m (--m on the command line), the number of layers removed from each "
+                             "copy.")
         if self.method == "dus" and self.m < 1:
             raise ValueError(f"m={self.m}: m must be at least 1.")
         if self.method == "slices" and not self.slices:
-            raise ValueError("method 'slices' needs slices: a list of half-open ranges {source, start, end}.")
+            raise ValueError("method 'slices' needs slices: a list of half-open ranges {source, start, end} (--slice "
+                             "SOURCE:START:END on the command line, once per slice).")
         if self.method == "slices" and any(s.source == 1 for s in self.slices) and not self.second:
-            raise ValueError("slices use source 1 but no second model is given.")
+            raise ValueError("slices use source 1 but no second model is given: give second (--second on the command "
+                             "line), the model of source 1.")
         if self.method == "llama-pro" and not self.groups:
-            raise ValueError("method 'llama-pro' needs groups, the number of identity blocks to insert.")
+            raise ValueError("method 'llama-pro' needs groups (--groups on the command line), the number of identity "
+                             "blocks to insert.")
         return self
 
     def default_name(self) -> str:
@@ -226,7 +230,8 @@ class MergeSpec(_Spec):
 
         relative = self.method in _RELATIVE
         if self.weights is not None and len(self.weights) != len(self.models):
-            raise ValueError(f"weights: give one per model ({len(self.models)}), not {len(self.weights)}.")
+            raise ValueError(f"weights (--weights on the command line): give one per model ({len(self.models)}), "
+                             f"not {len(self.weights)}.")
         if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
             raise ValueError("weights: finite numbers only.")
         for field, (methods, flag) in MERGE_METHOD_FIELDS.items():
@@ -250,8 +255,8 @@ class MergeSpec(_Spec):
             if not vals or any(not 0 <= x <= 1 for x in vals):
                 raise ValueError("t: values between 0 and 1 (a schedule needs at least one value).")
         if relative and not self.base:
-            raise ValueError(f"{self.method} is relative to a base: give base, the model the candidates started "
-                             "from.")
+            raise ValueError(f"{self.method} is relative to a base: give base (--base on the command line), the model "
+                             "the candidates started from.")
         if not math.isfinite(self.lambda_):
             raise ValueError("lambda: a finite number.")
         if self.lambda_ != 1 and not relative:
@@ -262,10 +267,11 @@ class MergeSpec(_Spec):
         if self.normalize is not None and self.method == "slerp":
             raise ValueError("normalize: slerp has no weights to normalize.")
         if self.tokenizer_source == "base" and not self.base:
-            raise ValueError("tokenizer_source: 'base' needs a base (task_arithmetic, ties, dare); name one of the "
-                             "models instead.")
+            raise ValueError("tokenizer_source (--tokenizer-source on the command line): 'base' needs a base "
+                             "(task_arithmetic, ties, dare); name one of the models instead.")
         if self.tokenizer_source not in (None, "base", self.base, *self.models):
-            raise ValueError(f"tokenizer_source: {self.tokenizer_source!r} is not one of the models"
+            raise ValueError(f"tokenizer_source (--tokenizer-source on the command line): {self.tokenizer_source!r} is "
+                             "not one of the models"
                              f"{' or the base' if self.base else ''}; give 'base' or one of "
                              f"{', '.join(self.models)}.")
         twice = sorted({m for m in self.models if self.models.count(m) > 1})

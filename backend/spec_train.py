@@ -123,18 +123,22 @@ class _TrainSpec(_Spec):
         n = self.num_machines
         if self.machine_rank >= n:
             raise ValueError(f"machine_rank {self.machine_rank} with num_machines {n}: machine ranks are 0 to "
-                             f"{n - 1}; give each machine its own rank (0 on the main one).")
+                             f"{n - 1}; give each machine its own rank (--machine-rank on the command line; 0 on the "
+                             "main one).")
         if n > 1 and not self.main_process_ip:
             raise ValueError(f"main_process_ip: with num_machines {n} every machine needs the address of machine "
-                             "0 (its host name or IP, reachable from the others).")
+                             "0 (its host name or IP, reachable from the others: --main-process-ip on the command "
+                             "line).")
         if n > 1 and self.ray_workers > 1:
             raise ValueError(f"num_machines {n} and ray_workers {self.ray_workers}: choose one way to use several "
-                             "machines — accelerate launch on each (num_machines) or Ray Train (ray_workers).")
+                             "machines — accelerate launch on each (num_machines; --num-machines on the command line) "
+                             "or Ray Train (ray_workers; --ray-workers).")
         if self.ray_workers > 1 and (self.num_processes > 1 or self.accelerate_config):
             raise ValueError(f"ray_workers {self.ray_workers} with num_processes {self.num_processes}"
                              + (" and accelerate_config" if self.accelerate_config else "") + ": Ray Train starts "
                              "the processes (one per worker; give each GPUs with resources.gpus), not accelerate "
-                             "launch; set num_processes to 1 and leave accelerate_config empty.")
+                             "launch; set num_processes to 1 and leave accelerate_config empty (on the command line: "
+                             "--num-processes 1, no --accelerate-config).")
         return self
 
     def default_name(self) -> str:

@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from backend.data_reading import not_a_regular_file
 from backend.spec_base import Resources, _Spec, _valid_name, parse_size  # noqa: F401
 from backend.spec_models import MERGE_DEFAULTS, ImportSpec, MergeSpec, PushSpec, SliceRange, UpscaleSpec  # noqa: F401
 from backend.spec_train import CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, SftSpec, _TrainSpec  # noqa: F401
@@ -53,9 +54,10 @@ class SynthMathSpec(_Spec):
     @model_validator(mode="after")
     def _api(self) -> "SynthMathSpec":
         if self.rephraser.startswith("openai:") and not self.api_model:
-            raise ValueError("an openai: rephraser needs api_model, the model name the server serves.")
+            raise ValueError("an openai: rephraser needs api_model (--api-model on the command line), the model "
+                             "name the server serves.")
         if any(level not in (1, 2, 3) for level in self.levels):
-            raise ValueError("levels are 1, 2 or 3.")
+            raise ValueError("levels are 1, 2 or 3 (--level on the command line).")
         return self
 
 
@@ -65,6 +67,14 @@ EVAL_TASK_FORMS = {"perplexity": "perplexity[:FILE]", "synth-math": "synth-math"
                    "gsm8k": "gsm8k:FILE", "lm-eval": "lm-eval:TASK"}
 EVAL_TASK_KINDS = tuple(EVAL_TASK_FORMS)
 EVAL_TASK_HELP = ", ".join(EVAL_TASK_FORMS.values())
+# The kinds whose replies are generated and stored as answers (Generation rows), which `compare` and the Compare
+# page's length section read: evalscore.score_task stores answers for these and only these. perplexity, mc (the
+# log-likelihood of each choice) and lm-eval store scores only: "evaluate with --tasks mc:FILE first" could not help.
+EVAL_ANSWER_KINDS = ("synth-math", "qa", "gsm8k")
+EVAL_ANSWER_HELP = ", ".join(EVAL_TASK_FORMS[k] for k in EVAL_ANSWER_KINDS)
+# why a scores-only kind has no answers, in the refusal that names it
+SCORES_ONLY = {"perplexity": "it scores the likelihood of a text", "mc": "multiple choice is scored by the "
+               "log-likelihood of each choice", "lm-eval": "lm-evaluation-harness tasks store their scores only"}
 
 
 class EvalSpec(_Spec):
@@ -101,9 +111,10 @@ class EvalSpec(_Spec):
                 raise ValueError(f"task {task!r}: choose one of {EVAL_TASK_HELP} ([:FILE]: a file is optional).")
             if ":" in EVAL_TASK_FORMS[kind].replace("[:", "") and not arg:
                 raise ValueError(f"task {task!r} needs a file or task name after the colon.")
-            if kind in ("mc", "gsm8k", "qa") and arg and not Path(arg).expanduser().is_file():
+            if kind in ("mc", "gsm8k", "qa") and arg and not (path := Path(arg).expanduser()).is_file():
                 # refused here, not queued to fail in the worker after the models were checked
-                raise ValueError(f"task {task!r}: {arg} does not exist.")
+                said = not_a_regular_file(path, "a JSON Lines file") or f"{arg} does not exist."  # or: a named pipe
+                raise ValueError(f"task {task!r}: {said}")
         twice = sorted({t for t in v if v.count(t) > 1})
         if twice:
             raise ValueError(f"listed twice: {', '.join(twice)}.")  # shown as "tasks: listed twice: …"
@@ -112,10 +123,12 @@ class EvalSpec(_Spec):
     @model_validator(mode="after")
     def _judge(self) -> "EvalSpec":
         if self.judge_url and not self.judge_url.startswith(("http://", "https://")):
-            raise ValueError(f"judge_url {self.judge_url!r}: give the server's base URL, such as "
+            raise ValueError(f"judge_url {self.judge_url!r}: give the server's base URL (--judge-url on the command "
+                             "line), such as "
                              "http://127.0.0.1:8000/v1.")
         if self.judge_url and not self.judge_model:
-            raise ValueError("judge_model: a judge needs the model name its server serves.")
+            raise ValueError("judge_model: a judge needs the model name its server serves (--judge-model on the "
+                             "command line).")
         return self
 
     def per_model(self) -> list["EvalSpec"]:

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 from sqlmodel import func, select
 
-from backend import analysis, answerstats, scorenotes
+from backend import analysis, answerstats, scorenotes, specs
 from pages.common import MISSING
 from pages.compare_pick import answer_pair, warn
 from pages.figures import by_bin_figure, hallucination_length_figure, length_box_figure
@@ -86,7 +86,8 @@ def show(charted: list[str], order: dict[str, int], lineage_of: dict[str, set[st
     with db.session() as s:  # the task list first, then only that task's rows (200k rows took seconds to load)
         gen_tasks = sorted(s.exec(select(Generation.task).distinct()).all())
     if not gen_tasks:
-        st.info("No generations yet: evaluate on synth-math or a gsm8k file.")
+        st.info(f"No answers stored yet: evaluate on a task with answers ({specs.EVAL_ANSWER_HELP}); perplexity, "
+                "mc and lm-eval store scores only.")
         return
     gtask = st.selectbox("Task", gen_tasks, key="gen_task")
     with db.session() as s:

@@ -190,7 +190,8 @@ CASES = [
     Case("merge-unknown", ["merge", "--models", "tiny", "ghost"], "neither a registered model"),
     Case("merge-ties-no-base", ["merge", "--method", "ties", "--models", "tiny", "{deep}"], "ties is relative to a base"),
     Case("merge-slerp-three", ["merge", "--method", "slerp", "--models", "tiny", "tiny", "tiny"], "slerp merges exactly two models"),
-    Case("merge-weights-count", ["merge", "--models", "tiny", "tiny", "--weights", "1"], "weights: give one per model (2), not 1"),
+    Case("merge-weights-count", ["merge", "--models", "tiny", "tiny", "--weights", "1"],
+         "weights (--weights on the command line): give one per model (2), not 1"),
     Case("merge-name", ["merge", "--models", "tiny", "tiny", "--name", "../up"], "use ASCII letters"),
     Case("merge-no-config", ["merge", "--models", "tiny", "{no_config}"], "has no config.json"),
     # ---- training data

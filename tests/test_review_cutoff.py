@@ -48,7 +48,7 @@ def test_a_model_all_cut_off_gets_no_verdict_and_the_message_names_the_cut_off_i
     assert not res["ok"] and "hallucinates" not in res["sentence"]
     assert res["sentence"] == ("No verdict: 20 of 20 items left out: dus's reply was cut off by the token limit, so "
                                "none remains and a comparison needs at least 10; evaluate again with a higher Max new "
-                               "tokens.")
+                               "tokens (eval --max-new-tokens).")
     assert res["left_out"] == {"n_shared": 20, "n": 20, "by_model": {"base": 0, "dus": 20},
                                "message": "20 of 20 items left out: dus's reply was cut off by the token limit"}
     with pytest.raises(ValueError, match="a reply was cut off by the token limit; evaluate again"):
@@ -64,7 +64,7 @@ def test_the_walks_pair_13_cut_off_and_7_abstained_is_no_verdict_for_the_model_e
     lm = analysis.length_model(recs, ["base", "dus"])
     assert not lm["ok"] and lm["n_items"] == 7 and lm["message"] == (
         "only 7 items are left to judge (13 of 20 items left out: dus's reply was cut off by the token limit); the "
-        "model needs at least 10: evaluate again with a higher Max new tokens.")
+        "model needs at least 10: evaluate again with a higher Max new tokens (eval --max-new-tokens).")
 
 
 # ---- 5 of 20 cut off: compared on 15, and said -------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_five_cut_off_items_are_left_out_and_the_sentence_says_so():
     assert res["model"]["n_items"] == 15
     assert "15 shared items" in res["sentence"]
     assert res["sentence"].endswith(" 5 of 20 items left out: B's reply was cut off by the token limit; evaluate "
-                                    "again with a higher Max new tokens to judge them.")
+                                    "again with a higher Max new tokens (eval --max-new-tokens) to judge them.")
     strat = analysis.length_controlled(five_cut_off(), "A", "B", n_bins=2, boots=50)
     assert (strat["n_a"], strat["n_b"], strat["cut_off"]) == (15, 15, 5)
     assert strat["raw_diff"] == pytest.approx(5 / 15)
@@ -107,8 +107,8 @@ def test_outcome_correct_keeps_cut_off_replies_as_errors_and_says_their_share():
     assert res["raw"]["n"] == 20
     assert (res["rate_a"], res["rate_b"]) == (pytest.approx(10 / 20), pytest.approx((5 + 3) / 20))
     assert res["sentence"].endswith(" Cut off by the token limit, and so counted as not correct: A 0 %, B 25 % of "
-                                    "the 20 items, so this may measure the token cap rather than the models "
-                                    "(evaluate again with a higher Max new tokens).")
+                                    "the 20 items, so this may measure the token cap rather than the models: "
+                                    "evaluate again with a higher Max new tokens (eval --max-new-tokens).")
     assert res["left_out"]["n"] == 0
     curves = analysis.length_curves(five_cut_off(), ["A", "B"], n_bins=3, outcome="correct")
     assert sum(p["n"] for p in curves["observed"] if p["model"] == "B") == 20
@@ -167,4 +167,4 @@ def test_compare_page_with_a_model_all_cut_off_says_no_verdict(tiny):
     assert not at.exception, at.exception
     assert [m.value for m in at.markdown if m.value.startswith("**No verdict")] == [
         "**No verdict: 20 of 20 items left out: dus's reply was cut off by the token limit, so none remains and a "
-        "comparison needs at least 10; evaluate again with a higher Max new tokens.**"]
+        "comparison needs at least 10; evaluate again with a higher Max new tokens (eval --max-new-tokens).**"]

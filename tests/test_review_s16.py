@@ -64,12 +64,14 @@ def test_no_verdict_on_too_few_items_asks_for_more_items_not_only_a_higher_cap()
     res = analysis.compare(recs, "base", "dus")
     assert res["sentence"] == ("No verdict: 4 of 8 items left out: dus's reply was cut off by the token limit, so "
                                "only 4 remain and a comparison needs at least 10; evaluate again with a higher Max "
-                               "new tokens and more Items per task (only 8 were scored).")
+                               "new tokens (eval --max-new-tokens) and more Items per task (eval --limit), as only 8 "
+                               "were scored.")
     assert analysis.length_model(recs, ["base", "dus"])["message"].endswith(
-        "evaluate again with a higher Max new tokens and more Items per task (only 8 were scored).")
+        "evaluate again with a higher Max new tokens (eval --max-new-tokens) and more Items per task (eval --limit), "
+        "as only 8 were scored.")
     plain = analysis.compare([r for r in base_model() if int(r.prompt_id) < 6] + rambler("dus", 0)[:6], "base", "dus")
     assert plain["sentence"] == ("base and dus answered only 6 of the same items; a comparison needs at least 10: "
-                                 "evaluate again with more Items per task.")
+                                 "evaluate again with more Items per task (eval --limit).")
 
 
 def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):

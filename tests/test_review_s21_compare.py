@@ -74,7 +74,7 @@ def test_caps_all_cut_off_and_the_advice_claim_only_what_the_runs_show():
     text = analysis.cut_off_advice({"up": [48, 96]})
     assert text.startswith("Cut off on every reply at each cap tried (up at 48 and 96 tokens): such a model does "
                            "not end its replies")
-    assert "a higher Max new tokens will not help" in text and "continue pretraining" in text
+    assert "a higher Max new tokens (eval --max-new-tokens) will not help" in text and "continue pretraining" in text
     once = analysis.cut_off_advice({"cpt": [48]})
     assert once.startswith("Cut off on every reply, at one cap so far (cpt at 48 tokens)")
     assert "will not help" not in once and "Evaluate again with a higher" in once
@@ -94,7 +94,7 @@ def test_the_page_says_a_model_cut_off_at_two_caps_never_ends_its_replies(tiny_l
     assert "To let them finish" not in warned  # the old advice, which cannot help here
     # one sentence in the warning, what the model needs in the table under it (walk 23d: the advice was 20 lines)
     assert warned.endswith("1 model cut off on every reply, at 48 and 96 tokens: cut off at each cap tried, it does "
-                           "not end its replies, so a higher Max new tokens will not help: it needs training (what "
+                           "not end its replies, so a higher Max new tokens (eval --max-new-tokens) will not help: it needs training (what "
                            "each needs: the table below).")
     (row,) = next(d.value for d in at.dataframe if list(d.value.columns[:2]) == ["model", "cut off"]).to_dict("records")
     assert row["at cap (tokens)"] == "48, 96"

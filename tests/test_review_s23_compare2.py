@@ -36,7 +36,7 @@ def test_the_cut_off_warning_is_one_sentence_and_a_table_said_once(tiny_llama):
     (warned,) = [w.value for w in at.warning if w.value.startswith("Cut off by the token limit")]
     # was one paragraph per remedy (3 here), each "Evaluate again with a higher Max new tokens. Cut off throughout…"
     assert warned.endswith("3 models cut off on every reply, at 48 tokens: evaluate them again with a higher Max new "
-                           "tokens, and if one is cut off there too it does not end its replies and needs training "
+                           "tokens (eval --max-new-tokens), and if one is cut off there too it does not end its replies and needs training "
                            "(what each needs: the table below).")
     assert "Cut off throughout" not in warned and warned.count("Max new tokens") == 1
     table = frame(at, "model", "cut off")
@@ -44,7 +44,7 @@ def test_the_cut_off_warning_is_one_sentence_and_a_table_said_once(tiny_llama):
     rows = {r["model"]: r for r in table.to_dict("records")}
     assert set(rows) == {"up", "cpt", "sft"} and {r["cut off"] for r in rows.values()} == {"100%"}
     assert rows["cpt"]["what to do"] == (
-        "Evaluate again with a higher Max new tokens; if every reply is cut off there too, it does not end its "
+        "Evaluate again with a higher Max new tokens (eval --max-new-tokens); if every reply is cut off there too, it does not end its "
         "replies (continued pretraining alone does not teach a model to end a turn): SFT it, then evaluate it again.")
     assert "its SFT training did not teach it to stop" in rows["sft"]["what to do"]
     assert rows["up"]["what to do"].endswith("continue pretraining, then SFT, and evaluate it again.")
@@ -61,15 +61,15 @@ def test_the_summary_for_caps_tried_twice_and_mixed():
     assert answerstats.cut_off_summary({}) == ""
     assert answerstats.cut_off_summary({"up": [48, 96]}) == (
         "1 model cut off on every reply, at 48 and 96 tokens: cut off at each cap tried, it does not end its replies, "
-        "so a higher Max new tokens will not help: it needs training (what each needs: the table below).")
+        "so a higher Max new tokens (eval --max-new-tokens) will not help: it needs training (what each needs: the table below).")
     assert answerstats.cut_off_summary({"up": [48, 96], "a": [32], "b": [48]}) == (
-        "3 models cut off on every reply, at 32, 48 and 96 tokens: 1 at each cap tried, which a higher Max new tokens "
+        "3 models cut off on every reply, at 32, 48 and 96 tokens: 1 at each cap tried, which a higher Max new tokens (eval --max-new-tokens) "
         "will not help (they need training); evaluate the other 2 again with a higher Max new tokens (what each "
         "needs: the table below).")
     (row,) = answerstats.cut_off_rows({"up": [48, 96]}, {"up": []}, shares={"up": 1.0})
     assert row == {"model": "up", "cut off": "100%", "at cap (tokens)": "48, 96", "what to do": (
         "Continue pretraining, then SFT, and evaluate it again: it does not end its replies (it never emits its end "
-        "token, as an untrained, random or freshly up-scaled model does); a higher Max new tokens will not help.")}
+        "token, as an untrained, random or freshly up-scaled model does); a higher Max new tokens (eval --max-new-tokens) will not help.")}
 
 
 def test_no_plot_of_bare_axes_when_no_item_was_answered_by_both(tiny_llama):

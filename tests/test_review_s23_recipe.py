@@ -108,7 +108,7 @@ def test_the_cut_off_advice_fits_the_models_training():
     _lineage()
     merged = answerstats.cut_off_advice({"merge": [48, 96]})
     assert merged == ("Cut off on every reply at each cap tried (merge at 48 and 96 tokens): such a model does not "
-                      "end its replies (its SFT and DPO training did not teach it to stop), so a higher Max new tokens "
+                      "end its replies (its SFT and DPO training did not teach it to stop), so a higher Max new tokens (eval --max-new-tokens) "
                       "will not help: check that the end token of its chat template is the one its SFT data ends each "
                       "turn with (and the tokenizer's end-of-sequence token), or train it for more steps")
     once = answerstats.cut_off_advice({"merge": [48], "cpt": [48], "up": [48]})

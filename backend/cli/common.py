@@ -173,13 +173,49 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             raise
         raise WorkFailed(str(exc)) from exc
-    for k, v in result.items():
-        print(f"{k}: {v}")
+    print_result(result)
     if spec.kind == "synth-math" and not result.get("rows"):
         raise WorkFailed(f"synth-math produced no training data ({result.get('verified', 0)} verified, "
                          f"{result.get('failed', 0)} failed): the reasons are in {result.get('pairs')}'s pairs "
                          f"(its pairs.jsonl); `datasets delete {result.get('pairs')}` before running it again "
                          "under this name.")
+
+
+def result_lines(result: dict, indent: str = "") -> list[str]:
+    """A foreground job's result as a person reads it: `key: value` lines, a nested block's fields indented under
+    its key and a list's items one a line, where Python's repr printed `perf: {'compile': 'off', …}` and
+    `device: {'sft3': 'CPU: float32, batch 8'}`; nothing for what is empty (`resumed_from: None`, `notes: []`,
+    `skipped: []`); and the counts the runner's "done:" message says in words (runner.IN_WORDS) said so, and left
+    out at 0 (`kept: 0` read as jargon)."""
+    from backend import runner
+
+    lines = []
+    for k, v in result.items():
+        if v is None or (isinstance(v, (list, tuple, dict, str)) and not v):
+            continue
+        if not indent and k in runner.IN_WORDS:
+            if v:
+                lines.append(runner.IN_WORDS[k].format(v))
+        elif isinstance(v, dict):
+            lines += [f"{indent}{k}:", *result_lines(v, indent + "  ")]
+        elif isinstance(v, (list, tuple)):
+            lines += [f"{indent}{k}:", *(f"{indent}  - {_one_line(x)}" for x in v)]
+        else:
+            lines.append(f"{indent}{k}: {_one_line(v)}")
+    return lines
+
+
+def _one_line(v) -> str:
+    """A value on its line: a block in a list as `k: v, …`, a message of several lines on one."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_one_line(x)}" for k, x in v.items() if x is not None)
+    return " ".join(str(v).split()) if isinstance(v, str) and "\n" in v else str(v)
+
+
+def print_result(result: dict) -> None:
+    """A foreground job's result on stdout (result_lines)."""
+    for line in result_lines(result):
+        print(line)
 
 
 def _save_spec(spec, a: argparse.Namespace) -> None:

@@ -143,10 +143,12 @@ def cmd_compare(a) -> None:
 
     if not 2 <= a.bins <= 6:
         raise ValueError(f"--bins {a.bins}: give 2 to 6 answer-length bins (as the Compare page's slider).")
+    from backend.specs import EVAL_ANSWER_HELP, SCORES_ONLY
+
     a.task = _local_task(a.task)  # as `eval` stored it: a task file under its absolute path
-    if a.task.partition(":")[0] == "perplexity":  # scores only: "evaluate with --tasks perplexity" would not help
-        raise ValueError("perplexity stores a score per model, no answers to compare: compare needs a task with "
-                         "answers (synth-math, qa[:FILE], mc:FILE, gsm8k:FILE); `scores` shows perplexity.")
+    if why := SCORES_ONLY.get(a.task.partition(":")[0]):  # "evaluate with --tasks mc:FILE first" would not help
+        raise ValueError(f"{a.task} stores a score per model, no answers to compare ({why}): compare needs a task "
+                         f"with answers ({EVAL_ANSWER_HELP}); `scores` shows {a.task}'s scores.")
     _check_compared(a.task, [a.model_a, a.model_b])
     pair = analysis.pair_records(a.task, a.model_a, a.model_b)  # the two models' answers only (every model's: 0.7 s
     # at 150 models)
@@ -301,11 +303,13 @@ def add_scores(sub) -> None:
 def add_compare(sub) -> None:
     """The `compare` command's parser."""
     from backend import analysis  # numpy only: statsmodels loads when a fit runs
+    from backend.specs import EVAL_ANSWER_HELP
 
     cp = sub.add_parser("compare", help=HELP["compare"])
     cp.add_argument("model_a", metavar="A", help="a model with stored answers on the task")
     cp.add_argument("model_b", metavar="B", help="the model to compare it with")
-    cp.add_argument("--task", required=True, help="a task with stored answers (synth-math, qa, gsm8k:FILE, …)")
+    cp.add_argument("--task", required=True, help=f"a task with stored answers: {EVAL_ANSWER_HELP} (perplexity, "
+                    "mc and lm-eval store scores only)")
     cp.add_argument("--outcome", choices=list(analysis.OUTCOMES), default="hallucination",
                     help="correct: compare the rate of answers that are not correct (wrong, abstained or cut off; "
                          "items either model replied empty on are left out, as for hallucination)")

@@ -62,7 +62,8 @@ def cmd_jobs(a) -> None:
         before = runner.get(a.id)
         if before is not None and before.status in runner.FINISHED:  # `job 1: succeeded` read as a cancel done
             raise WorkFailed(f"job {a.id} {_has_ended(before.status, a.id)}: nothing to cancel.")
-        print(f"job {a.id}: {runner.cancel(a.id).status}")
+        job = runner.cancel(a.id)
+        print(f"job {a.id}: {job.status}{_after_cancel(before, job)}")
     elif a.action == "resume":
         job = runner.resume(a.id)
         # its run had registered its model before it was stopped: marked done, nothing run again (runner.resume)
@@ -75,6 +76,18 @@ def cmd_jobs(a) -> None:
         sys.exit(show_log(a.id, a.lines, a.follow, a.poll))
     elif a.action == "exec":
         sys.exit(runner.execute(a.id))
+
+
+def _after_cancel(before, job) -> str:
+    """What `jobs cancel` adds to "cancelled": a job stopped while running is told what a resume then does, as a
+    killed job's row says it (runner.what_resume_does: "resume it to continue from its last checkpoint,
+    checkpoint-20 (python -m backend jobs resume 20 …)"); "job 20: cancelled" left a training's checkpoints
+    unsaid. A job cancelled while queued ran nothing: nothing to add."""
+    from backend import runner
+
+    if job.status != "cancelled" or before is None or before.status != "running":  # it ended first (its own end
+        return ""  # stands), or it never ran
+    return f"; {runner.what_resume_does(job)}"
 
 
 def _has_ended(status: str, job_id: int) -> str:

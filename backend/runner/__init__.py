@@ -32,7 +32,7 @@ from backend.runner.queue import (MAKES_MODELS, WAITING, active_jobs, check_befo
 from backend.runner.states import (_ended_dependency, _left_out, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
 from backend.runner.messages import (_what_resume_does, ago, job_message, log_tail, one_pass, resume_point,
-                                     seconds_all, seconds_run, will_fail)
+                                     seconds_all, seconds_run, what_resume_does, will_fail)
 from backend.runner.child import IN_WORDS, execute, shown_fields, work_function
 from backend.runner.loop import _busy, _claim_next, _interrupt_running, job_niceness, start_child, worker
 from storage.models import utcnow  # the clock job rows are written by (tests read runner.utcnow)

@@ -125,7 +125,7 @@ def _silence(age: float) -> str:
     return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
 
 
-def _what_resume_does(job: Job) -> str:
+def what_resume_does(job: Job) -> str:
     """The next step after a job process died without a word (killed, out of memory), by what its kind left: a
     killed build's row said only "see its log", though nothing was registered and a resume runs it again. Said by
     resume_action's rule (its `step`), as the button and `jobs resume` say it: a training killed before its first
@@ -134,6 +134,9 @@ def _what_resume_does(job: Job) -> str:
     if not action.runs:
         return action.step
     return f"{action.step} (python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
+
+
+_what_resume_does = what_resume_does  # its name before `jobs cancel` said it too (the runner's modules, tests)
 
 
 def with_resume_step(job: Job | None, fields: dict) -> dict:
