@@ -114,8 +114,8 @@ def resolve(spec, cuda: bool, installed: Callable[[str], bool] = _installed, tra
     elif cuda and installed(PACKAGES["liger"]):
         liger, why["liger"] = True, "auto on CUDA: liger-kernel is installed (RMSNorm, SwiGLU, RoPE kernels)"
     else:
-        liger, why["liger"] = False, "auto: CUDA with liger-kernel installed only" + ("" if cuda else
-                                                                                       "; this is a CPU")
+        liger, why["liger"] = False, ("auto: off, liger-kernel is not installed" if cuda else  # said for its value
+                                      "auto on a CPU: off, Liger's kernels run on CUDA only")
 
     if p.optimizer != "auto":
         optim, why["optimizer"] = OPTIM[p.optimizer], "asked for"
@@ -143,7 +143,8 @@ def resolve(spec, cuda: bool, installed: Callable[[str], bool] = _installed, tra
     elif cuda and flash:
         strategy, why["packing"] = "bfd", "auto: padding-free, the flash kernel attends within each sequence"
     else:
-        strategy, why["packing"] = "wrapped", "auto: full rows (padding-free packing needs a flash kernel to be fast)"
+        strategy, why["packing"] = "wrapped", ("auto: rows run together and cut into full max_length sequences; "
+                                               "padding-free bfd needs a flash kernel to be fast")
 
     if spec.kind == "cpt" and strategy == "bfd":  # padding-free alike; "bfd" keeps each document's first max_length
         strategy = "bfd_split"  # tokens only (13 % of a set of 240-token documents trained at max_length 32)
@@ -161,14 +162,22 @@ def resolve(spec, cuda: bool, installed: Callable[[str], bool] = _installed, tra
                 f"auto: the run sees {seen} rows, the data has {train_rows if train_rows is not None else '?'}; "
                 + ("scoring every row once is cheaper than a reference forward per step" if precompute else
                    "scoring the whole set first would cost more than it saves"))
-    packing = spec.kind != "dpo" and (cuda if getattr(spec, "packing", None) is None else spec.packing)
-    if spec.kind == "sft" and spec.packing is None and p.packing_strategy == "auto" and cuda and strategy != "bfd":
+    asked = getattr(spec, "packing", None)
+    packing = spec.kind != "dpo" and (cuda if asked is None else asked)
+    # the reason said for the value the log prints: "packing = off (auto: full rows (padding-free packing needs a
+    # flash kernel …))" described the packing an SFT run on a CPU did not do
+    if spec.kind == "sft" and asked is None and p.packing_strategy == "auto" and strategy != "bfd":
         # "wrapped" cuts the concatenated conversations every max_length tokens and runs them together: a sequence
         # began mid-conversation ('ompute the result.\n\n4 times 3<|im_end|>'), its reply learned without its
         # question, attending to the conversation before it. Unpacked, as trl's default, unless padding-free.
         packing = False
-        why["packing"] = ("auto for sft: off without a flash kernel (wrapped packing cuts conversations at max_length "
-                          "and runs them together; padding-free bfd needs a flash kernel to be fast)")
+        why["packing"] = ("auto for sft: off without a flash kernel here; padding-free packing is slow without one, "
+                          "and wrapped packing cuts conversations at max_length and runs them together")
+    elif spec.kind != "dpo" and not packing:
+        why["packing"] = ("packing: false asked for" if asked is False else
+                          "auto on a CPU: off, packing is on by default with CUDA only; packing: true packs here")
+    elif spec.kind == "sft" and asked:
+        why["packing"] = f"packing: true asked for; {why['packing']}"
     return Resolved(compile_, liger, optim, attention, packing, strategy, packing and strategy.startswith("bfd"),
                     precompute, why)
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers.trainer_callback import PrinterCallback
 
 from backend import perf
 from backend.specs import spec_from_dict
@@ -82,8 +83,9 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
         trainer.evaluate()  # logged at step 0 through the callback
         if cfg.get("reference_path"):
             ref_loss = _reference_loss(spec, cfg["reference_path"], run_dir, choices, tok, train, evals)
-            if trainer.is_world_process_zero():
-                callback.record(0, {"reference_eval_loss": ref_loss})
+            if trainer.is_world_process_zero():  # labelled: a second bare eval loss at step 0 read as a repeat
+                whose = f"reference model {spec.reference_model}'s" if spec.reference_model else "base model's"
+                callback.record(0, {"reference_eval_loss": ref_loss}, f"{whose} eval loss (for the recovery chart)")
 
     # --- train (from the last checkpoint when the run folder has one)
     if checkpoints:
@@ -132,6 +134,9 @@ def _reference_loss(spec, reference_path: str, run_dir: Path, choices, tok, trai
     ref = load_model(reference_path, choices.attention)
     ref_trainer = build_trainer(spec.model_copy(update={"lora": None}), ref, None, tok,
                                 make_config(spec, run_dir / "reference", True, choices), train, evals, [])
+    # its own trainer printed its metrics dict, a second {'eval_loss': …} at step 0 with no word that it was the
+    # base's: the labelled line MetricsCallback.record prints says it instead
+    ref_trainer.remove_callback(PrinterCallback)
     ref_loss = ref_trainer.evaluate()["eval_loss"]
     del ref_trainer, ref
     shutil.rmtree(run_dir / "reference", ignore_errors=True)

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import recipe, runner
-from backend.recipe import graph, surface, tables
+from backend.recipe import graph, state, surface, tables
 from backend.recipe.graph import with_outside_models
 from backend.specs import TRAIN_KINDS
 from pages.common import MISSING, job_said, via_app, worker_banner
@@ -249,7 +249,7 @@ with t_surface:
     scores = tables.latest_scores([s["output"] for s in tables.stage_dicts(run_id) if s["output"]])
     metrics = sorted({k for v in scores.values() for k in v})
     if not metrics:
-        st.caption("No evaluation rows yet.")
+        st.caption(" ".join(["No evaluation rows yet.", state.run_scores_note(run_id)]).strip())  # why: queued, running
     else:
         metric = st.selectbox("Metric", metrics, key="surface_metric")
         surfaces = surface.run_surfaces(run_id, metric)

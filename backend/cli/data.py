@@ -47,15 +47,18 @@ def cmd_datasets(a) -> None:
     from backend.synth import pipeline
 
     if a.action == "list":
+        # a mix stores no row count (its sources are read when it is used): its 0 read as an empty data set
         if a.json:
-            return _print_json([{"name": d.name, "kind": d.kind, "rows": d.rows, "path": d.path,
-                                 "provenance": d.provenance, "created": d.created} for d in pipeline.list_datasets()])
+            return _print_json([{"name": d.name, "kind": d.kind, "rows": None if d.kind == "mix" else d.rows,
+                                 "path": d.path, "provenance": d.provenance, "created": d.created}
+                                for d in pipeline.list_datasets()])
         print(f"{'name':36} {'kind':12} {'rows':>7}  path / sources")
         for d in pipeline.list_datasets():
             where = d.path or ", ".join(f"{x['source']}×{x['weight']:g}" + (f" by {x['sample_by']}" if
                                                                             x.get("sample_by") else "")
                                         for x in d.provenance.get("sources", []))
-            print(f"{d.name:36} {d.kind:12} {d.rows:7d}  {where}")
+            kind = f"mix ({d.provenance['for']})" if d.kind == "mix" and d.provenance.get("for") else d.kind
+            print(f"{d.name:36} {kind:12} {'-' if d.kind == 'mix' else d.rows:>7}  {where}")
     elif a.action == "export":
         for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
             print(f"{k}: {v}")

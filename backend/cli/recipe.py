@@ -25,14 +25,16 @@ def cmd_recipe(a) -> None:
         return
     if a.action == "tables":
         from backend.recipe import tables
-        from backend.recipe.state import get_run
+        from backend.recipe.state import get_run, run_scores_note
 
         latest = recipe.runs(1)
         if a.target is None and not latest:
             raise ValueError("no recipe has run yet: `recipe run FILE` first.")
         run_id = get_run(a.target).id if a.target is not None else latest[0].id
-        for t in tables.run_tables(run_id, all_metrics=a.all_metrics):
+        for t in tables.run_tables(run_id, all_metrics=a.all_metrics):  # a table's notes say why scores are missing
             print({"md": tables.to_markdown, "csv": tables.to_csv, "tex": tables.to_latex}[a.format](t))
+        if a.format == "csv" and (why := run_scores_note(run_id)):  # a CSV has no notes
+            print(why, file=sys.stderr)
         return
     if a.action == "show":  # the page's "Save as YAML" of the run: what `recipe run FILE` reads back
         from backend.recipe.state import run_text

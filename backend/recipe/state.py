@@ -69,6 +69,36 @@ def evaluations(rows: list[tuple[RecipeStage, Job | None]]) -> list[dict]:
     return out
 
 
+def scores_note(evals: list[dict]) -> str:
+    """Why the run's tables lack scores (state.evaluations' entries), or "" when its evaluation is done: while the
+    job was queued or running `recipe tables` printed Tables 3-7 with only ticks and "Paper H6", no score column and
+    no word why. Said once, for the CLI, the tables' notes and the Recipe page alike."""
+    from backend import runner
+    from backend.runner.messages import resume_action
+
+    parts = []
+    for e in evals:
+        job, status = e["job"], e["status"]
+        what = f"evaluation job {job}" if job is not None else "the evaluation"
+        scored = f", {e['scored']} of {e['of']} models scored" if e["scored"] else ""
+        if status == "queued":
+            parts.append(f"{what} is queued{scored} (`python -m backend jobs wait {job}`)")
+        elif status == "running":
+            parts.append(f"{what} is running, {e['scored']} of {e['of']} models scored "
+                         f"(`python -m backend jobs wait {job}`)")
+        elif status == "not queued":
+            parts.append(f"{what} is {NOT_QUEUED}")
+        elif status in ("failed", "cancelled", "interrupted") and e["scored"] + e["skipped"] < e["of"]:
+            row = runner.get(job) if job is not None else None
+            step = f"; {resume_action(row).step} (`python -m backend jobs resume {job}`)" if row is not None else ""
+            parts.append(f"{what} {status}{scored or ', no model scored'}{step}")
+    return f"Scores not in yet: {'; '.join(parts)}." if parts else ""
+
+
+def run_scores_note(run_id: int) -> str:
+    return scores_note(evaluations(stages(run_id)))
+
+
 def model_scores(rows: list[tuple[RecipeStage, Job | None]]) -> dict[tuple[int, str], int]:
     """(evaluation job, model) -> the score rows that job stored for that model, of the run's evaluation stages: the
     recipe's one shared job's result ("scores 504") is every model's together, and `recipe runs` printed it on each

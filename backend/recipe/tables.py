@@ -384,8 +384,14 @@ def run_tables_from(stages: list[dict], all_metrics: bool = False) -> list[Table
 
 
 def run_tables(run_id: int, all_metrics: bool = False) -> list[Table]:
-    """The run's paper tables: each task's headline score, or with `all_metrics` every stored metric."""
-    return run_tables_from(stage_dicts(run_id), all_metrics)
+    """The run's paper tables: each task's headline score, or with `all_metrics` every stored metric; while its
+    evaluation is queued, running or ended unfinished, each table's first note says so (state.scores_note)."""
+    from backend.recipe.state import run_scores_note
+
+    out, why = run_tables_from(stage_dicts(run_id), all_metrics), run_scores_note(run_id)
+    for t in out if why else []:
+        t.notes.insert(0, why)
+    return out
 
 
 # ---------------------------------------------------------------- comparing runs

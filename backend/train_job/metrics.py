@@ -138,13 +138,16 @@ class MetricsCallback(TrainerCallback):
             values["peak_memory_gib"] = peak_memory_gib()
         self.record(state.global_step, values)
 
-    def record(self, step: int, values: dict[str, float]) -> None:
+    def record(self, step: int, values: dict[str, float], what: str | None = None) -> None:
+        """Append `values` at `step` to metrics.jsonl and the job's rows, and print the step's line with its loss;
+        `what` names a value that is neither a loss nor an eval loss (the first of `values`) in that line."""
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         done = step - self.start_step
         elapsed = time.time() - self.t0
         eta = elapsed / done * (self.max_steps - step) if done > 0 else None
-        what, loss = ("loss", values["loss"]) if "loss" in values else ("eval loss", values.get("eval_loss"))
+        what, loss = ((what, next(iter(values.values()))) if what else ("loss", values["loss"]) if "loss" in values
+                      else ("eval loss", values.get("eval_loss")))
         msg = f"step {step}/{self.max_steps}" + (f" · {what} {loss:.4f}" if loss is not None else "") + \
             (f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "")
         print(f"[{step / self.max_steps:6.1%}] {msg}", flush=True)
