@@ -22,7 +22,7 @@ from backend.data_files import (_csv_extra_fields, _csv_options, _first_bad_json
                                 json_lines_copy, json_reason, text_keys, too_deep_json, utf8_copy)
 from backend.data_reading import (GZ_SUFFIXES, LOADERS, PREVIEW_CHARS, ReaderFailed, _clipped,  # noqa: F401
                                   cut_said, datasets_ready, file_fault, loader_suffix, names_data_file,
-                                  reader_failed)
+                                  not_a_regular_file, reader_failed)
 from backend.data_rows import (KIND_LAYOUTS, LAYOUTS, DataError, _checked_row, _json_typed_file,  # noqa: F401
                                _rows, _shown, check_rows, convert_row, detect_layout, file_rows_keys, file_rows_value,
                                rows_keys, to_prompt_completion, wrapper_problem)
@@ -149,6 +149,8 @@ def load_source(source: str, split: str = "train", sample_by: str = "line"):
         if path.is_dir():  # a folder named like a file (Spark writes x.parquet/ folders) was an IsADirectoryError
             raise DataError(f"{path} is a folder, not a data file: give one .jsonl / .json / .csv / .parquet / .txt "
                             "file in it.")
+        if problem := not_a_regular_file(path):  # a named pipe hung here; /dev/zero read as "empty"
+            raise DataError(problem)
         if (loader := LOADERS.get(loader_suffix(path))) is None:  # `x.JSONL` too: Windows and Excel write such
             raise DataError(f"{path.name}: unsupported file type; use .jsonl, .json, .csv, .parquet or .txt (or "
                             f"{', '.join(GZ_SUFFIXES)}).")

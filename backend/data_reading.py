@@ -7,6 +7,8 @@ Split from backend/data.py and backend/data_files.py (house size); it imports ne
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -33,6 +35,22 @@ def names_data_file(path: Path | str) -> bool:
     plan, an evaluation's task check). `path.suffix in DATA_SUFFIXES` took a missing x.jsonl.gz for a name or a Hub
     id (its suffix is .gz), so a recipe said "not builtin:NAME … or a Hub id" and an evaluation was queued unread."""
     return loader_suffix(path) in LOADERS
+
+
+def not_a_regular_file(path: Path | str, what: str = "a data file") -> str | None:
+    """Why an existing path is no file to read, else None (a regular file; a folder, or a missing path, each refused
+    in its own words): a named pipe given as --data hung the reader waiting for a writer, and /dev/zero behind a
+    symbolic link read as an empty file. Links are followed, as a read follows them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    return (f"{path} is not a regular file ({kind}): a pipe, device or socket may wait forever or never end, so "
+            f"it is not read. Give {what} saved on disk.")
 
 
 class ReaderFailed(RuntimeError):

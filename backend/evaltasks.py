@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import heldout, qa
+from backend.data_reading import not_a_regular_file
 from backend.synth.answers import to_number
 
 
@@ -78,6 +79,8 @@ def read_jsonl(path: str, fields: tuple[str, ...], check: Callable[[dict], str |
     p = Path(path)
     if not p.exists():
         raise EvalError(f"{p} does not exist.")
+    if problem := not_a_regular_file(p, "a JSON Lines file"):  # a named pipe hung the reader
+        raise EvalError(problem)
 
     def problem(row) -> str | None:
         if not isinstance(row, dict):  # a list or a number: `in` below failed with a TypeError, not this line
@@ -144,7 +147,8 @@ def task_set(task: str, limit: int) -> TaskSet:
             # file of blank texts failed only after the models loaded ("the texts are empty")
             texts = [t for t in _perplexity_texts(ds.select(range(min(limit, len(ds)))), arg) if t.strip()]
             if not texts:
-                raise EvalError(f"perplexity:{arg}: the first {min(limit, len(ds))} rows have no text to score.")
+                first = "row has" if min(limit, len(ds)) == 1 else f"{min(limit, len(ds)):,} rows have"
+                raise EvalError(f"perplexity:{arg}: the first {first} no text to score.")
         else:
             texts = heldout.eval_path("heldout-text").read_text().splitlines()[:limit]
         return TaskSet(task, kind, arg or "builtin-eval:heldout-text", texts, texts)

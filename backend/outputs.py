@@ -11,6 +11,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,16 +44,52 @@ def check_disk(path: Path, needed: int) -> None:
 
 def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, needed: int | None = None) -> Path:
     """The folder a new model goes to (default workspace/models/NAME), refused when it already holds something;
-    its parent is created and, when `needed` bytes are known, checked for space."""
+    its parent is checked writable (check_destination) and created and, when `needed` bytes are known, checked for
+    space."""
     registry.check_name_free(name)
     out = Path(out_dir or spec_out or inside(db.models_dir(), name)).expanduser().resolve()
     if (out / db.UNREGISTERED_MARK).is_file():  # left by a build killed before its row: a resume may reuse the name
         db.clean_unregistered_builds([out])
     check_folder_free(out, by_name=not (out_dir or spec_out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if needed is not None:
-        check_disk(out.parent, needed)
+    check_destination(out, needed)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only mount above it: "[Errno 30] Read-only file system: '/mnt/ro/x'"
+        raise cannot_write(out.parent, exc) from None
     return out
+
+
+def check_destination(out: Path, needed: int | None = None) -> None:
+    """Before any work: the folder `out` goes in (its nearest existing parent, when that is still to be made) can be
+    written, and has room for `needed` bytes when known. A training whose --out sat on a read-only or full disk
+    trained to the end and failed only when it handed its model over; a build failed with a bare "[Errno 30]"."""
+    parent = Path(out).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # (a read-only mount refuses root too)
+        raise cannot_write(parent)
+    if needed is not None and parent.is_dir():
+        check_disk(parent, needed)
+
+
+def weights_bytes(model: str | Path | None) -> int | None:
+    """The size of the safetensors files of a model (a registered name, without importing the built-in, or a
+    folder): about what a model trained from it takes. None when it is neither yet (a model a queued job makes)."""
+    rec = registry.get(str(model)) if model else None
+    folder = Path(rec.path if rec else model or "").expanduser()
+    files = list(folder.glob("*.safetensors")) if model and folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def cannot_write(folder: Path, exc: BaseException | None = None) -> OSError:
+    """The refusal of a destination this process may not write: a read-only filesystem, or no permission."""
+    if exc is None:  # os.access said no
+        why = "a read-only filesystem" if os.statvfs(folder).f_flag & os.ST_RDONLY else "no permission"
+    else:
+        code = write_refused(exc, folder)
+        why = ("a read-only filesystem" if code == errno.EROFS else "no permission" if code
+               else f"{type(exc).__name__}: {exc}")
+    return OSError(f"cannot write to {folder} ({why}): choose another output folder. Nothing was registered.")
 
 
 def default_folder(spec_out: str | None, name: str) -> Path:
@@ -101,16 +138,16 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
     workspace/.tmp (cleaned at the next start if the process is killed) when that is on the same filesystem, so
     the final rename is atomic; otherwise beside the destination, with a note in workspace/.tmp naming it, so the
     next start removes it there too (db.clean_stale_tmp) if this process is killed mid-way."""
-    note = None
-    if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
-        tmp = db.new_tmp(prefix)
-    else:
-        tag = db.tmp_tag()  # process and machine: a worker of another machine sharing the workspace leaves it alone
-        tmp = out_dir.parent / f".tmp-{prefix}-{tag}"
-        note = db.tmp_dir() / f"external-{tag}{db.EXTERNAL_TMP_SUFFIX}"
-        note.write_text(str(tmp))  # written first: a kill right after mkdir still leaves the note
-        tmp.mkdir()
-    try:
+    note = tmp = None
+    try:  # the folder made inside it: a read-only destination left the note behind until the next worker start
+        if os.stat(out_dir.parent).st_dev == os.stat(db.tmp_dir()).st_dev:
+            tmp = db.new_tmp(prefix)
+        else:
+            tag = db.tmp_tag()  # process and machine: a worker of another machine sharing the workspace leaves it
+            tmp = out_dir.parent / f".tmp-{prefix}-{tag}"
+            note = db.tmp_dir() / f"external-{tag}{db.EXTERNAL_TMP_SUFFIX}"
+            note.write_text(str(tmp))  # written first: a kill right after mkdir still leaves the note
+            tmp.mkdir()
         yield tmp
         # until register_output removes it, this marks the folder as not registered yet: a kill between the
         # rename and the registration leaves a folder the next start can tell from one a user put there
@@ -120,11 +157,14 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
             out_dir.rmdir()  # empty: output_dir() refused a non-empty one
         tmp.rename(out_dir)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc):
             raise OSError(errno.ENOSPC, f"Disk full while writing the model to {out_dir.parent}: the partial "
                                         "files were removed and nothing was registered. Free some space or choose "
                                         "another output folder.") from exc
+        if write_refused(exc, out_dir.parent, *([tmp] if tmp else [])):
+            raise cannot_write(out_dir.parent, exc) from exc
         raise
     finally:
         if note is not None:
@@ -145,14 +185,73 @@ def _check_still_free(out_dir: Path) -> None:
 
 
 def disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain (a shard-writer thread's error may arrive wrapped)."""
+    """ENOSPC/EDQUOT anywhere in the chain (a shard-writer thread's error may arrive wrapped; shutil.copytree's
+    shutil.Error holds each file's error as text only)."""
+    return bool(_errnos(exc) & {errno.ENOSPC, errno.EDQUOT})
+
+
+def write_refused(exc: BaseException, *folders: Path) -> int | None:
+    """EROFS anywhere in the chain, or, with `folders`, EACCES/EPERM on a path inside one of them (a model file
+    the build could not read is no fault of its destination): that errno, else None."""
+    if errno.EROFS in _errnos(exc):
+        return errno.EROFS
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM) and any(
+                Path(os.path.abspath(name)).is_relative_to(os.path.abspath(f))
+                for name in (e.filename, e.filename2) if isinstance(name, (str, os.PathLike)) for f in folders):
+            return e.errno  # (a rename's destination is its filename2)
+    return None
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+def _errnos(exc: BaseException) -> set[int]:
+    """The error numbers in an exception's chain, a shutil.Error's "[Errno 28] …" texts too."""
+    found = set()
+    for e in _chain(exc):
+        if isinstance(e, shutil.Error):  # args: ([(src, dst, "[Errno 28] No space left on device: …"), …],)
+            found |= {int(n) for n in re.findall(r"\[Errno (\d+)\]", str(e.args))}
+        elif isinstance(e, OSError) and e.errno is not None:
+            found.add(e.errno)
+    return found
+
+
+def move_output(src: Path, out_dir: Path) -> None:
+    """Move a finished folder (a training run's final/) to out_dir: a rename on the same filesystem, else a copy and
+    the source's removal. A copy that fails (disk full, read-only) removes what it wrote of out_dir (0-byte and
+    truncated files, the unregistered mark) and keeps `src` whole, raising OSError in words."""
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists():
+            out_dir.rmdir()  # empty: output_dir() refused a non-empty one
+        os.rename(src, out_dir)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise _not_moved(out_dir, exc) from None
+    try:
+        shutil.copytree(src, out_dir, symlinks=True)
+    except OSError as exc:  # (shutil.Error is one: a failed file does not stop the others')
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise _not_moved(out_dir, exc) from None
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def _not_moved(out_dir: Path, exc: OSError) -> OSError:
+    if disk_full(exc):
+        return OSError(f"Disk full while writing the model to {out_dir.parent}: the partial files were removed and "
+                       "nothing was registered. Free some space or choose another output folder.")
+    if write_refused(exc, out_dir.parent):
+        return cannot_write(out_dir.parent, exc)
+    first = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else str(exc)
+    return OSError(f"could not write the model to {out_dir} ({first}): the partial files were removed and nothing "
+                   "was registered.")
 
 
 def copy_companions(src: Path, dst: Path, config_src: Path | None = None) -> None:

@@ -34,8 +34,9 @@ from typing import Callable, Sequence
 from backend import data, perf, registry, runner
 from backend.modelinfo import inspect_model
 from backend.names import check_name
-from backend.outputs import output_dir, register_output
+from backend.outputs import move_output, output_dir, register_output, weights_bytes
 from backend.specs import _TrainSpec, spec_from_dict
+from backend.words import plural
 from storage import db
 
 Progress = Callable[[float, str], None]
@@ -446,7 +447,8 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     folder, name, ref_folder, parent = check_inputs(spec)
     main_machine = spec.machine_rank == 0  # the others train, and leave saving and registering to machine 0
     if main_machine:
-        out_dir = output_dir(out_dir, spec.out, name)  # checked before anything is launched
+        # checked before anything is launched: free, writable, and room for about the model's weights
+        out_dir = output_dir(out_dir, spec.out, name, needed=weights_bytes(folder))
     run_dir = run_dir_for(spec)
     record_run_dir(run_dir)
     stretched = check_resume(spec, run_dir)  # before spec.json is replaced: it holds the checkpoints' spec
@@ -506,15 +508,22 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         raise TrainingError(f"{spec.kind} training failed{failure_reason(rc, tail, run_dir, job)}. "
                             f"The whole log: {where}; run folder {run_dir}.")
     summary = json.loads((run_dir / "summary.json").read_text())
-    if out_dir.exists():
-        out_dir.rmdir()  # empty: output_dir() refused a non-empty one
     # marked as backend/outputs.py marks its builds: a kill between the move and the row leaves a folder the next
     # start (or the resume's output_dir) removes, not one that blocks the name and fails every resume
     db.mark_unregistered(final)
-    shutil.move(str(final), out_dir)  # a rename on the same filesystem
+    try:
+        move_output(final, out_dir)  # a rename on the same filesystem
+    except OSError as exc:  # disk full or read-only: the trained model stays in final/, its checkpoints with it
+        job, saved = os.environ.get("DUS_JOB_ID"), resumable_checkpoints(run_dir)
+        how = (f"python -m backend jobs resume {job} (or Resume on the Jobs page)" if job else
+               f"the same command with --run-name {run_dir.name} (--out may change)")
+        raise TrainingError(f"{exc} The trained model is kept in {final}: once {out_dir.parent} can take it, {how} "
+                            + (f"continues from {saved[-1].name}, its last step, and registers the model without "
+                               "training again." if saved else "trains it again (no checkpoint was saved).")) from None
     rec = register_output(out_dir, name, "trained", parents=[parent], source=spec.kind,
                           recipe=spec.model_dump(mode="json"))
     if not spec.keep_checkpoints:  # only a run that did not finish resumes: a finished one needs no optimizer states
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    progress(1.0, f"registered {name}: {summary.get('global_step')} steps, train loss {summary.get('train_loss')}")
+    progress(1.0, f"registered {name}: {plural(summary.get('global_step'), 'step')}, train loss "
+                  f"{summary.get('train_loss')}")
     return {"model": rec.name, "path": str(out_dir), "run_dir": str(run_dir), **summary}

@@ -77,7 +77,11 @@ def test_a_foreground_result_prints_as_key_value_lines_without_empty_fields(monk
     result = {"scores": 4, "kept": 0, "notes": [], "skipped": [], "seconds": 1.5,
               "device": {"sft3": "CPU: float32, batch 8"}, "resumed_from": None,
               "perf": {"compile": "off", "packing": "bfd"}}
-    monkeypatch.setattr(runner, "work_function", lambda kind: lambda spec, out, progress: dict(result))
+    def work_function(kind):
+        return lambda spec, out, progress: dict(result)
+
+    monkeypatch.setattr(runner, "work_function", work_function)  # the CLI's look-up
+    monkeypatch.setattr(runner.child, "work_function", work_function)  # and the runner's own (the guard's rule)
     rc, out, err = cli("eval", "sft3", "--tasks", "perplexity")
     assert rc == 0, err
     assert out == ("scores: 4\nseconds: 1.5\ndevice:\n  sft3: CPU: float32, batch 8\nperf:\n  compile: off\n"
@@ -143,12 +147,12 @@ def test_cancelling_a_running_training_says_a_resume_continues_from_its_checkpoi
     rc, out, err = cli("jobs", "cancel", str(job.id))
     assert (rc, err) == (0, "")
     assert out == (f"job {job.id}: cancelled; resume it to continue from its last checkpoint, checkpoint-20 (python "
-                   f"-m backend jobs resume {job.id}, or Resume on the Jobs page)\n")
+                   f"-m backend jobs resume {job.id}, or \"Resume from the last checkpoint\" on the Jobs page)\n")
     assert runner.get(job.id).status == "cancelled"
     fresh, = add(Job(kind="sft", spec={"kind": "sft"}, status="running", run_dir=str(tmp_path / "none")))
     assert cli("jobs", "cancel", str(fresh.id))[1] == (
         f"job {fresh.id}: cancelled; no checkpoint was saved; resume it to start the training over from step 0 "
-        f"(python -m backend jobs resume {fresh.id}, or Resume on the Jobs page)\n")
+        f"(python -m backend jobs resume {fresh.id}, or \"Restart (no checkpoint was saved)\" on the Jobs page)\n")
     queued, = add(Job(kind="sft", spec={"kind": "sft"}, status="queued"))  # it ran nothing: nothing to add
     assert cli("jobs", "cancel", str(queued.id))[1] == f"job {queued.id}: cancelled\n"
 

@@ -13,14 +13,21 @@ from backend.cli.common import _job_options, _local_model, _print_json, _progres
 
 
 def _slice(text: str):
-    """--slice SOURCE:START:END as a SliceRange."""
-    from backend.specs import SliceRange
+    """--slice SOURCE:START:END as a SliceRange. Built inside the try: argparse turns a ValueError (pydantic's
+    ValidationError is one) into its bare "invalid _slice value", so the range's own check is said here."""
+    from pydantic import ValidationError
+
+    from backend.specs import SliceRange, explain
 
     try:
         src, start, end = (int(x) for x in text.split(":"))
+        return SliceRange(source=src, start=start, end=end)
+    except ValidationError as exc:  # 0:-1:3, 2:0:3
+        raise argparse.ArgumentTypeError(f"--slice {text!r}: {'; '.join(explain(exc).splitlines())} (SOURCE is 0, "
+                                         "the base model, or 1, the --second model; START and END are layer numbers, "
+                                         "END exclusive)") from None
     except ValueError:
         raise argparse.ArgumentTypeError(f"--slice {text!r}: use SOURCE:START:END, e.g. 0:0:24 (END exclusive)")
-    return SliceRange(source=src, start=start, end=end)
 
 
 def cmd_upscale(a) -> None:

@@ -101,6 +101,8 @@ def _source_fp(src: str, where: str, produced: dict[str, str], seen: tuple[str, 
                      Path(rec.path).exists() else 0])
     path = Path(src).expanduser()
     if path.exists():
+        if problem := data.not_a_regular_file(path):  # hashing a named pipe waited forever, /dev/zero never ended
+            raise RecipeError(f"{where}: {problem}")
         return _file_fp(path)
     if data.names_data_file(path) or src.startswith((".", "/", "~")):  # x.JSONL and x.jsonl.gz too, as data reads
         raise RecipeError(f"{where}: data file {src} does not exist.")
@@ -208,7 +210,8 @@ def _synth_fps(body: dict, where: str) -> dict[str, str]:
         if value and value != "generator":
             path = Path(value).expanduser()
             if not path.is_file():  # the job reads it only after every stage before it has run
-                raise RecipeError(f"{where}.{key}: file {value} does not exist.")
+                said = data.not_a_regular_file(path) or f"file {value} does not exist."  # or: a pipe
+                raise RecipeError(f"{where}.{key}: {said}")
             out[key] = _file_fp(path)
     rephraser = body.get("rephraser") or ""
     if rephraser.startswith("model:"):

@@ -344,6 +344,10 @@ def _reap_ended(running: dict) -> None:
                 except (ProcessLookupError, PermissionError):
                     pass
                 proc.group_killed = True
+                try:  # a build killed mid-way (kill -9, out of memory) left its folder in .tmp: removed now,
+                    db.clean_stale_tmp(pid=proc.pid)  # not at the worker's next start (the job's entries only)
+                except OSError as exc:  # tidying only: the worker goes on
+                    logging.getLogger(__name__).warning("job %s: its build folder stays in .tmp (%s)", job_id, exc)
             # the child died without saying why (killed, out of memory); its error says what a resume does.
             # Only its own run: after a resume another worker here may run the job again under a new pid.
             _transition(job_id, "running", _of_pid=proc.pid, **with_resume_step(get(job_id), dict(

@@ -121,10 +121,13 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
 
             # its folder, free (the job refused it late): on disk when the job runs on this machine; else at least
             # not a registered model's (a row: the walk's `--queue` job failed 13 s later on the cluster)
-            check = outputs.check_folder_free if _runs_here_only() else outputs.check_not_a_models_folder
+            here = _runs_here_only()
+            check = outputs.check_folder_free if here else outputs.check_not_a_models_folder
             try:
-                check(outputs.default_folder(spec.out, name), by_name=not spec.out)
-            except FileExistsError as exc:  # a refusal, as every other one here (the pages show a ValueError)
+                check(folder := outputs.default_folder(spec.out, name), by_name=not spec.out)
+                if here:  # read-only, or too full for about the trained model (the job checks it again)
+                    outputs.check_destination(folder, outputs.weights_bytes(getattr(spec, "model", None)))
+            except OSError as exc:  # a refusal, as every other one here (the pages show a ValueError)
                 raise ValueError(str(exc)) from None
     for ref in _model_refs(spec):
         if ref not in coming:
@@ -267,8 +270,8 @@ def _check_model_ref(ref: str) -> None:
         if _runs_here_only() and not Path(ref).expanduser().is_dir():
             raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
                              f"model's name (python -m backend models list).{_made_like(ref)}")
-        if _runs_here_only() and (problem := registry.missing_tokenizer(Path(ref).expanduser())):
-            raise ValueError(problem[0])
+        if _runs_here_only():  # a link out of it, a tokenizer missing, unreadable or larger than its vocabulary
+            registry.check_folder_ref(ref)
         return
     raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
                      f"model a queued job will make.{_made_like(ref)}")

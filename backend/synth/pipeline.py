@@ -28,6 +28,7 @@ from typing import Callable
 
 from sqlmodel import func, select
 
+from backend.data_reading import not_a_regular_file
 from backend.names import inside
 from backend.specs import SynthMathSpec
 from backend.synth.answers import extract_answer, same_answer
@@ -61,6 +62,8 @@ def load_benchmark(path: str) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"Benchmark file {p} does not exist.")
+    if problem := not_a_regular_file(p, "a .jsonl, .json or text file"):  # read as seed files are, lines too
+        raise DatasetError(problem)
     if p.suffix.lower() == ".gz":  # its compressed bytes were read as lines of text: no question, nothing flagged
         raise DatasetError(f"Benchmark file {p.name} is gzip-compressed: decompress it (gunzip {p.name}) and give the "
                            ".jsonl, .json or text file.")

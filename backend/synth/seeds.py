@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend.data import json_reason
-from backend.data_reading import file_fault, reader_failed
+from backend.data_reading import file_fault, not_a_regular_file, reader_failed
 from backend.data_files import _first_non_utf8, non_utf8_said, not_throughout_said, unicode_encoding
 from backend.lm_eval_tasks.loaders import json_lines
 from backend.synth.answers import extract_answer, to_number
@@ -84,6 +84,8 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise SeedError(f"Seed file {path} does not exist.")
+    if problem := not_a_regular_file(path, "a .jsonl or .json file"):  # a named pipe hung; /dev/zero never ended
+        raise SeedError(problem)
     # read as the Train page reads a data file (backend/data_files.py): UTF-8 with or without its mark, UTF-16 / UTF-32
     # with theirs, and any other bytes refused as "not UTF-8" there and here (errors="replace" turned a binary file
     # into "not valid JSON" here)
@@ -193,12 +195,16 @@ def count_seeds(path: str | Path, label: str) -> int:
     """How many seeds a seed file holds (load_seeds, the file named `label` in errors), for the page that takes an
     upload: a SeedError when the file is at fault (it does not parse, a record is neither MATH's nor GSM8K's), which
     may remove the upload; a data.ReaderFailed when the read failed for a reason that is not the file's (an OSError,
-    memory: data_reading.file_fault), which keeps it, said as such (the page showed a traceback)."""
+    memory: data_reading.file_fault), which keeps it, said as such (the page showed a traceback). A fault of the
+    file's that the seed reader does not word itself (a ValueError of a library) is a SeedError naming the file: raised
+    as it came, the page (which catches SeedError) showed its traceback."""
     try:
         return len(load_seeds(str(path), label=label))
     except SeedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - sorted by file_fault: the file's own fault is raised as it came
+    except Exception as exc:  # noqa: BLE001 - sorted by file_fault: the file's, or the reader's own
         if file_fault(exc):
-            raise
+            why = (str(exc).splitlines() or [""])[0][:300]
+            raise SeedError(f"{label} could not be read as seeds ({type(exc).__name__}: {why}). Fix the file: "
+                            f"{LAYOUTS}, a record a line (JSON Lines) or a .json array of them.") from None
         raise reader_failed(Path(path), exc) from exc
