@@ -10,8 +10,8 @@ import math
 import re
 from pathlib import Path
 
-from backend.modelinfo import read_config, unknown_type_problem
-from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError, weight_files
+from backend.modelinfo import read_config, unknown_type_problem, weights_problem
+from backend.safetensors_stream import INDEX_NAME, NOT_WEIGHTS, CheckpointError, open_checkpoint, weight_files
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # a quantization tag after the model's name ("llama-2-7b.Q4_K_M.gguf", the built-in's ".Q4_1"): left out of the name
@@ -93,7 +93,8 @@ def _gguf_cut_short(path: Path) -> bool:
 
 def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[str]]:
     """(kind, the name a default comes from, what is wrong with `target`): import_any's dispatch. `read_gguf`: parse
-    a GGUF file's header for a file cut short (2–3 s; import_gguf, about to read it whole, explains that itself)."""
+    a GGUF file's header for a file cut short (2–3 s; import_gguf, about to read it whole, explains that itself), and
+    load a folder's tokenizer (tokenizer_problem, about 0.1 s; import_folder loads it again as it runs)."""
     try:  # a component over 255 bytes (ENAMETOOLONG) or '~nobody/x' raised an OSError or a RuntimeError, which the
         p = Path(target).expanduser()  # page's refusal (ValueError) did not catch: a traceback instead of a reason
         p.exists()
@@ -115,8 +116,10 @@ def _import_target(target: str, read_gguf: bool = True) -> tuple[str, str, list[
         # a model_type transformers does not know: no class to check the weights against (modelinfo.weights_problem
         # checks the others as the folder is registered), and none to chat with, evaluate or train
         unknown = [f"{p}: {problem}"] if (problem := unknown_type_problem(config)) else []
-        return "folder", p.resolve().name, (links_out(p.resolve()) + unknown + _missing_weights(p)
-                                            + missing_tokenizer(p))
+        problems = links_out(p.resolve()) + unknown + _missing_weights(p) + missing_tokenizer(p)
+        if read_gguf and not problems and (problem := tokenizer_problem(p)):  # before an import is queued
+            problems.append(problem)
+        return "folder", p.resolve().name, problems
     if p.exists():
         return "", "", [f"{target} is a file, not a model: import the folder that holds its config.json and "
                         "weights (.safetensors; .bin with 'allow pickle'), or a .gguf file."]
@@ -151,11 +154,12 @@ def missing_tokenizer(folder: Path) -> list[str]:
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
-def tokenizer_problem(folder: Path) -> str | None:
+def tokenizer_problem(folder: Path, again: str = "import again") -> str | None:
     """Why the tokenizer of a model folder that has one (missing_tokenizer) cannot be loaded as training, evaluation
-    and chat load it (AutoTokenizer, trust_remote_code=False), or None. A folder with only a SentencePiece
-    tokenizer.model, imported where sentencepiece is not installed, was registered, and chat then failed on
-    "`tiktoken` is required to read a `tiktoken` file" (transformers falls back to a TikToken reader)."""
+    and chat load it (AutoTokenizer, trust_remote_code=False), or holds more tokens than the model's vocabulary; None
+    when it can be used. A folder with only a SentencePiece tokenizer.model, imported where sentencepiece is not
+    installed, was registered, and chat then failed on "`tiktoken` is required to read a `tiktoken` file"
+    (transformers falls back to a TikToken reader). `again`: what the user does once it is fixed (an import, a job)."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
@@ -165,27 +169,70 @@ def tokenizer_problem(folder: Path) -> str | None:
     if pieces and not (folder / "tokenizer.json").is_file() and importlib.util.find_spec("sentencepiece") is None:
         return (f"{folder}'s tokenizer is a SentencePiece model ({pieces[0]}) without a tokenizer.json: reading it "
                 "needs the sentencepiece package (pip install sentencepiece) or a tokenizer.json. Install "
-                "sentencepiece, or copy the model's tokenizer.json into the folder, then import again.")
+                f"sentencepiece, or copy the model's tokenizer.json into the folder, then {again}.")
     try:
-        AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as exc:  # transformers and tokenizers raise assorted errors for files they cannot read
         said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return (f"{folder}'s tokenizer could not be loaded ({said}): training, evaluation and chat load it the same "
                 "way (AutoTokenizer, no remote code). Copy the tokenizer files of the model these weights came from "
-                "into the folder, then import again.")
-    return None
+                f"into the folder, then {again}.")
+    return _too_many_tokens(folder, len(tok), again)
+
+
+def _too_many_tokens(folder: Path, tokens: int, again: str) -> str | None:
+    """A tokenizer with more tokens than the model's vocabulary (config.json's vocab_size, which the embedding's rows
+    match: modelinfo.weights_problem refuses a folder where they differ): its ids past the embedding failed chat and
+    training with "index out of range in self". Fewer tokens is common and fine: many models pad their embedding
+    to a multiple of 64 or 128 (Qwen2.5: 151,665 tokens, vocab_size 151,936)."""
+    try:
+        config = read_config(folder)
+    except CheckpointError:  # said where the folder's config is read
+        return None
+    vocab = config.get("vocab_size") if isinstance(config, dict) else None
+    if vocab is None and isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        vocab = config["text_config"].get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or tokens <= vocab:
+        return None
+    try:  # a config.json that disagrees with the weights (a vocab_size edited) is said as such where the folder is
+        if weights_problem(config, open_checkpoint(folder)):  # inspected (modelinfo.inspect_model), not as this
+            return None
+    except (CheckpointError, OSError):  # pickle weights (converted later), a damaged file: config.json's word
+        pass
+    return (f"{folder}'s tokenizer has {tokens:,} tokens, but the model's vocabulary (config.json vocab_size, its "
+            f"embedding's rows) has only {vocab:,}: token ids {vocab:,} and up would index past the embedding, and "
+            "training and chat fail (\"index out of range in self\"). The tokenizer is not the one these weights "
+            "were trained with: copy the tokenizer files of the model the weights came from into the folder, then "
+            f"{again}.")
+
+
+def folder_problems(folder: Path) -> list[str]:
+    """Why a model folder that is not registered cannot be used as a job's model (an upscale's base, a merge's
+    models, a training's model, an evaluation's), in import_folder's words: a link out of the folder (a build copied
+    its target, someone's key, into a model a push then uploads), no tokenizer, one that cannot be loaded or has
+    more tokens than the model's vocabulary (a model built from it was registered, and nothing could use it). A
+    folder without a config.json that reads is no model: that alone is said (modelinfo.read_config's words). Loads
+    the tokenizer (about 0.1 s): asked once per job, before it is queued or run in the foreground
+    (registry.check_folder_ref), not by registry.resolve, which a page asks on every rerun."""
+    folder = Path(folder)  # as given, in the messages
+    try:
+        read_config(folder)
+    except CheckpointError as exc:
+        return [str(exc)]
+    if problems := links_out(folder, again="try again") + missing_tokenizer(folder):
+        return problems
+    return [problem] if (problem := tokenizer_problem(folder, again="try again")) else []
 
 
 def _missing_weights(folder: Path) -> list[str]:
     """Why a folder with a config.json holds nothing import_folder can register or convert, if so: refused before
     the import is queued (check_import), not when the job reads the folder."""
-    if (folder / INDEX_NAME).exists():  # its shards missing, a malformed index, model.safetensors beside one of
-        try:  # other shards: refused here, before queueing, in weight_files' words
+    # its shards missing, a malformed index, model.safetensors beside one of other shards or a folder of that name:
+    if (folder / INDEX_NAME).exists() or any(folder.glob("*.safetensors")):  # refused here, before queueing, in
+        try:  # weight_files' words
             weight_files(folder)
         except CheckpointError as exc:
             return [str(exc)]
-        return []
-    if any(folder.glob("*.safetensors")):
         return []
     if _pickle_weights(folder, ".bin") or _pickle_weights(folder, ".pt"):
         return []
@@ -201,7 +248,7 @@ def _missing_weights(folder: Path) -> list[str]:
 LINKED_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def links_out(folder: Path) -> list[str]:
+def links_out(folder: Path, again: str = "import again") -> list[str]:
     """Why `folder` may not be imported, if a file at its root is a link to a file outside it, or to nothing: an
     archive unpacked from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model
     (hubpush) or a build (outputs.copy_companions) reads through the link; a link whose file is gone (a cache cleaned
@@ -224,13 +271,13 @@ def links_out(folder: Path) -> list[str]:
             if not target.exists():
                 out.append(f"{f} is a link to {target}, which does not exist (a download or copy left incomplete, or "
                            "a cache cleaned since): copy that file itself into the folder (or download the model "
-                           "again), or remove the link, then import again.")
+                           f"again), or remove the link, then {again}.")
             elif f.is_file() and not target.is_relative_to(folder):
                 links.append((f, target, _blob_repo(target)))
         except (OSError, RuntimeError) as exc:  # a link to a file this user may not read, or a loop of links
             # (Path.resolve's RuntimeError): said, not a traceback on the page
             out.append(f"{f} cannot be read ({getattr(exc, 'strerror', None) or exc}): copy the file itself into "
-                       "the folder or remove it, then import again.")
+                       f"the folder or remove it, then {again}.")
     # the cache repo the blob links may point into: a snapshot's own (models--X/snapshots/REV), else the one repo
     # they all point into (a --local-dir download's); links into two repos, none of them
     def weight(f: Path) -> bool:  # parsed as weights wherever they point: they choose no repo
@@ -248,8 +295,8 @@ def links_out(folder: Path) -> list[str]:
                  else f"a file of the cached repo {blob.name}, while its links point into {len(repos)} cached repos "
                       f"({', '.join(r.name for r in repos)})")
         out.append(f"{f} is a link to {target}, {where}: a push of the model would upload that file and a build "
-                   "would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, then import "
-                   "again.")
+                   "would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, then "
+                   f"{again}.")
     return out
 
 

@@ -22,8 +22,9 @@ from sqlmodel import select
 # What an import reads and refuses (import_checks) and its conversions (import_convert) live beside this module;
 # every name the rest of the studio uses is imported from here.
 from backend.import_checks import (BUILTIN_GGUF, GGUF_QUANT_TAG, LINKED_WEIGHTS, TOKENIZER_FILES,  # noqa: F401
-                                   RegistryError, _gguf_cut_short, _import_target, builtin_gguf, gguf_default_name,
-                                   gguf_weight_types, links_out, missing_tokenizer, tokenizer_problem)
+                                   RegistryError, _gguf_cut_short, _import_target, builtin_gguf, folder_problems,
+                                   gguf_default_name, gguf_weight_types, links_out, missing_tokenizer,
+                                   tokenizer_problem)
 from backend.import_convert import (HUB_DUPLICATES, HUB_PATTERNS, HUB_SKIP, TRANSFORMERS_WEIGHTS,  # noqa: F401
                                     Progress, gguf_to_folder, hub_to_folder, pickle_to_folder)
 from backend.modelinfo import inspect_model
@@ -128,7 +129,10 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
     imported the GGUF instead, and the twin was refused as "differs only in case"). Else 'builtin' and the
     built-in's name in any case import the built-in model on first use, and again when its own import's folder is
     gone (its name said "that folder is gone", while 'builtin' re-imported it). Another model registered under the
-    built-in's name is never replaced: its folder gone is said."""
+    built-in's name is never replaced: its folder gone is said. A folder that is not registered is refused where a
+    file at its root links out of it, as an import refuses it: `upscale --base FOLDER` copied the link's target
+    (someone's key) into the model it registered, which a push uploads. Its tokenizer is checked once per job, before
+    it is queued or run (check_folder_ref), not here: a page resolves on every rerun."""
     rec = get(name_or_path)
     if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()) and (rec is None or _is_builtin(rec)):
         if (held := get(BUILTIN_NAME)) is None or _is_builtin(held):
@@ -143,9 +147,20 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         rec = by_path(p)  # a registered model's folder given by path keeps its name (and so its lineage)
+        if rec is None and (problems := links_out(p, again="try again")):
+            raise RegistryError(" ".join(problems))
         return p.resolve(), rec.name if rec else None
     known = ", ".join(r.name for r in list_models()) or "none yet"
     raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
+
+
+def check_folder_ref(ref: str) -> None:
+    """Refuse a model a job reads, given as a folder that is not registered, as import_folder refuses one
+    (folder_problems: a link out of it, a tokenizer missing, unreadable or larger than the model's vocabulary): asked
+    before a job is queued (runner's checks) and before the CLI runs one in the foreground, once per job."""
+    folder = Path(ref).expanduser()
+    if record(ref) is None and folder.is_dir() and (problems := folder_problems(folder)):
+        raise RegistryError(" ".join(problems))
 
 
 def register(folder: Path, name: str, kind: str, *, parents: list[str] | None = None, recipe: dict | None = None,

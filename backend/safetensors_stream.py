@@ -190,11 +190,25 @@ def weight_files(folder: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{folder} is missing shard(s) {', '.join(missing)} named in {INDEX_NAME}. "
                                   "The download or export is incomplete: fetch the missing files.")
+        _no_folders(files)
         return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(_no_safetensors(folder))
+    _no_folders(files)
     return files
+
+
+def _no_folders(files: list[Path]) -> None:
+    """Refuse a weights name that is a folder (or another non-file): read as a file, it failed the import and a
+    build with a bare "[Errno 21] Is a directory"."""
+    if odd := [f for f in files if not f.is_file()]:
+        raise CheckpointError(f"{odd[0]} is a folder, not a safetensors file: the model's weights are not there (an "
+                              "archive unpacked into a folder of the file's name, or a copy that went wrong?). Put "
+                              f"the model's {odd[0].name} file itself in its place, then try again."
+                              if odd[0].is_dir() else
+                              f"{odd[0]} is not a regular file, so it cannot be read as safetensors weights: put the "
+                              f"model's {odd[0].name} file itself in its place, then try again.")
 
 
 def _no_safetensors(folder: Path) -> str:

@@ -153,7 +153,7 @@ def test_a_model_folder_without_a_tokenizer_is_refused_before_anything_runs(tiny
     job failed in the trainer with "Couldn't instantiate the backend tokenizer from one of: ."."""
     import shutil
 
-    from backend.training import check_inputs
+    from backend.training import TrainingError, check_inputs
 
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -165,8 +165,7 @@ def test_a_model_folder_without_a_tokenizer_is_refused_before_anything_runs(tiny
     with pytest.raises(ValueError, match="has no tokenizer"):  # queued from a page or --queue
         runner.submit(_fast_sft(str(bare), "bare-sft"))
     assert runner.list_jobs() == []
-    # in the foreground: refused as the folder is resolved, as an upscale or a merge of it is (review s24)
-    with pytest.raises(registry.RegistryError, match="has no tokenizer"):
+    with pytest.raises(TrainingError, match="has no tokenizer"):  # in the foreground
         check_inputs(_fast_sft(str(bare), "bare-sft"))
     shutil.copy(tiny_llama / "tokenizer.json", bare / "tokenizer.json")  # what the message says to do
     assert registry.import_any(str(bare), "bare").num_layers == 6

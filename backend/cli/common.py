@@ -157,6 +157,7 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     # job will register it, as --queue refuses it: registered here first, that job failed when it ended, its work lost
     if name := runner.output_name(spec, derive_import=True):
         runner.check_not_making(name)
+    _check_model_folders(spec)
     from backend.hubpush import PushFailed
 
     try:
@@ -216,6 +217,18 @@ def print_result(result: dict) -> None:
     """A foreground job's result on stdout (result_lines)."""
     for line in result_lines(result):
         print(line)
+
+
+def _check_model_folders(spec) -> None:
+    """The models a foreground run reads, given as folders that are not registered, refused as a queued job's are
+    (runner's check_before_queueing) and as an import refuses them: a link out of the folder, a tokenizer missing,
+    unreadable or larger than the model's vocabulary (`upscale --base FOLDER` registered a model nothing could use)."""
+    from backend import registry
+
+    for key in ("base", "second", "model", "reference_model", "models"):
+        value = getattr(spec, key, None) if key in type(spec).model_fields else None
+        for ref in value if isinstance(value, list) else [value] if value else []:
+            registry.check_folder_ref(ref)
 
 
 def _save_spec(spec, a: argparse.Namespace) -> None:
