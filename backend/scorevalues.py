@@ -29,7 +29,8 @@ SHARES = {"accuracy", "acc", "acc_norm", "exact_match", "hallucination_rate", "a
 STDERR = "_stderr"  # lm-eval's standard error of TASK/METRIC is the row TASK/METRIC_stderr (backend/lmeval.py)
 MOSTLY_CUT_OFF = 0.5  # over this share of replies cut off by the token limit or empty, a hallucination rate is mute
 AVERAGE = "average (accuracy tasks)"
-PLUS_MINUS = "± : standard error (95 % interval ≈ score ± 1.96 ×)."  # under this table and the recipe's tables
+# under this table and the recipe's tables
+PLUS_MINUS = "± : standard error (95 % interval ≈ score ± 1.96 × that error)."
 
 
 def _rank(metric: str) -> int:

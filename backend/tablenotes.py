@@ -5,6 +5,7 @@ named here; backend/scorenotes.py counts them past its MANY."""
 
 from __future__ import annotations
 
+from backend.cutoff import CAP
 from backend.scorevalues import (AVERAGE, HUGE, MOSTLY_CUT_OFF, PLUS_MINUS, _unanswered, _unreadable, averaged_tasks,
                                  headline, headline_score, higher_is_better, interval95, items_behind, number_text,
                                  score_column, too_few_answers, zero_error)
@@ -36,12 +37,14 @@ def average_note(primary: dict, clean: bool = False) -> str:
     missing = "; ".join(f"{t} (no {'clean ' if clean else ''}score for {', '.join(ms)})" for t, ms in left_out.items())
     if not shared:
         return f"{AVERAGE}: blank — no accuracy-like task has a score for every model: {missing}."
-    text = f"{AVERAGE}: mean of {', '.join(shared)}, the accuracy-like tasks every model has"
-    # the models scored on none of them (perplexity alone): "every model" read as including them
+    # each model's own mean over the shared tasks (scoretable.table_rows); the models scored on none of them
+    # (perplexity alone) are blank, and "every model" read as including them
     scored = {m for (m, _), r in primary.items() if higher_is_better(r.metric)}
-    if none := sorted({m for m, _ in primary} - scored):
-        text = (f"{AVERAGE}: mean of {', '.join(shared)}, the accuracy-like tasks every model scored on one has "
-                f"(blank for {', '.join(none)}: no accuracy-like score)")
+    none = sorted({m for m, _ in primary} - scored)
+    tasks = "the accuracy-like task" if len(shared) == 1 else "the accuracy-like tasks"
+    who = "every model with an accuracy-like score has" if none else "every model has"
+    text = f"{AVERAGE}: each model's mean of its own scores on {', '.join(shared)}, {tasks} {who}"
+    text += f" (blank for {', '.join(none)}: no accuracy-like score)" if none else ""
     return text + (f"; left out: {missing}." if left_out else ".")
 
 
@@ -59,11 +62,11 @@ def cut_off_why(any_empty: bool) -> str:
     head = f"Over {MOSTLY_CUT_OFF:.0%} of the "
     if not any_empty:
         return head + ("replies were cut off by the token limit before an answer, and a cut-off reply counts as no "
-                       "hallucination, so the rate would read low for a model that never finished; evaluate with a "
-                       "larger max_new_tokens.")
+                       "hallucination, so the rate would read low for a model that never finished; evaluate again with "
+                       f"a higher {CAP}.")
     return head + ("replies were cut off by the token limit before an answer or empty (the model ended them at once, "
                    "as an up-scaled model does before continued pretraining); neither counts as a hallucination, so "
-                   "the rate would read low for a model that never answered; evaluate with a larger max_new_tokens "
+                   f"the rate would read low for a model that never answered; evaluate again with a higher {CAP} "
                    "(cut off), or after continued pretraining (empty).")
 
 

@@ -66,4 +66,4 @@ def test_a_presets_own_average_heads_its_task_and_stands_in_the_average():
     assert primary[("m", "lm-eval:h6")].metric == "h6_average"
     row = scoretable.table_rows(latest, {})[0]
     assert row[scoretable.AVERAGE] == 0.475 and row["lm-eval:h6 (h6_average)"] == 0.45  # was 0.4: (ARC 0.3 + 0.5) / 2
-    assert "mean of lm-eval:h6, qa," in scoretable.average_note(primary)
+    assert "mean of its own scores on lm-eval:h6, qa," in scoretable.average_note(primary)

@@ -81,8 +81,9 @@ def test_recipe_tables_say_what_a_missing_score_is(workspace):
     assert not at.exception, at.exception
     notes = [c.value for c in at.caption if c.value.startswith("A — cell:")]
     # was no word: c2's synth-math accuracy cell read "None"
+    # "or has not run yet" only while the run's evaluation is queued or running (this run has none)
     assert notes == ["A — cell: c2 has no synth-math score — not evaluated on that task (the run's evaluation "
-                     "leaves it out, or has not run yet), not a score of zero."]
+                     "leaves it out), not a score of zero."]
 
 
 def test_recipe_compare_runs_says_what_to_pick(workspace):

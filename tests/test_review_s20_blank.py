@@ -282,7 +282,7 @@ def test_the_recipe_pages_note_says_a_blank_hallucination_rate_is_not_a_missing_
     from backend.recipe.tables import Table, unscored_note
 
     t = Table("t", "Table 3", ["Model", "qa accuracy", "qa hallucination_rate", "synth-math accuracy"],
-              [["up", 0.0, None, None], ["careful", 0.4, 0.2, 0.5]])
+              [["up", 0.0, None, None], ["careful", 0.4, 0.2, 0.5]], pending=True)  # its evaluation to come
     assert unscored_note(t, "—") == (
         "A — cell: up has no synth-math score — not evaluated on that task (the run's evaluation leaves it out, or "
         "has not run yet), not a score of zero. Left blank (—): up (qa hallucination_rate): over half of those "

@@ -95,12 +95,13 @@ def test_the_average_covers_only_the_tasks_every_model_has():
     table = rows()
     assert table["base"]["average (accuracy tasks)"] == 0.0 and table["dus"]["average (accuracy tasks)"] == 0.0
     note = scoretable.average_note(scoretable.headline(scoretable.latest_scores()))
-    assert note == ("average (accuracy tasks): mean of synth-math, the accuracy-like tasks every model has; left "
-                    "out: qa (no score for dus).")
+    assert note == ("average (accuracy tasks): each model's mean of its own scores on synth-math, the accuracy-like "
+                    "task every model has; left out: qa (no score for dus).")
     add(("ppl-only", "perplexity", "perplexity", 40.0, 20))  # review s22: "every model" read as including it
     note = scoretable.average_note(scoretable.headline(scoretable.latest_scores()))
-    assert note == ("average (accuracy tasks): mean of synth-math, the accuracy-like tasks every model scored on one "
-                    "has (blank for ppl-only: no accuracy-like score); left out: qa (no score for dus).")
+    assert note == ("average (accuracy tasks): each model's mean of its own scores on synth-math, the accuracy-like "
+                    "task every model with an accuracy-like score has (blank for ppl-only: no accuracy-like score); "
+                    "left out: qa (no score for dus).")
 
 
 def test_no_shared_accuracy_task_leaves_the_average_blank_and_says_why():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from backend.cutoff import CAP
+
 
 def column(task: str, metric: str) -> str:
     """A score's column in the paper tables, "qa accuracy", and in latest_scores' rows; the task alone where its
@@ -126,8 +128,7 @@ def cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], column
                          f"{metric}{shown} measures the token cap more than the model")
     if not parts:
         return ""
-    return ("Cut off — " + "; ".join(parts) + ". Evaluate with a larger max_new_tokens before reading these "
-            "scores.")
+    return "Cut off — " + "; ".join(parts) + f". Evaluate again with a higher {CAP} before reading these scores."
 
 
 OVERLAP = "{task} (training overlap)"  # scoretable._task_cells' column, read alike on both pages

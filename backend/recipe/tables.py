@@ -39,6 +39,7 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # under the table (Markdown, LaTeX, the page): what a mark means
     settings: list[str] = field(default_factory=list)  # columns that describe the row's training, not scores
+    pending: bool = False  # the run's evaluation is queued or running (run_tables): a blank may be a score to come
 
 
 def source_label(src: str) -> str:
@@ -146,9 +147,10 @@ def build_tables(stages: list[dict], scores: dict[str, dict[str, float]], latest
         mine = [st["output"] for st in rows]
         # a score's error in a column of its own right after it, as on the Compare page (the score stays a sortable
         # number, the CSV numeric; Markdown and LaTeX write "0.2500 ± 0.0993", export_table); a column no row fills
-        # is left out
-        with_errors = [c for m in metrics for c in (m, f"{m} ±") if c == m or any(
-            c in errors.get(o, {}) for o in mine)]
+        # is left out, as is a score column no row of this table has (Table 3's "qa accuracy" where only the base,
+        # not in the table, was scored on qa: a column of dashes); a blanked hallucination rate is had (None)
+        own = [m for m in metrics if any(m in scores.get(o, {}) for o in mine)]
+        with_errors = [c for m in own for c in (m, f"{m} ±") if c == m or any(c in errors.get(o, {}) for o in mine)]
         shown, cells, note = (overlap_cells(with_errors, mine, latest) if latest is not None
                               else (with_errors, {}, ""))
         cols = ["Model", "Stage", "Made from", *sources, *settings, *shown, "Paper H6"]
@@ -383,14 +385,20 @@ def run_tables_from(stages: list[dict], all_metrics: bool = False) -> list[Table
     return build_tables(stages, latest_scores(models, latest), latest, all_metrics)
 
 
+PENDING = ("queued", "running", "not queued")  # evaluation states (state.evaluations) whose scores are still to come
+
+
 def run_tables(run_id: int, all_metrics: bool = False) -> list[Table]:
     """The run's paper tables: each task's headline score, or with `all_metrics` every stored metric; while its
     evaluation is queued, running or ended unfinished, each table's first note says so (state.scores_note)."""
-    from backend.recipe.state import run_scores_note
+    from backend.recipe.state import evaluations, scores_note, stages
 
-    out, why = run_tables_from(stage_dicts(run_id), all_metrics), run_scores_note(run_id)
-    for t in out if why else []:
-        t.notes.insert(0, why)
+    evals = evaluations(stages(run_id))
+    out, why = run_tables_from(stage_dicts(run_id), all_metrics), scores_note(evals)
+    pending = any(e["status"] in PENDING for e in evals)
+    for t in out:
+        t.notes[:0] = [why] if why else []
+        t.pending = pending
     return out
 
 
@@ -465,8 +473,11 @@ def unscored_note(t: Table, mark: str) -> str:
                 missing[task].append(r[0])
     parts = [f"{', '.join(ms)} {'has' if len(ms) == 1 else 'have'} no {task} score" for task, ms in missing.items()
              if ms]
-    said = (f"A {mark} cell: " + "; ".join(parts) + " — not evaluated on that task (the run's evaluation leaves "
-            "it out, or has not run yet), not a score of zero.") if parts else ""
+    # "or has not run yet" only while the run's evaluation may still fill the cell (Table.pending): after it ended,
+    # the cell stays blank whatever one waits for
+    why = "the run's evaluation leaves it out" + (", or has not run yet" if t.pending else "")
+    said = (f"A {mark} cell: " + "; ".join(parts) + f" — not evaluated on that task ({why}), not a score of "
+            "zero.") if parts else ""
     if blanked:
         said += (" " if said else "") + (f"Left blank ({mark}): {_blank_columns(blanked, len(t.rows))}: over half "
                                          "of those replies were cut off by the token limit or empty, so no "
