@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from contextlib import contextmanager
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 # Config fields that may differ between models of one architecture without changing any tensor's meaning.
@@ -102,9 +103,42 @@ def _class_keys(model_type: str) -> frozenset[str] | None:
     from transformers import CONFIG_MAPPING
 
     try:
-        return frozenset(CONFIG_MAPPING[model_type]().to_dict())
+        with _quiet_transformers():
+            return frozenset(CONFIG_MAPPING[model_type]().to_dict())
     except Exception:  # noqa: BLE001 - a class that needs arguments: every key of a config counts as its own
         return None
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' logger kept to errors while a config is read for a comparison: a llama3 RoPE config printed
+    "original_max_position_embeddings field must be less than max_position_embeddings" in a merge's check, a
+    warning about a model nobody was loading (the comparison's result says what matters)."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _read_by_class(config: dict) -> tuple[dict, set[str]] | None:
+    """as_loaded's reading, or None where transformers cannot read `config` (a model type it does not know, remote
+    code; a config its class refuses)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        return None
+    try:
+        with _quiet_transformers():
+            loaded = CONFIG_MAPPING[model_type].from_dict(copy.deepcopy(config)).to_dict()
+    except Exception:  # noqa: BLE001 - compared as written; loading the model would fail the same way, and says why
+        return None
+    known = _class_keys(model_type)
+    return loaded, (set(loaded) - known if known is not None else set())
 
 
 def as_loaded(config: dict) -> tuple[dict, set[str]]:
@@ -112,28 +146,24 @@ def as_loaded(config: dict) -> tuple[dict, set[str]]:
     the defaults an older writer left out filled in, and the keys the class does not define (is_llama_config,
     rope_interleaved: kept by transformers as loose attributes, read by no Llama code). A model type transformers
     does not know (remote code), or a config its class refuses: config.json as it is, every key its own."""
-    from transformers import CONFIG_MAPPING
-
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING:
-        return dict(config), set()
-    try:
-        loaded = CONFIG_MAPPING[model_type].from_dict(copy.deepcopy(config)).to_dict()
-    except Exception:  # noqa: BLE001 - compared as written; loading the model would fail the same way, and says why
-        return dict(config), set()
-    known = _class_keys(model_type)
-    return loaded, (set(loaded) - known if known is not None else set())
+    return _read_by_class(config) or (dict(config), set())
 
 
 def loaded_difference(a: dict, b: dict, skip=()) -> dict[str, tuple]:
     """{setting: (a's value, b's value)} for each setting in which configs `a` and `b` differ as transformers reads
-    them (comparable of as_loaded), `skip` left out. A key neither config class defines is compared where both
-    configs hold it, and left out where only one does: the class ignores it, so the two models are built alike
-    (modeling code that read it with getattr would find its default in the other, which is why two values are
-    still compared). Settings both config.json files name come first, then those the classes filled in."""
-    (la, unknown_a), (lb, unknown_b) = as_loaded(a), as_loaded(b)
+    them (comparable of as_loaded), `skip` left out. A key the config class does not define (is_llama_config,
+    rope_interleaved) is left out, whether one config holds it or both (with different values): the class keeps it
+    as a loose attribute that no modeling code of the model type reads, so the two models are built alike. Where
+    transformers cannot read one of the two (remote code, a config its class refuses), both are compared as written,
+    every key their own: one read and one as written differed in the defaults the class fills in ("head_dim: None
+    vs 64", "is_encoder_decoder: None vs False") beside the setting that really differed. Settings both config.json
+    files name come first, then those the classes filled in."""
+    read_a, read_b = _read_by_class(a), _read_by_class(b)
+    if read_a is None or read_b is None:
+        read_a, read_b = (dict(a), set()), (dict(b), set())
+    (la, unknown_a), (lb, unknown_b) = read_a, read_b
     ca, cb = comparable(la), comparable(lb)
-    for key in [*skip, *((unknown_a | unknown_b) - (set(la) & set(lb)))]:
+    for key in [*skip, *(unknown_a | unknown_b)]:
         ca.pop(key, None)
         cb.pop(key, None)
     keys = [k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)]

@@ -193,7 +193,11 @@ def unicode_encoding(path: Path) -> str | None:
     without a mark whose first KiB reads as UTF-16 (_unmarked_utf16), else None (UTF-8, with its mark or without,
     and any file of another kind)."""
     with open(path, "rb") as f:
-        head = f.read(1024)
+        return head_encoding(f.read(1024))
+
+
+def head_encoding(head: bytes) -> str | None:
+    """unicode_encoding of a file whose first KiB is `head` (data_rows reads a .gz file's through gzip)."""
     return next((name for bom, name in _UNICODE_BOMS if head.startswith(bom)), None) or _unmarked_utf16(head)
 
 

@@ -214,9 +214,24 @@ def _rows(ds, source: str):
 def _json_typed_file(ds, source: str) -> Path | None:
     """The local JSON file behind `ds` when `datasets` made one of its columns the Json type (mixed types), whose
     rows are then read again from the file itself to be checked."""
-    path = _local_file(source)
-    return path if path and path.suffix.lower() in (".json", ".jsonl") and any(
+    from backend.data_reading import loader_suffix
+
+    path = _local_file(source)  # x.jsonl.gz too (loader_suffix): its .gz suffix skipped it, so row 1 was blamed
+    return path if path and loader_suffix(path) in (".json", ".jsonl") and any(
         map(_holds_json, ds.features.values())) else None
+
+
+def _open_text(path: Path, errors: str | None = None):
+    """A local data file opened as text in the encoding `datasets` read it in (data_files.unicode_encoding: a UTF-8
+    mark left out, UTF-16 / UTF-32 decoded), a .gz one (data_reading.GZ_SUFFIXES) through gzip.open."""
+    import gzip
+
+    from backend.data_files import head_encoding
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as f:
+        encoding = head_encoding(f.read(1024)) or "utf-8-sig"
+    return opener(path, "rt", encoding=encoding, errors=errors)
 
 
 def _holds_json(feature) -> bool:
@@ -239,22 +254,21 @@ def _json_records(path: Path):
     JSONDecodeError here."""
     import json
 
-    from backend.data_files import unicode_encoding
-
-    encoding = unicode_encoding(path) or "utf-8-sig"
     if (wrapped := file_rows_value(path)) is not None and len(keys := rows_keys(wrapped)) == 1:
         yield from wrapped[keys[0]]
         return
-    if path.suffix.lower() == ".json":
+    from backend.data_reading import loader_suffix
+
+    if loader_suffix(path) == ".json":
         try:
-            with open(path, encoding=encoding) as f:
+            with _open_text(path) as f:
                 records = json.load(f)
         except json.JSONDecodeError:  # JSON Lines in a .json file
             records = None
         if isinstance(records, list):
             yield from records
             return
-    with open(path, encoding=encoding) as f:
+    with _open_text(path) as f:
         yield from (json.loads(line) for line in f if line.strip())
 
 
@@ -275,9 +289,7 @@ def file_rows_value(path: Path) -> dict | None:
     object and has more lines is JSON Lines: known without reading it whole."""
     import json
 
-    from backend.data_files import unicode_encoding
-
-    with open(path, encoding=unicode_encoding(path) or "utf-8-sig", errors="replace") as f:
+    with _open_text(path, errors="replace") as f:
         if f.read(4096).lstrip()[:1] != "{":
             return None
         f.seek(0)

@@ -58,9 +58,9 @@ def span(seconds: float) -> str:
 # from start to end, start-up included. A training job's peak memory is CUDA memory on a GPU but the process's peak
 # RAM on a CPU (backend/train_job/metrics.py peak_memory_gib), and its result does not say which: "peak GPU memory
 # 589 MiB" was said of a CPU job. A result that names its device ("device": "cpu"/"cuda") is said precisely.
-RESULT_WORDS = {"seconds": "work took {}", "train_seconds": "training took {}", "global_step": "{} steps",
-                "parameters": "{} parameters", "tokens_seen": "{} tokens seen", "tokens": "{} tokens",
-                "peak_memory_gib": "peak memory {} (GPU or CPU RAM)", "files": "{} files"}
+RESULT_WORDS = {"seconds": "work took {}", "train_seconds": "training took {}", "parameters": "{} parameters",
+                "tokens_seen": "{} tokens seen", "tokens": "{} tokens",
+                "peak_memory_gib": "peak memory {} (GPU or CPU RAM)"}
 PEAK_ON = {"cpu": "peak RAM {}", "cuda": "peak GPU memory {}"}
 COUNTED = {"global_step": "step", "files": "file"}  # said as a count of them (words.plural), before RESULT_WORDS
 
@@ -86,7 +86,7 @@ def result_words(result: dict) -> str:
     words = {**RESULT_WORDS, **({"peak_memory_gib": peak} if peak else {})}
     return ", ".join(
         runner.IN_WORDS[k].format(v) if k in runner.IN_WORDS
-        else plural(v, COUNTED[k]) if k in COUNTED and isinstance(v, int)  # "1 steps" was said of a 1-step run
+        else plural(v, COUNTED[k]) if k in COUNTED  # "1 steps" was said of a 1-step run
         else words.get(k, k.replace("_", " ") + " {}").format(_value(k, v))
         for k, v in runner.shown_fields(result) if not (k == "device" and peak))
 

@@ -31,7 +31,7 @@ def size(n) -> tuple[int | None, str]:
     if n.kind == "eval":
         return None, f"{n.spec.limit} per task"
     if n.kind == "synth-math" and n.spec.num_seeds:
-        return None, f"{n.spec.num_seeds} seeds"
+        return None, f"{n.spec.num_seeds} seed{'s' if n.spec.num_seeds != 1 else ''}"
     return None, ""
 
 

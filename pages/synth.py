@@ -294,9 +294,9 @@ stale = stale_exports(rec, revision)
 if stale:
     d, now = stale[0]
     trained = sorted({m.name for x, _ in stale for m in pipeline.dataset_users(x.name, x.path)[1]})
-    held = (f"hold {d.rows} pairs: exported before the latest rejections (or undos) by hand, an export now would "
-            f"write {now}" if now != d.rows else f"hold {d.rows} pairs, but not the ones an export would write now: "
-            "exported before the latest rejections and undos by hand")
+    held = (f"hold {plural(d.rows, 'pair')}: exported before the latest rejections (or undos) by hand, an export "
+            f"now would write {now}" if now != d.rows else f"hold {plural(d.rows, 'pair')}, but not the ones an export "
+            "would write now: exported before the latest rejections and undos by hand")
     notes.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} {held}. Training reads the exported files: "
                   + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
                      f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on "

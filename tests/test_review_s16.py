@@ -195,7 +195,7 @@ def test_a_killed_job_says_what_a_resume_does_for_its_kind():
                                                                              "synth-math", "push")}
     assert said["upscale"] == said["merge"] == said["push"] == (
         "nothing was registered (a worker removes its partial files); resume it to run it again (python -m backend "
-        "jobs resume 7, or Resume on the Jobs page)")
+        "jobs resume 7, or \"Run again\" on the Jobs page)")
     # was "resume it to continue from its last checkpoint": job 7 saved none, and the button says it starts over
     assert said["sft"].startswith("no checkpoint was saved; resume it to start the training over from step 0 (python "
                                   "-m backend jobs resume 7")

@@ -174,7 +174,7 @@ def test_a_claim_whose_worker_died_before_writing_the_submission_is_judged_by_ra
     row = runner.get(job.id)
     if status == "interrupted":  # and what a resume does (runner.messages.with_resume_step)
         message += ("; no checkpoint was saved; resume it to start the training over from step 0 (python -m backend "
-                    f"jobs resume {job.id}, or Resume on the Jobs page)")
+                    f"jobs resume {job.id}, or \"Restart (no checkpoint was saved)\" on the Jobs page)")
     assert (row.status, row.message) == (status, message)
     assert row.cluster_ref == (sid(2) if status == "running" else "")
 

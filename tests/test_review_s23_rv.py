@@ -159,7 +159,8 @@ def test_a_training_with_a_checkpoint_is_told_it_continues_from_it(tmp_path):
     (ckpt / "trainer_state.json").write_text("{}")
     job = Job(id=989, kind="sft", spec={"kind": "sft"}, status="failed", run_dir=str(tmp_path / "run"))
     assert _what_resume_does(job) == ("resume it to continue from its last checkpoint, checkpoint-20 (python -m "
-                                      "backend jobs resume 989, or Resume on the Jobs page)")
+                                      "backend jobs resume 989, or \"Resume from the last checkpoint\" on the Jobs "
+                                      "page)")
 
 
 @pytest.fixture

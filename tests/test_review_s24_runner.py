@@ -48,7 +48,10 @@ def _train() -> SftSpec:
 
 
 def _step(job_id: int, then: str) -> str:
-    return f"{then} (python -m backend jobs resume {job_id}, or Resume on the Jobs page)"
+    """The step a row names, with the Jobs page's button by its label (resume_action's)."""
+    label = ("Restart (no checkpoint was saved)" if then.startswith("no checkpoint was saved") else
+             "Mark done (up1 is registered)" if then.startswith("its last run registered up1") else "Run again")
+    return f"{then} (python -m backend jobs resume {job_id}, or \"{label}\" on the Jobs page)"
 
 
 RESTART = "no checkpoint was saved; resume it to start the training over from step 0"

@@ -11,6 +11,7 @@ Everyone imports the package (`from backend import runner`) and calls `runner.su
 lives in its modules, each importing only those above it:
 
     rows.py      statuses; read a job's row, write fields, conditional transitions
+    resume_step.py  what a resume of a job does: the Jobs page's button, `jobs resume`, the step an ended row names
     hosts.py     heartbeats, machines alive, whether a job's process still runs, recover_orphans
     queue.py     submit and its refusals (check_before_queueing); reads of the queue
     states.py    dependencies (after, needs, waits), resume, cancel
@@ -31,8 +32,8 @@ from backend.runner.queue import (MAKES_MODELS, WAITING, active_jobs, check_befo
                                   output_name, planned_name, submit)
 from backend.runner.states import (_ended_dependency, _left_out, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
-from backend.runner.messages import (_what_resume_does, ago, job_message, log_tail, one_pass, resume_point,
-                                     seconds_all, seconds_run, what_resume_does, will_fail)
+from backend.runner.resume_step import _what_resume_does, resume_point, what_resume_does
+from backend.runner.messages import ago, job_message, log_tail, one_pass, seconds_all, seconds_run, will_fail
 from backend.runner.child import IN_WORDS, execute, shown_fields, work_function
 from backend.runner.loop import _busy, _claim_next, _interrupt_running, job_niceness, start_child, worker
 from storage.models import utcnow  # the clock job rows are written by (tests read runner.utcnow)

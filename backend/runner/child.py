@@ -9,16 +9,29 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from backend.runner.queue import planned_name
 from backend.runner.rows import _transition, get
 from backend.runner.states import _left_out, _queue_again
 from backend.specs import TRAIN_KINDS, spec_from_dict
+from backend.words import plural
 from storage.models import Job, utcnow
 
-# result fields said in words in a job's "done:" message, and left out when 0 ("kept 0" read as jargon)
-IN_WORDS = {"kept": "{} scores kept from its earlier run",
+
+class _Counted(NamedTuple):
+    """A count and the words after it, read as a str template is (IN_WORDS[k].format(n)) with the noun fitted to the
+    count (words.plural): "1 scores kept" was said of an evaluation that had stored one score."""
+    noun: str
+    rest: str
+
+    def format(self, n) -> str:
+        return f"{plural(n, self.noun)} {self.rest}"
+
+
+# result fields said in words in a job's "done:" message (and the pages', `jobs show`'s), left out when 0 ("kept 0"
+# read as jargon)
+IN_WORDS = {"kept": _Counted("score", "kept from its earlier run"),
             "already": "already registered: nothing imported"}  # an import of the built-in, imported before
 
 

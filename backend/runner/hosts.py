@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlmodel import func, select
 
 from backend.cluster import ray_jobs
+from backend.runner.resume_step import with_resume_step
 from backend.runner.rows import STOPPED, _transition
 from storage import db
 from storage.models import Job, WorkerBeat, as_utc, utcnow
@@ -181,11 +182,7 @@ def dead_hosts() -> set[str]:
 def recover_orphans() -> list[int]:
     """Running jobs whose process is gone (worker or machine died) become interrupted: this machine's by their
     process ids, another machine's only when none of its workers has beaten for BEAT_STALE seconds."""
-    # each end says what a resume of the job does, as the Jobs page's button does (imported here: messages reads
-    # this module's heartbeats)
-    from backend.runner.messages import with_resume_step
-
-    orphans = []
+    orphans = []  # each end says what a resume of the job does, as the Jobs page's button does (with_resume_step)
     here = host_id()
     with db.session() as s:
         running = list(s.exec(select(Job).where(Job.status == "running")))

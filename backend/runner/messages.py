@@ -1,22 +1,22 @@
-"""What the pages and `jobs list` say about a job: its message read against the queue and the workers alive, what
-a resume of it does, and its log's last lines."""
+"""What the pages and `jobs list` say about a job: its message read against the queue and the workers alive, and
+its log's last lines. What a resume of it does lives in resume_step.py (hosts.recover_orphans says it too, and this
+module reads hosts), read from here as before."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 from backend.cluster import ray_jobs
 from backend.runner.hosts import (BEAT_STALE, _age, _beat_ages, _local_run_alive, beats_once, host_id,
                                   worker_alive)
 from backend.runner.queue import WAITING, active_jobs, inputs_gone
+from backend.runner.resume_step import (ResumeAction, _what_resume_does, resume_action,  # noqa: F401 (read from here)
+                                        resume_point, what_resume_does, with_resume_step)
 from backend.runner.rows import known_once
 from backend.runner.states import _ended_dependency, _needs, _waits_on_a_job
-from backend.specs import TRAIN_KINDS
-from storage import db
-from storage.models import Job
 
 
 # one_pass's queue: (the active jobs, them by id, the ids of the queued ones a worker may take in the order it takes
@@ -123,98 +123,6 @@ def _unwatched(job) -> str | None:
 def _silence(age: float) -> str:
     """How long a machine's workers have been silent."""
     return "sent no heartbeat in the last day" if age == float("inf") else f"stopped beating {ago(age)}"
-
-
-def what_resume_does(job: Job) -> str:
-    """The next step after a job process died without a word (killed, out of memory), by what its kind left: a
-    killed build's row said only "see its log", though nothing was registered and a resume runs it again. Said by
-    resume_action's rule (its `step`), as the button and `jobs resume` say it: a training killed before its first
-    checkpoint was told a resume continued "from its last checkpoint", while the button said it started over."""
-    action = resume_action(job)
-    if not action.runs:
-        return action.step
-    return f"{action.step} (python -m backend jobs resume {job.id}, or Resume on the Jobs page)"
-
-
-_what_resume_does = what_resume_does  # its name before `jobs cancel` said it too (the runner's modules, tests)
-
-
-def with_resume_step(job: Job | None, fields: dict) -> dict:
-    """`fields` that end `job`'s run, with its next step (_what_resume_does) added to the sentence its row then
-    shows: a failed job's error, an interrupted job's message; any other end (queued again) as it is. Every end the
-    worker writes says it so (a process that died, a worker's Ctrl-C, recover_orphans, a Ray cluster's end:
-    ray_jobs.end_fields said "resume it to continue from its last checkpoint" to a training that saved none). Read
-    from the row as `fields` leave it, not as it reads while they are written: resume_marks_done reads only ended
-    rows, so a killed job whose model was registered was told a resume ran it again, and the resume marked it done."""
-    status = fields.get("status")
-    if job is None or status not in ("failed", "interrupted"):
-        return fields
-    key = "error" if status == "failed" else "message"
-    step = _what_resume_does(Job(**{**job.model_dump(), **fields}))
-    return fields | {key: f"{fields[key]}; {step}"}
-
-
-class ResumeAction(NamedTuple):
-    label: str  # the Jobs page's button
-    says: str  # the sentence `jobs resume` prints, and the button's help
-    marks_done: bool = False  # its run registered its model: nothing runs again
-    step: str = ""  # the next step in a dead job's row (_what_resume_does)
-    runs: bool = True  # whether a resume is the next step (False: export instead)
-
-
-def resume_action(job) -> ResumeAction:
-    """What resuming `job` will do, by the rules runner.resume follows: the Jobs page's button, the sentence
-    `jobs resume` prints and the next step a dead job's row names (they were written apart and disagreed: the CLI
-    said a stopped evaluation ran again from the start, the button that its stored scores were kept, which run_eval
-    does)."""
-    from backend.runner.states import export_instead, resume_marks_done, synth_pairs_made
-
-    if made := resume_marks_done(job):
-        return ResumeAction(f"Mark done ({made} is registered)",
-                            f"its last run registered {made} before the job was marked {job.status}: resuming marks "
-                            "the job succeeded and runs nothing again; the jobs waiting for it go on", True,
-                            f"its last run registered {made}; resume it to mark it succeeded, nothing runs again")
-    if job.kind in TRAIN_KINDS:
-        if (point := resume_point(job)) is not None:
-            return ResumeAction("Resume from the last checkpoint",
-                                f"a running worker resumes it from its last checkpoint, {point.name}",
-                                step=f"resume it to continue from its last checkpoint, {point.name}")
-        return ResumeAction("Restart (no checkpoint was saved)",
-                            "no checkpoint was saved: a running worker starts the training over from step 0",
-                            step="no checkpoint was saved; resume it to start the training over from step 0")
-    if job.kind == "eval":
-        from backend.evaljob import stored_by_job
-
-        if kept := stored_by_job(job.id):
-            return ResumeAction("Resume (the scores it stored are kept)",
-                                f"a running worker scores the rest; the scores it stored for {len(kept)} model and "
-                                f"task pair{'s' if len(kept) != 1 else ''} are kept",
-                                step="the scores it stored are kept; resume it to score the rest")
-        return ResumeAction("Run again", "it stored no score: a running worker runs the eval again from the start",
-                            step="it stored no score; resume it to run it again")
-    if job.kind == "synth-math":
-        if pairs := synth_pairs_made(job):  # a resumed run is refused (its names taken): runner.resume says so
-            return ResumeAction(f"Export instead ({pairs} is registered)",
-                                f"{export_instead(pairs)}; a resumed run would be refused, its names taken",
-                                step=export_instead(pairs), runs=False)
-        return ResumeAction("Resume (its cached rephrasings are kept)",
-                            "a running worker goes on from the rephrasings it cached",
-                            step="nothing was registered; resume it to go on from the rephrasings it cached")
-    return ResumeAction("Run again", f"a running worker runs the {job.kind} again from the start",
-                        step="nothing was registered (a worker removes its partial files); resume it to run it again")
-
-
-def resume_point(job) -> Path | None:
-    """The checkpoint a resume of `job` continues from: the newest complete one (trainer_state.json is written last)
-    in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
-    stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
-    Resume button and `jobs resume` say what it will do by this one rule."""
-    from backend.training import resumable_checkpoints
-
-    if job.kind not in TRAIN_KINDS:
-        return None
-    saved = resumable_checkpoints(Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}"))
-    return saved[-1] if saved else None
 
 
 def log_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> list[str]:

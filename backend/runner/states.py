@@ -12,6 +12,7 @@ from sqlmodel import select
 
 from backend.cluster import ray_jobs
 from backend.runner.hosts import _runs_job, _utc, host_id, live_hosts
+from backend.runner.resume_step import with_resume_step
 from backend.runner.rows import STOPPED, UNSUCCESSFUL, _transition, get
 from storage import db
 from storage.models import Job, utcnow
@@ -375,8 +376,9 @@ def cancel(job_id: int, message: str = "cancelled before it started") -> Job:
                                               message=message):
         return get(job_id)
     job = get(job_id)  # a worker may have claimed it meanwhile
-    if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),
-                                               message="cancelled"):
+    # its row says what a resume then does (with_resume_step), as `jobs cancel` and a killed job's row say it
+    if job.status == "running" and _transition(job_id, "running", **with_resume_step(job, dict(
+            status="cancelled", finished=utcnow(), message="cancelled"))):
         # A process id means something only on the machine that started it: a job running elsewhere is killed by
         # its own machine's worker, which sees the cancelled row within a poll.
         if job.pid and job.host in ("", host_id()) and _runs_job(job.pid, job_id):

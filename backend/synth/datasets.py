@@ -120,6 +120,13 @@ def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float
     taken name is refused before the sources are read; the same mix saved again (the page's button pressed twice)
     changes nothing. A source given with its sample_by keeps it where it reads a .txt (data.expand_rows: a book saved
     a paragraph a row is read so wherever the mix is used); one given without it reads as each use of the mix says."""
+    saved, provenance = _checked_mix(name, sources, purpose)
+    return saved or save_dataset(name, "mix", "", 0, provenance)
+
+
+def _checked_mix(name: str, sources, purpose: str) -> tuple[DatasetRecord | None, dict]:
+    """(the mix already saved as asked, or None; the provenance to save) for save_mix, every refusal raised first: a
+    taken name, before the sources are read, then each weight and every member's rows (data.check_mix)."""
     check_name(name, "mix name")
     from backend import data
 
@@ -128,7 +135,7 @@ def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float
         for s, w, *rest in sources]}
     if (rec := get_dataset(name)) is not None:
         if rec.kind == "mix" and rec.provenance == provenance:
-            return rec
+            return rec, provenance
         raise DatasetError(f"{_taken(rec)}. Nothing was saved: choose another name for the mix; the existing one "
                            "stays as it is.")
     _refuse_case_twin(name)  # before the sources are read
@@ -139,7 +146,7 @@ def save_mix(name: str, sources: list[tuple[str, float]] | list[tuple[str, float
         data.check_mix(sources, purpose)  # CLI's `datasets mix` did: the paper's mixes checked only layouts, so a
     except data.DataError as exc:  # mix of a bad row was saved, listed, and refused at every use
         raise DatasetError(str(exc)) from None
-    return save_dataset(name, "mix", "", 0, provenance)
+    return None, provenance
 
 
 def paper_mixes(pairs_name: str) -> dict[str, tuple[str, list[tuple[str, float]]]]:
@@ -159,9 +166,52 @@ def paper_mixes(pairs_name: str) -> dict[str, tuple[str, list[tuple[str, float]]
 
 
 def save_paper_mixes(pairs_name: str) -> list[DatasetRecord]:
-    """Save every paper_mixes mix (the Synthetic math page's button, `datasets paper-mixes`); each as save_mix does,
-    so a second save of the same mixes changes nothing and a name taken by another mix is refused."""
-    return [save_mix(name, sources, purpose) for name, (purpose, sources) in paper_mixes(pairs_name).items()]
+    """Save every paper_mixes mix (the Synthetic math page's button, `datasets paper-mixes`), each as save_mix does
+    (a second save of the same mixes changes nothing; a name taken by another mix is refused). All six are checked
+    before any is saved: saved one by one, a bad row in the instruct pairs left sft-v1 and sft-v2 saved and the rest,
+    the good DPO mixes too, not, with a message that named only the row."""
+    mixes = paper_mixes(pairs_name)
+    _refuse_taken_paper_names(pairs_name, mixes)
+    checked = {}
+    for name, (purpose, sources) in mixes.items():
+        try:
+            checked[name] = _checked_mix(name, sources, purpose)
+        except DatasetError as exc:
+            said = f"a{str(exc)[1:]}" if str(exc).startswith("A ") else str(exc)  # mid-sentence
+            raise DatasetError(f"Mix {name}: {said} None of the paper's mixes ({', '.join(mixes)}) was saved."
+                               ) from None
+    return [saved or save_dataset(name, "mix", "", 0, provenance) for name, (saved, provenance) in checked.items()]
+
+
+def _refuse_taken_paper_names(pairs_name: str, mixes: dict) -> None:
+    """Refuse the paper's mixes when a name of theirs holds another data set, saying the way out: their names are
+    fixed, so save_mix's "choose another name for the mix" could not be done. The usual case, the mixes saved before
+    for another pairs set, names that set."""
+    prefix = pairs_name.removesuffix("-pairs")
+    taken = [rec for name in mixes if (rec := get_dataset(name)) is not None
+             and not (rec.kind == "mix" and _mix_sources(rec) == [s for s, *_ in mixes[name][1]])]
+    if not taken:
+        return
+    held = {src.removeprefix("dataset:").removesuffix(end) for rec in taken if rec.kind == "mix"
+            for src in _mix_sources(rec) for end in ("-instruct", "-alignment")
+            if src.startswith("dataset:") and src.endswith(end)} - {prefix}
+    names = [rec.name for rec in taken]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    if held and all(rec.kind == "mix" for rec in taken):
+        why = (f"The paper's {'mix' if len(names) == 1 else 'mixes'} {listed} "
+               f"{'is' if len(names) == 1 else 'are'} already saved for the pairs set "
+               f"{' and '.join(sorted(f'{h}-pairs' for h in held))} (mixing its Instruct / Alignment sets), and a "
+               "name holds one data set")
+    else:
+        why = "; ".join(_taken(rec) if i == 0 else f"a{_taken(rec)[1:]}" for i, rec in enumerate(taken))
+    rest = f" (then {', '.join(names[1:])} the same way)" if len(names) > 1 else ""
+    raise DatasetError(f"{why}. Nothing was saved. To save the paper's mixes for {pairs_name}, delete "
+                       f"{'it' if len(names) == 1 else 'them'} first: python -m backend datasets delete {names[0]}"
+                       f"{rest}, or with the Synthetic math page's \"Delete a data set\".")
+
+
+def _mix_sources(rec: DatasetRecord) -> list[str]:
+    return [x.get("source") for x in rec.provenance.get("sources", [])]
 
 
 # ---------------------------------------------------------------- deleting a data set

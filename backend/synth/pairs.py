@@ -15,6 +15,7 @@ from sqlmodel import func, select
 
 from backend.synth.datasets import (DatasetError, PushFailed, _export_of, _trained_on, check_not_orphaned_dataset,
                                     get_dataset)
+from backend.words import plural
 from storage import db
 from storage.models import DatasetRecord, SynthPair
 
@@ -309,5 +310,5 @@ def push_to_hub(pairs_name: str, repo_id: str) -> str:
     names = [Path(f.path).name for f in files]
     url = hubpush.commit(repo_id, "dataset", {n: Path(f.path) for n, f in zip(names, files)},
                          f"Add {' and '.join(names)}", refused=DatasetError, failed=PushFailed)
-    pushed = " and ".join(f"{f.name} ({f.rows} rows, {n})" for f, n in zip(files, names))
+    pushed = " and ".join(f"{f.name} ({plural(f.rows, 'row')}, {n})" for f, n in zip(files, names))
     return f"pushed {pushed}, exported from {pairs_name}, to {url}"
