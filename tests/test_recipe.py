@@ -294,18 +294,20 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
 
 
 def test_failed_stage_cancels_downstream_and_the_run_resumes(tiny_llama, tmp_path):
+    # smoke without sft-a (one SFT fewer: each job is a process that loads torch): upscaled -> sft-b -> avg, where
+    # avg merges the up-scaled model with sft-b (equal depths). The up-scaling is the finished stage a resume reuses.
     bad = tmp_path / "chat.jsonl"
     bad.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n")
     d = smoke(tiny_llama, eval=None)
-    d["stages"][1]["data"] = [{"source": str(bad)}]
-    d["stages"][1]["model"] = "sft-a"  # sft-a -> sft-b -> avg would be a chain; keep avg's depths equal
-    d["stages"][2]["models"] = ["sft-a", "sft-b"]
+    d["stages"] = d["stages"][1:]
+    d["stages"][0]["data"] = [{"source": str(bad)}]
+    d["stages"][1]["models"] = ["upscaled", "sft-b"]
     [p] = recipe.plan_text(text(d))
     run1 = recipe.submit(p, text(d))
     bad.write_text("this is not json\n")  # broken after queueing (both read it): the job itself fails
     runner.worker(once=True)
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
-    assert rows["sft-a"][1].status == "succeeded" and rows["upscaled"][1].status == "succeeded"
+    assert rows["upscaled"][1].status == "succeeded"
     assert rows["sft-b"][1].status == "failed"
     avg_job = rows["avg"][1]
     assert avg_job.status == "cancelled" and f"job {rows['sft-b'][1].id} it waited for failed" in avg_job.message
@@ -313,13 +315,15 @@ def test_failed_stage_cancels_downstream_and_the_run_resumes(tiny_llama, tmp_pat
     # fixed: the run resumes where it stopped — the finished stages are reused
     bad.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n")
     [p2] = recipe.plan_text(text(d))
-    assert {n.stage: n.status for n in p2.nodes} == {"base": "given", "upscaled": "reuse", "sft-a": "reuse",
-                                                      "sft-b": "run", "avg": "run"}
+    assert {n.stage: n.status for n in p2.nodes} == {"base": "given", "upscaled": "reuse", "sft-b": "run",
+                                                      "avg": "run"}
     [run2] = recipe.run_recipe(text(d), queue=False)
     rows2 = {r.stage: (r, j) for r, j in recipe.stages(run2)}
-    assert rows2["avg"][1].status == "succeeded" and rows2["sft-a"][1].id == rows["sft-a"][1].id
+    assert rows2["avg"][1].status == "succeeded" and rows2["upscaled"][1].id == rows["upscaled"][1].id
+    assert registry.get(rows2["avg"][0].output) is not None
     with db.session() as s:
-        assert len(s.exec(select(RecipeStage).where(RecipeStage.run_id == run2, RecipeStage.reused)).all()) == 3
+        reused = s.exec(select(RecipeStage.stage).where(RecipeStage.run_id == run2, RecipeStage.reused)).all()
+    assert sorted(reused) == ["base", "upscaled"]
 
 
 # ---------------------------------------------------------------- experiment tracking

@@ -1,5 +1,6 @@
-"""Soak: 20 queued jobs of every kind, two worker processes (2 slots each) under a global cap of 2 running jobs,
-while the Jobs and Monitor pages are rendered again and again with Streamlit's AppTest.
+"""Soak: 10 queued jobs of every kind, two worker processes (2 slots each) under a global cap of 2 running jobs,
+while the Jobs and Monitor pages are rendered again and again with Streamlit's AppTest. (It was 20 jobs: 10 keep
+both workers claiming against each other under the cap the whole time, at half the cost.)
 
 Checks: every job finishes and none runs twice (one start line per log, each model/data set/score set written
 once), never more than 2 jobs run at once, every row of the database is consistent afterwards, and the pages stay
@@ -71,23 +72,22 @@ def render_seconds(at: AppTest, page: str) -> float:
     return seconds
 
 
-def test_soak_twenty_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_path, workspace):
+def test_soak_ten_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_path, workspace):
     registry.import_folder(tiny_llama, "tiny")
     registry.import_folder(make_llama(tokenizer_dir, tmp_path / "tiny-b", seed=7), "tiny-b")
     specs = []
-    for i in range(10):  # the cheap kind makes up the numbers; every kind is there
+    for i in range(3):  # the cheap kind makes up the numbers; every kind is there
         specs.append(UpscaleSpec(base="tiny" if i % 2 else "tiny-b", m=1 + i % 2, name=f"up{i}"))
-    for i in range(3):
+    for i in range(2):
         specs.append(MergeSpec(models=["tiny", "tiny-b"], method="slerp" if i % 2 else "average", name=f"mg{i}",
                                **({"t": 0.25 * (i + 1)} if i % 2 else {})))
-    for i in range(3):
-        specs.append(SynthMathSpec(num_seeds=6, seed=i, name=f"sm{i}"))
+    specs.append(SynthMathSpec(num_seeds=6, seed=0, name="sm0"))
     for i in range(2):
         specs.append(EvalSpec(models=["tiny-b" if i else "tiny"], tasks=["perplexity"], limit=4))
     specs.append(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="tr0", max_steps=3,
                          save_steps=3, eval_fraction=0.0, batch_size=1, max_length=32, max_rows=8))
     specs.append(UpscaleSpec(base="tiny", m=2, name="up-last"))
-    assert len(specs) == 20
+    assert len(specs) == 10
     jobs = [runner.submit(s) for s in specs]
     ids = [j.id for j in jobs]
 
@@ -122,18 +122,18 @@ def test_soak_twenty_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_
     wall = time.monotonic() - t0
 
     done = [runner.get(i) for i in ids]
-    assert [j.status for j in done] == ["succeeded"] * 20, [(j.id, j.kind, j.status, j.error) for j in done]
+    assert [j.status for j in done] == ["succeeded"] * 10, [(j.id, j.kind, j.status, j.error) for j in done]
     assert check_database() == []
     assert running_seen <= 2 and max_overlap(done) <= 2  # the global cap held, sampled and from the rows
     for j in done:  # none ran twice: one start line in each log
         assert Path(j.log_path).read_text().count(f"job {j.id} ({j.kind}) started") == 1, j.id
     names = [r.name for r in registry.list_models()]
-    assert sorted(names) == sorted(["tiny", "tiny-b", "tr0", "up-last"] + [f"up{i}" for i in range(10)]
-                                   + [f"mg{i}" for i in range(3)])
+    assert sorted(names) == sorted(["tiny", "tiny-b", "tr0", "up-last"] + [f"up{i}" for i in range(3)]
+                                   + [f"mg{i}" for i in range(2)])
     with db.session() as s:
         datasets = Counter(d.name for d in s.exec(select(DatasetRecord)))
         scores = Counter((e.job_id, e.metric) for e in s.exec(select(EvalScore)))
-    assert all(n == 1 for n in datasets.values()) and {f"sm{i}-pairs" for i in range(3)} <= set(datasets)
+    assert all(n == 1 for n in datasets.values()) and {"sm0-pairs"} <= set(datasets)
     # one score set per eval job: its perplexity and that perplexity's bootstrap error, each once
     assert [(scores[j.id, "perplexity"], scores[j.id, "perplexity_stderr"]) for j in done if j.kind == "eval"] == \
         [(1, 1), (1, 1)]
@@ -143,7 +143,7 @@ def test_soak_twenty_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_
         took[j.kind] += (j.finished - j.started).total_seconds()
     print("\njob seconds by kind:", dict(took))
     stats = {page: (len(v), statistics.median(v), max(v)) for page, v in times.items()}
-    print(f"\nsoak: 20 jobs in {wall:.1f} s, at most {running_seen} running at once; page renders "
+    print(f"\nsoak: {len(done)} jobs in {wall:.1f} s, at most {running_seen} running at once; page renders "
           + "; ".join(f"{p}: n={n} median {med:.3f} s max {mx:.3f} s" for p, (n, med, mx) in stats.items()))
     for page, (n, med, mx) in stats.items():
         assert n >= 3 and med < 1.0, (page, stats[page])
