@@ -131,11 +131,12 @@ def test_the_cut_off_advice_fits_the_models_training():
 
 # ---------------------------------------------------------------- 6. the graph shows the evaluation
 
-def _evaluating_run() -> tuple[int, Job]:
-    """A run whose merge is made and whose one evaluation job runs: 1 of its 3 models scored."""
+def _evaluating_run(status: str = "running") -> tuple[int, Job]:
+    """A run whose merge is made and whose one evaluation job (`status`) stored the base's score only, unless still
+    queued: 1 of its 3 models scored."""
     merge, ev = add(Job(kind="merge", status="succeeded"),
-                    Job(kind="eval", status="running", spec={"models": ["tiny", "r-up", "r-avg"],
-                                                             "tasks": ["perplexity"]}))
+                    Job(kind="eval", status=status, spec={"models": ["tiny", "r-up", "r-avg"],
+                                                          "tasks": ["perplexity"]}))
     run, = add(RecipeRun(name="r", text="kind: recipe\n"))
     stage = lambda name, kind, **kw: RecipeStage(run_id=run.id, recipe="r", stage=name, kind=kind,  # noqa: E731
                                                  hash=name, **kw)
@@ -144,7 +145,8 @@ def _evaluating_run() -> tuple[int, Job]:
         stage("avg", "merge", output="r-avg", job_id=merge.id, info={"status": "run", "deps": ["up"]}),
         *(stage(f"eval:{s}", "eval", job_id=ev.id, info={"status": "run", "model": m})
           for s, m in (("base", "tiny"), ("up", "r-up"), ("avg", "r-avg"))))
-    add(EvalScore(job_id=ev.id, model="tiny", task="perplexity", metric="perplexity", value=9.0))
+    if status != "queued":
+        add(EvalScore(job_id=ev.id, model="tiny", task="perplexity", metric="perplexity", value=9.0))
     return run.id, ev
 
 

@@ -13,29 +13,10 @@ from backend.recipe import state, tables
 from backend.specs import CptSpec, DataSource, DpoSpec, SftSpec
 from backend.synth import pipeline
 from storage import db
-from storage.models import EvalScore, Job, RecipeRun, RecipeStage
-from tests.test_review_cli import add, cli
+from tests.test_review_cli import cli
+from tests.test_review_s23_recipe import _evaluating_run  # a run whose evaluation is under way
 
 # ---------------------------------------------------------------- 1. tables while the evaluation is not done
-
-
-def _evaluating_run(status: str = "running") -> tuple[int, Job]:
-    """A run whose up-scaled and merged models are made and whose one evaluation job (`status`) stored the base's
-    score only: 1 of its 3 models scored."""
-    merge, ev = add(Job(kind="merge", status="succeeded"),
-                    Job(kind="eval", status=status, spec={"models": ["tiny", "r-up", "r-avg"],
-                                                          "tasks": ["perplexity"]}))
-    run, = add(RecipeRun(name="r", text="kind: recipe\n"))
-    stage = lambda name, kind, **kw: RecipeStage(run_id=run.id, recipe="r", stage=name, kind=kind,  # noqa: E731
-                                                 hash=name, **kw)
-    add(stage("base", "import", output="tiny", info={"status": "given"}),
-        stage("up", "upscale", output="r-up", job_id=merge.id, info={"status": "run"}),
-        stage("avg", "merge", output="r-avg", job_id=merge.id, info={"status": "run", "deps": ["up"]}),
-        *(stage(f"eval:{s}", "eval", job_id=ev.id, info={"status": "run", "model": m})
-          for s, m in (("base", "tiny"), ("up", "r-up"), ("avg", "r-avg"))))
-    if status != "queued":
-        add(EvalScore(job_id=ev.id, model="tiny", task="perplexity", metric="perplexity", value=9.0))
-    return run.id, ev
 
 
 def test_tables_of_a_run_whose_evaluation_runs_say_why_the_scores_are_missing():

@@ -7,7 +7,6 @@ the reverse), and every name the studio reads from the old modules is the very o
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from backend import scorenotes, scoretable, scorevalues, tablenotes
 from storage import db, server
+from tests.test_review_s19_split_a import _imported  # every module a file imports
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = {"backend.scoretable": ["backend/scoretable.py", "backend/scorevalues.py", "backend/tablenotes.py"],
@@ -24,17 +24,6 @@ SPLIT = {"backend.scoretable": ["backend/scoretable.py", "backend/scorevalues.py
 def test_each_split_file_is_under_500_lines():
     sizes = {f: len((ROOT / f).read_text().splitlines()) for files in SPLIT.values() for f in files}
     assert max(sizes.values()) < 500, sizes
-
-
-def _imported(path: Path) -> set[str]:
-    """Every module a file imports, at its top or inside a function (`from backend import x` as backend.x)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-    return out
 
 
 @pytest.mark.parametrize("face", SPLIT)
