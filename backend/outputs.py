@@ -19,6 +19,7 @@ from typing import Iterator
 
 from backend import registry
 from backend.names import human_bytes, inside
+from backend.safetensors_stream import weight_files
 from storage import db
 from storage.models import ModelRecord
 
@@ -75,16 +76,25 @@ def check_destination(out: Path, needed: int | None = None) -> None:
 def weights_bytes(model: str | Path | None) -> int | None:
     """The size of the safetensors files of a model (a registered name, without importing the built-in, or a
     folder): about what a model trained from it takes. None when it is neither yet (a model a queued job makes)."""
-    rec = registry.get(str(model)) if model else None
+    rec = registry.record(str(model)) if model else None
     folder = Path(rec.path if rec else model or "").expanduser()
-    files = list(folder.glob("*.safetensors")) if model and folder.is_dir() else []
+    if not model or not folder.is_dir():
+        return None
+    try:  # the files a loader reads (a consolidated.safetensors beside an index counted twice with a glob)
+        files = weight_files(folder)
+    except (OSError, ValueError):  # (CheckpointError is one)  # a folder the job's own checks refuse in words
+        return None
     return sum(f.stat().st_size for f in files) if files else None
 
 
 def cannot_write(folder: Path, exc: BaseException | None = None) -> OSError:
     """The refusal of a destination this process may not write: a read-only filesystem, or no permission."""
     if exc is None:  # os.access said no
-        why = "a read-only filesystem" if os.statvfs(folder).f_flag & os.ST_RDONLY else "no permission"
+        try:
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        except OSError:  # (a filesystem without statvfs)
+            read_only = False
+        why = "a read-only filesystem" if read_only else "no permission"
     else:
         code = write_refused(exc, folder)
         why = ("a read-only filesystem" if code == errno.EROFS else "no permission" if code
@@ -163,7 +173,8 @@ def building(out_dir: Path, prefix: str) -> Iterator[Path]:
             raise OSError(errno.ENOSPC, f"Disk full while writing the model to {out_dir.parent}: the partial "
                                         "files were removed and nothing was registered. Free some space or choose "
                                         "another output folder.") from exc
-        if write_refused(exc, out_dir.parent, *([tmp] if tmp else [])):
+        # the paths this build writes: an unreadable source model in the same models folder is not its fault
+        if write_refused(exc, out_dir, *([tmp] if tmp else [])):
             raise cannot_write(out_dir.parent, exc) from exc
         raise
     finally:
@@ -191,12 +202,15 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def write_refused(exc: BaseException, *folders: Path) -> int | None:
-    """EROFS anywhere in the chain, or, with `folders`, EACCES/EPERM on a path inside one of them (a model file
-    the build could not read is no fault of its destination): that errno, else None."""
-    if errno.EROFS in _errnos(exc):
-        return errno.EROFS
+    """EROFS, EACCES or EPERM on a path inside one of `folders` (a model file the build could not read, a read-only
+    cache elsewhere, is no fault of its destination; an EROFS naming no path, or in a copy's shutil.Error text,
+    counts): that errno, else None."""
     for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM) and any(
+        if isinstance(e, shutil.Error) and errno.EROFS in _errnos(e):
+            return errno.EROFS
+        if isinstance(e, OSError) and e.errno == errno.EROFS and e.filename is None and e.filename2 is None:
+            return errno.EROFS
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and any(
                 Path(os.path.abspath(name)).is_relative_to(os.path.abspath(f))
                 for name in (e.filename, e.filename2) if isinstance(name, (str, os.PathLike)) for f in folders):
             return e.errno  # (a rename's destination is its filename2)
@@ -227,6 +241,7 @@ def move_output(src: Path, out_dir: Path) -> None:
     the source's removal. A copy that fails (disk full, read-only) removes what it wrote of out_dir (0-byte and
     truncated files, the unregistered mark) and keeps `src` whole, raising OSError in words."""
     out_dir = Path(out_dir)
+    _check_still_free(out_dir)  # another job of the name may have filled it while this one trained
     try:
         if out_dir.exists():
             out_dir.rmdir()  # empty: output_dir() refused a non-empty one
@@ -235,8 +250,10 @@ def move_output(src: Path, out_dir: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise _not_moved(out_dir, exc) from None
-    try:
-        shutil.copytree(src, out_dir, symlinks=True)
+    try:  # marked before the first file lands: a kill mid-copy leaves a folder a resume may replace
+        out_dir.mkdir(parents=True, exist_ok=True)
+        db.mark_unregistered(out_dir)
+        shutil.copytree(src, out_dir, symlinks=True, dirs_exist_ok=True)
     except OSError as exc:  # (shutil.Error is one: a failed file does not stop the others')
         shutil.rmtree(out_dir, ignore_errors=True)
         raise _not_moved(out_dir, exc) from None
@@ -247,7 +264,7 @@ def _not_moved(out_dir: Path, exc: OSError) -> OSError:
     if disk_full(exc):
         return OSError(f"Disk full while writing the model to {out_dir.parent}: the partial files were removed and "
                        "nothing was registered. Free some space or choose another output folder.")
-    if write_refused(exc, out_dir.parent):
+    if write_refused(exc, out_dir):
         return cannot_write(out_dir.parent, exc)
     first = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else str(exc)
     return OSError(f"could not write the model to {out_dir} ({first}): the partial files were removed and nothing "

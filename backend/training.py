@@ -403,7 +403,8 @@ def resume_words(run_dir: Path, job: str | None) -> str:
     """How a stopped run goes on: from its newest checkpoint, or over from step 0 when none was saved. A job keeps
     its run folder (runs/job-ID); a foreground run's is timestamped, found again only by --run-name."""
     saved = resumable_checkpoints(run_dir)
-    again = (f"resumed as it is (python -m backend jobs resume {job}, or Resume on the Jobs page), it" if job
+    button = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"  # its label
+    again = (f"resumed as it is (python -m backend jobs resume {job}, or \"{button}\" on the Jobs page), it" if job
              else f"the same command with --run-name {run_dir.name}" if saved else "the same command run again")
     return f"{again} continues from {saved[-1].name}" if saved else f"no checkpoint was saved: {again} starts over"
 
@@ -515,11 +516,16 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
         move_output(final, out_dir)  # a rename on the same filesystem
     except OSError as exc:  # disk full or read-only: the trained model stays in final/, its checkpoints with it
         job, saved = os.environ.get("DUS_JOB_ID"), resumable_checkpoints(run_dir)
-        how = (f"python -m backend jobs resume {job} (or Resume on the Jobs page)" if job else
+        button = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"
+        how = (f"python -m backend jobs resume {job} (or \"{button}\" on the Jobs page)" if job else
                f"the same command with --run-name {run_dir.name} (--out may change)")
+        # a job's spec keeps its --out: another folder is the foreground command's, on the job's run folder
+        elsewhere = (f" To hand it to another folder instead: the job's command run in a terminal with --run-name "
+                     f"{run_dir.name} --out NEW_FOLDER." if job and saved else "")
         raise TrainingError(f"{exc} The trained model is kept in {final}: once {out_dir.parent} can take it, {how} "
                             + (f"continues from {saved[-1].name}, its last step, and registers the model without "
-                               "training again." if saved else "trains it again (no checkpoint was saved).")) from None
+                               "training again." if saved else "trains it again (no checkpoint was saved).")
+                            + elsewhere) from None
     rec = register_output(out_dir, name, "trained", parents=[parent], source=spec.kind,
                           recipe=spec.model_dump(mode="json"))
     if not spec.keep_checkpoints:  # only a run that did not finish resumes: a finished one needs no optimizer states

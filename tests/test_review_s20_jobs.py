@@ -105,7 +105,8 @@ def test_a_trainer_killed_by_sigkill_is_said_in_words_with_its_checkpoint(tmp_pa
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
         (tmp_path / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert training.failure_reason(rc, tail, tmp_path, "7") == (
-        ": " + OOM + "resumed as it is (python -m backend jobs resume 7, or Resume on the Jobs page), it continues "
+        ": " + OOM + "resumed as it is (python -m backend jobs resume 7, or \"Resume from the last checkpoint\" on the Jobs page), "
+        "it continues "
         "from checkpoint-8")
     assert training.failure_reason(rc, tail, tmp_path, None).endswith(
         f"; the same command with --run-name {tmp_path.name} continues from checkpoint-8")

@@ -126,8 +126,9 @@ def test_a_job_whose_out_is_read_only_at_hand_over_names_jobs_resume(tiny_llama,
     assert str(exc.value) == (
         f"cannot write to {out.parent} (a read-only filesystem): choose another output folder. Nothing was "
         f"registered. The trained model is kept in {run_dir / 'final'}: once {out.parent} can take it, python -m "
-        "backend jobs resume 7 (or Resume on the Jobs page) continues from checkpoint-2, its last step, and registers "
-        "the model without training again.")  # old code: "[Errno 30] Read-only file system: …"
+        "backend jobs resume 7 (or \"Resume from the last checkpoint\" on the Jobs page) continues from checkpoint-2, "
+        "its last step, and registers the model without training again. To hand it to another folder instead: the "
+        f"job's command run in a terminal with --run-name {run_dir.name} --out NEW_FOLDER.")  # old code: "[Errno 30] Read-only file system: …"
     assert (run_dir / "final" / "config.json").is_file() and not out.exists()
 
 

@@ -150,7 +150,7 @@ def end_fields(info) -> dict:
     """Row fields for a Ray job that ended while its row still says running (its process never wrote its end):
     an entrypoint that exited by itself failed, as a local child that exits does; anything else (the node died, the
     supervisor died, stopped outside DUS) interrupted it. The runner adds what a resume of it does
-    (runner.messages.with_resume_step), as to a local job's end.
+    (runner.resume_step.with_resume_step), as to a local job's end.
 
     Two ends come before the entrypoint ever ran (Ray's JobSupervisor starts it only from PENDING): Ray fails a job
     still PENDING after RAY_JOB_START_TIMEOUT_SECONDS (15 min) — no node had the resources free, the wait this

@@ -8,6 +8,7 @@ from sqlmodel import select
 from backend import runner
 from backend.recipe.checks import eval_state
 from backend.recipe.spec import RecipeError
+from backend.words import plural
 from storage import db
 from storage.models import EvalScore, Job, RecipeRun, RecipeStage, as_utc
 
@@ -80,11 +81,11 @@ def scores_note(evals: list[dict]) -> str:
     for e in evals:
         job, status = e["job"], e["status"]
         what = f"evaluation job {job}" if job is not None else "the evaluation"
-        scored = f", {e['scored']} of {e['of']} models scored" if e["scored"] else ""
+        scored = f", {e['scored']} of {plural(e['of'], 'model')} scored" if e["scored"] else ""
         if status == "queued":
             parts.append(f"{what} is queued{scored} (`python -m backend jobs wait {job}`)")
         elif status == "running":
-            parts.append(f"{what} is running, {e['scored']} of {e['of']} models scored "
+            parts.append(f"{what} is running, {e['scored']} of {plural(e['of'], 'model')} scored "
                          f"(`python -m backend jobs wait {job}`)")
         elif status == "not queued":
             parts.append(f"{what} is {NOT_QUEUED}")

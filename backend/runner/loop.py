@@ -22,7 +22,7 @@ from sqlmodel import select
 from backend.cluster import ray_jobs
 from backend.runner.hosts import (BEAT_EVERY, _clear_stopped, _hosts_here, _mine, beat, check_host_id,
                                   check_shared_workspace, claim_host, dead_hosts, heartbeat_path, recover_orphans)
-from backend.runner.messages import with_resume_step
+from backend.runner.resume_step import with_resume_step
 from backend.runner.rows import UNSUCCESSFUL, _transition, _update, get
 from backend.runner.states import _needs
 from storage import db
