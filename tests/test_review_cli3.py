@@ -25,7 +25,7 @@ def test_scores_prints_the_pages_table_with_standard_errors_and_its_notes(capsys
     assert "| 0.2500 ± 0.0993 |" in out  # qa: p = 0.25 over 20 items, lm-eval's mean_stderr
     notes = [line.removeprefix("note: ") for line in out.splitlines() if line.startswith("note: ")]
     assert notes == scoretable.table_notes(scoretable.latest_scores(), rows) and any(
-        n.startswith("average (accuracy tasks): mean of synth-math") for n in notes)
+        n.startswith("average (accuracy tasks): each model's mean of its own scores on synth-math") for n in notes)
     assert cli(["scores", "dus", "--format", "csv"]) == 0
     csv = capsys.readouterr().out.splitlines()
     assert csv[0].startswith("model,average (accuracy tasks),") and len(csv) == 2 and csv[1].startswith("dus,0.0,")
@@ -70,4 +70,4 @@ def test_scores_tex_keeps_its_notes_as_latex_comments(capsys):
     out = capsys.readouterr().out
     after = out.split(r"\end{table}", 1)[1].strip().splitlines()
     assert after and all(line.startswith("% note: ") for line in after)  # a bare "95 % interval" or "_" broke it
-    assert any("max_new_tokens" in line for line in after)
+    assert any("Max new tokens (eval --max-new-tokens)" in line for line in after)  # the page's field and the flag
