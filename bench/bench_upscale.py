@@ -33,6 +33,8 @@ def make_checkpoint(folder: Path, layers: int, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     if (folder / "config.json").exists():
+        if not (folder / "tokenizer.json").exists():  # one written before the up-scale needed a tokenizer
+            write_tokenizer(folder)
         return folder
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -84,8 +86,24 @@ def make_checkpoint(folder: Path, layers: int, seed: int = 0) -> Path:
               "max_position_embeddings": 2048, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
               "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu"}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    write_tokenizer(tmp)
     tmp.rename(folder)
     return folder
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A small word-level tokenizer (its tokens well under the vocabulary): `python -m backend upscale` refuses a
+    folder without one, as an import does, since the model it would register could not be trained or chatted with."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", *(f"w{k}" for k in range(61))]
+    tok = Tokenizer(WordLevel({w: k for k, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(folder)
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
