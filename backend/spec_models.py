@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -154,6 +155,14 @@ MERGE_METHOD_FIELDS = {field: (tuple(m for m, (_, reads) in _MERGE_METHODS.items
 _RELATIVE = MERGE_METHOD_FIELDS["base"][0]  # task_arithmetic, ties, dare_linear, dare_ties
 _DROPPING = MERGE_METHOD_FIELDS["density"][0]  # ties, dare_linear, dare_ties
 
+OLD_DENSITY_DEFAULT = 0.5  # density's default before it became mergekit's 1.0 (every entry kept)
+
+
+def weights_sum_to_zero(weights: list[float]) -> bool:
+    """Whether `weights` sum to zero as written (within 1e-6 of the largest: 0.3, -0.1, -0.2 does, though its
+    float sum is -2.8e-17): normalized by that sum, a merge is infinite or nonsense."""
+    return abs(math.fsum(weights)) <= 1e-6 * max(map(abs, weights), default=0.0)
+
 
 class MergeSpec(_Spec):
     """Merge candidates: SOLAR's Average(a, b) and SLERP, plus task arithmetic, TIES and DARE relative to a base —
@@ -176,7 +185,8 @@ class MergeSpec(_Spec):
                                                     description="slerp: t per module, e.g. {self_attn: [0, 1], "
                                                                 "mlp: [1, 0]} (first matching key wins)")
     base: str | None = Field(None, description="task_arithmetic / ties / dare: the common base model")
-    density: float = Field(0.5, gt=0, le=1, description="ties / dare: share of each task vector kept")
+    density: float = Field(1.0, gt=0, le=1, description="ties / dare: share of each task vector kept (default 1, "
+                                                         "mergekit's: every entry)")
     seed: int = Field(0, ge=0, description="dare: seed of the random drop mask (the same seed gives the same model)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the dtype every input is read in and the output is written in, as mergekit's dtype; "
@@ -226,8 +236,6 @@ class MergeSpec(_Spec):
 
     @model_validator(mode="after")
     def _method(self) -> "MergeSpec":
-        import math
-
         relative = self.method in _RELATIVE
         if self.weights is not None and len(self.weights) != len(self.models):
             raise ValueError(f"weights (--weights on the command line): give one per model ({len(self.models)}), "
@@ -238,12 +246,16 @@ class MergeSpec(_Spec):
             # given (a default the page's model_dump or a stored job's spec carries is not) and not the default
             default = type(self).model_fields[field].get_default(call_default_factory=True)
             if self.method not in methods and field in self.model_fields_set and getattr(self, field) != default \
-                    and not (field == "density" and self.method == "task_arithmetic" and self.density == 1):
-                # (task arithmetic keeps every entry: density 1 says what it does, as the tests compare DARE at 1)
+                    and not (field == "density" and self.density == OLD_DENSITY_DEFAULT):
+                # (a spec stored before density's default became mergekit's 1.0 carries 0.5 whatever its method)
                 raise ValueError(f"{field}{f' ({flag} on the command line)' if flag else ''} is for "
                                  f"{' / '.join(methods)}; method {self.method!r} does not use it: leave it out, or "
                                  f"choose one of those methods.")
-        if self.method == "average" and self.resolved_normalize and self.weights and sum(self.weights) == 0:
+        if self.resolved_normalize and self.weights and weights_sum_to_zero(self.weights):
+            # every method that normalizes divides by the weights' sum: by zero, or by a rounding error of it (0.3,
+            # -0.1, -0.2 sums to 1.5e-8 in float32, 1.2e-4 in float16), which scales the merge to inf or nonsense;
+            # mergekit's own guard (|sum| < 1e-8 counts as 1) compares in the merge's dtype, where float16 cannot
+            # hold 1e-8, and every tensor of a float16 merge came out inf
             raise ValueError("weights: they sum to zero, so they cannot be normalized by their sum; change a weight, "
                              "or untick \"Normalize by the weights' sum\" (normalize: false in a spec, "
                              "--no-normalize on the command line).")

@@ -32,7 +32,8 @@ from backend.recipe.inputs import (SYNTH_PARTS, _check_part, _check_rows, _check
 from backend.recipe.state import stages
 from backend.recipe.spec import (RESERVED, STAGE_REF, Budget, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
-from backend.specs import TRAIN_KINDS, EvalSpec, ImportSpec, UpscaleSpec, _Spec
+from backend.spec_models import MERGE_ALIASES
+from backend.specs import MERGE_DEFAULTS, TRAIN_KINDS, EvalSpec, ImportSpec, MergeSpec, UpscaleSpec, _Spec
 from storage import db
 from storage.models import DatasetRecord, Job, RecipeRun, RecipeStage
 
@@ -246,6 +247,12 @@ def _budgeted(body: dict, kind: str, b: Budget) -> dict:
     if kind == "synth-math" and b.max_rows and (body.get("num_seeds", 200) or b.max_rows + 1) > b.max_rows:
         body["num_seeds"] = b.max_rows  # its seeds are its rows: a budget's quick try made every seed the stage
         # asked for (the solar-10.7b preset's 20,000)
+    method = body.get("method", "average") if kind == "merge" else None
+    method = MERGE_ALIASES.get(method, method) if isinstance(method, str) else None
+    if method in MERGE_DEFAULTS and MergeSpec.reads(method, "density") and "density" not in body:
+        # density written (so in the hash): a ties / dare stage that left it out was made at 0.5 before the default
+        # became mergekit's 1.0, and that model is not this stage's
+        body["density"] = MergeSpec.model_fields["density"].default
     return body
 
 

@@ -7,7 +7,20 @@ from fractions import Fraction
 
 _BOXED = re.compile(r"\\boxed\{")
 _GSM = re.compile(r"####\s*(.+?)\s*$", re.M)
-_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*\$?\s*([^\n]+?)\s*(?:\.\s*)?$", re.I | re.M)
+_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is\s*[:=]?|[:=])\s*\$?\s*([^\n]+?)\s*(?:\.\s*)?$",
+                        re.I | re.M)
+# The number that opens a stated answer, as lm-eval 0.4's GSM8K tasks read one (lm_eval/tasks/gsm8k): gsm8k.yaml's
+# strict filter `#### (\-?[0-9\.\,]+)` and gsm8k-cot.yaml's `The answer is (\-?[0-9\.\,]+).` take that number and
+# leave what follows out: "18 dollars", "7 (seven)" and "#### 72 dollars" are 18, 7 and 72 (compared whole, they read
+# as no number, and a correct reply was scored a hallucination). Read here too: "answer is: 12", "$1,250", "**18**",
+# a fraction or percent ("3/4", "2 1/2", "50%"), an equation's result ("3 + 4 = 7" is 7), and of several statements
+# the last (a reply that corrects itself), where lm-eval takes the first.
+# One deliberate difference: a statement offering two numbers ("18 or 19", "18-19", "18, 19") is not one answer.
+# lm-eval's strict regex reads its first number (18); here it stays as stated, which is no number and scores
+# "wrong": a hedge is not credited with whichever of its numbers happens to be the reference.
+_LEADING = re.compile(r"[*_`\s]*((?:-\$?|\$-?)?\d+(?:,\d{3})*(?:\.\d+)?(?:\s+\d+\s*/\s*\d+|\s*/\s*\d+)?\s*%?"
+                      r"|-?\\[dt]?frac\{\d+\}\{\d+\})")
+_MORE = re.compile(r"\s*(?:[-–+*/×÷^=,]|\b(?:or|to|and|x)\b)\s*[$(]?\s*-?\d|\s*\^")  # another number follows
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?%?|-?\\frac\{\d+\}\{\d+\}")
 
 
@@ -24,13 +37,30 @@ def _boxed(text: str) -> str | None:
     return None
 
 
+def _leading_number(span: str) -> str | None:
+    """The number a stated answer opens with (the rules above _LEADING), or None: no number, or two offered."""
+    span = span.strip().rstrip(".").strip()
+    if to_number(span) is not None:
+        return span
+    m = _LEADING.match(span)
+    if not m:
+        return None
+    if _MORE.match(span, m.end()):  # "3 + 4 = 7": the result; "18 or 19": no one answer
+        return _leading_number(span.rsplit("=", 1)[1]) if "=" in span[m.end():] else None
+    return m[1].strip()
+
+
 def stated_answer(text: str) -> str | None:
-    """The final answer a solution states: \\boxed{}, '#### n' or 'the answer is …' (None without one)."""
-    for finder in (_boxed, lambda t: (_GSM.findall(t) or [None])[-1], lambda t: (_ANSWER_IS.findall(t) or [None])[-1]):
-        found = finder(text)
-        if found:
-            return found.strip().rstrip(".")
-    return None
+    """The final answer a solution states: \\boxed{} (whole), else the number that opens '#### …' or
+    'the answer is …' (rules above _LEADING); a statement with no such number is returned as stated ("unknown",
+    "18 or 19"), which no reference equals. None without a statement."""
+    if found := _boxed(text):
+        return found.strip().rstrip(".")
+    spans = [found for finder in (_GSM, _ANSWER_IS) if (found := (finder.findall(text) or [None])[-1])]
+    for span in spans:
+        if (number := _leading_number(span)) is not None:
+            return number
+    return spans[0].strip().rstrip(".") if spans else None
 
 
 def extract_answer(text: str) -> str | None:
