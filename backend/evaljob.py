@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from backend import evaldevice, heldout, qa, registry
-from backend.evalscore import MAX_LENGTH, score_task, settings
+from backend.evalscore import score_task, settings
 from backend.evaltasks import EvalError, EvalFailed, TaskSet, task_set
 from backend.specs import EvalSpec
 from storage import db
@@ -117,7 +117,7 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
     for m in todo:  # a model that cannot fit says so before anything loads
         try:
             plans[m] = evaldevice.plan_for(folders[m], seq_len=seq_len, batch_size=spec.batch_size,
-                                           device=spec.device, score_len=MAX_LENGTH)
+                                           device=spec.device, score_len=spec.perplexity_window)
         except evaldevice.DeviceError as exc:
             raise EvalError(f"{m}: {exc}") from None
     t0 = time.perf_counter()

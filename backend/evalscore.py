@@ -1,6 +1,7 @@
-"""Scoring a task set on a loaded model: perplexity, multiple choice by log-likelihood (as lm-eval's HFLM), generated
-answers (synth-math, gsm8k, qa), lm-evaluation-harness tasks; and `settings`, how a task was run, stored with its
-scores (backend/evaluate.py lists the tasks, backend/evaljob.py runs them and stores the scores).
+"""Scoring a task set on a loaded model: perplexity (every token, in lm-eval's rolling windows: backend/evalrolling.py),
+multiple choice by log-likelihood (as lm-eval's HFLM), generated answers (synth-math, gsm8k, qa),
+lm-evaluation-harness tasks; and `settings`, how a task was run, stored with its scores (backend/evaluate.py lists
+the tasks, backend/evaljob.py runs them and stores the scores).
 
     from backend.evalscore import perplexity
     perplexity(tok, model, ["Paris is the capital of France."])
@@ -11,38 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Callable
 
 from backend import evaldevice, qa, registry
+# perplexity's rolling windows and the positions a model reads live in evalrolling, their names here as before
+from backend.evalrolling import (MAX_LENGTH, ROLLING, UNSET_MAX_LENGTH, context_length,  # noqa: F401
+                                 perplexity_items, perplexity_window, tokenizer_id)
 from backend.evaltasks import EvalError, TaskSet
 from backend.specs import EVAL_ANSWER_KINDS, EvalSpec
 from backend.synth.answers import extract_answer, same_answer
 from storage.models import Generation
 
 SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
-MAX_LENGTH = 256  # tokens of a perplexity text that are scored; a longer text is cut there
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # the extra answers of samples > 1 (consistency)
-UNSET_MAX_LENGTH = int(1e30)  # a tokenizer's model_max_length when it sets none (transformers, lm-eval)
 MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat template; each choice follows a space
-
-
-def perplexity_items(tok, model, texts: list[str], max_length: int = MAX_LENGTH, batch_size: int = 8) -> list[tuple]:
-    """(summed negative log-likelihood, predicted tokens) per text; batched with right padding."""
-    import torch
-
-    tok.padding_side = "right"
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", truncation=True, max_length=max_length,
-                      padding=True).to(model.device)
-            ids, mask = enc.input_ids, enc.attention_mask
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            m = mask[:, 1:].to(nll.dtype)
-            out += [(float(a), int(b)) for a, b in zip((nll * m).sum(1).tolist(), m.sum(1).tolist())]
-    return out
 
 
 # Perplexity's standard error: a bootstrap over the texts, as lm-eval bootstraps its `perplexity` aggregation
@@ -92,32 +77,32 @@ def perplexity_stderr(per_item: list[tuple], iters: int | None = None) -> float 
     return float(ppl.std(ddof=1)) if np.isfinite(ppl).all() else None
 
 
-def _ppl(per_item: list[tuple]) -> dict:
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf  # past that math.exp raises OverflowError
+
+
+def _ppl(per_item: list[tuple], texts: list[str] | None = None) -> dict:
     """The token-weighted perplexity of the texts, and its bootstrap standard error as the row perplexity_stderr
-    (lm-eval's METRIC_stderr, which the tables show as ±) where one is defined (perplexity_stderr)."""
+    (lm-eval's METRIC_stderr, which the tables show as ±) where one is defined (perplexity_stderr). With the
+    `texts`, lm-eval's wikitext metrics too (lm_eval/api/task.py count_words, count_bytes; metrics.py
+    weighted_perplexity, bits_per_byte): the same summed loss over the texts' words (runs between whitespace) or
+    UTF-8 bytes, which models with different tokenizers share: a perplexity per token of another tokenizer is not
+    like for like. lm-eval gives these no standard error; nor does this."""
     nll, n = sum(x[0] for x in per_item), sum(x[1] for x in per_item)
     if not n:
         raise EvalError("perplexity: the texts are empty.")
     se = perplexity_stderr(per_item)
-    return {"perplexity": math.exp(nll / n), **({"perplexity_stderr": se} if se is not None else {})}
+    out = {"perplexity": _exp(nll / n), **({"perplexity_stderr": se} if se is not None else {})}
+    if texts is not None:
+        words, size = sum(len(re.split(r"\s+", t)) for t in texts), sum(len(t.encode("utf-8")) for t in texts)
+        out |= {"word_perplexity": _exp(nll / words), "byte_perplexity": _exp(nll / size),
+                "bits_per_byte": nll / size / math.log(2)}
+    return out
 
 
 def perplexity(tok, model, texts: list[str], max_length: int = MAX_LENGTH) -> tuple[float, int]:
     per = perplexity_items(tok, model, texts, max_length)
     return _ppl(per)["perplexity"], sum(x[1] for x in per)
-
-
-def context_length(tok, model) -> int:
-    """The longest input the model reads, found as lm-eval's HFLM finds it (lm_eval/models/utils.py
-    resolve_max_length): the (text) config's n_positions, max_position_embeddings or n_ctx, else the tokenizer's
-    model_max_length when it is set, else 2048."""
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if getattr(cfg, attr, None) is not None:
-            return int(getattr(cfg, attr))
-    n = getattr(tok, "model_max_length", None)
-    return int(n) if n is not None and n != UNSET_MAX_LENGTH else 2048
 
 
 def choice_logprob(tok, model, context: str, choice: str, max_len: int | None = None) -> float:
@@ -341,9 +326,11 @@ def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id:
         return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, (
             {"context": " ".join(notes)} if notes else {})
     if ts.kind == "perplexity":
-        per = perplexity_items(tok, model, ts.items, batch_size=plan.scoring_batch_size)
-        return _ppl(per), [], lambda ix: _ppl([per[i] for i in ix]), per, {
-            "tokens": sum(x[1] for x in per), "stderr": STDERR_NOTE.format(resamples=bootstrap_resamples(len(per)))}
+        per = perplexity_items(tok, model, ts.items, max_length=spec.perplexity_window,
+                               batch_size=plan.scoring_batch_size)
+        return _ppl(per, ts.items), [], lambda ix: _ppl([per[i] for i in ix], [ts.items[i] for i in ix]), per, {
+            "tokens": sum(x[1] for x in per), "tokenizer": tokenizer_id(tok),
+            "stderr": STDERR_NOTE.format(resamples=bootstrap_resamples(len(per)))}
     if ts.kind == "mc":
         per = mc_items(tok, model, ts.items)
         return _mc(per), [], lambda ix: _mc([per[i] for i in ix]), per, {}
@@ -366,7 +353,7 @@ def settings(ts: TaskSet, spec: EvalSpec, tok, model, batch: int | None = None) 
 
     out: dict = {"limit": spec.limit}
     if ts.kind == "perplexity":
-        return {**out, "max_length": MAX_LENGTH}
+        return {**out, "scoring": ROLLING, "window": perplexity_window(tok, model, spec.perplexity_window)}
     if ts.kind == "mc":
         return {**out, "prompt": _after_specials(tok, MC_CONTEXT, MC_CONTEXT + " {choice}")}
     if ts.kind == "lm-eval":  # lm-eval's own settings (few-shot counts, version) are in details["lm_eval"]

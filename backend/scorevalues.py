@@ -43,13 +43,35 @@ def _rank(metric: str) -> int:
 
 
 def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:
+    """The score that heads each (model, task): the best-ranked metric (_rank); for a perplexity task whose models
+    tokenize its texts differently (tokenizers), every model's byte perplexity where each has one, as lm-eval's
+    wikitext reports per word and byte: a perplexity per token of another tokenizer is not like for like (a
+    tokenizer of longer tokens has fewer, each harder to guess)."""
     primary: dict[tuple[str, str], EvalScore] = {}
     for (model, task, metric), r in latest.items():
         if "[" in metric or metric.endswith(STDERR):  # per-kind QA metrics live in their own table; a standard
             continue  # error stands beside its score, never as one (it ranked with any unlisted lm-eval metric)
         if (model, task) not in primary or _rank(metric) < _rank(primary[(model, task)].metric):
             primary[(model, task)] = r
+    for task in tokenizers(primary):
+        keys = [k for k in primary if k[1] == task]
+        if all((m, task, PER_BYTE) in latest for m, _ in keys):  # rows stored before it have none: token perplexity
+            primary |= {(m, task): latest[(m, task, PER_BYTE)] for m, _ in keys}  # stays, and the notes say so
     return primary
+
+
+PER_BYTE = "byte_perplexity"  # lm-eval's: e ^ (the texts' summed loss / their UTF-8 bytes)
+
+
+def tokenizers(primary: dict) -> dict[str, list[list[str]]]:
+    """Per perplexity task whose scores came from more than one tokenizer, the models of each (the vocabulary's
+    sha256 in the row's details, evalscore.tokenizer_id; rows stored before it name none, and are not told
+    apart)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for (model, task), r in sorted(primary.items()):
+        if r.metric in ("perplexity", PER_BYTE) and (tid := (r.details or {}).get("tokenizer")):
+            found.setdefault(task, {}).setdefault(tid, []).append(model)
+    return {task: list(by.values()) for task, by in found.items() if len(by) > 1}
 
 
 def value(r: EvalScore, metric: str | None = None, clean: bool = False) -> float | None:

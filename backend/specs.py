@@ -86,6 +86,10 @@ class EvalSpec(_Spec):
     limit: int = Field(40, ge=1, description="items per task")
     max_new_tokens: int = Field(96, ge=8)
     samples: int = Field(1, ge=1, le=10, description="k > 1: k-1 extra sampled answers for a consistency score")
+    perplexity_window: int = Field(256, ge=8, description="perplexity: tokens the model reads at once, at most its "
+                                   "context length; a longer text rolls on in further windows, every token scored "
+                                   "(lm-eval's loglikelihood_rolling, which reads the whole context length: wider "
+                                   "windows give a lower perplexity, and take longer)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA (bfloat16 + sdpa) when present")
     batch_size: int | None = Field(None, ge=1, description="generation batch; default: fitted to free GPU "
                                                            "memory, 8 on the CPU")

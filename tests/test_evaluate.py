@@ -26,8 +26,8 @@ def test_perplexity_is_exp_of_the_token_mean_nll(tiny):
     texts = ["The capital of France is Paris.", "Twelve times seven is eighty four."]
     ppl, n = evaluate.perplexity(tok, model, texts)
     nll, count = 0.0, 0
-    for t in texts:
-        ids = tok(t, return_tensors="pt").input_ids
+    for t in texts:  # every token, the first after the BOS (lm-eval's prefix token; this tokenizer adds none)
+        ids = torch.tensor([[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids])
         logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
         nll -= logp.gather(1, ids[0, 1:, None]).sum().item()
         count += ids.shape[1] - 1
@@ -76,7 +76,9 @@ def test_answer_scoring_and_hallucination_labels(tiny, monkeypatch):
                                                                         (False, False, False)]
     # a stated answer stands though the reply ran on; a reply stopped before any is cut off, not a hallucination
     assert [g.verdict for g in gens][3:] == ["wrong", "cut off"] and [g.truncated for g in gens][3:] == [True, True]
-    assert [g.consistency for g in gens] == [1.0, 0.0, 0.0, 0.0, 1.0]  # e: its last number agrees with the sample
+    # d: "The answer is 4. Let me also check…" states 4, as its sample does (the whole line, compared as a number,
+    # agreed with nothing); e: its last number agrees with the sample
+    assert [g.consistency for g in gens] == [1.0, 0.0, 0.0, 1.0, 1.0]
     assert scores["accuracy"] == pytest.approx(1 / 5) and scores["hallucination_rate"] == pytest.approx(2 / 5)
     assert scores["cut_off_rate"] == pytest.approx(1 / 5) and scores["abstention_rate"] == pytest.approx(1 / 5)
     assert [g.words for g in gens][:3] == [7, 4, 4]

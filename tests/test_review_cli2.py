@@ -234,10 +234,10 @@ def test_eval_scores_keep_their_columns_with_a_long_model_name(tiny, tiny_llama,
     registry.import_folder(shutil.copytree(tiny_llama, tmp_path / "long"), long)
     rc, out, err = cli("eval", "tiny", long, "--tasks", "perplexity", "--limit", "2", "--device", "cpu")
     assert rc == 0, err
-    rows = [line for line in out.splitlines() if line.startswith(("tiny ", long))]  # each with its bootstrap error
-    assert [row.split()[:3:2] for row in rows] == [["tiny", "perplexity"], ["tiny", "perplexity_stderr"],
-                                                   [long, "perplexity"], [long, "perplexity_stderr"]]
-    assert [row.index(" perplexity") for row in rows] == [len(long)] * 4
+    rows = [line for line in out.splitlines() if line.startswith(("tiny ", long))]  # each with its bootstrap error,
+    metrics = ["bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr", "word_perplexity"]  # and lm-eval's
+    assert [row.split()[:3:2] for row in rows] == [[m, x] for m in ("tiny", long) for x in metrics]
+    assert [row.index(" perplexity") for row in rows] == [len(long)] * 10
 
 
 def test_train_and_eval_take_every_setting_the_pages_offer(tiny, tmp_path):

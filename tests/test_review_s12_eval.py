@@ -13,7 +13,7 @@ import unicodedata
 import pytest
 from sqlmodel import select
 
-from backend import evaluate, heldout, registry
+from backend import evalscore, evaluate, heldout, registry
 from backend.specs import EvalSpec
 from storage import db
 from storage.models import EvalScore
@@ -116,5 +116,8 @@ def test_each_score_records_how_it_was_run(tiny_llama, tmp_path):
     assert got[("plain", "synth-math")] == {**math, "prompt": "transcript (no chat template: backend/chat.py "
                                                               "build_prompt), ends at a new role line",
                                             "generation_config": {"repetition_penalty": 1.05}}
-    assert got[("chat", "perplexity")] == got[("plain", "perplexity")] == {"limit": 2, "max_length": 256}
+    # scored in rolling windows as lm-eval scores it, the window the model's 128 positions (session 25: a text was
+    # cut at max_length 256, which these settings said)
+    assert got[("chat", "perplexity")] == got[("plain", "perplexity")] == {"limit": 2, "scoring": evalscore.ROLLING,
+                                                                           "window": 128}
     assert got[("chat", f"mc:{mc}")] == {"limit": 2, "prompt": "Question: {question}\nAnswer: {choice}"}

@@ -67,7 +67,8 @@ def test_an_evaluation_stores_it_and_compare_and_scores_json_show_it(tiny_llama)
     tok, model = evalscore.evaldevice.load_model(registry.resolve("tiny")[0])
     per = perplexity_items(tok, model, ts.items)
     want = _direct(per, 100_000)  # 6 texts: lm-eval's 100,000 resamples
-    assert set(rows) == {"perplexity", "perplexity_stderr"}
+    # lm-eval's word and byte perplexities and bits per byte beside it (session 25), with no error of their own
+    assert set(rows) == {"perplexity", "perplexity_stderr", "word_perplexity", "byte_perplexity", "bits_per_byte"}
     assert rows["perplexity_stderr"].value == pytest.approx(want, rel=1e-6) and want > 0
     assert rows["perplexity_stderr"].n == rows["perplexity"].n == 6
     assert "bootstrap over the texts (100000 resamples" in rows["perplexity"].details["stderr"]
@@ -79,7 +80,7 @@ def test_an_evaluation_stores_it_and_compare_and_scores_json_show_it(tiny_llama)
     # `scores --json`: the error beside the score (it was null), the error row not listed as a score of its own
     rc, out, err = cli("scores", "--json")
     assert (rc, err) == (0, "")
-    (got,) = json.loads(out)
+    (got,) = [x for x in json.loads(out) if x["metric"] == "perplexity"]
     assert (got["metric"], got["value"]) == ("perplexity", rows["perplexity"].value)
     assert got["stderr"] == pytest.approx(want, rel=1e-6)
     assert "bootstrap over the texts" in got["details"]["stderr"]

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from backend.cli.common import (WorkFailed, _job_options, _local_model, _local_task, _on_interrupt, _print_json,
-                                _run_or_queue, _save_spec, absolute_paths)
+                                _run_or_queue, _save_spec, absolute_paths, queued_json)
 
 
 def cmd_eval(a) -> None:
@@ -20,7 +20,8 @@ def cmd_eval(a) -> None:
 
     spec = EvalSpec(models=a.models, tasks=a.tasks, limit=a.limit, max_new_tokens=a.max_new_tokens,
                     samples=a.samples, device=a.device, batch_size=a.batch_size,
-                    overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url, judge_model=a.judge_model)
+                    overlap_threshold=a.overlap_threshold, ngram=a.ngram, judge_url=a.judge_url,
+                    judge_model=a.judge_model, perplexity_window=a.perplexity_window)
     spec = absolute_paths(spec)
     queued = bool(a.queue or a.after)
     if a.fan_out and len(a.models) > 1 and not queued:
@@ -31,19 +32,28 @@ def cmd_eval(a) -> None:
         runner.check_before_queueing(spec)  # every model, before the first job is queued
         _save_spec(spec, a)
         jobs = [runner.submit(one, after=a.after) for one in spec.per_model()]
+        if a.json:
+            return _print_json(queued_json(jobs))
         print(f"queued jobs {', '.join(str(j.id) for j in jobs)} (eval, one per model); they run side by side on "
               "the worker's free slots (python -m backend worker --slots N) or a Ray cluster; --no-fan-out queues "
               "one job")
         return
     if a.queue or a.after:
         return _run_or_queue(spec, a)
-    before = _last_score_id()
-    _run_or_queue(spec, a)
-    notes: dict[str, None] = {}
-    from backend import scoretable
     from backend.evaluate import stored_name
 
-    rows = _scores_since(before, [stored_name(m) for m in a.models])  # a folder's scores are stored under its name
+    before = _last_score_id()
+    mine = lambda: _scores_since(before, [stored_name(m) for m in a.models])  # noqa: E731  a folder's are stored
+    # under its name; --json: the result with the rows it stored, each as `scores --json` gives a score
+    _run_or_queue(spec, a, more=lambda result: {"rows": [
+        {"model": r.model, "task": r.task, "metric": r.metric, "value": r.value, "n": r.n, "overlap_share":
+         r.overlap_share, "run": r.run, "details": r.details} for r in mine()]})
+    if a.json:
+        return
+    notes: dict[str, None] = {}
+    from backend import scoretable
+
+    rows = mine()
     width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
     for r in rows:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
@@ -269,6 +279,8 @@ def add_eval(sub) -> None:
     ev.add_argument("--limit", type=int, default=40, help="items per task")
     ev.add_argument("--max-new-tokens", type=int, default=96, help="token cap of a generated answer")
     ev.add_argument("--samples", type=int, default=1, help="k sampled answers for a consistency score")
+    ev.add_argument("--perplexity-window", type=int, default=EvalSpec.model_fields["perplexity_window"].default,
+                    metavar="TOKENS", help=EvalSpec.model_fields["perplexity_window"].description)
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help=EvalSpec.model_fields["device"].description)
     ev.add_argument("--batch-size", type=int, help="generation batch (default: fitted to free GPU memory, 8 on CPU)")
@@ -282,7 +294,9 @@ def add_eval(sub) -> None:
                     help="with --queue: one job per model, run in parallel on free slots or cluster nodes (the "
                          "scores are the same as one job's); the default with --queue and several models, as on "
                          "the Eval page; --no-fan-out queues one job for all")
-    _job_options(ev)
+    _job_options(ev, json_holds="the count of scores stored (scores), the device each model ran on and the rows "
+                 "this run stored (rows: model, task, metric, value, n, overlap_share, details); with --fan-out a list "
+                 "of the queued jobs")
     ev.set_defaults(fn=cmd_eval)
 
 
