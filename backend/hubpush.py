@@ -348,6 +348,9 @@ def check_pushable(name: str, license_name: str | None = None, license_link: str
     except CheckpointError as exc:
         raise PushRefused(f"{name}: {exc} Nothing was pushed.") from None
     files = model_files(folder)
+    # a link added to its folder after its import (which refuses one) would upload its target: someone's key
+    if links := [why for n, why in registry.link_problems(folder, again="push again") if n in files]:
+        raise PushRefused(f"{name}: {' '.join(links)} Nothing was pushed.")
     if not any(n.endswith(".safetensors") for n in files):
         raise PushRefused(f"{name}'s folder {folder} holds no .safetensors weights: nothing was pushed.")
     if missing := registry.missing_tokenizer(folder):

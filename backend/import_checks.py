@@ -206,20 +206,23 @@ def _too_many_tokens(folder: Path, tokens: int, again: str) -> str | None:
             f"{again}.")
 
 
-def folder_problems(folder: Path) -> list[str]:
+def folder_problems(folder: Path, copies: bool = True) -> list[str]:
     """Why a model folder that is not registered cannot be used as a job's model (an upscale's base, a merge's
-    models, a training's model, an evaluation's), in import_folder's words: a link out of the folder (a build copied
-    its target, someone's key, into a model a push then uploads), no tokenizer, one that cannot be loaded or has
-    more tokens than the model's vocabulary (a model built from it was registered, and nothing could use it). A
-    folder without a config.json that reads is no model: that alone is said (modelinfo.read_config's words). Loads
-    the tokenizer (about 0.1 s): asked once per job, before it is queued or run in the foreground
-    (registry.check_folder_ref), not by registry.resolve, which a page asks on every rerun."""
+    models, a training's model, an evaluation's), in import_folder's words: no tokenizer, one that cannot be loaded
+    or has more tokens than the model's vocabulary (a model built from it was registered, and nothing could use it);
+    and, when the job `copies` its files into a new model (outputs.copied_refs: a build's source of the tokenizer), a
+    link out of the folder (a build copied its target, someone's key, into a model a push then uploads). A reader is
+    not refused a link: a checkpoint folder whose tokenizer.json links to ../base/tokenizer.json was evaluated,
+    chatted with and trained from, until the guard refused it everywhere. A folder without a config.json that reads
+    is no model: that alone is said (modelinfo.read_config's words). Loads the tokenizer (about 0.1 s): asked once
+    per job, before it is queued or run in the foreground (registry.check_folder_ref), not by registry.resolve,
+    which a page asks on every rerun."""
     folder = Path(folder)  # as given, in the messages
     try:
         read_config(folder)
     except CheckpointError as exc:
         return [str(exc)]
-    if problems := links_out(folder, again="try again") + missing_tokenizer(folder):
+    if problems := (links_out(folder, again="try again") if copies else []) + missing_tokenizer(folder):
         return problems
     return [problem] if (problem := tokenizer_problem(folder, again="try again")) else []
 
@@ -249,7 +252,15 @@ LINKED_WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def links_out(folder: Path, again: str = "import again") -> list[str]:
-    """Why `folder` may not be imported, if a file at its root is a link to a file outside it, or to nothing: an
+    """Why `folder` may not be imported (link_problems' words, every file's)."""
+    return [problem for _, problem in link_problems(folder, again)]
+
+
+def link_problems(folder: Path, again: str = "import again") -> list[tuple[str, str]]:
+    """(file name, why) for each file at `folder`'s root that is a link to a file outside it, or to nothing: what an
+    import refuses, and a build (outputs.check_companions) or a push (hubpush.check_pushable) of the files it would
+    copy or upload. Only those: reading a folder through its links (an evaluation, a chat, a training's model: a
+    checkpoint whose tokenizer.json links to ../base/tokenizer.json) copies nothing into a model. An
     archive unpacked from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model
     (hubpush) or a build (outputs.copy_companions) reads through the link; a link whose file is gone (a cache cleaned
     since, a copy of the links alone) passed, and failed the import, a build or a push later. Allowed: links inside
@@ -269,15 +280,15 @@ def links_out(folder: Path, again: str = "import again") -> list[str]:
                 continue
             target = f.resolve()
             if not target.exists():
-                out.append(f"{f} is a link to {target}, which does not exist (a download or copy left incomplete, or "
-                           "a cache cleaned since): copy that file itself into the folder (or download the model "
-                           f"again), or remove the link, then {again}.")
+                out.append((f.name, f"{f} is a link to {target}, which does not exist (a download or copy left "
+                                    "incomplete, or a cache cleaned since): copy that file itself into the folder (or "
+                                    f"download the model again), or remove the link, then {again}."))
             elif f.is_file() and not target.is_relative_to(folder):
                 links.append((f, target, _blob_repo(target)))
         except (OSError, RuntimeError) as exc:  # a link to a file this user may not read, or a loop of links
             # (Path.resolve's RuntimeError): said, not a traceback on the page
-            out.append(f"{f} cannot be read ({getattr(exc, 'strerror', None) or exc}): copy the file itself into "
-                       f"the folder or remove it, then {again}.")
+            out.append((f.name, f"{f} cannot be read ({getattr(exc, 'strerror', None) or exc}): copy the file itself "
+                                f"into the folder or remove it, then {again}."))
     # the cache repo the blob links may point into: a snapshot's own (models--X/snapshots/REV), else the one repo
     # they all point into (a --local-dir download's); links into two repos, none of them
     def weight(f: Path) -> bool:  # parsed as weights wherever they point: they choose no repo
@@ -294,9 +305,9 @@ def links_out(folder: Path, again: str = "import again") -> list[str]:
                  else f"a file of the cached repo {blob.name}, not of {own.name} whose snapshot this is" if own
                  else f"a file of the cached repo {blob.name}, while its links point into {len(repos)} cached repos "
                       f"({', '.join(r.name for r in repos)})")
-        out.append(f"{f} is a link to {target}, {where}: a push of the model would upload that file and a build "
-                   "would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, then "
-                   f"{again}.")
+        out.append((f.name, f"{f} is a link to {target}, {where}: a push of the model would upload that file and a "
+                            "build would copy it. Copy the file itself into the folder (`cp -L`) or remove the link, "
+                            f"then {again}."))
     return out
 
 

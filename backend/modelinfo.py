@@ -99,15 +99,58 @@ def folder_stat(folder: str | Path, missing_ok: bool = False) -> list[tuple[str,
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def read_config(folder: Path) -> dict:
+def config_or_problem(folder: str | Path) -> tuple[dict | None, str]:
+    """(folder's config.json as a dict, ""), or (None, what is wrong with it): the one reader of a model's config.
+    read_config raises the problem; the model tables (config_facts) show a folder gone or broken without one."""
     path = Path(folder) / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{folder} has no config.json: it is not a Hugging Face model folder. Point at the "
-                              "folder that holds config.json and the weights, or import a GGUF file instead.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}).")
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, (f"{folder} has no config.json: it is not a Hugging Face model folder. Point at the folder "
+                      "that holds config.json and the weights, or import a GGUF file instead.")
+    except OSError as exc:  # unreadable (permissions), or a folder named config.json
+        return None, f"{path} cannot be read ({exc.strerror or exc})."
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are no text
+        return None, f"{path} is not valid JSON ({exc})."
+    if not isinstance(config, dict):
+        return None, f"{path} is not valid JSON for a config: it holds a {type(config).__name__}, not an object."
+    return config, ""
+
+
+def read_config(folder: Path) -> dict:
+    config, problem = config_or_problem(folder)
+    if config is None:
+        raise CheckpointError(problem)
+    return config
+
+
+def config_facts(folder: str | Path) -> tuple[str, str, int | None] | None:
+    """(first of `architectures`, model_type, vocabulary size) from a model's config.json alone (a text model inside
+    a multimodal config: its text_config's vocabulary); None when it does not read (its folder gone). Kept by the
+    file's path, mtime and size: the Models page asks for every model's at each rerun, and parsed every file each
+    time; a rewritten config (another mtime or size) is read again."""
+    path = Path(folder) / "config.json"
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _config_facts(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _config_facts(path: str, mtime_ns: int, size: int) -> tuple[str, str, int | None] | None:
+    config, _ = config_or_problem(Path(path).parent)
+    if config is None:
+        return None
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) and isinstance(config.get("text_config"), dict):
+        vocab = config["text_config"].get("vocab_size")
+    return arch, str(config.get("model_type") or ""), vocab if isinstance(vocab, int) and not isinstance(vocab, bool) \
+        else None
 
 
 def inspect_model(folder: Path) -> ModelInfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import json
+import math
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from typing import Iterator
 
 from backend import registry
 from backend.names import human_bytes, inside
-from backend.safetensors_stream import weight_files
+from backend.safetensors_stream import open_checkpoint
 from storage import db
 from storage.models import ModelRecord
 
@@ -51,8 +52,8 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
     out = Path(out_dir or spec_out or inside(db.models_dir(), name)).expanduser().resolve()
     if (out / db.UNREGISTERED_MARK).is_file():  # left by a build killed before its row: a resume may reuse the name
         db.clean_unregistered_builds([out])
-    check_folder_free(out, by_name=not (out_dir or spec_out))
-    check_destination(out, needed)
+    check_folder_free(out, by_name=not (out_dir or spec_out), name=name)
+    check_destination(out, needed, name if (out_dir or spec_out) else None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a read-only mount above it: "[Errno 30] Read-only file system: '/mnt/ro/x'"
@@ -60,41 +61,69 @@ def output_dir(out_dir: Path | str | None, spec_out: str | None, name: str, need
     return out
 
 
-def check_destination(out: Path, needed: int | None = None) -> None:
+def check_destination(out: Path, needed: int | None = None, name: str | None = None) -> None:
     """Before any work: the folder `out` goes in (its nearest existing parent, when that is still to be made) can be
     written, and has room for `needed` bytes when known. A training whose --out sat on a read-only or full disk
-    trained to the end and failed only when it handed its model over; a build failed with a bare "[Errno 30]"."""
-    parent = Path(out).parent
+    trained to the end and failed only when it handed its model over; a build failed with a bare "[Errno 30]".
+    `out` is the model's own folder (--out), put in place of an empty folder there: an empty mount point given as
+    --out (meant as where the model goes) was refused "cannot write to /mnt" without a word of where it could go;
+    `name`, the model's when the user gave --out (not a folder made from the name), makes the folder suggested."""
+    out = Path(out)
+    parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # (a read-only mount refuses root too)
-        raise cannot_write(parent)
+    mount = out.is_dir() and os.path.ismount(out)  # a build's rename cannot replace it: "Device or resource busy"
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK) or mount:  # (a read-only mount refuses root)
+        raise _not_there(out, parent, name, mount)
     if needed is not None and parent.is_dir():
         check_disk(parent, needed)
 
 
 def weights_bytes(model: str | Path | None) -> int | None:
-    """The size of the safetensors files of a model (a registered name, without importing the built-in, or a
-    folder): about what a model trained from it takes. None when it is neither yet (a model a queued job makes)."""
+    """About what a model trained from `model` (a registered name, without importing the built-in, or a folder)
+    takes on disk: its parameters times the bytes of the dtype a training saves them in (train_job.weights_dtype:
+    bf16 on CUDA, float32 on a CPU; save_pretrained keeps the dtype the model was loaded in), not its files' size:
+    an F32 base trained in bf16 was estimated twice too large, and refused on a disk that could take it (a bf16 base
+    trained on a CPU, half too small). Tensors a loader does not cast (integers) keep their size. The tensors are
+    those a loader reads (a consolidated.safetensors beside an index is no part of the model). None when it is
+    neither yet (a model a queued job makes), or its weights cannot be read (the job's own checks say why)."""
     rec = registry.record(str(model)) if model else None
     folder = Path(rec.path if rec else model or "").expanduser()
     if not model or not folder.is_dir():
         return None
-    try:  # the files a loader reads (a consolidated.safetensors beside an index counted twice with a glob)
-        files = weight_files(folder)
-    except (OSError, ValueError):  # (CheckpointError is one)  # a folder the job's own checks refuse in words
+    try:
+        tensors = open_checkpoint(folder).values()
+    except (OSError, ValueError):  # (CheckpointError is one)
         return None
-    return sum(f.stat().st_size for f in files) if files else None
+    from backend.train_job import weights_dtype  # torch: imported only when a training's space is checked
+
+    size = weights_dtype().itemsize
+    return sum(math.prod(t.shape) * size if t.dtype in CAST_DTYPES else t.nbytes for t in tensors) or None
+
+
+# safetensors dtypes that from_pretrained(dtype=...) casts to the training's dtype
+CAST_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def _not_there(out: Path, parent: Path, name: str | None, mount: bool) -> OSError:
+    """The refusal of an output folder the model cannot be put in place of (check_destination), saying where it can
+    go when `out`, given as --out, is an empty folder (or a mount point) this process may write into: inside it."""
+    inside = name and out.is_dir() and os.access(out, os.W_OK | os.X_OK) and (mount or not any(out.iterdir()))
+    hint = (f" --out names the model's own folder, not the folder it goes in: to put the model inside {out}, give "
+            f"--out {out / name}." if inside else "")
+    if mount and parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        return OSError(f"{out} is a mount point, which the model's folder cannot replace (a build renames its "
+                       f"folder into place).{hint or ' Choose another output folder.'} Nothing was registered.")
+    if not hint:
+        return cannot_write(parent)
+    return OSError(f"cannot write to {parent} ({_why(parent)}), where the model's folder {out} would replace the "
+                   f"empty folder of that name.{hint} Nothing was registered.")
 
 
 def cannot_write(folder: Path, exc: BaseException | None = None) -> OSError:
     """The refusal of a destination this process may not write: a read-only filesystem, or no permission."""
     if exc is None:  # os.access said no
-        try:
-            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-        except OSError:  # (a filesystem without statvfs)
-            read_only = False
-        why = "a read-only filesystem" if read_only else "no permission"
+        why = _why(folder)
     else:
         code = write_refused(exc, folder)
         why = ("a read-only filesystem" if code == errno.EROFS else "no permission" if code
@@ -102,15 +131,25 @@ def cannot_write(folder: Path, exc: BaseException | None = None) -> OSError:
     return OSError(f"cannot write to {folder} ({why}): choose another output folder. Nothing was registered.")
 
 
+def _why(folder: Path) -> str:
+    """Why os.access refused to let this process write `folder`."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:  # (a filesystem without statvfs)
+        read_only = False
+    return "a read-only filesystem" if read_only else "no permission"
+
+
 def default_folder(spec_out: str | None, name: str) -> Path:
     """Where a job will write the model named `name`: the spec's `out`, else workspace/models/NAME."""
     return Path(spec_out or inside(db.models_dir(), name)).expanduser().resolve()
 
 
-def check_folder_free(out: Path, by_name: bool) -> None:
+def check_folder_free(out: Path, by_name: bool, name: str | None = None) -> None:
     """Refuse a folder that already holds files (not those of a build killed before its row, which a resume
     reuses). `by_name`: the folder comes from the model's name (the pages have only a name field), so the message
-    asks for another name, not another output folder."""
+    asks for another name, not another output folder; else it says where the model (`name`) could go inside it:
+    a disk's mount point given as --out holds lost+found."""
     if out.exists() and not out.is_dir():  # iterdir said "[Errno 20] Not a directory"
         raise FileExistsError(f"{out} is a file, not a folder: choose another output folder. Nothing was changed.")
     check_not_a_models_folder(out, by_name)
@@ -120,7 +159,9 @@ def check_folder_free(out: Path, by_name: bool) -> None:
         raise FileExistsError(f"A folder named {out.name!r} already holds files in the models folder ({out}), though "
                               "no model is registered under that name: choose another name, or move that folder "
                               "away. Nothing was changed.")
-    raise FileExistsError(f"{out} already exists and is not empty: choose another output folder.")
+    raise FileExistsError(f"{out} already exists and is not empty: choose another output folder (--out names the "
+                          "model's own folder, not the folder it goes in: to put the model inside it, give --out "
+                          f"{out / (name or 'NAME')}).")
 
 
 def check_not_a_models_folder(out: Path, by_name: bool) -> None:
@@ -271,17 +312,50 @@ def _not_moved(out_dir: Path, exc: OSError) -> OSError:
                    "was registered.")
 
 
+def copied_refs(spec) -> list[str]:
+    """The models (as the spec names them) whose files a job copies into the model it makes (copy_companions): an
+    upscale's base; a merge's donor (its base, else its first model) and its tokenizer_source. A link out of one of
+    them would put its target (someone's key) into a registered model; the other models a job reads are only read,
+    as an evaluation, a chat or a training reads its model (training re-saves the tokenizer it loaded)."""
+    if spec.kind == "upscale":
+        return [spec.base]
+    if spec.kind == "merge":
+        donor = [spec.base or spec.models[0]] if (spec.base or spec.models) else []
+        return donor + ([spec.tokenizer_source] if spec.tokenizer_source not in (None, "base") else [])
+    return []
+
+
+def _companions(src: Path, config_src: Path | None) -> list[Path]:
+    """What copy_companions copies, in its order."""
+    files = [f for f in sorted(Path(src).iterdir())
+             if f.is_file() and any(fnmatch.fnmatchcase(f.name, pattern) for pattern in COMPANIONS)]
+    # the config's modules last: a name both give (a tokenizer module importing .configuration_x) is the model's
+    for folder, names in ((src, AUTO_MAP_TOKENIZER_FILES), (config_src or src, ("config.json",))):
+        files += remote_modules(folder, names)
+    return files
+
+
+def check_companions(src: Path, config_src: Path | None = None) -> None:
+    """Refuse, before a build writes anything, a file copy_companions would copy through a link out of its folder
+    (import_checks.link_problems: a link into the model's own cached Hub repo passes): checked where files are
+    copied, a registered model's too, since a link can be added to its folder after its import (an import refuses
+    one). Reading a folder through its links (evaluation, chat, training) is not refused."""
+    copied = _companions(src, config_src)
+    problems = [why for folder in {Path(src), Path(config_src or src)}
+                for name, why in registry.link_problems(folder, again="try again")
+                if any(f.name == name and f.parent == folder for f in copied)]
+    if problems:
+        raise registry.RegistryError(" ".join(problems))
+
+
 def copy_companions(src: Path, dst: Path, config_src: Path | None = None) -> None:
     """The files of `src` that COMPANIONS names (tokenizer, chat template, generation config, licence), and the
     Python modules of a remote-code model: those the auto_map of `src`'s tokenizer_config.json and of
-    `config_src`'s (default `src`) config.json name, config.json being the one the caller writes."""
-    for f in Path(src).iterdir():
-        if f.is_file() and any(fnmatch.fnmatchcase(f.name, pattern) for pattern in COMPANIONS):
-            shutil.copy2(f, dst / f.name)
-    # the config's modules last: a name both give (a tokenizer module importing .configuration_x) is the model's
-    for folder, files in ((src, AUTO_MAP_TOKENIZER_FILES), (config_src or src, ("config.json",))):
-        for module in remote_modules(folder, files):
-            shutil.copy2(module, dst / module.name)
+    `config_src`'s (default `src`) config.json name, config.json being the one the caller writes. None is copied
+    through a link out of its folder (check_companions)."""
+    check_companions(src, config_src)
+    for f in _companions(src, config_src):
+        shutil.copy2(f, dst / f.name)
 
 
 # Files whose auto_map names classes in the folder's own modules (a remote-code model: transformers imports them under

@@ -9,7 +9,6 @@ remote-code model's modules are kept as files (a Hub import fetches those its au
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,11 +22,11 @@ from sqlmodel import select
 # every name the rest of the studio uses is imported from here.
 from backend.import_checks import (BUILTIN_GGUF, GGUF_QUANT_TAG, LINKED_WEIGHTS, TOKENIZER_FILES,  # noqa: F401
                                    RegistryError, _gguf_cut_short, _import_target, builtin_gguf, folder_problems,
-                                   gguf_default_name, gguf_weight_types, links_out, missing_tokenizer,
+                                   gguf_default_name, gguf_weight_types, link_problems, links_out, missing_tokenizer,
                                    tokenizer_problem)
 from backend.import_convert import (HUB_DUPLICATES, HUB_PATTERNS, HUB_SKIP, TRANSFORMERS_WEIGHTS,  # noqa: F401
                                     Progress, gguf_to_folder, hub_to_folder, pickle_to_folder)
-from backend.modelinfo import inspect_model
+from backend.modelinfo import config_facts, inspect_model
 from backend.names import check_name, inside, safe_name
 from storage import db
 from storage.models import ModelRecord
@@ -90,20 +89,12 @@ def arch_and_vocab(rec: ModelRecord) -> tuple[str, int | None]:
     """(architecture, e.g. LlamaForCausalLM; vocabulary size) of a registered model, for the model tables (`models
     list`, the Models page): what a user deciding which models can be merged looks at first. From its config.json
     alone (no weights read; a text model inside a multimodal config: its text_config's vocabulary); the row's
-    architecture and None when the config cannot be read (its folder gone)."""
-    try:
-        config = json.loads(Path(rec.path, "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    architecture and None when the config cannot be read (its folder gone). Read by modelinfo.config_facts, kept
+    while the file is unchanged."""
+    if (facts := config_facts(rec.path)) is None:
         return rec.architecture or rec.model_type, None
-    if not isinstance(config, dict):
-        return rec.architecture or rec.model_type, None
-    archs = config.get("architectures")
-    arch = (archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else "") or \
-        rec.architecture or str(config.get("model_type") or "")
-    vocab = config.get("vocab_size")
-    if not isinstance(vocab, int) and isinstance(config.get("text_config"), dict):
-        vocab = config["text_config"].get("vocab_size")
-    return arch, vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    arch, model_type, vocab = facts
+    return arch or rec.architecture or model_type, vocab
 
 
 def record(name_or_path: str) -> ModelRecord | None:
@@ -129,10 +120,12 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
     imported the GGUF instead, and the twin was refused as "differs only in case"). Else 'builtin' and the
     built-in's name in any case import the built-in model on first use, and again when its own import's folder is
     gone (its name said "that folder is gone", while 'builtin' re-imported it). Another model registered under the
-    built-in's name is never replaced: its folder gone is said. A folder that is not registered is refused where a
-    file at its root links out of it, as an import refuses it: `upscale --base FOLDER` copied the link's target
-    (someone's key) into the model it registered, which a push uploads. Its tokenizer is checked once per job, before
-    it is queued or run (check_folder_ref), not here: a page resolves on every rerun."""
+    built-in's name is never replaced: its folder gone is said. A folder that is not registered is read as it is:
+    its links out are refused where its files are copied into a new model or uploaded (check_folder_ref for a build,
+    outputs.check_companions as the build runs, hubpush), not here, where an evaluation, a chat or a training only
+    reads it (a checkpoint whose tokenizer.json links to ../base/tokenizer.json was refused everywhere). Its tokenizer
+    is checked once per job, before it is queued or run (check_folder_ref), not here: a page resolves on every
+    rerun."""
     rec = get(name_or_path)
     if name_or_path.lower() in ("builtin", BUILTIN_NAME.lower()) and (rec is None or _is_builtin(rec)):
         if (held := get(BUILTIN_NAME)) is None or _is_builtin(held):
@@ -147,19 +140,18 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         rec = by_path(p)  # a registered model's folder given by path keeps its name (and so its lineage)
-        if rec is None and (problems := links_out(p, again="try again")):
-            raise RegistryError(" ".join(problems))
         return p.resolve(), rec.name if rec else None
     known = ", ".join(r.name for r in list_models()) or "none yet"
     raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
 
 
-def check_folder_ref(ref: str) -> None:
+def check_folder_ref(ref: str, copies: bool = False) -> None:
     """Refuse a model a job reads, given as a folder that is not registered, as import_folder refuses one
-    (folder_problems: a link out of it, a tokenizer missing, unreadable or larger than the model's vocabulary): asked
-    before a job is queued (runner's checks) and before the CLI runs one in the foreground, once per job."""
+    (folder_problems: a tokenizer missing, unreadable or larger than the model's vocabulary; a link out of it when the
+    job `copies` its files into the model it makes, outputs.copied_refs): asked before a job is queued (runner's
+    checks) and before the CLI runs one in the foreground, once per job."""
     folder = Path(ref).expanduser()
-    if record(ref) is None and folder.is_dir() and (problems := folder_problems(folder)):
+    if record(ref) is None and folder.is_dir() and (problems := folder_problems(folder, copies)):
         raise RegistryError(" ".join(problems))
 
 

@@ -31,7 +31,7 @@ from backend.train_job.model import (build_trainer, load_model, load_tokenizer, 
 from backend.train_job.resume import (CompleteAtCheckpoint, RunComplete, resume_token_count, run_train_loss,
                                       train_or_finish)
 from backend.train_job.rows import check_replies_fit, load_rows, note_cut_rows, without_chat_template
-from backend.training import complete_checkpoints
+from backend.training_checkpoints import complete_checkpoints
 
 __all__ = ["CUDA", "CompleteAtCheckpoint", "MetricsCallback", "RunComplete", "build_trainer", "check_replies_fit",
            "load_model", "load_rows", "load_tokenizer", "main", "make_config", "model_flops_per_token",

@@ -35,7 +35,9 @@ from backend import data, perf, registry, runner
 from backend.modelinfo import inspect_model
 from backend.names import check_name
 from backend.outputs import move_output, output_dir, register_output, weights_bytes
-from backend.specs import _TrainSpec, spec_from_dict
+from backend.specs import _TrainSpec
+from backend.training_checkpoints import (PLACEMENT_FIELDS, TrainingError, check_resume, complete_checkpoints,
+                                          resumable_checkpoints, resume_words)
 from backend.words import plural
 from storage import db
 
@@ -44,19 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 29500  # accelerate's and torchrun's default rendezvous port
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# Fields that only place one machine in a multi-machine run: equal runs differ in these, so the run folder's
-# name leaves them out (a Slurm resubmission gets other hosts, hence another main_process_ip).
-PLACEMENT_FIELDS = {"machine_rank", "main_process_ip", "main_process_port"}
 
 
 def multi_machine_run_name(spec: _TrainSpec) -> str:
@@ -212,100 +205,6 @@ def check_memory(spec: _TrainSpec, folder: Path) -> None:
         raise TrainingError(f"{refusal} Set memory_check: false (--no-memory-check) to launch anyway.")
 
 
-def _state_readable(checkpoint: Path) -> bool:
-    """Whether the checkpoint's trainer_state.json (written last) is there and whole: a machine that went down
-    while saving can leave it empty or cut, and transformers' resume then fails on it at every retry."""
-    try:
-        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
-        return False
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """The trainer's checkpoint-N folders of a run, in step order (other folders are not the trainer's)."""
-    found = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def resumable_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoints a resume can continue from, in step order, touching nothing: what the Jobs page's Resume
-    button and `jobs resume` promise (runner.resume_point) is what the resumed run then takes."""
-    return [p for p in _checkpoints(run_dir) if _state_readable(p)]
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """resumable_checkpoints, and the others removed: a process killed while saving leaves a folder without a
-    readable trainer_state.json, which cannot be resumed from; removed, the resume starts from the checkpoint
-    before it. Other folders are left alone."""
-    for p in _checkpoints(run_dir):
-        if not _state_readable(p):
-            shutil.rmtree(p, ignore_errors=True)
-    return resumable_checkpoints(run_dir)
-
-
-# What a run resumed from a checkpoint may change: how far it goes (max_steps: the schedule then ends there, and the
-# start says so), its name and output, trackers, checks, logging and saving intervals, and where and with which
-# kernels it runs (the same numbers, sooner or in less memory). Anything else is refused: the Trainer restores the
-# checkpoint's optimizer and scheduler, whose saved base learning rate overrides the spec's, and skips as many
-# batches of the NEW data order as the old run consumed, so a changed spec trained as neither, without a word.
-# How many processes train: a run resumed on other hardware (a node lost, a smaller allocation) may change them, and
-# the start line says that each step then sees another number of rows (batch_size x accumulation x processes)
-WORLD_FIELDS = ("num_processes", "num_machines", "ray_workers", "accelerate_config")
-RESUME_MAY_CHANGE = {"max_steps", "name", "out", "keep_checkpoints", "report_to", "memory_check", "logging_steps",
-                     "eval_steps", "save_steps", "resources", "accelerate_config", "gradient_checkpointing",
-                     "precompute_ref_log_probs", *PLACEMENT_FIELDS, *WORLD_FIELDS}
-PERF_MAY_CHANGE = {"compile", "liger", "attention"}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k == "perf":  # its fields one by one: perf.optimizer
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def check_resume(spec: _TrainSpec, run_dir: Path) -> str:
-    """Before a run folder's spec.json is replaced: a folder holding checkpoints resumes them, so its spec must be
-    the one they were trained with (but RESUME_MAY_CHANGE). Returns a note for the start line ("" when none)."""
-    checkpoints = resumable_checkpoints(run_dir)
-    try:
-        old = json.loads((run_dir / "spec.json").read_text(encoding="utf-8"))["spec"]
-    except (OSError, ValueError, KeyError, TypeError):  # a folder from before spec.json: nothing to compare with
-        return ""
-    if not checkpoints or not isinstance(old, dict):
-        return ""
-    last, step = checkpoints[-1], int(checkpoints[-1].name.split("-")[1])
-    try:  # with the defaults of fields added since it was written, so that only a real change counts
-        old = spec_from_dict(old).model_dump(mode="json")
-    except ValueError:  # (a field since removed: compared as written)
-        pass
-    new = _flat(spec.model_dump(mode="json"))
-    old = _flat(old)
-    changed = [k for k in sorted(set(new) | set(old)) if k in new and k in old and new[k] != old[k]
-               and k not in RESUME_MAY_CHANGE and not (k.startswith("perf.") and k[5:] in PERF_MAY_CHANGE)]
-    again = (f"Run the spec it was started with to resume it; to train this one, start it in another run folder "
-             f"(--run-name / DUS_RUN_NAME), or remove {run_dir / 'checkpoints'} to start over here.")
-    if changed:
-        said = "; ".join(f"{k} {json.dumps(old[k])} -> {json.dumps(new[k])}" for k in changed)
-        raise TrainingError(f"run folder {run_dir} holds {last.name} of a run with another spec ({said}): a resume "
-                            "continues that run's optimizer, learning-rate schedule and data order, so it would "
-                            f"train as neither. {again}")
-    world = [k for k in WORLD_FIELDS if k in new and k in old and new[k] != old[k]]
-    said_world = (f"; {', '.join(f'{k} {json.dumps(old[k])} -> {json.dumps(new[k])}' for k in world)}: each step now "
-                  "sees the rows of the new number of processes (batch_size x gradient accumulation x processes)"
-                  if world else "")
-    if spec.max_steps < step:
-        raise TrainingError(f"max_steps {spec.max_steps}, but run folder {run_dir} holds {last.name}, already "
-                            f"past it. {again}")
-    if old.get("max_steps") not in (None, spec.max_steps):
-        return (f" to max_steps {spec.max_steps} (was {old['max_steps']}: its learning-rate schedule now ends at "
-                f"step {spec.max_steps}{said_world})")
-    return f" ({said_world[2:]})" if world else ""
-
-
 def launch_command(spec: _TrainSpec, run_dir: Path) -> list[str]:
     """`accelerate launch` for this machine. With several machines every one runs this with its own machine_rank:
     accelerate hands --num_machines/--machine_rank/--main_process_ip/--main_process_port to torchrun's static
@@ -397,16 +296,6 @@ SIGNAL_WORDS = {
                    "as in a container)",
     signal.SIGINT: "was interrupted (SIGINT: Ctrl-C)",
 }
-
-
-def resume_words(run_dir: Path, job: str | None) -> str:
-    """How a stopped run goes on: from its newest checkpoint, or over from step 0 when none was saved. A job keeps
-    its run folder (runs/job-ID); a foreground run's is timestamped, found again only by --run-name."""
-    saved = resumable_checkpoints(run_dir)
-    button = "Resume from the last checkpoint" if saved else "Restart (no checkpoint was saved)"  # its label
-    again = (f"resumed as it is (python -m backend jobs resume {job}, or \"{button}\" on the Jobs page), it" if job
-             else f"the same command with --run-name {run_dir.name}" if saved else "the same command run again")
-    return f"{again} continues from {saved[-1].name}" if saved else f"no checkpoint was saved: {again} starts over"
 
 
 def _stop_trainer(proc: subprocess.Popen, grace: float = 30.0) -> None:

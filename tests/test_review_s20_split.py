@@ -24,7 +24,8 @@ FAMILIES = {
     "synth": ["backend/synth/*.py"],
     "data": ["backend/data.py", "backend/data_files.py", "backend/data_rows.py"],
     "registry": ["backend/registry.py", "backend/import_checks.py", "backend/import_convert.py"],
-    "evaluate": ["backend/evaluate.py", "backend/evaltasks.py", "backend/evalscore.py", "backend/evaljob.py"],
+    "evaluate": ["backend/evaluate.py", "backend/evaltasks.py", "backend/evalscore.py", "backend/evaljob.py",
+                 "backend/evalrolling.py"],
     "analysis": ["backend/analysis.py", "backend/answerstats.py", "backend/lengthfit.py", "backend/claimtext.py"],
     "specs": ["backend/specs.py", "backend/spec_base.py", "backend/spec_models.py", "backend/spec_train.py"],
     "recipe plan": ["backend/recipe/plan.py", "backend/recipe/inputs.py", "backend/recipe/checks.py",
@@ -33,6 +34,7 @@ FAMILIES = {
     "figures": ["pages/figures.py", "pages/figure_style.py", "pages/figure_scores.py"],
     "scoretable": ["backend/scoretable.py", "backend/scorevalues.py", "backend/tablenotes.py"],
     "db": ["storage/db.py", "storage/server.py"],
+    "training": ["backend/training.py", "backend/training_checkpoints.py"],
 }
 # The four split in this round, with the names the rest of the project imports from the old module (checked below).
 SPLIT_NOW = {"backend.specs": FAMILIES["specs"], "backend.recipe.plan": FAMILIES["recipe plan"],

@@ -27,13 +27,20 @@ def test_only_errors_on_the_written_paths_are_the_destinations_fault(tmp_path):
     assert outputs.write_refused(copy, out) == errno.EROFS
 
 
-def test_the_space_a_training_needs_counts_the_weights_a_loader_reads(tmp_path):
+def test_the_space_a_training_needs_counts_the_weights_a_loader_reads(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from backend import train_job
+
+    monkeypatch.setattr(train_job, "CUDA", False)  # saved in float32 (session 25: counted in the saving dtype)
     folder = tmp_path / "m"
     folder.mkdir()
-    (folder / "model-00001-of-00001.safetensors").write_bytes(b"x" * 1000)
+    save_file({"w": torch.zeros(250)}, folder / "model-00001-of-00001.safetensors")
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}))
-    (folder / "consolidated.safetensors").write_bytes(b"x" * 5000)  # a Mistral snapshot's copy no loader reads
+    # a Mistral snapshot's copy no loader reads
+    save_file({"w": torch.zeros(1250)}, folder / "consolidated.safetensors")
     assert outputs.weights_bytes(folder) == 1000
     assert outputs.weights_bytes(tmp_path / "gone") is None and outputs.weights_bytes(None) is None
 

@@ -26,8 +26,9 @@ from backend.merge.executor import TORCH_DTYPES, MergeError, Reader, SlerpTally,
 from backend.merge.methods import METHODS, slerp_coefficients
 from backend.merge.plan import check_dtypes, check_mergeable, check_vocab, schedule_value, tensor_t
 from backend.modelinfo import inspect_model
-from backend.outputs import building, copy_companions, output_dir, register_output
+from backend.outputs import building, check_companions, copy_companions, output_dir, register_output
 from backend.safetensors_stream import DTYPE_SIZES, OutTensor, write_checkpoint
+from backend.spec_models import weights_sum_to_zero
 from backend.specs import MergeSpec, parse_size
 
 __all__ = ["run_merge", "MergeError", "METHODS", "check_mergeable", "check_vocab", "executor", "schedule_value",
@@ -95,6 +96,7 @@ def run_merge(spec: MergeSpec, out_dir: Path | None = None, progress: Progress |
     # share their dtypes). mergekit keeps the donor's there; a float32 merge labelled bfloat16 would be loaded (dtype
     # "auto") in bfloat16, losing what the promotion kept.
     out_dtype = TORCH_DTYPES[chosen or Counter(t.dtype for t in tensors).most_common(1)[0][0]]
+    check_companions(tok_donor.folder, config_src=donor.folder)  # no link out of them is copied (before the weights)
     out_dir = output_dir(out_dir, spec.out, name, needed=sum(t.nbytes for t in tensors))
     progress(0.0, f"{spec.method} of {', '.join(names[:len(spec.models)])}")
     if lost:
@@ -214,8 +216,13 @@ def without_base(spec: MergeSpec) -> MergeSpec:
         raise MergeError(f"every model to merge is the base {spec.base}: there is no task vector to add.")
     if len(keep) == len(spec.models):
         return spec
-    return spec.model_copy(update={"models": [spec.models[i] for i in keep],
-                                   "weights": [spec.weights[i] for i in keep] if spec.weights else None})
+    weights = [spec.weights[i] for i in keep] if spec.weights else None
+    if weights and spec.resolved_normalize and weights_sum_to_zero(weights):  # as MergeSpec refuses them
+        raise MergeError(f"weights: without the base {spec.base}, listed among the models (it has no task vector), "
+                         "the others' weights sum to zero, so they cannot be normalized by their sum; change a "
+                         "weight, or untick \"Normalize by the weights' sum\" (normalize: false in a spec, "
+                         "--no-normalize on the command line).")
+    return spec.model_copy(update={"models": [spec.models[i] for i in keep], "weights": weights})
 
 
 def model_card(spec: MergeSpec, name: str, names: list[str], slerp: str | None) -> str:

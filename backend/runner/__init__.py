@@ -11,6 +11,7 @@ Everyone imports the package (`from backend import runner`) and calls `runner.su
 lives in its modules, each importing only those above it:
 
     rows.py      statuses; read a job's row, write fields, conditional transitions
+    registered.py  the model name a job registers; what a stopped job's run registered
     resume_step.py  what a resume of a job does: the Jobs page's button, `jobs resume`, the step an ended row names
     hosts.py     heartbeats, machines alive, whether a job's process still runs, recover_orphans
     queue.py     submit and its refusals (check_before_queueing); reads of the queue
@@ -27,9 +28,9 @@ from backend.runner.rows import FINISHED, STOPPED, UNSUCCESSFUL, _transition, _u
 from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _beat_ages, _clear_stopped, _cmdline,
                                   _local_run_alive, _runs_job, beat, check_host_id, check_shared_workspace, claim_host,
                                   dead_hosts, heartbeat_path, host_id, live_hosts, recover_orphans, worker_alive)
-from backend.runner.queue import (MAKES_MODELS, WAITING, active_jobs, check_before_queueing, check_not_making,
-                                  inputs_gone, job_output, makers, made_by, jobs_using, list_jobs, metrics,
-                                  output_name, planned_name, submit)
+from backend.runner.registered import MAKES_MODELS, output_name
+from backend.runner.queue import (WAITING, active_jobs, check_before_queueing, check_not_making, inputs_gone,
+                                  job_output, makers, made_by, jobs_using, list_jobs, metrics, planned_name, submit)
 from backend.runner.states import (_ended_dependency, _left_out, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
 from backend.runner.resume_step import _what_resume_does, resume_point, what_resume_does

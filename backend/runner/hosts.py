@@ -16,7 +16,7 @@ from sqlmodel import func, select
 
 from backend.cluster import ray_jobs
 from backend.runner.resume_step import with_resume_step
-from backend.runner.rows import STOPPED, _transition
+from backend.runner.rows import STOPPED, _transition, get
 from storage import db
 from storage.models import Job, WorkerBeat, as_utc, utcnow
 
@@ -275,4 +275,17 @@ def _clear_stopped() -> None:
                                                                 Job.host.in_(here))).all()
     for job_id, status, pid in rows:
         if not db._group_running(pid):
-            _transition(job_id, status, _of_pid=pid, pid=None)
+            _stopped_run_ended(job_id, status, pid)
+
+
+def _stopped_run_ended(job_id: int, status: str, pid: int | None) -> None:
+    """A stopped job's run has ended: its row's pid is cleared and, cancelled, its message gets what a resume of it
+    now does (with_resume_step), read as the run left it. states.cancel wrote the step while the process still ran:
+    a training cancelled in its hand-over read "resume it to continue from its last checkpoint", then registered its
+    model before the kill landed, and the Jobs page's button read "Mark done". One update, on that run's row only
+    (`pid`; None: a run without a process here, a Ray job's, whose pid is a node's and stays): the step is added
+    once."""
+    fields: dict = {"pid": None} if pid is not None else {}
+    if status == "cancelled" and (job := get(job_id)) is not None and job.status == "cancelled":
+        fields["message"] = with_resume_step(job, {"status": "cancelled", "message": job.message})["message"]
+    _transition(job_id, status, _of_pid=pid, **fields)

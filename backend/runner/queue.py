@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from backend.cluster import ray_jobs
 from backend.runner.hosts import host_id, live_hosts
+from backend.runner.registered import MAKES_MODELS, output_name
 from backend.runner.rows import get
 from backend.specs import TRAIN_KINDS, _Spec, spec_from_dict
 from storage import db
@@ -59,27 +60,6 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
     return job
 
 
-def output_name(spec: _Spec, derive_import: bool = False) -> str | None:
-    """The model name a job of `spec` registers: the one rule the queue's withdraw of a second job under one name,
-    the queue's "a job already makes it" (_making), a resume's refusal of a name now taken and the CLI's foreground
-    runs go by (they were spelled twice, and disagreed on machine_rank). None for a job that registers none: an
-    evaluation, a push, synthetic data, the built-in model's import (imported once under its own name, however
-    often it is asked for: check_before_queueing lets the second be queued), and a training's machine_rank > 0
-    (machine 0 registers the model; the others train: training.py). An import given no name: None, as submit stores
-    the name it derives (registry.import_name) in the spec before anything reads it; with `derive_import`, the name
-    the import will derive, through registry.check_import, which also refuses a target that is no model or a name
-    taken, as the import would (the CLI's foreground `models import`, which has no queued row)."""
-    if spec.kind == "import":
-        from backend.registry import BUILTIN_NAME, check_import
-
-        if spec.target.lower() in ("builtin", BUILTIN_NAME.lower()):
-            return None
-        return check_import(spec.target, spec.name)[1] if derive_import else spec.name or None
-    if spec.kind not in MAKES_MODELS or getattr(spec, "machine_rank", 0) > 0:
-        return None
-    return spec.name or spec.default_name()
-
-
 def _withdraw_if_second(job: Job, spec: _Spec) -> None:
     """Of two jobs queued at once under one model name (two tabs building "twotabs": both passed
     check_before_queueing before either row was written, and the second failed when it ran, "already registered"),
@@ -122,16 +102,22 @@ def check_before_queueing(spec: _Spec, coming: Collection[str] = ()) -> None:
             # its folder, free (the job refused it late): on disk when the job runs on this machine; else at least
             # not a registered model's (a row: the walk's `--queue` job failed 13 s later on the cluster)
             here = _runs_here_only()
-            check = outputs.check_folder_free if here else outputs.check_not_a_models_folder
             try:
-                check(folder := outputs.default_folder(spec.out, name), by_name=not spec.out)
-                if here:  # read-only, or too full for about the trained model (the job checks it again)
-                    outputs.check_destination(folder, outputs.weights_bytes(getattr(spec, "model", None)))
+                folder = outputs.default_folder(spec.out, name)
+                if not here:
+                    outputs.check_not_a_models_folder(folder, by_name=not spec.out)
+                else:  # read-only, or too full for about the trained model (the job checks it again)
+                    outputs.check_folder_free(folder, by_name=not spec.out, name=name)
+                    outputs.check_destination(folder, outputs.weights_bytes(getattr(spec, "model", None)),
+                                              name if spec.out else None)
             except OSError as exc:  # a refusal, as every other one here (the pages show a ValueError)
                 raise ValueError(str(exc)) from None
+    from backend.outputs import copied_refs
+
+    copied = copied_refs(spec)  # a link out of these folders would be copied into the model it makes
     for ref in _model_refs(spec):
         if ref not in coming:
-            _check_model_ref(ref)
+            _check_model_ref(ref, copies=ref in copied)
     if spec.kind == "upscale":
         _check_depths(spec)
     elif spec.kind == "merge":
@@ -183,9 +169,6 @@ def _check_train_files(spec) -> None:
                     or (_runs_here_only() and (path.is_file() or (path.is_absolute() and not src.startswith(
                         ("builtin:", "dataset:", "mix:"))))):
                 data.check_source(src, spec.kind)
-
-
-MAKES_MODELS = ("upscale", "merge", *TRAIN_KINDS)
 
 
 def _making(name: str, other_than: int | None = None) -> Job | None:
@@ -253,7 +236,7 @@ def _model_refs(spec: _Spec) -> list[str]:
     return [r for r in refs + list(getattr(spec, "models", None) or []) if r]
 
 
-def _check_model_ref(ref: str) -> None:
+def _check_model_ref(ref: str, copies: bool = False) -> None:
     """A model a job reads is registered, the built-in one, the model a queued job will make (a recipe's next
     stage) by its name or by its output folder (_writing: the job that reads it waits for that one, `--after`), or
     a folder; a folder is looked at only when the job runs on this machine. A refusal names the queued job that
@@ -270,8 +253,8 @@ def _check_model_ref(ref: str) -> None:
         if _runs_here_only() and not Path(ref).expanduser().is_dir():
             raise ValueError(f"{ref!r} is not a folder on this machine: give a model folder, or a registered "
                              f"model's name (python -m backend models list).{_made_like(ref)}")
-        if _runs_here_only():  # a link out of it, a tokenizer missing, unreadable or larger than its vocabulary
-            registry.check_folder_ref(ref)
+        if _runs_here_only():  # a tokenizer missing, unreadable or larger than its vocabulary; a link out of it
+            registry.check_folder_ref(ref, copies)  # when the job copies its files (a build's tokenizer source)
         return
     raise ValueError(f"{ref!r} is neither a registered model (python -m backend models list), nor a folder, nor the "
                      f"model a queued job will make.{_made_like(ref)}")
@@ -478,7 +461,9 @@ def jobs_using(name: str) -> list[Job]:
         rec = registry.record(ref)  # a registered folder's path, or "builtin", names the model too
         return rec is not None and rec.name == name
 
-    return [j for j in active_jobs() if any(means(r) for r in refs(j))]
+    active = active_jobs()  # the queue, then one read of the models (the Models page asked one per reference)
+    with registry.read_once():
+        return [j for j in active if any(means(r) for r in refs(j))]
 
 
 def active_jobs() -> list[Job]:
@@ -488,6 +473,10 @@ def active_jobs() -> list[Job]:
         return list(s.exec(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
 
 
-def metrics(job_ids: list[int]) -> list[JobMetric]:
+def metrics(job_ids: list[int]) -> list:
+    """The jobs' metric rows, by step: (job_id, step, name, value), by those names too. Plain rows, not JobMetric
+    objects: one long run's 200,000 rows took 3.4 s of CPU to build as objects, 0.5 s as rows (backend/curves.py
+    reads the Monitor's curves, only the rows logged since its last look)."""
     with db.session() as s:
-        return list(s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids)).order_by(JobMetric.step)))
+        return list(s.exec(select(JobMetric.job_id, JobMetric.step, JobMetric.name, JobMetric.value)
+                           .where(JobMetric.job_id.in_(job_ids)).order_by(JobMetric.step)))

@@ -1,15 +1,19 @@
 """What resuming a job does, said one way everywhere: the Jobs page's button, the sentence `jobs resume` prints, and
 the next step that every end the worker writes into a job's row names (a dead process, Ctrl-C, an orphan, a Ray
 cluster's end). A module of its own, below hosts.py (recover_orphans writes such ends): it lived in messages.py,
-which imports hosts, so hosts imported it inside recover_orphans, a loop. The rules it reads (states.py, which
-imports hosts; training; evaljob) are imported where they are used."""
+which imports hosts, so hosts imported it inside recover_orphans, a loop. The rules it reads sit below it
+(registered.py: what a job's run registered; backend/training_checkpoints.py: a run folder's checkpoints), and
+import nothing of the runner: they lived in states.py and training.py, which import it back (states imports hosts,
+training the runner), and were imported inside its functions; evaljob, read for one kind, still is."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
 
+from backend.runner.registered import export_instead, resume_marks_done, synth_pairs_made
 from backend.specs import TRAIN_KINDS
+from backend.training_checkpoints import resumable_checkpoints
 from storage import db
 from storage.models import Job
 
@@ -58,8 +62,6 @@ def resume_action(job) -> ResumeAction:
     `jobs resume` prints and the next step a dead job's row names (they were written apart and disagreed: the CLI
     said a stopped evaluation ran again from the start, the button that its stored scores were kept, which run_eval
     does)."""
-    from backend.runner.states import export_instead, resume_marks_done, synth_pairs_made
-
     if made := resume_marks_done(job):
         return ResumeAction(f"Mark done ({made} is registered)",
                             f"its last run registered {made} before the job was marked {job.status}: resuming marks "
@@ -100,8 +102,6 @@ def resume_point(job) -> Path | None:
     in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
     stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
     Resume button and `jobs resume` say what it will do by this one rule."""
-    from backend.training import resumable_checkpoints
-
     if job.kind not in TRAIN_KINDS:
         return None
     saved = resumable_checkpoints(Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}"))

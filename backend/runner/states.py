@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 from sqlmodel import select
 
 from backend.cluster import ray_jobs
-from backend.runner.hosts import _runs_job, _utc, host_id, live_hosts
-from backend.runner.resume_step import with_resume_step
+from backend.runner.hosts import _runs_job, _stopped_run_ended, host_id, live_hosts
+from backend.runner.registered import (_made_by_its_run, _made_in_its_run, _output, export_instead,  # noqa: F401
+                                       resume_marks_done, synth_pairs_made)
 from backend.runner.rows import STOPPED, UNSUCCESSFUL, _transition, get
 from storage import db
 from storage.models import Job, utcnow
@@ -106,49 +106,6 @@ def resume(job_id: int) -> Job:
     return get(job_id)
 
 
-def _output(job: Job) -> str | None:
-    """The model name `job` registers (queue.output_name), None too for a spec an older version wrote: the job says
-    what is wrong with it when it runs."""
-    from backend.runner.queue import output_name
-    from backend.specs import spec_from_dict
-
-    try:
-        return output_name(spec_from_dict(job.spec))
-    except ValueError:
-        return None
-
-
-def _made_by_its_run(job: Job):
-    """The registered model that `job`'s own latest run made and recorded in its row before the row was stopped
-    under it: given up for dead by another machine, or cancelled, while its work finished (child.execute keeps the
-    stopped state and writes the result: "the work had finished anyway"), or whose model's row names the job (a run
-    killed between registering and writing its result). None when neither records it, or the model of that name is
-    no longer the one it made (deleted, another model at another folder). A model registered by an older version
-    names no job: _check_name_still_free says what is known instead."""
-    from backend import registry
-
-    if (name := _output(job)) and (rec := registry.get(name)) is not None and rec.job_id == job.id:
-        return rec  # registered by this job's run (its row names the job): complete, whatever stopped the run after
-    made = job.result or {}
-    if not (name := made.get("model")) or name != _output(job) or job.error:  # a run that failed on its own
-        return None  # (its result an older run's) is not done
-    rec = registry.get(name)
-    if rec is None or not made.get("path") or Path(rec.path).resolve() != Path(made["path"]).resolve() \
-            or (job.started is not None and _utc(rec.created) < _utc(job.started)) \
-            or rec.job_id is not None or not _made_from_its_spec(job, rec):  # another job's, or another spec's
-        return None
-    return rec
-
-
-def resume_marks_done(job: Job) -> str | None:
-    """The model a resume of `job` finds its own run registered, by resume's rule (_made_by_its_run): the resume
-    then marks the job succeeded and runs nothing (_mark_done). None when a resume would run it (or refuse it). The
-    Jobs page's button says which it will do: it read "Run again" for a job it marked done."""
-    if job.status not in ("interrupted", "failed", "cancelled"):
-        return None
-    return made.name if (made := _made_by_its_run(job)) is not None else None
-
-
 def _mark_done(job: Job, made) -> Job:
     """A job whose run registered its model before its row was stopped: succeeded, as that run would have left it,
     and the jobs that waited for it go on (_requeue_waiting_on), instead of a resume that refused the name its own
@@ -185,28 +142,6 @@ def _check_name_still_free(job: Job) -> None:
                          f"its spec again with a new name (python -m backend jobs show {job.id} prints it).") from None
 
 
-def _made_in_its_run(job: Job, rec) -> bool:
-    """Whether model row `rec` was registered between the start of `job`'s last run and its end (the time it was
-    marked stopped), from the same spec (a build's row keeps the spec it was made from; an import's, its source)."""
-    if job.started is None or job.finished is None or not (
-            _utc(job.started) <= _utc(rec.created) <= _utc(job.finished)):
-        return False
-    return _made_from_its_spec(job, rec)
-
-
-def _made_from_its_spec(job: Job, rec) -> bool:
-    """Whether model row `rec` was made from `job`'s spec (a build's row keeps the spec; an import's, its source)."""
-    from backend.specs import spec_from_dict
-
-    if job.kind == "import":  # its source "folder:/abs/path", "gguf:…", "hub:owner/name" is the job's target
-        source, target = str((rec.recipe or {}).get("import", "")).partition(":")[2], job.spec.get("target", "")
-        return source == target or (os.path.isabs(source) and Path(source) == Path(target).expanduser().resolve())
-    try:
-        return rec.recipe == spec_from_dict(job.spec).model_dump(mode="json")
-    except ValueError:
-        return False
-
-
 def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None:
     """The first job `job` needs (after, needs) that ended without succeeding or is gone, with its row (None: gone);
     `by_id`: rows already read."""
@@ -214,28 +149,6 @@ def _ended_need(job, by_id: dict | None = None) -> tuple[int, Job | None] | None
         if (dep := (by_id or {}).get(dep_id) or get(dep_id)) is None or dep.status in UNSUCCESSFUL:
             return dep_id, dep
     return None
-
-
-def synth_pairs_made(job) -> str | None:
-    """The NAME-pairs data set a synthetic-math job's own last run registered (killed while exporting, or stopped
-    after it registered): registered since the run started. None for other kinds, or when it is not registered or
-    older than the run (another run's)."""
-    if job.kind != "synth-math":
-        return None
-    from backend.synth.pipeline import get_dataset
-
-    pairs = f"{job.spec.get('name') or 'synth-math'}-pairs"
-    rec = get_dataset(pairs)
-    if rec is None or job.started is None or _utc(rec.created) < _utc(job.started):
-        return None
-    return pairs
-
-
-def export_instead(pairs: str) -> str:
-    """What to do with a synthetic-math job whose run registered its pairs: export them (a resumed run is refused,
-    its names taken)."""
-    return (f"its pairs were registered as {pairs}; make the Instruct / Alignment sets from them with "
-            f"python -m backend datasets export {pairs} (or the Synthetic math page's Export tab)")
 
 
 def _synth_refused(job) -> str | None:
@@ -376,9 +289,8 @@ def cancel(job_id: int, message: str = "cancelled before it started") -> Job:
                                               message=message):
         return get(job_id)
     job = get(job_id)  # a worker may have claimed it meanwhile
-    # its row says what a resume then does (with_resume_step), as `jobs cancel` and a killed job's row say it
-    if job.status == "running" and _transition(job_id, "running", **with_resume_step(job, dict(
-            status="cancelled", finished=utcnow(), message="cancelled"))):
+    if job.status == "running" and _transition(job_id, "running", status="cancelled", finished=utcnow(),
+                                               message="cancelled"):
         # A process id means something only on the machine that started it: a job running elsewhere is killed by
         # its own machine's worker, which sees the cancelled row within a poll.
         if job.pid and job.host in ("", host_id()) and _runs_job(job.pid, job_id):
@@ -390,5 +302,18 @@ def cancel(job_id: int, message: str = "cancelled before it started") -> Job:
                 os.killpg(job.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            for _ in range(50):  # SIGKILL lands within moments: its end is what the row then says
+                if not db._group_running(job.pid):
+                    break
+                time.sleep(0.1)
         ray_jobs.stop(job.host, job.cluster_ref)  # on a Ray cluster: Ray ends its process group wherever it runs
+        # its row says what a resume then does (with_resume_step), as `jobs cancel` and a killed job's row say it,
+        # once its run has ended (a training in its hand-over may have registered its model meanwhile: the button
+        # then reads "Mark done"); a process still running (on another machine) is said by the worker that
+        # clears its pid when it ends (hosts._clear_stopped). A Ray job's, as Ray is asked to stop it.
+        ended = get(job_id)
+        # its pid still runs here, though no group of that id does (a job run inside another process, as tests do)
+        alive = ended.pid and ended.host in ("", host_id()) and db._pid_alive(ended.pid)
+        if ended.status == "cancelled" and _still_stopping(ended) is None and not alive:
+            _stopped_run_ended(job_id, "cancelled", None if ray_jobs.is_ray(ended.host) else ended.pid)
     return get(job_id)  # already finished (it won the race): its own final state stands

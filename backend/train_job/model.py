@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend import perf
-from backend.train_job import CUDA
+from backend.train_job import CUDA, weights_dtype
 
 def load_model(path: str, attention: str | None = None):
     """bf16 on CUDA, float32 on a CPU; attention: perf's choice (None: transformers' default). trust_remote_code off,
     said: left to decide, transformers asks on a terminal whether to run a remote-code model's own code."""
-    kwargs = {"dtype": torch.bfloat16 if CUDA else torch.float32, "trust_remote_code": False}
+    kwargs = {"dtype": weights_dtype(), "trust_remote_code": False}
     if attention:
         kwargs["attn_implementation"] = attention
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)

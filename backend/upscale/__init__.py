@@ -18,7 +18,7 @@ from typing import Callable
 
 from backend import configmatch, registry
 from backend.modelinfo import ModelInfo, inspect_model
-from backend.outputs import building, copy_companions, output_dir, register_output
+from backend.outputs import building, check_companions, copy_companions, output_dir, register_output
 from backend.safetensors_stream import DTYPE_SIZES, OutTensor, TensorRef, open_source, write_checkpoint
 from backend.specs import UpscaleSpec, parse_size
 from backend.upscale import dus, llama_pro, slices
@@ -413,6 +413,7 @@ def run_upscale(spec: UpscaleSpec, out_dir: Path | None = None, progress: Progre
     plan = plan_upscale(spec)
     config = new_config(plan)  # before any byte is written: a config that cannot be made fails the job at once
     name = spec.name or spec.default_name()
+    check_companions(plan.sources[0].folder)  # no link out of it is copied (before the weights, not after)
     out_dir = output_dir(out_dir, spec.out, name, needed=plan.nbytes)
     progress(0.0, f"{plan.n} → {plan.s} layers, {plan.params_after:,} parameters"
              + (f"; {plan.cast_note}" if plan.cast_note else ""))
