@@ -12,6 +12,8 @@ was reused, so a rerun changed nothing and every job that read it failed "No saf
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,22 +96,57 @@ def weights_missing(stage: str, name: str, path: str) -> RecipeError | None:
     return None
 
 
-def eval_state(model: str | None, job) -> str:
-    """The state of one model's evaluation inside the recipe's one running evaluation job (`job`), from the scores
-    that job stored: "succeeded" once every task of it is stored, "running" for the model being scored (the first
-    one, in the job's order, not done), "queued" for those after it. Every eval stage read "running" while the job
-    ran, though some models' scores were already stored. Models run in the job's order (evaljob.run_eval)."""
+# evals_once's cache: an evaluation job's id -> its models (stored names, in the job's order), those not yet fully
+# scored, and those left out (not made); None: read each call from the database
+_EVALS: ContextVar[dict[int, tuple[list[str], list[str], set[str]]] | None] = ContextVar("recipe_evals", default=None)
+
+
+@contextmanager
+def evals_once():
+    """Inside it, eval_state reads each evaluation job's stored scores and models once, not once per stage: a pass
+    over a run (the Recipe page's live stages every 2 s, its tables) read them again for each of the 18 eval stages
+    that share the job, and each of those looked up every model of it (~1,200 SQL statements a tick). For reads
+    only; per context (a thread: each Streamlit session's own), never shared; nested, the outer cache stands."""
+    if _EVALS.get() is not None:
+        yield
+        return
+    token = _EVALS.set({})
+    try:
+        yield
+    finally:
+        _EVALS.reset(token)
+
+
+def _eval_progress(job) -> tuple[list[str], list[str], set[str]]:
+    """(the job's models as stored, those with a task not stored yet, those of them left out as not made)."""
     from backend.evaljob import missing_models, stored_by_job, stored_name
 
+    cache = _EVALS.get()
+    if cache is not None and job.id in cache:
+        return cache[job.id]
     models, tasks = [stored_name(m) for m in job.spec.get("models") or []], len(job.spec.get("tasks") or [])
-    if model is None or stored_name(model) not in models:
-        return job.status
     done: dict[str, int] = {}
     for (m, _), _n in stored_by_job(job.id).items():
         done[m] = done.get(m, 0) + 1
     left = [m for m in models if done.get(m, 0) < tasks]
     gone = set(missing_models(left)) if job.spec.get("skip_missing") else set()  # left out: their stage failed
-    me = stored_name(model)
+    if cache is not None:
+        cache[job.id] = (models, left, gone)
+    return models, left, gone
+
+
+def eval_state(model: str | None, job) -> str:
+    """The state of one model's evaluation inside the recipe's one running evaluation job (`job`), from the scores
+    that job stored: "succeeded" once every task of it is stored, "running" for the model being scored (the first
+    one, in the job's order, not done), "queued" for those after it. Every eval stage read "running" while the job
+    ran, though some models' scores were already stored. Models run in the job's order (evaljob.run_eval)."""
+    from backend.evaljob import stored_name
+
+    if model is None:
+        return job.status
+    models, left, gone = _eval_progress(job)
+    if (me := stored_name(model)) not in models:
+        return job.status
     if me not in left:
         return "succeeded"
     if me in gone:

@@ -73,14 +73,16 @@ def evaluation_nodes(evals: list[dict]) -> list[dict]:
 
 
 def run_graph(run_id: int) -> str:
-    from backend.recipe.state import NOT_QUEUED, evaluations, stage_state, stages
+    from backend.recipe.state import NOT_QUEUED, evaluations, read_pass, stage_state, stages
 
     def status(r, job) -> str:  # a stage a cut-off Run never queued reads "not queued", not "run" (to be run)
         return "not queued" if stage_state(r, job) == NOT_QUEUED else (
             job.status if (job and not r.reused) else r.info.get("status", ""))
 
-    pairs = stages(run_id)
-    rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused, "status": status(r, job), **{
-                 k: v for k, v in r.info.items() if k != "status"}} for r, job in pairs if r.kind != "eval"]
+    with read_pass():  # the models and the evaluation's scores once, not per stage (state.read_pass)
+        pairs = stages(run_id)
+        rows = [{"stage": r.stage, "kind": r.kind, "output": r.output, "reused": r.reused, "status": status(r, job),
+                 **{k: v for k, v in r.info.items() if k != "status"}} for r, job in pairs if r.kind != "eval"]
+        evals = evaluations(pairs)
     # a registered model merged in: a box of its own, as in the plan
-    return graph_dot(with_outside_models(rows) + evaluation_nodes(evaluations(pairs)))
+    return graph_dot(with_outside_models(rows) + evaluation_nodes(evals))
