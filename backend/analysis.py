@@ -32,7 +32,8 @@ from backend.answerstats import (CONTINUE_PRETRAINING, CUT_OFF, CUT_OFF_LARGE, F
                                  answered_models, bin_edges, bin_of, bins_of, by_length_bin, caps_all_cut_off,
                                  cut_off_advice, cut_shares, empty_shares, expanded_tail, from_generation, is_bad,
                                  judged_items, length_controlled, length_unit, lengths, mcnemar_accuracy, never_ended,
-                                 pair_records, paired_bootstrap, preload, shared_items, task_records, word_bins)
+                                 pair_records, paired_bootstrap, preload, shared_items, stated, task_records,
+                                 word_bins)
 from backend.claimtext import _few_items_note, _points, sentence
 from backend.lengthfit import Separation, length_curves, length_model
 
@@ -42,7 +43,7 @@ __all__ = ["CONTINUE_PRETRAINING", "CUT_OFF", "CUT_OFF_LARGE", "FEW_ITEMS", "MIN
            "compare", "cut_off_advice", "cut_shares", "empty_shares", "expanded_tail", "from_generation", "is_bad",
            "judged_items", "length_controlled", "length_curves", "length_model", "length_unit", "lengths",
            "mcnemar_accuracy", "never_ended", "pair_records", "paired_bootstrap", "preload", "sentence",
-           "shared_items", "task_records", "word_bins"]
+           "shared_items", "stated", "task_records", "word_bins"]
 
 
 def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "hallucination", boots: int = 2000,

@@ -240,8 +240,27 @@ def word_bins(edges: list[float], unit: str = "words") -> list[str]:
     return out
 
 
+def stated(records) -> tuple[list[Record], dict[str, int]]:
+    """The replies that got to an answer, and per model how many were cut off by the token limit (models with none
+    left out). A cut-off reply stated no answer: in an accuracy-by-length bin it was an error at the cap's length,
+    which drew a model that rambles as "long answers are wrong" right under the warning that said such replies are
+    left out."""
+    kept, cut = [], {}
+    for r in records:
+        if r.verdict == CUT_OFF:
+            cut[r.model] = cut.get(r.model, 0) + 1
+        else:
+            kept.append(r)
+    return kept, dict(sorted(cut.items()))
+
+
 def by_length_bin(records: list[Record], n_bins: int = 4, unit: str = "words") -> list[dict]:
-    """Per model and length bin (in `unit`, see `lengths`): count, accuracy, hallucination rate."""
+    """Per model and length bin (in `unit`, see `lengths`): count, accuracy, hallucination rate, over the replies
+    that stated an answer (`stated`: one cut off by the token limit is left out, and the bins' edges are over the
+    rest); [] when every reply was cut off. An empty reply stays in, as an answer of length 0."""
+    records, _ = stated(records)
+    if not records:
+        return []
     edges = bin_edges(records, n_bins, unit)
     bins = bins_of(lengths(records, unit), edges)
     cells: dict[tuple[str, int], list[Record]] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from backend import scorevalues, tablenotes
+from backend import scorevalues, tablenotes, tasknames
 
 MANY = 10  # past this many models a note counts them; up to it, it names them as before
 GROUPS = 5  # the groups a summary spells out; the rest are counted
@@ -90,9 +90,19 @@ def count_names(text: str, models: list[str]) -> str:
                   text)
 
 
-def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[Note]:
+def table_notes(latest: dict, rows: list[dict], clean: bool = False,
+                labels: dict[str, str] | None = None) -> list[Note]:
     """tablenotes.table_notes, each note that names more than MANY models with them counted (Note.text) and the
-    whole note beside it (Note.full); a note of a few models as it was."""
+    whole note beside it (Note.full); a note of a few models as it was. `labels`: the tasks as the page names them
+    (tasknames.task_labels; the CLI keeps whole paths), with a last note on which file each short name is."""
+    notes = _counted_notes(latest, rows, clean)
+    if not labels:
+        return notes
+    named = [Note(tasknames.relabel(n.text, labels), tasknames.relabel(n.full, labels)) for n in notes]
+    return named + ([Note(files)] if (files := tasknames.files_note(labels)) else [])
+
+
+def _counted_notes(latest: dict, rows: list[dict], clean: bool) -> list[Note]:
     full = tablenotes.table_notes(latest, rows, clean)
     named = sorted({row["model"] for row in rows} | {m for m, _, _ in latest})
     pattern = re.compile(r"(?<![\w.-])" + _name_pattern(named)) if named else None

@@ -73,12 +73,15 @@ def radar_scores(charts: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def chart_note(latest: dict, charts: dict[str, list[dict]], clean: bool = False, radar: bool = True) -> str:
+def chart_note(latest: dict, charts: dict[str, list[dict]], clean: bool = False, radar: bool = True,
+               labels: dict[str, str] | None = None) -> str:
     """The caption under the bars and radar: which scores they show (with `clean`, which have no bar and why) and
     what the whiskers are, the rule of three's included (interval95). `radar`: whether a radar is drawn beside the
-    bars (it needs three accuracy-like tasks); without one the caption speaks of the bars alone."""
+    bars (it needs three accuracy-like tasks); without one the caption speaks of the bars alone. `labels`: the
+    tasks as the page names them (tasknames.task_labels)."""
     drawn = {(score["model"], score["task"]) for rows in charts.values() for score in rows}
-    missing = [f"{task} for {model}" for model, task in sorted(headline(latest)) if (model, task) not in drawn]
+    missing = [f"{(labels or {}).get(task, task)} for {model}" for model, task in sorted(headline(latest))
+               if (model, task) not in drawn]
     head = "Bars and radar:" if radar else "Bars:"
     text = (f"{head} the table's scores on the non-overlapping items only (the toggle above)"
             + (f"; no bar for {', '.join(missing)}: no clean score (every item overlaps, or the training data could "

@@ -6,9 +6,9 @@ named here; backend/scorenotes.py counts them past its MANY."""
 from __future__ import annotations
 
 from backend.cutoff import CAP
-from backend.scorevalues import (AVERAGE, HUGE, MOSTLY_CUT_OFF, PLUS_MINUS, _unanswered, _unreadable, averaged_tasks,
-                                 headline, headline_score, higher_is_better, interval95, items_behind, number_text,
-                                 score_column, too_few_answers, zero_error)
+from backend.scorevalues import (AVERAGE, HUGE, MOSTLY_CUT_OFF, PER_BYTE, PLUS_MINUS, _unanswered, _unreadable,
+                                 averaged_tasks, headline, headline_score, higher_is_better, interval95, items_behind,
+                                 number_text, score_column, tokenizers, too_few_answers, zero_error)
 from storage.models import EvalScore
 
 
@@ -121,15 +121,7 @@ def overlap_note(primary: dict) -> str:
     parts = [f"training-overlap column for {', '.join(shown)}: ⚠ share of items over the threshold, ✓ none, ? unknown "
              "(a training set of the lineage could not be read, such as a deleted data set), — not checked"
              ] if shown else []
-    clean_words = [t for t in clean if t not in teachers]
-    parts += [f"{', '.join(clean_words)}: no item overlaps any model's recorded training data (✓, so no column)"
-              ] if clean_words else []
-    # beside a checked model, a base model (its pretraining data not known) was said clean with the rest
-    blind = {t: sorted(m for (m, task), r in primary.items() if task == t
-                       and not ((r.details or {}).get("overlap") or {}).get("against")) for t in clean_words}
-    parts += [f"{t}: {', '.join(ms)} not checked, as no training data of {'its' if len(ms) == 1 else 'their'} "
-              "lineage is recorded here (a base model's pretraining data is not known)"
-              for t, ms in blind.items() if ms]
+    parts += clean_parts(primary, [t for t in clean if t not in teachers])
     parts += [f"{t}: " + ("no 8-gram in common with the training data, but " if t in clean else "besides its column, ")
               + f"{teachers[t]} teaches it in other words, and {', '.join(taught_by[t])} trained on it: their score "
               "there is of what they were taught, not held out" for t in teachers]
@@ -139,6 +131,27 @@ def overlap_note(primary: dict) -> str:
               ] if unchecked else []
     return ("Training overlap (8-gram; an item under 8 words counts when it appears whole) — " + "; ".join(parts)
             + ".") if parts else ""
+
+
+def clean_parts(primary: dict, tasks: list[str]) -> list[str]:
+    """The overlap note's words for `tasks`, clean for every model checked: which models were checked, and which
+    could not be (a lineage with no training data recorded: a base model's pretraining data is not known). "no item
+    overlaps any model's training data" followed by "base not checked" claimed what was never checked; tasks scored
+    by the same models in the same way share one part."""
+    groups: dict[tuple, list[str]] = {}
+    for t in tasks:
+        rows = sorted((m, bool(((r.details or {}).get("overlap") or {}).get("against")))
+                      for (m, task), r in primary.items() if task == t)
+        groups.setdefault((tuple(m for m, c in rows if c), tuple(m for m, c in rows if not c)), []).append(t)
+    out = []
+    for (checked, blind), ts in groups.items():
+        text = f"{', '.join(ts)}: no item overlaps the recorded training data of {', '.join(checked)} (✓, so no column)"
+        if blind:
+            text += (f"; {', '.join(blind)} could not be checked: no training data of "
+                     f"{'its' if len(blind) == 1 else 'their'} lineage is recorded here (a base model's pretraining "
+                     "data is not known)")
+        out.append(text)
+    return out
 
 
 def zero_error_cells(latest: dict, rows: list[dict], clean: bool = False) -> dict[tuple, list[str]]:
@@ -182,8 +195,28 @@ def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str
     has_errors = any(v is not None for r in rows for c, v in r.items() if c.endswith(" ±"))
     notes = [items_note(primary, clean), PLUS_MINUS if has_errors else "",
              zero_error_note(latest, rows, clean), average_note(primary, clean), cut_off_note(latest, clean),
-             overlap_note(primary), huge_note(rows)]
+             overlap_note(primary), huge_note(rows), tokenizer_note(latest, primary)]
     return [n for n in notes if n]
+
+
+def tokenizer_note(latest: dict, primary: dict) -> str:
+    """Where a perplexity task's models tokenize its texts differently (scorevalues.tokenizers): that its column is
+    the byte perplexity, or, where a model's score predates it, that the perplexities per token are not like for
+    like and which models to evaluate again."""
+    parts = []
+    for task, groups in tokenizers(primary).items():
+        ways = f"in {len(groups)} ways ({' | '.join(', '.join(ms) for ms in groups)})"
+        if all(r.metric == PER_BYTE for (_, t), r in primary.items() if t == task):
+            parts.append(f"{score_column(task, PER_BYTE)}: the models tokenize the texts {ways}, and a perplexity "
+                         "per token of one tokenizer does not compare with another's; per UTF-8 byte of the texts "
+                         "it does (lm-eval's byte_perplexity: e ^ (summed loss / bytes)). Each model's perplexity "
+                         "per token is stored beside it (`scores --json`)")
+        else:
+            old = sorted(m for m, t in primary if t == task and (m, t, PER_BYTE) not in latest)
+            parts.append(f"{task}: perplexity per token, of models that tokenize the texts {ways}: not like for like. "
+                         f"{', '.join(old)} {'was' if len(old) == 1 else 'were'} scored before byte perplexity was "
+                         "stored: evaluate again for a byte perplexity, which compares across tokenizers")
+    return ". ".join(parts) + "." if parts else ""
 
 
 def huge_note(rows: list[dict]) -> str:

@@ -9,7 +9,7 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlmodel import func, select
 
-from backend import analysis, qatable, registry, runner, scorenotes, scoretable
+from backend import analysis, qatable, registry, runner, scorenotes, scoretable, tasknames
 from backend.recipe import tables
 from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
 from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
@@ -20,23 +20,26 @@ from storage import db
 from storage.models import EvalScore
 
 
-def score_table(df: pd.DataFrame, key: str) -> None:
+def score_table(df: pd.DataFrame, key: str, labels: dict[str, str]) -> None:
     """A models × tasks table with the name pinned at the left (the scores scroll beside it) and the lineage
     last: with 82-character merge names a page-wide table showed no score at all. Longer names are cut in the
-    middle, as on the charts' axes, so two merges of the same candidates still differ in what shows."""
-    shown = df.assign(model=[short_name(m, NAME_CHARS) for m in df["model"]])
-    errors = {c: st.column_config.NumberColumn(help=f"Standard error of {c.removesuffix(' ±')}, as lm-eval's "
-                                                  "(its own where it reported one; else √(p(1−p)/(n−1)) over the n "
-                                                  "items); the 95 % interval is the score ± 1.96 × this. At a "
-                                                  "score of 0 or 1 it reads 0, which is no certainty: 0 of n items "
-                                                  "still allows a true rate up to about 3/n (the rule of three).")
+    middle, as on the charts' axes, so two merges of the same candidates still differ in what shows. A task read
+    from a file heads its columns by its stem (`labels`: tasknames.task_labels), its whole path on hover."""
+    heads = {c: tasknames.relabel(c, labels) for c in df.columns}
+    shown = df.assign(model=[short_name(m, NAME_CHARS) for m in df["model"]]).rename(columns=heads)
+    whole = {heads[c]: f"{c} (Export CSV heads it so). " for c in df.columns if heads[c] != c}  # hover: the path
+    errors = {c: st.column_config.NumberColumn(help=whole.get(c, "") + f"Standard error of {c.removesuffix(' ±')}, "
+                                               "as lm-eval's (its own where it reported one; else √(p(1−p)/(n−1)) over "
+                                               "the n items); the 95 % interval is the score ± 1.96 × this. At a score "
+                                               "of 0 or 1 it reads 0, which is no certainty: 0 of n items still allows "
+                                               "a true rate up to about 3/n (the rule of three).")
               for c in shown.columns if c.endswith(" ±")}
     # a perplexity of 3.2e17 (an up-scaled model before training) printed all 18 digits: such a column in
     # scientific notation, as the printed tables write it (scoretable.number_text; the note under the table says so)
-    huge = {c: st.column_config.NumberColumn(format="scientific") for c in shown.columns
+    huge = {c: st.column_config.NumberColumn(format="scientific", help=whole.get(c)) for c in shown.columns
             if c not in errors and pd.api.types.is_float_dtype(shown[c]) and (shown[c].abs() >= scoretable.HUGE).any()}
     st.dataframe(shown, hide_index=True, key=key, placeholder=MISSING, column_config={
-        **errors, **huge,
+        **{c: st.column_config.Column(help=text) for c, text in whole.items()}, **errors, **huge,
         "model": st.column_config.TextColumn(pinned=True, width=name_width(shown["model"]),
                                              help=f"Names over {NAME_CHARS} characters are cut in the middle; Export "
                                              "CSV has them whole."),
@@ -166,7 +169,9 @@ with st.expander("Merge candidates"):
         fields["lambda"] = c3.number_input("λ (scales the merged task vector)", value=1.0, step=0.1,
                                            key="merge_lambda")
     if MergeSpec.reads(method, "density"):  # ties, dare: drop entries
-        fields["density"] = c2.slider("Density", 0.05, 1.0, 0.5, 0.05, key="merge_density")
+        fields["density"] = c2.slider("Density", 0.05, 1.0, MergeSpec.model_fields["density"].default, 0.05,
+                                      key="merge_density", help="share of each task vector kept; mergekit's "
+                                      "default: 1 (every entry)")
         fields["rescale"] = c2.checkbox("Rescale kept entries (‖delta‖₁ / ‖kept‖₁)", value=MERGE_DEFAULTS[method][1],
                                         key=f"merge_rescale_{method}")
     if MergeSpec.reads(method, "seed"):  # dare: at random
@@ -270,8 +275,8 @@ with st.expander("Evaluate", expanded=False):
                               placeholder="http://127.0.0.1:8000/v1", help="An OpenAI-compatible server that "
                               "grades replies against the references; empty: the rules below grade them")
     judge_model = j3.text_input("qa judge model", key="eval_judge_model")
-    with st.expander("Advanced: batch size, held-out check"):  # CLI and YAML had them, the page did not
-        a1, a2, a3 = st.columns(3)
+    with st.expander("Advanced: batch size, held-out check, perplexity window"):  # CLI and YAML had them
+        a1, a2, a3, a4 = st.columns(4)
         spec_fields = EvalSpec.model_fields  # the spec's defaults and descriptions, as the CLI's
         advanced = dict(
             batch_size=a1.number_input("Generation batch", 1, 1024, spec_fields["batch_size"].default,
@@ -281,7 +286,10 @@ with st.expander("Evaluate", expanded=False):
                                               spec_fields["overlap_threshold"].default, 0.05, key="eval_overlap",
                                               help=spec_fields["overlap_threshold"].description),
             ngram=a3.number_input("Overlap n-gram (words)", 3, 30, spec_fields["ngram"].default, key="eval_ngram",
-                                  help=spec_fields["ngram"].description))
+                                  help=spec_fields["ngram"].description),
+            perplexity_window=a4.number_input("Perplexity window (tokens)", 8, 1_000_000,
+                                              spec_fields["perplexity_window"].default, key="eval_ppl_window",
+                                              help=spec_fields["perplexity_window"].description))
     if busy := [m for m in emodels if m in pending]:  # a second click queued the same evaluations again
         st.info(f"An evaluation queued or running already scores {', '.join(busy)} (Jobs page): evaluate "
                 f"{'it' if len(busy) == 1 else 'them'} again only for other tasks or settings; a model's newer run "
@@ -336,10 +344,12 @@ score_rows = sorted(scoretable.table_rows(latest, records, clean=clean_only),
 table = pd.DataFrame(score_rows)
 # one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read;
 # past scorenotes.MANY models a note counts them, every name in an expander (114 models: notes of 10,000 characters)
-show_notes(scorenotes.table_notes(latest, score_rows, clean_only), [
+# a task read from a file by its stem wherever the page names it (a bar's title was cut off inside its path)
+labels = tasknames.task_labels(task for _, task, _ in latest)
+show_notes(scorenotes.table_notes(latest, score_rows, clean_only, labels), [
     "Each score records its set's source and fingerprint; the built-in sets (held-out text, eval-math, qa) share no "
     "8-gram with the built-in training sets (qa asks, in other words, the facts builtin:facts-corpus states)."])
-score_table(table, "scores_table")
+score_table(table, "scores_table", labels)
 exported = scoretable.export_table(score_rows)  # the rows, not the frame: pandas made a missing error NaN
 d1, d2, d3 = st.columns(3)
 d1.download_button("Export CSV", table.to_csv(index=False), "scores.csv", key="export_scores",
@@ -348,7 +358,7 @@ d2.download_button("Export Markdown", tables.to_markdown(exported), "scores.md",
                    help="Each score as lm-eval prints it: value ± standard error.")
 d3.download_button("Export LaTeX", tables.to_latex(exported), "scores.tex", key="export_scores_tex",
                    help="Each score as lm-eval prints it: value ± standard error.")
-qa_table = qatable.qa_rows(latest, clean=clean_only)
+qa_table = [{**r, "task": labels.get(r["task"], r["task"])} for r in qatable.qa_rows(latest, clean=clean_only)]
 if qa_table:
     st.subheader("Closed-book QA: known answers and abstention")
     st.caption("Hallucination rate = wrong ÷ all; an abstention is not a hallucination, nor is a reply cut off by "
@@ -396,7 +406,7 @@ if merged:
 
             if note := slerp_note(mrec.path):
                 st.caption(note)
-        score_table(view, f"merge_view_{mrec.name}")
+        score_table(view, f"merge_view_{mrec.name}", labels)
         # a candidate with no scores was simply absent: "beside the candidates it was made from" showed the merge
         # beside one of its two, and nothing said the other was never evaluated (or is gone)
         unscored = [p for p in mrec.parents if p not in set(view["model"])]
@@ -420,19 +430,22 @@ scored_on = {}  # task -> the models with a score for it (drawn, or in the chart
 for model, task in scoretable.headline(latest):
     scored_on.setdefault(task, set()).add(model)
 for i, (task, rows) in enumerate(sorted(charts.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, task, models=charted, subtitle=scope), key=f"bar_{task}")
+    cols[i % 2].plotly_chart(bar_figure(rows, tasknames.relabel(task, labels), models=charted, subtitle=scope,
+                                        source=task), key=f"bar_{task}")
     # a charted model with no score for this task had no bar, and nothing said why
     if missing := no_bar_note(rows, charted, scored_on.get(rows[0]["task"], set())):
         cols[i % 2].caption(missing)
-if charted and (gone := no_chart_note(every_chart, charts)):  # a task none of the picked models is scored on
+# a task none of the picked models is scored on
+if charted and (gone := tasknames.relabel(no_chart_note(every_chart, charts), labels)):
     st.caption(gone)
 radar = scoretable.radar_scores(charts)
 drew_radar = bool(radar) and len(on_radar := {t for v in radar.values() for t in v}) >= 3
 if drew_radar:
-    st.plotly_chart(radar_figure(radar, models=charted, subtitle=scope), key="radar")
+    named = {m: {labels.get(t, t): v for t, v in by_task.items()} for m, by_task in radar.items()}
+    st.plotly_chart(radar_figure(named, models=charted, subtitle=scope), key="radar")
     if unlined := no_radar_note(radar, charted, set().union(*(scored_on.get(t, set()) for t in on_radar))):
         st.caption(unlined)  # a charted model scored on none of its tasks had no line, and nothing said why
 if charts:
-    st.caption(scoretable.chart_note(latest, charts, clean_only, radar=drew_radar))
+    st.caption(scoretable.chart_note(latest, charts, clean_only, radar=drew_radar, labels=labels))
 
-compare_length.show(charted, order, lineage_of, model_records)
+compare_length.show(charted, order, lineage_of, model_records, {task for _, task, _ in latest})

@@ -11,10 +11,11 @@ import pandas as pd
 import streamlit as st
 from sqlmodel import func, select
 
-from backend import analysis, answerstats, scorenotes, specs
+from backend import analysis, answerstats, scorenotes, specs, tasknames
 from pages.common import MISSING
 from pages.compare_pick import answer_pair, warn
-from pages.figures import by_bin_figure, hallucination_length_figure, length_box_figure
+from pages.figures import (bin_coincide_note, by_bin_figure, curves_coincide_note, hallucination_length_figure,
+                           length_box_figure)
 from storage import db
 from storage.models import Generation
 
@@ -71,10 +72,12 @@ def _judged(left: dict, outcome: str, counts: bool = False) -> str:
     return f"{text} ({left['n']} of {left['n_shared']} left out: {', '.join(per)})"
 
 
-def show(charted: list[str], order: dict[str, int], lineage_of: dict[str, set[str]], model_records: list) -> None:
+def show(charted: list[str], order: dict[str, int], lineage_of: dict[str, set[str]], model_records: list,
+         scored_tasks=()) -> None:
     """The section. `charted`: the models the page's charts draw (its pick), in the table's order; `order`: every
     scored model's place in lineage order; `lineage_of`: each model's ancestors; `model_records`: the registered
-    models, oldest first (the newest with answers is Model B by default)."""
+    models, oldest first (the newest with answers is Model B by default); `scored_tasks`: the tasks of the table
+    above, so that a task is named here as there (tasknames.task_labels)."""
     st.subheader("Answer length and hallucination")
     st.caption("A hallucination is a wrong answer (an abstention is not one). Fewer hallucinations, or just shorter "
                "answers? Per item, hallucination is regressed on model, answer length (log tokens) and question kind "
@@ -89,7 +92,10 @@ def show(charted: list[str], order: dict[str, int], lineage_of: dict[str, set[st
         st.info(f"No answers stored yet: evaluate on a task with answers ({specs.EVAL_ANSWER_HELP}); perplexity, "
                 "mc and lm-eval store scores only.")
         return
-    gtask = st.selectbox("Task", gen_tasks, key="gen_task")
+    labels = tasknames.task_labels({*scored_tasks, *gen_tasks})
+    gtask = st.selectbox("Task", gen_tasks, key="gen_task", format_func=lambda t: labels.get(t, t))
+    if (name := labels.get(gtask, gtask)) != gtask:
+        st.caption(f"{name} is {gtask}.")
     with db.session() as s:
         version = tuple(s.exec(select(func.max(Generation.id), func.count()).where(Generation.task == gtask)).one())
     url = db.database_url()
@@ -106,12 +112,12 @@ def show(charted: list[str], order: dict[str, int], lineage_of: dict[str, set[st
     # asks is the final model's against its base (answer_pair: by default)
     answered = sorted({r.model for r in every_rec}, key=lambda m: (order.get(m, len(order)), m))
     if len(answered) < 2:
-        st.info(f"Only {answered[0]} has answers on {gtask}: evaluate another model on it (Evaluate above, task "
+        st.info(f"Only {answered[0]} has answers on {name}: evaluate another model on it (Evaluate above, task "
                 f"{gtask}) to compare the two.")
     else:
         have = set(answered)
         newest = next((r.name for r in reversed(model_records) if r.name in have), None)
-        _pair(url, gtask, version, answered, answer_pair(answered, lineage_of, newest), n_bins, charted,
+        _pair(url, (gtask, name), version, answered, answer_pair(answered, lineage_of, newest), n_bins, charted,
               every_rec, cut_share, all_cut)
     _length_charts(recs, gen_models, charted, n_bins)
 
@@ -127,8 +133,10 @@ def _unanswered_warnings(recs: tuple, gen_models: list[str]) -> tuple[dict[str, 
         some = [m for m, v in cut_share.items() if v and m not in all_cut]
         cut_text = ("These replies are neither correct nor hallucinations: the hallucination comparison below leaves "
                     "out every item either model's reply was cut off on, and with the outcome correct they count as "
-                    "not correct. " + (f"To let {', '.join(some) if all_cut else 'them'} finish, "
-                                       f"{analysis.RAISE_CAP}. " if some else "")
+                    "not correct; the accuracy by length at the bottom leaves them out, and the length boxes draw "
+                    "them at the token limit, where they were stopped. "
+                    + (f"To let {', '.join(some) if all_cut else 'them'} finish, {analysis.RAISE_CAP}. "
+                       if some else "")
                     + answerstats.cut_off_summary(all_cut))
         cut_head = "Cut off by the token limit before stating an answer: "  # past MANY models, counted by share
         warn(cut_head + ", ".join(f"{m} {v:.0%}" for m, v in cut_share.items() if v) + ". " + cut_text, gen_models,
@@ -149,12 +157,12 @@ def _unanswered_warnings(recs: tuple, gen_models: list[str]) -> tuple[dict[str, 
     return cut_share, all_cut
 
 
-def _pair(url: str, gtask: str, version: tuple, answered: list[str], pair: tuple[str, str], n_bins: int,
+def _pair(url: str, task: tuple[str, str], version: tuple, answered: list[str], pair: tuple[str, str], n_bins: int,
           charted: list[str], every_rec: tuple, cut_share: dict[str, float], all_cut: dict[str, list]) -> None:
-    """Model A against Model B (`pair`: the defaults): the verdict, the regression, the paired numbers and the plot
-    of the rate against answer length."""
-    a1, a2, a3 = st.columns(3)
-    chosen = (f"Every model with answers on {gtask} ({len(answered)}), not only the charted ones: the length boxes "
+    """Model A against Model B (`pair`: the defaults) on `task` (the task and its name as shown): the verdict, the
+    regression, the paired numbers and the plot of the rate against answer length."""
+    (gtask, name), (a1, a2, a3) = task, st.columns(3)
+    chosen = (f"Every model with answers on {name} ({len(answered)}), not only the charted ones: the length boxes "
               "and accuracy by length at the bottom draw those. Default: ")
     ma = a1.selectbox("Model A", answered, index=answered.index(pair[0]), key="lc_a",
                       help=chosen + "the base of the newest model (its lineage's root), the regression's reference.")
@@ -188,7 +196,8 @@ def _pair(url: str, gtask: str, version: tuple, answered: list[str], pair: tuple
     if curves["n_items"]:
         st.plotly_chart(hallucination_length_figure(curves, rate, models=charted), key="hall_length")
         st.caption(f"The plot: the {curves['n_items']} items both models answered"
-                   + _judged(left, outcome, counts=True) + ".")
+                   + _judged(left, outcome, counts=True) + "." + (f" {same}" if (same := curves_coincide_note(curves))
+                                                                   else ""))
     else:  # no item to draw: a figure of bare axes said nothing
         st.caption(f"No plot of {rate} against answer length: there is no item both models answered"
                    + _judged(left, outcome, counts=True) + ".")
@@ -220,27 +229,46 @@ def _verdict_numbers(res: dict, strat: dict, ma: str, mb: str, outcome: str, rat
 
 
 def _length_charts(recs: tuple, gen_models: list[str], charted: list[str], n_bins: int) -> None:
-    """The length boxes and accuracy by length bin of the charted models, over the items every one answered."""
+    """The length boxes and accuracy by length bin of the charted models, over the items every one answered: the
+    boxes of every reply (a cut-off one at the token limit it ran to), the accuracy of the replies that stated an
+    answer (analysis.by_length_bin leaves cut-off ones out, and the caption counts them)."""
     # one unit on the page: tokens, as the length model and the plot of hallucination against length (words only for
     # rows stored without token counts); in words a reply cut off at the cap that decoded to blank text was drawn as
     # an answer of 0 words, in a "0 words" bin that read as empty replies
     unit = analysis.length_unit(recs)
     c1, c2 = st.columns(2)
     pooled, which = same_items(recs, gen_models)
-    # the boxes over the same answers as the accuracy chart: a model scored on 12 items beside models scored on 8 had
+    # the boxes over the same items as the accuracy chart: a model scored on 12 items beside models scored on 8 had
     # a box over its 12 next to their 8, lengths of different questions
     shared_lengths = defaultdict(list)
     for r, n in zip(pooled, analysis.lengths(pooled, unit).tolist()):
         shared_lengths[r.model].append(n)
     c1.plotly_chart(length_box_figure(dict(shared_lengths), models=charted, unit=unit), key="len_box")
-    if len(pooled) != len(recs):
-        c1.caption(f"Only the {len(pooled) // len(gen_models)} items every model answered, as in the chart beside it.")
+    kept, cut = analysis.stated(pooled)
+    box_words = [f"Only the {len(pooled) // len(gen_models)} items every model answered, as in the chart beside it."
+                 ] if len(pooled) != len(recs) else []
+    if cut:
+        box_words.append("Replies cut off by the token limit are drawn at the length they ran to.")
+    if box_words:
+        c1.caption(" ".join(box_words))
+    place = {m: i for i, m in enumerate(charted)}  # in the charts' order, as their legends; past MANY, counted
+    counts = (", ".join(f"{m} {cut[m]}" for m in sorted(cut, key=lambda m: (place.get(m, len(place)), m)))
+              if len(cut) <= scorenotes.MANY else f"{sum(cut.values())} replies of {len(cut)} models")
+    cut_words = (f" Left out: the replies cut off by the token limit before an answer ({counts}): they stated none, "
+                 "so they are neither right nor wrong at any length.") if cut else ""
+    if not kept:  # every reply cut off: no bin has an answer
+        c2.caption(f"No accuracy by answer length: every reply here was cut off by the token limit before an answer "
+                   f"({counts}).")
+        return
     bin_rows = analysis.by_length_bin(pooled, n_bins, unit)
-    edges = analysis.bin_edges(pooled, n_bins, unit)
+    edges = analysis.bin_edges(kept, n_bins, unit)  # by_length_bin's: over the replies it bins
     if len(edges) - 1 < n_bins:  # quantiles that tie merge: 3 bins asked, 2 drawn, without a word
         which += (f" {len(edges) - 1} length bin{'s' if len(edges) > 2 else ''}, not {n_bins}: many answers have "
                   "the same length, so some bins' edges coincide.")
     acc_fig = by_bin_figure(bin_rows, "accuracy", models=charted, unit=unit)
     acc_fig.update_traces(mode="lines+markers+text", textposition="top center", textfont_size=10)  # n on each point
     c2.plotly_chart(acc_fig, key="bin_acc")
-    c2.caption(which)
+    if gone := [m for m in gen_models if m in cut and not any(r["model"] == m for r in bin_rows)]:
+        cut_words += f" {scorenotes.who(gone)}: no line, every reply cut off."
+    same = bin_coincide_note(bin_rows, "accuracy")
+    c2.caption(which + cut_words + (f" {same}" if same else ""))

@@ -3,13 +3,16 @@ length boxes, scores by length bin and the hallucination-by-length curves."""
 
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
 from backend.scoretable import higher_is_better, interval95, zero_error
 from pages.figure_style import MANY as COLORS_MANY
 from pages.figure_style import _lay_out_names, _titled, fits_across, name_colors, name_labels
 
-LOWER_IS_BETTER = {"perplexity", "hallucination_rate", "cut_off_rate", "empty_rate"}
+LOWER_IS_BETTER = {"perplexity", "byte_perplexity", "word_perplexity", "bits_per_byte", "hallucination_rate",
+                   "cut_off_rate", "empty_rate"}
 
 
 def direction(metric: str | None) -> str:
@@ -22,13 +25,13 @@ def direction(metric: str | None) -> str:
     return "lower is better" if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else ""
 
 
-def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str = "") -> go.Figure:
+def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str = "", source: str = "") -> go.Figure:
     """One task's score per model (`table`: rows with model, value, and optionally stderr and n). `models`: every
     model of the page, in order: bars follow it and a model keeps its colour (name_colors) across charts even where
     another model has no score. Bars lie down when the names do not fit under them (see fits_across). A score with
     a standard error gets a 95 % interval whisker (error_y on upright bars): 0.25 against 0.15 is 5 against 3 of 20
     items, well inside each other's noise, and bars without whiskers read as a real drop. `subtitle`: a second
-    title line."""
+    title line; `source`: the task's whole name, on hover, where the title names it short (tasknames)."""
     colors = name_colors([*(models or []), *(r["model"] for r in table)])
     rank = {m: i for i, m in enumerate(colors)}
     table = sorted(table, key=lambda r: rank.get(r["model"], len(rank)))
@@ -38,11 +41,15 @@ def bar_figure(table, task: str, models: list[str] | None = None, subtitle: str 
     fig = go.Figure(go.Bar(**{name_ax: names, value_ax: values}, orientation="v" if across else "h",
                            marker_color=[colors[m] for m in names],
                            text=[f"{v:.3g}" for v in values], textposition="outside", cliponaxis=False,
-                           hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}<extra></extra>"))
+                           hovertext=names, hovertemplate=f"%{{hovertext}}: %{{{value_ax}:.4g}}"
+                           + (f"<br>{html.escape(source)}" if source and source != task else "") + "<extra></extra>"))
     tops = _interval_whiskers(fig, table, name_ax, value_ax)
     metrics = {r.get("metric") for r in table}
-    subtitle = "; ".join(filter(None, [direction(metrics.pop()) if len(metrics) == 1 else "", subtitle]))
-    fig.update_layout(title=_titled(task + (" — whiskers: 95 % interval" if tops else ""), subtitle),
+    # what the whiskers are on the second line: after a task's name on the first, it cut the name off in a half-page
+    # chart ("gsm8k:gsm8k_test_sample_v2 (accuracy) — whiskers: 95 % interv")
+    subtitle = "; ".join(filter(None, [direction(metrics.pop()) if len(metrics) == 1 else "", subtitle,
+                                       "whiskers: 95 % interval" if tops else ""]))
+    fig.update_layout(title=_titled(task, subtitle),
                       showlegend=False, margin=dict(l=10, r=10 if across else 40, t=60 if subtitle else 40,
                                                     b=80 if across else 30))
     known = [v for v in values if v is not None]
@@ -138,19 +145,62 @@ def length_box_figure(words: dict[str, list[int]], models: list[str] | None = No
     return fig
 
 
+# Lines of two models with the same points lie on each other, and the one drawn last hid the other (two models that
+# gave the same answers read as one): each model's markers have a symbol of their own, open so that one inside
+# another shows, a line that retraces an earlier one is dashed so the earlier colour shows through, and the caption
+# names the models whose points coincide (coinciding, coincide_note).
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "triangle-down", "star", "pentagon",
+           "hexagon", "star-square", "bowtie"]
+DASHES = ["dash", "dot", "dashdot", "longdash"]
+
+
+def symbol(i: int, open_: bool = True) -> str:
+    return SYMBOLS[i % len(SYMBOLS)] + ("-open" if open_ else "")
+
+
+def coinciding(points: dict[str, list]) -> list[list[str]]:
+    """The groups of models (each in the order of `points`) whose points are all the same, at 3 significant
+    digits: drawn, each group reads as one line. `points`: model -> its (x, y, …) points."""
+    same: dict[tuple, list[str]] = {}
+    for model, pts in points.items():
+        if pts:
+            key = tuple(tuple(f"{v:.3g}" if isinstance(v, float) else v for v in p) for p in sorted(pts))
+            same.setdefault(key, []).append(model)
+    return [ms for ms in same.values() if len(ms) > 1]
+
+
+def coincide_note(groups: list[list[str]]) -> str:
+    """The caption's words for coinciding's groups ("" when none)."""
+    if not groups:
+        return ""
+    said = "; ".join(" and ".join(g) if len(g) == 2 else ", ".join(g[:-1]) + " and " + g[-1] for g in groups)
+    return (f"Same points, drawn on top of each other: {said} (each model's own marker symbol; a retraced line "
+            "dashed).")
+
+
+def _dash_of(models: list[str], groups: list[list[str]]) -> dict[str, str]:
+    """A dash for every model that retraces an earlier one of its group; the first keeps a solid line."""
+    return {m: DASHES[(k - 1) % len(DASHES)] for g in groups for k, m in enumerate(g) if k}
+
+
 def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None,
                   unit: str = "words") -> go.Figure:
     """`metric` per answer-length bin (lengths in `unit`, as the bins' ranges), a line per model in the order and
-    colours of `models` (the page's, see name_colors; else by name); each line is in the legend, also alone."""
+    colours of `models` (the page's, see name_colors; else by name); each line is in the legend, also alone. Each
+    model has its own marker symbol, and a line on another's points is dashed (see SYMBOLS)."""
     fig = go.Figure()
     colors = name_colors([*(models or []), *sorted({r["model"] for r in rows})])
     models = [m for m in colors if any(r["model"] == m for r in rows)]
-    for m, label in zip(models, name_labels(models)):
-        pts = sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m)
-        fig.add_trace(go.Scatter(x=[p[2] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                 name=label, text=[f"n={p[3]}" for p in pts], hovertext=[m] * len(pts),
+    pts = {m: sorted((r["bin"], r[metric], r["range"], r["n"]) for r in rows if r["model"] == m) for m in models}
+    dash = _dash_of(models, coinciding({m: [p[:2] for p in v] for m, v in pts.items()}))
+    for i, (m, label) in enumerate(zip(models, name_labels(models))):
+        fig.add_trace(go.Scatter(x=[p[2] for p in pts[m]], y=[p[1] for p in pts[m]], mode="lines+markers",
+                                 name=label, text=[f"n={p[3]}" for p in pts[m]], hovertext=[m] * len(pts[m]),
                                  hovertemplate="%{hovertext}<br>%{x}: %{y:.3g} (%{text})<extra></extra>",
-                                 line_color=colors[m], showlegend=True))
+                                 line=dict(color=colors[m], dash=dash.get(m, "solid")),
+                                 marker=dict(symbol=symbol(i), size=10, color=colors[m],
+                                             line=dict(width=2, color=colors[m])),
+                                 showlegend=True))
     # The x axis is categorical (the bins' ranges): without an explicit order Plotly orders them as they first
     # appear, so a model missing a short bin pushed that bin after the longer ones.
     order = [rng for _, rng in sorted({(r["bin"], r["range"]) for r in rows})]
@@ -159,6 +209,14 @@ def by_bin_figure(rows: list[dict], metric: str, models: list[str] | None = None
                       margin=dict(l=10, r=10, t=40, b=60))
     _legend_by_size(fig, name_labels(models), 340)
     return fig
+
+
+def bin_coincide_note(rows: list[dict], metric: str) -> str:
+    """coincide_note for by_bin_figure's lines."""
+    by_model: dict[str, list] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append((r["bin"], r[metric]))
+    return coincide_note(coinciding(by_model))
 
 
 SIDE_ENTRIES = 16  # a legend at the right, one entry a line, up to this many; past it, below the plot in rows
@@ -203,25 +261,29 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
     """`rate` (the rate the curves hold: hallucination, or not correct) against answer length per model: observed
     rates in length bins (markers, size by the number of answers) and the logistic model's fitted curve (lines).
     Curves that lie on each other while the markers sit at different lengths mean the gap is length; curves apart
-    mean it is the model. `models`: every model of the page, in order, so a model keeps its colour across charts."""
+    mean it is the model. `models`: every model of the page, in order, so a model keeps its colour across charts.
+    Each model's markers have a symbol of their own, and a fitted curve on another's is dashed (see SYMBOLS)."""
     fig = go.Figure()
     shown = {p["model"] for p in curves["observed"]} | {p["model"] for p in curves["fitted"]}
     colors = name_colors([*(models or []), *sorted(shown)])
     models = [m for m in colors if m in shown]
+    dash = _dash_of(models, coinciding({m: [(p["tokens"], p["rate"]) for p in curves["fitted"] if p["model"] == m]
+                                        for m in models}))
     entries = []  # the legend's, names cut as every other chart cuts them (two per model: whole, they squeezed it)
-    for m, label in zip(models, name_labels(models)):
+    for i, (m, label) in enumerate(zip(models, name_labels(models))):
         color = colors[m]
         obs = [p for p in curves["observed"] if p["model"] == m]
         fit = [p for p in curves["fitted"] if p["model"] == m]
         if fit:
             entries.append(f"{label} (model)")
             fig.add_trace(go.Scatter(x=[p["tokens"] for p in fit], y=[p["rate"] for p in fit], mode="lines",
-                                     name=entries[-1], line_color=color, showlegend=True, hovertext=m,
+                                     name=entries[-1], line=dict(color=color, dash=dash.get(m, "solid")),
+                                     showlegend=True, hovertext=m,
                                      hovertemplate="%{hovertext} (model)<br>%{x:.3g} tokens: %{y:.3g}<extra></extra>"))
         entries.append(f"{label} (observed)")
         fig.add_trace(go.Scatter(x=[p["tokens"] for p in obs], y=[p["rate"] for p in obs], mode="markers",
-                                 name=entries[-1], marker=dict(color=color, size=[6 + 2 * p["n"] ** 0.5
-                                                                                  for p in obs]),
+                                 name=entries[-1], marker=dict(color=color, symbol=symbol(i), line=dict(width=2),
+                                                               size=[6 + 2 * p["n"] ** 0.5 for p in obs]),
                                  text=[f"n={p['n']}" for p in obs], hovertext=[m] * len(obs), showlegend=True,
                                  hovertemplate="%{hovertext}<br>%{x:.3g} tokens: %{y:.3g} (%{text})<extra></extra>"))
     fig.update_layout(title=f"{rate[:1].upper()}{rate[1:]} against answer length",
@@ -232,3 +294,12 @@ def hallucination_length_figure(curves: dict, rate: str = "hallucination rate",
     # page-wide, two entries a model: at the right for up to SIDE_ENTRIES models
     _legend_by_size(fig, entries, 360, side=2 * SIDE_ENTRIES, width=PAGE_WIDTH_PX, colours=len(models))
     return fig
+
+
+def curves_coincide_note(curves: dict) -> str:
+    """coincide_note for hallucination_length_figure: the models whose observed points and fitted curve are alike."""
+    by_model: dict[str, list] = {}
+    for kind in ("observed", "fitted"):
+        for p in curves[kind]:
+            by_model.setdefault(p["model"], []).append((kind, p["tokens"], p["rate"]))
+    return coincide_note(coinciding(by_model))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from backend.curves import THIN_POINTS, thin
 from backend.specs import CptSpec
-from pages.figure_scores import (LOG_TICKS, LOWER_IS_BETTER, box_stats, by_bin_figure, direction,  # noqa: F401
-                                 bar_figure, hallucination_length_figure, length_box_figure, radar_figure)
+from pages.figure_scores import (LOG_TICKS, LOWER_IS_BETTER, bin_coincide_note, box_stats, by_bin_figure,  # noqa: F401
+                                 curves_coincide_note, direction, bar_figure, hallucination_length_figure,
+                                 length_box_figure, radar_figure)
 from pages.figure_style import (ACROSS_CHARS, DROPPED, IDENTITY, LABEL_CHARS, MANY, NAME_CHARS,  # noqa: F401
                                 PALETTE, REFERENCE, ROW_PX, _cells, _lay_out_names, _name_axis, _titled,
                                 fits_across, name_colors, name_labels, name_width, short_name)
@@ -89,18 +91,28 @@ def _legend_below(fig: go.Figure, rows: int, top: int, plot_px: int = STEP_PLOT_
                       legend=dict(orientation="v", yref="container", yanchor="top", y=legend_px / height, x=0))
 
 
-def metric_figure(series: dict[str, list[tuple[int, float]]], metric: str,
+def metric_figure(series: dict[str, list[tuple[int, float]] | tuple], metric: str,
                   order: list[str] | None = None) -> go.Figure:
     """One line per job for one logged metric. `order`: the page's job labels as selected, for name_colors; each
-    line is in the legend, also alone (a DPO-only chart drew DPO in blue, unnamed, beside charts where blue was CPT)."""
+    line is in the legend, also alone (a DPO-only chart drew DPO in blue, unnamed, beside charts where blue was CPT).
+    A line is given as (step, value) pairs, or as a (steps, values) tuple of arrays (backend/curves.py)."""
     colors = name_colors([*(order or []), *series])
     fig = go.Figure()
+    longest = (0, 1)  # (points, every) of the longest line drawn thinned
     for label in colors:
         if series.get(label):
-            xs, ys = zip(*series[label])
+            xs, ys = series[label] if isinstance(series[label], tuple) else zip(*series[label])
+            if len(xs) > THIN_POINTS:  # a long run: each run of `every` points as its min and max (backend/curves.py)
+                n, (xs, ys, every) = len(xs), thin(xs, ys)
+                longest = max(longest, (n, every))
+            elif hasattr(xs, "tolist"):  # short arrays: as plain numbers in the chart's JSON, as pairs are
+                xs, ys = xs.tolist(), ys.tolist()
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 40 else "lines", name=label,
                                      line_color=colors[label], showlegend=True, cliponaxis=False))
-    fig.update_layout(title=metric, xaxis=_step_axis(x for trace in fig.data for x in trace.x))
+    # said on the title's line: a thinned chart keeps the height of its neighbour in the page's other column
+    note = (f" <span style='font-size:11px;font-weight:normal;color:grey'>min/max of every {longest[1]} of "
+            f"{longest[0]:,} points</span>" if longest[0] else "")
+    fig.update_layout(title=metric + note, xaxis=_step_axis(x for trace in fig.data for x in trace.x))
     _legend_below(fig, len(colors), top=40)  # room for every job of the page: the charts side by side line up
     return fig
 
@@ -113,7 +125,12 @@ def recovery_figure(points: list[tuple[int, float]], reference: float, label: st
     (the job's label cut, whole in the legend)."""
     fig = go.Figure()
     xs, ys = zip(*points) if points else ((), ())
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{label} (held-out loss)",
+    thinned = ""
+    if len(xs) > THIN_POINTS:  # evaluated at every step of a long run: drawn as metric_figure draws it
+        n, (xs, ys, every) = len(xs), thin(xs, ys)
+        thinned = f"; min/max of every {every} of {n:,} points"
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines" if thinned else "lines+markers",
+                             name=f"{label} (held-out loss{thinned})",
                              line_color=name_colors([*(order or []), label])[label], showlegend=True,
                              cliponaxis=False))
     fig.add_hline(y=reference, line_dash="dash", line_color=REFERENCE,

@@ -195,7 +195,7 @@ def test_default_merge_names_are_short_and_differ_by_method(tiny_llama):
     digest = hashlib.sha1(f"{LONG}\n{LONG}-cpt\nslerp0.5".encode()).hexdigest()[:6]
     # each candidate keeps a share, the second by what it adds to the first (a cut of the joined names dropped it)
     assert names["slerp"] == f"{LONG[:39]}_cpt-{digest}-slerp0.5"
-    assert names["average"].endswith("-average-0.5-0.5") and names["ties"].endswith("-d0.5")
+    assert names["average"].endswith("-average-0.5-0.5") and names["ties"].endswith("-d1")
     from backend.specs import MergeSpec  # the spec's own default: the CLI names a merge as the page does
 
     assert MergeSpec(models=[LONG, f"{LONG}-cpt"], method="slerp").default_name() == names["slerp"]

@@ -95,7 +95,9 @@ def test_bar_charts_say_which_way_their_metric_is_better():
     assert ppl.layout.title.text == "perplexity<br><sup>lower is better</sup>"  # was no second line
     acc = bar_figure([{"model": "a", "value": 0.25, "metric": "accuracy", "stderr": 0.1, "n": 20}],
                      "synth-math (accuracy)", subtitle="non-overlapping items only")
-    assert acc.layout.title.text.endswith("<sup>higher is better; non-overlapping items only</sup>")
+    # what the whiskers are after them on the second line (session 25: on the first it cut a task's name off)
+    assert acc.layout.title.text.endswith("<sup>higher is better; non-overlapping items only; whiskers: 95 % "
+                                          "interval</sup>")
     assert bar_figure([{"model": "a", "value": 0.5}], "x").layout.title.text == "x"  # unknown: nothing claimed
 
 

@@ -119,8 +119,8 @@ def test_every_note_names_the_models_by_the_tables_row_labels():
         s.commit()
     [t] = [t for t in tables.run_tables(run_id) if t.key == "merge"]
     assert t.notes[-1] == ("Training overlap (8-gram; an item under 8 words counts when it appears whole) — "
-                           "synth-math: no item overlaps any model's recorded training data (✓, so no column); "
-                           "synth-math: Cand. 2 not checked, as no training data of its lineage is recorded here (a "
+                           "synth-math: no item overlaps the recorded training data of Cand. 1 (✓, so no column); "
+                           "Cand. 2 could not be checked: no training data of its lineage is recorded here (a "
                            "base model's pretraining data is not known).")
     # two rows of one label: the registered name beside it, to tell them apart
     rows = [{"stage": "a", "output": "r-a", "label": "Cand."}, {"stage": "b", "output": "r-b", "label": "Cand."},

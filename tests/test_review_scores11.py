@@ -151,7 +151,7 @@ def test_the_overlap_caption_says_why_a_clean_task_has_no_column(tiny):
     table = frame(at, "average (accuracy tasks)")
     assert not [c for c in table.columns if "training overlap" in c]
     caption = " ".join(c.value for c in at.caption)
-    assert "qa: no item overlaps any model's recorded training data (✓, so no column)" in caption
+    assert "qa: no item overlaps the recorded training data of tiny (✓, so no column)" in caption
     assert "lm-eval:arc_easy: not checked for some model" in caption
     assert "✓ none" not in caption  # the legend of a column that is not there
 
