@@ -191,9 +191,15 @@ _UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"
 def unicode_encoding(path: Path) -> str | None:
     """'utf-16' or 'utf-32' for a text file that opens with that byte-order mark, 'utf-16-le' or 'utf-16-be' for one
     without a mark whose first KiB reads as UTF-16 (_unmarked_utf16), else None (UTF-8, with its mark or without,
-    and any file of another kind)."""
-    with open(path, "rb") as f:
+    and any file of another kind). A .gz file (data_reading.GZ_SUFFIXES) is read through gzip: its compressed
+    bytes said nothing of the text's encoding."""
+    with _open_bytes(path) as f:
         return head_encoding(f.read(1024))
+
+
+def _open_bytes(path: Path):
+    """`path` opened for reading bytes, a .gz file decompressed (gzip's errors are the caller's to word)."""
+    return gzip.open(path, "rb") if Path(path).suffix.lower() == ".gz" else open(path, "rb")
 
 
 def head_encoding(head: bytes) -> str | None:
@@ -390,8 +396,8 @@ def not_throughout_said(name: str, encoding: str, reason: str) -> str:
 def _first_non_utf8(path: Path) -> tuple[int, int, int] | None:
     """(line, byte column, byte) of the first byte that is not UTF-8 (a Latin-1 or Windows-1252 file), or of a NUL
     byte (byte 0), which UTF-8 allows but no text holds (UTF-16 without its mark, _unmarked_utf16, or a binary
-    file), or None. Read line by line in binary: about 0.1 s for 100k rows."""
-    with open(path, "rb") as f:
+    file), or None. Read line by line in binary: about 0.1 s for 100k rows; a .gz file decompressed."""
+    with _open_bytes(path) as f:
         for n, line in enumerate(f, 1):
             try:
                 line.decode("utf-8")

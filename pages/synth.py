@@ -29,8 +29,8 @@ def read_seed_upload(path: str, name: str) -> tuple[int, str]:
     the file's (data.ReaderFailed) is raised, so never cached."""
     try:
         return seeds.count_seeds(path, name), ""
-    except SeedError as exc:
-        return 0, str(exc)
+    except SeedError as exc:  # why, then what to do, once
+        return 0, seeds.upload_refused(exc)
 
 
 def _parquet(path: str) -> bytes:
@@ -209,7 +209,7 @@ with st.expander("Make a data set", expanded=not pipeline.list_datasets("synth-p
                     seed_file = None
                 else:
                     if problem:  # the file's own fault: no job for it ("Make pairs" stays off), and it is not kept
-                        c1.error(f"{problem.rstrip('.')}. Fix the file and upload it again.")
+                        c1.error(problem)
                         uploads.discard_refused(seed_file, written)  # not kept in workspace/uploads for good
                         seed_file = None
                     else:
@@ -295,8 +295,9 @@ if stale:
     d, now = stale[0]
     trained = sorted({m.name for x, _ in stale for m in pipeline.dataset_users(x.name, x.path)[1]})
     held = (f"hold {plural(d.rows, 'pair')}: exported before the latest rejections (or undos) by hand, an export "
-            f"now would write {now}" if now != d.rows else f"hold {plural(d.rows, 'pair')}, but not the ones an export "
-            "would write now: exported before the latest rejections and undos by hand")
+            f"now would write {plural(now, 'pair')}" if now != d.rows else  # a count with its noun, not a bare 5
+            f"hold {plural(d.rows, 'pair')}, but not the ones an export would write now: exported before the latest "
+            "rejections and undos by hand")
     notes.warning(f"{' and '.join(f'`{x.name}`' for x, _ in stale)} {held}. Training reads the exported files: "
                   + ("make them again on the Export tab to leave the rejected pairs out." if not trained else
                      f"{', '.join(f'`{m}`' for m in trained)} {'was' if len(trained) == 1 else 'were'} trained on "

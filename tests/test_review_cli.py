@@ -12,7 +12,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from backend import registry, runner
+from backend import registry, runner, scoretable
 from backend.__main__ import main
 from backend.synth import pipeline
 from storage import db
@@ -56,13 +56,18 @@ def test_eval_in_the_foreground_prints_only_the_scores_it_wrote(tiny_llama):
     with db.session() as s:
         mine = s.get(EvalScore, 17)
     assert (mine.model, mine.task, mine.job_id) == ("tiny", "perplexity", None)
-    assert out.splitlines()[0] == "scores: 2"  # the perplexity and its bootstrap error (evalscore.perplexity_stderr)
+    # the perplexity, its bootstrap error (evalscore.perplexity_stderr) and lm-eval's word and byte perplexities and
+    # bits per byte (session 25)
+    assert out.splitlines()[0] == "scores: 5"
     with db.session() as s:
-        se = s.get(EvalScore, 18)
-    assert (se.model, se.task, se.metric) == ("tiny", "perplexity", "perplexity_stderr")
+        new = sorted((s.get(EvalScore, i) for i in range(17, 22)), key=lambda r: r.metric)
+    assert [(r.model, r.task, r.job_id) for r in new] == [("tiny", "perplexity", None)] * 5
+    assert [r.metric for r in new] == ["bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr",
+                                       "word_perplexity"]
     rows = [line for line in out.splitlines() if line.startswith("tiny ")]
-    assert rows == [f"{'tiny':40} {'perplexity':28} {'perplexity':28} {mine.value:10.4f}  (n={mine.n})",
-                    f"{'tiny':40} {'perplexity':28} {'perplexity_stderr':28} {se.value:10.4f}  (n={se.n})"]
+    shown = [scoretable.number_text(r.value) for r in new]  # a random model's word perplexity: "5.8e10"
+    assert rows == [f"{'tiny':40} {'perplexity':28} {r.metric:28} "
+                    f"{f'{v:>10}' if isinstance(v, str) else f'{v:10.4f}'}  (n={r.n})" for r, v in zip(new, shown)]
 
 
 def test_eval_fan_out_without_queue_is_an_error_with_exit_code_2():
@@ -100,7 +105,10 @@ def test_recipe_cancel_and_tables_of_an_unknown_run_are_errors():
     add(RecipeRun(name="a"), RecipeRun(name="b"))
     assert cli("recipe", "cancel", "99") == (
         2, "", "error: no recipe run 99; the latest are 2, 1 (the Recipe page lists them).\n")
-    assert cli("recipe", "cancel", "1") == (0, "cancelled jobs: none were still waiting or running\n", "")
+    # nothing to cancel: refused with exit 1, as `jobs cancel` of a finished job (tests/test_review_s25_cli.py)
+    assert cli("recipe", "cancel", "1") == (1, "", "error: recipe run 1: nothing to cancel: no job of it is waiting or "
+                                                   "running (no stage of its own to run); python -m backend recipe "
+                                                   "runs shows its stages.\n")
 
 
 # ---------------------------------------------------------------- 4. a missing or malformed id is a usage error

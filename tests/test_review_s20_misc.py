@@ -99,8 +99,8 @@ def test_a_seed_upload_the_synth_page_refuses_is_removed_and_a_good_one_kept():
     at.radio(key="seed_kind").set_value("MATH / GSM8K file").run()
     at.file_uploader(key="seed_upload").set_value(("seeds.jsonl", BINARY, "application/json")).run()
     assert [e.value for e in at.error] == [
-        "seeds.jsonl, line 1, column 1: not UTF-8 (byte 0x89): save the file as UTF-8. Fix the file and upload it "
-        "again."]
+        "seeds.jsonl, line 1, column 1: not UTF-8 (byte 0x89): save the file as UTF-8, then upload it again."]  # one
+    # instruction (tests/test_review_s25_cli.py): "… as UTF-8. Fix the file and upload it again." gave two
     assert _stored() == []
     good = json.dumps({"question": "Tom has 2 apples and buys 3. How many?", "answer": "2+3=5\n#### 5"}) + "\n"
     at.file_uploader(key="seed_upload").set_value(("good.jsonl", good.encode(), "application/json")).run()

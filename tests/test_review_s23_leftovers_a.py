@@ -74,7 +74,7 @@ def test_a_rejection_on_the_page_or_elsewhere_is_shown_at_once(pairs, calls):
     assert not at.exception, at.exception
     # the rejection changed the revision: counted afresh, the export said stale with what it would write now
     assert gap_pairs(at) == 5 and metric(at, "rejected by hand") == "1"
-    assert any("hold 6 pairs" in w and "an export now would write 5" in w for w in stale_warnings(at))
+    assert any("hold 6 pairs" in w and "an export now would write 5 pairs." in w for w in stale_warnings(at))
     before = dict(calls)
     at.run()
     assert calls == before  # and cached again under the new revision
@@ -85,7 +85,7 @@ def test_a_rejection_on_the_page_or_elsewhere_is_shown_at_once(pairs, calls):
     pipeline.reject_by_hand(shown[2].id)
     at.run()
     assert gap_pairs(at) == 4 and metric(at, "rejected by hand") == "2"
-    assert any("an export now would write 4" in w for w in stale_warnings(at))
+    assert any("an export now would write 4 pairs." in w for w in stale_warnings(at))
 
 
 def test_a_statistic_computed_while_the_pairs_changed_is_not_kept_for_the_old_revision(pairs, monkeypatch):

@@ -8,6 +8,7 @@ family; backend/__main__.py is their table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -16,8 +17,9 @@ EXIT_CODES = """exit codes:
   0  done (or queued)
   1  the work ran and failed, or produced nothing: a foreground job that failed, a recipe run with a failed
      stage, synth-math with no verified pair, compare refused for too few shared items, jobs cancel of a
-     finished job, jobs wait or jobs log --follow on a job that did not succeed, a chat reply whose generation
-     failed, a datasets or models push the Hub refused or could not be reached
+     finished job, recipe cancel of a run with no job waiting or running, jobs wait or jobs log --follow on a
+     job that did not succeed, a chat reply whose generation failed, a datasets or models push the Hub
+     refused or could not be reached
   2  refused: a usage error, a bad spec or input, a missing model or file (also an input found bad while
      running, such as a damaged weights file)
   124  jobs wait --timeout: the job had not finished in time
@@ -123,8 +125,13 @@ def _progress(frac: float, message: str) -> None:
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
 
 
-def _job_options(p: argparse.ArgumentParser, save_spec: bool = True) -> None:
-    """The options every job command shares; _run_or_queue acts on them."""
+def _job_options(p: argparse.ArgumentParser, save_spec: bool = True, json_holds: str | None = None) -> None:
+    """The options every job command shares; _run_or_queue acts on them. `json_holds`: what the command's --json
+    result holds (a command without it has no --json)."""
+    if json_holds:  # a script had to pick the new model's name out of the `model: NAME` line
+        p.add_argument("--json", action="store_true", help=f"print the result as one JSON object, for scripts: "
+                       f"{json_holds}; with --queue or --after: the queued job's id (job), kind, status and the "
+                       "name it will register (model). Progress stays on stderr; stdout holds the JSON alone")
     if save_spec:
         p.add_argument("--save-spec", metavar="FILE", help="also write the spec as YAML here (rerun with `run`); "
                        "written once the spec passes the checks a queued job gets, so a refused spec is not saved; "
@@ -133,9 +140,10 @@ def _job_options(p: argparse.ArgumentParser, save_spec: bool = True) -> None:
     p.add_argument("--after", type=int, help="queue it to run after this job succeeds")
 
 
-def _run_or_queue(spec, a: argparse.Namespace) -> None:
+def _run_or_queue(spec, a: argparse.Namespace, more=None) -> None:
     """Every command ends here: run the spec in the foreground or hand it to the worker, saving it (if asked) once
-    it passed the checks."""
+    it passed the checks. The result is printed as lines (print_result), or with --json as one JSON object, with
+    `more(result)`'s fields added (eval's scores)."""
     from backend import runner
 
     spec = absolute_paths(spec)
@@ -148,6 +156,8 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         made = f" -> {name}" if (name := runner.planned_name(job)) else ""
         if spec.kind == "synth-math":  # data sets of the run's name, never one named so
             made = f" -> {spec.name}-pairs, {spec.name}-instruct, {spec.name}-alignment"
+        if getattr(a, "json", False):
+            return _print_json(queued_json([job]))
         print(f"queued job {job.id} ({spec.kind}{made}); a running worker picks it up (python -m backend worker)")
         return
     _on_interrupt[0] = lambda: (f"the {spec.kind} stopped before it finished; it ran here, not as a job, so there "
@@ -160,8 +170,10 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
     _check_model_folders(spec)
     from backend.hubpush import PushFailed
 
+    as_json = getattr(a, "json", False)  # the work's own prints go to stderr then: stdout is the JSON alone
     try:
-        result = runner.work_function(spec.kind)(spec, None, _progress)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = runner.work_function(spec.kind)(spec, None, _progress)
     except KeyboardInterrupt as exc:  # the work's own words, when it has them (a training names its run folder and
         if exc.args and isinstance(exc.args[0], str):  # the --run-name that continues it): main prints them
             said = exc.args[0]
@@ -174,12 +186,25 @@ def _run_or_queue(spec, a: argparse.Namespace) -> None:
         if isinstance(exc, (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             raise
         raise WorkFailed(str(exc)) from exc
-    print_result(result)
+    if as_json:
+        _print_json({**result, **(more(result) if more else {})})
+    else:
+        print_result(result)
     if spec.kind == "synth-math" and not result.get("rows"):
         raise WorkFailed(f"synth-math produced no training data ({result.get('verified', 0)} verified, "
                          f"{result.get('failed', 0)} failed): the reasons are in {result.get('pairs')}'s pairs "
                          f"(its pairs.jsonl); `datasets delete {result.get('pairs')}` before running it again "
                          "under this name.")
+
+
+def queued_json(jobs: list) -> dict | list[dict]:
+    """--json of a queued job (a list for several: eval --fan-out): what a script needs to wait for it (jobs wait
+    ID) and find what it makes (the name it will register, or null)."""
+    from backend import runner
+
+    said = [{"job": j.id, "kind": j.kind, "status": j.status, "after": j.after, "model": runner.planned_name(j)}
+            for j in jobs]
+    return said[0] if len(said) == 1 else said
 
 
 def result_lines(result: dict, indent: str = "") -> list[str]:
@@ -221,14 +246,17 @@ def print_result(result: dict) -> None:
 
 def _check_model_folders(spec) -> None:
     """The models a foreground run reads, given as folders that are not registered, refused as a queued job's are
-    (runner's check_before_queueing) and as an import refuses them: a link out of the folder, a tokenizer missing,
-    unreadable or larger than the model's vocabulary (`upscale --base FOLDER` registered a model nothing could use)."""
-    from backend import registry
+    (runner's check_before_queueing) and as an import refuses them: a tokenizer missing, unreadable or larger than the
+    model's vocabulary (`upscale --base FOLDER` registered a model nothing could use); a link out of the folder when
+    the job copies its files into the model it makes (outputs.copied_refs: a build's tokenizer source)."""
+    from backend import outputs, registry
+
+    copied = outputs.copied_refs(spec)
 
     for key in ("base", "second", "model", "reference_model", "models"):
         value = getattr(spec, key, None) if key in type(spec).model_fields else None
         for ref in value if isinstance(value, list) else [value] if value else []:
-            registry.check_folder_ref(ref)
+            registry.check_folder_ref(ref, copies=ref in copied)
 
 
 def _save_spec(spec, a: argparse.Namespace) -> None:

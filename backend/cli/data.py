@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from backend.cli.common import WorkFailed, _job_options, _local_source, _print_json, _run_or_queue, _source
+from backend.cli.common import (WorkFailed, _job_options, _local_source, _print_json, _run_or_queue, _source,
+                                print_result)
 from backend.words import plural
 
 
@@ -59,9 +60,8 @@ def cmd_datasets(a) -> None:
                                         for x in d.provenance.get("sources", []))
             kind = f"mix ({d.provenance['for']})" if d.kind == "mix" and d.provenance.get("for") else d.kind
             print(f"{d.name:36} {kind:12} {'-' if d.kind == 'mix' else d.rows:>7}  {where}")
-    elif a.action == "export":
-        for k, v in pipeline.export(a.name, include_flagged=a.include_flagged).items():
-            print(f"{k}: {v}")
+    elif a.action == "export":  # as a foreground job's result is printed (a None or a list said as every command does)
+        print_result(pipeline.export(a.name, include_flagged=a.include_flagged))
     elif a.action == "mix":
         purpose = a.purpose or "sft"
         rows = [a.sample_by] if a.sample_by else []  # kept with the mix's .txt members (data.expand_rows)

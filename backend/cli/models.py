@@ -166,7 +166,9 @@ def _output_options(p, name_help: str) -> None:
     p.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path "
                                  "is from the current folder)")
     p.add_argument("--shard-size", default="2GB", help="largest safetensors shard")
-    _job_options(p)
+    _job_options(p, json_holds="the registered model's name (model) and folder (path), "
+                 + ("its layers and parameters and the seconds it took" if p.prog.endswith("upscale") else
+                    "the seconds it took, how SLERP interpolated the tensors (slerp) and any warning"))
 
 
 def add_upscale(sub) -> None:
@@ -202,7 +204,8 @@ def add_merge(sub) -> None:
                     "vector (default: 1)")
     mg.add_argument("--t", nargs="+", type=float, help="slerp: t, or a schedule along the depth (default: 0.5)")
     mg.add_argument("--base", help="task_arithmetic / ties / dare: the common base")
-    mg.add_argument("--density", type=float, help="ties / dare: share of each task vector kept (default: 0.5)")
+    mg.add_argument("--density", type=float, help="ties / dare: share of each task vector kept (default: 1, "
+                    "mergekit's: every entry kept)")
     mg.add_argument("--seed", type=int, help="dare: seed of the drop mask (default: 0)")
     mg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help=MergeSpec.model_fields["dtype"].description)

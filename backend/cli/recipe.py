@@ -41,8 +41,10 @@ def cmd_recipe(a) -> None:
 
         print(run_text(a.target), end="")
         return
-    if a.action == "cancel":
-        print(f"cancelled jobs: {recipe.cancel_run(a.target) or 'none were still waiting or running'}")
+    if a.action == "cancel":  # nothing left to cancel is refused with exit 1, as `jobs cancel` of a finished job
+        if not (done := recipe.cancel_run(a.target)):
+            raise WorkFailed(nothing_to_cancel(a.target))
+        print(f"recipe run {a.target}: cancelled job{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
         return
     if a.action == "runs":
         return print_runs(a.limit, a.json)
@@ -74,6 +76,34 @@ def cmd_recipe(a) -> None:
             if bad:
                 raise WorkFailed(f"recipe run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: "
                                  f"{len(bad)} stage{'s' if len(bad) > 1 else ''} did not succeed: {', '.join(bad)}.")
+
+
+def nothing_to_cancel(run_id: int) -> str:
+    """Why `recipe cancel RUN` found no job of the run waiting or running, and what to do instead: "cancelled jobs:
+    none were still waiting or running" exited 0, where `jobs cancel` of a finished job exits 1."""
+    from backend import recipe
+    from backend.recipe.state import NOT_QUEUED
+
+    rows = [(row, job) for row, job in recipe.stages(run_id) if (row.info or {}).get("status") != "given"]
+    # stages that wait on an earlier run's jobs (an unchanged recipe run again while the first still ran): theirs
+    theirs = sorted({job.id for row, job in rows if job is not None and not row.reused and job.status in (
+        "queued", "running") and (row.info or {}).get("status") == "in-flight"})
+    if theirs:
+        return (f"recipe run {run_id}: nothing to cancel: its waiting stages run in job{'s' if len(theirs) > 1 else ''}"
+                f" {', '.join(map(str, theirs))} of an earlier recipe run; cancel that run (python -m backend recipe "
+                f"runs shows which), or the job{'s' if len(theirs) > 1 else ''} (python -m backend jobs cancel "
+                f"{theirs[0]}).")
+    tally: dict[str, int] = {}
+    for row, job in rows:
+        state = recipe.stage_state(row, job)
+        state = "not queued" if state == NOT_QUEUED else state or "not run"
+        tally[state] = tally.get(state, 0) + 1
+    said = ", ".join(f"{n} {state}" for state, n in tally.items()) or "no stage of its own to run"
+    again = (f"; to run its stages that did not succeed again, python -m backend recipe show {run_id} > recipe.yaml, "
+             "then python -m backend recipe run recipe.yaml (the stages that succeeded are reused)"
+             if set(tally) - {"succeeded", "skipped"} else "")
+    return (f"recipe run {run_id}: nothing to cancel: no job of it is waiting or running ({said}){again}; python -m "
+            f"backend recipe runs shows its stages.")
 
 
 def _refuse_job_spec(path: str, text: str) -> None:
@@ -134,30 +164,31 @@ def print_runs(limit: int, as_json: bool) -> None:
     if limit < 0:
         raise ValueError(f"--limit {limit}: give the number of runs, or 0 for all.")
     alive, active = runner.worker_alive(), runner.active_jobs()  # once, for every stage's message
-    from backend.recipe.state import evaluations, model_scores
+    from backend.recipe.state import evaluations, model_scores, read_pass
 
     runs = []
-    for run in recipe.runs(limit or None):
-        rows = recipe.stages(run.id)
-        counts, shared = model_scores(rows), {}  # an evaluation job's rows: its message is all its models' together
-        for row, job in rows:
-            if row.kind == "eval" and job is not None:
-                shared[job.id] = shared.get(job.id, 0) + 1
-        jobs_said: dict[int, str] = {}
+    with read_pass():  # the models and each evaluation's scores read once, not per stage and model
+        for run in recipe.runs(limit or None):
+            rows = recipe.stages(run.id)
+            counts, shared = model_scores(rows), {}  # an evaluation job's rows: its message is all its models' together
+            for row, job in rows:
+                if row.kind == "eval" and job is not None:
+                    shared[job.id] = shared.get(job.id, 0) + 1
+            jobs_said: dict[int, str] = {}
 
-        def message(row, job) -> str:
-            said = runner.job_message(job, active, alive) if job else ""
-            if row.kind != "eval" or shared.get(job.id if job else None, 0) < 2 or job.status != "succeeded":
-                return said
-            jobs_said[job.id] = said  # said once, under the run (the evaluation's line)
-            return f"done: scores {counts.get((job.id, (row.info or {}).get('model')), 0)}"
-        stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job),
-                   "job": job.id if job else row.job_id, "output": row.output, "message": message(row, job)}
-                  for row, job in rows]
-        evaluation = [{**e, "message": jobs_said[e["job"]]} if e["job"] in jobs_said else e
-                      for e in evaluations(rows)]  # per evaluation job: its status, models scored of how many
-        runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages,
-                     "evaluation": evaluation})
+            def message(row, job) -> str:
+                said = runner.job_message(job, active, alive) if job else ""
+                if row.kind != "eval" or shared.get(job.id if job else None, 0) < 2 or job.status != "succeeded":
+                    return said
+                jobs_said[job.id] = said  # said once, under the run (the evaluation's line)
+                return f"done: scores {counts.get((job.id, (row.info or {}).get('model')), 0)}"
+            stages = [{"stage": row.stage, "kind": row.kind, "status": recipe.stage_state(row, job),
+                       "job": job.id if job else row.job_id, "output": row.output, "message": message(row, job)}
+                      for row, job in rows]
+            evaluation = [{**e, "message": jobs_said[e["job"]]} if e["job"] in jobs_said else e
+                          for e in evaluations(rows)]  # per evaluation job: its status, models scored of how many
+            runs.append({"id": run.id, "name": run.name, "created": run.created, "stages": stages,
+                         "evaluation": evaluation})
     if as_json:
         return _print_json(runs)
     if not runs:
@@ -241,7 +272,8 @@ def add_recipe(sub) -> None:
                     help="every stored metric of each task (qa's abstention, cut-off, empty and hallucination rates, "
                          "per kind of item); default: each task's headline score, as the Compare page's table shows "
                          "it (and lm-eval:h6's six tasks), in the paper's order")
-    ra.add_parser("cancel", help="cancel the run's waiting and running jobs").add_argument(
+    ra.add_parser("cancel", help="cancel the run's waiting and running jobs (exit code 1 when none is left to "
+                                 "cancel)").add_argument(
         "target", metavar="RUN", type=int, help="a recipe run's id")
     rs = ra.add_parser("runs", help="the recipe runs, newest first, each with its stages' statuses, jobs and models "
                                     "(the Recipe page)")

@@ -38,6 +38,9 @@ def cmd_train(a) -> None:
     fields.update(_perf_fields(a))
     spec = spec_cls(**fields)
     if a.plan:
+        if a.json:  # the plan is a table for a person; --json is a run's result
+            raise ValueError("train --plan prints the memory plan as a table, and runs nothing for --json to print: "
+                             "leave out --json, or --plan to run the training.")
         print_plan(spec, a.plan_device, a.plan_memory_gb, a.plan_gpus)
         return
     _set_run_name(a)
@@ -254,7 +257,8 @@ def add_train(sub) -> None:
     _machine_options(t)
     t.add_argument("--name", help="registered name (default: MODEL-KIND)")
     t.add_argument("--out", help="folder to write the model to (default $DUS_WORKSPACE/models/NAME; a relative path is from the current folder)")
-    _job_options(t)
+    _job_options(t, json_holds="the registered model's name (model) and folder (path), the run folder (run_dir), "
+                 "steps, losses and the run's choices")
     t.set_defaults(fn=cmd_train)
 
 

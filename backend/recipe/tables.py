@@ -28,7 +28,7 @@ PAPER_H6 = {"SFT v1": 69.15, "SFT v2": 69.21, "SFT v3": 70.03, "SFT v4": 70.88, 
             "Average (0.6, 0.4)": 74.05, "SLERP": 73.96}
 TITLES = {"sft": "Table 3 — SFT data ablation", "dpo": "Tables 4–5 — DPO data and SFT base",
           "merge": "Tables 6–7 — merge candidates and methods", "all": "Every model of the run"}
-LOWER_IS_BETTER = ("perplexity", "hallucination", "loss", "cut_off", "empty")  # rates of no answer too
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "hallucination", "loss", "cut_off", "empty")  # no answer too
 
 
 @dataclass
@@ -355,7 +355,10 @@ def _tex(v: Any) -> str:
 
 def to_latex(t: Table) -> str:
     t = _one_cell_errors(paper_text(t))
-    spec = "l" * 3 + "c" * (len(t.columns) - 3)
+    number = re.compile(r"[-+]?(\d[\d,]*(\.\d*)?(e[-+]?\d+)?|∞|inf|nan)( ± \S+)?", re.I)  # 0.2500 ± 0.0993, ∞, 44
+    cols = [[_cell(v) for v in col] for col in zip(*t.rows)] if t.rows else [[] for _ in t.columns]
+    spec = "".join("r" if {*col} - {"", "—"} and all(c in ("", "—") or number.fullmatch(c) for c in col) else "l"
+                   for col in cols)  # numbers right, text left ("lll" then "c" put the first scores to the left)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(t.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in t.rows]
@@ -391,11 +394,11 @@ PENDING = ("queued", "running", "not queued")  # evaluation states (state.evalua
 def run_tables(run_id: int, all_metrics: bool = False) -> list[Table]:
     """The run's paper tables: each task's headline score, or with `all_metrics` every stored metric; while its
     evaluation is queued, running or ended unfinished, each table's first note says so (state.scores_note)."""
-    from backend.recipe.state import evaluations, scores_note, stages
+    from backend.recipe.state import evaluations, read_pass, scores_note, stages
 
-    evals = evaluations(stages(run_id))
-    out, why = run_tables_from(stage_dicts(run_id), all_metrics), scores_note(evals)
-    pending = any(e["status"] in PENDING for e in evals)
+    with read_pass():  # one read of the models and of each evaluation's scores for the whole pass
+        evals, out = evaluations(stages(run_id)), run_tables_from(stage_dicts(run_id), all_metrics)
+    why, pending = scores_note(evals), any(e["status"] in PENDING for e in evals)
     for t in out:
         t.notes[:0] = [why] if why else []
         t.pending = pending

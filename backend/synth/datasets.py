@@ -170,16 +170,19 @@ def save_paper_mixes(pairs_name: str) -> list[DatasetRecord]:
     (a second save of the same mixes changes nothing; a name taken by another mix is refused). All six are checked
     before any is saved: saved one by one, a bad row in the instruct pairs left sft-v1 and sft-v2 saved and the rest,
     the good DPO mixes too, not, with a message that named only the row."""
+    from backend.data_reading import ReaderFailed
+
     mixes = paper_mixes(pairs_name)
     _refuse_taken_paper_names(pairs_name, mixes)
     checked = {}
     for name, (purpose, sources) in mixes.items():
         try:
             checked[name] = _checked_mix(name, sources, purpose)
-        except DatasetError as exc:
+        except (DatasetError, ReaderFailed) as exc:  # a read that failed, not the file (ReaderFailed): its mix named
+            # too, as its own kind of error (the page keeps the files and says "try again")
             said = f"a{str(exc)[1:]}" if str(exc).startswith("A ") else str(exc)  # mid-sentence
-            raise DatasetError(f"Mix {name}: {said} None of the paper's mixes ({', '.join(mixes)}) was saved."
-                               ) from None
+            kind = ReaderFailed if isinstance(exc, ReaderFailed) else DatasetError
+            raise kind(f"Mix {name}: {said} None of the paper's mixes ({', '.join(mixes)}) was saved.") from None
     return [saved or save_dataset(name, "mix", "", 0, provenance) for name, (saved, provenance) in checked.items()]
 
 

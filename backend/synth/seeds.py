@@ -8,9 +8,11 @@ worked solution and a final answer that it computed itself, deterministic by see
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +27,20 @@ REPEATS_TO_GIVE_UP = 1000  # generate(): repeats in a row after which a category
 
 
 class SeedError(ValueError):
-    pass
+    """A seed file the seed reader refuses. `says_fix`: the message ends in what to do (an encoding's "save it as
+    UTF-8"), so the page adds the upload to it rather than a second instruction (upload_refused)."""
+
+    def __init__(self, message: str, says_fix: bool = False):
+        super().__init__(message)
+        self.says_fix = says_fix
+
+
+def upload_refused(exc: SeedError) -> str:
+    """The Synthetic math page's words for an uploaded seed file refused for its own fault: why, then one thing to
+    do. A binary file read "…or no text file at all. Save it as UTF-8. Fix the file and upload it again.": two
+    instructions for one fix."""
+    said = str(exc).rstrip(".")
+    return f"{said}, then upload it again." if exc.says_fix else f"{said}. Fix the file and upload it again."
 
 
 @dataclass(frozen=True)
@@ -89,14 +104,21 @@ def read_records(path: Path, label: str) -> list[tuple[int, dict]]:
     # read as the Train page reads a data file (backend/data_files.py): UTF-8 with or without its mark, UTF-16 / UTF-32
     # with theirs, and any other bytes refused as "not UTF-8" there and here (errors="replace" turned a binary file
     # into "not valid JSON" here)
-    encoding = unicode_encoding(path) or "utf-8-sig"
-    if encoding == "utf-8-sig" and (bad := _first_non_utf8(path)):
-        raise SeedError(non_utf8_said(label, bad))
+    # x.jsonl.gz and x.json.gz read through gzip, as a data file is (data_reading.GZ_SUFFIXES): its compressed bytes
+    # were refused as "line 1, column 2: not UTF-8 (byte 0x8b)"
+    gz = path.suffix.lower() == ".gz"
     try:
-        text = path.read_text(encoding=encoding)
+        encoding = unicode_encoding(path) or "utf-8-sig"
+        if encoding == "utf-8-sig" and (bad := _first_non_utf8(path)):
+            raise SeedError(non_utf8_said(label, bad), says_fix=True)
+        with gzip.open(path, "rt", encoding=encoding) if gz else open(path, encoding=encoding) as f:
+            text = f.read()
     except UnicodeDecodeError as exc:
-        raise SeedError(not_throughout_said(label, encoding, exc.reason)) from None
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        raise SeedError(not_throughout_said(label, encoding, exc.reason), says_fix=True) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # not gzip, or cut short: a .gz only
+        raise SeedError(f"{label} is not a whole gzip file ({exc or type(exc).__name__}): compress it again (gzip "
+                        "FILE), or give the file uncompressed.", says_fix=True) from None
+    if path.name.lower().removesuffix(".gz").endswith(".json") and text.lstrip().startswith("["):
         try:
             return list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as exc:
@@ -206,5 +228,6 @@ def count_seeds(path: str | Path, label: str) -> int:
         if file_fault(exc):
             why = (str(exc).splitlines() or [""])[0][:300]
             raise SeedError(f"{label} could not be read as seeds ({type(exc).__name__}: {why}). Fix the file: "
-                            f"{LAYOUTS}, a record a line (JSON Lines) or a .json array of them.") from None
+                            f"{LAYOUTS}, a record a line (JSON Lines) or a .json array of them.", says_fix=True
+                            ) from None
         raise reader_failed(Path(path), exc) from exc
