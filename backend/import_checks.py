@@ -259,8 +259,8 @@ def links_out(folder: Path, again: str = "import again") -> list[str]:
 def link_problems(folder: Path, again: str = "import again") -> list[tuple[str, str]]:
     """(file name, why) for each file at `folder`'s root that is a link to a file outside it, or to nothing: what an
     import refuses, and a build (outputs.check_companions) or a push (hubpush.check_pushable) of the files it would
-    copy or upload. Only those: reading a folder through its links (an evaluation, a chat, a training's model: a
-    checkpoint whose tokenizer.json links to ../base/tokenizer.json) copies nothing into a model. An
+    copy or upload, or a training of the tokenizer files it re-saves. Only those: reading a folder through its links
+    (an evaluation, a chat: a checkpoint whose tokenizer.json links to ../base/tokenizer.json) copies nothing. An
     archive unpacked from elsewhere can hold 'special_tokens_map.json -> ../../.ssh/id_rsa', and a push of the model
     (hubpush) or a build (outputs.copy_companions) reads through the link; a link whose file is gone (a cache cleaned
     since, a copy of the links alone) passed, and failed the import, a build or a push later. Allowed: links inside

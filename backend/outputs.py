@@ -315,8 +315,12 @@ def _not_moved(out_dir: Path, exc: OSError) -> OSError:
 def copied_refs(spec) -> list[str]:
     """The models (as the spec names them) whose files a job copies into the model it makes (copy_companions): an
     upscale's base; a merge's donor (its base, else its first model) and its tokenizer_source. A link out of one of
-    them would put its target (someone's key) into a registered model; the other models a job reads are only read,
-    as an evaluation, a chat or a training reads its model (training re-saves the tokenizer it loaded)."""
+    them would put its target (someone's key) into a registered model. A training's model too: it re-saves the
+    tokenizer files it loaded (a chat_template.jinja linked to ~/.ssh/id_rsa came out as a plain file in the trained
+    model, which no push check could see). The other models a job reads are only read: an evaluation's, a chat's, a
+    slices upscale's second model (its layers, none of its files)."""
+    if spec.kind in ("cpt", "sft", "dpo"):
+        return [spec.model]
     if spec.kind == "upscale":
         return [spec.base]
     if spec.kind == "merge":
@@ -339,7 +343,8 @@ def check_companions(src: Path, config_src: Path | None = None) -> None:
     """Refuse, before a build writes anything, a file copy_companions would copy through a link out of its folder
     (import_checks.link_problems: a link into the model's own cached Hub repo passes): checked where files are
     copied, a registered model's too, since a link can be added to its folder after its import (an import refuses
-    one). Reading a folder through its links (evaluation, chat, training) is not refused."""
+    one); a training's model too (training.check_inputs: it re-saves the tokenizer it loaded). Reading a folder
+    through its links (evaluation, chat) is not refused."""
     copied = _companions(src, config_src)
     problems = [why for folder in {Path(src), Path(config_src or src)}
                 for name, why in registry.link_problems(folder, again="try again")

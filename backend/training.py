@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 from backend import data, perf, registry, runner
 from backend.modelinfo import inspect_model
 from backend.names import check_name
-from backend.outputs import move_output, output_dir, register_output, weights_bytes
+from backend.outputs import check_companions, move_output, output_dir, register_output, weights_bytes
 from backend.specs import _TrainSpec
 from backend.training_checkpoints import (PLACEMENT_FIELDS, TrainingError, check_resume, complete_checkpoints,
                                           resumable_checkpoints, resume_words)
@@ -159,6 +159,7 @@ def check_inputs(spec: _TrainSpec) -> tuple[Path, str, str | None, str]:
     inspect_model(folder)  # a truncated or broken folder is refused here, as upscale, merge and eval refuse it
     if problem := registry.missing_tokenizer(folder):  # (a registered one too: made from such a folder before)
         raise TrainingError(problem[0])
+    check_companions(folder)  # the trained model re-saves the tokenizer files it loads: none through a link out
     sources = [(d.source, d.weight) for d in spec.data + ([spec.eval_data] if spec.eval_data else [])]
     for source, _ in data.expand(sources):
         data.check_source(source, spec.kind)

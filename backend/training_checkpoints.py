@@ -118,6 +118,7 @@ def check_resume(spec: _TrainSpec, run_dir: Path) -> str:
     if old.get("max_steps") not in (None, spec.max_steps):
         return (f" to max_steps {spec.max_steps} (was {old['max_steps']}: its learning-rate schedule now ends at "
                 f"step {spec.max_steps}{said_world})")
+    return f" ({said_world[2:]})" if world else ""
 
 
 def resume_words(run_dir: Path, job: str | None) -> str:

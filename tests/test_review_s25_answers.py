@@ -10,6 +10,7 @@ from backend.merge import MergeError, without_base
 from backend.recipe.plan import _budgeted
 from backend.recipe.spec import Budget
 from backend.specs import MergeSpec, explain
+from backend.synth import answers
 from backend.synth.answers import extract_answer, stated_answer
 from backend.synth.pipeline import verify
 from backend.synth.seeds import Seed
@@ -117,3 +118,14 @@ def test_zero_sum_weights_left_when_the_base_is_listed_are_refused(tmp_path):
         without_base(spec)
     kept = without_base(spec.model_copy(update={"normalize": False}))
     assert kept.models == [a, b] and kept.weights == [1.0, -1.0]
+
+
+# ---------------------------------------------------------------- the late review's cases
+
+@pytest.mark.parametrize("reply, expected", [
+    ("The answer is 12 dollars per hour x 5 hours = 60 dollars.", 60),  # an equation's result past a unit (was 12)
+    ("The answer is 18, 19.", None), ("The answer is 1, 2", None),  # two numbers (to_number read 1819 and 12)
+    ("The answer is 1,000.", 1000), ("The answer is $1,250,000.", 1250000),  # thousands separators still read
+])
+def test_an_equations_result_and_two_numbers_split_by_a_comma(reply, expected):
+    assert answers.to_number(answers.stated_answer(reply)) == expected

@@ -51,7 +51,7 @@ def _no_secret_in(folder: Path) -> bool:
 
 # ---------------------------------------------------------------- 1. links: refused where copied, not where read
 
-def test_a_checkpoint_whose_tokenizer_links_to_its_base_is_read_by_evaluation_chat_and_training(tiny_llama,
+def test_a_checkpoint_whose_tokenizer_links_to_its_base_is_read_by_evaluation_and_refused_by_copiers(tiny_llama,
                                                                                                   tmp_path):
     base = _copy(tiny_llama, tmp_path / "base")
     ckpt = _copy(tiny_llama, tmp_path / "ckpt")
@@ -65,10 +65,11 @@ def test_a_checkpoint_whose_tokenizer_links_to_its_base_is_read_by_evaluation_ch
     assert (runner.get(ev.id).status, runner.get(ev.id).spec["models"]) == ("queued", [str(ckpt)])
     from backend.training import check_inputs
 
-    folder, name, _, parent = check_inputs(SftSpec(model=str(ckpt), data=DATA, name="ck-sft", max_steps=1))
-    assert (folder, name, parent) == (ckpt.resolve(), "ck-sft", str(ckpt.resolve()))
-    sft = runner.submit(SftSpec(model=str(ckpt), data=DATA, name="ck-sft", max_steps=1))
-    assert runner.get(sft.id).status == "queued"
+    # a training re-saves the tokenizer files it loads: through the link they would come out as plain files
+    with pytest.raises(registry.RegistryError, match="is a link to .*outside the model folder"):
+        check_inputs(SftSpec(model=str(ckpt), data=DATA, name="ck-sft", max_steps=1))
+    with pytest.raises(ValueError, match="is a link to .*outside the model folder"):
+        runner.submit(SftSpec(model=str(ckpt), data=DATA, name="ck-sft", max_steps=1))
     registry.import_folder(base, "base")  # a slices upscale reads its second model's layers, copies none of its files
     sliced = runner.submit(UpscaleSpec(base="base", method="slices", second=str(ckpt), name="sl",
                                        slices=[SliceRange(start=0, end=3), SliceRange(source=1, start=3, end=6)]))
@@ -85,7 +86,7 @@ def test_a_checkpoint_whose_tokenizer_links_to_its_base_is_read_by_evaluation_ch
     with pytest.raises(registry.RegistryError) as exc:
         registry.check_folder_ref(str(ckpt), copies=True)
     assert str(exc.value) == said
-    assert sorted(j.id for j in runner.list_jobs()) == sorted([ev.id, sft.id, sliced.id])  # no row for the builds
+    assert sorted(j.id for j in runner.list_jobs()) == sorted([ev.id, sliced.id])  # no row for the copiers
 
 
 def test_a_link_a_registered_model_gained_after_its_import_is_neither_copied_nor_pushed(tiny_llama, tmp_path,
@@ -110,6 +111,17 @@ def test_a_link_a_registered_model_gained_after_its_import_is_neither_copied_nor
     with pytest.raises(hubpush.PushRefused) as exc:  # old code: uploaded id_rsa as the model's LICENSE
         hubpush.check_pushable("mine")
     assert str(exc.value) == f"mine: {said.replace('then try again', 'then push again')} Nothing was pushed."
+    from backend.training import check_inputs
+
+    template = mine / "special_tokens_map.json"
+    kept = template.read_bytes() if template.exists() else None
+    template.unlink(missing_ok=True)
+    template.symlink_to(secret)  # a training re-saves the tokenizer's files it loads: the key came out as a file
+    with pytest.raises(registry.RegistryError, match="special_tokens_map.json is a link to"):
+        check_inputs(SftSpec(model="mine", data=DATA, name="mine-sft", max_steps=1))
+    template.unlink()
+    if kept is not None:
+        template.write_bytes(kept)
     # copied as a file, it goes as before
     (mine / "LICENSE").unlink()
     (mine / "LICENSE").write_text("Apache-2.0\n")

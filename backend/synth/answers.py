@@ -45,8 +45,10 @@ def _leading_number(span: str) -> str | None:
     m = _LEADING.match(span)
     if not m:
         return None
-    if _MORE.match(span, m.end()):  # "3 + 4 = 7": the result; "18 or 19": no one answer
-        return _leading_number(span.rsplit("=", 1)[1]) if "=" in span[m.end():] else None
+    if "=" in span[m.end():]:  # "3 + 4 = 7", "12 dollars per hour x 5 hours = 60 dollars": the result
+        return _leading_number(span.rsplit("=", 1)[1])
+    if _MORE.match(span, m.end()):  # "18 or 19": no one answer
+        return None
     return m[1].strip()
 
 
@@ -76,7 +78,8 @@ def to_number(text: str | None) -> Fraction | None:
     number."""
     if text is None:
         return None
-    t = text.strip().replace("\\!", "").replace("\\$", "").replace("$", "").replace(",", "")
+    # a comma only as a thousands separator ("1,000"): "18, 19" and "1, 2" are two numbers, not 1819 and 12
+    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text.strip().replace("\\!", "").replace("\\$", "").replace("$", ""))
     t = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", t).strip().rstrip(".").strip()
     percent = t.endswith("%") or t.endswith("\\%")
     t = t.removesuffix("\\%").removesuffix("%").strip()
@@ -88,6 +91,9 @@ def to_number(text: str | None) -> Fraction | None:
         if 0 < num < den:
             value = (int(m[2]) + Fraction(num, den)) * (-1 if m[1] else 1)
             return value / 100 if percent else value
+    if re.search(r"\d\s+\d", t) and not re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", t):  # "1 000" is one
+        # number; "3 4" two (a mixed number was read above), not 34
+        return None
     t = t.replace(" ", "")
     m = re.fullmatch(r"(-?)\\d?frac\{(-?\d+)\}\{(\d+)\}", t)
     try:
