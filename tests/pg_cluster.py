@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import missing, need_module
+
 
 def find_bin() -> Path | None:
     """The folder holding initdb and pg_ctl: $DUS_PG_BIN, Debian's /usr/lib/postgresql/N/bin, or the PATH."""
@@ -133,9 +135,9 @@ def postgres_cluster():
     """A throw-away PostgreSQL cluster for the whole session (started on first use, stopped at the end)."""
     bin_dir = find_bin()
     if bin_dir is None or not (bin_dir / "pg_ctl").exists():
-        pytest.skip("PostgreSQL server binaries not found (install Debian's postgresql: scripts/setup.sh --postgres, "
-                    "or set DUS_PG_BIN): the PostgreSQL variants are skipped")
-    pytest.importorskip("psycopg", reason="the psycopg driver is not installed (requirements.txt)")
+        missing("PostgreSQL server binaries, which the PostgreSQL variants need, not found (install Debian's "
+                "postgresql: scripts/setup.sh --postgres, or set DUS_PG_BIN)")
+    need_module("psycopg", "the psycopg driver is not installed (requirements.txt)")
     cluster = Cluster(bin_dir)
     try:
         cluster.init()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import missing
+
 RAY = Path(sys.executable).parent / "ray"
 
 
@@ -153,7 +155,7 @@ SESSION: list[RayCluster] = []
 def ray_cluster():
     """Two nodes, 1 CPU each (this machine has 2 cores): the head (resource `head`) and `node2`."""
     if not ray_installed():
-        pytest.skip("ray is not installed in this environment (requirements.txt pins ray[default])")
+        missing("ray is not installed in this environment (requirements.txt pins ray[default])")
     with RayCluster(cpus=(1, 1)) as cluster:
         SESSION.append(cluster)
         try:

@@ -18,6 +18,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.needs import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -35,9 +37,7 @@ def _free_port() -> int:
 
 def need_chromium() -> None:
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: ./test.sh installs it (scripts/setup.sh --browser)")
-        pytest.skip("chromium is not installed (scripts/setup.sh --browser installs it)")
+        missing("chromium is not installed (./test.sh installs it: scripts/setup.sh --browser)")
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from backend.specs import DataSource, EvalSpec, MergeSpec, SftSpec, SynthMathSpe
 from backend.upscale import run_upscale
 from storage import db
 from storage.models import DatasetRecord, EvalScore, Job
+from tests.needs import not_here
 from tests.test_jobs import group_alive, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def other_fs(tmp_path):
     """A folder on another filesystem than the workspace (so builds happen beside it, not in workspace/.tmp)."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("no second filesystem (/dev/shm) here")
+        not_here("no second filesystem here: /dev/shm is not a tmpfs of its own (docker run --shm-size gives one)")
     d = shm / f"dus-faults-{os.getpid()}-{tmp_path.name}"
     d.mkdir()
     yield d
@@ -249,7 +250,7 @@ def small_disk(tmp_path):
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        not_here(f"cannot mount a tmpfs here (run as root with CAP_SYS_ADMIN): {r.stderr.decode().strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 

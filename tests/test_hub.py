@@ -201,10 +201,12 @@ def test_import_hub_of_consolidated_weights_alone_still_fetches_them(hub, tiny_l
 
 
 def nothing_left(workspace: Path) -> bool:
-    """No model registered and no download left in the workspace's temporary folder."""
+    """No model registered, no download left in the workspace's temporary folder and no model folder written."""
     from storage import db
 
-    return [r.name for r in registry.list_models()] == [] and not any(db.tmp_dir().iterdir())
+    models = db.models_dir()
+    return [r.name for r in registry.list_models()] == [] and not any(db.tmp_dir().iterdir()) and (
+        not models.exists() or not any(models.iterdir()))
 
 
 def test_import_hub_of_a_missing_repo_says_so(hub, workspace):

@@ -12,8 +12,9 @@ from backend import evaluate, lmeval, registry
 from backend.specs import EvalSpec
 from storage import db
 from storage.models import EvalScore
+from tests.needs import need_module
 
-pytest.importorskip("lm_eval")
+need_module("lm_eval", "lm-eval is not installed (requirements.txt)")
 MC_FILE = lmeval.TASK_DIR / "data" / "truthfulqa_mini.jsonl"
 
 

@@ -145,13 +145,13 @@ def test_dare_mean_rescale_and_density_one(tokenizer_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(ex, "CHUNK_ELEMS", 100)
     monkeypatch.setattr(ex, "BLOCK_BYTES", 4096)
     chunked = load_state(Path(run_merge(MergeSpec(**common, method="dare_linear", density=0.3, name="dc"))["path"]))
-    assert all(torch.equal(out[k], chunked[k]) for k in out)
+    assert set(out) == set(chunked) == set(s0) and all(torch.equal(out[k], chunked[k]) for k in out)
     both = dict(models=[str(a), str(b)], base=str(base), weights=[0.6, 0.7])
     for dare, plain in (("dare_linear", "task_arithmetic"), ("dare_ties", "ties")):
         x = load_state(Path(run_merge(MergeSpec(**both, method=dare, density=1.0, name=f"{dare}1"))["path"]))
         y = load_state(Path(run_merge(MergeSpec(**both, method=plain, density=1.0, normalize=False,
                                                 name=f"{plain}1"))["path"]))
-        assert all(torch.equal(x[k], y[k]) for k in x), dare
+        assert set(x) == set(y) == set(s0) and all(torch.equal(x[k], y[k]) for k in x), dare
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -165,6 +165,7 @@ def test_ties_streamed_in_chunks_equals_whole_tensor(dtype, monkeypatch):
     out = ours_on_refs(dtype, "ties_rescale")
     root = REFS / dtype
     base, a, b = (load_state(root / m) for m in ("base", "a", "b"))
+    assert set(out) == set(base) and out, sorted(out)  # every tensor compared below (an empty output passed before)
     for k in out:
         ref = methods.task_arithmetic_merge([a[k], b[k]], base=base[k], weights=[0.6, 0.5],
                                             method=methods.METHODS["ties"], normalize=True, rescale=True,

@@ -24,7 +24,6 @@ from backend.cluster import ray_jobs, ray_view
 from backend.specs import DataSource, EvalSpec, Resources, SftSpec, UpscaleSpec
 from storage import db
 from storage.models import EvalScore, Job
-from tests.ray_cluster import ray_installed
 from tests.test_faults import release_file, release_progress, running_job
 from tests.test_jobs import group_alive, wait_for
 
@@ -254,7 +253,6 @@ def test_a_recipe_on_the_cluster_fans_out_its_evaluations_or_is_refused_whole(on
     assert len({m for j in evals for m in j.spec["models"]}) == 5
 
 
-@pytest.mark.skipif(not ray_installed(), reason="ray is not installed")
 def test_a_job_lost_with_its_node_is_interrupted_and_resumes_from_its_checkpoint(ray_cluster, tiny_llama, monkeypatch,
                                                                                   workspace):
     """A third node (resource `node3`) joins the session's cluster for this test alone and is killed: a cluster of

@@ -46,6 +46,7 @@ def test_one_vote_gives_a_rating_but_no_interval():
 
 def test_enough_rounds_that_disagree_give_an_interval_around_the_rating():
     board = arena.leaderboard(rounds("aab" * 10), boots=100)  # 30 rounds, m1 wins two of three
+    assert [r["model"] for r in board] == ["m1", "m2"]  # both rows checked below (an empty board passed before)
     for r in board:
         assert r["no_interval"] is None and r["rounds"] == 30
         assert r["low"] < r["score"] < r["high"] and r["high"] - r["low"] > 50

@@ -319,10 +319,12 @@ def test_no_usable_pair_registers_no_empty_training_set_and_lengths_are_the_expo
     assert pipeline.get_dataset("bad-instruct") is None and pipeline.get_dataset("bad-alignment") is None
     dsid = pipeline.get_dataset("bad-pairs").id
     _, pairs = pipeline.query_pairs(dsid)
+    assert len(pairs) == 4  # each of the four seeds' pairs is checked below
     assert all("it began: 'Sure! Here is a rephrased version" in p.reason for p in pairs)  # what the model said
     with pytest.raises(pipeline.DatasetError, match="no pair to export: 0 verified"):
         pipeline.export("bad-pairs")
-    assert all(not counts for counts in pipeline.length_histograms(dsid).values())  # failed pairs are not drawn
+    assert pipeline.length_histograms(dsid) == {c: [] for c in ("q_words", "new_q_words", "a_words", "new_a_words")}
+    # failed pairs are not drawn
 
     monkeypatch.setattr(pipeline, "make_rephraser", rules)  # not monkeypatch.undo(): that drops the test workspace
     pipeline.run_synth_math(SynthMathSpec(out=str(tmp_path / "b"), num_seeds=6, name="good"))

@@ -93,6 +93,7 @@ def test_width_is_refused_from_the_rows_and_models_still_to_be_made_are_left_to_
         s.commit()
     with pytest.raises(MergeError) as refused:
         runner.submit(MergeSpec(models=["tiny", "half"]))
+    assert [j.spec["name"] for j in runner.list_jobs()] == ["mixed"]  # the refused merge queued nothing
     assert str(refused.value) == ("tiny and half cannot be merged: the models differ in architecture (hidden_size: "
                                   "32 vs 48); only models of the same architecture and shapes can be combined.")
     # a recipe's merge waits for candidates a queued job will make: queued, checked when it runs

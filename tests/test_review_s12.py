@@ -26,7 +26,7 @@ def test_merges_that_differ_only_in_a_setting_the_tag_does_not_spell_get_differe
     assert len(set(names)) == len(names), names
     # the plain merges keep their short, readable names; a setting irrelevant to the method is refused (session 13:
     # it was ignored without a word), so it cannot reach the name
-    assert names[3] == "a_b-slerp0.5" and names[7] == "a_b-ties-d0.5" and names[9] == "a_b-average"
+    assert names[3] == "a_b-slerp0.5" and names[7] == "a_b-ties-d1" and names[9] == "a_b-average"
     with pytest.raises(ValueError, match="seed .* is for dare_linear / dare_ties; method 'average' does not use it"):
         MergeSpec(models=["a", "b"], seed=7)
     assert MergeSpec(models=["a", "b"], method="slerp", t=[0, 1]).default_name() == names[0]  # stable
@@ -35,7 +35,7 @@ def test_merges_that_differ_only_in_a_setting_the_tag_does_not_spell_get_differe
 def test_a_setting_spelled_as_its_methods_default_does_not_change_the_name():
     """The page sends normalize=True for an average (mergekit's default for it): the same merge, the same name."""
     assert MergeSpec(models=["a", "b"], normalize=True).default_name() == "a_b-average"
-    assert MergeSpec(models=["a", "b"], method="ties", base="c", rescale=False).default_name() == "a_b-ties-d0.5"
+    assert MergeSpec(models=["a", "b"], method="ties", base="c", rescale=False).default_name() == "a_b-ties-d1"
     assert MergeSpec(models=["a", "b"], normalize=False).default_name() != "a_b-average"
 
 
@@ -105,9 +105,10 @@ def test_a_task_checked_against_no_training_data_is_not_called_clean():
     add(("base", "qa", "accuracy", 0.5, 20, unchecked), ("base", "synth-math", "accuracy", 0.5, 20, unchecked),
         ("tuned", "synth-math", "accuracy", 0.5, 20, checked))
     note = scoretable.overlap_note(scoretable.headline(scoretable.latest_scores()))
-    assert "synth-math: no item overlaps any model's recorded training data (✓, so no column)" in note
-    # the base model beside the checked one was checked against nothing: said, not counted clean with it
-    assert "synth-math: base not checked, as no training data of its lineage is recorded here" in note
+    # the base model beside the checked one was checked against nothing: said, not counted clean with it (and the
+    # clean claim names the models it was checked for: "any model's" was said with base unchecked)
+    assert ("synth-math: no item overlaps the recorded training data of tuned (✓, so no column); base could not be "
+            "checked: no training data of its lineage is recorded here") in note
     assert "qa: nothing to check against, as no model's lineage has training data recorded here" in note
     assert "qa: no item overlaps" not in note and "qa, synth-math" not in note
 
@@ -128,7 +129,8 @@ def test_a_model_evaluated_by_its_folder_is_scored_under_its_registered_name(tin
 
     assert {m for m, _, _ in scoretable.latest_scores()} == {"tuned"}
     assert [line.split()[:3] for line in out.splitlines() if line.startswith("tuned ")] == [
-        ["tuned", "perplexity", "perplexity"], ["tuned", "perplexity", "perplexity_stderr"]], out
+        ["tuned", "perplexity", m] for m in ("bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr",
+                                             "word_perplexity")], out
 
 
 def test_a_build_whose_default_folder_holds_files_is_refused_before_it_is_queued(tiny_llama):

@@ -303,7 +303,7 @@ def test_every_option_has_help_and_defaults_and_exit_codes_are_shown():
     assert "{sigmoid,hinge,ipo,robust,apo_zero,apo_down,sigmoid_norm}" in flat["train"]
     assert "lm-eval:TASK" in flat["eval"] and "gsm8k:FILE" in flat["eval"] and "(default: 40)" in flat["eval"]
     assert "(default: perplexity synth-math)" in flat["eval"]
-    assert "share of each task vector kept (default: 0.5)" in flat["merge"]
+    assert "share of each task vector kept (default: 1, mergekit's: every entry kept)" in flat["merge"]
     assert "arithmetic" in flat["synth-math"]  # the generator's categories
     for text in helps.values():
         assert "exit codes:" in text and "(default: None)" not in text

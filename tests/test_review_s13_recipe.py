@@ -6,6 +6,7 @@ Compare page shows. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -121,9 +122,11 @@ def test_the_upscales_second_model_is_in_its_hash(tokenizer_dir, tmp_path):
     after = plan_of(d)
     assert after.node("upscaled").hash != up.hash and after.node("upscaled").status == "run"
     assert after.node("sft").hash != first.node("sft").hash  # and everything downstream
-    # a recipe without a second model keeps its hash (models built before this fix are still reused)
-    plain = {**d, "upscale": {"method": "dus", "m": 2}}
-    assert plan_of(plain).node("upscaled").hash == plan_of(plain).node("upscaled").hash
+    # a recipe without a second model keeps its hash (models built before this fix are still reused): the formula
+    # of before, sha256 of the canonical JSON of ["upscale", the upscale's body, the base's hash], spelled out here
+    plain = plan_of({**d, "upscale": {"method": "dus", "m": 2}})
+    before = json.dumps(["upscale", {"method": "dus", "m": 2}, plain.node("base").hash], sort_keys=True)
+    assert plain.node("upscaled").hash == hashlib.sha256(before.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- 3: evaluation task files and sets
@@ -274,7 +277,8 @@ def test_paper_tables_without_overlap_say_so_and_add_no_column():
     [t] = [t for t in tables.run_tables_from(PAPER_STAGES) if t.key == "sft"]
     assert t.columns[-3:] == ["synth-math accuracy", "synth-math accuracy ±", "Paper H6"]
     assert t.notes[2:] == ["Training overlap (8-gram; an item under 8 words counts when it appears whole) — "
-                           "synth-math: no item overlaps any model's recorded training data (✓, so no column)."]
+                           "synth-math: no item overlaps the recorded training data of SFT v1, SFT v3 "
+                           "(✓, so no column)."]
 
 
 def test_recipe_page_shows_the_overlap_note_and_a_density_surface(tiny_llama):

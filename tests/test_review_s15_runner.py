@@ -82,6 +82,7 @@ def test_the_queue_knows_the_name_a_queued_import_registers(tiny_llama):
     for spec in (ImportSpec(target=str(tiny_llama), name="mine"), _fast_sft("tiny", "mine")):
         with pytest.raises(ValueError, match=f"Job {imp.id} \\(import, queued\\) will register a model named 'mine'"):
             runner.submit(spec)
+    assert [j.id for j in runner.list_jobs()] == [imp.id]  # the refusals queued nothing
     reads = runner.submit(_fast_sft("mine", "mine-sft"), after=imp.id)  # `train --model mine --queue --after`
     assert runner.get(reads.id).after == imp.id
     runner.submit(ImportSpec(target="builtin"))  # the built-in model, asked for twice, is imported as one: both queue

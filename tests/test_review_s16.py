@@ -106,7 +106,9 @@ def test_a_second_synth_math_job_of_a_queued_name_is_refused():
 
     with pytest.raises(ValueError, match=r"Job 1 \(synth-math, queued\) will write into .*/datasets/sm: choose"):
         runner.submit(SynthMathSpec(num_seeds=4, name="other", out=str(db.workspace() / "datasets" / "sm")))
+    assert [j.id for j in runner.list_jobs()] == [1]  # a refusal queues nothing
     runner.submit(SynthMathSpec(num_seeds=4, name="sm2"))  # another name and folder: queued
+    assert [(j.id, j.spec["name"]) for j in runner.list_jobs()] == [(2, "sm2"), (1, "sm")]
 
 
 def test_the_run_that_loses_a_name_race_leaves_the_winners_pairs_file_alone(tmp_path, monkeypatch):

@@ -14,8 +14,9 @@ from backend import evaluate, heldout, lmeval, registry
 from backend.lm_eval_tasks import loaders
 from backend.recipe import presets
 from backend.specs import EvalSpec
+from tests.needs import need_module
 
-pytest.importorskip("lm_eval")
+need_module("lm_eval", "lm-eval is not installed (requirements.txt)")
 
 
 def _write(path, rows) -> str:

@@ -20,10 +20,11 @@ import pytest
 
 from backend import arena
 from storage.models import Vote
+from tests.needs import need_module
 from tests.test_arena import planted_votes
 
-pd = pytest.importorskip("pandas")
-linear_model = pytest.importorskip("sklearn.linear_model")
+pd = need_module("pandas", "pandas is not installed (requirements.txt)")
+linear_model = need_module("sklearn.linear_model", "scikit-learn is not installed (requirements.txt)")
 WINNER = {"a": "model_a", "b": "model_b", "tie": "tie", "bad": "tie (bothbad)"}  # FastChat's names of outcomes
 STYLE_ELEMENTS = ["sum_assistant_a_tokens", "header_count_a", "list_count_a", "bold_count_a",
                   "sum_assistant_b_tokens", "header_count_b", "list_count_b", "bold_count_b"]
@@ -177,6 +178,7 @@ def test_bootstrap_on_the_same_draws_gives_fastchats_intervals():
                                     for idx in _draws(len(vs), boots, 7)])
         else:
             samples = pd.DataFrame([compute_elo_mle_with_tie(df.iloc[idx]) for idx in _draws(len(vs), boots, 7)])
+        assert set(board) == set(samples.columns) and len(board) >= 2, (style, sorted(board))  # no empty loop
         for m, row in board.items():
             assert row["low"] == pytest.approx(samples[m].quantile(0.025), abs=0.1), (style, m)
             assert row["high"] == pytest.approx(samples[m].quantile(0.975), abs=0.1), (style, m)
@@ -205,10 +207,12 @@ def test_bootstrap_intervals_lie_where_fastchats_own_random_draws_put_them():
     bands = {m: (_order_band(theirs[m].to_numpy(), 0.025), _order_band(theirs[m].to_numpy(), 0.975))
              for m in theirs.columns}
     ours = {r["model"]: r for r in arena.leaderboard(vs, boots=boots, resample="votes", seed=0)}
+    assert set(ours) == set(bands) == {"x", "y", "z"}, sorted(ours)  # every model checked, not an empty loop
     for m, row in ours.items():
         (lo, hi) = bands[m]
         assert lo[0] <= row["low"] <= lo[1] and hi[0] <= row["high"] <= hi[1], (m, row, bands[m])
     by_round = {r["model"]: r for r in arena.leaderboard(vs, boots=boots, resample="rounds", seed=0)}
+    assert set(by_round) == set(bands), sorted(by_round)
     for m, row in by_round.items():  # the band has the power to tell: every end of every interval is outside it
         (lo, hi) = bands[m]
         assert row["low"] < lo[0] and row["high"] > hi[1], (m, row, bands[m])

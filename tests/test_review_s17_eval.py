@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from backend import evaluate
+from tests.needs import need_module
 
-pytest.importorskip("lm_eval")
+need_module("lm_eval", "lm-eval is not installed (requirements.txt)")
 LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)  # ~150 tokens: the model reads 128
 
 

@@ -9,11 +9,13 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from backend import data, memplan, perf, registry, train_entry, training
 from backend.specs import DataSource, DpoSpec, PerfOptions, SftSpec
 from backend.train_entry import MetricsCallback
 from storage import db
+from tests.conftest import load_state
 
 
 @pytest.fixture
@@ -62,29 +64,47 @@ def test_a_run_folder_resumed_under_another_spec_is_refused_naming_the_change(ti
     assert registry.get("a") is None
 
 
-def test_a_resumed_run_says_its_longer_schedule_and_logs_each_step_once(tiny, monkeypatch):
-    """Continued to more steps in its folder (--run-name): the start says the schedule now ends later, and
-    metrics.jsonl holds every step once. Before: steps 3 and 4, logged by the killed run past its checkpoint,
-    were there twice ([1, 2, 3, 4, 3, 4, 5, 6])."""
+def test_a_resumed_run_equals_the_run_unstopped_and_a_longer_one_logs_each_step_once(tiny, monkeypatch):
+    """One 4-step run ("whole": logged every 3 steps, a checkpoint every 2, a constant learning rate) resumed from
+    its checkpoint-2 twice (sessions 12, 13 and 17 each trained a `whole` of their own for this):
+    - to step 4, in a run folder holding only that checkpoint (killed before step 3 ended): the same weights and the
+      same train loss as the run unstopped, in its card too. Before: the loss of steps 3-4 alone (session 12); then,
+      logged every 3 steps, the checkpoint's history held no loss and the resumed loss left steps 1-2 out (5.3242,
+      not 5.3725: session 13).
+    - to step 6 (--run-name: its folder as the killed run left it, metrics.jsonl holding steps 3 and 4 it logged
+      past the checkpoint): the start says the schedule ends later, and metrics.jsonl holds each logged step once.
+      Before: steps 3 and 4 were there twice ([1, 2, 3, 4, 3, 4, 5, 6] logging every step: session 17)."""
     monkeypatch.setenv("DUS_RUN_NAME", "whole")
-    training.run_train(_sft("whole"))
+    whole = training.run_train(_sft("whole", logging_steps=3))
     runs = db.workspace() / "runs"
-    (runs / "part" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(runs / "whole" / "checkpoints" / "checkpoint-2", runs / "part" / "checkpoints" / "checkpoint-2")
-    for f in ("spec.json", "metrics.jsonl"):  # as the killed run left them: it had logged steps 3 and 4
-        shutil.copy(runs / "whole" / f, runs / "part" / f)
+    checkpoint = runs / "whole" / "checkpoints" / "checkpoint-2"
+
+    shutil.copytree(checkpoint, runs / "part" / "checkpoints" / "checkpoint-2")
     monkeypatch.setenv("DUS_RUN_NAME", "part")
+    part = training.run_train(_sft("part", logging_steps=3))
+    assert (whole["resumed_from"], part["resumed_from"], part["global_step"]) == (None, "checkpoint-2", 4)
+    a, b = load_state(registry.get("whole").path), load_state(registry.get("part").path)
+    assert set(a) == set(b) and a and all(torch.equal(a[k], b[k]) for k in a)  # the same weights...
+    assert part["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-4)  # ...the same loss
+    assert f"train loss {whole['train_loss']}" in (db.models_dir() / "part" / "README.md").read_text()
+
+    shutil.copytree(checkpoint, runs / "longer" / "checkpoints" / "checkpoint-2")
+    for f in ("spec.json", "metrics.jsonl"):  # as the killed run left them: it had logged steps 3 and 4
+        shutil.copy(runs / "whole" / f, runs / "longer" / f)
+    monkeypatch.setenv("DUS_RUN_NAME", "longer")
     said = []
-    out = training.run_train(_sft("part", max_steps=6), progress=lambda f, m: said.append(m))
+    out = training.run_train(_sft("longer", max_steps=6, logging_steps=3), progress=lambda f, m: said.append(m))
     assert out["resumed_from"] == "checkpoint-2" and out["global_step"] == 6
     assert "resuming from checkpoint-2 to max_steps 6 (was 4: its learning-rate schedule now ends at step 6)" \
         in said[0]
-    rows = _logged(runs / "part")
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    rows = _logged(runs / "longer")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 6]  # 5: neither a 3rd step nor a save
     assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
     assert {r["learning_rate"] for r in rows if "loss" in r} == {1e-2}
-    whole = {r["step"]: r["loss"] for r in _logged(runs / "whole") if "loss" in r}
-    assert [r["loss"] for r in rows if "loss" in r][:4] == pytest.approx([whole[s] for s in (1, 2, 3, 4)], abs=1e-6)
+    unstopped = {r["step"]: r["loss"] for r in _logged(runs / "whole") if "loss" in r}
+    assert sorted(unstopped) == [1, 2, 3, 4]  # every step of it logged, every 3 steps asked (each save logs too)
+    assert [r["loss"] for r in rows if "loss" in r][:4] == pytest.approx([unstopped[s] for s in (1, 2, 3, 4)],
+                                                                           abs=1e-6)
 
 
 def test_forget_after_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):

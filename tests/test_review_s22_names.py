@@ -140,6 +140,7 @@ def test_a_machine_1_job_is_queued_beside_machine_0s_but_not_under_a_taken_name(
         runner.submit(SftSpec(model="tiny", data=ALPACA, name="multi"))
     with pytest.raises(ValueError, match="A model named 'tiny' is already registered"):
         runner.submit(SftSpec(model="tiny", data=ALPACA, name="tiny", machine_rank=1, **MULTI))
+    assert [j.id for j in runner.list_jobs()] == [one.id, zero.id]  # the refusals queued nothing
 
 
 # ---------------------------------------------------------------- 2. a resume of a job whose model is registered

@@ -50,7 +50,7 @@ def merged(spec: MergeSpec) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and a  # an empty output compared equal before
     for k in a:
         assert a[k].dtype == b[k].dtype == dtype, k
         assert torch.equal(a[k], b[k]), k
@@ -104,6 +104,9 @@ def test_slices_of_two_dtypes_take_the_base_dtype(models, base, second):
                        name=f"stack-{base}")
     out = load_state(Path(run_upscale(spec)["path"]))
     a, b = load_state(models[base]), load_state(models[second])
+    stacked = {k.replace(f"layers.{i}.", f"layers.{i + 2}.") for k in a for i in (0, 1)
+               if k.startswith(f"model.layers.{i}.")}
+    assert set(out) == set(a) | stacked and stacked, sorted(set(out) ^ (set(a) | stacked))  # four layers, all checked
     for k, v in out.items():
         assert v.dtype == want, k
         if k.startswith("model.layers.") and int(k.split(".")[2]) >= 2:

@@ -105,6 +105,7 @@ def test_a_merge_of_weights_no_merge_reads_is_refused_when_queued(tokenizer_dir,
     registry.import_folder(b, "bf8")
     with pytest.raises(ValueError, match="F8_E4M3"):
         runner.submit(MergeSpec(models=["abf16", "bf8"]))
+    assert runner.list_jobs() == []  # refused: no row left queued to fail when a worker runs it
 
 
 @pytest.mark.parametrize("by_its_run", [True, False])

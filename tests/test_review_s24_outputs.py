@@ -140,6 +140,9 @@ def _read_only(monkeypatch, folder: Path) -> None:
 
 def test_a_training_is_refused_before_launch_when_its_out_is_read_only_or_too_small(tiny_llama, monkeypatch,
                                                                                      tmp_path):
+    from backend import train_job
+
+    monkeypatch.setattr(train_job, "CUDA", False)  # the space is counted in the dtype a training saves in
     registry.import_folder(tiny_llama, "tiny")
     launched: list = []
     _fake_trainer(monkeypatch, tiny_llama, launched)
@@ -157,7 +160,10 @@ def test_a_training_is_refused_before_launch_when_its_out_is_read_only_or_too_sm
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1 << 20)
                         if Path(p) == small else real_usage(p))
     rc, _, err = cli(*SFT, "--name", "sm1", "--out", str(small / "m"))
-    weights = (tiny_llama / "model.safetensors").stat().st_size
+    from safetensors.torch import load_file
+
+    # its parameters in float32, as a CPU saves them (session 25: counted in the saving dtype, not the file's size)
+    weights = 4 * sum(t.numel() for t in load_file(tiny_llama / "model.safetensors").values())
     assert outputs.weights_bytes("tiny") == weights
     assert rc == 1 and err.startswith(f"error: Not enough disk space in {small}: the new model needs "
                                       f"{outputs.human_bytes(weights)} (and 50 MiB to spare), 1 MiB is free.")
@@ -168,6 +174,7 @@ def test_a_training_is_refused_before_launch_when_its_out_is_read_only_or_too_sm
     with pytest.raises(ValueError, match=rf"^Not enough disk space in {small}"):
         runner.submit(SftSpec(model="tiny", data=[{"source": "builtin:alpaca-mini"}], name="q2",
                               out=str(small / "m")))
+    assert runner.list_jobs() == []  # neither refusal left a queued row
 
 
 # ---------------------------------------------------------------- 2. a build whose --out is read-only

@@ -40,7 +40,8 @@ def test_a_queued_evaluation_is_named_and_an_ended_one_says_nothing():
                                        f"(`python -m backend jobs wait {ev.id}`).")
     done_id, done = _evaluating_run("succeeded")
     assert state.run_scores_note(done_id) == ""
-    assert all(not t.notes or not t.notes[0].startswith("Scores not in yet") for t in tables.run_tables(done_id))
+    made = tables.run_tables(done_id)
+    assert made and all(not t.notes or not t.notes[0].startswith("Scores not in yet") for t in made)
 
 
 def test_a_failed_evaluation_says_so_and_how_to_resume_it():

@@ -209,6 +209,7 @@ def test_openai_compatible_rephraser_over_real_http(tmp_path, monkeypatch):
     refused = [p for p in pairs if "×" in p.question]  # the arithmetic ones (16 seeds hold two or more)
     assert refused and all(p.status == "failed" and "QUESTION" in p.reason for p in refused)
     ok = [p for p in pairs if p not in refused]
+    assert ok and len(pairs) == 16  # every pair checked below, one way or the other
     assert all(p.status == "verified" and p.new_question.startswith("Please answer:") for p in ok)
     assert result["verified"] == len(ok)
 
@@ -217,7 +218,7 @@ def test_unreachable_endpoint_fails_pairs_with_the_reason(tmp_path):
     result = run(tmp_path, num_seeds=3, rephraser="openai:http://127.0.0.1:9/v1", api_model="m")
     assert result["failed"] == 3
     _, pairs = pipeline.query_pairs(pipeline.get_dataset("synth-math-pairs").id)
-    assert all("cannot reach" in p.reason for p in pairs)
+    assert len(pairs) == 3 and all("cannot reach" in p.reason for p in pairs)
 
 
 def test_mixes_expand_with_weights(tmp_path):
@@ -249,7 +250,7 @@ def test_a_registered_model_rephrases_and_bad_replies_fail_with_the_reason(tmp_p
     # a random tiny model cannot follow the reply format: every pair fails, with that reason, none exported
     assert result["failed"] == 3 and result["rows"] == 0
     _, pairs = pipeline.query_pairs(pipeline.get_dataset("synth-math-pairs").id)
-    assert all("QUESTION: … SOLUTION:" in p.reason for p in pairs)
+    assert len(pairs) == 3 and all("QUESTION: … SOLUTION:" in p.reason for p in pairs)
     assert pipeline.get_dataset("synth-math-pairs").provenance["rephraser"] == "model:tiny"
 
 
