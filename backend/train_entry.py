@@ -28,15 +28,15 @@ from backend.train_job import CUDA
 from backend.train_job.metrics import MetricsCallback, peak_memory_gib
 from backend.train_job.model import (build_trainer, load_model, load_tokenizer, make_config, model_flops_per_token,
                                      reference_each_step)
-from backend.train_job.resume import (CompleteAtCheckpoint, RunComplete, resume_token_count, run_train_loss,
-                                      train_or_finish)
+from backend.train_job.resume import (CompleteAtCheckpoint, RunComplete, StepsFromSpec, resume_token_count,
+                                      run_train_loss, train_or_finish)
 from backend.train_job.rows import check_replies_fit, load_rows, note_cut_rows, without_chat_template
 from backend.training_checkpoints import complete_checkpoints
 
-__all__ = ["CUDA", "CompleteAtCheckpoint", "MetricsCallback", "RunComplete", "build_trainer", "check_replies_fit",
-           "load_model", "load_rows", "load_tokenizer", "main", "make_config", "model_flops_per_token",
-           "note_cut_rows", "peak_memory_gib", "reference_each_step", "resume_token_count", "run_train_loss",
-           "train_or_finish", "without_chat_template"]
+__all__ = ["CUDA", "CompleteAtCheckpoint", "MetricsCallback", "RunComplete", "StepsFromSpec", "build_trainer",
+           "check_replies_fit", "load_model", "load_rows", "load_tokenizer", "main", "make_config",
+           "model_flops_per_token", "note_cut_rows", "peak_memory_gib", "reference_each_step", "resume_token_count",
+           "run_train_loss", "train_or_finish", "without_chat_template"]
 
 
 def main(run_dir: Path, extra_summary: dict | None = None) -> None:
@@ -66,7 +66,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     with perf.count_reference_forwards() as precompute:  # trl's reference precompute runs inside DPOTrainer()
-        trainer = build_trainer(spec, model, ref_model, tok, args, train, evals, [callback, CompleteAtCheckpoint()])
+        trainer = build_trainer(spec, model, ref_model, tok, args, train, evals,
+                                [callback, CompleteAtCheckpoint(), StepsFromSpec()])
     callback.flops_per_token = model_flops_per_token(spec, trainer)
     if spec.kind == "dpo" and not reference_each_step(spec, trainer):  # (every process: the gather is collective)
         _record_precompute(spec, trainer, callback, precompute)

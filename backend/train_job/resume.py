@@ -1,5 +1,6 @@
 """Resuming a training run from its run folder's last checkpoint (backend/train_entry.py): no step past max_steps,
-the run's loss over every session's steps, and trl's token count carried on."""
+the spec's logging, save and eval intervals rather than the checkpoint's, the run's loss over every session's
+steps, and trl's token count carried on."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ class CompleteAtCheckpoint(TrainerCallback):
     def on_step_begin(self, args, state, control, **kw):
         if state.max_steps > 0 and state.global_step >= state.max_steps:
             raise RunComplete
+
+
+class StepsFromSpec(TrainerCallback):
+    """A resume may change logging_steps, save_steps and eval_steps (training_checkpoints.RESUME_MAY_CHANGE), but
+    transformers 5.24 (Trainer._init_training_state) sets them from the new arguments and then replaces its state
+    with the checkpoint's, values included: a run saved logging every 3 steps and resumed with logging_steps 1 went
+    on logging every 3. They are set again from the arguments before the first step, resolved as transformers
+    resolves them (TrainerState.compute_steps: a value under 1 is that share of max_steps). A fresh run gets the
+    values it already has."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        state.compute_steps(args, state.max_steps)
 
 
 def train_or_finish(trainer, checkpoint: Path | None):
