@@ -6,38 +6,17 @@ one instruction."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 
 import pytest
 
 from backend import recipe, registry, runner
-from backend.__main__ import main
 from backend.recipe import tables
 from backend.synth import pipeline, seeds
 from storage import db
 from storage.models import EvalScore, Job, RecipeRun, RecipeStage
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as stop:
-            rc = stop.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def add(*rows) -> list:
-    with db.session() as s:
-        s.add_all(rows)
-        s.commit()
-        for r in rows:
-            s.refresh(r)
-    return list(rows)
+from tests.test_review_cli import add, cli
 
 
 # ---------------------------------------------------------------- 1. datasets export: the shared result printer

@@ -6,31 +6,11 @@ evaluation's scores once; the Models page's "jobs use it" (runner.jobs_using) re
 
 from __future__ import annotations
 
-import collections
-import contextlib
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
 from backend import recipe, runner
 from backend.recipe import graph, state, tables
 from storage.models import EvalScore, Job, ModelRecord, RecipeRun, RecipeStage
 from tests.test_review_cli import add
-
-
-@contextlib.contextmanager
-def counted():
-    """The SQL statements run inside, by their first words."""
-    seen = collections.Counter()
-
-    def count(conn, cursor, statement, *args):
-        seen[" ".join(statement.split())[:60]] += 1
-
-    sa.event.listen(Engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(Engine, "before_cursor_execute", count)
+from tests.test_review_s22_jobsperf import counted
 
 
 def _evaluating_run(n: int, tmp_path, p: str) -> tuple[int, Job]:
