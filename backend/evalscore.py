@@ -32,16 +32,18 @@ MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat templ
 
 # Perplexity's standard error: a bootstrap over the texts, as lm-eval bootstraps its `perplexity` aggregation
 # (lm_eval/api/metrics.py stderr_for_metric → bootstrap_stderr: resample the items with replacement, k = n, recompute
-# the score, sample standard deviation of the resampled scores; draws in chunks of 1000, chunk i seeded i). lm-eval
-# gives its token-weighted word/byte perplexities (weighted_perplexity) no error at all; ours is token-weighted too
-# (the texts' summed loss over their summed tokens), recomputed so on every resample.
+# the score, sample standard deviation of the resampled scores; draws in chunks of 1000, chunk i seeded i). Ours is
+# token-weighted (the texts' summed loss over their summed tokens), recomputed so on every resample. lm-eval gives its
+# token-weighted word and byte perplexities (weighted_perplexity) no error at all; we give them one from the same
+# resamples (each resample's summed loss over its summed words or bytes), because a table of models whose tokenizers
+# differ is headed by the byte perplexity (scorevalues.headline), and without it that column lost its ± and whiskers.
 BOOTSTRAP_ITERS = 100_000  # lm-eval's default bootstrap_iters (lm_eval/evaluator.py simple_evaluate)
 BOOTSTRAP_CHUNK = 1000  # lm-eval's chunk_size: chunk i draws its resamples from a generator seeded i
 BOOTSTRAP_WORK = 10_000_000  # texts drawn in all: 100,000 resamples of up to 100 texts, 10,000 of 1,000 (0.1 s)
 BOOTSTRAP_BLOCK = 2_000_000  # indices drawn at once (16 MB), whatever the number of texts
 STDERR_NOTE = ("standard error: bootstrap over the texts ({resamples} resamples with replacement, each scored as the "
-               "token-weighted perplexity; lm-eval's scheme for its perplexity, whose token-weighted word and byte "
-               "perplexities get none)")
+               "token-weighted perplexity; lm-eval's scheme for its perplexity; the word and byte perplexities' "
+               "errors from the same resamples, which lm-eval does not give)")
 
 
 def bootstrap_resamples(n: int) -> int:
@@ -51,30 +53,40 @@ def bootstrap_resamples(n: int) -> int:
 
 
 def perplexity_stderr(per_item: list[tuple], iters: int | None = None) -> float | None:
-    """The bootstrap standard error of the token-weighted perplexity of (summed nll, tokens) per text: `iters`
-    resamples (default bootstrap_resamples) of the texts with replacement, drawn by numpy generators seeded 0, 1, …
-    per chunk of 1000 (deterministic), and the sample standard deviation (ddof 1, lm-eval's sample_stddev) of their
-    perplexities. None, as lm-eval's "N/A", for fewer than 2 texts, and where a resample's perplexity is not finite
-    (an overflowed loss, or a resample of texts with no predicted token)."""
+    """The bootstrap standard error of the token-weighted perplexity of (summed nll, tokens) per text
+    (bootstrap_stderrs). None, as lm-eval's "N/A", for fewer than 2 texts, and where a resample's perplexity is not
+    finite (an overflowed loss, or a resample of texts with no predicted token)."""
+    return bootstrap_stderrs([x[0] for x in per_item], {"perplexity": [x[1] for x in per_item]}, iters).get(
+        "perplexity")
+
+
+def bootstrap_stderrs(nll: list[float], counts: dict[str, list[float]], iters: int | None = None) -> dict[str, float]:
+    """Per name in `counts` (per text: tokens, words or bytes), the bootstrap standard error of e ^ (summed nll /
+    summed count): `iters` resamples (default bootstrap_resamples) of the texts with replacement, drawn by numpy
+    generators seeded 0, 1, … per chunk of 1000 (deterministic), every count's perplexity taken on the same
+    resamples, and the sample standard deviation (ddof 1, lm-eval's sample_stddev) of each. A name is left out
+    for fewer than 2 texts, and where a resample's perplexity is not finite (an overflowed loss)."""
     import numpy as np
 
-    n = len(per_item)
+    n = len(nll)
     if n < 2:
-        return None
+        return {}
     iters = iters or bootstrap_resamples(n)
-    nll = np.array([x[0] for x in per_item], dtype=np.float64)
-    tok = np.array([x[1] for x in per_item], dtype=np.float64)
+    loss = np.asarray(nll, dtype=np.float64)
+    per = {k: np.asarray(v, dtype=np.float64) for k, v in counts.items()}
     chunk = min(BOOTSTRAP_CHUNK, iters)
     rows = max(1, BOOTSTRAP_BLOCK // n)
-    out = []
+    out: dict[str, list] = {k: [] for k in per}
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         for i in range(iters // chunk):
             rng = np.random.default_rng(i)  # one chunk's draws in blocks: the same stream as drawn at once
             for start in range(0, chunk, rows):
                 idx = rng.integers(0, n, size=(min(rows, chunk - start), n))
-                out.append(np.exp(nll[idx].sum(1) / tok[idx].sum(1)))
-    ppl = np.concatenate(out)
-    return float(ppl.std(ddof=1)) if np.isfinite(ppl).all() else None
+                total = loss[idx].sum(1)
+                for k, c in per.items():
+                    out[k].append(np.exp(total / c[idx].sum(1)))
+    ppl = {k: np.concatenate(v) for k, v in out.items()}
+    return {k: float(v.std(ddof=1)) for k, v in ppl.items() if np.isfinite(v).all()}
 
 
 def _exp(x: float) -> float:
@@ -83,20 +95,27 @@ def _exp(x: float) -> float:
 
 def _ppl(per_item: list[tuple], texts: list[str] | None = None) -> dict:
     """The token-weighted perplexity of the texts, and its bootstrap standard error as the row perplexity_stderr
-    (lm-eval's METRIC_stderr, which the tables show as ±) where one is defined (perplexity_stderr). With the
+    (lm-eval's METRIC_stderr, which the tables show as ±) where one is defined (bootstrap_stderrs). With the
     `texts`, lm-eval's wikitext metrics too (lm_eval/api/task.py count_words, count_bytes; metrics.py
     weighted_perplexity, bits_per_byte): the same summed loss over the texts' words (runs between whitespace) or
     UTF-8 bytes, which models with different tokenizers share: a perplexity per token of another tokenizer is not
-    like for like. lm-eval gives these no standard error; nor does this."""
+    like for like. lm-eval gives these no standard error; we store word_perplexity_stderr and
+    byte_perplexity_stderr from the same resamples as perplexity_stderr, as the byte perplexity heads the table
+    where tokenizers differ (bits per byte, a function of it, gets none)."""
     nll, n = sum(x[0] for x in per_item), sum(x[1] for x in per_item)
     if not n:
         raise EvalError("perplexity: the texts are empty.")
-    se = perplexity_stderr(per_item)
-    out = {"perplexity": _exp(nll / n), **({"perplexity_stderr": se} if se is not None else {})}
+    counts = {"perplexity": [x[1] for x in per_item]}
     if texts is not None:
-        words, size = sum(len(re.split(r"\s+", t)) for t in texts), sum(len(t.encode("utf-8")) for t in texts)
-        out |= {"word_perplexity": _exp(nll / words), "byte_perplexity": _exp(nll / size),
-                "bits_per_byte": nll / size / math.log(2)}
+        words = [len(re.split(r"\s+", t)) for t in texts]
+        size = [len(t.encode("utf-8")) for t in texts]
+        counts |= {"word_perplexity": words, "byte_perplexity": size}
+    se = bootstrap_stderrs([x[0] for x in per_item], counts)
+    out = {"perplexity": _exp(nll / n), **({"perplexity_stderr": se["perplexity"]} if "perplexity" in se else {})}
+    if texts is not None:
+        out |= {"word_perplexity": _exp(nll / sum(words)), "byte_perplexity": _exp(nll / sum(size)),
+                "bits_per_byte": nll / sum(size) / math.log(2)}
+        out |= {f"{k}_stderr": v for k, v in se.items() if k != "perplexity"}
     return out
 
 

@@ -14,8 +14,8 @@ from backend.recipe.tables import Table
 from backend.scorevalues import (AVERAGE, HIGHER_IS_BETTER, HUGE, MOSTLY_CUT_OFF, PLUS_MINUS,  # noqa: F401
                                  PREFERRED_METRIC, QA_METRICS, RULE_OF_THREE, SHARES, STDERR, Z95, _unanswered,
                                  _unreadable, averaged_tasks, headline, headline_score, higher_is_better, interval95,
-                                 item_count, items_behind, number_text, score_column, stderr, too_few_answers, value,
-                                 zero_error)
+                                 item_count, items_behind, number_text, of_models, score_column, stderr,
+                                 too_few_answers, unlike_tokenizers, UNLIKE_TOKENIZERS, value, zero_error)
 from backend.tablenotes import (ZERO_ERROR_WHY, average_note, blanked_cells, cut_off_note, cut_off_why,  # noqa: F401
                                 huge_note, items_note, overlap_note, table_notes, taught, zero_error_cells,
                                 zero_error_note)

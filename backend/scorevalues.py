@@ -20,7 +20,11 @@ def higher_is_better(metric: str) -> bool:
     return metric in HIGHER_IS_BETTER or metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 
 
-PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "exact_match", "acc_norm"]
+# byte_perplexity after perplexity: our perplexity task stores both and the token perplexity heads it where one
+# tokenizer scored every model (headline switches to bytes where not); an lm-eval wikitext-style task stores
+# word_perplexity, byte_perplexity and bits_per_byte only, and was headed by whichever came first (lm-eval's word
+# perplexity): its byte perplexity heads it on purpose, the one that compares across tokenizers, as ours does
+PREFERRED_METRIC = ["accuracy", "acc", "perplexity", "byte_perplexity", "exact_match", "acc_norm"]
 QA_METRICS = ("accuracy", "abstention_rate", "hallucination_rate", "cut_off_rate", "empty_rate", "precision")
 # shares of items with a 0/1 outcome, whose spread over n items gives a standard error; precision (correct over
 # answered) is not one of them: its denominator is not n
@@ -46,7 +50,9 @@ def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:
     """The score that heads each (model, task): the best-ranked metric (_rank); for a perplexity task whose models
     tokenize its texts differently (tokenizers), every model's byte perplexity where each has one, as lm-eval's
     wikitext reports per word and byte: a perplexity per token of another tokenizer is not like for like (a
-    tokenizer of longer tokens has fewer, each harder to guess)."""
+    tokenizer of longer tokens has fewer, each harder to guess). The switch is decided over the models in `latest`:
+    give it those of the table or chart shown (of_models), or one imported model of another tokenizer turns every
+    view's column to bytes."""
     primary: dict[tuple[str, str], EvalScore] = {}
     for (model, task, metric), r in latest.items():
         if "[" in metric or metric.endswith(STDERR):  # per-kind QA metrics live in their own table; a standard
@@ -61,6 +67,23 @@ def headline(latest: dict) -> dict[tuple[str, str], EvalScore]:
 
 
 PER_BYTE = "byte_perplexity"  # lm-eval's: e ^ (the texts' summed loss / their UTF-8 bytes)
+
+
+def of_models(latest: dict, models) -> dict:
+    """The rows of `latest` of the given models only: a view of some models (a merge beside its candidates, the
+    charted models) decides its headline (headline's byte perplexity switch) over them alone."""
+    keep = set(models)
+    return {k: r for k, r in latest.items() if k[0] in keep}
+
+
+UNLIKE_TOKENIZERS = "not like for like: tokenizers differ"  # a bar chart's subtitle for unlike_tokenizers' tasks
+
+
+def unlike_tokenizers(primary: dict) -> set[str]:
+    """The perplexity tasks whose models tokenize the texts differently and are still headed by a perplexity per
+    token (a model's score predates the byte perplexity): not like for like, as tablenotes.tokenizer_note says."""
+    return {task for task in tokenizers(primary)
+            if not all(r.metric == PER_BYTE for (_, t), r in primary.items() if t == task)}
 
 
 def tokenizers(primary: dict) -> dict[str, list[list[str]]]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from backend.cutoff import CAP
 from backend.scorevalues import (AVERAGE, HUGE, MOSTLY_CUT_OFF, PER_BYTE, PLUS_MINUS, _unanswered, _unreadable,
                                  averaged_tasks, headline, headline_score, higher_is_better, interval95, items_behind,
-                                 number_text, score_column, tokenizers, too_few_answers, zero_error)
+                                 number_text, score_column, tokenizers, too_few_answers, unlike_tokenizers,
+                                 zero_error)
 from storage.models import EvalScore
 
 
@@ -199,23 +200,31 @@ def table_notes(latest: dict, rows: list[dict], clean: bool = False) -> list[str
     return [n for n in notes if n]
 
 
-def tokenizer_note(latest: dict, primary: dict) -> str:
+def tokenizer_note(latest: dict, primary: dict, column=score_column) -> str:
     """Where a perplexity task's models tokenize its texts differently (scorevalues.tokenizers): that its column is
     the byte perplexity, or, where a model's score predates it, that the perplexities per token are not like for
-    like and which models to evaluate again."""
+    like and which models to evaluate again. Tasks whose models split alike (and, for the second, lack the same byte
+    perplexities) share one sentence: five perplexity files of the same models said the same thing five times.
+    `column`: how the table heads a task's score (the recipe tables: table_scores.column)."""
+    unlike = unlike_tokenizers(primary)
+    groups: dict[tuple, list[str]] = {}  # (tokenizer groups, old models or None) -> tasks
+    for task, by in tokenizers(primary).items():
+        old = tuple(sorted(m for m, t in primary if t == task and (m, t, PER_BYTE) not in latest)) if (
+            task in unlike) else None
+        groups.setdefault((tuple(map(tuple, by)), old), []).append(task)
     parts = []
-    for task, groups in tokenizers(primary).items():
-        ways = f"in {len(groups)} ways ({' | '.join(', '.join(ms) for ms in groups)})"
-        if all(r.metric == PER_BYTE for (_, t), r in primary.items() if t == task):
-            parts.append(f"{score_column(task, PER_BYTE)}: the models tokenize the texts {ways}, and a perplexity "
-                         "per token of one tokenizer does not compare with another's; per UTF-8 byte of the texts "
-                         "it does (lm-eval's byte_perplexity: e ^ (summed loss / bytes)). Each model's perplexity "
-                         "per token is stored beside it (`scores --json`)")
+    for (by, old), tasks in groups.items():
+        ways = f"in {len(by)} ways ({' | '.join(', '.join(ms) for ms in by)})"
+        if old is None:
+            parts.append(f"{', '.join(column(t, PER_BYTE) for t in tasks)}: the models tokenize the texts "
+                         f"{ways}, and a perplexity per token of one tokenizer does not compare with another's; per "
+                         "UTF-8 byte of the texts it does (lm-eval's byte_perplexity: e ^ (summed loss / bytes)). "
+                         "Each model's perplexity per token is stored beside it (`scores --json`)")
         else:
-            old = sorted(m for m, t in primary if t == task and (m, t, PER_BYTE) not in latest)
-            parts.append(f"{task}: perplexity per token, of models that tokenize the texts {ways}: not like for like. "
-                         f"{', '.join(old)} {'was' if len(old) == 1 else 'were'} scored before byte perplexity was "
-                         "stored: evaluate again for a byte perplexity, which compares across tokenizers")
+            parts.append(f"{', '.join(tasks)}: perplexity per token, of models that tokenize the texts {ways}: not "
+                         f"like for like. {', '.join(old)} {'was' if len(old) == 1 else 'were'} scored before byte "
+                         "perplexity was stored: evaluate again for a byte perplexity, which compares across "
+                         "tokenizers")
     return ". ".join(parts) + "." if parts else ""
 
 

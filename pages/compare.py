@@ -339,8 +339,8 @@ clean_only = st.toggle("Score only non-overlapping items", key="clean_only",
                             "(every parent's training sets), and score the rest.")
 order = {m: i for i, m in enumerate(lineage_order(model_records))}
 # in lineage order (base → up-scaled → cpt → sft → dpo → merge), not by name; models no longer registered last, by name
-score_rows = sorted(scoretable.table_rows(latest, records, clean=clean_only),
-                    key=lambda r: (order.get(r["model"], len(order)), r["model"]))
+by_lineage = lambda r: (order.get(r["model"], len(order)), r["model"])  # noqa: E731
+score_rows = sorted(scoretable.table_rows(latest, records, clean=clean_only), key=by_lineage)
 table = pd.DataFrame(score_rows)
 # one note a line: run together, the notes of many models' blanked or 0 ± 0 cells made one paragraph nobody read;
 # past scorenotes.MANY models a note counts them, every name in an expander (114 models: notes of 10,000 characters)
@@ -397,7 +397,11 @@ if merged:
     st.subheader("Merge candidates")
     st.caption("Each merge beside the candidates it was made from, as in the paper's merge table.")
     for mrec in merged:
-        view = table[table["model"].isin(mrec.parents + [mrec.name])].dropna(axis=1, how="all")  # only its tasks
+        # its own rows, headed as its models decide (scoretable.headline): a model of another tokenizer elsewhere in
+        # the table turned this view's perplexity to byte perplexity too; only its tasks
+        mine = scoretable.of_models(latest, mrec.parents + [mrec.name])
+        view = pd.DataFrame(sorted(scoretable.table_rows(mine, records, clean=clean_only), key=by_lineage)
+                            ).dropna(axis=1, how="all")
         st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
                  + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
                     merge_weights(mrec.recipe, len(mrec.parents))))
@@ -421,16 +425,20 @@ charted = pick_models(list(table["model"]) if "model" in table else [], lineage_
                       next((r.name for r in reversed(model_records) if r.name in set(table["model"])), None))
 # the table's own scores, errors and item counts (the clean ones with the toggle): the bars had drawn the stored
 # scores under a table of clean ones
-in_charts = set(charted)
+# headed as the charted models decide (scoretable.headline: byte perplexity only where their tokenizers differ)
+in_charts = scoretable.of_models(latest, charted)
 every_chart = scoretable.chart_rows(latest, clean=clean_only)
-charts = {task: kept for task, rows in every_chart.items() if (kept := [r for r in rows if r["model"] in in_charts])}
+charts = {task: rows for task, rows in scoretable.chart_rows(in_charts, clean=clean_only).items() if rows}
 scope = "non-overlapping items only" if clean_only else ""
+# a task still headed by perplexities per token of different tokenizers: the table's note says so, the bar too
+unlike = scoretable.unlike_tokenizers(scoretable.headline(in_charts))
 cols = st.columns(2)
 scored_on = {}  # task -> the models with a score for it (drawn, or in the chart note's "no clean score")
 for model, task in scoretable.headline(latest):
     scored_on.setdefault(task, set()).add(model)
 for i, (task, rows) in enumerate(sorted(charts.items())):
-    cols[i % 2].plotly_chart(bar_figure(rows, tasknames.relabel(task, labels), models=charted, subtitle=scope,
+    why = "; ".join(filter(None, [scope, scoretable.UNLIKE_TOKENIZERS if rows[0]["task"] in unlike else ""]))
+    cols[i % 2].plotly_chart(bar_figure(rows, tasknames.relabel(task, labels), models=charted, subtitle=why,
                                         source=task), key=f"bar_{task}")
     # a charted model with no score for this task had no bar, and nothing said why
     if missing := no_bar_note(rows, charted, scored_on.get(rows[0]["task"], set())):

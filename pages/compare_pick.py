@@ -73,7 +73,11 @@ def no_chart_note(every: dict[str, list[dict]], charts: dict[str, list[dict]]) -
     (a bar chart had vanished without a word when the pick, by default the newest model's lineage, held no model
     scored on its task). `every`: the chart rows of every scored model (scoretable.chart_rows); `charts`: the
     picked models' ones."""
-    gone = [task for task in every if task not in charts]
+    # by task, not column: a task the picked models head otherwise ("perplexity" where every model's heads it
+    # "perplexity (byte_perplexity)": scorevalues.headline decides over the models given) is charted all the same
+    task = lambda col, rows: rows[0].get("task", col) if rows else col  # noqa: E731
+    drawn = {task(col, rows) for col, rows in charts.items()}
+    gone = [col for col, rows in every.items() if task(col, rows) not in drawn]
     if not gone:
         return ""
     scorers = sorted({r["model"] for task in gone for r in every[task]})

@@ -67,8 +67,10 @@ def test_an_evaluation_stores_it_and_compare_and_scores_json_show_it(tiny_llama)
     tok, model = evalscore.evaldevice.load_model(registry.resolve("tiny")[0])
     per = perplexity_items(tok, model, ts.items)
     want = _direct(per, 100_000)  # 6 texts: lm-eval's 100,000 resamples
-    # lm-eval's word and byte perplexities and bits per byte beside it (session 25), with no error of their own
-    assert set(rows) == {"perplexity", "perplexity_stderr", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+    # lm-eval's word and byte perplexities and bits per byte beside it (session 25), the first two with errors from
+    # the same bootstrap (lm-eval gives them none)
+    assert set(rows) == {"perplexity", "perplexity_stderr", "word_perplexity", "byte_perplexity", "bits_per_byte",
+                         "word_perplexity_stderr", "byte_perplexity_stderr"}
     assert rows["perplexity_stderr"].value == pytest.approx(want, rel=1e-6) and want > 0
     assert rows["perplexity_stderr"].n == rows["perplexity"].n == 6
     assert "bootstrap over the texts (100000 resamples" in rows["perplexity"].details["stderr"]

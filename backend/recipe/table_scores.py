@@ -43,9 +43,11 @@ def score_errors(latest: dict, outputs: list[str], scores: dict[str, dict]) -> d
 def error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors: dict,
                 columns: set[str] | None = None) -> list[str]:
     """The Compare page's notes on the numbers (scoretable.table_notes): the items behind each score
-    (items_note: "n = 10 items per task"), what ± is, and where its 0 says nothing (_zero_error_note), of the
-    table's `columns` (None: all)."""
+    (items_note: "n = 10 items per task"), what ± is, where its 0 says nothing (_zero_error_note), of the
+    table's `columns` (None: all), and why a perplexity column is the byte perplexity, or not like for like, where
+    the rows' tokenizers differ (tablenotes.tokenizer_note): the tables switched to it without a word."""
     from backend import scoretable
+    from backend.tablenotes import tokenizer_note
 
     outputs = [st["output"] for st in rows]
     primary = {k: r for k, r in scoretable.headline(latest).items() if k[0] in outputs}
@@ -53,7 +55,7 @@ def error_notes(latest: dict, rows: list[dict], scores: dict[str, dict], errors:
         errors = {o: {c: v for c, v in e.items() if c in columns} for o, e in errors.items()}
     shown = any(errors.get(o) for o in outputs)
     notes = [scoretable.items_note(primary), scoretable.PLUS_MINUS if shown else "",
-             _zero_error_note(latest, rows, scores, errors) if shown else ""]
+             _zero_error_note(latest, rows, scores, errors) if shown else "", tokenizer_note(latest, primary, column)]
     return [n for n in notes if n]
 
 
