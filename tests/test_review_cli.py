@@ -57,13 +57,13 @@ def test_eval_in_the_foreground_prints_only_the_scores_it_wrote(tiny_llama):
         mine = s.get(EvalScore, 17)
     assert (mine.model, mine.task, mine.job_id) == ("tiny", "perplexity", None)
     # the perplexity, its bootstrap error (evalscore.perplexity_stderr) and lm-eval's word and byte perplexities and
-    # bits per byte (session 25)
-    assert out.splitlines()[0] == "scores: 5"
+    # bits per byte (session 25), the word and byte perplexities' bootstrap errors
+    assert out.splitlines()[0] == "scores: 7"
     with db.session() as s:
-        new = sorted((s.get(EvalScore, i) for i in range(17, 22)), key=lambda r: r.metric)
-    assert [(r.model, r.task, r.job_id) for r in new] == [("tiny", "perplexity", None)] * 5
-    assert [r.metric for r in new] == ["bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr",
-                                       "word_perplexity"]
+        new = sorted((s.get(EvalScore, i) for i in range(17, 24)), key=lambda r: r.metric)
+    assert [(r.model, r.task, r.job_id) for r in new] == [("tiny", "perplexity", None)] * 7
+    assert [r.metric for r in new] == ["bits_per_byte", "byte_perplexity", "byte_perplexity_stderr", "perplexity",
+                                       "perplexity_stderr", "word_perplexity", "word_perplexity_stderr"]
     rows = [line for line in out.splitlines() if line.startswith("tiny ")]
     shown = [scoretable.number_text(r.value) for r in new]  # a random model's word perplexity: "5.8e10"
     assert rows == [f"{'tiny':40} {'perplexity':28} {r.metric:28} "

@@ -235,9 +235,10 @@ def test_eval_scores_keep_their_columns_with_a_long_model_name(tiny, tiny_llama,
     rc, out, err = cli("eval", "tiny", long, "--tasks", "perplexity", "--limit", "2", "--device", "cpu")
     assert rc == 0, err
     rows = [line for line in out.splitlines() if line.startswith(("tiny ", long))]  # each with its bootstrap error,
-    metrics = ["bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr", "word_perplexity"]  # and lm-eval's
+    metrics = ["bits_per_byte", "byte_perplexity", "byte_perplexity_stderr", "perplexity",  # and lm-eval's, with
+               "perplexity_stderr", "word_perplexity", "word_perplexity_stderr"]  # our bootstrap's errors
     assert [row.split()[:3:2] for row in rows] == [[m, x] for m in ("tiny", long) for x in metrics]
-    assert [row.index(" perplexity") for row in rows] == [len(long)] * 10
+    assert [row.index(" perplexity") for row in rows] == [len(long)] * 14
 
 
 def test_train_and_eval_take_every_setting_the_pages_offer(tiny, tmp_path):

@@ -129,8 +129,8 @@ def test_a_model_evaluated_by_its_folder_is_scored_under_its_registered_name(tin
 
     assert {m for m, _, _ in scoretable.latest_scores()} == {"tuned"}
     assert [line.split()[:3] for line in out.splitlines() if line.startswith("tuned ")] == [
-        ["tuned", "perplexity", m] for m in ("bits_per_byte", "byte_perplexity", "perplexity", "perplexity_stderr",
-                                             "word_perplexity")], out
+        ["tuned", "perplexity", m] for m in ("bits_per_byte", "byte_perplexity", "byte_perplexity_stderr", "perplexity",
+                                             "perplexity_stderr", "word_perplexity", "word_perplexity_stderr")], out
 
 
 def test_a_build_whose_default_folder_holds_files_is_refused_before_it_is_queued(tiny_llama):
