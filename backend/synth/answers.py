@@ -45,8 +45,9 @@ def _leading_number(span: str) -> str | None:
     m = _LEADING.match(span)
     if not m:
         return None
-    if "=" in span[m.end():]:  # "3 + 4 = 7", "12 dollars per hour x 5 hours = 60 dollars": the result
-        return _leading_number(span.rsplit("=", 1)[1])
+    clause = re.split(r"[.;!?](?:\s|$)", span[m.end():], maxsplit=1)[0]  # to the end of its sentence
+    if "=" in clause:  # "3 + 4 = 7", "12 dollars per hour x 5 hours = 60 dollars": the result (not a later
+        return _leading_number(clause.rsplit("=", 1)[1])  # sentence's "Let me check 4 + 4 = 8")
     if _MORE.match(span, m.end()):  # "18 or 19": no one answer
         return None
     return m[1].strip()
@@ -79,7 +80,8 @@ def to_number(text: str | None) -> Fraction | None:
     if text is None:
         return None
     # a comma only as a thousands separator ("1,000"): "18, 19" and "1, 2" are two numbers, not 1819 and 12
-    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text.strip().replace("\\!", "").replace("\\$", "").replace("$", ""))
+    t = text.strip().rstrip(",").replace("\\!", "").replace("\\$", "").replace("$", "")  # "39," ends a clause
+    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)
     t = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", t).strip().rstrip(".").strip()
     percent = t.endswith("%") or t.endswith("\\%")
     t = t.removesuffix("\\%").removesuffix("%").strip()
