@@ -253,8 +253,8 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
             assert job.status == "succeeded", (stage, job.error)
     assert {recipe.stage_state(r, j) for r, j in rows.values() if r.stage != "base"} == {"succeeded"}  # was: cancelled
     (ev,) = {j.id for r, j in rows.values() if r.kind == "eval"}
-    # 5 models × (perplexity, its bootstrap error, word and byte perplexity, bits per byte)
-    assert runner.get(ev).result["scores"] == 25 and not runner.get(ev).result.get("skipped")
+    # 5 models × (perplexity, word and byte perplexity, their bootstrap errors, bits per byte)
+    assert runner.get(ev).result["scores"] == 35 and not runner.get(ev).result.get("skipped")
     assert {runner.get(i).status for i in dead} == {"cancelled"}  # replaced
     avg = registry.get(rows["avg"][0].output)
     assert avg.num_layers == 8 and avg.kind == "merged"

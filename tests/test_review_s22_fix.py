@@ -36,8 +36,8 @@ def test_an_evaluation_of_the_folder_a_queued_job_writes_is_queued_and_scores_it
     assert done_up.status == "succeeded", done_up.error
     assert registry.get("tiny4-dus-m1").path == str(out.resolve())
     assert done_ev.status == "succeeded", done_ev.error
-    # perplexity, its error, word and byte perplexity, bits per byte; the device by the model's name
-    assert done_ev.result["scores"] == 5 and list(done_ev.result["device"]) == ["tiny4-dus-m1"]
+    # perplexity, word and byte perplexity, their errors, bits per byte; the device by the model's name
+    assert done_ev.result["scores"] == 7 and list(done_ev.result["device"]) == ["tiny4-dus-m1"]
 
 
 def test_a_refused_reference_names_the_job_that_writes_a_folder_of_that_name(tiny_llama, workspace, tmp_path):
