@@ -112,8 +112,7 @@ class Cluster:
 BOTH_DATABASES = {
     "test_postgres": None,
     "test_cli_runner": {"test_cli_upscale_writes_registers_and_saves_a_spec_that_reruns",
-                        "test_runner_runs_a_queued_build_in_a_child_process",
-                        "test_runner_failed_job_keeps_its_reason_and_registers_nothing",
+                        "test_runner_runs_a_queued_build_in_a_child_process_and_a_failed_job_keeps_its_reason",
                         "test_orphaned_running_job_becomes_interrupted", "test_cancel_a_queued_job"},
     "test_jobs": {"test_cancel_stops_the_whole_process_tree"},
     "test_review_machines": {"test_a_reused_pid_is_recovered_and_spared_by_cancel",

@@ -11,6 +11,13 @@ from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, served  # noqa: F401 (
 pytestmark = pytest.mark.browser
 
 
+@pytest.fixture(autouse=True)
+def two_job_slots(monkeypatch):
+    """The served worker (started by `served`, after this) runs two jobs at a time: sft-a and sft-b side by side on
+    the two cores, as tests/test_recipe.py's smoke run does; one at a time, the run took a training job longer."""
+    monkeypatch.setenv("DUS_JOB_SLOTS", "2")
+
+
 def test_run_the_smoke_recipe_from_the_recipe_page(served, tiny_llama):  # noqa: F811
     from playwright.sync_api import sync_playwright
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from backend import registry, runner
+from backend.__main__ import main
 from backend.specs import UpscaleSpec, load_spec
 from tests.conftest import load_state
 
@@ -20,6 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "backend", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
+
+
+def here(*args: str) -> subprocess.CompletedProcess:
+    """The same command in this process, main() as the shell runs it (argparse's usage errors exit 2): for the calls
+    beside one that goes through a process of its own, each of which paid 1-7 s of CPU for the interpreter's start
+    and its imports. An exception past main() fails the test here as its traceback would fail the check there."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as stop:
+            rc = stop.code
+    return subprocess.CompletedProcess(["python -m backend", *args], rc, out.getvalue(), err.getvalue())
 
 
 def test_cli_upscale_writes_registers_and_saves_a_spec_that_reruns(tiny_llama, tmp_path):
@@ -40,16 +56,16 @@ def test_cli_upscale_writes_registers_and_saves_a_spec_that_reruns(tiny_llama, t
     assert r.returncode == 0, r.stderr
     a, b = load_state(out), load_state(tmp_path / "again")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    listing = cli("models", "list").stdout
+    listing = here("models", "list").stdout
     assert "cli-dus-again" in listing and "upscaled" in listing
 
 
 def test_cli_reports_bad_m_without_a_traceback(tiny_llama):
-    r = cli("upscale", "--base", str(tiny_llama), "--m", "5")
+    r = cli("upscale", "--base", str(tiny_llama), "--m", "0")
+    assert r.returncode == 2 and "m=0: m must be at least 1" in r.stderr and "Traceback" not in r.stderr
+    r = here("upscale", "--base", str(tiny_llama), "--m", "5")  # reads the base (torch, transformers: ~7 s a process)
     assert r.returncode == 2
     assert "choose 1 <= m <= 2" in r.stderr and "Traceback" not in r.stderr
-    r = cli("upscale", "--base", str(tiny_llama), "--m", "0")
-    assert r.returncode == 2 and "m=0: m must be at least 1" in r.stderr
 
 
 def test_cli_hub_import_offline_gives_a_clear_message():
@@ -66,26 +82,21 @@ def test_spec_yaml_round_trip(tmp_path):
     assert load_spec(path) == spec
 
 
-def test_runner_runs_a_queued_build_in_a_child_process(tiny_llama):
+def test_runner_runs_a_queued_build_in_a_child_process_and_a_failed_job_keeps_its_reason(tiny_llama, workspace):
+    """One worker pass for both (two tests until session 25: one build process more, on both databases)."""
+    failing = runner.submit(UpscaleSpec(base=str(tiny_llama), m=4, name="bad"))
     job = runner.submit(UpscaleSpec(base=str(tiny_llama), m=1, name="queued"))
     assert runner.get(job.id).status == "queued"
     runner.worker(once=True)
+    bad = runner.get(failing.id)
+    assert bad.status == "failed" and "choose 1 <= m <= 2" in bad.error
     done = runner.get(job.id)
-    assert done.status == "succeeded", done.error
+    assert done.status == "succeeded", done.error  # a failure does not stop the queue
     assert done.progress == 1.0 and done.result["layers"] == 10
     assert done.pid and done.pid != os.getpid()
     assert registry.get("queued").num_layers == 10
     assert "registered queued" in Path(done.log_path).read_text()
-
-
-def test_runner_failed_job_keeps_its_reason_and_registers_nothing(tiny_llama, workspace):
-    job = runner.submit(UpscaleSpec(base=str(tiny_llama), m=4, name="bad"))
-    ok = runner.submit(UpscaleSpec(base=str(tiny_llama), m=2, name="good"))
-    runner.worker(once=True)
-    bad = runner.get(job.id)
-    assert bad.status == "failed" and "choose 1 <= m <= 2" in bad.error
-    assert runner.get(ok.id).status == "succeeded"  # a failure does not stop the queue
-    assert [r.name for r in registry.list_models()] == ["good"]
+    assert [r.name for r in registry.list_models()] == ["queued"]  # nothing of the failed job
 
 
 def test_orphaned_running_job_becomes_interrupted(tiny_llama):
@@ -124,17 +135,17 @@ def test_workspace_default_trackers_come_from_dus_report_to(tiny_llama, tmp_path
     base = ["train", "sft", "--model", "tiny", "--data", "builtin:alpaca-mini", "--queue"]
     monkeypatch.setenv("DUS_REPORT_TO", "tensorboard, mlflow")
     # each under its own name: a second queued job making the same model is refused (runner.check_before_queueing)
-    assert cli(*base, "--name", "t1").returncode == 0
-    assert cli(*base, "--name", "t2", "--report-to", "none").returncode == 0  # an explicit choice wins
-    assert cli(*base, "--name", "t3", "--report-to", "wandb").returncode == 0
+    assert cli(*base, "--name", "t1").returncode == 0  # read from the environment the process starts with
+    assert here(*base, "--name", "t2", "--report-to", "none").returncode == 0  # an explicit choice wins
+    assert here(*base, "--name", "t3", "--report-to", "wandb").returncode == 0
     jobs = sorted(runner.list_jobs(), key=lambda j: j.id)
     assert [j.spec["report_to"] for j in jobs] == [["tensorboard", "mlflow"], [], ["wandb"]]
     monkeypatch.setenv("DUS_REPORT_TO", "tensorbored")
-    r = cli(*base)
+    r = here(*base)
     assert r.returncode == 2 and "DUS_REPORT_TO='tensorbored': unknown tracker tensorbored" in r.stderr
     assert "Traceback" not in r.stderr and len(runner.list_jobs()) == 3  # nothing queued
     monkeypatch.delenv("DUS_REPORT_TO")
-    assert cli(*base, "--name", "t4").returncode == 0
+    assert here(*base, "--name", "t4").returncode == 0
     assert max(runner.list_jobs(), key=lambda j: j.id).spec["report_to"] == []  # off by default
 
 

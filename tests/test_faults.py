@@ -142,7 +142,7 @@ def test_kill9_of_build_jobs_leaves_nothing_registered_and_the_next_start_cleans
     # the same specs run again now, into the same places
     for job in jobs:
         runner.resume(job.id)  # failed jobs may be queued again
-    runner.worker(once=True)
+    runner.worker(once=True, slots=2)  # two at a time, on the two cores: a build's time less
     assert [runner.get(j.id).status for j in jobs] == ["succeeded"] * 3
     assert registry.get("up-out").path == str(other_fs / "up-out")
     consistent(workspace)

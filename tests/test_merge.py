@@ -353,6 +353,8 @@ def test_cli_merge(pair, tmp_path):
     import subprocess
     import sys
 
+    from tests.test_cli_runner import here
+
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "cli-merge"
     r = subprocess.run([sys.executable, "-m", "backend", "merge", "--method", "slerp", "--models", "a", "b",
@@ -361,15 +363,15 @@ def test_cli_merge(pair, tmp_path):
     assert r.returncode == 0, r.stderr
     assert registry.get("cli-slerp").recipe["t"] == [0.0, 0.5, 1.0]
     assert set(load_state(out)) == set(pair[0])
-    r = subprocess.run([sys.executable, "-m", "backend", "merge", "--method", "dare_ties", "--models", "a", "b",
-                        "--base", "a", "--density", "0.3", "--rescale", "--lambda", "0.8", "--seed", "7",
-                        "--name", "cli-dare"], cwd=root, capture_output=True, text=True)
+    # the next two in this process (test_cli_runner.here): the command's own start is checked above, and each
+    # start of torch cost ~4 s of CPU
+    r = here("merge", "--method", "dare_ties", "--models", "a", "b", "--base", "a", "--density", "0.3", "--rescale",
+             "--lambda", "0.8", "--seed", "7", "--name", "cli-dare")
     assert r.returncode == 0, r.stderr
     recipe = registry.get("cli-dare").recipe
     assert (recipe["method"], recipe["density"], recipe["rescale"], recipe["lambda"], recipe["seed"]) == \
         ("dare_ties", 0.3, True, 0.8, 7)
-    bad = subprocess.run([sys.executable, "-m", "backend", "merge", "--method", "ties", "--models", "a", "b"],
-                         cwd=root, capture_output=True, text=True)
+    bad = here("merge", "--method", "ties", "--models", "a", "b")
     assert bad.returncode == 2 and "relative to a base" in bad.stderr
 
 

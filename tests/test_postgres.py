@@ -69,6 +69,7 @@ def test_an_older_database_is_upgraded_in_place(workspace):
     assert [(j.kind, j.run_dir, j.result) for j in runner.list_jobs()] == [("merge", "", {}), ("upscale", "", {})]
 
 
+@pytest.mark.fresh_database  # SQLite's too: not the copy tests/conftest.py gives a workspace
 def test_a_fresh_database_takes_the_rows_an_older_version_writes():
     """An older worker sharing the database inserts rows without the columns it does not know (here every column
     with a default). A database upgraded in place gave those columns server defaults, a fresh one did not: the older
@@ -87,6 +88,7 @@ def test_a_fresh_database_takes_the_rows_an_older_version_writes():
         assert [b.workspace for b in s.exec(sa.select(WorkerBeat)).scalars()] == [""]
 
 
+@pytest.mark.fresh_database  # SQLite's too: not the copy tests/conftest.py gives a workspace
 def test_a_fresh_database_opened_by_several_processes_at_once():
     """The page and the worker (or workers on several machines) start together on an empty database: one creates the
     tables, the others wait and find them (before the lock: "table models already exists")."""

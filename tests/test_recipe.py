@@ -225,7 +225,7 @@ def test_smoke_recipe_end_to_end_reuse_and_change(tiny_llama, monkeypatch):
     same recipe whole once more): the stages behind the interrupted one are made anew."""
     # two slots: sft-a and sft-b need only the up-scaled model, and run side by side on the two cores (each job a
     # single-threaded start-up of torch and trl, most of its time); the Recipe page's browser test runs the same
-    # recipe one job at a time (tests/test_browser_recipe.py)
+    # recipe through the served worker, two at a time too (tests/test_browser_recipe.py)
     monkeypatch.setenv("DUS_JOB_SLOTS", "2")
     d = smoke(tiny_llama)
     # a first submission, stopped by Ctrl-C at its first stage, as runner._interrupt_running leaves it

@@ -78,7 +78,7 @@ def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):
     """`merge --out …/dus-merged --queue` is registered under the spec's name, not the folder's; the queue line said
     only "queued job 6 (merge)", and `eval dus-merged` was then refused."""
     from backend import registry
-    from tests.test_cli_runner import cli
+    from tests.test_cli_runner import cli, here
 
     import shutil
 
@@ -87,7 +87,7 @@ def test_a_queued_job_says_the_name_it_will_register(tiny_llama, tmp_path):
     r = cli("merge", "--models", "a", "b", "--out", str(tmp_path / "dus-merged"), "--queue")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("queued job 1 (merge -> a_b-average); a running worker picks it up")
-    r = cli("synth-math", "--seeds", "4", "--name", "sm", "--queue")
+    r = here("synth-math", "--seeds", "4", "--name", "sm", "--queue")  # in this process: one start is enough
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("queued job 2 (synth-math -> sm-pairs, sm-instruct, sm-alignment); a running")
 
@@ -388,10 +388,10 @@ def test_the_synth_page_says_an_exported_file_is_gone_not_that_pairs_were_reject
 
 def test_options_given_as_zero_or_dropped_by_json_are_refused():
     """`models list --after 0` passed (0 counted as "not given"); `scores --json --format csv` dropped the format."""
-    from tests.test_cli_runner import cli
+    from tests.test_cli_runner import cli, here
 
     r = cli("models", "list", "--after", "0")
     assert r.returncode == 2 and "models list takes no --after" in r.stderr
-    r = cli("scores", "--json", "--format", "csv")
+    r = here("scores", "--json", "--format", "csv")  # these two in this process: one start is enough
     assert r.returncode == 2 and "--format csv is for the table" in r.stderr
-    assert cli("scores", "--json").stdout.strip() == "[]"
+    assert here("scores", "--json").stdout.strip() == "[]"

@@ -11,7 +11,7 @@ from backend import data, heldout, registry, runner
 from backend.specs import CptSpec, DataSource, load_spec
 from backend.synth import pipeline
 from backend.training import run_train
-from tests.test_cli_runner import cli
+from tests.test_cli_runner import cli, here
 from tests.test_pages import app
 
 BOOK = ("\ufeffChapter one begins\nand goes on.\n\n\nSecond para\n   \n  Third para, indented\r\n\r\n"
@@ -81,7 +81,7 @@ def test_the_command_line_sets_it_on_every_source_and_the_spec_reruns(tiny_llama
     assert load_spec(spec_file) == CptSpec.model_validate(job.spec)
     assert yaml.safe_load(spec_file.read_text())["data"][0] == {"source": str(book), "weight": 1.0,
                                                                   "sample_by": "paragraph"}
-    bad = cli("train", "cpt", "--model", "tiny", "--data", str(book), "--sample-by", "sentence", "--queue")
+    bad = here("train", "cpt", "--model", "tiny", "--data", str(book), "--sample-by", "sentence", "--queue")
     assert bad.returncode == 2 and "invalid choice: 'sentence'" in bad.stderr
 
 
@@ -122,12 +122,13 @@ def test_datasets_preview_shows_a_source_as_the_job_reads_it(book, tmp_path):
     pv = json.loads(r.stdout)
     assert (pv["layout"], pv["rows"], pv["columns"]) == ("text", 4, ["text"])
     assert pv["examples"][0] == {"text": "Chapter one begins\nand goes on."}
-    text = cli("datasets", "preview", "builtin:alpaca-mini", "-n", "1")
+    # the others in this process (the command's own start is checked above): each start paid ~2 s of imports
+    text = here("datasets", "preview", "builtin:alpaca-mini", "-n", "1")
     assert text.returncode == 0 and text.stdout.startswith(
         "builtin:alpaca-mini: alpaca layout for sft, 200 rows; columns instruction, input, output\n--- row 1 ")
-    wrong = cli("datasets", "preview", "builtin:alpaca-mini", "--for", "dpo")
+    wrong = here("datasets", "preview", "builtin:alpaca-mini", "--for", "dpo")
     assert wrong.returncode == 2 and "error: " in wrong.stderr and "Traceback" not in wrong.stderr
-    missing = cli("datasets", "preview", str(tmp_path / "none.jsonl"))
+    missing = here("datasets", "preview", str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2 and f"{tmp_path / 'none.jsonl'} does not exist" in missing.stderr
 
 
@@ -137,7 +138,7 @@ def test_sample_by_is_said_to_apply_only_where_a_txt_is_read(book, tmp_path):
     assert [data.reads_text_file(s) for s in (str(book), "builtin:facts-corpus", "mix:book-mix",
                                               "builtin:alpaca-mini", str(tmp_path / "x.jsonl"))] == \
         [True, True, True, False, False]
-    r = cli("datasets", "preview", "builtin:alpaca-mini", "--sample-by", "paragraph", "-n", "1")
+    r = here("datasets", "preview", "builtin:alpaca-mini", "--sample-by", "paragraph", "-n", "1")
     assert r.returncode == 0 and "200 rows (--sample-by paragraph: no .txt here, its rows are its own)" in r.stdout
 
 
