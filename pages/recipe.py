@@ -318,7 +318,7 @@ with t_compare:
     picked_runs = st.multiselect("Or recipe runs", list(labels), format_func=labels.get, key="compare_runs")
     if picked:
         names = {j.id: f"{j.id} · {made[j.id]}" for j in jobs}
-        logged = sorted({m.name for m in runner.metrics(picked)})
+        logged = runner.metric_names(picked)
         metric = st.selectbox("Metric", logged, index=logged.index("loss") if "loss" in logged else 0,
                               key="compare_metric") if logged else None
         if metric:

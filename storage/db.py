@@ -144,10 +144,7 @@ def _ready(url: str) -> Engine:
         # Several processes (the page and the worker, or workers on several machines) may open a fresh database
         # at once: one creates and upgrades the tables while the others wait, then finds them there. Without the
         # lock, two CREATE TABLEs collide ("table models already exists").
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})  # freed at commit
-        elif conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now (sqlite3 runs DDL outside a transaction)
+        _lock_schema(conn)
         SQLModel.metadata.create_all(conn)
         _upgrade(conn)
         conn.commit()
@@ -157,19 +154,29 @@ def _ready(url: str) -> Engine:
 _SCHEMA_LOCK = 0x4455_5353  # "DUSS": any constant that other applications sharing the server are unlikely to use
 
 
+def _lock_schema(conn: sa.Connection) -> None:
+    """Take the schema lock for the rest of `conn`'s transaction: one process changes the tables at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})  # freed at commit
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now (sqlite3 runs DDL outside a transaction)
+
+
 def upgrade_schema(eng: Engine) -> list[str]:
     """Bring a database written by an older DUS Studio up to the current tables: new tables come from create_all,
     and the columns a table lacks are added here, with the model's default for the rows already there (Alembic
-    computes the difference). Only additions are made, and 32-bit integer columns widened to the 64 bits this
-    version declares (_narrow); nothing is dropped or narrowed. Returns what was added or widened."""
+    computes the difference), then the indexes it lacks (_upgrade). Only additions are made, and 32-bit integer
+    columns widened to the 64 bits this version declares (_narrow); nothing is dropped or narrowed. Returns what
+    was added or widened."""
     with eng.begin() as conn:
+        _lock_schema(conn)  # as on opening (_ready): another process may be upgrading the same database
         return _upgrade(conn)
 
 
 def _missing(conn: sa.Connection) -> list:
-    """The tables and columns this version has that the database lacks, and the integer columns it holds too narrow:
-    what _upgrade adds or widens. Read in one query of the catalogue (SQLite's pragma_table_info, PostgreSQL's
-    information_schema), not by Alembic's comparison: importing alembic and comparing every table cost each command
+    """The tables, columns and indexes this version has that the database lacks, and the integer columns it holds too
+    narrow: what _upgrade adds or widens. Read in a query of the catalogue (SQLite's pragma_table_info, PostgreSQL's
+    information_schema) and one of its indexes, not by Alembic's comparison: importing alembic and comparing every table cost each command
     and page process a quarter of a second at its first query (`jobs list` 0.98 s of CPU, 0.26 s of it here), and
     its answer is needed only when something is missing, which _upgrade computes with Alembic as before."""
     have = _columns(conn)
@@ -179,7 +186,27 @@ def _missing(conn: sa.Connection) -> list:
             out.append(("add_table", table.name))
         else:
             out += [("add_column", table.name, c.name) for c in table.columns if c.name not in have[table.name]]
-    return out + _narrow(conn)
+    return out + [("add_index", i.table.name, i.name) for i in _lacking_indexes(conn)] + _narrow(conn)
+
+
+def _lacking_indexes(conn: sa.Connection) -> list[sa.Index]:
+    """The indexes this version declares on tables the database has, and the database lacks (by name; one query of
+    the catalogue). Only plain indexes: a unique one is a rule on the rows, and adding it to rows an older version
+    wrote could fail on a duplicate and leave the database unopenable; every unique index this version declares
+    came with its table."""
+    if conn.dialect.name == "sqlite":
+        rows = conn.exec_driver_sql("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'").all()
+    elif conn.dialect.name == "postgresql":
+        rows = conn.execute(sa.text("SELECT tablename, indexname FROM pg_indexes WHERE "
+                                    "schemaname = current_schema()")).all()
+    else:
+        inspector = sa.inspect(conn)
+        rows = [(t, i["name"]) for t in inspector.get_table_names() for i in inspector.get_indexes(t)]
+    have: dict[str, set[str]] = {}
+    for table, name in rows:
+        have.setdefault(table, set()).add(name)
+    return [i for t in SQLModel.metadata.sorted_tables if t.name in have
+            for i in sorted(t.indexes, key=lambda i: i.name) if not i.unique and i.name not in have[t.name]]
 
 
 def _columns(conn: sa.Connection) -> dict[str, set[str]]:
@@ -233,6 +260,11 @@ def _upgrade(conn: sa.Connection) -> list[str]:
     for table, name in _narrow(conn):  # widened, never narrowed: every value the old column held still fits
         ops.alter_column(table, name, type_=sa.BigInteger(), existing_type=sa.Integer())
         added.append(f"{table}.{name} (64-bit)")
+    # Read after the columns: a column added above came with its own index. IF NOT EXISTS as well as the lock, so
+    # that a caller holding no lock (or another version's) finds it made rather than failing.
+    for index in _lacking_indexes(conn):
+        conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+        added.append(f"{index.table.name} index {index.name}")
     return added
 
 

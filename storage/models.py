@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column
+from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -103,6 +103,12 @@ class JobMetric(SQLModel, table=True):
     """One logged value of a job (loss, learning_rate, rewards/margins, eval_loss...) at a training step."""
 
     __tablename__ = "job_metrics"
+    # One series of some jobs by step (a chart's curve, the Compare tab, the recovery view: backend/recipe/tables.py
+    # curves) and the distinct names of their metrics (runner.metric_names) read from this index alone; with job_id's
+    # own index only, each read visited every row of the jobs (a 50,000-step run logs 200,000). job_id's index stays:
+    # with the row id it holds, it serves the Monitor's read of the rows logged since its last look (backend/curves.py).
+    # An older database gets it when opened (storage/db.py _upgrade).
+    __table_args__ = (Index("ix_job_metrics_job_id_name_step", "job_id", "name", "step"),)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(index=True, foreign_key="jobs.id")

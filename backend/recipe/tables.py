@@ -432,11 +432,11 @@ def config_diff(configs: dict[str, dict]) -> list[tuple[str, dict[str, Any]]]:
 
 def curves(job_ids: list[int], metric: str) -> dict[int, list[tuple[int, float]]]:
     with db.session() as s:
-        rows = s.exec(select(JobMetric).where(JobMetric.job_id.in_(job_ids), JobMetric.name == metric)
-                      .order_by(JobMetric.step)).all()
+        rows = s.exec(select(JobMetric.job_id, JobMetric.step, JobMetric.value)
+                      .where(JobMetric.job_id.in_(job_ids), JobMetric.name == metric).order_by(JobMetric.step)).all()
     out: dict[int, list[tuple[int, float]]] = {j: [] for j in job_ids}
-    for r in rows:
-        out[r.job_id].append((r.step, r.value))
+    for job_id, step, value in rows:
+        out[job_id].append((step, value))
     return out
 
 

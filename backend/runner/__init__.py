@@ -30,7 +30,8 @@ from backend.runner.hosts import (ALIVE_WITHIN, BEAT_EVERY, BEAT_STALE, _beat_ag
                                   dead_hosts, heartbeat_path, host_id, live_hosts, recover_orphans, worker_alive)
 from backend.runner.registered import MAKES_MODELS, output_name
 from backend.runner.queue import (WAITING, active_jobs, check_before_queueing, check_not_making, inputs_gone,
-                                  job_output, makers, made_by, jobs_using, list_jobs, metrics, planned_name, submit)
+                                  job_output, makers, made_by, jobs_using, list_jobs, metric_names, metrics,
+                                  planned_name, submit)
 from backend.runner.states import (_ended_dependency, _left_out, _waits_on_a_job, cancel, never_runs,
                                    requeue_cancelled, resume, resume_blocked, scores_nothing, with_dependencies)
 from backend.runner.resume_step import _what_resume_does, resume_point, what_resume_does
