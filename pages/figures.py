@@ -82,6 +82,19 @@ def _step_axis(steps) -> dict:
     return dict(title="step", range=[0, max(last, 1)]) | (dict(dtick=1) if last <= 10 else {})
 
 
+def _value_axis(values) -> dict:
+    """The y axis of a chart whose every value is the same (a lone first point, a constant learning rate): around
+    that value, ±50 %. Left to plotly such a chart got a −1…1 axis, on which a learning rate of 2e-05 sat on 0."""
+    found = {float(v) for v in values if v is not None}
+    if len(found) != 1:
+        return {}
+    (v,) = found
+    if v != v or v in (float("inf"), float("-inf")):  # nan / ±inf: nothing to centre on
+        return {}
+    pad = abs(v) / 2 or 1.0
+    return dict(range=[v - pad, v + pad], exponentformat="e" if 0 < abs(v) < 1e-3 else "B")
+
+
 def _legend_below(fig: go.Figure, rows: int, top: int, plot_px: int = STEP_PLOT_PX) -> None:
     """The legend under the x axis title, one trace a row growing downwards, and room for `rows` of them. Anchored at
     its bottom (plotly's default below the plot) a legend of three jobs grew up into the "step" title."""
@@ -112,7 +125,8 @@ def metric_figure(series: dict[str, list[tuple[int, float]] | tuple], metric: st
     # said on the title's line: a thinned chart keeps the height of its neighbour in the page's other column
     note = (f" <span style='font-size:11px;font-weight:normal;color:grey'>min/max of every {longest[1]} of "
             f"{longest[0]:,} points</span>" if longest[0] else "")
-    fig.update_layout(title=metric + note, xaxis=_step_axis(x for trace in fig.data for x in trace.x))
+    fig.update_layout(title=metric + note, xaxis=_step_axis(x for trace in fig.data for x in trace.x),
+                      yaxis=_value_axis(y for trace in fig.data for y in trace.y))
     _legend_below(fig, len(colors), top=40)  # room for every job of the page: the charts side by side line up
     return fig
 
