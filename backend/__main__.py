@@ -13,7 +13,7 @@
     python -m backend merge --method average|slerp|task_arithmetic|ties|dare_linear|dare_ties --models A B
                             [--weights 0.5 0.5] [--t 0.5 | --t 0 0.5 1] [--base BASE --density 0.5] --out PATH
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
-    python -m backend scores [MODEL ...] [--format md|csv|tex | --json]   # the Compare page's table
+    python -m backend scores [MODEL ...] [--tasks TASK ...] [--format md|csv|tex | --json]   # the Compare page's table
     python -m backend compare A B --task synth-math [--outcome hallucination]   # or just shorter answers?
     python -m backend run SPEC.yaml [--queue] [--name NAME] [--num-machines N --machine-rank R
                             --main-process-ip HOST0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 
@@ -108,12 +109,45 @@ def absolute_paths(spec):
     return spec.model_copy(update=up)  # the paths passed the spec's checks here already, from this directory
 
 
-def _print_json(rows: list[dict]) -> None:
-    """A listing for scripts (`--json`): one JSON array, whole values (no column cut), times as ISO 8601."""
+# every --json help says it: Python's json writes NaN and Infinity, which are not JSON (jq and JavaScript's JSON.parse
+# refuse the whole output), for a diverged loss, an infinite perplexity or a score of no item
+JSON_NULL = "a number that is not finite (NaN, infinity) is null"
+
+
+def finite(value):
+    """`value` with every float that is not finite (NaN, ±infinity) as None, in dicts, lists and tuples at any depth:
+    strict JSON, as JavaScript's JSON.stringify writes them (storage/server.py stores them so too). A numpy scalar is
+    its Python number first (np.float32 is no float)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
+        return finite(value.item())
+    return value
+
+
+def json_text(value) -> str:
+    """What every --json prints (_print_json): strict JSON (finite), whole values, times as ISO 8601, anything else
+    JSON cannot hold as its text."""
     import json
 
-    print(json.dumps(rows, indent=1, ensure_ascii=False, default=lambda v: v.isoformat() if hasattr(v, "isoformat")
-                     else str(v)))
+    def other(v):
+        if hasattr(v, "isoformat"):
+            return v.isoformat()
+        if hasattr(v, "tolist"):  # a numpy scalar or array (ndim 0 ones are numbers already: finite)
+            return finite(v.tolist())
+        return str(v)
+
+    return json.dumps(finite(value), indent=1, ensure_ascii=False, allow_nan=False, default=other)
+
+
+def _print_json(rows) -> None:
+    """A listing or a result for scripts (`--json`): one JSON array or object, whole values (no column cut), times as
+    ISO 8601, a number that is not finite as null (json_text)."""
+    print(json_text(rows))
 
 
 def _progress(frac: float, message: str) -> None:
@@ -125,13 +159,15 @@ def _progress(frac: float, message: str) -> None:
     print(f"[{frac:6.1%}] {message}", file=sys.stderr, flush=True)
 
 
-def _job_options(p: argparse.ArgumentParser, save_spec: bool = True, json_holds: str | None = None) -> None:
+def _job_options(p: argparse.ArgumentParser, save_spec: bool = True, json_holds: str | None = None,
+                 queued_holds: str = "the name it will register (model)") -> None:
     """The options every job command shares; _run_or_queue acts on them. `json_holds`: what the command's --json
-    result holds (a command without it has no --json)."""
+    result holds (a command without it has no --json); `queued_holds`: what its queued job's JSON names beside the
+    job's id, kind and status (queued_json)."""
     if json_holds:  # a script had to pick the new model's name out of the `model: NAME` line
         p.add_argument("--json", action="store_true", help=f"print the result as one JSON object, for scripts: "
-                       f"{json_holds}; with --queue or --after: the queued job's id (job), kind, status and the "
-                       "name it will register (model). Progress stays on stderr; stdout holds the JSON alone")
+                       f"{json_holds}; with --queue or --after: the queued job's id (job), kind, status and "
+                       f"{queued_holds}; {JSON_NULL}. Progress stays on stderr; stdout holds the JSON alone")
     if save_spec:
         p.add_argument("--save-spec", metavar="FILE", help="also write the spec as YAML here (rerun with `run`); "
                        "written once the spec passes the checks a queued job gets, so a refused spec is not saved; "
@@ -203,6 +239,9 @@ def queued_json(jobs: list) -> dict | list[dict]:
     from backend import runner
 
     said = [{"job": j.id, "kind": j.kind, "status": j.status, "after": j.after, "model": runner.planned_name(j)}
+            if j.kind != "synth-math" else  # data sets of the spec's name (a prefix), no model
+            {"job": j.id, "kind": j.kind, "status": j.status, "after": j.after, "model": None,
+             "datasets": [f"{j.spec.get('name')}-{what}" for what in ("pairs", "instruct", "alignment")]}
             for j in jobs]
     return said[0] if len(said) == 1 else said
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from backend.cli.common import (WorkFailed, _job_options, _local_source, _print_json, _run_or_queue, _source,
-                                print_result)
+from backend.cli.common import (JSON_NULL, WorkFailed, _job_options, _local_source, _print_json, _run_or_queue,
+                                _source, print_result)
 from backend.words import plural
 
 
@@ -197,7 +197,10 @@ def add_synth(sub) -> None:
     sm.add_argument("--seed", type=int, default=0, help="seeds the generator and the sampling")
     sm.add_argument("--name", default="synth-math", help="prefix of the registered data sets")
     sm.add_argument("--out", help="folder for the files (default $DUS_WORKSPACE/datasets/NAME; a relative path is from the current folder)")
-    _job_options(sm)
+    _job_options(sm, json_holds="the pairs' data set (pairs), the Instruct and Alignment data sets it registered "
+                 "(instruct, alignment; null when no pair was verified, exit code 1), their rows, the verified, "
+                 "failed and flagged counts and the seconds it took", queued_holds="the data sets it will register "
+                 "(datasets; model is null)")
     sm.set_defaults(fn=cmd_synth)
 
 
@@ -210,7 +213,7 @@ def add_datasets(sub) -> None:
     d = sub.add_parser("datasets", help=HELP["datasets"])
     da = d.add_subparsers(dest="action", required=True)
     da.add_parser("list", help="the registered data sets").add_argument(
-        "--json", action="store_true", help="a JSON array, for scripts")
+        "--json", action="store_true", help=f"a JSON array, for scripts ({JSON_NULL})")
     ex = da.add_parser("export", help="write Synth. Math-Instruct / Math-Alignment from synthetic pairs, register both")
     ex.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")
     ex.add_argument("--include-flagged", action="store_true", help="also the pairs the contamination check flagged")
@@ -232,7 +235,7 @@ def add_datasets(sub) -> None:
     pv.add_argument("--sample-by", choices=get_args(DataSource.model_fields["sample_by"].annotation), default="line",
                     help="what a row of a .txt file is (as train --sample-by)")
     pv.add_argument("-n", "--rows", type=int, default=3, help="how many rows to show (default 3)")
-    pv.add_argument("--json", action="store_true", help="the preview as JSON, for scripts")
+    pv.add_argument("--json", action="store_true", help=f"the preview as JSON, for scripts ({JSON_NULL})")
     pm = da.add_parser("paper-mixes", help="save the paper's SFT v1-v4 and DPO v1-v2 mixes (the Synthetic math "
                                            "page's button), Synth. Math from PAIRS_NAME's export")
     pm.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs), exported")
@@ -250,7 +253,8 @@ def add_datasets(sub) -> None:
     dp.add_argument("--search", help="only pairs whose question (seed or rephrased) holds this text")
     dp.add_argument("--limit", type=int, default=50, help="pairs per page")
     dp.add_argument("--page", type=int, default=1, help="which page of --limit pairs")
-    dp.add_argument("--json", action="store_true", help="a JSON array with every pair whole, for scripts")
+    dp.add_argument("--json", action="store_true",
+                    help=f"a JSON array with every pair whole, for scripts ({JSON_NULL})")
     dr = da.add_parser("reject", help="reject a pair by hand, or undo that (the inspector's buttons); export again "
                                       "for the Instruct and Alignment files to follow")
     dr.add_argument("name", metavar="PAIRS_NAME", help="the pairs' data set (NAME-pairs)")

@@ -1,7 +1,7 @@
 """Using and judging models from the command line: eval, scores, compare and chat.
 
     python -m backend eval MODEL [MODEL ...] --tasks perplexity synth-math qa[:FILE] mc:FILE gsm8k:FILE [--limit N]
-    python -m backend scores [MODEL ...] [--format md|csv|tex | --json]   # the Compare page's table
+    python -m backend scores [MODEL ...] [--tasks TASK ...] [--format md|csv|tex | --json]   # the Compare page's table
     python -m backend compare A B --task synth-math [--outcome hallucination]   # or just shorter answers?
     python -m backend chat MODEL --prompt TEXT [--system TEXT] [--max-new-tokens N]   # one reply, printed
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.cli.common import (WorkFailed, _job_options, _local_model, _local_task, _on_interrupt, _print_json,
-                                _run_or_queue, _save_spec, absolute_paths, queued_json)
+from backend.cli.common import (JSON_NULL, WorkFailed, _job_options, _local_model, _local_task, _on_interrupt,
+                                _print_json, _run_or_queue, _save_spec, absolute_paths, queued_json)
 
 
 def cmd_eval(a) -> None:
@@ -40,14 +40,8 @@ def cmd_eval(a) -> None:
         return
     if a.queue or a.after:
         return _run_or_queue(spec, a)
-    from backend.evaluate import stored_name
-
-    before = _last_score_id()
-    mine = lambda: _scores_since(before, [stored_name(m) for m in a.models])  # noqa: E731  a folder's are stored
-    # under its name; --json: the result with the rows it stored, each as `scores --json` gives a score
-    _run_or_queue(spec, a, more=lambda result: {"rows": [
-        {"model": r.model, "task": r.task, "metric": r.metric, "value": r.value, "n": r.n, "overlap_share":
-         r.overlap_share, "run": r.run, "details": r.details} for r in mine()]})
+    mine = stored_rows(spec.models)
+    _run_or_queue(spec, a, more=lambda result: rows_json(mine()))
     if a.json:
         return
     notes: dict[str, None] = {}
@@ -68,6 +62,23 @@ def cmd_eval(a) -> None:
                                    for src, why in (overlap.get("unchecked") or {}).items()))
     for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
         print(f"note: {note}")
+
+
+def stored_rows(models: list[str]):
+    """What a foreground evaluation of `models` (as its spec holds them: a folder's path absolute) stores, read once
+    it has run: call before it runs, call the function returned after. A registered folder's scores are stored
+    under its name (stored_name), as `eval` and `run EVAL.yaml` look them up."""
+    from backend.evaluate import stored_name
+
+    before = _last_score_id()
+    names = [stored_name(m) for m in models]
+    return lambda: _scores_since(before, names)
+
+
+def rows_json(rows: list) -> dict:
+    """--json's rows of a foreground evaluation (eval, run EVAL.yaml): each as `scores --json` gives a score."""
+    return {"rows": [{"model": r.model, "task": r.task, "metric": r.metric, "value": r.value, "n": r.n,
+                      "overlap_share": r.overlap_share, "run": r.run, "details": r.details} for r in rows]}
 
 
 def _last_score_id() -> int:
@@ -117,6 +128,8 @@ def cmd_scores(a) -> None:
             raise ValueError(f"no scores for {', '.join(unscored)} yet: evaluate first (`python -m backend eval "
                              "MODEL`).")
         latest = {k: r for k, r in latest.items() if k[0] in a.models}
+    if a.tasks:  # the table, its notes, its average and --json of these tasks alone (15 tasks: 47 columns)
+        latest = _only_tasks(latest, a.tasks, a.models)
     if a.json and a.format:  # one or the other: --format was dropped without a word
         raise ValueError(f"scores --json prints JSON; --format {a.format} is for the table: give one of them.")
     a.format = a.format or "md"
@@ -141,9 +154,33 @@ def cmd_scores(a) -> None:
     notes = scorenotes.table_notes(latest, rows, a.clean)
     for note in notes:  # as LaTeX comments in a .tex: its % and _ broke it
         print(f"{'% ' if a.format == 'tex' else ''}note: {note.full if a.verbose and note.full else note.text}")
+    # a model asked for that has none of the tasks asked for: said, where its row was left out without a word
+    if a.tasks and (unshown := [m for m in dict.fromkeys(a.models) if m not in {row["model"] for row in rows}]):
+        print(f"{'% ' if a.format == 'tex' else ''}note: not in the table: {', '.join(unshown)} (no score on "
+              f"{', '.join(a.tasks)}).")
     if not a.verbose and any(n.full for n in notes):
         print(f"{'% ' if a.format == 'tex' else ''}note: the notes count models past {scorenotes.MANY}; --verbose "
               "names every one.")
+
+
+def _only_tasks(latest: dict, asked: list[str], models: list[str]) -> dict:
+    """The scores of the `asked` tasks, each named as the table names it (its stored name: a file task's whole
+    path), as `eval --tasks` was given it (a file relative to here, made absolute as eval stored it) or by its label
+    on the Compare page (tasknames.task_labels: mc:arc for mc:/data/arc.jsonl). A task without scores (of `models`,
+    when given) is refused with the tasks that have them, as an unknown model is."""
+    from backend import tasknames
+
+    scored = sorted({t for _, t, _ in latest})
+    labels = tasknames.task_labels(scored)
+    known = {**{label: t for t, label in labels.items()}, **{t: t for t in scored}}  # a stored name wins
+    found = {name: known.get(name) or known.get(_local_task(name)) for name in dict.fromkeys(asked)}
+    if missing := [name for name, t in found.items() if t is None]:
+        of = f" of {', '.join(dict.fromkeys(models))}" if models else ""
+        listed = _some(f"{labels[t]} ({t})" if labels[t] != t else t for t in scored)
+        raise ValueError(f"no scores{of} on {', '.join(missing)}: evaluate first (`python -m backend eval MODEL "
+                         f"--tasks {missing[0]}`), or give a task with scores; tasks with scores{of}: {listed}.")
+    keep = set(found.values())
+    return {k: r for k, r in latest.items() if k[1] in keep}
 
 
 def cmd_compare(a) -> None:
@@ -304,11 +341,16 @@ def add_scores(sub) -> None:
     """The `scores` command's parser."""
     sc = sub.add_parser("scores", help=HELP["scores"])
     sc.add_argument("models", nargs="*", help="only these models (default: every model with scores)")
+    sc.add_argument("--tasks", nargs="+", metavar="TASK", help="only these tasks: the table's columns, its notes and "
+                    "--json's rows, and the average over the accuracy-like tasks among them; a task as the table "
+                    "names it (mc:/data/arc.jsonl), as eval was given it (mc:FILE, from the current folder) or by the "
+                    "Compare page's short name (mc:arc) (default: every task with scores)")
     sc.add_argument("--clean", action="store_true", help="score only the items that do not overlap the training "
                                                          "data of the model's lineage")
     sc.add_argument("--format", choices=["md", "csv", "tex"], help="Markdown (the default), CSV or LaTeX")
     sc.add_argument("--json", action="store_true", help="a JSON array for scripts: one object per model, task and "
-                    "metric (value, stderr, n, the stored details), not the table (--format is then unused)")
+                    "metric (value, stderr, n, the stored details), not the table (--format is then unused); "
+                    + JSON_NULL)
     sc.add_argument("--verbose", action="store_true", help="the notes under the table with every model named (past "
                     "10 models they give counts)")
     sc.set_defaults(fn=cmd_scores)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from backend.cli.common import WorkFailed, _on_interrupt, _print_json
+from backend.cli.common import JSON_NULL, WorkFailed, _on_interrupt, _print_json
 
 
 def cmd_jobs(a) -> None:
@@ -371,7 +371,8 @@ def add_jobs(sub) -> None:
     # choices, as --status: a misspelt kind (sftt) listed nothing, exit 0
     jl.add_argument("--kind", nargs="+", choices=list(SPECS), help="only these kinds")
     jl.add_argument("--status", nargs="+", choices=JOB_STATUSES, help="only these statuses")
-    jl.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
+    jl.add_argument("--json", action="store_true",
+                    help=f"a JSON array with every field whole, for scripts ({JSON_NULL})")
     for action, what in (("show", "the job's whole message, log path, timings and spec"),
                          ("cancel", "stop a waiting or running job"),
                          ("resume", "queue an interrupted, failed or cancelled job again (training: from its last "

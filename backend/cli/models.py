@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from backend.cli.common import _job_options, _local_model, _print_json, _progress, _run_or_queue
+from backend.cli.common import JSON_NULL, _job_options, _local_model, _print_json, _progress, _run_or_queue
 
 
 def _slice(text: str):
@@ -226,7 +226,7 @@ def add_models(sub) -> None:
     m.add_argument("--allow-pickle", action="store_true", help="convert .bin checkpoints (weights_only=True)")
     m.add_argument("--force", action="store_true",
                    help="delete: also when other models were made from it or active jobs read it")
-    m.add_argument("--json", action="store_true", help="list: a JSON array, for scripts")
+    m.add_argument("--json", action="store_true", help=f"list: a JSON array, for scripts ({JSON_NULL})")
     m.add_argument("--repo", metavar="OWNER/NAME",
                    help="push: the Hub model repo (made if missing) that gets the model's weights, config, tokenizer "
                         "and a model card with its lineage and scores, in one commit (needs HF_TOKEN with write "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from backend.cli.common import WorkFailed, _on_interrupt, _print_json
+from backend.cli.common import JSON_NULL, WorkFailed, _on_interrupt, _print_json
 
 
 def cmd_recipe(a) -> None:
@@ -278,7 +278,8 @@ def add_recipe(sub) -> None:
     rs = ra.add_parser("runs", help="the recipe runs, newest first, each with its stages' statuses, jobs and models "
                                     "(the Recipe page)")
     rs.add_argument("--limit", type=int, default=20, help="the newest N runs, 0 for all")
-    rs.add_argument("--json", action="store_true", help="a JSON array with every field whole, for scripts")
+    rs.add_argument("--json", action="store_true",
+                    help=f"a JSON array with every field whole, for scripts ({JSON_NULL})")
     ra.add_parser("show", help="print a run's recipe as YAML, as it ran (`recipe run FILE` reruns it)").add_argument(
         "target", metavar="RUN", type=int, help="a recipe run's id")
     rc.set_defaults(fn=cmd_recipe)

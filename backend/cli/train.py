@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from backend.cli.common import _job_options, _run_or_queue, _source
+from backend.cli.common import _job_options, _run_or_queue, _source, absolute_paths
 from backend.cli.recipe import cmd_recipe
 
 
@@ -130,6 +130,10 @@ def cmd_run(a) -> None:
     from backend.specs import TRAIN_KINDS, load_spec
 
     if _is_recipe(a.spec):  # a recipe is many jobs: the recipe command plans and submits them
+        if a.json:  # its stages' lines are no one JSON result: refused, not dropped
+            raise ValueError(f"--json: {a.spec} is a recipe, whose run prints its plan and its stages' lines; run it "
+                             "without --json, then `python -m backend recipe runs --json` gives its stages' statuses, "
+                             "jobs and models as JSON.")
         # recipe.submit has no `after` (its first stages wait for nothing) and runs no stage on several machines:
         # refused, not dropped (`run R.yaml --after 20` ran at once)
         dropped = [f"--{k.replace('_', '-')}" for k in ("after", *MACHINE_FIELDS, "num_processes", "run_name",
@@ -152,7 +156,13 @@ def cmd_run(a) -> None:
                              f"({', '.join(TRAIN_KINDS)}) run on several machines, not {spec.kind}.")
         spec = type(spec).model_validate({**spec.model_dump(), **over})
         _set_run_name(a)
-    _run_or_queue(spec, a)
+    more = None
+    if spec.kind == "eval" and a.json and not (a.queue or a.after):  # the rows it stored, as `eval --json` adds them
+        from backend.cli.evaluate import rows_json, stored_rows
+
+        mine = stored_rows(absolute_paths(spec).models)
+        more = lambda result: rows_json(mine())  # noqa: E731
+    _run_or_queue(spec, a, more=more)
 
 
 def cmd_slurm(a) -> None:
@@ -265,13 +275,17 @@ def add_train(sub) -> None:
 def add_run(sub) -> None:
     """The `run` command's parser."""
     r = sub.add_parser("run", help=HELP["run"])
-    r.add_argument("spec", help="a spec or recipe YAML file (recipe: --after and the machine options are refused)")
+    r.add_argument("spec", help="a spec or recipe YAML file (recipe: --after, --json and the machine options are "
+                                  "refused)")
     _machine_options(r)
     r.add_argument("--num-processes", type=int, help="training: processes on this machine (overrides the spec)")
     r.add_argument("--name", help="the name to register what the spec makes under (overrides the spec's: a model; "
                                   "synth-math: the data sets' prefix); its folder follows the name unless the spec "
                                   "sets out")
-    _job_options(r, save_spec=False)
+    _job_options(r, save_spec=False, json_holds="the result the spec's own command prints with --json (upscale, "
+                 "merge, train, import: the registered model's name (model) and folder (path); eval: the count of "
+                 "scores stored (scores) and the rows it stored (rows), as eval --json; synth-math: its data sets "
+                 "and counts)", queued_holds="the name it will register (model; synth-math: the data sets, datasets)")
     r.set_defaults(fn=cmd_run)
 
 
