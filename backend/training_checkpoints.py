@@ -48,13 +48,21 @@ def resumable_checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in _checkpoints(run_dir) if _state_readable(p)]
 
 
+def remove_cut_checkpoints(run_dir: Path) -> list[str]:
+    """Remove the checkpoint folders a process killed while saving left without a readable trainer_state.json
+    (transformers' Trainer._save_checkpoint writes it last, after the model, optimizer, scheduler and RNG states),
+    which cannot be resumed from; their names, in step order. Only once the run's processes have ended: a folder
+    being saved has no trainer_state.json yet. Complete checkpoints and other folders are left alone."""
+    cut = [p for p in _checkpoints(run_dir) if not _state_readable(p)]
+    for p in cut:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in cut]
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """resumable_checkpoints, and the others removed: a process killed while saving leaves a folder without a
-    readable trainer_state.json, which cannot be resumed from; removed, the resume starts from the checkpoint
-    before it. Other folders are left alone."""
-    for p in _checkpoints(run_dir):
-        if not _state_readable(p):
-            shutil.rmtree(p, ignore_errors=True)
+    """resumable_checkpoints, and the others removed (remove_cut_checkpoints): the resume starts from the checkpoint
+    before a cut one."""
+    remove_cut_checkpoints(run_dir)
     return resumable_checkpoints(run_dir)
 
 

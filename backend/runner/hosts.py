@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlmodel import func, select
 
 from backend.cluster import ray_jobs
+from backend.runner import resume_step
 from backend.runner.resume_step import with_resume_step
 from backend.runner.rows import STOPPED, _transition, get
 from storage import db
@@ -283,9 +284,18 @@ def _stopped_run_ended(job_id: int, status: str, pid: int | None) -> None:
     now does (with_resume_step), read as the run left it. states.cancel wrote the step while the process still ran:
     a training cancelled in its hand-over read "resume it to continue from its last checkpoint", then registered its
     model before the kill landed, and the Jobs page's button read "Mark done". One update, on that run's row only
-    (`pid`; None: a run without a process here, a Ray job's, whose pid is a node's and stays): the step is added
-    once."""
+    (`pid`; None: a run without a process here, a Ray job's, whose pid is a node's and stays). Reached twice for one
+    cancel (states.cancel, once the worker here had cleared the pid; the worker's _clear_stopped): the step is added
+    once (said_resume_step). A run that ended here (`pid`) leaves no checkpoint half written: the folders it cut
+    off while saving are removed, and the message says so (tidy_cut_checkpoints)."""
     fields: dict = {"pid": None} if pid is not None else {}
-    if status == "cancelled" and (job := get(job_id)) is not None and job.status == "cancelled":
-        fields["message"] = with_resume_step(job, {"status": "cancelled", "message": job.message})["message"]
-    _transition(job_id, status, _of_pid=pid, **fields)
+    if status in STOPPED and (job := get(job_id)) is not None and job.status == status:
+        message = job.message
+        if status == "cancelled" and not resume_step.said_resume_step(job):
+            message = with_resume_step(job, {"status": "cancelled", "message": message})["message"]
+        if pid is not None and job.pid == pid and (cut := resume_step.tidy_cut_checkpoints(job)):  # still its run
+            message = f"{message}; {cut}"
+        if message != job.message:
+            fields["message"] = message
+    if fields:
+        _transition(job_id, status, _of_pid=pid, **fields)

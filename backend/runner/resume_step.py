@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from backend import training_checkpoints
 from backend.runner.registered import export_instead, resume_marks_done, synth_pairs_made
 from backend.specs import TRAIN_KINDS
 from backend.training_checkpoints import resumable_checkpoints
@@ -47,6 +48,33 @@ def with_resume_step(job: Job | None, fields: dict) -> dict:
     key = "error" if status == "failed" else "message"
     step = _what_resume_does(Job(**{**job.model_dump(), **fields}))
     return fields | {key: f"{fields[key]}; {step}"}
+
+
+def said_resume_step(job: Job) -> bool:
+    """Whether `job`'s message already names what a resume does (with_resume_step added it): a cancelled run's end
+    is reached twice, by states.cancel and by the worker that clears its pid (hosts._stopped_run_ended), and the
+    message read the step twice."""
+    said = job.message or ""
+    return f"; {what_resume_does(job)}" in said or f"python -m backend jobs resume {job.id}, or \"" in said
+
+
+_CUT_BY = {"cancelled": "by the cancel", "interrupted": "when it was interrupted", "failed": "when it failed"}
+
+
+def tidy_cut_checkpoints(job: Job) -> str:
+    """A training job whose run has ended: its checkpoint folders cut off while being saved (no readable
+    trainer_state.json, which a resume skips) are removed, so they neither look like checkpoints nor keep their
+    gigabytes; what was removed, in words ("" when nothing). Never while the run may still save one."""
+    if job.kind not in TRAIN_KINDS:
+        return ""
+    run_dir = Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")  # as resume_point reads it
+    cut = training_checkpoints.remove_cut_checkpoints(run_dir)
+    if not cut:
+        return ""
+    cut_by = _CUT_BY.get(job.status, "when its run ended")
+    if len(cut) == 1:
+        return f"a checkpoint cut off {cut_by} was removed: {cut[0]}"
+    return f"{len(cut)} checkpoints cut off {cut_by} were removed: {', '.join(cut)}"
 
 
 class ResumeAction(NamedTuple):
