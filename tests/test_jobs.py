@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend import registry, runner
-from backend.specs import DataSource, DpoSpec, SftSpec, UpscaleSpec
+from backend.specs import DataSource, SftSpec, UpscaleSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = dict(max_steps=150, save_steps=5, eval_fraction=0.0, batch_size=1, max_length=32, learning_rate=1e-3)
@@ -110,9 +110,9 @@ def test_cancel_stops_the_whole_process_tree(tiny):
 def test_queue_order_and_dependencies(tiny, tmp_path):
     fast = dict(max_steps=2, save_steps=2, eval_fraction=0.0, max_length=32, max_rows=8)
     first = runner.submit(SftSpec(model="tiny", data=[DataSource(source="builtin:alpaca-mini")], name="s1", **fast))
-    # DPO on the model the first job registers: it must wait for it
-    chained = runner.submit(DpoSpec(model="s1", data=[DataSource(source="builtin:prefs-mini")], name="d1", **fast),
-                            after=first.id)
+    # a job on the model the first job registers: it must wait for it. An up-scaling, as `second` below: any kind
+    # shows the wait, and a second training (it was a DPO) cost a trainer's start for nothing this test asserts
+    chained = runner.submit(UpscaleSpec(base="s1", m=1, name="u1"), after=first.id)
     # fails when it runs (its data file, deleted after it was queued, is read then; a missing file or an unknown
     # model would be refused before queueing)
     gone = tmp_path / "gone.jsonl"
@@ -130,5 +130,5 @@ def test_queue_order_and_dependencies(tiny, tmp_path):
     assert jobs[orphan.id].status == "cancelled" and f"job {broken.id}" in jobs[orphan.id].message
     order = sorted((jobs[i].started, i) for i in (first.id, chained.id, broken.id, second.id))
     assert [i for _, i in order] == [first.id, chained.id, broken.id, second.id]
-    assert registry.get("d1").parents == ["s1"] and registry.get("s1").parents == ["tiny"]
+    assert registry.get("u1").parents == ["s1"] and registry.get("s1").parents == ["tiny"]
     assert registry.get("s2").parents == ["tiny"]

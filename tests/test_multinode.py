@@ -20,6 +20,7 @@ from backend.cluster.slurm import slurm_script
 from backend.specs import DataSource, SftSpec, load_spec
 from backend.training import launch_command, multi_machine_run_name, run_dir_for
 from tests.conftest import load_state
+from tests.test_cli_runner import here
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = [DataSource(source="builtin:alpaca-mini")]
@@ -214,8 +215,10 @@ def test_two_machines_train_register_once_and_resume_through_slurm(tiny_llama, w
     spec_file = tmp_path / "more.yaml"
     spec_file.write_text(more.to_yaml())
     script = tmp_path / "more.sbatch"
-    script.write_text(subprocess.run([sys.executable, "-m", "backend", "slurm", str(spec_file), "--nodes", "2"],
-                                     cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    # the script `python -m backend slurm` prints, printed in this process (a process of its own cost a start)
+    printed = here("slurm", str(spec_file), "--nodes", "2")
+    assert printed.returncode == 0, printed.stderr  # as check=True asked of the process
+    script.write_text(printed.stdout)
     fake = tmp_path / "bin"
     fake.mkdir()
     job = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=240,

@@ -51,27 +51,37 @@ def test_an_evaluation_leaves_out_models_not_made_and_fails_when_none_is(tiny_ll
         run_eval(EvalSpec(models=["tiny", "never-made"], tasks=["perplexity"], limit=2))
 
 
-def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path, capsys):
+def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tokenizer_dir, tmp_path, capsys):
+    from tests.conftest import make_llama
+
     good = json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n"
     bad = tmp_path / "chat.jsonl"
     bad.write_text(good)
     d = yaml.safe_load(recipe.preset("smoke", str(tiny_llama)))
+    # the stage that succeeds beside the failing one: a merge of two small registered models, not the preset's
+    # first SFT (a second trainer's start, the test's largest cost, for a stage any kind stands for here); avg
+    # merges the up-scaled model with sft-b (equal depths), as tests/test_recipe.py's failed-stage test does
+    for seed in (1, 2):
+        registry.import_folder(make_llama(tokenizer_dir, tmp_path / f"other{seed}", seed=seed), f"other{seed}")
+    d["stages"][0] = {"name": "twin", "kind": "merge", "models": ["other1", "other2"], "method": "average",
+                      "weights": [0.5, 0.5]}
     d["stages"][1]["data"] = [{"source": str(bad)}]
+    d["stages"][2]["models"] = ["upscaled", "sft-b"]
     d["eval"]["limit"] = 2
     text = yaml.safe_dump(d, sort_keys=False)
     [p] = recipe.plan_text(text)
     run1 = recipe.submit(p, text)
     bad.write_text("this is not json\n")  # broken after queueing: sft-b's job fails, so does avg (needs it)
-    runner.worker(once=True, slots=2)  # sft-a and sft-b side by side (one torch thread each): ~one job's time less
+    runner.worker(once=True, slots=2)  # twin and sft-b side by side
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
     assert rows["sft-b"][1].status == "failed" and rows["avg"][1].status == "cancelled"
-    ev_job = rows["eval:sft-a"][1]
+    ev_job = rows["eval:twin"][1]
     assert ev_job.status == "succeeded", (ev_job.status, ev_job.message)
     assert sorted(ev_job.result["skipped"]) == sorted([rows["sft-b"][0].output, rows["avg"][0].output])
     states = {stage: recipe.stage_state(r, j) for stage, (r, j) in rows.items()}
-    assert states["eval:sft-a"] == states["eval:upscaled"] == states["eval:base"] == "succeeded"
+    assert states["eval:twin"] == states["eval:upscaled"] == states["eval:base"] == "succeeded"
     assert states["eval:sft-b"] == states["eval:avg"] == "skipped"
-    scores = tables.latest_scores([rows[s][0].output or str(tiny_llama) for s in ("upscaled", "sft-a")])
+    scores = tables.latest_scores([rows[s][0].output or str(tiny_llama) for s in ("upscaled", "twin")])
     assert all(v["perplexity"] > 1 for v in scores.values()) and len(scores) == 2
     # the command line says so as the page does (it had a copy of the rule without "skipped")
     from backend.__main__ import main as cli
@@ -83,7 +93,7 @@ def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path, c
     bad.write_text(good)
     [p2] = recipe.plan_text(text)
     status = {n.stage: n.status for n in p2.nodes}
-    assert status["eval:sft-a"] == status["eval:upscaled"] == "reuse"
+    assert status["eval:twin"] == status["eval:upscaled"] == "reuse"
     assert status["sft-b"] == status["avg"] == status["eval:sft-b"] == status["eval:avg"] == "run"
     # a model made since (here: registered by hand) is not "evaluated" by the job that left it out
     out_b = rows["sft-b"][0].output
@@ -100,10 +110,10 @@ def test_one_failed_stage_leaves_the_other_stages_scores(tiny_llama, tmp_path, c
     rows = {r.stage: (r, j) for r, j in recipe.stages(run1)}
     assert rows["sft-b"][1].status == rows["avg"][1].status == rows["eval:avg"][1].status == "succeeded"
     states = {stage: recipe.stage_state(r, j) for stage, (r, j) in rows.items()}
-    assert states["eval:sft-b"] == states["eval:avg"] == states["eval:sft-a"] == "succeeded", states
+    assert states["eval:sft-b"] == states["eval:avg"] == states["eval:twin"] == "succeeded", states
     made = [rows[s][0].output for s in ("sft-b", "avg")]
     assert all(v["perplexity"] > 1 for v in tables.latest_scores(made).values()) and len(made) == 2
-    assert tables.latest_scores([rows["sft-a"][0].output])[rows["sft-a"][0].output] == scores[rows["sft-a"][0].output]
+    assert tables.latest_scores([rows["twin"][0].output])[rows["twin"][0].output] == scores[rows["twin"][0].output]
 
 
 def test_ctrl_c_in_a_foreground_worker_marks_its_job_interrupted_at_once(tiny_llama, workspace):
