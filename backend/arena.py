@@ -255,19 +255,22 @@ def _design(vs: list[Vote], models: list[str], style_control: bool):
     rows = np.arange(n)
     xm[rows, [idx[v.model_a] for v in vs]] = LN10
     xm[rows, [idx[v.model_b] for v in vs]] = -LN10
-    kept, dropped, cols = [], [], []
+    kept, none, same, cols = [], [], [], []
     if style_control:
         for name in STYLE:
             a = np.array([getattr(v, f"{name}_a") for v in vs], dtype=float)
             b = np.array([getattr(v, f"{name}_b") for v in vs], dtype=float)
             diff = (a - b) / (a + b + 1)
-            if diff.std() == 0:  # FastChat would divide by zero here
-                dropped.append(name)
+            if diff.std() == 0:  # FastChat would divide by zero here: standardised, the column is undefined
+                (none if not diff.any() else same).append(name)
                 continue
             cols.append((diff - diff.mean()) / diff.std())
             kept.append(name)
-    # one note for all of them: said once per feature, the same words filled a caption four times
-    notes = [f"{', '.join(dropped)}: no difference between the answers in any vote, so left out"] if dropped else []
+    # one note for each reason: said once per feature, the same words filled a caption four times. A difference
+    # that is the same in every vote (one vote: 96 against 12 tokens) is not "no difference"
+    notes = ([f"{', '.join(none)}: no difference between the answers in any vote, so left out"] if none else []) + \
+        ([f"{', '.join(same)}: the same difference between the answers in every vote ({n} vote"
+          f"{'s' if n != 1 else ''}), nothing to fit it from, so left out"] if same else [])
     x = np.hstack([xm, np.array(cols).T]) if cols else xm
     a_won = np.array([v.outcome == "a" for v in vs], dtype=float)
     tie = np.array([v.outcome in ("tie", "bad") for v in vs], dtype=float)

@@ -162,7 +162,8 @@ def _column_order(column: str) -> tuple[str, int, str]:
 
 
 def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
-    """One row per model: the average over the accuracy-like tasks every model has (averaged_tasks), headline
+    """One row per model: the average over the accuracy-like tasks every model has (averaged_tasks; no column where
+    no model has one), headline
     metric per task with its standard error, its hallucination rate, cut-off and empty shares (_task_cells), an
     overlap badge where any model's items overlap its training data or part of it was unreadable, then the model's
     lineage (kind, layers, parents). Scores come right after the name, as in the paper's table: with long model names a
@@ -192,7 +193,9 @@ def table_rows(latest: dict, records: dict, clean: bool = False) -> list[dict]:
     # the table
     scores = sorted({c for r in rows for c, v in r.items() if v is not None or not c.endswith(" ±")} - fixed,
                     key=_column_order)
-    return [{c: r.get(c) for c in ["model", AVERAGE, *scores, *LINEAGE_COLUMNS]} for r in rows]
+    # the average only where some row has one: with perplexity tasks alone it was a column of "—" in every row
+    average = [AVERAGE] if any(r[AVERAGE] is not None for r in rows) else []
+    return [{c: r.get(c) for c in ["model", *average, *scores, *LINEAGE_COLUMNS]} for r in rows]
 
 
 def export_table(rows: list[dict]) -> Table:

@@ -37,7 +37,7 @@ def average_note(primary: dict, clean: bool = False) -> str:
         return ""
     missing = "; ".join(f"{t} (no {'clean ' if clean else ''}score for {', '.join(ms)})" for t, ms in left_out.items())
     if not shared:
-        return f"{AVERAGE}: blank — no accuracy-like task has a score for every model: {missing}."
+        return f"{AVERAGE}: left out — no accuracy-like task has a score for every model: {missing}."
     # each model's own mean over the shared tasks (scoretable.table_rows); the models scored on none of them
     # (perplexity alone) are blank, and "every model" read as including them
     scored = {m for (m, _), r in primary.items() if higher_is_better(r.metric)}

@@ -63,6 +63,7 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     peak = perf.gpu_peak_flops(torch.cuda.get_device_name()) if CUDA else None
     args = make_config(spec, run_dir, evals is not None, choices)
     callback = MetricsCallback(run_dir, spec.max_steps, job_id, None, peak * (world or 1) if peak else None)
+    callback.eval_rows = len(evals) if evals is not None else None  # named in the status while evaluating
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     with perf.count_reference_forwards() as precompute:  # trl's reference precompute runs inside DPOTrainer()
@@ -83,6 +84,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     if evals is not None and not checkpoints and spec.kind != "dpo":
         trainer.evaluate()  # logged at step 0 through the callback
         if cfg.get("reference_path"):
+            if trainer.is_world_process_zero():  # a second evaluation, by a trainer without the callback
+                callback.say(0, f"scoring the reference model on {len(evals)} held-out rows…")
             ref_loss = _reference_loss(spec, cfg["reference_path"], run_dir, choices, tok, train, evals)
             if trainer.is_world_process_zero():  # labelled: a second bare eval loss at step 0 read as a repeat
                 whose = f"reference model {spec.reference_model}'s" if spec.reference_model else "base model's"

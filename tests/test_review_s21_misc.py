@@ -131,12 +131,13 @@ def test_a_huge_or_infinite_perplexity_is_printed_compactly_and_stored_exactly()
         EvalScore(model="base", task="perplexity", metric="perplexity", value=12.3456, n=2))
     rc, out, err = cli("scores")  # old code: "3.2e+17" and "inf" beside 12.3456, unexplained
     assert rc == 0, err
-    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[2] for line in out.splitlines()
+    # (the score in the second column: perplexity alone gives no average column, session 26)
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in out.splitlines()
              if line.startswith(("| up ", "| rand ", "| base "))}
     assert cells == {"up": "3.2e17", "rand": "∞", "base": "12.3456"}
     assert ("note: 3.2e17 is 3.2 × 10^17: scores of a million or more are written so; ∞: an infinite score (a "
             "perplexity whose mean loss overflowed: the model gives the text's tokens no probability that counts, as "
             "an untrained or broken one does). Export CSV and `scores --format csv` hold the exact values.") in out
     rc, out, _ = cli("scores", "--format", "csv")
-    assert {line.split(",")[0]: line.split(",")[2] for line in out.splitlines()[1:]} == {
+    assert {line.split(",")[0]: line.split(",")[1] for line in out.splitlines()[1:]} == {
         "up": "3.2e+17", "rand": "inf", "base": "12.3456"}  # the exact values, as Python writes them

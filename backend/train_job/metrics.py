@@ -23,6 +23,29 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def evals_to_come(step: int, max_steps: int, every: int | None, evaluated_at_step: bool) -> int:
+    """The held-out evaluations still to run after a line at `step`: one every `every` steps (None: no evaluation)
+    and one at the last step when it is not a multiple (transformers 5.24 DefaultFlowCallback). A training line at
+    an evaluation step comes before that step's evaluation (evaluated_at_step False), its eval line after it."""
+    if not every:
+        return 0
+    at = set(range(every, max_steps + 1, every)) | {max_steps}
+    return sum(s > step for s in at) + (step in at and not evaluated_at_step)
+
+
+def eta_seconds(done: int, steps_left: int, train_seconds: float, evals_left: int,
+                eval_runtime: float | None) -> float | None:
+    """Seconds to the end of the run: the steps left at the rate of the `done` steps (their `train_seconds` leave
+    the evaluations out) and the evaluations to come at the last measured eval_runtime. None before a step is done."""
+    if done <= 0:
+        return None
+    return max(train_seconds, 0.0) / done * steps_left + evals_left * (eval_runtime or 0.0)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
 def _logged_step(line: str) -> int | None:
     """The step of one metrics.jsonl line; None for a line that is not whole JSON (cut by a kill)."""
     try:
@@ -53,14 +76,26 @@ class MetricsCallback(TrainerCallback):
         self.last_tokens = 0
         self.paused = 0.0  # seconds of evaluation and checkpointing since last_t
         self.precompute: dict[str, float] = {}  # the DPO reference precompute's line, written by on_train_begin
+        # the ETA's evaluations: every `eval_every` steps (None: none), the last one's seconds, the seconds spent
+        # evaluating since on_train_begin (left out of the steps' rate), the step evaluated last; eval_rows: the
+        # held-out rows the status line names while an evaluation runs (set by train_entry)
+        self.eval_every: int | None = None
+        self.eval_runtime: float | None = None
+        self.eval_seconds = 0.0
+        self.last_eval_step: int | None = None
+        self.eval_rows: int | None = None
+        self.training = self.evaluating = False
 
     def on_train_begin(self, args, state, control, **kw):
         self.start_step = state.global_step  # > 0 when resumed
         self.t0 = self.last_t = self.mark = time.time()
         self.paused = 0.0
+        self.eval_seconds, self.training = 0.0, True
         self.last_tokens = state.num_input_tokens_seen or 0
         if state.is_world_process_zero and self.start_step:
             self.forget_after(self.start_step)  # values logged after the checkpoint will be logged again
+            if self.eval_runtime is None:  # a resumed run's ETA: the evaluation before the stop, until one runs
+                self.eval_runtime = self._last_eval_runtime()
         if state.is_world_process_zero and self.precompute:  # a run resumed twice from one checkpoint precomputed
             self.forget_at(self.start_step, set(self.precompute))  # twice: its line at that step is the last one
             self.record(self.start_step, self.precompute)
@@ -73,6 +108,14 @@ class MetricsCallback(TrainerCallback):
         self.precompute = {"ref_precompute_tokens": float(tokens), "ref_precompute_tokens_per_s": tokens / seconds}
         if self.peak_flops:
             self.precompute["ref_precompute_mfu"] = tokens / seconds * flops_per_token / self.peak_flops
+
+    def _last_eval_runtime(self) -> float | None:
+        """The seconds of the last evaluation in metrics.jsonl (None: none logged)."""
+        if not self.path.exists():
+            return None
+        runtimes = [json.loads(ln)["eval_runtime"] for ln in self.path.read_text().splitlines()
+                    if _logged_step(ln) is not None and "eval_runtime" in ln]
+        return float(runtimes[-1]) if runtimes else None
 
     def forget_after(self, step: int) -> None:
         """Drop what was logged past `step`, in metrics.jsonl and the job's metric rows: a resumed run logs those
@@ -111,7 +154,29 @@ class MetricsCallback(TrainerCallback):
             control.should_log = True  # run's loss covers every step (run_train_loss), whatever logging_steps is
 
     def on_evaluate(self, args, state, control, **kw):
+        self.evaluating = False
         self._pause()
+
+    def on_prediction_step(self, args, state, control, **kw):
+        """The first batch of an evaluation: the status says so, with the evaluation in the ETA (a run's last
+        evaluation ran 98 s under "step 2/2 · ETA 0:00")."""
+        if self.evaluating or not state.is_world_process_zero:
+            return
+        self.evaluating = True
+        self._follow(args, state)
+        rows = self.eval_rows
+        if rows is None:
+            dl = kw.get("eval_dataloader")
+            rows = len(dl.dataset) if dl is not None and hasattr(dl.dataset, "__len__") else None
+        what = f"evaluating {rows} held-out rows…" if rows is not None else "evaluating the held-out rows…"
+        self.say(state.global_step, what)
+
+    def _follow(self, args, state) -> None:
+        """The evaluation interval as the trainer runs it: the arguments' eval_steps resolved as
+        TrainerState.compute_steps does (the state's own is a default 500 before train(), the step-0 evaluation's)."""
+        strategy = getattr(args, "eval_strategy", None)
+        every = args.eval_steps if str(getattr(strategy, "value", strategy)) == "steps" else None
+        self.eval_every = (math.ceil(self.max_steps * every) if every < 1 else int(every)) if every else None
 
     def on_save(self, args, state, control, **kw):
         self._pause()
@@ -136,6 +201,7 @@ class MetricsCallback(TrainerCallback):
                 values["mfu"] = values["tokens_per_s"] * self.flops_per_token / self.peak_flops
         if "loss" in values:
             values["peak_memory_gib"] = peak_memory_gib()
+        self._follow(args, state)
         self.record(state.global_step, values)
 
     def record(self, step: int, values: dict[str, float], what: str | None = None) -> None:
@@ -143,13 +209,30 @@ class MetricsCallback(TrainerCallback):
         `what` names a value that is neither a loss nor an eval loss (the first of `values`) in that line."""
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-        done = step - self.start_step
-        elapsed = time.time() - self.t0
-        eta = elapsed / done * (self.max_steps - step) if done > 0 else None
+        if "eval_runtime" in values:  # an evaluation's line: logged when it is done
+            self.eval_runtime, self.last_eval_step = values["eval_runtime"], step
+            if self.training:  # (the step-0 evaluation ran before on_train_begin, outside the clock)
+                self.eval_seconds += values["eval_runtime"]
         what, loss = ((what, next(iter(values.values()))) if what else ("loss", values["loss"]) if "loss" in values
                       else ("eval loss", values.get("eval_loss")))
-        msg = f"step {step}/{self.max_steps}" + (f" · {what} {loss:.4f}" if loss is not None else "") + \
-            (f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "")
+        self._publish(step, f"step {step}/{self.max_steps}" + (f" · {what} {loss:.4f}" if loss is not None else ""),
+                      values)
+
+    def say(self, step: int, text: str) -> None:
+        """A status line at `step` (an evaluation running, the reference being scored), with the ETA."""
+        self._publish(step, f"step {step}/{self.max_steps} · {text}", {})
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left after `step`: training steps at the rate measured without the evaluations, and the
+        evaluations still to come at the last one's measured seconds."""
+        evals = evals_to_come(step, self.max_steps, self.eval_every, self.last_eval_step == step)
+        return eta_seconds(step - self.start_step, self.max_steps - step,
+                           time.time() - self.t0 - self.eval_seconds, evals, self.eval_runtime)
+
+    def _publish(self, step: int, msg: str, values: dict[str, float]) -> None:
+        """Print `msg` with the ETA and, inside a job, write it as the job's message with `values` as metric rows."""
+        eta = self.eta(step)
+        msg += f" · ETA {_clock(eta)}" if eta is not None else ""
         print(f"[{step / self.max_steps:6.1%}] {msg}", flush=True)
         if not self.job_id:
             return
