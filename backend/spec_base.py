@@ -72,9 +72,18 @@ def _tagged(base: str, tag: str) -> str:
 SEPARATORS = "-_."
 
 
+def begins(name: str, start: str) -> bool:
+    """`name` is `start` and more words ("m-sft" begins with "m"; "m2" does not)."""
+    return len(name) > len(start) and name.startswith(start) and name[len(start)] in SEPARATORS
+
+
 def distinct_tail(first: str, other: str) -> str:
     """What `other` adds to `first` after the start they share, cut at a separator, so a merge of a model and its
-    fine-tune reads "…-dus-m8_cpt" for "…-dus-m8" and "…-dus-m8-cpt"; `other` whole when they share no word."""
+    fine-tune reads "…-dus-m8_cpt" for "…-dus-m8" and "…-dus-m8-cpt"; `other` whole when they share no word, and
+    when it is the start of `first` (the model `first` was named after): it adds nothing, and its last word alone
+    ("Instruct" for "SmolLM2-135M-Instruct" beside "SmolLM2-135M-Instruct-sft") read as another model."""
+    if begins(first, other):
+        return other
     shared = os.path.commonprefix([first, other])
     if not (shared == first and other[len(shared):len(shared) + 1] in tuple(SEPARATORS)):
         shared = shared[:max(shared.rfind(c) for c in SEPARATORS) + 1]

@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.names import safe_name
-from backend.spec_base import SEPARATORS, _short, _Spec, _tagged, _valid_name, distinct_tail, parse_size
+from backend.spec_base import (SEPARATORS, _short, _Spec, _tagged, _valid_name, begins, distinct_tail,
+                               parse_size)
 
 class SliceRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -308,8 +309,12 @@ class MergeSpec(_Spec):
             tag += f"-d{self.density:g}"
         if unnamed := self._unnamed_settings():  # settings the tag does not spell: two merges differing only
             tag += "-" + hashlib.sha1(json.dumps(unnamed, sort_keys=True).encode()).hexdigest()[:4]  # there differ
-        full = safe_name(f"{'_'.join(short)}-{tag}")
-        if len(full) <= DEFAULT_NAME_CHARS:
+        joined = f"{'_'.join(short)}-{tag}"
+        full = safe_name(joined)
+        # a candidate that is the start of the first (a model beside its own fine-tune) has nothing to shorten to
+        # (distinct_tail): whole, past DEFAULT_NAME_CHARS if need be (tables cut long names in the middle), up to
+        # safe_name's 100; "SmolLM2-135M-Instruct-sft_Instruct" read as a merge with another model
+        if len(full) <= DEFAULT_NAME_CHARS or len(joined) <= 100 and any(begins(short[0], o) for o in short[1:]):
             return full
         ids = [short[0]] + [distinct_tail(short[0], o) for o in short[1:]]
         room = max(DEFAULT_NAME_CHARS - len(tag) - 1, 16)

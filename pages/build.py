@@ -12,7 +12,8 @@ from backend import registry, runner
 from backend.names import human_bytes
 from backend.specs import ImportSpec, SliceRange, UpscaleSpec, explain
 from backend.upscale import dus, plan_upscale
-from pages.common import human, job_making, job_status, model_names, submit, via_app, worker_banner
+from pages.common import (human, job_making, job_status, making_said, model_names, submit, via_app,
+                          worker_banner)
 from pages.figures import layer_map_figure
 
 
@@ -116,7 +117,8 @@ with left:
         st.info(f"A model named {spec.name!r} is registered already: change m or the name to build another.")
     building = job_making(spec.name, ("upscale",))
     if building and not taken:
-        st.info(f"Job {building.id} is building {spec.name!r} already.")
+        st.info(making_said(building, "build", "building", repr(spec.name), "its progress is shown below",
+                            "change m or the name to build another"))
     b1, b2 = st.columns([1, 2])  # halves cut the second label to "Save spec (YA…" in a 1280 px window
     if b1.button("Build", type="primary", key="build", disabled=taken or building is not None) and not building:
         if submit(spec, "build_job") is not None:

@@ -109,6 +109,11 @@ def job_making(name: str, kinds) -> object | None:
     return next((j for j in runner.active_jobs() if j.kind in kinds and runner.planned_name(j) == name), None)
 
 
+# The ids of the jobs this browser session queued (submit): a page tells the job it just launched from one started
+# elsewhere (another tab, the command line)
+LAUNCHED = "_launched_jobs"
+
+
 def submit(spec, key: str, **kw) -> int | None:
     """Queue a spec and remember its job under `key`; a refusal (a Ray cluster that cannot run it, that does not
     answer, a node that cannot see the model) is shown on the page, and nothing is queued."""
@@ -118,7 +123,22 @@ def submit(spec, key: str, **kw) -> int | None:
         st.error(f"Not queued: {exc}")
         return None
     st.session_state[key] = job_id
+    st.session_state.setdefault(LAUNCHED, []).append(job_id)  # every job this session queued, for making_said
     return job_id
+
+
+def making_said(job, verb: str, ing: str, what: str, watch: str, instead: str) -> str:
+    """Why the page holds back a second launch beside `job`, a queued or running job making `what`. Right after the
+    user's own click the page said "Job 1 is building 'x' already", read as a second click, and "is training" of a
+    job still queued: the job launched from this session is said as launched ("Job 4 queued to train 'x': `watch`");
+    "already" is kept for a job started elsewhere. `verb`/`ing`: "train"/"training"; `instead`: how to start
+    another ("choose another name to start another run")."""
+    queued = job.status == "queued"
+    if job.id in st.session_state.get(LAUNCHED, ()):
+        return (f"Job {job.id} queued to {verb} {what}: " if queued else
+                f"Job {job.id} started {ing} {what}: ") + f"{watch}; {instead}."
+    return (f"Job {job.id} is queued already to {verb} {what}: " if queued else
+            f"Job {job.id} is {ing} {what} already: ") + f"{instead}."
 
 
 # What a table shows for a missing value (a score not evaluated, a stage with no job): st.dataframe's own is the word

@@ -12,9 +12,10 @@ from sqlmodel import func, select
 from backend import analysis, qatable, registry, runner, scorenotes, scoretable, tasknames
 from backend.recipe import tables
 from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
-from pages.common import MISSING, drop_deleted, job_status, submit, via_app, worker_banner
+from pages.common import LAUNCHED, MISSING, drop_deleted, job_status, submit, via_app, worker_banner
 from pages import compare_length
-from pages.compare_pick import merge_weights, no_bar_note, no_chart_note, no_radar_note, pick_models, show_notes
+from pages.compare_pick import (ancestry, merge_defaults, merge_weights, no_bar_note, no_chart_note, no_radar_note,
+                                pick_models, show_notes)
 from pages.figures import NAME_CHARS, bar_figure, name_width, radar_figure, short_name
 from storage import db
 from storage.models import EvalScore
@@ -71,35 +72,6 @@ if len(names) < 1:
     st.info("No models yet: import or build one first.")
     st.stop()
 
-def merge_defaults(recs: list) -> list[str]:
-    """The two newest models of one depth, neither made from the other: the two newest models were preselected,
-    and after a merge those were the merge and one of its own candidates (a merge of a model with itself, in part),
-    or models of two depths, which the merge refuses."""
-    newest = recs[::-1]
-    made_from = ancestry(recs)
-    for i, a in enumerate(newest):
-        for b in newest[i + 1:]:
-            # any ancestor, not only a parent: after cpt → sft → merge, the cpt model and the merge were offered
-            if a.num_layers == b.num_layers and a.name not in made_from[b.name] and b.name not in made_from[a.name]:
-                return [b.name, a.name]
-    return [r.name for r in recs[-2:]]
-
-
-def ancestry(recs: list) -> dict[str, set[str]]:
-    """Every model's ancestors (parents, their parents, …) among the records."""
-    parents = {r.name: list(r.parents or []) for r in recs}
-    out: dict[str, set[str]] = {}
-    for name in parents:
-        seen, todo = set(), list(parents[name])
-        while todo:
-            p = todo.pop()
-            if p not in seen:
-                seen.add(p)
-                todo.extend(parents.get(p, []))
-        out[name] = seen
-    return out
-
-
 def lineage_order(recs: list) -> list[str]:
     """The models in the paper's order, the order of their making: by lineage depth (a base, then what was up-scaled
     from it, then continued pretraining, SFT, DPO, a merge of those), then by registration within a depth (`recs`
@@ -146,19 +118,25 @@ def tokenizer_fields(method: str, cands: list[str], base: str | None) -> dict:
 with st.expander("Merge candidates"):
     st.caption("SOLAR's final step: two candidates merged by Average(a, b) or SLERP. Task arithmetic, TIES and DARE "
                "need the base the candidates were trained from. Models must share architecture and shapes.")
+    if mgone := drop_deleted("merge_models", names):  # said, and a click of this run merges nothing
+        st.warning(f"{mgone}. Check the candidates, then click Merge again.")
+    # a row of its own (in a third of the width names were cut, "SmolLM2-135M-Instruct-dus…", and the second hidden),
+    # and the same arguments for every method: `max_selections=2` for SLERP gave the widget another identity, so
+    # Streamlit reset it to the default pair and the user's pick was lost; SLERP's two are checked below instead
+    cands = st.multiselect("Candidates", names, default=merge_defaults(model_records), key="merge_models",
+                           help="SLERP merges exactly two; the other methods two or more. Models must share "
+                                "architecture, width and depth.")
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Method", list(MERGE_DEFAULTS), key="merge_method",  # the methods: mergekit's defaults
                           help="mergekit 0.1.5's definitions; average is its linear")
-    if mgone := drop_deleted("merge_models", names):  # said, and a click of this run merges nothing
-        st.warning(f"{mgone}. Check the candidates, then click Merge again.")
-    cands = c2.multiselect("Candidates", names, default=merge_defaults(model_records),
-                           max_selections=2 if method == "slerp" else None, key="merge_models")
     fields: dict = {}
     bad_weights = False
     if MergeSpec.reads(method, "t"):  # slerp
         fields["t"] = c3.slider("t (0 = first, 1 = second)", 0.0, 1.0, 0.5, 0.05, key="merge_t")
     else:
-        ws = c3.text_input("Weights (one per candidate)", ", ".join(["0.5"] * max(len(cands), 1)), key="merge_w")
+        # a key a count (its default changes nothing once drawn): a form opened with none chosen kept "0.5" for two
+        ws = c3.text_input("Weights (one per candidate)", ", ".join(["0.5"] * max(len(cands), 2)),
+                           key="merge_w" if len(cands) <= 2 else f"merge_w_{len(cands)}")
         try:
             fields["weights"] = [float(x) for x in ws.split(",") if x.strip()]
         except ValueError:  # no merge then: the spec's default (equal) weights are not what was typed
@@ -188,7 +166,19 @@ with st.expander("Merge candidates"):
     if related:  # allowed (a model with its own ancestor), but rarely meant: SOLAR merges two sibling candidates
         st.warning("; ".join(f"{a} is made from {b}" for a, b in related) + ": this merge mixes a model with its "
                    "own ancestor. SOLAR merges candidates trained side by side from one model.")
-    if len(cands) < 2:  # not an error yet: the user has not chosen (with one model registered, cannot)
+    refused = None  # a pair the merge refuses (30 vs 32 layers), said now, not only after the click
+    if len(cands) >= 2:
+        from backend.merge.plan import MergeError, check_registered  # the runner's check, from the registry rows
+
+        try:
+            check_registered(MergeSpec.model_construct(models=cands, base=fields.get("base")))
+        except MergeError as exc:
+            refused = str(exc)
+            st.error(f"{refused} Choose other candidates.")
+    if method == "slerp" and len(cands) > 2:  # said, none dropped: the widget kept the pick when slerp was chosen
+        st.error(f"SLERP merges exactly two models, and {len(cands)} are chosen: remove {len(cands) - 2} of "
+                 f"{', '.join(cands)}, or choose another method to merge them all.")
+    elif len(cands) < 2:  # not an error yet: the user has not chosen (with one model registered, cannot)
         st.info("Choose two candidates to merge" + ("." if len(names) >= 2 else
                                                    ": only one model is registered — train or import another."))
     else:
@@ -206,9 +196,9 @@ with st.expander("Merge candidates"):
     if mspec is not None:
         taken = registry.get(mspec.name) is not None
         b1, b2 = st.columns(2)
-        if b1.button("Merge", type="primary", key="merge", disabled=taken,
-                     help=f"A model named {mspec.name} exists: choose another name." if taken else None) \
-                and not mgone:
+        if b1.button("Merge", type="primary", key="merge", disabled=taken or bool(refused),
+                     help=f"A model named {mspec.name} exists: choose another name." if taken else refused) \
+                and not mgone and not refused:
             job_id = submit(mspec, "merge_job")
             if job_id is not None:
                 st.session_state.setdefault("merge_jobs", []).append(job_id)
@@ -243,7 +233,10 @@ with st.expander("Evaluate", expanded=False):
     scored = {m for m, _, _ in latest}  # all registered models by default made one click queue 150 jobs
     # nor those an evaluation queued or running will score: while `eval … --queue` ran, the form offered them again
     # and one click queued the same evaluations twice
-    pending = {m for j in runner.active_jobs() if j.kind == "eval" for m in j.spec.get("models", [])}
+    evals = [j for j in runner.active_jobs() if j.kind == "eval"]
+    pending = {m for j in evals for m in j.spec.get("models", [])}
+    # those of the evaluations queued from this session: after the user's own click, not "already" (another tab, CLI)
+    mine = {m for j in evals if j.id in st.session_state.get(LAUNCHED, ()) for m in j.spec.get("models", [])}
     # the newest two of those, as a user just back from training expects: every unscored model, the 135M built-in
     # among them, made a first evaluation on a CPU take many times as long as the models just made
     unscored = [m for m in names if m not in scored | pending]  # names: oldest first
@@ -291,8 +284,10 @@ with st.expander("Evaluate", expanded=False):
                                               spec_fields["perplexity_window"].default, key="eval_ppl_window",
                                               help=spec_fields["perplexity_window"].description))
     if busy := [m for m in emodels if m in pending]:  # a second click queued the same evaluations again
-        st.info(f"An evaluation queued or running already scores {', '.join(busy)} (Jobs page): evaluate "
-                f"{'it' if len(busy) == 1 else 'them'} again only for other tasks or settings; a model's newer run "
+        st.info((f"The evaluation launched here scores {', '.join(busy)}: its progress is shown below; evaluate "
+                 if mine.issuperset(busy) else
+                 f"An evaluation queued or running already scores {', '.join(busy)} (Jobs page): evaluate ")
+                + f"{'it' if len(busy) == 1 else 'them'} again only for other tasks or settings; a model's newer run "
                 "of a task replaces its older one.")
     if not emodels:  # not an error: with every model scored, none is preselected
         waiting = sorted(pending - scored)
@@ -392,33 +387,6 @@ if h6:
     st.caption("Ours are fractions (lm-eval), the published ones percent. Source: " + lmeval.PAPER_H6_SOURCE
                + ". Only numbers checked against that source are shown.")
 
-merged = [r for r in records.values() if r.kind == "merged" and r.name in table["model"].values]
-if merged:
-    st.subheader("Merge candidates")
-    st.caption("Each merge beside the candidates it was made from, as in the paper's merge table.")
-    for mrec in merged:
-        # its own rows, headed as its models decide (scoretable.headline): a model of another tokenizer elsewhere in
-        # the table turned this view's perplexity to byte perplexity too; only its tasks
-        mine = scoretable.of_models(latest, mrec.parents + [mrec.name])
-        view = pd.DataFrame(sorted(scoretable.table_rows(mine, records, clean=clean_only), key=by_lineage)
-                            ).dropna(axis=1, how="all")
-        st.write(f"**{mrec.name}** — {mrec.recipe.get('method')}"
-                 + (f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
-                    merge_weights(mrec.recipe, len(mrec.parents))))
-        if mrec.recipe.get("method") == "slerp":  # nearly parallel candidates: SLERP is the average, said here
-            from backend.merge import slerp_note  # imports torch: only when a SLERP is shown
-
-            if note := slerp_note(mrec.path):
-                st.caption(note)
-        score_table(view, f"merge_view_{mrec.name}", labels)
-        # a candidate with no scores was simply absent: "beside the candidates it was made from" showed the merge
-        # beside one of its two, and nothing said the other was never evaluated (or is gone)
-        unscored = [p for p in mrec.parents if p not in set(view["model"])]
-        if unscored:
-            st.caption("Not in this table: " + "; ".join(
-                f"`{p}` (deleted)" if p not in records else f"`{p}`, no scores yet (Evaluate above)"
-                for p in unscored) + ".")
-
 # the models the charts draw, in the table's order (name_colors): every one up to scorenotes.MANY, else those picked
 # (by default the newest model's lineage): 114 models made 2,000 px bars and a legend that squeezed its plot
 charted = pick_models(list(table["model"]) if "model" in table else [], lineage_of,
@@ -457,3 +425,39 @@ if charts:
     st.caption(scoretable.chart_note(latest, charts, clean_only, radar=drew_radar, labels=labels))
 
 compare_length.show(charted, order, lineage_of, model_records, {task for _, task, _ in latest})
+
+
+def merge_views(merged: list) -> None:
+    """Each merge beside the candidates it was made from, one collapsed expander a merge headed by its name and
+    method, under the charts: drawn open one under another, with a few merges the views pushed the bars, the radar
+    and the answer-length plots past 1,000 px down the page (9,600 px with many). One merge is drawn open."""
+    st.subheader("Merge candidates")
+    st.caption("Each merge beside the candidates it was made from, as in the paper's merge table"
+               + (": open one to see its table." if len(merged) > 1 else "."))
+    for mrec in merged:
+        # its own rows, headed as its models decide (scoretable.headline): a model of another tokenizer elsewhere in
+        # the table turned this view's perplexity to byte perplexity too; only its tasks
+        mine = scoretable.of_models(latest, mrec.parents + [mrec.name])
+        view = pd.DataFrame(sorted(scoretable.table_rows(mine, records, clean=clean_only), key=by_lineage)
+                            ).dropna(axis=1, how="all")
+        head = f"**{mrec.name}** — {mrec.recipe.get('method')}" + (
+            f" t={mrec.recipe.get('t')}" if mrec.recipe.get("method") == "slerp" else
+            merge_weights(mrec.recipe, len(mrec.parents)))
+        with st.expander(head, expanded=len(merged) == 1):
+            if mrec.recipe.get("method") == "slerp":  # nearly parallel candidates: SLERP is the average, said here
+                from backend.merge import slerp_note  # imports torch: only when a SLERP is shown
+
+                if note := slerp_note(mrec.path):
+                    st.caption(note)
+            score_table(view, f"merge_view_{mrec.name}", labels)
+            # a candidate with no scores was simply absent: "beside the candidates it was made from" showed the merge
+            # beside one of its two, and nothing said the other was never evaluated (or is gone)
+            unscored = [p for p in mrec.parents if p not in set(view["model"])]
+            if unscored:
+                st.caption("Not in this table: " + "; ".join(
+                    f"`{p}` (deleted)" if p not in records else f"`{p}`, no scores yet (Evaluate above)"
+                    for p in unscored) + ".")
+
+
+if merged := [r for r in records.values() if r.kind == "merged" and r.name in table["model"].values]:
+    merge_views(merged)  # last: the charts above are what most visits come for

@@ -5,6 +5,8 @@ by answer length" legend filled three quarters of its column and left the plot a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from backend import scorenotes
@@ -132,3 +134,41 @@ def merge_weights(recipe: dict, n: int) -> str:
     "weights=equal" under one merge and "[0.5, 0.5]" under another of the same weights."""
     weights = tables.applied_weights(recipe, {}, n)
     return f" weights={[float(f'{w:g}') for w in weights]}" if weights else ""
+
+
+def ancestry(recs: list) -> dict[str, set[str]]:
+    """Every model's ancestors (parents, their parents, …) among the records."""
+    parents = {r.name: list(r.parents or []) for r in recs}
+    out: dict[str, set[str]] = {}
+    for name in parents:
+        seen, todo = set(), list(parents[name])
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(parents.get(p, []))
+        out[name] = seen
+    return out
+
+
+def same_shape(a, b) -> bool:
+    """Two registry rows of one depth, width and model type, the fields merge.plan.check_registered compares (0 or
+    "": not read at registration, so not compared, as there)."""
+    return all(x == y or not x or not y for x, y in ((a.num_layers, b.num_layers), (a.hidden_size, b.hidden_size),
+                                                     (a.model_type, b.model_type)))
+
+
+def merge_defaults(recs: list) -> list[str]:
+    """The merge form's preselection, older first: the newest two models of one shape neither made from the other,
+    else the newest two of one shape (the form warns that one is the other's ancestor), else none; never two names
+    of one folder, a merge of a model with itself, which the merge refuses. The two newest
+    whatever their depth were the fallback (a 30-layer base and its 32-layer up-scaled model), which the merge
+    refused only at the click; before that, a merge and one of its own candidates. `recs`: oldest first."""
+    newest = recs[::-1]
+    made_from = ancestry(recs)
+    folder = {r.name: str(Path(r.path).expanduser().resolve()) for r in recs}  # two names of one folder: one model
+    pairs = [(b, a) for i, a in enumerate(newest) for b in newest[i + 1:]
+             if same_shape(a, b) and folder[a.name] != folder[b.name]]
+    # any ancestor, not only a parent: after cpt → sft → merge, the cpt model and the merge were offered
+    apart = [(b, a) for b, a in pairs if a.name not in made_from[b.name] and b.name not in made_from[a.name]]
+    return [r.name for r in (apart or pairs or [()])[0]]

@@ -16,7 +16,7 @@ from backend.specs import SynthMathSpec, explain
 from backend.synth import pipeline, seeds
 from backend.synth.seeds import CATEGORIES, SeedError
 from backend.words import plural
-from pages.common import job_status, submit, via_app, worker_banner
+from pages.common import job_status, making_said, submit, via_app, worker_banner
 from pages.figures import PALETTE, length_histogram_figure, word_diff_html
 
 
@@ -58,7 +58,8 @@ def synth_name_taken(spec: SynthMathSpec) -> str:
     making = next((j for j in runner.active_jobs() if j.kind == "synth-math" and runner.planned_name(j) == spec.name),
                   None)
     if making:
-        return f"Job {making.id} is making {spec.name}-pairs already: choose another name to make another data set."
+        return making_said(making, "make", "making", f"{spec.name}-pairs", "its progress is shown below",
+                           "choose another name to make another data set")
     try:
         pipeline.check_synth_free(spec)
     except pipeline.DatasetError as exc:

@@ -17,7 +17,7 @@ from backend.training import TRACKER_PACKAGES, TrainingError, default_report_to
 from backend.words import plural
 from backend.specs import (CptSpec, DataSource, DpoSpec, LoraSpec, PerfOptions, Resources, SftSpec, _TrainSpec,
                            explain)
-from pages.common import job_making, job_status, model_names, submit, worker_banner, via_app
+from pages.common import job_making, job_status, making_said, model_names, submit, worker_banner, via_app
 
 # What "auto" becomes on each device (backend/perf.py decides; measured on an H200, issue 13).
 AUTO = {"compile": "CUDA: regional; CPU: off", "liger": "CUDA: on when installed; CPU: off",
@@ -32,9 +32,12 @@ KINDS = {"cpt": (CptSpec, "Continued pretraining", "builtin:facts-corpus"),
 MACHINE_FIELDS = ("num_machines", "machine_rank", "main_process_ip", "main_process_port", "ray_workers", "resources")
 
 
+_PLAN_LABELS = {"cpu_ram": "CPU RAM"}  # the memory plan's headers that are not its column names
+
+
 def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     """The memory plan table (every strategy for this model, batch, length and kind) and whether the spec fits."""
-    st.markdown("**Memory plan**")
+    st.markdown("**Memory plan** · GiB per device")
     try:
         r = memplan.report_for_spec(spec, registry.resolve(model)[0])
     except Exception as exc:  # noqa: BLE001 - an architecture the plan cannot model still trains
@@ -43,16 +46,27 @@ def show_memory_plan(spec, model: str) -> tuple[bool, str]:
     # the verdict first: at 1280 px the last column, "fits", showed "n/a: needs C" and the total sat mid-table
     table = pd.DataFrame(r.rows())
     table = table[["strategy", "total", "fits"] + [c for c in table.columns if c not in ("strategy", "total", "fits")]]
-    st.dataframe(table.rename(columns={c: f"{c} (GiB)" for c in table.columns if c not in ("strategy", "fits")}),
-                 hide_index=True, key="memory_plan", column_config={
-                     "strategy": st.column_config.TextColumn(pinned=True),
-                     "fits": st.column_config.TextColumn(width="medium")})
+    # a run that holds no reference model (not DPO, or DPO with precomputed reference log-probs), on any strategy
+    no_ref = "reference" in table and not any(p.components.get("reference") for p, _ in [(r.plan, r.ok), *r.others])
+    if no_ref:  # a column of zeros: left out, so the rest fits a 1280 px window too
+        table = table.drop(columns="reference")
+    gib = {c: f"{c} (GiB)" for c in table.columns if c not in ("strategy", "fits")}
+    # ten columns sized by their headers ("activations (GiB)") ran past a 1400 px window: reference, overhead and
+    # cpu_ram were cut off. Short labels, the unit once above the table (and in each header's help), fixed widths.
+    st.dataframe(table.rename(columns=gib), hide_index=True, key="memory_plan", column_config={
+        "strategy": st.column_config.TextColumn(pinned=True, width=190),
+        "fits": st.column_config.TextColumn(width=150),
+        **{label: st.column_config.NumberColumn(
+            _PLAN_LABELS.get(c, c), width=max(50, 6 * len(_PLAN_LABELS.get(c, c)) + 20),  # ~6 px a letter, padding
+            help="GiB of host RAM (CPU offload)" if c == "cpu_ram" else f"{c}: GiB per device")
+           for c, label in gib.items()}})
     where = (f"{len(r.avail)} × {r.what}, " + ", ".join(f"{a / memplan.GiB:.0f}" for a in r.avail) + " GiB free"
              if r.setup.device == "cuda" else f"CPU: {r.avail[0] / memplan.GiB:.0f} GiB of RAM")
     sentence = r.sentence()
     st.caption(f"GiB per device ({where}). Gradients and activations do not peak together: total = weights + "
                "optimizer + reference + the larger of the two (with gradient accumulation the gradients count with "
                "the activations), + the CUDA context (CPU: the process) as overhead. "
+               + ("No reference model is held in memory for this run (0 GiB, not shown). " if no_ref else "")
                + memplan.precision_note(r.setup))
     ok = r.ok
     (st.success if ok else st.warning)(sentence)
@@ -425,7 +439,8 @@ if taken:
     st.info(f"A model named {spec.name!r} is registered already: choose another name.")
 training = job_making(spec.name, KINDS)
 if training and not taken:
-    st.info(f"Job {training.id} is training {spec.name!r} already: choose another name to start another run.")
+    st.info(making_said(training, "train", "training", repr(spec.name), "follow it on the Monitor page",
+                        "choose another name to start another run"))
 if b1.button(f"Launch {label}", type="primary", key="launch", help=plan_reason or None,
              disabled=taken or training is not None or not previews_ok or not rows or not plan_ok or upload_pending) \
         and not training:

@@ -75,9 +75,11 @@ def test_the_merge_page_says_why_and_queues_nothing(tiny_llama, deep):
     registry.import_folder(deep, "deep")
     at = page("compare.py")
     at.multiselect(key="merge_models").set_value(["tiny", "deep"]).run()
-    at.button(key="merge").click().run()
+    # said as soon as the pair is chosen (it was said only after the click), and Merge off
     assert [e.value for e in at.error] == [
-        "Not queued: tiny and deep cannot be merged: they have different layers or tensors (6 vs 8 layers)."]
+        "tiny and deep cannot be merged: they have different layers or tensors (6 vs 8 layers). Choose other "
+        "candidates."]
+    assert at.button(key="merge").disabled
     assert runner.list_jobs() == []
 
 

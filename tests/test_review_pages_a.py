@@ -239,12 +239,12 @@ def test_a_second_click_does_not_queue_the_same_model_twice(tiny):
     # click before that rerun is refused by the page's `not building` guard)
     assert [(j.kind, j.spec["name"]) for j in runner.list_jobs()] == [("upscale", "tiny-dus-m2")]
     assert at.button(key="build").disabled
-    assert any("is building 'tiny-dus-m2' already" in i.value for i in at.info)
+    assert any("queued to build 'tiny-dus-m2'" in i.value for i in at.info)
     at = app("train.py")
     at.button(key="launch").click().run()
     assert [j.kind for j in runner.list_jobs()] == ["cpt", "upscale"]
     assert at.button(key="launch").disabled
-    assert any("is training 'tiny-cpt' already" in i.value for i in at.info)
+    assert any("queued to train 'tiny-cpt'" in i.value for i in at.info)
 
 
 def test_a_run_stopped_before_any_checkpoint_offers_a_restart_not_a_resume(tiny, workspace, monkeypatch):

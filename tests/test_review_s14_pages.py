@@ -26,7 +26,8 @@ def test_train_page_sees_a_queued_job_that_derives_the_same_name(tiny):
     assert job.spec.get("name") is None
     at = app("train.py")
     assert at.text_input(key="train_name_cpt_tiny").value == "tiny-cpt"
-    assert any(f"Job {job.id} is training 'tiny-cpt' already" in i.value for i in at.info), [i.value for i in at.info]
+    assert any(f"Job {job.id} is queued already to train 'tiny-cpt'" in i.value for i in at.info), \
+        [i.value for i in at.info]
     assert at.button(key="launch").disabled
 
 
@@ -119,7 +120,7 @@ def test_synth_page_starts_at_a_free_name_and_holds_back_a_taken_one():
     (job,) = runner.list_jobs()
     at.run()  # queued, not yet run: a second click would make the same names
     assert at.button(key="make_pairs").disabled
-    assert any(f"Job {job.id} is making synth-math-pairs already" in i.value for i in at.info)
+    assert any(f"Job {job.id} queued to make synth-math-pairs" in i.value for i in at.info)
     runner.worker(once=True)
     at.run()
     assert at.button(key="make_pairs").disabled  # was enabled: the click then said "Not queued: … already named"

@@ -88,7 +88,7 @@ def test_a_job_resumed_from_the_command_line_reruns_the_page_when_it_ends_again(
     assert drawn_again(at)
     assert timers[-1][1] == 1.0
     assert at.button(key="launch").disabled  # the name is being made by the resumed job
-    assert any(f"Job {job} is training 'tiny-cpt' already" in i.value for i in at.info)
+    assert any(f"Job {job} is queued already to train 'tiny-cpt'" in i.value for i in at.info)  # resumed elsewhere
     runner._update(job, status="succeeded", progress=1.0, message="done")
     registry.import_folder(tiny_llama, "tiny-cpt")  # what the job made
     with fragment_only(monkeypatch, timers[-1][0]):
@@ -120,11 +120,11 @@ def test_build_and_launch_are_disabled_beside_the_job_they_just_queued(tiny):
     assert not at.exception, at.exception
     (job,) = runner.list_jobs()
     assert at.button(key="build").disabled
-    assert any(i.value == f"Job {job.id} is building 'tiny-dus-m2' already." for i in at.info)
+    assert any(i.value.startswith(f"Job {job.id} queued to build 'tiny-dus-m2': ") for i in at.info)
     at.switch_page("pages/train.py").run()
     at.button(key="launch").click().run()
     assert not at.exception, at.exception
     train = runner.list_jobs()[0]
     assert train.kind == "cpt" and train.id != job.id
     assert at.button(key="launch").disabled
-    assert any(i.value.startswith(f"Job {train.id} is training {train.spec['name']!r} already") for i in at.info)
+    assert any(i.value.startswith(f"Job {train.id} queued to train {train.spec['name']!r}: ") for i in at.info)

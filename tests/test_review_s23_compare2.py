@@ -108,7 +108,7 @@ def test_bars_without_radar_and_the_merge_tables_headers_and_weights(tiny_llama)
     captions = [c.value for c in at.caption]
     assert any(c.startswith("Bars: the table's scores.") for c in captions)
     assert not any("radar" in c for c in captions)
-    heads = [m.value for m in at.markdown if m.value.startswith("**m-")]
+    heads = [e.label for e in at.expander if e.label.startswith("**m-")]  # each merge's view: an expander
     assert heads == ["**m-default** — average weights=[0.5, 0.5]", "**m-given** — average weights=[0.5, 0.5]"]
     cols = [list(d.value.columns) for d in at.dataframe if list(d.value["model"]) == ["a", "b", "m-default"]]
     (cols,) = cols
