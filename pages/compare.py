@@ -253,9 +253,12 @@ with st.expander("Evaluate", expanded=False):
     files = st.text_input("More tasks (space-separated): qa:FILE.jsonl mc:FILE.jsonl gsm8k:FILE.jsonl "
                           "perplexity:FILE lm-eval:TASK", key="eval_more")
     e3, e4, e5 = st.columns(3)
-    limit = e3.number_input("Items per task", 1, 10_000, 20, key="eval_limit")
-    max_new = e4.number_input("Max new tokens", 8, 1024, 96, key="eval_max_new")
-    samples = e5.number_input("Samples for consistency (k)", 1, 10, 1, key="eval_samples")
+    # the spec's defaults, as `eval` and a recipe's evaluation take them: the page's 20 items scored other items
+    # than "the same evaluation" from the command line
+    default = EvalSpec.model_fields
+    limit = e3.number_input("Items per task", 1, 10_000, default["limit"].default, key="eval_limit")
+    max_new = e4.number_input("Max new tokens", 8, 1024, default["max_new_tokens"].default, key="eval_max_new")
+    samples = e5.number_input("Samples for consistency (k)", 1, 10, default["samples"].default, key="eval_samples")
     if limit < analysis.MIN_ITEMS:
         st.warning(f"{limit} items per task: the answer-length comparison at the foot of this page needs at least "
                    f"{analysis.MIN_ITEMS} items both models answered, so it will not compare these. Set Items per "
