@@ -142,8 +142,8 @@ def test_a_queued_job_says_which_job_keeps_the_worker_busy():
     from backend.runner import job_message
 
     sft = _job("sft", "running", message="step 3/6")
-    first = _job("merge", "queued", _merge_spec("average"))
-    second = _job("merge", "queued", _merge_spec("slerp"))
+    first = _job("eval", "queued", {"kind": "eval", "models": ["base"]})  # device jobs: they wait for the sft job
+    second = _job("eval", "queued", {"kind": "eval", "models": ["base-cpt"]})
     chained = _job("dpo", "queued", after=sft.id, message=f"waiting for job {sft.id}")
     jobs = runner.active_jobs()
     assert job_message(first, jobs, alive=True) == f"queued: the worker is busy with job {sft.id} (sft)"
@@ -173,13 +173,14 @@ def test_jobs_page_names_outputs_and_fits_the_table():
     # two merges of one pair tell apart: long names are cut in the middle, keeping the method at the end
     assert table["output"].tolist() == ["scores of base", "base_base-cpt-slerp0.5", "base_base-cpt…verage-0.5-0.5",
                                         "base-sft"]
-    assert table["message"][2] == f"queued: the worker is busy with job {sft.id} (sft)"
+    # a merge is a light job (runner/lanes.py): it runs beside the training, not after it
+    assert table["message"][2] == f"queued: the worker starts it next, beside job {sft.id} (sft)"
     config = json.loads(at.dataframe[0].proto.columns)
     assert config["id"]["pinned"] is True
     assert config["message"]["width"] <= 240 and config["output"]["width"] <= 240
     at.selectbox(key="job").set_value(sft.id + 1).run()  # the status box says the same
     assert [p.proto.text for p in at.get("progress")] == [
-        f"Job {sft.id + 1} (merge): queued: the worker is busy with job {sft.id} (sft)"]
+        f"Job {sft.id + 1} (merge): queued: the worker starts it next, beside job {sft.id} (sft)"]
 
 
 def test_an_evaluation_says_kept_scores_in_words_and_not_when_none(monkeypatch):
@@ -201,7 +202,7 @@ def test_the_running_job_is_named_behind_more_than_a_hundred_newer_finished_ones
     for _ in range(101):
         _job("merge", "succeeded", message="done")
     queued = _job("merge", "queued", _merge_spec("average"))
-    assert job_message(queued, alive=True) == f"queued: the worker is busy with job {sft.id} (sft)"
+    assert job_message(queued, alive=True) == f"queued: the worker starts it next, beside job {sft.id} (sft)"
 
 
 def test_jobs_list_on_the_command_line_says_what_the_jobs_page_says(capsys):
@@ -217,7 +218,7 @@ def test_jobs_list_on_the_command_line_says_what_the_jobs_page_says(capsys):
         s.commit()
     main(["jobs", "list"])
     lines = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines()}
-    assert lines[queued.id].endswith(f"queued: the worker is busy with job {sft.id} (sft)")
+    assert lines[queued.id].endswith(f"queued: the worker starts it next, beside job {sft.id} (sft)")
     assert lines[failed.id].endswith("failed: no such folder")
 
 

@@ -254,7 +254,7 @@ def cmd_worker(a) -> None:
 
     start = utcnow()
     _on_interrupt[0] = lambda: _worker_interrupted(start)
-    runner.worker(poll=a.poll, once=a.once, slots=a.slots)
+    runner.worker(poll=a.poll, once=a.once, slots=a.slots, light_slots=a.light_slots)
 
 
 def _worker_interrupted(start) -> str:
@@ -346,7 +346,10 @@ def add_worker(sub) -> None:
     w = sub.add_parser("worker", help=HELP["worker"])
     w.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
     w.add_argument("--once", action="store_true", help="run what is queued, then exit")
-    w.add_argument("--slots", type=int, help="jobs at a time (default $DUS_JOB_SLOTS or 1)")
+    w.add_argument("--slots", type=int, help="device jobs at a time: trainings, evaluations, synthetic math "
+                   "(default $DUS_JOB_SLOTS or 1)")
+    w.add_argument("--light-slots", type=int, help="light jobs at a time beside them: imports, upscales, merges, "
+                   "pushes (default $DUS_LIGHT_SLOTS or 1; 0: they wait for the device slots too)")
     w.set_defaults(fn=cmd_worker)
 
 

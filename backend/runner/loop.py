@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from backend.cluster import ray_jobs
+from backend.runner import lanes
 from backend.runner.hosts import (BEAT_EVERY, _clear_stopped, _hosts_here, _mine, beat, check_host_id,
                                   check_shared_workspace, claim_host, dead_hosts, heartbeat_path, recover_orphans)
 from backend.runner.resume_step import with_resume_step
@@ -32,24 +33,45 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # where a job process runs: `-m
 
 
 @db.retrying
-def _claim_next(slots: int | None = None, only: set[int] | None = None) -> Job | None:
+def _claim_next(slots: int | None = None, only: set[int] | None = None, light: int = 0) -> Job | None:
     """The oldest queued job whose dependency (if any) succeeded; jobs whose dependency ended otherwise are
     cancelled with the reason. The claim is one conditional update, so two workers never take the same job, and with
     `slots` it only succeeds while fewer than `slots` jobs run on this machine: the cap holds at every instant, not
-    only after a losing worker gives its claim back. `only`: these jobs and no other."""
+    only after a losing worker gives its claim back. `light` (lanes.py): with light slots, a light job (an import, a
+    merge) is claimed while fewer than `light` light jobs run here, however many device jobs run, and a device job
+    counts only device jobs against `slots`; each lane oldest first. `only`: these jobs and no other."""
     notes = db.unit_notes()
     with db.session() as s:
         if db.rerun() and "claim" in notes and (mine := _claimed_before(s, *notes.pop("claim"))):
             return mine
+        lanes_open = {False, True} if light else {False}
+        full = _full_lanes(s, slots, light) if light else set()  # one lane: found full only after a failed claim
+        if full >= lanes_open:
+            return None
         queued = select(Job).where(Job.status == "queued")
-        for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)):
-            if _cancelled_or_waiting(s, job):
+        if full:  # the other lane's jobs only: a worker busy with a training scanned the queue every 0.2 s
+            queued = queued.where(Job.kind.in_(lanes.LIGHT_KINDS) if False in full else
+                                  Job.kind.not_in(lanes.LIGHT_KINDS))
+        for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)).all():
+            if (lane := lanes.is_light(job.kind, light)) in full or _cancelled_or_waiting(s, job):
                 continue
-            if _claim(s, job, slots, notes):
+            if _claim(s, job, light if lane else slots, notes, lane if light else None):
                 return job
-            if slots is not None and _busy() >= slots:
+            if (full := _full_lanes(s, slots, light)) >= lanes_open:
                 return None  # the machine filled up while we looked
     return None
+
+
+def _full_lanes(s, slots: int | None, light: int) -> set[bool]:
+    """The lanes with no slot free on this machine: False for the device jobs' (every job's, without light slots),
+    True for the light jobs'. Only a hint for which jobs to try: the claim's own count is what holds the cap."""
+    if slots is None:
+        return set()
+    if not light:
+        return {False} if _busy() >= slots else set()
+    kinds = s.exec(select(Job.kind).where(Job.status == "running", _mine())).all()
+    n_light = sum(k in lanes.LIGHT_KINDS for k in kinds)
+    return {lane for lane, busy, cap in ((False, len(kinds) - n_light, slots), (True, n_light, light)) if busy >= cap}
 
 
 def _claimed_before(s, claimed_id: int, started) -> Job | None:
@@ -78,10 +100,11 @@ def _cancelled_or_waiting(s, job: Job) -> bool:
     return waiting
 
 
-def _claim(s, job: Job, slots: int | None, notes: dict) -> bool:
+def _claim(s, job: Job, slots: int | None, notes: dict, light: bool | None = None) -> bool:
     """Take the job for this machine in one conditional update: only while it is still queued and (with `slots`)
-    fewer than `slots` jobs run here. The claim's start time goes into the unit's notes first, so that a rerun
-    finds it (_claimed_before)."""
+    fewer than `slots` jobs run here: every job, or with `light` True the light jobs only, False the device jobs
+    only (lanes.py). The claim's start time goes into the unit's notes first, so that a rerun finds it
+    (_claimed_before)."""
     from sqlalchemy import func, text, update
     from sqlalchemy.orm import aliased
 
@@ -95,8 +118,10 @@ def _claim(s, job: Job, slots: int | None, notes: dict) -> bool:
         if s.get_bind().dialect.name == "postgresql":
             s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=f"dus-claim:{claim_host()}"))
         other = aliased(Job)
-        cond.append(select(func.count(other.id)).where(other.status == "running", other.host.in_(_hosts_here()))
-                    .scalar_subquery() < slots)
+        lane = [] if light is None else [other.kind.in_(lanes.LIGHT_KINDS) if light else
+                                         other.kind.not_in(lanes.LIGHT_KINDS)]
+        cond.append(select(func.count(other.id)).where(other.status == "running", other.host.in_(_hosts_here()),
+                                                       *lane).scalar_subquery() < slots)
     notes["claim"] = job.id, utcnow()
     claimed = s.exec(update(Job).where(*cond).values(status="running", message="launching",
                                                      started=notes["claim"][1], host=claim_host(), cluster_ref=""))
@@ -188,11 +213,15 @@ def _interrupt_running(running: dict) -> None:
             status="interrupted", finished=utcnow(), message="interrupted: its worker was stopped (Ctrl-C)")))
 
 
-def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None) -> None:
-    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1). `once`: run what is
-    runnable now, wait for it, then return (tests, scripts). `only`: run these jobs and no other (a foreground
-    `recipe run` ran every job queued in the workspace, another machine's included, before its own)."""
+def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None,
+           light_slots: int | None = None) -> None:
+    """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1), and beside them at
+    most `light_slots` light jobs (imports, upscales, merges, pushes: lanes.py; default $DUS_LIGHT_SLOTS, else 1;
+    0: they take the device slots too). `once`: run what is runnable now, wait for it, then return (tests,
+    scripts). `only`: run these jobs and no other (a foreground `recipe run` ran every job queued in the workspace,
+    another machine's included, before its own)."""
     slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
+    light = lanes.light_slots(light_slots)  # a bad value stops the worker at start
     addr = _start_checks()
     stop = False
 
@@ -213,8 +242,10 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
                 _reap_ended(running)
                 recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
                 _clear_stopped()
-                busy = _busy()  # slots count every job running on this machine, also another worker's here
-                job = _claim_next(slots, only) if not stop and busy < slots else None
+                # slots count every job running on this machine, also another worker's here; with light slots,
+                # _claim_next finds which lane has room
+                busy = _busy()
+                job = _claim_next(slots, only, light) if not stop and busy < slots + light else None
             except (db.DatabaseUnavailable, sa.exc.DBAPIError) as exc:
                 if not running and once:  # a foreground run (recipe run's worker): fail now, saying why
                     raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backend.cluster import ray_jobs
+from backend.runner import lanes
 from backend.runner.hosts import (BEAT_STALE, _age, _beat_ages, _local_run_alive, beats_once, host_id,
                                   worker_alive)
 from backend.runner.queue import WAITING, active_jobs, inputs_gone
@@ -53,12 +54,20 @@ def one_pass(jobs: list = ()) -> Iterator[tuple[list, bool]]:
                 _PASS.reset(token)
 
 
-def _queue_order(jobs: list, by_id: dict) -> tuple[list[int], list[str]]:
-    """The queued jobs a worker may take (waiting on no job), by id, the order it takes them in; the running ones,
-    as "7 (sft)"."""
+def _queue_order(jobs: list, by_id: dict) -> tuple[list[tuple[int, str]], list[tuple[str, str]]]:
+    """The queued jobs a worker may take (waiting on no job), as (id, kind), the order it takes them in; the running
+    ones, as (kind, "7 (sft)")."""
     order = sorted(jobs, key=lambda j: j.id)
-    return ([j.id for j in order if j.status == "queued" and not _waits_on_a_job(j, by_id)],
-            [f"{j.id} ({j.kind})" for j in order if j.status == "running"])
+    return ([(j.id, j.kind) for j in order if j.status == "queued" and not _waits_on_a_job(j, by_id)],
+            [(j.kind, f"{j.id} ({j.kind})") for j in order if j.status == "running"])
+
+
+def _light_slots() -> int:
+    """$DUS_LIGHT_SLOTS as the worker reads it; a bad value (the worker refuses to start on it) reads as 0."""
+    try:
+        return lanes.light_slots()
+    except ValueError:
+        return 0
 
 
 def job_message(job, active: list | None = None, alive: bool | None = None) -> str:
@@ -88,13 +97,24 @@ def job_message(job, active: list | None = None, alive: bool | None = None) -> s
         return job.message
     if not (worker_alive() if alive is None else alive):
         return WAITING
-    ready, busy = p[2:] if shared else _queue_order([j for j in jobs if j.id < job.id or j.status == "running"],
-                                                     by_id)
-    ahead = [str(i) for i in ready if i < job.id]
+    ready, running = p[2:] if shared else _queue_order(
+        [j for j in jobs if j.id < job.id or j.status == "running"], by_id)
+    # its lane's jobs only (lanes.py): a light job (an import, a merge) waits for no training, and none waits for it
+    light = _light_slots()
+    lane = lanes.is_light(job.kind, light)
+    ahead = [str(i) for i, kind in ready if i < job.id and lanes.is_light(kind, light) == lane]
+    busy = [said for kind, said in running if lanes.is_light(kind, light) == lane]
+    beside = [said for kind, said in running if lanes.is_light(kind, light) != lane] if lane else []
     said = (f"queued: the worker is busy with job{'s' if len(busy) > 1 else ''} {', '.join(busy)}" if busy
             else "queued: the worker starts it next" if not ahead else "queued")
-    return said + (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
-                   "first" if ahead else "")
+    said += (f"; job{'s' if len(ahead) > 1 else ''} {', '.join(ahead)} go{'' if len(ahead) > 1 else 'es'} "
+             "first" if ahead else "")
+    if beside and not (busy or ahead):
+        return f"{said}, beside job{'s' if len(beside) > 1 else ''} {', '.join(beside)}"
+    if beside:
+        return (f"{said}; it runs beside job{'s' if len(beside) > 1 else ''} {', '.join(beside)} (light jobs: "
+                f"{light} at a time)")
+    return said
 
 
 def will_fail(job, active: list | None = None, making: set[str] | None = None) -> str | None:
