@@ -29,21 +29,23 @@ import numpy as np
 
 from backend.answerstats import (CONTINUE_PRETRAINING, CUT_OFF, CUT_OFF_LARGE, FEW_ITEMS, MIN_CLUSTERS, MIN_ITEMS,
                                  OUTCOMES, RAISE_CAP, RAISE_LIMIT, RATE_LABEL, Record, _length, _remedy,
-                                 answered_models, bin_edges, bin_of, bins_of, by_length_bin, caps_all_cut_off,
-                                 cut_off_advice, cut_shares, empty_shares, expanded_tail, from_generation, is_bad,
+                                 all_cut_caps, answered_models, bin_edges, bin_of, bins_of, by_length_bin,
+                                 caps_all_cut_off, cut_off_advice, cut_shares, empty_shares, expanded_tail,
+                                 from_generation, is_bad,
                                  judged_items, length_controlled, length_unit, lengths, mcnemar_accuracy, never_ended,
                                  pair_records, paired_bootstrap, preload, shared_items, stated, task_records,
                                  word_bins)
-from backend.claimtext import _few_items_note, _points, sentence
+from backend.claimtext import _few_items_note, _points, sentence, within_bins_text
 from backend.lengthfit import Separation, length_curves, length_model
 
 __all__ = ["CONTINUE_PRETRAINING", "CUT_OFF", "CUT_OFF_LARGE", "FEW_ITEMS", "MIN_CLUSTERS", "MIN_ITEMS", "OUTCOMES",
            "RAISE_CAP", "RAISE_LIMIT", "RATE_LABEL", "Record", "Separation", "_few_items_note", "_length", "_points",
-           "_remedy", "answered_models", "bin_edges", "bin_of", "bins_of", "by_length_bin", "caps_all_cut_off",
+           "_remedy", "all_cut_caps", "answered_models", "bin_edges", "bin_of", "bins_of", "by_length_bin",
+           "caps_all_cut_off",
            "compare", "cut_off_advice", "cut_shares", "empty_shares", "expanded_tail", "from_generation", "is_bad",
            "judged_items", "length_controlled", "length_curves", "length_model", "length_unit", "lengths",
            "mcnemar_accuracy", "never_ended", "pair_records", "paired_bootstrap", "preload", "sentence",
-           "shared_items", "stated", "task_records", "word_bins"]
+           "shared_items", "stated", "task_records", "within_bins_text", "word_bins"]
 
 
 def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "hallucination", boots: int = 2000,
@@ -57,12 +59,15 @@ def compare(records: list[Record], model_a: str, model_b: str, outcome: str = "h
     if model_a == model_b:
         raise ValueError("choose two different models.")
     items, left_out = judged_items(records, [model_a, model_b], outcome)
+    # the models cut off on every item and at each cap tried: the remedy says a higher cap will not help them, as
+    # the Compare page's warning above the verdict does (answerstats.all_cut_caps: no database read without one)
+    caps = all_cut_caps(left_out)
     res: dict = {"ok": False, "model_a": model_a, "model_b": model_b, "outcome": outcome, "n_items": len(items),
-                 "left_out": left_out}
+                 "left_out": left_out, "never_ended": caps}
     if len(items) < MIN_ITEMS and left_out["n"]:
         remain = f"only {len(items)} remain" if items else "none remains"
         res["message"] = (f"No verdict: {left_out['message']}, so {remain} and a comparison needs at least "
-                          f"{MIN_ITEMS}; {_remedy(len(items), left_out)}.")
+                          f"{MIN_ITEMS}; {_remedy(len(items), left_out, caps)}.")
         return {**res, "sentence": res["message"]}
     if len(items) < MIN_ITEMS:
         res["message"] = (f"{model_a} and {model_b} answered only {len(items)} of the same items; a comparison "

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.cutoff import (CAP, CHAT_TRAINING, TRAINING, cut_off_advice, cut_off_rows, cut_off_summary,  # noqa: F401
-                            lineage_training)
+from backend.cutoff import (CAP, CHAT_TRAINING, RAISE_CAP, TRAINING, cap_remedy, cut_off_advice,  # noqa: F401
+                            cut_off_rows, cut_off_summary, lineage_training)
 from backend.qa import EMPTY, flags
 
 MIN_ITEMS = 10  # fewer shared items than this: no comparison is attempted
@@ -24,7 +24,6 @@ MIN_CLUSTERS = 20  # cluster-robust errors need many clusters; below this the mo
 FEW_ITEMS = 20  # fewer shared items than this: the paired interval covers less than its 95 % (expanded_tail), said
 CUT_OFF = "cut off"  # the verdict of a reply that hit max_new_tokens before it stated an answer (backend/qa.py)
 CUT_OFF_LARGE = 0.2  # from this share of cut-off replies the "correct" gap may be the token cap's: the sentence says so
-RAISE_CAP = f"evaluate again with a higher {CAP}"  # the remedy: the evaluate form's field and `eval`'s flag
 ITEMS = "Items per task (eval --limit)"
 RAISE_LIMIT = f"evaluate again with more {ITEMS}"  # the remedy when even every item would be too few
 # no token cap brings an empty reply back: the model ended it at once (an up-scaled model before continued pretraining)
@@ -34,18 +33,29 @@ OUTCOMES = ("hallucination", "correct")
 RATE_LABEL = {"hallucination": "hallucination rate", "correct": "not-correct rate"}  # the rate compared, per outcome
 
 
-def _remedy(judged: int, left_out: int | dict) -> str:
+def _remedy(judged: int, left_out: int | dict, caps: dict[str, list[int]] | None = None) -> str:
     """What would give MIN_ITEMS items to judge: a higher token cap brings back at most the items it cut off, so
     with fewer items in all ("4 of 8 left out") the advice to raise it alone could not work; an item left out for an
-    empty reply no cap brings back. `left_out`: judged_items' dict (or a count of cut-off items)."""
+    empty reply no cap brings back, nor one of a model cut off at every cap tried (`caps`: all_cut_caps; cap_remedy
+    says what it needs). `left_out`: judged_items' dict (or a count of cut-off items)."""
     empty = left_out.get("n_empty", 0) if isinstance(left_out, dict) else 0
     cut = (left_out["n"] - empty) if isinstance(left_out, dict) else left_out
     if not cut:
         return CONTINUE_PRETRAINING
     then = f"; and {CONTINUE_PRETRAINING}" if empty else ""
+    cut_models = [m for m, c in left_out["by_model"].items() if c] if isinstance(left_out, dict) else []
+    if (remedy := cap_remedy(cut_models, caps or {})) != RAISE_CAP:
+        return remedy + then
     if judged + cut >= MIN_ITEMS:
         return RAISE_CAP + then
     return f"{RAISE_CAP} and more {ITEMS}, as only {judged + cut} were scored" + then
+
+
+def all_cut_caps(left_out: dict) -> dict[str, list[int]]:
+    """never_ended of the models cut off on every shared item (judged_items' `left_out`), as the Compare page's
+    warning looks them up; {} with none (no database read)."""
+    every = [m for m, c in left_out.get("by_model", {}).items() if c and c == left_out.get("n_shared")]
+    return never_ended(every) if every else {}
 
 
 def is_bad(r: Record, outcome: str) -> bool:
@@ -307,15 +317,18 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     The resamples are drawn as index arrays and binned with bincount: 500 resamples of 1,000 answers take
     milliseconds (a loop over records took seconds, and the compare page redraws on every widget change).
     For "hallucination", as in `compare`, an item either model left cut off is left out for both (`cut_off`: how
-    many items): cut-off replies all sit in the longest bin as non-hallucinations."""
+    many items): cut-off replies all sit in the longest bin as non-hallucinations; for "correct" they stay in the
+    raw gap and are left out of the gap within bins (`_within_bins`, which says over how many items it is)."""
     if outcome not in OUTCOMES:
         raise ValueError(f'outcome must be one of {", ".join(OUTCOMES)}, not {outcome!r}.')
     items, left_out = judged_items(records, [model_a, model_b], outcome)
     if not items and left_out.get("n_empty"):
-        raise ValueError(f"no item is left to judge {outcome} on: {left_out['message']}; {_remedy(0, left_out)}.")
+        raise ValueError(f"no item is left to judge {outcome} on: {left_out['message']}; "
+                         f"{_remedy(0, left_out, all_cut_caps(left_out))}.")
     if not items and left_out["n"]:
+        remedy = cap_remedy([m for m, c in left_out["by_model"].items() if c], all_cut_caps(left_out))
         raise ValueError(f"no item is left to judge hallucinations on: on every item {model_a} and {model_b} both "
-                         f"answered, a reply was cut off by the token limit; {RAISE_CAP}.")
+                         f"answered, a reply was cut off by the token limit; {remedy}.")
     if not items:
         have = {r.model for r in records}
         if model_a in have and model_b in have:
@@ -326,26 +339,56 @@ def length_controlled(records: list[Record], model_a: str, model_b: str, n_bins:
     # tokens, as every length chart on the Compare page, when every compared answer has a count; words when one
     # was stored before token counts were (a mix would bin one model's words against the other's tokens)
     unit = "tokens" if all(r.tokens > 0 for r in a + b) else "words"
-    edges = bin_edges(a + b, n_bins, unit)
-    k = len(edges) - 1
     wa, wb = lengths(a, unit), lengths(b, unit)
     ha, hb = (np.array([is_bad(r, outcome) for r in x], dtype=float) for x in (a, b))
-    ba, bb = bins_of(wa, edges), bins_of(wb, edges)
     idx = np.random.default_rng(seed).integers(0, len(keys), (boots, len(keys)))  # one draw of items for both
     raw_s = ha[idx].mean(1) - hb[idx].mean(1)
+    return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
+           "cut_off": left_out["n"], "unit": unit, "mean_length_a": float(wa.mean()),
+           "mean_length_b": float(wb.mean()), "mean_words_a": float(np.mean([r.words for r in a])),
+           "mean_words_b": float(np.mean([r.words for r in b])), "raw_diff": float(ha.mean() - hb.mean()),
+           "raw_ci": _ci(raw_s, len(keys)), **_within_bins(a, b, wa, wb, ha, hb, n_bins, unit, boots, seed)}
+
+
+def _ci(xs: np.ndarray, n: int) -> tuple:
+    """The 95 % expanded percentile interval of resampled gaps over n items (`expanded_tail`); (None, None) for none."""
+    if not len(xs):
+        return None, None
+    tail = expanded_tail(n)
+    return float(np.percentile(xs, tail)), float(np.percentile(xs, 100 - tail))
+
+
+def _within_bins(a, b, wa, wb, ha, hb, n_bins: int, unit: str, boots: int, seed: int) -> dict:
+    """length_controlled's gap within length bins, over the items neither reply was cut off on: for "correct" a
+    cut-off reply is not correct by definition and sits at the cap, so a bin of cut-off replies compared the cap, not
+    the models (a model cut off throughout read "gap +0.000" beside a raw gap of −0.250); for "hallucination"
+    judged_items has left them out already. `items_compared`: the fewer of the two models' answers in the bins both
+    models fill (the only answers the gap is over); below MIN_ITEMS the gap is None and `length_note` says why.
+    `cut_off_in_bins`: the items left out here for a cut-off reply."""
+    keep = [i for i in range(len(a)) if CUT_OFF not in (a[i].verdict, b[i].verdict)]
+    out = {"cut_off_in_bins": len(a) - len(keep), "n_items": len(a)}
+    if not keep:
+        return {**out, "bins": 0, "bins_compared": 0, "items_compared": 0, "length_controlled_diff": None,
+                "length_controlled_ci": (None, None),
+                "length_note": f"only 0 of {len(a)} items fall in length bins both models fill"}
+    sel = np.array(keep)
+    wa, wb, ha, hb = wa[sel], wb[sel], ha[sel], hb[sel]
+    edges = bin_edges([a[i] for i in keep] + [b[i] for i in keep], n_bins, unit)
+    k = len(edges) - 1
+    ba, bb = bins_of(wa, edges), bins_of(wb, edges)
+    ca, cb = np.bincount(ba, minlength=k), np.bincount(bb, minlength=k)
+    both = (ca > 0) & (cb > 0)
+    used = int(min(ca[both].sum(), cb[both].sum()))
+    out.update(bins=k, bins_compared=int(both.sum()), items_compared=used)
+    if used < MIN_ITEMS:  # the floor of `compare`'s verdict: a gap over fewer answers is no check of length
+        return {**out, "length_controlled_diff": None, "length_controlled_ci": (None, None),
+                "length_note": f"only {used} of {len(a)} items fall in length bins both models fill"}
+    idx = np.random.default_rng(seed).integers(0, len(keep), (boots, len(keep)))
     strat_s = _stratified_diffs(ba[idx], ha[idx], bb[idx], hb[idx], k)
     strat_s = strat_s[~np.isnan(strat_s)]
     point = _stratified_diffs(ba[None], ha[None], bb[None], hb[None], k)[0]
-    tail = expanded_tail(len(keys))
-    ci = lambda xs: (float(np.percentile(xs, tail)), float(np.percentile(xs, 100 - tail))) if len(xs) else (  # noqa
-        None, None)
-    return {"model_a": model_a, "model_b": model_b, "outcome": outcome, "n_a": len(a), "n_b": len(b),
-            "cut_off": left_out["n"],
-            "unit": unit, "mean_length_a": float(wa.mean()), "mean_length_b": float(wb.mean()),
-            "mean_words_a": float(np.mean([r.words for r in a])), "mean_words_b": float(np.mean([r.words for r in b])),
-            "raw_diff": float(ha.mean() - hb.mean()), "raw_ci": ci(raw_s),
-            "length_controlled_diff": None if np.isnan(point) else float(point),
-            "length_controlled_ci": ci(strat_s), "bins": k}
+    return {**out, "length_controlled_diff": None if np.isnan(point) else float(point),
+            "length_controlled_ci": _ci(strat_s, len(keep)), "length_note": ""}
 
 
 def _length(r: Record) -> int:

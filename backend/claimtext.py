@@ -8,7 +8,7 @@ backend/analysis.py compare.
 
 from __future__ import annotations
 
-from backend.answerstats import CUT_OFF_LARGE, FEW_ITEMS, RAISE_CAP
+from backend.answerstats import CUT_OFF_LARGE, FEW_ITEMS, RAISE_CAP, cap_remedy
 
 # what an item left out for an empty reply means: no cap brings it back, and it is no answer of any length
 EMPTY_NOTE = ("an empty reply (the model ended it at once) is neither an answer nor an abstention and has no length, "
@@ -50,9 +50,26 @@ def _cut_off_note(res: dict) -> str:
     if max(share.values()) < CUT_OFF_LARGE:
         return empty
     shares = ", ".join(f"{m} {100 * v:.0f} %" for m, v in share.items())
+    # a model cut off at each cap tried (compare's never_ended) needs training, not a higher cap
+    remedy = cap_remedy([m for m, v in share.items() if v], res.get("never_ended") or {})
     return empty + (f" Cut off by the token limit, and so counted as not correct: {shares} of the "
                     f"{left['n_shared']} items, so this may measure the token cap rather than the models: "
-                    f"{RAISE_CAP}.")
+                    f"{remedy}.")
+
+
+def within_bins_text(strat: dict, bold: bool = False) -> str:
+    """length_controlled's gap within length bins as `compare` and the Compare page print it, with the items and
+    bins it is over; below MIN_ITEMS (answerstats) "n/a (only k of n items fall in length bins both models fill)":
+    a gap of +0.000 [+0.000, +0.000] over one bin of cut-off replies read as "length explains it all"."""
+    if strat.get("length_note"):
+        return f"n/a ({strat['length_note']})"
+    gap, (lo, hi) = strat["length_controlled_diff"], strat["length_controlled_ci"]
+    if gap is None or lo is None:
+        return "n/a (too few answers)"
+    num = f"**{gap:+.3f}**" if bold else f"{gap:+.3f}"
+    cut = ", cut-off replies left out" if strat.get("cut_off_in_bins") else ""
+    return (f"{num} [{lo:+.3f}, {hi:+.3f}] ({strat['items_compared']} of {strat['n_items']} items in the "
+            f"{strat['bins_compared']} bins both models fill{cut})")
 
 
 def sentence(res: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 # the token cap as the evaluate form names it, with `eval`'s flag: the pages and the CLI (`compare`) show the same
 # sentences, and a CLI user was told of "Max new tokens", a field he never saw
 CAP = "Max new tokens (eval --max-new-tokens)"
+RAISE_CAP = f"evaluate again with a higher {CAP}"  # the remedy: the evaluate form's field and `eval`'s flag
 TRAINING = ("cpt", "sft", "dpo")  # the training kinds a model's lineage is read for (ModelRecord.recipe's kind)
 CHAT_TRAINING = ("sft", "dpo")  # training that teaches a model to end its turn: a cut-off throughout is not for want
 # of it, so "continue pretraining or SFT first" (said to SFT+DPO candidates and their merges) was wrong advice
@@ -80,6 +81,23 @@ def cut_off_advice(caps: dict[str, list[int]], training: dict[str, list[str]] | 
 def _caps_text(caps) -> str:
     caps = sorted(set(caps))
     return (", ".join(map(str, caps[:-1])) + " and " if len(caps) > 1 else "") + f"{caps[-1]} tokens"
+
+
+def cap_remedy(models, caps: dict[str, list[int]], raise_cap: str = RAISE_CAP, cap: str = CAP) -> str:
+    """The remedy for the replies of `models` the token cap cut off: `raise_cap`, but not for a model cut off on
+    every reply at each of two caps or more (`caps`: as caps_all_cut_off, answerstats.never_ended gives them): it
+    does not end its replies and a higher cap will not help it, as cut_off_advice (the Compare page's warning) says;
+    a verdict right under that warning still said to raise it. `cap`: the cap's name where it is said (a recipe's
+    field)."""
+    stuck = [m for m in models if len(caps.get(m) or ()) >= 2]
+    if not stuck:
+        return raise_cap
+    one = len(stuck) == 1
+    text = (f"{' and '.join(stuck)} {'was' if one else 'were'} cut off on every reply at each cap tried "
+            f"({_caps_text(c for m in stuck for c in caps[m])}), so a higher {cap} will not help: "
+            f"{'it needs' if one else 'they need'} training")
+    rest = [m for m in models if m not in stuck]
+    return text + (f"; for {', '.join(rest)}, {raise_cap}" if rest else "")
 
 
 def cut_off_summary(caps: dict[str, list[int]]) -> str:

@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from backend.answerstats import (MIN_CLUSTERS, MIN_ITEMS, OUTCOMES, Record, _length, _remedy, is_bad,
-                                 judged_items)
+from backend.answerstats import (MIN_CLUSTERS, MIN_ITEMS, OUTCOMES, Record, _length, _remedy, all_cut_caps,
+                                 is_bad, judged_items)
 
 
 def _design(rows: list[Record], models: list[str], with_length: bool):
@@ -123,8 +123,9 @@ def length_model(records: list[Record], models: list[str], outcome: str = "hallu
         return {**out, "message": "choose at least two models."}
     if len(items) < MIN_ITEMS:
         if left_out["n"]:
+            remedy = _remedy(len(items), left_out, all_cut_caps(left_out))
             return {**out, "message": f"only {len(items)} items are left to judge ({left_out['message']}); the "
-                                      f"model needs at least {MIN_ITEMS}: {_remedy(len(items), left_out)}."}
+                                      f"model needs at least {MIN_ITEMS}: {remedy}."}
         return {**out, "message": f"only {len(items)} items were answered by every chosen model; the model needs "
                                   f"at least {MIN_ITEMS}."}
     rows = [r for per in items.values() for r in per.values()]

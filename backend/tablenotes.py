@@ -72,12 +72,22 @@ def cut_off_why(any_empty: bool) -> str:
 
 
 def cut_off_note(latest: dict, clean: bool = False) -> str:
-    """The hallucination cells left blank, and why (as scoretable._task_cells blanks them)."""
+    """The hallucination cells left blank, and why (as scoretable._task_cells blanks them); a model cut off on every
+    reply at each cap tried (answerstats.never_ended, as the Compare page's warning reads it) is told that a higher
+    cap will not help it (cutoff.cap_remedy), not only to evaluate again with one."""
     cells = blanked_cells(latest, clean)
     if not cells:
         return ""
-    return ("Hallucination left blank: " + ", ".join(f"{task} for {model} ({what})" for task, model, what, _ in cells)
+    text = ("Hallucination left blank: " + ", ".join(f"{task} for {model} ({what})" for task, model, what, _ in cells)
             + ". " + cut_off_why(any(e for *_, e in cells)))
+    if not (every := sorted({model for _, model, what, _ in cells if what == "100% cut off"})):
+        return text
+    from backend import answerstats
+    from backend.cutoff import RAISE_CAP, cap_remedy
+
+    caps = answerstats.never_ended(every)
+    remedy = cap_remedy([m for m, c in caps.items() if len(c) >= 2], caps)
+    return text if remedy == RAISE_CAP else f"{text} But {remedy}."
 
 
 def _lineage_sources_of(r: EvalScore) -> list[str]:

@@ -215,16 +215,15 @@ def _verdict_numbers(res: dict, strat: dict, ma: str, mb: str, outcome: str, rat
                    f"{judged}; reference model {ma}; odds ratios with 95 % intervals, {lm.get('cov', '')}. "
                    + " ".join(n[:1].upper() + n[1:] + "." for n in lm["notes"]))  # capitalize() lowered names
     fmt = lambda lo, hi: f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "(too few answers)"  # noqa: E731
-    sdiff = strat["length_controlled_diff"]
     st.markdown(
         f"{rate.capitalize()} A − B: raw **{res['rate_a'] - res['rate_b']:+.3f}** "
         f"{fmt(raw['low'], raw['high'])} (paired bootstrap over {raw['n']} shared items)"
         + ("" if outcome == "hallucination" else " — wrong, abstained or cut off") + ";  \n"
         f"accuracy, McNemar: only {ma} right on {mc['only_a_correct']}, only {mb} on {mc['only_b_correct']}, "
         f"p = {mc['pvalue']:.3g} ({'exact binomial' if mc['exact'] else 'chi-square'});  \n"
-        f"model-free length check (within {strat['bins']} bins of answer length in {strat['unit']}): "
-        f"{rate} gap "
-        + (f"**{sdiff:+.3f}** " if sdiff is not None else "n/a ") + fmt(*strat["length_controlled_ci"])
+        f"model-free length check (within {str(strat['bins']) + ' ' if strat['bins'] else ''}bins of answer length "
+        f"in {strat['unit']}): "
+        f"{rate} gap {analysis.within_bins_text(strat, bold=True)}"
         + f"; mean answer length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens.")
 
 

@@ -46,8 +46,8 @@ def test_a_score_of_replies_all_cut_off_is_said_to_measure_the_token_cap(capsys)
     t = _every(run_id)
     [note] = [n for n in t.notes if n.startswith("Cut off")]
     assert note == ("Cut off — qa accuracy (all 2 models): every reply was cut off at 48 tokens: accuracy 0 "
-                    "measures the token cap, not the model. Evaluate again with a higher Max new tokens (eval "
-                    "--max-new-tokens) before reading these scores.")
+                    "measures the token cap, not the model. Raise `eval.max_new_tokens` in the recipe and run it again "
+                    "before reading these scores.")  # the recipe's field (session 26), not the Evaluate form's
     # said before the rule of three's note, which alone read as if the models had been measured
     assert t.notes.index(note) < next(i for i, n in enumerate(t.notes) if n.startswith("0 ± 0"))
     assert cli(["recipe", "tables", str(run_id), "--format", "md"]) == 0

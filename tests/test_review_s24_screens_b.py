@@ -54,7 +54,8 @@ def test_the_cut_off_notes_name_the_token_cap_as_the_evaluate_form_does():
     note = table_scores.cut_off_note(latest, [{"output": "m", "stage": "c1", "label": "C1"}],
                                      {"m": {"qa accuracy": 0.0}}, {"qa accuracy"})
     assert note == ("Cut off — qa accuracy (C1): every reply was cut off at 48 tokens: accuracy 0 measures the token "
-                    f"cap, not the model. Evaluate again with a higher {CAP} before reading these scores.")
+                    "cap, not the model. Raise `eval.max_new_tokens` in the recipe and run it again before reading "
+                    "these scores.")  # the recipe's own field (session 26: tests/test_review_s26_cutoff.py)
     said = [p for p in [*(ROOT / "backend").glob("*.py"), *(ROOT / "backend" / "recipe").glob("*.py")]
             if "larger max_new_tokens" in p.read_text()]
     assert said == []

@@ -45,14 +45,18 @@ def cmd_eval(a) -> None:
     if a.json:
         return
     notes: dict[str, None] = {}
-    from backend import scoretable
+    from backend import qatable, scoretable, tablenotes
 
     rows = mine()
+    latest = {(r.model, r.task, r.metric): r for r in rows}
     width = max([40, *(len(r.model) for r in rows)])  # a longer name pushed its row's columns out of line
     for r in rows:
         over = f"  overlap {r.overlap_share:.0%}" if r.overlap_share else ""
         value = scoretable.number_text(r.value)  # a perplexity of 3.2e17 printed its 18 digits
         value = f"{value:>10}" if isinstance(value, str) else f"{value:10.4f}"
+        # a hallucination rate of a model that mostly never answered: "—", as `scores` leaves it blank (its 0.0000
+        # beside cut_off_rate 1.0000 read as the best score); the stored row and --json keep the value
+        value = f"{'—':>10}" if qatable.mostly_unanswered(latest, r.model, r.task, r.metric) else value
         print(f"{r.model:{width}} {r.task:28} {r.metric:28} {value}  (n={r.n}){over}")
         overlap = (r.details or {}).get("overlap") or {}
         # a note names the model of the lineage it is about ("tiny: base model, …"): once, for the model itself
@@ -60,6 +64,8 @@ def cmd_eval(a) -> None:
                                    for n in overlap.get("notes", [])))
         notes.update(dict.fromkeys(f"{r.model}: overlap unknown: its training data {src} could not be read ({why})"
                                    for src, why in (overlap.get("unchecked") or {}).items()))
+    if blank := tablenotes.cut_off_note(latest):
+        notes[f"{blank} Printed as — above, as `scores` leaves it blank; --json holds the stored values."] = None
     for note in notes:  # what the overlap check could not read (a deleted ancestor's training data): the pages say it
         print(f"note: {note}")
 
@@ -210,11 +216,9 @@ def cmd_compare(a) -> None:
     print(f"accuracy, McNemar: only {a.model_a} right on {mc['only_a_correct']}, only {a.model_b} on "
           f"{mc['only_b_correct']}, p = {mc['pvalue']:.3g}")
     strat = analysis.length_controlled(pair, a.model_a, a.model_b, n_bins=a.bins, boots=500, outcome=a.outcome)
-    lo, hi = strat["length_controlled_ci"]
-    gap = strat["length_controlled_diff"]
-    print(f"within {strat['bins']} length bins: {rate} gap "
-          + (f"{gap:+.3f} [{lo:+.3f}, {hi:+.3f}]" if gap is not None and lo is not None else "n/a (too few answers)")
-          + f"; mean length {res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens")
+    bins = f"{strat['bins']} length bins" if strat["bins"] else "length bins"  # 0: every compared reply cut off
+    print(f"within {bins}: {rate} gap {analysis.within_bins_text(strat)}; mean length "
+          f"{res['mean_tokens_a']:.0f} vs {res['mean_tokens_b']:.0f} tokens")
 
 
 def _unknown_models(names: list[str]) -> str:

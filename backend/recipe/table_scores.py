@@ -2,7 +2,8 @@
 on them, as the Compare page's models × tasks table gives them (backend/scoretable.py): each score's standard error,
 the training-overlap columns, and the notes on items, errors, cut-off replies and scores measured unlike.
 
-Pure functions of the stored rows (`latest`: scoretable.latest_scores) and the table's rows (stage dicts).
+Pure functions of the stored rows (`latest`: scoretable.latest_scores) and the table's rows (stage dicts), but
+for cut_off_note's look-up of the models cut off throughout (answerstats.never_ended, one query).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.cutoff import CAP
+from backend.cutoff import cap_remedy
 
 
 def column(task: str, metric: str) -> str:
@@ -98,6 +99,7 @@ def cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], column
 
     labels = {st["output"]: st.get("label") or st["stage"] for st in rows if st["output"]}
     found: dict[tuple, list[str]] = {}  # (column, cut share, empty share, tokens, score) -> row labels
+    cut_models: dict[str, float] = {}  # model -> its largest cut-off share among the columns said
     for (model, task), r in sorted(scoretable.headline(latest).items()):
         col = column(task, r.metric)
         cut = latest.get((model, task, "cut_off_rate"))
@@ -108,6 +110,7 @@ def cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], column
         if not share or not scoretable.too_few_answers(share, blank):
             continue
         tokens = ((cut.details or {}).get("settings") or {}).get("max_new_tokens")
+        cut_models[model] = max(share, cut_models.get(model, 0.0))
         value = scores.get(model, {}).get(col)
         found.setdefault((col, round(share, 4), round(blank or 0.0, 4), tokens,
                           None if value is None else scoretable._rounded(value)), []).append(labels[model])
@@ -130,7 +133,23 @@ def cut_off_note(latest: dict, rows: list[dict], scores: dict[str, dict], column
                          f"{metric}{shown} measures the token cap more than the model")
     if not parts:
         return ""
-    return "Cut off — " + "; ".join(parts) + f". Evaluate again with a higher {CAP} before reading these scores."
+    return "Cut off — " + "; ".join(parts) + ". " + _cap_remedy(cut_models, labels)
+
+
+RAISE_FIELD = "raise `eval.max_new_tokens` in the recipe and run it again"  # the recipe's own field, not the form's
+
+
+def _cap_remedy(cut_models: dict[str, float], labels: dict[str, str]) -> str:
+    """What cut_off_note's models need: the recipe's token cap raised, but not for a model cut off on every reply at
+    each cap tried (answerstats.never_ended, as the Compare page's warning reads it): a higher cap will not help it.
+    `cut_models`: model -> cut-off share (only those cut off throughout are looked up)."""
+    from backend import answerstats
+
+    every = [m for m, share in cut_models.items() if share >= 1.0]
+    caps = answerstats.never_ended(every) if every else {}
+    remedy = cap_remedy([labels[m] for m in cut_models], {labels[m]: c for m, c in caps.items()}, RAISE_FIELD,
+                        "`eval.max_new_tokens`")
+    return (f"{remedy[:1].upper()}{remedy[1:]}" + (" before reading these scores." if remedy == RAISE_FIELD else "."))
 
 
 OVERLAP = "{task} (training overlap)"  # scoretable._task_cells' column, read alike on both pages
