@@ -37,6 +37,7 @@ BUILTIN = {  # name -> (file, what it is)
 }
 MAX_REPEATS = 10_000  # the most times a weight may repeat a source's rows (the paper's mixes take each once or twice)
 HUB_SAMPLE = 1000  # rows of a Hub set checked before queueing; its job checks every row as it converts them
+MIN_HELD_OUT_ROWS = 10  # split_mix holds out no share of fewer rows in all (the plan and Recipe page say so)
 
 
 def builtin_path(name: str) -> Path:
@@ -389,8 +390,8 @@ def split_mix(sources: list[tuple[str, float]] | list[tuple[str, float, str]], k
     built-in sets repeat rows (facts-corpus: 200 lines, 168 distinct), and 8 of facts-corpus's 20 held-out rows
     were training rows too. Each source picks `eval_fraction` of its distinct rows; a row one source picks is held
     out of every source (picked per source and then dropped where another trained on it, two files of the same rows
-    in another order held out nothing), and the held-out set holds each row once. Fewer than 10 rows in all: no
-    evaluation split. A source may come with its `sample_by` (source, weight, sample_by): how its .txt files split
+    in another order held out nothing), and the held-out set holds each row once. Fewer than MIN_HELD_OUT_ROWS rows in
+    all: no evaluation split. A source may come with its `sample_by` (source, weight, sample_by): how its .txt files split
     into rows."""
     import datasets
 
@@ -398,7 +399,7 @@ def split_mix(sources: list[tuple[str, float]] | list[tuple[str, float, str]], k
               for source, weight, sample_by in _expand_with_rows(sources)]
     keyed = [(*item, [_row_key(row) for row in _rows(item[2], "")]) for item in loaded]
     test: set[bytes] = set()
-    if eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= 10:  # too few rows: no split, as before
+    if eval_fraction and sum(len(ds) for _, _, ds, _ in loaded) >= MIN_HELD_OUT_ROWS:  # fewer: no split
         for *_, keys in keyed:
             test |= _pick_distinct(keys, eval_fraction, seed, test)
         everything = list(dict.fromkeys(k for *_, keys in keyed for k in keys))

@@ -10,15 +10,35 @@ import yaml
 
 from backend import runner
 from backend.cluster import ray_jobs, ray_view
+from backend.specs import SPECS
 from pages.common import MISSING, job_said, job_status, live_log, worker_banner, via_app
 from pages.figures import short_name
+from storage.models import JOB_STATUSES
 
 via_app(__file__)
 st.title("Jobs")
 worker_banner()
 SHOWN = {100: "the 100 newest", 1000: "the 1,000 newest", 0: "all"}
-shown = st.columns([1, 3])[0].selectbox("Jobs shown", list(SHOWN), format_func=SHOWN.get, key="jobs_shown",
-                                        help="Queued and running jobs are always shown, however old.")
+c_shown, c_status, c_kind = st.columns([1, 1.5, 1.5])
+c_shown.selectbox("Jobs shown", list(SHOWN), format_func=SHOWN.get, key="jobs_shown",
+                  help="Queued and running jobs are always shown, however old.")
+# `jobs list --status failed --kind sft` had no match here: the same filter (runner.list_jobs), empty = every one
+c_status.multiselect("Status", JOB_STATUSES, key="jobs_status", placeholder="every status",
+                     help="Only jobs of these statuses (`python -m backend jobs list --status …`).")
+c_kind.multiselect("Kind", list(SPECS), key="jobs_kind", placeholder="every kind",
+                   help="Only jobs of these kinds (`python -m backend jobs list --kind …`).")
+
+
+def listed_jobs() -> list:
+    """The jobs the table and the picker show: the newest `Jobs shown` of the statuses and kinds picked (queued and
+    running ones however old), read by the page and by each refresh of the table alike."""
+    return runner.list_jobs(st.session_state.get("jobs_shown", 100) or None,
+                            kinds=st.session_state.get("jobs_kind") or None,
+                            statuses=st.session_state.get("jobs_status") or None)
+
+
+def filtered() -> bool:
+    return bool(st.session_state.get("jobs_kind") or st.session_state.get("jobs_status"))
 
 
 # a training job's message ends in its ETA (backend/train_entry.py: "step 120/1000 · loss 2.3456 · ETA 12:34"), the
@@ -32,13 +52,14 @@ def eta_first(said: str) -> str:
 
 @st.fragment(run_every=2.0)
 def job_table(listed: list[int]) -> None:
-    jobs = runner.list_jobs(st.session_state.get("jobs_shown", 100) or None)
+    jobs = listed_jobs()
     # `listed`: the jobs the Job picker below offers, drawn when the whole page runs: a job queued since (another
     # tab, the CLI, a recipe's next stage) was in this table but not in the picker until something else reran it
     if [j.id for j in jobs] != listed:
         st.rerun(scope="app")
     if not jobs:
-        st.info("No jobs yet. Builds and imports started from the other pages appear here.")
+        st.info("No job of the statuses and kinds picked: empty the Status and Kind filters to see every job."
+                if filtered() else "No jobs yet. Builds and imports started from the other pages appear here.")
         return
     # one read of the queue, the models, the heartbeats and the rows waited on for the whole table (runner's
     # one_pass): a pass read a model row per queued job and worked out the queue's order once per queued job (0.94 s
@@ -88,7 +109,7 @@ def job_table(listed: list[int]) -> None:
         st.warning(warning)
 
 
-jobs = runner.list_jobs(shown or None)
+jobs = listed_jobs()
 job_table([j.id for j in jobs])
 if jobs:
     # no status in the labels, as on the Monitor page: they are drawn when the whole page reruns, so "running"

@@ -158,6 +158,8 @@ if plans:
     for p in plans:
         st.subheader(f"Plan: {p.recipe.name}")
         st.caption(p.lines()[0])
+        for note in p.notes():  # what the run will lack (a CPT stage with too few rows: no recovery curve)
+            st.warning(note)
         st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}", placeholder=MISSING,
                      column_config={"label": st.column_config.TextColumn(width="medium"),
                                     "data": st.column_config.TextColumn(width="large")})
@@ -298,7 +300,7 @@ with t_recovery:
             st.plotly_chart(fig, key=f"recovery_{r.job_id}")
             st.caption(note)
         else:
-            st.caption(f"{r.stage}: no held-out losses logged yet (job {r.job_id}).")
+            st.caption(state.recovery_note(r.stage, j, r.job_id, bool(pts)))  # an ended job: why there is none
     if not cpt:
         st.caption("No continued-pretraining stage in this run.")
 

@@ -29,7 +29,7 @@ from backend.recipe.checks import config_shape, folder_shape, made_shape, stage_
 from backend.recipe.inputs import (SYNTH_PARTS, _check_part, _check_rows, _check_tasks, _num_layers, _offline,
                                    _order, _output_name, _sha, _source_fp, _synth_fps, _task_fps, folder_fingerprint,
                                    hub_online)
-from backend.recipe.state import stages
+from backend.recipe.state import held_out_shortfall, stages
 from backend.recipe.spec import (RESERVED, STAGE_REF, Budget, RecipeError, RecipeSpec, expand_runs, expand_stages,
                                  stage_refs, stage_spec)
 from backend.spec_models import MERGE_ALIASES
@@ -71,10 +71,22 @@ class Plan:
         if replaced:  # what `recipe run` will cancel: queued jobs of an earlier run that can no longer run
             out.append(f"  replaces queued job{'s' if len(replaced) > 1 else ''} {', '.join(map(str, replaced))}: "
                        "they wait for a job that ended without succeeding; this run makes their stages again")
+        out += [f"  note: {note}" for note in self.notes()]
         for n in self.nodes:
             what = f"job {n.job_id}" if n.job_id else ""
             out.append(f"  {n.status:9} {n.stage:28} {n.kind:10} {n.hash[:8]}  {n.output or '-':44} "
                        f"{'needs ' + ', '.join(n.deps) if n.deps else ''} {what}".rstrip())
+        return out
+
+    def notes(self) -> list[str]:
+        """What the run will lack, said before it runs: a CPT stage whose rows after the budget are too few to hold
+        any out logs no held-out loss, so the Recovery tab (DUS's headline) has no curve for it."""
+        out = []
+        for n in (n for n in self.nodes if n.kind == "cpt" and n.status != "reuse"):
+            budget = "budget " if self.recipe.budget.max_rows == n.spec.max_rows else ""
+            if why := held_out_shortfall(n.spec.model_dump(), budget):
+                out.append(f"stage {n.stage} will log no held-out loss, so no recovery curve: {why}; give it "
+                           f"eval_data or more rows (max_rows {data.MIN_HELD_OUT_ROWS} or more).")
         return out
 
 

@@ -206,3 +206,44 @@ def cancel_run(run_id: int) -> list[int]:
     for job_id in done:
         runner.cancel(job_id)
     return done
+
+
+def held_out_shortfall(spec: dict, whose: str = "") -> str | None:
+    """Why a training job of this spec will log no held-out loss, as far as its spec says (None: it will log one):
+    no eval_data and a share of 0, or max_rows leaving fewer rows in all than data.split_mix holds a share out of
+    (data.MIN_HELD_OUT_ROWS). A recipe's budget `max_rows: 8` made a CPT stage that succeeded with no recovery curve,
+    the Recovery tab saying "no held-out losses logged yet" for ever; the plan now says it before the run. `whose`:
+    what set max_rows, said before it ("budget ")."""
+    from backend import data
+
+    if spec.get("eval_data"):
+        return None
+    if not spec.get("eval_fraction", 0.1):
+        return "nothing held out (eval_fraction 0, no eval_data)"
+    cap, given = spec.get("max_rows"), [d for d in spec.get("data") or [] if isinstance(d, dict)]
+    try:  # a mix's members are each capped at max_rows
+        n = len(data.expand([(d.get("source", ""), d.get("weight", 1.0)) for d in given]))
+    except data.DataError:
+        n = len(given)
+    if cap and 0 < cap * n < data.MIN_HELD_OUT_ROWS:
+        return (f"fewer than {data.MIN_HELD_OUT_ROWS} rows to hold out ({whose}max_rows {cap}"
+                + (f" of each of its {n} sources)" if n > 1 else ")"))
+    return None
+
+
+def recovery_note(stage: str, job: Job | None, job_id: int, logged: bool = False) -> str:
+    """The Recovery tab's word for a CPT stage without a recovery curve: why, once its job has ended (it said "no
+    held-out losses logged yet" under a job that had succeeded and would never log one). `logged`: the job logged
+    held-out losses, but no reference loss of the base to draw them against."""
+    status = getattr(job, "status", None)
+    if logged:
+        return (f"{stage}: job {job_id} logged held-out losses but no reference loss of the base model, so no "
+                "recovery chart: the job's log on the Jobs page says why.")
+    if status not in runner.FINISHED:
+        return f"{stage}: no held-out losses logged yet (job {job_id})."
+    if why := held_out_shortfall(job.spec or {}):
+        return f"{stage}: job {job_id} ended without a held-out loss: {why}; give eval_data or more rows."
+    if status == "succeeded":
+        return (f"{stage}: job {job_id} succeeded without logging a held-out loss (or its base's reference loss): "
+                "its log on the Jobs page says why.")
+    return f"{stage}: job {job_id} {status} before logging a held-out loss: its log on the Jobs page says why."

@@ -291,23 +291,22 @@ def screen_table(t: Table) -> tuple[Table, list[str]]:
     """The table as the Recipe page shows it: each score and its ± in one cell, "292.8580 ± 0.7373", as the
     Markdown the CLI prints (_one_cell_errors), four decimals fixed: the page showed 292.858 beside the CLI's
     292.8580 and "0" for its "0.0000 ± 0.0000", and the separate ± columns hid synth-math at 1400 px. Returns (the
-    table, the score columns left as numbers, for the page to show with DECIMALS); the CSV keeps its own columns."""
+    table, its score columns left as numbers, drawn with DECIMALS); the CSV keeps its own columns and their order."""
     from backend.scoretable import number_text
 
     folded = [c for c in t.columns if f"{c} ±" in t.columns]
 
     def text(v: Any, se: Any) -> str | None:
-        if v is None:
-            return None
-        shown = number_text(v)
-        if isinstance(shown, str):  # "∞", "3.2e17"
-            return shown
+        if v is None or isinstance(shown := number_text(v), str):  # "∞", "3.2e17"
+            return None if v is None else shown
         return f"{v:.4f} ± {se:.4f}" if isinstance(se, (int, float)) else f"{v:.4f}"
     cols = [c for c in t.columns if not c.endswith(" ±") or c.removesuffix(" ±") not in folded]
-    rows = []
-    for row in t.rows:
-        cells = dict(zip(t.columns, row))
-        rows.append([text(cells[c], cells.get(f"{c} ±")) if c in folded else cells[c] for c in cols])
+    cells = [dict(zip(t.columns, row)) for row in t.rows]
+    # scores before data ticks and settings (exports keep the paper's order): at 1400 px one read "synth-math accura…"
+    after = [c for c in cols if c in t.settings or c not in ("Model", "Stage", "Made from", PAPER) and cells
+             and all(r[c] in ("✓", "") for r in cells)]
+    cols = [c for c in cols if c not in after and c != PAPER] + after + [PAPER] * (PAPER in cols)
+    rows = [[text(r[c], r.get(f"{c} ±")) if c in folded else r[c] for c in cols] for r in cells]
     fixed = {"Model", "Stage", "Made from", PAPER, *t.settings, *folded}
     numeric = [c for i, c in enumerate(cols) if c not in fixed
                and any(isinstance(r[i], float) for r in rows)

@@ -24,8 +24,8 @@ def load_rows(spec, model_path: str, tok):
         print(f"data: {source} ({layout}) -> {plural(rows, 'row')}", flush=True)
     if not spec.eval_data and spec.eval_fraction:  # an empty split gave no eval loss, no recovery view, no word
         print(f"data: {plural(len(evals), 'distinct row')} held out ({spec.eval_fraction:g} of each source's), none "
-              "of them trained on" if evals is not None else "data: no rows held out (fewer than 10 rows): no eval loss",
-              flush=True)
+              "of them trained on" if evals is not None
+              else f"data: no rows held out (fewer than {data.MIN_HELD_OUT_ROWS} rows): no eval loss", flush=True)
     layouts = {layout for _, layout, _ in report}
     if int(os.environ.get("RANK", "0")) == 0:  # one process reads the rows for it
         note_eval_overlap(train)
