@@ -110,6 +110,33 @@ def failed_models(t: ChatTranscript) -> list[str]:
     return [m for m in (t.positions or list(t.answers)) if (t.answers.get(m) or {}).get("error")]
 
 
+def no_answer(t: ChatTranscript) -> dict[str, str]:
+    """The round's models, left to right, that gave no answer to judge, each with why: "an error" (failed_models)
+    or "nothing visible" (an empty reply, or one of whitespace and control characters only: two tiny models' 96
+    newlines each took an "A is better" vote and moved the leaderboard to 1188.6 against 811.4). The evaluation
+    grades an empty reply as no answer (qa.classify: "empty") too."""
+    out = {}
+    for m in t.positions or list(t.answers):
+        a = t.answers.get(m) or {}
+        if a.get("error"):
+            out[m] = "an error"
+        elif shows_nothing(a.get("text") or ""):
+            out[m] = "nothing visible"
+    return out
+
+
+def no_answer_words(t: ChatTranscript, models: list[str] | None = None) -> str | None:
+    """Why the round (or, with `models`, a vote between those of its models) takes no vote, by label as a blind page
+    shows it: "Model A, Model B gave no answer (an error; nothing visible)"; None when every one of them answered."""
+    order = t.positions or list(t.answers)
+    gone = {m: why for m, why in no_answer(t).items() if models is None or m in models}
+    if not gone:
+        return None
+    label = dict(zip(order, labels(len(order))))
+    return (f"{', '.join(label[m] for m in gone)} gave no answer "
+            f"({'; '.join(dict.fromkeys(gone.values()))})")
+
+
 def without_names(text: str, names: list[str]) -> str:
     """`text` with every one of `names` said as "this model": an error under a blind label named its model ("the
     last message is too long for wide8: …") before the vote. Longest names first (tiny2 before tiny), and only where
@@ -130,7 +157,7 @@ def last_unvoted_round() -> ChatTranscript | None:
     reload that cleared the address, a new tab). None when a newer round or its vote has followed."""
     with db.session() as s:
         t = s.exec(select(ChatTranscript).order_by(ChatTranscript.id.desc()).limit(1)).first()
-    return None if t is None or failed_models(t) or voted(t.id) else t
+    return None if t is None or no_answer(t) or voted(t.id) else t
 
 
 def verdict_words(t: ChatTranscript, vs: list[Vote]) -> str:
@@ -164,15 +191,13 @@ def vote_round(transcript_id: int, best: str, pair: tuple[str, str] | None = Non
         if t is None:
             raise ValueError(f"no round {transcript_id}.")
         order = t.positions or list(t.answers)
-        # A model that gave no answer (an error) cannot be judged: FastChat's arena kept its vote buttons after a
-        # failed generation, and its leaderboard drops such battles when it cleans the log (see votes()). Refused
-        # here, so that the page, the command line and a test all agree; said by label, as a blind page shows it.
-        failed = [m for m in failed_models(t) if pair is None or m in pair]
-        if failed:
-            label = dict(zip(order, labels(len(order))))
-            raise ValueError(f"round {transcript_id} cannot be voted on: {', '.join(label[m] for m in failed)} gave "
-                             "no answer (an error), so there is nothing to compare. Regenerate the round or send the "
-                             "prompt again.")
+        # A model that gave no answer (an error, or a reply that shows nothing) cannot be judged: FastChat's arena
+        # kept its vote buttons after a failed generation, and its leaderboard drops such battles when it cleans the
+        # log (see votes()). Refused here, every outcome "both bad" included, so that the page, a script and a test
+        # all agree; said by label, as a blind page shows it.
+        if why := no_answer_words(t, None if pair is None else list(pair)):
+            raise ValueError(f"round {transcript_id} cannot be voted on: {why}, so there is nothing to compare. "
+                             "Regenerate the round or send the prompt again.")
         if pair is not None:
             if best not in OUTCOMES:
                 raise ValueError(f"outcome must be one of {OUTCOMES}.")
@@ -222,27 +247,27 @@ def already_voted(t: ChatTranscript) -> str | None:
 
 
 def _votes_by_answer() -> tuple[list[Vote], list[Vote]]:
-    """(votes on two answers, votes on an error), in order. A vote whose either side was an error judged no answer;
-    rounds voted so before vote_round refused them are still in older databases (a "best" vote for a model whose
-    answer was an error gave it 1312 and its rival 688)."""
+    """(votes on two answers, votes on no answer), in order. A vote whose either side was an error or showed nothing
+    judged no answer; rounds voted so before vote_round refused them are still in older databases (a "best" vote for
+    a model whose answer was an error gave it 1312 and its rival 688)."""
     with db.session() as s:
         rows = list(s.exec(select(Vote, ChatTranscript).join(ChatTranscript, Vote.transcript_id == ChatTranscript.id)
                            .order_by(Vote.id)))
     good, bad = [], []
     for v, t in rows:
-        (bad if {v.model_a, v.model_b} & set(failed_models(t)) else good).append(v)
+        (bad if {v.model_a, v.model_b} & set(no_answer(t)) else good).append(v)
     return good, bad
 
 
 def votes() -> list[Vote]:
-    """Every vote on two answers. Votes on an answer that is an error are left out, as FastChat leaves out a battle
-    whose log holds an error message (`fastchat/serve/monitor/clean_battle_data.py`: "NETWORK ERROR …" and
-    "**API REQUEST ERROR**" are among its IDENTITY_WORDS); votes_on_errors() lists them."""
+    """Every vote on two answers. Votes on an answer that is an error or shows nothing are left out, as FastChat
+    leaves out a battle whose log holds an error message (`fastchat/serve/monitor/clean_battle_data.py`: "NETWORK
+    ERROR …" and "**API REQUEST ERROR**" are among its IDENTITY_WORDS); votes_on_errors() lists them."""
     return _votes_by_answer()[0]
 
 
 def votes_on_errors() -> list[Vote]:
-    """The votes votes() leaves out: cast on a round where one of the two answers is an error."""
+    """The votes votes() leaves out: cast on a round where one of the two answers is an error or shows nothing."""
     return _votes_by_answer()[1]
 
 
@@ -388,9 +413,14 @@ def visible(text: str) -> str:
     badly trained model) drew an empty column beside "96 tokens", which read as an answer lost."""
     if not text:
         return "(empty)"
-    # what draws nothing: whitespace, controls, format characters (zero-width, BOM); isprintable() also said so of
-    # every character newer than Python's Unicode tables (an emoji of Unicode 15 alone read "nothing visible")
-    if any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text):
+    if not shows_nothing(text):
         return text
     return (f"_(nothing visible: {len(text)} whitespace or control character{'' if len(text) == 1 else 's'}, "
             f"{text[:12]!r}{'…' if len(text) > 12 else ''})_")
+
+
+def shows_nothing(text: str) -> bool:
+    """Whether `text` draws nothing: empty, or whitespace, controls and format characters (zero-width, BOM) only.
+    isprintable() also said so of every character newer than Python's Unicode tables (an emoji of Unicode 15 alone
+    read "nothing visible")."""
+    return not any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)

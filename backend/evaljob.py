@@ -20,6 +20,7 @@ from storage import db
 from storage.models import EvalScore, Generation
 
 Progress = Callable[[float, str], None]
+ITEM_PROGRESS_EVERY = 0.5  # seconds between two progress calls within a task (the CLI prints at most twice a second)
 
 
 def _load(path: str, plan: evaldevice.DevicePlan | None = None):
@@ -76,6 +77,21 @@ def missing_models(models: list[str]) -> list[str]:
     builtin = ("builtin", registry.BUILTIN_NAME.lower())
     return [m for m in models
             if registry.record(m) is None and m.lower() not in builtin and not Path(m).expanduser().is_dir()]
+
+
+def _within(progress: Progress, step: int, steps: int, what: str) -> Callable[[int, int], None]:
+    """score_task's on_items for one (model, task): "SmolLM2-135M-Instruct: qa 8/16", the fraction moving within the
+    task's share, at most every ITEM_PROGRESS_EVERY seconds. A 16-item qa task read "[ 0.0%] …: qa" for 7 minutes
+    and looked hung on the Jobs and Monitor pages."""
+    last = [time.monotonic()]  # the task's own line was said just now
+
+    def on_items(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < ITEM_PROGRESS_EVERY or not total:
+            return
+        last[0] = now
+        progress((step + min(done / total, 1.0)) / steps, f"{what} {done}/{total}")
+    return on_items
 
 
 NONE_MADE = "none of the models to evaluate exists"  # how a skip_missing run with no model left fails: the runner
@@ -140,7 +156,8 @@ def run_eval(spec: EvalSpec, out_dir: Path | None = None, progress: Progress | N
             progress((i * len(sets) + k) / steps, f"{model_name}: {ts.task}")
             try:
                 scores, gens, rescore, _, extra = score_task(ts, tok, model, spec, model_name, job_id, plan,
-                                                             judge)
+                                                             judge, _within(progress, i * len(sets) + k, steps,
+                                                                            f"{model_name}: {ts.task}"))
             except Exception as exc:  # nothing of this task is stored; the job fails with the reason
                 raise (EvalError if isinstance(exc, ValueError) else EvalFailed)(
                     f"{model_name} / {ts.task} failed: {type(exc).__name__}: {exc}") from exc

@@ -27,6 +27,7 @@ from storage.models import Generation
 
 SYSTEM_HINT = "Solve the problem. End with 'The answer is <number>.'"
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # the extra answers of samples > 1 (consistency)
+ItemProgress = Callable[[int, int], None]  # (answers generated so far, answers in all) within one task
 MC_CONTEXT = "Question: {question}\nAnswer:"  # mc_items' context, no chat template; each choice follows a space
 
 
@@ -183,7 +184,8 @@ def multiple_choice(tok, model, rows: list[dict]) -> dict:
 
 
 def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: bool = False, seed: int = 0,
-             batch_size: int = 8, notes: list[str] | None = None) -> list[tuple[str, int, bool]]:
+             batch_size: int = 8, notes: list[str] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> list[tuple[str, int, bool]]:
     """(text, new tokens, cut off) per user message, chat-formatted, batched with left padding. Prompts are batched
     in length order (less padding) and returned in the order given. Cut off: the reply used all max_new_tokens and
     its last token is no end of sequence (the model was stopped, it did not stop).
@@ -197,7 +199,9 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
     A model without a chat template reads a transcript ("user: …\nassistant:") with no end-of-turn token: it stops
     where it starts the next turn (chat.TRANSCRIPT_STOPS, as lm-eval's `until` strings stop a generation), and the
     reply is cut there. Run on, a base model wrote "user: What is 3 + 4?\nassistant: 7" after its answer, and the
-    last number of that was taken for its answer."""
+    last number of that was taken for its answer.
+
+    `on_batch(done)`: called after each batch with the prompts answered so far (the job's progress within a task)."""
     import torch
 
     from backend.chat import build_prompt, cut_at_stop, encode, transcript_stops
@@ -236,6 +240,8 @@ def generate(tok, model, prompts: list[str], max_new_tokens: int, *, sample: boo
             n, closed = _reply_length(row.tolist(), ends, tok.pad_token_id, ended)
             cut = n == max_new_tokens and not closed
             out[j] = (text.strip(), n, cut and not ended)  # it ended its turn: no cut-off, whatever the count
+        if on_batch is not None:
+            on_batch(len(out))
     return [out[j] for j in range(len(prompts))]
 
 
@@ -273,14 +279,23 @@ def _answer_scores(gens: list[Generation]) -> dict:
     return scores
 
 
+def _counted(on_items: ItemProgress | None, before: int, total: int) -> Callable[[int], None] | None:
+    """generate's on_batch for one of a task's passes over its prompts: (answers so far, answers in all)."""
+    return None if on_items is None else (lambda done: on_items(before + done, total))
+
+
 def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, task: str, model_name: str,
-                job_id: int | None, *, batch_size: int = 8, notes: list[str] | None = None
-                ) -> tuple[dict, list[Generation]]:
+                job_id: int | None, *, batch_size: int = 8, notes: list[str] | None = None,
+                on_items: ItemProgress | None = None) -> tuple[dict, list[Generation]]:
     """Generate answers to (id, question, reference answer) math items; score, label, keep every generation.
-    `notes`: generate's words on prompts cut to fit the model's positions."""
+    `notes`: generate's words on prompts cut to fit the model's positions; `on_items(done, total)`: answers generated
+    so far, over the greedy pass and every sampled one."""
     prompts = [f"{SYSTEM_HINT}\n\n{q}" for _, q, _ in items]
-    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size, notes=notes)
-    samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size)
+    total = len(prompts) * max(spec.samples, 1)
+    greedy = generate(tok, model, prompts, spec.max_new_tokens, batch_size=batch_size, notes=notes,
+                      on_batch=_counted(on_items, 0, total))
+    samples = [generate(tok, model, prompts, spec.max_new_tokens, sample=True, seed=s + 1, batch_size=batch_size,
+                        on_batch=_counted(on_items, (s + 1) * len(prompts), total))
                for s in range(spec.samples - 1)] if spec.samples > 1 else []
     gens = []
     for j, ((pid, q, ref), (text, n_tok, cut)) in enumerate(zip(items, greedy)):
@@ -297,10 +312,11 @@ def answer_task(tok, model, items: list[tuple[str, str, str]], spec: EvalSpec, t
 
 
 def qa_task(tok, model, items: list[dict], spec: EvalSpec, task: str, model_name: str, job_id: int | None, *,
-            batch_size: int = 8, judge: qa.Judge | None = None) -> tuple[dict, list[Generation], dict]:
+            batch_size: int = 8, judge: qa.Judge | None = None, on_items: ItemProgress | None = None
+            ) -> tuple[dict, list[Generation], dict]:
     notes: list[str] = []
     outputs = generate(tok, model, [qa.prompt_for(it) for it in items], spec.max_new_tokens, batch_size=batch_size,
-                       notes=notes)
+                       notes=notes, on_batch=_counted(on_items, 0, len(items)))
     rules = [qa.classify(text, it["answers"], it["kind"], truncated=cut) for it, (text, _, cut) in zip(items, outputs)]
     judged = judge.grade(items, [t for t, _, _ in outputs]) if judge else None
     verdicts = [qa.unless_cut_off(v, text, it["kind"], cut) for v, it, (text, _, cut) in zip(judged, items, outputs)
@@ -328,19 +344,20 @@ def run_lm_eval(folder: Path, task: str, limit: int, **kw):
 
 
 def score_task(ts: TaskSet, tok, model, spec: EvalSpec, model_name: str, job_id: int | None,
-               plan: evaldevice.DevicePlan, judge: qa.Judge | None
+               plan: evaldevice.DevicePlan, judge: qa.Judge | None, on_items: ItemProgress | None = None
                ) -> tuple[dict, list, Callable[[list[int]], dict] | None, list, dict]:
-    """(scores, generations, rescore(indices) for a subset, per-item results, extra details)."""
+    """(scores, generations, rescore(indices) for a subset, per-item results, extra details). `on_items(done,
+    total)`: a generating task's answers so far (a task of 16 items at batch 8 said nothing for minutes)."""
     batch = plan.batch_size
     if ts.kind in EVAL_ANSWER_KINDS:  # generated answers, stored: `compare` reads them (the others: scores only)
         if ts.kind == "qa":
             scores, gens, extra = qa_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
-                                          judge=judge)
+                                          judge=judge, on_items=on_items)
             return scores, gens, (lambda ix: qa.scores_by_kind([gens[i].verdict for i in ix],
                                                                [gens[i].item_kind for i in ix])), gens, extra
         notes: list[str] = []  # synth-math, gsm8k
         scores, gens = answer_task(tok, model, ts.items, spec, ts.task, model_name, job_id, batch_size=batch,
-                                   notes=notes)
+                                   notes=notes, on_items=on_items)
         # stored in the scores' details (`scores --json`), beside the settings it changed
         return scores, gens, lambda ix: _answer_scores([gens[i] for i in ix]), gens, (
             {"context": " ".join(notes)} if notes else {})

@@ -163,7 +163,7 @@ if round_id:
     label = dict(zip(order, arena.labels(len(order))))
     # from the database, not the session: a round opened again after a reload must not take a second vote
     voted = arena.voted(round_id)
-    failed = arena.failed_models(t)
+    no_vote = arena.no_answer_words(t)  # an error, or a reply that shows nothing: no answer to judge
     # A round made blind stays blind until its vote: the vote is stored as blind, so turning "Show names" on
     # afterwards must not reveal the names (it applies to the next round).
     reveal = voted or not t.blind
@@ -199,10 +199,10 @@ if round_id:
         st.warning(f"Your click was not counted: {arena.already_voted(t)}")
     if voted:
         st.success("Vote recorded. " + " · ".join(f"{label[m]} was **{m}**" for m in order))
-    elif failed:
-        # arena.vote_round refuses it too: a vote here counted an error as a lost (or won) answer
-        st.warning(f"No vote on this round: {', '.join(label[m] for m in failed)} gave no answer (the error above), "
-                   "so there is nothing to compare. Regenerate the round or send another prompt.")
+    elif no_vote:
+        # arena.vote_round refuses it too: a vote here counted an error, or 96 newlines, as a lost (or won) answer
+        st.warning(f"No vote on this round: {no_vote}, so there is nothing to compare. Regenerate the round or send "
+                   "another prompt.")
     elif len(order) == 2:
         v1, v2, v3, v4 = st.columns(4)
         for col, (text, outcome) in zip((v1, v2, v3, v4), (("A is better", "a"), ("B is better", "b"),
@@ -221,10 +221,11 @@ if round_id:
 st.subheader("Leaderboard")
 all_votes = arena.votes()
 blind_votes = [v for v in all_votes if v.blind]
-# votes cast on an error before vote_round refused them (older databases): said, and left out of every figure
+# votes cast on an error or on a reply that shows nothing before vote_round refused them (older databases): said,
+# and left out of every figure
 on_errors = len(arena.votes_on_errors())
-on_errors_note = (f" Left out: {count(on_errors, 'vote')} on an answer that was an error (cast before such rounds "
-                  "were refused)." if on_errors else "")
+on_errors_note = (f" Left out: {count(on_errors, 'vote')} on an answer that was an error or showed nothing (cast "
+                  "before such rounds were refused)." if on_errors else "")
 if not blind_votes:
     # with the next step: the prompt box sits at the window's foot, far below this line on a tall page
     st.caption("No blind votes yet: type a prompt in the box at the foot of the page, read the answers, then vote "

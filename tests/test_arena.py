@@ -140,7 +140,8 @@ def test_ties_count_half_and_votes_are_recorded():
         arena.vote(t.id, "m1", "m3", "a")
 
 
-def test_the_page_hides_names_until_the_vote_and_records_the_shuffled_order(tiny_llama, tokenizer_dir, tmp_path):
+def test_the_page_hides_names_until_the_vote_and_records_the_shuffled_order(tiny_llama_untied, tokenizer_dir,
+                                                                               tmp_path):
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -150,8 +151,9 @@ def test_the_page_hides_names_until_the_vote_and_records_the_shuffled_order(tiny
     from storage.models import ChatTranscript
     from tests.conftest import make_llama
 
-    registry.import_folder(tiny_llama, "tiny")
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    # untied: a tied random model repeats the prompt's last token ("\n"), and answers that show nothing take no vote
+    registry.import_folder(tiny_llama_untied, "tiny")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5, tie=False), "tiny-b")
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
     at.switch_page("pages/arena.py").run()
     at.slider(key="arena_max_new").set_value(8).run()

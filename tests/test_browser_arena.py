@@ -10,7 +10,7 @@ from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM, served  # noqa: F401  
 pytestmark = pytest.mark.browser
 
 
-def test_blind_arena_hides_names_until_the_vote(served, tokenizer_dir, tmp_path):  # noqa: F811
+def test_blind_arena_hides_names_until_the_vote(served, tiny_llama_untied, tokenizer_dir, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
     from backend import arena, registry
@@ -18,7 +18,10 @@ def test_blind_arena_hides_names_until_the_vote(served, tokenizer_dir, tmp_path)
     from storage.models import ChatTranscript
     from tests.conftest import make_llama
 
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    # untied, and the page's default choice (the last two): the served "tiny" is tied, and a tied random model repeats
+    # the prompt's last token ("\n"): answers that show nothing take no vote
+    registry.import_folder(tiny_llama_untied, "tiny-b")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "c", seed=5, tie=False), "tiny-c")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -40,6 +43,6 @@ def test_blind_arena_hides_names_until_the_vote(served, tokenizer_dir, tmp_path)
     (v,) = arena.votes()
     with db.session() as s:
         t = s.get(ChatTranscript, v.transcript_id)
-    assert sorted(t.positions) == ["tiny", "tiny-b"] and t.blind and v.blind
+    assert sorted(t.positions) == ["tiny-b", "tiny-c"] and t.blind and v.blind
     assert (v.model_a, v.model_b, v.position_a, v.position_b, v.outcome) == (*t.positions, 0, 1, "a")
     assert f"Model A: {t.positions[0]}" in revealed and f"Model B: {t.positions[1]}" in revealed  # names after

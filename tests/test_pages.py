@@ -280,11 +280,13 @@ def test_compare_page_merges_and_shows_scores_and_the_length_control(tiny, tiny_
     assert any("Hallucination rate A − B: raw" in md.value for md in at.markdown)
 
 
-def test_side_by_side_chat_answers_votes_and_ranks(tiny, tokenizer_dir, tmp_path):
+def test_side_by_side_chat_answers_votes_and_ranks(tiny_llama_untied, tokenizer_dir, tmp_path):
     from backend import arena
     from tests.conftest import make_llama
 
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    # untied: a tied random model repeats the prompt's last token ("\n"), and answers that show nothing take no vote
+    registry.import_folder(tiny_llama_untied, "tiny")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5, tie=False), "tiny-b")
     at = app("arena.py")
     assert at.multiselect(key="arena_models").value == ["tiny", "tiny-b"]
     at.slider(key="arena_max_new").set_value(8).run()

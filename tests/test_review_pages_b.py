@@ -52,11 +52,12 @@ def test_recipe_smoke_preset_without_a_base_names_the_field_not_a_cli_flag():
 
 
 @pytest.fixture
-def two_models(tiny_llama, tokenizer_dir, tmp_path):
+def two_models(tiny_llama_untied, tokenizer_dir, tmp_path):
     from tests.conftest import make_llama
 
-    registry.import_folder(tiny_llama, "tiny")
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+    # untied: a tied random model repeats the prompt's last token ("\n"), and answers that show nothing take no vote
+    registry.import_folder(tiny_llama_untied, "tiny")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5, tie=False), "tiny-b")
 
 
 def test_arena_show_names_after_a_blind_round_does_not_reveal_it(two_models):
@@ -176,7 +177,7 @@ def test_arena_multi_model_vote_starts_with_nothing_chosen(two_models, tokenizer
     from backend import arena
     from tests.conftest import make_llama
 
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "c", seed=7), "tiny-c")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "c", seed=7, tie=False), "tiny-c")
     at = app("arena.py")
     at.multiselect(key="arena_models").set_value(["tiny", "tiny-b", "tiny-c"]).run()
     at.slider(key="arena_max_new").set_value(8).run()

@@ -27,9 +27,10 @@ def arena_page(query_params: dict | None = None) -> AppTest:
 
 
 @pytest.fixture
-def two(tiny_llama, tokenizer_dir, tmp_path):
-    registry.import_folder(tiny_llama, "tiny")
-    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5), "tiny-b")
+def two(tiny_llama_untied, tokenizer_dir, tmp_path):
+    # untied: a tied random model repeats the prompt's last token ("\n"), and answers that show nothing take no vote
+    registry.import_folder(tiny_llama_untied, "tiny")
+    registry.import_folder(make_llama(tokenizer_dir, tmp_path / "b", seed=5, tie=False), "tiny-b")
 
 
 def heads(at: AppTest) -> list[str]:
@@ -103,8 +104,8 @@ def test_votes_on_an_error_already_in_the_database_are_left_out_of_the_leaderboa
     assert any("Left out: 2 votes on an answer that was an error" in c.value for c in at.caption)
 
 
-def test_a_reload_finds_the_unvoted_round_and_the_model_choice_again(two, tiny_llama):
-    registry.import_folder(tiny_llama, "tiny-c")  # the default choice is the last two: tiny-b, tiny-c
+def test_a_reload_finds_the_unvoted_round_and_the_model_choice_again(two, tiny_llama_untied):
+    registry.import_folder(tiny_llama_untied, "tiny-c")  # the default choice is the last two: tiny-b, tiny-c
     at = arena_page()
     at.multiselect(key="arena_models").set_value(["tiny", "tiny-c"]).run()
     # the browser writes a bound widget's value into the address (Streamlit's frontend does it; AppTest has none)
