@@ -114,7 +114,7 @@ def test_scores_tasks_says_which_model_asked_for_has_none_of_them():
 # ---------------------------------------------------------------- 2. --json is strict JSON
 
 def test_json_text_writes_what_is_not_finite_as_null():
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a requirement (torch, pandas): always there
     value = {"loss": NAN, "ppl": INF, "low": -INF, "ok": 1.5, "deep": [{"x": (NAN, 2.0)}], "n32": np.float32("nan"),
              "arr": np.array([1.0, np.inf])}
     assert strict(common.json_text(value)) == {"loss": None, "ppl": None, "low": None, "ok": 1.5,
