@@ -30,3 +30,30 @@ def test_the_evaluate_form_starts_at_the_specs_defaults(tiny):
     assert at.number_input(key="eval_limit").value == fields["limit"].default == 40
     assert at.number_input(key="eval_max_new").value == fields["max_new_tokens"].default
     assert at.number_input(key="eval_samples").value == fields["samples"].default
+
+
+def test_the_metric_reads_bench_prints_its_table_and_fails_on_a_difference(monkeypatch, capsys):
+    """bench/bench_metric_reads.py times the reads before and after the (job_id, name, step) index in one run; a path
+    whose values differ from the other's makes it exit 1."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_metric_reads.py"
+    spec = importlib.util.spec_from_file_location("bench_metric_reads", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["bench_metric_reads.py", "--jobs", "6", "--big-steps", "40", "--small-steps", "5", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", args)
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("260 metric rows, 6 jobs (one of 40 logged steps), best of 1")
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| names") or
+            line.startswith("| curves") or line.startswith("| recovery")] == [
+        "| names, the long run", "| names, 5 short runs", "| curves 'loss', the long run",
+        "| curves 'loss', 5 short runs", "| recovery points, the long run"]
+    real = bench.old_curves
+    monkeypatch.setattr(bench, "old_curves", lambda ids, metric: {**real(ids, metric), ids[0]: []})
+    assert bench.main() == 1
+    assert "values differ between the two paths: curves 'loss', the long run, curves 'loss', 5 short runs" in \
+        capsys.readouterr().out
