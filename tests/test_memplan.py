@@ -274,8 +274,10 @@ def test_train_page_shows_the_plan_and_a_perf_choice_reaches_the_job(tiny_llama,
     first = table.iloc[0]
     # the columns carry their unit (GiB), which a narrow window cut from the header row's tooltip alone
     assert first["strategy"].endswith("(this spec)") and first["total (GiB)"] == round(own.needed_bytes / GiB, 2)
-    assert [first[f"{c} (GiB)"] for c in memplan.COLUMNS] == [round(own.components[c] / GiB, 2)
-                                                               for c in memplan.COLUMNS]
+    # every component's column, but the reference model's: an SFT holds none, so its all-zero column is left out
+    shown = [c for c in memplan.COLUMNS if f"{c} (GiB)" in table.columns]
+    assert shown == [c for c in memplan.COLUMNS if c != "reference"] and own.components["reference"] == 0
+    assert [first[f"{c} (GiB)"] for c in shown] == [round(own.components[c] / GiB, 2) for c in shown]
     assert "CUDA: regional; CPU: off" in at.selectbox(key="perf_compile").format_func("auto")
     at.button(key="launch").click().run()
     (job,) = runner.list_jobs()
