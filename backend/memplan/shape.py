@@ -101,10 +101,17 @@ def shape_from_config(config) -> ModelShape:
 SHAPE_VERSION = 1  # raised when ModelShape's fields or their meaning change: older files are then not read
 
 
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """This module's own source: a fix of how a shape is built (a Conv1D counted as a Linear once) must not leave the
+    kept shapes of before it in use, whether or not SHAPE_VERSION was raised with it."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _shape_file(config_text: str) -> Path:
-    """Where the shape of a config with this text is kept: the text and the transformers version (a model class may
-    gain or lose parameters between versions) name the file."""
-    key = f"{SHAPE_VERSION}\n{importlib.metadata.version('transformers')}\n{config_text}"
+    """Where the shape of a config with this text is kept: the text, this module's code and the transformers version
+    (a model class may gain or lose parameters between versions) name the file."""
+    key = f"{SHAPE_VERSION}\n{_code_digest()}\n{importlib.metadata.version('transformers')}\n{config_text}"
     return db.workspace() / "cache" / "shapes" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 

@@ -279,6 +279,14 @@ def _clear_stopped() -> None:
             _stopped_run_ended(job_id, status, pid)
 
 
+def _ended_here(job: Job, pid: int | None) -> bool:
+    """Whether this machine knows `job`'s run (process group `pid`) has ended, so that none of its processes may still
+    be saving a checkpoint: the row still holds that run, it ran here, its processes are gone, and it is one machine's
+    (a rank of a multi-machine run shares its run folder with the others, which may save on)."""
+    return (pid is not None and job.pid == pid and job.host in ("", db.host_id()) and not db._group_running(pid)
+            and int((job.spec or {}).get("num_machines") or 1) == 1)
+
+
 def _stopped_run_ended(job_id: int, status: str, pid: int | None) -> None:
     """A stopped job's run has ended: its row's pid is cleared and, cancelled, its message gets what a resume of it
     now does (with_resume_step), read as the run left it. states.cancel wrote the step while the process still ran:
@@ -293,7 +301,7 @@ def _stopped_run_ended(job_id: int, status: str, pid: int | None) -> None:
         message = job.message
         if status == "cancelled" and not resume_step.said_resume_step(job):
             message = with_resume_step(job, {"status": "cancelled", "message": message})["message"]
-        if pid is not None and job.pid == pid and (cut := resume_step.tidy_cut_checkpoints(job)):  # still its run
+        if _ended_here(job, pid) and (cut := resume_step.tidy_cut_checkpoints(job)):
             message = f"{message}; {cut}"
         if message != job.message:
             fields["message"] = message

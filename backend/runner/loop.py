@@ -213,6 +213,15 @@ def _interrupt_running(running: dict) -> None:
             status="interrupted", finished=utcnow(), message="interrupted: its worker was stopped (Ctrl-C)")))
 
 
+def _job_slots() -> int:
+    """$DUS_JOB_SLOTS, else 1: 0 or less left every device job queued for ever ("the worker starts it next")."""
+    raw = os.environ.get("DUS_JOB_SLOTS", "1")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"DUS_JOB_SLOTS={raw!r}: give how many device jobs (trainings, evaluations, synthetic math) "
+                         "this machine runs at a time, 1 or more")
+    return int(raw)
+
+
 def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only: set[int] | None = None,
            light_slots: int | None = None) -> None:
     """Run queued jobs until stopped, at most `slots` at a time (default $DUS_JOB_SLOTS, else 1), and beside them at
@@ -220,7 +229,9 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
     0: they take the device slots too). `once`: run what is runnable now, wait for it, then return (tests,
     scripts). `only`: run these jobs and no other (a foreground `recipe run` ran every job queued in the workspace,
     another machine's included, before its own)."""
-    slots = slots or int(os.environ.get("DUS_JOB_SLOTS", "1"))
+    slots = slots or _job_slots()
+    if slots < 1:
+        raise ValueError(f"--slots {slots}: give how many device jobs this machine runs at a time, 1 or more")
     light = lanes.light_slots(light_slots)  # a bad value stops the worker at start
     addr = _start_checks()
     stop = False
@@ -243,9 +254,10 @@ def worker(poll: float = 1.0, once: bool = False, slots: int | None = None, only
                 recover_orphans()  # cheap; also frees the slots of jobs whose process vanished
                 _clear_stopped()
                 # slots count every job running on this machine, also another worker's here; with light slots,
-                # _claim_next finds which lane has room
+                # _claim_next finds which lane has room (a count of every job kept an evaluation waiting while a
+                # merge and a push ran in a light lane another worker here gave two slots)
                 busy = _busy()
-                job = _claim_next(slots, only, light) if not stop and busy < slots + light else None
+                job = _claim_next(slots, only, light) if not stop and (light or busy < slots) else None
             except (db.DatabaseUnavailable, sa.exc.DBAPIError) as exc:
                 if not running and once:  # a foreground run (recipe run's worker): fail now, saying why
                     raise

@@ -36,20 +36,20 @@ def submit(spec: _Spec, after: int | None = None, needs: list[int] | None = None
             raise ValueError(f"Job {dep} has {row.status}: a job that waits for it to succeed would be cancelled at "
                              f"once. Resume job {dep} first (python -m backend jobs resume {dep}, or on the Jobs "
                              "page), then queue this one after it.")
-    waits = ([after] if after is not None else []) + needs + soft
     if spec.kind == "import" and not spec.name:  # known by the name it will register (_making, the pages' checks):
         from backend.registry import import_name  # two unnamed imports of one folder both queued, and the second
 
         if name := import_name(spec.target):  # failed; `train --after` it was refused
             spec = spec.model_copy(update={"name": name})
     check_before_queueing(spec)
+    needs = sorted(set(needs) | set(_makers_of_inputs(spec)) - {after} - set(soft))  # a soft wait stays soft
+    waits = ([after] if after is not None else []) + needs + soft
     if addr := ray_jobs.address():  # refused now, not queued to wait for ever or fail on a node (cluster/ray_jobs.py)
         ray_jobs.check_submission(spec, addr)
     with db.session() as s:
         job = Job(kind=spec.kind, spec=spec.model_dump(mode="json"), status="queued", after=after, needs=needs,
-                  waits=soft,
-                  message=f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}" if waits
-                  else WAITING)
+                  waits=soft, message=(f"waiting for job{'s' if len(waits) > 1 else ''} {', '.join(map(str, waits))}"
+                                       if waits else WAITING))
         s.add(job)
         s.flush()  # its id, so that its log's path goes in the same commit: a worker that claimed the row between
         # two commits started it with its output thrown away (start_child's os.devnull), its log never written
@@ -234,6 +234,14 @@ def _model_refs(spec: _Spec) -> list[str]:
     """The models a job reads, by the names or folders its spec gives."""
     refs = [getattr(spec, f, None) for f in ("base", "second", "model", "reference_model")]
     return [r for r in refs + list(getattr(spec, "models", None) or []) if r]
+
+
+def _makers_of_inputs(spec: _Spec) -> list[int]:
+    """The queued or running jobs making a model the job reads (name or folder): it waits for them (light lane)."""
+    from backend import registry
+
+    found = (_making(r) or _writing(r) for r in _model_refs(spec) if registry.record(r) is None)
+    return [job.id for job in found if job is not None]
 
 
 def _check_model_ref(ref: str, copies: bool = False) -> None:
