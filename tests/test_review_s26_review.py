@@ -49,7 +49,7 @@ def test_a_cancel_this_machine_did_not_see_end_removes_no_checkpoint(tmp_path, c
     if case == "another machine":
         job = _stopped_job(run_dir, pid=424242, host="machine-a")
     elif case == "a rank of two machines":
-        job = _stopped_job(run_dir, pid=(pid := _ended_pid()))
+        job = _stopped_job(run_dir, pid=_ended_pid())
         runner._update(job.id, spec={**job.spec, "num_machines": 2, "machine_rank": 1})
     else:
         alive = subprocess.Popen(["sleep", "30"], start_new_session=True)
