@@ -88,25 +88,31 @@ def test_a_fresh_database_takes_the_rows_an_older_version_writes():
         assert [b.workspace for b in s.exec(sa.select(WorkerBeat)).scalars()] == [""]
 
 
-@pytest.mark.fresh_database  # SQLite's too: not the copy tests/conftest.py gives a workspace
-def test_a_fresh_database_opened_by_several_processes_at_once():
-    """The page and the worker (or workers on several machines) start together on an empty database: one creates the
-    tables, the others wait and find them (before the lock: "table models already exists")."""
-    url, barrier, errors = db.database_url(), threading.Barrier(4), []
+def open_together(n: int) -> list[Exception]:
+    """The workspace's database opened (db._ready, uncached) by `n` threads at one instant, each with a connection of
+    its own as a separate process would have: the errors they met."""
+    url, barrier, errors = db.database_url(), threading.Barrier(n), []
 
-    def open_it():  # each thread checks out a connection of its own, as a separate process would
+    def open_it():
         barrier.wait()
         try:
             db._ready.__wrapped__(url)
         except Exception as exc:  # noqa: BLE001 - the test reports every failure
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    threads = [threading.Thread(target=open_it) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    return errors
+
+
+@pytest.mark.fresh_database  # SQLite's too: not the copy tests/conftest.py gives a workspace
+def test_a_fresh_database_opened_by_several_processes_at_once():
+    """The page and the worker (or workers on several machines) start together on an empty database: one creates the
+    tables, the others wait and find them (before the lock: "table models already exists")."""
+    assert open_together(4) == []
     assert set(SQLModel.metadata.tables) <= set(_schema()[0]) and db.upgrade_schema(db.engine()) == []
 
 

@@ -59,26 +59,12 @@ def test_an_older_database_gets_the_metrics_index_when_opened():
 @BOTH
 def test_several_processes_opening_an_older_database_at_once_add_the_index_once():
     """Under the schema lock (as for tables), with CREATE INDEX IF NOT EXISTS: none fails with "already exists"."""
-    import threading
-
     db.init_db()
     with db.engine().begin() as conn:
         conn.exec_driver_sql(f"DROP INDEX {INDEX}")
-    url, barrier, errors = db.database_url(), threading.Barrier(3), []
+    from tests.test_postgres import open_together
 
-    def open_it():
-        barrier.wait()
-        try:
-            db._ready.__wrapped__(url)
-        except Exception as exc:  # noqa: BLE001 - the test reports every failure
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == [] and INDEX in _indexes() and db.upgrade_schema(db.engine()) == []
+    assert open_together(3) == [] and INDEX in _indexes() and db.upgrade_schema(db.engine()) == []
 
 
 @BOTH
