@@ -88,3 +88,28 @@ def test_a_kept_model_shape_is_keyed_by_the_code_that_built_it(monkeypatch):
     monkeypatch.setattr(shape, "_code_digest", lambda: "another version of shape.py")
     assert shape._shape_file('{"model_type": "llama"}') != before
     assert shape._shape_file('{"model_type": "llama"}').parent == before.parent
+
+
+def test_a_queued_job_deleted_while_the_worker_looks_is_passed_over(monkeypatch):
+    """_claim_next reads the queued rows, then tries them in turn; a failed claim commits, which expires the rows
+    read, and one withdrawn meanwhile (queue._withdraw_if_second) raised ObjectDeletedError out of the worker's loop,
+    which stops only for the database's own errors: the worker ended."""
+    from storage import db
+    from storage.models import Job
+
+    first = runner.submit(UpscaleSpec(base="builtin", m=1, name="u1"))
+    second = runner.submit(UpscaleSpec(base="builtin", m=1, name="u2"))
+    real, tried = loop._claim, []
+
+    def lost_then_deleted(s, job, *args, **kw):
+        tried.append(job.id)
+        if job.id == first.id:  # another worker took it; meanwhile the second was withdrawn
+            with db.session() as other:
+                other.delete(other.get(Job, second.id))
+                other.commit()
+            s.commit()
+            return False
+        return real(s, job, *args, **kw)
+
+    monkeypatch.setattr(loop, "_claim", lost_then_deleted)
+    assert loop._claim_next(1, light=1) is None and tried == [first.id]

@@ -53,7 +53,11 @@ def _claim_next(slots: int | None = None, only: set[int] | None = None, light: i
             queued = queued.where(Job.kind.in_(lanes.LIGHT_KINDS) if False in full else
                                   Job.kind.not_in(lanes.LIGHT_KINDS))
         for job in s.exec((queued.where(Job.id.in_(only)) if only is not None else queued).order_by(Job.id)).all():
-            if (lane := lanes.is_light(job.kind, light)) in full or _cancelled_or_waiting(s, job):
+            try:  # a failed claim's commit expired the rows read: each is read again, and may be gone
+                lane = lanes.is_light(job.kind, light)
+            except sa.orm.exc.ObjectDeletedError:  # withdrawn meanwhile (queue._withdraw_if_second, a delete)
+                continue
+            if lane in full or _cancelled_or_waiting(s, job):
                 continue
             if _claim(s, job, light if lane else slots, notes, lane if light else None):
                 return job
