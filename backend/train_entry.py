@@ -31,7 +31,7 @@ from backend.train_job.model import (build_trainer, load_model, load_tokenizer, 
 from backend.train_job.resume import (CompleteAtCheckpoint, RunComplete, StepsFromSpec, resume_token_count,
                                       run_train_loss, train_or_finish)
 from backend.train_job.rows import check_replies_fit, load_rows, note_cut_rows, without_chat_template
-from backend.training_checkpoints import complete_checkpoints
+from backend.training_checkpoints import complete_checkpoints, resumable_checkpoints
 
 __all__ = ["CUDA", "CompleteAtCheckpoint", "MetricsCallback", "RunComplete", "StepsFromSpec", "build_trainer",
            "check_replies_fit", "load_model", "load_rows", "load_tokenizer", "main", "make_config",
@@ -75,7 +75,8 @@ def main(run_dir: Path, extra_summary: dict | None = None) -> None:
     _check_rows_after_tokenizing(spec, args, trainer, train, evals)
     if choices.compile == "regional":  # after the trainer: peft (LoRA) has put its adapters into the layers
         perf.compile_layers(trainer.model)
-    checkpoints = complete_checkpoints(run_dir)
+    # the world's first process alone removes cut checkpoints (every process of every machine reads the run folder)
+    checkpoints = (complete_checkpoints if trainer.is_world_process_zero() else resumable_checkpoints)(run_dir)
 
     if not checkpoints and trainer.is_world_process_zero():
         callback.forget_after(-1)  # a run stopped before its first checkpoint starts over: its rows would repeat

@@ -351,7 +351,9 @@ def run_train(spec: _TrainSpec, out_dir: Path | None = None, progress: Progress 
     os.replace(tmp, run_dir / "spec.json")
     if main_machine:
         shutil.rmtree(run_dir / "final", ignore_errors=True)
-    resumed = complete_checkpoints(run_dir)
+    # machine 0 alone removes cut checkpoints: the run folder is shared, and a machine starting late must not remove
+    # the one machine 0 may be saving (the others read the complete ones, the same list)
+    resumed = complete_checkpoints(run_dir) if main_machine else resumable_checkpoints(run_dir)
     where = (f" x {spec.num_machines} machines (this is machine {spec.machine_rank}, rank 0 at "
              f"{spec.main_process_ip}:{spec.main_process_port or DEFAULT_PORT})" if spec.num_machines > 1 else "")
     progress(0.0, f"launching {spec.kind} on {spec.num_processes} process(es){where}"

@@ -113,3 +113,28 @@ def test_a_queued_job_deleted_while_the_worker_looks_is_passed_over(monkeypatch)
 
     monkeypatch.setattr(loop, "_claim", lost_then_deleted)
     assert loop._claim_next(1, light=1) is None and tried == [first.id]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_machine_0_removes_cut_checkpoints_of_a_shared_run_folder(tiny_llama, monkeypatch, rank):
+    """Every machine of a multi-machine run started by removing the shared run folder's cut checkpoints: a machine
+    starting late removed the one machine 0 was saving. Machine 0 alone removes them; the others read the complete
+    ones (the same list)."""
+    from backend import registry, training
+    from tests.test_review_s26_cancel import _run_dir
+
+    registry.import_folder(tiny_llama, "tiny")
+    spec = SftSpec(model="tiny", data=DATA, name="mm", num_machines=2, machine_rank=rank,
+                   main_process_ip="10.0.0.1")
+    run_dir = _run_dir(training.run_dir_for(spec), complete=(10,), cut=(20,))
+
+    class Launching(Exception):
+        pass
+
+    def progress(frac, message):
+        if message.startswith("launching"):
+            raise Launching(message)
+
+    with pytest.raises(Launching, match="resuming from checkpoint-10"):
+        training.run_train(spec, progress=progress)
+    assert _left(run_dir) == (["checkpoint-10"] if rank == 0 else ["checkpoint-10", "checkpoint-20"])
