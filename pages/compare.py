@@ -14,8 +14,8 @@ from backend.recipe import tables
 from backend.specs import MERGE_DEFAULTS, EvalSpec, MergeSpec, explain
 from pages.common import LAUNCHED, MISSING, drop_deleted, job_status, submit, via_app, worker_banner
 from pages import compare_length
-from pages.compare_pick import (ancestry, merge_defaults, merge_weights, no_bar_note, no_chart_note, no_radar_note,
-                                pick_models, show_notes)
+from pages.compare_pick import (ancestry, merge_defaults, merge_name_refused, merge_weights, no_bar_note,
+                                no_chart_note, no_radar_note, pick_models, show_notes)
 from pages.figures import NAME_CHARS, bar_figure, name_width, radar_figure, short_name
 from storage import db
 from storage.models import EvalScore
@@ -194,18 +194,17 @@ with st.expander("Merge candidates"):
             st.error(explain(exc))
             mspec = None
     if mspec is not None:
-        taken = registry.get(mspec.name) is not None
+        if taken := merge_name_refused(mspec.name):  # a model or a queued job has the name: said before the click
+            st.info(taken)
         b1, b2 = st.columns(2)
-        if b1.button("Merge", type="primary", key="merge", disabled=taken or bool(refused),
-                     help=f"A model named {mspec.name} exists: choose another name." if taken else refused) \
-                and not mgone and not refused:
+        if b1.button("Merge", type="primary", key="merge", disabled=bool(taken or refused), help=taken or refused) \
+                and not mgone and not refused and not taken:
             job_id = submit(mspec, "merge_job")
             if job_id is not None:
                 st.session_state.setdefault("merge_jobs", []).append(job_id)
+                st.rerun()  # drawn before the job was queued, Merge stayed on beside the merge making its name
         b2.download_button("Save spec (YAML)", mspec.to_yaml(), file_name=f"{mspec.name}.yaml", key="merge_spec",
                            help="Rerun it with `python -m backend run FILE`.")
-        if taken:
-            st.caption(f"A model named `{mspec.name}` is already registered: give the merge another name.")
     for job_id in st.session_state.get("merge_jobs", []):  # every merge launched here, not only the last
         job_status(job_id)
 

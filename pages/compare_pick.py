@@ -9,8 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend import scorenotes
+from backend import registry, runner, scorenotes
 from backend.recipe import tables
+from pages.common import LAUNCHED, job_making, making_said
 
 CHART_MODELS = 8  # the models the charts draw by default once there are more than scorenotes.MANY
 
@@ -172,3 +173,24 @@ def merge_defaults(recs: list) -> list[str]:
     # any ancestor, not only a parent: after cpt → sft → merge, the cpt model and the merge were offered
     apart = [(b, a) for b, a in pairs if a.name not in made_from[b.name] and b.name not in made_from[a.name]]
     return [r.name for r in (apart or pairs or [()])[0]]
+
+
+def merge_name_refused(name: str) -> str:
+    """Why Merge is off for the name in the Name box, said before the click ("" when the name is free): a model holds
+    it (registry.check_name_free: in another case too, or a deleted model others were made from), or a queued or
+    running job will register it (runner.check_not_making's rule, any kind: an import or a training of that name
+    too). The button stayed on beside the merge just queued, and only a second click was refused, after it ("Job 3
+    (merge, queued) will register a model named …: choose another name")."""
+    try:
+        registry.check_name_free(name)
+    except ValueError as exc:
+        return str(exc)
+    if (job := job_making(name, (*runner.MAKES_MODELS, "import"))) is None:
+        return ""
+    if job.kind != "merge":
+        return (f"Job {job.id} ({job.kind}, {job.status}) will register a model named {name!r}: wait for it (Jobs "
+                "page), or choose another name for the merge.")
+    mine = job.id in st.session_state.get(LAUNCHED, ())  # its progress is shown under the button
+    return making_said(job, "merge", "merging", repr(name), "its progress is shown below",
+                       "choose another name to start another merge" if mine else
+                       "follow it on the Jobs page, or choose another name to start another merge")
