@@ -332,6 +332,42 @@ def _parquet_rows(path: Path) -> int | None:
         return None
 
 
+# Bytes that end a line for str.splitlines (what `datasets` cuts a .txt at) besides \n, or for a JSON reader a
+# lone \r: a file holding one is left uncounted (counted_rows), never counted short into a false "fewer rows".
+_OTHER_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+def counted_rows(path: Path, sample_by: str = "line", stop: int | None = None) -> int | None:
+    """The rows `datasets` reads of local file `path`, where they can be counted without parsing it, else None: a
+    Parquet file's footer, a JSON Lines or .txt file's non-blank lines (a .txt a document a row: 1), read a MiB at a
+    time and no further than `stop` rows (the recipe plan asks only whether a source has data.MIN_HELD_OUT_ROWS).
+    None for other files, a paragraph a row, UTF-16 / UTF-32, a line break other than \n, and a JSON Lines file of
+    one line (one object may wrap its rows, data_rows.rows_keys)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        n = _parquet_rows(path)
+        return n if n is None or stop is None else min(n, stop)
+    if suffix not in (".jsonl", ".txt") or (suffix == ".txt" and sample_by == "paragraph") or unicode_encoding(path):
+        return None
+    if suffix == ".txt" and sample_by == "document":
+        return int(not _only_blank(path))
+    n, open_line = 0, False  # open_line: the line the last chunk ended inside holds text
+    with open(path, "rb") as f:
+        while stop is None or n < stop:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                n += open_line
+                break
+            if any(b in chunk.replace(b"\r\n", b"\n") for b in _OTHER_BREAKS):
+                return None
+            *ended, last = chunk.split(b"\n")
+            for i, line in enumerate(ended):
+                n += bool(line.strip()) or (i == 0 and open_line)
+            open_line = bool(last.strip()) or (open_line and not ended)
+    n = n if stop is None else min(n, stop)
+    return None if suffix == ".jsonl" and n == 1 else n
+
+
 def _only_blank(path: Path) -> bool:
     """Whether a text file holds nothing but whitespace, read a MiB at a time (it stops at the first text)."""
     with open(path, "rb") as f:

@@ -158,7 +158,7 @@ if plans:
     for p in plans:
         st.subheader(f"Plan: {p.recipe.name}")
         st.caption(p.lines()[0])
-        for note in p.notes():  # what the run will lack (a CPT stage with too few rows: no recovery curve)
+        for note in p.notes():  # what the run will lack (a training stage with too few rows to hold any out)
             st.warning(note)
         st.dataframe(plan_rows(p), hide_index=True, key=f"plan_{p.recipe.name}", placeholder=MISSING,
                      column_config={"label": st.column_config.TextColumn(width="medium"),

@@ -79,14 +79,18 @@ class Plan:
         return out
 
     def notes(self) -> list[str]:
-        """What the run will lack, said before it runs: a CPT stage whose rows after the budget are too few to hold
-        any out logs no held-out loss, so the Recovery tab (DUS's headline) has no curve for it."""
+        """What the run will lack, said before it runs: a training stage whose rows (after the budget, or in a small
+        file) are too few to hold any out logs no held-out loss: a CPT stage then has no curve on the Recovery tab
+        (DUS's headline), an SFT or DPO stage no eval loss to tell overfitting by."""
         out = []
-        for n in (n for n in self.nodes if n.kind == "cpt" and n.status != "reuse"):
+        for n in (n for n in self.nodes if n.kind in TRAIN_KINDS and n.status != "reuse"):
             budget = "budget " if self.recipe.budget.max_rows == n.spec.max_rows else ""
             if why := held_out_shortfall(n.spec.model_dump(), budget):
-                out.append(f"stage {n.stage} will log no held-out loss, so no recovery curve: {why}; give it "
-                           f"eval_data or more rows (max_rows {data.MIN_HELD_OUT_ROWS} or more).")
+                lacks = "held-out loss, so no recovery curve" if n.kind == "cpt" else "eval loss"
+                more = ("an eval_fraction above 0" if "eval_fraction 0" in why else
+                        f"more rows (max_rows {data.MIN_HELD_OUT_ROWS} or more)" if "max_rows" in why else
+                        f"more rows ({data.MIN_HELD_OUT_ROWS} or more in all)")
+                out.append(f"stage {n.stage} will log no {lacks}: {why}; give it eval_data or {more}.")
         return out
 
 

@@ -4,6 +4,7 @@ the Recipe page, `recipe runs` / `recipe cancel` and the tables read of a run th
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlmodel import select
 
@@ -209,11 +210,13 @@ def cancel_run(run_id: int) -> list[int]:
 
 
 def held_out_shortfall(spec: dict, whose: str = "") -> str | None:
-    """Why a training job of this spec will log no held-out loss, as far as its spec says (None: it will log one):
-    no eval_data and a share of 0, or max_rows leaving fewer rows in all than data.split_mix holds a share out of
-    (data.MIN_HELD_OUT_ROWS). A recipe's budget `max_rows: 8` made a CPT stage that succeeded with no recovery curve,
-    the Recovery tab saying "no held-out losses logged yet" for ever; the plan now says it before the run. `whose`:
-    what set max_rows, said before it ("budget ")."""
+    """Why a training job of this spec (CPT, SFT or DPO) will log no held-out loss, as far as its spec and its
+    sources' known sizes say (None: it will log one, or no one can tell before the job reads its data): no
+    eval_data and a share of 0, or fewer rows in all than data.split_mix holds a share out of
+    (data.MIN_HELD_OUT_ROWS), each source counting min(max_rows, its rows) where its rows are known cheaply
+    (source_rows). A recipe's budget `max_rows: 8` made a CPT stage that succeeded with no recovery curve, the
+    Recovery tab saying "no held-out losses logged yet" for ever; a 5-row file with no budget did the same unwarned.
+    `whose`: what set max_rows, said before it ("budget ")."""
     from backend import data
 
     if spec.get("eval_data"):
@@ -221,14 +224,49 @@ def held_out_shortfall(spec: dict, whose: str = "") -> str | None:
     if not spec.get("eval_fraction", 0.1):
         return "nothing held out (eval_fraction 0, no eval_data)"
     cap, given = spec.get("max_rows"), [d for d in spec.get("data") or [] if isinstance(d, dict)]
-    try:  # a mix's members are each capped at max_rows
-        n = len(data.expand([(d.get("source", ""), d.get("weight", 1.0)) for d in given]))
+    items = [(d.get("source", ""), d.get("weight", 1.0), d.get("sample_by") or "line") for d in given]
+    try:  # a mix's members are each capped at max_rows, and each counted
+        items = data.expand_rows(items)
     except data.DataError:
-        n = len(given)
+        pass
+    n = len(items)
     if cap and 0 < cap * n < data.MIN_HELD_OUT_ROWS:
         return (f"fewer than {data.MIN_HELD_OUT_ROWS} rows to hold out ({whose}max_rows {cap}"
                 + (f" of each of its {n} sources)" if n > 1 else ")"))
-    return None
+    known = [source_rows(src, sample_by) for src, _, sample_by in items]
+    if not known or (cap is None and None in known):
+        return None
+    rows = [cap if k is None or (cap and k > cap) else k for k in known]
+    if not 0 < sum(rows) < data.MIN_HELD_OUT_ROWS:
+        return None
+    said = [f"{r} of {data._shown(src)} ({whose}max_rows {cap})" if r == cap and k != cap else
+            f"{r} in {data._shown(src)}" for (src, *_), k, r in zip(items, known, rows)]
+    if n == 1:
+        return f"fewer than {data.MIN_HELD_OUT_ROWS} rows to hold out ({data._shown(items[0][0])} has " \
+               f"{plural(rows[0], 'row')})"
+    return f"fewer than {data.MIN_HELD_OUT_ROWS} rows to hold out ({sum(rows)} in all: {', '.join(said)})"
+
+
+def source_rows(source: str, sample_by: str = "line") -> int | None:
+    """A data source's rows where they are known without reading it (counted no further than
+    data.MIN_HELD_OUT_ROWS), else None: a registered set's count in the registry, a built-in's or local file's as
+    data.counted_rows counts them (JSON Lines, .txt, Parquet). A Hub set, a mix (expand it first) or another file:
+    None, left to the job."""
+    from backend import data, data_files
+
+    try:
+        if source.startswith("dataset:"):
+            return data._registered(source.removeprefix("dataset:")).rows or None  # 0: a record that kept none
+        path = data.builtin_path(source.removeprefix("builtin:")) if source.startswith("builtin:") else \
+            Path(source).expanduser()
+    except data.DataError:
+        return None
+    if source.startswith("mix:") or data.hub_id(source) or not path.is_file():  # a pipe too: never read here
+        return None
+    try:
+        return data_files.counted_rows(path, sample_by, data.MIN_HELD_OUT_ROWS)
+    except OSError:  # unreadable: the plan's own read of it says why
+        return None
 
 
 def recovery_note(stage: str, job: Job | None, job_id: int, logged: bool = False) -> str:
