@@ -1,10 +1,11 @@
-"""Soak: 10 queued jobs of every kind, two worker processes (2 slots each) under a global cap of 2 running jobs,
-while the Jobs and Monitor pages are rendered again and again with Streamlit's AppTest. (It was 20 jobs: 10 keep
+"""Soak: 10 queued jobs of every kind, two worker processes (2 device slots and 1 light slot each: lanes.py) under
+a global cap of 2 running device jobs and 1 light job, while the Jobs and Monitor pages are rendered again and again
+with Streamlit's AppTest. (It was 20 jobs: 10 keep
 both workers claiming against each other under the cap the whole time, at half the cost.)
 
 Checks: every job finishes and none runs twice (one start line per log, each model/data set/score set written
-once), never more than 2 jobs run at once, every row of the database is consistent afterwards, and the pages stay
-responsive (server-side render under 1 s). Prints the numbers it measured.
+once), never more than 2 device jobs and 1 light job run at once, every row of the database is consistent
+afterwards, and the pages stay responsive (server-side render under 1 s). Prints the numbers it measured.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
 from backend import registry, runner
+from backend.runner import lanes
 from backend.specs import DataSource, EvalSpec, MergeSpec, SftSpec, SynthMathSpec, UpscaleSpec
 from storage import db
 from storage.models import JOB_STATUSES, DatasetRecord, EvalScore, Job, ModelRecord
@@ -92,19 +94,22 @@ def test_soak_ten_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_pat
     ids = [j.id for j in jobs]
 
     env = dict(os.environ)
-    workers = [subprocess.Popen([sys.executable, "-m", "backend", "worker", "--slots", "2", "--poll", "0.2"],
+    workers = [subprocess.Popen([sys.executable, "-m", "backend", "worker", "--slots", "2", "--light-slots", "1",
+                                 "--poll", "0.2"],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(2)]
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     times: dict[str, list[float]] = {"jobs.py": [], "monitor.py": []}
-    running_seen = 0
+    running_seen = {False: 0, True: 0}  # running at once, by lane (True: light)
     t0 = next_render = time.monotonic()
     try:
         while time.monotonic() - t0 < 170:
             with db.session() as s:
-                rows = s.exec(select(Job.status)).all()
-            running_seen = max(running_seen, rows.count("running"))
-            if all(st not in ("queued", "running") for st in rows):
+                rows = s.exec(select(Job.status, Job.kind)).all()
+            for lane in running_seen:
+                running_seen[lane] = max(running_seen[lane], sum(st == "running" and (k in lanes.LIGHT_KINDS) == lane
+                                                                 for st, k in rows))
+            if all(st not in ("queued", "running") for st, _ in rows):
                 break
             if time.monotonic() >= next_render:
                 for page in times:
@@ -124,7 +129,11 @@ def test_soak_ten_jobs_two_workers_global_cap(tiny_llama, tokenizer_dir, tmp_pat
     done = [runner.get(i) for i in ids]
     assert [j.status for j in done] == ["succeeded"] * 10, [(j.id, j.kind, j.status, j.error) for j in done]
     assert check_database() == []
-    assert running_seen <= 2 and max_overlap(done) <= 2  # the global cap held, sampled and from the rows
+    # each lane's global cap held, sampled and from the rows
+    light = [j for j in done if j.kind in lanes.LIGHT_KINDS]
+    device = [j for j in done if j.kind not in lanes.LIGHT_KINDS]
+    assert running_seen[False] <= 2 and max_overlap(device) <= 2 and len(device) == 4
+    assert running_seen[True] <= 1 and max_overlap(light) <= 1 and len(light) == 6
     for j in done:  # none ran twice: one start line in each log
         assert Path(j.log_path).read_text().count(f"job {j.id} ({j.kind}) started") == 1, j.id
     names = [r.name for r in registry.list_models()]
