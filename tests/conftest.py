@@ -158,6 +158,7 @@ def workspace(request, tmp_path, monkeypatch, database, empty_database) -> Path:
     monkeypatch.setenv("DUS_WORKSPACE", str(ws))
     # runner.execute run in the test process sets it; a later test's in-process work must not write as that job
     monkeypatch.delenv("DUS_JOB_ID", raising=False)
+    monkeypatch.delenv("DUS_JOB_PID", raising=False)  # and its pid: a later training callback wrote nothing
     if database:
         monkeypatch.setenv("DATABASE_URL", database)
     else:
