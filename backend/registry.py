@@ -141,6 +141,9 @@ def resolve(name_or_path: str) -> tuple[Path, str | None]:
     if p.is_dir():
         rec = by_path(p)  # a registered model's folder given by path keeps its name (and so its lineage)
         return p.resolve(), rec.name if rec else None
+    if p.is_file():  # a GGUF file (or a safetensors file) is a model's file, read once it is imported
+        raise RegistryError(f"{name_or_path!r} is a file, not a model folder: import it first (python -m backend "
+                            "models import FILE.gguf, or the Models page), then give the registered name.")
     known = ", ".join(r.name for r in list_models()) or "none yet"
     raise RegistryError(f"{name_or_path!r} is neither a registered model ({known}) nor a model folder.")
 

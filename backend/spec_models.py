@@ -67,9 +67,11 @@ class UpscaleSpec(_Spec):
         if self.method == "slices" and any(s.source == 1 for s in self.slices) and not self.second:
             raise ValueError("slices use source 1 but no second model is given: give second (--second on the command "
                              "line), the model of source 1.")
-        if self.method == "llama-pro" and not self.groups:
+        if self.method == "llama-pro" and self.groups is None:
             raise ValueError("method 'llama-pro' needs groups (--groups on the command line), the number of identity "
                              "blocks to insert.")
+        if self.method == "llama-pro" and self.groups < 1:
+            raise ValueError(f"groups={self.groups}: groups must be at least 1.")
         return self
 
     def default_name(self) -> str:

@@ -91,10 +91,13 @@ except ValueError as exc:
 
 with right:
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Layers n → s", f"{plan.n} → {plan.s}", f"+{plan.s - plan.n}")
+    # signed: Streamlit draws the arrow from the sign (slices may stack fewer layers than the base: "+-3" read as
+    # growth, and "×0.92" had an up arrow)
+    c1.metric("Layers n → s", f"{plan.n} → {plan.s}", f"{plan.s - plan.n:+d}")
     c2.metric("Parameters before", human(plan.params_before))
+    grown = plan.params_after - plan.params_before
     c3.metric("Parameters after", human(plan.params_after),
-              f"×{plan.params_after / plan.params_before:.2f}")
+              f"{'-' if grown < 0 else '+'}{human(abs(grown))} (×{plan.params_after / plan.params_before:.2f})")
     c4.metric("Size on disk", human_bytes(plan.nbytes), help=f"{plan.nbytes:,} bytes")
     st.plotly_chart(layer_map_figure(plan), key="layer_map", config={"displayModeBar": False})
 

@@ -1,6 +1,9 @@
-"""Session 26 (the lead's own fixes): the Monitor's charts of a constant metric; the Evaluate form's defaults."""
+"""Session 26 (the lead's own fixes): the Monitor's charts of a constant metric; the Evaluate form's defaults; the
+metric-reads bench; a third walk's findings (a shrinking stack drawn as growth, messages naming the fix and option)."""
 
 from __future__ import annotations
+
+import pytest
 
 from pages.figures import metric_figure
 from tests.test_pages import tiny  # noqa: F401 (fixture)
@@ -57,3 +60,46 @@ def test_the_metric_reads_bench_prints_its_table_and_fails_on_a_difference(monke
     assert bench.main() == 1
     assert "values differ between the two paths: curves 'loss', the long run, curves 'loss', 5 short runs" in \
         capsys.readouterr().out
+
+
+def test_a_stack_smaller_than_its_base_is_drawn_as_a_decrease(tiny, monkeypatch):
+    """Slices may stack fewer layers than the base ([0, 2) + [5, 6) of a 6-layer model: 3): the page showed "+-3"
+    and "×0.62" with Streamlit's green up arrows (the arrow follows the delta's sign)."""
+    import pandas as pd
+    import streamlit as st
+
+    from tests.test_pages import app  # noqa: F811
+
+    def shrunk(rows, **kw):  # what a user typed into the slices table (AppTest cannot edit a data editor)
+        return pd.DataFrame([{"source": 0, "start": 0, "end": 2}, {"source": 0, "start": 5, "end": 6}])
+
+    at = app()
+    grown = {m.label: m.proto.delta for m in at.metric}
+    assert grown["Layers n → s"] == "+2" and grown["Parameters after"].startswith("+")
+    monkeypatch.setattr(st, "data_editor", shrunk)
+    at.radio(key="method").set_value("slices").run()
+    shown = {m.label: (m.value, m.proto.delta) for m in at.metric}
+    assert shown["Layers n → s"] == ("6 → 3", "-3")
+    assert shown["Parameters after"][1].startswith("-") and shown["Parameters after"][1].endswith(")")
+
+
+def test_bad_inputs_name_the_fix_and_the_option(tiny_llama, tmp_path):
+    """A GGUF file given as a base said only "neither a registered model nor a model folder"; `--groups 0` said
+    llama-pro "needs groups" though it was given; synth-math's range errors named spec fields (num_seeds) that no
+    option of the command has."""
+    from backend.specs import UpscaleSpec
+    from tests.test_cli_runner import here
+
+    gguf = tmp_path / "model.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    r = here("upscale", "--base", str(gguf), "--m", "1")
+    assert r.returncode == 2 and f"{str(gguf)!r} is a file, not a model folder: import it first (python -m backend " \
+        "models import FILE.gguf, or the Models page), then give the registered name." in r.stderr
+    with pytest.raises(ValueError, match=r"groups=0: groups must be at least 1\."):
+        UpscaleSpec(base=str(tiny_llama), method="llama-pro", groups=0)
+    with pytest.raises(ValueError, match=r"method 'llama-pro' needs groups \(--groups"):
+        UpscaleSpec(base=str(tiny_llama), method="llama-pro")
+    r = here("synth-math", "--seeds", "0", "--batch-size", "0")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: --seeds: Input should be greater than or equal to 1",
+        "--batch-size: Input should be greater than or equal to 1"]

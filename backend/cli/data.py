@@ -15,14 +15,33 @@ from backend.cli.common import (JSON_NULL, WorkFailed, _job_options, _local_sour
 from backend.words import plural
 
 
-def cmd_synth(a) -> None:
-    from backend.specs import SynthMathSpec
+# the spec's fields by the options that set them, where the two names differ: "num_seeds: Input should be greater
+# than or equal to 1" named no option of the command
+SYNTH_FLAGS = {"num_seeds": "--seeds", "seeds": "--seed-file", "levels": "--level", "categories": "--category",
+               "batch_size": "--batch-size", "api_model": "--api-model", "api_key_env": "--api-key-env"}
 
-    spec = SynthMathSpec(seeds=a.seed_file or "generator", num_seeds=a.seeds, rephraser=a.rephraser,
-                         api_model=a.api_model, levels=a.level or [], categories=a.category or [],
-                         benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
-                         include_flagged=a.include_flagged, temperature=a.temperature, api_key_env=a.api_key_env)
+
+def cmd_synth(a) -> None:
+    from pydantic import ValidationError
+
+    from backend.specs import SynthMathSpec, explain
+
+    try:
+        spec = SynthMathSpec(seeds=a.seed_file or "generator", num_seeds=a.seeds, rephraser=a.rephraser,
+                             api_model=a.api_model, levels=a.level or [], categories=a.category or [],
+                             benchmark=a.benchmark, name=a.name, out=a.out, seed=a.seed, batch_size=a.batch_size,
+                             include_flagged=a.include_flagged, temperature=a.temperature, api_key_env=a.api_key_env)
+    except ValidationError as exc:
+        raise ValueError("\n".join(_as_flag(line) for line in explain(exc).splitlines())) from None
     _run_or_queue(spec, a)
+
+
+def _as_flag(line: str) -> str:
+    """A spec check's line ("batch_size: Input should be …") by the command line's option ("--batch-size: …")."""
+    field, sep, rest = line.partition(": ")
+    if not sep or " " in field:
+        return line
+    return f"{SYNTH_FLAGS.get(field, '--' + field.replace('_', '-'))}: {rest}"
 
 
 def print_preview(a) -> None:
