@@ -221,8 +221,8 @@ CASES = [
     Case("synth-seed-empty", ["synth-math", "--seed-file", "{seeds_empty_jsonl}"], "seeds_empty.jsonl holds no records"),
     Case("synth-seed-wrong", ["synth-math", "--seed-file", "{seeds_wrong_jsonl}"], "record 1: missing question, answer"),
     Case("synth-rephraser", ["synth-math", "--seeds", "4", "--rephraser", "magic"], "use rules, model:NAME"),
-    Case("synth-seeds-zero", ["synth-math", "--seeds", "0"], "num_seeds: Input should be greater than or equal to 1"),
-    Case("synth-seeds-huge", ["synth-math", "--seeds", "1000000000"], "num_seeds: Input should be less than or equal to"),
+    Case("synth-seeds-zero", ["synth-math", "--seeds", "0"], "--seeds: Input should be greater than or equal to 1"),
+    Case("synth-seeds-huge", ["synth-math", "--seeds", "1000000000"], "--seeds: Input should be less than or equal to"),
     Case("synth-name", ["synth-math", "--seeds", "4", "--name", "../../etc"], "use ASCII letters"),
     # ---- evaluation
     Case("eval-mc-missing", ["eval", "tiny", "--tasks", "mc:{root}/none.jsonl", "--limit", "2"], "does not exist"),
