@@ -38,7 +38,7 @@ def test_synth_math_takes_the_synth_pages_temperature_and_key_variable(tmp_path)
     assert rc == 0 and yaml.safe_load(saved.read_text())["temperature"] == 0.0  # the spec's defaults unchanged
     assert yaml.safe_load(saved.read_text())["api_key_env"] == "OPENAI_API_KEY"
     assert cli("synth-math", "--temperature", "3", "--name", "t3")[::2] == (
-        2, "error: temperature: Input should be less than or equal to 2\n")
+        2, "error: --temperature: Input should be less than or equal to 2\n")
 
 
 # ---------------------------------------------------------------- 2. scores --json
