@@ -67,8 +67,7 @@ def tidy_cut_checkpoints(job: Job) -> str:
     gigabytes; what was removed, in words ("" when nothing). Never while the run may still save one."""
     if job.kind not in TRAIN_KINDS:
         return ""
-    run_dir = Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")  # as resume_point reads it
-    cut = training_checkpoints.remove_cut_checkpoints(run_dir)
+    cut = training_checkpoints.remove_cut_checkpoints(run_folder(job))
     if not cut:
         return ""
     cut_by = _CUT_BY.get(job.status, "when its run ended")
@@ -125,12 +124,17 @@ def resume_action(job) -> ResumeAction:
                         step="nothing was registered (a worker removes its partial files); resume it to run it again")
 
 
+def run_folder(job) -> Path:
+    """A training job's run folder: the one its row recorded, else runs/job-ID, where a job stopped before its row
+    recorded it (older versions never did) trained."""
+    return Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}")
+
+
 def resume_point(job) -> Path | None:
     """The checkpoint a resume of `job` continues from: the newest complete one (trainer_state.json is written last)
-    in its run folder; None when it starts over (not a training job, or stopped before its first checkpoint). A job
-    stopped before its row recorded its folder (older versions never did) trained in runs/job-ID. The Jobs page's
-    Resume button and `jobs resume` say what it will do by this one rule."""
+    in its run folder (run_folder); None when it starts over (not a training job, or stopped before its first
+    checkpoint). The Jobs page's Resume button and `jobs resume` say what it will do by this one rule."""
     if job.kind not in TRAIN_KINDS:
         return None
-    saved = resumable_checkpoints(Path(job.run_dir or db.workspace() / "runs" / f"job-{job.id}"))
+    saved = resumable_checkpoints(run_folder(job))
     return saved[-1] if saved else None
