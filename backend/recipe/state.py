@@ -218,10 +218,11 @@ def held_out_shortfall(spec: dict, whose: str = "") -> str | None:
     Recovery tab saying "no held-out losses logged yet" for ever; a 5-row file with no budget did the same unwarned.
     `whose`: what set max_rows, said before it ("budget ")."""
     from backend import data
+    from backend.spec_train import _TrainSpec
 
     if spec.get("eval_data"):
         return None
-    if not spec.get("eval_fraction", 0.1):
+    if not spec.get("eval_fraction", _TrainSpec.model_fields["eval_fraction"].default):  # the spec's own default
         return "nothing held out (eval_fraction 0, no eval_data)"
     cap, given = spec.get("max_rows"), [d for d in spec.get("data") or [] if isinstance(d, dict)]
     items = [(d.get("source", ""), d.get("weight", 1.0), d.get("sample_by") or "line") for d in given]
