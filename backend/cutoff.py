@@ -68,14 +68,20 @@ def cut_off_advice(caps: dict[str, list[int]], training: dict[str, list[str]] | 
         by_fix.setdefault(_fix(training.get(m) or []), {})[m] = cs
     out = []
     for (why, what), group in by_fix.items():
-        if never := {m: cs for m, cs in group.items() if len(cs) >= 2}:
+        if never := {m: cs for m, cs in group.items() if never_ends(cs)}:
             out.append(f"Cut off on every reply at each cap tried ({who(never)}): such a model does not end its "
                        f"replies ({why}), so a higher {CAP} will not help: {what}")
-        if once := {m: cs for m, cs in group.items() if len(cs) < 2}:
+        if once := {m: cs for m, cs in group.items() if not never_ends(cs)}:
             out.append(f"Cut off on every reply, at one cap so far ({who(once)}): a long answer and one that never "
                        f"ends read the same here. Evaluate again with a higher {CAP}. If every reply is cut "
                        f"off there too, the model does not end its replies ({why}): {what}")
     return ". ".join(out)
+
+
+def never_ends(caps_tried) -> bool:
+    """Whether a model cut off on every reply at each of `caps_tried` does not end its replies: at two caps or more.
+    At one cap a long answer and one that never ends read the same (a higher cap tells them apart)."""
+    return len(caps_tried) >= 2
 
 
 def _caps_text(caps) -> str:
@@ -89,7 +95,7 @@ def cap_remedy(models, caps: dict[str, list[int]], raise_cap: str = RAISE_CAP, c
     does not end its replies and a higher cap will not help it, as cut_off_advice (the Compare page's warning) says;
     a verdict right under that warning still said to raise it. `cap`: the cap's name where it is said (a recipe's
     field)."""
-    stuck = [m for m in models if len(caps.get(m) or ()) >= 2]
+    stuck = [m for m in models if never_ends(caps.get(m) or ())]
     if not stuck:
         return raise_cap
     one = len(stuck) == 1
@@ -106,8 +112,8 @@ def cut_off_summary(caps: dict[str, list[int]]) -> str:
     per-group paragraphs of cut_off_advice, one per remedy and each naming its models, made a 20-line warning."""
     if not caps:
         return ""
-    never = [m for m, cs in caps.items() if len(cs) >= 2]
-    once = [m for m, cs in caps.items() if len(cs) < 2]
+    never = [m for m, cs in caps.items() if never_ends(cs)]
+    once = [m for m, cs in caps.items() if not never_ends(cs)]
     n = len(caps)
     head = (f"{n} model{'s' if n > 1 else ''} cut off on every reply, at "
             f"{_caps_text(c for cs in caps.values() for c in cs)}: ")
@@ -135,7 +141,7 @@ def cut_off_rows(caps: dict[str, list[int]], training: dict[str, list[str]] | No
     for m, cs in caps.items():
         why, what = _fix(training.get(m) or [])
         todo = (f"{what[:1].upper()}{what[1:]}: it does not end its replies ({why}); a higher {CAP} will "
-                "not help." if len(cs) >= 2 else
+                "not help." if never_ends(cs) else
                 f"Evaluate again with a higher {CAP}; if every reply is cut off there too, it does not end "
                 f"its replies ({why}): {what}.")
         rows.append({"model": m, "cut off": f"{(shares or {}).get(m, 1.0):.0%}", "at cap (tokens)":

@@ -83,10 +83,10 @@ def cut_off_note(latest: dict, clean: bool = False) -> str:
     if not (every := sorted({model for _, model, what, _ in cells if what == "100% cut off"})):
         return text
     from backend import answerstats
-    from backend.cutoff import RAISE_CAP, cap_remedy
+    from backend.cutoff import RAISE_CAP, cap_remedy, never_ends
 
     caps = answerstats.never_ended(every)
-    remedy = cap_remedy([m for m, c in caps.items() if len(c) >= 2], caps)
+    remedy = cap_remedy([m for m, c in caps.items() if never_ends(c)], caps)
     return text if remedy == RAISE_CAP else f"{text} But {remedy}."
 
 
